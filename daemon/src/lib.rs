@@ -1,0 +1,14 @@
+//! What Ferry's daemons share.
+//!
+//! Each daemon (`ferry-cloud`, `ferry-relay`, `ferry-gateway`) is one clap
+//! binary that reads a TOML file and lets flags override it. This crate holds
+//! the parts that are the same for all of them, so they behave alike.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod paths;
+pub mod signals;
+
+pub use cli::CommonArgs;
+pub use config::ConfigError;

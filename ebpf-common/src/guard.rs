@@ -1,0 +1,131 @@
+//! The gateway's uplink guard: an XDP program that drops datagrams to the
+//! WireGuard port that cannot be WireGuard messages.
+
+/// Name of the guard's XDP program in the object.
+pub const PROGRAM: &str = "uplink_guard";
+/// Name of the configuration map (an array with one [`GuardConfig`]).
+pub const CONFIG_MAP: &str = "GUARD_CONFIG";
+/// Name of the per-CPU counter map, indexed by [`Outcome`].
+pub const COUNTERS_MAP: &str = "GUARD_COUNTERS";
+
+/// WireGuard message lengths (the protocol's fixed wire sizes).
+pub const INITIATION_LEN: usize = 148;
+pub const RESPONSE_LEN: usize = 92;
+pub const COOKIE_REPLY_LEN: usize = 64;
+/// A transport message is a 16-byte header plus at least the 16-byte tag.
+pub const TRANSPORT_MIN_LEN: usize = 32;
+
+/// The guard's configuration, written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// The WireGuard UDP port, network byte order. Zero disables the guard:
+    /// every packet passes and is counted as `PassOtherPort`.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+impl GuardConfig {
+    pub const fn new(port: u16) -> Self {
+        Self {
+            port: port.to_be_bytes(),
+            _pad: [0; 2],
+        }
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only byte arrays, no padding, every bit pattern is valid.
+unsafe impl aya::Pod for GuardConfig {}
+
+/// What the guard decided about one packet. The discriminant is the index into
+/// the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp = 0,
+    /// IP, but not UDP.
+    PassNotUdp,
+    /// UDP to a port other than the WireGuard port.
+    PassOtherPort,
+    /// An IPv4 or IPv6 fragment; reassembly is the stack's job.
+    PassFragment,
+    /// IPv4 with options (IHL > 5).
+    PassIpOptions,
+    /// More IPv6 extension headers than the guard walks.
+    PassExtHeaders,
+    /// Too short or inconsistent to parse up to the UDP port (short Ethernet or
+    /// IP header, bad version or IHL, truncated extension or UDP header). The
+    /// stack's own validation drops these; the guard only counts them.
+    PassMalformed,
+    /// A handshake initiation of exactly 148 bytes.
+    AllowInitiation,
+    /// A handshake response of exactly 92 bytes.
+    AllowResponse,
+    /// A cookie reply of exactly 64 bytes.
+    AllowCookieReply,
+    /// A transport message: at least 32 bytes, 16 plus a multiple of 16.
+    AllowTransport,
+    /// To the WireGuard port, but the first four bytes are no message type.
+    DropBadType,
+    /// A known message type with a length that type cannot have.
+    DropBadLength,
+    /// To the WireGuard port, but the UDP length field is below 8 or claims more
+    /// bytes than the packet carries.
+    DropTruncated,
+}
+
+impl Outcome {
+    /// Number of outcomes, the size of the counter array.
+    pub const COUNT: u32 = 14;
+
+    pub const ALL: [Outcome; Self::COUNT as usize] = [
+        Outcome::PassNotIp,
+        Outcome::PassNotUdp,
+        Outcome::PassOtherPort,
+        Outcome::PassFragment,
+        Outcome::PassIpOptions,
+        Outcome::PassExtHeaders,
+        Outcome::PassMalformed,
+        Outcome::AllowInitiation,
+        Outcome::AllowResponse,
+        Outcome::AllowCookieReply,
+        Outcome::AllowTransport,
+        Outcome::DropBadType,
+        Outcome::DropBadLength,
+        Outcome::DropTruncated,
+    ];
+
+    /// Whether the guard drops packets with this outcome.
+    pub const fn drops(self) -> bool {
+        matches!(
+            self,
+            Outcome::DropBadType | Outcome::DropBadLength | Outcome::DropTruncated
+        )
+    }
+
+    /// A stable snake_case name, used for metrics and the CLI's counter output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::PassNotIp => "pass_not_ip",
+            Outcome::PassNotUdp => "pass_not_udp",
+            Outcome::PassOtherPort => "pass_other_port",
+            Outcome::PassFragment => "pass_fragment",
+            Outcome::PassIpOptions => "pass_ip_options",
+            Outcome::PassExtHeaders => "pass_ext_headers",
+            Outcome::PassMalformed => "pass_malformed",
+            Outcome::AllowInitiation => "allow_initiation",
+            Outcome::AllowResponse => "allow_response",
+            Outcome::AllowCookieReply => "allow_cookie_reply",
+            Outcome::AllowTransport => "allow_transport",
+            Outcome::DropBadType => "drop_bad_type",
+            Outcome::DropBadLength => "drop_bad_length",
+            Outcome::DropTruncated => "drop_truncated",
+        }
+    }
+}

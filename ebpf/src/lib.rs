@@ -1,0 +1,55 @@
+//! Userspace side of Ferry's eBPF programs.
+//!
+//! The object built from `gateway-ebpf` is embedded in this crate ([`OBJECT`]),
+//! so every binary that links it carries programs that match its map layouts.
+
+mod attach;
+mod error;
+pub mod guard;
+pub mod preflight;
+pub mod test_run;
+
+pub use attach::AttachMode;
+pub use error::Error;
+pub use ferry_ebpf_common as common;
+
+use aya::{Ebpf, EbpfLoader};
+
+/// The compiled eBPF object (ELF, bpfel), aligned for aya's parser.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry.bpf.o"));
+
+/// Name of the program that passes everything: the baseline of XDP benchmarks,
+/// and what tests attach to a veth peer so XDP_TX frames are delivered.
+pub const PASS_PROGRAM: &str = "xdp_pass";
+
+/// Parses the embedded object and creates its maps. Programs are loaded into the
+/// kernel one at a time by the components that need them.
+pub fn load_object() -> Result<Ebpf, Error> {
+    raise_memlock_limit();
+    EbpfLoader::new().load(OBJECT).map_err(Error::Object)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK, whose default (64
+/// KiB or 8 MiB) is too small for real maps. Newer kernels ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid struct and has no other effect on memory.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Loads one XDP program of `ebpf` into the kernel (it goes through the verifier
+/// here) and returns it.
+pub fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Xdp, Error> {
+    let program: &mut aya::programs::Xdp = ebpf
+        .program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })?;
+    program.load().map_err(|source| Error::Program { name, source })?;
+    Ok(program)
+}

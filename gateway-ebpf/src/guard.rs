@@ -1,0 +1,226 @@
+//! The gateway's uplink guard.
+//!
+//! The WireGuard port is the only thing a gateway exposes toward the WAN. This
+//! program drops datagrams to that port whose shape no WireGuard message can
+//! have, before they cost a socket wakeup or a MAC check in userspace. It is a
+//! cheap filter, not a policy: everything that is not UDP to the port passes.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use ferry_ebpf_common::guard::{
+    COOKIE_REPLY_LEN, GuardConfig, INITIATION_LEN, Outcome, RESPONSE_LEN, TRANSPORT_MIN_LEN,
+};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
+
+use crate::packet::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS,
+    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, be16_at, ptr_at,
+};
+
+#[map(name = "GUARD_CONFIG")]
+static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "GUARD_COUNTERS")]
+static GUARD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+/// Stacked 802.1Q/802.1ad tags the guard looks through (QinQ).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers the guard walks to find UDP. Real traffic to a
+/// WireGuard port has none; the bound keeps the verifier's work small.
+const MAX_EXT_HEADERS: usize = 4;
+
+#[xdp]
+pub fn uplink_guard(ctx: XdpContext) -> u32 {
+    let outcome = classify(&ctx);
+    if let Some(counter) = GUARD_COUNTERS.get_ptr_mut(outcome as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU while we run.
+        unsafe { *counter += 1 };
+    }
+    if outcome.drops() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Where the UDP header starts and how many bytes the IP layer says follow it.
+struct UdpLocation {
+    offset: usize,
+    ip_payload_len: usize,
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Outcome {
+    let port = match GUARD_CONFIG.get(0) {
+        Some(config) => config.port,
+        None => return Outcome::PassOtherPort,
+    };
+
+    let Some(mut ethertype) = be16_at(ctx, ETH_HLEN - 2) else {
+        return Outcome::PassMalformed;
+    };
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(inner) = be16_at(ctx, offset + 2) else {
+            return Outcome::PassMalformed;
+        };
+        ethertype = inner;
+        offset += VLAN_HLEN;
+    }
+
+    let udp = match ethertype {
+        ETH_P_IP => match locate_udp_v4(ctx, offset) {
+            Ok(udp) => udp,
+            Err(outcome) => return outcome,
+        },
+        ETH_P_IPV6 => match locate_udp_v6(ctx, offset) {
+            Ok(udp) => udp,
+            Err(outcome) => return outcome,
+        },
+        _ => return Outcome::PassNotIp,
+    };
+
+    let Some(header) = ptr_at::<UdpHdr>(ctx, udp.offset) else {
+        return Outcome::PassMalformed;
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let header = unsafe { &*header };
+    if header.dst != port || port == [0, 0] {
+        return Outcome::PassOtherPort;
+    }
+    let udp_len = u16::from_be_bytes(header.len) as usize;
+    if udp_len < UdpHdr::LEN || udp_len > udp.ip_payload_len {
+        return Outcome::DropTruncated;
+    }
+    let message_offset = udp.offset + UdpHdr::LEN;
+    let message_len = udp_len - UdpHdr::LEN;
+    if ctx.data() + message_offset + message_len > ctx.data_end() {
+        return Outcome::DropTruncated;
+    }
+    classify_message(ctx, message_offset, message_len)
+}
+
+/// Applies WireGuard's shape rules to a UDP payload of `len` bytes, all of which
+/// the caller has checked are inside the packet.
+#[inline(always)]
+fn classify_message(ctx: &XdpContext, offset: usize, len: usize) -> Outcome {
+    // Reading the type word could hit Ethernet padding on tiny frames, so the
+    // length decides first.
+    if len < 4 {
+        return Outcome::DropBadLength;
+    }
+    let Some(head) = ptr_at::<[u8; 4]>(ctx, offset) else {
+        return Outcome::DropTruncated;
+    };
+    // SAFETY: ptr_at checked the four bytes are inside the packet.
+    let head = unsafe { *head };
+    // The type is a little-endian u32 whose upper three bytes are reserved zero;
+    // wireguard-go and the kernel module compare all four bytes.
+    if head[1] | head[2] | head[3] != 0 {
+        return Outcome::DropBadType;
+    }
+    match head[0] {
+        1 if len == INITIATION_LEN => Outcome::AllowInitiation,
+        2 if len == RESPONSE_LEN => Outcome::AllowResponse,
+        3 if len == COOKIE_REPLY_LEN => Outcome::AllowCookieReply,
+        4 if len >= TRANSPORT_MIN_LEN && len % 16 == 0 => Outcome::AllowTransport,
+        1..=4 => Outcome::DropBadLength,
+        _ => Outcome::DropBadType,
+    }
+}
+
+#[inline(always)]
+fn locate_udp_v4(ctx: &XdpContext, offset: usize) -> Result<UdpLocation, Outcome> {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
+        return Err(Outcome::PassMalformed);
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let ip = unsafe { &*ip };
+    let header_len = (ip.vihl & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len {
+        return Err(Outcome::PassMalformed);
+    }
+    if ip.proto != IPPROTO_UDP {
+        return Err(Outcome::PassNotUdp);
+    }
+    // More-fragments flag or a non-zero offset.
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return Err(Outcome::PassFragment);
+    }
+    if header_len != Ipv4Hdr::LEN {
+        return Err(Outcome::PassIpOptions);
+    }
+    Ok(UdpLocation {
+        offset: offset + Ipv4Hdr::LEN,
+        ip_payload_len: total_len - Ipv4Hdr::LEN,
+    })
+}
+
+#[inline(always)]
+fn locate_udp_v6(ctx: &XdpContext, offset: usize) -> Result<UdpLocation, Outcome> {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
+        return Err(Outcome::PassMalformed);
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Outcome::PassMalformed);
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let mut next = ip.next_hdr;
+    let mut header_offset = offset + Ipv6Hdr::LEN;
+    let mut ext_len = 0usize;
+    for _ in 0..MAX_EXT_HEADERS {
+        let len = match next {
+            IPPROTO_UDP => break,
+            IPPROTO_FRAGMENT => return Err(Outcome::PassFragment),
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let Some(ext) = ptr_at::<[u8; 2]>(ctx, header_offset) else {
+                    return Err(Outcome::PassMalformed);
+                };
+                // SAFETY: ptr_at checked the two bytes are inside the packet.
+                let [ext_next, ext_units] = unsafe { *ext };
+                let current = next;
+                next = ext_next;
+                if current == IPPROTO_AH {
+                    // AH counts 4-byte units, minus 2 (RFC 4302).
+                    (ext_units as usize + 2) * 4
+                } else {
+                    (ext_units as usize + 1) * 8
+                }
+            }
+            _ => return Err(Outcome::PassNotUdp),
+        };
+        header_offset += len;
+        ext_len += len;
+    }
+    if next != IPPROTO_UDP {
+        return Err(match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                Outcome::PassExtHeaders
+            }
+            IPPROTO_FRAGMENT => Outcome::PassFragment,
+            _ => Outcome::PassNotUdp,
+        });
+    }
+    if ext_len > payload_len {
+        return Err(Outcome::PassMalformed);
+    }
+    Ok(UdpLocation {
+        offset: header_offset,
+        ip_payload_len: payload_len - ext_len,
+    })
+}

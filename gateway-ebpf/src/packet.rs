@@ -1,0 +1,38 @@
+//! Bounds-checked access to packet headers, written so the verifier can follow
+//! every offset.
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// A pointer to a `T` at `offset` bytes into the packet, if the whole `T` lies
+/// before `data_end`.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Reads a big-endian u16 at `offset`.
+#[inline(always)]
+pub fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    let p = ptr_at::<[u8; 2]>(ctx, offset)?;
+    // SAFETY: ptr_at checked that the two bytes are inside the packet.
+    Some(u16::from_be_bytes(unsafe { *p }))
+}

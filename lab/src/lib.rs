@@ -1,0 +1,61 @@
+//! A network lab for Ferry's tests.
+//!
+//! Every test builds its own little internet out of network namespaces joined
+//! by veth pairs, with real netfilter NAT routers in between, and runs real
+//! processes inside. Everything a [`Lab`] creates has a unique name with our
+//! prefix and is removed when the lab is dropped, so tests run in parallel; a
+//! killed test run leaves objects behind that the next run sweeps
+//! ([`sweep_stale`]).
+//!
+//! Addressing convention: the simulated internet uses the documentation
+//! ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32);
+//! customer, machine and home networks use RFC 1918 ranges. Nothing here ever
+//! sends to an address outside the lab's namespaces.
+//!
+//! ```no_run
+//! use ferry_lab::{Lab, Nat};
+//! let lab = Lab::new()?;
+//! let internet = lab.netns("internet")?;
+//! let server = lab.netns("server")?;
+//! lab.wire(&internet, &["203.0.113.1/24"], &server, &["203.0.113.10/24"])?;
+//! server.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+//! let router = lab.nat_router("home", Nat::Cone, &internet, "198.51.100.1/24", "198.51.100.2/24", "10.0.0.1/24")?;
+//! let laptop = lab.netns("laptop")?;
+//! router.attach(&laptop, "10.0.0.2/24")?;
+//! laptop.exec("ping", &["-c1", "-W2", "203.0.113.10"])?;
+//! # Ok::<(), ferry_lab::Error>(())
+//! ```
+
+mod error;
+mod names;
+mod nat;
+mod netns;
+pub mod packet;
+mod process;
+
+pub use error::Error;
+pub use names::{PREFIX, sweep_stale};
+pub use nat::{Nat, Router};
+pub use netns::{Lab, Netns, Veth};
+pub use process::Process;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The path of a binary built from this workspace (for example
+/// `ferry-gateway`), found beside the running test executable.
+pub fn workspace_bin(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::Setup(format!("current_exe: {e}")))?;
+    // Test executables live in target/<profile>/deps/.
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| Error::Setup(format!("unexpected test executable path {}", exe.display())))?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        return Err(Error::Setup(format!(
+            "{} is missing; build the workspace binaries first (cargo build --bins; cargo xtask test does)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}

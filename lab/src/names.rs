@@ -1,0 +1,128 @@
+//! Unique names for lab objects, and the sweep of objects left by dead runs.
+//!
+//! A namespace is named `fy-<pid>-<n>-<label>`, so a sweep can tell whether its
+//! owner still runs. Interface names are limited to 15 bytes and some (those of
+//! wireguard-go, whose control socket lives in a machine-wide folder) must be
+//! unique across namespaces: `fy` + the pid in 5 base-36 digits + a 3-digit
+//! base-36 sequence + a short suffix.
+
+use std::{
+    fs,
+    path::Path,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// The prefix of every object the lab creates.
+pub const PREFIX: &str = "fy";
+
+const NETNS_DIR: &str = "/run/netns";
+const WIREGUARD_SOCKETS: &str = "/var/run/wireguard";
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+pub(crate) fn next_sequence() -> u32 {
+    SEQUENCE.fetch_add(1, Ordering::Relaxed)
+}
+
+pub(crate) fn netns_name(label: &str) -> String {
+    let label: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(24)
+        .collect();
+    format!("{PREFIX}-{}-{}-{label}", std::process::id(), next_sequence())
+}
+
+/// A machine-wide unique interface name ending in `suffix` (at most 5 bytes).
+pub(crate) fn ifname(suffix: &str) -> String {
+    assert!(suffix.len() <= 5, "interface suffix {suffix:?} is longer than 5 bytes");
+    let name = format!(
+        "{PREFIX}{}{}{suffix}",
+        base36(std::process::id(), 5),
+        base36(next_sequence() % 36u32.pow(3), 3)
+    );
+    debug_assert!(name.len() <= 15);
+    name
+}
+
+fn base36(mut value: u32, width: usize) -> String {
+    let mut digits = vec![b'0'; width];
+    for slot in digits.iter_mut().rev() {
+        *slot = b"0123456789abcdefghijklmnopqrstuvwxyz"[(value % 36) as usize];
+        value /= 36;
+    }
+    String::from_utf8(digits).expect("ascii")
+}
+
+fn pid_of_netns(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.strip_prefix('-')?.split('-').next()?.parse().ok()
+}
+
+fn pid_of_ifname(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let ours = (8..=13).contains(&rest.len()) && rest[..8].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    if !ours {
+        return None;
+    }
+    u32::from_str_radix(&rest[..5], 36).ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes lab namespaces (and the processes in them) and wireguard-go control
+/// sockets whose owning process is gone. The lab never creates interfaces in
+/// the root namespace, so there are none to sweep there. Objects of live runs are left alone,
+/// so this is safe while other tests run. Returns what was removed.
+pub fn sweep_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Ok(entries) = fs::read_dir(NETNS_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if pid_of_netns(&name).is_some_and(|pid| !alive(pid)) {
+                crate::netns::delete_netns(&name);
+                removed.push(format!("netns {name}"));
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(WIREGUARD_SOCKETS) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".sock").unwrap_or(&name);
+            if pid_of_ifname(stem).is_some_and(|pid| !alive(pid)) && fs::remove_file(entry.path()).is_ok() {
+                removed.push(format!("socket {name}"));
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_their_pid() {
+        let ns = netns_name("Gate Way!");
+        assert_eq!(pid_of_netns(&ns), Some(std::process::id()));
+        assert!(ns.ends_with("-gate-way-"), "{ns}");
+        let ifname = ifname("wg");
+        assert!(ifname.len() <= 15, "{ifname}");
+        assert_eq!(pid_of_ifname(&ifname), Some(std::process::id()));
+    }
+
+    #[test]
+    fn largest_pid_fits() {
+        // Linux's pid_max limit is 2^22.
+        let digits = base36(4_194_304, 5);
+        assert_eq!(u32::from_str_radix(&digits, 36).unwrap(), 4_194_304);
+    }
+
+    #[test]
+    fn foreign_names_are_not_ours() {
+        assert_eq!(pid_of_netns("blue"), None);
+        assert_eq!(pid_of_netns("fy-x-1-a"), None);
+        assert_eq!(pid_of_ifname("eth0"), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! The lab itself: namespaces, links, NAT behaviour, processes and cleanup.
+//! These run as root and in parallel with each other.
+
+use std::{
+    collections::HashSet,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    time::Duration,
+};
+
+use ferry_lab::{Lab, Nat, Netns};
+
+const SERVER: &str = "203.0.113.10";
+
+/// An internet namespace with a server namespace on 203.0.113.0/24 and one NAT
+/// router whose LAN holds a host at 10.0.0.2.
+struct Site {
+    _lab: Lab,
+    server: Netns,
+    internet: Netns,
+    host: Netns,
+}
+
+fn site(nat: Nat) -> Site {
+    let lab = Lab::new().unwrap();
+    let internet = lab.netns("internet").unwrap();
+    let server = lab.netns("server").unwrap();
+    lab.wire(&internet, &["203.0.113.1/24"], &server, &[&format!("{SERVER}/24")])
+        .unwrap();
+    server.ip(&["route", "add", "default", "via", "203.0.113.1"]).unwrap();
+    let router = lab
+        .nat_router("router", nat, &internet, "198.51.100.1/24", "198.51.100.2/24", "10.0.0.1/24")
+        .unwrap();
+    let host = lab.netns("host").unwrap();
+    router.attach(&host, "10.0.0.2/24").unwrap();
+    Site {
+        _lab: lab,
+        server,
+        internet,
+        host,
+    }
+}
+
+fn udp(ns: &Netns, addr: &str) -> UdpSocket {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let socket = ns.run_in(move || UdpSocket::bind(addr)).unwrap().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket
+}
+
+/// The source address the server sees for a datagram from `client`.
+fn observed_source(client: &UdpSocket, server: &UdpSocket) -> Option<SocketAddr> {
+    client.send_to(b"ping", server.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 16];
+    server.recv_from(&mut buf).ok().map(|(_, from)| from)
+}
+
+#[test]
+fn namespaces_are_isolated_and_removed_on_drop() {
+    let lab = Lab::new().unwrap();
+    let a = lab.netns("a").unwrap();
+    let b = lab.netns("b").unwrap();
+    let c = lab.netns("c").unwrap();
+    lab.wire(&a, &["192.0.2.1/24", "2001:db8::1/64"], &b, &["192.0.2.2/24", "2001:db8::2/64"])
+        .unwrap();
+    a.exec("ping", &["-c1", "-W2", "192.0.2.2"]).unwrap();
+    a.exec("ping", &["-c1", "-W2", "2001:db8::2"]).unwrap();
+    // c has no link: the same address is unreachable from it.
+    assert!(c.exec("ping", &["-c1", "-W1", "192.0.2.2"]).is_err());
+
+    let paths: Vec<_> = [&a, &b, &c].iter().map(|ns| ns.path()).collect();
+    assert!(paths.iter().all(|p| p.exists()));
+    let dir = lab.dir().to_path_buf();
+    drop((a, b, c));
+    drop(lab);
+    for path in paths {
+        assert!(!path.exists(), "{} survived the lab", path.display());
+    }
+    assert!(!dir.exists());
+}
+
+#[test]
+fn processes_run_inside_and_die_with_their_handle() {
+    let lab = Lab::new().unwrap();
+    let ns = lab.netns("proc").unwrap();
+    let mut sleeper = ns
+        .spawn_program("sh", &["-c", "echo started; ip -o link show | wc -l; echo oops >&2; exec sleep 60"])
+        .unwrap();
+    sleeper.wait_for_output("oops", Duration::from_secs(5)).unwrap();
+    // Only loopback exists inside a fresh namespace.
+    assert_eq!(sleeper.stdout(), "started\n1\n");
+    assert_eq!(sleeper.stderr(), "oops\n");
+    let pid = sleeper.pid();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    drop(sleeper);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie_free(pid));
+
+    let mut quitter = ns.spawn_program("sh", &["-c", "exit 3"]).unwrap();
+    assert_eq!(quitter.wait_timeout(Duration::from_secs(5)).unwrap().code(), Some(3));
+    let err = ns.exec("sh", &["-c", "echo bad >&2; exit 1"]).unwrap_err().to_string();
+    assert!(err.contains("bad"), "{err}");
+}
+
+fn is_zombie_free(pid: u32) -> bool {
+    // A reaped pid may already be reused by an unrelated process; it is ours
+    // only if it still runs `sleep 60`.
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).map_or(true, |c| !c.contains("sleep"))
+}
+
+#[test]
+fn sweep_removes_namespaces_of_dead_runs_only() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let stale = format!("fy-{dead_pid}-0-stale");
+    std::process::Command::new("ip").args(["netns", "add", &stale]).status().unwrap();
+
+    let lab = Lab::new().unwrap();
+    let live = lab.netns("live").unwrap();
+    let removed = ferry_lab::sweep_stale();
+    assert!(removed.iter().any(|r| r.contains(&stale)), "{removed:?}");
+    assert!(!Path::new("/run/netns").join(&stale).exists());
+    assert!(live.path().exists(), "a live run's namespace was swept");
+}
+
+#[test]
+fn cone_nat_keeps_one_mapping_for_every_destination() {
+    let site = site(Nat::Cone);
+    let client = udp(&site.host, "10.0.0.2:40000");
+    let mut seen = HashSet::new();
+    for port in 3478..3482 {
+        let server = udp(&site.server, &format!("{SERVER}:{port}"));
+        let from = observed_source(&client, &server).expect("datagram through the NAT");
+        assert_eq!(from.ip().to_string(), "198.51.100.2", "masqueraded to the WAN address");
+        seen.insert(from.port());
+    }
+    assert_eq!(seen.len(), 1, "cone NAT gave several mappings: {seen:?}");
+}
+
+#[test]
+fn symmetric_nat_maps_each_destination_to_a_new_port() {
+    let site = site(Nat::Symmetric);
+    let client = udp(&site.host, "10.0.0.2:40000");
+    let mut seen = HashSet::new();
+    for port in 3478..3482 {
+        let server = udp(&site.server, &format!("{SERVER}:{port}"));
+        let from = observed_source(&client, &server).expect("datagram through the NAT");
+        assert_eq!(from.ip().to_string(), "198.51.100.2");
+        seen.insert(from.port());
+    }
+    assert!(seen.len() > 1, "symmetric NAT reused one port for 4 destinations: {seen:?}");
+}
+
+#[test]
+fn nat_drops_unsolicited_inbound() {
+    let site = site(Nat::Cone);
+    let client = udp(&site.host, "10.0.0.2:40000");
+    let server = udp(&site.server, &format!("{SERVER}:3478"));
+    let mapped = observed_source(&client, &server).unwrap();
+    // The server may answer on the mapping it saw...
+    server.send_to(b"reply", mapped).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(client.recv_from(&mut buf).unwrap().0, 5);
+    // ...but another internet host may not, even on the same port.
+    let stranger = udp(&site.internet, "198.51.100.1:5555");
+    stranger.send_to(b"intrude", mapped).unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(client.recv_from(&mut buf).is_err(), "unsolicited datagram crossed the NAT");
+}
+
+#[test]
+fn tcp_only_443_lets_nothing_else_out() {
+    let site = site(Nat::TcpOnly443);
+    let client = udp(&site.host, "10.0.0.2:40000");
+    let server = udp(&site.server, &format!("{SERVER}:3478"));
+    assert_eq!(observed_source(&client, &server), None, "UDP crossed a TCP-443-only firewall");
+
+    let https: SocketAddr = format!("{SERVER}:443").parse().unwrap();
+    let http: SocketAddr = format!("{SERVER}:80").parse().unwrap();
+    let listeners = site
+        .server
+        .run_in(move || (TcpListener::bind(https).unwrap(), TcpListener::bind(http).unwrap()))
+        .unwrap();
+    let connect = |addr: SocketAddr| {
+        site.host
+            .run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
+            .unwrap()
+    };
+    assert!(connect(https), "TCP 443 must pass");
+    assert!(!connect(http), "TCP 80 must not pass");
+    let (_stream, from) = listeners.0.accept().unwrap();
+    assert_eq!(from.ip().to_string(), "198.51.100.2");
+}
