@@ -4,7 +4,8 @@
 use std::{env, path::PathBuf};
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("ferry-ebpf sits in the workspace").to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
@@ -15,11 +16,8 @@ fn main() {
 
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out. The eBPF build gets
     // one folder beside the profiles, so debug and release builds share it.
-    let target_dir = out_dir
-        .ancestors()
-        .nth(4)
-        .map(|target| target.join("bpf"))
-        .unwrap_or_else(|| out_dir.join("bpf"));
+    let target_dir =
+        out_dir.ancestors().nth(4).map(|target| target.join("bpf")).unwrap_or_else(|| out_dir.join("bpf"));
 
     let result = ferry_ebpf_build::ensure_toolchain(&mut |step| println!("cargo::warning={step}"))
         .and_then(|toolchain| ferry_ebpf_build::build_object(&toolchain, &workspace, &target_dir));

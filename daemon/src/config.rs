@@ -39,24 +39,13 @@ pub fn load<T: DeserializeOwned + Default>(
         Some(path) => path,
         None if default_path.exists() => default_path,
         None => {
-            return Ok(Loaded {
-                config: T::default(),
-                source: None,
-            });
+            return Ok(Loaded { config: T::default(), source: None });
         }
     };
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let config = parse(&text).map_err(|message| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message,
-    })?;
-    Ok(Loaded {
-        config,
-        source: Some(path.to_path_buf()),
-    })
+    let text =
+        fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let config = parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+    Ok(Loaded { config, source: Some(path.to_path_buf()) })
 }
 
 /// Parses TOML text; the error names the line and the offending key.

@@ -9,10 +9,7 @@ pub fn default_data_dir(component: &str) -> PathBuf {
     if is_root() {
         return PathBuf::from(format!("/var/lib/ferry-{component}"));
     }
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("ferry")
-        .join(component)
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("ferry").join(component)
 }
 
 /// The default configuration file of `component`: `/etc/ferry/<component>.toml`.

@@ -47,17 +47,11 @@ pub fn ensure_toolchain(progress: &mut dyn FnMut(&str)) -> Result<Toolchain, Err
     let bin_dir = dir.join("bin");
     let linker = bin_dir.join("bpf-linker");
     let libllvm = find_libllvm(&nightly.sysroot)?;
-    let stamp = format!(
-        "bpf-linker {BPF_LINKER_VERSION} llvm-{} {}\n",
-        nightly.llvm_major,
-        libllvm.display()
-    );
+    let stamp =
+        format!("bpf-linker {BPF_LINKER_VERSION} llvm-{} {}\n", nightly.llvm_major, libllvm.display());
     let stamp_path = dir.join("bpf-linker.stamp");
     if is_current(&linker, &stamp_path, &stamp) {
-        return Ok(Toolchain {
-            bin_dir,
-            llvm_major: nightly.llvm_major,
-        });
+        return Ok(Toolchain { bin_dir, llvm_major: nightly.llvm_major });
     }
 
     fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -66,10 +60,7 @@ pub fn ensure_toolchain(progress: &mut dyn FnMut(&str)) -> Result<Toolchain, Err
     let lock = File::create(&lock_path).map_err(Error::io(format!("creating {}", lock_path.display())))?;
     lock.lock().map_err(Error::io(format!("locking {}", lock_path.display())))?;
     if is_current(&linker, &stamp_path, &stamp) {
-        return Ok(Toolchain {
-            bin_dir,
-            llvm_major: nightly.llvm_major,
-        });
+        return Ok(Toolchain { bin_dir, llvm_major: nightly.llvm_major });
     }
 
     progress(&format!(
@@ -87,8 +78,11 @@ pub fn ensure_toolchain(progress: &mut dyn FnMut(&str)) -> Result<Toolchain, Err
     for name in [std::ffi::OsStr::new("libLLVM.so"), soname.as_os_str()] {
         let link = prefix_lib.join(name);
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(&libllvm, &link)
-            .map_err(Error::io(format!("linking {} to {}", link.display(), libllvm.display())))?;
+        std::os::unix::fs::symlink(&libllvm, &link).map_err(Error::io(format!(
+            "linking {} to {}",
+            link.display(),
+            libllvm.display()
+        )))?;
     }
 
     let mut install = Command::new("rustup");
@@ -100,23 +94,15 @@ pub fn ensure_toolchain(progress: &mut dyn FnMut(&str)) -> Result<Toolchain, Err
         .arg(format!("llvm-{}", nightly.llvm_major))
         .env("LLVM_PREFIX", &prefix);
     scrub_cargo_env(&mut install);
-    let output = install
-        .output()
-        .map_err(Error::io("running rustup run stable cargo install bpf-linker"))?;
+    let output = install.output().map_err(Error::io("running rustup run stable cargo install bpf-linker"))?;
     if !output.status.success() {
         return Err(Error::BpfLinker(tail(&output.stderr, 40)));
     }
     if !runs(&linker) {
-        return Err(Error::BpfLinker(format!(
-            "{} was installed but does not run",
-            linker.display()
-        )));
+        return Err(Error::BpfLinker(format!("{} was installed but does not run", linker.display())));
     }
     fs::write(&stamp_path, &stamp).map_err(Error::io(format!("writing {}", stamp_path.display())))?;
-    Ok(Toolchain {
-        bin_dir,
-        llvm_major: nightly.llvm_major,
-    })
+    Ok(Toolchain { bin_dir, llvm_major: nightly.llvm_major })
 }
 
 struct Nightly {
@@ -148,10 +134,7 @@ fn nightly(progress: &mut dyn FnMut(&str)) -> Result<Nightly, Error> {
         .and_then(|major| major.trim().parse().ok())
         .ok_or_else(|| Error::NoNightly(format!("no LLVM version in `rustc +nightly -vV`:\n{version}")))?;
     let sysroot = rustc_nightly(&["--print", "sysroot"]).map_err(Error::NoNightly)?;
-    Ok(Nightly {
-        sysroot: PathBuf::from(sysroot.trim()),
-        llvm_major,
-    })
+    Ok(Nightly { sysroot: PathBuf::from(sysroot.trim()), llvm_major })
 }
 
 fn rustc_nightly(args: &[&str]) -> Result<String, String> {
@@ -203,10 +186,7 @@ fn is_current(linker: &Path, stamp_path: &Path, stamp: &str) -> bool {
 }
 
 fn runs(program: &Path) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Removes what an enclosing cargo (a build script's) sets, so that a nested
@@ -227,7 +207,10 @@ pub(crate) fn scrub_cargo_env(cmd: &mut Command) {
             || key == "DEBUG"
             || key == "NUM_JOBS";
         // CARGO_HOME and CARGO_REGISTRIES_* point at where crates live; keep them.
-        let keep = key == "CARGO_HOME" || key.starts_with("CARGO_REGISTRIES_") || key.starts_with("CARGO_NET_") || key.starts_with("CARGO_HTTP_");
+        let keep = key == "CARGO_HOME"
+            || key.starts_with("CARGO_REGISTRIES_")
+            || key.starts_with("CARGO_NET_")
+            || key.starts_with("CARGO_HTTP_");
         if inherited && !keep {
             cmd.env_remove(key);
         }

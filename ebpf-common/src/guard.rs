@@ -27,10 +27,7 @@ pub struct GuardConfig {
 
 impl GuardConfig {
     pub const fn new(port: u16) -> Self {
-        Self {
-            port: port.to_be_bytes(),
-            _pad: [0; 2],
-        }
+        Self { port: port.to_be_bytes(), _pad: [0; 2] }
     }
 
     pub const fn port(&self) -> u16 {
@@ -103,10 +100,7 @@ impl Outcome {
 
     /// Whether the guard drops packets with this outcome.
     pub const fn drops(self) -> bool {
-        matches!(
-            self,
-            Outcome::DropBadType | Outcome::DropBadLength | Outcome::DropTruncated
-        )
+        matches!(self, Outcome::DropBadType | Outcome::DropBadLength | Outcome::DropTruncated)
     }
 
     /// A stable snake_case name, used for metrics and the CLI's counter output.

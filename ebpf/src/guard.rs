@@ -40,9 +40,7 @@ impl UplinkGuard {
         let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
         let mut config: Array<_, GuardConfig> =
             Array::try_from(map).map_err(|source| Error::Map { name, source })?;
-        config
-            .set(0, GuardConfig::new(port), 0)
-            .map_err(|source| Error::Map { name, source })
+        config.set(0, GuardConfig::new(port), 0).map_err(|source| Error::Map { name, source })
     }
 
     /// Attaches to `iface` (in the caller's network namespace) and returns the
@@ -56,20 +54,12 @@ impl UplinkGuard {
             match program.attach_to_if_index(ifindex, xdp_mode) {
                 Ok(link) => {
                     tracing::info!(iface, mode = mode_name, "uplink guard attached");
-                    self.attached = Some(Attached {
-                        link,
-                        iface: iface.to_string(),
-                        mode: mode_name,
-                    });
+                    self.attached = Some(Attached { link, iface: iface.to_string(), mode: mode_name });
                     return Ok(mode_name);
                 }
                 Err(source) => {
                     tracing::debug!(iface, mode = mode_name, error = %source, "XDP attach failed");
-                    last_error = Some(Error::Attach {
-                        iface: iface.to_string(),
-                        mode: mode_name,
-                        source,
-                    });
+                    last_error = Some(Error::Attach { iface: iface.to_string(), mode: mode_name, source });
                 }
             }
         }
@@ -81,10 +71,7 @@ impl UplinkGuard {
         if let Some(attached) = self.attached.take() {
             self.program_mut()?
                 .detach(attached.link)
-                .map_err(|source| Error::Program {
-                    name: shared::PROGRAM,
-                    source,
-                })?;
+                .map_err(|source| Error::Program { name: shared::PROGRAM, source })?;
             tracing::info!(iface = attached.iface, mode = attached.mode, "uplink guard detached");
         }
         Ok(())
@@ -103,9 +90,7 @@ impl UplinkGuard {
             PerCpuArray::try_from(map).map_err(|source| Error::Map { name, source })?;
         let mut totals = [0u64; Outcome::COUNT as usize];
         for (index, total) in totals.iter_mut().enumerate() {
-            let per_cpu = counters
-                .get(&(index as u32), 0)
-                .map_err(|source| Error::Map { name, source })?;
+            let per_cpu = counters.get(&(index as u32), 0).map_err(|source| Error::Map { name, source })?;
             *total = per_cpu.iter().sum();
         }
         Ok(GuardCounters(totals))

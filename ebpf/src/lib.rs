@@ -32,10 +32,7 @@ pub fn load_object() -> Result<Ebpf, Error> {
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK, whose default (64
 /// KiB or 8 MiB) is too small for real maps. Newer kernels ignore it.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads a valid struct and has no other effect on memory.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");

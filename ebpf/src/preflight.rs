@@ -27,11 +27,7 @@ impl Report {
     }
 
     fn push(&mut self, name: impl Into<String>, ok: bool, detail: impl Into<String>) {
-        self.checks.push(Check {
-            name: name.into(),
-            ok,
-            detail: detail.into(),
-        });
+        self.checks.push(Check { name: name.into(), ok, detail: detail.into() });
     }
 }
 
@@ -70,7 +66,10 @@ pub fn run() -> Report {
     report
 }
 
-fn load_all() -> Result<Vec<(String, Result<&'static str, String>)>, Error> {
+/// Each program's name and either its kind or why the verifier refused it.
+type LoadResults = Vec<(String, Result<&'static str, String>)>;
+
+fn load_all() -> Result<LoadResults, Error> {
     let mut ebpf = load_object()?;
     let mut results = Vec::new();
     for (name, program) in ebpf.programs_mut() {

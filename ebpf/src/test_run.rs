@@ -55,21 +55,14 @@ pub fn run(program: &Xdp, packet: &[u8]) -> Result<XdpRun, Error> {
         })
         .map_err(|e| Error::TestRun(format!("{e} (packet of {} bytes)", packet.len())))?;
     out.truncate(result.data_size_out as usize);
-    Ok(XdpRun {
-        verdict: Verdict::from(result.return_value),
-        packet: out,
-    })
+    Ok(XdpRun { verdict: Verdict::from(result.return_value), packet: out })
 }
 
 /// Runs `program` `repeat` times on `packet` inside the kernel and returns the
 /// kernel's average time per run, which excludes the syscall.
 pub fn time(program: &Xdp, packet: &[u8], repeat: u32) -> Result<Duration, Error> {
     let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            repeat,
-            ..Default::default()
-        })
+        .test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })
         .map_err(|e| Error::TestRun(e.to_string()))?;
     Ok(result.duration)
 }

@@ -104,7 +104,8 @@ fn payloads_too_short_for_a_type_are_dropped() {
 fn lying_udp_lengths_are_dropped_as_truncated() {
     let g = guard();
     let udp_len_at = ETH_LEN + 20 + 4;
-    let set_udp_len = |frame: &mut Vec<u8>, len: u16| frame[udp_len_at..udp_len_at + 2].copy_from_slice(&len.to_be_bytes());
+    let set_udp_len =
+        |frame: &mut Vec<u8>, len: u16| frame[udp_len_at..udp_len_at + 2].copy_from_slice(&len.to_be_bytes());
 
     // UDP length below its own header.
     for len in [0u16, 7] {
@@ -167,12 +168,20 @@ fn ipv6_extension_headers_are_walked_up_to_four() {
     // units) in front of UDP: the guard still sees the WireGuard payload.
     check(&g, &ipv6_with_ext(&[(0, 8)], &wireguard(4, 32)), Outcome::AllowTransport);
     check(&g, &ipv6_with_ext(&[(0, 8), (60, 16)], &wireguard(7, 32)), Outcome::DropBadType);
-    check(&g, &ipv6_with_ext(&[(0, 8), (43, 24), (51, 12), (60, 8)], &wireguard(1, 148)), Outcome::AllowInitiation);
+    check(
+        &g,
+        &ipv6_with_ext(&[(0, 8), (43, 24), (51, 12), (60, 8)], &wireguard(1, 148)),
+        Outcome::AllowInitiation,
+    );
     check(&g, &ipv6_with_ext(&[(51, 16)], &wireguard(2, 91)), Outcome::DropBadLength);
     // A fragment header behind another one.
     check(&g, &ipv6_with_ext(&[(0, 8), (44, 8)], &wireguard(4, 32)), Outcome::PassFragment);
     // Five headers is more than the guard walks.
-    check(&g, &ipv6_with_ext(&[(0, 8), (60, 8), (60, 8), (60, 8), (60, 8)], &wireguard(7, 32)), Outcome::PassExtHeaders);
+    check(
+        &g,
+        &ipv6_with_ext(&[(0, 8), (60, 8), (60, 8), (60, 8), (60, 8)], &wireguard(7, 32)),
+        Outcome::PassExtHeaders,
+    );
     // An unknown next header behind options.
     let mut frame = ipv6_with_ext(&[(60, 8)], &wireguard(4, 32));
     frame[ETH_LEN + 40] = 6;
@@ -317,7 +326,7 @@ fn expected_outcome(message_type: u8, len: usize) -> Outcome {
         (1, 148) => Outcome::AllowInitiation,
         (2, 92) => Outcome::AllowResponse,
         (3, 64) => Outcome::AllowCookieReply,
-        (4, l) if l >= 32 && (l - 16) % 16 == 0 => Outcome::AllowTransport,
+        (4, l) if l >= 32 && (l - 16).is_multiple_of(16) => Outcome::AllowTransport,
         (1..=4, _) => Outcome::DropBadLength,
         _ => Outcome::DropBadType,
     }
@@ -335,7 +344,7 @@ fn shared_guard() -> &'static UplinkGuard {
 /// Inserts `len` bytes of IPv4 options (NOPs, then end-of-list) after the
 /// 20-byte header and fixes IHL and total length.
 fn with_ipv4_options(frame: &[u8], len: usize) -> Vec<u8> {
-    assert!(len % 4 == 0 && len <= 40);
+    assert!(len.is_multiple_of(4) && len <= 40);
     let ip = ETH_LEN;
     let mut out = frame[..ip + 20].to_vec();
     out.extend(std::iter::repeat_n(1u8, len - 1));

@@ -20,8 +20,8 @@ use network_types::{
 };
 
 use crate::packet::{
-    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS,
-    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, be16_at, ptr_at,
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, be16_at, ptr_at,
 };
 
 #[map(name = "GUARD_CONFIG")]
@@ -45,11 +45,7 @@ pub fn uplink_guard(ctx: XdpContext) -> u32 {
         // SAFETY: a per-CPU slot, written only by this CPU while we run.
         unsafe { *counter += 1 };
     }
-    if outcome.drops() {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    }
+    if outcome.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
 /// Where the UDP header starts and how many bytes the IP layer says follow it.
@@ -163,10 +159,7 @@ fn locate_udp_v4(ctx: &XdpContext, offset: usize) -> Result<UdpLocation, Outcome
     if header_len != Ipv4Hdr::LEN {
         return Err(Outcome::PassIpOptions);
     }
-    Ok(UdpLocation {
-        offset: offset + Ipv4Hdr::LEN,
-        ip_payload_len: total_len - Ipv4Hdr::LEN,
-    })
+    Ok(UdpLocation { offset: offset + Ipv4Hdr::LEN, ip_payload_len: total_len - Ipv4Hdr::LEN })
 }
 
 #[inline(always)]
@@ -209,9 +202,7 @@ fn locate_udp_v6(ctx: &XdpContext, offset: usize) -> Result<UdpLocation, Outcome
     }
     if next != IPPROTO_UDP {
         return Err(match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-                Outcome::PassExtHeaders
-            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => Outcome::PassExtHeaders,
             IPPROTO_FRAGMENT => Outcome::PassFragment,
             _ => Outcome::PassNotUdp,
         });
@@ -219,8 +210,5 @@ fn locate_udp_v6(ctx: &XdpContext, offset: usize) -> Result<UdpLocation, Outcome
     if ext_len > payload_len {
         return Err(Outcome::PassMalformed);
     }
-    Ok(UdpLocation {
-        offset: header_offset,
-        ip_payload_len: payload_len - ext_len,
-    })
+    Ok(UdpLocation { offset: header_offset, ip_payload_len: payload_len - ext_len })
 }

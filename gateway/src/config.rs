@@ -38,7 +38,8 @@ fn de_attach_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Attac
 
 pub fn load(explicit: Option<&Path>) -> Result<Config> {
     let default = ferry_daemon::paths::default_config_file("gateway");
-    let loaded = ferry_daemon::config::load::<Config>(explicit, &default).context("loading the gateway configuration")?;
+    let loaded = ferry_daemon::config::load::<Config>(explicit, &default)
+        .context("loading the gateway configuration")?;
     if let Some(source) = &loaded.source {
         tracing::debug!(file = %source.display(), "configuration loaded");
     }

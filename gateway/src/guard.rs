@@ -43,25 +43,28 @@ pub fn run(args: GuardArgs, config: &Config) -> Result<()> {
     let Some(iface) = args.iface.or_else(|| config.uplink.interface.clone()) else {
         bail!("no uplink interface: pass --iface or set uplink.interface in the configuration");
     };
-    let port = args
-        .port
-        .or(config.uplink.wireguard_port)
-        .unwrap_or(DEFAULT_WIREGUARD_PORT);
+    let port = args.port.or(config.uplink.wireguard_port).unwrap_or(DEFAULT_WIREGUARD_PORT);
     let mode = args.mode.or(config.uplink.xdp_mode).unwrap_or_default();
 
-    let mut guard = UplinkGuard::load(port).context("loading the uplink guard (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-    let attached = guard
-        .attach(&iface, mode)
-        .with_context(|| format!("attaching the uplink guard to {iface}"))?;
-    println!("uplink guard attached to {iface} ({attached} XDP), protecting UDP port {port}; SIGINT detaches");
-
+    let mut guard = UplinkGuard::load(port)
+        .context("loading the uplink guard (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let shutdown = {
+        let _entered = runtime.enter();
+        ferry_daemon::signals::Shutdown::install().context("installing signal handlers")?
+    };
+    let attached =
+        guard.attach(&iface, mode).with_context(|| format!("attaching the uplink guard to {iface}"))?;
+    println!(
+        "uplink guard attached to {iface} ({attached} XDP), protecting UDP port {port}; SIGINT detaches"
+    );
+
     let signal = runtime.block_on(async {
         let mut ticker = args.interval.map(|s| tokio::time::interval(Duration::from_secs(s.max(1))));
-        let shutdown = ferry_daemon::signals::shutdown();
+        let shutdown = shutdown.wait();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -74,7 +77,7 @@ pub fn run(args: GuardArgs, config: &Config) -> Result<()> {
                 }
             }
         }
-    })?;
+    });
 
     let counters = guard.counters().context("reading the guard's counters")?;
     guard.detach().context("detaching the uplink guard")?;
@@ -85,10 +88,8 @@ pub fn run(args: GuardArgs, config: &Config) -> Result<()> {
 
 fn print_counters(counters: &ferry_ebpf::guard::GuardCounters, json: bool) {
     if json {
-        let map: serde_json::Map<String, serde_json::Value> = counters
-            .iter()
-            .map(|(outcome, n)| (outcome.name().to_string(), n.into()))
-            .collect();
+        let map: serde_json::Map<String, serde_json::Value> =
+            counters.iter().map(|(outcome, n)| (outcome.name().to_string(), n.into())).collect();
         println!("{}", serde_json::Value::Object(map));
     } else {
         println!("{counters}");

@@ -60,7 +60,8 @@ fn pid_of_netns(name: &str) -> Option<u32> {
 
 fn pid_of_ifname(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(PREFIX)?;
-    let ours = (8..=13).contains(&rest.len()) && rest[..8].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    let ours = (8..=13).contains(&rest.len())
+        && rest[..8].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
     if !ours {
         return None;
     }

@@ -124,23 +124,15 @@ impl Router {
 
 fn nft_apply(mut cmd: Command, rules: &str) -> Result<()> {
     let command = describe(&cmd);
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn { command: command.clone(), source })?;
     child
         .stdin
         .take()
         .expect("stdin is piped")
         .write_all(rules.as_bytes())
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    let output = child.wait_with_output().map_err(|source| Error::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+    let output =
+        child.wait_with_output().map_err(|source| Error::Spawn { command: command.clone(), source })?;
     if !output.status.success() {
         return Err(Error::Command {
             command,

@@ -57,12 +57,7 @@ impl Lab {
             .prefix("ferry-lab-")
             .tempdir()
             .map_err(|e| Error::Setup(format!("creating the lab folder: {e}")))?;
-        Ok(Lab {
-            inner: Arc::new(LabInner {
-                namespaces: Mutex::new(Vec::new()),
-                dir,
-            }),
-        })
+        Ok(Lab { inner: Arc::new(LabInner { namespaces: Mutex::new(Vec::new()), dir }) })
     }
 
     /// Creates a namespace with loopback up. `label` only makes the name
@@ -71,10 +66,7 @@ impl Lab {
         let name = netns_name(label);
         run(Command::new("ip").args(["netns", "add", &name]))?;
         self.inner.namespaces.lock().expect("lab lock").push(name.clone());
-        let netns = Netns {
-            name: name.into(),
-            lab: Arc::clone(&self.inner),
-        };
+        let netns = Netns { name: name.into(), lab: Arc::clone(&self.inner) };
         netns.ip(&["link", "set", "lo", "up"])?;
         Ok(netns)
     }
@@ -124,7 +116,10 @@ pub(crate) fn delete_netns(name: &str) {
     if let Ok(output) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -182,10 +177,7 @@ impl Netns {
     pub fn output(&self, program: &str, args: &[&str]) -> Result<Output> {
         let mut cmd = self.command(program);
         cmd.args(args);
-        cmd.output().map_err(|source| Error::Spawn {
-            command: describe(&cmd),
-            source,
-        })
+        cmd.output().map_err(|source| Error::Spawn { command: describe(&cmd), source })
     }
 
     /// Starts a long-running process in the namespace. Its stdout and stderr go
@@ -208,14 +200,9 @@ impl Netns {
         let path = self.path();
         let name = self.name.to_string();
         std::thread::spawn(move || -> Result<T> {
-            let file = File::open(&path).map_err(|source| Error::Enter {
-                netns: name.clone(),
-                source,
-            })?;
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| Error::Enter {
-                netns: name,
-                source: errno.into(),
-            })?;
+            let file = File::open(&path).map_err(|source| Error::Enter { netns: name.clone(), source })?;
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|errno| Error::Enter { netns: name, source: errno.into() })?;
             Ok(f())
         })
         .join()
@@ -229,12 +216,19 @@ impl Netns {
 
     /// Creates a veth pair from this namespace to `other`, both ends up.
     pub fn veth_to(&self, other: &Netns) -> Result<Veth> {
-        let veth = Veth {
-            a: names::ifname("a"),
-            b: names::ifname("b"),
-        };
+        let veth = Veth { a: names::ifname("a"), b: names::ifname("b") };
         run(Command::new("ip").args([
-            "link", "add", &veth.a, "netns", &self.name, "type", "veth", "peer", "name", &veth.b, "netns",
+            "link",
+            "add",
+            &veth.a,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &veth.b,
+            "netns",
             &other.name,
         ]))?;
         self.ip(&["link", "set", &veth.a, "up"])?;
@@ -251,10 +245,10 @@ impl std::fmt::Debug for Netns {
 
 /// Runs a command to completion; non-zero exit becomes an error with stderr.
 pub(crate) fn run(cmd: &mut Command) -> Result<String> {
-    let output = cmd.stdin(Stdio::null()).output().map_err(|source| Error::Spawn {
-        command: describe(cmd),
-        source,
-    })?;
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Spawn { command: describe(cmd), source })?;
     if !output.status.success() {
         return Err(Error::Command {
             command: describe(cmd),

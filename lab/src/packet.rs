@@ -24,9 +24,7 @@ pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, payload: &[u8]
 
 /// An Ethernet + IPv4 + TCP frame (a bare SYN-less segment with the payload).
 pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1, 65535);
+    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1, 65535);
     let mut frame = Vec::with_capacity(builder.size(payload.len()));
     builder.write(&mut frame, payload).expect("writing to a Vec cannot fail");
     frame
@@ -34,9 +32,7 @@ pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) 
 
 /// An Ethernet + IPv4 + ICMP echo request.
 pub fn icmp4_echo(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .ipv4(src, dst, 64)
-        .icmpv4_echo_request(1, 1);
+    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src, dst, 64).icmpv4_echo_request(1, 1);
     let mut frame = Vec::with_capacity(builder.size(8));
     builder.write(&mut frame, &[0u8; 8]).expect("writing to a Vec cannot fail");
     frame

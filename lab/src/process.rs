@@ -29,26 +29,15 @@ impl Process {
         let stdout_path = dir.join(format!("proc{n}.out"));
         let stderr_path = dir.join(format!("proc{n}.err"));
         let file = |path: &Path| {
-            File::create(path).map_err(|source| Error::Spawn {
-                command: command.clone(),
-                source,
-            })
+            File::create(path).map_err(|source| Error::Spawn { command: command.clone(), source })
         };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file(&stdout_path)?)
             .stderr(file(&stderr_path)?)
             .spawn()
-            .map_err(|source| Error::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        Ok(Process {
-            child,
-            command,
-            stdout_path,
-            stderr_path,
-        })
+            .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+        Ok(Process { child, command, stdout_path, stderr_path })
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,12 +111,7 @@ impl Process {
     }
 
     fn timeout(&self, what: String, timeout: Duration) -> Error {
-        Error::Timeout {
-            what,
-            seconds: timeout.as_secs_f64(),
-            stdout: self.stdout(),
-            stderr: self.stderr(),
-        }
+        Error::Timeout { what, seconds: timeout.as_secs_f64(), stdout: self.stdout(), stderr: self.stderr() }
     }
 }
 

@@ -25,20 +25,14 @@ fn site(nat: Nat) -> Site {
     let lab = Lab::new().unwrap();
     let internet = lab.netns("internet").unwrap();
     let server = lab.netns("server").unwrap();
-    lab.wire(&internet, &["203.0.113.1/24"], &server, &[&format!("{SERVER}/24")])
-        .unwrap();
+    lab.wire(&internet, &["203.0.113.1/24"], &server, &[&format!("{SERVER}/24")]).unwrap();
     server.ip(&["route", "add", "default", "via", "203.0.113.1"]).unwrap();
     let router = lab
         .nat_router("router", nat, &internet, "198.51.100.1/24", "198.51.100.2/24", "10.0.0.1/24")
         .unwrap();
     let host = lab.netns("host").unwrap();
     router.attach(&host, "10.0.0.2/24").unwrap();
-    Site {
-        _lab: lab,
-        server,
-        internet,
-        host,
-    }
+    Site { _lab: lab, server, internet, host }
 }
 
 fn udp(ns: &Netns, addr: &str) -> UdpSocket {
@@ -61,8 +55,7 @@ fn namespaces_are_isolated_and_removed_on_drop() {
     let a = lab.netns("a").unwrap();
     let b = lab.netns("b").unwrap();
     let c = lab.netns("c").unwrap();
-    lab.wire(&a, &["192.0.2.1/24", "2001:db8::1/64"], &b, &["192.0.2.2/24", "2001:db8::2/64"])
-        .unwrap();
+    lab.wire(&a, &["192.0.2.1/24", "2001:db8::1/64"], &b, &["192.0.2.2/24", "2001:db8::2/64"]).unwrap();
     a.exec("ping", &["-c1", "-W2", "192.0.2.2"]).unwrap();
     a.exec("ping", &["-c1", "-W2", "2001:db8::2"]).unwrap();
     // c has no link: the same address is unreachable from it.
@@ -182,9 +175,7 @@ fn tcp_only_443_lets_nothing_else_out() {
         .run_in(move || (TcpListener::bind(https).unwrap(), TcpListener::bind(http).unwrap()))
         .unwrap();
     let connect = |addr: SocketAddr| {
-        site.host
-            .run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
-            .unwrap()
+        site.host.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()).unwrap()
     };
     assert!(connect(https), "TCP 443 must pass");
     assert!(!connect(http), "TCP 80 must not pass");

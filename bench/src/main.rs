@@ -1,0 +1,37 @@
+//! `ferry-bench`: Ferry's benchmarks. Use `cargo xtask bench <name>`, which
+//! builds in release mode and runs this with the right output folder.
+
+mod guard;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+/// Run Ferry's benchmarks; each prints a table and writes <out-dir>/<name>.json.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-bench", version, about)]
+struct Cli {
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
+
+    /// Benchmarks to run: guard.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    for name in &cli.names {
+        let rows = match name.as_str() {
+            "guard" => guard::run()?,
+            other => bail!("unknown benchmark `{other}`"),
+        };
+        report::print(name, &rows);
+        let path = report::write_json(&cli.out_dir, name, &rows)?;
+        println!("wrote {}\n", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask bench <name>`: builds ferry-bench in release mode and runs it.
+
+use anyhow::{Result, bail};
+
+use crate::{
+    cargo::{cargo, run as run_cmd, workspace_root},
+    setup,
+};
+
+/// The benchmarks ferry-bench knows, with what each measures.
+pub const BENCHES: &[(&str, &str)] =
+    &[("guard", "uplink guard ns/packet with BPF_PROG_RUN, against an empty XDP program")];
+
+pub fn run(names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        println!("benchmarks (cargo xtask bench <name>... | all):");
+        for (name, what) in BENCHES {
+            println!("  {name:<10} {what}");
+        }
+        return Ok(());
+    }
+    let names: Vec<&str> = if names.iter().any(|n| n == "all") {
+        BENCHES.iter().map(|(n, _)| *n).collect()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    for name in &names {
+        if !BENCHES.iter().any(|(n, _)| n == name) {
+            bail!("unknown benchmark `{name}`; run `cargo xtask bench` for the list");
+        }
+    }
+    if !setup::is_root() {
+        bail!("benchmarks load eBPF programs and create namespaces: run them as root");
+    }
+    setup::toolchain()?;
+    setup::debian_packages()?;
+    run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    let out_dir = workspace_root().join("target").join("bench");
+    let mut cmd = std::process::Command::new(workspace_root().join("target/release/ferry-bench"));
+    cmd.arg("--out-dir").arg(&out_dir).args(&names);
+    run_cmd(&mut cmd)
+}

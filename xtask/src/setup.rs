@@ -1,0 +1,109 @@
+//! Installing prerequisites, idempotently.
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cargo::workspace_root;
+
+/// Debian packages the tests use, with the command each provides.
+pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip, for namespaces, veth and routes"),
+    ("iptables", "iptables, for NAT baselines"),
+    ("nftables", "nft, for the lab's NAT routers"),
+    ("wireguard-go", "the independent WireGuard implementation we interoperate with"),
+    ("wireguard-tools", "wg, to configure wireguard-go"),
+    ("iperf3", "TCP and UDP throughput through tunnels"),
+    ("tcpdump", "captures for checksum checks"),
+    ("ethtool", "turning off checksum offload on veth"),
+    ("iputils-ping", "ping"),
+    ("procps", "sysctl"),
+    ("util-linux", "setpriv, to run binaries without privileges"),
+];
+
+/// nightly rust-src and bpf-linker (see ferry-ebpf-build).
+pub fn toolchain() -> Result<ferry_ebpf_build::Toolchain> {
+    let started = Instant::now();
+    let toolchain = ferry_ebpf_build::ensure_toolchain(&mut |step| eprintln!("setup: {step}"))?;
+    eprintln!(
+        "setup: eBPF toolchain ready (nightly LLVM {}, bpf-linker in {}) [{:.1}s]",
+        toolchain.llvm_major,
+        toolchain.bin_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(toolchain)
+}
+
+/// Installs the Debian packages that are missing, with one apt-get call.
+pub fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> =
+        DEBIAN_PACKAGES.iter().map(|(name, _)| *name).filter(|name| !installed(name)).collect();
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages present");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}; install them as root (apt-get install {}) or run this command as root",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "missing packages {} and no apt-get on this machine; install their equivalents: {}",
+            missing.join(", "),
+            DEBIAN_PACKAGES
+                .iter()
+                .filter(|(name, _)| missing.contains(name))
+                .map(|(name, why)| format!("{name} ({why})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    apt(&["update", "-q"])?;
+    apt(&["install", "-y", "-q", "--no-install-recommends"]
+        .iter()
+        .copied()
+        .chain(missing.iter().copied())
+        .collect::<Vec<_>>())?;
+    let still: Vec<&str> = missing.iter().copied().filter(|name| !installed(name)).collect();
+    if !still.is_empty() {
+        bail!("apt-get finished but these are still missing: {}", still.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds the eBPF object into target/bpf and returns its path.
+pub fn build_ebpf() -> Result<PathBuf> {
+    let toolchain = toolchain()?;
+    let root = workspace_root();
+    let started = Instant::now();
+    let object = ferry_ebpf_build::build_object(&toolchain, &root, &root.join("target").join("bpf"))?;
+    eprintln!("build-ebpf: {} [{:.1}s]", object.display(), started.elapsed().as_secs_f64());
+    Ok(object)
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with("install ok installed"))
+}
+
+fn apt(args: &[&str]) -> Result<()> {
+    let output = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .with_context(|| format!("running apt-get {}", args.join(" ")))?;
+    if !output.status.success() {
+        bail!("apt-get {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -1,0 +1,203 @@
+//! `cargo xtask test`: every suite, with a summary of what ran.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::Stdio,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    cargo::{cargo, describe, run as run_cmd},
+    setup,
+};
+
+/// One test binary's result.
+#[derive(Debug)]
+struct Suite {
+    package: String,
+    name: String,
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+    /// The binary died without a result line (crash, abort, signal).
+    crashed: bool,
+}
+
+pub fn run(cargo_test_args: &[String]) -> Result<()> {
+    if !setup::is_root() {
+        bail!(
+            "cargo xtask test needs root: the tests create network namespaces and load XDP programs.\n\
+             Run it as root, for example `sudo -E env PATH=$PATH cargo xtask test`."
+        );
+    }
+    let started = Instant::now();
+    setup::toolchain()?;
+    setup::debian_packages()?;
+    for object in ferry_lab::sweep_stale() {
+        eprintln!("sweep: removed stale {object}");
+    }
+
+    let mut checks: Vec<(&str, bool)> = Vec::new();
+    section("rustfmt --check");
+    checks.push(("rustfmt", run_cmd(cargo().args(["fmt", "--all", "--check"])).is_ok()));
+
+    section("build (binaries, eBPF object)");
+    run_cmd(cargo().args(["build", "--bins", "--tests"])).context("building the workspace")?;
+
+    section("clippy");
+    checks
+        .push(("clippy", run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"])).is_ok()));
+
+    let mut suites = Vec::new();
+    for package in packages()? {
+        section(&format!("tests of {package}"));
+        suites.extend(test_package(&package, cargo_test_args)?);
+    }
+
+    let ok = summarize(&checks, &suites, started);
+    if !ok {
+        bail!("some tests or checks failed (see the summary above)");
+    }
+    Ok(())
+}
+
+fn section(title: &str) {
+    eprintln!("\n==> {title}");
+}
+
+/// The workspace's default members (gateway-ebpf is built by ferry-ebpf's
+/// build script, not tested on the host).
+fn packages() -> Result<Vec<String>> {
+    let output = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("running cargo metadata")?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("parsing cargo metadata")?;
+    let defaults: Vec<&str> = metadata["workspace_default_members"]
+        .as_array()
+        .context("cargo metadata has no workspace_default_members")?
+        .iter()
+        .filter_map(|id| id.as_str())
+        .collect();
+    let mut names: Vec<String> = metadata["packages"]
+        .as_array()
+        .context("cargo metadata has no packages")?
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| defaults.contains(&id)))
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Runs `cargo test -p <package>`, streaming its output, and parses the result
+/// line of every test binary.
+fn test_package(package: &str, extra: &[String]) -> Result<Vec<Suite>> {
+    let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--no-fail-fast", "-p", package]);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    cmd.stdout(writer.try_clone()?).stderr(writer).stdin(Stdio::null());
+    let mut child = cmd.spawn().with_context(|| format!("running {}", describe(&cmd)))?;
+    drop(cmd); // closes our copies of the pipe's write end
+
+    let mut suites = Vec::new();
+    let mut current: Option<Suite> = None;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(reader).lines() {
+        let line = line.context("reading cargo test output")?;
+        writeln!(out, "{line}")?;
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("Running ") {
+            finish(&mut current, &mut suites);
+            current = Some(Suite::new(package, suite_name(rest)));
+        } else if trimmed.starts_with("Doc-tests ") {
+            finish(&mut current, &mut suites);
+            current = Some(Suite::new(package, "doc-tests".to_string()));
+        } else if let Some(result) = trimmed.strip_prefix("test result: ")
+            && let Some(mut suite) = current.take()
+        {
+            suite.parse_result(result);
+            suites.push(suite);
+        }
+    }
+    finish(&mut current, &mut suites);
+    let status = child.wait()?;
+    if !status.success() && suites.iter().all(|s| s.failed == 0 && !s.crashed) {
+        // cargo failed before any test ran (a compile error).
+        suites.push(Suite { crashed: true, ..Suite::new(package, "build".to_string()) });
+    }
+    Ok(suites)
+}
+
+/// A test binary that printed no result line died on its own.
+fn finish(current: &mut Option<Suite>, suites: &mut Vec<Suite>) {
+    if let Some(mut suite) = current.take() {
+        suite.crashed = true;
+        suites.push(suite);
+    }
+}
+
+/// "unittests src/lib.rs (target/debug/deps/x-123)" -> "unittests src/lib.rs".
+fn suite_name(running: &str) -> String {
+    running.split(" (").next().unwrap_or(running).to_string()
+}
+
+impl Suite {
+    fn new(package: &str, name: String) -> Suite {
+        Suite { package: package.to_string(), name, passed: 0, failed: 0, ignored: 0, crashed: false }
+    }
+
+    /// Parses "ok. 3 passed; 0 failed; 1 ignored; 0 measured; ...".
+    fn parse_result(&mut self, result: &str) {
+        for part in result.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u32>()
+            {
+                match what {
+                    "passed" => self.passed = n,
+                    "failed" => self.failed = n,
+                    "ignored" => self.ignored = n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn summarize(checks: &[(&str, bool)], suites: &[Suite], started: Instant) -> bool {
+    println!("\n==> summary");
+    for (name, ok) in checks {
+        println!("{:<52} {}", format!("check {name}"), if *ok { "ok" } else { "FAILED" });
+    }
+    println!("{:<52} {:>6} {:>6} {:>7}", "suite", "passed", "failed", "ignored");
+    let mut empty = 0;
+    for suite in suites {
+        if suite.passed + suite.failed + suite.ignored == 0 && !suite.crashed {
+            empty += 1;
+            continue;
+        }
+        let name = format!("{} {}", suite.package, suite.name);
+        let note = if suite.crashed { "  CRASHED (no result line)" } else { "" };
+        println!("{name:<52} {:>6} {:>6} {:>7}{note}", suite.passed, suite.failed, suite.ignored);
+    }
+    let passed: u32 = suites.iter().map(|s| s.passed).sum();
+    let failed: u32 = suites.iter().map(|s| s.failed).sum();
+    let ignored: u32 = suites.iter().map(|s| s.ignored).sum();
+    let crashed = suites.iter().filter(|s| s.crashed).count();
+    let checks_ok = checks.iter().all(|(_, ok)| *ok);
+    println!(
+        "total: {passed} passed, {failed} failed, {ignored} ignored in {} suites ({empty} without tests); \
+         {crashed} crashed; checks {}; {:.0}s",
+        suites.len() - empty,
+        if checks_ok { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    failed == 0 && crashed == 0 && checks_ok && ignored == 0 && passed > 0
+}
