@@ -127,14 +127,19 @@ fn nightly(progress: &mut dyn FnMut(&str)) -> Result<Nightly, Error> {
         version = rustc_nightly(&["-vV"]);
     }
     let version = version.map_err(Error::NoNightly)?;
-    let llvm_major = version
+    let llvm_major = llvm_major(&version)
+        .ok_or_else(|| Error::NoNightly(format!("no LLVM version in `rustc +nightly -vV`:\n{version}")))?;
+    let sysroot = rustc_nightly(&["--print", "sysroot"]).map_err(Error::NoNightly)?;
+    Ok(Nightly { sysroot: PathBuf::from(sysroot.trim()), llvm_major })
+}
+
+/// The LLVM major version in `rustc -vV` output ("LLVM version: 22.1.4").
+fn llvm_major(version: &str) -> Option<u32> {
+    version
         .lines()
         .find_map(|line| line.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
         .and_then(|major| major.trim().parse().ok())
-        .ok_or_else(|| Error::NoNightly(format!("no LLVM version in `rustc +nightly -vV`:\n{version}")))?;
-    let sysroot = rustc_nightly(&["--print", "sysroot"]).map_err(Error::NoNightly)?;
-    Ok(Nightly { sysroot: PathBuf::from(sysroot.trim()), llvm_major })
 }
 
 fn rustc_nightly(args: &[&str]) -> Result<String, String> {
@@ -221,4 +226,62 @@ pub(crate) fn tail(bytes: &[u8], lines: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_is_read_from_rustc_version_output() {
+        let output = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(output), Some(22));
+        assert_eq!(llvm_major("rustc 1.0.0\n"), None);
+        assert_eq!(llvm_major("LLVM version: x.1\n"), None);
+    }
+
+    #[test]
+    fn the_real_libllvm_is_chosen_over_its_linker_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("lib");
+        fs::create_dir(&lib).unwrap();
+        assert!(matches!(find_libllvm(dir.path()), Err(Error::NoLibLlvm(_))));
+        // rustup ships both; the first sorts earlier but is a linker script.
+        fs::write(
+            lib.join("libLLVM-22-rust-1.97.0-nightly.so"),
+            "INPUT(libLLVM.so.22.1-rust-1.97.0-nightly)",
+        )
+        .unwrap();
+        fs::write(lib.join("libLLVM.so.22.1-rust-1.97.0-nightly"), "\x7fELF").unwrap();
+        assert_eq!(find_libllvm(dir.path()).unwrap(), lib.join("libLLVM.so.22.1-rust-1.97.0-nightly"));
+    }
+
+    #[test]
+    fn a_stale_stamp_or_missing_linker_is_not_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = dir.path().join("stamp");
+        let linker = Path::new("/bin/true");
+        assert!(!is_current(linker, &stamp, "v1\n"));
+        fs::write(&stamp, "v1\n").unwrap();
+        assert!(is_current(linker, &stamp, "v1\n"));
+        assert!(!is_current(linker, &stamp, "v2\n"));
+        assert!(!is_current(&dir.path().join("absent"), &stamp, "v1\n"));
+    }
+
+    #[test]
+    fn nested_cargo_does_not_inherit_the_build_scripts_toolchain() {
+        let mut cmd = Command::new("true");
+        // SAFETY: tests in this module do not read these variables concurrently.
+        unsafe {
+            env::set_var("RUSTC", "/stable/rustc");
+            env::set_var("CARGO_ENCODED_RUSTFLAGS", "-Cfoo");
+            env::set_var("CARGO_HOME", "/keep");
+        }
+        scrub_cargo_env(&mut cmd);
+        let removed: Vec<_> =
+            cmd.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
+        assert!(removed.iter().any(|k| k == "RUSTC"));
+        assert!(removed.iter().any(|k| k == "CARGO_ENCODED_RUSTFLAGS"));
+        assert!(!removed.iter().any(|k| k == "CARGO_HOME"));
+    }
 }
