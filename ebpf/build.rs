@@ -13,6 +13,7 @@ fn main() {
         println!("cargo::rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo::rerun-if-env-changed=FERRY_TOOLCHAIN_DIR");
+    println!("cargo::rerun-if-env-changed=FERRY_EBPF_TOOLCHAIN");
 
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out. The eBPF build gets
     // one folder beside the profiles, so debug and release builds share it.

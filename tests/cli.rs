@@ -23,6 +23,26 @@ fn every_binary_explains_itself() {
 }
 
 #[test]
+fn guard_refuses_links_without_ethernet_headers() {
+    let lab = Lab::new().unwrap();
+    let ns = lab.netns("cli-tun").unwrap();
+    let tun = lab.ifname("tun");
+    ns.ip(&["tuntap", "add", "dev", &tun, "mode", "tun"]).unwrap();
+    ns.ip(&["link", "set", &tun, "up"]).unwrap();
+    for iface in [tun.as_str(), "lo"] {
+        let output = ns
+            .output(
+                bin_path("ferry-gateway").to_str().unwrap(),
+                &["guard", "--iface", iface, "--port", "51820"],
+            )
+            .unwrap();
+        assert!(!output.status.success());
+        let err = stderr(&output);
+        assert!(err.contains("is not an Ethernet interface"), "{iface}: {err}");
+    }
+}
+
+#[test]
 fn guard_names_a_missing_interface() {
     let lab = Lab::new().unwrap();
     let ns = lab.netns("cli").unwrap();
@@ -48,7 +68,9 @@ fn guard_without_privileges_says_what_it_needs() {
         .unwrap();
     assert!(!output.status.success());
     let err = stderr(&output);
+    // The context says what is needed; the cause is the kernel's refusal.
     assert!(err.contains("needs root or CAP_BPF"), "{err}");
+    assert!(err.contains("Operation not permitted") || err.contains("Permission denied"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -68,6 +90,11 @@ fn bad_flags_and_config_are_refused_with_the_reason() {
     let output = bin("ferry-gateway").args(["--config", config.to_str().unwrap(), "guard"]).output().unwrap();
     assert!(!output.status.success());
     assert!(stderr(&output).contains("wireguard_prot"), "{}", stderr(&output));
+
+    std::fs::write(&config, "[uplink]\nwireguard_port = 0\n").unwrap();
+    let output = bin("ferry-gateway").args(["--config", config.to_str().unwrap(), "guard"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("nonzero"), "{}", stderr(&output));
 
     let output = bin("ferry-gateway")
         .args(["--config", dir.join("absent.toml").to_str().unwrap(), "guard"])

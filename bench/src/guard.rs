@@ -25,7 +25,7 @@ pub fn run() -> Result<Vec<Row>> {
 
     let client = [192, 0, 2, 7];
     let gateway = [198, 51, 100, 2];
-    // A full-size transport message (1440-byte payload in a 1500-byte packet),
+    // A transport message as large as a 1500-byte packet carries,
     // junk to the port, and a TCP segment the guard only glances at.
     let cases = [
         (

@@ -42,10 +42,19 @@ pub fn build_object(toolchain: &Toolchain, workspace: &Path, target_dir: &Path) 
     }
 
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--package", "gateway-ebpf", "--bins"])
-        .args(["--target", BPF_TARGET, "-Z", "build-std=core", "--target-dir"])
-        .arg(target_dir)
-        .current_dir(workspace);
+    cmd.args([
+        "run",
+        &crate::toolchain::ebpf_toolchain(),
+        "cargo",
+        "build",
+        "--release",
+        "--package",
+        "gateway-ebpf",
+    ])
+    .arg("--bins")
+    .args(["--target", BPF_TARGET, "-Z", "build-std=core", "--target-dir"])
+    .arg(target_dir)
+    .current_dir(workspace);
     scrub_cargo_env(&mut cmd);
     cmd.env("PATH", path).env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     let output = cmd

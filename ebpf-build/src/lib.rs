@@ -17,7 +17,7 @@ mod build;
 mod toolchain;
 
 pub use build::{BPF_TARGET, OBJECT_NAME, build_object};
-pub use toolchain::{BPF_LINKER_VERSION, Toolchain, ensure_toolchain, toolchain_dir};
+pub use toolchain::{BPF_LINKER_VERSION, Toolchain, ebpf_toolchain, ensure_toolchain, toolchain_dir};
 
 use std::path::PathBuf;
 

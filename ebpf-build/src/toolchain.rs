@@ -13,6 +13,13 @@ use crate::Error;
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const SUPPORTED_LLVM: [u32; 3] = [21, 22, 23];
 
+/// The rustup toolchain that compiles the eBPF crate: `$FERRY_EBPF_TOOLCHAIN`,
+/// else `nightly`. A dated nightly (`nightly-2026-05-19`) pins it where
+/// rustup can install that one.
+pub fn ebpf_toolchain() -> String {
+    env::var("FERRY_EBPF_TOOLCHAIN").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| "nightly".to_string())
+}
+
 /// What the eBPF build needs, once it is in place.
 #[derive(Clone, Debug)]
 pub struct Toolchain {
@@ -118,7 +125,15 @@ fn nightly(progress: &mut dyn FnMut(&str)) -> Result<Nightly, Error> {
     if version.is_err() {
         progress("installing the nightly toolchain");
         let output = Command::new("rustup")
-            .args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"])
+            .args([
+                "toolchain",
+                "install",
+                &ebpf_toolchain(),
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ])
             .output()
             .map_err(Error::io("running rustup toolchain install"))?;
         if !output.status.success() {
@@ -144,7 +159,7 @@ fn llvm_major(version: &str) -> Option<u32> {
 
 fn rustc_nightly(args: &[&str]) -> Result<String, String> {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "rustc"]).args(args);
+    cmd.args(["run", &ebpf_toolchain(), "rustc"]).args(args);
     scrub_cargo_env(&mut cmd);
     let output = cmd.output().map_err(|e| e.to_string())?;
     if !output.status.success() {
@@ -160,7 +175,7 @@ fn ensure_rust_src(nightly: &Nightly, progress: &mut dyn FnMut(&str)) -> Result<
     }
     progress("adding rust-src to the nightly toolchain");
     let output = Command::new("rustup")
-        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .args(["component", "add", "rust-src", "--toolchain", &ebpf_toolchain()])
         .output()
         .map_err(Error::io("running rustup component add"))?;
     if !output.status.success() || !core_src.exists() {

@@ -14,6 +14,23 @@ pub const RESPONSE_LEN: usize = 92;
 pub const COOKIE_REPLY_LEN: usize = 64;
 /// A transport message is a 16-byte header plus at least the 16-byte tag.
 pub const TRANSPORT_MIN_LEN: usize = 32;
+/// Senders pad the encrypted packet to a multiple of 16 but never beyond
+/// their MTU (the kernel's `calculate_skb_padding`, wireguard-go's
+/// `calculatePaddingSize`): with an MTU that is not a multiple of 16, such as
+/// the default 1420, a full-size packet is padded only to the MTU. An MTU is
+/// at least 68 (IPv4's minimum), so an unaligned body shorter than that cannot
+/// come from a WireGuard sender.
+pub const MIN_UNALIGNED_BODY: usize = 68;
+
+/// Whether `len` bytes can be a transport message: the header, a body padded
+/// to 16 or to the sender's MTU, and the tag.
+pub const fn transport_len_ok(len: usize) -> bool {
+    if len < TRANSPORT_MIN_LEN {
+        return false;
+    }
+    let body = len - TRANSPORT_MIN_LEN;
+    body.is_multiple_of(16) || body >= MIN_UNALIGNED_BODY
+}
 
 /// The guard's configuration, written by userspace.
 #[repr(C)]
@@ -57,8 +74,9 @@ pub enum Outcome {
     /// More IPv6 extension headers than the guard walks.
     PassExtHeaders,
     /// Too short or inconsistent to parse up to the UDP port (short Ethernet or
-    /// IP header, bad version or IHL, truncated extension or UDP header). The
-    /// stack's own validation drops these; the guard only counts them.
+    /// IP header, bad version or IHL, truncated extension or UDP header, or an
+    /// IP payload too short to hold the UDP header). The stack's own
+    /// validation drops these; the guard only counts them.
     PassMalformed,
     /// A handshake initiation of exactly 148 bytes.
     AllowInitiation,
@@ -66,7 +84,8 @@ pub enum Outcome {
     AllowResponse,
     /// A cookie reply of exactly 64 bytes.
     AllowCookieReply,
-    /// A transport message: at least 32 bytes, 16 plus a multiple of 16.
+    /// A transport message: at least 32 bytes, with a body padded to 16 or to
+    /// the sender's MTU (see [`transport_len_ok`]).
     AllowTransport,
     /// To the WireGuard port, but the first four bytes are no message type.
     DropBadType,

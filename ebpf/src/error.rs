@@ -29,6 +29,13 @@ pub enum Error {
         #[source]
         source: ProgramError,
     },
+    #[error(
+        "`{iface}` is not an Ethernet interface (link type {link_type}); the uplink guard parses Ethernet \
+         frames and would filter nothing on a raw-IP link such as ppp, wwan or tun"
+    )]
+    NotEthernet { iface: String, link_type: u16 },
+    #[error(transparent)]
+    Io(std::io::Error),
     #[error("BPF_PROG_RUN: {0}")]
     TestRun(String),
 }

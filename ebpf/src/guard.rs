@@ -48,6 +48,13 @@ impl UplinkGuard {
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&'static str, Error> {
         self.detach()?;
         let ifindex = if_index(iface)?;
+        // The program parses an Ethernet header first. On raw-IP links (ppp,
+        // wwan in raw-IP mode, tun) XDP data starts at the IP header, so the
+        // guard would misread every frame and filter nothing.
+        let link_type = link_type(iface)?;
+        if link_type != ARPHRD_ETHER {
+            return Err(Error::NotEthernet { iface: iface.to_string(), link_type });
+        }
         let program = self.program_mut()?;
         let mut last_error = None;
         for &(xdp_mode, mode_name) in mode.candidates() {
@@ -164,6 +171,37 @@ impl fmt::Display for GuardCounters {
         }
         write!(f, "{:<20} {:>4} {:>14}", "total", "", self.total())
     }
+}
+
+const ARPHRD_ETHER: u16 = 1;
+
+/// The interface's ARPHRD link type, asked of the kernel in the caller's
+/// network namespace (sysfs may show another one).
+pub(crate) fn link_type(iface: &str) -> Result<u16, Error> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let bytes = iface.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return Err(Error::UnknownInterface(iface.to_string()));
+    }
+    // SAFETY: socket() has no memory preconditions; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(Error::Io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of a valid ifreq.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) } < 0 {
+        return Err(Error::UnknownInterface(iface.to_string()));
+    }
+    // SAFETY: the kernel filled the hwaddr member of the union.
+    Ok(unsafe { request.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
 pub(crate) fn if_index(iface: &str) -> Result<u32, Error> {

@@ -50,7 +50,9 @@ fn each_message_type_passes_at_its_exact_length_only() {
         check(&g, &build(1, 148), Outcome::AllowInitiation);
         check(&g, &build(2, 92), Outcome::AllowResponse);
         check(&g, &build(3, 64), Outcome::AllowCookieReply);
-        for len in [32, 48, 1440, 1456] {
+        // Bodies padded to 16, and full-size packets padded only up to an MTU
+        // that is not a multiple of 16: 1420 (the default), 1412 (PPPoE), 68.
+        for len in [32, 48, 1440, 1456, 32 + 1420, 32 + 1412, 32 + 68] {
             check(&g, &build(4, len), Outcome::AllowTransport);
         }
         for len in [147, 149, 0x94 + 16] {
@@ -62,8 +64,8 @@ fn each_message_type_passes_at_its_exact_length_only() {
         for len in [63, 65, 92] {
             check(&g, &build(3, len), Outcome::DropBadLength);
         }
-        // Too short for a tag, or not 16 plus a multiple of 16.
-        for len in [4, 16, 17, 31, 33, 40, 1439] {
+        // Too short for a tag, or an unaligned body shorter than any MTU.
+        for len in [4, 16, 17, 31, 33, 40, 32 + 67] {
             check(&g, &build(4, len), Outcome::DropBadLength);
         }
     }
@@ -224,6 +226,13 @@ fn malformed_and_truncated_frames_are_counted_and_passed_to_the_stack() {
     let mut bad = ipv4.clone();
     bad[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&19u16.to_be_bytes());
     check(&g, &bad, Outcome::PassMalformed);
+    // The IP datagram ends inside the UDP header (the rest is padding).
+    let mut bad = ipv4.clone();
+    bad[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&24u16.to_be_bytes());
+    check(&g, &bad, Outcome::PassMalformed);
+    let mut bad = ipv6.clone();
+    bad[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&7u16.to_be_bytes());
+    check(&g, &bad, Outcome::PassMalformed);
     let mut bad = ipv6.clone();
     bad[ETH_LEN] = 0x45;
     check(&g, &bad, Outcome::PassMalformed);
@@ -303,7 +312,7 @@ proptest! {
     /// Well-formed datagrams to the port: the verdict is exactly WireGuard's
     /// shape rule, over IPv4 and IPv6 and any type and length.
     #[test]
-    fn wireguard_shape_rule_holds(v6 in any::<bool>(), message_type in 0u8..8, len in 0usize..1500) {
+    fn wireguard_shape_rule_holds(v6 in any::<bool>(), message_type in 0u8..8, len in 0usize..1600) {
         let g = shared_guard();
         let frame = if v6 { wg6(message_type, len) } else { wg4(message_type, len) };
         let expected = expected_outcome(message_type, len);
@@ -315,9 +324,12 @@ proptest! {
     }
 }
 
-/// The rule from the WireGuard protocol, written from the spec (not from the
-/// program): fixed lengths for types 1-3; 16 plus a non-zero multiple of 16
-/// for type 4; nothing else.
+/// What a sender can put on the wire, derived from the senders' own padding
+/// (not from the program): WireGuard pads a packet of `len` bytes with the
+/// kernel's `calculate_skb_padding` (wireguard-go's `calculatePaddingSize`
+/// is the same), so a transport message is 32 bytes plus that padded size for
+/// some packet length and some MTU of at least 68. Handshake messages have
+/// their fixed sizes.
 fn expected_outcome(message_type: u8, len: usize) -> Outcome {
     if len < 4 {
         return Outcome::DropBadLength;
@@ -326,10 +338,32 @@ fn expected_outcome(message_type: u8, len: usize) -> Outcome {
         (1, 148) => Outcome::AllowInitiation,
         (2, 92) => Outcome::AllowResponse,
         (3, 64) => Outcome::AllowCookieReply,
-        (4, l) if l >= 32 && (l - 16).is_multiple_of(16) => Outcome::AllowTransport,
+        (4, l) if producible_transport_lengths().contains(&l) => Outcome::AllowTransport,
         (1..=4, _) => Outcome::DropBadLength,
         _ => Outcome::DropBadType,
     }
+}
+
+fn padded_size(packet_len: usize, mtu: usize) -> usize {
+    let mut last_unit = packet_len;
+    if last_unit > mtu {
+        last_unit %= mtu;
+    }
+    let padded = mtu.min(last_unit.next_multiple_of(16));
+    packet_len + (padded - last_unit)
+}
+
+fn producible_transport_lengths() -> &'static std::collections::HashSet<usize> {
+    static SET: std::sync::OnceLock<std::collections::HashSet<usize>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        let mut set = std::collections::HashSet::new();
+        for mtu in 68..=1600 {
+            for packet_len in 0..=1600 {
+                set.insert(32 + padded_size(packet_len, mtu));
+            }
+        }
+        set
+    })
 }
 
 /// One guard for all proptest cases in a thread: loading per case would spend

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ferry_ebpf_common::guard::{
-    COOKIE_REPLY_LEN, GuardConfig, INITIATION_LEN, Outcome, RESPONSE_LEN, TRANSPORT_MIN_LEN,
+    COOKIE_REPLY_LEN, GuardConfig, INITIATION_LEN, Outcome, RESPONSE_LEN, transport_len_ok,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -88,6 +88,10 @@ fn classify(ctx: &XdpContext) -> Outcome {
         _ => return Outcome::PassNotIp,
     };
 
+    // A UDP header that is not inside the IP datagram is read from padding.
+    if udp.ip_payload_len < UdpHdr::LEN {
+        return Outcome::PassMalformed;
+    }
     let Some(header) = ptr_at::<UdpHdr>(ctx, udp.offset) else {
         return Outcome::PassMalformed;
     };
@@ -131,7 +135,7 @@ fn classify_message(ctx: &XdpContext, offset: usize, len: usize) -> Outcome {
         1 if len == INITIATION_LEN => Outcome::AllowInitiation,
         2 if len == RESPONSE_LEN => Outcome::AllowResponse,
         3 if len == COOKIE_REPLY_LEN => Outcome::AllowCookieReply,
-        4 if len >= TRANSPORT_MIN_LEN && len % 16 == 0 => Outcome::AllowTransport,
+        4 if transport_len_ok(len) => Outcome::AllowTransport,
         1..=4 => Outcome::DropBadLength,
         _ => Outcome::DropBadType,
     }

@@ -7,7 +7,7 @@
 //! xdp_mode = "auto"        # auto, native or generic
 //! ```
 
-use std::path::Path;
+use std::{num::NonZeroU16, path::Path};
 
 use anyhow::{Context, Result};
 use ferry_ebpf::AttachMode;
@@ -26,7 +26,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Uplink {
     pub interface: Option<String>,
-    pub wireguard_port: Option<u16>,
+    pub wireguard_port: Option<NonZeroU16>,
     #[serde(default, deserialize_with = "de_attach_mode")]
     pub xdp_mode: Option<AttachMode>,
 }

@@ -43,7 +43,7 @@ pub fn run(args: GuardArgs, config: &Config) -> Result<()> {
     let Some(iface) = args.iface.or_else(|| config.uplink.interface.clone()) else {
         bail!("no uplink interface: pass --iface or set uplink.interface in the configuration");
     };
-    let port = args.port.or(config.uplink.wireguard_port).unwrap_or(DEFAULT_WIREGUARD_PORT);
+    let port = args.port.or(config.uplink.wireguard_port.map(u16::from)).unwrap_or(DEFAULT_WIREGUARD_PORT);
     let mode = args.mode.or(config.uplink.xdp_mode).unwrap_or_default();
 
     let mut guard = UplinkGuard::load(port)

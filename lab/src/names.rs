@@ -16,7 +16,7 @@ use std::{
 pub const PREFIX: &str = "fy";
 
 const NETNS_DIR: &str = "/run/netns";
-const WIREGUARD_SOCKETS: &str = "/var/run/wireguard";
+pub(crate) const WIREGUARD_SOCKETS: &str = "/var/run/wireguard";
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
@@ -72,6 +72,14 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The kernel's largest pid; a name that decodes to more was not made by us.
+fn pid_max() -> u32 {
+    fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304)
+}
+
 /// Removes lab namespaces (and the processes in them) and wireguard-go control
 /// sockets whose owning process is gone. The lab never creates interfaces in
 /// the root namespace, so there are none to sweep there. Objects of live runs are left alone,
@@ -87,11 +95,16 @@ pub fn sweep_stale() -> Vec<String> {
             }
         }
     }
+    let pid_max = pid_max();
     if let Ok(entries) = fs::read_dir(WIREGUARD_SOCKETS) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stem = name.strip_suffix(".sock").unwrap_or(&name);
-            if pid_of_ifname(stem).is_some_and(|pid| !alive(pid)) && fs::remove_file(entry.path()).is_ok() {
+            let Some(stem) = name.strip_suffix(".sock") else { continue };
+            // Ours, its owner dead, and nobody listening: a live wireguard-go
+            // (of anyone) answers connect().
+            let stale = pid_of_ifname(stem).is_some_and(|pid| pid <= pid_max && !alive(pid))
+                && std::os::unix::net::UnixStream::connect(entry.path()).is_err();
+            if stale && fs::remove_file(entry.path()).is_ok() {
                 removed.push(format!("socket {name}"));
             }
         }

@@ -21,6 +21,9 @@ pub struct Lab {
 
 pub(crate) struct LabInner {
     namespaces: Mutex<Vec<String>>,
+    /// Interface names handed out by [`Lab::ifname`], whose wireguard-go
+    /// control sockets live outside any namespace.
+    ifnames: Mutex<Vec<String>>,
     /// Holds the output files of processes started in the lab.
     pub(crate) dir: tempfile::TempDir,
 }
@@ -57,7 +60,13 @@ impl Lab {
             .prefix("ferry-lab-")
             .tempdir()
             .map_err(|e| Error::Setup(format!("creating the lab folder: {e}")))?;
-        Ok(Lab { inner: Arc::new(LabInner { namespaces: Mutex::new(Vec::new()), dir }) })
+        Ok(Lab {
+            inner: Arc::new(LabInner {
+                namespaces: Mutex::new(Vec::new()),
+                ifnames: Mutex::new(Vec::new()),
+                dir,
+            }),
+        })
     }
 
     /// Creates a namespace with loopback up. `label` only makes the name
@@ -97,7 +106,9 @@ impl Lab {
     /// A machine-wide unique interface name ending in `suffix` (at most 5
     /// bytes), for interfaces a test creates itself (TUN, WireGuard).
     pub fn ifname(&self, suffix: &str) -> String {
-        names::ifname(suffix)
+        let name = names::ifname(suffix);
+        self.inner.ifnames.lock().expect("lab lock").push(name.clone());
+        name
     }
 }
 
@@ -106,6 +117,10 @@ impl Drop for Lab {
         let namespaces = std::mem::take(&mut *self.inner.namespaces.lock().expect("lab lock"));
         for name in namespaces.iter().rev() {
             delete_netns(name);
+        }
+        // wireguard-go leaves its control socket behind when it is killed.
+        for ifname in self.inner.ifnames.lock().expect("lab lock").drain(..) {
+            let _ = std::fs::remove_file(Path::new(names::WIREGUARD_SOCKETS).join(format!("{ifname}.sock")));
         }
     }
 }

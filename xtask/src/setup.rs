@@ -21,9 +21,21 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "setpriv, to run binaries without privileges"),
 ];
 
-/// nightly rust-src and bpf-linker (see ferry-ebpf-build).
+/// nightly rust-src and bpf-linker (see ferry-ebpf-build), and the stable
+/// components the checks use.
 pub fn toolchain() -> Result<ferry_ebpf_build::Toolchain> {
     let started = Instant::now();
+    for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        let present =
+            crate::cargo::cargo().args([probe, "--version"]).output().is_ok_and(|o| o.status.success());
+        if !present {
+            eprintln!("setup: adding {component} to the stable toolchain");
+            let status = Command::new("rustup").args(["component", "add", component]).status();
+            if !status.is_ok_and(|s| s.success()) {
+                bail!("could not add {component}: run `rustup component add {component}`, then retry");
+            }
+        }
+    }
     let toolchain = ferry_ebpf_build::ensure_toolchain(&mut |step| eprintln!("setup: {step}"))?;
     eprintln!(
         "setup: eBPF toolchain ready (nightly LLVM {}, bpf-linker in {}) [{:.1}s]",

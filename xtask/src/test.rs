@@ -198,7 +198,49 @@ fn summarize(checks: &[(&str, bool)], suites: &[Suite], started: Instant) -> boo
         if checks_ok { "ok" } else { "FAILED" },
         started.elapsed().as_secs_f64()
     );
-    // The closing line, in the plain form CI systems read.
-    println!("total: {passed} passed, {failed} failed, {ignored} skipped");
+    // The closing line, in the plain form CI systems read. A crashed suite or a
+    // failed check counts as a failure there too.
+    let failed_checks = checks.iter().filter(|(_, ok)| !ok).count() as u32;
+    let all_failed = failed + crashed as u32 + failed_checks;
+    println!("total: {passed} passed, {all_failed} failed, {ignored} skipped");
     failed == 0 && crashed == 0 && checks_ok && ignored == 0 && passed > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_are_parsed() {
+        let mut suite = Suite::new("p", "s".into());
+        suite
+            .parse_result("ok. 3 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; finished in 0.01s");
+        assert_eq!((suite.passed, suite.failed, suite.ignored), (3, 0, 1));
+        let mut suite = Suite::new("p", "s".into());
+        suite.parse_result(
+            "FAILED. 12 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.48s",
+        );
+        assert_eq!((suite.passed, suite.failed, suite.ignored), (12, 2, 0));
+    }
+
+    #[test]
+    fn suite_names_drop_the_executable_path() {
+        assert_eq!(suite_name("unittests src/lib.rs (target/debug/deps/x-123)"), "unittests src/lib.rs");
+        assert_eq!(suite_name("tests/lab.rs (target/debug/deps/lab-9)"), "tests/lab.rs");
+    }
+
+    #[test]
+    fn crashes_failures_and_empty_runs_fail_the_summary() {
+        let ok = |passed| Suite { passed, ..Suite::new("p", "s".into()) };
+        let started = Instant::now();
+        assert!(summarize(&[("rustfmt", true)], &[ok(3)], started));
+        assert!(!summarize(&[("rustfmt", false)], &[ok(3)], started));
+        assert!(!summarize(&[], &[ok(0)], started), "no test ran");
+        let crashed = Suite { crashed: true, ..ok(1) };
+        assert!(!summarize(&[], &[ok(3), crashed], started));
+        let failed = Suite { failed: 1, ..ok(1) };
+        assert!(!summarize(&[], &[failed], started));
+        let ignored = Suite { ignored: 1, ..ok(1) };
+        assert!(!summarize(&[], &[ignored], started), "an ignored test proves nothing");
+    }
 }

@@ -1,0 +1,225 @@
+//! A transport session: one pair of keys from one handshake, with its
+//! sending counter and replay window.
+
+use std::{ops::Range, time::Instant};
+
+use zeroize::Zeroize;
+
+use super::{
+    constants::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME},
+    crypto::{self, TAG_LEN},
+    handshake::SessionKeys,
+    messages::{TRANSPORT, TRANSPORT_HEADER_LEN, write_type},
+    replay::ReplayWindow,
+};
+
+/// Bytes a transport message adds to a packet, before padding.
+pub const OVERHEAD: usize = TRANSPORT_HEADER_LEN + TAG_LEN;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session's keys are too old or used up")]
+    Expired,
+    #[error("the output buffer is too small")]
+    BufferTooSmall,
+    #[error("the packet did not authenticate")]
+    Decrypt,
+    #[error("the counter was seen before or is older than the window")]
+    Replay,
+}
+
+pub struct Session {
+    pub local_index: u32,
+    pub remote_index: u32,
+    /// Only the initiator of a session starts the next handshake because of it.
+    pub we_initiated: bool,
+    pub created: Instant,
+    send_key: [u8; 32],
+    receive_key: [u8; 32],
+    next_counter: u64,
+    replay: ReplayWindow,
+}
+
+impl Session {
+    pub fn new(keys: &SessionKeys, created: Instant) -> Session {
+        Session {
+            local_index: keys.local_index,
+            remote_index: keys.remote_index,
+            we_initiated: keys.we_initiated,
+            created,
+            send_key: keys.send,
+            receive_key: keys.receive,
+            next_counter: 0,
+            replay: ReplayWindow::default(),
+        }
+    }
+
+    /// Whether the keys may still be used at `now` (REJECT_AFTER_TIME).
+    pub fn usable(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) < REJECT_AFTER_TIME
+    }
+
+    pub fn age(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.created)
+    }
+
+    /// Messages sent so far.
+    pub fn sent(&self) -> u64 {
+        self.next_counter
+    }
+
+    /// The datagram size for a packet of `len` bytes: padded to 16.
+    pub fn sealed_len(len: usize) -> usize {
+        TRANSPORT_HEADER_LEN + len.next_multiple_of(16) + TAG_LEN
+    }
+
+    /// Encrypts `packet` into `out` as a transport message and returns its
+    /// length. An empty packet is a keepalive.
+    pub fn seal(&mut self, now: Instant, packet: &[u8], out: &mut [u8]) -> Result<usize, SessionError> {
+        if !self.usable(now) || self.next_counter >= REJECT_AFTER_MESSAGES {
+            return Err(SessionError::Expired);
+        }
+        let padded = packet.len().next_multiple_of(16);
+        let total = TRANSPORT_HEADER_LEN + padded + TAG_LEN;
+        if out.len() < total {
+            return Err(SessionError::BufferTooSmall);
+        }
+        let counter = self.next_counter;
+        self.next_counter += 1;
+        write_type(out, TRANSPORT);
+        out[4..8].copy_from_slice(&self.remote_index.to_le_bytes());
+        out[8..16].copy_from_slice(&counter.to_le_bytes());
+        let body = &mut out[TRANSPORT_HEADER_LEN..total];
+        body[..packet.len()].copy_from_slice(packet);
+        body[packet.len()..padded].fill(0);
+        crypto::seal_in_place(&self.send_key, counter, &[], body);
+        Ok(total)
+    }
+
+    /// Authenticates and decrypts a transport message in place; returns where
+    /// the (still padded) packet lies in `datagram`. The replay window only
+    /// moves for authentic packets.
+    pub fn open(&mut self, now: Instant, datagram: &mut [u8]) -> Result<Range<usize>, SessionError> {
+        if !self.usable(now) {
+            return Err(SessionError::Expired);
+        }
+        let counter = u64::from_le_bytes(datagram[8..16].try_into().expect("a parsed transport message"));
+        if counter >= REJECT_AFTER_MESSAGES {
+            return Err(SessionError::Expired);
+        }
+        let len =
+            crypto::open_in_place(&self.receive_key, counter, &[], &mut datagram[TRANSPORT_HEADER_LEN..])
+                .map_err(|_| SessionError::Decrypt)?;
+        if !self.replay.accept(counter, REJECT_AFTER_MESSAGES) {
+            return Err(SessionError::Replay);
+        }
+        Ok(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_next_counter(&mut self, counter: u64) {
+        self.next_counter = counter;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.send_key.zeroize();
+        self.receive_key.zeroize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pair(now: Instant) -> (Session, Session) {
+        let a = SessionKeys {
+            local_index: 1,
+            remote_index: 2,
+            we_initiated: true,
+            send: [1; 32],
+            receive: [2; 32],
+        };
+        let b = SessionKeys {
+            local_index: 2,
+            remote_index: 1,
+            we_initiated: false,
+            send: [2; 32],
+            receive: [1; 32],
+        };
+        (Session::new(&a, now), Session::new(&b, now))
+    }
+
+    #[test]
+    fn seal_and_open_with_padding() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        for len in [0, 1, 15, 16, 17, 1420] {
+            let packet: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut out = vec![0u8; Session::sealed_len(len)];
+            let n = a.seal(now, &packet, &mut out).unwrap();
+            assert_eq!(n, out.len());
+            assert_eq!((n - OVERHEAD) % 16, 0);
+            assert_eq!(u32::from_le_bytes(out[4..8].try_into().unwrap()), 2, "the receiver's index");
+            let range = b.open(now, &mut out).unwrap();
+            assert_eq!(&out[range.clone()][..len], &packet[..]);
+            assert!(out[range][len..].iter().all(|&b| b == 0), "padding is zeros");
+        }
+    }
+
+    #[test]
+    fn replayed_and_tampered_packets_are_refused() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let mut out = vec![0u8; 64];
+        let n = a.seal(now, b"ping", &mut out).unwrap();
+        let original = out[..n].to_vec();
+        let mut copy = original.clone();
+        b.open(now, &mut copy).unwrap();
+        let mut again = original.clone();
+        assert_eq!(b.open(now, &mut again), Err(SessionError::Replay));
+        let mut tampered = original.clone();
+        tampered[20] ^= 1;
+        assert_eq!(b.open(now, &mut tampered), Err(SessionError::Decrypt));
+        // A forged counter far ahead does not move the window.
+        let mut forged = original;
+        forged[8..16].copy_from_slice(&1_000_000u64.to_le_bytes());
+        assert_eq!(b.open(now, &mut forged), Err(SessionError::Decrypt));
+        let mut next = vec![0u8; 64];
+        let n = a.seal(now, b"pong", &mut next).unwrap();
+        assert!(b.open(now, &mut next[..n]).is_ok());
+    }
+
+    #[test]
+    fn keys_expire_by_age_and_by_counter() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let mut out = vec![0u8; 64];
+        let late = now + REJECT_AFTER_TIME;
+        assert_eq!(a.seal(late, b"x", &mut out), Err(SessionError::Expired));
+        let n = a.seal(late - Duration::from_millis(1), b"x", &mut out).unwrap();
+        assert_eq!(b.open(late, &mut out[..n]), Err(SessionError::Expired));
+
+        let (mut a, _) = pair(now);
+        a.set_next_counter(REJECT_AFTER_MESSAGES - 1);
+        assert!(a.seal(now, b"last", &mut out).is_ok());
+        assert_eq!(a.seal(now, b"one too many", &mut out), Err(SessionError::Expired));
+    }
+
+    #[test]
+    fn a_counter_at_the_limit_is_refused_by_the_receiver() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        a.set_next_counter(REJECT_AFTER_MESSAGES - 1);
+        let mut out = vec![0u8; 64];
+        let n = a.seal(now, b"ok", &mut out).unwrap();
+        assert!(b.open(now, &mut out[..n]).is_ok());
+        // Craft the next counter by hand: the sender refuses to make it.
+        let mut forged = out[..n].to_vec();
+        forged[8..16].copy_from_slice(&REJECT_AFTER_MESSAGES.to_le_bytes());
+        assert_eq!(b.open(now, &mut forged), Err(SessionError::Expired));
+    }
+}
