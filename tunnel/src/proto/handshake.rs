@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{PrivateKey, PublicKey};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum HandshakeError {
     #[error("handshake message did not authenticate")]
     Decrypt,

@@ -9,13 +9,16 @@ pub mod allowed_ips;
 pub mod constants;
 pub mod cookie;
 pub mod crypto;
+pub mod device;
 pub mod handshake;
 pub mod messages;
+pub mod peer;
 pub mod ratelimit;
 pub mod replay;
 pub mod session;
 pub mod timestamp;
 
-pub use allowed_ips::AllowedIps;
+pub use allowed_ips::{AllowedIps, IpNet};
+pub use device::{Device, DeviceConfig, Incoming, Now, PeerConfig, PeerId, Sent, Transmit};
 pub use messages::{Message, MessageError};
 pub use timestamp::Tai64N;

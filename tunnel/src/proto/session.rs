@@ -16,7 +16,7 @@ use super::{
 /// Bytes a transport message adds to a packet, before padding.
 pub const OVERHEAD: usize = TRANSPORT_HEADER_LEN + TAG_LEN;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum SessionError {
     #[error("the session's keys are too old or used up")]
     Expired,

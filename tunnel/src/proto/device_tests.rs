@@ -1,0 +1,623 @@
+//! The protocol's behaviour, driven through the device with injected time: two
+//! devices pass datagrams by hand, and the clock jumps.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use super::*;
+use crate::proto::messages::{COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN};
+
+const A_TUNNEL: [u8; 4] = [10, 0, 0, 1];
+const B_TUNNEL: [u8; 4] = [10, 0, 0, 2];
+
+struct Net {
+    a: Device,
+    b: Device,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+    t0: Instant,
+    elapsed: Duration,
+    /// Datagrams in flight, from A to B and from B to A.
+    to_b: Vec<Transmit>,
+    to_a: Vec<Transmit>,
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+impl Net {
+    fn new(psk_a: Option<[u8; 32]>, psk_b: Option<[u8; 32]>) -> Net {
+        let ka = PrivateKey::generate();
+        let kb = PrivateKey::generate();
+        let a_addr: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let b_addr: SocketAddr = "198.51.100.2:51820".parse().unwrap();
+        let mut a = Device::new(DeviceConfig::new(ka.clone()));
+        let mut b = Device::new(DeviceConfig::new(kb.clone()));
+        let mut pa = PeerConfig::new(kb.public_key());
+        pa.endpoint = Some(b_addr);
+        pa.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
+        pa.preshared_key = psk_a.map(PresharedKey::from_bytes);
+        let mut pb = PeerConfig::new(ka.public_key());
+        pb.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
+        pb.preshared_key = psk_b.map(PresharedKey::from_bytes);
+        a.add_peer(pa).unwrap();
+        b.add_peer(pb).unwrap();
+        Net { a, b, a_addr, b_addr, t0: Instant::now(), elapsed: Duration::ZERO, to_b: vec![], to_a: vec![] }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: self.t0 + self.elapsed,
+            wall: Tai64N::from_unix(Duration::from_secs(1_800_000_000) + self.elapsed),
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.elapsed += by;
+        let now = self.now();
+        self.a.update_timers(now, &mut self.to_b);
+        self.b.update_timers(now, &mut self.to_a);
+    }
+
+    /// Lets time pass in 100 ms steps, delivering whatever the timers send.
+    fn run_for(&mut self, total: Duration) {
+        let step = Duration::from_millis(100);
+        let mut left = total;
+        while left > Duration::ZERO {
+            let by = left.min(step);
+            self.advance(by);
+            self.pump();
+            left -= by;
+        }
+    }
+
+    /// A sends an IP packet to B's tunnel address.
+    fn a_sends(&mut self, payload: &[u8]) -> Result<Sent, SendError> {
+        let packet = ipv4(A_TUNNEL, B_TUNNEL, payload);
+        let mut out = vec![0u8; 2048];
+        let now = self.now();
+        let sent = self.a.send_packet(now, &packet, &mut out, &mut self.to_b)?;
+        if let Sent::Datagram { to, len } = sent {
+            self.to_b.push(Transmit { to, payload: out[..len].to_vec() });
+        }
+        Ok(sent)
+    }
+
+    fn b_sends(&mut self, payload: &[u8]) -> Result<Sent, SendError> {
+        let packet = ipv4(B_TUNNEL, A_TUNNEL, payload);
+        let mut out = vec![0u8; 2048];
+        let now = self.now();
+        let sent = self.b.send_packet(now, &packet, &mut out, &mut self.to_a)?;
+        if let Sent::Datagram { to, len } = sent {
+            self.to_a.push(Transmit { to, payload: out[..len].to_vec() });
+        }
+        Ok(sent)
+    }
+
+    /// Delivers everything in flight, both ways, until quiet. Returns the
+    /// payloads of packets delivered to B and to A.
+    fn pump(&mut self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let (mut at_b, mut at_a) = (vec![], vec![]);
+        for _ in 0..20 {
+            if self.to_b.is_empty() && self.to_a.is_empty() {
+                break;
+            }
+            let now = self.now();
+            for t in std::mem::take(&mut self.to_b) {
+                assert_eq!(t.to, self.b_addr);
+                let mut d = t.payload;
+                if let Incoming::Packet { range, .. } =
+                    self.b.handle_datagram(now, self.a_addr, &mut d, &mut self.to_a)
+                {
+                    at_b.push(d[range][20..].to_vec());
+                }
+            }
+            for t in std::mem::take(&mut self.to_a) {
+                assert_eq!(t.to, self.a_addr);
+                let mut d = t.payload;
+                if let Incoming::Packet { range, .. } =
+                    self.a.handle_datagram(now, self.b_addr, &mut d, &mut self.to_b)
+                {
+                    at_a.push(d[range][20..].to_vec());
+                }
+            }
+        }
+        (at_b, at_a)
+    }
+
+    fn drops(&self, device: &Device, reason: Drop) -> u64 {
+        device.stats.drops.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+/// The lengths of the datagrams in flight, sorted (the order of a handshake
+/// and a data packet sent in one call does not matter).
+fn kinds(transmits: &[Transmit]) -> Vec<usize> {
+    let mut lens: Vec<usize> = transmits.iter().map(|t| t.payload.len()).collect();
+    lens.sort_unstable();
+    lens
+}
+
+fn handshaken(psk: Option<[u8; 32]>) -> Net {
+    let mut net = Net::new(psk, psk);
+    assert_eq!(net.a_sends(b"hello").unwrap(), Sent::Queued);
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"hello".to_vec()]);
+    net
+}
+
+#[test]
+fn first_packet_starts_the_handshake_and_data_flows_both_ways() {
+    for psk in [None, Some([0x42; 32])] {
+        let mut net = Net::new(psk, psk);
+        assert_eq!(net.a_sends(b"queued 1").unwrap(), Sent::Queued);
+        assert_eq!(net.a_sends(b"queued 2").unwrap(), Sent::Queued);
+        assert_eq!(kinds(&net.to_b), vec![INITIATION_LEN], "one initiation for two packets");
+        let (at_b, at_a) = net.pump();
+        assert_eq!(at_b, vec![b"queued 1".to_vec(), b"queued 2".to_vec()]);
+        assert!(at_a.is_empty());
+        assert!(matches!(net.b_sends(b"reply").unwrap(), Sent::Datagram { .. }));
+        assert!(matches!(net.a_sends(b"more").unwrap(), Sent::Datagram { .. }));
+        let (at_b, at_a) = net.pump();
+        assert_eq!((at_b, at_a), (vec![b"more".to_vec()], vec![b"reply".to_vec()]));
+        let a_peer = net.a.peer_id(&net.b.public_key()).unwrap();
+        assert_eq!(net.a.peer_stats(a_peer).unwrap().handshakes_completed, 1);
+    }
+}
+
+#[test]
+fn a_psk_mismatch_never_completes() {
+    let mut net = Net::new(Some([1; 32]), Some([2; 32]));
+    net.a_sends(b"x").unwrap();
+    let (at_b, _) = net.pump();
+    assert!(at_b.is_empty());
+    assert_eq!(net.drops(&net.a, Drop::Handshake(HandshakeError::Decrypt)), 1);
+}
+
+#[test]
+fn the_responder_sends_only_after_the_initiator_confirms() {
+    let mut net = Net::new(None, None);
+    net.a_sends(b"x").unwrap();
+    // Deliver only the initiation.
+    let init = net.to_b.remove(0);
+    let now = net.now();
+    let mut d = init.payload;
+    assert_eq!(net.b.handle_datagram(now, net.a_addr, &mut d, &mut net.to_a), Incoming::Handled);
+    assert_eq!(kinds(&net.to_a), vec![RESPONSE_LEN]);
+    let response = net.to_a.remove(0);
+    // B holds the new keys as unconfirmed: its packet waits, and it does not
+    // start a handshake of its own.
+    assert_eq!(net.b_sends(b"early").unwrap(), Sent::Queued);
+    assert!(net.to_a.is_empty());
+    // A completes and sends the staged packet; that confirms B's keys, and
+    // B's staged packet follows.
+    net.to_a.push(response);
+    let (at_b, at_a) = net.pump();
+    assert_eq!(at_b, vec![b"x".to_vec()]);
+    assert_eq!(at_a, vec![b"early".to_vec()]);
+}
+
+#[test]
+fn initiator_confirms_with_a_keepalive_when_nothing_is_staged() {
+    let mut net = Net::new(None, None);
+    // A keepalive timer with no keys starts a handshake; after it, A has
+    // nothing staged and must still confirm.
+    let id = net.a.peer_id(&net.b.public_key()).unwrap();
+    net.a.initiate_handshake(id, net.now(), &mut net.to_b, false);
+    net.pump();
+    assert!(matches!(net.b_sends(b"now allowed").unwrap(), Sent::Datagram { .. }));
+}
+
+#[test]
+fn a_receiver_with_nothing_to_say_sends_a_keepalive_after_ten_seconds() {
+    let mut net = handshaken(None);
+    net.advance(KEEPALIVE_TIMEOUT - Duration::from_millis(1));
+    assert!(net.to_a.is_empty());
+    net.advance(Duration::from_millis(1));
+    assert_eq!(kinds(&net.to_a), vec![32], "an empty transport message");
+    net.pump();
+    net.advance(KEEPALIVE_TIMEOUT * 2);
+    assert!(net.to_a.is_empty(), "one keepalive per received burst");
+}
+
+#[test]
+fn a_sender_that_hears_nothing_for_fifteen_seconds_rehandshakes() {
+    let mut net = handshaken(None);
+    net.advance(KEEPALIVE_TIMEOUT); // B's keepalive confirms liveness...
+    net.pump();
+    net.a_sends(b"data").unwrap();
+    net.to_b.clear(); // ...but this packet and everything after it is lost.
+    net.advance(KEEPALIVE_TIMEOUT + REKEY_TIMEOUT - Duration::from_millis(1));
+    assert!(net.to_b.is_empty());
+    net.advance(REKEY_TIMEOUT_JITTER_MAX + Duration::from_millis(1));
+    assert_eq!(kinds(&net.to_b), vec![INITIATION_LEN]);
+}
+
+#[test]
+fn the_initiator_rekeys_after_two_minutes_of_sending() {
+    let mut net = handshaken(None);
+    net.run_for(REKEY_AFTER_TIME - Duration::from_secs(1));
+    assert!(matches!(net.a_sends(b"still fresh").unwrap(), Sent::Datagram { .. }));
+    assert_eq!(kinds(&net.to_b), vec![64]);
+    net.pump();
+    net.run_for(Duration::from_secs(1));
+    // The packet goes out with the old keys, and a handshake starts.
+    assert!(matches!(net.a_sends(b"old keys").unwrap(), Sent::Datagram { .. }));
+    assert_eq!(kinds(&net.to_b), vec![64, INITIATION_LEN], "data with the old keys and an initiation");
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"old keys".to_vec()]);
+    let id = net.a.peer_id(&net.b.public_key()).unwrap();
+    assert_eq!(net.a.peer_stats(id).unwrap().handshakes_completed, 2);
+}
+
+#[test]
+fn the_responder_does_not_rekey_on_time() {
+    let mut net = handshaken(None);
+    net.b_sends(b"confirm").unwrap();
+    net.pump();
+    net.run_for(REKEY_AFTER_TIME + Duration::from_secs(1));
+    assert!(matches!(net.b_sends(b"responder").unwrap(), Sent::Datagram { .. }));
+    assert_eq!(kinds(&net.to_a), vec![64], "no initiation from the responder");
+}
+
+#[test]
+fn keys_are_rejected_after_three_minutes() {
+    let mut net = handshaken(None);
+    net.elapsed += REJECT_AFTER_TIME;
+    assert_eq!(net.a_sends(b"too late").unwrap(), Sent::Queued);
+    assert_eq!(kinds(&net.to_b), vec![INITIATION_LEN]);
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"too late".to_vec()]);
+}
+
+#[test]
+fn handshakes_are_retried_every_rekey_timeout_then_given_up_after_ninety_seconds() {
+    let mut net = Net::new(None, None);
+    net.a_sends(b"into the void").unwrap();
+    let mut initiations = vec![net.elapsed];
+    net.to_b.clear();
+    for _ in 0..(200 * 10) {
+        net.advance(Duration::from_millis(100));
+        if !net.to_b.is_empty() {
+            assert_eq!(kinds(&net.to_b), vec![INITIATION_LEN]);
+            net.to_b.clear();
+            initiations.push(net.elapsed);
+        }
+    }
+    // The first plus MAX_HANDSHAKE_ATTEMPTS retries, REKEY_TIMEOUT plus up to
+    // 333 ms of jitter apart, then silence.
+    assert_eq!(initiations.len(), 1 + MAX_HANDSHAKE_ATTEMPTS as usize, "{initiations:?}");
+    for pair in initiations.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= REKEY_TIMEOUT
+                && gap <= REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX + Duration::from_millis(100),
+            "{gap:?}"
+        );
+    }
+    let last = *initiations.last().unwrap();
+    assert!(last <= REKEY_ATTEMPT_TIME + REKEY_TIMEOUT_JITTER_MAX * 18, "{last:?}");
+    let id = net.a.peer_id(&net.b.public_key()).unwrap();
+    assert_eq!(net.a.staged_len(id), 0, "staged packets are dropped on giving up");
+}
+
+#[test]
+fn key_material_is_erased_after_nine_minutes_of_silence() {
+    let mut net = handshaken(None);
+    net.advance(KEEPALIVE_TIMEOUT);
+    net.pump();
+    net.advance(REJECT_AFTER_TIME * 3);
+    net.to_a.clear();
+    net.to_b.clear();
+    let b_peer = net.b.peer_id(&net.a.public_key()).unwrap();
+    assert!(net.b.peer(b_peer).unwrap().current.is_none());
+    assert!(net.b.indices.is_empty());
+    assert_eq!(net.b_sends(b"after erase").unwrap(), Sent::Queued);
+}
+
+#[test]
+fn persistent_keepalive_keeps_an_idle_tunnel_warm() {
+    let mut net = handshaken(None);
+    let b_key = net.b.public_key();
+    let mut config = PeerConfig::new(b_key);
+    config.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
+    config.persistent_keepalive = Some(Duration::from_secs(25));
+    net.a.add_peer(config).unwrap();
+    net.a_sends(b"arm").unwrap();
+    net.pump();
+    let mut keepalives = 0;
+    for _ in 0..100 {
+        net.advance(Duration::from_secs(1));
+        keepalives += net.to_b.iter().filter(|t| t.payload.len() == 32).count();
+        net.pump();
+    }
+    assert!((3..=5).contains(&keepalives), "{keepalives} keepalives in 100 s with a 25 s interval");
+}
+
+#[test]
+fn under_load_a_handshake_needs_a_cookie_first() {
+    let mut net = Net::new(None, None);
+    let until = net.now().instant + Duration::from_secs(60);
+    net.b.set_under_load_until(until);
+    net.a_sends(b"x").unwrap();
+    let (at_b, _) = net.pump();
+    assert!(at_b.is_empty());
+    assert_eq!(net.drops(&net.b, Drop::CookieRequired), 1);
+    assert_eq!(net.b.stats.cookie_replies_sent, 1);
+    // The retry carries mac2 with the cookie and goes through.
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"x".to_vec()]);
+    assert_eq!(net.drops(&net.b, Drop::CookieRequired), 1);
+}
+
+#[test]
+fn handshake_floods_are_detected_and_rate_limited_per_source() {
+    let mut net = Net::new(None, None);
+    net.b.load_threshold = 10;
+    // 100 distinct initiations a second (fresh timestamps) from one source.
+    let mut outcomes = Vec::new();
+    for i in 0..200u64 {
+        net.elapsed += Duration::from_millis(10);
+        let now = Now {
+            instant: net.t0 + net.elapsed,
+            wall: Tai64N::from_unix(Duration::from_secs(1_900_000_000 + i)),
+        };
+        let id = PeerId(0);
+        let mut tx = Vec::new();
+        net.a.peers.get_mut(&id).unwrap().timers.last_initiation_sent = None;
+        net.a.initiate_handshake(id, now, &mut tx, false);
+        let mut d = tx.remove(0).payload;
+        let mut replies = Vec::new();
+        outcomes.push(net.b.handle_datagram(now, net.a_addr, &mut d, &mut replies));
+        // A takes cookie replies, so its next initiation carries mac2.
+        for r in replies.into_iter().filter(|r| r.payload.len() == COOKIE_REPLY_LEN) {
+            let mut r = r.payload;
+            net.a.handle_datagram(now, net.b_addr, &mut r, &mut Vec::new());
+        }
+    }
+    assert!(net.drops(&net.b, Drop::CookieRequired) >= 1, "{:?}", net.b.stats);
+    assert!(net.drops(&net.b, Drop::RateLimited) > 50, "{:?}", net.b.stats);
+    let accepted = outcomes.iter().filter(|o| **o == Incoming::Handled).count();
+    assert!(accepted >= 10, "legitimate handshakes still get through: {accepted}");
+}
+
+#[test]
+fn a_replayed_initiation_is_refused() {
+    let mut net = Net::new(None, None);
+    net.a_sends(b"x").unwrap();
+    let init = net.to_b[0].payload.clone();
+    net.pump();
+    net.advance(Duration::from_secs(1));
+    let now = net.now();
+    let mut replay = init.clone();
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut replay, &mut Vec::new()),
+        Incoming::Dropped(Drop::ReplayedInitiation)
+    );
+}
+
+#[test]
+fn initiations_faster_than_the_flood_interval_are_refused() {
+    let mut net = Net::new(None, None);
+    let id = PeerId(0);
+    let mut first = Vec::new();
+    net.a.initiate_handshake(id, net.now(), &mut first, false);
+    // A second initiation with a later timestamp but only 10 ms later.
+    let later = Now {
+        instant: net.now().instant + Duration::from_millis(10),
+        wall: Tai64N::from_unix(Duration::from_secs(1_800_000_100)),
+    };
+    let mut second = Vec::new();
+    net.a.peers.get_mut(&id).unwrap().timers.last_initiation_sent = None;
+    net.a.initiate_handshake(id, later, &mut second, false);
+    let mut d1 = first.remove(0).payload;
+    let mut d2 = second.remove(0).payload;
+    assert_eq!(net.b.handle_datagram(net.now(), net.a_addr, &mut d1, &mut Vec::new()), Incoming::Handled);
+    assert_eq!(
+        net.b.handle_datagram(later, net.a_addr, &mut d2, &mut Vec::new()),
+        Incoming::Dropped(Drop::InitiationFlood)
+    );
+}
+
+#[test]
+fn replayed_and_forged_transport_packets_are_dropped() {
+    let mut net = handshaken(None);
+    net.a_sends(b"once").unwrap();
+    let packet = net.to_b[0].payload.clone();
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b.len(), 1);
+    let now = net.now();
+    let mut again = packet.clone();
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut again, &mut Vec::new()),
+        Incoming::Dropped(Drop::Session(SessionError::Replay))
+    );
+    let mut forged = packet.clone();
+    forged[40] ^= 1;
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut forged, &mut Vec::new()),
+        Incoming::Dropped(Drop::Session(SessionError::Decrypt))
+    );
+    let mut stranger = packet;
+    stranger[4..8].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut stranger, &mut Vec::new()),
+        Incoming::Dropped(Drop::UnknownIndex)
+    );
+}
+
+#[test]
+fn an_inner_source_outside_the_senders_allowed_ips_is_dropped() {
+    let mut net = handshaken(None);
+    // A routes 10.9.9.9 to B too, and sends from a source B does not allow.
+    let b_key = net.b.public_key();
+    let mut config = PeerConfig::new(b_key);
+    config.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
+    net.a.add_peer(config).unwrap();
+    let spoofed = ipv4([10, 0, 0, 99], B_TUNNEL, b"spoofed");
+    let mut out = vec![0u8; 256];
+    let now = net.now();
+    let Sent::Datagram { len, .. } = net.a.send_packet(now, &spoofed, &mut out, &mut net.to_b).unwrap()
+    else {
+        panic!()
+    };
+    let mut d = out[..len].to_vec();
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut d, &mut Vec::new()),
+        Incoming::Dropped(Drop::SourceNotAllowed)
+    );
+}
+
+#[test]
+fn the_endpoint_follows_the_latest_authenticated_packet() {
+    let mut net = handshaken(None);
+    let moved: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    net.a_sends(b"from afar").unwrap();
+    let mut d = net.to_b.remove(0).payload;
+    let now = net.now();
+    assert!(matches!(net.b.handle_datagram(now, moved, &mut d, &mut Vec::new()), Incoming::Packet { .. }));
+    let Sent::Datagram { to, .. } = net.b_sends(b"back").unwrap() else { panic!() };
+    assert_eq!(to, moved);
+    // A forgery from yet another address does not move it.
+    let mut forged = vec![4u8, 0, 0, 0];
+    forged.extend_from_slice(&[0u8; 44]);
+    let elsewhere: SocketAddr = "203.0.113.66:1".parse().unwrap();
+    net.b.handle_datagram(now, elsewhere, &mut forged, &mut Vec::new());
+    let Sent::Datagram { to, .. } = net.b_sends(b"still").unwrap() else { panic!() };
+    assert_eq!(to, moved);
+}
+
+#[test]
+fn a_removed_peer_is_gone_at_once_and_can_come_back() {
+    let mut net = handshaken(None);
+    let a_key = net.a.public_key();
+    net.a_sends(b"in flight").unwrap();
+    assert!(net.b.remove_peer(&a_key));
+    let (at_b, _) = net.pump();
+    assert!(at_b.is_empty());
+    assert_eq!(net.drops(&net.b, Drop::UnknownIndex), 1);
+    assert!(matches!(net.b_sends(b"x"), Err(SendError::NoRoute(_))));
+    let mut config = PeerConfig::new(a_key);
+    config.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
+    net.b.add_peer(config).unwrap();
+    // A's old keys are unknown to B now: A's keys time out or A rekeys.
+    net.elapsed += REJECT_AFTER_TIME;
+    net.a_sends(b"again").unwrap();
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"again".to_vec()]);
+}
+
+#[test]
+fn garbage_bad_macs_and_strangers_are_counted() {
+    let mut net = handshaken(None);
+    let now = net.now();
+    let mut junk = vec![9u8; 100];
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut junk, &mut Vec::new()),
+        Incoming::Dropped(Drop::Malformed)
+    );
+    // A stranger's initiation: mac1 is right (B's public key is public) but
+    // the static key is no peer of B's.
+    let mut stranger = Device::new(DeviceConfig::new(PrivateKey::generate()));
+    let mut config = PeerConfig::new(net.b.public_key());
+    config.endpoint = Some(net.b_addr);
+    config.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
+    let id = stranger.add_peer(config).unwrap();
+    let mut tx = Vec::new();
+    stranger.initiate_handshake(id, now, &mut tx, false);
+    let mut init = tx.remove(0).payload;
+    let mut tampered = init.clone();
+    tampered[120] ^= 1;
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut tampered, &mut Vec::new()),
+        Incoming::Dropped(Drop::BadMac1)
+    );
+    assert_eq!(
+        net.b.handle_datagram(now, net.a_addr, &mut init, &mut Vec::new()),
+        Incoming::Dropped(Drop::Handshake(HandshakeError::UnknownPeer))
+    );
+}
+
+#[test]
+fn sending_needs_a_route_an_endpoint_and_an_ip_packet() {
+    let mut net = Net::new(None, None);
+    let mut out = vec![0u8; 256];
+    let now = net.now();
+    let mut tx = Vec::new();
+    assert_eq!(net.a.send_packet(now, b"not ip", &mut out, &mut tx), Err(SendError::NotIp));
+    let elsewhere = ipv4(A_TUNNEL, [10, 9, 9, 9], b"x");
+    assert_eq!(
+        net.a.send_packet(now, &elsewhere, &mut out, &mut tx),
+        Err(SendError::NoRoute("10.9.9.9".parse().unwrap()))
+    );
+    assert_eq!(net.b_sends(b"no endpoint yet"), Err(SendError::NoEndpoint));
+}
+
+#[test]
+fn counters_near_the_limits_rekey_then_stop() {
+    let mut net = handshaken(None);
+    // Past REKEY_TIMEOUT, so a new initiation is allowed.
+    net.run_for(REKEY_TIMEOUT + Duration::from_secs(1));
+    let id = net.a.peer_id(&net.b.public_key()).unwrap();
+    net.a.peers.get_mut(&id).unwrap().current.as_mut().unwrap().set_next_counter(REKEY_AFTER_MESSAGES + 1);
+    assert!(matches!(net.a_sends(b"worn").unwrap(), Sent::Datagram { .. }));
+    assert_eq!(kinds(&net.to_b), vec![64, INITIATION_LEN], "rekey after REKEY_AFTER_MESSAGES");
+    net.to_b.clear();
+    net.a.peers.get_mut(&id).unwrap().current.as_mut().unwrap().set_next_counter(REJECT_AFTER_MESSAGES);
+    assert_eq!(net.a_sends(b"exhausted").unwrap(), Sent::Queued);
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Arbitrary datagrams, and mutations of real ones, never panic and
+        /// never yield a packet from a forged datagram.
+        #[test]
+        fn arbitrary_datagrams_never_panic(
+            raw in proptest::collection::vec(any::<u8>(), 0..400),
+            flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..4),
+            kind in 0u8..6,
+        ) {
+            let mut net = handshaken(None);
+            net.a_sends(b"sample").unwrap();
+            let real = net.to_b.remove(0).payload;
+            let mut datagram = match kind {
+                0 => raw,
+                1 => { let mut r = raw; if r.len() >= 4 { r[..4].copy_from_slice(&[1, 0, 0, 0]); } r.resize(148, 0); r }
+                2 => { let mut r = raw; if r.len() >= 4 { r[..4].copy_from_slice(&[2, 0, 0, 0]); } r.resize(92, 0); r }
+                3 => { let mut r = raw; if r.len() >= 4 { r[..4].copy_from_slice(&[3, 0, 0, 0]); } r.resize(64, 0); r }
+                _ => real.clone(),
+            };
+            let mutated = !flips.is_empty() || kind < 4;
+            for (at, x) in flips {
+                if !datagram.is_empty() {
+                    let i = at % datagram.len();
+                    datagram[i] ^= x | 1;
+                }
+            }
+            let now = net.now();
+            let result = net.b.handle_datagram(now, net.a_addr, &mut datagram, &mut Vec::new());
+            if mutated {
+                prop_assert!(!matches!(result, Incoming::Packet { .. }), "{:?}", result);
+            }
+        }
+    }
+}
