@@ -166,3 +166,53 @@ mod tests {
         assert!(shown.contains("<secret>"));
     }
 }
+
+/// Reads a private key file (base64, as `wg genkey` writes), or creates one
+/// with a fresh key and mode 0600 if it does not exist.
+pub fn load_or_generate(path: &std::path::Path) -> std::io::Result<PrivateKey> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path)?.permissions());
+            if mode & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), mode = format!("{mode:o}"), "private key file is readable by others");
+            }
+            PrivateKey::from_base64(&text).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = PrivateKey::generate();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            file.write_all(format!("{}\n", key.to_base64()).as_bytes())?;
+            file.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_missing_key_file_is_created_0600_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("ferry-key-{}", std::process::id()));
+        let path = dir.join("sub").join("private.key");
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = load_or_generate(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let second = load_or_generate(&path).unwrap();
+        assert_eq!(first.to_base64(), second.to_base64());
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(load_or_generate(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

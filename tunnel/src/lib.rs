@@ -6,7 +6,10 @@
 //! every timer and fuzzers can feed it anything. The IO shell that puts it on
 //! a TUN device and a UDP socket builds on it.
 
+pub mod config;
+pub mod endpoint;
 pub mod keys;
 pub mod proto;
+pub mod uapi;
 
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};

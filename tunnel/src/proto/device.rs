@@ -74,11 +74,13 @@ pub struct DeviceConfig {
     /// Handshake messages per second above which the device counts as under
     /// load: it then asks for cookies (mac2) and rate-limits per source.
     pub handshake_load_threshold: u32,
+    /// The tunnel MTU: packets are padded to 16 bytes but not beyond it.
+    pub mtu: u16,
 }
 
 impl DeviceConfig {
     pub fn new(private_key: PrivateKey) -> DeviceConfig {
-        DeviceConfig { private_key, handshake_load_threshold: 1000 }
+        DeviceConfig { private_key, handshake_load_threshold: 1000, mtu: 1420 }
     }
 }
 
@@ -155,6 +157,7 @@ pub struct DeviceStats {
 }
 
 pub struct Device {
+    private_key: PrivateKey,
     identity: Identity,
     checker: CookieChecker,
     peers: HashMap<PeerId, Peer>,
@@ -163,6 +166,7 @@ pub struct Device {
     allowed_ips: AllowedIps<PeerId>,
     limiter: RateLimiter,
     load_threshold: u32,
+    mtu: usize,
     /// Handshake messages in the current one-second window.
     load_window: (Option<Instant>, u32),
     under_load_until: Option<Instant>,
@@ -174,6 +178,7 @@ impl Device {
     pub fn new(config: DeviceConfig) -> Device {
         let identity = Identity::new(&config.private_key);
         Device {
+            private_key: config.private_key,
             checker: CookieChecker::new(&identity.public),
             identity,
             peers: HashMap::new(),
@@ -182,6 +187,7 @@ impl Device {
             allowed_ips: AllowedIps::default(),
             limiter: RateLimiter::default(),
             load_threshold: config.handshake_load_threshold,
+            mtu: usize::from(config.mtu),
             load_window: (None, 0),
             under_load_until: None,
             next_peer: 0,
@@ -191,6 +197,11 @@ impl Device {
 
     pub fn public_key(&self) -> PublicKey {
         self.identity.public
+    }
+
+    /// Our private key, for the UAPI `get` that `wg showconf` uses (root only).
+    pub fn private_key_bytes(&self) -> &[u8; 32] {
+        self.private_key.as_bytes()
     }
 
     /// Adds a peer, or updates the one with that public key (endpoint,
@@ -312,7 +323,7 @@ impl Device {
             return Ok(Sent::Queued);
         }
         let session = peer.current.as_mut().expect("checked sendable");
-        let len = session.seal(now.instant, packet, out).map_err(|_| SendError::BufferTooSmall)?;
+        let len = session.seal(now.instant, packet, self.mtu, out).map_err(|_| SendError::BufferTooSmall)?;
         peer.stats.tx_bytes += len as u64;
         Self::on_data_sent(peer, now.instant);
         self.keep_key_fresh_sending(id, now, transmits);
@@ -614,7 +625,7 @@ impl Device {
         match peer.current.as_mut().filter(|s| s.usable(now.instant)) {
             Some(session) => {
                 let mut out = vec![0u8; Session::sealed_len(0)];
-                if let Ok(len) = session.seal(now.instant, &[], &mut out) {
+                if let Ok(len) = session.seal(now.instant, &[], 0, &mut out) {
                     out.truncate(len);
                     peer.stats.tx_bytes += len as u64;
                     transmits.push(Transmit { to, payload: out });
@@ -664,6 +675,7 @@ impl Device {
     /// staged and `confirm` set, a keepalive confirms the keys to the
     /// responder.
     fn flush_staged(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>, confirm: bool) {
+        let mtu = self.mtu;
         let peer = self.peers.get_mut(&id).expect("live");
         let Some(to) = peer.endpoint else { return };
         let Some(session) = peer.current.as_mut() else { return };
@@ -675,7 +687,7 @@ impl Device {
         let mut sent_data = false;
         for packet in staged {
             let mut out = vec![0u8; Session::sealed_len(packet.len())];
-            let Ok(len) = session.seal(now.instant, &packet, &mut out) else { break };
+            let Ok(len) = session.seal(now.instant, &packet, mtu, &mut out) else { break };
             out.truncate(len);
             peer.stats.tx_bytes += len as u64;
             sent_data |= !packet.is_empty();
@@ -751,6 +763,15 @@ impl Device {
 
     fn on_session_derived(peer: &mut Peer, now: Instant) {
         peer.timers.zero_key_material = Some(now + REJECT_AFTER_TIME * 3);
+    }
+
+    /// Starts a handshake with the peer now, even within REKEY_TIMEOUT of the
+    /// last one (an operator's explicit rekey).
+    pub fn rekey(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.timers.last_initiation_sent = None;
+            self.initiate_handshake(id, now, transmits, false);
+        }
     }
 
     /// How many packets wait for a handshake with the peer.

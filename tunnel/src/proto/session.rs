@@ -73,13 +73,29 @@ impl Session {
         TRANSPORT_HEADER_LEN + len.next_multiple_of(16) + TAG_LEN
     }
 
-    /// Encrypts `packet` into `out` as a transport message and returns its
-    /// length. An empty packet is a keepalive.
-    pub fn seal(&mut self, now: Instant, packet: &[u8], out: &mut [u8]) -> Result<usize, SessionError> {
+    /// The padded size of a `len`-byte packet for a tunnel of `mtu` bytes: a
+    /// multiple of 16, but not beyond the MTU (as the kernel's
+    /// `calculate_skb_padding`), so full-size packets do not grow past it.
+    pub fn padded_len(len: usize, mtu: usize) -> usize {
+        if mtu == 0 || len > mtu {
+            return len.next_multiple_of(16);
+        }
+        len.next_multiple_of(16).min(mtu)
+    }
+
+    /// Encrypts `packet` into `out` as a transport message for a tunnel of
+    /// `mtu` bytes and returns its length. An empty packet is a keepalive.
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        mtu: usize,
+        out: &mut [u8],
+    ) -> Result<usize, SessionError> {
         if !self.usable(now) || self.next_counter >= REJECT_AFTER_MESSAGES {
             return Err(SessionError::Expired);
         }
-        let padded = packet.len().next_multiple_of(16);
+        let padded = Self::padded_len(packet.len(), mtu);
         let total = TRANSPORT_HEADER_LEN + padded + TAG_LEN;
         if out.len() < total {
             return Err(SessionError::BufferTooSmall);
@@ -160,7 +176,7 @@ mod tests {
         for len in [0, 1, 15, 16, 17, 1420] {
             let packet: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut out = vec![0u8; Session::sealed_len(len)];
-            let n = a.seal(now, &packet, &mut out).unwrap();
+            let n = a.seal(now, &packet, 0, &mut out).unwrap();
             assert_eq!(n, out.len());
             assert_eq!((n - OVERHEAD) % 16, 0);
             assert_eq!(u32::from_le_bytes(out[4..8].try_into().unwrap()), 2, "the receiver's index");
@@ -171,11 +187,28 @@ mod tests {
     }
 
     #[test]
+    fn padding_stops_at_the_mtu() {
+        assert_eq!(Session::padded_len(1420, 1420), 1420);
+        assert_eq!(Session::padded_len(1419, 1420), 1420);
+        assert_eq!(Session::padded_len(1400, 1420), 1408);
+        assert_eq!(Session::padded_len(0, 1420), 0);
+        assert_eq!(Session::padded_len(1, 1420), 16);
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let packet = vec![0x45u8; 1420];
+        let mut out = vec![0u8; 1500];
+        let n = a.seal(now, &packet, 1420, &mut out).unwrap();
+        assert_eq!(n, 1452, "a full 1420-byte packet stays within a 1500-byte path");
+        let range = b.open(now, &mut out[..n]).unwrap();
+        assert_eq!(&out[range], &packet[..]);
+    }
+
+    #[test]
     fn replayed_and_tampered_packets_are_refused() {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
         let mut out = vec![0u8; 64];
-        let n = a.seal(now, b"ping", &mut out).unwrap();
+        let n = a.seal(now, b"ping", 0, &mut out).unwrap();
         let original = out[..n].to_vec();
         let mut copy = original.clone();
         b.open(now, &mut copy).unwrap();
@@ -189,7 +222,7 @@ mod tests {
         forged[8..16].copy_from_slice(&1_000_000u64.to_le_bytes());
         assert_eq!(b.open(now, &mut forged), Err(SessionError::Decrypt));
         let mut next = vec![0u8; 64];
-        let n = a.seal(now, b"pong", &mut next).unwrap();
+        let n = a.seal(now, b"pong", 0, &mut next).unwrap();
         assert!(b.open(now, &mut next[..n]).is_ok());
     }
 
@@ -199,14 +232,14 @@ mod tests {
         let (mut a, mut b) = pair(now);
         let mut out = vec![0u8; 64];
         let late = now + REJECT_AFTER_TIME;
-        assert_eq!(a.seal(late, b"x", &mut out), Err(SessionError::Expired));
-        let n = a.seal(late - Duration::from_millis(1), b"x", &mut out).unwrap();
+        assert_eq!(a.seal(late, b"x", 0, &mut out), Err(SessionError::Expired));
+        let n = a.seal(late - Duration::from_millis(1), b"x", 0, &mut out).unwrap();
         assert_eq!(b.open(late, &mut out[..n]), Err(SessionError::Expired));
 
         let (mut a, _) = pair(now);
         a.set_next_counter(REJECT_AFTER_MESSAGES - 1);
-        assert!(a.seal(now, b"last", &mut out).is_ok());
-        assert_eq!(a.seal(now, b"one too many", &mut out), Err(SessionError::Expired));
+        assert!(a.seal(now, b"last", 0, &mut out).is_ok());
+        assert_eq!(a.seal(now, b"one too many", 0, &mut out), Err(SessionError::Expired));
     }
 
     #[test]
@@ -215,7 +248,7 @@ mod tests {
         let (mut a, mut b) = pair(now);
         a.set_next_counter(REJECT_AFTER_MESSAGES - 1);
         let mut out = vec![0u8; 64];
-        let n = a.seal(now, b"ok", &mut out).unwrap();
+        let n = a.seal(now, b"ok", 0, &mut out).unwrap();
         assert!(b.open(now, &mut out[..n]).is_ok());
         // Craft the next counter by hand: the sender refuses to make it.
         let mut forged = out[..n].to_vec();

@@ -1,0 +1,379 @@
+//! The cross-platform WireGuard configuration protocol (UAPI) on a Unix
+//! socket at `/var/run/wireguard/<name>.sock`, as wireguard-go serves it, so
+//! stock `wg show` and `wg set` work with a Ferry endpoint.
+//!
+//! Keys are hex on this protocol; a request is `get=1` or `set=1` followed by
+//! `key=value` lines and a blank line; the reply ends with `errno=N`.
+
+use std::{
+    fmt::Write as _,
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::{
+    PresharedKey, PublicKey,
+    endpoint::Endpoint,
+    proto::{Device, IpNet, PeerConfig},
+};
+
+pub const SOCKET_DIR: &str = "/var/run/wireguard";
+/// Requests larger than this are refused (a set of thousands of peers fits).
+const MAX_REQUEST_LINES: usize = 100_000;
+
+pub fn socket_path(name: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{name}.sock"))
+}
+
+/// Serves UAPI for `endpoint` until the returned task is aborted. The socket
+/// is created with mode 0600 (only root may configure the tunnel).
+pub fn serve(endpoint: Arc<Endpoint>) -> io::Result<(PathBuf, tokio::task::JoinHandle<()>)> {
+    std::fs::create_dir_all(SOCKET_DIR)?;
+    let path = socket_path(endpoint.name());
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let endpoint = Arc::clone(&endpoint);
+                    tokio::spawn(async move {
+                        if let Err(err) = handle(stream, &endpoint).await {
+                            tracing::debug!(error = %err, "UAPI connection ended");
+                        }
+                    });
+                }
+                Err(err) => tracing::warn!(error = %err, "UAPI accept failed"),
+            }
+        }
+    });
+    Ok((path, task))
+}
+
+async fn handle(stream: UnixStream, endpoint: &Endpoint) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(first) = lines.next_line().await? {
+        let reply = match first.as_str() {
+            "get=1" => {
+                // The request ends with a blank line.
+                while let Some(line) = lines.next_line().await? {
+                    if line.is_empty() {
+                        break;
+                    }
+                }
+                let mut text = endpoint.with_device(|device| get(device, endpoint.local_port()));
+                text.push_str("errno=0\n\n");
+                text
+            }
+            "set=1" => {
+                let mut body = Vec::new();
+                while let Some(line) = lines.next_line().await? {
+                    if line.is_empty() {
+                        break;
+                    }
+                    if body.len() == MAX_REQUEST_LINES {
+                        return Err(io::Error::other("UAPI request too long"));
+                    }
+                    body.push(line);
+                }
+                let errno = endpoint.with_device(|device| match set(device, endpoint.local_port(), &body) {
+                    Ok(()) => 0,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "UAPI set refused");
+                        err.errno()
+                    }
+                });
+                format!("errno={errno}\n\n")
+            }
+            "" => continue,
+            other => {
+                tracing::debug!(request = other, "unknown UAPI operation");
+                format!("errno={EINVAL}\n\n")
+            }
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+const EINVAL: i32 = 22;
+const EOPNOTSUPP: i32 = 95;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex32(text: &str) -> Result<[u8; 32], SetError> {
+    if text.len() != 64 {
+        return Err(SetError::Invalid(format!("a key must be 64 hex digits, got {}", text.len())));
+    }
+    let mut out = [0u8; 32];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .map_err(|_| SetError::Invalid(format!("`{text}` is not hex")))?;
+    }
+    Ok(out)
+}
+
+/// The `get` reply, without the final errno line.
+pub fn get(device: &Device, listen_port: u16) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "private_key={}", hex(device.private_key_bytes()));
+    let _ = writeln!(out, "listen_port={listen_port}");
+    let mut peers: Vec<_> = device.peers().collect();
+    peers.sort_by_key(|(_, p)| p.public_key);
+    let wall_now = SystemTime::now();
+    let mono_now = std::time::Instant::now();
+    for (id, peer) in peers {
+        let _ = writeln!(out, "public_key={}", hex(peer.public_key.as_bytes()));
+        let _ = writeln!(out, "preshared_key={}", hex(&peer.psk));
+        let _ = writeln!(out, "protocol_version=1");
+        if let Some(endpoint) = peer.endpoint {
+            let _ = writeln!(out, "endpoint={endpoint}");
+        }
+        let (sec, nsec) = peer
+            .stats
+            .last_handshake
+            .and_then(|t| wall_now.checked_sub(mono_now.saturating_duration_since(t)))
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
+        let _ = writeln!(out, "last_handshake_time_sec={sec}");
+        let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
+        let _ = writeln!(out, "tx_bytes={}", peer.stats.tx_bytes);
+        let _ = writeln!(out, "rx_bytes={}", peer.stats.rx_bytes);
+        let _ = writeln!(
+            out,
+            "persistent_keepalive_interval={}",
+            peer.persistent_keepalive.map_or(0, |d| d.as_secs())
+        );
+        for net in device.allowed_ips_of(id) {
+            let _ = writeln!(out, "allowed_ip={net}");
+        }
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} cannot be changed on a running endpoint")]
+    Unsupported(&'static str),
+}
+
+impl SetError {
+    fn errno(&self) -> i32 {
+        match self {
+            SetError::Invalid(_) => EINVAL,
+            SetError::Unsupported(_) => EOPNOTSUPP,
+        }
+    }
+}
+
+/// A peer being configured by a `set` request.
+struct PeerEdit {
+    config: PeerConfig,
+    remove: bool,
+    update_only: bool,
+    replace_allowed_ips: bool,
+    new_allowed_ips: Vec<IpNet>,
+}
+
+/// Applies a `set` request. Every line is checked before anything changes, so
+/// a bad request changes nothing.
+pub fn set(device: &mut Device, listen_port: u16, lines: &[String]) -> Result<(), SetError> {
+    let mut replace_peers = false;
+    let mut edits: Vec<PeerEdit> = Vec::new();
+    for line in lines {
+        let (key, value) =
+            line.split_once('=').ok_or_else(|| SetError::Invalid(format!("`{line}` is not key=value")))?;
+        match (key, edits.last_mut()) {
+            ("private_key", None) => {
+                if unhex32(value)? != *device.private_key_bytes() {
+                    return Err(SetError::Unsupported("the private key"));
+                }
+            }
+            ("listen_port", None) => {
+                let port: u16 =
+                    value.parse().map_err(|_| SetError::Invalid(format!("bad port `{value}`")))?;
+                if port != listen_port {
+                    return Err(SetError::Unsupported("the listen port"));
+                }
+            }
+            ("fwmark", None) => {
+                if value != "0" {
+                    return Err(SetError::Unsupported("fwmark"));
+                }
+            }
+            ("replace_peers", None) => replace_peers = value == "true",
+            ("public_key", _) => {
+                let key = PublicKey(unhex32(value)?);
+                let mut config = PeerConfig::new(key);
+                if let Some(id) = device.peer_id(&key) {
+                    let peer = device.peer(id).expect("live id");
+                    config.endpoint = peer.endpoint;
+                    config.persistent_keepalive = peer.persistent_keepalive;
+                    config.preshared_key = (peer.psk != [0; 32]).then(|| PresharedKey::from_bytes(peer.psk));
+                    config.allowed_ips = device.allowed_ips_of(id);
+                }
+                edits.push(PeerEdit {
+                    config,
+                    remove: false,
+                    update_only: false,
+                    replace_allowed_ips: false,
+                    new_allowed_ips: Vec::new(),
+                });
+            }
+            ("remove", Some(edit)) => edit.remove = value == "true",
+            ("update_only", Some(edit)) => edit.update_only = value == "true",
+            ("preshared_key", Some(edit)) => {
+                let bytes = unhex32(value)?;
+                edit.config.preshared_key = (bytes != [0; 32]).then(|| PresharedKey::from_bytes(bytes));
+            }
+            ("endpoint", Some(edit)) => {
+                let addr: SocketAddr =
+                    value.parse().map_err(|_| SetError::Invalid(format!("bad endpoint `{value}`")))?;
+                edit.config.endpoint = Some(addr);
+            }
+            ("persistent_keepalive_interval", Some(edit)) => {
+                let secs: u16 =
+                    value.parse().map_err(|_| SetError::Invalid(format!("bad interval `{value}`")))?;
+                edit.config.persistent_keepalive = (secs > 0).then(|| Duration::from_secs(secs.into()));
+            }
+            ("replace_allowed_ips", Some(edit)) => edit.replace_allowed_ips = value == "true",
+            ("allowed_ip", Some(edit)) => {
+                edit.new_allowed_ips.push(
+                    value.parse().map_err(|e| SetError::Invalid(format!("bad allowed_ip `{value}`: {e}")))?,
+                );
+            }
+            ("protocol_version", Some(_)) => {
+                if value != "1" {
+                    return Err(SetError::Invalid(format!("protocol_version {value} is not 1")));
+                }
+            }
+            (key, _) => return Err(SetError::Invalid(format!("unexpected key `{key}` here"))),
+        }
+    }
+    if replace_peers {
+        let keys: Vec<PublicKey> = device.peers().map(|(_, p)| p.public_key).collect();
+        for key in keys {
+            device.remove_peer(&key);
+        }
+    }
+    for mut edit in edits {
+        let key = edit.config.public_key;
+        if edit.remove {
+            device.remove_peer(&key);
+            continue;
+        }
+        if edit.update_only && device.peer_id(&key).is_none() {
+            continue;
+        }
+        if edit.replace_allowed_ips || replace_peers {
+            edit.config.allowed_ips = edit.new_allowed_ips;
+        } else {
+            edit.config.allowed_ips.extend(edit.new_allowed_ips);
+        }
+        device.add_peer(edit.config).map_err(|e| SetError::Invalid(format!("peer {key}: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PrivateKey, proto::DeviceConfig};
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn set_then_get_round_trips_a_peer() {
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let peer = PrivateKey::generate().public_key();
+        let request = format!(
+            "public_key={}\npreshared_key={}\nendpoint=192.0.2.9:51820\npersistent_keepalive_interval=25\nallowed_ip=10.0.0.2/32\nallowed_ip=fd00::2/128",
+            hex(peer.as_bytes()),
+            hex(&[7; 32])
+        );
+        set(&mut device, 51820, &lines(&request)).unwrap();
+        let got = get(&device, 51820);
+        assert!(got.contains(&format!("public_key={}", hex(peer.as_bytes()))), "{got}");
+        assert!(got.contains(&format!("preshared_key={}", hex(&[7; 32]))));
+        assert!(got.contains("endpoint=192.0.2.9:51820"));
+        assert!(got.contains("persistent_keepalive_interval=25"));
+        assert!(got.contains("allowed_ip=10.0.0.2/32") && got.contains("allowed_ip=fd00::2/128"));
+        assert!(got.contains("listen_port=51820"));
+
+        // Appending an allowed IP keeps the PSK and the others; replace_allowed_ips replaces.
+        set(
+            &mut device,
+            51820,
+            &lines(&format!("public_key={}\nallowed_ip=10.0.1.0/24", hex(peer.as_bytes()))),
+        )
+        .unwrap();
+        let got = get(&device, 51820);
+        assert!(got.contains("allowed_ip=10.0.0.2/32") && got.contains("allowed_ip=10.0.1.0/24"), "{got}");
+        assert!(got.contains(&format!("preshared_key={}", hex(&[7; 32]))), "psk kept: {got}");
+        set(
+            &mut device,
+            51820,
+            &lines(&format!(
+                "public_key={}\nreplace_allowed_ips=true\nallowed_ip=10.9.0.0/16",
+                hex(peer.as_bytes())
+            )),
+        )
+        .unwrap();
+        let got = get(&device, 51820);
+        assert!(got.contains("allowed_ip=10.9.0.0/16") && !got.contains("10.0.0.2/32"), "{got}");
+
+        set(&mut device, 51820, &lines(&format!("public_key={}\nremove=true", hex(peer.as_bytes()))))
+            .unwrap();
+        assert!(!get(&device, 51820).contains("public_key="));
+    }
+
+    #[test]
+    fn bad_requests_change_nothing_and_say_why() {
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let peer = PrivateKey::generate().public_key();
+        for bad in [
+            format!("public_key={}\nallowed_ip=10.0.0.0/33", hex(peer.as_bytes())),
+            "public_key=abc".to_string(),
+            "listen_port=1".to_string(),
+            "allowed_ip=10.0.0.0/8".to_string(),
+            "nonsense".to_string(),
+            format!("public_key={}\nendpoint=nowhere", hex(peer.as_bytes())),
+        ] {
+            assert!(set(&mut device, 51820, &lines(&bad)).is_err(), "{bad}");
+            assert_eq!(device.peers().count(), 0, "{bad} changed something");
+        }
+    }
+
+    #[test]
+    fn update_only_and_replace_peers() {
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let a = PrivateKey::generate().public_key();
+        let b = PrivateKey::generate().public_key();
+        set(&mut device, 1, &lines(&format!("public_key={}\nupdate_only=true", hex(a.as_bytes())))).unwrap();
+        assert_eq!(device.peers().count(), 0, "update_only does not create");
+        set(&mut device, 1, &lines(&format!("public_key={}", hex(a.as_bytes())))).unwrap();
+        set(&mut device, 1, &lines(&format!("replace_peers=true\npublic_key={}", hex(b.as_bytes()))))
+            .unwrap();
+        let keys: Vec<PublicKey> = device.peers().map(|(_, p)| p.public_key).collect();
+        assert_eq!(keys, vec![b]);
+    }
+}
