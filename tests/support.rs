@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod wg;
+
 use std::{path::PathBuf, process::Command};
 
 /// A command for one of the workspace's binaries.
