@@ -3,6 +3,7 @@
 
 mod guard;
 mod report;
+mod tunnel;
 
 use std::path::PathBuf;
 
@@ -17,7 +18,11 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
 
-    /// Benchmarks to run: guard.
+    /// Where criterion left its results (for benchmarks that include one).
+    #[arg(long, default_value = "target/criterion")]
+    criterion_dir: PathBuf,
+
+    /// Benchmarks to run: guard, tunnel.
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -27,6 +32,7 @@ fn main() -> Result<()> {
     for name in &cli.names {
         let rows = match name.as_str() {
             "guard" => guard::run()?,
+            "tunnel" => tunnel::run(&cli.criterion_dir)?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);

@@ -21,7 +21,6 @@ pub struct Row {
 /// Whether a bigger number is better for a metric.
 #[derive(Clone, Copy, Debug)]
 pub enum Better {
-    #[expect(dead_code, reason = "the throughput benchmarks of later issues use it")]
     Higher,
     Lower,
 }

@@ -42,14 +42,17 @@ pub use process::Process;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The path of a binary built from this workspace (for example
-/// `ferry-gateway`), found beside the running test executable.
+/// `ferry-gateway`), found in the same target profile as the running test or
+/// benchmark executable.
 pub fn workspace_bin(name: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe().map_err(|e| Error::Setup(format!("current_exe: {e}")))?;
-    // Test executables live in target/<profile>/deps/.
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or_else(|| Error::Setup(format!("unexpected test executable path {}", exe.display())))?;
+    // Test executables live in target/<profile>/deps/, binaries (ferry-bench)
+    // in target/<profile>/.
+    let mut profile_dir =
+        exe.parent().ok_or_else(|| Error::Setup(format!("unexpected executable path {}", exe.display())))?;
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().unwrap_or(profile_dir);
+    }
     let path = profile_dir.join(name);
     if !path.exists() {
         return Err(Error::Setup(format!(

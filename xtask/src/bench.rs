@@ -8,8 +8,10 @@ use crate::{
 };
 
 /// The benchmarks ferry-bench knows, with what each measures.
-pub const BENCHES: &[(&str, &str)] =
-    &[("guard", "uplink guard ns/packet with BPF_PROG_RUN, against an empty XDP program")];
+pub const BENCHES: &[(&str, &str)] = &[
+    ("guard", "uplink guard ns/packet with BPF_PROG_RUN, against an empty XDP program"),
+    ("tunnel", "Ferry <-> Ferry TCP and 64-byte UDP against wireguard-go, and handshakes/s (criterion)"),
+];
 
 pub fn run(names: &[String]) -> Result<()> {
     if names.is_empty() {
@@ -35,8 +37,13 @@ pub fn run(names: &[String]) -> Result<()> {
     setup::toolchain()?;
     setup::debian_packages()?;
     run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    if names.contains(&"tunnel") {
+        run_cmd(cargo().args(["bench", "-p", "ferry-tunnel", "--bench", "handshake"]))?;
+    }
     let out_dir = workspace_root().join("target").join("bench");
     let mut cmd = std::process::Command::new(workspace_root().join("target/release/ferry-bench"));
-    cmd.arg("--out-dir").arg(&out_dir).args(&names);
+    cmd.arg("--out-dir").arg(&out_dir);
+    cmd.arg("--criterion-dir").arg(workspace_root().join("target").join("criterion"));
+    cmd.args(&names);
     run_cmd(&mut cmd)
 }

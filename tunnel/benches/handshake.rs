@@ -1,0 +1,51 @@
+//! Handshakes per second of the protocol core, and the X25519 operation it
+//! is bounded by, measured in the same run (`cargo xtask bench tunnel` reads
+//! the results).
+
+use std::{hint::black_box, time::Duration};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ferry_tunnel::{
+    PrivateKey,
+    proto::{
+        Tai64N,
+        handshake::{self, Identity},
+        messages::{Message, parse},
+    },
+};
+
+/// One complete handshake: initiation, consumption, response, consumption.
+fn handshake(c: &mut Criterion) {
+    let (a, b) = (PrivateKey::generate(), PrivateKey::generate());
+    let (ia, ib) = (Identity::new(&a), Identity::new(&b));
+    let ss_a = ia.static_static(&b.public_key()).unwrap();
+    let ss_b = ib.static_static(&a.public_key()).unwrap();
+    let peer_b = b.public_key();
+    let psk = [0u8; 32];
+    let mut stamp = 0u64;
+    c.bench_function("handshake", |bench| {
+        bench.iter(|| {
+            stamp += 1;
+            let (state, init) =
+                handshake::initiate(&ia, &peer_b, &ss_a, 1, Tai64N::from_unix(Duration::from_secs(stamp)))
+                    .unwrap();
+            let Ok(Message::Initiation(init)) = parse(&init) else { unreachable!() };
+            let consumed = handshake::consume_initiation(&ib, &init, |_| Some(ss_b)).unwrap();
+            let (resp, keys_b) = handshake::respond(&consumed, &psk, 2).unwrap();
+            let Ok(Message::Response(resp)) = parse(&resp) else { unreachable!() };
+            let keys_a = handshake::consume_response(&ia, &state, &psk, &resp).unwrap();
+            black_box((keys_a.send, keys_b.send));
+        })
+    });
+    c.bench_function("x25519", |bench| {
+        let other = PrivateKey::generate().public_key();
+        bench.iter(|| black_box(ia.static_static(black_box(&other)).unwrap()))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = handshake
+}
+criterion_main!(benches);
