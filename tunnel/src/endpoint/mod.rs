@@ -2,8 +2,19 @@
 //! sans-IO [`Device`].
 //!
 //! Three tasks share the device behind a mutex that is held only for the
-//! synchronous protocol step: TUN to UDP (encrypt), UDP to TUN (decrypt) and
-//! the timers. Sockets and the TUN device are never touched under the lock.
+//! synchronous protocol step, once per batch: TUN to UDP (encrypt), UDP to
+//! TUN (decrypt) and the timers. Sockets and the TUN device are never touched
+//! under the lock.
+//!
+//! Syscalls are batched where Linux allows: the TUN device runs with
+//! virtio-net headers and TSO/USO offload, so one read returns a TCP
+//! super-segment that tun-rs splits into packets and one write carries
+//! coalesced segments (GRO); the UDP socket sends runs of equal-sized
+//! datagrams with one GSO `sendmsg` and receives with GRO and `recvmmsg`
+//! (quinn-udp). Both degrade to one packet per syscall where the kernel lacks
+//! them.
+
+mod batch;
 
 use std::{
     io,
@@ -12,8 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{net::UdpSocket, task::JoinHandle};
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
+use tokio::{io::Interest, net::UdpSocket, task::JoinHandle};
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use self::batch::{Segment, gso_batches};
 
 use crate::{
     PrivateKey, PublicKey,
@@ -78,6 +92,7 @@ struct Shared {
     device: Mutex<Device>,
     tun: AsyncDevice,
     udp: UdpSocket,
+    udp_state: UdpSocketState,
     mtu: u16,
 }
 
@@ -104,7 +119,17 @@ impl Endpoint {
         let udp = bind_udp(config.listen_port)
             .map_err(|source| EndpointError::Bind { port: config.listen_port, source })?;
         let local_port = udp.local_addr().map(|a| a.port()).unwrap_or(config.listen_port);
-        let shared = Arc::new(Shared { device: Mutex::new(device), tun, udp, mtu: config.mtu });
+        let udp_state = UdpSocketState::new((&udp).into())
+            .map_err(|source| EndpointError::Bind { port: config.listen_port, source })?;
+        // Bursts of a GSO batch need room in the kernel's queues.
+        let _ = udp_state.set_send_buffer_size((&udp).into(), 4 << 20);
+        let _ = udp_state.set_recv_buffer_size((&udp).into(), 4 << 20);
+        tracing::debug!(
+            gso_segments = udp_state.max_gso_segments(),
+            gro_segments = udp_state.gro_segments(),
+            "UDP offloads"
+        );
+        let shared = Arc::new(Shared { device: Mutex::new(device), tun, udp, udp_state, mtu: config.mtu });
         let tasks = vec![
             tokio::spawn(tun_to_udp(Arc::clone(&shared))),
             tokio::spawn(udp_to_tun(Arc::clone(&shared))),
@@ -198,7 +223,7 @@ impl Drop for Endpoint {
 }
 
 fn build_tun(config: &EndpointConfig) -> io::Result<AsyncDevice> {
-    let mut builder = DeviceBuilder::new().name(&config.name).mtu(config.mtu);
+    let mut builder = DeviceBuilder::new().name(&config.name).mtu(config.mtu).offload(true);
     let mut v4_set = false;
     for address in &config.addresses {
         match address.addr {
@@ -240,64 +265,141 @@ fn to_socket(addr: SocketAddr) -> SocketAddr {
 
 async fn send_all(shared: &Shared, transmits: &mut Vec<Transmit>) {
     for t in transmits.drain(..) {
-        let target = if shared.udp.local_addr().is_ok_and(|a| a.is_ipv6()) { to_socket(t.to) } else { t.to };
-        if let Err(err) = shared.udp.send_to(&t.payload, target).await {
-            tracing::debug!(to = %t.to, error = %err, "send failed");
-        }
+        send_udp(shared, target_for(shared, t.to), &t.payload, None).await;
     }
 }
 
+/// The address to hand the socket: v4-mapped on a dual-stack socket.
+fn target_for(shared: &Shared, to: SocketAddr) -> SocketAddr {
+    if shared.udp.local_addr().is_ok_and(|a| a.is_ipv6()) { to_socket(to) } else { to }
+}
+
+/// One `sendmsg`, with GSO when `segment_size` is given.
+async fn send_udp(shared: &Shared, to: SocketAddr, contents: &[u8], segment_size: Option<usize>) {
+    let transmit = UdpTransmit { destination: to, ecn: None, contents, segment_size, src_ip: None };
+    let result = shared
+        .udp
+        .async_io(Interest::WRITABLE, || shared.udp_state.try_send((&shared.udp).into(), &transmit))
+        .await;
+    if let Err(err) = result {
+        tracing::debug!(%to, error = %err, "send failed");
+    }
+}
+
+/// Room before each packet read from the TUN device: the virtio-net header on
+/// the way back (see `udp_to_tun`) and alignment.
+const TUN_OFFSET: usize = 16;
+
 async fn tun_to_udp(shared: Arc<Shared>) {
-    let mut packet = vec![0u8; usize::from(shared.mtu) + 64];
-    let mut out = vec![0u8; usize::from(shared.mtu) + 128];
+    let mtu = usize::from(shared.mtu);
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    let mut packets = vec![vec![0u8; TUN_OFFSET + 65_535.min(mtu + 256)]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let datagram_max = crate::proto::session::Session::sealed_len(mtu) + 16;
+    let mut out = vec![0u8; IDEAL_BATCH_SIZE * datagram_max];
+    let mut segments: Vec<Segment> = Vec::with_capacity(IDEAL_BATCH_SIZE);
     let mut transmits = Vec::new();
-    let v6_socket = shared.udp.local_addr().is_ok_and(|a| a.is_ipv6());
+    let max_gso = shared.udp_state.max_gso_segments();
     loop {
-        let n = match shared.tun.recv(&mut packet).await {
+        let count = match shared.tun.recv_multiple(&mut original, &mut packets, &mut sizes, TUN_OFFSET).await
+        {
             Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 tracing::error!(error = %err, "reading the TUN device failed; stopping");
                 return;
             }
         };
-        let result = {
+        segments.clear();
+        {
             let mut device = shared.device.lock().expect("not poisoned");
-            device.send_packet(Now::system(), &packet[..n], &mut out, &mut transmits)
-        };
-        match result {
-            Ok(Sent::Datagram { to, len }) => {
-                let target = if v6_socket { to_socket(to) } else { to };
-                if let Err(err) = shared.udp.send_to(&out[..len], target).await {
-                    tracing::debug!(%to, error = %err, "send failed");
+            let now = Now::system();
+            let mut at = 0;
+            for (packet, &size) in packets.iter().zip(&sizes).take(count) {
+                match device.send_packet(
+                    now,
+                    &packet[TUN_OFFSET..TUN_OFFSET + size],
+                    &mut out[at..],
+                    &mut transmits,
+                ) {
+                    Ok(Sent::Datagram { to, len }) => {
+                        segments.push(Segment { to, start: at, len });
+                        at += len;
+                    }
+                    Ok(Sent::Queued) => {}
+                    Err(err) => tracing::trace!(error = %err, "packet from TUN not sent"),
                 }
             }
-            Ok(Sent::Queued) => {}
-            Err(err) => tracing::trace!(error = %err, "packet from TUN not sent"),
+        }
+        for batch in gso_batches(&segments, max_gso) {
+            let first = segments[batch.first];
+            let last = segments[batch.first + batch.count - 1];
+            let contents = &out[first.start..last.start + last.len];
+            let gso = (batch.count > 1).then_some(batch.segment_size);
+            send_udp(&shared, target_for(&shared, first.to), contents, gso).await;
         }
         send_all(&shared, &mut transmits).await;
     }
 }
 
+/// How many receive buffers one `recvmmsg` fills; with GRO each holds up to
+/// 64 KiB of coalesced datagrams.
+const RX_BUFFERS: usize = 8;
+
 async fn udp_to_tun(shared: Arc<Shared>) {
-    let mut datagram = vec![0u8; 65536];
+    let mtu = usize::from(shared.mtu);
+    let mut buffers = vec![vec![0u8; 65_536]; RX_BUFFERS];
+    let mut metas = vec![RecvMeta::default(); RX_BUFFERS];
+    // Decrypted packets for the TUN device, each at TUN_OFFSET so tun-rs can
+    // put the virtio-net header in front; GRO may grow the first of a flow.
+    let mut to_tun: Vec<Vec<u8>> = Vec::new();
+    let mut pool: Vec<Vec<u8>> = Vec::new();
+    let mut gro = GROTable::new();
     let mut transmits = Vec::new();
     loop {
-        let (n, from) = match shared.udp.recv_from(&mut datagram).await {
-            Ok(r) => r,
+        let received = {
+            let mut slices: Vec<std::io::IoSliceMut<'_>> =
+                buffers.iter_mut().map(|b| std::io::IoSliceMut::new(b.as_mut_slice())).collect();
+            shared
+                .udp
+                .async_io(Interest::READABLE, || {
+                    shared.udp_state.recv((&shared.udp).into(), &mut slices, &mut metas)
+                })
+                .await
+        };
+        let count = match received {
+            Ok(n) => n,
             Err(err) => {
                 // ICMP errors surface here on Linux; they are no reason to stop.
                 tracing::trace!(error = %err, "UDP receive error");
                 continue;
             }
         };
-        let incoming = {
-            let mut device = shared.device.lock().expect("not poisoned");
-            device.handle_datagram(Now::system(), canonical(from), &mut datagram[..n], &mut transmits)
-        };
-        if let Incoming::Packet { range, .. } = incoming
-            && let Err(err) = shared.tun.send(&datagram[range]).await
         {
-            tracing::debug!(error = %err, "writing to the TUN device failed");
+            let mut device = shared.device.lock().expect("not poisoned");
+            let now = Now::system();
+            for (buffer, meta) in buffers.iter_mut().zip(&metas).take(count) {
+                let from = canonical(meta.addr);
+                let stride = meta.stride.max(1);
+                for datagram in buffer[..meta.len].chunks_mut(stride) {
+                    if let Incoming::Packet { range, .. } =
+                        device.handle_datagram(now, from, datagram, &mut transmits)
+                    {
+                        let mut packet =
+                            pool.pop().unwrap_or_else(|| Vec::with_capacity(TUN_OFFSET + mtu + 64));
+                        packet.clear();
+                        packet.resize(TUN_OFFSET, 0);
+                        packet.extend_from_slice(&datagram[range]);
+                        to_tun.push(packet);
+                    }
+                }
+            }
+        }
+        if !to_tun.is_empty() {
+            if let Err(err) = shared.tun.send_multiple(&mut gro, &mut to_tun, TUN_OFFSET).await {
+                tracing::debug!(error = %err, "writing to the TUN device failed");
+            }
+            pool.append(&mut to_tun);
         }
         send_all(&shared, &mut transmits).await;
     }
