@@ -25,7 +25,7 @@ use std::{
 
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
 use tokio::{io::Interest, net::UdpSocket, task::JoinHandle};
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
 
 use self::batch::{Segment, gso_batches};
 
@@ -290,26 +290,45 @@ async fn send_udp(shared: &Shared, to: SocketAddr, contents: &[u8], segment_size
 /// the way back (see `udp_to_tun`) and alignment.
 const TUN_OFFSET: usize = 16;
 
+/// Packets gathered from the TUN device before one encryption pass.
+const TX_BATCH: usize = 256;
+/// A TUN read may split a 64 KiB super-segment into this many packets, so a
+/// read is only attempted with at least this many free slots.
+const SPLIT_SLOTS: usize = 64;
+
 async fn tun_to_udp(shared: Arc<Shared>) {
     let mtu = usize::from(shared.mtu);
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut packets = vec![vec![0u8; TUN_OFFSET + 65_535.min(mtu + 256)]; IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut packets = vec![vec![0u8; TUN_OFFSET + mtu + 256]; TX_BATCH];
+    let mut sizes = vec![0usize; TX_BATCH];
     let datagram_max = crate::proto::session::Session::sealed_len(mtu) + 16;
-    let mut out = vec![0u8; IDEAL_BATCH_SIZE * datagram_max];
-    let mut segments: Vec<Segment> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+    let mut out = vec![0u8; TX_BATCH * datagram_max];
+    let mut segments: Vec<Segment> = Vec::with_capacity(TX_BATCH);
     let mut transmits = Vec::new();
     let max_gso = shared.udp_state.max_gso_segments();
     loop {
-        let count = match shared.tun.recv_multiple(&mut original, &mut packets, &mut sizes, TUN_OFFSET).await
-        {
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                tracing::error!(error = %err, "reading the TUN device failed; stopping");
-                return;
+        let mut count =
+            match shared.tun.recv_multiple(&mut original, &mut packets, &mut sizes, TUN_OFFSET).await {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    tracing::error!(error = %err, "reading the TUN device failed; stopping");
+                    return;
+                }
+            };
+        // Drain what else is queued (small packets arrive one per read) so the
+        // batch shares one lock, and GSO can send equal sizes together.
+        while TX_BATCH - count >= SPLIT_SLOTS {
+            match shared.tun.try_recv_multiple(
+                &mut original,
+                &mut packets[count..],
+                &mut sizes[count..],
+                TUN_OFFSET,
+            ) {
+                Ok(n) => count += n,
+                Err(_) => break,
             }
-        };
+        }
         segments.clear();
         {
             let mut device = shared.device.lock().expect("not poisoned");
