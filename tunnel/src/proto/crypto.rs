@@ -5,7 +5,9 @@ use blake2::{
     Blake2s256, Blake2sMac, Digest,
     digest::{FixedOutput, KeyInit, Mac, consts::U16},
 };
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, XChaCha20Poly1305, XNonce, aead::AeadInPlace};
+use chacha20poly1305::{
+    ChaCha20Poly1305, KeyInit as AeadKeyInit, Nonce, Tag, XChaCha20Poly1305, XNonce, aead::AeadInOut,
+};
 use hmac::SimpleHmac;
 use zeroize::Zeroize;
 
@@ -72,15 +74,15 @@ pub fn kdf<const N: usize>(key: &[u8; 32], input: &[u8]) -> [[u8; 32]; N] {
 fn nonce(counter: u64) -> Nonce {
     let mut nonce = [0u8; 12];
     nonce[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::from(nonce)
+    nonce.into()
 }
 
 /// ChaCha20-Poly1305: encrypts `buffer[..len - 16]` in place and writes the tag
 /// into the last 16 bytes.
 pub fn seal_in_place(key: &[u8; 32], counter: u64, aad: &[u8], buffer: &mut [u8]) {
     let (plain, tag_out) = buffer.split_at_mut(buffer.len() - TAG_LEN);
-    let tag = ChaCha20Poly1305::new(Key::from_slice(key))
-        .encrypt_in_place_detached(&nonce(counter), aad, plain)
+    let tag = <ChaCha20Poly1305 as AeadKeyInit>::new(key.into())
+        .encrypt_inout_detached(&nonce(counter), aad, plain.into())
         .expect("messages are far below the AEAD's length limit");
     tag_out.copy_from_slice(&tag);
 }
@@ -97,8 +99,9 @@ pub fn open_in_place(
         return Err(AeadError);
     }
     let (cipher, tag) = buffer.split_at_mut(buffer.len() - TAG_LEN);
-    ChaCha20Poly1305::new(Key::from_slice(key))
-        .decrypt_in_place_detached(&nonce(counter), aad, cipher, chacha20poly1305::Tag::from_slice(tag))
+    let tag = Tag::try_from(&*tag).map_err(|_| AeadError)?;
+    <ChaCha20Poly1305 as AeadKeyInit>::new(key.into())
+        .decrypt_inout_detached(&nonce(counter), aad, cipher.into(), &tag)
         .map_err(|_| AeadError)?;
     Ok(cipher.len())
 }
@@ -138,8 +141,8 @@ pub fn xseal_cookie(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], cookie: &[u8; 
     let mut buffer = [0u8; 32];
     buffer[..16].copy_from_slice(cookie);
     let (plain, tag_out) = buffer.split_at_mut(16);
-    let tag = XChaCha20Poly1305::new(Key::from_slice(key))
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, plain)
+    let tag = <XChaCha20Poly1305 as AeadKeyInit>::new(key.into())
+        .encrypt_inout_detached(&XNonce::from(*nonce), aad, plain.into())
         .expect("16 bytes are within the AEAD's limit");
     tag_out.copy_from_slice(&tag);
     buffer
@@ -153,13 +156,9 @@ pub fn xopen_cookie(
 ) -> Result<[u8; 16], AeadError> {
     let mut buffer = *sealed;
     let (cipher, tag) = buffer.split_at_mut(16);
-    XChaCha20Poly1305::new(Key::from_slice(key))
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            aad,
-            cipher,
-            chacha20poly1305::Tag::from_slice(tag),
-        )
+    let tag = Tag::try_from(&*tag).map_err(|_| AeadError)?;
+    <XChaCha20Poly1305 as AeadKeyInit>::new(key.into())
+        .decrypt_inout_detached(&XNonce::from(*nonce), aad, cipher.into(), &tag)
         .map_err(|_| AeadError)?;
     let mut cookie = [0u8; 16];
     cookie.copy_from_slice(cipher);
