@@ -13,6 +13,8 @@ use nix::sys::signal::Signal;
 
 const FERRY_IP: &str = "10.77.0.1";
 const GO_IP: &str = "10.77.0.2";
+const FERRY_IP6: &str = "fd77::1";
+const GO_IP6: &str = "fd77::2";
 const PORT: u16 = 51820;
 
 struct Pair {
@@ -84,6 +86,32 @@ fn ferry_initiates() {
     let p = pair();
     let (ferry, go) = p.start(true, false, (None, None));
     assert!(ping(&p.ferry_ns, GO_IP, 10), "Ferry could not reach wireguard-go");
+    // IPv6 inside the tunnel: both sides route a v6 prefix to each other.
+    p.ferry_ns.add_addr(&ferry.ifname, &format!("{FERRY_IP6}/64")).unwrap();
+    p.go_ns.add_addr(&go.ifname, &format!("{GO_IP6}/64")).unwrap();
+    p.ferry_ns
+        .exec(
+            "wg",
+            &[
+                "set",
+                &ferry.ifname,
+                "peer",
+                &p.go_keys.public,
+                "allowed-ips",
+                &format!("{GO_IP}/32,{GO_IP6}/128"),
+            ],
+        )
+        .unwrap();
+    go.set_peer(
+        &p.lab,
+        &PeerSpec {
+            public: &p.ferry_keys.public,
+            allowed_ips: &format!("{FERRY_IP}/32,{FERRY_IP6}/128"),
+            endpoint: None,
+            psk: None,
+        },
+    );
+    assert!(ping(&p.ferry_ns, GO_IP6, 10), "no IPv6 through the tunnel");
     assert!(latest_handshake(&go.show("latest-handshakes")) > 0);
     // Our own UAPI answers stock `wg show` too.
     assert!(latest_handshake(&ferry.show("latest-handshakes")) > 0);

@@ -46,6 +46,21 @@ pub fn toolchain() -> Result<ferry_ebpf_build::Toolchain> {
     Ok(toolchain)
 }
 
+/// cargo-fuzz, for the fuzz targets (installed once, from crates.io).
+pub fn cargo_fuzz() -> Result<()> {
+    let present =
+        crate::cargo::cargo().args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz (about a minute, once)");
+    let status = crate::cargo::cargo().args(["install", "--locked", "cargo-fuzz"]).status()?;
+    if !status.success() {
+        bail!("installing cargo-fuzz failed; run `cargo install --locked cargo-fuzz`, then retry");
+    }
+    Ok(())
+}
+
 /// Installs the Debian packages that are missing, with one apt-get call.
 pub fn debian_packages() -> Result<()> {
     let missing: Vec<&str> =

@@ -39,7 +39,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         eprintln!("sweep: removed stale {object}");
     }
 
-    let mut checks: Vec<(&str, bool)> = Vec::new();
+    let mut checks: Vec<(&'static str, bool)> = Vec::new();
     section("rustfmt --check");
     checks.push(("rustfmt", run_cmd(cargo().args(["fmt", "--all", "--check"])).is_ok()));
 
@@ -56,11 +56,34 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         suites.extend(test_package(&package, cargo_test_args)?);
     }
 
+    // Coverage-guided fuzzing, time-boxed, only on a full run.
+    if cargo_test_args.is_empty() {
+        setup::cargo_fuzz()?;
+        for (target, label) in FUZZ_TARGETS {
+            section(&format!("{label} ({FUZZ_SECONDS} s)"));
+            checks.push((label, fuzz(target).is_ok()));
+        }
+    }
+
     let ok = summarize(&checks, &suites, started);
     if !ok {
         bail!("some tests or checks failed (see the summary above)");
     }
     Ok(())
+}
+
+/// The cargo-fuzz targets of tunnel/fuzz, each run for FUZZ_SECONDS.
+const FUZZ_TARGETS: [(&str, &str); 2] = [("parse", "fuzz parse"), ("responder", "fuzz responder")];
+const FUZZ_SECONDS: u32 = 20;
+
+fn fuzz(target: &str) -> Result<()> {
+    let toolchain = ferry_ebpf_build::ebpf_toolchain();
+    let mut cmd = std::process::Command::new("rustup");
+    cmd.args(["run", &toolchain, "cargo", "fuzz", "run", target, "--"])
+        .arg(format!("-max_total_time={FUZZ_SECONDS}"))
+        .arg("-print_final_stats=1")
+        .current_dir(crate::cargo::workspace_root().join("tunnel"));
+    run_cmd(&mut cmd)
 }
 
 fn section(title: &str) {

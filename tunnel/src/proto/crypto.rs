@@ -217,3 +217,28 @@ mod tests {
         assert_eq!(c, hmac(&prk, &[&a, &[2]]));
     }
 }
+
+#[cfg(test)]
+mod tamper_tests {
+    use super::*;
+
+    #[test]
+    fn every_flipped_byte_of_a_sealed_message_is_rejected() {
+        let key = [9u8; 32];
+        for len in [16usize, 32, 48, 64] {
+            let mut sealed = vec![0x45u8; len + TAG_LEN];
+            seal_in_place(&key, 3, &[], &mut sealed);
+            for i in 0..sealed.len() {
+                for mask in [1u8, 0x67, 0x80] {
+                    let mut copy = sealed.clone();
+                    copy[i] ^= mask;
+                    assert_eq!(
+                        open_in_place(&key, 3, &[], &mut copy),
+                        Err(AeadError),
+                        "len {len}, byte {i}, mask {mask:#x}"
+                    );
+                }
+            }
+        }
+    }
+}
