@@ -15,9 +15,10 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
+use zeroize::Zeroizing;
 
 use crate::{
     PresharedKey, PublicKey,
@@ -28,6 +29,8 @@ use crate::{
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 /// Requests larger than this are refused (a set of thousands of peers fits).
 const MAX_REQUEST_LINES: usize = 100_000;
+/// The longest line of the protocol is an allowed_ip or a key; 1 KiB is ample.
+const MAX_LINE: u64 = 1024;
 
 pub fn socket_path(name: &str) -> PathBuf {
     Path::new(SOCKET_DIR).join(format!("{name}.sock"))
@@ -61,23 +64,25 @@ pub fn serve(endpoint: Arc<Endpoint>) -> io::Result<(PathBuf, tokio::task::JoinH
 
 async fn handle(stream: UnixStream, endpoint: &Endpoint) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(first) = lines.next_line().await? {
+    let mut reader = BufReader::new(read);
+    while let Some(first) = next_line(&mut reader).await? {
         let reply = match first.as_str() {
             "get=1" => {
                 // The request ends with a blank line.
-                while let Some(line) = lines.next_line().await? {
+                while let Some(line) = next_line(&mut reader).await? {
                     if line.is_empty() {
                         break;
                     }
                 }
-                let mut text = endpoint.with_device(|device| get(device, endpoint.local_port()));
+                let mut text =
+                    Zeroizing::new(endpoint.with_device(|device| get(device, endpoint.local_port())));
                 text.push_str("errno=0\n\n");
-                text
+                write.write_all(text.as_bytes()).await?;
+                continue;
             }
             "set=1" => {
-                let mut body = Vec::new();
-                while let Some(line) = lines.next_line().await? {
+                let mut body = Zeroizing::new(Vec::new());
+                while let Some(line) = next_line(&mut reader).await? {
                     if line.is_empty() {
                         break;
                     }
@@ -96,14 +101,32 @@ async fn handle(stream: UnixStream, endpoint: &Endpoint) -> io::Result<()> {
                 format!("errno={errno}\n\n")
             }
             "" => continue,
-            other => {
-                tracing::debug!(request = other, "unknown UAPI operation");
+            _ => {
+                // Not echoed: a confused client may have sent a key.
+                tracing::debug!("unknown UAPI operation");
                 format!("errno={EINVAL}\n\n")
             }
         };
         write.write_all(reply.as_bytes()).await?;
     }
     Ok(())
+}
+
+/// One line without its newline; None at the end of the stream. Lines longer
+/// than MAX_LINE or not UTF-8 end the connection.
+async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> io::Result<Option<String>> {
+    let mut bytes = Zeroizing::new(Vec::new());
+    let n = (&mut *reader).take(MAX_LINE).read_until(b'\n', &mut bytes).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    } else if n as u64 == MAX_LINE {
+        return Err(io::Error::other("UAPI line too long"));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| io::Error::other("UAPI line is not UTF-8"))?;
+    Ok(Some(text.to_string()))
 }
 
 const EINVAL: i32 = 22;
@@ -116,14 +139,17 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// A 32-byte key from 64 hex digits. Errors never repeat the text: it may be
+/// a secret with one typo.
 fn unhex32(text: &str) -> Result<[u8; 32], SetError> {
-    if text.len() != 64 {
-        return Err(SetError::Invalid(format!("a key must be 64 hex digits, got {}", text.len())));
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return Err(SetError::Invalid("a key must be exactly 64 hex digits".to_string()));
     }
+    let digit = |b: u8| (b as char).to_digit(16).expect("checked hex digit") as u8;
     let mut out = [0u8; 32];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-            .map_err(|_| SetError::Invalid(format!("`{text}` is not hex")))?;
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *slot = digit(pair[0]) << 4 | digit(pair[1]);
     }
     Ok(out)
 }
@@ -192,8 +218,8 @@ struct PeerEdit {
     new_allowed_ips: Vec<IpNet>,
 }
 
-/// Applies a `set` request. Every line is checked before anything changes, so
-/// a bad request changes nothing.
+/// Applies a `set` request. Every line and every peer key is checked before
+/// anything changes, so a bad request changes nothing.
 pub fn set(device: &mut Device, listen_port: u16, lines: &[String]) -> Result<(), SetError> {
     let mut replace_peers = false;
     let mut edits: Vec<PeerEdit> = Vec::new();
@@ -222,7 +248,8 @@ pub fn set(device: &mut Device, listen_port: u16, lines: &[String]) -> Result<()
             ("public_key", _) => {
                 let key = PublicKey(unhex32(value)?);
                 let mut config = PeerConfig::new(key);
-                if let Some(id) = device.peer_id(&key) {
+                // After replace_peers the peer starts fresh, as in wireguard-go.
+                if let Some(id) = device.peer_id(&key).filter(|_| !replace_peers) {
                     let peer = device.peer(id).expect("live id");
                     config.endpoint = peer.endpoint;
                     config.persistent_keepalive = peer.persistent_keepalive;
@@ -267,6 +294,11 @@ pub fn set(device: &mut Device, listen_port: u16, lines: &[String]) -> Result<()
             (key, _) => return Err(SetError::Invalid(format!("unexpected key `{key}` here"))),
         }
     }
+    for edit in edits.iter().filter(|e| !e.remove) {
+        device
+            .check_peer_key(&edit.config.public_key)
+            .map_err(|e| SetError::Invalid(format!("peer {}: {e}", edit.config.public_key)))?;
+    }
     if replace_peers {
         let keys: Vec<PublicKey> = device.peers().map(|(_, p)| p.public_key).collect();
         for key in keys {
@@ -287,6 +319,7 @@ pub fn set(device: &mut Device, listen_port: u16, lines: &[String]) -> Result<()
         } else {
             edit.config.allowed_ips.extend(edit.new_allowed_ips);
         }
+        // Cannot fail: check_peer_key vetted every key before the first change.
         device.add_peer(edit.config).map_err(|e| SetError::Invalid(format!("peer {key}: {e}")))?;
     }
     Ok(())
@@ -361,6 +394,55 @@ mod tests {
             assert!(set(&mut device, 51820, &lines(&bad)).is_err(), "{bad}");
             assert_eq!(device.peers().count(), 0, "{bad} changed something");
         }
+    }
+
+    #[test]
+    fn hostile_values_neither_panic_nor_leak() {
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        // Multi-byte UTF-8 at an odd offset, and a signed digit.
+        let tricky = format!("a\u{e9}{}", "a".repeat(61));
+        assert_eq!(tricky.len(), 64);
+        for value in [tricky, format!("+f{}", "0".repeat(62))] {
+            let err = set(&mut device, 1, &lines(&format!("public_key={value}"))).unwrap_err().to_string();
+            assert!(!err.contains(&value), "the value was echoed: {err}");
+        }
+        let secret = format!("{}g", "1".repeat(63));
+        let err = set(&mut device, 1, &lines(&format!("private_key={secret}"))).unwrap_err().to_string();
+        assert!(!err.contains("1111"), "{err}");
+    }
+
+    #[test]
+    fn a_low_order_key_refuses_the_whole_request() {
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let good = PrivateKey::generate().public_key();
+        set(&mut device, 1, &lines(&format!("public_key={}", hex(good.as_bytes())))).unwrap();
+        let other = PrivateKey::generate().public_key();
+        let request = format!(
+            "replace_peers=true\npublic_key={}\npublic_key={}",
+            hex(other.as_bytes()),
+            "0".repeat(64)
+        );
+        assert!(set(&mut device, 1, &lines(&request)).is_err());
+        let keys: Vec<PublicKey> = device.peers().map(|(_, p)| p.public_key).collect();
+        assert_eq!(keys, vec![good], "a refused request changed the peers");
+    }
+
+    #[test]
+    fn replace_peers_starts_peers_fresh() {
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let peer = PrivateKey::generate().public_key();
+        set(
+            &mut device,
+            1,
+            &lines(&format!("public_key={}\npreshared_key={}", hex(peer.as_bytes()), hex(&[5; 32]))),
+        )
+        .unwrap();
+        set(&mut device, 1, &lines(&format!("replace_peers=true\npublic_key={}", hex(peer.as_bytes()))))
+            .unwrap();
+        assert!(
+            get(&device, 1).contains(&format!("preshared_key={}", hex(&[0; 32]))),
+            "the old PSK survived"
+        );
     }
 
     #[test]

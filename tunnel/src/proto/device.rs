@@ -227,7 +227,14 @@ impl Device {
         if config.endpoint.is_some() {
             peer.endpoint = config.endpoint;
         }
-        peer.persistent_keepalive = config.persistent_keepalive.filter(|d| !d.is_zero());
+        let keepalive = config.persistent_keepalive.filter(|d| !d.is_zero());
+        if keepalive != peer.persistent_keepalive {
+            // A new interval starts with a keepalive at the next timer run
+            // (which handshakes first if needed), as wireguard-go does.
+            peer.timers.persistent_keepalive = None;
+            peer.timers.keepalive_now = keepalive.is_some();
+        }
+        peer.persistent_keepalive = keepalive;
         self.allowed_ips.remove_value(id);
         for net in config.allowed_ips {
             self.allowed_ips.insert(net, id);
@@ -239,13 +246,15 @@ impl Device {
     /// once. Returns whether it existed.
     pub fn remove_peer(&mut self, key: &PublicKey) -> bool {
         let Some(id) = self.by_key.remove(key) else { return false };
-        if let Some(peer) = self.peers.remove(&id) {
-            for index in peer.indices() {
-                self.indices.remove(&index);
-            }
-        }
+        self.peers.remove(&id);
+        self.indices.retain(|_, owner| *owner != id);
         self.allowed_ips.remove_value(id);
         true
+    }
+
+    /// Whether `key` can be a peer (its DH with our key is not all-zero).
+    pub fn check_peer_key(&self, key: &PublicKey) -> Result<(), HandshakeError> {
+        self.identity.static_static(key).map(drop)
     }
 
     pub fn peer_id(&self, key: &PublicKey) -> Option<PeerId> {
@@ -472,7 +481,7 @@ impl Device {
             return self.drop(reason);
         }
         let Some(&id) = self.indices.get(&resp.receiver()) else { return self.drop(Drop::UnknownIndex) };
-        let peer = self.peers.get_mut(&id).expect("indices name live peers");
+        let Some(peer) = self.peers.get_mut(&id) else { return self.drop(Drop::UnknownIndex) };
         let Some(state) = peer.handshake.as_ref().filter(|h| h.local_index == resp.receiver()) else {
             return self.drop(Drop::UnexpectedResponse);
         };
@@ -484,14 +493,16 @@ impl Device {
         peer.endpoint = Some(from);
         // The initiator may use the new keys at once; the old ones linger as
         // `previous` for packets already in flight.
-        let old_previous = match peer.next.take() {
-            Some(next) => peer.previous.replace(next),
+        // With a crossed handshake our unconfirmed responder session (`next`)
+        // becomes `previous` and the old `current` goes, as in wireguard-go.
+        let retired: Vec<Session> = match peer.next.take() {
+            Some(next) => [peer.previous.replace(next), peer.current.take()].into_iter().flatten().collect(),
             None => {
                 let current = peer.current.take();
-                std::mem::replace(&mut peer.previous, current)
+                std::mem::replace(&mut peer.previous, current).into_iter().collect()
             }
         };
-        if let Some(old) = old_previous {
+        for old in retired {
             self.indices.remove(&old.local_index);
         }
         let peer = self.peers.get_mut(&id).expect("live");
@@ -512,7 +523,7 @@ impl Device {
         transmits: &mut Vec<Transmit>,
     ) -> Incoming {
         let Some(&id) = self.indices.get(&receiver) else { return self.drop(Drop::UnknownIndex) };
-        let peer = self.peers.get_mut(&id).expect("indices name live peers");
+        let Some(peer) = self.peers.get_mut(&id) else { return self.drop(Drop::UnknownIndex) };
         let Some((session, slot)) = peer.session_mut(receiver) else { return self.drop(Drop::UnknownIndex) };
         let range = match session.open(now.instant, datagram) {
             Ok(r) => r,
@@ -579,7 +590,7 @@ impl Device {
         let peer = self.peers.get_mut(&id).expect("live");
         if due(peer.timers.retransmit_handshake) {
             peer.timers.retransmit_handshake = None;
-            if peer.timers.handshake_attempts >= MAX_HANDSHAKE_ATTEMPTS {
+            if peer.timers.handshake_attempts > MAX_HANDSHAKE_ATTEMPTS {
                 // Give up; a new packet to this peer starts over.
                 peer.staged.clear();
                 peer.timers.send_keepalive = None;
@@ -611,8 +622,9 @@ impl Device {
             self.initiate_handshake(id, now, transmits, false);
         }
         let peer = self.peers.get_mut(&id).expect("live");
-        if due(peer.timers.persistent_keepalive) {
+        if due(peer.timers.persistent_keepalive) || peer.timers.keepalive_now {
             peer.timers.persistent_keepalive = None;
+            peer.timers.keepalive_now = false;
             self.send_keepalive(id, now, transmits);
         }
     }
@@ -699,12 +711,13 @@ impl Device {
         }
     }
 
-    /// The initiator of the current keys renews them when they grow old or
-    /// worn while it sends.
+    /// Keys worn by REKEY_AFTER_MESSAGES are renewed by whichever side sends;
+    /// keys older than REKEY_AFTER_TIME by their initiator only, so the two
+    /// sides do not both start a handshake.
     fn keep_key_fresh_sending(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>) {
         let peer = &self.peers[&id];
         let stale = peer.current.as_ref().is_some_and(|s| {
-            s.we_initiated && (s.sent() > REKEY_AFTER_MESSAGES || s.age(now.instant) >= REKEY_AFTER_TIME)
+            s.sent() > REKEY_AFTER_MESSAGES || (s.we_initiated && s.age(now.instant) >= REKEY_AFTER_TIME)
         });
         if stale {
             self.initiate_handshake(id, now, transmits, false);

@@ -53,6 +53,9 @@ pub(crate) struct Timers {
     pub handshake_attempts: u32,
     pub need_another_keepalive: bool,
     pub last_initiation_sent: Option<Instant>,
+    /// A keepalive is due at the next timer run (persistent keepalive was
+    /// just configured); the shell's timer tick picks it up.
+    pub keepalive_now: bool,
 }
 
 impl Timers {

@@ -13,7 +13,10 @@ pub const PACKETS_PER_SECOND: u32 = 20;
 pub const BURST: u32 = 5;
 /// Sources idle this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(1);
-/// At most this many sources are tracked; beyond, new ones are refused.
+/// At most this many sources are tracked. When full, untracked sources are
+/// let through: they already proved with mac2 that they receive at their
+/// address, and refusing every newcomer would let one attacker lock everyone
+/// out.
 const MAX_SOURCES: usize = 65_536;
 
 #[derive(Default)]
@@ -35,8 +38,12 @@ impl RateLimiter {
     /// Whether one more handshake from `source` is allowed at `now`.
     pub fn allow(&mut self, now: Instant, source: IpAddr) -> bool {
         self.sweep(now);
+        let source = match source {
+            IpAddr::V4(_) => source,
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        };
         if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_SOURCES {
-            return false;
+            return true;
         }
         let bucket = self.buckets.entry(source).or_insert(Bucket { tokens: MAX_TOKENS, updated: now });
         let elapsed =
@@ -87,6 +94,17 @@ mod tests {
             .filter(|i| limiter.allow(now + step + Duration::from_millis(10 * u64::from(*i)), a))
             .count();
         assert!((19..=21).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_shares_one_bucket() {
+        let mut limiter = RateLimiter::default();
+        let now = Instant::now();
+        for i in 0..BURST {
+            assert!(limiter.allow(now, IpAddr::V6(format!("2001:db8:1:2::{i:x}").parse().unwrap())));
+        }
+        assert!(!limiter.allow(now, "2001:db8:1:2:ffff::1".parse().unwrap()), "same /64");
+        assert!(limiter.allow(now, "2001:db8:1:3::1".parse().unwrap()), "another /64");
     }
 
     #[test]
