@@ -108,6 +108,20 @@ impl FerryWg {
         address: &str,
         peer: &PeerSpec<'_>,
     ) -> FerryWg {
+        Self::start_binary(&bin_path("ferry-wg"), lab, ns, keys, port, address, peer)
+    }
+
+    /// Like [`FerryWg::start`], with a `ferry-wg` binary from elsewhere (a
+    /// CPU-specific build, for the benchmark).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        lab: &Lab,
+        ns: &Netns,
+        keys: &Keys,
+        port: u16,
+        address: &str,
+        peer: &PeerSpec<'_>,
+    ) -> FerryWg {
         let ifname = lab.ifname("fw");
         let mut conf = format!(
             "[Interface]\nPrivateKey = {}\nListenPort = {port}\nAddress = {address}\n\n",
@@ -122,8 +136,7 @@ impl FerryWg {
         }
         let path = lab.dir().join(format!("{ifname}.conf"));
         fs::write(&path, conf).unwrap();
-        let mut process =
-            ns.spawn_program(bin_path("ferry-wg"), &["up", path.to_str().unwrap(), "--log", "info"]).unwrap();
+        let mut process = ns.spawn_program(binary, &["up", path.to_str().unwrap(), "--log", "info"]).unwrap();
         process.wait_for_output(&format!("{ifname} up"), Duration::from_secs(10)).unwrap();
         FerryWg { ifname, ns: ns.clone(), process }
     }

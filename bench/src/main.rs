@@ -22,6 +22,11 @@ struct Cli {
     #[arg(long, default_value = "target/criterion")]
     criterion_dir: PathBuf,
 
+    /// A ferry-wg built with `-C target-cpu=native`, measured as an extra row
+    /// of the tunnel benchmark.
+    #[arg(long)]
+    native_ferry_wg: Option<PathBuf>,
+
     /// Benchmarks to run: guard, tunnel.
     #[arg(required = true)]
     names: Vec<String>,
@@ -32,7 +37,7 @@ fn main() -> Result<()> {
     for name in &cli.names {
         let rows = match name.as_str() {
             "guard" => guard::run()?,
-            "tunnel" => tunnel::run(&cli.criterion_dir)?,
+            "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);

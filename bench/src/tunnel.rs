@@ -2,7 +2,7 @@
 //! in two namespaces joined by a veth, measured in the same run, plus the
 //! handshake rate of the core from its criterion benchmark.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ferry_lab::{Lab, Netns};
@@ -19,13 +19,20 @@ struct Measured {
     udp_pps: Vec<f64>,
 }
 
-pub fn run(criterion_dir: &Path) -> Result<Vec<Row>> {
+/// `native_ferry_wg`: a ferry-wg built with `-C target-cpu=native`, measured
+/// as a second Ferry row (the portable build is the headline).
+pub fn run(criterion_dir: &Path, native_ferry_wg: Option<&Path>) -> Result<Vec<Row>> {
     let mut ferry = Measured { tcp_bps: vec![], udp_pps: vec![] };
+    let mut native = Measured { tcp_bps: vec![], udp_pps: vec![] };
     let mut go = Measured { tcp_bps: vec![], udp_pps: vec![] };
+    let portable = ferry_tests::bin_path("ferry-wg");
     for round in 0..ROUNDS {
         eprintln!("tunnel bench: round {} of {ROUNDS}", round + 1);
         measure(Impl::WireguardGo, &mut go)?;
-        measure(Impl::Ferry, &mut ferry)?;
+        measure(Impl::Ferry(portable.clone()), &mut ferry)?;
+        if let Some(binary) = native_ferry_wg {
+            measure(Impl::Ferry(binary.to_path_buf()), &mut native)?;
+        }
     }
     let mut rows = vec![
         Row::new(
@@ -47,6 +54,26 @@ pub fn run(criterion_dir: &Path) -> Result<Vec<Row>> {
             Better::Higher,
         ),
     ];
+    if native_ferry_wg.is_some() {
+        rows.push(Row::new(
+            "tunnel",
+            "tcp_throughput_native_build",
+            "Gbit/s",
+            mean(&native.tcp_bps) / 1e9,
+            mean(&go.tcp_bps) / 1e9,
+            "wireguard-go <-> wireguard-go (Ferry built with -C target-cpu=native)",
+            Better::Higher,
+        ));
+        rows.push(Row::new(
+            "tunnel",
+            "udp_64_byte_rate_native_build",
+            "packets/s",
+            mean(&native.udp_pps),
+            mean(&go.udp_pps),
+            "wireguard-go <-> wireguard-go (Ferry built with -C target-cpu=native)",
+            Better::Higher,
+        ));
+    }
     let handshake_ns = criterion_mean_ns(criterion_dir, "handshake")?;
     let x25519_ns = criterion_mean_ns(criterion_dir, "x25519")?;
     // A full handshake costs both sides five variable-base X25519 operations
@@ -63,9 +90,10 @@ pub fn run(criterion_dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Impl {
-    Ferry,
+    /// ferry-wg from this path.
+    Ferry(PathBuf),
     WireguardGo,
 }
 
@@ -75,9 +103,11 @@ enum Running {
     Go(#[expect(dead_code, reason = "held for its Drop")] WireguardGo),
 }
 
-fn start(which: Impl, lab: &Lab, ns: &Netns, keys: &Keys, address: &str, peer: &PeerSpec<'_>) -> Running {
+fn start(which: &Impl, lab: &Lab, ns: &Netns, keys: &Keys, address: &str, peer: &PeerSpec<'_>) -> Running {
     match which {
-        Impl::Ferry => Running::Ferry(FerryWg::start(lab, ns, keys, 51820, address, peer)),
+        Impl::Ferry(binary) => {
+            Running::Ferry(FerryWg::start_binary(binary, lab, ns, keys, 51820, address, peer))
+        }
         Impl::WireguardGo => Running::Go(WireguardGo::start(lab, ns, keys, 51820, address, peer)),
     }
 }
@@ -89,7 +119,7 @@ fn measure(which: Impl, into: &mut Measured) -> Result<()> {
     lab.wire(&a, &["192.0.2.1/24"], &b, &["192.0.2.2/24"])?;
     let (ka, kb) = (Keys::generate(&a), Keys::generate(&b));
     let _a_if = start(
-        which,
+        &which,
         &lab,
         &a,
         &ka,
@@ -102,7 +132,7 @@ fn measure(which: Impl, into: &mut Measured) -> Result<()> {
         },
     );
     let _b_if = start(
-        which,
+        &which,
         &lab,
         &b,
         &kb,

@@ -37,13 +37,27 @@ pub fn run(names: &[String]) -> Result<()> {
     setup::toolchain()?;
     setup::debian_packages()?;
     run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    let mut native_ferry_wg = None;
     if names.contains(&"tunnel") {
         run_cmd(cargo().args(["bench", "-p", "ferry-tunnel", "--bench", "handshake"]))?;
+        // A second ferry-wg compiled for this CPU: the RustCrypto AEAD inlines
+        // its SIMD code only when the target features are known at compile time.
+        let native_dir = workspace_root().join("target").join("native");
+        run_cmd(
+            cargo()
+                .args(["build", "--release", "-p", "ferry-tunnel", "--bin", "ferry-wg", "--target-dir"])
+                .arg(&native_dir)
+                .env("RUSTFLAGS", "-C target-cpu=native"),
+        )?;
+        native_ferry_wg = Some(native_dir.join("release").join("ferry-wg"));
     }
     let out_dir = workspace_root().join("target").join("bench");
     let mut cmd = std::process::Command::new(workspace_root().join("target/release/ferry-bench"));
     cmd.arg("--out-dir").arg(&out_dir);
     cmd.arg("--criterion-dir").arg(workspace_root().join("target").join("criterion"));
+    if let Some(path) = &native_ferry_wg {
+        cmd.arg("--native-ferry-wg").arg(path);
+    }
     cmd.args(&names);
     run_cmd(&mut cmd)
 }
