@@ -1,9 +1,6 @@
 //! `ferry-cloud`: the control plane, an HTTP API over an embedded database.
 
-mod config;
-mod http;
-mod metrics;
-mod store;
+use ferry_cloud::{config, http, store};
 
 use std::path::PathBuf;
 

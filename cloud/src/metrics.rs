@@ -22,6 +22,12 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ferry_cloud");
