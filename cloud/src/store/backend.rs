@@ -1,0 +1,131 @@
+//! The one storage interface. Handlers never see it directly: they use the
+//! typed [`super::Store`], which keeps its documents in a [`Backend`]. A
+//! backend is an ordered key-value store with atomic, durable commits, so
+//! PostgreSQL (one `(collection, key, value)` table) can replace sled by
+//! implementing this trait alone.
+
+/// A named set of documents (a sled tree; a partition of the SQL table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Collection {
+    Meta,
+    Users,
+    /// user name -> user id, for unique names.
+    UserNames,
+    Tokens,
+    Gateways,
+    Sessions,
+    Relays,
+    Audit,
+}
+
+impl Collection {
+    pub const ALL: [Collection; 8] = [
+        Collection::Meta,
+        Collection::Users,
+        Collection::UserNames,
+        Collection::Tokens,
+        Collection::Gateways,
+        Collection::Sessions,
+        Collection::Relays,
+        Collection::Audit,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Collection::Meta => "meta",
+            Collection::Users => "users",
+            Collection::UserNames => "user_names",
+            Collection::Tokens => "tokens",
+            Collection::Gateways => "gateways",
+            Collection::Sessions => "sessions",
+            Collection::Relays => "relays",
+            Collection::Audit => "audit",
+        }
+    }
+}
+
+/// A stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One change in a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put { collection: Collection, key: Vec<u8>, value: Vec<u8> },
+    Delete { collection: Collection, key: Vec<u8> },
+}
+
+/// A precondition of a commit: the key holds exactly `value` (None: absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub collection: Collection,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Changes applied together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub expect: Vec<Expect>,
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(
+        mut self,
+        collection: Collection,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Batch {
+        self.ops.push(Op::Put { collection, key: key.into(), value: value.into() });
+        self
+    }
+
+    pub fn delete(mut self, collection: Collection, key: impl Into<Vec<u8>>) -> Batch {
+        self.ops.push(Op::Delete { collection, key: key.into() });
+        self
+    }
+
+    /// Requires `key` to hold `value` (None: to be absent) when committing.
+    pub fn expect(
+        mut self,
+        collection: Collection,
+        key: impl Into<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) -> Batch {
+        self.expect.push(Expect { collection, key: key.into(), value });
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A precondition did not hold; nothing was changed.
+    #[error("conflict on {collection:?}: the stored value changed")]
+    Conflict { collection: Collection },
+    #[error("storage: {0}")]
+    Io(String),
+}
+
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Up to `limit` entries whose keys start with `prefix`, in key order,
+    /// after `after` if given.
+    fn scan(
+        &self,
+        collection: Collection,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, BackendError>;
+
+    /// The last entry of a collection in key order (the audit chain's head).
+    fn last(&self, collection: Collection) -> Result<Option<Entry>, BackendError>;
+
+    /// Applies `batch` atomically if every expectation holds. When this
+    /// returns Ok the change is durable: a crash afterwards loses nothing.
+    fn commit(&self, batch: Batch) -> Result<(), BackendError>;
+
+    /// A fresh identifier, never returned before (also across restarts).
+    fn generate_id(&self) -> Result<u64, BackendError>;
+}

@@ -1,0 +1,76 @@
+//! The cloud's storage: typed documents over one [`Backend`] interface, with
+//! a versioned schema. sled is the embedded default ([`SledBackend`]).
+
+pub mod backend;
+pub mod sled_backend;
+
+use std::{path::Path, sync::Arc};
+
+pub use backend::{Backend, BackendError, Batch, Collection};
+pub use sled_backend::SledBackend;
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(
+        "the data folder holds schema version {found}, newer than this ferry-cloud understands ({supported}); \
+         run the newer ferry-cloud that wrote it, or restore a backup"
+    )]
+    TooNew { found: u32, supported: u32 },
+    #[error("the stored schema version is corrupt ({0} bytes instead of 4)")]
+    CorruptVersion(usize),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Opens (or creates) the sled database in `dir` and checks its schema.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::with_backend(Arc::new(SledBackend::open(&dir.join("db"))?))
+    }
+
+    /// Uses any backend; a new one gets the current schema version.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
+        let store = Store { backend };
+        match store.backend.get(Collection::Meta, SCHEMA_KEY)? {
+            None => {
+                store.backend.commit(Batch::default().expect(Collection::Meta, SCHEMA_KEY, None).put(
+                    Collection::Meta,
+                    SCHEMA_KEY,
+                    SCHEMA_VERSION.to_be_bytes(),
+                ))?;
+                tracing::info!(version = SCHEMA_VERSION, "new database");
+            }
+            Some(bytes) => {
+                let found = decode_version(&bytes)?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
+                }
+                // Version 1 is the first schema: nothing older to migrate yet.
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let bytes = self.backend.get(Collection::Meta, SCHEMA_KEY)?.ok_or(StoreError::CorruptVersion(0))?;
+        decode_version(&bytes)
+    }
+
+    /// The backend, for the typed collections built on it.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+}
+
+fn decode_version(bytes: &[u8]) -> Result<u32, StoreError> {
+    Ok(u32::from_be_bytes(bytes.try_into().map_err(|_| StoreError::CorruptVersion(bytes.len()))?))
+}
