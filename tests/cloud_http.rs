@@ -149,3 +149,43 @@ fn plain_http_beyond_loopback_needs_an_explicit_flag() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("refusing to serve plain HTTP") && err.contains("--allow-plain-http"), "{err}");
 }
+
+#[test]
+fn audit_verify_reports_an_intact_chain_and_the_first_broken_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = ferry_cloud::store::Store::open(dir.path()).unwrap();
+        for i in 0..5 {
+            let event = ferry_cloud::audit::Event {
+                actor: "admin".into(),
+                action: "user.create".into(),
+                allowed: true,
+                source: None,
+                session: None,
+                gateway: None,
+                detail: Some(format!("user{i}")),
+            };
+            ferry_cloud::audit::append(&store, 1_700_000_000_000 + i, event).unwrap();
+        }
+    }
+    let verify =
+        || bin("ferry-cloud").args(["audit", "verify", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let ok = verify();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact: 5 entries"));
+
+    // Flip one byte of entry 3 on disk.
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let mut value = tree.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let at = value.windows(5).position(|w| w == b"user2").unwrap();
+        value[at] = b'U';
+        tree.insert(3u64.to_be_bytes(), value).unwrap();
+        db.flush().unwrap();
+    }
+    let bad = verify();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("broken at entry 3"), "{err}");
+}

@@ -3,6 +3,7 @@
 //! The binary is a thin shell; everything it serves lives here so that tests
 //! can build the same router over a temporary store.
 
+pub mod audit;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! `ferry-cloud`: the control plane, an HTTP API over an embedded database.
 
-use ferry_cloud::{config, http, store};
+use ferry_cloud::{audit, config, http, store};
 
 use std::path::PathBuf;
 
@@ -29,6 +29,20 @@ struct Cli {
 enum Command {
     /// Serve the API (the default when no command is given).
     Serve(ServeArgs),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the audit log's hash chain; exits non-zero and names the first
+    /// broken entry if any entry was changed, removed or reordered.
+    Verify {
+        /// Folder of the database (default as for `serve`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -56,6 +70,20 @@ fn main() -> Result<()> {
     let config = config::load(cli.common.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args, config),
+        Command::Audit(AuditCommand::Verify { data_dir }) => {
+            let data_dir = data_dir
+                .or(config.data_dir)
+                .unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
+            let store = store::Store::open(&data_dir)
+                .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+            match audit::verify(&store)? {
+                Ok(count) => {
+                    println!("audit log intact: {count} entries");
+                    Ok(())
+                }
+                Err(broken) => bail!("audit log broken at entry {}: {}", broken.seq, broken.reason),
+            }
+        }
     }
 }
 
