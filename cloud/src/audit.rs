@@ -144,7 +144,7 @@ mod tests {
         Event {
             actor: format!("user{i}"),
             action: "session.start".into(),
-            allowed: i % 3 != 0,
+            allowed: !i.is_multiple_of(3),
             source: Some("192.0.2.7".into()),
             session: Some(format!("s{i}")),
             gateway: Some("g1".into()),
