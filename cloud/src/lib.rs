@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod password;
 pub mod rights;
 pub mod store;
+pub mod users;

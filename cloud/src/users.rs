@@ -1,0 +1,196 @@
+//! User accounts: unique names, a role, an argon2id password hash, and the
+//! state that login throttling and disabling need.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    password::{self, PasswordError},
+    rights::Role,
+    store::{BackendError, Batch, Collection, Store},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+    /// argon2id, PHC string form. Never leaves the server.
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_ms: u64,
+    /// Consecutive failed logins, for slowing down and locking out.
+    pub failed_logins: u32,
+    pub locked_until_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user name must be 1 to 64 characters of letters, digits and . _ - @")]
+    BadName,
+    #[error("a user named `{0}` exists")]
+    Exists(String),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Store(#[from] BackendError),
+    #[error("stored user record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+fn key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Creates a user; the name must be free (checked atomically with the write).
+pub fn create(store: &Store, name: &str, role: Role, password: &str, now_ms: u64) -> Result<User, UserError> {
+    if !valid_name(name) {
+        return Err(UserError::BadName);
+    }
+    let password_hash = password::hash(password)?;
+    let id = store.backend().generate_id()?;
+    let user = User {
+        id,
+        name: name.to_string(),
+        role,
+        password_hash,
+        disabled: false,
+        created_ms: now_ms,
+        failed_logins: 0,
+        locked_until_ms: None,
+    };
+    let value = serde_json::to_vec(&user).expect("plain data serializes");
+    let batch = Batch::default()
+        .expect(Collection::UserNames, name.as_bytes(), None)
+        .put(Collection::UserNames, name.as_bytes(), key(id))
+        .put(Collection::Users, key(id), value);
+    match store.backend().commit(batch) {
+        Ok(()) => Ok(user),
+        Err(BackendError::Conflict { .. }) => Err(UserError::Exists(name.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn get(store: &Store, id: u64) -> Result<Option<User>, UserError> {
+    store.backend().get(Collection::Users, &key(id))?.map(|v| decode(&v)).transpose()
+}
+
+pub fn by_name(store: &Store, name: &str) -> Result<Option<User>, UserError> {
+    let Some(id) = store.backend().get(Collection::UserNames, name.as_bytes())? else { return Ok(None) };
+    let id =
+        u64::from_be_bytes(id.as_slice().try_into().map_err(|_| UserError::Corrupt("name index".into()))?);
+    get(store, id)
+}
+
+/// Every user, in id order.
+pub fn list(store: &Store) -> Result<Vec<User>, UserError> {
+    let mut users = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.backend().scan(Collection::Users, &[], after.as_deref(), 500)?;
+        if page.is_empty() {
+            return Ok(users);
+        }
+        for (_, value) in &page {
+            users.push(decode(value)?);
+        }
+        after = page.last().map(|(k, _)| k.clone());
+    }
+}
+
+/// Writes back a changed user (role, disabled flag, login counters). The
+/// name cannot change here.
+pub fn update(store: &Store, user: &User) -> Result<(), UserError> {
+    let value = serde_json::to_vec(user).expect("plain data serializes");
+    store.backend().commit(
+        Batch::default()
+            .expect(Collection::UserNames, user.name.as_bytes(), Some(key(user.id).to_vec()))
+            .put(Collection::Users, key(user.id), value),
+    )?;
+    Ok(())
+}
+
+/// Whether there is no user at all (first start creates an Administrator).
+pub fn none_exist(store: &Store) -> Result<bool, UserError> {
+    Ok(store.backend().scan(Collection::Users, &[], None, 1)?.is_empty())
+}
+
+fn decode(bytes: &[u8]) -> Result<User, UserError> {
+    serde_json::from_slice(bytes).map_err(|e| UserError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn create_find_update_list() {
+        let (_dir, store) = store();
+        assert!(none_exist(&store).unwrap());
+        let alice = create(&store, "alice", Role::Administrator, "correct horse battery", 1).unwrap();
+        let bob = create(&store, "bob@example", Role::RemoteConnectUser, "another long secret", 2).unwrap();
+        assert!(!none_exist(&store).unwrap());
+        assert_eq!(by_name(&store, "alice").unwrap().unwrap(), alice);
+        assert_eq!(get(&store, bob.id).unwrap().unwrap().role, Role::RemoteConnectUser);
+        assert!(password::verify("correct horse battery", &alice.password_hash));
+        let mut changed = bob.clone();
+        changed.disabled = true;
+        update(&store, &changed).unwrap();
+        assert!(by_name(&store, "bob@example").unwrap().unwrap().disabled);
+        let names: Vec<String> = list(&store).unwrap().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, vec!["alice", "bob@example"]);
+        assert_eq!(by_name(&store, "carol").unwrap(), None);
+    }
+
+    #[test]
+    fn names_are_unique_and_validated() {
+        let (_dir, store) = store();
+        create(&store, "alice", Role::Administrator, "correct horse battery", 1).unwrap();
+        assert!(matches!(
+            create(&store, "alice", Role::RemoteConnectUser, "another long secret", 2),
+            Err(UserError::Exists(n)) if n == "alice"
+        ));
+        for bad in ["", "a b", "x".repeat(65).as_str(), "semi;colon", "ünï"] {
+            assert!(
+                matches!(
+                    create(&store, bad, Role::RemoteConnectUser, "another long secret", 2),
+                    Err(UserError::BadName)
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            create(&store, "dave", Role::RemoteConnectUser, "short", 2),
+            Err(UserError::Password(_))
+        ));
+        assert_eq!(list(&store).unwrap().len(), 1, "refused creations left nothing behind");
+    }
+
+    #[test]
+    fn concurrent_creations_of_one_name_give_one_user() {
+        let (_dir, store) = store();
+        let results: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let store = store.clone();
+                    scope.spawn(move || {
+                        create(&store, "racer", Role::RemoteConnectUser, "a long enough secret", 1).is_ok()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+        assert_eq!(list(&store).unwrap().len(), 1);
+    }
+}
