@@ -133,24 +133,15 @@ const EINVAL: i32 = 22;
 const EOPNOTSUPP: i32 = 95;
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    hex::encode(bytes)
 }
 
 /// A 32-byte key from 64 hex digits. Errors never repeat the text: it may be
 /// a secret with one typo.
 fn unhex32(text: &str) -> Result<[u8; 32], SetError> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
-        return Err(SetError::Invalid("a key must be exactly 64 hex digits".to_string()));
-    }
-    let digit = |b: u8| (b as char).to_digit(16).expect("checked hex digit") as u8;
     let mut out = [0u8; 32];
-    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *slot = digit(pair[0]) << 4 | digit(pair[1]);
-    }
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|_| SetError::Invalid("a key must be exactly 64 hex digits".to_string()))?;
     Ok(out)
 }
 
