@@ -4,6 +4,8 @@
 //! can build the same router over a temporary store.
 
 pub mod audit;
+pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod metrics;

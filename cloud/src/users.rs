@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    auth::totp::TotpState,
     password::{self, PasswordError},
     rights::Role,
     store::{BackendError, Batch, Collection, Store},
@@ -20,7 +21,34 @@ pub struct User {
     pub created_ms: u64,
     /// Consecutive failed logins, for slowing down and locking out.
     pub failed_logins: u32,
+    #[serde(default)]
+    pub last_failed_ms: Option<u64>,
     pub locked_until_ms: Option<u64>,
+    /// Moves when the user is disabled or changes password: access tokens
+    /// carry it, and older ones stop working.
+    #[serde(default)]
+    pub token_epoch: u32,
+    /// The optional second factor.
+    #[serde(default)]
+    pub totp: Option<TotpState>,
+}
+
+impl User {
+    pub fn new(id: u64, name: String, role: Role, password_hash: String, now_ms: u64) -> User {
+        User {
+            id,
+            name,
+            role,
+            password_hash,
+            disabled: false,
+            created_ms: now_ms,
+            failed_logins: 0,
+            last_failed_ms: None,
+            locked_until_ms: None,
+            token_epoch: 0,
+            totp: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,16 +81,7 @@ pub fn create(store: &Store, name: &str, role: Role, password: &str, now_ms: u64
     }
     let password_hash = password::hash(password)?;
     let id = store.backend().generate_id()?;
-    let user = User {
-        id,
-        name: name.to_string(),
-        role,
-        password_hash,
-        disabled: false,
-        created_ms: now_ms,
-        failed_logins: 0,
-        locked_until_ms: None,
-    };
+    let user = User::new(id, name.to_string(), role, password_hash, now_ms);
     let value = serde_json::to_vec(&user).expect("plain data serializes");
     let batch = Batch::default()
         .expect(Collection::UserNames, name.as_bytes(), None)
@@ -112,6 +131,36 @@ pub fn update(store: &Store, user: &User) -> Result<(), UserError> {
             .put(Collection::Users, key(user.id), value),
     )?;
     Ok(())
+}
+
+/// Reads a user, lets `change` edit it, and writes it back only if nobody
+/// changed it meanwhile (else reads again and retries), so concurrent login
+/// attempts cannot lose a failure count. `change` returns what the caller
+/// wants back; returning `Err` writes nothing.
+pub fn modify<R, E: From<UserError>>(
+    store: &Store,
+    id: u64,
+    mut change: impl FnMut(&mut User) -> Result<R, E>,
+) -> Result<Option<(User, R)>, E> {
+    for _ in 0..64 {
+        let Some(before) = store.backend().get(Collection::Users, &key(id)).map_err(UserError::from)? else {
+            return Ok(None);
+        };
+        let mut user = decode(&before)?;
+        let result = change(&mut user)?;
+        let after = serde_json::to_vec(&user).expect("plain data serializes");
+        if after == before {
+            return Ok(Some((user, result)));
+        }
+        match store.backend().commit(
+            Batch::default().expect(Collection::Users, key(id), Some(before)).put(Collection::Users, key(id), after),
+        ) {
+            Ok(()) => return Ok(Some((user, result))),
+            Err(BackendError::Conflict { .. }) => continue,
+            Err(e) => return Err(UserError::from(e).into()),
+        }
+    }
+    Err(UserError::Store(BackendError::Io("a user record is being changed too often; gave up".into())).into())
 }
 
 /// Whether there is no user at all (first start creates an Administrator).

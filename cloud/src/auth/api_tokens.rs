@@ -1,0 +1,166 @@
+//! Scoped API tokens for automation. An Administrator makes them; a token
+//! acts as its creator, limited to its scopes, so it can never do more than
+//! the creator's current role allows, and disabling the creator stops it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::secret::{Opaque, owner_prefix, record_key};
+use crate::store::{BackendError, Batch, Collection, Store};
+
+const PREFIX: &str = "fya";
+const KIND: u8 = b'a';
+
+/// What a token may touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum Scope {
+    #[serde(rename = "sessions:read")]
+    SessionsRead,
+    #[serde(rename = "sessions:write")]
+    SessionsWrite,
+    #[serde(rename = "gateways:read")]
+    GatewaysRead,
+    #[serde(rename = "gateways:write")]
+    GatewaysWrite,
+    #[serde(rename = "users:read")]
+    UsersRead,
+    #[serde(rename = "users:write")]
+    UsersWrite,
+    #[serde(rename = "audit:read")]
+    AuditRead,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiToken {
+    pub id: u64,
+    /// The creator, whose rights the token uses.
+    pub user_id: u64,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    /// Kept beside the token in the store (see `Record`), never sent.
+    #[serde(skip)]
+    #[schema(ignore)]
+    secret_hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiTokenError {
+    #[error("the API token is not valid")]
+    Invalid,
+    #[error("the API token expired")]
+    Expired,
+    #[error(transparent)]
+    Store(#[from] BackendError),
+}
+
+/// Stored form: the public fields plus the hash.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    token: ApiToken,
+    secret_hash: String,
+}
+
+pub fn create(
+    store: &Store,
+    user_id: u64,
+    name: &str,
+    scopes: Vec<Scope>,
+    expires_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<(ApiToken, String), BackendError> {
+    let id = store.backend().generate_id()?;
+    let secret = Opaque::generate(user_id, id);
+    let token = ApiToken {
+        id,
+        user_id,
+        name: name.to_string(),
+        scopes,
+        created_ms: now_ms,
+        expires_ms,
+        secret_hash: secret.hash(),
+    };
+    let record = Record { secret_hash: token.secret_hash.clone(), token: token.clone() };
+    store.backend().commit(Batch::default().put(
+        Collection::Tokens,
+        record_key(KIND, user_id, id),
+        serde_json::to_vec(&record).expect("plain data serializes"),
+    ))?;
+    Ok((token, secret.encode(PREFIX)))
+}
+
+/// Whether a bearer string looks like an API token (rather than a JWT).
+pub fn is_api_token(bearer: &str) -> bool {
+    bearer.starts_with("fya.")
+}
+
+pub fn authenticate(store: &Store, bearer: &str, now_ms: u64) -> Result<ApiToken, ApiTokenError> {
+    let parsed = Opaque::parse(PREFIX, bearer).ok_or(ApiTokenError::Invalid)?;
+    let stored = store
+        .backend()
+        .get(Collection::Tokens, &record_key(KIND, parsed.owner, parsed.id))?
+        .ok_or(ApiTokenError::Invalid)?;
+    let record: Record = serde_json::from_slice(&stored).map_err(|_| ApiTokenError::Invalid)?;
+    if !parsed.matches(&record.secret_hash) {
+        return Err(ApiTokenError::Invalid);
+    }
+    if record.token.expires_ms.is_some_and(|at| now_ms >= at) {
+        return Err(ApiTokenError::Expired);
+    }
+    Ok(ApiToken { secret_hash: record.secret_hash, ..record.token })
+}
+
+/// Every API token, of every user.
+pub fn list(store: &Store) -> Result<Vec<ApiToken>, BackendError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.backend().scan(Collection::Tokens, &[KIND], after.as_deref(), 500)?;
+        let Some(last) = page.last() else { return Ok(out) };
+        after = Some(last.0.clone());
+        out.extend(page.iter().filter_map(|(_, v)| serde_json::from_slice::<Record>(v).ok()).map(|r| r.token));
+    }
+}
+
+/// Deletes a token by id; returns whether it existed.
+pub fn revoke(store: &Store, id: u64) -> Result<Option<ApiToken>, BackendError> {
+    let Some(token) = list(store)?.into_iter().find(|t| t.id == id) else { return Ok(None) };
+    store.backend().commit(Batch::default().delete(Collection::Tokens, record_key(KIND, token.user_id, id)))?;
+    Ok(Some(token))
+}
+
+/// Deletes every API token a user made.
+pub fn revoke_user(store: &Store, user_id: u64) -> Result<usize, BackendError> {
+    let keys = store.backend().scan(Collection::Tokens, &owner_prefix(KIND, user_id), None, usize::MAX)?;
+    let count = keys.len();
+    if count > 0 {
+        let batch = keys.into_iter().fold(Batch::default(), |b, (k, _)| b.delete(Collection::Tokens, k));
+        store.backend().commit(batch)?;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_authenticate_expire_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (token, bearer) = create(&store, 1, "ci", vec![Scope::SessionsRead], Some(1000), 0).unwrap();
+        assert!(is_api_token(&bearer));
+        assert_eq!(authenticate(&store, &bearer, 999).unwrap(), token);
+        assert!(matches!(authenticate(&store, &bearer, 1000), Err(ApiTokenError::Expired)));
+        let (_, forever) = create(&store, 1, "ops", vec![], None, 0).unwrap();
+        assert!(authenticate(&store, &forever, u64::MAX).is_ok());
+        assert!(!serde_json::to_string(&token).unwrap().contains("secret_hash"));
+        assert_eq!(list(&store).unwrap().len(), 2);
+        assert_eq!(revoke(&store, token.id).unwrap().map(|t| t.name), Some("ci".into()));
+        assert!(matches!(authenticate(&store, &bearer, 1), Err(ApiTokenError::Invalid)));
+        assert_eq!(revoke_user(&store, 1).unwrap(), 1);
+        assert!(matches!(authenticate(&store, &forever, 1), Err(ApiTokenError::Invalid)));
+    }
+}
