@@ -100,6 +100,18 @@ pub fn append(store: &Store, time_ms: u64, event: Event) -> Result<Entry, AuditE
     Err(AuditError::Contended)
 }
 
+/// Up to `limit` entries after sequence number `after_seq`, oldest first.
+pub fn entries(store: &Store, after_seq: u64, limit: usize) -> Result<Vec<Entry>, AuditError> {
+    let after = key(after_seq);
+    let page = store.backend().scan(Collection::Audit, &[], (after_seq > 0).then_some(&after[..]), limit)?;
+    page.iter()
+        .map(|(_, v)| {
+            serde_json::from_slice(v)
+                .map_err(|e| AuditError::Store(BackendError::Io(format!("unreadable audit entry: {e}"))))
+        })
+        .collect()
+}
+
 /// Checks the whole chain; returns the number of entries, or the first break.
 pub fn verify(store: &Store) -> Result<Result<u64, Broken>, AuditError> {
     let backend = store.backend();

@@ -37,6 +37,10 @@ impl ManualClock {
         self.0.fetch_add(ms, Ordering::SeqCst);
     }
 
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
     pub fn set(&self, ms: u64) {
         self.0.store(ms, Ordering::SeqCst);
     }

@@ -1,6 +1,6 @@
 //! `ferry-cloud`: the control plane, an HTTP API over an embedded database.
 
-use ferry_cloud::{audit, config, http, store};
+use ferry_cloud::{audit, config, http, password, rights::Role, store, users};
 
 use std::path::PathBuf;
 
@@ -12,9 +12,8 @@ use ferry_daemon::CommonArgs;
 ///
 /// The one place where remote maintenance is prepared, released, started,
 /// ended and recorded. It serves an HTTP API under /api/v1 and keeps its state
-/// in an embedded sled database in the data folder. This build serves health,
-/// version and metrics over the versioned store; users, gateways and sessions
-/// follow.
+/// in an embedded sled database in the data folder. On first start it creates
+/// an Administrator `admin` and prints its one-time password.
 #[derive(Parser, Debug)]
 #[command(name = "ferry-cloud", version, about, long_about)]
 struct Cli {
@@ -32,6 +31,24 @@ enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage Administrators from the command line (with the server
+    /// stopped: the database allows one process at a time).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Create an Administrator with a one-time password, printed once; it
+    /// must be changed at first login.
+    Create {
+        /// The new Administrator's name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Folder of the database (default as for `serve`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,12 +87,18 @@ fn main() -> Result<()> {
     let config = config::load(cli.common.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args, config),
+        Command::Admin(AdminCommand::Create { name, data_dir }) => {
+            let store = open_store(data_dir.or(config.data_dir))?;
+            let secret = password::one_time();
+            let user = users::create_with(&store, &name, Role::Administrator, &secret, now_ms(), true)
+                .with_context(|| format!("creating the Administrator `{name}`"))?;
+            record_admin_creation(&store, &user.name, "admin create")?;
+            println!("created Administrator `{}` with the one-time password: {secret}", user.name);
+            println!("it must be changed at first login (POST /api/v1/me/password)");
+            Ok(())
+        }
         Command::Audit(AuditCommand::Verify { data_dir }) => {
-            let data_dir = data_dir
-                .or(config.data_dir)
-                .unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
-            let store = store::Store::open(&data_dir)
-                .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+            let store = open_store(data_dir.or(config.data_dir))?;
             match audit::verify(&store)? {
                 Ok(count) => {
                     println!("audit log intact: {count} entries");
@@ -85,6 +108,51 @@ fn main() -> Result<()> {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    use ferry_cloud::clock::Clock;
+    ferry_cloud::clock::SystemClock.now_ms()
+}
+
+fn open_store(data_dir: Option<PathBuf>) -> Result<store::Store> {
+    let data_dir = data_dir.unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
+    store::Store::open(&data_dir).with_context(|| {
+        format!(
+            "opening the database in {} (a running ferry-cloud holds it; stop it first, or use the API)",
+            data_dir.display()
+        )
+    })
+}
+
+fn record_admin_creation(store: &store::Store, name: &str, how: &str) -> Result<()> {
+    audit::append(
+        store,
+        now_ms(),
+        audit::Event {
+            actor: "system".into(),
+            action: "user.create".into(),
+            allowed: true,
+            source: None,
+            session: None,
+            gateway: None,
+            detail: Some(format!("{name} as Administrator ({how})")),
+        },
+    )?;
+    Ok(())
+}
+
+/// On first start there is nobody to log in: make an Administrator and
+/// print its one-time password, once.
+fn first_start(store: &store::Store) -> Result<()> {
+    if !users::none_exist(store)? {
+        return Ok(());
+    }
+    let secret = password::one_time();
+    let user = users::create_with(store, "admin", Role::Administrator, &secret, now_ms(), true)?;
+    record_admin_creation(store, &user.name, "first start")?;
+    println!("first start: created Administrator `admin` with the one-time password: {secret}");
+    Ok(())
 }
 
 fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
@@ -98,8 +166,8 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
     }
     let data_dir =
         args.data_dir.or(config.data_dir).unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
-    let store = store::Store::open(&data_dir)
-        .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+    let store = open_store(Some(data_dir.clone()))?;
+    first_start(&store)?;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -109,8 +177,8 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         let shutdown = ferry_daemon::signals::Shutdown::install().context("installing signal handlers")?;
         println!("ferry-cloud listening on http://{bound} (data in {})", data_dir.display());
         tracing::info!(%bound, data_dir = %data_dir.display(), schema = store::SCHEMA_VERSION, "serving");
-        let app = http::router(http::AppState::new(store.clone()));
-        axum::serve(listener, app)
+        let app = http::router(http::AppState::new(store.clone())?);
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async {
                 let signal = shutdown.wait().await;
                 tracing::info!(signal, "shutting down");

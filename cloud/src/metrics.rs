@@ -20,6 +20,14 @@ pub struct RequestLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
+    /// Login attempts by outcome (success, bad_credentials, throttled...).
+    pub logins: Family<OutcomeLabels, Counter>,
+    pub audit_failures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -33,7 +41,15 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ferry_cloud");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
-        Metrics { registry: Arc::new(registry), requests }
+        let logins = Family::<OutcomeLabels, Counter>::default();
+        registry.register("logins", "Login attempts by outcome", logins.clone());
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_append_failures",
+            "Audit entries that could not be written",
+            audit_failures.clone(),
+        );
+        Metrics { registry: Arc::new(registry), requests, logins, audit_failures }
     }
 
     pub fn render(&self) -> String {

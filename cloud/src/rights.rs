@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The three roles, from most to least powerful.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Manages gateways, users and rights, and everything below.
@@ -18,6 +18,14 @@ pub enum Role {
 impl Role {
     pub const ALL: [Role; 3] =
         [Role::Administrator, Role::RemoteConnectAdministrator, Role::RemoteConnectUser];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Role::Administrator => "Administrator",
+            Role::RemoteConnectAdministrator => "remoteConnect Administrator",
+            Role::RemoteConnectUser => "remoteConnect User",
+        }
+    }
 }
 
 /// Whether a session concerns the acting user: it was released to them.
@@ -44,6 +52,35 @@ pub enum Action {
     EndSession(Ownership),
     /// See active and past sessions.
     ViewSession(Ownership),
+    // Beyond the brief's table, following its spirit: whoever prepares
+    // sessions must see the gateways to select them; relays are
+    // infrastructure like gateways; the audit log is for those who manage.
+    /// See gateways, their targets and state.
+    ViewGateways,
+    /// Register relays and see their health.
+    ManageRelays,
+    /// Read, verify and export the audit log.
+    ReadAudit,
+}
+
+impl Action {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Action::AddGateway => "add gateways",
+            Action::ManageUsers => "add users or assign rights",
+            Action::CreateSession => "create sessions",
+            Action::AddDevicesToSession => "add devices to sessions",
+            Action::StartSession(Ownership::Own) => "start or use sessions released to them",
+            Action::StartSession(Ownership::Others) => "start or use sessions not released to them",
+            Action::EndSession(Ownership::Own) => "end their own sessions",
+            Action::EndSession(Ownership::Others) => "end sessions that are not theirs",
+            Action::ViewSession(Ownership::Own) => "see their own sessions",
+            Action::ViewSession(Ownership::Others) => "see sessions that are not theirs",
+            Action::ViewGateways => "see gateways",
+            Action::ManageRelays => "manage relays",
+            Action::ReadAudit => "read the audit log",
+        }
+    }
 }
 
 /// The rights table. A remoteConnect User acts only on sessions released to
@@ -54,7 +91,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
     use Role::*;
     match (role, action) {
         (Administrator, _) => true,
-        (RemoteConnectAdministrator, AddGateway | ManageUsers) => false,
+        (RemoteConnectAdministrator, AddGateway | ManageUsers | ManageRelays) => false,
         (RemoteConnectAdministrator, _) => true,
         (RemoteConnectUser, StartSession(Own) | EndSession(Own) | ViewSession(Own)) => true,
         (RemoteConnectUser, _) => false,
@@ -79,6 +116,10 @@ mod tests {
         (Action::EndSession(Ownership::Others), true, true, false),
         (Action::ViewSession(Ownership::Own), true, true, true),
         (Action::ViewSession(Ownership::Others), true, true, false),
+        // Beyond the table.
+        (Action::ViewGateways, true, true, false),
+        (Action::ManageRelays, true, false, false),
+        (Action::ReadAudit, true, true, false),
     ];
 
     #[test]
@@ -94,7 +135,7 @@ mod tests {
         }
         // Every role appears, and every action the table names is covered.
         assert_eq!(Role::ALL.len(), 3);
-        assert_eq!(TABLE.len(), 10);
+        assert_eq!(TABLE.len(), 13);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct User {
     /// The optional second factor.
     #[serde(default)]
     pub totp: Option<TotpState>,
+    /// Made with a one-time password: only changing it is allowed.
+    #[serde(default)]
+    pub must_change_password: bool,
 }
 
 impl User {
@@ -47,6 +50,7 @@ impl User {
             locked_until_ms: None,
             token_epoch: 0,
             totp: None,
+            must_change_password: false,
         }
     }
 }
@@ -76,12 +80,24 @@ fn key(id: u64) -> [u8; 8] {
 
 /// Creates a user; the name must be free (checked atomically with the write).
 pub fn create(store: &Store, name: &str, role: Role, password: &str, now_ms: u64) -> Result<User, UserError> {
+    create_with(store, name, role, password, now_ms, false)
+}
+
+/// Creates a user whose password may have to be changed at first use.
+pub fn create_with(
+    store: &Store,
+    name: &str,
+    role: Role,
+    password: &str,
+    now_ms: u64,
+    must_change_password: bool,
+) -> Result<User, UserError> {
     if !valid_name(name) {
         return Err(UserError::BadName);
     }
     let password_hash = password::hash(password)?;
     let id = store.backend().generate_id()?;
-    let user = User::new(id, name.to_string(), role, password_hash, now_ms);
+    let user = User { must_change_password, ..User::new(id, name.to_string(), role, password_hash, now_ms) };
     let value = serde_json::to_vec(&user).expect("plain data serializes");
     let batch = Batch::default()
         .expect(Collection::UserNames, name.as_bytes(), None)
@@ -152,9 +168,11 @@ pub fn modify<R, E: From<UserError>>(
         if after == before {
             return Ok(Some((user, result)));
         }
-        match store.backend().commit(
-            Batch::default().expect(Collection::Users, key(id), Some(before)).put(Collection::Users, key(id), after),
-        ) {
+        match store.backend().commit(Batch::default().expect(Collection::Users, key(id), Some(before)).put(
+            Collection::Users,
+            key(id),
+            after,
+        )) {
             Ok(()) => return Ok(Some((user, result))),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(UserError::from(e).into()),

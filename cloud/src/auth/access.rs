@@ -50,7 +50,10 @@ impl AccessKey {
         let secret = match backend.get(Collection::Meta, KEY_NAME)? {
             Some(secret) if secret.len() == 32 => secret,
             Some(other) => {
-                return Err(BackendError::Io(format!("the stored token key has {} bytes, not 32", other.len())));
+                return Err(BackendError::Io(format!(
+                    "the stored token key has {} bytes, not 32",
+                    other.len()
+                )));
             }
             None => {
                 let mut secret = vec![0u8; 32];
@@ -62,11 +65,9 @@ impl AccessKey {
                 )) {
                     Ok(()) => secret,
                     // Another process made it first: use theirs.
-                    Err(BackendError::Conflict { .. }) => {
-                        backend.get(Collection::Meta, KEY_NAME)?.ok_or_else(|| {
-                            BackendError::Io("the token key vanished after a conflict".into())
-                        })?
-                    }
+                    Err(BackendError::Conflict { .. }) => backend
+                        .get(Collection::Meta, KEY_NAME)?
+                        .ok_or_else(|| BackendError::Io("the token key vanished after a conflict".into()))?,
                     Err(e) => return Err(e),
                 }
             }

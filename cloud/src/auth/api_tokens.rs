@@ -30,6 +30,20 @@ pub enum Scope {
     AuditRead,
 }
 
+impl Scope {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Scope::SessionsRead => "sessions:read",
+            Scope::SessionsWrite => "sessions:write",
+            Scope::GatewaysRead => "gateways:read",
+            Scope::GatewaysWrite => "gateways:write",
+            Scope::UsersRead => "users:read",
+            Scope::UsersWrite => "users:write",
+            Scope::AuditRead => "audit:read",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiToken {
     pub id: u64,
@@ -120,14 +134,18 @@ pub fn list(store: &Store) -> Result<Vec<ApiToken>, BackendError> {
         let page = store.backend().scan(Collection::Tokens, &[KIND], after.as_deref(), 500)?;
         let Some(last) = page.last() else { return Ok(out) };
         after = Some(last.0.clone());
-        out.extend(page.iter().filter_map(|(_, v)| serde_json::from_slice::<Record>(v).ok()).map(|r| r.token));
+        out.extend(
+            page.iter().filter_map(|(_, v)| serde_json::from_slice::<Record>(v).ok()).map(|r| r.token),
+        );
     }
 }
 
 /// Deletes a token by id; returns whether it existed.
 pub fn revoke(store: &Store, id: u64) -> Result<Option<ApiToken>, BackendError> {
     let Some(token) = list(store)?.into_iter().find(|t| t.id == id) else { return Ok(None) };
-    store.backend().commit(Batch::default().delete(Collection::Tokens, record_key(KIND, token.user_id, id)))?;
+    store
+        .backend()
+        .commit(Batch::default().delete(Collection::Tokens, record_key(KIND, token.user_id, id)))?;
     Ok(Some(token))
 }
 

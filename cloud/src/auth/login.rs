@@ -36,9 +36,14 @@ pub enum LoginOutcome {
     TotpRequired,
     BadTotp,
     /// Too soon after the last failure.
-    Throttled { retry_after_ms: u64 },
+    Throttled {
+        retry_after_ms: u64,
+    },
     /// Locked until then; `new` is true for the attempt that locked it.
-    Locked { until_ms: u64, new: bool },
+    Locked {
+        until_ms: u64,
+        new: bool,
+    },
     Disabled,
 }
 
@@ -64,7 +69,13 @@ impl LoginPolicy {
 
     /// Applies an attempt whose password check gave `password_ok` to the
     /// user's counters (the caller stores the user back).
-    pub fn record(&self, user: &mut User, now_ms: u64, password_ok: bool, totp: Option<&str>) -> LoginOutcome {
+    pub fn record(
+        &self,
+        user: &mut User,
+        now_ms: u64,
+        password_ok: bool,
+        totp: Option<&str>,
+    ) -> LoginOutcome {
         if let Some(refused) = self.gate(user, now_ms) {
             return refused;
         }
@@ -117,7 +128,10 @@ mod tests {
             assert_eq!(policy.record(&mut u, now, false, None), LoginOutcome::BadCredentials);
         }
         // Three failures: the next attempt must wait 1 s, then 2 s, 4 s...
-        assert_eq!(policy.record(&mut u, now + 10, true, None), LoginOutcome::Throttled { retry_after_ms: 990 });
+        assert_eq!(
+            policy.record(&mut u, now + 10, true, None),
+            LoginOutcome::Throttled { retry_after_ms: 990 }
+        );
         assert_eq!(u.failed_logins, 3, "a throttled attempt is not counted");
         for failures in 3..9 {
             now += policy.delay_ms(failures);
@@ -125,9 +139,15 @@ mod tests {
         }
         now += policy.delay_ms(9);
         let until = now + policy.lock_ms;
-        assert_eq!(policy.record(&mut u, now, false, None), LoginOutcome::Locked { until_ms: until, new: true });
+        assert_eq!(
+            policy.record(&mut u, now, false, None),
+            LoginOutcome::Locked { until_ms: until, new: true }
+        );
         // Even the right password is refused while locked.
-        assert_eq!(policy.record(&mut u, until - 1, true, None), LoginOutcome::Locked { until_ms: until, new: false });
+        assert_eq!(
+            policy.record(&mut u, until - 1, true, None),
+            LoginOutcome::Locked { until_ms: until, new: false }
+        );
         assert_eq!(policy.record(&mut u, until, true, None), LoginOutcome::Success);
         assert_eq!((u.failed_logins, u.locked_until_ms), (0, None));
     }

@@ -40,7 +40,13 @@ pub fn issue(store: &Store, user_id: u64, now_ms: u64) -> Result<String, Backend
     issue_in(store, user_id, family, now_ms, Batch::default())
 }
 
-fn issue_in(store: &Store, user_id: u64, family: u64, now_ms: u64, batch: Batch) -> Result<String, BackendError> {
+fn issue_in(
+    store: &Store,
+    user_id: u64,
+    family: u64,
+    now_ms: u64,
+    batch: Batch,
+) -> Result<String, BackendError> {
     let id = store.backend().generate_id()?;
     let token = Opaque::generate(user_id, id);
     let record = Record {

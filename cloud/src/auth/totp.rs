@@ -53,9 +53,18 @@ impl TotpState {
     pub fn url(&self, account: &str) -> String {
         let account: String = account
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"._-".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
-        format!("otpauth://totp/Ferry:{account}?secret={}&issuer=Ferry&algorithm=SHA1&digits=6&period=30", self.secret)
+        format!(
+            "otpauth://totp/Ferry:{account}?secret={}&issuer=Ferry&algorithm=SHA1&digits=6&period=30",
+            self.secret
+        )
     }
 }
 

@@ -1,0 +1,417 @@
+//! Login, refresh, logout and the caller's own account (password, TOTP).
+
+use std::sync::OnceLock;
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    AppState,
+    extract::{Body, Caller, Source, Validate},
+    problem::{ApiError, ApiResult},
+    users::UserView,
+};
+use crate::{
+    audit::Event,
+    auth::{
+        ACCESS_TTL_MS, LoginOutcome, REFRESH_TTL_MS,
+        refresh::{self, RefreshError},
+        totp::TotpState,
+    },
+    metrics::OutcomeLabels,
+    password,
+    users::{self, User},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh_token))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+        .routes(routes!(totp_enrol))
+        .routes(routes!(totp_confirm))
+        .routes(routes!(totp_disable))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub name: String,
+    pub password: String,
+    /// The current TOTP code, for accounts with a second factor.
+    pub totp: Option<String>,
+}
+
+impl Validate for LoginRequest {
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err("`name` must be 1 to 64 characters".into());
+        }
+        if self.password.len() > password::MAX_LEN * 4 {
+            return Err("`password` is too long".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// A signed access token, valid for `expires_in` seconds.
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    /// Single use: exchange it at /api/v1/auth/refresh for a new pair.
+    pub refresh_token: String,
+    pub refresh_expires_in: u64,
+    pub user: UserView,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+impl Validate for RefreshRequest {
+    fn validate(&self) -> Result<(), String> {
+        (self.refresh_token.len() <= 200).then_some(()).ok_or_else(|| "`refresh_token` is too long".into())
+    }
+}
+
+fn event(actor: &str, action: &str, allowed: bool, source: &Option<String>, detail: Option<String>) -> Event {
+    Event {
+        actor: actor.to_string(),
+        action: action.to_string(),
+        allowed,
+        source: source.clone(),
+        session: None,
+        gateway: None,
+        detail,
+    }
+}
+
+fn tokens(state: &AppState, user: &User, refresh_token: String) -> TokenResponse {
+    TokenResponse {
+        access_token: state.access.issue(user.id, &user.name, user.role, user.token_epoch, state.now_ms()),
+        token_type: "Bearer".into(),
+        expires_in: ACCESS_TTL_MS / 1000,
+        refresh_token,
+        refresh_expires_in: REFRESH_TTL_MS / 1000,
+        user: UserView::from(user),
+    }
+}
+
+/// Checks against a real hash when the user is unknown, so that the answer
+/// takes as long as for a known user with a wrong password.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| password::hash(&password::one_time()).expect("a fresh password hashes"))
+}
+
+fn refusal(outcome: LoginOutcome, now_ms: u64) -> ApiError {
+    match outcome {
+        LoginOutcome::Throttled { retry_after_ms } => ApiError::too_many(
+            "login-throttled",
+            "Login slowed down",
+            "too many failed logins for this account; wait before trying again",
+            retry_after_ms,
+        ),
+        LoginOutcome::Locked { until_ms, .. } => ApiError::too_many(
+            "account-locked",
+            "Account locked",
+            "too many failed logins: the account is locked for a while",
+            until_ms.saturating_sub(now_ms),
+        ),
+        LoginOutcome::TotpRequired => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "totp-required",
+            "TOTP code required",
+            "this account has a second factor: send the current code as `totp`",
+        ),
+        LoginOutcome::BadTotp => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "totp-wrong",
+            "Wrong TOTP code",
+            "the TOTP code is wrong or used",
+        ),
+        LoginOutcome::Disabled => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account-disabled",
+            "Account disabled",
+            "this account is disabled",
+        ),
+        LoginOutcome::BadCredentials | LoginOutcome::Success => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad-credentials",
+            "Wrong name or password",
+            "the name or the password is wrong",
+        ),
+    }
+}
+
+fn outcome_label(outcome: LoginOutcome) -> &'static str {
+    match outcome {
+        LoginOutcome::Success => "success",
+        LoginOutcome::BadCredentials => "bad_credentials",
+        LoginOutcome::TotpRequired => "totp_required",
+        LoginOutcome::BadTotp => "bad_totp",
+        LoginOutcome::Throttled { .. } => "throttled",
+        LoginOutcome::Locked { .. } => "locked",
+        LoginOutcome::Disabled => "disabled",
+    }
+}
+
+/// Log in with name and password (and TOTP code, if enabled).
+///
+/// After 3 consecutive failures each attempt must wait longer (1 s, doubling
+/// up to 60 s); after 10 the account is locked for 15 minutes. Refusals name
+/// the wait in `Retry-After`.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = super::Problem),
+        (status = 403, body = super::Problem), (status = 429, body = super::Problem)))]
+async fn login(
+    State(state): State<AppState>,
+    Source(source): Source,
+    Body(request): Body<LoginRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    let now = state.now_ms();
+    let count = |outcome| {
+        state.metrics.logins.get_or_create(&OutcomeLabels { outcome: outcome_label(outcome) }).inc()
+    };
+    let Some(user) = users::by_name(&state.store, &request.name)? else {
+        let password = request.password.clone();
+        tokio::task::spawn_blocking(move || password::verify(&password, decoy_hash())).await?;
+        count(LoginOutcome::BadCredentials);
+        state.audit(event(&request.name, "auth.login", false, &source, Some("unknown user".into())));
+        return Err(refusal(LoginOutcome::BadCredentials, now));
+    };
+    if let Some(refused) = state.policy.gate(&user, now) {
+        count(refused);
+        state.audit(event(&user.name, "auth.login", false, &source, Some(outcome_label(refused).into())));
+        return Err(refusal(refused, now));
+    }
+    let (password, hash) = (request.password.clone(), user.password_hash.clone());
+    let password_ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash)).await?;
+    let (user, outcome) = users::modify(&state.store, user.id, |u| {
+        Ok::<_, ApiError>(state.policy.record(u, now, password_ok, request.totp.as_deref()))
+    })?
+    .ok_or_else(|| refusal(LoginOutcome::BadCredentials, now))?;
+    count(outcome);
+    let allowed = outcome == LoginOutcome::Success;
+    state.audit(event(
+        &user.name,
+        "auth.login",
+        allowed,
+        &source,
+        (!allowed).then(|| outcome_label(outcome).into()),
+    ));
+    if let LoginOutcome::Locked { until_ms, new: true } = outcome {
+        state.audit(event(
+            &user.name,
+            "auth.lockout",
+            false,
+            &source,
+            Some(format!("locked until {until_ms} after repeated failed logins")),
+        ));
+    }
+    if !allowed {
+        return Err(refusal(outcome, now));
+    }
+    let refresh = refresh::issue(&state.store, user.id, now)?;
+    Ok(Json(tokens(&state, &user, refresh)))
+}
+
+/// Exchange a refresh token for a new access and refresh token. Each refresh
+/// token works once; using one twice revokes that login's tokens.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = super::Problem)))]
+async fn refresh_token(
+    State(state): State<AppState>,
+    Source(source): Source,
+    Body(request): Body<RefreshRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    let now = state.now_ms();
+    let refuse = |actor: &str, detail: String| {
+        state.audit(event(actor, "auth.refresh", false, &source, Some(detail.clone())));
+        ApiError::new(StatusCode::UNAUTHORIZED, "refresh-refused", "Refresh refused", detail)
+    };
+    let (user_id, new_token) = match refresh::rotate(&state.store, &request.refresh_token, now) {
+        Ok(pair) => pair,
+        Err(RefreshError::Store(e)) => return Err(ApiError::internal(e)),
+        Err(e @ RefreshError::Reused { user_id }) => {
+            let name = users::get(&state.store, user_id)?.map_or_else(|| user_id.to_string(), |u| u.name);
+            return Err(refuse(&name, e.to_string()));
+        }
+        Err(e) => return Err(refuse("anonymous", e.to_string())),
+    };
+    let user =
+        users::get(&state.store, user_id)?.ok_or_else(|| refuse("anonymous", "no such user".into()))?;
+    if user.disabled {
+        refresh::revoke_user(&state.store, user.id)?;
+        return Err(refuse(&user.name, "the user is disabled".into()));
+    }
+    state.audit(event(&user.name, "auth.refresh", true, &source, None));
+    Ok(Json(tokens(&state, &user, new_token)))
+}
+
+/// Log out: revoke the refresh token and every token rotated from it.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 204)))]
+async fn logout(
+    State(state): State<AppState>,
+    Source(source): Source,
+    Body(request): Body<RefreshRequest>,
+) -> ApiResult<StatusCode> {
+    if let Some(user_id) = refresh::revoke(&state.store, &request.refresh_token)? {
+        let name = users::get(&state.store, user_id)?.map_or_else(|| user_id.to_string(), |u| u.name);
+        state.audit(event(&name, "auth.logout", true, &source, None));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's own account.
+#[utoipa::path(get, path = "/api/v1/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = super::Problem)))]
+async fn me(caller: Caller) -> Json<UserView> {
+    Json(UserView::from(&caller.user))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+impl Validate for PasswordChange {
+    fn validate(&self) -> Result<(), String> {
+        let len = self.new_password.chars().count();
+        if !(password::MIN_LEN..=password::MAX_LEN).contains(&len) {
+            return Err(format!(
+                "`new_password` must be {} to {} characters",
+                password::MIN_LEN,
+                password::MAX_LEN
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Change the caller's password. Every token of the account stops working.
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "auth", request_body = PasswordChange,
+    security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = super::Problem), (status = 403, body = super::Problem)))]
+async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(request): Body<PasswordChange>,
+) -> ApiResult<StatusCode> {
+    let hash = caller.user.password_hash.clone();
+    let current = request.current_password.clone();
+    if !tokio::task::spawn_blocking(move || password::verify(&current, &hash)).await? {
+        state.audit(caller.event("user.password", false, None, None, Some("wrong current password".into())));
+        return Err(ApiError::forbidden("the current password is wrong"));
+    }
+    let new_hash = tokio::task::spawn_blocking(move || password::hash(&request.new_password))
+        .await?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    users::modify(&state.store, caller.user.id, |u| {
+        u.password_hash = new_hash.clone();
+        u.token_epoch += 1;
+        u.must_change_password = false;
+        Ok::<_, ApiError>(())
+    })?;
+    refresh::revoke_user(&state.store, caller.user.id)?;
+    state.audit(caller.event("user.password", true, None, None, None));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TotpEnrolment {
+    /// Base32 secret, shown this once.
+    pub secret: String,
+    pub otpauth_url: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCode {
+    pub code: String,
+}
+
+impl Validate for TotpCode {
+    fn validate(&self) -> Result<(), String> {
+        (self.code.len() <= 16).then_some(()).ok_or_else(|| "`code` is too long".into())
+    }
+}
+
+/// Start enrolling a TOTP second factor: returns the secret to scan. It is
+/// not required at login until confirmed with a code.
+#[utoipa::path(post, path = "/api/v1/me/totp", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = TotpEnrolment), (status = 409, body = super::Problem)))]
+async fn totp_enrol(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<TotpEnrolment>> {
+    if caller.user.totp.as_ref().is_some_and(|t| t.confirmed) {
+        return Err(ApiError::conflict("totp-enabled", "TOTP already on", "disable it first to enrol again"));
+    }
+    let pending = TotpState::generate();
+    let url = pending.url(&caller.user.name);
+    let secret = pending.secret.clone();
+    users::modify(&state.store, caller.user.id, |u| {
+        u.totp = Some(pending.clone());
+        Ok::<_, ApiError>(())
+    })?;
+    state.audit(caller.event("user.totp_enrol", true, None, None, None));
+    Ok(Json(TotpEnrolment { secret, otpauth_url: url }))
+}
+
+/// Confirm TOTP enrolment with a current code; from then on login needs it.
+#[utoipa::path(post, path = "/api/v1/me/totp/confirm", tag = "auth", request_body = TotpCode,
+    security(("bearer" = [])), responses((status = 204), (status = 400, body = super::Problem)))]
+async fn totp_confirm(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(request): Body<TotpCode>,
+) -> ApiResult<StatusCode> {
+    let now = state.now_ms();
+    let (_, accepted) = users::modify(&state.store, caller.user.id, |u| {
+        let pending = u.totp.as_mut().filter(|t| !t.confirmed);
+        Ok::<_, ApiError>(pending.is_some_and(|t| {
+            t.confirmed = t.check(&request.code, now);
+            t.confirmed
+        }))
+    })?
+    .ok_or_else(|| ApiError::not_found("no such user"))?;
+    state.audit(caller.event("user.totp_confirm", accepted, None, None, None));
+    if !accepted {
+        return Err(ApiError::bad_request("the code is wrong, or no TOTP enrolment is pending"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Turn the second factor off; needs a current code.
+#[utoipa::path(post, path = "/api/v1/me/totp/disable", tag = "auth", request_body = TotpCode,
+    security(("bearer" = [])), responses((status = 204), (status = 400, body = super::Problem)))]
+async fn totp_disable(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(request): Body<TotpCode>,
+) -> ApiResult<StatusCode> {
+    let now = state.now_ms();
+    let (_, accepted) = users::modify(&state.store, caller.user.id, |u| {
+        let ok = u.totp.as_mut().is_some_and(|t| t.confirmed && t.check(&request.code, now));
+        if ok {
+            u.totp = None;
+        }
+        Ok::<_, ApiError>(ok)
+    })?
+    .ok_or_else(|| ApiError::not_found("no such user"))?;
+    state.audit(caller.event("user.totp_disable", accepted, None, None, None));
+    if !accepted {
+        return Err(ApiError::bad_request("the code is wrong, or TOTP is not on"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,145 @@
+//! Errors as RFC 9457 problem documents. Every refusal names its problem in
+//! `title` and explains it in `detail`; `type` is a stable identifier that
+//! clients can match on.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:ferry:problem:<slug>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Seconds until a retry can succeed (throttling, lockout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        ApiError { status, slug, title, detail: detail.into(), retry_after_s: None }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Not authenticated", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", detail)
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", what)
+    }
+
+    pub fn conflict(slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, slug, title, detail)
+    }
+
+    pub fn too_many(
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+        retry_after_ms: u64,
+    ) -> Self {
+        ApiError {
+            retry_after_s: Some(retry_after_ms.div_ceil(1000).max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, slug, title, detail)
+        }
+    }
+
+    /// A server-side failure: logged in full, answered without internals.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the server failed; see its log",
+        )
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: format!("urn:ferry:problem:{}", self.slug),
+            title: self.title.to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            retry_after: self.retry_after_s,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_string(&self.problem()).expect("plain data serializes");
+        let mut response =
+            (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Storage and other library errors are internal unless mapped explicitly.
+macro_rules! internal_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ApiError::internal(e)
+            }
+        }
+    )*};
+}
+
+internal_from!(
+    crate::store::BackendError,
+    crate::store::StoreError,
+    crate::audit::AuditError,
+    tokio::task::JoinError
+);
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::users::UserError> for ApiError {
+    fn from(e: crate::users::UserError) -> Self {
+        use crate::users::UserError::*;
+        match e {
+            BadName | Password(crate::password::PasswordError::Length) => {
+                ApiError::bad_request(e.to_string())
+            }
+            Exists(_) => ApiError::conflict("name-taken", "Name taken", e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}

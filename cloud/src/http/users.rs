@@ -1,0 +1,233 @@
+//! User accounts: Administrators add users and assign roles; disabling a
+//! user stops their tokens at once and ends their sessions.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    AppState,
+    extract::{Body, Caller, Validate},
+    problem::{ApiError, ApiResult},
+};
+use crate::{
+    auth::{Scope, api_tokens, refresh},
+    password,
+    rights::{Action, Role},
+    users::{self, User},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(get_one, update))
+}
+
+/// A user as the API shows it: never the password hash or TOTP secret.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct UserView {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_ms: u64,
+    pub totp_enabled: bool,
+    pub locked_until_ms: Option<u64>,
+    /// Set for accounts made with a one-time password.
+    pub must_change_password: bool,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        UserView {
+            id: u.id,
+            name: u.name.clone(),
+            role: u.role,
+            disabled: u.disabled,
+            created_ms: u.created_ms,
+            totp_enabled: u.totp.as_ref().is_some_and(|t| t.confirmed),
+            locked_until_ms: u.locked_until_ms,
+            must_change_password: u.must_change_password,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// 1 to 64 characters: letters, digits and `. _ - @`.
+    pub name: String,
+    pub role: Role,
+    /// If omitted, a one-time password is made and returned once; it must
+    /// be changed at first use.
+    pub password: Option<String>,
+}
+
+impl Validate for NewUser {
+    fn validate(&self) -> Result<(), String> {
+        if !users::valid_name(&self.name) {
+            return Err("`name` must be 1 to 64 characters of letters, digits and . _ - @".into());
+        }
+        if let Some(p) = &self.password {
+            let len = p.chars().count();
+            if !(password::MIN_LEN..=password::MAX_LEN).contains(&len) {
+                return Err(format!(
+                    "`password` must be {} to {} characters",
+                    password::MIN_LEN,
+                    password::MAX_LEN
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CreatedUser {
+    pub user: UserView,
+    /// Only when no password was given: shown this once.
+    pub one_time_password: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    pub role: Option<Role>,
+    /// Disabling revokes every token of the user and ends their sessions.
+    pub disabled: Option<bool>,
+    /// Lifts a login lockout.
+    pub unlock: Option<bool>,
+}
+
+impl Validate for UserChange {
+    fn validate(&self) -> Result<(), String> {
+        if self.role.is_none() && self.disabled.is_none() && self.unlock.is_none() {
+            return Err("give at least one of `role`, `disabled`, `unlock`".into());
+        }
+        Ok(())
+    }
+}
+
+/// All users.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Vec<UserView>), (status = 403, body = super::Problem)))]
+async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<UserView>>> {
+    caller.authorize(&state, Action::ManageUsers, Scope::UsersRead, "user.list", None, None)?;
+    Ok(Json(users::list(&state.store)?.iter().map(UserView::from).collect()))
+}
+
+/// Add a user with a role.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser, security(("bearer" = [])),
+    responses((status = 201, body = CreatedUser), (status = 400, body = super::Problem),
+        (status = 403, body = super::Problem), (status = 409, body = super::Problem)))]
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(request): Body<NewUser>,
+) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
+    caller.authorize(&state, Action::ManageUsers, Scope::UsersWrite, "user.create", None, None)?;
+    let (user, one_time) = create_user(&state, &request.name, request.role, request.password).await?;
+    state.audit(caller.event(
+        "user.create",
+        true,
+        None,
+        None,
+        Some(format!("{} as {:?}", user.name, user.role)),
+    ));
+    Ok((StatusCode::CREATED, Json(CreatedUser { user: UserView::from(&user), one_time_password: one_time })))
+}
+
+/// Creates a user; without a password, with a one-time one that must be
+/// changed at first use (returned).
+pub async fn create_user(
+    state: &AppState,
+    name: &str,
+    role: Role,
+    password: Option<String>,
+) -> ApiResult<(User, Option<String>)> {
+    let one_time = password.is_none().then(password::one_time);
+    let secret = password.or_else(|| one_time.clone()).expect("one of the two is set");
+    let (store, name_owned, now) = (state.store.clone(), name.to_string(), state.now_ms());
+    let must_change = one_time.is_some();
+    let user = tokio::task::spawn_blocking(move || {
+        users::create_with(&store, &name_owned, role, &secret, now, must_change)
+    })
+    .await??;
+    Ok((user, one_time))
+}
+
+/// One user.
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, body = UserView), (status = 403, body = super::Problem), (status = 404, body = super::Problem)))]
+async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<UserView>> {
+    if id != caller.user.id {
+        caller.authorize(&state, Action::ManageUsers, Scope::UsersRead, "user.get", None, None)?;
+    }
+    let user = users::get(&state.store, id)?.ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    Ok(Json(UserView::from(&user)))
+}
+
+/// Change a user's role, disable or enable them, or lift a lockout.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = UserChange,
+    security(("bearer" = [])), params(("id" = u64, Path)),
+    responses((status = 200, body = UserView), (status = 403, body = super::Problem),
+        (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+    Body(change): Body<UserChange>,
+) -> ApiResult<Json<UserView>> {
+    caller.authorize(&state, Action::ManageUsers, Scope::UsersWrite, "user.update", None, None)?;
+    if id == caller.user.id
+        && (change.disabled == Some(true) || change.role.is_some_and(|r| r != caller.user.role))
+    {
+        return Err(ApiError::conflict(
+            "self-lockout",
+            "Cannot change own access",
+            "an Administrator cannot disable themselves or change their own role; ask another Administrator",
+        ));
+    }
+    let mut disabled_now = false;
+    let (user, _) = users::modify(&state.store, id, |u| {
+        if let Some(role) = change.role {
+            u.role = role;
+        }
+        if let Some(disabled) = change.disabled {
+            disabled_now = disabled && !u.disabled;
+            if disabled_now {
+                u.token_epoch += 1;
+            }
+            u.disabled = disabled;
+        }
+        if change.unlock == Some(true) {
+            u.locked_until_ms = None;
+            u.failed_logins = 0;
+            u.last_failed_ms = None;
+        }
+        Ok::<_, ApiError>(())
+    })?
+    .ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    if disabled_now {
+        refresh::revoke_user(&state.store, id)?;
+        api_tokens::revoke_user(&state.store, id)?;
+        state.user_disabled(&user, &caller.user.name)?;
+    }
+    let detail = format!(
+        "{}: role {:?}, disabled {}, unlock {}",
+        user.name,
+        change.role,
+        change.disabled.map_or("-".into(), |d| d.to_string()),
+        change.unlock.unwrap_or(false)
+    );
+    state.audit(caller.event("user.update", true, None, None, Some(detail)));
+    Ok(Json(UserView::from(&user)))
+}

@@ -1,0 +1,128 @@
+//! An in-process ferry-cloud on a loopback port, over a real sled folder,
+//! with a clock the test moves; requests go over real HTTP.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use ferry_cloud::{
+    clock::ManualClock,
+    http::{self, AppState},
+    rights::Role,
+    store::Store,
+    users,
+};
+use serde_json::{Value, json};
+
+pub const START_MS: u64 = 1_800_000_000_000;
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Api {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub clock: ManualClock,
+    pub state: AppState,
+    pub store: Store,
+    agent: ureq::Agent,
+    runtime: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+    pub retry_after: Option<String>,
+    pub content_type: String,
+}
+
+impl Reply {
+    /// The problem type's slug, for error replies.
+    pub fn problem(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("").trim_start_matches("urn:ferry:problem:")
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.text)
+    }
+}
+
+impl Api {
+    pub fn start() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let state = AppState::with_clock(store.clone(), std::sync::Arc::new(clock.clone())).unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = http::router(state.clone());
+        runtime.spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        });
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        Api { base: format!("http://{addr}"), addr, clock, state, store, agent, runtime, dir }
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    /// A user made directly in the store, with the test password.
+    pub fn user(&self, name: &str, role: Role) -> u64 {
+        users::create(&self.store, name, role, PASSWORD, START_MS).unwrap().id
+    }
+
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let result = match body {
+            Some(body) => self.agent.run(
+                request
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string().into_bytes())
+                    .unwrap(),
+            ),
+            None => self.agent.run(request.body(Vec::new()).unwrap()),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let header =
+            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let retry_after = header("retry-after");
+        let content_type = header("content-type").unwrap_or_default();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, body, text, retry_after, content_type }
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Reply {
+        self.call("GET", path, Some(token), None)
+    }
+
+    pub fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(token), Some(body))
+    }
+
+    /// Logs in with the test password; returns (access, refresh).
+    pub fn login(&self, name: &str) -> (String, String) {
+        let reply =
+            self.call("POST", "/api/v1/auth/login", None, Some(json!({"name": name, "password": PASSWORD})));
+        assert_eq!(reply.status, 200, "login {name}: {reply:?}");
+        (
+            reply.body["access_token"].as_str().unwrap().to_string(),
+            reply.body["refresh_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// The audit entries, oldest first, as the store has them.
+    pub fn audit(&self) -> Vec<ferry_cloud::audit::Entry> {
+        ferry_cloud::audit::entries(&self.store, 0, usize::MAX).unwrap()
+    }
+}
