@@ -16,10 +16,14 @@ pub enum Collection {
     Sessions,
     Relays,
     Audit,
+    /// gateway id ++ session id of sessions waiting for approval or active.
+    LiveSessions,
+    /// Tunnel subnet index -> the session holding it.
+    Subnets,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 8] = [
+    pub const ALL: [Collection; 10] = [
         Collection::Meta,
         Collection::Users,
         Collection::UserNames,
@@ -28,6 +32,8 @@ impl Collection {
         Collection::Sessions,
         Collection::Relays,
         Collection::Audit,
+        Collection::LiveSessions,
+        Collection::Subnets,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -40,6 +46,8 @@ impl Collection {
             Collection::Sessions => "sessions",
             Collection::Relays => "relays",
             Collection::Audit => "audit",
+            Collection::LiveSessions => "live_sessions",
+            Collection::Subnets => "subnets",
         }
     }
 }

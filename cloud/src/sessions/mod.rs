@@ -1,0 +1,332 @@
+//! Sessions: prepared by admins, started by admins or released users,
+//! approved by the customer where required, ended by anyone entitled, or
+//! expired. The transitions are in [`machine`]; this module stores them and
+//! keeps two indexes in the same atomic commits: the live sessions per
+//! gateway, and the tunnel subnets in use.
+
+pub mod addressing;
+pub mod machine;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use machine::{EndReason, GatewayView, Refusal, State};
+
+use crate::store::{BackendError, Batch, Collection, Store};
+
+/// A relay allocation carrying one technician's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RelayAllocation {
+    pub relay_id: u64,
+    pub allocation_id: u64,
+    #[schema(value_type = String)]
+    pub gateway_endpoint: SocketAddr,
+    #[schema(value_type = String)]
+    pub client_endpoint: SocketAddr,
+    pub websocket_url: String,
+    /// Both peers present it to the WebSocket relay.
+    #[serde(default)]
+    pub websocket_token: String,
+}
+
+/// A configuration issued to one user of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IssuedConfig {
+    pub id: u64,
+    pub user_id: u64,
+    pub user: String,
+    /// The client's WireGuard public key (base64).
+    pub public_key: String,
+    #[schema(value_type = String)]
+    pub tunnel_address: IpAddr,
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+    pub relay: Option<RelayAllocation>,
+}
+
+#[cfg(test)]
+impl IssuedConfig {
+    pub fn example() -> IssuedConfig {
+        IssuedConfig {
+            id: 1,
+            user_id: 3,
+            user: "tech".into(),
+            public_key: "x".into(),
+            tunnel_address: addressing::client(0, 2),
+            issued_ms: 0,
+            expires_ms: 1,
+            relay: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub id: u64,
+    pub name: String,
+    pub gateway_id: u64,
+    /// Names of the gateway's targets that the session reaches.
+    pub targets: Vec<String>,
+    /// Users (ids) the session is released to.
+    pub released_to: Vec<u64>,
+    pub max_duration_s: u64,
+    /// Whether the customer must approve each start at the gateway.
+    pub approval_required: bool,
+    pub created_by: String,
+    pub created_ms: u64,
+    pub state: State,
+    pub started_by: Option<String>,
+    pub started_ms: Option<u64>,
+    /// When an active session expires, or a waiting one gives up.
+    pub expires_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub end_reason: Option<EndReason>,
+    /// Index of the /24 tunnel subnet held while live.
+    pub subnet_index: Option<u32>,
+    pub configs: Vec<IssuedConfig>,
+    /// Bytes the gateway reported for this session, both directions.
+    #[serde(default)]
+    pub bytes_rx: u64,
+    #[serde(default)]
+    pub bytes_tx: u64,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        name: String,
+        gateway_id: u64,
+        targets: Vec<String>,
+        released_to: Vec<u64>,
+        max_duration_s: u64,
+        approval_required: bool,
+        created_by: String,
+        now_ms: u64,
+    ) -> Session {
+        Session {
+            id,
+            name,
+            gateway_id,
+            targets,
+            released_to,
+            max_duration_s,
+            approval_required,
+            created_by,
+            created_ms: now_ms,
+            state: State::Prepared,
+            started_by: None,
+            started_ms: None,
+            expires_ms: None,
+            ended_ms: None,
+            end_reason: None,
+            subnet_index: None,
+            configs: Vec::new(),
+            bytes_rx: 0,
+            bytes_tx: 0,
+        }
+    }
+
+    pub fn released_to_user(&self, user_id: u64) -> bool {
+        self.released_to.contains(&user_id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("all {} tunnel subnets are in use", addressing::SUBNETS)]
+    PoolExhausted,
+    #[error(transparent)]
+    Store(#[from] BackendError),
+}
+
+fn key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn live_key(gateway_id: u64, session_id: u64) -> Vec<u8> {
+    [gateway_id.to_be_bytes(), session_id.to_be_bytes()].concat()
+}
+
+fn decode(bytes: &[u8]) -> Result<Session, BackendError> {
+    serde_json::from_slice(bytes).map_err(|e| BackendError::Io(format!("unreadable session: {e}")))
+}
+
+pub fn create(store: &Store, mut session: Session) -> Result<Session, BackendError> {
+    session.id = store.backend().generate_id()?;
+    store.backend().commit(Batch::default().put(
+        Collection::Sessions,
+        key(session.id),
+        serde_json::to_vec(&session).expect("plain data serializes"),
+    ))?;
+    Ok(session)
+}
+
+pub fn get(store: &Store, id: u64) -> Result<Option<Session>, BackendError> {
+    store.backend().get(Collection::Sessions, &key(id))?.map(|v| decode(&v)).transpose()
+}
+
+/// Sessions in id order after `after`, up to `limit`.
+pub fn page(store: &Store, after: Option<u64>, limit: usize) -> Result<Vec<Session>, BackendError> {
+    let after = after.map(key);
+    store
+        .backend()
+        .scan(Collection::Sessions, &[], after.as_ref().map(|k| &k[..]), limit)?
+        .iter()
+        .map(|(_, v)| decode(v))
+        .collect()
+}
+
+/// The live (waiting or active) sessions of one gateway.
+pub fn live_for_gateway(store: &Store, gateway_id: u64) -> Result<Vec<Session>, BackendError> {
+    live_ids(store, &gateway_id.to_be_bytes())?
+        .into_iter()
+        .filter_map(|id| get(store, id).transpose())
+        .collect()
+}
+
+/// Every live session.
+pub fn all_live(store: &Store) -> Result<Vec<Session>, BackendError> {
+    live_ids(store, &[])?.into_iter().filter_map(|id| get(store, id).transpose()).collect()
+}
+
+fn live_ids(store: &Store, prefix: &[u8]) -> Result<Vec<u64>, BackendError> {
+    let entries = store.backend().scan(Collection::LiveSessions, prefix, None, usize::MAX)?;
+    Ok(entries.iter().filter_map(|(k, _)| k.get(8..16)?.try_into().ok().map(u64::from_be_bytes)).collect())
+}
+
+/// Reads a session, applies `change`, and commits it with its index and
+/// subnet changes if nobody changed it meanwhile (else retries on the new
+/// state). A session that becomes live gets a free subnet; one that stops
+/// being live gives its subnet back.
+pub fn modify<R>(
+    store: &Store,
+    id: u64,
+    mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+) -> Result<Option<(Session, R)>, SessionError> {
+    for _ in 0..64 {
+        let Some(before_bytes) = store.backend().get(Collection::Sessions, &key(id))? else {
+            return Ok(None);
+        };
+        let before = decode(&before_bytes)?;
+        let mut after = before.clone();
+        let result = change(&mut after)?;
+        if after == before {
+            return Ok(Some((after, result)));
+        }
+        let mut batch = Batch::default().expect(Collection::Sessions, key(id), Some(before_bytes));
+        let live = live_key(after.gateway_id, id);
+        match (before.state.is_live(), after.state.is_live()) {
+            (false, true) => {
+                let index = free_subnet(store)?;
+                after.subnet_index = Some(index);
+                batch = batch
+                    .put(Collection::LiveSessions, live, Vec::new())
+                    .expect(Collection::Subnets, index.to_be_bytes(), None)
+                    .put(Collection::Subnets, index.to_be_bytes(), id.to_be_bytes());
+            }
+            (true, false) => {
+                batch = batch.delete(Collection::LiveSessions, live);
+                if let Some(index) = after.subnet_index.take() {
+                    batch = batch.delete(Collection::Subnets, index.to_be_bytes());
+                }
+            }
+            _ => {}
+        }
+        batch = batch.put(
+            Collection::Sessions,
+            key(id),
+            serde_json::to_vec(&after).expect("plain data serializes"),
+        );
+        match store.backend().commit(batch) {
+            Ok(()) => return Ok(Some((after, result))),
+            Err(BackendError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(BackendError::Io(format!("session {id} is changed too often; gave up")).into())
+}
+
+/// The lowest subnet index nobody holds.
+fn free_subnet(store: &Store) -> Result<u32, SessionError> {
+    let used = store.backend().scan(Collection::Subnets, &[], None, usize::MAX)?;
+    let mut expected = 0u32;
+    for (k, _) in used {
+        let index = u32::from_be_bytes(k.as_slice().try_into().unwrap_or([0xff; 4]));
+        if index != expected {
+            break;
+        }
+        expected += 1;
+    }
+    if expected >= addressing::SUBNETS {
+        return Err(SessionError::PoolExhausted);
+    }
+    Ok(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ON: GatewayView = GatewayView { online: true, switch_on: true };
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn new(store: &Store, gateway: u64) -> Session {
+        create(
+            store,
+            Session::new(0, "s".into(), gateway, vec!["plc".into()], vec![], 60, false, "a".into(), 0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn live_index_and_subnets_follow_the_state() {
+        let (_dir, store) = store();
+        let a = new(&store, 7);
+        let b = new(&store, 7);
+        let c = new(&store, 8);
+        for s in [&a, &b, &c] {
+            modify(&store, s.id, |s| Ok(s.start("x", 0, ON)?)).unwrap();
+        }
+        let subnets: Vec<Option<u32>> =
+            [&a, &b, &c].iter().map(|s| get(&store, s.id).unwrap().unwrap().subnet_index).collect();
+        assert_eq!(subnets, [Some(0), Some(1), Some(2)]);
+        assert_eq!(live_for_gateway(&store, 7).unwrap().len(), 2);
+        assert_eq!(all_live(&store).unwrap().len(), 3);
+
+        modify(&store, b.id, |s| Ok(s.end(EndReason::Customer, 1)?)).unwrap();
+        assert_eq!(get(&store, b.id).unwrap().unwrap().subnet_index, None);
+        assert_eq!(live_for_gateway(&store, 7).unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [a.id]);
+        // The freed subnet is reused.
+        modify(&store, b.id, |s| Ok(s.start("x", 2, ON)?)).unwrap();
+        assert_eq!(get(&store, b.id).unwrap().unwrap().subnet_index, Some(1));
+        // A refused transition stores nothing.
+        let refused = modify(&store, b.id, |s| Ok(s.start("x", 3, ON)?));
+        assert!(matches!(refused, Err(SessionError::Refused(Refusal::AlreadyRunning(_)))));
+    }
+
+    #[test]
+    fn concurrent_starts_get_distinct_subnets() {
+        let (_dir, store) = store();
+        let ids: Vec<u64> = (0..8).map(|_| new(&store, 1).id).collect();
+        std::thread::scope(|scope| {
+            for &id in &ids {
+                let store = store.clone();
+                scope.spawn(move || modify(&store, id, |s| Ok(s.start("x", 0, ON)?)).unwrap());
+            }
+        });
+        let mut subnets: Vec<u32> =
+            ids.iter().map(|&id| get(&store, id).unwrap().unwrap().subnet_index.unwrap()).collect();
+        subnets.sort();
+        assert_eq!(subnets, (0..8).collect::<Vec<_>>());
+    }
+}
