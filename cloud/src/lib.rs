@@ -3,12 +3,14 @@
 //! The binary is a thin shell; everything it serves lives here so that tests
 //! can build the same router over a temporary store.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod gateways;
 pub mod http;
+pub mod hub;
 pub mod metrics;
 pub mod password;
 pub mod relays;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -23,6 +23,16 @@ pub struct Metrics {
     /// Login attempts by outcome (success, bad_credentials, throttled...).
     pub logins: Family<OutcomeLabels, Counter>,
     pub audit_failures: Counter,
+    pub sessions_live: Gauge,
+    pub control_connections: Family<ChannelLabels, Gauge>,
+    pub control_messages: Family<ChannelLabels, Counter>,
+    pub control_refused: Family<ChannelLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// `gateway` or `relay`.
+    pub channel: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,7 +59,28 @@ impl Metrics {
             "Audit entries that could not be written",
             audit_failures.clone(),
         );
-        Metrics { registry: Arc::new(registry), requests, logins, audit_failures }
+        let sessions_live = Gauge::default();
+        registry.register("sessions_live", "Sessions waiting for approval or active", sessions_live.clone());
+        let control_connections = Family::<ChannelLabels, Gauge>::default();
+        registry.register("control_connections", "Connected control channels", control_connections.clone());
+        let control_messages = Family::<ChannelLabels, Counter>::default();
+        registry.register("control_messages", "Control messages received", control_messages.clone());
+        let control_refused = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "control_refused",
+            "Control connections refused or messages dropped as malformed",
+            control_refused.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            logins,
+            audit_failures,
+            sessions_live,
+            control_connections,
+            control_messages,
+            control_refused,
+        }
     }
 
     pub fn render(&self) -> String {

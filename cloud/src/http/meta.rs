@@ -72,7 +72,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
     responses((status = 200, content_type = "application/json", body = Object)))]
 async fn openapi(State(state): State<AppState>) -> Response {
-    let doc = state.openapi.get().cloned().unwrap_or_default();
+    let doc = state.openapi_json().unwrap_or_default().to_string();
     ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 

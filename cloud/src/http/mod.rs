@@ -9,11 +9,6 @@ pub mod problem;
 mod tokens;
 mod users;
 
-use std::{
-    ops::Deref,
-    sync::{Arc, OnceLock},
-};
-
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
@@ -26,67 +21,12 @@ use utoipa::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{
-    audit::{self, Event},
-    auth::{AccessKey, LoginPolicy},
-    clock::{SharedClock, SystemClock},
-    metrics::{Metrics, RequestLabels},
-    store::{BackendError, Store},
-};
+pub use crate::app::AppState;
+use crate::metrics::RequestLabels;
 pub use problem::{ApiError, Problem};
 
 /// The largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub store: Store,
-    pub metrics: Metrics,
-    pub clock: SharedClock,
-    pub access: AccessKey,
-    pub policy: LoginPolicy,
-    openapi: OnceLock<String>,
-}
-
-impl Deref for AppState {
-    type Target = Inner;
-
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(store: Store) -> Result<AppState, BackendError> {
-        AppState::with_clock(store, Arc::new(SystemClock))
-    }
-
-    pub fn with_clock(store: Store, clock: SharedClock) -> Result<AppState, BackendError> {
-        Ok(AppState(Arc::new(Inner {
-            access: AccessKey::load_or_create(&store)?,
-            store,
-            metrics: Metrics::new(),
-            clock,
-            policy: LoginPolicy::default(),
-            openapi: OnceLock::new(),
-        })))
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
-    }
-
-    /// Appends to the audit log. A failure is logged and counted; it does
-    /// not undo the action, which is already durable.
-    pub fn audit(&self, event: Event) {
-        if let Err(error) = audit::append(&self.store, self.now_ms(), event) {
-            self.metrics.audit_failures.inc();
-            tracing::error!(%error, "appending to the audit log failed");
-        }
-    }
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -126,7 +66,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(users::routes())
         .merge(tokens::routes())
         .split_for_parts();
-    let _ = state.openapi.set(doc.to_json().expect("the OpenAPI document serializes"));
+    state.set_openapi(doc.to_json().expect("the OpenAPI document serializes"));
     let router = router
         .fallback(meta::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -152,13 +92,4 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .get_or_create(&RequestLabels { method, route, status: response.status().as_u16() })
         .inc();
     response
-}
-
-impl AppState {
-    /// A user was just disabled by `by`: end what they started and revoke
-    /// what was issued to them.
-    pub fn user_disabled(&self, user: &crate::users::User, by: &str) -> Result<(), ApiError> {
-        tracing::info!(user = %user.name, by, "user disabled");
-        Ok(())
-    }
 }

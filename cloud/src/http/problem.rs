@@ -143,3 +143,29 @@ impl From<crate::users::UserError> for ApiError {
         }
     }
 }
+
+impl From<crate::sessions::SessionError> for ApiError {
+    fn from(e: crate::sessions::SessionError) -> Self {
+        use crate::sessions::{Refusal, SessionError};
+        match e {
+            SessionError::Refused(r) => {
+                let (slug, title) = match r {
+                    Refusal::GatewayOffline => ("gateway-offline", "Gateway offline"),
+                    Refusal::SwitchOff => ("switch-off", "Remote maintenance switched off"),
+                    Refusal::AlreadyRunning(_) => ("session-running", "Session already running"),
+                    Refusal::NotRunning => ("session-not-running", "Session not running"),
+                    Refusal::NotWaiting => ("session-not-waiting", "Session not waiting for approval"),
+                    Refusal::NoTargets => ("session-without-targets", "Session has no targets"),
+                };
+                ApiError::conflict(slug, title, r.to_string())
+            }
+            SessionError::PoolExhausted => ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "pool-exhausted",
+                "No tunnel subnet free",
+                e.to_string(),
+            ),
+            SessionError::Store(e) => ApiError::internal(e),
+        }
+    }
+}

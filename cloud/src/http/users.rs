@@ -219,7 +219,12 @@ async fn update(
     if disabled_now {
         refresh::revoke_user(&state.store, id)?;
         api_tokens::revoke_user(&state.store, id)?;
-        state.user_disabled(&user, &caller.user.name)?;
+        state
+            .user_disabled(
+                &user,
+                &crate::app::Actor { name: caller.user.name.clone(), source: caller.source.clone() },
+            )
+            .map_err(ApiError::from)?;
     }
     let detail = format!(
         "{}: role {:?}, disabled {}, unlock {}",

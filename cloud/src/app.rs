@@ -1,0 +1,228 @@
+//! The application: shared state and the operations that both the HTTP API
+//! and the control channels perform (ending sessions, expiry, a switch going
+//! off, a user being disabled), so each rule lives in one place.
+
+use std::{
+    ops::Deref,
+    sync::{Arc, OnceLock},
+};
+
+use crate::{
+    audit::{self, Event},
+    auth::{AccessKey, LoginPolicy},
+    clock::{SharedClock, SystemClock},
+    hub::Hub,
+    metrics::Metrics,
+    sessions::{self, EndReason, Session, SessionError},
+    store::{BackendError, Store},
+    users::User,
+};
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub clock: SharedClock,
+    pub access: AccessKey,
+    pub policy: LoginPolicy,
+    pub hub: Hub,
+    openapi: OnceLock<String>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Who did something, for the audit log.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub name: String,
+    pub source: Option<String>,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor { name: "system".into(), source: None }
+    }
+
+    pub fn gateway(id: u64, source: Option<String>) -> Actor {
+        Actor { name: format!("gateway:{id}"), source }
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store) -> Result<AppState, BackendError> {
+        AppState::with_clock(store, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(store: Store, clock: SharedClock) -> Result<AppState, BackendError> {
+        let hub = Hub::default();
+        hub.start_revisions_at(clock.now_ms());
+        Ok(AppState(Arc::new(Inner {
+            access: AccessKey::load_or_create(&store)?,
+            store,
+            metrics: Metrics::new(),
+            clock,
+            policy: LoginPolicy::default(),
+            hub,
+            openapi: OnceLock::new(),
+        })))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn set_openapi(&self, json: String) {
+        let _ = self.openapi.set(json);
+    }
+
+    pub fn openapi_json(&self) -> Option<&str> {
+        self.openapi.get().map(String::as_str)
+    }
+
+    /// Appends to the audit log. A failure is logged and counted; it does
+    /// not undo the action, which is already durable.
+    pub fn audit(&self, event: Event) {
+        if let Err(error) = audit::append(&self.store, self.now_ms(), event) {
+            self.metrics.audit_failures.inc();
+            tracing::error!(%error, "appending to the audit log failed");
+        }
+    }
+
+    pub fn audit_session(
+        &self,
+        actor: &Actor,
+        action: &str,
+        allowed: bool,
+        session: &Session,
+        detail: Option<String>,
+    ) {
+        self.audit(Event {
+            actor: actor.name.clone(),
+            action: action.to_string(),
+            allowed,
+            source: actor.source.clone(),
+            session: Some(session.id.to_string()),
+            gateway: Some(session.gateway_id.to_string()),
+            detail,
+        });
+    }
+
+    /// Changes a session and pushes the result to its gateway and to every
+    /// relay that held or holds one of its allocations.
+    pub fn change_session<R>(
+        &self,
+        id: u64,
+        mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+    ) -> Result<Option<(Session, R)>, SessionError> {
+        let mut relays_before = Vec::new();
+        let changed = sessions::modify(&self.store, id, |s| {
+            relays_before = relay_ids(s);
+            change(s)
+        })?;
+        if let Some((session, _)) = &changed {
+            self.push(session, &relays_before);
+        }
+        Ok(changed)
+    }
+
+    fn push(&self, session: &Session, relays_before: &[u64]) {
+        self.hub.touch_gateway(session.gateway_id);
+        let mut relays = relay_ids(session);
+        relays.extend_from_slice(relays_before);
+        relays.sort_unstable();
+        relays.dedup();
+        for relay in relays {
+            self.hub.touch_relay(relay);
+        }
+        self.metrics.sessions_live.set(sessions::all_live(&self.store).map_or(0, |l| l.len() as i64));
+    }
+
+    /// Ends a live session at once (keys and relay bindings go with it).
+    pub fn end_session(
+        &self,
+        id: u64,
+        reason: EndReason,
+        actor: &Actor,
+    ) -> Result<Option<Session>, SessionError> {
+        let now = self.now_ms();
+        let ended = self.change_session(id, |s| Ok(s.end(reason.clone(), now)?))?;
+        if let Some((session, ())) = &ended {
+            self.audit_session(actor, "session.end", true, session, Some(describe(&reason)));
+        }
+        Ok(ended.map(|(s, ())| s))
+    }
+
+    /// Expires every live session whose time is up; returns how many.
+    /// The server calls it every second; tests call it after moving the clock.
+    pub fn tick(&self) -> Result<usize, SessionError> {
+        let now = self.now_ms();
+        let mut expired = 0;
+        for session in sessions::all_live(&self.store)? {
+            if session.expires_ms.is_some_and(|at| now >= at)
+                && let Some((session, true)) = self.change_session(session.id, |s| Ok(s.expire_due(now)))?
+            {
+                expired += 1;
+                let reason = session.end_reason.as_ref().map(describe);
+                self.audit_session(&Actor::system(), "session.expire", true, &session, reason);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// The customer switched remote maintenance off: every live session of
+    /// the gateway ends at once.
+    pub fn switch_off(&self, gateway_id: u64, actor: &Actor) -> Result<usize, SessionError> {
+        let live = sessions::live_for_gateway(&self.store, gateway_id)?;
+        let mut ended = 0;
+        for session in live {
+            if self.end_session(session.id, EndReason::Customer, actor)?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// A user was just disabled by `by`: sessions they started end, and
+    /// configurations issued to them in other sessions are revoked.
+    pub fn user_disabled(&self, user: &User, by: &Actor) -> Result<(), SessionError> {
+        for session in sessions::all_live(&self.store)? {
+            if session.started_by.as_deref() == Some(user.name.as_str()) {
+                let reason = EndReason::UserDisabled { name: user.name.clone() };
+                self.end_session(session.id, reason, by)?;
+            } else if session.configs.iter().any(|c| c.user_id == user.id) {
+                let changed = self.change_session(session.id, |s| {
+                    s.configs.retain(|c| c.user_id != user.id);
+                    Ok(())
+                })?;
+                if let Some((session, ())) = changed {
+                    let detail = format!("configuration of disabled user {} revoked", user.name);
+                    self.audit_session(by, "session.config_revoke", true, &session, Some(detail));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn relay_ids(session: &Session) -> Vec<u64> {
+    session.configs.iter().filter_map(|c| c.relay.as_ref().map(|r| r.relay_id)).collect()
+}
+
+pub fn describe(reason: &EndReason) -> String {
+    match reason {
+        EndReason::User { name } => format!("ended by {name}"),
+        EndReason::Customer => "ended by the customer (switch off)".into(),
+        EndReason::Denied => "approval denied by the customer".into(),
+        EndReason::UserDisabled { name } => format!("user {name} was disabled"),
+        EndReason::ApprovalTimeout => "no approval in time".into(),
+        EndReason::Duration => "maximum duration reached".into(),
+    }
+}

@@ -1,0 +1,222 @@
+//! The live side of the control channels: which gateways and relays are
+//! connected now, what they last reported, and a "desired state changed"
+//! signal per connection. A connection task that sees the signal rebuilds
+//! the full desired state from the store and sends it; there are no deltas
+//! to lose, and a reconnect is just the first signal.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::sessions::GatewayView;
+
+/// What a connected gateway reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayLive {
+    pub switch_on: bool,
+    pub software_version: String,
+    pub wg_public_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayLive {
+    pub udp: SocketAddr,
+    pub websocket_url: String,
+    pub capacity: u32,
+    pub bindings: u64,
+}
+
+struct Link<L> {
+    conn: u64,
+    live: L,
+    dirty: watch::Sender<u64>,
+}
+
+/// The answer of a relay to an allocation: the endpoints for the gateway
+/// and the client side, or a refusal.
+pub type AllocationAnswer = Result<(SocketAddr, SocketAddr), String>;
+
+#[derive(Default)]
+pub struct Hub {
+    gateways: Mutex<HashMap<u64, Link<GatewayLive>>>,
+    relays: Mutex<HashMap<u64, Link<RelayLive>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<AllocationAnswer>>>,
+    revision: AtomicU64,
+    next_conn: AtomicU64,
+}
+
+/// A registered connection: its id and the signal to watch. The signal's
+/// sender is dropped when another connection of the same peer replaces
+/// this one.
+pub struct Registration {
+    pub conn: u64,
+    pub dirty: watch::Receiver<u64>,
+}
+
+impl Hub {
+    fn next_revision(&self) -> u64 {
+        self.revision.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Revisions only grow, also across restarts: they start at the clock.
+    pub fn start_revisions_at(&self, floor: u64) {
+        self.revision.fetch_max(floor, Ordering::SeqCst);
+    }
+
+    fn register<L>(&self, map: &Mutex<HashMap<u64, Link<L>>>, id: u64, live: L) -> Registration {
+        let conn = self.next_conn.fetch_add(1, Ordering::SeqCst) + 1;
+        let (dirty, receiver) = watch::channel(self.next_revision());
+        // Replacing drops the previous sender: the old task sees it and closes.
+        map.lock().expect("hub lock").insert(id, Link { conn, live, dirty });
+        Registration { conn, dirty: receiver }
+    }
+
+    fn unregister<L>(map: &Mutex<HashMap<u64, Link<L>>>, id: u64, conn: u64) -> bool {
+        let mut map = map.lock().expect("hub lock");
+        let mine = map.get(&id).is_some_and(|l| l.conn == conn);
+        if mine {
+            map.remove(&id);
+        }
+        mine
+    }
+
+    fn touch<L>(&self, map: &Mutex<HashMap<u64, Link<L>>>, id: u64) {
+        if let Some(link) = map.lock().expect("hub lock").get(&id) {
+            link.dirty.send_replace(self.next_revision());
+        }
+    }
+
+    pub fn connect_gateway(&self, id: u64, live: GatewayLive) -> Registration {
+        self.register(&self.gateways, id, live)
+    }
+
+    /// Returns whether `conn` was still the gateway's connection.
+    pub fn disconnect_gateway(&self, id: u64, conn: u64) -> bool {
+        Self::unregister(&self.gateways, id, conn)
+    }
+
+    pub fn gateway(&self, id: u64) -> Option<GatewayLive> {
+        self.gateways.lock().expect("hub lock").get(&id).map(|l| l.live.clone())
+    }
+
+    pub fn gateway_view(&self, id: u64) -> GatewayView {
+        match self.gateway(id) {
+            Some(live) => GatewayView { online: true, switch_on: live.switch_on },
+            None => GatewayView { online: false, switch_on: false },
+        }
+    }
+
+    pub fn update_gateway(&self, id: u64, change: impl FnOnce(&mut GatewayLive)) {
+        if let Some(link) = self.gateways.lock().expect("hub lock").get_mut(&id) {
+            change(&mut link.live);
+        }
+    }
+
+    /// The gateway's desired state changed: its connection resends it.
+    pub fn touch_gateway(&self, id: u64) {
+        self.touch(&self.gateways, id);
+    }
+
+    pub fn online_gateways(&self) -> usize {
+        self.gateways.lock().expect("hub lock").len()
+    }
+
+    pub fn connect_relay(&self, id: u64, live: RelayLive) -> Registration {
+        self.register(&self.relays, id, live)
+    }
+
+    pub fn disconnect_relay(&self, id: u64, conn: u64) -> bool {
+        Self::unregister(&self.relays, id, conn)
+    }
+
+    pub fn relay(&self, id: u64) -> Option<RelayLive> {
+        self.relays.lock().expect("hub lock").get(&id).map(|l| l.live.clone())
+    }
+
+    pub fn update_relay(&self, id: u64, change: impl FnOnce(&mut RelayLive)) {
+        if let Some(link) = self.relays.lock().expect("hub lock").get_mut(&id) {
+            change(&mut link.live);
+        }
+    }
+
+    pub fn touch_relay(&self, id: u64) {
+        self.touch(&self.relays, id);
+    }
+
+    /// The connected relay with the most free room, if any.
+    pub fn pick_relay(&self) -> Option<(u64, RelayLive)> {
+        self.relays
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .filter(|(_, l)| u64::from(l.live.capacity) > l.live.bindings)
+            .max_by_key(|(id, l)| (u64::from(l.live.capacity) - l.live.bindings, std::cmp::Reverse(**id)))
+            .map(|(id, l)| (*id, l.live.clone()))
+    }
+
+    /// Waits for a relay's answer to allocation `id`.
+    pub fn expect_allocation(&self, id: u64) -> oneshot::Receiver<AllocationAnswer> {
+        let (sender, receiver) = oneshot::channel();
+        self.pending.lock().expect("hub lock").insert(id, sender);
+        receiver
+    }
+
+    pub fn answer_allocation(&self, id: u64, answer: AllocationAnswer) {
+        if let Some(sender) = self.pending.lock().expect("hub lock").remove(&id) {
+            let _ = sender.send(answer);
+        }
+    }
+
+    pub fn forget_allocation(&self, id: u64) {
+        self.pending.lock().expect("hub lock").remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(on: bool) -> GatewayLive {
+        GatewayLive { switch_on: on, software_version: "1".into(), wg_public_key: "k".into() }
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_replaces_the_old_one() {
+        let hub = Hub::default();
+        let mut first = hub.connect_gateway(1, live(false));
+        assert_eq!(hub.gateway_view(1), GatewayView { online: true, switch_on: false });
+        let mut second = hub.connect_gateway(1, live(true));
+        assert!(first.dirty.changed().await.is_err(), "the old connection is told to go");
+        assert!(!hub.disconnect_gateway(1, first.conn), "the old one cannot unregister the new");
+        assert!(hub.gateway_view(1).switch_on);
+        let before = *second.dirty.borrow_and_update();
+        hub.touch_gateway(1);
+        second.dirty.changed().await.unwrap();
+        assert!(*second.dirty.borrow() > before);
+        assert!(hub.disconnect_gateway(1, second.conn));
+        assert_eq!(hub.gateway_view(1), GatewayView { online: false, switch_on: false });
+    }
+
+    #[test]
+    fn relays_are_picked_by_free_room() {
+        let hub = Hub::default();
+        let relay = |capacity, bindings| RelayLive {
+            udp: "192.0.2.1:3478".parse().unwrap(),
+            websocket_url: "wss://relay.example/ws".into(),
+            capacity,
+            bindings,
+        };
+        assert!(hub.pick_relay().is_none());
+        hub.connect_relay(1, relay(100, 90));
+        hub.connect_relay(2, relay(100, 10));
+        hub.connect_relay(3, relay(5, 5));
+        assert_eq!(hub.pick_relay().map(|(id, _)| id), Some(2));
+    }
+}
