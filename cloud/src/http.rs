@@ -25,6 +25,10 @@ impl AppState {
     pub fn new(store: Store) -> AppState {
         AppState { store, metrics: Metrics::new() }
     }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -9,5 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod password;
 pub mod rights;
+pub mod server;
 pub mod store;
+pub mod tls;
 pub mod users;

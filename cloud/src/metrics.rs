@@ -20,6 +20,8 @@ pub struct RequestLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
+    /// Shared with the server's accept loop (`ServeOptions`).
+    pub tls_handshake_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -33,7 +35,13 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ferry_cloud");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
-        Metrics { registry: Arc::new(registry), requests }
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        Metrics { registry: Arc::new(registry), requests, tls_handshake_failures }
     }
 
     pub fn render(&self) -> String {
