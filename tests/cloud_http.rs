@@ -1,7 +1,7 @@
 //! `ferry-cloud serve` over real HTTP on loopback, with a real sled folder.
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
@@ -13,6 +13,11 @@ use ferry_tests::bin;
 struct Cloud {
     child: Child,
     addr: SocketAddr,
+    /// The certificate's SHA-256 fingerprint when serving HTTPS.
+    fingerprint: Option<String>,
+    /// Lines printed before the listening line (the first start's
+    /// one-time password).
+    before: Vec<String>,
 }
 
 impl Drop for Cloud {
@@ -22,46 +27,130 @@ impl Drop for Cloud {
     }
 }
 
+impl Cloud {
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "ferry-cloud ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// Plain HTTP on loopback, as most tests here want.
 fn start(data_dir: &Path) -> Cloud {
+    spawn(data_dir, &["--no-tls"])
+}
+
+/// `ferry-cloud serve` on a free loopback port with extra arguments; waits
+/// for its one line on stdout.
+fn spawn(data_dir: &Path, extra: &[&str]) -> Cloud {
     let mut child = bin("ferry-cloud")
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while !line.ends_with(b"\n") {
-        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "ferry-cloud exited: {:?}", child.wait());
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8(line).unwrap();
+    let mut before = Vec::new();
+    let line = loop {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") {
+            if stdout.read(&mut byte).unwrap() != 1 {
+                let output = child.wait_with_output().unwrap();
+                panic!("ferry-cloud exited: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8(line).unwrap();
+        if line.starts_with("ferry-cloud listening") {
+            break line;
+        }
+        before.push(line);
+    };
     let addr = line
-        .split("http://")
+        .split("://")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .parse()
         .unwrap();
-    Cloud { child, addr }
+    let fingerprint =
+        line.split("certificate sha256 ").nth(1).map(|rest| rest.trim_end().trim_end_matches(')'));
+    match &fingerprint {
+        Some(_) => assert!(line.starts_with("ferry-cloud listening on https://"), "{line:?}"),
+        None => assert!(line.starts_with("ferry-cloud listening on http://"), "{line:?}"),
+    }
+    Cloud { child, addr, fingerprint: fingerprint.map(str::to_string), before }
+}
+
+/// sled unlocks its folder only when its background flusher drops the last
+/// handle, a moment after the test's `Db` is gone; until then ferry-cloud
+/// would fail to open the folder.
+fn wait_for_sled_to_let_go(data_dir: &Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    let mut file = std::fs::File::open(data_dir.join("db/db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_unlocked_on_drop) => return,
+            Err((unlocked, errno)) => {
+                assert!(Instant::now() < deadline, "sled still holds its lock: {errno}");
+                file = unlocked;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 GET; returns status, content type and body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    exchange(stream, path).unwrap()
+}
+
+/// The same over TLS, trusting only the certificate with `fingerprint`.
+fn https_get(addr: SocketAddr, fingerprint: &str, path: &str) -> std::io::Result<(u16, String, String)> {
+    let config = ferry_cloud::tls::pinned_client_config(fingerprint).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    exchange(rustls::StreamOwned::new(connection, stream), path)
+}
+
+fn exchange(mut stream: impl Read + Write, path: &str) -> std::io::Result<(u16, String, String)> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A close without TLS close_notify after a complete response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let response = String::from_utf8_lossy(&response);
+    let malformed = || std::io::Error::other(format!("not an HTTP response: {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(malformed)?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(malformed)?;
     let content_type = head
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
         .unwrap_or_default();
-    (status, content_type, body.to_string())
+    Ok((status, content_type, body.to_string()))
 }
 
 #[test]
@@ -99,22 +188,7 @@ fn serves_health_version_metrics_and_problem_json() {
 #[test]
 fn sigterm_shuts_down_cleanly_and_the_data_folder_reopens() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cloud = start(dir.path());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(cloud.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = cloud.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "ferry-cloud ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
-    drop(cloud);
+    start(dir.path()).terminate();
     let cloud = start(dir.path());
     assert_eq!(get(cloud.addr, "/healthz").0, 200);
 }
@@ -127,6 +201,7 @@ fn a_data_folder_from_a_newer_version_is_refused() {
         db.open_tree("meta").unwrap().insert("schema_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
+    wait_for_sled_to_let_go(dir.path());
     let output = bin("ferry-cloud")
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
@@ -140,14 +215,131 @@ fn a_data_folder_from_a_newer_version_is_refused() {
 #[test]
 fn plain_http_beyond_loopback_needs_an_explicit_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(ferry_tests::bin_path("ferry-cloud"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let serve = |extra: &[&str]| {
+        Command::new(ferry_tests::bin_path("ferry-cloud"))
+            .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let output = serve(&["--no-tls"]).wait_with_output().unwrap();
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("refusing to serve plain HTTP") && err.contains("--allow-plain-http"), "{err}");
+
+    for (extra, scheme) in [(&["--no-tls", "--allow-plain-http"][..], "http://"), (&[][..], "https://")] {
+        let mut child = serve(extra);
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        while !line.starts_with("ferry-cloud listening") {
+            line.clear();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            line.starts_with(&format!("ferry-cloud listening on {scheme}0.0.0.0:")),
+            "{extra:?}: {line:?} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn by_default_https_with_a_self_signed_certificate_made_once_and_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = spawn(dir.path(), &[]);
+    let fingerprint = cloud.fingerprint.clone().expect("no fingerprint printed");
+    let cert = dir.path().join("tls/cert.pem");
+    assert_eq!(ferry_cloud::tls::fingerprint_file(&cert).unwrap(), fingerprint);
+
+    let (status, _, body) = https_get(cloud.addr, &fingerprint, "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+    let other = ferry_cloud::tls::fingerprint_sha256(b"some other certificate");
+    let err = https_get(cloud.addr, &other, "/healthz").unwrap_err();
+    assert!(err.to_string().contains("not the pinned"), "{err}");
+
+    // Plain HTTP to the HTTPS port gets no answer.
+    let stream = TcpStream::connect(cloud.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(!matches!(exchange(stream, "/healthz"), Ok((200, _, _))));
+
+    // Failed handshakes show in the metrics; the server may count the last
+    // one just after the client gave up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, metrics) = https_get(cloud.addr, &fingerprint, "/metrics").unwrap();
+        let failures = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ferry_cloud_tls_handshake_failures_total "))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        if failures == "2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    cloud.terminate();
+    let cloud = spawn(dir.path(), &[]);
+    assert_eq!(cloud.fingerprint.as_deref(), Some(fingerprint.as_str()), "a new certificate on restart");
+    assert_eq!(https_get(cloud.addr, &fingerprint, "/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn configured_certificate_files_are_served_from_flags_or_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["cloud.test".to_string()]).unwrap();
+    let cert = dir.path().join("cloud-cert.pem");
+    let key = dir.path().join("cloud-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let expected = ferry_cloud::tls::fingerprint_sha256(certified.cert.der());
+
+    let data = dir.path().join("data");
+    let cloud = spawn(&data, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert_eq!(cloud.fingerprint.as_deref(), Some(expected.as_str()));
+    assert_eq!(https_get(cloud.addr, &expected, "/healthz").unwrap().0, 200);
+    assert!(!data.join("tls").exists(), "a self-signed certificate was made anyway");
+    drop(cloud);
+
+    let config = dir.path().join("cloud.toml");
+    std::fs::write(&config, format!("tls_cert = {:?}\ntls_key = {:?}\n", cert, key)).unwrap();
+    let cloud = spawn(&data, &["--config", config.to_str().unwrap()]);
+    assert_eq!(cloud.fingerprint.as_deref(), Some(expected.as_str()));
+    assert_eq!(https_get(cloud.addr, &expected, "/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn a_certificate_without_its_key_or_a_missing_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |extra: &[&str]| {
+        let output = bin("ferry-cloud")
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{extra:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let err = serve(&["--tls-cert", "cert.pem"]);
+    assert!(err.contains("--tls-key") && err.contains("is not"), "{err}");
+    let err = serve(&["--tls-key", "key.pem"]);
+    assert!(err.contains("--tls-cert") && err.contains("is not"), "{err}");
+
+    let missing = dir.path().join("missing-cert.pem");
+    let err = serve(&["--tls-cert", missing.to_str().unwrap(), "--tls-key", "key.pem"]);
+    assert!(err.contains(&format!("{} does not exist", missing.display())), "{err}");
+
+    let err = serve(&["--no-tls", "--tls-cert", "cert.pem"]);
+    assert!(err.contains("--no-tls") && err.contains("--tls-cert"), "{err}");
 }
 
 #[test]
@@ -168,6 +360,7 @@ fn audit_verify_reports_an_intact_chain_and_the_first_broken_entry() {
             ferry_cloud::audit::append(&store, 1_700_000_000_000 + i, event).unwrap();
         }
     }
+    wait_for_sled_to_let_go(dir.path());
     let verify =
         || bin("ferry-cloud").args(["audit", "verify", "--data-dir"]).arg(dir.path()).output().unwrap();
     let ok = verify();
@@ -184,8 +377,77 @@ fn audit_verify_reports_an_intact_chain_and_the_first_broken_entry() {
         tree.insert(3u64.to_be_bytes(), value).unwrap();
         db.flush().unwrap();
     }
+    wait_for_sled_to_let_go(dir.path());
     let bad = verify();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("broken at entry 3"), "{err}");
+}
+
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut request = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let request =
+        request.header("Content-Type", "application/json").body(body.to_string().into_bytes()).unwrap();
+    let mut response = agent.run(request).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn first_start_prints_a_one_time_admin_password_once_and_admin_create_makes_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path());
+    let line = cloud.before.iter().find(|l| l.contains("one-time password")).expect("first start announces");
+    let secret = line.rsplit(' ').next().unwrap().trim().to_string();
+    let (status, body) = call(
+        cloud.addr,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        serde_json::json!({"name": "admin", "password": secret}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["must_change_password"], true);
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let (status, _) = call(cloud.addr, "GET", "/api/v1/users", Some(&token), serde_json::Value::Null);
+    assert_eq!(status, 403, "a one-time password allows only changing it");
+    drop(cloud);
+
+    let again = start(dir.path());
+    assert!(again.before.iter().all(|l| !l.contains("one-time password")), "only on the first start");
+    drop(again);
+
+    wait_for_sled_to_let_go(dir.path());
+    let output = bin("ferry-cloud")
+        .args(["admin", "create", "--name", "second", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let secret = stdout.lines().next().unwrap().rsplit(' ').next().unwrap().to_string();
+    let cloud = start(dir.path());
+    let login = serde_json::json!({"name": "second", "password": secret});
+    assert_eq!(call(cloud.addr, "POST", "/api/v1/auth/login", None, login).0, 200);
+    // The name is taken now.
+    drop(cloud);
+    wait_for_sled_to_let_go(dir.path());
+    let output = bin("ferry-cloud")
+        .args(["admin", "create", "--name", "second", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exists"));
 }

@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod password;
 pub mod relays;
 pub mod rights;
+pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod tls;
 pub mod users;

@@ -1,6 +1,6 @@
 //! `ferry-cloud`: the control plane, an HTTP API over an embedded database.
 
-use ferry_cloud::{audit, config, http, password, rights::Role, store, users};
+use ferry_cloud::{audit, config, http, password, rights::Role, server, store, tls, users};
 
 use std::path::PathBuf;
 
@@ -69,14 +69,35 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
 
-    /// Folder for the database (default: `data_dir` from the config, else
-    /// /var/lib/ferry-cloud for root or ~/.local/share/ferry/cloud).
+    /// Folder for the database and the self-signed certificate (default:
+    /// `data_dir` from the config, else /var/lib/ferry-cloud for root or
+    /// ~/.local/share/ferry/cloud).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
-    /// Serve plain HTTP on a non-loopback address. Without TLS, tokens and
-    /// passwords cross the network in clear; only for a trusted network or a
-    /// TLS-terminating proxy on the same host.
+    /// PEM file with the certificate chain to serve, leaf first (default:
+    /// `tls_cert` from the config). Give it with --tls-key, or give neither
+    /// to have a self-signed certificate made in DIR/tls on first start and
+    /// reused after; its SHA-256 fingerprint is printed at start for clients
+    /// to pin.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert (PKCS#8, SEC1 or PKCS#1;
+    /// default: `tls_key` from the config).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
+    /// Serve plain HTTP instead of HTTPS: only on a loopback address, unless
+    /// --allow-plain-http is given too. For a TLS-terminating proxy on the
+    /// same host, or for tests.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    no_tls: bool,
+
+    /// With --no-tls, serve plain HTTP on a non-loopback address too.
+    /// Without TLS, tokens and passwords cross the network in clear; only for
+    /// a trusted network or a TLS-terminating proxy. No effect without
+    /// --no-tls.
     #[arg(long)]
     allow_plain_http: bool,
 }
@@ -158,16 +179,40 @@ fn first_start(store: &store::Store) -> Result<()> {
 fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
     let listen = args.listen.or(config.listen).unwrap_or(config::DEFAULT_LISTEN);
     let allow_plain = args.allow_plain_http || config.allow_plain_http;
-    if !listen.ip().is_loopback() && !allow_plain {
+    if args.no_tls && !listen.ip().is_loopback() && !allow_plain {
         bail!(
             "refusing to serve plain HTTP on {listen}: only loopback addresses are allowed without TLS \
              (pass --allow-plain-http to override)"
         );
     }
+    let tls_files = match (args.tls_cert.or(config.tls_cert), args.tls_key.or(config.tls_key)) {
+        _ if args.no_tls => None,
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "--tls-cert (or tls_cert in the config) is set but --tls-key (or tls_key) is not: \
+             give both, or neither for a self-signed certificate"
+        ),
+        (None, Some(_)) => bail!(
+            "--tls-key (or tls_key in the config) is set but --tls-cert (or tls_cert) is not: \
+             give both, or neither for a self-signed certificate"
+        ),
+    };
     let data_dir =
         args.data_dir.or(config.data_dir).unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
     let store = open_store(Some(data_dir.clone()))?;
     first_start(&store)?;
+    let tls = if args.no_tls {
+        None
+    } else {
+        let (cert, key) = match tls_files {
+            Some(files) => files,
+            None => tls::ensure_self_signed(&data_dir, &config.tls_names)
+                .context("preparing the self-signed certificate")?,
+        };
+        let server_config = tls::server_config(&cert, &key).context("loading the TLS certificate")?;
+        Some((server_config, tls::fingerprint_file(&cert)?))
+    };
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -175,18 +220,53 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         let bound = listener.local_addr()?;
         let shutdown = ferry_daemon::signals::Shutdown::install().context("installing signal handlers")?;
-        println!("ferry-cloud listening on http://{bound} (data in {})", data_dir.display());
-        tracing::info!(%bound, data_dir = %data_dir.display(), schema = store::SCHEMA_VERSION, "serving");
-        let app = http::router(http::AppState::new(store.clone())?);
-        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async {
-                let signal = shutdown.wait().await;
-                tracing::info!(signal, "shutting down");
-            })
+        match &tls {
+            Some((_, fingerprint)) => println!(
+                "ferry-cloud listening on https://{bound} (data in {}; certificate sha256 {fingerprint})",
+                data_dir.display()
+            ),
+            None => println!("ferry-cloud listening on http://{bound} (data in {})", data_dir.display()),
+        }
+        tracing::info!(
+            %bound,
+            tls = tls.is_some(),
+            data_dir = %data_dir.display(),
+            schema = store::SCHEMA_VERSION,
+            "serving"
+        );
+        let state = http::AppState::new(store.clone())?;
+        let ticker = spawn_ticker(state.clone());
+        let options = server::ServeOptions {
+            tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
+            ..server::ServeOptions::default()
+        };
+        let shutdown = async {
+            let signal = shutdown.wait().await;
+            tracing::info!(signal, "shutting down");
+        };
+        server::serve_with(listener, http::router(state), tls.map(|(config, _)| config), shutdown, options)
             .await
             .context("serving HTTP")?;
+        ticker.abort();
         // Every commit is already durable; nothing is left to flush.
         drop(store);
         Ok(())
+    })
+}
+
+/// Expires sessions on time, every second.
+fn spawn_ticker(state: http::AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let state = state.clone();
+            match tokio::task::spawn_blocking(move || state.tick()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::error!(%error, "expiring sessions failed"),
+                Err(error) => tracing::error!(%error, "the expiry task failed"),
+            }
+        }
     })
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub control_connections: Family<ChannelLabels, Gauge>,
     pub control_messages: Family<ChannelLabels, Counter>,
     pub control_refused: Family<ChannelLabels, Counter>,
+    /// Shared with the server's accept loop (`ServeOptions`).
+    pub tls_handshake_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,7 +73,14 @@ impl Metrics {
             "Control connections refused or messages dropped as malformed",
             control_refused.clone(),
         );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
+            tls_handshake_failures,
             registry: Arc::new(registry),
             requests,
             logins,

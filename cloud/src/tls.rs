@@ -1,0 +1,474 @@
+//! TLS for the cloud's API: certificates from files or self-signed on first
+//! start, SHA-256 fingerprints for pinning, and the pinning verifier that
+//! Ferry's own clients use against a cloud whose certificate no CA signed.
+
+use std::{
+    fmt, io,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+};
+use sha2::{Digest, Sha256};
+
+/// Folder of the self-signed pair inside the data folder.
+pub const TLS_DIR: &str = "tls";
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
+
+/// Names the self-signed certificate always carries, so that local clients
+/// and health checks work whatever else is configured.
+pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Only HTTP/1.1: WebSocket upgrades need it and nothing here needs HTTP/2.
+const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{} does not exist", path.display())]
+    Missing { path: PathBuf },
+    #[error("reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{} is not valid PEM: {reason}", path.display())]
+    Pem { path: PathBuf, reason: String },
+    #[error("{} holds no certificate (expected a PEM block \"BEGIN CERTIFICATE\")", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "{} holds no private key (expected a PEM block \"BEGIN PRIVATE KEY\", \"BEGIN EC PRIVATE KEY\" \
+         or \"BEGIN RSA PRIVATE KEY\")",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
+    #[error("the private key in {} does not belong to the certificate in {}", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("certificate {} with key {} is not usable: {source}", cert.display(), key.display())]
+    Unusable { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    #[error(
+        "{} exists but its key {} does not; remove the certificate to have a new pair made",
+        cert.display(),
+        key.display()
+    )]
+    KeyLost { cert: PathBuf, key: PathBuf },
+    #[error("writing {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("making a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0:?} is not a SHA-256 fingerprint (expected 32 hex byte pairs like AB:CD:…)")]
+    BadFingerprint(String),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider for everything here. Explicit rather than the process
+/// default so that nothing depends on which provider some other crate
+/// installed first.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => TlsError::Missing { path: path.to_path_buf() },
+        _ => TlsError::Read { path: path.to_path_buf(), source },
+    })
+}
+
+/// The certificate chain in a PEM file, leaf first.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    // The parser's errors never quote the file's content, so no key material
+    // reaches an error message or a log.
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: path.to_path_buf() },
+        other => TlsError::Pem { path: path.to_path_buf(), reason: other.to_string() },
+    })
+}
+
+/// A server configuration serving the chain in `cert` with the key in `key`.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = load_certs(cert)?;
+    let private = load_key(key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|source| match source {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                TlsError::KeyMismatch { cert: cert.to_path_buf(), key: key.to_path_buf() }
+            }
+            source => TlsError::Unusable { cert: cert.to_path_buf(), key: key.to_path_buf(), source },
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Makes `<data_dir>/tls/cert.pem` and `key.pem` with a new self-signed
+/// certificate if there is none yet, and returns their paths. Later calls
+/// reuse the pair, so a client's pin stays valid across restarts; the
+/// `extra_names` (DNS names or IP addresses, beside [`DEFAULT_NAMES`]) only
+/// matter when the pair is made.
+pub fn ensure_self_signed(data_dir: &Path, extra_names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
+    let dir = data_dir.join(TLS_DIR);
+    let cert = dir.join(CERT_FILE);
+    let key = dir.join(KEY_FILE);
+    // The key is written before the certificate, so a key alone is what an
+    // interrupted first start leaves: make the pair anew. A certificate alone
+    // is someone's doing, and its fingerprint may be pinned somewhere.
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok((cert, key)),
+        (true, false) => return Err(TlsError::KeyLost { cert, key }),
+        (false, _) => {}
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| TlsError::Write { path: dir.clone(), source })?;
+
+    let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|n| n.to_string()).collect();
+    for name in extra_names {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let mut params = rcgen::CertificateParams::new(names.clone())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "ferry-cloud");
+    let key_pair = rcgen::KeyPair::generate()?;
+    let certificate = params.self_signed(&key_pair)?;
+
+    write_atomically(&key, key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_atomically(&cert, certificate.pem().as_bytes(), 0o644)?;
+    sync_dir(&dir)?;
+    tracing::info!(
+        cert = %cert.display(),
+        names = ?names,
+        fingerprint = %fingerprint_sha256(certificate.der()),
+        "made a self-signed certificate"
+    );
+    Ok((cert, key))
+}
+
+/// Writes through a temporary file and a rename, so that a crash never
+/// leaves a truncated file, and the file has `mode` from its first byte on.
+fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write { path: path.to_path_buf(), source };
+    let name = path.file_name().expect("a file path").to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.tmp"));
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp).map_err(err)?;
+    file.write_all(contents).and_then(|()| file.sync_all()).map_err(err)?;
+    drop(file);
+    std::fs::rename(&temp, path).map_err(err)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| TlsError::Write { path: dir.to_path_buf(), source })
+}
+
+/// The SHA-256 fingerprint of a DER certificate as `openssl x509
+/// -fingerprint -sha256` shows it: uppercase hex pairs joined by colons.
+pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
+    format_fingerprint(&Sha256::digest(cert_der).into())
+}
+
+/// The fingerprint of the leaf (first) certificate in a PEM file.
+pub fn fingerprint_file(path: &Path) -> Result<String, TlsError> {
+    Ok(fingerprint_sha256(&load_certs(path)?[0]))
+}
+
+fn format_fingerprint(sha256: &[u8; 32]) -> String {
+    sha256.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// Reads a SHA-256 fingerprint with or without colons, in either case.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
+    let bad = || TlsError::BadFingerprint(text.to_string());
+    let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(digits).map_err(|_| bad())?;
+    bytes.try_into().map_err(|_| bad())
+}
+
+/// Accepts exactly one server certificate, named by its SHA-256
+/// fingerprint, whatever its names, issuer or validity dates: the pin is the
+/// whole trust decision, as with SSH host keys. The handshake signatures are
+/// still checked, so only the holder of the pinned certificate's key passes.
+#[derive(Debug)]
+pub struct PinnedVerifier {
+    sha256: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedVerifier {
+    pub fn new(sha256: [u8; 32]) -> PinnedVerifier {
+        PinnedVerifier { sha256, provider: provider() }
+    }
+
+    pub fn from_fingerprint(fingerprint: &str) -> Result<PinnedVerifier, TlsError> {
+        Ok(PinnedVerifier::new(parse_fingerprint(fingerprint)?))
+    }
+}
+
+/// Why a pinned handshake failed; it reaches the client inside
+/// `rustls::Error::InvalidCertificate`.
+pub struct PinMismatch {
+    pub expected: String,
+    pub found: String,
+}
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server certificate sha256 {} is not the pinned {}", self.found, self.expected)
+    }
+}
+
+// rustls shows the inner error with `{:?}`: make that the readable sentence.
+impl fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let found: [u8; 32] = Sha256::digest(end_entity).into();
+        // Not secret: both fingerprints are public, so no constant-time compare.
+        if found == self.sha256 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            let mismatch =
+                PinMismatch { expected: format_fingerprint(&self.sha256), found: format_fingerprint(&found) };
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(mismatch),
+            ))))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client configuration that trusts only the certificate with this
+/// SHA-256 fingerprint and speaks HTTP/1.1.
+pub fn pinned_client_config(fingerprint: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = PinnedVerifier::from_fingerprint(fingerprint)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn write(path: &Path, contents: &str) {
+        std::fs::write(path, contents).unwrap();
+    }
+
+    #[test]
+    fn self_signed_is_made_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ensure_self_signed(dir.path(), &["cloud.example".into()]).unwrap();
+        assert_eq!(cert, dir.path().join("tls/cert.pem"));
+        assert_eq!(key, dir.path().join("tls/key.pem"));
+        let first = fingerprint_file(&cert).unwrap();
+        let key_pem = std::fs::read(&key).unwrap();
+
+        let again = ensure_self_signed(dir.path(), &[]).unwrap();
+        assert_eq!(again, (cert.clone(), key.clone()));
+        assert_eq!(fingerprint_file(&cert).unwrap(), first);
+        assert_eq!(std::fs::read(&key).unwrap(), key_pem);
+        // The pair loads and matches.
+        server_config(&cert, &key).unwrap();
+        // No temporary files are left behind.
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("tls")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn key_file_is_0600_and_folder_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ensure_self_signed(dir.path(), &[]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&dir.path().join("tls")), 0o700);
+        assert_eq!(mode(&cert) & 0o077 & !0o044, 0, "certificate writable by others");
+    }
+
+    #[test]
+    fn an_interrupted_first_start_is_recovered_but_a_lost_key_is_not_papered_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ensure_self_signed(dir.path(), &[]).unwrap();
+        std::fs::remove_file(&cert).unwrap();
+        ensure_self_signed(dir.path(), &[]).unwrap();
+        assert!(cert.exists());
+
+        std::fs::remove_file(&key).unwrap();
+        let err = ensure_self_signed(dir.path(), &[]).unwrap_err();
+        assert!(matches!(err, TlsError::KeyLost { .. }), "{err}");
+        assert!(err.to_string().contains("key.pem"), "{err}");
+    }
+
+    #[test]
+    fn self_signed_names_include_loopback_and_extras() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) =
+            ensure_self_signed(dir.path(), &["cloud.example".into(), "192.0.2.7".into()]).unwrap();
+        let der = load_certs(&cert).unwrap().remove(0);
+        // DNS names appear as IA5 strings, IP addresses as raw octets.
+        let contains = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"localhost"));
+        assert!(contains(b"cloud.example"));
+        assert!(contains(&[127, 0, 0, 1]));
+        assert!(contains(&[192, 0, 2, 7]));
+        assert!(contains(&std::net::Ipv6Addr::LOCALHOST.octets()));
+    }
+
+    #[test]
+    fn invalid_extra_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ensure_self_signed(dir.path(), &["not a name\u{7f}é".into()]).unwrap_err();
+        assert!(matches!(err, TlsError::Generate(_)), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_format_matches_openssl_and_is_stable() {
+        // sha256("") is well known.
+        assert_eq!(
+            fingerprint_sha256(b""),
+            "E3:B0:C4:42:98:FC:1C:14:9A:FB:F4:C8:99:6F:B9:24:27:AE:41:E4:64:9B:93:4C:A4:95:99:1B:78:52:B8:55"
+        );
+        let fp = fingerprint_sha256(b"certificate");
+        assert_eq!(fp, fingerprint_sha256(b"certificate"));
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        assert!(fp.chars().all(|c| c == ':' || c.is_ascii_digit() || c.is_ascii_uppercase()));
+
+        let bytes = parse_fingerprint(&fp).unwrap();
+        assert_eq!(format_fingerprint(&bytes), fp);
+        assert_eq!(parse_fingerprint(&fp.replace(':', "").to_lowercase()).unwrap(), bytes);
+        assert!(matches!(parse_fingerprint("AB:CD"), Err(TlsError::BadFingerprint(_))));
+        assert!(matches!(parse_fingerprint(&fp.replace('E', "G")), Err(TlsError::BadFingerprint(_))));
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ensure_self_signed(dir.path(), &[]).unwrap();
+        let missing = dir.path().join("nope.pem");
+        let empty = dir.path().join("empty.pem");
+        write(&empty, "just text\n");
+        let broken = dir.path().join("broken.pem");
+        write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n");
+
+        let err = server_config(&missing, &key).unwrap_err();
+        assert!(matches!(err, TlsError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+
+        let err = server_config(&empty, &key).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
+        assert!(err.to_string().contains("empty.pem"), "{err}");
+
+        let err = server_config(&broken, &key).unwrap_err();
+        assert!(matches!(err, TlsError::Pem { .. }), "{err}");
+        assert!(err.to_string().contains("broken.pem"), "{err}");
+
+        // A certificate where the key should be: no key in it.
+        let err = server_config(&cert, &cert).unwrap_err();
+        assert!(matches!(err, TlsError::NoKey { .. }), "{err}");
+        assert!(err.to_string().contains("cert.pem"), "{err}");
+
+        let err = server_config(&cert, &missing).unwrap_err();
+        assert!(matches!(err, TlsError::Missing { .. }), "{err}");
+
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_key) = ensure_self_signed(other.path(), &[]).unwrap();
+        let err = server_config(&cert, &other_key).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn pinned_verifier_accepts_only_the_pinned_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = ensure_self_signed(dir.path(), &[]).unwrap();
+        let der = load_certs(&cert).unwrap().remove(0);
+        let name = ServerName::try_from("localhost").unwrap();
+        let pinned = PinnedVerifier::from_fingerprint(&fingerprint_sha256(&der)).unwrap();
+        assert!(pinned.verify_server_cert(&der, &[], &name, &[], UnixTime::now()).is_ok());
+
+        let other = PinnedVerifier::new([0; 32]);
+        let err = other.verify_server_cert(&der, &[], &name, &[], UnixTime::now()).unwrap_err();
+        assert!(err.to_string().contains(&fingerprint_sha256(&der)), "{err}");
+    }
+}
