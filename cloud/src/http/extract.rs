@@ -64,6 +64,20 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// Query parameters; a bad one is a problem document that names it.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Params(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
 /// The client's address, from the connection (proxies' headers are not
 /// trusted: they are the client's to forge).
 pub fn source(parts: &Parts) -> Option<String> {

@@ -4,8 +4,10 @@
 
 mod auth;
 pub mod extract;
+mod gateways;
 mod meta;
 pub mod problem;
+pub mod sessions;
 mod tokens;
 mod users;
 
@@ -42,6 +44,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "auth", description = "Login, token refresh, the caller's own account"),
         (name = "users", description = "User accounts and roles (Administrator)"),
         (name = "tokens", description = "Scoped API tokens for automation (Administrator)"),
+        (name = "gateways", description = "Gateways, their targets, and enrolment"),
+        (name = "relays", description = "Relays and their health"),
+        (name = "sessions", description = "Preparing, starting and ending sessions; configuration issuance"),
     )
 )]
 struct ApiDoc;
@@ -65,6 +70,8 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(auth::routes())
         .merge(users::routes())
         .merge(tokens::routes())
+        .merge(gateways::routes())
+        .merge(sessions::routes())
         .split_for_parts();
     state.set_openapi(doc.to_json().expect("the OpenAPI document serializes"));
     let router = router

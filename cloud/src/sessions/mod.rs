@@ -21,10 +21,11 @@ use crate::store::{BackendError, Batch, Collection, Store};
 pub struct RelayAllocation {
     pub relay_id: u64,
     pub allocation_id: u64,
-    #[schema(value_type = String)]
-    pub gateway_endpoint: SocketAddr,
-    #[schema(value_type = String)]
-    pub client_endpoint: SocketAddr,
+    /// The relay's endpoints for each side, once it answered.
+    #[schema(value_type = Option<String>)]
+    pub gateway_endpoint: Option<SocketAddr>,
+    #[schema(value_type = Option<String>)]
+    pub client_endpoint: Option<SocketAddr>,
     pub websocket_url: String,
     /// Both peers present it to the WebSocket relay.
     #[serde(default)]

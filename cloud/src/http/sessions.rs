@@ -1,0 +1,665 @@
+//! Sessions: prepare, release, start, end, and configuration issuance.
+
+use std::{net::IpAddr, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    AppState,
+    extract::{Body, Caller, Params, Validate},
+    gateways::check_session_targets,
+    problem::{ApiError, ApiResult},
+};
+use crate::{
+    app::{Actor, describe},
+    auth::Scope,
+    gateways::{self, Gateway, PortRange, Protocol, valid_label},
+    rights::{Action, Ownership},
+    sessions::{
+        self, EndReason, IssuedConfig, RelayAllocation, Session, SessionError, State as SessionState,
+        addressing,
+    },
+    users,
+};
+
+/// How long configuration issuance waits for a relay's allocation.
+const RELAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest session: 7 days.
+const MAX_DURATION_S: u64 = 7 * 24 * 3600;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, update))
+        .routes(routes!(start))
+        .routes(routes!(end))
+        .routes(routes!(issue_config))
+        .routes(routes!(issue_wg_quick))
+}
+
+fn ownership(caller: &Caller, session: &Session) -> Ownership {
+    if session.released_to_user(caller.user.id) { Ownership::Own } else { Ownership::Others }
+}
+
+fn actor(caller: &Caller) -> Actor {
+    Actor { name: caller.user.name.clone(), source: caller.source.clone() }
+}
+
+fn load(state: &AppState, id: u64) -> ApiResult<Session> {
+    sessions::get(&state.store, id)?.ok_or_else(|| ApiError::not_found(format!("no session {id}")))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    pub name: String,
+    pub gateway_id: u64,
+    /// Names of the gateway's targets.
+    pub targets: Vec<String>,
+    /// User ids the session is released to.
+    #[serde(default)]
+    pub released_to: Vec<u64>,
+    /// 60 s to 7 days.
+    pub max_duration_s: u64,
+    /// Whether the customer must approve each start at the gateway.
+    #[serde(default)]
+    pub approval_required: bool,
+}
+
+impl Validate for NewSession {
+    fn validate(&self) -> Result<(), String> {
+        if !valid_label(&self.name) {
+            return Err("`name` must be 1 to 64 letters, digits, spaces, `. _ -`".into());
+        }
+        if !(60..=MAX_DURATION_S).contains(&self.max_duration_s) {
+            return Err(format!("`max_duration_s` must be 60 to {MAX_DURATION_S}"));
+        }
+        if self.released_to.len() > 256 {
+            return Err("`released_to` lists at most 256 users".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SessionChange {
+    #[serde(default)]
+    pub add_targets: Vec<String>,
+    #[serde(default)]
+    pub remove_targets: Vec<String>,
+    /// User ids to release the session to.
+    #[serde(default)]
+    pub release: Vec<u64>,
+    /// User ids to withdraw it from (their issued configurations go too).
+    #[serde(default)]
+    pub unrelease: Vec<u64>,
+    pub max_duration_s: Option<u64>,
+}
+
+impl Validate for SessionChange {
+    fn validate(&self) -> Result<(), String> {
+        let lens =
+            [self.add_targets.len(), self.remove_targets.len(), self.release.len(), self.unrelease.len()];
+        if lens.iter().all(|&l| l == 0) && self.max_duration_s.is_none() {
+            return Err("nothing to change".into());
+        }
+        if lens.iter().any(|&l| l > 256) {
+            return Err("at most 256 entries per list".into());
+        }
+        if self.max_duration_s.is_some_and(|d| !(60..=MAX_DURATION_S).contains(&d)) {
+            return Err(format!("`max_duration_s` must be 60 to {MAX_DURATION_S}"));
+        }
+        Ok(())
+    }
+}
+
+fn check_users(state: &AppState, ids: &[u64]) -> ApiResult<()> {
+    for id in ids {
+        users::get(&state.store, *id)?.ok_or_else(|| ApiError::bad_request(format!("no user {id}")))?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only sessions in this state.
+    pub state: Option<SessionState>,
+}
+
+/// Sessions the caller may see: all for admins, the ones released to them
+/// for remoteConnect Users.
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = Vec<Session>), (status = 403, body = super::Problem)))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(query): Params<ListQuery>,
+) -> ApiResult<Json<Vec<Session>>> {
+    caller.authorize(
+        &state,
+        Action::ViewSession(Ownership::Own),
+        Scope::SessionsRead,
+        "session.list",
+        None,
+        None,
+    )?;
+    let all_visible = caller.may(Action::ViewSession(Ownership::Others), Scope::SessionsRead);
+    let wanted = query.state;
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = sessions::page(&state.store, after, 500)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        out.extend(page.into_iter().filter(|s| {
+            (all_visible || s.released_to_user(caller.user.id)) && wanted.is_none_or(|w| s.state == w)
+        }));
+    }
+    Ok(Json(out))
+}
+
+/// Prepare a session on a gateway.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", request_body = NewSession,
+    security(("bearer" = [])),
+    responses((status = 201, body = Session), (status = 400, body = super::Problem), (status = 403, body = super::Problem)))]
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(request): Body<NewSession>,
+) -> ApiResult<(StatusCode, Json<Session>)> {
+    let gw = Some(request.gateway_id);
+    caller.authorize(&state, Action::CreateSession, Scope::SessionsWrite, "session.create", None, gw)?;
+    let gateway = gateways::get(&state.store, request.gateway_id)?
+        .ok_or_else(|| ApiError::bad_request(format!("no gateway {}", request.gateway_id)))?;
+    check_session_targets(&gateway, &request.targets)?;
+    check_users(&state, &request.released_to)?;
+    let mut released = request.released_to;
+    released.sort_unstable();
+    released.dedup();
+    let session = sessions::create(
+        &state.store,
+        Session::new(
+            0,
+            request.name,
+            gateway.id,
+            request.targets,
+            released,
+            request.max_duration_s,
+            request.approval_required,
+            caller.user.name.clone(),
+            state.now_ms(),
+        ),
+    )?;
+    state.audit_session(&actor(&caller), "session.create", true, &session, Some(session.name.clone()));
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+/// One session.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, body = Session), (status = 403, body = super::Problem), (status = 404, body = super::Problem)))]
+async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<Session>> {
+    let session = load(&state, id)?;
+    let action = Action::ViewSession(ownership(&caller, &session));
+    caller.authorize(
+        &state,
+        action,
+        Scope::SessionsRead,
+        "session.get",
+        Some(id),
+        Some(session.gateway_id),
+    )?;
+    Ok(Json(session))
+}
+
+/// Add or remove targets, release to or withdraw from users, change the
+/// maximum duration. A live session's gateway gets the change at once.
+#[utoipa::path(patch, path = "/api/v1/sessions/{id}", tag = "sessions", request_body = SessionChange,
+    security(("bearer" = [])), params(("id" = u64, Path)),
+    responses((status = 200, body = Session), (status = 400, body = super::Problem),
+        (status = 403, body = super::Problem), (status = 404, body = super::Problem)))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+    Body(change): Body<SessionChange>,
+) -> ApiResult<Json<Session>> {
+    let session = load(&state, id)?;
+    let gw = Some(session.gateway_id);
+    if !change.add_targets.is_empty() || !change.remove_targets.is_empty() {
+        caller.authorize(
+            &state,
+            Action::AddDevicesToSession,
+            Scope::SessionsWrite,
+            "session.targets",
+            Some(id),
+            gw,
+        )?;
+    }
+    if !change.release.is_empty() || !change.unrelease.is_empty() || change.max_duration_s.is_some() {
+        caller.authorize(
+            &state,
+            Action::CreateSession,
+            Scope::SessionsWrite,
+            "session.update",
+            Some(id),
+            gw,
+        )?;
+    }
+    let gateway = gateways::get(&state.store, session.gateway_id)?
+        .ok_or_else(|| ApiError::internal(format!("session {id} names a missing gateway")))?;
+    check_users(&state, &change.release)?;
+    let mut targets = session.targets.clone();
+    targets.retain(|t| !change.remove_targets.contains(t));
+    for t in &change.add_targets {
+        if !targets.contains(t) {
+            targets.push(t.clone());
+        }
+    }
+    check_session_targets(&gateway, &targets)?;
+    let (session, ()) = state
+        .change_session(id, |s| {
+            s.targets.retain(|t| !change.remove_targets.contains(t));
+            for t in &change.add_targets {
+                if !s.targets.contains(t) {
+                    s.targets.push(t.clone());
+                }
+            }
+            for user in &change.release {
+                if !s.released_to.contains(user) {
+                    s.released_to.push(*user);
+                }
+            }
+            s.released_to.retain(|u| !change.unrelease.contains(u));
+            s.configs.retain(|c| !change.unrelease.contains(&c.user_id));
+            if let Some(d) = change.max_duration_s {
+                s.max_duration_s = d;
+            }
+            Ok(())
+        })?
+        .ok_or_else(|| ApiError::not_found(format!("no session {id}")))?;
+    let detail = format!(
+        "targets +{:?} -{:?}, released +{:?} -{:?}",
+        change.add_targets, change.remove_targets, change.release, change.unrelease
+    );
+    state.audit_session(&actor(&caller), "session.update", true, &session, Some(detail));
+    Ok(Json(session))
+}
+
+/// Start a session. The gateway must be online with its switch on; if the
+/// session requires it, it waits for the customer's approval first.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/start", tag = "sessions", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, body = Session), (status = 403, body = super::Problem),
+        (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<Session>> {
+    let session = load(&state, id)?;
+    let action = Action::StartSession(ownership(&caller, &session));
+    caller.authorize(
+        &state,
+        action,
+        Scope::SessionsWrite,
+        "session.start",
+        Some(id),
+        Some(session.gateway_id),
+    )?;
+    let view = state.hub.gateway_view(session.gateway_id);
+    let now = state.now_ms();
+    match state.change_session(id, |s| Ok(s.start(&caller.user.name, now, view)?)) {
+        Ok(Some((session, new_state))) => {
+            state.audit_session(
+                &actor(&caller),
+                "session.start",
+                true,
+                &session,
+                Some(new_state.label().into()),
+            );
+            Ok(Json(session))
+        }
+        Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
+        Err(e @ SessionError::Refused(_)) => {
+            state.audit_session(&actor(&caller), "session.start", false, &session, Some(e.to_string()));
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// End a session at once: the gateway and the relay drop its keys and
+/// bindings immediately.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/end", tag = "sessions", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, body = Session), (status = 403, body = super::Problem),
+        (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
+async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>) -> ApiResult<Json<Session>> {
+    let session = load(&state, id)?;
+    let action = Action::EndSession(ownership(&caller, &session));
+    caller.authorize(
+        &state,
+        action,
+        Scope::SessionsWrite,
+        "session.end",
+        Some(id),
+        Some(session.gateway_id),
+    )?;
+    let reason = EndReason::User { name: caller.user.name.clone() };
+    match state.end_session(id, reason, &actor(&caller)) {
+        Ok(Some(session)) => Ok(Json(session)),
+        Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
+        Err(e @ SessionError::Refused(_)) => {
+            state.audit_session(&actor(&caller), "session.end", false, &session, Some(e.to_string()));
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigRequest {
+    /// The client's WireGuard public key (base64, as `wg pubkey` prints).
+    /// The private key never leaves the client.
+    pub public_key: String,
+}
+
+impl Validate for ConfigRequest {
+    fn validate(&self) -> Result<(), String> {
+        parse_key(&self.public_key).map(|_| ())
+    }
+}
+
+fn parse_key(text: &str) -> Result<[u8; 32], String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| "`public_key` must be base64 (as `wg pubkey` prints)".to_string())?;
+    bytes.try_into().map_err(|_| "`public_key` must be 32 bytes".to_string())
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ConfigTarget {
+    pub name: String,
+    /// Reach the target at this address through the tunnel.
+    #[schema(value_type = String)]
+    pub proxy_address: IpAddr,
+    pub protocol: Protocol,
+    pub ports: Vec<PortRange>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ConfigRelay {
+    /// The relay allocation's UDP endpoint for the client side.
+    #[schema(value_type = Option<String>)]
+    pub udp: Option<std::net::SocketAddr>,
+    pub websocket_url: String,
+    pub websocket_token: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ClientConfig {
+    pub config_id: u64,
+    pub session_id: u64,
+    pub session_name: String,
+    /// The configuration stops working then (the session's end).
+    pub expires_ms: u64,
+    /// The client's tunnel address, a /32.
+    pub address: String,
+    /// The gateway's WireGuard public key.
+    pub peer_public_key: String,
+    /// Only the session's targets: everything else stays on the client's
+    /// own network (split tunnelling).
+    pub allowed_ips: Vec<String>,
+    /// Direct endpoint candidates of the gateway (STUN).
+    pub endpoints: Vec<String>,
+    pub relay: Option<ConfigRelay>,
+    pub persistent_keepalive: u16,
+    pub targets: Vec<ConfigTarget>,
+}
+
+/// Issues a configuration for the caller's key, revoking the caller's
+/// previous one in this session, and returns it with the gateway.
+async fn issue(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    key: &str,
+) -> ApiResult<(Session, Gateway, IssuedConfig)> {
+    let session = load(state, id)?;
+    let action = Action::StartSession(ownership(caller, &session));
+    let gw = Some(session.gateway_id);
+    caller.authorize(state, action, Scope::SessionsWrite, "session.config", Some(id), gw)?;
+    if session.state != SessionState::Active {
+        let detail = format!("the session is {}, not active", session.state.label());
+        state.audit_session(&actor(caller), "session.config", false, &session, Some(detail.clone()));
+        return Err(ApiError::conflict("session-not-active", "Session not active", detail));
+    }
+    let gateway = gateways::get(&state.store, session.gateway_id)?
+        .ok_or_else(|| ApiError::internal(format!("session {id} names a missing gateway")))?;
+    if state.hub.gateway(gateway.id).map(|l| l.wg_public_key).or(gateway.wg_public_key.clone()).is_none() {
+        return Err(ApiError::conflict(
+            "gateway-key-unknown",
+            "Gateway key unknown",
+            "the gateway has not reported its WireGuard key yet",
+        ));
+    }
+    let config_id = state.store.backend().generate_id()?;
+    let now = state.now_ms();
+    let relay = state.hub.pick_relay().map(|(relay_id, live)| {
+        let mut token = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut token);
+        RelayAllocation {
+            relay_id,
+            allocation_id: config_id,
+            gateway_endpoint: None,
+            client_endpoint: None,
+            websocket_url: live.websocket_url,
+            websocket_token: hex::encode(token),
+        }
+    });
+    let answer = relay.as_ref().map(|_| state.hub.expect_allocation(config_id));
+    let issued = state.change_session(id, |s| {
+        if s.state != SessionState::Active {
+            return Err(SessionError::Refused(sessions::Refusal::NotRunning));
+        }
+        let index = s.subnet_index.ok_or(SessionError::Refused(sessions::Refusal::NotRunning))?;
+        s.configs.retain(|c| c.user_id != caller.user.id);
+        let slot = (addressing::FIRST_CLIENT..=addressing::LAST_CLIENT)
+            .find(|slot| s.configs.iter().all(|c| c.tunnel_address != addressing::client(index, *slot)))
+            .ok_or(SessionError::PoolExhausted)?;
+        s.configs.push(IssuedConfig {
+            id: config_id,
+            user_id: caller.user.id,
+            user: caller.user.name.clone(),
+            public_key: key.to_string(),
+            tunnel_address: addressing::client(index, slot),
+            issued_ms: now,
+            expires_ms: s.expires_ms.unwrap_or(now),
+            relay: relay.clone(),
+        });
+        Ok(())
+    });
+    let mut session = match issued {
+        Ok(Some((session, ()))) => session,
+        Ok(None) => return Err(ApiError::not_found(format!("no session {id}"))),
+        Err(e) => {
+            state.hub.forget_allocation(config_id);
+            return Err(e.into());
+        }
+    };
+    if let Some(answer) = answer {
+        let endpoints = match tokio::time::timeout(RELAY_ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(Ok(endpoints))) => Some(endpoints),
+            Ok(Ok(Err(reason))) => {
+                tracing::warn!(session = id, %reason, "the relay refused the allocation");
+                None
+            }
+            _ => {
+                state.hub.forget_allocation(config_id);
+                tracing::warn!(session = id, "the relay did not answer the allocation in time");
+                None
+            }
+        };
+        let filled = state.change_session(id, |s| {
+            if let Some(c) = s.configs.iter_mut().find(|c| c.id == config_id) {
+                match endpoints {
+                    Some((gateway_side, client_side)) => {
+                        if let Some(r) = c.relay.as_mut() {
+                            r.gateway_endpoint = Some(gateway_side);
+                            r.client_endpoint = Some(client_side);
+                        }
+                    }
+                    None => c.relay = None,
+                }
+            }
+            Ok(())
+        })?;
+        if let Some((latest, ())) = filled {
+            session = latest;
+        }
+    }
+    let config = session.configs.iter().find(|c| c.id == config_id).cloned().ok_or_else(|| {
+        ApiError::conflict("session-not-active", "Session not active", "the session ended meanwhile")
+    })?;
+    let detail = format!("key {key}, address {}", config.tunnel_address);
+    state.audit_session(&actor(caller), "session.config", true, &session, Some(detail));
+    Ok((session, gateway, config))
+}
+
+fn client_config(
+    state: &AppState,
+    session: &Session,
+    gateway: &Gateway,
+    config: &IssuedConfig,
+) -> ClientConfig {
+    let index = session.subnet_index.unwrap_or_default();
+    let targets: Vec<ConfigTarget> = session
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| {
+            let t = gateway.targets.iter().find(|t| &t.name == name)?;
+            Some(ConfigTarget {
+                name: t.name.clone(),
+                proxy_address: addressing::proxy(index, i),
+                protocol: t.protocol,
+                ports: t.ports.clone(),
+            })
+        })
+        .collect();
+    let peer_public_key = state
+        .hub
+        .gateway(gateway.id)
+        .map(|l| l.wg_public_key)
+        .or(gateway.wg_public_key.clone())
+        .unwrap_or_default();
+    ClientConfig {
+        config_id: config.id,
+        session_id: session.id,
+        session_name: session.name.clone(),
+        expires_ms: config.expires_ms,
+        address: format!("{}/32", config.tunnel_address),
+        peer_public_key,
+        allowed_ips: targets.iter().map(|t| format!("{}/32", t.proxy_address)).collect(),
+        endpoints: gateway.endpoints.iter().map(|e| e.to_string()).collect(),
+        relay: config.relay.as_ref().map(|r| ConfigRelay {
+            udp: r.client_endpoint,
+            websocket_url: r.websocket_url.clone(),
+            websocket_token: r.websocket_token.clone(),
+        }),
+        persistent_keepalive: 25,
+        targets,
+    }
+}
+
+/// Get a one-time configuration for the caller's WireGuard key. Issuing a
+/// new one revokes the caller's previous configuration of this session.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/config", tag = "sessions", request_body = ConfigRequest,
+    security(("bearer" = [])), params(("id" = u64, Path)),
+    responses((status = 200, body = ClientConfig), (status = 400, body = super::Problem),
+        (status = 403, body = super::Problem), (status = 409, body = super::Problem)))]
+async fn issue_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+    Body(request): Body<ConfigRequest>,
+) -> ApiResult<Json<ClientConfig>> {
+    let (session, gateway, config) = issue(&state, &caller, id, &request.public_key).await?;
+    Ok(Json(client_config(&state, &session, &gateway, &config)))
+}
+
+/// The same configuration as a `wg-quick` file for a stock WireGuard client.
+/// It carries a placeholder for the private key, which never leaves the client.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/config/wg-quick", tag = "sessions",
+    request_body = ConfigRequest, security(("bearer" = [])), params(("id" = u64, Path)),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = super::Problem),
+        (status = 403, body = super::Problem), (status = 409, body = super::Problem)))]
+async fn issue_wg_quick(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+    Body(request): Body<ConfigRequest>,
+) -> ApiResult<Response> {
+    let (session, gateway, config) = issue(&state, &caller, id, &request.public_key).await?;
+    let config = client_config(&state, &session, &gateway, &config);
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], wg_quick(&config, &request.public_key))
+        .into_response())
+}
+
+pub const PRIVATE_KEY_PLACEHOLDER: &str = "__FERRY_PRIVATE_KEY__";
+
+/// Renders a `wg-quick` file. The endpoint is the relay's client side if
+/// there is one, else the first direct candidate.
+pub fn wg_quick(config: &ClientConfig, public_key: &str) -> String {
+    let mut out = format!(
+        "# Ferry session \"{}\" ({}), configuration {}, valid until {} ms since the epoch.\n",
+        config.session_name, config.session_id, config.config_id, config.expires_ms
+    );
+    for t in &config.targets {
+        let ports: Vec<String> = t
+            .ports
+            .iter()
+            .map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) })
+            .collect();
+        out += &format!("# target {}: {} {:?} {}\n", t.name, t.proxy_address, t.protocol, ports.join(","));
+    }
+    out += &format!(
+        "[Interface]\n# Replace the placeholder with the private key of {public_key}:\n# sed -i \"s|{PRIVATE_KEY_PLACEHOLDER}|$(cat private.key)|\" this-file.conf\nPrivateKey = {PRIVATE_KEY_PLACEHOLDER}\nAddress = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
+        config.address,
+        config.peer_public_key,
+        config.allowed_ips.join(", ")
+    );
+    let endpoint = config
+        .relay
+        .as_ref()
+        .and_then(|r| r.udp.map(|u| u.to_string()))
+        .or_else(|| config.endpoints.first().cloned());
+    match endpoint {
+        Some(endpoint) => out += &format!("Endpoint = {endpoint}\n"),
+        None => out += "# No endpoint yet: neither a relay allocation nor a direct candidate is known.\n",
+    }
+    out += &format!("PersistentKeepalive = {}\n", config.persistent_keepalive);
+    out
+}
+
+/// For the audit detail of ends.
+pub fn end_detail(reason: &EndReason) -> String {
+    describe(reason)
+}
