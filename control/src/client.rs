@@ -1,0 +1,456 @@
+//! The daemons' end of the control channel: connect (plain `ws://` or `wss://`
+//! with a pinned certificate), exchange frames, and run the hello.
+//!
+//! The cloud's certificate is self-signed and pinned by its SHA-256
+//! fingerprint: there are no CA roots here, so `wss://` without a pin is
+//! refused rather than silently trusting nothing or everything.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+pub use crate::backoff::{BACKOFF_BASE, BACKOFF_CAP, Backoff, backoff_delay};
+use crate::codec::{DecodeError, Message, decode_valid, encode};
+use crate::common::{ErrorCode, Welcome};
+use crate::gateway::{DesiredState, FromGateway, ToGateway, sign_gateway_hello};
+use crate::ids::{GatewayId, RelayId, Token, WgKey};
+use crate::relay::{DesiredAllocations, FromRelay, RelayHello, ToRelay};
+use crate::{MAX_MESSAGE_BYTES, SigningKey};
+
+/// A connected control channel as [`connect`] returns it.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// TCP, TLS and the WebSocket upgrade together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// From the connection to the first desired state.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("control URL must start with ws:// or wss://")]
+    Scheme,
+    #[error("wss:// needs the cloud certificate's SHA-256 pin (there are no CA roots)")]
+    PinRequired,
+    #[error("a certificate pin was given for a plain ws:// URL, which has no certificate")]
+    PinWithoutTls,
+    #[error("the server's certificate has SHA-256 {got}, but the pin is {expected}")]
+    PinMismatch { expected: String, got: String },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] Box<tungstenite::Error>),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("refused a frame from the peer: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("received a binary frame; the control channel is text only")]
+    Binary,
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("the cloud refused ({code}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("the connection closed during the handshake")]
+    Closed,
+    #[error("expected a `{expected}` frame, got `{got}`")]
+    Unexpected { expected: &'static str, got: &'static str },
+}
+
+impl From<tungstenite::Error> for ClientError {
+    fn from(e: tungstenite::Error) -> Self {
+        ClientError::WebSocket(Box::new(e))
+    }
+}
+
+/// The frame limits both ends use, so that an oversized frame is cut off by
+/// the WebSocket layer before it is buffered whole.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// Opens `url` (`ws://` or `wss://`). For `wss://`, `pin_sha256` is the
+/// SHA-256 of the cloud's DER certificate and the only thing trusted: the name
+/// and validity period are not checked, because the pin already names exactly
+/// one certificate and the cloud's is self-signed.
+pub async fn connect(url: &str, pin_sha256: Option<[u8; 32]>) -> Result<WsStream, ClientError> {
+    let (connector, seen) = if url.starts_with("wss://") {
+        let pin = pin_sha256.ok_or(ClientError::PinRequired)?;
+        let verifier = Arc::new(PinnedLeaf::new(pin));
+        let seen = verifier.seen.clone();
+        let config = ClientConfig::builder_with_provider(verifier.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        (Connector::Rustls(Arc::new(config)), Some((pin, seen)))
+    } else if url.starts_with("ws://") {
+        if pin_sha256.is_some() {
+            return Err(ClientError::PinWithoutTls);
+        }
+        (Connector::Plain, None)
+    } else {
+        return Err(ClientError::Scheme);
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        Some(websocket_config()),
+        true,
+        Some(connector),
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(ClientError::Timeout("connecting")),
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(e)) => {
+            // rustls reports a pin mismatch as a generic certificate failure
+            // deep inside an IO error; the verifier remembers what it saw so
+            // the operator gets both fingerprints instead.
+            if let Some((pin, seen)) = seen {
+                let got = *seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(got) = got.filter(|got| *got != pin) {
+                    return Err(ClientError::PinMismatch {
+                        expected: hex::encode(pin),
+                        got: hex::encode(got),
+                    });
+                }
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Trusts exactly one leaf certificate, by its SHA-256, and checks the
+/// handshake signatures against that certificate's key with the provider's
+/// algorithms (so the server must hold the private key, not just the cert).
+struct PinnedLeaf {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
+    seen: Arc<Mutex<Option<[u8; 32]>>>,
+}
+
+impl PinnedLeaf {
+    fn new(pin: [u8; 32]) -> PinnedLeaf {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
+        PinnedLeaf { pin, provider, algorithms, seen: Arc::new(Mutex::new(None)) }
+    }
+}
+
+impl fmt::Debug for PinnedLeaf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedLeaf").field("pin", &hex::encode(self.pin)).finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for PinnedLeaf {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fingerprint: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        *self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(fingerprint);
+        if fingerprint == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Typed frames over a WebSocket: text only, one message per frame, every
+/// incoming frame decoded and validated. Generic over the transport so the
+/// same code serves a server-side stream in tests.
+pub struct Channel<S = MaybeTlsStream<TcpStream>> {
+    ws: WebSocketStream<S>,
+    peer_close: Option<CloseFrame>,
+}
+
+impl<S> fmt::Debug for Channel<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel").field("peer_close", &self.peer_close).finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
+    pub fn new(ws: WebSocketStream<S>) -> Channel<S> {
+        Channel { ws, peer_close: None }
+    }
+
+    /// Sends one message. A frame the peer would refuse for its size is
+    /// refused here, so the sender learns why.
+    pub async fn send<T: Message>(&mut self, msg: &T) -> Result<(), ClientError> {
+        let frame = encode(msg);
+        if frame.len() > MAX_MESSAGE_BYTES {
+            return Err(ClientError::TooLarge { len: frame.len(), max: MAX_MESSAGE_BYTES });
+        }
+        self.ws.send(WsMessage::text(frame)).await?;
+        Ok(())
+    }
+
+    /// The next message, or `None` once the peer closed (see
+    /// [`peer_close`](Self::peer_close) for its reason). Pings are answered
+    /// and skipped. A frame that does not decode and validate, or a binary
+    /// frame, closes the connection with a reason naming the problem: a
+    /// version mismatch in particular must be visible on the other end.
+    pub async fn recv<T: Message>(&mut self) -> Result<Option<T>, ClientError> {
+        loop {
+            let Some(frame) = self.ws.next().await else {
+                return Ok(None);
+            };
+            match frame? {
+                WsMessage::Text(text) => {
+                    return match decode_valid::<T>(text.as_str()) {
+                        Ok(msg) => Ok(Some(msg)),
+                        Err(e) => {
+                            let code = match e {
+                                DecodeError::Version { .. } => CloseCode::Protocol,
+                                DecodeError::TooLarge { .. } => CloseCode::Size,
+                                _ => CloseCode::Invalid,
+                            };
+                            self.close_quietly(code, &e.to_string()).await;
+                            Err(e.into())
+                        }
+                    };
+                }
+                WsMessage::Binary(_) => {
+                    self.close_quietly(CloseCode::Unsupported, "binary frames are not part of the protocol")
+                        .await;
+                    return Err(ClientError::Binary);
+                }
+                WsMessage::Close(close) => {
+                    self.peer_close = close;
+                    return Ok(None);
+                }
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Closes with `code` and `reason` (cut to the 123 bytes a close frame
+    /// holds).
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), ClientError> {
+        let frame = CloseFrame { code, reason: close_reason(reason).into() };
+        self.ws.close(Some(frame)).await?;
+        Ok(())
+    }
+
+    async fn close_quietly(&mut self, code: CloseCode, reason: &str) {
+        // Best effort: the caller is already reporting the real error.
+        let _ = self.close(code, reason).await;
+    }
+
+    /// The close frame the peer sent, if it closed with one.
+    pub fn peer_close(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_ref()
+    }
+
+    pub fn get_ref(&self) -> &WebSocketStream<S> {
+        &self.ws
+    }
+
+    pub fn into_inner(self) -> WebSocketStream<S> {
+        self.ws
+    }
+}
+
+fn close_reason(reason: &str) -> String {
+    const MAX: usize = 123;
+    let mut end = reason.len().min(MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// Runs a gateway's side of the hello: waits for the challenge, answers with
+/// a signed [`GatewayHello`](crate::gateway::GatewayHello), and returns the
+/// welcome and the first desired state, which the cloud sends right after it.
+pub async fn gateway_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    channel: &mut Channel<S>,
+    signing_key: &SigningKey,
+    gateway_id: GatewayId,
+    software_version: &str,
+    switch_on: bool,
+    wg_public_key: WgKey,
+    applied_revision: Option<u64>,
+) -> Result<(Welcome, DesiredState), ClientError> {
+    let handshake = async {
+        let server_hello = match next_from_cloud(channel).await? {
+            ToGateway::ServerHello(hello) => hello,
+            other => return unexpected(channel, "server_hello", other).await,
+        };
+        let hello = sign_gateway_hello(
+            signing_key,
+            &server_hello.challenge,
+            gateway_id,
+            software_version,
+            switch_on,
+            wg_public_key,
+            applied_revision,
+        );
+        channel.send(&FromGateway::GatewayHello(hello)).await?;
+        let welcome = match next_from_cloud(channel).await? {
+            ToGateway::Welcome(welcome) => welcome,
+            other => return unexpected(channel, "welcome", other).await,
+        };
+        let state = match next_from_cloud(channel).await? {
+            ToGateway::DesiredState(state) => state,
+            other => return unexpected(channel, "desired_state", other).await,
+        };
+        Ok((welcome, state))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| ClientError::Timeout("in the hello"))?
+}
+
+/// Runs a relay's side of the hello and returns the welcome and the first
+/// desired allocations.
+pub async fn relay_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    channel: &mut Channel<S>,
+    relay_id: RelayId,
+    token: &Token,
+    software_version: &str,
+    udp: SocketAddr,
+    websocket_url: &str,
+    capacity: u32,
+) -> Result<(Welcome, DesiredAllocations), ClientError> {
+    let handshake = async {
+        match next_from_cloud(channel).await? {
+            // Relays authenticate by token; the challenge is for gateways.
+            ToRelay::ServerHello(_) => {}
+            other => return unexpected(channel, "server_hello", other).await,
+        }
+        let hello = RelayHello {
+            relay_id,
+            token: token.clone(),
+            software_version: software_version.to_owned(),
+            udp,
+            websocket_url: websocket_url.to_owned(),
+            capacity,
+        };
+        channel.send(&FromRelay::RelayHello(hello)).await?;
+        let welcome = match next_from_cloud(channel).await? {
+            ToRelay::Welcome(welcome) => welcome,
+            other => return unexpected(channel, "welcome", other).await,
+        };
+        let allocations = match next_from_cloud(channel).await? {
+            ToRelay::DesiredAllocations(allocations) => allocations,
+            other => return unexpected(channel, "desired_allocations", other).await,
+        };
+        Ok((welcome, allocations))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| ClientError::Timeout("in the hello"))?
+}
+
+/// The cloud's messages that can end a handshake early.
+trait CloudMessage: Message {
+    fn refusal(&self) -> Option<(ErrorCode, &str)>;
+}
+
+impl CloudMessage for ToGateway {
+    fn refusal(&self) -> Option<(ErrorCode, &str)> {
+        match self {
+            ToGateway::Error(e) => Some((e.code, &e.message)),
+            _ => None,
+        }
+    }
+}
+
+impl CloudMessage for ToRelay {
+    fn refusal(&self) -> Option<(ErrorCode, &str)> {
+        match self {
+            ToRelay::Error(e) => Some((e.code, &e.message)),
+            _ => None,
+        }
+    }
+}
+
+/// The next frame, with a closed connection and an `error` frame turned into
+/// errors.
+async fn next_from_cloud<S: AsyncRead + AsyncWrite + Unpin, T: CloudMessage>(
+    channel: &mut Channel<S>,
+) -> Result<T, ClientError> {
+    let msg = channel.recv::<T>().await?.ok_or(ClientError::Closed)?;
+    if let Some((code, message)) = msg.refusal() {
+        return Err(ClientError::Refused { code, message: message.to_owned() });
+    }
+    Ok(msg)
+}
+
+async fn unexpected<S: AsyncRead + AsyncWrite + Unpin, T: Message, R>(
+    channel: &mut Channel<S>,
+    expected: &'static str,
+    got: T,
+) -> Result<R, ClientError> {
+    let got = got.type_name();
+    channel.close_quietly(CloseCode::Protocol, &format!("expected `{expected}`, got `{got}`")).await;
+    Err(ClientError::Unexpected { expected, got })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame_on_a_char_boundary() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "ä".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(cut.chars().all(|c| c == 'ä'));
+    }
+
+    #[tokio::test]
+    async fn connect_refuses_unpinned_wss_and_pinned_ws() {
+        assert!(matches!(connect("wss://127.0.0.1:1/x", None).await, Err(ClientError::PinRequired)));
+        assert!(matches!(
+            connect("ws://127.0.0.1:1/x", Some([0; 32])).await,
+            Err(ClientError::PinWithoutTls)
+        ));
+        assert!(matches!(connect("https://127.0.0.1:1/x", None).await, Err(ClientError::Scheme)));
+    }
+}
