@@ -117,6 +117,9 @@ pub struct Gateway {
     #[schema(value_type = Vec<String>)]
     pub endpoints: Vec<std::net::SocketAddr>,
     pub last_seen: LastSeen,
+    /// The newest gateway event stored, so a resent event is not applied twice.
+    #[serde(default)]
+    pub last_event_seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +159,7 @@ pub fn create(
         wg_public_key: None,
         endpoints: Vec::new(),
         last_seen: LastSeen::default(),
+        last_event_seq: 0,
     };
     put(store, &gateway)?;
     Ok(gateway)

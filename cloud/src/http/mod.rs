@@ -46,6 +46,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "tokens", description = "Scoped API tokens for automation (Administrator)"),
         (name = "gateways", description = "Gateways, their targets, and enrolment"),
         (name = "relays", description = "Relays and their health"),
+        (name = "control", description = "WebSocket control channels of gateways and relays (ferry-control protocol)"),
         (name = "sessions", description = "Preparing, starting and ending sessions; configuration issuance"),
     )
 )]
@@ -72,6 +73,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(tokens::routes())
         .merge(gateways::routes())
         .merge(sessions::routes())
+        .merge(crate::channels::routes())
         .split_for_parts();
     state.set_openapi(doc.to_json().expect("the OpenAPI document serializes"));
     let router = router

@@ -14,6 +14,8 @@ use ferry_cloud::{
 };
 use serde_json::{Value, json};
 
+pub mod peers;
+
 pub const START_MS: u64 = 1_800_000_000_000;
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -63,7 +65,14 @@ impl Api {
         runtime.spawn(async move {
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
         });
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        // A fresh connection per request: a refused request whose body the
+        // server never read closes its connection, and ureq does not retry POSTs.
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .build()
+            .new_agent();
         Api { base: format!("http://{addr}"), addr, clock, state, store, agent, runtime, dir }
     }
 

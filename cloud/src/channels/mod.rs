@@ -1,0 +1,113 @@
+//! The cloud's side of the control channels: gateways and relays connect
+//! out to `/api/v1/control/gateway` and `/api/v1/control/relay` over
+//! WebSocket and speak the `ferry-control` protocol.
+
+pub mod desired;
+mod gateway;
+mod relay;
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        ConnectInfo, State,
+        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code},
+    },
+    response::Response,
+};
+use ferry_control::{ErrorCode, ErrorMessage, Message as ControlMessage, codec};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{app::AppState, metrics::ChannelLabels};
+
+/// How long a peer has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(gateway_channel)).routes(routes!(relay_channel))
+}
+
+/// The gateways' control channel (WebSocket, `ferry-control` protocol
+/// version 1): the cloud challenges, the gateway signs with its enrolled
+/// Ed25519 key, then receives its full desired state on every change and
+/// sends its events.
+#[utoipa::path(get, path = "/api/v1/control/gateway", tag = "control",
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade")))]
+async fn gateway_channel(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .max_message_size(ferry_control::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| gateway::run(state, socket, peer.ip().to_string()))
+}
+
+/// The relays' control channel: the relay presents its token, then
+/// receives its allocations and reports their endpoints and its health.
+#[utoipa::path(get, path = "/api/v1/control/relay", tag = "control",
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade")))]
+async fn relay_channel(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .max_message_size(ferry_control::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| relay::run(state, socket, peer.ip().to_string()))
+}
+
+/// One side of a connection with the framing rules both channels share.
+struct Conn {
+    socket: WebSocket,
+    channel: &'static str,
+}
+
+enum Incoming<T> {
+    Message(T),
+    /// Dropped and counted; the connection goes on.
+    Malformed(String),
+    Closed,
+}
+
+impl Conn {
+    async fn send<T: ControlMessage>(&mut self, message: &T) -> bool {
+        self.socket.send(Message::Text(codec::encode(message).into())).await.is_ok()
+    }
+
+    async fn recv<T: ControlMessage>(&mut self) -> Incoming<T> {
+        loop {
+            return match self.socket.recv().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::Closed,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(_))) => {
+                    Incoming::Malformed("binary frames are not part of the protocol".into())
+                }
+                Some(Ok(Message::Text(text))) => match codec::decode_valid::<T>(text.as_str()) {
+                    Ok(message) => Incoming::Message(message),
+                    Err(e) => Incoming::Malformed(e.to_string()),
+                },
+            };
+        }
+    }
+
+    fn count_malformed(&self, state: &AppState, why: &str) {
+        state.metrics.control_refused.get_or_create(&ChannelLabels { channel: self.channel }).inc();
+        tracing::warn!(channel = self.channel, why, "dropped a malformed control message");
+    }
+
+    /// Sends a protocol error and closes.
+    async fn refuse<T: ControlMessage>(mut self, state: &AppState, error: T, code: ErrorCode, reason: &str) {
+        state.metrics.control_refused.get_or_create(&ChannelLabels { channel: self.channel }).inc();
+        tracing::info!(channel = self.channel, %code, reason, "control connection refused");
+        let _ = self.send(&error).await;
+        let close = CloseFrame { code: close_code::POLICY, reason: code.to_string().into() };
+        let _ = self.socket.send(Message::Close(Some(close))).await;
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ErrorMessage {
+    ErrorMessage { code, message: message.into() }
+}

@@ -1,0 +1,152 @@
+//! A relay's control connection.
+
+use axum::extract::ws::WebSocket;
+use ferry_control::{
+    Challenge, ErrorCode, Welcome,
+    relay::{FromRelay, RelayHello, ToRelay},
+};
+use tracing::Instrument;
+
+use super::{Conn, HELLO_TIMEOUT, Incoming, desired, error};
+use crate::{
+    app::AppState,
+    audit,
+    hub::RelayLive,
+    metrics::ChannelLabels,
+    relays::{self, RelayHealth},
+};
+
+pub async fn run(state: AppState, socket: WebSocket, source: String) {
+    let mut conn = Conn { socket, channel: "relay" };
+    let challenge = Challenge::random(&mut rand_core::OsRng);
+    let hello =
+        ToRelay::ServerHello(ferry_control::ServerHello { challenge, server_time_ms: state.now_ms() });
+    if !conn.send(&hello).await {
+        return;
+    }
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, conn.recv::<FromRelay>()).await {
+        Ok(Incoming::Message(FromRelay::RelayHello(hello))) => hello,
+        Ok(Incoming::Message(_)) => {
+            let e = error(ErrorCode::Malformed, "the first message must be relay_hello");
+            return conn.refuse(&state, ToRelay::Error(e), ErrorCode::Malformed, "no hello").await;
+        }
+        Ok(Incoming::Malformed(why)) => {
+            let code = if why.contains("version") { ErrorCode::Version } else { ErrorCode::Malformed };
+            return conn.refuse(&state, ToRelay::Error(error(code, why.clone())), code, &why).await;
+        }
+        Ok(Incoming::Closed) | Err(_) => return,
+    };
+    let id = hello.relay_id.0;
+    let event = |action: &str, allowed: bool, detail: Option<String>| audit::Event {
+        actor: format!("relay:{id}"),
+        action: action.to_string(),
+        allowed,
+        source: Some(source.clone()),
+        session: None,
+        gateway: None,
+        detail,
+    };
+    match relays::authenticate(&state.store, id, hello.token.expose()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            state.audit(event("relay.connect", false, Some("wrong relay token".into())));
+            let e = error(ErrorCode::Unauthorized, "the relay token is not valid for this relay");
+            return conn.refuse(&state, ToRelay::Error(e), ErrorCode::Unauthorized, "bad token").await;
+        }
+        Err(e) => {
+            let e = error(ErrorCode::Internal, e.to_string());
+            return conn.refuse(&state, ToRelay::Error(e), ErrorCode::Internal, "store").await;
+        }
+    }
+    state.audit(event("relay.connect", true, Some(format!("udp {}, {}", hello.udp, hello.websocket_url))));
+    serve(&state, conn, &hello).instrument(tracing::info_span!("relay", id)).await;
+    state.audit(event("relay.disconnect", true, None));
+}
+
+fn health(
+    hello: &RelayHello,
+    online: bool,
+    now: u64,
+    report: Option<&ferry_control::relay::Health>,
+) -> RelayHealth {
+    RelayHealth {
+        online,
+        udp: Some(hello.udp),
+        websocket_url: Some(hello.websocket_url.clone()),
+        software_version: Some(hello.software_version.clone()),
+        seen_ms: Some(now),
+        bindings: report.map_or(0, |h| h.bindings),
+        capacity: report.map_or(hello.capacity, |h| h.capacity),
+        forwarded_packets: report.map_or(0, |h| h.forwarded_packets),
+        forwarded_bytes: report.map_or(0, |h| h.forwarded_bytes),
+        drops: report.map_or(0, |h| h.drops),
+    }
+}
+
+async fn serve(state: &AppState, mut conn: Conn, hello: &RelayHello) {
+    let id = hello.relay_id.0;
+    let live = RelayLive {
+        udp: hello.udp,
+        websocket_url: hello.websocket_url.clone(),
+        capacity: hello.capacity,
+        bindings: 0,
+    };
+    let _ = relays::set_health(&state.store, id, health(hello, true, state.now_ms(), None));
+    let mut registration = state.hub.connect_relay(id, live);
+    let gauge = state.metrics.control_connections.get_or_create(&ChannelLabels { channel: "relay" }).clone();
+    gauge.inc();
+    if conn.send(&ToRelay::Welcome(Welcome { peer_id: registration.conn })).await {
+        registration.dirty.mark_changed();
+        loop {
+            tokio::select! {
+                changed = registration.dirty.changed() => {
+                    if changed.is_err() {
+                        let e = error(ErrorCode::Replaced, "another connection of this relay took over");
+                        conn.send(&ToRelay::Error(e)).await;
+                        break;
+                    }
+                    let revision = *registration.dirty.borrow_and_update();
+                    let store = state.store.clone();
+                    match tokio::task::spawn_blocking(move || desired::for_relay(&store, id, revision)).await {
+                        Ok(Ok(snapshot)) => {
+                            if !conn.send(&ToRelay::DesiredAllocations(snapshot)).await {
+                                break;
+                            }
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "building the allocations failed"),
+                        Err(e) => tracing::error!(error = %e, "building the allocations panicked"),
+                    }
+                }
+                incoming = conn.recv::<FromRelay>() => match incoming {
+                    Incoming::Closed => break,
+                    Incoming::Malformed(why) => conn.count_malformed(state, &why),
+                    Incoming::Message(message) => {
+                        state.metrics.control_messages.get_or_create(&ChannelLabels { channel: "relay" }).inc();
+                        match message {
+                            FromRelay::RelayHello(_) => conn.count_malformed(state, "a second hello"),
+                            FromRelay::Applied(applied) => tracing::debug!(revision = applied.revision, "applied"),
+                            FromRelay::AllocationReady(ready) => state
+                                .hub
+                                .answer_allocation(ready.id.0, Ok((ready.gateway_endpoint, ready.client_endpoint))),
+                            FromRelay::AllocationRefused(refused) => {
+                                tracing::warn!(allocation = refused.id.0, reason = %refused.reason, "allocation refused");
+                                state.hub.answer_allocation(refused.id.0, Err(refused.reason));
+                            }
+                            FromRelay::Health(report) => {
+                                state.hub.update_relay(id, |l| {
+                                    l.bindings = report.bindings;
+                                    l.capacity = report.capacity;
+                                });
+                                let _ = relays::set_health(&state.store, id, health(hello, true, state.now_ms(), Some(&report)));
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+    gauge.dec();
+    if state.hub.disconnect_relay(id, registration.conn) {
+        let _ = relays::set_health(&state.store, id, health(hello, false, state.now_ms(), None));
+    }
+}
