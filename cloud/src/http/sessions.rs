@@ -641,7 +641,7 @@ pub fn wg_quick(config: &ClientConfig, public_key: &str) -> String {
         out += &format!("# target {}: {} {:?} {}\n", t.name, t.proxy_address, t.protocol, ports.join(","));
     }
     out += &format!(
-        "[Interface]\n# Replace the placeholder with the private key of {public_key}:\n# sed -i \"s|{PRIVATE_KEY_PLACEHOLDER}|$(cat private.key)|\" this-file.conf\nPrivateKey = {PRIVATE_KEY_PLACEHOLDER}\nAddress = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
+        "[Interface]\n# Put the private key of {public_key} on the next line in place of the placeholder.\nPrivateKey = {PRIVATE_KEY_PLACEHOLDER}\nAddress = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
         config.address,
         config.peer_public_key,
         config.allowed_ips.join(", ")
