@@ -96,8 +96,10 @@ fn the_whole_life_cycle_with_a_gateway_and_a_relay() {
     assert_eq!((refused.status, refused.problem()), (409, "switch-off"), "{refused:?}");
     assert!(refused.body["detail"].as_str().unwrap().contains("switched off"));
 
-    // The customer switches on; the technician starts.
+    // The customer switches on; the gateway reports its public endpoint
+    // (STUN); the technician starts.
     w.run(gw.event(GatewayEvent::SwitchChanged { on: true }));
+    w.run(gw.event(GatewayEvent::Candidates { endpoints: vec!["198.51.100.20:51820".parse().unwrap()] }));
     let started = api.post(&format!("/api/v1/sessions/{id}/start"), &w.tech, json!({}));
     assert_eq!(started.status, 200, "{started:?}");
     assert_eq!(started.body["state"], "active");
@@ -122,6 +124,7 @@ fn the_whole_life_cycle_with_a_gateway_and_a_relay() {
         "split tunnel: the targets only"
     );
     assert_eq!(body["relay"]["websocket_url"], "wss://relay.example.net/ws");
+    assert_eq!(body["endpoints"], json!(["198.51.100.20:51820"]), "direct candidates");
     let client_udp = body["relay"]["udp"].as_str().unwrap().to_string();
     assert!(client_udp.starts_with("203.0.113.7:"), "{body}");
     // The gateway learns the peer and its relay binding; the relay its allocation.

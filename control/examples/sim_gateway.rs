@@ -46,7 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // has no tunnel, the key only has to be stable.
             let wg = WgKey(key.verifying_key().to_bytes());
             let (welcome, state) =
-                client::gateway_handshake(&mut channel, &key, GatewayId(id), "sim-gateway", false, wg, None).await?;
+                client::gateway_handshake(&mut channel, &key, GatewayId(id), "sim-gateway", false, wg, None)
+                    .await?;
             eprintln!("connected as gateway {id} (connection {}), wg key {wg}", welcome.peer_id);
             println!("{}", ferry_control::encode(&ToGateway::DesiredState(state)));
             if switch_on {
@@ -60,7 +61,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ToGateway::DesiredState(state) => {
                         println!("{}", ferry_control::encode(&ToGateway::DesiredState(state)));
                     }
-                    ToGateway::Error(e) => return Err(format!("the cloud refused: {} {}", e.code, e.message).into()),
+                    ToGateway::Error(e) => {
+                        return Err(format!("the cloud refused: {} {}", e.code, e.message).into());
+                    }
                     _ => {}
                 }
             }

@@ -210,7 +210,15 @@ pub enum GatewayEvent {
         software_version: String,
         switch_on: bool,
     },
+    /// The gateway's public UDP endpoints as it learned them (STUN), for
+    /// direct paths; each report replaces the previous one.
+    Candidates {
+        endpoints: Vec<SocketAddr>,
+    },
 }
+
+/// At most this many endpoint candidates per report.
+pub const MAX_CANDIDATES: usize = 16;
 
 /// The cloud has stored every event up to and including `seq`; the gateway
 /// may drop them from its queue.
@@ -452,6 +460,13 @@ impl Validate for Event {
             }
             GatewayEvent::Status { software_version, .. } => {
                 validate::text(at.field("software_version"), software_version, MAX_VERSION_CHARS)
+            }
+            GatewayEvent::Candidates { endpoints } => {
+                validate::count(at.field("endpoints"), endpoints.len(), MAX_CANDIDATES)?;
+                for (i, endpoint) in endpoints.iter().enumerate() {
+                    validate::endpoint(at.field("endpoints").index(i), endpoint)?;
+                }
+                Ok(())
             }
             _ => Ok(()),
         }

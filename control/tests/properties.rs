@@ -165,6 +165,8 @@ fn gateway_event() -> impl Strategy<Value = GatewayEvent> {
             .prop_map(|(session_id, target, rx, tx)| GatewayEvent::Bytes { session_id, target, rx, tx }),
         (version(), any::<bool>())
             .prop_map(|(software_version, switch_on)| GatewayEvent::Status { software_version, switch_on }),
+        prop::collection::vec(socket_addr(), 0..4)
+            .prop_map(|endpoints| GatewayEvent::Candidates { endpoints }),
     ]
 }
 

@@ -222,6 +222,11 @@ fn handle_event(state: &AppState, gateway_id: u64, actor: &Actor, event: Event) 
                 state.switch_off(gateway_id, actor)?;
             }
         }
+        GatewayEvent::Candidates { endpoints } => {
+            gateways::modify(&state.store, gateway_id, |g| g.endpoints = endpoints.clone())?;
+            let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+            state.audit(gateway_event(actor, "gateway.candidates", true, Some(list.join(" "))));
+        }
         GatewayEvent::Approved { session_id } => match session_of(session_id.0)? {
             Some(session) => match state.change_session(session.id, |s| Ok(s.approve(now)?)) {
                 Ok(Some((session, ()))) => {
