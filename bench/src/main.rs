@@ -1,6 +1,7 @@
 //! `ferry-bench`: Ferry's benchmarks. Use `cargo xtask bench <name>`, which
 //! builds in release mode and runs this with the right output folder.
 
+mod cloud;
 mod guard;
 mod report;
 mod tunnel;
@@ -27,7 +28,7 @@ struct Cli {
     #[arg(long)]
     native_ferry_wg: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, tunnel.
+    /// Benchmarks to run: guard, tunnel, cloud.
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -38,6 +39,7 @@ fn main() -> Result<()> {
         let rows = match name.as_str() {
             "guard" => guard::run()?,
             "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
+            "cloud" => cloud::run(&cli.out_dir)?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);

@@ -11,7 +11,22 @@ use crate::{
 pub const BENCHES: &[(&str, &str)] = &[
     ("guard", "uplink guard ns/packet with BPF_PROG_RUN, against an empty XDP program"),
     ("tunnel", "Ferry <-> Ferry TCP and 64-byte UDP against wireguard-go, and handshakes/s (criterion)"),
+    (
+        "cloud",
+        "ferry-cloud session create/start/end and audited writes/s with 64 HTTP clients against raw sled \
+         insert+flush/s, and the memory of 10,000 idle gateway connections",
+    ),
 ];
+
+/// The release packages a benchmark runs besides ferry-bench, or None for
+/// every binary of the workspace. Building only what is needed keeps a
+/// cloud-only run from compiling the gateway, relay and tunnel binaries.
+fn packages(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "cloud" => Some(&["ferry-cloud"]),
+        _ => None,
+    }
+}
 
 pub fn run(names: &[String]) -> Result<()> {
     if names.is_empty() {
@@ -36,7 +51,20 @@ pub fn run(names: &[String]) -> Result<()> {
     }
     setup::toolchain()?;
     setup::debian_packages()?;
-    run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    let mut build = cargo();
+    build.args(["build", "--release"]);
+    match names.iter().map(|name| packages(name)).collect::<Option<Vec<_>>>() {
+        Some(lists) => {
+            build.args(["-p", "ferry-bench"]);
+            for package in lists.concat() {
+                build.args(["-p", package]);
+            }
+        }
+        None => {
+            build.arg("--bins");
+        }
+    }
+    run_cmd(&mut build)?;
     let mut native_ferry_wg = None;
     if names.contains(&"tunnel") {
         run_cmd(cargo().args(["bench", "-p", "ferry-tunnel", "--bench", "handshake"]))?;

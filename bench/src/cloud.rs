@@ -1,0 +1,781 @@
+//! The control plane under load, measured in the same run: the real release
+//! `ferry-cloud` on loopback with 64 concurrent HTTP clients creating,
+//! starting and ending sessions, against raw sled insert+flush (the storage
+//! it commits every change to), and the memory of thousands of idle gateway
+//! control connections.
+//!
+//! `FERRY_BENCH_SECONDS` (default 10) sets each measured window, after a 2 s
+//! warm-up; `FERRY_BENCH_GATEWAYS` (default 10,000) the idle connections.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use ferry_control::{
+    GatewayId, SigningKey, WgKey,
+    client::{self, Channel},
+    gateway::ToGateway,
+};
+use serde_json::{Value, json};
+
+use crate::report::{Better, Row};
+
+const CLIENTS: usize = 64;
+const WARM_UP: Duration = Duration::from_secs(2);
+const DEFAULT_SECONDS: u64 = 10;
+const DEFAULT_GATEWAYS: usize = 10_000;
+const SCOPES: [&str; 4] = ["sessions:read", "sessions:write", "gateways:read", "gateways:write"];
+
+pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
+    let window = Duration::from_secs(env_number("FERRY_BENCH_SECONDS", DEFAULT_SECONDS)?.max(1));
+    let gateways = env_number("FERRY_BENCH_GATEWAYS", DEFAULT_GATEWAYS as u64)? as usize;
+    // Both ends of every idle connection live on this machine: the bench
+    // holds one descriptor per connection and so does the cloud, which
+    // inherits this limit.
+    let nofile = raise_nofile(gateways as u64 + 4096)?;
+    // Beside the results rather than in /tmp: a tmpfs would make every
+    // flush free and the storage limit meaningless.
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let scratch = tempfile::Builder::new().prefix("cloud-").tempdir_in(work_dir)?;
+    let cloud = Cloud::start(&scratch.path().join("data"), &scratch.path().join("ferry-cloud.log"))?;
+    eprintln!("cloud bench: ferry-cloud on {} (pid {}), RLIMIT_NOFILE {nofile}", cloud.addr, cloud.pid());
+    // The figures share the machine's cores with whatever else runs on it.
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("cloud bench: load average before: {}", load_average.trim());
+    let token = cloud.api_token()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+
+    let setup = ureq_agent(false);
+    let (gateway_id, key) = create_and_enrol(&setup, &cloud, &token, "press 4")?;
+    let mut channel = runtime.block_on(connect(cloud.addr, gateway_id, &key, true))?;
+    // Every start and end pushes the gateway its desired state: read them
+    // so they never back up, and answer nothing.
+    let reader = runtime.spawn(async move { while let Ok(Some(_)) = channel.recv::<ToGateway>().await {} });
+
+    eprintln!("cloud bench: {CLIENTS} clients create, start and end sessions for {}s", window.as_secs());
+    let load = session_load(&cloud, &token, gateway_id, window)?;
+    reader.abort();
+    // The gateway's connection closes with the task; it should not count
+    // among the idle ones.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let sled_dir = scratch.path().join("sled");
+    eprintln!("cloud bench: raw sled insert+flush of {} bytes, 64 threads then 1", load.document_bytes);
+    let sled_many = sled_baseline(&sled_dir.join("64"), CLIENTS, load.document_bytes, window)?;
+    let sled_one = sled_baseline(&sled_dir.join("1"), 1, load.document_bytes, window)?;
+
+    let idle = idle_gateways(&cloud, &token, &runtime, gateways)?;
+    cloud.stop()?;
+    drop(idle.channels);
+    eprintln!("cloud bench: {}", audit_verify(&scratch.path().join("data"))?);
+    if load.failures > 0 {
+        eprintln!(
+            "cloud bench: {} requests failed during the load; first: {}",
+            load.failures,
+            load.first_failure.as_deref().unwrap_or("?")
+        );
+    }
+
+    let sled_many_name = "raw sled insert+flush, 64 threads";
+    let mut rows = Vec::new();
+    for (name, op) in [("create", &load.create), ("start", &load.start), ("end", &load.end)] {
+        rows.push(Row::new(
+            "cloud",
+            &format!("session_{name}_per_s"),
+            "ops/s",
+            op.per_s,
+            sled_many.per_s,
+            sled_many_name,
+            Better::Higher,
+        ));
+    }
+    // Each create, start and end appends exactly one audit entry.
+    let audited = load.create.per_s + load.start.per_s + load.end.per_s;
+    rows.push(Row::new(
+        "cloud",
+        "audited_writes_per_s",
+        "writes/s",
+        audited,
+        sled_many.per_s,
+        sled_many_name,
+        Better::Higher,
+    ));
+    rows.push(Row::new(
+        "cloud",
+        "audited_writes_vs_1_thread",
+        "writes/s",
+        audited,
+        sled_one.per_s,
+        "raw sled insert+flush, 1 thread",
+        Better::Higher,
+    ));
+    for (name, op) in [("create", &load.create), ("start", &load.start), ("end", &load.end)] {
+        rows.push(Row::new(
+            "cloud",
+            &format!("session_{name}_p50_ms"),
+            "ms",
+            op.p50_ms,
+            sled_many.p50_ms,
+            "raw sled insert+flush p50, 64 threads",
+            Better::Lower,
+        ));
+        rows.push(Row::new(
+            "cloud",
+            &format!("session_{name}_p99_ms"),
+            "ms",
+            op.p99_ms,
+            sled_many.p99_ms,
+            "raw sled insert+flush p99, 64 threads",
+            Better::Lower,
+        ));
+    }
+    let goal = match &idle.first_failure {
+        None => format!("goal: {gateways} idle gateways"),
+        Some(why) => format!("goal: {gateways} idle gateways; {} failed, first: {why}", idle.failed),
+    };
+    rows.push(Row::new(
+        "cloud",
+        "idle_gateways_connected",
+        "connections",
+        idle.connected as f64,
+        gateways as f64,
+        &goal,
+        Better::Higher,
+    ));
+    rows.push(Row::new(
+        "cloud",
+        "idle_gateways_in_metrics",
+        "connections",
+        idle.gauge,
+        gateways as f64,
+        "goal, against ferry_cloud_control_connections{channel=\"gateway\"}",
+        Better::Higher,
+    ));
+    rows.push(Row::new(
+        "cloud",
+        "cloud_rss_idle_gateways",
+        "MiB",
+        idle.cloud_rss_after_kib / 1024.0,
+        idle.cloud_rss_before_kib / 1024.0,
+        "ferry-cloud RSS before they connected",
+        Better::Lower,
+    ));
+    let per = |before: f64, after: f64| (after - before) / idle.connected.max(1) as f64;
+    rows.push(Row::new(
+        "cloud",
+        "cloud_rss_per_connection",
+        "KiB",
+        per(idle.cloud_rss_before_kib, idle.cloud_rss_after_kib),
+        per(idle.bench_rss_before_kib, idle.bench_rss_after_kib),
+        "the client end (tokio-tungstenite) per connection, in the bench",
+        Better::Lower,
+    ));
+    Ok(rows)
+}
+
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Raises the open-file limit to at least `wanted` where the hard limit
+/// allows (as root it can be raised too); returns the soft limit in force.
+fn raise_nofile(wanted: u64) -> Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= wanted {
+        return Ok(soft);
+    }
+    if hard < wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        return Ok(wanted);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
+
+/// The real `ferry-cloud serve`, on plain HTTP on a free loopback port.
+struct Cloud {
+    child: Child,
+    addr: SocketAddr,
+    base: String,
+    one_time_password: String,
+}
+
+impl Cloud {
+    fn start(data_dir: &Path, log: &Path) -> Result<Cloud> {
+        let binary = ferry_lab::workspace_bin("ferry-cloud")?;
+        let mut child = Command::new(&binary)
+            .args(["serve", "--no-tls", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (lines, announced) = mpsc::channel();
+        // Keeps draining after the announcement, so the child never blocks
+        // on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let mut password = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = announced.recv_timeout(left) else {
+                let _ = child.kill();
+                bail!("ferry-cloud did not announce its address; see {}", log.display());
+            };
+            if let Some(rest) = line.split("one-time password: ").nth(1) {
+                password = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("ferry-cloud listening on http://") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                break addr.parse::<SocketAddr>().with_context(|| format!("no address in {line:?}"))?;
+            }
+        };
+        let one_time_password = password.context("ferry-cloud printed no one-time password")?;
+        Ok(Cloud { child, addr, base: format!("http://{addr}"), one_time_password })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Logs in with the one-time password, sets a new one, logs in again and
+    /// makes an API token, which unlike an access token does not expire
+    /// during the run.
+    fn api_token(&self) -> Result<String> {
+        let agent = ureq_agent(false);
+        let login = |password: &str| -> Result<String> {
+            let reply = call(
+                &agent,
+                self,
+                "POST",
+                "/api/v1/auth/login",
+                None,
+                Some(&json!({"name": "admin", "password": password})),
+            )?;
+            ensure!(reply.status == 200, "login: {reply:?}");
+            reply.body["access_token"].as_str().map(str::to_string).context("no access_token")
+        };
+        let first = login(&self.one_time_password)?;
+        let password = format!("bench {}", hex::encode(rand_bytes()));
+        let changed = call(
+            &agent,
+            self,
+            "POST",
+            "/api/v1/me/password",
+            Some(&first),
+            Some(&json!({"current_password": self.one_time_password, "new_password": password})),
+        )?;
+        ensure!(changed.status == 204, "changing the one-time password: {changed:?}");
+        let access = login(&password)?;
+        let made = call(
+            &agent,
+            self,
+            "POST",
+            "/api/v1/tokens",
+            Some(&access),
+            Some(&json!({"name": "bench", "scopes": SCOPES})),
+        )?;
+        ensure!(made.status == 201, "making the API token: {made:?}");
+        made.body["secret"].as_str().map(str::to_string).context("no token secret")
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 30 s.
+    fn stop(mut self) -> Result<()> {
+        use nix::{sys::signal, unistd::Pid};
+        signal::kill(Pid::from_raw(self.child.id() as i32), signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                eprintln!("cloud bench: ferry-cloud ignored SIGTERM for 30 s; killing it");
+                self.child.kill()?;
+                self.child.wait()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    use rand_core::RngCore;
+    let mut bytes = [0; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// `ferry-cloud audit verify` on the stopped cloud's data: the chain that
+/// 64 concurrent writers appended to is checked whole.
+fn audit_verify(data_dir: &Path) -> Result<String> {
+    let output = Command::new(ferry_lab::workspace_bin("ferry-cloud")?)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()?;
+    let text = String::from_utf8_lossy(if output.status.success() { &output.stdout } else { &output.stderr });
+    Ok(text.trim().to_string())
+}
+
+/// A keep-alive agent holds one connection per thread that uses it; without
+/// keep-alive every request opens its own (for one-off calls, where a
+/// pooled connection could have been closed by the server meanwhile).
+fn ureq_agent(keep_alive: bool) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)));
+    if !keep_alive {
+        config = config.max_idle_connections(0).max_idle_connections_per_host(0);
+    }
+    config.build().new_agent()
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+fn call(
+    agent: &ureq::Agent,
+    cloud: &Cloud,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<Reply> {
+    let url = format!("{}{path}", cloud.base);
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let result = match method {
+        "GET" => {
+            let mut request = agent.get(&url);
+            if let Some(bearer) = &bearer {
+                request = request.header("Authorization", bearer);
+            }
+            request.call()
+        }
+        "POST" => {
+            let mut request = agent.post(&url);
+            if let Some(bearer) = &bearer {
+                request = request.header("Authorization", bearer);
+            }
+            match body {
+                Some(body) => request.send_json(body),
+                None => request.send_empty(),
+            }
+        }
+        other => bail!("no {other} here"),
+    };
+    let mut response = result.with_context(|| format!("{method} {path}"))?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().with_context(|| format!("{method} {path}: body"))?;
+    Ok(Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), bytes: text.len() })
+}
+
+/// Adds a gateway with the target the sessions name, and enrols it with a
+/// new Ed25519 identity key.
+fn create_and_enrol(
+    agent: &ureq::Agent,
+    cloud: &Cloud,
+    token: &str,
+    name: &str,
+) -> Result<(u64, SigningKey)> {
+    let body = json!({"name": name, "site": "bench", "targets": [
+        {"name": "plc", "address": "192.168.0.10", "protocol": "tcp", "ports": [{"first": 502, "last": 502}]}
+    ]});
+    let created = call(agent, cloud, "POST", "/api/v1/gateways", Some(token), Some(&body))?;
+    ensure!(created.status == 201, "creating gateway {name}: {created:?}");
+    let id = created.body["gateway"]["id"].as_u64().context("no gateway id")?;
+    let enrolment = created.body["enrolment"]["token"].as_str().context("no enrolment token")?;
+    let key = SigningKey::generate(&mut rand_core::OsRng);
+    let body = json!({"token": enrolment, "identity_key": hex::encode(key.verifying_key().to_bytes())});
+    let enrolled = call(agent, cloud, "POST", "/api/v1/enrol", None, Some(&body))?;
+    ensure!(enrolled.status == 200, "enrolling gateway {name}: {enrolled:?}");
+    Ok((id, key))
+}
+
+async fn connect(addr: SocketAddr, id: u64, key: &SigningKey, switch_on: bool) -> Result<Channel> {
+    let ws = client::connect(&format!("ws://{addr}/api/v1/control/gateway"), None).await?;
+    let mut channel = Channel::new(ws);
+    let wg = WgKey(key.verifying_key().to_bytes());
+    client::gateway_handshake(&mut channel, key, GatewayId(id), "ferry-bench", switch_on, wg, None).await?;
+    Ok(channel)
+}
+
+/// When the measured window is, and the signal to stop.
+struct Window {
+    from: Instant,
+    until: Instant,
+    stop: AtomicBool,
+}
+
+impl Window {
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether an operation that ran from `began` to `ended` counts.
+    fn counts(&self, began: Instant, ended: Instant) -> bool {
+        began >= self.from && ended <= self.until
+    }
+}
+
+/// Runs `work` on `threads` threads through the warm-up and the window;
+/// each loops while the window is running and returns what it recorded.
+/// Also returns the CPU that each of `pids` used during the window, in cores.
+fn in_window<T: Send>(
+    threads: usize,
+    window: Duration,
+    pids: &[u32],
+    work: impl Fn(usize, &Window) -> T + Sync,
+) -> (Vec<T>, Vec<f64>) {
+    let from = Instant::now() + WARM_UP;
+    let window = Window { from, until: from + window, stop: AtomicBool::new(false) };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                scope.spawn({
+                    let (work, window) = (&work, &window);
+                    move || work(i, window)
+                })
+            })
+            .collect();
+        std::thread::sleep(window.from.saturating_duration_since(Instant::now()));
+        let before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+        std::thread::sleep(window.until.saturating_duration_since(Instant::now()));
+        let after: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+        window.stop.store(true, Ordering::Relaxed);
+        let seconds = (window.until - window.from).as_secs_f64();
+        let cores = before.iter().zip(&after).map(|(b, a)| (a - b) / seconds).collect();
+        (handles.into_iter().map(|h| h.join().expect("a measuring thread panicked")).collect(), cores)
+    })
+}
+
+/// User and system CPU time of a process so far (NaN if unreadable).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 =
+        fields.get(11..13).map_or(f64::NAN, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_second
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Stat {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn stat(mut samples: Vec<Duration>, window: Duration) -> Stat {
+    samples.sort_unstable();
+    // Nearest rank: the smallest sample at or above the fraction.
+    let at = |fraction: f64| {
+        let rank = ((fraction * samples.len() as f64).ceil() as usize).clamp(1, samples.len().max(1));
+        samples.get(rank - 1).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    Stat { per_s: samples.len() as f64 / window.as_secs_f64(), p50_ms: at(0.50), p99_ms: at(0.99) }
+}
+
+struct Load {
+    create: Stat,
+    start: Stat,
+    end: Stat,
+    /// The size of a session document as the API returns it.
+    document_bytes: usize,
+    failures: u64,
+    first_failure: Option<String>,
+}
+
+#[derive(Default)]
+struct ClientRecord {
+    create: Vec<Duration>,
+    start: Vec<Duration>,
+    end: Vec<Duration>,
+    document_bytes: usize,
+    failures: u64,
+    first_failure: Option<String>,
+}
+
+impl ClientRecord {
+    fn failed(&mut self, what: String) {
+        self.failures += 1;
+        self.first_failure.get_or_insert(what);
+    }
+}
+
+fn session_load(cloud: &Cloud, token: &str, gateway_id: u64, window: Duration) -> Result<Load> {
+    let pids = [cloud.pid(), std::process::id()];
+    let (records, cores) = in_window(CLIENTS, window, &pids, |client, w| {
+        let agent = ureq_agent(true);
+        let mut record = ClientRecord::default();
+        let mut n = 0u64;
+        while w.running() {
+            n += 1;
+            let body = json!({"name": format!("bench {client} {n}"), "gateway_id": gateway_id,
+                "targets": ["plc"], "max_duration_s": 600});
+            let began = Instant::now();
+            let id = match call(&agent, cloud, "POST", "/api/v1/sessions", Some(token), Some(&body)) {
+                Ok(reply) if reply.status == 201 => {
+                    let ended = Instant::now();
+                    if w.counts(began, ended) {
+                        record.create.push(ended - began);
+                    }
+                    record.document_bytes = reply.bytes;
+                    match reply.body["id"].as_u64() {
+                        Some(id) => id,
+                        None => {
+                            record.failed(format!("create: no id in {reply:?}"));
+                            continue;
+                        }
+                    }
+                }
+                other => {
+                    record.failed(format!("create: {other:?}"));
+                    continue;
+                }
+            };
+            for (step, samples) in [("start", &mut record.start), ("end", &mut record.end)] {
+                let began = Instant::now();
+                let path = format!("/api/v1/sessions/{id}/{step}");
+                match call(&agent, cloud, "POST", &path, Some(token), None) {
+                    Ok(reply) if reply.status == 200 => {
+                        let ended = Instant::now();
+                        if w.counts(began, ended) {
+                            samples.push(ended - began);
+                        }
+                    }
+                    other => {
+                        let what = format!("{step}: {other:?}");
+                        record.failures += 1;
+                        record.first_failure.get_or_insert(what);
+                        break;
+                    }
+                }
+            }
+        }
+        record
+    });
+    let mut all = ClientRecord::default();
+    for r in records {
+        all.create.extend(r.create);
+        all.start.extend(r.start);
+        all.end.extend(r.end);
+        all.document_bytes = all.document_bytes.max(r.document_bytes);
+        all.failures += r.failures;
+        if all.first_failure.is_none() {
+            all.first_failure = r.first_failure;
+        }
+    }
+    ensure!(all.document_bytes > 0, "no session was created: {}", all.first_failure.unwrap_or_default());
+    eprintln!(
+        "cloud bench: CPU in the window: ferry-cloud {:.2} cores, the {CLIENTS} clients {:.2}, of {}",
+        cores[0],
+        cores[1],
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    Ok(Load {
+        create: stat(all.create, window),
+        start: stat(all.start, window),
+        end: stat(all.end, window),
+        document_bytes: all.document_bytes,
+        failures: all.failures,
+        first_failure: all.first_failure,
+    })
+}
+
+/// The storage limit: sled's insert then flush (what every commit of the
+/// cloud ends with) of session-sized values, from `threads` threads.
+fn sled_baseline(dir: &Path, threads: usize, value_bytes: usize, window: Duration) -> Result<Stat> {
+    let db = sled::open(dir).with_context(|| format!("opening sled in {}", dir.display()))?;
+    let value = vec![0x5a_u8; value_bytes];
+    let (results, _) = in_window(threads, window, &[], |thread, w| -> Result<Vec<Duration>, sled::Error> {
+        let mut samples = Vec::new();
+        let mut n = 0u64;
+        while w.running() {
+            n += 1;
+            let key = (((thread as u64) << 40) | n).to_be_bytes();
+            let began = Instant::now();
+            db.insert(key, value.as_slice())?;
+            db.flush()?;
+            let ended = Instant::now();
+            if w.counts(began, ended) {
+                samples.push(ended - began);
+            }
+        }
+        Ok(samples)
+    });
+    let mut samples = Vec::new();
+    for r in results {
+        samples.extend(r?);
+    }
+    Ok(stat(samples, window))
+}
+
+struct Idle {
+    channels: Vec<Channel>,
+    connected: usize,
+    failed: usize,
+    first_failure: Option<String>,
+    gauge: f64,
+    cloud_rss_before_kib: f64,
+    cloud_rss_after_kib: f64,
+    bench_rss_before_kib: f64,
+    bench_rss_after_kib: f64,
+}
+
+fn idle_gateways(
+    cloud: &Cloud,
+    token: &str,
+    runtime: &tokio::runtime::Runtime,
+    count: usize,
+) -> Result<Idle> {
+    eprintln!("cloud bench: creating and enrolling {count} gateways with {CLIENTS} clients");
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let made = Mutex::new(Vec::with_capacity(count));
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let agent = ureq_agent(true);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            return Ok(());
+                        }
+                        let gateway = create_and_enrol(&agent, cloud, token, &format!("idle {i}"))?;
+                        let mut made = made.lock().expect("no panics while held");
+                        made.push(gateway);
+                        if made.len() % 1000 == 0 {
+                            let rate = made.len() as f64 / started.elapsed().as_secs_f64();
+                            eprintln!("cloud bench: {} gateways enrolled ({rate:.0}/s)", made.len());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("a creating thread panicked")?;
+        }
+        Ok(())
+    })?;
+    let made = made.into_inner().expect("no panics while held");
+    eprintln!("cloud bench: {} gateways enrolled in {:.1}s", made.len(), started.elapsed().as_secs_f64());
+
+    // Let the last writes and the allocator settle before the first reading.
+    std::thread::sleep(Duration::from_secs(2));
+    let cloud_rss_before_kib = rss_kib(cloud.pid())?;
+    let bench_rss_before_kib = rss_kib(std::process::id())?;
+    eprintln!("cloud bench: connecting {count} gateways, 64 at a time");
+    let started = Instant::now();
+    let addr = cloud.addr;
+    let limit = Arc::new(tokio::sync::Semaphore::new(CLIENTS));
+    let results: Vec<Result<Channel, String>> = runtime.block_on(async {
+        let tasks: Vec<_> = made
+            .into_iter()
+            .map(|(id, key)| {
+                let limit = limit.clone();
+                tokio::spawn(async move {
+                    let _permit = limit.acquire_owned().await.expect("never closed");
+                    connect(addr, id, &key, false).await.map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(task.await.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        results
+    });
+    let mut channels = Vec::with_capacity(results.len());
+    let mut first_failure = None;
+    let mut failed = 0;
+    for result in results {
+        match result {
+            Ok(channel) => channels.push(channel),
+            Err(why) => {
+                failed += 1;
+                first_failure.get_or_insert(why);
+            }
+        }
+    }
+    eprintln!(
+        "cloud bench: {} connected, {failed} failed in {:.1}s",
+        channels.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(why) = &first_failure {
+        eprintln!("cloud bench: first failure: {why}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let cloud_rss_after_kib = rss_kib(cloud.pid())?;
+    let bench_rss_after_kib = rss_kib(std::process::id())?;
+    let gauge = gateway_gauge(cloud)?;
+    Ok(Idle {
+        connected: channels.len(),
+        channels,
+        failed,
+        first_failure,
+        gauge,
+        cloud_rss_before_kib,
+        cloud_rss_after_kib,
+        bench_rss_before_kib,
+        bench_rss_after_kib,
+    })
+}
+
+/// `ferry_cloud_control_connections{channel="gateway"}` from /metrics.
+fn gateway_gauge(cloud: &Cloud) -> Result<f64> {
+    let text =
+        ureq_agent(false).get(format!("{}/metrics", cloud.base)).call()?.body_mut().read_to_string()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("ferry_cloud_control_connections{channel=\"gateway\"} "))
+        .map_or(Ok(0.0), |value| value.trim().parse().context("unreadable gauge"))
+}
+
+fn rss_kib(pid: u32) -> Result<f64> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {}", path.display()))
+}
