@@ -20,6 +20,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, metrics::ChannelLabels};
 
+/// WebSocket buffer sizes. Thousands of gateways sit idle on the channel;
+/// tungstenite's default 128 KiB read buffer each would be most of the
+/// cloud's memory. Larger messages still arrive: the buffer grows as needed.
+const IDLE_BUFFER: usize = 4 * 1024;
+
 /// How long a peer has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,6 +46,8 @@ async fn gateway_channel(
 ) -> Response {
     upgrade
         .max_message_size(ferry_control::MAX_MESSAGE_BYTES)
+        .read_buffer_size(IDLE_BUFFER)
+        .write_buffer_size(IDLE_BUFFER)
         .on_upgrade(move |socket| gateway::run(state, socket, peer.ip().to_string()))
 }
 
@@ -56,6 +63,8 @@ async fn relay_channel(
 ) -> Response {
     upgrade
         .max_message_size(ferry_control::MAX_MESSAGE_BYTES)
+        .read_buffer_size(IDLE_BUFFER)
+        .write_buffer_size(IDLE_BUFFER)
         .on_upgrade(move |socket| relay::run(state, socket, peer.ip().to_string()))
 }
 

@@ -33,7 +33,16 @@ impl SledBackend {
 
     /// Writes everything to disk (also done by every commit).
     pub fn flush(&self) -> Result<(), BackendError> {
-        self.db.flush().map(drop).map_err(io)
+        // An fsync blocks. On a multi-threaded tokio runtime the worker says
+        // so, and its other requests move to another thread meanwhile,
+        // instead of every request queueing behind the disk.
+        let flush = || self.db.flush().map(drop).map_err(io);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        }
     }
 }
 
