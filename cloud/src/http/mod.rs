@@ -2,6 +2,7 @@
 //! at `/api/v1/openapi.json`, which is generated from the same handlers that
 //! serve the routes (utoipa-axum), so the two cannot drift apart.
 
+mod audit;
 mod auth;
 pub mod extract;
 mod meta;
@@ -42,6 +43,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "auth", description = "Login, token refresh, the caller's own account"),
         (name = "users", description = "User accounts and roles (Administrator)"),
         (name = "tokens", description = "Scoped API tokens for automation (Administrator)"),
+        (name = "audit", description = "The hash-chained audit log: query, export as JSON Lines, verify"),
     )
 )]
 struct ApiDoc;
@@ -65,6 +67,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(auth::routes())
         .merge(users::routes())
         .merge(tokens::routes())
+        .merge(audit::routes())
         .split_for_parts();
     state.set_openapi(doc.to_json().expect("the OpenAPI document serializes"));
     let router = router
