@@ -3,6 +3,12 @@
 //! Each entry carries the hash of the one before it and its own hash over all
 //! its fields, so changing, removing or reordering a stored entry breaks the
 //! chain at that entry, and [`verify`] names it.
+//!
+//! Retention removes the oldest entries ([`prune`]). The last removed entry's
+//! seq and hash stay behind as the anchor the remaining chain starts from,
+//! and every pruning appends an `audit.prune` entry naming that anchor in the
+//! same commit, so an anchor moved forward by hand (hiding entries) shows as
+//! a break too.
 
 use blake2::{Blake2s256, Digest};
 use serde::{Deserialize, Serialize};
@@ -12,8 +18,21 @@ use crate::store::{BackendError, Batch, Collection, Store};
 /// The hash before the first entry.
 pub const GENESIS: [u8; 32] = [0; 32];
 
+/// The most entries one [`query`] call reads, matching or not.
+pub const SCAN_BUDGET: usize = 10_000;
+
+/// The most entries one commit of [`prune`] removes.
+const PRUNE_BATCH: usize = 1_000;
+
+/// Where the pruning anchor lives in [`Collection::Meta`].
+const ANCHOR_KEY: &[u8] = b"audit_anchor";
+
+/// Where the newest entry's link lives in [`Collection::Meta`], written with
+/// every append, so that removing the newest entries shows too.
+const HEAD_KEY: &[u8] = b"audit_head";
+
 /// What the caller records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Who: a user name, `gateway:<id>`, `relay:<id>` or `system`.
     pub actor: String,
@@ -30,7 +49,7 @@ pub struct Event {
 }
 
 /// A stored entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
@@ -43,12 +62,24 @@ pub struct Entry {
     pub hash: String,
 }
 
+impl Entry {
+    /// Whether `hash` is this entry's hash over its other fields, for
+    /// checking an exported entry away from the store.
+    pub fn hash_matches(&self) -> bool {
+        content_hash(self.seq, self.time_ms, &self.event, &self.prev_hash) == self.hash
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error(transparent)]
     Store(#[from] BackendError),
     #[error("the audit log is being appended to concurrently too often; gave up")]
     Contended,
+    #[error("audit entry {seq} is unreadable: {reason}")]
+    Unreadable { seq: u64, reason: String },
+    #[error("refusing to prune: the audit log is broken at entry {}: {}", .0.seq, .0.reason)]
+    Broken(Broken),
 }
 
 /// Where the chain breaks.
@@ -60,8 +91,89 @@ pub struct Broken {
     pub reason: String,
 }
 
+/// A chain that checked out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Intact {
+    /// How many entries remain (after the anchor, if pruned).
+    pub entries: u64,
+    /// The last entry removed by retention, if any was.
+    pub anchor_seq: Option<u64>,
+}
+
+/// A point of the chain: an entry's seq and hash. The anchor (the last
+/// entry removed by [`prune`], which the remaining chain continues from) and
+/// the head (the newest entry) are kept as links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Link {
+    fn of(entry: &Entry) -> Link {
+        Link { seq: entry.seq, hash: entry.hash.clone() }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("plain data serializes")
+    }
+}
+
+/// Which entries a [`query`] returns; every given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Query {
+    /// Entries at or after this time (milliseconds since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<u64>,
+    /// Entries before this time (exclusive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<u64>,
+    /// Exactly this actor: a user name, `gateway:<id>`, `relay:<id>` or `system`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Exactly this session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Exactly this gateway id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Exactly this action, such as `session.start`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Only allowed (`true`) or only refused (`false`) actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+}
+
+impl Query {
+    pub fn matches(&self, entry: &Entry) -> bool {
+        let same = |wanted: &Option<String>, have: &str| wanted.as_deref().is_none_or(|w| w == have);
+        let same_opt = |wanted: &Option<String>, have: &Option<String>| wanted.is_none() || wanted == have;
+        self.from_ms.is_none_or(|from| entry.time_ms >= from)
+            && self.to_ms.is_none_or(|to| entry.time_ms < to)
+            && same(&self.actor, &entry.event.actor)
+            && same(&self.action, &entry.event.action)
+            && same_opt(&self.session, &entry.event.session)
+            && same_opt(&self.gateway, &entry.event.gateway)
+            && self.allowed.is_none_or(|a| entry.event.allowed == a)
+    }
+}
+
 fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
+}
+
+fn seq_of(stored_key: &[u8]) -> Result<u64, AuditError> {
+    let bytes: [u8; 8] = stored_key.try_into().map_err(|_| {
+        AuditError::Store(BackendError::Io(format!("audit key of {} bytes instead of 8", stored_key.len())))
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn parse(stored_key: &[u8], value: &[u8]) -> Result<Entry, AuditError> {
+    serde_json::from_slice(value)
+        .map_err(|e| AuditError::Unreadable { seq: seq_of(stored_key).unwrap_or(0), reason: e.to_string() })
 }
 
 /// The hash of an entry's content: every field but the hash itself, in a
@@ -71,27 +183,35 @@ fn content_hash(seq: u64, time_ms: u64, event: &Event, prev_hash: &str) -> Strin
     hex::encode(Blake2s256::digest(&content))
 }
 
+fn chain_entry(seq: u64, time_ms: u64, event: Event, prev_hash: String) -> Entry {
+    let hash = content_hash(seq, time_ms, &event, &prev_hash);
+    Entry { seq, time_ms, event, prev_hash, hash }
+}
+
+/// The next seq and the hash to link to, from the chain's head.
+fn next_link(store: &Store) -> Result<(u64, String), AuditError> {
+    Ok(match store.backend().last(Collection::Audit)? {
+        None => (1, hex::encode(GENESIS)),
+        Some((stored_key, value)) => {
+            let last = parse(&stored_key, &value)?;
+            (last.seq + 1, last.hash)
+        }
+    })
+}
+
 /// Appends an event at `time_ms`; the append is durable when this returns.
 pub fn append(store: &Store, time_ms: u64, event: Event) -> Result<Entry, AuditError> {
     let backend = store.backend();
     // Appends race on the chain head; the loser retries on the new head.
     for _ in 0..64 {
-        let (seq, prev_hash) = match backend.last(Collection::Audit)? {
-            None => (1, hex::encode(GENESIS)),
-            Some((_, value)) => {
-                let last: Entry = serde_json::from_slice(&value)
-                    .map_err(|e| BackendError::Io(format!("audit head is unreadable: {e}")))?;
-                (last.seq + 1, last.hash)
-            }
-        };
-        let hash = content_hash(seq, time_ms, &event, &prev_hash);
-        let entry = Entry { seq, time_ms, event: event.clone(), prev_hash, hash };
+        let (seq, prev_hash) = next_link(store)?;
+        let entry = chain_entry(seq, time_ms, event.clone(), prev_hash);
         let value = serde_json::to_vec(&entry).expect("plain data serializes");
-        match backend.commit(Batch::default().expect(Collection::Audit, key(seq), None).put(
-            Collection::Audit,
-            key(seq),
-            value,
-        )) {
+        let batch = Batch::default()
+            .expect(Collection::Audit, key(seq), None)
+            .put(Collection::Audit, key(seq), value)
+            .put(Collection::Meta, HEAD_KEY, Link::of(&entry).encode());
+        match backend.commit(batch) {
             Ok(()) => return Ok(entry),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -104,47 +224,254 @@ pub fn append(store: &Store, time_ms: u64, event: Event) -> Result<Entry, AuditE
 pub fn entries(store: &Store, after_seq: u64, limit: usize) -> Result<Vec<Entry>, AuditError> {
     let after = key(after_seq);
     let page = store.backend().scan(Collection::Audit, &[], (after_seq > 0).then_some(&after[..]), limit)?;
-    page.iter()
-        .map(|(_, v)| {
-            serde_json::from_slice(v)
-                .map_err(|e| AuditError::Store(BackendError::Io(format!("unreadable audit entry: {e}"))))
-        })
-        .collect()
+    page.iter().map(|(k, v)| parse(k, v)).collect()
 }
 
-/// Checks the whole chain; returns the number of entries, or the first break.
-pub fn verify(store: &Store) -> Result<Result<u64, Broken>, AuditError> {
-    let backend = store.backend();
-    let mut expected_prev = hex::encode(GENESIS);
-    let mut expected_seq = 1u64;
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = backend.scan(Collection::Audit, &[], after.as_deref(), 1000)?;
-        if page.is_empty() {
-            return Ok(Ok(expected_seq - 1));
-        }
+/// Up to `limit` entries matching `query` after sequence number `after_seq`,
+/// oldest first, and the cursor to continue from (None: nothing is left).
+///
+/// Every entry is tested against the filters (times are not assumed to be
+/// ordered). One call reads at most [`SCAN_BUDGET`] entries, so a page can
+/// come back short, even empty, with a cursor: keep following it.
+pub fn query(
+    store: &Store,
+    query: &Query,
+    after_seq: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<Entry>, Option<u64>), AuditError> {
+    let limit = limit.max(1);
+    let mut found = Vec::new();
+    let mut cursor = after_seq;
+    let mut scanned = 0;
+    while scanned < SCAN_BUDGET {
+        let chunk = (SCAN_BUDGET - scanned).min(PRUNE_BATCH);
+        let after = cursor.map(key);
+        let page = store.backend().scan(Collection::Audit, &[], after.as_ref().map(|k| &k[..]), chunk)?;
         for (stored_key, value) in &page {
-            let broken = |reason: String| Ok(Err(Broken { seq: expected_seq, reason }));
-            let entry: Entry = match serde_json::from_slice(value) {
-                Ok(e) => e,
-                Err(e) => return broken(format!("unreadable: {e}")),
+            // The cursor follows the stored keys, not the entries' own seq
+            // fields, so a tampered entry cannot send it backwards.
+            cursor = Some(seq_of(stored_key)?);
+            scanned += 1;
+            let entry = parse(stored_key, value)?;
+            if query.matches(&entry) {
+                found.push(entry);
+                if found.len() == limit {
+                    return Ok((found, cursor));
+                }
+            }
+        }
+        if page.len() < chunk {
+            return Ok((found, None));
+        }
+    }
+    Ok((found, cursor))
+}
+
+/// The seq of the newest entry, if any.
+pub fn head_seq(store: &Store) -> Result<Option<u64>, AuditError> {
+    store.backend().last(Collection::Audit)?.map(|(k, _)| seq_of(&k)).transpose()
+}
+
+fn decode_link(what: &str, bytes: Option<Vec<u8>>) -> Result<Option<Link>, String> {
+    bytes
+        .map(|b| serde_json::from_slice(&b).map_err(|e| format!("the audit {what} is unreadable: {e}")))
+        .transpose()
+}
+
+/// The pruning anchor, if entries were ever pruned.
+pub fn anchor(store: &Store) -> Result<Option<Link>, AuditError> {
+    decode_link("anchor", store.backend().get(Collection::Meta, ANCHOR_KEY)?)
+        .map_err(|e| AuditError::Store(BackendError::Io(e)))
+}
+
+/// Where the chain starts: after the anchor, or at the beginning.
+fn start(anchor: Option<&Link>) -> (u64, String) {
+    anchor.map_or_else(|| (1, hex::encode(GENESIS)), |a| (a.seq + 1, a.hash.clone()))
+}
+
+/// Checks one stored entry against the link the chain expects next.
+fn check(stored_key: &[u8], value: &[u8], expected_seq: u64, expected_prev: &str) -> Result<Entry, String> {
+    let entry: Entry = serde_json::from_slice(value).map_err(|e| format!("unreadable: {e}"))?;
+    if stored_key != key(entry.seq) || entry.seq != expected_seq {
+        return Err(format!("sequence {} where {expected_seq} was expected", entry.seq));
+    }
+    if entry.prev_hash != expected_prev {
+        return Err("does not follow the previous entry".to_string());
+    }
+    if !entry.hash_matches() {
+        return Err("content does not match its hash".to_string());
+    }
+    Ok(entry)
+}
+
+/// How an `audit.prune` entry names the anchor it left; [`verify`] looks
+/// for it.
+fn anchor_note(anchor: &Link) -> String {
+    format!("up to seq {} (hash {})", anchor.seq, anchor.hash)
+}
+
+/// Checks the chain from the anchor to the head; returns what it found, or
+/// the first break. Entries appended while it runs are left for next time.
+pub fn verify(store: &Store) -> Result<Result<Intact, Broken>, AuditError> {
+    // A prune that commits while the chain is walked removes entries the
+    // walk expects; such a break is checked again before it is reported.
+    for _ in 0..3 {
+        let anchor_before = store.backend().get(Collection::Meta, ANCHOR_KEY)?;
+        let outcome = verify_once(store, anchor_before.clone())?;
+        if outcome.is_ok() || store.backend().get(Collection::Meta, ANCHOR_KEY)? == anchor_before {
+            return Ok(outcome);
+        }
+    }
+    Err(AuditError::Contended)
+}
+
+fn verify_once(store: &Store, anchor_bytes: Option<Vec<u8>>) -> Result<Result<Intact, Broken>, AuditError> {
+    let backend = store.backend();
+    let first_seq = || -> Result<u64, AuditError> {
+        backend.scan(Collection::Audit, &[], None, 1)?.first().map_or(Ok(1), |(k, _)| seq_of(k))
+    };
+    // The anchor is read before the head: the prune entry naming an anchor
+    // is committed with it, so it is at or before the head read after.
+    let anchor = match decode_link("anchor", anchor_bytes) {
+        Ok(anchor) => anchor,
+        Err(reason) => return Ok(Err(Broken { seq: first_seq()?, reason })),
+    };
+    let head = match decode_link("head record", backend.get(Collection::Meta, HEAD_KEY)?) {
+        Ok(head) => head,
+        Err(reason) => return Ok(Err(Broken { seq: first_seq()?, reason })),
+    };
+    let (mut expected_seq, mut expected_prev) = start(anchor.as_ref());
+    let anchor_seq = anchor.as_ref().map(|a| a.seq);
+    let Some(head) = head else {
+        return Ok(match backend.scan(Collection::Audit, &[], None, 1)?.first() {
+            None if anchor.is_none() => Ok(Intact { entries: 0, anchor_seq }),
+            None => Err(Broken {
+                seq: expected_seq,
+                reason: "the log is empty and its head record is gone".into(),
+            }),
+            Some((k, _)) => {
+                Err(Broken { seq: seq_of(k)?, reason: "the log's head record is missing".into() })
+            }
+        });
+    };
+    let note = anchor.as_ref().map(anchor_note);
+    let mut anchor_recorded = anchor.is_none();
+    let mut after = anchor.as_ref().map(|a| key(a.seq).to_vec());
+    while expected_seq <= head.seq {
+        let page = backend.scan(Collection::Audit, &[], after.as_deref(), PRUNE_BATCH)?;
+        for (stored_key, value) in &page {
+            if expected_seq > head.seq {
+                break;
+            }
+            let entry = match check(stored_key, value, expected_seq, &expected_prev) {
+                Ok(entry) => entry,
+                Err(reason) => return Ok(Err(Broken { seq: expected_seq, reason })),
             };
-            if stored_key.as_slice() != key(entry.seq) || entry.seq != expected_seq {
-                return broken(format!("sequence {} where {expected_seq} was expected", entry.seq));
-            }
-            if entry.prev_hash != expected_prev {
-                return broken("does not follow the previous entry".to_string());
-            }
-            if content_hash(entry.seq, entry.time_ms, &entry.event, &entry.prev_hash) != entry.hash {
-                return broken("content does not match its hash".to_string());
-            }
+            anchor_recorded |= entry.event.action == "audit.prune"
+                && entry.event.actor == "system"
+                && entry.event.detail.as_deref().zip(note.as_deref()).is_some_and(|(d, n)| d.ends_with(n));
             expected_prev = entry.hash;
             expected_seq += 1;
         }
+        if page.len() < PRUNE_BATCH && expected_seq <= head.seq {
+            let reason = format!(
+                "missing: the log ends at {} but its head record names {}",
+                expected_seq - 1,
+                head.seq
+            );
+            return Ok(Err(Broken { seq: expected_seq, reason }));
+        }
         after = page.last().map(|(k, _)| k.clone());
     }
+    if expected_prev != head.hash {
+        let reason = "the newest entry does not match the head record".to_string();
+        return Ok(Err(Broken { seq: head.seq, reason }));
+    }
+    if !anchor_recorded {
+        let seq = anchor_seq.map_or(1, |s| s + 1);
+        let reason =
+            format!("entries up to {} are gone but no audit.prune entry records removing them", seq - 1);
+        return Ok(Err(Broken { seq, reason }));
+    }
+    Ok(Ok(Intact { entries: head.seq - anchor_seq.unwrap_or(0), anchor_seq }))
 }
 
+/// Removes the oldest entries stamped before `older_than_ms` (of those there
+/// when it starts), a batch per commit, and returns how many went. Each
+/// commit moves the anchor to the last removed entry and appends an
+/// `audit.prune` entry (stamped `now_ms`) that names it. Stops at the first
+/// entry not old enough, so only a prefix of the chain is ever removed;
+/// refuses to remove entries that do not verify, since they are the evidence
+/// of tampering.
+pub fn prune(store: &Store, older_than_ms: u64, now_ms: u64) -> Result<u64, AuditError> {
+    let backend = store.backend();
+    let mut removed = 0u64;
+    let mut conflicts = 0;
+    // The records this call appends are newer than what it may remove,
+    // whatever `older_than_ms` says.
+    let Some(last_seq) = head_seq(store)? else { return Ok(0) };
+    loop {
+        let anchor_bytes = backend.get(Collection::Meta, ANCHOR_KEY)?;
+        let old_anchor = decode_link("anchor", anchor_bytes.clone())
+            .map_err(|e| AuditError::Store(BackendError::Io(e)))?;
+        let (mut expected_seq, mut expected_prev) = start(old_anchor.as_ref());
+        let after = old_anchor.as_ref().map(|a| key(a.seq));
+        let page = backend.scan(Collection::Audit, &[], after.as_ref().map(|k| &k[..]), PRUNE_BATCH)?;
+        let mut doomed = Vec::new();
+        for (stored_key, value) in &page {
+            let entry = check(stored_key, value, expected_seq, &expected_prev)
+                .map_err(|reason| AuditError::Broken(Broken { seq: expected_seq, reason }))?;
+            if entry.time_ms >= older_than_ms || entry.seq > last_seq {
+                break;
+            }
+            expected_seq += 1;
+            expected_prev = entry.hash;
+            doomed.push(stored_key.clone());
+        }
+        if doomed.is_empty() {
+            return Ok(removed);
+        }
+        let new_anchor = Link { seq: expected_seq - 1, hash: expected_prev };
+        let (seq, prev_hash) = next_link(store)?;
+        let detail = format!(
+            "removed {} entries older than {older_than_ms} ms, {}",
+            doomed.len(),
+            anchor_note(&new_anchor)
+        );
+        let record = chain_entry(
+            seq,
+            now_ms,
+            Event {
+                actor: "system".into(),
+                action: "audit.prune".into(),
+                allowed: true,
+                source: None,
+                session: None,
+                gateway: None,
+                detail: Some(detail),
+            },
+            prev_hash,
+        );
+        let count = doomed.len() as u64;
+        // The anchor's old value and the free head slot are the
+        // preconditions: a concurrent prune or append makes this retry.
+        let mut batch = Batch::default()
+            .expect(Collection::Meta, ANCHOR_KEY, anchor_bytes)
+            .expect(Collection::Audit, key(seq), None)
+            .put(Collection::Audit, key(seq), serde_json::to_vec(&record).expect("plain data serializes"))
+            .put(Collection::Meta, HEAD_KEY, Link::of(&record).encode())
+            .put(Collection::Meta, ANCHOR_KEY, new_anchor.encode());
+        for stored_key in doomed {
+            batch = batch.delete(Collection::Audit, stored_key);
+        }
+        match backend.commit(batch) {
+            Ok(()) => removed += count,
+            Err(BackendError::Conflict { .. }) if conflicts < 64 => conflicts += 1,
+            Err(BackendError::Conflict { .. }) => return Err(AuditError::Contended),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -174,7 +501,7 @@ mod tests {
     #[test]
     fn a_chain_verifies_and_links() {
         let (_dir, store, _) = store();
-        assert_eq!(verify(&store).unwrap(), Ok(0));
+        assert_eq!(verify(&store).unwrap(), Ok(Intact { entries: 0, anchor_seq: None }));
         let mut previous = hex::encode(GENESIS);
         for i in 1..=2500 {
             let entry = append(&store, 1_700_000_000_000 + i, event(i)).unwrap();
@@ -182,17 +509,17 @@ mod tests {
             assert_eq!(entry.prev_hash, previous);
             previous = entry.hash;
         }
-        assert_eq!(verify(&store).unwrap(), Ok(2500));
+        assert_eq!(verify(&store).unwrap(), Ok(Intact { entries: 2500, anchor_seq: None }));
     }
 
     #[test]
     fn a_flipped_byte_a_deletion_and_a_rewrite_are_each_found() {
-        for attack in ["flip", "delete", "rewrite"] {
+        for attack in ["flip", "delete", "rewrite", "truncate"] {
             let (_dir, store, backend) = store();
             for i in 1..=20 {
                 append(&store, i, event(i)).unwrap();
             }
-            let target = 7u64;
+            let target = if attack == "truncate" { 20 } else { 7u64 };
             let stored = backend.get(Collection::Audit, &key(target)).unwrap().unwrap();
             let batch = match attack {
                 "flip" => {
@@ -201,7 +528,7 @@ mod tests {
                     tampered[at] = b'v'; // "user7" becomes "vser7"
                     Batch::default().put(Collection::Audit, key(target).to_vec(), tampered)
                 }
-                "delete" => Batch::default().delete(Collection::Audit, key(target).to_vec()),
+                "delete" | "truncate" => Batch::default().delete(Collection::Audit, key(target).to_vec()),
                 _ => {
                     // A consistent rewrite of entry 7 (new content, new own
                     // hash) still breaks the link from entry 8.
@@ -235,6 +562,157 @@ mod tests {
                 });
             }
         });
-        assert_eq!(verify(&store).unwrap(), Ok(200));
+        assert_eq!(verify(&store).unwrap(), Ok(Intact { entries: 200, anchor_seq: None }));
+    }
+
+    fn verified(store: &Store) -> Intact {
+        verify(store).unwrap().unwrap_or_else(|b| panic!("broken: {b:?}"))
+    }
+
+    fn broken(store: &Store) -> Broken {
+        verify(store).unwrap().unwrap_err()
+    }
+
+    /// Entries 1..=n at times 1000, 2000, ... n*1000.
+    fn filled(n: u64) -> (tempfile::TempDir, Store, Arc<SledBackend>) {
+        let (dir, store, backend) = store();
+        for i in 1..=n {
+            append(&store, i * 1000, event(i)).unwrap();
+        }
+        (dir, store, backend)
+    }
+
+    #[test]
+    fn a_pruned_log_verifies_from_its_anchor() {
+        let (_dir, store, _) = filled(2500);
+        // 1..=2299 are older than 2_300_000: three commits of at most 1000.
+        assert_eq!(prune(&store, 2_300_000, 9_000_000).unwrap(), 2299);
+        let intact = verified(&store);
+        assert_eq!(intact.anchor_seq, Some(2299));
+        // 2300..=2500 and one audit.prune record per commit.
+        assert_eq!(intact.entries, 201 + 3);
+        let left = entries(&store, 0, usize::MAX).unwrap();
+        assert_eq!(left.first().unwrap().seq, 2300);
+        let records: Vec<_> = left.iter().filter(|e| e.event.action == "audit.prune").collect();
+        assert_eq!(records.len(), 3);
+        assert!(records.iter().all(|e| e.event.actor == "system" && e.time_ms == 9_000_000));
+        assert!(
+            records[2].event.detail.as_deref().unwrap().starts_with("removed 299 entries"),
+            "{records:?}"
+        );
+        assert!(records[2].event.detail.as_deref().unwrap().contains("up to seq 2299 "), "{records:?}");
+        // Nothing more to remove; pruning again changes nothing.
+        assert_eq!(prune(&store, 2_300_000, 9_000_001).unwrap(), 0);
+        assert_eq!(verified(&store), intact);
+        // Appending goes on from the head.
+        append(&store, 9_000_002, event(1)).unwrap();
+        assert_eq!(verified(&store).entries, 205);
+    }
+
+    #[test]
+    fn pruning_everything_leaves_the_record_and_a_verifiable_chain() {
+        let (_dir, store, _) = filled(10);
+        assert_eq!(prune(&store, u64::MAX, 50_000).unwrap(), 10);
+        assert_eq!(verified(&store), Intact { entries: 1, anchor_seq: Some(10) });
+        assert_eq!(entries(&store, 0, 10).unwrap()[0].seq, 11);
+    }
+
+    #[test]
+    fn after_pruning_tampering_and_removals_still_show() {
+        for attack in ["flip", "delete-first", "delete-middle", "truncate", "move-anchor", "drop-anchor"] {
+            let (_dir, store, backend) = filled(30);
+            assert_eq!(prune(&store, 10_500, 100_000).unwrap(), 10);
+            let first = 11u64;
+            let batch = match attack {
+                "flip" => {
+                    let mut value = backend.get(Collection::Audit, &key(15)).unwrap().unwrap();
+                    let at = value.iter().position(|&b| b == b'u').unwrap();
+                    value[at] = b'v';
+                    Batch::default().put(Collection::Audit, key(15).to_vec(), value)
+                }
+                // The first remaining entry, with the anchor left where it was.
+                "delete-first" => Batch::default().delete(Collection::Audit, key(first).to_vec()),
+                "delete-middle" => Batch::default().delete(Collection::Audit, key(20).to_vec()),
+                // The newest entry: the audit.prune record at 31.
+                "truncate" => Batch::default().delete(Collection::Audit, key(31).to_vec()),
+                // Hiding entries 11 and 12 by removing them and moving the
+                // anchor past them, as a prune would but without its record.
+                "move-anchor" => {
+                    let twelve: Entry =
+                        serde_json::from_slice(&backend.get(Collection::Audit, &key(12)).unwrap().unwrap())
+                            .unwrap();
+                    Batch::default()
+                        .delete(Collection::Audit, key(11).to_vec())
+                        .delete(Collection::Audit, key(12).to_vec())
+                        .put(Collection::Meta, ANCHOR_KEY, Link::of(&twelve).encode())
+                }
+                _ => Batch::default().delete(Collection::Meta, ANCHOR_KEY),
+            };
+            backend.commit(batch).unwrap();
+            let found = broken(&store);
+            let expected = match attack {
+                "flip" => 15,
+                "delete-middle" => 20,
+                "truncate" => 31,
+                "move-anchor" => 13,
+                "drop-anchor" => 1,
+                _ => first,
+            };
+            assert_eq!(found.seq, expected, "{attack}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn pruning_refuses_to_remove_a_broken_part() {
+        let (_dir, store, backend) = filled(20);
+        let mut value = backend.get(Collection::Audit, &key(5)).unwrap().unwrap();
+        let at = value.iter().position(|&b| b == b'u').unwrap();
+        value[at] = b'v';
+        backend.commit(Batch::default().put(Collection::Audit, key(5).to_vec(), value)).unwrap();
+        let err = prune(&store, 15_000, 100_000).unwrap_err();
+        assert!(matches!(&err, AuditError::Broken(b) if b.seq == 5), "{err}");
+        // Nothing went: the evidence is still there.
+        assert_eq!(entries(&store, 0, 100).unwrap().len(), 20);
+        assert_eq!(broken(&store).seq, 5);
+    }
+
+    #[test]
+    fn queries_filter_every_field_and_page_with_a_cursor() {
+        let (_dir, store, _) = filled(30);
+        let all = |q: &Query| {
+            let mut found = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, next) = query(&store, q, after, 4).unwrap();
+                assert!(page.len() <= 4);
+                found.extend(page.into_iter().map(|e| e.seq));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return found,
+                }
+            }
+        };
+        assert_eq!(all(&Query::default()), (1..=30).collect::<Vec<_>>());
+        let q = Query { from_ms: Some(5_000), to_ms: Some(9_000), ..Query::default() };
+        assert_eq!(all(&q), vec![5, 6, 7, 8]);
+        assert_eq!(all(&Query { actor: Some("user7".into()), ..Query::default() }), vec![7]);
+        assert_eq!(all(&Query { session: Some("s12".into()), ..Query::default() }), vec![12]);
+        assert_eq!(all(&Query { gateway: Some("g2".into()), ..Query::default() }), Vec::<u64>::new());
+        assert_eq!(all(&Query { gateway: Some("g1".into()), ..Query::default() }).len(), 30);
+        let refused = Query { allowed: Some(false), to_ms: Some(10_000), ..Query::default() };
+        assert_eq!(all(&refused), vec![3, 6, 9]);
+        assert_eq!(all(&Query { action: Some("session.end".into()), ..Query::default() }), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn one_query_reads_at_most_its_budget() {
+        let (_dir, store, _) = filled(SCAN_BUDGET as u64 + 500);
+        let none = Query { actor: Some("nobody".into()), ..Query::default() };
+        let (page, next) = query(&store, &none, None, 100).unwrap();
+        assert!(page.is_empty());
+        assert_eq!(next, Some(SCAN_BUDGET as u64), "a short page still says where to go on");
+        let (page, next) = query(&store, &none, next, 100).unwrap();
+        assert!(page.is_empty());
+        assert_eq!(next, None);
     }
 }

@@ -11,6 +11,8 @@
 //! # Extra DNS names or IP addresses for the self-signed certificate, beside
 //! # localhost, 127.0.0.1 and ::1 (only used when it is made).
 //! tls_names = ["cloud.example.com", "192.0.2.10"]
+//! # Audit entries older than this many days are removed (1 to 36500).
+//! audit_retention_days = 550
 //! ```
 
 use std::{
@@ -18,10 +20,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7600);
+
+/// How long audit entries are kept unless configured otherwise.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 550;
+/// A hundred years: beyond that a number is more likely a typo than a policy.
+pub const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,13 +41,36 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_names: Vec<String>,
+    /// Days to keep audit entries (default 550).
+    pub audit_retention_days: Option<u32>,
+}
+
+/// Checks a retention in days, for the config and the command line alike.
+pub fn check_retention_days(days: u32) -> Result<u32, String> {
+    if (1..=MAX_AUDIT_RETENTION_DAYS).contains(&days) {
+        Ok(days)
+    } else {
+        Err(format!(
+            "the audit retention must be 1 to {MAX_AUDIT_RETENTION_DAYS} days, not {days}: the audit log \
+             cannot be switched off"
+        ))
+    }
+}
+
+/// `--audit-retention-days`: a whole number of days, checked as in the config.
+pub fn parse_retention_days(text: &str) -> Result<u32, String> {
+    check_retention_days(text.parse().map_err(|_| format!("`{text}` is not a whole number of days"))?)
 }
 
 pub fn load(explicit: Option<&Path>) -> Result<Config> {
     let default = ferry_daemon::paths::default_config_file("cloud");
-    Ok(ferry_daemon::config::load::<Config>(explicit, &default)
+    let config = ferry_daemon::config::load::<Config>(explicit, &default)
         .context("loading the cloud configuration")?
-        .config)
+        .config;
+    if let Some(days) = config.audit_retention_days {
+        check_retention_days(days).map_err(|e| anyhow!("audit_retention_days in the configuration: {e}"))?;
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -59,5 +89,29 @@ mod tests {
 
         let config: Config = ferry_daemon::config::parse("").unwrap();
         assert!(config.tls_cert.is_none() && config.tls_key.is_none() && config.tls_names.is_empty());
+    }
+
+    #[test]
+    fn the_audit_retention_defaults_to_none_and_is_bounded() {
+        let config: Config = ferry_daemon::config::parse("audit_retention_days = 30\n").unwrap();
+        assert_eq!(config.audit_retention_days, Some(30));
+        assert_eq!(ferry_daemon::config::parse::<Config>("").unwrap().audit_retention_days, None);
+        assert_eq!(parse_retention_days("550"), Ok(550));
+        assert_eq!(parse_retention_days("36500"), Ok(36_500));
+        for bad in ["0", "36501", "-1", "ten"] {
+            let err = parse_retention_days(bad).unwrap_err();
+            assert!(err.contains("36500") || err.contains("whole number"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_configured_retention_out_of_range_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cloud.toml");
+        std::fs::write(&file, "audit_retention_days = 0\n").unwrap();
+        let err = format!("{:#}", load(Some(&file)).unwrap_err());
+        assert!(err.contains("audit_retention_days") && err.contains("1 to 36500"), "{err}");
+        std::fs::write(&file, "audit_retention_days = 90\n").unwrap();
+        assert_eq!(load(Some(&file)).unwrap().audit_retention_days, Some(90));
     }
 }

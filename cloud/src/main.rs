@@ -100,6 +100,12 @@ struct ServeArgs {
     /// --no-tls.
     #[arg(long)]
     allow_plain_http: bool,
+
+    /// Days to keep audit entries; older ones are removed at start and then
+    /// hourly (default: `audit_retention_days` from the config, else 550;
+    /// 1 to 36500).
+    #[arg(long, value_name = "DAYS", value_parser = config::parse_retention_days)]
+    audit_retention_days: Option<u32>,
 }
 
 fn main() -> Result<()> {
@@ -121,8 +127,14 @@ fn main() -> Result<()> {
         Command::Audit(AuditCommand::Verify { data_dir }) => {
             let store = open_store(data_dir.or(config.data_dir))?;
             match audit::verify(&store)? {
-                Ok(count) => {
-                    println!("audit log intact: {count} entries");
+                Ok(intact) => {
+                    match intact.anchor_seq {
+                        Some(seq) => println!(
+                            "audit log intact: {} entries (after {seq}, removed by retention)",
+                            intact.entries
+                        ),
+                        None => println!("audit log intact: {} entries", intact.entries),
+                    }
                     Ok(())
                 }
                 Err(broken) => bail!("audit log broken at entry {}: {}", broken.seq, broken.reason),
@@ -198,6 +210,10 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
              give both, or neither for a self-signed certificate"
         ),
     };
+    let retention_days = args
+        .audit_retention_days
+        .or(config.audit_retention_days)
+        .unwrap_or(config::DEFAULT_AUDIT_RETENTION_DAYS);
     let data_dir =
         args.data_dir.or(config.data_dir).unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
     let store = open_store(Some(data_dir.clone()))?;
@@ -236,6 +252,7 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         );
         let state = http::AppState::new(store.clone())?;
         let ticker = spawn_ticker(state.clone());
+        let retention = spawn_retention(state.clone(), retention_days);
         let options = server::ServeOptions {
             tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
             ..server::ServeOptions::default()
@@ -248,6 +265,7 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
             .await
             .context("serving HTTP")?;
         ticker.abort();
+        retention.abort();
         // Every commit is already durable; nothing is left to flush.
         drop(store);
         Ok(())
@@ -266,6 +284,30 @@ fn spawn_ticker(state: http::AppState) -> tokio::task::JoinHandle<()> {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::error!(%error, "expiring sessions failed"),
                 Err(error) => tracing::error!(%error, "the expiry task failed"),
+            }
+        }
+    })
+}
+
+/// Removes audit entries older than the retention, at start and then hourly.
+fn spawn_retention(state: http::AppState, days: u32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(3600));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let state = state.clone();
+            let pruned = tokio::task::spawn_blocking(move || {
+                let now = state.now_ms();
+                audit::prune(&state.store, now.saturating_sub(u64::from(days) * 86_400_000), now)
+            });
+            match pruned.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(removed, days, "removed audit entries beyond the retention")
+                }
+                Ok(Err(error)) => tracing::error!(%error, "removing old audit entries failed"),
+                Err(error) => tracing::error!(%error, "the audit retention task failed"),
             }
         }
     })

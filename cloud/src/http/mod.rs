@@ -2,6 +2,7 @@
 //! at `/api/v1/openapi.json`, which is generated from the same handlers that
 //! serve the routes (utoipa-axum), so the two cannot drift apart.
 
+mod audit;
 mod auth;
 pub mod extract;
 mod gateways;
@@ -48,6 +49,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "relays", description = "Relays and their health"),
         (name = "control", description = "WebSocket control channels of gateways and relays (ferry-control protocol)"),
         (name = "sessions", description = "Preparing, starting and ending sessions; configuration issuance"),
+        (name = "audit", description = "The hash-chained audit log: query, export as JSON Lines, verify"),
     )
 )]
 struct ApiDoc;
@@ -74,6 +76,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(gateways::routes())
         .merge(sessions::routes())
         .merge(crate::channels::routes())
+        .merge(audit::routes())
         .split_for_parts();
     state.set_openapi(doc.to_json().expect("the OpenAPI document serializes"));
     let router = router

@@ -1,6 +1,6 @@
 //! The embedded default backend: sled, one tree per collection.
 
-use std::path::Path;
+use std::{ops::Bound, path::Path};
 
 use sled::{
     Transactional,
@@ -58,11 +58,19 @@ impl Backend for SledBackend {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, BackendError> {
+        let tree = self.tree(collection);
+        // Seek to `after` rather than skipping from the prefix's start: paging
+        // through a large collection (the audit log) would otherwise cost
+        // more with every page.
+        let items = match after {
+            Some(a) if a >= prefix => tree.range::<&[u8], _>((Bound::Excluded(a), Bound::Unbounded)),
+            _ => tree.scan_prefix(prefix),
+        };
         let mut out = Vec::new();
-        for item in self.tree(collection).scan_prefix(prefix) {
+        for item in items {
             let (key, value) = item.map_err(io)?;
-            if after.is_some_and(|a| key.as_ref() <= a) {
-                continue;
+            if !key.starts_with(prefix) {
+                break;
             }
             out.push((key.to_vec(), value.to_vec()));
             if out.len() == limit {
@@ -191,6 +199,20 @@ mod tests {
         assert_eq!(next.len(), 6);
         assert_eq!(backend.last(Collection::Audit).unwrap().unwrap().1, b"e9".to_vec());
         assert_eq!(backend.scan(Collection::Sessions, b"s:", None, 10).unwrap().len(), 1);
+        // `after` before, inside and beyond the prefix's keys.
+        let values = |prefix: &[u8], after: &[u8]| {
+            backend
+                .scan(Collection::Sessions, prefix, Some(after), 10)
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values(b"s:", b"a"), vec![b"1".to_vec()]);
+        assert_eq!(values(b"s:", b"s:"), vec![b"1".to_vec()]);
+        assert_eq!(values(b"s:", b"s:a"), Vec::<Vec<u8>>::new());
+        assert_eq!(values(b"s:", b"t"), Vec::<Vec<u8>>::new());
+        assert_eq!(values(b"", b"s:a"), vec![b"2".to_vec()]);
     }
 
     #[test]
