@@ -3,118 +3,14 @@
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
-    path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use ferry_tests::bin;
-
-struct Cloud {
-    child: Child,
-    addr: SocketAddr,
-    /// The certificate's SHA-256 fingerprint when serving HTTPS.
-    fingerprint: Option<String>,
-    /// Lines printed before the listening line (the first start's
-    /// one-time password).
-    before: Vec<String>,
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Cloud {
-    /// Sends SIGTERM and waits for a clean exit.
-    fn terminate(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "ferry-cloud ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "{status}");
-    }
-}
-
-/// Plain HTTP on loopback, as most tests here want.
-fn start(data_dir: &Path) -> Cloud {
-    spawn(data_dir, &["--no-tls"])
-}
-
-/// `ferry-cloud serve` on a free loopback port with extra arguments; waits
-/// for its one line on stdout.
-fn spawn(data_dir: &Path, extra: &[&str]) -> Cloud {
-    let mut child = bin("ferry-cloud")
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut before = Vec::new();
-    let line = loop {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while !line.ends_with(b"\n") {
-            if stdout.read(&mut byte).unwrap() != 1 {
-                let output = child.wait_with_output().unwrap();
-                panic!("ferry-cloud exited: {}", String::from_utf8_lossy(&output.stderr));
-            }
-            line.push(byte[0]);
-        }
-        let line = String::from_utf8(line).unwrap();
-        if line.starts_with("ferry-cloud listening") {
-            break line;
-        }
-        before.push(line);
-    };
-    let addr = line
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .parse()
-        .unwrap();
-    let fingerprint =
-        line.split("certificate sha256 ").nth(1).map(|rest| rest.trim_end().trim_end_matches(')'));
-    match &fingerprint {
-        Some(_) => assert!(line.starts_with("ferry-cloud listening on https://"), "{line:?}"),
-        None => assert!(line.starts_with("ferry-cloud listening on http://"), "{line:?}"),
-    }
-    Cloud { child, addr, fingerprint: fingerprint.map(str::to_string), before }
-}
-
-/// sled unlocks its folder only when its background flusher drops the last
-/// handle, a moment after the test's `Db` is gone; until then ferry-cloud
-/// would fail to open the folder.
-fn wait_for_sled_to_let_go(data_dir: &Path) {
-    use nix::fcntl::{Flock, FlockArg};
-    let mut file = std::fs::File::open(data_dir.join("db/db")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(_unlocked_on_drop) => return,
-            Err((unlocked, errno)) => {
-                assert!(Instant::now() < deadline, "sled still holds its lock: {errno}");
-                file = unlocked;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
+use ferry_tests::{
+    bin,
+    cloud::{call, spawn, start, wait_for_sled_to_let_go},
+};
 
 /// A minimal HTTP/1.1 GET; returns status, content type and body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
@@ -382,26 +278,6 @@ fn audit_verify_reports_an_intact_chain_and_the_first_broken_entry() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("broken at entry 3"), "{err}");
-}
-
-fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut request = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let request =
-        request.header("Content-Type", "application/json").body(body.to_string().into_bytes()).unwrap();
-    let mut response = agent.run(request).unwrap();
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 #[test]

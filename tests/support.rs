@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod cloud;
 pub mod wg;
 
 use std::{path::PathBuf, process::Command};
