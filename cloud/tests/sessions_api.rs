@@ -515,3 +515,63 @@ fn the_rights_matrix_over_http() {
     let refusals = api.audit().into_iter().filter(|e| !e.event.allowed && e.event.actor == "tech").count();
     assert!(refusals >= 7, "every refused cell is audited ({refusals})");
 }
+
+/// Malformed openings are refused with a reason; malformed frames later
+/// are dropped and counted, and the connection goes on.
+#[test]
+fn malformed_frames_are_refused_or_dropped_and_counted() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let w = world();
+    let api = &w.api;
+    let url = format!("ws://{}/api/v1/control/gateway", api.addr);
+    let opening = |frame: &'static str| {
+        let url = url.clone();
+        w.run(async move {
+            let mut ws = ferry_control::client::connect(&url, None).await.unwrap();
+            let _server_hello = ws.next().await.unwrap().unwrap();
+            ws.send(Message::Text(frame.into())).await.unwrap();
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(text) => text.to_string(),
+                other => panic!("{other:?}"),
+            }
+        })
+    };
+    let version = opening(r#"{"v":2,"type":"gateway_hello"}"#);
+    assert!(version.contains(r#""code":"version""#), "{version}");
+    let garbage = opening("{not json");
+    assert!(garbage.contains(r#""code":"malformed""#), "{garbage}");
+    let wrong_first = opening(r#"{"v":1,"type":"applied","revision":1}"#);
+    assert!(wrong_first.contains("must be gateway_hello"), "{wrong_first}");
+
+    // After a good hello: junk is dropped, the next real event still works.
+    let (key, id) = (w.key.clone(), w.gateway_id);
+    w.run(async move {
+        use ferry_control::{
+            GatewayId, WgKey, codec,
+            gateway::{Event, FromGateway, sign_gateway_hello},
+        };
+        let mut ws = ferry_control::client::connect(&url, None).await.unwrap();
+        let Message::Text(first) = ws.next().await.unwrap().unwrap() else { panic!() };
+        let Ok(ToGateway::ServerHello(hello)) = codec::decode::<ToGateway>(first.as_str()) else { panic!() };
+        let signed =
+            sign_gateway_hello(&key, &hello.challenge, GatewayId(id), "raw", true, WgKey([1; 32]), None);
+        ws.send(Message::Text(codec::encode(&FromGateway::GatewayHello(signed)).into())).await.unwrap();
+        let _welcome = ws.next().await.unwrap().unwrap();
+        let _state = ws.next().await.unwrap().unwrap();
+        ws.send(Message::Text("{\"v\":1,\"type\":\"event\",\"seq\":\"x\"}".into())).await.unwrap();
+        ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+        let event = Event { seq: 1, time_ms: 0, event: GatewayEvent::SwitchChanged { on: true } };
+        ws.send(Message::Text(codec::encode(&FromGateway::Event(event)).into())).await.unwrap();
+        loop {
+            let Message::Text(text) = ws.next().await.unwrap().unwrap() else { continue };
+            if let Ok(ToGateway::EventAck(ack)) = codec::decode::<ToGateway>(text.as_str()) {
+                assert_eq!(ack.seq, 1);
+                break;
+            }
+        }
+    });
+    let metrics = api.call("GET", "/metrics", None, None).text;
+    assert!(metrics.contains(r#"ferry_cloud_control_refused_total{channel="gateway"} 5"#), "{metrics}");
+}

@@ -7,7 +7,7 @@ use ferry_control::{
 };
 use tracing::Instrument;
 
-use super::{Conn, HELLO_TIMEOUT, Incoming, desired, error};
+use super::{Conn, Greeting, Incoming, desired, error};
 use crate::{
     app::{Actor, AppState},
     audit, gateways,
@@ -17,24 +17,18 @@ use crate::{
 };
 
 pub async fn run(state: AppState, socket: WebSocket, source: String) {
-    let mut conn = Conn { socket, channel: "gateway" };
-    let challenge = Challenge::random(&mut rand_core::OsRng);
-    let hello =
-        ToGateway::ServerHello(ferry_control::ServerHello { challenge, server_time_ms: state.now_ms() });
-    if !conn.send(&hello).await {
+    let greeting = Greeting {
+        hello: ToGateway::ServerHello,
+        error: ToGateway::Error,
+        expect: |m| match m {
+            FromGateway::GatewayHello(hello) => Some(hello),
+            _ => None,
+        },
+        name: "gateway_hello",
+    };
+    let Some((conn, challenge, hello)) = greeting.run(&state, Conn { socket, channel: "gateway" }).await
+    else {
         return;
-    }
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, conn.recv::<FromGateway>()).await {
-        Ok(Incoming::Message(FromGateway::GatewayHello(hello))) => hello,
-        Ok(Incoming::Message(_)) => {
-            let e = error(ErrorCode::Malformed, "the first message must be gateway_hello");
-            return conn.refuse(&state, ToGateway::Error(e), ErrorCode::Malformed, "no hello").await;
-        }
-        Ok(Incoming::Malformed(why)) => {
-            let code = if why.contains("version") { ErrorCode::Version } else { ErrorCode::Malformed };
-            return conn.refuse(&state, ToGateway::Error(error(code, why.clone())), code, &why).await;
-        }
-        Ok(Incoming::Closed) | Err(_) => return,
     };
     let id = hello.gateway_id.0;
     if let Err(why) = authenticate(&state, &hello, &challenge) {

@@ -15,7 +15,7 @@ use axum::{
     },
     response::Response,
 };
-use ferry_control::{ErrorCode, ErrorMessage, Message as ControlMessage, codec};
+use ferry_control::{Challenge, ErrorCode, ErrorMessage, Message as ControlMessage, ServerHello, codec};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, metrics::ChannelLabels};
@@ -44,11 +44,7 @@ async fn gateway_channel(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade
-        .max_message_size(ferry_control::MAX_MESSAGE_BYTES)
-        .read_buffer_size(IDLE_BUFFER)
-        .write_buffer_size(IDLE_BUFFER)
-        .on_upgrade(move |socket| gateway::run(state, socket, peer.ip().to_string()))
+    limits(upgrade).on_upgrade(move |socket| gateway::run(state, socket, peer.ip().to_string()))
 }
 
 /// The relays' control channel: the relay presents its token, then
@@ -61,11 +57,14 @@ async fn relay_channel(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    limits(upgrade).on_upgrade(move |socket| relay::run(state, socket, peer.ip().to_string()))
+}
+
+fn limits(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     upgrade
         .max_message_size(ferry_control::MAX_MESSAGE_BYTES)
         .read_buffer_size(IDLE_BUFFER)
         .write_buffer_size(IDLE_BUFFER)
-        .on_upgrade(move |socket| relay::run(state, socket, peer.ip().to_string()))
 }
 
 /// One side of a connection with the framing rules both channels share.
@@ -79,6 +78,36 @@ enum Incoming<T> {
     /// Dropped and counted; the connection goes on.
     Malformed(String),
     Closed,
+}
+
+/// The opening of both channels: the server's hello with a fresh challenge,
+/// then the peer's hello within [`HELLO_TIMEOUT`]. Anything else is refused.
+struct Greeting<To, From, H> {
+    hello: fn(ServerHello) -> To,
+    error: fn(ErrorMessage) -> To,
+    expect: fn(From) -> Option<H>,
+    name: &'static str,
+}
+
+impl<To: ControlMessage, From: ControlMessage, H> Greeting<To, From, H> {
+    async fn run(self, state: &AppState, mut conn: Conn) -> Option<(Conn, Challenge, H)> {
+        let challenge = Challenge::random(&mut rand_core::OsRng);
+        if !conn.send(&(self.hello)(ServerHello { challenge, server_time_ms: state.now_ms() })).await {
+            return None;
+        }
+        let (code, why) = match tokio::time::timeout(HELLO_TIMEOUT, conn.recv::<From>()).await {
+            Ok(Incoming::Message(message)) => match (self.expect)(message) {
+                Some(hello) => return Some((conn, challenge, hello)),
+                None => (ErrorCode::Malformed, format!("the first message must be {}", self.name)),
+            },
+            Ok(Incoming::Malformed(why)) => {
+                (if why.contains("version") { ErrorCode::Version } else { ErrorCode::Malformed }, why)
+            }
+            Ok(Incoming::Closed) | Err(_) => return None,
+        };
+        conn.refuse(state, (self.error)(error(code, why.clone())), code, &why).await;
+        None
+    }
 }
 
 impl Conn {

@@ -2,12 +2,12 @@
 
 use axum::extract::ws::WebSocket;
 use ferry_control::{
-    Challenge, ErrorCode, Welcome,
+    ErrorCode, Welcome,
     relay::{FromRelay, RelayHello, ToRelay},
 };
 use tracing::Instrument;
 
-use super::{Conn, HELLO_TIMEOUT, Incoming, desired, error};
+use super::{Conn, Greeting, Incoming, desired, error};
 use crate::{
     app::AppState,
     audit,
@@ -17,24 +17,18 @@ use crate::{
 };
 
 pub async fn run(state: AppState, socket: WebSocket, source: String) {
-    let mut conn = Conn { socket, channel: "relay" };
-    let challenge = Challenge::random(&mut rand_core::OsRng);
-    let hello =
-        ToRelay::ServerHello(ferry_control::ServerHello { challenge, server_time_ms: state.now_ms() });
-    if !conn.send(&hello).await {
+    let greeting = Greeting {
+        hello: ToRelay::ServerHello,
+        error: ToRelay::Error,
+        expect: |m| match m {
+            FromRelay::RelayHello(hello) => Some(hello),
+            _ => None,
+        },
+        name: "relay_hello",
+    };
+    // Relays prove themselves with their token; the challenge is unused.
+    let Some((conn, _, hello)) = greeting.run(&state, Conn { socket, channel: "relay" }).await else {
         return;
-    }
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, conn.recv::<FromRelay>()).await {
-        Ok(Incoming::Message(FromRelay::RelayHello(hello))) => hello,
-        Ok(Incoming::Message(_)) => {
-            let e = error(ErrorCode::Malformed, "the first message must be relay_hello");
-            return conn.refuse(&state, ToRelay::Error(e), ErrorCode::Malformed, "no hello").await;
-        }
-        Ok(Incoming::Malformed(why)) => {
-            let code = if why.contains("version") { ErrorCode::Version } else { ErrorCode::Malformed };
-            return conn.refuse(&state, ToRelay::Error(error(code, why.clone())), code, &why).await;
-        }
-        Ok(Incoming::Closed) | Err(_) => return,
     };
     let id = hello.relay_id.0;
     let event = |action: &str, allowed: bool, detail: Option<String>| audit::Event {
