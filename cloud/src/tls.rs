@@ -1,9 +1,9 @@
 //! TLS for the cloud's API: certificates from files or self-signed on first
-//! start, SHA-256 fingerprints for pinning, and the pinning verifier that
-//! Ferry's own clients use against a cloud whose certificate no CA signed.
+//! start, and SHA-256 fingerprints for pinning (the pinning verifier itself
+//! is `ferry_control::pin`, shared with the gateways' and relays' clients).
 
 use std::{
-    fmt, io,
+    io,
     io::Write,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
@@ -11,10 +11,9 @@ use std::{
 };
 
 use rustls::{
-    ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    ClientConfig, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 use sha2::{Digest, Sha256};
 
@@ -203,9 +202,7 @@ pub fn fingerprint_file(path: &Path) -> Result<String, TlsError> {
     Ok(fingerprint_sha256(&load_certs(path)?[0]))
 }
 
-fn format_fingerprint(sha256: &[u8; 32]) -> String {
-    sha256.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
-}
+pub use ferry_control::pin::{PinMismatch, PinnedVerifier, format_fingerprint};
 
 /// Reads a SHA-256 fingerprint with or without colons, in either case.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
@@ -215,114 +212,11 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
     bytes.try_into().map_err(|_| bad())
 }
 
-/// Accepts exactly one server certificate, named by its SHA-256
-/// fingerprint, whatever its names, issuer or validity dates: the pin is the
-/// whole trust decision, as with SSH host keys. The handshake signatures are
-/// still checked, so only the holder of the pinned certificate's key passes.
-#[derive(Debug)]
-pub struct PinnedVerifier {
-    sha256: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl PinnedVerifier {
-    pub fn new(sha256: [u8; 32]) -> PinnedVerifier {
-        PinnedVerifier { sha256, provider: provider() }
-    }
-
-    pub fn from_fingerprint(fingerprint: &str) -> Result<PinnedVerifier, TlsError> {
-        Ok(PinnedVerifier::new(parse_fingerprint(fingerprint)?))
-    }
-}
-
-/// Why a pinned handshake failed; it reaches the client inside
-/// `rustls::Error::InvalidCertificate`.
-pub struct PinMismatch {
-    pub expected: String,
-    pub found: String,
-}
-
-impl fmt::Display for PinMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "server certificate sha256 {} is not the pinned {}", self.found, self.expected)
-    }
-}
-
-// rustls shows the inner error with `{:?}`: make that the readable sentence.
-impl fmt::Debug for PinMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::error::Error for PinMismatch {}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let found: [u8; 32] = Sha256::digest(end_entity).into();
-        // Not secret: both fingerprints are public, so no constant-time compare.
-        if found == self.sha256 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            let mismatch =
-                PinMismatch { expected: format_fingerprint(&self.sha256), found: format_fingerprint(&found) };
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(mismatch),
-            ))))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A client configuration that trusts only the certificate with this
 /// SHA-256 fingerprint and speaks HTTP/1.1.
 pub fn pinned_client_config(fingerprint: &str) -> Result<Arc<ClientConfig>, TlsError> {
-    let verifier = PinnedVerifier::from_fingerprint(fingerprint)?;
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    Ok(Arc::new(config))
+    let verifier = Arc::new(PinnedVerifier::new(parse_fingerprint(fingerprint)?));
+    Ok(Arc::new(ferry_control::pin::client_config(verifier, &[ALPN_HTTP11])?))
 }
 
 #[cfg(test)]
@@ -460,11 +354,15 @@ mod tests {
 
     #[test]
     fn pinned_verifier_accepts_only_the_pinned_certificate() {
+        use rustls::{
+            client::danger::ServerCertVerifier,
+            pki_types::{ServerName, UnixTime},
+        };
         let dir = tempfile::tempdir().unwrap();
         let (cert, _) = ensure_self_signed(dir.path(), &[]).unwrap();
         let der = load_certs(&cert).unwrap().remove(0);
         let name = ServerName::try_from("localhost").unwrap();
-        let pinned = PinnedVerifier::from_fingerprint(&fingerprint_sha256(&der)).unwrap();
+        let pinned = PinnedVerifier::new(parse_fingerprint(&fingerprint_sha256(&der)).unwrap());
         assert!(pinned.verify_server_cert(&der, &[], &name, &[], UnixTime::now()).is_ok());
 
         let other = PinnedVerifier::new([0; 32]);

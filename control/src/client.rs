@@ -7,15 +7,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -28,6 +23,7 @@ use crate::codec::{DecodeError, Message, decode_valid, encode};
 use crate::common::{ErrorCode, Welcome};
 use crate::gateway::{DesiredState, FromGateway, ToGateway, sign_gateway_hello};
 use crate::ids::{GatewayId, RelayId, Token, WgKey};
+use crate::pin::{self, PinnedVerifier};
 use crate::relay::{DesiredAllocations, FromRelay, RelayHello, ToRelay};
 use crate::{MAX_MESSAGE_BYTES, SigningKey};
 
@@ -90,14 +86,9 @@ pub fn websocket_config() -> WebSocketConfig {
 pub async fn connect(url: &str, pin_sha256: Option<[u8; 32]>) -> Result<WsStream, ClientError> {
     let (connector, seen) = if url.starts_with("wss://") {
         let pin = pin_sha256.ok_or(ClientError::PinRequired)?;
-        let verifier = Arc::new(PinnedLeaf::new(pin));
-        let seen = verifier.seen.clone();
-        let config = ClientConfig::builder_with_provider(verifier.provider.clone())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        (Connector::Rustls(Arc::new(config)), Some((pin, seen)))
+        let verifier = Arc::new(PinnedVerifier::new(pin));
+        let config = pin::client_config(verifier.clone(), &[])?;
+        (Connector::Rustls(Arc::new(config)), Some(verifier))
     } else if url.starts_with("ws://") {
         if pin_sha256.is_some() {
             return Err(ClientError::PinWithoutTls);
@@ -119,82 +110,16 @@ pub async fn connect(url: &str, pin_sha256: Option<[u8; 32]>) -> Result<WsStream
             // rustls reports a pin mismatch as a generic certificate failure
             // deep inside an IO error; the verifier remembers what it saw so
             // the operator gets both fingerprints instead.
-            if let Some((pin, seen)) = seen {
-                let got = *seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Some(got) = got.filter(|got| *got != pin) {
-                    return Err(ClientError::PinMismatch {
-                        expected: hex::encode(pin),
-                        got: hex::encode(got),
-                    });
-                }
+            if let Some(verifier) = seen
+                && let Some(got) = verifier.seen().filter(|got| *got != verifier.pin())
+            {
+                return Err(ClientError::PinMismatch {
+                    expected: hex::encode(verifier.pin()),
+                    got: hex::encode(got),
+                });
             }
             Err(e.into())
         }
-    }
-}
-
-/// Trusts exactly one leaf certificate, by its SHA-256, and checks the
-/// handshake signatures against that certificate's key with the provider's
-/// algorithms (so the server must hold the private key, not just the cert).
-struct PinnedLeaf {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-    algorithms: WebPkiSupportedAlgorithms,
-    seen: Arc<Mutex<Option<[u8; 32]>>>,
-}
-
-impl PinnedLeaf {
-    fn new(pin: [u8; 32]) -> PinnedLeaf {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let algorithms = provider.signature_verification_algorithms;
-        PinnedLeaf { pin, provider, algorithms, seen: Arc::new(Mutex::new(None)) }
-    }
-}
-
-impl fmt::Debug for PinnedLeaf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedLeaf").field("pin", &hex::encode(self.pin)).finish_non_exhaustive()
-    }
-}
-
-impl ServerCertVerifier for PinnedLeaf {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let fingerprint: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        *self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(fingerprint);
-        if fingerprint == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 

@@ -13,6 +13,8 @@ pub mod codec;
 mod common;
 pub mod gateway;
 pub mod ids;
+#[cfg(feature = "pin")]
+pub mod pin;
 pub mod relay;
 pub mod validate;
 
