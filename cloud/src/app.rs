@@ -120,13 +120,51 @@ impl AppState {
     pub fn change_session<R>(
         &self,
         id: u64,
+        change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+    ) -> Result<Option<(Session, R)>, SessionError> {
+        self.change_session_with(id, change, |_, _| None)
+    }
+
+    /// [`Self::change_session`], recording `action` by `actor` in the audit
+    /// log in the same commit as the change, with the detail `detail` makes.
+    pub fn change_session_audited<R>(
+        &self,
+        id: u64,
+        actor: &Actor,
+        action: &str,
+        change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+        detail: impl Fn(&Session, &R) -> Option<String>,
+    ) -> Result<Option<(Session, R)>, SessionError> {
+        self.change_session_with(id, change, |session, result| {
+            Some(Event {
+                actor: actor.name.clone(),
+                action: action.to_string(),
+                allowed: true,
+                source: actor.source.clone(),
+                session: Some(session.id.to_string()),
+                gateway: Some(session.gateway_id.to_string()),
+                detail: detail(session, result),
+            })
+        })
+    }
+
+    fn change_session_with<R>(
+        &self,
+        id: u64,
         mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+        event: impl Fn(&Session, &R) -> Option<Event>,
     ) -> Result<Option<(Session, R)>, SessionError> {
         let mut relays_before = Vec::new();
-        let changed = sessions::modify(&self.store, id, |s| {
-            relays_before = relay_ids(s);
-            change(s)
-        })?;
+        let changed = sessions::modify_audited(
+            &self.store,
+            id,
+            self.now_ms(),
+            |s| {
+                relays_before = relay_ids(s);
+                change(s)
+            },
+            event,
+        )?;
         if let Some((session, _)) = &changed {
             self.push(session, &relays_before);
         }
@@ -153,10 +191,13 @@ impl AppState {
         actor: &Actor,
     ) -> Result<Option<Session>, SessionError> {
         let now = self.now_ms();
-        let ended = self.change_session(id, |s| Ok(s.end(reason.clone(), now)?))?;
-        if let Some((session, ())) = &ended {
-            self.audit_session(actor, "session.end", true, session, Some(describe(&reason)));
-        }
+        let ended = self.change_session_audited(
+            id,
+            actor,
+            "session.end",
+            |s| Ok(s.end(reason.clone(), now)?),
+            |_, _| Some(describe(&reason)),
+        )?;
         Ok(ended.map(|(s, ())| s))
     }
 
@@ -167,11 +208,15 @@ impl AppState {
         let mut expired = 0;
         for session in sessions::all_live(&self.store)? {
             if session.expires_ms.is_some_and(|at| now >= at)
-                && let Some((session, true)) = self.change_session(session.id, |s| Ok(s.expire_due(now)))?
+                && let Some((_, true)) = self.change_session_audited(
+                    session.id,
+                    &Actor::system(),
+                    "session.expire",
+                    |s| Ok(s.expire_due(now)),
+                    |s, _| s.end_reason.as_ref().map(describe),
+                )?
             {
                 expired += 1;
-                let reason = session.end_reason.as_ref().map(describe);
-                self.audit_session(&Actor::system(), "session.expire", true, &session, reason);
             }
         }
         Ok(expired)
@@ -198,14 +243,16 @@ impl AppState {
                 let reason = EndReason::UserDisabled { name: user.name.clone() };
                 self.end_session(session.id, reason, by)?;
             } else if session.configs.iter().any(|c| c.user_id == user.id) {
-                let changed = self.change_session(session.id, |s| {
-                    s.configs.retain(|c| c.user_id != user.id);
-                    Ok(())
-                })?;
-                if let Some((session, ())) = changed {
-                    let detail = format!("configuration of disabled user {} revoked", user.name);
-                    self.audit_session(by, "session.config_revoke", true, &session, Some(detail));
-                }
+                self.change_session_audited(
+                    session.id,
+                    by,
+                    "session.config_revoke",
+                    |s| {
+                        s.configs.retain(|c| c.user_id != user.id);
+                        Ok(())
+                    },
+                    |_, _| Some(format!("configuration of disabled user {} revoked", user.name)),
+                )?;
             }
         }
         Ok(())

@@ -201,19 +201,39 @@ fn next_link(store: &Store) -> Result<(u64, String), AuditError> {
 
 /// Appends an event at `time_ms`; the append is durable when this returns.
 pub fn append(store: &Store, time_ms: u64, event: Event) -> Result<Entry, AuditError> {
+    commit_with(store, time_ms, event, Batch::default())
+}
+
+/// Commits `batch` and the audit entry of `event` in one atomic commit:
+/// a crash keeps both or neither, so no change is ever stored without its
+/// entry. A conflict on the batch's own expectations is returned as
+/// `AuditError::Store(BackendError::Conflict)` for the caller to re-read and
+/// retry; a conflict on the chain head (another append won) is retried here.
+pub fn commit_with(store: &Store, time_ms: u64, event: Event, batch: Batch) -> Result<Entry, AuditError> {
     let backend = store.backend();
-    // Appends race on the chain head; the loser retries on the new head.
     for _ in 0..64 {
         let (seq, prev_hash) = next_link(store)?;
         let entry = chain_entry(seq, time_ms, event.clone(), prev_hash);
         let value = serde_json::to_vec(&entry).expect("plain data serializes");
-        let batch = Batch::default()
-            .expect(Collection::Audit, key(seq), None)
-            .put(Collection::Audit, key(seq), value)
-            .put(Collection::Meta, HEAD_KEY, Link::of(&entry).encode());
-        match backend.commit(batch) {
+        let mut full = batch.clone();
+        full.expect.push(crate::store::backend::Expect {
+            collection: Collection::Audit,
+            key: key(seq).to_vec(),
+            value: None,
+        });
+        let full = full.put(Collection::Audit, key(seq), value).put(
+            Collection::Meta,
+            HEAD_KEY,
+            Link::of(&entry).encode(),
+        );
+        match backend.commit(full) {
             Ok(()) => return Ok(entry),
-            Err(BackendError::Conflict { .. }) => continue,
+            Err(BackendError::Conflict { collection }) => {
+                if collection == Collection::Audit || next_link(store)?.0 != seq {
+                    continue;
+                }
+                return Err(AuditError::Store(BackendError::Conflict { collection }));
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -496,6 +516,42 @@ mod tests {
         let backend = Arc::new(SledBackend::open(&dir.path().join("db")).unwrap());
         let store = Store::with_backend(backend.clone()).unwrap();
         (dir, store, backend)
+    }
+
+    #[test]
+    fn a_change_and_its_entry_commit_together_or_not_at_all() {
+        let (_dir, store, backend) = store();
+        let write = || {
+            Batch::default().expect(Collection::Users, b"k".to_vec(), None).put(
+                Collection::Users,
+                b"k".to_vec(),
+                b"v".to_vec(),
+            )
+        };
+        let entry = commit_with(&store, 1, event(1), write()).unwrap();
+        assert_eq!(entry.seq, 1);
+        assert_eq!(backend.get(Collection::Users, b"k").unwrap(), Some(b"v".to_vec()));
+        // The change's own expectation fails now: neither it nor its entry lands.
+        let refused = commit_with(&store, 2, event(2), write());
+        assert!(matches!(
+            refused,
+            Err(AuditError::Store(BackendError::Conflict { collection: Collection::Users }))
+        ));
+        assert_eq!(entries(&store, 0, 10).unwrap().len(), 1);
+        // Racing on the chain head is retried, not reported.
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let store = store.clone();
+                scope.spawn(move || {
+                    for i in 0..20u64 {
+                        let key = format!("{t}-{i}").into_bytes();
+                        let batch = Batch::default().put(Collection::Users, key, b"v".to_vec());
+                        commit_with(&store, 3, event(i), batch).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(verify(&store).unwrap().unwrap().entries, 81);
     }
 
     #[test]

@@ -117,9 +117,16 @@ fn main() -> Result<()> {
         Command::Admin(AdminCommand::Create { name, data_dir }) => {
             let store = open_store(data_dir.or(config.data_dir))?;
             let secret = password::one_time();
-            let user = users::create_with(&store, &name, Role::Administrator, &secret, now_ms(), true)
-                .with_context(|| format!("creating the Administrator `{name}`"))?;
-            record_admin_creation(&store, &user.name, "admin create")?;
+            let user = users::create_with(
+                &store,
+                &name,
+                Role::Administrator,
+                &secret,
+                now_ms(),
+                true,
+                Some(admin_created(&name, "admin create")),
+            )
+            .with_context(|| format!("creating the Administrator `{name}`"))?;
             println!("created Administrator `{}` with the one-time password: {secret}", user.name);
             println!("it must be changed at first login (POST /api/v1/me/password)");
             Ok(())
@@ -158,21 +165,17 @@ fn open_store(data_dir: Option<PathBuf>) -> Result<store::Store> {
     })
 }
 
-fn record_admin_creation(store: &store::Store, name: &str, how: &str) -> Result<()> {
-    audit::append(
-        store,
-        now_ms(),
-        audit::Event {
-            actor: "system".into(),
-            action: "user.create".into(),
-            allowed: true,
-            source: None,
-            session: None,
-            gateway: None,
-            detail: Some(format!("{name} as Administrator ({how})")),
-        },
-    )?;
-    Ok(())
+/// The audit entry of a new Administrator, stored with the user.
+fn admin_created(name: &str, how: &str) -> audit::Event {
+    audit::Event {
+        actor: "system".into(),
+        action: "user.create".into(),
+        allowed: true,
+        source: None,
+        session: None,
+        gateway: None,
+        detail: Some(format!("{name} as Administrator ({how})")),
+    }
 }
 
 /// On first start there is nobody to log in: make an Administrator and
@@ -182,8 +185,15 @@ fn first_start(store: &store::Store) -> Result<()> {
         return Ok(());
     }
     let secret = password::one_time();
-    let user = users::create_with(store, "admin", Role::Administrator, &secret, now_ms(), true)?;
-    record_admin_creation(store, &user.name, "first start")?;
+    users::create_with(
+        store,
+        "admin",
+        Role::Administrator,
+        &secret,
+        now_ms(),
+        true,
+        Some(admin_created("admin", "first start")),
+    )?;
     println!("first start: created Administrator `admin` with the one-time password: {secret}");
     Ok(())
 }

@@ -80,7 +80,7 @@ fn key(id: u64) -> [u8; 8] {
 
 /// Creates a user; the name must be free (checked atomically with the write).
 pub fn create(store: &Store, name: &str, role: Role, password: &str, now_ms: u64) -> Result<User, UserError> {
-    create_with(store, name, role, password, now_ms, false)
+    create_with(store, name, role, password, now_ms, false, None)
 }
 
 /// Creates a user whose password may have to be changed at first use.
@@ -91,6 +91,7 @@ pub fn create_with(
     password: &str,
     now_ms: u64,
     must_change_password: bool,
+    audit: Option<crate::audit::Event>,
 ) -> Result<User, UserError> {
     if !valid_name(name) {
         return Err(UserError::BadName);
@@ -103,7 +104,17 @@ pub fn create_with(
         .expect(Collection::UserNames, name.as_bytes(), None)
         .put(Collection::UserNames, name.as_bytes(), key(id))
         .put(Collection::Users, key(id), value);
-    match store.backend().commit(batch) {
+    // With an audit event, the user and its entry are one commit.
+    let committed = match audit {
+        Some(event) => {
+            crate::audit::commit_with(store, now_ms, event, batch).map(drop).map_err(|e| match e {
+                crate::audit::AuditError::Store(e) => e,
+                other => BackendError::Io(other.to_string()),
+            })
+        }
+        None => store.backend().commit(batch),
+    };
+    match committed {
         Ok(()) => Ok(user),
         Err(BackendError::Conflict { .. }) => Err(UserError::Exists(name.to_string())),
         Err(e) => Err(e.into()),

@@ -84,6 +84,7 @@ pub fn create(
     scopes: Vec<Scope>,
     expires_ms: Option<u64>,
     now_ms: u64,
+    audit: Option<&dyn Fn(&ApiToken) -> crate::audit::Event>,
 ) -> Result<(ApiToken, String), BackendError> {
     let id = store.backend().generate_id()?;
     let secret = Opaque::generate(user_id, id);
@@ -97,11 +98,21 @@ pub fn create(
         secret_hash: secret.hash(),
     };
     let record = Record { secret_hash: token.secret_hash.clone(), token: token.clone() };
-    store.backend().commit(Batch::default().put(
+    let batch = Batch::default().put(
         Collection::Tokens,
         record_key(KIND, user_id, id),
         serde_json::to_vec(&record).expect("plain data serializes"),
-    ))?;
+    );
+    // With an audit event, the token and its entry are one commit.
+    match audit {
+        Some(event) => {
+            crate::audit::commit_with(store, now_ms, event(&token), batch).map_err(|e| match e {
+                crate::audit::AuditError::Store(e) => e,
+                other => BackendError::Io(other.to_string()),
+            })?;
+        }
+        None => store.backend().commit(batch)?,
+    }
     Ok((token, secret.encode(PREFIX)))
 }
 
@@ -168,11 +179,12 @@ mod tests {
     fn create_authenticate_expire_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (token, bearer) = create(&store, 1, "ci", vec![Scope::SessionsRead], Some(1000), 0).unwrap();
+        let (token, bearer) =
+            create(&store, 1, "ci", vec![Scope::SessionsRead], Some(1000), 0, None).unwrap();
         assert!(is_api_token(&bearer));
         assert_eq!(authenticate(&store, &bearer, 999).unwrap(), token);
         assert!(matches!(authenticate(&store, &bearer, 1000), Err(ApiTokenError::Expired)));
-        let (_, forever) = create(&store, 1, "ops", vec![], None, 0).unwrap();
+        let (_, forever) = create(&store, 1, "ops", vec![], None, 0, None).unwrap();
         assert!(authenticate(&store, &forever, u64::MAX).is_ok());
         assert!(!serde_json::to_string(&token).unwrap().contains("secret_hash"));
         assert_eq!(list(&store).unwrap().len(), 2);

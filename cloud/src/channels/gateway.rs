@@ -163,6 +163,23 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
     }
 }
 
+fn session_event(
+    actor: &Actor,
+    action: &str,
+    session: &crate::sessions::Session,
+    detail: Option<String>,
+) -> audit::Event {
+    audit::Event {
+        actor: actor.name.clone(),
+        action: action.to_string(),
+        allowed: true,
+        source: actor.source.clone(),
+        session: Some(session.id.to_string()),
+        gateway: Some(session.gateway_id.to_string()),
+        detail,
+    }
+}
+
 fn gateway_event(actor: &Actor, action: &str, allowed: bool, detail: Option<String>) -> audit::Event {
     audit::Event {
         actor: actor.name.clone(),
@@ -270,16 +287,19 @@ fn handle_event(state: &AppState, gateway_id: u64, actor: &Actor, event: Event) 
         }
         GatewayEvent::Bytes { session_id, target, rx, tx } => {
             if let Some(session) = session_of(session_id.0)? {
-                let changed = crate::sessions::modify(&state.store, session.id, |s| {
-                    s.bytes_rx = s.bytes_rx.saturating_add(rx);
-                    s.bytes_tx = s.bytes_tx.saturating_add(tx);
-                    Ok(())
-                })?;
-                if let Some((session, ())) = changed {
-                    let detail =
-                        format!("target {}: rx {rx} tx {tx} bytes", target.as_deref().unwrap_or("all"));
-                    state.audit_session(actor, "session.bytes", true, &session, Some(detail));
-                }
+                // No push: counters are not part of any desired state.
+                let detail = format!("target {}: rx {rx} tx {tx} bytes", target.as_deref().unwrap_or("all"));
+                crate::sessions::modify_audited(
+                    &state.store,
+                    session.id,
+                    now,
+                    |s| {
+                        s.bytes_rx = s.bytes_rx.saturating_add(rx);
+                        s.bytes_tx = s.bytes_tx.saturating_add(tx);
+                        Ok(())
+                    },
+                    |s, _| Some(session_event(actor, "session.bytes", s, Some(detail.clone()))),
+                )?;
             }
         }
     }

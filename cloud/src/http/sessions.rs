@@ -187,7 +187,8 @@ async fn create(
     let mut released = request.released_to;
     released.sort_unstable();
     released.dedup();
-    let session = sessions::create(
+    let who = actor(&caller);
+    let session = sessions::create_audited(
         &state.store,
         Session::new(
             0,
@@ -200,8 +201,19 @@ async fn create(
             caller.user.name.clone(),
             state.now_ms(),
         ),
+        state.now_ms(),
+        |s| {
+            Some(crate::audit::Event {
+                actor: who.name.clone(),
+                action: "session.create".into(),
+                allowed: true,
+                source: who.source.clone(),
+                session: Some(s.id.to_string()),
+                gateway: Some(s.gateway_id.to_string()),
+                detail: Some(s.name.clone()),
+            })
+        },
     )?;
-    state.audit_session(&actor(&caller), "session.create", true, &session, Some(session.name.clone()));
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -272,32 +284,37 @@ async fn update(
         }
     }
     check_session_targets(&gateway, &targets)?;
-    let (session, ()) = state
-        .change_session(id, |s| {
-            s.targets.retain(|t| !change.remove_targets.contains(t));
-            for t in &change.add_targets {
-                if !s.targets.contains(t) {
-                    s.targets.push(t.clone());
-                }
-            }
-            for user in &change.release {
-                if !s.released_to.contains(user) {
-                    s.released_to.push(*user);
-                }
-            }
-            s.released_to.retain(|u| !change.unrelease.contains(u));
-            s.configs.retain(|c| !change.unrelease.contains(&c.user_id));
-            if let Some(d) = change.max_duration_s {
-                s.max_duration_s = d;
-            }
-            Ok(())
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("no session {id}")))?;
     let detail = format!(
         "targets +{:?} -{:?}, released +{:?} -{:?}",
         change.add_targets, change.remove_targets, change.release, change.unrelease
     );
-    state.audit_session(&actor(&caller), "session.update", true, &session, Some(detail));
+    let (session, ()) = state
+        .change_session_audited(
+            id,
+            &actor(&caller),
+            "session.update",
+            |s| {
+                s.targets.retain(|t| !change.remove_targets.contains(t));
+                for t in &change.add_targets {
+                    if !s.targets.contains(t) {
+                        s.targets.push(t.clone());
+                    }
+                }
+                for user in &change.release {
+                    if !s.released_to.contains(user) {
+                        s.released_to.push(*user);
+                    }
+                }
+                s.released_to.retain(|u| !change.unrelease.contains(u));
+                s.configs.retain(|c| !change.unrelease.contains(&c.user_id));
+                if let Some(d) = change.max_duration_s {
+                    s.max_duration_s = d;
+                }
+                Ok(())
+            },
+            |_, _| Some(detail.clone()),
+        )?
+        .ok_or_else(|| ApiError::not_found(format!("no session {id}")))?;
     Ok(Json(session))
 }
 
@@ -324,17 +341,15 @@ async fn start(
     )?;
     let view = state.hub.gateway_view(session.gateway_id);
     let now = state.now_ms();
-    match state.change_session(id, |s| Ok(s.start(&caller.user.name, now, view)?)) {
-        Ok(Some((session, new_state))) => {
-            state.audit_session(
-                &actor(&caller),
-                "session.start",
-                true,
-                &session,
-                Some(new_state.label().into()),
-            );
-            Ok(Json(session))
-        }
+    let started = state.change_session_audited(
+        id,
+        &actor(&caller),
+        "session.start",
+        |s| Ok(s.start(&caller.user.name, now, view)?),
+        |_, new_state| Some(new_state.label().into()),
+    );
+    match started {
+        Ok(Some((session, _))) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(e @ SessionError::Refused(_)) => {
             state.audit_session(&actor(&caller), "session.start", false, &session, Some(e.to_string()));
@@ -475,7 +490,11 @@ async fn issue(
         }
     });
     let answer = relay.as_ref().map(|_| state.hub.expect_allocation(config_id));
-    let issued = state.change_session(id, |s| {
+    let detail = |s: &Session, _: &()| {
+        let address = s.configs.iter().find(|c| c.id == config_id).map(|c| c.tunnel_address.to_string());
+        Some(format!("key {key}, address {}", address.unwrap_or_default()))
+    };
+    let issue = |s: &mut Session| {
         if s.state != SessionState::Active {
             return Err(SessionError::Refused(sessions::Refusal::NotRunning));
         }
@@ -495,7 +514,8 @@ async fn issue(
             relay: relay.clone(),
         });
         Ok(())
-    });
+    };
+    let issued = state.change_session_audited(id, &actor(caller), "session.config", issue, detail);
     let mut session = match issued {
         Ok(Some((session, ()))) => session,
         Ok(None) => return Err(ApiError::not_found(format!("no session {id}"))),
@@ -538,8 +558,6 @@ async fn issue(
     let config = session.configs.iter().find(|c| c.id == config_id).cloned().ok_or_else(|| {
         ApiError::conflict("session-not-active", "Session not active", "the session ended meanwhile")
     })?;
-    let detail = format!("key {key}, address {}", config.tunnel_address);
-    state.audit_session(&actor(caller), "session.config", true, &session, Some(detail));
     Ok((session, gateway, config))
 }
 

@@ -83,11 +83,12 @@ async fn create(
     let expires = request.expires_in_days.map(|d| now + u64::from(d) * 86_400_000);
     let mut scopes = request.scopes;
     scopes.dedup();
+    let event = |token: &ApiToken| {
+        let scopes: Vec<&str> = token.scopes.iter().map(|s| s.label()).collect();
+        caller.event("token.create", true, None, None, Some(format!("{} ({})", token.name, scopes.join(" "))))
+    };
     let (token, secret) =
-        api_tokens::create(&state.store, caller.user.id, &request.name, scopes, expires, now)?;
-    let detail =
-        format!("{} ({})", token.name, token.scopes.iter().map(|s| s.label()).collect::<Vec<_>>().join(" "));
-    state.audit(caller.event("token.create", true, None, None, Some(detail)));
+        api_tokens::create(&state.store, caller.user.id, &request.name, scopes, expires, now, Some(&event))?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 

@@ -129,14 +129,10 @@ async fn create(
     Body(request): Body<NewUser>,
 ) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
     caller.authorize(&state, Action::ManageUsers, Scope::UsersWrite, "user.create", None, None)?;
-    let (user, one_time) = create_user(&state, &request.name, request.role, request.password).await?;
-    state.audit(caller.event(
-        "user.create",
-        true,
-        None,
-        None,
-        Some(format!("{} as {:?}", user.name, user.role)),
-    ));
+    let detail = format!("{} as {:?}", request.name, request.role);
+    let event = caller.event("user.create", true, None, None, Some(detail));
+    let (user, one_time) =
+        create_user(&state, &request.name, request.role, request.password, Some(event)).await?;
     Ok((StatusCode::CREATED, Json(CreatedUser { user: UserView::from(&user), one_time_password: one_time })))
 }
 
@@ -147,13 +143,14 @@ pub async fn create_user(
     name: &str,
     role: Role,
     password: Option<String>,
+    audit: Option<crate::audit::Event>,
 ) -> ApiResult<(User, Option<String>)> {
     let one_time = password.is_none().then(password::one_time);
     let secret = password.or_else(|| one_time.clone()).expect("one of the two is set");
     let (store, name_owned, now) = (state.store.clone(), name.to_string(), state.now_ms());
     let must_change = one_time.is_some();
     let user = tokio::task::spawn_blocking(move || {
-        users::create_with(&store, &name_owned, role, &secret, now, must_change)
+        users::create_with(&store, &name_owned, role, &secret, now, must_change, audit)
     })
     .await??;
     Ok((user, one_time))

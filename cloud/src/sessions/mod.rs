@@ -157,13 +157,32 @@ fn decode(bytes: &[u8]) -> Result<Session, BackendError> {
     serde_json::from_slice(bytes).map_err(|e| BackendError::Io(format!("unreadable session: {e}")))
 }
 
-pub fn create(store: &Store, mut session: Session) -> Result<Session, BackendError> {
+pub fn create(store: &Store, session: Session) -> Result<Session, BackendError> {
+    create_audited(store, session, 0, |_| None)
+}
+
+/// Stores a new session together with the audit entry `event` makes of it.
+pub fn create_audited(
+    store: &Store,
+    mut session: Session,
+    time_ms: u64,
+    event: impl Fn(&Session) -> Option<crate::audit::Event>,
+) -> Result<Session, BackendError> {
     session.id = store.backend().generate_id()?;
-    store.backend().commit(Batch::default().put(
+    let batch = Batch::default().put(
         Collection::Sessions,
         key(session.id),
         serde_json::to_vec(&session).expect("plain data serializes"),
-    ))?;
+    );
+    match event(&session) {
+        Some(event) => {
+            crate::audit::commit_with(store, time_ms, event, batch).map(drop).map_err(|e| match e {
+                crate::audit::AuditError::Store(e) => e,
+                other => BackendError::Io(other.to_string()),
+            })?
+        }
+        None => store.backend().commit(batch)?,
+    }
     Ok(session)
 }
 
@@ -207,7 +226,20 @@ fn live_ids(store: &Store, prefix: &[u8]) -> Result<Vec<u64>, BackendError> {
 pub fn modify<R>(
     store: &Store,
     id: u64,
+    change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+) -> Result<Option<(Session, R)>, SessionError> {
+    modify_audited(store, id, 0, change, |_, _| None)
+}
+
+/// [`modify`], with the audit entry that `event` makes of the change
+/// committed in the same atomic commit (none if it returns None or nothing
+/// changed).
+pub fn modify_audited<R>(
+    store: &Store,
+    id: u64,
+    time_ms: u64,
     mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+    event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(Session, R)>, SessionError> {
     for _ in 0..64 {
         let Some(before_bytes) = store.backend().get(Collection::Sessions, &key(id))? else {
@@ -243,7 +275,16 @@ pub fn modify<R>(
             key(id),
             serde_json::to_vec(&after).expect("plain data serializes"),
         );
-        match store.backend().commit(batch) {
+        let committed = match event(&after, &result) {
+            Some(event) => {
+                crate::audit::commit_with(store, time_ms, event, batch).map(drop).map_err(|e| match e {
+                    crate::audit::AuditError::Store(e) => e,
+                    other => BackendError::Io(other.to_string()),
+                })
+            }
+            None => store.backend().commit(batch),
+        };
+        match committed {
             Ok(()) => return Ok(Some((after, result))),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
