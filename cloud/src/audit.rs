@@ -240,6 +240,23 @@ pub fn commit_with(store: &Store, time_ms: u64, event: Event, batch: Batch) -> R
     Err(AuditError::Contended)
 }
 
+/// Commits `batch`, with `event`'s audit entry in the same commit if there
+/// is one. For the typed collections, whose errors are storage errors.
+pub fn commit_audited(
+    store: &Store,
+    time_ms: u64,
+    event: Option<Event>,
+    batch: Batch,
+) -> Result<(), BackendError> {
+    match event {
+        Some(event) => commit_with(store, time_ms, event, batch).map(drop).map_err(|e| match e {
+            AuditError::Store(e) => e,
+            other => BackendError::Io(other.to_string()),
+        }),
+        None => store.backend().commit(batch),
+    }
+}
+
 /// Up to `limit` entries after sequence number `after_seq`, oldest first.
 pub fn entries(store: &Store, after_seq: u64, limit: usize) -> Result<Vec<Entry>, AuditError> {
     let after = key(after_seq);

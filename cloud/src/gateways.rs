@@ -148,6 +148,7 @@ pub fn create(
     site: &str,
     targets: Vec<Target>,
     now_ms: u64,
+    event: impl Fn(&Gateway) -> Option<crate::audit::Event>,
 ) -> Result<Gateway, BackendError> {
     let gateway = Gateway {
         id: store.backend().generate_id()?,
@@ -161,7 +162,12 @@ pub fn create(
         last_seen: LastSeen::default(),
         last_event_seq: 0,
     };
-    put(store, &gateway)?;
+    let batch = Batch::default().put(
+        Collection::Gateways,
+        key(gateway.id),
+        serde_json::to_vec(&gateway).expect("plain data serializes"),
+    );
+    crate::audit::commit_audited(store, now_ms, event(&gateway), batch)?;
     Ok(gateway)
 }
 
@@ -254,7 +260,14 @@ pub fn enrolment_token(
 
 /// Spends an enrolment token and records the gateway's identity key.
 /// Exactly one presentation of a token can succeed.
-pub fn enrol(store: &Store, token: &str, identity_key: &str, now_ms: u64) -> Result<Gateway, EnrolError> {
+/// The enrolment and its audit entry (`event`) are one commit.
+pub fn enrol(
+    store: &Store,
+    token: &str,
+    identity_key: &str,
+    now_ms: u64,
+    event: impl Fn(&Gateway) -> crate::audit::Event,
+) -> Result<Gateway, EnrolError> {
     let parsed = Opaque::parse(ENROL_PREFIX, token).ok_or(EnrolError::Invalid)?;
     let token_key = record_key(ENROL_KIND, parsed.owner, parsed.id);
     let stored = store.backend().get(Collection::Tokens, &token_key)?.ok_or(EnrolError::Invalid)?;
@@ -278,7 +291,7 @@ pub fn enrol(store: &Store, token: &str, identity_key: &str, now_ms: u64) -> Res
             key(gateway.id),
             serde_json::to_vec(&gateway).expect("plain data serializes"),
         );
-    match store.backend().commit(batch) {
+    match crate::audit::commit_audited(store, now_ms, Some(event(&gateway)), batch) {
         Ok(()) => Ok(gateway),
         Err(BackendError::Conflict { .. }) => Err(EnrolError::Invalid),
         Err(e) => Err(e.into()),
@@ -312,22 +325,34 @@ mod tests {
         assert!(lo.validate().is_err());
     }
 
+    fn enrol_plain(store: &Store, token: &str, key: &str, now: u64) -> Result<Gateway, EnrolError> {
+        enrol(store, token, key, now, |g| crate::audit::Event {
+            actor: format!("gateway:{}", g.id),
+            action: "gateway.enrol".into(),
+            allowed: true,
+            source: None,
+            session: None,
+            gateway: Some(g.id.to_string()),
+            detail: None,
+        })
+    }
+
     #[test]
     fn enrolment_tokens_work_once_expire_and_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let gw = create(&store, "press 4", "plant a", vec![], 0).unwrap();
+        let gw = create(&store, "press 4", "plant a", vec![], 0, |_| None).unwrap();
         let token = enrolment_token(&store, gw.id, 1000, 0).unwrap();
-        let enrolled = enrol(&store, &token, "ab".repeat(32).as_str(), 10).unwrap();
+        let enrolled = enrol_plain(&store, &token, "ab".repeat(32).as_str(), 10).unwrap();
         assert_eq!(enrolled.identity_key.as_deref(), Some("ab".repeat(32).as_str()));
-        assert!(matches!(enrol(&store, &token, "cd", 11), Err(EnrolError::Invalid)), "never reusable");
+        assert!(matches!(enrol_plain(&store, &token, "cd", 11), Err(EnrolError::Invalid)), "never reusable");
 
         let stale = enrolment_token(&store, gw.id, 1000, 0).unwrap();
-        assert!(matches!(enrol(&store, &stale, "cd", 1000), Err(EnrolError::Expired)));
+        assert!(matches!(enrol_plain(&store, &stale, "cd", 1000), Err(EnrolError::Expired)));
         let first = enrolment_token(&store, gw.id, 1000, 0).unwrap();
         let second = enrolment_token(&store, gw.id, 1000, 0).unwrap();
-        assert!(matches!(enrol(&store, &first, "cd", 1), Err(EnrolError::Invalid)), "replaced");
-        assert!(enrol(&store, &second, "cd", 1).is_ok());
-        assert!(matches!(enrol(&store, "fye.1.2.zz", "cd", 1), Err(EnrolError::Invalid)));
+        assert!(matches!(enrol_plain(&store, &first, "cd", 1), Err(EnrolError::Invalid)), "replaced");
+        assert!(enrol_plain(&store, &second, "cd", 1).is_ok());
+        assert!(matches!(enrol_plain(&store, "fye.1.2.zz", "cd", 1), Err(EnrolError::Invalid)));
     }
 }

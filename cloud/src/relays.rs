@@ -47,20 +47,24 @@ fn key(id: u64) -> [u8; 8] {
 }
 
 /// Registers a relay; returns it and its token (shown once).
-pub fn create(store: &Store, name: &str, now_ms: u64) -> Result<(Relay, String), BackendError> {
+pub fn create(
+    store: &Store,
+    name: &str,
+    now_ms: u64,
+    event: impl Fn(&Relay) -> Option<crate::audit::Event>,
+) -> Result<(Relay, String), BackendError> {
     let id = store.backend().generate_id()?;
     let relay = Relay { id, name: name.to_string(), created_ms: now_ms, health: RelayHealth::default() };
     let token = Opaque::generate(id, store.backend().generate_id()?);
     let record = TokenRecord { secret_hash: token.hash() };
-    store.backend().commit(
-        Batch::default()
-            .put(Collection::Relays, key(id), serde_json::to_vec(&relay).expect("plain data serializes"))
-            .put(
-                Collection::Tokens,
-                record_key(KIND, id, token.id),
-                serde_json::to_vec(&record).expect("plain data serializes"),
-            ),
-    )?;
+    let batch = Batch::default()
+        .put(Collection::Relays, key(id), serde_json::to_vec(&relay).expect("plain data serializes"))
+        .put(
+            Collection::Tokens,
+            record_key(KIND, id, token.id),
+            serde_json::to_vec(&record).expect("plain data serializes"),
+        );
+    crate::audit::commit_audited(store, now_ms, event(&relay), batch)?;
     Ok((relay, token.encode(PREFIX)))
 }
 
@@ -117,8 +121,8 @@ mod tests {
     fn relay_tokens_authenticate_only_their_relay() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (a, token_a) = create(&store, "relay-a", 0).unwrap();
-        let (b, _) = create(&store, "relay-b", 0).unwrap();
+        let (a, token_a) = create(&store, "relay-a", 0, |_| None).unwrap();
+        let (b, _) = create(&store, "relay-b", 0, |_| None).unwrap();
         assert_eq!(authenticate(&store, a.id, &token_a).unwrap().map(|r| r.name), Some("relay-a".into()));
         assert_eq!(authenticate(&store, b.id, &token_a).unwrap(), None);
         assert_eq!(authenticate(&store, a.id, "fyl.1.2.00").unwrap(), None);

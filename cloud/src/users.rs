@@ -105,15 +105,7 @@ pub fn create_with(
         .put(Collection::UserNames, name.as_bytes(), key(id))
         .put(Collection::Users, key(id), value);
     // With an audit event, the user and its entry are one commit.
-    let committed = match audit {
-        Some(event) => {
-            crate::audit::commit_with(store, now_ms, event, batch).map(drop).map_err(|e| match e {
-                crate::audit::AuditError::Store(e) => e,
-                other => BackendError::Io(other.to_string()),
-            })
-        }
-        None => store.backend().commit(batch),
-    };
+    let committed = crate::audit::commit_audited(store, now_ms, audit, batch);
     match committed {
         Ok(()) => Ok(user),
         Err(BackendError::Conflict { .. }) => Err(UserError::Exists(name.to_string())),
@@ -167,7 +159,19 @@ pub fn update(store: &Store, user: &User) -> Result<(), UserError> {
 pub fn modify<R, E: From<UserError>>(
     store: &Store,
     id: u64,
+    change: impl FnMut(&mut User) -> Result<R, E>,
+) -> Result<Option<(User, R)>, E> {
+    modify_audited(store, id, 0, change, |_, _| None)
+}
+
+/// [`modify`], with the audit entry `event` makes of the change in the same
+/// commit.
+pub fn modify_audited<R, E: From<UserError>>(
+    store: &Store,
+    id: u64,
+    time_ms: u64,
     mut change: impl FnMut(&mut User) -> Result<R, E>,
+    event: impl Fn(&User, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(User, R)>, E> {
     for _ in 0..64 {
         let Some(before) = store.backend().get(Collection::Users, &key(id)).map_err(UserError::from)? else {
@@ -179,11 +183,12 @@ pub fn modify<R, E: From<UserError>>(
         if after == before {
             return Ok(Some((user, result)));
         }
-        match store.backend().commit(Batch::default().expect(Collection::Users, key(id), Some(before)).put(
+        let batch = Batch::default().expect(Collection::Users, key(id), Some(before)).put(
             Collection::Users,
             key(id),
             after,
-        )) {
+        );
+        match crate::audit::commit_audited(store, time_ms, event(&user, &result), batch) {
             Ok(()) => return Ok(Some((user, result))),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(UserError::from(e).into()),

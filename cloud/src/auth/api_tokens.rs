@@ -104,15 +104,7 @@ pub fn create(
         serde_json::to_vec(&record).expect("plain data serializes"),
     );
     // With an audit event, the token and its entry are one commit.
-    match audit {
-        Some(event) => {
-            crate::audit::commit_with(store, now_ms, event(&token), batch).map_err(|e| match e {
-                crate::audit::AuditError::Store(e) => e,
-                other => BackendError::Io(other.to_string()),
-            })?;
-        }
-        None => store.backend().commit(batch)?,
-    }
+    crate::audit::commit_audited(store, now_ms, audit.map(|event| event(&token)), batch)?;
     Ok((token, secret.encode(PREFIX)))
 }
 

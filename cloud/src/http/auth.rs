@@ -94,6 +94,11 @@ fn event(actor: &str, action: &str, allowed: bool, source: &Option<String>, deta
     }
 }
 
+fn login_event(name: &str, outcome: LoginOutcome, source: &Option<String>) -> Event {
+    let allowed = outcome == LoginOutcome::Success;
+    event(name, "auth.login", allowed, source, (!allowed).then(|| outcome_label(outcome).into()))
+}
+
 fn tokens(state: &AppState, user: &User, refresh_token: String) -> TokenResponse {
     TokenResponse {
         access_token: state.access.issue(user.id, &user.name, user.role, user.token_epoch, state.now_ms()),
@@ -196,19 +201,26 @@ async fn login(
     }
     let (password, hash) = (request.password.clone(), user.password_hash.clone());
     let password_ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash)).await?;
-    let (user, outcome) = users::modify(&state.store, user.id, |u| {
-        Ok::<_, ApiError>(state.policy.record(u, now, password_ok, request.totp.as_deref()))
-    })?
+    // The attempt's audit entry goes in the same commit as the counters it
+    // moved; an attempt that moved nothing is recorded on its own.
+    let recorded = std::cell::Cell::new(false);
+    let name = user.name.clone();
+    let (user, outcome) = users::modify_audited(
+        &state.store,
+        user.id,
+        now,
+        |u| Ok::<_, ApiError>(state.policy.record(u, now, password_ok, request.totp.as_deref())),
+        |_, outcome| {
+            recorded.set(true);
+            Some(login_event(&name, *outcome, &source))
+        },
+    )?
     .ok_or_else(|| refusal(LoginOutcome::BadCredentials, now))?;
     count(outcome);
     let allowed = outcome == LoginOutcome::Success;
-    state.audit(event(
-        &user.name,
-        "auth.login",
-        allowed,
-        &source,
-        (!allowed).then(|| outcome_label(outcome).into()),
-    ));
+    if !recorded.get() {
+        state.audit(login_event(&user.name, outcome, &source));
+    }
     if let LoginOutcome::Locked { until_ms, new: true } = outcome {
         state.audit(event(
             &user.name,
@@ -319,14 +331,19 @@ async fn change_password(
     let new_hash = tokio::task::spawn_blocking(move || password::hash(&request.new_password))
         .await?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    users::modify(&state.store, caller.user.id, |u| {
-        u.password_hash = new_hash.clone();
-        u.token_epoch += 1;
-        u.must_change_password = false;
-        Ok::<_, ApiError>(())
-    })?;
+    users::modify_audited(
+        &state.store,
+        caller.user.id,
+        state.now_ms(),
+        |u| {
+            u.password_hash = new_hash.clone();
+            u.token_epoch += 1;
+            u.must_change_password = false;
+            Ok::<_, ApiError>(())
+        },
+        |_, _| Some(caller.event("user.password", true, None, None, None)),
+    )?;
     refresh::revoke_user(&state.store, caller.user.id)?;
-    state.audit(caller.event("user.password", true, None, None, None));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -360,11 +377,16 @@ async fn totp_enrol(State(state): State<AppState>, caller: Caller) -> ApiResult<
     let pending = TotpState::generate();
     let url = pending.url(&caller.user.name);
     let secret = pending.secret.clone();
-    users::modify(&state.store, caller.user.id, |u| {
-        u.totp = Some(pending.clone());
-        Ok::<_, ApiError>(())
-    })?;
-    state.audit(caller.event("user.totp_enrol", true, None, None, None));
+    users::modify_audited(
+        &state.store,
+        caller.user.id,
+        state.now_ms(),
+        |u| {
+            u.totp = Some(pending.clone());
+            Ok::<_, ApiError>(())
+        },
+        |_, _| Some(caller.event("user.totp_enrol", true, None, None, None)),
+    )?;
     Ok(Json(TotpEnrolment { secret, otpauth_url: url }))
 }
 
@@ -377,16 +399,22 @@ async fn totp_confirm(
     Body(request): Body<TotpCode>,
 ) -> ApiResult<StatusCode> {
     let now = state.now_ms();
-    let (_, accepted) = users::modify(&state.store, caller.user.id, |u| {
-        let pending = u.totp.as_mut().filter(|t| !t.confirmed);
-        Ok::<_, ApiError>(pending.is_some_and(|t| {
-            t.confirmed = t.check(&request.code, now);
-            t.confirmed
-        }))
-    })?
+    let (_, accepted) = users::modify_audited(
+        &state.store,
+        caller.user.id,
+        now,
+        |u| {
+            let pending = u.totp.as_mut().filter(|t| !t.confirmed);
+            Ok::<_, ApiError>(pending.is_some_and(|t| {
+                t.confirmed = t.check(&request.code, now);
+                t.confirmed
+            }))
+        },
+        |_, accepted| accepted.then(|| caller.event("user.totp_confirm", true, None, None, None)),
+    )?
     .ok_or_else(|| ApiError::not_found("no such user"))?;
-    state.audit(caller.event("user.totp_confirm", accepted, None, None, None));
     if !accepted {
+        state.audit(caller.event("user.totp_confirm", false, None, None, None));
         return Err(ApiError::bad_request("the code is wrong, or no TOTP enrolment is pending"));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -401,16 +429,22 @@ async fn totp_disable(
     Body(request): Body<TotpCode>,
 ) -> ApiResult<StatusCode> {
     let now = state.now_ms();
-    let (_, accepted) = users::modify(&state.store, caller.user.id, |u| {
-        let ok = u.totp.as_mut().is_some_and(|t| t.confirmed && t.check(&request.code, now));
-        if ok {
-            u.totp = None;
-        }
-        Ok::<_, ApiError>(ok)
-    })?
+    let (_, accepted) = users::modify_audited(
+        &state.store,
+        caller.user.id,
+        now,
+        |u| {
+            let ok = u.totp.as_mut().is_some_and(|t| t.confirmed && t.check(&request.code, now));
+            if ok {
+                u.totp = None;
+            }
+            Ok::<_, ApiError>(ok)
+        },
+        |_, accepted| accepted.then(|| caller.event("user.totp_disable", true, None, None, None)),
+    )?
     .ok_or_else(|| ApiError::not_found("no such user"))?;
-    state.audit(caller.event("user.totp_disable", accepted, None, None, None));
     if !accepted {
+        state.audit(caller.event("user.totp_disable", false, None, None, None));
         return Err(ApiError::bad_request("the code is wrong, or TOTP is not on"));
     }
     Ok(StatusCode::NO_CONTENT)

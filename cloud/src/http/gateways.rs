@@ -163,10 +163,11 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<CreatedGateway>)> {
     caller.authorize(&state, Action::AddGateway, Scope::GatewaysWrite, "gateway.create", None, None)?;
     let now = state.now_ms();
-    let gateway = gateways::create(&state.store, &request.name, &request.site, request.targets, now)?;
+    let gateway = gateways::create(&state.store, &request.name, &request.site, request.targets, now, |g| {
+        Some(caller.event("gateway.create", true, None, Some(g.id), Some(g.name.clone())))
+    })?;
     let ttl = request.enrolment_ttl_s.map_or(ENROL_TTL_MS, |s| s * 1000);
     let token = gateways::enrolment_token(&state.store, gateway.id, ttl, now)?;
-    state.audit(caller.event("gateway.create", true, None, Some(gateway.id), Some(gateway.name.clone())));
     let enrolment = EnrolmentToken { gateway_id: gateway.id, token, expires_ms: now + ttl };
     Ok((StatusCode::CREATED, Json(CreatedGateway { gateway, enrolment })))
 }
@@ -251,23 +252,22 @@ async fn enrol(
     Body(request): Body<EnrolRequest>,
 ) -> ApiResult<Json<Enrolled>> {
     let now = state.now_ms();
-    match gateways::enrol(&state.store, &request.token, &request.identity_key.to_ascii_lowercase(), now) {
-        Ok(gateway) => {
-            state.audit(Event {
-                actor: format!("gateway:{}", gateway.id),
-                action: "gateway.enrol".into(),
-                allowed: true,
-                source,
-                session: None,
-                gateway: Some(gateway.id.to_string()),
-                detail: Some(format!("identity key {}", request.identity_key)),
-            });
-            Ok(Json(Enrolled {
-                gateway_id: gateway.id,
-                name: gateway.name,
-                control_path: "/api/v1/control/gateway".into(),
-            }))
-        }
+    let identity_key = request.identity_key.to_ascii_lowercase();
+    let event = |gateway: &Gateway| Event {
+        actor: format!("gateway:{}", gateway.id),
+        action: "gateway.enrol".into(),
+        allowed: true,
+        source: source.clone(),
+        session: None,
+        gateway: Some(gateway.id.to_string()),
+        detail: Some(format!("identity key {identity_key}")),
+    };
+    match gateways::enrol(&state.store, &request.token, &identity_key, now, event) {
+        Ok(gateway) => Ok(Json(Enrolled {
+            gateway_id: gateway.id,
+            name: gateway.name,
+            control_path: "/api/v1/control/gateway".into(),
+        })),
         Err(EnrolError::Store(e)) => Err(ApiError::internal(e)),
         Err(e) => {
             state.audit(Event {
@@ -331,8 +331,9 @@ async fn create_relay(
     Body(request): Body<NewRelay>,
 ) -> ApiResult<(StatusCode, Json<CreatedRelay>)> {
     caller.authorize(&state, Action::ManageRelays, Scope::GatewaysWrite, "relay.create", None, None)?;
-    let (relay, token) = relays::create(&state.store, &request.name, state.now_ms())?;
-    state.audit(caller.event("relay.create", true, None, None, Some(relay.name.clone())));
+    let (relay, token) = relays::create(&state.store, &request.name, state.now_ms(), |r| {
+        Some(caller.event("relay.create", true, None, None, Some(r.name.clone())))
+    })?;
     Ok((StatusCode::CREATED, Json(CreatedRelay { relay, token })))
 }
 

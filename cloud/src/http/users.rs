@@ -194,7 +194,15 @@ async fn update(
         ));
     }
     let mut disabled_now = false;
-    let (user, _) = users::modify(&state.store, id, |u| {
+    let detail = |u: &User| {
+        let disabled = change.disabled.map_or("-".into(), |d| d.to_string());
+        let unlock = change.unlock.unwrap_or(false);
+        format!("{}: role {:?}, disabled {disabled}, unlock {unlock}", u.name, change.role)
+    };
+    // Audited in the same commit as the change; a change that changes
+    // nothing is recorded on its own.
+    let recorded = std::cell::Cell::new(false);
+    let change_user = |u: &mut User| {
         if let Some(role) = change.role {
             u.role = role;
         }
@@ -211,8 +219,15 @@ async fn update(
             u.last_failed_ms = None;
         }
         Ok::<_, ApiError>(())
+    };
+    let (user, _) = users::modify_audited(&state.store, id, state.now_ms(), change_user, |u, _| {
+        recorded.set(true);
+        Some(caller.event("user.update", true, None, None, Some(detail(u))))
     })?
     .ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    if !recorded.get() {
+        state.audit(caller.event("user.update", true, None, None, Some(detail(&user))));
+    }
     if disabled_now {
         refresh::revoke_user(&state.store, id)?;
         api_tokens::revoke_user(&state.store, id)?;
@@ -223,13 +238,5 @@ async fn update(
             )
             .map_err(ApiError::from)?;
     }
-    let detail = format!(
-        "{}: role {:?}, disabled {}, unlock {}",
-        user.name,
-        change.role,
-        change.disabled.map_or("-".into(), |d| d.to_string()),
-        change.unlock.unwrap_or(false)
-    );
-    state.audit(caller.event("user.update", true, None, None, Some(detail)));
     Ok(Json(UserView::from(&user)))
 }

@@ -174,15 +174,7 @@ pub fn create_audited(
         key(session.id),
         serde_json::to_vec(&session).expect("plain data serializes"),
     );
-    match event(&session) {
-        Some(event) => {
-            crate::audit::commit_with(store, time_ms, event, batch).map(drop).map_err(|e| match e {
-                crate::audit::AuditError::Store(e) => e,
-                other => BackendError::Io(other.to_string()),
-            })?
-        }
-        None => store.backend().commit(batch)?,
-    }
+    crate::audit::commit_audited(store, time_ms, event(&session), batch)?;
     Ok(session)
 }
 
@@ -275,15 +267,7 @@ pub fn modify_audited<R>(
             key(id),
             serde_json::to_vec(&after).expect("plain data serializes"),
         );
-        let committed = match event(&after, &result) {
-            Some(event) => {
-                crate::audit::commit_with(store, time_ms, event, batch).map(drop).map_err(|e| match e {
-                    crate::audit::AuditError::Store(e) => e,
-                    other => BackendError::Io(other.to_string()),
-                })
-            }
-            None => store.backend().commit(batch),
-        };
+        let committed = crate::audit::commit_audited(store, time_ms, event(&after, &result), batch);
         match committed {
             Ok(()) => return Ok(Some((after, result))),
             Err(BackendError::Conflict { .. }) => continue,
