@@ -210,30 +210,20 @@ pub fn list(store: &Store) -> Result<Vec<Gateway>, BackendError> {
 pub fn modify<R>(
     store: &Store,
     id: u64,
-    mut change: impl FnMut(&mut Gateway) -> R,
+    change: impl FnMut(&mut Gateway) -> R,
 ) -> Result<Option<(Gateway, R)>, BackendError> {
-    for _ in 0..64 {
-        let Some(before) = store.backend().get(Collection::Gateways, &key(id))? else { return Ok(None) };
-        let mut gateway: Gateway =
-            serde_json::from_slice(&before).map_err(|e| BackendError::Io(format!("gateway {id}: {e}")))?;
-        let result = change(&mut gateway);
-        let after = serde_json::to_vec(&gateway).expect("plain data serializes");
-        if after == before {
-            return Ok(Some((gateway, result)));
-        }
-        match store.backend().commit(
-            Batch::default().expect(Collection::Gateways, key(id), Some(before)).put(
-                Collection::Gateways,
-                key(id),
-                after,
-            ),
-        ) {
-            Ok(()) => return Ok(Some((gateway, result))),
-            Err(BackendError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(BackendError::Io(format!("gateway {id} is changed too often; gave up")))
+    modify_audited(store, id, 0, change, |_, _| None)
+}
+
+/// [`modify`], with the audit entry `event` makes in the same commit.
+pub fn modify_audited<R>(
+    store: &Store,
+    id: u64,
+    time_ms: u64,
+    mut change: impl FnMut(&mut Gateway) -> R,
+    event: impl Fn(&Gateway, &R) -> Option<crate::audit::Event>,
+) -> Result<Option<(Gateway, R)>, BackendError> {
+    store.modify_json(Collection::Gateways, &key(id), time_ms, |g| Ok::<_, BackendError>(change(g)), event)
 }
 
 /// A new one-time enrolment token for a gateway. Earlier unused tokens of

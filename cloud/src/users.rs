@@ -173,28 +173,22 @@ pub fn modify_audited<R, E: From<UserError>>(
     mut change: impl FnMut(&mut User) -> Result<R, E>,
     event: impl Fn(&User, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(User, R)>, E> {
-    for _ in 0..64 {
-        let Some(before) = store.backend().get(Collection::Users, &key(id)).map_err(UserError::from)? else {
-            return Ok(None);
-        };
-        let mut user = decode(&before)?;
-        let result = change(&mut user)?;
-        let after = serde_json::to_vec(&user).expect("plain data serializes");
-        if after == before {
-            return Ok(Some((user, result)));
-        }
-        let batch = Batch::default().expect(Collection::Users, key(id), Some(before)).put(
-            Collection::Users,
-            key(id),
-            after,
-        );
-        match crate::audit::commit_audited(store, time_ms, event(&user, &result), batch) {
-            Ok(()) => return Ok(Some((user, result))),
-            Err(BackendError::Conflict { .. }) => continue,
-            Err(e) => return Err(UserError::from(e).into()),
+    // The caller's error type, or the store's, through one `?`-able type.
+    enum Failed<E> {
+        Change(E),
+        Store(BackendError),
+    }
+    impl<E> From<BackendError> for Failed<E> {
+        fn from(e: BackendError) -> Self {
+            Failed::Store(e)
         }
     }
-    Err(UserError::Store(BackendError::Io("a user record is being changed too often; gave up".into())).into())
+    store
+        .modify_json(Collection::Users, &key(id), time_ms, |u| change(u).map_err(Failed::Change), event)
+        .map_err(|e| match e {
+            Failed::Change(e) => e,
+            Failed::Store(e) => UserError::from(e).into(),
+        })
 }
 
 /// Whether there is no user at all (first start creates an Administrator).

@@ -206,13 +206,24 @@ fn handle_event(state: &AppState, gateway_id: u64, actor: &Actor, event: Event) 
     match event.event {
         GatewayEvent::SwitchChanged { on } => {
             state.hub.update_gateway(gateway_id, |l| l.switch_on = on);
-            gateways::modify(&state.store, gateway_id, |g| g.last_seen.switch_on = on)?;
-            state.audit(gateway_event(
-                actor,
-                "gateway.switch",
-                true,
-                Some(if on { "on" } else { "off" }.into()),
-            ));
+            // Recorded with the stored switch position; a repeated position
+            // (nothing to store) is still the customer's act, recorded alone.
+            let event =
+                || gateway_event(actor, "gateway.switch", true, Some(if on { "on" } else { "off" }.into()));
+            let recorded = std::cell::Cell::new(false);
+            gateways::modify_audited(
+                &state.store,
+                gateway_id,
+                now,
+                |g| g.last_seen.switch_on = on,
+                |_, _| {
+                    recorded.set(true);
+                    Some(event())
+                },
+            )?;
+            if !recorded.get() {
+                state.audit(event());
+            }
             if !on {
                 state.switch_off(gateway_id, actor)?;
             }
@@ -234,9 +245,14 @@ fn handle_event(state: &AppState, gateway_id: u64, actor: &Actor, event: Event) 
             }
         }
         GatewayEvent::Candidates { endpoints } => {
-            gateways::modify(&state.store, gateway_id, |g| g.endpoints = endpoints.clone())?;
             let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
-            state.audit(gateway_event(actor, "gateway.candidates", true, Some(list.join(" "))));
+            gateways::modify_audited(
+                &state.store,
+                gateway_id,
+                now,
+                |g| g.endpoints = endpoints.clone(),
+                |_, _| Some(gateway_event(actor, "gateway.candidates", true, Some(list.join(" ")))),
+            )?;
         }
         GatewayEvent::Approved { session_id } => match session_of(session_id.0)? {
             Some(session) => match state.change_session(session.id, |s| Ok(s.approve(now)?)) {

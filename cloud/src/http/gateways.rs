@@ -199,7 +199,7 @@ async fn update(
     Body(change): Body<GatewayChange>,
 ) -> ApiResult<Json<Gateway>> {
     caller.authorize(&state, Action::AddGateway, Scope::GatewaysWrite, "gateway.update", None, Some(id))?;
-    let (gateway, ()) = gateways::modify(&state.store, id, |g| {
+    let change_gateway = |g: &mut Gateway| {
         if let Some(name) = &change.name {
             g.name = name.clone();
         }
@@ -209,11 +209,18 @@ async fn update(
         if let Some(targets) = &change.targets {
             g.targets = targets.clone();
         }
-    })?
-    .ok_or_else(|| ApiError::not_found(format!("no gateway {id}")))?;
+    };
+    let detail = |g: &Gateway| {
+        let targets: Vec<&str> = g.targets.iter().map(|t| t.name.as_str()).collect();
+        format!("{} at {}, targets {}", g.name, g.site, targets.join(" "))
+    };
+    let (gateway, ()) =
+        gateways::modify_audited(&state.store, id, state.now_ms(), change_gateway, |g, _| {
+            Some(caller.event("gateway.update", true, None, Some(id), Some(detail(g))))
+        })?
+        .ok_or_else(|| ApiError::not_found(format!("no gateway {id}")))?;
     // Live sessions resolve target names against the new list.
     state.hub.touch_gateway(id);
-    state.audit(caller.event("gateway.update", true, None, Some(id), None));
     Ok(Json(with_live(&state, gateway)))
 }
 

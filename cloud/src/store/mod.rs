@@ -65,6 +65,42 @@ impl Store {
         decode_version(&bytes)
     }
 
+    /// Reads a JSON document, lets `change` edit it, and writes it back
+    /// only if nobody changed it meanwhile (else reads again and retries),
+    /// with the audit entry `event` makes in the same commit. Nothing is
+    /// written when `change` fails or changes nothing. None: no such key.
+    pub fn modify_json<T, R, E>(
+        &self,
+        collection: Collection,
+        key: &[u8],
+        time_ms: u64,
+        mut change: impl FnMut(&mut T) -> Result<R, E>,
+        event: impl Fn(&T, &R) -> Option<crate::audit::Event>,
+    ) -> Result<Option<(T, R)>, E>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        E: From<BackendError>,
+    {
+        for _ in 0..64 {
+            let Some(before) = self.backend.get(collection, key)? else { return Ok(None) };
+            let mut doc: T = serde_json::from_slice(&before).map_err(|e| {
+                BackendError::Io(format!("a stored {} record is unreadable: {e}", collection.name()))
+            })?;
+            let result = change(&mut doc)?;
+            let after = serde_json::to_vec(&doc).expect("plain data serializes");
+            if after == before {
+                return Ok(Some((doc, result)));
+            }
+            let batch = Batch::default().expect(collection, key, Some(before)).put(collection, key, after);
+            match crate::audit::commit_audited(self, time_ms, event(&doc, &result), batch) {
+                Ok(()) => return Ok(Some((doc, result))),
+                Err(BackendError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BackendError::Io(format!("a {} record is changed too often; gave up", collection.name())).into())
+    }
+
     /// The backend, for the typed collections built on it.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
