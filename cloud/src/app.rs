@@ -54,6 +54,25 @@ impl Actor {
     pub fn gateway(id: u64, source: Option<String>) -> Actor {
         Actor { name: format!("gateway:{id}"), source }
     }
+
+    /// An audit event by this actor about `session`.
+    pub fn session_event(
+        &self,
+        action: &str,
+        allowed: bool,
+        session: &Session,
+        detail: Option<String>,
+    ) -> Event {
+        Event {
+            actor: self.name.clone(),
+            action: action.to_string(),
+            allowed,
+            source: self.source.clone(),
+            session: Some(session.id.to_string()),
+            gateway: Some(session.gateway_id.to_string()),
+            detail,
+        }
+    }
 }
 
 impl AppState {
@@ -104,15 +123,7 @@ impl AppState {
         session: &Session,
         detail: Option<String>,
     ) {
-        self.audit(Event {
-            actor: actor.name.clone(),
-            action: action.to_string(),
-            allowed,
-            source: actor.source.clone(),
-            session: Some(session.id.to_string()),
-            gateway: Some(session.gateway_id.to_string()),
-            detail,
-        });
+        self.audit(actor.session_event(action, allowed, session, detail));
     }
 
     /// Changes a session and pushes the result to its gateway and to every
@@ -136,15 +147,7 @@ impl AppState {
         detail: impl Fn(&Session, &R) -> Option<String>,
     ) -> Result<Option<(Session, R)>, SessionError> {
         self.change_session_with(id, change, |session, result| {
-            Some(Event {
-                actor: actor.name.clone(),
-                action: action.to_string(),
-                allowed: true,
-                source: actor.source.clone(),
-                session: Some(session.id.to_string()),
-                gateway: Some(session.gateway_id.to_string()),
-                detail: detail(session, result),
-            })
+            Some(actor.session_event(action, true, session, detail(session, result)))
         })
     }
 
@@ -180,7 +183,7 @@ impl AppState {
         for relay in relays {
             self.hub.touch_relay(relay);
         }
-        self.metrics.sessions_live.set(sessions::all_live(&self.store).map_or(0, |l| l.len() as i64));
+        self.metrics.sessions_live.set(sessions::live_count(&self.store).map_or(0, |n| n as i64));
     }
 
     /// Ends a live session at once (keys and relay bindings go with it).

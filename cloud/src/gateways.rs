@@ -171,14 +171,6 @@ pub fn create(
     Ok(gateway)
 }
 
-pub fn put(store: &Store, gateway: &Gateway) -> Result<(), BackendError> {
-    store.backend().commit(Batch::default().put(
-        Collection::Gateways,
-        key(gateway.id),
-        serde_json::to_vec(gateway).expect("plain data serializes"),
-    ))
-}
-
 pub fn get(store: &Store, id: u64) -> Result<Option<Gateway>, BackendError> {
     store
         .backend()

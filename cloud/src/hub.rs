@@ -124,10 +124,6 @@ impl Hub {
         self.touch(&self.gateways, id);
     }
 
-    pub fn online_gateways(&self) -> usize {
-        self.gateways.lock().expect("hub lock").len()
-    }
-
     pub fn connect_relay(&self, id: u64, live: RelayLive) -> Registration {
         self.register(&self.relays, id, live)
     }

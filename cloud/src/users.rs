@@ -140,18 +140,6 @@ pub fn list(store: &Store) -> Result<Vec<User>, UserError> {
     }
 }
 
-/// Writes back a changed user (role, disabled flag, login counters). The
-/// name cannot change here.
-pub fn update(store: &Store, user: &User) -> Result<(), UserError> {
-    let value = serde_json::to_vec(user).expect("plain data serializes");
-    store.backend().commit(
-        Batch::default()
-            .expect(Collection::UserNames, user.name.as_bytes(), Some(key(user.id).to_vec()))
-            .put(Collection::Users, key(user.id), value),
-    )?;
-    Ok(())
-}
-
 /// Reads a user, lets `change` edit it, and writes it back only if nobody
 /// changed it meanwhile (else reads again and retries), so concurrent login
 /// attempts cannot lose a failure count. `change` returns what the caller
@@ -205,9 +193,7 @@ mod tests {
     use super::*;
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
+        Store::temporary()
     }
 
     #[test]
@@ -220,9 +206,11 @@ mod tests {
         assert_eq!(by_name(&store, "alice").unwrap().unwrap(), alice);
         assert_eq!(get(&store, bob.id).unwrap().unwrap().role, Role::RemoteConnectUser);
         assert!(password::verify("correct horse battery", &alice.password_hash));
-        let mut changed = bob.clone();
-        changed.disabled = true;
-        update(&store, &changed).unwrap();
+        modify(&store, bob.id, |u| {
+            u.disabled = true;
+            Ok::<_, UserError>(())
+        })
+        .unwrap();
         assert!(by_name(&store, "bob@example").unwrap().unwrap().disabled);
         let names: Vec<String> = list(&store).unwrap().into_iter().map(|u| u.name).collect();
         assert_eq!(names, vec!["alice", "bob@example"]);

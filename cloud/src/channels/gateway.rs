@@ -163,23 +163,6 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
     }
 }
 
-fn session_event(
-    actor: &Actor,
-    action: &str,
-    session: &crate::sessions::Session,
-    detail: Option<String>,
-) -> audit::Event {
-    audit::Event {
-        actor: actor.name.clone(),
-        action: action.to_string(),
-        allowed: true,
-        source: actor.source.clone(),
-        session: Some(session.id.to_string()),
-        gateway: Some(session.gateway_id.to_string()),
-        detail,
-    }
-}
-
 fn gateway_event(actor: &Actor, action: &str, allowed: bool, detail: Option<String>) -> audit::Event {
     audit::Event {
         actor: actor.name.clone(),
@@ -314,7 +297,7 @@ fn handle_event(state: &AppState, gateway_id: u64, actor: &Actor, event: Event) 
                         s.bytes_tx = s.bytes_tx.saturating_add(tx);
                         Ok(())
                     },
-                    |s, _| Some(session_event(actor, "session.bytes", s, Some(detail.clone()))),
+                    |s, _| Some(actor.session_event("session.bytes", true, s, Some(detail.clone()))),
                 )?;
             }
         }

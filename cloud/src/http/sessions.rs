@@ -20,7 +20,7 @@ use super::{
     problem::{ApiError, ApiResult},
 };
 use crate::{
-    app::{Actor, describe},
+    app::Actor,
     auth::Scope,
     gateways::{self, Gateway, PortRange, Protocol, valid_label},
     rights::{Action, Ownership},
@@ -202,17 +202,7 @@ async fn create(
             state.now_ms(),
         ),
         state.now_ms(),
-        |s| {
-            Some(crate::audit::Event {
-                actor: who.name.clone(),
-                action: "session.create".into(),
-                allowed: true,
-                source: who.source.clone(),
-                session: Some(s.id.to_string()),
-                gateway: Some(s.gateway_id.to_string()),
-                detail: Some(s.name.clone()),
-            })
-        },
+        |s| Some(who.session_event("session.create", true, s, Some(s.name.clone()))),
     )?;
     Ok((StatusCode::CREATED, Json(session)))
 }
@@ -675,9 +665,4 @@ pub fn wg_quick(config: &ClientConfig, public_key: &str) -> String {
     }
     out += &format!("PersistentKeepalive = {}\n", config.persistent_keepalive);
     out
-}
-
-/// For the audit detail of ends.
-pub fn end_detail(reason: &EndReason) -> String {
-    describe(reason)
 }

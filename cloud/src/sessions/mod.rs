@@ -206,6 +206,11 @@ pub fn all_live(store: &Store) -> Result<Vec<Session>, BackendError> {
     live_ids(store, &[])?.into_iter().filter_map(|id| get(store, id).transpose()).collect()
 }
 
+/// How many sessions are live, from the index alone.
+pub fn live_count(store: &Store) -> Result<usize, BackendError> {
+    Ok(store.backend().scan(Collection::LiveSessions, &[], None, usize::MAX)?.len())
+}
+
 fn live_ids(store: &Store, prefix: &[u8]) -> Result<Vec<u64>, BackendError> {
     let entries = store.backend().scan(Collection::LiveSessions, prefix, None, usize::MAX)?;
     Ok(entries.iter().filter_map(|(k, _)| k.get(8..16)?.try_into().ok().map(u64::from_be_bytes)).collect())
@@ -301,9 +306,7 @@ mod tests {
     const ON: GatewayView = GatewayView { online: true, switch_on: true };
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
+        Store::temporary()
     }
 
     fn new(store: &Store, gateway: u64) -> Session {

@@ -101,6 +101,15 @@ impl Store {
         Err(BackendError::Io(format!("a {} record is changed too often; gave up", collection.name())).into())
     }
 
+    /// A store in a fresh temporary folder, for tests; the folder lives as
+    /// long as the returned guard.
+    #[cfg(test)]
+    pub fn temporary() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let store = Store::open(dir.path()).expect("a new store opens");
+        (dir, store)
+    }
+
     /// The backend, for the typed collections built on it.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
