@@ -2,6 +2,9 @@
 
 mod config;
 
+// The library's modules are used through `ferry_relay::...`.
+use ferry_relay as _;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ferry_daemon::CommonArgs;

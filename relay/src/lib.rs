@@ -1,0 +1,12 @@
+//! Ferry's relay as a library: the daemon (`ferry-relay`) is a thin shell over
+//! these modules, and tests and fuzz targets drive them directly.
+//!
+//! - [`core`]: the sans-IO allocation state machine (handshake validation,
+//!   bindings, roaming), fed datagrams and time.
+//! - [`udp`]: the userspace datagram path, batched with recvmmsg/sendmmsg.
+//! - [`xdp`]: mirrors bindings into the XDP forwarder's map.
+//! - [`ws`]: the WebSocket relay. [`stun`]: the STUN Binding server.
+//! - [`metrics`]: Prometheus families shared by all of them.
+
+pub mod metrics;
+pub mod ws;
