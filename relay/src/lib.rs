@@ -8,5 +8,6 @@
 //! - [`ws`]: the WebSocket relay. [`stun`]: the STUN Binding server.
 //! - [`metrics`]: Prometheus families shared by all of them.
 
+pub mod core;
 pub mod metrics;
 pub mod ws;
