@@ -22,6 +22,19 @@ pub fn format_fingerprint(sha256: &[u8; 32]) -> String {
     sha256.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
+/// Reads a SHA-256 fingerprint with or without colons, in either case.
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let digits: Vec<u8> = text.trim().bytes().filter(|c| *c != b':').collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     Sha256::digest(cert_der).into()
 }

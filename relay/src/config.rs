@@ -1,19 +1,152 @@
 //! The relay's TOML configuration (`/etc/ferry/relay.toml` by default).
+//! Every key has a flag of the same name that overrides it.
 //!
 //! ```toml
-//! interface = "eth0"   # the public interface XDP attaches to
+//! interfaces = ["eth0"]           # where the XDP forwarder attaches
+//! xdp = "native"                  # native | generic | off
+//! public_ipv4 = "203.0.113.1"     # forwarded datagrams leave from here
+//! # public_ipv6 = "2001:db8::1"
+//! ports = "40000-49999"           # one UDP port per allocation
+//! stun = "0.0.0.0:3478"
+//! websocket = "0.0.0.0:443"
+//! websocket_url = "wss://relay.example.net/"
+//! tls_cert = "/etc/ferry/relay.crt"
+//! tls_key = "/etc/ferry/relay.key"
+//! metrics = "127.0.0.1:9478"
+//!
+//! [cloud]                         # or: allocations = "/etc/ferry/allocations.toml"
+//! url = "wss://cloud.example.net/api/v1/control/relay"
+//! pin = "AB:CD:..."               # SHA-256 of the cloud's certificate
+//! relay_id = 1
+//! token_file = "/etc/ferry/relay.token"
 //! ```
 
-use std::path::Path;
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-#[derive(Debug, Default, Deserialize)]
+/// How datagrams between bound peers are forwarded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// XDP in the driver: line rate.
+    #[default]
+    Native,
+    /// XDP on the generic (skb) hook: works on any interface, slower.
+    Generic,
+    /// No XDP: userspace forwards everything with recvmmsg/sendmmsg.
+    Off,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+            XdpMode::Off => "off",
+        })
+    }
+}
+
+/// An inclusive UDP port range, written `40000-49999`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> u32 {
+        u32::from(self.last - self.first) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange { first: 40000, last: 49999 }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("`{s}` is not a range like 40000-49999"))?;
+        let parse = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("`{p}` in `{s}`: {e}"));
+        let (first, last) = (parse(a)?, parse(b)?);
+        if first == 0 || first > last {
+            return Err(format!("`{s}`: the range must be non-empty and start above 0"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The cloud control channel.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// `wss://host[:port]/api/v1/control/relay` (or `ws://` on loopback).
+    pub url: String,
+    /// SHA-256 fingerprint of the cloud's certificate (required for wss).
+    pub pin: Option<String>,
+    pub relay_id: u64,
+    /// A file holding the relay token the cloud issued (`fyl.` ...).
+    pub token_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The public interface.
-    pub interface: Option<String>,
+    /// Interfaces the XDP forwarder attaches to.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    pub xdp: Option<XdpMode>,
+    /// Without FIB lookups the forwarder swaps MAC addresses and sends back
+    /// out of the ingress interface: right when one router reaches all peers.
+    pub fib: Option<bool>,
+    pub public_ipv4: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub ports: Option<PortRange>,
+    /// Bindings the XDP map holds (two per allocation).
+    pub max_bindings: Option<u32>,
+    pub stun: Option<SocketAddr>,
+    pub websocket: Option<SocketAddr>,
+    /// The URL peers use for the WebSocket relay, told to the cloud.
+    pub websocket_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    /// Bindings with no traffic for this many seconds are dropped.
+    pub idle_timeout_secs: Option<u64>,
+    /// Static allocations (standalone use and tests), instead of a cloud.
+    pub allocations: Option<PathBuf>,
+    pub cloud: Option<CloudConfig>,
 }
 
 pub fn load(explicit: Option<&Path>) -> Result<Config> {
@@ -21,4 +154,32 @@ pub fn load(explicit: Option<&Path>) -> Result<Config> {
     Ok(ferry_daemon::config::load::<Config>(explicit, &default)
         .context("loading the relay configuration")?
         .config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+            .collect();
+        let config: Config = ferry_daemon::config::parse(&doc).unwrap();
+        assert_eq!(config.ports, Some(PortRange { first: 40000, last: 49999 }));
+        assert_eq!(config.cloud.unwrap().relay_id, 1);
+        assert_eq!(config.xdp, Some(XdpMode::Native));
+    }
+
+    #[test]
+    fn port_ranges_are_checked() {
+        assert!("1-0".parse::<PortRange>().is_err());
+        assert!("0-10".parse::<PortRange>().is_err());
+        assert!("10".parse::<PortRange>().is_err());
+        assert_eq!("5-5".parse::<PortRange>().unwrap().len(), 1);
+    }
 }

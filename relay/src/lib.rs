@@ -8,6 +8,14 @@
 //! - [`ws`]: the WebSocket relay. [`stun`]: the STUN Binding server.
 //! - [`metrics`]: Prometheus families shared by all of them.
 
+pub mod allocations_file;
+pub mod config;
+pub mod control;
 pub mod core;
+pub mod http;
+pub mod listeners;
 pub mod metrics;
+pub mod runtime;
+pub mod udp;
 pub mod ws;
+pub mod xdp;

@@ -1,21 +1,39 @@
 //! `ferry-relay`: what relay operators run on public addresses.
 
-mod config;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
-// The library's modules are used through `ferry_relay::...`.
-use ferry_relay as _;
-
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
 use ferry_daemon::CommonArgs;
+use ferry_relay::{
+    allocations_file,
+    config::{self, Config, PortRange, XdpMode},
+    control::{self, CloudLink},
+    core::Timeouts,
+    http,
+    metrics::Metrics,
+    runtime::{Admission, BindingTable, Options, Relay},
+};
+use tracing::{error, info, warn};
 
 /// Ferry's relay.
 ///
-/// It carries end-to-end encrypted WireGuard datagrams between the two peers of
-/// a session when they cannot reach each other directly: over UDP, forwarded
-/// in XDP at line rate, or over WebSocket for sites that only allow TCP 443.
-/// It never holds keys and never sees plaintext. This build provides the host
-/// check; STUN and forwarding follow.
+/// It carries end-to-end encrypted WireGuard datagrams between the two peers
+/// of a session when they cannot reach each other directly: over UDP, where
+/// an XDP program forwards at line rate between the peers' bound addresses,
+/// or over WebSocket for sites that only allow TCP 443. It never holds keys
+/// and never sees plaintext: it only checks mac1 of handshake messages
+/// against the peers' public keys, and binds a peer's address once a
+/// handshake completes through it.
+///
+/// It also answers STUN Binding requests, so peers learn their public
+/// address. Allocations come from the cloud over the relay control channel,
+/// or, standalone, from an allocation file (re-read on SIGHUP).
 #[derive(Parser, Debug)]
 #[command(name = "ferry-relay", version, about, long_about)]
 struct Cli {
@@ -28,29 +46,287 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the relay until SIGINT or SIGTERM. A clean stop detaches XDP and
+    /// leaves nothing pinned.
+    Run(RunArgs),
     /// Check that this host can run the relay's XDP forwarding: every eBPF
     /// program is loaded through the kernel's verifier, and the configured
-    /// interface exists. Exits non-zero if a check fails.
+    /// interfaces exist. Exits non-zero if a check fails.
     Preflight,
+}
+
+/// Flags override the configuration file's keys of the same name.
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// Interface(s) the XDP forwarder attaches to (repeatable).
+    #[arg(long = "interface", short = 'i', value_name = "IFACE")]
+    interfaces: Vec<String>,
+    /// XDP mode: native (driver), generic (skb), or off (userspace forwarding
+    /// with recvmmsg/sendmmsg; same rules, lower rate).
+    #[arg(long, value_enum)]
+    xdp: Option<XdpMode>,
+    /// Do not ask the kernel's FIB for the next hop: swap MAC addresses and
+    /// send back out of the ingress interface (one router reaches all peers).
+    #[arg(long)]
+    no_fib: bool,
+    /// The relay's public IPv4 address: allocation sockets bind to it and
+    /// XDP forwards only datagrams sent to it.
+    #[arg(long, value_name = "IP")]
+    public_ipv4: Option<Ipv4Addr>,
+    /// The relay's public IPv6 address.
+    #[arg(long, value_name = "IP")]
+    public_ipv6: Option<Ipv6Addr>,
+    /// UDP port range for allocations, one port per allocation [default: 40000-49999].
+    #[arg(long, value_name = "FIRST-LAST")]
+    ports: Option<PortRange>,
+    /// Capacity of the XDP binding map (two per allocation) [default: 131072].
+    #[arg(long, value_name = "N")]
+    max_bindings: Option<u32>,
+    /// STUN listener [default: 0.0.0.0:3478]; "off" disables it.
+    #[arg(long, value_name = "ADDR|off")]
+    stun: Option<String>,
+    /// WebSocket relay listener [default: 0.0.0.0:443]; "off" disables it.
+    #[arg(long, value_name = "ADDR|off")]
+    websocket: Option<String>,
+    /// The URL peers use for the WebSocket relay (told to the cloud).
+    #[arg(long, value_name = "URL")]
+    websocket_url: Option<String>,
+    /// TLS certificate chain (PEM) for the WebSocket listener.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the WebSocket listener.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Prometheus /metrics listener [default: 127.0.0.1:9478]; "off" disables it.
+    #[arg(long, value_name = "ADDR|off")]
+    metrics: Option<String>,
+    /// Seconds without traffic after which a binding must be re-proved by a
+    /// handshake [default: 200].
+    #[arg(long, value_name = "SECONDS")]
+    idle_timeout_secs: Option<u64>,
+    /// Static allocations (TOML), re-read on SIGHUP, instead of a cloud.
+    #[arg(long, value_name = "FILE")]
+    allocations: Option<PathBuf>,
+    /// The cloud's relay control URL (wss://.../api/v1/control/relay).
+    #[arg(long, value_name = "URL", requires_all = ["cloud_relay_id", "cloud_token_file"])]
+    cloud_url: Option<String>,
+    /// SHA-256 fingerprint of the cloud's TLS certificate.
+    #[arg(long, value_name = "FINGERPRINT")]
+    cloud_pin: Option<String>,
+    /// This relay's id at the cloud.
+    #[arg(long, value_name = "ID")]
+    cloud_relay_id: Option<u64>,
+    /// File holding the relay token the cloud issued.
+    #[arg(long, value_name = "FILE")]
+    cloud_token_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     ferry_daemon::logging::init(cli.common.log.as_deref(), "info", cli.common.log_format);
-    let config = config::load(cli.common.config.as_deref())?;
+    let mut config = config::load(cli.common.config.as_deref())?;
     match cli.command {
-        Command::Preflight => {
-            let mut report = ferry_ebpf::preflight::run();
-            if let Some(iface) = &config.interface {
-                report.checks.push(interface_check(iface));
-            }
-            print!("{report}");
-            if !report.ok() {
-                anyhow::bail!("preflight failed");
-            }
-            Ok(())
+        Command::Preflight => preflight(&config),
+        Command::Run(args) => {
+            args.merge_into(&mut config);
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(run(config))
         }
     }
+}
+
+impl RunArgs {
+    fn merge_into(self, c: &mut Config) {
+        if !self.interfaces.is_empty() {
+            c.interfaces = self.interfaces;
+        }
+        c.xdp = self.xdp.or(c.xdp);
+        if self.no_fib {
+            c.fib = Some(false);
+        }
+        c.public_ipv4 = self.public_ipv4.or(c.public_ipv4);
+        c.public_ipv6 = self.public_ipv6.or(c.public_ipv6);
+        c.ports = self.ports.or(c.ports);
+        c.max_bindings = self.max_bindings.or(c.max_bindings);
+        c.websocket_url = self.websocket_url.or(c.websocket_url.take());
+        c.tls_cert = self.tls_cert.or(c.tls_cert.take());
+        c.tls_key = self.tls_key.or(c.tls_key.take());
+        c.idle_timeout_secs = self.idle_timeout_secs.or(c.idle_timeout_secs);
+        c.allocations = self.allocations.or(c.allocations.take());
+        for (flag, slot) in
+            [(self.stun, &mut c.stun), (self.websocket, &mut c.websocket), (self.metrics, &mut c.metrics)]
+        {
+            match flag.as_deref() {
+                Some("off") => *slot = Some(OFF),
+                Some(addr) => *slot = addr.parse().ok().or(Some(INVALID)),
+                None => {}
+            }
+        }
+        if let Some(url) = self.cloud_url {
+            c.cloud = Some(config::CloudConfig {
+                url,
+                pin: self.cloud_pin,
+                relay_id: self.cloud_relay_id.unwrap_or_default(),
+                token_file: self.cloud_token_file.unwrap_or_default(),
+            });
+        }
+    }
+}
+
+/// "off" for a listener, as an address no one can bind: port 0 on the
+/// unspecified IPv4 address is never a listener we would want.
+const OFF: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+const INVALID: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::BROADCAST), 0);
+
+fn listener(value: Option<SocketAddr>, default: &str, what: &str) -> Result<Option<SocketAddr>> {
+    match value {
+        Some(OFF) => Ok(None),
+        Some(INVALID) => bail!("the {what} listener address is not ADDR:PORT or \"off\""),
+        Some(addr) => Ok(Some(addr)),
+        None => Ok(Some(default.parse().expect("valid default"))),
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    let metrics = Metrics::new();
+    let mode = config.xdp.unwrap_or_default();
+    let ports = config.ports.unwrap_or_default();
+    let max_bindings = config.max_bindings.unwrap_or(ferry_ebpf::common::relay::DEFAULT_MAX_BINDINGS);
+    if mode != XdpMode::Off && config.public_ipv4.is_none() && config.public_ipv6.is_none() {
+        bail!("XDP forwarding needs --public-ipv4 and/or --public-ipv6 (or run with --xdp off)");
+    }
+    if mode != XdpMode::Off && config.interfaces.is_empty() {
+        bail!("XDP forwarding needs at least one --interface (or run with --xdp off)");
+    }
+    let max_allocations =
+        (max_bindings / 2).min(ports.len()).min(ferry_ebpf::common::relay::DEFAULT_MAX_SLOTS);
+    let forwarder = match mode {
+        XdpMode::Off => None,
+        mode => Some(ferry_relay::xdp::start(&config, mode, max_bindings, &metrics)?),
+    };
+    let table = forwarder.as_ref().map(|f| f.table());
+    metrics.map_capacity.set(i64::from(if table.is_some() { max_bindings } else { 0 }));
+    let options = Options {
+        ipv4: config.public_ipv4,
+        ipv6: config.public_ipv6,
+        ports,
+        max_allocations,
+        timeouts: Timeouts {
+            idle: Duration::from_secs(config.idle_timeout_secs.unwrap_or(200)),
+            ..Timeouts::default()
+        },
+        websocket_queue: 256,
+    };
+    let relay = Relay::new(options, table.map(|t| t as Arc<dyn BindingTable>), metrics.clone());
+
+    if let Some(addr) = listener(config.metrics, http::DEFAULT_ADDR, "metrics")? {
+        let listener = http::bind(addr).await?;
+        info!(%addr, "metrics on /metrics");
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, metrics).await {
+                error!(error = %format!("{e:#}"), "metrics listener failed");
+            }
+        });
+    }
+    // STUN and the WebSocket relay.
+    ferry_relay::listeners::start(&config, &relay, &metrics).await?;
+
+    if let Some(path) = &config.allocations {
+        load_allocations(&relay, path)?;
+    }
+    if let Some(cloud) = &config.cloud {
+        let link = cloud_link(cloud, &config, ports)?;
+        tokio::spawn(control::run(link, relay.clone(), metrics.clone()));
+    }
+    {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                relay.sweep();
+            }
+        });
+    }
+
+    let shutdown = ferry_daemon::signals::Shutdown::install().context("installing signal handlers")?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    info!(xdp = %mode, ports = %ports, max_allocations, "ferry-relay ready");
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            signal = &mut stop => {
+                info!(signal, "stopping");
+                break;
+            }
+            _ = hangup.recv() => match &config.allocations {
+                Some(path) => if let Err(e) = load_allocations(&relay, path) {
+                    warn!(error = %format!("{e:#}"), "allocation file not reloaded; the old allocations stay");
+                },
+                None => info!("SIGHUP: no allocation file to reload"),
+            },
+        }
+    }
+    relay.clear();
+    if let Some(forwarder) = forwarder {
+        forwarder.stop();
+    }
+    info!("ferry-relay stopped");
+    Ok(())
+}
+
+fn load_allocations(relay: &Relay, path: &std::path::Path) -> Result<()> {
+    let specs = allocations_file::load(path)?;
+    for (id, admission) in relay.apply(&specs) {
+        match admission {
+            Admission::Ready { port } => info!(allocation = id, port, "static allocation ready"),
+            Admission::Refused { reason } => warn!(allocation = id, reason, "static allocation refused"),
+        }
+    }
+    info!(allocations = specs.len(), file = %path.display(), "allocation file applied");
+    Ok(())
+}
+
+fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) -> Result<CloudLink> {
+    let token = std::fs::read_to_string(&cloud.token_file)
+        .with_context(|| format!("reading the relay token from {}", cloud.token_file.display()))?;
+    let pin = match &cloud.pin {
+        Some(pin) => Some(
+            ferry_control::pin::parse_fingerprint(pin)
+                .with_context(|| format!("the cloud pin `{pin}` is not a SHA-256 fingerprint"))?,
+        ),
+        None => None,
+    };
+    let ip = match (config.public_ipv4, config.public_ipv6) {
+        (Some(v4), _) => std::net::IpAddr::V4(v4),
+        (None, Some(v6)) => std::net::IpAddr::V6(v6),
+        (None, None) => {
+            bail!("the cloud needs the relay's public address: set --public-ipv4 or --public-ipv6")
+        }
+    };
+    let websocket_url = config.websocket_url.clone().unwrap_or_else(|| format!("wss://{ip}/"));
+    Ok(CloudLink {
+        url: cloud.url.clone(),
+        pin,
+        relay_id: cloud.relay_id,
+        token: ferry_control::ids::Token::new(token.trim()),
+        public_udp: SocketAddr::new(ip, ports.first),
+        websocket_url,
+    })
+}
+
+fn preflight(config: &Config) -> Result<()> {
+    let mut report = ferry_ebpf::preflight::run();
+    for iface in &config.interfaces {
+        report.checks.push(interface_check(iface));
+    }
+    print!("{report}");
+    if !report.ok() {
+        bail!("preflight failed");
+    }
+    Ok(())
 }
 
 fn interface_check(iface: &str) -> ferry_ebpf::preflight::Check {

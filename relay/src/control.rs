@@ -1,0 +1,140 @@
+//! The control channel to the cloud: the relay connects out with its relay
+//! token, receives the full set of allocations on connect and on every
+//! change, answers each new one (ready with its port, or refused with a
+//! reason), and reports its health every [`HEALTH_EVERY`].
+//!
+//! Allocations outlive a lost connection: the relay keeps forwarding until
+//! the next snapshot says otherwise or they expire, so a cloud outage does
+//! not cut running sessions.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context, Result};
+use ferry_control::{
+    Backoff,
+    client::{self, Channel, ClientError},
+    ids::{RelayId, Token},
+    relay::{AllocationReady, AllocationRefused, Applied, DesiredAllocations, FromRelay, Health, ToRelay},
+};
+use ferry_tunnel::PublicKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
+
+use crate::{
+    metrics::Metrics,
+    runtime::{Admission, AllocationSpec, Relay},
+};
+
+pub const HEALTH_EVERY: Duration = Duration::from_secs(10);
+
+/// Where and how the relay reaches the cloud, and what it tells it.
+#[derive(Clone, Debug)]
+pub struct CloudLink {
+    pub url: String,
+    pub pin: Option<[u8; 32]>,
+    pub relay_id: u64,
+    pub token: Token,
+    /// The UDP address peers send to (ports vary per allocation).
+    pub public_udp: SocketAddr,
+    pub websocket_url: String,
+}
+
+/// Runs the channel forever, reconnecting with backoff and jitter.
+pub async fn run(link: CloudLink, relay: Relay, metrics: Metrics) {
+    let mut backoff = Backoff::default();
+    loop {
+        match session(&link, &relay, &metrics, &mut backoff).await {
+            Ok(()) => info!("the cloud closed the control channel"),
+            Err(e) => warn!(error = %format!("{e:#}"), "control channel to the cloud failed"),
+        }
+        metrics.control_connected.set(0);
+        let wait = backoff.next_delay(&mut rand_core::OsRng);
+        info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the cloud");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn session(link: &CloudLink, relay: &Relay, metrics: &Metrics, backoff: &mut Backoff) -> Result<()> {
+    let ws =
+        client::connect(&link.url, link.pin).await.with_context(|| format!("connecting to {}", link.url))?;
+    let mut channel = Channel::new(ws);
+    let capacity = relay.options().max_allocations;
+    let (welcome, desired) = client::relay_handshake(
+        &mut channel,
+        RelayId(link.relay_id),
+        &link.token,
+        env!("CARGO_PKG_VERSION"),
+        link.public_udp,
+        &link.websocket_url,
+        capacity,
+    )
+    .await
+    .context("relay handshake")?;
+    info!(peer_id = %welcome.peer_id, allocations = desired.allocations.len(), "connected to the cloud");
+    metrics.control_connected.set(1);
+    backoff.reset();
+    apply(&mut channel, link, relay, desired).await?;
+    let mut health = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tokio::select! {
+            message = channel.recv::<ToRelay>() => match message {
+                Ok(Some(ToRelay::DesiredAllocations(desired))) => apply(&mut channel, link, relay, desired).await?,
+                Ok(Some(ToRelay::Error(error))) => anyhow::bail!("the cloud says {}: {}", error.code, error.message),
+                Ok(Some(other)) => warn!(?other, "unexpected message from the cloud; ignored"),
+                Ok(None) => return Ok(()),
+                Err(ClientError::Decode(e)) => warn!(error = %e, "malformed message from the cloud; dropped"),
+                Err(e) => return Err(e.into()),
+            },
+            _ = health.tick() => {
+                let s = relay.snapshot();
+                let report = Health {
+                    bindings: s.bindings,
+                    capacity,
+                    forwarded_packets: s.forwarded_packets,
+                    forwarded_bytes: s.forwarded_bytes,
+                    drops: s.drops,
+                };
+                channel.send(&FromRelay::Health(report)).await?;
+            }
+        }
+    }
+}
+
+async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
+    channel: &mut Channel<S>,
+    link: &CloudLink,
+    relay: &Relay,
+    desired: DesiredAllocations,
+) -> Result<()> {
+    let specs: Vec<AllocationSpec> = desired
+        .allocations
+        .iter()
+        .map(|a| AllocationSpec {
+            id: a.id.0,
+            session_id: a.session_id.0,
+            gateway_key: PublicKey(a.gateway_key.0),
+            client_key: PublicKey(a.client_key.0),
+            expires_ms: a.expires_ms,
+            websocket_token: a.websocket_token.expose().to_owned(),
+            port: None,
+        })
+        .collect();
+    for (id, admission) in relay.apply(&specs) {
+        let message = match admission {
+            Admission::Ready { port } => {
+                let endpoint = SocketAddr::new(link.public_udp.ip(), port);
+                FromRelay::AllocationReady(AllocationReady {
+                    id: id.into(),
+                    gateway_endpoint: endpoint,
+                    client_endpoint: endpoint,
+                })
+            }
+            Admission::Refused { reason } => {
+                FromRelay::AllocationRefused(AllocationRefused { id: id.into(), reason })
+            }
+        };
+        channel.send(&message).await?;
+    }
+    channel.send(&FromRelay::Applied(Applied { revision: desired.revision })).await?;
+    Ok(())
+}

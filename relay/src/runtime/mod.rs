@@ -1,0 +1,393 @@
+//! The relay at run time: the registry of live allocations, each one a task
+//! ([`task`]) owning its UDP port, plus the WebSocket directory and the
+//! counters the cloud's health reports carry.
+
+pub mod table;
+mod task;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+};
+
+use ferry_ebpf::common::relay::{BindingKey, Traffic};
+use ferry_tunnel::PublicKey;
+use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    config::PortRange,
+    core::{Allocation, Instant, Timeouts, Validator},
+    metrics::{Metrics, ReasonLabels},
+    ws::{self, WsEvent},
+};
+pub use table::BindingTable;
+
+/// What the cloud (or the allocation file) asks the relay to carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocationSpec {
+    pub id: u64,
+    pub session_id: u64,
+    pub gateway_key: PublicKey,
+    pub client_key: PublicKey,
+    /// Unix milliseconds.
+    pub expires_ms: u64,
+    pub websocket_token: String,
+    /// A fixed port (allocation files); the cloud's allocations take any
+    /// free port of the range.
+    pub port: Option<u16>,
+}
+
+/// The answer to one new allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Both peers send to this port of the relay's public address.
+    Ready {
+        port: u16,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// How the registry runs allocations.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Sockets bind here; XDP forwards only datagrams to these addresses.
+    /// With neither, sockets bind to 0.0.0.0 (userspace only).
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub ports: PortRange,
+    /// Live allocations at most: the XDP map holds two bindings each.
+    pub max_allocations: u32,
+    pub timeouts: Timeouts,
+    /// Datagrams a WebSocket peer's queue holds before the relay drops.
+    pub websocket_queue: usize,
+}
+
+/// Relay-wide counters for the cloud's health reports.
+#[derive(Default)]
+pub struct Totals {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    drops: AtomicU64,
+    bindings: AtomicI64,
+}
+
+impl Totals {
+    pub(crate) fn forwarded(&self, packets: u64, bytes: u64) {
+        self.packets.fetch_add(packets, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dropped(&self) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bindings(&self, delta: i64) {
+        self.bindings.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub allocations: u32,
+    pub bindings: u64,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub drops: u64,
+}
+
+struct Handle {
+    spec: AllocationSpec,
+    port: u16,
+    slot: u32,
+    task: JoinHandle<()>,
+    ws_tx: mpsc::Sender<WsEvent>,
+    installed: Arc<Mutex<Vec<BindingKey>>>,
+}
+
+#[derive(Default)]
+struct State {
+    allocations: HashMap<u64, Handle>,
+    tokens: HashMap<String, u64>,
+    ports: HashSet<u16>,
+    next_port: u16,
+    free_slots: Vec<u32>,
+    next_slot: u32,
+}
+
+/// The live allocations. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: Options,
+    table: Option<Arc<dyn BindingTable>>,
+    metrics: Metrics,
+    totals: Arc<Totals>,
+    state: Mutex<State>,
+}
+
+impl Relay {
+    pub fn new(options: Options, table: Option<Arc<dyn BindingTable>>, metrics: Metrics) -> Relay {
+        let state = State { next_port: options.ports.first, ..State::default() };
+        Relay {
+            inner: Arc::new(Inner {
+                options,
+                table,
+                metrics,
+                totals: Arc::default(),
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().expect("relay state lock")
+    }
+
+    /// Makes the live allocations exactly `desired`: new ones start, missing
+    /// ones end at once, and known ones take the new expiry. Returns the
+    /// answers to the new ones.
+    pub fn apply(&self, desired: &[AllocationSpec]) -> Vec<(u64, Admission)> {
+        let wanted: HashSet<u64> = desired.iter().map(|a| a.id).collect();
+        let gone: Vec<u64> =
+            self.state().allocations.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        for id in gone {
+            self.end(id, "ended");
+        }
+        let mut answers = Vec::new();
+        for spec in desired {
+            let known = {
+                let mut state = self.state();
+                match state.allocations.get_mut(&spec.id) {
+                    Some(handle) => {
+                        handle.spec.expires_ms = spec.expires_ms;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if !known {
+                answers.push((spec.id, self.add(spec.clone())));
+            }
+        }
+        answers
+    }
+
+    /// Starts one allocation. Needs a tokio runtime.
+    pub fn add(&self, spec: AllocationSpec) -> Admission {
+        let refuse = |reason: &'static str, detail: String| {
+            warn!(allocation = spec.id, session = spec.session_id, reason, "{detail}");
+            self.inner.metrics.allocations_refused.get_or_create(&ReasonLabels { reason }).inc();
+            Admission::Refused { reason: format!("{reason}: {detail}") }
+        };
+        if spec.gateway_key == spec.client_key {
+            return refuse("invalid", "the two peers have the same public key".into());
+        }
+        if spec.expires_ms <= now_ms() {
+            return refuse("expired", "the allocation has already expired".into());
+        }
+        let mut state = self.state();
+        if state.allocations.len() as u32 >= self.inner.options.max_allocations {
+            let max = self.inner.options.max_allocations;
+            drop(state);
+            return refuse("full", format!("the relay carries its maximum of {max} allocations"));
+        }
+        if state.tokens.contains_key(&spec.websocket_token) {
+            drop(state);
+            return refuse("invalid", "the WebSocket token is already in use".into());
+        }
+        let (port, sock4, sock6) = match self.bind_port(&mut state, spec.port) {
+            Ok(bound) => bound,
+            Err(e) => {
+                drop(state);
+                return refuse("ports", e);
+            }
+        };
+        let slot = state.free_slots.pop().unwrap_or_else(|| {
+            state.next_slot += 1;
+            state.next_slot - 1
+        });
+        if let Some(table) = &self.inner.table {
+            table.reset_slot(slot);
+        }
+        let (ws_tx, ws_rx) = mpsc::channel(self.inner.options.websocket_queue.max(1));
+        let installed = Arc::new(Mutex::new(Vec::new()));
+        let validator = Validator::new(&spec.gateway_key, &spec.client_key);
+        let task = task::Task {
+            id: spec.id,
+            port,
+            slot,
+            alloc: Allocation::new(validator, self.inner.options.timeouts, Instant::now()),
+            sock4: sock4.map(Arc::new),
+            sock6: sock6.map(Arc::new),
+            ws_rx,
+            ws_peers: HashMap::new(),
+            table: self.inner.table.clone(),
+            installed: installed.clone(),
+            metrics: self.inner.metrics.clone(),
+            totals: self.inner.totals.clone(),
+            bound: 0,
+            xdp_seen: Traffic::default(),
+        };
+        let span = info_span!("allocation", id = spec.id, session = spec.session_id, port);
+        let task = tokio::spawn(task.run().instrument(span));
+        info!(allocation = spec.id, session = spec.session_id, port, "allocation ready");
+        state.ports.insert(port);
+        state.tokens.insert(spec.websocket_token.clone(), spec.id);
+        state.allocations.insert(spec.id, Handle { spec, port, slot, task, ws_tx, installed });
+        self.inner.metrics.allocations.set(state.allocations.len() as i64);
+        Admission::Ready { port }
+    }
+
+    /// Ends an allocation now: its XDP entries go before this returns, so no
+    /// further datagram is forwarded, then its task and sockets.
+    pub fn end(&self, id: u64, why: &'static str) -> bool {
+        let mut state = self.state();
+        let Some(handle) = state.allocations.remove(&id) else { return false };
+        state.tokens.remove(&handle.spec.websocket_token);
+        state.ports.remove(&handle.port);
+        state.free_slots.push(handle.slot);
+        self.inner.metrics.allocations.set(state.allocations.len() as i64);
+        drop(state);
+        if let Some(table) = &self.inner.table {
+            for key in handle.installed.lock().expect("binding list lock").drain(..) {
+                table.remove(&key);
+            }
+        }
+        handle.task.abort();
+        info!(allocation = id, session = handle.spec.session_id, why, "allocation ended");
+        true
+    }
+
+    /// Ends the allocations whose expiry has passed; refreshes the map gauge.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let expired: Vec<u64> = self
+            .state()
+            .allocations
+            .values()
+            .filter(|h| h.spec.expires_ms <= now || h.task.is_finished())
+            .map(|h| h.spec.id)
+            .collect();
+        for id in expired {
+            self.end(id, "expired");
+        }
+        if let Some(table) = &self.inner.table {
+            self.inner.metrics.map_entries.set(i64::from(table.len()));
+        }
+    }
+
+    /// The port of a live allocation.
+    pub fn port_of(&self, id: u64) -> Option<u16> {
+        self.state().allocations.get(&id).map(|h| h.port)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let totals = &self.inner.totals;
+        Snapshot {
+            allocations: self.state().allocations.len() as u32,
+            bindings: totals.bindings.load(Ordering::Relaxed).max(0) as u64,
+            forwarded_packets: totals.packets.load(Ordering::Relaxed),
+            forwarded_bytes: totals.bytes.load(Ordering::Relaxed),
+            drops: totals.drops.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends every allocation (shutdown).
+    pub fn clear(&self) {
+        let ids: Vec<u64> = self.state().allocations.keys().copied().collect();
+        for id in ids {
+            self.end(id, "shutdown");
+        }
+    }
+
+    fn bind_port(
+        &self,
+        state: &mut State,
+        fixed: Option<u16>,
+    ) -> Result<(u16, Option<UdpSocket>, Option<UdpSocket>), String> {
+        let range = self.inner.options.ports;
+        if let Some(port) = fixed {
+            if !range.contains(port) {
+                return Err(format!("port {port} is outside the range {range}"));
+            }
+            if state.ports.contains(&port) {
+                return Err(format!("port {port} is taken by another allocation"));
+            }
+            return self.open(port).map(|(a, b)| (port, a, b)).map_err(|e| format!("port {port}: {e}"));
+        }
+        let mut last_error = String::from("every port of the range is in use");
+        for _ in 0..range.len() {
+            let port = state.next_port;
+            state.next_port = if port >= range.last { range.first } else { port + 1 };
+            if state.ports.contains(&port) {
+                continue;
+            }
+            match self.open(port) {
+                Ok((a, b)) => return Ok((port, a, b)),
+                // Another program holds it; try the next one.
+                Err(e) => last_error = format!("port {port}: {e}"),
+            }
+        }
+        Err(last_error)
+    }
+
+    fn open(&self, port: u16) -> std::io::Result<(Option<UdpSocket>, Option<UdpSocket>)> {
+        let options = &self.inner.options;
+        let v4 = match (options.ipv4, options.ipv6) {
+            (Some(ip), _) => Some(udp_socket(SocketAddr::new(IpAddr::V4(ip), port))?),
+            (None, None) => Some(udp_socket(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?),
+            (None, Some(_)) => None,
+        };
+        let v6 = match options.ipv6 {
+            Some(ip) => Some(udp_socket(SocketAddr::new(IpAddr::V6(ip), port))?),
+            None => None,
+        };
+        Ok((v4, v6))
+    }
+}
+
+/// A non-blocking UDP socket with room for bursts.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Bursts of a fast peer queue here rather than drop; the kernel caps the
+    // value at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl ws::Directory for Relay {
+    fn lookup(&self, token: &str) -> Option<mpsc::Sender<WsEvent>> {
+        let state = self.state();
+        let id = state.tokens.get(token)?;
+        state.allocations.get(id).map(|h| h.ws_tx.clone())
+    }
+}

@@ -1,0 +1,3 @@
+//! The userspace datagram path.
+
+pub mod batch;
