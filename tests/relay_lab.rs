@@ -55,6 +55,12 @@ pub struct RelayLab {
     pub relay: Option<Process>,
 }
 
+impl Default for RelayLab {
+    fn default() -> Self {
+        RelayLab::new()
+    }
+}
+
 impl RelayLab {
     pub fn new() -> RelayLab {
         let lab = Lab::new().unwrap();
@@ -270,4 +276,27 @@ fn wait_for_dad(ns: &Netns) {
 /// Bytes received from the only peer, per `wg show <if> transfer`.
 pub fn received(go: &WireguardGo) -> u64 {
     go.show("transfer").split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A handshake message with a valid mac1 for `to` (base64 public key), as
+/// anyone who knows the public keys can make: the rest is noise.
+pub fn forged_handshake(kind: u8, sender: u32, receiver: u32, to: &str) -> Vec<u8> {
+    use ferry_tunnel::proto::{
+        cookie::mac1_key,
+        crypto,
+        messages::{Initiation, Response},
+    };
+    let to = ferry_tunnel::PublicKey::from_base64(to).unwrap();
+    let (len, mac1_offset) =
+        if kind == 1 { (148, Initiation::MAC1_OFFSET) } else { (92, Response::MAC1_OFFSET) };
+    let mut m: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(37)).collect();
+    m[..4].copy_from_slice(&[kind, 0, 0, 0]);
+    m[4..8].copy_from_slice(&sender.to_le_bytes());
+    if kind == 2 {
+        m[8..12].copy_from_slice(&receiver.to_le_bytes());
+    }
+    let mac = crypto::mac(&mac1_key(&to), &[&m[..mac1_offset]]);
+    m[mac1_offset..mac1_offset + 16].copy_from_slice(&mac);
+    m[mac1_offset + 16..].fill(0);
+    m
 }
