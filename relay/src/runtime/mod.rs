@@ -287,7 +287,7 @@ impl Relay {
             self.end(id, "expired");
         }
         if let Some(table) = &self.inner.table {
-            self.inner.metrics.map_entries.set(i64::from(table.len()));
+            self.inner.metrics.map_entries.set(i64::from(table.entries()));
         }
     }
 

@@ -20,7 +20,7 @@ pub trait BindingTable: Send + Sync + 'static {
     fn traffic(&self, slot: u32) -> Traffic;
     fn reset_slot(&self, slot: u32);
     /// Entries in the map now.
-    fn len(&self) -> u32;
+    fn entries(&self) -> u32;
     fn capacity(&self) -> u32;
 }
 
