@@ -48,7 +48,7 @@ struct Cli {
 enum Command {
     /// Run the relay until SIGINT or SIGTERM. A clean stop detaches XDP and
     /// leaves nothing pinned.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that this host can run the relay's XDP forwarding: every eBPF
     /// program is loaded through the kernel's verifier, and the configured
     /// interfaces exist. Exits non-zero if a check fails.
@@ -128,7 +128,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Preflight => preflight(&config),
         Command::Run(args) => {
-            args.merge_into(&mut config);
+            (*args).merge_into(&mut config);
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(run(config))
         }
