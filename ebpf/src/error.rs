@@ -30,10 +30,15 @@ pub enum Error {
         source: ProgramError,
     },
     #[error(
-        "`{iface}` is not an Ethernet interface (link type {link_type}); the uplink guard parses Ethernet \
-         frames and would filter nothing on a raw-IP link such as ppp, wwan or tun"
+        "`{iface}` is not an Ethernet interface (link type {link_type}); Ferry's XDP programs parse \
+         Ethernet frames and would misread every frame on a raw-IP link such as ppp, wwan or tun"
     )]
     NotEthernet { iface: String, link_type: u16 },
+    /// A map refused a new entry because it holds as many as it was created
+    /// for. Callers that add entries on demand (relay allocations) refuse the
+    /// request instead of failing silently.
+    #[error("map `{name}` is full ({capacity} entries); load it with a larger size")]
+    MapFull { name: &'static str, capacity: u32 },
     #[error(transparent)]
     Io(std::io::Error),
     #[error("BPF_PROG_RUN: {0}")]

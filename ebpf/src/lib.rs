@@ -4,16 +4,18 @@
 //! so every binary that links it carries programs that match its map layouts.
 
 mod attach;
+pub mod counters;
 mod error;
 pub mod guard;
 pub mod preflight;
+pub mod relay;
 pub mod test_run;
 
-pub use attach::AttachMode;
+pub use attach::{AttachMode, if_index};
 pub use error::Error;
 pub use ferry_ebpf_common as common;
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
 
 /// The compiled eBPF object (ELF, bpfel), aligned for aya's parser.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry.bpf.o"));
@@ -22,11 +24,30 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// and what tests attach to a veth peer so XDP_TX frames are delivered.
 pub const PASS_PROGRAM: &str = "xdp_pass";
 
-/// Parses the embedded object and creates its maps. Programs are loaded into the
+/// Maps whose size is chosen at load time. aya creates every map of the
+/// object, so each component that loads it creates the big maps of the others
+/// too; they get one entry unless the caller sizes them.
+const SIZED_MAPS: &[&str] = &[common::relay::BINDINGS_MAP, common::relay::TRAFFIC_MAP];
+
+/// Parses the embedded object and creates its maps, the sizable ones (see
+/// [`load_object_sized`]) with a single entry. Programs are loaded into the
 /// kernel one at a time by the components that need them.
 pub fn load_object() -> Result<Ebpf, Error> {
+    load_object_sized(&[])
+}
+
+/// Like [`load_object`], with `(map name, max entries)` for the maps the
+/// caller uses.
+pub fn load_object_sized(sizes: &[(&'static str, u32)]) -> Result<Ebpf, Error> {
     raise_memlock_limit();
-    EbpfLoader::new().load(OBJECT).map_err(Error::Object)
+    let mut loader = EbpfLoader::new();
+    for name in SIZED_MAPS {
+        loader.map_max_entries(name, 1);
+    }
+    for &(name, entries) in sizes {
+        loader.map_max_entries(name, entries);
+    }
+    loader.load(OBJECT).map_err(Error::Object)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK, whose default (64
@@ -41,12 +62,23 @@ fn raise_memlock_limit() {
 
 /// Loads one XDP program of `ebpf` into the kernel (it goes through the verifier
 /// here) and returns it.
-pub fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Xdp, Error> {
-    let program: &mut aya::programs::Xdp = ebpf
-        .program_mut(name)
-        .ok_or(Error::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| Error::Program { name, source })?;
+pub fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Error> {
+    let program = xdp_mut(ebpf, name)?;
     program.load().map_err(|source| Error::Program { name, source })?;
     Ok(program)
+}
+
+/// The XDP program `name` of `ebpf`.
+pub(crate) fn xdp<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, Error> {
+    ebpf.program(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
+pub(crate) fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }

@@ -45,11 +45,20 @@ pub struct XdpRun {
 
 /// Runs `program` once on `packet`.
 pub fn run(program: &Xdp, packet: &[u8]) -> Result<XdpRun, Error> {
+    run_on(program, packet, 0)
+}
+
+/// Runs `program` once on `packet` as if it had arrived on the interface with
+/// index `ingress_ifindex` in the calling thread's network namespace (0: none,
+/// as [`run`]). Helpers such as `bpf_fib_lookup` then see that interface.
+pub fn run_on(program: &Xdp, packet: &[u8], ingress_ifindex: u32) -> Result<XdpRun, Error> {
     let mut out = vec![0u8; packet.len() + OUT_SLACK];
+    let ctx = xdp_md(packet, ingress_ifindex);
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
             repeat: 1,
             ..Default::default()
         })
@@ -61,8 +70,32 @@ pub fn run(program: &Xdp, packet: &[u8]) -> Result<XdpRun, Error> {
 /// Runs `program` `repeat` times on `packet` inside the kernel and returns the
 /// kernel's average time per run, which excludes the syscall.
 pub fn time(program: &Xdp, packet: &[u8], repeat: u32) -> Result<Duration, Error> {
+    time_on(program, packet, repeat, 0)
+}
+
+/// [`time`] with the packet arriving on `ingress_ifindex`, as in [`run_on`].
+pub fn time_on(program: &Xdp, packet: &[u8], repeat: u32, ingress_ifindex: u32) -> Result<Duration, Error> {
+    let ctx = xdp_md(packet, ingress_ifindex);
     let result = program
-        .test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
+            repeat,
+            ..Default::default()
+        })
         .map_err(|e| Error::TestRun(e.to_string()))?;
     Ok(result.duration)
+}
+
+/// A `struct xdp_md` for BPF_PROG_RUN's ctx_in: the kernel wants `data` at 0
+/// (no metadata), `data_end` at the packet's length, and takes the ingress
+/// interface (with receive queue 0) from it.
+fn xdp_md(packet: &[u8], ingress_ifindex: u32) -> [u8; 24] {
+    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let fields = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0];
+    let mut ctx = [0u8; 24];
+    for (bytes, field) in ctx.chunks_exact_mut(4).zip(fields) {
+        bytes.copy_from_slice(&field.to_ne_bytes());
+    }
+    ctx
 }

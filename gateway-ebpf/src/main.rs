@@ -11,6 +11,8 @@ mod guard;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod pass;
+#[cfg(target_arch = "bpf")]
+mod relay;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -29,6 +29,12 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// Like [`ptr_at`], for headers the program rewrites.
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
+}
+
 /// Reads a big-endian u16 at `offset`.
 #[inline(always)]
 pub fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {

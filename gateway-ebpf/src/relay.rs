@@ -1,0 +1,468 @@
+//! The relay's forwarder.
+//!
+//! A relay allocation is one UDP port shared by the two peers of a session.
+//! Once userspace has bound both peers (it validates the handshakes), WireGuard
+//! transport datagrams between them never need to reach a socket: this program
+//! looks up `(allocation port, source address, source port)`, rewrites the IP
+//! and UDP headers toward the other peer and sends the frame back out. It never
+//! sees plaintext and needs none: the datagrams stay sealed end to end.
+//!
+//! Everything the program cannot forward on its own it passes, unchanged, to
+//! the allocation's socket, where userspace applies the same rules slowly.
+
+use core::mem;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use ferry_ebpf_common::{
+    guard::TRANSPORT_MIN_LEN,
+    relay::{
+        ACTION_FORWARD, Binding, BindingKey, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_SLOTS, FAMILY_V4, FAMILY_V6,
+        FLAG_FIB, Outcome, RelayConfig, Traffic,
+    },
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
+
+use crate::packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_UDP, be16_at, ptr_at, ptr_at_mut};
+
+#[map(name = "RELAY_CONFIG")]
+static RELAY_CONFIG: Array<RelayConfig> = Array::with_max_entries(1, 0);
+
+// Not preallocated: a preallocated hash map recycles an element the moment
+// userspace replaces or deletes it, so a lookup running at that time could read
+// another allocation's peer and send a datagram there. Without preallocation
+// elements are freed after an RCU grace period, and lookups cost the same.
+#[map(name = "RELAY_BINDINGS")]
+static RELAY_BINDINGS: HashMap<BindingKey, Binding> =
+    HashMap::with_max_entries(DEFAULT_MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+#[map(name = "RELAY_COUNTERS")]
+static RELAY_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+#[map(name = "RELAY_TRAFFIC")]
+static RELAY_TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(DEFAULT_MAX_SLOTS, 0);
+
+const ETH_HLEN: usize = EthHdr::LEN;
+/// Only option-less IPv4 and IPv6 without extension headers are forwarded, so
+/// the UDP header sits at a fixed offset, which keeps the verifier's job small.
+const UDP4_OFFSET: usize = ETH_HLEN + Ipv4Hdr::LEN;
+const UDP6_OFFSET: usize = ETH_HLEN + Ipv6Hdr::LEN;
+/// The TTL / hop limit of forwarded datagrams. The relay re-originates them
+/// (its own address is the source), as its userspace path does with 64.
+const TTL: u8 = 64;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const WG_TRANSPORT: u8 = 4;
+
+#[xdp]
+pub fn relay_forward(ctx: XdpContext) -> u32 {
+    let outcome = forward(&ctx);
+    if let Some(counter) = RELAY_COUNTERS.get_ptr_mut(outcome as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU while we run.
+        unsafe { *counter += 1 };
+    }
+    match outcome {
+        Outcome::ForwardTx => xdp_action::XDP_TX,
+        // bpf_redirect with no flags only records the target and always
+        // returns XDP_REDIRECT.
+        Outcome::ForwardRedirect => xdp_action::XDP_REDIRECT,
+        outcome if outcome.drops() => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// The next hop `bpf_fib_lookup` found.
+struct NextHop {
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// A transport message to an allocation port: its UDP header and the length
+/// of the WireGuard message it carries.
+struct Transport {
+    udp: *mut UdpHdr,
+    payload_len: usize,
+}
+
+#[inline(always)]
+fn forward(ctx: &XdpContext) -> Outcome {
+    let Some(config) = RELAY_CONFIG.get(0) else {
+        return Outcome::PassOtherPort;
+    };
+    // VLAN tags are not walked: a relay's uplink delivers untagged frames, and
+    // anything tagged reaches the stack as it is.
+    match be16_at(ctx, ETH_HLEN - 2) {
+        Some(ETH_P_IP) => forward_v4(ctx, config),
+        Some(ETH_P_IPV6) => forward_v6(ctx, config),
+        Some(_) => Outcome::PassNotIp,
+        None => Outcome::PassMalformed,
+    }
+}
+
+#[inline(always)]
+fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
+    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return Outcome::PassMalformed;
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let ip = unsafe { &mut *ip };
+    let header_len = (ip.vihl & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len {
+        return Outcome::PassMalformed;
+    }
+    if ip.proto != IPPROTO_UDP {
+        return Outcome::PassNotUdp;
+    }
+    // More-fragments flag or a non-zero offset.
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return Outcome::PassFragment;
+    }
+    if header_len != Ipv4Hdr::LEN {
+        return Outcome::PassIpOptions;
+    }
+    if config.addr4 == [0; 4] || ip.dst_addr != config.addr4 {
+        return Outcome::PassOtherPort;
+    }
+    let transport = match transport(ctx, UDP4_OFFSET, total_len - Ipv4Hdr::LEN, config) {
+        Ok(transport) => transport,
+        Err(outcome) => return outcome,
+    };
+    // SAFETY: transport() checked the header lies inside the packet.
+    let udp = unsafe { &mut *transport.udp };
+
+    let src = ip.src_addr;
+    let key = BindingKey {
+        addr: [src[0], src[1], src[2], src[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        port: udp.src,
+        relay_port: udp.dst,
+        family: FAMILY_V4,
+        _pad: [0; 3],
+    };
+    let binding = match lookup(&key) {
+        Ok(binding) => binding,
+        Err(outcome) => return outcome,
+    };
+    let peer = [binding.addr[0], binding.addr[1], binding.addr[2], binding.addr[3]];
+
+    let next_hop = if config.flags & FLAG_FIB != 0 {
+        let mut fib = fib_params(ctx, AF_INET, udp.dst, binding.port, total_len);
+        fib.__bindgen_anon_2.tos = ip.tos;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.dst_addr);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(peer);
+        match fib_lookup(ctx, &mut fib) {
+            Some(next_hop) => Some(next_hop),
+            None => return Outcome::PassNoRoute,
+        }
+    } else {
+        None
+    };
+
+    // The relay's address replaces the sender's, the peer's replaces the
+    // relay's: for the checksums only the sender's address leaves and the
+    // peer's arrives (RFC 1624 incremental updates, eqn. 3).
+    let removed = sum_not(&src);
+    let added = sum(&peer);
+    let old_ttl = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new_ttl = u16::from_be_bytes([TTL, ip.proto]);
+    ip.check = replace(ip.check, removed + !old_ttl as u32, added + new_ttl as u32).to_be_bytes();
+    ip.src_addr = ip.dst_addr;
+    ip.dst_addr = peer;
+    ip.ttl = TTL;
+    // Zero means the sender computed no checksum; it stays that way.
+    if udp.check != [0, 0] {
+        udp.check = udp_checksum(replace_ports(udp, removed, added, binding.port));
+    }
+    udp.src = udp.dst;
+    udp.dst = binding.port;
+
+    finish(ctx, next_hop, &binding, transport.payload_len)
+}
+
+#[inline(always)]
+fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
+    let Some(ip) = ptr_at_mut::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return Outcome::PassMalformed;
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let ip = unsafe { &mut *ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Outcome::PassMalformed;
+    }
+    // WireGuard senders put no extension headers in front of UDP; whatever
+    // does is the stack's to handle.
+    match ip.next_hdr {
+        IPPROTO_UDP => {}
+        IPPROTO_FRAGMENT => return Outcome::PassFragment,
+        _ => return Outcome::PassNotUdp,
+    }
+    if config.addr6 == [0; 16] || ip.dst_addr != config.addr6 {
+        return Outcome::PassOtherPort;
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let transport = match transport(ctx, UDP6_OFFSET, payload_len, config) {
+        Ok(transport) => transport,
+        Err(outcome) => return outcome,
+    };
+    // SAFETY: transport() checked the header lies inside the packet.
+    let udp = unsafe { &mut *transport.udp };
+    // IPv6 requires a UDP checksum; the stack drops datagrams without one, and
+    // an incremental update of zero would invent a wrong one.
+    if udp.check == [0, 0] {
+        return Outcome::PassMalformed;
+    }
+
+    let src = ip.src_addr;
+    let key = BindingKey { addr: src, port: udp.src, relay_port: udp.dst, family: FAMILY_V6, _pad: [0; 3] };
+    let binding = match lookup(&key) {
+        Ok(binding) => binding,
+        Err(outcome) => return outcome,
+    };
+
+    let next_hop = if config.flags & FLAG_FIB != 0 {
+        let mut fib = fib_params(ctx, AF_INET6, udp.dst, binding.port, Ipv6Hdr::LEN + payload_len);
+        let vcf = ip.vcf;
+        // Traffic class and flow label, as the kernel's own forwarding path
+        // hands them to the route lookup.
+        fib.__bindgen_anon_2.flowinfo = u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]);
+        fib.__bindgen_anon_3.ipv6_src = words32(&ip.dst_addr);
+        fib.__bindgen_anon_4.ipv6_dst = words32(&binding.addr);
+        match fib_lookup(ctx, &mut fib) {
+            Some(next_hop) => Some(next_hop),
+            None => return Outcome::PassNoRoute,
+        }
+    } else {
+        None
+    };
+
+    // See forward_v4: only the sender's address leaves the pseudo-header sum
+    // and only the peer's arrives. IPv6 has no header checksum.
+    let removed = sum_not(&src);
+    let added = sum(&binding.addr);
+    udp.check = udp_checksum(replace_ports(udp, removed, added, binding.port));
+    udp.src = udp.dst;
+    udp.dst = binding.port;
+    ip.src_addr = ip.dst_addr;
+    ip.dst_addr = binding.addr;
+    ip.hop_limit = TTL;
+
+    finish(ctx, next_hop, &binding, transport.payload_len)
+}
+
+/// Checks the UDP header at `offset` and the WireGuard message behind it, and
+/// returns the header if the message is a transport message to an allocation
+/// port. `ip_payload_len` is what the IP header says follows it.
+#[inline(always)]
+fn transport(
+    ctx: &XdpContext,
+    offset: usize,
+    ip_payload_len: usize,
+    config: &RelayConfig,
+) -> Result<Transport, Outcome> {
+    // A UDP header that is not inside the IP datagram is read from padding.
+    if ip_payload_len < UdpHdr::LEN {
+        return Err(Outcome::PassMalformed);
+    }
+    let Some(udp) = ptr_at_mut::<UdpHdr>(ctx, offset) else {
+        return Err(Outcome::PassMalformed);
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let header = unsafe { &*udp };
+    let (port_min, port_max) = config.port_range();
+    let port = u16::from_be_bytes(header.dst);
+    if port < port_min || port > port_max {
+        return Err(Outcome::PassOtherPort);
+    }
+    let udp_len = u16::from_be_bytes(header.len) as usize;
+    if udp_len < UdpHdr::LEN || udp_len > ip_payload_len || ctx.data() + offset + udp_len > ctx.data_end() {
+        return Err(Outcome::DropTruncated);
+    }
+    let payload_len = udp_len - UdpHdr::LEN;
+    // The length decides first: on a tiny frame the type word could be
+    // Ethernet padding.
+    if payload_len < 4 {
+        return Err(Outcome::DropBadType);
+    }
+    let Some(head) = ptr_at::<[u8; 4]>(ctx, offset + UdpHdr::LEN) else {
+        return Err(Outcome::DropTruncated);
+    };
+    // SAFETY: ptr_at checked the four bytes are inside the packet.
+    let head = unsafe { *head };
+    // A little-endian u32 whose upper three bytes are reserved zero.
+    if head[1] | head[2] | head[3] != 0 {
+        return Err(Outcome::DropBadType);
+    }
+    match head[0] {
+        // Handshakes move bindings and need their MACs checked: userspace's.
+        1..=3 => Err(Outcome::PassHandshake),
+        WG_TRANSPORT if payload_len >= TRANSPORT_MIN_LEN => Ok(Transport { udp, payload_len }),
+        _ => Err(Outcome::DropBadType),
+    }
+}
+
+/// The binding for `key`, if the program may forward with it.
+#[inline(always)]
+fn lookup(key: &BindingKey) -> Result<Binding, Outcome> {
+    let Some(binding) = RELAY_BINDINGS.get_ptr(key) else {
+        return Err(Outcome::DropUnbound);
+    };
+    // SAFETY: the map is not preallocated, so the element stays valid for this
+    // run even if userspace replaces it meanwhile. One copy, so every field
+    // comes from the same version.
+    let binding = unsafe { *binding };
+    // Anything but an explicit forward (a WebSocket peer, the other IP family,
+    // an action this program does not know) is userspace's.
+    if binding.action != ACTION_FORWARD || binding.family != key.family {
+        return Err(Outcome::PassUserspace);
+    }
+    Ok(binding)
+}
+
+/// Route lookup parameters for a datagram from the allocation port to the
+/// peer's port with an IP length of `ip_len`, received on the ingress
+/// interface. The caller fills in the addresses.
+#[inline(always)]
+fn fib_params(ctx: &XdpContext, family: u8, sport: [u8; 2], dport: [u8; 2], ip_len: usize) -> FibLookup {
+    // SAFETY: bpf_fib_lookup is plain old data; all zeroes is its documented
+    // starting point.
+    let mut fib: FibLookup = unsafe { mem::zeroed() };
+    fib.family = family;
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.sport = u16::from_ne_bytes(sport);
+    fib.dport = u16::from_ne_bytes(dport);
+    // Host order; the helper compares it with the route's MTU.
+    fib.__bindgen_anon_1.tot_len = ip_len as u16;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib
+}
+
+/// Asks the kernel's FIB for the next hop. Anything short of a complete answer
+/// (no route, no neighbour entry yet, the MTU too small, forwarding disabled)
+/// is None: userspace sends that datagram and the kernel resolves the rest.
+#[inline(always)]
+fn fib_lookup(ctx: &XdpContext, fib: &mut FibLookup) -> Option<NextHop> {
+    // SAFETY: fib points at a complete bpf_fib_lookup on our stack.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, mem::size_of::<FibLookup>() as i32, 0) };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    Some(NextHop { ifindex: fib.ifindex, smac: fib.smac, dmac: fib.dmac })
+}
+
+/// Sets the Ethernet addresses, counts the allocation's traffic and picks
+/// the way out.
+#[inline(always)]
+fn finish(ctx: &XdpContext, next_hop: Option<NextHop>, binding: &Binding, payload_len: usize) -> Outcome {
+    let Some(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else {
+        // The IP header was read behind it; the verifier wants its own check.
+        return Outcome::PassMalformed;
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let eth = unsafe { &mut *eth };
+    let outcome = match next_hop {
+        Some(hop) => {
+            eth.dst_addr = hop.dmac;
+            eth.src_addr = hop.smac;
+            if hop.ifindex == ctx.ingress_ifindex() as u32 {
+                Outcome::ForwardTx
+            } else {
+                // SAFETY: a helper call with plain integer arguments.
+                unsafe { bpf_redirect(hop.ifindex, 0) };
+                Outcome::ForwardRedirect
+            }
+        }
+        None => {
+            // Both peers sit behind the router the frame came from.
+            let router = eth.src_addr;
+            eth.src_addr = eth.dst_addr;
+            eth.dst_addr = router;
+            Outcome::ForwardTx
+        }
+    };
+    if let Some(traffic) = RELAY_TRAFFIC.get_ptr_mut(binding.slot) {
+        // SAFETY: a per-CPU slot, written only by this CPU while we run.
+        unsafe {
+            (*traffic).packets += 1;
+            (*traffic).bytes += payload_len as u64;
+        }
+    }
+    outcome
+}
+
+/// The UDP checksum after the address change (`removed`/`added` from the
+/// caller) and the port change: the allocation port moves from destination to
+/// source, so only the sender's port leaves and the peer's arrives.
+#[inline(always)]
+fn replace_ports(udp: &UdpHdr, removed: u32, added: u32, peer_port: [u8; 2]) -> u16 {
+    let old_port = !u16::from_be_bytes(udp.src) as u32;
+    let new_port = u16::from_be_bytes(peer_port) as u32;
+    replace(udp.check, removed + old_port, added + new_port)
+}
+
+/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), where `removed` is the sum of the
+/// complemented old words and `added` the sum of the new ones.
+#[inline(always)]
+fn replace(check: [u8; 2], removed: u32, added: u32) -> u16 {
+    !fold(!u16::from_be_bytes(check) as u32 + removed + added)
+}
+
+/// A checksum of zero means "none" in UDP; a computed zero is sent as all ones
+/// (RFC 768), which is the same value in one's complement.
+#[inline(always)]
+fn udp_checksum(check: u16) -> [u8; 2] {
+    if check == 0 { [0xff, 0xff] } else { check.to_be_bytes() }
+}
+
+/// Folds a 32-bit sum of 16-bit words into 16 bits with end-around carry.
+/// Twice is enough for any u32: the first fold leaves at most 0x1fffe.
+#[inline(always)]
+fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
+/// The sum of the big-endian 16-bit words of `bytes`.
+#[inline(always)]
+fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
+    let mut total = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        total += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    total
+}
+
+/// The sum of the complemented big-endian 16-bit words of `bytes`.
+#[inline(always)]
+fn sum_not<const N: usize>(bytes: &[u8; N]) -> u32 {
+    let mut total = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        total += !u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    total
+}
+
+/// An IPv6 address as the four network-order words bpf_fib_lookup takes.
+#[inline(always)]
+fn words32(addr: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    ]
+}
