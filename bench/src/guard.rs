@@ -14,7 +14,7 @@ use crate::report::{Better, Row};
 
 const PORT: u16 = 51820;
 const REPEAT: u32 = 2_000_000;
-const ROUNDS: usize = 9;
+pub(crate) const ROUNDS: usize = 9;
 /// The goal: at most this many ns of program time above the empty one.
 const GOAL_OVERHEAD_NS: f64 = 30.0;
 
@@ -71,7 +71,7 @@ pub fn run() -> Result<Vec<Row>> {
 }
 
 /// The median of several rounds of the kernel's average ns per run.
-fn median_ns(mut measure: impl FnMut() -> Result<std::time::Duration, ferry_ebpf::Error>) -> Result<f64> {
+pub(crate) fn median_ns(mut measure: impl FnMut() -> Result<std::time::Duration, ferry_ebpf::Error>) -> Result<f64> {
     let mut samples = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         samples.push(measure()?.as_nanos() as f64);

@@ -3,6 +3,7 @@
 
 mod cloud;
 mod guard;
+mod relay;
 mod report;
 mod tunnel;
 
@@ -28,7 +29,7 @@ struct Cli {
     #[arg(long)]
     native_ferry_wg: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, tunnel, cloud.
+    /// Benchmarks to run: guard, relay, tunnel, cloud.
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -38,6 +39,7 @@ fn main() -> Result<()> {
     for name in &cli.names {
         let rows = match name.as_str() {
             "guard" => guard::run()?,
+            "relay" => relay::run()?,
             "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
             "cloud" => cloud::run(&cli.out_dir)?,
             other => bail!("unknown benchmark `{other}`"),
