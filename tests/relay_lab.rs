@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use ferry_ebpf::pass::PassProgram;
 use ferry_lab::{Lab, Netns, Process};
 use nix::sys::signal::Signal;
 
@@ -53,6 +54,7 @@ pub struct RelayLab {
     pub client_keys: Keys,
     pub allocations: PathBuf,
     pub relay: Option<Process>,
+    _router_xdp: Vec<PassProgram>,
 }
 
 impl Default for RelayLab {
@@ -79,20 +81,28 @@ impl RelayLab {
             // Tests read checksums on the wire: no partial checksums.
             ns.exec("ethtool", &["-K", &veth.b, "tx", "off"]).unwrap();
             internet.exec("ethtool", &["-K", &veth.a, "tx", "off"]).unwrap();
-            // XDP_TX toward the router only delivers with GRO (or XDP) there.
-            internet.exec("ethtool", &["-K", &veth.a, "gro", "on"]).unwrap();
-            veth.b
+            // XDP_TX toward the router only delivers with XDP there.
+            let router_if = veth.a.clone();
+            let pass = internet.run_in(move || PassProgram::attach(&router_if)).unwrap().unwrap();
+            (veth.b, pass)
         };
-        let relay_if = wire(
+        let (relay_if, pass_relay) = wire(
             &relay_ns,
             ["203.0.113.254/24", "2001:db8:1::fe/64"],
             ["203.0.113.1/24", "2001:db8:1::1/64"],
         );
-        let gw_if =
+        let (gw_if, pass_gw) =
             wire(&gw_ns, ["198.51.100.254/24", "2001:db8:2::fe/64"], ["198.51.100.2/24", "2001:db8:2::2/64"]);
-        let client_if =
+        let (client_if, pass_client) =
             wire(&client_ns, ["192.0.2.1/25", "2001:db8:3::fe/64"], ["192.0.2.2/25", "2001:db8:3::2/64"]);
-        wire(&attacker_ns, ["192.0.2.129/25", "2001:db8:4::fe/64"], ["192.0.2.130/25", "2001:db8:4::2/64"]);
+        let (_, pass_attacker) = wire(
+            &attacker_ns,
+            ["192.0.2.129/25", "2001:db8:4::fe/64"],
+            ["192.0.2.130/25", "2001:db8:4::2/64"],
+        );
+        // XDP's FIB lookups need forwarding on the relay's interface.
+        relay_ns.sysctl(&format!("net.ipv4.conf.{relay_if}.forwarding=1")).unwrap();
+        relay_ns.sysctl(&format!("net.ipv6.conf.{relay_if}.forwarding=1")).unwrap();
         // IPv6 duplicate address detection would hold the addresses back.
         for ns in [&relay_ns, &gw_ns, &client_ns, &attacker_ns, &internet] {
             wait_for_dad(ns);
@@ -114,6 +124,7 @@ impl RelayLab {
             client_keys,
             allocations,
             relay: None,
+            _router_xdp: vec![pass_relay, pass_gw, pass_client, pass_attacker],
         };
         me.write_allocations(true);
         me

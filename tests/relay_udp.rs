@@ -16,8 +16,6 @@ use ferry_tests::{
     wg::{FerryWg, PeerSpec, iperf3, iperf3_server, ping, wait_for},
 };
 
-const MODES: [&str; 1] = ["off"];
-
 fn forwarded(lab: &RelayLab, path: &str) -> f64 {
     lab.metric("ferry_relay_forwarded_packets_total", &format!("path=\"{path}\""))
 }
@@ -44,36 +42,34 @@ fn ping_and_iperf(xdp: &str, v6: bool) {
     }
 }
 
-#[test]
-fn wireguard_go_peers_ping_and_iperf3_through_the_relay() {
-    for xdp in MODES {
-        ping_and_iperf(xdp, false);
-    }
+fn wireguard_go_peers_ping_and_iperf3_through_the_relay(xdp: &str) {
+    ping_and_iperf(xdp, false);
 }
 
-#[test]
-fn ferrys_engine_on_one_side() {
-    for xdp in MODES {
-        let mut lab = RelayLab::new();
-        lab.start_relay(xdp, &[]);
-        let _gw = lab.gateway_go(false);
-        let _client = FerryWg::start(
-            &lab.lab,
-            &lab.client_ns,
-            &lab.client_keys,
-            51820,
-            &format!("{CLIENT_TUN}/24"),
-            &PeerSpec {
-                public: &lab.gw_keys.public,
-                allowed_ips: &format!("{GW_TUN}/32"),
-                endpoint: Some(lab.endpoint(false)),
-                psk: None,
-            },
-        );
-        assert!(ping(&lab.client_ns, GW_TUN, 20), "Ferry's engine could not reach wireguard-go ({xdp})");
-        let up = iperf3(&lab.gw_ns, GW_TUN, &lab.client_ns, 2);
-        assert!(up > 1e6, "iperf3 from Ferry's engine through the relay ({xdp}): {up} bit/s");
-    }
+fn ipv6_peers(xdp: &str) {
+    ping_and_iperf(xdp, true);
+}
+
+fn ferrys_engine_on_one_side(xdp: &str) {
+    let mut lab = RelayLab::new();
+    lab.start_relay(xdp, &[]);
+    let _gw = lab.gateway_go(false);
+    let _client = FerryWg::start(
+        &lab.lab,
+        &lab.client_ns,
+        &lab.client_keys,
+        51820,
+        &format!("{CLIENT_TUN}/24"),
+        &PeerSpec {
+            public: &lab.gw_keys.public,
+            allowed_ips: &format!("{GW_TUN}/32"),
+            endpoint: Some(lab.endpoint(false)),
+            psk: None,
+        },
+    );
+    assert!(ping(&lab.client_ns, GW_TUN, 20), "Ferry's engine could not reach wireguard-go ({xdp})");
+    let up = iperf3(&lab.gw_ns, GW_TUN, &lab.client_ns, 2);
+    assert!(up > 1e6, "iperf3 from Ferry's engine through the relay ({xdp}): {up} bit/s");
 }
 
 fn attacker_socket(lab: &RelayLab) -> UdpSocket {
@@ -81,97 +77,88 @@ fn attacker_socket(lab: &RelayLab) -> UdpSocket {
     lab.attacker_ns.run_in(move || UdpSocket::bind(addr)).unwrap().unwrap()
 }
 
-#[test]
-fn a_forger_who_knows_the_port_and_keys_is_not_forwarded_and_steals_no_binding() {
-    for xdp in MODES {
-        let mut lab = RelayLab::new();
-        lab.start_relay(xdp, &[]);
-        let gw = lab.gateway_go(false);
-        let _client = lab.client_go(false);
-        assert!(ping(&lab.client_ns, GW_TUN, 20));
-        let capture = Capture::start(&lab.lab, &lab.gw_ns, &lab.gw_if, "udp");
-        let relay: SocketAddr = format!("{RELAY_IP}:{PORT}").parse().unwrap();
-        let socket = attacker_socket(&lab);
-        let marker = b"FORGED-BY-MALLORY";
-        for i in 0..50u32 {
-            // Transport messages and garbage, marked.
-            let mut transport = vec![4, 0, 0, 0];
-            transport.extend_from_slice(&i.to_le_bytes());
-            transport.extend_from_slice(&[0; 8]);
-            transport.extend_from_slice(marker);
-            transport.resize(64, 0);
-            socket.send_to(&transport, relay).unwrap();
-            socket.send_to(marker, relay).unwrap();
-            // Responses and cookie replies for indices it cannot know.
-            socket.send_to(&forged_handshake(2, i, i * 7919, &lab.client_keys.public), relay).unwrap();
-            // Initiations with a valid mac1 claiming to be the client: they
-            // reach the gateway, which cannot decrypt them and stays silent.
-            socket.send_to(&forged_handshake(1, 1000 + i, 0, &lab.gw_keys.public), relay).unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        assert!(ping(&lab.client_ns, GW_TUN, 5), "the tunnel broke after the forgeries ({xdp})");
-        let frames = capture.stop();
-        let leaked = frames.iter().filter(|f| f.windows(marker.len()).any(|w| w == marker)).count();
-        assert_eq!(leaked, 0, "forged datagrams reached the gateway ({xdp})");
-        // The gateway still sends to the client's real address.
-        assert!(gw.show("endpoints").contains(&format!("{RELAY_IP}:{PORT}")));
-        let unbound = lab.metric("ferry_relay_drops_total", "reason=\"unbound\"");
-        let unknown = lab.metric("ferry_relay_drops_total", "reason=\"unknown_index\"");
-        let malformed = lab.metric("ferry_relay_drops_total", "reason=\"malformed\"");
-        assert!(unbound >= 50.0 && unknown >= 50.0 && malformed >= 50.0, "{}", lab.metrics());
-        assert_eq!(lab.metric("ferry_relay_bindings", ""), 2.0);
+fn a_forger_who_knows_the_port_and_keys_is_not_forwarded_and_steals_no_binding(xdp: &str) {
+    let mut lab = RelayLab::new();
+    lab.start_relay(xdp, &[]);
+    let gw = lab.gateway_go(false);
+    let _client = lab.client_go(false);
+    assert!(ping(&lab.client_ns, GW_TUN, 20));
+    let capture = Capture::start(&lab.lab, &lab.gw_ns, &lab.gw_if, "udp");
+    let relay: SocketAddr = format!("{RELAY_IP}:{PORT}").parse().unwrap();
+    let socket = attacker_socket(&lab);
+    let marker = b"FORGED-BY-MALLORY";
+    for i in 0..50u32 {
+        // Transport messages and garbage, marked.
+        let mut transport = vec![4, 0, 0, 0];
+        transport.extend_from_slice(&i.to_le_bytes());
+        transport.extend_from_slice(&[0; 8]);
+        transport.extend_from_slice(marker);
+        transport.resize(64, 0);
+        socket.send_to(&transport, relay).unwrap();
+        socket.send_to(marker, relay).unwrap();
+        // Responses and cookie replies for indices it cannot know.
+        socket.send_to(&forged_handshake(2, i, i * 7919, &lab.client_keys.public), relay).unwrap();
+        // Initiations with a valid mac1 claiming to be the client: they
+        // reach the gateway, which cannot decrypt them and stays silent.
+        socket.send_to(&forged_handshake(1, 1000 + i, 0, &lab.gw_keys.public), relay).unwrap();
     }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ping(&lab.client_ns, GW_TUN, 5), "the tunnel broke after the forgeries ({xdp})");
+    let frames = capture.stop();
+    let leaked = frames.iter().filter(|f| f.windows(marker.len()).any(|w| w == marker)).count();
+    assert_eq!(leaked, 0, "forged datagrams reached the gateway ({xdp})");
+    // The gateway still sends to the client's real address.
+    assert!(gw.show("endpoints").contains(&format!("{RELAY_IP}:{PORT}")));
+    let unbound = lab.metric("ferry_relay_drops_total", "reason=\"unbound\"");
+    let unknown = lab.metric("ferry_relay_drops_total", "reason=\"unknown_index\"");
+    let malformed = lab.metric("ferry_relay_drops_total", "reason=\"malformed\"");
+    assert!(unbound >= 50.0 && unknown >= 50.0 && malformed >= 50.0, "{}", lab.metrics());
+    assert_eq!(lab.metric("ferry_relay_bindings", ""), 2.0);
 }
 
-#[test]
-fn ending_the_allocation_stops_forwarding_within_a_second() {
-    for xdp in MODES {
-        let mut lab = RelayLab::new();
-        lab.start_relay(xdp, &[]);
-        let gw = lab.gateway_go(false);
-        let _client = lab.client_go(false);
-        assert!(ping(&lab.client_ns, GW_TUN, 20));
-        // A steady stream toward the gateway.
-        let _flood = lab.client_ns.spawn_program("ping", &["-i", "0.01", "-q", GW_TUN]).unwrap();
-        wait_for(|| received(&gw) > 20_000, "traffic through the relay");
-        lab.write_allocations(false);
-        lab.reload();
-        let ended = Instant::now();
-        std::thread::sleep(Duration::from_secs(1).saturating_sub(ended.elapsed()));
-        let after_one_second = received(&gw);
-        std::thread::sleep(Duration::from_secs(2));
-        assert_eq!(received(&gw), after_one_second, "datagrams still forwarded after the end ({xdp})");
-        assert_eq!(lab.metric("ferry_relay_allocations", ""), 0.0);
-        assert_eq!(lab.metric("ferry_relay_bindings", ""), 0.0);
-    }
+fn ending_the_allocation_stops_forwarding_within_a_second(xdp: &str) {
+    let mut lab = RelayLab::new();
+    lab.start_relay(xdp, &[]);
+    let gw = lab.gateway_go(false);
+    let _client = lab.client_go(false);
+    assert!(ping(&lab.client_ns, GW_TUN, 20));
+    // A steady stream toward the gateway.
+    let _flood = lab.client_ns.spawn_program("ping", &["-i", "0.01", "-q", GW_TUN]).unwrap();
+    wait_for(|| received(&gw) > 20_000, "traffic through the relay");
+    lab.write_allocations(false);
+    lab.reload();
+    let ended = Instant::now();
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(ended.elapsed()));
+    let after_one_second = received(&gw);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(received(&gw), after_one_second, "datagrams still forwarded after the end ({xdp})");
+    assert_eq!(lab.metric("ferry_relay_allocations", ""), 0.0);
+    assert_eq!(lab.metric("ferry_relay_bindings", ""), 0.0);
 }
 
-#[test]
-fn a_peer_roams_mid_transfer() {
-    for xdp in MODES {
-        let mut lab = RelayLab::new();
-        lab.start_relay(xdp, &[]);
-        let _gw = lab.gateway_go(false);
-        let _client = lab.client_go(false);
-        assert!(ping(&lab.client_ns, GW_TUN, 20));
-        let _server = iperf3_server(&lab.gw_ns, GW_TUN);
-        let mut transfer =
-            lab.client_ns.spawn_program("iperf3", &["-c", GW_TUN, "-t", "40", "-i", "1", "-J"]).unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-        // The client's address changes, as behind a NAT that rebinds.
-        lab.client_ns.sysctl(&format!("net.ipv4.conf.{}.promote_secondaries=1", lab.client_if)).unwrap();
-        lab.client_ns.add_addr(&lab.client_if, "192.0.2.3/25").unwrap();
-        lab.client_ns.ip(&["addr", "del", "192.0.2.2/25", "dev", &lab.client_if]).unwrap();
-        // WireGuard starts a new handshake when its data gets no answer; it
-        // completes through the relay, which moves the binding.
-        let relay = lab.relay.as_ref().unwrap();
-        wait_for_long(|| relay.stderr().contains("udp 192.0.2.3:"), "the relay to bind the new address");
-        assert!(transfer.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", transfer.stderr());
-        let json: serde_json::Value = serde_json::from_str(&transfer.stdout()).unwrap();
-        let last = json["intervals"].as_array().unwrap().last().unwrap()["sum"]["bytes"].as_f64().unwrap();
-        assert!(last > 0.0, "no data moved after the roam ({xdp})");
-        assert!(ping(&lab.client_ns, GW_TUN, 5));
-    }
+fn a_peer_roams_mid_transfer(xdp: &str) {
+    let mut lab = RelayLab::new();
+    lab.start_relay(xdp, &[]);
+    let _gw = lab.gateway_go(false);
+    let _client = lab.client_go(false);
+    assert!(ping(&lab.client_ns, GW_TUN, 20));
+    let _server = iperf3_server(&lab.gw_ns, GW_TUN);
+    let mut transfer =
+        lab.client_ns.spawn_program("iperf3", &["-c", GW_TUN, "-t", "40", "-i", "1", "-J"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The client's address changes, as behind a NAT that rebinds.
+    lab.client_ns.sysctl(&format!("net.ipv4.conf.{}.promote_secondaries=1", lab.client_if)).unwrap();
+    lab.client_ns.add_addr(&lab.client_if, "192.0.2.3/25").unwrap();
+    lab.client_ns.ip(&["addr", "del", "192.0.2.2/25", "dev", &lab.client_if]).unwrap();
+    // WireGuard starts a new handshake when its data gets no answer; it
+    // completes through the relay, which moves the binding.
+    let relay = lab.relay.as_ref().unwrap();
+    wait_for_long(|| relay.stderr().contains("udp 192.0.2.3:"), "the relay to bind the new address");
+    assert!(transfer.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", transfer.stderr());
+    let json: serde_json::Value = serde_json::from_str(&transfer.stdout()).unwrap();
+    let last = json["intervals"].as_array().unwrap().last().unwrap()["sum"]["bytes"].as_f64().unwrap();
+    assert!(last > 0.0, "no data moved after the roam ({xdp})");
+    assert!(ping(&lab.client_ns, GW_TUN, 5));
 }
 
 fn wait_for_long(mut condition: impl FnMut() -> bool, what: &str) {
@@ -181,3 +168,25 @@ fn wait_for_long(mut condition: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Each case runs with XDP native and with XDP off (userspace), as separate
+/// tests so they run in parallel.
+macro_rules! both_modes {
+    ($($case:ident),* $(,)?) => {
+        mod xdp_native {
+            $(#[test] fn $case() { super::$case("native") })*
+        }
+        mod xdp_off {
+            $(#[test] fn $case() { super::$case("off") })*
+        }
+    };
+}
+
+both_modes!(
+    wireguard_go_peers_ping_and_iperf3_through_the_relay,
+    ipv6_peers,
+    ferrys_engine_on_one_side,
+    a_forger_who_knows_the_port_and_keys_is_not_forwarded_and_steals_no_binding,
+    ending_the_allocation_stops_forwarding_within_a_second,
+    a_peer_roams_mid_transfer,
+);

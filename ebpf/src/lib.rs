@@ -3,10 +3,11 @@
 //! The object built from `gateway-ebpf` is embedded in this crate ([`OBJECT`]),
 //! so every binary that links it carries programs that match its map layouts.
 
-mod attach;
+pub(crate) mod attach;
 pub mod counters;
 mod error;
 pub mod guard;
+pub mod pass;
 pub mod preflight;
 pub mod relay;
 pub mod test_run;

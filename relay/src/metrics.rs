@@ -55,6 +55,8 @@ pub struct Metrics {
     pub websocket_refused: Family<ReasonLabels, Counter>,
     /// 1 while the cloud control channel is up.
     pub control_connected: Gauge,
+    /// What the XDP program did with each packet it saw, by outcome.
+    pub xdp_outcomes: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -114,8 +116,15 @@ impl Metrics {
             "1 while the cloud control channel is up",
             control_connected.clone(),
         );
+        let xdp_outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "xdp_packets",
+            "Packets the XDP forwarder saw, by outcome (forward_tx, pass_handshake, drop_unbound...)",
+            xdp_outcomes.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            xdp_outcomes,
             forwarded_packets,
             forwarded_bytes,
             drops,

@@ -1,8 +1,20 @@
-//! The XDP forwarder, from the daemon's side (filled in with ferry_ebpf::relay).
+//! The XDP forwarder from the daemon's side: load, configure and attach the
+//! program, give the allocations its binding map, and fold its per-CPU drop
+//! counters into /metrics under the same reasons the userspace path uses.
+//! Stopping (or dropping) it detaches the program; nothing is ever pinned.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
+use ferry_ebpf::{
+    AttachMode,
+    common::relay::{Binding, BindingKey, DEFAULT_MAX_SLOTS, Outcome, Traffic},
+    relay::{RelayCounters, RelayForwarder},
+};
+use tracing::{info, warn};
 
 use crate::{
     config::{Config, XdpMode},
@@ -10,16 +22,148 @@ use crate::{
     runtime::BindingTable,
 };
 
-pub struct Forwarder;
+/// The binding map, shared by every allocation task.
+struct Table {
+    forwarder: Mutex<RelayForwarder>,
+}
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RelayForwarder> {
+        self.forwarder.lock().expect("forwarder lock")
+    }
+}
+
+impl BindingTable for Table {
+    fn insert(&self, key: &BindingKey, binding: &Binding) -> Result<(), String> {
+        self.lock().insert(key, binding).map_err(|e| e.to_string())
+    }
+
+    fn remove(&self, key: &BindingKey) {
+        if let Err(e) = self.lock().remove(key) {
+            warn!(error = %e, "removing an XDP binding failed");
+        }
+    }
+
+    fn traffic(&self, slot: u32) -> Traffic {
+        self.lock().traffic(slot).unwrap_or_default()
+    }
+
+    fn reset_slot(&self, slot: u32) {
+        if let Err(e) = self.lock().reset_slot(slot) {
+            warn!(slot, error = %e, "resetting an XDP traffic slot failed");
+        }
+    }
+
+    fn entries(&self) -> u32 {
+        self.lock().len()
+    }
+
+    fn capacity(&self) -> u32 {
+        self.lock().capacity()
+    }
+}
+
+/// The loaded and attached forwarder.
+pub struct Forwarder {
+    table: Arc<Table>,
+    poller: tokio::task::JoinHandle<()>,
+}
 
 impl Forwarder {
     pub fn table(&self) -> Arc<dyn BindingTable> {
-        unreachable!()
+        self.table.clone()
     }
 
-    pub fn stop(self) {}
+    /// Detaches from every interface.
+    pub fn stop(self) {
+        self.poller.abort();
+        let mut forwarder = self.table.lock();
+        if let Err(e) = forwarder.detach_all() {
+            warn!(error = %e, "detaching the XDP forwarder failed");
+        }
+    }
 }
 
-pub fn start(_config: &Config, _mode: XdpMode, _max_bindings: u32, _metrics: &Metrics) -> Result<Forwarder> {
-    bail!("XDP forwarding is not wired yet")
+/// Loads the program with room for `max_bindings`, configures it from
+/// `config` and attaches it to every configured interface.
+pub fn start(config: &Config, mode: XdpMode, max_bindings: u32, metrics: &Metrics) -> Result<Forwarder> {
+    let mut forwarder = RelayForwarder::load(max_bindings, DEFAULT_MAX_SLOTS)
+        .context("loading the XDP forwarder (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+    let ports = config.ports.unwrap_or_default();
+    let fib = config.fib.unwrap_or(true);
+    forwarder
+        .configure(ferry_ebpf::relay::config(
+            config.public_ipv4,
+            config.public_ipv6,
+            ports.first..=ports.last,
+            fib,
+        ))
+        .context("configuring the XDP forwarder")?;
+    let attach_mode = match mode {
+        XdpMode::Generic => AttachMode::Generic,
+        _ => AttachMode::Native,
+    };
+    for iface in &config.interfaces {
+        if fib {
+            warn_if_forwarding_off(iface, config);
+        }
+        let took = forwarder
+            .attach(iface, attach_mode)
+            .with_context(|| format!("attaching the XDP forwarder to {iface} in {attach_mode} mode"))?;
+        info!(iface, mode = took, fib, "XDP forwarder attached");
+    }
+    let table = Arc::new(Table { forwarder: Mutex::new(forwarder) });
+    let poller = tokio::spawn(poll_counters(table.clone(), metrics.clone()));
+    Ok(Forwarder { table, poller })
+}
+
+/// The kernel answers FIB lookups only for interfaces that forward
+/// (`BPF_FIB_LKUP_RET_FWD_DISABLED` otherwise), so without forwarding every
+/// datagram would go up to userspace as `pass_no_route`.
+fn warn_if_forwarding_off(iface: &str, config: &Config) {
+    let families = [("ipv4", config.public_ipv4.is_some()), ("ipv6", config.public_ipv6.is_some())];
+    for (family, used) in families {
+        let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+        if used && std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            warn!(
+                iface,
+                "{path} is 0: the kernel refuses FIB lookups there, so XDP cannot forward and userspace \
+                 will; set it to 1 (and drop transit traffic in your firewall) or run with --no-fib"
+            );
+        }
+    }
+}
+
+/// The userspace path's name for an XDP outcome that drops.
+fn drop_reason(outcome: Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::DropUnbound => Some("unbound"),
+        Outcome::DropTruncated | Outcome::DropBadType => Some("malformed"),
+        _ => None,
+    }
+}
+
+async fn poll_counters(table: Arc<Table>, metrics: Metrics) {
+    let mut seen = RelayCounters::default();
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        every.tick().await;
+        let now = match table.lock().counters() {
+            Ok(now) => now,
+            Err(e) => {
+                warn!(error = %e, "reading the XDP counters failed");
+                continue;
+            }
+        };
+        for (outcome, count) in now.since(&seen).iter().filter(|(_, count)| *count > 0) {
+            metrics
+                .xdp_outcomes
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: outcome.name() })
+                .inc_by(count);
+            if let Some(reason) = drop_reason(outcome) {
+                metrics.drops.get_or_create(&crate::metrics::ReasonLabels { reason }).inc_by(count);
+            }
+        }
+        seen = now;
+    }
 }

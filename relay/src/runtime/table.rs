@@ -3,10 +3,9 @@
 //! Allocations write their forwarding pairs here; in `--xdp off` mode there
 //! is no table and userspace forwards everything itself.
 
-use std::net::SocketAddr;
-
-use ferry_ebpf::common::relay::{
-    ACTION_FORWARD, ACTION_USERSPACE, Binding, BindingKey, FAMILY_V4, FAMILY_V6, Traffic,
+use ferry_ebpf::{
+    common::relay::{ACTION_FORWARD, ACTION_USERSPACE, Binding, BindingKey, Traffic},
+    relay::{binding, key},
 };
 
 use crate::core::PeerAddr;
@@ -24,23 +23,6 @@ pub trait BindingTable: Send + Sync + 'static {
     fn capacity(&self) -> u32;
 }
 
-fn addr_bytes(addr: &SocketAddr) -> ([u8; 16], u8) {
-    let mut bytes = [0u8; 16];
-    match addr {
-        SocketAddr::V4(v4) => {
-            bytes[..4].copy_from_slice(&v4.ip().octets());
-            (bytes, FAMILY_V4)
-        }
-        SocketAddr::V6(v6) => (v6.ip().octets(), FAMILY_V6),
-    }
-}
-
-/// The map key of datagrams from `from` to allocation port `port`.
-pub fn key(from: SocketAddr, port: u16) -> BindingKey {
-    let (addr, family) = addr_bytes(&from);
-    BindingKey { addr, port: from.port().to_be_bytes(), relay_port: port.to_be_bytes(), family, _pad: [0; 3] }
-}
-
 /// The map entries that make `routes` forward: UDP to UDP of one family in
 /// the kernel; toward a WebSocket peer or across families, up to userspace.
 /// Datagrams from a WebSocket peer never reach XDP.
@@ -50,10 +32,7 @@ pub fn entries(routes: &[(PeerAddr, PeerAddr)], port: u16, slot: u32) -> Vec<(Bi
         .filter_map(|&(from, to)| {
             let PeerAddr::Udp(from) = from else { return None };
             let binding = match to {
-                PeerAddr::Udp(to) if to.is_ipv4() == from.is_ipv4() => {
-                    let (addr, family) = addr_bytes(&to);
-                    Binding { addr, port: to.port().to_be_bytes(), family, action: ACTION_FORWARD, slot }
-                }
+                PeerAddr::Udp(to) if to.is_ipv4() == from.is_ipv4() => binding(to, ACTION_FORWARD, slot),
                 _ => Binding { action: ACTION_USERSPACE, slot, ..Binding::default() },
             };
             Some((key(from, port), binding))
@@ -63,6 +42,8 @@ pub fn entries(routes: &[(PeerAddr, PeerAddr)], port: u16, slot: u32) -> Vec<(Bi
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     #[test]
