@@ -391,3 +391,132 @@ impl ws::Directory for Relay {
         state.allocations.get(id).map(|h| h.ws_tx.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use ferry_ebpf::common::relay::Binding;
+    use ferry_tunnel::PrivateKey;
+
+    use super::*;
+    use crate::{core::handshake::tests::handshake, metrics::ReasonLabels};
+
+    /// A binding map in memory, to watch what the registry writes.
+    #[derive(Default)]
+    struct MemoryTable(Mutex<HashMap<BindingKey, Binding>>);
+
+    impl BindingTable for MemoryTable {
+        fn insert(&self, key: &BindingKey, binding: &Binding) -> Result<(), String> {
+            self.0.lock().unwrap().insert(*key, *binding);
+            Ok(())
+        }
+        fn remove(&self, key: &BindingKey) {
+            self.0.lock().unwrap().remove(key);
+        }
+        fn traffic(&self, _slot: u32) -> Traffic {
+            Traffic::default()
+        }
+        fn reset_slot(&self, _slot: u32) {}
+        fn entries(&self) -> u32 {
+            self.0.lock().unwrap().len() as u32
+        }
+        fn capacity(&self) -> u32 {
+            4
+        }
+    }
+
+    fn options(max_allocations: u32) -> Options {
+        Options {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+            ports: PortRange { first: 47100, last: 47199 },
+            max_allocations,
+            timeouts: Timeouts::default(),
+            websocket_queue: 4,
+        }
+    }
+
+    fn spec(id: u64) -> AllocationSpec {
+        AllocationSpec {
+            id,
+            session_id: id,
+            gateway_key: PrivateKey::generate().public_key(),
+            client_key: PrivateKey::generate().public_key(),
+            expires_ms: now_ms() + 60_000,
+            websocket_token: format!("token-{id}-0123456789"),
+            port: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_relay_refuses_visibly_and_ending_frees_room() {
+        let metrics = Metrics::new();
+        let relay = Relay::new(options(2), None, metrics.clone());
+        assert!(matches!(relay.add(spec(1)), Admission::Ready { .. }));
+        assert!(matches!(relay.add(spec(2)), Admission::Ready { .. }));
+        let refused = relay.add(spec(3));
+        assert!(
+            matches!(&refused, Admission::Refused { reason } if reason.starts_with("full")),
+            "{refused:?}"
+        );
+        assert_eq!(metrics.allocations_refused.get_or_create(&ReasonLabels { reason: "full" }).get(), 1);
+        assert!(relay.end(1, "test"));
+        assert!(matches!(relay.add(spec(3)), Admission::Ready { .. }));
+        // Bad specs are refused with their reason.
+        let mut same = spec(4);
+        same.client_key = same.gateway_key;
+        assert!(matches!(relay.add(same), Admission::Refused { reason } if reason.starts_with("invalid")));
+        let mut old = spec(5);
+        old.expires_ms = 1;
+        assert!(matches!(relay.add(old), Admission::Refused { reason } if reason.starts_with("expired")));
+    }
+
+    #[tokio::test]
+    async fn apply_starts_new_ends_missing_and_sweep_ends_expired() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let (a, b) = (spec(1), spec(2));
+        let answers = relay.apply(&[a.clone(), b.clone()]);
+        assert_eq!(answers.len(), 2);
+        assert!(relay.apply(&[a.clone(), b.clone()]).is_empty(), "known allocations are not answered again");
+        relay.apply(std::slice::from_ref(&b));
+        assert_eq!(relay.port_of(1), None);
+        let mut shorter = b.clone();
+        shorter.expires_ms = now_ms();
+        relay.apply(&[shorter]);
+        relay.sweep();
+        assert_eq!(relay.snapshot().allocations, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bindings_reach_the_map_and_leave_it_when_the_allocation_ends() {
+        let table = Arc::new(MemoryTable::default());
+        let relay = Relay::new(options(10), Some(table.clone()), Metrics::new());
+        let spec = spec(1);
+        let Admission::Ready { port } = relay.add(spec.clone()) else { panic!("refused") };
+        let relay_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let gw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        gw.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        // The gateway initiates first (no client yet), then the client does,
+        // which reaches the gateway, and the gateway answers.
+        gw.send_to(&handshake(1, 1, 0, &spec.client_key), relay_addr).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        client.send_to(&handshake(1, 2, 0, &spec.gateway_key), relay_addr).unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::task::block_in_place(|| gw.recv(&mut buf)).unwrap();
+        assert_eq!(n, 148);
+        gw.send_to(&handshake(2, 3, 2, &spec.client_key), relay_addr).unwrap();
+        let n = tokio::task::block_in_place(|| client.recv(&mut buf)).unwrap();
+        assert_eq!(n, 92);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while table.entries() != 2 {
+            assert!(std::time::Instant::now() < deadline, "the bindings never reached the map");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(relay.snapshot().bindings, 2);
+        relay.end(1, "test");
+        assert_eq!(table.entries(), 0, "ending leaves nothing in the map, at once");
+    }
+}
