@@ -9,4 +9,5 @@
 //! - [`metrics`]: Prometheus families shared by all of them.
 
 pub mod metrics;
+pub mod stun;
 pub mod ws;

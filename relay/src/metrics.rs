@@ -97,7 +97,11 @@ impl Metrics {
         let stun_requests = Family::<OutcomeLabels, Counter>::default();
         registry.register("stun_requests", "STUN requests by outcome", stun_requests.clone());
         let websocket_connections = Gauge::default();
-        registry.register("websocket_connections", "Open WebSocket relay connections", websocket_connections.clone());
+        registry.register(
+            "websocket_connections",
+            "Open WebSocket relay connections",
+            websocket_connections.clone(),
+        );
         let websocket_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "websocket_refused",
@@ -105,7 +109,11 @@ impl Metrics {
             websocket_refused.clone(),
         );
         let control_connected = Gauge::default();
-        registry.register("control_connected", "1 while the cloud control channel is up", control_connected.clone());
+        registry.register(
+            "control_connected",
+            "1 while the cloud control channel is up",
+            control_connected.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             forwarded_packets,
