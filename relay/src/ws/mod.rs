@@ -30,3 +30,11 @@ pub trait Directory: Send + Sync + 'static {
     /// The allocation's event channel, if `token` is a live allocation's.
     fn lookup(&self, token: &str) -> Option<mpsc::Sender<WsEvent>>;
 }
+
+pub mod bridge;
+pub mod server;
+
+pub use server::{Connections, End, WsLimits, serve, tls_acceptor};
+
+#[cfg(test)]
+mod tests;

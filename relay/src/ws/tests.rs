@@ -1,0 +1,411 @@
+//! The listener over loopback TCP with a fake directory, and the bridge
+//! against it with real UDP sockets.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ferry_control::client::{ClientError, WsStream, connect_with};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::timeout,
+};
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+
+use super::{
+    server::{MAX_DATAGRAM, websocket_config},
+    *,
+};
+use crate::metrics::{Metrics, ReasonLabels};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Tokens to allocation channels.
+#[derive(Default)]
+pub(crate) struct FakeDirectory {
+    allocations: Mutex<HashMap<String, mpsc::Sender<WsEvent>>>,
+}
+
+impl FakeDirectory {
+    /// Registers `token` and returns the allocation's end of its channel.
+    pub(crate) fn allocation(&self, token: &str, capacity: usize) -> mpsc::Receiver<WsEvent> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.allocations.lock().unwrap().insert(token.to_owned(), tx);
+        rx
+    }
+}
+
+impl Directory for FakeDirectory {
+    fn lookup(&self, token: &str) -> Option<mpsc::Sender<WsEvent>> {
+        self.allocations.lock().unwrap().get(token).cloned()
+    }
+}
+
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) metrics: Metrics,
+    pub(crate) directory: Arc<FakeDirectory>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    pub(crate) async fn start(limits: WsLimits, tls: Option<tokio_rustls::TlsAcceptor>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let directory = Arc::new(FakeDirectory::default());
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, tls, directory.clone(), limits, metrics.clone(), async {
+            let _ = stopped.await;
+        }));
+        Server { addr, metrics, directory, stop: Some(stop), task }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("ws://{}/relay", self.addr)
+    }
+
+    /// Stops the listener and waits for `serve` to return.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        timeout(WAIT, &mut self.task).await.expect("serve did not return after shutdown").unwrap();
+    }
+
+    fn refused(&self, reason: &'static str) -> u64 {
+        self.metrics.websocket_refused.get_or_create(&ReasonLabels { reason }).get()
+    }
+
+    fn dropped(&self, reason: &'static str) -> u64 {
+        self.metrics.drops.get_or_create(&ReasonLabels { reason }).get()
+    }
+}
+
+fn quick() -> WsLimits {
+    WsLimits {
+        handshake_timeout: Duration::from_millis(500),
+        idle: Duration::from_secs(30),
+        outbound_frames: 16,
+        max_connections: 100,
+        close_timeout: Duration::from_millis(300),
+    }
+}
+
+async fn connect(url: &str, token: &str) -> Result<WsStream, ClientError> {
+    connect_with(url, None, Some(token), websocket_config()).await
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<WsEvent>) -> WsEvent {
+    timeout(WAIT, rx.recv()).await.expect("no event from the listener").expect("listener dropped the channel")
+}
+
+async fn opened(rx: &mut mpsc::Receiver<WsEvent>) -> (ConnId, mpsc::Sender<Vec<u8>>) {
+    match next_event(rx).await {
+        WsEvent::Open { conn, outbound } => (conn, outbound),
+        other => panic!("expected Open, got {other:?}"),
+    }
+}
+
+async fn closed(rx: &mut mpsc::Receiver<WsEvent>, conn: ConnId) {
+    loop {
+        match next_event(rx).await {
+            WsEvent::Closed { conn: c } if c == conn => return,
+            WsEvent::Frame { .. } => {}
+            other => panic!("expected Closed, got {other:?}"),
+        }
+    }
+}
+
+/// The next close frame from the server, skipping data.
+async fn close_code(ws: &mut WsStream) -> CloseCode {
+    loop {
+        match timeout(WAIT, ws.next()).await.expect("server did not close") {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code,
+            Some(Ok(Message::Close(None))) => panic!("close without a code"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
+            None => panic!("connection ended without a close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_or_missing_tokens_are_refused_with_401() {
+    let server = Server::start(quick(), None).await;
+    let _allocation = server.directory.allocation("good-token", 8);
+
+    let err = connect(&server.url(), "bad-token").await.unwrap_err();
+    assert_eq!(err.http_status(), Some(401), "{err}");
+    let err = connect_with(&server.url(), None, None, websocket_config()).await.unwrap_err();
+    assert_eq!(err.http_status(), Some(401), "{err}");
+    assert_eq!(server.refused("token"), 2);
+    assert_eq!(server.metrics.websocket_connections.get(), 0);
+
+    // The right token works, with the scheme in any case.
+    connect(&server.url(), "good-token").await.unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(server.url()).unwrap();
+    request.headers_mut().insert("authorization", "bEaReR   good-token ".parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(server.refused("token"), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn frames_flow_both_ways_and_the_allocation_hears_open_and_closed() {
+    let server = Server::start(quick(), None).await;
+    let mut allocation = server.directory.allocation("t1", 64);
+    let mut ws = connect(&server.url(), "t1").await.unwrap();
+    let (conn, outbound) = opened(&mut allocation).await;
+    assert_eq!(server.metrics.websocket_connections.get(), 1);
+
+    for size in [1usize, 32, 148, 1452, 65_535] {
+        let datagram: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        ws.send(Message::binary(datagram.clone())).await.unwrap();
+        match next_event(&mut allocation).await {
+            WsEvent::Frame { conn: c, datagram: got } => {
+                assert_eq!(c, conn);
+                assert_eq!(got, datagram);
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+        outbound.try_send(datagram.clone()).unwrap();
+        match timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap() {
+            Message::Binary(got) => assert_eq!(got, datagram),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    // Pings are answered.
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    match timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap() {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+
+    ws.close(None).await.unwrap();
+    closed(&mut allocation, conn).await;
+    assert_eq!(server.metrics.websocket_connections.get(), 0);
+
+    // A second connection gets another id.
+    let _ws = connect(&server.url(), "t1").await.unwrap();
+    let (second, _) = opened(&mut allocation).await;
+    assert_ne!(second, conn);
+    server.stop().await;
+    closed(&mut allocation, second).await;
+}
+
+#[tokio::test]
+async fn text_frames_are_refused_and_counted() {
+    let server = Server::start(quick(), None).await;
+    let mut allocation = server.directory.allocation("t", 8);
+    let mut ws = connect(&server.url(), "t").await.unwrap();
+    let (conn, _outbound) = opened(&mut allocation).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Unsupported);
+    closed(&mut allocation, conn).await;
+    assert_eq!(server.dropped("ws_bad_frame"), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_before_they_are_buffered() {
+    let server = Server::start(quick(), None).await;
+    let mut allocation = server.directory.allocation("t", 8);
+    let mut ws = connect(&server.url(), "t").await.unwrap();
+    let (conn, _outbound) = opened(&mut allocation).await;
+    ws.send(Message::binary(vec![0u8; MAX_DATAGRAM + 1])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Size);
+    closed(&mut allocation, conn).await;
+    assert_eq!(server.dropped("ws_bad_frame"), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let limits = WsLimits { idle: Duration::from_millis(300), ..quick() };
+    let server = Server::start(limits, None).await;
+    let mut allocation = server.directory.allocation("t", 8);
+    let mut ws = connect(&server.url(), "t").await.unwrap();
+    let (conn, outbound) = opened(&mut allocation).await;
+
+    // Traffic keeps it open past the idle time...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        outbound.try_send(vec![4; 32]).unwrap();
+        assert!(matches!(timeout(WAIT, ws.next()).await.unwrap(), Some(Ok(Message::Binary(_)))));
+    }
+    // ...silence does not.
+    let started = tokio::time::Instant::now();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Away);
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    closed(&mut allocation, conn).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_cannot_make_the_relay_buffer() {
+    let limits = WsLimits { idle: Duration::from_secs(2), ..quick() };
+    let server = Server::start(limits.clone(), None).await;
+    let mut allocation = server.directory.allocation("t", 8);
+
+    // A client with a small receive buffer that never reads.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp: TcpStream = socket.connect(server.addr).await.unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(server.url()).unwrap();
+    request.headers_mut().insert("authorization", "Bearer t".parse().unwrap());
+    let (_ws, _) =
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(websocket_config())).await.unwrap();
+    let (conn, outbound) = opened(&mut allocation).await;
+
+    const DATAGRAM: usize = 32 * 1024;
+    const ATTEMPTS: usize = 2000; // 64 MiB offered
+    let mut accepted = 0usize;
+    for i in 0..ATTEMPTS {
+        if outbound.try_send(vec![i as u8; DATAGRAM]).is_ok() {
+            accepted += 1;
+        }
+        if i % 16 == 0 {
+            // Let the writer drain what the socket takes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // The queue is at its bound, and all but what the kernel's socket
+    // buffers and the queue hold was refused.
+    assert_eq!(outbound.capacity(), 0, "the outbound queue should be full");
+    assert_eq!(outbound.max_capacity(), limits.outbound_frames);
+    let buffered = accepted * DATAGRAM;
+    eprintln!("accepted {accepted} of {ATTEMPTS} datagrams ({} KiB)", buffered / 1024);
+    assert!(accepted < ATTEMPTS / 10, "accepted {accepted} of {ATTEMPTS}");
+
+    // The stalled connection sends nothing, so it goes idle and is closed,
+    // even though the closing handshake cannot get through.
+    closed(&mut allocation, conn).await;
+    assert_eq!(server.metrics.websocket_connections.get(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_handshakes_time_out_and_capacity_is_bounded() {
+    let limits = WsLimits { max_connections: 2, ..quick() };
+    let server = Server::start(limits, None).await;
+    let _allocation = server.directory.allocation("t", 8);
+
+    // Two silent TCP connections take both slots...
+    let mut a = TcpStream::connect(server.addr).await.unwrap();
+    let mut b = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a third is dropped at once.
+    let err = connect(&server.url(), "t").await.unwrap_err();
+    assert!(err.http_status().is_none(), "{err}");
+    assert_eq!(server.refused("capacity"), 1);
+
+    // The handshake timeout frees them.
+    let mut buf = [0u8; 64];
+    use tokio::io::AsyncReadExt as _;
+    assert_eq!(timeout(WAIT, a.read(&mut buf)).await.unwrap().unwrap_or(0), 0);
+    assert_eq!(timeout(WAIT, b.read(&mut buf)).await.unwrap().unwrap_or(0), 0);
+    assert_eq!(server.refused("handshake"), 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    connect(&server.url(), "t").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_going_away() {
+    let server = Server::start(quick(), None).await;
+    let mut allocation = server.directory.allocation("t", 8);
+    let mut ws = connect(&server.url(), "t").await.unwrap();
+    let (conn, _outbound) = opened(&mut allocation).await;
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(close_code(&mut ws).await, CloseCode::Away);
+    closed(&mut allocation, conn).await;
+    timeout(WAIT, stopping).await.unwrap().unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+}
+
+#[tokio::test]
+async fn an_ended_allocation_closes_its_connections() {
+    let server = Server::start(quick(), None).await;
+    let mut allocation = server.directory.allocation("t", 8);
+    let mut ws = connect(&server.url(), "t").await.unwrap();
+    let (conn, outbound) = opened(&mut allocation).await;
+    // The allocation drops its sender: the connection has no one to carry
+    // datagrams for any more.
+    drop(outbound);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Normal);
+    closed(&mut allocation, conn).await;
+    server.stop().await;
+}
+
+pub(crate) mod tls {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A self-signed certificate in a temporary folder: (folder, cert, key,
+    /// SHA-256 of the DER certificate).
+    pub(crate) fn self_signed() -> (tempfile::TempDir, PathBuf, PathBuf, [u8; 32]) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["relay.example".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let pin = ferry_control::pin::fingerprint(cert.der());
+        (dir, cert_path, key_path, pin)
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_pinned_self_signed_certificate() {
+        let (_dir, cert, key, pin) = self_signed();
+        let server = Server::start(quick(), Some(tls_acceptor(&cert, &key).unwrap())).await;
+        let mut allocation = server.directory.allocation("t", 8);
+        let url = format!("wss://{}/relay", server.addr);
+
+        let mut ws = connect_with(&url, Some(pin), Some("t"), websocket_config()).await.unwrap();
+        let (conn, outbound) = opened(&mut allocation).await;
+        ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+        assert!(
+            matches!(next_event(&mut allocation).await, WsEvent::Frame { datagram, .. } if datagram == [1, 2, 3])
+        );
+        outbound.try_send(vec![4, 5, 6]).unwrap();
+        assert!(
+            matches!(timeout(WAIT, ws.next()).await.unwrap(), Some(Ok(Message::Binary(d))) if d == vec![4, 5, 6])
+        );
+        ws.close(None).await.unwrap();
+        closed(&mut allocation, conn).await;
+
+        // Another pin, or plain WebSocket, gets nowhere.
+        let err = connect_with(&url, Some([7; 32]), Some("t"), websocket_config()).await.unwrap_err();
+        assert!(matches!(err, ClientError::PinMismatch { .. }), "{err}");
+        let err = connect(&server.url(), "t").await.unwrap_err();
+        assert!(err.http_status().is_none(), "{err}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(server.refused("tls") >= 2, "{}", server.metrics.encode());
+        server.stop().await;
+    }
+
+    #[test]
+    fn bad_certificate_files_name_the_file() {
+        let (dir, cert, _key, _) = self_signed();
+        let missing = dir.path().join("nope.pem");
+        let err = tls_acceptor(&cert, &missing).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+        let err = tls_acceptor(&cert, &cert).map(|_| ()).unwrap_err();
+        assert!(matches!(err, ferry_daemon::tls::LoadError::NoKey { .. }), "{err}");
+    }
+}
