@@ -139,10 +139,7 @@ pub use ferry_control::pin::{PinMismatch, PinnedVerifier, format_fingerprint};
 
 /// Reads a SHA-256 fingerprint with or without colons, in either case.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
-    let bad = || TlsError::BadFingerprint(text.to_string());
-    let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
-    let bytes = hex::decode(digits).map_err(|_| bad())?;
-    bytes.try_into().map_err(|_| bad())
+    ferry_control::pin::parse_fingerprint(text).ok_or_else(|| TlsError::BadFingerprint(text.to_string()))
 }
 
 /// A client configuration that trusts only the certificate with this
