@@ -632,3 +632,124 @@ mod bridging {
         assert!(err.contains("not a SHA-256 fingerprint"), "{err}");
     }
 }
+
+/// What the `ws_frames` fuzz target does, with inputs whose outcome is known:
+/// an upgrade request and a client's frames written at once into an
+/// in-memory stream, and time paused so that timeouts pass instantly.
+mod in_memory {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET /relay HTTP/1.1\r\nHost: relay.example\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+Authorization: Bearer t\r\n\r\n";
+
+    /// A masked client frame.
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// Runs one connection on `input` and returns how it ended, the events
+    /// and what the server wrote.
+    async fn run(input: &[u8]) -> (End, Vec<WsEvent>, Vec<u8>) {
+        run_with(input, true).await
+    }
+
+    /// `hang_up`: the client shuts its sending side after the input.
+    async fn run_with(input: &[u8], hang_up: bool) -> (End, Vec<WsEvent>, Vec<u8>) {
+        let directory = Arc::new(FakeDirectory::default());
+        let mut allocation = directory.allocation("t", 64);
+        let connections = Connections::new(directory, WsLimits::default(), Metrics::new());
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let input = input.to_vec();
+        // A client sends its frames once the upgrade is answered (the server
+        // refuses bytes pipelined behind the request), then reads to the end.
+        let client = tokio::spawn(async move {
+            let (mut from_server, mut to_server) = tokio::io::split(client);
+            to_server.write_all(UPGRADE).await.unwrap();
+            let mut written = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !contains(&written, b"\r\n\r\n") {
+                match from_server.read(&mut buf).await {
+                    Ok(n) if n > 0 => written.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let send = async {
+                let _ = to_server.write_all(&input).await;
+                if hang_up {
+                    let _ = to_server.shutdown().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let _ = tokio::join!(send, from_server.read_to_end(&mut written));
+            written
+        });
+        let started = tokio::time::Instant::now();
+        let end = connections.handle(server).await;
+        assert!(started.elapsed() <= Duration::from_secs(120), "{:?}", started.elapsed());
+        if !hang_up {
+            client.abort();
+        }
+        drop(connections);
+        let written = client.await.unwrap_or_default();
+        let mut events = Vec::new();
+        while let Ok(event) = allocation.try_recv() {
+            events.push(event);
+        }
+        (end, events, written)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_after_the_upgrade_reach_the_allocation() {
+        let mut input = frame(0x2, b"one");
+        input.extend(frame(0x9, b"ping"));
+        input.extend(frame(0x2, b"two"));
+        input.extend(frame(0x8, &1000u16.to_be_bytes()));
+        let (end, events, written) = run(&input).await;
+        assert_eq!(end, End::PeerClosed);
+        let frames: Vec<&[u8]> = events
+            .iter()
+            .filter_map(|e| match e {
+                WsEvent::Frame { datagram, .. } => Some(datagram.as_slice()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames, [b"one".as_slice(), b"two".as_slice()]);
+        assert!(matches!(events.first(), Some(WsEvent::Open { .. })));
+        assert!(matches!(events.last(), Some(WsEvent::Closed { .. })));
+        let text = String::from_utf8_lossy(&written);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        // The pong, then the close echoed.
+        assert!(contains(&written, &[0x8a, 4, b'p', b'i', b'n', b'g']), "{written:02x?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_ends_early_goes_silent_or_breaks_the_protocol_ends_in_bounded_time() {
+        let (end, events, _) = run(&frame(0x2, b"x")[..3]).await;
+        assert_eq!(end, End::PeerClosed, "{events:?}");
+        let (end, _, _) = run(&[]).await;
+        assert_eq!(end, End::PeerClosed);
+        // Half a frame, then nothing: the idle timeout (60 s of paused time).
+        let started = tokio::time::Instant::now();
+        let (end, _, _) = run_with(&frame(0x2, b"x")[..3], false).await;
+        assert_eq!(end, End::Idle);
+        assert!(started.elapsed() >= WsLimits::default().idle);
+        let (end, _, _) = run(&frame(0x1, b"text")).await;
+        assert_eq!(end, End::BadFrame(BadFrame::Text));
+        // Unmasked client frames break RFC 6455.
+        let (end, _, _) = run(&[0x82, 3, 1, 2, 3]).await;
+        assert_eq!(end, End::BadFrame(BadFrame::Protocol));
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+}
