@@ -21,7 +21,7 @@
 //!
 //! [`BridgeArgs`] is its clap arguments; the daemon wires it as
 //!
-//! ```ignore
+//! ```text
 //! Command::WsBridge(args) => {
 //!     let options = args.into_options()?;
 //!     let shutdown = ferry_daemon::signals::Shutdown::install()?;

@@ -208,6 +208,8 @@ impl Connections {
     {
         let mut found = None;
         let mut token_refused = false;
+        // The signature is tungstenite's `Callback`.
+        #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
             let lookup = bearer_token(request).and_then(|token| self.directory.lookup(token));
             match lookup {

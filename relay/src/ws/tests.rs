@@ -19,7 +19,7 @@ use tokio::{
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 use super::{
-    server::{MAX_DATAGRAM, websocket_config},
+    server::{MAX_DATAGRAM, MAX_WRITE_BUFFER, websocket_config},
     *,
 };
 use crate::metrics::{Metrics, ReasonLabels};
@@ -284,6 +284,14 @@ async fn a_peer_that_never_reads_cannot_make_the_relay_buffer() {
     assert_eq!(outbound.max_capacity(), limits.outbound_frames);
     let buffered = accepted * DATAGRAM;
     eprintln!("accepted {accepted} of {ATTEMPTS} datagrams ({} KiB)", buffered / 1024);
+    // The bound: the queue, the WebSocket write buffer, the kernel's largest
+    // TCP send buffer and the client's small receive buffer (with slack).
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20);
+    let bound = limits.outbound_frames + (MAX_WRITE_BUFFER + wmem_max + 64 * 1024) / DATAGRAM + 2;
+    assert!(accepted <= bound, "accepted {accepted} of {ATTEMPTS}, bound {bound}");
     assert!(accepted < ATTEMPTS / 10, "accepted {accepted} of {ATTEMPTS}");
 
     // The stalled connection sends nothing, so it goes idle and is closed,
