@@ -10,11 +10,8 @@ use std::{
     sync::Arc,
 };
 
-use rustls::{
-    ClientConfig, ServerConfig,
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-};
+use ferry_daemon::tls::ALPN_HTTP11;
+use rustls::{ClientConfig, ServerConfig};
 use sha2::{Digest, Sha256};
 
 /// Folder of the self-signed pair inside the data folder.
@@ -26,29 +23,11 @@ pub const KEY_FILE: &str = "key.pem";
 /// and health checks work whatever else is configured.
 pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// Only HTTP/1.1: WebSocket upgrades need it and nothing here needs HTTP/2.
-const ALPN_HTTP11: &[u8] = b"http/1.1";
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{} does not exist", path.display())]
-    Missing { path: PathBuf },
-    #[error("reading {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
-    #[error("{} is not valid PEM: {reason}", path.display())]
-    Pem { path: PathBuf, reason: String },
-    #[error("{} holds no certificate (expected a PEM block \"BEGIN CERTIFICATE\")", path.display())]
-    NoCertificate { path: PathBuf },
-    #[error(
-        "{} holds no private key (expected a PEM block \"BEGIN PRIVATE KEY\", \"BEGIN EC PRIVATE KEY\" \
-         or \"BEGIN RSA PRIVATE KEY\")",
-        path.display()
-    )]
-    NoKey { path: PathBuf },
-    #[error("the private key in {} does not belong to the certificate in {}", key.display(), cert.display())]
-    KeyMismatch { cert: PathBuf, key: PathBuf },
-    #[error("certificate {} with key {} is not usable: {source}", cert.display(), key.display())]
-    Unusable { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    /// Reading the certificate or key files (shared with the relay).
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error(
         "{} exists but its key {} does not; remove the certificate to have a new pair made",
         cert.display(),
@@ -65,59 +44,13 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The crypto provider for everything here. Explicit rather than the process
-/// default so that nothing depends on which provider some other crate
-/// installed first.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => TlsError::Missing { path: path.to_path_buf() },
-        _ => TlsError::Read { path: path.to_path_buf(), source },
-    })
-}
-
-/// The certificate chain in a PEM file, leaf first.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
-    }
-    Ok(certs)
-}
-
-/// The first private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
-    // The parser's errors never quote the file's content, so no key material
-    // reaches an error message or a log.
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: path.to_path_buf() },
-        other => TlsError::Pem { path: path.to_path_buf(), reason: other.to_string() },
-    })
-}
+/// The PEM loading is `ferry_daemon::tls`, shared with the relay's
+/// WebSocket listener.
+pub use ferry_daemon::tls::{LoadError, load_certs, load_key, provider};
 
 /// A server configuration serving the chain in `cert` with the key in `key`.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = load_certs(cert)?;
-    let private = load_key(key)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|source| match source {
-            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                TlsError::KeyMismatch { cert: cert.to_path_buf(), key: key.to_path_buf() }
-            }
-            source => TlsError::Unusable { cert: cert.to_path_buf(), key: key.to_path_buf(), source },
-        })?;
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    Ok(Arc::new(config))
+    Ok(ferry_daemon::tls::server_config(cert, key, &[ALPN_HTTP11])?)
 }
 
 /// Makes `<data_dir>/tls/cert.pem` and `key.pem` with a new self-signed
@@ -323,29 +256,29 @@ mod tests {
         write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n");
 
         let err = server_config(&missing, &key).unwrap_err();
-        assert!(matches!(err, TlsError::Missing { .. }), "{err}");
+        assert!(matches!(err, TlsError::Load(LoadError::Missing { .. })), "{err}");
         assert!(err.to_string().contains("nope.pem"), "{err}");
 
         let err = server_config(&empty, &key).unwrap_err();
-        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
+        assert!(matches!(err, TlsError::Load(LoadError::NoCertificate { .. })), "{err}");
         assert!(err.to_string().contains("empty.pem"), "{err}");
 
         let err = server_config(&broken, &key).unwrap_err();
-        assert!(matches!(err, TlsError::Pem { .. }), "{err}");
+        assert!(matches!(err, TlsError::Load(LoadError::Pem { .. })), "{err}");
         assert!(err.to_string().contains("broken.pem"), "{err}");
 
         // A certificate where the key should be: no key in it.
         let err = server_config(&cert, &cert).unwrap_err();
-        assert!(matches!(err, TlsError::NoKey { .. }), "{err}");
+        assert!(matches!(err, TlsError::Load(LoadError::NoKey { .. })), "{err}");
         assert!(err.to_string().contains("cert.pem"), "{err}");
 
         let err = server_config(&cert, &missing).unwrap_err();
-        assert!(matches!(err, TlsError::Missing { .. }), "{err}");
+        assert!(matches!(err, TlsError::Load(LoadError::Missing { .. })), "{err}");
 
         let other = tempfile::tempdir().unwrap();
         let (_, other_key) = ensure_self_signed(other.path(), &[]).unwrap();
         let err = server_config(&cert, &other_key).unwrap_err();
-        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        assert!(matches!(err, TlsError::Load(LoadError::KeyMismatch { .. })), "{err}");
         assert!(err.to_string().contains("does not belong"), "{err}");
     }
 

@@ -13,6 +13,8 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
@@ -47,6 +49,8 @@ pub enum ClientError {
     PinMismatch { expected: String, got: String },
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("the bearer token cannot be sent in an HTTP header (it must be printable ASCII)")]
+    BadToken,
     #[error("WebSocket: {0}")]
     WebSocket(#[from] Box<tungstenite::Error>),
     #[error("timed out {0}")]
@@ -84,6 +88,18 @@ pub fn websocket_config() -> WebSocketConfig {
 /// and validity period are not checked, because the pin already names exactly
 /// one certificate and the cloud's is self-signed.
 pub async fn connect(url: &str, pin_sha256: Option<[u8; 32]>) -> Result<WsStream, ClientError> {
+    connect_with(url, pin_sha256, None, websocket_config()).await
+}
+
+/// [`connect`] with an `Authorization: Bearer <token>` header on the upgrade
+/// request (when `bearer` is given) and the caller's frame limits. The
+/// WebSocket relay's clients use it.
+pub async fn connect_with(
+    url: &str,
+    pin_sha256: Option<[u8; 32]>,
+    bearer: Option<&str>,
+    config: WebSocketConfig,
+) -> Result<WsStream, ClientError> {
     let (connector, seen) = if url.starts_with("wss://") {
         let pin = pin_sha256.ok_or(ClientError::PinRequired)?;
         let verifier = Arc::new(PinnedVerifier::new(pin));
@@ -97,12 +113,13 @@ pub async fn connect(url: &str, pin_sha256: Option<[u8; 32]>) -> Result<WsStream
     } else {
         return Err(ClientError::Scheme);
     };
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(
-        url,
-        Some(websocket_config()),
-        true,
-        Some(connector),
-    );
+    let mut request = url.into_client_request()?;
+    if let Some(token) = bearer {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::BadToken)?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(connector));
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => Err(ClientError::Timeout("connecting")),
         Ok(Ok((ws, _response))) => Ok(ws),
@@ -119,6 +136,20 @@ pub async fn connect(url: &str, pin_sha256: Option<[u8; 32]>) -> Result<WsStream
                 });
             }
             Err(e.into())
+        }
+    }
+}
+
+impl ClientError {
+    /// The HTTP status with which the server refused the upgrade, if it did
+    /// (401 for an unknown token, for example).
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            ClientError::WebSocket(e) => match e.as_ref() {
+                tungstenite::Error::Http(response) => Some(response.status().as_u16()),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
@@ -377,5 +408,9 @@ mod tests {
             Err(ClientError::PinWithoutTls)
         ));
         assert!(matches!(connect("https://127.0.0.1:1/x", None).await, Err(ClientError::Scheme)));
+        assert!(matches!(
+            connect_with("ws://127.0.0.1:1/x", None, Some("bad\ntoken"), websocket_config()).await,
+            Err(ClientError::BadToken)
+        ));
     }
 }

@@ -22,17 +22,13 @@ pub fn format_fingerprint(sha256: &[u8; 32]) -> String {
     sha256.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
-/// Reads a SHA-256 fingerprint with or without colons, in either case.
+/// Reads a SHA-256 fingerprint written with or without colons, in either
+/// case (`AB:CD:...` or `abcd...`); `None` unless it is exactly 32 bytes.
 pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
-    let digits: Vec<u8> = text.trim().bytes().filter(|c| *c != b':').collect();
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
+    let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(digits, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
@@ -162,4 +158,21 @@ pub fn client_config(verifier: Arc<PinnedVerifier>, alpn: &[&[u8]]) -> Result<Cl
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons() {
+        let pin = fingerprint(b"certificate");
+        let text = format_fingerprint(&pin);
+        assert_eq!(parse_fingerprint(&text), Some(pin));
+        assert_eq!(parse_fingerprint(&text.replace(':', "").to_lowercase()), Some(pin));
+        assert_eq!(parse_fingerprint(&format!(" {text}\n")), Some(pin));
+        assert_eq!(parse_fingerprint("AB:CD"), None);
+        assert_eq!(parse_fingerprint(&format!("{text}:00")), None);
+        assert_eq!(parse_fingerprint(&text.replace(|c: char| c.is_ascii_digit(), "G")), None);
+    }
 }

@@ -9,6 +9,8 @@ pub mod config;
 pub mod logging;
 pub mod paths;
 pub mod signals;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use cli::CommonArgs;
 pub use config::ConfigError;

@@ -17,5 +17,6 @@ pub mod listeners;
 pub mod metrics;
 pub mod runtime;
 pub mod udp;
+pub mod stun;
 pub mod ws;
 pub mod xdp;

@@ -48,10 +48,12 @@ pub struct Metrics {
     pub map_capacity: Gauge,
     /// Allocations refused to the cloud, by reason (`map_full`, `ports`...).
     pub allocations_refused: Family<ReasonLabels, Counter>,
-    /// STUN requests by outcome (`answered`, `malformed`, `not_binding`).
+    /// STUN requests by outcome (`answered`, `error_response`, `malformed`,
+    /// `not_binding`).
     pub stun_requests: Family<OutcomeLabels, Counter>,
     pub websocket_connections: Gauge,
-    /// WebSocket connections refused, by reason (`token`, `handshake`, `tls`).
+    /// WebSocket connections refused, by reason (`token`, `handshake`, `tls`,
+    /// `capacity`).
     pub websocket_refused: Family<ReasonLabels, Counter>,
     /// 1 while the cloud control channel is up.
     pub control_connected: Gauge,

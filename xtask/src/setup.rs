@@ -19,6 +19,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
     ("util-linux", "setpriv, to run binaries without privileges"),
+    (
+        "coturn",
+        "turnutils_stunclient, an independent STUN client for the relay's STUN interop test (its TURN server stays off: Debian ships it disabled)",
+    ),
 ];
 
 /// nightly rust-src and bpf-linker (see ferry-ebpf-build), and the stable

@@ -59,9 +59,9 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     // Coverage-guided fuzzing, time-boxed, only on a full run.
     if cargo_test_args.is_empty() {
         setup::cargo_fuzz()?;
-        for (target, label) in FUZZ_TARGETS {
+        for (dir, target, label) in FUZZ_TARGETS {
             section(&format!("{label} ({FUZZ_SECONDS} s)"));
-            checks.push((label, fuzz(target).is_ok()));
+            checks.push((label, fuzz(dir, target).is_ok()));
         }
     }
 
@@ -72,17 +72,34 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The cargo-fuzz targets of tunnel/fuzz, each run for FUZZ_SECONDS.
-const FUZZ_TARGETS: [(&str, &str); 2] = [("parse", "fuzz parse"), ("responder", "fuzz responder")];
+/// The cargo-fuzz targets, each run for FUZZ_SECONDS: (the crate whose
+/// `fuzz/` project holds it, the target, the label in the summary).
+const FUZZ_TARGETS: [(&str, &str, &str); 4] = [
+    ("tunnel", "parse", "fuzz tunnel parse"),
+    ("tunnel", "responder", "fuzz tunnel responder"),
+    ("relay", "stun", "fuzz relay stun"),
+    ("relay", "ws_frames", "fuzz relay ws_frames"),
+];
 const FUZZ_SECONDS: u32 = 20;
 
-fn fuzz(target: &str) -> Result<()> {
+/// Runs one target in `<dir>/fuzz`. Hand-made seeds in
+/// `<dir>/fuzz/seeds/<target>`, if any, are read beside the corpus that
+/// cargo-fuzz grows in `<dir>/fuzz/corpus/<target>`.
+fn fuzz(dir: &str, target: &str) -> Result<()> {
     let toolchain = ferry_ebpf_build::ebpf_toolchain();
+    let crate_dir = crate::cargo::workspace_root().join(dir);
     let mut cmd = std::process::Command::new("rustup");
-    cmd.args(["run", &toolchain, "cargo", "fuzz", "run", target, "--"])
+    cmd.args(["run", &toolchain, "cargo", "fuzz", "run", target]);
+    let seeds = crate_dir.join("fuzz").join("seeds").join(target);
+    if seeds.is_dir() {
+        let corpus = crate_dir.join("fuzz").join("corpus").join(target);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        cmd.arg(corpus).arg(seeds);
+    }
+    cmd.arg("--")
         .arg(format!("-max_total_time={FUZZ_SECONDS}"))
         .arg("-print_final_stats=1")
-        .current_dir(crate::cargo::workspace_root().join("tunnel"));
+        .current_dir(crate_dir);
     run_cmd(&mut cmd)
 }
 

@@ -30,3 +30,13 @@ pub trait Directory: Send + Sync + 'static {
     /// The allocation's event channel, if `token` is a live allocation's.
     fn lookup(&self, token: &str) -> Option<mpsc::Sender<WsEvent>>;
 }
+
+/// The client side for a stock WireGuard: [`bridge::run`].
+pub mod bridge;
+/// The listener: [`serve`] on a TCP socket (TLS with [`tls_acceptor`]).
+pub mod server;
+
+pub use server::{BadFrame, Connections, DEFAULT_PORT, End, MAX_DATAGRAM, WsLimits, serve, tls_acceptor};
+
+#[cfg(test)]
+mod tests;
