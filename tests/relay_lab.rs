@@ -171,7 +171,12 @@ impl RelayLab {
             "--log",
             "debug",
         ];
-        // Later flags win.
+        // A flag in `extra` replaces the default one.
+        for flag in extra.iter().filter(|f| f.starts_with("--")) {
+            if let Some(at) = args.iter().position(|a| a == flag) {
+                args.drain(at..at + 2);
+            }
+        }
         args.extend_from_slice(extra);
         let mut relay = self.relay_ns.spawn_program(bin_path("ferry-relay"), &args).unwrap();
         relay.wait_for_output("ferry-relay ready", Duration::from_secs(20)).unwrap();

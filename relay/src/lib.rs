@@ -16,7 +16,7 @@ pub mod http;
 pub mod listeners;
 pub mod metrics;
 pub mod runtime;
-pub mod udp;
 pub mod stun;
+pub mod udp;
 pub mod ws;
 pub mod xdp;

@@ -1,9 +1,62 @@
-//! The STUN and WebSocket listeners (wired with the stun and ws modules).
+//! The STUN and WebSocket listeners, started beside the allocations.
 
-use anyhow::Result;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use crate::{config::Config, metrics::Metrics, runtime::Relay};
+use anyhow::{Context, Result};
+use tokio::sync::watch;
 
-pub async fn start(_config: &Config, _relay: &Relay, _metrics: &Metrics) -> Result<()> {
+use crate::{
+    metrics::Metrics,
+    runtime::Relay,
+    stun,
+    ws::{self, server::WsLimits},
+};
+
+/// Where the listeners go; `None` leaves one off.
+pub struct Listeners {
+    pub stun: Option<SocketAddr>,
+    pub websocket: Option<SocketAddr>,
+    /// Certificate chain and key (PEM) for the WebSocket listener.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Binds both listeners (so a taken port fails the start, not later) and
+/// serves them until `stop` turns true.
+pub async fn start(
+    listeners: Listeners,
+    relay: &Relay,
+    metrics: &Metrics,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    if let Some(addr) = listeners.stun {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding the STUN listener on {addr}"))?;
+        tokio::spawn(stun::server::serve(socket, metrics.clone()));
+    }
+    if let Some(addr) = listeners.websocket {
+        let tls = match &listeners.tls {
+            Some((cert, key)) => Some(
+                ws::server::tls_acceptor(cert, key)
+                    .with_context(|| format!("loading the WebSocket TLS certificate {}", cert.display()))?,
+            ),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the WebSocket listener on {addr}"))?;
+        let directory: Arc<dyn ws::Directory> = Arc::new(relay.clone());
+        let mut stop = stop;
+        tokio::spawn(ws::server::serve(
+            listener,
+            tls,
+            directory,
+            WsLimits::default(),
+            metrics.clone(),
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ));
+    }
     Ok(())
 }

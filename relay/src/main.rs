@@ -16,8 +16,10 @@ use ferry_relay::{
     control::{self, CloudLink},
     core::Timeouts,
     http,
+    listeners::Listeners,
     metrics::Metrics,
     runtime::{Admission, BindingTable, Options, Relay},
+    ws,
 };
 use tracing::{error, info, warn};
 
@@ -53,6 +55,11 @@ enum Command {
     /// program is loaded through the kernel's verifier, and the configured
     /// interfaces exist. Exits non-zero if a check fails.
     Preflight,
+    /// Carry a local WireGuard's UDP over the relay's WebSocket listener, for
+    /// sites that only let TCP 443 out: point the WireGuard peer's Endpoint
+    /// at --listen, and the bridge sends each datagram as one binary frame to
+    /// --url with the allocation's token, and back.
+    WsBridge(ws::bridge::BridgeArgs),
 }
 
 /// Flags override the configuration file's keys of the same name.
@@ -127,6 +134,19 @@ fn main() -> Result<()> {
     let mut config = config::load(cli.common.config.as_deref())?;
     match cli.command {
         Command::Preflight => preflight(&config),
+        Command::WsBridge(args) => {
+            let options = args.into_options()?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(async {
+                let shutdown =
+                    ferry_daemon::signals::Shutdown::install().context("installing signal handlers")?;
+                ws::bridge::run(options, async move {
+                    let signal = shutdown.wait().await;
+                    info!(signal, "stopping");
+                })
+                .await
+            })
+        }
         Command::Run(args) => {
             (*args).merge_into(&mut config);
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -229,8 +249,17 @@ async fn run(config: Config) -> Result<()> {
             }
         });
     }
-    // STUN and the WebSocket relay.
-    ferry_relay::listeners::start(&config, &relay, &metrics).await?;
+    let (stop_listeners, stopped) = tokio::sync::watch::channel(false);
+    let listeners = Listeners {
+        stun: listener(config.stun, &format!("0.0.0.0:{}", ferry_relay::stun::DEFAULT_PORT), "STUN")?,
+        websocket: listener(
+            config.websocket,
+            &format!("0.0.0.0:{}", ferry_relay::ws::server::DEFAULT_PORT),
+            "WebSocket",
+        )?,
+        tls: config.tls_cert.clone().zip(config.tls_key.clone()),
+    };
+    ferry_relay::listeners::start(listeners, &relay, &metrics, stopped).await?;
 
     if let Some(path) = &config.allocations {
         load_allocations(&relay, path)?;
@@ -269,6 +298,7 @@ async fn run(config: Config) -> Result<()> {
             },
         }
     }
+    let _ = stop_listeners.send(true);
     relay.clear();
     if let Some(forwarder) = forwarder {
         forwarder.stop();

@@ -44,7 +44,7 @@
 //! WARN, which on a public port would let anyone fill the relay's log. Our
 //! own counters and debug logs report malformed input instead.
 
-mod server;
+pub mod server;
 
 use std::{net::SocketAddr, sync::OnceLock};
 
