@@ -74,11 +74,12 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
 
 /// The cargo-fuzz targets, each run for FUZZ_SECONDS: (the crate whose
 /// `fuzz/` project holds it, the target, the label in the summary).
-const FUZZ_TARGETS: [(&str, &str, &str); 4] = [
+const FUZZ_TARGETS: [(&str, &str, &str); 5] = [
     ("tunnel", "parse", "fuzz tunnel parse"),
     ("tunnel", "responder", "fuzz tunnel responder"),
     ("relay", "stun", "fuzz relay stun"),
     ("relay", "ws_frames", "fuzz relay ws_frames"),
+    ("relay", "handshake", "fuzz relay handshake"),
 ];
 const FUZZ_SECONDS: u32 = 20;
 
