@@ -23,7 +23,8 @@ pub struct Process {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Process {
-    pub(crate) fn spawn(cmd: &mut Command, dir: &Path) -> Result<Process> {
+    /// Starts `cmd` with its output in files under `dir`.
+    pub fn spawn(cmd: &mut Command, dir: &Path) -> Result<Process> {
         let command = describe(cmd);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let stdout_path = dir.join(format!("proc{n}.out"));
