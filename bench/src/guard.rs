@@ -71,7 +71,9 @@ pub fn run() -> Result<Vec<Row>> {
 }
 
 /// The median of several rounds of the kernel's average ns per run.
-pub(crate) fn median_ns(mut measure: impl FnMut() -> Result<std::time::Duration, ferry_ebpf::Error>) -> Result<f64> {
+pub(crate) fn median_ns(
+    mut measure: impl FnMut() -> Result<std::time::Duration, ferry_ebpf::Error>,
+) -> Result<f64> {
     let mut samples = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         samples.push(measure()?.as_nanos() as f64);

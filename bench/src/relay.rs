@@ -52,7 +52,17 @@ pub fn prog_run_rows() -> Result<Vec<Row>> {
     netns.add_addr(&uplink, "203.0.113.1/24")?;
     netns.add_addr(&uplink, "2001:db8:1::1/64")?;
     for peer in ["203.0.113.7", "2001:db8:1::7"] {
-        netns.ip(&["neigh", "replace", peer, "lladdr", &mac(PEER_MAC), "dev", &uplink, "nud", "permanent"])?;
+        netns.ip(&[
+            "neigh",
+            "replace",
+            peer,
+            "lladdr",
+            &mac(PEER_MAC),
+            "dev",
+            &uplink,
+            "nud",
+            "permanent",
+        ])?;
     }
     netns.enable_forwarding()?;
     netns.run_in(move || measure(&uplink)).context("entering the lab namespace")?
