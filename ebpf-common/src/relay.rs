@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_SLOTS: u32 = 65_536;
 /// the Ethernet addresses and sends back out of the ingress interface, which
 /// is right only when every peer is reached through the router the packet
 /// came from (a relay with one uplink).
+///
+/// The kernel answers such lookups only for an ingress interface that
+/// forwards (`net.ipv4.conf.<iface>.forwarding`, `net.ipv6.conf.<iface>.forwarding`);
+/// otherwise every transport datagram ends up as [`Outcome::PassNoRoute`].
 pub const FLAG_FIB: u32 = 1;
 
 /// The IP family values of keys and bindings.
@@ -139,7 +143,9 @@ pub enum Outcome {
     /// `bpf_fib_lookup` found no usable next hop (no route, no neighbour entry
     /// yet, MTU): userspace forwards this one and the kernel resolves.
     PassNoRoute,
-    /// Too short or inconsistent to parse to the UDP header; the stack drops.
+    /// Too short or inconsistent to parse to the UDP header, or an IPv6
+    /// datagram to an allocation port without a UDP checksum (which IPv6
+    /// forbids, and which no incremental update can fix); the stack drops.
     PassMalformed,
     /// A transport message from an address with no binding on that port.
     DropUnbound,

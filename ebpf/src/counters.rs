@@ -9,7 +9,7 @@ use ferry_ebpf_common::{guard, relay};
 use crate::Error;
 
 /// An outcome enum whose discriminant indexes a counter array.
-pub trait Outcome: Copy + Eq + fmt::Debug + 'static {
+pub trait CounterOutcome: Copy + Eq + fmt::Debug + 'static {
     /// Every outcome, in counter order.
     const ALL: &'static [Self];
     /// A stable snake_case name for metrics and output.
@@ -22,7 +22,7 @@ pub trait Outcome: Copy + Eq + fmt::Debug + 'static {
     }
 }
 
-impl Outcome for guard::Outcome {
+impl CounterOutcome for guard::Outcome {
     const ALL: &'static [Self] = &guard::Outcome::ALL;
 
     fn name(self) -> &'static str {
@@ -34,7 +34,7 @@ impl Outcome for guard::Outcome {
     }
 }
 
-impl Outcome for relay::Outcome {
+impl CounterOutcome for relay::Outcome {
     const ALL: &'static [Self] = &relay::Outcome::ALL;
 
     fn name(self) -> &'static str {
@@ -67,7 +67,7 @@ pub type GuardCounters = Counters<guard::Outcome, { guard::Outcome::COUNT as usi
 /// The relay forwarder's counters.
 pub type RelayCounters = Counters<relay::Outcome, { relay::Outcome::COUNT as usize }>;
 
-impl<O: Outcome, const N: usize> Counters<O, N> {
+impl<O: CounterOutcome, const N: usize> Counters<O, N> {
     fn from_counts(counts: [u64; N]) -> Self {
         debug_assert_eq!(O::ALL.len(), N);
         Counters { counts, _outcome: PhantomData }
@@ -137,24 +137,52 @@ impl<O, const N: usize> PartialEq for Counters<O, N> {
 
 impl<O, const N: usize> Eq for Counters<O, N> {}
 
-impl<O: Outcome, const N: usize> Default for Counters<O, N> {
+impl<O: CounterOutcome, const N: usize> Default for Counters<O, N> {
     fn default() -> Self {
         Self::from_counts([0; N])
     }
 }
 
-impl<O: Outcome, const N: usize> fmt::Debug for Counters<O, N> {
+impl<O: CounterOutcome, const N: usize> fmt::Debug for Counters<O, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter().map(|(o, n)| (o.name(), n))).finish()
     }
 }
 
-impl<O: Outcome, const N: usize> fmt::Display for Counters<O, N> {
+impl<O: CounterOutcome, const N: usize> fmt::Display for Counters<O, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let width = O::ALL.iter().map(|o| o.verdict().len()).max().unwrap_or(0);
         for (outcome, count) in self.iter() {
             writeln!(f, "{:<20} {:>width$} {count:>14}", outcome.name(), outcome.verdict())?;
         }
         write!(f, "{:<20} {:>width$} {:>14}", "total", "", self.total())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_by_outcome_and_subtracted() {
+        let mut counts = [0u64; relay::Outcome::COUNT as usize];
+        counts[relay::Outcome::ForwardTx as usize] = 7;
+        counts[relay::Outcome::ForwardRedirect as usize] = 2;
+        counts[relay::Outcome::DropUnbound as usize] = 3;
+        let later = RelayCounters::from_counts(counts);
+        counts[relay::Outcome::ForwardTx as usize] = 5;
+        let earlier = RelayCounters::from_counts(counts);
+
+        assert_eq!(later.get(relay::Outcome::ForwardTx), 7);
+        assert_eq!((later.total(), later.forwarded(), later.dropped()), (12, 9, 3));
+        let delta = later.since(&earlier);
+        assert_eq!(
+            delta.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+            [(relay::Outcome::ForwardTx, 2)]
+        );
+        assert!(later.to_string().contains("forward_redirect     redirect              2"));
+
+        let guard = GuardCounters::default();
+        assert_eq!(guard.to_string().lines().next(), Some("pass_not_ip          pass              0"));
     }
 }

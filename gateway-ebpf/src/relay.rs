@@ -341,8 +341,9 @@ fn fib_params(ctx: &XdpContext, family: u8, sport: [u8; 2], dport: [u8; 2], ip_l
     fib.l4_protocol = IPPROTO_UDP;
     fib.sport = u16::from_ne_bytes(sport);
     fib.dport = u16::from_ne_bytes(dport);
-    // Host order; the helper compares it with the route's MTU.
-    fib.__bindgen_anon_1.tot_len = ip_len as u16;
+    // Host order; the helper compares it with the route's MTU. An IPv6
+    // payload length near 64 KiB would wrap: such a datagram is no XDP frame.
+    fib.__bindgen_anon_1.tot_len = ip_len.min(u16::MAX as usize) as u16;
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib
 }
