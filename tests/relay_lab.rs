@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 
 use crate::{
     bin_path,
-    wg::{Keys, PeerSpec, WireguardGo},
+    wg::{FerryWg, Keys, PeerSpec, WireguardGo},
 };
 
 pub const RELAY_IP: &str = "203.0.113.1";
@@ -221,21 +221,33 @@ impl RelayLab {
         go
     }
 
-    /// wireguard-go on the technician's side.
+    /// wireguard-go on the technician's side, sending to the relay.
     pub fn client_go(&self, v6: bool) -> WireguardGo {
-        WireguardGo::start(
-            &self.lab,
-            &self.client_ns,
-            &self.client_keys,
-            51820,
-            &format!("{CLIENT_TUN}/24"),
-            &PeerSpec {
-                public: &self.gw_keys.public,
-                allowed_ips: &format!("{GW_TUN}/32"),
-                endpoint: Some(self.endpoint(v6)),
-                psk: None,
-            },
-        )
+        self.client_go_to(&self.endpoint(v6))
+    }
+
+    /// wireguard-go on the technician's side with `endpoint` (the relay, or
+    /// a local WebSocket bridge).
+    pub fn client_go_to(&self, endpoint: &str) -> WireguardGo {
+        let (address, allowed) = (format!("{CLIENT_TUN}/24"), format!("{GW_TUN}/32"));
+        let peer = self.client_peer(&allowed, endpoint);
+        WireguardGo::start(&self.lab, &self.client_ns, &self.client_keys, 51820, &address, &peer)
+    }
+
+    /// Ferry's engine on the technician's side, sending to the relay.
+    pub fn client_ferry(&self) -> FerryWg {
+        let (address, allowed) = (format!("{CLIENT_TUN}/24"), format!("{GW_TUN}/32"));
+        let peer = self.client_peer(&allowed, &self.endpoint(false));
+        FerryWg::start(&self.lab, &self.client_ns, &self.client_keys, 51820, &address, &peer)
+    }
+
+    fn client_peer<'a>(&'a self, allowed_ips: &'a str, endpoint: &str) -> PeerSpec<'a> {
+        PeerSpec {
+            public: &self.gw_keys.public,
+            allowed_ips,
+            endpoint: Some(endpoint.to_string()),
+            psk: None,
+        }
     }
 
     /// The relay's /metrics text.

@@ -13,7 +13,7 @@ use std::{
 use ferry_tests::{
     pcap::{Capture, assert_checksums},
     relay_lab::{ATTACKER_IP, CLIENT_TUN, GW_TUN, PORT, RELAY_IP, RelayLab, forged_handshake, received},
-    wg::{FerryWg, PeerSpec, iperf3, iperf3_server, ping, wait_for},
+    wg::{iperf3, iperf3_server, ping, wait_for},
 };
 
 fn forwarded(lab: &RelayLab, path: &str) -> f64 {
@@ -54,19 +54,7 @@ fn ferrys_engine_on_one_side(xdp: &str) {
     let mut lab = RelayLab::new();
     lab.start_relay(xdp, &[]);
     let _gw = lab.gateway_go(false);
-    let _client = FerryWg::start(
-        &lab.lab,
-        &lab.client_ns,
-        &lab.client_keys,
-        51820,
-        &format!("{CLIENT_TUN}/24"),
-        &PeerSpec {
-            public: &lab.gw_keys.public,
-            allowed_ips: &format!("{GW_TUN}/32"),
-            endpoint: Some(lab.endpoint(false)),
-            psk: None,
-        },
-    );
+    let _client = lab.client_ferry();
     assert!(ping(&lab.client_ns, GW_TUN, 20), "Ferry's engine could not reach wireguard-go ({xdp})");
     let up = iperf3(&lab.gw_ns, GW_TUN, &lab.client_ns, 2);
     assert!(up > 1e6, "iperf3 from Ferry's engine through the relay ({xdp}): {up} bit/s");

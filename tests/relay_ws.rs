@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferry_tests::{
     bin_path,
     relay_lab::{CLIENT_TUN, GW_TUN, RELAY_IP, RelayLab, WS_TOKEN},
-    wg::{PeerSpec, WireguardGo, iperf3, ping},
+    wg::{iperf3, ping},
 };
 
 fn websocket_peer_bridged_to_udp_peer(xdp: &str) {
@@ -61,19 +61,7 @@ fn websocket_peer_bridged_to_udp_peer(xdp: &str) {
         .unwrap();
     bridge.wait_for_output("127.0.0.1:51821", Duration::from_secs(10)).unwrap();
     let _gw = lab.gateway_go(false);
-    let _client = WireguardGo::start(
-        &lab.lab,
-        &lab.client_ns,
-        &lab.client_keys,
-        51820,
-        &format!("{CLIENT_TUN}/24"),
-        &PeerSpec {
-            public: &lab.gw_keys.public,
-            allowed_ips: &format!("{GW_TUN}/32"),
-            endpoint: Some("127.0.0.1:51821".into()),
-            psk: None,
-        },
-    );
+    let _client = lab.client_go_to("127.0.0.1:51821");
     assert!(
         ping(&lab.client_ns, GW_TUN, 20),
         "no ping over the WebSocket relay ({xdp}): {}",
