@@ -1,0 +1,788 @@
+//! The relay forwarding real traffic between network namespaces: the release
+//! `ferry-relay` binary with `--xdp native` against `--xdp off` (its
+//! userspace recvmmsg/sendmmsg path, the baseline), the relay on one core.
+//!
+//! Topology: namespace `a` (sender, 192.0.2.2) — relay namespace (a veth
+//! toward `a` with 192.0.2.1/24 and the public address 203.0.113.1/32, a veth
+//! toward `b` with 198.51.100.1/24, IPv4 forwarding on both for the FIB
+//! lookups of XDP) — namespace `b` (sink, 198.51.100.2). `a` and `b` route
+//! everything through the relay. The relay runs with `--interface` on both
+//! of its veths, `--public-ipv4 203.0.113.1`, and an allocation file with one
+//! allocation on port 40000 whose two keys are fresh WireGuard keys.
+//! `xdp_pass` is attached to `a`'s and `b`'s ends, so that frames the relay
+//! sends with XDP_REDIRECT/XDP_TX are delivered; `a`'s end sends with TX
+//! checksum offload off, so datagrams carry full UDP checksums that the
+//! relay updates and `b`'s stack verifies.
+//!
+//! Binding, as a real handshake would through the relay: `b` sends a
+//! mac1-valid initiation for `a`'s key (it becomes `b`'s candidate; the relay
+//! drops it as `no_peer`), `a` sends one for `b`'s key (delivered to `b`),
+//! and `b` answers with a response for `a`'s key whose receiver index is the
+//! initiation's sender index. Both sides are then bound (in XDP mode the map
+//! holds two entries).
+//!
+//! What is sent: from `a`'s bound socket to 203.0.113.1:40000, UDP payloads
+//! shaped as WireGuard transport messages (`ferry_lab::packet::wireguard(4,
+//! len)`: type 4, three zero bytes, then filler). "1420" is 1452 bytes, a
+//! full packet of a tunnel with MTU 1420 plus WireGuard's 32 bytes of header
+//! and tag; "64" is 64 bytes (32 bytes of header and tag and a 32-byte body,
+//! a multiple of 16). The sender is a thread of this benchmark that calls
+//! `sendmmsg` with batches of [`BATCH`] as fast as it can for [`WARMUP`] +
+//! [`MEASURE`]; the sink is a thread that counts datagrams and bytes with
+//! `recvmmsg`. Rates are what the sink RECEIVED during the measured
+//! [`MEASURE`] interval (what the relay forwarded; Gbit/s counts UDP
+//! payload), with the sender's rate for context. The relay's /metrics
+//! forwarded counters per path confirm which path forwarded: the benchmark
+//! fails if the XDP case went through userspace (or the reverse).
+//!
+//! One core: the relay runs under `taskset -c 1` (so its tokio runtime has
+//! one worker). On veth, the receive work of an interface (XDP included)
+//! runs in the NAPI poll of the receiving end, which by default is a softirq
+//! on whichever CPU sent the frame, here the sender's. So that the relay's
+//! kernel work lands on the relay's core in both modes, the relay's veths
+//! have GRO on (which gives a veth NAPI without XDP) and threaded NAPI, and
+//! their `napi/<if>` kernel threads are pinned to CPU 1: in XDP mode that
+//! thread runs the forwarder and its redirect; with `--xdp off` it runs the
+//! stack's receive path up to the relay's socket. The sender, the sink and
+//! `b`'s (threaded) NAPI thread, which receives what the relay sends, are
+//! pinned to CPU 0.
+//!
+//! Relay CPU per forwarded Gbit/s, two ways, over the measured interval,
+//! divided by the Gbit/s received:
+//! - `..._threads`: CPU time of the relay's own threads: the ferry-relay
+//!   process (utime+stime of /proc/<pid>/stat, all its threads) plus the
+//!   NAPI threads of its two veths (utime+stime of their /proc/<pid>/stat).
+//! - `..._system`: system-wide busy time (/proc/stat, all CPUs,
+//!   user+nice+system+irq+softirq) minus the CPU time of the sender and sink
+//!   threads (/proc/self/task/<tid>/stat) and of `b`'s NAPI thread (the
+//!   sink's receive path). This counts whatever else the machine does in
+//!   the interval too (other builds on a shared machine), so it reads high
+//!   when the machine is busy; the `_threads` figure is the careful one.
+//!
+//! Nothing here asserts timings; only setup errors fail the run.
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use ferry_ebpf::pass::PassProgram;
+use ferry_lab::{Lab, Netns, Process, packet};
+use ferry_tests::relay_lab::{forged_handshake, metric_value};
+use ferry_tunnel::PrivateKey;
+use nix::{
+    sched::{CpuSet, sched_setaffinity},
+    sys::signal::Signal,
+    unistd::Pid,
+};
+
+use crate::report::{Better, Row};
+
+const RELAY_IP: &str = "203.0.113.1";
+const A_IP: &str = "192.0.2.2";
+const B_IP: &str = "198.51.100.2";
+/// The allocation's port on the relay.
+const PORT: u16 = 40000;
+/// The peers' own ports.
+const PEER_PORT: u16 = 51820;
+const METRICS: &str = "127.0.0.1:9478";
+const WS_TOKEN: &str = "ferry-bench-websocket-token-0123456789";
+
+/// Traffic before the measured interval starts.
+const WARMUP: Duration = Duration::from_secs(1);
+/// The measured interval of each case.
+const MEASURE: Duration = Duration::from_secs(5);
+/// Datagrams per sendmmsg/recvmmsg.
+const BATCH: usize = 64;
+const SLOT: usize = 2048;
+/// The relay's CPU, and the one of the sender, the sink and `b`'s NAPI.
+const RELAY_CPU: usize = 1;
+const PEER_CPU: usize = 0;
+/// The handshake initiation of `a` whose response binds both sides.
+const A_SENDER: u32 = 0x0a0a_0001;
+
+/// The two payloads: the row label and the UDP payload length.
+const SIZES: [(&str, usize); 2] = [("1420", 1452), ("64", 64)];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Userspace,
+    Xdp,
+}
+
+impl Mode {
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::Userspace => "off",
+            Mode::Xdp => "native",
+        }
+    }
+
+    /// The `path` label of the relay's forwarded counters.
+    fn path(self) -> &'static str {
+        match self {
+            Mode::Userspace => "userspace",
+            Mode::Xdp => "xdp",
+        }
+    }
+}
+
+/// One case's figures over the measured interval.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    sent_pps: f64,
+    recv_pps: f64,
+    recv_gbps: f64,
+    /// CPUs busy on the relay's behalf (CPU seconds per second), both ways.
+    relay_cpus_threads: f64,
+    relay_cpus_system: f64,
+}
+
+pub fn rows() -> Result<Vec<Row>> {
+    let topology = Topology::new()?;
+    let mut cases = Vec::new();
+    // Userspace first: a clean stop of the relay detaches XDP, but the
+    // userspace run must never see a forwarder left behind.
+    for mode in [Mode::Userspace, Mode::Xdp] {
+        let mut relay = topology.start_relay(mode)?;
+        let measured = topology.bind(&relay, mode).and_then(|()| {
+            SIZES
+                .iter()
+                .map(|&(label, size)| Ok((label, topology.measure(&relay, mode, label, size)?)))
+                .collect::<Result<Vec<_>>>()
+        });
+        let measured = measured.map_err(|e| e.context(format!("relay stderr:\n{}", tail(&relay.stderr()))));
+        stop(&mut relay)?;
+        cases.push((mode, measured?));
+    }
+    let case = |mode: Mode, label: &str| -> Case {
+        let (_, measured) = cases.iter().find(|(m, _)| *m == mode).expect("both modes measured");
+        measured.iter().find(|(l, _)| *l == label).expect("every size measured").1
+    };
+
+    const BASELINE: &str = "ferry-relay --xdp off (recvmmsg/sendmmsg)";
+    let mut rows = Vec::new();
+    for (label, _) in SIZES {
+        let (xdp, user) = (case(Mode::Xdp, label), case(Mode::Userspace, label));
+        let mut row = |metric: String, unit: &str, ferry: f64, baseline: f64, name: &str, better| {
+            rows.push(Row::new("relay", &metric, unit, ferry, baseline, name, better));
+        };
+        row(format!("fwd_{label}_pps"), "packets/s", xdp.recv_pps, user.recv_pps, BASELINE, Better::Higher);
+        row(format!("fwd_{label}_gbps"), "Gbit/s", xdp.recv_gbps, user.recv_gbps, BASELINE, Better::Higher);
+        row(
+            format!("sent_{label}_pps"),
+            "packets/s",
+            xdp.sent_pps,
+            user.sent_pps,
+            "the sender's rate in the --xdp off run",
+            Better::Higher,
+        );
+        row(
+            format!("cpu_s_per_gbit_{label}_threads"),
+            "CPU s/Gbit",
+            xdp.relay_cpus_threads / xdp.recv_gbps,
+            user.relay_cpus_threads / user.recv_gbps,
+            "--xdp off; relay process + its veths' NAPI threads",
+            Better::Lower,
+        );
+        row(
+            format!("cpu_s_per_gbit_{label}_system"),
+            "CPU s/Gbit",
+            xdp.relay_cpus_system / xdp.recv_gbps,
+            user.relay_cpus_system / user.recv_gbps,
+            "--xdp off; all CPUs busy - sender, sink, b's NAPI",
+            Better::Lower,
+        );
+    }
+    Ok(rows)
+}
+
+/// The three namespaces, the peers' sockets and what the relay is given.
+struct Topology {
+    _lab: Lab,
+    relay_ns: Netns,
+    b: Netns,
+    /// The relay's veths: toward `a`, toward `b`.
+    relay_ifs: [String; 2],
+    /// `b`'s end of its veth.
+    b_if: String,
+    a_sock: UdpSocket,
+    b_sock: UdpSocket,
+    /// Base64 public keys of `a` (the allocation's gateway) and `b`.
+    keys: [String; 2],
+    allocations: PathBuf,
+    /// Whether the machine has the two CPUs the pinning assumes.
+    pin: bool,
+    _pass: Vec<PassProgram>,
+}
+
+impl Topology {
+    fn new() -> Result<Topology> {
+        let lab = Lab::new().context("a lab namespace (run as root)")?;
+        let a = lab.netns("traffic-a")?;
+        let relay_ns = lab.netns("traffic-relay")?;
+        let b = lab.netns("traffic-b")?;
+        let to_a = lab.wire(&relay_ns, &["192.0.2.1/24"], &a, &[&format!("{A_IP}/24")])?;
+        let to_b = lab.wire(&relay_ns, &["198.51.100.1/24"], &b, &[&format!("{B_IP}/24")])?;
+        relay_ns.add_addr(&to_a.a, &format!("{RELAY_IP}/32"))?;
+        a.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
+        b.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+        let relay_ifs = [to_a.a.clone(), to_b.a.clone()];
+        for iface in &relay_ifs {
+            // bpf_fib_lookup answers only for interfaces that forward.
+            relay_ns.sysctl(&format!("net.ipv4.conf.{iface}.forwarding=1"))?;
+        }
+        // Full UDP checksums from the sender: a partial (offloaded) one
+        // would not survive the relay's incremental update.
+        a.exec("ethtool", &["-K", &to_a.b, "tx", "off"])?;
+        let mut pass = Vec::new();
+        for (ns, iface) in [(&a, &to_a.b), (&b, &to_b.b)] {
+            let iface = iface.clone();
+            pass.push(ns.run_in(move || PassProgram::attach(&iface))??);
+        }
+
+        let pin = std::thread::available_parallelism().map_or(1, |n| n.get()) > RELAY_CPU;
+        if pin {
+            // NAPI threads, pinned, so that each side's kernel work runs on
+            // its own CPU (see the module comment).
+            for iface in &relay_ifs {
+                relay_ns.exec("ethtool", &["-K", iface, "gro", "on"])?;
+                set_threaded(&relay_ns, iface)?;
+                pin_to(napi_thread(iface)?, RELAY_CPU)?;
+            }
+            set_threaded(&b, &to_b.b)?;
+            pin_to(napi_thread(&to_b.b)?, PEER_CPU)?;
+        } else {
+            eprintln!("relay traffic: fewer than two CPUs, so nothing is pinned");
+        }
+
+        let a_sock = a.run_in(|| UdpSocket::bind((A_IP, PEER_PORT)))??;
+        let b_sock = b.run_in(|| UdpSocket::bind((B_IP, PEER_PORT)))??;
+        // The sink must not be what drops.
+        set_int_option(&b_sock, libc::SO_RCVBUFFORCE, 32 << 20)?;
+
+        let keys = [PrivateKey::generate().public_key().to_base64(), PrivateKey::generate().public_key().to_base64()];
+        let allocations = lab.dir().join("allocations.toml");
+        std::fs::write(
+            &allocations,
+            format!(
+                "[[allocation]]\nid = 1\nsession_id = 1\ngateway_key = \"{}\"\nclient_key = \"{}\"\nport = {PORT}\n\
+                 websocket_token = \"{WS_TOKEN}\"\n",
+                keys[0], keys[1]
+            ),
+        )?;
+        Ok(Topology {
+            _lab: lab,
+            relay_ns,
+            b,
+            relay_ifs,
+            b_if: to_b.b,
+            a_sock,
+            b_sock,
+            keys,
+            allocations,
+            pin,
+            _pass: pass,
+        })
+    }
+
+    fn start_relay(&self, mode: Mode) -> Result<Process> {
+        let binary = ferry_lab::workspace_bin("ferry-relay")?;
+        let binary = binary.to_str().context("the ferry-relay path is not UTF-8")?;
+        let allocations = self.allocations.to_str().context("the lab path is not UTF-8")?;
+        let cpu = RELAY_CPU.to_string();
+        let mut args = Vec::new();
+        let program = if self.pin {
+            args.extend(["-c", cpu.as_str(), binary]);
+            "taskset"
+        } else {
+            binary
+        };
+        args.extend([
+            "run",
+            "--xdp",
+            mode.flag(),
+            "--interface",
+            self.relay_ifs[0].as_str(),
+            "--interface",
+            self.relay_ifs[1].as_str(),
+            "--public-ipv4",
+            RELAY_IP,
+            "--ports",
+            "40000-40099",
+            "--allocations",
+            allocations,
+            "--metrics",
+            METRICS,
+            "--stun",
+            "off",
+            "--websocket",
+            "off",
+            "--log",
+            "info",
+        ]);
+        let mut relay = self.relay_ns.spawn_program(program, &args)?;
+        relay.wait_for_output("ferry-relay ready", Duration::from_secs(20))?;
+        Ok(relay)
+    }
+
+    /// Binds `a` and `b` to the allocation with a forged but mac1-valid
+    /// handshake, as the module comment describes.
+    fn bind(&self, relay: &Process, mode: Mode) -> Result<()> {
+        let to: SocketAddr = format!("{RELAY_IP}:{PORT}").parse()?;
+        let mut bound = false;
+        for attempt in 0..3u32 {
+            let b_sender = 0x0b0b_0000 + attempt;
+            // b becomes its side's candidate.
+            self.b_sock.send_to(&forged_handshake(1, b_sender, 0, &self.keys[0]), to)?;
+            thread::sleep(Duration::from_millis(200));
+            // a's initiation is delivered to b...
+            self.a_sock.send_to(&forged_handshake(1, A_SENDER + attempt, 0, &self.keys[1]), to)?;
+            if !receive_kind(&self.b_sock, 1)? {
+                continue;
+            }
+            // ...and b's response binds both.
+            self.b_sock.send_to(&forged_handshake(2, b_sender + 0x100, A_SENDER + attempt, &self.keys[0]), to)?;
+            if receive_kind(&self.a_sock, 2)? {
+                bound = true;
+                break;
+            }
+        }
+        ensure!(bound, "the forged handshake did not cross the relay");
+        wait_until("the relay to log \"peers bound\"", || Ok(relay.stderr().contains("peers bound")))?;
+        if mode == Mode::Xdp {
+            wait_until("two entries in the XDP binding map", || {
+                Ok(metric_value(&self.scrape()?, "ferry_relay_xdp_map_entries", "") == 2.0)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The relay's /metrics text.
+    fn scrape(&self) -> Result<String> {
+        let text = self.relay_ns.run_in(|| -> io::Result<String> {
+            let mut stream = TcpStream::connect(METRICS)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })??;
+        Ok(text)
+    }
+
+    /// Sends `size`-byte transport messages from `a` at full speed and
+    /// counts what `b` receives.
+    fn measure(&self, relay: &Process, mode: Mode, label: &str, size: usize) -> Result<Case> {
+        let payload = packet::wireguard(4, size);
+        let relay_addr: SocketAddr = format!("{RELAY_IP}:{PORT}").parse()?;
+        self.a_sock.connect(relay_addr)?;
+        let threads_of_relay = if self.pin {
+            self.relay_ifs.iter().map(|iface| napi_thread(iface)).collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        let b_napi = if self.pin { Some(napi_thread(&self.b_if)?) } else { None };
+        let udp_before = [udp_stats(&self.relay_ns)?, udp_stats(&self.b)?];
+        let metrics_before = self.scrape()?;
+
+        let stop = AtomicBool::new(false);
+        let counters = Counters::default();
+        let (tid_tx, tid_rx) = mpsc::channel::<i32>();
+        let pin = self.pin.then_some(PEER_CPU);
+        let (window, snapshots) = thread::scope(|s| -> Result<_> {
+            let sink = {
+                let tid_tx = tid_tx.clone();
+                let (stop, counters, sock) = (&stop, &counters, &self.b_sock);
+                s.spawn(move || sink_loop(sock, pin, stop, counters, tid_tx))
+            };
+            let sender = {
+                let (stop, counters, sock, payload) = (&stop, &counters, &self.a_sock, &payload);
+                s.spawn(move || send_loop(sock, payload, pin, stop, counters, tid_tx))
+            };
+            let measured = (|| -> Result<_> {
+                let tids = [
+                    tid_rx.recv_timeout(Duration::from_secs(5))?,
+                    tid_rx.recv_timeout(Duration::from_secs(5))?,
+                ];
+                thread::sleep(WARMUP);
+                let take = || Snapshot::take(&counters, relay.pid() as i32, &threads_of_relay, &tids, b_napi);
+                let first = take()?;
+                thread::sleep(MEASURE);
+                let last = take()?;
+                Ok((last.at.duration_since(first.at).as_secs_f64(), (first, last)))
+            })();
+            stop.store(true, Ordering::Relaxed);
+            let sent = sender.join().expect("the sender thread panicked");
+            let received = sink.join().expect("the sink thread panicked");
+            sent.context("the sender")?;
+            received.context("the sink")?;
+            measured
+        })?;
+        let (first, last) = snapshots;
+
+        // The XDP path's counters reach /metrics on the allocation's 1 s tick.
+        thread::sleep(Duration::from_millis(1500));
+        let metrics_after = self.scrape()?;
+        let forwarded = |path: &str| {
+            let labels = format!("path=\"{path}\"");
+            metric_value(&metrics_after, "ferry_relay_forwarded_packets_total", &labels)
+                - metric_value(&metrics_before, "ferry_relay_forwarded_packets_total", &labels)
+        };
+        let (xdp, userspace) = (forwarded("xdp"), forwarded("userspace"));
+        let received = (last.received - first.received) as f64;
+        ensure!(received > 0.0, "{mode:?} {label}: the sink received nothing");
+        let (used, other) = match mode {
+            Mode::Xdp => (xdp, userspace),
+            Mode::Userspace => (userspace, xdp),
+        };
+        ensure!(
+            used >= received && other <= 0.01 * used,
+            "{mode:?} {label}: the relay did not forward on the {} path: xdp {xdp}, userspace {userspace} \
+             forwarded, {received} received in the measured interval",
+            mode.path()
+        );
+        let udp_after = [udp_stats(&self.relay_ns)?, udp_stats(&self.b)?];
+
+        let tick = clock_tick();
+        let cpus = |ticks: u64| ticks as f64 / tick / window;
+        let relay_threads = cpus(last.relay_ticks - first.relay_ticks);
+        let busy = cpus(last.busy_ticks.iter().sum::<u64>() - first.busy_ticks.iter().sum::<u64>());
+        let peers = cpus(last.peer_ticks - first.peer_ticks);
+        let case = Case {
+            sent_pps: (last.sent - first.sent) as f64 / window,
+            recv_pps: received / window,
+            recv_gbps: (last.received_bytes - first.received_bytes) as f64 * 8.0 / 1e9 / window,
+            relay_cpus_threads: relay_threads,
+            relay_cpus_system: busy - peers,
+        };
+        let per_cpu: Vec<String> = first
+            .busy_ticks
+            .iter()
+            .zip(&last.busy_ticks)
+            .enumerate()
+            .map(|(i, (a, b))| format!("cpu{i} {:.0}%", cpus(b - a) * 100.0))
+            .collect();
+        let drops = |i: usize, field: &str| udp_after[i].get(field) - udp_before[i].get(field);
+        eprintln!(
+            "relay traffic: {:<9} {label:>4}: sent {:>9.0}/s received {:>9.0}/s {:>6.2} Gbit/s | relay CPUs \
+             {:.2} (threads) {:.2} (system), sender+sink+b NAPI {:.2}, busy {} | forwarded xdp {xdp} userspace \
+             {userspace} | UDP receive-buffer drops: relay {} sink {}, sink checksum errors {}",
+            mode.path(),
+            case.sent_pps,
+            case.recv_pps,
+            case.recv_gbps,
+            case.relay_cpus_threads,
+            case.relay_cpus_system,
+            peers,
+            per_cpu.join(" "),
+            drops(0, "RcvbufErrors"),
+            drops(1, "RcvbufErrors"),
+            drops(1, "InCsumErrors"),
+        );
+        Ok(case)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    received_bytes: AtomicU64,
+}
+
+/// Counters and CPU times at one moment.
+struct Snapshot {
+    at: Instant,
+    sent: u64,
+    received: u64,
+    received_bytes: u64,
+    /// Per CPU: user+nice+system+irq+softirq, in clock ticks.
+    busy_ticks: Vec<u64>,
+    /// The relay process and its veths' NAPI threads.
+    relay_ticks: u64,
+    /// The sender and sink threads and `b`'s NAPI thread.
+    peer_ticks: u64,
+}
+
+impl Snapshot {
+    fn take(
+        counters: &Counters,
+        relay: i32,
+        relay_napi: &[i32],
+        peer_tids: &[i32; 2],
+        b_napi: Option<i32>,
+    ) -> Result<Snapshot> {
+        let at = Instant::now();
+        let busy_ticks = busy_ticks()?;
+        let mut relay_ticks = task_ticks(&format!("/proc/{relay}/stat"))?;
+        for pid in relay_napi {
+            relay_ticks += task_ticks(&format!("/proc/{pid}/stat"))?;
+        }
+        let mut peer_ticks = 0;
+        for tid in peer_tids {
+            peer_ticks += task_ticks(&format!("/proc/self/task/{tid}/stat"))?;
+        }
+        if let Some(pid) = b_napi {
+            peer_ticks += task_ticks(&format!("/proc/{pid}/stat"))?;
+        }
+        Ok(Snapshot {
+            at,
+            sent: counters.sent.load(Ordering::Relaxed),
+            received: counters.received.load(Ordering::Relaxed),
+            received_bytes: counters.received_bytes.load(Ordering::Relaxed),
+            busy_ticks,
+            relay_ticks,
+            peer_ticks,
+        })
+    }
+}
+
+/// Sends `payload` on the connected `sock` with sendmmsg until `stop`.
+fn send_loop(
+    sock: &UdpSocket,
+    payload: &[u8],
+    cpu: Option<usize>,
+    stop: &AtomicBool,
+    counters: &Counters,
+    tid: mpsc::Sender<i32>,
+) -> Result<()> {
+    if let Some(cpu) = cpu {
+        pin_to(0, cpu)?;
+    }
+    // SAFETY: gettid has no preconditions.
+    let _ = tid.send(unsafe { libc::gettid() });
+    let mut iovecs = [libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() }; BATCH];
+    // SAFETY: mmsghdr is plain old data; zero is a valid value.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (header, iovec) in headers.iter_mut().zip(iovecs.iter_mut()) {
+        header.msg_hdr.msg_iov = iovec;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: every header points at a live iovec over `payload`, which
+        // the kernel only reads; the socket is connected, so no names.
+        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, 0) };
+        if n > 0 {
+            counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            // A full queue, or an ICMP error from an earlier datagram.
+            Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED) => {}
+            _ => return Err(error).context("sendmmsg"),
+        }
+    }
+    Ok(())
+}
+
+/// Counts what arrives on `sock` with recvmmsg until `stop`.
+fn sink_loop(
+    sock: &UdpSocket,
+    cpu: Option<usize>,
+    stop: &AtomicBool,
+    counters: &Counters,
+    tid: mpsc::Sender<i32>,
+) -> Result<()> {
+    if let Some(cpu) = cpu {
+        pin_to(0, cpu)?;
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    // SAFETY: gettid has no preconditions.
+    let _ = tid.send(unsafe { libc::gettid() });
+    let mut buf = vec![0u8; BATCH * SLOT];
+    let mut iovecs: Vec<libc::iovec> = buf
+        .chunks_exact_mut(SLOT)
+        .map(|slot| libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: SLOT })
+        .collect();
+    // SAFETY: mmsghdr is plain old data; zero is a valid value.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (header, iovec) in headers.iter_mut().zip(iovecs.iter_mut()) {
+        header.msg_hdr.msg_iov = iovec;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: every header points at a live iovec over its own slot of
+        // `buf`; no names or control data are asked for.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n > 0 {
+            let n = n as usize;
+            let bytes: u64 = headers[..n].iter().map(|h| u64::from(h.msg_len)).sum();
+            counters.received.fetch_add(n as u64, Ordering::Relaxed);
+            counters.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => {}
+            _ => return Err(error).context("recvmmsg"),
+        }
+    }
+    Ok(())
+}
+
+/// Waits up to 2 s for a datagram whose first byte is `kind` on `sock`.
+fn receive_kind(sock: &UdpSocket, kind: u8) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 2048];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        match sock.recv(&mut buf) {
+            Ok(n) if n > 0 && buf[0] == kind => return Ok(true),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if done()? {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// Stops the relay cleanly (SIGTERM detaches its XDP programs).
+fn stop(relay: &mut Process) -> Result<()> {
+    relay.signal(Signal::SIGTERM)?;
+    relay.wait_timeout(Duration::from_secs(10))?;
+    Ok(())
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Turns on threaded NAPI for `iface` in `ns` (through `ip netns exec`,
+/// which gives the namespace's /sys).
+fn set_threaded(ns: &Netns, iface: &str) -> Result<()> {
+    ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{iface}/threaded")])?;
+    Ok(())
+}
+
+/// The pid of the `napi/<iface>-<id>` kernel thread (its name is cut to 15
+/// bytes; lab interface names stay unique within them).
+fn napi_thread(iface: &str) -> Result<i32> {
+    let want: String = format!("napi/{iface}-").chars().take(15).collect();
+    let mut found = None;
+    wait_until(&format!("the NAPI thread of {iface}"), || {
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.starts_with(&want)) {
+                found = Some(pid);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })?;
+    Ok(found.expect("found when the wait succeeds"))
+}
+
+/// Pins `pid` (0: the calling thread) to `cpu`.
+fn pin_to(pid: i32, cpu: usize) -> Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(pid), &set).with_context(|| format!("pinning {pid} to CPU {cpu}"))?;
+    Ok(())
+}
+
+fn set_int_option(sock: &UdpSocket, option: libc::c_int, value: libc::c_int) -> Result<()> {
+    // SAFETY: the option value is a c_int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(rc == 0, "setsockopt: {}", io::Error::last_os_error());
+    Ok(())
+}
+
+fn clock_tick() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime+stime of a task, in clock ticks, from its `stat` file.
+fn task_ticks(path: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may hold spaces) start at the
+    // third, the state; utime and stime are the 14th and 15th.
+    let rest = text.rsplit_once(')').with_context(|| format!("{path}: no command name"))?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64> {
+        fields.get(n - 3).and_then(|f| f.parse().ok()).with_context(|| format!("{path}: field {n}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Per CPU, user+nice+system+irq+softirq from /proc/stat, in clock ticks.
+fn busy_ticks() -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let mut busy = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.next() else { continue };
+        if name.len() <= 3 || !name.starts_with("cpu") {
+            continue;
+        }
+        let values: Vec<u64> = fields.map(|f| f.parse().unwrap_or(0)).collect();
+        ensure!(values.len() >= 7, "unexpected /proc/stat line: {line}");
+        busy.push(values[0] + values[1] + values[2] + values[5] + values[6]);
+    }
+    ensure!(!busy.is_empty(), "no CPUs in /proc/stat");
+    Ok(busy)
+}
+
+/// The `Udp:` counters of a namespace (/proc/net/snmp as seen inside it).
+struct UdpStats(Vec<(String, i64)>);
+
+impl UdpStats {
+    fn get(&self, name: &str) -> i64 {
+        self.0.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    }
+}
+
+fn udp_stats(ns: &Netns) -> Result<UdpStats> {
+    let text = ns.exec("cat", &["/proc/net/snmp"])?;
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Udp counters in /proc/net/snmp");
+    };
+    Ok(UdpStats(
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .map(|(n, v)| (n.to_string(), v.parse().unwrap_or(0)))
+            .collect(),
+    ))
+}
