@@ -4,6 +4,7 @@
 mod cloud;
 mod guard;
 mod relay;
+mod relay_traffic;
 mod report;
 mod tunnel;
 

@@ -5,6 +5,9 @@
 //! interface. The FIB rows run in a lab namespace where the peer has a
 //! permanent neighbour entry, so `bpf_fib_lookup` succeeds as on a relay whose
 //! next hop is resolved.
+//!
+//! Then the release `ferry-relay` forwarding traffic between namespaces, XDP
+//! against its userspace path: see [`crate::relay_traffic`].
 
 use anyhow::{Context, Result, ensure};
 use ferry_ebpf::{
@@ -35,8 +38,8 @@ const PEER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0
 const ALLOCATION: u16 = 50_000;
 
 pub fn run() -> Result<Vec<Row>> {
-    let rows = prog_run_rows()?;
-    // Rows measured with traffic between namespaces go after these.
+    let mut rows = prog_run_rows()?;
+    rows.extend(crate::relay_traffic::rows()?);
     Ok(rows)
 }
 
