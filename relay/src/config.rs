@@ -107,6 +107,40 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// Where a listener binds, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl Listen {
+    /// The address, with `default` when nothing was configured.
+    pub fn resolve(value: Option<Listen>, default: SocketAddr) -> Option<SocketAddr> {
+        match value.unwrap_or(Listen::At(default)) {
+            Listen::Off => None,
+            Listen::At(addr) => Some(addr),
+        }
+    }
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Listen::Off),
+            addr => addr.parse().map(Listen::At).map_err(|_| format!("`{s}` is not ADDR:PORT or \"off\"")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The cloud control channel.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,13 +169,13 @@ pub struct Config {
     pub ports: Option<PortRange>,
     /// Bindings the XDP map holds (two per allocation).
     pub max_bindings: Option<u32>,
-    pub stun: Option<SocketAddr>,
-    pub websocket: Option<SocketAddr>,
+    pub stun: Option<Listen>,
+    pub websocket: Option<Listen>,
     /// The URL peers use for the WebSocket relay, told to the cloud.
     pub websocket_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<Listen>,
     /// Bindings with no traffic for this many seconds are dropped.
     pub idle_timeout_secs: Option<u64>,
     /// Static allocations (standalone use and tests), instead of a cloud.
@@ -173,6 +207,7 @@ mod tests {
         assert_eq!(config.ports, Some(PortRange { first: 40000, last: 49999 }));
         assert_eq!(config.cloud.unwrap().relay_id, 1);
         assert_eq!(config.xdp, Some(XdpMode::Native));
+        assert_eq!(config.stun, Some(Listen::At("0.0.0.0:3478".parse().unwrap())));
     }
 
     #[test]
@@ -181,5 +216,7 @@ mod tests {
         assert!("0-10".parse::<PortRange>().is_err());
         assert!("10".parse::<PortRange>().is_err());
         assert_eq!("5-5".parse::<PortRange>().unwrap().len(), 1);
+        assert_eq!("off".parse::<Listen>(), Ok(Listen::Off));
+        assert!("nowhere".parse::<Listen>().is_err());
     }
 }

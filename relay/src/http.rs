@@ -8,7 +8,8 @@ use axum::{Router, extract::State, http::header, response::IntoResponse, routing
 
 use crate::metrics::Metrics;
 
-pub const DEFAULT_ADDR: &str = "127.0.0.1:9478";
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9478);
 
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)

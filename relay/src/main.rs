@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use ferry_daemon::CommonArgs;
 use ferry_relay::{
     allocations_file,
-    config::{self, Config, PortRange, XdpMode},
+    config::{self, Config, Listen, PortRange, XdpMode},
     control::{self, CloudLink},
     core::Timeouts,
     http,
@@ -91,10 +91,10 @@ struct RunArgs {
     max_bindings: Option<u32>,
     /// STUN listener [default: 0.0.0.0:3478]; "off" disables it.
     #[arg(long, value_name = "ADDR|off")]
-    stun: Option<String>,
+    stun: Option<Listen>,
     /// WebSocket relay listener [default: 0.0.0.0:443]; "off" disables it.
     #[arg(long, value_name = "ADDR|off")]
-    websocket: Option<String>,
+    websocket: Option<Listen>,
     /// The URL peers use for the WebSocket relay (told to the cloud).
     #[arg(long, value_name = "URL")]
     websocket_url: Option<String>,
@@ -106,7 +106,7 @@ struct RunArgs {
     tls_key: Option<PathBuf>,
     /// Prometheus /metrics listener [default: 127.0.0.1:9478]; "off" disables it.
     #[arg(long, value_name = "ADDR|off")]
-    metrics: Option<String>,
+    metrics: Option<Listen>,
     /// Seconds without traffic after which a binding must be re-proved by a
     /// handshake [default: 200].
     #[arg(long, value_name = "SECONDS")]
@@ -173,15 +173,9 @@ impl RunArgs {
         c.tls_key = self.tls_key.or(c.tls_key.take());
         c.idle_timeout_secs = self.idle_timeout_secs.or(c.idle_timeout_secs);
         c.allocations = self.allocations.or(c.allocations.take());
-        for (flag, slot) in
-            [(self.stun, &mut c.stun), (self.websocket, &mut c.websocket), (self.metrics, &mut c.metrics)]
-        {
-            match flag.as_deref() {
-                Some("off") => *slot = Some(OFF),
-                Some(addr) => *slot = addr.parse().ok().or(Some(INVALID)),
-                None => {}
-            }
-        }
+        c.stun = self.stun.or(c.stun);
+        c.websocket = self.websocket.or(c.websocket);
+        c.metrics = self.metrics.or(c.metrics);
         if let Some(url) = self.cloud_url {
             c.cloud = Some(config::CloudConfig {
                 url,
@@ -190,20 +184,6 @@ impl RunArgs {
                 token_file: self.cloud_token_file.unwrap_or_default(),
             });
         }
-    }
-}
-
-/// "off" for a listener, as an address no one can bind: port 0 on the
-/// unspecified IPv4 address is never a listener we would want.
-const OFF: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
-const INVALID: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::BROADCAST), 0);
-
-fn listener(value: Option<SocketAddr>, default: &str, what: &str) -> Result<Option<SocketAddr>> {
-    match value {
-        Some(OFF) => Ok(None),
-        Some(INVALID) => bail!("the {what} listener address is not ADDR:PORT or \"off\""),
-        Some(addr) => Ok(Some(addr)),
-        None => Ok(Some(default.parse().expect("valid default"))),
     }
 }
 
@@ -239,7 +219,7 @@ async fn run(config: Config) -> Result<()> {
     };
     let relay = Relay::new(options, table.map(|t| t as Arc<dyn BindingTable>), metrics.clone());
 
-    if let Some(addr) = listener(config.metrics, http::DEFAULT_ADDR, "metrics")? {
+    if let Some(addr) = Listen::resolve(config.metrics, http::DEFAULT_ADDR) {
         let listener = http::bind(addr).await?;
         info!(%addr, "metrics on /metrics");
         let metrics = metrics.clone();
@@ -251,12 +231,11 @@ async fn run(config: Config) -> Result<()> {
     }
     let (stop_listeners, stopped) = tokio::sync::watch::channel(false);
     let listeners = Listeners {
-        stun: listener(config.stun, &format!("0.0.0.0:{}", ferry_relay::stun::DEFAULT_PORT), "STUN")?,
-        websocket: listener(
+        stun: Listen::resolve(config.stun, SocketAddr::from(([0, 0, 0, 0], ferry_relay::stun::DEFAULT_PORT))),
+        websocket: Listen::resolve(
             config.websocket,
-            &format!("0.0.0.0:{}", ferry_relay::ws::server::DEFAULT_PORT),
-            "WebSocket",
-        )?,
+            SocketAddr::from(([0, 0, 0, 0], ferry_relay::ws::server::DEFAULT_PORT)),
+        ),
         tls: config.tls_cert.clone().zip(config.tls_key.clone()),
     };
     ferry_relay::listeners::start(listeners, &relay, &metrics, stopped).await?;

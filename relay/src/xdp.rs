@@ -57,10 +57,6 @@ impl BindingTable for Table {
     fn entries(&self) -> u32 {
         self.lock().len()
     }
-
-    fn capacity(&self) -> u32 {
-        self.lock().capacity()
-    }
 }
 
 /// The loaded and attached forwarder.

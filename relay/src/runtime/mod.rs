@@ -242,6 +242,7 @@ impl Relay {
             totals: self.inner.totals.clone(),
             bound: 0,
             xdp_seen: Traffic::default(),
+            tally: Default::default(),
         };
         let span = info_span!("allocation", id = spec.id, session = spec.session_id, port);
         let task = tokio::spawn(task.run().instrument(span));
@@ -420,9 +421,6 @@ mod tests {
         fn reset_slot(&self, _slot: u32) {}
         fn entries(&self) -> u32 {
             self.0.lock().unwrap().len() as u32
-        }
-        fn capacity(&self) -> u32 {
-            4
         }
     }
 

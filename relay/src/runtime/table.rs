@@ -20,7 +20,6 @@ pub trait BindingTable: Send + Sync + 'static {
     fn reset_slot(&self, slot: u32);
     /// Entries in the map now.
     fn entries(&self) -> u32;
-    fn capacity(&self) -> u32;
 }
 
 /// The map entries that make `routes` forward: UDP to UDP of one family in

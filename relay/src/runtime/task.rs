@@ -56,6 +56,8 @@ pub(super) struct Task {
     pub totals: Arc<Totals>,
     pub bound: i64,
     pub xdp_seen: Traffic,
+    /// Forwarded by this batch so far: (userspace, websocket).
+    pub tally: (Traffic, Traffic),
 }
 
 enum Readable {
@@ -180,11 +182,25 @@ impl Task {
                 metrics::PATH_WEBSOCKET
             }
         };
-        self.metrics.forwarded(path, 1, datagram.len() as u64);
-        self.totals.forwarded(1, datagram.len() as u64);
+        let tally = if path == metrics::PATH_WEBSOCKET { &mut self.tally.1 } else { &mut self.tally.0 };
+        tally.packets += 1;
+        tally.bytes += datagram.len() as u64;
+    }
+
+    /// Publishes what the batch forwarded: one metrics update per batch, not
+    /// per datagram.
+    fn publish(&mut self) {
+        let (userspace, websocket) = std::mem::take(&mut self.tally);
+        for (path, t) in [(metrics::PATH_USERSPACE, userspace), (metrics::PATH_WEBSOCKET, websocket)] {
+            if t.packets > 0 {
+                self.metrics.forwarded(path, t.packets, t.bytes);
+                self.totals.forwarded(t.packets, t.bytes);
+            }
+        }
     }
 
     fn flush(&mut self, out4: &mut SendBatch, out6: &mut SendBatch) {
+        self.publish();
         for (out, socket) in [(&mut *out4, &self.sock4), (&mut *out6, &self.sock6)] {
             if out.is_empty() {
                 continue;
