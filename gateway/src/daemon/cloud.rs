@@ -1,0 +1,149 @@
+//! The control channel to the cloud: the gateway connects out, proves who it
+//! is with its enrolled identity key, receives the desired state on connect
+//! and on every change, and sends its audit events from the durable queue
+//! until the cloud acknowledges them.
+//!
+//! Nothing here decides anything: desired states go to the daemon, which
+//! applies them only within what the customer allows. A lost connection
+//! changes nothing locally; active sessions keep forwarding, and events
+//! wait in the queue (and are sent again after a reconnect: the cloud drops
+//! sequence numbers it already has).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use ferry_control::{
+    Applied, Backoff, GatewayId, SigningKey, WgKey,
+    client::{self, Channel},
+    gateway::{DesiredState, FromGateway, ToGateway},
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::state::Store;
+
+/// Events sent in one go before waiting for acknowledgements.
+const SEND_WINDOW: usize = 256;
+
+/// Where and who: everything the channel needs besides the live state.
+#[derive(Clone)]
+pub struct CloudLink {
+    /// `ws(s)://host:port/api/v1/control/gateway`.
+    pub url: String,
+    pub pin: Option<[u8; 32]>,
+    pub gateway_id: u64,
+    pub identity: SigningKey,
+    pub wg_public_key: WgKey,
+}
+
+/// What the channel tells the daemon.
+#[derive(Debug)]
+pub enum FromCloud {
+    Desired(DesiredState),
+    Connected(bool),
+}
+
+/// The live inputs the channel reads when it (re)connects.
+pub struct Inputs {
+    pub store: Store,
+    pub switch_on: watch::Receiver<bool>,
+    /// The revision the daemon applied last, for the hello and `applied`.
+    pub applied: watch::Receiver<Option<u64>>,
+    /// Signalled when the daemon enqueued an event.
+    pub events: Arc<Notify>,
+}
+
+/// Runs the channel forever, reconnecting with exponential backoff and full
+/// jitter.
+pub async fn run(link: CloudLink, mut inputs: Inputs, to_daemon: mpsc::Sender<FromCloud>) {
+    let mut backoff = Backoff::default();
+    loop {
+        match session(&link, &mut inputs, &to_daemon, &mut backoff).await {
+            Ok(()) => info!("the cloud closed the control channel"),
+            Err(e) => warn!(error = %format!("{e:#}"), "control channel to the cloud failed"),
+        }
+        if to_daemon.send(FromCloud::Connected(false)).await.is_err() {
+            return;
+        }
+        let wait = backoff.next_delay(&mut rand_core::OsRng);
+        info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the cloud");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn session(
+    link: &CloudLink,
+    inputs: &mut Inputs,
+    to_daemon: &mpsc::Sender<FromCloud>,
+    backoff: &mut Backoff,
+) -> Result<()> {
+    let ws = client::connect(&link.url, link.pin).await.with_context(|| format!("connecting to {}", link.url))?;
+    let mut channel = Channel::new(ws);
+    let switch_on = *inputs.switch_on.borrow();
+    let applied = *inputs.applied.borrow();
+    let (welcome, desired) = client::gateway_handshake(
+        &mut channel,
+        &link.identity,
+        GatewayId(link.gateway_id),
+        env!("CARGO_PKG_VERSION"),
+        switch_on,
+        link.wg_public_key,
+        applied,
+    )
+    .await
+    .context("gateway handshake")?;
+    info!(connection = welcome.peer_id, revision = desired.revision, "connected to the cloud");
+    backoff.reset();
+    if to_daemon.send(FromCloud::Connected(true)).await.is_err()
+        || to_daemon.send(FromCloud::Desired(desired)).await.is_err()
+    {
+        return Ok(());
+    }
+    // The oldest unacknowledged events go first, again after every reconnect.
+    let mut sent_up_to = 0u64;
+    let mut applied_rx = inputs.applied.clone();
+    loop {
+        sent_up_to = send_pending(&mut channel, &inputs.store, sent_up_to).await?;
+        tokio::select! {
+            message = channel.recv::<ToGateway>() => match message.context("reading from the cloud")? {
+                None => return Ok(()),
+                Some(ToGateway::DesiredState(state)) => {
+                    if to_daemon.send(FromCloud::Desired(state)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(ToGateway::EventAck(ack)) => {
+                    let dropped = inputs.store.ack(ack.seq).context("dropping acknowledged events")?;
+                    tracing::debug!(seq = ack.seq, dropped, "events acknowledged");
+                }
+                Some(ToGateway::Error(e)) => bail!("the cloud reported an error ({}): {}", e.code, e.message),
+                Some(other) => warn!(kind = ferry_control::Message::type_name(&other), "unexpected message from the cloud"),
+            },
+            _ = inputs.events.notified() => {}
+            changed = applied_rx.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let revision = *applied_rx.borrow_and_update();
+                if let Some(revision) = revision {
+                    channel.send(&FromGateway::Applied(Applied { revision })).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Sends queued events newer than `sent_up_to` (within the window) and
+/// returns the newest sequence number sent.
+async fn send_pending<S>(channel: &mut Channel<S>, store: &Store, sent_up_to: u64) -> Result<u64>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut newest = sent_up_to;
+    let pending = store.pending(SEND_WINDOW).context("reading the event queue")?;
+    for event in pending.into_iter().filter(|e| e.seq > sent_up_to) {
+        newest = event.seq;
+        channel.send(&FromGateway::Event(event)).await?;
+    }
+    Ok(newest)
+}

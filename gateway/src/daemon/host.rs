@@ -1,0 +1,44 @@
+//! The host settings the forwarding path relies on, checked and set at
+//! start.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, bail};
+
+/// Sets what the forwarding path needs on the LAN interface:
+/// - `forwarding=1`: replies from the machines, translated by the LAN XDP
+///   program, are routed into the TUN device. Forwarding is decided per
+///   ingress interface, so the uplink stays a non-router; the XDP program also
+///   drops anything from the LAN the kernel would route elsewhere.
+/// - `rp_filter=2` (loose): a translated reply's source is a proxy address,
+///   which routes via the TUN, not the LAN; strict reverse-path filtering
+///   would drop it.
+pub fn prepare_lan(lan: &str) -> Result<()> {
+    set(&format!("net/ipv4/conf/{lan}/forwarding"), "1")?;
+    set(&format!("net/ipv4/conf/{lan}/rp_filter"), "2")?;
+    Ok(())
+}
+
+fn set(key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{key}");
+    let current = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if current.trim() != value {
+        std::fs::write(&path, value).with_context(|| format!("setting {} = {value}", key.replace('/', ".")))?;
+        tracing::info!(setting = key.replace('/', "."), value, "sysctl set");
+    }
+    Ok(())
+}
+
+/// The LAN interface's first IPv4 address: the source address machines see.
+pub fn lan_address(lan: &str) -> Result<Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;
+    for ifaddr in addrs {
+        if ifaddr.interface_name != lan {
+            continue;
+        }
+        if let Some(v4) = ifaddr.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            return Ok(v4.ip());
+        }
+    }
+    bail!("the LAN interface {lan} has no IPv4 address; set lan.address or give it one")
+}

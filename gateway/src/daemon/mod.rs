@@ -1,0 +1,400 @@
+//! `ferry-gateway run`: the daemon.
+//!
+//! One task owns the state and decides; everything else feeds it messages:
+//! the local control socket (the customer), the cloud channel (desired
+//! states and acknowledgements) and a ticker (expiry, peers coming and going,
+//! byte counters, the systemd watchdog). After every change it computes a
+//! [`policy::Plan`] and applies it: eBPF maps first when narrowing, so that
+//! traffic stops before keys go, then the WireGuard engine.
+
+mod cloud;
+mod engine;
+mod forwarding;
+mod host;
+pub mod policy;
+mod report;
+mod snapshot;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use ferry_control::{
+    SessionId, WgKey,
+    gateway::{DesiredState, GatewayEvent},
+};
+use ferry_ebpf::{
+    AttachMode,
+    gateway::{ForwarderConfig, GatewayForwarder},
+    guard::UplinkGuard,
+};
+use ferry_tunnel::config::InterfaceAddress;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{error, info, warn};
+
+use self::{
+    cloud::{CloudLink, FromCloud},
+    engine::{Change, Engine, Wanted},
+    forwarding::Reported,
+    policy::{Decision, Inputs, Plan, Status},
+};
+use crate::{
+    config::Transport,
+    local::protocol::{Request, Response},
+    state::{RelayInfo, Store},
+};
+
+/// How often the daemon looks at the clock and the engine.
+const TICK: Duration = Duration::from_millis(250);
+/// How often per-target byte counters go to the audit.
+const BYTES_EVERY: Duration = Duration::from_secs(30);
+
+/// Everything `run` needs, resolved from the configuration and flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub tunnel_interface: String,
+    /// The gateway's address in the tunnel network; its prefix covers every
+    /// session subnet the cloud hands out.
+    pub tunnel_address: InterfaceAddress,
+    pub wireguard_port: u16,
+    pub uplink_interface: Option<String>,
+    pub xdp_mode: AttachMode,
+    pub lan_interface: String,
+    pub lan_address: Option<Ipv4Addr>,
+    pub transport: Transport,
+}
+
+pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let store = Store::open(&settings.data_dir)
+        .with_context(|| format!("opening the state in {}", settings.data_dir.display()))?;
+    let enrollment = store
+        .enrollment()
+        .context("reading the enrolment")?
+        .context("this gateway is not enrolled yet: run `ferry-gateway enroll --cloud URL --token TOKEN`")?;
+    let identity = crate::state::keys::identity(&settings.data_dir).context("loading the identity key")?;
+    let wg_key = ferry_tunnel::keys::load_or_generate(&settings.data_dir.join("wireguard.key"))
+        .context("loading the WireGuard key")?;
+
+    host::prepare_lan(&settings.lan_interface).context("preparing the LAN interface")?;
+    let snat = match settings.lan_address {
+        Some(a) => a,
+        None => host::lan_address(&settings.lan_interface)?,
+    };
+    let std::net::IpAddr::V4(tunnel_v4) = settings.tunnel_address.addr else {
+        anyhow::bail!("tunnel.address must be IPv4");
+    };
+    let engine = Engine::start(
+        &settings.tunnel_interface,
+        wg_key,
+        settings.wireguard_port,
+        settings.tunnel_address,
+        settings.transport,
+    )
+    .await?;
+    let forwarder = GatewayForwarder::attach(&ForwarderConfig {
+        tunnel_if: settings.tunnel_interface.clone(),
+        lan_if: settings.lan_interface.clone(),
+        tunnel_net: (tunnel_v4, settings.tunnel_address.prefix),
+        xdp_mode: settings.xdp_mode,
+    })
+    .context("attaching the forwarding programs (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+    let _guard = match &settings.uplink_interface {
+        Some(uplink) => Some(attach_guard(uplink, engine.local_port(), settings.xdp_mode)?),
+        None => {
+            warn!("no uplink interface configured: the uplink guard is not attached");
+            None
+        }
+    };
+
+    let switch_on = store.switch_on();
+    let (switch_tx, switch_rx) = watch::channel(switch_on);
+    let (applied_tx, applied_rx) = watch::channel(None);
+    let events = Arc::new(Notify::new());
+    let (cloud_tx, mut cloud_rx) = mpsc::channel(16);
+    let link = CloudLink {
+        url: control_url(&enrollment.cloud_url, &enrollment.control_path)?,
+        pin: enrollment.pin.as_deref().map(ferry_control::pin::parse_fingerprint).transpose()?,
+        gateway_id: enrollment.gateway_id,
+        identity,
+        wg_public_key: WgKey(engine.public_key().0),
+    };
+    let cloud_inputs =
+        cloud::Inputs { store: store.clone(), switch_on: switch_rx, applied: applied_rx, events: events.clone() };
+    let cloud_task = tokio::spawn(cloud::run(link, cloud_inputs, cloud_tx));
+
+    let listener = crate::local::server::bind(&settings.socket)
+        .with_context(|| format!("binding the control socket {}", settings.socket.display()))?;
+    let (request_tx, mut request_rx) = mpsc::channel(16);
+    let local_task = tokio::spawn(crate::local::server::serve(listener, request_tx));
+
+    let mut daemon = Daemon {
+        store,
+        data_dir: settings.data_dir.clone(),
+        snat,
+        desired: snapshot::load(&settings.data_dir).context("loading the last desired state")?,
+        plan: Plan::default(),
+        engine,
+        forwarder,
+        reported: Reported::default(),
+        switch_tx,
+        applied_tx,
+        events,
+        cloud_connected: false,
+    };
+    daemon.reconcile().await;
+    info!(
+        gateway = enrollment.gateway_id,
+        switch = if switch_on { "on" } else { "off" },
+        port = daemon.engine.local_port(),
+        public_key = %daemon.engine.public_key(),
+        %snat,
+        "ferry-gateway ready"
+    );
+    ferry_daemon::notify::ready();
+    let watchdog = ferry_daemon::notify::watchdog_interval();
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut bytes = tokio::time::interval(BYTES_EVERY);
+    let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some((request, reply)) = request_rx.recv() => {
+                let response = daemon.handle(request).await;
+                let _: Result<(), Response> = reply.send(response);
+            }
+            Some(message) = cloud_rx.recv() => daemon.from_cloud(message).await,
+            _ = tick.tick() => daemon.tick().await,
+            _ = bytes.tick() => daemon.report_bytes(|_| true),
+            _ = pet.tick(), if watchdog.is_some() => ferry_daemon::notify::watchdog(),
+        }
+    }
+    ferry_daemon::notify::stopping();
+    info!("stopping");
+    daemon.report_bytes(|_| true);
+    cloud_task.abort();
+    local_task.abort();
+    let _ = std::fs::remove_file(&settings.socket);
+    Ok(())
+}
+
+fn attach_guard(uplink: &str, port: u16, mode: AttachMode) -> Result<UplinkGuard> {
+    let mut guard = UplinkGuard::load(port).context("loading the uplink guard")?;
+    guard.attach(uplink, mode).with_context(|| format!("attaching the uplink guard to {uplink}"))?;
+    info!(uplink, port, "uplink guard attached");
+    Ok(guard)
+}
+
+/// `http(s)://host:port` + path -> `ws(s)://host:port/path`.
+fn control_url(cloud: &str, path: &str) -> Result<String> {
+    let base = cloud.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if base.starts_with("ws://") || base.starts_with("wss://") {
+        base.to_string()
+    } else {
+        anyhow::bail!("the enrolled cloud URL {cloud:?} must start with http:// or https://");
+    };
+    Ok(format!("{ws}{path}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Daemon {
+    store: Store,
+    data_dir: PathBuf,
+    snat: Ipv4Addr,
+    desired: Option<DesiredState>,
+    plan: Plan,
+    engine: Engine,
+    forwarder: GatewayForwarder,
+    reported: Reported,
+    switch_tx: watch::Sender<bool>,
+    applied_tx: watch::Sender<Option<u64>>,
+    events: Arc<Notify>,
+    cloud_connected: bool,
+}
+
+impl Daemon {
+    fn record(&self, event: GatewayEvent) {
+        match self.store.enqueue(event, now_ms()) {
+            Ok(_) => self.events.notify_one(),
+            // The queue is the audit's only copy: losing it must be loud.
+            Err(e) => error!(error = %e, "could not queue an audit event"),
+        }
+    }
+
+    fn decisions(&self) -> BTreeMap<SessionId, Decision> {
+        let Some(desired) = &self.desired else { return BTreeMap::new() };
+        desired
+            .sessions
+            .iter()
+            .filter_map(|s| self.store.decision(s.session_id).map(|d| (s.session_id, d)))
+            .collect()
+    }
+
+    /// Computes the plan for now and applies it.
+    async fn reconcile(&mut self) {
+        let decisions = self.decisions();
+        let plan = policy::plan(&Inputs {
+            desired: self.desired.as_ref(),
+            switch_on: self.store.switch_on(),
+            decisions: &decisions,
+            now_ms: now_ms(),
+        });
+        // Sessions that stop forwarding: their last bytes go to the audit
+        // before their counters disappear with the map entries.
+        let leaving: Vec<u64> = self
+            .plan
+            .active()
+            .filter(|old| plan.session(old.state.session_id).is_none_or(|new| new.status != Status::Active))
+            .map(|s| s.state.session_id.0)
+            .collect();
+        self.report_bytes(|id| leaving.contains(&id));
+        for (id, old) in leaving.iter().filter_map(|id| self.plan.session(SessionId(*id)).map(|s| (*id, s))) {
+            let status = plan.session(SessionId(id)).map_or("ended", |s| s.status.label());
+            info!(session = id, name = old.state.name, status, "session stops forwarding");
+        }
+        for id in &leaving {
+            self.reported.forget(*id);
+        }
+        let table = forwarding::table(&plan, self.snat);
+        if let Err(e) = self.forwarder.apply(&table) {
+            error!(error = %e, "updating the forwarding maps failed");
+        }
+        let wanted =
+            plan.live_peers().map(|(s, p)| Wanted { session: s.state.session_id, peer: p.clone() }).collect();
+        let changes = self.engine.apply(wanted).await;
+        self.record_changes(changes);
+        for s in plan.active() {
+            if self.plan.session(s.state.session_id).is_none_or(|old| old.status != Status::Active) {
+                info!(session = s.state.session_id.0, name = s.state.name, peers = s.live_peers.len(), "session forwarding");
+            }
+        }
+        self.plan = plan;
+    }
+
+    fn record_changes(&self, changes: Vec<Change>) {
+        for change in changes {
+            let event = match change {
+                Change::Connected { session, public_key, endpoint } => {
+                    info!(session = session.0, peer = %public_key, ?endpoint, "peer connected");
+                    GatewayEvent::PeerConnected { session_id: session, public_key: WgKey(public_key.0), endpoint }
+                }
+                Change::Disconnected { session, public_key } => {
+                    info!(session = session.0, peer = %public_key, "peer left");
+                    GatewayEvent::PeerDisconnected { session_id: session, public_key: WgKey(public_key.0) }
+                }
+            };
+            self.record(event);
+        }
+    }
+
+    fn report_bytes(&mut self, which: impl Fn(u64) -> bool) {
+        let mut events = Vec::new();
+        for session in self.plan.active().filter(|s| which(s.state.session_id.0)) {
+            events.extend(self.reported.deltas(session, |id, proxy| {
+                self.forwarder.traffic(id, proxy).map(|t| (t.to_target_bytes, t.from_target_bytes))
+            }));
+        }
+        for event in events {
+            self.record(event);
+        }
+    }
+
+    async fn tick(&mut self) {
+        if self.plan.next_deadline_ms.is_some_and(|d| d <= now_ms()) {
+            self.reconcile().await;
+        }
+        let changes = self.engine.poll().await;
+        self.record_changes(changes);
+    }
+
+    async fn from_cloud(&mut self, message: FromCloud) {
+        match message {
+            FromCloud::Connected(up) => self.cloud_connected = up,
+            FromCloud::Desired(state) => {
+                if self.desired.as_ref().is_some_and(|d| d.revision > state.revision) {
+                    warn!(have = self.desired.as_ref().map(|d| d.revision), got = state.revision, "older desired state ignored");
+                    return;
+                }
+                if let Err(e) = snapshot::save(&self.data_dir, &state) {
+                    error!(error = %format!("{e:#}"), "saving the desired state failed");
+                }
+                let live: Vec<SessionId> = state.sessions.iter().map(|s| s.session_id).collect();
+                if let Err(e) = self.store.forget_decisions_except(&live) {
+                    warn!(error = %e, "forgetting old decisions failed");
+                }
+                let relays: Vec<RelayInfo> = state
+                    .sessions
+                    .iter()
+                    .flat_map(|s| &s.peers)
+                    .filter_map(|p| p.relay.as_ref())
+                    .map(|r| RelayInfo { udp: r.udp, websocket_url: r.websocket_url.clone() })
+                    .collect();
+                if !relays.is_empty() && let Err(e) = self.store.set_relays(&relays) {
+                    warn!(error = %e, "remembering the relays failed");
+                }
+                let revision = state.revision;
+                info!(revision, sessions = state.sessions.len(), "desired state received");
+                self.desired = Some(state);
+                self.reconcile().await;
+                self.applied_tx.send_replace(Some(revision));
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Switch { on: self.store.switch_on(), changed: false },
+            Request::Remote { on } => match self.store.set_switch(on, now_ms()) {
+                Ok(changed) => {
+                    if changed {
+                        info!(on, "the customer switched remote maintenance {}", if on { "on" } else { "off" });
+                        self.events.notify_one();
+                        self.switch_tx.send_replace(on);
+                        self.reconcile().await;
+                    }
+                    Response::Switch { on, changed }
+                }
+                Err(e) => Response::Error { message: format!("could not store the switch: {e}") },
+            },
+            Request::Approve { session } => self.decide(SessionId(session), Decision::Approved).await,
+            Request::Deny { session } => self.decide(SessionId(session), Decision::Denied).await,
+            Request::Sessions => Response::Sessions { sessions: report::sessions(&self.plan, &self.engine, &self.forwarder) },
+        }
+    }
+
+    async fn decide(&mut self, session: SessionId, decision: Decision) -> Response {
+        let Some(planned) = self.plan.session(session) else {
+            return Response::Error { message: format!("no session {} at this gateway", session.0) };
+        };
+        if planned.status != Status::WaitingForApproval {
+            return Response::Error {
+                message: format!("session {} is {}, not waiting for approval", session.0, planned.status.label()),
+            };
+        }
+        let name = planned.state.name.clone();
+        if let Err(e) = self.store.decide(session, decision, now_ms()) {
+            return Response::Error { message: format!("could not store the decision: {e}") };
+        }
+        self.events.notify_one();
+        info!(session = session.0, name, ?decision, "the customer decided");
+        self.reconcile().await;
+        let verb = if decision == Decision::Approved { "approved" } else { "denied" };
+        Response::Done { message: format!("session {} ({name}) {verb}", session.0) }
+    }
+}

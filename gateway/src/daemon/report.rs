@@ -1,0 +1,87 @@
+//! `ferry-gateway sessions`: what is active, who is connected, bytes moved.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::Instant,
+};
+
+use ferry_control::gateway::Protocol;
+use ferry_ebpf::gateway::GatewayForwarder;
+use ferry_tunnel::PublicKey;
+
+use super::{engine::Engine, policy::Plan};
+use crate::local::protocol::{PeerReport, SessionReport, TargetReport};
+
+pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> Vec<SessionReport> {
+    let status: BTreeMap<PublicKey, _> = engine.status().into_iter().map(|s| (s.public_key, s)).collect();
+    let now = Instant::now();
+    plan.sessions
+        .iter()
+        .map(|s| {
+            let peers = s
+                .state
+                .peers
+                .iter()
+                .map(|p| {
+                    let key = PublicKey(p.public_key.0);
+                    let live = s.live_peers.iter().any(|l| l.public_key == p.public_key);
+                    let st = status.get(&key).filter(|_| live);
+                    PeerReport {
+                        user: p.user.clone(),
+                        public_key: p.public_key.to_string(),
+                        tunnel_address: p.tunnel_address.to_string(),
+                        endpoint: st.and_then(|st| st.endpoint).map(|e| e.to_string()),
+                        transport: engine.path_of(&key).filter(|_| live).map_or("none", |p| p.label()).to_string(),
+                        last_handshake_s_ago: st.and_then(|st| st.last_handshake).map(|at| now.duration_since(at).as_secs()),
+                        rx_bytes: st.map_or(0, |st| st.rx_bytes),
+                        tx_bytes: st.map_or(0, |st| st.tx_bytes),
+                    }
+                })
+                .collect();
+            let targets = s
+                .state
+                .targets
+                .iter()
+                .map(|t| {
+                    let traffic = match t.proxy_address {
+                        IpAddr::V4(proxy) => forwarder.traffic(s.state.session_id.0, proxy),
+                        IpAddr::V6(_) => None,
+                    };
+                    TargetReport {
+                        name: t.name.clone(),
+                        proxy_address: t.proxy_address.to_string(),
+                        address: t.address.to_string(),
+                        protocol: match t.protocol {
+                            Protocol::Tcp => "tcp",
+                            Protocol::Udp => "udp",
+                            Protocol::Icmp => "icmp",
+                            Protocol::Any => "any",
+                        }
+                        .to_string(),
+                        ports: if t.ports.is_empty() {
+                            "all".to_string()
+                        } else {
+                            t.ports
+                                .iter()
+                                .map(|r| if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) })
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        },
+                        to_target_bytes: traffic.map_or(0, |t| t.to_target_bytes),
+                        from_target_bytes: traffic.map_or(0, |t| t.from_target_bytes),
+                    }
+                })
+                .collect();
+            SessionReport {
+                id: s.state.session_id.0,
+                name: s.state.name.clone(),
+                state: s.status.label().to_string(),
+                expires_ms: s.state.expires_ms,
+                approval_required: s.state.approval_required,
+                peers,
+                targets,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,64 @@
+//! The last desired state from the cloud, kept on disk so that a restarted
+//! gateway resumes its active sessions without the cloud (their expiry is
+//! still enforced locally). The file holds relay tokens: mode 0600, written
+//! atomically.
+
+use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use ferry_control::gateway::DesiredState;
+
+const FILE: &str = "desired.json";
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+pub fn load(data_dir: &Path) -> Result<Option<DesiredState>> {
+    let path = path(data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let state = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Some(state))
+}
+
+pub fn save(data_dir: &Path, state: &DesiredState) -> Result<()> {
+    let path = path(data_dir);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec(state).context("encoding the desired state")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(&text)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        let state = DesiredState { revision: 7, sessions: vec![] };
+        save(dir.path(), &state).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(state));
+        let mode = std::fs::metadata(path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
