@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
 pub mod cloud;
+pub mod gateway_lab;
 pub mod pcap;
 pub mod relay_lab;
 pub mod wg;
