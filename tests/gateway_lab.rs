@@ -236,7 +236,8 @@ impl GatewayLab {
 
         // The technician's own LAN, with a device at a machine's address.
         let home_ns = lab.netns("home").unwrap();
-        let home = lab.wire(&tech_ns, &[&format!("{TECH_LAN_IP}/24")], &home_ns, &["192.168.50.10/24"]).unwrap();
+        let home =
+            lab.wire(&tech_ns, &[&format!("{TECH_LAN_IP}/24")], &home_ns, &["192.168.50.10/24"]).unwrap();
         tx_off(&tech_ns, &home.a);
         tx_off(&home_ns, &home.b);
 
@@ -372,7 +373,14 @@ impl GatewayLab {
     }
 
     /// One API call from `ns` (the caller's address is that namespace's).
-    pub fn api_from(&self, ns: &Netns, method: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    pub fn api_from(
+        &self,
+        ns: &Netns,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
         let (addr, method2, path2, token) =
             (self.cloud_addr(), method.to_string(), path.to_string(), token.map(str::to_string));
         ns.run_in(move || try_call(addr, &method2, &path2, token.as_deref(), body))
@@ -395,8 +403,13 @@ impl GatewayLab {
 
     /// Logs in; returns the user id and the access token.
     pub fn login(&self, ns: &Netns, name: &str, password: &str) -> (u64, String) {
-        let (status, body) =
-            self.api_from(ns, "POST", "/api/v1/auth/login", None, json!({"name": name, "password": password}));
+        let (status, body) = self.api_from(
+            ns,
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            json!({"name": name, "password": password}),
+        );
         assert_eq!(status, 200, "login of {name}: {body}");
         (body["user"]["id"].as_u64().unwrap_or_default(), body["access_token"].as_str().unwrap().to_string())
     }
@@ -406,7 +419,8 @@ impl GatewayLab {
     pub fn admin_login(&self, one_time: &str) -> String {
         let first = self.login(&self.office_ns, "admin", one_time).1;
         let change = json!({"current_password": one_time, "new_password": ADMIN_PASSWORD});
-        let (status, body) = self.api_from(&self.office_ns, "POST", "/api/v1/me/password", Some(&first), change);
+        let (status, body) =
+            self.api_from(&self.office_ns, "POST", "/api/v1/me/password", Some(&first), change);
         assert_eq!(status, 204, "{body}");
         let token = self.login(&self.office_ns, "admin", ADMIN_PASSWORD).1;
         *self.admin_token.lock().unwrap() = Some(token.clone());
@@ -472,7 +486,13 @@ impl GatewayLab {
     pub fn relay_health(&self, id: u64) -> Value {
         let (status, relays) = self.admin("GET", "/api/v1/relays", Value::Null);
         assert_eq!(status, 200, "{relays}");
-        relays.as_array().unwrap().iter().find(|r| r["id"] == id).map(|r| r["health"].clone()).unwrap_or_default()
+        relays
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["health"].clone())
+            .unwrap_or_default()
     }
 
     /// Creates the site's gateway with the targets `plc-web` (target-a, tcp
@@ -585,7 +605,8 @@ impl GatewayLab {
         let mut entries = Vec::new();
         let mut after: Option<u64> = None;
         loop {
-            let mut path = format!("/api/v1/audit?limit=1000{}{filter}", if filter.is_empty() { "" } else { "&" });
+            let mut path =
+                format!("/api/v1/audit?limit=1000{}{filter}", if filter.is_empty() { "" } else { "&" });
             if let Some(after) = after {
                 path += &format!("&after={after}");
             }
@@ -613,7 +634,8 @@ impl GatewayLab {
     /// Brings up a tunnel from a wg-quick file issued for `keys`.
     pub fn tunnel_from_wg_quick(&self, keys: Keys, wg_quick: String) -> TechTunnel {
         let parsed = WgQuick::parse(&wg_quick);
-        let address = strip_len(parsed.addresses.first().expect("no Address in the wg-quick file")).to_string();
+        let address =
+            strip_len(parsed.addresses.first().expect("no Address in the wg-quick file")).to_string();
         let proxies = parse_targets(&wg_quick);
         let go = WireguardGo::from_wg_quick(&self.lab, &self.tech_ns, &wg_quick, &keys.private);
         TechTunnel { go, keys, wg_quick, address, proxies }
@@ -738,20 +760,39 @@ impl GatewayLab {
             last = self.gateway_view(gateway_id);
             last["last_seen"]["online"] == true && last["last_seen"]["switch_on"] == switch_on
         });
-        assert!(reached, "the cloud does not show the gateway online with switch {switch_on}: {last}\n{}", self.gateway_log());
+        assert!(
+            reached,
+            "the cloud does not show the gateway online with switch {switch_on}: {last}\n{}",
+            self.gateway_log()
+        );
     }
 }
 
 impl Drop for GatewayLab {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
-        for (name, process) in
-            [("ferry-gateway", &mut self.gateway), ("ferry-relay", &mut self.relay), ("ferry-cloud", &mut self.cloud)]
-        {
+        for (name, process) in [
+            ("ferry-gateway", &mut self.gateway),
+            ("ferry-relay", &mut self.relay),
+            ("ferry-cloud", &mut self.cloud),
+        ] {
             if let Some(process) = process {
                 if panicking {
-                    let tail = |s: String| s.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                    eprintln!("--- {name} stdout ---\n{}\n--- {name} stderr (tail) ---\n{}", tail(process.stdout()), tail(process.stderr()));
+                    let tail = |s: String| {
+                        s.lines()
+                            .rev()
+                            .take(60)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    };
+                    eprintln!(
+                        "--- {name} stdout ---\n{}\n--- {name} stderr (tail) ---\n{}",
+                        tail(process.stdout()),
+                        tail(process.stderr())
+                    );
                 }
                 process.kill();
             }
@@ -809,7 +850,8 @@ fn raw_call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, bod
     if let Some(token) = token {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
-    let request = request.header("Content-Type", "application/json").body(body.to_string().into_bytes()).unwrap();
+    let request =
+        request.header("Content-Type", "application/json").body(body.to_string().into_bytes()).unwrap();
     let mut response = agent.run(request).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_string().unwrap_or_default())
@@ -904,7 +946,10 @@ impl Server {
         handle: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
     ) -> Server {
         let addr = SocketAddr::new(ip.parse().unwrap(), port);
-        let listener = ns.run_in(move || TcpListener::bind(addr)).unwrap().unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let listener = ns
+            .run_in(move || TcpListener::bind(addr))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
@@ -919,7 +964,9 @@ impl Server {
                         let handle = handle.clone();
                         std::thread::spawn(move || handle(stream));
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -960,7 +1007,8 @@ pub fn tcp_exchange(
     let payload = payload.to_vec();
     ns.run_in(move || {
         let deadline = Instant::now() + timeout;
-        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
         stream.write_all(&payload).map_err(|e| format!("send to {addr}: {e}"))?;
         let mut answer = Vec::new();
         let mut buffer = [0u8; 4096];
@@ -970,7 +1018,10 @@ pub fn tcp_exchange(
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("no complete answer from {addr} within {timeout:?} (got {} bytes)", answer.len()));
+                return Err(format!(
+                    "no complete answer from {addr} within {timeout:?} (got {} bytes)",
+                    answer.len()
+                ));
             }
             stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
             match stream.read(&mut buffer) {
@@ -987,7 +1038,10 @@ pub fn tcp_exchange(
 fn curl_available() -> bool {
     static CURL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CURL.get_or_init(|| {
-        std::process::Command::new("sh").args(["-c", "command -v curl"]).output().is_ok_and(|o| o.status.success())
+        std::process::Command::new("sh")
+            .args(["-c", "command -v curl"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     })
 }
 
@@ -1010,7 +1064,9 @@ pub fn http_get(ns: &Netns, ip: &str, port: u16, timeout: Duration) -> Result<St
     let answer = tcp_exchange(ns, ip, port, request.as_bytes(), None, timeout)?;
     let text = String::from_utf8_lossy(&answer).into_owned();
     match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200") => {
+        Some((head, body))
+            if head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200") =>
+        {
             Ok(body.to_string())
         }
         _ => Err(format!("not an HTTP 200 answer: {text:?}")),
@@ -1059,7 +1115,12 @@ pub fn assert_lan_cannot_reach(from: &Netns, ip: &str, port: u16, listener: &Ser
     let before = listener.accepted();
     let result = tcp_exchange(from, ip, port, b"from the machine network\n", Some(1), timeout);
     assert!(result.is_err(), "{} reached {ip}:{port}: {result:?}", from.name());
-    assert_eq!(listener.accepted(), before, "the listener on {ip}:{port} accepted a connection from {}", from.name());
+    assert_eq!(
+        listener.accepted(),
+        before,
+        "the listener on {ip}:{port} accepted a connection from {}",
+        from.name()
+    );
     let ping = from.output("ping", &["-c", "2", "-i", "0.3", "-W", "1", ip]).unwrap();
     assert!(!ping.status.success(), "{} pings {ip}: {}", from.name(), String::from_utf8_lossy(&ping.stdout));
 }

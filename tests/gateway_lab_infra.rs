@@ -68,7 +68,13 @@ fn topology_nat_machine_network_and_the_technicians_own_lan() {
     // A cone NAT lets UDP out (the control for the tcp443-only test).
     assert!(udp_reaches(&lab.gw_ns, &lab.relay_ns, RELAY_IP, 40050));
     // Nothing on the internet reaches into the site.
-    assert_no_answer(&lab.tech_ns, GW_UPLINK_IP, 22, Duration::from_secs(2), "the customer network from outside");
+    assert_no_answer(
+        &lab.tech_ns,
+        GW_UPLINK_IP,
+        22,
+        Duration::from_secs(2),
+        "the customer network from outside",
+    );
     assert_no_answer(&lab.tech_ns, SITE_WAN_IP, 8080, Duration::from_secs(2), "the site's public address");
 
     // The machine network: both devices answer a helper device on the LAN,
@@ -83,7 +89,13 @@ fn topology_nat_machine_network_and_the_technicians_own_lan() {
     assert!(features.contains("tx-checksumming: off"), "{features}");
     // The machine network does not reach the internet by itself: the
     // gateway namespace does not forward.
-    assert_no_answer(&lab.target_a, CLOUD_IP, 7600, Duration::from_secs(2), "the cloud from the machine network");
+    assert_no_answer(
+        &lab.target_a,
+        CLOUD_IP,
+        7600,
+        Duration::from_secs(2),
+        "the cloud from the machine network",
+    );
 
     // The technician's own LAN is 192.168.50.0/24 too, with its own device at .10.
     let route = lab.tech_ns.ip(&["route", "get", HOME_DEVICE_IP]).unwrap();
@@ -238,14 +250,21 @@ fn a_technician_tunnel_from_a_wg_quick_file() {
     assert_eq!(tunnel.proxy("plc-web"), "100.96.0.100");
     assert_eq!(tunnel.proxy("echo"), "100.96.0.101");
 
-    let page = eventually(Duration::from_secs(15), || http_get(&lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, T));
+    let page =
+        eventually(Duration::from_secs(15), || http_get(&lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, T));
     assert_eq!(page.unwrap(), PLC_PAGE);
     echo_round_trip(&lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, T).unwrap();
     // Split tunnel: the home LAN stays the technician's own.
     assert_eq!(http_get(&lab.tech_ns, HOME_DEVICE_IP, HTTP_PORT, T).unwrap(), HOME_PAGE);
     assert!(lab.tech_ns.ip(&["route", "get", HOME_DEVICE_IP]).unwrap().contains(&lab.tech_lan_if));
     assert!(lab.tech_ns.ip(&["route", "get", "100.96.0.100"]).unwrap().contains(&tunnel.go.ifname));
-    assert_no_answer(&lab.tech_ns, tunnel.proxy("plc-web"), OTHER_HTTP_PORT, Duration::from_secs(2), "no service");
+    assert_no_answer(
+        &lab.tech_ns,
+        tunnel.proxy("plc-web"),
+        OTHER_HTTP_PORT,
+        Duration::from_secs(2),
+        "no service",
+    );
 
     // The machine network has no way toward the technician's tunnel address.
     let listener = Server::counter(&lab.tech_ns, &tunnel.address, 9000);

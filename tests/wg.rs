@@ -169,8 +169,9 @@ impl WgQuick {
     pub fn setconf(&self, private_key: &str) -> String {
         let mut text = String::new();
         for line in &self.lines {
-            let is_key = line.split_once('=').is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("privatekey"))
-                && !line.trim_start().starts_with('#');
+            let is_key =
+                line.split_once('=').is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("privatekey"))
+                    && !line.trim_start().starts_with('#');
             if is_key {
                 text += &format!("PrivateKey = {private_key}\n");
             } else {
