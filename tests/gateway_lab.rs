@@ -1125,6 +1125,25 @@ pub fn assert_lan_cannot_reach(from: &Netns, ip: &str, port: u16, listener: &Ser
     assert!(!ping.status.success(), "{} pings {ip}: {}", from.name(), String::from_utf8_lossy(&ping.stdout));
 }
 
+/// Both whitelisted services answer through the tunnel, the rest does not,
+/// and the technician's own LAN stays theirs.
+pub fn assert_whitelist(lab: &GatewayLab, tunnel: &TechTunnel) {
+    let tech = &lab.tech_ns;
+    let (web, echo) = (tunnel.proxy("plc-web"), tunnel.proxy("echo"));
+    assert_ne!(web, TARGET_A_IP, "a proxy address, not the machine's own");
+    assert_eq!(http_get(tech, web, HTTP_PORT, Duration::from_secs(5)).unwrap(), PLC_PAGE);
+    eventually(Duration::from_secs(5), || echo_round_trip(tech, echo, ECHO_PORT, Duration::from_secs(5)))
+        .unwrap();
+    // Same target, another port with a listener behind it.
+    assert_no_answer(tech, web, OTHER_HTTP_PORT, Duration::from_secs(3), "plc-web's port 8081");
+    // The other target's port that no session whitelists.
+    assert_no_answer(tech, echo, OTHER_ECHO_PORT, Duration::from_secs(3), "echo's port 7001");
+    // Overlap: 192.168.50.10 is still the technician's own home device.
+    assert_eq!(http_get(tech, HOME_DEVICE_IP, HTTP_PORT, Duration::from_secs(5)).unwrap(), HOME_PAGE);
+    let route = tech.ip(&["route", "get", HOME_DEVICE_IP]).unwrap();
+    assert!(route.contains(&lab.tech_lan_if), "{route}");
+}
+
 /// A running echo loop over one TCP connection: a message every 50 ms, each
 /// answer's arrival time recorded. For "traffic stops within N": look at
 /// [`EchoLoop::answers_after`].

@@ -17,6 +17,7 @@ use ferry_cloud::{
 use ferry_lab::Netns;
 use ferry_tests::{
     gateway_lab::*,
+    stand_in_gateway::StandInGateway,
     wg::{Keys, PeerSpec, WireguardGo},
 };
 use serde_json::{Value, json};
@@ -279,4 +280,49 @@ fn a_technician_tunnel_from_a_wg_quick_file() {
     let cut = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(echo.answers_after(cut + Duration::from_millis(200)), 0, "answers after the cut");
+}
+
+/// The whole path of a session without the daemon: a stand-in gateway (real
+/// enrolment and control channel, stock wireguard-go and nftables DNAT
+/// behind the customer's NAT) lets the cloud start sessions, issue the
+/// technician's wg-quick file with the relay's allocation, and the relay
+/// carry the tunnel. The e2e tests' helpers and assertions run against it.
+#[test]
+fn a_session_through_the_relay_to_a_stand_in_gateway() {
+    let mut lab = GatewayLab::new(Options::default());
+    lab.start_cloud_and_login();
+    lab.start_relay();
+    let gateway = lab.create_gateway("press line 3");
+    let mut stand_in = StandInGateway::enrol_and_connect(&lab, &gateway.enrolment_token, false);
+    lab.wait_gateway_at_cloud(gateway.id, false);
+    let mut tech = lab.create_technician("tech1");
+    let session = lab.create_session(gateway.id, &["plc-web", "echo"], &[tech.id], 600, false);
+    let (status, problem) = lab.start_session(&mut tech, session);
+    assert_eq!((status, problem_type(&problem)), (409, "switch-off"), "{problem}");
+
+    stand_in.switch(true);
+    lab.wait_gateway_at_cloud(gateway.id, true);
+    let (status, started) = lab.start_session(&mut tech, session);
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["state"], "active");
+    let tunnel = lab.technician_tunnel(&mut tech, session);
+    let endpoint = tunnel.wg_quick.lines().find_map(|l| l.strip_prefix("Endpoint = ")).unwrap_or_default();
+    assert!(endpoint.starts_with(&format!("{RELAY_IP}:")), "not through the relay:\n{}", tunnel.wg_quick);
+    let state = stand_in.wait_for_peer(&tunnel.keys.public, Duration::from_secs(15));
+    let _data_path = stand_in.data_path(&lab, &state);
+
+    let page =
+        eventually(Duration::from_secs(30), || http_get(&lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, T));
+    assert_eq!(page.as_deref(), Ok(PLC_PAGE), "{}", tunnel.go.show("dump"));
+    assert_whitelist(&lab, &tunnel);
+    let listener = Server::counter(&lab.tech_ns, &tunnel.address, 9000);
+    assert_lan_cannot_reach(&lab.target_a, &tunnel.address, 9000, &listener, Duration::from_secs(2));
+
+    // The customer's switch-off ends the session at the cloud.
+    stand_in.switch(false);
+    let ended = lab.wait_session_state(session, "ended", Duration::from_secs(10));
+    assert_eq!(ended["end_reason"]["by"], "customer", "{ended}");
+    let switches = lab.audit(&format!("action=gateway.switch&gateway={}", gateway.id));
+    let details: Vec<&str> = switches.iter().filter_map(|e| e["detail"].as_str()).collect();
+    assert!(details.ends_with(&["on", "off"]), "{details:?}");
 }

@@ -4,6 +4,7 @@ pub mod cloud;
 pub mod gateway_lab;
 pub mod pcap;
 pub mod relay_lab;
+pub mod stand_in_gateway;
 pub mod wg;
 
 use std::{path::PathBuf, process::Command};
