@@ -31,15 +31,35 @@
 //! ```
 //!
 //! Everything uses documentation ranges on the internet side and RFC 1918
-//! inside the sites; nothing leaves the lab's namespaces. All veth ends have
-//! TX checksum offload off, so every frame carries a full checksum as on a
-//! wire (the gateway's XDP program updates checksums incrementally), and the
+//! inside the sites; nothing leaves the lab's namespaces. The veth ends of
+//! every host, device, switch port and the customer router have TX checksum
+//! offload off, so every frame carries a full checksum as on a wire (the gateway's XDP program updates checksums incrementally), and the
 //! ends facing the gateway run an XDP pass program, so that XDP_TX and
 //! XDP_REDIRECT out of the gateway's interfaces are delivered.
 //!
 //! The admin drives the cloud's HTTP API from the office namespace, the
 //! technician from the technician namespace (Netns::run_in: the test's own
 //! sockets are made inside those namespaces).
+//!
+//! Using it (see `gateway_lab_infra.rs` and `gateway_e2e.rs`):
+//! ```text
+//! let mut lab = GatewayLab::new(Options { tcp443_only: false, relay_xdp: "off" });
+//! lab.start_cloud_and_login();             // one-time password -> ADMIN_PASSWORD
+//! lab.start_relay();                       // registered, online at the cloud
+//! let gw = lab.create_gateway("press");    // targets plc-web and echo, enrolment token
+//! lab.enroll(&gw.enrolment_token);         // ferry-gateway --config F enroll ...
+//! lab.start_gateway();                     // ferry-gateway --config F run, "ferry-gateway ready"
+//! lab.remote("on");
+//! let mut tech = lab.create_technician("tech1");
+//! let id = lab.create_session(gw.id, &["plc-web", "echo"], &[tech.id], 600, false);
+//! lab.start_session(&mut tech, id);
+//! let tunnel = lab.technician_tunnel(&mut tech, id);   // wg-quick -> wireguard-go
+//! http_get(&lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, timeout);
+//! ```
+//! Run as root after `cargo build --bins`:
+//! `cargo test -p ferry-tests --test gateway_lab_infra` (passes without the
+//! daemon, with a stand-in gateway for the session path) and
+//! `cargo test -p ferry-tests --test gateway_e2e -- --ignored` (the daemon).
 
 use std::{
     collections::BTreeMap,
