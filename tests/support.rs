@@ -1,8 +1,10 @@
 //! Helpers shared by the end-to-end tests.
 
 pub mod cloud;
+pub mod gateway_lab;
 pub mod pcap;
 pub mod relay_lab;
+pub mod stand_in_gateway;
 pub mod wg;
 
 use std::{path::PathBuf, process::Command};

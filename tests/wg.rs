@@ -67,6 +67,34 @@ impl WireguardGo {
         go
     }
 
+    /// Brings up wireguard-go in `ns` from a `wg-quick` file as the cloud
+    /// issues it: the private key goes in place of the placeholder line, the
+    /// wg-quick-only keys (Address, DNS, MTU, Table, Pre/PostUp/Down, SaveConfig)
+    /// are stripped for `wg setconf`, and then the tunnel address is added and
+    /// a route to each AllowedIPs entry points into the tunnel, as wg-quick
+    /// would do. Only the AllowedIPs go into the tunnel (split tunnelling):
+    /// the namespace's own routes stay as they are.
+    pub fn from_wg_quick(lab: &Lab, ns: &Netns, wg_quick: &str, private_key: &str) -> WireguardGo {
+        let parsed = WgQuick::parse(wg_quick);
+        let ifname = lab.ifname("wg");
+        let mut cmd = ns.command("wireguard-go");
+        cmd.args(["-f", &ifname]).env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+        let process = ns.spawn(cmd).unwrap();
+        let socket = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
+        wait_for(|| socket.exists(), "the wireguard-go control socket");
+        let conf = lab.dir().join(format!("{ifname}.conf"));
+        fs::write(&conf, parsed.setconf(private_key)).unwrap();
+        ns.exec("wg", &["setconf", &ifname, conf.to_str().unwrap()]).unwrap();
+        for address in &parsed.addresses {
+            ns.ip(&["addr", "add", address, "dev", &ifname]).unwrap();
+        }
+        ns.ip(&["link", "set", &ifname, "up"]).unwrap();
+        for allowed in &parsed.allowed_ips {
+            ns.ip(&["route", "replace", allowed, "dev", &ifname]).unwrap();
+        }
+        WireguardGo { ifname, ns: ns.clone(), _process: process }
+    }
+
     pub fn set_peer(&self, lab: &Lab, peer: &PeerSpec<'_>) {
         let mut args = vec!["set".to_string(), self.ifname.clone(), "peer".into(), peer.public.into()];
         args.extend(["allowed-ips".into(), peer.allowed_ips.into()]);
@@ -89,6 +117,69 @@ impl WireguardGo {
     /// `wg show <if> <what>` lines.
     pub fn show(&self, what: &str) -> String {
         self.ns.exec("wg", &["show", &self.ifname, what]).unwrap()
+    }
+}
+
+/// The parts of a `wg-quick` file that `wg setconf` does not take.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WgQuick {
+    /// The file without the wg-quick-only keys.
+    pub lines: Vec<String>,
+    /// `Address` entries (CIDR).
+    pub addresses: Vec<String>,
+    /// Every peer's `AllowedIPs` entries (CIDR).
+    pub allowed_ips: Vec<String>,
+    pub endpoint: Option<String>,
+}
+
+impl WgQuick {
+    const WG_QUICK_ONLY: [&'static str; 9] =
+        ["address", "dns", "mtu", "table", "preup", "postup", "predown", "postdown", "saveconfig"];
+
+    pub fn parse(text: &str) -> WgQuick {
+        let mut out = WgQuick::default();
+        let list = |value: &str| -> Vec<String> {
+            value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_string).collect()
+        };
+        for line in text.lines() {
+            let key_value = line.split_once('=').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim()));
+            match key_value {
+                Some((key, value)) if !line.trim_start().starts_with('#') => {
+                    if key == "address" {
+                        out.addresses.extend(list(value));
+                    }
+                    if key == "allowedips" {
+                        out.allowed_ips.extend(list(value));
+                    }
+                    if key == "endpoint" {
+                        out.endpoint = Some(value.to_string());
+                    }
+                    if !Self::WG_QUICK_ONLY.contains(&key.as_str()) {
+                        out.lines.push(line.to_string());
+                    }
+                }
+                _ => out.lines.push(line.to_string()),
+            }
+        }
+        out
+    }
+
+    /// The `wg setconf` file with `private_key` in place of whatever the
+    /// `PrivateKey` line held (the cloud's placeholder).
+    pub fn setconf(&self, private_key: &str) -> String {
+        let mut text = String::new();
+        for line in &self.lines {
+            let is_key =
+                line.split_once('=').is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("privatekey"))
+                    && !line.trim_start().starts_with('#');
+            if is_key {
+                text += &format!("PrivateKey = {private_key}\n");
+            } else {
+                text += line;
+                text.push('\n');
+            }
+        }
+        text
     }
 }
 

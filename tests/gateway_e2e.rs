@@ -1,0 +1,303 @@
+//! The gateway daemon end to end, one test per property, in the gateway lab
+//! (see `gateway_lab.rs` for the topology): the real cloud, a real relay, the
+//! real `ferry-gateway` behind a NAT, and a technician with Debian's
+//! wireguard-go configured from the cloud's wg-quick file.
+//!
+//! What the daemon must do for these tests (its CLI contract):
+//! - `ferry-gateway --config F enroll --cloud URL --token T` exits 0 once
+//!   enrolled;
+//! - `ferry-gateway --config F --log debug run` prints `ferry-gateway ready`
+//!   when it is up (also while the cloud is unreachable) and exits 0 on
+//!   SIGTERM;
+//! - `remote on|off|status` exit 0; `status` prints the word `on` or `off`
+//!   (exactly one of them, any case, any surrounding text); `remote off` has
+//!   stopped the traffic when it returns (or within the 1 s bound below);
+//! - `approve <session id>` / `deny <session id>` exit 0;
+//! - `sessions --json` prints JSON that mentions each session it knows by id.
+//!
+//! Waits are bounded waits for behaviour, never speed measurements.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::gateway_lab::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(5);
+/// A first handshake through the relay, or a reconnect after a restart.
+const SETTLE: Duration = Duration::from_secs(30);
+
+struct Site {
+    lab: GatewayLab,
+    gateway: GatewayRecord,
+    tech: User,
+}
+
+/// Cloud with the admin logged in, a relay registered, the gateway created,
+/// enrolled and running, and a technician: the customer has not switched
+/// remote maintenance on.
+fn site(options: Options) -> Site {
+    let mut lab = GatewayLab::new(options);
+    lab.start_cloud_and_login();
+    lab.start_relay();
+    let gateway = lab.create_gateway("press line 3");
+    lab.enroll(&gateway.enrolment_token);
+    lab.start_gateway();
+    lab.wait_gateway_at_cloud(gateway.id, false);
+    let tech = lab.create_technician("tech1");
+    Site { lab, gateway, tech }
+}
+
+impl Site {
+    fn switch_on(&self) {
+        self.lab.remote("on");
+        assert!(self.lab.switch_status(), "`remote status` after `remote on`");
+        self.lab.wait_gateway_at_cloud(self.gateway.id, true);
+    }
+
+    /// Prepares a session released to the technician and starts it as the
+    /// technician; returns its id and the start's answer.
+    fn start(&mut self, targets: &[&str], max_duration_s: u64, approval: bool) -> (u64, Value) {
+        let id = self.lab.create_session(self.gateway.id, targets, &[self.tech.id], max_duration_s, approval);
+        let (status, session) = self.lab.start_session(&mut self.tech, id);
+        assert_eq!(status, 200, "starting session {id}: {session}");
+        (id, session)
+    }
+
+    /// A running session with the technician's tunnel up and the plc-web
+    /// page reachable through it.
+    fn running(&mut self, targets: &[&str], max_duration_s: u64) -> (u64, TechTunnel) {
+        let (id, session) = self.start(targets, max_duration_s, false);
+        assert_eq!(session["state"], "active", "{session}");
+        let tunnel = self.lab.technician_tunnel(&mut self.tech, id);
+        let first = targets[0];
+        let port = if first == "echo" { ECHO_PORT } else { HTTP_PORT };
+        let reached = eventually(SETTLE, || match first {
+            "echo" => echo_round_trip(&self.lab.tech_ns, tunnel.proxy(first), port, T),
+            _ => http_get(&self.lab.tech_ns, tunnel.proxy(first), port, T).map(drop),
+        });
+        assert!(
+            reached.is_ok(),
+            "{first} not reachable through the tunnel: {reached:?}\n{}\n{}",
+            tunnel.wg_quick,
+            tunnel.go.show("dump")
+        );
+        (id, tunnel)
+    }
+
+    /// Waits until `sessions --json` mentions the session.
+    fn gateway_knows(&self, id: u64) {
+        let mut last = Value::Null;
+        let known = poll(Duration::from_secs(15), || {
+            last = self.lab.gateway_sessions();
+            mentions_id(&last, id)
+        });
+        assert!(known, "`sessions --json` does not show session {id}: {last}");
+    }
+}
+
+/// Whether a JSON value holds `id` as a number or string anywhere.
+fn mentions_id(value: &Value, id: u64) -> bool {
+    match value {
+        Value::Number(n) => n.as_u64() == Some(id),
+        Value::String(s) => s == &id.to_string(),
+        Value::Array(items) => items.iter().any(|v| mentions_id(v, id)),
+        Value::Object(map) => map.values().any(|v| mentions_id(v, id)),
+        _ => false,
+    }
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn the_switch_is_off_by_default() {
+    let mut site = site(Options::default());
+    assert!(!site.lab.switch_status(), "a freshly enrolled gateway has remote maintenance on");
+    let view = site.lab.gateway_view(site.gateway.id);
+    assert_eq!(view["last_seen"]["switch_on"], false, "{view}");
+    let id = site.lab.create_session(site.gateway.id, &["plc-web"], &[site.tech.id], 600, false);
+    let (status, problem) = site.lab.start_session(&mut site.tech, id);
+    assert_eq!((status, problem_type(&problem)), (409, "switch-off"), "{problem}");
+    assert_eq!(site.lab.session_state(id).0, "prepared");
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn only_whitelisted_ports_are_reachable_through_proxy_addresses() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let (_, tunnel) = site.running(&["plc-web", "echo"], 600);
+    assert_whitelist(&site.lab, &tunnel);
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn the_machine_network_cannot_reach_into_the_tunnel() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let (_, tunnel) = site.running(&["plc-web", "echo"], 600);
+    let listener = Server::counter(&site.lab.tech_ns, &tunnel.address, 9000);
+    assert_lan_cannot_reach(&site.lab.target_a, &tunnel.address, 9000, &listener, Duration::from_secs(3));
+    assert_lan_cannot_reach(&site.lab.target_b, &tunnel.address, 9000, &listener, Duration::from_secs(3));
+    // The tunnel itself still works the other way round.
+    assert_eq!(http_get(&site.lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, T).unwrap(), PLC_PAGE);
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn remote_off_stops_traffic_at_once_and_ends_the_session() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let (id, tunnel) = site.running(&["echo", "plc-web"], 600);
+    let echo = EchoLoop::start(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, T).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = Instant::now() - Duration::from_millis(400);
+    assert!(echo.answers_after(before) > 0, "the echo loop was not answered before the switch-off");
+
+    site.lab.remote("off");
+    let off = Instant::now();
+    // The issue's requirement: switching off stops traffic within 1 s. A
+    // behavioural bound (the customer's switch must act at once), measured
+    // from the moment `remote off` returned, not a speed test.
+    std::thread::sleep(Duration::from_millis(2500));
+    let late = echo.answers_after(off + Duration::from_secs(1));
+    assert_eq!(late, 0, "{late} echo answers arrived more than 1 s after `remote off`");
+    drop(echo);
+
+    let session = site.lab.wait_session_state(id, "ended", Duration::from_secs(15));
+    assert_eq!(session["end_reason"]["by"], "customer", "{session}");
+    assert!(!site.lab.switch_status());
+    assert_no_answer(
+        &site.lab.tech_ns,
+        tunnel.proxy("plc-web"),
+        HTTP_PORT,
+        Duration::from_secs(3),
+        "after off",
+    );
+    // Only the customer can switch on again: a new start is refused.
+    let (status, problem) = site.lab.start_session(&mut site.tech, id);
+    assert_eq!((status, problem_type(&problem)), (409, "switch-off"), "{problem}");
+    let switches = site.lab.audit(&format!("action=gateway.switch&gateway={}", site.gateway.id));
+    assert_eq!(switches.last().map(|e| e["detail"].clone()), Some("off".into()), "{switches:?}");
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn approval_required_sessions_wait_for_the_customer() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let (id, session) = site.start(&["plc-web", "echo"], 600, true);
+    assert_eq!(session["state"], "waiting_for_approval", "{session}");
+    site.gateway_knows(id);
+    // No traffic before the approval: the cloud issues no configuration.
+    let keys = ferry_tests::wg::Keys::generate(&site.lab.tech_ns);
+    let (status, problem) = site.lab.request_wg_quick(&mut site.tech, id, &keys.public);
+    assert_eq!((status, problem_type(&problem)), (409, "session-not-active"), "{problem}");
+
+    site.lab.gateway_ok(&["approve", &id.to_string()]);
+    site.lab.wait_session_state(id, "active", Duration::from_secs(15));
+    let tunnel = site.lab.technician_tunnel(&mut site.tech, id);
+    let page = eventually(SETTLE, || http_get(&site.lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, T));
+    assert_eq!(page.unwrap(), PLC_PAGE);
+    assert_whitelist(&site.lab, &tunnel);
+
+    // A second session: the customer denies it.
+    let (denied, session) = site.start(&["echo"], 600, true);
+    assert_eq!(session["state"], "waiting_for_approval", "{session}");
+    site.gateway_knows(denied);
+    site.lab.gateway_ok(&["deny", &denied.to_string()]);
+    let session = site.lab.wait_session_state(denied, "ended", Duration::from_secs(15));
+    assert_eq!(session["end_reason"]["by"], "denied", "{session}");
+    let actor = format!("gateway:{}", site.gateway.id);
+    let approvals = site.lab.audit("action=session.approve");
+    assert!(approvals.iter().any(|e| e["actor"] == actor.as_str() && e["allowed"] == true), "{approvals:?}");
+    let denials = site.lab.audit("action=session.deny");
+    assert!(denials.iter().any(|e| e["actor"] == actor.as_str()), "{denials:?}");
+    // The approved one runs on.
+    assert_eq!(site.lab.session_state(id).0, "active");
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn a_session_expires_at_the_gateway_while_the_cloud_is_down() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    // The cloud's shortest session: 60 s.
+    let (id, tunnel) = site.running(&["plc-web"], 60);
+    let expires_ms = site.lab.session(id)["expires_ms"].as_u64().unwrap();
+    site.lab.kill_cloud();
+    let web = tunnel.proxy("plc-web").to_string();
+    let tech = site.lab.tech_ns.clone();
+    let get = || http_get(&tech, &web, HTTP_PORT, Duration::from_secs(2));
+    eventually(T, get).expect("traffic stopped when the cloud went away");
+    // Still working shortly before the end.
+    let until = |ms: u64| Duration::from_millis(ms.saturating_sub(unix_ms()));
+    std::thread::sleep(until(expires_ms.saturating_sub(8_000)));
+    eventually(T, get).expect("traffic stopped before the session's end");
+    // Then it stops: a bounded wait of 5 s past the expiry for the
+    // gateway's timer to act (behaviour, not speed).
+    std::thread::sleep(until(expires_ms));
+    let stopped = poll(Duration::from_secs(5), || get().is_err());
+    assert!(stopped, "traffic still flows 5 s after the session expired\n{}", site.lab.gateway_log());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(get().is_err(), "traffic came back after the expiry");
+    }
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn a_restarted_gateway_restores_its_state_and_loses_no_audit_event() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let (id, tunnel) = site.running(&["plc-web", "echo"], 600);
+
+    // A crash: the switch stays on and the session forwards again.
+    site.lab.kill_gateway();
+    site.lab.start_gateway();
+    assert!(site.lab.switch_status(), "the switch is off after a restart");
+    let page = eventually(SETTLE, || http_get(&site.lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, T));
+    assert_eq!(page.unwrap(), PLC_PAGE, "no traffic after the restart");
+    eventually(T, || echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, T)).unwrap();
+    site.lab.wait_gateway_at_cloud(site.gateway.id, true);
+    assert_eq!(site.lab.session_state(id).0, "active");
+
+    // Events made while the cloud is down, kept across another crash.
+    let filter = format!("action=gateway.switch&gateway={}", site.gateway.id);
+    let before = site.lab.audit(&filter).len();
+    site.lab.kill_cloud();
+    site.lab.remote("off");
+    site.lab.remote("on");
+    site.lab.kill_gateway();
+    site.lab.start_gateway();
+    assert!(site.lab.switch_status());
+    assert!(site.lab.start_cloud().is_none(), "the cloud started afresh");
+    let mut switches = Vec::new();
+    let delivered = poll(Duration::from_secs(30), || {
+        switches = site.lab.audit(&filter);
+        switches.len() >= before + 2
+    });
+    assert!(
+        delivered,
+        "the switch events from the outage did not arrive: {switches:?}\n{}",
+        site.lab.gateway_log()
+    );
+    let details: Vec<&str> = switches[before..].iter().filter_map(|e| e["detail"].as_str()).collect();
+    let off = details.iter().position(|d| *d == "off");
+    let on_after = off.and_then(|i| details[i..].iter().position(|d| *d == "on"));
+    assert!(on_after.is_some(), "not off then on after the outage: {details:?}");
+    // The switch-off ended the session, as the customer's act.
+    let session = site.lab.wait_session_state(id, "ended", Duration::from_secs(15));
+    assert_eq!(session["end_reason"]["by"], "customer", "{session}");
+    site.lab.wait_gateway_at_cloud(site.gateway.id, true);
+}
+
+#[test]
+#[ignore = "needs the ferry-gateway daemon"]
+fn a_tcp443_only_site_works_over_the_websocket_relay() {
+    let mut site = site(Options { tcp443_only: true, ..Options::default() });
+    site.switch_on();
+    let (_, tunnel) = site.running(&["plc-web", "echo"], 600);
+    assert_whitelist(&site.lab, &tunnel);
+    // The site lets no UDP out, so this went over TCP 443 to the relay.
+    let ws = site.lab.gw_ns.exec("ss", &["-Htn", "state", "established", "dst", RELAY_WS]).unwrap();
+    assert!(!ws.trim().is_empty(), "no TCP connection from the gateway to the relay's WebSocket listener");
+}
