@@ -3,6 +3,11 @@
 
 mod config;
 mod guard;
+// The `run` daemon uses most of these; the commands use the rest.
+#[allow(dead_code)]
+mod local;
+#[allow(dead_code)]
+mod state;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
