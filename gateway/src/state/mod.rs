@@ -55,6 +55,8 @@ pub enum StoreError {
         "the gateway state in {path} is in use by another process (is the ferry-gateway daemon running?)"
     )]
     Locked { path: PathBuf },
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
     #[error("gateway state database: {0}")]
     Db(#[from] sled::Error),
     #[error("corrupt gateway state ({what}): {detail}")]
@@ -118,9 +120,30 @@ pub struct RelayInfo {
     pub websocket_url: String,
 }
 
+/// A copy of the enrolment and relays that other processes may read while
+/// the daemon holds the database's lock (`diagnose` does).
+pub const PUBLIC_FILE: &str = "public.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicState {
+    pub enrollment: Option<Enrollment>,
+    pub relays: Vec<RelayInfo>,
+}
+
+/// Reads [`PUBLIC_FILE`] without opening the database; empty when missing.
+pub fn read_public(data_dir: &Path) -> Result<PublicState, StoreError> {
+    match std::fs::read(data_dir.join(PUBLIC_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { what: "public.json", detail: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PublicState::default()),
+        Err(e) => Err(StoreError::File { path: data_dir.join(PUBLIC_FILE), source: e }),
+    }
+}
+
 /// The gateway's durable state. Cheap to clone: every clone shares one database.
 #[derive(Clone)]
 pub struct Store {
+    dir: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
     events: sled::Tree,
@@ -151,7 +174,7 @@ impl Store {
         let meta = db.open_tree(META)?;
         let events = db.open_tree(EVENTS)?;
         let decisions = db.open_tree(DECISIONS)?;
-        Ok(Store { db, meta, events, decisions })
+        Ok(Store { dir: data_dir.to_path_buf(), db, meta, events, decisions })
     }
 
     /// The customer's switch: `false` when it was never set, so remote
@@ -282,7 +305,8 @@ impl Store {
     }
 
     pub fn set_enrollment(&self, e: &Enrollment) -> Result<(), StoreError> {
-        self.set_json(KEY_ENROLLMENT, e)
+        self.set_json(KEY_ENROLLMENT, e)?;
+        self.write_public()
     }
 
     /// The relay endpoints the daemon used last (for `diagnose`); replaces
@@ -291,7 +315,8 @@ impl Store {
         if self.relays()? == relays {
             return Ok(());
         }
-        self.set_json(KEY_RELAYS, &relays)
+        self.set_json(KEY_RELAYS, &relays)?;
+        self.write_public()
     }
 
     pub fn relays(&self) -> Result<Vec<RelayInfo>, StoreError> {
@@ -302,6 +327,24 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Mirrors the enrolment and relays (nothing secret) to
+    /// [`PUBLIC_FILE`], for `diagnose` while the daemon holds the database.
+    fn write_public(&self) -> Result<(), StoreError> {
+        let public = PublicState { enrollment: self.enrollment()?, relays: self.relays()? };
+        let bytes = serde_json::to_vec_pretty(&public).expect("state values serialize");
+        let path = self.dir.join(PUBLIC_FILE);
+        let temporary = self.dir.join(format!("{PUBLIC_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)
+        };
+        let path = self.dir.join(PUBLIC_FILE);
+        write().map_err(|source| StoreError::File { path, source })
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(
@@ -487,8 +530,9 @@ mod tests {
             store.set_relays(&relays).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.enrollment().unwrap(), Some(enrollment));
+        assert_eq!(store.enrollment().unwrap(), Some(enrollment.clone()));
         assert_eq!(store.relays().unwrap(), relays);
+        assert_eq!(read_public(dir.path()).unwrap(), PublicState { enrollment: Some(enrollment), relays });
     }
 
     #[test]
