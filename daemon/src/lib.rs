@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod notify;
 pub mod paths;
 pub mod signals;
 #[cfg(feature = "tls")]

@@ -1,13 +1,31 @@
 //! The gateway's TOML configuration (`/etc/ferry/gateway.toml` by default).
 //!
 //! ```toml
+//! data_dir = "/var/lib/ferry-gateway"              # default (root)
+//! control_socket = "/run/ferry-gateway/control.sock" # default (root)
+//!
 //! [uplink]
 //! interface = "enp1s0"     # toward the customer network and the internet
 //! wireguard_port = 51820   # the one UDP port the gateway exposes
 //! xdp_mode = "auto"        # auto, native or generic
+//!
+//! [lan]
+//! interface = "enp2s0"     # toward the machine network
+//! address = "192.168.0.2"  # the gateway's own address there (default: the interface's)
+//!
+//! [tunnel]
+//! interface = "ferry0"     # the WireGuard TUN device
+//! transport = "auto"       # auto, udp or websocket
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9479" # or "off"
 //! ```
 
-use std::{num::NonZeroU16, path::Path};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    num::NonZeroU16,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use ferry_ebpf::AttachMode;
@@ -18,8 +36,100 @@ pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the state (switch, decisions, event queue, keys) lives.
+    pub data_dir: Option<PathBuf>,
+    /// The local control socket.
+    pub control_socket: Option<PathBuf>,
     #[serde(default)]
     pub uplink: Uplink,
+    #[serde(default)]
+    pub lan: Lan,
+    #[serde(default)]
+    pub tunnel: Tunnel,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+impl Config {
+    /// `data_dir`, or the default (`/var/lib/ferry-gateway` for root).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| ferry_daemon::paths::default_data_dir("gateway"))
+    }
+
+    /// `control_socket`, or the default (`/run/ferry-gateway/control.sock` for root).
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket.clone().unwrap_or_else(crate::local::default_socket_path)
+    }
+}
+
+/// The machine network.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lan {
+    pub interface: Option<String>,
+    /// The gateway's own address in the machine network, which forwarded
+    /// traffic comes from; default: the interface's first IPv4 address.
+    pub address: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    #[serde(default = "default_tunnel_interface")]
+    pub interface: String,
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+impl Default for Tunnel {
+    fn default() -> Tunnel {
+        Tunnel { interface: default_tunnel_interface(), transport: Transport::default() }
+    }
+}
+
+fn default_tunnel_interface() -> String {
+    "ferry0".into()
+}
+
+/// How WireGuard traffic leaves the gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// UDP (direct or through a relay), falling back to the WebSocket relay
+    /// when UDP does not get through.
+    #[default]
+    Auto,
+    Udp,
+    Websocket,
+}
+
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9479);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(default = "default_metrics_listen", deserialize_with = "de_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics { listen: default_metrics_listen() }
+    }
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(DEFAULT_METRICS_LISTEN)
+}
+
+/// An address, or "off" (`None`).
+fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e} (or \"off\")")))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,4 +154,51 @@ pub fn load(explicit: Option<&Path>) -> Result<Config> {
         tracing::debug!(file = %source.display(), "configuration loaded");
     }
     Ok(loaded.config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_every_section_parse() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.tunnel.interface, "ferry0");
+        assert_eq!(config.tunnel.transport, Transport::Auto);
+        assert_eq!(config.metrics.listen, Some(DEFAULT_METRICS_LISTEN));
+        assert!(config.data_dir.is_none() && config.control_socket.is_none());
+
+        let config: Config = toml::from_str(
+            r#"
+            data_dir = "/srv/gw"
+            control_socket = "/srv/gw.sock"
+            [uplink]
+            interface = "wan0"
+            [lan]
+            interface = "lan0"
+            address = "192.168.0.2"
+            [tunnel]
+            interface = "wg9"
+            transport = "websocket"
+            [metrics]
+            listen = "off"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.data_dir(), PathBuf::from("/srv/gw"));
+        assert_eq!(config.control_socket(), PathBuf::from("/srv/gw.sock"));
+        assert_eq!(config.lan.address, Some(Ipv4Addr::new(192, 168, 0, 2)));
+        assert_eq!(config.tunnel.transport, Transport::Websocket);
+        assert_eq!(config.metrics.listen, None);
+
+        assert!(toml::from_str::<Config>("[tunnel]\ntransport = \"tcp\"").is_err());
+        assert!(toml::from_str::<Config>("[metrics]\nlisten = \"nowhere\"").is_err());
+        assert!(toml::from_str::<Config>("surprise = 1").is_err());
+    }
+
+    #[test]
+    fn the_installed_template_parses() {
+        let config: Config = toml::from_str(crate::cmd::install::CONFIG_TEMPLATE).unwrap();
+        assert_eq!(config.tunnel.interface, "ferry0");
+    }
 }

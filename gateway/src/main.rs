@@ -1,8 +1,18 @@
 //! `ferry-gateway`: the edge daemon between a customer's network and a machine
 //! network.
 
+mod cmd;
+// The `run` daemon reads the [lan], [tunnel] and [metrics] sections.
+#[allow(dead_code)]
 mod config;
 mod guard;
+// The `run` daemon uses most of these; the commands use the rest.
+#[allow(dead_code)]
+mod local;
+#[allow(dead_code)]
+mod state;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -12,13 +22,29 @@ use ferry_daemon::CommonArgs;
 ///
 /// It runs on an industrial PC between the customer's network (uplink) and the
 /// machine network, and lets a technician reach whitelisted machines only while
-/// the customer allows it. This build provides the uplink guard and a host
-/// check; the daemon itself follows.
+/// the customer allows it.
+///
+/// The customer's switch: remote maintenance is OFF after installation.
+/// `ferry-gateway remote on` allows technicians to start sessions;
+/// `ferry-gateway remote off` forbids them and ends every running session at
+/// once. Sessions that require approval also wait for
+/// `ferry-gateway approve <SESSION>`. These commands work only on this machine
+/// (a local socket, never the network) and only for root.
 #[derive(Parser, Debug)]
 #[command(name = "ferry-gateway", version, about, long_about)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+
+    /// The state directory (switch, approvals, event queue, keys); default
+    /// from the configuration, else /var/lib/ferry-gateway for root.
+    #[arg(long, global = true, value_name = "DIR", env = "FERRY_GATEWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// The daemon's local control socket; default from the configuration,
+    /// else /run/ferry-gateway/control.sock for root.
+    #[arg(long, global = true, value_name = "PATH", env = "FERRY_GATEWAY_SOCKET")]
+    socket: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -30,12 +56,59 @@ enum Command {
     /// Check that this host can run the gateway's eBPF programs: every program
     /// is loaded through the kernel's verifier. Exits non-zero if one fails.
     Preflight,
+    /// The customer's switch for remote maintenance (OFF after installation).
+    ///
+    /// `on` lets technicians start sessions to the machine network; `off`
+    /// forbids it and ends every session at once. When the daemon is stopped
+    /// the setting is stored and applies when it starts.
+    Remote {
+        #[command(subcommand)]
+        action: cmd::RemoteAction,
+    },
+    /// Approve a session that waits for the customer's approval.
+    Approve {
+        /// The session's number, as `ferry-gateway sessions` shows it.
+        #[arg(value_name = "SESSION")]
+        session: u64,
+    },
+    /// Deny a session that waits for the customer's approval.
+    Deny {
+        #[arg(value_name = "SESSION")]
+        session: u64,
+    },
+    /// The sessions the daemon knows: state, technicians' peers, targets, traffic.
+    Sessions {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A network report to hand to IT: clock, cloud reachability (DNS, TCP,
+    /// TLS pin, health, clock skew) and relays (STUN over UDP, WebSocket TCP).
+    /// Exits non-zero if the cloud is unreachable.
+    Diagnose {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register this gateway with the cloud, once, with an enrolment token.
+    Enroll(cmd::enroll::EnrollArgs),
+    /// Install the systemd unit, this binary (/usr/local/bin) and a
+    /// configuration template (/etc/ferry/gateway.toml, if missing).
+    Install(cmd::install::InstallArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     ferry_daemon::logging::init(cli.common.log.as_deref(), "info", cli.common.log_format);
+    if let Command::Install(args) = cli.command {
+        // Before any configuration exists.
+        return cmd::install::run(args);
+    }
     let config = config::load(cli.common.config.as_deref())?;
+    let paths = cmd::Paths {
+        data_dir: cli.data_dir.clone().unwrap_or_else(|| config.data_dir()),
+        socket: cli.socket.clone().unwrap_or_else(|| config.control_socket()),
+    };
     match cli.command {
         Command::Guard(args) => guard::run(args, &config),
         Command::Preflight => {
@@ -46,5 +119,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Remote { action } => cmd::remote(&paths, action),
+        Command::Approve { session } => cmd::decide(&paths, session, true),
+        Command::Deny { session } => cmd::decide(&paths, session, false),
+        Command::Sessions { json } => cmd::sessions(&paths, json),
+        Command::Diagnose { json } => cmd::diagnose::run(&paths, json),
+        Command::Enroll(args) => cmd::enroll::run(&paths, args),
+        Command::Install(_) => unreachable!("handled above"),
     }
 }

@@ -1,0 +1,159 @@
+//! `ferry-gateway install`: the unit file, the binary and a configuration
+//! template, so that the gateway runs under systemd. Idempotent.
+
+use std::{
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+pub const UNIT: &str = include_str!("../../ferry-gateway.service");
+
+/// Written to `/etc/ferry/gateway.toml` when that file does not exist.
+pub const CONFIG_TEMPLATE: &str = r#"# ferry-gateway configuration. Every setting is optional; commented lines show
+# the defaults. Flags on the command line override this file.
+
+# Where the switch, approvals, event queue and keys live (systemd's StateDirectory).
+# data_dir = "/var/lib/ferry-gateway"
+# The local control socket for `ferry-gateway remote|approve|deny|sessions`.
+# control_socket = "/run/ferry-gateway/control.sock"
+
+[uplink]
+# The interface toward the customer network and the internet.
+# interface = "enp1s0"
+# The one UDP port the gateway receives WireGuard on.
+# wireguard_port = 51820
+# How the XDP guard attaches: auto, native or generic.
+# xdp_mode = "auto"
+
+[lan]
+# The interface toward the machine network.
+# interface = "enp2s0"
+# The gateway's own address in the machine network (default: the interface's).
+# address = "192.168.0.2"
+
+[tunnel]
+# interface = "ferry0"
+# How WireGuard traffic leaves: auto, udp or websocket (for uplinks that only allow TCP 443).
+# transport = "auto"
+
+[metrics]
+# Prometheus metrics; "off" to disable.
+# listen = "127.0.0.1:9479"
+"#;
+
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// Install below this directory instead of `/` (for images and packages).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Do not run `systemctl daemon-reload`.
+    #[arg(long)]
+    pub no_systemctl: bool,
+}
+
+fn under(root: &Path, absolute: &str) -> PathBuf {
+    root.join(absolute.trim_start_matches('/'))
+}
+
+enum Outcome {
+    Written,
+    Unchanged,
+    Kept,
+}
+
+fn write_if_different(path: &Path, contents: &[u8], mode: u32) -> io::Result<Outcome> {
+    if std::fs::read(path).is_ok_and(|existing| existing == contents) {
+        return Ok(Outcome::Unchanged);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temporary = path.with_extension("ferry-tmp");
+    std::fs::write(&temporary, contents)?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&temporary, path)?;
+    Ok(Outcome::Written)
+}
+
+fn report(path: &Path, outcome: Outcome) {
+    let what = match outcome {
+        Outcome::Written => "wrote",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Kept => "kept (exists)",
+    };
+    println!("{what:>14}  {}", path.display());
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+pub fn run(args: InstallArgs) -> Result<()> {
+    let root = &args.root;
+
+    let unit = under(root, "/etc/systemd/system/ferry-gateway.service");
+    report(
+        &unit,
+        write_if_different(&unit, UNIT.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", unit.display()))?,
+    );
+
+    let binary = under(root, "/usr/local/bin/ferry-gateway");
+    let current = std::env::current_exe().context("finding this executable")?;
+    if same_file(&current, &binary) {
+        report(&binary, Outcome::Unchanged);
+    } else {
+        let bytes = std::fs::read(&current).with_context(|| format!("reading {}", current.display()))?;
+        report(
+            &binary,
+            write_if_different(&binary, &bytes, 0o755)
+                .with_context(|| format!("writing {}", binary.display()))?,
+        );
+    }
+
+    let config = under(root, "/etc/ferry/gateway.toml");
+    if config.exists() {
+        report(&config, Outcome::Kept);
+    } else {
+        report(
+            &config,
+            write_if_different(&config, CONFIG_TEMPLATE.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", config.display()))?,
+        );
+    }
+
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    if args.no_systemctl {
+        println!("skipped `systemctl daemon-reload` (--no-systemctl)");
+    } else if !systemd {
+        println!("skipped `systemctl daemon-reload`: systemd is not running here");
+    } else {
+        let status = Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()
+            .context("running systemctl daemon-reload")?;
+        if !status.success() {
+            anyhow::bail!("`systemctl daemon-reload` failed ({status})");
+        }
+        println!("ran `systemctl daemon-reload`");
+    }
+
+    println!(
+        "\nNext steps:\n\
+         1. Edit {} (uplink and LAN interfaces).\n\
+         2. Enrol: ferry-gateway enroll --cloud https://CLOUD:PORT --token TOKEN --pin FINGERPRINT\n\
+         3. Start it: systemctl enable --now ferry-gateway\n\
+         4. Remote maintenance is OFF until you run: ferry-gateway remote on",
+        config.display()
+    );
+    Ok(())
+}

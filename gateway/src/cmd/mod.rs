@@ -1,0 +1,295 @@
+//! The customer's and installer's commands: `remote`, `approve`, `deny`,
+//! `sessions`, `diagnose`, `enroll`, `install`.
+
+pub mod diagnose;
+pub mod enroll;
+pub mod http;
+pub mod install;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    local::{
+        Request, Response, SessionReport,
+        client::{self, ClientError},
+    },
+    state::{Store, StoreError},
+};
+
+/// Where the commands find the daemon's state and socket.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens the Store for a command while the daemon is stopped.
+pub fn open_store(paths: &Paths) -> Result<Store> {
+    match Store::open(&paths.data_dir) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Locked { .. }) => bail!(
+            "the ferry-gateway daemon holds the state in {} but does not answer on {}; \
+             check `systemctl status ferry-gateway` (or pass the daemon's --socket)",
+            paths.data_dir.display(),
+            paths.socket.display()
+        ),
+        Err(e) => {
+            Err(e).with_context(|| format!("opening the gateway state in {}", paths.data_dir.display()))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum RemoteAction {
+    /// Allow remote maintenance: technicians can start sessions (each one
+    /// that needs approval still waits for `ferry-gateway approve`).
+    On,
+    /// Forbid remote maintenance: ends every session at once.
+    Off,
+    /// Show whether remote maintenance is allowed.
+    Status,
+}
+
+fn switch_line(on: bool) -> String {
+    format!("remote maintenance: {}", if on { "ON" } else { "OFF" })
+}
+
+pub fn remote(paths: &Paths, action: RemoteAction) -> Result<()> {
+    let request = match action {
+        RemoteAction::On => Request::Remote { on: true },
+        RemoteAction::Off => Request::Remote { on: false },
+        RemoteAction::Status => Request::Status,
+    };
+    let (on, changed, daemon) = match client::call(&paths.socket, &request) {
+        Ok(Response::Switch { on, changed }) => (on, changed, true),
+        Ok(Response::Error { message }) => bail!("the daemon refused: {message}"),
+        Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(ClientError::NotRunning { .. }) => {
+            // The daemon is stopped, so the database is free: apply it there,
+            // and the daemon starts with it.
+            let store = open_store(paths)?;
+            let (on, changed) = match action {
+                RemoteAction::Status => (store.switch_on(), false),
+                RemoteAction::On | RemoteAction::Off => {
+                    let on = action == RemoteAction::On;
+                    let changed = store.set_switch(on, now_ms())?;
+                    (on, changed)
+                }
+            };
+            (on, changed, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("{}", switch_line(on));
+    if action != RemoteAction::Status {
+        if !changed {
+            println!("(it already was)");
+        }
+        if on {
+            println!(
+                "WARNING: technicians can now start remote maintenance sessions to this machine network.\n\
+                 Sessions that require your approval still wait for `ferry-gateway approve <SESSION>`.\n\
+                 `ferry-gateway remote off` ends every session at once."
+            );
+        } else if daemon && changed {
+            println!("every remote maintenance session has been ended");
+        }
+    }
+    if !daemon {
+        println!(
+            "(the ferry-gateway daemon is not running; the setting is stored in {} and applies when it starts)",
+            paths.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `approve` and `deny`: only the daemon knows which sessions wait.
+pub fn decide(paths: &Paths, session: u64, approve: bool) -> Result<()> {
+    let request = if approve { Request::Approve { session } } else { Request::Deny { session } };
+    match client::call(&paths.socket, &request) {
+        Ok(Response::Done { message }) => {
+            println!("{message}");
+            Ok(())
+        }
+        Ok(Response::Error { message }) => bail!("{message}"),
+        Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(ClientError::NotRunning { path }) => bail!(
+            "the ferry-gateway daemon is not running (no control socket at {}): only the running daemon \
+             knows which sessions wait for approval; start it with `systemctl start ferry-gateway`",
+            path.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn sessions(paths: &Paths, json: bool) -> Result<()> {
+    let sessions = match client::call(&paths.socket, &Request::Sessions) {
+        Ok(Response::Sessions { sessions }) => sessions,
+        Ok(Response::Error { message }) => bail!("{message}"),
+        Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(ClientError::NotRunning { path }) => bail!(
+            "the ferry-gateway daemon is not running (no control socket at {}), so there are no sessions",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sessions)?);
+    } else {
+        print!("{}", session_table(&sessions, now_ms()));
+    }
+    Ok(())
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// The readable `sessions` output.
+pub fn session_table(sessions: &[SessionReport], now_ms: u64) -> String {
+    use std::fmt::Write as _;
+    if sessions.is_empty() {
+        return "no sessions\n".into();
+    }
+    let mut out = String::new();
+    let rows: Vec<[String; 6]> = sessions
+        .iter()
+        .map(|s| {
+            let expires = if s.expires_ms > now_ms {
+                format!("in {}", human_duration(Duration::from_millis(s.expires_ms - now_ms)))
+            } else {
+                "past".into()
+            };
+            [
+                s.id.to_string(),
+                s.name.clone(),
+                s.state.clone(),
+                expires,
+                if s.approval_required { "required".into() } else { "no".into() },
+                format!("{} peer(s), {} target(s)", s.peers.len(), s.targets.len()),
+            ]
+        })
+        .collect();
+    let header = ["SESSION", "NAME", "STATE", "EXPIRES", "APPROVAL", "CONTENTS"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<w$}  ");
+            }
+        }
+        text
+    };
+    let _ = writeln!(out, "{}", line(&header.map(String::from)));
+    for (row, session) in rows.iter().zip(sessions) {
+        let _ = writeln!(out, "{}", line(row));
+        for peer in &session.peers {
+            let handshake = peer
+                .last_handshake_s_ago
+                .map_or("never".to_string(), |s| format!("{} ago", human_duration(Duration::from_secs(s))));
+            let _ = writeln!(
+                out,
+                "    peer {} ({}) at {} via {}{}, handshake {}, rx {}, tx {}",
+                peer.user,
+                peer.public_key,
+                peer.tunnel_address,
+                peer.transport,
+                peer.endpoint.as_deref().map(|e| format!(" from {e}")).unwrap_or_default(),
+                handshake,
+                human_bytes(peer.rx_bytes),
+                human_bytes(peer.tx_bytes),
+            );
+        }
+        for target in &session.targets {
+            let _ = writeln!(
+                out,
+                "    target {}: {} -> {} {} ports {}, to target {}, from target {}",
+                target.name,
+                target.proxy_address,
+                target.address,
+                target.protocol,
+                target.ports,
+                human_bytes(target.to_target_bytes),
+                human_bytes(target.from_target_bytes),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::{PeerReport, TargetReport};
+
+    #[test]
+    fn the_session_table_is_readable() {
+        assert_eq!(session_table(&[], 0), "no sessions\n");
+        let session = SessionReport {
+            id: 42,
+            name: "press line 3".into(),
+            state: "waiting_for_approval".into(),
+            expires_ms: 3_600_000 + 5_000,
+            approval_required: true,
+            peers: vec![PeerReport {
+                user: "tech".into(),
+                public_key: "AAAA".into(),
+                tunnel_address: "100.64.0.2".into(),
+                endpoint: Some("192.0.2.1:40000".into()),
+                transport: "udp-relay".into(),
+                last_handshake_s_ago: Some(12),
+                rx_bytes: 2048,
+                tx_bytes: 10,
+            }],
+            targets: vec![TargetReport {
+                name: "plc".into(),
+                proxy_address: "100.64.1.1".into(),
+                address: "192.168.0.10".into(),
+                protocol: "tcp".into(),
+                ports: "502".into(),
+                to_target_bytes: 0,
+                from_target_bytes: 0,
+            }],
+        };
+        let table = session_table(&[session], 5_000);
+        assert!(table.starts_with("SESSION  NAME"), "{table}");
+        assert!(table.contains("42       press line 3  waiting_for_approval  in 1h00m"), "{table}");
+        assert!(table.contains("handshake 12s ago, rx 2.0 KiB, tx 10 B"), "{table}");
+        assert!(table.contains("target plc: 100.64.1.1 -> 192.168.0.10 tcp ports 502"), "{table}");
+    }
+}

@@ -1,0 +1,264 @@
+//! The daemon's side of the local control socket.
+//!
+//! The socket is a Unix stream socket (mode 0600, in a 0700 directory), so it
+//! is never reachable from the network. On top of the file mode, each
+//! connection's peer credentials (`SO_PEERCRED`) are checked: only root and
+//! the daemon's own user may switch remote maintenance or approve sessions.
+
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use super::protocol::{MAX_REQUEST_BYTES, Request, Response};
+
+/// How long a client may take to send its request line.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the daemon may take to answer (switching off tears sessions down).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the daemon's handler receives: a request and where to send the answer.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+static MALFORMED: AtomicU64 = AtomicU64::new(0);
+
+/// Connections refused because the peer was neither root nor the daemon's user.
+pub fn refused_connections() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}
+
+/// Requests that were too long, too slow or not valid JSON.
+pub fn malformed_requests() -> u64 {
+    MALFORMED.load(Ordering::Relaxed)
+}
+
+/// Binds the control socket at `path`: creates the parent directory (0700) if
+/// it is missing, removes a stale socket left by a daemon that died, and
+/// makes the socket 0600. Fails with `AddrInUse` if a daemon answers on it.
+/// Must be called inside a tokio runtime.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::state::create_private_dir(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{}: another ferry-gateway daemon is listening", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers connections until `requests`' receiver is dropped. Each connection
+/// carries one request line; the answer comes from whoever holds the
+/// receiver of `requests` (the daemon).
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Call>) {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = requests.closed() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let requests = requests.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, own_uid, requests).await {
+                        tracing::debug!(error = %e, "control socket connection");
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(mut stream: UnixStream, own_uid: u32, requests: mpsc::Sender<Call>) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let uid = cred.uid();
+    if uid != 0 && uid != own_uid {
+        REFUSED.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(uid, pid = ?cred.pid(), "control socket: refused a user that is neither root nor the daemon's");
+        let message = format!(
+            "permission denied: uid {uid} may not control the gateway; run this command as root (or as uid {own_uid})"
+        );
+        return reply(&mut stream, &Response::error(message)).await;
+    }
+
+    let (read, mut write) = stream.split();
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(
+        READ_TIMEOUT,
+        BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', &mut line),
+    )
+    .await;
+    let response = match read {
+        Err(_) => malformed("no request line within 5 s"),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
+            malformed(&format!("request longer than {MAX_REQUEST_BYTES} bytes"))
+        }
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Err(e) => malformed(&format!("malformed request: {e}")),
+            Ok(request) => {
+                tracing::debug!(uid, ?request, "control socket request");
+                ask(request, &requests).await
+            }
+        },
+    };
+    let mut bytes = serde_json::to_vec(&response).expect("responses serialize");
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.shutdown().await
+}
+
+fn malformed(message: &str) -> Response {
+    MALFORMED.fetch_add(1, Ordering::Relaxed);
+    Response::error(message)
+}
+
+async fn ask(request: Request, requests: &mpsc::Sender<Call>) -> Response {
+    let (answer, answered) = oneshot::channel();
+    if requests.send((request, answer)).await.is_err() {
+        return Response::error("the daemon is shutting down");
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, answered).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => Response::error("the daemon dropped the request"),
+        Err(_) => Response::error("the daemon did not answer within 30 s"),
+    }
+}
+
+async fn reply(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(response).expect("responses serialize");
+    bytes.push(b'\n');
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, Write as _};
+
+    use super::*;
+    use crate::local::client;
+
+    /// A stand-in for the daemon: answers Status from a flag, Remote by
+    /// flipping it, everything else with an error.
+    fn fake_daemon() -> mpsc::Sender<Call> {
+        let (tx, mut rx) = mpsc::channel::<Call>(4);
+        tokio::spawn(async move {
+            let mut on = false;
+            while let Some((request, answer)) = rx.recv().await {
+                let response = match request {
+                    Request::Status => Response::Switch { on, changed: false },
+                    Request::Remote { on: wanted } => {
+                        let changed = wanted != on;
+                        on = wanted;
+                        Response::Switch { on, changed }
+                    }
+                    _ => Response::error("not in this test"),
+                };
+                let _ = answer.send(response);
+            }
+        });
+        tx
+    }
+
+    fn raw(path: &Path, bytes: &[u8]) -> Response {
+        let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_requests_and_refuses_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("control.sock");
+        let listener = bind(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        // A second daemon must not steal a live socket.
+        assert_eq!(bind(&path).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        let server = tokio::spawn(serve(listener, fake_daemon()));
+
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            assert_eq!(
+                client::call(&p, &Request::Status).unwrap(),
+                Response::Switch { on: false, changed: false }
+            );
+            assert_eq!(
+                client::call(&p, &Request::Remote { on: true }).unwrap(),
+                Response::Switch { on: true, changed: true }
+            );
+            assert_eq!(
+                client::call(&p, &Request::Status).unwrap(),
+                Response::Switch { on: true, changed: false }
+            );
+
+            let before = malformed_requests();
+            assert!(matches!(raw(&p, b"{not json\n"), Response::Error { .. }));
+            assert!(matches!(raw(&p, b"{\"type\":\"launch\"}\n"), Response::Error { .. }));
+            let mut long = vec![b' '; MAX_REQUEST_BYTES + 10];
+            long.push(b'\n');
+            match raw(&p, &long) {
+                Response::Error { message } => assert!(message.contains("longer"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+            assert!(malformed_requests() >= before + 3);
+            // The server is still there after all that.
+            assert_eq!(
+                client::call(&p, &Request::Status).unwrap(),
+                Response::Switch { on: true, changed: false }
+            );
+        })
+        .await
+        .unwrap();
+        server.abort();
+        let _ = server.await;
+
+        // A stale socket (no one listening) is replaced.
+        let listener = bind(&path).unwrap();
+        drop(listener);
+    }
+
+    #[test]
+    fn a_missing_socket_means_the_daemon_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = client::call(&dir.path().join("control.sock"), &Request::Status).unwrap_err();
+        assert!(matches!(err, client::ClientError::NotRunning { .. }), "{err}");
+    }
+}
