@@ -24,7 +24,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_fib_lookup, bpf_redirect_neigh},
+        generated::{bpf_fib_lookup, bpf_redirect_neigh, bpf_skb_change_head},
     },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -271,7 +271,19 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     if rewrite_to_target(ctx, l2, protocol, &ip, rule, &ports, nat_port).is_err() {
         return Outcome::RewriteFailed;
     }
-    count_traffic(rule.counter, true, (ctx.len() as usize - l2) as u64);
+    // The IP packet's length (a GRO super-segment counts whole).
+    let bytes = (ctx.len() as usize - l2) as u64;
+    // bpf_redirect_neigh pulls an Ethernet header off before it routes (it
+    // drops skbs whose MAC header does not precede the network header, as on
+    // a TUN's ingress) and writes the real one from the neighbour table. A
+    // zeroed header in front is what bpf_skb_change_head is for: L3 -> L2
+    // redirects. (Since Linux 5.12 it is not capped at the TUN's MTU.)
+    let redirect = config.flags & FLAG_NO_REDIRECT == 0;
+    // SAFETY: the skb pointer is the program's context.
+    if redirect && l2 == 0 && unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_HLEN as u32, 0) } != 0 {
+        return Outcome::RewriteFailed;
+    }
+    count_traffic(rule.counter, true, bytes);
     Outcome::ForwardedToTarget
 }
 
