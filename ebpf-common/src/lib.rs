@@ -6,5 +6,6 @@
 //! fields stay in network byte order (`[u8; N]`) so neither side converts twice.
 #![no_std]
 
+pub mod gateway;
 pub mod guard;
 pub mod relay;

@@ -4,7 +4,7 @@
 use std::{fmt, marker::PhantomData};
 
 use aya::{Ebpf, maps::PerCpuArray};
-use ferry_ebpf_common::{guard, relay};
+use ferry_ebpf_common::{gateway, guard, relay};
 
 use crate::Error;
 
@@ -55,6 +55,26 @@ impl CounterOutcome for relay::Outcome {
     }
 }
 
+impl CounterOutcome for gateway::Outcome {
+    const ALL: &'static [Self] = &gateway::Outcome::ALL;
+
+    fn name(self) -> &'static str {
+        gateway::Outcome::name(self)
+    }
+
+    fn drops(self) -> bool {
+        gateway::Outcome::drops(self)
+    }
+
+    fn verdict(self) -> &'static str {
+        match self {
+            gateway::Outcome::ForwardedToTarget => "redirect",
+            other if other.drops() => "drop",
+            _ => "pass",
+        }
+    }
+}
+
 /// A program's packet counters by outcome, summed over CPUs. `N` is the
 /// number of outcomes.
 pub struct Counters<O, const N: usize> {
@@ -64,6 +84,8 @@ pub struct Counters<O, const N: usize> {
 
 /// The uplink guard's counters.
 pub type GuardCounters = Counters<guard::Outcome, { guard::Outcome::COUNT as usize }>;
+/// The gateway programs' counters (both programs share one array).
+pub type GatewayCounters = Counters<gateway::Outcome, { gateway::Outcome::COUNT as usize }>;
 /// The relay forwarder's counters.
 pub type RelayCounters = Counters<relay::Outcome, { relay::Outcome::COUNT as usize }>;
 

@@ -39,6 +39,22 @@ pub enum Error {
     /// request instead of failing silently.
     #[error("map `{name}` is full ({capacity} entries); load it with a larger size")]
     MapFull { name: &'static str, capacity: u32 },
+    #[error("adding the clsact qdisc to `{iface}` or attaching TC there failed: {source}")]
+    Tc {
+        iface: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+    #[error("attaching the TC program to `{iface}` failed: {source}")]
+    TcAttach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// A forwarding table the gateway programs cannot apply; nothing was
+    /// changed.
+    #[error("invalid forwarding table: {0}")]
+    InvalidTable(#[from] crate::gateway::TableError),
     #[error(transparent)]
     Io(std::io::Error),
     #[error("BPF_PROG_RUN: {0}")]

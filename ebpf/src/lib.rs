@@ -6,6 +6,7 @@
 pub(crate) mod attach;
 pub mod counters;
 mod error;
+pub mod gateway;
 pub mod guard;
 pub mod pass;
 pub mod preflight;
@@ -28,7 +29,15 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 /// Maps whose size is chosen at load time. aya creates every map of the
 /// object, so each component that loads it creates the big maps of the others
 /// too; they get one entry unless the caller sizes them.
-const SIZED_MAPS: &[&str] = &[common::relay::BINDINGS_MAP, common::relay::TRAFFIC_MAP];
+const SIZED_MAPS: &[&str] = &[
+    common::relay::BINDINGS_MAP,
+    common::relay::TRAFFIC_MAP,
+    common::gateway::PEERS_MAP,
+    common::gateway::TARGETS_MAP,
+    common::gateway::CT_FORWARD_MAP,
+    common::gateway::CT_REVERSE_MAP,
+    common::gateway::TRAFFIC_MAP,
+];
 
 /// Parses the embedded object and creates its maps, the sizable ones (see
 /// [`load_object_sized`]) with a single entry. Programs are loaded into the
@@ -40,6 +49,15 @@ pub fn load_object() -> Result<Ebpf, Error> {
 /// Like [`load_object`], with `(map name, max entries)` for the maps the
 /// caller uses.
 pub fn load_object_sized(sizes: &[(&'static str, u32)]) -> Result<Ebpf, Error> {
+    load_object_with(sizes, &[])
+}
+
+/// Like [`load_object_sized`], with `(name, value)` for `u32` load-time
+/// globals (read-only data the verifier sees as constants).
+pub(crate) fn load_object_with(
+    sizes: &[(&'static str, u32)],
+    globals: &[(&'static str, u32)],
+) -> Result<Ebpf, Error> {
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
     for name in SIZED_MAPS {
@@ -47,6 +65,9 @@ pub fn load_object_sized(sizes: &[(&'static str, u32)]) -> Result<Ebpf, Error> {
     }
     for &(name, entries) in sizes {
         loader.map_max_entries(name, entries);
+    }
+    for (name, value) in globals {
+        loader.override_global(name, value, true);
     }
     loader.load(OBJECT).map_err(Error::Object)
 }

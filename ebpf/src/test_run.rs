@@ -1,10 +1,10 @@
-//! BPF_PROG_RUN on XDP programs: run a loaded program on a crafted packet
+//! BPF_PROG_RUN on XDP and TC programs: run a loaded program on a crafted packet
 //! without any traffic. Tests use it for verdicts and rewritten bytes, benches
 //! for the kernel-measured time per packet.
 
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 
 use crate::Error;
 
@@ -98,4 +98,59 @@ fn xdp_md(packet: &[u8], ingress_ifindex: u32) -> [u8; 24] {
         bytes.copy_from_slice(&field.to_ne_bytes());
     }
     ctx
+}
+
+/// The TC verdicts a classifier returns (`TC_ACT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcAction {
+    Ok,
+    Shot,
+    Redirect,
+    Other(i32),
+}
+
+impl From<u32> for TcAction {
+    fn from(value: u32) -> Self {
+        match value as i32 {
+            0 => TcAction::Ok,
+            2 => TcAction::Shot,
+            7 => TcAction::Redirect,
+            other => TcAction::Other(other),
+        }
+    }
+}
+
+/// What one run of a TC classifier did to a packet.
+#[derive(Clone, Debug)]
+pub struct TcRun {
+    pub action: TcAction,
+    /// The packet as the program left it (with the Ethernet header
+    /// BPF_PROG_RUN requires for sched_cls programs).
+    pub packet: Vec<u8>,
+}
+
+/// Runs a TC classifier once on `packet`, which must start with an Ethernet
+/// header (the kernel parses it to set up the skb).
+pub fn run_tc(program: &SchedClassifier, packet: &[u8]) -> Result<TcRun, Error> {
+    let mut out = vec![0u8; packet.len() + OUT_SLACK];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })
+        .map_err(|e| Error::TestRun(format!("{e} (packet of {} bytes)", packet.len())))?;
+    out.truncate(result.data_size_out as usize);
+    Ok(TcRun { action: TcAction::from(result.return_value), packet: out })
+}
+
+/// Runs a TC classifier `repeat` times on one skb built from `packet` (each
+/// run sees what the previous one left) and returns the kernel's average time
+/// per run.
+pub fn time_tc(program: &SchedClassifier, packet: &[u8], repeat: u32) -> Result<Duration, Error> {
+    let result = program
+        .test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })
+        .map_err(|e| Error::TestRun(e.to_string()))?;
+    Ok(result.duration)
 }

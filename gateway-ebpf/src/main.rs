@@ -6,6 +6,10 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod gateway;
+#[cfg(target_arch = "bpf")]
 mod guard;
 #[cfg(target_arch = "bpf")]
 mod packet;

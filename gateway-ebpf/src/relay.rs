@@ -33,7 +33,10 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_UDP, be16_at, ptr_at, ptr_at_mut};
+use crate::{
+    csum::{replace, sum, sum_not, udp_checksum},
+    packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_UDP, be16_at, ptr_at, ptr_at_mut},
+};
 
 #[map(name = "RELAY_CONFIG")]
 static RELAY_CONFIG: Array<RelayConfig> = Array::with_max_entries(1, 0);
@@ -409,52 +412,6 @@ fn replace_ports(udp: &UdpHdr, removed: u32, added: u32, peer_port: [u8; 2]) -> 
     let old_port = !u16::from_be_bytes(udp.src) as u32;
     let new_port = u16::from_be_bytes(peer_port) as u32;
     replace(udp.check, removed + old_port, added + new_port)
-}
-
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), where `removed` is the sum of the
-/// complemented old words and `added` the sum of the new ones.
-#[inline(always)]
-fn replace(check: [u8; 2], removed: u32, added: u32) -> u16 {
-    !fold(!u16::from_be_bytes(check) as u32 + removed + added)
-}
-
-/// A checksum of zero means "none" in UDP; a computed zero is sent as all ones
-/// (RFC 768), which is the same value in one's complement.
-#[inline(always)]
-fn udp_checksum(check: u16) -> [u8; 2] {
-    if check == 0 { [0xff, 0xff] } else { check.to_be_bytes() }
-}
-
-/// Folds a 32-bit sum of 16-bit words into 16 bits with end-around carry.
-/// Twice is enough for any u32: the first fold leaves at most 0x1fffe.
-#[inline(always)]
-fn fold(sum: u32) -> u16 {
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ((sum & 0xffff) + (sum >> 16)) as u16
-}
-
-/// The sum of the big-endian 16-bit words of `bytes`.
-#[inline(always)]
-fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
-    let mut total = 0u32;
-    let mut i = 0;
-    while i + 1 < N {
-        total += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
-    }
-    total
-}
-
-/// The sum of the complemented big-endian 16-bit words of `bytes`.
-#[inline(always)]
-fn sum_not<const N: usize>(bytes: &[u8; N]) -> u32 {
-    let mut total = 0u32;
-    let mut i = 0;
-    while i + 1 < N {
-        total += !u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
-    }
-    total
 }
 
 /// An IPv6 address as the four network-order words bpf_fib_lookup takes.

@@ -1,0 +1,433 @@
+//! The gateway's whitelist and proxy-address NAT.
+//!
+//! Technicians' decrypted packets come out of the WireGuard engine into a TUN
+//! device. Each session owns a tunnel subnet; every whitelisted target device
+//! of the session has a *proxy address* inside that subnet. The TC program on
+//! the TUN checks `(peer, proxy, protocol, port)` against the whitelist,
+//! rewrites the packet to the target's real LAN address from the gateway's
+//! LAN address (SNAT, with a NAT port of its own) and sends it out of the LAN
+//! interface. The XDP program on the LAN interface translates replies of known
+//! flows back and drops everything else that would cross from the machine
+//! network into the tunnel, or be routed anywhere by the gateway.
+//!
+//! Userspace owns the whitelist ([`PEERS_MAP`], [`TARGETS_MAP`]); the programs
+//! own the conntrack maps, which userspace only reads and sweeps.
+
+/// The TC (sched_cls) program on the TUN device's ingress.
+pub const TUNNEL_PROGRAM: &str = "gateway_tunnel_in";
+/// The XDP program on the LAN interface.
+pub const LAN_PROGRAM: &str = "gateway_lan_in";
+
+/// An array with one [`GatewayConfig`].
+pub const CONFIG_MAP: &str = "GW_CONFIG";
+/// A hash map from a peer's tunnel address (`[u8; 4]`) to [`PeerEntry`].
+pub const PEERS_MAP: &str = "GW_PEERS";
+/// A hash map from [`TargetKey`] to [`TargetRule`].
+pub const TARGETS_MAP: &str = "GW_TARGETS";
+/// An LRU hash map from [`FlowKey`] to [`FlowForward`]: technician -> target.
+pub const CT_FORWARD_MAP: &str = "GW_CT_FWD";
+/// An LRU hash map from [`ReplyKey`] to [`FlowReverse`]: target -> technician.
+pub const CT_REVERSE_MAP: &str = "GW_CT_REV";
+/// A per-CPU array of [`TargetTraffic`] indexed by [`TargetRule::counter`].
+pub const TRAFFIC_MAP: &str = "GW_TRAFFIC";
+/// A per-CPU array of `u64` indexed by [`Outcome`].
+pub const COUNTERS_MAP: &str = "GW_COUNTERS";
+
+/// The load-time global (a `u32` in `.rodata`) with the length of the link
+/// header in front of the IPv4 header on the TUN program's packets: 0 on a
+/// real TUN device (L3, no header), 14 under BPF_PROG_RUN, which insists on
+/// an Ethernet header for sched_cls programs.
+pub const L2_LEN_GLOBAL: &str = "GW_L2_LEN";
+
+/// Peers (technicians' tunnel addresses) the map holds unless sized at load.
+pub const DEFAULT_MAX_PEERS: u32 = 4096;
+/// Whitelist entries (and per-target counter slots) unless sized at load.
+pub const DEFAULT_MAX_TARGETS: u32 = 16_384;
+/// Conntrack entries per direction unless sized at load.
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+
+/// Port ranges one whitelist entry can hold.
+pub const MAX_RANGES: usize = 16;
+
+/// [`TargetRule::protocol`] values (IANA protocol numbers, 0 for any).
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// NAT ports, inclusive. Outside Linux's default ephemeral range
+/// (32768..=60999), so translated flows never collide with the gateway's own
+/// sockets; the daemon also reserves them (`ip_local_reserved_ports`).
+pub const NAT_PORT_MIN: u16 = 61_000;
+pub const NAT_PORT_MAX: u16 = 65_535;
+/// Successive ports tried after the flow's hashed one before giving up.
+pub const NAT_PORT_TRIES: u32 = 8;
+
+/// Idle time after which a TCP flow is forgotten.
+pub const TCP_TIMEOUT_NS: u64 = 2 * 3600 * 1_000_000_000;
+/// Idle time after which a UDP or ICMP flow is forgotten.
+pub const OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+
+/// [`GatewayConfig::flags`]: return TC_ACT_OK instead of redirecting to the
+/// LAN interface after a rewrite (tests that look at the rewritten packet
+/// with BPF_PROG_RUN and want a plain verdict).
+pub const FLAG_NO_REDIRECT: u32 = 1;
+
+/// The idle timeout of a flow of `protocol`.
+pub const fn timeout_ns(protocol: u8) -> u64 {
+    if protocol == PROTO_TCP { TCP_TIMEOUT_NS } else { OTHER_TIMEOUT_NS }
+}
+
+/// The programs' configuration, written by userspace before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Where the TUN program sends rewritten packets.
+    pub lan_ifindex: u32,
+    /// The tunnel network (all sessions' subnets), network order, and its mask.
+    pub tunnel_net: [u8; 4],
+    pub tunnel_mask: [u8; 4],
+    pub tunnel_prefix: u8,
+    pub _pad: [u8; 3],
+    /// [`FLAG_NO_REDIRECT`], ...
+    pub flags: u32,
+}
+
+impl GatewayConfig {
+    /// Whether `addr` lies inside the tunnel network.
+    pub const fn in_tunnel_net(&self, addr: [u8; 4]) -> bool {
+        let m = self.tunnel_mask;
+        let n = self.tunnel_net;
+        addr[0] & m[0] == n[0] & m[0]
+            && addr[1] & m[1] == n[1] & m[1]
+            && addr[2] & m[2] == n[2] & m[2]
+            && addr[3] & m[3] == n[3] & m[3]
+            && self.tunnel_prefix != 0
+    }
+}
+
+/// The session a technician's tunnel address belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub session: u64,
+}
+
+/// A whitelist entry's key: a proxy address inside a session's subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TargetKey {
+    pub session: u64,
+    pub proxy: [u8; 4],
+    pub _pad: [u8; 4],
+}
+
+/// An inclusive destination port range, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: [u8; 2],
+    pub last: [u8; 2],
+}
+
+/// What a proxy address stands for and what may reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetRule {
+    /// The target's address on the machine network.
+    pub real: [u8; 4],
+    /// The gateway's LAN address, the source of translated packets.
+    pub snat: [u8; 4],
+    /// [`PROTO_ANY`], [`PROTO_ICMP`], [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u8,
+    /// Ranges in use in `ranges`; 0 allows every port.
+    pub range_count: u8,
+    pub _pad: [u8; 2],
+    /// The entry's slot in [`TRAFFIC_MAP`].
+    pub counter: u32,
+    pub ranges: [PortRange; MAX_RANGES],
+}
+
+impl TargetRule {
+    /// Whether TCP or UDP destination port `port` is allowed.
+    #[inline(always)]
+    pub fn port_allowed(&self, port: u16) -> bool {
+        let count = self.range_count as usize;
+        if count == 0 {
+            return true;
+        }
+        let mut i = 0;
+        // A bounded loop the verifier can unroll or walk; `count` only ends it
+        // early.
+        while i < MAX_RANGES {
+            if i >= count {
+                break;
+            }
+            let range = &self.ranges[i];
+            if port >= u16::from_be_bytes(range.first) && port <= u16::from_be_bytes(range.last) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// A flow from the technician's side: `(protocol, peer, peer port or ICMP
+/// id, proxy, destination port)`. ICMP flows have destination port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    pub peer: [u8; 4],
+    pub proxy: [u8; 4],
+    pub peer_port: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// How a flow is translated toward the target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowForward {
+    pub nat_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub real: [u8; 4],
+    pub snat: [u8; 4],
+    pub counter: u32,
+    pub session: u64,
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet either way.
+    pub last_seen_ns: u64,
+}
+
+/// A reply from the target's side: `(protocol, real address, target port,
+/// SNAT address, NAT port)`. ICMP replies have target port 0 and the NAT
+/// port in the echo id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    pub real: [u8; 4],
+    pub snat: [u8; 4],
+    pub target_port: [u8; 2],
+    pub nat_port: [u8; 2],
+}
+
+/// How a reply is translated back toward the technician. It also owns the
+/// NAT port: the forward path inserts it first, with BPF_NOEXIST.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowReverse {
+    pub peer: [u8; 4],
+    pub proxy: [u8; 4],
+    pub peer_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub counter: u32,
+    pub session: u64,
+    /// When the flow last saw a packet; decides whether it is still alive.
+    pub last_seen_ns: u64,
+}
+
+/// Per-target traffic the programs translated: packets and IP bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetTraffic {
+    pub to_target_packets: u64,
+    pub to_target_bytes: u64,
+    pub from_target_packets: u64,
+    pub from_target_bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), only integers and byte arrays, laid out without
+    // implicit padding (explicit `_pad` fields), and every bit pattern is a
+    // valid value.
+    unsafe impl aya::Pod for super::GatewayConfig {}
+    unsafe impl aya::Pod for super::PeerEntry {}
+    unsafe impl aya::Pod for super::TargetKey {}
+    unsafe impl aya::Pod for super::PortRange {}
+    unsafe impl aya::Pod for super::TargetRule {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowForward {}
+    unsafe impl aya::Pod for super::ReplyKey {}
+    unsafe impl aya::Pod for super::FlowReverse {}
+    unsafe impl aya::Pod for super::TargetTraffic {}
+}
+
+/// What one of the gateway's programs did with a packet. The discriminant
+/// indexes [`COUNTERS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// TUN: whitelisted, translated and sent to the target.
+    ForwardedToTarget = 0,
+    /// LAN: a reply of a known flow, translated back toward the technician.
+    ForwardedFromTarget,
+    /// TUN: not IPv4 (IPv6 is not forwarded yet); dropped.
+    NotIpv4,
+    /// TUN: too short or inconsistent headers; dropped.
+    Malformed,
+    /// TUN: an IPv4 fragment (the whitelist needs ports); dropped.
+    Fragment,
+    /// Either way: TTL 1 or 0, which a router must not forward; dropped.
+    TtlExceeded,
+    /// TUN: the source is no technician of an active session; dropped.
+    UnknownPeer,
+    /// TUN: the destination is no proxy address of the peer's session (the
+    /// gateway's own tunnel address included); dropped.
+    NotWhitelisted,
+    /// TUN: the entry does not allow this protocol, or the protocol cannot be
+    /// translated (only TCP, UDP and ICMP echo can); dropped.
+    ProtocolNotAllowed,
+    /// TUN: the entry does not allow this destination port; dropped.
+    PortNotAllowed,
+    /// TUN: ICMP other than an echo request; dropped.
+    IcmpNotEcho,
+    /// TUN: every NAT port the flow could take is in use; dropped.
+    NatPortsExhausted,
+    /// TUN: a checksum or store helper failed; dropped.
+    RewriteFailed,
+    /// LAN: a reply to a NAT port whose flow is unknown or expired; dropped.
+    NoConntrack,
+    /// LAN: a reply of a flow whose session ended or whose target was removed
+    /// from the whitelist; dropped.
+    SessionEnded,
+    /// LAN: unsolicited traffic toward the tunnel network; dropped.
+    LanToTunnel,
+    /// LAN: the kernel would route it elsewhere, but the gateway never routes
+    /// the machine network anywhere; dropped.
+    LanForwardBlocked,
+    /// LAN: for the gateway host itself; passed.
+    LanToHost,
+    /// LAN: not IPv4 (ARP, IPv6, ...); passed to the stack.
+    LanNotIpv4,
+}
+
+impl Outcome {
+    pub const COUNT: u32 = 19;
+
+    pub const ALL: [Outcome; Self::COUNT as usize] = [
+        Outcome::ForwardedToTarget,
+        Outcome::ForwardedFromTarget,
+        Outcome::NotIpv4,
+        Outcome::Malformed,
+        Outcome::Fragment,
+        Outcome::TtlExceeded,
+        Outcome::UnknownPeer,
+        Outcome::NotWhitelisted,
+        Outcome::ProtocolNotAllowed,
+        Outcome::PortNotAllowed,
+        Outcome::IcmpNotEcho,
+        Outcome::NatPortsExhausted,
+        Outcome::RewriteFailed,
+        Outcome::NoConntrack,
+        Outcome::SessionEnded,
+        Outcome::LanToTunnel,
+        Outcome::LanForwardBlocked,
+        Outcome::LanToHost,
+        Outcome::LanNotIpv4,
+    ];
+
+    /// Whether the program drops packets with this outcome.
+    pub const fn drops(self) -> bool {
+        !matches!(
+            self,
+            Outcome::ForwardedToTarget
+                | Outcome::ForwardedFromTarget
+                | Outcome::LanToHost
+                | Outcome::LanNotIpv4
+        )
+    }
+
+    /// A stable snake_case name for metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::ForwardedToTarget => "forwarded_to_target",
+            Outcome::ForwardedFromTarget => "forwarded_from_target",
+            Outcome::NotIpv4 => "not_ipv4",
+            Outcome::Malformed => "malformed",
+            Outcome::Fragment => "fragment",
+            Outcome::TtlExceeded => "ttl_exceeded",
+            Outcome::UnknownPeer => "unknown_peer",
+            Outcome::NotWhitelisted => "not_whitelisted",
+            Outcome::ProtocolNotAllowed => "protocol_not_allowed",
+            Outcome::PortNotAllowed => "port_not_allowed",
+            Outcome::IcmpNotEcho => "icmp_not_echo",
+            Outcome::NatPortsExhausted => "nat_ports_exhausted",
+            Outcome::RewriteFailed => "rewrite_failed",
+            Outcome::NoConntrack => "no_conntrack",
+            Outcome::SessionEnded => "session_ended",
+            Outcome::LanToTunnel => "lan_to_tunnel",
+            Outcome::LanForwardBlocked => "lan_forward_blocked",
+            Outcome::LanToHost => "lan_to_host",
+            Outcome::LanNotIpv4 => "lan_not_ipv4",
+        }
+    }
+}
+
+/// Hashes a flow key into the offset of its first NAT port candidate. Both
+/// sides use it: the program to allocate, userspace tests to predict.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let words = [
+        u32::from_be_bytes(key.peer),
+        u32::from_be_bytes(key.proxy),
+        (u16::from_be_bytes(key.peer_port) as u32) << 16 | u16::from_be_bytes(key.dport) as u32,
+        key.protocol as u32,
+    ];
+    // A murmur3-style mix: cheap, and every input bit moves the result.
+    let mut h: u32 = 0x9747_b28c;
+    let mut i = 0;
+    while i < 4 {
+        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_match_ranges() {
+        let mut rule = TargetRule::default();
+        assert!(rule.port_allowed(1));
+        rule.range_count = 2;
+        rule.ranges[0] = PortRange { first: 80u16.to_be_bytes(), last: 80u16.to_be_bytes() };
+        rule.ranges[1] = PortRange { first: 1000u16.to_be_bytes(), last: 2000u16.to_be_bytes() };
+        rule.ranges[2] = PortRange { first: 0u16.to_be_bytes(), last: 65535u16.to_be_bytes() };
+        assert!(rule.port_allowed(80) && rule.port_allowed(1000) && rule.port_allowed(2000));
+        assert!(!rule.port_allowed(81) && !rule.port_allowed(2001) && !rule.port_allowed(0));
+    }
+
+    #[test]
+    fn tunnel_net_membership() {
+        let config = GatewayConfig {
+            tunnel_net: [100, 96, 0, 0],
+            tunnel_mask: [255, 240, 0, 0],
+            tunnel_prefix: 12,
+            ..Default::default()
+        };
+        assert!(config.in_tunnel_net([100, 111, 255, 255]));
+        assert!(!config.in_tunnel_net([100, 112, 0, 1]));
+        assert!(!GatewayConfig::default().in_tunnel_net([1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn outcomes_are_complete_and_named_uniquely() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+            assert_eq!(Outcome::ALL.iter().filter(|p| p.name() == o.name()).count(), 1);
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The gateway's whitelist/NAT programs in the kernel, with BPF_PROG_RUN on
+//! crafted packets: whitelisted TCP, UDP and ICMP echo translated byte for
+//! byte (checksums recomputed from scratch), every kind of refusal dropped
+//! and counted, replies translated back only for known, live flows, and the
+//! LAN side's protection of the tunnel. Needs root.
+
+mod gateway_support;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ferry_ebpf::{
+    common::gateway::{
+        FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP, flow_hash,
+    },
+    gateway::{Capacity, Flow, GatewayForwarder},
+    test_run::{self, TcAction, Verdict},
+};
+use gateway_support::*;
+
+/// Runs `frame` through the TUN program and checks the action and that
+/// exactly `expected` was counted. Returns the packet as the program left it.
+fn tunnel(f: &GatewayForwarder, frame: &[u8], expected: Outcome) -> Vec<u8> {
+    let before = f.counters().unwrap();
+    let run = test_run::run_tc(f.tunnel_program().unwrap(), frame).unwrap();
+    let delta = f.counters().unwrap().since(&before);
+    let counted: Vec<_> = delta.iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(counted, vec![(expected, 1)], "frame {frame:02x?}");
+    let action = if expected == Outcome::ForwardedToTarget { TcAction::Ok } else { TcAction::Shot };
+    assert_eq!(run.action, action, "{expected:?}");
+    run.packet
+}
+
+/// Like [`tunnel`] for the LAN program; an untranslated frame must be
+/// unchanged.
+fn lan(f: &GatewayForwarder, frame: &[u8], expected: Outcome) -> Vec<u8> {
+    lan_on(f, frame, 0, expected)
+}
+
+fn lan_on(f: &GatewayForwarder, frame: &[u8], ifindex: u32, expected: Outcome) -> Vec<u8> {
+    let before = f.counters().unwrap();
+    let run = test_run::run_on(f.lan_program().unwrap(), frame, ifindex).unwrap();
+    let delta = f.counters().unwrap().since(&before);
+    let counted: Vec<_> = delta.iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(counted, vec![(expected, 1)], "frame {frame:02x?}");
+    let verdict = if expected.drops() { Verdict::Drop } else { Verdict::Pass };
+    assert_eq!(run.verdict, verdict, "{expected:?}");
+    if expected != Outcome::ForwardedFromTarget {
+        assert_eq!(run.packet, frame, "an untranslated frame was modified ({expected:?})");
+    }
+    run.packet
+}
+
+/// The flow the TUN program created for `(protocol, peer, proxy, dport)`.
+fn flow(f: &GatewayForwarder, protocol: u8, peer: SocketAddrV4, proxy: [u8; 4], dport: u16) -> Flow {
+    let flows = f.flows().unwrap();
+    *flows
+        .iter()
+        .find(|fl| {
+            fl.protocol == protocol
+                && fl.peer == peer
+                && fl.proxy == Ipv4Addr::from(proxy)
+                && fl.target_port == dport
+        })
+        .unwrap_or_else(|| panic!("no flow for {peer} -> {proxy:?} in {flows:#?}"))
+}
+
+fn sa(addr: [u8; 4], port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(addr.into(), port)
+}
+
+fn assert_same(got: &[u8], expected: &[u8]) {
+    assert_eq!(got.len(), expected.len(), "length");
+    if got != expected {
+        panic!("translated frame differs\n     got {:02x?}\nexpected {:02x?}", got, expected);
+    }
+    assert_checksums_valid(got);
+}
+
+#[test]
+fn whitelisted_tcp_is_translated_both_ways() {
+    let f = forwarder();
+    let syn = tcp(PEER_A1, 40000, PROXY_PLC, 502, 64, b"modbus");
+    let out = tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 502);
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&fl.nat_port));
+    assert_eq!((fl.session, fl.real, fl.snat, fl.target_port), (SESSION_A, PLC.into(), SNAT.into(), 502));
+    assert_same(&out, &translated(&syn, SNAT, PLC, Port::Source(fl.nat_port)));
+
+    // The same flow keeps its NAT port.
+    let again = tcp(PEER_A1, 40000, PROXY_PLC, 502, 17, b"more");
+    let out = tunnel(&f, &again, Outcome::ForwardedToTarget);
+    assert_same(&out, &translated(&again, SNAT, PLC, Port::Source(fl.nat_port)));
+    assert_eq!(f.flows().unwrap().len(), 1);
+
+    let reply = tcp(PLC, 502, SNAT, fl.nat_port, 64, b"answer");
+    let out = lan(&f, &reply, Outcome::ForwardedFromTarget);
+    assert_same(&out, &translated(&reply, PROXY_PLC, PEER_A1, Port::Destination(40000)));
+
+    let traffic = f.traffic(SESSION_A, PROXY_PLC.into()).unwrap().unwrap();
+    assert_eq!((traffic.to_target_packets, traffic.from_target_packets), (2, 1));
+    assert_eq!(traffic.to_target_bytes, (syn.len() - ETH + again.len() - ETH) as u64);
+    assert_eq!(traffic.from_target_bytes, (reply.len() - ETH) as u64);
+    assert_eq!(f.traffic(SESSION_A, PROXY_SNMP.into()).unwrap().unwrap().to_target_packets, 0);
+    assert_eq!(f.traffic(SESSION_A, [100, 96, 1, 99].into()).unwrap(), None);
+}
+
+#[test]
+fn whitelisted_udp_is_translated_both_ways_and_a_zero_checksum_stays_zero() {
+    let f = forwarder();
+    let get = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, b"snmp get");
+    let out = tunnel(&f, &get, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_UDP, sa(PEER_A2, 50000), PROXY_SNMP, 161);
+    assert_same(&out, &translated(&get, SNAT, SNMP, Port::Source(fl.nat_port)));
+
+    let reply = udp(SNMP, 161, SNAT, fl.nat_port, 64, b"snmp response");
+    let out = lan(&f, &reply, Outcome::ForwardedFromTarget);
+    assert_same(&out, &translated(&reply, PROXY_SNMP, PEER_A2, Port::Destination(50000)));
+
+    // Without a checksum, both ways.
+    let mut bare = udp(PEER_A2, 50000, PROXY_SNMP, 162, 64, b"trap");
+    bare[ETH + 26..ETH + 28].fill(0);
+    let out = tunnel(&f, &bare, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_UDP, sa(PEER_A2, 50000), PROXY_SNMP, 161);
+    let fl162 = flow(&f, PROTO_UDP, sa(PEER_A2, 50000), PROXY_SNMP, 162);
+    assert_eq!(&out[ETH + 26..ETH + 28], [0, 0]);
+    assert_same(&out, &translated(&bare, SNAT, SNMP, Port::Source(fl162.nat_port)));
+    let mut bare_reply = udp(SNMP, 161, SNAT, fl.nat_port, 64, b"x");
+    bare_reply[ETH + 26..ETH + 28].fill(0);
+    let out = lan(&f, &bare_reply, Outcome::ForwardedFromTarget);
+    assert_eq!(&out[ETH + 26..ETH + 28], [0, 0]);
+    assert_same(&out, &translated(&bare_reply, PROXY_SNMP, PEER_A2, Port::Destination(50000)));
+}
+
+#[test]
+fn ping_is_translated_with_the_echo_id_as_port() {
+    let f = forwarder();
+    for (proxy, real) in [(PROXY_SENSOR, SENSOR), (PROXY_HMI, HMI)] {
+        let request = ping(PEER_A1, proxy, 4242, 64);
+        let out = tunnel(&f, &request, Outcome::ForwardedToTarget);
+        let fl = flow(&f, 1, sa(PEER_A1, 4242), proxy, 0);
+        assert_eq!(fl.target_port, 0);
+        assert_same(&out, &translated(&request, SNAT, real, Port::EchoId(fl.nat_port)));
+
+        let reply = pong(real, SNAT, fl.nat_port, 64);
+        let out = lan(&f, &reply, Outcome::ForwardedFromTarget);
+        assert_same(&out, &translated(&reply, proxy, PEER_A1, Port::EchoId(4242)));
+    }
+    // Echo replies from the technician and other ICMP go nowhere.
+    tunnel(&f, &pong(PEER_A1, PROXY_SENSOR, 1, 64), Outcome::IcmpNotEcho);
+}
+
+#[test]
+fn everything_not_whitelisted_is_dropped_and_counted() {
+    let f = forwarder();
+    // Wrong port, wrong protocol.
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 23, 64, b""), Outcome::PortNotAllowed);
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_SNMP, 161, 64, b""), Outcome::ProtocolNotAllowed);
+    tunnel(&f, &udp(PEER_A1, 40000, PROXY_SNMP, 163, 64, b""), Outcome::PortNotAllowed);
+    tunnel(&f, &ping(PEER_A1, PROXY_PLC, 1, 64), Outcome::ProtocolNotAllowed);
+    // No such proxy, the gateway's own tunnel address, an address outside.
+    tunnel(&f, &tcp(PEER_A1, 40000, [100, 96, 1, 99], 22, 64, b""), Outcome::NotWhitelisted);
+    tunnel(&f, &tcp(PEER_A1, 40000, GATEWAY_TUN, 22, 64, b""), Outcome::NotWhitelisted);
+    tunnel(&f, &tcp(PEER_A1, 40000, PLC, 22, 64, b""), Outcome::NotWhitelisted);
+    // Unknown peer, and a peer of another session.
+    tunnel(&f, &tcp([100, 96, 1, 77], 40000, PROXY_PLC, 22, 64, b""), Outcome::UnknownPeer);
+    tunnel(&f, &tcp(PEER_B, 40000, PROXY_PLC, 22, 64, b""), Outcome::NotWhitelisted);
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_B, 22, 64, b""), Outcome::NotWhitelisted);
+    // TTL 1 (and 0).
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 1, b""), Outcome::TtlExceeded);
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 0, b""), Outcome::TtlExceeded);
+    // A fragment (more-fragments set), and a later fragment.
+    for frags in [[0x20, 0x00], [0x00, 0x10]] {
+        let mut frag = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, &[7; 32]);
+        frag[ETH + 6..ETH + 8].copy_from_slice(&frags);
+        reseal_ip(&mut frag);
+        tunnel(&f, &frag, Outcome::Fragment);
+    }
+    // Not IPv4: an IPv6 packet behind the (test-only) Ethernet header.
+    let v6 = ferry_lab::packet::udp6([0xfd; 16], 1, [0xfd; 16], 2, b"v6");
+    tunnel(&f, &v6, Outcome::NotIpv4);
+    // Other IP protocols cannot be translated (GRE to an any-protocol entry).
+    let mut gre = tcp(PEER_A1, 40000, PROXY_HMI, 22, 64, b"");
+    gre[ETH + 9] = 47;
+    reseal_ip(&mut gre);
+    tunnel(&f, &gre, Outcome::ProtocolNotAllowed);
+    // Truncated: an IPv4 header claiming TCP with no room for it.
+    let mut short = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    short.truncate(ETH + 20 + 2);
+    short[ETH + 2..ETH + 4].copy_from_slice(&22u16.to_be_bytes());
+    reseal_ip(&mut short);
+    tunnel(&f, &short, Outcome::Malformed);
+    assert!(f.flows().unwrap().is_empty(), "a refused packet created a flow");
+}
+
+#[test]
+fn replies_need_a_known_live_flow() {
+    let mut f = forwarder();
+    // Nothing sent yet: TCP/UDP to a NAT port is dropped, ICMP passes (the
+    // host's own ping), other ports go to the host.
+    lan(&f, &tcp(PLC, 502, SNAT, 61234, 64, b""), Outcome::NoConntrack);
+    lan(&f, &udp(SNMP, 161, SNAT, 65535, 64, b""), Outcome::NoConntrack);
+    lan(&f, &pong(SENSOR, SNAT, 61234, 64), Outcome::LanToHost);
+    lan(&f, &tcp(PLC, 502, SNAT, 22, 64, b""), Outcome::LanToHost);
+
+    let syn = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    // From the wrong source, the wrong port, the wrong protocol: no flow.
+    lan(&f, &tcp(HMI, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+    lan(&f, &tcp(PLC, 23, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+    lan(&f, &udp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+    lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 1, b""), Outcome::TtlExceeded);
+    lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::ForwardedFromTarget);
+
+    // An expired flow is no flow.
+    f.insert_flow(&Flow { last_seen_ns: 1, ..fl }).unwrap();
+    lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+}
+
+#[test]
+fn ending_a_session_cuts_its_replies_at_once() {
+    let mut f = forwarder();
+    let syn = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    tunnel(&f, &tcp(PEER_B, 40000, PROXY_B, 22, 64, b""), Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    let reply = tcp(PLC, 22, SNAT, fl.nat_port, 64, b"");
+
+    // The peer leaves, the session's targets stay: replies stop even though
+    // the flow is still in the map.
+    let mut t = table();
+    t.peers.remove(&PEER_A1.into());
+    f.apply(&t).unwrap();
+    assert_eq!(f.flows().unwrap().len(), 2);
+    lan(&f, &reply, Outcome::SessionEnded);
+    tunnel(&f, &syn, Outcome::UnknownPeer);
+
+    // The peer comes back in another session: its old flow is not its.
+    t.peers.insert(PEER_A1.into(), SESSION_B);
+    f.apply(&t).unwrap();
+    lan(&f, &reply, Outcome::SessionEnded);
+
+    // Removing the target cuts replies too.
+    let mut t = table();
+    t.targets.remove(&(SESSION_A, PROXY_PLC.into()));
+    f.apply(&t).unwrap();
+    lan(&f, &reply, Outcome::SessionEnded);
+
+    // Ending session A removes its flows, not B's.
+    let mut t = table();
+    t.peers.retain(|_, s| *s != SESSION_A);
+    t.targets.retain(|(s, _), _| *s != SESSION_A);
+    let report = f.apply(&t).unwrap();
+    assert_eq!((report.sessions_ended, report.flows_removed), (1, 2));
+    let flows = f.flows().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].session, SESSION_B);
+    lan(&f, &reply, Outcome::NoConntrack);
+}
+
+#[test]
+fn two_peers_with_the_same_port_get_different_nat_ports() {
+    let mut f = forwarder();
+    // Make the collision certain: flow 2's first candidate is taken by a live
+    // flow before it starts.
+    let second = FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_A2,
+        proxy: PROXY_PLC,
+        peer_port: 40000u16.to_be_bytes(),
+        dport: 22u16.to_be_bytes(),
+    };
+    let ports = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
+    let candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&second) + i) % ports) as u16;
+    let now = monotonic_ns();
+    let first = Flow {
+        protocol: PROTO_TCP,
+        session: SESSION_A,
+        peer: sa(PEER_A1, 40000),
+        proxy: PROXY_PLC.into(),
+        target_port: 22,
+        real: PLC.into(),
+        snat: SNAT.into(),
+        nat_port: candidate(0),
+        counter: f.slot(SESSION_A, PROXY_PLC.into()).unwrap(),
+        last_seen_ns: now,
+    };
+    f.insert_flow(&first).unwrap();
+    let out = tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    assert_eq!(
+        u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]),
+        candidate(0),
+        "the first flow kept its port"
+    );
+    let out = tunnel(&f, &tcp(PEER_A2, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), candidate(1));
+
+    // Both replies find their own technician.
+    let out = lan(&f, &tcp(PLC, 22, SNAT, candidate(0), 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(out[ETH + 16..ETH + 20], PEER_A1);
+    let out = lan(&f, &tcp(PLC, 22, SNAT, candidate(1), 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(out[ETH + 16..ETH + 20], PEER_A2);
+
+    // A third flow whose every candidate is held by live flows is refused;
+    // once one of them has expired, it takes that port.
+    let third = FlowKey { peer_port: 40001u16.to_be_bytes(), ..second };
+    let third_candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&third) + i) % ports) as u16;
+    for i in 0..NAT_PORT_TRIES {
+        let blocker =
+            Flow { peer: sa([100, 96, 1, 100 + i as u8], 1), nat_port: third_candidate(i), ..first };
+        f.insert_flow(&blocker).unwrap();
+    }
+    let third_syn = tcp(PEER_A2, 40001, PROXY_PLC, 22, 64, b"");
+    tunnel(&f, &third_syn, Outcome::NatPortsExhausted);
+    f.insert_flow(&Flow {
+        peer: sa([100, 96, 1, 103], 1),
+        nat_port: third_candidate(3),
+        last_seen_ns: 1,
+        ..first
+    })
+    .unwrap();
+    let out = tunnel(&f, &third_syn, Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), third_candidate(3));
+}
+
+#[test]
+fn lan_traffic_toward_the_tunnel_is_dropped() {
+    let f = forwarder();
+    lan(&f, &tcp(PLC, 22, PEER_A1, 40000, 64, b""), Outcome::LanToTunnel);
+    lan(&f, &udp(PLC, 5353, PROXY_PLC, 161, 64, b""), Outcome::LanToTunnel);
+    lan(&f, &ping(PLC, [100, 111, 255, 255], 1, 64), Outcome::LanToTunnel);
+    lan(&f, &ferry_lab::packet::arp_request(PLC, SNAT), Outcome::LanNotIpv4);
+    lan(&f, &udp(PLC, 68, [255, 255, 255, 255], 67, 64, b""), Outcome::LanToHost);
+}
+
+/// The FIB decides between the host and somewhere else: in a namespace where
+/// the LAN interface has an address and a default route exists.
+#[test]
+fn lan_traffic_for_the_host_passes_and_routed_traffic_is_blocked() {
+    let lab = ferry_lab::Lab::new().expect("a lab (run as root)");
+    let gw = lab.netns("gw-fib").unwrap();
+    let machine = lab.netns("machine").unwrap();
+    let link = lab.wire(&gw, &["10.20.0.1/24"], &machine, &["10.20.0.5/24"]).unwrap();
+    gw.ip(&["route", "add", "default", "via", "10.20.0.254"]).unwrap();
+    gw.ip(&[
+        "neigh",
+        "replace",
+        "10.20.0.254",
+        "lladdr",
+        "02:00:00:00:00:fe",
+        "dev",
+        &link.a,
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    gw.enable_forwarding().unwrap();
+    let lan_if = link.a.clone();
+    gw.run_in(move || {
+        let ifindex = ferry_ebpf::if_index(&lan_if).unwrap();
+        let f = forwarder();
+        lan_on(&f, &tcp(PLC, 40000, SNAT, 22, 64, b""), ifindex, Outcome::LanToHost);
+        lan_on(&f, &tcp(PLC, 40000, [192, 0, 2, 1], 443, 64, b""), ifindex, Outcome::LanForwardBlocked);
+        lan_on(&f, &udp(PLC, 40000, [10, 20, 0, 9], 53, 64, b""), ifindex, Outcome::LanForwardBlocked);
+        lan_on(&f, &udp(PLC, 40000, [10, 20, 0, 255], 9, 64, b""), ifindex, Outcome::LanToHost);
+    })
+    .unwrap();
+}
+
+#[test]
+fn the_tunnel_program_redirects_to_the_lan_interface() {
+    let mut f = GatewayForwarder::load_for_test(TUNNEL_NET, 1, true, Capacity::default()).unwrap();
+    f.apply(&table()).unwrap();
+    let run =
+        test_run::run_tc(f.tunnel_program().unwrap(), &tcp(PEER_A1, 1, PROXY_PLC, 22, 64, b"")).unwrap();
+    assert_eq!(run.action, TcAction::Redirect);
+    let run =
+        test_run::run_tc(f.tunnel_program().unwrap(), &tcp(PEER_A1, 1, PROXY_PLC, 23, 64, b"")).unwrap();
+    assert_eq!(run.action, TcAction::Shot);
+}
+
+#[test]
+fn outcomes_have_stable_names() {
+    let f = forwarder();
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    let outcomes = f.outcomes().unwrap();
+    assert_eq!(outcomes.len(), Outcome::COUNT as usize);
+    assert!(outcomes.contains(&("forwarded_to_target", 1)));
+    assert!(outcomes.contains(&("lan_forward_blocked", 0)));
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

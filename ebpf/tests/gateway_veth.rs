@@ -1,0 +1,228 @@
+//! The gateway programs attached for real: a gateway namespace with a TUN
+//! device (standing in for the WireGuard engine) and a veth to a target
+//! namespace. Packets written into the TUN from a technician's tunnel address
+//! to a proxy address reach the target's sockets from the gateway's LAN
+//! address; the target's answers come back out of the TUN from the proxy
+//! address to the technician, with checksums valid. Needs root.
+
+mod gateway_support;
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use ferry_ebpf::{
+    AttachMode,
+    common::gateway::{NAT_PORT_MAX, NAT_PORT_MIN, Outcome},
+    gateway::{ForwarderConfig, ForwardingTable, GatewayForwarder, Protocol},
+};
+use ferry_lab::{Lab, Netns};
+use gateway_support::{PEER_A1, PROXY_PLC, PROXY_SENSOR, PROXY_SNMP, SESSION_A, TUNNEL_NET, spec};
+
+const SNAT: [u8; 4] = [10, 20, 0, 1];
+const TARGET: [u8; 4] = [10, 20, 0, 5];
+
+/// Fields drop in order: the programs detach before the lab goes.
+struct Setup {
+    forwarder: GatewayForwarder,
+    tun: File,
+    target: Netns,
+    _lab: Lab,
+}
+
+fn setup() -> Setup {
+    let lab = Lab::new().expect("a lab (run as root)");
+    let gw = lab.netns("gateway").unwrap();
+    let target = lab.netns("target").unwrap();
+    let link = lab.wire(&gw, &["10.20.0.1/24"], &target, &["10.20.0.5/24"]).unwrap();
+    // The target's answers must carry full checksums, as a wire delivers
+    // them: XDP updates them incrementally.
+    target.exec("ethtool", &["-K", &link.b, "tx", "off"]).unwrap();
+
+    let tun_name = lab.ifname("tun");
+    gw.ip(&["tuntap", "add", "dev", &tun_name, "mode", "tun"]).unwrap();
+    let name = tun_name.clone();
+    let tun = gw.run_in(move || open_tun(&name)).unwrap();
+    gw.ip(&["addr", "add", "100.96.1.1/12", "dev", &tun_name]).unwrap();
+    gw.ip(&["link", "set", "dev", &tun_name, "up"]).unwrap();
+    // Translated replies are routed from the LAN interface to the TUN; the
+    // source (a proxy address) is reached through the TUN, so strict reverse
+    // path filtering would drop them.
+    gw.enable_forwarding().unwrap();
+    for setting in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+        gw.sysctl(setting).unwrap();
+    }
+    gw.sysctl(&format!("net.ipv4.conf.{}.rp_filter=0", link.a)).unwrap();
+
+    let config = ForwarderConfig {
+        tunnel_if: tun_name,
+        lan_if: link.a.clone(),
+        tunnel_net: TUNNEL_NET,
+        xdp_mode: AttachMode::Native,
+    };
+    let forwarder = gw
+        .run_in(move || {
+            let mut f = GatewayForwarder::attach(&config).expect("attaching the gateway programs");
+            let mut table = ForwardingTable::default();
+            table.peers.insert(PEER_A1.into(), SESSION_A);
+            table.targets.insert((SESSION_A, PROXY_PLC.into()), spec(TARGET, Protocol::Tcp, &[(22, 22)]));
+            table.targets.insert((SESSION_A, PROXY_SNMP.into()), spec(TARGET, Protocol::Udp, &[(161, 161)]));
+            table.targets.insert((SESSION_A, PROXY_SENSOR.into()), spec(TARGET, Protocol::Icmp, &[]));
+            f.apply(&table).unwrap();
+            f
+        })
+        .unwrap();
+    Setup { forwarder, tun, target, _lab: lab }
+}
+
+/// Attaches to the existing TUN device `name` (IFF_TUN | IFF_NO_PI: raw IP
+/// packets, no packet-information prefix), non-blocking.
+fn open_tun(name: &str) -> File {
+    let file = File::options().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *slot = *byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads a valid ifreq.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) };
+    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    // SAFETY: F_SETFL on our own descriptor.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    file
+}
+
+/// The next IPv4 packet from `from` that the kernel writes to the TUN (it
+/// also sends IPv6 router solicitations and the like, skipped here).
+fn read_from(tun: &mut File, from: [u8; 4]) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        match tun.read(&mut buf) {
+            Ok(n) if n >= 20 && buf[0] >> 4 == 4 && buf[12..16] == from => return buf[..n].to_vec(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("reading the TUN: {e}"),
+        }
+    }
+    panic!("nothing from {from:?} came out of the TUN");
+}
+
+/// Checks the IPv4 and L4 checksums of a raw IP packet from scratch.
+fn assert_checksums_valid(packet: &[u8]) {
+    let mut framed = vec![0u8; 12];
+    framed.extend_from_slice(&0x0800u16.to_be_bytes());
+    framed.extend_from_slice(packet);
+    gateway_support::assert_checksums_valid(&framed);
+}
+
+fn write_ip(tun: &mut File, builder: impl FnOnce(&mut Vec<u8>)) {
+    let mut packet = Vec::new();
+    builder(&mut packet);
+    tun.write_all(&packet).expect("writing into the TUN");
+}
+
+#[test]
+fn udp_reaches_the_target_from_the_snat_address_and_the_answer_comes_back() {
+    let mut s = setup();
+    let socket = s.target.run_in(|| UdpSocket::bind("10.20.0.5:161")).unwrap().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+
+    write_ip(&mut s.tun, |out| {
+        PacketBuilder::ipv4(PEER_A1, PROXY_SNMP, 64).udp(50000, 161).write(out, b"get sysDescr").unwrap()
+    });
+    let mut buf = [0u8; 2048];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("the target got nothing ({e}): {:?}", s.forwarder.counters().unwrap()));
+    assert_eq!(&buf[..n], b"get sysDescr");
+    let SocketAddr::V4(from) = from else { panic!("{from}") };
+    assert_eq!(from.ip().octets(), SNAT, "the target sees the gateway's LAN address");
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&from.port()), "NAT port {}", from.port());
+
+    socket.send_to(b"Ferry test PLC", from).unwrap();
+    let reply = read_from(&mut s.tun, PROXY_SNMP);
+    assert_checksums_valid(&reply);
+    let sliced = SlicedPacket::from_ip(&reply).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &sliced.net else { panic!("not IPv4") };
+    assert_eq!((ip.header().source(), ip.header().destination()), (PROXY_SNMP, PEER_A1));
+    let Some(TransportSlice::Udp(udp)) = &sliced.transport else { panic!("not UDP") };
+    assert_eq!((udp.source_port(), udp.destination_port()), (161, 50000));
+    assert_eq!(udp.payload(), b"Ferry test PLC");
+
+    // A datagram as large as the TUN's MTU still fits out of the LAN
+    // interface once the Ethernet header is in front.
+    let big = vec![0x5a; 1500 - 28];
+    write_ip(&mut s.tun, |out| {
+        PacketBuilder::ipv4(PEER_A1, PROXY_SNMP, 64).udp(50000, 161).write(out, &big).unwrap()
+    });
+    let (n, again) = socket.recv_from(&mut buf).expect("the MTU-sized datagram");
+    assert_eq!((&buf[..n], again), (&big[..], SocketAddr::V4(from)));
+
+    let counters = s.forwarder.counters().unwrap();
+    assert_eq!(counters.get(Outcome::ForwardedToTarget), 2, "{counters:?}");
+    assert_eq!(counters.get(Outcome::ForwardedFromTarget), 1, "{counters:?}");
+    let traffic = s.forwarder.traffic(SESSION_A, PROXY_SNMP.into()).unwrap().unwrap();
+    assert_eq!((traffic.to_target_packets, traffic.from_target_packets), (2, 1));
+    assert_eq!(traffic.to_target_bytes, 40 + 1500);
+}
+
+#[test]
+fn a_tcp_syn_reaches_the_listener_and_its_syn_ack_comes_back() {
+    let mut s = setup();
+    let _listener = s.target.run_in(|| TcpListener::bind("10.20.0.5:22")).unwrap().unwrap();
+    write_ip(&mut s.tun, |out| {
+        PacketBuilder::ipv4(PEER_A1, PROXY_PLC, 64)
+            .tcp(40000, 22, 1_000_000, 64240)
+            .syn()
+            .write(out, &[])
+            .unwrap()
+    });
+    let reply = read_from(&mut s.tun, PROXY_PLC);
+    assert_checksums_valid(&reply);
+    let sliced = SlicedPacket::from_ip(&reply).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &sliced.net else { panic!("not IPv4") };
+    assert_eq!(ip.header().destination(), PEER_A1);
+    let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else { panic!("not TCP") };
+    assert!(tcp.syn() && tcp.ack(), "a SYN-ACK from the listener");
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (22, 40000));
+    assert_eq!(tcp.acknowledgment_number(), 1_000_001);
+
+    // A port the entry does not allow never reaches the target.
+    write_ip(&mut s.tun, |out| {
+        PacketBuilder::ipv4(PEER_A1, PROXY_PLC, 64).tcp(40001, 23, 1, 64240).syn().write(out, &[]).unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while s.forwarder.counters().unwrap().get(Outcome::PortNotAllowed) == 0 {
+        assert!(Instant::now() < deadline, "the refused SYN was not counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn ping_through_the_proxy_address() {
+    let mut s = setup();
+    write_ip(&mut s.tun, |out| {
+        PacketBuilder::ipv4(PEER_A1, PROXY_SENSOR, 64)
+            .icmpv4_echo_request(777, 1)
+            .write(out, b"abcdefgh")
+            .unwrap()
+    });
+    let reply = read_from(&mut s.tun, PROXY_SENSOR);
+    assert_checksums_valid(&reply);
+    let sliced = SlicedPacket::from_ip(&reply).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = &sliced.transport else { panic!("not ICMP") };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 777, seq: 1 })
+    );
+    let _ = &s.target;
+}

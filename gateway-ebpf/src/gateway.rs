@@ -1,0 +1,634 @@
+//! The gateway's whitelist and proxy-address NAT.
+//!
+//! `gateway_tunnel_in` (TC ingress on the TUN device) lets a technician's
+//! packet through only if its source is a peer of an active session and its
+//! destination, protocol and port are whitelisted for that session; it then
+//! rewrites proxy -> real destination and peer -> gateway LAN source with a
+//! NAT port of its own, and sends the packet out of the LAN interface.
+//! `gateway_lan_in` (XDP on the LAN interface) translates the replies of those
+//! flows back and keeps the machine network from reaching the tunnel or being
+//! routed anywhere by the gateway.
+//!
+//! The whitelist is checked on every packet, not only when a flow starts:
+//! removing an entry or ending a session cuts its flows at once, both ways.
+//! Conntrack only remembers NAT ports.
+
+use core::mem;
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::{
+        BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
+        xdp_action,
+    },
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_fib_lookup, bpf_redirect_neigh, bpf_skb_change_head},
+    },
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use ferry_ebpf_common::gateway::{
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FlowForward, FlowKey,
+    FlowReverse, GatewayConfig, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_ANY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, PeerEntry, ReplyKey, TargetKey, TargetRule, TargetTraffic, flow_hash, timeout_ns,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    csum::{replace, sum, sum_not, udp_checksum},
+    packet::{ETH_P_IP, be16_at, ptr_at_mut},
+};
+
+/// Length of the link header before the IPv4 header of the TUN program's
+/// packets: 0 on a TUN device, 14 under BPF_PROG_RUN (which requires an
+/// Ethernet header for sched_cls). Set by the loader; read-only at run time.
+#[unsafe(no_mangle)]
+static GW_L2_LEN: Global<u32> = Global::new(0);
+
+#[map(name = "GW_CONFIG")]
+static GW_CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
+
+// Not preallocated, like the relay's bindings: a preallocated hash map reuses
+// an element the moment userspace replaces or deletes it, so a lookup running
+// then could read another session's entry. Without preallocation elements are
+// freed after an RCU grace period.
+#[map(name = "GW_PEERS")]
+static GW_PEERS: HashMap<[u8; 4], PeerEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
+
+#[map(name = "GW_TARGETS")]
+static GW_TARGETS: HashMap<TargetKey, TargetRule> =
+    HashMap::with_max_entries(DEFAULT_MAX_TARGETS, BPF_F_NO_PREALLOC);
+
+// LRU: when flows outnumber the map, the least recently used are forgotten
+// instead of new ones being refused. Every entry is re-validated against the
+// reverse map and the whitelist before use, so an evicted half only costs a
+// new NAT port.
+#[map(name = "GW_CT_FWD")]
+static GW_CT_FWD: LruHashMap<FlowKey, FlowForward> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "GW_CT_REV")]
+static GW_CT_REV: LruHashMap<ReplyKey, FlowReverse> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "GW_TRAFFIC")]
+static GW_TRAFFIC: PerCpuArray<TargetTraffic> = PerCpuArray::with_max_entries(DEFAULT_MAX_TARGETS, 0);
+
+#[map(name = "GW_COUNTERS")]
+static GW_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+const ETH_HLEN: usize = EthHdr::LEN;
+const IPV4_HLEN: usize = Ipv4Hdr::LEN;
+/// The L4 header of an option-less IPv4 packet in an Ethernet frame.
+const LAN_L4: usize = ETH_HLEN + IPV4_HLEN;
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const ICMP_HLEN: usize = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const AF_INET: u8 = 2;
+const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
+/// Size argument of bpf_l3/l4_csum_replace for a 2- and a 4-byte field.
+const CSUM_16: u64 = 2;
+const CSUM_32: u64 = 4;
+
+fn count(outcome: Outcome) {
+    if let Some(counter) = GW_COUNTERS.get_ptr_mut(outcome as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU while we run.
+        unsafe { *counter += 1 };
+    }
+}
+
+fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
+    if let Some(traffic) = GW_TRAFFIC.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, written only by this CPU while we run.
+        unsafe {
+            if to_target {
+                (*traffic).to_target_packets += 1;
+                (*traffic).to_target_bytes += bytes;
+            } else {
+                (*traffic).from_target_packets += 1;
+                (*traffic).from_target_bytes += bytes;
+            }
+        }
+    }
+}
+
+/// Whether a flow last seen at `last_seen` has been idle too long at `now`.
+/// Another CPU may have stamped it a moment after our `now`.
+#[inline(always)]
+fn expired(protocol: u8, last_seen: u64, now: u64) -> bool {
+    now > last_seen && now - last_seen > timeout_ns(protocol)
+}
+
+// --- Technician -> target: TC on the TUN device ----------------------------
+//
+// Why TC and not XDP: the WireGuard engine writes GRO-coalesced TCP
+// super-segments into the TUN with virtio-net NEEDS_CSUM, i.e. skbs in
+// CHECKSUM_PARTIAL state, whose TCP checksum field holds only the
+// pseudo-header sum. An XDP program cannot see ip_summed, so it cannot know
+// whether it is updating a full checksum or a pseudo-header one, and would
+// corrupt one of the two. bpf_l3_csum_replace/bpf_l4_csum_replace know the
+// skb's state and do the right thing for both (BPF_F_PSEUDO_HDR marks the
+// address changes that enter the pseudo-header). And generic XDP on a TUN
+// gains nothing: the skb already exists, and generic XDP would even linearize
+// 64 KiB super-segments.
+//
+// bpf_redirect_neigh to the LAN interface skips the kernel's input routing
+// (no forwarding or accept_local sysctls needed on the TUN) and fills in the
+// Ethernet header from the neighbour table, resolving it if needed.
+
+#[classifier]
+pub fn gateway_tunnel_in(ctx: TcContext) -> i32 {
+    let (outcome, lan_ifindex, no_redirect) = match GW_CONFIG.get(0) {
+        Some(config) => (tunnel_in(&ctx, config), config.lan_ifindex, config.flags & FLAG_NO_REDIRECT != 0),
+        None => (Outcome::Malformed, 0, false),
+    };
+    count(outcome);
+    if outcome != Outcome::ForwardedToTarget {
+        return TC_ACT_SHOT as i32;
+    }
+    if no_redirect {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: no parameters (NULL, 0): the helper looks the next hop up in
+    // the FIB and the neighbour table of `lan_ifindex`.
+    unsafe { bpf_redirect_neigh(lan_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// The L4 fields of a technician's packet that the whitelist and NAT use.
+struct Ports {
+    /// The source port, or the ICMP echo id.
+    peer_port: [u8; 2],
+    /// The destination port; 0 for ICMP.
+    dport: [u8; 2],
+    /// Where the L4 checksum sits, as an offset into the packet.
+    csum_offset: usize,
+}
+
+#[inline(always)]
+fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
+    // Only the two values the loader may set; anything else is treated as a
+    // TUN, which is the only place the program is attached.
+    let l2 = if GW_L2_LEN.load() == ETH_HLEN as u32 { ETH_HLEN } else { 0 };
+    // Helpers, not direct packet access: a TUN super-segment may carry little
+    // of its headers in the linear area.
+    let Ok(ip) = ctx.load::<[u8; IPV4_HLEN]>(l2) else {
+        return if ctx.len() as usize > l2 { Outcome::NotIpv4 } else { Outcome::Malformed };
+    };
+    if ip[0] >> 4 != 4 {
+        return Outcome::NotIpv4;
+    }
+    let header_len = (ip[0] & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if header_len < IPV4_HLEN || total_len < header_len {
+        return Outcome::Malformed;
+    }
+    // More-fragments flag or a non-zero offset: later fragments carry no
+    // ports to check.
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        return Outcome::Fragment;
+    }
+    let protocol = ip[9];
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+
+    let Some(peer) = GW_PEERS.get_ptr(src) else {
+        return Outcome::UnknownPeer;
+    };
+    // SAFETY: the map is not preallocated, so the element stays valid for this
+    // run even if userspace deletes it meanwhile.
+    let session = unsafe { (*peer).session };
+    let Some(rule) = GW_TARGETS.get_ptr(TargetKey { session, proxy: dst, _pad: [0; 4] }) else {
+        return Outcome::NotWhitelisted;
+    };
+    // SAFETY: as above.
+    let rule = unsafe { &*rule };
+    if rule.protocol != PROTO_ANY && rule.protocol != protocol {
+        return Outcome::ProtocolNotAllowed;
+    }
+
+    let l4 = l2 + header_len;
+    let ip_payload = total_len - header_len;
+    let ports = match protocol {
+        PROTO_TCP | PROTO_UDP => {
+            let (min_len, csum_at) = if protocol == PROTO_TCP { (TCP_HLEN, 16) } else { (UDP_HLEN, 6) };
+            if ip_payload < min_len {
+                return Outcome::Malformed;
+            }
+            let Ok(head) = ctx.load::<[u8; 4]>(l4) else {
+                return Outcome::Malformed;
+            };
+            let dport = [head[2], head[3]];
+            if !rule.port_allowed(u16::from_be_bytes(dport)) {
+                return Outcome::PortNotAllowed;
+            }
+            Ports { peer_port: [head[0], head[1]], dport, csum_offset: l4 + csum_at }
+        }
+        PROTO_ICMP => {
+            if ip_payload < ICMP_HLEN {
+                return Outcome::Malformed;
+            }
+            let Ok(head) = ctx.load::<[u8; ICMP_HLEN]>(l4) else {
+                return Outcome::Malformed;
+            };
+            // Echo requests only: their id plays the port's role in the NAT.
+            // Other ICMP from a technician (errors, timestamps) has nothing
+            // to translate and no business on the machine network.
+            if head[0] != ICMP_ECHO_REQUEST || head[1] != 0 {
+                return Outcome::IcmpNotEcho;
+            }
+            Ports { peer_port: [head[4], head[5]], dport: [0, 0], csum_offset: l4 + 2 }
+        }
+        // Nothing else can be translated (no ports to NAT).
+        _ => return Outcome::ProtocolNotAllowed,
+    };
+    let ttl = ip[8];
+    if ttl <= 1 {
+        return Outcome::TtlExceeded;
+    }
+
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = FlowKey {
+        protocol,
+        _pad: [0; 3],
+        peer: src,
+        proxy: dst,
+        peer_port: ports.peer_port,
+        dport: ports.dport,
+    };
+    let nat_port = match established(&flow, session, rule, now) {
+        Some(port) => port,
+        None => match new_flow(&flow, session, rule, now) {
+            Some(port) => port,
+            None => return Outcome::NatPortsExhausted,
+        },
+    };
+
+    if rewrite_to_target(ctx, l2, protocol, &ip, rule, &ports, nat_port).is_err() {
+        return Outcome::RewriteFailed;
+    }
+    // The IP packet's length (a GRO super-segment counts whole).
+    let bytes = (ctx.len() as usize - l2) as u64;
+    // bpf_redirect_neigh pulls an Ethernet header off before it routes (it
+    // drops skbs whose MAC header does not precede the network header, as on
+    // a TUN's ingress) and writes the real one from the neighbour table. A
+    // zeroed header in front is what bpf_skb_change_head is for: L3 -> L2
+    // redirects. (Since Linux 5.12 it is not capped at the TUN's MTU.)
+    let redirect = config.flags & FLAG_NO_REDIRECT == 0;
+    // SAFETY: the skb pointer is the program's context.
+    if redirect && l2 == 0 && unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_HLEN as u32, 0) } != 0 {
+        return Outcome::RewriteFailed;
+    }
+    count_traffic(rule.counter, true, bytes);
+    Outcome::ForwardedToTarget
+}
+
+/// The NAT port of an established, live flow whose translation still matches
+/// the whitelist entry; refreshes its timestamps.
+#[inline(always)]
+fn established(flow: &FlowKey, session: u64, rule: &TargetRule, now: u64) -> Option<[u8; 2]> {
+    let forward = GW_CT_FWD.get_ptr_mut(flow)?;
+    // SAFETY: an element of an LRU map stays valid during this run (RCU); a
+    // concurrent writer can only change timestamps and counters.
+    let forward = unsafe { &mut *forward };
+    // A flow of an earlier session of the same peer address, or of an entry
+    // whose real address or SNAT address changed since, is not this flow.
+    if forward.session != session || forward.real != rule.real || forward.snat != rule.snat {
+        return None;
+    }
+    let reply = ReplyKey {
+        protocol: flow.protocol,
+        _pad: [0; 3],
+        real: forward.real,
+        snat: forward.snat,
+        target_port: flow.dport,
+        nat_port: forward.nat_port,
+    };
+    let reverse = GW_CT_REV.get_ptr_mut(&reply)?;
+    // SAFETY: as above.
+    let reverse = unsafe { &mut *reverse };
+    // The reverse entry owns the NAT port; if it was evicted or taken over by
+    // another flow, this flow needs a new port.
+    if !owns(reverse, flow, session) || expired(flow.protocol, reverse.last_seen_ns, now) {
+        return None;
+    }
+    reverse.last_seen_ns = now;
+    reverse.counter = rule.counter;
+    forward.last_seen_ns = now;
+    forward.counter = rule.counter;
+    Some(forward.nat_port)
+}
+
+/// Whether the reverse entry belongs to `flow`.
+#[inline(always)]
+fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64) -> bool {
+    reverse.peer == flow.peer
+        && reverse.peer_port == flow.peer_port
+        && reverse.proxy == flow.proxy
+        && reverse.session == session
+}
+
+/// Claims a NAT port for a new flow: the flow's hashed port or one of the next
+/// few, whichever the reverse map does not hold yet (BPF_NOEXIST makes the
+/// claim atomic against other CPUs), or whose flow has expired.
+#[inline(always)]
+fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, now: u64) -> Option<[u8; 2]> {
+    let reverse = FlowReverse {
+        peer: flow.peer,
+        proxy: flow.proxy,
+        peer_port: flow.peer_port,
+        _pad: [0; 2],
+        counter: rule.counter,
+        session,
+        last_seen_ns: now,
+    };
+    let start = flow_hash(flow) % NAT_PORTS;
+    let mut claimed = None;
+    for i in 0..NAT_PORT_TRIES {
+        let port = (NAT_PORT_MIN as u32 + (start + i) % NAT_PORTS) as u16;
+        let reply = ReplyKey {
+            protocol: flow.protocol,
+            _pad: [0; 3],
+            real: rule.real,
+            snat: rule.snat,
+            target_port: flow.dport,
+            nat_port: port.to_be_bytes(),
+        };
+        if GW_CT_REV.insert(&reply, &reverse, BPF_NOEXIST as u64).is_ok() {
+            claimed = Some(reply.nat_port);
+            break;
+        }
+        let Some(existing) = GW_CT_REV.get_ptr(&reply) else {
+            continue;
+        };
+        // SAFETY: as in established().
+        let existing = unsafe { &*existing };
+        // Our own flow whose forward half was evicted, or a dead flow: take it.
+        if owns(existing, flow, session) || expired(flow.protocol, existing.last_seen_ns, now) {
+            if GW_CT_REV.insert(&reply, &reverse, BPF_ANY as u64).is_ok() {
+                claimed = Some(reply.nat_port);
+                break;
+            }
+        }
+    }
+    let nat_port = claimed?;
+    let forward = FlowForward {
+        nat_port,
+        _pad: [0; 2],
+        real: rule.real,
+        snat: rule.snat,
+        counter: rule.counter,
+        session,
+        last_seen_ns: now,
+    };
+    if GW_CT_FWD.insert(flow, &forward, BPF_ANY as u64).is_err() {
+        // Without the forward half the port would stay claimed for nothing.
+        let _ = GW_CT_REV.remove(&ReplyKey {
+            protocol: flow.protocol,
+            _pad: [0; 3],
+            real: rule.real,
+            snat: rule.snat,
+            target_port: flow.dport,
+            nat_port,
+        });
+        return None;
+    }
+    Some(nat_port)
+}
+
+/// Rewrites proxy -> real destination, peer -> SNAT source, the source port
+/// (ICMP: echo id) -> NAT port and TTL - 1, with the kernel's checksum helpers.
+#[inline(always)]
+fn rewrite_to_target(
+    ctx: &TcContext,
+    l2: usize,
+    protocol: u8,
+    ip: &[u8; IPV4_HLEN],
+    rule: &TargetRule,
+    ports: &Ports,
+    nat_port: [u8; 2],
+) -> Result<(), i64> {
+    let ip_csum = l2 + 10;
+    let old_src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let old_dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let new_src = u32::from_ne_bytes(rule.snat);
+    let new_dst = u32::from_ne_bytes(rule.real);
+    let old_ttl = u16::from_ne_bytes([ip[8], ip[9]]) as u64;
+    let new_ttl = u16::from_ne_bytes([ip[8] - 1, ip[9]]) as u64;
+
+    // The L4 checksum first: it covers the addresses through the
+    // pseudo-header (not for ICMP) and the port (ICMP: id).
+    let pseudo = BPF_F_PSEUDO_HDR as u64;
+    let mangled = if protocol == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    if protocol != PROTO_ICMP {
+        ctx.l4_csum_replace(ports.csum_offset, old_src as u64, new_src as u64, pseudo | mangled | CSUM_32)?;
+        ctx.l4_csum_replace(ports.csum_offset, old_dst as u64, new_dst as u64, pseudo | mangled | CSUM_32)?;
+    }
+    let old_port = u16::from_ne_bytes(ports.peer_port) as u64;
+    let new_port = u16::from_ne_bytes(nat_port) as u64;
+    ctx.l4_csum_replace(ports.csum_offset, old_port, new_port, mangled | CSUM_16)?;
+    // TCP/UDP: the source port at the start of the header; ICMP: the echo id
+    // 4 bytes in.
+    let port_offset = l2 + (ip[0] & 0x0f) as usize * 4 + if protocol == PROTO_ICMP { 4 } else { 0 };
+    ctx.store(port_offset, &nat_port, 0)?;
+
+    ctx.l3_csum_replace(ip_csum, old_src as u64, new_src as u64, CSUM_32)?;
+    ctx.l3_csum_replace(ip_csum, old_dst as u64, new_dst as u64, CSUM_32)?;
+    ctx.l3_csum_replace(ip_csum, old_ttl, new_ttl, CSUM_16)?;
+    ctx.store(l2 + 8, &(ip[8] - 1), 0)?;
+    ctx.store(l2 + 12, &rule.snat, 0)?;
+    ctx.store(l2 + 16, &rule.real, 0)?;
+    Ok(())
+}
+
+// --- Target -> technician, and everything else: XDP on the LAN ------------
+//
+// Native XDP: frames from the wire carry full checksums, so the incremental
+// full-checksum updates below are right. (On a veth in tests the sending side
+// must have TX checksum offload off, just as a wire delivers full checksums.)
+
+#[xdp]
+pub fn gateway_lan_in(ctx: XdpContext) -> u32 {
+    let outcome = match GW_CONFIG.get(0) {
+        Some(config) => lan_in(&ctx, config),
+        None => Outcome::LanToHost,
+    };
+    count(outcome);
+    if outcome.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+#[inline(always)]
+fn lan_in(ctx: &XdpContext, config: &GatewayConfig) -> Outcome {
+    // VLAN tags are not walked: the machine network is the LAN interface's
+    // untagged one. Tagged frames reach the stack as they are.
+    match be16_at(ctx, ETH_HLEN - 2) {
+        Some(ETH_P_IP) => {}
+        _ => return Outcome::LanNotIpv4,
+    }
+    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return Outcome::Malformed;
+    };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let ip = unsafe { &mut *ip };
+    let header_len = (ip.vihl & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4 || header_len < IPV4_HLEN || total_len < header_len {
+        return Outcome::Malformed;
+    }
+    // Replies are option-less and unfragmented (the targets answer packets
+    // the gateway sent); anything else is at most for the host itself.
+    if header_len == IPV4_HLEN && u16::from_be_bytes(ip.frags) & 0x3fff == 0 {
+        if let Some(outcome) = reply(ctx, ip, total_len) {
+            return outcome;
+        }
+    }
+    let dst = ip.dst_addr;
+    if config.in_tunnel_net(dst) {
+        return Outcome::LanToTunnel;
+    }
+    // Multicast, class E and the limited broadcast never go through the FIB
+    // in the kernel's input path (DHCP answers to 255.255.255.255); they are
+    // the host's, which never routes them.
+    if dst[0] >= 224 {
+        return Outcome::LanToHost;
+    }
+    if routed_elsewhere(ctx, ip, total_len) { Outcome::LanForwardBlocked } else { Outcome::LanToHost }
+}
+
+/// Translates a reply of a known flow back toward the technician. None: the
+/// packet is no reply to a NAT port.
+#[inline(always)]
+fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome> {
+    let protocol = ip.proto;
+    let (target_port, nat_port) = match protocol {
+        PROTO_TCP | PROTO_UDP => {
+            let head = ptr_at_mut::<[u8; 4]>(ctx, LAN_L4)?;
+            // SAFETY: ptr_at checked the bytes are inside the packet.
+            let head = unsafe { *head };
+            ([head[0], head[1]], [head[2], head[3]])
+        }
+        PROTO_ICMP => {
+            let head = ptr_at_mut::<[u8; ICMP_HLEN]>(ctx, LAN_L4)?;
+            // SAFETY: as above.
+            let head = unsafe { *head };
+            if head[0] != ICMP_ECHO_REPLY || head[1] != 0 {
+                return None;
+            }
+            ([0, 0], [head[4], head[5]])
+        }
+        _ => return None,
+    };
+    if u16::from_be_bytes(nat_port) < NAT_PORT_MIN {
+        return None;
+    }
+    // Unknown or dead flows to a NAT port: TCP and UDP are dropped (nothing on
+    // the gateway listens there, the ports are reserved for the NAT); an ICMP
+    // echo reply may answer the host's own ping, whose id can be anything.
+    let unknown = if protocol == PROTO_ICMP { None } else { Some(Outcome::NoConntrack) };
+    let key =
+        ReplyKey { protocol, _pad: [0; 3], real: ip.src_addr, snat: ip.dst_addr, target_port, nat_port };
+    let Some(reverse) = GW_CT_REV.get_ptr_mut(&key) else {
+        return unknown;
+    };
+    // SAFETY: an LRU element stays valid during this run (RCU).
+    let reverse = unsafe { &mut *reverse };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if expired(protocol, reverse.last_seen_ns, now) {
+        return unknown;
+    }
+    // Ending a session or removing the entry cuts replies at once, before any
+    // sweep of the conntrack maps.
+    let live = match GW_PEERS.get_ptr(reverse.peer) {
+        // SAFETY: not preallocated, valid for this run.
+        Some(peer) => unsafe { (*peer).session == reverse.session },
+        None => false,
+    };
+    if !live {
+        return Some(Outcome::SessionEnded);
+    }
+    let target = TargetKey { session: reverse.session, proxy: reverse.proxy, _pad: [0; 4] };
+    let counter = match GW_TARGETS.get_ptr(target) {
+        // SAFETY: as above.
+        Some(rule) => unsafe {
+            if (*rule).real != key.real || (*rule).snat != key.snat {
+                return Some(Outcome::SessionEnded);
+            }
+            (*rule).counter
+        },
+        None => return Some(Outcome::SessionEnded),
+    };
+    if ip.ttl <= 1 {
+        return Some(Outcome::TtlExceeded);
+    }
+
+    // The target's address and the SNAT address leave, the proxy and the
+    // peer arrive; the TTL word changes too (RFC 1624 incremental updates).
+    let removed = sum_not(&ip.src_addr) + sum_not(&ip.dst_addr);
+    let added = sum(&reverse.proxy) + sum(&reverse.peer);
+    let old_ttl = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new_ttl = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
+    let port_removed = !u16::from_be_bytes(nat_port) as u32;
+    let port_added = u16::from_be_bytes(reverse.peer_port) as u32;
+    match protocol {
+        PROTO_TCP => {
+            let tcp = ptr_at_mut::<[u8; TCP_HLEN]>(ctx, LAN_L4)?;
+            // SAFETY: ptr_at checked the header is inside the packet.
+            let tcp = unsafe { &mut *tcp };
+            let check = replace([tcp[16], tcp[17]], removed + port_removed, added + port_added);
+            [tcp[16], tcp[17]] = check.to_be_bytes();
+            [tcp[2], tcp[3]] = reverse.peer_port;
+        }
+        PROTO_UDP => {
+            let udp = ptr_at_mut::<[u8; UDP_HLEN]>(ctx, LAN_L4)?;
+            // SAFETY: as above.
+            let udp = unsafe { &mut *udp };
+            // Zero: the sender computed no checksum; it stays that way.
+            if udp[6] | udp[7] != 0 {
+                let check = replace([udp[6], udp[7]], removed + port_removed, added + port_added);
+                [udp[6], udp[7]] = udp_checksum(check);
+            }
+            [udp[2], udp[3]] = reverse.peer_port;
+        }
+        _ => {
+            let icmp = ptr_at_mut::<[u8; ICMP_HLEN]>(ctx, LAN_L4)?;
+            // SAFETY: as above.
+            let icmp = unsafe { &mut *icmp };
+            // ICMP has no pseudo-header: only the id changes.
+            let check = replace([icmp[2], icmp[3]], port_removed, port_added);
+            [icmp[2], icmp[3]] = check.to_be_bytes();
+            [icmp[4], icmp[5]] = reverse.peer_port;
+        }
+    }
+    ip.check = replace(ip.check, removed + !old_ttl as u32, added + new_ttl as u32).to_be_bytes();
+    ip.src_addr = reverse.proxy;
+    ip.dst_addr = reverse.peer;
+    ip.ttl -= 1;
+    reverse.last_seen_ns = now;
+    count_traffic(counter, false, total_len as u64);
+    Some(Outcome::ForwardedFromTarget)
+}
+
+/// Whether the kernel would forward this packet out of some interface (a
+/// unicast route that is not local). The gateway never routes the machine
+/// network anywhere; only translated replies (XDP_PASS above) cross.
+#[inline(always)]
+fn routed_elsewhere(ctx: &XdpContext, ip: &Ipv4Hdr, total_len: usize) -> bool {
+    // SAFETY: bpf_fib_lookup is plain old data; all zeroes is its documented
+    // starting point.
+    let mut fib: FibLookup = unsafe { mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = ip.proto;
+    fib.__bindgen_anon_1.tot_len = total_len as u16;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_2.tos = ip.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+    // SAFETY: fib points at a complete bpf_fib_lookup on our stack.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, mem::size_of::<FibLookup>() as i32, 0) };
+    rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64
+}
