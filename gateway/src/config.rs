@@ -77,13 +77,16 @@ pub struct Lan {
 pub struct Tunnel {
     #[serde(default = "default_tunnel_interface")]
     pub interface: String,
+    /// The gateway's address in the tunnel network, with a prefix covering
+    /// every session subnet (default 100.96.0.1/12, the cloud's pool).
+    pub address: Option<String>,
     #[serde(default)]
     pub transport: Transport,
 }
 
 impl Default for Tunnel {
     fn default() -> Tunnel {
-        Tunnel { interface: default_tunnel_interface(), transport: Transport::default() }
+        Tunnel { interface: default_tunnel_interface(), address: None, transport: Transport::default() }
     }
 }
 

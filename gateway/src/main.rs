@@ -5,7 +5,9 @@ mod cmd;
 // The `run` daemon reads the [lan], [tunnel] and [metrics] sections.
 #[allow(dead_code)]
 mod config;
+mod daemon;
 mod guard;
+mod run;
 // The `run` daemon uses most of these; the commands use the rest.
 #[allow(dead_code)]
 mod local;
@@ -52,6 +54,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    Run(run::RunArgs),
     Guard(guard::GuardArgs),
     /// Check that this host can run the gateway's eBPF programs: every program
     /// is loaded through the kernel's verifier. Exits non-zero if one fails.
@@ -110,6 +113,7 @@ fn main() -> Result<()> {
         socket: cli.socket.clone().unwrap_or_else(|| config.control_socket()),
     };
     match cli.command {
+        Command::Run(args) => run::run(args, &config, paths.data_dir, paths.socket),
         Command::Guard(args) => guard::run(args, &config),
         Command::Preflight => {
             let report = ferry_ebpf::preflight::run();

@@ -79,8 +79,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         .context("reading the enrolment")?
         .context("this gateway is not enrolled yet: run `ferry-gateway enroll --cloud URL --token TOKEN`")?;
     let identity = crate::state::keys::identity(&settings.data_dir).context("loading the identity key")?;
-    let wg_key = ferry_tunnel::keys::load_or_generate(&settings.data_dir.join("wireguard.key"))
-        .context("loading the WireGuard key")?;
+    let wg_key = crate::state::keys::wireguard(&settings.data_dir).context("loading the WireGuard key")?;
 
     host::prepare_lan(&settings.lan_interface).context("preparing the LAN interface")?;
     let snat = match settings.lan_address {
@@ -120,7 +119,13 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let (cloud_tx, mut cloud_rx) = mpsc::channel(16);
     let link = CloudLink {
         url: control_url(&enrollment.cloud_url, &enrollment.control_path)?,
-        pin: enrollment.pin.as_deref().map(ferry_control::pin::parse_fingerprint).transpose()?,
+        pin: match enrollment.pin.as_deref() {
+            None => None,
+            Some(text) => Some(
+                ferry_control::pin::parse_fingerprint(text)
+                    .with_context(|| format!("the enrolled certificate pin {text:?} is not a SHA-256 fingerprint"))?,
+            ),
+        },
         gateway_id: enrollment.gateway_id,
         identity,
         wg_public_key: WgKey(engine.public_key().0),
@@ -307,7 +312,7 @@ impl Daemon {
         let mut events = Vec::new();
         for session in self.plan.active().filter(|s| which(s.state.session_id.0)) {
             events.extend(self.reported.deltas(session, |id, proxy| {
-                self.forwarder.traffic(id, proxy).map(|t| (t.to_target_bytes, t.from_target_bytes))
+                self.forwarder.traffic(id, proxy).ok().flatten().map(|t| (t.to_target_bytes, t.from_target_bytes))
             }));
         }
         for event in events {

@@ -15,13 +15,7 @@ use ferry_control::{
     gateway::{DesiredState, Peer, SessionState},
 };
 
-/// The customer's answer to a session that needs approval.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Approved,
-    Denied,
-}
+pub use crate::state::Decision;
 
 /// Why a session forwards or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

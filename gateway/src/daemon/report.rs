@@ -45,7 +45,7 @@ pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> V
                 .iter()
                 .map(|t| {
                     let traffic = match t.proxy_address {
-                        IpAddr::V4(proxy) => forwarder.traffic(s.state.session_id.0, proxy),
+                        IpAddr::V4(proxy) => forwarder.traffic(s.state.session_id.0, proxy).ok().flatten(),
                         IpAddr::V6(_) => None,
                     };
                     TargetReport {
