@@ -107,7 +107,6 @@ fn mentions_id(value: &Value, id: u64) -> bool {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn the_switch_is_off_by_default() {
     let mut site = site(Options::default());
     assert!(!site.lab.switch_status(), "a freshly enrolled gateway has remote maintenance on");
@@ -120,7 +119,6 @@ fn the_switch_is_off_by_default() {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn only_whitelisted_ports_are_reachable_through_proxy_addresses() {
     let mut site = site(Options::default());
     site.switch_on();
@@ -129,7 +127,6 @@ fn only_whitelisted_ports_are_reachable_through_proxy_addresses() {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn the_machine_network_cannot_reach_into_the_tunnel() {
     let mut site = site(Options::default());
     site.switch_on();
@@ -142,7 +139,6 @@ fn the_machine_network_cannot_reach_into_the_tunnel() {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn remote_off_stops_traffic_at_once_and_ends_the_session() {
     let mut site = site(Options::default());
     site.switch_on();
@@ -180,7 +176,6 @@ fn remote_off_stops_traffic_at_once_and_ends_the_session() {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn approval_required_sessions_wait_for_the_customer() {
     let mut site = site(Options::default());
     site.switch_on();
@@ -216,7 +211,6 @@ fn approval_required_sessions_wait_for_the_customer() {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn a_session_expires_at_the_gateway_while_the_cloud_is_down() {
     let mut site = site(Options::default());
     site.switch_on();
@@ -244,7 +238,6 @@ fn a_session_expires_at_the_gateway_while_the_cloud_is_down() {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn a_restarted_gateway_restores_its_state_and_loses_no_audit_event() {
     let mut site = site(Options::default());
     site.switch_on();
@@ -291,7 +284,6 @@ fn a_restarted_gateway_restores_its_state_and_loses_no_audit_event() {
 }
 
 #[test]
-#[ignore = "needs the ferry-gateway daemon"]
 fn a_tcp443_only_site_works_over_the_websocket_relay() {
     let mut site = site(Options { tcp443_only: true, ..Options::default() });
     site.switch_on();

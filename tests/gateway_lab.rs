@@ -59,7 +59,7 @@
 //! Run as root after `cargo build --bins`:
 //! `cargo test -p ferry-tests --test gateway_lab_infra` (passes without the
 //! daemon, with a stand-in gateway for the session path) and
-//! `cargo test -p ferry-tests --test gateway_e2e -- --ignored` (the daemon).
+//! `cargo test -p ferry-tests --test gateway_e2e` (the daemon).
 
 use std::{
     collections::BTreeMap,

@@ -104,7 +104,9 @@ pub fn remote(paths: &Paths, action: RemoteAction) -> Result<()> {
             println!("every remote maintenance session has been ended");
         }
     }
-    if !daemon {
+    if !daemon && action == RemoteAction::Status {
+        println!("(the ferry-gateway daemon is not running; this is the stored setting it starts with)");
+    } else if !daemon {
         println!(
             "(the ferry-gateway daemon is not running; the setting is stored in {} and applies when it starts)",
             paths.data_dir.display()

@@ -47,7 +47,13 @@ pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io_err)?;
+    match stream.write_all(&line) {
+        Ok(()) => {}
+        // The daemon may answer (a refusal) and close before reading our
+        // request; its answer is still there to read.
+        Err(e) if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) => {}
+        Err(e) => return Err(io_err(e)),
+    }
     let mut answer = String::new();
     BufReader::new(stream.take(MAX_RESPONSE_BYTES)).read_line(&mut answer).map_err(io_err)?;
     if answer.is_empty() {

@@ -255,6 +255,87 @@ mod tests {
         drop(listener);
     }
 
+    /// Run as another user by `other_users_are_refused`: connects to
+    /// `$FERRY_TEST_SOCKET` and checks what `$FERRY_TEST_EXPECT` says.
+    #[test]
+    #[ignore = "a helper process of other_users_are_refused"]
+    fn helper_connect_as_another_user() {
+        let (Some(path), Ok(expect)) =
+            (std::env::var_os("FERRY_TEST_SOCKET"), std::env::var("FERRY_TEST_EXPECT"))
+        else {
+            return;
+        };
+        let result = client::call(Path::new(&path), &Request::Remote { on: true });
+        match (expect.as_str(), result) {
+            ("filesystem", Err(client::ClientError::PermissionDenied { .. })) => {}
+            ("peercred", Ok(Response::Error { message })) if message.contains("permission denied") => {}
+            (expect, other) => panic!("expected {expect}, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_users_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to run a client as nobody");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("run").join("control.sock");
+        let listener = bind(&path).unwrap();
+        let server = tokio::spawn(serve(listener, fake_daemon()));
+        // Let nobody reach the socket file, so that the 0600 mode and then
+        // the SO_PEERCRED check are what refuse it.
+        std::fs::set_permissions(path.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let as_nobody = |expect: &'static str, path: std::path::PathBuf| {
+            use std::os::unix::process::CommandExt as _;
+            let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+            command
+                .args([
+                    "--exact",
+                    "local::server::tests::helper_connect_as_another_user",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("FERRY_TEST_SOCKET", &path)
+                .env("FERRY_TEST_EXPECT", expect);
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    let nobody = nix::unistd::Uid::from_raw(65534);
+                    nix::unistd::setgroups(&[])?;
+                    nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+                    nix::unistd::setuid(nobody)?;
+                    Ok(())
+                });
+            }
+            let output = command.output().unwrap();
+            assert!(
+                output.status.success(),
+                "{expect}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(String::from_utf8_lossy(&output.stdout).contains("1 passed"), "the helper did not run");
+        };
+
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || as_nobody("filesystem", p)).await.unwrap();
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let before = refused_connections();
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || as_nobody("peercred", p)).await.unwrap();
+        assert!(refused_connections() > before);
+
+        // Root still gets through, and nobody changed the switch.
+        let p = path.clone();
+        let status = tokio::task::spawn_blocking(move || client::call(&p, &Request::Status)).await.unwrap();
+        assert_eq!(status.unwrap(), Response::Switch { on: false, changed: false });
+        server.abort();
+    }
+
     #[test]
     fn a_missing_socket_means_the_daemon_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
