@@ -2,16 +2,11 @@
 //! network.
 
 mod cmd;
-// The `run` daemon reads the [lan], [tunnel] and [metrics] sections.
-#[allow(dead_code)]
 mod config;
 mod daemon;
 mod guard;
-mod run;
-// The `run` daemon uses most of these; the commands use the rest.
-#[allow(dead_code)]
 mod local;
-#[allow(dead_code)]
+mod run;
 mod state;
 
 use std::path::PathBuf;

@@ -62,6 +62,7 @@ pub fn run(args: RunArgs, config: &Config, data_dir: PathBuf, socket: PathBuf) -
         lan_interface,
         lan_address: config.lan.address,
         transport: config.tunnel.transport,
+        metrics: config.metrics.listen,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -73,6 +74,7 @@ pub fn run(args: RunArgs, config: &Config, data_dir: PathBuf, socket: PathBuf) -
         daemon::run(settings, async move {
             let signal = shutdown.wait().await;
             tracing::info!(signal, "shutting down");
-        }).await
+        })
+        .await
     })
 }

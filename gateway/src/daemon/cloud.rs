@@ -77,7 +77,8 @@ async fn session(
     to_daemon: &mpsc::Sender<FromCloud>,
     backoff: &mut Backoff,
 ) -> Result<()> {
-    let ws = client::connect(&link.url, link.pin).await.with_context(|| format!("connecting to {}", link.url))?;
+    let ws =
+        client::connect(&link.url, link.pin).await.with_context(|| format!("connecting to {}", link.url))?;
     let mut channel = Channel::new(ws);
     let switch_on = *inputs.switch_on.borrow();
     let applied = *inputs.applied.borrow();

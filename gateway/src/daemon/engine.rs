@@ -201,8 +201,9 @@ impl Engine {
             }
         };
         let key = PublicKey(live.wanted.peer.public_key.0);
-        let allowed = IpNet::new(live.wanted.peer.tunnel_address, host_prefix(live.wanted.peer.tunnel_address))
-            .context("the peer's tunnel address")?;
+        let allowed =
+            IpNet::new(live.wanted.peer.tunnel_address, host_prefix(live.wanted.peer.tunnel_address))
+                .context("the peer's tunnel address")?;
         let config = PeerConfig {
             endpoint,
             allowed_ips: vec![allowed],
@@ -278,6 +279,10 @@ impl Engine {
         self.endpoint.status()
     }
 
+    pub fn connected(&self) -> usize {
+        self.peers.values().filter(|l| l.connected).count()
+    }
+
     pub fn path_of(&self, key: &PublicKey) -> Option<Path> {
         self.peers.get(key).map(|l| l.path)
     }
@@ -296,7 +301,12 @@ async fn bridge(relay: &RelayBinding) -> Result<Bridged> {
     let local = bridge.local_addr().context("the bridge's local address")?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        if let Err(e) = bridge.run(async move { let _ = stopped.await; }).await {
+        if let Err(e) = bridge
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+        {
             warn!(error = %format!("{e:#}"), "the WebSocket bridge stopped");
         }
     });

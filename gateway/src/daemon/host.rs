@@ -23,7 +23,8 @@ fn set(key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{key}");
     let current = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     if current.trim() != value {
-        std::fs::write(&path, value).with_context(|| format!("setting {} = {value}", key.replace('/', ".")))?;
+        std::fs::write(&path, value)
+            .with_context(|| format!("setting {} = {value}", key.replace('/', ".")))?;
         tracing::info!(setting = key.replace('/', "."), value, "sysctl set");
     }
     Ok(())

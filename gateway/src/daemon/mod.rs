@@ -11,6 +11,7 @@ mod cloud;
 mod engine;
 mod forwarding;
 mod host;
+mod metrics;
 pub mod policy;
 mod report;
 mod snapshot;
@@ -69,6 +70,8 @@ pub struct Settings {
     pub lan_interface: String,
     pub lan_address: Option<Ipv4Addr>,
     pub transport: Transport,
+    /// Where `/metrics` listens; `None`: nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
@@ -121,17 +124,20 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         url: control_url(&enrollment.cloud_url, &enrollment.control_path)?,
         pin: match enrollment.pin.as_deref() {
             None => None,
-            Some(text) => Some(
-                ferry_control::pin::parse_fingerprint(text)
-                    .with_context(|| format!("the enrolled certificate pin {text:?} is not a SHA-256 fingerprint"))?,
-            ),
+            Some(text) => Some(ferry_control::pin::parse_fingerprint(text).with_context(|| {
+                format!("the enrolled certificate pin {text:?} is not a SHA-256 fingerprint")
+            })?),
         },
         gateway_id: enrollment.gateway_id,
         identity,
         wg_public_key: WgKey(engine.public_key().0),
     };
-    let cloud_inputs =
-        cloud::Inputs { store: store.clone(), switch_on: switch_rx, applied: applied_rx, events: events.clone() };
+    let cloud_inputs = cloud::Inputs {
+        store: store.clone(),
+        switch_on: switch_rx,
+        applied: applied_rx,
+        events: events.clone(),
+    };
     let cloud_task = tokio::spawn(cloud::run(link, cloud_inputs, cloud_tx));
 
     let listener = crate::local::server::bind(&settings.socket)
@@ -139,7 +145,14 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let (request_tx, mut request_rx) = mpsc::channel(16);
     let local_task = tokio::spawn(crate::local::server::serve(listener, request_tx));
 
+    let metrics = metrics::Metrics::new();
+    let metrics_task = match settings.metrics {
+        Some(addr) => Some(tokio::spawn(metrics::serve(metrics::bind(addr).await?, metrics.clone()))),
+        None => None,
+    };
+
     let mut daemon = Daemon {
+        metrics,
         store,
         data_dir: settings.data_dir.clone(),
         snat,
@@ -177,9 +190,9 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
                 let response = daemon.handle(request).await;
                 let _: Result<(), Response> = reply.send(response);
             }
-            Some(message) = cloud_rx.recv() => daemon.from_cloud(message).await,
+            Some(message) = cloud_rx.recv() => daemon.on_cloud(message).await,
             _ = tick.tick() => daemon.tick().await,
-            _ = bytes.tick() => daemon.report_bytes(|_| true),
+            _ = bytes.tick() => daemon.every_bytes_period(),
             _ = pet.tick(), if watchdog.is_some() => ferry_daemon::notify::watchdog(),
         }
     }
@@ -187,6 +200,9 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     info!("stopping");
     daemon.report_bytes(|_| true);
     cloud_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     local_task.abort();
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
@@ -219,6 +235,7 @@ fn now_ms() -> u64 {
 }
 
 struct Daemon {
+    metrics: metrics::Metrics,
     store: Store,
     data_dir: PathBuf,
     snat: Ipv4Addr,
@@ -286,7 +303,12 @@ impl Daemon {
         self.record_changes(changes);
         for s in plan.active() {
             if self.plan.session(s.state.session_id).is_none_or(|old| old.status != Status::Active) {
-                info!(session = s.state.session_id.0, name = s.state.name, peers = s.live_peers.len(), "session forwarding");
+                info!(
+                    session = s.state.session_id.0,
+                    name = s.state.name,
+                    peers = s.live_peers.len(),
+                    "session forwarding"
+                );
             }
         }
         self.plan = plan;
@@ -297,7 +319,11 @@ impl Daemon {
             let event = match change {
                 Change::Connected { session, public_key, endpoint } => {
                     info!(session = session.0, peer = %public_key, ?endpoint, "peer connected");
-                    GatewayEvent::PeerConnected { session_id: session, public_key: WgKey(public_key.0), endpoint }
+                    GatewayEvent::PeerConnected {
+                        session_id: session,
+                        public_key: WgKey(public_key.0),
+                        endpoint,
+                    }
                 }
                 Change::Disconnected { session, public_key } => {
                     info!(session = session.0, peer = %public_key, "peer left");
@@ -312,7 +338,11 @@ impl Daemon {
         let mut events = Vec::new();
         for session in self.plan.active().filter(|s| which(s.state.session_id.0)) {
             events.extend(self.reported.deltas(session, |id, proxy| {
-                self.forwarder.traffic(id, proxy).ok().flatten().map(|t| (t.to_target_bytes, t.from_target_bytes))
+                self.forwarder
+                    .traffic(id, proxy)
+                    .ok()
+                    .flatten()
+                    .map(|t| (t.to_target_bytes, t.from_target_bytes))
             }));
         }
         for event in events {
@@ -326,14 +356,52 @@ impl Daemon {
         }
         let changes = self.engine.poll().await;
         self.record_changes(changes);
+        self.refresh_metrics();
     }
 
-    async fn from_cloud(&mut self, message: FromCloud) {
+    fn every_bytes_period(&mut self) {
+        self.report_bytes(|_| true);
+        match self.forwarder.expire_flows() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(flows = n, "idle connections swept"),
+            Err(e) => warn!(error = %e, "sweeping idle connections failed"),
+        }
+    }
+
+    fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        m.switch_on.set(i64::from(self.store.switch_on()));
+        m.cloud_connected.set(i64::from(self.cloud_connected));
+        m.audit_pending.set(self.store.pending_len() as i64);
+        for status in
+            [Status::Active, Status::WaitingForApproval, Status::Denied, Status::Expired, Status::SwitchedOff]
+        {
+            let n = self.plan.sessions.iter().filter(|s| s.status == status).count();
+            m.sessions.get_or_create(&metrics::StatusLabels { status: status.label() }).set(n as i64);
+        }
+        m.peers_connected.set(self.engine.connected() as i64);
+        if let Ok(outcomes) = self.forwarder.outcomes() {
+            for (outcome, total) in outcomes {
+                metrics::Metrics::count_to(
+                    &m.packets.get_or_create(&metrics::OutcomeLabels { outcome }),
+                    total,
+                );
+            }
+        }
+        metrics::Metrics::count_to(&m.local_refused, crate::local::server::refused_connections());
+        metrics::Metrics::count_to(&m.local_malformed, crate::local::server::malformed_requests());
+    }
+
+    async fn on_cloud(&mut self, message: FromCloud) {
         match message {
             FromCloud::Connected(up) => self.cloud_connected = up,
             FromCloud::Desired(state) => {
                 if self.desired.as_ref().is_some_and(|d| d.revision > state.revision) {
-                    warn!(have = self.desired.as_ref().map(|d| d.revision), got = state.revision, "older desired state ignored");
+                    warn!(
+                        have = self.desired.as_ref().map(|d| d.revision),
+                        got = state.revision,
+                        "older desired state ignored"
+                    );
                     return;
                 }
                 if let Err(e) = snapshot::save(&self.data_dir, &state) {
@@ -350,7 +418,9 @@ impl Daemon {
                     .filter_map(|p| p.relay.as_ref())
                     .map(|r| RelayInfo { udp: r.udp, websocket_url: r.websocket_url.clone() })
                     .collect();
-                if !relays.is_empty() && let Err(e) = self.store.set_relays(&relays) {
+                if !relays.is_empty()
+                    && let Err(e) = self.store.set_relays(&relays)
+                {
                     warn!(error = %e, "remembering the relays failed");
                 }
                 let revision = state.revision;
@@ -368,7 +438,11 @@ impl Daemon {
             Request::Remote { on } => match self.store.set_switch(on, now_ms()) {
                 Ok(changed) => {
                     if changed {
-                        info!(on, "the customer switched remote maintenance {}", if on { "on" } else { "off" });
+                        info!(
+                            on,
+                            "the customer switched remote maintenance {}",
+                            if on { "on" } else { "off" }
+                        );
                         self.events.notify_one();
                         self.switch_tx.send_replace(on);
                         self.reconcile().await;
@@ -379,7 +453,9 @@ impl Daemon {
             },
             Request::Approve { session } => self.decide(SessionId(session), Decision::Approved).await,
             Request::Deny { session } => self.decide(SessionId(session), Decision::Denied).await,
-            Request::Sessions => Response::Sessions { sessions: report::sessions(&self.plan, &self.engine, &self.forwarder) },
+            Request::Sessions => {
+                Response::Sessions { sessions: report::sessions(&self.plan, &self.engine, &self.forwarder) }
+            }
         }
     }
 
@@ -389,7 +465,11 @@ impl Daemon {
         };
         if planned.status != Status::WaitingForApproval {
             return Response::Error {
-                message: format!("session {} is {}, not waiting for approval", session.0, planned.status.label()),
+                message: format!(
+                    "session {} is {}, not waiting for approval",
+                    session.0,
+                    planned.status.label()
+                ),
             };
         }
         let name = planned.state.name.clone();

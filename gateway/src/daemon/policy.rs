@@ -170,12 +170,7 @@ mod tests {
         }
     }
 
-    fn run(
-        sessions: Vec<SessionState>,
-        switch_on: bool,
-        decisions: &[(u64, Decision)],
-        now_ms: u64,
-    ) -> Plan {
+    fn run(sessions: Vec<SessionState>, switch_on: bool, decisions: &[(u64, Decision)], now_ms: u64) -> Plan {
         let desired = DesiredState { revision: 1, sessions };
         let decisions = decisions.iter().map(|&(id, d)| (SessionId(id), d)).collect();
         plan(&Inputs { desired: Some(&desired), switch_on, decisions: &decisions, now_ms })

@@ -1,10 +1,6 @@
 //! `ferry-gateway sessions`: what is active, who is connected, bytes moved.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 
 use ferry_control::gateway::Protocol;
 use ferry_ebpf::gateway::GatewayForwarder;
@@ -32,8 +28,14 @@ pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> V
                         public_key: p.public_key.to_string(),
                         tunnel_address: p.tunnel_address.to_string(),
                         endpoint: st.and_then(|st| st.endpoint).map(|e| e.to_string()),
-                        transport: engine.path_of(&key).filter(|_| live).map_or("none", |p| p.label()).to_string(),
-                        last_handshake_s_ago: st.and_then(|st| st.last_handshake).map(|at| now.duration_since(at).as_secs()),
+                        transport: engine
+                            .path_of(&key)
+                            .filter(|_| live)
+                            .map_or("none", |p| p.label())
+                            .to_string(),
+                        last_handshake_s_ago: st
+                            .and_then(|st| st.last_handshake)
+                            .map(|at| now.duration_since(at).as_secs()),
                         rx_bytes: st.map_or(0, |st| st.rx_bytes),
                         tx_bytes: st.map_or(0, |st| st.tx_bytes),
                     }
@@ -64,7 +66,13 @@ pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> V
                         } else {
                             t.ports
                                 .iter()
-                                .map(|r| if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) })
+                                .map(|r| {
+                                    if r.first == r.last {
+                                        r.first.to_string()
+                                    } else {
+                                        format!("{}-{}", r.first, r.last)
+                                    }
+                                })
                                 .collect::<Vec<_>>()
                                 .join(",")
                         },

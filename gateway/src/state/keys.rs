@@ -66,15 +66,6 @@ pub fn wireguard(data_dir: &Path) -> io::Result<ferry_tunnel::PrivateKey> {
     ferry_tunnel::keys::load_or_generate(&wireguard_path(data_dir))
 }
 
-/// The existing WireGuard key, without creating one.
-pub fn existing_wireguard(data_dir: &Path) -> io::Result<Option<ferry_tunnel::PrivateKey>> {
-    let path = wireguard_path(data_dir);
-    if !path.exists() {
-        return Ok(None);
-    }
-    ferry_tunnel::keys::load_or_generate(&path).map(Some)
-}
-
 fn write_new_secret(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(bytes)?;
@@ -113,9 +104,9 @@ mod tests {
     #[test]
     fn wireguard_key_is_stable() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(existing_wireguard(dir.path()).unwrap().is_none());
+        assert!(!wireguard_path(dir.path()).exists());
         let first = wireguard(dir.path()).unwrap();
-        let second = existing_wireguard(dir.path()).unwrap().unwrap();
+        let second = wireguard(dir.path()).unwrap();
         assert_eq!(first.public_key().to_base64(), second.public_key().to_base64());
     }
 }

@@ -1,0 +1,147 @@
+//! The gateway's Prometheus metrics at `/metrics` (127.0.0.1:9479 by
+//! default, `metrics.listen = "off"` to disable), plus `/healthz`.
+//!
+//! The daemon task refreshes them once per tick from what it owns (the plan,
+//! the engine, the eBPF counters, the event queue); a scrape never waits for
+//! it.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub switch_on: Gauge,
+    pub cloud_connected: Gauge,
+    pub sessions: Family<StatusLabels, Gauge>,
+    pub peers_connected: Gauge,
+    /// Audit events waiting for the cloud's acknowledgement.
+    pub audit_pending: Gauge,
+    /// What the forwarding programs did with each packet, by outcome.
+    pub packets: Family<OutcomeLabels, Counter>,
+    pub local_refused: Counter,
+    pub local_malformed: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ferry_gateway");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            switch_on: Gauge::default(),
+            cloud_connected: Gauge::default(),
+            sessions: Family::default(),
+            peers_connected: Gauge::default(),
+            audit_pending: Gauge::default(),
+            packets: Family::default(),
+            local_refused: Counter::default(),
+            local_malformed: Counter::default(),
+        };
+        registry.register(
+            "switch_on",
+            "1 while the customer's switch allows remote maintenance",
+            m.switch_on.clone(),
+        );
+        registry.register(
+            "cloud_connected",
+            "1 while the control channel to the cloud is up",
+            m.cloud_connected.clone(),
+        );
+        registry.register("sessions", "Sessions in the desired state, by local status", m.sessions.clone());
+        registry.register(
+            "peers_connected",
+            "Technician peers with a live WireGuard session",
+            m.peers_connected.clone(),
+        );
+        registry.register(
+            "audit_pending",
+            "Audit events queued until the cloud acknowledges them",
+            m.audit_pending.clone(),
+        );
+        registry.register(
+            "packets",
+            "Packets the forwarding programs handled, by outcome (forwarded or the drop reason)",
+            m.packets.clone(),
+        );
+        registry.register(
+            "local_refused",
+            "Connections to the local control socket refused (not root)",
+            m.local_refused.clone(),
+        );
+        registry.register(
+            "local_malformed",
+            "Malformed requests on the local control socket",
+            m.local_malformed.clone(),
+        );
+        Metrics { registry: Arc::new(registry), ..m }
+    }
+
+    /// Moves a counter to `total` (the eBPF counters are totals since load).
+    pub fn count_to(counter: &Counter, total: u64) {
+        let now = counter.get();
+        if total > now {
+            counter.inc_by(total - now);
+        }
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener on {addr}"))
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(metrics);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics endpoint stopped");
+    }
+}
+
+async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_follow_totals_and_encode() {
+        let m = Metrics::new();
+        let c = m.packets.get_or_create(&OutcomeLabels { outcome: "not_whitelisted" }).clone();
+        Metrics::count_to(&c, 5);
+        Metrics::count_to(&c, 3);
+        Metrics::count_to(&c, 9);
+        m.switch_on.set(1);
+        let text = m.encode();
+        assert!(text.contains("ferry_gateway_packets_total{outcome=\"not_whitelisted\"} 9"), "{text}");
+        assert!(text.contains("ferry_gateway_switch_on 1"), "{text}");
+    }
+}
