@@ -176,7 +176,11 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     // Helpers, not direct packet access: a TUN super-segment may carry little
     // of its headers in the linear area.
     let Ok(ip) = ctx.load::<[u8; IPV4_HLEN]>(l2) else {
-        return if ctx.len() as usize > l2 { Outcome::NotIpv4 } else { Outcome::Malformed };
+        // Shorter than an IPv4 header: a short IPv6 packet is still IPv6.
+        return match ctx.load::<u8>(l2) {
+            Ok(first) if first >> 4 != 4 => Outcome::NotIpv4,
+            _ => Outcome::Malformed,
+        };
     };
     if ip[0] >> 4 != 4 {
         return Outcome::NotIpv4;

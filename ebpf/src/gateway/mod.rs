@@ -165,6 +165,9 @@ impl GatewayForwarder {
         flags: u32,
         capacity: Capacity,
     ) -> Result<Self, Error> {
+        if !(1..=32).contains(&tunnel_net.1) {
+            return Err(TableError::BadTunnelNet { net: tunnel_net.0, prefix: tunnel_net.1 }.into());
+        }
         let capacity = Capacity {
             peers: capacity.peers.max(1),
             targets: capacity.targets.max(1),
@@ -185,7 +188,7 @@ impl GatewayForwarder {
         crate::load_xdp(&mut ebpf, shared::LAN_PROGRAM)?;
 
         let (net, prefix) = tunnel_net;
-        let net = TunnelNet { net, prefix: prefix.min(32) };
+        let net = TunnelNet { net, prefix };
         let config = GatewayConfig {
             lan_ifindex,
             tunnel_net: net.net.octets(),
