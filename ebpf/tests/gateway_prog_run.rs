@@ -212,9 +212,15 @@ fn replies_need_a_known_live_flow() {
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 1, b""), Outcome::TtlExceeded);
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::ForwardedFromTarget);
 
-    // An expired flow is no flow.
+    // An expired flow is no flow, and the sweep removes both halves.
     f.insert_flow(&Flow { last_seen_ns: 1, ..fl }).unwrap();
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+    assert_eq!(f.expire_flows().unwrap(), 2);
+    assert!(f.flows().unwrap().is_empty());
+    // The next packet of the flow starts it again.
+    tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    assert_eq!(f.flows().unwrap().len(), 1);
+    assert_eq!(f.expire_flows().unwrap(), 0);
 }
 
 #[test]

@@ -6,6 +6,17 @@
 //! enforce it per packet. [`GatewayForwarder`] never pins anything: when it is
 //! dropped, or the process dies, the programs and their maps go away, and with
 //! them every path from the tunnel to the machine network.
+//!
+//! What the host must provide (the daemon's job; the veth test does the same):
+//! - IPv4 forwarding on the LAN interface: translated replies are passed to
+//!   the stack, which routes them to the TUN (the TUN needs no forwarding:
+//!   the TC program sends with bpf_redirect_neigh, past input routing);
+//! - a route for the tunnel network via the TUN (its address, /12);
+//! - reverse-path filtering on the LAN interface off or loose: replies arrive
+//!   there from proxy addresses, which are routed via the TUN;
+//! - the WireGuard engine's cryptokey routing: the programs trust a packet's
+//!   source address as the technician's, so the engine must drop packets
+//!   whose source is not the sending peer's tunnel address.
 
 mod flows;
 mod table;
