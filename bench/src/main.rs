@@ -2,6 +2,7 @@
 //! builds in release mode and runs this with the right output folder.
 
 mod cloud;
+mod gateway;
 mod guard;
 mod relay;
 mod relay_traffic;
@@ -30,7 +31,7 @@ struct Cli {
     #[arg(long)]
     native_ferry_wg: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, relay, tunnel, cloud.
+    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud.
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -40,6 +41,7 @@ fn main() -> Result<()> {
     for name in &cli.names {
         let rows = match name.as_str() {
             "guard" => guard::run()?,
+            "gateway" => gateway::run()?,
             "relay" => relay::run()?,
             "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
             "cloud" => cloud::run(&cli.out_dir)?,

@@ -57,7 +57,8 @@ pub const PROTO_UDP: u8 = 17;
 
 /// NAT ports, inclusive. Outside Linux's default ephemeral range
 /// (32768..=60999), so translated flows never collide with the gateway's own
-/// sockets; the daemon also reserves them (`ip_local_reserved_ports`).
+/// sockets. (A host that widened its ephemeral range should also list them
+/// in `net.ipv4.ip_local_reserved_ports`; nothing sets that yet.)
 pub const NAT_PORT_MIN: u16 = 61_000;
 pub const NAT_PORT_MAX: u16 = 65_535;
 /// Successive ports tried after the flow's hashed one before giving up.

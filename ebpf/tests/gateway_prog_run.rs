@@ -12,7 +12,7 @@ use ferry_ebpf::{
     common::gateway::{
         FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP, flow_hash,
     },
-    gateway::{Capacity, Flow, GatewayForwarder},
+    gateway::{Capacity, Flow, ForwardingTable, GatewayForwarder},
     test_run::{self, TcAction, Verdict},
 };
 use gateway_support::*;
@@ -212,9 +212,15 @@ fn replies_need_a_known_live_flow() {
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 1, b""), Outcome::TtlExceeded);
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::ForwardedFromTarget);
 
-    // An expired flow is no flow.
+    // An expired flow is no flow, and the sweep removes both halves.
     f.insert_flow(&Flow { last_seen_ns: 1, ..fl }).unwrap();
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+    assert_eq!(f.expire_flows().unwrap(), 2);
+    assert!(f.flows().unwrap().is_empty());
+    // The next packet of the flow starts it again.
+    tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    assert_eq!(f.flows().unwrap().len(), 1);
+    assert_eq!(f.expire_flows().unwrap(), 0);
 }
 
 #[test]
@@ -388,6 +394,56 @@ fn outcomes_have_stable_names() {
     assert_eq!(outcomes.len(), Outcome::COUNT as usize);
     assert!(outcomes.contains(&("forwarded_to_target", 1)));
     assert!(outcomes.contains(&("lan_forward_blocked", 0)));
+}
+
+#[test]
+fn bad_configurations_and_tables_are_refused_with_typed_errors() {
+    use ferry_ebpf::{
+        AttachMode, Error,
+        gateway::{ForwarderConfig, Protocol, TableError},
+    };
+    for prefix in [0, 33] {
+        let err =
+            GatewayForwarder::load_for_test(([100, 96, 0, 0].into(), prefix), 1, false, Capacity::default())
+                .err()
+                .expect("a bad tunnel prefix is refused");
+        assert!(matches!(err, Error::InvalidTable(TableError::BadTunnelNet { .. })), "{err}");
+    }
+    let err = GatewayForwarder::attach(&ForwarderConfig {
+        tunnel_if: "fy-no-such-tun".into(),
+        lan_if: "fy-no-such-lan".into(),
+        tunnel_net: TUNNEL_NET,
+        xdp_mode: AttachMode::Native,
+    })
+    .err()
+    .expect("unknown interfaces are refused");
+    assert!(matches!(err, Error::UnknownInterface(_)), "{err}");
+
+    let mut f =
+        GatewayForwarder::load_for_test(TUNNEL_NET, 1, false, Capacity { peers: 2, targets: 3, flows: 16 })
+            .unwrap();
+    f.apply(&table()).expect_err("5 targets in a map of 3");
+    let mut small = ForwardingTable::default();
+    small.peers.insert(PEER_A1.into(), SESSION_A);
+    small.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(22, 22)]));
+    f.apply(&small).unwrap();
+    let mut too_many = table();
+    too_many.targets.retain(|(s, _), _| *s == SESSION_A);
+    too_many.targets.insert((SESSION_A, PROXY_SENSOR.into()), spec(SENSOR, Protocol::Tcp, &[(1, 2); 17]));
+    too_many.peers.clear();
+    let err = f.apply(&too_many).unwrap_err();
+    assert!(matches!(err, Error::InvalidTable(TableError::TooManyRanges { count: 17, .. })), "{err}");
+    let mut big = small.clone();
+    big.peers.insert(PEER_A2.into(), SESSION_A);
+    big.peers.insert(PEER_B.into(), SESSION_B);
+    let err = f.apply(&big).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidTable(TableError::TooLarge { what: "peers", count: 3, capacity: 2 })),
+        "{err}"
+    );
+    // Nothing of the refused tables reached the maps.
+    assert_eq!(f.applied(), &small);
+    assert_eq!(f.read_back().unwrap().0, small);
 }
 
 fn monotonic_ns() -> u64 {

@@ -8,6 +8,7 @@
 mod gateway_support;
 
 use std::{
+    collections::BTreeSet,
     fs::File,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, UdpSocket},
@@ -32,10 +33,18 @@ struct Setup {
     forwarder: GatewayForwarder,
     tun: File,
     target: Netns,
+    target_if: String,
     _lab: Lab,
 }
 
 fn setup() -> Setup {
+    setup_with(false)
+}
+
+/// `vnet`: the TUN carries a virtio-net header in front of every packet, as
+/// the WireGuard engine writes GRO super-segments, and the gateway's LAN side
+/// checksums and segments in software (TX offload off), as before a wire.
+fn setup_with(vnet: bool) -> Setup {
     let lab = Lab::new().expect("a lab (run as root)");
     let gw = lab.netns("gateway").unwrap();
     let target = lab.netns("target").unwrap();
@@ -43,11 +52,14 @@ fn setup() -> Setup {
     // The target's answers must carry full checksums, as a wire delivers
     // them: XDP updates them incrementally.
     target.exec("ethtool", &["-K", &link.b, "tx", "off"]).unwrap();
+    if vnet {
+        gw.exec("ethtool", &["-K", &link.a, "tx", "off"]).unwrap();
+    }
 
     let tun_name = lab.ifname("tun");
     gw.ip(&["tuntap", "add", "dev", &tun_name, "mode", "tun"]).unwrap();
     let name = tun_name.clone();
-    let tun = gw.run_in(move || open_tun(&name)).unwrap();
+    let tun = gw.run_in(move || open_tun(&name, vnet)).unwrap();
     gw.ip(&["addr", "add", "100.96.1.1/12", "dev", &tun_name]).unwrap();
     gw.ip(&["link", "set", "dev", &tun_name, "up"]).unwrap();
     // Translated replies are routed from the LAN interface to the TUN; the
@@ -77,19 +89,21 @@ fn setup() -> Setup {
             f
         })
         .unwrap();
-    Setup { forwarder, tun, target, _lab: lab }
+    Setup { forwarder, tun, target, target_if: link.b, _lab: lab }
 }
 
 /// Attaches to the existing TUN device `name` (IFF_TUN | IFF_NO_PI: raw IP
-/// packets, no packet-information prefix), non-blocking.
-fn open_tun(name: &str) -> File {
+/// packets, no packet-information prefix; with `vnet` a 10-byte
+/// virtio_net_hdr in front), non-blocking.
+fn open_tun(name: &str, vnet: bool) -> File {
     let file = File::options().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (slot, byte) in request.ifr_name.iter_mut().zip(name.as_bytes()) {
         *slot = *byte as libc::c_char;
     }
-    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    let vnet_flag = if vnet { libc::IFF_VNET_HDR } else { 0 };
+    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | vnet_flag) as libc::c_short;
     // SAFETY: TUNSETIFF reads a valid ifreq.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) };
     assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
@@ -225,4 +239,147 @@ fn ping_through_the_proxy_address() {
         etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 777, seq: 1 })
     );
     let _ = &s.target;
+}
+
+/// A virtio_net_hdr (legacy, 10 bytes, little-endian on x86) asking the
+/// kernel to finish the L4 checksum (NEEDS_CSUM) and, with `gso_size`, to
+/// segment a TCP super-segment (GSO_TCPV4).
+fn vnet_header(gso_size: u16, l4_header_len: u16, csum_offset: u16) -> [u8; 10] {
+    const NEEDS_CSUM: u8 = 1;
+    const GSO_TCPV4: u8 = 1;
+    let gso_type = if gso_size != 0 { GSO_TCPV4 } else { 0 };
+    let mut h = [0u8; 10];
+    h[0] = NEEDS_CSUM;
+    h[1] = gso_type;
+    h[2..4].copy_from_slice(&(20 + l4_header_len).to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&20u16.to_le_bytes());
+    h[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+    h
+}
+
+/// Replaces the L4 checksum of a raw IPv4 packet by its pseudo-header sum,
+/// the CHECKSUM_PARTIAL form a NEEDS_CSUM packet carries.
+fn partial_checksum(packet: &mut [u8], csum_at: usize) {
+    let l4_len = (packet.len() - 20) as u32;
+    let mut sum = packet[9] as u32 + l4_len;
+    for pair in packet[12..20].chunks(2) {
+        sum += u16::from_be_bytes([pair[0], pair[1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    packet[20 + csum_at..20 + csum_at + 2].copy_from_slice(&(sum as u16).to_be_bytes());
+}
+
+/// An AF_PACKET socket on `iface` of the calling thread's namespace that sees
+/// every frame the interface receives.
+fn capture(iface: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let ifindex = ferry_ebpf::if_index(iface).unwrap();
+    let protocol = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket() has no memory preconditions; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol as i32) };
+    assert!(raw >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol;
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: bind reads a sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "binding AF_PACKET: {}", std::io::Error::last_os_error());
+    let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+    // SAFETY: SO_RCVTIMEO reads one timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    fd
+}
+
+/// Ethernet frames carrying IPv4 from the gateway's LAN address, for up to
+/// two seconds or until `count` arrived.
+fn captured_from_gateway(fd: &std::os::fd::OwnedFd, count: usize) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while frames.len() < count && Instant::now() < deadline {
+        // SAFETY: recv writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 34 {
+            continue;
+        }
+        let frame = &buf[..n as usize];
+        if frame[12..14] == [8, 0] && frame[26..30] == SNAT {
+            frames.push(frame.to_vec());
+        }
+    }
+    frames
+}
+
+/// What the WireGuard engine writes: a GRO-coalesced TCP super-segment and a
+/// UDP datagram, both CHECKSUM_PARTIAL (NEEDS_CSUM, pseudo-header sum in the
+/// checksum field). The TC program's checksum helpers must update that sum
+/// as a pseudo-header sum; the segments that reach the target carry full,
+/// valid checksums and every segment the NAT port.
+#[test]
+fn gro_super_segments_with_partial_checksums_are_translated_correctly() {
+    let mut s = setup_with(true);
+    let iface = s.target_if.clone();
+    let capture = s.target.run_in(move || capture(&iface)).unwrap();
+
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let mut tcp = Vec::new();
+    PacketBuilder::ipv4(PEER_A1, PROXY_PLC, 64)
+        .tcp(40000, 22, 5_000_000, 64240)
+        .ack(1)
+        .psh()
+        .write(&mut tcp, &payload)
+        .unwrap();
+    partial_checksum(&mut tcp, 16);
+    let mut write = vnet_header(1000, 20, 16).to_vec();
+    write.extend_from_slice(&tcp);
+    s.tun.write_all(&write).expect("writing the super-segment");
+
+    let segments = captured_from_gateway(&capture, 3);
+    assert_eq!(segments.len(), 3, "segments at the target: {:?}", s.forwarder.counters().unwrap());
+    let mut received = Vec::new();
+    let mut nat_ports = BTreeSet::new();
+    for frame in &segments {
+        gateway_support::assert_checksums_valid(frame);
+        let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &sliced.net else { panic!("not IPv4") };
+        assert_eq!((ip.header().source(), ip.header().destination()), (SNAT, TARGET));
+        let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else { panic!("not TCP") };
+        assert_eq!(tcp.destination_port(), 22);
+        nat_ports.insert(tcp.source_port());
+        received.extend_from_slice(tcp.payload());
+    }
+    assert_eq!(received, payload, "the segments carry the super-segment's payload in order");
+    assert_eq!(nat_ports.len(), 1);
+    assert!(nat_ports.iter().all(|p| (NAT_PORT_MIN..=NAT_PORT_MAX).contains(p)));
+
+    let mut udp = Vec::new();
+    PacketBuilder::ipv4(PEER_A1, PROXY_SNMP, 64).udp(50000, 161).write(&mut udp, b"partial").unwrap();
+    partial_checksum(&mut udp, 6);
+    let mut write = vnet_header(0, 8, 6).to_vec();
+    write.extend_from_slice(&udp);
+    s.tun.write_all(&write).expect("writing the datagram");
+    let datagrams = captured_from_gateway(&capture, 1);
+    assert_eq!(datagrams.len(), 1);
+    gateway_support::assert_checksums_valid(&datagrams[0]);
 }

@@ -90,9 +90,8 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const AF_INET: u8 = 2;
 const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
-/// Size argument of bpf_l3/l4_csum_replace for a 2- and a 4-byte field.
+/// Size argument of bpf_l3/l4_csum_replace for a 2-byte field.
 const CSUM_16: u64 = 2;
-const CSUM_32: u64 = 4;
 
 fn count(outcome: Outcome) {
     if let Some(counter) = GW_COUNTERS.get_ptr_mut(outcome as u32) {
@@ -176,7 +175,11 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     // Helpers, not direct packet access: a TUN super-segment may carry little
     // of its headers in the linear area.
     let Ok(ip) = ctx.load::<[u8; IPV4_HLEN]>(l2) else {
-        return if ctx.len() as usize > l2 { Outcome::NotIpv4 } else { Outcome::Malformed };
+        // Shorter than an IPv4 header: a short IPv6 packet is still IPv6.
+        return match ctx.load::<u8>(l2) {
+            Ok(first) if first >> 4 != 4 => Outcome::NotIpv4,
+            _ => Outcome::Malformed,
+        };
     };
     if ip[0] >> 4 != 4 {
         return Outcome::NotIpv4;
@@ -412,21 +415,25 @@ fn rewrite_to_target(
     ports: &Ports,
     nat_port: [u8; 2],
 ) -> Result<(), i64> {
-    let ip_csum = l2 + 10;
-    let old_src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let old_dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
-    let new_src = u32::from_ne_bytes(rule.snat);
-    let new_dst = u32::from_ne_bytes(rule.real);
-    let old_ttl = u16::from_ne_bytes([ip[8], ip[9]]) as u64;
-    let new_ttl = u16::from_ne_bytes([ip[8] - 1, ip[9]]) as u64;
+    // One checksum difference for the address change, computed here instead
+    // of by a helper per field: the helpers take it with size 0 ("by diff").
+    // It is a 32-bit sum of 16-bit words read in memory order, as the
+    // kernel's csum_partial sums packet bytes; a dozen words cannot overflow.
+    let addresses = sum_ne_not(&[ip[12], ip[13], ip[14], ip[15]])
+        + sum_ne_not(&[ip[16], ip[17], ip[18], ip[19]])
+        + sum_ne(&rule.snat)
+        + sum_ne(&rule.real);
+    // The TTL shares its word with the protocol, which stays.
+    let ttl = !u16::from_ne_bytes([ip[8], ip[9]]) as u32 + u16::from_ne_bytes([ip[8] - 1, ip[9]]) as u32;
 
-    // The L4 checksum first: it covers the addresses through the
-    // pseudo-header (not for ICMP) and the port (ICMP: id).
+    // The L4 checksum covers the addresses through the pseudo-header (not for
+    // ICMP): BPF_F_PSEUDO_HDR, so that a CHECKSUM_PARTIAL pseudo-header sum is
+    // updated too. The port (ICMP: echo id) is covered as data, which the
+    // helper leaves to the checksum completion of a CHECKSUM_PARTIAL skb.
     let pseudo = BPF_F_PSEUDO_HDR as u64;
     let mangled = if protocol == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     if protocol != PROTO_ICMP {
-        ctx.l4_csum_replace(ports.csum_offset, old_src as u64, new_src as u64, pseudo | mangled | CSUM_32)?;
-        ctx.l4_csum_replace(ports.csum_offset, old_dst as u64, new_dst as u64, pseudo | mangled | CSUM_32)?;
+        ctx.l4_csum_replace(ports.csum_offset, 0, addresses as u64, pseudo | mangled)?;
     }
     let old_port = u16::from_ne_bytes(ports.peer_port) as u64;
     let new_port = u16::from_ne_bytes(nat_port) as u64;
@@ -436,13 +443,32 @@ fn rewrite_to_target(
     let port_offset = l2 + (ip[0] & 0x0f) as usize * 4 + if protocol == PROTO_ICMP { 4 } else { 0 };
     ctx.store(port_offset, &nat_port, 0)?;
 
-    ctx.l3_csum_replace(ip_csum, old_src as u64, new_src as u64, CSUM_32)?;
-    ctx.l3_csum_replace(ip_csum, old_dst as u64, new_dst as u64, CSUM_32)?;
-    ctx.l3_csum_replace(ip_csum, old_ttl, new_ttl, CSUM_16)?;
+    ctx.l3_csum_replace(l2 + 10, 0, (addresses + ttl) as u64, 0)?;
     ctx.store(l2 + 8, &(ip[8] - 1), 0)?;
-    ctx.store(l2 + 12, &rule.snat, 0)?;
-    ctx.store(l2 + 16, &rule.real, 0)?;
+    let addrs = [
+        rule.snat[0],
+        rule.snat[1],
+        rule.snat[2],
+        rule.snat[3],
+        rule.real[0],
+        rule.real[1],
+        rule.real[2],
+        rule.real[3],
+    ];
+    ctx.store(l2 + 12, &addrs, 0)?;
     Ok(())
+}
+
+/// The sum of the 16-bit words of `bytes` in memory order.
+#[inline(always)]
+fn sum_ne(bytes: &[u8; 4]) -> u32 {
+    u16::from_ne_bytes([bytes[0], bytes[1]]) as u32 + u16::from_ne_bytes([bytes[2], bytes[3]]) as u32
+}
+
+/// The sum of the complemented 16-bit words of `bytes` in memory order.
+#[inline(always)]
+fn sum_ne_not(bytes: &[u8; 4]) -> u32 {
+    !u16::from_ne_bytes([bytes[0], bytes[1]]) as u32 + !u16::from_ne_bytes([bytes[2], bytes[3]]) as u32
 }
 
 // --- Target -> technician, and everything else: XDP on the LAN ------------

@@ -3,13 +3,18 @@
 use anyhow::{Result, bail};
 
 use crate::{
-    cargo::{cargo, run as run_cmd, workspace_root},
+    cargo::{cargo, run as run_cmd, target_dir},
     setup,
 };
 
 /// The benchmarks ferry-bench knows, with what each measures.
 pub const BENCHES: &[(&str, &str)] = &[
     ("guard", "uplink guard ns/packet with BPF_PROG_RUN, against an empty XDP program"),
+    (
+        "gateway",
+        "gateway whitelist/NAT ns/packet with BPF_PROG_RUN (LAN reply hit and TUN established flow, 10 and 10,000 \
+         whitelist entries), against an empty XDP program",
+    ),
     (
         "relay",
         "relay XDP forwarder ns/forwarded packet with BPF_PROG_RUN (1 and 1,000,000 bindings, FIB and MAC swap), \
@@ -30,6 +35,8 @@ pub const BENCHES: &[(&str, &str)] = &[
 fn packages(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "cloud" => Some(&["ferry-cloud"]),
+        // BPF_PROG_RUN only, for now.
+        "gateway" => Some(&[]),
         // BPF_PROG_RUN needs only ferry-bench; the traffic rows run the relay.
         "relay" => Some(&["ferry-relay"]),
         _ => None,
@@ -78,7 +85,7 @@ pub fn run(names: &[String]) -> Result<()> {
         run_cmd(cargo().args(["bench", "-p", "ferry-tunnel", "--bench", "handshake"]))?;
         // A second ferry-wg compiled for this CPU: the RustCrypto AEAD inlines
         // its SIMD code only when the target features are known at compile time.
-        let native_dir = workspace_root().join("target").join("native");
+        let native_dir = target_dir().join("native");
         run_cmd(
             cargo()
                 .args(["build", "--release", "-p", "ferry-tunnel", "--bin", "ferry-wg", "--target-dir"])
@@ -87,10 +94,10 @@ pub fn run(names: &[String]) -> Result<()> {
         )?;
         native_ferry_wg = Some(native_dir.join("release").join("ferry-wg"));
     }
-    let out_dir = workspace_root().join("target").join("bench");
-    let mut cmd = std::process::Command::new(workspace_root().join("target/release/ferry-bench"));
+    let out_dir = target_dir().join("bench");
+    let mut cmd = std::process::Command::new(target_dir().join("release").join("ferry-bench"));
     cmd.arg("--out-dir").arg(&out_dir);
-    cmd.arg("--criterion-dir").arg(workspace_root().join("target").join("criterion"));
+    cmd.arg("--criterion-dir").arg(target_dir().join("criterion"));
     if let Some(path) = &native_ferry_wg {
         cmd.arg("--native-ferry-wg").arg(path);
     }

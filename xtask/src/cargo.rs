@@ -12,6 +12,15 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR` if set (relative to the workspace
+/// root, as cargo reads it from there), else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
 /// A cargo command run from the workspace root with the toolchain that runs
 /// xtask.
 pub fn cargo() -> Command {

@@ -6,6 +6,17 @@
 //! enforce it per packet. [`GatewayForwarder`] never pins anything: when it is
 //! dropped, or the process dies, the programs and their maps go away, and with
 //! them every path from the tunnel to the machine network.
+//!
+//! What the host must provide (the daemon's job; the veth test does the same):
+//! - IPv4 forwarding on the LAN interface: translated replies are passed to
+//!   the stack, which routes them to the TUN (the TUN needs no forwarding:
+//!   the TC program sends with bpf_redirect_neigh, past input routing);
+//! - a route for the tunnel network via the TUN (its address, /12);
+//! - reverse-path filtering on the LAN interface off or loose: replies arrive
+//!   there from proxy addresses, which are routed via the TUN;
+//! - the WireGuard engine's cryptokey routing: the programs trust a packet's
+//!   source address as the technician's, so the engine must drop packets
+//!   whose source is not the sending peer's tunnel address.
 
 mod flows;
 mod table;
@@ -165,6 +176,9 @@ impl GatewayForwarder {
         flags: u32,
         capacity: Capacity,
     ) -> Result<Self, Error> {
+        if !(1..=32).contains(&tunnel_net.1) {
+            return Err(TableError::BadTunnelNet { net: tunnel_net.0, prefix: tunnel_net.1 }.into());
+        }
         let capacity = Capacity {
             peers: capacity.peers.max(1),
             targets: capacity.targets.max(1),
@@ -185,7 +199,7 @@ impl GatewayForwarder {
         crate::load_xdp(&mut ebpf, shared::LAN_PROGRAM)?;
 
         let (net, prefix) = tunnel_net;
-        let net = TunnelNet { net, prefix: prefix.min(32) };
+        let net = TunnelNet { net, prefix };
         let config = GatewayConfig {
             lan_ifindex,
             tunnel_net: net.net.octets(),

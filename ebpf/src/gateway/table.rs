@@ -99,6 +99,8 @@ pub enum TableError {
     PeerOutsideTunnel { session: u64, peer: Ipv4Addr, net: Ipv4Addr, prefix: u8 },
     #[error("target {proxy} of session {session}: its real address {real} lies inside the tunnel network")]
     RealInsideTunnel { session: u64, proxy: Ipv4Addr, real: Ipv4Addr },
+    #[error("tunnel network {net}/{prefix}: the prefix must be 1 to 32 bits")]
+    BadTunnelNet { net: Ipv4Addr, prefix: u8 },
     #[error("{what}: {count} entries, the map holds {capacity}")]
     TooLarge { what: &'static str, count: usize, capacity: u32 },
 }
