@@ -170,6 +170,18 @@ pub fn try_call(
     token: Option<&str>,
     body: serde_json::Value,
 ) -> Result<(u16, serde_json::Value), ureq::Error> {
+    let (status, text) = raw_call(addr, method, path, token, &body)?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+}
+
+/// A request whose answer body comes back as text, whatever it is.
+pub fn raw_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<(u16, String), ureq::Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -184,5 +196,25 @@ pub fn try_call(
     let mut response = agent.run(request)?;
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string()?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+    Ok((status, text))
+}
+
+/// Logs in as `admin` with the first start's one-time password, replaces it
+/// with `password` (the cloud insists) and returns a fresh access token.
+pub fn admin_token(addr: SocketAddr, one_time: &str, password: &str) -> String {
+    let login = |password: &str| {
+        let (status, body) = call(
+            addr,
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            serde_json::json!({"name": "admin", "password": password}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    };
+    let first = login(one_time);
+    let change = serde_json::json!({"current_password": one_time, "new_password": password});
+    assert_eq!(call(addr, "POST", "/api/v1/me/password", Some(&first), change).0, 204);
+    login(password)
 }

@@ -6,7 +6,7 @@ use std::{path::Path, process::Output};
 
 use ferry_tests::{
     bin,
-    cloud::{call, spawn, start},
+    cloud::{admin_token, call, spawn, start},
 };
 use serde_json::json;
 
@@ -33,19 +33,6 @@ fn gateway(dir: &Path, args: &[&str]) -> Output {
         .env_remove("RUST_LIB_BACKTRACE")
         .output()
         .unwrap()
-}
-
-fn admin_token(addr: std::net::SocketAddr, one_time: &str) -> String {
-    let login = |password: &str| {
-        let (status, body) =
-            call(addr, "POST", "/api/v1/auth/login", None, json!({"name": "admin", "password": password}));
-        assert_eq!(status, 200, "{body}");
-        body["access_token"].as_str().unwrap().to_string()
-    };
-    let first = login(one_time);
-    let change = json!({"current_password": one_time, "new_password": PASSWORD});
-    assert_eq!(call(addr, "POST", "/api/v1/me/password", Some(&first), change).0, 204);
-    login(PASSWORD)
 }
 
 #[test]
@@ -142,7 +129,7 @@ fn enroll_once_per_token_then_diagnose_reaches_the_cloud() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("gateway.toml"), "").unwrap();
     let cloud = start(&dir.path().join("cloud"));
-    let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap());
+    let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap(), PASSWORD);
     let (status, created) = call(
         cloud.addr,
         "POST",

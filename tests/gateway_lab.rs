@@ -670,7 +670,10 @@ impl GatewayLab {
         let fetch = move |token: String| {
             let path = path.clone();
             let body = body.clone();
-            move || raw_call(addr, "POST", &path, Some(&token), &body)
+            move || {
+                crate::cloud::raw_call(addr, "POST", &path, Some(&token), &body)
+                    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            }
         };
         let (mut status, mut text) = self.tech_ns.run_in(fetch(token)).unwrap();
         if status == 401 {
@@ -857,24 +860,6 @@ pub fn parse_targets(wg_quick: &str) -> BTreeMap<String, String> {
             Some((name.to_string(), rest.split_whitespace().next()?.to_string()))
         })
         .collect()
-}
-
-/// An HTTP request whose answer body is returned as text, whatever it is.
-fn raw_call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut request = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let request =
-        request.header("Content-Type", "application/json").body(body.to_string().into_bytes()).unwrap();
-    let mut response = agent.run(request).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().unwrap_or_default())
 }
 
 /// The problem type slug of an error answer (`gateway-offline` for

@@ -7,25 +7,12 @@ use std::{path::Path, time::Duration};
 use ferry_lab::Process;
 use ferry_tests::{
     bin_path,
-    cloud::{call, start},
+    cloud::{admin_token, call, start},
     wg::wait_for,
 };
 use serde_json::json;
 
 const PASSWORD: &str = "relay channel test password";
-
-fn admin_token(addr: std::net::SocketAddr, one_time: &str) -> String {
-    let login = |password: &str| {
-        let (status, body) =
-            call(addr, "POST", "/api/v1/auth/login", None, json!({"name": "admin", "password": password}));
-        assert_eq!(status, 200, "{body}");
-        body["access_token"].as_str().unwrap().to_string()
-    };
-    let first = login(one_time);
-    let change = json!({"current_password": one_time, "new_password": PASSWORD});
-    assert_eq!(call(addr, "POST", "/api/v1/me/password", Some(&first), change).0, 204);
-    login(PASSWORD)
-}
 
 fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str) -> Process {
     let token_file = dir.join(format!("relay-{id}.token"));
@@ -61,7 +48,7 @@ fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str) -> Proce
 fn a_relay_connects_with_its_token_and_reports_health() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = start(&dir.path().join("cloud"));
-    let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap());
+    let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap(), PASSWORD);
     let (status, created) =
         call(cloud.addr, "POST", "/api/v1/relays", Some(&admin), json!({"name": "relay-a"}));
     assert_eq!(status, 201, "{created}");

@@ -47,12 +47,7 @@ impl WireguardGo {
         address: &str,
         peer: &PeerSpec<'_>,
     ) -> WireguardGo {
-        let ifname = lab.ifname("wg");
-        let mut cmd = ns.command("wireguard-go");
-        cmd.args(["-f", &ifname]).env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
-        let process = ns.spawn(cmd).unwrap();
-        let socket = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
-        wait_for(|| socket.exists(), "the wireguard-go control socket");
+        let (ifname, process) = spawn_wireguard_go(lab, ns);
         let key_file = lab.dir().join(format!("{ifname}.key"));
         fs::write(&key_file, &keys.private).unwrap();
         ns.exec(
@@ -76,12 +71,7 @@ impl WireguardGo {
     /// the namespace's own routes stay as they are.
     pub fn from_wg_quick(lab: &Lab, ns: &Netns, wg_quick: &str, private_key: &str) -> WireguardGo {
         let parsed = WgQuick::parse(wg_quick);
-        let ifname = lab.ifname("wg");
-        let mut cmd = ns.command("wireguard-go");
-        cmd.args(["-f", &ifname]).env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
-        let process = ns.spawn(cmd).unwrap();
-        let socket = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
-        wait_for(|| socket.exists(), "the wireguard-go control socket");
+        let (ifname, process) = spawn_wireguard_go(lab, ns);
         let conf = lab.dir().join(format!("{ifname}.conf"));
         fs::write(&conf, parsed.setconf(private_key)).unwrap();
         ns.exec("wg", &["setconf", &ifname, conf.to_str().unwrap()]).unwrap();
@@ -278,4 +268,16 @@ pub fn iperf3(server: &Netns, server_ip: &str, client: &Netns, seconds: u32) -> 
         .unwrap_or_else(|e| panic!("iperf3 failed: {e}"));
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0)
+}
+
+/// Starts wireguard-go in the foreground in `ns` on a fresh interface name
+/// and waits for its control socket.
+fn spawn_wireguard_go(lab: &Lab, ns: &Netns) -> (String, Process) {
+    let ifname = lab.ifname("wg");
+    let mut cmd = ns.command("wireguard-go");
+    cmd.args(["-f", &ifname]).env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+    let process = ns.spawn(cmd).unwrap();
+    let socket = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
+    wait_for(|| socket.exists(), "the wireguard-go control socket");
+    (ifname, process)
 }
