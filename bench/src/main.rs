@@ -2,6 +2,7 @@
 //! builds in release mode and runs this with the right output folder.
 
 mod cloud;
+mod gateway_traffic;
 mod guard;
 mod relay;
 mod relay_traffic;
@@ -43,6 +44,8 @@ fn main() -> Result<()> {
             "relay" => relay::run()?,
             "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
             "cloud" => cloud::run(&cli.out_dir)?,
+            // Until `gateway` is wired: its traffic half alone.
+            "gateway-traffic" => gateway_traffic::rows()?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);
