@@ -59,10 +59,18 @@
 //!   peers here): when `tech_wg_go_cores` is near 1 on both sides, the
 //!   throughput ratio is bounded by the technician, not the gateway, and the
 //!   gateway CPU per Gbit is the better comparison.
+//! - Watch the `system` cores on stderr: at 2.0 the whole machine is busy
+//!   (first runs, 2026-11-23: 1.95-2.0 on both sides, no process at one
+//!   full core), so neither gateway is the sole limit: the two iperf3 ends,
+//!   both WireGuard implementations, the relay and any other work on the
+//!   machine share two cores, and the throughput ratio says more about CPU
+//!   cost per Gbit than about a gateway's ceiling.
 //! - The sides run one after the other (Ferry first), not interleaved:
 //!   other load on the machine may differ between the two phases.
 //! - The profile of `ferry-gateway` is whatever `ferry_lab::workspace_bin`
-//!   finds beside the bench (release under `cargo xtask bench`).
+//!   finds beside the bench (release under `cargo xtask bench`). A dev
+//!   build of the daemon is not worth measuring: its unoptimised engine
+//!   saturates a core at about 0.035 Gbit/s.
 //!
 //! A bench never asserts speed: it fails only if traffic does not flow
 //! through a gateway at all (or the lab cannot be set up).
