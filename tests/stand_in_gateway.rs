@@ -21,7 +21,7 @@ use std::{
 use ferry_control::{
     Applied, GatewayId, SigningKey, WgKey,
     client::{self, Channel},
-    gateway::{DesiredState, Event, FromGateway, GatewayEvent, SessionState, ToGateway},
+    gateway::{DesiredState, Event, FromGateway, GatewayEvent, Protocol, SessionState, ToGateway},
 };
 use serde_json::json;
 
@@ -155,8 +155,16 @@ impl StandInGateway {
     }
 
     /// Builds the data path for one session: wireguard-go with the peer's
-    /// relay endpoint, forwarding on, and DNAT from each proxy address to
-    /// its target for the whitelisted ports only.
+    /// relay endpoint, forwarding on, and nftables doing what the daemon's
+    /// eBPF whitelist and NAT do (the baseline of `cargo xtask bench
+    /// gateway`):
+    /// - DNAT from each proxy address to its target, only from the peer's
+    ///   tunnel address and only for the target's protocol and ports;
+    /// - SNAT (masquerade) of those flows to the gateway's LAN address, so
+    ///   machines see the gateway as the source, as with the daemon;
+    /// - a forward policy of drop: only those flows and their replies pass
+    ///   (the machine network cannot open anything toward the tunnel);
+    /// - nothing from the tunnel reaches the gateway itself.
     pub fn data_path(&self, lab: &GatewayLab, session: &SessionState) -> WireguardGo {
         let peer = &session.peers[0];
         let relay = peer.relay.as_ref().unwrap();
@@ -172,26 +180,50 @@ impl StandInGateway {
         let go = WireguardGo::start(&lab.lab, &lab.gw_ns, &self.keys, GATEWAY_WG_PORT, &address, &spec);
         lab.gw_ns.exec("wg", &["set", &go.ifname, "peer", &public, "persistent-keepalive", "1"]).unwrap();
         lab.gw_ns.sysctl("net.ipv4.ip_forward=1").unwrap();
-        let mut rules = String::from(
-            "table ip standin {\n chain pre { type nat hook prerouting priority dstnat; policy accept;\n",
-        );
-        for t in &session.targets {
-            for p in &t.ports {
-                rules += &format!(
-                    "  iifname \"{}\" ip daddr {} tcp dport {}-{} dnat to {}\n",
-                    go.ifname, t.proxy_address, p.first, p.last, t.address
-                );
-            }
-        }
-        rules += &format!(
-            " }}\n chain filter_forward {{ type filter hook forward priority filter; policy drop;\n  ct state established,related accept\n  iifname \"{}\" ct status dnat accept\n }}\n}}\n",
-            go.ifname
-        );
         let file = lab.lab.dir().join("standin.nft");
-        std::fs::write(&file, rules).unwrap();
+        std::fs::write(&file, ruleset(&go.ifname, &lab.gw_lan_if, &peer.tunnel_address.to_string(), session))
+            .unwrap();
         lab.gw_ns.exec("nft", &["-f", file.to_str().unwrap()]).unwrap();
         go
     }
+}
+
+/// The stand-in's nftables ruleset for one session with one peer (see
+/// [`StandInGateway::data_path`]).
+pub fn ruleset(tun: &str, lan: &str, peer: &str, session: &SessionState) -> String {
+    let mut rules = String::from(
+        "table ip standin {\n chain pre { type nat hook prerouting priority dstnat; policy accept;\n",
+    );
+    for t in &session.targets {
+        // What the daemon's whitelist matches: the protocol, and the ports
+        // for tcp and udp (empty: every port; `any` with ports: tcp or udp).
+        let l4 = match t.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp | Protocol::Any => "meta l4proto { tcp, udp } th",
+        };
+        let matches: Vec<String> = match (t.protocol, t.ports.is_empty()) {
+            (Protocol::Icmp, _) => vec!["ip protocol icmp".into()],
+            (Protocol::Any, true) => vec![String::new()],
+            (Protocol::Tcp, true) => vec!["meta l4proto tcp".into()],
+            (Protocol::Udp, true) => vec!["meta l4proto udp".into()],
+            _ => t.ports.iter().map(|p| format!("{l4} dport {}-{}", p.first, p.last)).collect(),
+        };
+        for m in matches {
+            rules += &format!(
+                "  iifname \"{tun}\" ip saddr {peer} ip daddr {} {m} dnat to {}\n",
+                t.proxy_address, t.address
+            );
+        }
+    }
+    rules += &format!(
+        " }}\n chain post {{ type nat hook postrouting priority srcnat; policy accept;\n  \
+         iifname \"{tun}\" oifname \"{lan}\" ct status dnat masquerade\n }}\n \
+         chain filter_forward {{ type filter hook forward priority filter; policy drop;\n  \
+         ct state established,related accept\n  iifname \"{tun}\" oifname \"{lan}\" ct status dnat accept\n }}\n \
+         chain filter_input {{ type filter hook input priority filter; policy accept;\n  iifname \"{tun}\" drop\n }}\n}}\n"
+    );
+    rules
 }
 
 impl Drop for StandInGateway {

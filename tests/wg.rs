@@ -34,10 +34,15 @@ pub struct PeerSpec<'a> {
 pub struct WireguardGo {
     pub ifname: String,
     pub ns: Netns,
-    _process: Process,
+    process: Process,
 }
 
 impl WireguardGo {
+    /// The wireguard-go process's id (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Starts wireguard-go in `ns` with `address` (CIDR) and one peer.
     pub fn start(
         lab: &Lab,
@@ -55,7 +60,7 @@ impl WireguardGo {
             &["set", &ifname, "private-key", key_file.to_str().unwrap(), "listen-port", &port.to_string()],
         )
         .unwrap();
-        let go = WireguardGo { ifname, ns: ns.clone(), _process: process };
+        let go = WireguardGo { ifname, ns: ns.clone(), process };
         go.set_peer(lab, peer);
         ns.ip(&["addr", "add", address, "dev", &go.ifname]).unwrap();
         ns.ip(&["link", "set", &go.ifname, "up"]).unwrap();
@@ -82,7 +87,7 @@ impl WireguardGo {
         for allowed in &parsed.allowed_ips {
             ns.ip(&["route", "replace", allowed, "dev", &ifname]).unwrap();
         }
-        WireguardGo { ifname, ns: ns.clone(), _process: process }
+        WireguardGo { ifname, ns: ns.clone(), process }
     }
 
     pub fn set_peer(&self, lab: &Lab, peer: &PeerSpec<'_>) {

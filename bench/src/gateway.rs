@@ -43,8 +43,12 @@ const SNAT: [u8; 4] = [10, 20, 0, 1];
 const PEER_PORT: u16 = 40_000;
 const TARGET_PORT: u16 = 502;
 
+/// BPF_PROG_RUN first (no traffic), then iperf3 through the whole gateway
+/// against wireguard-go + nftables (`gateway_traffic`).
 pub fn run() -> Result<Vec<Row>> {
-    prog_run_rows()
+    let mut rows = prog_run_rows()?;
+    rows.extend(crate::gateway_traffic::rows()?);
+    Ok(rows)
 }
 
 /// ns per packet with BPF_PROG_RUN.

@@ -3,6 +3,7 @@
 
 mod cloud;
 mod gateway;
+mod gateway_traffic;
 mod guard;
 mod relay;
 mod relay_traffic;
