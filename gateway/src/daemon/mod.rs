@@ -52,6 +52,8 @@ use crate::{
 
 /// How often the daemon looks at the clock and the engine.
 const TICK: Duration = Duration::from_millis(250);
+/// How often the metrics are refreshed (counting the queue walks it).
+const METRICS_EVERY: Duration = Duration::from_secs(2);
 /// How often per-target byte counters go to the audit.
 const BYTES_EVERY: Duration = Duration::from_secs(30);
 
@@ -181,6 +183,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bytes = tokio::time::interval(BYTES_EVERY);
+    let mut refresh = tokio::time::interval(METRICS_EVERY);
     let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -193,6 +196,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
             Some(message) = cloud_rx.recv() => daemon.on_cloud(message).await,
             _ = tick.tick() => daemon.tick().await,
             _ = bytes.tick() => daemon.every_bytes_period(),
+            _ = refresh.tick() => daemon.refresh_metrics(),
             _ = pet.tick(), if watchdog.is_some() => ferry_daemon::notify::watchdog(),
         }
     }
@@ -356,7 +360,6 @@ impl Daemon {
         }
         let changes = self.engine.poll().await;
         self.record_changes(changes);
-        self.refresh_metrics();
     }
 
     fn every_bytes_period(&mut self) {
