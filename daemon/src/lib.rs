@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+#[cfg(feature = "metrics")]
+pub mod metrics_http;
 pub mod notify;
 pub mod paths;
 pub mod signals;

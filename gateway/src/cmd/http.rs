@@ -85,11 +85,13 @@ impl CloudUrl {
     /// The canonical text: `scheme://host:port`.
     pub fn to_text(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
-        if self.host.contains(':') {
-            format!("{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            format!("{scheme}://{}:{}", self.host, self.port)
-        }
+        format!("{scheme}://{}", self.target())
+    }
+
+    /// The WebSocket URL of `path` on this cloud (`wss` for https).
+    pub fn websocket(&self, path: &str) -> String {
+        let scheme = if self.https { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.target())
     }
 
     fn target(&self) -> String {
@@ -322,6 +324,9 @@ mod tests {
         let url = CloudUrl::parse("https://[::1]:8443").unwrap();
         assert_eq!((url.host.as_str(), url.port), ("::1", 8443));
         assert_eq!(url.to_text(), "https://[::1]:8443");
+        assert_eq!(url.websocket("/api/v1/control/gateway"), "wss://[::1]:8443/api/v1/control/gateway");
+        let url = CloudUrl::parse("http://203.0.113.10:7600").unwrap();
+        assert_eq!(url.websocket("/ws"), "ws://203.0.113.10:7600/ws");
         for bad in ["cloud.example", "ftp://x", "https://", "http://x:port", "http://x/api", "http://u@x"] {
             assert!(CloudUrl::parse(bad).is_err(), "{bad}");
         }

@@ -3,7 +3,6 @@
 
 use std::{
     io,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -73,10 +72,7 @@ fn write_if_different(path: &Path, contents: &[u8], mode: u32) -> io::Result<Out
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let temporary = path.with_extension("ferry-tmp");
-    std::fs::write(&temporary, contents)?;
-    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&temporary, path)?;
+    crate::state::file::replace(path, contents, mode)?;
     Ok(Outcome::Written)
 }
 

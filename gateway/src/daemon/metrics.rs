@@ -1,14 +1,12 @@
 //! The gateway's Prometheus metrics at `/metrics` (127.0.0.1:9479 by
 //! default, `metrics.listen = "off"` to disable), plus `/healthz`.
 //!
-//! The daemon task refreshes them once per tick from what it owns (the plan,
+//! The daemon task refreshes them every 2 s from what it owns (the plan,
 //! the engine, the eBPF counters, the event queue); a scrape never waits for
 //! it.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -101,31 +99,11 @@ impl Metrics {
         }
     }
 
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
-}
-
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics listener on {addr}"))
-}
-
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the metrics endpoint stopped");
-    }
-}
-
-async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
 }
 
 #[cfg(test)]

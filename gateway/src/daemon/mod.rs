@@ -123,7 +123,9 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let events = Arc::new(Notify::new());
     let (cloud_tx, mut cloud_rx) = mpsc::channel(16);
     let link = CloudLink {
-        url: control_url(&enrollment.cloud_url, &enrollment.control_path)?,
+        url: crate::cmd::http::CloudUrl::parse(&enrollment.cloud_url)
+            .context("the enrolled cloud URL")?
+            .websocket(&enrollment.control_path),
         pin: match enrollment.pin.as_deref() {
             None => None,
             Some(text) => Some(ferry_control::pin::parse_fingerprint(text).with_context(|| {
@@ -149,7 +151,15 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
 
     let metrics = metrics::Metrics::new();
     let metrics_task = match settings.metrics {
-        Some(addr) => Some(tokio::spawn(metrics::serve(metrics::bind(addr).await?, metrics.clone()))),
+        Some(addr) => {
+            let listener = ferry_daemon::metrics_http::bind(addr).await?;
+            let metrics = metrics.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = ferry_daemon::metrics_http::serve(listener, move || metrics.encode()).await {
+                    error!(error = %e, "the metrics endpoint stopped");
+                }
+            }))
+        }
         None => None,
     };
 
@@ -217,21 +227,6 @@ fn attach_guard(uplink: &str, port: u16, mode: AttachMode) -> Result<UplinkGuard
     guard.attach(uplink, mode).with_context(|| format!("attaching the uplink guard to {uplink}"))?;
     info!(uplink, port, "uplink guard attached");
     Ok(guard)
-}
-
-/// `http(s)://host:port` + path -> `ws(s)://host:port/path`.
-fn control_url(cloud: &str, path: &str) -> Result<String> {
-    let base = cloud.trim_end_matches('/');
-    let ws = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else if base.starts_with("ws://") || base.starts_with("wss://") {
-        base.to_string()
-    } else {
-        anyhow::bail!("the enrolled cloud URL {cloud:?} must start with http:// or https://");
-    };
-    Ok(format!("{ws}{path}"))
 }
 
 fn now_ms() -> u64 {

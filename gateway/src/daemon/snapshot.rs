@@ -3,11 +3,7 @@
 //! still enforced locally). The file holds relay tokens: mode 0600, written
 //! atomically.
 
-use std::{
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ferry_control::gateway::DesiredState;
@@ -31,19 +27,8 @@ pub fn load(data_dir: &Path) -> Result<Option<DesiredState>> {
 
 pub fn save(data_dir: &Path, state: &DesiredState) -> Result<()> {
     let path = path(data_dir);
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec(state).context("encoding the desired state")?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    crate::state::file::replace(&path, &text, 0o600).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

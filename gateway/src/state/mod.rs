@@ -17,6 +17,7 @@
 //! daemon, or the CLI while the daemon is stopped) can open it at a time;
 //! [`StoreError::Locked`] says so.
 
+pub mod file;
 pub mod keys;
 
 use std::{
@@ -335,16 +336,7 @@ impl Store {
         let public = PublicState { enrollment: self.enrollment()?, relays: self.relays()? };
         let bytes = serde_json::to_vec_pretty(&public).expect("state values serialize");
         let path = self.dir.join(PUBLIC_FILE);
-        let temporary = self.dir.join(format!("{PUBLIC_FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write as _;
-            let mut file = std::fs::File::create(&temporary)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, &path)
-        };
-        let path = self.dir.join(PUBLIC_FILE);
-        write().map_err(|source| StoreError::File { path, source })
+        file::replace(&path, &bytes, 0o644).map_err(|source| StoreError::File { path, source })
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(
