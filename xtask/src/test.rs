@@ -44,11 +44,13 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     checks.push(("rustfmt", run_cmd(cargo().args(["fmt", "--all", "--check"])).is_ok()));
 
     section("build (binaries, eBPF object)");
-    run_cmd(cargo().args(["build", "--bins", "--tests"])).context("building the workspace")?;
+    run_cmd(cargo_once().args(["build", "--bins", "--tests"])).context("building the workspace")?;
 
     section("clippy");
-    checks
-        .push(("clippy", run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"])).is_ok()));
+    checks.push((
+        "clippy",
+        run_cmd(cargo_once().args(["clippy", "--all-targets", "--", "-D", "warnings"])).is_ok(),
+    ));
 
     let mut suites = Vec::new();
     for package in packages()? {
@@ -104,6 +106,15 @@ fn fuzz(dir: &str, target: &str) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
+/// Cargo without incremental caches: CI builds once in a fresh clone, where
+/// they would nearly double the target folder (and its disk is shared) for
+/// nothing. Developers' own `cargo build` and `cargo test` keep them.
+fn cargo_once() -> std::process::Command {
+    let mut cmd = cargo();
+    cmd.env("CARGO_INCREMENTAL", "0");
+    cmd
+}
+
 fn section(title: &str) {
     eprintln!("\n==> {title}");
 }
@@ -138,7 +149,7 @@ fn packages() -> Result<Vec<String>> {
 /// line of every test binary.
 fn test_package(package: &str, extra: &[String]) -> Result<Vec<Suite>> {
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
-    let mut cmd = cargo();
+    let mut cmd = cargo_once();
     cmd.args(["test", "--no-fail-fast", "-p", package]);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
