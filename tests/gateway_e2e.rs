@@ -138,6 +138,63 @@ fn the_machine_network_cannot_reach_into_the_tunnel() {
     assert_eq!(http_get(&site.lab.tech_ns, tunnel.proxy("plc-web"), HTTP_PORT, T).unwrap(), PLC_PAGE);
 }
 
+/// Forged WireGuard messages (shape right, receiver index made up) sent to the
+/// gateway's WireGuard port from a host on the customer network.
+fn forge_messages(lab: &GatewayLab, count: u32) {
+    let to: std::net::SocketAddr = format!("{GW_UPLINK_IP}:{GATEWAY_WG_PORT}").parse().unwrap();
+    lab.router
+        .ns
+        .run_in(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for i in 0..count {
+                let receiver = 0x5eed_0000u32 ^ i.wrapping_mul(2_654_435_761);
+                let (kind, len, at) = if i % 2 == 0 { (4u8, 48, 4) } else { (2u8, 92, 8) };
+                let mut message = vec![0u8; len];
+                message[0] = kind;
+                message[at..at + 4].copy_from_slice(&receiver.to_le_bytes());
+                socket.send_to(&message, to).unwrap();
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_uplink_guard_follows_the_engines_session_indices() {
+    let mut site = site(Options::default());
+    const UNKNOWN: &str = "ferry_gateway_guard_packets_total{outcome=\"drop_unknown_index\"}";
+    const TRANSPORT: &str = "ferry_gateway_guard_packets_total{outcome=\"allow_transport\"}";
+    const INDICES: &str = "ferry_gateway_guard_indices";
+    // Metrics refresh every 2 s.
+    wait_until(Duration::from_secs(10), "the guard to follow the engine's indices", || {
+        site.lab.gateway_metric("ferry_gateway_guard_follows_indices") == 1.0
+    });
+    assert_eq!(site.lab.gateway_metric(INDICES), 0.0, "no session, no index");
+
+    site.switch_on();
+    let (_, tunnel) = site.running(&["echo"], 600);
+    // The live session's traffic came through the guard: it knew the indices
+    // before the technician could use them.
+    wait_until(Duration::from_secs(10), "the guard to count the session's transport", || {
+        site.lab.gateway_metric(TRANSPORT) > 0.0 && site.lab.gateway_metric(INDICES) >= 1.0
+    });
+
+    // Messages to indices the engine never handed out stop in XDP.
+    let before = site.lab.gateway_metric(UNKNOWN);
+    forge_messages(&site.lab, 40);
+    wait_until(Duration::from_secs(10), "the guard to drop 40 forged messages", || {
+        site.lab.gateway_metric(UNKNOWN) >= before + 40.0
+    });
+    echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, T)
+        .expect("the session after the forgeries");
+
+    // Switching off removes the peer, and its indices leave the guard.
+    site.lab.remote("off");
+    wait_until(Duration::from_secs(10), "the guard to forget the session's indices", || {
+        site.lab.gateway_metric(INDICES) == 0.0
+    });
+    assert_eq!(site.lab.gateway_metric("ferry_gateway_guard_map_errors_total"), 0.0);
+}
+
 #[test]
 fn remote_off_stops_traffic_at_once_and_ends_the_session() {
     let mut site = site(Options::default());

@@ -112,6 +112,8 @@ pub const PLC_PAGE: &str = "plc-web on target-a: machine 4711 ready\n";
 pub const ADMIN_PAGE: &str = "plc admin page on target-a: must stay unreachable\n";
 pub const HOME_PAGE: &str = "home device of the technician\n";
 pub const GATEWAY_WG_PORT: u16 = 51820;
+/// `/metrics` on the gateway namespace's own loopback.
+pub const GATEWAY_METRICS_PORT: u16 = 9479;
 pub const ADMIN_PASSWORD: &str = "gateway lab admin password";
 pub const TECH_PASSWORD: &str = "gateway lab technician password";
 
@@ -692,7 +694,7 @@ impl GatewayLab {
     pub fn write_gateway_config(&self) {
         let text = format!(
             "data_dir = {:?}\ncontrol_socket = {:?}\n\n[uplink]\ninterface = {:?}\nwireguard_port = {GATEWAY_WG_PORT}\n\n\
-             [lan]\ninterface = {:?}\n\n[tunnel]\ninterface = {:?}\ntransport = \"auto\"\n\n[metrics]\nlisten = \"off\"\n",
+             [lan]\ninterface = {:?}\n\n[tunnel]\ninterface = {:?}\ntransport = \"auto\"\n\n[metrics]\nlisten = \"127.0.0.1:{GATEWAY_METRICS_PORT}\"\n",
             self.gateway_data.to_str().unwrap(),
             self.gateway_socket.to_str().unwrap(),
             self.gw_uplink_if,
@@ -736,6 +738,20 @@ impl GatewayLab {
         let mut gateway = self.gw_ns.spawn(cmd).unwrap();
         gateway.wait_for_output("ferry-gateway ready", Duration::from_secs(30)).unwrap();
         self.gateway = Some(gateway);
+    }
+
+    /// The gateway's Prometheus text from `/metrics`.
+    pub fn gateway_metrics(&self) -> String {
+        http_get_path(&self.gw_ns, "127.0.0.1", GATEWAY_METRICS_PORT, "/metrics", Duration::from_secs(5))
+            .expect("the gateway's /metrics")
+    }
+
+    /// One sample of the gateway's metrics, by its name with labels exactly
+    /// as exposed (`ferry_gateway_guard_indices`,
+    /// `ferry_gateway_guard_packets_total{outcome="allow_transport"}`); 0 if
+    /// absent.
+    pub fn gateway_metric(&self, sample: &str) -> f64 {
+        metric_value(&self.gateway_metrics(), sample)
     }
 
     /// SIGTERM and a clean exit within 10 s.
@@ -833,6 +849,14 @@ fn port_of_bridge(ns: &Netns, bridge: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
         .collect()
+}
+
+/// The value of `sample` in Prometheus text, 0 if absent.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// `on`/`off` as the only such word in `text`.
@@ -1053,9 +1077,20 @@ fn curl_available() -> bool {
 /// An HTTP GET from `ns` to `http://ip:port/` within `timeout`: curl when
 /// installed, else a plain HTTP/1.0 request. Returns the body.
 pub fn http_get(ns: &Netns, ip: &str, port: u16, timeout: Duration) -> Result<String, String> {
+    http_get_path(ns, ip, port, "/", timeout)
+}
+
+/// [`http_get`] for another path.
+pub fn http_get_path(
+    ns: &Netns,
+    ip: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     if curl_available() {
         let max = format!("{:.1}", timeout.as_secs_f64());
-        let url = format!("http://{ip}:{port}/");
+        let url = format!("http://{ip}:{port}{path}");
         let out = ns
             .output("curl", &["-sS", "--noproxy", "*", "--max-time", &max, "--connect-timeout", &max, &url])
             .map_err(|e| e.to_string())?;
@@ -1065,7 +1100,7 @@ pub fn http_get(ns: &Netns, ip: &str, port: u16, timeout: Duration) -> Result<St
             Err(format!("curl {url}: {}", String::from_utf8_lossy(&out.stderr).trim()))
         };
     }
-    let request = format!("GET / HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n");
     let answer = tcp_exchange(ns, ip, port, request.as_bytes(), None, timeout)?;
     let text = String::from_utf8_lossy(&answer).into_owned();
     match text.split_once("\r\n\r\n") {

@@ -1,5 +1,6 @@
 //! The gateway's uplink guard: an XDP program that drops datagrams to the
-//! WireGuard port that cannot be WireGuard messages.
+//! WireGuard port that cannot be WireGuard messages, and, when it follows the
+//! engine's indices, messages that name no live receiver index.
 
 /// Name of the guard's XDP program in the object.
 pub const PROGRAM: &str = "uplink_guard";
@@ -7,6 +8,39 @@ pub const PROGRAM: &str = "uplink_guard";
 pub const CONFIG_MAP: &str = "GUARD_CONFIG";
 /// Name of the per-CPU counter map, indexed by [`Outcome`].
 pub const COUNTERS_MAP: &str = "GUARD_COUNTERS";
+/// Name of the hash map of live local receiver indices: key [`IndexKey`],
+/// value unused (1).
+pub const INDICES_MAP: &str = "GUARD_INDICES";
+/// Room for the indices of 4096 peers, each holding at most four (current,
+/// previous and next session, one handshake in flight).
+pub const MAX_INDICES: u32 = 16_384;
+
+/// Where a message carries the receiver index it is addressed to.
+pub const RESPONSE_RECEIVER_OFFSET: usize = 8;
+pub const COOKIE_REPLY_RECEIVER_OFFSET: usize = 4;
+pub const TRANSPORT_RECEIVER_OFFSET: usize = 4;
+
+/// A local receiver index as the four bytes on the wire (WireGuard writes
+/// indices little-endian), so the program compares bytes without swapping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IndexKey {
+    pub wire: [u8; 4],
+}
+
+impl IndexKey {
+    pub const fn new(index: u32) -> Self {
+        Self { wire: index.to_le_bytes() }
+    }
+
+    pub const fn index(&self) -> u32 {
+        u32::from_le_bytes(self.wire)
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), one byte array, no padding, every bit pattern is valid.
+unsafe impl aya::Pod for IndexKey {}
 
 /// WireGuard message lengths (the protocol's fixed wire sizes).
 pub const INITIATION_LEN: usize = 148;
@@ -39,16 +73,28 @@ pub struct GuardConfig {
     /// The WireGuard UDP port, network byte order. Zero disables the guard:
     /// every packet passes and is counted as `PassOtherPort`.
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// Non-zero: responses, cookie replies and transport messages must name
+    /// an index in the indices map. Only a daemon that keeps that map
+    /// complete turns it on.
+    pub follow_indices: u8,
+    pub _pad: u8,
 }
 
 impl GuardConfig {
     pub const fn new(port: u16) -> Self {
-        Self { port: port.to_be_bytes(), _pad: [0; 2] }
+        Self { port: port.to_be_bytes(), follow_indices: 0, _pad: 0 }
+    }
+
+    pub const fn following_indices(self, on: bool) -> Self {
+        Self { follow_indices: on as u8, ..self }
     }
 
     pub const fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
+    }
+
+    pub const fn follows_indices(&self) -> bool {
+        self.follow_indices != 0
     }
 }
 
@@ -94,11 +140,16 @@ pub enum Outcome {
     /// To the WireGuard port, but the UDP length field is below 8 or claims more
     /// bytes than the packet carries.
     DropTruncated,
+    /// A well-formed response, cookie reply or transport message whose
+    /// receiver index no live handshake or session holds (only while the
+    /// guard follows the indices): a stale, replayed-after-expiry or forged
+    /// message, refused before it costs a lookup and an AEAD in userspace.
+    DropUnknownIndex,
 }
 
 impl Outcome {
     /// Number of outcomes, the size of the counter array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Outcome::PassNotIp,
@@ -115,11 +166,18 @@ impl Outcome {
         Outcome::DropBadType,
         Outcome::DropBadLength,
         Outcome::DropTruncated,
+        Outcome::DropUnknownIndex,
     ];
 
     /// Whether the guard drops packets with this outcome.
     pub const fn drops(self) -> bool {
-        matches!(self, Outcome::DropBadType | Outcome::DropBadLength | Outcome::DropTruncated)
+        matches!(
+            self,
+            Outcome::DropBadType
+                | Outcome::DropBadLength
+                | Outcome::DropTruncated
+                | Outcome::DropUnknownIndex
+        )
     }
 
     /// A stable snake_case name, used for metrics and the CLI's counter output.
@@ -139,6 +197,7 @@ impl Outcome {
             Outcome::DropBadType => "drop_bad_type",
             Outcome::DropBadLength => "drop_bad_length",
             Outcome::DropTruncated => "drop_truncated",
+            Outcome::DropUnknownIndex => "drop_unknown_index",
         }
     }
 }

@@ -1,13 +1,17 @@
 //! The gateway's uplink guard, from userspace: load, configure, attach, count.
 
-use aya::{Ebpf, maps::Array, programs::Xdp};
-use ferry_ebpf_common::guard::{self as shared, GuardConfig};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData},
+    programs::Xdp,
+};
+use ferry_ebpf_common::guard::{self as shared, GuardConfig, IndexKey};
 
 pub use crate::counters::GuardCounters;
 use crate::{
     AttachMode, Error,
     attach::{self, Attachment},
-    load_object, load_xdp, xdp, xdp_mut,
+    load_object_sized, load_xdp, xdp, xdp_mut,
 };
 
 /// The loaded guard program and its maps. Dropping it detaches the program.
@@ -20,7 +24,7 @@ impl UplinkGuard {
     /// Loads the guard into the kernel (through the verifier) for WireGuard port
     /// `port`. It does nothing until attached.
     pub fn load(port: u16) -> Result<Self, Error> {
-        let mut ebpf = load_object()?;
+        let mut ebpf = load_object_sized(&[(shared::INDICES_MAP, shared::MAX_INDICES)])?;
         load_xdp(&mut ebpf, shared::PROGRAM)?;
         let mut guard = UplinkGuard { ebpf, attached: None };
         guard.set_port(port)?;
@@ -29,11 +33,76 @@ impl UplinkGuard {
 
     /// Changes the protected port; takes effect with the next packet.
     pub fn set_port(&mut self, port: u16) -> Result<(), Error> {
+        let current = self.config()?;
+        self.write_config(GuardConfig::new(port).following_indices(current.follows_indices()))
+    }
+
+    /// Turns the receiver-index rule on or off. Only turn it on when every
+    /// live local index is in the map (see [`UplinkGuard::add_index`]), or
+    /// the engine's own peers are cut off.
+    pub fn follow_indices(&mut self, on: bool) -> Result<(), Error> {
+        let current = self.config()?;
+        self.write_config(current.following_indices(on))
+    }
+
+    /// Whether the receiver-index rule is on.
+    pub fn follows_indices(&self) -> Result<bool, Error> {
+        Ok(self.config()?.follows_indices())
+    }
+
+    /// Marks a local receiver index live.
+    pub fn add_index(&mut self, index: u32) -> Result<(), Error> {
+        let name = shared::INDICES_MAP;
+        self.indices_mut()?.insert(IndexKey::new(index), 1, 0).map_err(|source| Error::Map { name, source })
+    }
+
+    /// Forgets a local receiver index; a missing one is no error.
+    pub fn remove_index(&mut self, index: u32) -> Result<(), Error> {
+        let name = shared::INDICES_MAP;
+        match self.indices_mut()?.remove(&IndexKey::new(index)) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            other => other.map_err(|source| Error::Map { name, source }),
+        }
+    }
+
+    /// The live indices in the map, sorted.
+    pub fn indices(&self) -> Result<Vec<u32>, Error> {
+        let name = shared::INDICES_MAP;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let indices: HashMap<_, IndexKey, u8> =
+            HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let mut out = indices
+            .keys()
+            .map(|key| key.map(|k| k.index()))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|source| Error::Map { name, source })?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn indices_mut(&mut self) -> Result<HashMap<&mut MapData, IndexKey, u8>, Error> {
+        let name = shared::INDICES_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|source| Error::Map { name, source })
+    }
+
+    fn config(&self) -> Result<GuardConfig, Error> {
+        let name = shared::CONFIG_MAP;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let config: Array<_, GuardConfig> =
+            Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+        config.get(&0, 0).map_err(|source| Error::Map { name, source })
+    }
+
+    fn write_config(&mut self, value: GuardConfig) -> Result<(), Error> {
         let name = shared::CONFIG_MAP;
         let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
         let mut config: Array<_, GuardConfig> =
             Array::try_from(map).map_err(|source| Error::Map { name, source })?;
-        config.set(0, GuardConfig::new(port), 0).map_err(|source| Error::Map { name, source })
+        config.set(0, value, 0).map_err(|source| Error::Map { name, source })
     }
 
     /// Attaches to `iface` (in the caller's network namespace) and returns the

@@ -37,6 +37,7 @@ const SIZED_MAPS: &[&str] = &[
     common::gateway::CT_FORWARD_MAP,
     common::gateway::CT_REVERSE_MAP,
     common::gateway::TRAFFIC_MAP,
+    common::guard::INDICES_MAP,
 ];
 
 /// Parses the embedded object and creates its maps, the sizable ones (see

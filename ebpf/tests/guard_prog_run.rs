@@ -43,6 +43,70 @@ fn wg6(message_type: u8, len: usize) -> Vec<u8> {
     packet::udp6(CLIENT6, 40000, GATEWAY6, PORT, &wireguard(message_type, len))
 }
 
+/// A message of `message_type` and `len` bytes (the guard's shape rule holds)
+/// addressed to receiver index `receiver`.
+fn addressed(message_type: u8, len: usize, receiver: u32) -> Vec<u8> {
+    let mut message = wireguard(message_type, len);
+    let at = if message_type == 2 { 8 } else { 4 };
+    message[at..at + 4].copy_from_slice(&receiver.to_le_bytes());
+    packet::udp4(CLIENT, 40000, GATEWAY, PORT, &message)
+}
+
+#[test]
+fn following_indices_drops_messages_to_dead_indices_only() {
+    let mut g = guard();
+    g.follow_indices(true).unwrap();
+    g.add_index(0x1122_3344).unwrap();
+    g.add_index(7).unwrap();
+    assert_eq!(g.indices().unwrap(), vec![7, 0x1122_3344]);
+    // Live indices: every addressed type passes.
+    check(&g, &addressed(2, 92, 0x1122_3344), Outcome::AllowResponse);
+    check(&g, &addressed(3, 64, 7), Outcome::AllowCookieReply);
+    check(&g, &addressed(4, 32, 7), Outcome::AllowTransport);
+    check(&g, &addressed(4, 1452, 0x1122_3344), Outcome::AllowTransport);
+    // Same over IPv6.
+    let mut transport = wireguard(4, 48);
+    transport[4..8].copy_from_slice(&7u32.to_le_bytes());
+    check(&g, &packet::udp6(CLIENT6, 40000, GATEWAY6, PORT, &transport), Outcome::AllowTransport);
+    // Any other index, including the live ones byte-swapped, is dropped.
+    for receiver in [0, 8, 0x4433_2211, 0x0700_0000, u32::MAX] {
+        check(&g, &addressed(2, 92, receiver), Outcome::DropUnknownIndex);
+        check(&g, &addressed(3, 64, receiver), Outcome::DropUnknownIndex);
+        check(&g, &addressed(4, 32, receiver), Outcome::DropUnknownIndex);
+    }
+    // A response's sender index (bytes 4..8) is not its receiver.
+    let mut response = wireguard(2, 92);
+    response[4..8].copy_from_slice(&7u32.to_le_bytes());
+    response[8..12].copy_from_slice(&9u32.to_le_bytes());
+    check(&g, &packet::udp4(CLIENT, 40000, GATEWAY, PORT, &response), Outcome::DropUnknownIndex);
+    // Initiations name no receiver: they still pass on shape alone.
+    check(&g, &wg4(1, 148), Outcome::AllowInitiation);
+    // Shape still comes first.
+    check(&g, &addressed(4, 33, 7), Outcome::DropBadLength);
+    // An index that goes is refused with the next packet.
+    g.remove_index(7).unwrap();
+    g.remove_index(7).unwrap();
+    check(&g, &addressed(4, 32, 7), Outcome::DropUnknownIndex);
+    // Turned off, indices do not matter, and the port survives a change.
+    g.follow_indices(false).unwrap();
+    check(&g, &addressed(4, 32, 7), Outcome::AllowTransport);
+    g.follow_indices(true).unwrap();
+    g.set_port(PORT).unwrap();
+    assert!(g.follows_indices().unwrap());
+    check(&g, &addressed(4, 32, 7), Outcome::DropUnknownIndex);
+}
+
+#[test]
+fn the_index_map_holds_four_indices_for_each_of_4096_peers() {
+    let mut g = guard();
+    let max = ferry_ebpf::common::guard::MAX_INDICES;
+    for index in 0..max {
+        g.add_index(index.wrapping_mul(2_654_435_761)).unwrap();
+    }
+    assert!(g.add_index(u32::MAX).is_err(), "a full map refuses, it does not evict");
+    assert_eq!(g.indices().unwrap().len(), max as usize);
+}
+
 #[test]
 fn each_message_type_passes_at_its_exact_length_only() {
     let g = guard();

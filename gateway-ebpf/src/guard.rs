@@ -4,15 +4,18 @@
 //! program drops datagrams to that port whose shape no WireGuard message can
 //! have, before they cost a socket wakeup or a MAC check in userspace. It is a
 //! cheap filter, not a policy: everything that is not UDP to the port passes.
+//! When the daemon keeps the indices map complete, messages addressed to a
+//! receiver index that no live handshake or session holds are dropped too.
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use ferry_ebpf_common::guard::{
-    COOKIE_REPLY_LEN, GuardConfig, INITIATION_LEN, Outcome, RESPONSE_LEN, transport_len_ok,
+    COOKIE_REPLY_LEN, COOKIE_REPLY_RECEIVER_OFFSET, GuardConfig, INITIATION_LEN, IndexKey, MAX_INDICES,
+    Outcome, RESPONSE_LEN, RESPONSE_RECEIVER_OFFSET, TRANSPORT_RECEIVER_OFFSET, transport_len_ok,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -29,6 +32,9 @@ static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "GUARD_COUNTERS")]
 static GUARD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+#[map(name = "GUARD_INDICES")]
+static GUARD_INDICES: HashMap<IndexKey, u8> = HashMap::with_max_entries(MAX_INDICES, 0);
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -56,8 +62,8 @@ struct UdpLocation {
 
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Outcome {
-    let port = match GUARD_CONFIG.get(0) {
-        Some(config) => config.port,
+    let (port, follow_indices) = match GUARD_CONFIG.get(0) {
+        Some(config) => (config.port, config.follows_indices()),
         None => return Outcome::PassOtherPort,
     };
 
@@ -109,7 +115,26 @@ fn classify(ctx: &XdpContext) -> Outcome {
     if ctx.data() + message_offset + message_len > ctx.data_end() {
         return Outcome::DropTruncated;
     }
-    classify_message(ctx, message_offset, message_len)
+    let outcome = classify_message(ctx, message_offset, message_len);
+    if follow_indices {
+        let receiver_offset = match outcome {
+            Outcome::AllowResponse => RESPONSE_RECEIVER_OFFSET,
+            Outcome::AllowCookieReply => COOKIE_REPLY_RECEIVER_OFFSET,
+            Outcome::AllowTransport => TRANSPORT_RECEIVER_OFFSET,
+            _ => return outcome,
+        };
+        // The length rules above put the index inside the message.
+        let Some(receiver) = ptr_at::<IndexKey>(ctx, message_offset + receiver_offset) else {
+            return Outcome::DropTruncated;
+        };
+        // SAFETY: ptr_at checked the four bytes are inside the packet.
+        let key = unsafe { *receiver };
+        // SAFETY: the value is only tested for presence, never read.
+        if unsafe { GUARD_INDICES.get(&key) }.is_none() {
+            return Outcome::DropUnknownIndex;
+        }
+    }
+    outcome
 }
 
 /// Applies WireGuard's shape rules to a UDP payload of `len` bytes, all of which

@@ -8,6 +8,7 @@
 //! interface = "enp1s0"     # toward the customer network and the internet
 //! wireguard_port = 51820   # the one UDP port the gateway exposes
 //! xdp_mode = "auto"        # auto, native or generic
+//! follow_indices = true    # the guard drops messages to dead WireGuard indices
 //!
 //! [lan]
 //! interface = "enp2s0"     # toward the machine network
@@ -142,6 +143,10 @@ pub struct Uplink {
     pub wireguard_port: Option<NonZeroU16>,
     #[serde(default, deserialize_with = "de_attach_mode")]
     pub xdp_mode: Option<AttachMode>,
+    /// Whether `run` has the uplink guard drop responses, cookie replies and
+    /// transport messages whose receiver index the engine does not hold
+    /// (default: true).
+    pub follow_indices: Option<bool>,
 }
 
 fn de_attach_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AttachMode>, D::Error> {

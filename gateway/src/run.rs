@@ -58,6 +58,7 @@ pub fn run(args: RunArgs, config: &Config, data_dir: PathBuf, socket: PathBuf) -
         tunnel_address,
         wireguard_port: config.uplink.wireguard_port.map_or(DEFAULT_WIREGUARD_PORT, u16::from),
         uplink_interface: args.uplink.or_else(|| config.uplink.interface.clone()),
+        follow_indices: config.uplink.follow_indices.unwrap_or(true),
         xdp_mode: config.uplink.xdp_mode.unwrap_or_default(),
         lan_interface,
         lan_address: config.lan.address,

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every suite, with a summary of what ran.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Write},
     process::Stdio,
     time::Instant,
@@ -52,11 +53,11 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         run_cmd(cargo_once().args(["clippy", "--all-targets", "--", "-D", "warnings"])).is_ok(),
     ));
 
-    let mut suites = Vec::new();
-    for package in packages()? {
-        section(&format!("tests of {package}"));
-        suites.extend(test_package(&package, cargo_test_args)?);
-    }
+    // One `cargo test` over the workspace: per-package runs resolve
+    // dependency features per package and build most dependencies again.
+    section("tests");
+    let owners = Owners::of_workspace()?;
+    let suites = test_workspace(&owners, cargo_test_args)?;
 
     // Coverage-guided fuzzing, time-boxed, only on a full run.
     if cargo_test_args.is_empty() {
@@ -119,38 +120,89 @@ fn section(title: &str) {
     eprintln!("\n==> {title}");
 }
 
-/// The workspace's default members (gateway-ebpf is built by ferry-ebpf's
-/// build script, not tested on the host).
-fn packages() -> Result<Vec<String>> {
-    let output = cargo()
-        .args(["metadata", "--no-deps", "--format-version", "1"])
-        .output()
-        .context("running cargo metadata")?;
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("parsing cargo metadata")?;
-    let defaults: Vec<&str> = metadata["workspace_default_members"]
-        .as_array()
-        .context("cargo metadata has no workspace_default_members")?
-        .iter()
-        .filter_map(|id| id.as_str())
-        .collect();
-    let mut names: Vec<String> = metadata["packages"]
-        .as_array()
-        .context("cargo metadata has no packages")?
-        .iter()
-        .filter(|p| p["id"].as_str().is_some_and(|id| defaults.contains(&id)))
-        .filter_map(|p| p["name"].as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    Ok(names)
+/// Which package each test executable and doc-test crate belongs to, so the
+/// summary can name it.
+#[derive(Debug, Default)]
+struct Owners {
+    /// Test executable file name (`relay_udp-0123abcd`) -> package.
+    executables: HashMap<String, String>,
+    /// Library crate name (`ferry_relay`) -> package.
+    libraries: HashMap<String, String>,
 }
 
-/// Runs `cargo test -p <package>`, streaming its output, and parses the result
-/// line of every test binary.
-fn test_package(package: &str, extra: &[String]) -> Result<Vec<Suite>> {
+impl Owners {
+    /// Builds the test executables of the workspace's default members
+    /// (gateway-ebpf is built by ferry-ebpf's build script, not tested on the
+    /// host) and records their packages.
+    fn of_workspace() -> Result<Owners> {
+        let output = cargo()
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .output()
+            .context("running cargo metadata")?;
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("parsing cargo metadata")?;
+        let mut owners = Owners::default();
+        let mut by_manifest = HashMap::new();
+        for package in metadata["packages"].as_array().context("cargo metadata has no packages")? {
+            let (Some(name), Some(manifest)) = (package["name"].as_str(), package["manifest_path"].as_str())
+            else {
+                continue;
+            };
+            by_manifest.insert(manifest.to_string(), name.to_string());
+            for target in package["targets"].as_array().into_iter().flatten() {
+                let is_lib = target["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "lib"));
+                if is_lib && let Some(lib) = target["name"].as_str() {
+                    owners.libraries.insert(lib.replace('-', "_"), name.to_string());
+                }
+            }
+        }
+
+        let output = cargo_once()
+            .args(["test", "--no-run", "--message-format=json-render-diagnostics"])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("building the tests")?;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if message["reason"] != "compiler-artifact" {
+                continue;
+            }
+            let (Some(executable), Some(manifest)) =
+                (message["executable"].as_str(), message["manifest_path"].as_str())
+            else {
+                continue;
+            };
+            if let (Some(file), Some(package)) =
+                (std::path::Path::new(executable).file_name(), by_manifest.get(manifest))
+            {
+                owners.executables.insert(file.to_string_lossy().into_owned(), package.clone());
+            }
+        }
+        if !output.status.success() {
+            bail!("building the tests failed (the compiler's messages are above)");
+        }
+        Ok(owners)
+    }
+
+    /// The package of a "Running" line's executable.
+    fn of_running(&self, running: &str) -> String {
+        let path = running.rsplit_once(" (").map_or(running, |(_, p)| p.trim_end_matches(')'));
+        let file = std::path::Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned());
+        file.and_then(|f| self.executables.get(&f).cloned()).unwrap_or_else(|| "?".to_string())
+    }
+
+    /// The package of a "Doc-tests <crate>" line.
+    fn of_doc_tests(&self, krate: &str) -> String {
+        self.libraries.get(krate.trim()).cloned().unwrap_or_else(|| krate.trim().to_string())
+    }
+}
+
+/// Runs `cargo test` over the workspace, streaming its output, and parses the
+/// result line of every test binary.
+fn test_workspace(owners: &Owners, extra: &[String]) -> Result<Vec<Suite>> {
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
     let mut cmd = cargo_once();
-    cmd.args(["test", "--no-fail-fast", "-p", package]);
+    cmd.args(["test", "--no-fail-fast"]);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
@@ -167,10 +219,10 @@ fn test_package(package: &str, extra: &[String]) -> Result<Vec<Suite>> {
         let trimmed = line.trim_start();
         if let Some(rest) = trimmed.strip_prefix("Running ") {
             finish(&mut current, &mut suites);
-            current = Some(Suite::new(package, suite_name(rest)));
-        } else if trimmed.starts_with("Doc-tests ") {
+            current = Some(Suite::new(&owners.of_running(rest), suite_name(rest)));
+        } else if let Some(krate) = trimmed.strip_prefix("Doc-tests ") {
             finish(&mut current, &mut suites);
-            current = Some(Suite::new(package, "doc-tests".to_string()));
+            current = Some(Suite::new(&owners.of_doc_tests(krate), "doc-tests".to_string()));
         } else if let Some(result) = trimmed.strip_prefix("test result: ")
             && let Some(mut suite) = current.take()
         {
@@ -182,7 +234,7 @@ fn test_package(package: &str, extra: &[String]) -> Result<Vec<Suite>> {
     let status = child.wait()?;
     if !status.success() && suites.iter().all(|s| s.failed == 0 && !s.crashed) {
         // cargo failed before any test ran (a compile error).
-        suites.push(Suite { crashed: true, ..Suite::new(package, "build".to_string()) });
+        suites.push(Suite { crashed: true, ..Suite::new("workspace", "build".to_string()) });
     }
     Ok(suites)
 }
@@ -273,6 +325,17 @@ mod tests {
             "FAILED. 12 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.48s",
         );
         assert_eq!((suite.passed, suite.failed, suite.ignored), (12, 2, 0));
+    }
+
+    #[test]
+    fn suites_are_named_by_their_package() {
+        let owners = Owners {
+            executables: [("relay_udp-0a1b".to_string(), "ferry-tests".to_string())].into(),
+            libraries: [("ferry_relay".to_string(), "ferry-relay".to_string())].into(),
+        };
+        assert_eq!(owners.of_running("tests/relay_udp.rs (target/debug/deps/relay_udp-0a1b)"), "ferry-tests");
+        assert_eq!(owners.of_running("unittests src/lib.rs (target/debug/deps/other-9)"), "?");
+        assert_eq!(owners.of_doc_tests("ferry_relay"), "ferry-relay");
     }
 
     #[test]

@@ -138,6 +138,12 @@ impl Engine {
         self.endpoint.local_port()
     }
 
+    /// Hands the engine's local receiver indices to `sink`, now and on every
+    /// change (see [`ferry_tunnel::endpoint::IndexSink`]).
+    pub fn watch_indices(&self, sink: impl ferry_tunnel::endpoint::IndexSink) -> Result<()> {
+        Ok(self.endpoint.watch_indices(sink)?)
+    }
+
     /// Makes the engine's peers exactly `wanted`: peers not in it lose their
     /// keys now; new ones are added and start a handshake toward the relay,
     /// which is what registers the gateway's side of the allocation there.

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub packets: Family<OutcomeLabels, Counter>,
     pub local_refused: Counter,
     pub local_malformed: Counter,
+    /// What the uplink guard did with each packet, by outcome.
+    pub guard_packets: Family<OutcomeLabels, Counter>,
+    pub guard_indices: Gauge,
+    pub guard_follows_indices: Gauge,
+    pub guard_map_errors: Counter,
 }
 
 impl Metrics {
@@ -51,6 +56,10 @@ impl Metrics {
             packets: Family::default(),
             local_refused: Counter::default(),
             local_malformed: Counter::default(),
+            guard_packets: Family::default(),
+            guard_indices: Gauge::default(),
+            guard_follows_indices: Gauge::default(),
+            guard_map_errors: Counter::default(),
         };
         registry.register(
             "switch_on",
@@ -87,6 +96,26 @@ impl Metrics {
             "local_malformed",
             "Malformed requests on the local control socket",
             m.local_malformed.clone(),
+        );
+        registry.register(
+            "guard_packets",
+            "Packets the uplink guard handled, by outcome (pass, allow or the drop reason)",
+            m.guard_packets.clone(),
+        );
+        registry.register(
+            "guard_indices",
+            "Local WireGuard receiver indices the uplink guard knows as live",
+            m.guard_indices.clone(),
+        );
+        registry.register(
+            "guard_follows_indices",
+            "1 while the uplink guard drops messages to receiver indices the engine does not hold",
+            m.guard_follows_indices.clone(),
+        );
+        registry.register(
+            "guard_map_errors",
+            "Index updates the uplink guard's map refused (each turns the index rule off)",
+            m.guard_map_errors.clone(),
         );
         Metrics { registry: Arc::new(registry), ..m }
     }

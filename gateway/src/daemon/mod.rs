@@ -15,6 +15,7 @@ mod metrics;
 pub mod policy;
 mod report;
 mod snapshot;
+mod uplink;
 
 use std::{
     collections::BTreeMap,
@@ -32,7 +33,6 @@ use ferry_control::{
 use ferry_ebpf::{
     AttachMode,
     gateway::{ForwarderConfig, GatewayForwarder},
-    guard::UplinkGuard,
 };
 use ferry_tunnel::config::InterfaceAddress;
 use tokio::sync::{Notify, mpsc, watch};
@@ -68,6 +68,9 @@ pub struct Settings {
     pub tunnel_address: InterfaceAddress,
     pub wireguard_port: u16,
     pub uplink_interface: Option<String>,
+    /// Whether the uplink guard drops messages to receiver indices the engine
+    /// does not hold.
+    pub follow_indices: bool,
     pub xdp_mode: AttachMode,
     pub lan_interface: String,
     pub lan_address: Option<Ipv4Addr>,
@@ -109,8 +112,10 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         xdp_mode: settings.xdp_mode,
     })
     .context("attaching the forwarding programs (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-    let _guard = match &settings.uplink_interface {
-        Some(uplink) => Some(attach_guard(uplink, engine.local_port(), settings.xdp_mode)?),
+    let uplink = match &settings.uplink_interface {
+        Some(iface) => {
+            Some(uplink::Uplink::attach(iface, settings.xdp_mode, &engine, settings.follow_indices)?)
+        }
         None => {
             warn!("no uplink interface configured: the uplink guard is not attached");
             None
@@ -172,6 +177,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         plan: Plan::default(),
         engine,
         forwarder,
+        uplink,
         reported: Reported::default(),
         switch_tx,
         applied_tx,
@@ -222,13 +228,6 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     Ok(())
 }
 
-fn attach_guard(uplink: &str, port: u16, mode: AttachMode) -> Result<UplinkGuard> {
-    let mut guard = UplinkGuard::load(port).context("loading the uplink guard")?;
-    guard.attach(uplink, mode).with_context(|| format!("attaching the uplink guard to {uplink}"))?;
-    info!(uplink, port, "uplink guard attached");
-    Ok(guard)
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -242,6 +241,8 @@ struct Daemon {
     plan: Plan,
     engine: Engine,
     forwarder: GatewayForwarder,
+    /// The uplink guard, when an uplink interface is configured.
+    uplink: Option<uplink::Uplink>,
     reported: Reported,
     switch_tx: watch::Sender<bool>,
     applied_tx: watch::Sender<Option<u64>>,
@@ -385,6 +386,17 @@ impl Daemon {
                     total,
                 );
             }
+        }
+        if let Some(uplink) = &self.uplink {
+            for (outcome, total) in uplink.outcomes() {
+                metrics::Metrics::count_to(
+                    &m.guard_packets.get_or_create(&metrics::OutcomeLabels { outcome }),
+                    total,
+                );
+            }
+            m.guard_indices.set(uplink.live_indices() as i64);
+            m.guard_follows_indices.set(i64::from(uplink.follows_indices()));
+            metrics::Metrics::count_to(&m.guard_map_errors, uplink.map_errors());
         }
         metrics::Metrics::count_to(&m.local_refused, crate::local::server::refused_connections());
         metrics::Metrics::count_to(&m.local_malformed, crate::local::server::malformed_requests());

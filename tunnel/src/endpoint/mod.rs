@@ -4,7 +4,8 @@
 //! Three tasks share the device behind a mutex that is held only for the
 //! synchronous protocol step, once per batch: TUN to UDP (encrypt), UDP to
 //! TUN (decrypt) and the timers. Sockets and the TUN device are never touched
-//! under the lock.
+//! under the lock. An [`IndexSink`], if one watches, is told of index changes
+//! under it (see there why).
 //!
 //! Syscalls are batched where Linux allows: the TUN device runs with
 //! virtio-net headers and TSO/USO offload, so one read returns a TCP
@@ -19,7 +20,8 @@ mod batch;
 use std::{
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    ops::{Deref, DerefMut},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -33,7 +35,7 @@ use crate::{
     PrivateKey, PublicKey,
     config::InterfaceAddress,
     proto::{
-        Device, DeviceConfig, IpNet, Now, PeerConfig, Transmit,
+        Device, DeviceConfig, IndexChange, IpNet, Now, PeerConfig, Transmit,
         device::{Incoming, Sent},
     },
 };
@@ -70,6 +72,8 @@ pub enum EndpointError {
         #[source]
         source: io::Error,
     },
+    #[error("the endpoint's indices are already watched")]
+    AlreadyWatched,
     #[error("peer {0}: its public key gives an all-zero shared secret")]
     BadPeerKey(PublicKey),
 }
@@ -88,8 +92,22 @@ pub struct PeerStatus {
     pub has_preshared_key: bool,
 }
 
+/// Learns every change to the endpoint's local receiver indices, for a packet
+/// filter in front of the socket (the gateway's uplink guard) that drops
+/// messages naming no live index.
+///
+/// Changes are delivered while the device is locked, before the datagrams of
+/// the same step are sent: a peer can use a new index only after our
+/// initiation or response reaches it, so the filter always knows the index
+/// first. Index changes happen only on handshakes and expiry, so the cost
+/// (a map update, a syscall) stays off the per-packet path.
+pub trait IndexSink: Send + Sync + 'static {
+    fn apply(&self, change: IndexChange);
+}
+
 struct Shared {
     device: Mutex<Device>,
+    index_sink: OnceLock<Box<dyn IndexSink>>,
     tun: AsyncDevice,
     udp: UdpSocket,
     udp_state: UdpSocketState,
@@ -129,7 +147,14 @@ impl Endpoint {
             gro_segments = udp_state.gro_segments(),
             "UDP offloads"
         );
-        let shared = Arc::new(Shared { device: Mutex::new(device), tun, udp, udp_state, mtu: config.mtu });
+        let shared = Arc::new(Shared {
+            device: Mutex::new(device),
+            index_sink: OnceLock::new(),
+            tun,
+            udp,
+            udp_state,
+            mtu: config.mtu,
+        });
         let tasks = vec![
             tokio::spawn(tun_to_udp(Arc::clone(&shared))),
             tokio::spawn(udp_to_tun(Arc::clone(&shared))),
@@ -208,8 +233,58 @@ impl Endpoint {
         f(&mut self.device())
     }
 
-    fn device(&self) -> std::sync::MutexGuard<'_, Device> {
-        self.shared.device.lock().expect("the device lock is never poisoned: no panics under it")
+    /// Hands every local receiver index to `sink`: the ones live now at once,
+    /// then each change as it happens. One sink per endpoint.
+    pub fn watch_indices(&self, sink: impl IndexSink) -> Result<(), EndpointError> {
+        let mut device = self.device();
+        self.shared.index_sink.set(Box::new(sink)).map_err(|_| EndpointError::AlreadyWatched)?;
+        let sink = self.shared.index_sink.get().expect("just set");
+        for index in device.watch_indices() {
+            sink.apply(IndexChange::Added(index));
+        }
+        Ok(())
+    }
+
+    fn device(&self) -> Locked<'_> {
+        lock(&self.shared)
+    }
+}
+
+/// The locked device. Unlocking hands the step's index changes to the sink,
+/// so they reach it before anything the step produced is sent.
+struct Locked<'a> {
+    device: MutexGuard<'a, Device>,
+    sink: Option<&'a dyn IndexSink>,
+}
+
+fn lock(shared: &Shared) -> Locked<'_> {
+    Locked {
+        device: shared.device.lock().expect("the device lock is never poisoned: no panics under it"),
+        sink: shared.index_sink.get().map(|sink| &**sink),
+    }
+}
+
+impl Deref for Locked<'_> {
+    type Target = Device;
+
+    fn deref(&self) -> &Device {
+        &self.device
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Device {
+        &mut self.device
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink {
+            for change in self.device.drain_index_changes() {
+                sink.apply(change);
+            }
+        }
     }
 }
 
@@ -331,7 +406,7 @@ async fn tun_to_udp(shared: Arc<Shared>) {
         }
         segments.clear();
         {
-            let mut device = shared.device.lock().expect("not poisoned");
+            let mut device = lock(&shared);
             let now = Now::system();
             let mut at = 0;
             for (packet, &size) in packets.iter().zip(&sizes).take(count) {
@@ -395,7 +470,7 @@ async fn udp_to_tun(shared: Arc<Shared>) {
             }
         };
         {
-            let mut device = shared.device.lock().expect("not poisoned");
+            let mut device = lock(&shared);
             let now = Now::system();
             for (buffer, meta) in buffers.iter_mut().zip(&metas).take(count) {
                 let from = canonical(meta.addr);
@@ -428,7 +503,7 @@ async fn timers(shared: Arc<Shared>) {
     let mut transmits = Vec::new();
     loop {
         let deadline = {
-            let mut device = shared.device.lock().expect("not poisoned");
+            let mut device = lock(&shared);
             device.update_timers(Now::system(), &mut transmits);
             device.next_deadline()
         };

@@ -19,6 +19,7 @@ use super::{
     constants::*,
     cookie::CookieChecker,
     handshake::{self, HandshakeError, Identity},
+    indices::{IndexChange, IndexTable},
     messages::{self, Initiation, Message, Response, TRANSPORT_HEADER_LEN},
     peer::{MAX_STAGED, Peer, PeerStats, Slot},
     ratelimit::RateLimiter,
@@ -162,7 +163,7 @@ pub struct Device {
     checker: CookieChecker,
     peers: HashMap<PeerId, Peer>,
     by_key: HashMap<PublicKey, PeerId>,
-    indices: HashMap<u32, PeerId>,
+    pub(crate) indices: IndexTable,
     allowed_ips: AllowedIps<PeerId>,
     limiter: RateLimiter,
     load_threshold: u32,
@@ -183,7 +184,7 @@ impl Device {
             identity,
             peers: HashMap::new(),
             by_key: HashMap::new(),
-            indices: HashMap::new(),
+            indices: IndexTable::default(),
             allowed_ips: AllowedIps::default(),
             limiter: RateLimiter::default(),
             load_threshold: config.handshake_load_threshold,
@@ -247,7 +248,7 @@ impl Device {
     pub fn remove_peer(&mut self, key: &PublicKey) -> bool {
         let Some(id) = self.by_key.remove(key) else { return false };
         self.peers.remove(&id);
-        self.indices.retain(|_, owner| *owner != id);
+        self.indices.remove_owner(id);
         self.allowed_ips.remove_value(id);
         true
     }
@@ -271,6 +272,18 @@ impl Device {
 
     pub fn allowed_ips_of(&self, id: PeerId) -> Vec<IpNet> {
         self.allowed_ips.prefixes_of(id)
+    }
+
+    /// Starts recording changes to the local receiver indices and returns the
+    /// ones live now. See [`IndexTable`] for why a shell wants this.
+    pub fn watch_indices(&mut self) -> Vec<u32> {
+        self.indices.watch()
+    }
+
+    /// The index changes since the last call (nothing unless watched). Drain
+    /// them before sending the datagrams of the same call.
+    pub fn drain_index_changes(&mut self) -> impl Iterator<Item = IndexChange> + '_ {
+        self.indices.drain_changes()
     }
 
     pub fn peers(&self) -> impl Iterator<Item = (PeerId, &Peer)> {
@@ -800,10 +813,10 @@ fn jitter() -> Duration {
 }
 
 /// A random local index that is not in use.
-fn new_index(used: &HashMap<u32, PeerId>) -> u32 {
+fn new_index(used: &IndexTable) -> u32 {
     loop {
         let index = OsRng.next_u32();
-        if !used.contains_key(&index) {
+        if !used.contains(index) {
             return index;
         }
     }

@@ -2,6 +2,7 @@
 //! devices pass datagrams by hand, and the clock jumps.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -22,6 +23,11 @@ struct Net {
     /// Datagrams in flight, from A to B and from B to A.
     to_b: Vec<Transmit>,
     to_a: Vec<Transmit>,
+    /// A model of an index-following packet filter in front of each device
+    /// (the gateway's uplink guard), fed only by the devices' index journals.
+    guards: Option<[HashSet<u32>; 2]>,
+    /// Datagrams those filters would have refused.
+    guard_refused: u64,
 }
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -54,7 +60,18 @@ impl Net {
         pb.preshared_key = psk_b.map(PresharedKey::from_bytes);
         a.add_peer(pa).unwrap();
         b.add_peer(pb).unwrap();
-        Net { a, b, a_addr, b_addr, t0: Instant::now(), elapsed: Duration::ZERO, to_b: vec![], to_a: vec![] }
+        Net {
+            a,
+            b,
+            a_addr,
+            b_addr,
+            t0: Instant::now(),
+            elapsed: Duration::ZERO,
+            to_b: vec![],
+            to_a: vec![],
+            guards: None,
+            guard_refused: 0,
+        }
     }
 
     fn now(&self) -> Now {
@@ -69,6 +86,44 @@ impl Net {
         let now = self.now();
         self.a.update_timers(now, &mut self.to_b);
         self.b.update_timers(now, &mut self.to_a);
+        self.sync_guards();
+    }
+
+    /// Puts a filter model in front of both devices, starting from the indices
+    /// live now.
+    fn watch_indices(&mut self) {
+        let a: HashSet<u32> = self.a.watch_indices().into_iter().collect();
+        let b: HashSet<u32> = self.b.watch_indices().into_iter().collect();
+        self.guards = Some([a, b]);
+    }
+
+    /// Applies both journals to the filter models, as a shell does before it
+    /// sends what a call produced, and checks each model equals its device.
+    fn sync_guards(&mut self) {
+        let Some([guard_a, guard_b]) = &mut self.guards else { return };
+        for (device, guard) in [(&mut self.a, guard_a), (&mut self.b, guard_b)] {
+            for change in device.drain_index_changes() {
+                match change {
+                    IndexChange::Added(i) => assert!(guard.insert(i), "index {i} added twice"),
+                    IndexChange::Removed(i) => assert!(guard.remove(&i), "index {i} removed but never added"),
+                }
+            }
+            let live: HashSet<u32> = device.indices.keys().collect();
+            assert_eq!(*guard, live, "the journal lost track of the device's indices");
+        }
+    }
+
+    /// Whether the filter in front of `side` (0 = A, 1 = B) lets `datagram`
+    /// through: initiations always, other messages only to a known receiver
+    /// index (the uplink guard's rule).
+    fn guard_admits(&self, side: usize, datagram: &[u8]) -> bool {
+        let Some(guards) = &self.guards else { return true };
+        let receiver = match datagram.first() {
+            Some(2) if datagram.len() >= 12 => &datagram[8..12],
+            Some(3 | 4) if datagram.len() >= 8 => &datagram[4..8],
+            _ => return true,
+        };
+        guards[side].contains(&u32::from_le_bytes(receiver.try_into().expect("four bytes")))
     }
 
     /// Lets time pass in 100 ms steps, delivering whatever the timers send.
@@ -88,7 +143,9 @@ impl Net {
         let packet = ipv4(A_TUNNEL, B_TUNNEL, payload);
         let mut out = vec![0u8; 2048];
         let now = self.now();
-        let sent = self.a.send_packet(now, &packet, &mut out, &mut self.to_b)?;
+        let sent = self.a.send_packet(now, &packet, &mut out, &mut self.to_b);
+        self.sync_guards();
+        let sent = sent?;
         if let Sent::Datagram { to, len } = sent {
             self.to_b.push(Transmit { to, payload: out[..len].to_vec() });
         }
@@ -99,7 +156,9 @@ impl Net {
         let packet = ipv4(B_TUNNEL, A_TUNNEL, payload);
         let mut out = vec![0u8; 2048];
         let now = self.now();
-        let sent = self.b.send_packet(now, &packet, &mut out, &mut self.to_a)?;
+        let sent = self.b.send_packet(now, &packet, &mut out, &mut self.to_a);
+        self.sync_guards();
+        let sent = sent?;
         if let Sent::Datagram { to, len } = sent {
             self.to_a.push(Transmit { to, payload: out[..len].to_vec() });
         }
@@ -117,24 +176,37 @@ impl Net {
             let now = self.now();
             for t in std::mem::take(&mut self.to_b) {
                 assert_eq!(t.to, self.b_addr);
+                let admitted = self.guard_admits(1, &t.payload);
                 let mut d = t.payload;
-                if let Incoming::Packet { range, .. } =
-                    self.b.handle_datagram(now, self.a_addr, &mut d, &mut self.to_a)
-                {
+                let incoming = self.b.handle_datagram(now, self.a_addr, &mut d, &mut self.to_a);
+                self.sync_guards();
+                self.check_refusal(admitted, &incoming);
+                if let Incoming::Packet { range, .. } = incoming {
                     at_b.push(d[range][20..].to_vec());
                 }
             }
             for t in std::mem::take(&mut self.to_a) {
                 assert_eq!(t.to, self.a_addr);
+                let admitted = self.guard_admits(0, &t.payload);
                 let mut d = t.payload;
-                if let Incoming::Packet { range, .. } =
-                    self.a.handle_datagram(now, self.b_addr, &mut d, &mut self.to_b)
-                {
+                let incoming = self.a.handle_datagram(now, self.b_addr, &mut d, &mut self.to_b);
+                self.sync_guards();
+                self.check_refusal(admitted, &incoming);
+                if let Incoming::Packet { range, .. } = incoming {
                     at_a.push(d[range][20..].to_vec());
                 }
             }
         }
         (at_b, at_a)
+    }
+
+    /// The datagram was delivered anyway; a filter may refuse only what the
+    /// device itself drops for naming an unknown index.
+    fn check_refusal(&mut self, admitted: bool, incoming: &Incoming) {
+        if !admitted {
+            self.guard_refused += 1;
+            assert_eq!(*incoming, Incoming::Dropped(Drop::UnknownIndex), "the filter refused a live message");
+        }
     }
 
     fn drops(&self, device: &Device, reason: Drop) -> u64 {
@@ -391,7 +463,7 @@ fn crossed_handshakes_leave_no_stale_index_even_after_removal() {
         net.a.indices.len(),
         net.b.indices.len()
     );
-    let b_indices: Vec<u32> = net.b.indices.keys().copied().collect();
+    let b_indices: Vec<u32> = net.b.indices.keys().collect();
     // B removes A: no index may survive, and a packet naming any of them is
     // refused, not a panic.
     assert!(net.b.remove_peer(&a_key));
@@ -642,10 +714,111 @@ fn counters_near_the_limits_rekey_then_stop() {
     assert_eq!(net.a_sends(b"exhausted").unwrap(), Sent::Queued);
 }
 
+#[test]
+fn an_index_filter_fed_by_the_journal_refuses_only_dead_indices() {
+    let mut net = Net::new(None, None);
+    net.watch_indices();
+    assert_eq!(net.a_sends(b"hello").unwrap(), Sent::Queued);
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"hello".to_vec()]);
+    // Rekeys, an idle spell that erases every key, and a fresh start.
+    net.run_for(REKEY_AFTER_TIME + Duration::from_secs(1));
+    net.a_sends(b"after rekey").unwrap();
+    net.pump();
+    net.run_for(REJECT_AFTER_TIME * 3 + Duration::from_secs(1));
+    assert!(net.a.indices.is_empty() && net.b.indices.is_empty(), "keys erased after 9 min of silence");
+    net.a_sends(b"again").unwrap();
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"again".to_vec()]);
+    assert_eq!(net.guard_refused, 0, "nothing live was refused");
+
+    // A transport message naming an index B never gave out is refused by the
+    // filter (and would be by B).
+    let unknown =
+        (0..).map(|i: u32| i.wrapping_mul(2_654_435_761)).find(|i| !net.b.indices.contains(*i)).unwrap();
+    let mut forged = vec![4u8, 0, 0, 0];
+    forged.extend_from_slice(&unknown.to_le_bytes());
+    forged.resize(48, 0);
+    assert!(!net.guard_admits(1, &forged));
+    // A removed peer's indices leave the filter at once.
+    let a_key = net.a.public_key();
+    assert!(net.b.remove_peer(&a_key));
+    net.sync_guards();
+    assert!(net.guards.as_ref().unwrap()[1].is_empty());
+}
+
+#[test]
+fn an_unwatched_device_keeps_no_journal() {
+    let mut net = handshaken(None);
+    assert_eq!(net.a.drain_index_changes().count(), 0);
+    // Watching starts from the live set, not from history.
+    let live = net.a.watch_indices();
+    assert_eq!(live.len(), net.a.indices.len());
+    assert_eq!(net.a.drain_index_changes().count(), 0);
+}
+
 mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// One step of a random life of two peers.
+    #[derive(Clone, Debug)]
+    enum Step {
+        ASends,
+        BSends,
+        Wait(u64),
+        RekeyA,
+        BRemovesA,
+        BReaddsA,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => Just(Step::ASends),
+            3 => Just(Step::BSends),
+            4 => (0u64..200_000).prop_map(Step::Wait),
+            1 => Just(Step::RekeyA),
+            1 => Just(Step::BRemovesA),
+            1 => Just(Step::BReaddsA),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Through handshakes, rekeys, retries, expiry and peer removal, an
+        /// index filter fed only by the journals always equals each device's
+        /// index table, and never refuses a datagram the device accepts (both
+        /// checked on every call by the harness).
+        #[test]
+        fn the_index_journal_tracks_the_live_indices(steps in proptest::collection::vec(step(), 1..40)) {
+            let mut net = Net::new(None, None);
+            let a_key = net.a.public_key();
+            net.watch_indices();
+            for step in steps {
+                match step {
+                    Step::ASends => { let _ = net.a_sends(b"a"); }
+                    Step::BSends => { let _ = net.b_sends(b"b"); }
+                    Step::Wait(ms) => net.run_for(Duration::from_millis(ms)),
+                    Step::RekeyA => {
+                        let now = net.now();
+                        let id = net.a.peers().next().map(|(id, _)| id).expect("A has its peer");
+                        net.a.rekey(id, now, &mut net.to_b);
+                        net.sync_guards();
+                    }
+                    Step::BRemovesA => { net.b.remove_peer(&a_key); net.sync_guards(); }
+                    Step::BReaddsA => {
+                        let mut config = PeerConfig::new(a_key);
+                        config.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
+                        let _ = net.b.add_peer(config);
+                        net.sync_guards();
+                    }
+                }
+                net.pump();
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]

@@ -11,6 +11,7 @@ pub mod cookie;
 pub mod crypto;
 pub mod device;
 pub mod handshake;
+pub mod indices;
 pub mod messages;
 pub mod peer;
 pub mod ratelimit;
@@ -20,5 +21,6 @@ pub mod timestamp;
 
 pub use allowed_ips::{AllowedIps, IpNet};
 pub use device::{Device, DeviceConfig, Incoming, Now, PeerConfig, PeerId, Sent, Transmit};
+pub use indices::IndexChange;
 pub use messages::{Message, MessageError};
 pub use timestamp::Tai64N;
