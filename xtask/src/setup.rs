@@ -19,6 +19,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
     ("util-linux", "setpriv, to run binaries without privileges"),
+    ("systemd", "systemd-analyze, to verify the units and score their hardening"),
     (
         "coturn",
         "turnutils_stunclient, an independent STUN client for the relay's STUN interop test (its TURN server stays off: Debian ships it disabled)",
