@@ -301,16 +301,11 @@ pub async fn gateway_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| ClientError::Timeout("in the hello"))?
 }
 
-/// Runs a relay's side of the hello and returns the welcome and the first
-/// desired allocations.
+/// Runs a relay's side of the hello, sending `hello` when the cloud asks,
+/// and returns the welcome and the first desired allocations.
 pub async fn relay_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     channel: &mut Channel<S>,
-    relay_id: RelayId,
-    token: &Token,
-    software_version: &str,
-    udp: SocketAddr,
-    websocket_url: &str,
-    capacity: u32,
+    hello: RelayHello,
 ) -> Result<(Welcome, DesiredAllocations), ClientError> {
     let handshake = async {
         match next_from_cloud(channel).await? {
@@ -318,14 +313,6 @@ pub async fn relay_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             ToRelay::ServerHello(_) => {}
             other => return unexpected(channel, "server_hello", other).await,
         }
-        let hello = RelayHello {
-            relay_id,
-            token: token.clone(),
-            software_version: software_version.to_owned(),
-            udp,
-            websocket_url: websocket_url.to_owned(),
-            capacity,
-        };
         channel.send(&FromRelay::RelayHello(hello)).await?;
         let welcome = match next_from_cloud(channel).await? {
             ToRelay::Welcome(welcome) => welcome,

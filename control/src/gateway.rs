@@ -150,6 +150,11 @@ pub struct RelayBinding {
     /// The relay's WebSocket fallback, for uplinks that block UDP.
     pub websocket_url: String,
     pub websocket_token: Token,
+    /// SHA-256 fingerprint (`AB:CD:...`) of the relay's TLS certificate, as
+    /// the relay reported it: the only way a gateway can trust a `wss://`
+    /// relay, since it has no CA roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_pin: Option<String>,
 }
 
 // By hand so that the token can never reach a log through `{:?}`, even if
@@ -162,6 +167,7 @@ impl std::fmt::Debug for RelayBinding {
             .field("udp", &self.udp)
             .field("websocket_url", &self.websocket_url)
             .field("websocket_token", &"<redacted>")
+            .field("websocket_pin", &self.websocket_pin)
             .finish()
     }
 }
@@ -441,7 +447,11 @@ impl RelayBinding {
     fn validate_at(&self, at: Path<'_>) -> Result<(), InvalidMessage> {
         validate::endpoint(at.field("udp"), &self.udp)?;
         validate::websocket_url(at.field("websocket_url"), &self.websocket_url)?;
-        validate::token(at.field("websocket_token"), self.websocket_token.expose())
+        validate::token(at.field("websocket_token"), self.websocket_token.expose())?;
+        if let Some(pin) = &self.websocket_pin {
+            validate::fingerprint(at.field("websocket_pin"), pin)?;
+        }
+        Ok(())
     }
 }
 
@@ -510,6 +520,7 @@ mod tests {
                     udp: "198.51.100.7:40000".parse().unwrap(),
                     websocket_url: "wss://relay.example/ws".into(),
                     websocket_token: Token::new("s3cret-token"),
+                    websocket_pin: Some(crate::pin::format_fingerprint(&[0xcd; 32])),
                 }),
             }],
         }
@@ -528,6 +539,18 @@ mod tests {
         assert!(frame.contains(r#""protocol":"tcp""#), "{frame}");
         assert!(frame.contains(r#""udp":"198.51.100.7:40000""#), "{frame}");
         assert_eq!(decode_valid::<ToGateway>(&frame).unwrap(), msg);
+    }
+
+    #[test]
+    fn a_relay_binding_without_a_pin_still_parses() {
+        // What a cloud that predates the pin sends.
+        let mut s = session();
+        s.peers[0].relay.as_mut().unwrap().websocket_pin = None;
+        let frame = encode(&state(vec![s.clone()]));
+        assert!(!frame.contains("websocket_pin"), "{frame}");
+        assert_eq!(decode_valid::<ToGateway>(&frame).unwrap(), state(vec![s]));
+        let pinned = encode(&state(vec![session()]));
+        assert!(pinned.contains(r#""websocket_pin":"CD:CD:"#), "{pinned}");
     }
 
     #[test]
@@ -601,6 +624,11 @@ mod tests {
         let mut s = session();
         s.peers[0].relay.as_mut().unwrap().websocket_token = Token::new("");
         assert!(state(vec![s]).validate().is_err());
+
+        let mut s = session();
+        s.peers[0].relay.as_mut().unwrap().websocket_pin = Some("AB:CD".into());
+        let err = decode_valid::<ToGateway>(&encode(&state(vec![s]))).unwrap_err();
+        assert!(err.to_string().contains("`sessions[0].peers[0].relay.websocket_pin`"), "{err}");
 
         let mut s = session();
         s.peers.push(s.peers[0].clone());

@@ -4,17 +4,18 @@
 //! issuer and validity dates are not checked. The handshake signatures are,
 //! so only the holder of the pinned certificate's key gets through.
 
-use std::{
-    fmt,
-    sync::{Arc, Mutex},
-};
+use std::fmt;
+#[cfg(feature = "pin")]
+use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "pin")]
 use rustls::{
     ClientConfig, DigitallySignedStruct, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
+#[cfg(feature = "pin")]
 use sha2::{Digest as _, Sha256};
 
 /// `AB:CD:...`, as `openssl x509 -fingerprint -sha256` prints it.
@@ -31,6 +32,7 @@ pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
     Some(bytes)
 }
 
+#[cfg(feature = "pin")]
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     Sha256::digest(cert_der).into()
 }
@@ -57,6 +59,7 @@ impl fmt::Debug for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
+#[cfg(feature = "pin")]
 pub struct PinnedVerifier {
     pin: [u8; 32],
     provider: Arc<CryptoProvider>,
@@ -65,12 +68,14 @@ pub struct PinnedVerifier {
     seen: Mutex<Option<[u8; 32]>>,
 }
 
+#[cfg(feature = "pin")]
 impl fmt::Debug for PinnedVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PinnedVerifier").field("pin", &format_fingerprint(&self.pin)).finish_non_exhaustive()
     }
 }
 
+#[cfg(feature = "pin")]
 impl PinnedVerifier {
     pub fn new(pin: [u8; 32]) -> PinnedVerifier {
         PinnedVerifier {
@@ -94,6 +99,7 @@ impl PinnedVerifier {
     }
 }
 
+#[cfg(feature = "pin")]
 impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
@@ -149,6 +155,7 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+#[cfg(feature = "pin")]
 /// A client configuration that trusts only `verifier`'s certificate.
 pub fn client_config(verifier: Arc<PinnedVerifier>, alpn: &[&[u8]]) -> Result<ClientConfig, rustls::Error> {
     let mut config = ClientConfig::builder_with_provider(verifier.provider())
@@ -160,7 +167,7 @@ pub fn client_config(verifier: Arc<PinnedVerifier>, alpn: &[&[u8]]) -> Result<Cl
     Ok(config)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "pin"))]
 mod tests {
     use super::*;
 

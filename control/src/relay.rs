@@ -52,6 +52,12 @@ pub struct RelayHello {
     pub udp: SocketAddr,
     /// The relay's WebSocket fallback for peers whose uplinks block UDP.
     pub websocket_url: String,
+    /// SHA-256 fingerprint (`AB:CD:...`) of the WebSocket listener's TLS
+    /// certificate, when the relay serves TLS itself: peers have no CA roots
+    /// and can only use a `wss://` relay whose certificate they can pin.
+    /// Absent from relays that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_pin: Option<String>,
     /// How many allocations it can hold.
     pub capacity: u32,
 }
@@ -65,6 +71,7 @@ impl fmt::Debug for RelayHello {
             .field("software_version", &self.software_version)
             .field("udp", &self.udp)
             .field("websocket_url", &self.websocket_url)
+            .field("websocket_pin", &self.websocket_pin)
             .field("capacity", &self.capacity)
             .finish()
     }
@@ -192,7 +199,13 @@ impl Validate for RelayHello {
         validate::token(root.field("token"), self.token.expose())?;
         validate::text(root.field("software_version"), &self.software_version, MAX_VERSION_CHARS)?;
         validate::endpoint(root.field("udp"), &self.udp)?;
-        validate::websocket_url(root.field("websocket_url"), &self.websocket_url)
+        validate::websocket_url(root.field("websocket_url"), &self.websocket_url)?;
+        // A wss:// URL without a pin is allowed (the certificate may be
+        // CA-signed), though gateways will not use such a relay over TLS.
+        if let Some(pin) = &self.websocket_pin {
+            validate::fingerprint(root.field("websocket_pin"), pin)?;
+        }
+        Ok(())
     }
 }
 
@@ -257,6 +270,7 @@ mod tests {
             software_version: "0.1.0".into(),
             udp: "198.51.100.7:3478".parse().unwrap(),
             websocket_url: "wss://relay.example/ws".into(),
+            websocket_pin: Some(crate::pin::format_fingerprint(&[0xab; 32])),
             capacity: 10_000,
         }
     }
@@ -292,6 +306,31 @@ mod tests {
         assert!(long_version.validate().is_err());
         let no_token = RelayHello { token: Token::new(""), ..hello() };
         assert_eq!(no_token.validate().unwrap_err().problem, Problem::Empty);
+    }
+
+    #[test]
+    fn the_websocket_pin_is_optional_and_must_be_a_fingerprint() {
+        let pinned = FromRelay::RelayHello(hello());
+        let frame = encode(&pinned);
+        assert!(frame.contains(r#""websocket_pin":"AB:AB:"#), "{frame}");
+        assert_eq!(decode_valid::<FromRelay>(&frame).unwrap(), pinned);
+
+        // A relay that predates the field, or serves no TLS, sends none.
+        let unpinned = RelayHello { websocket_pin: None, ..hello() };
+        let frame = encode(&FromRelay::RelayHello(unpinned.clone()));
+        assert!(!frame.contains("websocket_pin"), "{frame}");
+        let old = r#"{"v":1,"type":"relay_hello","relay_id":2,"token":"t","software_version":"0.1.0","udp":"198.51.100.7:3478","websocket_url":"wss://relay.example/ws","capacity":10000}"#;
+        let FromRelay::RelayHello(decoded) = decode_valid::<FromRelay>(old).unwrap() else { panic!() };
+        assert_eq!(decoded.websocket_pin, None);
+
+        for bad in ["AB:CD", "not a pin", ""] {
+            let hello = RelayHello { websocket_pin: Some(bad.into()), ..hello() };
+            assert_eq!(hello.validate().unwrap_err().field, "websocket_pin", "{bad:?}");
+        }
+        let frame =
+            encode(&FromRelay::RelayHello(RelayHello { websocket_pin: Some("AB:CD".into()), ..hello() }));
+        let err = decode_valid::<FromRelay>(&frame).unwrap_err().to_string();
+        assert!(err.contains("websocket_pin"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub const MAX_VERSION_CHARS: usize = 64;
 pub const MAX_TOKEN_CHARS: usize = 256;
 /// Longest WebSocket URL, in characters.
 pub const MAX_URL_CHARS: usize = 2048;
+/// Longest certificate fingerprint: 32 hex byte pairs joined by colons.
+pub const MAX_FINGERPRINT_CHARS: usize = 95;
 /// Longest free-text reason or error message, in characters.
 pub const MAX_TEXT_CHARS: usize = 1024;
 /// Most sessions, allocations or peers (counted over the whole message) in one
@@ -47,6 +49,8 @@ pub enum Problem {
     PortsNotApplicable,
     #[error("must start with ws:// or wss://")]
     NotWebSocketUrl,
+    #[error("not a SHA-256 fingerprint (32 hex byte pairs like AB:CD:...)")]
+    NotFingerprint,
     #[error("port 0 is not an endpoint")]
     PortZero,
     #[error("duplicate entry {0}")]
@@ -134,6 +138,16 @@ pub(crate) fn websocket_url(path: Path<'_>, value: &str) -> Result<(), InvalidMe
     Ok(())
 }
 
+/// A certificate's SHA-256 fingerprint as `crate::pin::format_fingerprint`
+/// writes it (or any form `parse_fingerprint` reads).
+pub(crate) fn fingerprint(path: Path<'_>, value: &str) -> Result<(), InvalidMessage> {
+    text(path, value, MAX_FINGERPRINT_CHARS)?;
+    if crate::pin::parse_fingerprint(value).is_none() {
+        return Err(path.fail(Problem::NotFingerprint));
+    }
+    Ok(())
+}
+
 pub(crate) fn count(path: Path<'_>, count: usize, max: usize) -> Result<(), InvalidMessage> {
     if count > max {
         return Err(path.fail(Problem::TooMany { count, max }));
@@ -198,6 +212,18 @@ mod tests {
         for bad in ["http://relay.example", "wss://", "ws:/x", "wss://a b", "", "ws"] {
             assert!(websocket_url(p, bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn fingerprints() {
+        let p = Path::Root.field("websocket_pin");
+        let good = crate::pin::format_fingerprint(&[0xab; 32]);
+        assert!(fingerprint(p, &good).is_ok());
+        assert!(fingerprint(p, &good.replace(':', "").to_lowercase()).is_ok());
+        for bad in ["", "AB:CD", "zz", &format!("{good}:00"), &format!("{good}\n")] {
+            assert!(fingerprint(p, bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(fingerprint(p, "AB:CD").unwrap_err().problem, Problem::NotFingerprint);
     }
 
     #[test]

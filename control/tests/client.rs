@@ -13,7 +13,7 @@ use ferry_control::client::{
 use ferry_control::gateway::{
     self, DesiredState, Event, EventAck, FromGateway, GatewayEvent, SessionState, ToGateway,
 };
-use ferry_control::relay::{Allocation, DesiredAllocations, FromRelay, ToRelay};
+use ferry_control::relay::{Allocation, DesiredAllocations, FromRelay, RelayHello, ToRelay};
 use ferry_control::{
     AllocationId, Applied, Challenge, DecodeError, ErrorCode, ErrorMessage, GatewayId, MAX_MESSAGE_BYTES,
     RelayId, ServerHello, SessionId, SigningKey, Token, Welcome, WgKey,
@@ -162,17 +162,16 @@ async fn relay_session_over_plain_websocket() {
 
     let mut channel = Channel::new(client::connect(&url, None).await.unwrap());
     let udp: SocketAddr = "127.0.0.1:3478".parse().unwrap();
-    let (welcome, allocations) = relay_handshake(
-        &mut channel,
-        RelayId(6),
-        &Token::new("relay-token"),
-        "0.1.0",
+    let hello = RelayHello {
+        relay_id: RelayId(6),
+        token: Token::new("relay-token"),
+        software_version: "0.1.0".into(),
         udp,
-        "wss://relay.example/ws",
-        1000,
-    )
-    .await
-    .unwrap();
+        websocket_url: "wss://relay.example/ws".into(),
+        websocket_pin: None,
+        capacity: 1000,
+    };
+    let (welcome, allocations) = relay_handshake(&mut channel, hello).await.unwrap();
     assert_eq!(welcome.peer_id, 7);
     assert_eq!(allocations, desired);
     channel.send(&FromRelay::Applied(Applied { revision: 4 })).await.unwrap();

@@ -41,6 +41,11 @@ fn ws_url() -> impl Strategy<Value = String> {
         .prop_map(|(s, host, path)| format!("{s}://{host}{path}"))
 }
 
+/// A certificate fingerprint as relays report it.
+fn pin() -> impl Strategy<Value = String> {
+    any::<[u8; 32]>().prop_map(|bytes| ferry_control::pin::format_fingerprint(&bytes))
+}
+
 fn wg_key() -> impl Strategy<Value = WgKey> {
     any::<[u8; 32]>().prop_map(WgKey)
 }
@@ -89,13 +94,14 @@ fn target() -> impl Strategy<Value = Target> {
 }
 
 fn relay_binding() -> impl Strategy<Value = RelayBinding> {
-    (any::<u64>(), any::<u64>(), socket_addr(), ws_url(), token()).prop_map(
-        |(relay_id, allocation_id, udp, websocket_url, websocket_token)| RelayBinding {
+    (any::<u64>(), any::<u64>(), socket_addr(), ws_url(), token(), prop::option::of(pin())).prop_map(
+        |(relay_id, allocation_id, udp, websocket_url, websocket_token, websocket_pin)| RelayBinding {
             relay_id: RelayId(relay_id),
             allocation_id: AllocationId(allocation_id),
             udp,
             websocket_url,
             websocket_token,
+            websocket_pin,
         },
     )
 }
@@ -259,16 +265,18 @@ fn to_relay() -> impl Strategy<Value = ToRelay> {
 
 fn from_relay() -> impl Strategy<Value = FromRelay> {
     prop_oneof![
-        (any::<u64>(), token(), version(), socket_addr(), ws_url(), any::<u32>()).prop_map(
-            |(id, token, software_version, udp, websocket_url, capacity)| FromRelay::RelayHello(RelayHello {
-                relay_id: RelayId(id),
-                token,
-                software_version,
-                udp,
-                websocket_url,
-                capacity,
-            })
-        ),
+        (any::<u64>(), token(), version(), socket_addr(), ws_url(), prop::option::of(pin()), any::<u32>())
+            .prop_map(|(id, token, software_version, udp, websocket_url, websocket_pin, capacity)| {
+                FromRelay::RelayHello(RelayHello {
+                    relay_id: RelayId(id),
+                    token,
+                    software_version,
+                    udp,
+                    websocket_url,
+                    websocket_pin,
+                    capacity,
+                })
+            }),
         any::<u64>().prop_map(|revision| FromRelay::Applied(Applied { revision })),
         (any::<u64>(), socket_addr(), socket_addr()).prop_map(|(id, gateway_endpoint, client_endpoint)| {
             FromRelay::AllocationReady(AllocationReady {

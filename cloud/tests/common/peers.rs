@@ -12,7 +12,7 @@ use ferry_control::{
     GatewayId, RelayId, Token, WgKey,
     client::{self, Channel, ClientError},
     gateway::{DesiredState, Event, FromGateway, GatewayEvent, ToGateway},
-    relay::{AllocationReady, DesiredAllocations, FromRelay, ToRelay},
+    relay::{AllocationReady, DesiredAllocations, FromRelay, RelayHello, ToRelay},
 };
 use serde_json::json;
 
@@ -127,22 +127,25 @@ pub struct TestRelay {
 }
 
 pub const RELAY_UDP: &str = "203.0.113.7:3478";
+/// The fingerprint the test relay reports for its WebSocket certificate.
+pub const RELAY_PIN: &str =
+    "AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB";
 
 impl TestRelay {
     pub async fn start(api_addr: SocketAddr, id: u64, token: &str) -> Result<TestRelay, ClientError> {
         let ws = client::connect(&format!("ws://{api_addr}/api/v1/control/relay"), None).await?;
         let mut channel = Channel::new(ws);
         let udp = RELAY_UDP.parse().unwrap();
-        let (_, first) = client::relay_handshake(
-            &mut channel,
-            RelayId(id),
-            &Token::new(token),
-            "test-relay 1.0",
+        let hello = RelayHello {
+            relay_id: RelayId(id),
+            token: Token::new(token),
+            software_version: "test-relay 1.0".into(),
             udp,
-            "wss://relay.example.net/ws",
-            1000,
-        )
-        .await?;
+            websocket_url: "wss://relay.example.net/ws".into(),
+            websocket_pin: Some(RELAY_PIN.into()),
+            capacity: 1000,
+        };
+        let (_, first) = client::relay_handshake(&mut channel, hello).await?;
         let snapshots = Arc::new(Mutex::new(Vec::new()));
         let recorded = snapshots.clone();
         let task = tokio::spawn(async move {
