@@ -29,6 +29,9 @@ pub struct GatewayLive {
 pub struct RelayLive {
     pub udp: SocketAddr,
     pub websocket_url: String,
+    /// The fingerprint of the relay's WebSocket certificate, when it
+    /// serves TLS itself.
+    pub websocket_pin: Option<String>,
     pub capacity: u32,
     pub bindings: u64,
 }
@@ -206,6 +209,7 @@ mod tests {
         let relay = |capacity, bindings| RelayLive {
             udp: "192.0.2.1:3478".parse().unwrap(),
             websocket_url: "wss://relay.example/ws".into(),
+            websocket_pin: None,
             capacity,
             bindings,
         };

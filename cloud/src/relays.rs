@@ -20,6 +20,10 @@ pub struct RelayHealth {
     #[schema(value_type = Option<String>)]
     pub udp: Option<SocketAddr>,
     pub websocket_url: Option<String>,
+    /// SHA-256 fingerprint of the relay's WebSocket certificate, if it
+    /// serves TLS itself. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_pin: Option<String>,
     pub software_version: Option<String>,
     pub seen_ms: Option<u64>,
     pub bindings: u64,

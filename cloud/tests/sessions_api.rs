@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     Api,
-    peers::{TestGateway, TestRelay, new_key},
+    peers::{RELAY_PIN, TestGateway, TestRelay, new_key},
 };
 use ferry_cloud::rights::Role;
 use ferry_control::{
@@ -124,6 +124,7 @@ fn the_whole_life_cycle_with_a_gateway_and_a_relay() {
         "split tunnel: the targets only"
     );
     assert_eq!(body["relay"]["websocket_url"], "wss://relay.example.net/ws");
+    assert_eq!(body["relay"]["websocket_pin"], RELAY_PIN, "the relay's pin, for ws-bridge --pin");
     assert_eq!(body["endpoints"], json!(["198.51.100.20:51820"]), "direct candidates");
     let client_udp = body["relay"]["udp"].as_str().unwrap().to_string();
     assert!(client_udp.starts_with("203.0.113.7:"), "{body}");
@@ -135,6 +136,7 @@ fn the_whole_life_cycle_with_a_gateway_and_a_relay() {
         (peer.public_key.to_string(), peer.tunnel_address.to_string()),
         (key_b64(1), "100.96.0.2".into())
     );
+    assert_eq!(peer.relay.as_ref().unwrap().websocket_pin.as_deref(), Some(RELAY_PIN));
     let allocation = test_relay.latest().unwrap();
     assert_eq!(allocation.allocations.len(), 1);
     assert_eq!(allocation.allocations[0].client_key.to_string(), key_b64(1));

@@ -6,7 +6,6 @@
 //! refused rather than silently trusting nothing or everything.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ pub use crate::backoff::{BACKOFF_BASE, BACKOFF_CAP, Backoff, backoff_delay};
 use crate::codec::{DecodeError, Message, decode_valid, encode};
 use crate::common::{ErrorCode, Welcome};
 use crate::gateway::{DesiredState, FromGateway, ToGateway, sign_gateway_hello};
-use crate::ids::{GatewayId, RelayId, Token, WgKey};
+use crate::ids::{GatewayId, WgKey};
 use crate::pin::{self, PinnedVerifier};
 use crate::relay::{DesiredAllocations, FromRelay, RelayHello, ToRelay};
 use crate::{MAX_MESSAGE_BYTES, SigningKey};

@@ -14,7 +14,10 @@ use ferry_control::{
     Backoff,
     client::{self, Channel, ClientError},
     ids::{RelayId, Token},
-    relay::{AllocationReady, AllocationRefused, Applied, DesiredAllocations, FromRelay, Health, ToRelay},
+    relay::{
+        AllocationReady, AllocationRefused, Applied, DesiredAllocations, FromRelay, Health, RelayHello,
+        ToRelay,
+    },
 };
 use ferry_tunnel::PublicKey;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,6 +40,9 @@ pub struct CloudLink {
     /// The UDP address peers send to (ports vary per allocation).
     pub public_udp: SocketAddr,
     pub websocket_url: String,
+    /// The fingerprint of the WebSocket listener's certificate, when the
+    /// relay serves TLS itself.
+    pub websocket_pin: Option<String>,
 }
 
 /// Runs the channel forever, reconnecting with backoff and jitter.
@@ -59,17 +65,16 @@ async fn session(link: &CloudLink, relay: &Relay, metrics: &Metrics, backoff: &m
         client::connect(&link.url, link.pin).await.with_context(|| format!("connecting to {}", link.url))?;
     let mut channel = Channel::new(ws);
     let capacity = relay.options().max_allocations;
-    let (welcome, desired) = client::relay_handshake(
-        &mut channel,
-        RelayId(link.relay_id),
-        &link.token,
-        env!("CARGO_PKG_VERSION"),
-        link.public_udp,
-        &link.websocket_url,
+    let hello = RelayHello {
+        relay_id: RelayId(link.relay_id),
+        token: link.token.clone(),
+        software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        udp: link.public_udp,
+        websocket_url: link.websocket_url.clone(),
+        websocket_pin: link.websocket_pin.clone(),
         capacity,
-    )
-    .await
-    .context("relay handshake")?;
+    };
+    let (welcome, desired) = client::relay_handshake(&mut channel, hello).await.context("relay handshake")?;
     info!(peer_id = %welcome.peer_id, allocations = desired.allocations.len(), "connected to the cloud");
     metrics.control_connected.set(1);
     backoff.reset();

@@ -316,6 +316,15 @@ fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) ->
         }
     };
     let websocket_url = config.websocket_url.clone().unwrap_or_else(|| format!("wss://{ip}/"));
+    // Peers pin the WebSocket listener's certificate (they have no CA
+    // roots); the cloud passes this on to them.
+    let websocket_pin = match &config.tls_cert {
+        Some(cert) => Some(
+            ferry_relay::ws::certificate_pin(cert)
+                .with_context(|| format!("the pin of the WebSocket certificate {}", cert.display()))?,
+        ),
+        None => None,
+    };
     Ok(CloudLink {
         url: cloud.url.clone(),
         pin,
@@ -323,6 +332,7 @@ fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) ->
         token: ferry_control::ids::Token::new(token.trim()),
         public_udp: SocketAddr::new(ip, ports.first),
         websocket_url,
+        websocket_pin,
     })
 }
 

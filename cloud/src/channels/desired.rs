@@ -60,6 +60,7 @@ fn session_state(gateway: &Gateway, session: &Session) -> Option<SessionState> {
                             udp: r.gateway_endpoint?,
                             websocket_url: r.websocket_url.clone(),
                             websocket_token: Token::new(r.websocket_token.clone()),
+                            websocket_pin: r.websocket_pin.clone(),
                         })
                     }),
                 })

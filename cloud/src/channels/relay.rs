@@ -67,6 +67,7 @@ fn health(
         online,
         udp: Some(hello.udp),
         websocket_url: Some(hello.websocket_url.clone()),
+        websocket_pin: hello.websocket_pin.clone(),
         software_version: Some(hello.software_version.clone()),
         seen_ms: Some(now),
         bindings: report.map_or(0, |h| h.bindings),
@@ -82,6 +83,7 @@ async fn serve(state: &AppState, mut conn: Conn, hello: &RelayHello) {
     let live = RelayLive {
         udp: hello.udp,
         websocket_url: hello.websocket_url.clone(),
+        websocket_pin: hello.websocket_pin.clone(),
         capacity: hello.capacity,
         bindings: 0,
     };

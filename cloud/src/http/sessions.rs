@@ -416,6 +416,10 @@ pub struct ConfigRelay {
     pub udp: Option<std::net::SocketAddr>,
     pub websocket_url: String,
     pub websocket_token: String,
+    /// SHA-256 fingerprint of the relay's certificate for a `wss://` URL
+    /// (`ferry-relay ws-bridge --pin`); absent when the relay reported none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_pin: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -477,6 +481,7 @@ async fn issue(
             client_endpoint: None,
             websocket_url: live.websocket_url,
             websocket_token: hex::encode(token),
+            websocket_pin: live.websocket_pin,
         }
     });
     let answer = relay.as_ref().map(|_| state.hub.expect_allocation(config_id));
@@ -591,6 +596,7 @@ fn client_config(
             udp: r.client_endpoint,
             websocket_url: r.websocket_url.clone(),
             websocket_token: r.websocket_token.clone(),
+            websocket_pin: r.websocket_pin.clone(),
         }),
         persistent_keepalive: 25,
         targets,

@@ -30,6 +30,10 @@ pub struct RelayAllocation {
     /// Both peers present it to the WebSocket relay.
     #[serde(default)]
     pub websocket_token: String,
+    /// The relay's certificate fingerprint for a `wss://` URL, as the relay
+    /// reported it when the allocation was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_pin: Option<String>,
 }
 
 /// A configuration issued to one user of a session.

@@ -36,7 +36,9 @@ pub mod bridge;
 /// The listener: [`serve`] on a TCP socket (TLS with [`tls_acceptor`]).
 pub mod server;
 
-pub use server::{BadFrame, Connections, DEFAULT_PORT, End, MAX_DATAGRAM, WsLimits, serve, tls_acceptor};
+pub use server::{
+    BadFrame, Connections, DEFAULT_PORT, End, MAX_DATAGRAM, WsLimits, certificate_pin, serve, tls_acceptor,
+};
 
 #[cfg(test)]
 mod tests;

@@ -114,6 +114,19 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ferry_daemon
     Ok(TlsAcceptor::from(config))
 }
 
+/// The pin of the certificate [`tls_acceptor`] serves from `cert`: the
+/// SHA-256 of the chain's first (leaf) certificate, as
+/// `ferry_control::pin::format_fingerprint` writes it. The relay tells the
+/// cloud, which hands it to the peers: they trust no CA roots.
+pub fn certificate_pin(cert: &Path) -> Result<String, ferry_daemon::tls::LoadError> {
+    let chain = ferry_daemon::tls::load_certs(cert)?;
+    // load_certs refuses a file without certificates, so there is a first.
+    let leaf = chain
+        .first()
+        .ok_or_else(|| ferry_daemon::tls::LoadError::NoCertificate { path: cert.to_path_buf() })?;
+    Ok(ferry_control::pin::format_fingerprint(&ferry_control::pin::fingerprint(leaf)))
+}
+
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {

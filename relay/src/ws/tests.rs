@@ -377,6 +377,24 @@ pub(crate) mod tls {
         (dir, cert_path, key_path, pin)
     }
 
+    #[test]
+    fn the_pin_is_the_leaf_certificates_fingerprint() {
+        let (dir, cert, _key, pin) = self_signed();
+        assert_eq!(certificate_pin(&cert).unwrap(), ferry_control::pin::format_fingerprint(&pin));
+        // A chain: the leaf comes first, the issuer after it.
+        let issuer = rcgen::CertificateParams::new(vec!["ca.example".to_owned()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let chain = dir.path().join("chain.pem");
+        std::fs::write(&chain, format!("{}{}", std::fs::read_to_string(&cert).unwrap(), issuer.pem()))
+            .unwrap();
+        assert_eq!(certificate_pin(&chain).unwrap(), ferry_control::pin::format_fingerprint(&pin));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(certificate_pin(&empty).is_err());
+    }
+
     #[tokio::test]
     async fn tls_with_a_pinned_self_signed_certificate() {
         let (_dir, cert, key, pin) = self_signed();
