@@ -350,3 +350,17 @@ fn a_tcp443_only_site_works_over_the_websocket_relay() {
     let ws = site.lab.gw_ns.exec("ss", &["-Htn", "state", "established", "dst", RELAY_WS]).unwrap();
     assert!(!ws.trim().is_empty(), "no TCP connection from the gateway to the relay's WebSocket listener");
 }
+
+#[test]
+fn a_tcp443_only_site_works_over_the_tls_websocket_relay() {
+    let mut site = site(Options { tcp443_only: true, relay_tls: true, ..Options::default() });
+    site.switch_on();
+    let (_, tunnel) = site.running(&["plc-web", "echo"], 600);
+    assert_whitelist(&site.lab, &tunnel);
+    // The site lets no UDP out, so this went over TCP 443 to the relay, over
+    // TLS verified with the pin the relay reported through the cloud.
+    let ws = site.lab.gw_ns.exec("ss", &["-Htn", "state", "established", "dst", RELAY_WS]).unwrap();
+    assert!(!ws.trim().is_empty(), "no TCP connection from the gateway to the relay's WebSocket listener");
+    let relay = site.lab.relay_health(site.lab.relay_id.unwrap());
+    assert_eq!(relay["websocket_pin"].as_str(), site.lab.relay_pin.as_deref(), "{relay}");
+}

@@ -14,8 +14,8 @@
 //!  :7600 plain http   UDP 40000-40099   the cloud's wg-quick  API calls         tcp443_only: only
 //!  (tcp 443 is        STUN :3478        file (split tunnel)                     TCP to port 443
 //!   redirected to     WS :443 plain ws       |                                  leaves the site
-//!   7600, for the                            | own home LAN 192.168.50.0/24        | LAN bridge
-//!   tcp443_only                              |                                     | 10.20.0.1/24
+//!   7600, for the     (wss, self-signed      | own home LAN 192.168.50.0/24        | LAN bridge
+//!   tcp443_only       with relay_tls)        |                                     | 10.20.0.1/24
 //!   site)                                 home (192.168.50.10: "home device",      |
 //!                                          the overlap case) tech at .77        gw: uplink 10.20.0.2/24
 //!                                                                               ferry-gateway run
@@ -43,7 +43,7 @@
 //!
 //! Using it (see `gateway_lab_infra.rs` and `gateway_e2e.rs`):
 //! ```text
-//! let mut lab = GatewayLab::new(Options { tcp443_only: false, relay_xdp: "off" });
+//! let mut lab = GatewayLab::new(Options { tcp443_only: false, relay_xdp: "off", relay_tls: false });
 //! lab.start_cloud_and_login();             // one-time password -> ADMIN_PASSWORD
 //! lab.start_relay();                       // registered, online at the cloud
 //! let gw = lab.create_gateway("press");    // targets plc-web and echo, enrolment token
@@ -124,11 +124,14 @@ pub struct Options {
     pub tcp443_only: bool,
     /// `--xdp` of the relay: "off" (userspace forwarding) or "native".
     pub relay_xdp: &'static str,
+    /// The relay serves its WebSocket listener over TLS with a self-signed
+    /// certificate (`wss://`), whose pin reaches the gateway via the cloud.
+    pub relay_tls: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { tcp443_only: false, relay_xdp: "off" }
+        Options { tcp443_only: false, relay_xdp: "off", relay_tls: false }
     }
 }
 
@@ -202,6 +205,8 @@ pub struct GatewayLab {
     /// The admin's current access token, once logged in.
     pub admin_token: Mutex<Option<String>>,
     pub relay_id: Option<u64>,
+    /// With `relay_tls`: the fingerprint of the relay's certificate.
+    pub relay_pin: Option<String>,
     servers: Vec<Server>,
     _xdp: Vec<PassProgram>,
 }
@@ -342,6 +347,7 @@ impl GatewayLab {
             gateway: None,
             admin_token: Mutex::new(None),
             relay_id: None,
+            relay_pin: None,
             servers,
             _xdp: xdp,
             lab,
@@ -464,8 +470,10 @@ impl GatewayLab {
         let token_file = self.lab.dir().join("relay.token");
         std::fs::write(&token_file, created["token"].as_str().unwrap()).unwrap();
         let cloud_url = format!("ws://{CLOUD_IP}:{CLOUD_PORT}/api/v1/control/relay");
-        let websocket_url = format!("ws://{RELAY_WS}/");
+        let scheme = if self.options.relay_tls { "wss" } else { "ws" };
+        let websocket_url = format!("{scheme}://{RELAY_WS}/");
         let id_text = id.to_string();
+        let (cert_file, key_file) = (self.lab.dir().join("relay.crt"), self.lab.dir().join("relay.key"));
         let mut args = vec![
             "run",
             "--xdp",
@@ -493,6 +501,15 @@ impl GatewayLab {
         ];
         if self.options.relay_xdp != "off" {
             args.extend(["--interface", &self.relay_if]);
+        }
+        if self.options.relay_tls {
+            let certified = rcgen::generate_simple_self_signed(vec![RELAY_IP.to_string()]).unwrap();
+            std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+            std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
+            self.relay_pin = Some(ferry_control::pin::format_fingerprint(&ferry_control::pin::fingerprint(
+                certified.cert.der(),
+            )));
+            args.extend(["--tls-cert", cert_file.to_str().unwrap(), "--tls-key", key_file.to_str().unwrap()]);
         }
         let mut relay = self.relay_ns.spawn_program(bin_path("ferry-relay"), &args).unwrap();
         relay.wait_for_output("ferry-relay ready", Duration::from_secs(20)).unwrap();

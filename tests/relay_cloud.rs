@@ -1,9 +1,17 @@
 //! `ferry-relay` on the cloud's relay control channel: it connects out with
 //! its relay token, stays connected, and its health reaches the cloud; a
-//! wrong token is refused and the relay keeps retrying with backoff.
+//! wrong token is refused and the relay keeps retrying with backoff. A relay
+//! serving its WebSocket listener over TLS reports its certificate's pin,
+//! which the cloud hands to the gateway and the technician.
 
 use std::{path::Path, time::Duration};
 
+use ferry_control::{
+    GatewayId, SigningKey, WgKey,
+    client::{self, Channel},
+    gateway::ToGateway,
+    pin::{fingerprint, format_fingerprint},
+};
 use ferry_lab::Process;
 use ferry_tests::{
     bin_path,
@@ -14,7 +22,9 @@ use serde_json::json;
 
 const PASSWORD: &str = "relay channel test password";
 
-fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str) -> Process {
+/// `websocket`: the relay's WebSocket arguments (`--websocket off`, or a
+/// listener with its URL and TLS files).
+fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str, websocket: &[&str]) -> Process {
     let token_file = dir.join(format!("relay-{id}.token"));
     std::fs::write(&token_file, token).unwrap();
     let mut cmd = std::process::Command::new(bin_path("ferry-relay"));
@@ -28,8 +38,6 @@ fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str) -> Proce
         &format!("{}-{}", 41000 + id * 100, 41099 + id * 100),
         "--stun",
         "off",
-        "--websocket",
-        "off",
         "--metrics",
         "off",
         "--cloud-url",
@@ -39,6 +47,7 @@ fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str) -> Proce
         "--cloud-token-file",
         token_file.to_str().unwrap(),
     ]);
+    cmd.args(websocket);
     let mut process = Process::spawn(&mut cmd, dir).unwrap();
     process.wait_for_output("ferry-relay ready", Duration::from_secs(20)).unwrap();
     process
@@ -55,7 +64,7 @@ fn a_relay_connects_with_its_token_and_reports_health() {
     let id = created["relay"]["id"].as_u64().unwrap();
     let token = created["token"].as_str().unwrap();
 
-    let mut good = relay(dir.path(), cloud.addr, id, token);
+    let mut good = relay(dir.path(), cloud.addr, id, token, &["--websocket", "off"]);
     let health = || {
         let (_, relays) = call(cloud.addr, "GET", "/api/v1/relays", Some(&admin), json!(null));
         relays.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()["health"].clone()
@@ -69,10 +78,145 @@ fn a_relay_connects_with_its_token_and_reports_health() {
 
     // A relay with a made-up token is refused and keeps retrying.
     let forged = format!("{}x", &token[..token.len() - 1]);
-    let mut bad = relay(dir.path(), cloud.addr, id + 1, &forged);
+    let mut bad = relay(dir.path(), cloud.addr, id + 1, &forged, &["--websocket", "off"]);
     bad.wait_for_output("reconnecting to the cloud", Duration::from_secs(20)).unwrap();
     assert!(!bad.stderr().contains("connected to the cloud"), "{}", bad.stderr());
 
     good.kill();
     wait_for(|| health()["online"] == false, "the cloud to see the relay leave");
+}
+
+#[test]
+fn a_tls_relay_hands_its_pin_through_the_cloud_to_gateway_and_technician() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(&dir.path().join("cloud"));
+    let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap(), PASSWORD);
+    let (status, created) =
+        call(cloud.addr, "POST", "/api/v1/relays", Some(&admin), json!({"name": "relay-tls"}));
+    assert_eq!(status, 201, "{created}");
+    let relay_id = created["relay"]["id"].as_u64().unwrap();
+
+    // A self-signed certificate, as relays are expected to use.
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let pin = format_fingerprint(&fingerprint(certified.cert.der()));
+    let listen = format!("127.0.0.1:{}", 41050 + relay_id * 100);
+    let url = format!("wss://{listen}/");
+    let _relay = relay(
+        dir.path(),
+        cloud.addr,
+        relay_id,
+        created["token"].as_str().unwrap(),
+        &[
+            "--websocket",
+            &listen,
+            "--websocket-url",
+            &url,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let health = || {
+        let (_, relays) = call(cloud.addr, "GET", "/api/v1/relays", Some(&admin), json!(null));
+        relays.as_array().unwrap().iter().find(|r| r["id"] == relay_id).unwrap()["health"].clone()
+    };
+    wait_for(|| health()["online"] == true, "the relay to come online at the cloud");
+    assert_eq!(
+        (health()["websocket_url"].clone(), health()["websocket_pin"].clone()),
+        (json!(url), json!(pin))
+    );
+
+    // A gateway on its control channel, switched on, and a technician who
+    // starts a session and asks for a configuration.
+    let (status, gateway) = call(
+        cloud.addr,
+        "POST",
+        "/api/v1/gateways",
+        Some(&admin),
+        json!({"name": "press", "site": "plant 1", "targets": [
+            {"name": "plc", "address": "192.168.0.10", "protocol": "tcp", "ports": [{"first": 502, "last": 502}]}
+        ]}),
+    );
+    assert_eq!(status, 201, "{gateway}");
+    let identity = SigningKey::from_bytes(&[7; 32]);
+    let identity_hex: String =
+        identity.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let enrolment = json!({"token": gateway["enrolment"]["token"], "identity_key": identity_hex});
+    let (status, enrolled) = call(cloud.addr, "POST", "/api/v1/enrol", None, enrolment);
+    assert_eq!(status, 200, "{enrolled}");
+    let gateway_id = enrolled["gateway_id"].as_u64().unwrap();
+    let control = format!("ws://{}{}", cloud.addr, enrolled["control_path"].as_str().unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut channel = runtime.block_on(async {
+        let mut channel = Channel::new(client::connect(&control, None).await.unwrap());
+        client::gateway_handshake(
+            &mut channel,
+            &identity,
+            GatewayId(gateway_id),
+            "test",
+            true,
+            WgKey([1; 32]),
+            None,
+        )
+        .await
+        .unwrap();
+        channel
+    });
+
+    let tech = json!({"name": "tech", "role": "remote_connect_user", "password": PASSWORD});
+    let (status, user) = call(cloud.addr, "POST", "/api/v1/users", Some(&admin), tech);
+    assert_eq!(status, 201, "{user}");
+    let (status, login) =
+        call(cloud.addr, "POST", "/api/v1/auth/login", None, json!({"name": "tech", "password": PASSWORD}));
+    assert_eq!(status, 200, "{login}");
+    let tech_token = login["access_token"].as_str().unwrap();
+    let session = json!({"name": "plc update", "gateway_id": gateway_id, "targets": ["plc"],
+        "released_to": [user["user"]["id"]], "max_duration_s": 600, "approval_required": false});
+    let (status, session) = call(cloud.addr, "POST", "/api/v1/sessions", Some(&admin), session);
+    assert_eq!(status, 201, "{session}");
+    let session_id = session["id"].as_u64().unwrap();
+    let (status, started) = call(
+        cloud.addr,
+        "POST",
+        &format!("/api/v1/sessions/{session_id}/start"),
+        Some(tech_token),
+        json!({}),
+    );
+    assert_eq!(status, 200, "{started}");
+    let (status, config) = call(
+        cloud.addr,
+        "POST",
+        &format!("/api/v1/sessions/{session_id}/config"),
+        Some(tech_token),
+        json!({"public_key": WgKey([2; 32]).to_string()}),
+    );
+    assert_eq!(status, 200, "{config}");
+    // The technician's view, for `ferry-relay ws-bridge --pin`.
+    assert_eq!(
+        (config["relay"]["websocket_url"].clone(), config["relay"]["websocket_pin"].clone()),
+        (json!(url), json!(pin))
+    );
+
+    // The gateway's desired state binds the peer to the relay with its pin.
+    let binding = runtime.block_on(async {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(20), channel.recv::<ToGateway>()).await;
+            match next.expect("a desired state with the relayed peer").unwrap() {
+                Some(ToGateway::DesiredState(state)) => {
+                    let relayed = state.sessions.iter().flat_map(|s| &s.peers).find_map(|p| p.relay.clone());
+                    if let Some(binding) = relayed {
+                        return binding;
+                    }
+                }
+                Some(_) => {}
+                None => panic!("the cloud closed the gateway's channel"),
+            }
+        }
+    });
+    assert_eq!(binding.websocket_url, url);
+    assert_eq!(binding.websocket_pin, Some(pin));
 }

@@ -298,9 +298,33 @@ fn host_prefix(addr: IpAddr) -> u8 {
     if addr.is_ipv4() { 32 } else { 128 }
 }
 
+/// The certificate pin for the relay's WebSocket URL: the one the relay
+/// reported through the cloud for `wss://`, none for `ws://`. The gateway has
+/// no CA roots, so a `wss://` relay without a pin cannot be verified and is
+/// refused rather than trusted blindly.
+fn relay_pin(relay: &RelayBinding) -> Result<Option<[u8; 32]>> {
+    if !relay.websocket_url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("wss://")) {
+        return Ok(None);
+    }
+    let Some(text) = &relay.websocket_pin else {
+        anyhow::bail!(
+            "relay {} offers {} without a certificate pin; the gateway trusts no CA roots, so it does not use it",
+            relay.relay_id,
+            relay.websocket_url
+        );
+    };
+    // The control channel validated it already; this cannot fail for a
+    // binding that came from the cloud.
+    let pin = ferry_control::pin::parse_fingerprint(text).with_context(|| {
+        format!("relay {}: the pin {text:?} is not a SHA-256 fingerprint", relay.relay_id)
+    })?;
+    Ok(Some(pin))
+}
+
 /// A WebSocket bridge for one allocation, on a fresh loopback port.
 async fn bridge(relay: &RelayBinding) -> Result<Bridged> {
-    let mut options = BridgeOptions::new(&relay.websocket_url, relay.websocket_token.expose(), None);
+    let pin = relay_pin(relay)?;
+    let mut options = BridgeOptions::new(&relay.websocket_url, relay.websocket_token.expose(), pin);
     options.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     options.check().context("the relay's WebSocket settings")?;
     let bridge = Bridge::bind(options).await.context("binding the WebSocket bridge's local socket")?;
@@ -317,4 +341,35 @@ async fn bridge(relay: &RelayBinding) -> Result<Bridged> {
         }
     });
     Ok(Bridged { local, stop: Some(stop), task })
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_control::{AllocationId, RelayId, Token};
+
+    use super::*;
+
+    fn binding(url: &str, pin: Option<String>) -> RelayBinding {
+        RelayBinding {
+            relay_id: RelayId(7),
+            allocation_id: AllocationId(1),
+            udp: "203.0.113.1:40000".parse().unwrap(),
+            websocket_url: url.into(),
+            websocket_token: Token::new("alloc-s3cret"),
+            websocket_pin: pin,
+        }
+    }
+
+    #[test]
+    fn wss_uses_the_relays_pin_and_is_refused_without_one() {
+        let pin = [0x5a; 32];
+        let text = ferry_control::pin::format_fingerprint(&pin);
+        assert_eq!(relay_pin(&binding("wss://203.0.113.1/", Some(text.clone()))).unwrap(), Some(pin));
+        let refused = relay_pin(&binding("wss://203.0.113.1/", None)).unwrap_err().to_string();
+        assert!(refused.contains("without a certificate pin"), "{refused}");
+        assert!(!refused.contains("s3cret"), "{refused}");
+        // Plain ws:// has no certificate; a pin for it is left unused.
+        assert_eq!(relay_pin(&binding("ws://203.0.113.1/", None)).unwrap(), None);
+        assert_eq!(relay_pin(&binding("ws://203.0.113.1/", Some(text))).unwrap(), None);
+    }
 }
