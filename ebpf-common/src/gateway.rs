@@ -272,7 +272,8 @@ pub enum Outcome {
     Malformed,
     /// TUN: an IPv4 fragment (the whitelist needs ports); dropped.
     Fragment,
-    /// Either way: TTL 1 or 0, which a router must not forward; dropped.
+    /// TUN: TTL 1 or 0, which a router must not forward; dropped. (Replies
+    /// from the LAN keep their TTL for the kernel's forwarding to check.)
     TtlExceeded,
     /// TUN: the source is no technician of an active session; dropped.
     UnknownPeer,

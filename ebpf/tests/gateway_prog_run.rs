@@ -94,7 +94,7 @@ fn whitelisted_tcp_is_translated_both_ways() {
 
     let reply = tcp(PLC, 502, SNAT, fl.nat_port, 64, b"answer");
     let out = lan(&f, &reply, Outcome::ForwardedFromTarget);
-    assert_same(&out, &translated(&reply, PROXY_PLC, PEER_A1, Port::Destination(40000)));
+    assert_same(&out, &translated_reply(&reply, PROXY_PLC, PEER_A1, Port::Destination(40000)));
 
     let traffic = f.traffic(SESSION_A, PROXY_PLC.into()).unwrap().unwrap();
     assert_eq!((traffic.to_target_packets, traffic.from_target_packets), (2, 1));
@@ -114,7 +114,7 @@ fn whitelisted_udp_is_translated_both_ways_and_a_zero_checksum_stays_zero() {
 
     let reply = udp(SNMP, 161, SNAT, fl.nat_port, 64, b"snmp response");
     let out = lan(&f, &reply, Outcome::ForwardedFromTarget);
-    assert_same(&out, &translated(&reply, PROXY_SNMP, PEER_A2, Port::Destination(50000)));
+    assert_same(&out, &translated_reply(&reply, PROXY_SNMP, PEER_A2, Port::Destination(50000)));
 
     // Without a checksum, both ways.
     let mut bare = udp(PEER_A2, 50000, PROXY_SNMP, 162, 64, b"trap");
@@ -128,7 +128,7 @@ fn whitelisted_udp_is_translated_both_ways_and_a_zero_checksum_stays_zero() {
     bare_reply[ETH + 26..ETH + 28].fill(0);
     let out = lan(&f, &bare_reply, Outcome::ForwardedFromTarget);
     assert_eq!(&out[ETH + 26..ETH + 28], [0, 0]);
-    assert_same(&out, &translated(&bare_reply, PROXY_SNMP, PEER_A2, Port::Destination(50000)));
+    assert_same(&out, &translated_reply(&bare_reply, PROXY_SNMP, PEER_A2, Port::Destination(50000)));
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn ping_is_translated_with_the_echo_id_as_port() {
 
         let reply = pong(real, SNAT, fl.nat_port, 64);
         let out = lan(&f, &reply, Outcome::ForwardedFromTarget);
-        assert_same(&out, &translated(&reply, proxy, PEER_A1, Port::EchoId(4242)));
+        assert_same(&out, &translated_reply(&reply, proxy, PEER_A1, Port::EchoId(4242)));
     }
     // Echo replies from the technician and other ICMP go nowhere.
     tunnel(&f, &pong(PEER_A1, PROXY_SENSOR, 1, 64), Outcome::IcmpNotEcho);
@@ -209,7 +209,11 @@ fn replies_need_a_known_live_flow() {
     lan(&f, &tcp(HMI, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
     lan(&f, &tcp(PLC, 23, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
     lan(&f, &udp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
-    lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 1, b""), Outcome::TtlExceeded);
+    // TTL 1 is the kernel's to refuse (with ICMP time exceeded) after the
+    // translation: one hop, one decrement.
+    let last_hop = tcp(PLC, 22, SNAT, fl.nat_port, 1, b"");
+    let out = lan(&f, &last_hop, Outcome::ForwardedFromTarget);
+    assert_same(&out, &translated_reply(&last_hop, PROXY_PLC, PEER_A1, Port::Destination(40000)));
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::ForwardedFromTarget);
 
     // An expired flow is no flow, and the sweep removes both halves.

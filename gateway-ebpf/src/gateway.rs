@@ -588,16 +588,14 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
         },
         None => return Some(Outcome::SessionEnded),
     };
-    if ip.ttl <= 1 {
-        return Some(Outcome::TtlExceeded);
-    }
+    // The TTL is left alone: the packet passes to the kernel, whose
+    // forwarding into the TUN decrements it (and answers an expired one with
+    // ICMP time exceeded), so one hop costs one.
 
     // The target's address and the SNAT address leave, the proxy and the
-    // peer arrive; the TTL word changes too (RFC 1624 incremental updates).
+    // peer arrive (RFC 1624 incremental updates).
     let removed = sum_not(&ip.src_addr) + sum_not(&ip.dst_addr);
     let added = sum(&reverse.proxy) + sum(&reverse.peer);
-    let old_ttl = u16::from_be_bytes([ip.ttl, ip.proto]);
-    let new_ttl = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
     let port_removed = !u16::from_be_bytes(nat_port) as u32;
     let port_added = u16::from_be_bytes(reverse.peer_port) as u32;
     match protocol {
@@ -630,10 +628,9 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
             [icmp[4], icmp[5]] = reverse.peer_port;
         }
     }
-    ip.check = replace(ip.check, removed + !old_ttl as u32, added + new_ttl as u32).to_be_bytes();
+    ip.check = replace(ip.check, removed, added).to_be_bytes();
     ip.src_addr = reverse.proxy;
     ip.dst_addr = reverse.peer;
-    ip.ttl -= 1;
     reverse.last_seen_ns = now;
     count_traffic(counter, false, total_len as u64);
     Some(Outcome::ForwardedFromTarget)

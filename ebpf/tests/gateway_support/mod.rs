@@ -104,13 +104,24 @@ pub enum Port {
 /// What a router translating `frame` must send: addresses and `port`
 /// replaced, TTL - 1, every checksum computed from scratch (a zero UDP
 /// checksum stays zero), the Ethernet header and trailing bytes as they were.
+/// The TUN program routes by itself (redirect), so it decrements the TTL.
 pub fn translated(frame: &[u8], src: [u8; 4], dst: [u8; 4], port: Port) -> Vec<u8> {
+    translate(frame, src, dst, port, 1)
+}
+
+/// The same for a reply the LAN program translates and passes to the
+/// kernel, whose forwarding decrements the TTL: the program leaves it.
+pub fn translated_reply(frame: &[u8], src: [u8; 4], dst: [u8; 4], port: Port) -> Vec<u8> {
+    translate(frame, src, dst, port, 0)
+}
+
+fn translate(frame: &[u8], src: [u8; 4], dst: [u8; 4], port: Port, hops: u8) -> Vec<u8> {
     let (mut ip, rest) = Ipv4Header::from_slice(&frame[ETH..]).unwrap();
     let l4_len = ip.total_len as usize - ip.header_len();
     let (l4, trailer) = rest.split_at(l4_len);
     ip.source = src;
     ip.destination = dst;
-    ip.time_to_live -= 1;
+    ip.time_to_live -= hops;
     ip.header_checksum = ip.calc_header_checksum();
     let mut out = frame[..ETH].to_vec();
     out.extend_from_slice(&ip.to_bytes());
