@@ -184,15 +184,62 @@ fn the_uplink_guard_follows_the_engines_session_indices() {
     wait_until(Duration::from_secs(10), "the guard to drop 40 forged messages", || {
         site.lab.gateway_metric(UNKNOWN) >= before + 40.0
     });
-    echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, T)
-        .expect("the session after the forgeries");
+
+    // Record the session's real transport messages as they reach the gateway.
+    let capture = ferry_tests::pcap::Capture::start(
+        &site.lab.lab,
+        &site.lab.gw_ns,
+        &site.lab.gw_uplink_if,
+        &format!("udp dst port {GATEWAY_WG_PORT}"),
+    );
+    for _ in 0..5 {
+        echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, T).expect("the session's echo");
+    }
+    let frames = capture.stop();
+    let recorded: Vec<Vec<u8>> = frames.iter().filter_map(|frame| transport_payload(frame)).collect();
+    assert!(
+        !recorded.is_empty(),
+        "no transport message of the session among {} frames: {:02x?}",
+        frames.len(),
+        frames.first()
+    );
 
     // Switching off removes the peer, and its indices leave the guard.
     site.lab.remote("off");
     wait_until(Duration::from_secs(10), "the guard to forget the session's indices", || {
         site.lab.gateway_metric(INDICES) == 0.0
     });
+    // The session's own messages, replayed after its end, stop in XDP too.
+    let before = site.lab.gateway_metric(UNKNOWN);
+    replay(&site.lab, &recorded);
+    let replayed = recorded.len() as f64;
+    wait_until(Duration::from_secs(10), "the guard to drop the replayed messages", || {
+        site.lab.gateway_metric(UNKNOWN) >= before + replayed
+    });
     assert_eq!(site.lab.gateway_metric("ferry_gateway_guard_map_errors_total"), 0.0);
+}
+
+/// The WireGuard transport message in an Ethernet/IPv4/UDP frame, if any.
+fn transport_payload(frame: &[u8]) -> Option<Vec<u8>> {
+    let packet = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(etherparse::TransportSlice::Udp(udp)) = &packet.transport else { return None };
+    let payload = udp.payload();
+    (payload.len() >= 32 && payload[..4] == [4, 0, 0, 0]).then(|| payload.to_vec())
+}
+
+/// Sends `messages` to the gateway's WireGuard port from the customer network.
+fn replay(lab: &GatewayLab, messages: &[Vec<u8>]) {
+    let to: std::net::SocketAddr = format!("{GW_UPLINK_IP}:{GATEWAY_WG_PORT}").parse().unwrap();
+    let messages = messages.to_vec();
+    lab.router
+        .ns
+        .run_in(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for message in messages {
+                socket.send_to(&message, to).unwrap();
+            }
+        })
+        .unwrap();
 }
 
 #[test]

@@ -20,7 +20,20 @@ impl Capture {
         let mut process = ns
             .spawn_program(
                 "tcpdump",
-                &["-i", iface, "-U", "-n", "-s", "0", "-w", file.to_str().unwrap(), filter],
+                // Immediate mode: without it, packets wait in a ring block
+                // until a timeout, and those of a short capture are lost on stop.
+                &[
+                    "-i",
+                    iface,
+                    "--immediate-mode",
+                    "-U",
+                    "-n",
+                    "-s",
+                    "0",
+                    "-w",
+                    file.to_str().unwrap(),
+                    filter,
+                ],
             )
             .unwrap();
         process.wait_for_output("listening on", Duration::from_secs(10)).unwrap();
