@@ -56,15 +56,17 @@ impl UplinkGuard {
         self.indices_mut()?.insert(IndexKey::new(index), 1, 0).map_err(|source| Error::Map { name, source })
     }
 
-    /// Forgets a local receiver index; a missing one is no error.
-    pub fn remove_index(&mut self, index: u32) -> Result<(), Error> {
+    /// Forgets a local receiver index. Returns whether it was there; a
+    /// missing one is no error.
+    pub fn remove_index(&mut self, index: u32) -> Result<bool, Error> {
         let name = shared::INDICES_MAP;
         match self.indices_mut()?.remove(&IndexKey::new(index)) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
+                Ok(false)
             }
-            other => other.map_err(|source| Error::Map { name, source }),
+            Err(source) => Err(Error::Map { name, source }),
         }
     }
 

@@ -589,8 +589,8 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
         None => return Some(Outcome::SessionEnded),
     };
     // The TTL is left alone: the packet passes to the kernel, whose
-    // forwarding into the TUN decrements it (and answers an expired one with
-    // ICMP time exceeded), so one hop costs one.
+    // forwarding into the TUN decrements it (and drops an expired one), so
+    // one hop costs one.
 
     // The target's address and the SNAT address leave, the proxy and the
     // peer arrive (RFC 1624 incremental updates).

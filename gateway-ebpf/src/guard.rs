@@ -6,6 +6,10 @@
 //! cheap filter, not a policy: everything that is not UDP to the port passes.
 //! When the daemon keeps the indices map complete, messages addressed to a
 //! receiver index that no live handshake or session holds are dropped too.
+//! The guard matches the destination port, not the address: on an uplink
+//! whose traffic is all for this host that is the same; on a bridged or
+//! promiscuous uplink, WireGuard to another host's port would be judged by
+//! this host's indices (the port is configurable for that reason).
 
 use aya_ebpf::{
     bindings::xdp_action,

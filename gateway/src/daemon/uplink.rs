@@ -14,7 +14,7 @@
 
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use anyhow::{Context, Result};
@@ -28,7 +28,20 @@ use super::engine::Engine;
 #[derive(Clone)]
 pub struct Uplink {
     guard: Arc<Mutex<UplinkGuard>>,
-    map_errors: Arc<AtomicU64>,
+    state: Arc<IndexState>,
+}
+
+#[derive(Default)]
+struct IndexState {
+    /// Indices in the guard's map: each journal entry adds a new index or
+    /// removes a present one, so successful updates count them exactly
+    /// (reading the kernel map back would walk it under the lock that the
+    /// datapath takes on handshakes).
+    live: AtomicU64,
+    map_errors: AtomicU64,
+    /// Set by the first refused update, for good: the map is incomplete from
+    /// then on, and the rule must stay off.
+    broken: AtomicBool,
 }
 
 impl Uplink {
@@ -40,10 +53,16 @@ impl Uplink {
         let mut guard = UplinkGuard::load(port).context("loading the uplink guard")?;
         let attached =
             guard.attach(iface, mode).with_context(|| format!("attaching the uplink guard to {iface}"))?;
-        let uplink = Uplink { guard: Arc::new(Mutex::new(guard)), map_errors: Arc::new(AtomicU64::new(0)) };
+        let uplink = Uplink { guard: Arc::new(Mutex::new(guard)), state: Arc::default() };
         if follow_indices {
             engine.watch_indices(uplink.clone()).context("handing the engine's indices to the guard")?;
-            uplink.lock().follow_indices(true).context("turning on the guard's index rule")?;
+            // Under the lock that updates take, so no refusal slips in between.
+            let mut guard = uplink.lock();
+            if uplink.state.broken.load(Ordering::SeqCst) {
+                error!("the guard's index map refused the engine's indices; the index rule stays off");
+            } else {
+                guard.follow_indices(true).context("turning on the guard's index rule")?;
+            }
         }
         info!(iface, port, mode = attached, follow_indices, "uplink guard attached");
         Ok(uplink)
@@ -61,8 +80,8 @@ impl Uplink {
     }
 
     /// Indices in the guard's map now.
-    pub fn live_indices(&self) -> usize {
-        self.lock().indices().map_or(0, |i| i.len())
+    pub fn live_indices(&self) -> u64 {
+        self.state.live.load(Ordering::Relaxed)
     }
 
     /// Whether the index rule is on (it goes off after a map error).
@@ -72,7 +91,7 @@ impl Uplink {
 
     /// Index updates the guard's map refused.
     pub fn map_errors(&self) -> u64 {
-        self.map_errors.load(Ordering::Relaxed)
+        self.state.map_errors.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, UplinkGuard> {
@@ -86,11 +105,18 @@ impl IndexSink for Uplink {
     fn apply(&self, change: IndexChange) {
         let mut guard = self.lock();
         let result = match change {
-            IndexChange::Added(index) => guard.add_index(index),
-            IndexChange::Removed(index) => guard.remove_index(index),
+            IndexChange::Added(index) => guard.add_index(index).map(|()| {
+                self.state.live.fetch_add(1, Ordering::Relaxed);
+            }),
+            IndexChange::Removed(index) => guard.remove_index(index).map(|was_there| {
+                if was_there {
+                    self.state.live.fetch_sub(1, Ordering::Relaxed);
+                }
+            }),
         };
         if let Err(e) = result {
-            self.map_errors.fetch_add(1, Ordering::Relaxed);
+            self.state.map_errors.fetch_add(1, Ordering::Relaxed);
+            self.state.broken.store(true, Ordering::SeqCst);
             error!(error = %e, ?change, "the uplink guard refused an index update; its index rule goes off");
             if let Err(e) = guard.follow_indices(false) {
                 error!(error = %e, "turning off the guard's index rule failed too");
