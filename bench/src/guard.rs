@@ -57,6 +57,7 @@ pub fn run() -> Result<Vec<Row>> {
             Better::Lower,
         ));
     }
+    rows.extend(index_rule(|frame| median_ns(|| test_run::time(empty, frame, REPEAT)), client, gateway)?);
     let overhead = valid_overhead.expect("valid_data is measured").max(0.5);
     rows.push(Row::new(
         "guard",
@@ -67,6 +68,46 @@ pub fn run() -> Result<Vec<Row>> {
         "goal: 30 ns above empty program",
         Better::Lower,
     ));
+    Ok(rows)
+}
+
+/// The receiver-index rule as `ferry-gateway run` uses it: a full-size
+/// transport message to a live index, and one to an unknown index, with the
+/// map holding 10 and 10,000 indices (a hash lookup: the size should not show).
+fn index_rule(
+    empty_ns: impl Fn(&[u8]) -> Result<f64>,
+    client: [u8; 4],
+    gateway: [u8; 4],
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for live in [10u32, 10_000] {
+        let mut guard = UplinkGuard::load(PORT).context("loading the guard (run as root)")?;
+        for i in 0..live {
+            guard.add_index(i.wrapping_mul(2_654_435_761))?;
+        }
+        guard.follow_indices(true)?;
+        let mut known = packet::wireguard(4, 1440);
+        known[4..8].copy_from_slice(&(live - 1).wrapping_mul(2_654_435_761).to_le_bytes());
+        let mut unknown = known.clone();
+        unknown[4..8].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        for (name, message, verdict) in
+            [("live_index", known, Verdict::Pass), ("unknown_index_drop", unknown, Verdict::Drop)]
+        {
+            let frame = packet::udp4(client, 40000, gateway, PORT, &message);
+            let run = test_run::run(guard.program()?, &frame)?;
+            ensure!(run.verdict == verdict, "{name}: expected {verdict:?}, got {:?}", run.verdict);
+            let ferry_ns = median_ns(|| test_run::time(guard.program()?, &frame, REPEAT))?;
+            rows.push(Row::new(
+                "guard",
+                &format!("{name}_{live}_indices_ns"),
+                "ns/packet",
+                ferry_ns,
+                empty_ns(&frame)?,
+                "empty XDP_PASS program",
+                Better::Lower,
+            ));
+        }
+    }
     Ok(rows)
 }
 
