@@ -22,6 +22,19 @@ use serde_json::json;
 
 const PASSWORD: &str = "relay channel test password";
 
+/// Registers a relay at the cloud; returns its id and token.
+fn register_relay(cloud: std::net::SocketAddr, admin: &str, name: &str) -> (u64, String) {
+    let (status, created) = call(cloud, "POST", "/api/v1/relays", Some(admin), json!({ "name": name }));
+    assert_eq!(status, 201, "{created}");
+    (created["relay"]["id"].as_u64().unwrap(), created["token"].as_str().unwrap().to_string())
+}
+
+/// The relay's health as the cloud's admin API shows it.
+fn relay_health(cloud: std::net::SocketAddr, admin: &str, id: u64) -> serde_json::Value {
+    let (_, relays) = call(cloud, "GET", "/api/v1/relays", Some(admin), json!(null));
+    relays.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()["health"].clone()
+}
+
 /// `websocket`: the relay's WebSocket arguments (`--websocket off`, or a
 /// listener with its URL and TLS files).
 fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str, websocket: &[&str]) -> Process {
@@ -58,17 +71,10 @@ fn a_relay_connects_with_its_token_and_reports_health() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = start(&dir.path().join("cloud"));
     let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap(), PASSWORD);
-    let (status, created) =
-        call(cloud.addr, "POST", "/api/v1/relays", Some(&admin), json!({"name": "relay-a"}));
-    assert_eq!(status, 201, "{created}");
-    let id = created["relay"]["id"].as_u64().unwrap();
-    let token = created["token"].as_str().unwrap();
+    let (id, token) = register_relay(cloud.addr, &admin, "relay-a");
 
-    let mut good = relay(dir.path(), cloud.addr, id, token, &["--websocket", "off"]);
-    let health = || {
-        let (_, relays) = call(cloud.addr, "GET", "/api/v1/relays", Some(&admin), json!(null));
-        relays.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()["health"].clone()
-    };
+    let mut good = relay(dir.path(), cloud.addr, id, &token, &["--websocket", "off"]);
+    let health = || relay_health(cloud.addr, &admin, id);
     wait_for(|| health()["online"] == true, "the relay to come online at the cloud");
     let seen = health();
     assert_eq!(seen["udp"], format!("127.0.0.1:{}", 41000 + id * 100));
@@ -91,10 +97,7 @@ fn a_tls_relay_hands_its_pin_through_the_cloud_to_gateway_and_technician() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = start(&dir.path().join("cloud"));
     let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap(), PASSWORD);
-    let (status, created) =
-        call(cloud.addr, "POST", "/api/v1/relays", Some(&admin), json!({"name": "relay-tls"}));
-    assert_eq!(status, 201, "{created}");
-    let relay_id = created["relay"]["id"].as_u64().unwrap();
+    let (relay_id, relay_token) = register_relay(cloud.addr, &admin, "relay-tls");
 
     // A self-signed certificate, as relays are expected to use.
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
@@ -108,7 +111,7 @@ fn a_tls_relay_hands_its_pin_through_the_cloud_to_gateway_and_technician() {
         dir.path(),
         cloud.addr,
         relay_id,
-        created["token"].as_str().unwrap(),
+        &relay_token,
         &[
             "--websocket",
             &listen,
@@ -120,10 +123,7 @@ fn a_tls_relay_hands_its_pin_through_the_cloud_to_gateway_and_technician() {
             key.to_str().unwrap(),
         ],
     );
-    let health = || {
-        let (_, relays) = call(cloud.addr, "GET", "/api/v1/relays", Some(&admin), json!(null));
-        relays.as_array().unwrap().iter().find(|r| r["id"] == relay_id).unwrap()["health"].clone()
-    };
+    let health = || relay_health(cloud.addr, &admin, relay_id);
     wait_for(|| health()["online"] == true, "the relay to come online at the cloud");
     assert_eq!(
         (health()["websocket_url"].clone(), health()["websocket_pin"].clone()),
