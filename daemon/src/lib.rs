@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics_http;
 pub mod notify;
 pub mod paths;
+pub mod reopen;
 pub mod signals;
 #[cfg(feature = "tls")]
 pub mod tls;

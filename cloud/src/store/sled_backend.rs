@@ -14,13 +14,18 @@ pub struct SledBackend {
     trees: Vec<sled::Tree>,
 }
 
+/// sled reports another holder of its file lock as a plain I/O error.
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn io(e: sled::Error) -> BackendError {
     BackendError::Io(e.to_string())
 }
 
 impl SledBackend {
     pub fn open(path: &Path) -> Result<SledBackend, BackendError> {
-        let db = sled::open(path).map_err(io)?;
+        let db = ferry_daemon::reopen::retrying_while_locked(|| sled::open(path), is_locked).map_err(io)?;
         let trees =
             Collection::ALL.iter().map(|c| db.open_tree(c.name())).collect::<Result<_, _>>().map_err(io)?;
         Ok(SledBackend { db, trees })

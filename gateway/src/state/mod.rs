@@ -166,12 +166,14 @@ impl Store {
         create_private_dir(data_dir)
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
         let path = data_dir.join(DB_DIR);
-        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked { path: path.clone() }
-            }
-            other => StoreError::Db(other),
-        })?;
+        // sled reports another holder of its file lock as a plain I/O error.
+        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+        let db =
+            ferry_daemon::reopen::retrying_while_locked(|| sled::Config::new().path(&path).open(), locked)
+                .map_err(|e| match e {
+                    e if locked(&e) => StoreError::Locked { path: path.clone() },
+                    other => StoreError::Db(other),
+                })?;
         let meta = db.open_tree(META)?;
         let events = db.open_tree(EVENTS)?;
         let decisions = db.open_tree(DECISIONS)?;
