@@ -7,7 +7,7 @@
 //! rewrites the packet to the target's real LAN address from the gateway's
 //! LAN address (SNAT, with a NAT port of its own) and sends it out of the LAN
 //! interface. The XDP program on the LAN interface translates replies of known
-//! flows back and drops everything else that would cross from the machine
+//! flows, and ICMP errors about them, back and drops everything else that would cross from the machine
 //! network into the tunnel, or be routed anywhere by the gateway.
 //!
 //! Userspace owns the whitelist ([`PEERS_MAP`], [`TARGETS_MAP`]); the programs
@@ -305,10 +305,14 @@ pub enum Outcome {
     LanToHost,
     /// LAN: not IPv4 (ARP, IPv6, ...); passed to the stack.
     LanNotIpv4,
+    /// LAN: an ICMP error (destination unreachable, time exceeded, parameter
+    /// problem) about a packet of a live flow, translated back toward the
+    /// technician with the proxy address as its source.
+    ForwardedIcmpError,
 }
 
 impl Outcome {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Outcome::ForwardedToTarget,
@@ -330,6 +334,7 @@ impl Outcome {
         Outcome::LanForwardBlocked,
         Outcome::LanToHost,
         Outcome::LanNotIpv4,
+        Outcome::ForwardedIcmpError,
     ];
 
     /// Whether the program drops packets with this outcome.
@@ -340,6 +345,7 @@ impl Outcome {
                 | Outcome::ForwardedFromTarget
                 | Outcome::LanToHost
                 | Outcome::LanNotIpv4
+                | Outcome::ForwardedIcmpError
         )
     }
 
@@ -365,6 +371,7 @@ impl Outcome {
             Outcome::LanForwardBlocked => "lan_forward_blocked",
             Outcome::LanToHost => "lan_to_host",
             Outcome::LanNotIpv4 => "lan_not_ipv4",
+            Outcome::ForwardedIcmpError => "forwarded_icmp_error",
         }
     }
 }

@@ -1,12 +1,17 @@
 //! The gateway's whitelist/NAT programs in the kernel, with BPF_PROG_RUN on
 //! crafted packets: whitelisted TCP, UDP and ICMP echo translated byte for
 //! byte (checksums recomputed from scratch), every kind of refusal dropped
-//! and counted, replies translated back only for known, live flows, and the
-//! LAN side's protection of the tunnel. Needs root.
+//! and counted, replies and ICMP errors translated back only for known, live
+//! flows, and the LAN side's protection of the tunnel. Needs root.
 
 mod gateway_support;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+
+use etherparse::{
+    Icmpv4Header, Icmpv4Type,
+    icmpv4::{DestUnreachableHeader, ParameterProblemHeader, TimeExceededCode},
+};
 
 use ferry_ebpf::{
     common::gateway::{
@@ -44,7 +49,7 @@ fn lan_on(f: &GatewayForwarder, frame: &[u8], ifindex: u32, expected: Outcome) -
     assert_eq!(counted, vec![(expected, 1)], "frame {frame:02x?}");
     let verdict = if expected.drops() { Verdict::Drop } else { Verdict::Pass };
     assert_eq!(run.verdict, verdict, "{expected:?}");
-    if expected != Outcome::ForwardedFromTarget {
+    if !matches!(expected, Outcome::ForwardedFromTarget | Outcome::ForwardedIcmpError) {
         assert_eq!(run.packet, frame, "an untranslated frame was modified ({expected:?})");
     }
     run.packet
@@ -147,6 +152,230 @@ fn ping_is_translated_with_the_echo_id_as_port() {
     }
     // Echo replies from the technician and other ICMP go nowhere.
     tunnel(&f, &pong(PEER_A1, PROXY_SENSOR, 1, 64), Outcome::IcmpNotEcho);
+}
+
+/// A router between the gateway and the targets.
+const ROUTER: [u8; 4] = [10, 20, 0, 254];
+/// IPv4 header + the first 8 bytes of L4: what every router quotes at least.
+const SHORT_QUOTE: usize = 28;
+
+fn unreachable(code: DestUnreachableHeader) -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(code)
+}
+
+fn time_exceeded() -> Icmpv4Type {
+    Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)
+}
+
+/// Sends `error` (about `sent`, quoting `quote` bytes) through the LAN
+/// program and compares it with the independently built translation.
+fn error_translated(
+    f: &GatewayForwarder,
+    error: &[u8],
+    sent: &[u8],
+    quote: usize,
+    back: ([u8; 4], [u8; 4], Port),
+) {
+    let (proxy, peer, port) = back;
+    let out = lan(f, error, Outcome::ForwardedIcmpError);
+    assert_same(&out, &translated_error(error, sent, quote, proxy, peer, port));
+    // Whoever sent it, the technician sees the proxy address.
+    assert_eq!(out[ETH + 12..ETH + 20], [proxy, peer].concat());
+}
+
+#[test]
+fn icmp_errors_about_a_udp_flow_are_translated_back() {
+    let f = forwarder();
+    let get = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, b"snmp get");
+    let out = tunnel(&f, &get, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_UDP, sa(PEER_A2, 50000), PROXY_SNMP, 161);
+    let sent = translated(&get, SNAT, SNMP, Port::Source(fl.nat_port));
+    assert_same(&out, &sent);
+    let back = (PROXY_SNMP, PEER_A2, Port::Source(50000));
+    let whole = sent.len() - ETH;
+
+    // Nothing listens on the port: the technician's socket gets "connection
+    // refused". Host unreachable and fragmentation needed (with the MTU) from
+    // the target or a router, time exceeded and parameter problem from a
+    // router, quoting the minimum or the whole packet.
+    let kinds = [
+        (SNMP, unreachable(DestUnreachableHeader::Port)),
+        (ROUTER, unreachable(DestUnreachableHeader::Host)),
+        (SNMP, unreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 })),
+        (ROUTER, unreachable(DestUnreachableHeader::FilterProhibited)),
+        (ROUTER, time_exceeded()),
+        (ROUTER, Icmpv4Type::ParameterProblem(ParameterProblemHeader::PointerIndicatesError(9))),
+    ];
+    for (from, kind) in kinds {
+        for quote in [SHORT_QUOTE, whole] {
+            let error = icmp_error(from, SNAT, kind.clone(), &sent, quote);
+            error_translated(&f, &error, &sent, quote, back);
+        }
+    }
+    // Errors are delivered on the target's behalf; they count as its traffic.
+    let traffic = f.traffic(SESSION_A, PROXY_SNMP.into()).unwrap().unwrap();
+    assert_eq!(traffic.from_target_packets, 12);
+
+    // A datagram sent without a checksum is quoted without one, and its
+    // translation too.
+    let mut bare = udp(PEER_A2, 50000, PROXY_SNMP, 162, 64, b"trap");
+    bare[ETH + 26..ETH + 28].fill(0);
+    tunnel(&f, &bare, Outcome::ForwardedToTarget);
+    let fl162 = flow(&f, PROTO_UDP, sa(PEER_A2, 50000), PROXY_SNMP, 162);
+    let sent = translated(&bare, SNAT, SNMP, Port::Source(fl162.nat_port));
+    assert_eq!(sent[ETH + 26..ETH + 28], [0, 0]);
+    let error = icmp_error(SNMP, SNAT, unreachable(DestUnreachableHeader::Port), &sent, SHORT_QUOTE);
+    error_translated(&f, &error, &sent, SHORT_QUOTE, back);
+    let out = lan(&f, &error, Outcome::ForwardedIcmpError);
+    assert_eq!(out[ETH + 28 + 26..ETH + 28 + 28], [0, 0]);
+}
+
+#[test]
+fn icmp_errors_about_a_tcp_flow_are_translated_back_with_the_quoted_checksum() {
+    let f = forwarder();
+    let syn = tcp(PEER_A1, 40000, PROXY_PLC, 502, 64, b"modbus");
+    let out = tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 502);
+    let sent = translated(&syn, SNAT, PLC, Port::Source(fl.nat_port));
+    assert_same(&out, &sent);
+    let back = (PROXY_PLC, PEER_A1, Port::Source(40000));
+    // 28: ports and sequence number only; 36: up to the checksum; 38: just
+    // the checksum in; 40: the whole header; and the whole packet.
+    for quote in [SHORT_QUOTE, 36, 38, 40, sent.len() - ETH] {
+        for (from, kind) in [
+            (ROUTER, unreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 })),
+            (PLC, unreachable(DestUnreachableHeader::Host)),
+            (ROUTER, time_exceeded()),
+        ] {
+            let error = icmp_error(from, SNAT, kind, &sent, quote);
+            error_translated(&f, &error, &sent, quote, back);
+        }
+    }
+    // Half a checksum (a quote ending inside it) cannot be updated without
+    // its other byte: it stays as quoted, and the ICMP checksum covers it so.
+    let error = icmp_error(ROUTER, SNAT, time_exceeded(), &sent, 37);
+    let out = lan(&f, &error, Outcome::ForwardedIcmpError);
+    let mut expected = translated_error(&error, &sent, 37, PROXY_PLC, PEER_A1, Port::Source(40000));
+    let half = ETH + 20 + 8 + 36;
+    expected[half] = sent[ETH + 36];
+    let icmp = Icmpv4Header::with_checksum(time_exceeded(), &expected[ETH + 28..]);
+    expected[ETH + 20..ETH + 28].copy_from_slice(&icmp.to_bytes());
+    assert_same(&out, &expected);
+
+    // A router's time exceeded quotes the packet as it reached it, TTL 1.
+    let last_hop =
+        translated(&tcp(PEER_A1, 40000, PROXY_PLC, 502, 2, b"x"), SNAT, PLC, Port::Source(fl.nat_port));
+    assert_eq!(last_hop[ETH + 8], 1);
+    let error = icmp_error(ROUTER, SNAT, time_exceeded(), &last_hop, 40);
+    error_translated(&f, &error, &last_hop, 40, back);
+}
+
+#[test]
+fn icmp_errors_about_a_ping_are_translated_back() {
+    let f = forwarder();
+    let request = ping(PEER_A1, PROXY_SENSOR, 4242, 64);
+    let out = tunnel(&f, &request, Outcome::ForwardedToTarget);
+    let fl = flow(&f, 1, sa(PEER_A1, 4242), PROXY_SENSOR, 0);
+    let sent = translated(&request, SNAT, SENSOR, Port::EchoId(fl.nat_port));
+    assert_same(&out, &sent);
+    let back = (PROXY_SENSOR, PEER_A1, Port::EchoId(4242));
+    for (from, kind) in [
+        (ROUTER, unreachable(DestUnreachableHeader::Host)),
+        (ROUTER, unreachable(DestUnreachableHeader::Network)),
+        (SENSOR, unreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 576 })),
+        (ROUTER, time_exceeded()),
+    ] {
+        for quote in [SHORT_QUOTE, sent.len() - ETH] {
+            let error = icmp_error(from, SNAT, kind.clone(), &sent, quote);
+            error_translated(&f, &error, &sent, quote, back);
+        }
+    }
+}
+
+#[test]
+fn icmp_errors_about_unknown_or_dead_flows_are_not_translated() {
+    let mut f = forwarder();
+    let port_unreachable = unreachable(DestUnreachableHeader::Port);
+    // Errors quoting packets the gateway never sent go where every ICMP
+    // message to the gateway went before: the host, untouched.
+    let never_sent = udp(SNAT, 61234, SNMP, 161, 64, b"snmp get");
+    lan(&f, &icmp_error(SNMP, SNAT, port_unreachable.clone(), &never_sent, SHORT_QUOTE), Outcome::LanToHost);
+    let never_pinged = ping(SNAT, SENSOR, 61234, 64);
+    lan(&f, &icmp_error(ROUTER, SNAT, time_exceeded(), &never_pinged, SHORT_QUOTE), Outcome::LanToHost);
+
+    let get = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, b"snmp get");
+    tunnel(&f, &get, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_UDP, sa(PEER_A2, 50000), PROXY_SNMP, 161);
+    let sent = translated(&get, SNAT, SNMP, Port::Source(fl.nat_port));
+    let error = icmp_error(SNMP, SNAT, port_unreachable.clone(), &sent, SHORT_QUOTE);
+    error_translated(&f, &error, &sent, SHORT_QUOTE, (PROXY_SNMP, PEER_A2, Port::Source(50000)));
+
+    // Quotes that do not name the flow exactly: another NAT port, target
+    // port, target, protocol, or SNAT address (the error's destination too).
+    let other_port = translated(&get, SNAT, SNMP, Port::Source(fl.nat_port ^ 1));
+    let mut other_dport = sent.clone();
+    other_dport[ETH + 22..ETH + 24].copy_from_slice(&162u16.to_be_bytes());
+    let other_target = translated(&get, SNAT, HMI, Port::Source(fl.nat_port));
+    let mut as_tcp = sent.clone();
+    as_tcp[ETH + 9] = PROTO_TCP;
+    reseal_ip(&mut as_tcp);
+    for quoted in [&other_port, &other_dport, &other_target, &as_tcp] {
+        lan(&f, &icmp_error(SNMP, SNAT, port_unreachable.clone(), quoted, SHORT_QUOTE), Outcome::LanToHost);
+    }
+    let other_snat = [10, 20, 0, 2];
+    let elsewhere = translated(&get, other_snat, SNMP, Port::Source(fl.nat_port));
+    lan(
+        &f,
+        &icmp_error(SNMP, other_snat, port_unreachable.clone(), &elsewhere, SHORT_QUOTE),
+        Outcome::LanToHost,
+    );
+    // The right quote in an error to another address than its source.
+    lan(&f, &icmp_error(SNMP, other_snat, port_unreachable.clone(), &sent, SHORT_QUOTE), Outcome::LanToHost);
+    // Too short a quote to hold the ports, a quoted header with options, a
+    // later fragment, and ICMP that is no error (a redirect, type 5).
+    lan(&f, &icmp_error(SNMP, SNAT, port_unreachable.clone(), &sent, SHORT_QUOTE - 1), Outcome::LanToHost);
+    let mut with_options = sent.clone();
+    with_options[ETH] = 0x46;
+    lan(
+        &f,
+        &icmp_error(SNMP, SNAT, port_unreachable.clone(), &with_options, SHORT_QUOTE),
+        Outcome::LanToHost,
+    );
+    let mut later_fragment = sent.clone();
+    later_fragment[ETH + 6..ETH + 8].copy_from_slice(&[0x00, 0x10]);
+    lan(
+        &f,
+        &icmp_error(SNMP, SNAT, port_unreachable.clone(), &later_fragment, SHORT_QUOTE),
+        Outcome::LanToHost,
+    );
+    let mut redirect = error.clone();
+    redirect[ETH + 20] = 5;
+    lan(&f, &redirect, Outcome::LanToHost);
+
+    // An expired flow.
+    f.insert_flow(&Flow { last_seen_ns: 1, ..fl }).unwrap();
+    lan(&f, &error, Outcome::LanToHost);
+    f.insert_flow(&Flow { last_seen_ns: monotonic_ns(), ..fl }).unwrap();
+    error_translated(&f, &error, &sent, SHORT_QUOTE, (PROXY_SNMP, PEER_A2, Port::Source(50000)));
+
+    // Only the two translated errors count as the target's traffic.
+    let traffic = f.traffic(SESSION_A, PROXY_SNMP.into()).unwrap().unwrap();
+    assert_eq!(traffic.from_target_packets, 2);
+
+    // The session ended (its peer left) with the flow still in the map, the
+    // peer came back in another session, and the target was removed.
+    let mut t = table();
+    t.peers.remove(&PEER_A2.into());
+    f.apply(&t).unwrap();
+    assert!(!f.flows().unwrap().is_empty());
+    lan(&f, &error, Outcome::LanToHost);
+    t.peers.insert(PEER_A2.into(), SESSION_B);
+    f.apply(&t).unwrap();
+    lan(&f, &error, Outcome::LanToHost);
+    let mut t = table();
+    t.targets.remove(&(SESSION_A, PROXY_SNMP.into()));
+    f.apply(&t).unwrap();
+    lan(&f, &error, Outcome::LanToHost);
 }
 
 #[test]

@@ -1,18 +1,27 @@
 //! Properties of the gateway programs and their loader, in the kernel:
 //! any sequence of forwarding tables leaves the maps equal to the last one
 //! applied (invalid or oversized ones change nothing), counter slots stay
-//! unique, and no packet, however mangled, is forwarded unless the table
-//! whitelists it. Needs root.
+//! unique, no packet, however mangled, is forwarded unless the table
+//! whitelists it, and no ICMP error is translated unless it quotes a live
+//! flow exactly. Needs root.
 
 mod gateway_support;
 
 use std::{cell::RefCell, collections::BTreeSet, net::Ipv4Addr};
 
+use etherparse::{
+    Icmpv4Type,
+    icmpv4::{DestUnreachableHeader, ParameterProblemHeader, TimeExceededCode},
+};
 use ferry_ebpf::{
+    common::gateway::Outcome,
     gateway::{Capacity, ForwardingTable, GatewayForwarder, Protocol, TargetSpec},
     test_run::{self, TcAction, Verdict},
 };
-use gateway_support::{ETH, TUNNEL_NET, forwarder, table, tcp, udp};
+use gateway_support::{
+    ETH, PEER_A2, PROXY_SNMP, Port, SNAT, SNMP, TUNNEL_NET, forwarder, icmp_error, table, tcp, translated,
+    udp,
+};
 use proptest::prelude::*;
 
 const CAPACITY: Capacity = Capacity { peers: 8, targets: 8, flows: 1024 };
@@ -23,6 +32,52 @@ thread_local! {
             .expect("loading the gateway programs (run as root)"),
     );
     static FULL: RefCell<GatewayForwarder> = RefCell::new(forwarder());
+    /// [`forwarder`] with one UDP flow, PEER_A2:50000 -> PROXY_SNMP:161: the
+    /// technician's packet that keeps it alive, and the packet the gateway
+    /// sent for it.
+    static ONE_FLOW: (GatewayForwarder, Vec<u8>, Vec<u8>) = {
+        let f = forwarder();
+        let get = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, b"snmp get");
+        let run = test_run::run_tc(f.tunnel_program().unwrap(), &get).unwrap();
+        assert_eq!(run.action, TcAction::Ok);
+        let nat_port = f.flows().unwrap()[0].nat_port;
+        let sent = translated(&get, SNAT, SNMP, Port::Source(nat_port));
+        (f, get, sent)
+    };
+}
+
+/// Whether `frame` is an ICMP error to the gateway that quotes `sent`'s
+/// flow exactly: the only ones the LAN program may translate. `sent` is the
+/// packet the gateway sent for the flow.
+fn quotes_flow(frame: &[u8], sent: &[u8]) -> bool {
+    let ip = &frame[ETH..];
+    let s = &sent[ETH..];
+    ip.len() >= 20 + 8 + 28
+        && frame[12..14] == [8, 0]
+        && ip[0] == 0x45
+        && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0
+        && u16::from_be_bytes([ip[2], ip[3]]) >= 56
+        && ip[9] == 1
+        && [3, 11, 12].contains(&ip[20])
+        && ip[16..20] == SNAT
+        && ip[28] == 0x45
+        && u16::from_be_bytes([ip[34], ip[35]]) & 0x1fff == 0
+        // Protocol, addresses and ports of the quote.
+        && ip[28 + 9] == s[9]
+        && ip[28 + 12..28 + 20] == s[12..20]
+        && ip[48..52] == s[20..24]
+}
+
+fn icmp_error_kind() -> impl Strategy<Value = Icmpv4Type> {
+    prop_oneof![
+        (0u8..16, any::<u16>()).prop_map(|(code, mtu)| Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::from_values(code, mtu).unwrap()
+        )),
+        Just(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)),
+        Just(Icmpv4Type::TimeExceeded(TimeExceededCode::FragmentReassemblyTimeExceeded)),
+        any::<u8>()
+            .prop_map(|p| Icmpv4Type::ParameterProblem(ParameterProblemHeader::PointerIndicatesError(p))),
+    ]
 }
 
 fn peer_addr(i: u8) -> Ipv4Addr {
@@ -163,6 +218,45 @@ proptest! {
             }
             let run = test_run::run(f.lan_program().unwrap(), &frame).unwrap();
             prop_assert!(matches!(run.verdict, Verdict::Pass | Verdict::Drop), "{:?}", run.verdict);
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn mangled_icmp_errors_are_translated_only_for_the_live_flow_they_quote(
+        from in prop_oneof![Just(SNMP), Just([10, 20, 0, 254]), any::<[u8; 4]>()],
+        to in prop_oneof![3 => Just(SNAT), 1 => any::<[u8; 4]>()],
+        kind in icmp_error_kind(),
+        quote in prop_oneof![Just(28usize), Just(36), 20usize..=36],
+        flips in prop::collection::vec((0usize..64, any::<u8>()), 0..3),
+        cut in prop_oneof![Just(0usize), 0usize..40],
+    ) {
+        ONE_FLOW.with(|(f, get, sent)| {
+            // The flow is live for every case, however long the run takes.
+            let run = test_run::run_tc(f.tunnel_program().unwrap(), get).unwrap();
+            prop_assert_eq!(run.action, TcAction::Ok);
+            let mut frame = icmp_error(from, to, kind, sent, quote);
+            for (at, value) in flips {
+                let at = ETH + at % (frame.len() - ETH);
+                frame[at] = value;
+            }
+            // See mangled_packets_are_never_forwarded_unless_whitelisted.
+            let keep = frame.len().saturating_sub(cut).max(ETH + 20);
+            frame.truncate(keep);
+            let before = f.counters().unwrap();
+            let run = test_run::run(f.lan_program().unwrap(), &frame).unwrap();
+            let delta = f.counters().unwrap().since(&before);
+            prop_assert!(matches!(run.verdict, Verdict::Pass | Verdict::Drop), "{:?}", run.verdict);
+            if delta.get(Outcome::ForwardedIcmpError) > 0 {
+                prop_assert!(quotes_flow(&frame, sent), "translated {:02x?}", frame);
+                // Toward the technician, from the proxy, about its own packet.
+                let out = &run.packet[ETH..];
+                prop_assert_eq!(&out[12..20], &[PROXY_SNMP, PEER_A2].concat()[..]);
+                prop_assert_eq!(&out[28 + 12..28 + 22], &[&PEER_A2[..], &PROXY_SNMP, &50000u16.to_be_bytes()].concat()[..]);
+            } else {
+                // And every error that does quote it is translated.
+                prop_assert!(!quotes_flow(&frame, sent), "not translated {:02x?}", frame);
+            }
             Ok(())
         })?;
     }

@@ -3,7 +3,8 @@
 //! namespace. Packets written into the TUN from a technician's tunnel address
 //! to a proxy address reach the target's sockets from the gateway's LAN
 //! address; the target's answers come back out of the TUN from the proxy
-//! address to the technician, with checksums valid. Needs root.
+//! address to the technician, with checksums valid, and so does the ICMP
+//! error about a datagram to a closed port. Needs root.
 
 mod gateway_support;
 
@@ -187,6 +188,37 @@ fn udp_reaches_the_target_from_the_snat_address_and_the_answer_comes_back() {
     let traffic = s.forwarder.traffic(SESSION_A, PROXY_SNMP.into()).unwrap().unwrap();
     assert_eq!((traffic.to_target_packets, traffic.from_target_packets), (2, 1));
     assert_eq!(traffic.to_target_bytes, 40 + 1500);
+}
+
+#[test]
+fn a_closed_udp_port_answers_port_unreachable_from_the_proxy_address() {
+    let mut s = setup();
+    // Nothing listens on the target's UDP 161: its kernel answers with ICMP
+    // port unreachable (the technician's "connection refused"), quoting the
+    // whole datagram as it arrived, from the SNAT address and NAT port.
+    write_ip(&mut s.tun, |out| {
+        PacketBuilder::ipv4(PEER_A1, PROXY_SNMP, 64).udp(50000, 161).write(out, b"get sysDescr").unwrap()
+    });
+    let error = read_from(&mut s.tun, PROXY_SNMP);
+    assert_checksums_valid(&error);
+    let sliced = SlicedPacket::from_ip(&error).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &sliced.net else { panic!("not IPv4") };
+    assert_eq!((ip.header().source(), ip.header().destination()), (PROXY_SNMP, PEER_A1));
+    let Some(TransportSlice::Icmpv4(icmp)) = &sliced.transport else { panic!("not ICMP: {error:02x?}") };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+    );
+    // The quote is the technician's own datagram, one hop older, every
+    // checksum in it valid again.
+    let mut expected = Vec::new();
+    PacketBuilder::ipv4(PEER_A1, PROXY_SNMP, 63)
+        .udp(50000, 161)
+        .write(&mut expected, b"get sysDescr")
+        .unwrap();
+    assert_eq!(icmp.payload(), expected, "the quoted datagram");
+    let counters = s.forwarder.counters().unwrap();
+    assert_eq!(counters.get(Outcome::ForwardedIcmpError), 1, "{counters:?}");
 }
 
 #[test]

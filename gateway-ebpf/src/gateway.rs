@@ -6,8 +6,10 @@
 //! rewrites proxy -> real destination and peer -> gateway LAN source with a
 //! NAT port of its own, and sends the packet out of the LAN interface.
 //! `gateway_lan_in` (XDP on the LAN interface) translates the replies of those
-//! flows back and keeps the machine network from reaching the tunnel or being
-//! routed anywhere by the gateway.
+//! flows back, and the ICMP errors about them (port or host unreachable,
+//! fragmentation needed, time exceeded, parameter problem), and keeps the
+//! machine network from reaching the tunnel or being routed anywhere by the
+//! gateway.
 //!
 //! The whitelist is checked on every packet, not only when a flow starts:
 //! removing an entry or ending a session cuts its flows at once, both ways.
@@ -87,7 +89,19 @@ const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 const ICMP_HLEN: usize = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// What an ICMP error must hold for a translation: its own header, the
+/// quoted IPv4 header without options and the first 8 bytes of the quoted L4
+/// header (RFC 792/1812 quote at least those), where ports and echo ids sit.
+const ERROR_QUOTE: usize = ICMP_HLEN + IPV4_HLEN + 8;
+/// Offsets inside that quote: the quoted IPv4 header and its L4 header.
+const INNER_IP: usize = ICMP_HLEN;
+const INNER_L4: usize = ICMP_HLEN + IPV4_HLEN;
+/// Where a quoted TCP header's checksum sits, and where it ends.
+const TCP_CHECK: usize = 16;
 const AF_INET: u8 = 2;
 const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 /// Size argument of bpf_l3/l4_csum_replace for a 2-byte field.
@@ -476,6 +490,8 @@ fn sum_ne_not(bytes: &[u8; 4]) -> u32 {
 // Native XDP: frames from the wire carry full checksums, so the incremental
 // full-checksum updates below are right. (On a veth in tests the sending side
 // must have TX checksum offload off, just as a wire delivers full checksums.)
+// The same holds for ICMP errors: every checksum in them, outer and quoted,
+// is updated the same way, never recomputed.
 
 #[xdp]
 pub fn gateway_lan_in(ctx: XdpContext) -> u32 {
@@ -525,8 +541,9 @@ fn lan_in(ctx: &XdpContext, config: &GatewayConfig) -> Outcome {
     if routed_elsewhere(ctx, ip, total_len) { Outcome::LanForwardBlocked } else { Outcome::LanToHost }
 }
 
-/// Translates a reply of a known flow back toward the technician. None: the
-/// packet is no reply to a NAT port.
+/// Translates a reply of a known, live flow back toward the technician, or
+/// an ICMP error about one of its packets ([`icmp_error`]). None: the packet
+/// is neither, and takes the path of any other LAN packet.
 #[inline(always)]
 fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome> {
     let protocol = ip.proto;
@@ -541,10 +558,15 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
             let head = ptr_at_mut::<[u8; ICMP_HLEN]>(ctx, LAN_L4)?;
             // SAFETY: as above.
             let head = unsafe { *head };
-            if head[0] != ICMP_ECHO_REPLY || head[1] != 0 {
-                return None;
+            match head[0] {
+                ICMP_ECHO_REPLY if head[1] == 0 => ([0, 0], [head[4], head[5]]),
+                // Every code: the technician's stack decides what a port
+                // unreachable or a fragmentation needed means for it.
+                ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                    return icmp_error(ctx, ip, total_len);
+                }
+                _ => return None,
             }
-            ([0, 0], [head[4], head[5]])
         }
         _ => return None,
     };
@@ -557,37 +579,15 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
     let unknown = if protocol == PROTO_ICMP { None } else { Some(Outcome::NoConntrack) };
     let key =
         ReplyKey { protocol, _pad: [0; 3], real: ip.src_addr, snat: ip.dst_addr, target_port, nat_port };
-    let Some(reverse) = GW_CT_REV.get_ptr_mut(&key) else {
-        return unknown;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (reverse, counter) = match live_flow(&key, now) {
+        Ok(flow) => flow,
+        Err(Dead::Unknown) => return unknown,
+        Err(Dead::Ended) => return Some(Outcome::SessionEnded),
     };
     // SAFETY: an LRU element stays valid during this run (RCU).
     let reverse = unsafe { &mut *reverse };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if expired(protocol, reverse.last_seen_ns, now) {
-        return unknown;
-    }
-    // Ending a session or removing the entry cuts replies at once, before any
-    // sweep of the conntrack maps.
-    let live = match GW_PEERS.get_ptr(reverse.peer) {
-        // SAFETY: not preallocated, valid for this run.
-        Some(peer) => unsafe { (*peer).session == reverse.session },
-        None => false,
-    };
-    if !live {
-        return Some(Outcome::SessionEnded);
-    }
-    let target = TargetKey { session: reverse.session, proxy: reverse.proxy, _pad: [0; 4] };
-    let counter = match GW_TARGETS.get_ptr(target) {
-        // SAFETY: as above.
-        Some(rule) => unsafe {
-            if (*rule).real != key.real || (*rule).snat != key.snat {
-                return Some(Outcome::SessionEnded);
-            }
-            (*rule).counter
-        },
-        None => return Some(Outcome::SessionEnded),
-    };
     // The TTL is left alone: the packet passes to the kernel, whose
     // forwarding into the TUN decrements it (and drops an expired one), so
     // one hop costs one.
@@ -634,6 +634,177 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
     reverse.last_seen_ns = now;
     count_traffic(counter, false, total_len as u64);
     Some(Outcome::ForwardedFromTarget)
+}
+
+/// Why [`live_flow`] refuses a reply key.
+enum Dead {
+    /// No such flow, or it has expired.
+    Unknown,
+    /// The flow's session ended, or its target left the whitelist or now
+    /// translates to another real or SNAT address.
+    Ended,
+}
+
+/// The reverse entry of the live flow `key` names, and its target's counter
+/// slot. Replies and ICMP errors share it, so that whatever cuts one cuts the
+/// other.
+#[inline(always)]
+fn live_flow(key: &ReplyKey, now: u64) -> Result<(*mut FlowReverse, u32), Dead> {
+    let Some(reverse) = GW_CT_REV.get_ptr_mut(key) else {
+        return Err(Dead::Unknown);
+    };
+    // SAFETY: an LRU element stays valid during this run (RCU).
+    let flow = unsafe { &*reverse };
+    if expired(key.protocol, flow.last_seen_ns, now) {
+        return Err(Dead::Unknown);
+    }
+    // Ending a session or removing the entry cuts replies at once, before any
+    // sweep of the conntrack maps.
+    let live = match GW_PEERS.get_ptr(flow.peer) {
+        // SAFETY: not preallocated, valid for this run.
+        Some(peer) => unsafe { (*peer).session == flow.session },
+        None => false,
+    };
+    if !live {
+        return Err(Dead::Ended);
+    }
+    let target = TargetKey { session: flow.session, proxy: flow.proxy, _pad: [0; 4] };
+    match GW_TARGETS.get_ptr(target) {
+        // SAFETY: as above.
+        Some(rule) => unsafe {
+            if (*rule).real != key.real || (*rule).snat != key.snat {
+                return Err(Dead::Ended);
+            }
+            Ok((reverse, (*rule).counter))
+        },
+        None => Err(Dead::Ended),
+    }
+}
+
+/// Translates an ICMP error that quotes a packet the gateway sent for a live
+/// flow (SNAT address and NAT port -> target) back toward the technician, as
+/// if the proxy address had sent it about the technician's own packet.
+/// None: no such error; the packet takes the path it took before errors were
+/// translated (usually the host's, whose stack finds no socket and drops it).
+///
+/// The outer source becomes the flow's proxy address whoever sent the error
+/// (the target, or a router on the way to it): the technician only ever sees
+/// proxy addresses, never the machine network's. Only option-less outer and
+/// quoted headers are handled, so every offset is a constant.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome> {
+    if total_len < IPV4_HLEN + ERROR_QUOTE {
+        return None;
+    }
+    let msg = ptr_at_mut::<[u8; ERROR_QUOTE]>(ctx, LAN_L4)?;
+    // SAFETY: ptr_at checked the bytes are inside the packet.
+    let msg = unsafe { &mut *msg };
+    // A quoted header with options moves the ports; a later fragment quotes
+    // none. The gateway sends neither.
+    if msg[INNER_IP] != 0x45 || u16::from_be_bytes([msg[INNER_IP + 6], msg[INNER_IP + 7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let protocol = msg[INNER_IP + 9];
+    let snat = [msg[INNER_IP + 12], msg[INNER_IP + 13], msg[INNER_IP + 14], msg[INNER_IP + 15]];
+    let real = [msg[INNER_IP + 16], msg[INNER_IP + 17], msg[INNER_IP + 18], msg[INNER_IP + 19]];
+    // An error goes to the quoted packet's source; one addressed elsewhere is
+    // not about a packet the gateway sent.
+    if snat != ip.dst_addr {
+        return None;
+    }
+    let l4 = INNER_L4;
+    let (target_port, nat_port, port_at) = match protocol {
+        PROTO_TCP | PROTO_UDP => ([msg[l4 + 2], msg[l4 + 3]], [msg[l4], msg[l4 + 1]], l4),
+        // The gateway only sends echo requests; their id is the NAT port.
+        PROTO_ICMP if msg[l4] == ICMP_ECHO_REQUEST && msg[l4 + 1] == 0 => {
+            ([0, 0], [msg[l4 + 4], msg[l4 + 5]], l4 + 4)
+        }
+        _ => return None,
+    };
+    if u16::from_be_bytes(nat_port) < NAT_PORT_MIN {
+        return None;
+    }
+    let key = ReplyKey { protocol, _pad: [0; 3], real, snat, target_port, nat_port };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Errors about dead flows are not translated, whatever killed the flow.
+    let (reverse, counter) = live_flow(&key, now).ok()?;
+    // SAFETY: an LRU element stays valid during this run (RCU). Read only:
+    // an error does not keep a flow alive.
+    let reverse = unsafe { &*reverse };
+
+    // A quoted TCP checksum lies past the 8 bytes above, and only in quotes
+    // long enough (the ICMP message's length, not the frame's, which may
+    // carry an Ethernet trailer). Half of one cannot be updated without its
+    // other byte; it stays as quoted. The pointer is taken before anything
+    // is written, so that a failed check leaves the packet whole.
+    let quoted_l4 = total_len - IPV4_HLEN - INNER_L4;
+    let tcp_check = if protocol == PROTO_TCP && quoted_l4 >= TCP_CHECK + 2 {
+        let check = ptr_at_mut::<[u8; 2]>(ctx, LAN_L4 + INNER_L4 + TCP_CHECK)?;
+        // SAFETY: ptr_at checked the bytes are inside the packet.
+        Some(unsafe { &mut *check })
+    } else {
+        None
+    };
+
+    // The quoted packet: SNAT -> peer source, real -> proxy destination,
+    // NAT port -> the technician's port or echo id (RFC 1624 updates).
+    let addr_removed = sum_not(&snat) + sum_not(&real);
+    let addr_added = sum(&reverse.peer) + sum(&reverse.proxy);
+    let port_removed = !u16::from_be_bytes(nat_port) as u32;
+    let port_added = u16::from_be_bytes(reverse.peer_port) as u32;
+    // The outer ICMP checksum covers the whole quote: the addresses, the
+    // port, and both quoted checksums, which change too.
+    let mut icmp_removed = addr_removed + port_removed;
+    let mut icmp_added = addr_added + port_added;
+
+    // The quoted L4 checksum: TCP and UDP cover the addresses through the
+    // pseudo-header, an echo only its id.
+    let (l4_removed, l4_added) = if protocol == PROTO_ICMP {
+        (port_removed, port_added)
+    } else {
+        (addr_removed + port_removed, addr_added + port_added)
+    };
+    let old_l4 = match protocol {
+        PROTO_TCP => tcp_check.as_deref().copied(),
+        // Zero: the sender computed no checksum; it stays that way.
+        PROTO_UDP if msg[l4 + 6] | msg[l4 + 7] != 0 => Some([msg[l4 + 6], msg[l4 + 7]]),
+        PROTO_ICMP => Some([msg[l4 + 2], msg[l4 + 3]]),
+        _ => None,
+    };
+    if let Some(old) = old_l4 {
+        let check = replace(old, l4_removed, l4_added);
+        let new = if protocol == PROTO_UDP { udp_checksum(check) } else { check.to_be_bytes() };
+        icmp_removed += !u16::from_be_bytes(old) as u32;
+        icmp_added += u16::from_be_bytes(new) as u32;
+        match tcp_check {
+            Some(field) => *field = new,
+            None if protocol == PROTO_UDP => [msg[l4 + 6], msg[l4 + 7]] = new,
+            None => [msg[l4 + 2], msg[l4 + 3]] = new,
+        }
+    }
+    [msg[port_at], msg[port_at + 1]] = reverse.peer_port;
+
+    let old_inner = [msg[INNER_IP + 10], msg[INNER_IP + 11]];
+    let inner = replace(old_inner, addr_removed, addr_added).to_be_bytes();
+    icmp_removed += !u16::from_be_bytes(old_inner) as u32;
+    icmp_added += u16::from_be_bytes(inner) as u32;
+    [msg[INNER_IP + 10], msg[INNER_IP + 11]] = inner;
+    [msg[INNER_IP + 12], msg[INNER_IP + 13], msg[INNER_IP + 14], msg[INNER_IP + 15]] = reverse.peer;
+    [msg[INNER_IP + 16], msg[INNER_IP + 17], msg[INNER_IP + 18], msg[INNER_IP + 19]] = reverse.proxy;
+
+    [msg[2], msg[3]] = replace([msg[2], msg[3]], icmp_removed, icmp_added).to_be_bytes();
+
+    // The outer header: error sender -> proxy, SNAT -> peer. The TTL is left
+    // to the kernel's forwarding, as for replies.
+    let removed = sum_not(&ip.src_addr) + sum_not(&ip.dst_addr);
+    let added = sum(&reverse.proxy) + sum(&reverse.peer);
+    ip.check = replace(ip.check, removed, added).to_be_bytes();
+    ip.src_addr = reverse.proxy;
+    ip.dst_addr = reverse.peer;
+    // Delivered to the technician on the target's behalf: its traffic.
+    count_traffic(counter, false, total_len as u64);
+    Some(Outcome::ForwardedIcmpError)
 }
 
 /// Whether the kernel would forward this packet out of some interface (a

@@ -168,6 +168,48 @@ fn translate(frame: &[u8], src: [u8; 4], dst: [u8; 4], port: Port, hops: u8) -> 
     out
 }
 
+/// The ICMP error `kind` that `from` (the target, or a router on the way)
+/// sends to `to` about the packet in the Ethernet frame `sent`, quoting its
+/// first `quote` bytes from the IPv4 header on. Checksums from scratch.
+pub fn icmp_error(from: [u8; 4], to: [u8; 4], kind: Icmpv4Type, sent: &[u8], quote: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(from, to, 64).icmpv4(kind);
+    let mut out = Vec::new();
+    b.write(&mut out, &sent[ETH..ETH + quote]).unwrap();
+    out
+}
+
+/// What the LAN program must make of `error`, an ICMP error quoting the
+/// first `quote` bytes of `sent` (the packet the gateway sent to the target):
+/// the outer header from `proxy` to `peer` (TTL and all else as it was), and
+/// as the quote the first `quote` bytes of `sent` translated back by hand,
+/// i.e. the source `peer` with `port` (source port or echo id), the
+/// destination `proxy`, every checksum of the *whole* packet recomputed from
+/// scratch before cutting; the ICMP checksum from scratch over that quote.
+pub fn translated_error(
+    error: &[u8],
+    sent: &[u8],
+    quote: usize,
+    proxy: [u8; 4],
+    peer: [u8; 4],
+    port: Port,
+) -> Vec<u8> {
+    let original = translate(sent, peer, proxy, port, 0);
+    let quoted = &original[ETH..ETH + quote];
+    let (mut ip, rest) = Ipv4Header::from_slice(&error[ETH..]).unwrap();
+    let (icmp, _) = Icmpv4Header::from_slice(rest).unwrap();
+    assert_eq!(ip.total_len as usize, ip.header_len() + icmp.header_len() + quote, "quote length");
+    ip.source = proxy;
+    ip.destination = peer;
+    ip.header_checksum = ip.calc_header_checksum();
+    let icmp = Icmpv4Header::with_checksum(icmp.icmp_type, quoted);
+    let mut out = error[..ETH].to_vec();
+    out.extend_from_slice(&ip.to_bytes());
+    out.extend_from_slice(&icmp.to_bytes());
+    out.extend_from_slice(quoted);
+    out.extend_from_slice(&error[out.len()..]);
+    out
+}
+
 /// Recomputes every checksum of an Ethernet + IPv4 frame from scratch and
 /// compares it with the one in the frame.
 pub fn assert_checksums_valid(frame: &[u8]) {
