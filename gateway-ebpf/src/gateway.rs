@@ -628,12 +628,23 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
             [icmp[4], icmp[5]] = reverse.peer_port;
         }
     }
+    readdress_to_technician(ip, reverse, counter, total_len);
+    reverse.last_seen_ns = now;
+    Some(Outcome::ForwardedFromTarget)
+}
+
+/// The outer header of a packet going back to the technician: its sender
+/// (the target, or a router for an error) becomes the proxy address, the SNAT
+/// address the peer. The TTL is left to the kernel's forwarding. Counted as
+/// the target's traffic: it is delivered on that proxy's behalf.
+#[inline(always)]
+fn readdress_to_technician(ip: &mut Ipv4Hdr, reverse: &FlowReverse, counter: u32, total_len: usize) {
+    let removed = sum_not(&ip.src_addr) + sum_not(&ip.dst_addr);
+    let added = sum(&reverse.proxy) + sum(&reverse.peer);
     ip.check = replace(ip.check, removed, added).to_be_bytes();
     ip.src_addr = reverse.proxy;
     ip.dst_addr = reverse.peer;
-    reverse.last_seen_ns = now;
     count_traffic(counter, false, total_len as u64);
-    Some(Outcome::ForwardedFromTarget)
 }
 
 /// Why [`live_flow`] refuses a reply key.
@@ -795,15 +806,7 @@ fn icmp_error(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Ou
 
     [msg[2], msg[3]] = replace([msg[2], msg[3]], icmp_removed, icmp_added).to_be_bytes();
 
-    // The outer header: error sender -> proxy, SNAT -> peer. The TTL is left
-    // to the kernel's forwarding, as for replies.
-    let removed = sum_not(&ip.src_addr) + sum_not(&ip.dst_addr);
-    let added = sum(&reverse.proxy) + sum(&reverse.peer);
-    ip.check = replace(ip.check, removed, added).to_be_bytes();
-    ip.src_addr = reverse.proxy;
-    ip.dst_addr = reverse.peer;
-    // Delivered to the technician on the target's behalf: its traffic.
-    count_traffic(counter, false, total_len as u64);
+    readdress_to_technician(ip, reverse, counter, total_len);
     Some(Outcome::ForwardedIcmpError)
 }
 
