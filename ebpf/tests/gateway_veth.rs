@@ -21,7 +21,7 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use ferry_ebpf::{
     AttachMode,
     common::gateway::{NAT_PORT_MAX, NAT_PORT_MIN, Outcome},
-    gateway::{ForwarderConfig, ForwardingTable, GatewayForwarder, Protocol},
+    gateway::{FlowTimeouts, ForwarderConfig, ForwardingTable, GatewayForwarder, Protocol},
 };
 use ferry_lab::{Lab, Netns};
 use gateway_support::{PEER_A1, PROXY_PLC, PROXY_SENSOR, PROXY_SNMP, SESSION_A, TUNNEL_NET, spec};
@@ -77,6 +77,7 @@ fn setup_with(vnet: bool) -> Setup {
         lan_if: link.a.clone(),
         tunnel_net: TUNNEL_NET,
         xdp_mode: AttachMode::Native,
+        timeouts: FlowTimeouts::DEFAULT,
     };
     let forwarder = gw
         .run_in(move || {
