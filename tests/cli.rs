@@ -60,7 +60,7 @@ fn guard_names_a_missing_interface() {
 #[test]
 fn guard_without_privileges_says_what_it_needs() {
     // The nobody user, no capabilities: loading BPF must be refused cleanly.
-    let output = std::process::Command::new("setpriv")
+    let output = ferry_lab::without_host_config(&mut std::process::Command::new("setpriv"))
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(bin_path("ferry-gateway"))
         .args(["guard", "--iface", "lo", "--port", "51820"])

@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -112,7 +112,7 @@ fn a_data_folder_from_a_newer_version_is_refused() {
 fn plain_http_beyond_loopback_needs_an_explicit_flag() {
     let dir = tempfile::tempdir().unwrap();
     let serve = |extra: &[&str]| {
-        Command::new(ferry_tests::bin_path("ferry-cloud"))
+        bin("ferry-cloud")
             .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
             .arg(dir.path())
             .args(extra)

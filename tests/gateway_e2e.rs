@@ -254,8 +254,11 @@ fn remote_off_stops_traffic_at_once_and_ends_the_session() {
     site.switch_on();
     let (id, tunnel) = site.running(&["echo", "plc-web"], 600);
     let echo = EchoLoop::start(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, T).unwrap();
+    // Answers in the last 400 ms before the switch-off (counted forward from
+    // a start: an Instant before it could predate the machine's boot).
+    let started = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
-    let before = Instant::now() - Duration::from_millis(400);
+    let before = started + Duration::from_millis(100);
     assert!(echo.answers_after(before) > 0, "the echo loop was not answered before the switch-off");
 
     site.lab.remote("off");

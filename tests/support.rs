@@ -9,9 +9,12 @@ pub mod wg;
 
 use std::{path::PathBuf, process::Command};
 
-/// A command for one of the workspace's binaries.
+/// A command for one of the workspace's binaries, which reads no Ferry
+/// configuration of the host's ([`ferry_lab::without_host_config`]).
 pub fn bin(name: &str) -> Command {
-    Command::new(bin_path(name))
+    let mut cmd = Command::new(bin_path(name));
+    ferry_lab::without_host_config(&mut cmd);
+    cmd
 }
 
 pub fn bin_path(name: &str) -> PathBuf {

@@ -292,8 +292,14 @@ fn a_reconnecting_gateway_gets_the_full_state_and_a_replaced_connection_is_told(
     assert_eq!(second.state.sessions.len(), 1, "the full state on connect");
     assert!(second.state.revision > old_revision);
     drop(second);
-    // While the gateway is away, a session ends and another starts...
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // While the gateway is away (once the cloud has seen it go), a session
+    // ends and another starts...
+    let gateway = format!("/api/v1/gateways/{}", w.gateway_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while api.get(&gateway, &w.admin).body["last_seen"]["online"] != json!(false) {
+        assert!(std::time::Instant::now() < deadline, "the cloud did not notice the gateway leave");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert_eq!(api.post(&format!("/api/v1/sessions/{a}/end"), &w.admin, json!({})).status, 200);
     let offline = api.post(&format!("/api/v1/sessions/{b}/start"), &w.admin, json!({}));
     assert_eq!(offline.problem(), "gateway-offline", "{offline:?}");

@@ -64,22 +64,60 @@ pub const NAT_PORT_MAX: u16 = 65_535;
 /// Successive ports tried after the flow's hashed one before giving up.
 pub const NAT_PORT_TRIES: u32 = 8;
 
-/// Idle time after which a TCP flow is forgotten.
-pub const TCP_TIMEOUT_NS: u64 = 2 * 3600 * 1_000_000_000;
-/// Idle time after which a UDP or ICMP flow is forgotten.
-pub const OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+/// Idle time after which a TCP flow is forgotten, unless userspace sets
+/// another ([`FlowTimeouts`]).
+pub const DEFAULT_TCP_TIMEOUT_NS: u64 = 2 * 3600 * 1_000_000_000;
+/// Idle time after which a UDP or ICMP flow is forgotten, unless userspace
+/// sets another.
+pub const DEFAULT_OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
 
 /// [`GatewayConfig::flags`]: return TC_ACT_OK instead of redirecting to the
 /// LAN interface after a rewrite (tests that look at the rewritten packet
 /// with BPF_PROG_RUN and want a plain verdict).
 pub const FLAG_NO_REDIRECT: u32 = 1;
 
-/// The idle timeout of a flow of `protocol`.
-pub const fn timeout_ns(protocol: u8) -> u64 {
-    if protocol == PROTO_TCP { TCP_TIMEOUT_NS } else { OTHER_TIMEOUT_NS }
+/// How long a flow may stay idle before it is forgotten, by protocol, in
+/// nanoseconds of CLOCK_MONOTONIC (bpf_ktime_get_ns). Userspace sets them,
+/// as Linux's conntrack has its `nf_conntrack_*_timeout` sysctls; the
+/// programs and userspace's sweep judge flows by the same ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp_ns: u64,
+    /// UDP and ICMP echo.
+    pub other_ns: u64,
 }
 
-/// The programs' configuration, written by userspace before attaching.
+impl FlowTimeouts {
+    pub const DEFAULT: FlowTimeouts =
+        FlowTimeouts { tcp_ns: DEFAULT_TCP_TIMEOUT_NS, other_ns: DEFAULT_OTHER_TIMEOUT_NS };
+
+    /// The idle timeout of a flow of `protocol`.
+    #[inline(always)]
+    pub const fn of(&self, protocol: u8) -> u64 {
+        if protocol == PROTO_TCP { self.tcp_ns } else { self.other_ns }
+    }
+
+    /// Whether a flow of `protocol` last seen at `last_seen` has been idle
+    /// longer than its timeout at `now`. Only the age is compared, never a
+    /// timestamp with a timeout: the clock counts from boot, so on a machine
+    /// up for less than a timeout `now - timeout` does not exist. A stamp
+    /// after `now` (another CPU refreshed the flow a moment after we read
+    /// the clock) is a live flow.
+    #[inline(always)]
+    pub const fn expired(&self, protocol: u8, last_seen: u64, now: u64) -> bool {
+        now > last_seen && now - last_seen > self.of(protocol)
+    }
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts::DEFAULT
+    }
+}
+
+/// The programs' configuration, written by userspace before attaching (and
+/// again when the flow timeouts change).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayConfig {
@@ -92,6 +130,8 @@ pub struct GatewayConfig {
     pub _pad: [u8; 3],
     /// [`FLAG_NO_REDIRECT`], ...
     pub flags: u32,
+    pub _pad2: [u8; 4],
+    pub timeouts: FlowTimeouts,
 }
 
 impl GatewayConfig {
@@ -246,6 +286,7 @@ mod pod {
     // implicit padding (explicit `_pad` fields), and every bit pattern is a
     // valid value.
     unsafe impl aya::Pod for super::GatewayConfig {}
+    unsafe impl aya::Pod for super::FlowTimeouts {}
     unsafe impl aya::Pod for super::PeerEntry {}
     unsafe impl aya::Pod for super::TargetKey {}
     unsafe impl aya::Pod for super::PortRange {}
@@ -430,6 +471,33 @@ mod tests {
         assert!(config.in_tunnel_net([100, 111, 255, 255]));
         assert!(!config.in_tunnel_net([100, 112, 0, 1]));
         assert!(!GatewayConfig::default().in_tunnel_net([1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn flows_expire_by_age_past_their_protocols_timeout() {
+        let t = FlowTimeouts { tcp_ns: 1_000, other_ns: 10 };
+        // Exactly the timeout old is still alive; a nanosecond more is not.
+        assert!(!t.expired(PROTO_TCP, 5_000, 6_000));
+        assert!(t.expired(PROTO_TCP, 5_000, 6_001));
+        assert!(!t.expired(PROTO_UDP, 5_000, 5_010));
+        assert!(t.expired(PROTO_UDP, 5_000, 5_011));
+        assert!(t.expired(PROTO_ICMP, 5_000, 5_011));
+        // A machine up for less than the timeout: a flow stamped at boot is
+        // young, not dead, and nothing underflows.
+        let d = FlowTimeouts::DEFAULT;
+        let thirty_s = 30_000_000_000;
+        assert!(!d.expired(PROTO_TCP, 0, thirty_s));
+        assert!(!d.expired(PROTO_UDP, 1, thirty_s));
+        assert!(d.expired(PROTO_UDP, 1, d.other_ns + 2));
+        // Stamped after `now` by another CPU; and the extremes.
+        assert!(!d.expired(PROTO_TCP, thirty_s + 1, thirty_s));
+        assert!(!d.expired(PROTO_TCP, u64::MAX, 0));
+        assert!(d.expired(PROTO_TCP, 0, u64::MAX));
+        assert!(!FlowTimeouts { tcp_ns: u64::MAX, other_ns: u64::MAX }.expired(PROTO_TCP, 0, u64::MAX));
+        assert_eq!(GatewayConfig::default().timeouts, FlowTimeouts::DEFAULT);
+        // Explicit padding only: the timeouts sit 8-aligned after `_pad2`.
+        assert_eq!(core::mem::size_of::<GatewayConfig>(), 40);
+        assert_eq!(core::mem::offset_of!(GatewayConfig, timeouts), 24);
     }
 
     #[test]

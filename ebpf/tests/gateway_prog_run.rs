@@ -17,7 +17,7 @@ use ferry_ebpf::{
     common::gateway::{
         FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP, flow_hash,
     },
-    gateway::{Capacity, Flow, ForwardingTable, GatewayForwarder},
+    gateway::{Capacity, Flow, FlowTimeouts, ForwardingTable, GatewayForwarder, monotonic_ns},
     test_run::{self, TcAction, Verdict},
 };
 use gateway_support::*;
@@ -352,11 +352,14 @@ fn icmp_errors_about_unknown_or_dead_flows_are_not_translated() {
     redirect[ETH + 20] = 5;
     lan(&f, &redirect, Outcome::LanToHost);
 
-    // An expired flow.
-    f.insert_flow(&Flow { last_seen_ns: 1, ..fl }).unwrap();
+    // An expired flow; the same flow, seen a moment ago, is alive.
+    let ages = ages();
+    f.set_timeouts(ages.timeouts).unwrap();
+    f.insert_flow(&Flow { last_seen_ns: ages.long_ago, ..fl }).unwrap();
     lan(&f, &error, Outcome::LanToHost);
     f.insert_flow(&Flow { last_seen_ns: monotonic_ns(), ..fl }).unwrap();
     error_translated(&f, &error, &sent, SHORT_QUOTE, (PROXY_SNMP, PEER_A2, Port::Source(50000)));
+    f.set_timeouts(FlowTimeouts::DEFAULT).unwrap();
 
     // Only the two translated errors count as the target's traffic.
     let traffic = f.traffic(SESSION_A, PROXY_SNMP.into()).unwrap().unwrap();
@@ -445,12 +448,23 @@ fn replies_need_a_known_live_flow() {
     assert_same(&out, &translated_reply(&last_hop, PROXY_PLC, PEER_A1, Port::Destination(40000)));
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::ForwardedFromTarget);
 
-    // An expired flow is no flow, and the sweep removes both halves.
-    f.insert_flow(&Flow { last_seen_ns: 1, ..fl }).unwrap();
+    // Whether a flow is dead is its idle time against the timeout in force:
+    // the same flow, idle for a while, is alive under the default timeouts
+    // (the sweep keeps it too) ...
+    let ages = ages();
+    let idle = Flow { last_seen_ns: ages.long_ago, ..fl };
+    f.insert_flow(&idle).unwrap();
+    assert_eq!(f.expire_flows().unwrap(), 0);
+    lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::ForwardedFromTarget);
+    // ... and under shorter ones an expired flow is no flow, and the sweep
+    // removes both halves.
+    f.insert_flow(&idle).unwrap();
+    f.set_timeouts(ages.timeouts).unwrap();
+    assert_eq!(f.timeouts(), ages.timeouts);
     lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
     assert_eq!(f.expire_flows().unwrap(), 2);
     assert!(f.flows().unwrap().is_empty());
-    // The next packet of the flow starts it again.
+    // The next packet of the flow starts it again, alive under them too.
     tunnel(&f, &syn, Outcome::ForwardedToTarget);
     assert_eq!(f.flows().unwrap().len(), 1);
     assert_eq!(f.expire_flows().unwrap(), 0);
@@ -543,6 +557,9 @@ fn two_peers_with_the_same_port_get_different_nat_ports() {
 
     // A third flow whose every candidate is held by live flows is refused;
     // once one of them has expired, it takes that port.
+    let ages = ages();
+    f.set_timeouts(ages.timeouts).unwrap();
+    let first = Flow { last_seen_ns: monotonic_ns(), ..first };
     let third = FlowKey { peer_port: 40001u16.to_be_bytes(), ..second };
     let third_candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&third) + i) % ports) as u16;
     for i in 0..NAT_PORT_TRIES {
@@ -555,7 +572,7 @@ fn two_peers_with_the_same_port_get_different_nat_ports() {
     f.insert_flow(&Flow {
         peer: sa([100, 96, 1, 103], 1),
         nat_port: third_candidate(3),
-        last_seen_ns: 1,
+        last_seen_ns: ages.long_ago,
         ..first
     })
     .unwrap();
@@ -647,6 +664,7 @@ fn bad_configurations_and_tables_are_refused_with_typed_errors() {
         lan_if: "fy-no-such-lan".into(),
         tunnel_net: TUNNEL_NET,
         xdp_mode: AttachMode::Native,
+        timeouts: FlowTimeouts::DEFAULT,
     })
     .err()
     .expect("unknown interfaces are refused");
@@ -677,11 +695,4 @@ fn bad_configurations_and_tables_are_refused_with_typed_errors() {
     // Nothing of the refused tables reached the maps.
     assert_eq!(f.applied(), &small);
     assert_eq!(f.read_back().unwrap().0, small);
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

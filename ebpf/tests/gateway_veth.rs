@@ -12,7 +12,7 @@ use std::{
     collections::BTreeSet,
     fs::File,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
     os::fd::AsRawFd,
     time::{Duration, Instant},
 };
@@ -20,8 +20,8 @@ use std::{
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use ferry_ebpf::{
     AttachMode,
-    common::gateway::{NAT_PORT_MAX, NAT_PORT_MIN, Outcome},
-    gateway::{ForwarderConfig, ForwardingTable, GatewayForwarder, Protocol},
+    common::gateway::{NAT_PORT_MAX, NAT_PORT_MIN, Outcome, PROTO_TCP},
+    gateway::{Flow, FlowTimeouts, ForwarderConfig, ForwardingTable, GatewayForwarder, Protocol},
 };
 use ferry_lab::{Lab, Netns};
 use gateway_support::{PEER_A1, PROXY_PLC, PROXY_SENSOR, PROXY_SNMP, SESSION_A, TUNNEL_NET, spec};
@@ -39,13 +39,14 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    setup_with(false)
+    setup_with(false, FlowTimeouts::DEFAULT)
 }
 
 /// `vnet`: the TUN carries a virtio-net header in front of every packet, as
 /// the WireGuard engine writes GRO super-segments, and the gateway's LAN side
 /// checksums and segments in software (TX offload off), as before a wire.
-fn setup_with(vnet: bool) -> Setup {
+/// `timeouts`: the flow timeouts the programs are attached with.
+fn setup_with(vnet: bool, timeouts: FlowTimeouts) -> Setup {
     let lab = Lab::new().expect("a lab (run as root)");
     let gw = lab.netns("gateway").unwrap();
     let target = lab.netns("target").unwrap();
@@ -77,6 +78,7 @@ fn setup_with(vnet: bool) -> Setup {
         lan_if: link.a.clone(),
         tunnel_net: TUNNEL_NET,
         xdp_mode: AttachMode::Native,
+        timeouts,
     };
     let forwarder = gw
         .run_in(move || {
@@ -188,6 +190,45 @@ fn udp_reaches_the_target_from_the_snat_address_and_the_answer_comes_back() {
     let traffic = s.forwarder.traffic(SESSION_A, PROXY_SNMP.into()).unwrap().unwrap();
     assert_eq!((traffic.to_target_packets, traffic.from_target_packets), (2, 1));
     assert_eq!(traffic.to_target_bytes, 40 + 1500);
+}
+
+/// The timeouts given at attach are the ones the programs and the sweep go
+/// by: an idle flow is swept, a live one stays and keeps its NAT port.
+#[test]
+fn the_timeouts_given_at_attach_decide_which_flows_are_swept() {
+    let ages = gateway_support::ages();
+    let mut s = setup_with(false, ages.timeouts);
+    assert_eq!(s.forwarder.timeouts(), ages.timeouts);
+    let socket = s.target.run_in(|| UdpSocket::bind("10.20.0.5:161")).unwrap().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let get = |tun: &mut File| {
+        write_ip(tun, |out| {
+            PacketBuilder::ipv4(PEER_A1, PROXY_SNMP, 64).udp(50000, 161).write(out, b"get").unwrap()
+        })
+    };
+    get(&mut s.tun);
+    let mut buf = [0u8; 64];
+    let (_, from) = socket.recv_from(&mut buf).expect("the datagram through the gateway");
+    let live = s.forwarder.flows().unwrap();
+    assert_eq!(live.len(), 1);
+
+    // A TCP flow idle since long ago: alive under the default TCP timeout
+    // (two hours), dead under the ones given.
+    let idle = Flow {
+        protocol: PROTO_TCP,
+        peer: SocketAddrV4::new(PEER_A1.into(), 40000),
+        proxy: PROXY_PLC.into(),
+        target_port: 22,
+        nat_port: if live[0].nat_port == NAT_PORT_MIN { NAT_PORT_MAX } else { NAT_PORT_MIN },
+        last_seen_ns: ages.long_ago,
+        ..live[0]
+    };
+    s.forwarder.insert_flow(&idle).unwrap();
+    assert_eq!(s.forwarder.expire_flows().unwrap(), 2, "both halves of the idle flow");
+    assert_eq!(s.forwarder.flows().unwrap(), live);
+    get(&mut s.tun);
+    let (_, again) = socket.recv_from(&mut buf).expect("the next datagram");
+    assert_eq!(again, from, "the live flow kept its NAT port");
 }
 
 #[test]
@@ -370,7 +411,7 @@ fn captured_from_gateway(fd: &std::os::fd::OwnedFd, count: usize) -> Vec<Vec<u8>
 /// valid checksums and every segment the NAT port.
 #[test]
 fn gro_super_segments_with_partial_checksums_are_translated_correctly() {
-    let mut s = setup_with(true);
+    let mut s = setup_with(true, FlowTimeouts::DEFAULT);
     let iface = s.target_if.clone();
     let capture = s.target.run_in(move || capture(&iface)).unwrap();
 

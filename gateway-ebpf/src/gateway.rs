@@ -34,8 +34,8 @@ use aya_ebpf::{
 };
 use ferry_ebpf_common::gateway::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FlowForward, FlowKey,
-    FlowReverse, GatewayConfig, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_ANY, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, PeerEntry, ReplyKey, TargetKey, TargetRule, TargetTraffic, flow_hash, timeout_ns,
+    FlowReverse, FlowTimeouts, GatewayConfig, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_ANY,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, ReplyKey, TargetKey, TargetRule, TargetTraffic, flow_hash,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -127,13 +127,6 @@ fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
             }
         }
     }
-}
-
-/// Whether a flow last seen at `last_seen` has been idle too long at `now`.
-/// Another CPU may have stamped it a moment after our `now`.
-#[inline(always)]
-fn expired(protocol: u8, last_seen: u64, now: u64) -> bool {
-    now > last_seen && now - last_seen > timeout_ns(protocol)
 }
 
 // --- Technician -> target: TC on the TUN device ----------------------------
@@ -277,9 +270,10 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
         peer_port: ports.peer_port,
         dport: ports.dport,
     };
-    let nat_port = match established(&flow, session, rule, now) {
+    let timeouts = &config.timeouts;
+    let nat_port = match established(&flow, session, rule, timeouts, now) {
         Some(port) => port,
-        None => match new_flow(&flow, session, rule, now) {
+        None => match new_flow(&flow, session, rule, timeouts, now) {
             Some(port) => port,
             None => return Outcome::NatPortsExhausted,
         },
@@ -307,7 +301,13 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
 /// The NAT port of an established, live flow whose translation still matches
 /// the whitelist entry; refreshes its timestamps.
 #[inline(always)]
-fn established(flow: &FlowKey, session: u64, rule: &TargetRule, now: u64) -> Option<[u8; 2]> {
+fn established(
+    flow: &FlowKey,
+    session: u64,
+    rule: &TargetRule,
+    timeouts: &FlowTimeouts,
+    now: u64,
+) -> Option<[u8; 2]> {
     let forward = GW_CT_FWD.get_ptr_mut(flow)?;
     // SAFETY: an element of an LRU map stays valid during this run (RCU); a
     // concurrent writer can only change timestamps and counters.
@@ -330,7 +330,7 @@ fn established(flow: &FlowKey, session: u64, rule: &TargetRule, now: u64) -> Opt
     let reverse = unsafe { &mut *reverse };
     // The reverse entry owns the NAT port; if it was evicted or taken over by
     // another flow, this flow needs a new port.
-    if !owns(reverse, flow, session) || expired(flow.protocol, reverse.last_seen_ns, now) {
+    if !owns(reverse, flow, session) || timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
         return None;
     }
     reverse.last_seen_ns = now;
@@ -353,7 +353,13 @@ fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64) -> bool {
 /// few, whichever the reverse map does not hold yet (BPF_NOEXIST makes the
 /// claim atomic against other CPUs), or whose flow has expired.
 #[inline(always)]
-fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, now: u64) -> Option<[u8; 2]> {
+fn new_flow(
+    flow: &FlowKey,
+    session: u64,
+    rule: &TargetRule,
+    timeouts: &FlowTimeouts,
+    now: u64,
+) -> Option<[u8; 2]> {
     let reverse = FlowReverse {
         peer: flow.peer,
         proxy: flow.proxy,
@@ -385,7 +391,7 @@ fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, now: u64) -> Option
         // SAFETY: as in established().
         let existing = unsafe { &*existing };
         // Our own flow whose forward half was evicted, or a dead flow: take it.
-        if owns(existing, flow, session) || expired(flow.protocol, existing.last_seen_ns, now) {
+        if owns(existing, flow, session) || timeouts.expired(flow.protocol, existing.last_seen_ns, now) {
             if GW_CT_REV.insert(&reply, &reverse, BPF_ANY as u64).is_ok() {
                 claimed = Some(reply.nat_port);
                 break;
@@ -524,7 +530,7 @@ fn lan_in(ctx: &XdpContext, config: &GatewayConfig) -> Outcome {
     // Replies are option-less and unfragmented (the targets answer packets
     // the gateway sent); anything else is at most for the host itself.
     if header_len == IPV4_HLEN && u16::from_be_bytes(ip.frags) & 0x3fff == 0 {
-        if let Some(outcome) = reply(ctx, ip, total_len) {
+        if let Some(outcome) = reply(ctx, ip, total_len, &config.timeouts) {
             return outcome;
         }
     }
@@ -545,7 +551,7 @@ fn lan_in(ctx: &XdpContext, config: &GatewayConfig) -> Outcome {
 /// an ICMP error about one of its packets ([`icmp_error`]). None: the packet
 /// is neither, and takes the path of any other LAN packet.
 #[inline(always)]
-fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome> {
+fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTimeouts) -> Option<Outcome> {
     let protocol = ip.proto;
     let (target_port, nat_port) = match protocol {
         PROTO_TCP | PROTO_UDP => {
@@ -563,7 +569,7 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
                 // Every code: the technician's stack decides what a port
                 // unreachable or a fragmentation needed means for it.
                 ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-                    return icmp_error(ctx, ip, total_len);
+                    return icmp_error(ctx, ip, total_len, timeouts);
                 }
                 _ => return None,
             }
@@ -581,7 +587,7 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome
         ReplyKey { protocol, _pad: [0; 3], real: ip.src_addr, snat: ip.dst_addr, target_port, nat_port };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (reverse, counter) = match live_flow(&key, now) {
+    let (reverse, counter) = match live_flow(&key, timeouts, now) {
         Ok(flow) => flow,
         Err(Dead::Unknown) => return unknown,
         Err(Dead::Ended) => return Some(Outcome::SessionEnded),
@@ -660,13 +666,13 @@ enum Dead {
 /// slot. Replies and ICMP errors share it, so that whatever cuts one cuts the
 /// other.
 #[inline(always)]
-fn live_flow(key: &ReplyKey, now: u64) -> Result<(*mut FlowReverse, u32), Dead> {
+fn live_flow(key: &ReplyKey, timeouts: &FlowTimeouts, now: u64) -> Result<(*mut FlowReverse, u32), Dead> {
     let Some(reverse) = GW_CT_REV.get_ptr_mut(key) else {
         return Err(Dead::Unknown);
     };
     // SAFETY: an LRU element stays valid during this run (RCU).
     let flow = unsafe { &*reverse };
-    if expired(key.protocol, flow.last_seen_ns, now) {
+    if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
         return Err(Dead::Unknown);
     }
     // Ending a session or removing the entry cuts replies at once, before any
@@ -703,7 +709,12 @@ fn live_flow(key: &ReplyKey, now: u64) -> Result<(*mut FlowReverse, u32), Dead> 
 /// proxy addresses, never the machine network's. Only option-less outer and
 /// quoted headers are handled, so every offset is a constant.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Outcome> {
+fn icmp_error(
+    ctx: &XdpContext,
+    ip: &mut Ipv4Hdr,
+    total_len: usize,
+    timeouts: &FlowTimeouts,
+) -> Option<Outcome> {
     if total_len < IPV4_HLEN + ERROR_QUOTE {
         return None;
     }
@@ -739,7 +750,7 @@ fn icmp_error(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize) -> Option<Ou
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // Errors about dead flows are not translated, whatever killed the flow.
-    let (reverse, counter) = live_flow(&key, now).ok()?;
+    let (reverse, counter) = live_flow(&key, timeouts, now).ok()?;
     // SAFETY: an LRU element stays valid during this run (RCU). Read only:
     // an error does not keep a flow alive.
     let reverse = unsafe { &*reverse };

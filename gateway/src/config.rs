@@ -18,18 +18,22 @@
 //! interface = "ferry0"     # the WireGuard TUN device
 //! transport = "auto"       # auto, udp or websocket
 //!
+//! [forwarding]
+//! tcp_idle_timeout_secs = 7200  # idle TCP connections are forgotten after this
+//! udp_idle_timeout_secs = 120   # the same for UDP and ping
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9479" # or "off"
 //! ```
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    num::NonZeroU16,
+    num::{NonZeroU16, NonZeroU64},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
-use ferry_ebpf::AttachMode;
+use ferry_ebpf::{AttachMode, gateway::FlowTimeouts};
 use serde::Deserialize;
 
 pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
@@ -47,6 +51,8 @@ pub struct Config {
     pub lan: Lan,
     #[serde(default)]
     pub tunnel: Tunnel,
+    #[serde(default)]
+    pub forwarding: Forwarding,
     #[serde(default)]
     pub metrics: Metrics,
 }
@@ -93,6 +99,38 @@ impl Default for Tunnel {
 
 fn default_tunnel_interface() -> String {
     "ferry0".into()
+}
+
+/// The forwarding into the machine network: how long a technician's
+/// connection may stay idle before the gateway forgets its translation (and
+/// its NAT port), as Linux's conntrack has `nf_conntrack_tcp_timeout_*` and
+/// `nf_conntrack_udp_timeout`. A connection's next packet after that starts
+/// it anew, from another NAT port, which a TCP target does not know.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forwarding {
+    /// Default: 7200 (2 hours).
+    pub tcp_idle_timeout_secs: Option<NonZeroU64>,
+    /// UDP and ICMP echo; default: 120.
+    pub udp_idle_timeout_secs: Option<NonZeroU64>,
+}
+
+impl Forwarding {
+    /// The timeouts the forwarding programs get.
+    pub fn timeouts(&self) -> Result<FlowTimeouts> {
+        let ns = |key: &str, secs: Option<NonZeroU64>, default: u64| match secs {
+            None => Ok(default),
+            Some(secs) => secs
+                .get()
+                .checked_mul(1_000_000_000)
+                .with_context(|| format!("forwarding.{key} = {secs} is too large")),
+        };
+        let default = FlowTimeouts::DEFAULT;
+        Ok(FlowTimeouts {
+            tcp_ns: ns("tcp_idle_timeout_secs", self.tcp_idle_timeout_secs, default.tcp_ns)?,
+            other_ns: ns("udp_idle_timeout_secs", self.udp_idle_timeout_secs, default.other_ns)?,
+        })
+    }
 }
 
 /// How WireGuard traffic leaves the gateway.
@@ -175,6 +213,7 @@ mod tests {
         assert_eq!(config.tunnel.transport, Transport::Auto);
         assert_eq!(config.metrics.listen, Some(DEFAULT_METRICS_LISTEN));
         assert!(config.data_dir.is_none() && config.control_socket.is_none());
+        assert_eq!(config.forwarding.timeouts().unwrap(), FlowTimeouts::DEFAULT);
 
         let config: Config = toml::from_str(
             r#"
@@ -188,6 +227,9 @@ mod tests {
             [tunnel]
             interface = "wg9"
             transport = "websocket"
+            [forwarding]
+            tcp_idle_timeout_secs = 432000
+            udp_idle_timeout_secs = 30
             [metrics]
             listen = "off"
             "#,
@@ -198,6 +240,10 @@ mod tests {
         assert_eq!(config.lan.address, Some(Ipv4Addr::new(192, 168, 0, 2)));
         assert_eq!(config.tunnel.transport, Transport::Websocket);
         assert_eq!(config.metrics.listen, None);
+        assert_eq!(
+            config.forwarding.timeouts().unwrap(),
+            FlowTimeouts { tcp_ns: 432_000_000_000_000, other_ns: 30_000_000_000 }
+        );
 
         assert!(toml::from_str::<Config>("[tunnel]\ntransport = \"tcp\"").is_err());
         assert!(toml::from_str::<Config>("[metrics]\nlisten = \"nowhere\"").is_err());
@@ -205,8 +251,39 @@ mod tests {
     }
 
     #[test]
+    fn flow_timeouts_must_be_positive_and_fit_in_nanoseconds() {
+        let only_udp: Config = toml::from_str("[forwarding]\nudp_idle_timeout_secs = 1").unwrap();
+        let timeouts = only_udp.forwarding.timeouts().unwrap();
+        assert_eq!(timeouts, FlowTimeouts { other_ns: 1_000_000_000, ..FlowTimeouts::DEFAULT });
+        assert!(toml::from_str::<Config>("[forwarding]\ntcp_idle_timeout_secs = 0").is_err());
+        assert!(toml::from_str::<Config>("[forwarding]\nudp_idle_timeout_secs = -5").is_err());
+        assert!(toml::from_str::<Config>("[forwarding]\nicmp_idle_timeout_secs = 5").is_err());
+        let huge: Config = toml::from_str("[forwarding]\ntcp_idle_timeout_secs = 18446744074").unwrap();
+        let err = huge.forwarding.timeouts().unwrap_err().to_string();
+        assert!(err.contains("forwarding.tcp_idle_timeout_secs"), "{err}");
+    }
+
+    #[test]
     fn the_installed_template_parses() {
         let config: Config = toml::from_str(crate::cmd::install::CONFIG_TEMPLATE).unwrap();
         assert_eq!(config.tunnel.interface, "ferry0");
+        // Its commented settings (`# key = value`) show the defaults.
+        let uncommented: Vec<&str> = crate::cmd::install::CONFIG_TEMPLATE
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(setting)
+                    if setting
+                        .split_once(" = ")
+                        .is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')) =>
+                {
+                    setting
+                }
+                _ => line,
+            })
+            .collect();
+        let uncommented = uncommented.join("\n");
+        let shown: Config = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(shown.forwarding.timeouts().unwrap(), FlowTimeouts::DEFAULT);
+        assert_eq!(shown.metrics.listen, Some(DEFAULT_METRICS_LISTEN));
     }
 }

@@ -41,6 +41,16 @@ pub use process::Process;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Keeps Ferry's daemons started by `cmd` from reading a configuration the
+/// machine happens to have: without `--config` they read
+/// `/etc/ferry/<daemon>.toml` if it exists (an installed gateway or relay
+/// leaves one), or the file `FERRY_CONFIG` names in the caller's
+/// environment. An empty file gives them their defaults; an explicit
+/// `--config` still wins. Other programs ignore the variable.
+pub fn without_host_config(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    cmd.env("FERRY_CONFIG", "/dev/null")
+}
+
 /// The path of a binary built from this workspace (for example
 /// `ferry-gateway`), found in the same target profile as the running test or
 /// benchmark executable.

@@ -173,11 +173,13 @@ impl Netns {
     }
 
     /// A command that runs `program` inside the namespace (through `ip netns
-    /// exec`, which also gives it the namespace's /sys). Add arguments as
-    /// usual.
+    /// exec`, which also gives it the namespace's /sys), with no Ferry
+    /// configuration of the host's ([`crate::without_host_config`]). Add
+    /// arguments as usual.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).arg(program);
+        crate::without_host_config(&mut cmd);
         cmd
     }
 

@@ -9,7 +9,7 @@ use std::{
 
 use aya::Ebpf;
 use ferry_ebpf_common::gateway::{
-    self as shared, FlowForward, FlowKey, FlowReverse, PROTO_ICMP, ReplyKey, timeout_ns,
+    self as shared, FlowForward, FlowKey, FlowReverse, FlowTimeouts, PROTO_ICMP, ReplyKey,
 };
 
 use super::{errno, hash_map, insert as insert_entry};
@@ -130,9 +130,11 @@ pub(super) fn remove_sessions(ebpf: &mut Ebpf, sessions: &BTreeSet<u64>) -> Resu
 }
 
 /// Deletes entries idle past their protocol's timeout; returns how many.
-pub(super) fn expire(ebpf: &mut Ebpf) -> Result<usize, Error> {
+/// The same judgement as the programs', so that the sweep never deletes a
+/// flow they would still forward.
+pub(super) fn expire(ebpf: &mut Ebpf, timeouts: &FlowTimeouts) -> Result<usize, Error> {
     let now = monotonic_ns();
-    let dead = |protocol: u8, last_seen: u64| now > last_seen && now - last_seen > timeout_ns(protocol);
+    let dead = |protocol: u8, last_seen: u64| timeouts.expired(protocol, last_seen, now);
     let forward = remove_where_kv::<FlowKey, FlowForward>(ebpf, shared::CT_FORWARD_MAP, |k, v| {
         dead(k.protocol, v.last_seen_ns)
     })?;
@@ -142,8 +144,10 @@ pub(super) fn expire(ebpf: &mut Ebpf) -> Result<usize, Error> {
     Ok(forward + reverse)
 }
 
-/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns, which
+/// stamps flows ([`Flow::last_seen_ns`]). It counts from boot, so a small
+/// value is a recent time on a freshly booted machine, not a long-ago one.
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

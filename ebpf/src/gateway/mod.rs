@@ -35,13 +35,14 @@ use aya::{
     },
     sys::SyscallError,
 };
+pub use ferry_ebpf_common::gateway::FlowTimeouts;
 use ferry_ebpf_common::gateway::{
     self as shared, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT,
     GatewayConfig, PeerEntry, TargetRule, TargetTraffic,
 };
 
 pub use self::{
-    flows::Flow,
+    flows::{Flow, monotonic_ns},
     table::{ForwardingTable, Protocol, TableError, TargetSpec, spec_of},
 };
 pub use crate::counters::GatewayCounters;
@@ -70,6 +71,8 @@ pub struct ForwarderConfig {
     pub tunnel_net: (Ipv4Addr, u8),
     /// How XDP attaches to `lan_if`.
     pub xdp_mode: AttachMode,
+    /// How long idle flows are kept.
+    pub timeouts: FlowTimeouts,
 }
 
 /// Map sizes, chosen at load time.
@@ -110,6 +113,8 @@ pub struct GatewayForwarder {
     tc_link: Option<(SchedClassifierLinkId, String)>,
     xdp_link: Option<Attachment>,
     net: TunnelNet,
+    /// What the programs' configuration map holds.
+    config: GatewayConfig,
     capacity: Capacity,
     /// What the maps hold: every change to them goes through here first.
     applied: ForwardingTable,
@@ -133,6 +138,7 @@ impl GatewayForwarder {
         let lan_ifindex = if_index(&config.lan_if)?;
         if_index(&config.tunnel_if)?;
         let mut forwarder = Self::load(config.tunnel_net, lan_ifindex, 0, 0, capacity)?;
+        forwarder.set_timeouts(config.timeouts)?;
 
         let tunnel_if = config.tunnel_if.clone();
         // Kernels with TCX (6.6+) need no qdisc; older ones attach through the
@@ -158,7 +164,9 @@ impl GatewayForwarder {
     /// program expects an Ethernet header in front of IPv4 (which
     /// BPF_PROG_RUN requires for TC programs) and returns TC_ACT_OK instead
     /// of redirecting, unless `redirect` is set (then it redirects to
-    /// `lan_ifindex`, which BPF_PROG_RUN reports as TC_ACT_REDIRECT).
+    /// `lan_ifindex`, which BPF_PROG_RUN reports as TC_ACT_REDIRECT). Flows
+    /// get the default timeouts; [`set_timeouts`](Self::set_timeouts)
+    /// changes them.
     pub fn load_for_test(
         tunnel_net: (Ipv4Addr, u8),
         lan_ifindex: u32,
@@ -207,18 +215,17 @@ impl GatewayForwarder {
             tunnel_prefix: net.prefix,
             _pad: [0; 3],
             flags,
+            _pad2: [0; 4],
+            timeouts: FlowTimeouts::DEFAULT,
         };
-        let name = shared::CONFIG_MAP;
-        let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        let mut array: Array<_, GatewayConfig> =
-            Array::try_from(map).map_err(|source| Error::Map { name, source })?;
-        array.set(0, config, 0).map_err(|source| Error::Map { name, source })?;
+        write_config(&mut ebpf, config)?;
 
         Ok(GatewayForwarder {
             ebpf,
             tc_link: None,
             xdp_link: None,
             net,
+            config,
             capacity,
             applied: ForwardingTable::default(),
             slots: BTreeMap::new(),
@@ -353,6 +360,21 @@ impl GatewayForwarder {
         Ok((table, slots))
     }
 
+    /// Sets how long idle flows are kept, at once for both programs and for
+    /// [`expire_flows`](Self::expire_flows). Existing flows are judged by the
+    /// new timeouts from their last packet on.
+    pub fn set_timeouts(&mut self, timeouts: FlowTimeouts) -> Result<(), Error> {
+        let config = GatewayConfig { timeouts, ..self.config };
+        write_config(&mut self.ebpf, config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The flow timeouts in force.
+    pub fn timeouts(&self) -> FlowTimeouts {
+        self.config.timeouts
+    }
+
     /// The per-target counter slot of an applied whitelist entry.
     pub fn slot(&self, session: u64, proxy: Ipv4Addr) -> Option<u32> {
         self.slots.get(&(session, proxy)).copied()
@@ -395,7 +417,7 @@ impl GatewayForwarder {
     /// Deletes flows idle past their timeout (the programs already ignore
     /// them; this frees their entries). Returns how many entries went.
     pub fn expire_flows(&mut self) -> Result<usize, Error> {
-        flows::expire(&mut self.ebpf)
+        flows::expire(&mut self.ebpf, &self.config.timeouts)
     }
 
     /// Writes a flow into both conntrack maps as the TUN program would.
@@ -484,6 +506,14 @@ impl Drop for GatewayForwarder {
             tracing::warn!(error = %err, "detaching the gateway programs failed");
         }
     }
+}
+
+fn write_config(ebpf: &mut Ebpf, config: GatewayConfig) -> Result<(), Error> {
+    let name = shared::CONFIG_MAP;
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    let mut array: Array<_, GatewayConfig> =
+        Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+    array.set(0, config, 0).map_err(|source| Error::Map { name, source })
 }
 
 fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error> {

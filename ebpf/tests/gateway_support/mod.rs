@@ -6,7 +6,9 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Ipv4Header, PacketBuilder, TcpHeader, UdpHeader};
-use ferry_ebpf::gateway::{Capacity, ForwardingTable, GatewayForwarder, Protocol, TargetSpec};
+use ferry_ebpf::gateway::{
+    Capacity, FlowTimeouts, ForwardingTable, GatewayForwarder, Protocol, TargetSpec, monotonic_ns,
+};
 
 pub const TUNNEL_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 96, 0, 0), 12);
 pub const ETH: usize = 14;
@@ -59,6 +61,29 @@ pub fn forwarder() -> GatewayForwarder {
         .expect("loading the gateway programs (run as root)");
     f.apply(&table()).unwrap();
     f
+}
+
+/// A time long enough ago to make a flow dead, and flow timeouts that make it
+/// so, on a machine up for any time: the programs' clock counts from boot, so
+/// "long ago" can be no earlier than the boot, and the timeouts must be
+/// shorter than the machine's uptime.
+#[derive(Clone, Copy, Debug)]
+pub struct Ages {
+    /// A flow stamped then is dead under [`Ages::timeouts`] (and alive under
+    /// the default TCP timeout: it is at most an hour ago).
+    pub long_ago: u64,
+    /// Half the age of `long_ago`: a flow stamped now stays alive under them
+    /// for half the machine's uptime (at most half an hour), far longer than
+    /// a test takes.
+    pub timeouts: FlowTimeouts,
+}
+
+pub fn ages() -> Ages {
+    let now = monotonic_ns();
+    let age = now.min(3_600_000_000_000);
+    assert!(age >= 2_000_000, "CLOCK_MONOTONIC at {now} ns: the machine cannot have booted that recently");
+    let half = age / 2;
+    Ages { long_ago: now - age, timeouts: FlowTimeouts { tcp_ns: half, other_ns: half } }
 }
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];

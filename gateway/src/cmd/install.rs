@@ -40,6 +40,14 @@ pub const CONFIG_TEMPLATE: &str = r#"# ferry-gateway configuration. Every settin
 # How WireGuard traffic leaves: auto, udp or websocket (for uplinks that only allow TCP 443).
 # transport = "auto"
 
+[forwarding]
+# How long a technician's connection to a machine may stay idle, in seconds, before the
+# gateway forgets it (like Linux's nf_conntrack_tcp_timeout_established and
+# nf_conntrack_udp_timeout). The next packet after that starts a new connection.
+# tcp_idle_timeout_secs = 7200
+# UDP and ping.
+# udp_idle_timeout_secs = 120
+
 [metrics]
 # Prometheus metrics; "off" to disable.
 # listen = "127.0.0.1:9479"

@@ -32,7 +32,7 @@ use ferry_control::{
 };
 use ferry_ebpf::{
     AttachMode,
-    gateway::{ForwarderConfig, GatewayForwarder},
+    gateway::{FlowTimeouts, ForwarderConfig, GatewayForwarder},
 };
 use ferry_tunnel::config::InterfaceAddress;
 use tokio::sync::{Notify, mpsc, watch};
@@ -77,6 +77,8 @@ pub struct Settings {
     pub transport: Transport,
     /// Where `/metrics` listens; `None`: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long idle connections to the machines are kept.
+    pub flow_timeouts: FlowTimeouts,
 }
 
 pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
@@ -110,6 +112,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         lan_if: settings.lan_interface.clone(),
         tunnel_net: (tunnel_v4, settings.tunnel_address.prefix),
         xdp_mode: settings.xdp_mode,
+        timeouts: settings.flow_timeouts,
     })
     .context("attaching the forwarding programs (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
     let uplink = match &settings.uplink_interface {
