@@ -9,7 +9,7 @@ use std::{
 
 use ferry_tests::{
     bin,
-    cloud::{call, spawn, start, wait_for_sled_to_let_go},
+    cloud::{admin_token, call, spawn, start, wait_for_sled_to_let_go},
 };
 
 /// A minimal HTTP/1.1 GET; returns status, content type and body.
@@ -82,11 +82,28 @@ fn serves_health_version_metrics_and_problem_json() {
 }
 
 #[test]
-fn sigterm_shuts_down_cleanly_and_the_data_folder_reopens() {
+fn sigterm_shuts_down_cleanly_and_what_was_written_is_read_back_after_a_restart() {
+    const PASSWORD: &str = "sigterm test admin password";
     let dir = tempfile::tempdir().unwrap();
-    start(dir.path()).terminate();
     let cloud = start(dir.path());
-    assert_eq!(get(cloud.addr, "/healthz").0, 200);
+    // Two writes: the admin's changed password, and a user.
+    let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap(), PASSWORD);
+    let tech = serde_json::json!({"name": "tech-before-sigterm", "role": "remote_connect_user",
+        "password": "technician passphrase"});
+    let (status, created) = call(cloud.addr, "POST", "/api/v1/users", Some(&admin), tech);
+    assert_eq!(status, 201, "{created}");
+    cloud.terminate();
+
+    let cloud = start(dir.path());
+    assert_eq!(cloud.one_time_password(), None, "the restarted cloud must not start over");
+    let login = serde_json::json!({"name": "admin", "password": PASSWORD});
+    let (status, session) = call(cloud.addr, "POST", "/api/v1/auth/login", None, login);
+    assert_eq!(status, 200, "the changed password is gone: {session}");
+    let token = session["access_token"].as_str().unwrap();
+    let (status, users) = call(cloud.addr, "GET", "/api/v1/users", Some(token), serde_json::Value::Null);
+    assert_eq!(status, 200, "{users}");
+    let stored = users.as_array().unwrap().iter().find(|u| u["name"] == "tech-before-sigterm");
+    assert_eq!(stored.map(|u| &u["id"]), Some(&created["user"]["id"]), "{users}");
 }
 
 #[test]

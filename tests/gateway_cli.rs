@@ -226,3 +226,57 @@ fn enroll_over_https_checks_the_pin() {
     assert!(!refused.status.success());
     assert!(text(&refused).1.contains("refused the enrolment token"), "{:?}", text(&refused));
 }
+
+/// A "cloud" on a local port that answers every connection with `response`
+/// after reading the request, then closes.
+fn hostile_cloud(response: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        // The request's head and its small JSON body.
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        // The client may already have given up; that is fine.
+        let _ = stream.write_all(response);
+    });
+    (url, thread)
+}
+
+#[test]
+fn enroll_fails_cleanly_against_a_hostile_cloud() {
+    let answers: [(&str, &[u8]); 4] = [
+        (
+            "a chunk of 2^64-1 bytes",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc",
+        ),
+        ("a Content-Length of 2^64-1", b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n{}"),
+        (
+            "a chunk size past 64 bits",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nabc",
+        ),
+        ("no HTTP at all", b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
+    ];
+    for (what, answer) in answers {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gateway.toml"), "").unwrap();
+        let (url, server) = hostile_cloud(answer);
+        let enroll = gateway(dir.path(), &["enroll", "--cloud", &url, "--token", "t"]);
+        server.join().unwrap();
+        let (out, err) = text(&enroll);
+        // 1 is anyhow's error exit; a panic exits with 101.
+        assert_eq!(enroll.status.code(), Some(1), "{what}: {out}{err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(
+            err.contains(&format!("HTTP exchange with {} failed", &url["http://".len()..])),
+            "{what}: {err}"
+        );
+    }
+}

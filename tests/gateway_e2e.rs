@@ -84,26 +84,33 @@ impl Site {
         (id, tunnel)
     }
 
-    /// Waits until `sessions --json` mentions the session.
+    /// Waits until `sessions --json` lists the session.
     fn gateway_knows(&self, id: u64) {
         let mut last = Value::Null;
         let known = poll(Duration::from_secs(15), || {
             last = self.lab.gateway_sessions();
-            mentions_id(&last, id)
+            lists_session(&last, id)
         });
         assert!(known, "`sessions --json` does not show session {id}: {last}");
     }
 }
 
-/// Whether a JSON value holds `id` as a number or string anywhere.
-fn mentions_id(value: &Value, id: u64) -> bool {
-    match value {
-        Value::Number(n) => n.as_u64() == Some(id),
-        Value::String(s) => s == &id.to_string(),
-        Value::Array(items) => items.iter().any(|v| mentions_id(v, id)),
-        Value::Object(map) => map.values().any(|v| mentions_id(v, id)),
-        _ => false,
+/// Whether `sessions --json` (an array of sessions) lists session `id`; only
+/// the `id` field counts, so a byte counter or an expiry that happens to
+/// equal it does not.
+fn lists_session(sessions: &Value, id: u64) -> bool {
+    sessions.as_array().is_some_and(|list| list.iter().any(|session| session["id"].as_u64() == Some(id)))
+}
+
+#[test]
+fn only_the_session_id_field_lists_a_session() {
+    let sessions =
+        serde_json::json!([{"id": 7, "expires_ms": 42, "peers": [{"rx_bytes": 42, "tx_bytes": 9}]}]);
+    assert!(lists_session(&sessions, 7));
+    for other in [42, 9, 0] {
+        assert!(!lists_session(&sessions, other), "{other}");
     }
+    assert!(!lists_session(&serde_json::json!({"id": 7}), 7), "not an array of sessions");
 }
 
 #[test]

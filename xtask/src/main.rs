@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Install what building and testing need (idempotent): nightly rust-src,
-    /// bpf-linker, and the Debian packages the tests use.
+    /// bpf-linker, the Debian packages the tests use, and cargo-machete.
     Setup,
     /// Build the eBPF object from gateway-ebpf and print its path.
     BuildEbpf,
@@ -42,6 +42,7 @@ fn main() -> Result<()> {
         Command::Setup => {
             setup::toolchain()?;
             setup::debian_packages()?;
+            setup::cargo_machete()?;
             Ok(())
         }
         Command::BuildEbpf => {

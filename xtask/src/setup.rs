@@ -66,6 +66,32 @@ pub fn cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
+/// The cargo-machete release the unused-dependency check runs: pinned, so
+/// that a new release's heuristics cannot fail a run on unchanged code.
+const CARGO_MACHETE_VERSION: &str = "0.9.2";
+
+/// cargo-machete, for the unused-dependency check (installed once, from
+/// crates.io, and again when the pinned version changes).
+pub fn cargo_machete() -> Result<()> {
+    let installed = crate::cargo::cargo().args(["machete", "--version"]).output();
+    if installed.is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == CARGO_MACHETE_VERSION
+    }) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-machete {CARGO_MACHETE_VERSION} (a few minutes, once)");
+    let status = crate::cargo::cargo()
+        .args(["install", "--locked", "--force", "cargo-machete", "--version", CARGO_MACHETE_VERSION])
+        .status()?;
+    if !status.success() {
+        bail!(
+            "installing cargo-machete failed; run `cargo install --locked cargo-machete --version \
+             {CARGO_MACHETE_VERSION}`, then retry"
+        );
+    }
+    Ok(())
+}
+
 /// Installs the Debian packages that are missing, with one apt-get call.
 pub fn debian_packages() -> Result<()> {
     let missing: Vec<&str> =

@@ -44,6 +44,13 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     section("rustfmt --check");
     checks.push(("rustfmt", run_cmd(cargo().args(["fmt", "--all", "--check"])).is_ok()));
 
+    // A dependency nothing uses costs build time and widens what must be
+    // trusted. cargo-machete reads the sources, so a crate used in a way it
+    // cannot see goes in that package's `[package.metadata.cargo-machete]`.
+    section("unused dependencies (cargo-machete)");
+    setup::cargo_machete()?;
+    checks.push(("unused dependencies", run_cmd(cargo().args(["machete", "--skip-target-dir"])).is_ok()));
+
     section("build (binaries, eBPF object)");
     run_cmd(cargo_once().args(["build", "--bins", "--tests"])).context("building the workspace")?;
 

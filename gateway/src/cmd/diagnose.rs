@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
+use hyper::Method;
 use serde::Serialize;
 use stun_types::{
     attribute::XorMappedAddress,
@@ -157,7 +158,11 @@ pub fn collect(paths: &Paths) -> Report {
         None => report.push("enrolment", Status::Fail, "not enrolled: run `ferry-gateway enroll`", None),
     }
     if let Some(enrollment) = &enrollment {
-        report.cloud_reachable = check_cloud(&mut report, enrollment, now);
+        let reachable = http::block_on(async { Ok(check_cloud(&mut report, enrollment, now).await) });
+        report.cloud_reachable = reachable.unwrap_or_else(|e| {
+            report.push("cloud", Status::Fail, e.to_string(), None);
+            false
+        });
     }
     for relay in &relays {
         check_relay(&mut report, relay);
@@ -181,7 +186,7 @@ fn ntp_state() -> String {
 }
 
 /// Returns whether the cloud answered its health check.
-fn check_cloud(report: &mut Report, enrollment: &Enrollment, local_ms: u64) -> bool {
+async fn check_cloud(report: &mut Report, enrollment: &Enrollment, local_ms: u64) -> bool {
     let url = match CloudUrl::parse(&enrollment.cloud_url) {
         Ok(url) => url,
         Err(e) => {
@@ -190,7 +195,7 @@ fn check_cloud(report: &mut Report, enrollment: &Enrollment, local_ms: u64) -> b
         }
     };
     let started = Instant::now();
-    let addrs = match http::resolve(&url) {
+    let addrs = match http::resolve(&url).await {
         Ok(addrs) => {
             let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
             report.push(format!("DNS {}", url.host), Status::Ok, list.join(", "), Some(started.elapsed()));
@@ -202,7 +207,7 @@ fn check_cloud(report: &mut Report, enrollment: &Enrollment, local_ms: u64) -> b
         }
     };
     let started = Instant::now();
-    let stream = match http::connect(&url, &addrs, TIMEOUT) {
+    let stream = match http::connect(&url, &addrs, TIMEOUT).await {
         Ok(stream) => {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             report.push(
@@ -224,7 +229,7 @@ fn check_cloud(report: &mut Report, enrollment: &Enrollment, local_ms: u64) -> b
             return false;
         };
         let started = Instant::now();
-        let mut tls = match http::tls(&url, stream, pin) {
+        let tls = match http::tls(&url, stream, pin, TIMEOUT).await {
             Ok(tls) => {
                 report.push("TLS + pin", Status::Ok, "certificate matches the pin", Some(started.elapsed()));
                 tls
@@ -235,12 +240,11 @@ fn check_cloud(report: &mut Report, enrollment: &Enrollment, local_ms: u64) -> b
             }
         };
         let started = Instant::now();
-        (http::exchange(&url, &mut tls, "GET", "/healthz", None), started)
+        (http::exchange(&url, tls, Method::GET, "/healthz", None, TIMEOUT).await, started)
     } else {
         report.push("TLS", Status::Info, "plain http (lab): not encrypted", None);
-        let mut stream = stream;
         let started = Instant::now();
-        (http::exchange(&url, &mut stream, "GET", "/healthz", None), started)
+        (http::exchange(&url, stream, Method::GET, "/healthz", None, TIMEOUT).await, started)
     };
     let (response, started) = result;
     let took = started.elapsed();
@@ -304,13 +308,14 @@ fn check_relay(report: &mut Report, relay: &RelayInfo) {
     let started = Instant::now();
     match CloudUrl::parse(base) {
         Err(e) => report.push(name, Status::Fail, e.to_string(), None),
-        Ok(url) => match http::resolve(&url).and_then(|addrs| http::connect(&url, &addrs, TIMEOUT)) {
-            Ok(stream) => report.push(
-                name,
-                Status::Ok,
-                format!("TCP connected to {}", stream.peer_addr().map(|a| a.to_string()).unwrap_or_default()),
-                Some(started.elapsed()),
-            ),
+        Ok(url) => match http::block_on(async {
+            let addrs = http::resolve(&url).await?;
+            let stream = http::connect(&url, &addrs, TIMEOUT).await?;
+            Ok(stream.peer_addr().map(|a| a.to_string()).unwrap_or_default())
+        }) {
+            Ok(peer) => {
+                report.push(name, Status::Ok, format!("TCP connected to {peer}"), Some(started.elapsed()))
+            }
             Err(e) => report.push(name, Status::Fail, e.to_string(), Some(started.elapsed())),
         },
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use hyper::Method;
 use serde::Deserialize;
 
 use super::{
@@ -89,7 +90,8 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
         "identity_key": hex::encode(identity.verifying_key().as_bytes()),
     }))?;
 
-    let response = http::request(&url, pin, "POST", "/api/v1/enrol", Some(&body), TIMEOUT).map_err(|e| match e {
+    let exchange = http::request(&url, pin, Method::POST, "/api/v1/enrol", Some(body), TIMEOUT);
+    let response = http::block_on(exchange).map_err(|e| match e {
         HttpError::PinMismatch { .. } => anyhow::anyhow!(
             "{e}\nCheck --pin against the fingerprint the cloud printed; someone may be intercepting the connection."
         ),

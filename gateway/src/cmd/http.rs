@@ -1,25 +1,31 @@
-//! A minimal blocking HTTP/1.1 client for `enroll` and `diagnose`, over plain
-//! TCP or TLS pinned to one certificate (`ferry_control::pin`). ureq cannot
-//! take a custom rustls verifier, and `diagnose` wants each step (DNS, TCP,
-//! TLS, HTTP) timed and reported on its own anyway.
+//! The HTTP client of `enroll` and `diagnose`: hyper's HTTP/1.1 over plain
+//! TCP or over TLS pinned to one certificate (`ferry_control::pin`). The
+//! steps (DNS, TCP, TLS, HTTP) are separate functions because `diagnose`
+//! reports and times each one; `request` chains them for `enroll`.
 
-use std::{
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpStream, ToSocketAddrs as _},
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use ferry_control::pin::{self, PinnedVerifier};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{HeaderMap, Method, Request, header};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
 
-/// The largest response read (the cloud's answers here are small JSON).
-const MAX_RESPONSE: usize = 1024 * 1024;
+/// The largest response body read (the cloud's answers here are small JSON).
+const MAX_BODY: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("invalid cloud URL {0:?}: expected http(s)://host[:port]")]
     Url(String),
+    #[error("cannot start the I/O runtime: {0}")]
+    Runtime(io::Error),
     #[error("cannot resolve {host}: {source}")]
     Resolve { host: String, source: io::Error },
     #[error("{host} resolves to no address")]
@@ -32,10 +38,13 @@ pub enum HttpError {
     PinMismatch { expected: String, found: String },
     #[error("TLS with {target}: {source}")]
     Tls { target: String, source: io::Error },
-    #[error("talking to {target}: {source}")]
-    Io { target: String, source: io::Error },
-    #[error("malformed HTTP response from {target}: {detail}")]
-    Malformed { target: String, detail: String },
+    #[error("{step} with {target} took longer than {} s", .after.as_secs_f32())]
+    Timeout { step: &'static str, target: String, after: Duration },
+    /// hyper refused the answer (bad status line, impossible lengths, a
+    /// truncated body) or the connection broke; `detail` is hyper's whole
+    /// error chain, since its top-level message alone is vague.
+    #[error("HTTP exchange with {target} failed: {detail}")]
+    Exchange { target: String, detail: String },
 }
 
 /// `http(s)://host:port`, as `enroll --cloud` takes it.
@@ -94,6 +103,7 @@ impl CloudUrl {
         format!("{scheme}://{}{path}", self.target())
     }
 
+    /// `host:port`, with brackets around an IPv6 host: the Host header too.
     fn target(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -103,22 +113,33 @@ impl CloudUrl {
     }
 }
 
+#[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 }
 
+/// Runs `future` to completion on a runtime of its own: the commands are
+/// blocking, and one request does not need more than one thread.
+pub fn block_on<T>(future: impl Future<Output = Result<T, HttpError>>) -> Result<T, HttpError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(HttpError::Runtime)?
+        .block_on(future)
+}
+
 /// DNS: every address `host` resolves to.
-pub fn resolve(url: &CloudUrl) -> Result<Vec<SocketAddr>, HttpError> {
-    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
-        .to_socket_addrs()
+pub async fn resolve(url: &CloudUrl) -> Result<Vec<SocketAddr>, HttpError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
         .map_err(|source| HttpError::Resolve { host: url.host.clone(), source })?
         .collect();
     if addrs.is_empty() {
@@ -127,191 +148,131 @@ pub fn resolve(url: &CloudUrl) -> Result<Vec<SocketAddr>, HttpError> {
     Ok(addrs)
 }
 
-/// TCP to the first address that answers.
-pub fn connect(url: &CloudUrl, addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, HttpError> {
-    let mut last = None;
+/// TCP to the first address that answers, each given `timeout`.
+pub async fn connect(
+    url: &CloudUrl,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, HttpError> {
+    let mut last = io::Error::other("no address");
     for addr in addrs {
-        match TcpStream::connect_timeout(addr, timeout) {
-            Ok(stream) => {
-                stream.set_read_timeout(Some(timeout)).ok();
-                stream.set_write_timeout(Some(timeout)).ok();
-                return Ok(stream);
-            }
-            Err(e) => last = Some(e),
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connection timed out"),
         }
     }
-    Err(HttpError::Connect {
-        target: url.target(),
-        source: last.unwrap_or_else(|| io::Error::other("no address")),
-    })
+    Err(HttpError::Connect { target: url.target(), source: last })
 }
 
-pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
 /// The TLS handshake, trusting only the certificate whose SHA-256 is `pin`.
-pub fn tls(url: &CloudUrl, stream: TcpStream, pin: [u8; 32]) -> Result<TlsStream, HttpError> {
+pub async fn tls(
+    url: &CloudUrl,
+    stream: TcpStream,
+    pin: [u8; 32],
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, HttpError> {
     let target = url.target();
     let tls_err = |source: io::Error| HttpError::Tls { target: target.clone(), source };
     let verifier = Arc::new(PinnedVerifier::new(pin));
     let config =
         pin::client_config(verifier.clone(), &[b"http/1.1"]).map_err(|e| tls_err(io::Error::other(e)))?;
     let name = ServerName::try_from(url.host.clone()).map_err(|e| tls_err(io::Error::other(e)))?;
-    let connection =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls_err(io::Error::other(e)))?;
-    let mut tls = rustls::StreamOwned::new(connection, stream);
-    while tls.conn.is_handshaking() {
-        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-            if let Some(found) = verifier.seen().filter(|found| *found != pin) {
-                return Err(HttpError::PinMismatch {
-                    expected: pin::format_fingerprint(&pin),
-                    found: pin::format_fingerprint(&found),
-                });
-            }
-            return Err(tls_err(e));
-        }
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, stream);
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => match verifier.seen().filter(|found| *found != pin) {
+            Some(found) => Err(HttpError::PinMismatch {
+                expected: pin::format_fingerprint(&pin),
+                found: pin::format_fingerprint(&found),
+            }),
+            None => Err(tls_err(e)),
+        },
+        Err(_) => Err(HttpError::Timeout { step: "the TLS handshake", target, after: timeout }),
     }
-    Ok(tls)
 }
 
-/// One request on a fresh connection (`Connection: close`).
-pub fn exchange(
+/// One request on `stream` (`Connection: close`), its answer read whole
+/// within `timeout`.
+pub async fn exchange(
     url: &CloudUrl,
-    stream: &mut impl ReadWrite,
-    method: &str,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    method: Method,
     path: &str,
-    json_body: Option<&[u8]>,
-) -> Result<HttpResponse, HttpError> {
-    let target = url.target();
-    let io_err = |source: io::Error| HttpError::Io { target: target.clone(), source };
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ferry-gateway/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-        target,
-        env!("CARGO_PKG_VERSION")
-    )
-    .into_bytes();
-    if let Some(body) = json_body {
-        request.extend_from_slice(
-            format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()).as_bytes(),
-        );
-    }
-    request.extend_from_slice(b"\r\n");
-    if let Some(body) = json_body {
-        request.extend_from_slice(body);
-    }
-    stream.write_all(&request).map_err(io_err)?;
-    stream.flush().map_err(io_err)?;
-
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(done) = complete(&buf) {
-            buf.truncate(done);
-            break;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            // A server that closes without TLS close_notify: what was read counts.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !buf.is_empty() => break,
-            Err(e) => return Err(io_err(e)),
-        }
-        if buf.len() > MAX_RESPONSE {
-            return Err(HttpError::Malformed { target, detail: "response too large".into() });
-        }
-    }
-    parse(&buf).map_err(|detail| HttpError::Malformed { target, detail })
-}
-
-pub trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
-/// The whole request, connection included: resolve, connect, TLS if https.
-pub fn request(
-    url: &CloudUrl,
-    pin: Option<[u8; 32]>,
-    method: &str,
-    path: &str,
-    json_body: Option<&[u8]>,
+    json_body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
-    let addrs = resolve(url)?;
-    let stream = connect(url, &addrs, timeout)?;
+    let target = url.target();
+    let failed = |e: &(dyn std::error::Error + 'static)| HttpError::Exchange {
+        target: target.clone(),
+        detail: error_chain(e),
+    };
+    let work = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&e))?;
+        // The connection task moves the bytes; its errors reach the request
+        // and the body below, so its own result adds nothing.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &target)
+            .header(header::USER_AGENT, concat!("ferry-gateway/", env!("CARGO_PKG_VERSION")))
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONNECTION, "close");
+        if json_body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request =
+            request.body(Full::new(Bytes::from(json_body.unwrap_or_default()))).map_err(|e| failed(&e))?;
+        let response = sender.send_request(request).await.map_err(|e| failed(&e))?;
+        let (head, body) = response.into_parts();
+        let body = Limited::new(body, MAX_BODY).collect().await.map_err(|e| failed(&*e))?.to_bytes();
+        Ok(HttpResponse { status: head.status.as_u16(), headers: head.headers, body })
+    };
+    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
+        Err(HttpError::Timeout { step: "the HTTP exchange", target: target.clone(), after: timeout })
+    })
+}
+
+/// The whole request, connection included: resolve, connect, TLS if https.
+pub async fn request(
+    url: &CloudUrl,
+    pin: Option<[u8; 32]>,
+    method: Method,
+    path: &str,
+    json_body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    let addrs = resolve(url).await?;
+    let stream = connect(url, &addrs, timeout).await?;
     if url.https {
         let pin = pin.ok_or_else(|| HttpError::Url(format!("{}: https needs a pin", url.to_text())))?;
-        let mut tls = tls(url, stream, pin)?;
-        exchange(url, &mut tls, method, path, json_body)
+        let tls = tls(url, stream, pin, timeout).await?;
+        exchange(url, tls, method, path, json_body, timeout).await
     } else {
-        let mut stream = stream;
-        exchange(url, &mut stream, method, path, json_body)
+        exchange(url, stream, method, path, json_body, timeout).await
     }
 }
 
-fn header_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
-/// The length of a complete response in `buf`, if it is complete.
-fn complete(buf: &[u8]) -> Option<usize> {
-    let end = header_end(buf)?;
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    if head.contains("\r\ntransfer-encoding: chunked") {
-        return buf.ends_with(b"0\r\n\r\n").then_some(buf.len());
+/// `outer: inner: innermost`, for errors whose `Display` leaves the cause out.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-    let length = head
-        .split("\r\n")
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())?;
-    (buf.len() >= end + length).then_some(end + length)
-}
-
-fn parse(buf: &[u8]) -> Result<HttpResponse, String> {
-    let end = header_end(buf).ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not HTTP/1.x: {status_line:?}"));
-    }
-    let status =
-        parts.next().and_then(|s| s.parse().ok()).ok_or(format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = buf[end..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        body = dechunk(&body)?;
-    }
-    Ok(HttpResponse { status, headers, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunk")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size")?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
     #[test]
@@ -332,19 +293,93 @@ mod tests {
         }
     }
 
-    #[test]
-    fn responses_parse_with_length_or_chunks() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\n\r\n{}";
-        assert_eq!(complete(plain), Some(plain.len()));
-        assert_eq!(complete(&plain[..plain.len() - 1]), None);
-        let response = parse(plain).unwrap();
-        assert_eq!((response.status, response.body.as_slice()), (200, &b"{}"[..]));
-        assert_eq!(response.header("date"), Some("x"));
+    /// One request to a server on the other end of an in-memory pipe that
+    /// reads the request's head, writes `answer` and closes; what the client
+    /// made of it, and the request the server saw.
+    async fn against(
+        answer: &'static [u8],
+        body: Option<Vec<u8>>,
+    ) -> (Result<HttpResponse, HttpError>, String) {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match server.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = server.write_all(answer).await;
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let url = CloudUrl::parse("http://cloud.example:7600").unwrap();
+        let method = if body.is_some() { Method::POST } else { Method::GET };
+        let result = exchange(&url, client, method, "/api/v1/enrol", body, Duration::from_secs(5)).await;
+        (result, server.await.unwrap())
+    }
 
-        let chunked = b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(complete(chunked), Some(chunked.len()));
-        let response = parse(chunked).unwrap();
-        assert_eq!((response.status, response.body.as_slice()), (401, &b"abcde"[..]));
-        assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    #[tokio::test]
+    async fn answers_with_a_length_or_chunks_are_read() {
+        let (response, request) = against(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\n\r\n{}",
+            Some(b"{\"a\":1}".to_vec()),
+        )
+        .await;
+        let response = response.unwrap();
+        assert_eq!((response.status, &response.body[..]), (200, &b"{}"[..]));
+        assert_eq!(response.header("date"), Some("x"));
+        let request = request.to_ascii_lowercase();
+        assert!(request.starts_with("post /api/v1/enrol http/1.1\r\n"), "{request}");
+        for line in ["host: cloud.example:7600", "content-type: application/json", "content-length: 7"] {
+            assert!(request.contains(line), "{line} in {request}");
+        }
+
+        let (response, _) = against(
+            b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            None,
+        )
+        .await;
+        let response = response.unwrap();
+        assert_eq!((response.status, &response.body[..]), (401, &b"abcde"[..]));
+    }
+
+    /// What the hand-written parser this replaced panicked on, and more.
+    #[tokio::test]
+    async fn hostile_answers_are_errors() {
+        let huge_body: &'static [u8] = {
+            let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n".to_vec();
+            answer.resize(answer.len() + 2_000_000, b'x');
+            answer.leak()
+        };
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nabc",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}",
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            b"",
+            huge_body,
+        ] {
+            let (result, _) = against(answer, None).await;
+            let shown = String::from_utf8_lossy(&answer[..answer.len().min(80)]).into_owned();
+            match result {
+                Err(HttpError::Exchange { target, detail }) => {
+                    assert_eq!(target, "cloud.example:7600");
+                    assert!(!detail.is_empty(), "{shown}");
+                }
+                other => panic!("{shown}: {other:?}"),
+            }
+        }
+    }
+
+    // Paused time: the timeout fires as soon as nothing else can happen.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_times_out() {
+        let (client, _server) = tokio::io::duplex(1024);
+        let url = CloudUrl::parse("http://cloud.example").unwrap();
+        let result = exchange(&url, client, Method::GET, "/healthz", None, Duration::from_secs(10)).await;
+        assert!(matches!(result, Err(HttpError::Timeout { step: "the HTTP exchange", .. })), "{result:?}");
     }
 }
