@@ -8,7 +8,8 @@ use crate::probe::TxId;
 use crate::status::{CandidateOrigin, CandidateState, CandidateStatus};
 use crate::timing::{
     DIRECT_DEAD_AFTER, FAST_INTERVAL, FAST_PHASE, HEARTBEAT_INTERVAL, MAX_OUTSTANDING_PER_CANDIDATE,
-    PEER_REFLEXIVE_TTL, PING_TIMEOUT, RETRY_INTERVAL, RTT_TIE_MARGIN, SLOW_INTERVAL, SLOW_PHASE, after,
+    PEER_REFLEXIVE_TTL, PING_TIMEOUT, RETRY_INTERVAL, RTT_TIE_MARGIN, SLOW_INTERVAL, SLOW_PHASE, STALE_AFTER,
+    after,
 };
 
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub(crate) struct Candidate {
     /// Verified and not yet found silent; kept as a flag so that a deadline
     /// that passed is reported once, not forever.
     live: bool,
+    /// A remote candidate the peer no longer lists, kept while it works.
+    pub(crate) withdrawn: bool,
     pings_sent: u64,
     pongs_received: u64,
 }
@@ -47,8 +50,18 @@ impl Candidate {
             last_rx: None,
             last_seen: now,
             live: false,
+            withdrawn: false,
             pings_sent: 0,
             pongs_received: 0,
+        }
+    }
+
+    /// The last pong or WireGuard datagram from it.
+    fn last_alive(&self) -> Option<Instant> {
+        match (self.last_pong, self.last_rx) {
+            (Some(pong), Some(rx)) => Some(pong.max(rx)),
+            (Some(pong), None) => Some(pong),
+            (None, _) => None,
         }
     }
 
@@ -57,12 +70,12 @@ impl Candidate {
         if !self.live {
             return None;
         }
-        let last = match (self.last_pong, self.last_rx) {
-            (Some(pong), Some(rx)) => pong.max(rx),
-            (Some(pong), None) => pong,
-            (None, _) => return None,
-        };
-        Some(after(last, DIRECT_DEAD_AFTER))
+        self.last_alive().map(|last| after(last, DIRECT_DEAD_AFTER))
+    }
+
+    /// Live but not heard from for [`STALE_AFTER`]: it missed a heartbeat.
+    pub(crate) fn is_stale(&self, now: Instant) -> bool {
+        self.last_alive().is_none_or(|last| now.saturating_duration_since(last) > STALE_AFTER)
     }
 
     pub(crate) fn is_live(&self, now: Instant) -> bool {
@@ -185,6 +198,21 @@ impl Candidate {
             pongs_received: self.pongs_received,
         }
     }
+}
+
+/// Whether the live path `challenger` should replace the live path
+/// `incumbent`: the incumbent has been withdrawn by the peer or went quiet
+/// (the peer probably moved) while the challenger did not, or the challenger
+/// is [`better`].
+pub(crate) fn replaces(challenger: &Candidate, incumbent: &Candidate, now: Instant) -> bool {
+    if incumbent.withdrawn != challenger.withdrawn {
+        return incumbent.withdrawn;
+    }
+    let (incumbent_stale, challenger_stale) = (incumbent.is_stale(now), challenger.is_stale(now));
+    if incumbent_stale != challenger_stale {
+        return incumbent_stale;
+    }
+    better(challenger, incumbent)
 }
 
 /// Whether `a` is a better direct path than `b`: a clearly lower round-trip

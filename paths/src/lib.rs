@@ -71,7 +71,11 @@
 //! - **Selection**: among live direct paths, a clearly lower smoothed RTT wins
 //!   (by more than 1 ms and 10 %); on a tie a private (host) address wins over
 //!   a public one. The path in use is kept unless another is better by that
-//!   rule (hysteresis). No live direct path: the relay; no relay: none.
+//!   rule (hysteresis), except that a live path that went quiet for
+//!   [`STALE_AFTER`] (3 s, a missed heartbeat) or that the peer took off its
+//!   candidate list gives way at once to a live path that did not: that is
+//!   how a roamed peer's new address takes over before the old one is
+//!   declared dead. No live direct path: the relay; no relay: none.
 //! - **Dead paths**: a live path with neither a pong nor an authenticated
 //!   WireGuard datagram from its address for [`DIRECT_DEAD_AFTER`] (5 s) is
 //!   dead. If it was selected, the peer moves to another live direct path or
@@ -129,5 +133,5 @@ pub use timing::{
     DIRECT_DEAD_AFTER, FAST_INTERVAL, FAST_PHASE, HEARTBEAT_INTERVAL, MAX_OUTSTANDING_PER_CANDIDATE,
     MAX_PEER_REFLEXIVE, MAX_QUEUED_TRANSMITS_PER_PEER, MAX_REMEMBERED_NONCES, MAX_REMOTE_CANDIDATES,
     PEER_REFLEXIVE_TTL, PING_TIMEOUT, REPLAY_WINDOW, RETRY_INTERVAL, RTT_TIE_MARGIN, SLOW_INTERVAL,
-    SLOW_PHASE,
+    SLOW_PHASE, STALE_AFTER,
 };

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rand_core::CryptoRngCore;
 
-use crate::candidate::{Candidate, better, is_usable};
+use crate::candidate::{Candidate, is_usable, replaces};
 use crate::probe::{self, NONCE_LEN, ProbeBody, ProbeDrop, TxId};
 use crate::replay::NonceCache;
 use crate::secrets::{PeerKey, ProbeSecrets};
@@ -97,6 +97,7 @@ impl Peer {
                 None => Candidate::new(*addr, CandidateOrigin::Remote, now),
             };
             candidate.origin = CandidateOrigin::Remote;
+            candidate.withdrawn = false;
             next.push(candidate);
         }
         for mut candidate in old.into_iter().flatten() {
@@ -104,6 +105,7 @@ impl Peer {
                 CandidateOrigin::PeerReflexive => next.push(candidate),
                 CandidateOrigin::Remote if candidate.is_live(now) => {
                     candidate.origin = CandidateOrigin::PeerReflexive;
+                    candidate.withdrawn = true;
                     next.push(candidate);
                 }
                 CandidateOrigin::Remote => {}
@@ -152,6 +154,8 @@ impl Peer {
             candidate.check_dead(now);
         }
         io.stats.ping_timeouts = io.stats.ping_timeouts.saturating_add(timeouts as u64);
+        // Select before expiring, so that the selected path (kept below) is a live one.
+        self.select(now, io);
         let selected = match self.selected {
             Selected::Direct(addr) => Some(addr),
             _ => None,
@@ -162,7 +166,6 @@ impl Peer {
         });
         let expired = before - self.candidates.len();
         io.stats.reflexive_expired = io.stats.reflexive_expired.saturating_add(expired as u64);
-        self.select(now, io);
         self.send_due(now, io);
     }
 
@@ -254,6 +257,11 @@ impl Peer {
                 if let Some(candidate) = self.candidates.get_mut(index) {
                     candidate.note_rx(now);
                 }
+                // Traffic on another path than the selected one may make the
+                // selected one the staler of the two.
+                if self.selected != Selected::Direct(from) {
+                    self.select(now, io);
+                }
             }
             None => {
                 // WireGuard authenticated it: the peer is at a new address
@@ -302,7 +310,7 @@ impl Peer {
     }
 
     /// Picks the path: the best live direct candidate (keeping the current one
-    /// unless another is [`better`]), else the relay, else none.
+    /// unless another [`replaces`] it), else the relay, else none.
     pub(crate) fn select(&mut self, now: Instant, io: &mut Io<'_>) {
         let current = match self.selected {
             Selected::Direct(addr) => self
@@ -317,7 +325,7 @@ impl Peer {
             }
             let wins = match best.and_then(|b| self.candidates.get(b)) {
                 None => true,
-                Some(incumbent) => better(candidate, incumbent),
+                Some(incumbent) => replaces(candidate, incumbent, now),
             };
             if wins {
                 best = Some(index);

@@ -27,8 +27,9 @@ pub mod why {
     pub const NO_PATH: &str = "no path";
     /// A direct path answered our ping from the address we pinged.
     pub const VERIFIED: &str = "verified";
-    /// Another live direct path has a clearly lower round-trip time (or is a
-    /// private address at about the same round-trip time).
+    /// Another live direct path took over: the one in use went quiet or was
+    /// withdrawn by the peer, or the other has a clearly lower round-trip time
+    /// (or is a private address at about the same round-trip time).
     pub const BETTER: &str = "better path";
     /// The selected direct path went silent for [`DIRECT_DEAD_AFTER`](crate::DIRECT_DEAD_AFTER).
     pub const DEAD: &str = "dead";

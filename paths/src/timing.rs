@@ -20,6 +20,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// A direct path with neither a pong nor authenticated WireGuard traffic from
 /// it for this long is dead.
 pub const DIRECT_DEAD_AFTER: Duration = Duration::from_secs(5);
+/// A live path not heard from for this long (it missed a heartbeat's pong)
+/// gives way to a live path that was heard from since.
+pub const STALE_AFTER: Duration = Duration::from_secs(3);
 /// A ping's transaction id matches a pong for this long after it was sent.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Peer-reflexive candidates are forgotten this long after their last sign of life.
