@@ -172,7 +172,7 @@ impl Candidate {
     pub(crate) fn expire_pings(&mut self, now: Instant) -> usize {
         let before = self.outstanding.len();
         self.outstanding.retain(|(_, sent)| now.saturating_duration_since(*sent) < PING_TIMEOUT);
-        before - self.outstanding.len()
+        before.saturating_sub(self.outstanding.len())
     }
 
     pub(crate) fn outstanding(&self) -> usize {

@@ -17,7 +17,9 @@
 //! 2. For each peer that may have a direct path (on the gateway: a live
 //!    session the customer allows): [`Paths::add_peer`] with the peer's
 //!    [`ProbeSecrets`] (from the tunnel), its relay address and its
-//!    candidates. When the cloud sends new candidates:
+//!    candidates (it refuses, with [`AddPeerError::TagInUse`], a second peer
+//!    whose probes would carry the same tag: the same key pair twice). Adding
+//!    a known peer again starts it over. When the cloud sends new candidates:
 //!    [`Paths::set_remote_candidates`]; when the relay changes (UDP relay
 //!    re-allocated, WebSocket transport attached): [`Paths::set_relay`]. When
 //!    the session ends: [`Paths::remove_peer`], which stops its probes at once.

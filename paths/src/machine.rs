@@ -233,7 +233,8 @@ impl Paths {
                 .filter(|c| c.origin == crate::status::CandidateOrigin::PeerReflexive)
                 .count();
             memory.candidates += candidates.len();
-            memory.max_remote_candidates = memory.max_remote_candidates.max(candidates.len() - reflexive);
+            memory.max_remote_candidates =
+                memory.max_remote_candidates.max(candidates.len().saturating_sub(reflexive));
             memory.max_peer_reflexive = memory.max_peer_reflexive.max(reflexive);
             for candidate in candidates {
                 memory.outstanding_pings += candidate.outstanding();

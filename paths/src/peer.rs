@@ -126,7 +126,7 @@ impl Peer {
         if let Some(relay) = relay {
             let before = self.candidates.len();
             self.candidates.retain(|c| c.addr != relay);
-            let removed = before - self.candidates.len();
+            let removed = before.saturating_sub(self.candidates.len());
             io.stats.candidates_ignored = io.stats.candidates_ignored.saturating_add(removed as u64);
         }
         if self.selected == Selected::Relay && relay.is_some() && old != relay {
@@ -164,7 +164,7 @@ impl Peer {
         self.candidates.retain(|c| {
             Some(c.addr) == selected || c.is_live(now) || c.expires_at().is_none_or(|at| now < at)
         });
-        let expired = before - self.candidates.len();
+        let expired = before.saturating_sub(self.candidates.len());
         io.stats.reflexive_expired = io.stats.reflexive_expired.saturating_add(expired as u64);
         self.send_due(now, io);
     }
