@@ -3,16 +3,20 @@
 //! signal per connection. A connection task that sees the signal rebuilds
 //! the full desired state from the store and sends it; there are no deltas
 //! to lose, and a reconnect is just the first signal.
+//!
+//! Every connection task and API request goes through these maps, so one
+//! panic must not break them for the others: the locks do not poison
+//! (parking_lot), nothing the hub itself runs under them can panic, and a
+//! caller's change runs on a copy that replaces the entry only if it returns,
+//! so a panicking change leaves the entry as it was.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
 };
 
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 use crate::sessions::GatewayView;
@@ -77,12 +81,12 @@ impl Hub {
         let conn = self.next_conn.fetch_add(1, Ordering::SeqCst) + 1;
         let (dirty, receiver) = watch::channel(self.next_revision());
         // Replacing drops the previous sender: the old task sees it and closes.
-        map.lock().expect("hub lock").insert(id, Link { conn, live, dirty });
+        map.lock().insert(id, Link { conn, live, dirty });
         Registration { conn, dirty: receiver }
     }
 
     fn unregister<L>(map: &Mutex<HashMap<u64, Link<L>>>, id: u64, conn: u64) -> bool {
-        let mut map = map.lock().expect("hub lock");
+        let mut map = map.lock();
         let mine = map.get(&id).is_some_and(|l| l.conn == conn);
         if mine {
             map.remove(&id);
@@ -91,8 +95,19 @@ impl Hub {
     }
 
     fn touch<L>(&self, map: &Mutex<HashMap<u64, Link<L>>>, id: u64) {
-        if let Some(link) = map.lock().expect("hub lock").get(&id) {
+        if let Some(link) = map.lock().get(&id) {
             link.dirty.send_replace(self.next_revision());
+        }
+    }
+
+    /// Applies a caller's change to a connected peer's report, all or
+    /// nothing: it works on a copy, so if it panics the entry stays as it was
+    /// (and the lock, which does not poison, is free for everyone else).
+    fn update<L: Clone>(map: &Mutex<HashMap<u64, Link<L>>>, id: u64, change: impl FnOnce(&mut L)) {
+        if let Some(link) = map.lock().get_mut(&id) {
+            let mut live = link.live.clone();
+            change(&mut live);
+            link.live = live;
         }
     }
 
@@ -106,7 +121,7 @@ impl Hub {
     }
 
     pub fn gateway(&self, id: u64) -> Option<GatewayLive> {
-        self.gateways.lock().expect("hub lock").get(&id).map(|l| l.live.clone())
+        self.gateways.lock().get(&id).map(|l| l.live.clone())
     }
 
     pub fn gateway_view(&self, id: u64) -> GatewayView {
@@ -117,9 +132,7 @@ impl Hub {
     }
 
     pub fn update_gateway(&self, id: u64, change: impl FnOnce(&mut GatewayLive)) {
-        if let Some(link) = self.gateways.lock().expect("hub lock").get_mut(&id) {
-            change(&mut link.live);
-        }
+        Self::update(&self.gateways, id, change);
     }
 
     /// The gateway's desired state changed: its connection resends it.
@@ -136,13 +149,11 @@ impl Hub {
     }
 
     pub fn relay(&self, id: u64) -> Option<RelayLive> {
-        self.relays.lock().expect("hub lock").get(&id).map(|l| l.live.clone())
+        self.relays.lock().get(&id).map(|l| l.live.clone())
     }
 
     pub fn update_relay(&self, id: u64, change: impl FnOnce(&mut RelayLive)) {
-        if let Some(link) = self.relays.lock().expect("hub lock").get_mut(&id) {
-            change(&mut link.live);
-        }
+        Self::update(&self.relays, id, change);
     }
 
     pub fn touch_relay(&self, id: u64) {
@@ -153,7 +164,6 @@ impl Hub {
     pub fn pick_relay(&self) -> Option<(u64, RelayLive)> {
         self.relays
             .lock()
-            .expect("hub lock")
             .iter()
             .filter(|(_, l)| u64::from(l.live.capacity) > l.live.bindings)
             .max_by_key(|(id, l)| (u64::from(l.live.capacity) - l.live.bindings, std::cmp::Reverse(**id)))
@@ -163,18 +173,18 @@ impl Hub {
     /// Waits for a relay's answer to allocation `id`.
     pub fn expect_allocation(&self, id: u64) -> oneshot::Receiver<AllocationAnswer> {
         let (sender, receiver) = oneshot::channel();
-        self.pending.lock().expect("hub lock").insert(id, sender);
+        self.pending.lock().insert(id, sender);
         receiver
     }
 
     pub fn answer_allocation(&self, id: u64, answer: AllocationAnswer) {
-        if let Some(sender) = self.pending.lock().expect("hub lock").remove(&id) {
+        if let Some(sender) = self.pending.lock().remove(&id) {
             let _ = sender.send(answer);
         }
     }
 
     pub fn forget_allocation(&self, id: u64) {
-        self.pending.lock().expect("hub lock").remove(&id);
+        self.pending.lock().remove(&id);
     }
 }
 
@@ -201,6 +211,52 @@ mod tests {
         assert!(*second.dirty.borrow() > before);
         assert!(hub.disconnect_gateway(1, second.conn));
         assert_eq!(hub.gateway_view(1), GatewayView { online: false, switch_on: false });
+    }
+
+    /// A connection task whose change panics under the hub's lock takes down
+    /// only itself: the entry keeps its last whole value, and every other
+    /// caller (the same gateway's next report, other gateways, relays, the
+    /// API) goes on. With a poisoning lock each of these calls panicked.
+    #[test]
+    fn a_change_that_panics_leaves_the_hub_working_for_everyone() {
+        let hub = Hub::default();
+        let first = hub.connect_gateway(1, live(false));
+        hub.connect_gateway(2, live(false));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hub.update_gateway(1, |l| {
+                l.switch_on = true;
+                l.software_version.push_str("-half-written");
+                panic!("a bug in one connection task");
+            });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(hub.gateway(1), Some(live(false)), "the half-made change is not kept");
+        hub.update_gateway(1, |l| l.switch_on = true);
+        assert_eq!(hub.gateway_view(1), GatewayView { online: true, switch_on: true });
+        hub.update_gateway(2, |l| l.switch_on = true);
+        assert!(hub.gateway_view(2).switch_on);
+        assert!(hub.disconnect_gateway(1, first.conn));
+        assert_eq!(hub.gateway(1), None);
+
+        let relay = RelayLive {
+            udp: "192.0.2.1:3478".parse().unwrap(),
+            websocket_url: "wss://relay.example/ws".into(),
+            websocket_pin: None,
+            capacity: 10,
+            bindings: 0,
+        };
+        hub.connect_relay(7, relay.clone());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hub.update_relay(7, |l| {
+                l.bindings = 10;
+                panic!("a bug in the relay's connection task");
+            });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(hub.relay(7), Some(relay), "the relay's report is whole");
+        assert_eq!(hub.pick_relay().map(|(id, _)| id), Some(7), "a full-looking relay was not half-recorded");
+        hub.update_relay(7, |l| l.bindings = 10);
+        assert!(hub.pick_relay().is_none());
     }
 
     #[test]

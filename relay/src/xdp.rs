@@ -3,10 +3,7 @@
 //! counters into /metrics under the same reasons the userspace path uses.
 //! Stopping (or dropping) it detaches the program; nothing is ever pinned.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use ferry_ebpf::{
@@ -14,6 +11,7 @@ use ferry_ebpf::{
     common::relay::{Binding, BindingKey, DEFAULT_MAX_SLOTS, Outcome, Traffic},
     relay::{RelayCounters, RelayForwarder},
 };
+use parking_lot::{Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use crate::{
@@ -22,14 +20,16 @@ use crate::{
     runtime::BindingTable,
 };
 
-/// The binding map, shared by every allocation task.
+/// The binding map, shared by every allocation task. Its lock does not
+/// poison: the map is the kernel's, so a panic in one task's map call leaves
+/// nothing half-written here for the others.
 struct Table {
     forwarder: Mutex<RelayForwarder>,
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, RelayForwarder> {
-        self.forwarder.lock().expect("forwarder lock")
+    fn lock(&self) -> MutexGuard<'_, RelayForwarder> {
+        self.forwarder.lock()
     }
 }
 

@@ -2,6 +2,8 @@
 //! is bounded by, measured in the same run (`cargo xtask bench tunnel` reads
 //! the results).
 
+#![allow(clippy::unwrap_used, reason = "a benchmark whose setup fails should stop")]
+
 use std::{hint::black_box, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};

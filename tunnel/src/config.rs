@@ -118,7 +118,9 @@ impl FromStr for WgQuickConfig {
             match section {
                 Section::None => return Err(line_error(line_no, "a setting before any section")),
                 Section::Interface => {
-                    let iface = interface.as_mut().expect("set with the section");
+                    let Some(iface) = interface.as_mut() else {
+                        return Err(line_error(line_no, "a setting outside its section"));
+                    };
                     parse_interface_key(iface, &key, value).map_err(|m| line_error(line_no, m))?;
                     if matches!(
                         key.as_str(),
@@ -135,7 +137,9 @@ impl FromStr for WgQuickConfig {
                     }
                 }
                 Section::Peer => {
-                    let draft = &mut peers.last_mut().expect("set with the section").1;
+                    let Some((_, draft)) = peers.last_mut() else {
+                        return Err(line_error(line_no, "a setting outside its section"));
+                    };
                     parse_peer_key(draft, &key, value).map_err(|m| line_error(line_no, m))?;
                 }
             }

@@ -240,8 +240,8 @@ pub fn set(device: &mut Device, listen_port: u16, lines: &[String]) -> Result<()
                 let key = PublicKey(unhex32(value)?);
                 let mut config = PeerConfig::new(key);
                 // After replace_peers the peer starts fresh, as in wireguard-go.
-                if let Some(id) = device.peer_id(&key).filter(|_| !replace_peers) {
-                    let peer = device.peer(id).expect("live id");
+                let known = device.peer_id(&key).filter(|_| !replace_peers);
+                if let Some((id, peer)) = known.and_then(|id| Some((id, device.peer(id)?))) {
                     config.endpoint = peer.endpoint;
                     config.persistent_keepalive = peer.persistent_keepalive;
                     config.preshared_key = (peer.psk != [0; 32]).then(|| PresharedKey::from_bytes(peer.psk));

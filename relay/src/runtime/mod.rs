@@ -9,13 +9,14 @@ use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
 use ferry_ebpf::common::relay::{BindingKey, Traffic};
 use ferry_tunnel::PublicKey;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -154,8 +155,14 @@ impl Relay {
         &self.inner.options
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().expect("relay state lock")
+    /// The registry, locked. The lock does not poison: every request and
+    /// every allocation's end goes through it, so a panic under it (in a
+    /// binding table's code, say) must not refuse them all from then on. The
+    /// state stays whole: [`Relay::add`] records an allocation in all its maps
+    /// at once, after the last call that could fail, and [`Relay::end`]
+    /// removes it from all of them before it calls anything.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock()
     }
 
     /// Makes the live allocations exactly `desired`: new ones start, missing
@@ -265,7 +272,7 @@ impl Relay {
         self.inner.metrics.allocations.set(state.allocations.len() as i64);
         drop(state);
         if let Some(table) = &self.inner.table {
-            for key in handle.installed.lock().expect("binding list lock").drain(..) {
+            for key in handle.installed.lock().drain(..) {
                 table.remove(&key);
             }
         }
@@ -409,19 +416,63 @@ mod tests {
 
     impl BindingTable for MemoryTable {
         fn insert(&self, key: &BindingKey, binding: &Binding) -> Result<(), String> {
-            self.0.lock().unwrap().insert(*key, *binding);
+            self.0.lock().insert(*key, *binding);
             Ok(())
         }
         fn remove(&self, key: &BindingKey) {
-            self.0.lock().unwrap().remove(key);
+            self.0.lock().remove(key);
         }
         fn traffic(&self, _slot: u32) -> Traffic {
             Traffic::default()
         }
         fn reset_slot(&self, _slot: u32) {}
         fn entries(&self) -> u32 {
-            self.0.lock().unwrap().len() as u32
+            self.0.lock().len() as u32
         }
+    }
+
+    /// A binding table whose code panics on its first slot reset, as a bug
+    /// in the XDP map code would, under the registry's lock.
+    #[derive(Default)]
+    struct PanicsOnce(std::sync::atomic::AtomicBool);
+
+    impl BindingTable for PanicsOnce {
+        fn insert(&self, _key: &BindingKey, _binding: &Binding) -> Result<(), String> {
+            Ok(())
+        }
+        fn remove(&self, _key: &BindingKey) {}
+        fn traffic(&self, _slot: u32) -> Traffic {
+            Traffic::default()
+        }
+        fn reset_slot(&self, slot: u32) {
+            if !self.0.swap(true, Ordering::SeqCst) {
+                panic!("a bug while resetting slot {slot}");
+            }
+        }
+        fn entries(&self) -> u32 {
+            0
+        }
+    }
+
+    /// One panic under the registry's lock fails that one request; the relay
+    /// still admits, ends, sweeps and reports for everyone else, and the
+    /// failed allocation left nothing behind (its token and id are free).
+    /// With a poisoning lock every later call panicked.
+    #[tokio::test]
+    async fn a_panic_under_the_state_lock_fails_one_request_not_the_relay() {
+        let relay = Relay::new(options(10), Some(Arc::new(PanicsOnce::default())), Metrics::new());
+        let first = spec(1);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| relay.add(first.clone())));
+        assert!(panicked.is_err());
+        assert_eq!(relay.snapshot().allocations, 0);
+        assert_eq!(relay.port_of(1), None);
+        assert!(matches!(relay.add(first.clone()), Admission::Ready { .. }), "the same allocation again");
+        assert!(matches!(relay.add(spec(2)), Admission::Ready { .. }));
+        assert!(ws::Directory::lookup(&relay, &first.websocket_token).is_some());
+        assert_eq!(relay.apply(&[first]).len(), 0);
+        assert_eq!(relay.snapshot().allocations, 1, "apply ended the other one");
+        relay.clear();
+        assert_eq!(relay.snapshot().allocations, 0);
     }
 
     fn options(max_allocations: u32) -> Options {

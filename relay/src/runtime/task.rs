@@ -3,16 +3,10 @@
 //! asks the state machine where each goes, sends in batches, and mirrors the
 //! bindings into the XDP map whenever they change.
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    io,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{cell::RefCell, collections::HashMap, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use ferry_ebpf::common::relay::{BindingKey, Traffic};
+use parking_lot::Mutex;
 use tokio::{io::Interest, net::UdpSocket, sync::mpsc};
 use tracing::{debug, warn};
 
@@ -260,7 +254,7 @@ impl Task {
         let Some(table) = &self.table else { return };
         let wanted =
             self.alloc.routes().map(|r| table::entries(&r, self.port, self.slot)).unwrap_or_default();
-        let mut installed = self.installed.lock().expect("binding list lock");
+        let mut installed = self.installed.lock();
         for key in installed.iter().filter(|k| !wanted.iter().any(|(w, _)| w == *k)) {
             table.remove(key);
         }
@@ -289,7 +283,7 @@ async fn readable(socket: Option<&Arc<UdpSocket>>) -> io::Result<()> {
 impl Drop for Task {
     fn drop(&mut self) {
         if let Some(table) = &self.table {
-            let mut installed = self.installed.lock().expect("binding list lock");
+            let mut installed = self.installed.lock();
             for key in installed.drain(..) {
                 table.remove(&key);
             }

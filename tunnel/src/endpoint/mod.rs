@@ -21,10 +21,11 @@ use std::{
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     ops::{Deref, DerefMut},
-    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
+use parking_lot::{Mutex, MutexGuard};
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
 use tokio::{io::Interest, net::UdpSocket, task::JoinHandle};
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
@@ -237,8 +238,14 @@ impl Endpoint {
     /// then each change as it happens. One sink per endpoint.
     pub fn watch_indices(&self, sink: impl IndexSink) -> Result<(), EndpointError> {
         let mut device = self.device();
-        self.shared.index_sink.set(Box::new(sink)).map_err(|_| EndpointError::AlreadyWatched)?;
-        let sink = self.shared.index_sink.get().expect("just set");
+        let mut fresh = false;
+        let sink = self.shared.index_sink.get_or_init(|| {
+            fresh = true;
+            Box::new(sink)
+        });
+        if !fresh {
+            return Err(EndpointError::AlreadyWatched);
+        }
         for index in device.watch_indices() {
             sink.apply(IndexChange::Added(index));
         }
@@ -257,11 +264,12 @@ struct Locked<'a> {
     sink: Option<&'a dyn IndexSink>,
 }
 
+/// The device's lock does not poison: the device is total on network input,
+/// but a panic in a UAPI request or an index sink under the lock must not stop
+/// the engine tasks that share it. The device stays usable after one (at
+/// worst a peer's step is half done, which its timers and handshakes repair).
 fn lock(shared: &Shared) -> Locked<'_> {
-    Locked {
-        device: shared.device.lock().expect("the device lock is never poisoned: no panics under it"),
-        sink: shared.index_sink.get().map(|sink| &**sink),
-    }
+    Locked { device: shared.device.lock(), sink: shared.index_sink.get().map(|sink| &**sink) }
 }
 
 impl Deref for Locked<'_> {

@@ -147,6 +147,11 @@ pub enum Drop {
     BadInnerPacket,
     /// A decrypted packet whose source is not among the sender's allowed IPs.
     SourceNotAllowed,
+    /// The device's own maps disagreed (an index, key or route named a peer
+    /// that is gone): a bug, dropped and counted rather than a panic under the
+    /// endpoint's lock that would stop every tunnel. See
+    /// [`DeviceStats::internal_inconsistencies`].
+    InternalInconsistency,
 }
 
 /// Counters of what the device did, by kind.
@@ -155,6 +160,9 @@ pub struct DeviceStats {
     pub drops: HashMap<Drop, u64>,
     pub handshakes_received: u64,
     pub cookie_replies_sent: u64,
+    /// Steps (a datagram, a packet, a timer run) abandoned because the maps
+    /// disagreed; always zero unless the device has a bug.
+    pub internal_inconsistencies: u64,
 }
 
 pub struct Device {
@@ -209,22 +217,39 @@ impl Device {
     /// allowed IPs, keepalive, PSK) while its sessions keep running.
     pub fn add_peer(&mut self, config: PeerConfig) -> Result<PeerId, HandshakeError> {
         let psk = config.preshared_key.as_ref().map_or([0; 32], |k| k.0);
-        let id = match self.by_key.get(&config.public_key) {
-            Some(&id) => {
-                let peer = self.peers.get_mut(&id).expect("by_key and peers agree");
+        let known = self.by_key.get(&config.public_key).copied();
+        let id = match known.map(|id| (id, self.peers.get_mut(&id))) {
+            Some((id, Some(peer))) => {
                 peer.psk = psk;
+                Self::configure(peer, &config);
                 id
             }
-            None => {
+            lost_or_new => {
                 let static_static = self.identity.static_static(&config.public_key)?;
+                if let Some((lost, _)) = lost_or_new {
+                    // The key named a peer that is gone: start it afresh.
+                    note_inconsistency(&mut self.stats, lost, "add_peer");
+                    self.indices.remove_owner(lost);
+                    self.allowed_ips.remove_value(lost);
+                }
                 let id = PeerId(self.next_peer);
                 self.next_peer += 1;
-                self.peers.insert(id, Peer::new(config.public_key, psk, static_static));
+                let mut peer = Peer::new(config.public_key, psk, static_static);
+                Self::configure(&mut peer, &config);
+                self.peers.insert(id, peer);
                 self.by_key.insert(config.public_key, id);
                 id
             }
         };
-        let peer = self.peers.get_mut(&id).expect("just inserted");
+        self.allowed_ips.remove_value(id);
+        for net in config.allowed_ips {
+            self.allowed_ips.insert(net, id);
+        }
+        Ok(id)
+    }
+
+    /// The endpoint and keepalive part of [`Device::add_peer`].
+    fn configure(peer: &mut Peer, config: &PeerConfig) {
         if config.endpoint.is_some() {
             peer.endpoint = config.endpoint;
         }
@@ -236,11 +261,6 @@ impl Device {
             peer.timers.keepalive_now = keepalive.is_some();
         }
         peer.persistent_keepalive = keepalive;
-        self.allowed_ips.remove_value(id);
-        for net in config.allowed_ips {
-            self.allowed_ips.insert(net, id);
-        }
-        Ok(id)
     }
 
     /// Removes a peer: its sessions, handshake, indices and allowed IPs go at
@@ -320,6 +340,13 @@ impl Device {
         Incoming::Dropped(reason)
     }
 
+    /// The peer `id` names, for a step that had to let go of it (to call
+    /// another step on the whole device) or that found `id` in another map.
+    /// See [`live_peer`].
+    fn live(&mut self, id: PeerId, step: &'static str) -> Option<&mut Peer> {
+        live_peer(&mut self.peers, &mut self.stats, id, step)
+    }
+
     /// Encrypts a packet from the TUN device for the peer its destination
     /// routes to, into `out`. Handshakes, and packets that were waiting for
     /// one, go to `transmits`.
@@ -332,19 +359,21 @@ impl Device {
     ) -> Result<Sent, SendError> {
         let Some(inner) = InnerPacket::parse(packet) else { return Err(SendError::NotIp) };
         let id = self.allowed_ips.lookup(inner.destination).ok_or(SendError::NoRoute(inner.destination))?;
-        let peer = self.peers.get_mut(&id).expect("allowed IPs only name live peers");
+        // A route to a peer that is gone is no route.
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "send_packet") else {
+            return Err(SendError::NoRoute(inner.destination));
+        };
         let Some(to) = peer.endpoint else { return Err(SendError::NoEndpoint) };
         if Session::sealed_len(packet.len()) > out.len() {
             return Err(SendError::BufferTooSmall);
         }
         let sendable =
-            peer.current.as_ref().is_some_and(|s| s.usable(now.instant) && s.sent() < REJECT_AFTER_MESSAGES);
-        if !sendable {
+            peer.current.as_mut().filter(|s| s.usable(now.instant) && s.sent() < REJECT_AFTER_MESSAGES);
+        let Some(session) = sendable else {
             peer.stage(packet);
             self.initiate_handshake(id, now, transmits, false);
             return Ok(Sent::Queued);
-        }
-        let session = peer.current.as_mut().expect("checked sendable");
+        };
         let len = session.seal(now.instant, packet, self.mtu, out).map_err(|_| SendError::BufferTooSmall)?;
         peer.stats.tx_bytes += len as u64;
         Self::on_data_sent(peer, now.instant);
@@ -377,7 +406,9 @@ impl Device {
                 let Some(&id) = self.indices.get(&reply.receiver()) else {
                     return self.drop(Drop::UnknownIndex);
                 };
-                let peer = self.peers.get_mut(&id).expect("indices only name live peers");
+                let Some(peer) = self.live(id, "cookie reply") else {
+                    return self.drop(Drop::InternalInconsistency);
+                };
                 match peer.cookies.consume(now.instant, &reply) {
                     Ok(()) => Incoming::Handled,
                     Err(_) => self.drop(Drop::BadCookieReply),
@@ -406,7 +437,11 @@ impl Device {
         self.note_handshake(now);
         if self.under_load(now) {
             if !self.checker.mac2_valid(now, from, bytes, mac1_offset + 16) {
-                let mac1: [u8; 16] = bytes[mac1_offset..mac1_offset + 16].try_into().expect("16 bytes");
+                let Some(mac1) =
+                    bytes.get(mac1_offset..mac1_offset + 16).and_then(|b| <[u8; 16]>::try_from(b).ok())
+                else {
+                    return Err(Drop::Malformed);
+                };
                 let reply = self.checker.reply(now, from, sender, &mac1);
                 transmits.push(Transmit { to: from, payload: reply.to_vec() });
                 self.stats.cookie_replies_sent += 1;
@@ -443,8 +478,14 @@ impl Device {
             Ok(c) => c,
             Err(e) => return self.drop(Drop::Handshake(e)),
         };
-        let id = self.by_key[&consumed.peer];
-        let peer = self.peers.get_mut(&id).expect("by_key names live peers");
+        // consume_initiation found the key through by_key and peers, so both
+        // still name the peer; a miss is a bug, dropped.
+        let Some(&id) = self.by_key.get(&consumed.peer) else {
+            return self.drop(Drop::InternalInconsistency);
+        };
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "initiation") else {
+            return self.drop(Drop::InternalInconsistency);
+        };
         if peer.latest_timestamp.is_some_and(|t| consumed.timestamp <= t) {
             return self.drop(Drop::ReplayedInitiation);
         }
@@ -458,7 +499,6 @@ impl Device {
         peer.last_initiation_consumed = Some(now.instant);
 
         let local_index = new_index(&self.indices);
-        let peer = self.peers.get_mut(&id).expect("live");
         let (mut response, keys) = match handshake::respond(&consumed, &peer.psk, local_index) {
             Ok(r) => r,
             Err(e) => return self.drop(Drop::Handshake(e)),
@@ -473,7 +513,6 @@ impl Device {
             self.indices.remove(&old.local_index);
         }
         self.indices.insert(local_index, id);
-        let peer = self.peers.get_mut(&id).expect("live");
         Self::on_session_derived(peer, now.instant);
         Self::on_authenticated_received(peer, now.instant);
         Self::on_authenticated_sent(peer, now.instant);
@@ -494,7 +533,9 @@ impl Device {
             return self.drop(reason);
         }
         let Some(&id) = self.indices.get(&resp.receiver()) else { return self.drop(Drop::UnknownIndex) };
-        let Some(peer) = self.peers.get_mut(&id) else { return self.drop(Drop::UnknownIndex) };
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "response") else {
+            return self.drop(Drop::InternalInconsistency);
+        };
         let Some(state) = peer.handshake.as_ref().filter(|h| h.local_index == resp.receiver()) else {
             return self.drop(Drop::UnexpectedResponse);
         };
@@ -518,7 +559,6 @@ impl Device {
         for old in retired {
             self.indices.remove(&old.local_index);
         }
-        let peer = self.peers.get_mut(&id).expect("live");
         peer.current = Some(Session::new(&keys, now.instant));
         Self::on_session_derived(peer, now.instant);
         Self::on_handshake_complete(peer, now.instant);
@@ -536,7 +576,11 @@ impl Device {
         transmits: &mut Vec<Transmit>,
     ) -> Incoming {
         let Some(&id) = self.indices.get(&receiver) else { return self.drop(Drop::UnknownIndex) };
-        let Some(peer) = self.peers.get_mut(&id) else { return self.drop(Drop::UnknownIndex) };
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "transport") else {
+            return self.drop(Drop::InternalInconsistency);
+        };
+        // The index is live but none of the peer's sessions holds it: a
+        // handshake's index (a peer sending data before its response) or a bug.
         let Some((session, slot)) = peer.session_mut(receiver) else { return self.drop(Drop::UnknownIndex) };
         let range = match session.open(now.instant, datagram) {
             Ok(r) => r,
@@ -552,17 +596,16 @@ impl Device {
             if let Some(old) = old_previous {
                 self.indices.remove(&old.local_index);
             }
-            let peer = self.peers.get_mut(&id).expect("live");
             Self::on_handshake_complete(peer, now.instant);
             self.flush_staged(id, now, transmits, false);
         }
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = self.live(id, "transport") else { return self.drop(Drop::InternalInconsistency) };
         Self::on_authenticated_received(peer, now.instant);
         self.keep_key_fresh_receiving(id, now, transmits);
         if range.is_empty() {
             return Incoming::Handled;
         }
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = self.live(id, "transport") else { return self.drop(Drop::InternalInconsistency) };
         Self::on_data_received(peer, now.instant);
         let plain = &datagram[range.clone()];
         let Some(inner) = InnerPacket::parse(plain) else { return self.drop(Drop::BadInnerPacket) };
@@ -600,7 +643,6 @@ impl Device {
                 self.indices.remove(&index);
             }
         }
-        let peer = self.peers.get_mut(&id).expect("live");
         if due(peer.timers.retransmit_handshake) {
             peer.timers.retransmit_handshake = None;
             if peer.timers.handshake_attempts > MAX_HANDSHAKE_ATTEMPTS {
@@ -610,7 +652,6 @@ impl Device {
                 if let Some(h) = peer.handshake.take() {
                     self.indices.remove(&h.local_index);
                 }
-                let peer = self.peers.get_mut(&id).expect("live");
                 if peer.timers.zero_key_material.is_none() {
                     peer.timers.zero_key_material = Some(now.instant + REJECT_AFTER_TIME * 3);
                 }
@@ -619,22 +660,22 @@ impl Device {
                 self.initiate_handshake(id, now, transmits, true);
             }
         }
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = self.live(id, "timers") else { return };
         if due(peer.timers.send_keepalive) {
             peer.timers.send_keepalive = None;
             self.send_keepalive(id, now, transmits);
-            let peer = self.peers.get_mut(&id).expect("live");
+            let Some(peer) = self.live(id, "timers") else { return };
             if peer.timers.need_another_keepalive {
                 peer.timers.need_another_keepalive = false;
                 peer.timers.send_keepalive = Some(now.instant + KEEPALIVE_TIMEOUT);
             }
         }
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = self.live(id, "timers") else { return };
         if due(peer.timers.new_handshake) {
             peer.timers.new_handshake = None;
             self.initiate_handshake(id, now, transmits, false);
         }
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = self.live(id, "timers") else { return };
         if due(peer.timers.persistent_keepalive) || peer.timers.keepalive_now {
             peer.timers.persistent_keepalive = None;
             peer.timers.keepalive_now = false;
@@ -645,7 +686,7 @@ impl Device {
     /// Sends an empty transport message, or starts a handshake if there are
     /// no usable keys.
     fn send_keepalive(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>) {
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = self.live(id, "keepalive") else { return };
         let Some(to) = peer.endpoint else { return };
         match peer.current.as_mut().filter(|s| s.usable(now.instant)) {
             Some(session) => {
@@ -664,7 +705,9 @@ impl Device {
     /// Starts (or retries) a handshake with the peer. A fresh start is skipped
     /// while the previous initiation is younger than REKEY_TIMEOUT.
     fn initiate_handshake(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>, retry: bool) {
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "initiate handshake") else {
+            return;
+        };
         let Some(to) = peer.endpoint else { return };
         if !retry {
             if peer
@@ -681,7 +724,6 @@ impl Device {
             self.indices.remove(&old);
         }
         let local_index = new_index(&self.indices);
-        let peer = self.peers.get_mut(&id).expect("live");
         let Ok((state, mut message)) =
             handshake::initiate(&self.identity, &peer.public_key, &peer.static_static, local_index, now.wall)
         else {
@@ -701,7 +743,7 @@ impl Device {
     /// responder.
     fn flush_staged(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>, confirm: bool) {
         let mtu = self.mtu;
-        let peer = self.peers.get_mut(&id).expect("live");
+        let Some(peer) = self.live(id, "flush staged") else { return };
         let Some(to) = peer.endpoint else { return };
         let Some(session) = peer.current.as_mut() else { return };
         if peer.staged.is_empty() && !confirm {
@@ -728,7 +770,7 @@ impl Device {
     /// keys older than REKEY_AFTER_TIME by their initiator only, so the two
     /// sides do not both start a handshake.
     fn keep_key_fresh_sending(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>) {
-        let peer = &self.peers[&id];
+        let Some(peer) = self.live(id, "rekey check") else { return };
         let stale = peer.current.as_ref().is_some_and(|s| {
             s.sent() > REKEY_AFTER_MESSAGES || (s.we_initiated && s.age(now.instant) >= REKEY_AFTER_TIME)
         });
@@ -739,7 +781,7 @@ impl Device {
 
     /// ...and when receiving with keys close to rejection.
     fn keep_key_fresh_receiving(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>) {
-        let peer = &self.peers[&id];
+        let Some(peer) = self.live(id, "rekey check") else { return };
         let limit = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         let stale = peer.current.as_ref().is_some_and(|s| s.we_initiated && s.age(now.instant) >= limit);
         if stale {
@@ -804,6 +846,29 @@ impl Device {
     pub fn staged_len(&self, id: PeerId) -> usize {
         self.peers.get(&id).map_or(0, |p| p.staged.len())
     }
+}
+
+/// The peer `id` names. Every map of the device (indices, keys, routes) names
+/// only live peers, and a step that let go of a peer to call another finds it
+/// again, so this always finds it. Were a bug ever to break that, the step is
+/// abandoned, counted and logged: a panic here, under the endpoint's lock,
+/// would stop every tunnel of the daemon.
+fn live_peer<'a>(
+    peers: &'a mut HashMap<PeerId, Peer>,
+    stats: &mut DeviceStats,
+    id: PeerId,
+    step: &'static str,
+) -> Option<&'a mut Peer> {
+    let peer = peers.get_mut(&id);
+    if peer.is_none() {
+        note_inconsistency(stats, id, step);
+    }
+    peer
+}
+
+fn note_inconsistency(stats: &mut DeviceStats, id: PeerId, step: &'static str) {
+    stats.internal_inconsistencies += 1;
+    tracing::warn!(peer = id.0, step, "the device's maps name a peer that is gone; step abandoned");
 }
 
 /// Random jitter added to handshake timeouts so peers do not retry in step.

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashSet,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -28,6 +28,9 @@ struct Net {
     guards: Option<[HashSet<u32>; 2]>,
     /// Datagrams those filters would have refused.
     guard_refused: u64,
+    /// Every datagram delivered, with its side (0 = to A, 1 = to B), for
+    /// replaying later.
+    delivered: Vec<(usize, Vec<u8>)>,
 }
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -71,6 +74,7 @@ impl Net {
             to_a: vec![],
             guards: None,
             guard_refused: 0,
+            delivered: vec![],
         }
     }
 
@@ -177,6 +181,7 @@ impl Net {
             for t in std::mem::take(&mut self.to_b) {
                 assert_eq!(t.to, self.b_addr);
                 let admitted = self.guard_admits(1, &t.payload);
+                self.delivered.push((1, t.payload.clone()));
                 let mut d = t.payload;
                 let incoming = self.b.handle_datagram(now, self.a_addr, &mut d, &mut self.to_a);
                 self.sync_guards();
@@ -188,6 +193,7 @@ impl Net {
             for t in std::mem::take(&mut self.to_a) {
                 assert_eq!(t.to, self.a_addr);
                 let admitted = self.guard_admits(0, &t.payload);
+                self.delivered.push((0, t.payload.clone()));
                 let mut d = t.payload;
                 let incoming = self.a.handle_datagram(now, self.b_addr, &mut d, &mut self.to_b);
                 self.sync_guards();
@@ -212,6 +218,33 @@ impl Net {
     fn drops(&self, device: &Device, reason: Drop) -> u64 {
         device.stats.drops.get(&reason).copied().unwrap_or(0)
     }
+}
+
+/// The agreement between the device's maps that its lookups rely on: keys,
+/// indices and routes name only live peers, and each index is held by the
+/// peer it names.
+fn assert_consistent(device: &Device) {
+    assert_eq!(device.by_key.len(), device.peers.len());
+    for (key, id) in &device.by_key {
+        assert_eq!(device.peers.get(id).map(|p| p.public_key), Some(*key), "a key names a lost peer");
+    }
+    for index in device.indices.keys() {
+        let owner = device.indices.get(&index).copied();
+        let held =
+            owner.and_then(|id| device.peers.get(&id)).is_some_and(|p| p.indices().any(|i| i == index));
+        assert!(held, "index {index} is not held by the peer it names");
+    }
+    for (id, peer) in &device.peers {
+        for index in peer.indices() {
+            assert_eq!(device.indices.get(&index), Some(id), "peer {id:?} holds an unlisted index");
+        }
+    }
+    for ip in [A_TUNNEL, B_TUNNEL] {
+        if let Some(id) = device.allowed_ips.lookup(IpAddr::from(ip)) {
+            assert!(device.peers.contains_key(&id), "a route names a lost peer");
+        }
+    }
+    assert_eq!(device.stats.internal_inconsistencies, 0);
 }
 
 /// The lengths of the datagrams in flight, sorted (the order of a handshake
@@ -757,6 +790,72 @@ fn an_unwatched_device_keeps_no_journal() {
     assert_eq!(net.a.drain_index_changes().count(), 0);
 }
 
+/// Only a bug can make the maps disagree; if one ever does, each step that
+/// meets it is dropped and counted, where it used to panic under the
+/// endpoint's lock and stop every tunnel of the daemon. Here B loses its peer
+/// A but keeps A's indices, key and route, and every path that looked A up
+/// through them is driven.
+#[test]
+fn maps_that_name_a_lost_peer_drop_and_count_instead_of_panicking() {
+    let mut net = handshaken(None);
+    let a_key = net.a.public_key();
+    let lost = net.b.peer_id(&a_key).unwrap();
+    let now = net.now();
+    // A transport packet, and A's response to an initiation of B's, in flight.
+    net.a_sends(b"data").unwrap();
+    let mut data = net.to_b.pop().unwrap().payload;
+    net.b.rekey(lost, now, &mut net.to_a);
+    let mut init = net.to_a.pop().unwrap().payload;
+    let mut answers = Vec::new();
+    assert_eq!(net.a.handle_datagram(now, net.b_addr, &mut init, &mut answers), Incoming::Handled);
+    let mut response = answers.pop().unwrap().payload;
+    assert_eq!(response.len(), RESPONSE_LEN);
+    // A cookie reply naming B's live session.
+    let session_index = net.b.peer(lost).unwrap().current.as_ref().unwrap().local_index;
+    let mut cookie = vec![3, 0, 0, 0];
+    cookie.extend_from_slice(&session_index.to_le_bytes());
+    cookie.resize(COOKIE_REPLY_LEN, 0);
+
+    net.b.peers.remove(&lost);
+    let from = net.a_addr;
+    let mut tx = Vec::new();
+    for datagram in [&mut data, &mut response, &mut cookie] {
+        assert_eq!(
+            net.b.handle_datagram(now, from, datagram, &mut tx),
+            Incoming::Dropped(Drop::InternalInconsistency)
+        );
+    }
+    // An initiation finds no peer behind the key: refused as a stranger's.
+    net.a.rekey(net.a.peer_id(&net.b.public_key()).unwrap(), now, &mut answers);
+    let mut init = answers.pop().unwrap().payload;
+    assert_eq!(
+        net.b.handle_datagram(now, from, &mut init, &mut tx),
+        Incoming::Dropped(Drop::Handshake(HandshakeError::UnknownPeer))
+    );
+    // A route to the lost peer is no route.
+    assert_eq!(net.b_sends(b"x"), Err(SendError::NoRoute(IpAddr::from(A_TUNNEL))));
+    net.b.update_timers(net.now(), &mut tx);
+    assert!(tx.is_empty());
+    assert_eq!(net.drops(&net.b, Drop::InternalInconsistency), 3);
+    assert_eq!(net.b.stats.internal_inconsistencies, 4);
+
+    // Configuring A again replaces what was left of it, and A gets through.
+    let mut config = PeerConfig::new(a_key);
+    config.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
+    let again = net.b.add_peer(config).unwrap();
+    assert_ne!(again, lost);
+    assert_eq!(net.b.stats.internal_inconsistencies, 5);
+    net.b.stats.internal_inconsistencies = 0;
+    assert_consistent(&net.b);
+    net.to_a.clear();
+    net.elapsed += REJECT_AFTER_TIME;
+    net.a_sends(b"again").unwrap();
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"again".to_vec()]);
+    assert_consistent(&net.a);
+    assert_consistent(&net.b);
+}
+
 mod fuzz {
     use proptest::prelude::*;
 
@@ -816,6 +915,113 @@ mod fuzz {
                     }
                 }
                 net.pump();
+            }
+        }
+    }
+
+    /// A step of a life with an attacker on the path.
+    #[derive(Clone, Debug)]
+    enum Hostile {
+        Life(Step),
+        /// A datagram of random bytes under a message type's header and
+        /// length, naming one of the target's live indices where the type
+        /// has a receiver, so it reaches the lookups behind the index.
+        Garbage {
+            to_b: bool,
+            kind: u8,
+            pick: usize,
+            body: Vec<u8>,
+        },
+        /// A datagram delivered earlier, again, maybe with a byte flipped.
+        Replay {
+            pick: usize,
+            flip: Option<(usize, u8)>,
+        },
+    }
+
+    fn hostile() -> impl Strategy<Value = Hostile> {
+        prop_oneof![
+            6 => step().prop_map(Hostile::Life),
+            2 => (any::<bool>(), 0u8..6, any::<usize>(), proptest::collection::vec(any::<u8>(), 0..200))
+                .prop_map(|(to_b, kind, pick, body)| Hostile::Garbage { to_b, kind, pick, body }),
+            2 => (any::<usize>(), proptest::option::of((any::<usize>(), 1u8..=255)))
+                .prop_map(|(pick, flip)| Hostile::Replay { pick, flip }),
+        ]
+    }
+
+    fn garbage(target: &Device, kind: u8, pick: usize, body: Vec<u8>) -> Vec<u8> {
+        let live: Vec<u32> = target.indices.keys().collect();
+        let receiver = if live.is_empty() { 0 } else { live[pick % live.len()] };
+        let (len, receiver_at) = match kind {
+            1 => (INITIATION_LEN, None),
+            2 => (RESPONSE_LEN, Some(8)),
+            3 => (COOKIE_REPLY_LEN, Some(4)),
+            4 => (32 + body.len() / 16 * 16, Some(4)),
+            _ => return body,
+        };
+        let mut datagram = body;
+        datagram.resize(len.max(8), 0);
+        datagram[..4].copy_from_slice(&[kind, 0, 0, 0]);
+        if let Some(at) = receiver_at {
+            datagram[at..at + 4].copy_from_slice(&receiver.to_le_bytes());
+        }
+        datagram
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 150, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Real traffic, rekeys, expiry and peer changes mixed with garbage
+        /// aimed at live indices and replayed or altered datagrams: nothing
+        /// panics, the maps always agree (so no lookup between them can
+        /// miss), and no inconsistency is ever counted.
+        #[test]
+        fn hostile_datagrams_never_break_the_maps(steps in proptest::collection::vec(hostile(), 1..40)) {
+            let mut net = Net::new(None, None);
+            let a_key = net.a.public_key();
+            let attacker: SocketAddr = "203.0.113.9:4444".parse().unwrap();
+            for step in steps {
+                match step {
+                    Hostile::Life(Step::ASends) => { let _ = net.a_sends(b"a"); }
+                    Hostile::Life(Step::BSends) => { let _ = net.b_sends(b"b"); }
+                    Hostile::Life(Step::Wait(ms)) => net.run_for(Duration::from_millis(ms)),
+                    Hostile::Life(Step::RekeyA) => {
+                        let now = net.now();
+                        let id = net.a.peers().next().map(|(id, _)| id).expect("A has its peer");
+                        net.a.rekey(id, now, &mut net.to_b);
+                    }
+                    Hostile::Life(Step::BRemovesA) => { net.b.remove_peer(&a_key); }
+                    Hostile::Life(Step::BReaddsA) => {
+                        let mut config = PeerConfig::new(a_key);
+                        config.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
+                        let _ = net.b.add_peer(config);
+                    }
+                    Hostile::Garbage { to_b, kind, pick, body } => {
+                        let now = net.now();
+                        let target = if to_b { &mut net.b } else { &mut net.a };
+                        let mut datagram = garbage(target, kind, pick, body);
+                        let result = target.handle_datagram(now, attacker, &mut datagram, &mut Vec::new());
+                        prop_assert!(!matches!(result, Incoming::Packet { .. }), "{:?}", result);
+                    }
+                    Hostile::Replay { pick, flip } => {
+                        if !net.delivered.is_empty() {
+                            let (side, mut datagram) = net.delivered[pick % net.delivered.len()].clone();
+                            if let Some((at, x)) = flip.filter(|_| !datagram.is_empty()) {
+                                let i = at % datagram.len();
+                                datagram[i] ^= x;
+                            }
+                            let now = net.now();
+                            if side == 1 {
+                                net.b.handle_datagram(now, net.a_addr, &mut datagram, &mut net.to_a);
+                            } else {
+                                net.a.handle_datagram(now, net.b_addr, &mut datagram, &mut net.to_b);
+                            }
+                        }
+                    }
+                }
+                net.pump();
+                assert_consistent(&net.a);
+                assert_consistent(&net.b);
             }
         }
     }

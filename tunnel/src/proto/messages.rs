@@ -85,10 +85,12 @@ pub fn parse(bytes: &[u8]) -> Result<Message<'_>, MessageError> {
     }
 }
 
+#[allow(clippy::expect_used, reason = "a slice of four bytes always converts to [u8; 4]")]
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("fixed offset"))
 }
 
+#[allow(clippy::expect_used, reason = "a slice of N bytes always converts to [u8; N]")]
 fn array_at<const N: usize>(bytes: &[u8], at: usize) -> &[u8; N] {
     bytes[at..at + N].try_into().expect("fixed offset")
 }

@@ -119,7 +119,12 @@ impl Session {
         if !self.usable(now) {
             return Err(SessionError::Expired);
         }
-        let counter = u64::from_le_bytes(datagram[8..16].try_into().expect("a parsed transport message"));
+        // A datagram too short for a header and a tag cannot authenticate.
+        let Some(counter) = datagram.get(8..TRANSPORT_HEADER_LEN).and_then(|b| <[u8; 8]>::try_from(b).ok())
+        else {
+            return Err(SessionError::Decrypt);
+        };
+        let counter = u64::from_le_bytes(counter);
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(SessionError::Expired);
         }
