@@ -115,7 +115,7 @@ impl Link {
     }
 
     fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("plain data serializes")
+        crate::store::to_json(self)
     }
 }
 
@@ -179,7 +179,7 @@ fn parse(stored_key: &[u8], value: &[u8]) -> Result<Entry, AuditError> {
 /// The hash of an entry's content: every field but the hash itself, in a
 /// fixed order and encoding.
 fn content_hash(seq: u64, time_ms: u64, event: &Event, prev_hash: &str) -> String {
-    let content = serde_json::to_vec(&(seq, time_ms, event, prev_hash)).expect("plain data serializes");
+    let content = crate::store::to_json(&(seq, time_ms, event, prev_hash));
     hex::encode(Blake2s256::digest(&content))
 }
 
@@ -214,7 +214,7 @@ pub fn commit_with(store: &Store, time_ms: u64, event: Event, batch: Batch) -> R
     for _ in 0..64 {
         let (seq, prev_hash) = next_link(store)?;
         let entry = chain_entry(seq, time_ms, event.clone(), prev_hash);
-        let value = serde_json::to_vec(&entry).expect("plain data serializes");
+        let value = crate::store::to_json(&entry);
         let mut full = batch.clone();
         full.expect.push(crate::store::backend::Expect {
             collection: Collection::Audit,
@@ -495,7 +495,7 @@ pub fn prune(store: &Store, older_than_ms: u64, now_ms: u64) -> Result<u64, Audi
         let mut batch = Batch::default()
             .expect(Collection::Meta, ANCHOR_KEY, anchor_bytes)
             .expect(Collection::Audit, key(seq), None)
-            .put(Collection::Audit, key(seq), serde_json::to_vec(&record).expect("plain data serializes"))
+            .put(Collection::Audit, key(seq), crate::store::to_json(&record))
             .put(Collection::Meta, HEAD_KEY, Link::of(&record).encode())
             .put(Collection::Meta, ANCHOR_KEY, new_anchor.encode());
         for stored_key in doomed {

@@ -162,11 +162,7 @@ pub fn create(
         last_seen: LastSeen::default(),
         last_event_seq: 0,
     };
-    let batch = Batch::default().put(
-        Collection::Gateways,
-        key(gateway.id),
-        serde_json::to_vec(&gateway).expect("plain data serializes"),
-    );
+    let batch = Batch::default().put(Collection::Gateways, key(gateway.id), crate::store::to_json(&gateway));
     crate::audit::commit_audited(store, now_ms, event(&gateway), batch)?;
     Ok(gateway)
 }
@@ -234,7 +230,7 @@ pub fn enrolment_token(
     let batch = old.into_iter().fold(Batch::default(), |b, (k, _)| b.delete(Collection::Tokens, k)).put(
         Collection::Tokens,
         record_key(ENROL_KIND, gateway_id, id),
-        serde_json::to_vec(&record).expect("plain data serializes"),
+        crate::store::to_json(&record),
     );
     store.backend().commit(batch)?;
     Ok(token.encode(ENROL_PREFIX))
@@ -262,17 +258,13 @@ pub fn enrol(
         return Err(EnrolError::Expired);
     }
     let mut gateway = get(store, parsed.owner)?.ok_or(EnrolError::Invalid)?;
-    let before = serde_json::to_vec(&gateway).expect("plain data serializes");
+    let before = crate::store::to_json(&gateway);
     gateway.identity_key = Some(identity_key.to_string());
     let batch = Batch::default()
         .expect(Collection::Tokens, token_key.clone(), Some(stored))
         .expect(Collection::Gateways, key(gateway.id), Some(before))
         .delete(Collection::Tokens, token_key)
-        .put(
-            Collection::Gateways,
-            key(gateway.id),
-            serde_json::to_vec(&gateway).expect("plain data serializes"),
-        );
+        .put(Collection::Gateways, key(gateway.id), crate::store::to_json(&gateway));
     match crate::audit::commit_audited(store, now_ms, Some(event(&gateway)), batch) {
         Ok(()) => Ok(gateway),
         Err(BackendError::Conflict { .. }) => Err(EnrolError::Invalid),

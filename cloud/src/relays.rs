@@ -61,13 +61,11 @@ pub fn create(
     let relay = Relay { id, name: name.to_string(), created_ms: now_ms, health: RelayHealth::default() };
     let token = Opaque::generate(id, store.backend().generate_id()?);
     let record = TokenRecord { secret_hash: token.hash() };
-    let batch = Batch::default()
-        .put(Collection::Relays, key(id), serde_json::to_vec(&relay).expect("plain data serializes"))
-        .put(
-            Collection::Tokens,
-            record_key(KIND, id, token.id),
-            serde_json::to_vec(&record).expect("plain data serializes"),
-        );
+    let batch = Batch::default().put(Collection::Relays, key(id), crate::store::to_json(&relay)).put(
+        Collection::Tokens,
+        record_key(KIND, id, token.id),
+        crate::store::to_json(&record),
+    );
     crate::audit::commit_audited(store, now_ms, event(&relay), batch)?;
     Ok((relay, token.encode(PREFIX)))
 }
@@ -110,11 +108,7 @@ pub fn list(store: &Store) -> Result<Vec<Relay>, BackendError> {
 pub fn set_health(store: &Store, id: u64, health: RelayHealth) -> Result<(), BackendError> {
     let Some(mut relay) = get(store, id)? else { return Ok(()) };
     relay.health = health;
-    store.backend().commit(Batch::default().put(
-        Collection::Relays,
-        key(id),
-        serde_json::to_vec(&relay).expect("plain data serializes"),
-    ))
+    store.backend().commit(Batch::default().put(Collection::Relays, key(id), crate::store::to_json(&relay)))
 }
 
 #[cfg(test)]

@@ -104,7 +104,9 @@ pub fn ensure_self_signed(data_dir: &Path, extra_names: &[String]) -> Result<(Pa
 /// leaves a truncated file, and the file has `mode` from its first byte on.
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     let err = |source| TlsError::Write { path: path.to_path_buf(), source };
-    let name = path.file_name().expect("a file path").to_string_lossy();
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
+        return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "not a file path")));
+    };
     let temp = path.with_file_name(format!(".{name}.tmp"));
     match std::fs::remove_file(&temp) {
         Ok(()) => {}

@@ -99,7 +99,7 @@ pub fn create_with(
     let password_hash = password::hash(password)?;
     let id = store.backend().generate_id()?;
     let user = User { must_change_password, ..User::new(id, name.to_string(), role, password_hash, now_ms) };
-    let value = serde_json::to_vec(&user).expect("plain data serializes");
+    let value = crate::store::to_json(&user);
     let batch = Batch::default()
         .expect(Collection::UserNames, name.as_bytes(), None)
         .put(Collection::UserNames, name.as_bytes(), key(id))

@@ -2,6 +2,13 @@
 //! export JSON Lines that re-verify, verify the chain, rights, bad
 //! parameters, and retention.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 mod common;
 
 use common::{Api, START_MS};

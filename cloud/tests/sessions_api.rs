@@ -1,6 +1,13 @@
 //! Gateways, relays and the session life cycle over real HTTP, with a test
 //! gateway and a test relay on real WebSockets.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 mod common;
 
 use common::{

@@ -2,6 +2,12 @@
 //! `wss://` on 127.0.0.1, the hellos of both channels, and every way the
 //! exchange can be refused.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
 #![cfg(feature = "client")]
 
 use std::net::SocketAddr;

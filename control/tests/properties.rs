@@ -2,6 +2,13 @@
 //! input makes the decoder panic, and the gateway signature binds exactly the
 //! challenge, the gateway id and the key.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 

@@ -63,6 +63,7 @@ pub(crate) struct Attachment {
 /// Attaches `program` to `iface` (in the caller's network namespace), trying
 /// the modes `mode` allows in order, and returns the link. `what` names the
 /// program in logs.
+#[allow(clippy::expect_used, reason = "AttachMode::candidates names at least one mode for every mode")]
 pub(crate) fn attach(
     program: &mut Xdp,
     iface: &str,

@@ -4,6 +4,13 @@
 //! and counted, replies and ICMP errors translated back only for known, live
 //! flows, and the LAN side's protection of the tunnel. Needs root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 mod gateway_support;
 
 use std::net::{Ipv4Addr, SocketAddrV4};

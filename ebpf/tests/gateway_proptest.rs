@@ -5,6 +5,13 @@
 //! whitelists it, and no ICMP error is translated unless it quotes a live
 //! flow exactly. Needs root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 mod gateway_support;
 
 use std::{cell::RefCell, collections::BTreeSet, net::Ipv4Addr};

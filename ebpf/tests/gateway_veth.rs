@@ -6,6 +6,13 @@
 //! address to the technician, with checksums valid, and so does the ICMP
 //! error about a datagram to a closed port. Needs root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 mod gateway_support;
 
 use std::{

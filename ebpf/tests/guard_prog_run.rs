@@ -2,6 +2,13 @@
 //! branch's verdict, the counter it bumps, and packets left untouched on pass.
 //! Needs root (loading BPF programs).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use ferry_ebpf::{
     common::guard::Outcome,
     guard::UplinkGuard,

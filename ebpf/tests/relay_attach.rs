@@ -2,6 +2,13 @@
 //! once, replaced, detached one by one, refused on non-Ethernet links, and
 //! gone when the forwarder is dropped. Needs root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use ferry_ebpf::{AttachMode, Error, relay::RelayForwarder};
 use ferry_lab::{Lab, Netns};
 

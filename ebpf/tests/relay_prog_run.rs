@@ -4,6 +4,13 @@
 //! checksums computed from scratch. The FIB cases run in a lab namespace with
 //! permanent neighbour entries. Needs root (BPF programs, namespaces).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use std::{
     cell::RefCell,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -3,6 +3,13 @@
 //! arrive from the relay's address, with checksums the receiving stack
 //! accepts, in both families, with FIB and with the MAC swap. Needs root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     time::Duration,

@@ -69,7 +69,7 @@ pub fn run(args: GuardArgs, config: &Config) -> Result<()> {
         loop {
             tokio::select! {
                 signal = &mut shutdown => return signal,
-                _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
+                Some(_) = async { Some(ticker.as_mut()?.tick().await) }, if ticker.is_some() => {
                     match guard.counters() {
                         Ok(counters) => print_counters(&counters, args.json),
                         Err(err) => tracing::warn!(error = %err, "reading counters failed"),

@@ -101,7 +101,7 @@ pub fn create(
     let batch = Batch::default().put(
         Collection::Tokens,
         record_key(KIND, user_id, id),
-        serde_json::to_vec(&record).expect("plain data serializes"),
+        crate::store::to_json(&record),
     );
     // With an audit event, the token and its entry are one commit.
     crate::audit::commit_audited(store, now_ms, audit.map(|event| event(&token)), batch)?;

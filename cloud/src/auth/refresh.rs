@@ -59,7 +59,7 @@ fn issue_in(
     store.backend().commit(batch.put(
         Collection::Tokens,
         record_key(KIND, user_id, id),
-        serde_json::to_vec(&record).expect("plain data serializes"),
+        crate::store::to_json(&record),
     ))?;
     Ok(token.encode(PREFIX))
 }
@@ -87,7 +87,7 @@ pub fn rotate(store: &Store, token: &str, now_ms: u64) -> Result<(u64, String), 
     let batch = Batch::default().expect(Collection::Tokens, key.clone(), Some(stored)).put(
         Collection::Tokens,
         key,
-        serde_json::to_vec(&used).expect("plain data serializes"),
+        crate::store::to_json(&used),
     );
     prune_expired(store, parsed.owner, now_ms)?;
     match issue_in(store, parsed.owner, record.family, now_ms, batch) {

@@ -180,7 +180,7 @@ async fn list(State(state): State<AppState>, caller: Caller, pairs: Pairs) -> Ap
 async fn export(State(state): State<AppState>, caller: Caller, pairs: Pairs) -> ApiResult<Response> {
     caller.authorize(&state, Action::ReadAudit, Scope::AuditRead, "audit.export", None, None)?;
     let (query, _) = parse(pairs, false)?;
-    let filters = serde_json::to_string(&query).expect("plain data serializes");
+    let filters = String::from_utf8_lossy(&crate::store::to_json(&query)).into_owned();
     state.audit(caller.event("audit.export", true, None, None, Some(format!("filters {filters}"))));
     let store = state.store.clone();
     let (tx, rx) = mpsc::channel(2);
@@ -217,7 +217,7 @@ fn produce(store: &Store, query: &audit::Query, tx: &mpsc::Sender<Result<Bytes, 
         };
         let mut chunk = Vec::new();
         for entry in entries.iter().filter(|e| e.seq <= head) {
-            serde_json::to_writer(&mut chunk, entry).expect("plain data serializes");
+            chunk.extend_from_slice(&crate::store::to_json(entry));
             chunk.push(b'\n');
         }
         if !chunk.is_empty() && !send(Ok(Bytes::from(chunk))) {

@@ -67,6 +67,10 @@ impl Modify for BearerAuth {
 }
 
 /// The router with its OpenAPI document.
+#[allow(
+    clippy::expect_used,
+    reason = "the OpenAPI document is plain data built at startup; it always serializes"
+)]
 pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(meta::routes())

@@ -98,7 +98,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_string(&self.problem()).expect("plain data serializes");
+        let body = crate::store::to_json(&self.problem());
         let mut response =
             (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
         if let Some(seconds) = self.retry_after_s {

@@ -145,8 +145,13 @@ pub async fn create_user(
     password: Option<String>,
     audit: Option<crate::audit::Event>,
 ) -> ApiResult<(User, Option<String>)> {
-    let one_time = password.is_none().then(password::one_time);
-    let secret = password.or_else(|| one_time.clone()).expect("one of the two is set");
+    let (secret, one_time) = match password {
+        Some(password) => (password, None),
+        None => {
+            let one_time = password::one_time();
+            (one_time.clone(), Some(one_time))
+        }
+    };
     let (store, name_owned, now) = (state.store.clone(), name.to_string(), state.now_ms());
     let must_change = one_time.is_some();
     let user = tokio::task::spawn_blocking(move || {

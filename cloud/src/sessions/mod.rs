@@ -173,11 +173,7 @@ pub fn create_audited(
     event: impl Fn(&Session) -> Option<crate::audit::Event>,
 ) -> Result<Session, BackendError> {
     session.id = store.backend().generate_id()?;
-    let batch = Batch::default().put(
-        Collection::Sessions,
-        key(session.id),
-        serde_json::to_vec(&session).expect("plain data serializes"),
-    );
+    let batch = Batch::default().put(Collection::Sessions, key(session.id), crate::store::to_json(&session));
     crate::audit::commit_audited(store, time_ms, event(&session), batch)?;
     Ok(session)
 }
@@ -271,11 +267,7 @@ pub fn modify_audited<R>(
             }
             _ => {}
         }
-        batch = batch.put(
-            Collection::Sessions,
-            key(id),
-            serde_json::to_vec(&after).expect("plain data serializes"),
-        );
+        batch = batch.put(Collection::Sessions, key(id), crate::store::to_json(&after));
         let committed = crate::audit::commit_audited(store, time_ms, event(&after, &result), batch);
         match committed {
             Ok(()) => return Ok(Some((after, result))),

@@ -36,6 +36,12 @@ impl Collection {
         Collection::Subnets,
     ];
 
+    /// Its place in [`Collection::ALL`], which lists the variants in
+    /// declaration order.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Collection::Meta => "meta",

@@ -32,8 +32,8 @@ impl SledBackend {
     }
 
     fn tree(&self, collection: Collection) -> &sled::Tree {
-        &self.trees
-            [Collection::ALL.iter().position(|c| *c == collection).expect("every collection has a tree")]
+        // One tree per entry of Collection::ALL, in its order.
+        &self.trees[collection.index()]
     }
 
     /// Writes everything to disk (also done by every commit).
@@ -93,8 +93,7 @@ impl Backend for SledBackend {
         // A transaction over every tree keeps the code simple; sled only
         // locks what the closure touches.
         let result = self.trees.as_slice().transaction(|trees| {
-            let index =
-                |c: Collection| Collection::ALL.iter().position(|x| *x == c).expect("known collection");
+            let index = Collection::index;
             for expect in &batch.expect {
                 let current = trees[index(expect.collection)].get(&expect.key)?;
                 if current.as_deref() != expect.value.as_deref() {

@@ -1,6 +1,12 @@
 //! An in-process ferry-cloud on a loopback port, over a real sled folder,
 //! with a clock the test moves; requests go over real HTTP.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

@@ -1,6 +1,13 @@
 //! A test gateway and a test relay that speak the control protocol over a
 //! real WebSocket to the in-process cloud.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},

@@ -1,6 +1,13 @@
 //! Shared by the gateway tests: a forwarding table with two sessions, packets
 //! built with etherparse, and the translations the programs must produce,
 //! computed independently (fields set by hand, checksums from scratch).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;

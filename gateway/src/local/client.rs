@@ -31,6 +31,7 @@ pub enum ClientError {
 }
 
 /// Sends `request` to the daemon at `path` and waits for its answer.
+#[allow(clippy::expect_used, reason = "requests are plain derived data, which always serializes")]
 pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
     let io_err = |source: io::Error| match source.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,

@@ -135,9 +135,7 @@ async fn connection(mut stream: UnixStream, own_uid: u32, requests: mpsc::Sender
             }
         },
     };
-    let mut bytes = serde_json::to_vec(&response).expect("responses serialize");
-    bytes.push(b'\n');
-    write.write_all(&bytes).await?;
+    write.write_all(&as_line(&response)).await?;
     write.shutdown().await
 }
 
@@ -158,10 +156,16 @@ async fn ask(request: Request, requests: &mpsc::Sender<Call>) -> Response {
     }
 }
 
-async fn reply(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+/// A response as one line of JSON.
+#[allow(clippy::expect_used, reason = "responses are plain derived data, which always serializes")]
+fn as_line(response: &Response) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(response).expect("responses serialize");
     bytes.push(b'\n');
-    stream.write_all(&bytes).await?;
+    bytes
+}
+
+async fn reply(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+    stream.write_all(&as_line(response)).await?;
     stream.shutdown().await
 }
 

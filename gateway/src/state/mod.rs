@@ -334,6 +334,7 @@ impl Store {
 
     /// Mirrors the enrolment and relays (nothing secret) to
     /// [`PUBLIC_FILE`], for `diagnose` while the daemon holds the database.
+    #[allow(clippy::expect_used, reason = "state values are plain derived data, which always serializes")]
     fn write_public(&self) -> Result<(), StoreError> {
         let public = PublicState { enrollment: self.enrollment()?, relays: self.relays()? };
         let bytes = serde_json::to_vec_pretty(&public).expect("state values serialize");
@@ -354,6 +355,7 @@ impl Store {
         }
     }
 
+    #[allow(clippy::expect_used, reason = "state values are plain derived data, which always serializes")]
     fn set_json<T: Serialize + ?Sized>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).expect("state values serialize");
         self.meta.insert(key, bytes)?;
@@ -363,6 +365,7 @@ impl Store {
 
 /// Inside a transaction: takes the next sequence number from the counter in
 /// `meta` and writes the event under it, big-endian so that keys sort by seq.
+#[allow(clippy::expect_used, reason = "events are plain derived data, which always serializes")]
 fn tx_enqueue(
     meta: &TransactionalTree,
     events: &TransactionalTree,

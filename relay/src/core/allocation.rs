@@ -196,14 +196,13 @@ impl Allocation {
 
     fn response(&mut self, from: PeerAddr, initiator: Side, receiver: u32, now: Instant) -> Decision {
         self.expire_pending(now);
-        let Some(position) = self
+        let position = self
             .pending
             .iter()
-            .position(|p| p.sender == receiver && p.initiator == initiator && p.delivered_to == from)
-        else {
+            .position(|p| p.sender == receiver && p.initiator == initiator && p.delivered_to == from);
+        let Some(pending) = position.and_then(|at| self.pending.remove(at)) else {
             return Decision::Drop(DropReason::UnknownIndex);
         };
-        let pending = self.pending.remove(position).expect("position is in range");
         // The initiator proved its key: bind it where it initiated from.
         self.bind(initiator, pending.from);
         let responder = initiator.other();

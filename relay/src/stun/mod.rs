@@ -221,6 +221,10 @@ fn success(transaction: TransactionId, from: SocketAddr, fingerprint: bool) -> R
     Ok(out.finish())
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "SOFTWARE is a short constant, far below the attribute's 763-byte limit"
+)]
 fn software() -> &'static Software {
     static SOFTWARE_ATTRIBUTE: OnceLock<Software> = OnceLock::new();
     SOFTWARE_ATTRIBUTE.get_or_init(|| Software::new(SOFTWARE).expect("SOFTWARE is short UTF-8"))

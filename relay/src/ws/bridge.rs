@@ -72,6 +72,7 @@ pub struct BridgeOptions {
 }
 
 impl BridgeOptions {
+    #[allow(clippy::expect_used, reason = "DEFAULT_LISTEN is a constant socket address")]
     pub fn new(url: impl Into<String>, token: impl Into<String>, pin: Option<[u8; 32]>) -> BridgeOptions {
         BridgeOptions {
             url: url.into(),
