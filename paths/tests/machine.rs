@@ -1,6 +1,13 @@
 //! `Paths` driven by hand, one peer, exact times: the schedule, verification,
 //! the dead rule, peer-reflexive candidates, relay changes and events.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

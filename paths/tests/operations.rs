@@ -2,6 +2,13 @@
 //! within its bounds, keeps its selection consistent, never spins on a past
 //! timeout, and sends nothing for a peer it does not have.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};

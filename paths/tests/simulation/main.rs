@@ -2,6 +2,13 @@
 //! virtual time and seeded randomness: which path wins in each NAT case,
 //! fallback and recovery, roaming, and what a third party cannot do.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 mod net;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
