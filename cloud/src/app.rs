@@ -174,6 +174,12 @@ impl AppState {
         Ok(changed)
     }
 
+    /// Tells the gateway and the relays of a session that was changed
+    /// (from `before` to `after`) by a commit made elsewhere.
+    pub fn session_changed(&self, before: &Session, after: &Session) {
+        self.push(after, &relay_ids(before));
+    }
+
     fn push(&self, session: &Session, relays_before: &[u64]) {
         self.hub.touch_gateway(session.gateway_id);
         let mut relays = relay_ids(session);

@@ -210,26 +210,46 @@ pub fn append(store: &Store, time_ms: u64, event: Event) -> Result<Entry, AuditE
 /// `AuditError::Store(BackendError::Conflict)` for the caller to re-read and
 /// retry; a conflict on the chain head (another append won) is retried here.
 pub fn commit_with(store: &Store, time_ms: u64, event: Event, batch: Batch) -> Result<Entry, AuditError> {
+    let mut entries = commit_entries(store, time_ms, std::slice::from_ref(&event), batch)?;
+    entries.pop().ok_or_else(|| BackendError::Io("the audit entry went missing".into()).into())
+}
+
+/// [`commit_with`] for any number of events: their entries follow each
+/// other in the chain, in the order given, and land in the same commit as
+/// `batch`. With no events, `batch` is committed alone.
+pub fn commit_entries(
+    store: &Store,
+    time_ms: u64,
+    events: &[Event],
+    batch: Batch,
+) -> Result<Vec<Entry>, AuditError> {
     let backend = store.backend();
+    if events.is_empty() {
+        backend.commit(batch)?;
+        return Ok(Vec::new());
+    }
     for _ in 0..64 {
-        let (seq, prev_hash) = next_link(store)?;
-        let entry = chain_entry(seq, time_ms, event.clone(), prev_hash);
-        let value = crate::store::to_json(&entry);
+        let (first, mut prev_hash) = next_link(store)?;
         let mut full = batch.clone();
-        full.expect.push(crate::store::backend::Expect {
-            collection: Collection::Audit,
-            key: key(seq).to_vec(),
-            value: None,
-        });
-        let full = full.put(Collection::Audit, key(seq), value).put(
-            Collection::Meta,
-            HEAD_KEY,
-            Link::of(&entry).encode(),
-        );
+        let mut entries = Vec::with_capacity(events.len());
+        for (seq, event) in (first..).zip(events) {
+            let entry = chain_entry(seq, time_ms, event.clone(), prev_hash);
+            prev_hash = entry.hash.clone();
+            full.expect.push(crate::store::backend::Expect {
+                collection: Collection::Audit,
+                key: key(seq).to_vec(),
+                value: None,
+            });
+            full = full.put(Collection::Audit, key(seq), crate::store::to_json(&entry));
+            entries.push(entry);
+        }
+        // The newest of them; `events` is not empty.
+        let head = Link { seq: first + entries.len() as u64 - 1, hash: prev_hash };
+        let full = full.put(Collection::Meta, HEAD_KEY, head.encode());
         match backend.commit(full) {
-            Ok(()) => return Ok(entry),
+            Ok(()) => return Ok(entries),
             Err(BackendError::Conflict { collection }) => {
-                if collection == Collection::Audit || next_link(store)?.0 != seq {
+                if collection == Collection::Audit || next_link(store)?.0 != first {
                     continue;
                 }
                 return Err(AuditError::Store(BackendError::Conflict { collection }));

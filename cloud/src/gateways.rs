@@ -194,6 +194,31 @@ pub fn list(store: &Store) -> Result<Vec<Gateway>, BackendError> {
     }
 }
 
+/// A gateway as stored, for a change committed together with others.
+pub struct Snapshot {
+    pub gateway: Gateway,
+    stored: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Stores `after` in place of the gateway read, on the condition that
+    /// nobody changed it meanwhile.
+    pub fn replace_with(&self, after: &Gateway) -> Batch {
+        Batch::default().expect(Collection::Gateways, key(after.id), Some(self.stored.clone())).put(
+            Collection::Gateways,
+            key(after.id),
+            crate::store::to_json(after),
+        )
+    }
+}
+
+pub fn snapshot(store: &Store, id: u64) -> Result<Option<Snapshot>, BackendError> {
+    let Some(stored) = store.backend().get(Collection::Gateways, &key(id))? else { return Ok(None) };
+    let gateway = serde_json::from_slice(&stored)
+        .map_err(|e| BackendError::Io(format!("gateway {id} is unreadable: {e}")))?;
+    Ok(Some(Snapshot { gateway, stored }))
+}
+
 /// Read-modify-write with a compare-and-swap, retried on conflict.
 pub fn modify<R>(
     store: &Store,

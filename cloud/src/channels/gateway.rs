@@ -3,17 +3,16 @@
 use axum::extract::ws::WebSocket;
 use ferry_control::{
     Challenge, ErrorCode, Welcome,
-    gateway::{self, Event, EventAck, FromGateway, GatewayEvent, GatewayHello, ToGateway},
+    gateway::{self, EventAck, FromGateway, GatewayHello, ToGateway},
 };
 use tracing::Instrument;
 
-use super::{Conn, Greeting, Incoming, desired, error};
+use super::{Conn, Greeting, Incoming, desired, error, gateway_events};
 use crate::{
     app::{Actor, AppState},
     audit, gateways,
     hub::GatewayLive,
     metrics::ChannelLabels,
-    sessions::SessionError,
 };
 
 pub async fn run(state: AppState, socket: WebSocket, source: String) {
@@ -100,6 +99,7 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
     {
         tracing::error!(error = %e, "ending sessions after a switch-off failed");
     }
+    let mut failed = None;
     if conn.send(&ToGateway::Welcome(Welcome { peer_id: registration.conn })).await {
         registration.dirty.mark_changed();
         loop {
@@ -134,17 +134,25 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
                             FromGateway::Event(event) => {
                                 let seq = event.seq;
                                 let (state2, actor2) = (state.clone(), actor.clone());
-                                let handled = tokio::task::spawn_blocking(move || handle_event(&state2, id, &actor2, event)).await;
-                                match handled {
-                                    Ok(Ok(())) => {
+                                let handled = tokio::task::spawn_blocking(move || gateway_events::apply(&state2, id, &actor2, &event)).await;
+                                let failure = match handled {
+                                    Ok(Ok(outcome)) => {
+                                        tracing::debug!(seq, ?outcome, "gateway event");
                                         if !conn.send(&ToGateway::EventAck(EventAck { seq })).await {
                                             break;
                                         }
+                                        continue;
                                     }
-                                    // Not acknowledged: the gateway keeps it and sends it again.
-                                    Ok(Err(e)) => tracing::error!(error = %e, seq, "storing a gateway event failed"),
-                                    Err(e) => tracing::error!(error = %e, seq, "handling a gateway event panicked"),
-                                }
+                                    Ok(Err(e)) => e.to_string(),
+                                    Err(e) => format!("handling it panicked: {e}"),
+                                };
+                                // Nothing after this event may be stored before it, or an
+                                // acknowledgement would cover it: stop here. Closing makes
+                                // the gateway reconnect and send it again, with everything
+                                // after it.
+                                tracing::error!(error = %failure, seq, "storing a gateway event failed; closing the channel");
+                                failed = Some(error(ErrorCode::Internal, format!("event {seq} was not stored; send it again")));
+                                break;
                             }
                         }
                     }
@@ -161,9 +169,17 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
         });
         state.audit(gateway_event(&actor, "gateway.disconnect", true, None));
     }
+    if let Some(e) = failed {
+        conn.fail(ToGateway::Error(e)).await;
+    }
 }
 
-fn gateway_event(actor: &Actor, action: &str, allowed: bool, detail: Option<String>) -> audit::Event {
+pub(super) fn gateway_event(
+    actor: &Actor,
+    action: &str,
+    allowed: bool,
+    detail: Option<String>,
+) -> audit::Event {
     audit::Event {
         actor: actor.name.clone(),
         action: action.to_string(),
@@ -173,135 +189,4 @@ fn gateway_event(actor: &Actor, action: &str, allowed: bool, detail: Option<Stri
         gateway: actor.name.strip_prefix("gateway:").map(str::to_string),
         detail,
     }
-}
-
-/// Applies one event durably; an event seen before (by its sequence
-/// number) is acknowledged again without being applied twice.
-fn handle_event(state: &AppState, gateway_id: u64, actor: &Actor, event: Event) -> Result<(), SessionError> {
-    let Some(gateway) = gateways::get(&state.store, gateway_id)? else { return Ok(()) };
-    if event.seq <= gateway.last_event_seq {
-        return Ok(());
-    }
-    let now = state.now_ms();
-    let session_of = |session_id: u64| -> Result<Option<crate::sessions::Session>, SessionError> {
-        Ok(crate::sessions::get(&state.store, session_id)?.filter(|s| s.gateway_id == gateway_id))
-    };
-    match event.event {
-        GatewayEvent::SwitchChanged { on } => {
-            state.hub.update_gateway(gateway_id, |l| l.switch_on = on);
-            // Recorded with the stored switch position; a repeated position
-            // (nothing to store) is still the customer's act, recorded alone.
-            let event =
-                || gateway_event(actor, "gateway.switch", true, Some(if on { "on" } else { "off" }.into()));
-            let recorded = std::cell::Cell::new(false);
-            gateways::modify_audited(
-                &state.store,
-                gateway_id,
-                now,
-                |g| g.last_seen.switch_on = on,
-                |_, _| {
-                    recorded.set(true);
-                    Some(event())
-                },
-            )?;
-            if !recorded.get() {
-                state.audit(event());
-            }
-            if !on {
-                state.switch_off(gateway_id, actor)?;
-            }
-        }
-        GatewayEvent::Status { software_version, switch_on } => {
-            let was_on = state.hub.gateway(gateway_id).is_some_and(|l| l.switch_on);
-            state.hub.update_gateway(gateway_id, |l| {
-                l.switch_on = switch_on;
-                l.software_version = software_version.clone();
-            });
-            gateways::modify(&state.store, gateway_id, |g| {
-                g.last_seen.switch_on = switch_on;
-                g.last_seen.software_version = Some(software_version.clone());
-                g.last_seen.seen_ms = Some(now);
-            })?;
-            if was_on && !switch_on {
-                state.audit(gateway_event(actor, "gateway.switch", true, Some("off".into())));
-                state.switch_off(gateway_id, actor)?;
-            }
-        }
-        GatewayEvent::Candidates { endpoints } => {
-            let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
-            gateways::modify_audited(
-                &state.store,
-                gateway_id,
-                now,
-                |g| g.endpoints = endpoints.clone(),
-                |_, _| Some(gateway_event(actor, "gateway.candidates", true, Some(list.join(" ")))),
-            )?;
-        }
-        GatewayEvent::Approved { session_id } => match session_of(session_id.0)? {
-            Some(session) => match state.change_session(session.id, |s| Ok(s.approve(now)?)) {
-                Ok(Some((session, ()))) => {
-                    state.audit_session(actor, "session.approve", true, &session, None)
-                }
-                Ok(None) => {}
-                Err(SessionError::Refused(r)) => {
-                    state.audit_session(actor, "session.approve", false, &session, Some(r.to_string()))
-                }
-                Err(e) => return Err(e),
-            },
-            None => state.audit(gateway_event(
-                actor,
-                "session.approve",
-                false,
-                Some(format!("unknown session {}", session_id.0)),
-            )),
-        },
-        GatewayEvent::Denied { session_id } => {
-            if let Some(session) = session_of(session_id.0)? {
-                match state.change_session(session.id, |s| Ok(s.deny(now)?)) {
-                    Ok(Some((session, ()))) => {
-                        state.audit_session(actor, "session.deny", true, &session, None)
-                    }
-                    Ok(None) | Err(SessionError::Refused(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        GatewayEvent::PeerConnected { session_id, public_key, endpoint } => {
-            if let Some(session) = session_of(session_id.0)? {
-                let detail =
-                    format!("peer {public_key} from {}", endpoint.map_or("?".into(), |e| e.to_string()));
-                state.audit_session(actor, "session.peer_connected", true, &session, Some(detail));
-            }
-        }
-        GatewayEvent::PeerDisconnected { session_id, public_key } => {
-            if let Some(session) = session_of(session_id.0)? {
-                state.audit_session(
-                    actor,
-                    "session.peer_disconnected",
-                    true,
-                    &session,
-                    Some(format!("peer {public_key}")),
-                );
-            }
-        }
-        GatewayEvent::Bytes { session_id, target, rx, tx } => {
-            if let Some(session) = session_of(session_id.0)? {
-                // No push: counters are not part of any desired state.
-                let detail = format!("target {}: rx {rx} tx {tx} bytes", target.as_deref().unwrap_or("all"));
-                crate::sessions::modify_audited(
-                    &state.store,
-                    session.id,
-                    now,
-                    |s| {
-                        s.bytes_rx = s.bytes_rx.saturating_add(rx);
-                        s.bytes_tx = s.bytes_tx.saturating_add(tx);
-                        Ok(())
-                    },
-                    |s, _| Some(actor.session_event("session.bytes", true, s, Some(detail.clone()))),
-                )?;
-            }
-        }
-    }
-    gateways::modify(&state.store, gateway_id, |g| g.last_event_seq = g.last_event_seq.max(event.seq))?;
-    Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod desired;
 mod gateway;
+mod gateway_events;
 mod relay;
 
 use std::time::Duration;
@@ -134,6 +135,14 @@ impl Conn {
     fn count_malformed(&self, state: &AppState, why: &str) {
         state.metrics.control_refused.get_or_create(&ChannelLabels { channel: self.channel }).inc();
         tracing::warn!(channel = self.channel, why, "dropped a malformed control message");
+    }
+
+    /// Sends an error of the cloud's own (not the peer's) and closes, so
+    /// that the peer connects again.
+    async fn fail<T: ControlMessage>(mut self, error: T) {
+        let _ = self.send(&error).await;
+        let close = CloseFrame { code: close_code::ERROR, reason: ErrorCode::Internal.to_string().into() };
+        let _ = self.socket.send(Message::Close(Some(close))).await;
     }
 
     /// Sends a protocol error and closes.

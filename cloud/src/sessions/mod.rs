@@ -239,43 +239,82 @@ pub fn modify_audited<R>(
     event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(Session, R)>, SessionError> {
     for _ in 0..64 {
-        let Some(before_bytes) = store.backend().get(Collection::Sessions, &key(id))? else {
-            return Ok(None);
-        };
-        let before = decode(&before_bytes)?;
-        let mut after = before.clone();
-        let result = change(&mut after)?;
-        if after == before {
-            return Ok(Some((after, result)));
+        let Some(planned) = prepare(store, id, &mut change)? else { return Ok(None) };
+        if !planned.changed() {
+            return Ok(Some((planned.after, planned.result)));
         }
-        let mut batch = Batch::default().expect(Collection::Sessions, key(id), Some(before_bytes));
-        let live = live_key(after.gateway_id, id);
-        match (before.state.is_live(), after.state.is_live()) {
-            (false, true) => {
-                let index = free_subnet(store)?;
-                after.subnet_index = Some(index);
-                batch = batch
-                    .put(Collection::LiveSessions, live, Vec::new())
-                    .expect(Collection::Subnets, index.to_be_bytes(), None)
-                    .put(Collection::Subnets, index.to_be_bytes(), id.to_be_bytes());
-            }
-            (true, false) => {
-                batch = batch.delete(Collection::LiveSessions, live);
-                if let Some(index) = after.subnet_index.take() {
-                    batch = batch.delete(Collection::Subnets, index.to_be_bytes());
-                }
-            }
-            _ => {}
-        }
-        batch = batch.put(Collection::Sessions, key(id), crate::store::to_json(&after));
-        let committed = crate::audit::commit_audited(store, time_ms, event(&after, &result), batch);
+        let committed = crate::audit::commit_audited(
+            store,
+            time_ms,
+            event(&planned.after, &planned.result),
+            planned.batch,
+        );
         match committed {
-            Ok(()) => return Ok(Some((after, result))),
+            Ok(()) => return Ok(Some((planned.after, planned.result))),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(BackendError::Io(format!("session {id} is changed too often; gave up")).into())
+}
+
+/// A change to one session, worked out but not committed yet.
+pub struct Planned<R> {
+    pub before: Session,
+    pub after: Session,
+    pub result: R,
+    /// The session, its live index and its subnet, each expected as read:
+    /// committing it (alone or inside a larger batch) fails with a
+    /// conflict if anybody changed them meanwhile. Empty when nothing
+    /// changed.
+    pub batch: Batch,
+}
+
+impl<R> Planned<R> {
+    pub fn changed(&self) -> bool {
+        self.before != self.after
+    }
+}
+
+/// Reads a session and works out what `change` does to it, for a caller
+/// that commits it together with other changes. A session that becomes
+/// live gets a free subnet; one that stops being live gives its subnet
+/// back. None: no such session.
+pub fn prepare<R>(
+    store: &Store,
+    id: u64,
+    change: impl FnOnce(&mut Session) -> Result<R, SessionError>,
+) -> Result<Option<Planned<R>>, SessionError> {
+    let Some(before_bytes) = store.backend().get(Collection::Sessions, &key(id))? else {
+        return Ok(None);
+    };
+    let before = decode(&before_bytes)?;
+    let mut after = before.clone();
+    let result = change(&mut after)?;
+    if after == before {
+        return Ok(Some(Planned { before, after, result, batch: Batch::default() }));
+    }
+    let mut batch = Batch::default().expect(Collection::Sessions, key(id), Some(before_bytes));
+    let live = live_key(after.gateway_id, id);
+    match (before.state.is_live(), after.state.is_live()) {
+        (false, true) => {
+            let index = free_subnet(store)?;
+            after.subnet_index = Some(index);
+            batch = batch
+                .put(Collection::LiveSessions, live, Vec::new())
+                .expect(Collection::Subnets, index.to_be_bytes(), None)
+                .put(Collection::Subnets, index.to_be_bytes(), id.to_be_bytes());
+        }
+        (true, false) => {
+            batch = batch.delete(Collection::LiveSessions, live);
+            if let Some(index) = after.subnet_index.take() {
+                batch = batch.delete(Collection::Subnets, index.to_be_bytes());
+            }
+        }
+        _ => {}
+    }
+    let batch = batch.put(Collection::Sessions, key(id), crate::store::to_json(&after));
+    Ok(Some(Planned { before, after, result, batch }))
 }
 
 /// The lowest subnet index nobody holds.

@@ -99,6 +99,13 @@ impl Batch {
         self
     }
 
+    /// Adds every precondition and change of `other`, after this batch's own.
+    pub fn append(mut self, other: Batch) -> Batch {
+        self.expect.extend(other.expect);
+        self.ops.extend(other.ops);
+        self
+    }
+
     /// Requires `key` to hold `value` (None: to be absent) when committing.
     pub fn expect(
         mut self,

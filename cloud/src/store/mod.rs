@@ -2,6 +2,8 @@
 //! a versioned schema. sled is the embedded default ([`SledBackend`]).
 
 pub mod backend;
+#[cfg(any(test, feature = "test-support"))]
+pub mod failing;
 pub mod sled_backend;
 
 use std::{path::Path, sync::Arc};

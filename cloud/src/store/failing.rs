@@ -1,0 +1,133 @@
+//! A backend that fails chosen commits on demand, around a real one: for
+//! tests of what the cloud does when storing fails, and of what a crash
+//! between two commits leaves behind.
+
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
+
+use super::backend::{Backend, BackendError, Batch, Collection, Entry};
+
+type Matcher = Box<dyn Fn(&Batch) -> bool + Send + Sync>;
+
+/// How an armed failure behaves once a commit matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// That one commit fails; later ones go through.
+    Once,
+    /// That commit and every later one fail, as if the process had died
+    /// right before it: what is stored is what a crash there leaves.
+    Crash,
+}
+
+pub struct FailingBackend {
+    inner: Arc<dyn Backend>,
+    armed: Mutex<Option<(Matcher, Failure)>>,
+    crashed: AtomicBool,
+    failed: AtomicUsize,
+}
+
+impl FailingBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> FailingBackend {
+        FailingBackend {
+            inner,
+            armed: Mutex::new(None),
+            crashed: AtomicBool::new(false),
+            failed: AtomicUsize::new(0),
+        }
+    }
+
+    /// Fails the first commit from now on for which `matches` holds, in the
+    /// way `failure` says. Replaces an armed failure that has not fired.
+    pub fn fail_commit(&self, failure: Failure, matches: impl Fn(&Batch) -> bool + Send + Sync + 'static) {
+        *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((Box::new(matches), failure));
+    }
+
+    /// How many commits were failed so far.
+    pub fn failures(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the armed failure is still waiting for its commit.
+    pub fn armed(&self) -> bool {
+        self.armed.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    fn refuse(&self) -> Result<(), BackendError> {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        Err(BackendError::Io("injected failure".into()))
+    }
+}
+
+impl Backend for FailingBackend {
+    fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get(collection, key)
+    }
+
+    fn scan(
+        &self,
+        collection: Collection,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, BackendError> {
+        self.inner.scan(collection, prefix, after, limit)
+    }
+
+    fn last(&self, collection: Collection) -> Result<Option<Entry>, BackendError> {
+        self.inner.last(collection)
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return self.refuse();
+        }
+        {
+            let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((matches, failure)) = armed.take() {
+                if matches(&batch) {
+                    if failure == Failure::Crash {
+                        self.crashed.store(true, Ordering::SeqCst);
+                    }
+                    return self.refuse();
+                }
+                *armed = Some((matches, failure));
+            }
+        }
+        self.inner.commit(batch)
+    }
+
+    fn generate_id(&self) -> Result<u64, BackendError> {
+        self.inner.generate_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledBackend;
+
+    #[test]
+    fn fails_the_matching_commit_once_or_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = FailingBackend::new(Arc::new(SledBackend::open(&dir.path().join("db")).unwrap()));
+        let put = |k: &str| Batch::default().put(Collection::Users, k, "v");
+        let wrote_b = |b: &Batch| {
+            b.ops.iter().any(|op| matches!(op, super::super::backend::Op::Put { key, .. } if key == b"b"))
+        };
+        backend.fail_commit(Failure::Once, wrote_b);
+        backend.commit(put("a")).unwrap();
+        assert!(backend.commit(put("b")).is_err());
+        backend.commit(put("b")).unwrap();
+        assert_eq!(backend.failures(), 1);
+        assert!(!backend.armed());
+
+        backend.fail_commit(Failure::Crash, move |b| wrote_b(b));
+        backend.commit(put("c")).unwrap();
+        assert!(backend.commit(put("b")).is_err());
+        assert!(backend.commit(put("d")).is_err(), "nothing is stored after a crash");
+        assert_eq!(backend.get(Collection::Users, b"d").unwrap(), None);
+        assert_eq!(backend.failures(), 3);
+    }
+}
