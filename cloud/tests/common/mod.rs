@@ -9,13 +9,13 @@
 )]
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use ferry_cloud::{
     clock::ManualClock,
     http::{self, AppState},
     rights::Role,
-    store::Store,
+    store::{Backend, SledBackend, Store},
     users,
 };
 use serde_json::{Value, json};
@@ -59,10 +59,19 @@ impl std::fmt::Debug for Reply {
 
 impl Api {
     pub fn start() -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let clock = ManualClock::new(START_MS);
-        let state = AppState::with_clock(store.clone(), std::sync::Arc::new(clock.clone())).unwrap();
+        Api::over(tempfile::tempdir().unwrap(), ManualClock::new(START_MS), |sled| sled)
+    }
+
+    /// A cloud over the sled folder in `dir`, with the backend that `wrap`
+    /// makes around sled.
+    pub fn over(
+        dir: tempfile::TempDir,
+        clock: ManualClock,
+        wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+    ) -> Api {
+        let sled = Arc::new(SledBackend::open(&dir.path().join("db")).unwrap());
+        let store = Store::with_backend(wrap(sled)).unwrap();
+        let state = AppState::with_clock(store.clone(), Arc::new(clock.clone())).unwrap();
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -80,6 +89,16 @@ impl Api {
             .build()
             .new_agent();
         Api { base: format!("http://{addr}"), addr, clock, state, store, agent, runtime, dir }
+    }
+
+    /// Stops this cloud as a crash would (every task and connection ends
+    /// where it is) and starts another over the same folder, on a new
+    /// port, with the backend that `wrap` makes.
+    pub fn restart(self, wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>) -> Api {
+        let Api { clock, state, store, runtime, dir, .. } = self;
+        drop(runtime);
+        drop((state, store));
+        Api::over(dir, clock, wrap)
     }
 
     pub fn runtime(&self) -> &tokio::runtime::Runtime {

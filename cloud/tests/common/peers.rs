@@ -105,6 +105,32 @@ impl TestGateway {
         }
     }
 
+    /// Sends an event and goes on at once, as a gateway with a queue does.
+    pub async fn send_only(&mut self, seq: u64, event: GatewayEvent) {
+        self.channel.send(&FromGateway::Event(Event { seq, time_ms: 0, event })).await.unwrap();
+    }
+
+    /// Every frame until the connection ends (closed or broken) or one
+    /// satisfies `last` (that one included).
+    pub async fn frames_until(&mut self, last: impl Fn(&ToGateway) -> bool) -> Vec<ToGateway> {
+        let mut frames = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.channel.recv::<ToGateway>())
+                .await
+                .expect("the cloud answers or closes within 10 s");
+            match next {
+                Ok(Some(frame)) => {
+                    let done = last(&frame);
+                    frames.push(frame);
+                    if done {
+                        return frames;
+                    }
+                }
+                Ok(None) | Err(_) => return frames,
+            }
+        }
+    }
+
     /// Reads desired states until one satisfies `done`.
     pub async fn until(&mut self, done: impl Fn(&DesiredState) -> bool) -> DesiredState {
         while !done(&self.state) {

@@ -1,0 +1,333 @@
+//! A gateway's events when storing fails: the cloud runs over a sled
+//! backend that fails chosen commits, and a test gateway sends its events
+//! over a real WebSocket the way the gateway's durable queue does (without
+//! waiting for acknowledgements, and everything unacknowledged again after
+//! a reconnect). An acknowledgement must never cover an event that is not
+//! stored, and every event must be applied exactly once.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::{
+    Api, START_MS,
+    peers::{TestGateway, new_key},
+};
+use ferry_cloud::{
+    clock::ManualClock,
+    rights::Role,
+    sessions::{self, EndReason, State},
+    store::{
+        Backend, Batch, Collection,
+        backend::Op,
+        failing::{FailingBackend, Failure},
+    },
+};
+use ferry_control::{
+    ErrorCode, SessionId,
+    gateway::{GatewayEvent, ToGateway},
+};
+use serde_json::json;
+
+struct World {
+    api: Api,
+    /// The test gateways' own runtime: their connections outlive a
+    /// restart of the cloud's, as a real gateway's would.
+    client: tokio::runtime::Runtime,
+    failing: Arc<FailingBackend>,
+    admin: String,
+    tech_id: u64,
+    gateway_id: u64,
+    key: ed25519_dalek::SigningKey,
+}
+
+/// A sled backend wrapped in a [`FailingBackend`], and the handle to it.
+fn wrap(sled: Arc<dyn Backend>) -> (Arc<dyn Backend>, Arc<FailingBackend>) {
+    let failing = Arc::new(FailingBackend::new(sled));
+    (failing.clone(), failing)
+}
+
+fn world() -> World {
+    let mut handle = None;
+    let api = Api::over(tempfile::tempdir().unwrap(), ManualClock::new(START_MS), |sled| {
+        let (backend, f) = wrap(sled);
+        handle = Some(f);
+        backend
+    });
+    api.user("root", Role::Administrator);
+    let tech_id = api.user("tech", Role::RemoteConnectUser);
+    let (admin, _) = api.login("root");
+    let (gateway_id, key) = TestGateway::create_and_enrol(&api, &admin, "press-9", 9);
+    assert_eq!(key.to_bytes(), new_key(9).to_bytes());
+    let client = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    World { api, client, failing: handle.unwrap(), admin, tech_id, gateway_id, key }
+}
+
+impl World {
+    fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.client.block_on(f)
+    }
+
+    fn gateway(&self) -> TestGateway {
+        self.run(TestGateway::connect(self.api.addr, self.gateway_id, &self.key, true)).unwrap()
+    }
+
+    /// A started session; with `approval`, it waits for the customer.
+    fn session(&self, approval: bool) -> u64 {
+        let made = self.api.post(
+            "/api/v1/sessions",
+            &self.admin,
+            json!({"name": "service", "gateway_id": self.gateway_id, "targets": ["plc"],
+                   "released_to": [self.tech_id], "max_duration_s": 3600, "approval_required": approval}),
+        );
+        assert_eq!(made.status, 201, "{made:?}");
+        let id = made.body["id"].as_u64().unwrap();
+        let started = self.api.post(&format!("/api/v1/sessions/{id}/start"), &self.admin, json!({}));
+        assert_eq!(started.status, 200, "{started:?}");
+        id
+    }
+
+    fn stored(&self, id: u64) -> sessions::Session {
+        sessions::get(&self.api.store, id).unwrap().unwrap()
+    }
+
+    fn last_event_seq(&self) -> u64 {
+        ferry_cloud::gateways::get(&self.api.store, self.gateway_id).unwrap().unwrap().last_event_seq
+    }
+
+    /// What the gateway's events left in the audit log, oldest first
+    /// (its connections left out).
+    fn gateway_audit(&self) -> Vec<String> {
+        let actor = format!("gateway:{}", self.gateway_id);
+        self.api
+            .audit()
+            .into_iter()
+            .filter(|e| e.event.actor == actor && !e.event.action.starts_with("gateway.connect"))
+            .filter(|e| !matches!(e.event.action.as_str(), "gateway.disconnect" | "gateway.enrol"))
+            .map(|e| {
+                let session = e.event.session.unwrap_or_default();
+                let detail = e.event.detail.unwrap_or_default();
+                format!("{} {} {session} {detail}", e.event.action, e.event.allowed)
+            })
+            .collect()
+    }
+
+    /// Stops the cloud as a crash would and starts it again over the same
+    /// folder, storing normally from then on.
+    fn restart(self) -> World {
+        let World { api, client, failing, admin, tech_id, gateway_id, key } = self;
+        drop(failing);
+        let mut handle = None;
+        let api = api.restart(|sled| {
+            let (backend, f) = wrap(sled);
+            handle = Some(f);
+            backend
+        });
+        World { api, client, failing: handle.unwrap(), admin, tech_id, gateway_id, key }
+    }
+
+    /// Waits until the armed failure has fired.
+    fn until_failed(&self) {
+        for _ in 0..1000 {
+            if self.failing.failures() > 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the armed commit never came");
+    }
+}
+
+/// The audit entries `batch` writes.
+fn entries(batch: &Batch) -> Vec<ferry_cloud::audit::Entry> {
+    batch
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Put { collection: Collection::Audit, value, .. } => serde_json::from_slice(value).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `batch` writes an audit entry of `action` with a detail that
+/// contains `detail`, about `session` if given.
+fn audits(batch: &Batch, action: &str, session: Option<u64>, detail: &str) -> bool {
+    entries(batch).iter().any(|e| {
+        e.event.action == action
+            && session.is_none_or(|s| e.event.session == Some(s.to_string()))
+            && e.event.detail.as_deref().unwrap_or("").contains(detail)
+    })
+}
+
+/// Whether `batch` stores `seq` as a gateway's newest event.
+fn stores_seq(batch: &Batch, seq: u64) -> bool {
+    batch.ops.iter().any(|op| match op {
+        Op::Put { collection: Collection::Gateways, value, .. } => {
+            serde_json::from_slice::<serde_json::Value>(value)
+                .is_ok_and(|g| g["last_event_seq"].as_u64() == Some(seq))
+        }
+        _ => false,
+    })
+}
+
+fn acks(frames: &[ToGateway]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ToGateway::EventAck(ack) => Some(ack.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn internal_error(frames: &[ToGateway]) -> bool {
+    frames.iter().any(|f| matches!(f, ToGateway::Error(e) if e.code == ErrorCode::Internal))
+}
+
+fn bytes(session: u64, rx: u64) -> GatewayEvent {
+    GatewayEvent::Bytes { session_id: SessionId(session), target: None, rx, tx: rx / 1000 }
+}
+
+/// Sends `events` numbered from `first` without waiting, and reads frames
+/// until the cloud acknowledges the last one or closes the connection.
+fn send_all(w: &World, gw: &mut TestGateway, first: u64, events: &[GatewayEvent]) -> Vec<ToGateway> {
+    let last = first + events.len() as u64 - 1;
+    w.run(async {
+        for (seq, event) in (first..).zip(events) {
+            gw.send_only(seq, event.clone()).await;
+        }
+        gw.frames_until(|f| matches!(f, ToGateway::EventAck(a) if a.seq == last)).await
+    })
+}
+
+#[test]
+fn an_event_that_fails_to_store_is_not_acknowledged_past_and_lands_once_after_the_resend() {
+    let w = world();
+    let mut gw = w.gateway();
+    let (a, b) = (w.session(true), w.session(true));
+    let events = [
+        bytes(a, 1000),
+        GatewayEvent::Approved { session_id: SessionId(a) },
+        bytes(a, 2000),
+        GatewayEvent::Denied { session_id: SessionId(b) },
+        bytes(a, 4000),
+    ];
+    // Storing event 3 fails, once.
+    w.failing.fail_commit(Failure::Once, |batch| audits(batch, "session.bytes", None, "rx 2000 tx"));
+    let frames = send_all(&w, &mut gw, 1, &events);
+    assert_eq!(w.failing.failures(), 1);
+    assert_eq!(acks(&frames), [1, 2], "no acknowledgement reaches event 3 or beyond: {frames:?}");
+    assert!(internal_error(&frames), "the cloud says why it closes: {frames:?}");
+    // Nothing after event 3 was stored before it.
+    assert_eq!(w.last_event_seq(), 2);
+    assert_eq!(w.stored(a).bytes_rx, 1000);
+    assert_eq!(w.stored(b).state, State::WaitingForApproval);
+
+    // The gateway connects again and sends everything not acknowledged.
+    let mut gw = w.gateway();
+    let frames = send_all(&w, &mut gw, 3, &events[2..]);
+    assert_eq!(acks(&frames), [3, 4, 5]);
+    // Acknowledgements lost on the way: the same events once more.
+    let frames = send_all(&w, &mut gw, 1, &events);
+    assert_eq!(acks(&frames), [1, 2, 3, 4, 5]);
+
+    let (sa, sb) = (w.stored(a), w.stored(b));
+    assert_eq!((sa.state, sa.bytes_rx, sa.bytes_tx), (State::Active, 7000, 7));
+    assert_eq!((sb.state, sb.end_reason), (State::Ended, Some(EndReason::Denied)));
+    assert_eq!(
+        w.gateway_audit(),
+        [
+            format!("session.bytes true {a} target all: rx 1000 tx 1 bytes"),
+            format!("session.approve true {a} "),
+            format!("session.bytes true {a} target all: rx 2000 tx 2 bytes"),
+            format!("session.deny true {b} "),
+            format!("session.bytes true {a} target all: rx 4000 tx 4 bytes"),
+        ]
+    );
+    assert_eq!(w.last_event_seq(), 5);
+    ferry_cloud::audit::verify(&w.api.store).unwrap().expect("the chain verifies");
+}
+
+#[test]
+fn a_crash_right_after_an_event_s_effect_does_not_apply_it_twice() {
+    let w = world();
+    let mut gw = w.gateway();
+    let a = w.session(false);
+    let events = [bytes(a, 1000), bytes(a, 2000), bytes(a, 4000), bytes(a, 8000)];
+    // The cloud dies when it stores event 2 as the newest: whatever is
+    // stored of it by then is what a crash at that point leaves behind.
+    w.failing.fail_commit(Failure::Crash, |batch| stores_seq(batch, 2));
+    w.run(async {
+        for (seq, event) in (1..).zip(&events) {
+            gw.send_only(seq, event.clone()).await;
+        }
+    });
+    w.until_failed();
+    let w = w.restart();
+    let acked = acks(&w.run(gw.frames_until(|_| false)));
+    assert_eq!(acked, [1], "only what was stored is acknowledged");
+
+    // The restarted cloud gets everything not acknowledged.
+    let mut gw = w.gateway();
+    let frames = send_all(&w, &mut gw, 2, &events[1..]);
+    assert_eq!(acks(&frames), [2, 3, 4]);
+    let session = w.stored(a);
+    assert_eq!((session.bytes_rx, session.bytes_tx), (15_000, 15), "every byte count once");
+    let counted = w.gateway_audit().iter().filter(|l| l.starts_with("session.bytes")).count();
+    assert_eq!(counted, 4);
+    assert_eq!(w.last_event_seq(), 4);
+}
+
+#[test]
+fn a_switch_off_that_fails_to_store_ends_every_session_once_after_the_resend() {
+    let w = world();
+    let mut gw = w.gateway();
+    let (a, b) = (w.session(false), w.session(false));
+    let events = [GatewayEvent::SwitchChanged { on: false }, bytes(a, 1000)];
+    // Ending session b fails (on its own or with everything the switch-off
+    // stores together).
+    w.failing.fail_commit(Failure::Once, move |batch| audits(batch, "session.end", Some(b), ""));
+    let frames = send_all(&w, &mut gw, 1, &events);
+    assert_eq!(w.failing.failures(), 1);
+    assert_eq!(acks(&frames), Vec::<u64>::new(), "{frames:?}");
+    assert!(internal_error(&frames), "{frames:?}");
+
+    let mut gw = w.gateway();
+    let frames = send_all(&w, &mut gw, 1, &events);
+    assert_eq!(acks(&frames), [1, 2]);
+    for id in [a, b] {
+        let session = w.stored(id);
+        assert_eq!((session.state, session.end_reason), (State::Ended, Some(EndReason::Customer)), "{id}");
+    }
+    let mut audit = w.gateway_audit();
+    audit.retain(|l| !l.starts_with("session.bytes"));
+    let ended = |id| format!("session.end true {id} ended by the customer (switch off)");
+    // The reconnects above said "switch on" in their hello; the event is
+    // what switched off, once, with both sessions.
+    assert_eq!(audit, ["gateway.switch true  off".to_string(), ended(a), ended(b)]);
+}
+
+#[test]
+fn a_refused_deny_is_audited_like_a_refused_approve() {
+    let w = world();
+    let mut gw = w.gateway();
+    let running = w.session(false);
+    let events = [
+        GatewayEvent::Approved { session_id: SessionId(running) },
+        GatewayEvent::Denied { session_id: SessionId(running) },
+        GatewayEvent::Approved { session_id: SessionId(999_999) },
+        GatewayEvent::Denied { session_id: SessionId(999_999) },
+    ];
+    assert_eq!(acks(&send_all(&w, &mut gw, 1, &events)), [1, 2, 3, 4]);
+    assert_eq!(
+        w.gateway_audit(),
+        [
+            format!("session.approve false {running} the session is not waiting for approval"),
+            format!("session.deny false {running} the session is not waiting for approval"),
+            "session.approve false  unknown session 999999".to_string(),
+            "session.deny false  unknown session 999999".to_string(),
+        ]
+    );
+    assert_eq!(w.stored(running).state, State::Active, "a refused deny changes nothing");
+}
