@@ -592,6 +592,36 @@ mod tests {
     }
 
     #[test]
+    fn several_entries_commit_with_a_change_in_order_or_not_at_all() {
+        let (_dir, store, backend) = store();
+        append(&store, 1, event(1)).unwrap();
+        let write = || {
+            Batch::default().expect(Collection::Users, b"k".to_vec(), None).put(
+                Collection::Users,
+                b"k".to_vec(),
+                b"v".to_vec(),
+            )
+        };
+        let three = [event(2), event(3), event(4)];
+        let entries = commit_entries(&store, 5, &three, write()).unwrap();
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(entries.iter().map(|e| e.event.clone()).collect::<Vec<_>>(), three);
+        assert_eq!(backend.get(Collection::Users, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(verified(&store).entries, 4);
+        // The change's expectation fails now: none of its entries lands.
+        let refused = commit_entries(&store, 6, &three, write());
+        assert!(matches!(refused, Err(AuditError::Store(BackendError::Conflict { .. }))));
+        assert_eq!(head_seq(&store).unwrap(), Some(4));
+        // Without events the batch commits alone.
+        assert!(
+            commit_entries(&store, 7, &[], Batch::default().put(Collection::Users, "j", "w"))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(verified(&store).entries, 4);
+    }
+
+    #[test]
     fn a_chain_verifies_and_links() {
         let (_dir, store, _) = store();
         assert_eq!(verify(&store).unwrap(), Ok(Intact { entries: 0, anchor_seq: None }));

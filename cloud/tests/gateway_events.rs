@@ -18,9 +18,8 @@ use ferry_cloud::{
     rights::Role,
     sessions::{self, EndReason, State},
     store::{
-        Backend, Batch, Collection,
-        backend::Op,
-        failing::{FailingBackend, Failure},
+        Backend,
+        failing::{FailingBackend, Failure, appends_audit, stores_event_seq},
     },
 };
 use ferry_control::{
@@ -138,39 +137,6 @@ impl World {
     }
 }
 
-/// The audit entries `batch` writes.
-fn entries(batch: &Batch) -> Vec<ferry_cloud::audit::Entry> {
-    batch
-        .ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Put { collection: Collection::Audit, value, .. } => serde_json::from_slice(value).ok(),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Whether `batch` writes an audit entry of `action` with a detail that
-/// contains `detail`, about `session` if given.
-fn audits(batch: &Batch, action: &str, session: Option<u64>, detail: &str) -> bool {
-    entries(batch).iter().any(|e| {
-        e.event.action == action
-            && session.is_none_or(|s| e.event.session == Some(s.to_string()))
-            && e.event.detail.as_deref().unwrap_or("").contains(detail)
-    })
-}
-
-/// Whether `batch` stores `seq` as a gateway's newest event.
-fn stores_seq(batch: &Batch, seq: u64) -> bool {
-    batch.ops.iter().any(|op| match op {
-        Op::Put { collection: Collection::Gateways, value, .. } => {
-            serde_json::from_slice::<serde_json::Value>(value)
-                .is_ok_and(|g| g["last_event_seq"].as_u64() == Some(seq))
-        }
-        _ => false,
-    })
-}
-
 fn acks(frames: &[ToGateway]) -> Vec<u64> {
     frames
         .iter()
@@ -214,7 +180,7 @@ fn an_event_that_fails_to_store_is_not_acknowledged_past_and_lands_once_after_th
         bytes(a, 4000),
     ];
     // Storing event 3 fails, once.
-    w.failing.fail_commit(Failure::Once, |batch| audits(batch, "session.bytes", None, "rx 2000 tx"));
+    w.failing.fail_commit(Failure::Once, |batch| appends_audit(batch, "session.bytes", None, "rx 2000 tx"));
     let frames = send_all(&w, &mut gw, 1, &events);
     assert_eq!(w.failing.failures(), 1);
     assert_eq!(acks(&frames), [1, 2], "no acknowledgement reaches event 3 or beyond: {frames:?}");
@@ -257,7 +223,7 @@ fn a_crash_right_after_an_event_s_effect_does_not_apply_it_twice() {
     let events = [bytes(a, 1000), bytes(a, 2000), bytes(a, 4000), bytes(a, 8000)];
     // The cloud dies when it stores event 2 as the newest: whatever is
     // stored of it by then is what a crash at that point leaves behind.
-    w.failing.fail_commit(Failure::Crash, |batch| stores_seq(batch, 2));
+    w.failing.fail_commit(Failure::Crash, |batch| stores_event_seq(batch, 2));
     w.run(async {
         for (seq, event) in (1..).zip(&events) {
             gw.send_only(seq, event.clone()).await;
@@ -287,7 +253,7 @@ fn a_switch_off_that_fails_to_store_ends_every_session_once_after_the_resend() {
     let events = [GatewayEvent::SwitchChanged { on: false }, bytes(a, 1000)];
     // Ending session b fails (on its own or with everything the switch-off
     // stores together).
-    w.failing.fail_commit(Failure::Once, move |batch| audits(batch, "session.end", Some(b), ""));
+    w.failing.fail_commit(Failure::Once, move |batch| appends_audit(batch, "session.end", Some(b), ""));
     let frames = send_all(&w, &mut gw, 1, &events);
     assert_eq!(w.failing.failures(), 1);
     assert_eq!(acks(&frames), Vec::<u64>::new(), "{frames:?}");

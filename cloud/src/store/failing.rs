@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-use super::backend::{Backend, BackendError, Batch, Collection, Entry};
+use super::backend::{Backend, BackendError, Batch, Collection, Entry, Op};
 
 type Matcher = Box<dyn Fn(&Batch) -> bool + Send + Sync>;
 
@@ -101,6 +101,32 @@ impl Backend for FailingBackend {
     fn generate_id(&self) -> Result<u64, BackendError> {
         self.inner.generate_id()
     }
+}
+
+/// Whether `batch` appends an audit entry of `action` whose detail contains
+/// `detail`, about `session` if one is given: a way to pick the commit of
+/// one event.
+pub fn appends_audit(batch: &Batch, action: &str, session: Option<u64>, detail: &str) -> bool {
+    batch.ops.iter().any(|op| match op {
+        Op::Put { collection: Collection::Audit, value, .. } => {
+            serde_json::from_slice::<crate::audit::Entry>(value).is_ok_and(|e| {
+                e.event.action == action
+                    && session.is_none_or(|s| e.event.session == Some(s.to_string()))
+                    && e.event.detail.as_deref().unwrap_or("").contains(detail)
+            })
+        }
+        _ => false,
+    })
+}
+
+/// Whether `batch` stores `seq` as a gateway's newest event.
+pub fn stores_event_seq(batch: &Batch, seq: u64) -> bool {
+    batch.ops.iter().any(|op| match op {
+        Op::Put { collection: Collection::Gateways, value, .. } => {
+            serde_json::from_slice::<crate::gateways::Gateway>(value).is_ok_and(|g| g.last_event_seq == seq)
+        }
+        _ => false,
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! applies them only within what the customer allows. A lost connection
 //! changes nothing locally; active sessions keep forwarding, and events
 //! wait in the queue (and are sent again after a reconnect: the cloud drops
-//! sequence numbers it already has).
+//! sequence numbers it already has). The cloud acknowledges an event only
+//! once it is stored, and closes the channel at the first one it cannot
+//! store; the reconnect then sends it again.
 
 use std::sync::Arc;
 
@@ -148,3 +150,6 @@ where
     }
     Ok(newest)
 }
+
+#[cfg(test)]
+mod tests;
