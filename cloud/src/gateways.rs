@@ -284,6 +284,13 @@ pub fn enrol(
     }
     let mut gateway = get(store, parsed.owner)?.ok_or(EnrolError::Invalid)?;
     let before = crate::store::to_json(&gateway);
+    // The identity key lives in the gateway's data folder, with its event
+    // queue: a new key is a new folder (a reinstalled or replaced machine)
+    // whose events count from 1 again, and the old numbers would make the
+    // cloud take them for events it already has.
+    if gateway.identity_key.as_deref() != Some(identity_key) {
+        gateway.last_event_seq = 0;
+    }
     gateway.identity_key = Some(identity_key.to_string());
     let batch = Batch::default()
         .expect(Collection::Tokens, token_key.clone(), Some(stored))

@@ -111,6 +111,17 @@ impl World {
             .collect()
     }
 
+    /// Enrols the gateway again, with `key`, through the API.
+    fn enrol(&self, key: &ed25519_dalek::SigningKey) {
+        let path = format!("/api/v1/gateways/{}/enrolment-token", self.gateway_id);
+        let token = self.api.post(&path, &self.admin, json!({}));
+        assert_eq!(token.status, 201, "{token:?}");
+        let identity_key = hex::encode(key.verifying_key().to_bytes());
+        let body = json!({"token": token.body["token"], "identity_key": identity_key});
+        let enrolled = self.api.call("POST", "/api/v1/enrol", None, Some(body));
+        assert_eq!(enrolled.status, 200, "{enrolled:?}");
+    }
+
     /// Stops the cloud as a crash would and starts it again over the same
     /// folder, storing normally from then on.
     fn restart(self) -> World {
@@ -296,4 +307,32 @@ fn a_refused_deny_is_audited_like_a_refused_approve() {
         ]
     );
     assert_eq!(w.stored(running).state, State::Active, "a refused deny changes nothing");
+}
+
+#[test]
+fn a_reinstalled_gateway_s_events_count_from_one_again() {
+    let w = world();
+    let mut gw = w.gateway();
+    let (a, b) = (w.session(false), w.session(true));
+    assert_eq!(acks(&send_all(&w, &mut gw, 1, &[bytes(a, 1000), bytes(a, 2000), bytes(a, 4000)])), [1, 2, 3]);
+    drop(gw);
+    // Enrolled again with the same key, so with the same data folder and
+    // queue: a resend of event 3 is still recognised.
+    w.enrol(&w.key);
+    let mut gw = w.gateway();
+    assert_eq!(acks(&send_all(&w, &mut gw, 3, &[bytes(a, 4000)])), [3]);
+    assert_eq!(w.stored(a).bytes_rx, 7000);
+    drop(gw);
+
+    // A new machine (a new key, an empty data folder) in its place: its
+    // first events are new, whatever their numbers.
+    let reinstalled = World { key: new_key(10), ..w };
+    reinstalled.enrol(&reinstalled.key);
+    let w = reinstalled;
+    let mut gw = w.gateway();
+    let events = [GatewayEvent::Approved { session_id: SessionId(b) }, bytes(a, 8000)];
+    assert_eq!(acks(&send_all(&w, &mut gw, 1, &events)), [1, 2]);
+    assert_eq!(w.stored(b).state, State::Active, "the new machine's approval counts");
+    assert_eq!(w.stored(a).bytes_rx, 15_000);
+    assert_eq!(w.last_event_seq(), 2);
 }
