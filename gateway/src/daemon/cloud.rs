@@ -96,7 +96,12 @@ async fn session(
     .await
     .context("gateway handshake")?;
     info!(connection = welcome.peer_id, revision = desired.revision, "connected to the cloud");
-    backoff.reset();
+    // A connection counts as working once the cloud takes events: one the
+    // cloud closes at the first event (it could not store it) must not
+    // start every retry from the shortest delay again.
+    if inputs.store.pending_len() == 0 {
+        backoff.reset();
+    }
     if to_daemon.send(FromCloud::Connected(true)).await.is_err()
         || to_daemon.send(FromCloud::Desired(desired)).await.is_err()
     {
@@ -118,6 +123,7 @@ async fn session(
                 Some(ToGateway::EventAck(ack)) => {
                     let dropped = inputs.store.ack(ack.seq).context("dropping acknowledged events")?;
                     tracing::debug!(seq = ack.seq, dropped, "events acknowledged");
+                    backoff.reset();
                 }
                 Some(ToGateway::Error(e)) => bail!("the cloud reported an error ({}): {}", e.code, e.message),
                 Some(other) => warn!(kind = ferry_control::Message::type_name(&other), "unexpected message from the cloud"),

@@ -19,17 +19,21 @@ use ferry_cloud::{
 use ferry_control::{SessionId, gateway::GatewayEvent};
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::{CloudLink, Inputs, run};
+use super::{CloudLink, Inputs, run, session};
 use crate::state::{Decision, Store};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// Waits (up to a minute, so that a slow machine does not fail it) until
-/// `done` holds.
+/// How long a step may take before the test gives up on it: a guard
+/// against hanging, far beyond what a slow machine needs.
+const HANG: Duration = Duration::from_secs(60);
+
+/// Waits (up to [`HANG`]) until `done` holds.
 fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..6000 {
+    let deadline = std::time::Instant::now() + HANG;
+    while std::time::Instant::now() < deadline {
         if done() {
             return;
         }
@@ -379,4 +383,51 @@ fn events_queued_across_a_gateway_restart_land_once_when_the_first_fails() {
     );
     site.check_chain();
     drop(gateway);
+}
+
+#[test]
+fn a_connection_closed_at_its_first_event_keeps_the_backoff_growing() {
+    let site = Site::new();
+    // The queue holds the switch-on; the cloud cannot store it, once.
+    site.cloud()
+        .failing
+        .fail_commit(Failure::Once, |batch| appends_audit(batch, "gateway.switch", None, "on"));
+    let store = Store::open(site.gateway_dir.path()).unwrap();
+    let (_switch, switch_on) = watch::channel(true);
+    let (_applied, applied) = watch::channel(None);
+    let mut inputs = Inputs { store: store.clone(), switch_on, applied, events: Arc::new(Notify::new()) };
+    let (to_daemon, mut from_cloud) = mpsc::channel(16);
+    let runtime = runtime();
+    runtime.spawn(async move { while from_cloud.recv().await.is_some() {} });
+    let mut backoff = ferry_control::Backoff::default();
+    for _ in 0..3 {
+        backoff.next_delay(&mut rand_core::OsRng);
+    }
+
+    let closed = runtime
+        .block_on(async {
+            tokio::time::timeout(HANG, session(&site.link, &mut inputs, &to_daemon, &mut backoff)).await
+        })
+        .expect("the cloud closes the channel at the event it cannot store");
+    let error = format!("{:#}", closed.unwrap_err());
+    assert!(error.contains("internal"), "{error}");
+    assert_eq!(backoff.attempt(), 3, "a connection that stored nothing is no success");
+    assert_eq!(store.pending_len(), 1);
+
+    // The next connection stores it: from its acknowledgement on, the
+    // backoff starts over.
+    runtime.block_on(async {
+        let delivered = async {
+            while store.pending_len() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            ended = session(&site.link, &mut inputs, &to_daemon, &mut backoff) => panic!("the channel ended: {ended:?}"),
+            () = delivered => {}
+            () = tokio::time::sleep(HANG) => panic!("the event was never delivered"),
+        }
+    });
+    assert_eq!(backoff.attempt(), 0);
+    assert_eq!(site.audit(), [SWITCHED_ON]);
 }
