@@ -5,6 +5,13 @@
 //! a reconnect). An acknowledgement must never cover an event that is not
 //! stored, and every event must be applied exactly once.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a step that fails should fail the test"
+)]
+
 mod common;
 
 use std::{sync::Arc, time::Duration};
