@@ -29,6 +29,9 @@ const IDLE_BUFFER: usize = 4 * 1024;
 /// How long a peer has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the cloud waits for the peer's answer to its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(gateway_channel)).routes(routes!(relay_channel))
 }
@@ -138,11 +141,24 @@ impl Conn {
     }
 
     /// Sends an error of the cloud's own (not the peer's) and closes, so
-    /// that the peer connects again.
+    /// that the peer connects again. Whatever the peer still sends is read
+    /// and dropped until it answers the close (or [`CLOSE_TIMEOUT`]): a
+    /// socket closed with unread data resets the connection, and the reset
+    /// would take the frames sent last (acknowledgements, the error) with it.
     async fn fail<T: ControlMessage>(mut self, error: T) {
         let _ = self.send(&error).await;
         let close = CloseFrame { code: close_code::ERROR, reason: ErrorCode::Internal.to_string().into() };
-        let _ = self.socket.send(Message::Close(Some(close))).await;
+        if self.socket.send(Message::Close(Some(close))).await.is_err() {
+            return;
+        }
+        let drain = async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
     }
 
     /// Sends a protocol error and closes.

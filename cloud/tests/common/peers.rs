@@ -105,9 +105,12 @@ impl TestGateway {
         }
     }
 
-    /// Sends an event and goes on at once, as a gateway with a queue does.
-    pub async fn send_only(&mut self, seq: u64, event: GatewayEvent) {
-        self.channel.send(&FromGateway::Event(Event { seq, time_ms: 0, event })).await.unwrap();
+    /// Sends an event and goes on at once, as a gateway with a queue does;
+    /// false when the connection is gone (the cloud may close it at an
+    /// event it cannot store while later ones are still on their way: a
+    /// gateway sends them again after reconnecting).
+    pub async fn send_only(&mut self, seq: u64, event: GatewayEvent) -> bool {
+        self.channel.send(&FromGateway::Event(Event { seq, time_ms: 0, event })).await.is_ok()
     }
 
     /// Every frame until the connection ends (closed or broken) or one
