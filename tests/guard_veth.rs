@@ -1,6 +1,8 @@
 //! `ferry-gateway guard` on a real veth between two namespaces: WireGuard-shaped
 //! datagrams reach a UDP socket, malformed ones do not, other ports are
-//! untouched, the counters agree, and SIGINT detaches the program.
+//! untouched, the counters agree, and SIGINT detaches the program. Path probes
+//! reach the socket only with a live tag, STUN answers only from a known
+//! server.
 
 use std::{
     collections::BTreeMap,
@@ -24,18 +26,20 @@ struct Setup {
 }
 
 fn setup(mode: &str) -> Setup {
+    setup_with(mode, &[])
+}
+
+fn setup_with(mode: &str, extra: &[&str]) -> Setup {
     let lab = Lab::new().unwrap();
     let wan = lab.netns("wan").unwrap();
     let gateway = lab.netns("gateway").unwrap();
     let link = lab
         .wire(&wan, &["192.0.2.1/24", "2001:db8::1/64"], &gateway, &["192.0.2.2/24", "2001:db8::2/64"])
         .unwrap();
-    let mut guard = gateway
-        .spawn_program(
-            bin_path("ferry-gateway"),
-            &["guard", "--iface", &link.b, "--port", &PORT.to_string(), "--mode", mode, "--json"],
-        )
-        .unwrap();
+    let port = PORT.to_string();
+    let mut args = vec!["guard", "--iface", &link.b, "--port", &port, "--mode", mode, "--json"];
+    args.extend_from_slice(extra);
+    let mut guard = gateway.spawn_program(bin_path("ferry-gateway"), &args).unwrap();
     guard.wait_for_output("uplink guard attached", Duration::from_secs(20)).unwrap();
     Setup { _lab: lab, wan, gateway, uplink: link.b, guard }
 }
@@ -140,6 +144,75 @@ fn run_scenario(mode: &str) {
     // 11 datagrams per family to the other port (9 malformed, 1 valid, the
     // marker); the kernel's own ARP and neighbour discovery count elsewhere.
     assert!(counters["pass_other_port"] >= 22, "{counters:?}");
+}
+
+const LIVE_TAG: [u8; 8] = *b"live-tag";
+const STUN_PORT: u16 = 3478;
+
+/// A path probe's shape (`ferry_paths::probe`): type word 16, the receiver
+/// tag, 72 more bytes. The guard checks shape and tag, not the AEAD.
+fn probe(tag: [u8; 8]) -> Vec<u8> {
+    let mut p = vec![16, 0, 0, 0];
+    p.extend_from_slice(&tag);
+    p.extend((0..72u8).map(|i| i.wrapping_mul(29)));
+    p
+}
+
+/// A STUN Binding success response carrying an XOR-MAPPED-ADDRESS (RFC 8489).
+fn stun_success() -> Vec<u8> {
+    let mut p = vec![0x01, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+    p.extend_from_slice(b"transaction!");
+    p.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43]);
+    p
+}
+
+#[test]
+fn probes_with_a_live_tag_and_stun_answers_from_a_known_server_reach_the_socket() {
+    let tag = hex(&LIVE_TAG);
+    let servers = [format!("192.0.2.1:{STUN_PORT}"), format!("[2001:db8::1]:{STUN_PORT}")];
+    let mut s = setup_with(
+        "native",
+        &["--probe-tag", &tag, "--stun-server", &servers[0], "--stun-server", &servers[1]],
+    );
+    let wg = bind(&s.gateway, &format!("[::]:{PORT}"));
+    for (ip, gateway_ip) in [("192.0.2.1", "192.0.2.2"), ("[2001:db8::1]", "[2001:db8::2]")] {
+        let wg_addr: SocketAddr = format!("{gateway_ip}:{PORT}").parse().unwrap();
+        let peer = bind(&s.wan, &format!("{ip}:0"));
+        let stun_server = bind(&s.wan, &format!("{ip}:{STUN_PORT}"));
+        let mut bad_length = probe(LIVE_TAG);
+        bad_length.push(0);
+        let mut bad_cookie = stun_success();
+        bad_cookie[7] ^= 1;
+        let arrived = deliver(&peer, wg_addr, &wg, &[probe(LIVE_TAG), probe(*b"deadpeer"), bad_length]);
+        assert_eq!(arrived, vec![probe(LIVE_TAG)], "probes to {wg_addr}");
+        let arrived = deliver(&stun_server, wg_addr, &wg, &[stun_success(), bad_cookie]);
+        assert_eq!(arrived, vec![stun_success()], "STUN from the server to {wg_addr}");
+        // The same answer from another port of the same host is not the server's.
+        let arrived = deliver(&peer, wg_addr, &wg, &[stun_success()]);
+        assert_eq!(arrived, Vec::<Vec<u8>>::new(), "STUN from elsewhere to {wg_addr}");
+    }
+
+    s.guard.signal(Signal::SIGINT).unwrap();
+    let status = s.guard.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "guard exited with {status}: {}", s.guard.stderr());
+    let counters = last_json_line(&s.guard.stdout());
+    let expect = [
+        ("allow_probe", 2),
+        ("drop_unknown_probe_tag", 2),
+        ("drop_bad_length", 2),
+        ("allow_stun", 2),
+        ("drop_bad_type", 2),
+        ("drop_unknown_stun_server", 2),
+        // The markers, three per family.
+        ("allow_transport", 6),
+    ];
+    for (name, count) in expect {
+        assert_eq!(counters[name], count, "{name} in {counters:?}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn last_json_line(stdout: &str) -> BTreeMap<String, u64> {

@@ -1,11 +1,13 @@
 //! The gateway's uplink guard, from userspace: load, configure, attach, count.
 
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Array, HashMap, MapData},
     programs::Xdp,
 };
-use ferry_ebpf_common::guard::{self as shared, GuardConfig, IndexKey};
+use ferry_ebpf_common::guard::{self as shared, GuardConfig, IndexKey, ProbeTagKey, StunServerKey};
 
 pub use crate::counters::GuardCounters;
 use crate::{
@@ -24,7 +26,11 @@ impl UplinkGuard {
     /// Loads the guard into the kernel (through the verifier) for WireGuard port
     /// `port`. It does nothing until attached.
     pub fn load(port: u16) -> Result<Self, Error> {
-        let mut ebpf = load_object_sized(&[(shared::INDICES_MAP, shared::MAX_INDICES)])?;
+        let mut ebpf = load_object_sized(&[
+            (shared::INDICES_MAP, shared::MAX_INDICES),
+            (shared::PROBE_TAGS_MAP, shared::MAX_PROBE_TAGS),
+            (shared::STUN_SERVERS_MAP, shared::MAX_STUN_SERVERS),
+        ])?;
         load_xdp(&mut ebpf, shared::PROGRAM)?;
         let mut guard = UplinkGuard { ebpf, attached: None };
         guard.set_port(port)?;
@@ -52,15 +58,74 @@ impl UplinkGuard {
 
     /// Marks a local receiver index live.
     pub fn add_index(&mut self, index: u32) -> Result<(), Error> {
-        let name = shared::INDICES_MAP;
-        self.indices_mut()?.insert(IndexKey::new(index), 1, 0).map_err(|source| Error::Map { name, source })
+        self.insert(shared::INDICES_MAP, IndexKey::new(index))
     }
 
     /// Forgets a local receiver index. Returns whether it was there; a
     /// missing one is no error.
     pub fn remove_index(&mut self, index: u32) -> Result<bool, Error> {
-        let name = shared::INDICES_MAP;
-        match self.indices_mut()?.remove(&IndexKey::new(index)) {
+        self.remove(shared::INDICES_MAP, IndexKey::new(index))
+    }
+
+    /// The live indices in the map, sorted.
+    pub fn indices(&self) -> Result<Vec<u32>, Error> {
+        let mut out: Vec<u32> =
+            self.keys::<IndexKey>(shared::INDICES_MAP)?.iter().map(IndexKey::index).collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Lets probes with receiver tag `tag` through (a live path agent's
+    /// `tag_in`). The probe rule is always on: a probe passes only with a tag
+    /// added here, so with none added no probe passes.
+    pub fn add_probe_tag(&mut self, tag: [u8; shared::PROBE_TAG_LEN]) -> Result<(), Error> {
+        self.insert(shared::PROBE_TAGS_MAP, ProbeTagKey { tag })
+    }
+
+    /// Stops letting probes with receiver tag `tag` through. Returns whether
+    /// it was there; a missing one is no error.
+    pub fn remove_probe_tag(&mut self, tag: [u8; shared::PROBE_TAG_LEN]) -> Result<bool, Error> {
+        self.remove(shared::PROBE_TAGS_MAP, ProbeTagKey { tag })
+    }
+
+    /// The probe tags in the map, sorted.
+    pub fn probe_tags(&self) -> Result<Vec<[u8; shared::PROBE_TAG_LEN]>, Error> {
+        let mut out: Vec<_> =
+            self.keys::<ProbeTagKey>(shared::PROBE_TAGS_MAP)?.iter().map(|k| k.tag).collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Lets STUN Binding success responses from `server` through. Always on,
+    /// like the probe rule: add a server before querying it. An IPv4 server
+    /// and its IPv4-mapped IPv6 form are the same entry; an IPv6 scope or
+    /// flow label is not part of it.
+    pub fn add_stun_server(&mut self, server: SocketAddr) -> Result<(), Error> {
+        self.insert(shared::STUN_SERVERS_MAP, stun_key(server))
+    }
+
+    /// Stops letting STUN answers from `server` through. Returns whether it
+    /// was there; a missing one is no error.
+    pub fn remove_stun_server(&mut self, server: SocketAddr) -> Result<bool, Error> {
+        self.remove(shared::STUN_SERVERS_MAP, stun_key(server))
+    }
+
+    /// The STUN servers in the map, sorted (IPv4 servers as IPv4 addresses).
+    pub fn stun_servers(&self) -> Result<Vec<SocketAddr>, Error> {
+        let mut out: Vec<SocketAddr> =
+            self.keys::<StunServerKey>(shared::STUN_SERVERS_MAP)?.iter().map(stun_server).collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Adds `key` to the presence map `name`.
+    fn insert<K: Pod>(&mut self, name: &'static str, key: K) -> Result<(), Error> {
+        self.set_mut::<K>(name)?.insert(key, 1, 0).map_err(|source| Error::Map { name, source })
+    }
+
+    /// Removes `key` from the presence map `name`; whether it was there.
+    fn remove<K: Pod>(&mut self, name: &'static str, key: K) -> Result<bool, Error> {
+        match self.set_mut::<K>(name)?.remove(&key) {
             Ok(()) => Ok(true),
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -70,23 +135,14 @@ impl UplinkGuard {
         }
     }
 
-    /// The live indices in the map, sorted.
-    pub fn indices(&self) -> Result<Vec<u32>, Error> {
-        let name = shared::INDICES_MAP;
+    /// The keys of the presence map `name`.
+    fn keys<K: Pod>(&self, name: &'static str) -> Result<Vec<K>, Error> {
         let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
-        let indices: HashMap<_, IndexKey, u8> =
-            HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
-        let mut out = indices
-            .keys()
-            .map(|key| key.map(|k| k.index()))
-            .collect::<Result<Vec<u32>, _>>()
-            .map_err(|source| Error::Map { name, source })?;
-        out.sort_unstable();
-        Ok(out)
+        let set: HashMap<_, K, u8> = HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        set.keys().collect::<Result<Vec<K>, _>>().map_err(|source| Error::Map { name, source })
     }
 
-    fn indices_mut(&mut self) -> Result<HashMap<&mut MapData, IndexKey, u8>, Error> {
-        let name = shared::INDICES_MAP;
+    fn set_mut<K: Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, u8>, Error> {
         let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
         HashMap::try_from(map).map_err(|source| Error::Map { name, source })
     }
@@ -142,6 +198,23 @@ impl UplinkGuard {
 
     fn program_mut(&mut self) -> Result<&mut Xdp, Error> {
         xdp_mut(&mut self.ebpf, shared::PROGRAM)
+    }
+}
+
+/// The guard's key for `server`: IPv4 in its IPv4-mapped IPv6 form, as the
+/// program builds it from an IPv4 header.
+fn stun_key(server: SocketAddr) -> StunServerKey {
+    match server {
+        SocketAddr::V4(v4) => StunServerKey::v4(v4.ip().octets(), v4.port()),
+        SocketAddr::V6(v6) => StunServerKey::v6(v6.ip().octets(), v6.port()),
+    }
+}
+
+fn stun_server(key: &StunServerKey) -> SocketAddr {
+    let ip = Ipv6Addr::from(key.addr);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::new(v4.into(), key.port()),
+        None => SocketAddrV6::new(ip, key.port(), 0, 0).into(),
     }
 }
 

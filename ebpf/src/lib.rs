@@ -38,6 +38,8 @@ const SIZED_MAPS: &[&str] = &[
     common::gateway::CT_REVERSE_MAP,
     common::gateway::TRAFFIC_MAP,
     common::guard::INDICES_MAP,
+    common::guard::PROBE_TAGS_MAP,
+    common::guard::STUN_SERVERS_MAP,
 ];
 
 /// Parses the embedded object and creates its maps, the sizable ones (see

@@ -103,6 +103,167 @@ fn following_indices_drops_messages_to_dead_indices_only() {
     check(&g, &addressed(4, 32, 7), Outcome::DropUnknownIndex);
 }
 
+/// A probe-shaped payload: the type word, `tag` and filler up to `len` bytes.
+fn probe(type_word: [u8; 4], tag: [u8; 8], len: usize) -> Vec<u8> {
+    let mut payload = type_word.to_vec();
+    payload.extend_from_slice(&tag);
+    payload.extend((0..len.saturating_sub(12)).map(|i| (i as u8).wrapping_mul(13)));
+    payload.truncate(len);
+    payload
+}
+
+const PROBE: [u8; 4] = [16, 0, 0, 0];
+const LIVE_TAG: [u8; 8] = [0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18];
+
+#[test]
+fn probes_pass_at_their_length_with_a_live_tag_only() {
+    let mut g = guard();
+    let probe4 = |tag, len| packet::udp4(CLIENT, 40000, GATEWAY, PORT, &probe(PROBE, tag, len));
+    // No path agent, no probe: the rule is on without any tag.
+    check(&g, &probe4(LIVE_TAG, 84), Outcome::DropUnknownProbeTag);
+    g.add_probe_tag(LIVE_TAG).unwrap();
+    g.add_probe_tag([9; 8]).unwrap();
+    assert_eq!(g.probe_tags().unwrap(), vec![[9; 8], LIVE_TAG]);
+    check(&g, &probe4(LIVE_TAG, 84), Outcome::AllowProbe);
+    check(&g, &probe4([9; 8], 84), Outcome::AllowProbe);
+    check(
+        &g,
+        &packet::udp6(CLIENT6, 40000, GATEWAY6, PORT, &probe(PROBE, LIVE_TAG, 84)),
+        Outcome::AllowProbe,
+    );
+    // Any other tag, the live one reversed or off by one bit among them.
+    let mut reversed = LIVE_TAG;
+    reversed.reverse();
+    let mut flipped = LIVE_TAG;
+    flipped[7] ^= 1;
+    for tag in [[0; 8], [0xff; 8], reversed, flipped] {
+        check(&g, &probe4(tag, 84), Outcome::DropUnknownProbeTag);
+    }
+    // Shape comes first: a live tag at any other length, or behind another
+    // type word, is malformed.
+    for len in [0, 4, 12, 83, 85, 92, 148] {
+        check(&g, &probe4(LIVE_TAG, len), Outcome::DropBadLength);
+    }
+    for type_word in [[16, 0, 0, 1], [16, 1, 0, 0], [17, 0, 0, 0], [15, 0, 0, 0], [0, 0, 0, 16]] {
+        let frame = packet::udp4(CLIENT, 40000, GATEWAY, PORT, &probe(type_word, LIVE_TAG, 84));
+        check(&g, &frame, Outcome::DropBadType);
+    }
+    // The index rule does not apply to probes (they carry no index).
+    g.follow_indices(true).unwrap();
+    check(&g, &probe4(LIVE_TAG, 84), Outcome::AllowProbe);
+    check(&g, &addressed(4, 32, 7), Outcome::DropUnknownIndex);
+    // A tag that goes is refused with the next packet.
+    assert!(g.remove_probe_tag(LIVE_TAG).unwrap());
+    assert!(!g.remove_probe_tag(LIVE_TAG).unwrap(), "a missing tag is no error");
+    check(&g, &probe4(LIVE_TAG, 84), Outcome::DropUnknownProbeTag);
+    check(&g, &probe4([9; 8], 84), Outcome::AllowProbe);
+    // Behind VLAN tags and IPv6 extension headers too.
+    check(&g, &with_vlan_tags(&probe4([9; 8], 84), &[0x88a8, 0x8100]), Outcome::AllowProbe);
+    check(&g, &ipv6_with_ext(&[(0, 8), (60, 16)], &probe(PROBE, [9; 8], 84)), Outcome::AllowProbe);
+    check(&g, &ipv6_with_ext(&[(0, 8)], &probe(PROBE, LIVE_TAG, 84)), Outcome::DropUnknownProbeTag);
+}
+
+#[test]
+fn the_probe_tag_map_holds_16384_tags_and_refuses_more() {
+    let mut g = guard();
+    let max = ferry_ebpf::common::guard::MAX_PROBE_TAGS;
+    for i in 0..max {
+        g.add_probe_tag(u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()).unwrap();
+    }
+    assert!(g.add_probe_tag([0xee; 8]).is_err(), "a full map refuses, it does not evict");
+    assert_eq!(g.probe_tags().unwrap().len(), max as usize);
+}
+
+const STUN_SERVER: [u8; 4] = [203, 0, 113, 9];
+const STUN_SERVER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x34, 0x78];
+const STUN_PORT: u16 = 3478;
+const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+
+/// A STUN message of `len` bytes: `message_type`, a length field of
+/// `length_field`, `cookie`, a transaction id and filler attributes.
+fn stun(message_type: u16, length_field: u16, cookie: [u8; 4], len: usize) -> Vec<u8> {
+    let mut payload = message_type.to_be_bytes().to_vec();
+    payload.extend_from_slice(&length_field.to_be_bytes());
+    payload.extend_from_slice(&cookie);
+    payload.extend_from_slice(b"transaction!");
+    payload.extend((0..len.saturating_sub(20)).map(|i| (i as u8).wrapping_mul(7)));
+    payload.truncate(len);
+    payload
+}
+
+/// A well-formed Binding success response of `len` bytes.
+fn stun_success(len: usize) -> Vec<u8> {
+    stun(0x0101, (len - 20) as u16, COOKIE, len)
+}
+
+#[test]
+fn stun_success_responses_pass_from_our_servers_only() {
+    let mut g = guard();
+    let from_server = |payload: &[u8]| packet::udp4(STUN_SERVER, STUN_PORT, GATEWAY, PORT, payload);
+    let from_server6 = |payload: &[u8]| packet::udp6(STUN_SERVER6, STUN_PORT, GATEWAY6, PORT, payload);
+    // No server known: no answer expected.
+    check(&g, &from_server(&stun_success(32)), Outcome::DropUnknownStunServer);
+    let server4 = std::net::SocketAddr::from((STUN_SERVER, STUN_PORT));
+    let server6 = std::net::SocketAddr::from((STUN_SERVER6, STUN_PORT));
+    g.add_stun_server(server4).unwrap();
+    g.add_stun_server(server6).unwrap();
+    assert_eq!(g.stun_servers().unwrap(), vec![server4, server6]);
+    // Any length from the bare header to 548 bytes, in steps of 4.
+    for len in [20, 32, 44, 100, 548] {
+        check(&g, &from_server(&stun_success(len)), Outcome::AllowStun);
+        check(&g, &from_server6(&stun_success(len)), Outcome::AllowStun);
+    }
+    check(&g, &with_vlan_tags(&from_server(&stun_success(32)), &[0x8100]), Outcome::AllowStun);
+    // From another port or address of the server, or another host.
+    let unknown = [
+        packet::udp4(STUN_SERVER, STUN_PORT + 1, GATEWAY, PORT, &stun_success(32)),
+        packet::udp4([203, 0, 113, 10], STUN_PORT, GATEWAY, PORT, &stun_success(32)),
+        packet::udp4(CLIENT, 40000, GATEWAY, PORT, &stun_success(32)),
+        packet::udp6(CLIENT6, STUN_PORT, GATEWAY6, PORT, &stun_success(32)),
+        // The IPv4 server's address inside an IPv6 source (the deprecated
+        // IPv4-compatible form) is another address.
+        packet::udp6(
+            std::net::Ipv4Addr::from(STUN_SERVER).to_ipv6_compatible().octets(),
+            STUN_PORT,
+            GATEWAY6,
+            PORT,
+            &stun_success(32),
+        ),
+    ];
+    for frame in unknown {
+        check(&g, &frame, Outcome::DropUnknownStunServer);
+    }
+    // Malformed, from a known server.
+    let mut bad_cookie = COOKIE;
+    bad_cookie[3] ^= 0x80;
+    check(&g, &from_server(&stun(0x0101, 12, bad_cookie, 32)), Outcome::DropBadType);
+    check(&g, &from_server(&stun(0x0101, 12, [0; 4], 32)), Outcome::DropBadType);
+    // Length field disagreeing with the datagram, not a multiple of 4, over
+    // 548 bytes, shorter than the header.
+    for (length_field, len) in
+        [(8, 32), (16, 32), (0, 32), (14, 34), (532, 552), (980, 1000), (0, 19), (0, 4)]
+    {
+        check(&g, &from_server(&stun(0x0101, length_field, COOKIE, len)), Outcome::DropBadLength);
+    }
+    // Other STUN classes and methods: a request, an error response, an
+    // indication, and a success with the two top bits set.
+    for message_type in [0x0001u16, 0x0111, 0x0011, 0x4101, 0x0103] {
+        check(&g, &from_server(&stun(message_type, 12, COOKIE, 32)), Outcome::DropBadType);
+    }
+    // The index rule does not apply to STUN.
+    g.follow_indices(true).unwrap();
+    check(&g, &from_server(&stun_success(32)), Outcome::AllowStun);
+    // A server that goes is refused with the next packet; its IPv4-mapped
+    // IPv6 form names the same entry.
+    let mapped =
+        std::net::SocketAddr::from((std::net::Ipv4Addr::from(STUN_SERVER).to_ipv6_mapped(), STUN_PORT));
+    assert!(g.remove_stun_server(mapped).unwrap());
+    assert!(!g.remove_stun_server(server4).unwrap(), "a missing server is no error");
+    check(&g, &from_server(&stun_success(32)), Outcome::DropUnknownStunServer);
+    check(&g, &from_server6(&stun_success(32)), Outcome::AllowStun);
+    assert_eq!(g.stun_servers().unwrap(), vec![server6]);
+}
+
 #[test]
 fn the_index_map_holds_four_indices_for_each_of_4096_peers() {
     let mut g = guard();

@@ -6,6 +6,14 @@
 //! cheap filter, not a policy: everything that is not UDP to the port passes.
 //! When the daemon keeps the indices map complete, messages addressed to a
 //! receiver index that no live handshake or session holds are dropped too.
+//! Two kinds of datagrams that are not WireGuard share the port, because
+//! both must use the WireGuard socket's NAT mapping: Ferry path probes (type
+//! 16, 84 bytes) pass only with a receiver tag that a live path agent holds,
+//! and STUN Binding success responses (the answers to the gateway's own
+//! server-reflexive queries) pass only with a valid shape and from one of the
+//! gateway's STUN servers. Both rules are always on: userspace fills their maps
+//! before it needs them, and with empty maps nothing of either kind is
+//! expected.
 //! The guard matches the destination port, not the address: on an uplink
 //! whose traffic is all for this host that is the same; on a bridged or
 //! promiscuous uplink, WireGuard to another host's port would be judged by
@@ -19,7 +27,9 @@ use aya_ebpf::{
 };
 use ferry_ebpf_common::guard::{
     COOKIE_REPLY_LEN, COOKIE_REPLY_RECEIVER_OFFSET, GuardConfig, INITIATION_LEN, IndexKey, MAX_INDICES,
-    Outcome, RESPONSE_LEN, RESPONSE_RECEIVER_OFFSET, TRANSPORT_RECEIVER_OFFSET, transport_len_ok,
+    MAX_PROBE_TAGS, MAX_STUN_SERVERS, Outcome, PROBE_LEN, PROBE_TAG_OFFSET, PROBE_TYPE, ProbeTagKey,
+    RESPONSE_LEN, RESPONSE_RECEIVER_OFFSET, STUN_BINDING_SUCCESS, STUN_MAGIC_COOKIE, StunServerKey,
+    TRANSPORT_RECEIVER_OFFSET, stun_len_ok, transport_len_ok,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -28,7 +38,7 @@ use network_types::{
 
 use crate::packet::{
     ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
-    IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, be16_at, ptr_at,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, be16_at, ptr_at, ptr_at_rechecked,
 };
 
 #[map(name = "GUARD_CONFIG")]
@@ -39,6 +49,12 @@ static GUARD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome:
 
 #[map(name = "GUARD_INDICES")]
 static GUARD_INDICES: HashMap<IndexKey, u8> = HashMap::with_max_entries(MAX_INDICES, 0);
+
+#[map(name = "GUARD_PROBE_TAGS")]
+static GUARD_PROBE_TAGS: HashMap<ProbeTagKey, u8> = HashMap::with_max_entries(MAX_PROBE_TAGS, 0);
+
+#[map(name = "GUARD_STUN_SERVERS")]
+static GUARD_STUN_SERVERS: HashMap<StunServerKey, u8> = HashMap::with_max_entries(MAX_STUN_SERVERS, 0);
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -58,10 +74,13 @@ pub fn uplink_guard(ctx: XdpContext) -> u32 {
     if outcome.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
-/// Where the UDP header starts and how many bytes the IP layer says follow it.
+/// Where the UDP header starts and how many bytes the IP layer says follow it,
+/// and where the IP header is (to find the source address, rarely needed).
 struct UdpLocation {
     offset: usize,
     ip_payload_len: usize,
+    ip_offset: usize,
+    v6: bool,
 }
 
 #[inline(always)]
@@ -120,6 +139,11 @@ fn classify(ctx: &XdpContext) -> Outcome {
         return Outcome::DropTruncated;
     }
     let outcome = classify_message(ctx, message_offset, message_len);
+    match outcome {
+        Outcome::AllowProbe => return check_probe_tag(ctx, message_offset),
+        Outcome::AllowStun => return check_stun_server(ctx, &udp, header.src),
+        _ => {}
+    }
     if follow_indices {
         let receiver_offset = match outcome {
             Outcome::AllowResponse => RESPONSE_RECEIVER_OFFSET,
@@ -141,6 +165,67 @@ fn classify(ctx: &XdpContext) -> Outcome {
     outcome
 }
 
+/// A probe of the right shape passes only to a tag a live path agent holds.
+#[inline(always)]
+fn check_probe_tag(ctx: &XdpContext, message_offset: usize) -> Outcome {
+    // The length rule put the tag inside the message.
+    let Some(tag) = ptr_at_rechecked::<ProbeTagKey>(ctx, message_offset + PROBE_TAG_OFFSET) else {
+        return Outcome::DropTruncated;
+    };
+    // SAFETY: ptr_at checked the eight bytes are inside the packet.
+    let key = unsafe { *tag };
+    // SAFETY: the value is only tested for presence, never read.
+    if unsafe { GUARD_PROBE_TAGS.get(&key) }.is_none() {
+        return Outcome::DropUnknownProbeTag;
+    }
+    Outcome::AllowProbe
+}
+
+/// A STUN answer of the right shape passes only from one of our STUN servers.
+#[inline(always)]
+fn check_stun_server(ctx: &XdpContext, udp: &UdpLocation, source_port: [u8; 2]) -> Outcome {
+    let mut key = StunServerKey { addr: [0; 16], port: source_port };
+    if udp.v6 {
+        // The source address sits 8 bytes into the IPv6 header.
+        let Some(source) = ptr_at::<[u8; 16]>(ctx, udp.ip_offset + 8) else {
+            return Outcome::DropTruncated;
+        };
+        // SAFETY: ptr_at checked the sixteen bytes are inside the packet.
+        key.addr = unsafe { *source };
+    } else {
+        // The source address sits 12 bytes into the IPv4 header.
+        let Some(source) = ptr_at::<[u8; 4]>(ctx, udp.ip_offset + 12) else {
+            return Outcome::DropTruncated;
+        };
+        // SAFETY: ptr_at checked the four bytes are inside the packet.
+        let [a, b, c, d] = unsafe { *source };
+        key.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d];
+    }
+    // SAFETY: the value is only tested for presence, never read.
+    if unsafe { GUARD_STUN_SERVERS.get(&key) }.is_none() {
+        return Outcome::DropUnknownStunServer;
+    }
+    Outcome::AllowStun
+}
+
+/// Applies STUN's shape rules for a Binding success response to a payload of
+/// `len` (at least 4) bytes inside the packet whose first two are its type.
+#[inline(always)]
+fn classify_stun(ctx: &XdpContext, offset: usize, len: usize, attributes_len: usize) -> Outcome {
+    if !stun_len_ok(len, attributes_len) {
+        return Outcome::DropBadLength;
+    }
+    let Some(cookie) = ptr_at_rechecked::<[u8; 4]>(ctx, offset + 4) else {
+        return Outcome::DropTruncated;
+    };
+    // SAFETY: ptr_at checked the four bytes are inside the packet.
+    // Without the magic cookie it is no STUN message this side of RFC 3489.
+    if unsafe { *cookie } != STUN_MAGIC_COOKIE {
+        return Outcome::DropBadType;
+    }
+    Outcome::AllowStun
+}
+
 /// Applies WireGuard's shape rules to a UDP payload of `len` bytes, all of which
 /// the caller has checked are inside the packet.
 #[inline(always)]
@@ -155,6 +240,11 @@ fn classify_message(ctx: &XdpContext, offset: usize, len: usize) -> Outcome {
     };
     // SAFETY: ptr_at checked the four bytes are inside the packet.
     let head = unsafe { *head };
+    // STUN's type (first two bits zero) and length are big-endian u16s; a
+    // WireGuard type word never has a non-zero second byte.
+    if [head[0], head[1]] == STUN_BINDING_SUCCESS {
+        return classify_stun(ctx, offset, len, u16::from_be_bytes([head[2], head[3]]) as usize);
+    }
     // The type is a little-endian u32 whose upper three bytes are reserved zero;
     // wireguard-go and the kernel module compare all four bytes.
     if head[1] | head[2] | head[3] != 0 {
@@ -165,7 +255,8 @@ fn classify_message(ctx: &XdpContext, offset: usize, len: usize) -> Outcome {
         2 if len == RESPONSE_LEN => Outcome::AllowResponse,
         3 if len == COOKIE_REPLY_LEN => Outcome::AllowCookieReply,
         4 if transport_len_ok(len) => Outcome::AllowTransport,
-        1..=4 => Outcome::DropBadLength,
+        PROBE_TYPE if len == PROBE_LEN => Outcome::AllowProbe,
+        1..=4 | PROBE_TYPE => Outcome::DropBadLength,
         _ => Outcome::DropBadType,
     }
 }
@@ -192,7 +283,12 @@ fn locate_udp_v4(ctx: &XdpContext, offset: usize) -> Result<UdpLocation, Outcome
     if header_len != Ipv4Hdr::LEN {
         return Err(Outcome::PassIpOptions);
     }
-    Ok(UdpLocation { offset: offset + Ipv4Hdr::LEN, ip_payload_len: total_len - Ipv4Hdr::LEN })
+    Ok(UdpLocation {
+        offset: offset + Ipv4Hdr::LEN,
+        ip_payload_len: total_len - Ipv4Hdr::LEN,
+        ip_offset: offset,
+        v6: false,
+    })
 }
 
 #[inline(always)]
@@ -243,5 +339,10 @@ fn locate_udp_v6(ctx: &XdpContext, offset: usize) -> Result<UdpLocation, Outcome
     if ext_len > payload_len {
         return Err(Outcome::PassMalformed);
     }
-    Ok(UdpLocation { offset: header_offset, ip_payload_len: payload_len - ext_len })
+    Ok(UdpLocation {
+        offset: header_offset,
+        ip_payload_len: payload_len - ext_len,
+        ip_offset: offset,
+        v6: true,
+    })
 }

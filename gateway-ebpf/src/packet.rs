@@ -29,6 +29,16 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// Like [`ptr_at`], for a read that an earlier check over a variable length
+/// already covers (such as a field inside a UDP payload whose length was
+/// checked against the packet): the compiler would drop the bounds check as
+/// redundant, but the verifier cannot follow that reasoning and rejects the
+/// read. Hiding the offset from the optimiser keeps the check.
+#[inline(always)]
+pub fn ptr_at_rechecked<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    ptr_at::<T>(ctx, core::hint::black_box(offset))
+}
+
 /// Like [`ptr_at`], for headers the program rewrites.
 #[inline(always)]
 pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {

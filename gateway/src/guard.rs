@@ -1,6 +1,6 @@
 //! `ferry-gateway guard`: the uplink guard on its own, in the foreground.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -15,6 +15,11 @@ use crate::config::{Config, DEFAULT_WIREGUARD_PORT};
 /// whose shape no WireGuard message has (wrong type, wrong length, truncated),
 /// so junk aimed at the gateway's one open port costs almost nothing. All other
 /// traffic passes untouched.
+///
+/// Ferry path probes pass only to a receiver tag given with --probe-tag, and
+/// STUN Binding success responses only from a server given with
+/// --stun-server; without them, both are dropped (the daemon fills these sets
+/// from its live path agents and STUN servers).
 #[derive(Args, Debug)]
 pub struct GuardArgs {
     /// The uplink interface (default: `uplink.interface` from the config).
@@ -29,6 +34,16 @@ pub struct GuardArgs {
     /// XDP attach mode: auto (native, else generic), native or generic.
     #[arg(long, value_name = "MODE")]
     mode: Option<AttachMode>,
+
+    /// Let Ferry path probes to this receiver tag (16 hex digits) through;
+    /// repeatable.
+    #[arg(long, value_name = "HEX", value_parser = parse_probe_tag)]
+    probe_tag: Vec<[u8; 8]>,
+
+    /// Let STUN Binding success responses from this server (IP:PORT) through;
+    /// repeatable.
+    #[arg(long, value_name = "ADDR")]
+    stun_server: Vec<SocketAddr>,
 
     /// Also print the counters every SECONDS while running.
     #[arg(long, value_name = "SECONDS")]
@@ -48,6 +63,12 @@ pub fn run(args: GuardArgs, config: &Config) -> Result<()> {
 
     let mut guard = UplinkGuard::load(port)
         .context("loading the uplink guard (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+    for tag in &args.probe_tag {
+        guard.add_probe_tag(*tag).with_context(|| format!("adding probe tag {}", hex::encode(tag)))?;
+    }
+    for server in &args.stun_server {
+        guard.add_stun_server(*server).with_context(|| format!("adding STUN server {server}"))?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,6 +105,12 @@ pub fn run(args: GuardArgs, config: &Config) -> Result<()> {
     tracing::info!(signal, "stopped");
     print_counters(&counters, args.json);
     Ok(())
+}
+
+fn parse_probe_tag(text: &str) -> Result<[u8; 8], String> {
+    let mut tag = [0u8; 8];
+    hex::decode_to_slice(text, &mut tag).map_err(|e| format!("a probe tag is 16 hex digits: {e}"))?;
+    Ok(tag)
 }
 
 fn print_counters(counters: &ferry_ebpf::guard::GuardCounters, json: bool) {

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub guard_indices: Gauge,
     pub guard_follows_indices: Gauge,
     pub guard_map_errors: Counter,
+    pub guard_probe_tags: Gauge,
+    pub guard_stun_servers: Gauge,
+    pub guard_rule_map_errors: Counter,
 }
 
 impl Metrics {
@@ -60,6 +63,9 @@ impl Metrics {
             guard_indices: Gauge::default(),
             guard_follows_indices: Gauge::default(),
             guard_map_errors: Counter::default(),
+            guard_probe_tags: Gauge::default(),
+            guard_stun_servers: Gauge::default(),
+            guard_rule_map_errors: Counter::default(),
         };
         registry.register(
             "switch_on",
@@ -116,6 +122,21 @@ impl Metrics {
             "guard_map_errors",
             "Index updates the uplink guard's map refused (each turns the index rule off)",
             m.guard_map_errors.clone(),
+        );
+        registry.register(
+            "guard_probe_tags",
+            "Receiver tags of live path agents whose probes the uplink guard lets through",
+            m.guard_probe_tags.clone(),
+        );
+        registry.register(
+            "guard_stun_servers",
+            "STUN servers whose Binding answers the uplink guard lets through",
+            m.guard_stun_servers.clone(),
+        );
+        registry.register(
+            "guard_rule_map_errors",
+            "Probe tag and STUN server updates the uplink guard's maps refused (each leaves that entry out)",
+            m.guard_rule_map_errors.clone(),
         );
         Metrics { registry: Arc::new(registry), ..m }
     }

@@ -304,6 +304,14 @@ impl Daemon {
             plan.live_peers().map(|(s, p)| Wanted { session: s.state.session_id, peer: p.clone() }).collect();
         let changes = self.engine.apply(wanted).await;
         self.record_changes(changes);
+        if let Some(uplink) = &self.uplink {
+            // Before any probe or STUN answer can be due. The gateway runs no
+            // path agent and sends no STUN query yet, so both sets are empty:
+            // the path agents' `tags_in` and the desired state's STUN servers
+            // go here.
+            uplink.set_probe_tags(std::iter::empty());
+            uplink.set_stun_servers(std::iter::empty());
+        }
         for s in plan.active() {
             if self.plan.session(s.state.session_id).is_none_or(|old| old.status != Status::Active) {
                 info!(
@@ -400,6 +408,9 @@ impl Daemon {
             m.guard_indices.set(uplink.live_indices() as i64);
             m.guard_follows_indices.set(i64::from(uplink.follows_indices()));
             metrics::Metrics::count_to(&m.guard_map_errors, uplink.map_errors());
+            m.guard_probe_tags.set(uplink.probe_tags() as i64);
+            m.guard_stun_servers.set(uplink.stun_servers() as i64);
+            metrics::Metrics::count_to(&m.guard_rule_map_errors, uplink.rule_map_errors());
         }
         metrics::Metrics::count_to(&m.local_refused, crate::local::server::refused_connections());
         metrics::Metrics::count_to(&m.local_malformed, crate::local::server::malformed_requests());
