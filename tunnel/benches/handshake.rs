@@ -15,6 +15,7 @@ use ferry_tunnel::{
         messages::{Message, parse},
     },
 };
+use rand_core::OsRng;
 
 /// One complete handshake: initiation, consumption, response, consumption.
 fn handshake(c: &mut Criterion) {
@@ -28,12 +29,18 @@ fn handshake(c: &mut Criterion) {
     c.bench_function("handshake", |bench| {
         bench.iter(|| {
             stamp += 1;
-            let (state, init) =
-                handshake::initiate(&ia, &peer_b, &ss_a, 1, Tai64N::from_unix(Duration::from_secs(stamp)))
-                    .unwrap();
+            let (state, init) = handshake::initiate(
+                &ia,
+                &peer_b,
+                &ss_a,
+                1,
+                Tai64N::from_unix(Duration::from_secs(stamp)),
+                &mut OsRng,
+            )
+            .unwrap();
             let Ok(Message::Initiation(init)) = parse(&init) else { unreachable!() };
             let consumed = handshake::consume_initiation(&ib, &init, |_| Some(ss_b)).unwrap();
-            let (resp, keys_b) = handshake::respond(&consumed, &psk, 2).unwrap();
+            let (resp, keys_b) = handshake::respond(&consumed, &psk, 2, &mut OsRng).unwrap();
             let Ok(Message::Response(resp)) = parse(&resp) else { unreachable!() };
             let keys_a = handshake::consume_response(&ia, &state, &psk, &resp).unwrap();
             black_box((keys_a.send, keys_b.send));

@@ -318,6 +318,8 @@ pub fn set(device: &mut Device, listen_port: u16, lines: &[String]) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    use rand_core::OsRng;
+
     use super::*;
     use crate::{PrivateKey, proto::DeviceConfig};
 
@@ -327,7 +329,7 @@ mod tests {
 
     #[test]
     fn set_then_get_round_trips_a_peer() {
-        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()), Box::new(OsRng));
         let peer = PrivateKey::generate().public_key();
         let request = format!(
             "public_key={}\npreshared_key={}\nendpoint=192.0.2.9:51820\npersistent_keepalive_interval=25\nallowed_ip=10.0.0.2/32\nallowed_ip=fd00::2/128",
@@ -372,7 +374,7 @@ mod tests {
 
     #[test]
     fn bad_requests_change_nothing_and_say_why() {
-        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()), Box::new(OsRng));
         let peer = PrivateKey::generate().public_key();
         for bad in [
             format!("public_key={}\nallowed_ip=10.0.0.0/33", hex(peer.as_bytes())),
@@ -389,7 +391,7 @@ mod tests {
 
     #[test]
     fn hostile_values_neither_panic_nor_leak() {
-        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()), Box::new(OsRng));
         // Multi-byte UTF-8 at an odd offset, and a signed digit.
         let tricky = format!("a\u{e9}{}", "a".repeat(61));
         assert_eq!(tricky.len(), 64);
@@ -404,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_low_order_key_refuses_the_whole_request() {
-        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()), Box::new(OsRng));
         let good = PrivateKey::generate().public_key();
         set(&mut device, 1, &lines(&format!("public_key={}", hex(good.as_bytes())))).unwrap();
         let other = PrivateKey::generate().public_key();
@@ -420,7 +422,7 @@ mod tests {
 
     #[test]
     fn replace_peers_starts_peers_fresh() {
-        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()), Box::new(OsRng));
         let peer = PrivateKey::generate().public_key();
         set(
             &mut device,
@@ -438,7 +440,7 @@ mod tests {
 
     #[test]
     fn update_only_and_replace_peers() {
-        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()));
+        let mut device = Device::new(DeviceConfig::new(PrivateKey::generate()), Box::new(OsRng));
         let a = PrivateKey::generate().public_key();
         let b = PrivateKey::generate().public_key();
         set(&mut device, 1, &lines(&format!("public_key={}\nupdate_only=true", hex(a.as_bytes())))).unwrap();

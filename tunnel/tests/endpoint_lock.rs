@@ -23,6 +23,7 @@ use ferry_tunnel::{
     endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
     proto::{Device, DeviceConfig, Incoming, Now, PeerConfig, Sent},
 };
+use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 use tokio::net::UdpSocket;
 
 /// An IPv4 packet from the peer's tunnel address to the endpoint's.
@@ -80,7 +81,7 @@ fn a_panic_under_the_device_lock_leaves_the_engine_running() {
             .await
             .unwrap();
 
-            let mut peer = Device::new(DeviceConfig::new(theirs));
+            let mut peer = Device::new(DeviceConfig::new(theirs), Box::new(ChaCha20Rng::seed_from_u64(1)));
             let mut config = PeerConfig::new(ours.public_key());
             config.endpoint = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, endpoint.local_port())));
             config.allowed_ips = vec!["10.9.0.0/24".parse().unwrap()];
@@ -94,7 +95,10 @@ fn a_panic_under_the_device_lock_leaves_the_engine_running() {
 
             // A new peer, added through the lock, handshakes: the receive
             // task still takes the lock and answers.
-            let mut peer = Device::new(DeviceConfig::new(PrivateKey::generate()));
+            let mut peer = Device::new(
+                DeviceConfig::new(PrivateKey::generate()),
+                Box::new(ChaCha20Rng::seed_from_u64(2)),
+            );
             let mut config = PeerConfig::new(peer.public_key());
             config.allowed_ips = vec!["10.9.0.3/32".parse().unwrap()];
             endpoint.add_peer(config).unwrap();

@@ -7,6 +7,11 @@
 //! under the lock. An [`IndexSink`], if one watches, is told of index changes
 //! under it (see there why).
 //!
+//! Datagrams on the socket that are not WireGuard go to a side channel
+//! ([`Endpoint::set_side_channel`]); transports other than the socket (the
+//! WebSocket relay) attach with [`Endpoint::attach_transport`] and are
+//! reached through virtual peer addresses.
+//!
 //! Syscalls are batched where Linux allows: the TUN device runs with
 //! virtio-net headers and TSO/USO offload, so one read returns a TCP
 //! super-segment that tun-rs splits into packets and one write carries
@@ -16,6 +21,8 @@
 //! them.
 
 mod batch;
+mod side;
+mod transport;
 
 use std::{
     io,
@@ -25,19 +32,29 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry_paths::ProbeSecrets;
 use parking_lot::{Mutex, MutexGuard};
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
-use tokio::{io::Interest, net::UdpSocket, task::JoinHandle};
+use rand_core::OsRng;
+use tokio::{io::Interest, net::UdpSocket, sync::mpsc, task::JoinHandle};
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
 
-use self::batch::{Segment, gso_batches};
-
+use self::{
+    batch::{Segment, gso_batches},
+    side::SideChannel,
+    transport::{RxScratch, Transports},
+};
+pub use self::{
+    side::SideDatagram,
+    transport::{DatagramSink, VirtualPort, is_virtual},
+};
 use crate::{
     PrivateKey, PublicKey,
     config::InterfaceAddress,
     proto::{
         Device, DeviceConfig, IndexChange, IpNet, Now, PeerConfig, Transmit,
         device::{Incoming, Sent},
+        messages::is_wireguard,
     },
 };
 
@@ -86,6 +103,10 @@ pub struct PeerStatus {
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<IpNet>,
     pub last_handshake: Option<Instant>,
+    /// From our last initiation to its response (we were the initiator).
+    pub handshake_rtt: Option<Duration>,
+    /// The last datagram from the peer that authenticated.
+    pub last_rx: Option<Instant>,
     pub handshakes: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -106,9 +127,24 @@ pub trait IndexSink: Send + Sync + 'static {
     fn apply(&self, change: IndexChange);
 }
 
+/// What the endpoint did with datagrams that were not the device's business.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Non-WireGuard datagrams handed to the side channel.
+    pub side_delivered: u64,
+    /// Non-WireGuard datagrams dropped: no side channel, or it was full.
+    pub side_dropped: u64,
+    /// Datagrams for a virtual address whose transport was detached.
+    pub virtual_unroutable: u64,
+    /// Datagrams on the UDP socket claiming to come from a virtual address.
+    pub virtual_spoofed: u64,
+}
+
 struct Shared {
     device: Mutex<Device>,
     index_sink: OnceLock<Box<dyn IndexSink>>,
+    side: SideChannel,
+    transports: Transports,
     tun: AsyncDevice,
     udp: UdpSocket,
     udp_state: UdpSocketState,
@@ -128,8 +164,10 @@ impl Endpoint {
     /// Creates the TUN device with its addresses and MTU, binds the UDP port
     /// and starts forwarding. Needs CAP_NET_ADMIN.
     pub async fn start(config: EndpointConfig) -> Result<Endpoint, EndpointError> {
-        let mut device =
-            Device::new(DeviceConfig { mtu: config.mtu, ..DeviceConfig::new(config.private_key.clone()) });
+        let mut device = Device::new(
+            DeviceConfig { mtu: config.mtu, ..DeviceConfig::new(config.private_key.clone()) },
+            Box::new(OsRng),
+        );
         for peer in &config.peers {
             device.add_peer(peer.clone()).map_err(|_| EndpointError::BadPeerKey(peer.public_key))?;
         }
@@ -151,6 +189,8 @@ impl Endpoint {
         let shared = Arc::new(Shared {
             device: Mutex::new(device),
             index_sink: OnceLock::new(),
+            side: SideChannel::default(),
+            transports: Transports::default(),
             tun,
             udp,
             udp_state,
@@ -202,11 +242,74 @@ impl Endpoint {
             }
         };
         for t in transmits {
-            if let Err(err) = self.shared.udp.try_send_to(&t.payload, to_socket(t.to)) {
-                tracing::debug!(error = %err, "sending a handshake failed");
+            match route(&self.shared, t.to) {
+                Route::Udp(to) => {
+                    if let Err(err) = self.shared.udp.try_send_to(&t.payload, to) {
+                        tracing::debug!(error = %err, "sending a handshake failed");
+                    }
+                }
+                Route::Sink(sink) => sink.send(&t.payload),
+                Route::Nowhere => {}
             }
         }
         known
+    }
+
+    /// Points the peer's datagrams at `to`: a UDP address or a transport's
+    /// virtual one (the path a path selector chose). WireGuard's roaming
+    /// still follows the peer's authenticated packets. Returns false for an
+    /// unknown peer.
+    pub fn set_peer_endpoint(&self, key: &PublicKey, to: SocketAddr) -> bool {
+        self.device().set_endpoint(key, to)
+    }
+
+    /// The secrets for authenticated path probes with the peer (derived in
+    /// the device from our DH with it; the private key stays there).
+    pub fn probe_secrets(&self, key: &PublicKey) -> Option<ProbeSecrets> {
+        self.device().probe_secrets(key)
+    }
+
+    /// Hands every datagram received on the WireGuard socket that is not
+    /// WireGuard (path probes, STUN answers) to `tx`, replacing any earlier
+    /// channel. The receive path never waits: when the channel is full the
+    /// datagram is dropped and counted ([`EndpointStats::side_dropped`]).
+    pub fn set_side_channel(&self, tx: mpsc::Sender<SideDatagram>) {
+        self.shared.side.set(tx);
+    }
+
+    /// Sends a datagram that is not WireGuard (a probe, a STUN query) from
+    /// the WireGuard socket, so it opens or refreshes the NAT mapping that
+    /// WireGuard uses. To a virtual address it goes to that transport.
+    pub async fn send_raw(&self, to: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        match route(&self.shared, to) {
+            Route::Udp(to) => self.shared.udp.send_to(payload, to).await.map(drop),
+            Route::Sink(sink) => {
+                sink.send(payload);
+                Ok(())
+            }
+            Route::Nowhere => {
+                Err(io::Error::new(io::ErrorKind::NotConnected, format!("no transport is attached at {to}")))
+            }
+        }
+    }
+
+    /// Attaches a datagram transport other than the UDP socket: datagrams
+    /// the device sends to the returned port's virtual address go to `sink`,
+    /// and what the transport receives goes in through
+    /// [`VirtualPort::deliver`]. Set a peer's endpoint to the address (at
+    /// configuration or with [`Endpoint::set_peer_endpoint`]) to use it.
+    pub fn attach_transport(&self, sink: Arc<dyn DatagramSink>) -> VirtualPort {
+        VirtualPort::attach(&self.shared, sink)
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        let (side, transports) = (&self.shared.side, &self.shared.transports);
+        EndpointStats {
+            side_delivered: side.delivered(),
+            side_dropped: side.dropped(),
+            virtual_unroutable: transports.unroutable(),
+            virtual_spoofed: transports.spoofed(),
+        }
     }
 
     pub fn status(&self) -> Vec<PeerStatus> {
@@ -218,6 +321,8 @@ impl Endpoint {
                 endpoint: peer.endpoint,
                 allowed_ips: device.allowed_ips_of(id),
                 last_handshake: peer.stats.last_handshake,
+                handshake_rtt: peer.stats.handshake_rtt,
+                last_rx: peer.stats.last_rx,
                 handshakes: peer.stats.handshakes_completed,
                 rx_bytes: peer.stats.rx_bytes,
                 tx_bytes: peer.stats.tx_bytes,
@@ -346,9 +451,30 @@ fn to_socket(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Where a datagram for a peer address goes.
+enum Route {
+    /// The UDP socket, to this address (as the socket wants it).
+    Udp(SocketAddr),
+    /// An attached transport.
+    Sink(Arc<dyn DatagramSink>),
+    /// A virtual address whose transport is gone: dropped (counted).
+    Nowhere,
+}
+
+fn route(shared: &Shared, to: SocketAddr) -> Route {
+    if !is_virtual(to) {
+        return Route::Udp(target_for(shared, to));
+    }
+    shared.transports.sink(to).map_or(Route::Nowhere, Route::Sink)
+}
+
 async fn send_all(shared: &Shared, transmits: &mut Vec<Transmit>) {
     for t in transmits.drain(..) {
-        send_udp(shared, target_for(shared, t.to), &t.payload, None).await;
+        match route(shared, t.to) {
+            Route::Udp(to) => send_udp(shared, to, &t.payload, None).await,
+            Route::Sink(sink) => sink.send(&t.payload),
+            Route::Nowhere => {}
+        }
     }
 }
 
@@ -434,11 +560,23 @@ async fn tun_to_udp(shared: Arc<Shared>) {
             }
         }
         for batch in gso_batches(&segments, max_gso) {
-            let first = segments[batch.first];
-            let last = segments[batch.first + batch.count - 1];
-            let contents = &out[first.start..last.start + last.len];
-            let gso = (batch.count > 1).then_some(batch.segment_size);
-            send_udp(&shared, target_for(&shared, first.to), contents, gso).await;
+            let run = &segments[batch.first..batch.first + batch.count];
+            let (Some(first), Some(last)) = (run.first(), run.last()) else { continue };
+            match route(&shared, first.to) {
+                Route::Udp(to) => {
+                    let contents = &out[first.start..last.start + last.len];
+                    let gso = (batch.count > 1).then_some(batch.segment_size);
+                    send_udp(&shared, to, contents, gso).await;
+                }
+                // A batch shares one destination; a transport takes its
+                // datagrams one by one.
+                Route::Sink(sink) => {
+                    for segment in run {
+                        sink.send(&out[segment.start..segment.start + segment.len]);
+                    }
+                }
+                Route::Nowhere => {}
+            }
         }
         send_all(&shared, &mut transmits).await;
     }
@@ -458,6 +596,7 @@ async fn udp_to_tun(shared: Arc<Shared>) {
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut gro = GROTable::new();
     let mut transmits = Vec::new();
+    let mut side = Vec::new();
     loop {
         let received = {
             let mut slices: Vec<std::io::IoSliceMut<'_>> =
@@ -482,8 +621,18 @@ async fn udp_to_tun(shared: Arc<Shared>) {
             let now = Now::system();
             for (buffer, meta) in buffers.iter_mut().zip(&metas).take(count) {
                 let from = canonical(meta.addr);
+                if is_virtual(from) {
+                    // Only a transport speaks for a virtual address; from
+                    // the network this is a spoof aimed at moving a peer.
+                    shared.transports.note_spoofed();
+                    continue;
+                }
                 let stride = meta.stride.max(1);
                 for datagram in buffer[..meta.len].chunks_mut(stride) {
+                    if !is_wireguard(datagram) {
+                        side.push(SideDatagram { from, payload: datagram.to_vec() });
+                        continue;
+                    }
                     if let Incoming::Packet { range, .. } =
                         device.handle_datagram(now, from, datagram, &mut transmits)
                     {
@@ -503,8 +652,31 @@ async fn udp_to_tun(shared: Arc<Shared>) {
             }
             pool.append(&mut to_tun);
         }
+        shared.side.hand_over(&mut side);
         send_all(&shared, &mut transmits).await;
     }
+}
+
+/// One datagram a transport received, from its virtual address `from`: the
+/// receive path of the socket for a single datagram.
+async fn receive_virtual(shared: &Shared, from: SocketAddr, mut datagram: Vec<u8>, scratch: &mut RxScratch) {
+    if !is_wireguard(&datagram) {
+        shared.side.hand_over(&mut vec![SideDatagram { from, payload: datagram }]);
+        return;
+    }
+    let mut transmits = Vec::new();
+    let incoming = lock(shared).handle_datagram(Now::system(), from, &mut datagram, &mut transmits);
+    if let Incoming::Packet { range, .. } = incoming {
+        let mut packet = scratch.to_tun.pop().unwrap_or_default();
+        packet.clear();
+        packet.resize(TUN_OFFSET, 0);
+        packet.extend_from_slice(&datagram[range]);
+        scratch.to_tun.push(packet);
+        if let Err(err) = shared.tun.send_multiple(&mut scratch.gro, &mut scratch.to_tun, TUN_OFFSET).await {
+            tracing::debug!(error = %err, "writing to the TUN device failed");
+        }
+    }
+    send_all(shared, &mut transmits).await;
 }
 
 async fn timers(shared: Arc<Shared>) {

@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use rand_core::{OsRng, RngCore};
+use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -71,8 +71,9 @@ impl CookieChecker {
         source: SocketAddr,
         message: &[u8],
         mac2_offset: usize,
+        rng: &mut dyn CryptoRngCore,
     ) -> bool {
-        let cookie = self.cookie(now, source);
+        let cookie = self.cookie(now, source, rng);
         let expected = crypto::mac(&cookie, &[&message[..mac2_offset]]);
         expected.ct_eq(&message[mac2_offset..mac2_offset + 16]).into()
     }
@@ -85,10 +86,11 @@ impl CookieChecker {
         source: SocketAddr,
         receiver: u32,
         mac1: &[u8; 16],
+        rng: &mut dyn CryptoRngCore,
     ) -> [u8; COOKIE_REPLY_LEN] {
-        let cookie = self.cookie(now, source);
+        let cookie = self.cookie(now, source, rng);
         let mut nonce = [0u8; 24];
-        OsRng.fill_bytes(&mut nonce);
+        rng.fill_bytes(&mut nonce);
         let mut out = [0u8; COOKIE_REPLY_LEN];
         write_type(&mut out, COOKIE_REPLY);
         out[4..8].copy_from_slice(&receiver.to_le_bytes());
@@ -99,9 +101,9 @@ impl CookieChecker {
 
     /// The cookie for `source`: a MAC of its address under a secret that
     /// changes every two minutes.
-    fn cookie(&mut self, now: Instant, source: SocketAddr) -> [u8; 16] {
+    fn cookie(&mut self, now: Instant, source: SocketAddr, rng: &mut dyn CryptoRngCore) -> [u8; 16] {
         if self.secret_born.is_none_or(|born| now.saturating_duration_since(born) >= COOKIE_REFRESH_TIME) {
-            OsRng.fill_bytes(&mut self.secret);
+            rng.fill_bytes(&mut self.secret);
             self.secret_born = Some(now);
         }
         crypto::mac(&self.secret, &[&address_bytes(source)])
@@ -176,6 +178,8 @@ impl Drop for CookieJar {
 mod tests {
     use std::time::Duration;
 
+    use rand_core::OsRng;
+
     use super::*;
     use crate::{
         PrivateKey,
@@ -213,18 +217,27 @@ mod tests {
         let mut jar = CookieJar::new(&responder);
 
         let first = initiation_like(&mut jar, now);
-        assert!(!checker.mac2_valid(now, source, &first, Initiation::MAC2_OFFSET), "no cookie yet");
+        assert!(
+            !checker.mac2_valid(now, source, &first, Initiation::MAC2_OFFSET, &mut OsRng),
+            "no cookie yet"
+        );
         let Ok(super::super::messages::Message::Initiation(init)) = parse(&first) else { panic!() };
-        let reply_bytes = checker.reply(now, source, init.sender(), init.mac1());
+        let reply_bytes = checker.reply(now, source, init.sender(), init.mac1(), &mut OsRng);
         let Ok(super::super::messages::Message::CookieReply(reply)) = parse(&reply_bytes) else { panic!() };
         jar.consume(now, &reply).unwrap();
 
         let second = initiation_like(&mut jar, now + Duration::from_secs(1));
-        assert!(checker.mac2_valid(now, source, &second, Initiation::MAC2_OFFSET));
+        assert!(checker.mac2_valid(now, source, &second, Initiation::MAC2_OFFSET, &mut OsRng));
         let elsewhere: SocketAddr = "192.0.2.8:40000".parse().unwrap();
-        assert!(!checker.mac2_valid(now, elsewhere, &second, Initiation::MAC2_OFFSET));
+        assert!(!checker.mac2_valid(now, elsewhere, &second, Initiation::MAC2_OFFSET, &mut OsRng));
         // After the secret rotates the old cookie no longer counts.
-        assert!(!checker.mac2_valid(now + COOKIE_REFRESH_TIME, source, &second, Initiation::MAC2_OFFSET));
+        assert!(!checker.mac2_valid(
+            now + COOKIE_REFRESH_TIME,
+            source,
+            &second,
+            Initiation::MAC2_OFFSET,
+            &mut OsRng
+        ));
         // And the jar stops using a stale cookie.
         assert!(!jar.has_fresh_cookie(now + COOKIE_REFRESH_TIME));
     }
@@ -237,13 +250,13 @@ mod tests {
         let mut checker = CookieChecker::new(&responder);
         let mut jar = CookieJar::new(&responder);
         let _ = initiation_like(&mut jar, now);
-        let reply_bytes = checker.reply(now, source, 1, &[9; 16]);
+        let reply_bytes = checker.reply(now, source, 1, &[9; 16], &mut OsRng);
         let Ok(super::super::messages::Message::CookieReply(reply)) = parse(&reply_bytes) else { panic!() };
         assert!(jar.consume(now, &reply).is_err(), "bound to a mac1 we never sent");
 
         let mut impostor = CookieChecker::new(&PrivateKey::generate().public_key());
         let message = initiation_like(&mut jar, now);
-        let reply_bytes = impostor.reply(now, source, 1, message[116..132].try_into().unwrap());
+        let reply_bytes = impostor.reply(now, source, 1, message[116..132].try_into().unwrap(), &mut OsRng);
         let Ok(super::super::messages::Message::CookieReply(reply)) = parse(&reply_bytes) else { panic!() };
         assert!(jar.consume(now, &reply).is_err(), "sealed by a key other than the peer's");
     }

@@ -12,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rand_core::{OsRng, RngCore};
+use ferry_paths::ProbeSecrets;
+use rand_core::CryptoRngCore;
 
 use super::{
     allowed_ips::{AllowedIps, IpNet},
@@ -165,8 +166,14 @@ pub struct DeviceStats {
     pub internal_inconsistencies: u64,
 }
 
+/// Where a [`Device`] draws its randomness: local indices, handshake
+/// ephemerals, timer jitter and cookie secrets. The shell passes the OS RNG;
+/// tests pass a seeded one, so a run is the same every time.
+pub type DeviceRng = Box<dyn CryptoRngCore + Send>;
+
 pub struct Device {
     private_key: PrivateKey,
+    rng: DeviceRng,
     identity: Identity,
     checker: CookieChecker,
     peers: HashMap<PeerId, Peer>,
@@ -184,10 +191,11 @@ pub struct Device {
 }
 
 impl Device {
-    pub fn new(config: DeviceConfig) -> Device {
+    pub fn new(config: DeviceConfig, rng: DeviceRng) -> Device {
         let identity = Identity::new(&config.private_key);
         Device {
             private_key: config.private_key,
+            rng,
             checker: CookieChecker::new(&identity.public),
             identity,
             peers: HashMap::new(),
@@ -271,6 +279,23 @@ impl Device {
         self.indices.remove_owner(id);
         self.allowed_ips.remove_value(id);
         true
+    }
+
+    /// Points the peer's datagrams at `to` (a path chosen by the shell); the
+    /// peer may still roam away from it, as WireGuard does. Returns false for
+    /// an unknown peer.
+    pub fn set_endpoint(&mut self, key: &PublicKey, to: SocketAddr) -> bool {
+        let Some(peer) = self.by_key.get(key).and_then(|id| self.peers.get_mut(id)) else { return false };
+        peer.endpoint = Some(to);
+        true
+    }
+
+    /// The secrets for authenticated path probes with the peer, derived from
+    /// our static-static DH with it, which only the two ends can compute.
+    /// The private key stays here.
+    pub fn probe_secrets(&self, key: &PublicKey) -> Option<ProbeSecrets> {
+        let peer = self.by_key.get(key).and_then(|id| self.peers.get(id))?;
+        Some(ProbeSecrets::derive(&peer.static_static, self.identity.public.as_bytes(), key.as_bytes()))
     }
 
     /// Whether `key` can be a peer (its DH with our key is not all-zero).
@@ -376,7 +401,7 @@ impl Device {
         };
         let len = session.seal(now.instant, packet, self.mtu, out).map_err(|_| SendError::BufferTooSmall)?;
         peer.stats.tx_bytes += len as u64;
-        Self::on_data_sent(peer, now.instant);
+        Self::on_data_sent(peer, now.instant, &mut *self.rng);
         self.keep_key_fresh_sending(id, now, transmits);
         Ok(Sent::Datagram { to, len })
     }
@@ -436,13 +461,13 @@ impl Device {
         }
         self.note_handshake(now);
         if self.under_load(now) {
-            if !self.checker.mac2_valid(now, from, bytes, mac1_offset + 16) {
+            if !self.checker.mac2_valid(now, from, bytes, mac1_offset + 16, &mut *self.rng) {
                 let Some(mac1) =
                     bytes.get(mac1_offset..mac1_offset + 16).and_then(|b| <[u8; 16]>::try_from(b).ok())
                 else {
                     return Err(Drop::Malformed);
                 };
-                let reply = self.checker.reply(now, from, sender, &mac1);
+                let reply = self.checker.reply(now, from, sender, &mac1, &mut *self.rng);
                 transmits.push(Transmit { to: from, payload: reply.to_vec() });
                 self.stats.cookie_replies_sent += 1;
                 return Err(Drop::CookieRequired);
@@ -498,8 +523,9 @@ impl Device {
         peer.latest_timestamp = Some(consumed.timestamp);
         peer.last_initiation_consumed = Some(now.instant);
 
-        let local_index = new_index(&self.indices);
-        let (mut response, keys) = match handshake::respond(&consumed, &peer.psk, local_index) {
+        let local_index = new_index(&self.indices, &mut *self.rng);
+        let (mut response, keys) = match handshake::respond(&consumed, &peer.psk, local_index, &mut *self.rng)
+        {
             Ok(r) => r,
             Err(e) => return self.drop(Drop::Handshake(e)),
         };
@@ -509,6 +535,7 @@ impl Device {
         // the initiator's confirmation is on its way.
         peer.timers.last_initiation_sent = Some(now.instant);
         peer.endpoint = Some(from);
+        peer.stats.last_rx = Some(now.instant);
         if let Some(old) = peer.next.replace(Session::new(&keys, now.instant)) {
             self.indices.remove(&old.local_index);
         }
@@ -545,6 +572,10 @@ impl Device {
         };
         peer.handshake = None;
         peer.endpoint = Some(from);
+        peer.stats.last_rx = Some(now.instant);
+        if let Some(sent) = peer.initiation_sent.take() {
+            peer.stats.handshake_rtt = Some(now.instant.saturating_duration_since(sent));
+        }
         // The initiator may use the new keys at once; the old ones linger as
         // `previous` for packets already in flight.
         // With a crossed handshake our unconfirmed responder session (`next`)
@@ -587,6 +618,7 @@ impl Device {
             Err(e) => return self.drop(Drop::Session(e)),
         };
         peer.stats.rx_bytes += datagram.len() as u64;
+        peer.stats.last_rx = Some(now.instant);
         peer.endpoint = Some(from);
         if slot == Slot::Next {
             // The initiator's first packet with the new keys confirms them.
@@ -723,17 +755,23 @@ impl Device {
         if let Some(old) = old {
             self.indices.remove(&old);
         }
-        let local_index = new_index(&self.indices);
-        let Ok((state, mut message)) =
-            handshake::initiate(&self.identity, &peer.public_key, &peer.static_static, local_index, now.wall)
-        else {
+        let local_index = new_index(&self.indices, &mut *self.rng);
+        let Ok((state, mut message)) = handshake::initiate(
+            &self.identity,
+            &peer.public_key,
+            &peer.static_static,
+            local_index,
+            now.wall,
+            &mut *self.rng,
+        ) else {
             return;
         };
         peer.cookies.stamp(now.instant, &mut message, Initiation::MAC1_OFFSET);
         transmits.push(Transmit { to, payload: message.to_vec() });
         peer.handshake = Some(state);
+        peer.initiation_sent = Some(now.instant);
         peer.timers.last_initiation_sent = Some(now.instant);
-        peer.timers.retransmit_handshake = Some(now.instant + REKEY_TIMEOUT + jitter());
+        peer.timers.retransmit_handshake = Some(now.instant + REKEY_TIMEOUT + jitter(&mut *self.rng));
         Self::on_authenticated_sent(peer, now.instant);
         self.indices.insert(local_index, id);
     }
@@ -743,7 +781,7 @@ impl Device {
     /// responder.
     fn flush_staged(&mut self, id: PeerId, now: Now, transmits: &mut Vec<Transmit>, confirm: bool) {
         let mtu = self.mtu;
-        let Some(peer) = self.live(id, "flush staged") else { return };
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "flush staged") else { return };
         let Some(to) = peer.endpoint else { return };
         let Some(session) = peer.current.as_mut() else { return };
         if peer.staged.is_empty() && !confirm {
@@ -762,7 +800,7 @@ impl Device {
         }
         Self::on_authenticated_sent(peer, now.instant);
         if sent_data {
-            Self::on_data_sent(peer, now.instant);
+            Self::on_data_sent(peer, now.instant, &mut *self.rng);
         }
     }
 
@@ -791,9 +829,9 @@ impl Device {
 
     // The timer events of the paper (and wireguard-go's timers.go).
 
-    fn on_data_sent(peer: &mut Peer, now: Instant) {
+    fn on_data_sent(peer: &mut Peer, now: Instant, rng: &mut dyn CryptoRngCore) {
         if peer.timers.new_handshake.is_none() {
-            peer.timers.new_handshake = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter());
+            peer.timers.new_handshake = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter(rng));
         }
         Self::on_authenticated_sent(peer, now);
     }
@@ -872,15 +910,15 @@ fn note_inconsistency(stats: &mut DeviceStats, id: PeerId, step: &'static str) {
 }
 
 /// Random jitter added to handshake timeouts so peers do not retry in step.
-fn jitter() -> Duration {
+fn jitter(rng: &mut dyn CryptoRngCore) -> Duration {
     let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32;
-    Duration::from_millis(u64::from(OsRng.next_u32() % (max + 1)))
+    Duration::from_millis(u64::from(rng.next_u32() % (max + 1)))
 }
 
 /// A random local index that is not in use.
-fn new_index(used: &IndexTable) -> u32 {
+fn new_index(used: &IndexTable, rng: &mut dyn CryptoRngCore) -> u32 {
     loop {
-        let index = OsRng.next_u32();
+        let index = rng.next_u32();
         if !used.contains(index) {
             return index;
         }

@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+
 use super::*;
 use crate::proto::messages::{COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN};
 
@@ -33,6 +35,11 @@ struct Net {
     delivered: Vec<(usize, Vec<u8>)>,
 }
 
+/// A device RNG that gives the same numbers for the same seed.
+fn seeded(seed: u64) -> DeviceRng {
+    Box::new(ChaCha20Rng::seed_from_u64(seed))
+}
+
 fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let total = 20 + payload.len();
     let mut p = vec![0u8; total];
@@ -48,12 +55,22 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
 
 impl Net {
     fn new(psk_a: Option<[u8; 32]>, psk_b: Option<[u8; 32]>) -> Net {
-        let ka = PrivateKey::generate();
-        let kb = PrivateKey::generate();
+        Net::with_keys(PrivateKey::generate(), PrivateKey::generate(), psk_a, psk_b, [1, 2])
+    }
+
+    /// Two peers with these keys, whose devices draw from RNGs with these
+    /// seeds.
+    fn with_keys(
+        ka: PrivateKey,
+        kb: PrivateKey,
+        psk_a: Option<[u8; 32]>,
+        psk_b: Option<[u8; 32]>,
+        seeds: [u64; 2],
+    ) -> Net {
         let a_addr: SocketAddr = "192.0.2.1:51820".parse().unwrap();
         let b_addr: SocketAddr = "198.51.100.2:51820".parse().unwrap();
-        let mut a = Device::new(DeviceConfig::new(ka.clone()));
-        let mut b = Device::new(DeviceConfig::new(kb.clone()));
+        let mut a = Device::new(DeviceConfig::new(ka.clone()), seeded(seeds[0]));
+        let mut b = Device::new(DeviceConfig::new(kb.clone()), seeded(seeds[1]));
         let mut pa = PeerConfig::new(kb.public_key());
         pa.endpoint = Some(b_addr);
         pa.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
@@ -698,7 +715,7 @@ fn garbage_bad_macs_and_strangers_are_counted() {
     );
     // A stranger's initiation: mac1 is right (B's public key is public) but
     // the static key is no peer of B's.
-    let mut stranger = Device::new(DeviceConfig::new(PrivateKey::generate()));
+    let mut stranger = Device::new(DeviceConfig::new(PrivateKey::generate()), seeded(3));
     let mut config = PeerConfig::new(net.b.public_key());
     config.endpoint = Some(net.b_addr);
     config.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
@@ -854,6 +871,142 @@ fn maps_that_name_a_lost_peer_drop_and_count_instead_of_panicking() {
     assert_eq!(at_b, vec![b"again".to_vec()]);
     assert_consistent(&net.a);
     assert_consistent(&net.b);
+}
+
+/// What two devices with fixed keys say to each other: a lost initiation, its
+/// retry, the response and two data packets, with the receiver indices each
+/// holds and the retry's deadline (which carries the jitter).
+#[derive(Debug, PartialEq, Eq)]
+struct Transcript {
+    datagrams: Vec<Vec<u8>>,
+    indices: [Vec<u32>; 2],
+    retry_after: Duration,
+}
+
+fn transcript(seeds: [u64; 2]) -> Transcript {
+    let (ka, kb) = (PrivateKey::from_bytes([1; 32]), PrivateKey::from_bytes([2; 32]));
+    let mut net = Net::with_keys(ka, kb, None, None, seeds);
+    net.a_sends(b"lost").unwrap();
+    let mut datagrams: Vec<Vec<u8>> = net.to_b.drain(..).map(|t| t.payload).collect();
+    let retry_at = net.a.next_deadline().unwrap();
+    let retry_after = retry_at - net.t0;
+    net.advance(retry_after);
+    net.pump();
+    net.b_sends(b"back").unwrap();
+    net.pump();
+    datagrams.extend(net.delivered.drain(..).map(|(_, d)| d));
+    let mut indices = [net.a.indices.keys().collect::<Vec<_>>(), net.b.indices.keys().collect::<Vec<_>>()];
+    for side in &mut indices {
+        side.sort_unstable();
+    }
+    Transcript { datagrams, indices, retry_after }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_indices_handshakes_and_jitter() {
+    let first = transcript([7, 8]);
+    // Initiation, retried initiation, response, A's confirmation of "lost"
+    // (staged, sent with the new keys) and B's "back".
+    assert_eq!(first.datagrams.len(), 5, "{first:?}");
+    assert_eq!(first.datagrams[0].len(), INITIATION_LEN);
+    assert_eq!(first.datagrams[1].len(), INITIATION_LEN);
+    assert_eq!(first.datagrams[2].len(), RESPONSE_LEN);
+    assert_eq!(first, transcript([7, 8]), "the same seeds must replay byte for byte");
+
+    // Another seed for A changes A's ephemeral and index (the initiation)
+    // but not the wall-clock timestamp: it is the RNG that varies them.
+    let other = transcript([9, 8]);
+    assert_ne!(other.datagrams[0], first.datagrams[0]);
+    assert_ne!(other.indices[0], first.indices[0]);
+    // A fresh seed for B alone leaves A's first initiation as it was.
+    let other_b = transcript([7, 10]);
+    assert_eq!(other_b.datagrams[0], first.datagrams[0]);
+    assert_ne!(other_b.datagrams[2], first.datagrams[2]);
+    // Jitter stays within its bound.
+    for t in [&first, &other, &other_b] {
+        assert!(t.retry_after >= REKEY_TIMEOUT && t.retry_after <= REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    }
+}
+
+#[test]
+fn probe_secrets_agree_at_both_ends_and_only_for_peers() {
+    let net = Net::new(None, None);
+    let (a_key, b_key) = (net.a.public_key(), net.b.public_key());
+    let at_a = net.a.probe_secrets(&b_key).unwrap();
+    let at_b = net.b.probe_secrets(&a_key).unwrap();
+    assert_eq!(at_a.key, at_b.key);
+    assert_eq!(at_a.tag_out, at_b.tag_in, "what A sends B must find as its own");
+    assert_eq!(at_b.tag_out, at_a.tag_in);
+    assert_ne!(at_a.tag_in, at_a.tag_out, "a probe reflected back must not match");
+    assert_eq!(
+        at_a,
+        ProbeSecrets::derive(
+            &net.a.peer(net.a.peer_id(&b_key).unwrap()).unwrap().static_static,
+            a_key.as_bytes(),
+            b_key.as_bytes()
+        )
+    );
+    let stranger = PrivateKey::generate().public_key();
+    assert!(net.a.probe_secrets(&stranger).is_none());
+    // A third party with its own key pair and A as its peer gets other secrets.
+    let mut third = Device::new(DeviceConfig::new(PrivateKey::generate()), seeded(4));
+    third.add_peer(PeerConfig::new(a_key)).unwrap();
+    let at_third = third.probe_secrets(&a_key).unwrap();
+    assert_ne!(at_third.key, at_a.key);
+    assert_ne!(at_third.tag_out, at_a.tag_in);
+}
+
+#[test]
+fn the_initiator_measures_the_handshake_round_trip_and_both_note_the_last_rx() {
+    let mut net = Net::new(None, None);
+    let (a_key, b_key) = (net.a.public_key(), net.b.public_key());
+    let a_id = net.a.peer_id(&b_key).unwrap();
+    let b_id = net.b.peer_id(&a_key).unwrap();
+    assert_eq!(net.a.peer_stats(a_id).unwrap().last_rx, None);
+    net.a_sends(b"hello").unwrap();
+    // The initiation takes 30 ms to arrive and the response 40 ms back.
+    net.elapsed += Duration::from_millis(30);
+    let mut init = net.to_b.remove(0).payload;
+    let now = net.now();
+    assert_eq!(net.b.handle_datagram(now, net.a_addr, &mut init, &mut net.to_a), Incoming::Handled);
+    assert_eq!(net.b.peer_stats(b_id).unwrap().last_rx, Some(now.instant));
+    net.elapsed += Duration::from_millis(40);
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"hello".to_vec()]);
+    let a_stats = net.a.peer_stats(a_id).unwrap();
+    assert_eq!(a_stats.handshake_rtt, Some(Duration::from_millis(70)));
+    assert_eq!(a_stats.last_rx, Some(net.now().instant));
+    // The responder started no round trip of its own.
+    assert_eq!(net.b.peer_stats(b_id).unwrap().handshake_rtt, None);
+    // Junk and forgeries are not authenticated traffic.
+    net.elapsed += Duration::from_secs(1);
+    let before = net.b.peer_stats(b_id).unwrap().last_rx;
+    let mut forged = vec![4u8, 0, 0, 0];
+    forged.extend_from_slice(&[0u8; 44]);
+    let now = net.now();
+    net.b.handle_datagram(now, net.a_addr, &mut forged, &mut Vec::new());
+    assert_eq!(net.b.peer_stats(b_id).unwrap().last_rx, before);
+    net.a_sends(b"later").unwrap();
+    net.pump();
+    assert_eq!(net.b.peer_stats(b_id).unwrap().last_rx, Some(net.now().instant));
+}
+
+#[test]
+fn the_shell_can_point_a_peer_elsewhere_and_roaming_still_applies() {
+    let mut net = handshaken(None);
+    let b_key = net.b.public_key();
+    let relay: SocketAddr = "[100::1]:9".parse().unwrap();
+    assert!(net.a.set_endpoint(&b_key, relay));
+    let Sent::Datagram { to, .. } = net.a_sends(b"via relay").unwrap() else { panic!() };
+    assert_eq!(to, relay);
+    assert!(!net.a.set_endpoint(&PrivateKey::generate().public_key(), relay));
+    // An authenticated packet from B's address moves A back.
+    net.to_b.clear();
+    net.b_sends(b"direct").unwrap();
+    let (_, at_a) = net.pump();
+    assert_eq!(at_a, vec![b"direct".to_vec()]);
+    let Sent::Datagram { to, .. } = net.a_sends(b"again").unwrap() else { panic!() };
+    assert_eq!(to, net.b_addr);
 }
 
 mod fuzz {

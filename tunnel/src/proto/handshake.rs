@@ -1,7 +1,7 @@
 //! The Noise_IKpsk2 handshake (WireGuard paper §5.4), as pure functions over
 //! the message bytes. The peer bookkeeping around it lives in `device`.
 
-use rand_core::OsRng;
+use rand_core::CryptoRngCore;
 use x25519_dalek::{PublicKey as DhPublic, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -84,10 +84,11 @@ pub fn initiate(
     static_static: &[u8; 32],
     local_index: u32,
     timestamp: Tai64N,
+    rng: &mut dyn CryptoRngCore,
 ) -> Result<(InitiatorState, [u8; INITIATION_LEN]), HandshakeError> {
     let (mut chaining_key, hash0) = crypto::initial_chain();
     let mut h = hash(&[&hash0, peer.as_bytes()]);
-    let ephemeral = StaticSecret::random_from_rng(OsRng);
+    let ephemeral = StaticSecret::random_from_rng(rng);
     let ephemeral_public = DhPublic::from(&ephemeral).to_bytes();
 
     let mut msg = [0u8; INITIATION_LEN];
@@ -169,8 +170,9 @@ pub fn respond(
     consumed: &ConsumedInitiation,
     psk: &[u8; 32],
     local_index: u32,
+    rng: &mut dyn CryptoRngCore,
 ) -> Result<([u8; RESPONSE_LEN], SessionKeys), HandshakeError> {
-    let ephemeral = StaticSecret::random_from_rng(OsRng);
+    let ephemeral = StaticSecret::random_from_rng(rng);
     let ephemeral_public = DhPublic::from(&ephemeral).to_bytes();
     let mut msg = [0u8; RESPONSE_LEN];
     write_type(&mut msg, RESPONSE);
@@ -231,6 +233,8 @@ pub fn consume_response(
 mod tests {
     use std::time::Duration;
 
+    use rand_core::OsRng;
+
     use super::*;
     use crate::proto::messages::{Message, parse};
 
@@ -260,11 +264,11 @@ mod tests {
     ) -> Result<(SessionKeys, SessionKeys), HandshakeError> {
         let (i, r) = pair();
         let stamp = Tai64N::from_unix(Duration::from_secs(1_800_000_000));
-        let (state, init) = initiate(&i.identity, &i.peer, &i.ss, 7, stamp)?;
+        let (state, init) = initiate(&i.identity, &i.peer, &i.ss, 7, stamp, &mut OsRng)?;
         let Ok(Message::Initiation(init)) = parse(&init) else { panic!("initiation does not parse") };
         let consumed = consume_initiation(&r.identity, &init, |pk| (*pk == r.peer).then_some(r.ss))?;
         assert_eq!((consumed.peer, consumed.timestamp, consumed.remote_index), (r.peer, stamp, 7));
-        let (resp, keys_r) = respond(&consumed, &psk_r, 9)?;
+        let (resp, keys_r) = respond(&consumed, &psk_r, 9, &mut OsRng)?;
         let Ok(Message::Response(resp)) = parse(&resp) else { panic!("response does not parse") };
         assert_eq!((resp.sender(), resp.receiver()), (9, 7));
         let keys_i = consume_response(&i.identity, &state, &psk_i, &resp)?;
@@ -291,7 +295,7 @@ mod tests {
     #[test]
     fn an_initiation_for_someone_else_or_from_a_stranger_fails() {
         let (i, r) = pair();
-        let (_, init) = initiate(&i.identity, &i.peer, &i.ss, 1, Tai64N::default()).unwrap();
+        let (_, init) = initiate(&i.identity, &i.peer, &i.ss, 1, Tai64N::default(), &mut OsRng).unwrap();
         let Ok(Message::Initiation(parsed)) = parse(&init) else { panic!() };
         let stranger = Identity::new(&PrivateKey::generate());
         assert_eq!(
@@ -313,7 +317,7 @@ mod tests {
     #[test]
     fn a_low_order_ephemeral_is_refused() {
         let (i, r) = pair();
-        let (_, mut init) = initiate(&i.identity, &i.peer, &i.ss, 1, Tai64N::default()).unwrap();
+        let (_, mut init) = initiate(&i.identity, &i.peer, &i.ss, 1, Tai64N::default(), &mut OsRng).unwrap();
         init[8..40].copy_from_slice(&[0u8; 32]);
         let Ok(Message::Initiation(parsed)) = parse(&init) else { panic!() };
         assert_eq!(

@@ -53,6 +53,15 @@ impl fmt::Debug for Message<'_> {
     }
 }
 
+/// Whether a datagram starts with a WireGuard type word (1 to 4 as a
+/// little-endian u32, so the three bytes after the type are zero), whatever
+/// its length. Other datagrams on the WireGuard socket belong to someone else
+/// (path probes, STUN answers); this is how the shell tells them apart
+/// before the device parses anything.
+pub fn is_wireguard(bytes: &[u8]) -> bool {
+    bytes.first_chunk::<4>().is_some_and(|head| matches!(u32::from_le_bytes(*head), 1..=4))
+}
+
 /// Parses a datagram. Never panics, whatever the bytes.
 pub fn parse(bytes: &[u8]) -> Result<Message<'_>, MessageError> {
     let Some(head) = bytes.first_chunk::<4>() else {
@@ -241,6 +250,23 @@ mod tests {
     }
 
     #[test]
+    fn only_the_four_type_words_are_wireguard() {
+        for kind in 1..=4u8 {
+            assert!(is_wireguard(&[kind, 0, 0, 0]));
+            assert!(is_wireguard(&message(kind, 148)));
+        }
+        // A path probe (type 16), STUN (first byte 0 or 1 with a non-zero
+        // second byte), reserved bytes set, too short, nothing.
+        assert!(!is_wireguard(&[16, 0, 0, 0, 9]));
+        assert!(!is_wireguard(&[0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42]));
+        assert!(!is_wireguard(&[1, 1, 0, 0]));
+        assert!(!is_wireguard(&[4, 0, 0, 1]));
+        assert!(!is_wireguard(&[0, 0, 0, 0]));
+        assert!(!is_wireguard(&[1, 0, 0]));
+        assert!(!is_wireguard(&[]));
+    }
+
+    #[test]
     fn fields_are_read_little_endian_at_their_offsets() {
         let mut bytes = message(4, 48);
         bytes[4..8].copy_from_slice(&0xdead_beefu32.to_le_bytes());
@@ -252,7 +278,10 @@ mod tests {
     proptest! {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = parse(&bytes);
+            // Whatever parses is WireGuard to the demultiplexer too.
+            if parse(&bytes).is_ok() {
+                prop_assert!(is_wireguard(&bytes));
+            }
         }
     }
 }

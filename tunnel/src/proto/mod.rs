@@ -2,8 +2,8 @@
 //!
 //! Everything here is pure: time is an argument (`Instant` for timers, a wall
 //! clock [`crate::proto::Tai64N`] source for handshake timestamps), randomness
-//! comes from the OS RNG only for key generation and indices, and results are
-//! returned, never sent.
+//! comes from the RNG the caller gives the [`Device`] (indices, ephemerals,
+//! jitter, cookie secrets), and results are returned, never sent.
 
 pub mod allowed_ips;
 pub mod constants;
@@ -20,7 +20,7 @@ pub mod session;
 pub mod timestamp;
 
 pub use allowed_ips::{AllowedIps, IpNet};
-pub use device::{Device, DeviceConfig, Incoming, Now, PeerConfig, PeerId, Sent, Transmit};
+pub use device::{Device, DeviceConfig, DeviceRng, Incoming, Now, PeerConfig, PeerId, Sent, Transmit};
 pub use indices::IndexChange;
 pub use messages::{Message, MessageError};
 pub use timestamp::Tai64N;

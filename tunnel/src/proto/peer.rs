@@ -23,6 +23,9 @@ pub struct Peer {
     /// The newest initiation timestamp accepted from this peer.
     pub(crate) latest_timestamp: Option<Tai64N>,
     pub(crate) last_initiation_consumed: Option<Instant>,
+    /// When the initiation awaiting a response (`handshake`) was sent: the
+    /// start of the handshake round trip.
+    pub(crate) initiation_sent: Option<Instant>,
     /// Sessions: `next` is ours as responder until the initiator's first data
     /// packet confirms it.
     pub(crate) current: Option<Session>,
@@ -40,6 +43,13 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     pub last_handshake: Option<Instant>,
     pub handshakes_completed: u64,
+    /// From our last initiation to its response: the round trip of the path
+    /// the handshake took (retransmissions restart it; a crossed handshake
+    /// completed as responder does not measure one).
+    pub handshake_rtt: Option<Duration>,
+    /// The last datagram from the peer that authenticated (a handshake
+    /// message or a transport packet), for path liveness.
+    pub last_rx: Option<Instant>,
 }
 
 /// The protocol's timers as deadlines; `None` is a stopped timer.
@@ -85,6 +95,7 @@ impl Peer {
             handshake: None,
             latest_timestamp: None,
             last_initiation_consumed: None,
+            initiation_sent: None,
             current: None,
             previous: None,
             next: None,
