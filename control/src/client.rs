@@ -6,33 +6,28 @@
 //! refused rather than silently trusting nothing or everything.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_connect::ws::ConnectError;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use crate::backoff::{BACKOFF_BASE, BACKOFF_CAP, Backoff, backoff_delay};
 use crate::codec::{DecodeError, Message, decode_valid, encode};
 use crate::common::{ErrorCode, Welcome};
 use crate::gateway::{DesiredState, FromGateway, ToGateway, sign_gateway_hello};
 use crate::ids::{GatewayId, WgKey};
-use crate::pin::{self, PinnedVerifier};
 use crate::relay::{DesiredAllocations, FromRelay, RelayHello, ToRelay};
 use crate::{MAX_MESSAGE_BYTES, SigningKey};
 
-/// A connected control channel as [`connect`] returns it.
-pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// TCP, TLS and the WebSocket upgrade together.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A connected control channel as [`connect`] returns it; TCP, TLS and the
+/// WebSocket upgrade take at most [`CONNECT_TIMEOUT`] together.
+pub use ferry_connect::ws::{CONNECT_TIMEOUT, WsStream};
 /// From the connection to the first desired state.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -91,50 +86,28 @@ pub async fn connect(url: &str, pin_sha256: Option<[u8; 32]>) -> Result<WsStream
 }
 
 /// [`connect`] with an `Authorization: Bearer <token>` header on the upgrade
-/// request (when `bearer` is given) and the caller's frame limits. The
-/// WebSocket relay's clients use it.
+/// request (when `bearer` is given) and the caller's frame limits
+/// (`ferry_connect::ws::dial`, which the WebSocket relay's clients use).
 pub async fn connect_with(
     url: &str,
     pin_sha256: Option<[u8; 32]>,
     bearer: Option<&str>,
     config: WebSocketConfig,
 ) -> Result<WsStream, ClientError> {
-    let (connector, seen) = if url.starts_with("wss://") {
-        let pin = pin_sha256.ok_or(ClientError::PinRequired)?;
-        let verifier = Arc::new(PinnedVerifier::new(pin));
-        let config = pin::client_config(verifier.clone(), &[])?;
-        (Connector::Rustls(Arc::new(config)), Some(verifier))
-    } else if url.starts_with("ws://") {
-        if pin_sha256.is_some() {
-            return Err(ClientError::PinWithoutTls);
-        }
-        (Connector::Plain, None)
-    } else {
-        return Err(ClientError::Scheme);
-    };
-    let mut request = url.into_client_request()?;
-    if let Some(token) = bearer {
-        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::BadToken)?;
-        request.headers_mut().insert(AUTHORIZATION, value);
-    }
-    let connecting =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(connector));
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Err(_) => Err(ClientError::Timeout("connecting")),
-        Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(e)) => {
-            // rustls reports a pin mismatch as a generic certificate failure
-            // deep inside an IO error; the verifier remembers what it saw so
-            // the operator gets both fingerprints instead.
-            if let Some(verifier) = seen
-                && let Some(got) = verifier.seen().filter(|got| *got != verifier.pin())
-            {
-                return Err(ClientError::PinMismatch {
-                    expected: hex::encode(verifier.pin()),
-                    got: hex::encode(got),
-                });
-            }
-            Err(e.into())
+    Ok(ferry_connect::ws::dial(url, pin_sha256, bearer, config).await?)
+}
+
+impl From<ConnectError> for ClientError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Scheme => ClientError::Scheme,
+            ConnectError::PinRequired => ClientError::PinRequired,
+            ConnectError::PinWithoutTls => ClientError::PinWithoutTls,
+            ConnectError::PinMismatch { expected, got } => ClientError::PinMismatch { expected, got },
+            ConnectError::Tls(e) => ClientError::Tls(e),
+            ConnectError::BadToken => ClientError::BadToken,
+            ConnectError::WebSocket(e) => ClientError::WebSocket(e),
+            ConnectError::Timeout => ClientError::Timeout("connecting"),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! desired state, with a revision, on every connect and every change; peers
 //! send events. A receiver calls [`decode_valid`] on every frame.
 
-pub mod backoff;
+// Moved to ferry-connect, which the gateway, the relay and the client share;
+// re-exported so that `ferry_control::{backoff, pin}` keep working.
+pub use ferry_connect::backoff;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod codec;
@@ -15,7 +17,7 @@ pub mod gateway;
 pub mod ids;
 // The fingerprint text functions are always there: message validation needs
 // them; the TLS verifier itself needs the `pin` feature.
-pub mod pin;
+pub use ferry_connect::pin;
 pub mod relay;
 pub mod validate;
 

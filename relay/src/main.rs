@@ -145,6 +145,7 @@ fn main() -> Result<()> {
                     info!(signal, "stopping");
                 })
                 .await
+                .context("the WebSocket bridge")
             })
         }
         Command::Run(args) => {

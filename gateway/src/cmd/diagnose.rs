@@ -4,18 +4,16 @@
 //! unreachable.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
+use ferry_connect::stun::{self, QueryError};
 use hyper::Method;
 use serde::Serialize;
-use stun_types::{
-    attribute::XorMappedAddress,
-    message::{BINDING, Message, MessageClass, MessageWrite as _, MessageWriteVec},
-};
+use tokio::net::UdpSocket;
 
 use super::{
     Paths,
@@ -29,7 +27,7 @@ use crate::{
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Relays answer STUN on this port.
-pub const STUN_PORT: u16 = 3478;
+pub const STUN_PORT: u16 = stun::DEFAULT_PORT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -321,54 +319,29 @@ fn check_relay(report: &mut Report, relay: &RelayInfo) {
     }
 }
 
-/// One STUN Binding request (retransmitted within `timeout`); the
-/// server-reflexive address it reports.
+/// One STUN Binding query from a fresh socket (retransmitted within
+/// `timeout`, see `ferry_connect::stun::query`); the server-reflexive address
+/// it reports.
 pub fn stun_binding(server: SocketAddr, timeout: Duration) -> Result<SocketAddr, String> {
-    let local: SocketAddr = match server.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local).map_err(|e| format!("binding a UDP socket: {e}"))?;
-    socket.connect(server).map_err(|e| format!("no route: {e}"))?;
-    let request = Message::builder_request(BINDING, MessageWriteVec::new()).finish();
-    let transaction = Message::from_bytes(&request).map_err(|e| e.to_string())?.transaction_id();
-    let deadline = Instant::now() + timeout;
-    let mut wait = Duration::from_millis(500);
-    let mut buf = [0u8; 1500];
-    loop {
-        socket.send(&request).map_err(|e| format!("sending: {e}"))?;
-        let resend_at = Instant::now() + wait;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(format!("no answer within {} s (UDP blocked?)", timeout.as_secs()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+    runtime.block_on(async {
+        let local: SocketAddr = match server.ip() {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local).await.map_err(|e| format!("binding a UDP socket: {e}"))?;
+        // Connected, so that an ICMP port unreachable fails it at once.
+        socket.connect(server).await.map_err(|e| format!("no route: {e}"))?;
+        stun::query(&socket, server, timeout).await.map_err(|e| match e {
+            QueryError::Timeout { after, .. } => {
+                format!("no answer within {} s (UDP blocked?)", after.as_secs_f32())
             }
-            if now >= resend_at {
-                break;
-            }
-            socket.set_read_timeout(Some(resend_at.min(deadline) - now)).map_err(|e| e.to_string())?;
-            match socket.recv(&mut buf) {
-                Ok(n) => {
-                    let Ok(message) = Message::from_bytes(&buf[..n]) else { continue };
-                    if message.transaction_id() != transaction || !message.has_method(BINDING) {
-                        continue;
-                    }
-                    if !message.has_class(MessageClass::Success) {
-                        return Err("the relay answered with a STUN error".into());
-                    }
-                    return message
-                        .attribute::<XorMappedAddress>()
-                        .map(|a| a.addr(transaction))
-                        .map_err(|_| "the answer has no XOR-MAPPED-ADDRESS".to_string());
-                }
-                Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                // ICMP port unreachable shows up as ECONNREFUSED on a connected socket.
-                Err(e) => return Err(format!("{e}")),
-            }
-        }
-        wait *= 2;
-    }
+            e => e.to_string(),
+        })
+    })
 }
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 IMF-fixdate) as Unix seconds.
@@ -429,7 +402,10 @@ fn format_utc(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use stun_types::message::MessageWriteExt as _;
+    use stun_types::{
+        attribute::XorMappedAddress,
+        message::{Message, MessageWrite as _, MessageWriteExt as _, MessageWriteVec},
+    };
 
     use super::*;
 
@@ -446,7 +422,7 @@ mod tests {
 
     #[test]
     fn stun_against_a_fake_server() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = server.local_addr().unwrap();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
@@ -460,7 +436,8 @@ mod tests {
         assert_eq!(mapped.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
         thread.join().unwrap();
         // Nothing listens: a quick, clear failure.
-        let closed = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        assert!(stun_binding(closed, Duration::from_millis(700)).is_err());
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let err = stun_binding(closed, Duration::from_secs(2)).unwrap_err();
+        assert!(err.contains("refused"), "{err}");
     }
 }

@@ -16,11 +16,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use ferry_connect::ws::bridge::{Bridge, BridgeOptions};
 use ferry_control::{
     SessionId,
     gateway::{Peer, RelayBinding},
 };
-use ferry_relay::ws::bridge::{Bridge, BridgeOptions};
 use ferry_tunnel::{
     PrivateKey, PublicKey,
     config::InterfaceAddress,

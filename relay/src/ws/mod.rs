@@ -31,7 +31,8 @@ pub trait Directory: Send + Sync + 'static {
     fn lookup(&self, token: &str) -> Option<mpsc::Sender<WsEvent>>;
 }
 
-/// The client side for a stock WireGuard: [`bridge::run`].
+/// The `ws-bridge` subcommand's arguments; the client side itself is
+/// `ferry_connect::ws` (whose framing limits the listener shares).
 pub mod bridge;
 /// The listener: [`serve`] on a TCP socket (TLS with [`tls_acceptor`]).
 pub mod server;

@@ -44,7 +44,7 @@ use tokio_tungstenite::{
         self, Message,
         handshake::server::{ErrorResponse, Request, Response},
         http::{StatusCode, header},
-        protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
+        protocol::{CloseFrame, frame::coding::CloseCode},
     },
 };
 
@@ -54,17 +54,9 @@ use crate::metrics::{Metrics, ReasonLabels};
 /// The HTTPS port, which the sites that need this relay let out.
 pub const DEFAULT_PORT: u16 = 443;
 
-/// The largest WireGuard datagram (the UDP payload limit), and so the largest
-/// frame and message accepted.
-pub const MAX_DATAGRAM: usize = 65_535;
-
-/// tungstenite's read buffer, allocated per connection.
-pub const READ_BUFFER: usize = 16 * 1024;
-/// Outbound frames are batched up to this many bytes before a write.
-pub const WRITE_BUFFER: usize = 16 * 1024;
-/// The most a connection's WebSocket layer buffers for writing: one
-/// largest frame with its header, plus the batching buffer.
-pub const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + MAX_DATAGRAM + 64;
+// The framing limits are the client's too: they live with it, in
+// ferry-connect, so that the two ends cannot drift apart.
+pub use ferry_connect::ws::{MAX_DATAGRAM, MAX_WRITE_BUFFER, READ_BUFFER, WRITE_BUFFER, websocket_config};
 
 /// Per-connection limits of the listener.
 #[derive(Debug, Clone)]
@@ -94,17 +86,6 @@ impl Default for WsLimits {
             close_timeout: Duration::from_secs(2),
         }
     }
-}
-
-/// The WebSocket settings of every relay connection (the bridge client uses
-/// them too).
-pub fn websocket_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(Some(MAX_DATAGRAM))
-        .max_frame_size(Some(MAX_DATAGRAM))
 }
 
 /// A TLS acceptor serving the PEM chain in `cert` with the key in `key`

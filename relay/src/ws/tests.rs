@@ -1,5 +1,6 @@
-//! The listener over loopback TCP with a fake directory, and the bridge
-//! against it with real UDP sockets.
+//! The listener over loopback TCP with a fake directory. The client side
+//! (ferry-connect's `WsRelay` and bridge) is tested in ferry-connect against
+//! this same listener.
 
 use std::{
     collections::HashMap,
@@ -436,184 +437,10 @@ pub(crate) mod tls {
     }
 }
 
-mod bridging {
-    use tokio::net::UdpSocket;
-
-    use super::*;
-    use crate::ws::bridge::{Bridge, BridgeArgs, BridgeOptions};
-
-    struct Running {
-        addr: SocketAddr,
-        stop: Option<oneshot::Sender<()>>,
-        task: JoinHandle<anyhow::Result<()>>,
-    }
-
-    impl Running {
-        async fn start(mut options: BridgeOptions) -> Running {
-            options.listen = "127.0.0.1:0".parse().unwrap();
-            options.keepalive = Duration::from_millis(100);
-            options.dead_after = Duration::from_secs(1);
-            let bridge = Bridge::bind(options).await.unwrap();
-            let addr = bridge.local_addr().unwrap();
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(bridge.run(async {
-                let _ = stopped.await;
-            }));
-            Running { addr, stop: Some(stop), task }
-        }
-
-        async fn stop(mut self) {
-            let _ = self.stop.take().unwrap().send(());
-            timeout(WAIT, &mut self.task).await.expect("the bridge did not stop").unwrap().unwrap();
-        }
-    }
-
-    /// The local WireGuard's socket.
-    async fn wireguard() -> UdpSocket {
-        UdpSocket::bind("127.0.0.1:0").await.unwrap()
-    }
-
-    async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
-        let mut buf = vec![0u8; 70_000];
-        let (n, from) = timeout(WAIT, socket.recv_from(&mut buf)).await.expect("no datagram").unwrap();
-        buf.truncate(n);
-        (buf, from)
-    }
-
-    async fn frame(allocation: &mut mpsc::Receiver<WsEvent>) -> (ConnId, Vec<u8>) {
-        match next_event(allocation).await {
-            WsEvent::Frame { conn, datagram } => (conn, datagram),
-            other => panic!("expected a frame, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn datagrams_cross_the_bridge_both_ways() {
-        let server = Server::start(quick(), None).await;
-        let mut allocation = server.directory.allocation("tok", 256);
-        let bridge = Running::start(BridgeOptions::new(server.url(), "tok", None)).await;
-        let (conn, outbound) = opened(&mut allocation).await;
-        let wg = wireguard().await;
-
-        // A handshake initiation's size, a full-size packet, and a burst.
-        for size in [148usize, 1452, 65_000] {
-            let datagram: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
-            wg.send_to(&datagram, bridge.addr).await.unwrap();
-            assert_eq!(frame(&mut allocation).await, (conn, datagram.clone()));
-            outbound.try_send(datagram.clone()).unwrap();
-            let (got, from) = recv(&wg).await;
-            assert_eq!(got, datagram);
-            assert_eq!(from, bridge.addr);
-        }
-        for i in 0..100u8 {
-            wg.send_to(&[i; 64], bridge.addr).await.unwrap();
-        }
-        for i in 0..100u8 {
-            assert_eq!(frame(&mut allocation).await, (conn, vec![i; 64]));
-        }
-
-        // Keepalives hold the connection across several idle periods.
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        assert!(allocation.try_recv().is_err(), "the connection should still be open");
-
-        bridge.stop().await;
-        closed(&mut allocation, conn).await;
-        server.stop().await;
-    }
-
-    #[tokio::test]
-    async fn keepalives_beat_the_relays_idle_timeout() {
-        let limits = WsLimits { idle: Duration::from_millis(400), ..quick() };
-        let server = Server::start(limits, None).await;
-        let mut allocation = server.directory.allocation("tok", 16);
-        let bridge = Running::start(BridgeOptions::new(server.url(), "tok", None)).await;
-        let (conn, _outbound) = opened(&mut allocation).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(allocation.try_recv().is_err(), "the idle timeout closed a connection with keepalives");
-        bridge.stop().await;
-        closed(&mut allocation, conn).await;
-        server.stop().await;
-    }
-
-    #[tokio::test]
-    async fn the_bridge_reconnects_and_returns_to_the_last_sender() {
-        let server = Server::start(quick(), None).await;
-        let mut allocation = server.directory.allocation("tok", 64);
-        let bridge = Running::start(BridgeOptions::new(server.url(), "tok", None)).await;
-        let (first, outbound) = opened(&mut allocation).await;
-        let wg = wireguard().await;
-        wg.send_to(b"hello", bridge.addr).await.unwrap();
-        assert_eq!(frame(&mut allocation).await, (first, b"hello".to_vec()));
-
-        // The allocation side drops the connection: the relay closes it and
-        // the bridge comes back by itself.
-        drop(outbound);
-        closed(&mut allocation, first).await;
-        let (second, outbound) = opened(&mut allocation).await;
-        assert_ne!(first, second);
-        // The way back still leads to the local WireGuard.
-        outbound.try_send(b"back".to_vec()).unwrap();
-        assert_eq!(recv(&wg).await.0, b"back");
-        // A new local port (WireGuard rebound) becomes the way back.
-        let wg2 = wireguard().await;
-        wg2.send_to(b"moved", bridge.addr).await.unwrap();
-        assert_eq!(frame(&mut allocation).await, (second, b"moved".to_vec()));
-        outbound.try_send(b"to the new port".to_vec()).unwrap();
-        assert_eq!(recv(&wg2).await.0, b"to the new port");
-
-        bridge.stop().await;
-        server.stop().await;
-    }
-
-    #[tokio::test]
-    async fn a_refused_token_is_retried_with_backoff_until_it_is_known() {
-        let server = Server::start(quick(), None).await;
-        let bridge = Running::start(BridgeOptions::new(server.url(), "later", None)).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.refused("token") < 2 {
-            assert!(tokio::time::Instant::now() < deadline, "the bridge did not retry");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut allocation = server.directory.allocation("later", 8);
-        let (conn, _outbound) = opened(&mut allocation).await;
-        bridge.stop().await;
-        closed(&mut allocation, conn).await;
-        server.stop().await;
-    }
-
-    #[tokio::test]
-    async fn bridging_over_tls_with_a_pin() {
-        let (_dir, cert, key, pin) = tls::self_signed();
-        let server = Server::start(quick(), Some(tls_acceptor(&cert, &key).unwrap())).await;
-        let mut allocation = server.directory.allocation("tok", 8);
-        let url = format!("wss://{}/relay", server.addr);
-        let bridge = Running::start(BridgeOptions::new(url, "tok", Some(pin))).await;
-        let (conn, outbound) = opened(&mut allocation).await;
-        let wg = wireguard().await;
-        wg.send_to(b"sealed", bridge.addr).await.unwrap();
-        assert_eq!(frame(&mut allocation).await, (conn, b"sealed".to_vec()));
-        outbound.try_send(b"reply".to_vec()).unwrap();
-        assert_eq!(recv(&wg).await.0, b"reply");
-        bridge.stop().await;
-        server.stop().await;
-    }
-
-    #[test]
-    fn options_that_cannot_work_are_refused_up_front() {
-        let ok = BridgeOptions::new("ws://127.0.0.1:443/relay", "tok", None);
-        ok.check().unwrap();
-        assert!(!format!("{ok:?}").contains("tok\""), "{ok:?}");
-        for (url, token, pin, problem) in [
-            ("wss://relay.example/relay", "tok", None, "pin"),
-            ("ws://relay.example/relay", "tok", Some([1u8; 32]), "no certificate"),
-            ("https://relay.example/relay", "tok", None, "ws://"),
-            ("ws://relay.example/relay", "two words", None, "token"),
-            ("ws://relay.example/relay", "", None, "token"),
-        ] {
-            let err = BridgeOptions::new(url, token, pin).check().unwrap_err().to_string();
-            assert!(err.contains(problem), "{url} {token:?}: {err}");
-        }
-    }
+/// The `ws-bridge` command line. The bridge itself is ferry-connect's,
+/// tested there against this listener.
+mod bridge_args {
+    use crate::ws::bridge::BridgeArgs;
 
     #[test]
     fn arguments_read_the_token_file_and_the_pin() {
@@ -640,8 +467,8 @@ mod bridging {
         ])
         .unwrap();
         let options = cli.bridge.into_options().unwrap();
-        assert_eq!(options.token, "s3cret");
-        assert_eq!(options.pin, Some([0xab; 32]));
+        assert_eq!(options.relay.token, "s3cret");
+        assert_eq!(options.relay.pin, Some([0xab; 32]));
         assert_eq!(options.listen, "127.0.0.1:51821".parse().unwrap());
 
         let cli = Cli::try_parse_from([
@@ -656,6 +483,11 @@ mod bridging {
         .unwrap();
         let err = cli.bridge.into_options().unwrap_err().to_string();
         assert!(err.contains("not a SHA-256 fingerprint"), "{err}");
+
+        // Settings no retry fixes are refused before anything starts.
+        let cli = Cli::try_parse_from(["ws-bridge", "--url", "wss://relay.example/r", "--token", "t"]).unwrap();
+        let err = format!("{:#}", cli.bridge.into_options().unwrap_err());
+        assert!(err.contains("needs the relay certificate's SHA-256 pin"), "{err}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! Reconnect delays for the daemons: exponential with full jitter.
+//! Reconnect delays: exponential with full jitter.
 //!
 //! Full jitter (a uniform delay between zero and the exponential ceiling)
 //! spreads a fleet of gateways that lost the cloud at the same moment, so
