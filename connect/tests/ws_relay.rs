@@ -145,7 +145,11 @@ async fn frame(allocation: &mut mpsc::Receiver<WsEvent>) -> (ConnId, Vec<u8>) {
     }
 }
 
-async fn until(state: &mut watch::Receiver<WsState>, what: &str, done: impl FnMut(&WsState) -> bool) -> WsState {
+async fn until(
+    state: &mut watch::Receiver<WsState>,
+    what: &str,
+    done: impl FnMut(&WsState) -> bool,
+) -> WsState {
     let found = match timeout(WAIT, state.wait_for(done)).await {
         Ok(Ok(state)) => Some(state.clone()),
         Ok(Err(_)) => panic!("the relay client went away waiting for {what}"),
@@ -336,7 +340,10 @@ mod transport {
         match refused.last_error() {
             Some(LinkError::PinMismatch { expected, got }) => {
                 assert_eq!(expected, &"07".repeat(32));
-                assert_eq!(got, &ferry_connect::pin::format_fingerprint(&pin).replace(':', "").to_lowercase());
+                assert_eq!(
+                    got,
+                    &ferry_connect::pin::format_fingerprint(&pin).replace(':', "").to_lowercase()
+                );
             }
             other => panic!("expected a pin mismatch, got {other:?}"),
         }

@@ -41,7 +41,11 @@ pub enum QueryError {
 /// answer (other senders, other transactions, junk), so the socket must be
 /// one nothing else needs to read: an endpoint whose WireGuard socket is
 /// shared uses [`binding_request`] and [`parse_binding_response`] instead.
-pub async fn query(socket: &UdpSocket, server: SocketAddr, timeout: Duration) -> Result<SocketAddr, QueryError> {
+pub async fn query(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<SocketAddr, QueryError> {
     let mut transaction = [0u8; TRANSACTION_LEN];
     rand_core::OsRng.fill_bytes(&mut transaction);
     let request = binding_request(&transaction);

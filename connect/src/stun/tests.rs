@@ -17,10 +17,15 @@ const RFC5769_RESPONSE_V4: [u8; 80] = [
     0x14, 0x2b, 0x91, 0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3, 0x8c, 0x74, 0x89, 0xf9, 0x2a, 0xf9, 0xba, 0x53,
     0xf0, 0x6b, 0xe7, 0xd7, 0x80, 0x28, 0x00, 0x04, 0xc0, 0x7d, 0x4c, 0x96,
 ];
-const RFC5769_TRANSACTION: [u8; 12] = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
+const RFC5769_TRANSACTION: [u8; 12] =
+    [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
 
 /// A response as a server would write it, with stun-types.
-fn response(class: MessageClass, transaction: &[u8; 12], build: impl FnOnce(&mut MessageWriteVec)) -> Vec<u8> {
+fn response(
+    class: MessageClass,
+    transaction: &[u8; 12],
+    build: impl FnOnce(&mut MessageWriteVec),
+) -> Vec<u8> {
     let mut out = Message::builder(
         MessageType::from_class_method(class, BINDING),
         transaction_id(transaction),
@@ -90,7 +95,10 @@ fn answers_that_are_not_an_address_say_why() {
         (&[0xc0; 20][..], FramingError::NotStun),
         (&[0u8; 20][..], FramingError::NoMagicCookie),
     ] {
-        assert_eq!(parse_binding_response(junk, &transaction), Err(ResponseError::Malformed(problem.to_string())));
+        assert_eq!(
+            parse_binding_response(junk, &transaction),
+            Err(ResponseError::Malformed(problem.to_string()))
+        );
         assert!(!is_stun(junk));
     }
     // A length field that disagrees with the datagram.
@@ -109,7 +117,8 @@ fn a_wireguard_message_is_not_stun() {
 
 fn address() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
-        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
         (any::<[u8; 16]>(), any::<u16>())
             .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
     ]

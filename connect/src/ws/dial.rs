@@ -132,6 +132,9 @@ mod tests {
             Err(ConnectError::PinWithoutTls)
         ));
         assert!(matches!(dial("https://127.0.0.1:1/x", None, None).await, Err(ConnectError::Scheme)));
-        assert!(matches!(dial("ws://127.0.0.1:1/x", None, Some("bad\ntoken")).await, Err(ConnectError::BadToken)));
+        assert!(matches!(
+            dial("ws://127.0.0.1:1/x", None, Some("bad\ntoken")).await,
+            Err(ConnectError::BadToken)
+        ));
     }
 }

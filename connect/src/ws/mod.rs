@@ -19,8 +19,8 @@ mod relay;
 
 pub use dial::{CONNECT_TIMEOUT, ConnectError, WsStream, dial};
 pub use relay::{
-    DEFAULT_DEAD_AFTER, DEFAULT_KEEPALIVE, DEFAULT_QUEUE, Dropped, Incoming, LinkError, OptionsError, WsRelay,
-    WsRelayOptions, WsState, WsStats,
+    DEFAULT_DEAD_AFTER, DEFAULT_KEEPALIVE, DEFAULT_QUEUE, Dropped, Incoming, LinkError, OptionsError,
+    WsRelay, WsRelayOptions, WsState, WsStats,
 };
 
 /// The largest WireGuard datagram (the UDP payload limit), and so the largest

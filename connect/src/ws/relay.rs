@@ -288,7 +288,8 @@ impl WsRelay {
         let (state_tx, state) = watch::channel(WsState::Connecting { attempt: 0, last_error: None });
         let (stop, stopped) = oneshot::channel();
         let counters = Arc::new(Counters::default());
-        let link = Link { options, counters: counters.clone(), state: state_tx, outbound: outbound_rx, incoming };
+        let link =
+            Link { options, counters: counters.clone(), state: state_tx, outbound: outbound_rx, incoming };
         let task = tokio::spawn(link.run(stopped));
         Ok((WsRelay { outbound, counters, state, stop, task }, incoming_rx))
     }
@@ -557,7 +558,10 @@ mod tests {
             LinkError::from_connect(pin),
             LinkError::PinMismatch { expected: "aa".into(), got: "bb".into() }
         );
-        assert_eq!(LinkError::from_connect(ConnectError::Timeout), LinkError::Connect("timed out connecting".into()));
+        assert_eq!(
+            LinkError::from_connect(ConnectError::Timeout),
+            LinkError::Connect("timed out connecting".into())
+        );
         let closed = LinkError::Closed { code: Some(1000), reason: "allocation ended".into() };
         assert_eq!(closed.to_string(), "the relay closed the connection (1000: allocation ended)");
     }

@@ -485,7 +485,8 @@ mod bridge_args {
         assert!(err.contains("not a SHA-256 fingerprint"), "{err}");
 
         // Settings no retry fixes are refused before anything starts.
-        let cli = Cli::try_parse_from(["ws-bridge", "--url", "wss://relay.example/r", "--token", "t"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["ws-bridge", "--url", "wss://relay.example/r", "--token", "t"]).unwrap();
         let err = format!("{:#}", cli.bridge.into_options().unwrap_err());
         assert!(err.contains("needs the relay certificate's SHA-256 pin"), "{err}");
     }
