@@ -93,7 +93,7 @@ pub fn parse_binding_response(
     transaction: &[u8; TRANSACTION_LEN],
 ) -> Result<SocketAddr, ResponseError> {
     check_framing(datagram).map_err(|e| ResponseError::Malformed(e.to_string()))?;
-    let message = quietly(|| Message::from_bytes(datagram)).map_err(malformed)?;
+    let message = parse_message(datagram).map_err(malformed)?;
     let ours = transaction_id(transaction);
     if message.transaction_id() != ours {
         return Err(ResponseError::OtherTransaction);
@@ -146,6 +146,13 @@ pub fn check_framing(datagram: &[u8]) -> Result<(), FramingError> {
         return Err(FramingError::Unaligned(declared));
     }
     Ok(())
+}
+
+/// `stun_types`' `Message::from_bytes` with its log events dropped (see the
+/// module comment). It parses attributes to the end of `datagram`: check
+/// the framing first.
+pub fn parse_message(datagram: &[u8]) -> Result<Message<'_>, StunParseError> {
+    quietly(|| Message::from_bytes(datagram))
 }
 
 fn transaction_id(bytes: &[u8; TRANSACTION_LEN]) -> TransactionId {

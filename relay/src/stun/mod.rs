@@ -37,16 +37,20 @@
 //!   server needs, and it is RFC 5389-era; last release May 2025.
 //! - `stun-rs` has not had a release since March 2025 and is 0.1.x.
 //!
-//! Two things are added on top of the crate here: the framing checks above
-//! (it parses attributes to the end of the buffer rather than to the length
-//! field and tolerates attributes after FINGERPRINT), and silencing its
-//! `tracing` warnings while it parses: it logs every malformed message at
-//! WARN, which on a public port would let anyone fill the relay's log. Our
-//! own counters and debug logs report malformed input instead.
+//! Two things are added on top of the crate, shared with the STUN client in
+//! `ferry_connect::stun`: the framing checks above (it parses attributes to
+//! the end of the buffer rather than to the length field), and silencing
+//! its `tracing` warnings while it parses: it logs every malformed message
+//! at WARN, which on a public port would let anyone fill the relay's log.
+//! Our own counters and debug logs report malformed input instead. Here
+//! only: attributes after FINGERPRINT, which the crate tolerates, are
+//! refused.
 
 pub mod server;
 
 use std::{net::SocketAddr, sync::OnceLock};
+
+use ferry_connect::stun::{FramingError, check_framing, parse_message};
 
 use stun_types::{
     attribute::{
@@ -54,8 +58,8 @@ use stun_types::{
         UnknownAttributes, XorMappedAddress,
     },
     message::{
-        BINDING, MAGIC_COOKIE, Message, MessageClass, MessageHeader, MessageType, MessageWrite,
-        MessageWriteExt, MessageWriteVec, TransactionId,
+        BINDING, Message, MessageClass, MessageHeader, MessageType, MessageWrite, MessageWriteExt,
+        MessageWriteVec, TransactionId,
     },
 };
 
@@ -151,7 +155,7 @@ pub fn respond(request: &[u8], from: SocketAddr) -> Outcome {
 
 fn respond_inner(request: &[u8], from: SocketAddr) -> Result<Outcome, StunError> {
     check_framing(request)?;
-    let message = quietly(|| Message::from_bytes(request))?;
+    let message = parse_message(request)?;
 
     // The attributes in order; the iterator stops after FINGERPRINT (and
     // after MESSAGE-INTEGRITY, past which RFC 8489 says to ignore all but
@@ -234,34 +238,18 @@ fn padded(len: usize) -> usize {
     4 + len.div_ceil(4) * 4
 }
 
-/// The header checks the codec leaves to the caller: the length field must
-/// describe exactly the rest of the datagram, in whole 4-byte words.
-fn check_framing(request: &[u8]) -> Result<(), StunError> {
-    let Some(header) = request.first_chunk::<{ MessageHeader::LENGTH }>() else {
-        return Err(StunError::TooShort { len: request.len() });
-    };
-    if header[0] & 0xc0 != 0 {
-        return Err(StunError::NotStun);
+impl From<FramingError> for StunError {
+    fn from(e: FramingError) -> Self {
+        match e {
+            FramingError::TooShort { len } => StunError::TooShort { len },
+            FramingError::NotStun => StunError::NotStun,
+            FramingError::NoMagicCookie => StunError::NoMagicCookie,
+            FramingError::LengthMismatch { declared, actual } => {
+                StunError::LengthMismatch { declared, actual }
+            }
+            FramingError::Unaligned(declared) => StunError::Unaligned(declared),
+        }
     }
-    if u32::from_be_bytes([header[4], header[5], header[6], header[7]]) != MAGIC_COOKIE {
-        return Err(StunError::NoMagicCookie);
-    }
-    let declared = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let actual = request.len() - MessageHeader::LENGTH;
-    if declared != actual {
-        return Err(StunError::LengthMismatch { declared, actual });
-    }
-    if declared % 4 != 0 {
-        return Err(StunError::Unaligned(declared));
-    }
-    Ok(())
-}
-
-/// Runs `f` with the codec's log events dropped (see the module comment).
-fn quietly<T>(f: impl FnOnce() -> T) -> T {
-    static SILENT: OnceLock<tracing::Dispatch> = OnceLock::new();
-    let silent = SILENT.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
-    tracing::dispatcher::with_default(silent, f)
 }
 
 #[cfg(test)]
