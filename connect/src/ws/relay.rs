@@ -153,7 +153,7 @@ pub enum LinkError {
     #[error("connecting: {0}")]
     Connect(String),
     /// The relay closed the connection (with this close code, if any).
-    #[error("the relay closed the connection ({}: {reason})", code.map_or_else(|| "no code".to_owned(), |c| c.to_string()))]
+    #[error("the relay closed the connection{}", closed_because(*code, reason))]
     Closed { code: Option<u16>, reason: String },
     /// Nothing, not even a pong, came for [`WsRelayOptions::dead_after`].
     #[error("nothing from the relay for {0:?}")]
@@ -164,6 +164,13 @@ pub enum LinkError {
     /// The connection broke (an I/O or protocol error, or it just ended).
     #[error("the connection broke: {0}")]
     Broken(String),
+}
+
+fn closed_because(code: Option<u16>, reason: &str) -> String {
+    match code {
+        Some(code) => format!(" ({code}: {reason})"),
+        None => String::new(),
+    }
 }
 
 impl LinkError {
@@ -440,14 +447,10 @@ impl Link {
         let mut pending: Option<Vec<u8>> = None;
         loop {
             tokio::select! {
-                _ = &mut *stop => {
-                    let bye = CloseFrame { code: CloseCode::Away, reason: "stopping".into() };
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(bye)))).await;
-                    return Session::Stopped;
-                }
+                _ = &mut *stop => return going_away(&mut sink).await,
                 datagram = self.outbound.recv() => {
                     // The handle holds the sender; without it, stop.
-                    let Some(datagram) = datagram else { return Session::Stopped };
+                    let Some(datagram) = datagram else { return going_away(&mut sink).await };
                     // This datagram and whatever else is waiting, one flush.
                     let forward = async {
                         let mut written: u64 = 1;
@@ -519,6 +522,13 @@ impl Link {
     }
 }
 
+/// Says goodbye (1001) to the relay, within a bounded time.
+async fn going_away(sink: &mut SplitSink<WsStream, Message>) -> Session {
+    let bye = CloseFrame { code: CloseCode::Away, reason: "stopping".into() };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(bye)))).await;
+    Session::Stopped
+}
+
 async fn ping(sink: &mut SplitSink<WsStream, Message>, within: Duration) -> Result<(), LinkError> {
     match tokio::time::timeout(within, sink.send(Message::Ping(Default::default()))).await {
         Ok(Ok(())) => Ok(()),
@@ -564,5 +574,7 @@ mod tests {
         );
         let closed = LinkError::Closed { code: Some(1000), reason: "allocation ended".into() };
         assert_eq!(closed.to_string(), "the relay closed the connection (1000: allocation ended)");
+        let bare = LinkError::Closed { code: None, reason: String::new() };
+        assert_eq!(bare.to_string(), "the relay closed the connection");
     }
 }
