@@ -273,12 +273,5 @@ fn relay_ids(session: &Session) -> Vec<u64> {
 }
 
 pub fn describe(reason: &EndReason) -> String {
-    match reason {
-        EndReason::User { name } => format!("ended by {name}"),
-        EndReason::Customer => "ended by the customer (switch off)".into(),
-        EndReason::Denied => "approval denied by the customer".into(),
-        EndReason::UserDisabled { name } => format!("user {name} was disabled"),
-        EndReason::ApprovalTimeout => "no approval in time".into(),
-        EndReason::Duration => "maximum duration reached".into(),
-    }
+    reason.describe()
 }

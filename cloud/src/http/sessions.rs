@@ -1,6 +1,6 @@
 //! Sessions: prepare, release, start, end, and configuration issuance.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Json,
@@ -9,7 +9,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use ferry_api::{ClientConfig, ConfigRelay, ConfigRequest, ConfigTarget, wg_quick};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -22,7 +23,7 @@ use super::{
 use crate::{
     app::Actor,
     auth::Scope,
-    gateways::{self, Gateway, PortRange, Protocol, valid_label},
+    gateways::{self, Gateway, valid_label},
     rights::{Action, Ownership},
     sessions::{
         self, EndReason, IssuedConfig, RelayAllocation, Session, SessionError, State as SessionState,
@@ -378,14 +379,6 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
     }
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigRequest {
-    /// The client's WireGuard public key (base64, as `wg pubkey` prints).
-    /// The private key never leaves the client.
-    pub public_key: String,
-}
-
 impl Validate for ConfigRequest {
     fn validate(&self) -> Result<(), String> {
         parse_key(&self.public_key).map(|_| ())
@@ -397,50 +390,6 @@ fn parse_key(text: &str) -> Result<[u8; 32], String> {
         .decode(text)
         .map_err(|_| "`public_key` must be base64 (as `wg pubkey` prints)".to_string())?;
     bytes.try_into().map_err(|_| "`public_key` must be 32 bytes".to_string())
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ConfigTarget {
-    pub name: String,
-    /// Reach the target at this address through the tunnel.
-    #[schema(value_type = String)]
-    pub proxy_address: IpAddr,
-    pub protocol: Protocol,
-    pub ports: Vec<PortRange>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ConfigRelay {
-    /// The relay allocation's UDP endpoint for the client side.
-    #[schema(value_type = Option<String>)]
-    pub udp: Option<std::net::SocketAddr>,
-    pub websocket_url: String,
-    pub websocket_token: String,
-    /// SHA-256 fingerprint of the relay's certificate for a `wss://` URL
-    /// (`ferry-relay ws-bridge --pin`); absent when the relay reported none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub websocket_pin: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ClientConfig {
-    pub config_id: u64,
-    pub session_id: u64,
-    pub session_name: String,
-    /// The configuration stops working then (the session's end).
-    pub expires_ms: u64,
-    /// The client's tunnel address, a /32.
-    pub address: String,
-    /// The gateway's WireGuard public key.
-    pub peer_public_key: String,
-    /// Only the session's targets: everything else stays on the client's
-    /// own network (split tunnelling).
-    pub allowed_ips: Vec<String>,
-    /// Direct endpoint candidates of the gateway (STUN).
-    pub endpoints: Vec<String>,
-    pub relay: Option<ConfigRelay>,
-    pub persistent_keepalive: u16,
-    pub targets: Vec<ConfigTarget>,
 }
 
 /// Issues a configuration for the caller's key, revoking the caller's
@@ -600,6 +549,8 @@ fn client_config(
         }),
         persistent_keepalive: 25,
         targets,
+        stun_servers: Vec::new(),
+        watch_token: String::new(),
     }
 }
 
@@ -635,40 +586,4 @@ async fn issue_wg_quick(
     let config = client_config(&state, &session, &gateway, &config);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], wg_quick(&config, &request.public_key))
         .into_response())
-}
-
-pub const PRIVATE_KEY_PLACEHOLDER: &str = "__FERRY_PRIVATE_KEY__";
-
-/// Renders a `wg-quick` file. The endpoint is the relay's client side if
-/// there is one, else the first direct candidate.
-pub fn wg_quick(config: &ClientConfig, public_key: &str) -> String {
-    let mut out = format!(
-        "# Ferry session \"{}\" ({}), configuration {}, valid until {} ms since the epoch.\n",
-        config.session_name, config.session_id, config.config_id, config.expires_ms
-    );
-    for t in &config.targets {
-        let ports: Vec<String> = t
-            .ports
-            .iter()
-            .map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) })
-            .collect();
-        out += &format!("# target {}: {} {:?} {}\n", t.name, t.proxy_address, t.protocol, ports.join(","));
-    }
-    out += &format!(
-        "[Interface]\n# Put the private key of {public_key} on the next line in place of the placeholder.\nPrivateKey = {PRIVATE_KEY_PLACEHOLDER}\nAddress = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
-        config.address,
-        config.peer_public_key,
-        config.allowed_ips.join(", ")
-    );
-    let endpoint = config
-        .relay
-        .as_ref()
-        .and_then(|r| r.udp.map(|u| u.to_string()))
-        .or_else(|| config.endpoints.first().cloned());
-    match endpoint {
-        Some(endpoint) => out += &format!("Endpoint = {endpoint}\n"),
-        None => out += "# No endpoint yet: neither a relay allocation nor a direct candidate is known.\n",
-    }
-    out += &format!("PersistentKeepalive = {}\n", config.persistent_keepalive);
-    out
 }
