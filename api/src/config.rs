@@ -108,6 +108,15 @@ impl ConfigState {
     pub fn is_final(self) -> bool {
         self != ConfigState::Live
     }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConfigState::Live => "live",
+            ConfigState::Ended => "ended",
+            ConfigState::Revoked => "revoked",
+            ConfigState::Expired => "expired",
+        }
+    }
 }
 
 /// An issued configuration as its client watches it.

@@ -92,6 +92,10 @@ struct RunArgs {
     /// STUN listener [default: 0.0.0.0:3478]; "off" disables it.
     #[arg(long, value_name = "ADDR|off")]
     stun: Option<Listen>,
+    /// Where peers reach the STUN listener, told to the cloud [default: the
+    /// public address with the listener's port].
+    #[arg(long, value_name = "ADDR")]
+    stun_public: Option<SocketAddr>,
     /// WebSocket relay listener [default: 0.0.0.0:443]; "off" disables it.
     #[arg(long, value_name = "ADDR|off")]
     websocket: Option<Listen>,
@@ -174,6 +178,7 @@ impl RunArgs {
         c.idle_timeout_secs = self.idle_timeout_secs.or(c.idle_timeout_secs);
         c.allocations = self.allocations.or(c.allocations.take());
         c.stun = self.stun.or(c.stun);
+        c.stun_public = self.stun_public.or(c.stun_public);
         c.websocket = self.websocket.or(c.websocket);
         c.metrics = self.metrics.or(c.metrics);
         if let Some(url) = self.cloud_url {
@@ -333,6 +338,7 @@ fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) ->
         public_udp: SocketAddr::new(ip, ports.first),
         websocket_url,
         websocket_pin,
+        stun: config.stun_public_address(ip),
     })
 }
 

@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use ferry_api::{ClientConfig, ConfigRelay, ConfigRequest, ConfigTarget, wg_quick};
+use ferry_api::{ClientConfig, ConfigRelay, ConfigRequest, ConfigTarget, parse_candidates, wg_quick};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -23,6 +23,7 @@ use super::{
 use crate::{
     app::Actor,
     auth::Scope,
+    configs::{self, ConfigRecord},
     gateways::{self, Gateway, valid_label},
     rights::{Action, Ownership},
     sessions::{
@@ -381,7 +382,9 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
 
 impl Validate for ConfigRequest {
     fn validate(&self) -> Result<(), String> {
-        parse_key(&self.public_key).map(|_| ())
+        parse_key(&self.public_key)?;
+        parse_candidates(&self.candidates).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
@@ -392,14 +395,20 @@ fn parse_key(text: &str) -> Result<[u8; 32], String> {
     bytes.try_into().map_err(|_| "`public_key` must be 32 bytes".to_string())
 }
 
+/// A configuration just issued, with the secret that is shown once.
+struct Issued {
+    session: Session,
+    gateway: Gateway,
+    config: IssuedConfig,
+    watch_token: String,
+}
+
 /// Issues a configuration for the caller's key, revoking the caller's
 /// previous one in this session, and returns it with the gateway.
-async fn issue(
-    state: &AppState,
-    caller: &Caller,
-    id: u64,
-    key: &str,
-) -> ApiResult<(Session, Gateway, IssuedConfig)> {
+async fn issue(state: &AppState, caller: &Caller, id: u64, request: &ConfigRequest) -> ApiResult<Issued> {
+    let key = request.public_key.as_str();
+    let candidates =
+        parse_candidates(&request.candidates).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let session = load(state, id)?;
     let action = Action::StartSession(ownership(caller, &session));
     let gw = Some(session.gateway_id);
@@ -456,6 +465,7 @@ async fn issue(
             issued_ms: now,
             expires_ms: s.expires_ms.unwrap_or(now),
             relay: relay.clone(),
+            candidates: candidates.clone(),
         });
         Ok(())
     };
@@ -468,6 +478,27 @@ async fn issue(
             return Err(e.into());
         }
     };
+    let (watch_token, watch_hash) = configs::new_watch_token();
+    let record = ConfigRecord {
+        id: config_id,
+        session_id: id,
+        gateway_id: session.gateway_id,
+        user_id: caller.user.id,
+        user: caller.user.name.clone(),
+        watch_hash,
+        issued_ms: now,
+        expires_ms: session.configs.iter().find(|c| c.id == config_id).map_or(now, |c| c.expires_ms),
+        end: None,
+    };
+    if let Err(e) = configs::put(&state.store, &record) {
+        // Nobody can watch it: take it back rather than hand it out.
+        state.hub.forget_allocation(config_id);
+        let _ = state.change_session(id, |s| {
+            s.configs.retain(|c| c.id != config_id);
+            Ok(())
+        });
+        return Err(e.into());
+    }
     if let Some(answer) = answer {
         let endpoints = match tokio::time::timeout(RELAY_ANSWER_TIMEOUT, answer).await {
             Ok(Ok(Ok(endpoints))) => Some(endpoints),
@@ -502,15 +533,11 @@ async fn issue(
     let config = session.configs.iter().find(|c| c.id == config_id).cloned().ok_or_else(|| {
         ApiError::conflict("session-not-active", "Session not active", "the session ended meanwhile")
     })?;
-    Ok((session, gateway, config))
+    Ok(Issued { session, gateway, config, watch_token })
 }
 
-fn client_config(
-    state: &AppState,
-    session: &Session,
-    gateway: &Gateway,
-    config: &IssuedConfig,
-) -> ClientConfig {
+fn client_config(state: &AppState, issued: &Issued) -> ClientConfig {
+    let Issued { session, gateway, config, watch_token } = issued;
     let index = session.subnet_index.unwrap_or_default();
     let targets: Vec<ConfigTarget> = session
         .targets
@@ -549,13 +576,17 @@ fn client_config(
         }),
         persistent_keepalive: 25,
         targets,
-        stun_servers: Vec::new(),
-        watch_token: String::new(),
+        stun_servers: state.hub.stun_servers().iter().map(|s| s.to_string()).collect(),
+        watch_token: watch_token.clone(),
     }
 }
 
 /// Get a one-time configuration for the caller's WireGuard key. Issuing a
 /// new one revokes the caller's previous configuration of this session.
+///
+/// The client's direct-path `candidates` go to the gateway, which probes
+/// them; the answer has the gateway's (`endpoints`), the relays' STUN
+/// servers, and the configuration's `watch_token` for `/api/v1/configs/{config_id}`.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/config", tag = "sessions", request_body = ConfigRequest,
     security(("bearer" = [])), params(("id" = u64, Path)),
     responses((status = 200, body = ClientConfig), (status = 400, body = super::Problem),
@@ -566,8 +597,8 @@ async fn issue_config(
     Path(id): Path<u64>,
     Body(request): Body<ConfigRequest>,
 ) -> ApiResult<Json<ClientConfig>> {
-    let (session, gateway, config) = issue(&state, &caller, id, &request.public_key).await?;
-    Ok(Json(client_config(&state, &session, &gateway, &config)))
+    let issued = issue(&state, &caller, id, &request).await?;
+    Ok(Json(client_config(&state, &issued)))
 }
 
 /// The same configuration as a `wg-quick` file for a stock WireGuard client.
@@ -582,8 +613,8 @@ async fn issue_wg_quick(
     Path(id): Path<u64>,
     Body(request): Body<ConfigRequest>,
 ) -> ApiResult<Response> {
-    let (session, gateway, config) = issue(&state, &caller, id, &request.public_key).await?;
-    let config = client_config(&state, &session, &gateway, &config);
+    let issued = issue(&state, &caller, id, &request).await?;
+    let config = client_config(&state, &issued);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], wg_quick(&config, &request.public_key))
         .into_response())
 }
