@@ -191,12 +191,15 @@ pub struct Config {
 
 impl Config {
     /// The STUN server's public address: `stun_public` if set, else the
-    /// relay's public address `public_ip` with the listener's port. None when
-    /// the listener is off.
-    pub fn stun_public_address(&self, public_ip: IpAddr) -> Option<SocketAddr> {
-        let listener =
-            Listen::resolve(self.stun, SocketAddr::from(([0, 0, 0, 0], crate::stun::DEFAULT_PORT)))?;
-        Some(self.stun_public.unwrap_or(SocketAddr::new(public_ip, listener.port())))
+    /// relay's public address `public_ip` with the port the listener is
+    /// bound to (`listening`). None when the listener is off.
+    pub fn stun_public_address(
+        &self,
+        public_ip: IpAddr,
+        listening: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        let listening = listening?;
+        Some(self.stun_public.unwrap_or(SocketAddr::new(public_ip, listening.port())))
     }
 }
 
@@ -230,14 +233,17 @@ mod tests {
     #[test]
     fn the_stun_address_told_to_the_cloud() {
         let public: IpAddr = "203.0.113.1".parse().unwrap();
-        let default = Config::default();
-        assert_eq!(default.stun_public_address(public), Some("203.0.113.1:3478".parse().unwrap()));
-        let moved = Config { stun: Some(Listen::At("10.0.0.5:3479".parse().unwrap())), ..Config::default() };
-        assert_eq!(moved.stun_public_address(public), Some("203.0.113.1:3479".parse().unwrap()));
-        let forwarded = Config { stun_public: Some("198.51.100.9:13478".parse().unwrap()), ..moved };
-        assert_eq!(forwarded.stun_public_address(public), Some("198.51.100.9:13478".parse().unwrap()));
-        let off = Config { stun: Some(Listen::Off), ..forwarded };
-        assert_eq!(off.stun_public_address(public), None, "no listener, nothing to tell");
+        let any = Some("0.0.0.0:3478".parse().unwrap());
+        let config = Config::default();
+        assert_eq!(config.stun_public_address(public, any), Some("203.0.113.1:3478".parse().unwrap()));
+        let inside = Some("10.0.0.5:3479".parse().unwrap());
+        assert_eq!(config.stun_public_address(public, inside), Some("203.0.113.1:3479".parse().unwrap()));
+        let forwarded = Config { stun_public: Some("198.51.100.9:13478".parse().unwrap()), ..config };
+        assert_eq!(
+            forwarded.stun_public_address(public, inside),
+            Some("198.51.100.9:13478".parse().unwrap())
+        );
+        assert_eq!(forwarded.stun_public_address(public, None), None, "no listener, nothing to tell");
     }
 
     #[test]

@@ -243,13 +243,13 @@ async fn run(config: Config) -> Result<()> {
         ),
         tls: config.tls_cert.clone().zip(config.tls_key.clone()),
     };
-    ferry_relay::listeners::start(listeners, &relay, &metrics, stopped).await?;
+    let stun_bound = ferry_relay::listeners::start(listeners, &relay, &metrics, stopped).await?;
 
     if let Some(path) = &config.allocations {
         load_allocations(&relay, path)?;
     }
     if let Some(cloud) = &config.cloud {
-        let link = cloud_link(cloud, &config, ports)?;
+        let link = cloud_link(cloud, &config, ports, stun_bound)?;
         tokio::spawn(control::run(link, relay.clone(), metrics.clone()));
     }
     {
@@ -303,7 +303,12 @@ fn load_allocations(relay: &Relay, path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) -> Result<CloudLink> {
+fn cloud_link(
+    cloud: &config::CloudConfig,
+    config: &Config,
+    ports: PortRange,
+    stun_bound: Option<SocketAddr>,
+) -> Result<CloudLink> {
     let token = std::fs::read_to_string(&cloud.token_file)
         .with_context(|| format!("reading the relay token from {}", cloud.token_file.display()))?;
     let pin = match &cloud.pin {
@@ -338,7 +343,7 @@ fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) ->
         public_udp: SocketAddr::new(ip, ports.first),
         websocket_url,
         websocket_pin,
-        stun: config.stun_public_address(ip),
+        stun: config.stun_public_address(ip, stun_bound),
     })
 }
 
