@@ -44,9 +44,14 @@ SIM=$!; sleep 1
 curl -s -X POST $API/sessions/$SID/start -H "Authorization: Bearer $TT" | jq -c '{state, expires_ms}'
 # 7. The technician's client posts its WireGuard public key for a one-time configuration...
 (umask 077; wg genkey > tech.key); TECH_PUB=$(wg pubkey < tech.key)
-curl -s $API/sessions/$SID/config -H "Authorization: Bearer $TT" -H "$J" -d "{\"public_key\":\"$TECH_PUB\"}" | jq -c .
+CONF=$(curl -s $API/sessions/$SID/config -H "Authorization: Bearer $TT" -H "$J" -d "{\"public_key\":\"$TECH_PUB\",\"candidates\":[\"192.0.2.50:51820\"]}")
+echo "$CONF" | jq -c 'del(.watch_token)'
+# The configuration's own status, with its watch token (not the user's login).
+CID=$(echo "$CONF" | jq .config_id); WATCH=$(echo "$CONF" | jq -r .watch_token)
+curl -s $API/configs/$CID -H "Authorization: Bearer $WATCH" | jq -c .
 # ...or as a wg-quick file for a stock WireGuard client (this revokes the previous one).
 curl -s $API/sessions/$SID/config/wg-quick -H "Authorization: Bearer $TT" -H "$J" -d "{\"public_key\":\"$TECH_PUB\"}" > ferry.conf
+curl -s $API/configs/$CID -H "Authorization: Bearer $WATCH" | jq -c '{state, detail}'   # revoked: replaced
 cat ferry.conf  # a stock client: put tech.key on the PrivateKey line, then wg-quick up
 tail -n1 gw.out | jq -c '.sessions[0] | {session_id, targets: [.targets[] | {name, address, proxy_address}], peers: [.peers[] | {public_key, tunnel_address}]}'
 # 8. The technician ends it; the gateway's desired state is empty at once.

@@ -10,10 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_cloud::{
-    gateways::{PortRange, Protocol},
-    http::sessions::{ClientConfig, ConfigTarget, wg_quick},
-};
+use ferry_api::{ClientConfig, ConfigTarget, PortRange, Protocol, wg_quick};
 use ferry_lab::Netns;
 use ferry_tests::{
     gateway_lab::*,
@@ -244,6 +241,8 @@ fn a_technician_tunnel_from_a_wg_quick_file() {
         relay: None,
         persistent_keepalive: 25,
         targets: vec![target("plc-web", 100, HTTP_PORT), target("echo", 101, ECHO_PORT)],
+        stun_servers: vec![],
+        watch_token: String::new(),
     };
     let text = wg_quick(&config, &tech_keys.public);
     let tunnel = lab.tunnel_from_wg_quick(tech_keys, text);

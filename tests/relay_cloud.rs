@@ -35,9 +35,10 @@ fn relay_health(cloud: std::net::SocketAddr, admin: &str, id: u64) -> serde_json
     relays.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()["health"].clone()
 }
 
-/// `websocket`: the relay's WebSocket arguments (`--websocket off`, or a
-/// listener with its URL and TLS files).
-fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str, websocket: &[&str]) -> Process {
+/// `extra`: the relay's WebSocket arguments (`--websocket off`, or a
+/// listener with its URL and TLS files), and its STUN listener if any (off
+/// unless `extra` names one).
+fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str, extra: &[&str]) -> Process {
     let token_file = dir.join(format!("relay-{id}.token"));
     std::fs::write(&token_file, token).unwrap();
     let mut cmd = bin("ferry-relay");
@@ -49,8 +50,6 @@ fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str, websocke
         "127.0.0.1",
         "--ports",
         &format!("{}-{}", 41000 + id * 100, 41099 + id * 100),
-        "--stun",
-        "off",
         "--metrics",
         "off",
         "--cloud-url",
@@ -60,7 +59,10 @@ fn relay(dir: &Path, cloud: std::net::SocketAddr, id: u64, token: &str, websocke
         "--cloud-token-file",
         token_file.to_str().unwrap(),
     ]);
-    cmd.args(websocket);
+    if !extra.contains(&"--stun") {
+        cmd.args(["--stun", "off"]);
+    }
+    cmd.args(extra);
     let mut process = Process::spawn(&mut cmd, dir).unwrap();
     process.wait_for_output("ferry-relay ready", Duration::from_secs(20)).unwrap();
     process
@@ -90,6 +92,64 @@ fn a_relay_connects_with_its_token_and_reports_health() {
 
     good.kill();
     wait_for(|| health()["online"] == false, "the cloud to see the relay leave");
+}
+
+/// A STUN Binding request (RFC 8489) to `server`; whether an answer to it
+/// (a Binding success response with the same transaction id) comes back.
+fn stun_answers(server: std::net::SocketAddr) -> bool {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(b"ferry-stun12");
+    let mut answer = [0u8; 512];
+    (0..10).any(|_| {
+        socket.send_to(&request, server).unwrap();
+        matches!(socket.recv_from(&mut answer), Ok((n, _)) if n >= 20 && answer[..2] == [0x01, 0x01] && answer[8..20] == request[8..20])
+    })
+}
+
+/// Relays tell the cloud where their STUN servers are; the cloud lists the
+/// connected ones for clients, and they answer there.
+#[test]
+fn relays_tell_the_cloud_their_stun_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(&dir.path().join("cloud"));
+    let admin = admin_token(cloud.addr, &cloud.one_time_password().unwrap(), PASSWORD);
+    let (a, token_a) = register_relay(cloud.addr, &admin, "relay-a");
+    let (b, token_b) = register_relay(cloud.addr, &admin, "relay-b");
+    let stun = || {
+        let (status, body) = call(cloud.addr, "GET", "/api/v1/stun", Some(&admin), json!(null));
+        assert_eq!(status, 200, "{body}");
+        body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(stun().is_empty());
+    // The listener on a port of the kernel's choosing: the relay reports the
+    // one it got, with its public address.
+    let mut first =
+        relay(dir.path(), cloud.addr, a, &token_a, &["--websocket", "off", "--stun", "127.0.0.1:0"]);
+    wait_for(|| stun().len() == 1, "the relay's STUN server at the cloud");
+    let server: std::net::SocketAddr = stun()[0].parse().unwrap();
+    assert_eq!(server.ip().to_string(), "127.0.0.1");
+    assert_ne!(server.port(), 0);
+    assert!(stun_answers(server), "the advertised STUN server answers");
+    // Behind a port forward: what --stun-public says.
+    let _second = relay(
+        dir.path(),
+        cloud.addr,
+        b,
+        &token_b,
+        &["--websocket", "off", "--stun", "127.0.0.1:0", "--stun-public", "192.0.2.9:13478"],
+    );
+    wait_for(|| stun().len() == 2, "the second relay's STUN server at the cloud");
+    assert_eq!(stun(), [server.to_string(), "192.0.2.9:13478".to_string()], "by relay id");
+    // A relay that goes is no longer listed.
+    first.kill();
+    wait_for(|| stun() == ["192.0.2.9:13478"], "the cloud to drop the first relay's STUN server");
 }
 
 #[test]

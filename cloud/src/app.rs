@@ -7,11 +7,14 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
+use ferry_api::ConfigState;
+
 use crate::{
     audit::{self, Event},
     auth::{AccessKey, LoginPolicy},
     clock::{SharedClock, SystemClock},
-    hub::Hub,
+    configs::{self, ConfigEnd},
+    hub::{Change, Hub},
     metrics::Metrics,
     sessions::{self, EndReason, Session, SessionError},
     store::{BackendError, Store},
@@ -154,22 +157,35 @@ impl AppState {
     fn change_session_with<R>(
         &self,
         id: u64,
-        mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+        change: impl FnMut(&mut Session) -> Result<R, SessionError>,
         event: impl Fn(&Session, &R) -> Option<Event>,
     ) -> Result<Option<(Session, R)>, SessionError> {
-        let mut relays_before = Vec::new();
+        self.change_session_then(id, change, event, |_, _| {})
+    }
+
+    /// [`Self::change_session_with`], running `committed` on the new
+    /// session once it is stored and before anyone is told of it.
+    fn change_session_then<R>(
+        &self,
+        id: u64,
+        mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+        event: impl Fn(&Session, &R) -> Option<Event>,
+        committed: impl FnOnce(&Session, &R),
+    ) -> Result<Option<(Session, R)>, SessionError> {
+        let mut before = None;
         let changed = sessions::modify_audited(
             &self.store,
             id,
             self.now_ms(),
             |s| {
-                relays_before = relay_ids(s);
+                before = Some(s.clone());
                 change(s)
             },
             event,
         )?;
-        if let Some((session, _)) = &changed {
-            self.push(session, &relays_before);
+        if let (Some((session, result)), Some(before)) = (&changed, &before) {
+            committed(session, result);
+            self.push(before, session);
         }
         Ok(changed)
     }
@@ -177,19 +193,74 @@ impl AppState {
     /// Tells the gateway and the relays of a session that was changed
     /// (from `before` to `after`) by a commit made elsewhere.
     pub fn session_changed(&self, before: &Session, after: &Session) {
-        self.push(after, &relay_ids(before));
+        self.push(before, after);
     }
 
-    fn push(&self, session: &Session, relays_before: &[u64]) {
-        self.hub.touch_gateway(session.gateway_id);
-        let mut relays = relay_ids(session);
-        relays.extend_from_slice(relays_before);
+    /// After a session changed from `before` to `after`: its configurations
+    /// that stopped get their end recorded, its gateway and every relay that
+    /// held or holds one of its allocations get their new desired state, and
+    /// subscribers hear of it.
+    fn push(&self, before: &Session, after: &Session) {
+        for gone in before.configs.iter().filter(|c| after.configs.iter().all(|a| a.id != c.id)) {
+            let end = configs::end_after(after, gone.user_id, self.now_ms());
+            if let Err(error) = configs::record_end(&self.store, gone.id, end, false) {
+                tracing::error!(%error, config = gone.id, "recording the end of a configuration failed");
+            }
+        }
+        self.hub.touch_gateway(after.gateway_id);
+        let mut relays = relay_ids(after);
+        relays.extend_from_slice(&relay_ids(before));
         relays.sort_unstable();
         relays.dedup();
         for relay in relays {
             self.hub.touch_relay(relay);
         }
         self.metrics.sessions_live.set(sessions::live_count(&self.store).map_or(0, |n| n as i64));
+        self.hub.notify(Change::Session(after.id));
+    }
+
+    /// The client of configuration `config_id` revokes it (`disconnect`):
+    /// it leaves the session (the gateway drops the peer, the relay its
+    /// allocation) and its watch token is spent. None: it was not in force.
+    pub fn revoke_config(
+        &self,
+        session_id: u64,
+        config_id: u64,
+        actor: &Actor,
+    ) -> Result<Option<Session>, SessionError> {
+        let now = self.now_ms();
+        let revoked = self.change_session_then(
+            session_id,
+            |s| {
+                let before = s.configs.len();
+                s.configs.retain(|c| c.id != config_id);
+                Ok(s.configs.len() != before)
+            },
+            |s, revoked| {
+                revoked.then(|| {
+                    actor.session_event(
+                        "config.revoke",
+                        true,
+                        s,
+                        Some(format!("configuration {config_id} revoked by its client")),
+                    )
+                })
+            },
+            |_, revoked| {
+                if *revoked {
+                    let end = ConfigEnd {
+                        state: ConfigState::Revoked,
+                        end_reason: None,
+                        detail: Some("revoked by its client (disconnect)".into()),
+                        ms: now,
+                    };
+                    if let Err(error) = configs::record_end(&self.store, config_id, end, true) {
+                        tracing::error!(%error, config = config_id, "recording a revocation failed");
+                    }
+                }
+            },
+        )?;
+        Ok(revoked.and_then(|(s, revoked)| revoked.then_some(s)))
     }
 
     /// Ends a live session at once (keys and relay bindings go with it).
@@ -273,12 +344,5 @@ fn relay_ids(session: &Session) -> Vec<u64> {
 }
 
 pub fn describe(reason: &EndReason) -> String {
-    match reason {
-        EndReason::User { name } => format!("ended by {name}"),
-        EndReason::Customer => "ended by the customer (switch off)".into(),
-        EndReason::Denied => "approval denied by the customer".into(),
-        EndReason::UserDisabled { name } => format!("user {name} was disabled"),
-        EndReason::ApprovalTimeout => "no approval in time".into(),
-        EndReason::Duration => "maximum duration reached".into(),
-    }
+    reason.describe()
 }

@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+pub use ferry_api::{PortRange, Protocol};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -19,22 +20,6 @@ const ENROL_PREFIX: &str = "fye";
 const ENROL_KIND: u8 = b'e';
 /// Default lifetime of an enrolment token.
 pub const ENROL_TTL_MS: u64 = 24 * 60 * 60 * 1000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Icmp,
-    Any,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
 
 /// A device behind a gateway that sessions can make reachable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -4,6 +4,13 @@
 //! the full desired state from the store and sends it; there are no deltas
 //! to lose, and a reconnect is just the first signal.
 //!
+//! Beside the per-connection signals, the hub announces every change to a
+//! session or to what is known of a gateway or relay ([`Change`]) to whoever
+//! subscribed: clients watching their configuration (server-sent events)
+//! and, later, the web console. A change says only *what* changed; a
+//! subscriber reads the current state itself, so a subscriber that falls
+//! behind (and is told it lagged) just reads again.
+//!
 //! Every connection task and API request goes through these maps, so one
 //! panic must not break them for the others: the locks do not poison
 //! (parking_lot), nothing the hub itself runs under them can panic, and a
@@ -17,7 +24,7 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::sessions::GatewayView;
 
@@ -32,6 +39,8 @@ pub struct GatewayLive {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayLive {
     pub udp: SocketAddr,
+    /// The public address of its STUN server, if it runs one.
+    pub stun: Option<SocketAddr>,
     pub websocket_url: String,
     /// The fingerprint of the relay's WebSocket certificate, when it
     /// serves TLS itself.
@@ -50,13 +59,43 @@ struct Link<L> {
 /// and the client side, or a refusal.
 pub type AllocationAnswer = Result<(SocketAddr, SocketAddr), String>;
 
-#[derive(Default)]
+/// What changed, for subscribers ([`Hub::subscribe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A session's document changed (state, configurations, targets, ...).
+    Session(u64),
+    /// What is known of a gateway changed: it connected or left, its switch,
+    /// its candidates, or it reported an event.
+    Gateway(u64),
+    /// A relay connected or left, or reported its health.
+    Relay(u64),
+}
+
+/// Changes a subscriber may fall behind by before it is told it lagged.
+const CHANGE_BACKLOG: usize = 1024;
+
 pub struct Hub {
     gateways: Mutex<HashMap<u64, Link<GatewayLive>>>,
     relays: Mutex<HashMap<u64, Link<RelayLive>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<AllocationAnswer>>>,
     revision: AtomicU64,
     next_conn: AtomicU64,
+    changes: broadcast::Sender<Change>,
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            gateways: Mutex::default(),
+            relays: Mutex::default(),
+            pending: Mutex::default(),
+            revision: AtomicU64::default(),
+            next_conn: AtomicU64::default(),
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
+            closing: watch::channel(false).0,
+        }
+    }
 }
 
 /// A registered connection: its id and the signal to watch. The signal's
@@ -111,13 +150,42 @@ impl Hub {
         }
     }
 
+    /// Tells subscribers that something changed. Nobody listening is fine.
+    pub fn notify(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    /// Every change from now on. A receiver that falls more than
+    /// [`CHANGE_BACKLOG`] changes behind gets `Lagged` and should read the
+    /// state it watches again.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Becomes true when the server shuts down: long-lived responses (event
+    /// streams) end then, so that the graceful shutdown does not wait for
+    /// them.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
     pub fn connect_gateway(&self, id: u64, live: GatewayLive) -> Registration {
-        self.register(&self.gateways, id, live)
+        let registration = self.register(&self.gateways, id, live);
+        self.notify(Change::Gateway(id));
+        registration
     }
 
     /// Returns whether `conn` was still the gateway's connection.
     pub fn disconnect_gateway(&self, id: u64, conn: u64) -> bool {
-        Self::unregister(&self.gateways, id, conn)
+        let mine = Self::unregister(&self.gateways, id, conn);
+        if mine {
+            self.notify(Change::Gateway(id));
+        }
+        mine
     }
 
     pub fn gateway(&self, id: u64) -> Option<GatewayLive> {
@@ -133,6 +201,7 @@ impl Hub {
 
     pub fn update_gateway(&self, id: u64, change: impl FnOnce(&mut GatewayLive)) {
         Self::update(&self.gateways, id, change);
+        self.notify(Change::Gateway(id));
     }
 
     /// The gateway's desired state changed: its connection resends it.
@@ -140,12 +209,54 @@ impl Hub {
         self.touch(&self.gateways, id);
     }
 
+    /// Every gateway's desired state changed (it lists the STUN servers).
+    fn touch_all_gateways(&self) {
+        let revision = self.next_revision();
+        for link in self.gateways.lock().values() {
+            link.dirty.send_replace(revision);
+        }
+    }
+
+    /// The STUN servers of the connected relays, by relay id, at most
+    /// [`ferry_control::gateway::MAX_STUN_SERVERS`].
+    pub fn stun_servers(&self) -> Vec<SocketAddr> {
+        let relays = self.relays.lock();
+        let mut by_id: Vec<(u64, SocketAddr)> =
+            relays.iter().filter_map(|(id, l)| Some((*id, l.live.stun?))).collect();
+        drop(relays);
+        by_id.sort_unstable();
+        let mut servers: Vec<SocketAddr> = Vec::new();
+        for (_, server) in by_id {
+            if !servers.contains(&server) && servers.len() < ferry_control::gateway::MAX_STUN_SERVERS {
+                servers.push(server);
+            }
+        }
+        servers
+    }
+
+    /// A relay came or went: if that changed the STUN servers, every gateway
+    /// gets them.
+    fn relays_changed(&self, id: u64, stun_before: Vec<SocketAddr>) {
+        if self.stun_servers() != stun_before {
+            self.touch_all_gateways();
+        }
+        self.notify(Change::Relay(id));
+    }
+
     pub fn connect_relay(&self, id: u64, live: RelayLive) -> Registration {
-        self.register(&self.relays, id, live)
+        let before = self.stun_servers();
+        let registration = self.register(&self.relays, id, live);
+        self.relays_changed(id, before);
+        registration
     }
 
     pub fn disconnect_relay(&self, id: u64, conn: u64) -> bool {
-        Self::unregister(&self.relays, id, conn)
+        let before = self.stun_servers();
+        let mine = Self::unregister(&self.relays, id, conn);
+        if mine {
+            self.relays_changed(id, before);
+        }
+        mine
     }
 
     pub fn relay(&self, id: u64) -> Option<RelayLive> {
@@ -154,6 +265,7 @@ impl Hub {
 
     pub fn update_relay(&self, id: u64, change: impl FnOnce(&mut RelayLive)) {
         Self::update(&self.relays, id, change);
+        self.notify(Change::Relay(id));
     }
 
     pub fn touch_relay(&self, id: u64) {
@@ -240,6 +352,7 @@ mod tests {
 
         let relay = RelayLive {
             udp: "192.0.2.1:3478".parse().unwrap(),
+            stun: None,
             websocket_url: "wss://relay.example/ws".into(),
             websocket_pin: None,
             capacity: 10,
@@ -259,11 +372,56 @@ mod tests {
         assert!(hub.pick_relay().is_none());
     }
 
+    #[tokio::test]
+    async fn subscribers_hear_of_changes_and_gateways_of_new_stun_servers() {
+        let hub = Hub::default();
+        let mut changes = hub.subscribe();
+        let mut gateway = hub.connect_gateway(1, live(true));
+        assert_eq!(changes.recv().await.unwrap(), Change::Gateway(1));
+        hub.update_gateway(1, |l| l.switch_on = false);
+        assert_eq!(changes.recv().await.unwrap(), Change::Gateway(1));
+        hub.notify(Change::Session(5));
+        assert_eq!(changes.recv().await.unwrap(), Change::Session(5));
+
+        let relay = |stun: Option<&str>| RelayLive {
+            udp: "192.0.2.1:40000".parse().unwrap(),
+            stun: stun.map(|s| s.parse().unwrap()),
+            websocket_url: "wss://relay.example/ws".into(),
+            websocket_pin: None,
+            capacity: 10,
+            bindings: 0,
+        };
+        gateway.dirty.borrow_and_update();
+        let b = hub.connect_relay(8, relay(Some("192.0.2.8:3478")));
+        hub.connect_relay(3, relay(Some("192.0.2.3:3478")));
+        assert_eq!(changes.recv().await.unwrap(), Change::Relay(8));
+        assert_eq!(changes.recv().await.unwrap(), Change::Relay(3));
+        assert!(gateway.dirty.has_changed().unwrap(), "the gateway resends its desired state");
+        assert_eq!(
+            hub.stun_servers(),
+            ["192.0.2.3:3478".parse().unwrap(), "192.0.2.8:3478".parse().unwrap()],
+            "by relay id"
+        );
+        // A relay without STUN changes no gateway's state.
+        gateway.dirty.borrow_and_update();
+        hub.connect_relay(9, relay(None));
+        assert!(!gateway.dirty.has_changed().unwrap());
+        assert!(hub.disconnect_relay(8, b.conn));
+        assert!(gateway.dirty.has_changed().unwrap());
+        assert_eq!(hub.stun_servers(), ["192.0.2.3:3478".parse::<SocketAddr>().unwrap()]);
+
+        let mut closing = hub.closing();
+        assert!(!*closing.borrow());
+        hub.close_streams();
+        assert!(*closing.wait_for(|c| *c).await.unwrap());
+    }
+
     #[test]
     fn relays_are_picked_by_free_room() {
         let hub = Hub::default();
         let relay = |capacity, bindings| RelayLive {
             udp: "192.0.2.1:3478".parse().unwrap(),
+            stun: None,
             websocket_url: "wss://relay.example/ws".into(),
             websocket_pin: None,
             capacity,

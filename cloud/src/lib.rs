@@ -9,6 +9,7 @@ pub mod auth;
 pub mod channels;
 pub mod clock;
 pub mod config;
+pub mod configs;
 pub mod gateways;
 pub mod http;
 pub mod hub;

@@ -267,9 +267,13 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
             tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
             ..server::ServeOptions::default()
         };
-        let shutdown = async {
+        let streams = state.clone();
+        let shutdown = async move {
             let signal = shutdown.wait().await;
             tracing::info!(signal, "shutting down");
+            // Event streams never end by themselves; the graceful shutdown
+            // waits for every response in flight.
+            streams.hub.close_streams();
         };
         server::serve_with(listener, http::router(state), tls.map(|(config, _)| config), shutdown, options)
             .await

@@ -1,32 +1,8 @@
 //! Who may do what: the rights table of the brief (seed 000, Tab. 1),
 //! enforced server-side by every handler through [`allowed`].
 
-use serde::{Deserialize, Serialize};
-
-/// The three roles, from most to least powerful.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Manages gateways, users and rights, and everything below.
-    Administrator,
-    /// Prepares, starts, ends and watches sessions on existing gateways.
-    RemoteConnectAdministrator,
-    /// Starts and uses the sessions released to them.
-    RemoteConnectUser,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] =
-        [Role::Administrator, Role::RemoteConnectAdministrator, Role::RemoteConnectUser];
-
-    pub const fn label(self) -> &'static str {
-        match self {
-            Role::Administrator => "Administrator",
-            Role::RemoteConnectAdministrator => "remoteConnect Administrator",
-            Role::RemoteConnectUser => "remoteConnect User",
-        }
-    }
-}
+/// The three roles (in ferry-api: clients read them too).
+pub use ferry_api::Role;
 
 /// Whether a session concerns the acting user: it was released to them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

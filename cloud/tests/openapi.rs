@@ -23,7 +23,12 @@ fn every_documented_operation_is_served() {
                 continue;
             }
             operations += 1;
-            let concrete = path.replace("{id}", "1");
+            // Every path parameter (`{id}`, `{config_id}`) is a number.
+            let concrete: String = path
+                .split('/')
+                .map(|segment| if segment.starts_with('{') { "1" } else { segment })
+                .collect::<Vec<_>>()
+                .join("/");
             let body = (method != "get" && method != "delete").then(|| json!({}));
             let reply = api.call(&method.to_uppercase(), &concrete, None, body);
             assert_ne!(reply.status, 405, "{method} {path}");

@@ -74,6 +74,11 @@ pub struct DesiredState {
     /// Grows with every change on the cloud, across reconnects.
     pub revision: u64,
     pub sessions: Vec<SessionState>,
+    /// The STUN servers of the relays that are connected now (at most
+    /// [`MAX_STUN_SERVERS`]): where the gateway learns its server-reflexive
+    /// candidates. Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stun_servers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +142,11 @@ pub struct Peer {
     /// Set when the peer cannot reach the gateway directly and a relay
     /// forwards its traffic.
     pub relay: Option<RelayBinding>,
+    /// The client's direct-path candidates as it reported them (host and
+    /// server-reflexive addresses), at most [`MAX_CANDIDATES`]; the gateway
+    /// probes them. Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<SocketAddr>,
 }
 
 /// Where a gateway sends a relayed peer's traffic.
@@ -223,8 +233,11 @@ pub enum GatewayEvent {
     },
 }
 
-/// At most this many endpoint candidates per report.
+/// At most this many endpoint candidates per report, and per peer.
 pub const MAX_CANDIDATES: usize = 16;
+
+/// At most this many STUN servers in a desired state.
+pub const MAX_STUN_SERVERS: usize = 16;
 
 /// The cloud has stored every event up to and including `seq`; the gateway
 /// may drop them from its queue.
@@ -362,6 +375,11 @@ impl Validate for DesiredState {
         for (i, session) in self.sessions.iter().enumerate() {
             session.validate_at(sessions.index(i))?;
         }
+        let stun = root.field("stun_servers");
+        validate::count(stun, self.stun_servers.len(), MAX_STUN_SERVERS)?;
+        for (i, server) in self.stun_servers.iter().enumerate() {
+            validate::unicast_endpoint(stun.index(i), server)?;
+        }
         Ok(())
     }
 }
@@ -432,6 +450,11 @@ impl Peer {
         validate::text(at.field("user"), &self.user, MAX_NAME_CHARS)?;
         if let Some(relay) = &self.relay {
             relay.validate_at(at.field("relay"))?;
+        }
+        let candidates = at.field("candidates");
+        validate::count(candidates, self.candidates.len(), MAX_CANDIDATES)?;
+        for (i, candidate) in self.candidates.iter().enumerate() {
+            validate::unicast_endpoint(candidates.index(i), candidate)?;
         }
         Ok(())
     }
@@ -522,12 +545,20 @@ mod tests {
                     websocket_token: Token::new("s3cret-token"),
                     websocket_pin: Some(crate::pin::format_fingerprint(&[0xcd; 32])),
                 }),
+                candidates: vec![
+                    "192.0.2.50:51820".parse().unwrap(),
+                    "[2001:db8::50]:51820".parse().unwrap(),
+                ],
             }],
         }
     }
 
     fn state(sessions: Vec<SessionState>) -> ToGateway {
-        ToGateway::DesiredState(DesiredState { revision: 5, sessions })
+        ToGateway::DesiredState(DesiredState {
+            revision: 5,
+            sessions,
+            stun_servers: vec!["198.51.100.7:3478".parse().unwrap()],
+        })
     }
 
     #[test]
@@ -551,6 +582,54 @@ mod tests {
         assert_eq!(decode_valid::<ToGateway>(&frame).unwrap(), state(vec![s]));
         let pinned = encode(&state(vec![session()]));
         assert!(pinned.contains(r#""websocket_pin":"CD:CD:"#), "{pinned}");
+    }
+
+    #[test]
+    fn candidates_and_stun_servers_are_optional_and_checked() {
+        let frame = encode(&state(vec![session()]));
+        assert!(frame.contains(r#""candidates":["192.0.2.50:51820","[2001:db8::50]:51820"]"#), "{frame}");
+        assert!(frame.contains(r#""stun_servers":["198.51.100.7:3478"]"#), "{frame}");
+
+        // Empty lists are left out, and a cloud that predates them sends none.
+        let mut s = session();
+        s.peers[0].candidates.clear();
+        let bare =
+            ToGateway::DesiredState(DesiredState { revision: 5, sessions: vec![s], stun_servers: vec![] });
+        let frame = encode(&bare);
+        assert!(!frame.contains("candidates") && !frame.contains("stun_servers"), "{frame}");
+        assert_eq!(decode_valid::<ToGateway>(&frame).unwrap(), bare);
+
+        let mut s = session();
+        s.peers[0].candidates = (1..=17).map(|i| SocketAddr::from(([192, 0, 2, i], 51820))).collect();
+        let err = state(vec![s]).validate().unwrap_err();
+        assert_eq!(err.field, "sessions[0].peers[0].candidates");
+        assert_eq!(err.problem, Problem::TooMany { count: 17, max: MAX_CANDIDATES });
+
+        let mut s = session();
+        s.peers[0].candidates[1] = "[ff02::1]:51820".parse().unwrap();
+        let err = state(vec![s]).validate().unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.problem),
+            ("sessions[0].peers[0].candidates[1]", Problem::NotUnicast)
+        );
+
+        let mut s = session();
+        s.peers[0].candidates[0] = "192.0.2.50:0".parse().unwrap();
+        assert_eq!(state(vec![s]).validate().unwrap_err().problem, Problem::PortZero);
+
+        let too_many = DesiredState {
+            revision: 1,
+            sessions: vec![],
+            stun_servers: (1..=17).map(|i| SocketAddr::from(([198, 51, 100, i], 3478))).collect(),
+        };
+        assert_eq!(too_many.validate().unwrap_err().field, "stun_servers");
+        let unspecified = DesiredState {
+            revision: 1,
+            sessions: vec![],
+            stun_servers: vec!["0.0.0.0:3478".parse().unwrap()],
+        };
+        let err = unspecified.validate().unwrap_err();
+        assert_eq!((err.field.as_str(), err.problem), ("stun_servers[0]", Problem::NotUnicast));
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub struct RelayHello {
     pub websocket_pin: Option<String>,
     /// How many allocations it can hold.
     pub capacity: u32,
+    /// The public address of the relay's STUN server (RFC 8489 Binding),
+    /// where peers learn their server-reflexive candidates. Absent when the
+    /// relay runs none, and from relays that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stun: Option<SocketAddr>,
 }
 
 // By hand so that the token can never reach a log through `{:?}`.
@@ -73,6 +78,7 @@ impl fmt::Debug for RelayHello {
             .field("websocket_url", &self.websocket_url)
             .field("websocket_pin", &self.websocket_pin)
             .field("capacity", &self.capacity)
+            .field("stun", &self.stun)
             .finish()
     }
 }
@@ -205,6 +211,9 @@ impl Validate for RelayHello {
         if let Some(pin) = &self.websocket_pin {
             validate::fingerprint(root.field("websocket_pin"), pin)?;
         }
+        if let Some(stun) = &self.stun {
+            validate::unicast_endpoint(root.field("stun"), stun)?;
+        }
         Ok(())
     }
 }
@@ -272,6 +281,7 @@ mod tests {
             websocket_url: "wss://relay.example/ws".into(),
             websocket_pin: Some(crate::pin::format_fingerprint(&[0xab; 32])),
             capacity: 10_000,
+            stun: Some("198.51.100.7:3478".parse().unwrap()),
         }
     }
 
@@ -331,6 +341,31 @@ mod tests {
             encode(&FromRelay::RelayHello(RelayHello { websocket_pin: Some("AB:CD".into()), ..hello() }));
         let err = decode_valid::<FromRelay>(&frame).unwrap_err().to_string();
         assert!(err.contains("websocket_pin"), "{err}");
+    }
+
+    #[test]
+    fn the_stun_address_is_optional_and_must_be_usable() {
+        let frame = encode(&FromRelay::RelayHello(hello()));
+        assert!(frame.contains(r#""stun":"198.51.100.7:3478""#), "{frame}");
+        assert_eq!(decode_valid::<FromRelay>(&frame).unwrap(), FromRelay::RelayHello(hello()));
+
+        // A relay without a STUN server, or one that predates the field.
+        let none = RelayHello { stun: None, ..hello() };
+        let frame = encode(&FromRelay::RelayHello(none.clone()));
+        assert!(!frame.contains("stun"), "{frame}");
+        assert_eq!(decode_valid::<FromRelay>(&frame).unwrap(), FromRelay::RelayHello(none));
+
+        for (bad, problem) in [
+            ("198.51.100.7:0", Problem::PortZero),
+            ("0.0.0.0:3478", Problem::NotUnicast),
+            ("[::]:3478", Problem::NotUnicast),
+            ("224.0.0.1:3478", Problem::NotUnicast),
+            ("255.255.255.255:3478", Problem::NotUnicast),
+        ] {
+            let hello = RelayHello { stun: Some(bad.parse().unwrap()), ..hello() };
+            let err = hello.validate().unwrap_err();
+            assert_eq!((err.field.as_str(), err.problem), ("stun", problem), "{bad}");
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum Problem {
     NotFingerprint,
     #[error("port 0 is not an endpoint")]
     PortZero,
+    #[error("not a unicast address (unspecified, multicast or broadcast)")]
+    NotUnicast,
     #[error("duplicate entry {0}")]
     Duplicate(String),
 }
@@ -158,6 +160,19 @@ pub(crate) fn count(path: Path<'_>, count: usize, max: usize) -> Result<(), Inva
 pub(crate) fn endpoint(path: Path<'_>, addr: &std::net::SocketAddr) -> Result<(), InvalidMessage> {
     if addr.port() == 0 {
         return Err(path.fail(Problem::PortZero));
+    }
+    Ok(())
+}
+
+/// An address one host can send to: a port, and not the unspecified, a
+/// multicast or the broadcast address. (Loopback is allowed: a relay and its
+/// peers on one machine is a legitimate test setup.)
+pub(crate) fn unicast_endpoint(path: Path<'_>, addr: &std::net::SocketAddr) -> Result<(), InvalidMessage> {
+    endpoint(path, addr)?;
+    let ip = addr.ip().to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(path.fail(Problem::NotUnicast));
     }
     Ok(())
 }

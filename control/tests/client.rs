@@ -58,6 +58,7 @@ fn desired_state() -> DesiredState {
             targets: vec![],
             peers: vec![],
         }],
+        stun_servers: vec![],
     }
 }
 
@@ -176,6 +177,7 @@ async fn relay_session_over_plain_websocket() {
         websocket_url: "wss://relay.example/ws".into(),
         websocket_pin: None,
         capacity: 1000,
+        stun: Some("127.0.0.1:3479".parse().unwrap()),
     };
     let (welcome, allocations) = relay_handshake(&mut channel, hello).await.unwrap();
     assert_eq!(welcome.peer_id, 7);

@@ -66,6 +66,15 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
     ]
 }
 
+/// Addresses one host can send to, as candidates and STUN servers must be:
+/// not unspecified, multicast or broadcast.
+fn unicast_addr() -> impl Strategy<Value = SocketAddr> {
+    socket_addr().prop_filter("unicast", |a| {
+        let ip = a.ip().to_canonical();
+        !(ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()))
+    })
+}
+
 fn subnet() -> impl Strategy<Value = Subnet> {
     prop_oneof![
         (any::<u32>(), 0u8..=32).prop_map(|(bits, prefix)| {
@@ -114,14 +123,21 @@ fn relay_binding() -> impl Strategy<Value = RelayBinding> {
 }
 
 fn peer() -> impl Strategy<Value = Peer> {
-    (any::<u64>(), name(), wg_key(), any::<IpAddr>(), any::<u64>(), prop::option::of(relay_binding()))
-        .prop_map(|(config_id, user, public_key, tunnel_address, expires_ms, relay)| Peer {
-            config_id: ConfigId(config_id),
-            user,
-            public_key,
-            tunnel_address,
-            expires_ms,
-            relay,
+    (
+        (any::<u64>(), name(), wg_key(), any::<IpAddr>(), any::<u64>()),
+        prop::option::of(relay_binding()),
+        prop::collection::vec(unicast_addr(), 0..=gateway::MAX_CANDIDATES),
+    )
+        .prop_map(|((config_id, user, public_key, tunnel_address, expires_ms), relay, candidates)| {
+            Peer {
+                config_id: ConfigId(config_id),
+                user,
+                public_key,
+                tunnel_address,
+                expires_ms,
+                relay,
+                candidates,
+            }
         })
 }
 
@@ -204,9 +220,18 @@ fn to_gateway() -> impl Strategy<Value = ToGateway> {
         server_hello().prop_map(ToGateway::ServerHello),
         any::<u64>().prop_map(|peer_id| ToGateway::Welcome(Welcome { peer_id })),
         error_message().prop_map(ToGateway::Error),
-        (any::<u64>(), prop::collection::vec(session(), 0..4)).prop_map(|(revision, sessions)| {
-            ToGateway::DesiredState(DesiredState { revision, sessions: dedup_by(sessions, |s| s.session_id) })
-        }),
+        (
+            any::<u64>(),
+            prop::collection::vec(session(), 0..4),
+            prop::collection::vec(unicast_addr(), 0..=gateway::MAX_STUN_SERVERS),
+        )
+            .prop_map(|(revision, sessions, stun_servers)| {
+                ToGateway::DesiredState(DesiredState {
+                    revision,
+                    sessions: dedup_by(sessions, |s| s.session_id),
+                    stun_servers,
+                })
+            }),
         any::<u64>().prop_map(|seq| ToGateway::EventAck(EventAck { seq })),
     ]
 }
@@ -272,18 +297,24 @@ fn to_relay() -> impl Strategy<Value = ToRelay> {
 
 fn from_relay() -> impl Strategy<Value = FromRelay> {
     prop_oneof![
-        (any::<u64>(), token(), version(), socket_addr(), ws_url(), prop::option::of(pin()), any::<u32>())
-            .prop_map(|(id, token, software_version, udp, websocket_url, websocket_pin, capacity)| {
-                FromRelay::RelayHello(RelayHello {
-                    relay_id: RelayId(id),
-                    token,
-                    software_version,
-                    udp,
-                    websocket_url,
-                    websocket_pin,
-                    capacity,
-                })
-            }),
+        (
+            (any::<u64>(), token(), version(), socket_addr(), ws_url()),
+            (prop::option::of(pin()), any::<u32>(), prop::option::of(unicast_addr())),
+        )
+            .prop_map(
+                |((id, token, software_version, udp, websocket_url), (websocket_pin, capacity, stun))| {
+                    FromRelay::RelayHello(RelayHello {
+                        relay_id: RelayId(id),
+                        token,
+                        software_version,
+                        udp,
+                        websocket_url,
+                        websocket_pin,
+                        capacity,
+                        stun,
+                    })
+                }
+            ),
         any::<u64>().prop_map(|revision| FromRelay::Applied(Applied { revision })),
         (any::<u64>(), socket_addr(), socket_addr()).prop_map(|(id, gateway_endpoint, client_endpoint)| {
             FromRelay::AllocationReady(AllocationReady {
@@ -571,7 +602,8 @@ proptest! {
         // serde reads a missing `Option` field as `None`; every other field
         // must be there. So whatever still decodes comes back with exactly
         // one more null than the frame had, or, for an optional field that
-        // is left out when `None` (`websocket_pin`), exactly as the frame was.
+        // is left out when `None` or empty (`websocket_pin`, `candidates`,
+        // `stun_servers`), exactly as the frame was.
         if let Ok(decoded) = decode::<ToGateway>(&frame) {
             let again = encode(&decoded);
             let nulls = |s: &str| s.matches(":null").count();

@@ -8,6 +8,7 @@
 //! # public_ipv6 = "2001:db8::1"
 //! ports = "40000-49999"           # one UDP port per allocation
 //! stun = "0.0.0.0:3478"
+//! # stun_public = "203.0.113.1:3478"  # only if peers reach STUN elsewhere
 //! websocket = "0.0.0.0:443"
 //! websocket_url = "wss://relay.example.net/"
 //! tls_cert = "/etc/ferry/relay.crt"
@@ -23,7 +24,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -170,6 +171,11 @@ pub struct Config {
     /// Bindings the XDP map holds (two per allocation).
     pub max_bindings: Option<u32>,
     pub stun: Option<Listen>,
+    /// Where peers reach the STUN listener, told to the cloud, which passes
+    /// it on to gateways and clients. Only needed when that is not the public
+    /// address (`public_ipv4`, else `public_ipv6`) with the listener's port,
+    /// for example behind a port-forwarding firewall.
+    pub stun_public: Option<SocketAddr>,
     pub websocket: Option<Listen>,
     /// The URL peers use for the WebSocket relay, told to the cloud.
     pub websocket_url: Option<String>,
@@ -181,6 +187,20 @@ pub struct Config {
     /// Static allocations (standalone use and tests), instead of a cloud.
     pub allocations: Option<PathBuf>,
     pub cloud: Option<CloudConfig>,
+}
+
+impl Config {
+    /// The STUN server's public address: `stun_public` if set, else the
+    /// relay's public address `public_ip` with the port the listener is
+    /// bound to (`listening`). None when the listener is off.
+    pub fn stun_public_address(
+        &self,
+        public_ip: IpAddr,
+        listening: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        let listening = listening?;
+        Some(self.stun_public.unwrap_or(SocketAddr::new(public_ip, listening.port())))
+    }
 }
 
 pub fn load(explicit: Option<&Path>) -> Result<Config> {
@@ -208,6 +228,22 @@ mod tests {
         assert_eq!(config.cloud.unwrap().relay_id, 1);
         assert_eq!(config.xdp, Some(XdpMode::Native));
         assert_eq!(config.stun, Some(Listen::At("0.0.0.0:3478".parse().unwrap())));
+    }
+
+    #[test]
+    fn the_stun_address_told_to_the_cloud() {
+        let public: IpAddr = "203.0.113.1".parse().unwrap();
+        let any = Some("0.0.0.0:3478".parse().unwrap());
+        let config = Config::default();
+        assert_eq!(config.stun_public_address(public, any), Some("203.0.113.1:3478".parse().unwrap()));
+        let inside = Some("10.0.0.5:3479".parse().unwrap());
+        assert_eq!(config.stun_public_address(public, inside), Some("203.0.113.1:3479".parse().unwrap()));
+        let forwarded = Config { stun_public: Some("198.51.100.9:13478".parse().unwrap()), ..config };
+        assert_eq!(
+            forwarded.stun_public_address(public, inside),
+            Some("198.51.100.9:13478".parse().unwrap())
+        );
+        assert_eq!(forwarded.stun_public_address(public, None), None, "no listener, nothing to tell");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct CloudLink {
     /// The fingerprint of the WebSocket listener's certificate, when the
     /// relay serves TLS itself.
     pub websocket_pin: Option<String>,
+    /// Where peers reach the relay's STUN server; None without one.
+    pub stun: Option<SocketAddr>,
 }
 
 /// Runs the channel forever, reconnecting with backoff and jitter.
@@ -73,6 +75,7 @@ async fn session(link: &CloudLink, relay: &Relay, metrics: &Metrics, backoff: &m
         websocket_url: link.websocket_url.clone(),
         websocket_pin: link.websocket_pin.clone(),
         capacity,
+        stun: link.stun,
     };
     let (welcome, desired) = client::relay_handshake(&mut channel, hello).await.context("relay handshake")?;
     info!(peer_id = %welcome.peer_id, allocations = desired.allocations.len(), "connected to the cloud");

@@ -21,17 +21,20 @@ pub struct Listeners {
 }
 
 /// Binds both listeners (so a taken port fails the start, not later) and
-/// serves them until `stop` turns true.
+/// serves them until `stop` turns true. Returns where the STUN listener is
+/// bound, if it runs.
 pub async fn start(
     listeners: Listeners,
     relay: &Relay,
     metrics: &Metrics,
     stop: watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<Option<SocketAddr>> {
+    let mut stun_bound = None;
     if let Some(addr) = listeners.stun {
         let socket = tokio::net::UdpSocket::bind(addr)
             .await
             .with_context(|| format!("binding the STUN listener on {addr}"))?;
+        stun_bound = Some(socket.local_addr().context("the STUN listener's address")?);
         tokio::spawn(stun::server::serve(socket, metrics.clone()));
     }
     if let Some(addr) = listeners.websocket {
@@ -58,5 +61,5 @@ pub async fn start(
             },
         ));
     }
-    Ok(())
+    Ok(stun_bound)
 }

@@ -92,6 +92,10 @@ struct RunArgs {
     /// STUN listener [default: 0.0.0.0:3478]; "off" disables it.
     #[arg(long, value_name = "ADDR|off")]
     stun: Option<Listen>,
+    /// Where peers reach the STUN listener, told to the cloud [default: the
+    /// public address with the listener's port].
+    #[arg(long, value_name = "ADDR")]
+    stun_public: Option<SocketAddr>,
     /// WebSocket relay listener [default: 0.0.0.0:443]; "off" disables it.
     #[arg(long, value_name = "ADDR|off")]
     websocket: Option<Listen>,
@@ -175,6 +179,7 @@ impl RunArgs {
         c.idle_timeout_secs = self.idle_timeout_secs.or(c.idle_timeout_secs);
         c.allocations = self.allocations.or(c.allocations.take());
         c.stun = self.stun.or(c.stun);
+        c.stun_public = self.stun_public.or(c.stun_public);
         c.websocket = self.websocket.or(c.websocket);
         c.metrics = self.metrics.or(c.metrics);
         if let Some(url) = self.cloud_url {
@@ -239,13 +244,13 @@ async fn run(config: Config) -> Result<()> {
         ),
         tls: config.tls_cert.clone().zip(config.tls_key.clone()),
     };
-    ferry_relay::listeners::start(listeners, &relay, &metrics, stopped).await?;
+    let stun_bound = ferry_relay::listeners::start(listeners, &relay, &metrics, stopped).await?;
 
     if let Some(path) = &config.allocations {
         load_allocations(&relay, path)?;
     }
     if let Some(cloud) = &config.cloud {
-        let link = cloud_link(cloud, &config, ports)?;
+        let link = cloud_link(cloud, &config, ports, stun_bound)?;
         tokio::spawn(control::run(link, relay.clone(), metrics.clone()));
     }
     {
@@ -299,7 +304,12 @@ fn load_allocations(relay: &Relay, path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) -> Result<CloudLink> {
+fn cloud_link(
+    cloud: &config::CloudConfig,
+    config: &Config,
+    ports: PortRange,
+    stun_bound: Option<SocketAddr>,
+) -> Result<CloudLink> {
     let token = std::fs::read_to_string(&cloud.token_file)
         .with_context(|| format!("reading the relay token from {}", cloud.token_file.display()))?;
     let pin = match &cloud.pin {
@@ -334,6 +344,7 @@ fn cloud_link(cloud: &config::CloudConfig, config: &Config, ports: PortRange) ->
         public_udp: SocketAddr::new(ip, ports.first),
         websocket_url,
         websocket_pin,
+        stun: config.stun_public_address(ip, stun_bound),
     })
 }
 

@@ -2,62 +2,15 @@
 //! acts as its creator, limited to its scopes, so it can never do more than
 //! the creator's current role allows, and disabling the creator stops it.
 
+// What API tokens look like to clients (and their scopes) is in ferry-api.
+pub use ferry_api::{ApiToken, Scope};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::secret::{Opaque, owner_prefix, record_key};
 use crate::store::{BackendError, Batch, Collection, Store};
 
 const PREFIX: &str = "fya";
 const KIND: u8 = b'a';
-
-/// What a token may touch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-pub enum Scope {
-    #[serde(rename = "sessions:read")]
-    SessionsRead,
-    #[serde(rename = "sessions:write")]
-    SessionsWrite,
-    #[serde(rename = "gateways:read")]
-    GatewaysRead,
-    #[serde(rename = "gateways:write")]
-    GatewaysWrite,
-    #[serde(rename = "users:read")]
-    UsersRead,
-    #[serde(rename = "users:write")]
-    UsersWrite,
-    #[serde(rename = "audit:read")]
-    AuditRead,
-}
-
-impl Scope {
-    pub const fn label(self) -> &'static str {
-        match self {
-            Scope::SessionsRead => "sessions:read",
-            Scope::SessionsWrite => "sessions:write",
-            Scope::GatewaysRead => "gateways:read",
-            Scope::GatewaysWrite => "gateways:write",
-            Scope::UsersRead => "users:read",
-            Scope::UsersWrite => "users:write",
-            Scope::AuditRead => "audit:read",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct ApiToken {
-    pub id: u64,
-    /// The creator, whose rights the token uses.
-    pub user_id: u64,
-    pub name: String,
-    pub scopes: Vec<Scope>,
-    pub created_ms: u64,
-    pub expires_ms: Option<u64>,
-    /// Kept beside the token in the store (see `Record`), never sent.
-    #[serde(skip)]
-    #[schema(ignore)]
-    secret_hash: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiTokenError {
@@ -69,7 +22,7 @@ pub enum ApiTokenError {
     Store(#[from] BackendError),
 }
 
-/// Stored form: the public fields plus the hash.
+/// Stored form: the public fields plus the hash, which is never sent.
 #[derive(Serialize, Deserialize)]
 struct Record {
     #[serde(flatten)]
@@ -88,16 +41,8 @@ pub fn create(
 ) -> Result<(ApiToken, String), BackendError> {
     let id = store.backend().generate_id()?;
     let secret = Opaque::generate(user_id, id);
-    let token = ApiToken {
-        id,
-        user_id,
-        name: name.to_string(),
-        scopes,
-        created_ms: now_ms,
-        expires_ms,
-        secret_hash: secret.hash(),
-    };
-    let record = Record { secret_hash: token.secret_hash.clone(), token: token.clone() };
+    let token = ApiToken { id, user_id, name: name.to_string(), scopes, created_ms: now_ms, expires_ms };
+    let record = Record { secret_hash: secret.hash(), token: token.clone() };
     let batch = Batch::default().put(
         Collection::Tokens,
         record_key(KIND, user_id, id),
@@ -126,7 +71,7 @@ pub fn authenticate(store: &Store, bearer: &str, now_ms: u64) -> Result<ApiToken
     if record.token.expires_ms.is_some_and(|at| now_ms >= at) {
         return Err(ApiTokenError::Expired);
     }
-    Ok(ApiToken { secret_hash: record.secret_hash, ..record.token })
+    Ok(record.token)
 }
 
 /// Every API token, of every user.

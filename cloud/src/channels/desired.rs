@@ -2,9 +2,11 @@
 //! is rebuilt from scratch for every push, so a reconnecting peer gets the
 //! same answer as one that never left.
 
+use std::net::SocketAddr;
+
 use ferry_control::{
     AllocationId, ConfigId, RelayId, SessionId, Subnet, Token, WgKey,
-    gateway::{self, DesiredState, Peer, RelayBinding, SessionState},
+    gateway::{self, DesiredState, MAX_CANDIDATES, Peer, RelayBinding, SessionState},
     relay::{Allocation, DesiredAllocations},
 };
 
@@ -63,6 +65,7 @@ fn session_state(gateway: &Gateway, session: &Session) -> Option<SessionState> {
                             websocket_pin: r.websocket_pin.clone(),
                         })
                     }),
+                    candidates: c.candidates.iter().take(MAX_CANDIDATES).copied().collect(),
                 })
             })
             .collect()
@@ -82,15 +85,22 @@ fn session_state(gateway: &Gateway, session: &Session) -> Option<SessionState> {
     })
 }
 
-pub fn for_gateway(store: &Store, gateway_id: u64, revision: u64) -> Result<DesiredState, BackendError> {
+/// A gateway's desired state; `stun_servers` are the connected relays'
+/// (the hub knows them, the store does not).
+pub fn for_gateway(
+    store: &Store,
+    gateway_id: u64,
+    revision: u64,
+    stun_servers: Vec<SocketAddr>,
+) -> Result<DesiredState, BackendError> {
     let Some(gateway) = gateways::get(store, gateway_id)? else {
-        return Ok(DesiredState { revision, sessions: Vec::new() });
+        return Ok(DesiredState { revision, sessions: Vec::new(), stun_servers });
     };
     let sessions = sessions::live_for_gateway(store, gateway_id)?
         .iter()
         .filter_map(|s| session_state(&gateway, s))
         .collect();
-    Ok(DesiredState { revision, sessions })
+    Ok(DesiredState { revision, sessions, stun_servers })
 }
 
 pub fn for_relay(store: &Store, relay_id: u64, revision: u64) -> Result<DesiredAllocations, BackendError> {

@@ -11,7 +11,7 @@ use super::{Conn, Greeting, Incoming, desired, error, gateway_events};
 use crate::{
     app::{Actor, AppState},
     audit, gateways,
-    hub::GatewayLive,
+    hub::{Change, GatewayLive},
     metrics::ChannelLabels,
 };
 
@@ -111,8 +111,8 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
                         break;
                     }
                     let revision = *registration.dirty.borrow_and_update();
-                    let store = state.store.clone();
-                    let snapshot = tokio::task::spawn_blocking(move || desired::for_gateway(&store, id, revision)).await;
+                    let (store, stun) = (state.store.clone(), state.hub.stun_servers());
+                    let snapshot = tokio::task::spawn_blocking(move || desired::for_gateway(&store, id, revision, stun)).await;
                     match snapshot {
                         Ok(Ok(snapshot)) => {
                             if !conn.send(&ToGateway::DesiredState(snapshot)).await {
@@ -138,6 +138,10 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
                                 let failure = match handled {
                                     Ok(Ok(outcome)) => {
                                         tracing::debug!(seq, ?outcome, "gateway event");
+                                        if outcome == gateway_events::Outcome::Stored {
+                                            // Its candidates, its switch, its sessions: watchers look again.
+                                            state.hub.notify(Change::Gateway(id));
+                                        }
                                         if !conn.send(&ToGateway::EventAck(EventAck { seq })).await {
                                             break;
                                         }

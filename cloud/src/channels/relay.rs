@@ -52,7 +52,9 @@ pub async fn run(state: AppState, socket: WebSocket, source: String) {
             return conn.refuse(&state, ToRelay::Error(e), ErrorCode::Internal, "store").await;
         }
     }
-    state.audit(event("relay.connect", true, Some(format!("udp {}, {}", hello.udp, hello.websocket_url))));
+    let stun = hello.stun.map_or_else(|| "no STUN".to_string(), |s| format!("STUN {s}"));
+    let detail = format!("udp {}, {}, {stun}", hello.udp, hello.websocket_url);
+    state.audit(event("relay.connect", true, Some(detail)));
     serve(&state, conn, &hello).instrument(tracing::info_span!("relay", id)).await;
     state.audit(event("relay.disconnect", true, None));
 }
@@ -82,6 +84,7 @@ async fn serve(state: &AppState, mut conn: Conn, hello: &RelayHello) {
     let id = hello.relay_id.0;
     let live = RelayLive {
         udp: hello.udp,
+        stun: hello.stun,
         websocket_url: hello.websocket_url.clone(),
         websocket_pin: hello.websocket_pin.clone(),
         capacity: hello.capacity,

@@ -3,15 +3,15 @@
 use std::sync::OnceLock;
 
 use axum::{Json, extract::State, http::StatusCode};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use ferry_api::{
+    LoginRequest, PasswordChange, RefreshRequest, TokenResponse, TotpCode, TotpEnrolment, UserView,
+};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
     extract::{Body, Caller, Source, Validate},
     problem::{ApiError, ApiResult},
-    users::UserView,
 };
 use crate::{
     audit::Event,
@@ -37,15 +37,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(totp_disable))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    pub name: String,
-    pub password: String,
-    /// The current TOTP code, for accounts with a second factor.
-    pub totp: Option<String>,
-}
-
 impl Validate for LoginRequest {
     fn validate(&self) -> Result<(), String> {
         if self.name.is_empty() || self.name.len() > 64 {
@@ -56,24 +47,6 @@ impl Validate for LoginRequest {
         }
         Ok(())
     }
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct TokenResponse {
-    /// A signed access token, valid for `expires_in` seconds.
-    pub access_token: String,
-    pub token_type: String,
-    pub expires_in: u64,
-    /// Single use: exchange it at /api/v1/auth/refresh for a new pair.
-    pub refresh_token: String,
-    pub refresh_expires_in: u64,
-    pub user: UserView,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
-    pub refresh_token: String,
 }
 
 impl Validate for RefreshRequest {
@@ -296,13 +269,6 @@ async fn me(caller: Caller) -> Json<UserView> {
     Json(UserView::from(&caller.user))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PasswordChange {
-    pub current_password: String,
-    pub new_password: String,
-}
-
 impl Validate for PasswordChange {
     fn validate(&self) -> Result<(), String> {
         let len = self.new_password.chars().count();
@@ -349,19 +315,6 @@ async fn change_password(
     )?;
     refresh::revoke_user(&state.store, caller.user.id)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct TotpEnrolment {
-    /// Base32 secret, shown this once.
-    pub secret: String,
-    pub otpauth_url: String,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TotpCode {
-    pub code: String,
 }
 
 impl Validate for TotpCode {

@@ -4,6 +4,7 @@
 
 mod audit;
 mod auth;
+mod configs;
 pub mod extract;
 mod gateways;
 mod meta;
@@ -49,6 +50,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "relays", description = "Relays and their health"),
         (name = "control", description = "WebSocket control channels of gateways and relays (ferry-control protocol)"),
         (name = "sessions", description = "Preparing, starting and ending sessions; configuration issuance"),
+        (name = "configs", description = "A client's own issued configuration: status, events, new candidates, \
+                                           revocation. Authenticated by the configuration's watch token, not by a user"),
         (name = "audit", description = "The hash-chained audit log: query, export as JSON Lines, verify"),
     )
 )]
@@ -62,6 +65,18 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "watch_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The `watch_token` of one issued configuration (from POST /api/v1/sessions/{id}/config); \
+                         it works only for that configuration's endpoints",
+                    ))
+                    .build(),
+            ),
         );
     }
 }
@@ -79,6 +94,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(tokens::routes())
         .merge(gateways::routes())
         .merge(sessions::routes())
+        .merge(configs::routes())
         .merge(crate::channels::routes())
         .merge(audit::routes())
         .split_for_parts();

@@ -6,22 +6,8 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Serialize;
-use utoipa::ToSchema;
-
-/// The body of every error response.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Problem {
-    /// `urn:ferry:problem:<slug>`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    /// Seconds until a retry can succeed (throttling, lockout).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after: Option<u64>,
-}
+/// The body of every error response (in ferry-api: clients read it).
+pub use ferry_api::Problem;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {

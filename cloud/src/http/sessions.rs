@@ -1,6 +1,6 @@
 //! Sessions: prepare, release, start, end, and configuration issuance.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Json,
@@ -9,7 +9,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use ferry_api::{ClientConfig, ConfigRelay, ConfigRequest, ConfigTarget, parse_candidates, wg_quick};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -22,7 +23,8 @@ use super::{
 use crate::{
     app::Actor,
     auth::Scope,
-    gateways::{self, Gateway, PortRange, Protocol, valid_label},
+    configs::{self, ConfigRecord},
+    gateways::{self, Gateway, valid_label},
     rights::{Action, Ownership},
     sessions::{
         self, EndReason, IssuedConfig, RelayAllocation, Session, SessionError, State as SessionState,
@@ -378,17 +380,11 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
     }
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigRequest {
-    /// The client's WireGuard public key (base64, as `wg pubkey` prints).
-    /// The private key never leaves the client.
-    pub public_key: String,
-}
-
 impl Validate for ConfigRequest {
     fn validate(&self) -> Result<(), String> {
-        parse_key(&self.public_key).map(|_| ())
+        parse_key(&self.public_key)?;
+        parse_candidates(&self.candidates).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
@@ -399,58 +395,20 @@ fn parse_key(text: &str) -> Result<[u8; 32], String> {
     bytes.try_into().map_err(|_| "`public_key` must be 32 bytes".to_string())
 }
 
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ConfigTarget {
-    pub name: String,
-    /// Reach the target at this address through the tunnel.
-    #[schema(value_type = String)]
-    pub proxy_address: IpAddr,
-    pub protocol: Protocol,
-    pub ports: Vec<PortRange>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ConfigRelay {
-    /// The relay allocation's UDP endpoint for the client side.
-    #[schema(value_type = Option<String>)]
-    pub udp: Option<std::net::SocketAddr>,
-    pub websocket_url: String,
-    pub websocket_token: String,
-    /// SHA-256 fingerprint of the relay's certificate for a `wss://` URL
-    /// (`ferry-relay ws-bridge --pin`); absent when the relay reported none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub websocket_pin: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ClientConfig {
-    pub config_id: u64,
-    pub session_id: u64,
-    pub session_name: String,
-    /// The configuration stops working then (the session's end).
-    pub expires_ms: u64,
-    /// The client's tunnel address, a /32.
-    pub address: String,
-    /// The gateway's WireGuard public key.
-    pub peer_public_key: String,
-    /// Only the session's targets: everything else stays on the client's
-    /// own network (split tunnelling).
-    pub allowed_ips: Vec<String>,
-    /// Direct endpoint candidates of the gateway (STUN).
-    pub endpoints: Vec<String>,
-    pub relay: Option<ConfigRelay>,
-    pub persistent_keepalive: u16,
-    pub targets: Vec<ConfigTarget>,
+/// A configuration just issued, with the secret that is shown once.
+struct Issued {
+    session: Session,
+    gateway: Gateway,
+    config: IssuedConfig,
+    watch_token: String,
 }
 
 /// Issues a configuration for the caller's key, revoking the caller's
 /// previous one in this session, and returns it with the gateway.
-async fn issue(
-    state: &AppState,
-    caller: &Caller,
-    id: u64,
-    key: &str,
-) -> ApiResult<(Session, Gateway, IssuedConfig)> {
+async fn issue(state: &AppState, caller: &Caller, id: u64, request: &ConfigRequest) -> ApiResult<Issued> {
+    let key = request.public_key.as_str();
+    let candidates =
+        parse_candidates(&request.candidates).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let session = load(state, id)?;
     let action = Action::StartSession(ownership(caller, &session));
     let gw = Some(session.gateway_id);
@@ -507,6 +465,7 @@ async fn issue(
             issued_ms: now,
             expires_ms: s.expires_ms.unwrap_or(now),
             relay: relay.clone(),
+            candidates: candidates.clone(),
         });
         Ok(())
     };
@@ -519,6 +478,27 @@ async fn issue(
             return Err(e.into());
         }
     };
+    let (watch_token, watch_hash) = configs::new_watch_token();
+    let record = ConfigRecord {
+        id: config_id,
+        session_id: id,
+        gateway_id: session.gateway_id,
+        user_id: caller.user.id,
+        user: caller.user.name.clone(),
+        watch_hash,
+        issued_ms: now,
+        expires_ms: session.configs.iter().find(|c| c.id == config_id).map_or(now, |c| c.expires_ms),
+        end: None,
+    };
+    if let Err(e) = configs::put(&state.store, &record) {
+        // Nobody can watch it: take it back rather than hand it out.
+        state.hub.forget_allocation(config_id);
+        let _ = state.change_session(id, |s| {
+            s.configs.retain(|c| c.id != config_id);
+            Ok(())
+        });
+        return Err(e.into());
+    }
     if let Some(answer) = answer {
         let endpoints = match tokio::time::timeout(RELAY_ANSWER_TIMEOUT, answer).await {
             Ok(Ok(Ok(endpoints))) => Some(endpoints),
@@ -553,15 +533,11 @@ async fn issue(
     let config = session.configs.iter().find(|c| c.id == config_id).cloned().ok_or_else(|| {
         ApiError::conflict("session-not-active", "Session not active", "the session ended meanwhile")
     })?;
-    Ok((session, gateway, config))
+    Ok(Issued { session, gateway, config, watch_token })
 }
 
-fn client_config(
-    state: &AppState,
-    session: &Session,
-    gateway: &Gateway,
-    config: &IssuedConfig,
-) -> ClientConfig {
+fn client_config(state: &AppState, issued: &Issued) -> ClientConfig {
+    let Issued { session, gateway, config, watch_token } = issued;
     let index = session.subnet_index.unwrap_or_default();
     let targets: Vec<ConfigTarget> = session
         .targets
@@ -600,11 +576,17 @@ fn client_config(
         }),
         persistent_keepalive: 25,
         targets,
+        stun_servers: state.hub.stun_servers().iter().map(|s| s.to_string()).collect(),
+        watch_token: watch_token.clone(),
     }
 }
 
 /// Get a one-time configuration for the caller's WireGuard key. Issuing a
 /// new one revokes the caller's previous configuration of this session.
+///
+/// The client's direct-path `candidates` go to the gateway, which probes
+/// them; the answer has the gateway's (`endpoints`), the relays' STUN
+/// servers, and the configuration's `watch_token` for `/api/v1/configs/{config_id}`.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/config", tag = "sessions", request_body = ConfigRequest,
     security(("bearer" = [])), params(("id" = u64, Path)),
     responses((status = 200, body = ClientConfig), (status = 400, body = super::Problem),
@@ -615,8 +597,8 @@ async fn issue_config(
     Path(id): Path<u64>,
     Body(request): Body<ConfigRequest>,
 ) -> ApiResult<Json<ClientConfig>> {
-    let (session, gateway, config) = issue(&state, &caller, id, &request.public_key).await?;
-    Ok(Json(client_config(&state, &session, &gateway, &config)))
+    let issued = issue(&state, &caller, id, &request).await?;
+    Ok(Json(client_config(&state, &issued)))
 }
 
 /// The same configuration as a `wg-quick` file for a stock WireGuard client.
@@ -631,44 +613,8 @@ async fn issue_wg_quick(
     Path(id): Path<u64>,
     Body(request): Body<ConfigRequest>,
 ) -> ApiResult<Response> {
-    let (session, gateway, config) = issue(&state, &caller, id, &request.public_key).await?;
-    let config = client_config(&state, &session, &gateway, &config);
+    let issued = issue(&state, &caller, id, &request).await?;
+    let config = client_config(&state, &issued);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], wg_quick(&config, &request.public_key))
         .into_response())
-}
-
-pub const PRIVATE_KEY_PLACEHOLDER: &str = "__FERRY_PRIVATE_KEY__";
-
-/// Renders a `wg-quick` file. The endpoint is the relay's client side if
-/// there is one, else the first direct candidate.
-pub fn wg_quick(config: &ClientConfig, public_key: &str) -> String {
-    let mut out = format!(
-        "# Ferry session \"{}\" ({}), configuration {}, valid until {} ms since the epoch.\n",
-        config.session_name, config.session_id, config.config_id, config.expires_ms
-    );
-    for t in &config.targets {
-        let ports: Vec<String> = t
-            .ports
-            .iter()
-            .map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) })
-            .collect();
-        out += &format!("# target {}: {} {:?} {}\n", t.name, t.proxy_address, t.protocol, ports.join(","));
-    }
-    out += &format!(
-        "[Interface]\n# Put the private key of {public_key} on the next line in place of the placeholder.\nPrivateKey = {PRIVATE_KEY_PLACEHOLDER}\nAddress = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
-        config.address,
-        config.peer_public_key,
-        config.allowed_ips.join(", ")
-    );
-    let endpoint = config
-        .relay
-        .as_ref()
-        .and_then(|r| r.udp.map(|u| u.to_string()))
-        .or_else(|| config.endpoints.first().cloned());
-    match endpoint {
-        Some(endpoint) => out += &format!("Endpoint = {endpoint}\n"),
-        None => out += "# No endpoint yet: neither a relay allocation nor a direct candidate is known.\n",
-    }
-    out += &format!("PersistentKeepalive = {}\n", config.persistent_keepalive);
-    out
 }

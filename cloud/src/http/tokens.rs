@@ -5,8 +5,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use ferry_api::{CreatedToken, NewToken};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
@@ -23,16 +22,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(revoke))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    pub name: String,
-    /// At least one scope.
-    pub scopes: Vec<Scope>,
-    /// Lifetime in days (1 to 3650); none for no expiry.
-    pub expires_in_days: Option<u32>,
-}
-
 impl Validate for NewToken {
     fn validate(&self) -> Result<(), String> {
         if self.name.trim().is_empty() || self.name.len() > 64 {
@@ -46,13 +35,6 @@ impl Validate for NewToken {
         }
         Ok(())
     }
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct CreatedToken {
-    pub token: ApiToken,
-    /// The bearer secret, shown this once.
-    pub secret: String,
 }
 
 /// All API tokens (without their secrets).

@@ -6,6 +6,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
+pub use ferry_api::UserView;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -24,20 +25,6 @@ use crate::{
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(get_one, update))
-}
-
-/// A user as the API shows it: never the password hash or TOTP secret.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-pub struct UserView {
-    pub id: u64,
-    pub name: String,
-    pub role: Role,
-    pub disabled: bool,
-    pub created_ms: u64,
-    pub totp_enabled: bool,
-    pub locked_until_ms: Option<u64>,
-    /// Set for accounts made with a one-time password.
-    pub must_change_password: bool,
 }
 
 impl From<&User> for UserView {

@@ -2,40 +2,13 @@
 //! the time and what is known about the gateway, and either changes the
 //! session or says why not. Storage, pushes and audit are the caller's.
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+// The states and end reasons are what clients read: they live in ferry-api.
+pub use ferry_api::{EndReason, State};
 
 use super::Session;
 
 /// How long a start may wait for the customer's approval.
 pub const APPROVAL_TIMEOUT_MS: u64 = 15 * 60 * 1000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Prepared,
-    WaitingForApproval,
-    Active,
-    Ended,
-    Expired,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "by", rename_all = "snake_case")]
-pub enum EndReason {
-    /// An admin or the technician ended it.
-    User { name: String },
-    /// The customer switched remote maintenance off at the gateway.
-    Customer,
-    /// The customer refused the approval.
-    Denied,
-    /// The user who started it was disabled.
-    UserDisabled { name: String },
-    /// Nobody approved it in time.
-    ApprovalTimeout,
-    /// The maximum duration ran out.
-    Duration,
-}
 
 /// What the cloud knows about the gateway when a session starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,22 +31,6 @@ pub enum Refusal {
     NotWaiting,
     #[error("the session has no targets")]
     NoTargets,
-}
-
-impl State {
-    pub fn is_live(self) -> bool {
-        matches!(self, State::WaitingForApproval | State::Active)
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            State::Prepared => "prepared",
-            State::WaitingForApproval => "waiting for approval",
-            State::Active => "active",
-            State::Ended => "ended",
-            State::Expired => "expired",
-        }
-    }
 }
 
 impl Session {

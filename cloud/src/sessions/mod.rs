@@ -49,6 +49,11 @@ pub struct IssuedConfig {
     pub issued_ms: u64,
     pub expires_ms: u64,
     pub relay: Option<RelayAllocation>,
+    /// The client's direct-path candidates (`IP:port`), which its gateway
+    /// probes; replaced when the client reports new ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub candidates: Vec<SocketAddr>,
 }
 
 #[cfg(test)]
@@ -63,6 +68,7 @@ impl IssuedConfig {
             issued_ms: 0,
             expires_ms: 1,
             relay: None,
+            candidates: Vec::new(),
         }
     }
 }

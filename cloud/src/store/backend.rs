@@ -20,10 +20,13 @@ pub enum Collection {
     LiveSessions,
     /// Tunnel subnet index -> the session holding it.
     Subnets,
+    /// Issued configuration id -> what its watch token needs: the session,
+    /// the user, the token's hash, and how the configuration ended.
+    Configs,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 10] = [
+    pub const ALL: [Collection; 11] = [
         Collection::Meta,
         Collection::Users,
         Collection::UserNames,
@@ -34,6 +37,7 @@ impl Collection {
         Collection::Audit,
         Collection::LiveSessions,
         Collection::Subnets,
+        Collection::Configs,
     ];
 
     /// Its place in [`Collection::ALL`], which lists the variants in
@@ -54,6 +58,7 @@ impl Collection {
             Collection::Audit => "audit",
             Collection::LiveSessions => "live_sessions",
             Collection::Subnets => "subnets",
+            Collection::Configs => "configs",
         }
     }
 }

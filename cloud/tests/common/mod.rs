@@ -144,6 +144,49 @@ impl Api {
         self.call("POST", path, Some(token), Some(body))
     }
 
+    /// Opens a server-sent event stream. Each event's data arrives parsed as
+    /// `Some(json)`, and `None` once the server has closed the stream. A
+    /// refusal is the reply instead.
+    pub fn events(&self, path: &str, token: &str) -> Result<std::sync::mpsc::Receiver<Option<Value>>, Reply> {
+        use std::io::BufRead as _;
+        let request = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .body(Vec::new())
+            .unwrap();
+        let mut response = self.agent.run(request).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        if status != 200 {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(Reply { status, body, text, retry_after: None, content_type: String::new() });
+        }
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok());
+        assert_eq!(content_type, Some("text/event-stream"));
+        let reader = std::io::BufReader::new(response.into_body().into_reader());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        // Ends when the server closes the stream (or the test's runtime,
+        // and with it the server, goes away).
+        std::thread::spawn(move || {
+            let mut data = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                if let Some(part) = line.strip_prefix("data:") {
+                    data.push_str(part.trim_start());
+                } else if line.is_empty() && !data.is_empty() {
+                    let event = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    data.clear();
+                    if sender.send(Some(event)).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = sender.send(None);
+        });
+        Ok(receiver)
+    }
+
     /// Logs in with the test password; returns (access, refresh).
     pub fn login(&self, name: &str) -> (String, String) {
         let reply =

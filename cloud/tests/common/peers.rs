@@ -163,6 +163,8 @@ pub struct TestRelay {
 }
 
 pub const RELAY_UDP: &str = "203.0.113.7:3478";
+/// The test relay's public STUN address.
+pub const RELAY_STUN: &str = "203.0.113.7:3479";
 /// The fingerprint the test relay reports for its WebSocket certificate.
 pub const RELAY_PIN: &str =
     "AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB";
@@ -180,6 +182,7 @@ impl TestRelay {
             websocket_url: "wss://relay.example.net/ws".into(),
             websocket_pin: Some(RELAY_PIN.into()),
             capacity: 1000,
+            stun: Some(RELAY_STUN.parse().unwrap()),
         };
         let (_, first) = client::relay_handshake(&mut channel, hello).await?;
         let snapshots = Arc::new(Mutex::new(Vec::new()));

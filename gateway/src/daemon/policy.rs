@@ -147,6 +147,7 @@ mod tests {
             tunnel_address: format!("100.96.0.{}", n + 1).parse().unwrap(),
             expires_ms,
             relay: None,
+            candidates: vec![],
         }
     }
 
@@ -171,7 +172,7 @@ mod tests {
     }
 
     fn run(sessions: Vec<SessionState>, switch_on: bool, decisions: &[(u64, Decision)], now_ms: u64) -> Plan {
-        let desired = DesiredState { revision: 1, sessions };
+        let desired = DesiredState { revision: 1, sessions, stun_servers: vec![] };
         let decisions = decisions.iter().map(|&(id, d)| (SessionId(id), d)).collect();
         plan(&Inputs { desired: Some(&desired), switch_on, decisions: &decisions, now_ms })
     }

@@ -40,7 +40,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_none());
-        let state = DesiredState { revision: 7, sessions: vec![] };
+        let state = DesiredState { revision: 7, sessions: vec![], stun_servers: vec![] };
         save(dir.path(), &state).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(state));
         let mode = std::fs::metadata(path(dir.path())).unwrap().permissions().mode();
