@@ -66,6 +66,15 @@ pub fn cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
+/// `cargo machete`. cargo-machete decides whether cargo started it from
+/// `CARGO` being set without `CARGO_PKG_NAME`; under `cargo xtask` both are
+/// inherited, and it would then read "machete" as a folder to scan.
+pub fn machete() -> Command {
+    let mut cmd = crate::cargo::cargo();
+    cmd.arg("machete").env_remove("CARGO_PKG_NAME");
+    cmd
+}
+
 /// The cargo-machete release the unused-dependency check runs: pinned, so
 /// that a new release's heuristics cannot fail a run on unchanged code.
 const CARGO_MACHETE_VERSION: &str = "0.9.2";
@@ -73,7 +82,7 @@ const CARGO_MACHETE_VERSION: &str = "0.9.2";
 /// cargo-machete, for the unused-dependency check (installed once, from
 /// crates.io, and again when the pinned version changes).
 pub fn cargo_machete() -> Result<()> {
-    let installed = crate::cargo::cargo().args(["machete", "--version"]).output();
+    let installed = machete().arg("--version").output();
     if installed.is_ok_and(|o| {
         o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == CARGO_MACHETE_VERSION
     }) {

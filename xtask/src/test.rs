@@ -49,7 +49,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     // cannot see goes in that package's `[package.metadata.cargo-machete]`.
     section("unused dependencies (cargo-machete)");
     setup::cargo_machete()?;
-    checks.push(("unused dependencies", run_cmd(cargo().args(["machete", "--skip-target-dir"])).is_ok()));
+    checks.push(("unused dependencies", run_cmd(setup::machete().arg("--skip-target-dir")).is_ok()));
 
     section("build (binaries, eBPF object)");
     run_cmd(cargo_once().args(["build", "--bins", "--tests"])).context("building the workspace")?;
