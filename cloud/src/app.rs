@@ -32,6 +32,10 @@ pub struct Inner {
     pub policy: LoginPolicy,
     pub hub: Hub,
     openapi: OnceLock<String>,
+    /// The SHA-256 fingerprint of the certificate served, when serving TLS:
+    /// the console puts it in the commands it shows (gateway enrolment,
+    /// the technician's login).
+    tls_pin: OnceLock<String>,
 }
 
 impl Deref for AppState {
@@ -94,6 +98,7 @@ impl AppState {
             policy: LoginPolicy::default(),
             hub,
             openapi: OnceLock::new(),
+            tls_pin: OnceLock::new(),
         })))
     }
 
@@ -103,6 +108,14 @@ impl AppState {
 
     pub fn set_openapi(&self, json: String) {
         let _ = self.openapi.set(json);
+    }
+
+    pub fn set_tls_pin(&self, fingerprint: String) {
+        let _ = self.tls_pin.set(fingerprint);
+    }
+
+    pub fn tls_pin(&self) -> Option<&str> {
+        self.tls_pin.get().map(String::as_str)
     }
 
     pub fn openapi_json(&self) -> Option<&str> {

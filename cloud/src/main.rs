@@ -261,6 +261,9 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
             "serving"
         );
         let state = http::AppState::new(store.clone())?;
+        if let Some((_, fingerprint)) = &tls {
+            state.set_tls_pin(fingerprint.clone());
+        }
         let ticker = spawn_ticker(state.clone());
         let retention = spawn_retention(state.clone(), retention_days);
         let options = server::ServeOptions {

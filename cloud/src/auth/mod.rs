@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod api_tokens;
+pub mod console;
 pub mod login;
 pub mod refresh;
 pub mod secret;

@@ -20,7 +20,7 @@ use crate::{
     app::{Actor, AppState, describe},
     audit::{self, AuditError},
     gateways::{self, Gateway},
-    sessions::{self, EndReason, Planned, Session, SessionError},
+    sessions::{self, EndReason, IssuedConfig, PeerReport, Planned, Session, SessionError},
     store::{BackendError, Batch, Store},
 };
 
@@ -55,6 +55,9 @@ struct Plan {
     /// Sessions changed (before, after), told to their gateway and relays
     /// once the commit is through.
     sessions: Vec<(Session, Session)>,
+    /// Sessions whose reports changed (bytes, peers) but no desired state:
+    /// only subscribers hear of them.
+    reported: Vec<u64>,
 }
 
 impl Plan {
@@ -96,6 +99,9 @@ pub fn apply(state: &AppState, gateway_id: u64, actor: &Actor, event: &Event) ->
             Ok(_) => {
                 for (before, after) in &plan.sessions {
                     state.session_changed(before, after);
+                }
+                for id in &plan.reported {
+                    state.hub.notify(crate::hub::Change::Session(*id));
                 }
                 return Ok(Outcome::Stored);
             }
@@ -168,6 +174,13 @@ fn plan_effect(
                 let detail =
                     format!("peer {public_key} from {}", endpoint.map_or("?".into(), |e| e.to_string()));
                 plan.audit.push(actor.session_event("session.peer_connected", true, &session, Some(detail)));
+                let key = public_key.to_string();
+                report_peer(store, &session, &key, plan, |config| PeerReport {
+                    connected: true,
+                    endpoint: *endpoint,
+                    path: endpoint.map(|e| config.path_of(e)),
+                    since_ms: now,
+                })?;
             }
         }
         GatewayEvent::PeerDisconnected { session_id, public_key } => {
@@ -179,6 +192,13 @@ fn plan_effect(
                     &session,
                     Some(detail),
                 ));
+                let key = public_key.to_string();
+                report_peer(store, &session, &key, plan, |_| PeerReport {
+                    connected: false,
+                    endpoint: None,
+                    path: None,
+                    since_ms: now,
+                })?;
             }
         }
         GatewayEvent::Bytes { session_id, target, rx, tx } => {
@@ -195,9 +215,35 @@ fn plan_effect(
                     let entry = actor.session_event("session.bytes", true, &counted.after, Some(detail));
                     plan.audit.push(entry);
                     plan.batch = std::mem::take(&mut plan.batch).append(counted.batch);
+                    plan.reported.push(session.id);
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Records the gateway's report of the peer with `public_key` on its
+/// configuration, if one of the session's configurations has that key. No
+/// push: a report is not part of any desired state.
+fn report_peer(
+    store: &Store,
+    session: &Session,
+    public_key: &str,
+    plan: &mut Plan,
+    report: impl Fn(&IssuedConfig) -> PeerReport,
+) -> Result<(), EventError> {
+    let changed = sessions::prepare(store, session.id, |s| {
+        if let Some(config) = s.configs.iter_mut().find(|c| c.public_key == public_key) {
+            config.peer = Some(report(config));
+        }
+        Ok(())
+    })?;
+    // A session touched twice by one event would conflict with itself; an
+    // event names one peer, so it is not.
+    if let Some(changed) = changed.filter(Planned::changed) {
+        plan.batch = std::mem::take(&mut plan.batch).append(changed.batch);
+        plan.reported.push(session.id);
     }
     Ok(())
 }

@@ -2,21 +2,29 @@
 
 use std::sync::OnceLock;
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::{FromRequestParts, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
 use ferry_api::{
     LoginRequest, PasswordChange, RefreshRequest, TokenResponse, TotpCode, TotpEnrolment, UserView,
 };
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Source, Validate},
+    extract::{Body, Caller, Source, Validate, same_origin, source},
     problem::{ApiError, ApiResult},
 };
 use crate::{
     audit::Event,
     auth::{
         ACCESS_TTL_MS, LoginOutcome, REFRESH_TTL_MS,
+        console::{self, ConsoleSession},
         refresh::{self, RefreshError},
         totp::TotpState,
     },
@@ -30,9 +38,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(login))
         .routes(routes!(refresh_token))
         .routes(routes!(logout))
+        .routes(routes!(console_login, console_session, console_logout))
         .routes(routes!(me))
         .routes(routes!(change_password))
         .routes(routes!(totp_enrol))
+        .routes(routes!(totp_qr))
         .routes(routes!(totp_confirm))
         .routes(routes!(totp_disable))
 }
@@ -160,6 +170,20 @@ async fn login(
     Source(source): Source,
     Body(request): Body<LoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
+    let user = check_login(&state, &source, &request, None).await?;
+    let refresh = refresh::issue(&state.store, user.id, state.now_ms())?;
+    Ok(Json(tokens(&state, &user, refresh)))
+}
+
+/// The login check that the API's token login and the console's session
+/// login share: throttling, lockout, TOTP, metrics and audit. `how` goes in
+/// the audit entry of a success.
+async fn check_login(
+    state: &AppState,
+    source: &Option<String>,
+    request: &LoginRequest,
+    how: Option<&str>,
+) -> ApiResult<User> {
     let now = state.now_ms();
     let count = |outcome| {
         state.metrics.logins.get_or_create(&OutcomeLabels { outcome: outcome_label(outcome) }).inc()
@@ -168,12 +192,12 @@ async fn login(
         let password = request.password.clone();
         tokio::task::spawn_blocking(move || password::verify(&password, decoy_hash())).await?;
         count(LoginOutcome::BadCredentials);
-        state.audit(event(&request.name, "auth.login", false, &source, Some("unknown user".into())));
+        state.audit(event(&request.name, "auth.login", false, source, Some("unknown user".into())));
         return Err(refusal(LoginOutcome::BadCredentials, now));
     };
     if let Some(refused) = state.policy.gate(&user, now) {
         count(refused);
-        state.audit(event(&user.name, "auth.login", false, &source, Some(outcome_label(refused).into())));
+        state.audit(event(&user.name, "auth.login", false, source, Some(outcome_label(refused).into())));
         return Err(refusal(refused, now));
     }
     let (password, hash) = (request.password.clone(), user.password_hash.clone());
@@ -182,6 +206,13 @@ async fn login(
     // moved; an attempt that moved nothing is recorded on its own.
     let recorded = std::cell::Cell::new(false);
     let name = user.name.clone();
+    let entry = |outcome: LoginOutcome| {
+        let mut entry = login_event(&name, outcome, source);
+        if outcome == LoginOutcome::Success {
+            entry.detail = how.map(str::to_string);
+        }
+        entry
+    };
     let (user, outcome) = users::modify_audited(
         &state.store,
         user.id,
@@ -189,29 +220,132 @@ async fn login(
         |u| Ok::<_, ApiError>(state.policy.record(u, now, password_ok, request.totp.as_deref())),
         |_, outcome| {
             recorded.set(true);
-            Some(login_event(&name, *outcome, &source))
+            Some(entry(*outcome))
         },
     )?
     .ok_or_else(|| refusal(LoginOutcome::BadCredentials, now))?;
     count(outcome);
     let allowed = outcome == LoginOutcome::Success;
     if !recorded.get() {
-        state.audit(login_event(&user.name, outcome, &source));
+        state.audit(entry(outcome));
     }
     if let LoginOutcome::Locked { until_ms, new: true } = outcome {
         state.audit(event(
             &user.name,
             "auth.lockout",
             false,
-            &source,
+            source,
             Some(format!("locked until {until_ms} after repeated failed logins")),
         ));
     }
     if !allowed {
         return Err(refusal(outcome, now));
     }
-    let refresh = refresh::issue(&state.store, user.id, now)?;
-    Ok(Json(tokens(&state, &user, refresh)))
+    Ok(user)
+}
+
+/// The web console's session: who is logged in, the CSRF token its
+/// state-changing requests send in `X-CSRF-Token`, and when it ends.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ConsoleSessionView {
+    pub user: UserView,
+    pub csrf_token: String,
+    pub created_ms: u64,
+    /// When it ends unless used before: 30 minutes after the last request,
+    /// 12 hours after login at the latest.
+    pub expires_ms: u64,
+}
+
+fn session_view(user: &User, session: &ConsoleSession) -> ConsoleSessionView {
+    ConsoleSessionView {
+        user: UserView::from(user),
+        csrf_token: session.csrf_token.clone(),
+        created_ms: session.created_ms,
+        expires_ms: session.expires_ms(),
+    }
+}
+
+fn set_cookie(value: &str, max_age_zero: bool) -> HeaderValue {
+    let end = if max_age_zero { "; Max-Age=0" } else { "" };
+    let cookie = format!("{}={value}; Path=/; HttpOnly; Secure; SameSite=Strict{end}", console::COOKIE);
+    // The value is hex (or empty), the rest fixed ASCII.
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A new console session for `user`: the record, and the response header
+/// that hands its cookie to the browser.
+fn open_console_session(state: &AppState, user: &User) -> ApiResult<(ConsoleSession, HeaderValue)> {
+    let (cookie, session) = console::create(&state.store, user, state.now_ms())?;
+    Ok((session, set_cookie(&cookie, false)))
+}
+
+/// Refuses a request that a page of another origin could have sent.
+pub struct SameOrigin;
+
+impl FromRequestParts<AppState> for SameOrigin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        same_origin(parts).map(|()| SameOrigin).map_err(|reason| {
+            state.audit(event("anonymous", "auth.csrf", false, &source(parts), Some(reason.clone())));
+            ApiError::new(StatusCode::FORBIDDEN, "csrf-refused", "Request refused", reason)
+        })
+    }
+}
+
+/// Log in to the web console: the same check as /api/v1/auth/login
+/// (throttling, lockout, TOTP, audit), answered with a session cookie
+/// (`ferry_console`: HttpOnly, Secure, SameSite=Strict) instead of tokens.
+/// The request must come from the console's own origin (`Origin` or
+/// `Sec-Fetch-Site`).
+#[utoipa::path(post, path = "/api/v1/auth/session", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = ConsoleSessionView,
+            headers(("Set-Cookie" = String, description = "The console session cookie"))),
+        (status = 401, body = super::Problem), (status = 403, body = super::Problem),
+        (status = 429, body = super::Problem)))]
+async fn console_login(
+    State(state): State<AppState>,
+    Source(source): Source,
+    _: SameOrigin,
+    Body(request): Body<LoginRequest>,
+) -> ApiResult<Response> {
+    let user = check_login(&state, &source, &request, Some("console session")).await?;
+    let (session, cookie) = open_console_session(&state, &user)?;
+    let mut response = Json(session_view(&user, &session)).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+fn console_only(caller: &Caller) -> ApiResult<&console::Found> {
+    caller.console_session().ok_or_else(|| {
+        ApiError::bad_request("this request has no console session (it came with a bearer token)")
+    })
+}
+
+/// The caller's console session, with its CSRF token.
+#[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth",
+    responses((status = 200, body = ConsoleSessionView), (status = 400, body = super::Problem),
+        (status = 401, body = super::Problem)))]
+async fn console_session(caller: Caller) -> ApiResult<Json<ConsoleSessionView>> {
+    let found = console_only(&caller)?;
+    Ok(Json(session_view(&caller.user, &found.session)))
+}
+
+/// Log out of the web console: the session ends at the server (its cookie
+/// opens nothing any more) and the browser is told to drop the cookie.
+#[utoipa::path(delete, path = "/api/v1/auth/session", tag = "auth",
+    responses((status = 204, headers(("Set-Cookie" = String, description = "Clears the cookie"))),
+        (status = 400, body = super::Problem), (status = 401, body = super::Problem),
+        (status = 403, body = super::Problem)))]
+async fn console_logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    console_only(&caller)?;
+    if let Some(cookie) = caller.console_cookie() {
+        console::end(&state.store, cookie)?;
+    }
+    state.audit(caller.event("auth.logout", true, None, None, Some("console session".into())));
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(header::SET_COOKIE, set_cookie("", true));
+    Ok(response)
 }
 
 /// Exchange a refresh token for a new access and refresh token. Each refresh
@@ -283,7 +417,8 @@ impl Validate for PasswordChange {
     }
 }
 
-/// Change the caller's password. Every token of the account stops working.
+/// Change the caller's password. Every token and console session of the
+/// account stops working; a console caller gets a new session cookie.
 #[utoipa::path(post, path = "/api/v1/me/password", tag = "auth", request_body = PasswordChange,
     security(("bearer" = [])),
     responses((status = 204), (status = 400, body = super::Problem), (status = 403, body = super::Problem)))]
@@ -291,7 +426,7 @@ async fn change_password(
     State(state): State<AppState>,
     caller: Caller,
     Body(request): Body<PasswordChange>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let hash = caller.user.password_hash.clone();
     let current = request.current_password.clone();
     if !tokio::task::spawn_blocking(move || password::verify(&current, &hash)).await? {
@@ -301,7 +436,7 @@ async fn change_password(
     let new_hash = tokio::task::spawn_blocking(move || password::hash(&request.new_password))
         .await?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    users::modify_audited(
+    let (user, ()) = users::modify_audited(
         &state.store,
         caller.user.id,
         state.now_ms(),
@@ -312,9 +447,18 @@ async fn change_password(
             Ok::<_, ApiError>(())
         },
         |_, _| Some(caller.event("user.password", true, None, None, None)),
-    )?;
+    )?
+    .ok_or_else(|| ApiError::not_found("no such user"))?;
     refresh::revoke_user(&state.store, caller.user.id)?;
-    Ok(StatusCode::NO_CONTENT)
+    console::end_user(&state.store, caller.user.id)?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    // The browser that changed it goes on in a new session; every other
+    // session of the account has ended.
+    if caller.console_session().is_some() {
+        let (_, cookie) = open_console_session(&state, &user)?;
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 impl Validate for TotpCode {
@@ -345,6 +489,19 @@ async fn totp_enrol(State(state): State<AppState>, caller: Caller) -> ApiResult<
         |_, _| Some(caller.event("user.totp_enrol", true, None, None, None)),
     )?;
     Ok(Json(TotpEnrolment { secret, otpauth_url: url }))
+}
+
+/// The pending TOTP enrolment's `otpauth://` URL as a QR code (SVG), for an
+/// authenticator app to scan. Only while enrolment is not yet confirmed.
+#[utoipa::path(get, path = "/api/v1/me/totp/qr", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, content_type = "image/svg+xml", body = String),
+        (status = 401, body = super::Problem), (status = 404, body = super::Problem)))]
+async fn totp_qr(caller: Caller) -> ApiResult<Response> {
+    let Some(pending) = caller.user.totp.as_ref().filter(|t| !t.confirmed) else {
+        return Err(ApiError::not_found("no TOTP enrolment is pending; start one with POST /api/v1/me/totp"));
+    };
+    let svg = crate::qr::svg(&pending.url(&caller.user.name)).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-store")], svg).into_response())
 }
 
 /// Confirm TOTP enrolment with a current code; from then on login needs it.

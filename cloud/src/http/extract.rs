@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 
 use axum::{
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request, rejection::JsonRejection},
-    http::{header, request::Parts},
+    http::{Method, StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
 use super::{AppState, problem::ApiError};
 use crate::{
     audit::Event,
-    auth::{Scope, access::AccessError, api_tokens},
+    auth::{Scope, access::AccessError, api_tokens, console},
     rights::{self, Action},
     users::{self, User},
 };
@@ -40,7 +40,6 @@ impl<T: DeserializeOwned + Validate, S: Send + Sync> FromRequest<S> for Body<T> 
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
-    use axum::http::StatusCode;
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -95,74 +94,237 @@ impl<S: Send + Sync> FromRequestParts<S> for Source {
     }
 }
 
-/// An authenticated user: by a five-minute access token, or by an API token
-/// limited to `scopes`. The user record is read fresh on every request, so
-/// disabling a user or changing a role takes effect at once.
+/// How a caller proved who they are.
+#[derive(Clone, Debug)]
+pub enum Via {
+    /// A login's five-minute access token.
+    Access,
+    /// A scoped API token.
+    ApiToken,
+    /// The web console's session cookie; its state-changing requests carry
+    /// the session's CSRF token and come from the console's own origin.
+    Console(Box<console::Found>),
+}
+
+/// The credential as presented, kept so that a long-lived response (an
+/// event stream) can check it again later.
+#[derive(Clone)]
+enum Credential {
+    Bearer(String),
+    Cookie(String),
+}
+
+/// An authenticated user: by a five-minute access token, by an API token
+/// limited to `scopes`, or by a console session cookie. The user record is
+/// read fresh on every request, so disabling a user or changing a role
+/// takes effect at once.
 pub struct Caller {
     pub user: User,
-    /// None for a login's access token (all the role's rights).
+    /// None for a login's access token or a console session (all the
+    /// role's rights).
     pub scopes: Option<Vec<Scope>>,
     pub source: Option<String>,
+    pub via: Via,
+    credential: Credential,
 }
+
+/// Why a credential was refused, and whether the refusal is worth an audit
+/// entry (a missing credential is not: it is how every anonymous request
+/// starts).
+struct Refusal {
+    detail: String,
+    audit: bool,
+}
+
+impl Refusal {
+    fn audited(detail: impl Into<String>) -> Refusal {
+        Refusal { detail: detail.into(), audit: true }
+    }
+}
+
+/// The value of the console's cookie in a request, if any.
+pub fn console_cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == console::COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+}
+
+fn credential(parts: &Parts) -> Result<Credential, Refusal> {
+    if let Some(header) = parts.headers.get(header::AUTHORIZATION) {
+        return match header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) {
+            Some(bearer) => Ok(Credential::Bearer(bearer.to_string())),
+            None => Err(Refusal::audited("the Authorization header is not `Bearer <token>`")),
+        };
+    }
+    match console_cookie(parts) {
+        Some(cookie) => Ok(Credential::Cookie(cookie)),
+        None => Err(Refusal {
+            detail: "send `Authorization: Bearer <token>`; log in at /api/v1/auth/login".into(),
+            audit: false,
+        }),
+    }
+}
+
+/// Who a credential belongs to now, with what it allows.
+fn identify(
+    state: &AppState,
+    credential: &Credential,
+    now: u64,
+) -> Result<Result<(User, Option<Vec<Scope>>, Via), Refusal>, ApiError> {
+    let (user_id, scopes, epoch, via) = match credential {
+        Credential::Bearer(bearer) if api_tokens::is_api_token(bearer) => {
+            match api_tokens::authenticate(&state.store, bearer, now) {
+                Ok(token) => (token.user_id, Some(token.scopes), None, Via::ApiToken),
+                Err(api_tokens::ApiTokenError::Store(e)) => return Err(ApiError::internal(e)),
+                Err(e) => return Ok(Err(Refusal::audited(e.to_string()))),
+            }
+        }
+        Credential::Bearer(bearer) => match state.access.verify(bearer, now) {
+            Ok((id, claims)) => (id, None, Some(claims.epoch), Via::Access),
+            Err(e @ (AccessError::Expired | AccessError::Invalid)) => {
+                return Ok(Err(Refusal::audited(e.to_string())));
+            }
+        },
+        Credential::Cookie(cookie) => match console::find(&state.store, cookie, now)? {
+            Ok(found) => (found.session.user_id, None, Some(found.session.epoch), Via::Console(Box::new(found))),
+            Err(refused) => return Ok(Err(Refusal::audited(refused.to_string()))),
+        },
+    };
+    Ok(match users::get(&state.store, user_id)? {
+        Some(user) if user.disabled => Err(Refusal::audited(format!("user {} is disabled", user.name))),
+        Some(user) if epoch.is_some_and(|e| e != user.token_epoch) => Err(Refusal::audited(match via {
+            Via::Console(_) => "the console session was ended (password changed or user disabled); log in again",
+            _ => "the access token was revoked; log in again",
+        })),
+        Some(user) => Ok((user, scopes, via)),
+        None => Err(Refusal::audited("the credential's user no longer exists")),
+    })
+}
+
+/// Whether a request comes from a page of the server's own origin: by
+/// `Sec-Fetch-Site` (browsers send it on every request to a secure
+/// origin) and by `Origin` (sent on every state-changing fetch and form
+/// post), whichever are present; at least one must be.
+pub fn same_origin(parts: &Parts) -> Result<(), String> {
+    let text = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let site = text("sec-fetch-site");
+    if let Some(site) = &site
+        && site != "same-origin"
+    {
+        return Err(format!("the request came from another site (Sec-Fetch-Site: {site})"));
+    }
+    let Some(origin) = text("origin") else {
+        return match site {
+            Some(_) => Ok(()),
+            None => Err("the request names no origin (neither Origin nor Sec-Fetch-Site)".into()),
+        };
+    };
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    match authority {
+        Some(authority) if !host.is_empty() && authority.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(format!("the request came from another origin ({origin})")),
+    }
+}
+
+/// The checks a console request that changes state must pass: its own
+/// origin and the session's CSRF token.
+fn csrf_check(parts: &Parts, found: &console::Found) -> Result<(), String> {
+    same_origin(parts)?;
+    let presented = parts.headers.get(console::CSRF_HEADER).and_then(|v| v.to_str().ok());
+    match presented {
+        Some(token) if found.session.csrf_matches(token) => Ok(()),
+        Some(_) => Err("the X-CSRF-Token header does not match the console session".into()),
+        None => Err("a console request that changes state must send the X-CSRF-Token header".into()),
+    }
+}
+
+impl Caller {
+    /// Authenticates a request by its bearer token or its console cookie;
+    /// a console request that changes state must also pass the CSRF
+    /// checks. Unlike the extractor, it lets an account with a one-time
+    /// password through (the console's pages send it to the password page).
+    pub fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let source = source(parts);
+        let refuse = |refusal: Refusal| {
+            if refusal.audit {
+                state.audit(Event {
+                    actor: "anonymous".into(),
+                    action: "auth.token".into(),
+                    allowed: false,
+                    source: source.clone(),
+                    session: None,
+                    gateway: None,
+                    detail: Some(refusal.detail.clone()),
+                });
+            }
+            ApiError::unauthorized(refusal.detail)
+        };
+        let credential = credential(parts).map_err(refuse)?;
+        let now = state.now_ms();
+        let (user, scopes, via) = identify(state, &credential, now)?.map_err(refuse)?;
+        let caller = Caller { user, scopes, source, via, credential };
+        if let Via::Console(found) = &caller.via {
+            let safe = matches!(parts.method, Method::GET | Method::HEAD);
+            if !safe && let Err(reason) = csrf_check(parts, found) {
+                state.audit(caller.event("auth.csrf", false, None, None, Some(reason.clone())));
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "csrf-refused", "Request refused", reason));
+            }
+            console::touch(&state.store, found, now)?;
+        }
+        Ok(caller)
+    }
+
+    /// Whether the credential this caller came with still holds, for the
+    /// same user in the same role (an event stream ends when it does not).
+    pub fn still_valid(&self, state: &AppState) -> bool {
+        matches!(
+            identify(state, &self.credential, state.now_ms()),
+            Ok(Ok((user, _, _))) if user.id == self.user.id && user.role == self.user.role
+        )
+    }
+
+    /// The console session the caller came with, if any.
+    pub fn console_session(&self) -> Option<&console::Found> {
+        match &self.via {
+            Via::Console(found) => Some(found),
+            _ => None,
+        }
+    }
+
+    /// The console cookie's value, if the caller came with one.
+    pub fn console_cookie(&self) -> Option<&str> {
+        match (&self.via, &self.credential) {
+            (Via::Console(_), Credential::Cookie(cookie)) => Some(cookie),
+            _ => None,
+        }
+    }
+}
+
+/// Paths an account with a one-time password may use: its own account,
+/// the password change, and the console session (to log out).
+const ONE_TIME_PASSWORD_PATHS: [&str; 3] = ["/api/v1/me", "/api/v1/me/password", "/api/v1/auth/session"];
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let source = source(parts);
-        let refuse = |detail: &str| {
-            state.audit(Event {
-                actor: "anonymous".into(),
-                action: "auth.token".into(),
-                allowed: false,
-                source: source.clone(),
-                session: None,
-                gateway: None,
-                detail: Some(detail.to_string()),
-            });
-            ApiError::unauthorized(detail.to_string())
-        };
-        let Some(header) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized(
-                "send `Authorization: Bearer <token>`; log in at /api/v1/auth/login",
+        let caller = Caller::authenticate(parts, state)?;
+        if caller.user.must_change_password && !ONE_TIME_PASSWORD_PATHS.contains(&parts.uri.path()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "password-change-required",
+                "Password change required",
+                "this account has a one-time password: set your own at /api/v1/me/password first",
             ));
-        };
-        let Some(bearer) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
-            return Err(refuse("the Authorization header is not `Bearer <token>`"));
-        };
-        let now = state.now_ms();
-        let (user_id, scopes, epoch) = if api_tokens::is_api_token(bearer) {
-            match api_tokens::authenticate(&state.store, bearer, now) {
-                Ok(token) => (token.user_id, Some(token.scopes), None),
-                Err(api_tokens::ApiTokenError::Store(e)) => return Err(ApiError::internal(e)),
-                Err(e) => return Err(refuse(&e.to_string())),
-            }
-        } else {
-            match state.access.verify(bearer, now) {
-                Ok((id, claims)) => (id, None, Some(claims.epoch)),
-                Err(e @ (AccessError::Expired | AccessError::Invalid)) => return Err(refuse(&e.to_string())),
-            }
-        };
-        let user = users::get(&state.store, user_id)?;
-        match user {
-            Some(user) if user.disabled => Err(refuse(&format!("user {} is disabled", user.name))),
-            Some(user) if epoch.is_some_and(|e| e != user.token_epoch) => {
-                Err(refuse("the access token was revoked; log in again"))
-            }
-            Some(user)
-                if user.must_change_password
-                    && !matches!(parts.uri.path(), "/api/v1/me" | "/api/v1/me/password") =>
-            {
-                Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    "password-change-required",
-                    "Password change required",
-                    "this account has a one-time password: set your own at /api/v1/me/password first",
-                ))
-            }
-            Some(user) => Ok(Caller { user, scopes, source }),
-            None => Err(refuse("the token's user no longer exists")),
         }
+        Ok(caller)
     }
 }
 

@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod configs;
+mod events;
 pub mod extract;
 mod gateways;
 mod meta;
@@ -38,7 +39,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         title = "Ferry cloud API",
         description = "Users, gateways, relays, sessions, approvals, configuration issuance and the audit log \
                        of Ferry's control plane. Authenticate with `Authorization: Bearer <token>`: an access \
-                       token from /api/v1/auth/login, or an API token."
+                       token from /api/v1/auth/login, or an API token. The web console (served at `/`) uses \
+                       the same operations with its session cookie from /api/v1/auth/session instead; its \
+                       requests that change state send the session's CSRF token in `X-CSRF-Token`."
     ),
     modifiers(&BearerAuth),
     tags(
@@ -53,6 +56,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
         (name = "configs", description = "A client's own issued configuration: status, events, new candidates, \
                                            revocation. Authenticated by the configuration's watch token, not by a user"),
         (name = "audit", description = "The hash-chained audit log: query, export as JSON Lines, verify"),
+        (name = "events", description = "Changes as server-sent events, for live views such as the web console"),
     )
 )]
 struct ApiDoc;
@@ -97,6 +101,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(configs::routes())
         .merge(crate::channels::routes())
         .merge(audit::routes())
+        .merge(events::routes())
         .split_for_parts();
     state.set_openapi(doc.to_json().expect("the OpenAPI document serializes"));
     let router = router
@@ -107,8 +112,13 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
+/// The API and the web console on one router, every response with the
+/// console's security headers.
 pub fn router(state: AppState) -> Router {
-    api(state).0
+    api(state.clone())
+        .0
+        .merge(crate::console::routes(state))
+        .layer(middleware::from_fn(crate::console::headers::secure))
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {

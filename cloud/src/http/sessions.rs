@@ -466,6 +466,7 @@ async fn issue(state: &AppState, caller: &Caller, id: u64, request: &ConfigReque
             expires_ms: s.expires_ms.unwrap_or(now),
             relay: relay.clone(),
             candidates: candidates.clone(),
+            peer: None,
         });
         Ok(())
     };

@@ -17,14 +17,18 @@ use super::{
     problem::{ApiError, ApiResult},
 };
 use crate::{
-    auth::{Scope, api_tokens, refresh},
+    auth::{Scope, api_tokens, console, refresh},
     password,
     rights::{Action, Role},
     users::{self, User},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(get_one, update))
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, update))
+        .routes(routes!(reset_password))
+        .routes(routes!(releasable))
 }
 
 impl From<&User> for UserView {
@@ -223,6 +227,7 @@ async fn update(
     if disabled_now {
         refresh::revoke_user(&state.store, id)?;
         api_tokens::revoke_user(&state.store, id)?;
+        console::end_user(&state.store, id)?;
         state
             .user_disabled(
                 &user,
@@ -231,4 +236,79 @@ async fn update(
             .map_err(ApiError::from)?;
     }
     Ok(Json(UserView::from(&user)))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PasswordReset {
+    pub user: UserView,
+    /// The new one-time password, shown this once; the user must change it
+    /// at first use.
+    pub one_time_password: String,
+}
+
+/// Reset a user's password to a new one-time password (returned once). The
+/// user's logins end: access and refresh tokens and console sessions stop
+/// working, and the next login must set a new password.
+#[utoipa::path(post, path = "/api/v1/users/{id}/password", tag = "users", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, body = PasswordReset), (status = 403, body = super::Problem),
+        (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
+async fn reset_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<PasswordReset>> {
+    caller.authorize(&state, Action::ManageUsers, Scope::UsersWrite, "user.password_reset", None, None)?;
+    if id == caller.user.id {
+        return Err(ApiError::conflict(
+            "own-password",
+            "Use your own password change",
+            "change your own password with POST /api/v1/me/password",
+        ));
+    }
+    let one_time = password::one_time();
+    let secret = one_time.clone();
+    let hash = tokio::task::spawn_blocking(move || password::hash(&secret))
+        .await?
+        .map_err(ApiError::internal)?;
+    let (user, ()) = users::modify_audited(
+        &state.store,
+        id,
+        state.now_ms(),
+        |u| {
+            u.password_hash = hash.clone();
+            u.must_change_password = true;
+            u.token_epoch += 1;
+            Ok::<_, ApiError>(())
+        },
+        |u, _| Some(caller.event("user.password_reset", true, None, None, Some(u.name.clone()))),
+    )?
+    .ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    refresh::revoke_user(&state.store, id)?;
+    console::end_user(&state.store, id)?;
+    Ok(Json(PasswordReset { user: UserView::from(&user), one_time_password: one_time }))
+}
+
+/// A user a session can be released to.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct UserRef {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+}
+
+/// The enabled users, by id and name, for whoever prepares sessions and
+/// releases them (remoteConnect Administrators may not list accounts).
+#[utoipa::path(get, path = "/api/v1/users/releasable", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Vec<UserRef>), (status = 403, body = super::Problem)))]
+async fn releasable(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<UserRef>>> {
+    caller.authorize(&state, Action::CreateSession, Scope::SessionsWrite, "user.releasable", None, None)?;
+    let users = users::list(&state.store)?;
+    Ok(Json(
+        users
+            .into_iter()
+            .filter(|u| !u.disabled)
+            .map(|u| UserRef { id: u.id, name: u.name, role: u.role })
+            .collect(),
+    ))
 }

@@ -54,6 +54,49 @@ pub struct IssuedConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub candidates: Vec<SocketAddr>,
+    /// What the gateway last reported of this client's WireGuard peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerReport>,
+}
+
+/// How a peer's datagrams reach the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerPath {
+    /// Straight from the client (its endpoint is neither the relay nor the
+    /// gateway's local WebSocket bridge).
+    Direct,
+    /// Through the relay's UDP allocation.
+    Relay,
+    /// Through the WebSocket relay (the gateway's bridge on loopback).
+    Websocket,
+}
+
+/// The gateway's report of a peer: connected (with its endpoint) or gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeerReport {
+    pub connected: bool,
+    /// Where the gateway sees the peer's datagrams come from.
+    #[schema(value_type = Option<String>)]
+    pub endpoint: Option<SocketAddr>,
+    /// What the endpoint says about the path (none without an endpoint).
+    pub path: Option<PeerPath>,
+    /// When the gateway reported it.
+    pub since_ms: u64,
+}
+
+impl IssuedConfig {
+    /// The path that a peer endpoint the gateway reported means for this
+    /// configuration.
+    pub fn path_of(&self, endpoint: SocketAddr) -> PeerPath {
+        if endpoint.ip().is_loopback() {
+            PeerPath::Websocket
+        } else if self.relay.as_ref().is_some_and(|r| r.gateway_endpoint == Some(endpoint)) {
+            PeerPath::Relay
+        } else {
+            PeerPath::Direct
+        }
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +112,7 @@ impl IssuedConfig {
             expires_ms: 1,
             relay: None,
             candidates: Vec::new(),
+            peer: None,
         }
     }
 }

@@ -23,10 +23,12 @@ pub enum Collection {
     /// Issued configuration id -> what its watch token needs: the session,
     /// the user, the token's hash, and how the configuration ended.
     Configs,
+    /// Hash of a web console session's cookie -> its record.
+    ConsoleSessions,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 11] = [
+    pub const ALL: [Collection; 12] = [
         Collection::Meta,
         Collection::Users,
         Collection::UserNames,
@@ -38,6 +40,7 @@ impl Collection {
         Collection::LiveSessions,
         Collection::Subnets,
         Collection::Configs,
+        Collection::ConsoleSessions,
     ];
 
     /// Its place in [`Collection::ALL`], which lists the variants in
@@ -59,6 +62,7 @@ impl Collection {
             Collection::LiveSessions => "live_sessions",
             Collection::Subnets => "subnets",
             Collection::Configs => "configs",
+            Collection::ConsoleSessions => "console_sessions",
         }
     }
 }
