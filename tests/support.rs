@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod browser;
 pub mod cloud;
+pub mod control_gateway;
 pub mod gateway_lab;
 pub mod pcap;
 pub mod relay_lab;

@@ -172,7 +172,10 @@ pub fn prune_expired(store: &Store, now_ms: u64) -> Result<usize, BackendError> 
 }
 
 /// Sessions are few (one per browser login), so a full scan is cheap.
-fn delete_where(store: &Store, pick: impl Fn(Option<&ConsoleSession>) -> bool) -> Result<usize, BackendError> {
+fn delete_where(
+    store: &Store,
+    pick: impl Fn(Option<&ConsoleSession>) -> bool,
+) -> Result<usize, BackendError> {
     let mut batch = Batch::default();
     let mut after: Option<Vec<u8>> = None;
     loop {

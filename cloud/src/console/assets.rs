@@ -68,7 +68,8 @@ pub async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
     let Some(asset) =
         [&assets.script, &assets.style].into_iter().find(|a| a.path.strip_prefix("/static/") == Some(&name))
     else {
-        return (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "no-store")], "no such file").into_response();
+        return (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "no-store")], "no such file")
+            .into_response();
     };
     let cache = [
         (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
@@ -81,5 +82,6 @@ pub async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
     if unchanged {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
-    (cache, [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))], asset.body).into_response()
+    (cache, [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))], asset.body)
+        .into_response()
 }

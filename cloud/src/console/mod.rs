@@ -299,21 +299,22 @@ fn to_login(uri: &Uri) -> Response {
 
 /// The caller of a page, or the answer that sends them elsewhere: to the
 /// login page, to the password page (one-time password), or a refusal.
-fn admit(state: &AppState, parts: &Parts, kind: Kind, title: &'static str) -> Result<Shell, Response> {
-    let caller = Caller::authenticate(parts, state).map_err(|_| to_login(&parts.uri))?;
+fn admit(state: &AppState, parts: &Parts, kind: Kind, title: &'static str) -> Result<Shell, Box<Response>> {
+    let caller = Caller::authenticate(parts, state).map_err(|_| Box::new(to_login(&parts.uri)))?;
     if caller.user.must_change_password && kind != Kind::Password {
-        return Err(Redirect::to("/password").into_response());
+        return Err(Box::new(Redirect::to("/password").into_response()));
     }
     if !caller.user.must_change_password && kind == Kind::Password {
-        return Err(Redirect::to("/account").into_response());
+        return Err(Box::new(Redirect::to("/account").into_response()));
     }
     if let Some((action, scope, what)) = kind.needs()
         && let Err(refused) = caller.authorize(state, action, scope, what, None, None)
     {
-        let page = ForbiddenPage { shell: shell(state, &caller, kind, "Not allowed"), reason: refused.detail };
+        let page =
+            ForbiddenPage { shell: shell(state, &caller, kind, "Not allowed"), reason: refused.detail };
         let mut response = render(&page);
         *response.status_mut() = StatusCode::FORBIDDEN;
-        return Err(response);
+        return Err(Box::new(response));
     }
     Ok(shell(state, &caller, kind, title))
 }
@@ -332,7 +333,7 @@ async fn page(State(state): State<AppState>, request: Request, kind: Kind) -> Re
     };
     let shell = match admit(&state, &parts, kind, title) {
         Ok(shell) => shell,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match kind {
         Kind::Password => render(&PasswordPage { shell }),
@@ -349,7 +350,7 @@ async fn session(State(state): State<AppState>, Path(id): Path<u64>, request: Re
     let (parts, _) = request.into_parts();
     match admit(&state, &parts, Kind::Session, "Session") {
         Ok(shell) => render(&SessionPage { shell, id }),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 

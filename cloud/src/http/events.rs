@@ -123,7 +123,9 @@ impl Feed {
             Change::Gateway(id) => {
                 (ChangeKind::Gateway, id, caller.may(Action::ViewGateways, Scope::GatewaysRead))
             }
-            Change::Relay(id) => (ChangeKind::Relay, id, caller.may(Action::ManageRelays, Scope::GatewaysRead)),
+            Change::Relay(id) => {
+                (ChangeKind::Relay, id, caller.may(Action::ManageRelays, Scope::GatewaysRead))
+            }
         };
         allowed.then_some(ChangeEvent { kind, id })
     }

@@ -171,12 +171,15 @@ fn credential(parts: &Parts) -> Result<Credential, Refusal> {
     }
 }
 
+/// Who a credential belongs to: the user, the token's scopes, and how.
+type Identity = (User, Option<Vec<Scope>>, Via);
+
 /// Who a credential belongs to now, with what it allows.
 fn identify(
     state: &AppState,
     credential: &Credential,
     now: u64,
-) -> Result<Result<(User, Option<Vec<Scope>>, Via), Refusal>, ApiError> {
+) -> Result<Result<Identity, Refusal>, ApiError> {
     let (user_id, scopes, epoch, via) = match credential {
         Credential::Bearer(bearer) if api_tokens::is_api_token(bearer) => {
             match api_tokens::authenticate(&state.store, bearer, now) {
@@ -192,14 +195,18 @@ fn identify(
             }
         },
         Credential::Cookie(cookie) => match console::find(&state.store, cookie, now)? {
-            Ok(found) => (found.session.user_id, None, Some(found.session.epoch), Via::Console(Box::new(found))),
+            Ok(found) => {
+                (found.session.user_id, None, Some(found.session.epoch), Via::Console(Box::new(found)))
+            }
             Err(refused) => return Ok(Err(Refusal::audited(refused.to_string()))),
         },
     };
     Ok(match users::get(&state.store, user_id)? {
         Some(user) if user.disabled => Err(Refusal::audited(format!("user {} is disabled", user.name))),
         Some(user) if epoch.is_some_and(|e| e != user.token_epoch) => Err(Refusal::audited(match via {
-            Via::Console(_) => "the console session was ended (password changed or user disabled); log in again",
+            Via::Console(_) => {
+                "the console session was ended (password changed or user disabled); log in again"
+            }
             _ => "the access token was revoked; log in again",
         })),
         Some(user) => Ok((user, scopes, via)),

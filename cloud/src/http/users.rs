@@ -268,9 +268,8 @@ async fn reset_password(
     }
     let one_time = password::one_time();
     let secret = one_time.clone();
-    let hash = tokio::task::spawn_blocking(move || password::hash(&secret))
-        .await?
-        .map_err(ApiError::internal)?;
+    let hash =
+        tokio::task::spawn_blocking(move || password::hash(&secret)).await?.map_err(ApiError::internal)?;
     let (user, ()) = users::modify_audited(
         &state.store,
         id,

@@ -96,9 +96,12 @@ const Ferry = (() => {
       return;
     }
     const title = error.title || 'Something went wrong';
-    box.append(el('strong', { text: title }));
+    box.append(el('strong', { text: `${title}.` }));
     const detail = error.detail || (error.title ? '' : String(error.message || error));
-    if (detail) box.append(' ', el('span', { text: detail.endsWith('.') ? detail : `${detail}.` }));
+    if (detail) {
+      const sentence = detail.charAt(0).toUpperCase() + detail.slice(1);
+      box.append(' ', el('span', { text: sentence.endsWith('.') ? sentence : `${sentence}.` }));
+    }
     if (error.retryAfter) box.append(' ', el('span', { text: `Try again in ${error.retryAfter} s.` }));
     box.hidden = false;
   }

@@ -82,7 +82,7 @@
     const fill = () => {
       const chosen = select.value;
       select.replaceChildren(el('option', { value: '' }, 'Choose…'),
-        gateways.map((g) => el('option', { value: g.id, selected: String(g.id) === chosen },
+        ...gateways.map((g) => el('option', { value: g.id, selected: String(g.id) === chosen },
           `${g.name} (${g.site})${g.last_seen.online ? '' : ' · offline'}`)));
       const gateway = gateways.find((g) => String(g.id) === select.value);
       const checked = new Set($$('input:checked', targets).map((i) => i.value));

@@ -1,0 +1,183 @@
+//! The cloud's web console in a real browser (Debian's headless Chromium,
+//! driven by Playwright): a real `ferry-cloud serve` over HTTPS with its
+//! self-signed certificate (the browser trusts exactly its key), a fresh
+//! data folder, port 0. Each test runs one scenario script under
+//! `tests/browser/console/` and answers what it asks of the gateway side.
+//! Screenshots: `target/screenshots/console/`.
+
+use std::net::SocketAddr;
+
+use ferry_control::{SessionId, WgKey, gateway::GatewayEvent};
+use ferry_tests::{
+    browser::Scenario,
+    cloud::{Cloud, spawn},
+    control_gateway::{ControlGateway, pinned_call},
+};
+use serde_json::{Value, json};
+
+const ADMIN_PASSWORD: &str = "admin passphrase for the console test";
+
+struct Running {
+    cloud: Cloud,
+    dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = spawn(dir.path(), &[]);
+        assert!(cloud.fingerprint.is_some(), "the cloud serves HTTPS");
+        Running { cloud, dir }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.cloud.addr
+    }
+
+    fn pin(&self) -> &str {
+        self.cloud.fingerprint.as_deref().unwrap()
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.addr())
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        pinned_call(self.addr(), self.pin(), method, path, token, body)
+    }
+
+    fn login(&self, name: &str, password: &str) -> String {
+        let (status, body) =
+            self.call("POST", "/api/v1/auth/login", None, Some(json!({"name": name, "password": password})));
+        assert_eq!(status, 200, "login {name}: {body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// The admin with its own password, through the API; an access token.
+    fn admin(&self) -> String {
+        let one_time = self.cloud.one_time_password().unwrap();
+        let first = self.login("admin", &one_time);
+        let change = json!({"current_password": one_time, "new_password": ADMIN_PASSWORD});
+        assert_eq!(self.call("POST", "/api/v1/me/password", Some(&first), Some(change)).0, 204);
+        self.login("admin", ADMIN_PASSWORD)
+    }
+
+    fn user(&self, admin: &str, name: &str, role: &str, password: &str) -> u64 {
+        let (status, body) = self.call(
+            "POST",
+            "/api/v1/users",
+            Some(admin),
+            Some(json!({"name": name, "role": role, "password": password})),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["user"]["id"].as_u64().unwrap()
+    }
+
+    fn audit(&self, admin: &str, query: &str) -> Vec<Value> {
+        let (status, body) = self.call("GET", &format!("/api/v1/audit?limit=1000&{query}"), Some(admin), None);
+        assert_eq!(status, 200, "{body}");
+        body["entries"].as_array().unwrap().clone()
+    }
+
+    fn scenario(&self, script: &str) -> Scenario {
+        Scenario::new(script)
+            .screenshots("console")
+            .env("FERRY_URL", self.url())
+            .env("FERRY_PIN", self.pin())
+            .env("FERRY_DATA_DIR", self.dir.path().to_string_lossy().into_owned())
+    }
+}
+
+/// The value of `--name VALUE` in a command line.
+fn arg<'a>(command: &'a str, name: &str) -> Option<&'a str> {
+    let mut words = command.split_whitespace();
+    words.by_ref().find(|w| *w == name)?;
+    words.next()
+}
+
+/// An Administrator's first login, a technician, a gateway with targets and
+/// its enrolment command, a session released to the technician; the
+/// technician's start refused while the gateway is offline; then the
+/// gateway enrols with the very command the console showed, the start waits
+/// for the customer, the approval, a client's peer with its path and bytes,
+/// and the customer's switch-off ending it: every change appears on the open
+/// pages without a reload.
+#[test]
+fn the_console_follows_a_session_from_preparation_to_the_customers_switch_off() {
+    let running = Running::start();
+    let mut gateway: Option<ControlGateway> = None;
+    running.scenario("console/lifecycle.mjs").env("FERRY_ADMIN_ONE_TIME", running.cloud.one_time_password().unwrap()).run(
+        |kind, request| match kind {
+            "enrol" => {
+                let command = request["command"].as_str().unwrap_or_default();
+                if arg(command, "--cloud") != Some(running.url().as_str()) {
+                    return Err(format!("the command names another cloud: {command}"));
+                }
+                if arg(command, "--pin") != Some(running.pin()) {
+                    return Err(format!("the command pins another certificate: {command}"));
+                }
+                let token = arg(command, "--token").ok_or("the command has no --token")?;
+                let g = ControlGateway::enrol_and_connect(running.addr(), running.pin(), token, true);
+                let id = g.id;
+                gateway = Some(g);
+                Ok(json!({"gateway_id": id}))
+            }
+            "approve" => {
+                let g = gateway.as_ref().ok_or("no gateway enrolled")?;
+                g.approve(request["session"].as_u64().ok_or("no session")?);
+                Ok(json!({}))
+            }
+            "switch" => {
+                let g = gateway.as_ref().ok_or("no gateway enrolled")?;
+                g.switch(request["on"].as_bool().ok_or("no position")?);
+                Ok(json!({}))
+            }
+            "connect_peer" => {
+                // What `ferry connect` does at the cloud, then what the
+                // gateway reports once the peer's handshake arrives.
+                let g = gateway.as_ref().ok_or("no gateway enrolled")?;
+                let session = request["session"].as_u64().ok_or("no session")?;
+                let token = running.login(
+                    request["user"].as_str().unwrap_or_default(),
+                    request["password"].as_str().unwrap_or_default(),
+                );
+                let key = [7u8; 32];
+                let endpoint = "198.51.100.20:51820";
+                let (status, config) = running.call(
+                    "POST",
+                    &format!("/api/v1/sessions/{session}/config"),
+                    Some(&token),
+                    Some(json!({"public_key": WgKey(key).to_string(), "candidates": [endpoint]})),
+                );
+                if status != 200 {
+                    return Err(format!("issuing a configuration: {status} {config}"));
+                }
+                g.event(GatewayEvent::PeerConnected {
+                    session_id: SessionId(session),
+                    public_key: WgKey(key),
+                    endpoint: Some(endpoint.parse().unwrap()),
+                });
+                g.event(GatewayEvent::Bytes {
+                    session_id: SessionId(session),
+                    target: Some("plc".into()),
+                    rx: 123_456,
+                    tx: 65_432,
+                });
+                Ok(json!({"path": "direct", "endpoint": endpoint, "bytes": "120.6 KiB"}))
+            }
+            other => Err(format!("unknown request {other}")),
+        },
+    );
+    // What the pages did is what the cloud recorded.
+    let admin = running.login("admin", ADMIN_PASSWORD);
+    let actions: Vec<String> =
+        running.audit(&admin, "").iter().map(|e| e["action"].as_str().unwrap_or_default().to_string()).collect();
+    for action in ["user.create", "gateway.create", "gateway.enrol", "session.create", "session.approve"] {
+        assert!(actions.iter().any(|a| a == action), "no {action} in {actions:?}");
+    }
+    let refused_start = running
+        .audit(&admin, "action=session.start&allowed=false")
+        .into_iter()
+        .any(|e| e["detail"].as_str().is_some_and(|d| d.contains("offline")));
+    assert!(refused_start, "the refused start is in the audit log");
+}
