@@ -138,8 +138,9 @@ impl Scenario {
                 }
                 Line::Out(text) => match text.strip_prefix("@ferry-ask ") {
                     Some(request) => {
-                        let request: Value = serde_json::from_str(request)
-                            .unwrap_or_else(|e| panic!("{}: a malformed request {request:?}: {e}", self.script));
+                        let request: Value = serde_json::from_str(request).unwrap_or_else(|e| {
+                            panic!("{}: a malformed request {request:?}: {e}", self.script)
+                        });
                         let kind = request["kind"].as_str().unwrap_or_default().to_string();
                         log.push_str(&format!("(asked: {kind})\n"));
                         let reply = match answer(&kind, &request) {

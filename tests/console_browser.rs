@@ -74,7 +74,8 @@ impl Running {
     }
 
     fn audit(&self, admin: &str, query: &str) -> Vec<Value> {
-        let (status, body) = self.call("GET", &format!("/api/v1/audit?limit=1000&{query}"), Some(admin), None);
+        let (status, body) =
+            self.call("GET", &format!("/api/v1/audit?limit=1000&{query}"), Some(admin), None);
         assert_eq!(status, 200, "{body}");
         body["entries"].as_array().unwrap().clone()
     }
@@ -106,8 +107,10 @@ fn arg<'a>(command: &'a str, name: &str) -> Option<&'a str> {
 fn the_console_follows_a_session_from_preparation_to_the_customers_switch_off() {
     let running = Running::start();
     let mut gateway: Option<ControlGateway> = None;
-    running.scenario("console/lifecycle.mjs").env("FERRY_ADMIN_ONE_TIME", running.cloud.one_time_password().unwrap()).run(
-        |kind, request| match kind {
+    running
+        .scenario("console/lifecycle.mjs")
+        .env("FERRY_ADMIN_ONE_TIME", running.cloud.one_time_password().unwrap())
+        .run(|kind, request| match kind {
             "enrol" => {
                 let command = request["command"].as_str().unwrap_or_default();
                 if arg(command, "--cloud") != Some(running.url().as_str()) {
@@ -166,12 +169,14 @@ fn the_console_follows_a_session_from_preparation_to_the_customers_switch_off() 
                 Ok(json!({"path": "direct", "endpoint": endpoint, "bytes": "120.6 KiB"}))
             }
             other => Err(format!("unknown request {other}")),
-        },
-    );
+        });
     // What the pages did is what the cloud recorded.
     let admin = running.login("admin", ADMIN_PASSWORD);
-    let actions: Vec<String> =
-        running.audit(&admin, "").iter().map(|e| e["action"].as_str().unwrap_or_default().to_string()).collect();
+    let actions: Vec<String> = running
+        .audit(&admin, "")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default().to_string())
+        .collect();
     for action in ["user.create", "gateway.create", "gateway.enrol", "session.create", "session.approve"] {
         assert!(actions.iter().any(|a| a == action), "no {action} in {actions:?}");
     }
@@ -180,4 +185,88 @@ fn the_console_follows_a_session_from_preparation_to_the_customers_switch_off() 
         .into_iter()
         .any(|e| e["detail"].as_str().is_some_and(|d| d.contains("offline")));
     assert!(refused_start, "the refused start is in the audit log");
+}
+
+/// A remoteConnect User's view: their session only, no admin pages, the
+/// API refusing what the pages hide, and forged requests (no CSRF token, a
+/// wrong one, a cross-site form post) refused and audited.
+#[test]
+fn a_remote_connect_user_sees_only_their_sessions_and_forged_requests_fail() {
+    let running = Running::start();
+    let admin = running.admin();
+    let tech1 = running.user(&admin, "tech1", "remote_connect_user", "technician one passphrase");
+    let tech2 = running.user(&admin, "tech2", "remote_connect_user", "technician two passphrase");
+    let (status, gateway) = running.call(
+        "POST",
+        "/api/v1/gateways",
+        Some(&admin),
+        Some(json!({"name": "Mill 2", "site": "Plant Ulm", "targets": [
+            {"name": "plc", "address": "192.168.10.5", "protocol": "tcp", "ports": [{"first": 502, "last": 502}]}]})),
+    );
+    assert_eq!(status, 201, "{gateway}");
+    let gateway_id = gateway["gateway"]["id"].as_u64().unwrap();
+    let session = |name: &str, user: u64| {
+        let (status, body) = running.call(
+            "POST",
+            "/api/v1/sessions",
+            Some(&admin),
+            Some(json!({"name": name, "gateway_id": gateway_id, "targets": ["plc"], "released_to": [user],
+                "max_duration_s": 3600})),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().unwrap()
+    };
+    let own = session("Mill 2 service", tech1);
+    let other = session("Mill 2 audit", tech2);
+    running
+        .scenario("console/rights.mjs")
+        .env("FERRY_USER", "tech1")
+        .env("FERRY_USER_PASSWORD", "technician one passphrase")
+        .env("FERRY_OWN_SESSION", "Mill 2 service")
+        .env("FERRY_OWN_SESSION_ID", own.to_string())
+        .env("FERRY_OTHER_SESSION", "Mill 2 audit")
+        .env("FERRY_OTHER_SESSION_ID", other.to_string())
+        .run(|kind, _| Err(format!("nothing to ask here ({kind})")));
+    let refusals = running.audit(&admin, "actor=tech1&allowed=false");
+    let csrf = refusals.iter().filter(|e| e["action"] == "auth.csrf").count();
+    assert!(csrf >= 3, "the forged requests are audited: {refusals:?}");
+    assert!(refusals.iter().any(|e| e["action"] == "console.users"), "the refused page is audited");
+    let (_, session) = running.call("GET", &format!("/api/v1/sessions/{own}"), Some(&admin), None);
+    assert_eq!(session["state"], "prepared", "no forged request changed the session");
+}
+
+/// The security headers, the policy against injected script, framing by
+/// another site, the cookie's flags, the origin checks, and a logout that
+/// ends the session at the server.
+#[test]
+fn console_security_headers_cookie_framing_origin_and_logout() {
+    let running = Running::start();
+    let admin = running.admin();
+    running.user(&admin, "ops", "remote_connect_administrator", "operations passphrase");
+    running
+        .scenario("console/security.mjs")
+        .env("FERRY_USER", "ops")
+        .env("FERRY_USER_PASSWORD", "operations passphrase")
+        .run(|kind, _| Err(format!("nothing to ask here ({kind})")));
+    let logouts = running.audit(&admin, "actor=ops&action=auth.logout");
+    assert_eq!(logouts.len(), 1, "{logouts:?}");
+    let refused = running.audit(&admin, "actor=ops&action=auth.csrf&allowed=false");
+    assert_eq!(refused.len(), 3, "the three foreign requests are audited: {refused:?}");
+}
+
+/// TOTP enrolment with a QR code, then a login that asks for the code.
+#[test]
+fn totp_enrolment_shows_a_qr_code_and_the_login_then_asks_for_the_code() {
+    let running = Running::start();
+    let admin = running.admin();
+    running.user(&admin, "alice", "administrator", "alice's long passphrase");
+    running
+        .scenario("console/totp.mjs")
+        .env("FERRY_USER", "alice")
+        .env("FERRY_USER_PASSWORD", "alice's long passphrase")
+        .run(|kind, _| Err(format!("nothing to ask here ({kind})")));
+    let (status, users) = running.call("GET", "/api/v1/users", Some(&admin), None);
+    assert_eq!(status, 200);
+    let alice = users.as_array().unwrap().iter().find(|u| u["name"] == "alice").unwrap();
+    assert_eq!(alice["totp_enabled"], true, "{alice}");
 }

@@ -112,7 +112,12 @@ pub struct ControlGateway {
 impl ControlGateway {
     /// Enrols with `token` (as `ferry-gateway enroll` would) and connects
     /// the control channel with the switch as given.
-    pub fn enrol_and_connect(addr: SocketAddr, fingerprint: &str, token: &str, switch_on: bool) -> ControlGateway {
+    pub fn enrol_and_connect(
+        addr: SocketAddr,
+        fingerprint: &str,
+        token: &str,
+        switch_on: bool,
+    ) -> ControlGateway {
         let signing = SigningKey::from_bytes(&rand_bytes());
         let identity = hex(&signing.verifying_key().to_bytes());
         let (status, enrolled) = pinned_call(

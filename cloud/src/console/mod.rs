@@ -310,8 +310,15 @@ fn admit(state: &AppState, parts: &Parts, kind: Kind, title: &'static str) -> Re
     if let Some((action, scope, what)) = kind.needs()
         && let Err(refused) = caller.authorize(state, action, scope, what, None, None)
     {
-        let page =
-            ForbiddenPage { shell: shell(state, &caller, kind, "Not allowed"), reason: refused.detail };
+        let mut reason = refused.detail;
+        if let Some(first) = reason.get(..1) {
+            reason = first.to_uppercase() + &reason[1..];
+        }
+        // No page script runs on a refusal: there is nothing to load.
+        let page = ForbiddenPage {
+            shell: Shell { page: "forbidden", ..shell(state, &caller, kind, "Not allowed") },
+            reason,
+        };
         let mut response = render(&page);
         *response.status_mut() = StatusCode::FORBIDDEN;
         return Err(Box::new(response));

@@ -196,6 +196,7 @@ export async function scenario(name, body) {
   let step = 'starting';
   let browser = null;
   const spki = [];
+  const servers = [];
 
   const t = {
     /** Trusts the server at `url` whose certificate has fingerprint `pin`. */
@@ -248,6 +249,24 @@ export async function scenario(name, body) {
       const unexpected = problems.splice(0).filter((p) => !allowed(p));
       check(unexpected.length === 0, `the pages reported errors:\n  ${unexpected.join('\n  ')}`);
     },
+    /**
+     * Serves `routes` ({path: html}) from another site: http://localhost:PORT
+     * while the server under test is at an IP address, so the browser
+     * treats it as cross-site (as an attacker's page would be).
+     */
+    async site(routes) {
+      const server = http.createServer((req, res) => {
+        const body = routes[new URL(req.url, 'http://localhost').pathname];
+        res.writeHead(body === undefined ? 404 : 200, { 'Content-Type': 'text/html; charset=utf-8' });
+        res.end(body === undefined ? 'not here' : body);
+      });
+      await new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, '127.0.0.1', resolve);
+      });
+      servers.push(server);
+      return `http://localhost:${server.address().port}`;
+    },
     ask,
     log,
   };
@@ -271,6 +290,7 @@ export async function scenario(name, body) {
     }
   }
   if (browser) await browser.close().catch(() => {});
+  for (const server of servers) server.close();
   if (lines) lines.close();
   if (failed) process.exit(1);
   log(`scenario "${name}" passed`);

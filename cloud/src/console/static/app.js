@@ -7,6 +7,11 @@
 const Ferry = (() => {
   const pages = {};
   let clockSkewMs = 0;
+  // Set when the page goes away (logout, navigation): the event stream's
+  // end and refused requests then are expected, not a reason to redirect.
+  let leaving = false;
+  let stream = null;
+  window.addEventListener('pagehide', () => { leaving = true; });
 
   const meta = (name) => {
     const tag = document.querySelector(`meta[name="${name}"]`);
@@ -59,6 +64,8 @@ const Ferry = (() => {
   }
 
   function toLogin(expired) {
+    if (leaving) return;
+    leaving = true;
     const next = encodeURIComponent(location.pathname + location.search);
     location.assign(`/login?next=${next}${expired ? '&expired=1' : ''}`);
   }
@@ -238,6 +245,7 @@ const Ferry = (() => {
   function live(handler) {
     const badge = $('#live');
     const source = new EventSource('/api/v1/events');
+    stream = source;
     const set = (text, cls) => {
       if (!badge) return;
       badge.textContent = text;
@@ -256,6 +264,7 @@ const Ferry = (() => {
     });
     source.addEventListener('resync', () => handler(null));
     source.addEventListener('error', async () => {
+      if (leaving) return;
       set('reconnecting…', 'off');
       // A stream refused outright (the session ended) does not come back.
       if (source.readyState === EventSource.CLOSED) {
@@ -309,6 +318,8 @@ const Ferry = (() => {
   const isLive = (session) => session.state === 'active' || session.state === 'waiting_for_approval';
 
   async function logout() {
+    leaving = true;
+    if (stream) stream.close();
     try {
       await api('DELETE', '/api/v1/auth/session');
     } catch (_) {
