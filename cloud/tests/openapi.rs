@@ -74,3 +74,33 @@ fn unknown_routes_are_problems() {
     assert_eq!(reply.content_type, "application/problem+json");
     assert_eq!(reply.body["title"], Value::from("Not found"));
 }
+
+/// The console's endpoints are API operations like the others, documented
+/// with what they answer.
+#[test]
+fn the_consoles_endpoints_are_documented() {
+    let api = Api::start();
+    let doc = api.call("GET", "/api/v1/openapi.json", None, None).body;
+    let paths = &doc["paths"];
+    for (path, methods) in [
+        ("/api/v1/auth/session", &["get", "post", "delete"][..]),
+        ("/api/v1/events", &["get"]),
+        ("/api/v1/users/{id}/password", &["post"]),
+        ("/api/v1/users/releasable", &["get"]),
+        ("/api/v1/me/totp/qr", &["get"]),
+    ] {
+        for method in methods {
+            assert!(paths[path][method].is_object(), "{method} {path} is not documented");
+        }
+    }
+    let events = &paths["/api/v1/events"]["get"]["responses"]["200"]["content"];
+    assert!(events["text/event-stream"].is_object(), "{events}");
+    let qr = &paths["/api/v1/me/totp/qr"]["get"]["responses"]["200"]["content"];
+    assert!(qr["image/svg+xml"].is_object(), "{qr}");
+    let login = &paths["/api/v1/auth/session"]["post"]["responses"]["200"];
+    assert!(login["headers"]["Set-Cookie"].is_object(), "{login}");
+    for schema in ["ConsoleSessionView", "ChangeEvent", "PasswordReset", "UserRef", "PeerReport", "PeerPath"]
+    {
+        assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    }
+}
