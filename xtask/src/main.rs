@@ -19,7 +19,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Install what building and testing need (idempotent): nightly rust-src,
-    /// bpf-linker, the Debian packages the tests use, and cargo-machete.
+    /// bpf-linker, the Debian packages the tests use, cargo-machete, and the
+    /// browser tests' npm packages.
     Setup,
     /// Build the eBPF object from gateway-ebpf and print its path.
     BuildEbpf,
@@ -43,6 +44,7 @@ fn main() -> Result<()> {
             setup::toolchain()?;
             setup::debian_packages()?;
             setup::cargo_machete()?;
+            setup::browser_tests()?;
             Ok(())
         }
         Command::BuildEbpf => {

@@ -20,6 +20,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     ("util-linux", "setpriv, to run binaries without privileges"),
     ("systemd", "systemd-analyze, to verify the units and score their hardening"),
+    ("chromium", "headless Chromium, for the browser tests of the web console (driven by Playwright)"),
     (
         "coturn",
         "turnutils_stunclient, an independent STUN client for the relay's STUN interop test (its TURN server stays off: Debian ships it disabled)",
@@ -139,6 +140,56 @@ pub fn debian_packages() -> Result<()> {
     if !still.is_empty() {
         bail!("apt-get finished but these are still missing: {}", still.join(", "));
     }
+    Ok(())
+}
+
+/// The browser tests' npm packages (tests/browser: playwright-core, at the
+/// version package-lock.json pins), installed with `npm ci` into
+/// tests/browser/node_modules when the lock file changed since the last
+/// install. Playwright drives Debian's chromium; it downloads no browser.
+pub fn browser_tests() -> Result<()> {
+    let dir = workspace_root().join("tests").join("browser");
+    let lock = dir.join("package-lock.json");
+    // A copy of the lock file as last installed: equal means up to date.
+    let stamp = dir.join("node_modules").join(".ferry-installed-lock.json");
+    let wanted = std::fs::read(&lock).with_context(|| format!("reading {}", lock.display()))?;
+    if std::fs::read(&stamp).is_ok_and(|installed| installed == wanted) {
+        eprintln!("setup: browser test packages present");
+        return Ok(());
+    }
+    let node = Command::new("node").arg("--version").output();
+    let major = node.as_ref().ok().filter(|o| o.status.success()).and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    match major {
+        Some(major) if major >= 20 => {}
+        Some(major) => bail!("the browser tests need Node.js 20 or newer; this machine has {major}"),
+        None => bail!("the browser tests need Node.js 20 or newer with npm (`node` was not found)"),
+    }
+    let started = Instant::now();
+    eprintln!("setup: installing the browser test packages (npm ci in {})", dir.display());
+    let output = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .env("npm_config_update_notifier", "false")
+        .current_dir(&dir)
+        .output()
+        .context("running npm ci (is npm installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "npm ci in {} failed:\n{}{}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::write(&stamp, &wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    eprintln!("setup: browser test packages installed [{:.1}s]", started.elapsed().as_secs_f64());
     Ok(())
 }
 

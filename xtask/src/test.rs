@@ -36,6 +36,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     let started = Instant::now();
     setup::toolchain()?;
     setup::debian_packages()?;
+    setup::browser_tests()?;
     for object in ferry_lab::sweep_stale() {
         eprintln!("sweep: removed stale {object}");
     }
