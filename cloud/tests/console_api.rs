@@ -337,6 +337,15 @@ fn console_sessions_end_after_30_idle_minutes_or_12_hours() {
     assert_eq!(idle.status, 401, "{idle:?}");
     assert!(idle.body["detail"].as_str().unwrap().contains("30 minutes"), "{idle:?}");
 
+    // Neither the event stream nor the script's own reads count as use.
+    let b = Browser::login(&api, "alice");
+    let background = [("Cookie", b.cookie.as_str()), ("X-Ferry-Background", "1")];
+    api.clock.advance(20 * 60_000);
+    assert_eq!(request(&api, "GET", "/api/v1/sessions", &background, None).status, 200);
+    assert_eq!(events_status(&api, &b.cookie), 200);
+    api.clock.advance(11 * 60_000);
+    assert_eq!(b.get(&api, "/api/v1/me").status, 401, "31 minutes without a person's request");
+
     let b = Browser::login(&api, "alice");
     for _ in 0..35 {
         api.clock.advance(20 * 60_000);
@@ -477,6 +486,17 @@ fn pages_need_a_session_and_show_only_what_the_role_may() {
     assert_eq!((next.status, next.header("location")), (303, Some("/audit")));
     let away = root.get(&api, "/login?next=//evil.example/");
     assert_eq!((away.status, away.header("location")), (303, Some("/")));
+}
+
+/// The status of an event stream request (the stream is dropped at once).
+fn events_status(api: &Api, cookie: &str) -> u16 {
+    let request = ureq::http::Request::builder()
+        .method("GET")
+        .uri(format!("{}/api/v1/events", api.base))
+        .header("Cookie", cookie)
+        .body(Vec::new())
+        .unwrap();
+    agent().run(request).unwrap().status().as_u16()
 }
 
 /// Reads a server-sent event stream with the given headers: each `change`

@@ -20,7 +20,10 @@ use crate::{
 pub const COOKIE: &str = "ferry_console";
 /// The header a state-changing request sends the session's CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// A session ends after this long without a request...
+/// The header the console's script sends on the reads it makes by itself
+/// (after a change event): they do not count as use of the session.
+pub const BACKGROUND_HEADER: &str = "x-ferry-background";
+/// A session ends after this long without use (a request a person made)...
 pub const IDLE_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 /// ...and this long after login in any case.
 pub const ABSOLUTE_TIMEOUT_MS: u64 = 12 * 60 * 60 * 1000;

@@ -283,7 +283,15 @@ impl Caller {
                 state.audit(caller.event("auth.csrf", false, None, None, Some(reason.clone())));
                 return Err(ApiError::new(StatusCode::FORBIDDEN, "csrf-refused", "Request refused", reason));
             }
-            console::touch(&state.store, found, now)?;
+            // Only what a person does keeps the session from idling out:
+            // not the event stream, nor the reads the console's script
+            // makes by itself when an event arrives.
+            let automatic = safe
+                && (parts.uri.path() == "/api/v1/events"
+                    || parts.headers.contains_key(console::BACKGROUND_HEADER));
+            if !automatic {
+                console::touch(&state.store, found, now)?;
+            }
         }
         Ok(caller)
     }

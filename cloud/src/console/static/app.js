@@ -32,9 +32,15 @@ const Ferry = (() => {
     }
   }
 
+  // Reads started by a change event (within a moment of it) are the page's
+  // own doing, not the user's: they say so, and do not keep the session
+  // from ending after 30 idle minutes.
+  let automaticUntil = 0;
+
   /** Calls the API; resolves to the parsed JSON (or null), rejects with a Problem. */
   async function api(method, path, body) {
     const headers = { Accept: 'application/json' };
+    if (method === 'GET' && Date.now() < automaticUntil) headers['X-Ferry-Background'] = '1';
     if (method !== 'GET' && method !== 'HEAD') headers['X-CSRF-Token'] = meta('csrf-token');
     const init = { method, headers, credentials: 'same-origin' };
     if (body !== undefined) {
@@ -251,18 +257,24 @@ const Ferry = (() => {
       badge.textContent = text;
       badge.className = `live ${cls}`;
     };
+    const automatic = (change) => {
+      automaticUntil = Date.now() + 1000;
+      handler(change);
+    };
     source.addEventListener('open', () => {
       set('live', 'on');
-      handler(null);
+      automatic(null);
     });
     source.addEventListener('change', (event) => {
+      let change = null;
       try {
-        handler(JSON.parse(event.data));
+        change = JSON.parse(event.data);
       } catch (_) {
-        handler(null);
+        change = null;
       }
+      automatic(change);
     });
-    source.addEventListener('resync', () => handler(null));
+    source.addEventListener('resync', () => automatic(null));
     source.addEventListener('error', async () => {
       if (leaving) return;
       set('reconnecting…', 'off');
