@@ -191,6 +191,10 @@ export const VIEWPORTS = {
 export async function scenario(name, body) {
   const screenshots = process.env.FERRY_SCREENSHOTS || path.join(os.tmpdir(), 'ferry-screenshots');
   fs.mkdirSync(screenshots, { recursive: true });
+  // A failure's pictures of an earlier run would mislead a reviewer.
+  for (const file of fs.readdirSync(screenshots)) {
+    if (file.startsWith(`failure-${name}-`)) fs.rmSync(path.join(screenshots, file), { force: true });
+  }
   const pages = [];
   const problems = [];
   let step = 'starting';
