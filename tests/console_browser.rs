@@ -19,7 +19,8 @@ const ADMIN_PASSWORD: &str = "admin passphrase for the console test";
 
 struct Running {
     cloud: Cloud,
-    dir: tempfile::TempDir,
+    /// The cloud's data folder, removed after the test.
+    _dir: tempfile::TempDir,
 }
 
 impl Running {
@@ -27,7 +28,7 @@ impl Running {
         let dir = tempfile::tempdir().unwrap();
         let cloud = spawn(dir.path(), &[]);
         assert!(cloud.fingerprint.is_some(), "the cloud serves HTTPS");
-        Running { cloud, dir }
+        Running { cloud, _dir: dir }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -81,11 +82,7 @@ impl Running {
     }
 
     fn scenario(&self, script: &str) -> Scenario {
-        Scenario::new(script)
-            .screenshots("console")
-            .env("FERRY_URL", self.url())
-            .env("FERRY_PIN", self.pin())
-            .env("FERRY_DATA_DIR", self.dir.path().to_string_lossy().into_owned())
+        Scenario::new(script).screenshots("console").env("FERRY_URL", self.url()).env("FERRY_PIN", self.pin())
     }
 }
 
