@@ -28,13 +28,13 @@ pub const GROUP: &str = "ferry";
 /// `sudo usermod -aG ferry NAME` (it takes effect at their next login).
 #[derive(Args, Debug)]
 pub struct InstallArgs {
+    /// Do not run systemctl (daemon-reload, enable --now).
+    #[arg(long)]
+    pub no_systemctl: bool,
     /// Install below this folder instead of `/` (for images and packages);
     /// systemctl is not run then.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
-    /// Do not run systemctl (daemon-reload, enable --now).
-    #[arg(long)]
-    pub no_systemctl: bool,
 }
 
 /// What one step found or did.

@@ -4,21 +4,20 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::IpAddr,
     time::{Duration, Instant},
 };
 
 use ferry_tunnel::{
     PrivateKey,
     endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
-    proto::{IpNet, PeerConfig},
+    proto::PeerConfig,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
     Event, candidates,
     plan::{Plan, plan},
-    routing::{Routing, RoutingError, Rule, TABLES},
+    routing::{Route, Routing, RoutingError, Rule, TABLES},
 };
 use crate::{
     cloud::{now_ms, types::ClientConfig},
@@ -46,8 +45,6 @@ struct Tunnel {
     uid: u32,
     plan: Plan,
     endpoint: Endpoint,
-    table: u32,
-    index: u32,
     installed: Installed,
     expiry: JoinHandle<()>,
     connected_ms: u64,
@@ -56,7 +53,7 @@ struct Tunnel {
 /// What a tunnel added to the routing, so that exactly that is removed.
 #[derive(Default)]
 struct Installed {
-    routes: Vec<IpNet>,
+    routes: Vec<Route>,
     rules: Vec<Rule>,
     table: bool,
 }
@@ -264,7 +261,7 @@ impl Manager {
         };
         let result = result.and_then(|()| endpoint.add_peer(peer).map_err(|e| e.to_string()));
         if let Err(why) = result {
-            self.uninstall(uid, table, index, plan.address, &installed).await;
+            self.uninstall(uid, &installed).await;
             return Err(why);
         }
         // The handshake starts now rather than with the first packet.
@@ -286,7 +283,7 @@ impl Manager {
             endpoint = %plan.endpoint,
             "tunnel up"
         );
-        let tunnel = Tunnel { uid, plan, endpoint, table, index, installed, expiry, connected_ms: now_ms() };
+        let tunnel = Tunnel { uid, plan, endpoint, installed, expiry, connected_ms: now_ms() };
         self.tunnels.insert(id, tunnel);
         Ok(id)
     }
@@ -299,8 +296,9 @@ impl Manager {
         installed: &mut Installed,
     ) -> Result<(), String> {
         for net in &plan.allowed {
-            self.routing.add_route(table, index, *net, plan.address).await.map_err(|e| e.to_string())?;
-            installed.routes.push(*net);
+            let route = Route { table, index, to: *net, source: plan.address };
+            self.routing.add_route(&route).await.map_err(|e| e.to_string())?;
+            installed.routes.push(route);
         }
         let reverse_path = Rule { v6: false, table, uids: (0, 0), source: Some((plan.address, 32)) };
         self.routing.add_rule(&reverse_path).await.map_err(|e| e.to_string())?;
@@ -308,15 +306,15 @@ impl Manager {
         Ok(())
     }
 
-    async fn uninstall(&mut self, uid: u32, table: u32, index: u32, address: IpAddr, installed: &Installed) {
+    async fn uninstall(&mut self, uid: u32, installed: &Installed) {
         for rule in &installed.rules {
             if let Err(e) = self.routing.remove_rule(rule).await {
                 tracing::warn!(error = %e, "removing a rule");
             }
         }
-        for net in &installed.routes {
+        for route in &installed.routes {
             // Gone already if the TUN device went first.
-            if let Err(e) = self.routing.remove_route(table, index, *net, address).await
+            if let Err(e) = self.routing.remove_route(route).await
                 && e.errno() != Some(nix::errno::Errno::ESRCH as i32)
                 && e.errno() != Some(nix::errno::Errno::ENODEV as i32)
             {
@@ -360,7 +358,7 @@ impl Manager {
         tunnel.expiry.abort();
         let mut shown = view(&tunnel);
         shown.ended = Some(Ended { cause, reason: reason.clone(), at_ms: now_ms() });
-        self.uninstall(tunnel.uid, tunnel.table, tunnel.index, tunnel.plan.address, &tunnel.installed).await;
+        self.uninstall(tunnel.uid, &tunnel.installed).await;
         tracing::info!(uid = tunnel.uid, session = tunnel.plan.session_id, reason, "tunnel down");
         let uid = tunnel.uid;
         // Dropping the endpoint stops the engine and removes the TUN device.

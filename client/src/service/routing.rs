@@ -132,14 +132,7 @@ impl Routing {
     pub async fn sweep(&self) -> Result<Vec<String>, RoutingError> {
         let mut removed = Vec::new();
         for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(netlink("listing the policy rules"))?;
+            let rules = dump(self.handle.rule().get(version).execute(), "listing the policy rules").await?;
             for rule in rules.into_iter().filter(is_ours) {
                 let shown = format!("{:?}", rule.attributes);
                 self.handle.rule().del(rule).execute().await.map_err(netlink("removing a stale rule"))?;
@@ -177,14 +170,7 @@ impl Routing {
 
     /// The names of every network interface.
     pub async fn link_names(&self) -> Result<Vec<String>, RoutingError> {
-        let links: Vec<_> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(netlink("listing the interfaces"))?;
+        let links = dump(self.handle.link().get().execute(), "listing the interfaces").await?;
         Ok(links
             .into_iter()
             .filter_map(|link| {
@@ -198,14 +184,7 @@ impl Routing {
 
     /// Every address configured on this machine (in this namespace).
     pub async fn local_addresses(&self) -> Result<Vec<IpAddr>, RoutingError> {
-        let messages: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(netlink("listing the addresses"))?;
+        let messages = dump(self.handle.address().get().execute(), "listing the addresses").await?;
         Ok(messages
             .into_iter()
             .flat_map(|m| m.attributes)
@@ -225,50 +204,47 @@ impl Routing {
             .map_err(netlink(format!("adding {address}/{prefix}")))
     }
 
-    fn route(
-        table: u32,
-        index: u32,
-        to: IpNet,
-        source: IpAddr,
-    ) -> Result<rtnetlink::packet_route::route::RouteMessage, RoutingError> {
-        let family = |_| RoutingError::Family { prefix: to.to_string(), address: source };
+    /// Adds `route`.
+    pub async fn add_route(&self, route: &Route) -> Result<(), RoutingError> {
+        let what = format!("adding the route to {}", route.to);
+        self.handle.route().add(route.message()?).execute().await.map_err(netlink(what))
+    }
+
+    pub async fn remove_route(&self, route: &Route) -> Result<(), RoutingError> {
+        let what = format!("removing the route to {}", route.to);
+        self.handle.route().del(route.message()?).execute().await.map_err(netlink(what))
+    }
+}
+
+/// `TO dev INDEX src SOURCE table TABLE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub table: u32,
+    pub index: u32,
+    pub to: IpNet,
+    pub source: IpAddr,
+}
+
+impl Route {
+    fn message(&self) -> Result<rtnetlink::packet_route::route::RouteMessage, RoutingError> {
+        let family = |_| RoutingError::Family { prefix: self.to.to_string(), address: self.source };
         Ok(RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(to.addr(), to.prefix())
+            .destination_prefix(self.to.addr(), self.to.prefix())
             .map_err(family)?
-            .pref_source(source)
+            .pref_source(self.source)
             .map_err(family)?
-            .output_interface(index)
-            .table_id(table)
+            .output_interface(self.index)
+            .table_id(self.table)
             .build())
     }
+}
 
-    /// `TO dev INDEX src SOURCE table TABLE`.
-    pub async fn add_route(
-        &self,
-        table: u32,
-        index: u32,
-        to: IpNet,
-        source: IpAddr,
-    ) -> Result<(), RoutingError> {
-        let message = Self::route(table, index, to, source)?;
-        self.handle.route().add(message).execute().await.map_err(netlink(format!("adding the route to {to}")))
-    }
-
-    pub async fn remove_route(
-        &self,
-        table: u32,
-        index: u32,
-        to: IpNet,
-        source: IpAddr,
-    ) -> Result<(), RoutingError> {
-        let message = Self::route(table, index, to, source)?;
-        self.handle
-            .route()
-            .del(message)
-            .execute()
-            .await
-            .map_err(netlink(format!("removing the route to {to}")))
-    }
+/// Everything a netlink dump answers.
+async fn dump<T>(
+    answers: impl futures_util::Stream<Item = Result<T, rtnetlink::Error>>,
+    what: &str,
+) -> Result<Vec<T>, RoutingError> {
+    answers.try_collect().await.map_err(netlink(what))
 }
 
 fn errno_of(error: &rtnetlink::Error) -> Option<i32> {

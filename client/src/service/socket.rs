@@ -62,32 +62,28 @@ fn clear_stale(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
-/// Accepts connections until the manager is gone.
+/// Accepts connections for as long as the task runs (the service aborts it
+/// when it stops).
 pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = events.closed() => return,
+        let Ok((stream, _)) = listener.accept().await.inspect_err(|e| {
+            tracing::warn!(error = %e, "accepting on the client socket failed");
+        }) else {
+            // Out of file descriptors and the like: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         };
-        match accepted {
-            Ok((stream, _)) => {
-                let events = events.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection(stream, events).await {
-                        tracing::debug!(error = %e, "client socket connection");
-                    }
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                tracing::warn!(error = %e, "accepting on the client socket failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        tokio::spawn(connection(stream, events.clone()));
     }
 }
 
-async fn connection(mut stream: UnixStream, events: mpsc::Sender<Event>) -> io::Result<()> {
+async fn connection(stream: UnixStream, events: mpsc::Sender<Event>) {
+    if let Err(e) = exchange(stream, events).await {
+        tracing::debug!(error = %e, "client socket connection");
+    }
+}
+
+async fn exchange(mut stream: UnixStream, events: mpsc::Sender<Event>) -> io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.split();
     let mut line = Vec::new();
