@@ -173,6 +173,8 @@ pub struct TunnelView {
     pub config_id: u64,
     /// The TUN device.
     pub interface: String,
+    /// This end's WireGuard public key (the private one stays in the service).
+    pub public_key: String,
     /// This end's tunnel address.
     pub address: String,
     pub targets: Vec<TargetView>,

@@ -196,6 +196,7 @@ pub fn describe(t: &TunnelView, now: u64) -> String {
         field("time left:", duration(Duration::from_millis(t.expires_ms.saturating_sub(now))));
     }
     field("address:", format!("{} on {}", t.address, t.interface));
+    field("public key:", t.public_key.clone());
     let width = t.targets.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
     for (i, target) in t.targets.iter().enumerate() {
         let label = if i == 0 { "targets:" } else { "" };
@@ -215,6 +216,7 @@ mod tests {
             session_name: "press line 3".into(),
             config_id: 41,
             interface: "ferryc0".into(),
+            public_key: "PUB".into(),
             address: "100.96.0.2".into(),
             targets: vec![
                 TargetView {

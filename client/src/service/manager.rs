@@ -444,6 +444,7 @@ fn view(tunnel: &Tunnel) -> TunnelView {
         session_name: tunnel.plan.session_name.clone(),
         config_id: tunnel.plan.config_id,
         interface: tunnel.endpoint.name().to_string(),
+        public_key: tunnel.endpoint.public_key().to_base64(),
         address: tunnel.plan.address.to_string(),
         targets: tunnel.plan.targets.clone(),
         ended: None,
