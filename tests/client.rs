@@ -60,8 +60,14 @@ fn become_on_this_thread(user: User) {
     // SAFETY: plain system calls on this thread's credentials.
     unsafe {
         assert_eq!(nix::libc::syscall(nix::libc::SYS_setgroups, groups.len(), groups.as_ptr()), 0);
-        assert_eq!(nix::libc::syscall(nix::libc::SYS_setresgid, keep, user.uid as nix::libc::c_long, keep), 0);
-        assert_eq!(nix::libc::syscall(nix::libc::SYS_setresuid, keep, user.uid as nix::libc::c_long, keep), 0);
+        assert_eq!(
+            nix::libc::syscall(nix::libc::SYS_setresgid, keep, user.uid as nix::libc::c_long, keep),
+            0
+        );
+        assert_eq!(
+            nix::libc::syscall(nix::libc::SYS_setresuid, keep, user.uid as nix::libc::c_long, keep),
+            0
+        );
     }
 }
 
@@ -136,7 +142,14 @@ impl Service {
 
 /// A command of `ferry` as `user`, in `ns` when given (for the cloud), with
 /// its own configuration folder and the service's socket.
-fn ferry_as(user: User, ns: Option<&Netns>, home: &Path, socket: &Path, args: &[&str], stdin: &str) -> Output {
+fn ferry_as(
+    user: User,
+    ns: Option<&Netns>,
+    home: &Path,
+    socket: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> Output {
     let mut cmd = Command::new(bin_path("ferry"));
     ferry_lab::without_host_config(&mut cmd);
     cmd.args(args)
@@ -154,7 +167,10 @@ fn ferry_as(user: User, ns: Option<&Netns>, home: &Path, socket: &Path, args: &[
     unsafe {
         cmd.pre_exec(move || {
             if let Some(fd) = netns_fd {
-                nix::sched::setns(std::os::fd::BorrowedFd::borrow_raw(fd), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                nix::sched::setns(
+                    std::os::fd::BorrowedFd::borrow_raw(fd),
+                    nix::sched::CloneFlags::CLONE_NEWNET,
+                )?;
             }
             nix::unistd::setgroups(&groups)?;
             nix::unistd::setgid(nix::unistd::Gid::from_raw(user.uid))?;
@@ -214,7 +230,14 @@ fn config(session_id: u64, peer: &str, expires_ms: u64, endpoint: &str) -> Value
 
 /// Prepares and brings up a tunnel for `user` with a configuration made
 /// here (no cloud); returns the tunnel and the service's public key.
-fn tunnel_for(ns: &Netns, user: User, socket: &Path, session: u64, peer: &str, expires_ms: u64) -> (Value, String) {
+fn tunnel_for(
+    ns: &Netns,
+    user: User,
+    socket: &Path,
+    session: u64,
+    peer: &str,
+    expires_ms: u64,
+) -> (Value, String) {
     let prepared = ask(ns, user, socket, json!({"v": 1, "op": "prepare", "session_id": session}));
     assert_eq!(prepared["answer"], "prepared", "{prepared}");
     let public_key = prepared["public_key"].as_str().unwrap().to_string();
@@ -251,7 +274,8 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, GROUP), "the socket is 0660 with the group");
 
-    let (tunnel, tech_key) = tunnel_for(&lab.tech_ns, TECH, &socket, 8, &stand_in_keys.public, unix_ms() + 600_000);
+    let (tunnel, tech_key) =
+        tunnel_for(&lab.tech_ns, TECH, &socket, 8, &stand_in_keys.public, unix_ms() + 600_000);
     assert_eq!(tunnel["public_key"], tech_key.as_str());
     assert_eq!((tunnel["path"].as_str(), tunnel["address"].as_str()), (Some("direct"), Some("100.96.0.2")));
     let interface = tunnel["interface"].as_str().unwrap().to_string();
@@ -302,7 +326,8 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
     assert_eq!(mine[0]["peer_endpoint"], format!("{OFFICE_IP}:{GATEWAY_WG_PORT}"));
     let out = ferry_as(TECH, None, &tech_home, &socket, &["status"], "");
     let shown = String::from_utf8_lossy(&out.stdout);
-    for needle in ["session 8 \"stand-in 8\"", "state:          up", "plc-web", "100.96.0.100", "time left:"] {
+    for needle in ["session 8 \"stand-in 8\"", "state:          up", "plc-web", "100.96.0.100", "time left:"]
+    {
         assert!(shown.contains(needle), "{needle} in\n{shown}");
     }
 
@@ -313,7 +338,11 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no tunnel to session 8"), "{}", text(&out));
     let out = ferry_as(COLLEAGUE, None, &colleague_home, &socket, &["disconnect"], "");
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no tunnel up"), "{}", text(&out));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no tunnel up"),
+        "{}",
+        text(&out)
+    );
     // Nor with a preparation's number: that is its owner's too.
     let prepared = ask(&lab.tech_ns, TECH, &socket, json!({"v": 1, "op": "prepare", "session_id": 12}));
     let id = prepared["prepare_id"].clone();
@@ -349,7 +378,9 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
     let (_, _) = tunnel_for(&lab.tech_ns, TECH, &socket, 9, &stand_in_keys.public, unix_ms() + 2_000);
     assert_eq!(ferry_rules(&lab.tech_ns).len(), 2);
     let expired = poll(Duration::from_secs(20), || {
-        status_of(&lab.tech_ns, TECH, &socket).iter().any(|t| t["session_id"] == 9 && t["ended"]["cause"] == "expired")
+        status_of(&lab.tech_ns, TECH, &socket)
+            .iter()
+            .any(|t| t["session_id"] == 9 && t["ended"]["cause"] == "expired")
     });
     assert!(expired, "{:?}\n{}", status_of(&lab.tech_ns, TECH, &socket), service.log());
     assert!(ferry_rules(&lab.tech_ns).is_empty(), "{:?}", ferry_rules(&lab.tech_ns));
@@ -404,8 +435,15 @@ fn a_technician_works_a_session_with_the_cli() {
     let cloud = lab.cloud_url();
     let out = ferry(&["login", "--cloud", &cloud, "--user", "tech1", "--password-stdin"], "wrong\n");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the name or the password is wrong"), "{}", text(&out));
-    let out = ferry(&["login", "--cloud", &cloud, "--user", "tech1", "--password-stdin"], &format!("{TECH_PASSWORD}\n"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the name or the password is wrong"),
+        "{}",
+        text(&out)
+    );
+    let out = ferry(
+        &["login", "--cloud", &cloud, "--user", "tech1", "--password-stdin"],
+        &format!("{TECH_PASSWORD}\n"),
+    );
     assert!(out.status.success(), "{}", text(&out));
     let credentials = home.join("config/ferry/credentials.json");
     let meta = std::fs::metadata(&credentials).unwrap();
@@ -423,12 +461,24 @@ fn a_technician_works_a_session_with_the_cli() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry start"), "{}", text(&out));
     let out = ferry(&["start", &name], "");
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("is active"), "{}", text(&out));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("is active"),
+        "{}",
+        text(&out)
+    );
 
     // The wg-quick export: a key made here, the file with it filled in.
     let (key_file, conf) = (home.join("press.key"), home.join("press.conf"));
     let out = ferry(
-        &["export", "wg-quick", &name, "--key-file", key_file.to_str().unwrap(), "--output", conf.to_str().unwrap()],
+        &[
+            "export",
+            "wg-quick",
+            &name,
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--output",
+            conf.to_str().unwrap(),
+        ],
         "",
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -494,4 +544,108 @@ fn a_technician_works_a_session_with_the_cli() {
     assert_eq!(status, 401);
     let out = ferry(&["sessions"], "");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+
+    // An account with a second factor: the code comes after the password.
+    let second = lab.create_technician("tech2");
+    let (status, enrol) =
+        lab.api_from(&lab.tech_ns, "POST", "/api/v1/me/totp", Some(&second.token), json!({}));
+    assert_eq!(status, 200, "{enrol}");
+    let totp = ferry_cloud::auth::totp::TotpState {
+        secret: enrol["secret"].as_str().unwrap().to_string(),
+        confirmed: true,
+        last_step: 0,
+    };
+    let code = json!({"code": totp.code_at(unix_ms()).unwrap()});
+    let (status, body) =
+        lab.api_from(&lab.tech_ns, "POST", "/api/v1/me/totp/confirm", Some(&second.token), code);
+    assert_eq!(status, 204, "{body}");
+    let login = ["login", "--cloud", &cloud, "--user", "tech2", "--password-stdin"];
+    let out = ferry(&login, &format!("{TECH_PASSWORD}\n"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no TOTP code on standard input"),
+        "{}",
+        text(&out)
+    );
+    // The next step's code: the confirmation spent this step's (the cloud
+    // takes one step of skew).
+    let next = totp.code_at(unix_ms() + 30_000).unwrap();
+    let out = ferry(&login, &format!("{TECH_PASSWORD}\n{next}\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stored()["user"], "tech2");
+}
+
+/// `--help` of every command says what it does.
+#[test]
+fn every_command_explains_itself() {
+    let help = |args: &[&str]| {
+        let out = ferry_tests::bin("ferry").args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    for needle in ["sudo ferry install", "Exit status:", "  3  not logged in", "--socket <PATH>"] {
+        assert!(top.contains(needle), "{needle} in\n{top}");
+    }
+    for (command, needle) in [
+        (&["login"][..], "TOTP code"),
+        (&["login"], "FERRY_API_TOKEN"),
+        (&["logout"], "revoke"),
+        (&["sessions"], "released to them"),
+        (&["start"], "customer's approval"),
+        (&["end"], "for everyone connected"),
+        (&["export"], "wg-quick"),
+        (&["export", "wg-quick"], "private key is filled in here"),
+        (&["connect"], "never leaves the service"),
+        (&["disconnect"], "all your tunnels"),
+        (&["status"], "last handshake"),
+        (&["status"], "time left"),
+        (&["install"], "usermod -aG ferry"),
+        (&["service"], "--group-id <GID>"),
+    ] {
+        let text = help(command);
+        assert!(text.contains(&format!("Usage: ferry {}", command.join(" "))), "{command:?}:\n{text}");
+        assert!(text.contains(needle), "{needle:?} in `ferry {} --help`:\n{text}", command.join(" "));
+    }
+    let wrong = ferry_tests::bin("ferry").arg("conect").output().unwrap();
+    assert_eq!(wrong.status.code(), Some(2), "{}", text(&wrong));
+}
+
+/// `ferry install` into a folder: binary, unit and group; a second run finds
+/// everything right and changes nothing.
+#[test]
+fn install_twice_changes_nothing_the_second_time() {
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    for file in ["group", "gshadow", "passwd", "shadow"] {
+        std::fs::write(etc.join(file), "").unwrap();
+    }
+    let install = || {
+        let out = ferry_tests::bin("ferry")
+            .args(["install", "--root", root.path().to_str().unwrap(), "--no-systemctl"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = install();
+    assert!(first.contains("created  group ferry") && first.contains("usermod -aG ferry"), "{first}");
+    let unit = root.path().join("etc/systemd/system/ferry-client.service");
+    let binary = root.path().join("usr/local/bin/ferry");
+    assert_eq!(std::fs::metadata(&binary).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(std::fs::metadata(&unit).unwrap().mode() & 0o777, 0o644);
+    assert_eq!(std::fs::read(&binary).unwrap(), std::fs::read(bin_path("ferry")).unwrap());
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/ferry-client.service"));
+    assert_eq!(std::fs::read_to_string(&unit).unwrap(), shipped.unwrap());
+    let groups = std::fs::read_to_string(etc.join("group")).unwrap();
+    assert_eq!(groups.lines().filter(|l| l.starts_with("ferry:")).count(), 1, "{groups}");
+
+    let unit_file = std::fs::metadata(&unit).unwrap().ino();
+    let second = install();
+    assert_eq!(second.matches("up to date").count(), 2, "{second}");
+    assert!(second.contains("exists  group ferry"), "{second}");
+    assert_eq!(std::fs::metadata(&unit).unwrap().ino(), unit_file, "the unit was not rewritten");
+    assert_eq!(std::fs::read_to_string(etc.join("group")).unwrap(), groups);
 }

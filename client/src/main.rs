@@ -79,8 +79,9 @@ enum Command {
     /// flows; none means the gateway has not answered yet. round trip: of
     /// the last handshake, when measured. traffic: bytes received and sent
     /// through the tunnel. time left: until the configuration expires and
-    /// the tunnel goes down by itself. ended: expired, disconnected,
-    /// replaced by a new connect, or ended at the cloud with who ended it.
+    /// the tunnel goes down by itself. state: up, or down with why (expired,
+    /// disconnected, replaced by a new connect); a tunnel that went down
+    /// stays listed for a while.
     Status(tunnel::StatusArgs),
     Install(install::InstallArgs),
     /// Run the privileged service (root; systemd starts it, see `ferry install`).

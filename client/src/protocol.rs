@@ -78,7 +78,7 @@ pub enum Answer {
         candidates: Vec<String>,
     },
     Tunnel {
-        tunnel: TunnelView,
+        tunnel: Box<TunnelView>,
     },
     Tunnels {
         tunnels: Vec<TunnelView>,

@@ -89,7 +89,7 @@ pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
     };
     let mut tunnel =
         match service_client::call(socket, &Request::Up { prepare_id, config: Box::new(config) })? {
-            Answer::Tunnel { tunnel } => tunnel,
+            Answer::Tunnel { tunnel } => *tunnel,
             other => bail!("the service answered {other:?} to up"),
         };
     let deadline = Instant::now() + Duration::from_secs(args.wait);

@@ -218,7 +218,7 @@ impl Manager {
         self.ended.retain(|(owner, view)| !(*owner == uid && view.session_id == plan.session_id));
         match self.install(uid, preparation.endpoint, plan).await {
             Ok(id) => match self.tunnels.get(&id) {
-                Some(tunnel) => Answer::Tunnel { tunnel: view(tunnel) },
+                Some(tunnel) => Answer::Tunnel { tunnel: Box::new(view(tunnel)) },
                 None => Answer::error(ErrorCode::Failed, "the tunnel vanished"),
             },
             Err(e) => Answer::error(ErrorCode::Failed, format!("cannot bring the tunnel up: {e}")),
