@@ -21,12 +21,7 @@ use std::{
 };
 
 use ferry_lab::{Netns, Process};
-use ferry_tests::{
-    bin_path,
-    gateway_lab::*,
-    stand_in_gateway::StandInGateway,
-    wg::{Keys, PeerSpec, WireguardGo},
-};
+use ferry_tests::{bin_path, gateway_lab::*, stand_in_gateway::StandInGateway, wg::Keys};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -279,15 +274,7 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
     assert_eq!(tunnel["public_key"], tech_key.as_str());
     assert_eq!((tunnel["path"].as_str(), tunnel["address"].as_str()), (Some("direct"), Some("100.96.0.2")));
     let interface = tunnel["interface"].as_str().unwrap().to_string();
-    let stand_in = WireguardGo::start(
-        &lab.lab,
-        &lab.office_ns,
-        &stand_in_keys,
-        GATEWAY_WG_PORT,
-        "100.96.0.1/24",
-        &PeerSpec { public: &tech_key, allowed_ips: "100.96.0.2/32", endpoint: None, psk: None },
-    );
-    lab.office_ns.add_addr(&stand_in.ifname, "100.96.0.100/32").unwrap();
+    let stand_in = lab.office_wireguard(&stand_in_keys, &tech_key);
     let _page = Server::http(&lab.office_ns, "100.96.0.100", HTTP_PORT, PLC_PAGE);
     let witness = Server::counter(&lab.office_ns, "100.96.0.100", 9000);
 
@@ -413,11 +400,11 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
 fn a_technician_works_a_session_with_the_cli() {
     let mut lab = GatewayLab::new(Options::default());
     lab.start_cloud_and_login();
+    let tech = lab.create_technician("tech1");
     lab.start_relay();
     let gateway = lab.create_gateway("press line 3");
     let mut stand_in = StandInGateway::enrol_and_connect(&lab, &gateway.enrolment_token, true);
     lab.wait_gateway_at_cloud(gateway.id, true);
-    let tech = lab.create_technician("tech1");
     let session = lab.create_session(gateway.id, &["plc-web", "echo"], &[tech.id], 600, false);
     let name = lab.session(session)["name"].as_str().unwrap().to_string();
     let service = Service::start(&lab.tech_ns);
