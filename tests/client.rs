@@ -493,6 +493,9 @@ fn a_technician_works_a_session_with_the_cli() {
         .unwrap()
         .to_string();
     let state = stand_in.wait_for_peer(tunnel["public_key"].as_str().unwrap(), Duration::from_secs(15));
+    // The service's host candidates reached the gateway, with the tunnel's port.
+    let candidates = &state.peers[0].candidates;
+    assert!(candidates.iter().any(|c| c.ip().to_string() == TECH_IP && c.port() != 0), "{candidates:?}");
     let _data_path = stand_in.data_path(&lab, &state);
     let page = eventually(Duration::from_secs(30), || get_as(&lab.tech_ns, TECH, &web, HTTP_PORT));
     assert_eq!(page.as_deref(), Ok(PLC_PAGE), "{}", service.log());

@@ -164,7 +164,7 @@ mod tests {
     fn failures_map_to_their_exit_status() {
         let status = |e: anyhow::Error| exit_status(&e.context("while doing something"));
         assert_eq!(status(CloudError::NotLoggedIn.into()), 3);
-        let problem = cloud::types::Problem {
+        let problem = ferry_api::Problem {
             kind: "urn:ferry:problem:switch-off".into(),
             title: "Remote maintenance switched off".into(),
             status: 409,

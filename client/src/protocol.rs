@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cloud::types::ClientConfig;
+use ferry_api::ClientConfig;
 
 pub const VERSION: u32 = 1;
 /// Where the service listens unless told otherwise.

@@ -1,12 +1,12 @@
 //! HTTP/1.1 to the cloud on hyper: plain TCP for a lab's `http://` cloud, or
-//! TLS that trusts exactly the pinned certificate (`ferry_control::pin`; the
+//! TLS that trusts exactly the pinned certificate (`ferry_connect::pin`; the
 //! cloud's certificate is usually self-signed). One connection per request:
 //! the commands make a handful of calls each.
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use ferry_control::pin::{self, PinnedVerifier};
+use ferry_connect::pin::{self, PinnedVerifier};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Uri, header};
 use hyper_util::rt::TokioIo;

@@ -5,17 +5,16 @@
 
 pub mod credentials;
 pub mod http;
-pub mod types;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_api::{LoginRequest, Problem, RefreshRequest, TokenResponse};
 use hyper::Method;
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::{
     credentials::{Credentials, Secret, Store},
     http::{Address, Answer, HttpError, Transport},
-    types::{LoginRequest, Problem, RefreshRequest, TokenResponse},
 };
 
 /// How long one call to the cloud may take.
@@ -58,7 +57,7 @@ pub fn transport(url: &str, pin: Option<&str>) -> Result<Transport, CloudError> 
     let address = Address::parse(url)?;
     let pin = match pin {
         None => None,
-        Some(text) => Some(ferry_control::pin::parse_fingerprint(text).ok_or_else(|| {
+        Some(text) => Some(ferry_connect::pin::parse_fingerprint(text).ok_or_else(|| {
             CloudError::Http(HttpError::Tls {
                 authority: address.authority(),
                 detail: format!("{text:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"),

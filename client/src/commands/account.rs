@@ -7,13 +7,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use ferry_api::{LoginRequest, UserView};
 use hyper::Method;
 
 use super::block_on;
 use crate::cloud::{
     self, CloudError,
     credentials::{Credentials, Secret, Store},
-    types::{LoginRequest, UserView},
 };
 
 /// Log in to a Ferry cloud; the login is kept for the other commands.
@@ -90,8 +90,8 @@ pub fn login(args: LoginArgs) -> Result<()> {
     let pin = args
         .pin
         .as_deref()
-        .and_then(ferry_control::pin::parse_fingerprint)
-        .map(|p| ferry_control::pin::format_fingerprint(&p));
+        .and_then(ferry_connect::pin::parse_fingerprint)
+        .map(|p| ferry_connect::pin::format_fingerprint(&p));
     let token = match &args.token_file {
         Some(file) => Some(
             std::fs::read_to_string(file)

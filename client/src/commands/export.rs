@@ -8,13 +8,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
+use ferry_api::{ConfigRequest, PRIVATE_KEY_PLACEHOLDER};
 use ferry_tunnel::PrivateKey;
 
 use super::{block_on, cloud, sessions};
-use crate::{
-    cloud::types::{ConfigRequest, PRIVATE_KEY_PLACEHOLDER},
-    files,
-};
+use crate::files;
 
 #[derive(Subcommand, Debug)]
 pub enum ExportCommand {
@@ -113,7 +111,7 @@ fn wg_quick(args: WgQuickArgs) -> Result<()> {
     let file = block_on(async {
         let session = sessions::find(&mut cloud, &args.session).await?;
         let path = format!("/api/v1/sessions/{}/config/wg-quick", session.id);
-        Ok(cloud.post_for_text(&path, &ConfigRequest { public_key }).await?)
+        Ok(cloud.post_for_text(&path, &ConfigRequest { public_key, candidates: Vec::new() }).await?)
     })?;
     let filled = fill_in(&file, &key)?;
     match &args.output {

@@ -3,12 +3,10 @@
 
 use anyhow::{Result, bail};
 use clap::Args;
+use ferry_api::{SessionView, State};
 
 use super::{block_on, cloud, duration, print_json};
-use crate::cloud::{
-    Cloud, now_ms,
-    types::{SessionView, State},
-};
+use crate::cloud::{Cloud, now_ms};
 
 /// The sessions you may see, with their state and targets.
 ///
@@ -32,16 +30,6 @@ pub struct SessionArgs {
     /// The session as JSON afterwards, instead of a sentence.
     #[arg(long)]
     pub json: bool,
-}
-
-pub fn state_label(state: State) -> &'static str {
-    match state {
-        State::Prepared => "prepared",
-        State::WaitingForApproval => "waiting for approval",
-        State::Active => "active",
-        State::Ended => "ended",
-        State::Expired => "expired",
-    }
 }
 
 /// The session SESSION names: a number is an id first, then a name; a name
@@ -98,7 +86,7 @@ pub fn list(args: ListArgs) -> Result<()> {
             "{:>6}  {:<name_width$}  {:<20}  {:>11}  {}",
             s.id,
             s.name,
-            state_label(s.state),
+            s.state.label(),
             time_left(s),
             s.targets.join(", ")
         );
@@ -107,17 +95,15 @@ pub fn list(args: ListArgs) -> Result<()> {
 }
 
 fn describe(session: &SessionView) -> String {
-    let mut text = format!("Session {} {:?} is {}", session.id, session.name, state_label(session.state));
+    let mut text = format!("Session {} {:?} is {}", session.id, session.name, session.state.label());
     match session.state {
         State::Active => {
             text += &format!(" ({} left). Connect with: ferry connect {}", time_left(session), session.id)
         }
         State::WaitingForApproval => text += ": the customer must approve it at the gateway",
         State::Ended | State::Expired => {
-            // The reason's kind as the cloud names it: user, customer, duration...
-            let by = session.end_reason.as_ref().and_then(|r| serde_json::to_value(r).ok());
-            if let Some(by) = by.as_ref().and_then(|v| v["by"].as_str()) {
-                text += &format!(" (by: {})", by.replace('_', " "));
+            if let Some(reason) = &session.end_reason {
+                text += &format!(" ({})", reason.describe());
             }
         }
         State::Prepared => {}
@@ -157,12 +143,19 @@ mod tests {
             name: name.into(),
             gateway_id: 1,
             targets: vec!["plc-web".into()],
+            released_to: vec![3],
             max_duration_s: 600,
             approval_required: false,
+            created_by: "admin".into(),
+            created_ms: 1,
             state: State::Prepared,
             started_by: None,
+            started_ms: None,
             expires_ms: None,
+            ended_ms: None,
             end_reason: None,
+            bytes_rx: 0,
+            bytes_tx: 0,
         }
     }
 

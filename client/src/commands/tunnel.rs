@@ -8,13 +8,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use ferry_api::{ClientConfig, ConfigRequest, State};
 
 use super::{block_on, bytes, cloud, duration, print_json, sessions};
 use crate::{
-    cloud::{
-        Cloud, now_ms,
-        types::{ClientConfig, ConfigRequest, State},
-    },
+    cloud::{Cloud, now_ms},
     protocol::{Answer, Request, TunnelView},
     service_client::{self, ServiceError},
 };
@@ -72,14 +70,14 @@ pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
     match session.state {
         State::Active => {}
         State::Prepared => bail!("session {} is not started: `ferry start {}` first", session.id, session.id),
-        state => bail!("session {} is {}, not active", session.id, sessions::state_label(state)),
+        state => bail!("session {} is {}, not active", session.id, state.label()),
     }
-    let (prepare_id, public_key, _candidates) =
+    let (prepare_id, public_key, candidates) =
         match service_client::call(socket, &Request::Prepare { session_id: session.id })? {
             Answer::Prepared { prepare_id, public_key, candidates } => (prepare_id, public_key, candidates),
             other => bail!("the service answered {other:?} to prepare"),
         };
-    let config = match block_on(request_config(&mut cloud, session.id, public_key)) {
+    let config = match block_on(request_config(&mut cloud, session.id, public_key, candidates)) {
         Ok(config) => config,
         Err(e) => {
             // The preparation would go after two minutes anyway.
@@ -126,13 +124,17 @@ pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
     Ok(())
 }
 
-/// `POST /api/v1/sessions/{id}/config` with the service's public key.
-async fn request_config(cloud: &mut Cloud, session_id: u64, public_key: String) -> Result<ClientConfig> {
-    // SEAM: the candidates from `prepare` (and STUN's) go in the request once
-    // the cloud takes `candidates` (ferry-api's ConfigRequest); today's cloud
-    // refuses unknown fields.
+/// `POST /api/v1/sessions/{id}/config` with the service's public key and
+/// this machine's candidates, which the gateway probes.
+async fn request_config(
+    cloud: &mut Cloud,
+    session_id: u64,
+    public_key: String,
+    mut candidates: Vec<String>,
+) -> Result<ClientConfig> {
+    candidates.truncate(ferry_api::MAX_CANDIDATES);
     let path = format!("/api/v1/sessions/{session_id}/config");
-    Ok(cloud.post(&path, Some(&ConfigRequest { public_key })).await?)
+    Ok(cloud.post(&path, Some(&ConfigRequest { public_key, candidates })).await?)
 }
 
 fn print_targets(tunnel: &TunnelView) {

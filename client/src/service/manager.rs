@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry_api::ClientConfig;
 use ferry_tunnel::{
     PrivateKey,
     endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
@@ -20,7 +21,7 @@ use super::{
     routing::{Route, Routing, RoutingError, Rule, TABLES},
 };
 use crate::{
-    cloud::{now_ms, types::ClientConfig},
+    cloud::now_ms,
     protocol::{Answer, EndCause, Ended, ErrorCode, Request, TunnelView},
 };
 

@@ -13,12 +13,10 @@ use std::{
     time::Duration,
 };
 
+use ferry_api::{ClientConfig, PortRange, Protocol};
 use ferry_tunnel::{PublicKey, proto::IpNet};
 
-use crate::{
-    cloud::types::{ClientConfig, Protocol},
-    protocol::{PathKind, TargetView},
-};
+use crate::protocol::{PathKind, TargetView};
 
 /// RFC 6598's shared address space, which holds the cloud's tunnel pool.
 const SHARED_SPACE: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
@@ -68,7 +66,7 @@ fn usable_endpoint(addr: SocketAddr) -> bool {
     addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !in_shared_space(ip)
 }
 
-fn service(protocol: Protocol, ports: &[crate::cloud::types::PortRange]) -> String {
+fn service(protocol: Protocol, ports: &[PortRange]) -> String {
     let name = match protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
@@ -167,7 +165,7 @@ fn printable(text: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cloud::types::{ConfigRelay, ConfigTarget, PortRange};
+    use ferry_api::{ConfigRelay, ConfigTarget};
 
     pub fn example(peer: &str) -> ClientConfig {
         ClientConfig {
@@ -187,6 +185,8 @@ pub(crate) mod tests {
                 protocol: Protocol::Tcp,
                 ports: vec![PortRange { first: 8080, last: 8080 }, PortRange { first: 9000, last: 9010 }],
             }],
+            stun_servers: vec!["203.0.113.1:3478".into()],
+            watch_token: "watch".into(),
         }
     }
 
