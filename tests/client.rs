@@ -394,8 +394,11 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
 
 /// The whole technician flow with the CLI against the real cloud, a relay
 /// and a stand-in gateway: login (refresh tokens rotated, stored 0600),
-/// sessions, start by name, the wg-quick export, connect through the relay,
-/// traffic for the technician only, disconnect, end, logout.
+/// sessions, start by name, the wg-quick export, connect through the relay
+/// with the service's candidates, traffic for the technician only; the
+/// service's watch on the configuration: disconnect revokes it at the cloud,
+/// the customer's switch-off and an end at the cloud take the tunnel down at
+/// once with the reason, a cloud outage leaves it working; logout, TOTP.
 #[test]
 fn a_technician_works_a_session_with_the_cli() {
     let mut lab = GatewayLab::new(Options::default());
@@ -496,7 +499,7 @@ fn a_technician_works_a_session_with_the_cli() {
     // The service's host candidates reached the gateway, with the tunnel's port.
     let candidates = &state.peers[0].candidates;
     assert!(candidates.iter().any(|c| c.ip().to_string() == TECH_IP && c.port() != 0), "{candidates:?}");
-    let _data_path = stand_in.data_path(&lab, &state);
+    let data_path = stand_in.data_path(&lab, &state);
     let page = eventually(Duration::from_secs(30), || get_as(&lab.tech_ns, TECH, &web, HTTP_PORT));
     assert_eq!(page.as_deref(), Ok(PLC_PAGE), "{}", service.log());
     assert!(get_as(&lab.tech_ns, COLLEAGUE, &web, HTTP_PORT).is_err(), "another user used the tunnel");
@@ -515,14 +518,76 @@ fn a_technician_works_a_session_with_the_cli() {
     assert_ne!(stored()["refresh_token"], before, "the refresh token rotated");
     assert_ne!(stored()["access_token"], "expired-or-forged");
 
-    let out = ferry(&["disconnect", &session.to_string()], "");
+    // The service watches the configuration at the cloud with its watch
+    // token; `disconnect` revokes it there, and the gateway drops the peer.
+    let watching = |config: &Value| {
+        let config = config.clone();
+        move || {
+            let out = ferry(&["status", "--json"], "");
+            let all: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let now = all
+                .as_array()
+                .and_then(|a| a.iter().find(|t| t["config_id"] == config["config_id"]).cloned());
+            now.unwrap_or_default()
+        }
+    };
+    let first = watching(&tunnel);
+    assert!(poll(T, || first()["cloud"] == "watching"), "{}\n{}", first(), service.log());
+    let out = ferry(&["disconnect", &name], "");
     assert!(out.status.success(), "{}", text(&out));
+    assert!(first()["ended"]["reason"].as_str().unwrap().contains("revoked at the cloud"), "{}", first());
+    stand_in.wait_without_peer(tunnel["public_key"].as_str().unwrap(), Duration::from_secs(10));
     assert!(get_as(&lab.tech_ns, TECH, &web, HTTP_PORT).is_err());
-    let out = ferry(&["end", &session.to_string(), "--json"], "");
+
+    // The customer switches off: the tunnel goes at once, and says why.
+    let connect = || {
+        let out = ferry(&["connect", &name, "--wait", "0", "--json"], "");
+        assert!(out.status.success(), "{}\n{}", text(&out), service.log());
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let second = watching(&connect());
+    assert!(poll(T, || second()["cloud"] == "watching"), "{}", second());
+    stand_in.switch(false);
+    assert!(poll(Duration::from_secs(10), || second()["ended"]["cause"] == "ended"), "{}", second());
+    assert_eq!(second()["ended"]["reason"], "ended by the customer (switch off)");
+    assert!(ferry_rules(&lab.tech_ns).is_empty(), "{:?}", ferry_rules(&lab.tech_ns));
+    let out = ferry(&["status"], "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("down: ended by the customer"), "{}", text(&out));
+
+    // A cloud outage leaves a working tunnel up; the watch comes back.
+    stand_in.switch(true);
+    lab.wait_gateway_at_cloud(gateway.id, true);
+    let out = ferry(&["start", &name], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let third_tunnel = connect();
+    let state = stand_in.wait_for_peer(third_tunnel["public_key"].as_str().unwrap(), Duration::from_secs(15));
+    drop(data_path);
+    lab.gw_ns.exec("nft", &["delete", "table", "ip", "standin"]).unwrap();
+    let _data_path = stand_in.data_path(&lab, &state);
+    let page = eventually(Duration::from_secs(30), || get_as(&lab.tech_ns, TECH, &web, HTTP_PORT));
+    assert_eq!(page.as_deref(), Ok(PLC_PAGE), "{}", service.log());
+    let third = watching(&third_tunnel);
+    assert!(poll(T, || third()["cloud"] == "watching"), "{}", third());
+    lab.kill_cloud();
+    let lost = poll(Duration::from_secs(60), || {
+        third()["cloud"].as_str().is_some_and(|c| c.starts_with("cloud unreachable"))
+    });
+    assert!(lost, "{}\n{}", third(), service.log());
+    assert_eq!(get_as(&lab.tech_ns, TECH, &web, HTTP_PORT).as_deref(), Ok(PLC_PAGE), "through the outage");
+    assert!(third()["ended"].is_null(), "{}", third());
+    assert!(lab.start_cloud().is_none());
+    assert!(
+        poll(Duration::from_secs(60), || third()["cloud"] == "watching"),
+        "{}\n{}",
+        third(),
+        service.log()
+    );
+    let out = ferry(&["end", &name, "--json"], "");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["state"], "ended");
-    let out = ferry(&["start", &session.to_string()], "");
-    assert!(out.status.success(), "a user may start a released session again: {}", text(&out));
+    assert!(poll(Duration::from_secs(10), || third()["ended"]["cause"] == "ended"), "{}", third());
+    assert_eq!(third()["ended"]["reason"], "ended by tech1");
+    assert!(get_as(&lab.tech_ns, TECH, &web, HTTP_PORT).is_err());
 
     // Logout revokes at the cloud: the stored refresh token is refused.
     let refresh = stored()["refresh_token"].as_str().unwrap().to_string();

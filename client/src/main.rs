@@ -79,9 +79,11 @@ enum Command {
     /// flows; none means the gateway has not answered yet. round trip: of
     /// the last handshake, when measured. traffic: bytes received and sent
     /// through the tunnel. time left: until the configuration expires and
-    /// the tunnel goes down by itself. state: up, or down with why (expired,
-    /// disconnected, replaced by a new connect); a tunnel that went down
-    /// stays listed for a while.
+    /// the tunnel goes down by itself. cloud: the service watches the session
+    /// at the cloud and takes the tunnel down the moment it ends there; while
+    /// the cloud cannot be reached the tunnel stays up. state: up, or down
+    /// with why (expired, disconnected, replaced by a new connect, ended by
+    /// whom, revoked); a tunnel that went down stays listed for a while.
     Status(tunnel::StatusArgs),
     Install(install::InstallArgs),
     /// Run the privileged service (root; systemd starts it, see `ferry install`).

@@ -39,8 +39,15 @@ pub enum Request {
     /// [`Answer::Prepared`]. The private key stays in the service.
     Prepare { session_id: u64 },
     /// Bring the prepared tunnel up with the configuration the cloud issued
-    /// for its public key; answered with [`Answer::Tunnel`].
-    Up { prepare_id: u64, config: Box<ClientConfig> },
+    /// for its public key; answered with [`Answer::Tunnel`]. With `cloud`,
+    /// the service watches the configuration there (with its watch token,
+    /// never the user's login) and takes the tunnel down when it ends.
+    Up {
+        prepare_id: u64,
+        config: Box<ClientConfig>,
+        #[serde(default)]
+        cloud: Option<CloudLink>,
+    },
     /// Forget a preparation whose configuration never came.
     Cancel { prepare_id: u64 },
     /// Take the caller's tunnels down: the one of `session` (an id or a
@@ -56,7 +63,7 @@ impl std::fmt::Debug for Request {
         // Never the configuration: it holds the relay's token.
         match self {
             Request::Prepare { session_id } => write!(f, "prepare(session {session_id})"),
-            Request::Up { prepare_id, config } => {
+            Request::Up { prepare_id, config, .. } => {
                 write!(f, "up(prepared {prepare_id}, configuration {})", config.config_id)
             }
             Request::Cancel { prepare_id } => write!(f, "cancel({prepare_id})"),
@@ -64,6 +71,15 @@ impl std::fmt::Debug for Request {
             Request::Status => write!(f, "status"),
         }
     }
+}
+
+/// Where the cloud that issued a configuration is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudLink {
+    /// `https://host:port`.
+    pub url: String,
+    /// The SHA-256 fingerprint of its certificate, for https.
+    pub pin: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -192,6 +208,10 @@ pub struct TunnelView {
     /// When the configuration expires (milliseconds since the epoch).
     pub expires_ms: u64,
     pub connected_ms: u64,
+    /// How the watch on the configuration at the cloud is doing ("watching",
+    /// "cloud unreachable, retrying: ..."); none without a watch.
+    #[serde(default)]
+    pub cloud: Option<String>,
 }
 
 #[cfg(test)]

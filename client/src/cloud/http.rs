@@ -3,12 +3,12 @@
 //! cloud's certificate is usually self-signed). One connection per request:
 //! the commands make a handful of calls each.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use ferry_connect::pin::{self, PinnedVerifier};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::{Method, Request, Uri, header};
+use hyper::{Method, Request, Uri, body::Incoming, header};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::{
@@ -137,7 +137,8 @@ impl Transport {
         &self.address
     }
 
-    /// One request; `bearer` goes in `Authorization`, `json` is the body.
+    /// One request, its answer read whole; `bearer` goes in `Authorization`,
+    /// `json` is the body.
     pub async fn send(
         &self,
         method: Method,
@@ -145,24 +146,53 @@ impl Transport {
         bearer: Option<&str>,
         json: Option<Vec<u8>>,
     ) -> Result<Answer, HttpError> {
-        let authority = self.address.authority();
-        let work = async {
-            let tcp = TcpStream::connect((self.address.host.as_str(), self.address.port))
+        let whole = async {
+            let opened = self.head(method, path, bearer, json).await?;
+            let status = opened.status;
+            let body = Limited::new(opened.body, MAX_ANSWER)
+                .collect()
                 .await
-                .map_err(|source| HttpError::Connect { authority: authority.clone(), source })?;
-            let _ = tcp.set_nodelay(true);
-            let request = self.request(method, path, bearer, json)?;
-            match &self.tls {
-                None => round_trip(&authority, tcp, request).await,
-                Some((connector, verifier)) => {
-                    let stream = self.handshake(connector, verifier, tcp).await?;
-                    round_trip(&authority, stream, request).await
-                }
-            }
+                .map_err(|e| exchange_error(&opened.authority, &*e))?;
+            Ok(Answer { status, body: body.to_bytes() })
         };
+        self.within_timeout(whole).await
+    }
+
+    /// One request whose answer's head arrives within the timeout; its body
+    /// is then read as it comes, for as long as it lasts (server-sent events).
+    pub async fn open(&self, method: Method, path: &str, bearer: Option<&str>) -> Result<Opened, HttpError> {
+        self.within_timeout(self.head(method, path, bearer, None)).await
+    }
+
+    async fn within_timeout<T>(
+        &self,
+        work: impl Future<Output = Result<T, HttpError>>,
+    ) -> Result<T, HttpError> {
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(HttpError::Timeout { authority, after: self.timeout }),
+            Err(_) => Err(HttpError::Timeout { authority: self.address.authority(), after: self.timeout }),
+        }
+    }
+
+    async fn head(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        json: Option<Vec<u8>>,
+    ) -> Result<Opened, HttpError> {
+        let authority = self.address.authority();
+        let tcp = TcpStream::connect((self.address.host.as_str(), self.address.port))
+            .await
+            .map_err(|source| HttpError::Connect { authority: authority.clone(), source })?;
+        let _ = tcp.set_nodelay(true);
+        let request = self.request(method, path, bearer, json)?;
+        match &self.tls {
+            None => round_trip(authority, tcp, request).await,
+            Some((connector, verifier)) => {
+                let stream = self.handshake(connector, verifier, tcp).await?;
+                round_trip(authority, stream, request).await
+            }
         }
     }
 
@@ -212,26 +242,64 @@ impl Transport {
     }
 }
 
+/// An answer whose head has arrived.
+pub struct Opened {
+    pub status: u16,
+    body: Incoming,
+    authority: String,
+}
+
+impl Opened {
+    /// The next piece of the body; None at its end.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, HttpError>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    // Trailers carry nothing the client reads.
+                    if let Ok(data) = frame.into_data() {
+                        return Some(Ok(data));
+                    }
+                }
+                Err(e) => return Some(Err(exchange_error(&self.authority, &e))),
+            }
+        }
+    }
+}
+
+impl Opened {
+    /// The rest of the body, at most `max` bytes of it (a refusal's problem
+    /// document).
+    pub async fn rest(self, max: usize) -> Result<Bytes, HttpError> {
+        let authority = self.authority;
+        Ok(Limited::new(self.body, max)
+            .collect()
+            .await
+            .map_err(|e| exchange_error(&authority, &*e))?
+            .to_bytes())
+    }
+}
+
+/// hyper's whole error chain: its top-level message alone is vague.
+fn exchange_error(authority: &str, error: &dyn std::error::Error) -> HttpError {
+    let detail = std::iter::successors(Some(error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    HttpError::Exchange { authority: authority.to_string(), detail }
+}
+
 async fn round_trip(
-    authority: &str,
+    authority: String,
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     request: Request<Full<Bytes>>,
-) -> Result<Answer, HttpError> {
-    let failed = |e: &dyn std::error::Error| HttpError::Exchange {
-        authority: authority.to_string(),
-        detail: std::iter::successors(Some(e), |e| e.source())
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join(": "),
-    };
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| failed(&e))?;
+) -> Result<Opened, HttpError> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| exchange_error(&authority, &e))?;
     // Drives the socket; what goes wrong there reaches the request below.
     tokio::spawn(async move { drop(connection.await) });
-    let answer = sender.send_request(request).await.map_err(|e| failed(&e))?;
-    let status = answer.status().as_u16();
-    let body = Limited::new(answer.into_body(), MAX_ANSWER).collect().await.map_err(|e| failed(&*e))?;
-    Ok(Answer { status, body: body.to_bytes() })
+    let answer = sender.send_request(request).await.map_err(|e| exchange_error(&authority, &e))?;
+    Ok(Opened { status: answer.status().as_u16(), body: answer.into_body(), authority })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod credentials;
 pub mod http;
+pub mod sse;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,7 +84,7 @@ fn success(answer: Answer) -> Result<Answer, CloudError> {
 
 /// The problem document of a refusal; a proxy's HTML page or an empty body
 /// becomes one too, with the start of the text as detail.
-fn problem(answer: &Answer) -> Problem {
+pub fn problem(answer: &Answer) -> Problem {
     serde_json::from_slice::<Problem>(&answer.body).unwrap_or_else(|_| {
         let text: String = String::from_utf8_lossy(&answer.body).chars().take(200).collect();
         Problem {
@@ -144,6 +145,11 @@ impl Cloud {
         let credentials = store.load().map_err(|e| store_error(&store, e))?.ok_or(CloudError::NotLoggedIn)?;
         let transport = transport(&credentials.cloud, credentials.pin.as_deref())?;
         Ok(Cloud { transport, store, credentials })
+    }
+
+    /// Where this cloud is, for the service's watch on a configuration.
+    pub fn link(&self) -> crate::protocol::CloudLink {
+        crate::protocol::CloudLink { url: self.credentials.cloud.clone(), pin: self.credentials.pin.clone() }
     }
 
     pub async fn get<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, CloudError> {

@@ -138,25 +138,14 @@ mod tests {
     use super::*;
 
     fn session(id: u64, name: &str) -> SessionView {
-        SessionView {
-            id,
-            name: name.into(),
-            gateway_id: 1,
-            targets: vec!["plc-web".into()],
-            released_to: vec![3],
-            max_duration_s: 600,
-            approval_required: false,
-            created_by: "admin".into(),
-            created_ms: 1,
-            state: State::Prepared,
-            started_by: None,
-            started_ms: None,
-            expires_ms: None,
-            ended_ms: None,
-            end_reason: None,
-            bytes_rx: 0,
-            bytes_tx: 0,
-        }
+        // As the cloud lists it.
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "gateway_id": 1, "targets": ["plc-web"], "released_to": [3],
+            "max_duration_s": 600, "approval_required": false, "created_by": "admin", "created_ms": 1,
+            "state": "prepared", "started_by": null, "started_ms": null, "expires_ms": null,
+            "ended_ms": null, "end_reason": null, "subnet_index": null, "configs": [],
+        }))
+        .unwrap()
     }
 
     #[test]

@@ -85,11 +85,13 @@ pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let mut tunnel =
-        match service_client::call(socket, &Request::Up { prepare_id, config: Box::new(config) })? {
-            Answer::Tunnel { tunnel } => *tunnel,
-            other => bail!("the service answered {other:?} to up"),
-        };
+    let mut tunnel = match service_client::call(
+        socket,
+        &Request::Up { prepare_id, config: Box::new(config), cloud: Some(cloud.link()) },
+    )? {
+        Answer::Tunnel { tunnel } => *tunnel,
+        other => bail!("the service answered {other:?} to up"),
+    };
     let deadline = Instant::now() + Duration::from_secs(args.wait);
     while tunnel.last_handshake_ms.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -197,6 +199,9 @@ pub fn describe(t: &TunnelView, now: u64) -> String {
     if t.ended.is_none() {
         field("time left:", duration(Duration::from_millis(t.expires_ms.saturating_sub(now))));
     }
+    if let Some(note) = &t.cloud {
+        field("cloud:", note.clone());
+    }
     field("address:", format!("{} on {}", t.address, t.interface));
     field("public key:", t.public_key.clone());
     let width = t.targets.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
@@ -241,6 +246,7 @@ mod tests {
             tx_bytes: 812,
             expires_ms: 1_000_000 + 250_000,
             connected_ms: 1_000_000 - 60_000,
+            cloud: Some("watching".into()),
         }
     }
 
@@ -256,6 +262,7 @@ mod tests {
             "  round trip:     not measured",
             "  traffic:        1.4 KiB received, 812 B sent",
             "  time left:      4 min 10 s",
+            "  cloud:          watching",
             "  address:        100.96.0.2 on ferryc0",
             "  targets:        plc-web  100.96.0.100     tcp 8080",
             "                  echo     100.96.0.101     tcp 7000",

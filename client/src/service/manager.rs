@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_api::ClientConfig;
+use ferry_api::{ClientConfig, ConfigState, ConfigStatus};
 use ferry_tunnel::{
     PrivateKey,
     endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
@@ -19,10 +19,11 @@ use super::{
     Event, candidates,
     plan::{Plan, plan},
     routing::{Route, Routing, RoutingError, Rule, TABLES},
+    watch::{self, News},
 };
 use crate::{
     cloud::now_ms,
-    protocol::{Answer, EndCause, Ended, ErrorCode, Request, TunnelView},
+    protocol::{Answer, CloudLink, EndCause, Ended, ErrorCode, Request, TunnelView},
 };
 
 /// Preparations and tunnels one user may hold at once: each is a TUN device
@@ -49,6 +50,17 @@ struct Tunnel {
     installed: Installed,
     expiry: JoinHandle<()>,
     connected_ms: u64,
+    watch: Option<Watching>,
+}
+
+/// The watch on a tunnel's configuration at the cloud.
+struct Watching {
+    link: CloudLink,
+    /// Works for this one configuration only, and only until it expires.
+    token: String,
+    task: JoinHandle<()>,
+    /// How it is doing, for `ferry status`.
+    note: String,
 }
 
 /// What a tunnel added to the routing, so that exactly that is removed.
@@ -100,6 +112,7 @@ impl Manager {
                     self.end(tunnel, EndCause::Expired, "expired: the configuration's time ran out".into())
                         .await;
                 }
+                Event::Watch { tunnel, news } => self.watched(tunnel, news).await,
                 Event::Tick => self.drop_stale_preparations(),
                 Event::Stop(done) => {
                     self.stop().await;
@@ -113,7 +126,7 @@ impl Manager {
     async fn call(&mut self, uid: u32, request: Request) -> Answer {
         match request {
             Request::Prepare { session_id } => self.prepare(uid, session_id).await,
-            Request::Up { prepare_id, config } => self.up(uid, prepare_id, &config).await,
+            Request::Up { prepare_id, config, cloud } => self.up(uid, prepare_id, &config, cloud).await,
             Request::Cancel { prepare_id } => match self.preparations.get(&prepare_id) {
                 Some(p) if p.uid == uid => {
                     self.preparations.remove(&prepare_id);
@@ -176,7 +189,13 @@ impl Manager {
             .unwrap_or_else(|| format!("{TUN_PREFIX}x")))
     }
 
-    async fn up(&mut self, uid: u32, prepare_id: u64, config: &ClientConfig) -> Answer {
+    async fn up(
+        &mut self,
+        uid: u32,
+        prepare_id: u64,
+        config: &ClientConfig,
+        cloud: Option<CloudLink>,
+    ) -> Answer {
         let preparation = match self.preparations.remove(&prepare_id) {
             Some(p) if p.uid == uid => p,
             Some(other) => {
@@ -218,11 +237,53 @@ impl Manager {
         }
         self.ended.retain(|(owner, view)| !(*owner == uid && view.session_id == plan.session_id));
         match self.install(uid, preparation.endpoint, plan).await {
-            Ok(id) => match self.tunnels.get(&id) {
-                Some(tunnel) => Answer::Tunnel { tunnel: Box::new(view(tunnel)) },
-                None => Answer::error(ErrorCode::Failed, "the tunnel vanished"),
-            },
+            Ok(id) => {
+                self.watch(id, cloud, &config.watch_token);
+                match self.tunnels.get(&id) {
+                    Some(tunnel) => Answer::Tunnel { tunnel: Box::new(view(tunnel)) },
+                    None => Answer::error(ErrorCode::Failed, "the tunnel vanished"),
+                }
+            }
             Err(e) => Answer::error(ErrorCode::Failed, format!("cannot bring the tunnel up: {e}")),
+        }
+    }
+
+    /// Starts the watch on the tunnel's configuration, when the caller said
+    /// where the cloud is and the cloud gave a watch token.
+    fn watch(&mut self, id: u64, cloud: Option<CloudLink>, token: &str) {
+        let Some(tunnel) = self.tunnels.get_mut(&id) else { return };
+        let Some(link) = cloud.filter(|_| !token.is_empty()) else { return };
+        match watch::spawn(&link, tunnel.plan.config_id, token.to_string(), id, self.events.clone()) {
+            Ok(task) => {
+                tunnel.watch =
+                    Some(Watching { link, token: token.to_string(), task, note: "connecting".into() });
+            }
+            Err(why) => tracing::warn!(why, "cannot watch the configuration at the cloud"),
+        }
+    }
+
+    /// News from a tunnel's watch: a final status takes the tunnel down.
+    async fn watched(&mut self, id: u64, news: News) {
+        let Some(watching) = self.tunnels.get_mut(&id).and_then(|t| t.watch.as_mut()) else { return };
+        let ending = match news {
+            News::Connected => {
+                watching.note = "watching".into();
+                None
+            }
+            News::Lost(why) => {
+                watching.note = format!("cloud unreachable, retrying ({why})");
+                None
+            }
+            News::Status(status) => {
+                watching.note = "watching".into();
+                ending_of(&status)
+            }
+            News::Refused(detail) => {
+                Some((EndCause::Revoked, format!("the cloud no longer accepts this configuration: {detail}")))
+            }
+        };
+        if let Some((cause, reason)) = ending {
+            self.end(id, cause, reason).await;
         }
     }
 
@@ -284,7 +345,7 @@ impl Manager {
             endpoint = %plan.endpoint,
             "tunnel up"
         );
-        let tunnel = Tunnel { uid, plan, endpoint, installed, expiry, connected_ms: now_ms() };
+        let tunnel = Tunnel { uid, plan, endpoint, installed, expiry, connected_ms: now_ms(), watch: None };
         self.tunnels.insert(id, tunnel);
         Ok(id)
     }
@@ -357,6 +418,9 @@ impl Manager {
     async fn end(&mut self, id: u64, cause: EndCause, reason: String) -> Option<TunnelView> {
         let tunnel = self.tunnels.remove(&id)?;
         tunnel.expiry.abort();
+        if let Some(watching) = &tunnel.watch {
+            watching.task.abort();
+        }
         let mut shown = view(&tunnel);
         shown.ended = Some(Ended { cause, reason: reason.clone(), at_ms: now_ms() });
         self.uninstall(tunnel.uid, &tunnel.installed).await;
@@ -383,9 +447,20 @@ impl Manager {
         }
         let mut down = Vec::new();
         for id in chosen {
-            if let Some(view) =
-                self.end(id, EndCause::Disconnected, "disconnected (ferry disconnect)".into()).await
-            {
+            let mut reason = "disconnected (ferry disconnect)".to_string();
+            // The cloud first, so that the gateway drops the peer at once.
+            let watched = self.tunnels.get(&id).and_then(|t| Some((t.plan.config_id, t.watch.as_ref()?)));
+            if let Some((config_id, watching)) = watched {
+                match watch::revoke(&watching.link, config_id, &watching.token).await {
+                    Ok(()) => reason += ", revoked at the cloud",
+                    Err(why) => {
+                        reason += &format!(
+                            "; the cloud could not be told ({why}): the configuration ends when it expires"
+                        )
+                    }
+                }
+            }
+            if let Some(view) = self.end(id, EndCause::Disconnected, reason).await {
                 down.push(view);
             }
         }
@@ -430,6 +505,23 @@ impl Manager {
     }
 }
 
+/// What a final status means for the tunnel.
+fn ending_of(status: &ConfigStatus) -> Option<(EndCause, String)> {
+    let detail = status.detail.clone();
+    match status.state {
+        ConfigState::Live => None,
+        ConfigState::Ended => {
+            let why = status.end_reason.as_ref().map(|r| r.describe()).or(detail);
+            Some((EndCause::Ended, why.unwrap_or_else(|| "the session ended".into())))
+        }
+        ConfigState::Revoked => Some((
+            EndCause::Revoked,
+            detail.unwrap_or_else(|| "the configuration was revoked at the cloud".into()),
+        )),
+        ConfigState::Expired => Some((EndCause::Expired, "expired: the configuration's time ran out".into())),
+    }
+}
+
 fn not_yours_preparation(prepare_id: u64) -> Answer {
     Answer::error(
         ErrorCode::NotFound,
@@ -455,11 +547,11 @@ fn view(tunnel: &Tunnel) -> TunnelView {
             .as_ref()
             .and_then(|p| p.last_handshake)
             .map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
-        // SEAM: PeerStatus::handshake_rtt (tunnel endpoint seam) fills this.
-        rtt_ms: None,
+        rtt_ms: peer.as_ref().and_then(|p| p.handshake_rtt).map(|rtt| rtt.as_secs_f64() * 1000.0),
         rx_bytes: peer.as_ref().map_or(0, |p| p.rx_bytes),
         tx_bytes: peer.as_ref().map_or(0, |p| p.tx_bytes),
         expires_ms: tunnel.plan.expires_ms,
         connected_ms: tunnel.connected_ms,
+        cloud: tunnel.watch.as_ref().map(|w| w.note.clone()),
     }
 }

@@ -8,6 +8,7 @@ mod manager;
 mod plan;
 mod routing;
 mod socket;
+mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -24,6 +25,8 @@ pub enum Event {
     Call { uid: u32, request: Request, reply: oneshot::Sender<Answer> },
     /// A tunnel's configuration expired.
     Expire { tunnel: u64 },
+    /// What the watch on a tunnel's configuration at the cloud learned.
+    Watch { tunnel: u64, news: watch::News },
     /// Housekeeping: stale preparations go.
     Tick,
     /// Take everything down, then say so.
