@@ -628,6 +628,29 @@ fn a_technician_works_a_session_with_the_cli() {
     let out = ferry(&login, &format!("{TECH_PASSWORD}\n{next}\n"));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stored()["user"], "tech2");
+
+    // A script with an API token an administrator made.
+    let (status, created) =
+        lab.admin("POST", "/api/v1/tokens", json!({"name": "ci", "scopes": ["sessions:read"]}));
+    assert_eq!(status, 201, "{created}");
+    let script_home = home_of(homes.path(), COLLEAGUE);
+    let token_file = script_home.join("token");
+    std::fs::write(&token_file, created["secret"].as_str().unwrap()).unwrap();
+    std::os::unix::fs::chown(&token_file, Some(COLLEAGUE.uid), Some(COLLEAGUE.uid)).unwrap();
+    let script = |args: &[&str]| ferry_as(COLLEAGUE, Some(&tech_ns), &script_home, &socket, args, "");
+    let out = script(&["login", "--cloud", &cloud, "--token-file", token_file.to_str().unwrap()]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("with an API token"),
+        "{}",
+        text(&out)
+    );
+    let out = script(&["sessions", "--all", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|s| s["id"] == session), "{listed}");
+    let out = script(&["logout"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!script_home.join("config/ferry/credentials.json").exists());
 }
 
 /// `--help` of every command says what it does.
