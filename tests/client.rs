@@ -383,8 +383,14 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
     service.process = Service::spawn(&lab.tech_ns, &socket);
     assert!(ferry_rules(&lab.tech_ns).is_empty(), "{:?}\n{}", ferry_rules(&lab.tech_ns), service.log());
     assert_eq!(status_of(&lab.tech_ns, TECH, &socket), Vec::<Value>::new());
-    // A clean stop takes everything down too.
+    // Connecting again to a session replaces the tunnel; a clean stop takes
+    // everything down too.
     tunnel_for(&lab.tech_ns, TECH, &socket, 11, &stand_in_keys.public, unix_ms() + 600_000);
+    tunnel_for(&lab.tech_ns, TECH, &socket, 11, &stand_in_keys.public, unix_ms() + 600_000);
+    let listed = status_of(&lab.tech_ns, TECH, &socket);
+    let causes: Vec<&Value> = listed.iter().map(|t| &t["ended"]["cause"]).collect();
+    assert_eq!(causes, [&Value::Null, &json!("replaced")], "{listed:?}");
+    assert_eq!(ferry_rules(&lab.tech_ns).len(), 2);
     service.process.signal(Signal::SIGTERM).unwrap();
     assert!(service.process.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", service.log());
     assert!(ferry_rules(&lab.tech_ns).is_empty());

@@ -66,9 +66,12 @@ struct Watching {
 /// What a tunnel added to the routing, so that exactly that is removed.
 #[derive(Default)]
 struct Installed {
+    /// The TUN device's index and the tunnel address on it.
+    address: Option<(u32, std::net::IpAddr)>,
+    /// The user's table counts this tunnel.
+    table: bool,
     routes: Vec<Route>,
     rules: Vec<Rule>,
-    table: bool,
 }
 
 /// A user's routing table and the rule that selects it.
@@ -221,8 +224,10 @@ impl Manager {
         if plan.expires_ms <= now_ms() {
             return Answer::error(ErrorCode::Invalid, "the configuration has expired already");
         }
-        // A new connect to a session replaces the user's tunnel to it (the
-        // cloud revoked that configuration when it issued this one).
+        // What is listed of the session's earlier tunnels goes; a tunnel
+        // still up is replaced (the cloud revoked its configuration when it
+        // issued this one) and listed as such.
+        self.ended.retain(|(owner, view)| !(*owner == uid && view.session_id == plan.session_id));
         let older: Vec<u64> = self
             .tunnels
             .iter()
@@ -230,12 +235,11 @@ impl Manager {
             .map(|(id, _)| *id)
             .collect();
         for id in older {
-            self.end(id, EndCause::Replaced, "replaced by a new `ferry connect`".into()).await;
+            self.end(id, EndCause::Replaced, "replaced by a new ferry connect".into()).await;
         }
         if let Err(why) = self.check_conflicts(uid, &plan).await {
             return Answer::error(ErrorCode::Invalid, why);
         }
-        self.ended.retain(|(owner, view)| !(*owner == uid && view.session_id == plan.session_id));
         match self.install(uid, preparation.endpoint, plan).await {
             Ok(id) => {
                 self.watch(id, cloud, &config.watch_token);
@@ -310,10 +314,7 @@ impl Manager {
     /// again and the endpoint is dropped (which removes its TUN device).
     async fn install(&mut self, uid: u32, endpoint: Endpoint, plan: Plan) -> Result<u64, String> {
         let index = self.routing.link_index(endpoint.name()).await.map_err(|e| e.to_string())?;
-        self.routing.add_address(index, plan.address, 32).await.map_err(|e| e.to_string())?;
-        let table = self.acquire_table(uid).await.map_err(|e| e.to_string())?;
-        let mut installed = Installed { table: true, ..Installed::default() };
-        let result = self.add_routing(table, index, &plan, &mut installed).await;
+        let mut installed = Installed::default();
         let peer = PeerConfig {
             public_key: plan.peer,
             preshared_key: None,
@@ -321,6 +322,7 @@ impl Manager {
             allowed_ips: plan.allowed.clone(),
             persistent_keepalive: plan.keepalive,
         };
+        let result = self.add_routing(uid, index, &plan, &mut installed).await;
         let result = result.and_then(|()| endpoint.add_peer(peer).map_err(|e| e.to_string()));
         if let Err(why) = result {
             self.uninstall(uid, &installed).await;
@@ -350,13 +352,20 @@ impl Manager {
         Ok(id)
     }
 
+    /// The tunnel address, the user's table and rule, the routes to the
+    /// proxy addresses and the reverse-path rule, each noted in `installed`
+    /// once it is in place.
     async fn add_routing(
-        &self,
-        table: u32,
+        &mut self,
+        uid: u32,
         index: u32,
         plan: &Plan,
         installed: &mut Installed,
     ) -> Result<(), String> {
+        self.routing.add_address(index, plan.address, 32).await.map_err(|e| e.to_string())?;
+        installed.address = Some((index, plan.address));
+        let table = self.acquire_table(uid).await.map_err(|e| e.to_string())?;
+        installed.table = true;
         for net in &plan.allowed {
             let route = Route { table, index, to: *net, source: plan.address };
             self.routing.add_route(&route).await.map_err(|e| e.to_string())?;
@@ -369,19 +378,29 @@ impl Manager {
     }
 
     async fn uninstall(&mut self, uid: u32, installed: &Installed) {
+        // Gone already if the TUN device went first.
+        let gone = |e: &RoutingError| {
+            [nix::errno::Errno::ESRCH, nix::errno::Errno::ENODEV, nix::errno::Errno::EADDRNOTAVAIL]
+                .iter()
+                .any(|errno| e.errno() == Some(*errno as i32))
+        };
         for rule in &installed.rules {
             if let Err(e) = self.routing.remove_rule(rule).await {
                 tracing::warn!(error = %e, "removing a rule");
             }
         }
         for route in &installed.routes {
-            // Gone already if the TUN device went first.
             if let Err(e) = self.routing.remove_route(route).await
-                && e.errno() != Some(nix::errno::Errno::ESRCH as i32)
-                && e.errno() != Some(nix::errno::Errno::ENODEV as i32)
+                && !gone(&e)
             {
                 tracing::warn!(error = %e, "removing a route");
             }
+        }
+        if let Some((index, address)) = installed.address
+            && let Err(e) = self.routing.remove_address(index, address, 32).await
+            && !gone(&e)
+        {
+            tracing::warn!(error = %e, "removing the tunnel address");
         }
         if installed.table {
             self.release_table(uid).await;

@@ -19,11 +19,14 @@
 //! service that was killed leaves nothing that the next one cannot find and
 //! remove ([`Routing::sweep`]); the routes go with the TUN devices.
 
-use std::{net::IpAddr, ops::Range};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::Range,
+};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
-    Handle, IpVersion, RouteMessageBuilder,
+    AddressMessageBuilder, Handle, IpVersion, RouteMessageBuilder,
     packet_core::ErrorMessage,
     packet_route::{
         AddressFamily,
@@ -202,6 +205,25 @@ impl Routing {
             .execute()
             .await
             .map_err(netlink(format!("adding {address}/{prefix}")))
+    }
+
+    /// Removes an address at once: a TUN device goes only when its engine's
+    /// tasks have let go of it, and a new tunnel may want the address now.
+    pub async fn remove_address(&self, index: u32, address: IpAddr, prefix: u8) -> Result<(), RoutingError> {
+        let message = match address {
+            IpAddr::V4(v4) => {
+                AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(v4, prefix).build()
+            }
+            IpAddr::V6(v6) => {
+                AddressMessageBuilder::<Ipv6Addr>::new().index(index).address(v6, prefix).build()
+            }
+        };
+        self.handle
+            .address()
+            .del(message)
+            .execute()
+            .await
+            .map_err(netlink(format!("removing {address}/{prefix}")))
     }
 
     /// Adds `route`.
