@@ -109,10 +109,7 @@ pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
     }
     let path = tunnel.path.map_or("?", |p| p.label());
     let endpoint = tunnel.peer_endpoint.as_deref().unwrap_or("?");
-    println!(
-        "Connected to session {} {:?} through {path} ({endpoint}).",
-        tunnel.session_id, tunnel.session_name
-    );
+    println!("Connected to session {} {:?}: {path}, {endpoint}.", tunnel.session_id, tunnel.session_name);
     if tunnel.last_handshake_ms.is_none() && args.wait > 0 {
         println!("No handshake with the gateway yet; `ferry status` shows when it comes.");
     }
