@@ -339,6 +339,17 @@ fn the_service_gives_each_user_only_their_own_tunnel() {
     let cancel = json!({"v": 1, "op": "cancel", "prepare_id": id});
     assert_eq!(ask(&lab.tech_ns, COLLEAGUE, &socket, cancel.clone())["code"], "not_found");
     assert_eq!(ask(&lab.tech_ns, TECH, &socket, cancel)["answer"], "done");
+    // What no cloud issues is refused: an address outside the pool, a
+    // configuration for a month.
+    for (change, why) in
+        [("address", json!("192.168.50.77/32")), ("expires_ms", json!(unix_ms() + 30 * 86_400_000))]
+    {
+        let prepared = ask(&lab.tech_ns, TECH, &socket, json!({"v": 1, "op": "prepare", "session_id": 13}));
+        let mut forged = config(13, &stand_in_keys.public, unix_ms() + 60_000, "192.0.2.130:1");
+        forged[change] = why;
+        let up = json!({"v": 1, "op": "up", "prepare_id": prepared["prepare_id"], "config": forged});
+        assert_eq!(ask(&lab.tech_ns, TECH, &socket, up)["code"], "invalid", "{change}");
+    }
     // A user outside the group does not get in at all.
     let out = ferry_as(OUTSIDER, None, &outsider_home, &socket, &["status"], "");
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));

@@ -31,6 +31,8 @@ use crate::{
 pub const MAX_PER_USER: usize = 8;
 /// A preparation whose configuration does not come within this is dropped.
 pub const PREPARATION_TTL: Duration = Duration::from_secs(120);
+/// A cloud's sessions last at most 7 days; a day more for clocks that differ.
+const LONGEST_CONFIGURATION: Duration = Duration::from_secs(8 * 24 * 3600);
 /// Ended tunnels `ferry status` still shows, per user.
 const ENDED_KEPT: usize = 8;
 /// The TUN devices are `ferryc0`, `ferryc1`...
@@ -223,6 +225,12 @@ impl Manager {
         }
         if plan.expires_ms <= now_ms() {
             return Answer::error(ErrorCode::Invalid, "the configuration has expired already");
+        }
+        if plan.expires_ms > now_ms().saturating_add(LONGEST_CONFIGURATION.as_millis() as u64) {
+            return Answer::error(
+                ErrorCode::Invalid,
+                "the configuration lasts longer than a Ferry session can (7 days)",
+            );
         }
         // What is listed of the session's earlier tunnels goes; a tunnel
         // still up is replaced (the cloud revoked its configuration when it
