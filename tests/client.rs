@@ -501,6 +501,22 @@ fn a_technician_works_a_session_with_the_cli() {
     let exported_public = ferry_tunnel::PrivateKey::from_base64(&private).unwrap().public_key().to_base64();
     stand_in.wait_for_peer(&exported_public, Duration::from_secs(15));
 
+    // The relays' STUN servers see the tunnel's own socket: the
+    // server-reflexive candidate has its port.
+    let (status, stun) = lab.api_from(&lab.tech_ns, "GET", "/api/v1/stun", Some(&tech.token), Value::Null);
+    assert_eq!(status, 200, "{stun}");
+    assert!(!stun["servers"].as_array().unwrap().is_empty(), "{stun}");
+    let prepare = json!({"v": 1, "op": "prepare", "session_id": session, "stun_servers": stun["servers"]});
+    let prepared = ask(&lab.tech_ns, TECH, &socket, prepare);
+    let reflexive = prepared["reflexive"].as_array().cloned().unwrap_or_default();
+    assert_eq!(reflexive.len(), 1, "{prepared}");
+    let seen: SocketAddr = reflexive[0].as_str().unwrap().parse().unwrap();
+    assert_eq!(seen.ip().to_string(), TECH_IP, "{prepared}");
+    let host = prepared["candidates"].as_array().unwrap();
+    assert!(host.contains(&json!(seen.to_string())), "the same socket: {prepared}");
+    let cancel = json!({"v": 1, "op": "cancel", "prepare_id": prepared["prepare_id"]});
+    assert_eq!(ask(&lab.tech_ns, TECH, &socket, cancel)["answer"], "done");
+
     // Connect: the service's key, through the relay.
     let out = ferry(&["connect", &name, "--wait", "0", "--json"], "");
     assert!(out.status.success(), "{}\n{}", text(&out), service.log());

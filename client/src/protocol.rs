@@ -35,9 +35,14 @@ pub struct Envelope<T> {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Make a key pair and a WireGuard socket for a session; answered with
+    /// Make a key pair and a WireGuard socket for a session, and ask the
+    /// STUN servers (`IP:port`) what they see of that socket; answered with
     /// [`Answer::Prepared`]. The private key stays in the service.
-    Prepare { session_id: u64 },
+    Prepare {
+        session_id: u64,
+        #[serde(default)]
+        stun_servers: Vec<String>,
+    },
     /// Bring the prepared tunnel up with the configuration the cloud issued
     /// for its public key; answered with [`Answer::Tunnel`]. With `cloud`,
     /// the service watches the configuration there (with its watch token,
@@ -62,7 +67,7 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the configuration: it holds the relay's token.
         match self {
-            Request::Prepare { session_id } => write!(f, "prepare(session {session_id})"),
+            Request::Prepare { session_id, .. } => write!(f, "prepare(session {session_id})"),
             Request::Up { prepare_id, config, .. } => {
                 write!(f, "up(prepared {prepare_id}, configuration {})", config.config_id)
             }
@@ -90,8 +95,11 @@ pub enum Answer {
         /// base64, as the cloud wants it in the configuration request.
         public_key: String,
         /// This machine's direct-path candidates (`IP:port` of the tunnel's
-        /// UDP socket).
+        /// UDP socket): the host ones and the server-reflexive ones.
         candidates: Vec<String>,
+        /// The server-reflexive ones alone: what the STUN servers saw.
+        #[serde(default)]
+        reflexive: Vec<String>,
     },
     Tunnel {
         tunnel: Box<TunnelView>,
@@ -223,7 +231,7 @@ mod tests {
         let line = r#"{"v":1,"op":"prepare","session_id":12}"#;
         let parsed: Envelope<Request> = serde_json::from_str(line).unwrap();
         assert_eq!(parsed.v, 1);
-        assert!(matches!(parsed.body, Request::Prepare { session_id: 12 }));
+        assert!(matches!(parsed.body, Request::Prepare { session_id: 12, .. }));
         let parsed: Envelope<Request> =
             serde_json::from_str(r#"{"v":1,"op":"down","session":null}"#).unwrap();
         assert!(matches!(parsed.body, Request::Down { session: None }));

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use ferry_api::{ClientConfig, ConfigRequest, State};
+use ferry_api::{ClientConfig, ConfigRequest, State, StunServers};
 
 use super::{block_on, bytes, cloud, duration, print_json, sessions};
 use crate::{
@@ -72,9 +72,20 @@ pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
         State::Prepared => bail!("session {} is not started: `ferry start {}` first", session.id, session.id),
         state => bail!("session {} is {}, not active", session.id, state.label()),
     }
+    // The relays' STUN servers, for the server-reflexive candidates; a cloud
+    // that has none (or predates them) leaves the host candidates.
+    let stun_servers = match block_on(async { Ok(cloud.get::<StunServers>("/api/v1/stun").await?) }) {
+        Ok(stun) => stun.servers,
+        Err(e) => {
+            tracing::info!(error = %e, "no STUN servers from the cloud");
+            Vec::new()
+        }
+    };
     let (prepare_id, public_key, candidates) =
-        match service_client::call(socket, &Request::Prepare { session_id: session.id })? {
-            Answer::Prepared { prepare_id, public_key, candidates } => (prepare_id, public_key, candidates),
+        match service_client::call(socket, &Request::Prepare { session_id: session.id, stun_servers })? {
+            Answer::Prepared { prepare_id, public_key, candidates, .. } => {
+                (prepare_id, public_key, candidates)
+            }
             other => bail!("the service answered {other:?} to prepare"),
         };
     let config = match block_on(request_config(&mut cloud, session.id, public_key, candidates)) {

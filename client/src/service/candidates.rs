@@ -1,11 +1,24 @@
-//! This machine's host candidates: the addresses of its interfaces that a
-//! gateway could reach it at, with the port of the tunnel's UDP socket.
-//! (Server-reflexive candidates, what a relay's STUN server sees, join them
-//! when the STUN client of `ferry-connect` is wired in.)
+//! This machine's candidates for direct paths, with the port of the tunnel's
+//! UDP socket: its host addresses, and the server-reflexive ones, what the
+//! relays' STUN servers see of queries sent from that very socket (so they
+//! name the NAT mapping WireGuard uses).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
+use ferry_connect::stun::{TRANSACTION_LEN, binding_request, parse_binding_response};
+use ferry_tunnel::endpoint::Endpoint;
 use nix::{ifaddrs::getifaddrs, net::if_::InterfaceFlags};
+use rand_core::{OsRng, RngCore as _};
+use tokio::{sync::mpsc, time::Instant};
+
+/// STUN servers asked; the relays' answer the same.
+const MAX_STUN_SERVERS: usize = 4;
+/// How long `connect` waits for the STUN answers in all; a query is sent
+/// again halfway, for a lost datagram.
+pub const STUN_WAIT: Duration = Duration::from_millis(600);
 
 /// The most host candidates reported (the cloud takes 16 in all).
 const MAX_HOST: usize = 8;
@@ -33,6 +46,45 @@ pub fn host(port: u16, own_tun_prefix: &str) -> Vec<SocketAddr> {
         }
     }
     out
+}
+
+/// What `servers` see of the tunnel's socket, each address once.
+pub async fn reflexive(endpoint: &Endpoint, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+    let (tx, mut answers) = mpsc::channel(16);
+    endpoint.set_side_channel(tx);
+    let mut asking: Vec<(SocketAddr, [u8; TRANSACTION_LEN])> = servers
+        .iter()
+        .take(MAX_STUN_SERVERS)
+        .map(|server| {
+            let mut transaction = [0u8; TRANSACTION_LEN];
+            OsRng.fill_bytes(&mut transaction);
+            (SocketAddr::new(server.ip().to_canonical(), server.port()), transaction)
+        })
+        .collect();
+    let mut found = Vec::new();
+    let deadline = Instant::now() + STUN_WAIT;
+    for round_end in [Instant::now() + STUN_WAIT / 2, deadline] {
+        for (server, transaction) in &asking {
+            if let Err(e) = endpoint.send_raw(*server, &binding_request(transaction)).await {
+                tracing::debug!(%server, error = %e, "a STUN query did not leave");
+            }
+        }
+        while !asking.is_empty() {
+            let Ok(Some(datagram)) = tokio::time::timeout_at(round_end, answers.recv()).await else { break };
+            let from = SocketAddr::new(datagram.from.ip().to_canonical(), datagram.from.port());
+            let Some(at) = asking.iter().position(|(server, _)| *server == from) else { continue };
+            match parse_binding_response(&datagram.payload, &asking[at].1) {
+                Ok(mapped) => {
+                    asking.swap_remove(at);
+                    if !found.contains(&mapped) {
+                        found.push(mapped);
+                    }
+                }
+                Err(e) => tracing::debug!(%from, error = %e, "not the STUN answer awaited"),
+            }
+        }
+    }
+    found
 }
 
 /// Addresses another host could send to (link-local ones need a scope that

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -130,7 +131,9 @@ impl Manager {
 
     async fn call(&mut self, uid: u32, request: Request) -> Answer {
         match request {
-            Request::Prepare { session_id } => self.prepare(uid, session_id).await,
+            Request::Prepare { session_id, stun_servers } => {
+                self.prepare(uid, session_id, &stun_servers).await
+            }
             Request::Up { prepare_id, config, cloud } => self.up(uid, prepare_id, &config, cloud).await,
             Request::Cancel { prepare_id } => match self.preparations.get(&prepare_id) {
                 Some(p) if p.uid == uid => {
@@ -149,7 +152,7 @@ impl Manager {
             + self.tunnels.values().filter(|t| t.uid == uid).count()
     }
 
-    async fn prepare(&mut self, uid: u32, session_id: u64) -> Answer {
+    async fn prepare(&mut self, uid: u32, session_id: u64, stun_servers: &[String]) -> Answer {
         if self.held_by(uid) >= MAX_PER_USER {
             return Answer::error(
                 ErrorCode::Limit,
@@ -177,13 +180,18 @@ impl Manager {
             Err(e) => return Answer::error(ErrorCode::Failed, format!("cannot start the tunnel: {e}")),
         };
         let public_key = endpoint.public_key().to_base64();
-        let candidates =
-            candidates::host(endpoint.local_port(), TUN_PREFIX).iter().map(|c| c.to_string()).collect();
+        let servers: Vec<SocketAddr> = stun_servers.iter().filter_map(|s| s.parse().ok()).collect();
+        let reflexive = candidates::reflexive(&endpoint, &servers).await;
+        let mut all = candidates::host(endpoint.local_port(), TUN_PREFIX);
+        all.extend(reflexive.iter().filter(|r| !all.contains(r)).copied().collect::<Vec<_>>());
+        all.truncate(ferry_api::MAX_CANDIDATES);
+        let candidates = all.iter().map(|c| c.to_string()).collect();
+        let reflexive = reflexive.iter().map(|c| c.to_string()).collect();
         let prepare_id = self.next_id;
         self.next_id += 1;
         tracing::info!(uid, session_id, prepare_id, interface = endpoint.name(), "prepared");
         self.preparations.insert(prepare_id, Preparation { uid, session_id, endpoint, made: Instant::now() });
-        Answer::Prepared { prepare_id, public_key, candidates }
+        Answer::Prepared { prepare_id, public_key, candidates, reflexive }
     }
 
     async fn free_tun_name(&self) -> Result<String, RoutingError> {
