@@ -232,6 +232,14 @@ impl Core {
                     self.paths.note_rx(&key, from, now);
                 }
             }
+            if let Active::WebSocket(ws) = &mut peer.active
+                && ws.newly_up()
+                && self.paths.status(&key).is_some_and(|s| s.selected == Selected::Relay)
+            {
+                // What WireGuard sent before the connection was up is lost;
+                // a handshake now, rather than at its next retry.
+                self.endpoint.rekey(&status.public_key);
+            }
             let can_switch = peer.plan.mode == TransportMode::Auto
                 && peer.plan.relay.as_ref().is_some_and(|r| r.websocket.is_some());
             let handshake = status.last_handshake;

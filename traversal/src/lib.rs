@@ -35,10 +35,14 @@
 //! endpoint.remove_peer(&key);
 //! ```
 //!
-//! Call [`Traversal::start`] inside a tokio runtime, in the network
-//! namespace of the endpoint's socket: the interfaces are read through a
-//! netlink socket made there. Every other method is synchronous and takes
-//! effect before it returns (the task only sends what they queued).
+//! Call [`Traversal::start`] inside a tokio runtime. Everything must be in
+//! the network namespace of the endpoint's socket, as it is in a daemon that
+//! runs in one: the interfaces are read through a netlink socket that
+//! `start` opens on the calling thread, and the WebSocket relay's TCP
+//! connections are dialled from the runtime's threads (a test that puts
+//! endpoints in several namespaces gives each a runtime built inside its
+//! namespace). Every other method is synchronous and takes effect before it
+//! returns (the task only sends what they queued).
 //!
 //! # What it never does
 //!

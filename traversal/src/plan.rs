@@ -125,8 +125,8 @@ pub(crate) fn usable_ip(ip: IpAddr, deny: &[IpNet]) -> bool {
         IpAddr::V4(v4) => v4.is_broadcast() || v4.is_link_local(),
         IpAddr::V6(v6) => v6.is_unicast_link_local() || is_virtual(SocketAddr::new(ip, 0)),
     };
-    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || special)
-        && !deny.iter().any(|net| net.contains(ip))
+    let denied = deny.iter().any(|net| net.contains(ip));
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || special || denied)
 }
 
 /// The peer's candidates worth probing, in their order, IPv4 as IPv4, each

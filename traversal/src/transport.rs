@@ -42,6 +42,8 @@ pub(crate) struct WsAttached {
     sink: Arc<WsSink>,
     addr: SocketAddr,
     pump: JoinHandle<()>,
+    /// The connection [`WsAttached::newly_up`] last reported.
+    up_seen: Option<std::time::Instant>,
 }
 
 impl WsAttached {
@@ -59,7 +61,7 @@ impl WsAttached {
         let port = endpoint.attach_transport(sink.clone());
         let addr = port.addr();
         let pump = runtime.spawn(pump(port, incoming));
-        Ok(WsAttached { sink, addr, pump })
+        Ok(WsAttached { sink, addr, pump, up_seen: None })
     }
 
     /// The virtual address the peer's endpoint is set to.
@@ -69,6 +71,18 @@ impl WsAttached {
 
     pub(crate) fn state(&self) -> WsState {
         self.sink.0.state()
+    }
+
+    /// Whether a connection came up since the last call: datagrams sent
+    /// while it was down were dropped, so a handshake is worth starting.
+    pub(crate) fn newly_up(&mut self) -> bool {
+        match self.state() {
+            WsState::Up { since } if self.up_seen != Some(since) => {
+                self.up_seen = Some(since);
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn stats(&self) -> WsStats {
