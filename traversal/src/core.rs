@@ -232,9 +232,19 @@ impl Core {
                     self.paths.note_rx(&key, from, now);
                 }
             }
+            let selected = self.paths.status(&key).map(|s| s.selected);
+            if let Some(Selected::Direct(direct)) = selected
+                && status.endpoint.is_some()
+                && status.endpoint == peer.active.addr()
+            {
+                // WireGuard's roaming followed a datagram that came through
+                // the relay (the peer had not moved yet): the verified direct
+                // path stays ours to send on, and the peer's roaming follows.
+                self.endpoint.set_peer_endpoint(&status.public_key, direct);
+            }
             if let Active::WebSocket(ws) = &mut peer.active
                 && ws.newly_up()
-                && self.paths.status(&key).is_some_and(|s| s.selected == Selected::Relay)
+                && selected == Some(Selected::Relay)
             {
                 // What WireGuard sent before the connection was up is lost;
                 // a handshake now, rather than at its next retry.
