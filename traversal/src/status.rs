@@ -73,31 +73,15 @@ pub struct PeerPath {
 
 /// Peers by path, for a gauge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PathCounts {
-    pub direct: u64,
-    pub udp_relay: u64,
-    pub websocket_relay: u64,
-    pub none: u64,
-}
+pub struct PathCounts([u64; PathKind::ALL.len()]);
 
 impl PathCounts {
     pub fn get(&self, kind: PathKind) -> u64 {
-        match kind {
-            PathKind::Direct => self.direct,
-            PathKind::UdpRelay => self.udp_relay,
-            PathKind::WebSocketRelay => self.websocket_relay,
-            PathKind::None => self.none,
-        }
+        self.0[kind as usize]
     }
 
     pub(crate) fn count(&mut self, kind: PathKind) {
-        let counter = match kind {
-            PathKind::Direct => &mut self.direct,
-            PathKind::UdpRelay => &mut self.udp_relay,
-            PathKind::WebSocketRelay => &mut self.websocket_relay,
-            PathKind::None => &mut self.none,
-        };
-        *counter += 1;
+        self.0[kind as usize] += 1;
     }
 }
 

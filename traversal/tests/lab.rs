@@ -315,7 +315,7 @@ fn cone_nats_start_on_the_relay_then_go_direct_over_reflexive_candidates() {
     }
     let stats = a.traversal.stats();
     assert!(stats.stun_answers >= 1 && stats.probes.pongs_received >= 1, "{stats:?}");
-    assert_eq!(stats.paths.direct, 1, "{stats:?}");
+    assert_eq!(stats.paths.get(PathKind::Direct), 1, "{stats:?}");
     // Forgetting the peer stops its probes and its tag at once.
     assert_eq!(*a.traversal.probe_tags().borrow(), vec![a.endpoint.probe_secrets(&b.key).unwrap().tag_in]);
     assert!(a.traversal.remove_peer(&b.key));
@@ -326,13 +326,20 @@ fn cone_nats_start_on_the_relay_then_go_direct_over_reflexive_candidates() {
     assert_eq!(a.traversal.stats().probes.pings_sent, sent, "probes after remove_peer");
 }
 
+/// The lab with each side managing the other, given the other's candidates
+/// as soon as it has a server-reflexive one, on the UDP relay.
+fn paired(nat_a: Nat, nat_b: Nat) -> World {
+    let w = world(nat_a, nat_b, TraversalOptions::default());
+    let (cand_a, cand_b) = (reflexive_candidates(&w.a, A_WAN), reflexive_candidates(&w.b, B_WAN));
+    w.a.traversal.upsert_peer(w.b.key, relay_plan(TransportMode::Udp, cand_b)).unwrap();
+    w.b.traversal.upsert_peer(w.a.key, relay_plan(TransportMode::Udp, cand_a)).unwrap();
+    w
+}
+
 #[test]
 fn a_symmetric_nat_keeps_the_pair_on_the_relay() {
-    let w = world(Nat::Cone, Nat::Symmetric, TraversalOptions::default());
+    let w = paired(Nat::Cone, Nat::Symmetric);
     let (a, b) = (&w.a, &w.b);
-    let (cand_a, cand_b) = (reflexive_candidates(a, A_WAN), reflexive_candidates(b, B_WAN));
-    a.traversal.upsert_peer(b.key, relay_plan(TransportMode::Udp, cand_b)).unwrap();
-    b.traversal.upsert_peer(a.key, relay_plan(TransportMode::Udp, cand_a)).unwrap();
     wait_ping(&a.ns, B_TUN);
     // Through the fast phase and beyond: probes go out, none is answered.
     let until = Instant::now() + ferry_paths::FAST_PHASE + Duration::from_secs(2);
@@ -351,11 +358,8 @@ fn a_symmetric_nat_keeps_the_pair_on_the_relay() {
 
 #[test]
 fn a_cut_direct_path_falls_back_to_the_relay_and_traffic_goes_on() {
-    let w = world(Nat::Cone, Nat::Cone, TraversalOptions::default());
+    let w = paired(Nat::Cone, Nat::Cone);
     let (a, b) = (&w.a, &w.b);
-    let (cand_a, cand_b) = (reflexive_candidates(a, A_WAN), reflexive_candidates(b, B_WAN));
-    a.traversal.upsert_peer(b.key, relay_plan(TransportMode::Udp, cand_b)).unwrap();
-    b.traversal.upsert_peer(a.key, relay_plan(TransportMode::Udp, cand_a)).unwrap();
     wait_until("both sides to go direct", || {
         path(a, b) == PathKind::Direct && path(b, a) == PathKind::Direct
     });
@@ -401,7 +405,7 @@ fn a_tcp443_only_site_reaches_the_other_side_over_the_websocket_relay_in_auto() 
     assert_eq!(status.path, PathKind::WebSocketRelay, "Auto left a working WebSocket: {status:?}");
     assert!(status.websocket.as_ref().is_some_and(|s| s.is_up()), "{status:?}");
     let stats = a.traversal.stats();
-    assert_eq!((stats.transport_switches, stats.paths.websocket_relay), (1, 1), "{stats:?}");
+    assert_eq!((stats.transport_switches, stats.paths.get(PathKind::WebSocketRelay)), (1, 1), "{stats:?}");
     // Nothing but TCP 443 left the site: no STUN answer, no direct path.
     assert_eq!(stats.stun_answers, 0, "{stats:?}");
     let tcp = w.a.ns.exec("ss", &["-Htn", "state", "established", "dst", "203.0.113.1:443"]).unwrap();

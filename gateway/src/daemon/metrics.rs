@@ -176,38 +176,39 @@ impl Metrics {
             "Live technician peers by the path their packets take (direct, udp-relay, websocket-relay, none)",
             m.paths.clone(),
         );
-        registry.register("probes_sent", "Direct-path probes sent (pings and pongs)", m.probes_sent.clone());
-        registry.register(
-            "probes_received",
-            "Valid direct-path probes received (fresh pings, and pongs that answered our pings)",
-            m.probes_received.clone(),
-        );
         registry.register("probe_drops", "Direct-path probes dropped, by reason", m.probe_drops.clone());
-        registry.register(
-            "stun_requests",
-            "STUN Binding requests sent from the WireGuard socket",
-            m.stun_requests.clone(),
-        );
-        registry.register(
-            "stun_answers",
-            "STUN answers taken (from the server asked, with our transaction id)",
-            m.stun_answers.clone(),
-        );
         registry.register(
             "stun_drops",
             "STUN datagrams dropped: unmatched (no request of ours) or failed (an error answer)",
             m.stun_drops.clone(),
         );
-        registry.register(
-            "side_other",
-            "Datagrams on the WireGuard socket that were neither WireGuard, a probe nor STUN (dropped)",
-            m.side_other.clone(),
-        );
-        registry.register(
-            "transport_switches",
-            "Moves between the UDP and the WebSocket relay in auto transport",
-            m.transport_switches.clone(),
-        );
+        let traversal_counters = [
+            ("probes_sent", "Direct-path probes sent (pings and pongs)", &m.probes_sent),
+            (
+                "probes_received",
+                "Valid direct-path probes received (fresh pings, and pongs that answered our pings)",
+                &m.probes_received,
+            ),
+            ("stun_requests", "STUN Binding requests sent from the WireGuard socket", &m.stun_requests),
+            (
+                "stun_answers",
+                "STUN answers taken (from the server asked, with our transaction id)",
+                &m.stun_answers,
+            ),
+            (
+                "side_other",
+                "Datagrams on the WireGuard socket that were neither WireGuard, a probe nor STUN (dropped)",
+                &m.side_other,
+            ),
+            (
+                "transport_switches",
+                "Moves between the UDP and the WebSocket relay in auto transport",
+                &m.transport_switches,
+            ),
+        ];
+        for (name, help, counter) in traversal_counters {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "candidates",
             "Direct-path candidates of this gateway (host and server-reflexive)",
