@@ -82,7 +82,7 @@ use serde_json::{Value, json};
 use crate::{
     bin_path,
     cloud::try_call,
-    wg::{Keys, WgQuick, WireguardGo},
+    wg::{Keys, PeerSpec, WgQuick, WireguardGo},
 };
 
 pub const CLOUD_IP: &str = "203.0.113.10";
@@ -678,6 +678,23 @@ impl GatewayLab {
         let proxies = parse_targets(&wg_quick);
         let go = WireguardGo::from_wg_quick(&self.lab, &self.tech_ns, &wg_quick, &keys.private);
         TechTunnel { go, keys, wg_quick, address, proxies }
+    }
+
+    /// A stock wireguard-go in the office standing in for a gateway, for the
+    /// technician's side without one: tunnel address 100.96.0.1/24, the
+    /// technician as its one peer at 100.96.0.2, and the proxy address
+    /// 100.96.0.100 on its interface.
+    pub fn office_wireguard(&self, keys: &Keys, technician_public: &str) -> WireguardGo {
+        let go = WireguardGo::start(
+            &self.lab,
+            &self.office_ns,
+            keys,
+            GATEWAY_WG_PORT,
+            "100.96.0.1/24",
+            &PeerSpec { public: technician_public, allowed_ips: "100.96.0.2/32", endpoint: None, psk: None },
+        );
+        self.office_ns.add_addr(&go.ifname, "100.96.0.100/32").unwrap();
+        go
     }
 
     /// `POST /api/v1/sessions/{id}/config/wg-quick`; the body is the file as

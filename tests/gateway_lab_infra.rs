@@ -12,11 +12,7 @@ use std::{
 
 use ferry_api::{ClientConfig, ConfigTarget, PortRange, Protocol, wg_quick};
 use ferry_lab::Netns;
-use ferry_tests::{
-    gateway_lab::*,
-    stand_in_gateway::StandInGateway,
-    wg::{Keys, PeerSpec, WireguardGo},
-};
+use ferry_tests::{gateway_lab::*, stand_in_gateway::StandInGateway, wg::Keys};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(5);
@@ -210,15 +206,7 @@ fn a_technician_tunnel_from_a_wg_quick_file() {
     let lab = GatewayLab::new(Options::default());
     let stand_in_keys = Keys::generate(&lab.office_ns);
     let tech_keys = Keys::generate(&lab.tech_ns);
-    let stand_in = WireguardGo::start(
-        &lab.lab,
-        &lab.office_ns,
-        &stand_in_keys,
-        GATEWAY_WG_PORT,
-        "100.96.0.1/24",
-        &PeerSpec { public: &tech_keys.public, allowed_ips: "100.96.0.2/32", endpoint: None, psk: None },
-    );
-    lab.office_ns.add_addr(&stand_in.ifname, "100.96.0.100/32").unwrap();
+    let stand_in = lab.office_wireguard(&stand_in_keys, &tech_keys.public);
     lab.office_ns.add_addr(&stand_in.ifname, "100.96.0.101/32").unwrap();
     let _page = Server::http(&lab.office_ns, "100.96.0.100", HTTP_PORT, PLC_PAGE);
     let _echo = Server::echo(&lab.office_ns, "100.96.0.101", ECHO_PORT);

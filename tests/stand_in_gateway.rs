@@ -154,6 +154,28 @@ impl StandInGateway {
         }
     }
 
+    /// Waits for a desired state in which no session has a peer with
+    /// `public_key` (the cloud took it back).
+    pub fn wait_without_peer(&mut self, public_key: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let present = self.latest.as_ref().is_none_or(|state| {
+                state.sessions.iter().any(|s| s.peers.iter().any(|p| p.public_key.to_string() == public_key))
+            });
+            if !present {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.states.recv_timeout(left) {
+                Ok(state) => self.latest = Some(state),
+                Err(_) => panic!(
+                    "peer {public_key} still in the desired state after {timeout:?}: {:?}",
+                    self.latest
+                ),
+            }
+        }
+    }
+
     /// Builds the data path for one session: wireguard-go with the peer's
     /// relay endpoint, forwarding on, and nftables doing what the daemon's
     /// eBPF whitelist and NAT do (the baseline of `cargo xtask bench

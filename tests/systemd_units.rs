@@ -72,6 +72,11 @@ fn the_relay_unit_verifies_and_is_hardened() {
 }
 
 #[test]
+fn the_client_unit_verifies_and_is_hardened() {
+    check_unit("client/ferry-client.service", "ferry");
+}
+
+#[test]
 fn a_misspelt_directive_fails_the_check() {
     // The check above must be able to fail: a unit with a typo is not silent.
     let dir = tempfile::tempdir().unwrap();

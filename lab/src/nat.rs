@@ -101,12 +101,22 @@ impl Router {
             Nat::TcpOnly443 => format!("iifname \"{lan}\" oifname \"{wan}\" tcp dport 443 accept"),
         };
         // Inbound traffic is only ever a reply: there are no port forwards, as
-        // on a site whose firewall admits nothing from the internet.
+        // on a site whose firewall admits nothing from the internet. That
+        // holds for the router itself too: an unsolicited datagram to its WAN
+        // address is dropped, not answered, so that it leaves no connection
+        // behind whose port a later outbound mapping would have to avoid (a
+        // peer's hole-punching probe that arrives before ours went out would
+        // otherwise move our mapping to another port).
         let rules = format!(
             "table ip ferry_lab_nat {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     oifname \"{wan}\" {masquerade}
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname \"{wan}\" ct state established,related accept
+    iifname \"{wan}\" drop
   }}
   chain forward {{
     type filter hook forward priority filter; policy drop;

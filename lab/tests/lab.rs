@@ -167,6 +167,25 @@ fn nat_drops_unsolicited_inbound() {
 }
 
 #[test]
+fn cone_nat_keeps_the_mapping_when_the_peer_punches_first() {
+    let site = site(Nat::Cone);
+    let client = udp(&site.host, "10.0.0.2:40000");
+    let server = udp(&site.server, &format!("{SERVER}:3478"));
+    let mapped = observed_source(&client, &server).unwrap();
+    // A peer that learned the mapping sends to it before the host has sent
+    // anything to the peer: dropped, and it must leave no trace...
+    let peer = udp(&site.internet, "198.51.100.1:6000");
+    peer.send_to(b"punch", mapped).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // ...so that the host's datagram to the peer leaves from the same
+    // mapping, and the peer's next one gets in: simultaneous open.
+    assert_eq!(observed_source(&client, &peer), Some(mapped), "the mapping moved after the peer's punch");
+    peer.send_to(b"punch", mapped).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(client.recv_from(&mut buf).unwrap(), (5, "198.51.100.1:6000".parse().unwrap()));
+}
+
+#[test]
 fn tcp_only_443_lets_nothing_else_out() {
     let site = site(Nat::TcpOnly443);
     let client = udp(&site.host, "10.0.0.2:40000");

@@ -224,14 +224,18 @@ pub fn session_table(sessions: &[SessionReport], now_ms: u64) -> String {
             let handshake = peer
                 .last_handshake_s_ago
                 .map_or("never".to_string(), |s| format!("{} ago", human_duration(Duration::from_secs(s))));
+            let mut why = Vec::new();
+            why.extend(peer.path_why.clone());
+            why.extend(peer.rtt_us.map(|us| format!("rtt {:.1} ms", us as f64 / 1000.0)));
             let _ = writeln!(
                 out,
-                "    peer {} ({}) at {} via {}{}, handshake {}, rx {}, tx {}",
+                "    peer {} ({}) at {} via {}{}{}, handshake {}, rx {}, tx {}",
                 peer.user,
                 peer.public_key,
                 peer.tunnel_address,
                 peer.transport,
                 peer.endpoint.as_deref().map(|e| format!(" from {e}")).unwrap_or_default(),
+                if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) },
                 handshake,
                 human_bytes(peer.rx_bytes),
                 human_bytes(peer.tx_bytes),
@@ -273,7 +277,9 @@ mod tests {
                 public_key: "AAAA".into(),
                 tunnel_address: "100.64.0.2".into(),
                 endpoint: Some("192.0.2.1:40000".into()),
-                transport: "udp-relay".into(),
+                transport: "direct".into(),
+                path_why: Some("verified".into()),
+                rtt_us: Some(3_300),
                 last_handshake_s_ago: Some(12),
                 rx_bytes: 2048,
                 tx_bytes: 10,
@@ -291,7 +297,10 @@ mod tests {
         let table = session_table(&[session], 5_000);
         assert!(table.starts_with("SESSION  NAME"), "{table}");
         assert!(table.contains("42       press line 3  waiting_for_approval  in 1h00m"), "{table}");
-        assert!(table.contains("handshake 12s ago, rx 2.0 KiB, tx 10 B"), "{table}");
+        assert!(
+            table.contains("via direct from 192.0.2.1:40000 (verified, rtt 3.3 ms), handshake 12s ago, rx 2.0 KiB, tx 10 B"),
+            "{table}"
+        );
         assert!(table.contains("target plc: 100.64.1.1 -> 192.168.0.10 tcp ports 502"), "{table}");
     }
 }

@@ -1,25 +1,30 @@
 //! The WireGuard side: Ferry's engine on a TUN device, with one peer per
-//! technician configuration of every live session, each reached through its
-//! session's relay allocation, over UDP or, where the site lets only TCP 443
-//! out, over the relay's WebSocket.
+//! technician configuration of every live session, and the traversal
+//! (`ferry_traversal`) that finds each peer's path: its session's relay
+//! allocation at once, over UDP or, where the site lets only TCP 443 out,
+//! over the relay's WebSocket, and a direct path once one is verified both
+//! ways.
 //!
-//! Removing a peer drops its keys at once; nothing it sent afterwards can be
-//! decrypted. The shell around it asks [`Engine::poll`] every tick for peers
-//! that connected or left, and, in `auto` transport, moves a peer that got no
-//! handshake over UDP to the WebSocket relay (and back, if that fails too).
+//! The engine's peers are exactly the plan's live peers, and so are the
+//! traversal's: the gateway probes for no one else, and a peer that leaves
+//! the plan stops being probed and loses its keys at once; nothing it sent
+//! afterwards can be decrypted. The shell around it asks [`Engine::poll`]
+//! every tick for peers that connected or left.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use ferry_connect::ws::bridge::{Bridge, BridgeOptions};
 use ferry_control::{
     SessionId,
     gateway::{Peer, RelayBinding},
+};
+use ferry_traversal::{
+    PathKind, PeerPath, PeerPlan, RelayPlan, TransportMode, Traversal, TraversalOptions, WebSocketRelay,
 };
 use ferry_tunnel::{
     PrivateKey, PublicKey,
@@ -27,7 +32,6 @@ use ferry_tunnel::{
     endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig, PeerStatus},
     proto::{IpNet, PeerConfig},
 };
-use tokio::{sync::oneshot, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::config::Transport;
@@ -38,10 +42,6 @@ const KEEPALIVE: Duration = Duration::from_secs(25);
 /// A handshake older than this means the peer has gone (WireGuard's
 /// REJECT_AFTER_TIME: no session key is valid longer).
 const CONNECTED_WITHIN: Duration = Duration::from_secs(180);
-/// In `auto`, how long a transport may go without a handshake before the
-/// peer moves to the other one. WireGuard retries a handshake every 5 s, so
-/// this leaves room for two tries.
-const TRANSPORT_GRACE: Duration = Duration::from_secs(12);
 
 /// One peer the plan wants.
 #[derive(Clone, Debug)]
@@ -57,50 +57,14 @@ pub enum Change {
     Disconnected { session: SessionId, public_key: PublicKey },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    /// No relay in the configuration: the peer reaches the gateway directly.
-    Direct,
-    UdpRelay,
-    WebSocketRelay,
-}
-
-impl Path {
-    pub fn label(self) -> &'static str {
-        match self {
-            Path::Direct => "direct",
-            Path::UdpRelay => "udp-relay",
-            Path::WebSocketRelay => "websocket-relay",
-        }
-    }
-}
-
-struct Bridged {
-    local: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Bridged {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
 struct Live {
     wanted: Wanted,
-    path: Path,
-    bridge: Option<Bridged>,
-    /// When the current path was chosen: the grace period runs from here.
-    since: Instant,
     connected: bool,
 }
 
 pub struct Engine {
     endpoint: Arc<Endpoint>,
+    traversal: Traversal,
     transport: Transport,
     peers: BTreeMap<PublicKey, Live>,
 }
@@ -108,13 +72,14 @@ pub struct Engine {
 impl Engine {
     /// Creates the TUN device with `address` (whose prefix covers every
     /// session subnet, so the kernel routes replies for all technicians into
-    /// it) and binds the WireGuard UDP port.
+    /// it), binds the WireGuard UDP port and starts the traversal on it.
     pub async fn start(
         name: &str,
         private_key: PrivateKey,
         port: u16,
         address: InterfaceAddress,
         transport: Transport,
+        traversal: TraversalOptions,
     ) -> Result<Engine> {
         let config = EndpointConfig {
             name: name.to_string(),
@@ -127,7 +92,9 @@ impl Engine {
         let endpoint = Endpoint::start(config)
             .await
             .with_context(|| format!("starting the WireGuard engine on TUN {name}, UDP port {port}"))?;
-        Ok(Engine { endpoint: Arc::new(endpoint), transport, peers: BTreeMap::new() })
+        let endpoint = Arc::new(endpoint);
+        let traversal = Traversal::start(endpoint.clone(), traversal);
+        Ok(Engine { endpoint, traversal, transport, peers: BTreeMap::new() })
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -138,16 +105,23 @@ impl Engine {
         self.endpoint.local_port()
     }
 
+    /// Candidates, probe tags, STUN servers and path counters.
+    pub fn traversal(&self) -> &Traversal {
+        &self.traversal
+    }
+
     /// Hands the engine's local receiver indices to `sink`, now and on every
     /// change (see [`ferry_tunnel::endpoint::IndexSink`]).
     pub fn watch_indices(&self, sink: impl ferry_tunnel::endpoint::IndexSink) -> Result<()> {
         Ok(self.endpoint.watch_indices(sink)?)
     }
 
-    /// Makes the engine's peers exactly `wanted`: peers not in it lose their
-    /// keys now; new ones are added and start a handshake toward the relay,
-    /// which is what registers the gateway's side of the allocation there.
-    pub async fn apply(&mut self, wanted: Vec<Wanted>) -> Vec<Change> {
+    /// Makes the engine's peers exactly `wanted`: peers not in it stop being
+    /// probed and lose their keys now; new ones are added and start on their
+    /// relay with a handshake, which is what registers the gateway's side of
+    /// the allocation there. A peer whose relay or candidates changed keeps
+    /// its keys and gets the new plan.
+    pub fn apply(&mut self, wanted: Vec<Wanted>) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut keep: BTreeMap<PublicKey, Wanted> = BTreeMap::new();
         for w in wanted {
@@ -155,8 +129,7 @@ impl Engine {
         }
         let gone: Vec<PublicKey> = self.peers.keys().filter(|k| !keep.contains_key(k)).copied().collect();
         for key in gone {
-            self.endpoint.remove_peer(&key);
-            if let Some(live) = self.peers.remove(&key) {
+            if let Some(live) = self.remove(&key) {
                 info!(session = live.wanted.session.0, peer = %key, "peer removed");
                 if live.connected {
                     changes.push(Change::Disconnected { session: live.wanted.session, public_key: key });
@@ -164,119 +137,118 @@ impl Engine {
             }
         }
         for (key, w) in keep {
-            let unchanged = self.peers.get(&key).is_some_and(|live| {
-                live.wanted.session == w.session
-                    && live.wanted.peer.tunnel_address == w.peer.tunnel_address
-                    && live.wanted.peer.relay == w.peer.relay
+            let same_peer = self.peers.get(&key).map(|live| {
+                let old = &live.wanted;
+                let keys_kept = old.session == w.session && old.peer.tunnel_address == w.peer.tunnel_address;
+                let plan_kept = old.peer.relay == w.peer.relay && old.peer.candidates == w.peer.candidates;
+                (keys_kept, plan_kept)
             });
-            if unchanged {
+            match same_peer {
+                Some((true, true)) => continue,
+                Some((true, false)) => {
+                    self.plan(&key, &w);
+                    if let Some(live) = self.peers.get_mut(&key) {
+                        live.wanted = w;
+                    }
+                    continue;
+                }
+                Some((false, _)) => {
+                    if let Some(old) = self.remove(&key)
+                        && old.connected
+                    {
+                        changes.push(Change::Disconnected { session: old.wanted.session, public_key: key });
+                    }
+                }
+                None => {}
+            }
+            if let Err(e) = self.add(&key, &w) {
+                warn!(peer = %key, error = %format!("{e:#}"), "adding the peer failed");
                 continue;
             }
-            if let Some(old) = self.peers.remove(&key) {
-                self.endpoint.remove_peer(&key);
-                if old.connected {
-                    changes.push(Change::Disconnected { session: old.wanted.session, public_key: key });
-                }
-            }
-            let path = match (&w.peer.relay, self.transport) {
-                (None, _) => Path::Direct,
-                (Some(_), Transport::Websocket) => Path::WebSocketRelay,
-                (Some(_), _) => Path::UdpRelay,
-            };
-            let mut live = Live { wanted: w, path, bridge: None, since: Instant::now(), connected: false };
-            if let Err(e) = self.route(&mut live).await {
-                warn!(peer = %key, error = %format!("{e:#}"), "setting up the peer's path failed");
-            }
-            self.peers.insert(key, live);
+            self.peers.insert(key, Live { wanted: w, connected: false });
         }
         changes
     }
 
-    /// (Re)configures the peer in the engine for its current path and starts
-    /// a handshake.
-    async fn route(&self, live: &mut Live) -> Result<()> {
-        live.bridge = None;
-        let endpoint = match (live.path, &live.wanted.peer.relay) {
-            (Path::Direct, _) | (_, None) => None,
-            (Path::UdpRelay, Some(relay)) => Some(relay.udp),
-            (Path::WebSocketRelay, Some(relay)) => {
-                let bridged = bridge(relay).await?;
-                let local = bridged.local;
-                live.bridge = Some(bridged);
-                Some(local)
-            }
-        };
-        let key = PublicKey(live.wanted.peer.public_key.0);
-        let allowed =
-            IpNet::new(live.wanted.peer.tunnel_address, host_prefix(live.wanted.peer.tunnel_address))
-                .context("the peer's tunnel address")?;
+    /// Adds the WireGuard peer and hands it to the traversal, which points
+    /// it at the relay and starts a handshake.
+    fn add(&self, key: &PublicKey, w: &Wanted) -> Result<()> {
+        let allowed = IpNet::new(w.peer.tunnel_address, host_prefix(w.peer.tunnel_address))
+            .context("the peer's tunnel address")?;
         let config = PeerConfig {
-            endpoint,
             allowed_ips: vec![allowed],
             persistent_keepalive: Some(KEEPALIVE),
-            ..PeerConfig::new(key)
+            ..PeerConfig::new(*key)
         };
         self.endpoint.add_peer(config).context("adding the peer to the engine")?;
-        live.since = Instant::now();
-        if endpoint.is_some() {
-            self.endpoint.rekey(&key);
-        }
+        self.plan(key, w);
         info!(
-            session = live.wanted.session.0,
+            session = w.session.0,
             peer = %key,
-            user = live.wanted.peer.user,
-            path = live.path.label(),
+            user = w.peer.user,
+            transport = ?self.transport,
+            relay = ?w.peer.relay.as_ref().map(|r| r.udp),
+            candidates = w.peer.candidates.len(),
             "peer configured"
         );
         Ok(())
     }
 
-    /// Notices peers that connected or left, and moves stuck peers to the
-    /// other transport in `auto`.
-    pub async fn poll(&mut self) -> Vec<Change> {
+    /// Gives the traversal the peer's relay, candidates and transport mode.
+    fn plan(&self, key: &PublicKey, w: &Wanted) {
+        let relay = w.peer.relay.as_ref().map(|relay| RelayPlan {
+            udp: relay.udp,
+            websocket: match relay_pin(relay) {
+                Ok(pin) => Some(WebSocketRelay {
+                    url: relay.websocket_url.clone(),
+                    token: relay.websocket_token.expose().to_string(),
+                    pin,
+                }),
+                Err(e) => {
+                    warn!(peer = %key, error = %format!("{e:#}"), "the relay's WebSocket is not used");
+                    None
+                }
+            },
+        });
+        let plan = PeerPlan { relay, candidates: w.peer.candidates.clone(), mode: mode(self.transport) };
+        if let Err(e) = self.traversal.upsert_peer(*key, plan) {
+            warn!(peer = %key, error = %e, "the peer has no path");
+        }
+    }
+
+    /// Stops probing for the peer, then drops its keys.
+    fn remove(&mut self, key: &PublicKey) -> Option<Live> {
+        self.traversal.remove_peer(key);
+        self.endpoint.remove_peer(key);
+        self.peers.remove(key)
+    }
+
+    /// Notices peers that connected or left.
+    pub fn poll(&mut self) -> Vec<Change> {
         let status: BTreeMap<PublicKey, PeerStatus> =
             self.endpoint.status().into_iter().map(|s| (s.public_key, s)).collect();
         let now = Instant::now();
         let mut changes = Vec::new();
-        let mut stuck = Vec::new();
         for (key, live) in &mut self.peers {
             let handshake = status.get(key).and_then(|s| s.last_handshake);
             let connected = handshake.is_some_and(|at| now.duration_since(at) < CONNECTED_WITHIN);
-            if connected != live.connected {
-                live.connected = connected;
-                let session = live.wanted.session;
-                changes.push(if connected {
-                    let endpoint = live.bridge.as_ref().map_or_else(
-                        || status.get(key).and_then(|s| s.endpoint),
-                        |_| live.wanted.peer.relay.as_ref().map(|r| r.udp),
-                    );
-                    Change::Connected { session, public_key: *key, endpoint }
-                } else {
-                    Change::Disconnected { session, public_key: *key }
-                });
+            if connected == live.connected {
+                continue;
             }
-            let fresh_since_switch = handshake.is_some_and(|at| at >= live.since);
-            if self.transport == Transport::Auto
-                && live.wanted.peer.relay.is_some()
-                && !fresh_since_switch
-                && !connected
-                && now.duration_since(live.since) >= TRANSPORT_GRACE
-            {
-                stuck.push(*key);
-            }
-        }
-        for key in stuck {
-            let Some(mut live) = self.peers.remove(&key) else { continue };
-            live.path = match live.path {
-                Path::UdpRelay => Path::WebSocketRelay,
-                _ => Path::UdpRelay,
-            };
-            info!(peer = %key, path = live.path.label(), "no handshake yet; trying the other relay transport");
-            if let Err(e) = self.route(&mut live).await {
-                warn!(peer = %key, error = %format!("{e:#}"), "switching the peer's transport failed");
-                live.since = Instant::now();
-            }
-            self.peers.insert(key, live);
+            live.connected = connected;
+            let session = live.wanted.session;
+            changes.push(if connected {
+                let path = self.traversal.status(key);
+                let endpoint = match path.as_ref().map(|p| p.path) {
+                    // The virtual address means nothing outside this process:
+                    // the relay's allocation is where the peer is reached.
+                    Some(PathKind::WebSocketRelay) => live.wanted.peer.relay.as_ref().map(|r| r.udp),
+                    _ => path.and_then(|p| p.endpoint).or_else(|| status.get(key).and_then(|s| s.endpoint)),
+                };
+                Change::Connected { session, public_key: *key, endpoint }
+            } else {
+                Change::Disconnected { session, public_key: *key }
+            });
         }
         changes
     }
@@ -289,8 +261,18 @@ impl Engine {
         self.peers.values().filter(|l| l.connected).count()
     }
 
-    pub fn path_of(&self, key: &PublicKey) -> Option<Path> {
-        self.peers.get(key).map(|l| l.path)
+    /// The peer's path now, if the plan has it.
+    pub fn path_of(&self, key: &PublicKey) -> Option<PeerPath> {
+        self.traversal.status(key)
+    }
+}
+
+/// The traversal's transport mode for the configured `tunnel.transport`.
+fn mode(transport: Transport) -> TransportMode {
+    match transport {
+        Transport::Auto => TransportMode::Auto,
+        Transport::Udp => TransportMode::Udp,
+        Transport::Websocket => TransportMode::Websocket,
     }
 }
 
@@ -319,28 +301,6 @@ fn relay_pin(relay: &RelayBinding) -> Result<Option<[u8; 32]>> {
         format!("relay {}: the pin {text:?} is not a SHA-256 fingerprint", relay.relay_id)
     })?;
     Ok(Some(pin))
-}
-
-/// A WebSocket bridge for one allocation, on a fresh loopback port.
-async fn bridge(relay: &RelayBinding) -> Result<Bridged> {
-    let pin = relay_pin(relay)?;
-    let mut options = BridgeOptions::new(&relay.websocket_url, relay.websocket_token.expose(), pin);
-    options.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    options.check().context("the relay's WebSocket settings")?;
-    let bridge = Bridge::bind(options).await.context("binding the WebSocket bridge's local socket")?;
-    let local = bridge.local_addr().context("the bridge's local address")?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        if let Err(e) = bridge
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await
-        {
-            warn!(error = %format!("{e:#}"), "the WebSocket bridge stopped");
-        }
-    });
-    Ok(Bridged { local, stop: Some(stop), task })
 }
 
 #[cfg(test)]

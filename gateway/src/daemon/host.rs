@@ -1,9 +1,10 @@
 //! The host settings the forwarding path relies on, checked and set at
 //! start.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
+use ferry_tunnel::proto::IpNet;
 
 /// Sets what the forwarding path needs on the LAN interface:
 /// - `forwarding=1`: replies from the machines, translated by the LAN XDP
@@ -42,4 +43,25 @@ pub fn lan_address(lan: &str) -> Result<Ipv4Addr> {
         }
     }
     bail!("the LAN interface {lan} has no IPv4 address; set lan.address or give it one")
+}
+
+/// The prefixes of the LAN interface's addresses: the machine network,
+/// which the gateway never probes and never offers as a candidate.
+pub fn lan_prefixes(lan: &str) -> Result<Vec<IpNet>> {
+    let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;
+    let mut prefixes = Vec::new();
+    for ifaddr in addrs.filter(|a| a.interface_name == lan) {
+        let (Some(address), Some(mask)) = (ifaddr.address.as_ref(), ifaddr.netmask.as_ref()) else {
+            continue;
+        };
+        let net = if let (Some(a), Some(m)) = (address.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            IpNet::new(IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones() as u8)
+        } else if let (Some(a), Some(m)) = (address.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            IpNet::new(IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones() as u8)
+        } else {
+            continue;
+        };
+        prefixes.extend(net.ok());
+    }
+    Ok(prefixes)
 }

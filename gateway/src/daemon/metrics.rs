@@ -23,6 +23,16 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -44,6 +54,19 @@ pub struct Metrics {
     pub guard_probe_tags: Gauge,
     pub guard_stun_servers: Gauge,
     pub guard_rule_map_errors: Counter,
+    /// Live peers by the path their packets take.
+    pub paths: Family<PathLabels, Gauge>,
+    pub probes_sent: Counter,
+    pub probes_received: Counter,
+    /// Path probes dropped, by reason.
+    pub probe_drops: Family<ReasonLabels, Counter>,
+    pub stun_requests: Counter,
+    pub stun_answers: Counter,
+    /// STUN datagrams dropped: `unmatched` (no request of ours) or `failed`.
+    pub stun_drops: Family<ReasonLabels, Counter>,
+    pub side_other: Counter,
+    pub transport_switches: Counter,
+    pub candidates: Gauge,
 }
 
 impl Metrics {
@@ -66,6 +89,16 @@ impl Metrics {
             guard_probe_tags: Gauge::default(),
             guard_stun_servers: Gauge::default(),
             guard_rule_map_errors: Counter::default(),
+            paths: Family::default(),
+            probes_sent: Counter::default(),
+            probes_received: Counter::default(),
+            probe_drops: Family::default(),
+            stun_requests: Counter::default(),
+            stun_answers: Counter::default(),
+            stun_drops: Family::default(),
+            side_other: Counter::default(),
+            transport_switches: Counter::default(),
+            candidates: Gauge::default(),
         };
         registry.register(
             "switch_on",
@@ -137,6 +170,49 @@ impl Metrics {
             "guard_rule_map_errors",
             "Probe tag and STUN server updates the uplink guard's maps refused (each leaves that entry out)",
             m.guard_rule_map_errors.clone(),
+        );
+        registry.register(
+            "paths",
+            "Live technician peers by the path their packets take (direct, udp-relay, websocket-relay, none)",
+            m.paths.clone(),
+        );
+        registry.register("probe_drops", "Direct-path probes dropped, by reason", m.probe_drops.clone());
+        registry.register(
+            "stun_drops",
+            "STUN datagrams dropped: unmatched (no request of ours) or failed (an error answer)",
+            m.stun_drops.clone(),
+        );
+        let traversal_counters = [
+            ("probes_sent", "Direct-path probes sent (pings and pongs)", &m.probes_sent),
+            (
+                "probes_received",
+                "Valid direct-path probes received (fresh pings, and pongs that answered our pings)",
+                &m.probes_received,
+            ),
+            ("stun_requests", "STUN Binding requests sent from the WireGuard socket", &m.stun_requests),
+            (
+                "stun_answers",
+                "STUN answers taken (from the server asked, with our transaction id)",
+                &m.stun_answers,
+            ),
+            (
+                "side_other",
+                "Datagrams on the WireGuard socket that were neither WireGuard, a probe nor STUN (dropped)",
+                &m.side_other,
+            ),
+            (
+                "transport_switches",
+                "Moves between the UDP and the WebSocket relay in auto transport",
+                &m.transport_switches,
+            ),
+        ];
+        for (name, help, counter) in traversal_counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "candidates",
+            "Direct-path candidates of this gateway (host and server-reflexive)",
+            m.candidates.clone(),
         );
         Metrics { registry: Arc::new(registry), ..m }
     }

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context, Result};
 use ferry_control::{
     SessionId, WgKey,
-    gateway::{DesiredState, GatewayEvent},
+    gateway::{DesiredState, GatewayEvent, MAX_CANDIDATES},
 };
 use ferry_ebpf::{
     AttachMode,
@@ -105,6 +105,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         settings.wireguard_port,
         settings.tunnel_address,
         settings.transport,
+        traversal_options(&settings, snat)?,
     )
     .await?;
     let forwarder = GatewayForwarder::attach(&ForwarderConfig {
@@ -186,6 +187,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         applied_tx,
         events,
         cloud_connected: false,
+        candidates_sent: None,
     };
     daemon.reconcile().await;
     info!(
@@ -199,6 +201,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     ferry_daemon::notify::ready();
     let watchdog = ferry_daemon::notify::watchdog_interval();
 
+    let mut candidates = daemon.engine.traversal().local_candidates();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bytes = tokio::time::interval(BYTES_EVERY);
@@ -213,6 +216,10 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
                 let _: Result<(), Response> = reply.send(response);
             }
             Some(message) = cloud_rx.recv() => daemon.on_cloud(message).await,
+            Ok(()) = candidates.changed() => {
+                let list = candidates.borrow_and_update().clone();
+                daemon.report_candidates(list);
+            }
             _ = tick.tick() => daemon.tick().await,
             _ = bytes.tick() => daemon.every_bytes_period(),
             _ = refresh.tick() => daemon.refresh_metrics(),
@@ -229,6 +236,25 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     local_task.abort();
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
+}
+
+/// Where the gateway finds its direct-path candidates and what it never
+/// probes: host candidates come from the uplink only (or, without one
+/// configured, from any interface but the LAN), and neither the machine
+/// network nor the tunnel network is ever probed or offered.
+fn traversal_options(settings: &Settings, snat: Ipv4Addr) -> Result<ferry_traversal::TraversalOptions> {
+    let mut deny = host::lan_prefixes(&settings.lan_interface)?;
+    deny.push(ferry_tunnel::proto::IpNet::new(snat.into(), 32).context("the LAN address")?);
+    deny.push(
+        ferry_tunnel::proto::IpNet::new(settings.tunnel_address.addr, settings.tunnel_address.prefix)
+            .context("the tunnel network")?,
+    );
+    Ok(ferry_traversal::TraversalOptions {
+        interfaces: settings.uplink_interface.iter().cloned().collect(),
+        exclude_interfaces: vec![settings.lan_interface.clone()],
+        deny,
+        ..ferry_traversal::TraversalOptions::default()
+    })
 }
 
 fn now_ms() -> u64 {
@@ -251,6 +277,8 @@ struct Daemon {
     applied_tx: watch::Sender<Option<u64>>,
     events: Arc<Notify>,
     cloud_connected: bool,
+    /// The candidates last reported to the cloud in this run.
+    candidates_sent: Option<Vec<std::net::SocketAddr>>,
 }
 
 impl Daemon {
@@ -302,16 +330,16 @@ impl Daemon {
         }
         let wanted =
             plan.live_peers().map(|(s, p)| Wanted { session: s.state.session_id, peer: p.clone() }).collect();
-        let changes = self.engine.apply(wanted).await;
+        let changes = self.engine.apply(wanted);
         self.record_changes(changes);
+        let stun_servers = self.desired.as_ref().map(|d| d.stun_servers.clone()).unwrap_or_default();
         if let Some(uplink) = &self.uplink {
-            // Before any probe or STUN answer can be due. The gateway runs no
-            // path agent and sends no STUN query yet, so both sets are empty:
-            // the path agents' `tags_in` and the desired state's STUN servers
-            // go here.
-            uplink.set_probe_tags(std::iter::empty());
-            uplink.set_stun_servers(std::iter::empty());
+            // The live peers' tags, as soon as they are probed (their probes
+            // may be on the way), and the STUN servers before they are asked.
+            uplink.set_probe_tags(self.engine.traversal().probe_tags().borrow().iter().copied());
+            uplink.set_stun_servers(stun_servers.iter().copied());
         }
+        self.engine.traversal().set_stun_servers(stun_servers);
         for s in plan.active() {
             if self.plan.session(s.state.session_id).is_none_or(|old| old.status != Status::Active) {
                 info!(
@@ -365,8 +393,20 @@ impl Daemon {
         if self.plan.next_deadline_ms.is_some_and(|d| d <= now_ms()) {
             self.reconcile().await;
         }
-        let changes = self.engine.poll().await;
+        let changes = self.engine.poll();
         self.record_changes(changes);
+    }
+
+    /// Tells the cloud this gateway's direct-path candidates when they
+    /// changed (at most [`MAX_CANDIDATES`], as the protocol allows).
+    fn report_candidates(&mut self, mut endpoints: Vec<std::net::SocketAddr>) {
+        endpoints.truncate(MAX_CANDIDATES);
+        if self.candidates_sent.as_ref() == Some(&endpoints) {
+            return;
+        }
+        info!(?endpoints, "direct-path candidates");
+        self.candidates_sent = Some(endpoints.clone());
+        self.record(GatewayEvent::Candidates { endpoints });
     }
 
     fn every_bytes_period(&mut self) {
@@ -412,6 +452,26 @@ impl Daemon {
             m.guard_stun_servers.set(uplink.stun_servers() as i64);
             metrics::Metrics::count_to(&m.guard_rule_map_errors, uplink.rule_map_errors());
         }
+        let traversal = self.engine.traversal().stats();
+        for kind in ferry_traversal::PathKind::ALL {
+            let n = traversal.paths.get(kind);
+            m.paths.get_or_create(&metrics::PathLabels { path: kind.label() }).set(n as i64);
+        }
+        let probes = traversal.probes;
+        metrics::Metrics::count_to(&m.probes_sent, probes.pings_sent + probes.pongs_sent);
+        metrics::Metrics::count_to(&m.probes_received, probes.pings_received + probes.pongs_received);
+        for reason in ferry_paths::ProbeDrop::ALL {
+            let counter = m.probe_drops.get_or_create(&metrics::ReasonLabels { reason: reason.name() });
+            metrics::Metrics::count_to(&counter, probes.dropped(reason));
+        }
+        metrics::Metrics::count_to(&m.stun_requests, traversal.stun_requests);
+        metrics::Metrics::count_to(&m.stun_answers, traversal.stun_answers);
+        for (reason, total) in [("unmatched", traversal.stun_unmatched), ("failed", traversal.stun_failed)] {
+            metrics::Metrics::count_to(&m.stun_drops.get_or_create(&metrics::ReasonLabels { reason }), total);
+        }
+        metrics::Metrics::count_to(&m.side_other, traversal.side_other);
+        metrics::Metrics::count_to(&m.transport_switches, traversal.transport_switches);
+        m.candidates.set(traversal.local_candidates as i64);
         metrics::Metrics::count_to(&m.local_refused, crate::local::server::refused_connections());
         metrics::Metrics::count_to(&m.local_malformed, crate::local::server::malformed_requests());
     }

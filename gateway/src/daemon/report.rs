@@ -23,16 +23,15 @@ pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> V
                     let key = PublicKey(p.public_key.0);
                     let live = s.live_peers.iter().any(|l| l.public_key == p.public_key);
                     let st = status.get(&key).filter(|_| live);
+                    let path = engine.path_of(&key).filter(|_| live);
                     PeerReport {
                         user: p.user.clone(),
                         public_key: p.public_key.to_string(),
                         tunnel_address: p.tunnel_address.to_string(),
                         endpoint: st.and_then(|st| st.endpoint).map(|e| e.to_string()),
-                        transport: engine
-                            .path_of(&key)
-                            .filter(|_| live)
-                            .map_or("none", |p| p.label())
-                            .to_string(),
+                        transport: path.as_ref().map_or("none", |p| p.path.label()).to_string(),
+                        path_why: path.as_ref().map(|p| p.why.to_string()),
+                        rtt_us: path.as_ref().and_then(|p| p.rtt).map(|rtt| rtt.as_micros() as u64),
                         last_handshake_s_ago: st
                             .and_then(|st| st.last_handshake)
                             .map(|at| now.duration_since(at).as_secs()),

@@ -66,8 +66,16 @@ pub struct PeerReport {
     pub tunnel_address: String,
     /// Where its packets come from, once known.
     pub endpoint: Option<String>,
-    /// `udp-relay`, `websocket-relay`, `direct` or `none`.
+    /// The path its packets take: `direct`, `udp-relay`,
+    /// `websocket-relay` or `none`.
     pub transport: String,
+    /// Why the path is the one it is (`verified`, `dead`, `relay`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_why: Option<String>,
+    /// Round-trip time in microseconds: the direct path's probes, or the
+    /// last handshake's over a relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
     pub last_handshake_s_ago: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
