@@ -191,7 +191,7 @@ impl Demo {
                 gateway.enrolment_token.chars().take(6).collect::<String>()
             ));
             let said = world.enroll(&gateway.enrolment_token);
-            s.say(said.trim());
+            s.say(said.trim_end());
             s.command("ferry-gateway run");
             world.start_gateway();
             world.wait_gateway_at_cloud(gateway.id, false);
@@ -218,20 +218,23 @@ impl Demo {
             Ok(id)
         })?;
 
-        walk.step("The technician tries to start it: the customer's switch is off", |s| {
+        walk.step("The technician logs in and tries to start it: the customer's switch is off", |s| {
+            technician.log_in(world, s)?;
             match technician.start(world, session, s)? {
-                Started::Refused { status, kind, title } if kind == "switch-off" => {
-                    s.check(format!("refused: {status} {title} (urn:ferry:problem:{kind})"));
+                Started::SwitchOff(_) => {
+                    s.check("refused: the customer's switch is off (409, urn:ferry:problem:switch-off)");
+                    let (state, _) = world.session_state(session);
+                    ensure!(state == "prepared", "the session is {state} after a refused start");
                     Ok(())
                 }
-                Started::Refused { status, kind, .. } => bail!("refused for another reason: {status} {kind}"),
+                Started::Refused(why) => bail!("refused for another reason: {why}"),
                 Started::State(state) => bail!("the session started ({state}) with the switch off"),
             }
         })?;
 
         walk.step("The customer switches remote maintenance on, at the gateway", |s| {
             s.command("ferry-gateway remote on");
-            s.say(world.remote("on").trim());
+            s.say(world.remote("on").trim_end());
             ensure!(world.switch_status(), "`remote status` does not say on");
             world.wait_gateway_at_cloud(gateway.id, true);
             s.check("`remote status`: on; the cloud shows the switch on");
@@ -306,14 +309,20 @@ impl Demo {
         walk.step("The customer switches off: the tunnel stops at once", |s| {
             let plc = proxy_addr(&technician, "plc", MODBUS_PORT)?;
             s.command("ferry-gateway remote off");
-            s.say(world.remote("off").trim());
+            s.say(world.remote("off").trim_end());
             s.command(format!("modbus read holding registers from {plc}"));
             let read = read_plc(world, plc, Duration::from_secs(2));
-            ensure!(read.is_err(), "the PLC still answers through the tunnel: {read:?}");
-            s.check("no answer within 2 s: the gateway dropped the session's peer when the switch went off");
+            let Err(error) = read else { bail!("the PLC still answers through the tunnel: {read:?}") };
+            s.check(format!(
+                "the read fails ({}): the gateway dropped the session's peer when the switch went off",
+                error.root_cause()
+            ));
             let ended = world.wait_session_state(session, "ended", Duration::from_secs(15));
             ensure!(ended["end_reason"]["by"] == "customer", "ended, but not by the customer: {ended}");
             s.check(format!("the cloud shows session {session} ended by the customer"));
+            if let Some(reason) = technician.tunnel_ended(world, session)? {
+                s.check(format!("`ferry status`: down: {reason}"));
+            }
             technician.disconnect();
             Ok(())
         })?;
@@ -340,14 +349,14 @@ impl Demo {
                 s.check("waiting for the customer's approval")
             }
             Started::State(state) => bail!("the session is {state}, not waiting for the customer's approval"),
-            Started::Refused { status, kind, title } => bail!("refused: {status} {title} ({kind})"),
+            Started::SwitchOff(why) | Started::Refused(why) => bail!("refused: {why}"),
         }
         let listed = poll(Duration::from_secs(15), || {
             world.gateway_sessions().as_array().is_some_and(|l| l.iter().any(|x| x["id"].as_u64() == Some(session)))
         });
         ensure!(listed, "`ferry-gateway sessions` does not list session {session}");
         s.command(format!("ferry-gateway approve {session}"));
-        s.say(world.gateway_ok(&["approve", &session.to_string()]).trim());
+        s.say(world.gateway_ok(&["approve", &session.to_string()]).trim_end());
         world.wait_session_state(session, "active", Duration::from_secs(15));
         s.check(format!("session {session} is active"));
         Ok(())
@@ -360,8 +369,19 @@ impl Demo {
         let plc = proxy_addr(technician, "plc", MODBUS_PORT)?;
         eventually(SETTLE, || read_plc(world, plc, T).map(drop).map_err(|e| format!("{e:#}")))
             .map_err(|e| anyhow::anyhow!("the PLC does not answer through the tunnel: {e}"))?;
-        s.check(format!("path: {}", technician.path_in_use(world)?));
-        if self.path == Path::Direct && !technician.path_in_use(world)?.starts_with("direct") {
+        if self.path == Path::Direct && crate::DIRECT_PATHS_READY {
+            // Traffic starts on the relay and moves once the direct path is
+            // verified both ways.
+            let mut path = String::new();
+            let direct = poll(Duration::from_secs(10), || {
+                path = technician.path_in_use(world).unwrap_or_default();
+                path.starts_with("direct")
+            });
+            ensure!(direct, "no direct path through two cone NATs within 10 s: {path}");
+        }
+        let path = technician.path_in_use(world)?;
+        s.check(format!("path: {path}"));
+        if self.path == Path::Direct && !path.starts_with("direct") {
             s.say("(a direct path needs the ferry client's hole punching, which this build does not have yet)");
         }
         Ok(())
@@ -434,7 +454,7 @@ impl Demo {
         if let (Ok(hmi), Ok(plc)) =
             (proxy_addr(&walked.technician, "hmi", HMI_PORT), proxy_addr(&walked.technician, "plc", MODBUS_PORT))
         {
-            println!("  {}  sudo ip netns exec {} curl -s http://{hmi}/", st.bold("HMI     "), ns(&world.tech_ns));
+            println!("  {}  sudo ip netns exec {} curl -s http://{}/", st.bold("HMI     "), ns(&world.tech_ns), hmi.ip());
             println!("  {}  Modbus/TCP at {plc} from the technician's namespace", st.bold("PLC     "));
         }
         println!(
