@@ -119,7 +119,9 @@ fn run_machine(machine: Machine) -> Result<()> {
 
 fn demo(path: Path, once: bool) -> ExitCode {
     if !nix_is_root() {
-        eprintln!("ferry-demo needs root (it builds network namespaces): run `sudo -E env PATH=$PATH cargo xtask demo`");
+        eprintln!(
+            "ferry-demo needs root (it builds network namespaces): run `sudo -E env PATH=$PATH cargo xtask demo`"
+        );
         return ExitCode::from(2);
     }
     if let Err(error) = clean_up_on_signals() {
@@ -141,7 +143,9 @@ fn demo(path: Path, once: bool) -> ExitCode {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -170,7 +174,10 @@ fn clean_up_on_signals() -> Result<()> {
         eprintln!("\nferry-demo: stopping; removing everything the demo made");
         let removed = ferry_lab::sweep_pid(std::process::id());
         let namespaces = removed.iter().filter(|r| r.starts_with("netns")).count();
-        eprintln!("ferry-demo: removed {namespaces} namespaces and {} other objects", removed.len() - namespaces);
+        eprintln!(
+            "ferry-demo: removed {namespaces} namespaces and {} other objects",
+            removed.len() - namespaces
+        );
         std::process::exit(130);
     });
     Ok(())

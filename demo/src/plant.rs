@@ -115,7 +115,11 @@ impl Memory {
     fn tick(&self, second: u64) {
         let mut r = self.lock();
         let (speed, setpoint) = (r[1], r[2]);
-        r[1] = if speed < setpoint { (speed + 50).min(setpoint) } else { speed.saturating_sub(50).max(setpoint) };
+        r[1] = if speed < setpoint {
+            (speed + 50).min(setpoint)
+        } else {
+            speed.saturating_sub(50).max(setpoint)
+        };
         if r[0] == 1 {
             r[5] = r[5].wrapping_add(1);
         }
@@ -172,7 +176,8 @@ pub async fn run_plc(modbus: SocketAddr, web: SocketAddr) -> Result<()> {
             )
         }),
     );
-    let web_listener = tokio::net::TcpListener::bind(web).await.with_context(|| format!("listening on {web}"))?;
+    let web_listener =
+        tokio::net::TcpListener::bind(web).await.with_context(|| format!("listening on {web}"))?;
     tokio::spawn(async move { axum::serve(web_listener, config_page).await });
 
     let listener =

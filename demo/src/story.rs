@@ -58,11 +58,7 @@ impl Demo {
         let (way, why) = Way::choose(self.path);
         println!(
             "{}",
-            self.style.bold(&format!(
-                "Ferry demo: the {} path ({})",
-                self.path.name(),
-                self.path.what()
-            ))
+            self.style.bold(&format!("Ferry demo: the {} path ({})", self.path.name(), self.path.what()))
         );
         println!("technician: {why}");
         let walked = self.walk(&mut walk, way);
@@ -79,12 +75,7 @@ impl Demo {
                 }
                 Ok(())
             }
-            Err((failed, world)) => {
-                if let Some(world) = world {
-                    eprintln!("{}", world.log_tails(30));
-                }
-                Err(failed)
-            }
+            Err(failed) => Err(failed),
         }
     }
 
@@ -104,9 +95,7 @@ impl Demo {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn walk(&self, walk: &mut Walk, way: Way) -> Result<Walked, (StepFailed, Option<World>)> {
-        let fail = |e: StepFailed| (e, None);
+    fn walk(&self, walk: &mut Walk, way: Way) -> Result<Walked, StepFailed> {
         let (mut world, plant) = walk.step("The world: an internet, a cloud, a relay, a plant and a home", |s| {
             let started = Instant::now();
             let world = World::new(self.options());
@@ -117,15 +106,23 @@ impl Demo {
             s.check("the HMI page answers on the machine network; the home NAS answers on the technician's LAN");
             s.say(format!("({} namespaces, built in {:.1} s)", world.namespaces().len(), started.elapsed().as_secs_f64()));
             Ok((world, plant))
-        })
-        .map_err(fail)?;
+        })?;
         match self.lifecycle(walk, &mut world, way) {
             Ok((technician, session)) => Ok(Walked { world, _plant: plant, technician, session }),
-            Err(failed) => Err((failed, Some(world))),
+            Err(failed) => {
+                // What the daemons said last, before the world goes.
+                eprintln!("{}", world.log_tails(20));
+                Err(failed)
+            }
         }
     }
 
-    fn lifecycle(&self, walk: &mut Walk, world: &mut World, way: Way) -> Result<(Technician, u64), StepFailed> {
+    fn lifecycle(
+        &self,
+        walk: &mut Walk,
+        world: &mut World,
+        way: Way,
+    ) -> Result<(Technician, u64), StepFailed> {
         walk.step("The cloud starts (HTTPS, sled) and the admin logs in", |s| {
             s.command(format!(
                 "ferry-cloud serve --listen {CLOUD_IP}:{CLOUD_PORT} --data-dir {}",
@@ -133,7 +130,9 @@ impl Demo {
             ));
             let one_time = world.start_cloud().context("the first start prints no one-time password")?;
             let pin = world.cloud_pin.clone().unwrap_or_default();
-            s.check(format!("listening on https://{CLOUD_IP}:{CLOUD_PORT}, self-signed certificate sha256 {pin}"));
+            s.check(format!(
+                "listening on https://{CLOUD_IP}:{CLOUD_PORT}, self-signed certificate sha256 {pin}"
+            ));
             s.check(format!(
                 "first start: Administrator `admin` with a one-time password ({}…)",
                 one_time.chars().take(4).collect::<String>()
@@ -161,7 +160,10 @@ impl Demo {
         let user = walk.step("The admin creates the technician `tech` (a remoteConnect User)", |s| {
             s.command(r#"POST /api/v1/users {"name": "tech", "role": "remote_connect_user", "password": …}"#);
             let user = world.create_technician("tech");
-            s.check(format!("user {} created; only sessions released to them are theirs to see and start", user.id));
+            s.check(format!(
+                "user {} created; only sessions released to them are theirs to see and start",
+                user.id
+            ));
             Ok(user)
         })?;
         let mut technician = Technician::new(way, user, self.path);
@@ -252,12 +254,19 @@ impl Demo {
 
         walk.step("The technician reads and writes the PLC's registers over Modbus/TCP", |s| {
             let plc = proxy_addr(&technician, "plc", MODBUS_PORT)?;
-            s.command(format!("modbus read holding registers 0..{} from {plc} (function 3)", plant::REGISTERS.len()));
+            s.command(format!(
+                "modbus read holding registers 0..{} from {plc} (function 3)",
+                plant::REGISTERS.len()
+            ));
             let values = read_plc(world, plc, T)?;
             s.check(plant::show_all(&values));
             s.command(format!("modbus write register {SETPOINT} = {NEW_SETPOINT} to {plc} (function 6)"));
             let after = write_plc(world, plc, SETPOINT, NEW_SETPOINT)?;
-            ensure!(after[SETPOINT as usize] == NEW_SETPOINT, "the setpoint reads {} after the write", after[SETPOINT as usize]);
+            ensure!(
+                after[SETPOINT as usize] == NEW_SETPOINT,
+                "the setpoint reads {} after the write",
+                after[SETPOINT as usize]
+            );
             s.check(format!("setpoint now {NEW_SETPOINT} rpm; the machine follows it"));
             Ok(())
         })?;
@@ -265,7 +274,8 @@ impl Demo {
         walk.step("The technician opens the HMI's page", |s| {
             let hmi = proxy_addr(&technician, "hmi", HMI_PORT)?;
             s.command(format!("curl http://{hmi}/"));
-            let page = http_get(&world.tech_ns, &hmi.ip().to_string(), hmi.port(), T).map_err(anyhow::Error::msg)?;
+            let page =
+                http_get(&world.tech_ns, &hmi.ip().to_string(), hmi.port(), T).map_err(anyhow::Error::msg)?;
             let rows = table_rows(&page);
             ensure!(page.contains("Press line 3") && !rows.is_empty(), "not the HMI's page: {page}");
             s.check(format!("HMI: {}", rows.join(", ")));
@@ -290,11 +300,17 @@ impl Demo {
                 Duration::from_secs(3),
             );
             if let Ok(answer) = answer {
-                bail!("port {PLC_WEB_PORT} answered through the tunnel: {:?}", String::from_utf8_lossy(&answer));
+                bail!(
+                    "port {PLC_WEB_PORT} answered through the tunnel: {:?}",
+                    String::from_utf8_lossy(&answer)
+                );
             }
-            s.check(format!("no answer: the gateway drops what the session does not whitelist (tcp/{MODBUS_PORT} only)"));
-            http_get(&world.probe_ns, TARGET_A_IP, PLC_WEB_PORT, T)
-                .map_err(|e| anyhow::anyhow!("the PLC's web page does not answer on the machine network: {e}"))?;
+            s.check(format!(
+                "no answer: the gateway drops what the session does not whitelist (tcp/{MODBUS_PORT} only)"
+            ));
+            http_get(&world.probe_ns, TARGET_A_IP, PLC_WEB_PORT, T).map_err(|e| {
+                anyhow::anyhow!("the PLC's web page does not answer on the machine network: {e}")
+            })?;
             s.check(format!("(on the machine network, {PROBE_IP} does get the PLC's page: it is there)"));
             s.command(format!("curl http://{HOME_DEVICE_IP}/   (the technician's own LAN)"));
             let home = http_get(&world.tech_ns, HOME_DEVICE_IP, 80, T).map_err(anyhow::Error::msg)?;
@@ -343,7 +359,13 @@ impl Demo {
         Ok((technician, session))
     }
 
-    fn start_and_approve(&self, world: &World, technician: &mut Technician, session: u64, s: &Step) -> Result<()> {
+    fn start_and_approve(
+        &self,
+        world: &World,
+        technician: &mut Technician,
+        session: u64,
+        s: &Step,
+    ) -> Result<()> {
         match technician.start(world, session, s)? {
             Started::State(state) if state == "waiting_for_approval" => {
                 s.check("waiting for the customer's approval")
@@ -352,7 +374,10 @@ impl Demo {
             Started::SwitchOff(why) | Started::Refused(why) => bail!("refused: {why}"),
         }
         let listed = poll(Duration::from_secs(15), || {
-            world.gateway_sessions().as_array().is_some_and(|l| l.iter().any(|x| x["id"].as_u64() == Some(session)))
+            world
+                .gateway_sessions()
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["id"].as_u64() == Some(session)))
         });
         ensure!(listed, "`ferry-gateway sessions` does not list session {session}");
         s.command(format!("ferry-gateway approve {session}"));
@@ -364,7 +389,8 @@ impl Demo {
 
     fn connect(&self, world: &World, technician: &mut Technician, session: u64, s: &Step) -> Result<()> {
         let tunnel = technician.connect(world, session, s)?;
-        let proxies: Vec<String> = tunnel.proxies.iter().map(|(name, ip)| format!("{name} at {ip}")).collect();
+        let proxies: Vec<String> =
+            tunnel.proxies.iter().map(|(name, ip)| format!("{name} at {ip}")).collect();
         s.check(format!("proxy addresses: {}", proxies.join(", ")));
         let plc = proxy_addr(technician, "plc", MODBUS_PORT)?;
         eventually(SETTLE, || read_plc(world, plc, T).map(drop).map_err(|e| format!("{e:#}")))
@@ -382,7 +408,9 @@ impl Demo {
         let path = technician.path_in_use(world)?;
         s.check(format!("path: {path}"));
         if self.path == Path::Direct && !path.starts_with("direct") {
-            s.say("(a direct path needs the ferry client's hole punching, which this build does not have yet)");
+            s.say(
+                "(a direct path needs the ferry client's hole punching, which this build does not have yet)",
+            );
         }
         Ok(())
     }
@@ -398,7 +426,11 @@ impl Demo {
             self.start_and_approve(world, &mut walked.technician, walked.session, s)?;
             self.connect(world, &mut walked.technician, walked.session, s)
         })?;
-        let console = forward::start(CLOUD_PORT, &world.cloud_ns, SocketAddr::new(CLOUD_IP.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), CLOUD_PORT));
+        let console = forward::start(
+            CLOUD_PORT,
+            &world.cloud_ns,
+            SocketAddr::new(CLOUD_IP.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), CLOUD_PORT),
+        );
         self.look_around(&walked, console.ok());
         loop {
             // Ctrl-C ends the process from the signal thread, which removes
@@ -411,8 +443,13 @@ impl Demo {
         let world = &walked.world;
         let st = self.style;
         let ns = |n: &ferry_lab::Netns| n.name().to_string();
-        let exe = |name: &str| ferry_lab::workspace_bin(name).map(|p| p.display().to_string()).unwrap_or(name.into());
-        println!("\n{}", st.bold("The world stays up until Ctrl-C, which removes everything. To look around:"));
+        let exe = |name: &str| {
+            ferry_lab::workspace_bin(name).map(|p| p.display().to_string()).unwrap_or(name.into())
+        };
+        println!(
+            "\n{}",
+            st.bold("The world stays up until Ctrl-C, which removes everything. To look around:")
+        );
         match console {
             Some(addr) => {
                 let (status, page) = world
@@ -438,7 +475,14 @@ impl Demo {
             }
             None => println!("  {}  (no free loopback port for it)", st.bold("console ")),
         }
-        let panel = tcp_exchange(&world.probe_ns, GW_LAN_IP, 80, b"GET / HTTP/1.0\r\n\r\n", Some(1), Duration::from_secs(1));
+        let panel = tcp_exchange(
+            &world.probe_ns,
+            GW_LAN_IP,
+            80,
+            b"GET / HTTP/1.0\r\n\r\n",
+            Some(1),
+            Duration::from_secs(1),
+        );
         match panel {
             Ok(_) => println!(
                 "  {}  http://{GW_LAN_IP}/ on the machine network: sudo ip netns exec {} curl http://{GW_LAN_IP}/",
@@ -451,10 +495,16 @@ impl Demo {
             ),
         }
         println!("  {}  {}", st.bold("tunnel  "), walked.technician.status_command(world));
-        if let (Ok(hmi), Ok(plc)) =
-            (proxy_addr(&walked.technician, "hmi", HMI_PORT), proxy_addr(&walked.technician, "plc", MODBUS_PORT))
-        {
-            println!("  {}  sudo ip netns exec {} curl -s http://{}/", st.bold("HMI     "), ns(&world.tech_ns), hmi.ip());
+        if let (Ok(hmi), Ok(plc)) = (
+            proxy_addr(&walked.technician, "hmi", HMI_PORT),
+            proxy_addr(&walked.technician, "plc", MODBUS_PORT),
+        ) {
+            println!(
+                "  {}  sudo ip netns exec {} curl -s http://{}/",
+                st.bold("HMI     "),
+                ns(&world.tech_ns),
+                hmi.ip()
+            );
             println!("  {}  Modbus/TCP at {plc} from the technician's namespace", st.bold("PLC     "));
         }
         println!(
@@ -491,7 +541,8 @@ fn start_plant(world: &World) -> Result<Plant> {
     let mut plc = world.target_a.spawn_program(&exe, &["plc", "--modbus", &plc_modbus, "--web", &plc_web])?;
     plc.wait_for_output("plc ready", T)?;
     let hmi_listen = format!("{TARGET_B_IP}:{HMI_PORT}");
-    let mut hmi = world.target_b.spawn_program(&exe, &["hmi", "--listen", &hmi_listen, "--plc", &plc_modbus])?;
+    let mut hmi =
+        world.target_b.spawn_program(&exe, &["hmi", "--listen", &hmi_listen, "--plc", &plc_modbus])?;
     hmi.wait_for_output("hmi ready", T)?;
     let home = Server::http(&world.home_ns, HOME_DEVICE_IP, 80, HOME_PAGE);
     Ok(Plant { _plc: plc, _hmi: hmi, _home: home })
@@ -586,7 +637,8 @@ mod tests {
 
     #[test]
     fn hmi_rows_are_read_from_its_table() {
-        let page = "<table><tr><th>speed</th><td>1450 rpm</td></tr><tr><th>state</th><td>running</td></tr></table>";
+        let page =
+            "<table><tr><th>speed</th><td>1450 rpm</td></tr><tr><th>state</th><td>running</td></tr></table>";
         assert_eq!(table_rows(page), vec!["speed 1450 rpm", "state running"]);
         assert!(table_rows("no table").is_empty());
     }

@@ -51,7 +51,9 @@ impl Way {
                  the cloud's configuration, with `ferry-relay ws-bridge`, stands in"
                     .to_string(),
             ),
-            Ok(bin) => (Way::Client(Client::new(bin)), "the ferry client (its service and its commands)".to_string()),
+            Ok(bin) => {
+                (Way::Client(Client::new(bin)), "the ferry client (its service and its commands)".to_string())
+            }
             Err(_) => (
                 Way::Stock,
                 "this build has no ferry client: a stock WireGuard (wireguard-go) from the cloud's wg-quick \
@@ -182,7 +184,9 @@ impl Technician {
     pub fn log_in(&mut self, world: &World, step: &Step) -> Result<()> {
         match &mut self.way {
             Way::Client(client) => {
-                step.command("ferry service   (what `sudo ferry install` runs under systemd, once per laptop)");
+                step.command(
+                    "ferry service   (what `sudo ferry install` runs under systemd, once per laptop)",
+                );
                 client.start_service(world)?;
                 let url = world.technician_cloud_url();
                 let pin = world.cloud_pin.clone().unwrap_or_default();
@@ -197,7 +201,10 @@ impl Technician {
                 step.say(client.ok(world, &["sessions"], "")?.trim_end());
             }
             Way::Stock => {
-                step.command(format!(r#"POST /api/v1/auth/login {{"name": "{}", "password": …}}"#, self.user.name));
+                step.command(format!(
+                    r#"POST /api/v1/auth/login {{"name": "{}", "password": …}}"#,
+                    self.user.name
+                ));
                 world.login(&world.tech_ns, &self.user.name, &self.user.password);
             }
         }
@@ -255,7 +262,9 @@ impl Technician {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|t| Some((t["name"].as_str()?.to_string(), t["proxy_address"].as_str()?.to_string())))
+                    .filter_map(|t| {
+                        Some((t["name"].as_str()?.to_string(), t["proxy_address"].as_str()?.to_string()))
+                    })
                     .collect();
                 Tunnel { proxies, stock: None }
             }
@@ -305,7 +314,8 @@ impl Technician {
                     other => other.unwrap_or("?"),
                 };
                 let endpoint = mine["peer_endpoint"].as_str().unwrap_or("?");
-                let handshake = if mine["last_handshake_ms"].is_u64() { "handshake done" } else { "no handshake yet" };
+                let handshake =
+                    if mine["last_handshake_ms"].is_u64() { "handshake done" } else { "no handshake yet" };
                 Ok(format!("{path}: {endpoint}; {handshake} (`ferry status`)"))
             }
             (Way::Stock, Some(stock)) => {
@@ -378,10 +388,11 @@ pub fn read_plc(world: &World, plc: SocketAddr, timeout: Duration) -> Result<Vec
 pub fn write_plc(world: &World, plc: SocketAddr, address: u16, value: u16) -> Result<Vec<u16>> {
     in_namespace(world, move || async move {
         use tokio_modbus::client::Writer as _;
-        let mut client = tokio::time::timeout(Duration::from_secs(5), tokio_modbus::client::tcp::connect(plc))
-            .await
-            .context("no connection within 5 s")?
-            .context("connecting")?;
+        let mut client =
+            tokio::time::timeout(Duration::from_secs(5), tokio_modbus::client::tcp::connect(plc))
+                .await
+                .context("no connection within 5 s")?
+                .context("connecting")?;
         client
             .write_single_register(address, value)
             .await

@@ -146,7 +146,11 @@ impl Walk {
             Ok(result) => result,
             Err(_) => Err(anyhow!(
                 "{}",
-                LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| "panicked".into())
+                LAST_PANIC
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_else(|| "panicked".into())
             )),
         };
         match result {

@@ -81,9 +81,8 @@ impl Api {
         if let Some(token) = token {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
-        let request = request
-            .header("Content-Type", "application/json")
-            .body(body.to_string().into_bytes())?;
+        let request =
+            request.header("Content-Type", "application/json").body(body.to_string().into_bytes())?;
         let mut response = agent.run(request)?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string()?;

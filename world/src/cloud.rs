@@ -54,7 +54,9 @@ impl World {
 
     pub(crate) fn technician_cloud_addr(&self) -> SocketAddr {
         match self.options.technician {
-            Technician::BehindNat(ferry_lab::Nat::TcpOnly443) => SocketAddr::new(CLOUD_IP.parse().unwrap(), 443),
+            Technician::BehindNat(ferry_lab::Nat::TcpOnly443) => {
+                SocketAddr::new(CLOUD_IP.parse().unwrap(), 443)
+            }
             _ => self.cloud_addr(),
         }
     }
@@ -96,7 +98,8 @@ impl World {
             .and_then(|l| l.rsplit(' ').next())
             .map(|p| p.trim().to_string());
         if self.options.cloud_tls {
-            let listening = stdout.lines().find(|l| l.starts_with("ferry-cloud listening")).unwrap_or_default();
+            let listening =
+                stdout.lines().find(|l| l.starts_with("ferry-cloud listening")).unwrap_or_default();
             let fingerprint = listening
                 .split("certificate sha256 ")
                 .nth(1)

@@ -116,7 +116,6 @@ impl World {
         let out = self.gateway_ok(&["sessions", "--json"]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("`sessions --json` is not JSON ({e}): {out:?}"))
     }
-
 }
 
 /// The value of `sample` in Prometheus text, 0 if absent.
@@ -140,4 +139,3 @@ pub fn switch_word(text: &str) -> Option<bool> {
         _ => None,
     }
 }
-

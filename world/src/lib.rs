@@ -86,7 +86,9 @@ pub mod wg;
 pub use addresses::*;
 pub use cloud::{GatewayRecord, User, problem_type};
 pub use gateway::{metric_value, switch_word};
-pub use services::{Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until};
+pub use services::{
+    Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until,
+};
 pub use technician::{TechTunnel, parse_targets};
 pub use topology::{Options, Technician, World};
 

@@ -10,8 +10,9 @@ use ferry_lab::Process;
 use serde_json::{Value, json};
 
 use crate::{
-    User, World, bin_path, strip_len,
+    User, World,
     addresses::GATEWAY_WG_PORT,
+    bin_path, strip_len,
     wg::{Keys, PeerSpec, WgQuick, WireguardGo},
 };
 

@@ -151,7 +151,12 @@ impl World {
                 let (tech_ns, tech_veth) = host("tech", "192.0.2.1/25", &format!("{TECH_IP}/25"));
                 let home_ns = lab.netns("home").unwrap();
                 let home = lab
-                    .wire(&tech_ns, &[&format!("{TECH_LAN_IP}/24")], &home_ns, &[&format!("{HOME_DEVICE_IP}/24")])
+                    .wire(
+                        &tech_ns,
+                        &[&format!("{TECH_LAN_IP}/24")],
+                        &home_ns,
+                        &[&format!("{HOME_DEVICE_IP}/24")],
+                    )
                     .unwrap();
                 tx_off(&tech_ns, &home.a);
                 tx_off(&home_ns, &home.b);
