@@ -1,9 +1,6 @@
 //! The life cycle of the brief, step by step, in a world of namespaces.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use ferry_lab::{Nat, Process};
@@ -61,22 +58,17 @@ impl Demo {
             self.style.bold(&format!("Ferry demo: the {} path ({})", self.path.name(), self.path.what()))
         );
         println!("technician: {why}");
-        let walked = self.walk(&mut walk, way);
-        match walked {
-            Ok(walked) => {
-                println!(
-                    "\n{} {} steps in {:.0} s",
-                    self.style.green("all steps passed:"),
-                    walk.steps(),
-                    walk.elapsed_s()
-                );
-                if !self.once {
-                    self.stay_up(&mut walk, walked)?;
-                }
-                Ok(())
-            }
-            Err(failed) => Err(failed),
+        let walked = self.walk(&mut walk, way)?;
+        println!(
+            "\n{} {} steps in {:.0} s",
+            self.style.green("all steps passed:"),
+            walk.steps(),
+            walk.elapsed_s()
+        );
+        if !self.once {
+            self.stay_up(&mut walk, walked)?;
         }
+        Ok(())
     }
 
     fn options(&self) -> Options {
@@ -97,14 +89,13 @@ impl Demo {
 
     fn walk(&self, walk: &mut Walk, way: Way) -> Result<Walked, StepFailed> {
         let (mut world, plant) = walk.step("The world: an internet, a cloud, a relay, a plant and a home", |s| {
-            let started = Instant::now();
             let world = World::new(self.options());
             let plant = start_plant(&world)?;
             s.say(topology(&world, self.path));
             let values = in_machine_network(&world)?;
             s.check(format!("the PLC answers Modbus/TCP on the machine network: {}", plant::show_all(&values)));
             s.check("the HMI page answers on the machine network; the home NAS answers on the technician's LAN");
-            s.say(format!("({} namespaces, built in {:.1} s)", world.namespaces().len(), started.elapsed().as_secs_f64()));
+            s.check(format!("{} namespaces joined by veth pairs; the routers NAT with nftables", world.namespaces().len()));
             Ok((world, plant))
         })?;
         match self.lifecycle(walk, &mut world, way) {

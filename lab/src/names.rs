@@ -86,7 +86,7 @@ fn pid_max() -> u32 {
 /// there. Objects of live runs are left alone, so this is safe while other
 /// tests run. Returns what was removed.
 pub fn sweep_stale() -> Vec<String> {
-    sweep(|pid| !alive(pid))
+    sweep(|pid| !alive(pid), true)
 }
 
 /// Removes everything the lab made for process `pid`, alive or not: its
@@ -95,10 +95,15 @@ pub fn sweep_stale() -> Vec<String> {
 /// signal, from another thread than the one that owns its [`crate::Lab`]s
 /// (then exits without dropping them). Returns what was removed.
 pub fn sweep_pid(pid: u32) -> Vec<String> {
-    sweep(|owner| owner == pid)
+    // Its wireguard-go processes were in its namespaces and are being
+    // killed; their sockets are the caller's whether they still answer.
+    sweep(|owner| owner == pid, false)
 }
 
-fn sweep(owned: impl Fn(u32) -> bool) -> Vec<String> {
+/// Removes what `owned` says belongs to a pid; with `spare_listening`, a
+/// control socket that still answers is left (a live wireguard-go of a
+/// pid that was reused).
+fn sweep(owned: impl Fn(u32) -> bool, spare_listening: bool) -> Vec<String> {
     let mut removed = Vec::new();
     if let Ok(entries) = fs::read_dir(NETNS_DIR) {
         for entry in entries.flatten() {
@@ -117,7 +122,7 @@ fn sweep(owned: impl Fn(u32) -> bool) -> Vec<String> {
             // Ours, its owner's, and nobody listening: a live wireguard-go
             // (of anyone) answers connect().
             let stale = pid_of_ifname(stem).is_some_and(|pid| pid <= pid_max && owned(pid))
-                && std::os::unix::net::UnixStream::connect(entry.path()).is_err();
+                && !(spare_listening && std::os::unix::net::UnixStream::connect(entry.path()).is_ok());
             if stale && fs::remove_file(entry.path()).is_ok() {
                 removed.push(format!("socket {name}"));
             }
