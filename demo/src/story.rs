@@ -101,8 +101,11 @@ impl Demo {
         match self.lifecycle(walk, &mut world, way) {
             Ok((technician, session)) => Ok(Walked { world, _plant: plant, technician, session }),
             Err(failed) => {
-                // What the daemons said last, before the world goes.
-                eprintln!("{}", world.log_tails(20));
+                // What the daemons said last (above debug), before the
+                // world goes.
+                let tails = world.log_tails(400);
+                let said: Vec<&str> = tails.lines().filter(|l| !l.contains("DEBUG")).collect();
+                eprintln!("{}", said.join("\n"));
                 Err(failed)
             }
         }
@@ -320,10 +323,25 @@ impl Demo {
             s.command(format!("modbus read holding registers from {plc}"));
             let read = read_plc(world, plc, Duration::from_secs(2));
             let Err(error) = read else { bail!("the PLC still answers through the tunnel: {read:?}") };
-            s.check(format!(
-                "the read fails ({}): the gateway dropped the session's peer when the switch went off",
-                error.root_cause()
-            ));
+            s.check(format!("the read fails: {error:#}"));
+            s.command("ferry-gateway sessions --json");
+            let sessions = world.gateway_sessions();
+            let mine = sessions.as_array().into_iter().flatten().find(|x| x["id"].as_u64() == Some(session));
+            let state = mine.and_then(|x| x["state"].as_str()).unwrap_or("gone");
+            let transports: Vec<&str> = mine
+                .and_then(|x| x["peers"].as_array())
+                .into_iter()
+                .flatten()
+                .map(|p| p["transport"].as_str().unwrap_or("?"))
+                .collect();
+            ensure!(
+                state != "active" && transports.iter().all(|t| *t == "none"),
+                "the gateway still has the session live: {sessions}"
+            );
+            s.check(match mine {
+                None => format!("the gateway has let session {session} go"),
+                Some(_) => format!("the gateway: session {session} {state}, its peer's transport none"),
+            });
             let ended = world.wait_session_state(session, "ended", Duration::from_secs(15));
             ensure!(ended["end_reason"]["by"] == "customer", "ended, but not by the customer: {ended}");
             s.check(format!("the cloud shows session {session} ended by the customer"));
