@@ -484,22 +484,33 @@ impl Demo {
             }
             None => println!("  {}  (no free loopback port for it)", st.bold("console ")),
         }
-        let panel = tcp_exchange(
-            &world.probe_ns,
-            GW_LAN_IP,
-            80,
-            b"GET / HTTP/1.0\r\n\r\n",
-            Some(1),
-            Duration::from_secs(1),
-        );
+        // The customer's panel is for the machine network's side only.
+        let answers = |port: u16| {
+            tcp_exchange(
+                &world.probe_ns,
+                GW_LAN_IP,
+                port,
+                b"GET / HTTP/1.0\r\n\r\n",
+                Some(1),
+                Duration::from_secs(1),
+            )
+            .is_ok()
+        };
+        let panel = if answers(443) {
+            Some(format!("https://{GW_LAN_IP}/"))
+        } else if answers(80) {
+            Some(format!("http://{GW_LAN_IP}/"))
+        } else {
+            None
+        };
         match panel {
-            Ok(_) => println!(
-                "  {}  http://{GW_LAN_IP}/ on the machine network: sudo ip netns exec {} curl http://{GW_LAN_IP}/",
+            Some(url) => println!(
+                "  {}  {url} from the machine network: sudo ip netns exec {} curl -sk {url}",
                 st.bold("panel   "),
                 ns(&world.probe_ns)
             ),
-            Err(_) => println!(
-                "  {}  (coming) the customer's local panel, on the machine network side: http://{GW_LAN_IP}/",
+            None => println!(
+                "  {}  (coming) the customer's local panel, on the machine network's side of the gateway ({GW_LAN_IP})",
                 st.bold("panel   ")
             ),
         }
