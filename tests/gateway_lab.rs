@@ -92,6 +92,14 @@ impl EchoLoop {
             .run_in(move || TcpStream::connect_timeout(&addr, timeout))
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("connect {addr}: {e}"))?;
+        EchoLoop::over(stream, timeout)
+    }
+
+    /// The loop over a connection made elsewhere (for example by a socket
+    /// of another user's); fails if no first round trip works within
+    /// `timeout`.
+    pub fn over(stream: TcpStream, timeout: Duration) -> Result<EchoLoop, String> {
+        let addr = stream.peer_addr().map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
 pub mod browser;
+pub mod client_lab;
 pub mod cloud;
 pub mod control_gateway;
 pub mod gateway_lab;

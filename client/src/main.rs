@@ -14,7 +14,11 @@ use ferry_connect::http::HttpError;
 
 use crate::{
     cloud::CloudError,
-    commands::{account, export, install, sessions, tunnel},
+    commands::{
+        account, export, install,
+        sessions::{self, SessionRefused},
+        tunnel,
+    },
     service_client::ServiceError,
 };
 
@@ -118,6 +122,9 @@ fn exit_status(error: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
+        if cause.downcast_ref::<SessionRefused>().is_some() {
+            return 4;
+        }
         if let Some(e) = cause.downcast_ref::<ServiceError>() {
             return match e {
                 ServiceError::NotRunning { .. } | ServiceError::PermissionDenied { .. } => 5,
@@ -186,6 +193,7 @@ mod tests {
         };
         assert_eq!(status(CloudError::Refused(problem).into()), 4);
         assert_eq!(status(ServiceError::NotRunning { path: "/x".into() }.into()), 5);
+        assert_eq!(status(SessionRefused::NotVisible("7".into()).into()), 4);
         assert_eq!(status(anyhow::anyhow!("anything else")), 1);
     }
 }

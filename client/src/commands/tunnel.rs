@@ -8,9 +8,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use ferry_api::{ClientConfig, ConfigRequest, State, StunServers};
+use ferry_api::{ClientConfig, ConfigRequest, StunServers};
 
-use super::{block_on, bytes, cloud, duration, print_json, sessions};
+use super::{
+    block_on, bytes, cloud, duration, print_json,
+    sessions::{self, SessionRefused},
+};
 use crate::{
     cloud::{Cloud, now_ms},
     protocol::{Answer, Request, TunnelView},
@@ -69,11 +72,7 @@ fn tunnels(answer: Answer) -> Result<Vec<TunnelView>> {
 pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
     let mut cloud = cloud()?;
     let session = block_on(sessions::find(&mut cloud, &args.session))?;
-    match session.state {
-        State::Active => {}
-        State::Prepared => bail!("session {} is not started: `ferry start {}` first", session.id, session.id),
-        state => bail!("session {} is {}, not active", session.id, state.label()),
-    }
+    SessionRefused::unless_active(&session)?;
     // The relays' STUN servers, for the server-reflexive candidates; a cloud
     // that has none (or predates them) leaves the host candidates.
     let stun_servers = match block_on(async { Ok(cloud.get::<StunServers>("/api/v1/stun").await?) }) {
