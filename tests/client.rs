@@ -290,8 +290,9 @@ fn a_technician_works_a_session_with_the_cli() {
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["id"], session, "{listed}");
     assert_eq!(listed[0]["state"], "prepared");
+    // Refused for the session's state: exit status 4, as the cloud's refusals.
     let out = ferry(&["connect", &session.to_string()], "");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry start"), "{}", text(&out));
     let out = ferry(&["start", &name], "");
     assert!(
