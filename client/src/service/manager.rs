@@ -58,7 +58,8 @@ struct Tunnel {
     uid: u32,
     plan: Plan,
     endpoint: Arc<Endpoint>,
-    /// The tunnel's paths; dropped before the endpoint.
+    /// The tunnel's paths. Its tasks hold the endpoint too: the engine and
+    /// the TUN device go when they have stopped.
     traversal: Traversal,
     installed: Installed,
     expiry: JoinHandle<()>,
@@ -540,10 +541,10 @@ impl Manager {
                 report.abort();
             }
         }
-        // No probe for the gateway after this.
-        tunnel.traversal.remove_peer(&tunnel.plan.peer);
         let mut shown = view(&tunnel);
         shown.ended = Some(Ended { cause, reason: reason.clone(), at_ms: now_ms() });
+        // No probe for the gateway after this.
+        tunnel.traversal.remove_peer(&tunnel.plan.peer);
         self.uninstall(tunnel.uid, &tunnel.installed).await;
         tracing::info!(uid = tunnel.uid, session = tunnel.plan.session_id, reason, "tunnel down");
         let uid = tunnel.uid;
