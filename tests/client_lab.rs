@@ -2,8 +2,8 @@
 //! in a namespace, several local users of the technician's machine (uids
 //! without a passwd entry, so nothing of the host's is touched) driving it
 //! with the CLI or its socket protocol, traffic made as one of them (the
-//! tunnel routes only its owner's packets), and the technician's machine
-//! behind NAT routers of its own, which it can move between (roaming).
+//! tunnel routes only its owner's packets), and the technician's laptop
+//! leaving its home network for another one (roaming).
 //!
 //! Used by `client.rs` (the service with stock peers and a stand-in
 //! gateway) and `client_paths.rs` (the real gateway: direct paths, the
@@ -233,7 +233,7 @@ pub fn ping_as(ns: &Netns, user: LocalUser, ip: &str) -> Result<(), String> {
 
 /// A technician at their machine: a local user with a home of their own,
 /// running `ferry` in the machine's namespace against its service.
-pub struct Technician {
+pub struct FerryUser {
     pub user: LocalUser,
     pub ns: Netns,
     pub home: PathBuf,
@@ -241,12 +241,12 @@ pub struct Technician {
     _homes: tempfile::TempDir,
 }
 
-impl Technician {
-    pub fn new(ns: &Netns, user: LocalUser, service: &Service) -> Technician {
+impl FerryUser {
+    pub fn new(ns: &Netns, user: LocalUser, service: &Service) -> FerryUser {
         let homes = tempfile::tempdir().unwrap();
         std::fs::set_permissions(homes.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let home = home_of(homes.path(), user);
-        Technician { user, ns: ns.clone(), home, socket: service.socket.clone(), _homes: homes }
+        FerryUser { user, ns: ns.clone(), home, socket: service.socket.clone(), _homes: homes }
     }
 
     pub fn ferry(&self, args: &[&str]) -> Output {
@@ -284,59 +284,40 @@ impl Technician {
     }
 }
 
-/// The technician's machine behind a NAT router of its own, instead of on
-/// the internet: the lab's technician namespace, its home LAN kept, plugged
-/// into the router's LAN. `slot` picks the addresses, so that a second
-/// router can stand beside the first (a network to roam to): slot 0 is
-/// WAN 203.0.113.18 with LAN 10.30.0.0/24, slot 1 WAN 203.0.113.26 with LAN
-/// 10.31.0.0/24.
-pub struct TechnicianNat {
+/// The technician's laptop after it left its home network for another one:
+/// unplugged from the home router (the world's
+/// `Technician::BehindNat`), plugged into a new NAT router on the internet
+/// with WAN 203.0.113.18 and LAN 10.30.0.0/24, at 10.30.0.2 with a new
+/// default route. The home router stays, without the laptop.
+pub struct AwayNetwork {
     pub router: Router,
-    /// The router's public address, which the gateway sees.
+    /// The new router's public address, which the gateway sees.
     pub wan_ip: String,
-    /// The technician's address on the router's LAN.
+    /// The laptop's address on the new LAN.
     pub lan_ip: String,
-    /// The technician's interface to the router.
-    pub tech_if: String,
 }
 
-impl TechnicianNat {
-    /// Takes the technician off the internet (its link from the lab) and
-    /// behind a new router.
-    pub fn first(lab: &GatewayLab, nat: Nat) -> TechnicianNat {
-        lab.tech_ns.ip(&["link", "del", &lab.tech_if]).unwrap();
-        TechnicianNat::attach(lab, nat, 0)
-    }
-
-    /// Unplugs the technician from this router and plugs it into a new one
-    /// in `slot`: a new address, a new default route, a new public address.
-    /// This router stays, unplugged.
-    pub fn move_to(&self, lab: &GatewayLab, nat: Nat, slot: u8) -> TechnicianNat {
-        lab.tech_ns.ip(&["link", "del", &self.tech_if]).unwrap();
-        TechnicianNat::attach(lab, nat, slot)
-    }
-
-    fn attach(lab: &GatewayLab, nat: Nat, slot: u8) -> TechnicianNat {
-        let base = 16 + 8 * slot;
-        let (upstream, wan) = (format!("203.0.113.{}/29", base + 1), format!("203.0.113.{}", base + 2));
-        let lan_net = 30 + slot;
-        let router = lab
+impl AwayNetwork {
+    pub fn roam(world: &GatewayLab, nat: Nat) -> AwayNetwork {
+        world.tech_ns.ip(&["link", "del", &world.tech_if]).unwrap();
+        let wan_ip = "203.0.113.18".to_string();
+        let router = world
             .lab
             .nat_router(
-                &format!("tnat{slot}"),
+                "away-rt",
                 nat,
-                &lab.inet,
-                &upstream,
-                &format!("{wan}/29"),
-                &format!("10.{lan_net}.0.1/24"),
+                &world.inet,
+                "203.0.113.17/29",
+                &format!("{wan_ip}/29"),
+                "10.30.0.1/24",
             )
             .unwrap();
-        let lan_ip = format!("10.{lan_net}.0.2");
-        let tech_if = router.attach(&lab.tech_ns, &format!("{lan_ip}/24")).unwrap();
-        // Full checksums on the wire, as everywhere in the lab (the
+        let lan_ip = "10.30.0.2".to_string();
+        let tech_if = router.attach(&world.tech_ns, &format!("{lan_ip}/24")).unwrap();
+        // Full checksums on the wire, as everywhere in the world (the
         // gateway's XDP guard reads them).
-        lab.tech_ns.exec("ethtool", &["-K", &tech_if, "tx", "off"]).unwrap();
+        world.tech_ns.exec("ethtool", &["-K", &tech_if, "tx", "off"]).unwrap();
         router.ns.exec("ethtool", &["-K", &router.wan_if, "tx", "off"]).unwrap();
-        TechnicianNat { router, wan_ip: wan, lan_ip, tech_if }
+        AwayNetwork { router, wan_ip, lan_ip }
     }
 }

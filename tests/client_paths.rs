@@ -1,7 +1,8 @@
 //! The technician's client `ferry` with the real `ferry-gateway` in the
-//! gateway lab: the technician's machine behind a NAT router of its own
-//! (`client_lab::TechnicianNat`), its `ferry service` in that namespace, the
-//! technician using the CLI as a local user. Each test is one property of
+//! gateway lab: the technician's laptop at home behind a NAT router (the
+//! world's `Technician::BehindNat`, public address 192.0.2.2), its `ferry
+//! service` in the laptop's namespace, the technician using the CLI as a
+//! local user. Each test is one property of
 //! the client's paths: the relay first and a direct path once verified, the
 //! fall back to the relay when the direct path is cut in the middle of a
 //! transfer, the WebSocket relay from a network that lets only TCP 443 out,
@@ -30,19 +31,18 @@ const IPERF_PORT: u16 = 5201;
 
 /// The lab with the real gateway behind the customer's cone NAT, remote
 /// maintenance switched on, a technician account `tech1` logged in with
-/// `ferry login` as the local user TECH on a machine behind a NAT of `nat`
-/// kind, whose `ferry service` runs.
+/// `ferry login` as the local user TECH on a laptop at home behind a NAT of
+/// `nat` kind, whose `ferry service` runs.
 struct Site {
     lab: GatewayLab,
     gateway: GatewayRecord,
     account: User,
-    nat: TechnicianNat,
     service: Service,
-    tech: Technician,
+    tech: FerryUser,
 }
 
 fn site(options: Options, nat: Nat) -> Site {
-    let mut lab = GatewayLab::new(options);
+    let mut lab = GatewayLab::new(Options { technician: Technician::BehindNat(nat), ..options });
     // `ping` as a local user: an ICMP datagram socket, no privilege.
     lab.tech_ns.sysctl("net.ipv4.ping_group_range=0 2147483647").unwrap();
     lab.start_cloud_and_login();
@@ -63,16 +63,11 @@ fn site(options: Options, nat: Nat) -> Site {
             .is_some_and(|e| e.iter().any(|e| e.as_str().is_some_and(|e| e.starts_with(SITE_WAN_IP))))
     });
     let account = lab.create_technician("tech1");
-    let nat = TechnicianNat::first(&lab, nat);
     let service = Service::start(&lab.tech_ns);
-    let tech = Technician::new(&lab.tech_ns, TECH, &service);
-    // A network that lets only TCP 443 out reaches the cloud there too.
-    let cloud = match nat.router.nat {
-        Nat::TcpOnly443 => format!("http://{CLOUD_IP}:443"),
-        _ => format!("http://{CLOUD_IP}:{CLOUD_PORT}"),
-    };
-    tech.login(&cloud, "tech1", TECH_PASSWORD);
-    Site { lab, gateway, account, nat, service, tech }
+    let tech = FerryUser::new(&lab.tech_ns, TECH, &service);
+    // A network that lets only TCP 443 out reaches the cloud there.
+    tech.login(&lab.technician_cloud_url(), "tech1", TECH_PASSWORD);
+    Site { lab, gateway, account, service, tech }
 }
 
 /// Besides plc-web and echo: `iperf` (target-b, tcp 5201) and `ping`
@@ -215,14 +210,14 @@ fn finish(mut child: Child, timeout: Duration) -> Output {
 fn a_cone_nat_technician_starts_on_the_relay_goes_direct_and_keeps_a_transfer_when_the_direct_path_is_cut() {
     let site = site(Options::default(), Nat::Cone);
     let id = site.started(&["plc-web", "iperf", "ping"]);
-    let held_back = Cut::between(&site.lab, &site.nat.wan_ip, SITE_WAN_IP);
+    let held_back = Cut::between(&site.lab, TECH_IP, SITE_WAN_IP);
     let tunnel = site.connect(id);
     assert_eq!(tunnel["path"], "relay_udp", "{tunnel:#}");
     assert!(tunnel["last_handshake_ms"].is_u64(), "the handshake came through the relay: {tunnel:#}");
     assert!(tunnel["peer_endpoint"].as_str().unwrap().starts_with(&format!("{RELAY_IP}:")), "{tunnel:#}");
     let reflexive = tunnel["local_candidates"].as_array().unwrap();
     assert!(
-        reflexive.iter().any(|c| c.as_str().unwrap().starts_with(&format!("{}:", site.nat.wan_ip))),
+        reflexive.iter().any(|c| c.as_str().unwrap().starts_with(&format!("{TECH_IP}:"))),
         "the technician's NAT mapping, from the relay's STUN server: {tunnel:#}"
     );
     let ping = proxy(&tunnel, "ping");
@@ -244,7 +239,7 @@ fn a_cone_nat_technician_starts_on_the_relay_goes_direct_and_keeps_a_transfer_wh
         peer["transport"] == "direct"
     });
     assert!(seen, "the gateway does not report the direct path: {peer:#}");
-    assert!(peer["endpoint"].as_str().unwrap().starts_with(&format!("{}:", site.nat.wan_ip)), "{peer:#}");
+    assert!(peer["endpoint"].as_str().unwrap().starts_with(&format!("{TECH_IP}:")), "{peer:#}");
     let out = site.tech.ferry(&["status"]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("  path:           direct, for ") && shown.contains("(verified)"), "{shown}");
@@ -255,7 +250,7 @@ fn a_cone_nat_technician_starts_on_the_relay_goes_direct_and_keeps_a_transfer_wh
     let transfer = iperf_client(&site.lab.tech_ns, &proxy(&tunnel, "iperf"), 16);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(site.now(&tunnel)["path"], "direct", "the transfer began on the direct path");
-    let cut = Cut::between(&site.lab, &site.nat.wan_ip, SITE_WAN_IP);
+    let cut = Cut::between(&site.lab, TECH_IP, SITE_WAN_IP);
     let cut_at = started.elapsed().as_secs_f64();
     let relayed = site.wait_path(&tunnel, "relay_udp");
     assert_eq!(relayed["path_why"], "dead", "{relayed:#}");
@@ -318,7 +313,7 @@ fn a_technician_who_moves_to_another_network_gets_the_tunnel_back_by_itself() {
     assert_eq!(get_as(&site.lab.tech_ns, TECH, &web, HTTP_PORT).as_deref(), Ok(PLC_PAGE));
 
     let lab = &site.lab;
-    let second = site.nat.move_to(lab, Nat::Cone, 1);
+    let second = AwayNetwork::roam(lab, Nat::Cone);
     let page = eventually(Duration::from_secs(60), || get_as(&lab.tech_ns, TECH, &web, HTTP_PORT));
     assert_eq!(page.as_deref(), Ok(PLC_PAGE), "{}", site.logs());
     let mut now = Value::Null;
@@ -337,7 +332,7 @@ fn a_technician_who_moves_to_another_network_gets_the_tunnel_back_by_itself() {
     let config = configs.as_array().unwrap().iter().find(|c| c["id"] == tunnel["config_id"]).unwrap();
     let reported = config["candidates"].as_array().unwrap();
     assert!(reported.iter().any(|c| c.as_str().unwrap().starts_with(&second.wan_ip)), "{config:#}");
-    assert!(!reported.iter().any(|c| c.as_str().unwrap().starts_with(&site.nat.wan_ip)), "{config:#}");
+    assert!(!reported.iter().any(|c| c.as_str().unwrap().starts_with(TECH_IP)), "{config:#}");
     let mut peer = Value::Null;
     let verified = poll(SETTLE, || {
         peer = site.gateway_peer(id);
@@ -360,8 +355,8 @@ fn the_customer_ends_a_direct_path_transfer_at_once_and_only_released_technician
 
     // Another account, used by another local user of the same machine.
     site.lab.create_technician("tech2");
-    let other = Technician::new(&site.lab.tech_ns, COLLEAGUE, &site.service);
-    other.login(&format!("http://{CLOUD_IP}:{CLOUD_PORT}"), "tech2", TECH_PASSWORD);
+    let other = FerryUser::new(&site.lab.tech_ns, COLLEAGUE, &site.service);
+    other.login(&site.lab.technician_cloud_url(), "tech2", TECH_PASSWORD);
     for command in ["start", "connect"] {
         let out = other.ferry(&[command, &id.to_string()]);
         assert_eq!(out.status.code(), Some(4), "{command}: {}", text(&out));
