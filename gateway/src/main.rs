@@ -74,6 +74,13 @@ enum Command {
         #[arg(value_name = "SESSION")]
         session: u64,
     },
+    /// End one active session now; the others go on and the switch stays
+    /// on (`remote off` ends them all). Its technician needs a new start,
+    /// and your approval again where the session requires it.
+    End {
+        #[arg(value_name = "SESSION")]
+        session: u64,
+    },
     /// The sessions the daemon knows: state, technicians' peers, targets, traffic.
     Sessions {
         /// JSON instead of a table.
@@ -119,8 +126,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Remote { action } => cmd::remote(&paths, action),
-        Command::Approve { session } => cmd::decide(&paths, session, true),
-        Command::Deny { session } => cmd::decide(&paths, session, false),
+        Command::Approve { session } => cmd::decide(&paths, session, cmd::Decide::Approve),
+        Command::Deny { session } => cmd::decide(&paths, session, cmd::Decide::Deny),
+        Command::End { session } => cmd::decide(&paths, session, cmd::Decide::End),
         Command::Sessions { json } => cmd::sessions(&paths, json),
         Command::Diagnose { json } => cmd::diagnose::run(&paths, json),
         Command::Enroll(args) => cmd::enroll::run(&paths, args),

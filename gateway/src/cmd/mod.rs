@@ -115,9 +115,22 @@ pub fn remote(paths: &Paths, action: RemoteAction) -> Result<()> {
     Ok(())
 }
 
-/// `approve` and `deny`: only the daemon knows which sessions wait.
-pub fn decide(paths: &Paths, session: u64, approve: bool) -> Result<()> {
-    let request = if approve { Request::Approve { session } } else { Request::Deny { session } };
+/// What the customer decides on one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decide {
+    Approve,
+    Deny,
+    End,
+}
+
+/// `approve`, `deny` and `end`: only the daemon knows which sessions wait
+/// or run.
+pub fn decide(paths: &Paths, session: u64, decide: Decide) -> Result<()> {
+    let request = match decide {
+        Decide::Approve => Request::Approve { session },
+        Decide::Deny => Request::Deny { session },
+        Decide::End => Request::End { session },
+    };
     match client::call(&paths.socket, &request) {
         Ok(Response::Done { message }) => {
             println!("{message}");
@@ -127,7 +140,7 @@ pub fn decide(paths: &Paths, session: u64, approve: bool) -> Result<()> {
         Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
         Err(ClientError::NotRunning { path }) => bail!(
             "the ferry-gateway daemon is not running (no control socket at {}): only the running daemon \
-             knows which sessions wait for approval; start it with `systemctl start ferry-gateway`",
+             knows which sessions wait for approval or run; start it with `systemctl start ferry-gateway`",
             path.display()
         ),
         Err(e) => Err(e.into()),
@@ -269,6 +282,8 @@ mod tests {
         let session = SessionReport {
             id: 42,
             name: "press line 3".into(),
+            started_by: Some("tech".into()),
+            max_duration_s: Some(3600),
             state: "waiting_for_approval".into(),
             expires_ms: 3_600_000 + 5_000,
             approval_required: true,

@@ -356,11 +356,21 @@ impl Daemon {
     fn record_changes(&self, changes: Vec<Change>) {
         for change in changes {
             let event = match change {
-                Change::Connected { session, public_key, endpoint } => {
-                    info!(session = session.0, peer = %public_key, ?endpoint, "peer connected");
+                Change::Connected { session, public_key, endpoint, path } => {
+                    info!(session = session.0, peer = %public_key, ?endpoint, ?path, "peer connected");
                     GatewayEvent::PeerConnected {
                         session_id: session,
                         public_key: WgKey(public_key.0),
+                        endpoint,
+                        path,
+                    }
+                }
+                Change::PathChanged { session, public_key, path, endpoint } => {
+                    info!(session = session.0, peer = %public_key, ?endpoint, ?path, "peer's path changed");
+                    GatewayEvent::PeerPath {
+                        session_id: session,
+                        public_key: WgKey(public_key.0),
+                        path,
                         endpoint,
                     }
                 }
@@ -423,9 +433,14 @@ impl Daemon {
         m.switch_on.set(i64::from(self.store.switch_on()));
         m.cloud_connected.set(i64::from(self.cloud_connected));
         m.audit_pending.set(self.store.pending_len() as i64);
-        for status in
-            [Status::Active, Status::WaitingForApproval, Status::Denied, Status::Expired, Status::SwitchedOff]
-        {
+        for status in [
+            Status::Active,
+            Status::WaitingForApproval,
+            Status::Denied,
+            Status::Ended,
+            Status::Expired,
+            Status::SwitchedOff,
+        ] {
             let n = self.plan.sessions.iter().filter(|s| s.status == status).count();
             m.sessions.get_or_create(&metrics::StatusLabels { status: status.label() }).set(n as i64);
         }
@@ -537,6 +552,7 @@ impl Daemon {
             },
             Request::Approve { session } => self.decide(SessionId(session), Decision::Approved).await,
             Request::Deny { session } => self.decide(SessionId(session), Decision::Denied).await,
+            Request::End { session } => self.end(SessionId(session)).await,
             Request::Sessions => {
                 Response::Sessions { sessions: report::sessions(&self.plan, &self.engine, &self.forwarder) }
             }
@@ -563,7 +579,28 @@ impl Daemon {
         self.events.notify_one();
         info!(session = session.0, name, ?decision, "the customer decided");
         self.reconcile().await;
-        let verb = if decision == Decision::Approved { "approved" } else { "denied" };
-        Response::Done { message: format!("session {} ({name}) {verb}", session.0) }
+        Response::Done { message: format!("session {} ({name}) {decision}", session.0) }
+    }
+
+    /// The customer ends one running session here: it stops forwarding at
+    /// once, and the cloud hears of it (`Ended`), which ends it there.
+    async fn end(&mut self, session: SessionId) -> Response {
+        let Some(planned) = self.plan.session(session) else {
+            return Response::Error { message: format!("no session {} at this gateway", session.0) };
+        };
+        if planned.status != Status::Active {
+            let hint = if planned.status == Status::WaitingForApproval { " (deny it instead)" } else { "" };
+            return Response::Error {
+                message: format!("session {} is {}, not active{hint}", session.0, planned.status.label()),
+            };
+        }
+        let name = planned.state.name.clone();
+        if let Err(e) = self.store.end_session(session, now_ms()) {
+            return Response::Error { message: format!("could not store the end: {e}") };
+        }
+        self.events.notify_one();
+        info!(session = session.0, name, "the customer ended the session");
+        self.reconcile().await;
+        Response::Done { message: format!("session {} ({name}) ended", session.0) }
     }
 }
