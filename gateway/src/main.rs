@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod guard;
 mod local;
+mod panel;
 mod run;
 mod state;
 
@@ -98,8 +99,15 @@ enum Command {
     /// Register this gateway with the cloud, once, with an enrolment token.
     Enroll(cmd::enroll::EnrollArgs),
     /// Install the systemd unit, this binary (/usr/local/bin) and a
-    /// configuration template (/etc/ferry/gateway.toml, if missing).
+    /// configuration template (/etc/ferry/gateway.toml, if missing); offers
+    /// to set the local panel's password.
     Install(cmd::install::InstallArgs),
+    /// The local web panel for the plant operators (on the LAN address,
+    /// port 8443 by default; never on the uplink): its password and status.
+    Panel {
+        #[command(subcommand)]
+        action: cmd::panel::PanelAction,
+    },
 }
 
 fn main() -> Result<()> {
@@ -132,6 +140,7 @@ fn main() -> Result<()> {
         Command::Sessions { json } => cmd::sessions(&paths, json),
         Command::Diagnose { json } => cmd::diagnose::run(&paths, json),
         Command::Enroll(args) => cmd::enroll::run(&paths, args),
+        Command::Panel { action } => cmd::panel::run(&paths, &config, action),
         Command::Install(_) => unreachable!("handled above"),
     }
 }

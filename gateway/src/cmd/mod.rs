@@ -1,10 +1,11 @@
 //! The customer's and installer's commands: `remote`, `approve`, `deny`,
-//! `sessions`, `diagnose`, `enroll`, `install`.
+//! `end`, `sessions`, `diagnose`, `enroll`, `install`, `panel`.
 
 pub mod diagnose;
 pub mod enroll;
 pub mod http;
 pub mod install;
+pub mod panel;
 
 use std::{
     path::PathBuf,
@@ -166,7 +167,7 @@ pub fn sessions(paths: &Paths, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn human_duration(d: Duration) -> String {
+pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),
@@ -176,7 +177,7 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

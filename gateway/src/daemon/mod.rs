@@ -10,7 +10,7 @@
 mod cloud;
 mod engine;
 mod forwarding;
-mod host;
+pub mod host;
 mod metrics;
 pub mod policy;
 mod report;
@@ -77,6 +77,8 @@ pub struct Settings {
     pub transport: Transport,
     /// Where `/metrics` listens; `None`: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where the customer's local panel listens.
+    pub panel: crate::config::PanelListen,
     /// How long idle connections to the machines are kept.
     pub flow_timeouts: FlowTimeouts,
 }
@@ -156,6 +158,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let listener = crate::local::server::bind(&settings.socket)
         .with_context(|| format!("binding the control socket {}", settings.socket.display()))?;
     let (request_tx, mut request_rx) = mpsc::channel(16);
+    let panel_task =
+        start_panel(&settings, snat, &enrollment.name, request_tx.clone(), &store, &events).await?;
     let local_task = tokio::spawn(crate::local::server::serve(listener, request_tx));
 
     let metrics = metrics::Metrics::new();
@@ -234,8 +238,58 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         task.abort();
     }
     local_task.abort();
+    if let Some(task) = panel_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
+}
+
+/// Starts the customer's local panel where the configuration says, after
+/// checking that the address is the LAN's or loopback (never the uplink's).
+async fn start_panel(
+    settings: &Settings,
+    lan_address: Ipv4Addr,
+    gateway_name: &str,
+    requests: mpsc::Sender<crate::local::server::Call>,
+    store: &Store,
+    events: &Arc<Notify>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use crate::{config::PanelListen, panel};
+    let listen = match settings.panel {
+        PanelListen::Off => {
+            info!("the local panel is off (panel.listen = \"off\")");
+            return Ok(None);
+        }
+        PanelListen::Lan => std::net::SocketAddr::new(lan_address.into(), crate::config::DEFAULT_PANEL_PORT),
+        PanelListen::At(addr) => addr,
+    };
+    let addresses = panel::listen::interface_addresses().context("listing the interfaces' addresses")?;
+    let device = panel::listen::device_for(
+        listen,
+        &settings.lan_interface,
+        settings.uplink_interface.as_deref(),
+        &addresses,
+    )?;
+    let running = panel::start(panel::Setup {
+        listen,
+        device: device.clone(),
+        data_dir: settings.data_dir.clone(),
+        socket: settings.socket.clone(),
+        gateway_name: gateway_name.to_string(),
+        requests,
+        store: store.clone(),
+        events: events.clone(),
+        lockout: panel::Lockout::default(),
+    })
+    .await?;
+    info!(
+        url = %format!("https://{}", running.addr),
+        interface = device,
+        fingerprint = %running.fingerprint,
+        "local panel listening"
+    );
+    Ok(Some(running.task))
 }
 
 /// Where the gateway finds its direct-path candidates and what it never
