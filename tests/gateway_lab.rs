@@ -43,7 +43,7 @@
 //!
 //! Using it (see `gateway_lab_infra.rs` and `gateway_e2e.rs`):
 //! ```text
-//! let mut lab = GatewayLab::new(Options { tcp443_only: false, relay_xdp: "off", relay_tls: false });
+//! let mut lab = GatewayLab::new(Options::default());
 //! lab.start_cloud_and_login();             // one-time password -> ADMIN_PASSWORD
 //! lab.start_relay();                       // registered, online at the cloud
 //! let gw = lab.create_gateway("press");    // targets plc-web and echo, enrolment token
@@ -127,11 +127,15 @@ pub struct Options {
     /// The relay serves its WebSocket listener over TLS with a self-signed
     /// certificate (`wss://`), whose pin reaches the gateway via the cloud.
     pub relay_tls: bool,
+    /// The cloud serves HTTPS with the self-signed certificate it makes on
+    /// first start (naming its address); the gateway and the relay pin it,
+    /// API calls trust only it. Otherwise plain HTTP.
+    pub cloud_tls: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { tcp443_only: false, relay_xdp: "off", relay_tls: false }
+        Options { tcp443_only: false, relay_xdp: "off", relay_tls: false, cloud_tls: false }
     }
 }
 
@@ -207,6 +211,9 @@ pub struct GatewayLab {
     pub relay_id: Option<u64>,
     /// With `relay_tls`: the fingerprint of the relay's certificate.
     pub relay_pin: Option<String>,
+    /// With `cloud_tls`: the fingerprint of the cloud's certificate, once it
+    /// started.
+    pub cloud_pin: Option<String>,
     servers: Vec<Server>,
     _xdp: Vec<PassProgram>,
 }
@@ -348,6 +355,7 @@ impl GatewayLab {
             admin_token: Mutex::new(None),
             relay_id: None,
             relay_pin: None,
+            cloud_pin: None,
             servers,
             _xdp: xdp,
             lab,
@@ -359,10 +367,11 @@ impl GatewayLab {
     /// The cloud's URL as the gateway is told it: port 443 when the site
     /// lets only TCP 443 out.
     pub fn cloud_url(&self) -> String {
+        let scheme = if self.options.cloud_tls { "https" } else { "http" };
         if self.options.tcp443_only {
-            format!("http://{CLOUD_IP}:443")
+            format!("{scheme}://{CLOUD_IP}:443")
         } else {
-            format!("http://{CLOUD_IP}:{CLOUD_PORT}")
+            format!("{scheme}://{CLOUD_IP}:{CLOUD_PORT}")
         }
     }
 
@@ -380,15 +389,32 @@ impl GatewayLab {
         let listen = self.cloud_addr().to_string();
         let data = self.cloud_data.to_str().unwrap().to_string();
         let mut cmd = self.cloud_ns.command(bin_path("ferry-cloud"));
-        cmd.args(["serve", "--listen", &listen, "--data-dir", &data, "--no-tls", "--allow-plain-http"]);
+        if self.options.cloud_tls {
+            // The self-signed certificate names the cloud's address too.
+            let config = self.lab.dir().join("cloud.toml");
+            std::fs::write(&config, format!("tls_names = [\"{CLOUD_IP}\"]\n")).unwrap();
+            cmd.arg("--config").arg(config);
+            cmd.args(["serve", "--listen", &listen, "--data-dir", &data]);
+        } else {
+            cmd.args(["serve", "--listen", &listen, "--data-dir", &data, "--no-tls", "--allow-plain-http"]);
+        }
         let mut cloud = self.cloud_ns.spawn(cmd).unwrap();
         cloud.wait_for_output("ferry-cloud listening", Duration::from_secs(30)).unwrap();
-        let password = cloud
-            .stdout()
+        let stdout = cloud.stdout();
+        let password = stdout
             .lines()
             .find(|l| l.contains("one-time password"))
             .and_then(|l| l.rsplit(' ').next())
             .map(|p| p.trim().to_string());
+        if self.options.cloud_tls {
+            let listening = stdout.lines().find(|l| l.starts_with("ferry-cloud listening")).unwrap_or_default();
+            let fingerprint = listening
+                .split("certificate sha256 ")
+                .nth(1)
+                .map(|rest| rest.trim_end().trim_end_matches(')').to_string())
+                .unwrap_or_else(|| panic!("no certificate fingerprint in {listening:?}"));
+            self.cloud_pin = Some(fingerprint);
+        }
         self.cloud = Some(cloud);
         password
     }
@@ -411,6 +437,12 @@ impl GatewayLab {
     ) -> (u16, Value) {
         let (addr, method2, path2, token) =
             (self.cloud_addr(), method.to_string(), path.to_string(), token.map(str::to_string));
+        if let Some(pin) = self.cloud_pin.clone() {
+            let body = Some(body);
+            return ns
+                .run_in(move || crate::control_gateway::pinned_call(addr, &pin, &method2, &path2, token.as_deref(), body))
+                .unwrap();
+        }
         ns.run_in(move || try_call(addr, &method2, &path2, token.as_deref(), body))
             .unwrap()
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
@@ -469,7 +501,8 @@ impl GatewayLab {
         let id = created["relay"]["id"].as_u64().unwrap();
         let token_file = self.lab.dir().join("relay.token");
         std::fs::write(&token_file, created["token"].as_str().unwrap()).unwrap();
-        let cloud_url = format!("ws://{CLOUD_IP}:{CLOUD_PORT}/api/v1/control/relay");
+        let cloud_scheme = if self.cloud_pin.is_some() { "wss" } else { "ws" };
+        let cloud_url = format!("{cloud_scheme}://{CLOUD_IP}:{CLOUD_PORT}/api/v1/control/relay");
         let scheme = if self.options.relay_tls { "wss" } else { "ws" };
         let websocket_url = format!("{scheme}://{RELAY_WS}/");
         let id_text = id.to_string();
@@ -501,6 +534,10 @@ impl GatewayLab {
         ];
         if self.options.relay_xdp != "off" {
             args.extend(["--interface", &self.relay_if]);
+        }
+        let cloud_pin = self.cloud_pin.clone().unwrap_or_default();
+        if self.cloud_pin.is_some() {
+            args.extend(["--cloud-pin", &cloud_pin]);
         }
         if self.options.relay_tls {
             let certified = rcgen::generate_simple_self_signed(vec![RELAY_IP.to_string()]).unwrap();
@@ -702,13 +739,21 @@ impl GatewayLab {
     pub fn request_wg_quick(&self, user: &mut User, session_id: u64, public_key: &str) -> (u16, Value) {
         let path = format!("/api/v1/sessions/{session_id}/config/wg-quick");
         let body = json!({"public_key": public_key});
-        let (addr, token) = (self.cloud_addr(), user.token.clone());
+        let (addr, token, pin) = (self.cloud_addr(), user.token.clone(), self.cloud_pin.clone());
         let fetch = move |token: String| {
             let path = path.clone();
             let body = body.clone();
-            move || {
-                crate::cloud::raw_call(addr, "POST", &path, Some(&token), &body)
-                    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            let pin = pin.clone();
+            move || match pin {
+                Some(pin) => {
+                    let bearer = format!("Bearer {token}");
+                    let headers = [("Authorization", bearer.as_str())];
+                    let (status, _, text) =
+                        crate::control_gateway::pinned_request(addr, &pin, "POST", &path, &headers, Some(&body));
+                    (status, text)
+                }
+                None => crate::cloud::raw_call(addr, "POST", &path, Some(&token), &body)
+                    .unwrap_or_else(|e| panic!("POST {path}: {e}")),
             }
         };
         let (mut status, mut text) = self.tech_ns.run_in(fetch(token)).unwrap();
@@ -759,9 +804,15 @@ impl GatewayLab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `ferry-gateway enroll --cloud <url> --token <token>`.
+    /// `ferry-gateway enroll --cloud <url> --token <token>` (and `--pin`
+    /// with the cloud's fingerprint over HTTPS).
     pub fn enroll(&self, token: &str) -> String {
-        self.gateway_ok(&["enroll", "--cloud", &self.cloud_url(), "--token", token])
+        let url = self.cloud_url();
+        let mut args = vec!["enroll", "--cloud", &url, "--token", token];
+        if let Some(pin) = &self.cloud_pin {
+            args.extend(["--pin", pin]);
+        }
+        self.gateway_ok(&args)
     }
 
     /// Starts `ferry-gateway run` and waits for "ferry-gateway ready".
