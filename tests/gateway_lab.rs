@@ -407,7 +407,8 @@ impl GatewayLab {
             .and_then(|l| l.rsplit(' ').next())
             .map(|p| p.trim().to_string());
         if self.options.cloud_tls {
-            let listening = stdout.lines().find(|l| l.starts_with("ferry-cloud listening")).unwrap_or_default();
+            let listening =
+                stdout.lines().find(|l| l.starts_with("ferry-cloud listening")).unwrap_or_default();
             let fingerprint = listening
                 .split("certificate sha256 ")
                 .nth(1)
@@ -440,7 +441,9 @@ impl GatewayLab {
         if let Some(pin) = self.cloud_pin.clone() {
             let body = Some(body);
             return ns
-                .run_in(move || crate::control_gateway::pinned_call(addr, &pin, &method2, &path2, token.as_deref(), body))
+                .run_in(move || {
+                    crate::control_gateway::pinned_call(addr, &pin, &method2, &path2, token.as_deref(), body)
+                })
                 .unwrap();
         }
         ns.run_in(move || try_call(addr, &method2, &path2, token.as_deref(), body))
@@ -748,8 +751,14 @@ impl GatewayLab {
                 Some(pin) => {
                     let bearer = format!("Bearer {token}");
                     let headers = [("Authorization", bearer.as_str())];
-                    let (status, _, text) =
-                        crate::control_gateway::pinned_request(addr, &pin, "POST", &path, &headers, Some(&body));
+                    let (status, _, text) = crate::control_gateway::pinned_request(
+                        addr,
+                        &pin,
+                        "POST",
+                        &path,
+                        &headers,
+                        Some(&body),
+                    );
                     (status, text)
                 }
                 None => crate::cloud::raw_call(addr, "POST", &path, Some(&token), &body)

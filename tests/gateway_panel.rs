@@ -16,102 +16,19 @@
 //! `cargo test -p ferry-tests --test gateway_panel`.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::Stdio,
     time::Duration,
 };
 
 use ferry_lab::Netns;
-use ferry_tests::{bin_path, gateway_lab::*};
+use ferry_tests::{
+    gateway_lab::*,
+    panel::{PANEL_PORT, header, https, panel_addr, panel_pin, set_panel_password},
+};
 use serde_json::Value;
 
 const PANEL_PASSWORD: &str = "plant operator passphrase";
-const PANEL_PORT: u16 = 8443;
 const T: Duration = Duration::from_secs(5);
-
-fn panel_addr() -> SocketAddr {
-    SocketAddr::new(GW_LAN_IP.parse().unwrap(), PANEL_PORT)
-}
-
-/// `ferry-gateway panel password --stdin`, as root on the gateway.
-pub fn set_panel_password(lab: &GatewayLab, password: &str) {
-    let mut cmd = lab.gw_ns.command(bin_path("ferry-gateway"));
-    cmd.arg("--config").arg(&lab.gateway_config).args(["panel", "password", "--stdin"]);
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "panel password: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The panel certificate's fingerprint, as `ferry-gateway panel status` shows it.
-pub fn panel_pin(lab: &GatewayLab) -> String {
-    let status = lab.gateway_ok(&["panel", "status"]);
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("certificate sha256 "))
-        .unwrap_or_else(|| panic!("no fingerprint in `panel status`:\n{status}"))
-        .trim()
-        .to_string()
-}
-
-/// One HTTP/1.1 request over TLS from inside `ns`, trusting only the
-/// certificate with fingerprint `pin`. A connection that fails is an error.
-fn https(
-    ns: &Netns,
-    addr: SocketAddr,
-    pin: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    form: Option<&str>,
-) -> Result<(u16, Vec<(String, String)>, String), String> {
-    let (pin, method, path) = (pin.to_string(), method.to_string(), path.to_string());
-    let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-    let form = form.map(str::to_string);
-    ns.run_in(move || -> Result<_, String> {
-        let tcp = TcpStream::connect_timeout(&addr, T).map_err(|e| format!("connect {addr}: {e}"))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
-        let config = ferry_cloud::tls::pinned_client_config(&pin).map_err(|e| e.to_string())?;
-        let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-        let connection = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-        let mut stream = rustls::StreamOwned::new(connection, tcp);
-        let body = form.unwrap_or_default();
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (name, value) in &headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if method == "POST" {
-            head.push_str(&format!(
-                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))?;
-        stream.write_all(body.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))?;
-        let mut raw = Vec::new();
-        match stream.read_to_end(&mut raw) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-            Err(e) => return Err(format!("{method} {path}: {e}")),
-        }
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not HTTP: {text:?}"))?;
-        let mut lines = head.lines();
-        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Ok((status.ok_or("no status")?, headers, rest.to_string()))
-    })
-    .map_err(|e| e.to_string())?
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str())
-}
 
 /// A browser on a device of the machine network, logged in to the panel.
 struct Operator<'a> {
@@ -150,7 +67,8 @@ impl<'a> Operator<'a> {
         let origin = format!("https://{}", panel_addr());
         let form = format!("csrf={}{fields}", self.csrf);
         let headers = [("Cookie", self.cookie.as_str()), ("Origin", origin.as_str())];
-        let (status, _, body) = https(self.ns, panel_addr(), &self.pin, "POST", path, &headers, Some(&form)).unwrap();
+        let (status, _, body) =
+            https(self.ns, panel_addr(), &self.pin, "POST", path, &headers, Some(&form)).unwrap();
         assert_eq!(status, 303, "POST {path}: {body}");
         status
     }
@@ -186,7 +104,8 @@ fn the_panel_answers_on_the_machine_network_and_nowhere_on_the_uplink() {
 
     // A device of the machine network gets the login page, over TLS with
     // the certificate `panel status` names.
-    let (status, headers, body) = https(&lab.probe_ns, panel_addr(), &pin, "GET", "/login", &[], None).unwrap();
+    let (status, headers, body) =
+        https(&lab.probe_ns, panel_addr(), &pin, "GET", "/login", &[], None).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("name=\"password\""), "{body}");
     assert!(header(&headers, "content-security-policy").contains("frame-ancestors 'none'"));
@@ -277,7 +196,8 @@ fn what_the_customer_does_on_the_panel_is_audited_as_the_command_lines() {
     assert!(switches.iter().all(|(allowed, _, _)| *allowed));
 
     // Approve and deny, one each way, then end one each way.
-    let ids: Vec<u64> = (0..4).map(|_| lab.create_session(gateway.id, &["plc-web"], &[tech.id], 600, true)).collect();
+    let ids: Vec<u64> =
+        (0..4).map(|_| lab.create_session(gateway.id, &["plc-web"], &[tech.id], 600, true)).collect();
     for &id in &ids {
         let (status, body) = lab.start_session(&mut tech, id);
         assert_eq!(status, 200, "{body}");
@@ -299,21 +219,32 @@ fn what_the_customer_does_on_the_panel_is_audited_as_the_command_lines() {
     operator.post(&format!("/sessions/{}/end", ids[1]), "");
     for id in [ids[0], ids[1]] {
         let session = lab.wait_session_state(id, "ended", Duration::from_secs(20));
-        assert_eq!(session["end_reason"], serde_json::json!({"by": "customer", "session_only": true}), "{session}");
+        assert_eq!(
+            session["end_reason"],
+            serde_json::json!({"by": "customer", "session_only": true}),
+            "{session}"
+        );
     }
     assert!(lab.switch_status(), "ending one session leaves the switch on");
 
     // Each pair: the same entry but for the session.
-    for (action, first, second) in
-        [("session.approve", 0, 1), ("session.deny", 2, 3), ("session.end", 0, 1)]
+    for (action, first, second) in [("session.approve", 0, 1), ("session.deny", 2, 3), ("session.end", 0, 1)]
     {
         let entries = wait_audited(&lab, gateway.id, action, 2);
         let of = |i: usize| {
             let id = ids[i].to_string();
-            entries.iter().find(|(_, s, _)| *s == id).cloned().unwrap_or_else(|| panic!("{action} {id}: {entries:?}"))
+            entries
+                .iter()
+                .find(|(_, s, _)| *s == id)
+                .cloned()
+                .unwrap_or_else(|| panic!("{action} {id}: {entries:?}"))
         };
         let (cli, panel) = (of(first), of(second));
-        assert_eq!((cli.0, &cli.2), (panel.0, &panel.2), "{action}: the command line's {cli:?}, the panel's {panel:?}");
+        assert_eq!(
+            (cli.0, &cli.2),
+            (panel.0, &panel.2),
+            "{action}: the command line's {cli:?}, the panel's {panel:?}"
+        );
         assert!(cli.0, "{action} allowed");
     }
     let ended = wait_audited(&lab, gateway.id, "session.end", 2);

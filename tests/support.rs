@@ -3,7 +3,9 @@
 pub mod browser;
 pub mod cloud;
 pub mod control_gateway;
+pub mod forward;
 pub mod gateway_lab;
+pub mod panel;
 pub mod pcap;
 pub mod relay_lab;
 pub mod stand_in_gateway;

@@ -15,6 +15,11 @@ use axum::http::{HeaderMap, header};
 /// origin) and by `Origin` (sent on every state-changing fetch and form
 /// post), whichever are present; at least one must be. The error says why
 /// not, for the audit log.
+///
+/// A form post from a page whose referrer policy is `no-referrer` (ours)
+/// carries `Origin: null`; with `Sec-Fetch-Site: same-origin`, which no
+/// page can forge, that is the server's own page. Without it, `null` is
+/// refused: it is also what a sandboxed frame of another site sends.
 pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("(not text)").to_string());
     let site = text("sec-fetch-site");
@@ -23,7 +28,8 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     {
         return Err(format!("the request came from another site (Sec-Fetch-Site: {site})"));
     }
-    let Some(origin) = text("origin") else {
+    let origin = text("origin").filter(|origin| !(origin == "null" && site.is_some()));
+    let Some(origin) = origin else {
         return match site {
             Some(_) => Ok(()),
             None => Err("the request names no origin (neither Origin nor Sec-Fetch-Site)".into()),
@@ -56,10 +62,15 @@ mod tests {
         let host = ("host", "192.168.0.2:8443");
         assert!(same_origin(&headers(&[host, ("origin", "https://192.168.0.2:8443")])).is_ok());
         assert!(same_origin(&headers(&[host, ("sec-fetch-site", "same-origin")])).is_ok());
+        // A form post under `Referrer-Policy: no-referrer`.
+        assert!(
+            same_origin(&headers(&[host, ("sec-fetch-site", "same-origin"), ("origin", "null")])).is_ok()
+        );
         let cases = [
             headers(&[host]),
             headers(&[host, ("origin", "https://evil.example")]),
             headers(&[host, ("origin", "null")]),
+            headers(&[host, ("origin", "null"), ("sec-fetch-site", "cross-site")]),
             headers(&[host, ("sec-fetch-site", "cross-site"), ("origin", "https://192.168.0.2:8443")]),
             headers(&[host, ("sec-fetch-site", "same-site")]),
             headers(&[("origin", "https://192.168.0.2:8443")]),
