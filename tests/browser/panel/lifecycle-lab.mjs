@@ -56,6 +56,10 @@ await scenario('panel-lifecycle', async (t) => {
         await noHorizontalScroll(panel, 'login');
         await t.screenshot(panel, 'panel-login');
         await panelLogin(panel, panelUrl, answer.panel_password);
+        const cookie = (await panel.context().cookies()).find((c) => c.name === 'ferry_panel');
+        check(cookie && cookie.httpOnly && cookie.secure && cookie.sameSite === 'Strict',
+          `the panel's session cookie is HttpOnly, Secure and SameSite=Strict: ${JSON.stringify(cookie)}`);
+        check(!(await panel.evaluate(() => document.cookie)).includes('ferry_panel'), 'no script can read the cookie');
         await expectSwitch(panel, false, 'off after installation');
         await expectText(panel.locator('#waiting .empty'), /No session waits/, 'nothing waits');
         await touchShot('switch-off');
