@@ -8,7 +8,7 @@ use std::{
     fs::File,
     io,
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -61,8 +61,8 @@ impl Drop for Forwarder {
 }
 
 /// A connection to `target` made from inside the namespace at `netns`.
-fn connect_in(netns: &PathBuf, target: SocketAddr) -> io::Result<TcpStream> {
-    let netns = netns.clone();
+fn connect_in(netns: &Path, target: SocketAddr) -> io::Result<TcpStream> {
+    let netns = netns.to_path_buf();
     std::thread::spawn(move || {
         let file = File::open(&netns)?;
         setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;

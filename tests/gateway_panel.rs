@@ -176,7 +176,7 @@ fn what_the_customer_does_on_the_panel_is_audited_as_the_command_lines() {
     let pin = panel_pin(&lab);
     let operator = Operator::login(&lab.probe_ns, &pin);
     let logins = wait_audited(&lab, gateway.id, "gateway.panel_login", 1);
-    assert_eq!(logins[0].0, true);
+    assert!(logins[0].0, "{logins:?}");
     assert!(logins[0].2.contains(&format!("from {PROBE_IP}: success")), "{logins:?}");
 
     // The switch: command line, panel, panel, command line, command line.

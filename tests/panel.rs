@@ -45,6 +45,9 @@ pub fn panel_pin(lab: &GatewayLab) -> String {
         .to_string()
 }
 
+/// An answer: the status, the headers (names in lower case), the body.
+pub type Answer = (u16, Vec<(String, String)>, String);
+
 /// One HTTP/1.1 request over TLS from inside `ns`, trusting only the
 /// certificate with fingerprint `pin`. A connection that fails is an error.
 pub fn https(
@@ -55,7 +58,7 @@ pub fn https(
     path: &str,
     headers: &[(&str, &str)],
     form: Option<&str>,
-) -> Result<(u16, Vec<(String, String)>, String), String> {
+) -> Result<Answer, String> {
     let (pin, method, path) = (pin.to_string(), method.to_string(), path.to_string());
     let headers: Vec<(String, String)> =
         headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
