@@ -196,7 +196,7 @@ mod tests {
 
         let mut over = session(4, "press");
         over.state = State::Ended;
-        over.end_reason = Some(ferry_api::EndReason::Customer);
+        over.end_reason = Some(ferry_api::EndReason::Customer { session_only: false });
         let err = SessionRefused::unless_active(&over).unwrap_err().to_string();
         assert!(err.contains("session 4 is ended (ended by the customer (switch off))"), "{err}");
         assert!(
