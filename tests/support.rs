@@ -4,7 +4,6 @@ pub mod browser;
 pub mod client_lab;
 pub mod cloud;
 pub mod control_gateway;
-pub mod forward;
 pub mod gateway_lab;
 pub mod panel;
 pub mod pcap;

@@ -85,7 +85,7 @@ pub mod wg;
 
 pub use addresses::*;
 pub use cloud::{GatewayRecord, User, problem_type};
-pub use gateway::{metric_value, switch_word};
+pub use gateway::{PANEL_PORT, metric_value, panel_addr, switch_word};
 pub use services::{
     Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until,
 };
