@@ -392,13 +392,13 @@ fn table(ferry: &Side, baseline: &Side) -> Vec<Row> {
     rows
 }
 
-fn clock_tick() -> f64 {
+pub(crate) fn clock_tick() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 /// utime+stime of a process (all its threads), in clock ticks.
-fn task_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn task_ticks(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name (which may hold spaces) start at the
@@ -412,7 +412,7 @@ fn task_ticks(pid: u32) -> Result<u64> {
 }
 
 /// All CPUs' user+nice+system+irq+softirq from /proc/stat, in clock ticks.
-fn busy_ticks() -> Result<u64> {
+pub(crate) fn busy_ticks() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/stat")?;
     let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
     let values: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();

@@ -1,6 +1,7 @@
 //! `ferry-bench`: Ferry's benchmarks. Use `cargo xtask bench <name>`, which
 //! builds in release mode and runs this with the right output folder.
 
+mod client;
 mod cloud;
 mod gateway;
 mod gateway_traffic;
@@ -32,7 +33,7 @@ struct Cli {
     #[arg(long)]
     native_ferry_wg: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud.
+    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client.
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -46,6 +47,7 @@ fn main() -> Result<()> {
             "relay" => relay::run()?,
             "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
             "cloud" => cloud::run(&cli.out_dir)?,
+            "client" => client::run()?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);
