@@ -21,16 +21,22 @@
 //!   saw, and the peer's NAT filters the probes from it);
 //! - both behind the same NAT: direct over the host candidates.
 //!
-//! The technician is Ferry's engine and traversal in the test
-//! (`ferry_tests::technician`), as the client's service runs them; one more
-//! row is a stock wireguard-go with the cloud's wg-quick export, which has
-//! no candidates and must work through the relay.
+//! The technician is the `ferry` client (`ferry_tests::client_lab`: its
+//! service in the technician's namespace, `ferry login` and `ferry connect`
+//! as a local user, traffic as that user); one more row is a stock
+//! wireguard-go with the cloud's wg-quick export, which has no candidates
+//! and must work through the relay. The probe-security test below uses
+//! Ferry's engine and traversal in the test instead
+//! (`ferry_tests::technician`, the same code the client's service runs),
+//! because it reads the technician's probe drop counters, which the client
+//! does not show.
 //!
 //! The table of what each case took goes to the test's stderr, also when
 //! the test passes. Waits are bounded waits for behaviour, never speed
 //! measurements.
 //!
-//! Run as root after `cargo build --bins`:
+//! Run as root after `cargo build -p ferry-client -p ferry-gateway -p
+//! ferry-cloud -p ferry-relay --bins`:
 //! `cargo test -p ferry-tests --test nat_matrix`.
 
 use std::{
@@ -45,7 +51,7 @@ use std::{
 use ferry_lab::{Nat, Netns};
 use ferry_tests::{
     gateway_lab::*,
-    path_lab::{self, Path, PathSite, PathView, Ping, TechnicianEnd},
+    path_lab::{self, ClientTechnician, Path, PathSite, PathView, Ping, TechnicianEnd},
     pcap::Capture,
     technician::EngineTechnician,
 };
@@ -65,7 +71,7 @@ const IPERF_SECONDS: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    /// Ferry's engine and traversal, as the client runs them.
+    /// The `ferry` client.
     Ferry,
     /// wireguard-go from the cloud's wg-quick file.
     WgQuick,
@@ -229,10 +235,14 @@ fn run_case(out: &mut Outcome) {
     let case = out.case;
     let mut site = PathSite::new(case.options());
     let session = site.start_session();
+    let mut client = (case.kind == Kind::Ferry).then(|| ClientTechnician::login(&site.lab, &site.user));
     let connected = Instant::now();
-    let tech: Box<dyn TechnicianEnd> = match case.kind {
-        Kind::Ferry => Box::new(EngineTechnician::connect(&site.lab, &mut site.user, session)),
-        Kind::WgQuick => Box::new(site.wg_quick_technician(session)),
+    let tech: Box<dyn TechnicianEnd> = match client.take() {
+        Some(mut tech) => {
+            tech.connect(session, SETTLE.as_secs()).unwrap_or_else(|e| panic!("ferry connect: {e}"));
+            Box::new(tech)
+        }
+        None => Box::new(site.wg_quick_technician(session)),
     };
     let ping_ip = tech.proxy("ping");
     // Traffic flows at all: through the relay, or already direct.

@@ -1,9 +1,9 @@
 //! The gateway lab set up for path tests and the client benchmark: the
 //! cloud, a relay and the real gateway daemon with a whitelisted iperf3
 //! service and ICMP echo on target-a, switched on; a technician user; and
-//! what a test asks of a technician, whichever kind it is (Ferry's engine in
-//! the test, the `ferry` client, a stock wireguard-go from the wg-quick
-//! export): the path it is on, the proxy addresses, commands in its
+//! what a test asks of a technician, whichever kind it is (the `ferry`
+//! client, Ferry's engine in the test, a stock wireguard-go from the
+//! wg-quick export): the path it is on, the proxy addresses, commands in its
 //! namespace as its user, ping and iperf3 through the tunnel.
 
 use std::{
@@ -16,6 +16,7 @@ use ferry_traversal::PathKind;
 use serde_json::{Value, json};
 
 use crate::{
+    client_lab::{FerryUser, Service, TECH, ask, text},
     gateway_lab::{GatewayLab, GatewayRecord, Options, TARGET_A_IP, TechTunnel, User},
     technician::EngineTechnician,
     wg::iperf3_server,
@@ -134,6 +135,96 @@ impl TechnicianEnd for EngineTechnician {
             self.config["endpoints"],
             self.stats()
         )
+    }
+}
+
+/// The technician's client `ferry` as a technician runs it: its service
+/// as root in the technician's namespace, the technician the local user
+/// [`TECH`] driving it with the CLI, logged in to the lab's cloud. Its
+/// tunnel routes only that user's packets, so commands run as that user.
+pub struct ClientTechnician {
+    pub user: FerryUser,
+    pub service: Service,
+    /// The tunnel as `ferry connect --json` printed it; null before.
+    pub tunnel: Value,
+}
+
+impl ClientTechnician {
+    /// The service started and `ferry login` done as `account`.
+    pub fn login(lab: &GatewayLab, account: &User) -> ClientTechnician {
+        // `ping` as a local user: an ICMP datagram socket, no privilege.
+        lab.tech_ns.sysctl("net.ipv4.ping_group_range=0 2147483647").unwrap();
+        let service = Service::start(&lab.tech_ns);
+        let user = FerryUser::new(&lab.tech_ns, TECH, &service);
+        user.login(&lab.technician_cloud_url(), &account.name, &account.password);
+        ClientTechnician { user, service, tunnel: Value::Null }
+    }
+
+    /// `ferry connect SESSION --json`, waiting up to `wait_s` seconds for the
+    /// first handshake (0: returns once the tunnel is up).
+    pub fn connect(&mut self, session: u64, wait_s: u64) -> Result<(), String> {
+        self.tunnel =
+            self.user.connect(session, wait_s).map_err(|out| format!("{}\n{}", text(&out), self.log()))?;
+        Ok(())
+    }
+
+    /// The tunnel as the service shows it now (its socket's `status`, which
+    /// `ferry status` prints); null when it is not listed.
+    pub fn now(&self) -> Value {
+        let answer = ask(&self.user.ns, self.user.user, &self.user.socket, json!({"v": 1, "op": "status"}));
+        let tunnels = answer["tunnels"].as_array().cloned().unwrap_or_default();
+        tunnels.into_iter().find(|t| t["config_id"] == self.tunnel["config_id"]).unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        self.service.log()
+    }
+}
+
+impl TechnicianEnd for ClientTechnician {
+    fn kind(&self) -> &'static str {
+        "ferry client"
+    }
+
+    /// Where WireGuard sends now (`path`, `peer_endpoint`); a WebSocket
+    /// relay's endpoint is a URL, no address.
+    fn path(&self) -> PathView {
+        let tunnel = self.now();
+        PathView {
+            path: tunnel["path"].as_str().map_or(Path::None, Path::parse),
+            endpoint: tunnel["peer_endpoint"].as_str().and_then(|e| e.parse().ok()),
+        }
+    }
+
+    fn proxy(&self, target: &str) -> String {
+        let targets = self.tunnel["targets"].as_array().cloned().unwrap_or_default();
+        let found = targets.iter().find(|t| t["name"] == target);
+        let found = found.unwrap_or_else(|| panic!("no target {target} in {}", self.tunnel));
+        found["proxy_address"].as_str().unwrap().to_string()
+    }
+
+    /// Through `setpriv`: `ip netns exec` itself needs root.
+    fn command(&self, program: &str) -> Command {
+        let user = self.user.user;
+        let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
+        let mut cmd = self.user.ns.command("setpriv");
+        cmd.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.uid));
+        if groups.is_empty() {
+            cmd.arg("--clear-groups");
+        } else {
+            cmd.arg(format!("--groups={}", groups.join(",")));
+        }
+        cmd.arg(program);
+        cmd
+    }
+
+    /// The service runs the tunnels' engines.
+    fn engine_pid(&self) -> u32 {
+        self.service.process.pid()
+    }
+
+    fn diagnostics(&self) -> String {
+        format!("technician: {:#}\n{}", self.now(), self.log())
     }
 }
 

@@ -10,13 +10,16 @@
 //! Target-a has an iperf3 server (target `iperf`, tcp 5201) and answers
 //! ICMP echo (target `ping`).
 //!
-//! 1. Ferry: from the start of connect (STUN, the configuration request,
-//!    the tunnel up), `first_ping_ms` is when the first echo request through
-//!    the tunnel was answered (`ping -i 0.01 -c 1`, started as soon as
-//!    connect returned; the relay carries traffic at once, the direct path
-//!    once verified, so the first answer comes over whichever was first;
-//!    stderr says which), and `direct_path_ms` when the technician's path
-//!    became direct (polled every 5 ms).
+//! 1. Ferry: from the start of `ferry connect --wait 0` (the technician
+//!    logged in before; connect asks the cloud for the session and the STUN
+//!    servers, the service gathers candidates, the configuration request
+//!    carries them, the service brings the tunnel up), `first_ping_ms` is
+//!    when the first echo request through the tunnel was answered (`ping
+//!    -i 0.01 -c 1` as the technician's user, started as soon as connect
+//!    returned; the relay carries traffic at once, the direct path once
+//!    verified, so the first answer comes over whichever was first; stderr
+//!    says which), and `direct_path_ms` when the tunnel's path in the
+//!    service's status became direct (polled every 5 ms).
 //! 2. [`ROUNDS`] rounds, each an iperf3 TCP upload of [`SECONDS`] s
 //!    (technician -> target-a) over the direct path, then the direct path
 //!    cut on the internet router (nftables drops UDP between the two public
@@ -43,27 +46,25 @@
 //!   Ferry (its first ping; the direct path's throughput and RTT) /
 //!   wireguard-go through the relay.
 //!
-//! The technician is Ferry's engine and traversal in this process, as the
-//! client's service runs them (`ferry_tests::technician::EngineTechnician`).
+//! The technician is the `ferry` client, release build: its service in the
+//! technician's namespace, the CLI as a local user
+//! (`ferry_tests::path_lab::ClientTechnician`). The CPU figures' technician
+//! is the service, which runs the tunnel's engine.
 //!
 //! A benchmark never asserts: it fails only if the lab cannot be set up or
 //! traffic does not flow.
 
-use std::{
-    panic::AssertUnwindSafe,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use ferry_lab::Nat;
 use ferry_tests::{
     gateway_lab::{GatewayLab, Options, SITE_WAN_IP, Site, TECH_IP, Technician, poll},
-    path_lab::{self, Path, PathSite, TechnicianEnd, Transfer},
-    technician::EngineTechnician,
+    path_lab::{self, ClientTechnician, Path, PathSite, TechnicianEnd, Transfer},
 };
 
 use crate::{
-    gateway_traffic::{busy_ticks, clock_tick, task_ticks},
+    cpu::{busy_ticks, clock_tick, task_ticks},
     report::{Better, Row},
 };
 
@@ -95,19 +96,7 @@ struct Figures {
 }
 
 pub fn run() -> Result<Vec<Row>> {
-    // The lab's helpers panic with a clear message when a step fails; turn
-    // that into an error of the bench (the lab's Drop cleans up on the way).
-    match std::panic::catch_unwind(AssertUnwindSafe(measure_all)) {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into());
-            Err(anyhow!("client bench: {message}"))
-        }
-    }
+    crate::lab_run::catching_panics("client bench", measure_all)
 }
 
 fn measure_all() -> Result<Vec<Row>> {
@@ -126,17 +115,18 @@ fn measure_all() -> Result<Vec<Row>> {
     Ok(table(&ferry, &stock))
 }
 
-/// Ferry's technician: connect, the first ping and the direct path timed,
-/// then traffic over the direct path and over the relay.
+/// Ferry's technician: `ferry connect`, the first ping and the direct path
+/// timed, then traffic over the direct path and over the relay.
 fn measure_ferry(site: &mut PathSite, session: u64) -> Result<Figures> {
     let mut figures = Figures::default();
+    let mut tech = ClientTechnician::login(&site.lab, &site.user);
     let start = Instant::now();
-    let tech = connect_ferry(site, session);
+    tech.connect(session, 0).map_err(|e| anyhow!("ferry connect: {e}"))?;
     let connected = start.elapsed();
-    let (first_ping, direct) = time_first_ping_and_direct(&*tech, start)?;
+    let (first_ping, direct) = time_first_ping_and_direct(&tech, start)?;
     (figures.first_ping, figures.direct) = (Some(first_ping), direct);
     eprintln!(
-        "client: connect returned after {:.0} ms, first ping answered after {:.0} ms, direct after {}",
+        "client: ferry connect returned after {:.0} ms, first ping answered after {:.0} ms, direct after {}",
         ms(connected),
         ms(first_ping),
         direct.map_or("(never)".to_string(), |d| format!("{:.0} ms", ms(d)))
@@ -149,17 +139,17 @@ fn measure_ferry(site: &mut PathSite, session: u64) -> Result<Figures> {
     // machine falls on both alike.
     let (mut direct_rounds, mut relay_rounds) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        wait_for_path(site, &*tech, session, Path::Direct)?;
+        wait_for_path(site, &tech, session, Path::Direct)?;
         if round == 1 {
-            figures.rtt_ms = rtt(&*tech, "ferry direct");
+            figures.rtt_ms = rtt(&tech, "ferry direct");
         }
-        direct_rounds.push(transfer(site, &*tech, "ferry direct", round)?);
+        direct_rounds.push(transfer(site, &tech, "ferry direct", round)?);
         cut_direct(&site.lab)?;
-        wait_for_path(site, &*tech, session, Path::UdpRelay)?;
+        wait_for_path(site, &tech, session, Path::UdpRelay)?;
         if round == 1 {
-            figures.relay_rtt_ms = rtt(&*tech, "ferry relay");
+            figures.relay_rtt_ms = rtt(&tech, "ferry relay");
         }
-        relay_rounds.push(transfer(site, &*tech, "ferry relay", round)?);
+        relay_rounds.push(transfer(site, &tech, "ferry relay", round)?);
         heal_direct(&site.lab)?;
     }
     (figures.path, figures.relay) = (median(&direct_rounds), median(&relay_rounds));
@@ -172,12 +162,6 @@ fn wait_for_path(site: &PathSite, tech: &dyn TechnicianEnd, session: u64, path: 
         return Ok(());
     }
     bail!("not {} within {SETTLE:?}: {} / {}", path.label(), tech.path(), site.gateway_path(session))
-}
-
-/// The Ferry technician up for `session`: the one place that knows which
-/// kind it is.
-fn connect_ferry(site: &mut PathSite, session: u64) -> Box<dyn TechnicianEnd> {
-    Box::new(EngineTechnician::connect(&site.lab, &mut site.user, session))
 }
 
 /// A stock wireguard-go from the wg-quick export.

@@ -3,9 +3,11 @@
 
 mod client;
 mod cloud;
+mod cpu;
 mod gateway;
 mod gateway_traffic;
 mod guard;
+mod lab_run;
 mod relay;
 mod relay_traffic;
 mod report;

@@ -45,8 +45,8 @@ fn packages(name: &str) -> Option<&'static [&'static str]> {
         "gateway" => Some(&[]),
         // BPF_PROG_RUN needs only ferry-bench; the traffic rows run the relay.
         "relay" => Some(&["ferry-relay"]),
-        // The whole lab: cloud, relay, gateway daemon; the technician runs in ferry-bench.
-        "client" => Some(&["ferry-cloud", "ferry-relay", "ferry-gateway"]),
+        // The whole lab: cloud, relay, gateway daemon and the technician's client.
+        "client" => Some(&["ferry-cloud", "ferry-relay", "ferry-gateway", "ferry-client"]),
         _ => None,
     }
 }
