@@ -371,39 +371,11 @@ impl World {
         self.router.as_ref().expect("a public site has no router")
     }
 
-    /// The address of the gateway's uplink: [`GW_UPLINK_IP`] behind the
-    /// customer's router, [`SITE_WAN_IP`] on a public site. The internet
-    /// sees the gateway at [`SITE_WAN_IP`] either way.
-    pub fn gw_uplink_ip(&self) -> &'static str {
-        match self.options.site {
-            Site::Public => SITE_WAN_IP,
-            Site::BehindNat(_) => GW_UPLINK_IP,
-        }
-    }
-
-    /// The technician's own address toward the internet.
-    pub fn tech_ip(&self) -> &'static str {
-        match self.options.technician {
-            Technician::Public => TECH_IP,
-            Technician::BehindNat(_) => TECH_LAN_IP,
-            Technician::OnSiteLan => TECH_SITE_IP,
-        }
-    }
-
     /// Where the internet sees the technician.
     pub fn tech_public_ip(&self) -> &'static str {
         match self.options.technician {
             Technician::OnSiteLan => SITE_WAN_IP,
             _ => TECH_IP,
-        }
-    }
-
-    /// The NAT router the technician is behind, if any: their home router,
-    /// or the site's for [`Technician::OnSiteLan`].
-    pub fn tech_nat(&self) -> Option<&Router> {
-        match self.options.technician {
-            Technician::OnSiteLan => self.router.as_ref(),
-            _ => self.home_router.as_ref(),
         }
     }
 }
