@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail, ensure};
 use ferry_lab::{Nat, Process};
 use ferry_world::{
     CLOUD_IP, CLOUD_PORT, GW_LAN_IP, HOME_DEVICE_IP, Options, PROBE_IP, RELAY_IP, RELAY_METRICS, Server,
-    TARGET_A_IP, TARGET_B_IP, Technician as Net, World, eventually, http_get, poll, tcp_exchange,
+    Site, TARGET_A_IP, TARGET_B_IP, Technician as Net, World, eventually, http_get, poll, tcp_exchange,
 };
 use serde_json::{Value, json};
 
@@ -83,6 +83,8 @@ impl Demo {
             relay_tls: true,
             cloud_tls: true,
             technician: Net::BehindNat(nat),
+            // The plant behind its cone NAT router, as the picture shows.
+            site: Site::BehindNat(Nat::Cone),
             lab_services: false,
         }
     }
