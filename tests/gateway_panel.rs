@@ -118,7 +118,7 @@ fn the_panel_answers_on_the_machine_network_and_nowhere_on_the_uplink() {
     // The customer's network, behind the uplink, even with a route to the
     // machine network through the gateway: the gateway takes the packets
     // (it answers a ping to its LAN address that way), but not the panel.
-    let router = &lab.router.ns;
+    let router = &lab.site_router().ns;
     router.ip(&["route", "add", "192.168.50.0/24", "via", GW_UPLINK_IP]).unwrap();
     let ping = router.output("ping", &["-c", "1", "-W", "3", GW_LAN_IP]).unwrap();
     assert!(

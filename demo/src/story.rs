@@ -6,7 +6,8 @@ use anyhow::{Context, Result, bail, ensure};
 use ferry_lab::{Forwarder, Nat, Process};
 use ferry_world::{
     CLOUD_IP, CLOUD_PORT, HOME_DEVICE_IP, Options, PANEL_PORT, PROBE_IP, RELAY_IP, RELAY_METRICS, Server,
-    TARGET_A_IP, TARGET_B_IP, Technician as Net, World, eventually, http_get, panel_addr, poll, tcp_exchange,
+    Site, TARGET_A_IP, TARGET_B_IP, Technician as Net, World, eventually, http_get, panel_addr, poll,
+    tcp_exchange,
 };
 use serde_json::{Value, json};
 
@@ -85,6 +86,8 @@ impl Demo {
             relay_tls: true,
             cloud_tls: true,
             technician: Net::BehindNat(nat),
+            // The plant behind its cone NAT router, as the picture shows.
+            site: Site::BehindNat(Nat::Cone),
             lab_services: false,
         }
     }
