@@ -317,15 +317,18 @@ async fn console_login(
 }
 
 fn console_only(caller: &Caller) -> ApiResult<&console::Found> {
+    // Not authenticated the way this operation needs: 401, as for a
+    // missing credential, so that a client knows to log in to the console.
     caller.console_session().ok_or_else(|| {
-        ApiError::bad_request("this request has no console session (it came with a bearer token)")
+        ApiError::unauthorized(
+            "this operation needs the console's session cookie (from POST /api/v1/auth/session), not a bearer token",
+        )
     })
 }
 
 /// The caller's console session, with its CSRF token.
-#[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth",
-    responses((status = 200, body = ConsoleSessionView), (status = 400, body = super::Problem),
-        (status = 401, body = super::Problem)))]
+#[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth", security(("console" = [])),
+    responses((status = 200, body = ConsoleSessionView), (status = 401, body = super::Problem)))]
 async fn console_session(caller: Caller) -> ApiResult<Json<ConsoleSessionView>> {
     let found = console_only(&caller)?;
     Ok(Json(session_view(&caller.user, &found.session)))
@@ -333,10 +336,9 @@ async fn console_session(caller: Caller) -> ApiResult<Json<ConsoleSessionView>> 
 
 /// Log out of the web console: the session ends at the server (its cookie
 /// opens nothing any more) and the browser is told to drop the cookie.
-#[utoipa::path(delete, path = "/api/v1/auth/session", tag = "auth",
+#[utoipa::path(delete, path = "/api/v1/auth/session", tag = "auth", security(("console" = [])),
     responses((status = 204, headers(("Set-Cookie" = String, description = "Clears the cookie"))),
-        (status = 400, body = super::Problem), (status = 401, body = super::Problem),
-        (status = 403, body = super::Problem)))]
+        (status = 401, body = super::Problem), (status = 403, body = super::Problem)))]
 async fn console_logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     console_only(&caller)?;
     if let Some(cookie) = caller.console_cookie() {

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Source, Validate},
+    extract::{Path, Body, Caller, Source, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Params, Validate},
+    extract::{Path, Body, Caller, Params, Validate},
     gateways::check_session_targets,
     problem::{ApiError, ApiResult},
 };

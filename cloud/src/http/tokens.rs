@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
 };
 use ferry_api::{CreatedToken, NewToken};
@@ -10,7 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Validate},
+    extract::{Path, Body, Caller, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{

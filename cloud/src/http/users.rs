@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
 };
 pub use ferry_api::UserView;
@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Validate},
+    extract::{Path, Body, Caller, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{
