@@ -194,8 +194,13 @@ fn exchanges(har: &Path) -> Vec<Exchange> {
 
 /// Operations left out: those that would destroy the run's own
 /// credentials (revoking its API token, logging out, changing the password,
-/// turning on TOTP) and the event streams, which never end by themselves.
+/// turning on TOTP), the event streams, which never end by themselves, and
+/// the WebSocket control channels of gateways and relays, which are not
+/// request and response (tests/control_gateway.rs and the relay's tests
+/// drive them).
 const EXCLUDED: &[&str] = &[
+    "GET /api/v1/control/gateway",
+    "GET /api/v1/control/relay",
     "DELETE /api/v1/tokens/{id}",
     "POST /api/v1/auth/logout",
     "POST /api/v1/me/password",
@@ -245,10 +250,14 @@ fn schemathesis_finds_nothing_for_any_role() {
         };
         let har = dir.path().join(format!("{role:?}.har"));
         let mut cmd = Command::new(&exe);
-        cmd.arg("run")
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis").join("schemathesis.toml");
+        cmd.arg("--config-file").arg(config).arg("run")
             .arg(format!("https://{}/api/v1/openapi.json", cloud.addr))
             .args(["--seed", &SEED.to_string(), "--max-examples", &MAX_EXAMPLES.to_string()])
-            .args(["--checks", "all", "--workers", "2", "--no-color", "--generation-database", "none"])
+            // One worker: CPython 3.11's parser is not thread-safe in what
+            // hypothesis asks of it (an AST recursion depth mismatch), and
+            // one is deterministic.
+            .args(["--checks", "all", "--workers", "1", "--no-color", "--generation-database", "none"])
             .args(["--request-timeout", "20", "--tls-verify"])
             .arg(dir.path().join("data/tls/cert.pem"))
             .args(["--header", &format!("Authorization: Bearer {bearer}")])

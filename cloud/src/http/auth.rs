@@ -49,11 +49,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 impl Validate for LoginRequest {
     fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.len() > 64 {
+        // Counted in characters, as the document's lengths are.
+        if !(1..=64).contains(&self.name.chars().count()) {
             return Err("`name` must be 1 to 64 characters".into());
         }
-        if self.password.len() > password::MAX_LEN * 4 {
+        if self.password.chars().count() > password::MAX_LEN {
             return Err("`password` is too long".into());
+        }
+        if self.totp.as_ref().is_some_and(|code| code.chars().count() > 16) {
+            return Err("`totp` is too long".into());
         }
         Ok(())
     }
@@ -61,7 +65,9 @@ impl Validate for LoginRequest {
 
 impl Validate for RefreshRequest {
     fn validate(&self) -> Result<(), String> {
-        (self.refresh_token.len() <= 200).then_some(()).ok_or_else(|| "`refresh_token` is too long".into())
+        (self.refresh_token.chars().count() <= 200)
+            .then_some(())
+            .ok_or_else(|| "`refresh_token` is too long".into())
     }
 }
 
@@ -407,6 +413,9 @@ async fn me(caller: Caller) -> Json<UserView> {
 
 impl Validate for PasswordChange {
     fn validate(&self) -> Result<(), String> {
+        if self.current_password.chars().count() > password::MAX_LEN {
+            return Err("`current_password` is too long".into());
+        }
         let len = self.new_password.chars().count();
         if !(password::MIN_LEN..=password::MAX_LEN).contains(&len) {
             return Err(format!(
@@ -465,7 +474,7 @@ async fn change_password(
 
 impl Validate for TotpCode {
     fn validate(&self) -> Result<(), String> {
-        (self.code.len() <= 16).then_some(()).ok_or_else(|| "`code` is too long".into())
+        (self.code.chars().count() <= 16).then_some(()).ok_or_else(|| "`code` is too long".into())
     }
 }
 

@@ -24,7 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 impl Validate for NewToken {
     fn validate(&self) -> Result<(), String> {
-        if self.name.trim().is_empty() || self.name.len() > 64 {
+        if self.name.trim().is_empty() || self.name.chars().count() > 64 {
             return Err("`name` must be 1 to 64 characters".into());
         }
         if self.scopes.is_empty() || self.scopes.len() > 16 {
