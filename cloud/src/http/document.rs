@@ -16,6 +16,7 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 /// Completes `doc` (the generated document as JSON) in place.
 pub fn complete(doc: &mut Value) {
+    unsigned_formats(doc);
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
     for item in paths.values_mut() {
         for method in METHODS {
@@ -56,12 +57,38 @@ fn complete_operation(operation: &mut Map<String, Value>) {
     }
     if has_body {
         add("400", "The body is not JSON, or a value is out of its range");
+        add("408", "The body did not arrive in time");
         add("413", "The body is larger than the server accepts");
         add("415", "The body is not declared as `Content-Type: application/json`");
         add("422", "The body is JSON of the wrong shape: a field missing, unknown or of the wrong type");
     }
     if has_parameters {
         add("400", "A path or query parameter does not parse");
+    }
+}
+
+/// utoipa writes an unsigned integer's format as `u-int64` (and so on),
+/// with only its minimum: named `uint64` here, with its maximum, so that a
+/// client knows the whole range the server takes (a `u64` id may exceed
+/// `int64`, and nothing beyond `u64` parses).
+fn unsigned_formats(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let maximum = match map.get("format").and_then(Value::as_str) {
+                Some("u-int64") => Some(("uint64", u64::MAX)),
+                Some("u-int32") => Some(("uint32", u64::from(u32::MAX))),
+                Some("u-int16") => Some(("uint16", u64::from(u16::MAX))),
+                Some("u-int8") => Some(("uint8", u64::from(u8::MAX))),
+                _ => None,
+            };
+            if let Some((format, maximum)) = maximum {
+                map.insert("format".into(), format.into());
+                map.entry("maximum").or_insert_with(|| maximum.into());
+            }
+            map.values_mut().for_each(unsigned_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_formats),
+        _ => {}
     }
 }
 
@@ -99,7 +126,7 @@ mod tests {
         }}});
         complete(&mut doc);
         let post = &doc["paths"]["/x/{id}"]["post"]["responses"];
-        for status in ["400", "401", "403", "409", "413", "415", "422"] {
+        for status in ["400", "401", "403", "408", "409", "413", "415", "422"] {
             assert!(post[status]["content"][PROBLEM].is_object(), "{status}: {post}");
             assert!(post[status]["content"].get("application/json").is_none(), "{status}");
         }
@@ -107,6 +134,22 @@ mod tests {
         // Nothing to refuse in an anonymous GET without parameters.
         let get = doc["paths"]["/x/{id}"]["get"]["responses"].as_object().unwrap();
         assert_eq!(get.keys().collect::<Vec<_>>(), ["200"]);
+    }
+
+    #[test]
+    fn unsigned_integers_say_their_whole_range() {
+        let mut doc = json!({"components": {"schemas": {"X": {"properties": {
+            "id": {"type": "integer", "format": "u-int64", "minimum": 0},
+            "port": {"type": "integer", "format": "u-int16", "minimum": 1, "maximum": 1000},
+            "n": {"type": "integer", "format": "int64"},
+        }}}}});
+        complete(&mut doc);
+        let properties = &doc["components"]["schemas"]["X"]["properties"];
+        assert_eq!(properties["id"], json!({"type": "integer", "format": "uint64", "minimum": 0, "maximum": u64::MAX}));
+        // A maximum of its own stays.
+        assert_eq!(properties["port"]["maximum"], 1000);
+        assert_eq!(properties["port"]["format"], "uint16");
+        assert_eq!(properties["n"], json!({"type": "integer", "format": "int64"}));
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
     api(state.clone())
         .0
         .merge(crate::console::routes(state))
+        .layer(middleware::from_fn(extract::whole_body))
         .layer(middleware::from_fn(crate::console::headers::secure))
 }
 
