@@ -48,7 +48,11 @@ fn schemathesis() -> PathBuf {
         .args(["install", "--quiet", "--disable-pip-version-check", REQUIREMENT])
         .output()
         .unwrap();
-    assert!(output.status.success(), "pip install {REQUIREMENT}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "pip install {REQUIREMENT}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     std::fs::write(&stamp, REQUIREMENT).unwrap();
     exe
 }
@@ -137,7 +141,12 @@ fn prepare(api: &Api, admin: &str) -> World {
         (Role::User, "rc-user", "remote_connect_user"),
     ] {
         let (status, created) = api
-            .call("POST", "/api/v1/users", Some(admin), json!({"name": name, "role": label, "password": PASSWORD}))
+            .call(
+                "POST",
+                "/api/v1/users",
+                Some(admin),
+                json!({"name": name, "role": label, "password": PASSWORD}),
+            )
             .unwrap();
         assert_eq!(status, 201, "{created}");
         user_ids.insert(role, created["user"]["id"].as_u64().unwrap());
@@ -231,8 +240,15 @@ fn schemathesis_finds_nothing_for_any_role() {
     // The remoteConnect roles first: the Administrator's run may disable
     // them or reset their passwords. The Administrator acts through an API
     // token with every scope, which a password reset does not end.
-    let scopes = ["sessions:read", "sessions:write", "gateways:read", "gateways:write", "users:read",
-        "users:write", "audit:read"];
+    let scopes = [
+        "sessions:read",
+        "sessions:write",
+        "gateways:read",
+        "gateways:write",
+        "users:read",
+        "users:write",
+        "audit:read",
+    ];
     let (status, token) = api
         .call("POST", "/api/v1/tokens", Some(&admin), json!({"name": "schemathesis", "scopes": scopes}))
         .unwrap();
@@ -251,7 +267,9 @@ fn schemathesis_finds_nothing_for_any_role() {
         let har = dir.path().join(format!("{role:?}.har"));
         let mut cmd = Command::new(&exe);
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis").join("schemathesis.toml");
-        cmd.arg("--config-file").arg(config).arg("run")
+        cmd.arg("--config-file")
+            .arg(config)
+            .arg("run")
             .arg(format!("https://{}/api/v1/openapi.json", cloud.addr))
             .args(["--seed", &SEED.to_string(), "--max-examples", &MAX_EXAMPLES.to_string()])
             // Every check runs (schemathesis' default; naming them on the
@@ -283,7 +301,8 @@ fn schemathesis_finds_nothing_for_any_role() {
             if (200..300).contains(&exchange.status)
                 && !may(role, &exchange.method, template, &exchange.path, &world)
             {
-                breaches.push(format!("{role:?}: {} {} -> {}", exchange.method, exchange.path, exchange.status));
+                breaches
+                    .push(format!("{role:?}: {} {} -> {}", exchange.method, exchange.path, exchange.status));
             }
         }
         println!("{role:?}: {} requests, by status {by_status:?}", exchanges.len());

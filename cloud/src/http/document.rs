@@ -37,8 +37,7 @@ fn complete_operation(operation: &mut Map<String, Value>) {
         .flat_map(|requirement| requirement.keys().cloned())
         .collect();
     let has_body = operation.contains_key("requestBody");
-    let has_parameters =
-        operation.get("parameters").and_then(Value::as_array).is_some_and(|p| !p.is_empty());
+    let has_parameters = operation.get("parameters").and_then(Value::as_array).is_some_and(|p| !p.is_empty());
     let responses = operation.entry("responses").or_insert_with(|| json!({}));
     let Some(responses) = responses.as_object_mut() else { return };
     for (status, response) in responses.iter_mut() {
@@ -145,7 +144,10 @@ mod tests {
         }}}}});
         complete(&mut doc);
         let properties = &doc["components"]["schemas"]["X"]["properties"];
-        assert_eq!(properties["id"], json!({"type": "integer", "format": "uint64", "minimum": 0, "maximum": u64::MAX}));
+        assert_eq!(
+            properties["id"],
+            json!({"type": "integer", "format": "uint64", "minimum": 0, "maximum": u64::MAX})
+        );
         // A maximum of its own stays.
         assert_eq!(properties["port"]["maximum"], 1000);
         assert_eq!(properties["port"]["format"], "uint16");

@@ -1,18 +1,14 @@
 //! Gateways and their targets (Administrators add them; session preparers
 //! see them), enrolment, and relays.
 
-use axum::{
-    Json,
-    extract::State,
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Path, Body, Caller, Source, Validate},
+    extract::{Body, Caller, Path, Source, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{
@@ -36,10 +32,18 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGateway {
-    #[schema(pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$", min_length = 1, max_length = 64)]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
     /// Where it stands: the customer, plant or machine.
-    #[schema(pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$", min_length = 1, max_length = 64)]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub site: String,
     #[serde(default)]
     #[schema(max_items = 1024)]
@@ -91,9 +95,17 @@ pub struct CreatedGateway {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayChange {
-    #[schema(pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$", min_length = 1, max_length = 64)]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: Option<String>,
-    #[schema(pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$", min_length = 1, max_length = 64)]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub site: Option<String>,
     /// Replaces the whole target list.
     #[schema(max_items = 1024)]
@@ -308,7 +320,11 @@ async fn enrol(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRelay {
-    #[schema(pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$", min_length = 1, max_length = 64)]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
 }
 

@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Path, Body, Caller, Params, Validate},
+    extract::{Body, Caller, Params, Path, Validate},
     gateways::check_session_targets,
     problem::{ApiError, ApiResult},
 };
@@ -63,7 +63,11 @@ fn load(state: &AppState, id: u64) -> ApiResult<Session> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
-    #[schema(pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$", min_length = 1, max_length = 64)]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
     pub gateway_id: u64,
     /// Names of the gateway's targets.

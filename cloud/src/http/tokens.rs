@@ -1,16 +1,12 @@
 //! Scoped API tokens for automation, made by Administrators.
 
-use axum::{
-    Json,
-    extract::State,
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use ferry_api::{CreatedToken, NewToken};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Path, Body, Caller, Validate},
+    extract::{Body, Caller, Path, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{

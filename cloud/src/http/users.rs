@@ -1,11 +1,7 @@
 //! User accounts: Administrators add users and assign roles; disabling a
 //! user stops their tokens at once and ends their sessions.
 
-use axum::{
-    Json,
-    extract::State,
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 pub use ferry_api::UserView;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Path, Body, Caller, Validate},
+    extract::{Body, Caller, Path, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{
