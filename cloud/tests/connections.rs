@@ -4,6 +4,8 @@
 //! 413 rather than a reset, and a path parameter that does not parse is a
 //! problem like every other refusal.
 
+#![allow(clippy::unwrap_used, reason = "test code: a step that fails should fail the test")]
+
 mod common;
 
 use std::{
