@@ -1,15 +1,17 @@
-//! Hostile connections against the cloud's HTTPS listener: while hundreds
-//! of connections are held half-open or trickling (slow-loris), and after a
-//! flood of connections opened and dropped, another client still gets its
-//! answers, and the server's resident memory stays bounded.
+//! Hostile connections against the cloud's HTTPS listener and the relay's
+//! WebSocket listener: while hundreds of connections are held half-open or
+//! trickling (slow-loris), and after a flood of connections opened and
+//! dropped, another client still gets its answers, and the server's
+//! resident memory stays bounded.
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    process::{Child, Stdio},
     time::Duration,
 };
 
-use ferry_tests::cloud::spawn;
+use ferry_tests::{bin, cloud::spawn};
 use ferry_world::api::Api;
 use serde_json::Value;
 
@@ -121,14 +123,129 @@ fn the_cloud_answers_others_under_slow_loris_and_a_connection_flood() {
     }
     let stderr = cloud.stderr_text();
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // A connection that never starts its handshake is cut off by the
-    // server (after its TLS handshake timeout, 10 s): it cannot be held
-    // forever. The wait is a generous bound, not a measurement.
-    let mut probe = TcpStream::connect(cloud.addr).unwrap();
+    silent_connections_are_cut_off(cloud.addr);
+}
+
+/// A connection that never starts its handshake is cut off by the server
+/// (after its handshake timeout, 10 s for both): it cannot be held forever.
+/// The wait is a generous bound, not a measurement.
+fn silent_connections_are_cut_off(addr: SocketAddr) {
+    let mut probe = TcpStream::connect(addr).unwrap();
     probe.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf = [0u8; 1];
     let read = probe.read(&mut buf);
     let closed = matches!(&read, Ok(0))
         || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
     assert!(closed, "a silent connection was not cut off: {read:?}");
+}
+
+struct Relay(Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An upgrade with a token no allocation has: the relay reads the request
+/// and answers 401, which is all a client without an allocation can get.
+fn relay_answers(addr: SocketAddr, fingerprint: &str) {
+    let mut stream = tls(addr, fingerprint);
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: relay.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Authorization: Bearer no-such-allocation\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&head));
+}
+
+#[test]
+fn the_relay_answers_others_under_slow_loris_and_a_connection_flood() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["relay.test".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let fingerprint =
+        ferry_control::pin::format_fingerprint(&ferry_control::pin::fingerprint(certified.cert.der()));
+    // Userspace forwarding, no STUN, no metrics, no allocations: only the
+    // WebSocket listener, on a port the system picks.
+    let mut child = bin("ferry-relay")
+        .args([
+            "run",
+            "--xdp",
+            "off",
+            "--public-ipv4",
+            "127.0.0.1",
+            "--ports",
+            "41000-41009",
+            "--stun",
+            "off",
+        ])
+        .args(["--websocket", "127.0.0.1:0", "--metrics", "off", "--log", "info", "--log-format", "json"])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let relay = Relay(child);
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("ferry-relay ended before its WebSocket listener").unwrap();
+        let event: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if event["fields"]["message"] == "WebSocket relay listening" {
+            break event["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    // Keep reading its log, so that a full pipe never blocks it.
+    std::thread::spawn(move || lines.for_each(drop));
+    let pid = relay.0.id();
+    relay_answers(addr, &fingerprint);
+    let before = rss_kib(pid);
+
+    let mut held: Vec<Box<dyn Send>> = Vec::new();
+    for _ in 0..HELD {
+        held.push(Box::new(TcpStream::connect(addr).unwrap()));
+    }
+    for _ in 0..HELD {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+        held.push(Box::new(tcp));
+    }
+    // Through TLS, an upgrade request that never ends.
+    for _ in 0..HELD {
+        let mut stream = tls(addr, &fingerprint);
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: relay.test\r\nUpgrade: websocket\r\nX-Slow: ").unwrap();
+        stream.flush().unwrap();
+        held.push(Box::new(stream));
+    }
+    relay_answers(addr, &fingerprint);
+    let holding = rss_kib(pid);
+    for i in 0..FLOOD {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        if i % 2 == 0 {
+            let _ = tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+        }
+    }
+    relay_answers(addr, &fingerprint);
+    let flooded = rss_kib(pid);
+    drop(held);
+    relay_answers(addr, &fingerprint);
+    println!(
+        "relay: {} connections held, {FLOOD} flooded: resident memory {before} KiB before, {holding} KiB \
+         holding, {flooded} KiB after the flood",
+        3 * HELD
+    );
+    for rss in [holding, flooded] {
+        assert!(rss < before + RSS_BOUND_KIB, "resident memory grew from {before} to {rss} KiB");
+    }
+    silent_connections_are_cut_off(addr);
 }
