@@ -18,6 +18,12 @@ pub const TUNNEL_PROGRAM: &str = "gateway_tunnel_in";
 /// The XDP program on the LAN interface.
 pub const LAN_PROGRAM: &str = "gateway_lan_in";
 
+/// Benchmark variants of [`TUNNEL_PROGRAM`] and [`LAN_PROGRAM`]: the same
+/// programs, leaving the packet as they found it so that BPF_PROG_RUN can
+/// repeat them on one buffer. Never attached.
+pub const BENCH_TUNNEL_PROGRAM: &str = "bench_gateway_tunnel_in";
+pub const BENCH_LAN_PROGRAM: &str = "bench_gateway_lan_in";
+
 /// An array with one [`GatewayConfig`].
 pub const CONFIG_MAP: &str = "GW_CONFIG";
 /// A hash map from a peer's tunnel address (`[u8; 4]`) to [`PeerEntry`].

@@ -148,8 +148,14 @@ fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
 
 #[classifier]
 pub fn gateway_tunnel_in(ctx: TcContext) -> i32 {
+    tunnel_verdict(&ctx)
+}
+
+/// The TUN program's body, shared with its benchmark variant.
+#[inline(always)]
+pub(crate) fn tunnel_verdict(ctx: &TcContext) -> i32 {
     let (outcome, lan_ifindex, no_redirect) = match GW_CONFIG.get(0) {
-        Some(config) => (tunnel_in(&ctx, config), config.lan_ifindex, config.flags & FLAG_NO_REDIRECT != 0),
+        Some(config) => (tunnel_in(ctx, config), config.lan_ifindex, config.flags & FLAG_NO_REDIRECT != 0),
         None => (Outcome::Malformed, 0, false),
     };
     count(outcome);
@@ -501,8 +507,14 @@ fn sum_ne_not(bytes: &[u8; 4]) -> u32 {
 
 #[xdp]
 pub fn gateway_lan_in(ctx: XdpContext) -> u32 {
+    lan_verdict(&ctx)
+}
+
+/// The LAN program's body, shared with its benchmark variant.
+#[inline(always)]
+pub(crate) fn lan_verdict(ctx: &XdpContext) -> u32 {
     let outcome = match GW_CONFIG.get(0) {
-        Some(config) => lan_in(&ctx, config),
+        Some(config) => lan_in(ctx, config),
         None => Outcome::LanToHost,
     };
     count(outcome);

@@ -443,6 +443,34 @@ impl GatewayForwarder {
         xdp(&self.ebpf, shared::LAN_PROGRAM)
     }
 
+    /// Loads the benchmark variants of both programs
+    /// ([`shared::BENCH_TUNNEL_PROGRAM`], [`shared::BENCH_LAN_PROGRAM`]),
+    /// which share this forwarder's maps. Benchmarks only.
+    #[doc(hidden)]
+    pub fn load_bench_variants(&mut self) -> Result<(), Error> {
+        crate::load_tc(&mut self.ebpf, shared::BENCH_TUNNEL_PROGRAM)?;
+        crate::load_xdp(&mut self.ebpf, shared::BENCH_LAN_PROGRAM)?;
+        Ok(())
+    }
+
+    /// The benchmark variant of the TUN program, once
+    /// [`load_bench_variants`](Self::load_bench_variants) loaded it.
+    #[doc(hidden)]
+    pub fn bench_tunnel_program(&self) -> Result<&SchedClassifier, Error> {
+        let name = shared::BENCH_TUNNEL_PROGRAM;
+        self.ebpf
+            .program(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })
+    }
+
+    /// The benchmark variant of the LAN program.
+    #[doc(hidden)]
+    pub fn bench_lan_program(&self) -> Result<&Xdp, Error> {
+        xdp(&self.ebpf, shared::BENCH_LAN_PROGRAM)
+    }
+
     /// Where the programs are attached: (TUN device, LAN interface, XDP mode).
     pub fn attachments(&self) -> Option<(&str, &str, &'static str)> {
         match (&self.tc_link, &self.xdp_link) {
