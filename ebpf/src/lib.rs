@@ -49,6 +49,7 @@ const SIZED_MAPS: &[&str] = &[
     common::gateway::CT_FORWARD_MAP,
     common::gateway::CT_REVERSE_MAP,
     common::gateway::TRAFFIC_MAP,
+    common::gateway::GENERATIONS_MAP,
     common::guard::INDICES_MAP,
     common::guard::PROBE_TAGS_MAP,
     common::guard::STUN_SERVERS_MAP,
