@@ -36,8 +36,9 @@ pub const BENCHES: &[(&str, &str)] = &[
 fn packages(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "cloud" => Some(&["ferry-cloud"]),
-        // BPF_PROG_RUN only, for now.
-        "gateway" => Some(&[]),
+        // BPF_PROG_RUN needs only ferry-bench; the traffic rows run a whole
+        // gateway lab (and would otherwise measure stale binaries).
+        "gateway" => Some(&["ferry-gateway", "ferry-cloud", "ferry-relay"]),
         // BPF_PROG_RUN needs only ferry-bench; the traffic rows run the relay.
         "relay" => Some(&["ferry-relay"]),
         _ => None,
