@@ -1,10 +1,13 @@
 //! `ferry-bench`: Ferry's benchmarks. Use `cargo xtask bench <name>`, which
 //! builds in release mode and runs this with the right output folder.
 
+mod client;
 mod cloud;
+mod cpu;
 mod gateway;
 mod gateway_traffic;
 mod guard;
+mod lab_run;
 mod relay;
 mod relay_traffic;
 mod report;
@@ -32,7 +35,7 @@ struct Cli {
     #[arg(long)]
     native_ferry_wg: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud.
+    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client.
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
             "relay" => relay::run()?,
             "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
             "cloud" => cloud::run(&cli.out_dir)?,
+            "client" => client::run()?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);
