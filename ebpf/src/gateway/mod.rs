@@ -266,7 +266,11 @@ impl GatewayForwarder {
         // Sessions a peer leaves (removed, or moved to another session): their
         // entries get new generations below, which cuts the flows of the peers
         // that left, whose established packets the programs check by
-        // generation alone.
+        // generation alone. The session's other peers' flows lose their
+        // replies too until their next packet toward the target, which the
+        // full path re-admits with the same NAT port: generations are per
+        // entry, not per peer (a cost only when a peer leaves a session that
+        // keeps others).
         let left: BTreeSet<u64> = self
             .applied
             .peers
