@@ -46,6 +46,9 @@ fn main() -> Result<()> {
         let rows = match name.as_str() {
             "guard" => guard::run()?,
             "gateway" => gateway::run()?,
+            // The BPF_PROG_RUN rows alone, without the traffic through a
+            // whole gateway: for work on the programs.
+            "gateway-prog" => gateway::prog_run_rows()?,
             "relay" => relay::run()?,
             "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
             "cloud" => cloud::run(&cli.out_dir)?,

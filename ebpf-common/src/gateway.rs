@@ -18,6 +18,12 @@ pub const TUNNEL_PROGRAM: &str = "gateway_tunnel_in";
 /// The XDP program on the LAN interface.
 pub const LAN_PROGRAM: &str = "gateway_lan_in";
 
+/// Benchmark variants of [`TUNNEL_PROGRAM`] and [`LAN_PROGRAM`]: the same
+/// programs, leaving the packet as they found it so that BPF_PROG_RUN can
+/// repeat them on one buffer. Never attached.
+pub const BENCH_TUNNEL_PROGRAM: &str = "bench_gateway_tunnel_in";
+pub const BENCH_LAN_PROGRAM: &str = "bench_gateway_lan_in";
+
 /// An array with one [`GatewayConfig`].
 pub const CONFIG_MAP: &str = "GW_CONFIG";
 /// A hash map from a peer's tunnel address (`[u8; 4]`) to [`PeerEntry`].
@@ -30,6 +36,9 @@ pub const CT_FORWARD_MAP: &str = "GW_CT_FWD";
 pub const CT_REVERSE_MAP: &str = "GW_CT_REV";
 /// A per-CPU array of [`TargetTraffic`] indexed by [`TargetRule::counter`].
 pub const TRAFFIC_MAP: &str = "GW_TRAFFIC";
+/// An array of [`RuleGeneration`] indexed by [`TargetRule::counter`]: what
+/// lets an established flow skip the peer and whitelist lookups.
+pub const GENERATIONS_MAP: &str = "GW_RULE_GEN";
 /// A per-CPU array of `u64` indexed by [`Outcome`].
 pub const COUNTERS_MAP: &str = "GW_COUNTERS";
 
@@ -77,7 +86,9 @@ pub const DEFAULT_OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
 pub const FLAG_NO_REDIRECT: u32 = 1;
 
 /// How long a flow may stay idle before it is forgotten, by protocol, in
-/// nanoseconds of CLOCK_MONOTONIC (bpf_ktime_get_ns). Userspace sets them,
+/// nanoseconds of CLOCK_MONOTONIC (the programs read it with
+/// bpf_ktime_get_coarse_ns: a tick's precision is plenty for timeouts of
+/// seconds, and it costs a fraction of a precise read). Userspace sets them,
 /// as Linux's conntrack has its `nf_conntrack_*_timeout` sysctls; the
 /// programs and userspace's sweep judge flows by the same ones.
 #[repr(C)]
@@ -184,9 +195,52 @@ pub struct TargetRule {
     /// Ranges in use in `ranges`; 0 allows every port.
     pub range_count: u8,
     pub _pad: [u8; 2],
-    /// The entry's slot in [`TRAFFIC_MAP`].
+    /// The entry's slot in [`TRAFFIC_MAP`] and [`GENERATIONS_MAP`].
     pub counter: u32,
+    /// The entry's generations when it was written, copied into the flows
+    /// it creates ([`RuleGeneration`]).
+    pub generation: RuleGeneration,
     pub ranges: [PortRange; MAX_RANGES],
+}
+
+/// Where a whitelist entry stands, in [`GENERATIONS_MAP`] at the entry's
+/// slot. Userspace gives every entry generations unique over the loaded
+/// programs' life (never 0) and changes them when the entry's flows must be
+/// judged again; 0 means no entry holds the slot.
+///
+/// A flow remembers the generations of the entry that created it. As long
+/// as the slot still holds them, nothing the flow's packets were checked
+/// against has changed: the peer still belongs to the session, the entry
+/// still exists with the same addresses, protocol and ports. So the
+/// programs check an established flow with one array lookup instead of the
+/// peer and whitelist lookups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleGeneration {
+    /// Changes with any change of the entry or its session's peers: the
+    /// TUN program checks it on every packet of a flow, so a port taken off
+    /// the whitelist cuts its flows at once.
+    pub rule: u64,
+    /// Changes when the entry is removed, its real or SNAT address changes,
+    /// or a peer leaves its session: replies and ICMP errors check it, so a
+    /// change of the allowed ports alone does not cut the replies of a flow
+    /// the TUN program re-admits on its next packet.
+    pub path: u64,
+}
+
+impl RuleGeneration {
+    /// Whether `flow` (a flow's copy) is still the slot's (`self`) for the
+    /// TUN program.
+    #[inline(always)]
+    pub const fn admits(&self, flow: &RuleGeneration) -> bool {
+        self.rule != 0 && self.rule == flow.rule
+    }
+
+    /// Whether replies of a flow with `flow` may still be translated.
+    #[inline(always)]
+    pub const fn routes(&self, flow: &RuleGeneration) -> bool {
+        self.path != 0 && self.path == flow.path
+    }
 }
 
 impl TargetRule {
@@ -237,8 +291,12 @@ pub struct FlowForward {
     pub snat: [u8; 4],
     pub counter: u32,
     pub session: u64,
-    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet either way.
+    /// bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC, to a tick) of the last
+    /// packet toward the target; the reverse entry's stamp, which replies
+    /// refresh too, decides whether the flow lives.
     pub last_seen_ns: u64,
+    /// The whitelist entry's generations when the flow was admitted.
+    pub generation: RuleGeneration,
 }
 
 /// A reply from the target's side: `(protocol, real address, target port,
@@ -268,6 +326,8 @@ pub struct FlowReverse {
     pub session: u64,
     /// When the flow last saw a packet; decides whether it is still alive.
     pub last_seen_ns: u64,
+    /// As [`FlowForward::generation`].
+    pub generation: RuleGeneration,
 }
 
 /// Per-target traffic the programs translated: packets and IP bytes.
@@ -296,6 +356,7 @@ mod pod {
     unsafe impl aya::Pod for super::ReplyKey {}
     unsafe impl aya::Pod for super::FlowReverse {}
     unsafe impl aya::Pod for super::TargetTraffic {}
+    unsafe impl aya::Pod for super::RuleGeneration {}
 }
 
 /// What one of the gateway's programs did with a packet. The discriminant

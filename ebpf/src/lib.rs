@@ -17,7 +17,10 @@ pub use attach::{AttachMode, if_index};
 pub use error::Error;
 pub use ferry_ebpf_common as common;
 
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, Xdp},
+};
 
 /// The compiled eBPF object (ELF, bpfel), aligned for aya's parser.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry.bpf.o"));
@@ -25,6 +28,15 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Name of the program that passes everything: the baseline of XDP benchmarks,
 /// and what tests attach to a veth peer so XDP_TX frames are delivered.
 pub const PASS_PROGRAM: &str = "xdp_pass";
+
+/// The TC classifier that passes everything (TC_ACT_OK): the baseline of TC
+/// benchmarks, since BPF_PROG_RUN runs a TC program on an skb it builds.
+pub const TC_PASS_PROGRAM: &str = "tc_pass";
+
+/// Programs that only copy a frame's first 64 bytes aside and back, as the
+/// gateway's benchmark variants do around the real programs: XDP and TC.
+pub const XDP_RESTORE_PROGRAM: &str = "bench_xdp_restore";
+pub const TC_RESTORE_PROGRAM: &str = "bench_tc_restore";
 
 /// Maps whose size is chosen at load time. aya creates every map of the
 /// object, so each component that loads it creates the big maps of the others
@@ -37,6 +49,7 @@ const SIZED_MAPS: &[&str] = &[
     common::gateway::CT_FORWARD_MAP,
     common::gateway::CT_REVERSE_MAP,
     common::gateway::TRAFFIC_MAP,
+    common::gateway::GENERATIONS_MAP,
     common::guard::INDICES_MAP,
     common::guard::PROBE_TAGS_MAP,
     common::guard::STUN_SERVERS_MAP,
@@ -89,6 +102,18 @@ fn raise_memlock_limit() {
 /// here) and returns it.
 pub fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Error> {
     let program = xdp_mut(ebpf, name)?;
+    program.load().map_err(|source| Error::Program { name, source })?;
+    Ok(program)
+}
+
+/// Loads one TC classifier of `ebpf` into the kernel without attaching it
+/// (for BPF_PROG_RUN) and returns it.
+pub fn load_tc<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, Error> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })?;
     program.load().map_err(|source| Error::Program { name, source })?;
     Ok(program)
 }

@@ -24,7 +24,7 @@ use ferry_ebpf::{
     common::gateway::{
         FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP, flow_hash,
     },
-    gateway::{Capacity, Flow, FlowTimeouts, ForwardingTable, GatewayForwarder, monotonic_ns},
+    gateway::{Capacity, Flow, FlowTimeouts, ForwardingTable, GatewayForwarder, Protocol, monotonic_ns},
     test_run::{self, TcAction, Verdict},
 };
 use gateway_support::*;
@@ -702,4 +702,75 @@ fn bad_configurations_and_tables_are_refused_with_typed_errors() {
     // Nothing of the refused tables reached the maps.
     assert_eq!(f.applied(), &small);
     assert_eq!(f.read_back().unwrap().0, small);
+}
+
+/// An established flow's packets skip the peer and whitelist lookups (the
+/// flow carries its entry's generations): every change of what it was
+/// admitted by must still reach it at once, in both directions.
+#[test]
+fn established_flows_follow_whitelist_changes_at_once() {
+    let mut f = forwarder();
+    let syn = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    let data = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"established");
+    tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    let sent = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    assert_same(&sent, &translated(&data, SNAT, PLC, Port::Source(fl.nat_port)));
+    let reply = tcp(PLC, 22, SNAT, fl.nat_port, 64, b"reply");
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+
+    // Port 22 taken off the entry: the flow's next packet is refused, its
+    // replies still pass (only the TUN side checks ports, as before).
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(502, 502)]));
+    f.apply(&t).unwrap();
+    tunnel(&f, &data, Outcome::PortNotAllowed);
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    // Only TCP allowed to the PLC no more: refused by protocol.
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Udp, &[(22, 22)]));
+    f.apply(&t).unwrap();
+    tunnel(&f, &data, Outcome::ProtocolNotAllowed);
+
+    // Back as it was: the flow is admitted again with its NAT port, and its
+    // next packets and replies take the short path again.
+    f.apply(&table()).unwrap();
+    let sent = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    assert_same(&sent, &translated(&data, SNAT, PLC, Port::Source(fl.nat_port)));
+    tunnel(&f, &data, Outcome::ForwardedToTarget);
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    assert_eq!(f.flows().unwrap().len(), 1);
+
+    // The entry now points at another device: the old translation's replies
+    // are cut, and the flow's next packet goes to the new device.
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(HMI, Protocol::Tcp, &[(22, 22)]));
+    f.apply(&t).unwrap();
+    lan(&f, &reply, Outcome::SessionEnded);
+    let moved = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    let now = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    assert_eq!(now.real, Ipv4Addr::from(HMI));
+    assert_same(&moved, &translated(&data, SNAT, HMI, Port::Source(now.nat_port)));
+
+    // The peer moves to session B, which has no such proxy: refused at once,
+    // and the replies of its session A flow are cut.
+    let mut t = table();
+    t.peers.insert(PEER_A1.into(), SESSION_B);
+    f.apply(&t).unwrap();
+    tunnel(&f, &data, Outcome::NotWhitelisted);
+    lan(&f, &tcp(HMI, 22, SNAT, now.nat_port, 64, b"reply"), Outcome::SessionEnded);
+
+    // Another peer leaving session A cuts the flows of every peer of the
+    // session for a packet (the entries get new generations), which the
+    // full path then admits again as they are.
+    f.apply(&table()).unwrap();
+    let data2 = tcp(PEER_A2, 40001, PROXY_PLC, 22, 64, b"established");
+    tunnel(&f, &data2, Outcome::ForwardedToTarget);
+    let fl2 = flow(&f, PROTO_TCP, sa(PEER_A2, 40001), PROXY_PLC, 22);
+    let mut t = table();
+    t.peers.remove(&PEER_A1.into());
+    f.apply(&t).unwrap();
+    tunnel(&f, &data, Outcome::UnknownPeer);
+    let sent = tunnel(&f, &data2, Outcome::ForwardedToTarget);
+    assert_same(&sent, &translated(&data2, SNAT, PLC, Port::Source(fl2.nat_port)));
+    lan(&f, &tcp(PLC, 22, SNAT, fl2.nat_port, 64, b"reply"), Outcome::ForwardedFromTarget);
 }

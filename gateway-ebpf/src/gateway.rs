@@ -13,7 +13,11 @@
 //!
 //! The whitelist is checked on every packet, not only when a flow starts:
 //! removing an entry or ending a session cuts its flows at once, both ways.
-//! Conntrack only remembers NAT ports.
+//! For a packet of an established flow the check is one array lookup: the
+//! flow remembers the generations of the whitelist entry that admitted it,
+//! and userspace changes them in the entry's slot whenever the entry, or
+//! its session's peers, change (`RuleGeneration`). Conntrack otherwise only
+//! remembers NAT ports.
 
 use core::mem;
 
@@ -24,10 +28,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
         xdp_action,
     },
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_fib_lookup, bpf_redirect_neigh, bpf_skb_change_head},
-    },
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_skb_change_head},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -35,7 +36,8 @@ use aya_ebpf::{
 use ferry_ebpf_common::gateway::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FlowForward, FlowKey,
     FlowReverse, FlowTimeouts, GatewayConfig, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_ANY,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, ReplyKey, TargetKey, TargetRule, TargetTraffic, flow_hash,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, ReplyKey, RuleGeneration, TargetKey, TargetRule,
+    TargetTraffic, flow_hash,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -77,6 +79,11 @@ static GW_CT_REV: LruHashMap<ReplyKey, FlowReverse> = LruHashMap::with_max_entri
 
 #[map(name = "GW_TRAFFIC")]
 static GW_TRAFFIC: PerCpuArray<TargetTraffic> = PerCpuArray::with_max_entries(DEFAULT_MAX_TARGETS, 0);
+
+// An array: the verifier inlines its lookups, so checking an established
+// flow's whitelist entry costs a few instructions.
+#[map(name = "GW_RULE_GEN")]
+static GW_RULE_GEN: Array<RuleGeneration> = Array::with_max_entries(DEFAULT_MAX_TARGETS, 0);
 
 #[map(name = "GW_COUNTERS")]
 static GW_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
@@ -136,20 +143,32 @@ fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
 // CHECKSUM_PARTIAL state, whose TCP checksum field holds only the
 // pseudo-header sum. An XDP program cannot see ip_summed, so it cannot know
 // whether it is updating a full checksum or a pseudo-header one, and would
-// corrupt one of the two. bpf_l3_csum_replace/bpf_l4_csum_replace know the
-// skb's state and do the right thing for both (BPF_F_PSEUDO_HDR marks the
-// address changes that enter the pseudo-header). And generic XDP on a TUN
-// gains nothing: the skb already exists, and generic XDP would even linearize
-// 64 KiB super-segments.
+// corrupt one of the two. bpf_l4_csum_replace knows the skb's state and does
+// the right thing for both (BPF_F_PSEUDO_HDR marks the address changes that
+// enter the pseudo-header). The IPv4 header's checksum is always a full one:
+// it is updated in place. And generic XDP on a TUN gains nothing: the skb
+// already exists, and generic XDP would even linearize 64 KiB super-segments.
 //
 // bpf_redirect_neigh to the LAN interface skips the kernel's input routing
 // (no forwarding or accept_local sysctls needed on the TUN) and fills in the
 // Ethernet header from the neighbour table, resolving it if needed.
+//
+// An established flow takes a short path: its forward entry, the array slot
+// of its whitelist entry's generations and its reverse entry, nothing else
+// ([`RuleGeneration`]). Everything else (new flows, refusals, flows whose
+// entry changed) takes the full path, which checks the peer and the
+// whitelist as before and gives every refusal its outcome.
 
 #[classifier]
 pub fn gateway_tunnel_in(ctx: TcContext) -> i32 {
+    tunnel_verdict(&ctx)
+}
+
+/// The TUN program's body, shared with its benchmark variant.
+#[inline(always)]
+pub(crate) fn tunnel_verdict(ctx: &TcContext) -> i32 {
     let (outcome, lan_ifindex, no_redirect) = match GW_CONFIG.get(0) {
-        Some(config) => (tunnel_in(&ctx, config), config.lan_ifindex, config.flags & FLAG_NO_REDIRECT != 0),
+        Some(config) => (tunnel_in(ctx, config), config.lan_ifindex, config.flags & FLAG_NO_REDIRECT != 0),
         None => (Outcome::Malformed, 0, false),
     };
     count(outcome);
@@ -174,20 +193,61 @@ struct Ports {
     csum_offset: usize,
 }
 
+/// How a flow's packets are translated: from its forward entry, or from the
+/// whitelist entry that admitted it.
+#[derive(Clone, Copy)]
+struct Translation {
+    nat_port: [u8; 2],
+    real: [u8; 4],
+    snat: [u8; 4],
+    counter: u32,
+}
+
+/// A pointer to `T` at `offset` in the skb's linear data. A TUN super-segment
+/// may carry little of its headers there: then they are pulled in first
+/// (which moves the data, so pointers are taken only after every pull).
+#[inline(always)]
+fn linear<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let need = offset + mem::size_of::<T>();
+    if ctx.data() + need > ctx.data_end() {
+        ctx.pull_data(need as u32).ok()?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + offset + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Like [`linear`], for bytes known to be in the linear data already. The
+/// offset is hidden from the optimiser, which would otherwise merge the
+/// check with an earlier one the verifier no longer trusts after a helper
+/// call.
+#[inline(always)]
+fn linear_now<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let offset = core::hint::black_box(offset);
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + offset + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
 #[inline(always)]
 fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     // Only the two values the loader may set; anything else is treated as a
     // TUN, which is the only place the program is attached.
     let l2 = if GW_L2_LEN.load() == ETH_HLEN as u32 { ETH_HLEN } else { 0 };
-    // Helpers, not direct packet access: a TUN super-segment may carry little
-    // of its headers in the linear area.
-    let Ok(ip) = ctx.load::<[u8; IPV4_HLEN]>(l2) else {
+    let Some(ip) = linear::<[u8; IPV4_HLEN]>(ctx, l2) else {
         // Shorter than an IPv4 header: a short IPv6 packet is still IPv6.
         return match ctx.load::<u8>(l2) {
             Ok(first) if first >> 4 != 4 => Outcome::NotIpv4,
             _ => Outcome::Malformed,
         };
     };
+    // SAFETY: linear() checked the bytes lie in the linear data. A copy:
+    // helpers below may move the data.
+    let ip = unsafe { *ip };
     if ip[0] >> 4 != 4 {
         return Outcome::NotIpv4;
     }
@@ -202,9 +262,24 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
         return Outcome::Fragment;
     }
     let protocol = ip[9];
+    let l4 = l2 + header_len;
+    let ip_payload = total_len - header_len;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    // The short path: a packet of an established flow whose whitelist entry
+    // has not changed since. Anything it does not take ends in the full path.
+    if ip[8] > 1 {
+        if let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) {
+            let flow = flow_key(&ip, &ports);
+            if let Some(translation) = established(&flow, None, &config.timeouts, now) {
+                return forward(ctx, config, l2, &ip, &ports, translation);
+            }
+        }
+    }
+
     let src = [ip[12], ip[13], ip[14], ip[15]];
     let dst = [ip[16], ip[17], ip[18], ip[19]];
-
     let Some(peer) = GW_PEERS.get_ptr(src) else {
         return Outcome::UnknownPeer;
     };
@@ -220,22 +295,19 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
         return Outcome::ProtocolNotAllowed;
     }
 
-    let l4 = l2 + header_len;
-    let ip_payload = total_len - header_len;
     let ports = match protocol {
         PROTO_TCP | PROTO_UDP => {
-            let (min_len, csum_at) = if protocol == PROTO_TCP { (TCP_HLEN, 16) } else { (UDP_HLEN, 6) };
+            let min_len = if protocol == PROTO_TCP { TCP_HLEN } else { UDP_HLEN };
             if ip_payload < min_len {
                 return Outcome::Malformed;
             }
-            let Ok(head) = ctx.load::<[u8; 4]>(l4) else {
+            let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) else {
                 return Outcome::Malformed;
             };
-            let dport = [head[2], head[3]];
-            if !rule.port_allowed(u16::from_be_bytes(dport)) {
+            if !rule.port_allowed(u16::from_be_bytes(ports.dport)) {
                 return Outcome::PortNotAllowed;
             }
-            Ports { peer_port: [head[0], head[1]], dport, csum_offset: l4 + csum_at }
+            ports
         }
         PROTO_ICMP => {
             if ip_payload < ICMP_HLEN {
@@ -250,36 +322,114 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
             if head[0] != ICMP_ECHO_REQUEST || head[1] != 0 {
                 return Outcome::IcmpNotEcho;
             }
-            Ports { peer_port: [head[4], head[5]], dport: [0, 0], csum_offset: l4 + 2 }
+            let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) else {
+                return Outcome::Malformed;
+            };
+            ports
         }
         // Nothing else can be translated (no ports to NAT).
         _ => return Outcome::ProtocolNotAllowed,
     };
-    let ttl = ip[8];
-    if ttl <= 1 {
+    if ip[8] <= 1 {
         return Outcome::TtlExceeded;
     }
 
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let flow = FlowKey {
-        protocol,
-        _pad: [0; 3],
-        peer: src,
-        proxy: dst,
-        peer_port: ports.peer_port,
-        dport: ports.dport,
-    };
+    let flow = flow_key(&ip, &ports);
     let timeouts = &config.timeouts;
-    let nat_port = match established(&flow, session, rule, timeouts, now) {
-        Some(port) => port,
+    let translation = match established(&flow, Some((session, rule)), timeouts, now) {
+        Some(translation) => translation,
         None => match new_flow(&flow, session, rule, timeouts, now) {
-            Some(port) => port,
+            Some(nat_port) => {
+                Translation { nat_port, real: rule.real, snat: rule.snat, counter: rule.counter }
+            }
             None => return Outcome::NatPortsExhausted,
         },
     };
+    forward(ctx, config, l2, &ip, &ports, translation)
+}
 
-    if rewrite_to_target(ctx, l2, protocol, &ip, rule, &ports, nat_port).is_err() {
+/// The ports of a TCP or UDP packet, or the id of an ICMP echo request; None
+/// for anything else, or a packet too short for them.
+#[inline(always)]
+fn ports_of(ctx: &TcContext, protocol: u8, l4: usize, ip_payload: usize) -> Option<Ports> {
+    match protocol {
+        PROTO_TCP | PROTO_UDP => {
+            let (min_len, csum_at) = if protocol == PROTO_TCP { (TCP_HLEN, 16) } else { (UDP_HLEN, 6) };
+            if ip_payload < min_len {
+                return None;
+            }
+            let head = linear::<[u8; 4]>(ctx, l4)?;
+            // SAFETY: linear() checked the bytes lie in the linear data.
+            let head = unsafe { *head };
+            Some(Ports {
+                peer_port: [head[0], head[1]],
+                dport: [head[2], head[3]],
+                csum_offset: l4 + csum_at,
+            })
+        }
+        PROTO_ICMP => {
+            if ip_payload < ICMP_HLEN {
+                return None;
+            }
+            let head = linear::<[u8; ICMP_HLEN]>(ctx, l4)?;
+            // SAFETY: as above.
+            let head = unsafe { *head };
+            if head[0] != ICMP_ECHO_REQUEST || head[1] != 0 {
+                return None;
+            }
+            Some(Ports { peer_port: [head[4], head[5]], dport: [0, 0], csum_offset: l4 + 2 })
+        }
+        _ => None,
+    }
+}
+
+/// Keys are built as four aligned words: the BPF backend cannot store the
+/// three unaligned zero bytes of `_pad: [0; 3]` (or of zeroed memory after
+/// the protocol byte) and called the object's byte-by-byte memset for them
+/// on every packet.
+#[inline(always)]
+fn flow_key(ip: &[u8; IPV4_HLEN], ports: &Ports) -> FlowKey {
+    let words = [
+        u32::from_ne_bytes([ip[9], 0, 0, 0]),
+        u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        u32::from_ne_bytes([ports.peer_port[0], ports.peer_port[1], ports.dport[0], ports.dport[1]]),
+    ];
+    // SAFETY: FlowKey is repr(C), 16 bytes of byte arrays in this order,
+    // without padding; every bit pattern is a valid value.
+    unsafe { mem::transmute::<[u32; 4], FlowKey>(words) }
+}
+
+/// As [`flow_key`].
+#[inline(always)]
+fn reply_key(
+    protocol: u8,
+    real: [u8; 4],
+    snat: [u8; 4],
+    target_port: [u8; 2],
+    nat_port: [u8; 2],
+) -> ReplyKey {
+    let words = [
+        u32::from_ne_bytes([protocol, 0, 0, 0]),
+        u32::from_ne_bytes(real),
+        u32::from_ne_bytes(snat),
+        u32::from_ne_bytes([target_port[0], target_port[1], nat_port[0], nat_port[1]]),
+    ];
+    // SAFETY: as in flow_key, for ReplyKey.
+    unsafe { mem::transmute::<[u32; 4], ReplyKey>(words) }
+}
+
+/// Rewrites an admitted packet and sends it on its way.
+#[inline(always)]
+fn forward(
+    ctx: &TcContext,
+    config: &GatewayConfig,
+    l2: usize,
+    ip: &[u8; IPV4_HLEN],
+    ports: &Ports,
+    translation: Translation,
+) -> Outcome {
+    if rewrite_to_target(ctx, l2, ip, ports, &translation).is_none() {
         return Outcome::RewriteFailed;
     }
     // The IP packet's length (a GRO super-segment counts whole).
@@ -294,37 +444,48 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     if redirect && l2 == 0 && unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_HLEN as u32, 0) } != 0 {
         return Outcome::RewriteFailed;
     }
-    count_traffic(rule.counter, true, bytes);
+    count_traffic(translation.counter, true, bytes);
     Outcome::ForwardedToTarget
 }
 
-/// The NAT port of an established, live flow whose translation still matches
-/// the whitelist entry; refreshes its timestamps.
+/// How an established, live flow is translated; refreshes its timestamps.
+///
+/// `admitted`: None on the short path, which trusts the flow's copy of its
+/// whitelist entry's generations if the entry's slot still holds them.
+/// Otherwise the session and entry the full path just checked, against
+/// which the flow's translation is checked instead; the flow then takes the
+/// entry's current generations, and its next packets the short path.
 #[inline(always)]
 fn established(
     flow: &FlowKey,
-    session: u64,
-    rule: &TargetRule,
+    admitted: Option<(u64, &TargetRule)>,
     timeouts: &FlowTimeouts,
     now: u64,
-) -> Option<[u8; 2]> {
+) -> Option<Translation> {
     let forward = GW_CT_FWD.get_ptr_mut(flow)?;
     // SAFETY: an element of an LRU map stays valid during this run (RCU); a
-    // concurrent writer can only change timestamps and counters.
+    // concurrent writer can only change timestamps, counters and
+    // generations.
     let forward = unsafe { &mut *forward };
-    // A flow of an earlier session of the same peer address, or of an entry
-    // whose real address or SNAT address changed since, is not this flow.
-    if forward.session != session || forward.real != rule.real || forward.snat != rule.snat {
-        return None;
-    }
-    let reply = ReplyKey {
-        protocol: flow.protocol,
-        _pad: [0; 3],
-        real: forward.real,
-        snat: forward.snat,
-        target_port: flow.dport,
-        nat_port: forward.nat_port,
+    let session = match admitted {
+        None => {
+            let current = GW_RULE_GEN.get(forward.counter)?;
+            if !current.admits(&forward.generation) {
+                return None;
+            }
+            forward.session
+        }
+        // A flow of an earlier session of the same peer address, or of an
+        // entry whose real address or SNAT address changed since, is not
+        // this flow.
+        Some((session, rule)) => {
+            if forward.session != session || forward.real != rule.real || forward.snat != rule.snat {
+                return None;
+            }
+            session
+        }
     };
+    let reply = reply_key(flow.protocol, forward.real, forward.snat, flow.dport, forward.nat_port);
     let reverse = GW_CT_REV.get_ptr_mut(&reply)?;
     // SAFETY: as above.
     let reverse = unsafe { &mut *reverse };
@@ -333,11 +494,20 @@ fn established(
     if !owns(reverse, flow, session) || timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
         return None;
     }
+    if let Some((_, rule)) = admitted {
+        reverse.counter = rule.counter;
+        reverse.generation = rule.generation;
+        forward.counter = rule.counter;
+        forward.generation = rule.generation;
+    }
     reverse.last_seen_ns = now;
-    reverse.counter = rule.counter;
     forward.last_seen_ns = now;
-    forward.counter = rule.counter;
-    Some(forward.nat_port)
+    Some(Translation {
+        nat_port: forward.nat_port,
+        real: forward.real,
+        snat: forward.snat,
+        counter: forward.counter,
+    })
 }
 
 /// Whether the reverse entry belongs to `flow`.
@@ -368,6 +538,7 @@ fn new_flow(
         counter: rule.counter,
         session,
         last_seen_ns: now,
+        generation: rule.generation,
     };
     let start = flow_hash(flow) % NAT_PORTS;
     let mut claimed = None;
@@ -407,6 +578,7 @@ fn new_flow(
         counter: rule.counter,
         session,
         last_seen_ns: now,
+        generation: rule.generation,
     };
     if GW_CT_FWD.insert(flow, &forward, BPF_ANY as u64).is_err() {
         // Without the forward half the port would stay claimed for nothing.
@@ -424,59 +596,67 @@ fn new_flow(
 }
 
 /// Rewrites proxy -> real destination, peer -> SNAT source, the source port
-/// (ICMP: echo id) -> NAT port and TTL - 1, with the kernel's checksum helpers.
+/// (ICMP: echo id) -> NAT port and TTL - 1. The L4 checksum with the
+/// kernel's helper (see above), the rest in place. None: the packet's
+/// headers could not be reached, and it is left as it was.
 #[inline(always)]
 fn rewrite_to_target(
     ctx: &TcContext,
     l2: usize,
-    protocol: u8,
     ip: &[u8; IPV4_HLEN],
-    rule: &TargetRule,
     ports: &Ports,
-    nat_port: [u8; 2],
-) -> Result<(), i64> {
+    translation: &Translation,
+) -> Option<()> {
+    let (real, snat) = (&translation.real, &translation.snat);
     // One checksum difference for the address change, computed here instead
-    // of by a helper per field: the helpers take it with size 0 ("by diff").
+    // of by a helper per field: the helper takes it with size 0 ("by diff").
     // It is a 32-bit sum of 16-bit words read in memory order, as the
     // kernel's csum_partial sums packet bytes; a dozen words cannot overflow.
     let addresses = sum_ne_not(&[ip[12], ip[13], ip[14], ip[15]])
         + sum_ne_not(&[ip[16], ip[17], ip[18], ip[19]])
-        + sum_ne(&rule.snat)
-        + sum_ne(&rule.real);
-    // The TTL shares its word with the protocol, which stays.
-    let ttl = !u16::from_ne_bytes([ip[8], ip[9]]) as u32 + u16::from_ne_bytes([ip[8] - 1, ip[9]]) as u32;
+        + sum_ne(snat)
+        + sum_ne(real);
 
     // The L4 checksum covers the addresses through the pseudo-header (not for
     // ICMP): BPF_F_PSEUDO_HDR, so that a CHECKSUM_PARTIAL pseudo-header sum is
     // updated too. The port (ICMP: echo id) is covered as data, which the
     // helper leaves to the checksum completion of a CHECKSUM_PARTIAL skb.
+    // Helpers first: they may move the data, and the pointers below are taken
+    // after them.
+    let protocol = ip[9];
     let pseudo = BPF_F_PSEUDO_HDR as u64;
     let mangled = if protocol == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     if protocol != PROTO_ICMP {
-        ctx.l4_csum_replace(ports.csum_offset, 0, addresses as u64, pseudo | mangled)?;
+        ctx.l4_csum_replace(ports.csum_offset, 0, addresses as u64, pseudo | mangled).ok()?;
     }
     let old_port = u16::from_ne_bytes(ports.peer_port) as u64;
-    let new_port = u16::from_ne_bytes(nat_port) as u64;
-    ctx.l4_csum_replace(ports.csum_offset, old_port, new_port, mangled | CSUM_16)?;
-    // TCP/UDP: the source port at the start of the header; ICMP: the echo id
-    // 4 bytes in.
-    let port_offset = l2 + (ip[0] & 0x0f) as usize * 4 + if protocol == PROTO_ICMP { 4 } else { 0 };
-    ctx.store(port_offset, &nat_port, 0)?;
+    let new_port = u16::from_ne_bytes(translation.nat_port) as u64;
+    ctx.l4_csum_replace(ports.csum_offset, old_port, new_port, mangled | CSUM_16).ok()?;
 
-    ctx.l3_csum_replace(l2 + 10, 0, (addresses + ttl) as u64, 0)?;
-    ctx.store(l2 + 8, &(ip[8] - 1), 0)?;
-    let addrs = [
-        rule.snat[0],
-        rule.snat[1],
-        rule.snat[2],
-        rule.snat[3],
-        rule.real[0],
-        rule.real[1],
-        rule.real[2],
-        rule.real[3],
-    ];
-    ctx.store(l2 + 12, &addrs, 0)?;
-    Ok(())
+    // TCP/UDP: the source port at the start of the header; ICMP: the echo id
+    // 4 bytes in. Both were read through linear(), so they are in the
+    // linear data; linear_now() only repeats the bounds check.
+    let port_offset = l2 + (ip[0] & 0x0f) as usize * 4 + if protocol == PROTO_ICMP { 4 } else { 0 };
+    // The IPv4 checksum is never partial: updated here (RFC 1624), with the
+    // TTL, which shares its word with the protocol.
+    let removed = sum_not(&[ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]])
+        + !u16::from_be_bytes([ip[8], ip[9]]) as u32;
+    let added = sum(&[snat[0], snat[1], snat[2], snat[3], real[0], real[1], real[2], real[3]])
+        + u16::from_be_bytes([ip[8] - 1, ip[9]]) as u32;
+    let check = replace([ip[10], ip[11]], removed, added).to_be_bytes();
+    let header = linear_now::<[u8; IPV4_HLEN]>(ctx, l2)?;
+    // SAFETY: linear_now() checked the bytes lie in the linear data.
+    unsafe {
+        let header = &mut *header;
+        header[8] = ip[8] - 1;
+        [header[10], header[11]] = check;
+        [header[12], header[13], header[14], header[15]] = *snat;
+        [header[16], header[17], header[18], header[19]] = *real;
+    }
+    let port = linear_now::<[u8; 2]>(ctx, port_offset)?;
+    // SAFETY: as above.
+    unsafe { *port = translation.nat_port };
+    Some(())
 }
 
 /// The sum of the 16-bit words of `bytes` in memory order.
@@ -501,8 +681,14 @@ fn sum_ne_not(bytes: &[u8; 4]) -> u32 {
 
 #[xdp]
 pub fn gateway_lan_in(ctx: XdpContext) -> u32 {
+    lan_verdict(&ctx)
+}
+
+/// The LAN program's body, shared with its benchmark variant.
+#[inline(always)]
+pub(crate) fn lan_verdict(ctx: &XdpContext) -> u32 {
     let outcome = match GW_CONFIG.get(0) {
-        Some(config) => lan_in(&ctx, config),
+        Some(config) => lan_in(ctx, config),
         None => Outcome::LanToHost,
     };
     count(outcome);
@@ -583,10 +769,9 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
     // the gateway listens there, the ports are reserved for the NAT); an ICMP
     // echo reply may answer the host's own ping, whose id can be anything.
     let unknown = if protocol == PROTO_ICMP { None } else { Some(Outcome::NoConntrack) };
-    let key =
-        ReplyKey { protocol, _pad: [0; 3], real: ip.src_addr, snat: ip.dst_addr, target_port, nat_port };
+    let key = reply_key(protocol, ip.src_addr, ip.dst_addr, target_port, nat_port);
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (reverse, counter) = match live_flow(&key, timeouts, now) {
         Ok(flow) => flow,
         Err(Dead::Unknown) => return unknown,
@@ -675,26 +860,12 @@ fn live_flow(key: &ReplyKey, timeouts: &FlowTimeouts, now: u64) -> Result<(*mut 
     if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
         return Err(Dead::Unknown);
     }
-    // Ending a session or removing the entry cuts replies at once, before any
-    // sweep of the conntrack maps.
-    let live = match GW_PEERS.get_ptr(flow.peer) {
-        // SAFETY: not preallocated, valid for this run.
-        Some(peer) => unsafe { (*peer).session == flow.session },
-        None => false,
-    };
-    if !live {
-        return Err(Dead::Ended);
-    }
-    let target = TargetKey { session: flow.session, proxy: flow.proxy, _pad: [0; 4] };
-    match GW_TARGETS.get_ptr(target) {
-        // SAFETY: as above.
-        Some(rule) => unsafe {
-            if (*rule).real != key.real || (*rule).snat != key.snat {
-                return Err(Dead::Ended);
-            }
-            Ok((reverse, (*rule).counter))
-        },
-        None => Err(Dead::Ended),
+    // Ending a session, a peer leaving it, or the entry's removal or change
+    // of address change the path generation of the entry's slot at once
+    // (userspace, before any sweep of the conntrack maps): that cuts replies.
+    match GW_RULE_GEN.get(flow.counter) {
+        Some(current) if current.routes(&flow.generation) => Ok((reverse, flow.counter)),
+        _ => Err(Dead::Ended),
     }
 }
 
@@ -746,9 +917,9 @@ fn icmp_error(
     if u16::from_be_bytes(nat_port) < NAT_PORT_MIN {
         return None;
     }
-    let key = ReplyKey { protocol, _pad: [0; 3], real, snat, target_port, nat_port };
+    let key = reply_key(protocol, real, snat, target_port, nat_port);
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Errors about dead flows are not translated, whatever killed the flow.
     let (reverse, counter) = live_flow(&key, timeouts, now).ok()?;
     // SAFETY: an LRU element stays valid during this run (RCU). Read only:

@@ -13,7 +13,8 @@ pub const BENCHES: &[(&str, &str)] = &[
     (
         "gateway",
         "gateway whitelist/NAT ns/packet with BPF_PROG_RUN (LAN reply hit and TUN established flow, 10 and 10,000 \
-         whitelist entries), against an empty XDP program",
+         whitelist entries), each against an empty program of its own type (XDP, TC); iperf3 through the gateway \
+         against wireguard-go + nftables",
     ),
     (
         "relay",
@@ -41,8 +42,9 @@ pub const BENCHES: &[(&str, &str)] = &[
 fn packages(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "cloud" => Some(&["ferry-cloud"]),
-        // BPF_PROG_RUN only, for now.
-        "gateway" => Some(&[]),
+        // BPF_PROG_RUN needs only ferry-bench; the traffic rows run a whole
+        // gateway lab (and would otherwise measure stale binaries).
+        "gateway" => Some(&["ferry-gateway", "ferry-cloud", "ferry-relay"]),
         // BPF_PROG_RUN needs only ferry-bench; the traffic rows run the relay.
         "relay" => Some(&["ferry-relay"]),
         // The whole lab: cloud, relay, gateway daemon and the technician's client.

@@ -95,7 +95,11 @@ pub(super) fn list(ebpf: &Ebpf) -> Result<Vec<Flow>, Error> {
     Ok(flows)
 }
 
+/// Inserts both halves of `flow`, as of the whitelist entry that now holds
+/// its counter slot (its generations: a flow of a slot no entry holds is
+/// dead).
 pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), Error> {
+    let generation = super::generation(ebpf, flow.counter)?;
     let reverse = FlowReverse {
         peer: flow.peer.ip().octets(),
         proxy: flow.proxy.octets(),
@@ -104,6 +108,7 @@ pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), 
         counter: flow.counter,
         session: flow.session,
         last_seen_ns: flow.last_seen_ns,
+        generation,
     };
     let forward = FlowForward {
         nat_port: flow.nat_port.to_be_bytes(),
@@ -113,6 +118,7 @@ pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), 
         counter: flow.counter,
         session: flow.session,
         last_seen_ns: flow.last_seen_ns,
+        generation,
     };
     insert_entry(ebpf, shared::CT_REVERSE_MAP, &flow.reply_key(), &reverse, capacity)?;
     insert_entry(ebpf, shared::CT_FORWARD_MAP, &flow.forward_key(), &forward, capacity)

@@ -38,7 +38,7 @@ use aya::{
 pub use ferry_ebpf_common::gateway::FlowTimeouts;
 use ferry_ebpf_common::gateway::{
     self as shared, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT,
-    GatewayConfig, PeerEntry, TargetRule, TargetTraffic,
+    GatewayConfig, PeerEntry, RuleGeneration, TargetRule, TargetTraffic,
 };
 
 pub use self::{
@@ -121,6 +121,12 @@ pub struct GatewayForwarder {
     slots: Slots,
     free_slots: Vec<u32>,
     next_slot: u32,
+    /// Each applied entry's generations ([`RuleGeneration`]), as its slot in
+    /// [`shared::GENERATIONS_MAP`] holds them.
+    generations: BTreeMap<(u64, Ipv4Addr), RuleGeneration>,
+    /// The last generation handed out: they are unique over the programs'
+    /// life, so a reused slot never matches its previous entry's flows.
+    last_generation: u64,
 }
 
 impl GatewayForwarder {
@@ -197,6 +203,7 @@ impl GatewayForwarder {
                 (shared::PEERS_MAP, capacity.peers),
                 (shared::TARGETS_MAP, capacity.targets),
                 (shared::TRAFFIC_MAP, capacity.targets),
+                (shared::GENERATIONS_MAP, capacity.targets),
                 (shared::CT_FORWARD_MAP, capacity.flows),
                 (shared::CT_REVERSE_MAP, capacity.flows),
             ],
@@ -231,6 +238,8 @@ impl GatewayForwarder {
             slots: BTreeMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
+            generations: BTreeMap::new(),
+            last_generation: 0,
         })
     }
 
@@ -254,6 +263,21 @@ impl GatewayForwarder {
         let mut report = ApplyReport::default();
         let ended: BTreeSet<u64> = self.applied.sessions().difference(&table.sessions()).copied().collect();
 
+        // Sessions a peer leaves (removed, or moved to another session): their
+        // entries get new generations below, which cuts the flows of the peers
+        // that left, whose established packets the programs check by
+        // generation alone. The session's other peers' flows lose their
+        // replies too until their next packet toward the target, which the
+        // full path re-admits with the same NAT port: generations are per
+        // entry, not per peer (a cost only when a peer leaves a session that
+        // keeps others).
+        let left: BTreeSet<u64> = self
+            .applied
+            .peers
+            .iter()
+            .filter(|&(peer, session)| table.peers.get(peer) != Some(session))
+            .map(|(_, &session)| session)
+            .collect();
         let gone_peers: Vec<Ipv4Addr> =
             self.applied.peers.keys().filter(|p| !table.peers.contains_key(p)).copied().collect();
         for peer in gone_peers {
@@ -266,7 +290,10 @@ impl GatewayForwarder {
         for key in gone_targets {
             remove_key::<_, TargetRule>(&mut self.ebpf, shared::TARGETS_MAP, &target_key(key.0, key.1))?;
             self.applied.targets.remove(&key);
+            self.generations.remove(&key);
             if let Some(slot) = self.slots.remove(&key) {
+                // Generation 0: no entry, no flow of it is translated any more.
+                set_generation(&mut self.ebpf, slot, RuleGeneration::default())?;
                 self.free_slots.push(slot);
             }
             report.targets_removed += 1;
@@ -277,10 +304,21 @@ impl GatewayForwarder {
         }
 
         for (&key, spec) in &table.targets {
-            let existing = self.applied.targets.contains_key(&key);
-            if self.applied.targets.get(&key) == Some(spec) {
+            let old = self.applied.targets.get(&key);
+            let existing = old.is_some();
+            let same = old == Some(spec);
+            let peer_left = left.contains(&key.0);
+            if same && !peer_left {
                 continue;
             }
+            // Replies keep flowing through a change of the allowed ports: only
+            // the TUN program re-checks those, on a flow's next packet.
+            let same_path = !peer_left && old.is_some_and(|o| o.real == spec.real && o.snat == spec.snat);
+            let path = match self.generations.get(&key) {
+                Some(generation) if same_path => generation.path,
+                _ => self.next_generation(),
+            };
+            let generation = RuleGeneration { rule: self.next_generation(), path };
             let slot = match self.slots.get(&key) {
                 Some(&slot) => slot,
                 None => {
@@ -291,7 +329,7 @@ impl GatewayForwarder {
                     slot
                 }
             };
-            let rule = target_rule(spec, slot);
+            let rule = target_rule(spec, slot, generation);
             insert(
                 &mut self.ebpf,
                 shared::TARGETS_MAP,
@@ -299,7 +337,11 @@ impl GatewayForwarder {
                 &rule,
                 self.capacity.targets,
             )?;
-            if existing {
+            set_generation(&mut self.ebpf, slot, generation)?;
+            self.generations.insert(key, generation);
+            if same {
+                // Only its session's peers changed.
+            } else if existing {
                 report.targets_changed += 1;
             } else {
                 report.targets_added += 1;
@@ -443,6 +485,34 @@ impl GatewayForwarder {
         xdp(&self.ebpf, shared::LAN_PROGRAM)
     }
 
+    /// Loads the benchmark variants of both programs
+    /// ([`shared::BENCH_TUNNEL_PROGRAM`], [`shared::BENCH_LAN_PROGRAM`]),
+    /// which share this forwarder's maps. Benchmarks only.
+    #[doc(hidden)]
+    pub fn load_bench_variants(&mut self) -> Result<(), Error> {
+        crate::load_tc(&mut self.ebpf, shared::BENCH_TUNNEL_PROGRAM)?;
+        crate::load_xdp(&mut self.ebpf, shared::BENCH_LAN_PROGRAM)?;
+        Ok(())
+    }
+
+    /// The benchmark variant of the TUN program, once
+    /// [`load_bench_variants`](Self::load_bench_variants) loaded it.
+    #[doc(hidden)]
+    pub fn bench_tunnel_program(&self) -> Result<&SchedClassifier, Error> {
+        let name = shared::BENCH_TUNNEL_PROGRAM;
+        self.ebpf
+            .program(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })
+    }
+
+    /// The benchmark variant of the LAN program.
+    #[doc(hidden)]
+    pub fn bench_lan_program(&self) -> Result<&Xdp, Error> {
+        xdp(&self.ebpf, shared::BENCH_LAN_PROGRAM)
+    }
+
     /// Where the programs are attached: (TUN device, LAN interface, XDP mode).
     pub fn attachments(&self) -> Option<(&str, &str, &'static str)> {
         match (&self.tc_link, &self.xdp_link) {
@@ -477,6 +547,11 @@ impl GatewayForwarder {
         tc_program_mut(&mut self.ebpf)
     }
 
+    fn next_generation(&mut self) -> u64 {
+        self.last_generation += 1;
+        self.last_generation
+    }
+
     fn take_slot(&mut self) -> Result<u32, Error> {
         if let Some(slot) = self.free_slots.pop() {
             return Ok(slot);
@@ -505,6 +580,30 @@ impl Drop for GatewayForwarder {
         if let Err(err) = self.detach() {
             tracing::warn!(error = %err, "detaching the gateway programs failed");
         }
+    }
+}
+
+/// Writes an entry's generations into its slot: what the programs compare
+/// established flows with.
+fn set_generation(ebpf: &mut Ebpf, slot: u32, generation: RuleGeneration) -> Result<(), Error> {
+    let name = shared::GENERATIONS_MAP;
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    let mut array: Array<_, RuleGeneration> =
+        Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+    array.set(slot, generation, 0).map_err(|source| Error::Map { name, source })
+}
+
+/// The generations in `slot` (zero for a slot no entry holds).
+pub(crate) fn generation(ebpf: &Ebpf, slot: u32) -> Result<RuleGeneration, Error> {
+    let name = shared::GENERATIONS_MAP;
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    let array: Array<_, RuleGeneration> =
+        Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+    match array.get(&slot, 0) {
+        Ok(generation) => Ok(generation),
+        // Past the array: no entry can hold such a slot.
+        Err(MapError::OutOfBounds { .. }) => Ok(RuleGeneration::default()),
+        Err(source) => Err(Error::Map { name, source }),
     }
 }
 

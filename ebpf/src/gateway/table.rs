@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 use ferry_ebpf_common::gateway::{
-    MAX_RANGES, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange, TargetKey, TargetRule,
+    MAX_RANGES, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange, RuleGeneration, TargetKey, TargetRule,
 };
 
 /// The protocols a whitelist entry may allow.
@@ -158,7 +158,7 @@ pub(crate) fn target_key(session: u64, proxy: Ipv4Addr) -> TargetKey {
 }
 
 /// The map value for a validated spec.
-pub(crate) fn target_rule(spec: &TargetSpec, counter: u32) -> TargetRule {
+pub(crate) fn target_rule(spec: &TargetSpec, counter: u32, generation: RuleGeneration) -> TargetRule {
     let mut ranges = [PortRange::default(); MAX_RANGES];
     for (slot, &(first, last)) in ranges.iter_mut().zip(&spec.ports) {
         *slot = PortRange { first: first.to_be_bytes(), last: last.to_be_bytes() };
@@ -170,6 +170,7 @@ pub(crate) fn target_rule(spec: &TargetSpec, counter: u32) -> TargetRule {
         range_count: spec.ports.len().min(MAX_RANGES) as u8,
         _pad: [0; 2],
         counter,
+        generation,
         ranges,
     }
 }
@@ -234,7 +235,7 @@ mod tests {
     #[test]
     fn rules_round_trip() {
         let s = spec(vec![(22, 22), (8000, 8999)], Protocol::Tcp);
-        let rule = target_rule(&s, 7);
+        let rule = target_rule(&s, 7, RuleGeneration::default());
         assert_eq!((rule.counter, rule.range_count, rule.protocol), (7, 2, PROTO_TCP));
         assert_eq!(rule.ranges[1].first, 8000u16.to_be_bytes());
         assert_eq!(spec_of(&rule), s);
