@@ -134,6 +134,11 @@ pub enum BackendError {
     Conflict { collection: Collection },
     #[error("storage: {0}")]
     Io(String),
+    /// The storage cannot be reached now (a database that is down or
+    /// restarting); nothing was changed, or the outcome is unknown. Worth
+    /// trying again later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub trait Backend: Send + Sync + 'static {

@@ -4,11 +4,13 @@
 pub mod backend;
 #[cfg(any(test, feature = "test-support"))]
 pub mod failing;
+pub mod postgres;
 pub mod sled_backend;
 
 use std::{path::Path, sync::Arc};
 
 pub use backend::{Backend, BackendError, Batch, Collection};
+pub use postgres::{PgOptions, PostgresBackend};
 pub use sled_backend::SledBackend;
 
 /// A document as stored: JSON. Documents are plain derived data (strings,
@@ -53,12 +55,19 @@ impl Store {
         let store = Store { backend };
         match store.backend.get(Collection::Meta, SCHEMA_KEY)? {
             None => {
-                store.backend.commit(Batch::default().expect(Collection::Meta, SCHEMA_KEY, None).put(
-                    Collection::Meta,
-                    SCHEMA_KEY,
-                    SCHEMA_VERSION.to_be_bytes(),
-                ))?;
-                tracing::info!(version = SCHEMA_VERSION, "new database");
+                let created =
+                    store.backend.commit(Batch::default().expect(Collection::Meta, SCHEMA_KEY, None).put(
+                        Collection::Meta,
+                        SCHEMA_KEY,
+                        SCHEMA_VERSION.to_be_bytes(),
+                    ));
+                match created {
+                    Ok(()) => tracing::info!(version = SCHEMA_VERSION, "new database"),
+                    // Another replica starting on the same new database
+                    // wrote it first: check what it wrote.
+                    Err(BackendError::Conflict { .. }) => return Store::with_backend(store.backend),
+                    Err(e) => return Err(e.into()),
+                }
             }
             Some(bytes) => {
                 let found = decode_version(&bytes)?;

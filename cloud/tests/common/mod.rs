@@ -21,6 +21,7 @@ use ferry_cloud::{
 use serde_json::{Value, json};
 
 pub mod peers;
+pub mod pg;
 
 pub const START_MS: u64 = 1_800_000_000_000;
 pub const PASSWORD: &str = "correct horse battery staple";
