@@ -2,6 +2,7 @@
 //! a versioned schema. sled is the embedded default ([`SledBackend`]).
 
 pub mod backend;
+pub mod copy;
 #[cfg(any(test, feature = "test-support"))]
 pub mod failing;
 pub mod postgres;

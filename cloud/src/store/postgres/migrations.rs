@@ -31,10 +31,39 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE SEQUENCE IF NOT EXISTS ferry_ids",
         ],
     },
+    // Several replicas: who runs (with a heartbeat: a lease), which
+    // gateways and relays are connected to whom, and the signals replicas
+    // send each other, in order.
+    Migration {
+        version: 2,
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS ferry_replicas (
+                id BIGINT PRIMARY KEY,
+                started TIMESTAMPTZ NOT NULL DEFAULT now(),
+                seen TIMESTAMPTZ NOT NULL DEFAULT now(),
+                info TEXT NOT NULL DEFAULT ''
+            )",
+            "CREATE TABLE IF NOT EXISTS ferry_presence (
+                kind TEXT NOT NULL,
+                id BIGINT NOT NULL,
+                replica BIGINT NOT NULL,
+                conn BIGINT NOT NULL,
+                live TEXT NOT NULL,
+                PRIMARY KEY (kind, id)
+            )",
+            "CREATE SEQUENCE IF NOT EXISTS ferry_signal_seq",
+            "CREATE TABLE IF NOT EXISTS ferry_signals (
+                seq BIGINT PRIMARY KEY DEFAULT nextval('ferry_signal_seq'),
+                origin BIGINT NOT NULL,
+                body TEXT NOT NULL,
+                at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        ],
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i32 = 1;
+pub const LATEST: i32 = 2;
 
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_schema (
     version INT PRIMARY KEY,

@@ -109,6 +109,7 @@ pub struct PostgresBackend {
     pool: Pool,
     bridge: Bridge,
     target: String,
+    config: tokio_postgres::Config,
 }
 
 /// Why a database call failed, before it becomes a [`BackendError`].
@@ -194,7 +195,8 @@ impl PostgresBackend {
                 .build()
                 .map_err(|e| BackendError::Io(format!("the connection pool: {e}")))?
         };
-        let backend = PostgresBackend { pool, bridge, target: options.describe() };
+        let backend =
+            PostgresBackend { pool, bridge, target: options.describe(), config: options.config.clone() };
         let pool = backend.pool.clone();
         let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
         backend.bridge.run(async move {
@@ -213,6 +215,11 @@ impl PostgresBackend {
 
     pub fn bridge(&self) -> &Bridge {
         &self.bridge
+    }
+
+    /// The connection settings, for a connection of its own (LISTEN).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 
     /// The database, host and user, for messages.
