@@ -327,7 +327,7 @@ async fn follower(
 ) {
     let mut cursor = Cursor { high: start, missing: BTreeMap::new() };
     let (hint_tx, mut hints) = mpsc::unbounded_channel::<()>();
-    let mut listener: Option<Arc<AtomicBool>> = None;
+    let mut listener: Option<Listener> = None;
     let mut last_try: Option<Instant> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -342,7 +342,7 @@ async fn follower(
         }
         // The listening connection ends with the server: open another, at
         // most every few seconds.
-        let deaf = listener.as_ref().is_none_or(|alive| !alive.load(Ordering::SeqCst));
+        let deaf = listener.as_ref().is_none_or(|l| !l.alive.load(Ordering::SeqCst));
         if deaf && last_try.is_none_or(|at| at.elapsed() >= LISTEN_RETRY) {
             last_try = Some(Instant::now());
             listener = listen(&config, hint_tx.clone()).await;
@@ -402,20 +402,14 @@ async fn read(pool: &Pool, cursor: &mut Cursor) -> Result<Vec<(i64, String)>, St
 /// Opens a connection that LISTENs for the publishers' NOTIFY and turns
 /// each notification into a hint; the flag says whether it still runs.
 /// None if that is not possible now (or ever, on an engine without it).
-async fn listen(
-    config: &tokio_postgres::Config,
-    hints: mpsc::UnboundedSender<()>,
-) -> Option<Arc<AtomicBool>> {
+async fn listen(config: &tokio_postgres::Config, hints: mpsc::UnboundedSender<()>) -> Option<Listener> {
     let Ok(Ok((client, mut connection))) = tokio::time::timeout(LISTEN_RETRY, config.connect(NoTls)).await
     else {
         return None;
     };
     let alive = Arc::new(AtomicBool::new(true));
     let flag = alive.clone();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<tokio_postgres::Client>();
     tokio::spawn(async move {
-        // The client must live as long as its connection is driven.
-        let _client = ready_rx.await;
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(_))) => {
@@ -430,8 +424,13 @@ async fn listen(
         flag.store(false, Ordering::SeqCst);
     });
     let listening = client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok();
-    let _ = ready_tx.send(client);
-    listening.then_some(alive)
+    listening.then_some(Listener { _client: client, alive })
+}
+
+/// A LISTENing connection: it stays open while its client is kept.
+struct Listener {
+    _client: tokio_postgres::Client,
+    alive: Arc<AtomicBool>,
 }
 
 /// Which signals a follower delivered, for tests of the gap logic.
