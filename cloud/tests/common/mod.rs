@@ -139,6 +139,14 @@ impl Api {
         Api::over_storage(dir, database, clock, wrap)
     }
 
+    /// Stops this cloud (as a crash would) and hands back its folder.
+    pub fn stop(self) -> tempfile::TempDir {
+        let Api { state, store, runtime, dir, .. } = self;
+        drop(runtime);
+        drop((state, store));
+        dir
+    }
+
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.runtime
     }
