@@ -197,7 +197,7 @@ impl Site {
         };
         let (a, b) = (session(true), session(true));
         let link = CloudLink {
-            url: format!("ws://{addr}{}", ferry_control::gateway::PATH),
+            urls: vec![format!("ws://{addr}{}", ferry_control::gateway::PATH)],
             pin: None,
             gateway_id: gateway.id,
             identity,
