@@ -100,7 +100,8 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
     // The first replica that answers takes the enrolment.
     let mut answered = None;
     for (i, candidate) in urls.iter().enumerate() {
-        let exchange = http::request(candidate, pin, Method::POST, "/api/v1/enrol", Some(body.clone()), TIMEOUT);
+        let exchange =
+            http::request(candidate, pin, Method::POST, "/api/v1/enrol", Some(body.clone()), TIMEOUT);
         match http::block_on(exchange) {
             Err(HttpError::Resolve { .. } | HttpError::NoAddress { .. } | HttpError::Connect { .. })
                 if i + 1 < urls.len() =>
