@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use ferry_world::api::{raw_call, try_call};
+
 use crate::bin;
 
 pub struct Cloud {
@@ -160,43 +162,6 @@ pub fn call(
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
     try_call(addr, method, path, token, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-/// The same, with transport failures (a server gone mid-request) as errors.
-pub fn try_call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: serde_json::Value,
-) -> Result<(u16, serde_json::Value), ureq::Error> {
-    let (status, text) = raw_call(addr, method, path, token, &body)?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
-}
-
-/// A request whose answer body comes back as text, whatever it is.
-pub fn raw_call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &serde_json::Value,
-) -> Result<(u16, String), ureq::Error> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut request = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let request =
-        request.header("Content-Type", "application/json").body(body.to_string().into_bytes()).unwrap();
-    let mut response = agent.run(request)?;
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string()?;
-    Ok((status, text))
 }
 
 /// Logs in as `admin` with the first start's one-time password, replaces it

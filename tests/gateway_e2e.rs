@@ -268,15 +268,7 @@ fn remote_off_stops_traffic_at_once_and_ends_the_session() {
     let before = started + Duration::from_millis(100);
     assert!(echo.answers_after(before) > 0, "the echo loop was not answered before the switch-off");
 
-    site.lab.remote("off");
-    let off = Instant::now();
-    // The requirement: switching off stops traffic within 1 s. A
-    // behavioural bound (the customer's switch must act at once), measured
-    // from the moment `remote off` returned, not a speed test.
-    std::thread::sleep(Duration::from_millis(2500));
-    let late = echo.answers_after(off + Duration::from_secs(1));
-    assert_eq!(late, 0, "{late} echo answers arrived more than 1 s after `remote off`");
-    drop(echo);
+    switch_off_stops(&site.lab, echo);
 
     let session = site.lab.wait_session_state(id, "ended", Duration::from_secs(15));
     assert_eq!(session["end_reason"]["by"], "customer", "{session}");
@@ -565,16 +557,19 @@ fn a_ferry_technician_goes_direct_to_the_gateway_behind_its_nat() {
     // The gateway sees the same: direct, verified, to the technician's own address.
     let tech_port = tech.endpoint.local_port();
     let mut peer = Value::Null;
+    // WireGuard's roaming may point the peer back at the relay for a moment
+    // when a last datagram arrives that way; the traversal re-points it, so
+    // wait for the direct path and its endpoint together.
+    let direct_endpoint = format!("{TECH_IP}:{tech_port}");
     wait_until(SETTLE, "the gateway to report the direct path", || {
         let sessions = site.lab.gateway_sessions();
         peer = sessions
             .as_array()
             .and_then(|all| all.iter().find(|s| s["id"] == id))
             .map_or(Value::Null, |s| s["peers"][0].clone());
-        peer["transport"] == "direct"
+        peer["transport"] == "direct" && peer["endpoint"] == direct_endpoint.as_str()
     });
     assert_eq!(peer["path_why"], "verified", "{peer}");
-    assert_eq!(peer["endpoint"], format!("{TECH_IP}:{tech_port}"), "{peer}");
     assert!(peer["rtt_us"].as_u64().is_some(), "{peer}");
     assert_eq!(http_get(&site.lab.tech_ns, &proxy, HTTP_PORT, T).as_deref(), Ok(PLC_PAGE));
     // The uplink guard let the peer's probes and the STUN answers through

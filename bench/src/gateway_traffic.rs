@@ -152,7 +152,7 @@ pub fn rows() -> Result<Vec<Row>> {
 }
 
 fn run() -> Result<Vec<Row>> {
-    let mut lab = GatewayLab::new(Options { tcp443_only: false, relay_xdp: RELAY_XDP, relay_tls: false });
+    let mut lab = GatewayLab::new(Options { relay_xdp: RELAY_XDP, ..Options::default() });
     lab.start_cloud_and_login();
     lab.start_relay();
     let ferry_gw = create_gateway(&lab, "ferry bench")?;

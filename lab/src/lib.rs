@@ -35,7 +35,7 @@ pub mod postgres;
 mod process;
 
 pub use error::Error;
-pub use names::{PREFIX, sweep_stale};
+pub use names::{PREFIX, sweep_pid, sweep_stale};
 pub use nat::{Nat, Router};
 pub use netns::{Lab, Netns, Veth};
 pub use process::Process;

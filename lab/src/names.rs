@@ -80,16 +80,35 @@ fn pid_max() -> u32 {
         .unwrap_or(4_194_304)
 }
 
-/// Removes lab namespaces (and the processes in them) and wireguard-go control
-/// sockets whose owning process is gone. The lab never creates interfaces in
-/// the root namespace, so there are none to sweep there. Objects of live runs are left alone,
-/// so this is safe while other tests run. Returns what was removed.
+/// Removes lab namespaces (and the processes in them), wireguard-go control
+/// sockets and lab folders whose owning process is gone. The lab never
+/// creates interfaces in the root namespace, so there are none to sweep
+/// there. Objects of live runs are left alone, so this is safe while other
+/// tests run. Returns what was removed.
 pub fn sweep_stale() -> Vec<String> {
+    sweep(|pid| !alive(pid), true)
+}
+
+/// Removes everything the lab made for process `pid`, alive or not: its
+/// namespaces with the processes in them, its wireguard-go control sockets
+/// and its lab folders. For a program that must clean up at once on a
+/// signal, from another thread than the one that owns its [`crate::Lab`]s
+/// (then exits without dropping them). Returns what was removed.
+pub fn sweep_pid(pid: u32) -> Vec<String> {
+    // Its wireguard-go processes were in its namespaces and are being
+    // killed; their sockets are the caller's whether they still answer.
+    sweep(|owner| owner == pid, false)
+}
+
+/// Removes what `owned` says belongs to a pid; with `spare_listening`, a
+/// control socket that still answers is left (a live wireguard-go of a
+/// pid that was reused).
+fn sweep(owned: impl Fn(u32) -> bool, spare_listening: bool) -> Vec<String> {
     let mut removed = Vec::new();
     if let Ok(entries) = fs::read_dir(NETNS_DIR) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if pid_of_netns(&name).is_some_and(|pid| !alive(pid)) {
+            if pid_of_netns(&name).is_some_and(&owned) {
                 crate::netns::delete_netns(&name);
                 removed.push(format!("netns {name}"));
             }
@@ -100,16 +119,40 @@ pub fn sweep_stale() -> Vec<String> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(stem) = name.strip_suffix(".sock") else { continue };
-            // Ours, its owner dead, and nobody listening: a live wireguard-go
+            // Ours, its owner's, and nobody listening: a live wireguard-go
             // (of anyone) answers connect().
-            let stale = pid_of_ifname(stem).is_some_and(|pid| pid <= pid_max && !alive(pid))
-                && std::os::unix::net::UnixStream::connect(entry.path()).is_err();
+            let stale = pid_of_ifname(stem).is_some_and(|pid| pid <= pid_max && owned(pid))
+                && !(spare_listening && std::os::unix::net::UnixStream::connect(entry.path()).is_ok());
             if stale && fs::remove_file(entry.path()).is_ok() {
                 removed.push(format!("socket {name}"));
             }
         }
     }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if pid_of_dir(&name).is_some_and(&owned) && fs::remove_dir_all(entry.path()).is_ok() {
+                removed.push(format!("folder {}", entry.path().display()));
+            }
+        }
+    }
     removed
+}
+
+/// The prefix of a lab folder's name in the temporary folder, which names
+/// its owner: `ferry-lab-<pid>-<random>`.
+pub(crate) fn dir_prefix() -> String {
+    format!("{DIR_PREFIX}{}-", std::process::id())
+}
+
+const DIR_PREFIX: &str = "ferry-lab-";
+
+fn pid_of_dir(name: &str) -> Option<u32> {
+    let (pid, random) = name.strip_prefix(DIR_PREFIX)?.split_once('-')?;
+    if random.is_empty() {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 #[cfg(test)]
@@ -138,5 +181,14 @@ mod tests {
         assert_eq!(pid_of_netns("blue"), None);
         assert_eq!(pid_of_netns("fy-x-1-a"), None);
         assert_eq!(pid_of_ifname("eth0"), None);
+        assert_eq!(pid_of_dir("ferry-lab-x"), None);
+        assert_eq!(pid_of_dir("ferry-lab-12-"), None);
+        assert_eq!(pid_of_dir("other-12-abc"), None);
+    }
+
+    #[test]
+    fn folder_names_carry_their_pid() {
+        let name = format!("{}AbC123", dir_prefix());
+        assert_eq!(pid_of_dir(&name), Some(std::process::id()));
     }
 }

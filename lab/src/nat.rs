@@ -59,6 +59,11 @@ impl Lab {
         ns.ip(&["link", "add", &lan_if, "type", "bridge"])?;
         ns.ip(&["link", "set", &lan_if, "up"])?;
         ns.add_addr(&lan_if, lan_addr)?;
+        // Hosts on the LAN reach each other as through a home switch. With
+        // br_netfilter loaded, bridged frames would otherwise meet the
+        // forward chain's drop policy; the setting is per namespace and
+        // absent without the module (nothing to turn off then).
+        let _ = ns.sysctl("net.bridge.bridge-nf-call-iptables=0");
         ns.ip(&["route", "add", "default", "via", strip_prefix_len(upstream_addr)])?;
         let router = Router {
             wan_if: link.b,

@@ -57,7 +57,7 @@ impl Lab {
             }
         });
         let dir = tempfile::Builder::new()
-            .prefix("ferry-lab-")
+            .prefix(&names::dir_prefix())
             .tempdir()
             .map_err(|e| Error::Setup(format!("creating the lab folder: {e}")))?;
         Ok(Lab {

@@ -115,10 +115,14 @@ fn sweep_removes_namespaces_of_dead_runs_only() {
     let stale = format!("fy-{dead_pid}-0-stale");
     std::process::Command::new("ip").args(["netns", "add", &stale]).status().unwrap();
     assert!(Path::new("/run/netns").join(&stale).exists());
+    let stale_dir = std::env::temp_dir().join(format!("ferry-lab-{dead_pid}-stale"));
+    std::fs::create_dir_all(stale_dir.join("cloud-data")).unwrap();
 
     ferry_lab::sweep_stale();
     assert!(!Path::new("/run/netns").join(&stale).exists(), "the stale namespace survived");
+    assert!(!stale_dir.exists(), "the stale lab folder survived");
     assert!(live.path().exists(), "a live run's namespace was swept");
+    assert!(lab.dir().exists(), "a live run's lab folder was swept");
 }
 
 #[test]
@@ -205,4 +209,26 @@ fn tcp_only_443_lets_nothing_else_out() {
     assert!(!connect(http), "TCP 80 must not pass");
     let (_stream, from) = listeners.0.accept().unwrap();
     assert_eq!(from.ip().to_string(), "198.51.100.2");
+}
+
+#[test]
+fn hosts_behind_one_router_reach_each_other() {
+    // A home LAN: the router's filter is for what crosses it, not for the
+    // switch between its own hosts (br_netfilter would put bridged frames
+    // through the forward chain).
+    for nat in [Nat::Cone, Nat::Symmetric, Nat::TcpOnly443] {
+        let lab = Lab::new().unwrap();
+        let internet = lab.netns("internet").unwrap();
+        let router = lab
+            .nat_router("router", nat, &internet, "198.51.100.1/24", "198.51.100.2/24", "10.0.0.1/24")
+            .unwrap();
+        let (laptop, nas) = (lab.netns("laptop").unwrap(), lab.netns("nas").unwrap());
+        router.attach(&laptop, "10.0.0.2/24").unwrap();
+        router.attach(&nas, "10.0.0.3/24").unwrap();
+        let addr: SocketAddr = "10.0.0.3:8080".parse().unwrap();
+        let _listener = nas.run_in(move || TcpListener::bind(addr).unwrap()).unwrap();
+        let reached =
+            laptop.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()).unwrap();
+        assert!(reached, "{nat:?}: the laptop cannot reach the NAS on its own LAN");
+    }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cargo;
+mod demo;
 mod setup;
 mod test;
 
@@ -34,7 +35,26 @@ enum Command {
     /// Run named benchmarks; each prints a table and writes
     /// target/bench/<name>.json. Without a name, lists them.
     Bench { names: Vec<String> },
-    /// Remove network namespaces and sockets left by killed test runs.
+    /// The whole product on one machine: a cloud, a relay, a customer's
+    /// plant with a gateway, a PLC and an HMI, and a technician at home, in
+    /// network namespaces; then a remote maintenance session from the
+    /// admin's first login to the audit log, step by step. As root. Builds
+    /// what it needs in release first. Ctrl-C removes everything it made.
+    Demo {
+        /// How the technician's network reaches the plant: `direct` (cone
+        /// NATs on both sides), `relay` (a symmetric NAT at the technician's)
+        /// or `websocket` (only TCP 443 out of the technician's network).
+        /// Default: direct once the client can take direct paths, the relay
+        /// until then.
+        #[arg(long, value_name = "PATH", value_parser = ["direct", "relay", "websocket"])]
+        path: Option<String>,
+        /// Walk the steps, check each, clean up and exit (non-zero, naming
+        /// the step, if one failed), instead of staying up.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Remove network namespaces, sockets and lab folders left by killed
+    /// test and demo runs.
     Sweep,
 }
 
@@ -54,6 +74,7 @@ fn main() -> Result<()> {
         }
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Bench { names } => bench::run(&names),
+        Command::Demo { path, once } => demo::run(path.as_deref(), once),
         Command::Sweep => {
             for object in ferry_lab::sweep_stale() {
                 println!("removed {object}");

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use hyper::Method;
 use serde::Deserialize;
 
 use super::{
     Paths,
-    http::{self, CloudUrl, HttpError},
+    http::{self, Client, CloudUrl, HttpError, Method},
 };
 use crate::state::{Enrollment, keys};
 
@@ -72,7 +71,7 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
         eprintln!(
             "WARNING: {} is plain http: the enrolment token and the control channel are not encrypted. \
              Use this only in a lab.",
-            url.to_text()
+            url.url()
         );
     }
 
@@ -100,13 +99,13 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
     // The first replica that answers takes the enrolment.
     let mut answered = None;
     for (i, candidate) in urls.iter().enumerate() {
-        let exchange =
-            http::request(candidate, pin, Method::POST, "/api/v1/enrol", Some(body.clone()), TIMEOUT);
-        match http::block_on(exchange) {
+        let client = Client::new(candidate.clone(), pin, TIMEOUT)?;
+        let exchange = client.send(http::request(Method::POST, "/api/v1/enrol").json(Some(body.clone())));
+        match http::block_on(exchange)? {
             Err(HttpError::Resolve { .. } | HttpError::NoAddress { .. } | HttpError::Connect { .. })
                 if i + 1 < urls.len() =>
             {
-                eprintln!("{} is unreachable; trying the next replica", candidate.to_text());
+                eprintln!("{} is unreachable; trying the next replica", candidate.url());
             }
             result => {
                 answered = Some((candidate.clone(), result));
@@ -119,7 +118,7 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
         HttpError::PinMismatch { .. } => anyhow::anyhow!(
             "{e}\nCheck --pin against the fingerprint the cloud printed; someone may be intercepting the connection."
         ),
-        HttpError::Resolve { .. } | HttpError::NoAddress { .. } | HttpError::Connect { .. } => {
+        e if e.is_unreachable() => {
             anyhow::anyhow!("the cloud is unreachable: {e}\n`ferry-gateway diagnose` checks the network path.")
         }
         other => other.into(),
@@ -143,12 +142,12 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
     let enrolled: Enrolled = serde_json::from_slice(&response.body)
         .context("the cloud's enrolment answer is not what was expected")?;
     let enrollment = Enrollment {
-        cloud_url: url.to_text(),
+        cloud_url: url.url(),
         gateway_id: enrolled.gateway_id,
         name: enrolled.name,
         pin: pin.map(|p| ferry_control::pin::format_fingerprint(&p)),
         control_path: enrolled.control_path,
-        other_cloud_urls: urls.iter().map(CloudUrl::to_text).filter(|u| *u != url.to_text()).collect(),
+        other_cloud_urls: urls.iter().map(CloudUrl::url).filter(|u| *u != url.url()).collect(),
     };
     store.set_enrollment(&enrollment)?;
     tracing::info!(gateway_id = enrollment.gateway_id, cloud = %enrollment.cloud_url, "enrolled");

@@ -1,0 +1,352 @@
+//! The world's namespaces, links and NAT routers, and the machines' services.
+
+use std::{path::PathBuf, sync::Mutex};
+
+use ferry_ebpf::pass::PassProgram;
+use ferry_lab::{Lab, Nat, Netns, Process, Router};
+
+use crate::{addresses::*, api::Api, services::Server, strip_len};
+
+/// Where the technician sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Technician {
+    /// On a public address of their own (192.0.2.2), with their home LAN
+    /// on a second interface.
+    Public,
+    /// At home behind a NAT router with this behaviour, on the same LAN as
+    /// their home device.
+    BehindNat(Nat),
+}
+
+/// How a world is built.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The customer's NAT router lets only TCP to port 443 out (no UDP at all).
+    pub tcp443_only: bool,
+    /// `--xdp` of the relay: "off" (userspace forwarding) or "native".
+    pub relay_xdp: &'static str,
+    /// The relay serves its WebSocket listener over TLS with a self-signed
+    /// certificate (`wss://`), whose pin reaches the gateway via the cloud.
+    pub relay_tls: bool,
+    /// The cloud serves HTTPS with the self-signed certificate it makes on
+    /// first start (naming its address); gateways and relays pin it, API
+    /// calls trust only it. Otherwise plain HTTP.
+    pub cloud_tls: bool,
+    pub technician: Technician,
+    /// Start the tests' services on the machines and the home device (see
+    /// the crate docs); off, the machines run nothing until the caller
+    /// starts something there.
+    pub lab_services: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tcp443_only: false,
+            relay_xdp: "off",
+            relay_tls: false,
+            cloud_tls: false,
+            technician: Technician::Public,
+            lab_services: true,
+        }
+    }
+}
+
+pub struct World {
+    pub lab: Lab,
+    pub options: Options,
+    pub inet: Netns,
+    pub cloud_ns: Netns,
+    pub relay_ns: Netns,
+    /// The technician's machine.
+    pub tech_ns: Netns,
+    /// The device on the technician's own LAN.
+    pub home_ns: Netns,
+    pub office_ns: Netns,
+    /// The customer site's NAT router.
+    pub router: Router,
+    /// The technician's home router, behind a NAT only.
+    pub home_router: Option<Router>,
+    pub gw_ns: Netns,
+    pub lan_ns: Netns,
+    pub target_a: Netns,
+    pub target_b: Netns,
+    pub probe_ns: Netns,
+    /// The gateway's interface toward the customer network.
+    pub gw_uplink_if: String,
+    /// The gateway's interface into the machine network.
+    pub gw_lan_if: String,
+    /// The TUN name the gateway is told to use.
+    pub gw_tun_if: String,
+    pub relay_if: String,
+    /// The technician's interface toward the internet (or their home router).
+    pub tech_if: String,
+    /// The technician's own LAN interface (192.168.50.77/24).
+    pub tech_lan_if: String,
+    pub gateway_config: PathBuf,
+    pub gateway_data: PathBuf,
+    pub gateway_socket: PathBuf,
+    pub cloud_data: PathBuf,
+    pub cloud: Option<Process>,
+    pub relay: Option<Process>,
+    pub gateway: Option<Process>,
+    /// The admin's current access token, once logged in.
+    pub admin_token: Mutex<Option<String>>,
+    pub relay_id: Option<u64>,
+    /// With `relay_tls`: the fingerprint of the relay's certificate.
+    pub relay_pin: Option<String>,
+    /// With `cloud_tls`: the fingerprint of the cloud's certificate, once it
+    /// started.
+    pub cloud_pin: Option<String>,
+    /// How API calls reach the cloud (set when it starts).
+    pub(crate) api: Option<Api>,
+    pub(crate) servers: Vec<Server>,
+    pub(crate) _xdp: Vec<PassProgram>,
+}
+
+impl World {
+    /// Builds the topology and, with [`Options::lab_services`], starts the
+    /// machines' services; no Ferry process runs yet.
+    pub fn new(options: Options) -> World {
+        let lab = Lab::new().unwrap();
+        let inet = lab.netns("inet").unwrap();
+        inet.enable_forwarding().unwrap();
+        let mut xdp = Vec::new();
+        let tx_off = |ns: &Netns, ifname: &str| {
+            ns.exec("ethtool", &["-K", ifname, "tx", "off"]).unwrap();
+        };
+        // A host on the internet with a point-to-point subnet to the router.
+        let host = |label: &str, router_cidr: &str, host_cidr: &str| {
+            let ns = lab.netns(label).unwrap();
+            let veth = lab.wire(&inet, &[router_cidr], &ns, &[host_cidr]).unwrap();
+            ns.ip(&["route", "add", "default", "via", strip_len(router_cidr)]).unwrap();
+            tx_off(&inet, &veth.a);
+            tx_off(&ns, &veth.b);
+            (ns, veth)
+        };
+        let (cloud_ns, _) = host("cloud", "203.0.113.14/29", "203.0.113.10/29");
+        let (relay_ns, relay_veth) = host("relay", "203.0.113.6/29", "203.0.113.1/29");
+        let (office_ns, _) = host("office", "192.0.2.129/25", "192.0.2.130/25");
+        if options.relay_xdp != "off" {
+            // XDP_TX toward the router only delivers with XDP there; the
+            // relay's FIB lookups need forwarding on its interface.
+            let router_if = relay_veth.a.clone();
+            xdp.push(inet.run_in(move || PassProgram::attach(&router_if)).unwrap().unwrap());
+            relay_ns.sysctl(&format!("net.ipv4.conf.{}.forwarding=1", relay_veth.b)).unwrap();
+        }
+        // The cloud also answers on TCP 443, for sites that let nothing else out.
+        cloud_ns
+            .exec(
+                "nft",
+                &[&format!(
+                    "add table ip cloud443; add chain ip cloud443 pre {{ type nat hook prerouting priority dstnat; }}; \
+                     add rule ip cloud443 pre ip daddr {CLOUD_IP} tcp dport 443 redirect to :{CLOUD_PORT}"
+                )],
+            )
+            .unwrap();
+
+        // The technician, with their own LAN and a device at a machine's address.
+        let (tech_ns, home_ns, home_router, tech_if, tech_lan_if) = match options.technician {
+            Technician::Public => {
+                let (tech_ns, tech_veth) = host("tech", "192.0.2.1/25", &format!("{TECH_IP}/25"));
+                let home_ns = lab.netns("home").unwrap();
+                let home = lab
+                    .wire(
+                        &tech_ns,
+                        &[&format!("{TECH_LAN_IP}/24")],
+                        &home_ns,
+                        &[&format!("{HOME_DEVICE_IP}/24")],
+                    )
+                    .unwrap();
+                tx_off(&tech_ns, &home.a);
+                tx_off(&home_ns, &home.b);
+                (tech_ns, home_ns, None, tech_veth.b, home.a)
+            }
+            Technician::BehindNat(nat) => {
+                let router = lab
+                    .nat_router(
+                        "home-rt",
+                        nat,
+                        &inet,
+                        "192.0.2.1/25",
+                        &format!("{TECH_IP}/25"),
+                        &format!("{HOME_ROUTER_LAN_IP}/24"),
+                    )
+                    .unwrap();
+                tx_off(&router.ns, &router.wan_if);
+                let tech_ns = lab.netns("tech").unwrap();
+                let tech_if = router.attach(&tech_ns, &format!("{TECH_LAN_IP}/24")).unwrap();
+                tx_off(&tech_ns, &tech_if);
+                let home_ns = lab.netns("home").unwrap();
+                let home_if = router.attach(&home_ns, &format!("{HOME_DEVICE_IP}/24")).unwrap();
+                tx_off(&home_ns, &home_if);
+                for port in port_of_bridge(&router.ns, &router.lan_if) {
+                    tx_off(&router.ns, &port);
+                }
+                (tech_ns, home_ns, Some(router), tech_if.clone(), tech_if)
+            }
+        };
+
+        // The customer's site: NAT router, gateway behind it.
+        let nat = if options.tcp443_only { Nat::TcpOnly443 } else { Nat::Cone };
+        let router =
+            lab.nat_router("cust", nat, &inet, "198.51.100.1/24", "198.51.100.2/24", "10.20.0.1/24").unwrap();
+        tx_off(&router.ns, &router.wan_if);
+        let gw_ns = lab.netns("gw").unwrap();
+        let gw_uplink_if = router.attach(&gw_ns, &format!("{GW_UPLINK_IP}/24")).unwrap();
+        tx_off(&gw_ns, &gw_uplink_if);
+        for port in port_of_bridge(&router.ns, &router.lan_if) {
+            tx_off(&router.ns, &port);
+            xdp.push(router.ns.run_in(move || PassProgram::attach(&port)).unwrap().unwrap());
+        }
+
+        // The machine network: a switch namespace with a bridge.
+        let lan_ns = lab.netns("lan").unwrap();
+        lan_ns.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+        lan_ns.ip(&["link", "set", "br0", "up"]).unwrap();
+        let plug = |ns: &Netns, cidr: &str, xdp: &mut Vec<PassProgram>| -> String {
+            let veth = lan_ns.veth_to(ns).unwrap();
+            lan_ns.ip(&["link", "set", &veth.a, "master", "br0"]).unwrap();
+            ns.add_addr(&veth.b, cidr).unwrap();
+            tx_off(&lan_ns, &veth.a);
+            tx_off(ns, &veth.b);
+            // Frames the gateway sends with XDP_TX/XDP_REDIRECT arrive at
+            // the switch port; veth delivers them only to an XDP program.
+            let port = veth.a.clone();
+            xdp.push(lan_ns.run_in(move || PassProgram::attach(&port)).unwrap().unwrap());
+            veth.b
+        };
+        let gw_lan_if = plug(&gw_ns, &format!("{GW_LAN_IP}/24"), &mut xdp);
+        let target_a = lab.netns("target-a").unwrap();
+        let target_b = lab.netns("target-b").unwrap();
+        let probe_ns = lab.netns("probe").unwrap();
+        for (ns, ip) in [(&target_a, TARGET_A_IP), (&target_b, TARGET_B_IP), (&probe_ns, PROBE_IP)] {
+            plug(ns, &format!("{ip}/24"), &mut xdp);
+            ns.ip(&["route", "add", "default", "via", GW_LAN_IP]).unwrap();
+        }
+
+        let servers = if options.lab_services {
+            vec![
+                Server::http(&target_a, TARGET_A_IP, HTTP_PORT, PLC_PAGE),
+                Server::http(&target_a, TARGET_A_IP, OTHER_HTTP_PORT, ADMIN_PAGE),
+                Server::echo(&target_b, TARGET_B_IP, ECHO_PORT),
+                Server::echo(&target_b, TARGET_B_IP, OTHER_ECHO_PORT),
+                Server::http(&home_ns, HOME_DEVICE_IP, HTTP_PORT, HOME_PAGE),
+            ]
+        } else {
+            Vec::new()
+        };
+
+        let dir = lab.dir().to_path_buf();
+        let gw_tun_if = lab.ifname("tun");
+        let world = World {
+            options,
+            inet,
+            cloud_ns,
+            relay_ns,
+            tech_ns,
+            home_ns,
+            office_ns,
+            router,
+            home_router,
+            gw_ns,
+            lan_ns,
+            target_a,
+            target_b,
+            probe_ns,
+            gw_uplink_if,
+            gw_lan_if,
+            gw_tun_if,
+            relay_if: relay_veth.b,
+            tech_if,
+            tech_lan_if,
+            gateway_config: dir.join("gateway.toml"),
+            gateway_data: dir.join("gw-data"),
+            gateway_socket: dir.join("gw.sock"),
+            cloud_data: dir.join("cloud-data"),
+            cloud: None,
+            relay: None,
+            gateway: None,
+            admin_token: Mutex::new(None),
+            relay_id: None,
+            relay_pin: None,
+            cloud_pin: None,
+            api: None,
+            servers,
+            _xdp: xdp,
+            lab,
+        };
+        world.write_gateway_config();
+        world
+    }
+
+    /// Every namespace of the world with its role, for people looking
+    /// around (`ip netns exec <name> ...`).
+    pub fn namespaces(&self) -> Vec<(&'static str, &Netns)> {
+        let mut all = vec![
+            ("internet", &self.inet),
+            ("cloud", &self.cloud_ns),
+            ("relay", &self.relay_ns),
+            ("office", &self.office_ns),
+            ("technician", &self.tech_ns),
+            ("home device", &self.home_ns),
+            ("site router", &self.router.ns),
+            ("gateway", &self.gw_ns),
+            ("machine network switch", &self.lan_ns),
+            ("target-a", &self.target_a),
+            ("target-b", &self.target_b),
+            ("probe", &self.probe_ns),
+        ];
+        if let Some(home_router) = &self.home_router {
+            all.push(("home router", &home_router.ns));
+        }
+        all
+    }
+}
+
+impl World {
+    /// The last `lines` lines of the Ferry processes' output, for a report
+    /// of what went wrong.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let tail = |s: String| {
+            let all: Vec<&str> = s.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        };
+        let mut out = String::new();
+        for (name, process) in
+            [("ferry-gateway", &self.gateway), ("ferry-relay", &self.relay), ("ferry-cloud", &self.cloud)]
+        {
+            if let Some(process) = process {
+                out += &format!(
+                    "--- {name} stdout ---\n{}\n--- {name} stderr (tail) ---\n{}\n",
+                    tail(process.stdout()),
+                    tail(process.stderr())
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails(60));
+        }
+        for process in [&mut self.gateway, &mut self.relay, &mut self.cloud].into_iter().flatten() {
+            process.kill();
+        }
+        for server in &self.servers {
+            server.stop();
+        }
+    }
+}
+
+/// The veth ports of a bridge.
+fn port_of_bridge(ns: &Netns, bridge: &str) -> Vec<String> {
+    ns.ip(&["-o", "link", "show", "master", bridge])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+        .collect()
+}
