@@ -84,6 +84,7 @@ impl Demo {
             cloud_tls: true,
             technician: Net::BehindNat(nat),
             lab_services: false,
+            cloud_storage: None,
         }
     }
 
