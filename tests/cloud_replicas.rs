@@ -1,13 +1,15 @@
 //! Two `ferry-cloud serve` replicas on one PostgreSQL database, in the
 //! gateway lab (see `gateway_lab.rs`): the real `ferry-gateway` behind the
 //! site's NAT and the real `ferry-relay`, both given both replicas'
-//! addresses, and a technician with wireguard-go. Replica A, which both
-//! use, is killed with SIGKILL under a load of writes through both
-//! replicas: the gateway and the relay move to B; the running session
-//! keeps forwarding; B then serves them (a session made there reaches the
-//! gateway and gets the relay's allocation; its end there stops the
-//! traffic); no write either replica acknowledged is lost, and the audit
-//! chain verifies.
+//! addresses, and a technician with wireguard-go and with the `ferry`
+//! client (logged in with both addresses). Replica A, which all use, is
+//! killed with SIGKILL under a load of writes through both replicas: the
+//! gateway and the relay move to B; the running session keeps forwarding;
+//! B then serves them (a session made there reaches the gateway and gets
+//! the relay's allocation; its end there stops the traffic); the `ferry`
+//! client starts and connects a session through B, and its end there takes
+//! the tunnel down; no write either replica acknowledged is lost, and the
+//! audit chain verifies.
 //!
 //! Run as root after `cargo build --bins`:
 //! `cargo test -p ferry-tests --test cloud_replicas`.
@@ -26,7 +28,11 @@ use ferry_lab::{
     Netns,
     postgres::{Durability, Postgres},
 };
-use ferry_tests::{bin, gateway_lab::*};
+use ferry_tests::{
+    bin,
+    client_lab::{FerryUser, Service, TECH, get_as, text},
+    gateway_lab::*,
+};
 use ferry_world::api::{Api, raw_call};
 use serde_json::{Value, json};
 
@@ -39,6 +45,13 @@ const WRITERS: usize = 4;
 
 /// `ferry_cloud_control_connections{channel}` of the replica at `addr`:
 /// how many gateways or relays that process itself holds.
+/// The proxy address of `target` in a tunnel as `ferry` shows it.
+fn proxy_of(tunnel: &Value, target: &str) -> String {
+    let targets = tunnel["targets"].as_array().unwrap_or_else(|| panic!("no targets: {tunnel}"));
+    let found = targets.iter().find(|t| t["name"] == target).unwrap_or_else(|| panic!("{target}: {tunnel}"));
+    found["proxy_address"].as_str().unwrap().to_string()
+}
+
 fn connections(office: &Netns, addr: SocketAddr, channel: &str) -> f64 {
     let metrics = office.run_in(move || raw_call(addr, "GET", "/metrics", None, &Value::Null)).unwrap();
     let (status, text) = metrics.unwrap_or_else(|e| panic!("GET {addr}/metrics: {e}"));
@@ -117,6 +130,10 @@ fn a_replica_killed_under_load_hands_the_gateway_and_the_relay_to_the_other() {
 
     // A session started through A, its tunnel up.
     let mut tech = lab.create_technician("tech1");
+    // The technician's own client too, told both addresses, A first.
+    let service = Service::start(&lab.tech_ns);
+    let ferry = FerryUser::new(&lab.tech_ns, TECH, &service);
+    ferry.login_replicas(&lab.cloud_urls(), &tech.name, &tech.password);
     let first = lab.create_session(gateway.id, &["plc-web"], &[tech.id], 600, false);
     let (status, started) = lab.start_session(&mut tech, first);
     assert_eq!(status, 200, "{started}");
@@ -167,6 +184,29 @@ fn a_replica_killed_under_load_hands_the_gateway_and_the_relay_to_the_other() {
     });
     assert!(stopped, "the session ended on B still forwards\n{}", lab.gateway_log());
     reachable(&lab, &tunnel, T, "the first session after the second ended");
+    // Its wireguard-go goes, and with it the tunnel address that the next
+    // session on this gateway gets again.
+    drop(tunnel2);
+
+    // The `ferry` client, whose first address is gone, starts and connects
+    // a session through B; its end there reaches the client's watch.
+    let third = lab.create_session(gateway.id, &["plc-web"], &[tech.id], 600, false);
+    let out = ferry.ferry(&["start", &third.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let connected =
+        ferry.connect(third, 40).unwrap_or_else(|out| panic!("{}\n{}", text(&out), service.log()));
+    let proxy = proxy_of(&connected, "plc-web");
+    let page = eventually(SETTLE, || get_as(&lab.tech_ns, TECH, &proxy, HTTP_PORT));
+    assert_eq!(page.unwrap_or_else(|e| panic!("{e}\n{}", service.log())), PLC_PAGE);
+    let (status, ended) = lab.admin("POST", &format!("/api/v1/sessions/{third}/end"), json!({}));
+    assert_eq!(status, 200, "{ended}");
+    let mut now = Value::Null;
+    let ended = poll(SETTLE, || {
+        now = ferry.tunnel(&connected["config_id"]);
+        now["ended"]["cause"] == "ended"
+    });
+    assert!(ended, "the client did not hear of the end on B: {now:#}\n{}", service.log());
+    assert!(get_as(&lab.tech_ns, TECH, &proxy, HTTP_PORT).is_err(), "the ended tunnel still forwards");
 
     // Every acknowledged write is there, and the chain verifies.
     let (status, tokens) = lab.admin("GET", "/api/v1/tokens", Value::Null);
