@@ -43,6 +43,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Held by an append to the audit chain from reading its head to its
+    /// commit, for backends whose appends take turns.
+    append_gate: Option<Arc<std::sync::Mutex<()>>>,
 }
 
 impl Store {
@@ -51,9 +54,25 @@ impl Store {
         Store::with_backend(Arc::new(SledBackend::open(&dir.join("db"))?))
     }
 
+    /// This process's turn to append to the audit chain, for backends
+    /// whose appends take turns (see [`Backend::appends_take_turns`]); None
+    /// for the others. A worker of the server's runtime waits for it
+    /// inside `block_in_place`, so its other tasks move meanwhile.
+    pub fn append_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        let gate = self.append_gate.as_ref()?;
+        let wait = || gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        })
+    }
+
     /// Uses any backend; a new one gets the current schema version.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
-        let store = Store { backend };
+        let append_gate = backend.appends_take_turns().then(|| Arc::new(std::sync::Mutex::new(())));
+        let store = Store { backend, append_gate };
         match store.backend.get(Collection::Meta, SCHEMA_KEY)? {
             None => {
                 let created =
