@@ -54,6 +54,13 @@ pub fn available() -> bool {
 impl Postgres {
     /// Makes a new cluster in a temporary folder and starts it.
     pub fn start(durability: Durability) -> Result<Postgres> {
+        Postgres::start_in(&std::env::temp_dir(), durability)
+    }
+
+    /// The same in a new folder under `parent` (on a disk rather than a
+    /// tmpfs, where flushes cost what they cost). `parent` and the folders
+    /// above it must be open to the unprivileged account the server runs as.
+    pub fn start_in(parent: &Path, durability: Durability) -> Result<Postgres> {
         if !available() {
             return Err(Error::Setup(format!(
                 "PostgreSQL 15 is not installed ({BIN_DIR}/initdb is missing); run `cargo xtask setup`"
@@ -61,7 +68,9 @@ impl Postgres {
         }
         let account = unprivileged_account()?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let folder = std::env::temp_dir().join(format!("ferry-pg-{}-{n}", std::process::id()));
+        // The socket's folder is the connection's host, which must be absolute.
+        let parent = parent.canonicalize().map_err(|e| setup(parent, "resolving", e))?;
+        let folder = parent.join(format!("ferry-pg-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&folder);
         std::fs::create_dir(&folder).map_err(|e| setup(&folder, "creating", e))?;
         std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
