@@ -214,9 +214,14 @@ fn capped_comparison(
         "PostgreSQL is not installed, which the cloud bench compares with sled: run `cargo xtask setup`"
     );
     let sled = capped_load("sled", scratch, None, 1, window, runtime)?;
-    // In the results folder: the scratch folder is private to root, and
-    // the server runs as an unprivileged account.
-    let server = ferry_lab::postgres::Postgres::start_in(work_dir, ferry_lab::postgres::Durability::Full)?;
+    // Beside the results, on disk: the scratch folder is private to root,
+    // and the server runs as an unprivileged account that removes its own
+    // folder at the end, so its parent is open to all and sticky, as /tmp.
+    let parent = work_dir.join("postgres");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .with_context(|| format!("opening {} to PostgreSQL's account", parent.display()))?;
+    let server = ferry_lab::postgres::Postgres::start_in(&parent, ferry_lab::postgres::Durability::Full)?;
     let mut pg = Vec::new();
     for (label, replicas) in [("pg1", 1), ("pg2", 2)] {
         server.create_database(label)?;
