@@ -255,7 +255,16 @@ impl FerryUser {
 
     /// `ferry login` with a password; panics unless it works.
     pub fn login(&self, cloud_url: &str, name: &str, password: &str) {
-        let args = ["login", "--cloud", cloud_url, "--user", name, "--password-stdin"];
+        self.login_replicas(&[cloud_url.to_string()], name, password);
+    }
+
+    /// The same at a cloud of several replicas: a `--cloud` for each.
+    pub fn login_replicas(&self, cloud_urls: &[String], name: &str, password: &str) {
+        let mut args = vec!["login"];
+        for url in cloud_urls {
+            args.extend(["--cloud", url]);
+        }
+        args.extend(["--user", name, "--password-stdin"]);
         let out =
             ferry_as(self.user, Some(&self.ns), &self.home, &self.socket, &args, &format!("{password}\n"));
         assert!(out.status.success(), "{}", text(&out));

@@ -4,6 +4,14 @@
 //! it commits every change to), and the memory of thousands of idle gateway
 //! control connections.
 //!
+//! Then the storages and replica counts compared with every cloud process
+//! capped at half a core (a cgroup CPU quota), so that the ratios show how
+//! the cloud scales rather than how many cores the machine has: sled, one
+//! replica on PostgreSQL, and two replicas on one PostgreSQL database
+//! behind the same 64 clients (half of them on each replica), each on fresh
+//! storage. PostgreSQL (Debian's, fsync on, its data beside the results) is
+//! not capped: it is the database the replicas share, not a cloud process.
+//!
 //! `FERRY_BENCH_SECONDS` (default 10) sets each measured window, after a 2 s
 //! warm-up; `FERRY_BENCH_GATEWAYS` (default 10,000) the idle connections.
 
@@ -28,13 +36,18 @@ use ferry_control::{
 };
 use serde_json::{Value, json};
 
-use crate::report::{Better, Row};
+use crate::{
+    cgroup::CpuQuota,
+    report::{Better, Row},
+};
 
 const CLIENTS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(2);
 const DEFAULT_SECONDS: u64 = 10;
 const DEFAULT_GATEWAYS: usize = 10_000;
 const SCOPES: [&str; 4] = ["sessions:read", "sessions:write", "gateways:read", "gateways:write"];
+/// Each cloud process's CPU in the capped comparison, in cores.
+const CAP_CORES: f64 = 0.5;
 
 pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     let window = Duration::from_secs(env_number("FERRY_BENCH_SECONDS", DEFAULT_SECONDS)?.max(1));
@@ -47,7 +60,7 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     // flush free and the storage limit meaningless.
     std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
     let scratch = tempfile::Builder::new().prefix("cloud-").tempdir_in(work_dir)?;
-    let cloud = Cloud::start(&scratch.path().join("data"), &scratch.path().join("ferry-cloud.log"))?;
+    let cloud = Cloud::start(&scratch.path().join("data"), &scratch.path().join("ferry-cloud.log"), None)?;
     eprintln!("cloud bench: ferry-cloud on {} (pid {}), RLIMIT_NOFILE {nofile}", cloud.addr, cloud.pid());
     // The figures share the machine's cores with whatever else runs on it.
     let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -63,7 +76,7 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     let reader = runtime.spawn(async move { while let Ok(Some(_)) = channel.recv::<ToGateway>().await {} });
 
     eprintln!("cloud bench: {CLIENTS} clients create, start and end sessions for {}s", window.as_secs());
-    let load = session_load(&cloud, &token, gateway_id, window)?;
+    let load = session_load(&[&cloud], &token, gateway_id, window)?;
     reader.abort();
     // The gateway's connection closes with the task; it should not count
     // among the idle ones.
@@ -77,7 +90,11 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     let idle = idle_gateways(&cloud, &token, &runtime, gateways)?;
     cloud.stop()?;
     drop(idle.channels);
-    eprintln!("cloud bench: {}", audit_verify(&scratch.path().join("data"))?);
+    let capped = capped_comparison(scratch.path(), work_dir, window, &runtime)?;
+    eprintln!(
+        "cloud bench: {}",
+        audit_verify(&["--data-dir".as_ref(), scratch.path().join("data").as_os_str()])?
+    );
     if load.failures > 0 {
         eprintln!(
             "cloud bench: {} requests failed during the load; first: {}",
@@ -180,7 +197,163 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
         "the client end (tokio-tungstenite) per connection, in the bench",
         Better::Lower,
     ));
+    rows.extend(capped);
     Ok(rows)
+}
+
+/// The capped comparison (see the module's docs): rows of PostgreSQL with
+/// one replica against sled, and of two replicas against one.
+fn capped_comparison(
+    scratch: &Path,
+    work_dir: &Path,
+    window: Duration,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Vec<Row>> {
+    ensure!(
+        ferry_lab::postgres::available(),
+        "PostgreSQL is not installed, which the cloud bench compares with sled: run `cargo xtask setup`"
+    );
+    let sled = capped_load("sled", scratch, None, 1, window, runtime)?;
+    // Beside the results, on disk: the scratch folder is private to root,
+    // and the server runs as an unprivileged account that removes its own
+    // folder at the end, so its parent is open to all and sticky, as /tmp.
+    let parent = work_dir.join("postgres");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .with_context(|| format!("opening {} to PostgreSQL's account", parent.display()))?;
+    let server = ferry_lab::postgres::Postgres::start_in(&parent, ferry_lab::postgres::Durability::Full)?;
+    let mut pg = Vec::new();
+    for (label, replicas) in [("pg1", 1), ("pg2", 2)] {
+        server.create_database(label)?;
+        pg.push(capped_load(label, scratch, Some(&server.url(label)), replicas, window, runtime)?);
+    }
+    let [pg1, pg2] = <[Load; 2]>::try_from(pg).map_err(|_| anyhow::anyhow!("two PostgreSQL runs"))?;
+    let cap = format!("each cloud process capped at {CAP_CORES} core");
+    let sled_name = format!("sled, 1 replica ({cap})");
+    let pg1_name = format!("PostgreSQL, 1 replica ({cap})");
+    let mut rows = Vec::new();
+    // A session's rate: those taken through create, start and end, per second.
+    rows.push(Row::new(
+        "cloud",
+        "pg1_vs_sled_session_rate",
+        "sessions/s",
+        pg1.end.per_s,
+        sled.end.per_s,
+        &format!("{sled_name}; goal: PostgreSQL within 2x (ratio >= 0.5)"),
+        Better::Higher,
+    ));
+    rows.push(Row::new(
+        "cloud",
+        "pg2_vs_pg1_session_rate",
+        "sessions/s",
+        pg2.end.per_s,
+        pg1.end.per_s,
+        &format!("{pg1_name}; goal: ratio >= 1.6"),
+        Better::Higher,
+    ));
+    rows.extend(versus("pg1", &pg1, &sled, &sled_name));
+    rows.extend(versus("pg2", &pg2, &pg1, &pg1_name));
+    Ok(rows)
+}
+
+/// The session rows of `ferry` (named with `prefix`) against `baseline`.
+fn versus(prefix: &str, ferry: &Load, baseline: &Load, baseline_name: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let steps = |load: &Load| [("create", load.create), ("start", load.start), ("end", load.end)];
+    for ((name, op), (_, base)) in steps(ferry).into_iter().zip(steps(baseline)) {
+        let metric = |what: &str| format!("{prefix}_session_{name}_{what}");
+        rows.push(Row::new(
+            "cloud",
+            &metric("per_s"),
+            "ops/s",
+            op.per_s,
+            base.per_s,
+            baseline_name,
+            Better::Higher,
+        ));
+        rows.push(Row::new(
+            "cloud",
+            &metric("p50_ms"),
+            "ms",
+            op.p50_ms,
+            base.p50_ms,
+            baseline_name,
+            Better::Lower,
+        ));
+        rows.push(Row::new(
+            "cloud",
+            &metric("p99_ms"),
+            "ms",
+            op.p99_ms,
+            base.p99_ms,
+            baseline_name,
+            Better::Lower,
+        ));
+    }
+    let audited = |load: &Load| load.create.per_s + load.start.per_s + load.end.per_s;
+    rows.push(Row::new(
+        "cloud",
+        &format!("{prefix}_audited_writes_per_s"),
+        "writes/s",
+        audited(ferry),
+        audited(baseline),
+        baseline_name,
+        Better::Higher,
+    ));
+    rows
+}
+
+/// The session load on fresh storage (`storage`, else sled) served by
+/// `replicas` capped cloud processes; the 64 clients are spread over them
+/// and the gateway is connected to the first.
+fn capped_load(
+    label: &str,
+    scratch: &Path,
+    storage: Option<&str>,
+    replicas: usize,
+    window: Duration,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Load> {
+    let mut clouds = Vec::new();
+    for replica in 0..replicas {
+        let dir = scratch.join(format!("{label}-{replica}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cloud = Cloud::start(&dir.join("data"), &dir.join("ferry-cloud.log"), storage)?;
+        cloud.cap(&format!("ferry-bench-{}-{label}-{replica}", std::process::id()))?;
+        clouds.push(cloud);
+    }
+    let first = clouds.first().context("no replica")?;
+    let token = first.api_token()?;
+    let (gateway_id, key) = create_and_enrol(&ureq_agent(false), first, &token, "press 4")?;
+    let mut channel = runtime.block_on(connect(first.addr, gateway_id, &key, true))?;
+    let reader = runtime.spawn(async move { while let Ok(Some(_)) = channel.recv::<ToGateway>().await {} });
+    eprintln!(
+        "cloud bench: {label}: {replicas} replica(s) capped at {CAP_CORES} core each; {CLIENTS} clients create, \
+         start and end sessions for {}s",
+        window.as_secs()
+    );
+    let load = session_load(&clouds.iter().collect::<Vec<_>>(), &token, gateway_id, window);
+    reader.abort();
+    let load = load?;
+    if load.failures > 0 {
+        eprintln!(
+            "cloud bench: {label}: {} requests failed; first: {}",
+            load.failures,
+            load.first_failure.as_deref().unwrap_or("?")
+        );
+    }
+    for cloud in clouds {
+        cloud.stop()?;
+    }
+    let verified = match storage {
+        Some(url) => audit_verify(&["--storage", url])?,
+        None => audit_verify(&[
+            "--data-dir".as_ref(),
+            scratch.join(format!("{label}-0")).join("data").as_os_str(),
+        ])?,
+    };
+    eprintln!("cloud bench: {label}: {verified}");
+    Ok(load)
 }
 
 fn env_number(name: &str, default: u64) -> Result<u64> {
@@ -210,15 +383,22 @@ struct Cloud {
     child: Child,
     addr: SocketAddr,
     base: String,
-    one_time_password: String,
+    /// None for a replica that joined a database another one set up.
+    one_time_password: Option<String>,
+    /// Dropped after the process ends (see `Drop`).
+    quota: Option<CpuQuota>,
 }
 
 impl Cloud {
-    fn start(data_dir: &Path, log: &Path) -> Result<Cloud> {
+    /// Over sled in `data_dir`, or over the PostgreSQL database `storage`.
+    fn start(data_dir: &Path, log: &Path, storage: Option<&str>) -> Result<Cloud> {
         let binary = ferry_lab::workspace_bin("ferry-cloud")?;
-        let mut child = Command::new(&binary)
-            .args(["serve", "--no-tls", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+        let mut command = Command::new(&binary);
+        command.args(["serve", "--no-tls", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        if let Some(url) = storage {
+            command.args(["--storage", url]);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log)?)
@@ -249,18 +429,27 @@ impl Cloud {
                 break addr.parse::<SocketAddr>().with_context(|| format!("no address in {line:?}"))?;
             }
         };
-        let one_time_password = password.context("ferry-cloud printed no one-time password")?;
-        Ok(Cloud { child, addr, base: format!("http://{addr}"), one_time_password })
+        Ok(Cloud { child, addr, base: format!("http://{addr}"), one_time_password: password, quota: None })
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Caps the process at [`CAP_CORES`] in a cgroup `name` of its own.
+    fn cap(&mut self, name: &str) -> Result<()> {
+        let quota = CpuQuota::new(name, CAP_CORES)?;
+        quota.add(self.pid())?;
+        self.quota = Some(quota);
+        Ok(())
+    }
+
     /// Logs in with the one-time password, sets a new one, logs in again and
     /// makes an API token, which unlike an access token does not expire
     /// during the run.
     fn api_token(&self) -> Result<String> {
+        let one_time =
+            self.one_time_password.as_deref().context("ferry-cloud printed no one-time password")?;
         let agent = ureq_agent(false);
         let login = |password: &str| -> Result<String> {
             let reply = call(
@@ -274,7 +463,7 @@ impl Cloud {
             ensure!(reply.status == 200, "login: {reply:?}");
             reply.body["access_token"].as_str().map(str::to_string).context("no access_token")
         };
-        let first = login(&self.one_time_password)?;
+        let first = login(one_time)?;
         let password = format!("bench {}", hex::encode(rand_bytes()));
         let changed = call(
             &agent,
@@ -282,7 +471,7 @@ impl Cloud {
             "POST",
             "/api/v1/me/password",
             Some(&first),
-            Some(&json!({"current_password": self.one_time_password, "new_password": password})),
+            Some(&json!({"current_password": one_time, "new_password": password})),
         )?;
         ensure!(changed.status == 204, "changing the one-time password: {changed:?}");
         let access = login(&password)?;
@@ -332,12 +521,12 @@ fn rand_bytes() -> [u8; 16] {
     bytes
 }
 
-/// `ferry-cloud audit verify` on the stopped cloud's data: the chain that
-/// 64 concurrent writers appended to is checked whole.
-fn audit_verify(data_dir: &Path) -> Result<String> {
+/// `ferry-cloud audit verify <storage args>` on the stopped cloud's data:
+/// the chain that 64 concurrent writers appended to is checked whole.
+fn audit_verify<S: AsRef<std::ffi::OsStr>>(storage: &[S]) -> Result<String> {
     let output = Command::new(ferry_lab::workspace_bin("ferry-cloud")?)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(data_dir)
+        .args(["audit", "verify"])
+        .args(storage)
         .output()?;
     let text = String::from_utf8_lossy(if output.status.success() { &output.stdout } else { &output.stderr });
     Ok(text.trim().to_string())
@@ -540,9 +729,12 @@ impl ClientRecord {
     }
 }
 
-fn session_load(cloud: &Cloud, token: &str, gateway_id: u64, window: Duration) -> Result<Load> {
-    let pids = [cloud.pid(), std::process::id()];
+/// The load of [`CLIENTS`] clients, client `i` on `clouds[i % len]`.
+fn session_load(clouds: &[&Cloud], token: &str, gateway_id: u64, window: Duration) -> Result<Load> {
+    let mut pids: Vec<u32> = clouds.iter().map(|c| c.pid()).collect();
+    pids.push(std::process::id());
     let (records, cores) = in_window(CLIENTS, window, &pids, |client, w| {
+        let cloud = clouds[client % clouds.len()];
         let agent = ureq_agent(true);
         let mut record = ClientRecord::default();
         let mut n = 0u64;
@@ -604,10 +796,11 @@ fn session_load(cloud: &Cloud, token: &str, gateway_id: u64, window: Duration) -
         }
     }
     ensure!(all.document_bytes > 0, "no session was created: {}", all.first_failure.unwrap_or_default());
+    let (bench, clouds) = cores.split_last().context("no CPU figures")?;
+    let clouds: Vec<String> = clouds.iter().map(|c| format!("{c:.2}")).collect();
     eprintln!(
-        "cloud bench: CPU in the window: ferry-cloud {:.2} cores, the {CLIENTS} clients {:.2}, of {}",
-        cores[0],
-        cores[1],
+        "cloud bench: CPU in the window: ferry-cloud {} cores, the {CLIENTS} clients {bench:.2}, of {}",
+        clouds.join(" + "),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     Ok(Load {

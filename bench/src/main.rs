@@ -1,6 +1,7 @@
 //! `ferry-bench`: Ferry's benchmarks. Use `cargo xtask bench <name>`, which
 //! builds in release mode and runs this with the right output folder.
 
+mod cgroup;
 mod client;
 mod cloud;
 mod cpu;

@@ -85,6 +85,16 @@ pub struct CloudLink {
     pub url: String,
     /// The SHA-256 fingerprint of its certificate, for https.
     pub pin: Option<String>,
+    /// The addresses of its other replicas, if it runs several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<String>,
+}
+
+impl CloudLink {
+    /// Every address of the cloud, the first one first.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.url.clone()).chain(self.others.iter().cloned()).collect()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

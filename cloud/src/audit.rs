@@ -232,6 +232,7 @@ pub fn commit_entries(
         backend.commit(batch)?;
         return Ok(Vec::new());
     }
+    let _turn = store.append_turn();
     for _ in 0..64 {
         let (first, mut prev_hash) = next_link(store)?;
         let mut full = batch.clone();

@@ -13,6 +13,14 @@
 //! tls_names = ["cloud.example.com", "192.0.2.10"]
 //! # Audit entries older than this many days are removed (1 to 36500).
 //! audit_retention_days = 550
+//! # Where the documents live. Absent: sled, embedded in data_dir. A
+//! # PostgreSQL URL lets several ferry-cloud replicas share one database:
+//! storage = "postgresql://ferry@db.example/ferry"
+//! # or, to keep the password out of this file:
+//! # [storage]
+//! # url = "postgresql://ferry@db.example/ferry"
+//! # password_file = "/etc/ferry/cloud-db-password"
+//! # pool_size = 16
 //! ```
 
 use std::{
@@ -43,6 +51,65 @@ pub struct Config {
     pub tls_names: Vec<String>,
     /// Days to keep audit entries (default 550).
     pub audit_retention_days: Option<u32>,
+    /// The database; sled in `data_dir` when absent.
+    pub storage: Option<StorageConfig>,
+}
+
+/// `storage = "postgresql://..."`, or a `[storage]` table.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StorageConfig {
+    Url(String),
+    Table(StorageTable),
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageTable {
+    pub url: String,
+    /// A file whose first line is the database password.
+    pub password_file: Option<PathBuf>,
+    /// Connections each replica keeps open at most (default 16).
+    pub pool_size: Option<usize>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show only where it points.
+        match self.options() {
+            Ok(options) => write!(f, "StorageConfig({})", options.describe()),
+            Err(_) => write!(f, "StorageConfig(invalid)"),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// A URL given on the command line.
+    pub fn from_url(url: String) -> StorageConfig {
+        StorageConfig::Url(url)
+    }
+
+    /// The connection settings it names.
+    pub fn options(&self) -> std::result::Result<crate::store::PgOptions, String> {
+        let (url, password_file, pool_size) = match self {
+            StorageConfig::Url(url) => (url, None, None),
+            StorageConfig::Table(t) => (&t.url, t.password_file.as_deref(), t.pool_size),
+        };
+        if !crate::store::postgres::is_url(url) {
+            return Err(format!(
+                "storage must be a postgres:// or postgresql:// URL (leave it out for sled in data_dir), not `{}`",
+                url.split(['@', '?']).next().unwrap_or_default()
+            ));
+        }
+        let mut options = crate::store::PgOptions::parse(url, password_file)?;
+        if let Some(size) = pool_size {
+            if !(2..=1000).contains(&size) {
+                return Err(format!("storage.pool_size must be 2 to 1000, not {size}"));
+            }
+            options.pool_size = size;
+        }
+        Ok(options)
+    }
 }
 
 /// Checks a retention in days, for the config and the command line alike.
@@ -89,6 +156,37 @@ mod tests {
 
         let config: Config = ferry_daemon::config::parse("").unwrap();
         assert!(config.tls_cert.is_none() && config.tls_key.is_none() && config.tls_names.is_empty());
+    }
+
+    #[test]
+    fn storage_is_sled_by_default_a_url_or_a_table_with_a_password_file() {
+        let config: Config = ferry_daemon::config::parse("").unwrap();
+        assert!(config.storage.is_none());
+        let config: Config =
+            ferry_daemon::config::parse("storage = \"postgresql://ferry:pw@db.example/ferry\"\n").unwrap();
+        let storage = config.storage.unwrap();
+        let options = storage.options().unwrap();
+        assert_eq!(options.config.get_dbname(), Some("ferry"));
+        assert!(!format!("{storage:?}").contains("pw"), "{storage:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = format!(
+            "[storage]\nurl = \"postgres://ferry@db.example/ferry\"\npassword_file = \"{}\"\npool_size = 4\n",
+            file.display()
+        );
+        let config: Config = ferry_daemon::config::parse(&text).unwrap();
+        let options = config.storage.unwrap().options().unwrap();
+        assert_eq!(options.config.get_password(), Some(&b"from-file"[..]));
+        assert_eq!(options.pool_size, 4);
+
+        let err = StorageConfig::from_url("/var/lib/ferry".into()).options().unwrap_err();
+        assert!(err.contains("postgres://"), "{err}");
+        assert!(
+            ferry_daemon::config::parse::<Config>("[storage]\nurl = \"postgres://x/y\"\nuser = \"z\"\n")
+                .is_err()
+        );
     }
 
     #[test]

@@ -31,10 +31,35 @@ enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Manage Administrators from the command line (with the server
-    /// stopped: the database allows one process at a time).
+    /// Manage Administrators from the command line (with sled, with the
+    /// server stopped: the database allows one process at a time).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Copy a sled data folder into an empty PostgreSQL database, then
+    /// check that everything arrived and that the audit chain verifies
+    /// there. Stop the ferry-cloud using the folder first.
+    Migrate {
+        /// The data folder of the sled database to copy (it holds `db/`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database to copy into: postgres://user@host/db
+        /// (it must hold no ferry data yet).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A file whose first line is the database password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+}
+
+/// Where the documents are, for every command: a PostgreSQL URL, or else
+/// `storage` from the config, or else sled in the data folder.
+#[derive(Args, Debug, Default, Clone)]
+struct StorageArgs {
+    /// The PostgreSQL database to use (postgres://user@host/db) instead of
+    /// sled in the data folder (default: `storage` from the config).
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +73,8 @@ enum AdminCommand {
         /// Folder of the database (default as for `serve`).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
     },
 }
 
@@ -59,11 +86,16 @@ enum AuditCommand {
         /// Folder of the database (default as for `serve`).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
     },
 }
 
 #[derive(Args, Debug, Default)]
 struct ServeArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+
     /// Address to listen on (default: `listen` from the config, else
     /// 127.0.0.1:7600). Port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
@@ -114,8 +146,8 @@ fn main() -> Result<()> {
     let config = config::load(cli.common.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args, config),
-        Command::Admin(AdminCommand::Create { name, data_dir }) => {
-            let store = open_store(data_dir.or(config.data_dir))?;
+        Command::Admin(AdminCommand::Create { name, data_dir, storage }) => {
+            let store = open_store(data_dir.or(config.data_dir), storage.or(config.storage))?;
             let secret = password::one_time();
             let user = users::create_with(
                 &store,
@@ -131,8 +163,9 @@ fn main() -> Result<()> {
             println!("it must be changed at first login (POST /api/v1/me/password)");
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { data_dir }) => {
-            let store = open_store(data_dir.or(config.data_dir))?;
+        Command::Migrate { from, to, password_file } => migrate(&from, &to, password_file.as_deref()),
+        Command::Audit(AuditCommand::Verify { data_dir, storage }) => {
+            let store = open_store(data_dir.or(config.data_dir), storage.or(config.storage))?;
             match audit::verify(&store)? {
                 Ok(intact) => {
                     match intact.anchor_seq {
@@ -155,14 +188,40 @@ fn now_ms() -> u64 {
     ferry_cloud::clock::SystemClock.now_ms()
 }
 
-fn open_store(data_dir: Option<PathBuf>) -> Result<store::Store> {
+impl StorageArgs {
+    /// The command line's choice, else the config's.
+    fn or(self, configured: Option<config::StorageConfig>) -> Option<config::StorageConfig> {
+        self.storage.map(config::StorageConfig::from_url).or(configured)
+    }
+}
+
+fn open_store(data_dir: Option<PathBuf>, storage: Option<config::StorageConfig>) -> Result<store::Store> {
+    open_storage(data_dir, storage).map(|(store, _)| store)
+}
+
+/// The store, and the PostgreSQL backend under it if that is the storage.
+fn open_storage(
+    data_dir: Option<PathBuf>,
+    storage: Option<config::StorageConfig>,
+) -> Result<(store::Store, Option<std::sync::Arc<store::PostgresBackend>>)> {
+    if let Some(storage) = storage {
+        let options = storage.options().map_err(anyhow::Error::msg)?;
+        let backend = std::sync::Arc::new(
+            store::PostgresBackend::connect(&options)
+                .with_context(|| format!("connecting to the {}", options.describe()))?,
+        );
+        let store = store::Store::with_backend(backend.clone())
+            .with_context(|| format!("opening the {}", options.describe()))?;
+        return Ok((store, Some(backend)));
+    }
     let data_dir = data_dir.unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
-    store::Store::open(&data_dir).with_context(|| {
+    let store = store::Store::open(&data_dir).with_context(|| {
         format!(
             "opening the database in {} (a running ferry-cloud holds it; stop it first, or use the API)",
             data_dir.display()
         )
-    })
+    })?;
+    Ok((store, None))
 }
 
 /// The audit entry of a new Administrator, stored with the user.
@@ -185,7 +244,7 @@ fn first_start(store: &store::Store) -> Result<()> {
         return Ok(());
     }
     let secret = password::one_time();
-    users::create_with(
+    let created = users::create_with(
         store,
         "admin",
         Role::Administrator,
@@ -193,8 +252,82 @@ fn first_start(store: &store::Store) -> Result<()> {
         now_ms(),
         true,
         Some(admin_created("admin", "first start")),
-    )?;
-    println!("first start: created Administrator `admin` with the one-time password: {secret}");
+    );
+    match created {
+        Ok(_) => {
+            println!("first start: created Administrator `admin` with the one-time password: {secret}");
+            Ok(())
+        }
+        // Another replica, starting on the same new database, made it (and
+        // printed its password).
+        Err(users::UserError::Exists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `ferry-cloud migrate`: sled folder -> empty PostgreSQL database, then
+/// every document compared and the audit chain verified on the target.
+fn migrate(from: &std::path::Path, to: &str, password_file: Option<&std::path::Path>) -> Result<()> {
+    use store::Backend as _;
+    let mut storage = config::StorageConfig::from_url(to.to_string());
+    if let Some(file) = password_file {
+        storage = config::StorageConfig::Table(config::StorageTable {
+            url: to.to_string(),
+            password_file: Some(file.to_path_buf()),
+            pool_size: None,
+        });
+    }
+    let options = storage.options().map_err(anyhow::Error::msg)?;
+    let source_db = from.join("db");
+    if !source_db.exists() {
+        bail!("{} holds no sled database (no {} folder)", from.display(), source_db.display());
+    }
+    let source = std::sync::Arc::new(store::SledBackend::open(&source_db).with_context(|| {
+        format!("opening {} (stop the ferry-cloud that uses it first)", source_db.display())
+    })?);
+    // Checks the source's schema version: a newer one is refused.
+    let source_store = store::Store::with_backend(source.clone()).context("reading the source")?;
+    let source_chain = match audit::verify(&source_store)? {
+        Ok(intact) => intact,
+        Err(broken) => bail!(
+            "the source's audit log is broken at entry {}: {}; refusing to copy it",
+            broken.seq,
+            broken.reason
+        ),
+    };
+    let target = std::sync::Arc::new(
+        store::PostgresBackend::connect(&options)
+            .with_context(|| format!("connecting to the {}", options.describe()))?,
+    );
+    if !target.is_empty()? {
+        bail!("the {} already holds ferry data; migrate only into an empty database", options.describe());
+    }
+    let copied = store::copy::copy_all(source.as_ref(), target.as_ref())?;
+    // Ids the target hands out from now on must be new to the copied data.
+    target.raise_ids_above(source.generate_id()?)?;
+    let compared = store::copy::compare_all(source.as_ref(), target.as_ref())?;
+    let target_store = store::Store::with_backend(target).context("opening the target")?;
+    match audit::verify(&target_store)? {
+        Ok(intact) if intact == source_chain => {}
+        Ok(intact) => bail!(
+            "the audit log differs on the target: {} entries where the source has {}",
+            intact.entries,
+            source_chain.entries
+        ),
+        Err(broken) => {
+            bail!("the audit log does not verify on the target: entry {}: {}", broken.seq, broken.reason)
+        }
+    }
+    for (collection, count) in &copied.per_collection {
+        println!("{:<18} {count}", collection.name());
+    }
+    println!(
+        "migrated {} documents ({compared} compared) from {} to the {}; the audit log verifies there ({} entries)",
+        copied.total(),
+        from.display(),
+        options.describe(),
+        source_chain.entries
+    );
     Ok(())
 }
 
@@ -226,7 +359,12 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         .unwrap_or(config::DEFAULT_AUDIT_RETENTION_DAYS);
     let data_dir =
         args.data_dir.or(config.data_dir).unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
-    let store = open_store(Some(data_dir.clone()))?;
+    let storage = args.storage.or(config.storage);
+    let where_data = match &storage {
+        Some(s) => s.options().map_err(anyhow::Error::msg)?.describe(),
+        None => data_dir.display().to_string(),
+    };
+    let (store, postgres) = open_storage(Some(data_dir.clone()), storage)?;
     first_start(&store)?;
     let tls = if args.no_tls {
         None
@@ -248,15 +386,14 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         let shutdown = ferry_daemon::signals::Shutdown::install().context("installing signal handlers")?;
         match &tls {
             Some((_, fingerprint)) => println!(
-                "ferry-cloud listening on https://{bound} (data in {}; certificate sha256 {fingerprint})",
-                data_dir.display()
+                "ferry-cloud listening on https://{bound} (data in {where_data}; certificate sha256 {fingerprint})"
             ),
-            None => println!("ferry-cloud listening on http://{bound} (data in {})", data_dir.display()),
+            None => println!("ferry-cloud listening on http://{bound} (data in {where_data})"),
         }
         tracing::info!(
             %bound,
             tls = tls.is_some(),
-            data_dir = %data_dir.display(),
+            data = %where_data,
             schema = store::SCHEMA_VERSION,
             "serving"
         );
@@ -264,6 +401,19 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         if let Some((_, fingerprint)) = &tls {
             state.set_tls_pin(fingerprint.clone());
         }
+        // Over PostgreSQL, other replicas may share the database.
+        let cluster = match &postgres {
+            Some(backend) => {
+                let (cluster, incoming) = ferry_cloud::hub::postgres::PgCluster::join(
+                    backend.clone(),
+                    &format!("{} on {bound}", env!("CARGO_PKG_VERSION")),
+                )
+                .context("joining the other replicas")?;
+                let follower = ferry_cloud::hub::cluster::follow(&state, cluster.clone(), incoming);
+                Some((cluster, follower))
+            }
+            None => None,
+        };
         let ticker = spawn_ticker(state.clone());
         let retention = spawn_retention(state.clone(), retention_days);
         let options = server::ServeOptions {
@@ -284,6 +434,11 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
             .context("serving HTTP")?;
         ticker.abort();
         retention.abort();
+        if let Some((cluster, follower)) = cluster {
+            follower.abort();
+            let leaving = cluster.clone();
+            tokio::task::spawn_blocking(move || ferry_cloud::hub::cluster::Cluster::leave(leaving.as_ref())).await?;
+        }
         // Every commit is already durable; nothing is left to flush.
         drop(store);
         Ok(())

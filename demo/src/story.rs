@@ -89,6 +89,7 @@ impl Demo {
             // The plant behind its cone NAT router, as the picture shows.
             site: Site::BehindNat(Nat::Cone),
             lab_services: false,
+            cloud_storage: None,
         }
     }
 

@@ -32,6 +32,7 @@ mod names;
 mod nat;
 mod netns;
 pub mod packet;
+pub mod postgres;
 mod process;
 
 pub use error::Error;

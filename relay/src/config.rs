@@ -146,13 +146,31 @@ impl<'de> Deserialize<'de> for Listen {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
-    /// `wss://host[:port]/api/v1/control/relay` (or `ws://` on loopback).
-    pub url: String,
+    /// `wss://host[:port]/api/v1/control/relay` (or `ws://` on loopback);
+    /// a list for a cloud of several replicas, tried in turn.
+    pub url: CloudUrls,
     /// SHA-256 fingerprint of the cloud's certificate (required for wss).
     pub pin: Option<String>,
     pub relay_id: u64,
     /// A file holding the relay token the cloud issued (`fyl.` ...).
     pub token_file: PathBuf,
+}
+
+/// One cloud address, or several (replicas of one cloud).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum CloudUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl CloudUrls {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            CloudUrls::One(url) => vec![url.clone()],
+            CloudUrls::Many(urls) => urls.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -33,7 +33,9 @@ pub const HEALTH_EVERY: Duration = Duration::from_secs(10);
 /// Where and how the relay reaches the cloud, and what it tells it.
 #[derive(Clone, Debug)]
 pub struct CloudLink {
-    pub url: String,
+    /// One address per replica of the cloud: one is used, the next when it
+    /// fails.
+    pub urls: Vec<String>,
     pub pin: Option<[u8; 32]>,
     pub relay_id: u64,
     pub token: Token,
@@ -47,24 +49,48 @@ pub struct CloudLink {
     pub stun: Option<SocketAddr>,
 }
 
-/// Runs the channel forever, reconnecting with backoff and jitter.
+/// How soon the next replica is tried after one failed, while some of them
+/// have not been tried since the last success.
+const NEXT_REPLICA_AFTER: Duration = Duration::from_millis(200);
+
+/// Runs the channel forever, reconnecting with backoff and jitter. With
+/// several cloud addresses, a failure moves to the next one at once; the
+/// backoff applies when a whole round failed.
 pub async fn run(link: CloudLink, relay: Relay, metrics: Metrics) {
     let mut backoff = Backoff::default();
+    let count = link.urls.len().max(1);
+    let (mut index, mut failed_in_a_row) = (0, 0);
     loop {
-        match session(&link, &relay, &metrics, &mut backoff).await {
-            Ok(()) => info!("the cloud closed the control channel"),
-            Err(e) => warn!(error = %format!("{e:#}"), "control channel to the cloud failed"),
+        let url = link.urls.get(index % count).cloned().unwrap_or_default();
+        let mut connected = false;
+        match session(&link, &url, &relay, &metrics, &mut backoff, &mut connected).await {
+            Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
+            Err(e) => warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed"),
         }
         metrics.control_connected.set(0);
-        let wait = backoff.next_delay(&mut rand_core::OsRng);
+        index = (index + 1) % count;
+        // A replica that served and then failed: the others are tried at once.
+        failed_in_a_row = if connected { 1 } else { failed_in_a_row + 1 };
+        let wait = if count > 1 && failed_in_a_row < count {
+            NEXT_REPLICA_AFTER
+        } else {
+            failed_in_a_row = 0;
+            backoff.next_delay(&mut rand_core::OsRng)
+        };
         info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }
 }
 
-async fn session(link: &CloudLink, relay: &Relay, metrics: &Metrics, backoff: &mut Backoff) -> Result<()> {
-    let ws =
-        client::connect(&link.url, link.pin).await.with_context(|| format!("connecting to {}", link.url))?;
+async fn session(
+    link: &CloudLink,
+    url: &str,
+    relay: &Relay,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+    connected: &mut bool,
+) -> Result<()> {
+    let ws = client::connect(url, link.pin).await.with_context(|| format!("connecting to {url}"))?;
     let mut channel = Channel::new(ws);
     let capacity = relay.options().max_allocations;
     let hello = RelayHello {
@@ -81,6 +107,7 @@ async fn session(link: &CloudLink, relay: &Relay, metrics: &Metrics, backoff: &m
     info!(peer_id = %welcome.peer_id, allocations = desired.allocations.len(), "connected to the cloud");
     metrics.control_connected.set(1);
     backoff.reset();
+    *connected = true;
     apply(&mut channel, link, relay, desired).await?;
     let mut health = tokio::time::interval(HEALTH_EVERY);
     loop {

@@ -119,8 +119,10 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     allocations: Option<PathBuf>,
     /// The cloud's relay control URL (wss://.../api/v1/control/relay).
+    /// Repeat it for each replica of a cloud that runs several: the relay
+    /// moves to the next when the one in use fails.
     #[arg(long, value_name = "URL", requires_all = ["cloud_relay_id", "cloud_token_file"])]
-    cloud_url: Option<String>,
+    cloud_url: Vec<String>,
     /// SHA-256 fingerprint of the cloud's TLS certificate.
     #[arg(long, value_name = "FINGERPRINT")]
     cloud_pin: Option<String>,
@@ -182,9 +184,9 @@ impl RunArgs {
         c.stun_public = self.stun_public.or(c.stun_public);
         c.websocket = self.websocket.or(c.websocket);
         c.metrics = self.metrics.or(c.metrics);
-        if let Some(url) = self.cloud_url {
+        if !self.cloud_url.is_empty() {
             c.cloud = Some(config::CloudConfig {
-                url,
+                url: config::CloudUrls::Many(self.cloud_url),
                 pin: self.cloud_pin,
                 relay_id: self.cloud_relay_id.unwrap_or_default(),
                 token_file: self.cloud_token_file.unwrap_or_default(),
@@ -336,8 +338,12 @@ fn cloud_link(
         ),
         None => None,
     };
+    let urls = cloud.url.list();
+    if urls.is_empty() {
+        bail!("the cloud's url list is empty");
+    }
     Ok(CloudLink {
-        url: cloud.url.clone(),
+        urls,
         pin,
         relay_id: cloud.relay_id,
         token: ferry_control::ids::Token::new(token.trim()),

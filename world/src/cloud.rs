@@ -47,9 +47,17 @@ impl World {
         format!("{scheme}://{}", self.technician_cloud_addr())
     }
 
-    /// Where API calls go: the cloud's listener.
+    /// Every URL of the cloud as gateways are told them: the first
+    /// replica's ([`World::cloud_url`]), then the others'.
+    pub fn cloud_urls(&self) -> Vec<String> {
+        let others = self.cloud_replicas.iter().map(|(port, _)| format!("http://{CLOUD_IP}:{port}"));
+        std::iter::once(self.cloud_url()).chain(others).collect()
+    }
+
+    /// Where API calls go: the listener of the replica in use (the first,
+    /// unless [`World::use_cloud_replica`] chose another).
     pub fn cloud_addr(&self) -> SocketAddr {
-        SocketAddr::new(CLOUD_IP.parse().unwrap(), CLOUD_PORT)
+        SocketAddr::new(CLOUD_IP.parse().unwrap(), self.api_port)
     }
 
     pub(crate) fn technician_cloud_addr(&self) -> SocketAddr {
@@ -75,7 +83,7 @@ impl World {
     /// first start.
     pub fn start_cloud(&mut self) -> Option<String> {
         assert!(self.cloud.is_none(), "the cloud runs already");
-        let listen = self.cloud_addr().to_string();
+        let listen = format!("{CLOUD_IP}:{CLOUD_PORT}");
         let data = self.cloud_data.to_str().unwrap().to_string();
         let mut cmd = self.cloud_ns.command(bin_path("ferry-cloud"));
         if self.options.cloud_tls {
@@ -88,6 +96,9 @@ impl World {
             cmd.args(["serve", "--listen", &listen, "--data-dir", &data]);
         } else {
             cmd.args(["serve", "--listen", &listen, "--data-dir", &data, "--no-tls", "--allow-plain-http"]);
+        }
+        if let Some(storage) = &self.options.cloud_storage {
+            cmd.args(["--storage", storage]);
         }
         let mut cloud = self.cloud_ns.spawn(cmd).unwrap();
         cloud.wait_for_output("ferry-cloud listening", Duration::from_secs(30)).unwrap();
@@ -120,6 +131,43 @@ impl World {
         }
         self.cloud = Some(cloud);
         password
+    }
+
+    /// Starts another `ferry-cloud serve` (plain HTTP) on the world's
+    /// PostgreSQL storage, on [`CLOUD_IP`]`:port`, and waits until it
+    /// listens. Gateways enrolled and relays started afterwards are given
+    /// every replica's address.
+    pub fn start_cloud_replica(&mut self, port: u16) {
+        let storage = self.options.cloud_storage.clone().expect("replicas share a PostgreSQL storage");
+        assert!(!self.options.cloud_tls, "each replica would make a certificate of its own");
+        assert!(
+            port != CLOUD_PORT && self.cloud_replicas.iter().all(|(p, _)| *p != port),
+            "port {port} is taken"
+        );
+        let listen = format!("{CLOUD_IP}:{port}");
+        let data = self.lab.dir().join(format!("cloud-data-{port}"));
+        let mut cmd = self.cloud_ns.command(bin_path("ferry-cloud"));
+        cmd.args(["serve", "--listen", &listen, "--no-tls", "--allow-plain-http", "--storage", &storage]);
+        cmd.arg("--data-dir").arg(data);
+        let mut replica = self.cloud_ns.spawn(cmd).unwrap();
+        replica.wait_for_output("ferry-cloud listening", Duration::from_secs(30)).unwrap();
+        self.cloud_replicas.push((port, Some(replica)));
+    }
+
+    /// API calls go to the replica on `port` from now on (the first
+    /// replica's is [`CLOUD_PORT`]).
+    pub fn use_cloud_replica(&mut self, port: u16) {
+        self.api_port = port;
+        self.api = Some(self.api().at(self.cloud_addr()));
+    }
+
+    /// SIGKILL to the replica on `port` (not the first: see
+    /// [`World::kill_cloud`]).
+    pub fn kill_cloud_replica(&mut self, port: u16) {
+        let (_, slot) = self.cloud_replicas.iter_mut().find(|(p, _)| *p == port).expect("no such replica");
+        let mut replica = slot.take().expect("the replica is not running");
+        replica.signal(Signal::SIGKILL).unwrap();
+        replica.wait_timeout(Duration::from_secs(10)).unwrap();
     }
 
     /// SIGKILL, as a crash or power cut ends it.
@@ -216,6 +264,11 @@ impl World {
         std::fs::write(&token_file, created["token"].as_str().unwrap()).unwrap();
         let cloud_scheme = if self.options.cloud_tls { "wss" } else { "ws" };
         let cloud_url = format!("{cloud_scheme}://{CLOUD_IP}:{CLOUD_PORT}/api/v1/control/relay");
+        let replica_urls: Vec<String> = self
+            .cloud_replicas
+            .iter()
+            .map(|(port, _)| format!("ws://{CLOUD_IP}:{port}/api/v1/control/relay"))
+            .collect();
         let scheme = if self.options.relay_tls { "wss" } else { "ws" };
         let websocket_url = format!("{scheme}://{RELAY_WS}/");
         let id_text = id.to_string();
@@ -245,6 +298,9 @@ impl World {
             "--log",
             "debug",
         ];
+        for url in &replica_urls {
+            args.extend(["--cloud-url", url]);
+        }
         if let Some(cloud_pin) = &self.cloud_pin {
             args.extend(["--cloud-pin", cloud_pin]);
         }

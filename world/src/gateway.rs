@@ -82,10 +82,15 @@ impl World {
     }
 
     /// `ferry-gateway enroll --cloud <url> --token <token>` (and `--pin`
-    /// with the cloud's fingerprint over HTTPS).
+    /// with the cloud's fingerprint over HTTPS), with a `--cloud` for each
+    /// replica of the cloud.
     pub fn enroll(&self, token: &str) -> String {
-        let url = self.cloud_url();
-        let mut args = vec!["enroll", "--cloud", &url, "--token", token];
+        let urls = self.cloud_urls();
+        let mut args = vec!["enroll"];
+        for url in &urls {
+            args.extend(["--cloud", url]);
+        }
+        args.extend(["--token", token]);
         if let Some(pin) = &self.cloud_pin {
             args.extend(["--pin", pin]);
         }

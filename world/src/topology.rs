@@ -52,6 +52,10 @@ pub struct Options {
     /// the crate docs); off, the machines run nothing until the caller
     /// starts something there.
     pub lab_services: bool,
+    /// The cloud's storage (`ferry-cloud serve --storage`): a PostgreSQL
+    /// URL, which lets further replicas join
+    /// ([`World::start_cloud_replica`]). None: sled in the world's folder.
+    pub cloud_storage: Option<String>,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             technician: Technician::Public,
             site: Site::BehindNat(Nat::Cone),
             lab_services: true,
+            cloud_storage: None,
         }
     }
 }
@@ -104,6 +109,9 @@ pub struct World {
     pub gateway_socket: PathBuf,
     pub cloud_data: PathBuf,
     pub cloud: Option<Process>,
+    /// Further `ferry-cloud serve` replicas on the same storage, with the
+    /// port each listens on at [`CLOUD_IP`].
+    pub cloud_replicas: Vec<(u16, Option<Process>)>,
     pub relay: Option<Process>,
     pub gateway: Option<Process>,
     /// The admin's current access token, once logged in.
@@ -116,6 +124,8 @@ pub struct World {
     pub cloud_pin: Option<String>,
     /// How API calls reach the cloud (set when it starts).
     pub(crate) api: Option<Api>,
+    /// The port of the replica that API calls go to.
+    pub(crate) api_port: u16,
     pub(crate) servers: Vec<Server>,
     pub(crate) _xdp: Vec<PassProgram>,
 }
@@ -326,6 +336,7 @@ impl World {
             gateway_socket: dir.join("gw.sock"),
             cloud_data: dir.join("cloud-data"),
             cloud: None,
+            cloud_replicas: Vec::new(),
             relay: None,
             gateway: None,
             admin_token: Mutex::new(None),
@@ -333,6 +344,7 @@ impl World {
             relay_pin: None,
             cloud_pin: None,
             api: None,
+            api_port: CLOUD_PORT,
             servers,
             _xdp: xdp,
             lab,
@@ -400,6 +412,15 @@ impl World {
                 );
             }
         }
+        for (port, process) in &self.cloud_replicas {
+            if let Some(process) = process {
+                out += &format!(
+                    "--- ferry-cloud :{port} stdout ---\n{}\n--- ferry-cloud :{port} stderr (tail) ---\n{}\n",
+                    tail(process.stdout()),
+                    tail(process.stderr())
+                );
+            }
+        }
         out
     }
 }
@@ -409,7 +430,10 @@ impl Drop for World {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tails(60));
         }
-        for process in [&mut self.gateway, &mut self.relay, &mut self.cloud].into_iter().flatten() {
+        let replicas = self.cloud_replicas.iter_mut().map(|(_, process)| process);
+        for process in
+            [&mut self.gateway, &mut self.relay, &mut self.cloud].into_iter().chain(replicas).flatten()
+        {
             process.kill();
         }
         for server in &self.servers {

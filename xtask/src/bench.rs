@@ -26,7 +26,8 @@ pub const BENCHES: &[(&str, &str)] = &[
     (
         "cloud",
         "ferry-cloud session create/start/end and audited writes/s with 64 HTTP clients against raw sled \
-         insert+flush/s, and the memory of 10,000 idle gateway connections",
+         insert+flush/s, and the memory of 10,000 idle gateway connections; then, every cloud process capped \
+         at half a core: PostgreSQL with one replica against sled, two replicas against one",
     ),
     (
         "client",

@@ -23,6 +23,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze, to verify the units and score their hardening"),
     ("chromium", "headless Chromium, for the browser tests of the web console (driven by Playwright)"),
     (
+        "postgresql",
+        "PostgreSQL 15 (initdb, pg_ctl, psql): the cloud's tests over PostgreSQL start servers of their own",
+    ),
+    (
         "coturn",
         "turnutils_stunclient, an independent STUN client for the relay's STUN interop test (its TURN server stays off: Debian ships it disabled)",
     ),

@@ -65,7 +65,22 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     // dependency features per package and build most dependencies again.
     section("tests");
     let owners = Owners::of_workspace()?;
-    let suites = test_workspace(&owners, cargo_test_args)?;
+    let mut suites = test_workspace(&owners, &[], cargo_test_args, &[], "")?;
+
+    // The cloud's API and channel tests again, over PostgreSQL: the same
+    // binaries (already built), each test on a database of its binary's
+    // own server. The storage-independent suites (the backend conformance
+    // suite runs both storages itself) are not repeated.
+    section("cloud tests over PostgreSQL");
+    let targets: Vec<String> =
+        CLOUD_SUITES_OVER_POSTGRES.iter().flat_map(|t| ["--test".to_string(), t.to_string()]).collect();
+    suites.extend(test_workspace(
+        &owners,
+        &targets,
+        cargo_test_args,
+        &[("FERRY_TEST_STORAGE", "postgres")],
+        "postgres: ",
+    )?);
 
     // Coverage-guided fuzzing, time-boxed, only on a full run.
     if cargo_test_args.is_empty() {
@@ -82,6 +97,10 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The cloud's test binaries whose tests also run over PostgreSQL.
+const CLOUD_SUITES_OVER_POSTGRES: [&str; 6] =
+    ["audit_api", "auth_api", "configs_api", "console_api", "gateway_events", "sessions_api"];
 
 /// The cargo-fuzz targets, each run for FUZZ_SECONDS: (the crate whose
 /// `fuzz/` project holds it, the target, the label in the summary).
@@ -207,10 +226,19 @@ impl Owners {
 
 /// Runs `cargo test` over the workspace, streaming its output, and parses the
 /// result line of every test binary.
-fn test_workspace(owners: &Owners, extra: &[String]) -> Result<Vec<Suite>> {
+fn test_workspace(
+    owners: &Owners,
+    targets: &[String],
+    extra: &[String],
+    env: &[(&str, &str)],
+    label: &str,
+) -> Result<Vec<Suite>> {
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
     let mut cmd = cargo_once();
-    cmd.args(["test", "--no-fail-fast"]);
+    cmd.args(["test", "--no-fail-fast"]).args(targets);
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
@@ -227,7 +255,7 @@ fn test_workspace(owners: &Owners, extra: &[String]) -> Result<Vec<Suite>> {
         let trimmed = line.trim_start();
         if let Some(rest) = trimmed.strip_prefix("Running ") {
             finish(&mut current, &mut suites);
-            current = Some(Suite::new(&owners.of_running(rest), suite_name(rest)));
+            current = Some(Suite::new(&owners.of_running(rest), format!("{label}{}", suite_name(rest))));
         } else if let Some(krate) = trimmed.strip_prefix("Doc-tests ") {
             finish(&mut current, &mut suites);
             current = Some(Suite::new(&owners.of_doc_tests(krate), "doc-tests".to_string()));

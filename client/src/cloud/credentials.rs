@@ -30,6 +30,9 @@ pub enum Secret {
 pub struct Credentials {
     /// The canonical cloud URL (`https://host:port`).
     pub cloud: String,
+    /// The addresses of the cloud's other replicas, if it runs several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_clouds: Vec<String>,
     /// The SHA-256 fingerprint of the cloud's certificate, for https.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,
@@ -37,6 +40,13 @@ pub struct Credentials {
     pub user_id: u64,
     #[serde(flatten)]
     pub secret: Secret,
+}
+
+impl Credentials {
+    /// Every address of the cloud, the first one first.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.cloud.clone()).chain(self.other_clouds.iter().cloned()).collect()
+    }
 }
 
 // By hand: the tokens must never reach a log or an error message.
@@ -123,6 +133,7 @@ mod tests {
     fn example() -> Credentials {
         Credentials {
             cloud: "https://cloud.example:443".into(),
+            other_clouds: vec!["https://cloud-2.example:443".into()],
             pin: Some("AB:CD".into()),
             user: "tech1".into(),
             user_id: 3,

@@ -4,6 +4,7 @@
 //! is used), and refusals explained with the cloud's own `detail`.
 
 pub mod credentials;
+mod replicas;
 pub mod sse;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use ferry_connect::http::{Client, CloudUrl, HttpError, Method, Request, Response
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::credentials::{Credentials, Secret, Store};
+pub use self::replicas::Replicas;
 
 /// How long one call to the cloud may take.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -100,7 +102,7 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>, CloudError> {
 }
 
 /// `POST /api/v1/auth/login`.
-pub async fn login(transport: &Client, request: &LoginRequest) -> Result<TokenResponse, CloudError> {
+pub async fn login(transport: &Replicas, request: &LoginRequest) -> Result<TokenResponse, CloudError> {
     let answer = transport
         .send(Request::new(Method::POST, "/api/v1/auth/login").json(Some(to_json(request)?)))
         .await?;
@@ -109,17 +111,19 @@ pub async fn login(transport: &Client, request: &LoginRequest) -> Result<TokenRe
 
 /// `POST /api/v1/auth/logout`: revokes the refresh token and every token
 /// rotated from it.
-pub async fn logout(transport: &Client, refresh_token: &str) -> Result<(), CloudError> {
+pub async fn logout(transport: &Replicas, refresh_token: &str) -> Result<(), CloudError> {
     let body = to_json(&RefreshRequest { refresh_token: refresh_token.to_string() })?;
     success(transport.send(Request::new(Method::POST, "/api/v1/auth/logout").json(Some(body))).await?)
         .map(drop)
 }
 
-/// What a login's answer becomes on disk.
-pub fn login_credentials(address: &CloudUrl, pin: Option<String>, tokens: TokenResponse) -> Credentials {
+/// What a login's answer becomes on disk: `urls` are the cloud's addresses
+/// as given (canonical), the first kept as its name.
+pub fn login_credentials(urls: &[String], pin: Option<String>, tokens: TokenResponse) -> Credentials {
     let now = now_ms();
     Credentials {
-        cloud: address.url(),
+        cloud: urls.first().cloned().unwrap_or_default(),
+        other_clouds: urls.iter().skip(1).cloned().collect(),
         pin,
         user: tokens.user.name,
         user_id: tokens.user.id,
@@ -132,9 +136,14 @@ pub fn login_credentials(address: &CloudUrl, pin: Option<String>, tokens: TokenR
     }
 }
 
+/// The cloud's addresses as `ferry login --cloud` takes them, canonical.
+pub fn canonical_urls(urls: &[String]) -> Result<Vec<String>, CloudError> {
+    urls.iter().map(|url| Ok(CloudUrl::parse(url)?.url())).collect()
+}
+
 /// The logged-in cloud.
 pub struct Cloud {
-    transport: Client,
+    transport: Replicas,
     store: Store,
     credentials: Credentials,
 }
@@ -143,13 +152,17 @@ impl Cloud {
     /// The cloud of the stored login.
     pub fn open(store: Store) -> Result<Cloud, CloudError> {
         let credentials = store.load().map_err(|e| store_error(&store, e))?.ok_or(CloudError::NotLoggedIn)?;
-        let transport = transport(&credentials.cloud, credentials.pin.as_deref())?;
+        let transport = Replicas::new(&credentials.urls(), credentials.pin.as_deref())?;
         Ok(Cloud { transport, store, credentials })
     }
 
     /// Where this cloud is, for the service's watch on a configuration.
     pub fn link(&self) -> crate::protocol::CloudLink {
-        crate::protocol::CloudLink { url: self.credentials.cloud.clone(), pin: self.credentials.pin.clone() }
+        crate::protocol::CloudLink {
+            url: self.credentials.cloud.clone(),
+            pin: self.credentials.pin.clone(),
+            others: self.credentials.other_clouds.clone(),
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, CloudError> {
@@ -243,7 +256,7 @@ impl Cloud {
             });
         }
         let tokens: TokenResponse = decode("the token refresh", answer)?;
-        let fresh = login_credentials(self.transport.url(), self.credentials.pin.clone(), tokens);
+        let fresh = login_credentials(&self.credentials.urls(), self.credentials.pin.clone(), tokens);
         self.store.save(&fresh).map_err(|e| store_error(&self.store, e))?;
         self.credentials = fresh;
         tracing::debug!("access token refreshed");

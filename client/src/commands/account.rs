@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use ferry_api::{LoginRequest, UserView};
-use ferry_connect::http::{Client, Request};
+use ferry_connect::http::Request;
 
 use super::block_on;
 use crate::cloud::{
@@ -27,9 +27,12 @@ use crate::cloud::{
 /// or the environment variable FERRY_API_TOKEN, instead of a password.
 #[derive(Args, Debug)]
 pub struct LoginArgs {
-    /// The cloud, `https://HOST[:PORT]` (`http://` only in labs).
-    #[arg(long, env = "FERRY_CLOUD", value_name = "URL")]
-    pub cloud: String,
+    /// The cloud, `https://HOST[:PORT]` (`http://` only in labs). Repeat
+    /// it for each replica of a cloud that runs several (or separate them
+    /// with commas in FERRY_CLOUD): a call that cannot connect to one
+    /// replica goes to the next.
+    #[arg(long, env = "FERRY_CLOUD", value_name = "URL", required = true, value_delimiter = ',')]
+    pub cloud: Vec<String>,
     /// The SHA-256 fingerprint of the cloud's certificate (needed for
     /// https; your administrator has it). Colons and case do not matter.
     #[arg(long, env = "FERRY_PIN", value_name = "FINGERPRINT")]
@@ -80,12 +83,10 @@ impl Prompter {
 
 pub fn login(args: LoginArgs) -> Result<()> {
     let store = Store::default_location()?;
-    let transport = cloud::transport(&args.cloud, args.pin.as_deref())?;
-    if !transport.url().https {
-        eprintln!(
-            "warning: {} is plain http: the password and tokens cross the network readable",
-            transport.url().url()
-        );
+    let urls = cloud::canonical_urls(&args.cloud)?;
+    let transport = cloud::Replicas::new(&urls, args.pin.as_deref())?;
+    if let Some(plain) = urls.iter().find(|url| url.starts_with("http://")) {
+        eprintln!("warning: {plain} is plain http: the password and tokens cross the network readable");
     }
     let pin = args
         .pin
@@ -106,7 +107,7 @@ pub fn login(args: LoginArgs) -> Result<()> {
         None => None,
     };
     let credentials = match token {
-        Some(token) => block_on(with_api_token(&transport, pin, token))?,
+        Some(token) => block_on(with_api_token(&transport, &urls, pin, token))?,
         None => {
             let mut prompter =
                 Prompter { stdin_lines: args.password_stdin.then(|| std::io::stdin().lock().lines()) };
@@ -125,7 +126,7 @@ pub fn login(args: LoginArgs) -> Result<()> {
                     other => break other?,
                 }
             };
-            cloud::login_credentials(transport.url(), pin, tokens)
+            cloud::login_credentials(&urls, pin, tokens)
         }
     };
     store.save(&credentials).with_context(|| format!("saving the login in {}", store.path().display()))?;
@@ -142,7 +143,12 @@ fn slug(error: &anyhow::Error) -> Option<&str> {
 }
 
 /// An API token is checked (`GET /api/v1/me`) before it is stored.
-async fn with_api_token(transport: &Client, pin: Option<String>, token: String) -> Result<Credentials> {
+async fn with_api_token(
+    transport: &cloud::Replicas,
+    urls: &[String],
+    pin: Option<String>,
+    token: String,
+) -> Result<Credentials> {
     if token.is_empty() {
         bail!("the API token is empty");
     }
@@ -160,7 +166,8 @@ async fn with_api_token(transport: &Client, pin: Option<String>, token: String) 
     let me: UserView =
         serde_json::from_slice(&answer.body).context("reading the cloud's answer about the token")?;
     Ok(Credentials {
-        cloud: transport.url().url(),
+        cloud: urls.first().cloned().unwrap_or_default(),
+        other_clouds: urls.iter().skip(1).cloned().collect(),
         pin,
         user: me.name,
         user_id: me.id,
@@ -177,7 +184,7 @@ pub fn logout() -> Result<()> {
     // Revoke first: a stolen copy of the file must stop working too.
     let revoked = match &credentials.secret {
         Secret::Login { refresh_token, .. } => {
-            let transport = cloud::transport(&credentials.cloud, credentials.pin.as_deref())?;
+            let transport = cloud::Replicas::new(&credentials.urls(), credentials.pin.as_deref())?;
             block_on(async { Ok(cloud::logout(&transport, refresh_token).await?) })
         }
         Secret::ApiToken { .. } => Ok(()),

@@ -145,7 +145,7 @@ pub fn report(
     mut candidates: watch::Receiver<Vec<SocketAddr>>,
     mut sent: Vec<SocketAddr>,
 ) -> Result<JoinHandle<()>, String> {
-    let client = cloud::transport(&link.url, link.pin.as_deref()).map_err(|e| e.to_string())?;
+    let client = cloud::Replicas::new(&link.urls(), link.pin.as_deref()).map_err(|e| e.to_string())?;
     let path = format!("/api/v1/configs/{config_id}/candidates");
     Ok(tokio::spawn(async move {
         let mut backoff = Backoff::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_api::ConfigStatus;
 use ferry_connect::backoff::Backoff;
-use ferry_connect::http::{Client, Method, Request, Response};
+use ferry_connect::http::{Method, Request, Response};
 use rand_core::OsRng;
 use tokio::{sync::mpsc, task::JoinHandle};
 
@@ -54,7 +54,7 @@ pub fn spawn(
     tunnel: u64,
     events: mpsc::Sender<Event>,
 ) -> Result<JoinHandle<()>, String> {
-    let transport = cloud::transport(&link.url, link.pin.as_deref()).map_err(|e| e.to_string())?;
+    let transport = cloud::Replicas::new(&link.urls(), link.pin.as_deref()).map_err(|e| e.to_string())?;
     Ok(tokio::spawn(async move {
         let path = format!("/api/v1/configs/{config_id}/events");
         let tell = |news| {
@@ -77,7 +77,13 @@ pub fn spawn(
     }))
 }
 
-async fn follow<F, Fut>(transport: &Client, path: &str, token: &str, tell: &F, backoff: &mut Backoff) -> Stop
+async fn follow<F, Fut>(
+    transport: &cloud::Replicas,
+    path: &str,
+    token: &str,
+    tell: &F,
+    backoff: &mut Backoff,
+) -> Stop
 where
     F: Fn(News) -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -133,7 +139,7 @@ where
 /// `DELETE /api/v1/configs/{id}`: the gateway drops the peer and the relay
 /// its allocation at once. Already revoked, ended or expired counts as done.
 pub async fn revoke(link: &CloudLink, config_id: u64, token: &str) -> Result<(), String> {
-    let transport = cloud::transport(&link.url, link.pin.as_deref()).map_err(|e| e.to_string())?;
+    let transport = cloud::Replicas::new(&link.urls(), link.pin.as_deref()).map_err(|e| e.to_string())?;
     let path = format!("/api/v1/configs/{config_id}");
     let sent = tokio::time::timeout(
         REVOKE_TIMEOUT,

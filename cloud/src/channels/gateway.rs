@@ -79,7 +79,13 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
         software_version: hello.software_version.clone(),
         wg_public_key: wg_key,
     };
-    let mut registration = state.hub.connect_gateway(id, live);
+    let mut registration = match state.hub.connect_gateway(id, live) {
+        Ok(registration) => registration,
+        Err(e) => {
+            let e = error(ErrorCode::Internal, e.to_string());
+            return conn.refuse(&state, ToGateway::Error(e), ErrorCode::Internal, "store").await;
+        }
+    };
     let gauge =
         state.metrics.control_connections.get_or_create(&ChannelLabels { channel: "gateway" }).clone();
     gauge.inc();

@@ -91,7 +91,13 @@ async fn serve(state: &AppState, mut conn: Conn, hello: &RelayHello) {
         bindings: 0,
     };
     let _ = relays::set_health(&state.store, id, health(hello, true, state.now_ms(), None));
-    let mut registration = state.hub.connect_relay(id, live);
+    let mut registration = match state.hub.connect_relay(id, live) {
+        Ok(registration) => registration,
+        Err(e) => {
+            let e = error(ErrorCode::Internal, e.to_string());
+            return conn.refuse(state, ToRelay::Error(e), ErrorCode::Internal, "store").await;
+        }
+    };
     let gauge = state.metrics.control_connections.get_or_create(&ChannelLabels { channel: "relay" }).clone();
     gauge.inc();
     if conn.send(&ToRelay::Welcome(Welcome { peer_id: registration.conn })).await {

@@ -372,7 +372,7 @@ async fn refresh_token(
     };
     let (user_id, new_token) = match refresh::rotate(&state.store, &request.refresh_token, now) {
         Ok(pair) => pair,
-        Err(RefreshError::Store(e)) => return Err(ApiError::internal(e)),
+        Err(RefreshError::Store(e)) => return Err(e.into()),
         Err(e @ RefreshError::Reused { user_id }) => {
             let name = users::get(&state.store, user_id)?.map_or_else(|| user_id.to_string(), |u| u.name);
             return Err(refuse(&name, e.to_string()));

@@ -268,7 +268,7 @@ fn identify(
         Credential::Bearer(bearer) if api_tokens::is_api_token(bearer) => {
             match api_tokens::authenticate(&state.store, bearer, now) {
                 Ok(token) => (token.user_id, Some(token.scopes), None, Via::ApiToken),
-                Err(api_tokens::ApiTokenError::Store(e)) => return Err(ApiError::internal(e)),
+                Err(api_tokens::ApiTokenError::Store(e)) => return Err(e.into()),
                 Err(e) => return Ok(Err(Refusal::audited(e.to_string()))),
             }
         }

@@ -154,8 +154,12 @@ pub struct Enrolled {
 }
 
 /// Fills in the live part of a gateway's state.
-fn with_live(state: &AppState, mut gateway: Gateway) -> Gateway {
+fn with_live(state: &AppState, gateway: Gateway) -> Gateway {
     let live = state.hub.gateway(gateway.id);
+    with_report(gateway, live)
+}
+
+fn with_report(mut gateway: Gateway, live: Option<crate::hub::GatewayLive>) -> Gateway {
     gateway.last_seen.online = live.is_some();
     if let Some(live) = live {
         gateway.last_seen.switch_on = live.switch_on;
@@ -169,7 +173,17 @@ fn with_live(state: &AppState, mut gateway: Gateway) -> Gateway {
     responses((status = 200, body = Vec<Gateway>), (status = 403, body = super::Problem)))]
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Gateway>>> {
     caller.authorize(&state, Action::ViewGateways, Scope::GatewaysRead, "gateway.list", None, None)?;
-    Ok(Json(gateways::list(&state.store)?.into_iter().map(|g| with_live(&state, g)).collect()))
+    // One look at who is connected, not one per gateway.
+    let mut live = state.hub.gateways_live();
+    Ok(Json(
+        gateways::list(&state.store)?
+            .into_iter()
+            .map(|g| {
+                let report = live.remove(&g.id);
+                with_report(g, report)
+            })
+            .collect(),
+    ))
 }
 
 /// Add a gateway; returns it with a one-time enrolment token.
@@ -296,7 +310,7 @@ async fn enrol(
             name: gateway.name,
             control_path: "/api/v1/control/gateway".into(),
         })),
-        Err(EnrolError::Store(e)) => Err(ApiError::internal(e)),
+        Err(EnrolError::Store(e)) => Err(e.into()),
         Err(e) => {
             state.audit(Event {
                 actor: "anonymous".into(),

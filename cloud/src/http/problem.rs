@@ -60,6 +60,22 @@ impl ApiError {
         }
     }
 
+    /// The database cannot be reached now (it is down or restarting):
+    /// nothing was done, or it is unknown whether it was. Try again shortly.
+    pub fn unavailable(error: impl std::fmt::Display) -> Self {
+        tracing::warn!(%error, "storage unavailable");
+        ApiError {
+            retry_after_s: Some(2),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable",
+                "Storage unavailable",
+                "the cloud cannot reach its database right now; nothing was changed unless a later read \
+                 shows it. Try again in a few seconds",
+            )
+        }
+    }
+
     /// A server-side failure: logged in full, answered without internals.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "request failed");
@@ -108,12 +124,34 @@ macro_rules! internal_from {
     )*};
 }
 
-internal_from!(
-    crate::store::BackendError,
-    crate::store::StoreError,
-    crate::audit::AuditError,
-    tokio::task::JoinError
-);
+internal_from!(tokio::task::JoinError);
+
+impl From<crate::store::BackendError> for ApiError {
+    fn from(e: crate::store::BackendError) -> Self {
+        match e {
+            crate::store::BackendError::Unavailable(_) => ApiError::unavailable(e),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Backend(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        match e {
+            crate::audit::AuditError::Store(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -125,6 +163,7 @@ impl From<crate::users::UserError> for ApiError {
                 ApiError::bad_request(e.to_string())
             }
             Exists(_) => ApiError::conflict("name-taken", "Name taken", e.to_string()),
+            Store(e) => e.into(),
             other => ApiError::internal(other),
         }
     }
@@ -151,7 +190,7 @@ impl From<crate::sessions::SessionError> for ApiError {
                 "No tunnel subnet free",
                 e.to_string(),
             ),
-            SessionError::Store(e) => ApiError::internal(e),
+            SessionError::Store(e) => e.into(),
         }
     }
 }

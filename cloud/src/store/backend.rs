@@ -134,6 +134,11 @@ pub enum BackendError {
     Conflict { collection: Collection },
     #[error("storage: {0}")]
     Io(String),
+    /// The storage cannot be reached now (a database that is down or
+    /// restarting); nothing was changed, or the outcome is unknown. Worth
+    /// trying again later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub trait Backend: Send + Sync + 'static {
@@ -158,4 +163,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A fresh identifier, never returned before (also across restarts).
     fn generate_id(&self) -> Result<u64, BackendError>;
+
+    /// Whether appends to the audit chain should take turns within this
+    /// process. Every append expects the chain's head it read; where a
+    /// commit is a round trip to a server, concurrent appends would almost
+    /// all find the head moved and start over, many times, instead of
+    /// queueing. (Appends of other processes still conflict and retry.)
+    fn appends_take_turns(&self) -> bool {
+        false
+    }
 }

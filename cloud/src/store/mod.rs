@@ -2,13 +2,16 @@
 //! a versioned schema. sled is the embedded default ([`SledBackend`]).
 
 pub mod backend;
+pub mod copy;
 #[cfg(any(test, feature = "test-support"))]
 pub mod failing;
+pub mod postgres;
 pub mod sled_backend;
 
 use std::{path::Path, sync::Arc};
 
 pub use backend::{Backend, BackendError, Batch, Collection};
+pub use postgres::{PgOptions, PostgresBackend};
 pub use sled_backend::SledBackend;
 
 /// A document as stored: JSON. Documents are plain derived data (strings,
@@ -40,6 +43,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Held by an append to the audit chain from reading its head to its
+    /// commit, for backends whose appends take turns.
+    append_gate: Option<Arc<std::sync::Mutex<()>>>,
 }
 
 impl Store {
@@ -48,17 +54,40 @@ impl Store {
         Store::with_backend(Arc::new(SledBackend::open(&dir.join("db"))?))
     }
 
+    /// This process's turn to append to the audit chain, for backends
+    /// whose appends take turns (see [`Backend::appends_take_turns`]); None
+    /// for the others. A worker of the server's runtime waits for it
+    /// inside `block_in_place`, so its other tasks move meanwhile.
+    pub fn append_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        let gate = self.append_gate.as_ref()?;
+        let wait = || gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        })
+    }
+
     /// Uses any backend; a new one gets the current schema version.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
-        let store = Store { backend };
+        let append_gate = backend.appends_take_turns().then(|| Arc::new(std::sync::Mutex::new(())));
+        let store = Store { backend, append_gate };
         match store.backend.get(Collection::Meta, SCHEMA_KEY)? {
             None => {
-                store.backend.commit(Batch::default().expect(Collection::Meta, SCHEMA_KEY, None).put(
-                    Collection::Meta,
-                    SCHEMA_KEY,
-                    SCHEMA_VERSION.to_be_bytes(),
-                ))?;
-                tracing::info!(version = SCHEMA_VERSION, "new database");
+                let created =
+                    store.backend.commit(Batch::default().expect(Collection::Meta, SCHEMA_KEY, None).put(
+                        Collection::Meta,
+                        SCHEMA_KEY,
+                        SCHEMA_VERSION.to_be_bytes(),
+                    ));
+                match created {
+                    Ok(()) => tracing::info!(version = SCHEMA_VERSION, "new database"),
+                    // Another replica starting on the same new database
+                    // wrote it first: check what it wrote.
+                    Err(BackendError::Conflict { .. }) => return Store::with_backend(store.backend),
+                    Err(e) => return Err(e.into()),
+                }
             }
             Some(bytes) => {
                 let found = decode_version(&bytes)?;

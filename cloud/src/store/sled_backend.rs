@@ -63,6 +63,9 @@ impl Backend for SledBackend {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, BackendError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let tree = self.tree(collection);
         // Seek to `after` rather than skipping from the prefix's start: paging
         // through a large collection (the audit log) would otherwise cost

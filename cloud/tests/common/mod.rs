@@ -1,5 +1,7 @@
-//! An in-process ferry-cloud on a loopback port, over a real sled folder,
-//! with a clock the test moves; requests go over real HTTP.
+//! An in-process ferry-cloud on a loopback port, over a real sled folder
+//! (or, with `FERRY_TEST_STORAGE=postgres`, a fresh PostgreSQL database of
+//! the test binary's own server), with a clock the test moves; requests go
+//! over real HTTP.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,12 +17,13 @@ use ferry_cloud::{
     clock::ManualClock,
     http::{self, AppState},
     rights::Role,
-    store::{Backend, SledBackend, Store},
+    store::{Backend, PgOptions, PostgresBackend, SledBackend, Store},
     users,
 };
 use serde_json::{Value, json};
 
 pub mod peers;
+pub mod pg;
 
 pub const START_MS: u64 = 1_800_000_000_000;
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -34,6 +37,23 @@ pub struct Api {
     agent: ureq::Agent,
     runtime: tokio::runtime::Runtime,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database, when the tests run over PostgreSQL.
+    pub database: Option<String>,
+}
+
+/// A backend over the test's storage: sled in `dir`, or the PostgreSQL
+/// database `database` (then also returned as such, to join its replicas).
+pub fn open_backend(
+    dir: &std::path::Path,
+    database: Option<&str>,
+) -> (Arc<dyn Backend>, Option<Arc<PostgresBackend>>) {
+    match database {
+        Some(url) => {
+            let pg = Arc::new(PostgresBackend::connect(&PgOptions::parse(url, None).unwrap()).unwrap());
+            (pg.clone(), Some(pg))
+        }
+        None => (Arc::new(SledBackend::open(&dir.join("db")).unwrap()), None),
+    }
 }
 
 pub struct Reply {
@@ -62,18 +82,36 @@ impl Api {
         Api::over(tempfile::tempdir().unwrap(), ManualClock::new(START_MS), |sled| sled)
     }
 
-    /// A cloud over the sled folder in `dir`, with the backend that `wrap`
-    /// makes around sled.
+    /// A cloud over the sled folder in `dir` (or a fresh PostgreSQL
+    /// database, see above), with the backend that `wrap` makes around it.
     pub fn over(
         dir: tempfile::TempDir,
         clock: ManualClock,
         wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
     ) -> Api {
-        let sled = Arc::new(SledBackend::open(&dir.path().join("db")).unwrap());
-        let store = Store::with_backend(wrap(sled)).unwrap();
+        let database = pg::selected().then(pg::fresh_database);
+        Api::over_storage(dir, database, clock, wrap)
+    }
+
+    /// A cloud over sled in `dir`, or over PostgreSQL `database` if given.
+    pub fn over_storage(
+        dir: tempfile::TempDir,
+        database: Option<String>,
+        clock: ManualClock,
+        wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+    ) -> Api {
+        let (backend, postgres) = open_backend(dir.path(), database.as_deref());
+        let store = Store::with_backend(wrap(backend)).unwrap();
         let state = AppState::with_clock(store.clone(), Arc::new(clock.clone())).unwrap();
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        // Over PostgreSQL each cloud is a replica, as `ferry-cloud serve` is.
+        if let Some(postgres) = postgres {
+            let (cluster, incoming) =
+                ferry_cloud::hub::postgres::PgCluster::join(postgres, "test replica").unwrap();
+            let _entered = runtime.enter();
+            ferry_cloud::hub::cluster::follow(&state, cluster, incoming);
+        }
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let app = http::router(state.clone());
@@ -88,17 +126,25 @@ impl Api {
             .max_idle_connections_per_host(0)
             .build()
             .new_agent();
-        Api { base: format!("http://{addr}"), addr, clock, state, store, agent, runtime, dir }
+        Api { base: format!("http://{addr}"), addr, clock, state, store, agent, runtime, dir, database }
     }
 
     /// Stops this cloud as a crash would (every task and connection ends
     /// where it is) and starts another over the same folder, on a new
     /// port, with the backend that `wrap` makes.
     pub fn restart(self, wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>) -> Api {
-        let Api { clock, state, store, runtime, dir, .. } = self;
+        let Api { clock, state, store, runtime, dir, database, .. } = self;
         drop(runtime);
         drop((state, store));
-        Api::over(dir, clock, wrap)
+        Api::over_storage(dir, database, clock, wrap)
+    }
+
+    /// Stops this cloud (as a crash would) and hands back its folder.
+    pub fn stop(self) -> tempfile::TempDir {
+        let Api { state, store, runtime, dir, .. } = self;
+        drop(runtime);
+        drop((state, store));
+        dir
     }
 
     pub fn runtime(&self) -> &tokio::runtime::Runtime {

@@ -16,8 +16,11 @@ use crate::state::{Enrollment, keys};
 #[derive(Args, Debug)]
 pub struct EnrollArgs {
     /// The cloud's URL, `https://host[:port]` (or `http://` in a lab).
-    #[arg(long, value_name = "URL")]
-    pub cloud: String,
+    /// Repeat it for each replica of a cloud that runs several: the
+    /// gateway enrols with the first that answers and moves to another
+    /// when the one in use fails.
+    #[arg(long = "cloud", value_name = "URL", required = true)]
+    pub cloud: Vec<String>,
     /// The one-time enrolment token the cloud's admin gave you.
     #[arg(long, value_name = "TOKEN", env = "FERRY_ENROL_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -48,7 +51,11 @@ struct Problem {
 }
 
 pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
-    let url = CloudUrl::parse(args.cloud.trim())?;
+    let urls = args.cloud.iter().map(|u| CloudUrl::parse(u.trim())).collect::<Result<Vec<_>, _>>()?;
+    let Some(url) = urls.first().cloned() else { bail!("give the cloud's URL with --cloud") };
+    if urls.iter().any(|u| u.https != url.https) {
+        bail!("the cloud's replicas must all be https, or all http");
+    }
     let pin = match (&args.pin, url.https) {
         (Some(text), _) => Some(
             ferry_control::pin::parse_fingerprint(text)
@@ -89,9 +96,25 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
         "identity_key": hex::encode(identity.verifying_key().as_bytes()),
     }))?;
 
-    let client = Client::new(url.clone(), pin, TIMEOUT)?;
-    let exchange = client.send(http::request(Method::POST, "/api/v1/enrol").json(Some(body)));
-    let response = http::block_on(exchange)?.map_err(|e| match e {
+    // The first replica that answers takes the enrolment.
+    let mut answered = None;
+    for (i, candidate) in urls.iter().enumerate() {
+        let client = Client::new(candidate.clone(), pin, TIMEOUT)?;
+        let exchange = client.send(http::request(Method::POST, "/api/v1/enrol").json(Some(body.clone())));
+        match http::block_on(exchange)? {
+            Err(HttpError::Resolve { .. } | HttpError::NoAddress { .. } | HttpError::Connect { .. })
+                if i + 1 < urls.len() =>
+            {
+                eprintln!("{} is unreachable; trying the next replica", candidate.url());
+            }
+            result => {
+                answered = Some((candidate.clone(), result));
+                break;
+            }
+        }
+    }
+    let Some((url, result)) = answered else { bail!("none of the cloud's addresses answered") };
+    let response = result.map_err(|e| match e {
         HttpError::PinMismatch { .. } => anyhow::anyhow!(
             "{e}\nCheck --pin against the fingerprint the cloud printed; someone may be intercepting the connection."
         ),
@@ -124,6 +147,7 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
         name: enrolled.name,
         pin: pin.map(|p| ferry_control::pin::format_fingerprint(&p)),
         control_path: enrolled.control_path,
+        other_cloud_urls: urls.iter().map(CloudUrl::url).filter(|u| *u != url.url()).collect(),
     };
     store.set_enrollment(&enrollment)?;
     tracing::info!(gateway_id = enrollment.gateway_id, cloud = %enrollment.cloud_url, "enrolled");

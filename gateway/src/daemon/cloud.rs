@@ -30,8 +30,9 @@ const SEND_WINDOW: usize = 256;
 /// Where and who: everything the channel needs besides the live state.
 #[derive(Clone)]
 pub struct CloudLink {
-    /// `ws(s)://host:port/api/v1/control/gateway`.
-    pub url: String,
+    /// `ws(s)://host:port/api/v1/control/gateway`, one for each replica of
+    /// the cloud: the channel uses one and moves to the next when it fails.
+    pub urls: Vec<String>,
     pub pin: Option<[u8; 32]>,
     pub gateway_id: u64,
     pub identity: SigningKey,
@@ -55,32 +56,51 @@ pub struct Inputs {
     pub events: Arc<Notify>,
 }
 
+/// How soon the next replica is tried after one failed, while some of them
+/// have not been tried since the last success.
+const NEXT_REPLICA_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Runs the channel forever, reconnecting with exponential backoff and full
-/// jitter.
+/// jitter. With several cloud addresses, a failure moves to the next one at
+/// once; the backoff applies when a whole round failed.
 pub async fn run(link: CloudLink, mut inputs: Inputs, to_daemon: mpsc::Sender<FromCloud>) {
     let mut backoff = Backoff::default();
+    let count = link.urls.len().max(1);
+    let mut index = 0;
+    let mut failed_in_a_row = 0;
     loop {
-        match session(&link, &mut inputs, &to_daemon, &mut backoff).await {
-            Ok(()) => info!("the cloud closed the control channel"),
-            Err(e) => warn!(error = %format!("{e:#}"), "control channel to the cloud failed"),
+        let url = link.urls.get(index % count).cloned().unwrap_or_default();
+        let mut connected = false;
+        match session(&link, &url, &mut inputs, &to_daemon, &mut backoff, &mut connected).await {
+            Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
+            Err(e) => warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed"),
         }
         if to_daemon.send(FromCloud::Connected(false)).await.is_err() {
             return;
         }
-        let wait = backoff.next_delay(&mut rand_core::OsRng);
-        info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the cloud");
+        index = (index + 1) % count;
+        // A replica that served and then failed: the others are tried at once.
+        failed_in_a_row = if connected { 1 } else { failed_in_a_row + 1 };
+        let wait = if count > 1 && failed_in_a_row < count {
+            NEXT_REPLICA_AFTER
+        } else {
+            failed_in_a_row = 0;
+            backoff.next_delay(&mut rand_core::OsRng)
+        };
+        info!(retry_in_ms = wait.as_millis() as u64, next = %link.urls.get(index).map_or("", |u| u.as_str()), "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }
 }
 
 async fn session(
     link: &CloudLink,
+    url: &str,
     inputs: &mut Inputs,
     to_daemon: &mpsc::Sender<FromCloud>,
     backoff: &mut Backoff,
+    connected: &mut bool,
 ) -> Result<()> {
-    let ws =
-        client::connect(&link.url, link.pin).await.with_context(|| format!("connecting to {}", link.url))?;
+    let ws = client::connect(url, link.pin).await.with_context(|| format!("connecting to {url}"))?;
     let mut channel = Channel::new(ws);
     let switch_on = *inputs.switch_on.borrow();
     let applied = *inputs.applied.borrow();
@@ -96,6 +116,7 @@ async fn session(
     .await
     .context("gateway handshake")?;
     info!(connection = welcome.peer_id, revision = desired.revision, "connected to the cloud");
+    *connected = true;
     // A connection counts as working once the cloud takes events: one the
     // cloud closes at the first event (it could not store it) must not
     // start every retry from the shortest delay again.

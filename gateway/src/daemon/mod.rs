@@ -134,9 +134,15 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let events = Arc::new(Notify::new());
     let (cloud_tx, mut cloud_rx) = mpsc::channel(16);
     let link = CloudLink {
-        url: crate::cmd::http::CloudUrl::parse(&enrollment.cloud_url)
-            .context("the enrolled cloud URL")?
-            .websocket(&enrollment.control_path),
+        urls: enrollment
+            .cloud_urls()
+            .iter()
+            .map(|u| {
+                crate::cmd::http::CloudUrl::parse(u)
+                    .map(|url| url.websocket(&enrollment.control_path))
+                    .with_context(|| format!("the enrolled cloud URL {u}"))
+            })
+            .collect::<Result<Vec<_>>>()?,
         pin: match enrollment.pin.as_deref() {
             None => None,
             Some(text) => Some(ferry_control::pin::parse_fingerprint(text).with_context(|| {

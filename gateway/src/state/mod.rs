@@ -119,6 +119,17 @@ pub struct Enrollment {
     pub pin: Option<String>,
     /// Where the control channel lives on the cloud, e.g. `/api/v1/control/gateway`.
     pub control_path: String,
+    /// Other replicas of the same cloud (`http(s)://host:port`), tried in
+    /// turn when the one in use fails. They serve the same certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_cloud_urls: Vec<String>,
+}
+
+impl Enrollment {
+    /// Every address of the cloud, the enrolled one first.
+    pub fn cloud_urls(&self) -> Vec<String> {
+        std::iter::once(self.cloud_url.clone()).chain(self.other_cloud_urls.iter().cloned()).collect()
+    }
 }
 
 /// A relay endpoint the daemon used, kept for `diagnose`.
@@ -580,7 +591,9 @@ mod tests {
             name: "press-7".into(),
             pin: Some("AB:CD".into()),
             control_path: "/api/v1/control/gateway".into(),
+            other_cloud_urls: vec!["https://cloud-2.example:8443".into()],
         };
+        assert_eq!(enrollment.cloud_urls(), ["https://cloud.example:8443", "https://cloud-2.example:8443"]);
         let relays = vec![RelayInfo {
             udp: "192.0.2.1:40000".parse().unwrap(),
             websocket_url: "wss://relay.example/ws".into(),

@@ -197,7 +197,7 @@ impl Site {
         };
         let (a, b) = (session(true), session(true));
         let link = CloudLink {
-            url: format!("ws://{addr}{}", ferry_control::gateway::PATH),
+            urls: vec![format!("ws://{addr}{}", ferry_control::gateway::PATH)],
             pin: None,
             gateway_id: gateway.id,
             identity,
@@ -411,7 +411,10 @@ fn a_connection_closed_at_its_first_event_keeps_the_backoff_growing() {
 
     let closed = runtime
         .block_on(async {
-            tokio::time::timeout(HANG, session(&site.link, &mut inputs, &to_daemon, &mut backoff)).await
+            let mut connected = false;
+            let url = &site.link.urls[0];
+            let session = session(&site.link, url, &mut inputs, &to_daemon, &mut backoff, &mut connected);
+            tokio::time::timeout(HANG, session).await
         })
         .expect("the cloud closes the channel at the event it cannot store");
     let error = format!("{:#}", closed.unwrap_err());
@@ -427,8 +430,12 @@ fn a_connection_closed_at_its_first_event_keeps_the_backoff_growing() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
+        let mut connected = false;
+        let url = &site.link.urls[0];
         tokio::select! {
-            ended = session(&site.link, &mut inputs, &to_daemon, &mut backoff) => panic!("the channel ended: {ended:?}"),
+            ended = session(&site.link, url, &mut inputs, &to_daemon, &mut backoff, &mut connected) => {
+                panic!("the channel ended: {ended:?}")
+            }
             () = delivered => {}
             () = tokio::time::sleep(HANG) => panic!("the event was never delivered"),
         }

@@ -1,0 +1,347 @@
+//! One conformance suite for the storage interface, run against sled and
+//! PostgreSQL alike: atomic commits, expectations and conflicts under
+//! concurrency, durability across reopening, ordered and paged scans, and
+//! ids that are never handed out twice. PostgreSQL also gets its server
+//! crashed and restarted under a backend that stays open.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+
+mod common;
+
+use std::{collections::HashSet, sync::Arc};
+
+use common::pg;
+use ferry_cloud::store::{
+    Backend, BackendError, Batch, Collection, PgOptions, PostgresBackend, SledBackend, Store, StoreError,
+};
+
+/// A storage under test that can be opened again on the same data.
+enum Subject {
+    Sled(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Subject {
+    fn sled() -> Subject {
+        Subject::Sled(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Subject {
+        Subject::Postgres(pg::fresh_database())
+    }
+
+    fn open(&self) -> Arc<dyn Backend> {
+        match self {
+            Subject::Sled(dir) => Arc::new(SledBackend::open(&dir.path().join("db")).unwrap()),
+            Subject::Postgres(url) => {
+                Arc::new(PostgresBackend::connect(&PgOptions::parse(url, None).unwrap()).unwrap())
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Subject::Sled(_) => "sled",
+            Subject::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Runs `check` against a fresh sled and a fresh PostgreSQL database.
+fn both(check: impl Fn(&Subject)) {
+    for subject in [Subject::sled(), Subject::postgres()] {
+        eprintln!("against {}", subject.name());
+        check(&subject);
+    }
+}
+
+fn value(backend: &dyn Backend, collection: Collection, key: &[u8]) -> Option<Vec<u8>> {
+    backend.get(collection, key).unwrap()
+}
+
+#[test]
+fn commits_apply_together_and_survive_reopening() {
+    both(|subject| {
+        {
+            let backend = subject.open();
+            backend
+                .commit(Batch::default().put(Collection::Users, "u1", "alice").put(
+                    Collection::UserNames,
+                    "alice",
+                    "u1",
+                ))
+                .unwrap();
+            backend
+                .commit(Batch::default().put(Collection::Users, "u2", "bob").delete(Collection::Users, "u1"))
+                .unwrap();
+            // Changes apply in order: a put and then a delete of one key leave nothing.
+            backend
+                .commit(Batch::default().put(Collection::Users, "u3", "x").delete(Collection::Users, "u3"))
+                .unwrap();
+            backend
+                .commit(Batch::default().delete(Collection::Users, "u4").put(Collection::Users, "u4", "y"))
+                .unwrap();
+        }
+        let backend = subject.open();
+        assert_eq!(value(&*backend, Collection::Users, b"u1"), None);
+        assert_eq!(value(&*backend, Collection::Users, b"u2").as_deref(), Some(&b"bob"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"u3"), None);
+        assert_eq!(value(&*backend, Collection::Users, b"u4").as_deref(), Some(&b"y"[..]));
+        assert_eq!(value(&*backend, Collection::UserNames, b"alice").as_deref(), Some(&b"u1"[..]));
+        // Collections are apart: the same key elsewhere is another entry.
+        assert_eq!(value(&*backend, Collection::Gateways, b"u2"), None);
+    });
+}
+
+#[test]
+fn a_failed_expectation_changes_nothing() {
+    both(|subject| {
+        let backend = subject.open();
+        backend.commit(Batch::default().put(Collection::UserNames, "alice", "u1")).unwrap();
+        let err = backend
+            .commit(
+                Batch::default()
+                    .expect(Collection::UserNames, "alice", None)
+                    .put(Collection::Users, "u9", "impostor")
+                    .put(Collection::UserNames, "alice", "u9"),
+            )
+            .unwrap_err();
+        assert!(matches!(err, BackendError::Conflict { collection: Collection::UserNames }), "{err}");
+        assert_eq!(value(&*backend, Collection::Users, b"u9"), None);
+        // A wrong value is a conflict as much as a wrong absence.
+        let err = backend
+            .commit(
+                Batch::default()
+                    .expect(Collection::Users, "nobody", None)
+                    .expect(Collection::UserNames, "alice", Some(b"u2".to_vec()))
+                    .put(Collection::UserNames, "alice", "u3"),
+            )
+            .unwrap_err();
+        assert!(matches!(err, BackendError::Conflict { collection: Collection::UserNames }), "{err}");
+        assert_eq!(value(&*backend, Collection::UserNames, b"alice").as_deref(), Some(&b"u1"[..]));
+        backend
+            .commit(Batch::default().expect(Collection::UserNames, "alice", Some(b"u1".to_vec())).put(
+                Collection::UserNames,
+                "alice",
+                "u2",
+            ))
+            .unwrap();
+        assert_eq!(value(&*backend, Collection::UserNames, b"alice").as_deref(), Some(&b"u2"[..]));
+    });
+}
+
+#[test]
+fn concurrent_writers_conflict_instead_of_losing_updates() {
+    both(|subject| {
+        // Two handles on one store: for PostgreSQL, as two replicas would be.
+        let backends = match subject {
+            Subject::Sled(_) => {
+                let one = subject.open();
+                vec![one.clone(), one]
+            }
+            Subject::Postgres(_) => vec![subject.open(), subject.open()],
+        };
+        const THREADS: u64 = 6;
+        const INCREMENTS: u64 = 25;
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let backend = backends[t as usize % 2].clone();
+                scope.spawn(move || {
+                    for _ in 0..INCREMENTS {
+                        loop {
+                            let before = backend.get(Collection::Meta, b"counter").unwrap();
+                            let n =
+                                before.as_deref().map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+                            let batch = Batch::default().expect(Collection::Meta, "counter", before).put(
+                                Collection::Meta,
+                                "counter",
+                                (n + 1).to_be_bytes(),
+                            );
+                            match backend.commit(batch) {
+                                Ok(()) => break,
+                                Err(BackendError::Conflict { .. }) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let n = value(&*backends[0], Collection::Meta, b"counter").unwrap();
+        assert_eq!(u64::from_be_bytes(n.try_into().unwrap()), THREADS * INCREMENTS, "no update was lost");
+
+        // Claiming a free name: exactly one of many wins.
+        let winners: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let backend = backends[usize::from(t) % 2].clone();
+                    scope.spawn(move || {
+                        match backend.commit(
+                            Batch::default()
+                                .expect(Collection::UserNames, "root", None)
+                                .put(Collection::UserNames, "root", [t])
+                                .put(Collection::Users, [b'u', t], "claimed"),
+                        ) {
+                            Ok(()) => true,
+                            Err(BackendError::Conflict { .. }) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(winners.iter().filter(|w| **w).count(), 1, "{winners:?}");
+        let owner = value(&*backends[1], Collection::UserNames, b"root").unwrap()[0];
+        let claimed = backends[1].scan(Collection::Users, b"u", None, 100).unwrap();
+        assert_eq!(claimed.len(), 1, "the losers' other changes were not applied either");
+        assert_eq!(claimed[0].0, vec![b'u', owner]);
+    });
+}
+
+#[test]
+fn scans_are_ordered_paged_and_prefixed() {
+    both(|subject| {
+        let backend = subject.open();
+        let mut batch = Batch::default();
+        for i in 0..10u64 {
+            batch = batch.put(Collection::Audit, i.to_be_bytes().to_vec(), format!("e{i}"));
+        }
+        backend
+            .commit(batch.put(Collection::Sessions, "s:a", "1").put(Collection::Sessions, "t:b", "2"))
+            .unwrap();
+        let page = backend.scan(Collection::Audit, &[], None, 4).unwrap();
+        assert_eq!(
+            page.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+            vec![b"e0".to_vec(), b"e1".to_vec(), b"e2".to_vec(), b"e3".to_vec()]
+        );
+        let next = backend.scan(Collection::Audit, &[], Some(&page[3].0), 100).unwrap();
+        assert_eq!(next.len(), 6);
+        assert_eq!(backend.scan(Collection::Audit, &[], None, usize::MAX).unwrap().len(), 10);
+        assert_eq!(backend.scan(Collection::Audit, &[], None, 0).unwrap().len(), 0);
+        assert_eq!(backend.last(Collection::Audit).unwrap().unwrap().1, b"e9".to_vec());
+        assert_eq!(backend.last(Collection::Relays).unwrap(), None);
+        assert_eq!(backend.scan(Collection::Sessions, b"s:", None, 10).unwrap().len(), 1);
+        let values = |prefix: &[u8], after: &[u8]| {
+            backend
+                .scan(Collection::Sessions, prefix, Some(after), 10)
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values(b"s:", b"a"), vec![b"1".to_vec()]);
+        assert_eq!(values(b"s:", b"s:"), vec![b"1".to_vec()]);
+        assert_eq!(values(b"s:", b"s:a"), Vec::<Vec<u8>>::new());
+        assert_eq!(values(b"s:", b"t"), Vec::<Vec<u8>>::new());
+        assert_eq!(values(b"", b"s:a"), vec![b"2".to_vec()]);
+
+        // Bytewise order, whatever the bytes: 0x00 and 0xff, and a key that
+        // is a prefix of another sorts before it.
+        let keys: [&[u8]; 7] =
+            [&[0xff, 0xff], &[0xff], &[0x00], &[0x7f, 0x00], &[0x7f], &[0x80], &[0xff, 0x00]];
+        let mut batch = Batch::default();
+        for k in keys {
+            batch = batch.put(Collection::Tokens, k.to_vec(), "v");
+        }
+        backend.commit(batch).unwrap();
+        let order: Vec<Vec<u8>> =
+            backend.scan(Collection::Tokens, &[], None, 100).unwrap().into_iter().map(|(k, _)| k).collect();
+        let mut sorted: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+        sorted.sort();
+        assert_eq!(order, sorted);
+        let under_ff: Vec<Vec<u8>> = backend
+            .scan(Collection::Tokens, &[0xff], None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(under_ff, vec![vec![0xff], vec![0xff, 0x00], vec![0xff, 0xff]]);
+        assert_eq!(backend.last(Collection::Tokens).unwrap().unwrap().0, vec![0xff, 0xff]);
+    });
+}
+
+#[test]
+fn ids_are_unique_across_threads_handles_and_reopening() {
+    both(|subject| {
+        let first: Vec<u64> = {
+            let backend = subject.open();
+            (0..100).map(|_| backend.generate_id().unwrap()).collect()
+        };
+        let backend = subject.open();
+        let later = backend.generate_id().unwrap();
+        assert!(first.iter().all(|&id| id < later), "an id was handed out twice");
+        let second = match subject {
+            Subject::Sled(_) => backend.clone(),
+            Subject::Postgres(_) => subject.open(),
+        };
+        let ids: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let backend = if t % 2 == 0 { backend.clone() } else { second.clone() };
+                    scope.spawn(move || (0..50).map(|_| backend.generate_id().unwrap()).collect::<Vec<_>>())
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let unique: HashSet<u64> = ids.iter().copied().chain(first).chain([later]).collect();
+        assert_eq!(unique.len(), 301);
+    });
+}
+
+#[test]
+fn the_store_schema_is_set_once_and_a_newer_one_is_refused() {
+    both(|subject| {
+        let backend = subject.open();
+        let store = Store::with_backend(backend.clone()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), ferry_cloud::store::SCHEMA_VERSION);
+        drop(store);
+        // A second replica opening the same store finds it made (sled
+        // allows one process: there it is the same handle again).
+        let second = match subject {
+            Subject::Sled(_) => backend.clone(),
+            Subject::Postgres(_) => subject.open(),
+        };
+        Store::with_backend(second).unwrap();
+        backend
+            .commit(Batch::default().put(Collection::Meta, "schema_version", 99u32.to_be_bytes()))
+            .unwrap();
+        let Err(err) = Store::with_backend(backend) else { panic!("a newer schema was accepted") };
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    });
+}
+
+#[test]
+fn postgres_refuses_a_newer_sql_schema() {
+    let url = pg::fresh_database();
+    drop(PostgresBackend::connect(&PgOptions::parse(&url, None).unwrap()).unwrap());
+    let name = url.split('/').nth(3).unwrap().split('?').next().unwrap().to_string();
+    pg::server().sql(&name, "INSERT INTO ferry_schema (version, applied_ms) VALUES (9999, 0)").unwrap();
+    let Err(err) = PostgresBackend::connect(&PgOptions::parse(&url, None).unwrap()) else {
+        panic!("a newer schema was accepted")
+    };
+    let message = err.to_string();
+    assert!(message.contains("schema version 9999, newer than this ferry-cloud understands"), "{message}");
+}
+
+#[test]
+fn postgres_commits_survive_a_server_crash_and_the_backend_reconnects_by_itself() {
+    use ferry_lab::postgres::{Durability, Postgres};
+    let server = Postgres::start(Durability::Relaxed).unwrap();
+    server.create_database("crash").unwrap();
+    let backend = PostgresBackend::connect(&PgOptions::parse(&server.url("crash"), None).unwrap()).unwrap();
+    for i in 0..50u32 {
+        backend.commit(Batch::default().put(Collection::Audit, i.to_be_bytes(), "acknowledged")).unwrap();
+    }
+    let id = backend.generate_id().unwrap();
+    server.stop(true).unwrap();
+    // While it is down, calls fail as unavailable (not as anything else).
+    let down = backend.commit(Batch::default().put(Collection::Audit, 99u32.to_be_bytes(), "lost"));
+    assert!(matches!(down, Err(BackendError::Unavailable(_))), "{down:?}");
+    assert!(matches!(backend.get(Collection::Audit, b"x"), Err(BackendError::Unavailable(_))));
+    server.resume().unwrap();
+    // The same backend works again, with nothing acknowledged lost.
+    let entries = backend.scan(Collection::Audit, &[], None, 100).unwrap();
+    assert_eq!(entries.len(), 50, "{}", server.log());
+    assert!(backend.generate_id().unwrap() > id, "ids stay unique across the crash");
+}
