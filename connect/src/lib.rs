@@ -17,6 +17,7 @@ pub mod backoff;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod pin;
+pub mod replicas;
 #[cfg(feature = "stun")]
 pub mod stun;
 #[cfg(feature = "ws")]

@@ -10,6 +10,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
+use ferry_connect::replicas::Rotation;
 use ferry_control::{
     Backoff,
     client::{self, Channel, ClientError},
@@ -49,34 +50,21 @@ pub struct CloudLink {
     pub stun: Option<SocketAddr>,
 }
 
-/// How soon the next replica is tried after one failed, while some of them
-/// have not been tried since the last success.
-const NEXT_REPLICA_AFTER: Duration = Duration::from_millis(200);
-
 /// Runs the channel forever, reconnecting with backoff and jitter. With
 /// several cloud addresses, a failure moves to the next one at once; the
 /// backoff applies when a whole round failed.
 pub async fn run(link: CloudLink, relay: Relay, metrics: Metrics) {
     let mut backoff = Backoff::default();
-    let count = link.urls.len().max(1);
-    let (mut index, mut failed_in_a_row) = (0, 0);
+    let mut rotation = Rotation::new(link.urls.len());
     loop {
-        let url = link.urls.get(index % count).cloned().unwrap_or_default();
+        let url = link.urls.get(rotation.current()).cloned().unwrap_or_default();
         let mut connected = false;
         match session(&link, &url, &relay, &metrics, &mut backoff, &mut connected).await {
             Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
             Err(e) => warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed"),
         }
         metrics.control_connected.set(0);
-        index = (index + 1) % count;
-        // A replica that served and then failed: the others are tried at once.
-        failed_in_a_row = if connected { 1 } else { failed_in_a_row + 1 };
-        let wait = if count > 1 && failed_in_a_row < count {
-            NEXT_REPLICA_AFTER
-        } else {
-            failed_in_a_row = 0;
-            backoff.next_delay(&mut rand_core::OsRng)
-        };
+        let wait = rotation.ended(connected, &mut backoff, &mut rand_core::OsRng);
         info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use axum::{extract::Path, http::HeaderMap, response::Response};
-pub use ferry_daemon::web::assets::Asset;
+pub use ferry_daemon::web::assets::Bundle;
 
 /// The script: one file served, written as a few (the shared helpers
 /// first, then one per page), so that each page's code stays small.
@@ -23,22 +23,13 @@ const SCRIPT: &str = concat!(
 
 const STYLE: &str = include_str!("static/console.css");
 
-pub struct Assets {
-    pub script: Asset,
-    pub style: Asset,
-}
-
-pub fn assets() -> &'static Assets {
-    static ASSETS: OnceLock<Assets> = OnceLock::new();
-    ASSETS.get_or_init(|| Assets {
-        script: Asset::new("console", "js", "text/javascript; charset=utf-8", SCRIPT),
-        style: Asset::new("console", "css", "text/css; charset=utf-8", STYLE),
-    })
+pub fn assets() -> &'static Bundle {
+    static ASSETS: OnceLock<Bundle> = OnceLock::new();
+    ASSETS.get_or_init(|| Bundle::new("console", SCRIPT, STYLE))
 }
 
 /// `GET /static/{name}`: the asset of that exact name, or 404 (an old name
 /// after an upgrade is gone: the new page names the new file).
 pub async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
-    let assets = assets();
-    ferry_daemon::web::assets::respond(&[&assets.script, &assets.style], &name, &headers)
+    assets().respond(&name, &headers)
 }

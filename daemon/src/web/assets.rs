@@ -30,6 +30,27 @@ impl Asset {
     }
 }
 
+/// A family of pages' script and style sheet (the console's, the panel's).
+pub struct Bundle {
+    pub script: Asset,
+    pub style: Asset,
+}
+
+impl Bundle {
+    /// `/static/<stem>.<hash>.js` and `/static/<stem>.<hash>.css`.
+    pub fn new(stem: &str, script: &'static str, style: &'static str) -> Bundle {
+        Bundle {
+            script: Asset::new(stem, "js", "text/javascript; charset=utf-8", script),
+            style: Asset::new(stem, "css", "text/css; charset=utf-8", style),
+        }
+    }
+
+    /// The answer to `GET /static/{name}` for either file.
+    pub fn respond(&self, name: &str, headers: &HeaderMap) -> Response {
+        respond(&[&self.script, &self.style], name, headers)
+    }
+}
+
 /// The answer to `GET /static/{name}`: the asset of that exact name (or
 /// 304 when the browser has it), else 404 (an old name after an upgrade is
 /// gone: the new page names the new file).

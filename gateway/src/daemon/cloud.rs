@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use ferry_connect::replicas::Rotation;
 use ferry_control::{
     Applied, Backoff, GatewayId, SigningKey, WgKey,
     client::{self, Channel},
@@ -56,20 +57,14 @@ pub struct Inputs {
     pub events: Arc<Notify>,
 }
 
-/// How soon the next replica is tried after one failed, while some of them
-/// have not been tried since the last success.
-const NEXT_REPLICA_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// Runs the channel forever, reconnecting with exponential backoff and full
 /// jitter. With several cloud addresses, a failure moves to the next one at
 /// once; the backoff applies when a whole round failed.
 pub async fn run(link: CloudLink, mut inputs: Inputs, to_daemon: mpsc::Sender<FromCloud>) {
     let mut backoff = Backoff::default();
-    let count = link.urls.len().max(1);
-    let mut index = 0;
-    let mut failed_in_a_row = 0;
+    let mut rotation = Rotation::new(link.urls.len());
     loop {
-        let url = link.urls.get(index % count).cloned().unwrap_or_default();
+        let url = link.urls.get(rotation.current()).cloned().unwrap_or_default();
         let mut connected = false;
         match session(&link, &url, &mut inputs, &to_daemon, &mut backoff, &mut connected).await {
             Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
@@ -78,16 +73,8 @@ pub async fn run(link: CloudLink, mut inputs: Inputs, to_daemon: mpsc::Sender<Fr
         if to_daemon.send(FromCloud::Connected(false)).await.is_err() {
             return;
         }
-        index = (index + 1) % count;
-        // A replica that served and then failed: the others are tried at once.
-        failed_in_a_row = if connected { 1 } else { failed_in_a_row + 1 };
-        let wait = if count > 1 && failed_in_a_row < count {
-            NEXT_REPLICA_AFTER
-        } else {
-            failed_in_a_row = 0;
-            backoff.next_delay(&mut rand_core::OsRng)
-        };
-        info!(retry_in_ms = wait.as_millis() as u64, next = %link.urls.get(index).map_or("", |u| u.as_str()), "reconnecting to the cloud");
+        let wait = rotation.ended(connected, &mut backoff, &mut rand_core::OsRng);
+        info!(retry_in_ms = wait.as_millis() as u64, next = %link.urls.get(rotation.current()).map_or("", |u| u.as_str()), "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }
 }

@@ -5,26 +5,17 @@
 use std::sync::OnceLock;
 
 use axum::{extract::Path, http::HeaderMap, response::Response};
-use ferry_daemon::web::assets::Asset;
+use ferry_daemon::web::assets::Bundle;
 
 const SCRIPT: &str = include_str!("static/panel.js");
 const STYLE: &str = include_str!("static/panel.css");
 
-pub struct Assets {
-    pub script: Asset,
-    pub style: Asset,
-}
-
-pub fn assets() -> &'static Assets {
-    static ASSETS: OnceLock<Assets> = OnceLock::new();
-    ASSETS.get_or_init(|| Assets {
-        script: Asset::new("panel", "js", "text/javascript; charset=utf-8", SCRIPT),
-        style: Asset::new("panel", "css", "text/css; charset=utf-8", STYLE),
-    })
+pub fn assets() -> &'static Bundle {
+    static ASSETS: OnceLock<Bundle> = OnceLock::new();
+    ASSETS.get_or_init(|| Bundle::new("panel", SCRIPT, STYLE))
 }
 
 /// `GET /static/{name}`.
 pub async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
-    let assets = assets();
-    ferry_daemon::web::assets::respond(&[&assets.script, &assets.style], &name, &headers)
+    assets().respond(&name, &headers)
 }
