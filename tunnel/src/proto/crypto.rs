@@ -5,9 +5,10 @@ use blake2::{
     Blake2s256, Blake2sMac, Digest,
     digest::{FixedOutput, KeyInit, Mac, consts::U16},
 };
-use chacha20poly1305::{KeyInit as AeadKeyInit, Tag as XTag, XChaCha20Poly1305, XNonce, aead::AeadInOut};
+use chacha20poly1305::{
+    ChaCha20Poly1305, KeyInit as AeadKeyInit, Nonce, Tag, XChaCha20Poly1305, XNonce, aead::AeadInOut,
+};
 use hmac::SimpleHmac;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use zeroize::Zeroize;
 
 pub const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
@@ -72,19 +73,10 @@ pub fn kdf<const N: usize>(key: &[u8; 32], input: &[u8]) -> [[u8; 32]; N] {
     out
 }
 
-/// ChaCha20-Poly1305 under `key`, from ring: its assembly picks the widest
-/// vector unit the CPU has at run time, so a portable build is not held to
-/// SSE2 (RustCrypto's AEAD inlines its AVX2 code only when built for it).
-#[allow(clippy::expect_used, reason = "ChaCha20-Poly1305 takes every 32-byte key")]
-fn aead_key(key: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key is valid"))
-}
-
-/// WireGuard's nonce: 32 zero bits, then the counter in little-endian.
 fn nonce(counter: u64) -> Nonce {
     let mut nonce = [0u8; 12];
     nonce[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::assume_unique_for_key(nonce)
+    nonce.into()
 }
 
 /// ChaCha20-Poly1305: encrypts `buffer[..len - 16]` in place and writes the tag
@@ -95,10 +87,10 @@ fn nonce(counter: u64) -> Nonce {
 )]
 pub fn seal_in_place(key: &[u8; 32], counter: u64, aad: &[u8], buffer: &mut [u8]) {
     let (plain, tag_out) = buffer.split_at_mut(buffer.len() - TAG_LEN);
-    let tag = aead_key(key)
-        .seal_in_place_separate_tag(nonce(counter), Aad::from(aad), plain)
+    let tag = <ChaCha20Poly1305 as AeadKeyInit>::new(key.into())
+        .encrypt_inout_detached(&nonce(counter), aad, plain.into())
         .expect("messages are far below the AEAD's length limit");
-    tag_out.copy_from_slice(tag.as_ref());
+    tag_out.copy_from_slice(&tag);
 }
 
 /// ChaCha20-Poly1305: checks the tag in the last 16 bytes and decrypts the rest
@@ -114,8 +106,8 @@ pub fn open_in_place(
     }
     let (cipher, tag) = buffer.split_at_mut(buffer.len() - TAG_LEN);
     let tag = Tag::try_from(&*tag).map_err(|_| AeadError)?;
-    aead_key(key)
-        .open_in_place_separate_tag(nonce(counter), Aad::from(aad), tag, cipher, 0..)
+    <ChaCha20Poly1305 as AeadKeyInit>::new(key.into())
+        .decrypt_inout_detached(&nonce(counter), aad, cipher.into(), &tag)
         .map_err(|_| AeadError)?;
     Ok(cipher.len())
 }
@@ -171,7 +163,7 @@ pub fn xopen_cookie(
 ) -> Result<[u8; 16], AeadError> {
     let mut buffer = *sealed;
     let (cipher, tag) = buffer.split_at_mut(16);
-    let tag = XTag::try_from(&*tag).map_err(|_| AeadError)?;
+    let tag = Tag::try_from(&*tag).map_err(|_| AeadError)?;
     <XChaCha20Poly1305 as AeadKeyInit>::new(key.into())
         .decrypt_inout_detached(&XNonce::from(*nonce), aad, cipher.into(), &tag)
         .map_err(|_| AeadError)?;
