@@ -8,201 +8,27 @@
 //! `cargo test -p ferry-tests --test client`.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     os::unix::{
         fs::{MetadataExt as _, PermissionsExt as _},
         net::UnixStream,
-        process::CommandExt as _,
     },
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    path::Path,
     time::Duration,
 };
 
-use ferry_lab::{Netns, Process};
-use ferry_tests::{bin_path, gateway_lab::*, stand_in_gateway::StandInGateway, wg::Keys};
+use ferry_lab::Netns;
+use ferry_tests::{
+    bin_path,
+    client_lab::{LocalUser, *},
+    gateway_lab::*,
+    stand_in_gateway::StandInGateway,
+    wg::Keys,
+};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(5);
-/// The group whose members may use the service, by number (no group
-/// database entry is needed for `--group-id`).
-const GROUP: u32 = 64010;
-
-/// A local user of the technician's machine.
-#[derive(Clone, Copy, Debug)]
-struct User {
-    uid: u32,
-    groups: &'static [u32],
-}
-
-/// The technician: a member of the group.
-const TECH: User = User { uid: 64001, groups: &[GROUP] };
-/// Another member of the group, on the same machine.
-const COLLEAGUE: User = User { uid: 64002, groups: &[GROUP] };
-/// A local user who is not in the group.
-const OUTSIDER: User = User { uid: 64003, groups: &[] };
-
-/// Makes this thread `user`: effective uid and gid and the supplementary
-/// groups. Raw system calls, because glibc's wrappers change every thread of
-/// the process; these change only the calling one. Sockets the thread makes
-/// then belong to `user` (routing by uid looks at that) and its connections
-/// to Unix sockets carry `user` (SO_PEERCRED).
-fn become_on_this_thread(user: User) {
-    let groups: Vec<nix::libc::gid_t> = user.groups.to_vec();
-    let keep = -1i64 as nix::libc::c_long;
-    // SAFETY: plain system calls on this thread's credentials.
-    unsafe {
-        assert_eq!(nix::libc::syscall(nix::libc::SYS_setgroups, groups.len(), groups.as_ptr()), 0);
-        assert_eq!(
-            nix::libc::syscall(nix::libc::SYS_setresgid, keep, user.uid as nix::libc::c_long, keep),
-            0
-        );
-        assert_eq!(
-            nix::libc::syscall(nix::libc::SYS_setresuid, keep, user.uid as nix::libc::c_long, keep),
-            0
-        );
-    }
-}
-
-/// Runs `f` as `user` on a thread inside `ns`.
-fn as_user<R: Send + 'static>(ns: &Netns, user: User, f: impl FnOnce() -> R + Send + 'static) -> R {
-    ns.run_in(move || {
-        become_on_this_thread(user);
-        f()
-    })
-    .unwrap()
-}
-
-/// One request of the service's protocol, as `user`.
-fn ask(ns: &Netns, user: User, socket: &Path, request: Value) -> Value {
-    let socket = socket.to_path_buf();
-    as_user(ns, user, move || {
-        let mut stream = UnixStream::connect(&socket).unwrap_or_else(|e| panic!("{user:?} connecting: {e}"));
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut line = serde_json::to_vec(&request).unwrap();
-        line.push(b'\n');
-        stream.write_all(&line).unwrap();
-        let mut answer = String::new();
-        BufReader::new(stream).read_line(&mut answer).unwrap();
-        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer:?}: {e}"))
-    })
-}
-
-/// An HTTP GET as `user` from `ns`: the body, or what went wrong.
-fn get_as(ns: &Netns, user: User, ip: &str, port: u16) -> Result<String, String> {
-    let addr = SocketAddr::new(ip.parse().unwrap(), port);
-    as_user(ns, user, move || {
-        let mut stream = TcpStream::connect_timeout(&addr, T).map_err(|e| format!("connect {addr}: {e}"))?;
-        stream.set_read_timeout(Some(T)).map_err(|e| e.to_string())?;
-        write!(stream, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).map_err(|e| format!("read from {addr}: {e}"))?;
-        text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).ok_or(text)
-    })
-}
-
-/// The service, started as root in the technician's namespace.
-struct Service {
-    process: Process,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Service {
-    fn start(ns: &Netns) -> Service {
-        // Reachable by everyone, as /run/ferry is; the socket's own mode
-        // and group decide who gets in.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("run").join("client.sock");
-        let process = Self::spawn(ns, &socket);
-        Service { process, socket, _dir: dir }
-    }
-
-    fn spawn(ns: &Netns, socket: &Path) -> Process {
-        let mut cmd = ns.command(bin_path("ferry"));
-        cmd.args(["service", "--socket", socket.to_str().unwrap(), "--group-id", &GROUP.to_string()]);
-        cmd.env("FERRY_LOG", "info,ferry=debug");
-        let mut process = ns.spawn(cmd).unwrap();
-        process.wait_for_output("ferry service ready", Duration::from_secs(20)).unwrap();
-        process
-    }
-
-    fn log(&self) -> String {
-        format!("--- service log ---\n{}", self.process.stderr())
-    }
-}
-
-/// A command of `ferry` as `user`, in `ns` when given (for the cloud), with
-/// its own configuration folder and the service's socket.
-fn ferry_as(
-    user: User,
-    ns: Option<&Netns>,
-    home: &Path,
-    socket: &Path,
-    args: &[&str],
-    stdin: &str,
-) -> Output {
-    let mut cmd = Command::new(bin_path("ferry"));
-    ferry_lab::without_host_config(&mut cmd);
-    cmd.args(args)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("HOME", home)
-        .env("FERRY_SOCKET", socket)
-        .env_remove("FERRY_API_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let netns = ns.map(|ns| std::fs::File::open(ns.path()).unwrap());
-    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    let groups: Vec<nix::unistd::Gid> = user.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
-    // SAFETY: only system calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = netns_fd {
-                nix::sched::setns(
-                    std::os::fd::BorrowedFd::borrow_raw(fd),
-                    nix::sched::CloneFlags::CLONE_NEWNET,
-                )?;
-            }
-            nix::unistd::setgroups(&groups)?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(user.uid))?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(user.uid))?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    drop(netns);
-    output
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// A home folder for `user` that only `user` can enter.
-fn home_of(root: &Path, user: User) -> PathBuf {
-    let home = root.join(user.uid.to_string());
-    std::fs::create_dir(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.uid)).unwrap();
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    home
-}
-
-/// Our policy rules (priority 5210) in `ns`.
-fn ferry_rules(ns: &Netns) -> Vec<String> {
-    ns.ip(&["rule", "show"]).unwrap().lines().filter(|l| l.starts_with("5210:")).map(str::to_string).collect()
-}
-
 fn config(session_id: u64, peer: &str, expires_ms: u64, endpoint: &str) -> Value {
     let target = |name: &str, last: u8, port: u16| {
         json!({"name": name, "proxy_address": format!("100.96.0.{last}"), "protocol": "tcp",
@@ -227,7 +53,7 @@ fn config(session_id: u64, peer: &str, expires_ms: u64, endpoint: &str) -> Value
 /// here (no cloud); returns the tunnel and the service's public key.
 fn tunnel_for(
     ns: &Netns,
-    user: User,
+    user: LocalUser,
     socket: &Path,
     session: u64,
     peer: &str,
@@ -244,7 +70,7 @@ fn tunnel_for(
     (answer["tunnel"].clone(), public_key)
 }
 
-fn status_of(ns: &Netns, user: User, socket: &Path) -> Vec<Value> {
+fn status_of(ns: &Netns, user: LocalUser, socket: &Path) -> Vec<Value> {
     let answer = ask(ns, user, socket, json!({"v": 1, "op": "status"}));
     assert_eq!(answer["answer"], "tunnels", "{answer}");
     answer["tunnels"].as_array().unwrap().clone()
@@ -464,8 +290,9 @@ fn a_technician_works_a_session_with_the_cli() {
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["id"], session, "{listed}");
     assert_eq!(listed[0]["state"], "prepared");
+    // Refused for the session's state: exit status 4, as the cloud's refusals.
     let out = ferry(&["connect", &session.to_string()], "");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry start"), "{}", text(&out));
     let out = ferry(&["start", &name], "");
     assert!(

@@ -7,7 +7,10 @@
 
 use std::net::SocketAddr;
 
-use ferry_control::{SessionId, WgKey, gateway::GatewayEvent};
+use ferry_control::{
+    SessionId, WgKey,
+    gateway::{GatewayEvent, PathKind},
+};
 use ferry_tests::{
     browser::Scenario,
     cloud::{Cloud, spawn},
@@ -156,6 +159,7 @@ fn the_console_follows_a_session_from_preparation_to_the_customers_switch_off() 
                     session_id: SessionId(session),
                     public_key: WgKey(key),
                     endpoint: Some(endpoint.parse().unwrap()),
+                    path: Some(PathKind::Direct),
                 });
                 g.event(GatewayEvent::Bytes {
                     session_id: SessionId(session),

@@ -268,15 +268,7 @@ fn remote_off_stops_traffic_at_once_and_ends_the_session() {
     let before = started + Duration::from_millis(100);
     assert!(echo.answers_after(before) > 0, "the echo loop was not answered before the switch-off");
 
-    site.lab.remote("off");
-    let off = Instant::now();
-    // The requirement: switching off stops traffic within 1 s. A
-    // behavioural bound (the customer's switch must act at once), measured
-    // from the moment `remote off` returned, not a speed test.
-    std::thread::sleep(Duration::from_millis(2500));
-    let late = echo.answers_after(off + Duration::from_secs(1));
-    assert_eq!(late, 0, "{late} echo answers arrived more than 1 s after `remote off`");
-    drop(echo);
+    switch_off_stops(&site.lab, echo);
 
     let session = site.lab.wait_session_state(id, "ended", Duration::from_secs(15));
     assert_eq!(session["end_reason"]["by"], "customer", "{session}");

@@ -74,6 +74,18 @@ pub fn assert_whitelist(lab: &GatewayLab, tunnel: &TechTunnel) {
     assert!(route.contains(&lab.tech_lan_if), "{route}");
 }
 
+/// `remote off` while `echo` runs through a session, and the issue's
+/// requirement that switching off stops traffic within 1 s: no echo answer
+/// arrives more than 1 s after `remote off` returned (a behavioural bound,
+/// the customer's switch must act at once; not a speed test).
+pub fn switch_off_stops(lab: &GatewayLab, echo: EchoLoop) {
+    lab.remote("off");
+    let off = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    let late = echo.answers_after(off + Duration::from_secs(1));
+    assert_eq!(late, 0, "{late} echo answers arrived more than 1 s after `remote off`");
+}
+
 /// A running echo loop over one TCP connection: a message every 50 ms, each
 /// answer's arrival time recorded. For "traffic stops within N": look at
 /// [`EchoLoop::answers_after`].
@@ -92,6 +104,14 @@ impl EchoLoop {
             .run_in(move || TcpStream::connect_timeout(&addr, timeout))
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("connect {addr}: {e}"))?;
+        EchoLoop::over(stream, timeout)
+    }
+
+    /// The loop over a connection made elsewhere (for example by a socket
+    /// of another user's); fails if no first round trip works within
+    /// `timeout`.
+    pub fn over(stream: TcpStream, timeout: Duration) -> Result<EchoLoop, String> {
+        let addr = stream.peer_addr().map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));

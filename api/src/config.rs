@@ -306,7 +306,7 @@ mod tests {
             config_id: 3,
             session_id: 2,
             state: ConfigState::Ended,
-            end_reason: Some(EndReason::Customer),
+            end_reason: Some(EndReason::Customer { session_only: false }),
             detail: None,
             session_state: State::Ended,
             expires_ms: 10,

@@ -40,8 +40,14 @@ impl State {
 pub enum EndReason {
     /// An admin or the technician ended it.
     User { name: String },
-    /// The customer switched remote maintenance off at the gateway.
-    Customer,
+    /// The customer ended it at the gateway: by switching remote maintenance
+    /// off (every session ends), or, with `session_only`, this session alone
+    /// on the gateway's local panel or command line. Older records and
+    /// clouds have no `session_only`: it reads as false.
+    Customer {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        session_only: bool,
+    },
     /// The customer refused the approval.
     Denied,
     /// The user who started it was disabled.
@@ -57,7 +63,8 @@ impl EndReason {
     pub fn describe(&self) -> String {
         match self {
             EndReason::User { name } => format!("ended by {name}"),
-            EndReason::Customer => "ended by the customer (switch off)".into(),
+            EndReason::Customer { session_only: false } => "ended by the customer (switch off)".into(),
+            EndReason::Customer { session_only: true } => "ended by the customer at the gateway".into(),
             EndReason::Denied => "approval denied by the customer".into(),
             EndReason::UserDisabled { name } => format!("user {name} was disabled"),
             EndReason::ApprovalTimeout => "no approval in time".into(),
@@ -96,4 +103,21 @@ pub struct SessionView {
     pub bytes_rx: u64,
     #[serde(default)]
     pub bytes_tx: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_customers_single_end_reads_on_older_clients_and_old_records_read_here() {
+        let switch = EndReason::Customer { session_only: false };
+        assert_eq!(serde_json::to_value(&switch).unwrap(), serde_json::json!({"by": "customer"}));
+        let one = EndReason::Customer { session_only: true };
+        let json = serde_json::to_value(&one).unwrap();
+        assert_eq!(json, serde_json::json!({"by": "customer", "session_only": true}));
+        assert_eq!(serde_json::from_value::<EndReason>(json).unwrap(), one);
+        assert_eq!(serde_json::from_str::<EndReason>(r#"{"by":"customer"}"#).unwrap(), switch);
+        assert!(one.describe().contains("by the customer") && switch.describe().contains("switch off"));
+    }
 }

@@ -10,10 +10,15 @@ mod service_client;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use ferry_connect::http::HttpError;
 
 use crate::{
-    cloud::{CloudError, http::HttpError},
-    commands::{account, export, install, sessions, tunnel},
+    cloud::CloudError,
+    commands::{
+        account, export, install,
+        sessions::{self, SessionRefused},
+        tunnel,
+    },
     service_client::ServiceError,
 };
 
@@ -72,18 +77,29 @@ enum Command {
     /// Your tunnels: path, peer endpoint, last handshake, round trip,
     /// traffic, time left, and why a tunnel ended if it did.
     ///
-    /// path: how the datagrams travel: "relay (UDP)" through the relay's
-    /// UDP allocation, "direct" straight to the gateway, "relay
-    /// (WebSocket)" through TCP 443. peer endpoint: where they go now. last
-    /// handshake: WireGuard renews its keys every two minutes while traffic
-    /// flows; none means the gateway has not answered yet. round trip: of
-    /// the last handshake, when measured. traffic: bytes received and sent
+    /// path: how the datagrams travel, since when and why. "relay (UDP)":
+    /// through the relay's UDP allocation, where every tunnel starts and
+    /// where it goes back whenever no direct path works. "direct": straight
+    /// to the gateway, on a path that both ends verified with authenticated
+    /// probes (the fastest; when it stops answering the tunnel goes back to
+    /// the relay within seconds). "relay (WebSocket)": through the relay
+    /// over TCP 443, when no handshake got through over UDP (a network that
+    /// lets only web traffic out). peer endpoint: where the datagrams go
+    /// now (the gateway's or the relay's address, or the relay's WebSocket
+    /// URL). last handshake: WireGuard renews its keys every two minutes
+    /// while traffic flows; none means the gateway has not answered yet.
+    /// round trip: of the path probes on a direct path, of the last
+    /// handshake through the relay. traffic: bytes received and sent
     /// through the tunnel. time left: until the configuration expires and
-    /// the tunnel goes down by itself. cloud: the service watches the session
-    /// at the cloud and takes the tunnel down the moment it ends there; while
-    /// the cloud cannot be reached the tunnel stays up. state: up, or down
-    /// with why (expired, disconnected, replaced by a new connect, ended by
-    /// whom, revoked); a tunnel that went down stays listed for a while.
+    /// the tunnel goes down by itself. cloud: the service watches the
+    /// session at the cloud and takes the tunnel down the moment it ends
+    /// there; while the cloud cannot be reached the tunnel stays up.
+    /// candidates: this machine's addresses the gateway may reach it at; when
+    /// they change (another network) the service tells the cloud, which
+    /// tells the gateway, and the tunnel finds its path again by itself.
+    /// state: up, or down with why (expired, disconnected, replaced by a new
+    /// connect, ended by whom, revoked); a tunnel that went down stays
+    /// listed for a while.
     Status(tunnel::StatusArgs),
     Install(install::InstallArgs),
     /// Run the privileged service (root; systemd starts it, see `ferry install`).
@@ -102,9 +118,12 @@ fn exit_status(error: &anyhow::Error) -> u8 {
                 CloudError::NotLoggedIn | CloudError::LoginExpired { .. } => 3,
                 CloudError::Refused(problem) if problem.status == 401 => 3,
                 CloudError::Refused(_) => 4,
-                CloudError::Http(HttpError::Connect { .. } | HttpError::Timeout { .. }) => 5,
+                CloudError::Http(e) if e.is_unreachable() => 5,
                 _ => 1,
             };
+        }
+        if cause.downcast_ref::<SessionRefused>().is_some() {
+            return 4;
         }
         if let Some(e) = cause.downcast_ref::<ServiceError>() {
             return match e {
@@ -113,8 +132,7 @@ fn exit_status(error: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
-        if let Some(HttpError::Connect { .. } | HttpError::Timeout { .. }) = cause.downcast_ref::<HttpError>()
-        {
+        if cause.downcast_ref::<HttpError>().is_some_and(HttpError::is_unreachable) {
             return 5;
         }
     }
@@ -175,6 +193,7 @@ mod tests {
         };
         assert_eq!(status(CloudError::Refused(problem).into()), 4);
         assert_eq!(status(ServiceError::NotRunning { path: "/x".into() }.into()), 5);
+        assert_eq!(status(SessionRefused::NotVisible("7".into()).into()), 4);
         assert_eq!(status(anyhow::anyhow!("anything else")), 1);
     }
 }

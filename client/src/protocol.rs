@@ -205,11 +205,20 @@ pub struct TunnelView {
     /// Set once the tunnel is down; it stays listed for a while with why.
     pub ended: Option<Ended>,
     pub path: Option<PathKind>,
-    /// Where the gateway's datagrams go now.
+    /// Why this path (`verified`, `direct path stopped answering`, `no
+    /// handshake over the UDP relay`...).
+    #[serde(default)]
+    pub path_why: Option<String>,
+    /// Milliseconds since the epoch when the path took effect.
+    #[serde(default)]
+    pub path_since_ms: Option<u64>,
+    /// Where the gateway's datagrams go now: the gateway's address (direct),
+    /// the relay's UDP address, or the relay's WebSocket URL.
     pub peer_endpoint: Option<String>,
     /// Milliseconds since the epoch of the last completed handshake.
     pub last_handshake_ms: Option<u64>,
-    /// The handshake's round trip, when the engine measures it.
+    /// The round trip: of the path probes on a direct path, of the last
+    /// handshake through a relay.
     pub rtt_ms: Option<f64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -220,6 +229,10 @@ pub struct TunnelView {
     /// "cloud unreachable, retrying: ..."); none without a watch.
     #[serde(default)]
     pub cloud: Option<String>,
+    /// This machine's direct-path candidates now (`IP:port`), as the cloud
+    /// passes them to the gateway.
+    #[serde(default)]
+    pub local_candidates: Vec<String>,
 }
 
 #[cfg(test)]

@@ -321,7 +321,7 @@ impl AppState {
         let live = sessions::live_for_gateway(&self.store, gateway_id)?;
         let mut ended = 0;
         for session in live {
-            if self.end_session(session.id, EndReason::Customer, actor)?.is_some() {
+            if self.end_session(session.id, EndReason::Customer { session_only: false }, actor)?.is_some() {
                 ended += 1;
             }
         }

@@ -237,9 +237,12 @@ mod tests {
         assert_eq!((late.state, late.end_reason), (ConfigState::Expired, Some(EndReason::Duration)));
 
         // Ended by the customer, record not written yet: from the session.
-        s.end(EndReason::Customer, 200).unwrap();
+        s.end(EndReason::Customer { session_only: false }, 200).unwrap();
         let ended = status(&r, Some(&s), NO_GATEWAY, 300);
-        assert_eq!((ended.state, ended.end_reason.clone()), (ConfigState::Ended, Some(EndReason::Customer)));
+        assert_eq!(
+            (ended.state, ended.end_reason.clone()),
+            (ConfigState::Ended, Some(EndReason::Customer { session_only: false }))
+        );
         assert_eq!(ended.session_state, State::Ended);
         // The record's word, once written, stays also after a restart.
         let end = end_after(&s, 3, 200);
@@ -248,7 +251,7 @@ mod tests {
         let after_restart = status(&r, Some(&s), NO_GATEWAY, 500);
         assert_eq!(
             (after_restart.state, after_restart.end_reason),
-            (ConfigState::Ended, Some(EndReason::Customer))
+            (ConfigState::Ended, Some(EndReason::Customer { session_only: false }))
         );
         assert_eq!(after_restart.session_state, State::Active);
         // Without the record, a restart still says ended.

@@ -3,50 +3,34 @@
 //! is `ferry_control::pin`, shared with the gateways' and relays' clients).
 
 use std::{
-    io,
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use ferry_daemon::tls::ALPN_HTTP11;
 use rustls::{ClientConfig, ServerConfig};
-use sha2::{Digest, Sha256};
 
 /// Folder of the self-signed pair inside the data folder.
 pub const TLS_DIR: &str = "tls";
-pub const CERT_FILE: &str = "cert.pem";
-pub const KEY_FILE: &str = "key.pem";
-
-/// Names the self-signed certificate always carries, so that local clients
-/// and health checks work whatever else is configured.
-pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+pub use ferry_daemon::tls::self_signed::{CERT_FILE, DEFAULT_NAMES, KEY_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// Reading the certificate or key files (shared with the relay).
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error(
-        "{} exists but its key {} does not; remove the certificate to have a new pair made",
-        cert.display(),
-        key.display()
-    )]
-    KeyLost { cert: PathBuf, key: PathBuf },
-    #[error("writing {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
-    #[error("making a self-signed certificate: {0}")]
-    Generate(#[from] rcgen::Error),
+    /// Making the self-signed pair (shared with the gateway's panel).
+    #[error(transparent)]
+    SelfSigned(#[from] SelfSignedError),
     #[error("{0:?} is not a SHA-256 fingerprint (expected 32 hex byte pairs like AB:CD:…)")]
     BadFingerprint(String),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
-/// The PEM loading is `ferry_daemon::tls`, shared with the relay's
-/// WebSocket listener.
-pub use ferry_daemon::tls::{LoadError, load_certs, load_key, provider};
+/// The PEM loading and the self-signed pairs are `ferry_daemon::tls`,
+/// shared with the relay's WebSocket listener and the gateway's panel.
+pub use ferry_daemon::tls::{LoadError, SelfSignedError, fingerprint_sha256, load_certs, load_key, provider};
 
 /// A server configuration serving the chain in `cert` with the key in `key`.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
@@ -59,82 +43,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 /// `extra_names` (DNS names or IP addresses, beside [`DEFAULT_NAMES`]) only
 /// matter when the pair is made.
 pub fn ensure_self_signed(data_dir: &Path, extra_names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
-    let dir = data_dir.join(TLS_DIR);
-    let cert = dir.join(CERT_FILE);
-    let key = dir.join(KEY_FILE);
-    // The key is written before the certificate, so a key alone is what an
-    // interrupted first start leaves: make the pair anew. A certificate alone
-    // is someone's doing, and its fingerprint may be pinned somewhere.
-    match (cert.exists(), key.exists()) {
-        (true, true) => return Ok((cert, key)),
-        (true, false) => return Err(TlsError::KeyLost { cert, key }),
-        (false, _) => {}
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| TlsError::Write { path: dir.clone(), source })?;
-
-    let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|n| n.to_string()).collect();
-    for name in extra_names {
-        if !names.contains(name) {
-            names.push(name.clone());
-        }
-    }
-    let mut params = rcgen::CertificateParams::new(names.clone())?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "ferry-cloud");
-    let key_pair = rcgen::KeyPair::generate()?;
-    let certificate = params.self_signed(&key_pair)?;
-
-    write_atomically(&key, key_pair.serialize_pem().as_bytes(), 0o600)?;
-    write_atomically(&cert, certificate.pem().as_bytes(), 0o644)?;
-    sync_dir(&dir)?;
-    tracing::info!(
-        cert = %cert.display(),
-        names = ?names,
-        fingerprint = %fingerprint_sha256(certificate.der()),
-        "made a self-signed certificate"
-    );
-    Ok((cert, key))
-}
-
-/// Writes through a temporary file and a rename, so that a crash never
-/// leaves a truncated file, and the file has `mode` from its first byte on.
-fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let err = |source| TlsError::Write { path: path.to_path_buf(), source };
-    let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
-        return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "not a file path")));
-    };
-    let temp = path.with_file_name(format!(".{name}.tmp"));
-    match std::fs::remove_file(&temp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp).map_err(err)?;
-    file.write_all(contents).and_then(|()| file.sync_all()).map_err(err)?;
-    drop(file);
-    std::fs::rename(&temp, path).map_err(err)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), TlsError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| TlsError::Write { path: dir.to_path_buf(), source })
-}
-
-/// The SHA-256 fingerprint of a DER certificate as `openssl x509
-/// -fingerprint -sha256` shows it: uppercase hex pairs joined by colons.
-pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
-    format_fingerprint(&Sha256::digest(cert_der).into())
+    Ok(ferry_daemon::tls::ensure_self_signed(&data_dir.join(TLS_DIR), "ferry-cloud", extra_names)?)
 }
 
 /// The fingerprint of the leaf (first) certificate in a PEM file.
 pub fn fingerprint_file(path: &Path) -> Result<String, TlsError> {
-    Ok(fingerprint_sha256(&load_certs(path)?[0]))
+    Ok(ferry_daemon::tls::fingerprint_file(path)?)
 }
 
 pub use ferry_control::pin::{PinMismatch, PinnedVerifier, format_fingerprint};
@@ -202,7 +116,7 @@ mod tests {
 
         std::fs::remove_file(&key).unwrap();
         let err = ensure_self_signed(dir.path(), &[]).unwrap_err();
-        assert!(matches!(err, TlsError::KeyLost { .. }), "{err}");
+        assert!(matches!(err, TlsError::SelfSigned(SelfSignedError::KeyLost { .. })), "{err}");
         assert!(err.to_string().contains("key.pem"), "{err}");
     }
 
@@ -225,7 +139,7 @@ mod tests {
     fn invalid_extra_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let err = ensure_self_signed(dir.path(), &["not a name\u{7f}é".into()]).unwrap_err();
-        assert!(matches!(err, TlsError::Generate(_)), "{err}");
+        assert!(matches!(err, TlsError::SelfSigned(SelfSignedError::Generate(_))), "{err}");
     }
 
     #[test]

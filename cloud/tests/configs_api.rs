@@ -304,7 +304,7 @@ fn events_report_changes_and_the_customers_switch_off() {
     let ended = next_status(&events);
     assert_eq!(
         (ended.state, ended.end_reason.clone(), ended.session_state),
-        (ConfigState::Ended, Some(EndReason::Customer), State::Ended)
+        (ConfigState::Ended, Some(EndReason::Customer { session_only: false }), State::Ended)
     );
     assert!(ended.gateway_endpoints.is_empty(), "no candidates for an ended configuration");
     stream_ends(&events);
@@ -323,7 +323,7 @@ fn events_report_changes_and_the_customers_switch_off() {
     assert_eq!(late.status, 409, "{late:?}");
     // A stream opened after the end sends the final status and ends.
     let after = api.events(&format!("/api/v1/configs/{}/events", issued.id), &issued.watch).unwrap();
-    assert_eq!(next_status(&after).end_reason, Some(EndReason::Customer));
+    assert_eq!(next_status(&after).end_reason, Some(EndReason::Customer { session_only: false }));
     stream_ends(&after);
 }
 

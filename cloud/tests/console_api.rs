@@ -25,7 +25,10 @@ use common::{
     peers::{TestGateway, TestRelay},
 };
 use ferry_cloud::{auth::console, rights::Role};
-use ferry_control::{SessionId, WgKey, gateway::GatewayEvent};
+use ferry_control::{
+    SessionId, WgKey,
+    gateway::{GatewayEvent, PathKind},
+};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -630,11 +633,12 @@ fn peer_reports_show_each_clients_path_and_traffic_live() {
     };
     let bearer = format!("Bearer {admin}");
     let feed = events(&api, &[("Authorization", &bearer)]);
-    let mut peer = |endpoint: Option<std::net::SocketAddr>| {
+    let mut peer = |endpoint: Option<std::net::SocketAddr>, path: Option<PathKind>| {
         api.runtime().block_on(gw.event(GatewayEvent::PeerConnected {
             session_id: SessionId(id),
             public_key: key_of(1),
             endpoint,
+            path,
         }))
     };
     let report = || api.get(&format!("/api/v1/sessions/{id}"), &admin).body["configs"][0]["peer"].clone();
@@ -644,18 +648,43 @@ fn peer_reports_show_each_clients_path_and_traffic_live() {
             return;
         }
     };
-    for (endpoint, path) in [
-        (relay_endpoint, "relay"),
-        ("198.51.100.20:51820".parse().unwrap(), "direct"),
-        ("127.0.0.1:40123".parse().unwrap(), "websocket"),
+    let direct: std::net::SocketAddr = "198.51.100.20:51820".parse().unwrap();
+    for (endpoint, reported, path) in [
+        // A gateway that does not say which path: the endpoint tells.
+        (relay_endpoint, None, "relay"),
+        (direct, None, "direct"),
+        ("127.0.0.1:40123".parse().unwrap(), None, "websocket"),
+        // One that says: a peer on the relay's WebSocket is reported at the
+        // allocation's address, which alone would read as the UDP relay.
+        (relay_endpoint, Some(PathKind::WebsocketRelay), "websocket"),
+        (relay_endpoint, Some(PathKind::UdpRelay), "relay"),
     ] {
-        peer(Some(endpoint));
+        peer(Some(endpoint), reported);
         expect_session_event(&feed);
         let now = report();
         assert_eq!(now["connected"], true, "{now}");
-        assert_eq!(now["path"], path, "{endpoint}: {now}");
+        assert_eq!(now["path"], path, "{endpoint} {reported:?}: {now}");
         assert_eq!(now["endpoint"], endpoint.to_string());
     }
+    // The path changes while connected: the report follows, and the audit
+    // log has it.
+    api.runtime().block_on(gw.event(GatewayEvent::PeerPath {
+        session_id: SessionId(id),
+        public_key: key_of(1),
+        path: PathKind::Direct,
+        endpoint: Some(direct),
+    }));
+    expect_session_event(&feed);
+    let now = report();
+    assert_eq!((now["connected"].clone(), now["path"].clone()), (json!(true), json!("direct")), "{now}");
+    assert_eq!(now["endpoint"], direct.to_string());
+    let audit = api.get(&format!("/api/v1/audit?session={id}&action=session.peer_path"), &admin).body;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert!(
+        entries[0]["detail"].as_str().unwrap().contains("now via direct from 198.51.100.20:51820"),
+        "{audit}"
+    );
     api.runtime().block_on(
         gw.event(GatewayEvent::PeerDisconnected { session_id: SessionId(id), public_key: key_of(1) }),
     );
@@ -676,6 +705,7 @@ fn peer_reports_show_each_clients_path_and_traffic_live() {
         session_id: SessionId(id),
         public_key: key_of(2),
         endpoint: Some(relay_endpoint),
+        path: Some(PathKind::UdpRelay),
     }));
     assert_eq!(report()["connected"], false, "{}", report());
 }

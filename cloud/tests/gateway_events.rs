@@ -31,7 +31,7 @@ use ferry_cloud::{
 };
 use ferry_control::{
     ErrorCode, SessionId,
-    gateway::{GatewayEvent, ToGateway},
+    gateway::{GatewayEvent, PanelLoginOutcome, ToGateway},
 };
 use serde_json::json;
 
@@ -289,7 +289,11 @@ fn a_switch_off_that_fails_to_store_ends_every_session_once_after_the_resend() {
     assert_eq!(acks(&frames), [1, 2]);
     for id in [a, b] {
         let session = w.stored(id);
-        assert_eq!((session.state, session.end_reason), (State::Ended, Some(EndReason::Customer)), "{id}");
+        assert_eq!(
+            (session.state, session.end_reason),
+            (State::Ended, Some(EndReason::Customer { session_only: false })),
+            "{id}"
+        );
     }
     let mut audit = w.gateway_audit();
     audit.retain(|l| !l.starts_with("session.bytes"));
@@ -349,4 +353,46 @@ fn a_reinstalled_gateway_s_events_count_from_one_again() {
     assert_eq!(w.stored(b).state, State::Active, "the new machine's approval counts");
     assert_eq!(w.stored(a).bytes_rx, 15_000);
     assert_eq!(w.last_event_seq(), 2);
+}
+
+#[test]
+fn the_customer_ends_one_session_and_panel_logins_are_audited() {
+    let w = world();
+    let mut gw = w.gateway();
+    let (a, b, waiting) = (w.session(false), w.session(false), w.session(true));
+    let from: std::net::IpAddr = "192.168.50.20".parse().unwrap();
+    let events = [
+        GatewayEvent::PanelLogin { outcome: PanelLoginOutcome::BadPassword, from },
+        GatewayEvent::PanelLogin { outcome: PanelLoginOutcome::Success, from },
+        GatewayEvent::Ended { session_id: SessionId(a) },
+        // Once more, as after a lost acknowledgement of an earlier gateway
+        // run: not running any more, refused and audited.
+        GatewayEvent::Ended { session_id: SessionId(a) },
+        GatewayEvent::Ended { session_id: SessionId(999_999) },
+        GatewayEvent::PanelLogout { from },
+    ];
+    assert_eq!(acks(&send_all(&w, &mut gw, 1, &events)), [1, 2, 3, 4, 5, 6]);
+    let ended = w.stored(a);
+    assert_eq!(
+        (ended.state, ended.end_reason),
+        (State::Ended, Some(EndReason::Customer { session_only: true }))
+    );
+    assert_eq!(w.stored(b).state, State::Active, "the other session goes on");
+    assert_eq!(w.stored(waiting).state, State::WaitingForApproval);
+    let gateway = ferry_cloud::gateways::get(&w.api.store, w.gateway_id).unwrap().unwrap();
+    assert!(gateway.last_seen.switch_on, "ending one session leaves the switch on");
+    assert_eq!(
+        w.gateway_audit(),
+        [
+            "gateway.panel_login false  local panel login from 192.168.50.20: bad password".to_string(),
+            "gateway.panel_login true  local panel login from 192.168.50.20: success".to_string(),
+            format!("session.end true {a} ended by the customer at the gateway"),
+            format!("session.end false {a} the session is not running"),
+            "session.end false  unknown session 999999".to_string(),
+            "gateway.panel_logout true  local panel logout from 192.168.50.20".to_string(),
+        ]
+    );
+    // The session's next start is an ordinary one.
+    let started = w.api.post(&format!("/api/v1/sessions/{a}/start"), &w.admin, json!({}));
+    assert_eq!(started.status, 200, "{started:?}");
 }

@@ -5,6 +5,8 @@
 //!   fingerprint (the fingerprint text always; the TLS verifier with the
 //!   `pin` feature).
 //! - [`backoff`]: reconnect delays, exponential with full jitter.
+//! - `http` (feature `http`): HTTP/1.1 to a cloud over TLS with the pin,
+//!   one connection per request, whole answers or streamed ones.
 //! - `stun` (feature `stun`): a STUN Binding client, a sans-IO codec plus a
 //!   small async query helper, for server-reflexive addresses.
 //! - `ws` (feature `ws`): dialling a WebSocket with a pin and a bearer
@@ -12,6 +14,8 @@
 //!   `ws-bridge` program logic on top of it.
 
 pub mod backoff;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod pin;
 #[cfg(feature = "stun")]
 pub mod stun;

@@ -97,6 +97,14 @@ pub struct SessionState {
     pub gateway_address: IpAddr,
     pub targets: Vec<Target>,
     pub peers: Vec<Peer>,
+    /// Who started it, for the customer who approves it. Left out when
+    /// unknown (added within version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// How long it may run once active, in seconds, for the customer who
+    /// approves it. Left out when unknown (added within version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_s: Option<u64>,
 }
 
 /// A whitelisted device, reachable from the tunnel at `proxy_address`.
@@ -209,10 +217,39 @@ pub enum GatewayEvent {
         session_id: SessionId,
         public_key: WgKey,
         endpoint: Option<SocketAddr>,
+        /// The path the peer's datagrams take. Left out when the gateway
+        /// does not know it (added within version 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathKind>,
     },
     PeerDisconnected {
         session_id: SessionId,
         public_key: WgKey,
+    },
+    /// A connected peer's path changed (a direct path verified, or lost and
+    /// back to the relay; the UDP relay given up for its WebSocket), with
+    /// where its datagrams come from now.
+    PeerPath {
+        session_id: SessionId,
+        public_key: WgKey,
+        path: PathKind,
+        endpoint: Option<SocketAddr>,
+    },
+    /// The customer ended this one session at the gateway (its local panel
+    /// or `ferry-gateway end`); the gateway stopped forwarding it. The
+    /// switch stays as it is, and the other sessions go on.
+    Ended {
+        session_id: SessionId,
+    },
+    /// A login attempt on the gateway's local panel, from that browser
+    /// address.
+    PanelLogin {
+        outcome: PanelLoginOutcome,
+        from: IpAddr,
+    },
+    /// A logout from the gateway's local panel.
+    PanelLogout {
+        from: IpAddr,
     },
     /// Traffic counters since the previous `Bytes` event for the same
     /// session and target (`None`: the whole session).
@@ -231,6 +268,55 @@ pub enum GatewayEvent {
     Candidates {
         endpoints: Vec<SocketAddr>,
     },
+}
+
+/// How a peer's datagrams reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// Straight from the technician's client, on a path verified both ways.
+    Direct,
+    /// Through a relay's UDP allocation.
+    UdpRelay,
+    /// Through a relay's WebSocket (TCP), where UDP does not get through.
+    WebsocketRelay,
+}
+
+impl PathKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::UdpRelay => "udp_relay",
+            PathKind::WebsocketRelay => "websocket_relay",
+        }
+    }
+}
+
+/// What became of a login attempt on the gateway's local panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PanelLoginOutcome {
+    Success,
+    /// The password was wrong (or none is set).
+    BadPassword,
+    /// Too soon after the last failures; the password was not checked.
+    Throttled,
+    /// The panel is locked after repeated failures; not checked.
+    Locked,
+    /// This failure locked the panel.
+    LockedNow,
+}
+
+impl PanelLoginOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            PanelLoginOutcome::Success => "success",
+            PanelLoginOutcome::BadPassword => "bad password",
+            PanelLoginOutcome::Throttled => "throttled",
+            PanelLoginOutcome::Locked => "locked",
+            PanelLoginOutcome::LockedNow => "locked now",
+        }
+    }
 }
 
 /// At most this many endpoint candidates per report, and per peer.
@@ -387,6 +473,9 @@ impl Validate for DesiredState {
 impl SessionState {
     fn validate_at(&self, at: Path<'_>) -> Result<(), InvalidMessage> {
         validate::text(at.field("name"), &self.name, MAX_NAME_CHARS)?;
+        if let Some(by) = &self.started_by {
+            validate::text(at.field("started_by"), by, MAX_NAME_CHARS)?;
+        }
         let targets = at.field("targets");
         validate::count(targets, self.targets.len(), MAX_ITEMS)?;
         validate::unique(targets, self.targets.iter().map(|t| t.name.as_str()))?;
@@ -550,6 +639,8 @@ mod tests {
                     "[2001:db8::50]:51820".parse().unwrap(),
                 ],
             }],
+            started_by: Some("tech@builder.example".into()),
+            max_duration_s: Some(3600),
         }
     }
 
@@ -648,13 +739,62 @@ mod tests {
                 session_id: SessionId(1),
                 public_key: key(2),
                 endpoint: Some("203.0.113.9:51820".parse().unwrap()),
+                path: Some(PathKind::UdpRelay),
             },
         });
         let frame = encode(&msg);
         assert!(frame.contains(r#""event":{"kind":"peer_connected","session_id":1,"#), "{frame}");
+        assert!(frame.contains(r#""path":"udp_relay""#), "{frame}");
         assert_eq!(decode_valid::<FromGateway>(&frame).unwrap(), msg);
         let unknown = frame.replace("\"endpoint\"", "\"endpoint\":null,\"extra\"");
         assert!(decode::<FromGateway>(&unknown).is_err(), "{unknown}");
+    }
+
+    #[test]
+    fn a_peer_without_a_known_path_is_sent_as_before() {
+        let event = |path| GatewayEvent::PeerConnected {
+            session_id: SessionId(1),
+            public_key: key(2),
+            endpoint: None,
+            path,
+        };
+        let msg = FromGateway::Event(Event { seq: 1, time_ms: 2, event: event(None) });
+        let frame = encode(&msg);
+        assert!(!frame.contains("path"), "an older cloud must get what it knows: {frame}");
+        assert_eq!(decode_valid::<FromGateway>(&frame).unwrap(), msg);
+    }
+
+    #[test]
+    fn the_customers_end_and_panel_logins_are_events() {
+        let cases = [
+            (GatewayEvent::Ended { session_id: SessionId(9) }, r#"{"kind":"ended","session_id":9}"#),
+            (
+                GatewayEvent::PeerPath {
+                    session_id: SessionId(9),
+                    public_key: key(2),
+                    path: PathKind::WebsocketRelay,
+                    endpoint: None,
+                },
+                r#"{"kind":"peer_path","session_id":9,"public_key":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=","path":"websocket_relay","endpoint":null}"#,
+            ),
+            (
+                GatewayEvent::PanelLogin {
+                    outcome: PanelLoginOutcome::LockedNow,
+                    from: "192.168.0.20".parse().unwrap(),
+                },
+                r#"{"kind":"panel_login","outcome":"locked_now","from":"192.168.0.20"}"#,
+            ),
+            (
+                GatewayEvent::PanelLogout { from: "192.168.0.20".parse().unwrap() },
+                r#"{"kind":"panel_logout","from":"192.168.0.20"}"#,
+            ),
+        ];
+        for (event, json) in cases {
+            let msg = FromGateway::Event(Event { seq: 3, time_ms: 4, event });
+            let frame = encode(&msg);
+            assert!(frame.ends_with(&format!(r#""event":{json}}}"#)), "{frame}");
+            assert_eq!(decode_valid::<FromGateway>(&frame).unwrap(), msg);
+        }
     }
 
     #[test]

@@ -57,6 +57,8 @@ fn desired_state() -> DesiredState {
             gateway_address: "10.77.0.1".parse().unwrap(),
             targets: vec![],
             peers: vec![],
+            started_by: None,
+            max_duration_s: None,
         }],
         stun_servers: vec![],
     }

@@ -13,8 +13,8 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use ferry_control::gateway::{
-    self, AuthError, DesiredState, Event, EventAck, FromGateway, GatewayEvent, GatewayHello, Peer, PortRange,
-    Protocol, RelayBinding, SessionState, Target, ToGateway,
+    self, AuthError, DesiredState, Event, EventAck, FromGateway, GatewayEvent, GatewayHello,
+    PanelLoginOutcome, PathKind, Peer, PortRange, Protocol, RelayBinding, SessionState, Target, ToGateway,
 };
 use ferry_control::relay::{
     Allocation, AllocationReady, AllocationRefused, DesiredAllocations, FromRelay, Health, RelayHello,
@@ -154,6 +154,7 @@ fn session() -> impl Strategy<Value = SessionState> {
         (subnet(), any::<IpAddr>()),
         prop::collection::vec(target(), 0..4),
         prop::collection::vec(peer(), 0..4),
+        (prop::option::of(name()), prop::option::of(any::<u64>())),
     )
         .prop_map(
             |(
@@ -161,6 +162,7 @@ fn session() -> impl Strategy<Value = SessionState> {
                 (subnet, gateway_address),
                 targets,
                 peers,
+                (started_by, max_duration_s),
             )| {
                 SessionState {
                     session_id: SessionId(id),
@@ -172,9 +174,25 @@ fn session() -> impl Strategy<Value = SessionState> {
                     gateway_address,
                     targets: dedup_by(targets, |t| t.name.clone()),
                     peers: dedup_by(peers, |p| p.public_key),
+                    started_by,
+                    max_duration_s,
                 }
             },
         )
+}
+
+fn path_kind() -> impl Strategy<Value = PathKind> {
+    prop_oneof![Just(PathKind::Direct), Just(PathKind::UdpRelay), Just(PathKind::WebsocketRelay)]
+}
+
+fn login_outcome() -> impl Strategy<Value = PanelLoginOutcome> {
+    prop_oneof![
+        Just(PanelLoginOutcome::Success),
+        Just(PanelLoginOutcome::BadPassword),
+        Just(PanelLoginOutcome::Throttled),
+        Just(PanelLoginOutcome::Locked),
+        Just(PanelLoginOutcome::LockedNow),
+    ]
 }
 
 fn gateway_event() -> impl Strategy<Value = GatewayEvent> {
@@ -183,11 +201,20 @@ fn gateway_event() -> impl Strategy<Value = GatewayEvent> {
         any::<bool>().prop_map(|on| GatewayEvent::SwitchChanged { on }),
         session().prop_map(|session_id| GatewayEvent::Approved { session_id }),
         session().prop_map(|session_id| GatewayEvent::Denied { session_id }),
-        (session(), wg_key(), prop::option::of(socket_addr())).prop_map(
-            |(session_id, public_key, endpoint)| {
-                GatewayEvent::PeerConnected { session_id, public_key, endpoint }
+        (session(), wg_key(), prop::option::of(socket_addr()), prop::option::of(path_kind())).prop_map(
+            |(session_id, public_key, endpoint, path)| {
+                GatewayEvent::PeerConnected { session_id, public_key, endpoint, path }
             }
         ),
+        (session(), wg_key(), path_kind(), prop::option::of(socket_addr())).prop_map(
+            |(session_id, public_key, path, endpoint)| {
+                GatewayEvent::PeerPath { session_id, public_key, path, endpoint }
+            }
+        ),
+        session().prop_map(|session_id| GatewayEvent::Ended { session_id }),
+        (login_outcome(), any::<IpAddr>())
+            .prop_map(|(outcome, from)| GatewayEvent::PanelLogin { outcome, from }),
+        any::<IpAddr>().prop_map(|from| GatewayEvent::PanelLogout { from }),
         (session(), wg_key())
             .prop_map(|(session_id, public_key)| GatewayEvent::PeerDisconnected { session_id, public_key }),
         (session(), prop::option::of(name()), any::<u64>(), any::<u64>())

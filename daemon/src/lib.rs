@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+#[cfg(feature = "login")]
+pub mod login;
 #[cfg(feature = "metrics")]
 pub mod metrics_http;
 pub mod notify;
@@ -15,6 +17,8 @@ pub mod reopen;
 pub mod signals;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use cli::CommonArgs;
 pub use config::ConfigError;

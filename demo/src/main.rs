@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Whether the technician's client can take direct paths in this build.
 /// While it cannot, the demo's default is the relay; flip this when direct
 /// paths land and the default becomes `direct`, the common case.
-pub const DIRECT_PATHS_READY: bool = false;
+pub const DIRECT_PATHS_READY: bool = true;
 
 /// Ferry's demo: a cloud, a relay, a customer's plant with a gateway, a PLC
 /// and an HMI, and a technician at home, each in network namespaces on this

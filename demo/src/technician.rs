@@ -28,7 +28,7 @@ use crate::{Path, plant, walk::Step};
 /// Whether the `ferry` client can take the relay's WebSocket path yet;
 /// until it can, `--path websocket` uses the stock fallback with
 /// `ferry-relay ws-bridge`.
-pub const CLIENT_WEBSOCKET_READY: bool = false;
+pub const CLIENT_WEBSOCKET_READY: bool = true;
 
 /// How the technician reaches the machines.
 pub enum Way {

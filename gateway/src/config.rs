@@ -24,6 +24,9 @@
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9479" # or "off"
+//!
+//! [panel]
+//! listen = "192.168.0.2:8443" # default: the LAN address, port 8443; or loopback, or "off"
 //! ```
 
 use std::{
@@ -55,6 +58,8 @@ pub struct Config {
     pub forwarding: Forwarding,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub panel: Panel,
 }
 
 impl Config {
@@ -174,6 +179,41 @@ fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr
     text.trim().parse().map(Some).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e} (or \"off\")")))
 }
 
+/// The customer's local web panel (see `crate::panel`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Panel {
+    #[serde(default, deserialize_with = "de_panel_listen")]
+    pub listen: PanelListen,
+}
+
+/// The port the panel listens on unless told otherwise.
+pub const DEFAULT_PANEL_PORT: u16 = 8443;
+
+/// Where the panel listens: on the LAN interface's address or on loopback,
+/// never on the uplink (the daemon refuses anything else at start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PanelListen {
+    /// The gateway's LAN address (`lan.address`, else the LAN interface's),
+    /// port [`DEFAULT_PANEL_PORT`].
+    #[default]
+    Lan,
+    At(SocketAddr),
+    Off,
+}
+
+fn de_panel_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PanelListen, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "off" => Ok(PanelListen::Off),
+        other => other.parse().map(PanelListen::At).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?}: {e} (expected the LAN address or a loopback address with a port, or \"off\")"
+            ))
+        }),
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Uplink {
@@ -213,6 +253,7 @@ mod tests {
         assert_eq!(config.tunnel.transport, Transport::Auto);
         assert_eq!(config.metrics.listen, Some(DEFAULT_METRICS_LISTEN));
         assert!(config.data_dir.is_none() && config.control_socket.is_none());
+        assert_eq!(config.panel.listen, PanelListen::Lan);
         assert_eq!(config.forwarding.timeouts().unwrap(), FlowTimeouts::DEFAULT);
 
         let config: Config = toml::from_str(
@@ -232,9 +273,15 @@ mod tests {
             udp_idle_timeout_secs = 30
             [metrics]
             listen = "off"
+            [panel]
+            listen = "192.168.0.2:9443"
             "#,
         )
         .unwrap();
+        assert_eq!(config.panel.listen, PanelListen::At("192.168.0.2:9443".parse().unwrap()));
+        let off: Config = toml::from_str("[panel]\nlisten = \"off\"").unwrap();
+        assert_eq!(off.panel.listen, PanelListen::Off);
+        assert!(toml::from_str::<Config>("[panel]\nlisten = \"192.168.0.2\"").is_err(), "a port is needed");
         assert_eq!(config.data_dir(), PathBuf::from("/srv/gw"));
         assert_eq!(config.control_socket(), PathBuf::from("/srv/gw.sock"));
         assert_eq!(config.lan.address, Some(Ipv4Addr::new(192, 168, 0, 2)));
@@ -285,5 +332,6 @@ mod tests {
         let shown: Config = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         assert_eq!(shown.forwarding.timeouts().unwrap(), FlowTimeouts::DEFAULT);
         assert_eq!(shown.metrics.listen, Some(DEFAULT_METRICS_LISTEN));
+        assert_eq!(shown.panel.listen, PanelListen::At("192.168.0.2:8443".parse().unwrap()));
     }
 }

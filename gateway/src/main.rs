@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod guard;
 mod local;
+mod panel;
 mod run;
 mod state;
 
@@ -74,6 +75,13 @@ enum Command {
         #[arg(value_name = "SESSION")]
         session: u64,
     },
+    /// End one active session now; the others go on and the switch stays
+    /// on (`remote off` ends them all). Its technician needs a new start,
+    /// and your approval again where the session requires it.
+    End {
+        #[arg(value_name = "SESSION")]
+        session: u64,
+    },
     /// The sessions the daemon knows: state, technicians' peers, targets, traffic.
     Sessions {
         /// JSON instead of a table.
@@ -91,8 +99,15 @@ enum Command {
     /// Register this gateway with the cloud, once, with an enrolment token.
     Enroll(cmd::enroll::EnrollArgs),
     /// Install the systemd unit, this binary (/usr/local/bin) and a
-    /// configuration template (/etc/ferry/gateway.toml, if missing).
+    /// configuration template (/etc/ferry/gateway.toml, if missing); offers
+    /// to set the local panel's password.
     Install(cmd::install::InstallArgs),
+    /// The local web panel for the plant operators (on the LAN address,
+    /// port 8443 by default; never on the uplink): its password and status.
+    Panel {
+        #[command(subcommand)]
+        action: cmd::panel::PanelAction,
+    },
 }
 
 fn main() -> Result<()> {
@@ -119,11 +134,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Remote { action } => cmd::remote(&paths, action),
-        Command::Approve { session } => cmd::decide(&paths, session, true),
-        Command::Deny { session } => cmd::decide(&paths, session, false),
+        Command::Approve { session } => cmd::decide(&paths, session, cmd::Decide::Approve),
+        Command::Deny { session } => cmd::decide(&paths, session, cmd::Decide::Deny),
+        Command::End { session } => cmd::decide(&paths, session, cmd::Decide::End),
         Command::Sessions { json } => cmd::sessions(&paths, json),
         Command::Diagnose { json } => cmd::diagnose::run(&paths, json),
         Command::Enroll(args) => cmd::enroll::run(&paths, args),
+        Command::Panel { action } => cmd::panel::run(&paths, &config, action),
         Command::Install(_) => unreachable!("handled above"),
     }
 }

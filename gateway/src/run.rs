@@ -64,6 +64,7 @@ pub fn run(args: RunArgs, config: &Config, data_dir: PathBuf, socket: PathBuf) -
         lan_address: config.lan.address,
         transport: config.tunnel.transport,
         metrics: config.metrics.listen,
+        panel: config.panel.listen,
         flow_timeouts: config.forwarding.timeouts()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -161,6 +161,10 @@ impl Core {
         }
     }
 
+    pub(crate) fn reflexive(&self) -> Vec<SocketAddr> {
+        self.stun.reflexive()
+    }
+
     pub(crate) fn network_changed(&mut self, now: Instant) {
         self.paths.network_changed(now);
         if self.stun.restart(now) {

@@ -231,6 +231,12 @@ impl Traversal {
         self.candidates.clone()
     }
 
+    /// The server-reflexive ones among [`Traversal::local_candidates`]
+    /// alone: what the STUN servers see of the WireGuard socket now.
+    pub fn reflexive_candidates(&self) -> Vec<SocketAddr> {
+        self.core.lock().reflexive()
+    }
+
     /// The receiver tags that valid probes for this end carry, one per
     /// managed peer, changed only when they do (for a gateway's uplink
     /// guard).

@@ -4,19 +4,15 @@
 //! is used), and refusals explained with the cloud's own `detail`.
 
 pub mod credentials;
-pub mod http;
 pub mod sse;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_api::{LoginRequest, Problem, RefreshRequest, TokenResponse};
-use hyper::Method;
+use ferry_connect::http::{Client, CloudUrl, HttpError, Method, Request, Response};
 use serde::{Serialize, de::DeserializeOwned};
 
-use self::{
-    credentials::{Credentials, Secret, Store},
-    http::{Address, Answer, HttpError, Transport},
-};
+use self::credentials::{Credentials, Secret, Store};
 
 /// How long one call to the cloud may take.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -53,9 +49,10 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The transport for `url`, with the pin text as `--pin` takes it.
-pub fn transport(url: &str, pin: Option<&str>) -> Result<Transport, CloudError> {
-    let address = Address::parse(url)?;
+/// The HTTP client of the cloud at `url`, with the pin text as `--pin`
+/// takes it.
+pub fn transport(url: &str, pin: Option<&str>) -> Result<Client, CloudError> {
+    let address = CloudUrl::parse(url)?;
     let pin = match pin {
         None => None,
         Some(text) => Some(ferry_connect::pin::parse_fingerprint(text).ok_or_else(|| {
@@ -65,17 +62,17 @@ pub fn transport(url: &str, pin: Option<&str>) -> Result<Transport, CloudError> 
             })
         })?),
     };
-    Ok(Transport::new(address, pin, TIMEOUT)?)
+    Ok(Client::new(address, pin, TIMEOUT)?)
 }
 
 /// A 2xx answer's JSON, else the cloud's refusal.
-fn decode<T: DeserializeOwned>(what: &str, answer: Answer) -> Result<T, CloudError> {
+fn decode<T: DeserializeOwned>(what: &str, answer: Response) -> Result<T, CloudError> {
     let answer = success(answer)?;
     serde_json::from_slice(&answer.body)
         .map_err(|e| CloudError::BadAnswer { what: what.to_string(), detail: e.to_string() })
 }
 
-fn success(answer: Answer) -> Result<Answer, CloudError> {
+fn success(answer: Response) -> Result<Response, CloudError> {
     if (200..300).contains(&answer.status) {
         return Ok(answer);
     }
@@ -84,7 +81,7 @@ fn success(answer: Answer) -> Result<Answer, CloudError> {
 
 /// The problem document of a refusal; a proxy's HTML page or an empty body
 /// becomes one too, with the start of the text as detail.
-pub fn problem(answer: &Answer) -> Problem {
+pub fn problem(answer: &Response) -> Problem {
     serde_json::from_slice::<Problem>(&answer.body).unwrap_or_else(|_| {
         let text: String = String::from_utf8_lossy(&answer.body).chars().take(200).collect();
         Problem {
@@ -103,20 +100,23 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>, CloudError> {
 }
 
 /// `POST /api/v1/auth/login`.
-pub async fn login(transport: &Transport, request: &LoginRequest) -> Result<TokenResponse, CloudError> {
-    let answer = transport.send(Method::POST, "/api/v1/auth/login", None, Some(to_json(request)?)).await?;
+pub async fn login(transport: &Client, request: &LoginRequest) -> Result<TokenResponse, CloudError> {
+    let answer = transport
+        .send(Request::new(Method::POST, "/api/v1/auth/login").json(Some(to_json(request)?)))
+        .await?;
     decode("the login", answer)
 }
 
 /// `POST /api/v1/auth/logout`: revokes the refresh token and every token
 /// rotated from it.
-pub async fn logout(transport: &Transport, refresh_token: &str) -> Result<(), CloudError> {
+pub async fn logout(transport: &Client, refresh_token: &str) -> Result<(), CloudError> {
     let body = to_json(&RefreshRequest { refresh_token: refresh_token.to_string() })?;
-    success(transport.send(Method::POST, "/api/v1/auth/logout", None, Some(body)).await?).map(drop)
+    success(transport.send(Request::new(Method::POST, "/api/v1/auth/logout").json(Some(body))).await?)
+        .map(drop)
 }
 
 /// What a login's answer becomes on disk.
-pub fn login_credentials(address: &Address, pin: Option<String>, tokens: TokenResponse) -> Credentials {
+pub fn login_credentials(address: &CloudUrl, pin: Option<String>, tokens: TokenResponse) -> Credentials {
     let now = now_ms();
     Credentials {
         cloud: address.url(),
@@ -134,7 +134,7 @@ pub fn login_credentials(address: &Address, pin: Option<String>, tokens: TokenRe
 
 /// The logged-in cloud.
 pub struct Cloud {
-    transport: Transport,
+    transport: Client,
     store: Store,
     credentials: Credentials,
 }
@@ -181,7 +181,7 @@ impl Cloud {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Answer, CloudError> {
+    ) -> Result<Response, CloudError> {
         let mut refreshed = false;
         if let Secret::Login { access_expires_ms, .. } = self.credentials.secret
             && now_ms().saturating_add(REFRESH_MARGIN_MS) >= access_expires_ms
@@ -194,7 +194,8 @@ impl Cloud {
                 Secret::Login { access_token, .. } => access_token.clone(),
                 Secret::ApiToken { api_token } => api_token.clone(),
             };
-            let answer = self.transport.send(method.clone(), path, Some(&bearer), body.clone()).await?;
+            let request = Request::new(method.clone(), path).bearer(Some(&bearer)).json(body.clone());
+            let answer = self.transport.send(request).await?;
             if answer.status != 401 {
                 return Ok(answer);
             }
@@ -233,7 +234,8 @@ impl Cloud {
             return Ok(());
         };
         let body = to_json(&RefreshRequest { refresh_token: refresh_token.clone() })?;
-        let answer = self.transport.send(Method::POST, "/api/v1/auth/refresh", None, Some(body)).await?;
+        let request = Request::new(Method::POST, "/api/v1/auth/refresh").json(Some(body));
+        let answer = self.transport.send(request).await?;
         if answer.status == 401 {
             return Err(CloudError::LoginExpired {
                 cloud: self.credentials.cloud.clone(),
@@ -241,7 +243,7 @@ impl Cloud {
             });
         }
         let tokens: TokenResponse = decode("the token refresh", answer)?;
-        let fresh = login_credentials(self.transport.address(), self.credentials.pin.clone(), tokens);
+        let fresh = login_credentials(self.transport.url(), self.credentials.pin.clone(), tokens);
         self.store.save(&fresh).map_err(|e| store_error(&self.store, e))?;
         self.credentials = fresh;
         tracing::debug!("access token refreshed");

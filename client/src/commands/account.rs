@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use ferry_api::{LoginRequest, UserView};
-use hyper::Method;
+use ferry_connect::http::{Client, Request};
 
 use super::block_on;
 use crate::cloud::{
@@ -81,10 +81,10 @@ impl Prompter {
 pub fn login(args: LoginArgs) -> Result<()> {
     let store = Store::default_location()?;
     let transport = cloud::transport(&args.cloud, args.pin.as_deref())?;
-    if !transport.address().is_https() {
+    if !transport.url().https {
         eprintln!(
             "warning: {} is plain http: the password and tokens cross the network readable",
-            transport.address().url()
+            transport.url().url()
         );
     }
     let pin = args
@@ -115,7 +115,7 @@ pub fn login(args: LoginArgs) -> Result<()> {
                 None => prompter.line("User", false)?,
             };
             let password =
-                prompter.line(&format!("Password for {user} at {}", transport.address().url()), true)?;
+                prompter.line(&format!("Password for {user} at {}", transport.url().url()), true)?;
             let mut request = LoginRequest { name: user, password, totp: args.totp.clone() };
             let tokens = loop {
                 match block_on(async { Ok(cloud::login(&transport, &request).await?) }) {
@@ -125,7 +125,7 @@ pub fn login(args: LoginArgs) -> Result<()> {
                     other => break other?,
                 }
             };
-            cloud::login_credentials(transport.address(), pin, tokens)
+            cloud::login_credentials(transport.url(), pin, tokens)
         }
     };
     store.save(&credentials).with_context(|| format!("saving the login in {}", store.path().display()))?;
@@ -142,18 +142,14 @@ fn slug(error: &anyhow::Error) -> Option<&str> {
 }
 
 /// An API token is checked (`GET /api/v1/me`) before it is stored.
-async fn with_api_token(
-    transport: &cloud::http::Transport,
-    pin: Option<String>,
-    token: String,
-) -> Result<Credentials> {
+async fn with_api_token(transport: &Client, pin: Option<String>, token: String) -> Result<Credentials> {
     if token.is_empty() {
         bail!("the API token is empty");
     }
-    let answer = transport.send(Method::GET, "/api/v1/me", Some(&token), None).await?;
+    let answer = transport.send(Request::get("/api/v1/me").bearer(Some(&token))).await?;
     if answer.status == 401 {
         return Err(CloudError::LoginExpired {
-            cloud: transport.address().url(),
+            cloud: transport.url().url(),
             detail: "the cloud does not accept this API token".into(),
         }
         .into());
@@ -164,7 +160,7 @@ async fn with_api_token(
     let me: UserView =
         serde_json::from_slice(&answer.body).context("reading the cloud's answer about the token")?;
     Ok(Credentials {
-        cloud: transport.address().url(),
+        cloud: transport.url().url(),
         pin,
         user: me.name,
         user_id: me.id,

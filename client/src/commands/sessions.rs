@@ -32,6 +32,40 @@ pub struct SessionArgs {
     pub json: bool,
 }
 
+/// What the cloud's rights and a session's state refuse, said before the
+/// cloud is asked (exit status 4, as the cloud's own refusals).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionRefused {
+    #[error(
+        "no session {0:?} that you may see: it is not released to you, or there is none \
+         (`ferry sessions --all` lists yours)"
+    )]
+    NotVisible(String),
+    #[error("session {id} is not started: `ferry start {id}` first")]
+    NotStarted { id: u64 },
+    #[error("session {id} is {state}{why}: it cannot be connected to any more; ask for a new session")]
+    Over { id: u64, state: &'static str, why: String },
+    #[error("session {id} is {state}, not active")]
+    NotActive { id: u64, state: &'static str },
+}
+
+impl SessionRefused {
+    /// Refused unless `session` is active.
+    pub fn unless_active(session: &SessionView) -> Result<(), SessionRefused> {
+        let (id, state) = (session.id, session.state.label());
+        match session.state {
+            State::Active => Ok(()),
+            State::Prepared => Err(SessionRefused::NotStarted { id }),
+            State::Ended | State::Expired => {
+                let why =
+                    session.end_reason.as_ref().map(|r| format!(" ({})", r.describe())).unwrap_or_default();
+                Err(SessionRefused::Over { id, state, why })
+            }
+            State::WaitingForApproval => Err(SessionRefused::NotActive { id, state }),
+        }
+    }
+}
+
 /// The session SESSION names: a number is an id first, then a name; a name
 /// that several sessions share is refused with their numbers.
 pub fn pick(sessions: Vec<SessionView>, wanted: &str) -> Result<SessionView> {
@@ -43,7 +77,7 @@ pub fn pick(sessions: Vec<SessionView>, wanted: &str) -> Result<SessionView> {
     }
     let mut named: Vec<SessionView> = sessions.into_iter().filter(|s| s.name == wanted).collect();
     match named.len() {
-        0 => bail!("no session {wanted:?} that you may see (`ferry sessions --all` lists them)"),
+        0 => Err(SessionRefused::NotVisible(wanted.to_string()).into()),
         1 => Ok(named.remove(0)),
         _ => {
             let ids: Vec<String> = named.iter().map(|s| s.id.to_string()).collect();
@@ -157,6 +191,19 @@ mod tests {
         assert_eq!(pick(all(), "12").unwrap().id, 12);
         let err = pick(all(), "oven").unwrap_err().to_string();
         assert!(err.contains("12, 13"), "{err}");
-        assert!(pick(all(), "mill").unwrap_err().to_string().contains("no session"));
+        let err = pick(all(), "mill").unwrap_err();
+        assert!(matches!(err.downcast_ref(), Some(SessionRefused::NotVisible(_))), "{err}");
+
+        let mut over = session(4, "press");
+        over.state = State::Ended;
+        over.end_reason = Some(ferry_api::EndReason::Customer { session_only: false });
+        let err = SessionRefused::unless_active(&over).unwrap_err().to_string();
+        assert!(err.contains("session 4 is ended (ended by the customer (switch off))"), "{err}");
+        assert!(
+            SessionRefused::unless_active(&session(4, "p"))
+                .unwrap_err()
+                .to_string()
+                .contains("ferry start 4")
+        );
     }
 }

@@ -8,9 +8,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use ferry_api::{ClientConfig, ConfigRequest, State, StunServers};
+use ferry_api::{ClientConfig, ConfigRequest, StunServers};
 
-use super::{block_on, bytes, cloud, duration, print_json, sessions};
+use super::{
+    block_on, bytes, cloud, duration, print_json,
+    sessions::{self, SessionRefused},
+};
 use crate::{
     cloud::{Cloud, now_ms},
     protocol::{Answer, Request, TunnelView},
@@ -31,8 +34,10 @@ pub struct ConnectArgs {
     #[arg(value_name = "SESSION")]
     pub session: String,
     /// How long to wait for the first handshake with the gateway before
-    /// returning anyway (0: do not wait).
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    /// returning anyway (0: do not wait). Through the relay it usually
+    /// comes within a second; a network that lets only TCP 443 out takes
+    /// the relay's WebSocket after some seconds without one over UDP.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     pub wait: u64,
     /// The tunnel as JSON instead of sentences.
     #[arg(long)]
@@ -67,11 +72,7 @@ fn tunnels(answer: Answer) -> Result<Vec<TunnelView>> {
 pub fn connect(socket: &Path, args: ConnectArgs) -> Result<()> {
     let mut cloud = cloud()?;
     let session = block_on(sessions::find(&mut cloud, &args.session))?;
-    match session.state {
-        State::Active => {}
-        State::Prepared => bail!("session {} is not started: `ferry start {}` first", session.id, session.id),
-        state => bail!("session {} is {}, not active", session.id, state.label()),
-    }
+    SessionRefused::unless_active(&session)?;
     // The relays' STUN servers, for the server-reflexive candidates; a cloud
     // that has none (or predates them) leaves the host candidates.
     let stun_servers = match block_on(async { Ok(cloud.get::<StunServers>("/api/v1/stun").await?) }) {
@@ -199,7 +200,18 @@ pub fn describe(t: &TunnelView, now: u64) -> String {
         None => field("state:", "up".into()),
         Some(ended) => field("state:", format!("down: {} ({})", ended.reason, ago(ended.at_ms))),
     }
-    field("path:", t.path.map_or("-".into(), |p| p.label().into()));
+    let path = match (t.path, &t.path_why, t.path_since_ms) {
+        (None, _, _) => "none yet".to_string(),
+        (Some(kind), Some(why), Some(since)) => {
+            format!(
+                "{}, for {} ({why})",
+                kind.label(),
+                duration(Duration::from_millis(now.saturating_sub(since)))
+            )
+        }
+        (Some(kind), _, _) => kind.label().to_string(),
+    };
+    field("path:", path);
     field("peer endpoint:", t.peer_endpoint.clone().unwrap_or_else(|| "-".into()));
     field("last handshake:", t.last_handshake_ms.map_or_else(|| "none yet".into(), ago));
     field("round trip:", t.rtt_ms.map_or_else(|| "not measured".into(), |ms| format!("{ms:.1} ms")));
@@ -211,6 +223,9 @@ pub fn describe(t: &TunnelView, now: u64) -> String {
         field("cloud:", note.clone());
     }
     field("address:", format!("{} on {}", t.address, t.interface));
+    if !t.local_candidates.is_empty() {
+        field("candidates:", t.local_candidates.join(", "));
+    }
     field("public key:", t.public_key.clone());
     let width = t.targets.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
     for (i, target) in t.targets.iter().enumerate() {
@@ -247,6 +262,8 @@ mod tests {
             ],
             ended: None,
             path: Some(PathKind::RelayUdp),
+            path_why: Some("relay first".into()),
+            path_since_ms: Some(1_000_000 - 3_000),
             peer_endpoint: Some("203.0.113.1:40007".into()),
             last_handshake_ms: Some(1_000_000 - 12_000),
             rtt_ms: None,
@@ -255,6 +272,7 @@ mod tests {
             expires_ms: 1_000_000 + 250_000,
             connected_ms: 1_000_000 - 60_000,
             cloud: Some("watching".into()),
+            local_candidates: vec!["198.51.100.7:40123".into(), "192.168.1.20:40123".into()],
         }
     }
 
@@ -264,7 +282,7 @@ mod tests {
         for line in [
             "session 8 \"press line 3\" (configuration 41)",
             "  state:          up",
-            "  path:           relay (UDP)",
+            "  path:           relay (UDP), for 3 s (relay first)",
             "  peer endpoint:  203.0.113.1:40007",
             "  last handshake: 12 s ago",
             "  round trip:     not measured",
@@ -272,11 +290,27 @@ mod tests {
             "  time left:      4 min 10 s",
             "  cloud:          watching",
             "  address:        100.96.0.2 on ferryc0",
+            "  candidates:     198.51.100.7:40123, 192.168.1.20:40123",
             "  targets:        plc-web  100.96.0.100     tcp 8080",
             "                  echo     100.96.0.101     tcp 7000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing in\n{text}");
         }
+        let mut websocket = tunnel();
+        websocket.path = Some(PathKind::RelayWebsocket);
+        websocket.path_why = Some("no handshake over the UDP relay".into());
+        websocket.peer_endpoint = Some("wss://203.0.113.1:443/".into());
+        let text = describe(&websocket, 1_000_000);
+        for line in [
+            "  path:           relay (WebSocket), for 3 s (no handshake over the UDP relay)\n",
+            "  peer endpoint:  wss://203.0.113.1:443/\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let mut waiting = tunnel();
+        (waiting.path, waiting.local_candidates) = (None, vec![]);
+        let text = describe(&waiting, 1_000_000);
+        assert!(text.contains("  path:           none yet\n") && !text.contains("candidates:"), "{text}");
         let mut ended = tunnel();
         ended.ended =
             Some(Ended { cause: EndCause::Expired, reason: "expired".into(), at_ms: 1_000_000 - 5_000 });

@@ -5,10 +5,12 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use ferry_api::{ClientConfig, ConfigState, ConfigStatus};
+use ferry_traversal::Traversal;
 use ferry_tunnel::{
     PrivateKey,
     endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
@@ -17,8 +19,9 @@ use ferry_tunnel::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
-    Event, candidates,
-    plan::{Plan, plan},
+    Event, paths,
+    plan::{Plan, gateway_candidates, plan},
+    roaming,
     routing::{Route, Routing, RoutingError, Rule, TABLES},
     watch::{self, News},
 };
@@ -34,6 +37,8 @@ pub const MAX_PER_USER: usize = 8;
 pub const PREPARATION_TTL: Duration = Duration::from_secs(120);
 /// A cloud's sessions last at most 7 days; a day more for clocks that differ.
 const LONGEST_CONFIGURATION: Duration = Duration::from_secs(8 * 24 * 3600);
+/// STUN servers asked for one tunnel's candidates.
+const MAX_STUN_SERVERS: usize = 4;
 /// Ended tunnels `ferry status` still shows, per user.
 const ENDED_KEPT: usize = 8;
 /// The TUN devices are `ferryc0`, `ferryc1`...
@@ -42,14 +47,20 @@ pub const TUN_PREFIX: &str = "ferryc";
 struct Preparation {
     uid: u32,
     session_id: u64,
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
+    traversal: Traversal,
+    /// The candidates the configuration request carries.
+    candidates: Vec<SocketAddr>,
     made: Instant,
 }
 
 struct Tunnel {
     uid: u32,
     plan: Plan,
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
+    /// The tunnel's paths. Its tasks hold the endpoint too: the engine and
+    /// the TUN device go when they have stopped.
+    traversal: Traversal,
     installed: Installed,
     expiry: JoinHandle<()>,
     connected_ms: u64,
@@ -62,6 +73,8 @@ struct Watching {
     /// Works for this one configuration only, and only until it expires.
     token: String,
     task: JoinHandle<()>,
+    /// Sends new candidates of this machine to the cloud (roaming).
+    report: Option<JoinHandle<()>>,
     /// How it is doing, for `ferry status`.
     note: String,
 }
@@ -119,6 +132,14 @@ impl Manager {
                         .await;
                 }
                 Event::Watch { tunnel, news } => self.watched(tunnel, news).await,
+                Event::NetworkChanged => {
+                    for tunnel in self.tunnels.values() {
+                        tunnel.traversal.network_changed();
+                    }
+                    for preparation in self.preparations.values() {
+                        preparation.traversal.network_changed();
+                    }
+                }
                 Event::Tick => self.drop_stale_preparations(),
                 Event::Stop(done) => {
                     self.stop().await;
@@ -176,22 +197,32 @@ impl Manager {
             peers: Vec::new(),
         };
         let endpoint = match Endpoint::start(config).await {
-            Ok(endpoint) => endpoint,
+            Ok(endpoint) => Arc::new(endpoint),
             Err(e) => return Answer::error(ErrorCode::Failed, format!("cannot start the tunnel: {e}")),
         };
         let public_key = endpoint.public_key().to_base64();
-        let servers: Vec<SocketAddr> = stun_servers.iter().filter_map(|s| s.parse().ok()).collect();
-        let reflexive = candidates::reflexive(&endpoint, &servers).await;
-        let mut all = candidates::host(endpoint.local_port(), TUN_PREFIX);
-        all.extend(reflexive.iter().filter(|r| !all.contains(r)).copied().collect::<Vec<_>>());
-        all.truncate(ferry_api::MAX_CANDIDATES);
-        let candidates = all.iter().map(|c| c.to_string()).collect();
-        let reflexive = reflexive.iter().map(|c| c.to_string()).collect();
+        // The candidates come from the tunnel's own socket, so that they name
+        // the NAT mapping WireGuard uses.
+        let traversal = paths::start(endpoint.clone());
+        let servers: Vec<SocketAddr> =
+            stun_servers.iter().filter_map(|s| s.trim().parse().ok()).take(MAX_STUN_SERVERS).collect();
+        let asked = servers.len();
+        traversal.set_stun_servers(servers);
+        let (mut candidates, reflexive) = paths::gather(&traversal, asked).await;
+        candidates.truncate(ferry_api::MAX_CANDIDATES);
         let prepare_id = self.next_id;
         self.next_id += 1;
-        tracing::info!(uid, session_id, prepare_id, interface = endpoint.name(), "prepared");
-        self.preparations.insert(prepare_id, Preparation { uid, session_id, endpoint, made: Instant::now() });
-        Answer::Prepared { prepare_id, public_key, candidates, reflexive }
+        tracing::info!(uid, session_id, prepare_id, interface = endpoint.name(), ?candidates, "prepared");
+        let answer = Answer::Prepared {
+            prepare_id,
+            public_key,
+            candidates: candidates.iter().map(|c| c.to_string()).collect(),
+            reflexive: reflexive.iter().map(|c| c.to_string()).collect(),
+        };
+        let preparation =
+            Preparation { uid, session_id, endpoint, traversal, candidates, made: Instant::now() };
+        self.preparations.insert(prepare_id, preparation);
+        answer
     }
 
     async fn free_tun_name(&self) -> Result<String, RoutingError> {
@@ -256,9 +287,10 @@ impl Manager {
         if let Err(why) = self.check_conflicts(uid, &plan).await {
             return Answer::error(ErrorCode::Invalid, why);
         }
-        match self.install(uid, preparation.endpoint, plan).await {
+        let sent = preparation.candidates.clone();
+        match self.install(uid, preparation, plan).await {
             Ok(id) => {
-                self.watch(id, cloud, &config.watch_token);
+                self.watch(id, cloud, &config.watch_token, sent);
                 match self.tunnels.get(&id) {
                     Some(tunnel) => Answer::Tunnel { tunnel: Box::new(view(tunnel)) },
                     None => Answer::error(ErrorCode::Failed, "the tunnel vanished"),
@@ -268,15 +300,26 @@ impl Manager {
         }
     }
 
-    /// Starts the watch on the tunnel's configuration, when the caller said
-    /// where the cloud is and the cloud gave a watch token.
-    fn watch(&mut self, id: u64, cloud: Option<CloudLink>, token: &str) {
+    /// Starts the watch on the tunnel's configuration and the reports of
+    /// new candidates, when the caller said where the cloud is and the
+    /// cloud gave a watch token. `sent`: the candidates the cloud has.
+    fn watch(&mut self, id: u64, cloud: Option<CloudLink>, token: &str, sent: Vec<SocketAddr>) {
         let Some(tunnel) = self.tunnels.get_mut(&id) else { return };
         let Some(link) = cloud.filter(|_| !token.is_empty()) else { return };
-        match watch::spawn(&link, tunnel.plan.config_id, token.to_string(), id, self.events.clone()) {
+        let config_id = tunnel.plan.config_id;
+        match watch::spawn(&link, config_id, token.to_string(), id, self.events.clone()) {
             Ok(task) => {
-                tunnel.watch =
-                    Some(Watching { link, token: token.to_string(), task, note: "connecting".into() });
+                let candidates = tunnel.traversal.local_candidates();
+                let report = roaming::report(&link, config_id, token.to_string(), candidates, sent)
+                    .inspect_err(|why| tracing::warn!(why, "cannot report new candidates to the cloud"))
+                    .ok();
+                tunnel.watch = Some(Watching {
+                    link,
+                    token: token.to_string(),
+                    task,
+                    report,
+                    note: "connecting".into(),
+                });
             }
             Err(why) => tracing::warn!(why, "cannot watch the configuration at the cloud"),
         }
@@ -296,6 +339,9 @@ impl Manager {
             }
             News::Status(status) => {
                 watching.note = "watching".into();
+                if status.state == ConfigState::Live {
+                    self.gateway_moved(id, &status.gateway_endpoints);
+                }
                 ending_of(&status)
             }
             News::Refused(detail) => {
@@ -304,6 +350,24 @@ impl Manager {
         };
         if let Some((cause, reason)) = ending {
             self.end(id, cause, reason).await;
+        }
+    }
+
+    /// The gateway's candidates as the cloud has them now: the traversal
+    /// probes the new ones.
+    fn gateway_moved(&mut self, id: u64, endpoints: &[String]) {
+        let Some(tunnel) = self.tunnels.get_mut(&id) else { return };
+        let (candidates, refused) = gateway_candidates(endpoints);
+        if !refused.is_empty() {
+            tracing::info!(?refused, "gateway candidates left out");
+        }
+        if candidates == tunnel.plan.route.candidates {
+            return;
+        }
+        tracing::info!(session = tunnel.plan.session_id, ?candidates, "the gateway's candidates changed");
+        tunnel.plan.route.candidates = candidates;
+        if let Err(e) = tunnel.traversal.upsert_peer(tunnel.plan.peer, tunnel.plan.route.clone()) {
+            tracing::warn!(error = %e, "the traversal refused the gateway's new candidates");
         }
     }
 
@@ -326,26 +390,41 @@ impl Manager {
         Ok(())
     }
 
-    /// Address, routes, rules and peer; on any failure what was added goes
-    /// again and the endpoint is dropped (which removes its TUN device).
-    async fn install(&mut self, uid: u32, endpoint: Endpoint, plan: Plan) -> Result<u64, String> {
+    /// Address, routes, rules, peer and its paths; on any failure what was
+    /// added goes again and the endpoint is dropped (which removes its TUN
+    /// device).
+    async fn install(&mut self, uid: u32, preparation: Preparation, plan: Plan) -> Result<u64, String> {
+        let Preparation { endpoint, traversal, .. } = preparation;
         let index = self.routing.link_index(endpoint.name()).await.map_err(|e| e.to_string())?;
         let mut installed = Installed::default();
         let peer = PeerConfig {
             public_key: plan.peer,
             preshared_key: None,
-            endpoint: Some(plan.endpoint),
+            endpoint: plan.first_endpoint,
             allowed_ips: plan.allowed.clone(),
             persistent_keepalive: plan.keepalive,
         };
         let result = self.add_routing(uid, index, &plan, &mut installed).await;
         let result = result.and_then(|()| endpoint.add_peer(peer).map_err(|e| e.to_string()));
+        // With a relay the traversal points the peer at it and starts the
+        // handshake; it probes the gateway's candidates either way.
+        let result = result.and_then(|()| {
+            traversal
+                .upsert_peer(plan.peer, plan.route.clone())
+                .map_err(|e| format!("the tunnel's paths: {e}"))
+        });
         if let Err(why) = result {
+            traversal.remove_peer(&plan.peer);
             self.uninstall(uid, &installed).await;
             return Err(why);
         }
-        // The handshake starts now rather than with the first packet.
-        endpoint.rekey(&plan.peer);
+        if plan.first_endpoint.is_some() {
+            // The handshake starts now rather than with the first packet.
+            endpoint.rekey(&plan.peer);
+        }
+        for note in &plan.notes {
+            tracing::warn!(session = plan.session_id, note, "part of the configuration is not used");
+        }
         let id = self.next_id;
         self.next_id += 1;
         let wait = Duration::from_millis(plan.expires_ms.saturating_sub(now_ms()));
@@ -360,10 +439,13 @@ impl Manager {
             config = plan.config_id,
             interface = endpoint.name(),
             address = %plan.address,
-            endpoint = %plan.endpoint,
+            relay = ?plan.route.relay.as_ref().map(|r| r.udp),
+            websocket = ?plan.websocket_url,
+            gateway = ?plan.route.candidates,
             "tunnel up"
         );
-        let tunnel = Tunnel { uid, plan, endpoint, installed, expiry, connected_ms: now_ms(), watch: None };
+        let tunnel =
+            Tunnel { uid, plan, endpoint, traversal, installed, expiry, connected_ms: now_ms(), watch: None };
         self.tunnels.insert(id, tunnel);
         Ok(id)
     }
@@ -455,13 +537,19 @@ impl Manager {
         tunnel.expiry.abort();
         if let Some(watching) = &tunnel.watch {
             watching.task.abort();
+            if let Some(report) = &watching.report {
+                report.abort();
+            }
         }
         let mut shown = view(&tunnel);
         shown.ended = Some(Ended { cause, reason: reason.clone(), at_ms: now_ms() });
+        // No probe for the gateway after this.
+        tunnel.traversal.remove_peer(&tunnel.plan.peer);
         self.uninstall(tunnel.uid, &tunnel.installed).await;
         tracing::info!(uid = tunnel.uid, session = tunnel.plan.session_id, reason, "tunnel down");
         let uid = tunnel.uid;
-        // Dropping the endpoint stops the engine and removes the TUN device.
+        // Dropping the traversal stops its tasks; the endpoint goes with the
+        // last of them, which stops the engine and removes the TUN device.
         drop(tunnel);
         self.remember(uid, shown.clone());
         Some(shown)
@@ -566,7 +654,9 @@ fn not_yours_preparation(prepare_id: u64) -> Answer {
 
 fn view(tunnel: &Tunnel) -> TunnelView {
     let peer = tunnel.endpoint.status().into_iter().find(|p| p.public_key == tunnel.plan.peer);
+    let path = paths::view(tunnel.traversal.status(&tunnel.plan.peer), &tunnel.plan, peer.as_ref());
     let now = now_ms();
+    let at_ms = |at: Instant| now.saturating_sub(at.elapsed().as_millis() as u64);
     TunnelView {
         session_id: tunnel.plan.session_id,
         session_name: tunnel.plan.session_name.clone(),
@@ -576,17 +666,23 @@ fn view(tunnel: &Tunnel) -> TunnelView {
         address: tunnel.plan.address.to_string(),
         targets: tunnel.plan.targets.clone(),
         ended: None,
-        path: Some(tunnel.plan.path),
-        peer_endpoint: peer.as_ref().and_then(|p| p.endpoint).map(|e| e.to_string()),
-        last_handshake_ms: peer
-            .as_ref()
-            .and_then(|p| p.last_handshake)
-            .map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
-        rtt_ms: peer.as_ref().and_then(|p| p.handshake_rtt).map(|rtt| rtt.as_secs_f64() * 1000.0),
+        path: path.kind,
+        path_why: path.why,
+        path_since_ms: path.since.map(at_ms),
+        peer_endpoint: path.endpoint,
+        last_handshake_ms: peer.as_ref().and_then(|p| p.last_handshake).map(at_ms),
+        rtt_ms: path.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
         rx_bytes: peer.as_ref().map_or(0, |p| p.rx_bytes),
         tx_bytes: peer.as_ref().map_or(0, |p| p.tx_bytes),
         expires_ms: tunnel.plan.expires_ms,
         connected_ms: tunnel.connected_ms,
         cloud: tunnel.watch.as_ref().map(|w| w.note.clone()),
+        local_candidates: tunnel
+            .traversal
+            .local_candidates()
+            .borrow()
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
     }
 }

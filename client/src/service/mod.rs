@@ -3,9 +3,10 @@
 //! lets out) and the routes, and does for each user only what that user
 //! asks over its socket, for that user's tunnels.
 
-mod candidates;
 mod manager;
+mod paths;
 mod plan;
+mod roaming;
 mod routing;
 mod socket;
 mod watch;
@@ -27,6 +28,8 @@ pub enum Event {
     Expire { tunnel: u64 },
     /// What the watch on a tunnel's configuration at the cloud learned.
     Watch { tunnel: u64, news: watch::News },
+    /// This machine's addresses or routes changed (roaming).
+    NetworkChanged,
     /// Housekeeping: stale preparations go.
     Tick,
     /// Take everything down, then say so.
@@ -87,6 +90,11 @@ async fn serve(socket: PathBuf, gid: u32) -> Result<()> {
     let (events, receiver) = mpsc::channel(64);
     let manager = tokio::spawn(manager::Manager::new(routing, events.clone()).run(receiver));
     let server = tokio::spawn(socket::serve(listener, events.clone()));
+    let monitor = roaming::monitor(events.clone())
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "no netlink notifications: network changes are noticed within 10 s only")
+        })
+        .ok();
     let ticks = events.clone();
     let ticker = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(10));
@@ -105,6 +113,9 @@ async fn serve(socket: PathBuf, gid: u32) -> Result<()> {
     notify::stopping();
     server.abort();
     ticker.abort();
+    if let Some(monitor) = monitor {
+        monitor.abort();
+    }
     let (done, stopped) = oneshot::channel();
     if events.send(Event::Stop(done)).await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(10), stopped).await;

@@ -7,19 +7,34 @@
 //! is: a user cannot make the service put 8.8.8.8 on a TUN device and so take
 //! it away from the other users of the machine. The routes only ever change
 //! the caller's own traffic (see `routing`).
+//!
+//! How the datagrams travel is the traversal's (`ferry_traversal`): the
+//! relay's UDP allocation at once, its WebSocket (TCP 443) when no handshake
+//! comes over UDP, and a direct path to one of the gateway's candidates once
+//! it is verified both ways. A configuration needs one of those: a relay, or
+//! a gateway candidate. Without a relay, WireGuard starts at the gateway's
+//! first candidate.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
-use ferry_api::{ClientConfig, PortRange, Protocol};
+use ferry_api::{ClientConfig, ConfigRelay, PortRange, Protocol};
+use ferry_connect::{pin::parse_fingerprint, ws::WsRelayOptions};
+use ferry_traversal::{PeerPlan, RelayPlan, TransportMode, WebSocketRelay};
 use ferry_tunnel::{PublicKey, proto::IpNet};
 
-use crate::protocol::{PathKind, TargetView};
+use crate::protocol::TargetView;
 
 /// RFC 6598's shared address space, which holds the cloud's tunnel pool.
 const SHARED_SPACE: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
+/// The prefixes that are never a direct-path candidate: the shared address
+/// space (another tunnel's address, the cloud's pool).
+pub fn never_candidates() -> Vec<IpNet> {
+    let (net, len) = SHARED_SPACE;
+    IpNet::new(IpAddr::V4(net), len).into_iter().collect()
+}
 /// The cloud gives a session at most 64 targets.
 const MAX_TARGETS: usize = 64;
 const MAX_NAME: usize = 128;
@@ -35,8 +50,18 @@ pub struct Plan {
     pub peer: PublicKey,
     /// The proxy addresses: the only destinations routed into the tunnel.
     pub allowed: Vec<IpNet>,
-    pub endpoint: SocketAddr,
-    pub path: PathKind,
+    /// The traversal's part: the relay (UDP, WebSocket), the gateway's
+    /// candidates, the transport mode.
+    pub route: PeerPlan,
+    /// Where WireGuard sends before the traversal chose a path: with a
+    /// relay none (the traversal points the peer at the relay at once),
+    /// without one the gateway's first candidate.
+    pub first_endpoint: Option<SocketAddr>,
+    /// The relay's WebSocket URL in use, for `ferry status` (its virtual
+    /// address in the engine means nothing to a user).
+    pub websocket_url: Option<String>,
+    /// What of the configuration is not used, and why.
+    pub notes: Vec<String>,
     pub keepalive: Option<Duration>,
     pub targets: Vec<TargetView>,
 }
@@ -122,24 +147,28 @@ pub fn plan(config: &ClientConfig) -> Result<Plan, String> {
             service: service(t.protocol, &t.ports),
         });
     }
-    // Phase 1 carries the tunnel over UDP only: the relay's allocation, else
-    // the gateway's first candidate. The WebSocket relay comes with its
-    // transport (ferry-connect) and direct paths with path selection.
-    let relay_udp = config.relay.as_ref().and_then(|r| r.udp);
-    let (endpoint, path) = match relay_udp {
-        Some(udp) => (udp, PathKind::RelayUdp),
-        None => {
-            let first = config.endpoints.first().ok_or(
-                "the configuration has no UDP endpoint: neither a relay allocation nor a gateway candidate",
-            )?;
-            let addr: SocketAddr =
-                first.parse().map_err(|_| format!("the gateway candidate {first:?} is not an IP:port"))?;
-            (addr, PathKind::Direct)
+    let mut notes = Vec::new();
+    let relay = match &config.relay {
+        Some(relay) => relay_plan(relay, &mut notes)?,
+        None => None,
+    };
+    let (candidates, refused) = gateway_candidates(&config.endpoints);
+    notes.extend(refused.iter().cloned());
+    let first_endpoint = match (&relay, candidates.first()) {
+        (Some(_), _) => None,
+        (None, Some(first)) => Some(*first),
+        (None, None) => {
+            let why = refused.first().map_or("none given".to_string(), |r| r.clone());
+            return Err(format!(
+                "the configuration has no way to the gateway: no relay allocation, and no usable gateway candidate ({why})"
+            ));
         }
     };
-    if !usable_endpoint(endpoint) {
-        return Err(format!("the endpoint {endpoint} is not an address a gateway or relay can have"));
-    }
+    let websocket_url = relay.as_ref().and_then(|r| r.websocket.as_ref()).map(|ws| ws.url.clone());
+    let mode = match &relay {
+        Some(RelayPlan { udp, .. }) if udp.port() == 0 => TransportMode::Websocket,
+        _ => TransportMode::Auto,
+    };
     Ok(Plan {
         config_id: config.config_id,
         session_id: config.session_id,
@@ -148,12 +177,76 @@ pub fn plan(config: &ClientConfig) -> Result<Plan, String> {
         address,
         peer,
         allowed,
-        endpoint,
-        path,
+        route: PeerPlan { relay, candidates, mode },
+        first_endpoint,
+        websocket_url,
+        notes,
         keepalive: (config.persistent_keepalive > 0)
             .then(|| Duration::from_secs(u64::from(config.persistent_keepalive.min(3600)))),
         targets,
     })
+}
+
+/// The relay allocation as the traversal takes it: its UDP address, and its
+/// WebSocket when that can be verified (a `wss://` relay without a pin is
+/// not used, as the gateway does not: there is nothing to check its
+/// certificate against). A relay that offers only a WebSocket gets an
+/// unspecified UDP address, which the WebSocket transport mode never uses.
+fn relay_plan(relay: &ConfigRelay, notes: &mut Vec<String>) -> Result<Option<RelayPlan>, String> {
+    if let Some(udp) = relay.udp
+        && !usable_endpoint(udp)
+    {
+        return Err(format!("the relay endpoint {udp} is not an address a relay can have"));
+    }
+    let websocket = match websocket(relay) {
+        Ok(websocket) => websocket,
+        Err(why) => {
+            notes.push(why);
+            None
+        }
+    };
+    Ok(match (relay.udp, websocket) {
+        (Some(udp), websocket) => Some(RelayPlan { udp, websocket }),
+        (None, Some(websocket)) => {
+            Some(RelayPlan { udp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), websocket: Some(websocket) })
+        }
+        (None, None) => None,
+    })
+}
+
+fn websocket(relay: &ConfigRelay) -> Result<Option<WebSocketRelay>, String> {
+    let url = relay.websocket_url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let tls = url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("wss://"));
+    let pin = match (&relay.websocket_pin, tls) {
+        (Some(text), true) => Some(parse_fingerprint(text).ok_or_else(|| {
+            format!("the relay's WebSocket is not used: its pin {text:?} is not a SHA-256 fingerprint")
+        })?),
+        _ => None,
+    };
+    let options = WsRelayOptions::new(url.to_string(), relay.websocket_token.clone(), pin);
+    options.check().map_err(|e| format!("the relay's WebSocket is not used: {e}"))?;
+    Ok(Some(WebSocketRelay { url: url.to_string(), token: relay.websocket_token.clone(), pin }))
+}
+
+/// The gateway's candidates that can be a direct path, each once, and why
+/// the others are not.
+pub fn gateway_candidates(texts: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
+    let mut kept: Vec<SocketAddr> = Vec::new();
+    let mut refused = Vec::new();
+    for text in texts.iter().take(ferry_api::MAX_CANDIDATES) {
+        match text.trim().parse::<SocketAddr>() {
+            Err(_) => refused.push(format!("the gateway candidate {:?} is not an IP:port", printable(text))),
+            Ok(addr) if !usable_endpoint(addr) => {
+                refused.push(format!("the gateway candidate {addr} is not an address a gateway can have"))
+            }
+            Ok(addr) if !kept.contains(&addr) => kept.push(addr),
+            Ok(_) => {}
+        }
+    }
+    (kept, refused)
 }
 
 /// Names as the cloud allows them; anything else is cut or replaced, as it
@@ -202,10 +295,9 @@ pub(crate) mod tests {
             plan.allowed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             ["100.96.0.100/32", "100.96.0.101/32"]
         );
-        assert_eq!(
-            (plan.endpoint.to_string(), plan.path),
-            ("192.0.2.130:51820".to_string(), PathKind::Direct)
-        );
+        assert_eq!(plan.first_endpoint, Some("192.0.2.130:51820".parse().unwrap()));
+        assert_eq!(plan.route.relay, None);
+        assert_eq!(plan.route.candidates, vec!["192.0.2.130:51820".parse::<SocketAddr>().unwrap()]);
         assert_eq!(plan.targets[0].service, "tcp 8080,9000-9010");
         assert_eq!(plan.keepalive, Some(Duration::from_secs(25)));
 
@@ -217,10 +309,47 @@ pub(crate) mod tests {
             websocket_pin: None,
         });
         let plan = super::plan(&relayed).unwrap();
-        assert_eq!(
-            (plan.endpoint.to_string(), plan.path),
-            ("203.0.113.1:40007".to_string(), PathKind::RelayUdp)
-        );
+        let relay = plan.route.relay.clone().unwrap();
+        assert_eq!(relay.udp, "203.0.113.1:40007".parse().unwrap());
+        assert_eq!(relay.websocket.map(|ws| ws.url), Some("ws://203.0.113.1:443/".to_string()));
+        assert_eq!((plan.first_endpoint, plan.route.mode), (None, TransportMode::Auto));
+        assert_eq!(plan.websocket_url.as_deref(), Some("ws://203.0.113.1:443/"));
+        assert!(plan.notes.is_empty(), "{:?}", plan.notes);
+    }
+
+    #[test]
+    fn the_relays_websocket_needs_a_pin_with_tls() {
+        let with = |url: &str, pin: Option<&str>, udp: Option<&str>| {
+            let mut config = example(&key());
+            config.endpoints = vec![];
+            config.relay = Some(ConfigRelay {
+                udp: udp.map(|u| u.parse().unwrap()),
+                websocket_url: url.into(),
+                websocket_token: "t0ken".into(),
+                websocket_pin: pin.map(str::to_string),
+            });
+            plan(&config)
+        };
+        let pin = "AB".repeat(32);
+        // wss:// without a pin cannot be verified: not used, said why; the
+        // UDP allocation still carries the tunnel.
+        let plan = with("wss://203.0.113.1/", None, Some("203.0.113.1:40007")).unwrap();
+        let relay = plan.route.relay.clone().unwrap();
+        assert_eq!(relay.websocket, None);
+        assert!(plan.notes[0].contains("needs the relay certificate's SHA-256 pin"), "{:?}", plan.notes);
+        let plan = with("wss://203.0.113.1/", Some(&pin), Some("203.0.113.1:40007")).unwrap();
+        assert_eq!(plan.route.relay.unwrap().websocket.unwrap().pin, Some([0xAB; 32]));
+        // A pin is meaningless for plain ws://.
+        let plan = with("ws://203.0.113.1/", Some(&pin), Some("203.0.113.1:40007")).unwrap();
+        assert_eq!(plan.route.relay.unwrap().websocket.unwrap().pin, None);
+        let refused = with("wss://203.0.113.1/", Some("nope"), Some("203.0.113.1:40007")).unwrap();
+        assert!(refused.notes[0].contains("not a SHA-256 fingerprint"), "{:?}", refused.notes);
+        // A relay with a WebSocket only: that transport alone.
+        let plan = with("ws://203.0.113.1/", None, None).unwrap();
+        assert_eq!(plan.route.mode, TransportMode::Websocket);
+        // Nothing usable at all.
+        let err = with("wss://203.0.113.1/", None, None).unwrap_err();
+        assert!(err.contains("no way to the gateway"), "{err}");
     }
 
     #[test]
@@ -240,10 +369,21 @@ pub(crate) mod tests {
         refused(&|c| c.allowed_ips = vec!["100.96.0.2/32".into()], "is the tunnel address");
         refused(&|c| c.targets[0].proxy_address = "100.96.0.199".parse().unwrap(), "not among the proxy");
         refused(&|c| c.peer_public_key = "short".into(), "public key");
-        refused(&|c| c.endpoints = vec![], "no UDP endpoint");
+        refused(&|c| c.endpoints = vec![], "no way to the gateway");
         refused(&|c| c.endpoints = vec!["0.0.0.0:51820".into()], "not an address");
         refused(&|c| c.endpoints = vec!["100.96.0.1:51820".into()], "not an address");
         refused(&|c| c.endpoints = vec!["gateway:51820".into()], "not an IP:port");
+        refused(
+            &|c| {
+                c.relay = Some(ConfigRelay {
+                    udp: Some("0.0.0.0:4000".parse().unwrap()),
+                    websocket_url: String::new(),
+                    websocket_token: String::new(),
+                    websocket_pin: None,
+                })
+            },
+            "not an address a relay can have",
+        );
     }
 
     #[test]

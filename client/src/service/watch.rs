@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use ferry_api::ConfigStatus;
 use ferry_connect::backoff::Backoff;
-use hyper::Method;
+use ferry_connect::http::{Client, Method, Request, Response};
 use rand_core::OsRng;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::Event;
 use crate::{
-    cloud::{self, http::Transport, sse::SseParser},
+    cloud::{self, sse::SseParser},
     protocol::CloudLink,
 };
 
@@ -77,18 +77,12 @@ pub fn spawn(
     }))
 }
 
-async fn follow<F, Fut>(
-    transport: &Transport,
-    path: &str,
-    token: &str,
-    tell: &F,
-    backoff: &mut Backoff,
-) -> Stop
+async fn follow<F, Fut>(transport: &Client, path: &str, token: &str, tell: &F, backoff: &mut Backoff) -> Stop
 where
     F: Fn(News) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let mut opened = match transport.open(Method::GET, path, Some(token)).await {
+    let mut opened = match transport.open(Request::get(path).bearer(Some(token))).await {
         Ok(opened) => opened,
         Err(e) => return Stop::Lost(e.to_string()),
     };
@@ -97,7 +91,7 @@ where
         401 | 404 => {
             let status = opened.status;
             let detail = match opened.rest(16 * 1024).await {
-                Ok(body) => cloud::problem(&cloud::http::Answer { status, body }).detail,
+                Ok(body) => cloud::problem(&Response { status, headers: Default::default(), body }).detail,
                 Err(e) => e.to_string(),
             };
             tell(News::Refused(detail)).await;
@@ -141,7 +135,10 @@ where
 pub async fn revoke(link: &CloudLink, config_id: u64, token: &str) -> Result<(), String> {
     let transport = cloud::transport(&link.url, link.pin.as_deref()).map_err(|e| e.to_string())?;
     let path = format!("/api/v1/configs/{config_id}");
-    let sent = tokio::time::timeout(REVOKE_TIMEOUT, transport.send(Method::DELETE, &path, Some(token), None));
+    let sent = tokio::time::timeout(
+        REVOKE_TIMEOUT,
+        transport.send(Request::new(Method::DELETE, &path).bearer(Some(token))),
+    );
     match sent.await {
         Err(_) => Err(format!("no answer within {} s", REVOKE_TIMEOUT.as_secs())),
         Ok(Err(e)) => Err(e.to_string()),

@@ -2,30 +2,16 @@
 //! failures each further attempt must wait an exponentially growing delay;
 //! at `lock_after` failures the account is locked for `lock_ms`. Attempts
 //! during the wait or the lock are refused without checking the password,
-//! so guessing cannot go faster by ignoring the delay.
+//! so guessing cannot go faster by ignoring the delay. TOTP and disabled
+//! accounts are the cloud's own.
+
+use ferry_daemon::login::lockout::{Failures, Lockout, Refused};
 
 use crate::users::User;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LoginPolicy {
-    pub slow_after: u32,
-    pub base_delay_ms: u64,
-    pub max_delay_ms: u64,
-    pub lock_after: u32,
-    pub lock_ms: u64,
-}
-
-impl Default for LoginPolicy {
-    fn default() -> Self {
-        LoginPolicy {
-            slow_after: 3,
-            base_delay_ms: 1_000,
-            max_delay_ms: 60_000,
-            lock_after: 10,
-            lock_ms: 15 * 60 * 1000,
-        }
-    }
-}
+/// The counting itself is `ferry_daemon::login::lockout`, shared with the
+/// gateway's local panel; the cloud keeps the counters on the user.
+pub type LoginPolicy = Lockout;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginOutcome {
@@ -47,35 +33,40 @@ pub enum LoginOutcome {
     Disabled,
 }
 
-impl LoginPolicy {
-    /// How long after the last failure the next attempt may come.
-    pub fn delay_ms(&self, failures: u32) -> u64 {
-        if failures < self.slow_after {
-            return 0;
-        }
-        let doublings = (failures - self.slow_after).min(30);
-        (self.base_delay_ms << doublings).min(self.max_delay_ms)
+fn failures(user: &User) -> Failures {
+    Failures {
+        count: user.failed_logins,
+        last_failed_ms: user.last_failed_ms,
+        locked_until_ms: user.locked_until_ms,
     }
+}
 
+fn store(user: &mut User, failures: Failures) {
+    user.failed_logins = failures.count;
+    user.last_failed_ms = failures.last_failed_ms;
+    user.locked_until_ms = failures.locked_until_ms;
+}
+
+/// The login checks on a user's record.
+pub trait UserLogin {
     /// Whether an attempt may be checked at all now.
-    pub fn gate(&self, user: &User, now_ms: u64) -> Option<LoginOutcome> {
-        if let Some(until_ms) = user.locked_until_ms.filter(|&until| now_ms < until) {
-            return Some(LoginOutcome::Locked { until_ms, new: false });
-        }
-        let ready_at = user.last_failed_ms.unwrap_or(0) + self.delay_ms(user.failed_logins);
-        (user.failed_logins >= self.slow_after && now_ms < ready_at)
-            .then(|| LoginOutcome::Throttled { retry_after_ms: ready_at - now_ms })
-    }
+    fn gate(&self, user: &User, now_ms: u64) -> Option<LoginOutcome>;
 
     /// Applies an attempt whose password check gave `password_ok` to the
     /// user's counters (the caller stores the user back).
-    pub fn record(
-        &self,
-        user: &mut User,
-        now_ms: u64,
-        password_ok: bool,
-        totp: Option<&str>,
-    ) -> LoginOutcome {
+    fn record(&self, user: &mut User, now_ms: u64, password_ok: bool, totp: Option<&str>) -> LoginOutcome;
+}
+
+impl UserLogin for Lockout {
+    fn gate(&self, user: &User, now_ms: u64) -> Option<LoginOutcome> {
+        match self.check(&failures(user), now_ms) {
+            Ok(()) => None,
+            Err(Refused::Locked { until_ms }) => Some(LoginOutcome::Locked { until_ms, new: false }),
+            Err(Refused::Throttled { retry_after_ms }) => Some(LoginOutcome::Throttled { retry_after_ms }),
+        }
+    }
+
+    fn record(&self, user: &mut User, now_ms: u64, password_ok: bool, totp: Option<&str>) -> LoginOutcome {
         if let Some(refused) = self.gate(user, now_ms) {
             return refused;
         }
@@ -90,23 +81,18 @@ impl LoginPolicy {
             (true, None) if user.disabled => return LoginOutcome::Disabled,
             (true, None) => LoginOutcome::Success,
         };
+        let mut counted = failures(user);
         if outcome == LoginOutcome::Success {
-            user.failed_logins = 0;
-            user.last_failed_ms = None;
-            user.locked_until_ms = None;
+            counted.succeeded();
+            store(user, counted);
             return outcome;
         }
-        user.failed_logins += 1;
-        user.last_failed_ms = Some(now_ms);
-        if user.failed_logins >= self.lock_after {
-            let until_ms = now_ms + self.lock_ms;
-            user.locked_until_ms = Some(until_ms);
-            // The lock is the penalty; afterwards counting starts over.
-            user.failed_logins = 0;
-            user.last_failed_ms = None;
-            return LoginOutcome::Locked { until_ms, new: true };
+        let locked = self.failed(&mut counted, now_ms);
+        store(user, counted);
+        match locked {
+            Some(until_ms) => LoginOutcome::Locked { until_ms, new: true },
+            None => outcome,
         }
-        outcome
     }
 }
 

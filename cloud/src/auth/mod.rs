@@ -12,5 +12,5 @@ pub mod totp;
 
 pub use access::{ACCESS_TTL_MS, AccessClaims, AccessKey};
 pub use api_tokens::{ApiToken, Scope};
-pub use login::{LoginOutcome, LoginPolicy};
+pub use login::{LoginOutcome, LoginPolicy, UserLogin};
 pub use refresh::REFRESH_TTL_MS;

@@ -82,6 +82,8 @@ fn session_state(gateway: &Gateway, session: &Session) -> Option<SessionState> {
         gateway_address: addressing::gateway(index),
         targets,
         peers,
+        started_by: session.started_by.clone(),
+        max_duration_s: Some(session.max_duration_s),
     })
 }
 

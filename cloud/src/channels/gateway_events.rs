@@ -12,7 +12,7 @@
 
 use ferry_control::{
     SessionId,
-    gateway::{Event, GatewayEvent},
+    gateway::{Event, GatewayEvent, PanelLoginOutcome, PathKind},
 };
 
 use super::gateway::gateway_event;
@@ -20,7 +20,7 @@ use crate::{
     app::{Actor, AppState, describe},
     audit::{self, AuditError},
     gateways::{self, Gateway},
-    sessions::{self, EndReason, IssuedConfig, PeerReport, Planned, Session, SessionError},
+    sessions::{self, EndReason, IssuedConfig, PeerPath, PeerReport, Planned, Session, SessionError},
     store::{BackendError, Batch, Store},
 };
 
@@ -164,24 +164,64 @@ fn plan_effect(
             }
         }
         GatewayEvent::Approved { session_id } => {
-            decide(store, gateway_id, actor, *session_id, "session.approve", |s| Ok(s.approve(now)?), plan)?
+            let approve = |s: &mut Session| Ok(s.approve(now)?);
+            decide(store, gateway_id, actor, *session_id, "session.approve", approve, None, plan)?
         }
         GatewayEvent::Denied { session_id } => {
-            decide(store, gateway_id, actor, *session_id, "session.deny", |s| Ok(s.deny(now)?), plan)?
+            decide(store, gateway_id, actor, *session_id, "session.deny", |s| Ok(s.deny(now)?), None, plan)?
         }
-        GatewayEvent::PeerConnected { session_id, public_key, endpoint } => {
+        GatewayEvent::Ended { session_id } => {
+            // The customer ended this one session at the gateway; the
+            // gateway stopped forwarding it already.
+            let reason = EndReason::Customer { session_only: true };
+            let detail = Some(describe(&reason));
+            let end = |s: &mut Session| Ok(s.end(reason, now)?);
+            decide(store, gateway_id, actor, *session_id, "session.end", end, detail, plan)?
+        }
+        GatewayEvent::PeerConnected { session_id, public_key, endpoint, path } => {
             if let Some(session) = session_of(store, gateway_id, *session_id)? {
-                let detail =
+                let mut detail =
                     format!("peer {public_key} from {}", endpoint.map_or("?".into(), |e| e.to_string()));
+                if let Some(path) = path {
+                    detail += &format!(" via {}", path_words(*path));
+                }
                 plan.audit.push(actor.session_event("session.peer_connected", true, &session, Some(detail)));
                 let key = public_key.to_string();
                 report_peer(store, &session, &key, plan, |config| PeerReport {
                     connected: true,
                     endpoint: *endpoint,
-                    path: endpoint.map(|e| config.path_of(e)),
+                    // What the gateway says; a gateway too old to say it
+                    // leaves the endpoint to tell what it can.
+                    path: path.map(PeerPath::from).or_else(|| endpoint.map(|e| config.path_of(e))),
                     since_ms: now,
                 })?;
             }
+        }
+        GatewayEvent::PeerPath { session_id, public_key, path, endpoint } => {
+            if let Some(session) = session_of(store, gateway_id, *session_id)? {
+                let detail = format!(
+                    "peer {public_key} now via {} from {}",
+                    path_words(*path),
+                    endpoint.map_or("?".into(), |e| e.to_string())
+                );
+                plan.audit.push(actor.session_event("session.peer_path", true, &session, Some(detail)));
+                let key = public_key.to_string();
+                report_peer(store, &session, &key, plan, |_| PeerReport {
+                    connected: true,
+                    endpoint: *endpoint,
+                    path: Some(PeerPath::from(*path)),
+                    since_ms: now,
+                })?;
+            }
+        }
+        GatewayEvent::PanelLogin { outcome, from } => {
+            let allowed = *outcome == PanelLoginOutcome::Success;
+            let detail = format!("local panel login from {from}: {}", outcome.label());
+            plan.audit.push(gateway_event(actor, "gateway.panel_login", allowed, Some(detail)));
+        }
+        GatewayEvent::PanelLogout { from } => {
+            let detail = format!("local panel logout from {from}");
+            plan.audit.push(gateway_event(actor, "gateway.panel_logout", true, Some(detail)));
         }
         GatewayEvent::PeerDisconnected { session_id, public_key } => {
             if let Some(session) = session_of(store, gateway_id, *session_id)? {
@@ -252,8 +292,19 @@ fn session_of(store: &Store, gateway_id: u64, id: SessionId) -> Result<Option<Se
     Ok(sessions::get(store, id.0)?.filter(|s| s.gateway_id == gateway_id))
 }
 
-/// The customer's approval or denial: applied and audited, or audited as
-/// refused with the reason (an unknown session, one not waiting).
+/// The path in words, for the audit log.
+fn path_words(path: PathKind) -> &'static str {
+    match path {
+        PathKind::Direct => "direct",
+        PathKind::UdpRelay => "relay (UDP)",
+        PathKind::WebsocketRelay => "relay (WebSocket)",
+    }
+}
+
+/// The customer's approval, denial or end of one session: applied and
+/// audited (with `detail`), or audited as refused with the reason (an
+/// unknown session, one not waiting or not running).
+#[allow(clippy::too_many_arguments)]
 fn decide(
     store: &Store,
     gateway_id: u64,
@@ -261,6 +312,7 @@ fn decide(
     session_id: SessionId,
     action: &str,
     transition: impl FnOnce(&mut Session) -> Result<(), SessionError>,
+    detail: Option<String>,
     plan: &mut Plan,
 ) -> Result<(), EventError> {
     let unknown = || gateway_event(actor, action, false, Some(format!("unknown session {}", session_id.0)));
@@ -270,7 +322,7 @@ fn decide(
     };
     match sessions::prepare(store, session.id, transition) {
         Ok(Some(planned)) => {
-            let entry = actor.session_event(action, true, &planned.after, None);
+            let entry = actor.session_event(action, true, &planned.after, detail);
             plan.session(planned, entry);
         }
         Ok(None) => plan.audit.push(unknown()),
@@ -291,7 +343,7 @@ fn end_live_sessions(
     now: u64,
     plan: &mut Plan,
 ) -> Result<(), EventError> {
-    let reason = EndReason::Customer;
+    let reason = EndReason::Customer { session_only: false };
     for session in sessions::live_for_gateway(store, gateway_id)? {
         match sessions::prepare(store, session.id, |s| Ok(s.end(reason.clone(), now)?)) {
             Ok(Some(planned)) => {

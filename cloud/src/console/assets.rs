@@ -1,15 +1,11 @@
 //! The console's own script and style sheet, compiled into the binary and
-//! served under names that carry a hash of their content: a browser may
-//! keep them for a year, and a new build's pages name new files.
+//! served under names that carry a hash of their content
+//! (`ferry_daemon::web::assets`, shared with the gateway's panel).
 
 use std::sync::OnceLock;
 
-use axum::{
-    extract::Path,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-};
-use sha2::{Digest, Sha256};
+use axum::{extract::Path, http::HeaderMap, response::Response};
+pub use ferry_daemon::web::assets::Asset;
 
 /// The script: one file served, written as a few (the shared helpers
 /// first, then one per page), so that each page's code stays small.
@@ -26,27 +22,6 @@ const SCRIPT: &str = concat!(
 );
 
 const STYLE: &str = include_str!("static/console.css");
-
-pub struct Asset {
-    /// `/static/<stem>.<hash>.<ext>`
-    pub path: String,
-    etag: String,
-    content_type: &'static str,
-    body: &'static str,
-}
-
-impl Asset {
-    fn new(stem: &str, ext: &str, content_type: &'static str, body: &'static str) -> Asset {
-        let digest = hex::encode(Sha256::digest(body.as_bytes()));
-        let short = &digest[..16];
-        Asset {
-            path: format!("/static/{stem}.{short}.{ext}"),
-            etag: format!("\"{short}\""),
-            content_type,
-            body,
-        }
-    }
-}
 
 pub struct Assets {
     pub script: Asset,
@@ -65,23 +40,5 @@ pub fn assets() -> &'static Assets {
 /// after an upgrade is gone: the new page names the new file).
 pub async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
     let assets = assets();
-    let Some(asset) =
-        [&assets.script, &assets.style].into_iter().find(|a| a.path.strip_prefix("/static/") == Some(&name))
-    else {
-        return (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "no-store")], "no such file")
-            .into_response();
-    };
-    let cache = [
-        (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
-        (header::ETAG, HeaderValue::from_str(&asset.etag).unwrap_or(HeaderValue::from_static("\"\""))),
-    ];
-    let unchanged = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == asset.etag));
-    if unchanged {
-        return (StatusCode::NOT_MODIFIED, cache).into_response();
-    }
-    (cache, [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))], asset.body)
-        .into_response()
+    ferry_daemon::web::assets::respond(&[&assets.script, &assets.style], &name, &headers)
 }

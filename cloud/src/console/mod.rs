@@ -9,7 +9,8 @@
 //! the API all the same.
 
 pub mod assets;
-pub mod headers;
+/// The security headers, shared with the gateway's local panel.
+pub use ferry_daemon::web::headers;
 
 use askama::Template;
 use axum::{

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     audit::Event,
     auth::{
-        ACCESS_TTL_MS, LoginOutcome, REFRESH_TTL_MS,
+        ACCESS_TTL_MS, LoginOutcome, REFRESH_TTL_MS, UserLogin as _,
         console::{self, ConsoleSession},
         refresh::{self, RefreshError},
         totp::TotpState,

@@ -214,30 +214,10 @@ fn identify(
     })
 }
 
-/// Whether a request comes from a page of the server's own origin: by
-/// `Sec-Fetch-Site` (browsers send it on every request to a secure
-/// origin) and by `Origin` (sent on every state-changing fetch and form
-/// post), whichever are present; at least one must be.
+/// Whether a request comes from a page of the server's own origin (the
+/// check is shared with the gateway's panel: `ferry_daemon::web`).
 pub fn same_origin(parts: &Parts) -> Result<(), String> {
-    let text = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap_or("(not text)").to_string());
-    let site = text("sec-fetch-site");
-    if let Some(site) = &site
-        && site != "same-origin"
-    {
-        return Err(format!("the request came from another site (Sec-Fetch-Site: {site})"));
-    }
-    let Some(origin) = text("origin") else {
-        return match site {
-            Some(_) => Ok(()),
-            None => Err("the request names no origin (neither Origin nor Sec-Fetch-Site)".into()),
-        };
-    };
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let authority = origin.split_once("://").map(|(_, rest)| rest);
-    match authority {
-        Some(authority) if !host.is_empty() && authority.eq_ignore_ascii_case(host) => Ok(()),
-        _ => Err(format!("the request came from another origin ({origin})")),
-    }
+    ferry_daemon::web::same_origin(&parts.headers)
 }
 
 /// The checks a console request that changes state must pass: its own

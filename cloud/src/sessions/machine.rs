@@ -184,13 +184,13 @@ mod tests {
     #[test]
     fn ending_is_final_until_a_new_start() {
         let mut s = session(false);
-        assert_eq!(s.end(EndReason::Customer, 0), Err(Refusal::NotRunning));
+        assert_eq!(s.end(EndReason::Customer { session_only: false }, 0), Err(Refusal::NotRunning));
         s.start("a", 0, ON).unwrap();
         s.configs.push(super::super::IssuedConfig::example());
         s.end(EndReason::User { name: "tech".into() }, 5).unwrap();
         assert_eq!(s.state, State::Ended);
         assert!(s.configs.is_empty(), "issued keys go with the end");
-        assert_eq!(s.end(EndReason::Customer, 6), Err(Refusal::NotRunning));
+        assert_eq!(s.end(EndReason::Customer { session_only: false }, 6), Err(Refusal::NotRunning));
         assert!(!s.expire_due(u64::MAX));
         assert_eq!(s.start("a", 7, ON), Ok(State::Active), "a new start brings it back");
         assert_eq!((s.ended_ms, s.end_reason.clone()), (None, None));

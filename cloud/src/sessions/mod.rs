@@ -59,17 +59,27 @@ pub struct IssuedConfig {
     pub peer: Option<PeerReport>,
 }
 
-/// How a peer's datagrams reach the gateway.
+/// How a peer's datagrams reach the gateway, as the gateway reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerPath {
-    /// Straight from the client (its endpoint is neither the relay nor the
-    /// gateway's local WebSocket bridge).
+    /// Straight from the client.
     Direct,
     /// Through the relay's UDP allocation.
     Relay,
-    /// Through the WebSocket relay (the gateway's bridge on loopback).
+    /// Through the relay's WebSocket (TCP).
     Websocket,
+}
+
+impl From<ferry_control::gateway::PathKind> for PeerPath {
+    fn from(path: ferry_control::gateway::PathKind) -> PeerPath {
+        use ferry_control::gateway::PathKind;
+        match path {
+            PathKind::Direct => PeerPath::Direct,
+            PathKind::UdpRelay => PeerPath::Relay,
+            PathKind::WebsocketRelay => PeerPath::Websocket,
+        }
+    }
 }
 
 /// The gateway's report of a peer: connected (with its endpoint) or gone.
@@ -79,15 +89,19 @@ pub struct PeerReport {
     /// Where the gateway sees the peer's datagrams come from.
     #[schema(value_type = Option<String>)]
     pub endpoint: Option<SocketAddr>,
-    /// What the endpoint says about the path (none without an endpoint).
+    /// The path the gateway reported (or, from a gateway too old to report
+    /// it, what its endpoint says; none without either).
     pub path: Option<PeerPath>,
     /// When the gateway reported it.
     pub since_ms: u64,
 }
 
 impl IssuedConfig {
-    /// The path that a peer endpoint the gateway reported means for this
-    /// configuration.
+    /// The path that a peer endpoint means for this configuration, for
+    /// gateways that do not report the path itself. It cannot tell the
+    /// relay's WebSocket from its UDP allocation: today's gateways report
+    /// the WebSocket's peers at the allocation's address; the loopback rule
+    /// is for the older ones that bridged the WebSocket on loopback.
     pub fn path_of(&self, endpoint: SocketAddr) -> PeerPath {
         if endpoint.ip().is_loopback() {
             PeerPath::Websocket
@@ -417,7 +431,7 @@ mod tests {
         assert_eq!(live_for_gateway(&store, 7).unwrap().len(), 2);
         assert_eq!(all_live(&store).unwrap().len(), 3);
 
-        modify(&store, b.id, |s| Ok(s.end(EndReason::Customer, 1)?)).unwrap();
+        modify(&store, b.id, |s| Ok(s.end(EndReason::Customer { session_only: false }, 1)?)).unwrap();
         assert_eq!(get(&store, b.id).unwrap().unwrap().subnet_index, None);
         assert_eq!(live_for_gateway(&store, 7).unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [a.id]);
         // The freed subnet is reused.

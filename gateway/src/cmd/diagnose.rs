@@ -11,13 +11,12 @@ use std::{
 
 use anyhow::Result;
 use ferry_connect::stun::{self, QueryError};
-use hyper::Method;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 
 use super::{
     Paths,
-    http::{self, CloudUrl},
+    http::{self, CloudUrl, Method},
     now_ms,
 };
 use crate::{
@@ -156,9 +155,9 @@ pub fn collect(paths: &Paths) -> Report {
         None => report.push("enrolment", Status::Fail, "not enrolled: run `ferry-gateway enroll`", None),
     }
     if let Some(enrollment) = &enrollment {
-        let reachable = http::block_on(async { Ok(check_cloud(&mut report, enrollment, now).await) });
+        let reachable = http::block_on(check_cloud(&mut report, enrollment, now));
         report.cloud_reachable = reachable.unwrap_or_else(|e| {
-            report.push("cloud", Status::Fail, e.to_string(), None);
+            report.push("cloud", Status::Fail, format!("{e:#}"), None);
             false
         });
     }
@@ -238,11 +237,11 @@ async fn check_cloud(report: &mut Report, enrollment: &Enrollment, local_ms: u64
             }
         };
         let started = Instant::now();
-        (http::exchange(&url, tls, Method::GET, "/healthz", None, TIMEOUT).await, started)
+        (http::exchange(&url, tls, http::request(Method::GET, "/healthz"), TIMEOUT).await, started)
     } else {
         report.push("TLS", Status::Info, "plain http (lab): not encrypted", None);
         let started = Instant::now();
-        (http::exchange(&url, stream, Method::GET, "/healthz", None, TIMEOUT).await, started)
+        (http::exchange(&url, stream, http::request(Method::GET, "/healthz"), TIMEOUT).await, started)
     };
     let (response, started) = result;
     let took = started.elapsed();
@@ -309,12 +308,14 @@ fn check_relay(report: &mut Report, relay: &RelayInfo) {
         Ok(url) => match http::block_on(async {
             let addrs = http::resolve(&url).await?;
             let stream = http::connect(&url, &addrs, TIMEOUT).await?;
-            Ok(stream.peer_addr().map(|a| a.to_string()).unwrap_or_default())
-        }) {
+            Ok::<_, http::HttpError>(stream.peer_addr().map(|a| a.to_string()).unwrap_or_default())
+        })
+        .and_then(|connected| Ok(connected?))
+        {
             Ok(peer) => {
                 report.push(name, Status::Ok, format!("TCP connected to {peer}"), Some(started.elapsed()))
             }
-            Err(e) => report.push(name, Status::Fail, e.to_string(), Some(started.elapsed())),
+            Err(e) => report.push(name, Status::Fail, format!("{e:#}"), Some(started.elapsed())),
         },
     }
 }

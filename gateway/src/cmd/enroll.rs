@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use hyper::Method;
 use serde::Deserialize;
 
 use super::{
     Paths,
-    http::{self, CloudUrl, HttpError},
+    http::{self, Client, CloudUrl, HttpError, Method},
 };
 use crate::state::{Enrollment, keys};
 
@@ -65,7 +64,7 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
         eprintln!(
             "WARNING: {} is plain http: the enrolment token and the control channel are not encrypted. \
              Use this only in a lab.",
-            url.to_text()
+            url.url()
         );
     }
 
@@ -90,12 +89,13 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
         "identity_key": hex::encode(identity.verifying_key().as_bytes()),
     }))?;
 
-    let exchange = http::request(&url, pin, Method::POST, "/api/v1/enrol", Some(body), TIMEOUT);
-    let response = http::block_on(exchange).map_err(|e| match e {
+    let client = Client::new(url.clone(), pin, TIMEOUT)?;
+    let exchange = client.send(http::request(Method::POST, "/api/v1/enrol").json(Some(body)));
+    let response = http::block_on(exchange)?.map_err(|e| match e {
         HttpError::PinMismatch { .. } => anyhow::anyhow!(
             "{e}\nCheck --pin against the fingerprint the cloud printed; someone may be intercepting the connection."
         ),
-        HttpError::Resolve { .. } | HttpError::NoAddress { .. } | HttpError::Connect { .. } => {
+        e if e.is_unreachable() => {
             anyhow::anyhow!("the cloud is unreachable: {e}\n`ferry-gateway diagnose` checks the network path.")
         }
         other => other.into(),
@@ -119,7 +119,7 @@ pub fn run(paths: &Paths, args: EnrollArgs) -> Result<()> {
     let enrolled: Enrolled = serde_json::from_slice(&response.body)
         .context("the cloud's enrolment answer is not what was expected")?;
     let enrollment = Enrollment {
-        cloud_url: url.to_text(),
+        cloud_url: url.url(),
         gateway_id: enrolled.gateway_id,
         name: enrolled.name,
         pin: pin.map(|p| ferry_control::pin::format_fingerprint(&p)),

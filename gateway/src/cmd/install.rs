@@ -51,6 +51,13 @@ pub const CONFIG_TEMPLATE: &str = r#"# ferry-gateway configuration. Every settin
 [metrics]
 # Prometheus metrics; "off" to disable.
 # listen = "127.0.0.1:9479"
+
+[panel]
+# The local web panel for the plant operators (the switch, approvals, sessions,
+# diagnostics), over HTTPS. Only on the LAN address (the default: the LAN
+# interface's, port 8443) or on loopback; never on the uplink. "off" to disable.
+# Its password: ferry-gateway panel password
+# listen = "192.168.0.2:8443"
 "#;
 
 #[derive(Args, Debug)]
@@ -61,6 +68,10 @@ pub struct InstallArgs {
     /// Do not run `systemctl daemon-reload`.
     #[arg(long)]
     pub no_systemctl: bool,
+    /// Do not offer to set the local panel's password (it is offered only
+    /// on a terminal, when none is set yet).
+    #[arg(long)]
+    pub no_panel_password: bool,
 }
 
 fn under(root: &Path, absolute: &str) -> PathBuf {
@@ -151,13 +162,56 @@ pub fn run(args: InstallArgs) -> Result<()> {
         println!("ran `systemctl daemon-reload`");
     }
 
+    let panel = offer_panel_password(&args)?;
     println!(
         "\nNext steps:\n\
          1. Edit {} (uplink and LAN interfaces).\n\
          2. Enrol: ferry-gateway enroll --cloud https://CLOUD:PORT --token TOKEN --pin FINGERPRINT\n\
          3. Start it: systemctl enable --now ferry-gateway\n\
-         4. Remote maintenance is OFF until you run: ferry-gateway remote on",
+         4. Remote maintenance is OFF until you run: ferry-gateway remote on\n   \
+            (or switch it on in the local panel, https://LAN-ADDRESS:8443{panel})",
         config.display()
     );
     Ok(())
+}
+
+/// Offers to set the local panel's password when none is set and a person
+/// sits at a terminal; returns a hint for the next steps.
+fn offer_panel_password(args: &InstallArgs) -> Result<&'static str> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let paths = super::Paths {
+        data_dir: under(&args.root, "/var/lib/ferry-gateway"),
+        socket: under(&args.root, "/run/ferry-gateway/control.sock"),
+    };
+    if super::panel::is_set(&paths) {
+        println!("{:>14}  the local panel's password (set)", "kept");
+        return Ok("");
+    }
+    let hint = "; set its password first: ferry-gateway panel password";
+    if args.no_panel_password || !std::io::stdin().is_terminal() {
+        return Ok(hint);
+    }
+    print!("\nSet the password of the local panel now (the plant operators log in with it)? [Y/n] ");
+    std::io::stdout().flush().context("writing to the terminal")?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).context("reading the answer")?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "" | "y" | "yes") {
+        return Ok(hint);
+    }
+    loop {
+        let first = rpassword::prompt_password("New password (12 characters at least): ")
+            .context("reading the password")?;
+        let again = rpassword::prompt_password("The same again: ").context("reading the password")?;
+        if first != again {
+            println!("the two differ; once more");
+            continue;
+        }
+        match super::panel::set(&paths, &first) {
+            Ok(()) => {
+                println!("{:>14}  the local panel's password", "set");
+                return Ok("");
+            }
+            Err(e) => println!("{e:#}; once more"),
+        }
+    }
 }

@@ -1,10 +1,11 @@
 //! The customer's and installer's commands: `remote`, `approve`, `deny`,
-//! `sessions`, `diagnose`, `enroll`, `install`.
+//! `end`, `sessions`, `diagnose`, `enroll`, `install`, `panel`.
 
 pub mod diagnose;
 pub mod enroll;
 pub mod http;
 pub mod install;
+pub mod panel;
 
 use std::{
     path::PathBuf,
@@ -115,9 +116,22 @@ pub fn remote(paths: &Paths, action: RemoteAction) -> Result<()> {
     Ok(())
 }
 
-/// `approve` and `deny`: only the daemon knows which sessions wait.
-pub fn decide(paths: &Paths, session: u64, approve: bool) -> Result<()> {
-    let request = if approve { Request::Approve { session } } else { Request::Deny { session } };
+/// What the customer decides on one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decide {
+    Approve,
+    Deny,
+    End,
+}
+
+/// `approve`, `deny` and `end`: only the daemon knows which sessions wait
+/// or run.
+pub fn decide(paths: &Paths, session: u64, decide: Decide) -> Result<()> {
+    let request = match decide {
+        Decide::Approve => Request::Approve { session },
+        Decide::Deny => Request::Deny { session },
+        Decide::End => Request::End { session },
+    };
     match client::call(&paths.socket, &request) {
         Ok(Response::Done { message }) => {
             println!("{message}");
@@ -127,7 +141,7 @@ pub fn decide(paths: &Paths, session: u64, approve: bool) -> Result<()> {
         Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
         Err(ClientError::NotRunning { path }) => bail!(
             "the ferry-gateway daemon is not running (no control socket at {}): only the running daemon \
-             knows which sessions wait for approval; start it with `systemctl start ferry-gateway`",
+             knows which sessions wait for approval or run; start it with `systemctl start ferry-gateway`",
             path.display()
         ),
         Err(e) => Err(e.into()),
@@ -153,7 +167,7 @@ pub fn sessions(paths: &Paths, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn human_duration(d: Duration) -> String {
+pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),
@@ -163,7 +177,7 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -269,6 +283,8 @@ mod tests {
         let session = SessionReport {
             id: 42,
             name: "press line 3".into(),
+            started_by: Some("tech".into()),
+            max_duration_s: Some(3600),
             state: "waiting_for_approval".into(),
             expires_ms: 3_600_000 + 5_000,
             approval_required: true,

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context, Result};
 use ferry_control::{
     SessionId,
-    gateway::{Peer, RelayBinding},
+    gateway::{PathKind as WirePath, Peer, RelayBinding},
 };
 use ferry_traversal::{
     PathKind, PeerPath, PeerPlan, RelayPlan, TransportMode, Traversal, TraversalOptions, WebSocketRelay,
@@ -53,13 +53,30 @@ pub struct Wanted {
 /// Something the audit wants to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    Connected { session: SessionId, public_key: PublicKey, endpoint: Option<SocketAddr> },
-    Disconnected { session: SessionId, public_key: PublicKey },
+    Connected {
+        session: SessionId,
+        public_key: PublicKey,
+        endpoint: Option<SocketAddr>,
+        path: Option<WirePath>,
+    },
+    /// A connected peer's path changed.
+    PathChanged {
+        session: SessionId,
+        public_key: PublicKey,
+        path: WirePath,
+        endpoint: Option<SocketAddr>,
+    },
+    Disconnected {
+        session: SessionId,
+        public_key: PublicKey,
+    },
 }
 
 struct Live {
     wanted: Wanted,
     connected: bool,
+    /// The path last reported for it while connected.
+    path: Option<WirePath>,
 }
 
 pub struct Engine {
@@ -165,7 +182,7 @@ impl Engine {
                 warn!(peer = %key, error = %format!("{e:#}"), "adding the peer failed");
                 continue;
             }
-            self.peers.insert(key, Live { wanted: w, connected: false });
+            self.peers.insert(key, Live { wanted: w, connected: false, path: None });
         }
         changes
     }
@@ -232,23 +249,31 @@ impl Engine {
         for (key, live) in &mut self.peers {
             let handshake = status.get(key).and_then(|s| s.last_handshake);
             let connected = handshake.is_some_and(|at| now.duration_since(at) < CONNECTED_WITHIN);
-            if connected == live.connected {
+            let session = live.wanted.session;
+            if !connected {
+                if live.connected {
+                    live.connected = false;
+                    live.path = None;
+                    changes.push(Change::Disconnected { session, public_key: *key });
+                }
                 continue;
             }
-            live.connected = connected;
-            let session = live.wanted.session;
-            changes.push(if connected {
-                let path = self.traversal.status(key);
-                let endpoint = match path.as_ref().map(|p| p.path) {
-                    // The virtual address means nothing outside this process:
-                    // the relay's allocation is where the peer is reached.
-                    Some(PathKind::WebSocketRelay) => live.wanted.peer.relay.as_ref().map(|r| r.udp),
-                    _ => path.and_then(|p| p.endpoint).or_else(|| status.get(key).and_then(|s| s.endpoint)),
-                };
-                Change::Connected { session, public_key: *key, endpoint }
-            } else {
-                Change::Disconnected { session, public_key: *key }
-            });
+            let path = self.traversal.status(key);
+            let kind = path.as_ref().and_then(|p| wire_path(p.path));
+            let endpoint = match path.as_ref().map(|p| p.path) {
+                // The virtual address means nothing outside this process:
+                // the relay's allocation is where the peer is reached.
+                Some(PathKind::WebSocketRelay) => live.wanted.peer.relay.as_ref().map(|r| r.udp),
+                _ => path.and_then(|p| p.endpoint).or_else(|| status.get(key).and_then(|s| s.endpoint)),
+            };
+            if !live.connected {
+                live.connected = true;
+                live.path = kind;
+                changes.push(Change::Connected { session, public_key: *key, endpoint, path: kind });
+            } else if let Some(kind) = kind.filter(|k| live.path != Some(*k)) {
+                live.path = Some(kind);
+                changes.push(Change::PathChanged { session, public_key: *key, path: kind, endpoint });
+            }
         }
         changes
     }
@@ -264,6 +289,16 @@ impl Engine {
     /// The peer's path now, if the plan has it.
     pub fn path_of(&self, key: &PublicKey) -> Option<PeerPath> {
         self.traversal.status(key)
+    }
+}
+
+/// The path as the control protocol names it; `None` for no path yet.
+fn wire_path(path: PathKind) -> Option<WirePath> {
+    match path {
+        PathKind::Direct => Some(WirePath::Direct),
+        PathKind::UdpRelay => Some(WirePath::UdpRelay),
+        PathKind::WebSocketRelay => Some(WirePath::WebsocketRelay),
+        PathKind::None => None,
     }
 }
 

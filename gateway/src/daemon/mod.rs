@@ -10,7 +10,7 @@
 mod cloud;
 mod engine;
 mod forwarding;
-mod host;
+pub mod host;
 mod metrics;
 pub mod policy;
 mod report;
@@ -77,6 +77,8 @@ pub struct Settings {
     pub transport: Transport,
     /// Where `/metrics` listens; `None`: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where the customer's local panel listens.
+    pub panel: crate::config::PanelListen,
     /// How long idle connections to the machines are kept.
     pub flow_timeouts: FlowTimeouts,
 }
@@ -156,6 +158,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let listener = crate::local::server::bind(&settings.socket)
         .with_context(|| format!("binding the control socket {}", settings.socket.display()))?;
     let (request_tx, mut request_rx) = mpsc::channel(16);
+    let panel_task =
+        start_panel(&settings, snat, &enrollment.name, request_tx.clone(), &store, &events).await?;
     let local_task = tokio::spawn(crate::local::server::serve(listener, request_tx));
 
     let metrics = metrics::Metrics::new();
@@ -234,8 +238,58 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         task.abort();
     }
     local_task.abort();
+    if let Some(task) = panel_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
+}
+
+/// Starts the customer's local panel where the configuration says, after
+/// checking that the address is the LAN's or loopback (never the uplink's).
+async fn start_panel(
+    settings: &Settings,
+    lan_address: Ipv4Addr,
+    gateway_name: &str,
+    requests: mpsc::Sender<crate::local::server::Call>,
+    store: &Store,
+    events: &Arc<Notify>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use crate::{config::PanelListen, panel};
+    let listen = match settings.panel {
+        PanelListen::Off => {
+            info!("the local panel is off (panel.listen = \"off\")");
+            return Ok(None);
+        }
+        PanelListen::Lan => std::net::SocketAddr::new(lan_address.into(), crate::config::DEFAULT_PANEL_PORT),
+        PanelListen::At(addr) => addr,
+    };
+    let addresses = panel::listen::interface_addresses().context("listing the interfaces' addresses")?;
+    let device = panel::listen::device_for(
+        listen,
+        &settings.lan_interface,
+        settings.uplink_interface.as_deref(),
+        &addresses,
+    )?;
+    let running = panel::start(panel::Setup {
+        listen,
+        device: device.clone(),
+        data_dir: settings.data_dir.clone(),
+        socket: settings.socket.clone(),
+        gateway_name: gateway_name.to_string(),
+        requests,
+        store: store.clone(),
+        events: events.clone(),
+        lockout: panel::Lockout::default(),
+    })
+    .await?;
+    info!(
+        url = %format!("https://{}", running.addr),
+        interface = device,
+        fingerprint = %running.fingerprint,
+        "local panel listening"
+    );
+    Ok(Some(running.task))
 }
 
 /// Where the gateway finds its direct-path candidates and what it never
@@ -356,11 +410,21 @@ impl Daemon {
     fn record_changes(&self, changes: Vec<Change>) {
         for change in changes {
             let event = match change {
-                Change::Connected { session, public_key, endpoint } => {
-                    info!(session = session.0, peer = %public_key, ?endpoint, "peer connected");
+                Change::Connected { session, public_key, endpoint, path } => {
+                    info!(session = session.0, peer = %public_key, ?endpoint, ?path, "peer connected");
                     GatewayEvent::PeerConnected {
                         session_id: session,
                         public_key: WgKey(public_key.0),
+                        endpoint,
+                        path,
+                    }
+                }
+                Change::PathChanged { session, public_key, path, endpoint } => {
+                    info!(session = session.0, peer = %public_key, ?endpoint, ?path, "peer's path changed");
+                    GatewayEvent::PeerPath {
+                        session_id: session,
+                        public_key: WgKey(public_key.0),
+                        path,
                         endpoint,
                     }
                 }
@@ -423,9 +487,14 @@ impl Daemon {
         m.switch_on.set(i64::from(self.store.switch_on()));
         m.cloud_connected.set(i64::from(self.cloud_connected));
         m.audit_pending.set(self.store.pending_len() as i64);
-        for status in
-            [Status::Active, Status::WaitingForApproval, Status::Denied, Status::Expired, Status::SwitchedOff]
-        {
+        for status in [
+            Status::Active,
+            Status::WaitingForApproval,
+            Status::Denied,
+            Status::Ended,
+            Status::Expired,
+            Status::SwitchedOff,
+        ] {
             let n = self.plan.sessions.iter().filter(|s| s.status == status).count();
             m.sessions.get_or_create(&metrics::StatusLabels { status: status.label() }).set(n as i64);
         }
@@ -537,6 +606,7 @@ impl Daemon {
             },
             Request::Approve { session } => self.decide(SessionId(session), Decision::Approved).await,
             Request::Deny { session } => self.decide(SessionId(session), Decision::Denied).await,
+            Request::End { session } => self.end(SessionId(session)).await,
             Request::Sessions => {
                 Response::Sessions { sessions: report::sessions(&self.plan, &self.engine, &self.forwarder) }
             }
@@ -563,7 +633,28 @@ impl Daemon {
         self.events.notify_one();
         info!(session = session.0, name, ?decision, "the customer decided");
         self.reconcile().await;
-        let verb = if decision == Decision::Approved { "approved" } else { "denied" };
-        Response::Done { message: format!("session {} ({name}) {verb}", session.0) }
+        Response::Done { message: format!("session {} ({name}) {decision}", session.0) }
+    }
+
+    /// The customer ends one running session here: it stops forwarding at
+    /// once, and the cloud hears of it (`Ended`), which ends it there.
+    async fn end(&mut self, session: SessionId) -> Response {
+        let Some(planned) = self.plan.session(session) else {
+            return Response::Error { message: format!("no session {} at this gateway", session.0) };
+        };
+        if planned.status != Status::Active {
+            let hint = if planned.status == Status::WaitingForApproval { " (deny it instead)" } else { "" };
+            return Response::Error {
+                message: format!("session {} is {}, not active{hint}", session.0, planned.status.label()),
+            };
+        }
+        let name = planned.state.name.clone();
+        if let Err(e) = self.store.end_session(session, now_ms()) {
+            return Response::Error { message: format!("could not store the end: {e}") };
+        }
+        self.events.notify_one();
+        info!(session = session.0, name, "the customer ended the session");
+        self.reconcile().await;
+        Response::Done { message: format!("session {} ({name}) ended", session.0) }
     }
 }

@@ -23,6 +23,8 @@ pub enum Status {
     Active,
     WaitingForApproval,
     Denied,
+    /// The customer ended it here.
+    Ended,
     /// Its end time has passed by the gateway's clock.
     Expired,
     /// The customer's switch is off.
@@ -35,6 +37,7 @@ impl Status {
             Status::Active => "active",
             Status::WaitingForApproval => "waiting_for_approval",
             Status::Denied => "denied",
+            Status::Ended => "ended",
             Status::Expired => "expired",
             Status::SwitchedOff => "switched_off",
         }
@@ -99,6 +102,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
                 Status::Expired
             } else if decision == Some(Decision::Denied) {
                 Status::Denied
+            } else if decision == Some(Decision::Ended) {
+                Status::Ended
             } else if !inputs.switch_on {
                 Status::SwitchedOff
             } else if session.approval_required && decision != Some(Decision::Approved) {
@@ -168,6 +173,8 @@ mod tests {
                 ports: vec![PortRange { first: 8080, last: 8080 }],
             }],
             peers,
+            started_by: Some("tech".into()),
+            max_duration_s: Some(3600),
         }
     }
 
@@ -194,8 +201,13 @@ mod tests {
         let p = run(s.clone(), true, &[(1, Decision::Approved)], 0);
         assert_eq!(p.sessions[0].status, Status::Active);
         assert_eq!(p.live_peers().count(), 1);
-        let p = run(s, true, &[(1, Decision::Denied)], 0);
+        let p = run(s.clone(), true, &[(1, Decision::Denied)], 0);
         assert_eq!(p.sessions[0].status, Status::Denied);
+        // Ended by the customer: shut, whatever the cloud still says.
+        let p = run(s, true, &[(1, Decision::Ended)], 0);
+        assert_eq!(p.sessions[0].status, Status::Ended);
+        assert_eq!(p.live_peers().count(), 0);
+        assert_eq!(p.next_deadline_ms, None);
     }
 
     #[test]
@@ -229,7 +241,9 @@ mod tests {
             switch_on: bool,
             now in 0u64..100,
             sessions in proptest::collection::vec(
-                (0u64..100, any::<bool>(), proptest::option::of(any::<bool>()),
+                (0u64..100, any::<bool>(),
+                 proptest::option::of(prop_oneof![
+                     Just(Decision::Approved), Just(Decision::Denied), Just(Decision::Ended)]),
                  proptest::collection::vec(0u64..100, 0..4)),
                 0..6),
         ) {
@@ -238,8 +252,8 @@ mod tests {
             for (i, (expires, approval, decision, peers)) in sessions.iter().enumerate() {
                 let peers = peers.iter().enumerate().map(|(j, &e)| peer((i * 4 + j) as u8, e)).collect();
                 states.push(session(i as u64, *expires, *approval, peers));
-                if let Some(approved) = decision {
-                    decisions.push((i as u64, if *approved { Decision::Approved } else { Decision::Denied }));
+                if let Some(decision) = decision {
+                    decisions.push((i as u64, *decision));
                 }
             }
             let p = run(states, switch_on, &decisions, now);
@@ -247,7 +261,7 @@ mod tests {
                 prop_assert!(switch_on);
                 prop_assert!(s.state.expires_ms > now && peer.expires_ms > now);
                 let decision = decisions.iter().find(|(id, _)| *id == s.state.session_id.0).map(|d| d.1);
-                prop_assert!(decision != Some(Decision::Denied));
+                prop_assert!(decision != Some(Decision::Denied) && decision != Some(Decision::Ended));
                 prop_assert!(!s.state.approval_required || decision == Some(Decision::Approved));
             }
             if let Some(deadline) = p.next_deadline_ms {

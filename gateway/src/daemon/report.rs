@@ -83,6 +83,8 @@ pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> V
             SessionReport {
                 id: s.state.session_id.0,
                 name: s.state.name.clone(),
+                started_by: s.state.started_by.clone(),
+                max_duration_s: s.state.max_duration_s,
                 state: s.status.label().to_string(),
                 expires_ms: s.state.expires_ms,
                 approval_required: s.state.approval_required,

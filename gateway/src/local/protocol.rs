@@ -25,6 +25,10 @@ pub enum Request {
     Approve { session: u64 },
     /// Denies a session waiting for the customer.
     Deny { session: u64 },
+    /// Ends one active session: it stops forwarding, and the cloud ends it
+    /// as ended by the customer. Answered with [`Response::Done`] or
+    /// [`Response::Error`].
+    End { session: u64 },
     /// Answered with [`Response::Sessions`].
     Sessions,
 }
@@ -49,7 +53,14 @@ impl Response {
 pub struct SessionReport {
     pub id: u64,
     pub name: String,
-    /// `active`, `waiting_for_approval`, `denied`, `expired` or `ended`.
+    /// Who started it, when the cloud says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// How long it may run once active, in seconds, when the cloud says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_s: Option<u64>,
+    /// `active`, `waiting_for_approval`, `denied`, `ended` (by the customer
+    /// here), `expired` or `switched_off`.
     pub state: String,
     pub expires_ms: u64,
     pub approval_required: bool,

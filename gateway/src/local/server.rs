@@ -144,7 +144,9 @@ fn malformed(message: &str) -> Response {
     Response::error(message)
 }
 
-async fn ask(request: Request, requests: &mpsc::Sender<Call>) -> Response {
+/// Hands `request` to the daemon and waits for its answer: the one path
+/// into the daemon, for the socket's clients and the local panel alike.
+pub async fn ask(request: Request, requests: &mpsc::Sender<Call>) -> Response {
     let (answer, answered) = oneshot::channel();
     if requests.send((request, answer)).await.is_err() {
         return Response::error("the daemon is shutting down");

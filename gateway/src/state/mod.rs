@@ -66,12 +66,16 @@ pub enum StoreError {
     AlreadyDecided { session: SessionId, decision: Decision },
 }
 
-/// The customer's decision on one session that requires approval.
+/// The customer's decision on one session: the approval or denial of one
+/// that requires approval, or the end of one that runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Approved,
     Denied,
+    /// Ended by the customer at the gateway: it forwards nothing more until
+    /// the cloud drops it (and a new start brings it back as a new entry).
+    Ended,
 }
 
 impl Decision {
@@ -79,6 +83,7 @@ impl Decision {
         match self {
             Decision::Approved => 1,
             Decision::Denied => 2,
+            Decision::Ended => 3,
         }
     }
 
@@ -86,6 +91,7 @@ impl Decision {
         match byte {
             1 => Some(Decision::Approved),
             2 => Some(Decision::Denied),
+            3 => Some(Decision::Ended),
             _ => None,
         }
     }
@@ -96,6 +102,7 @@ impl std::fmt::Display for Decision {
         f.write_str(match self {
             Decision::Approved => "approved",
             Decision::Denied => "denied",
+            Decision::Ended => "ended",
         })
     }
 }
@@ -234,8 +241,40 @@ impl Store {
             let event = match decision {
                 Decision::Approved => GatewayEvent::Approved { session_id: session },
                 Decision::Denied => GatewayEvent::Denied { session_id: session },
+                Decision::Ended => GatewayEvent::Ended { session_id: session },
             };
             tx_enqueue(meta, events, event, time_ms)?;
+            Ok(())
+        });
+        unwrap_tx(result)?;
+        self.flush()
+    }
+
+    /// Records that the customer ended `session` (over its approval, if it
+    /// had one) and enqueues `Ended` in the same transaction. A session
+    /// that was denied or ended already is refused
+    /// ([`StoreError::AlreadyDecided`]).
+    pub fn end_session(&self, session: SessionId, time_ms: u64) -> Result<(), StoreError> {
+        let result = (&self.meta, &self.events, &self.decisions).transaction(|(meta, events, decisions)| {
+            let key = session.0.to_be_bytes();
+            let existing = decisions.get(key)?.map(|v| v.first().copied().and_then(Decision::from_byte));
+            match existing {
+                None | Some(Some(Decision::Approved)) => {}
+                Some(Some(decision)) => {
+                    return Err(ConflictableTransactionError::Abort(StoreError::AlreadyDecided {
+                        session,
+                        decision,
+                    }));
+                }
+                Some(None) => {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                        what: "decision",
+                        detail: format!("session {session}: unknown value"),
+                    }));
+                }
+            }
+            decisions.insert(&key, &[Decision::Ended.to_byte()][..])?;
+            tx_enqueue(meta, events, GatewayEvent::Ended { session_id: session }, time_ms)?;
             Ok(())
         });
         unwrap_tx(result)?;
@@ -503,6 +542,33 @@ mod tests {
         assert_eq!(store.decision(SessionId(1)), None);
         assert_eq!(store.decision(SessionId(2)), Some(Decision::Approved));
         assert_eq!(store.decision(SessionId(3)), None);
+    }
+
+    #[test]
+    fn ending_a_session_is_recorded_with_its_event_and_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Approved first, then ended; or ended without an approval (none needed).
+        store.decide(SessionId(1), Decision::Approved, 5).unwrap();
+        store.end_session(SessionId(1), 6).unwrap();
+        store.end_session(SessionId(2), 7).unwrap();
+        assert_eq!(store.decision(SessionId(1)), Some(Decision::Ended));
+        assert_eq!(store.decision(SessionId(2)), Some(Decision::Ended));
+        let again = store.end_session(SessionId(1), 8).unwrap_err();
+        assert!(matches!(again, StoreError::AlreadyDecided { decision: Decision::Ended, .. }), "{again}");
+        let approve = store.decide(SessionId(2), Decision::Approved, 9).unwrap_err();
+        assert!(matches!(approve, StoreError::AlreadyDecided { decision: Decision::Ended, .. }), "{approve}");
+        store.decide(SessionId(3), Decision::Denied, 10).unwrap();
+        assert!(store.end_session(SessionId(3), 11).is_err(), "a denied session is not running");
+        assert_eq!(
+            events(&store),
+            vec![
+                (1, GatewayEvent::Approved { session_id: SessionId(1) }),
+                (2, GatewayEvent::Ended { session_id: SessionId(1) }),
+                (3, GatewayEvent::Ended { session_id: SessionId(2) }),
+                (4, GatewayEvent::Denied { session_id: SessionId(3) }),
+            ]
+        );
     }
 
     #[test]

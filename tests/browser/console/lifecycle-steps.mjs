@@ -22,11 +22,18 @@ export const SESSION = 'Press 4 maintenance';
 export const GATEWAY = 'Press line 4';
 
 /**
- * `env`: {url, pin, adminOneTime, adminPassword, techPassword}.
- * Returns {sessionId, gatewayName} for scenarios that go on.
+ * `env`: {url, pin, adminOneTime, adminPassword, techPassword}, and
+ * optionally `plc: {address, port}` (the gateway's first target; default
+ * 192.168.10.5, port 502) and `relay` (the name of a relay the relays
+ * page lists online; default: none registered).
+ * `customer` may name the gateway's `softwareVersion` (a RegExp) as the
+ * console shows it once enrolled.
+ * Returns {sessionId} for scenarios that go on.
  */
 export async function lifecycle(t, env, customer) {
   const { url, pin } = env;
+  const plc = env.plc || { address: '192.168.10.5', port: '502' };
+  const softwareVersion = customer.softwareVersion || /^console-test-gateway 1\.0$/;
   const admin = await t.page('admin');
   const tech = await t.page('technician', { viewport: VIEWPORTS.tablet });
   let techOneTime;
@@ -63,8 +70,8 @@ export async function lifecycle(t, env, customer) {
     await admin.fill('#add-gateway input[name=site]', 'Plant Ulm');
     const first = admin.locator('#target-rows tr').nth(0);
     await first.locator('[name=t-name]').fill('plc');
-    await first.locator('[name=t-address]').fill('192.168.10.5');
-    await first.locator('[name=t-ports]').fill('502');
+    await first.locator('[name=t-address]').fill(plc.address);
+    await first.locator('[name=t-ports]').fill(plc.port);
     await admin.click('#add-target');
     const second = admin.locator('#target-rows tr').nth(1);
     await second.locator('[name=t-name]').fill('hmi');
@@ -77,7 +84,8 @@ export async function lifecycle(t, env, customer) {
       `the enrolment command should be "${expected}<token>", is "${enrolCommand}"`);
     const row = admin.locator(`#gateways tr[data-gateway="${GATEWAY}"]`);
     await expectText(row, /offline/, 'the new gateway is offline');
-    await expectText(row, /plc 192\.168\.10\.5 tcp:502/, 'the gateway lists its targets');
+    const target = new RegExp(`plc ${plc.address.replace(/[.]/g, '\\.')} tcp:${plc.port}`);
+    await expectText(row, target, 'the gateway lists its targets');
     // The copy button puts the command on the clipboard.
     await admin.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: url });
     await admin.click('#enrolment button.copy');
@@ -127,7 +135,7 @@ export async function lifecycle(t, env, customer) {
     const row = admin.locator(`#gateways tr[data-gateway="${GATEWAY}"]`);
     await expectText(row, /online/, 'the gateway turns online on the open page');
     await expectText(row.locator('td').nth(3), /^on$/, 'its switch shows on');
-    await expectText(row.locator('td').nth(4), /^console-test-gateway 1\.0$/, 'its software version');
+    await expectText(row.locator('td').nth(4), softwareVersion, 'its software version');
     await t.screenshot(admin, 'gateways-online');
   });
 
@@ -192,7 +200,11 @@ export async function lifecycle(t, env, customer) {
 
   await t.step('the relays page', async () => {
     await admin.goto(`${url}/relays`);
-    await eventually(async () => !(await admin.isHidden('#relays-empty')), 'the relays page says there are none');
+    if (env.relay) {
+      await expectText(admin.locator(`#relays tr[data-relay="${env.relay}"]`), /online/, 'the relay is online');
+    } else {
+      await eventually(async () => !(await admin.isHidden('#relays-empty')), 'the relays page says there are none');
+    }
     await t.screenshot(admin, 'relays');
   });
 

@@ -198,7 +198,10 @@ export async function scenario(name, body) {
   const pages = [];
   const problems = [];
   let step = 'starting';
-  let browser = null;
+  // Chromium takes the keys it trusts at launch: a server trusted later
+  // (one that starts during the scenario) gets a browser of its own, with
+  // every key trusted so far; pages opened before keep theirs.
+  const browsers = [];
   const spki = [];
   const servers = [];
 
@@ -208,16 +211,18 @@ export async function scenario(name, body) {
       spki.push(await pinnedSpki(url, pin));
     },
     async browser() {
-      if (browser) return browser;
+      const latest = browsers[browsers.length - 1];
+      if (latest && latest.trusted === spki.length) return latest.browser;
       const args = [...CHROMIUM_ARGS];
       if (spki.length) args.push(`--ignore-certificate-errors-spki-list=${spki.join(',')}`);
       // Playwright starts Chromium with a fresh temporary profile
       // (--user-data-dir) of its own and removes it at close.
-      browser = await chromium.launch({
+      const browser = await chromium.launch({
         executablePath: process.env.FERRY_CHROMIUM || '/usr/bin/chromium',
         headless: true,
         args,
       });
+      browsers.push({ browser, trusted: spki.length });
       return browser;
     },
     /** A new browser context (its own cookies) and a page in it. */
@@ -293,7 +298,7 @@ export async function scenario(name, body) {
       }
     }
   }
-  if (browser) await browser.close().catch(() => {});
+  for (const { browser } of browsers) await browser.close().catch(() => {});
   for (const server of servers) server.close();
   if (lines) lines.close();
   if (failed) process.exit(1);

@@ -312,7 +312,7 @@ const Ferry = (() => {
     if (!reason) return '';
     switch (reason.by) {
       case 'user': return `ended by ${reason.name}`;
-      case 'customer': return 'ended by the customer (switch off)';
+      case 'customer': return reason.session_only ? 'ended by the customer at the gateway' : 'ended by the customer (switch off)';
       case 'denied': return 'approval denied by the customer';
       case 'user_disabled': return `user ${reason.name} was disabled`;
       case 'approval_timeout': return 'no approval in time';

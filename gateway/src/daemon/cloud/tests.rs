@@ -328,7 +328,12 @@ fn a_cloud_crash_inside_an_event_and_restarts_of_both_sides_apply_every_event_on
     let (sa, sb) = (site.cloud().session(a), site.cloud().session(b));
     assert_eq!(counted(&sa), (3000, 3), "every count once");
     for s in [&sa, &sb] {
-        assert_eq!((s.state, &s.end_reason), (State::Ended, &Some(EndReason::Customer)), "{}", s.id);
+        assert_eq!(
+            (s.state, &s.end_reason),
+            (State::Ended, &Some(EndReason::Customer { session_only: false })),
+            "{}",
+            s.id
+        );
     }
     let ended = |id| format!("session.end true {id} ended by the customer (switch off)");
     assert_eq!(

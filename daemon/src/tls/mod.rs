@@ -1,9 +1,10 @@
 //! TLS server configuration from PEM files, the same for every daemon that
-//! terminates TLS (the cloud's API, the relay's WebSocket listener): rustls
-//! with ring, no system roots, and errors that name the file and the problem.
-//!
-//! Making certificates (the cloud's self-signed pair) and pinning them
-//! (`ferry_control::pin`) live with their users; this is only the loading.
+//! terminates TLS (the cloud's API, the relay's WebSocket listener, the
+//! gateway's local panel): rustls with ring, no system roots, and errors
+//! that name the file and the problem; and the self-signed pairs that the
+//! cloud and the gateway's panel make on their first start
+//! ([`self_signed`]). Pinning them on the client side is
+//! `ferry_connect::pin`.
 
 use std::{
     io,
@@ -99,3 +100,7 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<Serv
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
+
+pub mod self_signed;
+
+pub use self_signed::{SelfSignedError, ensure_self_signed, fingerprint_file, fingerprint_sha256};

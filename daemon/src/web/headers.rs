@@ -1,5 +1,5 @@
-//! The security headers of every response (the console's pages above all,
-//! but an API answer opened in a browser deserves them as well).
+//! The security headers of every answer of Ferry's web faces (the cloud's
+//! console and API, the gateway's local panel).
 
 use axum::{
     extract::Request,
@@ -21,9 +21,9 @@ const FIXED: [(HeaderName, &str); 4] = [
     (header::REFERRER_POLICY, "no-referrer"),
 ];
 
-/// Adds the headers; a response that set its own caching (the console's
-/// immutable assets) keeps it, every other one is `no-store`: pages and
-/// API answers carry data that must not linger in caches.
+/// Adds the headers (an axum middleware); a response that set its own
+/// caching (immutable assets) keeps it, every other one is `no-store`:
+/// pages and API answers carry data that must not linger in caches.
 pub async fn secure(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();

@@ -1,0 +1,138 @@
+//! Slowdown and lockout after failed logins. After `slow_after` consecutive
+//! failures each further attempt must wait an exponentially growing delay;
+//! at `lock_after` failures the account is locked for `lock_ms`. Attempts
+//! during the wait or the lock are refused without checking the password,
+//! so guessing cannot go faster by ignoring the delay. The counters
+//! ([`Failures`]) are the caller's to store: the cloud keeps them on the
+//! user, the gateway's panel in a file, so that a restart does not lift a
+//! lock.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lockout {
+    pub slow_after: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub lock_after: u32,
+    pub lock_ms: u64,
+}
+
+impl Default for Lockout {
+    fn default() -> Self {
+        Lockout {
+            slow_after: 3,
+            base_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            lock_after: 10,
+            lock_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// The failed attempts of one account (or one local password).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    /// Consecutive failures since the last success or lock.
+    pub count: u32,
+    pub last_failed_ms: Option<u64>,
+    pub locked_until_ms: Option<u64>,
+}
+
+/// Why an attempt is not even checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Too soon after the last failure.
+    Throttled { retry_after_ms: u64 },
+    /// Locked until then.
+    Locked { until_ms: u64 },
+}
+
+impl Lockout {
+    /// How long after the last failure the next attempt may come.
+    pub fn delay_ms(&self, failures: u32) -> u64 {
+        if failures < self.slow_after {
+            return 0;
+        }
+        let doublings = (failures - self.slow_after).min(30);
+        (self.base_delay_ms << doublings).min(self.max_delay_ms)
+    }
+
+    /// Whether an attempt may be checked at all now.
+    pub fn check(&self, failures: &Failures, now_ms: u64) -> Result<(), Refused> {
+        if let Some(until_ms) = failures.locked_until_ms.filter(|&until| now_ms < until) {
+            return Err(Refused::Locked { until_ms });
+        }
+        let ready_at = failures.last_failed_ms.unwrap_or(0) + self.delay_ms(failures.count);
+        if failures.count >= self.slow_after && now_ms < ready_at {
+            return Err(Refused::Throttled { retry_after_ms: ready_at - now_ms });
+        }
+        Ok(())
+    }
+
+    /// Counts a failed attempt (one that [`Lockout::check`] let through);
+    /// returns the end of the lock when this one locked the account.
+    pub fn failed(&self, failures: &mut Failures, now_ms: u64) -> Option<u64> {
+        failures.count += 1;
+        failures.last_failed_ms = Some(now_ms);
+        if failures.count < self.lock_after {
+            return None;
+        }
+        let until_ms = now_ms + self.lock_ms;
+        // The lock is the penalty; afterwards counting starts over.
+        *failures = Failures { count: 0, last_failed_ms: None, locked_until_ms: Some(until_ms) };
+        Some(until_ms)
+    }
+}
+
+impl Failures {
+    /// A successful login clears everything.
+    pub fn succeeded(&mut self) {
+        *self = Failures::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slows_down_then_locks_then_starts_over() {
+        let policy = Lockout::default();
+        let mut f = Failures::default();
+        let mut now = 1_000_000;
+        for _ in 0..3 {
+            policy.check(&f, now).unwrap();
+            assert_eq!(policy.failed(&mut f, now), None);
+        }
+        assert_eq!(policy.check(&f, now + 10), Err(Refused::Throttled { retry_after_ms: 990 }));
+        for failures in 3..9 {
+            now += policy.delay_ms(failures);
+            policy.check(&f, now).unwrap();
+            assert_eq!(policy.failed(&mut f, now), None);
+        }
+        now += policy.delay_ms(9);
+        let until = now + policy.lock_ms;
+        assert_eq!(policy.failed(&mut f, now), Some(until));
+        assert_eq!(policy.check(&f, until - 1), Err(Refused::Locked { until_ms: until }));
+        assert_eq!(policy.check(&f, until), Ok(()));
+        assert_eq!(f.count, 0, "counting starts over after a lock");
+        f.succeeded();
+        assert_eq!(f, Failures::default());
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap() {
+        let policy = Lockout::default();
+        let delays: Vec<u64> = (0..12).map(|f| policy.delay_ms(f)).collect();
+        assert_eq!(delays, [0, 0, 0, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]);
+        assert_eq!(policy.delay_ms(u32::MAX), 60000);
+    }
+
+    #[test]
+    fn failures_survive_a_round_trip_through_json() {
+        let f = Failures { count: 4, last_failed_ms: Some(7), locked_until_ms: None };
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(serde_json::from_str::<Failures>(&text).unwrap(), f);
+    }
+}
