@@ -452,8 +452,9 @@ impl Device {
             self.initiate_handshake(id, now, transmits, false);
             return Ok(Prepared::Queued);
         };
-        let job =
-            session.prepare_seal(now.instant, packet, self.mtu, out).map_err(|_| SendError::BufferTooSmall)?;
+        let job = session
+            .prepare_seal(now.instant, packet, self.mtu, out)
+            .map_err(|_| SendError::BufferTooSmall)?;
         peer.stats.tx_bytes += job.len as u64;
         Self::on_data_sent(peer, now.instant, &mut *self.rng);
         self.keep_key_fresh_sending(id, now, transmits);
@@ -747,7 +748,9 @@ impl Device {
         datagram: &[u8],
         transmits: &mut Vec<Transmit>,
     ) -> Incoming {
-        let Some(peer) = self.live(id, "transport") else { return self.drop(Drop::InternalInconsistency) };
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "transport") else {
+            return self.drop(Drop::InternalInconsistency);
+        };
         peer.stats.rx_bytes += datagram.len() as u64;
         peer.stats.last_rx = Some(now.instant);
         peer.endpoint = Some(from);

@@ -21,7 +21,8 @@ pub mod timestamp;
 
 pub use allowed_ips::{AllowedIps, IpNet};
 pub use device::{
-    Begin, Device, DeviceConfig, DeviceRng, Incoming, Now, PeerConfig, PeerId, PendingOpen, Prepared, Sent, Transmit,
+    Begin, Device, DeviceConfig, DeviceRng, Incoming, Now, PeerConfig, PeerId, PendingOpen, Prepared, Sent,
+    Transmit,
 };
 pub use indices::IndexChange;
 pub use messages::{Message, MessageError};
