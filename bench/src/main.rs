@@ -9,6 +9,7 @@ mod relay;
 mod relay_traffic;
 mod report;
 mod tunnel;
+mod tunnel_crypto;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,11 @@ struct Cli {
     #[arg(long)]
     native_ferry_wg: Option<PathBuf>,
 
+    /// Cloudflare's `boringtun-cli`, measured as a second peer of the tunnel
+    /// benchmark.
+    #[arg(long)]
+    boringtun: Option<PathBuf>,
+
     /// Benchmarks to run: guard, gateway, relay, tunnel, cloud.
     #[arg(required = true)]
     names: Vec<String>,
@@ -44,7 +50,13 @@ fn main() -> Result<()> {
             "guard" => guard::run()?,
             "gateway" => gateway::run()?,
             "relay" => relay::run()?,
-            "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
+            "tunnel" => tunnel::run(
+                &cli.criterion_dir,
+                &tunnel::Peers {
+                    native_ferry_wg: cli.native_ferry_wg.as_deref(),
+                    boringtun: cli.boringtun.as_deref(),
+                },
+            )?,
             "cloud" => cloud::run(&cli.out_dir)?,
             other => bail!("unknown benchmark `{other}`"),
         };

@@ -53,7 +53,8 @@ pub fn run(criterion_dir: &Path, peers: &Peers<'_>) -> Result<Vec<Row>> {
             measure(&Impl::Ferry(binary.to_path_buf()), &mut native)?;
         }
     }
-    for (name, m) in [("wireguard-go", &go), ("ferry", &ferry), ("boringtun", &boring), ("ferry native", &native)]
+    for (name, m) in
+        [("wireguard-go", &go), ("ferry", &ferry), ("boringtun", &boring), ("ferry native", &native)]
     {
         if !m.tcp_bps.is_empty() {
             eprintln!(
@@ -144,7 +145,7 @@ pub fn run(criterion_dir: &Path, peers: &Peers<'_>) -> Result<Vec<Row>> {
             Better::Higher,
         ));
     }
-    rows.extend(crate::tunnel_crypto::rows());
+    rows.extend(crate::tunnel_crypto::rows()?);
     let handshake_ns = criterion_mean_ns(criterion_dir, "handshake")?;
     let x25519_ns = criterion_mean_ns(criterion_dir, "x25519")?;
     let keygen_ns = criterion_mean_ns(criterion_dir, "x25519_keygen")?;
@@ -207,7 +208,14 @@ struct Boringtun {
 }
 
 impl Boringtun {
-    fn start(binary: &Path, lab: &Lab, ns: &Netns, keys: &Keys, address: &str, peer: &PeerSpec<'_>) -> Boringtun {
+    fn start(
+        binary: &Path,
+        lab: &Lab,
+        ns: &Netns,
+        keys: &Keys,
+        address: &str,
+        peer: &PeerSpec<'_>,
+    ) -> Boringtun {
         let ifname = lab.ifname("bt");
         let mut cmd = ns.command(binary);
         // In the foreground, logging to its stdout; as root it would
