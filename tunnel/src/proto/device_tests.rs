@@ -1243,6 +1243,9 @@ fn messages_prepared_in_a_batch_can_be_sealed_in_any_order() {
     }
 }
 
+/// What a pending open's AEAD made of its datagram.
+type Opened = Result<Range<usize>, SessionError>;
+
 /// The receive side in its three steps, with the AEADs run in reverse order
 /// and a copy, a forgery and a stranger in the batch: what comes out is what
 /// handle_datagram gives one by one, in the order the datagrams arrived.
@@ -1262,14 +1265,13 @@ fn a_received_batch_opened_in_any_order_is_finished_in_arrival_order() {
 
     let now = net.now();
     let mut transmits = Vec::new();
-    let mut steps: Vec<Result<(PendingOpen, Option<Result<Range<usize>, SessionError>>), Incoming>> =
-        datagrams
-            .iter_mut()
-            .map(|d| match net.b.begin_datagram(now, net.a_addr, d, &mut transmits) {
-                Begin::Open(pending) => Ok((pending, None)),
-                Begin::Done(incoming) => Err(incoming),
-            })
-            .collect();
+    let mut steps: Vec<Result<(PendingOpen, Option<Opened>), Incoming>> = datagrams
+        .iter_mut()
+        .map(|d| match net.b.begin_datagram(now, net.a_addr, d, &mut transmits) {
+            Begin::Open(pending) => Ok((pending, None)),
+            Begin::Done(incoming) => Err(incoming),
+        })
+        .collect();
     for (step, datagram) in steps.iter_mut().zip(datagrams.iter_mut()).rev() {
         if let Ok((pending, opened)) = step {
             *opened = Some(pending.open(datagram));
