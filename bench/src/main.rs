@@ -38,7 +38,8 @@ struct Cli {
     #[arg(long)]
     boringtun: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud.
+    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud (and
+    /// tunnel-crypto, the tunnel benchmark's crypto rows alone).
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -58,6 +59,8 @@ fn main() -> Result<()> {
                 },
             )?,
             "cloud" => cloud::run(&cli.out_dir)?,
+            // The tunnel benchmark's crypto rows alone (no namespaces).
+            "tunnel-crypto" => tunnel_crypto::rows()?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);

@@ -2,7 +2,8 @@
 //! them, one direction's 1420-byte packets sealed by one and opened by the
 //! other in batches through [`CryptoPool`], as the endpoint does, with no TUN
 //! device and no socket. Run with one thread and with two, interleaved, to
-//! show what spreading a direction over cores gives.
+//! show what spreading a direction over cores gives. `ferry-bench
+//! tunnel-crypto` runs this part alone.
 
 use std::{
     net::SocketAddr,
@@ -23,8 +24,12 @@ use crate::report::{Better, Row};
 /// Packets per batch: one 64 KiB TUN read of 1420-byte packets is about 46.
 const BATCH: usize = 46;
 const PACKET: usize = 1420;
-const ROUND: Duration = Duration::from_millis(1500);
-const ROUNDS: usize = 3;
+/// Short rounds, interleaved, and the best of each: on a shared machine a
+/// round of two threads only shows what they do when both get a core, which
+/// the best of many short rounds comes closest to (and the best is taken for
+/// one thread alike).
+const ROUND: Duration = Duration::from_millis(400);
+const ROUNDS: usize = 8;
 
 pub fn rows() -> Result<Vec<Row>> {
     let mut pair = Pair::new()?;
@@ -44,8 +49,8 @@ pub fn rows() -> Result<Vec<Row>> {
         "tunnel",
         "crypto_only_2_threads",
         "Gbit/s",
-        median(&mut two_bps) / 1e9,
-        median(&mut one_bps) / 1e9,
+        best(&two_bps) / 1e9,
+        best(&one_bps) / 1e9,
         "the same engine's crypto on 1 thread (seal + open of 1420-byte packets, no TUN, no sockets)",
         Better::Higher,
     )])
@@ -164,7 +169,6 @@ fn ipv4_udp(source: [u8; 4], destination: [u8; 4], len: usize) -> Vec<u8> {
     p
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+fn best(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::max)
 }
