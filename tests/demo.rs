@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use ferry_tests::bin_path;
+use ferry_tests::{bin_path, control_gateway::pinned_request};
 use ferry_world::api::Api;
 use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::Value;
@@ -154,5 +154,19 @@ fn it_stays_up_with_the_cloud_on_loopback_until_ctrl_c() {
     let api = Api::https(console.parse().unwrap(), &cert).unwrap();
     let (status, health) = api.call("GET", "/healthz", None, Value::Null).unwrap();
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")), "{health}");
+    // And the gateway's local panel, forwarded from the machine network, with
+    // the certificate the demo printed: its login page.
+    let panel = said
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("panel")?.trim().strip_prefix("https://"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no panel address in:\n{text}"));
+    let pin = said
+        .iter()
+        .find_map(|l| l.split("certificate sha256 ").nth(1).filter(|_| l.contains("password")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no panel certificate in:\n{text}"));
+    let (status, _, page) = pinned_request(panel.parse().unwrap(), pin, "GET", "/login", &[], None);
+    assert!(status == 200 && page.contains("password"), "{status}: {page}");
     demo.interrupt();
 }

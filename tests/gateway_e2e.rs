@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_tests::gateway_lab::*;
+use ferry_tests::{gateway_lab::*, technician::EngineTechnician};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ fn the_machine_network_cannot_reach_into_the_tunnel() {
 /// gateway's WireGuard port from a host on the customer network.
 fn forge_messages(lab: &GatewayLab, count: u32) {
     let to: std::net::SocketAddr = format!("{GW_UPLINK_IP}:{GATEWAY_WG_PORT}").parse().unwrap();
-    lab.router
+    lab.site_router()
         .ns
         .run_in(move || {
             let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -244,7 +244,7 @@ fn transport_payload(frame: &[u8]) -> Option<Vec<u8>> {
 fn replay(lab: &GatewayLab, messages: &[Vec<u8>]) {
     let to: std::net::SocketAddr = format!("{GW_UPLINK_IP}:{GATEWAY_WG_PORT}").parse().unwrap();
     let messages = messages.to_vec();
-    lab.router
+    lab.site_router()
         .ns
         .run_in(move || {
             let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -420,121 +420,12 @@ fn a_tcp443_only_site_works_over_the_tls_websocket_relay() {
     assert_eq!(relay["websocket_pin"].as_str(), site.lab.relay_pin.as_deref(), "{relay}");
 }
 
-/// A technician running Ferry's own engine and traversal, as the client
-/// does: candidates sent with the configuration request, the gateway's
-/// candidates and the relay taken from the answer.
-struct FerryTechnician {
-    traversal: ferry_traversal::Traversal,
-    endpoint: std::sync::Arc<ferry_tunnel::endpoint::Endpoint>,
-    _rt: tokio::runtime::Runtime,
-    gateway: ferry_tunnel::PublicKey,
-    config: Value,
-}
-
-impl FerryTechnician {
-    fn connect(site: &mut Site, session: u64) -> FerryTechnician {
-        use ferry_traversal::{PeerPlan, RelayPlan, TransportMode, Traversal, TraversalOptions};
-        use ferry_tunnel::{
-            PrivateKey, PublicKey,
-            endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
-            proto::PeerConfig,
-        };
-        let ns = &site.lab.tech_ns;
-        // Every thread of the technician's runtime lives in its namespace.
-        let rt = ns
-            .run_in(|| {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
-            })
-            .unwrap();
-        let key = PrivateKey::generate();
-        let name = site.lab.lab.ifname("ft");
-        let config = EndpointConfig {
-            name: name.clone(),
-            private_key: key.clone(),
-            listen_port: 0,
-            addresses: vec![],
-            mtu: DEFAULT_MTU,
-            peers: vec![],
-        };
-        let handle = rt.handle().clone();
-        let (endpoint, traversal) = ns
-            .run_in(move || {
-                let endpoint = std::sync::Arc::new(handle.block_on(Endpoint::start(config)).unwrap());
-                let _entered = handle.enter();
-                (endpoint.clone(), Traversal::start(endpoint, TraversalOptions::default()))
-            })
-            .unwrap();
-        let (status, stun) = site.lab.tech_call(&mut site.tech, "GET", "/api/v1/stun", Value::Null);
-        assert_eq!(status, 200, "{stun}");
-        let servers: Vec<_> = stun["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap().parse().unwrap())
-            .collect();
-        assert!(!servers.is_empty(), "the cloud lists no STUN server: {stun}");
-        traversal.set_stun_servers(servers);
-        let mut candidates = traversal.local_candidates();
-        wait_until(T, "the technician's candidates", || !candidates.borrow_and_update().is_empty());
-        let candidates: Vec<String> = candidates.borrow().iter().map(|c| c.to_string()).collect();
-
-        // The gateway reports its candidates to the cloud on its own; the
-        // configuration carries them once the cloud has them.
-        let path = format!("/api/v1/sessions/{session}/config");
-        let body = serde_json::json!({"public_key": key.public_key().to_base64(), "candidates": candidates});
-        let mut config = Value::Null;
-        wait_until(SETTLE, "the gateway's candidates in the configuration", || {
-            let (status, answer) = site.lab.tech_call(&mut site.tech, "POST", &path, body.clone());
-            assert_eq!(status, 200, "{answer}");
-            config = answer;
-            config["endpoints"].as_array().is_some_and(|e| !e.is_empty())
-        });
-
-        let address = config["address"].as_str().unwrap();
-        ns.add_addr(&name, address).unwrap();
-        let gateway = PublicKey::from_base64(config["peer_public_key"].as_str().unwrap()).unwrap();
-        let allowed: Vec<String> = config["allowed_ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .collect();
-        for net in &allowed {
-            ns.ip(&["route", "add", net, "dev", &name]).unwrap();
-        }
-        let mut peer = PeerConfig::new(gateway);
-        peer.allowed_ips = allowed.iter().map(|a| a.parse().unwrap()).collect();
-        peer.persistent_keepalive = Some(Duration::from_secs(25));
-        endpoint.add_peer(peer).unwrap();
-        let relay = &config["relay"];
-        let plan = PeerPlan {
-            relay: Some(RelayPlan { udp: relay["udp"].as_str().unwrap().parse().unwrap(), websocket: None }),
-            candidates: config["endpoints"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e.as_str().unwrap().parse().unwrap())
-                .collect(),
-            mode: TransportMode::Udp,
-        };
-        traversal.upsert_peer(gateway, plan).unwrap();
-        FerryTechnician { traversal, endpoint, _rt: rt, gateway, config }
-    }
-
-    fn proxy(&self, target: &str) -> String {
-        let targets = self.config["targets"].as_array().unwrap();
-        let found =
-            targets.iter().find(|t| t["name"] == target).unwrap_or_else(|| panic!("{target}: {targets:?}"));
-        found["proxy_address"].as_str().unwrap().to_string()
-    }
-}
-
 #[test]
 fn a_ferry_technician_goes_direct_to_the_gateway_behind_its_nat() {
     let mut site = site(Options::default());
     site.switch_on();
     let (id, _) = site.start(&["plc-web"], 600, false);
-    let tech = FerryTechnician::connect(&mut site, id);
+    let tech = EngineTechnician::connect(&site.lab, &mut site.tech, id);
     // The gateway learned its public mapping from the relay's STUN server,
     // through its WireGuard socket and its uplink guard, and reported it
     // with its uplink address.

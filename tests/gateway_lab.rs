@@ -19,9 +19,9 @@ use std::{
 
 use ferry_lab::Netns;
 pub use ferry_world::{
-    GatewayRecord, Options, Server, TechTunnel, Technician, User, addresses::*, echo_round_trip, eventually,
-    http_get, http_get_path, metric_value, parse_targets, poll, problem_type, switch_word, tcp_exchange,
-    unix_ms, wait_until,
+    GatewayRecord, Options, PANEL_PORT, Server, Site, TechTunnel, Technician, User, addresses::*,
+    echo_round_trip, eventually, http_get, http_get_path, metric_value, panel_addr, parse_targets, poll,
+    problem_type, switch_word, tcp_exchange, unix_ms, wait_until,
 };
 
 /// The world as the tests call it.

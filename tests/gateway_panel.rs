@@ -23,7 +23,7 @@ use std::{
 use ferry_lab::Netns;
 use ferry_tests::{
     gateway_lab::*,
-    panel::{PANEL_PORT, header, https, panel_addr, panel_pin, set_panel_password},
+    panel::{PANEL_PORT, header, https, panel_addr},
 };
 use serde_json::Value;
 
@@ -81,7 +81,7 @@ fn site() -> (GatewayLab, GatewayRecord, User) {
     lab.start_cloud_and_login();
     let gateway = lab.create_gateway("press line 4");
     lab.enroll(&gateway.enrolment_token);
-    set_panel_password(&lab, PANEL_PASSWORD);
+    lab.set_panel_password(PANEL_PASSWORD);
     lab.start_gateway();
     lab.wait_gateway_at_cloud(gateway.id, false);
     let tech = lab.create_technician("tech1");
@@ -100,7 +100,7 @@ fn assert_unreachable(ns: &Netns, ip: &str, port: u16, what: &str) {
 fn the_panel_answers_on_the_machine_network_and_nowhere_on_the_uplink() {
     let (lab, _, _) = site();
     assert!(lab.gateway_log().contains("local panel listening"), "{}", lab.gateway_log());
-    let pin = panel_pin(&lab);
+    let pin = lab.panel_pin();
 
     // A device of the machine network gets the login page, over TLS with
     // the certificate `panel status` names.
@@ -118,7 +118,7 @@ fn the_panel_answers_on_the_machine_network_and_nowhere_on_the_uplink() {
     // The customer's network, behind the uplink, even with a route to the
     // machine network through the gateway: the gateway takes the packets
     // (it answers a ping to its LAN address that way), but not the panel.
-    let router = &lab.router.ns;
+    let router = &lab.site_router().ns;
     router.ip(&["route", "add", "192.168.50.0/24", "via", GW_UPLINK_IP]).unwrap();
     let ping = router.output("ping", &["-c", "1", "-W", "3", GW_LAN_IP]).unwrap();
     assert!(
@@ -173,7 +173,7 @@ fn wait_gateway_state(lab: &GatewayLab, id: u64, state: &str) {
 #[test]
 fn what_the_customer_does_on_the_panel_is_audited_as_the_command_lines() {
     let (lab, gateway, mut tech) = site();
-    let pin = panel_pin(&lab);
+    let pin = lab.panel_pin();
     let operator = Operator::login(&lab.probe_ns, &pin);
     let logins = wait_audited(&lab, gateway.id, "gateway.panel_login", 1);
     assert!(logins[0].0, "{logins:?}");

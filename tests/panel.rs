@@ -4,46 +4,13 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::Stdio,
     time::Duration,
 };
 
 use ferry_lab::Netns;
 
-use crate::{
-    bin_path,
-    gateway_lab::{GW_LAN_IP, GatewayLab},
-};
-
-/// The panel's port unless configured otherwise.
-pub const PANEL_PORT: u16 = 8443;
+pub use crate::gateway_lab::{PANEL_PORT, panel_addr};
 const T: Duration = Duration::from_secs(5);
-
-/// Where the lab's gateway serves its panel: its LAN address.
-pub fn panel_addr() -> SocketAddr {
-    SocketAddr::new(GW_LAN_IP.parse().unwrap(), PANEL_PORT)
-}
-
-/// `ferry-gateway panel password --stdin`, as root on the gateway.
-pub fn set_panel_password(lab: &GatewayLab, password: &str) {
-    let mut cmd = lab.gw_ns.command(bin_path("ferry-gateway"));
-    cmd.arg("--config").arg(&lab.gateway_config).args(["panel", "password", "--stdin"]);
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "panel password: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The panel certificate's fingerprint, as `ferry-gateway panel status` shows it.
-pub fn panel_pin(lab: &GatewayLab) -> String {
-    let status = lab.gateway_ok(&["panel", "status"]);
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("certificate sha256 "))
-        .unwrap_or_else(|| panic!("no fingerprint in `panel status`:\n{status}"))
-        .trim()
-        .to_string()
-}
 
 /// An answer: the status, the headers (names in lower case), the body.
 pub type Answer = (u16, Vec<(String, String)>, String);

@@ -19,14 +19,10 @@
 //! Run as root after `cargo build --bins`:
 //! `cargo test -p ferry-tests --test panel_browser`.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
-use ferry_tests::{
-    browser::Scenario,
-    forward::Forwarder,
-    gateway_lab::*,
-    panel::{panel_addr, panel_pin, set_panel_password},
-};
+use ferry_lab::Forwarder;
+use ferry_tests::{browser::Scenario, gateway_lab::*, panel::panel_addr};
 use serde_json::{Value, json};
 
 const ADMIN_PASSWORD: &str = "admin passphrase for the panel lab test";
@@ -55,8 +51,8 @@ fn the_life_cycle_through_the_console_and_the_gateway_panel() {
     let mut lab = GatewayLab::new(Options { cloud_tls: true, ..Options::default() });
     let one_time = lab.start_cloud().expect("the first start prints a one-time password");
     let pin = lab.cloud_pin.clone().unwrap();
-    let console = Forwarder::start("127.0.0.1", &lab.office_ns, lab.cloud_addr());
-    let panel = Forwarder::start("127.0.0.2", &lab.probe_ns, panel_addr());
+    let console = Forwarder::start(Ipv4Addr::LOCALHOST.into(), 0, &lab.office_ns, lab.cloud_addr()).unwrap();
+    let panel = Forwarder::start(Ipv4Addr::new(127, 0, 0, 2).into(), 0, &lab.probe_ns, panel_addr()).unwrap();
     let console_url = format!("https://{}", console.addr);
     let panel_url = format!("https://{}", panel.addr);
     let version = lab.gateway_ok(&["--version"]);
@@ -91,12 +87,12 @@ fn the_life_cycle_through_the_console_and_the_gateway_panel() {
                 lab.start_relay();
                 let cloud = lab.cloud_url();
                 lab.gateway_ok(&["enroll", "--cloud", &cloud, "--pin", &pin, "--token", token]);
-                set_panel_password(&lab, PANEL_PASSWORD);
+                lab.set_panel_password(PANEL_PASSWORD);
                 lab.start_gateway();
                 enrolled = true;
                 Ok(json!({
                     "panel_url": panel_url,
-                    "panel_pin": panel_pin(&lab),
+                    "panel_pin": lab.panel_pin(),
                     "panel_password": PANEL_PASSWORD,
                 }))
             }

@@ -40,6 +40,12 @@ impl Capture {
         Capture { process, file }
     }
 
+    /// The file tcpdump writes (each packet as it arrives), to read while
+    /// the capture runs.
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
+    }
+
     /// Stops the capture and returns the Ethernet frames.
     pub fn stop(mut self) -> Vec<Vec<u8>> {
         self.process.signal(Signal::SIGINT).unwrap();

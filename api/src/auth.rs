@@ -9,9 +9,12 @@ use crate::users::UserView;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub password: String,
     /// The current TOTP code, for accounts with a second factor.
+    #[cfg_attr(feature = "openapi", schema(max_length = 16))]
     pub totp: Option<String>,
 }
 
@@ -51,6 +54,7 @@ impl std::fmt::Debug for TokenResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub refresh_token: String,
 }
 
@@ -58,7 +62,10 @@ pub struct RefreshRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub current_password: String,
+    /// 12 to 1024 characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 12, max_length = 1024))]
     pub new_password: String,
 }
 
@@ -74,6 +81,7 @@ pub struct TotpEnrolment {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TotpCode {
+    #[cfg_attr(feature = "openapi", schema(max_length = 16))]
     pub code: String,
 }
 
@@ -129,10 +137,14 @@ pub struct ApiToken {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// 1 to 64 characters, not all spaces.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64, pattern = r"\S"))]
     pub name: String,
-    /// At least one scope.
+    /// 1 to 16 scopes.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 16))]
     pub scopes: Vec<Scope>,
     /// Lifetime in days (1 to 3650); none for no expiry.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3650))]
     pub expires_in_days: Option<u32>,
 }
 

@@ -19,11 +19,13 @@ pub const MAX_CANDIDATES: usize = 16;
 pub struct ConfigRequest {
     /// The client's WireGuard public key (base64, as `wg pubkey` prints).
     /// The private key never leaves the client.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"))]
     pub public_key: String,
     /// The client's direct-path candidates as `IP:port`: its host addresses
     /// and what the relays' STUN servers saw, with the port of its WireGuard
     /// socket. At most 16; the gateway probes them.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     pub candidates: Vec<String>,
 }
 
@@ -145,6 +147,7 @@ pub struct ConfigStatus {
 #[serde(deny_unknown_fields)]
 pub struct CandidatesUpdate {
     /// `IP:port`, at most 16; they replace the previous ones.
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     pub candidates: Vec<String>,
 }
 

@@ -20,6 +20,8 @@ pub enum Protocol {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortRange {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub first: u16,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub last: u16,
 }

@@ -77,10 +77,7 @@
 //! A bench never asserts speed: it fails only if traffic does not flow
 //! through a gateway at all (or the lab cannot be set up).
 
-use std::{
-    panic::AssertUnwindSafe,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use ferry_lab::Netns;
@@ -93,7 +90,10 @@ use ferry_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::report::{Better, Row};
+use crate::{
+    cpu::{busy_ticks, clock_tick, task_ticks},
+    report::{Better, Row},
+};
 
 /// Rounds per side; each row takes the best.
 pub const ROUNDS: usize = 3;
@@ -136,19 +136,7 @@ struct Side {
 
 /// Runs the lab and both gateways; returns the rows.
 pub fn rows() -> Result<Vec<Row>> {
-    // The lab's helpers panic with a clear message when a step fails; turn
-    // that into an error of the bench (the lab's Drop cleans up on the way).
-    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into());
-            Err(anyhow!("gateway traffic bench: {message}"))
-        }
-    }
+    crate::lab_run::catching_panics("gateway traffic bench", run)
 }
 
 fn run() -> Result<Vec<Row>> {
@@ -390,32 +378,4 @@ fn table(ferry: &Side, baseline: &Side) -> Vec<Row> {
         ));
     }
     rows
-}
-
-fn clock_tick() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime+stime of a process (all its threads), in clock ticks.
-fn task_ticks(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Fields after the command name (which may hold spaces) start at the
-    // third, the state; utime and stime are the 14th and 15th.
-    let rest = text.rsplit_once(')').with_context(|| format!("{path}: no command name"))?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Result<u64> {
-        fields.get(n - 3).and_then(|f| f.parse().ok()).with_context(|| format!("{path}: field {n}"))
-    };
-    Ok(field(14)? + field(15)?)
-}
-
-/// All CPUs' user+nice+system+irq+softirq from /proc/stat, in clock ticks.
-fn busy_ticks() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/stat")?;
-    let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
-    let values: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
-    ensure!(values.len() >= 7, "unexpected /proc/stat line: {line}");
-    Ok(values[0] + values[1] + values[2] + values[5] + values[6])
 }

@@ -1,10 +1,13 @@
 //! `ferry-bench`: Ferry's benchmarks. Use `cargo xtask bench <name>`, which
 //! builds in release mode and runs this with the right output folder.
 
+mod client;
 mod cloud;
+mod cpu;
 mod gateway;
 mod gateway_traffic;
 mod guard;
+mod lab_run;
 mod relay;
 mod relay_traffic;
 mod report;
@@ -38,7 +41,7 @@ struct Cli {
     #[arg(long)]
     boringtun: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud (and
+    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client (and
     /// tunnel-crypto, the tunnel benchmark's crypto rows alone).
     #[arg(required = true)]
     names: Vec<String>,
@@ -61,6 +64,7 @@ fn main() -> Result<()> {
             "cloud" => cloud::run(&cli.out_dir)?,
             // The tunnel benchmark's crypto rows alone (no namespaces).
             "tunnel-crypto" => tunnel_crypto::rows()?,
+            "client" => client::run()?,
             other => bail!("unknown benchmark `{other}`"),
         };
         report::print(name, &rows);

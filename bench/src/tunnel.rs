@@ -300,15 +300,7 @@ fn measure(which: &Impl, into: &mut Measured) -> Result<()> {
 
 /// User and system CPU seconds of a process (all its threads) so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
-    // The command name may hold spaces; the fields after it do not. utime
-    // and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    let ticks: f64 =
-        fields.get(11..13).map_or(f64::NAN, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / per_second
+    crate::cpu::task_ticks(pid).map_or(f64::NAN, |ticks| ticks as f64 / crate::cpu::clock_tick())
 }
 
 fn iperf3_json(ns: &Netns, args: &[&str]) -> Result<serde_json::Value> {

@@ -131,15 +131,19 @@ pub struct Query {
     pub to_ms: Option<u64>,
     /// Exactly this actor: a user name, `gateway:<id>`, `relay:<id>` or `system`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1, max_length = 256)]
     pub actor: Option<String>,
     /// Exactly this session id.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1, max_length = 256)]
     pub session: Option<String>,
     /// Exactly this gateway id.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1, max_length = 256)]
     pub gateway: Option<String>,
     /// Exactly this action, such as `session.start`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1, max_length = 256)]
     pub action: Option<String>,
     /// Only allowed (`true`) or only refused (`false`) actions.
     #[serde(skip_serializing_if = "Option::is_none")]

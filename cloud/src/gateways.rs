@@ -25,15 +25,35 @@ pub const ENROL_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// Unique per gateway: 1 to 64 letters, digits, `. _ -`.
+    /// Unique per gateway: 1 to 64 letters, digits, spaces (not first or
+    /// last), `. _ -`.
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
     /// Its address in the machine network.
-    #[schema(value_type = String)]
+    #[schema(schema_with = ip_address)]
     pub address: IpAddr,
     pub protocol: Protocol,
     /// Allowed ports; empty means all (only for `icmp` and `any`).
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub ports: Vec<PortRange>,
+}
+
+/// An IPv4 or IPv6 address, as [`IpAddr`] parses it.
+fn ip_address() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let format =
+        |known| ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(known)));
+    AnyOfBuilder::new()
+        .item(format(KnownFormat::Ipv4))
+        .item(format(KnownFormat::Ipv6))
+        .description(Some("Its address in the machine network (IPv4 or IPv6)."))
+        .build()
+        .into()
 }
 
 impl Target {

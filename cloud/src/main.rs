@@ -268,6 +268,7 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         let retention = spawn_retention(state.clone(), retention_days);
         let options = server::ServeOptions {
             tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
+            connections_refused: state.metrics.connections_refused.clone(),
             ..server::ServeOptions::default()
         };
         let streams = state.clone();

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub control_refused: Family<ChannelLabels, Counter>,
     /// Shared with the server's accept loop (`ServeOptions`).
     pub tls_handshake_failures: Counter,
+    /// Connections closed at accept because too many were open (also
+    /// shared with the accept loop).
+    pub connections_refused: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,8 +82,15 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because too many were open",
+            connections_refused.clone(),
+        );
         Metrics {
             tls_handshake_failures,
+            connections_refused,
             registry: Arc::new(registry),
             requests,
             logins,

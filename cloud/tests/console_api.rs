@@ -195,7 +195,7 @@ fn a_console_login_sets_a_strict_session_cookie_that_authenticates() {
     let (token, _) = api.login("alice");
     let bearer = format!("Bearer {token}");
     let session = request(&api, "GET", "/api/v1/auth/session", &[("Authorization", &bearer)], None);
-    assert_eq!(session.status, 400, "{session:?}");
+    assert_eq!(session.status, 401, "{session:?}");
     assert!(audit_actions(&api, "alice", true).contains(&"auth.login".to_string()));
 }
 

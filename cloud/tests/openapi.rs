@@ -104,3 +104,39 @@ fn the_consoles_endpoints_are_documented() {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
     }
 }
+
+/// The document states what the server enforces (schemathesis checks the
+/// whole of it against a running cloud: tests/schemathesis.rs); a few of
+/// those facts, pinned here so that a change to them is seen at once.
+#[test]
+fn the_document_states_the_refusals_and_limits_the_server_enforces() {
+    let api = Api::start();
+    let doc = api.call("GET", "/api/v1/openapi.json", None, None).body;
+    let problem = |operation: &Value, status: &str| {
+        operation["responses"][status]["content"]["application/problem+json"]["schema"]["$ref"]
+            == "#/components/schemas/Problem"
+    };
+    let create_user = &doc["paths"]["/api/v1/users"]["post"];
+    for status in ["400", "401", "403", "409", "413", "415", "422"] {
+        assert!(problem(create_user, status), "POST /api/v1/users {status}: {create_user}");
+    }
+    assert!(create_user["responses"]["400"]["content"].get("application/json").is_none());
+    let get_user = &doc["paths"]["/api/v1/users/{id}"]["get"];
+    assert!(problem(get_user, "400") && problem(get_user, "401"), "{get_user}");
+    assert_eq!(get_user["parameters"][0]["schema"]["format"], "uint64");
+    assert_eq!(get_user["parameters"][0]["schema"]["maximum"], json!(u64::MAX));
+
+    let schemas = &doc["components"]["schemas"];
+    let name = &schemas["NewUser"]["properties"]["name"];
+    assert_eq!((name["minLength"].as_u64(), name["maxLength"].as_u64()), (Some(1), Some(64)), "{name}");
+    assert_eq!(schemas["NewUser"]["properties"]["password"]["minLength"], 12);
+    assert_eq!(schemas["EnrolRequest"]["properties"]["identity_key"]["pattern"], "^[0-9A-Fa-f]{64}$");
+    let address = &schemas["Target"]["properties"]["address"]["anyOf"];
+    assert_eq!(address[0]["format"], "ipv4", "{address}");
+    assert_eq!(address[1]["format"], "ipv6", "{address}");
+    assert_eq!(schemas["NewSession"]["properties"]["max_duration_s"]["minimum"], 60);
+    assert_eq!(schemas["PortRange"]["properties"]["first"]["minimum"], 1);
+    // The console's own operations say they need its cookie.
+    assert_eq!(doc["paths"]["/api/v1/auth/session"]["get"]["security"][0]["console"], json!([]));
+    assert_eq!(doc["components"]["securitySchemes"]["console"]["in"], "cookie");
+}

@@ -3,7 +3,6 @@
 //! xtask demo` builds it in release and runs it; the tests run it with
 //! `--once` from the debug build.
 
-mod forward;
 mod plant;
 mod story;
 mod technician;
@@ -13,11 +12,6 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-
-/// Whether the technician's client can take direct paths in this build.
-/// While it cannot, the demo's default is the relay; flip this when direct
-/// paths land and the default becomes `direct`, the common case.
-pub const DIRECT_PATHS_READY: bool = true;
 
 /// Ferry's demo: a cloud, a relay, a customer's plant with a gateway, a PLC
 /// and an HMI, and a technician at home, each in network namespaces on this
@@ -30,10 +24,9 @@ struct Cli {
     /// behind cone NATs: hole punching works), `relay` (the technician
     /// behind a symmetric NAT: the relay's UDP path), `websocket` (the
     /// technician's network lets only TCP 443 out: the relay's WebSocket
-    /// path). Default: direct once the client can take direct paths, the
-    /// relay until then.
-    #[arg(long, value_enum)]
-    path: Option<Path>,
+    /// path).
+    #[arg(long, value_enum, default_value = "direct")]
+    path: Path,
 
     /// Walk the steps, check each, clean up and exit: non-zero, naming the
     /// step, if one failed. Without it the world stays up for looking
@@ -89,10 +82,6 @@ impl Path {
             Path::Websocket => "the technician's network lets only TCP 443 out",
         }
     }
-
-    fn default_for_this_build() -> Path {
-        if DIRECT_PATHS_READY { Path::Direct } else { Path::Relay }
-    }
 }
 
 fn main() -> ExitCode {
@@ -105,7 +94,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => demo(cli.path.unwrap_or_else(Path::default_for_this_build), cli.once),
+        None => demo(cli.path, cli.once),
     }
 }
 

@@ -3,15 +3,16 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use ferry_lab::{Nat, Process};
+use ferry_lab::{Forwarder, Nat, Process};
 use ferry_world::{
-    CLOUD_IP, CLOUD_PORT, GW_LAN_IP, HOME_DEVICE_IP, Options, PROBE_IP, RELAY_IP, RELAY_METRICS, Server,
-    TARGET_A_IP, TARGET_B_IP, Technician as Net, World, eventually, http_get, poll, tcp_exchange,
+    CLOUD_IP, CLOUD_PORT, HOME_DEVICE_IP, Options, PANEL_PORT, PROBE_IP, RELAY_IP, RELAY_METRICS, Server,
+    Site, TARGET_A_IP, TARGET_B_IP, Technician as Net, World, eventually, http_get, panel_addr, poll,
+    tcp_exchange,
 };
 use serde_json::{Value, json};
 
 use crate::{
-    Path, forward,
+    Path,
     plant::{self, HMI_PORT, MODBUS_PORT, PLC_WEB_PORT, SETPOINT},
     technician::{Started, Technician, Way, read_plc, write_plc},
     walk::{Step, StepFailed, Style, Walk},
@@ -23,6 +24,8 @@ const T: Duration = Duration::from_secs(5);
 const HOME_PAGE: &str = "home NAS of the technician: holiday photos\n";
 const GATEWAY_NAME: &str = "press line 3";
 const SESSION_NAME: &str = "PLC maintenance";
+/// The customer's local panel password the demo sets (12 characters at least).
+const PANEL_PASSWORD: &str = "plant operator demo";
 /// The setpoint the technician writes.
 const NEW_SETPOINT: u16 = 1200;
 
@@ -52,7 +55,7 @@ impl Demo {
     /// up until the process is stopped.
     pub fn run(&self) -> Result<(), StepFailed> {
         let mut walk = Walk::new(self.style);
-        let (way, why) = Way::choose(self.path);
+        let (way, why) = Way::choose();
         println!(
             "{}",
             self.style.bold(&format!("Ferry demo: the {} path ({})", self.path.name(), self.path.what()))
@@ -83,6 +86,8 @@ impl Demo {
             relay_tls: true,
             cloud_tls: true,
             technician: Net::BehindNat(nat),
+            // The plant behind its cone NAT router, as the picture shows.
+            site: Site::BehindNat(Nat::Cone),
             lab_services: false,
         }
     }
@@ -404,7 +409,7 @@ impl Demo {
         let plc = proxy_addr(technician, "plc", MODBUS_PORT)?;
         eventually(SETTLE, || read_plc(world, plc, T).map(drop).map_err(|e| format!("{e:#}")))
             .map_err(|e| anyhow::anyhow!("the PLC does not answer through the tunnel: {e}"))?;
-        if self.path == Path::Direct && crate::DIRECT_PATHS_READY {
+        if self.path == Path::Direct {
             // Traffic starts on the relay and moves once the direct path is
             // verified both ways.
             let mut path = String::new();
@@ -435,12 +440,18 @@ impl Demo {
             self.start_and_approve(world, &mut walked.technician, walked.session, s)?;
             self.connect(world, &mut walked.technician, walked.session, s)
         })?;
-        let console = forward::start(
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        let console = Forwarder::start(
+            loopback,
             CLOUD_PORT,
             &world.cloud_ns,
-            SocketAddr::new(CLOUD_IP.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), CLOUD_PORT),
+            SocketAddr::new(CLOUD_IP.parse().unwrap_or(loopback), CLOUD_PORT),
         );
-        self.look_around(&walked, console.ok());
+        // The customer's panel answers only on the machine network's side of
+        // the gateway; the forwarder's connections come from a device there.
+        world.set_panel_password(PANEL_PASSWORD);
+        let panel = Forwarder::start(loopback, PANEL_PORT, &world.probe_ns, panel_addr());
+        self.look_around(&walked, console.as_ref().ok().map(|f| f.addr), panel.as_ref().ok().map(|f| f.addr));
         loop {
             // Ctrl-C ends the process from the signal thread, which removes
             // everything first.
@@ -448,7 +459,7 @@ impl Demo {
         }
     }
 
-    fn look_around(&self, walked: &Walked, console: Option<SocketAddr>) {
+    fn look_around(&self, walked: &Walked, console: Option<SocketAddr>, panel: Option<SocketAddr>) {
         let world = &walked.world;
         let st = self.style;
         let ns = |n: &ferry_lab::Netns| n.name().to_string();
@@ -484,35 +495,19 @@ impl Demo {
             }
             None => println!("  {}  (no free loopback port for it)", st.bold("console ")),
         }
-        // The customer's panel is for the machine network's side only.
-        let answers = |port: u16| {
-            tcp_exchange(
-                &world.probe_ns,
-                GW_LAN_IP,
-                port,
-                b"GET / HTTP/1.0\r\n\r\n",
-                Some(1),
-                Duration::from_secs(1),
-            )
-            .is_ok()
-        };
-        let panel = if answers(443) {
-            Some(format!("https://{GW_LAN_IP}/"))
-        } else if answers(80) {
-            Some(format!("http://{GW_LAN_IP}/"))
-        } else {
-            None
-        };
         match panel {
-            Some(url) => println!(
-                "  {}  {url} from the machine network: sudo ip netns exec {} curl -sk {url}",
-                st.bold("panel   "),
-                ns(&world.probe_ns)
-            ),
-            None => println!(
-                "  {}  (coming) the customer's local panel, on the machine network's side of the gateway ({GW_LAN_IP})",
-                st.bold("panel   ")
-            ),
+            Some(addr) => {
+                println!(
+                    "  {}  https://{addr}/  (the gateway's local panel, forwarded from a device on the machine \
+                     network: it answers nowhere else)",
+                    st.bold("panel   ")
+                );
+                println!(
+                    "            password \"{PANEL_PASSWORD}\"; self-signed certificate sha256 {}",
+                    world.panel_pin()
+                );
+            }
+            None => println!("  {}  (no free loopback port for it)", st.bold("panel   ")),
         }
         println!("  {}  {}", st.bold("tunnel  "), walked.technician.status_command(world));
         if let (Ok(hmi), Ok(plc)) = (

@@ -25,11 +25,6 @@ use serde_json::Value;
 
 use crate::{Path, plant, walk::Step};
 
-/// Whether the `ferry` client can take the relay's WebSocket path yet;
-/// until it can, `--path websocket` uses the stock fallback with
-/// `ferry-relay ws-bridge`.
-pub const CLIENT_WEBSOCKET_READY: bool = true;
-
 /// How the technician reaches the machines.
 pub enum Way {
     /// The `ferry` client: its service (as `ferry install` would run it)
@@ -43,14 +38,8 @@ pub enum Way {
 impl Way {
     /// The `ferry` client when it is built and can take `path`, else the
     /// stock fallback; with why.
-    pub fn choose(path: Path) -> (Way, String) {
+    pub fn choose() -> (Way, String) {
         match ferry_lab::workspace_bin("ferry") {
-            Ok(_) if path == Path::Websocket && !CLIENT_WEBSOCKET_READY => (
-                Way::Stock,
-                "the ferry client cannot take the WebSocket path yet: a stock WireGuard (wireguard-go) from \
-                 the cloud's configuration, with `ferry-relay ws-bridge`, stands in"
-                    .to_string(),
-            ),
             Ok(bin) => {
                 (Way::Client(Client::new(bin)), "the ferry client (its service and its commands)".to_string())
             }

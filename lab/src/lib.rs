@@ -27,6 +27,7 @@
 //! ```
 
 mod error;
+pub mod forward;
 mod names;
 mod nat;
 mod netns;
@@ -34,6 +35,7 @@ pub mod packet;
 mod process;
 
 pub use error::Error;
+pub use forward::Forwarder;
 pub use names::{PREFIX, sweep_pid, sweep_stale};
 pub use nat::{Nat, Router};
 pub use netns::{Lab, Netns, Veth};

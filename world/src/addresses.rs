@@ -14,6 +14,9 @@ pub const TECH_IP: &str = "192.0.2.2";
 pub const OFFICE_IP: &str = "192.0.2.130";
 pub const SITE_WAN_IP: &str = "198.51.100.2";
 pub const GW_UPLINK_IP: &str = "10.20.0.2";
+/// The technician on the site's LAN beside the gateway
+/// ([`crate::Technician::OnSiteLan`]).
+pub const TECH_SITE_IP: &str = "10.20.0.3";
 pub const GW_LAN_IP: &str = "192.168.50.1";
 pub const TARGET_A_IP: &str = "192.168.50.10";
 pub const TARGET_B_IP: &str = "192.168.50.11";

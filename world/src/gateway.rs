@@ -1,14 +1,51 @@
 //! The gateway daemon in the world: its configuration, enrolment, the
 //! process, the customer's local commands and its metrics.
 
-use std::{process::Output, time::Duration};
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    process::{Output, Stdio},
+    time::Duration,
+};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::{World, addresses::*, bin_path, services::http_get_path};
 
+/// The gateway's local panel's port unless configured otherwise.
+pub const PANEL_PORT: u16 = 8443;
+
+/// Where the world's gateway serves its local panel: its LAN address, on the
+/// machine network's side only.
+pub fn panel_addr() -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V4(GW_LAN_IP.parse().unwrap()), PANEL_PORT)
+}
+
 impl World {
+    /// `ferry-gateway panel password --stdin`, as root on the gateway.
+    pub fn set_panel_password(&self, password: &str) {
+        let mut cmd = self.gw_ns.command(bin_path("ferry-gateway"));
+        cmd.arg("--config").arg(&self.gateway_config).args(["panel", "password", "--stdin"]);
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "panel password: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The panel certificate's fingerprint, as `ferry-gateway panel status`
+    /// shows it.
+    pub fn panel_pin(&self) -> String {
+        let status = self.gateway_ok(&["panel", "status"]);
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("certificate sha256 "))
+            .unwrap_or_else(|| panic!("no fingerprint in `panel status`:\n{status}"))
+            .trim()
+            .to_string()
+    }
+
     /// Writes the gateway's configuration file.
     pub fn write_gateway_config(&self) {
         let text = format!(

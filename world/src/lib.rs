@@ -38,6 +38,15 @@
 //!   (192.168.50.1/24) holds the technician's laptop `tech` at .77 and the
 //!   home device `home` at .10.
 //!
+//! - [`Technician::OnSiteLan`]: on the customer site's LAN beside the
+//!   gateway (10.20.0.3/24), behind the same NAT; its home LAN as with
+//!   `Public`.
+//!
+//! The gateway, by [`Options::site`]: behind the customer's NAT router
+//! (the picture; [`Site::BehindNat`] with cone, symmetric or TCP-443-only
+//! behaviour), or [`Site::Public`]: no `cust` router, the gateway's uplink
+//! straight on the internet at 198.51.100.2.
+//!
 //! The machines run the tests' services when [`Options::lab_services`] is on
 //! (target-a: HTTP :8080 `plc-web` and :8081 not whitelisted; target-b: echo
 //! :7000 and :7001 not whitelisted; home: HTTP :8080); otherwise the caller
@@ -85,12 +94,12 @@ pub mod wg;
 
 pub use addresses::*;
 pub use cloud::{GatewayRecord, User, problem_type};
-pub use gateway::{metric_value, switch_word};
+pub use gateway::{PANEL_PORT, metric_value, panel_addr, switch_word};
 pub use services::{
     Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until,
 };
 pub use technician::{TechTunnel, parse_targets};
-pub use topology::{Options, Technician, World};
+pub use topology::{Options, Site, Technician, World};
 
 use std::{
     path::PathBuf,

@@ -16,6 +16,20 @@ pub enum Technician {
     /// At home behind a NAT router with this behaviour, on the same LAN as
     /// their home device.
     BehindNat(Nat),
+    /// On the customer site's LAN beside the gateway ([`TECH_SITE_IP`]),
+    /// behind the same NAT router, with their home LAN on a second
+    /// interface as with [`Technician::Public`]. Not with a public site.
+    OnSiteLan,
+}
+
+/// Where the gateway sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// Behind the customer's NAT router (`cust`) with this behaviour;
+    /// [`Options::tcp443_only`] makes a cone router a TCP-443-only firewall.
+    BehindNat(Nat),
+    /// No router: the gateway's uplink on the internet at [`SITE_WAN_IP`].
+    Public,
 }
 
 /// How a world is built.
@@ -33,6 +47,7 @@ pub struct Options {
     /// calls trust only it. Otherwise plain HTTP.
     pub cloud_tls: bool,
     pub technician: Technician,
+    pub site: Site,
     /// Start the tests' services on the machines and the home device (see
     /// the crate docs); off, the machines run nothing until the caller
     /// starts something there.
@@ -47,6 +62,7 @@ impl Default for Options {
             relay_tls: false,
             cloud_tls: false,
             technician: Technician::Public,
+            site: Site::BehindNat(Nat::Cone),
             lab_services: true,
         }
     }
@@ -63,8 +79,8 @@ pub struct World {
     /// The device on the technician's own LAN.
     pub home_ns: Netns,
     pub office_ns: Netns,
-    /// The customer site's NAT router.
-    pub router: Router,
+    /// The customer site's NAT router; none on a [`Site::Public`].
+    pub router: Option<Router>,
     /// The technician's home router, behind a NAT only.
     pub home_router: Option<Router>,
     pub gw_ns: Netns,
@@ -145,10 +161,60 @@ impl World {
             )
             .unwrap();
 
+        // The customer's site: the gateway behind a NAT router, or on the
+        // internet itself.
+        let site_nat = match (options.site, options.tcp443_only) {
+            (Site::Public, false) => None,
+            (Site::BehindNat(Nat::Cone | Nat::TcpOnly443), true) => Some(Nat::TcpOnly443),
+            (Site::BehindNat(nat), false) => Some(nat),
+            (site, true) => panic!("a TCP-443-only site is a cone NAT router with a firewall, not {site:?}"),
+        };
+        let gw_ns = lab.netns("gw").unwrap();
+        let (router, gw_uplink_if) = match site_nat {
+            Some(nat) => {
+                let router = lab
+                    .nat_router(
+                        "cust",
+                        nat,
+                        &inet,
+                        "198.51.100.1/24",
+                        &format!("{SITE_WAN_IP}/24"),
+                        "10.20.0.1/24",
+                    )
+                    .unwrap();
+                tx_off(&router.ns, &router.wan_if);
+                let gw_uplink_if = router.attach(&gw_ns, &format!("{GW_UPLINK_IP}/24")).unwrap();
+                (Some(router), gw_uplink_if)
+            }
+            None => {
+                let veth =
+                    lab.wire(&inet, &["198.51.100.1/24"], &gw_ns, &[&format!("{SITE_WAN_IP}/24")]).unwrap();
+                gw_ns.ip(&["route", "add", "default", "via", "198.51.100.1"]).unwrap();
+                tx_off(&inet, &veth.a);
+                // Frames the gateway sends with XDP_TX arrive at the router's end.
+                let port = veth.a.clone();
+                xdp.push(inet.run_in(move || PassProgram::attach(&port)).unwrap().unwrap());
+                (None, veth.b)
+            }
+        };
+        tx_off(&gw_ns, &gw_uplink_if);
+
         // The technician, with their own LAN and a device at a machine's address.
         let (tech_ns, home_ns, home_router, tech_if, tech_lan_if) = match options.technician {
-            Technician::Public => {
-                let (tech_ns, tech_veth) = host("tech", "192.0.2.1/25", &format!("{TECH_IP}/25"));
+            kind @ (Technician::Public | Technician::OnSiteLan) => {
+                let (tech_ns, tech_if) = match (kind, &router) {
+                    (Technician::OnSiteLan, Some(router)) => {
+                        let tech_ns = lab.netns("tech").unwrap();
+                        let tech_if = router.attach(&tech_ns, &format!("{TECH_SITE_IP}/24")).unwrap();
+                        tx_off(&tech_ns, &tech_if);
+                        (tech_ns, tech_if)
+                    }
+                    (Technician::OnSiteLan, None) => panic!("a public site has no LAN for the technician"),
+                    _ => {
+                        let (tech_ns, tech_veth) = host("tech", "192.0.2.1/25", &format!("{TECH_IP}/25"));
+                        (tech_ns, tech_veth.b)
+                    }
+                };
                 let home_ns = lab.netns("home").unwrap();
                 let home = lab
                     .wire(
@@ -160,7 +226,7 @@ impl World {
                     .unwrap();
                 tx_off(&tech_ns, &home.a);
                 tx_off(&home_ns, &home.b);
-                (tech_ns, home_ns, None, tech_veth.b, home.a)
+                (tech_ns, home_ns, None, tech_if, home.a)
             }
             Technician::BehindNat(nat) => {
                 let router = lab
@@ -187,17 +253,12 @@ impl World {
             }
         };
 
-        // The customer's site: NAT router, gateway behind it.
-        let nat = if options.tcp443_only { Nat::TcpOnly443 } else { Nat::Cone };
-        let router =
-            lab.nat_router("cust", nat, &inet, "198.51.100.1/24", "198.51.100.2/24", "10.20.0.1/24").unwrap();
-        tx_off(&router.ns, &router.wan_if);
-        let gw_ns = lab.netns("gw").unwrap();
-        let gw_uplink_if = router.attach(&gw_ns, &format!("{GW_UPLINK_IP}/24")).unwrap();
-        tx_off(&gw_ns, &gw_uplink_if);
-        for port in port_of_bridge(&router.ns, &router.lan_if) {
-            tx_off(&router.ns, &port);
-            xdp.push(router.ns.run_in(move || PassProgram::attach(&port)).unwrap().unwrap());
+        // Frames the gateway sends with XDP_TX arrive at the site LAN's ports.
+        if let Some(router) = &router {
+            for port in port_of_bridge(&router.ns, &router.lan_if) {
+                tx_off(&router.ns, &port);
+                xdp.push(router.ns.run_in(move || PassProgram::attach(&port)).unwrap().unwrap());
+            }
         }
 
         // The machine network: a switch namespace with a bridge.
@@ -290,17 +351,32 @@ impl World {
             ("office", &self.office_ns),
             ("technician", &self.tech_ns),
             ("home device", &self.home_ns),
-            ("site router", &self.router.ns),
             ("gateway", &self.gw_ns),
             ("machine network switch", &self.lan_ns),
             ("target-a", &self.target_a),
             ("target-b", &self.target_b),
             ("probe", &self.probe_ns),
         ];
+        if let Some(router) = &self.router {
+            all.push(("site router", &router.ns));
+        }
         if let Some(home_router) = &self.home_router {
             all.push(("home router", &home_router.ns));
         }
         all
+    }
+
+    /// The customer's router; panics on a [`Site::Public`], which has none.
+    pub fn site_router(&self) -> &Router {
+        self.router.as_ref().expect("a public site has no router")
+    }
+
+    /// Where the internet sees the technician.
+    pub fn tech_public_ip(&self) -> &'static str {
+        match self.options.technician {
+            Technician::OnSiteLan => SITE_WAN_IP,
+            _ => TECH_IP,
+        }
     }
 }
 

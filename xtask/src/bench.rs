@@ -31,6 +31,12 @@ pub const BENCHES: &[(&str, &str)] = &[
         "ferry-cloud session create/start/end and audited writes/s with 64 HTTP clients against raw sled \
          insert+flush/s, and the memory of 10,000 idle gateway connections",
     ),
+    (
+        "client",
+        "the technician on a cone/cone pair: connect to the first answered ping and to the direct path, TCP \
+         throughput and RTT over the direct path against the relay, and against a stock wireguard-go with the \
+         wg-quick export",
+    ),
 ];
 
 /// The release packages a benchmark runs besides ferry-bench, or None for
@@ -43,6 +49,8 @@ fn packages(name: &str) -> Option<&'static [&'static str]> {
         "gateway" => Some(&[]),
         // BPF_PROG_RUN needs only ferry-bench; the traffic rows run the relay.
         "relay" => Some(&["ferry-relay"]),
+        // The whole lab: cloud, relay, gateway daemon and the technician's client.
+        "client" => Some(&["ferry-cloud", "ferry-relay", "ferry-gateway", "ferry-client"]),
         _ => None,
     }
 }

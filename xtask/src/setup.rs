@@ -9,6 +9,7 @@ use crate::cargo::workspace_root;
 /// Debian packages the tests use, with the command each provides.
 pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip, for namespaces, veth and routes"),
+    ("python3-venv", "a virtualenv for schemathesis, which tests/schemathesis.rs installs from PyPI"),
     ("iptables", "iptables, for NAT baselines"),
     ("nftables", "nft, for the lab's NAT routers"),
     ("wireguard-go", "the independent WireGuard implementation we interoperate with"),

@@ -95,11 +95,17 @@ fn parse(pairs: Pairs, paged: bool) -> Result<(audit::Query, Page), ApiError> {
     let mut query = audit::Query::default();
     let mut page = Page { after: None, limit: None };
     let mut seen = HashSet::new();
+    // The document's integers are int64: beyond i64::MAX is out of range,
+    // as a generated client would assume.
     let number = |name: &str, value: &str| -> Result<u64, ApiError> {
-        value.parse().map_err(|_| invalid(name, "must be a whole number"))
+        value
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| i64::try_from(n).is_ok())
+            .ok_or_else(|| invalid(name, "must be a whole number from 0 to 9223372036854775807"))
     };
     let text = |name: &str, value: String| -> Result<Option<String>, ApiError> {
-        if value.is_empty() || value.len() > 256 {
+        if !(1..=256).contains(&value.chars().count()) {
             return Err(invalid(name, "must be 1 to 256 characters"));
         }
         Ok(Some(value))

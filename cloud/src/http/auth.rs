@@ -49,11 +49,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 impl Validate for LoginRequest {
     fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.len() > 64 {
+        // Counted in characters, as the document's lengths are.
+        if !(1..=64).contains(&self.name.chars().count()) {
             return Err("`name` must be 1 to 64 characters".into());
         }
-        if self.password.len() > password::MAX_LEN * 4 {
+        if self.password.chars().count() > password::MAX_LEN {
             return Err("`password` is too long".into());
+        }
+        if self.totp.as_ref().is_some_and(|code| code.chars().count() > 16) {
+            return Err("`totp` is too long".into());
         }
         Ok(())
     }
@@ -61,7 +65,9 @@ impl Validate for LoginRequest {
 
 impl Validate for RefreshRequest {
     fn validate(&self) -> Result<(), String> {
-        (self.refresh_token.len() <= 200).then_some(()).ok_or_else(|| "`refresh_token` is too long".into())
+        (self.refresh_token.chars().count() <= 200)
+            .then_some(())
+            .ok_or_else(|| "`refresh_token` is too long".into())
     }
 }
 
@@ -317,15 +323,18 @@ async fn console_login(
 }
 
 fn console_only(caller: &Caller) -> ApiResult<&console::Found> {
+    // Not authenticated the way this operation needs: 401, as for a
+    // missing credential, so that a client knows to log in to the console.
     caller.console_session().ok_or_else(|| {
-        ApiError::bad_request("this request has no console session (it came with a bearer token)")
+        ApiError::unauthorized(
+            "this operation needs the console's session cookie (from POST /api/v1/auth/session), not a bearer token",
+        )
     })
 }
 
 /// The caller's console session, with its CSRF token.
-#[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth",
-    responses((status = 200, body = ConsoleSessionView), (status = 400, body = super::Problem),
-        (status = 401, body = super::Problem)))]
+#[utoipa::path(get, path = "/api/v1/auth/session", tag = "auth", security(("console" = [])),
+    responses((status = 200, body = ConsoleSessionView), (status = 401, body = super::Problem)))]
 async fn console_session(caller: Caller) -> ApiResult<Json<ConsoleSessionView>> {
     let found = console_only(&caller)?;
     Ok(Json(session_view(&caller.user, &found.session)))
@@ -333,10 +342,9 @@ async fn console_session(caller: Caller) -> ApiResult<Json<ConsoleSessionView>> 
 
 /// Log out of the web console: the session ends at the server (its cookie
 /// opens nothing any more) and the browser is told to drop the cookie.
-#[utoipa::path(delete, path = "/api/v1/auth/session", tag = "auth",
+#[utoipa::path(delete, path = "/api/v1/auth/session", tag = "auth", security(("console" = [])),
     responses((status = 204, headers(("Set-Cookie" = String, description = "Clears the cookie"))),
-        (status = 400, body = super::Problem), (status = 401, body = super::Problem),
-        (status = 403, body = super::Problem)))]
+        (status = 401, body = super::Problem), (status = 403, body = super::Problem)))]
 async fn console_logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     console_only(&caller)?;
     if let Some(cookie) = caller.console_cookie() {
@@ -405,6 +413,9 @@ async fn me(caller: Caller) -> Json<UserView> {
 
 impl Validate for PasswordChange {
     fn validate(&self) -> Result<(), String> {
+        if self.current_password.chars().count() > password::MAX_LEN {
+            return Err("`current_password` is too long".into());
+        }
         let len = self.new_password.chars().count();
         if !(password::MIN_LEN..=password::MAX_LEN).contains(&len) {
             return Err(format!(
@@ -463,7 +474,7 @@ async fn change_password(
 
 impl Validate for TotpCode {
     fn validate(&self) -> Result<(), String> {
-        (self.code.len() <= 16).then_some(()).ok_or_else(|| "`code` is too long".into())
+        (self.code.chars().count() <= 16).then_some(()).ok_or_else(|| "`code` is too long".into())
     }
 }
 

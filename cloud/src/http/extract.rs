@@ -1,6 +1,6 @@
 //! Request extractors: validated JSON bodies and the authenticated caller.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request, rejection::JsonRejection},
@@ -39,6 +39,75 @@ impl<T: DeserializeOwned + Validate, S: Send + Sync> FromRequest<S> for Body<T> 
     }
 }
 
+/// How long a client may take to send a request body, from the end of its
+/// head: a client that trickles its body cannot hold a connection forever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much of a body beyond [`super::BODY_LIMIT`] is read and dropped
+/// before the refusal.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Middleware: every request's body is read whole before the handler runs,
+/// within [`BODY_READ_TIMEOUT`] and [`super::BODY_LIMIT`] (the API's bodies
+/// are small). A handler that refuses a request before reading its body
+/// (no credential, no right) would otherwise leave the body unread, and
+/// hyper then closes the connection: a client that reuses it (every
+/// keep-alive pool does) finds it closed under its next request.
+pub async fn whole_body(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = request.into_parts();
+    match read_body(body).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Reads a body of at most [`super::BODY_LIMIT`] bytes. A larger one is
+/// refused (413), but first read on to its end (up to [`DRAIN_LIMIT`] more)
+/// and dropped: most clients send their whole body before they read the
+/// answer, and a connection closed under them would be all they see, not
+/// the problem that says why.
+async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut beyond = 0usize;
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+            if beyond == 0 && kept.len() + chunk.len() <= super::BODY_LIMIT {
+                kept.extend_from_slice(&chunk);
+                continue;
+            }
+            beyond += chunk.len();
+            if beyond > DRAIN_LIMIT {
+                break;
+            }
+        }
+        Ok::<_, ApiError>(())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Body too slow",
+                format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+            ));
+        }
+    }
+    if beyond > 0 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!("request bodies are limited to {} bytes", super::BODY_LIMIT),
+        ));
+    }
+    Ok(kept.into())
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
@@ -73,6 +142,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Params(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+/// Path parameters; one that does not parse (an id that is not a number)
+/// is a problem document that names it, as every other refusal.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
             .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
     }
 }

@@ -1,18 +1,14 @@
 //! Gateways and their targets (Administrators add them; session preparers
 //! see them), enrolment, and relays.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Source, Validate},
+    extract::{Body, Caller, Path, Source, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{
@@ -36,12 +32,24 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGateway {
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
     /// Where it stands: the customer, plant or machine.
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub site: String,
     #[serde(default)]
+    #[schema(max_items = 1024)]
     pub targets: Vec<Target>,
     /// Lifetime of the enrolment token in seconds (60 to 604800; default a day).
+    #[schema(minimum = 60, maximum = 604_800)]
     pub enrolment_ttl_s: Option<u64>,
 }
 
@@ -87,9 +95,20 @@ pub struct CreatedGateway {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayChange {
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: Option<String>,
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub site: Option<String>,
     /// Replaces the whole target list.
+    #[schema(max_items = 1024)]
     pub targets: Option<Vec<Target>>,
 }
 
@@ -107,15 +126,17 @@ impl Validate for GatewayChange {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
+    #[schema(max_length = 200)]
     pub token: String,
     /// The gateway's Ed25519 public key, 64 hex digits. It signs every
     /// control connection from now on.
+    #[schema(pattern = r"^[0-9A-Fa-f]{64}$")]
     pub identity_key: String,
 }
 
 impl Validate for EnrolRequest {
     fn validate(&self) -> Result<(), String> {
-        if self.token.len() > 200 {
+        if self.token.chars().count() > 200 {
             return Err("`token` is too long".into());
         }
         let mut key = [0u8; 32];
@@ -299,6 +320,11 @@ async fn enrol(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRelay {
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
 }
 

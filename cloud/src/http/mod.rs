@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod configs;
+mod document;
 mod events;
 pub mod extract;
 mod gateways;
@@ -22,7 +23,7 @@ use axum::{
 };
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -71,6 +72,14 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         components.add_security_scheme(
+            "console",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::console::COOKIE,
+                "The web console's session cookie (from POST /api/v1/auth/session); requests that change \
+                 state also send the session's CSRF token in `X-CSRF-Token`",
+            ))),
+        );
+        components.add_security_scheme(
             "watch_token",
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -103,7 +112,9 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(audit::routes())
         .merge(events::routes())
         .split_for_parts();
-    state.set_openapi(doc.to_json().expect("the OpenAPI document serializes"));
+    let mut json = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
+    document::complete(&mut json);
+    state.set_openapi(json.to_string());
     let router = router
         .fallback(meta::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -118,6 +129,7 @@ pub fn router(state: AppState) -> Router {
     api(state.clone())
         .0
         .merge(crate::console::routes(state))
+        .layer(middleware::from_fn(extract::whole_body))
         .layer(middleware::from_fn(crate::console::headers::secure))
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Params, Validate},
+    extract::{Body, Caller, Params, Path, Validate},
     gateways::check_session_targets,
     problem::{ApiError, ApiResult},
 };
@@ -63,14 +63,21 @@ fn load(state: &AppState, id: u64) -> ApiResult<Session> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
+    #[schema(
+        pattern = r"^[A-Za-z0-9._-]([A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
     pub gateway_id: u64,
     /// Names of the gateway's targets.
     pub targets: Vec<String>,
     /// User ids the session is released to.
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub released_to: Vec<u64>,
     /// 60 s to 7 days.
+    #[schema(minimum = 60, maximum = 604_800)]
     pub max_duration_s: u64,
     /// Whether the customer must approve each start at the gateway.
     #[serde(default)]
@@ -96,15 +103,21 @@ impl Validate for NewSession {
 #[serde(deny_unknown_fields)]
 pub struct SessionChange {
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub add_targets: Vec<String>,
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub remove_targets: Vec<String>,
     /// User ids to release the session to.
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub release: Vec<u64>,
     /// User ids to withdraw it from (their issued configurations go too).
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub unrelease: Vec<u64>,
+    /// 60 s to 7 days.
+    #[schema(minimum = 60, maximum = 604_800)]
     pub max_duration_s: Option<u64>,
 }
 
@@ -591,7 +604,8 @@ fn client_config(state: &AppState, issued: &Issued) -> ClientConfig {
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/config", tag = "sessions", request_body = ConfigRequest,
     security(("bearer" = [])), params(("id" = u64, Path)),
     responses((status = 200, body = ClientConfig), (status = 400, body = super::Problem),
-        (status = 403, body = super::Problem), (status = 409, body = super::Problem)))]
+        (status = 403, body = super::Problem), (status = 404, body = super::Problem),
+        (status = 409, body = super::Problem)))]
 async fn issue_config(
     State(state): State<AppState>,
     caller: Caller,
@@ -607,7 +621,8 @@ async fn issue_config(
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/config/wg-quick", tag = "sessions",
     request_body = ConfigRequest, security(("bearer" = [])), params(("id" = u64, Path)),
     responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = super::Problem),
-        (status = 403, body = super::Problem), (status = 409, body = super::Problem)))]
+        (status = 403, body = super::Problem), (status = 404, body = super::Problem),
+        (status = 409, body = super::Problem)))]
 async fn issue_wg_quick(
     State(state): State<AppState>,
     caller: Caller,

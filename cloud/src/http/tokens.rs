@@ -1,16 +1,12 @@
 //! Scoped API tokens for automation, made by Administrators.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use ferry_api::{CreatedToken, NewToken};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Validate},
+    extract::{Body, Caller, Path, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{
@@ -24,7 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 impl Validate for NewToken {
     fn validate(&self) -> Result<(), String> {
-        if self.name.trim().is_empty() || self.name.len() > 64 {
+        if self.name.trim().is_empty() || self.name.chars().count() > 64 {
             return Err("`name` must be 1 to 64 characters".into());
         }
         if self.scopes.is_empty() || self.scopes.len() > 16 {

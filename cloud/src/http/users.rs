@@ -1,11 +1,7 @@
 //! User accounts: Administrators add users and assign roles; disabling a
 //! user stops their tokens at once and ends their sessions.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 pub use ferry_api::UserView;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     AppState,
-    extract::{Body, Caller, Validate},
+    extract::{Body, Caller, Path, Validate},
     problem::{ApiError, ApiResult},
 };
 use crate::{
@@ -50,10 +46,12 @@ impl From<&User> for UserView {
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// 1 to 64 characters: letters, digits and `. _ - @`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$", min_length = 1, max_length = 64)]
     pub name: String,
     pub role: Role,
     /// If omitted, a one-time password is made and returned once; it must
-    /// be changed at first use.
+    /// be changed at first use. 12 to 1024 characters.
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: Option<String>,
 }
 

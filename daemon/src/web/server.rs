@@ -25,12 +25,23 @@ use tower_service::Service;
 /// connections that never finish one (slowloris, port scanners) can hold.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections open at once, handshakes included. What a connection holds
+/// is bounded in time (the handshake and header timeouts) but not in
+/// number without this: a flood of connections opened faster than they
+/// time out would grow memory and file descriptors without end. Beyond it,
+/// a new connection is closed at once and counted.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub tls_handshake_timeout: Duration,
     /// Counts handshakes that failed or timed out; clones share the count,
     /// so the metrics registry can hold one.
     pub tls_handshake_failures: Counter,
+    pub max_connections: usize,
+    /// Counts connections closed at accept because `max_connections` were
+    /// open.
+    pub connections_refused: Counter,
 }
 
 impl Default for ServeOptions {
@@ -38,6 +49,8 @@ impl Default for ServeOptions {
         ServeOptions {
             tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             tls_handshake_failures: Counter::default(),
+            max_connections: MAX_CONNECTIONS,
+            connections_refused: Counter::default(),
         }
     }
 }
@@ -66,6 +79,7 @@ pub async fn serve_with(
     // for the last of them.
     let (stop, stopped) = watch::channel(());
     let mut shutdown = pin!(shutdown);
+    let open = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     loop {
         let (tcp, remote) = tokio::select! {
             () = &mut shutdown => break,
@@ -81,8 +95,17 @@ pub async fn serve_with(
                 }
             },
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            options.connections_refused.inc();
+            tracing::debug!(%remote, "too many connections; closing a new one");
+            drop(tcp);
+            continue;
+        };
         let task = connection(tcp, remote, acceptor.clone(), app.clone(), stopped.clone(), options.clone());
-        tokio::spawn(task);
+        tokio::spawn(async move {
+            task.await;
+            drop(permit);
+        });
     }
     drop(listener);
     drop(stopped);
@@ -206,6 +229,11 @@ mod tests {
     }
 
     async fn start(tls: Option<Arc<rustls::ServerConfig>>, handshake_timeout: Duration) -> Running {
+        start_with(tls, ServeOptions { tls_handshake_timeout: handshake_timeout, ..ServeOptions::default() })
+            .await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>, options: ServeOptions) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let slow = || async {
@@ -215,7 +243,6 @@ mod tests {
         let app =
             Router::new().route("/whoami", get(whoami)).route("/ws", get(echo)).route("/slow", get(slow));
         let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServeOptions { tls_handshake_timeout: handshake_timeout, ..ServeOptions::default() };
         let failures = options.tls_handshake_failures.clone();
         let done = tokio::spawn(serve_with(
             listener,
@@ -347,6 +374,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(server.failures.get(), 3);
+        server.stop.send(()).unwrap();
+        server.done.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
+        let refused = Counter::default();
+        let options = ServeOptions {
+            max_connections: 2,
+            connections_refused: refused.clone(),
+            ..ServeOptions::default()
+        };
+        let server = start_with(None, options).await;
+        // Two connections that say nothing hold the two places.
+        let held =
+            [TcpStream::connect(server.addr).await.unwrap(), TcpStream::connect(server.addr).await.unwrap()];
+        let mut third = TcpStream::connect(server.addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the third connection was not closed: {read:?}");
+        assert_eq!(refused.get(), 1);
+        // A place freed is a place for the next client.
+        drop(held);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = get_text(TcpStream::connect(server.addr).await.unwrap(), "/whoami").await;
+            if response.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no place freed: {response:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         server.stop.send(()).unwrap();
         server.done.await.unwrap().unwrap();
     }

@@ -122,6 +122,17 @@ impl Engine {
         self.endpoint.local_port()
     }
 
+    /// The WireGuard device's handshake counters: messages with a valid
+    /// mac1, cookie replies sent, initiations refused by the rate limit.
+    pub fn handshake_stats(&self) -> (u64, u64, u64) {
+        self.endpoint.with_device(|device| {
+            let stats = &device.stats;
+            let limited =
+                stats.drops.get(&ferry_tunnel::proto::device::Drop::RateLimited).copied().unwrap_or(0);
+            (stats.handshakes_received, stats.cookie_replies_sent, limited)
+        })
+    }
+
     /// Candidates, probe tags, STUN servers and path counters.
     pub fn traversal(&self) -> &Traversal {
         &self.traversal

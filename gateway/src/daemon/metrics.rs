@@ -67,6 +67,12 @@ pub struct Metrics {
     pub side_other: Counter,
     pub transport_switches: Counter,
     pub candidates: Gauge,
+    /// WireGuard handshake messages with a valid mac1, cookie replies sent
+    /// while under load, and initiations refused by the per-source rate
+    /// limit: a handshake flood shows here.
+    pub wg_handshakes: Counter,
+    pub wg_cookie_replies: Counter,
+    pub wg_rate_limited: Counter,
 }
 
 impl Metrics {
@@ -99,6 +105,9 @@ impl Metrics {
             side_other: Counter::default(),
             transport_switches: Counter::default(),
             candidates: Gauge::default(),
+            wg_handshakes: Counter::default(),
+            wg_cookie_replies: Counter::default(),
+            wg_rate_limited: Counter::default(),
         };
         registry.register(
             "switch_on",
@@ -206,7 +215,24 @@ impl Metrics {
                 &m.transport_switches,
             ),
         ];
-        for (name, help, counter) in traversal_counters {
+        let wireguard_counters = [
+            (
+                "wireguard_handshakes",
+                "WireGuard handshake messages received with a valid mac1",
+                &m.wg_handshakes,
+            ),
+            (
+                "wireguard_cookie_replies",
+                "WireGuard cookie replies sent: under a handshake flood, initiations without a valid mac2",
+                &m.wg_cookie_replies,
+            ),
+            (
+                "wireguard_handshakes_rate_limited",
+                "WireGuard initiations with a valid cookie refused by the per-source rate limit",
+                &m.wg_rate_limited,
+            ),
+        ];
+        for (name, help, counter) in traversal_counters.into_iter().chain(wireguard_counters) {
             registry.register(name, help, counter.clone());
         }
         registry.register(
@@ -245,7 +271,10 @@ mod tests {
         Metrics::count_to(&c, 3);
         Metrics::count_to(&c, 9);
         m.switch_on.set(1);
+        Metrics::count_to(&m.wg_cookie_replies, 4001);
         let text = m.encode();
+        assert!(text.contains("ferry_gateway_wireguard_cookie_replies_total 4001"), "{text}");
+        assert!(text.contains("ferry_gateway_wireguard_handshakes_total 0"), "{text}");
         assert!(text.contains("ferry_gateway_packets_total{outcome=\"not_whitelisted\"} 9"), "{text}");
         assert!(text.contains("ferry_gateway_switch_on 1"), "{text}");
     }

@@ -521,6 +521,10 @@ impl Daemon {
             m.guard_stun_servers.set(uplink.stun_servers() as i64);
             metrics::Metrics::count_to(&m.guard_rule_map_errors, uplink.rule_map_errors());
         }
+        let (handshakes, cookie_replies, rate_limited) = self.engine.handshake_stats();
+        metrics::Metrics::count_to(&m.wg_handshakes, handshakes);
+        metrics::Metrics::count_to(&m.wg_cookie_replies, cookie_replies);
+        metrics::Metrics::count_to(&m.wg_rate_limited, rate_limited);
         let traversal = self.engine.traversal().stats();
         for kind in ferry_traversal::PathKind::ALL {
             let n = traversal.paths.get(kind);

@@ -1329,3 +1329,70 @@ fn datagrams_of_a_session_that_went_away_during_their_aead_are_dropped() {
     );
     assert_consistent(&net.b);
 }
+
+/// A flood of initiations with a valid mac1 (anyone who knows B's public
+/// key can compute it) from many sources, at the default load threshold:
+/// B answers with cookie replies instead of doing Diffie-Hellman for each,
+/// counts them, and the session A already has keeps passing traffic both
+/// ways all along (the WireGuard paper, section 5.3: under load, a
+/// handshake needs a cookie; transport data never does).
+#[test]
+fn an_initiation_flood_engages_cookies_and_the_live_session_keeps_working() {
+    let mut net = Net::new(None, None);
+    net.a_sends(b"before").unwrap();
+    let (at_b, _) = net.pump();
+    assert_eq!(at_b, vec![b"before".to_vec()]);
+
+    // The attacker: a device of its own that knows B's public key, which B
+    // does not know.
+    let mut attacker = Device::new(DeviceConfig::new(PrivateKey::generate()), seeded(3));
+    let mut target = PeerConfig::new(net.b.identity.public);
+    target.endpoint = Some(net.b_addr);
+    target.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
+    let id = attacker.add_peer(target).unwrap();
+
+    const FLOOD: u64 = 5000;
+    let mut delivered = (0, 0);
+    let mut cookie_replies = 0;
+    for i in 0..FLOOD {
+        // 5000 initiations in one second, from 250 addresses.
+        net.elapsed += Duration::from_micros(200);
+        let now = Now {
+            instant: net.t0 + net.elapsed,
+            wall: Tai64N::from_unix(Duration::from_secs(1_900_000_000 + i)),
+        };
+        let mut tx = Vec::new();
+        attacker.peers.get_mut(&id).unwrap().timers.last_initiation_sent = None;
+        attacker.initiate_handshake(id, now, &mut tx, false);
+        let mut initiation = tx.remove(0).payload;
+        let from = SocketAddr::from(([203, 0, 113, (i % 250) as u8], 40000 + (i % 7) as u16));
+        let mut replies = Vec::new();
+        let incoming = net.b.handle_datagram(now, from, &mut initiation, &mut replies);
+        assert_ne!(incoming, Incoming::Handled, "a stranger's initiation got through");
+        cookie_replies += replies.iter().filter(|r| r.payload.len() == COOKIE_REPLY_LEN).count() as u64;
+        assert!(replies.iter().all(|r| r.to == from && r.payload.len() == COOKIE_REPLY_LEN), "{replies:?}");
+        // The live session, every 100 initiations, both ways.
+        if i % 100 == 0 {
+            net.a_sends(format!("a{i}").as_bytes()).unwrap();
+            net.b_sends(format!("b{i}").as_bytes()).unwrap();
+            let (at_b, at_a) = net.pump();
+            assert_eq!(at_b, vec![format!("a{i}").into_bytes()], "A's packet {i} did not arrive");
+            assert_eq!(at_a, vec![format!("b{i}").into_bytes()], "B's packet {i} did not arrive");
+            delivered.0 += 1;
+            delivered.1 += 1;
+        }
+    }
+    let required = net.drops(&net.b, Drop::CookieRequired);
+    // Past the threshold (1000 a second), every initiation without mac2 got
+    // a cookie reply, counted.
+    assert!(required >= FLOOD - 1100, "{:?}", net.b.stats);
+    assert_eq!(net.b.stats.cookie_replies_sent, required);
+    assert_eq!(cookie_replies, required);
+    assert_eq!(net.b.stats.handshakes_received, FLOOD + 1);
+    assert_eq!(delivered, (FLOOD / 100, FLOOD / 100));
+    println!(
+        "{FLOOD} initiations: {required} cookie replies, {} refused otherwise; {} packets each way on the live session",
+        FLOOD - required,
+        delivered.0
+    );
+}
