@@ -13,6 +13,7 @@ mod relay;
 mod relay_traffic;
 mod report;
 mod tunnel;
+mod tunnel_crypto;
 
 use std::path::PathBuf;
 
@@ -36,7 +37,13 @@ struct Cli {
     #[arg(long)]
     native_ferry_wg: Option<PathBuf>,
 
-    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client.
+    /// Cloudflare's `boringtun-cli`, measured as a second peer of the tunnel
+    /// benchmark.
+    #[arg(long)]
+    boringtun: Option<PathBuf>,
+
+    /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client (and
+    /// tunnel-crypto, the tunnel benchmark's crypto rows alone).
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -51,8 +58,16 @@ fn main() -> Result<()> {
             // whole gateway: for work on the programs.
             "gateway-prog" => gateway::prog_run_rows()?,
             "relay" => relay::run()?,
-            "tunnel" => tunnel::run(&cli.criterion_dir, cli.native_ferry_wg.as_deref())?,
+            "tunnel" => tunnel::run(
+                &cli.criterion_dir,
+                &tunnel::Peers {
+                    native_ferry_wg: cli.native_ferry_wg.as_deref(),
+                    boringtun: cli.boringtun.as_deref(),
+                },
+            )?,
             "cloud" => cloud::run(&cli.out_dir)?,
+            // The tunnel benchmark's crypto rows alone (no namespaces).
+            "tunnel-crypto" => tunnel_crypto::rows()?,
             "client" => client::run()?,
             other => bail!("unknown benchmark `{other}`"),
         };

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod keys;
+pub mod parallel;
 pub mod proto;
 pub mod uapi;
 

@@ -22,7 +22,11 @@ pub const BENCHES: &[(&str, &str)] = &[
          against an empty XDP program; ferry-relay forwarding 1420- and 64-byte traffic between namespaces \
          (packets/s, Gbit/s, CPU s/Gbit) with --xdp native against --xdp off",
     ),
-    ("tunnel", "Ferry <-> Ferry TCP and 64-byte UDP against wireguard-go, and handshakes/s (criterion)"),
+    (
+        "tunnel",
+        "Ferry <-> Ferry TCP and 64-byte UDP against wireguard-go and boringtun-cli, the engine's crypto alone on 1 \
+         and 2 threads, and handshakes/s against the X25519 bound (criterion)",
+    ),
     (
         "cloud",
         "ferry-cloud session create/start/end and audited writes/s with 64 HTTP clients against raw sled \
@@ -92,7 +96,9 @@ pub fn run(names: &[String]) -> Result<()> {
     }
     run_cmd(&mut build)?;
     let mut native_ferry_wg = None;
+    let mut boringtun = None;
     if names.contains(&"tunnel") {
+        boringtun = Some(setup::boringtun()?);
         run_cmd(cargo().args(["bench", "-p", "ferry-tunnel", "--bench", "handshake"]))?;
         // A second ferry-wg compiled for this CPU: the RustCrypto AEAD inlines
         // its SIMD code only when the target features are known at compile time.
@@ -111,6 +117,9 @@ pub fn run(names: &[String]) -> Result<()> {
     cmd.arg("--criterion-dir").arg(target_dir().join("criterion"));
     if let Some(path) = &native_ferry_wg {
         cmd.arg("--native-ferry-wg").arg(path);
+    }
+    if let Some(path) = &boringtun {
+        cmd.arg("--boringtun").arg(path);
     }
     cmd.args(&names);
     run_cmd(&mut cmd)

@@ -107,6 +107,40 @@ pub fn cargo_machete() -> Result<()> {
     Ok(())
 }
 
+/// The boringtun-cli the tunnel benchmark measures against: the release the
+/// issue's figures were taken with.
+pub const BORINGTUN_VERSION: &str = "0.7.1";
+
+/// Cloudflare's `boringtun-cli`, for the tunnel benchmark: installed from
+/// crates.io into `<target>/boringtun` (its build cache beside it), once and
+/// again when the pinned version changes. Returns the binary.
+pub fn boringtun() -> Result<PathBuf> {
+    let root = crate::cargo::target_dir().join("boringtun");
+    let binary = root.join("bin").join("boringtun-cli");
+    let installed = Command::new(&binary).arg("--version").output();
+    if installed.is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).split_whitespace().last() == Some(BORINGTUN_VERSION)
+    }) {
+        return Ok(binary);
+    }
+    eprintln!(
+        "setup: installing boringtun-cli {BORINGTUN_VERSION} into {} (a few minutes, once)",
+        root.display()
+    );
+    let status = crate::cargo::cargo()
+        .args(["install", "--locked", "--force", "boringtun-cli", "--version", BORINGTUN_VERSION, "--root"])
+        .arg(&root)
+        .arg("--target-dir")
+        .arg(root.join("build"))
+        .status()
+        .context("running cargo install")?;
+    if !status.success() {
+        bail!("installing boringtun-cli {BORINGTUN_VERSION} failed");
+    }
+    Ok(binary)
+}
+
 /// Installs the Debian packages that are missing, with one apt-get call.
 pub fn debian_packages() -> Result<()> {
     let missing: Vec<&str> =

@@ -46,9 +46,11 @@ enum Command {
         /// with a fresh key and mode 0600 if missing.
         #[arg(long)]
         key_file: Option<PathBuf>,
-        /// Runtime threads. One thread avoids cross-core wakeups and carries
-        /// about 2 Gbit/s on a small x86 core; more let encryption and
-        /// decryption run on separate cores on bigger machines.
+        /// Runtime threads for the packet loops. One avoids cross-core
+        /// wakeups; the encryption and decryption of each batch are spread
+        /// over the cores (up to four) by the crypto threads whatever this
+        /// is, and more runtime threads let the two directions' loops run
+        /// apart as well.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
     },

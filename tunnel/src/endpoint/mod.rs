@@ -2,8 +2,12 @@
 //! sans-IO [`Device`].
 //!
 //! Three tasks share the device behind a mutex that is held only for the
-//! synchronous protocol step, once per batch: TUN to UDP (encrypt), UDP to
-//! TUN (decrypt) and the timers. Sockets and the TUN device are never touched
+//! synchronous protocol steps of a batch: TUN to UDP (encrypt), UDP to TUN
+//! (decrypt) and the timers. The AEAD of a batch runs outside the lock,
+//! spread over the cores by [`CryptoPool`]: the encrypting side takes the
+//! counters under the lock and seals after it; the decrypting side checks
+//! under the lock, opens after it, and takes the lock again to record the
+//! counters and finish the packets in the order they arrived. Sockets and the TUN device are never touched
 //! under the lock. An [`IndexSink`], if one watches, is told of index changes
 //! under it (see there why).
 //!
@@ -51,10 +55,10 @@ pub use self::{
 use crate::{
     PrivateKey, PublicKey,
     config::InterfaceAddress,
+    parallel::CryptoPool,
     proto::{
-        Device, DeviceConfig, IndexChange, IpNet, Now, PeerConfig, Transmit,
-        device::{Incoming, Sent},
-        messages::is_wireguard,
+        Begin, Device, DeviceConfig, IndexChange, IpNet, Now, PeerConfig, PendingOpen, Prepared, Transmit,
+        device::Incoming, messages::is_wireguard, session::SessionError,
     },
 };
 
@@ -539,26 +543,39 @@ async fn tun_to_udp(shared: Arc<Shared>) {
             }
         }
         segments.clear();
+        let mut jobs = Vec::with_capacity(count);
         {
             let mut device = lock(&shared);
             let now = Now::system();
             let mut at = 0;
             for (packet, &size) in packets.iter().zip(&sizes).take(count) {
-                match device.send_packet(
+                match device.prepare_packet(
                     now,
                     &packet[TUN_OFFSET..TUN_OFFSET + size],
                     &mut out[at..],
                     &mut transmits,
                 ) {
-                    Ok(Sent::Datagram { to, len }) => {
-                        segments.push(Segment { to, start: at, len });
-                        at += len;
+                    Ok(Prepared::Seal { to, job }) => {
+                        segments.push(Segment { to, start: at, len: job.len });
+                        at += job.len;
+                        jobs.push(job);
                     }
-                    Ok(Sent::Queued) => {}
+                    Ok(Prepared::Queued) => {}
                     Err(err) => tracing::trace!(error = %err, "packet from TUN not sent"),
                 }
             }
         }
+        // The messages lie back to back in `out`, in the order of their
+        // counters; each job encrypts its own.
+        let mut work = Vec::with_capacity(jobs.len());
+        let mut rest = &mut out[..];
+        for job in jobs {
+            let (message, after) = rest.split_at_mut(job.len);
+            work.push((job, message));
+            rest = after;
+        }
+        CryptoPool::shared().run(&mut work, |(job, message)| job.seal(message));
+        drop(work);
         for batch in gso_batches(&segments, max_gso) {
             let run = &segments[batch.first..batch.first + batch.count];
             let (Some(first), Some(last)) = (run.first(), run.last()) else { continue };
@@ -616,9 +633,10 @@ async fn udp_to_tun(shared: Arc<Shared>) {
                 continue;
             }
         };
+        let mut work: Vec<Received<'_>> = Vec::new();
+        let now = Now::system();
         {
             let mut device = lock(&shared);
-            let now = Now::system();
             for (buffer, meta) in buffers.iter_mut().zip(&metas).take(count) {
                 let from = canonical(meta.addr);
                 if is_virtual(from) {
@@ -633,16 +651,37 @@ async fn udp_to_tun(shared: Arc<Shared>) {
                         side.push(SideDatagram { from, payload: datagram.to_vec() });
                         continue;
                     }
-                    if let Incoming::Packet { range, .. } =
-                        device.handle_datagram(now, from, datagram, &mut transmits)
-                    {
-                        let mut packet =
-                            pool.pop().unwrap_or_else(|| Vec::with_capacity(TUN_OFFSET + mtu + 64));
-                        packet.clear();
-                        packet.resize(TUN_OFFSET, 0);
-                        packet.extend_from_slice(&datagram[range]);
-                        to_tun.push(packet);
+                    let step = match device.begin_datagram(now, from, datagram, &mut transmits) {
+                        Begin::Open(pending) => Step::Open(pending, None),
+                        Begin::Done(incoming) => Step::Done(incoming),
+                    };
+                    work.push(Received { datagram, step });
+                }
+            }
+        }
+        CryptoPool::shared().run(&mut work, |received| {
+            if let Step::Open(pending, opened) = &mut received.step {
+                *opened = Some(pending.open(received.datagram));
+            }
+        });
+        {
+            // Finished in arrival order: the TUN device sees each peer's
+            // packets in the order they came.
+            let mut device = lock(&shared);
+            for Received { datagram, step } in work {
+                let incoming = match step {
+                    Step::Open(pending, opened) => {
+                        let opened = opened.unwrap_or_else(|| pending.open(datagram));
+                        device.finish_open(now, pending, opened, datagram, &mut transmits)
                     }
+                    Step::Done(incoming) => incoming,
+                };
+                if let Incoming::Packet { range, .. } = incoming {
+                    let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(TUN_OFFSET + mtu + 64));
+                    packet.clear();
+                    packet.resize(TUN_OFFSET, 0);
+                    packet.extend_from_slice(&datagram[range]);
+                    to_tun.push(packet);
                 }
             }
         }
@@ -655,6 +694,19 @@ async fn udp_to_tun(shared: Arc<Shared>) {
         shared.side.hand_over(&mut side);
         send_all(&shared, &mut transmits).await;
     }
+}
+
+/// A datagram of a receive batch between its steps.
+struct Received<'a> {
+    datagram: &'a mut [u8],
+    step: Step,
+}
+
+enum Step {
+    /// Transport data, with what its AEAD made of it once run.
+    Open(PendingOpen, Option<Result<std::ops::Range<usize>, SessionError>>),
+    /// Handled when it was read (handshakes, cookies, drops).
+    Done(Incoming),
 }
 
 /// One datagram a transport received, from its virtual address `from`: the

@@ -24,7 +24,7 @@ use super::{
     messages::{self, Initiation, Message, Response, TRANSPORT_HEADER_LEN},
     peer::{MAX_STAGED, Peer, PeerStats, Slot},
     ratelimit::RateLimiter,
-    session::{Session, SessionError},
+    session::{OpenJob, SealJob, Session, SessionError},
     timestamp::Tai64N,
 };
 use crate::{PresharedKey, PrivateKey, PublicKey};
@@ -112,6 +112,38 @@ pub enum Sent {
     Datagram { to: SocketAddr, len: usize },
     /// Held until a handshake completes (which may have been started).
     Queued,
+}
+
+/// What [`Device::prepare_packet`] did with a packet from the TUN device.
+pub enum Prepared {
+    /// Written into the output buffer, to send to `to` once `job` has
+    /// encrypted it.
+    Seal { to: SocketAddr, job: SealJob },
+    /// Held until a handshake completes (which may have been started).
+    Queued,
+}
+
+/// What [`Device::begin_datagram`] made of a datagram.
+pub enum Begin {
+    /// Transport data to decrypt, then to finish with [`Device::finish_open`].
+    Open(PendingOpen),
+    /// Anything else, handled.
+    Done(Incoming),
+}
+
+/// A transport message that passed the checks before its AEAD.
+pub struct PendingOpen {
+    peer: PeerId,
+    receiver: u32,
+    from: SocketAddr,
+    job: OpenJob,
+}
+
+impl PendingOpen {
+    /// Authenticates and decrypts the datagram in place (no device needed).
+    pub fn open(&self, datagram: &mut [u8]) -> Result<Range<usize>, SessionError> {
+        self.job.open(datagram)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -382,6 +414,27 @@ impl Device {
         out: &mut [u8],
         transmits: &mut Vec<Transmit>,
     ) -> Result<Sent, SendError> {
+        match self.prepare_packet(now, packet, out, transmits)? {
+            Prepared::Seal { to, job } => {
+                job.seal(out);
+                Ok(Sent::Datagram { to, len: job.len })
+            }
+            Prepared::Queued => Ok(Sent::Queued),
+        }
+    }
+
+    /// [`Device::send_packet`] without the encryption: routes the packet,
+    /// takes its session's next counter and writes the message into `out`,
+    /// leaving the AEAD to the returned job, which the caller runs (on any
+    /// thread) before sending `out[..job.len]`. Everything that needs the
+    /// device happens here.
+    pub fn prepare_packet(
+        &mut self,
+        now: Now,
+        packet: &[u8],
+        out: &mut [u8],
+        transmits: &mut Vec<Transmit>,
+    ) -> Result<Prepared, SendError> {
         let Some(inner) = InnerPacket::parse(packet) else { return Err(SendError::NotIp) };
         let id = self.allowed_ips.lookup(inner.destination).ok_or(SendError::NoRoute(inner.destination))?;
         // A route to a peer that is gone is no route.
@@ -397,13 +450,15 @@ impl Device {
         let Some(session) = sendable else {
             peer.stage(packet);
             self.initiate_handshake(id, now, transmits, false);
-            return Ok(Sent::Queued);
+            return Ok(Prepared::Queued);
         };
-        let len = session.seal(now.instant, packet, self.mtu, out).map_err(|_| SendError::BufferTooSmall)?;
-        peer.stats.tx_bytes += len as u64;
+        let job = session
+            .prepare_seal(now.instant, packet, self.mtu, out)
+            .map_err(|_| SendError::BufferTooSmall)?;
+        peer.stats.tx_bytes += job.len as u64;
         Self::on_data_sent(peer, now.instant, &mut *self.rng);
         self.keep_key_fresh_sending(id, now, transmits);
-        Ok(Sent::Datagram { to, len })
+        Ok(Prepared::Seal { to, job })
     }
 
     /// Handles a datagram from `from`; decrypts transport data in place.
@@ -441,9 +496,72 @@ impl Device {
             }
             Message::Transport(t) => {
                 let receiver = t.receiver();
-                self.handle_transport(now, from, receiver, datagram, transmits)
+                match self.check_transport(now, from, receiver, datagram) {
+                    Ok(pending) => {
+                        let opened = pending.job.open(datagram);
+                        self.finish_open(now, pending, opened, datagram, transmits)
+                    }
+                    Err(reason) => self.drop(reason),
+                }
             }
         }
+    }
+
+    /// [`Device::handle_datagram`] in two steps around the AEAD, so that the
+    /// decryption of transport data can run without the device (on any
+    /// thread, several datagrams at once): everything but transport data is
+    /// handled here at once ([`Begin::Done`]); transport data passes the
+    /// cheap checks and comes back as a [`PendingOpen`] to decrypt with
+    /// [`PendingOpen::open`] and hand to [`Device::finish_open`] with the
+    /// same datagram. Datagrams of one peer must be finished in the order
+    /// they arrived for the TUN device to see them in that order; the replay
+    /// window takes them in any order.
+    pub fn begin_datagram(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        datagram: &mut [u8],
+        transmits: &mut Vec<Transmit>,
+    ) -> Begin {
+        let receiver = match messages::parse(datagram) {
+            Ok(Message::Transport(t)) => t.receiver(),
+            _ => return Begin::Done(self.handle_datagram(now, from, datagram, transmits)),
+        };
+        match self.check_transport(now, from, receiver, datagram) {
+            Ok(pending) => Begin::Open(pending),
+            Err(reason) => Begin::Done(self.drop(reason)),
+        }
+    }
+
+    /// The second step of [`Device::begin_datagram`]: `opened` is what
+    /// [`PendingOpen::open`] made of `datagram`. Records the counter, moves
+    /// the peer's timers and keys, and checks the packet's source.
+    pub fn finish_open(
+        &mut self,
+        now: Now,
+        pending: PendingOpen,
+        opened: Result<Range<usize>, SessionError>,
+        datagram: &[u8],
+        transmits: &mut Vec<Transmit>,
+    ) -> Incoming {
+        let range = match opened {
+            Ok(range) => range,
+            Err(e) => return self.drop(Drop::Session(e)),
+        };
+        let PendingOpen { peer: id, receiver, from, job } = pending;
+        // The session may have gone (or its index moved to another) while the
+        // datagram was decrypted: then it is dropped as if it came later.
+        if self.indices.get(&receiver) != Some(&id) {
+            return self.drop(Drop::UnknownIndex);
+        }
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "transport") else {
+            return self.drop(Drop::InternalInconsistency);
+        };
+        let Some((session, slot)) = peer.session_mut(receiver) else { return self.drop(Drop::UnknownIndex) };
+        if let Err(e) = session.accept(job.counter) {
+            return self.drop(Drop::Session(e));
+        }
+        self.after_open(now, from, id, slot, range, datagram, transmits)
     }
 
     /// mac1, and under load mac2 and the per-source rate limit.
@@ -598,24 +716,40 @@ impl Device {
         Incoming::Handled
     }
 
-    fn handle_transport(
+    /// The checks of a transport message before its AEAD.
+    fn check_transport(
         &mut self,
         now: Now,
         from: SocketAddr,
         receiver: u32,
-        datagram: &mut [u8],
-        transmits: &mut Vec<Transmit>,
-    ) -> Incoming {
-        let Some(&id) = self.indices.get(&receiver) else { return self.drop(Drop::UnknownIndex) };
+        datagram: &[u8],
+    ) -> Result<PendingOpen, Drop> {
+        let Some(&id) = self.indices.get(&receiver) else { return Err(Drop::UnknownIndex) };
         let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "transport") else {
-            return self.drop(Drop::InternalInconsistency);
+            return Err(Drop::InternalInconsistency);
         };
         // The index is live but none of the peer's sessions holds it: a
         // handshake's index (a peer sending data before its response) or a bug.
-        let Some((session, slot)) = peer.session_mut(receiver) else { return self.drop(Drop::UnknownIndex) };
-        let range = match session.open(now.instant, datagram) {
-            Ok(r) => r,
-            Err(e) => return self.drop(Drop::Session(e)),
+        let Some((session, _)) = peer.session_mut(receiver) else { return Err(Drop::UnknownIndex) };
+        let job = session.check_open(now.instant, datagram).map_err(Drop::Session)?;
+        Ok(PendingOpen { peer: id, receiver, from, job })
+    }
+
+    /// What follows an authentic transport message: roaming, key
+    /// confirmation, timers, and the inner packet's checks.
+    #[allow(clippy::too_many_arguments, reason = "the step's state, passed on from finish_open")]
+    fn after_open(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        id: PeerId,
+        slot: Slot,
+        range: Range<usize>,
+        datagram: &[u8],
+        transmits: &mut Vec<Transmit>,
+    ) -> Incoming {
+        let Some(peer) = live_peer(&mut self.peers, &mut self.stats, id, "transport") else {
+            return self.drop(Drop::InternalInconsistency);
         };
         peer.stats.rx_bytes += datagram.len() as u64;
         peer.stats.last_rx = Some(now.instant);
@@ -639,7 +773,7 @@ impl Device {
         }
         let Some(peer) = self.live(id, "transport") else { return self.drop(Drop::InternalInconsistency) };
         Self::on_data_received(peer, now.instant);
-        let plain = &datagram[range.clone()];
+        let Some(plain) = datagram.get(range.clone()) else { return self.drop(Drop::BadInnerPacket) };
         let Some(inner) = InnerPacket::parse(plain) else { return self.drop(Drop::BadInnerPacket) };
         if self.allowed_ips.lookup(inner.source) != Some(id) {
             return self.drop(Drop::SourceNotAllowed);

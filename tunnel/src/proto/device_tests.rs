@@ -1217,6 +1217,119 @@ mod fuzz {
     }
 }
 
+/// A's packets for B, prepared in one batch and sealed in reverse order, as
+/// crypto threads may finish them: B takes them all.
+#[test]
+fn messages_prepared_in_a_batch_can_be_sealed_in_any_order() {
+    let mut net = handshaken(None);
+    let now = net.now();
+    let mut batch: Vec<(Vec<u8>, SealJob)> = (0..5u8)
+        .map(|i| {
+            let mut out = vec![0u8; 2048];
+            let packet = ipv4(A_TUNNEL, B_TUNNEL, &[i; 100]);
+            match net.a.prepare_packet(now, &packet, &mut out, &mut net.to_b) {
+                Ok(Prepared::Seal { job, .. }) => (out, job),
+                _ => panic!("no session to seal with"),
+            }
+        })
+        .collect();
+    for (out, job) in batch.iter_mut().rev() {
+        job.seal(out);
+    }
+    for (i, (mut out, job)) in batch.into_iter().enumerate() {
+        let incoming = net.b.handle_datagram(now, net.a_addr, &mut out[..job.len], &mut Vec::new());
+        let Incoming::Packet { range, .. } = incoming else { panic!("packet {i}: {incoming:?}") };
+        assert_eq!(out[range][20..], [i as u8; 100]);
+    }
+}
+
+/// What a pending open's AEAD made of its datagram.
+type Opened = Result<Range<usize>, SessionError>;
+
+/// The receive side in its three steps, with the AEADs run in reverse order
+/// and a copy, a forgery and a stranger in the batch: what comes out is what
+/// handle_datagram gives one by one, in the order the datagrams arrived.
+#[test]
+fn a_received_batch_opened_in_any_order_is_finished_in_arrival_order() {
+    let mut net = handshaken(None);
+    for i in 0..4u8 {
+        net.a_sends(&[i; 64]).unwrap();
+    }
+    let mut datagrams: Vec<Vec<u8>> = net.to_b.drain(..).map(|t| t.payload).collect();
+    let copy = datagrams[1].clone();
+    let mut forged = datagrams[2].clone();
+    forged[40] ^= 1;
+    let mut stranger = datagrams[3].clone();
+    stranger[4..8].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    datagrams.extend([copy, forged, stranger]);
+
+    let now = net.now();
+    let mut transmits = Vec::new();
+    let mut steps: Vec<Result<(PendingOpen, Option<Opened>), Incoming>> = datagrams
+        .iter_mut()
+        .map(|d| match net.b.begin_datagram(now, net.a_addr, d, &mut transmits) {
+            Begin::Open(pending) => Ok((pending, None)),
+            Begin::Done(incoming) => Err(incoming),
+        })
+        .collect();
+    for (step, datagram) in steps.iter_mut().zip(datagrams.iter_mut()).rev() {
+        if let Ok((pending, opened)) = step {
+            *opened = Some(pending.open(datagram));
+        }
+    }
+    let outcomes: Vec<Result<Vec<u8>, Incoming>> = steps
+        .into_iter()
+        .zip(datagrams.iter())
+        .map(|(step, datagram)| {
+            let incoming = match step {
+                Ok((pending, opened)) => {
+                    net.b.finish_open(now, pending, opened.expect("opened"), datagram, &mut transmits)
+                }
+                Err(incoming) => incoming,
+            };
+            match incoming {
+                Incoming::Packet { range, .. } => Ok(datagram[range][20..].to_vec()),
+                other => Err(other),
+            }
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Ok(vec![0; 64]),
+            Ok(vec![1; 64]),
+            Ok(vec![2; 64]),
+            Ok(vec![3; 64]),
+            Err(Incoming::Dropped(Drop::Session(SessionError::Replay))),
+            Err(Incoming::Dropped(Drop::Session(SessionError::Decrypt))),
+            Err(Incoming::Dropped(Drop::UnknownIndex)),
+        ]
+    );
+}
+
+/// A session removed while its datagrams were being decrypted (the peer
+/// removed under the lock by another task): they are dropped when finished.
+#[test]
+fn datagrams_of_a_session_that_went_away_during_their_aead_are_dropped() {
+    let mut net = handshaken(None);
+    net.a_sends(b"late").unwrap();
+    let mut datagram = net.to_b.remove(0).payload;
+    let now = net.now();
+    let mut transmits = Vec::new();
+    let Begin::Open(pending) = net.b.begin_datagram(now, net.a_addr, &mut datagram, &mut transmits) else {
+        panic!("not transport data");
+    };
+    let opened = pending.open(&mut datagram);
+    assert!(opened.is_ok());
+    let a_key = net.a.public_key();
+    assert!(net.b.remove_peer(&a_key));
+    assert_eq!(
+        net.b.finish_open(now, pending, opened, &datagram, &mut transmits),
+        Incoming::Dropped(Drop::UnknownIndex)
+    );
+    assert_consistent(&net.b);
+}
+
 /// A flood of initiations with a valid mac1 (anyone who knows B's public
 /// key can compute it) from many sources, at the default load threshold:
 /// B answers with cookie replies instead of doing Diffie-Hellman for each,

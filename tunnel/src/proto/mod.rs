@@ -20,7 +20,10 @@ pub mod session;
 pub mod timestamp;
 
 pub use allowed_ips::{AllowedIps, IpNet};
-pub use device::{Device, DeviceConfig, DeviceRng, Incoming, Now, PeerConfig, PeerId, Sent, Transmit};
+pub use device::{
+    Begin, Device, DeviceConfig, DeviceRng, Incoming, Now, PeerConfig, PeerId, PendingOpen, Prepared, Sent,
+    Transmit,
+};
 pub use indices::IndexChange;
 pub use messages::{Message, MessageError};
 pub use timestamp::Tai64N;

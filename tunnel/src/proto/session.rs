@@ -92,6 +92,23 @@ impl Session {
         mtu: usize,
         out: &mut [u8],
     ) -> Result<usize, SessionError> {
+        let job = self.prepare_seal(now, packet, mtu, out)?;
+        job.seal(out);
+        Ok(job.len)
+    }
+
+    /// The part of [`Session::seal`] that needs the session: takes the next
+    /// counter and writes the header and the padded packet into `out`. The
+    /// encryption is left to the returned job, which holds a copy of the key
+    /// so that it can run elsewhere (on another core, after the device's lock
+    /// is released).
+    pub fn prepare_seal(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        mtu: usize,
+        out: &mut [u8],
+    ) -> Result<SealJob, SessionError> {
         if !self.usable(now) || self.next_counter >= REJECT_AFTER_MESSAGES {
             return Err(SessionError::Expired);
         }
@@ -108,14 +125,25 @@ impl Session {
         let body = &mut out[TRANSPORT_HEADER_LEN..total];
         body[..packet.len()].copy_from_slice(packet);
         body[packet.len()..padded].fill(0);
-        crypto::seal_in_place(&self.send_key, counter, &[], body);
-        Ok(total)
+        Ok(SealJob { key: PacketKey(self.send_key), counter, len: total })
     }
 
     /// Authenticates and decrypts a transport message in place; returns where
     /// the (still padded) packet lies in `datagram`. The replay window only
     /// moves for authentic packets.
     pub fn open(&mut self, now: Instant, datagram: &mut [u8]) -> Result<Range<usize>, SessionError> {
+        let job = self.check_open(now, datagram)?;
+        let range = job.open(datagram)?;
+        self.accept(job.counter)?;
+        Ok(range)
+    }
+
+    /// The cheap first half of [`Session::open`]: the keys' age and the
+    /// counter's limit. Moves nothing; the job decrypts with a copy of the
+    /// key, and [`Session::accept`] then checks and records the counter (as
+    /// wireguard-go and the kernel, after the AEAD, so that only authentic
+    /// packets move the window).
+    pub fn check_open(&self, now: Instant, datagram: &[u8]) -> Result<OpenJob, SessionError> {
         if !self.usable(now) {
             return Err(SessionError::Expired);
         }
@@ -128,18 +156,76 @@ impl Session {
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(SessionError::Expired);
         }
-        let len =
-            crypto::open_in_place(&self.receive_key, counter, &[], &mut datagram[TRANSPORT_HEADER_LEN..])
-                .map_err(|_| SessionError::Decrypt)?;
+        if datagram.len() < TRANSPORT_HEADER_LEN + TAG_LEN {
+            return Err(SessionError::Decrypt);
+        }
+        Ok(OpenJob { key: PacketKey(self.receive_key), counter })
+    }
+
+    /// Records an authenticated counter in the replay window: the second
+    /// half of [`Session::open`]. Refuses a counter already recorded, such as
+    /// another copy of the packet decrypted at the same time.
+    pub fn accept(&mut self, counter: u64) -> Result<(), SessionError> {
         if !self.replay.accept(counter, REJECT_AFTER_MESSAGES) {
             return Err(SessionError::Replay);
         }
-        Ok(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len)
+        Ok(())
     }
 
     #[cfg(test)]
     pub(crate) fn set_next_counter(&mut self, counter: u64) {
         self.next_counter = counter;
+    }
+}
+
+/// One direction's ChaCha20-Poly1305 key, copied out of a session for AEAD
+/// work done without the session (see [`SealJob`], [`OpenJob`]). Zeroized on
+/// drop like the session's own copy.
+#[derive(Clone)]
+pub struct PacketKey([u8; 32]);
+
+impl Drop for PacketKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// The encryption of one transport message whose header and padded packet
+/// [`Session::prepare_seal`] wrote.
+#[derive(Clone)]
+pub struct SealJob {
+    key: PacketKey,
+    counter: u64,
+    /// The whole message's length, from its first byte.
+    pub len: usize,
+}
+
+impl SealJob {
+    /// Encrypts the message at the start of `out` (the buffer given to
+    /// [`Session::prepare_seal`], or the same bytes moved) and writes its tag.
+    /// `out` must hold the whole message, as that buffer did.
+    pub fn seal(&self, out: &mut [u8]) {
+        crypto::seal_in_place(&self.key.0, self.counter, &[], &mut out[TRANSPORT_HEADER_LEN..self.len]);
+    }
+}
+
+/// The decryption of one transport message that passed
+/// [`Session::check_open`].
+#[derive(Clone)]
+pub struct OpenJob {
+    key: PacketKey,
+    /// The message's counter, for [`Session::accept`] once it authenticated.
+    pub counter: u64,
+}
+
+impl OpenJob {
+    /// Authenticates and decrypts `datagram` in place; returns where the
+    /// (still padded) packet lies in it.
+    pub fn open(&self, datagram: &mut [u8]) -> Result<Range<usize>, SessionError> {
+        let body = datagram.get_mut(TRANSPORT_HEADER_LEN..).ok_or(SessionError::Decrypt)?;
+        let len =
+            crypto::open_in_place(&self.key.0, self.counter, &[], body).map_err(|_| SessionError::Decrypt)?;
+        Ok(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len)
     }
 }
 
