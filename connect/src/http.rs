@@ -270,6 +270,9 @@ pub async fn resolve(url: &CloudUrl) -> Result<Vec<SocketAddr>, HttpError> {
     Ok(addrs)
 }
 
+/// How long a [`Client`] waits for one address to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// TCP to the first address that answers, each given `timeout`.
 pub async fn connect(
     url: &CloudUrl,
@@ -413,7 +416,10 @@ impl Client {
 
     async fn head(&self, request: Request<'_>) -> Result<Opened, HttpError> {
         let addrs = resolve(&self.url).await?;
-        let tcp = connect(&self.url, &addrs, self.timeout).await?;
+        // Each address gets less than the whole request: a host that is down
+        // (no answer at all) must end as a connection error, which callers
+        // with several replicas know never left, not as the request's timeout.
+        let tcp = connect(&self.url, &addrs, self.timeout.min(CONNECT_TIMEOUT)).await?;
         match &self.tls {
             None => open(&self.url, tcp, request).await,
             Some(pinned) => open(&self.url, pinned.handshake(&self.url, tcp).await?, request).await,

@@ -11,6 +11,11 @@ use crate::backoff::Backoff;
 /// have not been tried since the last success.
 pub const NEXT_REPLICA_AFTER: Duration = Duration::from_millis(200);
 
+/// How long a channel must have lasted to count as a replica that served.
+/// A cloud that accepts and closes at once (a failing store, a bug) must not
+/// turn every gateway and relay into a reconnect loop at 200 ms intervals.
+pub const SERVED_AFTER: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 pub struct Rotation {
     count: usize,
@@ -29,15 +34,16 @@ impl Rotation {
         self.index
     }
 
-    /// The channel to the current address ended (`served`: it had connected
-    /// and worked). Moves to the next address and returns how long to wait
-    /// before trying it.
+    /// The channel to the current address ended; `connected_for`: how long
+    /// it had been connected, if it connected at all. Moves to the next
+    /// address and returns how long to wait before trying it.
     pub fn ended(
         &mut self,
-        served: bool,
+        connected_for: Option<Duration>,
         backoff: &mut Backoff,
         rng: &mut impl rand_core::RngCore,
     ) -> Duration {
+        let served = connected_for.is_some_and(|d| d >= SERVED_AFTER);
         self.index = (self.index + 1) % self.count;
         // A replica that served and then failed: the others are tried at once.
         self.failed_in_a_row = if served { 1 } else { self.failed_in_a_row + 1 };
@@ -59,27 +65,40 @@ mod tests {
         let (mut backoff, mut rng) = (Backoff::new(), rand_core::OsRng);
         let mut three = Rotation::new(3);
         assert_eq!(three.current(), 0);
-        assert_eq!(three.ended(false, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
+        assert_eq!(three.ended(None, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
         assert_eq!(three.current(), 1);
-        assert_eq!(three.ended(false, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
+        assert_eq!(three.ended(None, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
         assert_eq!(three.current(), 2);
         // The third failure in a row completes the round: the backoff's turn.
         assert_eq!(backoff.attempt(), 0);
-        three.ended(false, &mut backoff, &mut rng);
+        three.ended(None, &mut backoff, &mut rng);
         assert_eq!((three.current(), backoff.attempt()), (0, 1));
         // One that served and failed: the other two are tried at once.
-        assert_eq!(three.ended(true, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
-        assert_eq!(three.ended(false, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
-        three.ended(false, &mut backoff, &mut rng);
+        let served = Some(SERVED_AFTER);
+        assert_eq!(three.ended(served, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
+        assert_eq!(three.ended(None, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
+        three.ended(None, &mut backoff, &mut rng);
         assert_eq!(backoff.attempt(), 2);
+    }
+
+    #[test]
+    fn replicas_that_accept_and_close_at_once_still_back_off() {
+        let (mut backoff, mut rng) = (Backoff::new(), rand_core::OsRng);
+        let mut two = Rotation::new(2);
+        let brief = Some(Duration::from_millis(50));
+        for _ in 0..6 {
+            two.ended(brief, &mut backoff, &mut rng);
+        }
+        // Every second end completed a round without a replica that served.
+        assert_eq!(backoff.attempt(), 3);
     }
 
     #[test]
     fn a_single_address_always_backs_off() {
         let (mut backoff, mut rng) = (Backoff::new(), rand_core::OsRng);
         let mut one = Rotation::new(1);
-        one.ended(true, &mut backoff, &mut rng);
-        one.ended(false, &mut backoff, &mut rng);
+        one.ended(Some(SERVED_AFTER), &mut backoff, &mut rng);
+        one.ended(None, &mut backoff, &mut rng);
         assert_eq!((one.current(), backoff.attempt()), (0, 2));
     }
 }

@@ -59,12 +59,13 @@ pub async fn run(link: CloudLink, relay: Relay, metrics: Metrics) {
     loop {
         let url = link.urls.get(rotation.current()).cloned().unwrap_or_default();
         let mut connected = false;
+        let started = std::time::Instant::now();
         match session(&link, &url, &relay, &metrics, &mut backoff, &mut connected).await {
             Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
             Err(e) => warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed"),
         }
         metrics.control_connected.set(0);
-        let wait = rotation.ended(connected, &mut backoff, &mut rand_core::OsRng);
+        let wait = rotation.ended(connected.then(|| started.elapsed()), &mut backoff, &mut rand_core::OsRng);
         info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }

@@ -105,6 +105,36 @@ mod tests {
         (port, served)
     }
 
+    /// A loopback listener that never accepts, its queue filled until the
+    /// kernel drops further SYNs: to a client, a host that is down (no
+    /// refusal, no answer). Returns the port and what must stay open.
+    fn unanswering() -> (u16, TcpListener, Vec<std::net::TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..1024 {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)) {
+                Ok(stream) => held.push(stream),
+                Err(_) => return (addr.port(), listener, held),
+            }
+        }
+        panic!("the accept queue of {addr} never filled");
+    }
+
+    #[test]
+    fn a_replica_whose_host_does_not_answer_is_passed_over() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (up, served) = answering();
+            let (silent, _listener, _held) = unanswering();
+            let urls = [format!("http://127.0.0.1:{silent}"), format!("http://127.0.0.1:{up}")];
+            let replicas = Replicas::new(&urls, None).unwrap();
+            let answer = replicas.send(Request::new(Method::POST, "/api/v1/x")).await.unwrap();
+            assert_eq!((answer.status, served.load(Ordering::SeqCst)), (204, 1));
+            assert_eq!(replicas.url().port, up);
+        });
+    }
+
     #[test]
     fn a_replica_that_refuses_connections_is_passed_over_and_the_answering_one_kept() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -66,6 +66,7 @@ pub async fn run(link: CloudLink, mut inputs: Inputs, to_daemon: mpsc::Sender<Fr
     loop {
         let url = link.urls.get(rotation.current()).cloned().unwrap_or_default();
         let mut connected = false;
+        let started = std::time::Instant::now();
         match session(&link, &url, &mut inputs, &to_daemon, &mut backoff, &mut connected).await {
             Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
             Err(e) => warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed"),
@@ -73,7 +74,7 @@ pub async fn run(link: CloudLink, mut inputs: Inputs, to_daemon: mpsc::Sender<Fr
         if to_daemon.send(FromCloud::Connected(false)).await.is_err() {
             return;
         }
-        let wait = rotation.ended(connected, &mut backoff, &mut rand_core::OsRng);
+        let wait = rotation.ended(connected.then(|| started.elapsed()), &mut backoff, &mut rand_core::OsRng);
         info!(retry_in_ms = wait.as_millis() as u64, next = %link.urls.get(rotation.current()).map_or("", |u| u.as_str()), "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }

@@ -197,6 +197,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         applied_tx,
         events,
         cloud_connected: false,
+        first_of_connection: true,
         candidates_sent: None,
     };
     daemon.reconcile().await;
@@ -337,6 +338,11 @@ struct Daemon {
     applied_tx: watch::Sender<Option<u64>>,
     events: Arc<Notify>,
     cloud_connected: bool,
+    /// The next desired state is the first of a new connection to the cloud:
+    /// it is applied whatever its revision, because another replica's
+    /// revisions follow another clock (and a cloud's clock may have been
+    /// stepped back); on one connection they only grow.
+    first_of_connection: bool,
     /// The candidates last reported to the cloud in this run.
     candidates_sent: Option<Vec<std::net::SocketAddr>>,
 }
@@ -557,9 +563,13 @@ impl Daemon {
 
     async fn on_cloud(&mut self, message: FromCloud) {
         match message {
-            FromCloud::Connected(up) => self.cloud_connected = up,
+            FromCloud::Connected(up) => {
+                self.cloud_connected = up;
+                self.first_of_connection = true;
+            }
             FromCloud::Desired(state) => {
-                if self.desired.as_ref().is_some_and(|d| d.revision > state.revision) {
+                let first = std::mem::replace(&mut self.first_of_connection, false);
+                if !accepts_desired(self.desired.as_ref().map(|d| d.revision), state.revision, first) {
                     warn!(
                         have = self.desired.as_ref().map(|d| d.revision),
                         got = state.revision,
@@ -666,5 +676,27 @@ impl Daemon {
         info!(session = session.0, name, "the customer ended the session");
         self.reconcile().await;
         Response::Done { message: format!("session {} ({name}) ended", session.0) }
+    }
+}
+
+/// Whether a desired state with revision `got` replaces the one applied
+/// (`have`). On one connection the cloud's revisions only grow, so an older
+/// one is a straggler; the first of a new connection always counts, since it
+/// may come from another replica whose clock (and so revisions) lags.
+fn accepts_desired(have: Option<u64>, got: u64, first_of_connection: bool) -> bool {
+    first_of_connection || have.is_none_or(|have| got >= have)
+}
+
+#[cfg(test)]
+mod desired_order_tests {
+    use super::accepts_desired;
+
+    #[test]
+    fn a_new_connections_first_state_counts_even_if_its_revision_is_lower() {
+        // Replica B's clock lags A's: its end of a session must not wait.
+        assert!(accepts_desired(Some(5_000), 4_000, true));
+        assert!(!accepts_desired(Some(5_000), 4_000, false));
+        assert!(accepts_desired(Some(5_000), 5_000, false));
+        assert!(accepts_desired(None, 1, false));
     }
 }
