@@ -278,24 +278,42 @@ impl GatewayForwarder {
             .filter(|&(peer, session)| table.peers.get(peer) != Some(session))
             .map(|(_, &session)| session)
             .collect();
-        let gone_peers: Vec<Ipv4Addr> =
-            self.applied.peers.keys().filter(|p| !table.peers.contains_key(p)).copied().collect();
-        for peer in gone_peers {
+        // A peer that leaves its session (removed, or moved to another) is
+        // taken out of the peer map before its old session's generations
+        // change: a packet of it in between must not take the full path
+        // with the old session and stamp its flow with the new generation.
+        // A moved peer goes back in below, with its new session.
+        let leaving: Vec<(Ipv4Addr, bool)> = self
+            .applied
+            .peers
+            .iter()
+            .filter(|&(peer, session)| table.peers.get(peer) != Some(session))
+            .map(|(&peer, _)| (peer, table.peers.contains_key(&peer)))
+            .collect();
+        let mut moved = BTreeSet::new();
+        for (peer, moves) in leaving {
             remove_key::<_, PeerEntry>(&mut self.ebpf, shared::PEERS_MAP, &peer.octets())?;
             self.applied.peers.remove(&peer);
-            report.peers_removed += 1;
+            if moves {
+                moved.insert(peer);
+            } else {
+                report.peers_removed += 1;
+            }
         }
         let gone_targets: Vec<(u64, Ipv4Addr)> =
             self.applied.targets.keys().filter(|k| !table.targets.contains_key(k)).copied().collect();
         for key in gone_targets {
             remove_key::<_, TargetRule>(&mut self.ebpf, shared::TARGETS_MAP, &target_key(key.0, key.1))?;
-            self.applied.targets.remove(&key);
-            self.generations.remove(&key);
-            if let Some(slot) = self.slots.remove(&key) {
+            if let Some(&slot) = self.slots.get(&key) {
                 // Generation 0: no entry, no flow of it is translated any more.
+                // The bookkeeping forgets the entry only once that is written,
+                // so a failed write is tried again on the next apply.
                 set_generation(&mut self.ebpf, slot, RuleGeneration::default())?;
+                self.slots.remove(&key);
                 self.free_slots.push(slot);
             }
+            self.generations.remove(&key);
+            self.applied.targets.remove(&key);
             report.targets_removed += 1;
         }
         report.sessions_ended = ended.len();
@@ -360,7 +378,7 @@ impl GatewayForwarder {
                 &PeerEntry { session },
                 self.capacity.peers,
             )?;
-            if existing.is_some() {
+            if existing.is_some() || moved.contains(&peer) {
                 report.peers_changed += 1;
             } else {
                 report.peers_added += 1;
