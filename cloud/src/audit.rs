@@ -276,6 +276,8 @@ pub fn commit_audited(
     match event {
         Some(event) => commit_with(store, time_ms, event, batch).map(drop).map_err(|e| match e {
             AuditError::Store(e) => e,
+            // Contention that outlasted the retries: worth trying again later.
+            AuditError::Contended => BackendError::Unavailable(AuditError::Contended.to_string()),
             other => BackendError::Io(other.to_string()),
         }),
         None => store.backend().commit(batch),

@@ -148,6 +148,11 @@ impl From<crate::audit::AuditError> for ApiError {
     fn from(e: crate::audit::AuditError) -> Self {
         match e {
             crate::audit::AuditError::Store(e) => e.into(),
+            // Contention that outlasted the retries: try again later.
+            crate::audit::AuditError::Contended => {
+                crate::store::BackendError::Unavailable(crate::audit::AuditError::Contended.to_string())
+                    .into()
+            }
             other => ApiError::internal(other),
         }
     }
@@ -192,5 +197,21 @@ impl From<crate::sessions::SessionError> for ApiError {
             ),
             SessionError::Store(e) => e.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::ApiError;
+    use crate::{audit::AuditError, store::BackendError};
+
+    #[test]
+    fn contention_that_outlasts_the_retries_is_a_503_not_a_500() {
+        assert_eq!(ApiError::from(AuditError::Contended).status, StatusCode::SERVICE_UNAVAILABLE);
+        let gave_up = BackendError::Unavailable("a session record is changed too often; gave up".into());
+        assert_eq!(ApiError::from(gave_up).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::from(BackendError::Io("disk".into())).status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

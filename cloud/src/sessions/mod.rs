@@ -319,7 +319,7 @@ pub fn modify_audited<R>(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(BackendError::Io(format!("session {id} is changed too often; gave up")).into())
+    Err(BackendError::Unavailable(format!("session {id} is changed too often; gave up")).into())
 }
 
 /// A change to one session, worked out but not committed yet.

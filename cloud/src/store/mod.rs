@@ -138,7 +138,11 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(BackendError::Io(format!("a {} record is changed too often; gave up", collection.name())).into())
+        Err(BackendError::Unavailable(format!(
+            "a {} record is changed too often; gave up",
+            collection.name()
+        ))
+        .into())
     }
 
     /// A store in a fresh temporary folder, for tests; the folder lives as

@@ -127,7 +127,10 @@ impl From<Failure> for BackendError {
     fn from(f: Failure) -> BackendError {
         match f {
             Failure::Unavailable(m) => BackendError::Unavailable(m),
-            Failure::Retry(m) | Failure::Other(m) => BackendError::Io(m),
+            // Retries ran out under contention: nothing was changed, and
+            // trying again later is the answer (503, not 500).
+            Failure::Retry(m) => BackendError::Unavailable(format!("contended, retries exhausted: {m}")),
+            Failure::Other(m) => BackendError::Io(m),
             Failure::TooNew(v) => BackendError::Io(format!("the database schema version {v} is too new")),
         }
     }
@@ -152,6 +155,13 @@ pub(crate) fn failure(e: tokio_postgres::Error) -> Failure {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
                 || *code == SqlState::TOO_MANY_CONNECTIONS
+                // A standby after a failover (or a multi-host URL without
+                // target_session_attrs=read-write), a cancelled statement,
+                // a commit whose outcome is unknown, out of resources.
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+                || *code == SqlState::QUERY_CANCELED
+                || *code == SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN
+                || code.code().starts_with("53")
                 || code.code().starts_with("08") =>
         {
             Failure::Unavailable(message)
