@@ -8,7 +8,7 @@ use crate::soak::{Outcome, Soak};
 
 /// The kinds, as the table names them.
 pub const KINDS: [&str; 6] =
-    ["kill cloud", "kill relay", "kill gateway", "link down/up", "conntrack flush", "netem loss+delay"];
+    ["kill cloud", "kill relay", "kill gateway", "link down/up", "conntrack flush", "loss (+delay)"];
 
 impl Soak {
     /// One fault of a seeded kind; then waits until the system is back
@@ -59,14 +59,30 @@ impl Soak {
             }
             _ => {
                 let (loss, delay, hold) = (self.rng.between(1, 10), self.rng.between(10, 200), self.rng.between(2, 8));
-                self.event(format!("fault: netem on the site's WAN link: {loss}% loss, {delay}ms delay, {hold}s"));
-                let (loss, delay) = (format!("{loss}%"), format!("{delay}ms"));
-                router_ns
-                    .exec("tc", &["qdisc", "replace", "dev", &wan, "root", "netem", "loss", &loss, "delay", &delay])
-                    .map_err(|e| e.to_string())?;
+                let netem = router_ns.output(
+                    "tc",
+                    &["qdisc", "replace", "dev", &wan, "root", "netem", "loss", &format!("{loss}%"), "delay", &format!("{delay}ms")],
+                );
+                let with_netem = netem.is_ok_and(|out| out.status.success());
+                if with_netem {
+                    self.event(format!("fault: netem on the site's WAN link: {loss}% loss, {delay}ms delay, {hold}s"));
+                } else {
+                    // A kernel without sch_netem: the loss alone, from
+                    // nftables' random numbers, both ways through the router.
+                    let rules = format!(
+                        "add table ip soak_loss; add chain ip soak_loss fwd {{ type filter hook forward priority -10; }}; \
+                         add rule ip soak_loss fwd numgen random mod 100 < {loss} drop"
+                    );
+                    router_ns.exec("nft", &[&rules]).map_err(|e| e.to_string())?;
+                    self.event(format!("fault: {loss}% loss through the site router for {hold}s (nftables; no netem in this kernel)"));
+                }
                 std::thread::sleep(Duration::from_secs(hold));
-                router_ns.exec("tc", &["qdisc", "del", "dev", &wan, "root"]).map_err(|e| e.to_string())?;
-                self.event("fault: netem removed".into());
+                if with_netem {
+                    router_ns.exec("tc", &["qdisc", "del", "dev", &wan, "root"]).map_err(|e| e.to_string())?;
+                } else {
+                    router_ns.exec("nft", &["delete table ip soak_loss"]).map_err(|e| e.to_string())?;
+                }
+                self.event("fault: the loss removed".into());
             }
         }
         self.settle(kind)?;

@@ -30,6 +30,7 @@ pub type Outcome<T = ()> = Result<T, String>;
 pub struct Soak {
     pub world: World,
     pub rng: Rng,
+    seed: u64,
     pub gateway_id: u64,
     pub techs: Vec<Tech>,
     pub stats: Stats,
@@ -96,6 +97,7 @@ impl Soak {
         let mut soak = Soak {
             world,
             rng: Rng::new(seed),
+            seed,
             gateway_id: gateway.id,
             techs,
             stats: Stats::default(),
@@ -122,7 +124,23 @@ impl Soak {
         for line in &self.log {
             let _ = writeln!(text, "  {line}");
         }
-        let _ = writeln!(text, "{}", self.world.log_tails(40));
+        // The daemons' own lines, without the store's chatter.
+        for (name, process) in [
+            ("ferry-gateway", &self.world.gateway),
+            ("ferry-relay", &self.world.relay),
+            ("ferry-cloud", &self.world.cloud),
+        ] {
+            if let Some(process) = process {
+                let all = process.stderr();
+                let saved = std::env::temp_dir().join(format!("ferry-soak-{}-{name}.log", self.seed));
+                let _ = std::fs::write(&saved, format!("{}{all}", process.stdout()));
+                let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
+                let _ = writeln!(text, "--- {name} (last 60 lines above debug; all in {}) ---", saved.display());
+                for line in &lines[lines.len().saturating_sub(60)..] {
+                    let _ = writeln!(text, "{line}");
+                }
+            }
+        }
         let _ = write!(text, "ferry-soak: BREACH: {breach}");
         text
     }
@@ -244,6 +262,9 @@ impl Soak {
                 ("gateway sessions --json", sessions_count(&sessions) as f64),
             ];
             last = values.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+            if sessions_count(&sessions) > 0 {
+                last += &format!(" ({sessions})");
+            }
             values.iter().all(|(_, v)| *v == 0.0)
         });
         self.stats.checks += 5;

@@ -20,7 +20,7 @@ use crate::soak::{Outcome, Soak};
 /// check: no traffic of an ended session later than 1 s after its end.
 const STOP_BOUND: Duration = Duration::from_secs(1);
 /// A short session's maximum duration, for expiry.
-const SHORT_SESSION_S: u64 = 20;
+const SHORT_SESSION_S: u64 = 60;
 
 pub struct Tech {
     pub user: User,
@@ -40,8 +40,8 @@ pub struct Live {
 }
 
 pub struct Tunnel {
-    /// Kept for its process: dropping it takes the tunnel down.
-    _go: WireguardGo,
+    /// Dropping it takes the tunnel down.
+    go: WireguardGo,
     pub proxies: BTreeMap<String, String>,
 }
 
@@ -72,7 +72,7 @@ impl Soak {
         };
         // A short session near its end: wait for the expiry rather than
         // race it.
-        if live.short && live.started.elapsed() + Duration::from_secs(4) > Duration::from_secs(SHORT_SESSION_S) {
+        if live.short && live.started.elapsed() + Duration::from_secs(8) > Duration::from_secs(SHORT_SESSION_S) {
             return self.end_session(t, End::Expiry);
         }
         if live.approval && !live.approved {
@@ -110,7 +110,7 @@ impl Soak {
         let short = self.rng.chance(30);
         let approval = self.rng.chance(30);
         let max = if short { SHORT_SESSION_S } else { 3600 };
-        let name = format!("soak {} #{}", self.techs[t].user.name, self.stats.sessions + 1);
+        let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
         let id =
             self.world.create_named_session(&name, self.gateway_id, &["plc-web", "echo"], &[user_id], max, approval);
@@ -183,7 +183,7 @@ impl Soak {
         }
         let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &text, &keys.private);
         let proxies = parse_targets(&text);
-        self.live_mut(t).tunnel = Some(Tunnel { _go: go, proxies });
+        self.live_mut(t).tunnel = Some(Tunnel { go, proxies });
         self.event(format!("session {id}: wireguard-go up from the wg-quick file"));
         self.use_session(t)
     }
@@ -224,6 +224,14 @@ impl Soak {
             self.stats.uses_ok += 1;
         } else {
             self.stats.uses_failed += 1;
+            let show = tunnel_state(self.live(t).tunnel.as_ref().expect("a tunnel"));
+            let at_gateway = self
+                .world
+                .gateway_sessions()
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["id"] == id).map(|s| s["peers"].to_string()))
+                .unwrap_or_else(|| "unknown to the gateway".into());
+            self.event(format!("session {id}: the technician's wireguard-go: {show}; the gateway's peers: {at_gateway}"));
         }
         self.event(format!(
             "session {id}: used: plc-web {}, echo {} KiB {}, forbidden ports silent",
@@ -354,6 +362,15 @@ impl Soak {
     fn live_mut(&mut self, t: usize) -> &mut Live {
         self.techs[t].live.as_mut().expect("a live session")
     }
+}
+
+/// The endpoint and last handshake of the tunnel's peer, for the log.
+fn tunnel_state(tunnel: &Tunnel) -> String {
+    let endpoints = tunnel.go.show("endpoints");
+    let handshakes = tunnel.go.show("latest-handshakes");
+    let last = ferry_world::wg::latest_handshake(&handshakes);
+    let ago = if last == 0 { "never".to_string() } else { format!("{}s ago", unix_ms() / 1000 - last) };
+    format!("endpoint {}, last handshake {ago}", endpoints.split_whitespace().nth(1).unwrap_or("none"))
 }
 
 fn how_name(how: End) -> &'static str {
