@@ -474,3 +474,28 @@ fn a_ferry_technician_goes_direct_to_the_gateway_behind_its_nat() {
     assert!(allowed("allow_probe") > 0.0 && allowed("allow_stun") > 0.0, "{}", site.lab.gateway_metrics());
     assert!(site.lab.gateway_metric("ferry_gateway_stun_answers_total") > 0.0);
 }
+
+/// The site's NAT loses every mapping (its conntrack table flushed, as a
+/// router reboot does) while the control channel is idle: the cloud's next
+/// message, a session started, must still reach the gateway. The soak found
+/// that it never did: the idle channel stayed dead (the cloud's segments
+/// met a NAT without a mapping, the gateway sent nothing to remake it) while
+/// the cloud showed the gateway online; now the gateway's keepalive pings
+/// remake the mapping, and a silent channel is replaced.
+#[test]
+fn the_control_channel_survives_the_site_nat_losing_its_mappings() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let router = site.lab.site_router();
+    router.ns.exec("conntrack", &["-F"]).unwrap();
+    let (id, session) = site.start(&["plc-web"], 600, false);
+    assert_eq!(session["state"], "active", "{session}");
+    // Beyond the keepalive (10 s), the cloud's backed-off retransmission
+    // and the silence limit (35 s) with a reconnect.
+    let mut last = Value::Null;
+    let known = poll(Duration::from_secs(60), || {
+        last = site.lab.gateway_sessions();
+        lists_session(&last, id)
+    });
+    assert!(known, "the gateway never learnt of session {id} after the NAT lost its mappings: {last}");
+}

@@ -10,12 +10,12 @@
 use std::time::{Duration, Instant};
 
 use ferry_lab::Netns;
+pub use ferry_world::EchoLoop;
 pub use ferry_world::{
     GatewayRecord, Options, PANEL_PORT, Server, Site, TechTunnel, Technician, User, addresses::*,
     echo_round_trip, eventually, http_get, http_get_path, metric_value, panel_addr, parse_targets, poll,
     problem_type, switch_word, tcp_exchange, unix_ms, wait_until,
 };
-pub use ferry_world::EchoLoop;
 
 /// The world as the tests call it.
 pub type GatewayLab = ferry_world::World;
@@ -78,4 +78,3 @@ pub fn switch_off_stops(lab: &GatewayLab, echo: EchoLoop) {
     let late = echo.answers_after(off + Duration::from_secs(1));
     assert_eq!(late, 0, "{late} echo answers arrived more than 1 s after `remote off`");
 }
-

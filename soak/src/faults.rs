@@ -47,7 +47,9 @@ impl Soak {
                 std::thread::sleep(Duration::from_secs(down));
                 router_ns.ip(&["link", "set", &wan, "up"]).map_err(|e| e.to_string())?;
                 // Setting the link down took its routes with it.
-                router_ns.ip(&["route", "replace", "default", "via", "198.51.100.1"]).map_err(|e| e.to_string())?;
+                router_ns
+                    .ip(&["route", "replace", "default", "via", "198.51.100.1"])
+                    .map_err(|e| e.to_string())?;
                 self.event("fault: the link is up again".into());
             }
             "conntrack flush" => {
@@ -58,27 +60,43 @@ impl Soak {
                 self.event("fault: the site NAT's conntrack table flushed".into());
             }
             _ => {
-                let (loss, delay, hold) = (self.rng.between(1, 10), self.rng.between(10, 200), self.rng.between(2, 8));
+                let (loss, delay, hold) =
+                    (self.rng.between(1, 10), self.rng.between(10, 200), self.rng.between(2, 8));
                 let netem = router_ns.output(
                     "tc",
-                    &["qdisc", "replace", "dev", &wan, "root", "netem", "loss", &format!("{loss}%"), "delay", &format!("{delay}ms")],
+                    &[
+                        "qdisc",
+                        "replace",
+                        "dev",
+                        &wan,
+                        "root",
+                        "netem",
+                        "loss",
+                        &format!("{loss}%"),
+                        "delay",
+                        &format!("{delay}ms"),
+                    ],
                 );
                 let with_netem = netem.is_ok_and(|out| out.status.success());
                 if with_netem {
-                    self.event(format!("fault: netem on the site's WAN link: {loss}% loss, {delay}ms delay, {hold}s"));
+                    self.event(format!(
+                        "fault: netem on the site's WAN link: {loss}% loss, {delay}ms delay, {hold}s"
+                    ));
                 } else {
                     // A kernel without sch_netem: the loss alone, from
                     // nftables' random numbers, both ways through the router.
                     let rules = format!(
-                        "add table ip soak_loss; add chain ip soak_loss fwd {{ type filter hook forward priority -10; }}; \
-                         add rule ip soak_loss fwd numgen random mod 100 < {loss} drop"
+                        "add table ip soak_loss; add chain ip soak_loss lossy {{ type filter hook forward priority -10; }}; \
+                         add rule ip soak_loss lossy numgen random mod 100 < {loss} drop"
                     );
                     router_ns.exec("nft", &[&rules]).map_err(|e| e.to_string())?;
                     self.event(format!("fault: {loss}% loss through the site router for {hold}s (nftables; no netem in this kernel)"));
                 }
                 std::thread::sleep(Duration::from_secs(hold));
                 if with_netem {
-                    router_ns.exec("tc", &["qdisc", "del", "dev", &wan, "root"]).map_err(|e| e.to_string())?;
+                    router_ns
+                        .exec("tc", &["qdisc", "del", "dev", &wan, "root"])
+                        .map_err(|e| e.to_string())?;
                 } else {
                     router_ns.exec("nft", &["delete table ip soak_loss"]).map_err(|e| e.to_string())?;
                 }

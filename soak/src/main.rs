@@ -38,7 +38,9 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !is_root() {
-        eprintln!("ferry-soak needs root (it builds network namespaces): run `sudo -E env PATH=$PATH cargo xtask soak`");
+        eprintln!(
+            "ferry-soak needs root (it builds network namespaces): run `sudo -E env PATH=$PATH cargo xtask soak`"
+        );
         return ExitCode::from(2);
     }
     if let Err(error) = clean_up_on_signals() {

@@ -135,7 +135,8 @@ impl Soak {
                 let saved = std::env::temp_dir().join(format!("ferry-soak-{}-{name}.log", self.seed));
                 let _ = std::fs::write(&saved, format!("{}{all}", process.stdout()));
                 let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
-                let _ = writeln!(text, "--- {name} (last 60 lines above debug; all in {}) ---", saved.display());
+                let _ =
+                    writeln!(text, "--- {name} (last 60 lines above debug; all in {}) ---", saved.display());
                 for line in &lines[lines.len().saturating_sub(60)..] {
                     let _ = writeln!(text, "{line}");
                 }
@@ -184,9 +185,11 @@ impl Soak {
     }
 
     pub fn sample_usage(&mut self) {
-        for (name, process) in
-            [("ferry-cloud", &self.world.cloud), ("ferry-relay", &self.world.relay), ("ferry-gateway", &self.world.gateway)]
-        {
+        for (name, process) in [
+            ("ferry-cloud", &self.world.cloud),
+            ("ferry-relay", &self.world.relay),
+            ("ferry-gateway", &self.world.gateway),
+        ] {
             let Some(pid) = process.as_ref().map(|p| p.pid()) else { continue };
             let Some(now) = usage::of(pid) else { continue };
             let entry = self.usage.entry(name).or_insert((now, now, now, pid));
@@ -304,9 +307,15 @@ impl Soak {
             }
         }
         if !missing.is_empty() {
-            return Err(format!("audit entries missing for transitions the workload made: {}", missing.join("; ")));
+            return Err(format!(
+                "audit entries missing for transitions the workload made: {}",
+                missing.join("; ")
+            ));
         }
-        self.event(format!("the audit holds all {} session transitions the workload made", self.transitions.len()));
+        self.event(format!(
+            "the audit holds all {} session transitions the workload made",
+            self.transitions.len()
+        ));
         Ok(())
     }
 

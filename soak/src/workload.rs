@@ -19,6 +19,10 @@ use crate::soak::{Outcome, Soak};
 /// The bound docs/gateway.md promises for the switch and what the tests
 /// check: no traffic of an ended session later than 1 s after its end.
 const STOP_BOUND: Duration = Duration::from_secs(1);
+/// How long an end at the cloud may take to reach the gateway: past the
+/// gateway's keepalive (10 s) and silence limit (35 s) after a NAT lost the
+/// control channel's mapping, with room to reconnect.
+const GATEWAY_LEARNS: Duration = Duration::from_secs(60);
 /// A short session's maximum duration, for expiry.
 const SHORT_SESSION_S: u64 = 60;
 
@@ -72,7 +76,9 @@ impl Soak {
         };
         // A short session near its end: wait for the expiry rather than
         // race it.
-        if live.short && live.started.elapsed() + Duration::from_secs(8) > Duration::from_secs(SHORT_SESSION_S) {
+        if live.short
+            && live.started.elapsed() + Duration::from_secs(8) > Duration::from_secs(SHORT_SESSION_S)
+        {
             return self.end_session(t, End::Expiry);
         }
         if live.approval && !live.approved {
@@ -112,11 +118,18 @@ impl Soak {
         let max = if short { SHORT_SESSION_S } else { 3600 };
         let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
-        let id =
-            self.world.create_named_session(&name, self.gateway_id, &["plc-web", "echo"], &[user_id], max, approval);
+        let id = self.world.create_named_session(
+            &name,
+            self.gateway_id,
+            &["plc-web", "echo"],
+            &[user_id],
+            max,
+            approval,
+        );
         self.transitions.push((id, "session.create"));
         self.stats.sessions += 1;
-        let (status, session) = self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/start"), Value::Null)?;
+        let (status, session) =
+            self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/start"), Value::Null)?;
         let who = self.techs[t].user.name.clone();
         if status != 200 {
             // Refused (the gateway still reconnecting after a fault, say):
@@ -136,7 +149,8 @@ impl Soak {
             "{who}: session {id} prepared (max {max}s, approval {approval}) and started: {}",
             session["state"]
         ));
-        self.techs[t].live = Some(Live { id, short, approval, approved: !approval, tunnel: None, started: Instant::now() });
+        self.techs[t].live =
+            Some(Live { id, short, approval, approved: !approval, tunnel: None, started: Instant::now() });
         Ok(())
     }
 
@@ -147,7 +161,8 @@ impl Soak {
         let world = &self.world;
         let done = ferry_world::poll(Duration::from_secs(20), || {
             let out = world.gateway_cmd(&["approve", &id_text]);
-            last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            last =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             out.status.success()
         });
         if !done {
@@ -199,8 +214,9 @@ impl Soak {
         let size = self.rng.between(1, 256) as usize * 1024;
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let timeout = Duration::from_secs(10);
-        let web_ok = ferry_world::eventually(timeout, || http_get(&ns, &web, HTTP_PORT, Duration::from_secs(5)))
-            .is_ok_and(|page| page == PLC_PAGE);
+        let web_ok =
+            ferry_world::eventually(timeout, || http_get(&ns, &web, HTTP_PORT, Duration::from_secs(5)))
+                .is_ok_and(|page| page == PLC_PAGE);
         let echo_result = tcp_exchange(&ns, &echo, ECHO_PORT, &payload, Some(size), timeout);
         let echo_ok = echo_result.as_ref().is_ok_and(|answer| *answer == payload);
         if web_ok {
@@ -212,7 +228,8 @@ impl Soak {
         for (ip, port) in [(&web, OTHER_HTTP_PORT), (&echo, OTHER_ECHO_PORT)] {
             self.stats.checks += 1;
             self.stats.forbidden_attempts += 1;
-            if let Ok(answer) = tcp_exchange(&ns, ip, port, b"GET / HTTP/1.0\r\n\r\n", Some(1), Duration::from_secs(2))
+            if let Ok(answer) =
+                tcp_exchange(&ns, ip, port, b"GET / HTTP/1.0\r\n\r\n", Some(1), Duration::from_secs(2))
             {
                 return Err(format!(
                     "session {id}: {ip}:{port}, not whitelisted, answered: {:?}",
@@ -231,7 +248,9 @@ impl Soak {
                 .as_array()
                 .and_then(|all| all.iter().find(|s| s["id"] == id).map(|s| s["peers"].to_string()))
                 .unwrap_or_else(|| "unknown to the gateway".into());
-            self.event(format!("session {id}: the technician's wireguard-go: {show}; the gateway's peers: {at_gateway}"));
+            self.event(format!(
+                "session {id}: the technician's wireguard-go: {show}; the gateway's peers: {at_gateway}"
+            ));
         }
         self.event(format!(
             "session {id}: used: plc-web {}, echo {} KiB {}, forbidden ports silent",
@@ -257,7 +276,8 @@ impl Soak {
             echo_proxy.and_then(|proxy| EchoLoop::start(&ns, &proxy, ECHO_PORT, Duration::from_secs(5)).ok());
         let ended_at = match how {
             End::Admin => {
-                let (status, body) = self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
+                let (status, body) =
+                    self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
                 let at = Instant::now();
                 if status == 200 {
                     self.transitions.push((id, "session.end"));
@@ -270,7 +290,8 @@ impl Soak {
                 at
             }
             End::Technician => {
-                let (status, body) = self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/end"), Value::Null)?;
+                let (status, body) =
+                    self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/end"), Value::Null)?;
                 let at = Instant::now();
                 if status == 200 {
                     self.transitions.push((id, "session.end"));
@@ -307,7 +328,14 @@ impl Soak {
                         self.transitions.push((live.id, "session.end"));
                     }
                 }
-                self.techs[t].live = Some(Live { id, short: false, approval: false, approved: true, tunnel: None, started: Instant::now() });
+                self.techs[t].live = Some(Live {
+                    id,
+                    short: false,
+                    approval: false,
+                    approved: true,
+                    tunnel: None,
+                    started: Instant::now(),
+                });
                 at
             }
             End::Expiry => {
@@ -321,11 +349,38 @@ impl Soak {
                     self.world.session(id)["state"] == "expired"
                 });
                 if !ended {
-                    return Err(format!("session {id} is not expired 10 s after its end time: {}", self.world.session(id)));
+                    return Err(format!(
+                        "session {id} is not expired 10 s after its end time: {}",
+                        self.world.session(id)
+                    ));
                 }
                 self.transitions.push((id, "session.expire"));
                 Instant::now() - Duration::from_millis(unix_ms().saturating_sub(expires_ms))
             }
+        };
+        // An end at the cloud reaches the gateway over its control channel,
+        // for which the docs promise no bound; the bound then counts from
+        // when the gateway dropped the session, and the lag is logged.
+        let ended_at = if matches!(how, End::Admin | End::Technician) {
+            let world = &self.world;
+            let gone = ferry_world::poll(GATEWAY_LEARNS, || {
+                !world.gateway_sessions().as_array().is_some_and(|all| all.iter().any(|s| s["id"] == id))
+            });
+            self.stats.checks += 1;
+            if !gone {
+                return Err(format!(
+                    "session {id} ended at the cloud ({}), still listed at the gateway {GATEWAY_LEARNS:?} later",
+                    how_name(how)
+                ));
+            }
+            let now = Instant::now();
+            self.event(format!(
+                "session {id}: the gateway dropped it {:.1}s after the end at the cloud",
+                (now - ended_at).as_secs_f64()
+            ));
+            now
+        } else {
+            ended_at
         };
         std::thread::sleep(STOP_BOUND + Duration::from_millis(1500));
         self.stats.checks += 1;
@@ -386,4 +441,3 @@ fn how_name(how: End) -> &'static str {
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
-

@@ -121,7 +121,8 @@ async fn session(
     // The oldest unacknowledged events go first, again after every reconnect.
     let mut sent_up_to = 0u64;
     let mut applied_rx = inputs.applied.clone();
-    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         sent_up_to = send_pending(&mut channel, &inputs.store, sent_up_to).await?;
