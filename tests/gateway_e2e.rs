@@ -475,19 +475,23 @@ fn a_ferry_technician_goes_direct_to_the_gateway_behind_its_nat() {
     assert!(site.lab.gateway_metric("ferry_gateway_stun_answers_total") > 0.0);
 }
 
-/// The site's NAT loses every mapping (its conntrack table flushed, as a
-/// router reboot does) while the control channel is idle: the cloud's next
-/// message, a session started, must still reach the gateway. The soak found
-/// that it never did: the idle channel stayed dead (the cloud's segments
-/// met a NAT without a mapping, the gateway sent nothing to remake it) while
-/// the cloud showed the gateway online; now the gateway's keepalive pings
-/// remake the mapping, and a silent channel is replaced.
+/// The site's WAN link goes down and up while the control channel is idle
+/// (its NAT mappings go with it: masquerading forgets the flows of a link
+/// that went down): the cloud's next message, a session started, must
+/// still reach the gateway. The soak found that it never did: the idle
+/// channel stayed dead while the cloud showed the gateway online, so
+/// sessions started afterwards never reached the gateway and sessions ended
+/// at the cloud stayed active there. Now the gateway's keepalive pings
+/// remake the path, and a silent channel is replaced.
 #[test]
-fn the_control_channel_survives_the_site_nat_losing_its_mappings() {
+fn the_control_channel_survives_the_site_link_going_down_and_up() {
     let mut site = site(Options::default());
     site.switch_on();
     let router = site.lab.site_router();
-    router.ns.exec("conntrack", &["-F"]).unwrap();
+    router.ns.ip(&["link", "set", &router.wan_if, "down"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    router.ns.ip(&["link", "set", &router.wan_if, "up"]).unwrap();
+    router.ns.ip(&["route", "replace", "default", "via", "198.51.100.1"]).unwrap();
     let (id, session) = site.start(&["plc-web"], 600, false);
     assert_eq!(session["state"], "active", "{session}");
     // Beyond the keepalive (10 s), the cloud's backed-off retransmission
@@ -497,5 +501,5 @@ fn the_control_channel_survives_the_site_nat_losing_its_mappings() {
         last = site.lab.gateway_sessions();
         lists_session(&last, id)
     });
-    assert!(known, "the gateway never learnt of session {id} after the NAT lost its mappings: {last}");
+    assert!(known, "the gateway never learnt of session {id} after its link went down and up: {last}");
 }
