@@ -61,7 +61,7 @@ enum End {
     Admin,
     Technician,
     /// `ferry-gateway end ID` at the site.
-    CustomerEnd,
+    Customer,
     /// `ferry-gateway remote off` (and on again).
     Switch,
     Expiry,
@@ -92,7 +92,7 @@ impl Soak {
             0..=4 => self.use_session(t),
             5 => self.end_session(t, End::Admin),
             6 => self.end_session(t, End::Technician),
-            7 => self.end_session(t, End::CustomerEnd),
+            7 => self.end_session(t, End::Customer),
             8 => self.end_session(t, End::Switch),
             _ if short => self.end_session(t, End::Expiry),
             _ => self.use_session(t),
@@ -303,7 +303,7 @@ impl Soak {
                 }
                 at
             }
-            End::CustomerEnd => {
+            End::Customer => {
                 let out = self.world.gateway_cmd(&["end", &id.to_string()]);
                 let at = Instant::now();
                 if !out.status.success() {
@@ -432,7 +432,7 @@ fn how_name(how: End) -> &'static str {
     match how {
         End::Admin => "by the admin",
         End::Technician => "by the technician",
-        End::CustomerEnd => "by the customer (end)",
+        End::Customer => "by the customer (end)",
         End::Switch => "by the customer (switch off)",
         End::Expiry => "expired",
     }
