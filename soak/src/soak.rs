@@ -303,7 +303,19 @@ impl Soak {
             self.stats.checks += 1;
             let have = seen.get(key).copied().unwrap_or(0);
             if have < *n {
-                missing.push(format!("session {} {}: {have} of {n}", key.0, key.1));
+                let of_session: Vec<String> = entries
+                    .iter()
+                    .filter(|e| e["session"].as_str() == Some(key.0.as_str()))
+                    .map(|e| {
+                        format!("{} {} allowed={} {}", e["actor"], e["action"], e["allowed"], e["detail"])
+                    })
+                    .collect();
+                missing.push(format!(
+                    "session {} {}: {have} of {n} (its entries: {})",
+                    key.0,
+                    key.1,
+                    of_session.join(", ")
+                ));
             }
         }
         if !missing.is_empty() {

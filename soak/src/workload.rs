@@ -173,7 +173,21 @@ impl Soak {
         }
         self.transitions.push((id, "session.approve"));
         self.live_mut(t).approved = true;
-        self.event(format!("session {id} approved at the gateway"));
+        // The approval reaches the cloud through the gateway's event queue,
+        // which survives kills: the session becomes active there.
+        let world = &self.world;
+        let mut state = Value::Null;
+        let active = ferry_world::poll(GATEWAY_LEARNS, || {
+            state = world.session(id)["state"].clone();
+            state == "active"
+        });
+        self.stats.checks += 1;
+        if !active {
+            return Err(format!(
+                "session {id} approved at the gateway, still {state} at the cloud {GATEWAY_LEARNS:?} later"
+            ));
+        }
+        self.event(format!("session {id} approved at the gateway, active at the cloud"));
         Ok(())
     }
 
