@@ -474,3 +474,32 @@ fn a_ferry_technician_goes_direct_to_the_gateway_behind_its_nat() {
     assert!(allowed("allow_probe") > 0.0 && allowed("allow_stun") > 0.0, "{}", site.lab.gateway_metrics());
     assert!(site.lab.gateway_metric("ferry_gateway_stun_answers_total") > 0.0);
 }
+
+/// The site's WAN link goes down and up while the control channel is idle
+/// (its NAT mappings go with it: masquerading forgets the flows of a link
+/// that went down): the cloud's next message, a session started, must
+/// still reach the gateway. The soak found that it never did: the idle
+/// channel stayed dead while the cloud showed the gateway online, so
+/// sessions started afterwards never reached the gateway and sessions ended
+/// at the cloud stayed active there. Now the gateway's keepalive pings
+/// remake the path, and a silent channel is replaced.
+#[test]
+fn the_control_channel_survives_the_site_link_going_down_and_up() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let router = site.lab.site_router();
+    router.ns.ip(&["link", "set", &router.wan_if, "down"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    router.ns.ip(&["link", "set", &router.wan_if, "up"]).unwrap();
+    router.ns.ip(&["route", "replace", "default", "via", "198.51.100.1"]).unwrap();
+    let (id, session) = site.start(&["plc-web"], 600, false);
+    assert_eq!(session["state"], "active", "{session}");
+    // Beyond the keepalive (10 s), the cloud's backed-off retransmission
+    // and the silence limit (35 s) with a reconnect.
+    let mut last = Value::Null;
+    let known = poll(Duration::from_secs(60), || {
+        last = site.lab.gateway_sessions();
+        lists_session(&last, id)
+    });
+    assert!(known, "the gateway never learnt of session {id} after its link went down and up: {last}");
+}

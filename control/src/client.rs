@@ -132,6 +132,8 @@ impl ClientError {
 pub struct Channel<S = MaybeTlsStream<TcpStream>> {
     ws: WebSocketStream<S>,
     peer_close: Option<CloseFrame>,
+    /// When the last frame of any kind (pongs too) arrived.
+    last_heard: tokio::time::Instant,
 }
 
 impl<S> fmt::Debug for Channel<S> {
@@ -142,7 +144,7 @@ impl<S> fmt::Debug for Channel<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub fn new(ws: WebSocketStream<S>) -> Channel<S> {
-        Channel { ws, peer_close: None }
+        Channel { ws, peer_close: None, last_heard: tokio::time::Instant::now() }
     }
 
     /// Sends one message. A frame the peer would refuse for its size is
@@ -166,7 +168,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             let Some(frame) = self.ws.next().await else {
                 return Ok(None);
             };
-            match frame? {
+            let frame = frame?;
+            self.last_heard = tokio::time::Instant::now();
+            match frame {
                 WsMessage::Text(text) => {
                     return match decode_valid::<T>(text.as_str()) {
                         Ok(msg) => Ok(Some(msg)),
@@ -193,6 +197,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
             }
         }
+    }
+
+    /// Sends a WebSocket ping. Behind a NAT, an idle connection whose
+    /// mapping was lost (a conntrack flush, a router reboot, a link that
+    /// went down) stays dead until this side sends: the ping remakes the
+    /// mapping, and its pong (or its absence, see
+    /// [`last_heard`](Self::last_heard)) tells whether the path works.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.ws.send(WsMessage::Ping(Default::default())).await?;
+        Ok(())
+    }
+
+    /// When the last frame of any kind arrived (a pong answers a
+    /// [`ping`](Self::ping) only once [`recv`](Self::recv) reads it).
+    pub fn last_heard(&self) -> tokio::time::Instant {
+        self.last_heard
     }
 
     /// Closes with `code` and `reason` (cut to the 123 bytes a close frame

@@ -314,14 +314,38 @@ impl World {
             self.relay_pin = Some(pin::format_fingerprint(&pin::fingerprint(certified.cert.der())));
             args.extend(["--tls-cert", cert_file.to_str().unwrap(), "--tls-key", key_file.to_str().unwrap()]);
         }
+        self.relay_args = args.iter().map(|a| a.to_string()).collect();
+        self.relay_id = Some(id);
+        self.run_relay();
+        id
+    }
+
+    /// Starts `ferry-relay run` with the arguments of [`World::start_relay`]
+    /// (the same registration and token) and waits until the cloud shows it
+    /// online.
+    fn run_relay(&mut self) {
+        assert!(self.relay.is_none(), "the relay runs already");
+        let args: Vec<&str> = self.relay_args.iter().map(String::as_str).collect();
         let mut relay = self.relay_ns.spawn_program(bin_path("ferry-relay"), &args).unwrap();
         relay.wait_for_output("ferry-relay ready", Duration::from_secs(20)).unwrap();
         self.relay = Some(relay);
-        self.relay_id = Some(id);
-        wait_until(Duration::from_secs(20), "the relay to be online at the cloud", || {
+        let id = self.relay_id.expect("the relay is registered");
+        wait_until(Duration::from_secs(30), "the relay to be online at the cloud", || {
             self.relay_health(id)["online"] == true
         });
-        id
+    }
+
+    /// SIGKILL of the relay, as a crash or power cut ends it.
+    pub fn kill_relay(&mut self) {
+        let mut relay = self.relay.take().expect("the relay is not running");
+        relay.signal(Signal::SIGKILL).unwrap();
+        relay.wait_timeout(Duration::from_secs(10)).unwrap();
+    }
+
+    /// Starts the relay again after [`World::kill_relay`], with the same
+    /// registration, and waits until the cloud shows it online.
+    pub fn restart_relay(&mut self) {
+        self.run_relay();
     }
 
     /// The relay's health as the cloud shows it.

@@ -96,7 +96,7 @@ pub use addresses::*;
 pub use cloud::{GatewayRecord, User, problem_type};
 pub use gateway::{PANEL_PORT, metric_value, panel_addr, switch_word};
 pub use services::{
-    Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until,
+    EchoLoop, Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until,
 };
 pub use technician::{TechTunnel, parse_targets};
 pub use topology::{Options, Site, Technician, World};

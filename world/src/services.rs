@@ -6,7 +6,7 @@ use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -258,5 +258,84 @@ pub fn eventually<T>(timeout: Duration, mut attempt: impl FnMut() -> Result<T, S
             return result;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A running echo loop over one TCP connection: a message every 50 ms, each
+/// answer's arrival time recorded. For "traffic stops within N": look at
+/// [`EchoLoop::answers_after`].
+pub struct EchoLoop {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Instant>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoLoop {
+    /// Connects from `ns` and starts the loop; fails if the connection or a
+    /// first round trip does not work within `timeout`.
+    pub fn start(ns: &Netns, ip: &str, port: u16, timeout: Duration) -> Result<EchoLoop, String> {
+        let addr = SocketAddr::new(ip.parse::<IpAddr>().map_err(|e| e.to_string())?, port);
+        let stream = ns
+            .run_in(move || TcpStream::connect_timeout(&addr, timeout))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        EchoLoop::over(stream, timeout)
+    }
+
+    /// The loop over a connection made elsewhere (for example by a socket
+    /// of another user's); fails if no first round trip works within
+    /// `timeout`.
+    pub fn over(stream: TcpStream, timeout: Duration) -> Result<EchoLoop, String> {
+        let addr = stream.peer_addr().map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, answers2) = (stop.clone(), answers.clone());
+        let thread = std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut buffer = [0u8; 1024];
+            let mut next_send = Instant::now();
+            let mut n: u64 = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                if Instant::now() >= next_send {
+                    n += 1;
+                    if stream.write_all(format!("{n:016}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    next_send += Duration::from_millis(50);
+                }
+                match stream.read(&mut buffer) {
+                    Ok(0) => return,
+                    Ok(_) => answers2.lock().unwrap().push(Instant::now()),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let echo = EchoLoop { stop, answers, thread: Some(thread) };
+        let started = Instant::now();
+        if !poll(timeout, || echo.answers_after(started) > 0) {
+            return Err(format!("no echo answer from {addr} within {timeout:?}"));
+        }
+        Ok(echo)
+    }
+
+    /// How many answers (reads with data) arrived after `t`.
+    pub fn answers_after(&self, t: Instant) -> usize {
+        self.answers.lock().unwrap().iter().filter(|a| **a > t).count()
+    }
+
+    pub fn last_answer(&self) -> Option<Instant> {
+        self.answers.lock().unwrap().last().copied()
+    }
+}
+
+impl Drop for EchoLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

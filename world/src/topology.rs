@@ -117,6 +117,8 @@ pub struct World {
     /// The admin's current access token, once logged in.
     pub admin_token: Mutex<Option<String>>,
     pub relay_id: Option<u64>,
+    /// `ferry-relay`'s arguments, for a restart with the same identity.
+    pub(crate) relay_args: Vec<String>,
     /// With `relay_tls`: the fingerprint of the relay's certificate.
     pub relay_pin: Option<String>,
     /// With `cloud_tls`: the fingerprint of the cloud's certificate, once it
@@ -341,6 +343,7 @@ impl World {
             gateway: None,
             admin_token: Mutex::new(None),
             relay_id: None,
+            relay_args: Vec::new(),
             relay_pin: None,
             cloud_pin: None,
             api: None,
@@ -381,6 +384,13 @@ impl World {
     /// The customer's router; panics on a [`Site::Public`], which has none.
     pub fn site_router(&self) -> &Router {
         self.router.as_ref().expect("a public site has no router")
+    }
+
+    /// Connections accepted so far by the lab service on `ip:port` (see
+    /// [`Options::lab_services`]); `None` if no lab service listens there.
+    pub fn service_connections(&self, ip: &str, port: u16) -> Option<u64> {
+        let addr = std::net::SocketAddr::new(ip.parse().ok()?, port);
+        self.servers.iter().find(|s| s.addr == addr).map(Server::accepted)
     }
 
     /// Where the internet sees the technician.

@@ -17,6 +17,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "TCP and UDP throughput through tunnels"),
     ("tcpdump", "captures for checksum checks"),
     ("ethtool", "turning off checksum offload on veth"),
+    ("conntrack", "conntrack -F, the soak's fault that makes a NAT router lose every mapping"),
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
     ("util-linux", "setpriv, to run binaries without privileges"),

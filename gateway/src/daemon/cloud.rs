@@ -11,7 +11,7 @@
 //! once it is stored, and closes the channel at the first one it cannot
 //! store; the reconnect then sends it again.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use ferry_connect::replicas::Rotation;
@@ -56,6 +56,17 @@ pub struct Inputs {
     /// Signalled when the daemon enqueued an event.
     pub events: Arc<Notify>,
 }
+
+/// How often the gateway pings the cloud over an otherwise idle control
+/// channel: it keeps the site NAT's mapping alive and remakes it after the
+/// NAT lost it (a conntrack flush, a router reboot), so that the cloud's
+/// messages reach the gateway again.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Without any frame from the cloud for this long (pongs included), the
+/// channel is taken for dead and the gateway reconnects.
+const SILENCE_LIMIT: Duration = Duration::from_secs(35);
+/// How long a ping may wait for room in the send buffer.
+const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the channel forever, reconnecting with exponential backoff and full
 /// jitter. With several cloud addresses, a failure moves to the next one at
@@ -119,6 +130,9 @@ async fn session(
     // The oldest unacknowledged events go first, again after every reconnect.
     let mut sent_up_to = 0u64;
     let mut applied_rx = inputs.applied.clone();
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         sent_up_to = send_pending(&mut channel, &inputs.store, sent_up_to).await?;
         tokio::select! {
@@ -138,6 +152,15 @@ async fn session(
                 Some(other) => warn!(kind = ferry_control::Message::type_name(&other), "unexpected message from the cloud"),
             },
             _ = inputs.events.notified() => {}
+            _ = keepalive.tick() => {
+                let silent = channel.last_heard().elapsed();
+                if silent > SILENCE_LIMIT {
+                    bail!("nothing from the cloud for {}s, not even a pong", silent.as_secs());
+                }
+                tokio::time::timeout(PING_SEND_TIMEOUT, channel.ping())
+                    .await
+                    .context("the ping to the cloud did not leave")??;
+            }
             changed = applied_rx.changed() => {
                 if changed.is_err() {
                     return Ok(());

@@ -1,0 +1,97 @@
+//! `ferry-soak`: the whole of Ferry in network namespaces for a while, under
+//! a seeded workload of sessions and seeded faults, with invariants checked
+//! after every step. `cargo xtask soak` builds it and runs it; the test
+//! `ferry-tests --test soak` runs a short one. See docs/soak.md.
+
+mod faults;
+mod report;
+mod rng;
+mod soak;
+mod usage;
+mod workload;
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+/// Ferry under churn and faults: a cloud, a relay, a gateway behind a NAT
+/// with its machine network, and two technicians, in network namespaces;
+/// sessions prepared, started, approved, used and ended while daemons are
+/// killed, links drop and NAT mappings change. Fails at the first breach of
+/// an invariant, with the seed and the event log. Needs root.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-soak", version, long_about)]
+struct Cli {
+    /// How long the workload runs, in minutes.
+    #[arg(long, default_value_t = 10, conflicts_with = "seconds")]
+    minutes: u64,
+    /// How long the workload runs, in seconds (for short runs in tests).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// The seed of the schedule of steps and faults; random if not given.
+    /// The same seed replays the same schedule.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !is_root() {
+        eprintln!(
+            "ferry-soak needs root (it builds network namespaces): run `sudo -E env PATH=$PATH cargo xtask soak`"
+        );
+        return ExitCode::from(2);
+    }
+    if let Err(error) = clean_up_on_signals() {
+        eprintln!("ferry-soak: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    let seed = cli.seed.unwrap_or_else(rng::fresh_seed);
+    let duration = Duration::from_secs(cli.seconds.unwrap_or(cli.minutes * 60));
+    println!("ferry-soak: seed {seed}, workload for {}s (replay with --seed {seed})", duration.as_secs());
+    match soak::run(seed, duration) {
+        Ok(table) => {
+            println!("{table}");
+            println!("ferry-soak: passed, seed {seed}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("{failure}");
+            eprintln!("ferry-soak: FAILED, seed {seed} (replay with --seed {seed})");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// On Ctrl-C (or SIGTERM, SIGHUP): removes every namespace, socket and
+/// folder this process made (they carry its pid), then exits.
+fn clean_up_on_signals() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut interrupt, mut terminate, mut hangup) = {
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            signal(SignalKind::hangup()).context("catching SIGHUP")?,
+        )
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+                _ = hangup.recv() => {}
+            }
+        });
+        eprintln!("\nferry-soak: stopping; removing everything it made");
+        ferry_lab::sweep_pid(std::process::id());
+        std::process::exit(130);
+    });
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! What the run counted, and the table at the end.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use crate::{faults::KINDS, soak::DAEMONS, usage::Usage};
+
+#[derive(Default)]
+pub struct Stats {
+    pub sessions: u64,
+    pub starts_refused: u64,
+    pub ends: BTreeMap<&'static str, u64>,
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Bytes the workload moved through sessions (both directions).
+    pub bytes: u64,
+    pub uses_ok: u64,
+    pub uses_failed: u64,
+    pub forbidden_attempts: u64,
+    pub checks: u64,
+}
+
+impl Stats {
+    pub fn table(&self, usage: &BTreeMap<&'static str, (Usage, Usage, Usage, u32)>) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "\n{:<44} {:>12}", "ferry-soak", "");
+        let _ = writeln!(t, "{:-<57}", "");
+        let mut row = |name: &str, value: String| {
+            let _ = writeln!(t, "{name:<44} {value:>12}");
+        };
+        row("sessions run", self.sessions.to_string());
+        row("  starts refused", self.starts_refused.to_string());
+        for (how, n) in &self.ends {
+            row(&format!("  ended {how}"), n.to_string());
+        }
+        row("uses (whitelisted traffic) ok", self.uses_ok.to_string());
+        row("uses that failed (no invariant)", self.uses_failed.to_string());
+        row("attempts at non-whitelisted ports", self.forbidden_attempts.to_string());
+        row("bytes moved", self.bytes.to_string());
+        let total: u64 = self.faults.values().sum();
+        row("faults injected", total.to_string());
+        for kind in KINDS {
+            row(&format!("  {kind}"), self.faults.get(kind).copied().unwrap_or(0).to_string());
+        }
+        row("invariant checks made", self.checks.to_string());
+        let _ = writeln!(t, "{:-<57}", "");
+        let _ = writeln!(t, "{:<16} {:>19} {:>19}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");
+        for name in DAEMONS {
+            if let Some((first, _, last, _)) = usage.get(name) {
+                let _ = writeln!(
+                    t,
+                    "{name:<16} {:>19} {:>19}",
+                    format!("{}/{}", first.rss_kib, first.fds),
+                    format!("{}/{}", last.rss_kib, last.fds)
+                );
+            }
+        }
+        t
+    }
+}

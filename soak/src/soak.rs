@@ -1,0 +1,357 @@
+//! The run: the world, the loop of seeded steps, the checks after each step
+//! and at the end.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    panic::AssertUnwindSafe,
+    time::{Duration, Instant},
+};
+
+use ferry_world::{
+    OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options, RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World,
+    http_get_path, metric_value, poll,
+};
+use serde_json::Value;
+
+use crate::{
+    report::Stats,
+    rng::Rng,
+    usage::{self, Usage},
+    workload::Tech,
+};
+
+/// The daemons whose memory and descriptors are watched.
+pub const DAEMONS: [&str; 3] = ["ferry-cloud", "ferry-relay", "ferry-gateway"];
+
+/// A breach of an invariant, or the harness failing to drive the world.
+pub type Outcome<T = ()> = Result<T, String>;
+
+pub struct Soak {
+    pub world: World,
+    pub rng: Rng,
+    seed: u64,
+    pub gateway_id: u64,
+    pub techs: Vec<Tech>,
+    pub stats: Stats,
+    pub switch_on: bool,
+    /// Every session transition the workload made: (session id, audit action).
+    pub transitions: Vec<(u64, &'static str)>,
+    started: Instant,
+    log: Vec<String>,
+    /// Per daemon: the first sample, and the first and last of the running
+    /// process (a restart starts a new one).
+    pub usage: BTreeMap<&'static str, (Usage, Usage, Usage, u32)>,
+}
+
+/// Builds the world, runs the workload for `duration`, checks the end
+/// state; the table, or what went wrong with the event log.
+pub fn run(seed: u64, duration: Duration) -> Result<String, String> {
+    // The world's helpers are test tooling and panic on what they cannot
+    // do; that is a failure of the run like a breach (the event log is
+    // above, printed as it happened).
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut soak = Soak::new(seed);
+        match soak.drive(duration).and_then(|()| soak.finish()) {
+            Ok(()) => Ok(soak.stats.table(&soak.usage)),
+            Err(breach) => Err(soak.failure(&breach)),
+        }
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("ferry-soak: the harness failed (event log above): {what}"))
+        }
+    }
+}
+
+impl Soak {
+    fn new(seed: u64) -> Soak {
+        let mut world = World::new(Options::default());
+        world.start_cloud_and_login();
+        world.start_relay();
+        let gateway = world.create_gateway("soak-press");
+        world.enroll(&gateway.enrolment_token);
+        world.start_gateway();
+        world.remote("on");
+        world.wait_gateway_at_cloud(gateway.id, true);
+
+        // A second technician on their own public address.
+        let tech2_ns = world.lab.netns("tech2").unwrap();
+        let veth = world.lab.wire(&world.inet, &["198.18.0.1/30"], &tech2_ns, &["198.18.0.2/30"]).unwrap();
+        tech2_ns.ip(&["route", "add", "default", "via", "198.18.0.1"]).unwrap();
+        world.inet.exec("ethtool", &["-K", &veth.a, "tx", "off"]).unwrap();
+        tech2_ns.exec("ethtool", &["-K", &veth.b, "tx", "off"]).unwrap();
+
+        let mut techs = Vec::new();
+        for (name, ns) in [("tech-ada", world.tech_ns.clone()), ("tech-bo", tech2_ns)] {
+            let user = world.create_technician(name);
+            let user = User { token: world.login(&ns, name, &user.password).1, ..user };
+            techs.push(Tech::new(user, ns));
+        }
+        let mut soak = Soak {
+            world,
+            rng: Rng::new(seed),
+            seed,
+            gateway_id: gateway.id,
+            techs,
+            stats: Stats::default(),
+            switch_on: true,
+            transitions: Vec::new(),
+            started: Instant::now(),
+            log: Vec::new(),
+            usage: BTreeMap::new(),
+        };
+        soak.sample_usage();
+        soak.event(format!("world up: cloud, relay, gateway {} (switch on), 2 technicians", gateway.id));
+        soak
+    }
+
+    /// One line of the event log, printed as it happens.
+    pub fn event(&mut self, what: String) {
+        let line = format!("[{:7.1}s] {what}", self.started.elapsed().as_secs_f64());
+        println!("{line}");
+        self.log.push(line);
+    }
+
+    fn failure(&self, breach: &str) -> String {
+        let mut text = String::from("ferry-soak: event log\n");
+        for line in &self.log {
+            let _ = writeln!(text, "  {line}");
+        }
+        // The daemons' own lines, without the store's chatter.
+        for (name, process) in [
+            ("ferry-gateway", &self.world.gateway),
+            ("ferry-relay", &self.world.relay),
+            ("ferry-cloud", &self.world.cloud),
+        ] {
+            if let Some(process) = process {
+                let all = process.stderr();
+                let saved = std::env::temp_dir().join(format!("ferry-soak-{}-{name}.log", self.seed));
+                let _ = std::fs::write(&saved, format!("{}{all}", process.stdout()));
+                let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
+                let _ =
+                    writeln!(text, "--- {name} (last 60 lines above debug; all in {}) ---", saved.display());
+                for line in &lines[lines.len().saturating_sub(60)..] {
+                    let _ = writeln!(text, "{line}");
+                }
+            }
+        }
+        let _ = write!(text, "ferry-soak: BREACH: {breach}");
+        text
+    }
+
+    fn drive(&mut self, duration: Duration) -> Outcome {
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            if self.rng.chance(25) {
+                self.fault()?;
+            } else {
+                let tech = self.rng.below(self.techs.len() as u64) as usize;
+                self.step(tech)?;
+            }
+            self.check_always()?;
+        }
+        Ok(())
+    }
+
+    /// What holds after every step: no lab service that no session
+    /// whitelists has seen a connection, and every daemon runs.
+    pub fn check_always(&mut self) -> Outcome {
+        for (ip, port) in [(TARGET_A_IP, OTHER_HTTP_PORT), (TARGET_B_IP, OTHER_ECHO_PORT)] {
+            self.stats.checks += 1;
+            let seen = self.world.service_connections(ip, port).unwrap_or(0);
+            if seen != 0 {
+                return Err(format!("{ip}:{port}, which no session whitelists, accepted {seen} connections"));
+            }
+        }
+        for (name, process) in [
+            ("ferry-cloud", &mut self.world.cloud),
+            ("ferry-relay", &mut self.world.relay),
+            ("ferry-gateway", &mut self.world.gateway),
+        ] {
+            self.stats.checks += 1;
+            if let Some(status) = process.as_mut().and_then(|p| p.try_status()) {
+                return Err(format!("{name} exited by itself: {status}"));
+            }
+        }
+        self.sample_usage();
+        Ok(())
+    }
+
+    pub fn sample_usage(&mut self) {
+        for (name, process) in [
+            ("ferry-cloud", &self.world.cloud),
+            ("ferry-relay", &self.world.relay),
+            ("ferry-gateway", &self.world.gateway),
+        ] {
+            let Some(pid) = process.as_ref().map(|p| p.pid()) else { continue };
+            let Some(now) = usage::of(pid) else { continue };
+            let entry = self.usage.entry(name).or_insert((now, now, now, pid));
+            if entry.3 != pid {
+                *entry = (entry.0, now, now, pid);
+            }
+            entry.2 = now;
+        }
+    }
+
+    /// Waits until the cloud shows the gateway online with the switch where
+    /// the workload left it, and the relay online: what every fault must
+    /// come back to.
+    pub fn settle(&mut self, after: &str) -> Outcome {
+        let gateway_id = self.gateway_id;
+        let relay_id = self.world.relay_id.expect("the relay is registered");
+        let switch_on = self.switch_on;
+        let world = &self.world;
+        let back = poll(Duration::from_secs(60), || {
+            let gateway = world.try_api_from(
+                &world.office_ns,
+                "GET",
+                &format!("/api/v1/gateways/{gateway_id}"),
+                world.admin_token.lock().unwrap().as_deref(),
+                Value::Null,
+            );
+            let gateway_ok = matches!(&gateway, Ok((200, g))
+                if g["last_seen"]["online"] == true && g["last_seen"]["switch_on"] == switch_on);
+            gateway_ok && world.relay_health(relay_id)["online"] == true
+        });
+        self.stats.checks += 1;
+        if !back {
+            return Err(format!(
+                "60 s after {after}, the cloud does not show the gateway online (switch {switch_on}) and the relay online"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The end: every session ended, then no leaks, an intact audit chain
+    /// with every transition, and flat daemons.
+    fn finish(&mut self) -> Outcome {
+        self.event("the end: ending every live session".into());
+        for tech in 0..self.techs.len() {
+            self.end_if_live(tech)?;
+        }
+        self.check_always()?;
+        self.check_no_leaks()?;
+        self.check_audit()?;
+        self.check_usage()?;
+        Ok(())
+    }
+
+    fn check_no_leaks(&mut self) -> Outcome {
+        let world = &self.world;
+        let mut last = String::new();
+        let clean = poll(Duration::from_secs(30), || {
+            let gateway = world.gateway_metrics();
+            let relay = http_get_path(
+                &world.relay_ns,
+                "127.0.0.1",
+                RELAY_METRICS.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(9478),
+                "/metrics",
+                Duration::from_secs(5),
+            )
+            .unwrap_or_default();
+            let sessions = world.gateway_sessions();
+            let values = [
+                ("gateway peers_connected", metric_value(&gateway, "ferry_gateway_peers_connected")),
+                ("gateway guard_indices", metric_value(&gateway, "ferry_gateway_guard_indices")),
+                ("relay allocations", metric_value(&relay, "ferry_relay_allocations")),
+                ("relay bindings", metric_value(&relay, "ferry_relay_bindings")),
+                ("gateway sessions --json", sessions_count(&sessions) as f64),
+            ];
+            last = values.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+            if sessions_count(&sessions) > 0 {
+                last += &format!(" ({sessions})");
+            }
+            values.iter().all(|(_, v)| *v == 0.0)
+        });
+        self.stats.checks += 5;
+        self.event(format!("after every session ended: {last}"));
+        if !clean {
+            return Err(format!("30 s after every session ended, something is left: {last}"));
+        }
+        Ok(())
+    }
+
+    fn check_audit(&mut self) -> Outcome {
+        let (status, report) = self.world.admin("GET", "/api/v1/audit/verify", Value::Null);
+        self.stats.checks += 1;
+        if status != 200 || report["intact"] != true {
+            return Err(format!("GET /api/v1/audit/verify: {status} {report}"));
+        }
+        self.event(format!("audit chain intact: {} entries", report["entries"]));
+        let entries = self.world.audit("");
+        let mut missing = Vec::new();
+        let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for e in &entries {
+            if e["allowed"] == true
+                && let (Some(s), Some(a)) = (e["session"].as_str(), e["action"].as_str())
+            {
+                *seen.entry((s.to_string(), a.to_string())).or_default() += 1;
+            }
+        }
+        let mut wanted: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for (session, action) in &self.transitions {
+            *wanted.entry((session.to_string(), action.to_string())).or_default() += 1;
+        }
+        for (key, n) in &wanted {
+            self.stats.checks += 1;
+            let have = seen.get(key).copied().unwrap_or(0);
+            if have < *n {
+                let of_session: Vec<String> = entries
+                    .iter()
+                    .filter(|e| e["session"].as_str() == Some(key.0.as_str()))
+                    .map(|e| {
+                        format!("{} {} allowed={} {}", e["actor"], e["action"], e["allowed"], e["detail"])
+                    })
+                    .collect();
+                missing.push(format!(
+                    "session {} {}: {have} of {n} (its entries: {})",
+                    key.0,
+                    key.1,
+                    of_session.join(", ")
+                ));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "audit entries missing for transitions the workload made: {}",
+                missing.join("; ")
+            ));
+        }
+        self.event(format!(
+            "the audit holds all {} session transitions the workload made",
+            self.transitions.len()
+        ));
+        Ok(())
+    }
+
+    fn check_usage(&mut self) -> Outcome {
+        self.sample_usage();
+        for name in DAEMONS {
+            let Some((first, _, last, _)) = self.usage.get(name).copied() else { continue };
+            self.stats.checks += 1;
+            if !usage::within_bound(first, last) {
+                return Err(format!(
+                    "{name} grew from {} KiB RSS, {} fds to {} KiB, {} fds",
+                    first.rss_kib, first.fds, last.rss_kib, last.fds
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sessions in `sessions --json` (a list, or an object with one).
+fn sessions_count(sessions: &Value) -> usize {
+    match sessions {
+        Value::Array(list) => list.len(),
+        Value::Object(map) => map.get("sessions").and_then(Value::as_array).map_or(0, Vec::len),
+        _ => 0,
+    }
+}

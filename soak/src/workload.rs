@@ -1,0 +1,457 @@
+//! The workload: each technician's session life cycle, one seeded step at
+//! a time, and the checks that traffic stops when a session ends.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use ferry_lab::Netns;
+use ferry_world::{
+    ECHO_PORT, EchoLoop, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, PLC_PAGE, User, http_get,
+    parse_targets, tcp_exchange,
+    wg::{Keys, WireguardGo},
+};
+use serde_json::{Value, json};
+
+use crate::soak::{Outcome, Soak};
+
+/// The bound docs/gateway.md promises for the switch and what the tests
+/// check: no traffic of an ended session later than 1 s after its end.
+const STOP_BOUND: Duration = Duration::from_secs(1);
+/// How long an end at the cloud may take to reach the gateway: past the
+/// gateway's keepalive (10 s) and silence limit (35 s) after a NAT lost the
+/// control channel's mapping, with room to reconnect.
+const GATEWAY_LEARNS: Duration = Duration::from_secs(60);
+/// A short session's maximum duration, for expiry.
+const SHORT_SESSION_S: u64 = 60;
+
+pub struct Tech {
+    pub user: User,
+    pub ns: Netns,
+    pub live: Option<Live>,
+}
+
+/// A session of a technician's that has not ended (as far as the workload
+/// knows).
+pub struct Live {
+    pub id: u64,
+    pub short: bool,
+    pub approval: bool,
+    pub approved: bool,
+    pub tunnel: Option<Tunnel>,
+    pub started: Instant,
+}
+
+pub struct Tunnel {
+    /// Dropping it takes the tunnel down.
+    go: WireguardGo,
+    pub proxies: BTreeMap<String, String>,
+}
+
+impl Tech {
+    pub fn new(user: User, ns: Netns) -> Tech {
+        Tech { user, ns, live: None }
+    }
+}
+
+/// How a session ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Admin,
+    Technician,
+    /// `ferry-gateway end ID` at the site.
+    Customer,
+    /// `ferry-gateway remote off` (and on again).
+    Switch,
+    Expiry,
+}
+
+impl Soak {
+    /// One step for technician `t`: the next move of their session's life
+    /// cycle, chosen by the seed.
+    pub fn step(&mut self, t: usize) -> Outcome {
+        let Some(live) = &self.techs[t].live else {
+            return self.prepare_and_start(t);
+        };
+        // A short session near its end: wait for the expiry rather than
+        // race it.
+        if live.short
+            && live.started.elapsed() + Duration::from_secs(8) > Duration::from_secs(SHORT_SESSION_S)
+        {
+            return self.end_session(t, End::Expiry);
+        }
+        if live.approval && !live.approved {
+            return self.approve(t);
+        }
+        if live.tunnel.is_none() {
+            return self.bring_up_tunnel(t);
+        }
+        let short = live.short;
+        match self.rng.below(10) {
+            0..=4 => self.use_session(t),
+            5 => self.end_session(t, End::Admin),
+            6 => self.end_session(t, End::Technician),
+            7 => self.end_session(t, End::Customer),
+            8 => self.end_session(t, End::Switch),
+            _ if short => self.end_session(t, End::Expiry),
+            _ => self.use_session(t),
+        }
+    }
+
+    fn tech_call(&mut self, t: usize, method: &str, path: &str, body: Value) -> Outcome<(u16, Value)> {
+        let ns = self.techs[t].ns.clone();
+        let user = &mut self.techs[t].user;
+        let world = &self.world;
+        let call = |token: &str| world.try_api_from(&ns, method, path, Some(token), body.clone());
+        let (status, answer) = call(&user.token)?;
+        if status != 401 {
+            return Ok((status, answer));
+        }
+        user.token = world.login(&ns, &user.name, &user.password).1;
+        call(&user.token)
+    }
+
+    fn prepare_and_start(&mut self, t: usize) -> Outcome {
+        let short = self.rng.chance(30);
+        let approval = self.rng.chance(30);
+        let max = if short { SHORT_SESSION_S } else { 3600 };
+        let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
+        let user_id = self.techs[t].user.id;
+        let id = self.world.create_named_session(
+            &name,
+            self.gateway_id,
+            &["plc-web", "echo"],
+            &[user_id],
+            max,
+            approval,
+        );
+        self.transitions.push((id, "session.create"));
+        self.stats.sessions += 1;
+        let (status, session) =
+            self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/start"), Value::Null)?;
+        let who = self.techs[t].user.name.clone();
+        if status != 200 {
+            // Refused (the gateway still reconnecting after a fault, say):
+            // the session stays prepared and is ended by the admin.
+            self.event(format!("{who}: session {id} prepared, start refused: {status} {}", session["type"]));
+            self.stats.starts_refused += 1;
+            let (status, body) = self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
+            if status == 200 {
+                self.transitions.push((id, "session.end"));
+            } else {
+                return Err(format!("ending prepared session {id}: {status} {body}"));
+            }
+            return Ok(());
+        }
+        self.transitions.push((id, "session.start"));
+        self.event(format!(
+            "{who}: session {id} prepared (max {max}s, approval {approval}) and started: {}",
+            session["state"]
+        ));
+        self.techs[t].live =
+            Some(Live { id, short, approval, approved: !approval, tunnel: None, started: Instant::now() });
+        Ok(())
+    }
+
+    fn approve(&mut self, t: usize) -> Outcome {
+        let id = self.live(t).id;
+        let id_text = id.to_string();
+        let mut last = String::new();
+        let world = &self.world;
+        let done = ferry_world::poll(Duration::from_secs(20), || {
+            let out = world.gateway_cmd(&["approve", &id_text]);
+            last =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            out.status.success()
+        });
+        if !done {
+            // The gateway may have lost it (a kill before it stored it):
+            // not an invariant, the session ends by the admin.
+            self.event(format!("session {id}: approve failed: {}", last.trim()));
+            return self.end_session(t, End::Admin);
+        }
+        self.transitions.push((id, "session.approve"));
+        self.live_mut(t).approved = true;
+        // The approval reaches the cloud through the gateway's event queue,
+        // which survives kills: the session becomes active there.
+        let world = &self.world;
+        let mut state = Value::Null;
+        let active = ferry_world::poll(GATEWAY_LEARNS, || {
+            state = world.session(id)["state"].clone();
+            state == "active"
+        });
+        self.stats.checks += 1;
+        if !active {
+            return Err(format!(
+                "session {id} approved at the gateway, still {state} at the cloud {GATEWAY_LEARNS:?} later"
+            ));
+        }
+        self.event(format!("session {id} approved at the gateway, active at the cloud"));
+        Ok(())
+    }
+
+    fn bring_up_tunnel(&mut self, t: usize) -> Outcome {
+        let id = self.live(t).id;
+        let ns = self.techs[t].ns.clone();
+        let keys = Keys::generate(&ns);
+        let path = format!("/api/v1/sessions/{id}/config/wg-quick");
+        let api = self.world.api();
+        let token = {
+            // A call first so that an expired token is renewed.
+            self.tech_call(t, "GET", &format!("/api/v1/sessions/{id}"), Value::Null)?;
+            self.techs[t].user.token.clone()
+        };
+        let body = json!({"public_key": keys.public});
+        let (status, text) = ns
+            .run_in(move || api.raw("POST", &path, Some(&token), &body).map_err(|e| e.to_string()))
+            .map_err(|e| e.to_string())??;
+        if status != 200 {
+            self.event(format!("session {id}: no wg-quick file: {status} {text}"));
+            return self.end_session(t, End::Admin);
+        }
+        let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &text, &keys.private);
+        let proxies = parse_targets(&text);
+        self.live_mut(t).tunnel = Some(Tunnel { go, proxies });
+        self.event(format!("session {id}: wireguard-go up from the wg-quick file"));
+        self.use_session(t)
+    }
+
+    /// Traffic to both whitelisted targets, and attempts at the ports of
+    /// the same targets that no session whitelists (which must not answer).
+    fn use_session(&mut self, t: usize) -> Outcome {
+        let live = self.live(t);
+        let id = live.id;
+        let tunnel = live.tunnel.as_ref().expect("a tunnel");
+        let (web, echo) = (tunnel.proxies["plc-web"].clone(), tunnel.proxies["echo"].clone());
+        let ns = self.techs[t].ns.clone();
+        let size = self.rng.between(1, 256) as usize * 1024;
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let timeout = Duration::from_secs(10);
+        let web_ok =
+            ferry_world::eventually(timeout, || http_get(&ns, &web, HTTP_PORT, Duration::from_secs(5)))
+                .is_ok_and(|page| page == PLC_PAGE);
+        let echo_result = tcp_exchange(&ns, &echo, ECHO_PORT, &payload, Some(size), timeout);
+        let echo_ok = echo_result.as_ref().is_ok_and(|answer| *answer == payload);
+        if web_ok {
+            self.stats.bytes += PLC_PAGE.len() as u64;
+        }
+        if echo_ok {
+            self.stats.bytes += 2 * size as u64;
+        }
+        for (ip, port) in [(&web, OTHER_HTTP_PORT), (&echo, OTHER_ECHO_PORT)] {
+            self.stats.checks += 1;
+            self.stats.forbidden_attempts += 1;
+            if let Ok(answer) =
+                tcp_exchange(&ns, ip, port, b"GET / HTTP/1.0\r\n\r\n", Some(1), Duration::from_secs(2))
+            {
+                return Err(format!(
+                    "session {id}: {ip}:{port}, not whitelisted, answered: {:?}",
+                    String::from_utf8_lossy(&answer)
+                ));
+            }
+        }
+        if web_ok && echo_ok {
+            self.stats.uses_ok += 1;
+        } else {
+            self.stats.uses_failed += 1;
+            let show = tunnel_state(self.live(t).tunnel.as_ref().expect("a tunnel"));
+            let at_gateway = self
+                .world
+                .gateway_sessions()
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["id"] == id).map(|s| s["peers"].to_string()))
+                .unwrap_or_else(|| "unknown to the gateway".into());
+            self.event(format!(
+                "session {id}: the technician's wireguard-go: {show}; the gateway's peers: {at_gateway}"
+            ));
+        }
+        self.event(format!(
+            "session {id}: used: plc-web {}, echo {} KiB {}, forbidden ports silent",
+            if web_ok { "ok" } else { "FAILED" },
+            size / 1024,
+            match &echo_result {
+                Ok(_) if echo_ok => "ok".to_string(),
+                Ok(_) => "garbled".to_string(),
+                Err(e) => format!("failed ({e})"),
+            }
+        ));
+        Ok(())
+    }
+
+    /// Ends technician `t`'s session (or, for `Admin`, any session stage)
+    /// and checks that an echo loop through it stops within the bound.
+    fn end_session(&mut self, t: usize, how: End) -> Outcome {
+        let live = self.live(t);
+        let id = live.id;
+        let echo_proxy = live.tunnel.as_ref().map(|tunnel| tunnel.proxies["echo"].clone());
+        let ns = self.techs[t].ns.clone();
+        let echo_loop =
+            echo_proxy.and_then(|proxy| EchoLoop::start(&ns, &proxy, ECHO_PORT, Duration::from_secs(5)).ok());
+        let ended_at = match how {
+            End::Admin => {
+                let (status, body) =
+                    self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
+                let at = Instant::now();
+                if status == 200 {
+                    self.transitions.push((id, "session.end"));
+                } else if self.world.session(id)["state"] == "expired" {
+                    // Its time ran out first.
+                    self.transitions.push((id, "session.expire"));
+                } else {
+                    return Err(format!("the admin ending session {id}: {status} {body}"));
+                }
+                at
+            }
+            End::Technician => {
+                let (status, body) =
+                    self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/end"), Value::Null)?;
+                let at = Instant::now();
+                if status == 200 {
+                    self.transitions.push((id, "session.end"));
+                } else if self.world.session(id)["state"] == "expired" {
+                    // Its time ran out first.
+                    self.transitions.push((id, "session.expire"));
+                } else {
+                    return Err(format!("the technician ending session {id}: {status} {body}"));
+                }
+                at
+            }
+            End::Customer => {
+                let out = self.world.gateway_cmd(&["end", &id.to_string()]);
+                let at = Instant::now();
+                if !out.status.success() {
+                    // Not known at the gateway (lost across a kill): the
+                    // admin ends it at the cloud instead.
+                    self.event(format!(
+                        "session {id}: `ferry-gateway end` failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                    return self.end_session(t, End::Admin);
+                }
+                self.transitions.push((id, "session.end"));
+                at
+            }
+            End::Switch => {
+                self.world.remote("off");
+                let at = Instant::now();
+                self.switch_on = false;
+                // The switch ends every session of the gateway.
+                for other in 0..self.techs.len() {
+                    if let Some(live) = self.techs[other].live.take() {
+                        self.transitions.push((live.id, "session.end"));
+                    }
+                }
+                self.techs[t].live = Some(Live {
+                    id,
+                    short: false,
+                    approval: false,
+                    approved: true,
+                    tunnel: None,
+                    started: Instant::now(),
+                });
+                at
+            }
+            End::Expiry => {
+                let session = self.world.session(id);
+                let expires_ms = session["expires_ms"].as_u64().unwrap_or(0);
+                let now_ms = unix_ms();
+                let wait = Duration::from_millis(expires_ms.saturating_sub(now_ms));
+                self.event(format!("session {id}: waiting {:.1}s for its expiry", wait.as_secs_f64()));
+                std::thread::sleep(wait);
+                let ended = ferry_world::poll(Duration::from_secs(10), || {
+                    self.world.session(id)["state"] == "expired"
+                });
+                if !ended {
+                    return Err(format!(
+                        "session {id} is not expired 10 s after its end time: {}",
+                        self.world.session(id)
+                    ));
+                }
+                self.transitions.push((id, "session.expire"));
+                Instant::now() - Duration::from_millis(unix_ms().saturating_sub(expires_ms))
+            }
+        };
+        // An end at the cloud reaches the gateway over its control channel,
+        // for which the docs promise no bound; the bound then counts from
+        // when the gateway dropped the session, and the lag is logged.
+        let ended_at = if matches!(how, End::Admin | End::Technician) {
+            let world = &self.world;
+            let gone = ferry_world::poll(GATEWAY_LEARNS, || {
+                !world.gateway_sessions().as_array().is_some_and(|all| all.iter().any(|s| s["id"] == id))
+            });
+            self.stats.checks += 1;
+            if !gone {
+                return Err(format!(
+                    "session {id} ended at the cloud ({}), still listed at the gateway {GATEWAY_LEARNS:?} later",
+                    how_name(how)
+                ));
+            }
+            let now = Instant::now();
+            self.event(format!(
+                "session {id}: the gateway dropped it {:.1}s after the end at the cloud",
+                (now - ended_at).as_secs_f64()
+            ));
+            now
+        } else {
+            ended_at
+        };
+        std::thread::sleep(STOP_BOUND + Duration::from_millis(1500));
+        self.stats.checks += 1;
+        let late = echo_loop.as_ref().map_or(0, |e| e.answers_after(ended_at + STOP_BOUND));
+        let checked = if echo_loop.is_some() { "echo loop checked" } else { "no echo loop running" };
+        drop(echo_loop);
+        self.techs[t].live = None;
+        self.stats.ends.entry(how_name(how)).and_modify(|n| *n += 1).or_insert(1);
+        if late > 0 {
+            return Err(format!(
+                "session {id} ended ({}), yet {late} echo answers arrived more than {STOP_BOUND:?} later",
+                how_name(how)
+            ));
+        }
+        self.event(format!("session {id}: ended ({}), traffic stopped ({checked})", how_name(how)));
+        if matches!(how, End::Switch) {
+            self.world.remote("on");
+            self.switch_on = true;
+            self.event("the customer's switch on again".into());
+            self.settle("the switch flip")?;
+        }
+        Ok(())
+    }
+
+    /// Ends technician `t`'s session if it is live (the end of the run).
+    pub fn end_if_live(&mut self, t: usize) -> Outcome {
+        if self.techs[t].live.is_some() { self.end_session(t, End::Admin) } else { Ok(()) }
+    }
+
+    fn live(&self, t: usize) -> &Live {
+        self.techs[t].live.as_ref().expect("a live session")
+    }
+
+    fn live_mut(&mut self, t: usize) -> &mut Live {
+        self.techs[t].live.as_mut().expect("a live session")
+    }
+}
+
+/// The endpoint and last handshake of the tunnel's peer, for the log.
+fn tunnel_state(tunnel: &Tunnel) -> String {
+    let endpoints = tunnel.go.show("endpoints");
+    let handshakes = tunnel.go.show("latest-handshakes");
+    let last = ferry_world::wg::latest_handshake(&handshakes);
+    let ago = if last == 0 { "never".to_string() } else { format!("{}s ago", unix_ms() / 1000 - last) };
+    format!("endpoint {}, last handshake {ago}", endpoints.split_whitespace().nth(1).unwrap_or("none"))
+}
+
+fn how_name(how: End) -> &'static str {
+    match how {
+        End::Admin => "by the admin",
+        End::Technician => "by the technician",
+        End::Customer => "by the customer (end)",
+        End::Switch => "by the customer (switch off)",
+        End::Expiry => "expired",
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}
