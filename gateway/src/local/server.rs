@@ -256,8 +256,19 @@ mod tests {
         server.abort();
         let _ = server.await;
 
-        // A stale socket (no one listening) is replaced.
-        let listener = bind(&path).unwrap();
+        // A stale socket (no one listening) is replaced. The aborted server's
+        // listener may still be closing on another worker thread for a
+        // moment, so a refusal as "in use" is tried again a few times.
+        let mut tries = 0;
+        let listener = loop {
+            match bind(&path) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
         drop(listener);
     }
 
