@@ -155,6 +155,10 @@ impl Share {
     pub fn source(&self) -> Source {
         self.source
     }
+
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.tally
+    }
 }
 
 impl Drop for Share {
