@@ -1,6 +1,8 @@
 //! `ferry-cloud`: the control plane, an HTTP API over an embedded database.
 
-use ferry_cloud::{audit, config, http, metrics::ReasonLabels, password, rights::Role, server, store, tls, users};
+use ferry_cloud::{
+    audit, config, http, metrics::ReasonLabels, password, rights::Role, server, store, tls, users,
+};
 
 use std::path::PathBuf;
 

@@ -127,8 +127,9 @@ struct Served {
 impl Served {
     fn start(budget: impl FnOnce(&AppState) -> BodyBudget) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::with_backend(std::sync::Arc::new(SledBackend::open(&dir.path().join("db")).unwrap()))
-            .unwrap();
+        let store =
+            Store::with_backend(std::sync::Arc::new(SledBackend::open(&dir.path().join("db")).unwrap()))
+                .unwrap();
         let state = AppState::new(store).unwrap();
         let budget = budget(&state);
         let runtime =

@@ -28,8 +28,8 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 
 pub use crate::app::AppState;
-pub use extract::BodyBudget;
 use crate::metrics::RequestLabels;
+pub use extract::BodyBudget;
 pub use problem::{ApiError, Problem};
 
 /// The largest request body accepted, in bytes.
@@ -146,7 +146,9 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, budget: BodyBudget) -> Router {
     api_with(state.clone(), budget.clone())
         .0
-        .merge(crate::console::routes(state).layer(middleware::from_fn_with_state(budget, extract::whole_body)))
+        .merge(
+            crate::console::routes(state).layer(middleware::from_fn_with_state(budget, extract::whole_body)),
+        )
         .layer(middleware::from_fn(crate::console::headers::secure))
 }
 
