@@ -231,7 +231,7 @@ fn the_cloud_holds_no_more_request_bodies_than_its_budget() {
         let bytes = sample(&metrics, "ferry_cloud_request_body_bytes_held");
         let refused = sample(&metrics, r#"ferry_cloud_request_bodies_refused_total{reason="global"}"#)
             + sample(&metrics, r#"ferry_cloud_request_bodies_refused_total{reason="per_source"}"#);
-        if bytes % SENT == 0 && bytes / SENT + refused == bodies {
+        if bytes.is_multiple_of(SENT) && bytes / SENT + refused == bodies {
             break (bytes, metrics);
         }
         assert!(std::time::Instant::now() < deadline, "{bytes} bytes held, {refused} bodies refused");

@@ -188,7 +188,7 @@ impl Served {
             let held = self.budget.held();
             assert_eq!(self.state.metrics.body_bytes_held.get(), i64::try_from(held).unwrap());
             let refused = self.refused(ReasonLabels::GLOBAL) + self.refused(ReasonLabels::PER_SOURCE);
-            if held % SENT == 0 && held / SENT + usize::try_from(refused).unwrap() == bodies {
+            if held.is_multiple_of(SENT) && held / SENT + usize::try_from(refused).unwrap() == bodies {
                 return held / SENT;
             }
             assert!(std::time::Instant::now() < deadline, "{held} bytes held, {refused} refused");

@@ -497,6 +497,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_head_beyond_the_buffer_is_refused_with_431() {
+        let server = start(None, TLS_HANDSHAKE_TIMEOUT).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let big = "a".repeat(MAX_BUFFER + 1);
+        let request = format!("GET /whoami HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n");
+        // The server may stop reading before the whole head is written.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        // A head that fits is served.
+        let response = get_text(TcpStream::connect(server.addr).await.unwrap(), "/whoami").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        server.stop.send(()).unwrap();
+        server.done.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn shutdown_waits_for_a_request_in_flight_and_closes_idle_connections() {
         let dir = tempfile::tempdir().unwrap();
         let (config, fingerprint) = self_signed(dir.path());
