@@ -159,9 +159,7 @@ impl Charge {
             }
         }
     }
-}
 
-impl Charge {
     /// Gives back everything charged so far.
     fn clear(&mut self) {
         let source = self.share.source();
@@ -182,12 +180,12 @@ fn gauge_value(bytes: usize) -> i64 {
 }
 
 /// Middleware: every request's body is read whole before the handler runs,
-/// within [`BODY_READ_TIMEOUT`] (or the budget's own), [`super::BODY_LIMIT`] and the
-/// [`BodyBudget`] (the API's bodies are small). A handler that refuses a
-/// request before reading its body (no credential, no right) would
-/// otherwise leave the body unread, and hyper then closes the connection: a
-/// client that reuses it (every keep-alive pool does) finds it closed under
-/// its next request.
+/// within [`BODY_READ_TIMEOUT`] (or the budget's own), [`super::BODY_LIMIT`]
+/// and the [`BodyBudget`] (the API's bodies are small). A handler that
+/// refuses a request before reading its body (no credential, no right)
+/// would otherwise leave the body unread, and hyper then closes the
+/// connection: a client that reuses it (every keep-alive pool does) finds it
+/// closed under its next request.
 pub async fn whole_body(
     State(budget): State<BodyBudget>,
     request: Request,
