@@ -395,9 +395,6 @@ impl Cloud {
         let binary = ferry_lab::workspace_bin("ferry-cloud")?;
         let mut command = Command::new(&binary);
         command.args(["serve", "--no-tls", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
-        // Every bench client (the idle gateways too) comes from 127.0.0.1:
-        // one address, allowed as many connections as all together.
-        command.args(["--max-connections-per-source", "4096"]);
         if let Some(url) = storage {
             command.args(["--storage", url]);
         }
