@@ -7,7 +7,7 @@ use ferry_control::{
 };
 use tracing::Instrument;
 
-use super::{Conn, Greeting, Incoming, desired, error, gateway_events};
+use super::{Conn, Greeting, Incoming, Unproven, desired, error, gateway_events};
 use crate::{
     app::{Actor, AppState},
     audit, gateways,
@@ -15,7 +15,7 @@ use crate::{
     metrics::ChannelLabels,
 };
 
-pub async fn run(state: AppState, socket: WebSocket, source: String) {
+pub async fn run(state: AppState, socket: WebSocket, source: String, unproven: Unproven) {
     let greeting = Greeting {
         hello: ToGateway::ServerHello,
         error: ToGateway::Error,
@@ -43,6 +43,7 @@ pub async fn run(state: AppState, socket: WebSocket, source: String) {
         let e = error(ErrorCode::Unauthorized, why.clone());
         return conn.refuse(&state, ToGateway::Error(e), ErrorCode::Unauthorized, &why).await;
     }
+    drop(unproven);
     let span = tracing::info_span!("gateway", id);
     serve(state, conn, hello, source).instrument(span).await;
 }

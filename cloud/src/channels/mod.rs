@@ -10,6 +10,7 @@ mod relay;
 use std::time::Duration;
 
 use axum::{
+    Extension,
     extract::{
         ConnectInfo, State,
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code},
@@ -17,6 +18,7 @@ use axum::{
     response::Response,
 };
 use ferry_control::{Challenge, ErrorCode, ErrorMessage, Message as ControlMessage, ServerHello, codec};
+use ferry_daemon::web::server::ConnectionSlot;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, metrics::ChannelLabels};
@@ -46,9 +48,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
 async fn gateway_channel(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    slot: Option<Extension<ConnectionSlot>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    limits(upgrade).on_upgrade(move |socket| gateway::run(state, socket, peer.ip().to_string()))
+    let slot = Unproven(slot);
+    limits(upgrade).on_upgrade(move |socket| gateway::run(state, socket, peer.ip().to_string(), slot))
 }
 
 /// The relays' control channel: the relay presents its token, then
@@ -59,10 +63,22 @@ async fn gateway_channel(
 async fn relay_channel(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    slot: Option<Extension<ConnectionSlot>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    limits(upgrade).on_upgrade(move |socket| relay::run(state, socket, peer.ip().to_string()))
+    let slot = Unproven(slot);
+    limits(upgrade).on_upgrade(move |socket| relay::run(state, socket, peer.ip().to_string(), slot))
 }
+
+/// A channel's place under the listener's connection caps while its peer
+/// has not proven who it is: an upgraded connection otherwise leaves the
+/// caps at the upgrade, and one address could hold any number of sockets
+/// that never say hello (each for up to [`HELLO_TIMEOUT`]). Dropped once
+/// the peer is authenticated, so thousands of gateways do not count
+/// against the caps, which bound what unauthenticated clients hold.
+pub(crate) struct Unproven(
+    #[allow(dead_code, reason = "held for its Drop")] Option<Extension<ConnectionSlot>>,
+);
 
 fn limits(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     upgrade

@@ -7,7 +7,7 @@ use ferry_control::{
 };
 use tracing::Instrument;
 
-use super::{Conn, Greeting, Incoming, desired, error};
+use super::{Conn, Greeting, Incoming, Unproven, desired, error};
 use crate::{
     app::AppState,
     audit,
@@ -16,7 +16,7 @@ use crate::{
     relays::{self, RelayHealth},
 };
 
-pub async fn run(state: AppState, socket: WebSocket, source: String) {
+pub async fn run(state: AppState, socket: WebSocket, source: String, unproven: Unproven) {
     let greeting = Greeting {
         hello: ToRelay::ServerHello,
         error: ToRelay::Error,
@@ -52,6 +52,7 @@ pub async fn run(state: AppState, socket: WebSocket, source: String) {
             return conn.refuse(&state, ToRelay::Error(e), ErrorCode::Internal, "store").await;
         }
     }
+    drop(unproven);
     let stun = hello.stun.map_or_else(|| "no STUN".to_string(), |s| format!("STUN {s}"));
     let detail = format!("udp {}, {}, {stun}", hello.udp, hello.websocket_url);
     state.audit(event("relay.connect", true, Some(detail)));

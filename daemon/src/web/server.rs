@@ -21,7 +21,16 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-use super::sources::{Over, Source, Tally};
+use super::sources::{Over, Share, Source, Tally};
+
+/// A connection's place under the connection caps, in every request's
+/// extensions. A connection leaves the caps when its HTTP exchange ends,
+/// which for an upgraded one (a WebSocket) is at the upgrade; a handler
+/// that upgrades before the client has proven who it is keeps this clone
+/// until it has, so unauthenticated sockets stay counted. Released when the
+/// last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlot(#[allow(dead_code, reason = "held for its Drop")] Arc<Share>);
 
 /// How long a client may take to complete its TLS handshake. Bounds what
 /// connections that never finish one (slowloris, port scanners) can hold.
@@ -132,11 +141,10 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let task = connection(tcp, remote, acceptor.clone(), app.clone(), stopped.clone(), options.clone());
-        tokio::spawn(async move {
-            task.await;
-            drop(permit);
-        });
+        let slot = ConnectionSlot(Arc::new(permit));
+        let task =
+            connection(tcp, remote, acceptor.clone(), app.clone(), stopped.clone(), options.clone(), slot);
+        tokio::spawn(task);
     }
     drop(listener);
     drop(stopped);
@@ -159,9 +167,10 @@ async fn connection(
     app: Router,
     mut stop: watch::Receiver<()>,
     options: ServeOptions,
+    slot: ConnectionSlot,
 ) {
     let Some(acceptor) = acceptor else {
-        return http(TokioIo::new(tcp), remote, app, stop).await;
+        return http(TokioIo::new(tcp), remote, app, stop, slot).await;
     };
     let handshake = tokio::time::timeout(options.tls_handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
@@ -181,16 +190,17 @@ async fn connection(
             }
         },
     };
-    http(TokioIo::new(tls), remote, app, stop).await
+    http(TokioIo::new(tls), remote, app, stop, slot).await
 }
 
-async fn http<I>(io: I, remote: SocketAddr, app: Router, mut stop: watch::Receiver<()>)
+async fn http<I>(io: I, remote: SocketAddr, app: Router, mut stop: watch::Receiver<()>, slot: ConnectionSlot)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         // What `into_make_service_with_connect_info` would add.
         request.extensions_mut().insert(ConnectInfo(remote));
+        request.extensions_mut().insert(slot.clone());
         let mut app = app.clone();
         app.call(request)
     });
@@ -253,6 +263,26 @@ mod tests {
         })
     }
 
+    /// Echoes like [`echo`], but keeps its connection under the caps until
+    /// the first message, as a channel does until its peer is
+    /// authenticated.
+    async fn held(
+        axum::Extension(slot): axum::Extension<ConnectionSlot>,
+        upgrade: WebSocketUpgrade,
+    ) -> Response {
+        upgrade.on_upgrade(|mut socket: WebSocket| async move {
+            let mut slot = Some(slot);
+            while let Some(Ok(message)) = socket.recv().await {
+                drop(slot.take());
+                if let Message::Text(_) = message
+                    && socket.send(message).await.is_err()
+                {
+                    break;
+                }
+            }
+        })
+    }
+
     struct Running {
         addr: SocketAddr,
         stop: oneshot::Sender<()>,
@@ -272,8 +302,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(500)).await;
             "done"
         };
-        let app =
-            Router::new().route("/whoami", get(whoami)).route("/ws", get(echo)).route("/slow", get(slow));
+        let app = Router::new()
+            .route("/whoami", get(whoami))
+            .route("/ws", get(echo))
+            .route("/held", get(held))
+            .route("/slow", get(slow));
         let (stop, stopped) = oneshot::channel::<()>();
         let failures = options.tls_handshake_failures.clone();
         let done = tokio::spawn(serve_with(
@@ -324,16 +357,22 @@ mod tests {
 
     /// Upgrades to WebSocket and checks that a text message comes back.
     async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
-        stream
-            .write_all(
-                b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let head = read_head(&mut stream).await;
+        upgrade(&mut stream, "/ws").await;
+        say_hi(&mut stream).await;
+    }
+
+    async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, path: &str) {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(stream).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    }
+
+    async fn say_hi<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
         // A masked text frame "hi" (clients must mask).
         let mask = [1u8, 2, 3, 4];
         let mut frame = vec![0x81, 0x80 | 2];
@@ -492,6 +531,51 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no place freed: {response:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        server.stop.send(()).unwrap();
+        server.done.await.unwrap().unwrap();
+    }
+
+    /// Answers of fresh connections from 127.0.0.1 to `/whoami` until one is
+    /// served (a closed connection frees its place a moment later).
+    async fn served_again(addr: SocketAddr) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = get_text(connect_from("127.0.0.1", addr).await, "/whoami").await;
+            if response.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no place freed: {response:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_counts_until_its_handler_lets_go() {
+        let per_source = Counter::default();
+        let options = ServeOptions {
+            max_connections_per_source: 1,
+            connections_refused_per_source: per_source.clone(),
+            ..ServeOptions::default()
+        };
+        let server = start_with(None, options).await;
+        // Upgraded, not yet authenticated: still the source's one place.
+        let mut pending = connect_from("127.0.0.1", server.addr).await;
+        upgrade(&mut pending, "/held").await;
+        let mut refused = connect_from("127.0.0.1", server.addr).await;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), refused.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a second connection was served: {read:?}");
+        assert_eq!(per_source.get(), 1);
+        // Its first message is what the handler waits for: the place is
+        // given back while the socket stays open.
+        say_hi(&mut pending).await;
+        served_again(server.addr).await;
+        // A handler that does not keep the place lets go at the upgrade.
+        let mut echoing = connect_from("127.0.0.1", server.addr).await;
+        upgrade(&mut echoing, "/ws").await;
+        served_again(server.addr).await;
+        say_hi(&mut echoing).await;
+        say_hi(&mut pending).await;
         server.stop.send(()).unwrap();
         server.done.await.unwrap().unwrap();
     }
