@@ -17,12 +17,16 @@ use std::{
 use ferry_ebpf::common::relay::{BindingKey, Traffic};
 use ferry_tunnel::PublicKey;
 use parking_lot::{Mutex, MutexGuard};
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tokio::{
+    net::UdpSocket,
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::PortRange,
-    core::{Allocation, Instant, Timeouts, Validator},
+    core::{Allocation, Instant, PeerAddr, Side, Timeouts, Validator},
     metrics::{Metrics, ReasonLabels},
     ws::{self, WsEvent},
 };
@@ -111,6 +115,9 @@ struct Handle {
     task: JoinHandle<()>,
     ws_tx: mpsc::Sender<WsEvent>,
     installed: Arc<Mutex<Vec<BindingKey>>>,
+    /// The UDP addresses bound on each side, published by the task for the
+    /// state file.
+    bound: Arc<Mutex<[Option<SocketAddr>; 2]>>,
 }
 
 #[derive(Default)]
@@ -135,6 +142,8 @@ struct Inner {
     metrics: Metrics,
     totals: Arc<Totals>,
     state: Mutex<State>,
+    /// Woken when an allocation starts or ends or its bindings change.
+    changes: Arc<Notify>,
 }
 
 impl Relay {
@@ -147,6 +156,7 @@ impl Relay {
                 metrics,
                 totals: Arc::default(),
                 state: Mutex::new(state),
+                changes: Arc::default(),
             }),
         }
     }
@@ -196,6 +206,33 @@ impl Relay {
 
     /// Starts one allocation. Needs a tokio runtime.
     pub fn add(&self, spec: AllocationSpec) -> Admission {
+        self.start(spec, [None, None])
+    }
+
+    /// Starts an allocation saved before a restart, on its port and with its
+    /// peers bound where they were (see [`crate::state_file`]).
+    pub fn restore(&self, spec: AllocationSpec, bound: [Option<SocketAddr>; 2]) -> Admission {
+        self.start(spec, bound)
+    }
+
+    /// Woken whenever what [`Relay::saved`] returns may have changed.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.inner.changes.clone()
+    }
+
+    /// The live allocations as the state file keeps them.
+    pub fn saved(&self) -> Vec<crate::state_file::Saved> {
+        let state = self.state();
+        let mut saved: Vec<_> = state
+            .allocations
+            .values()
+            .map(|h| crate::state_file::Saved::new(&h.spec, h.port, *h.bound.lock()))
+            .collect();
+        saved.sort_by_key(|s| s.id);
+        saved
+    }
+
+    fn start(&self, spec: AllocationSpec, restored: [Option<SocketAddr>; 2]) -> Admission {
         let refuse = |reason: &'static str, detail: String| {
             warn!(allocation = spec.id, session = spec.session_id, reason, "{detail}");
             self.inner.metrics.allocations_refused.get_or_create(&ReasonLabels { reason }).inc();
@@ -234,17 +271,26 @@ impl Relay {
         let (ws_tx, ws_rx) = mpsc::channel(self.inner.options.websocket_queue.max(1));
         let installed = Arc::new(Mutex::new(Vec::new()));
         let validator = Validator::new(&spec.gateway_key, &spec.client_key);
+        let mut alloc = Allocation::new(validator, self.inner.options.timeouts, Instant::now());
+        for (side, addr) in Side::BOTH.into_iter().zip(restored) {
+            if let Some(addr) = addr {
+                alloc.restore(side, PeerAddr::Udp(addr));
+            }
+        }
+        let bound = Arc::new(Mutex::new([None, None]));
         let task = task::Task {
             id: spec.id,
             port,
             slot,
-            alloc: Allocation::new(validator, self.inner.options.timeouts, Instant::now()),
+            alloc,
             sock4: sock4.map(Arc::new),
             sock6: sock6.map(Arc::new),
             ws_rx,
             ws_peers: HashMap::new(),
             table: self.inner.table.clone(),
             installed: installed.clone(),
+            published: bound.clone(),
+            changes: self.inner.changes.clone(),
             metrics: self.inner.metrics.clone(),
             totals: self.inner.totals.clone(),
             bound: 0,
@@ -256,8 +302,10 @@ impl Relay {
         info!(allocation = spec.id, session = spec.session_id, port, "allocation ready");
         state.ports.insert(port);
         state.tokens.insert(spec.websocket_token.clone(), spec.id);
-        state.allocations.insert(spec.id, Handle { spec, port, slot, task, ws_tx, installed });
+        state.allocations.insert(spec.id, Handle { spec, port, slot, task, ws_tx, installed, bound });
         self.inner.metrics.allocations.set(state.allocations.len() as i64);
+        drop(state);
+        self.inner.changes.notify_one();
         Admission::Ready { port }
     }
 
@@ -277,6 +325,7 @@ impl Relay {
             }
         }
         handle.task.abort();
+        self.inner.changes.notify_one();
         info!(allocation = id, session = handle.spec.session_id, why, "allocation ended");
         true
     }
@@ -496,6 +545,36 @@ mod tests {
             websocket_token: format!("token-{id}-0123456789"),
             port: None,
         }
+    }
+
+    /// What a restart restores: the port, and both bindings in the map at
+    /// once, before any peer sends; and what the state file gets back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_allocation_forwards_on_its_port_at_once() {
+        let table = Arc::new(MemoryTable::default());
+        let relay = Relay::new(options(10), Some(table.clone()), Metrics::new());
+        let gateway: SocketAddr = "198.51.100.2:51820".parse().unwrap();
+        let client: SocketAddr = "192.0.2.2:40123".parse().unwrap();
+        let spec = AllocationSpec { port: Some(47150), ..spec(1) };
+        let changes = relay.changes();
+        assert_eq!(
+            relay.restore(spec.clone(), [Some(gateway), Some(client)]),
+            Admission::Ready { port: 47150 }
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while table.entries() != 2 || relay.saved()[0].client.is_none() {
+            assert!(std::time::Instant::now() < deadline, "the restored bindings never reached the map");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), changes.notified()).await.unwrap();
+        let saved = relay.saved();
+        assert_eq!((saved[0].port, saved[0].gateway, saved[0].client), (47150, Some(gateway), Some(client)));
+        assert_eq!(saved[0].spec().unwrap().0, spec);
+        // The cloud's snapshot names it without a port: it stays where it is.
+        assert!(relay.apply(&[AllocationSpec { port: None, ..spec }]).is_empty());
+        assert_eq!(relay.port_of(1), Some(47150));
+        relay.clear();
+        assert_eq!(table.entries(), 0);
     }
 
     #[tokio::test]
