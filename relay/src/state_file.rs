@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::runtime::{AllocationSpec, Relay};
+use crate::runtime::{AllocationSpec, Relay, Sides};
 
 /// Changes closer together than this are written once.
 const COALESCE: Duration = Duration::from_millis(50);
@@ -54,6 +54,12 @@ pub struct Saved {
     /// The UDP addresses bound on the gateway's and the client's side.
     pub gateway: Option<SocketAddr>,
     pub client: Option<SocketAddr>,
+    /// Where a side was last seen while not bound (idle, or never bound):
+    /// the other side's initiations go there.
+    #[serde(default)]
+    pub gateway_candidate: Option<SocketAddr>,
+    #[serde(default)]
+    pub client_candidate: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -65,7 +71,7 @@ struct File {
 const VERSION: u32 = 1;
 
 impl Saved {
-    pub fn new(spec: &AllocationSpec, port: u16, bound: [Option<SocketAddr>; 2]) -> Saved {
+    pub fn new(spec: &AllocationSpec, port: u16, sides: Sides) -> Saved {
         Saved {
             id: spec.id,
             session_id: spec.session_id,
@@ -74,13 +80,15 @@ impl Saved {
             expires_ms: spec.expires_ms,
             websocket_token: spec.websocket_token.clone(),
             port,
-            gateway: bound[0],
-            client: bound[1],
+            gateway: sides.bound[0],
+            client: sides.bound[1],
+            gateway_candidate: sides.candidate[0],
+            client_candidate: sides.candidate[1],
         }
     }
 
     /// The allocation to start again, on its old port, with its bindings.
-    pub fn spec(&self) -> Result<(AllocationSpec, [Option<SocketAddr>; 2])> {
+    pub fn spec(&self) -> Result<(AllocationSpec, Sides)> {
         let key = |k: &str, what: &str| {
             PublicKey::from_base64(k).with_context(|| format!("allocation {}: {what}", self.id))
         };
@@ -93,7 +101,11 @@ impl Saved {
             websocket_token: self.websocket_token.clone(),
             port: Some(self.port),
         };
-        Ok((spec, [self.gateway, self.client]))
+        let sides = Sides {
+            bound: [self.gateway, self.client],
+            candidate: [self.gateway_candidate, self.client_candidate],
+        };
+        Ok((spec, sides))
     }
 }
 
@@ -155,7 +167,7 @@ pub fn restore(relay: &Relay, path: &Path) -> usize {
     };
     let mut restored = 0;
     for entry in saved {
-        let (spec, bound) = match entry.spec() {
+        let (spec, sides) = match entry.spec() {
             Ok(parsed) => parsed,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "a saved allocation is unreadable; skipped");
@@ -163,9 +175,9 @@ pub fn restore(relay: &Relay, path: &Path) -> usize {
             }
         };
         let id = spec.id;
-        match relay.restore(spec, bound) {
+        match relay.restore(spec, sides) {
             crate::runtime::Admission::Ready { port } => {
-                info!(allocation = id, port, gateway = ?bound[0], client = ?bound[1], "allocation restored");
+                info!(allocation = id, port, ?sides, "allocation restored");
                 restored += 1;
             }
             crate::runtime::Admission::Refused { reason } => {
@@ -241,7 +253,10 @@ mod tests {
             websocket_token: "0123456789abcdef".into(),
             port: None,
         };
-        let bound = [Some("198.51.100.2:51820".parse().unwrap()), None];
+        let bound = Sides {
+            bound: [Some("198.51.100.2:51820".parse().unwrap()), None],
+            candidate: [None, Some("192.0.2.2:40123".parse().unwrap())],
+        };
         write(&path, vec![Saved::new(&spec, 40003, bound)]).unwrap();
         let saved = load(&path).unwrap();
         let (back, back_bound) = saved[0].spec().unwrap();

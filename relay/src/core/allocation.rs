@@ -161,6 +161,21 @@ impl Allocation {
         self.bind(side, addr);
     }
 
+    /// Makes `addr` the candidate of `side` (restored, as [`restore`]): the
+    /// other side's initiations are delivered there until it is bound.
+    ///
+    /// [`restore`]: Allocation::restore
+    pub fn restore_candidate(&mut self, side: Side, addr: PeerAddr) {
+        let state = &mut self.sides[side.index()];
+        if state.bound.is_none() {
+            state.candidate = Some(addr);
+        }
+    }
+
+    pub fn candidate(&self, side: Side) -> Option<PeerAddr> {
+        self.sides[side.index()].candidate
+    }
+
     /// Decides where `datagram`, received from `from`, goes.
     pub fn handle(&mut self, from: PeerAddr, datagram: &[u8], now: Instant) -> Decision {
         let classified = match self.validator.classify(datagram) {

@@ -47,6 +47,15 @@ pub struct AllocationSpec {
     pub port: Option<u16>,
 }
 
+/// Where an allocation's peers are, by side (gateway, client): bound, or
+/// only candidates (never bound, or idle). UDP only; this is what survives a
+/// restart (see [`crate::state_file`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sides {
+    pub bound: [Option<SocketAddr>; 2],
+    pub candidate: [Option<SocketAddr>; 2],
+}
+
 /// The answer to one new allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -117,7 +126,7 @@ struct Handle {
     installed: Arc<Mutex<Vec<BindingKey>>>,
     /// The UDP addresses bound on each side, published by the task for the
     /// state file.
-    bound: Arc<Mutex<[Option<SocketAddr>; 2]>>,
+    bound: Arc<Mutex<Sides>>,
 }
 
 #[derive(Default)]
@@ -206,13 +215,13 @@ impl Relay {
 
     /// Starts one allocation. Needs a tokio runtime.
     pub fn add(&self, spec: AllocationSpec) -> Admission {
-        self.start(spec, [None, None])
+        self.start(spec, Sides::default())
     }
 
     /// Starts an allocation saved before a restart, on its port and with its
     /// peers bound where they were (see [`crate::state_file`]).
-    pub fn restore(&self, spec: AllocationSpec, bound: [Option<SocketAddr>; 2]) -> Admission {
-        self.start(spec, bound)
+    pub fn restore(&self, spec: AllocationSpec, sides: Sides) -> Admission {
+        self.start(spec, sides)
     }
 
     /// Woken whenever what [`Relay::saved`] returns may have changed.
@@ -232,7 +241,7 @@ impl Relay {
         saved
     }
 
-    fn start(&self, spec: AllocationSpec, restored: [Option<SocketAddr>; 2]) -> Admission {
+    fn start(&self, spec: AllocationSpec, restored: Sides) -> Admission {
         let refuse = |reason: &'static str, detail: String| {
             warn!(allocation = spec.id, session = spec.session_id, reason, "{detail}");
             self.inner.metrics.allocations_refused.get_or_create(&ReasonLabels { reason }).inc();
@@ -272,12 +281,15 @@ impl Relay {
         let installed = Arc::new(Mutex::new(Vec::new()));
         let validator = Validator::new(&spec.gateway_key, &spec.client_key);
         let mut alloc = Allocation::new(validator, self.inner.options.timeouts, Instant::now());
-        for (side, addr) in Side::BOTH.into_iter().zip(restored) {
-            if let Some(addr) = addr {
+        for side in Side::BOTH {
+            if let Some(addr) = restored.bound[side.index()] {
                 alloc.restore(side, PeerAddr::Udp(addr));
             }
+            if let Some(addr) = restored.candidate[side.index()] {
+                alloc.restore_candidate(side, PeerAddr::Udp(addr));
+            }
         }
-        let bound = Arc::new(Mutex::new([None, None]));
+        let bound = Arc::new(Mutex::new(restored));
         let task = task::Task {
             id: spec.id,
             port,
@@ -558,7 +570,10 @@ mod tests {
         let spec = AllocationSpec { port: Some(47150), ..spec(1) };
         let changes = relay.changes();
         assert_eq!(
-            relay.restore(spec.clone(), [Some(gateway), Some(client)]),
+            relay.restore(
+                spec.clone(),
+                Sides { bound: [Some(gateway), Some(client)], candidate: [None, None] }
+            ),
             Admission::Ready { port: 47150 }
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -575,6 +590,25 @@ mod tests {
         assert_eq!(relay.port_of(1), Some(47150));
         relay.clear();
         assert_eq!(table.entries(), 0);
+    }
+
+    /// An allocation saved while idle (its bindings back to candidates)
+    /// delivers the next initiation to the restored candidate, so the
+    /// handshake that binds both sides again can complete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_candidate_receives_the_next_initiation() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let gw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        gw.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let spec = AllocationSpec { port: Some(47160), ..spec(1) };
+        let sides = Sides { bound: [None, None], candidate: [Some(gw.local_addr().unwrap()), None] };
+        assert_eq!(relay.restore(spec.clone(), sides), Admission::Ready { port: 47160 });
+        client.send_to(&handshake(1, 2, 0, &spec.gateway_key), "127.0.0.1:47160").unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::task::block_in_place(|| gw.recv(&mut buf)).unwrap();
+        assert_eq!(n, 148, "the initiation reached the restored candidate");
+        relay.clear();
     }
 
     #[tokio::test]

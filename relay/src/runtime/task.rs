@@ -52,7 +52,7 @@ pub(super) struct Task {
     pub installed: Arc<Mutex<Vec<BindingKey>>>,
     /// The bound UDP addresses, for the state file; `changes` tells its
     /// writer.
-    pub published: Arc<Mutex<[Option<SocketAddr>; 2]>>,
+    pub published: Arc<Mutex<super::Sides>>,
     pub changes: Arc<Notify>,
     pub metrics: Metrics,
     pub totals: Arc<Totals>,
@@ -258,11 +258,15 @@ impl Task {
         self.metrics.bindings.inc_by(bound - self.bound);
         self.totals.bindings(bound - self.bound);
         self.bound = bound;
-        let udp = |side| match self.alloc.bound(side) {
+        let udp = |addr| match addr {
             Some(PeerAddr::Udp(addr)) => Some(addr),
             _ => None,
         };
-        *self.published.lock() = [udp(crate::core::Side::Gateway), udp(crate::core::Side::Client)];
+        let [gateway, client] = crate::core::Side::BOTH;
+        *self.published.lock() = super::Sides {
+            bound: [udp(self.alloc.bound(gateway)), udp(self.alloc.bound(client))],
+            candidate: [udp(self.alloc.candidate(gateway)), udp(self.alloc.candidate(client))],
+        };
         self.changes.notify_one();
         if let Some(routes) = self.alloc.routes() {
             tracing::info!(allocation = self.id, gateway = %routes[0].0, client = %routes[0].1, "peers bound");
