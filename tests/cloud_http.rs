@@ -79,6 +79,16 @@ fn serves_health_version_metrics_and_problem_json() {
         metrics.contains(r#"ferry_cloud_http_requests_total{method="GET",route="unmatched",status="404"} 1"#),
         "{metrics}"
     );
+    // Refusals at accept, by their reason, and the body budget, from the start.
+    for sample in [
+        r#"ferry_cloud_connections_refused_total{reason="global"} 0"#,
+        r#"ferry_cloud_connections_refused_total{reason="per_source"} 0"#,
+        r#"ferry_cloud_request_bodies_refused_total{reason="global"} 0"#,
+        r#"ferry_cloud_request_bodies_refused_total{reason="per_source"} 0"#,
+        "ferry_cloud_request_body_bytes_held 0",
+    ] {
+        assert!(metrics.lines().any(|line| line == sample), "{sample} in {metrics}");
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod relay_traffic;
 mod report;
 mod tunnel;
 mod tunnel_crypto;
+mod tunnel_handshake;
 
 use std::path::PathBuf;
 
@@ -28,10 +29,6 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
 
-    /// Where criterion left its results (for benchmarks that include one).
-    #[arg(long, default_value = "target/criterion")]
-    criterion_dir: PathBuf,
-
     /// A ferry-wg built with `-C target-cpu=native`, measured as an extra row
     /// of the tunnel benchmark.
     #[arg(long)]
@@ -43,7 +40,7 @@ struct Cli {
     boringtun: Option<PathBuf>,
 
     /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client (and
-    /// tunnel-crypto, the tunnel benchmark's crypto rows alone).
+    /// tunnel-crypto and tunnel-handshake, parts of the tunnel benchmark).
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -58,16 +55,15 @@ fn main() -> Result<()> {
             // whole gateway: for work on the programs.
             "gateway-prog" => gateway::prog_run_rows()?,
             "relay" => relay::run()?,
-            "tunnel" => tunnel::run(
-                &cli.criterion_dir,
-                &tunnel::Peers {
-                    native_ferry_wg: cli.native_ferry_wg.as_deref(),
-                    boringtun: cli.boringtun.as_deref(),
-                },
-            )?,
+            "tunnel" => tunnel::run(&tunnel::Peers {
+                native_ferry_wg: cli.native_ferry_wg.as_deref(),
+                boringtun: cli.boringtun.as_deref(),
+            })?,
             "cloud" => cloud::run(&cli.out_dir)?,
             // The tunnel benchmark's crypto rows alone (no namespaces).
             "tunnel-crypto" => tunnel_crypto::rows()?,
+            // Its handshake row alone.
+            "tunnel-handshake" => tunnel_handshake::rows()?,
             "client" => client::run()?,
             other => bail!("unknown benchmark `{other}`"),
         };

@@ -1,7 +1,8 @@
 //! The WireGuard engine: Ferry <-> Ferry against wireguard-go <-> wireguard-go
 //! and boringtun <-> boringtun in two namespaces joined by a veth, measured in
 //! interleaved rounds of the same run; the engine's crypto alone on 1 and 2
-//! threads; and the handshake rate of the core from its criterion benchmark.
+//! threads; and the handshake rate of the core against the X25519 bound
+//! ([`crate::tunnel_handshake`]).
 
 use std::{
     fs,
@@ -36,7 +37,7 @@ pub struct Peers<'a> {
     pub boringtun: Option<&'a Path>,
 }
 
-pub fn run(criterion_dir: &Path, peers: &Peers<'_>) -> Result<Vec<Row>> {
+pub fn run(peers: &Peers<'_>) -> Result<Vec<Row>> {
     let mut ferry = Measured::default();
     let mut native = Measured::default();
     let mut go = Measured::default();
@@ -146,22 +147,7 @@ pub fn run(criterion_dir: &Path, peers: &Peers<'_>) -> Result<Vec<Row>> {
         ));
     }
     rows.extend(crate::tunnel_crypto::rows()?);
-    let handshake_ns = criterion_mean_ns(criterion_dir, "handshake")?;
-    let x25519_ns = criterion_mean_ns(criterion_dir, "x25519")?;
-    let keygen_ns = criterion_mean_ns(criterion_dir, "x25519_keygen")?;
-    // A full handshake (both sides) costs six variable-base X25519
-    // operations (the initiator's es, ee and se, the responder's es, ee and
-    // se; ss is computed once per peer) and two fixed-base ones (the
-    // ephemeral public keys): the rate the curve alone allows.
-    rows.push(Row::new(
-        "tunnel",
-        "handshakes_per_second_one_core",
-        "handshakes/s",
-        1e9 / handshake_ns,
-        1e9 / (6.0 * x25519_ns + 2.0 * keygen_ns),
-        "X25519 bound: 1 / (6 DH + 2 ephemeral key generations)",
-        Better::Higher,
-    ));
+    rows.extend(crate::tunnel_handshake::rows()?);
     Ok(rows)
 }
 
@@ -308,15 +294,6 @@ fn iperf3_json(ns: &Netns, args: &[&str]) -> Result<serde_json::Value> {
     all.extend_from_slice(args);
     let out = ns.exec("timeout", &all)?;
     serde_json::from_str(&out).context("parsing iperf3 JSON")
-}
-
-fn criterion_mean_ns(dir: &Path, name: &str) -> Result<f64> {
-    let path = dir.join(name).join("new").join("estimates.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading {} (cargo xtask bench tunnel runs the criterion bench first)", path.display())
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text)?;
-    json["mean"]["point_estimate"].as_f64().context("no mean in criterion estimates")
 }
 
 fn mean(values: &[f64]) -> f64 {

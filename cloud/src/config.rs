@@ -13,6 +13,9 @@
 //! tls_names = ["cloud.example.com", "192.0.2.10"]
 //! # Audit entries older than this many days are removed (1 to 36500).
 //! audit_retention_days = 550
+//! # Connections open at once from one client address (an IPv4 address, an
+//! # IPv6 /64), of 4096 in all; more are closed at once (1 to 4096).
+//! max_connections_per_source = 256
 //! # Where the documents live. Absent: sled, embedded in data_dir. A
 //! # PostgreSQL URL lets several ferry-cloud replicas share one database:
 //! storage = "postgresql://ferry@db.example/ferry"
@@ -51,6 +54,8 @@ pub struct Config {
     pub tls_names: Vec<String>,
     /// Days to keep audit entries (default 550).
     pub audit_retention_days: Option<u32>,
+    /// Connections open at once from one address (default 256).
+    pub max_connections_per_source: Option<usize>,
     /// The database; sled in `data_dir` when absent.
     pub storage: Option<StorageConfig>,
 }
@@ -129,6 +134,22 @@ pub fn parse_retention_days(text: &str) -> Result<u32, String> {
     check_retention_days(text.parse().map_err(|_| format!("`{text}` is not a whole number of days"))?)
 }
 
+/// Checks a cap on connections per address: at least one, at most all
+/// connections.
+pub fn check_connections_per_source(n: usize) -> Result<usize, String> {
+    let most = ferry_daemon::web::server::MAX_CONNECTIONS;
+    if (1..=most).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("the connections per client address must be 1 to {most}, not {n}"))
+    }
+}
+
+/// `--max-connections-per-source`: checked as in the config.
+pub fn parse_connections_per_source(text: &str) -> Result<usize, String> {
+    check_connections_per_source(text.parse().map_err(|_| format!("`{text}` is not a whole number"))?)
+}
+
 pub fn load(explicit: Option<&Path>) -> Result<Config> {
     let default = ferry_daemon::paths::default_config_file("cloud");
     let config = ferry_daemon::config::load::<Config>(explicit, &default)
@@ -136,6 +157,10 @@ pub fn load(explicit: Option<&Path>) -> Result<Config> {
         .config;
     if let Some(days) = config.audit_retention_days {
         check_retention_days(days).map_err(|e| anyhow!("audit_retention_days in the configuration: {e}"))?;
+    }
+    if let Some(n) = config.max_connections_per_source {
+        check_connections_per_source(n)
+            .map_err(|e| anyhow!("max_connections_per_source in the configuration: {e}"))?;
     }
     Ok(config)
 }
@@ -187,6 +212,19 @@ mod tests {
             ferry_daemon::config::parse::<Config>("[storage]\nurl = \"postgres://x/y\"\nuser = \"z\"\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_connections_per_source_default_to_none_and_are_bounded() {
+        let config: Config = ferry_daemon::config::parse("max_connections_per_source = 1000\n").unwrap();
+        assert_eq!(config.max_connections_per_source, Some(1000));
+        assert_eq!(ferry_daemon::config::parse::<Config>("").unwrap().max_connections_per_source, None);
+        assert_eq!(parse_connections_per_source("1"), Ok(1));
+        assert_eq!(parse_connections_per_source("4096"), Ok(4096));
+        for bad in ["0", "4097", "-1", "many"] {
+            let err = parse_connections_per_source(bad).unwrap_err();
+            assert!(err.contains("4096") || err.contains("whole number"), "{bad}: {err}");
+        }
     }
 
     #[test]

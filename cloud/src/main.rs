@@ -1,6 +1,8 @@
 //! `ferry-cloud`: the control plane, an HTTP API over an embedded database.
 
-use ferry_cloud::{audit, config, http, password, rights::Role, server, store, tls, users};
+use ferry_cloud::{
+    audit, config, http, metrics::ReasonLabels, password, rights::Role, server, store, tls, users,
+};
 
 use std::path::PathBuf;
 
@@ -138,6 +140,12 @@ struct ServeArgs {
     /// 1 to 36500).
     #[arg(long, value_name = "DAYS", value_parser = config::parse_retention_days)]
     audit_retention_days: Option<u32>,
+
+    /// Connections open at once from one client address (an IPv4 address,
+    /// an IPv6 /64); more are closed at once (default:
+    /// `max_connections_per_source` from the config, else 256; 1 to 4096).
+    #[arg(long, value_name = "N", value_parser = config::parse_connections_per_source)]
+    max_connections_per_source: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -357,6 +365,10 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         .audit_retention_days
         .or(config.audit_retention_days)
         .unwrap_or(config::DEFAULT_AUDIT_RETENTION_DAYS);
+    let max_connections_per_source = args
+        .max_connections_per_source
+        .or(config.max_connections_per_source)
+        .unwrap_or(server::MAX_CONNECTIONS_PER_SOURCE);
     let data_dir =
         args.data_dir.or(config.data_dir).unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
     let storage = args.storage.or(config.storage);
@@ -416,9 +428,12 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         };
         let ticker = spawn_ticker(state.clone());
         let retention = spawn_retention(state.clone(), retention_days);
+        let refused = |reason| state.metrics.connections_refused.get_or_create(&reason).clone();
         let options = server::ServeOptions {
             tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
-            connections_refused: state.metrics.connections_refused.clone(),
+            connections_refused: refused(ReasonLabels::GLOBAL),
+            max_connections_per_source,
+            connections_refused_per_source: refused(ReasonLabels::PER_SOURCE),
             ..server::ServeOptions::default()
         };
         let streams = state.clone();

@@ -29,9 +29,27 @@ pub struct Metrics {
     pub control_refused: Family<ChannelLabels, Counter>,
     /// Shared with the server's accept loop (`ServeOptions`).
     pub tls_handshake_failures: Counter,
-    /// Connections closed at accept because too many were open (also
-    /// shared with the accept loop).
-    pub connections_refused: Counter,
+    /// Connections closed at accept because too many were open, in all
+    /// (`global`) or from one address (`per_source`); the accept loop
+    /// holds the counters of both labels (`ServeOptions`).
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Bytes of request bodies read and held now (under the body budget,
+    /// `http::extract::BodyBudget`).
+    pub body_bytes_held: Gauge,
+    /// Requests refused (503) because the body budget was spent, in all
+    /// (`global`) or by their address (`per_source`).
+    pub bodies_refused: Family<ReasonLabels, Counter>,
+}
+
+/// Which limit refused something: `global` or `per_source`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+impl ReasonLabels {
+    pub const GLOBAL: ReasonLabels = ReasonLabels { reason: "global" };
+    pub const PER_SOURCE: ReasonLabels = ReasonLabels { reason: "per_source" };
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,15 +100,34 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
-        let connections_refused = Counter::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed at accept because too many were open",
+            "Connections closed at accept because too many were open, in all or from one address",
             connections_refused.clone(),
         );
+        let body_bytes_held = Gauge::default();
+        registry.register(
+            "request_body_bytes_held",
+            "Bytes of request bodies read and held, under the body budget",
+            body_bytes_held.clone(),
+        );
+        let bodies_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "request_bodies_refused",
+            "Requests refused (503) because the body budget was spent, in all or by their address",
+            bodies_refused.clone(),
+        );
+        // Both reasons show from the start, at zero.
+        for reason in [ReasonLabels::GLOBAL, ReasonLabels::PER_SOURCE] {
+            drop(connections_refused.get_or_create(&reason));
+            drop(bodies_refused.get_or_create(&reason));
+        }
         Metrics {
             tls_handshake_failures,
             connections_refused,
+            body_bytes_held,
+            bodies_refused,
             registry: Arc::new(registry),
             requests,
             logins,

@@ -113,7 +113,7 @@ fn demo(path: Path, once: bool) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if let Err(error) = clean_up_on_signals() {
+    if let Err(error) = ferry_lab::sweep_on_signals("ferry-demo") {
         eprintln!("ferry-demo: {error:#}");
         return ExitCode::FAILURE;
     }
@@ -136,38 +136,4 @@ fn nix_is_root() -> bool {
             s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-/// On Ctrl-C (or SIGTERM, SIGHUP), from any point: removes every namespace,
-/// socket and folder this process made (they carry its pid), then exits.
-/// The handlers are in place before the first namespace exists.
-fn clean_up_on_signals() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (mut interrupt, mut terminate, mut hangup) = {
-        let _entered = runtime.enter();
-        (
-            signal(SignalKind::interrupt()).context("catching SIGINT")?,
-            signal(SignalKind::terminate()).context("catching SIGTERM")?,
-            signal(SignalKind::hangup()).context("catching SIGHUP")?,
-        )
-    };
-    std::thread::spawn(move || {
-        runtime.block_on(async {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-                _ = hangup.recv() => {}
-            }
-        });
-        eprintln!("\nferry-demo: stopping; removing everything the demo made");
-        let removed = ferry_lab::sweep_pid(std::process::id());
-        let namespaces = removed.iter().filter(|r| r.starts_with("netns")).count();
-        eprintln!(
-            "ferry-demo: removed {namespaces} namespaces and {} other objects",
-            removed.len() - namespaces
-        );
-        std::process::exit(130);
-    });
-    Ok(())
 }

@@ -222,9 +222,10 @@ pub struct RuleGeneration {
     /// the whitelist cuts its flows at once.
     pub rule: u64,
     /// Changes when the entry is removed, its real or SNAT address changes,
-    /// or a peer leaves its session: replies and ICMP errors check it, so a
-    /// change of the allowed ports alone does not cut the replies of a flow
-    /// the TUN program re-admits on its next packet.
+    /// what it allows narrows (a port or protocol taken off), or a peer
+    /// leaves its session: replies and ICMP errors check it. A widening
+    /// alone keeps it, so it does not cut the replies of flows that are
+    /// still allowed.
     pub path: u64,
 }
 

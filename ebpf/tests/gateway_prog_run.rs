@@ -719,13 +719,22 @@ fn established_flows_follow_whitelist_changes_at_once() {
     let reply = tcp(PLC, 22, SNAT, fl.nat_port, 64, b"reply");
     lan(&f, &reply, Outcome::ForwardedFromTarget);
 
-    // Port 22 taken off the entry: the flow's next packet is refused, its
-    // replies still pass (only the TUN side checks ports, as before).
+    // A widening (another port added) keeps the flow and its replies.
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(22, 22), (502, 502)]));
+    f.apply(&t).unwrap();
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    tunnel(&f, &data, Outcome::ForwardedToTarget);
+
+    // Port 22 taken off the entry: the flow's next packet is refused, and
+    // the target's replies are cut at once too, before the technician
+    // sends anything: it must not keep answering over a removed port.
     let mut t = table();
     t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(502, 502)]));
     f.apply(&t).unwrap();
+    lan(&f, &reply, Outcome::SessionEnded);
     tunnel(&f, &data, Outcome::PortNotAllowed);
-    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    lan(&f, &reply, Outcome::SessionEnded);
     // Only TCP allowed to the PLC no more: refused by protocol.
     t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Udp, &[(22, 22)]));
     f.apply(&t).unwrap();

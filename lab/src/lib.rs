@@ -34,6 +34,7 @@ mod netns;
 pub mod packet;
 pub mod postgres;
 mod process;
+mod signals;
 
 pub use error::Error;
 pub use forward::Forwarder;
@@ -41,6 +42,7 @@ pub use names::{PREFIX, sweep_pid, sweep_stale};
 pub use nat::{Nat, Router};
 pub use netns::{Lab, Netns, Veth};
 pub use process::Process;
+pub use signals::sweep_on_signals;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

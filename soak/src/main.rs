@@ -14,7 +14,6 @@ mod workload;
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Context, Result};
 use clap::Parser;
 
 /// Ferry under churn and faults: a cloud, a relay, a gateway behind a NAT
@@ -45,7 +44,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if let Err(error) = clean_up_on_signals() {
+    if let Err(error) = ferry_lab::sweep_on_signals("ferry-soak") {
         eprintln!("ferry-soak: {error:#}");
         return ExitCode::FAILURE;
     }
@@ -68,32 +67,4 @@ fn main() -> ExitCode {
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
-}
-
-/// On Ctrl-C (or SIGTERM, SIGHUP): removes every namespace, socket and
-/// folder this process made (they carry its pid), then exits.
-fn clean_up_on_signals() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (mut interrupt, mut terminate, mut hangup) = {
-        let _entered = runtime.enter();
-        (
-            signal(SignalKind::interrupt()).context("catching SIGINT")?,
-            signal(SignalKind::terminate()).context("catching SIGTERM")?,
-            signal(SignalKind::hangup()).context("catching SIGHUP")?,
-        )
-    };
-    std::thread::spawn(move || {
-        runtime.block_on(async {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-                _ = hangup.recv() => {}
-            }
-        });
-        eprintln!("\nferry-soak: stopping; removing everything it made");
-        ferry_lab::sweep_pid(std::process::id());
-        std::process::exit(130);
-    });
-    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Handshakes per second of the protocol core, and the X25519 operations it
-//! is bounded by (a DH with another point, and a key generation), measured in the same run (`cargo xtask bench tunnel` reads
-//! the results).
+//! is bounded by (a DH with another point, and a key generation), for work
+//! on the handshake with criterion. `cargo xtask bench tunnel` measures the
+//! handshake row itself, in interleaved rounds (`ferry-bench
+//! tunnel-handshake`).
 
 #![allow(clippy::unwrap_used, reason = "a benchmark whose setup fails should stop")]
 

@@ -25,7 +25,7 @@ pub const BENCHES: &[(&str, &str)] = &[
     (
         "tunnel",
         "Ferry <-> Ferry TCP and 64-byte UDP against wireguard-go and boringtun-cli, the engine's crypto alone on 1 \
-         and 2 threads, and handshakes/s against the X25519 bound (criterion)",
+         and 2 threads, and handshakes/s against the X25519 bound (interleaved rounds)",
     ),
     (
         "cloud",
@@ -99,7 +99,6 @@ pub fn run(names: &[String]) -> Result<()> {
     let mut boringtun = None;
     if names.contains(&"tunnel") {
         boringtun = Some(setup::boringtun()?);
-        run_cmd(cargo().args(["bench", "-p", "ferry-tunnel", "--bench", "handshake"]))?;
         // A second ferry-wg compiled for this CPU: the RustCrypto AEAD inlines
         // its SIMD code only when the target features are known at compile time.
         let native_dir = target_dir().join("native");
@@ -114,7 +113,6 @@ pub fn run(names: &[String]) -> Result<()> {
     let out_dir = target_dir().join("bench");
     let mut cmd = std::process::Command::new(target_dir().join("release").join("ferry-bench"));
     cmd.arg("--out-dir").arg(&out_dir);
-    cmd.arg("--criterion-dir").arg(target_dir().join("criterion"));
     if let Some(path) = &native_ferry_wg {
         cmd.arg("--native-ferry-wg").arg(path);
     }

@@ -6,7 +6,9 @@
 //! - an operation that needs a credential may answer 401, and one that
 //!   needs a user 403 (a one-time password must be changed first);
 //! - a JSON body may be refused as not JSON (400), not declared as JSON
-//!   (415), of the wrong shape (422) or too large (413);
+//!   (415), of the wrong shape (422) or too large (413), or not be read
+//!   in time (408), or find the server holding as many bodies as it will
+//!   (503, see `extract::BodyBudget`);
 //! - a path or query parameter that does not parse is refused with 400.
 
 use serde_json::{Map, Value, json};
@@ -60,6 +62,7 @@ fn complete_operation(operation: &mut Map<String, Value>) {
         add("413", "The body is larger than the server accepts");
         add("415", "The body is not declared as `Content-Type: application/json`");
         add("422", "The body is JSON of the wrong shape: a field missing, unknown or of the wrong type");
+        add("503", "The server holds as many request bodies as it will now (in all or from this address)");
     }
     if has_parameters {
         add("400", "A path or query parameter does not parse");
@@ -125,7 +128,7 @@ mod tests {
         }}});
         complete(&mut doc);
         let post = &doc["paths"]["/x/{id}"]["post"]["responses"];
-        for status in ["400", "401", "403", "408", "409", "413", "415", "422"] {
+        for status in ["400", "401", "403", "408", "409", "413", "415", "422", "503"] {
             assert!(post[status]["content"][PROBLEM].is_object(), "{status}: {post}");
             assert!(post[status]["content"].get("application/json").is_none(), "{status}");
         }

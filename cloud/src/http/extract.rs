@@ -1,17 +1,24 @@
 //! Request extractors: validated JSON bodies and the authenticated caller.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, rejection::JsonRejection},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State, rejection::JsonRejection},
     http::{Method, StatusCode, header, request::Parts},
 };
+use ferry_daemon::web::sources::{self, Over, Share, Tally};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use serde::de::DeserializeOwned;
 
 use super::{AppState, problem::ApiError};
 use crate::{
     audit::Event,
     auth::{Scope, access::AccessError, api_tokens, console},
+    metrics::{Metrics, ReasonLabels},
     rights::{self, Action},
     users::{self, User},
 };
@@ -47,37 +54,196 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// before the refusal.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// Middleware: every request's body is read whole before the handler runs,
-/// within [`BODY_READ_TIMEOUT`] and [`super::BODY_LIMIT`] (the API's bodies
-/// are small). A handler that refuses a request before reading its body
-/// (no credential, no right) would otherwise leave the body unread, and
-/// hyper then closes the connection: a client that reuses it (every
-/// keep-alive pool does) finds it closed under its next request.
-pub async fn whole_body(request: Request, next: axum::middleware::Next) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    let (parts, body) = request.into_parts();
-    match read_body(body).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Err(refusal) => refusal.into_response(),
+/// Bytes of request bodies held at once, by all clients together. Bodies
+/// are read whole before anything checks the caller's credentials (see
+/// [`whole_body`]), so without a budget every open connection could hold a
+/// body of [`super::BODY_LIMIT`]: 4096 × 64 KiB = 256 MiB, from anyone.
+/// The API's bodies are small (a login is under 200 bytes): 16 MiB is 256
+/// bodies of the largest size at once.
+pub const BODY_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Bytes of request bodies held at once from one client address (an IPv4
+/// address, an IPv6 /64): 16 bodies of the largest size. One address then
+/// cannot spend the budget of everyone; that takes 16 addresses.
+pub const BODY_BUDGET_PER_SOURCE: usize = 1024 * 1024;
+
+/// The bytes request bodies may hold while they are read and handled: in
+/// all and per client address. A body is charged for what has arrived of
+/// it (not for what its `Content-Length` announces: announcing costs an
+/// attacker nothing), chunk by chunk, and keeps its charge until its
+/// handler has answered. A chunk over either limit gets the request a 503:
+/// what it held is given back at once, and the rest of the body is read
+/// and dropped as for a 413. Bytes read only to be dropped are never held
+/// and are not charged.
+///
+/// So whatever the clients do, request bodies hold at most
+/// [`BODY_BUDGET`] bytes in all and [`BODY_BUDGET_PER_SOURCE`] per address.
+/// What each connection buffers below HTTP (hyper's read buffer, TLS
+/// records) is bounded per connection instead
+/// (`ferry_daemon::web::server::MAX_BUFFER`), and connections in number
+/// (`MAX_CONNECTIONS`, `MAX_CONNECTIONS_PER_SOURCE`).
+#[derive(Clone)]
+pub struct BodyBudget {
+    tally: Arc<Tally>,
+    held: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    read_timeout: Duration,
+}
+
+impl BodyBudget {
+    /// A budget of `total` bytes, `per_source` of them from one address,
+    /// reported in `metrics`.
+    pub fn new(total: usize, per_source: usize, metrics: &Metrics) -> BodyBudget {
+        BodyBudget {
+            tally: Tally::new(total, per_source),
+            held: metrics.body_bytes_held.clone(),
+            refused: metrics.bodies_refused.clone(),
+            read_timeout: BODY_READ_TIMEOUT,
+        }
+    }
+
+    /// The same budget, with bodies read within `timeout` rather than
+    /// [`BODY_READ_TIMEOUT`].
+    pub fn with_read_timeout(self, timeout: Duration) -> BodyBudget {
+        BodyBudget { read_timeout: timeout, ..self }
+    }
+
+    /// The default budget ([`BODY_BUDGET`], [`BODY_BUDGET_PER_SOURCE`]).
+    pub fn standard(metrics: &Metrics) -> BodyBudget {
+        BodyBudget::new(BODY_BUDGET, BODY_BUDGET_PER_SOURCE, metrics)
+    }
+
+    /// Bytes held now, by all requests.
+    pub fn held(&self) -> usize {
+        self.tally.total()
+    }
+
+    fn charge(&self, source: sources::Source) -> Charge {
+        Charge { share: self.tally.share(source), held: self.held.clone(), refused: self.refused.clone() }
     }
 }
 
-/// Reads a body of at most [`super::BODY_LIMIT`] bytes. A larger one is
-/// refused (413), but first read on to its end (up to [`DRAIN_LIMIT`] more)
-/// and dropped: most clients send their whole body before they read the
-/// answer, and a connection closed under them would be all they see, not
-/// the problem that says why.
-async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+/// What one request's body holds of the budget; given back when dropped.
+struct Charge {
+    share: Share,
+    held: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+}
+
+impl Charge {
+    fn grow(&mut self, bytes: usize) -> Result<(), ApiError> {
+        match self.share.grow(bytes) {
+            Ok(()) => {
+                self.held.inc_by(gauge_value(bytes));
+                Ok(())
+            }
+            Err(over) => {
+                let (labels, whose) = match over {
+                    Over::Total => (ReasonLabels::GLOBAL, "all clients"),
+                    Over::PerSource => (ReasonLabels::PER_SOURCE, "your address"),
+                };
+                self.refused.get_or_create(&labels).inc();
+                tracing::debug!(source = %self.share.source(), reason = over.label(), "body budget spent");
+                Err(ApiError {
+                    retry_after_s: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "Server busy",
+                        format!(
+                            "the server holds as many request bodies as it will for {whose} now; try again \
+                             shortly"
+                        ),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Gives back everything charged so far.
+    fn clear(&mut self) {
+        let source = self.share.source();
+        self.held.dec_by(gauge_value(self.share.amount()));
+        // The old share gives its bytes back as it goes.
+        self.share = self.share.tally().share(source);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.held.dec_by(gauge_value(self.share.amount()));
+    }
+}
+
+fn gauge_value(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// Middleware: every request's body is read whole before the handler runs,
+/// within [`BODY_READ_TIMEOUT`] (or the budget's own), [`super::BODY_LIMIT`]
+/// and the [`BodyBudget`] (the API's bodies are small). A handler that
+/// refuses a request before reading its body (no credential, no right)
+/// would otherwise leave the body unread, and hyper then closes the
+/// connection: a client that reuses it (every keep-alive pool does) finds it
+/// closed under its next request.
+pub async fn whole_body(
+    State(budget): State<BodyBudget>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = request.into_parts();
+    // Without the connection's address (a router served without it, as in
+    // some tests), every request counts as one source.
+    let ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip());
+    let mut charge = budget.charge(sources::Source::of(ip));
+    let response = match read_body(body, &mut charge, budget.read_timeout).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(refusal) => refusal.into_response(),
+    };
+    // The body (and what the handler made of it) is held until here.
+    drop(charge);
+    response
+}
+
+/// Reads a body of at most [`super::BODY_LIMIT`] bytes, charging `charge`
+/// for what it keeps. A larger one is refused (413), and one the budget
+/// cannot take (503), but first read on to its end (up to [`DRAIN_LIMIT`]
+/// more) and dropped: most clients send their whole body before they read
+/// the answer, and a connection closed under them would be all they see,
+/// not the problem that says why.
+async fn read_body(
+    body: axum::body::Body,
+    charge: &mut Charge,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, ApiError> {
     use futures_util::StreamExt as _;
     let mut stream = body.into_data_stream();
     let mut kept = Vec::new();
     let mut beyond = 0usize;
+    // Once the budget refuses, the body is drained as one too large is, so
+    // that the client sees the 503 rather than a reset.
+    let mut refused = None;
     let read = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
-            if beyond == 0 && kept.len() + chunk.len() <= super::BODY_LIMIT {
-                kept.extend_from_slice(&chunk);
-                continue;
+            if beyond == 0 && refused.is_none() && kept.len() + chunk.len() <= super::BODY_LIMIT {
+                match charge.grow(chunk.len()) {
+                    Ok(()) => {
+                        // Exactly what is charged: no doubling of the capacity.
+                        kept.reserve_exact(chunk.len());
+                        kept.extend_from_slice(&chunk);
+                        continue;
+                    }
+                    Err(refusal) => {
+                        refused = Some(refusal);
+                        kept = Vec::new();
+                        charge.clear();
+                    }
+                }
             }
             beyond += chunk.len();
             if beyond > DRAIN_LIMIT {
@@ -86,16 +252,23 @@ async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError
         }
         Ok::<_, ApiError>(())
     };
-    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "Body too slow",
-                format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
-            ));
+    let timed_out = match tokio::time::timeout(timeout, read).await {
+        Ok(result) => {
+            result?;
+            false
         }
+        Err(_) => true,
+    };
+    if let Some(refusal) = refused {
+        return Err(refusal);
+    }
+    if timed_out {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Body too slow",
+            format!("the request body did not arrive within {} s", timeout.as_secs_f32()),
+        ));
     }
     if beyond > 0 {
         return Err(ApiError::new(

@@ -29,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use crate::app::AppState;
 use crate::metrics::RequestLabels;
+pub use extract::BodyBudget;
 pub use problem::{ApiError, Problem};
 
 /// The largest request body accepted, in bytes.
@@ -94,12 +95,19 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The router with its OpenAPI document.
+/// The router with its OpenAPI document, with the standard body budget.
+pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let budget = BodyBudget::standard(&state.metrics);
+    api_with(state, budget)
+}
+
+/// The router with its OpenAPI document; request bodies are read within
+/// `budget`.
 #[allow(
     clippy::expect_used,
     reason = "the OpenAPI document is plain data built at startup; it always serializes"
 )]
-pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+pub fn api_with(state: AppState, budget: BodyBudget) -> (Router, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(meta::routes())
         .merge(auth::routes())
@@ -115,21 +123,32 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let mut json = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
     document::complete(&mut json);
     state.set_openapi(json.to_string());
+    // The count is outside the body's reading, so that its refusals (408,
+    // 413, 503) are counted like every other answer.
     let router = router
         .fallback(meta::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(budget, extract::whole_body))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state);
     (router, doc)
 }
 
 /// The API and the web console on one router, every response with the
-/// console's security headers.
+/// console's security headers, with the standard body budget.
 pub fn router(state: AppState) -> Router {
-    api(state.clone())
+    let budget = BodyBudget::standard(&state.metrics);
+    router_with(state, budget)
+}
+
+/// The API and the web console on one router; request bodies are read
+/// within `budget`.
+pub fn router_with(state: AppState, budget: BodyBudget) -> Router {
+    api_with(state.clone(), budget.clone())
         .0
-        .merge(crate::console::routes(state))
-        .layer(middleware::from_fn(extract::whole_body))
+        .merge(
+            crate::console::routes(state).layer(middleware::from_fn_with_state(budget, extract::whole_body)),
+        )
         .layer(middleware::from_fn(crate::console::headers::secure))
 }
 

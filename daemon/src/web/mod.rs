@@ -1,12 +1,13 @@
 //! What Ferry's web faces share (the cloud's API and console, the gateway's
 //! local panel): one accept loop for HTTP with or without TLS
-//! ([`server`]), the security headers every answer carries ([`headers`]),
+//! ([`server`]) and its limits per client address ([`sources`]), the security headers every answer carries ([`headers`]),
 //! the script and style files compiled into the binary ([`assets`]), and
 //! the same-origin check of state-changing requests ([`same_origin`]).
 
 pub mod assets;
 pub mod headers;
 pub mod server;
+pub mod sources;
 
 use axum::http::{HeaderMap, header};
 

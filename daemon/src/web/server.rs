@@ -21,6 +21,8 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
+use super::sources::{Over, Source, Tally};
+
 /// How long a client may take to complete its TLS handshake. Bounds what
 /// connections that never finish one (slowloris, port scanners) can hold.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +34,22 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// a new connection is closed at once and counted.
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// Connections open at once from one client address (an IPv4 address, an
+/// IPv6 /64: see [`Source`]). Without it one client could take all of
+/// [`MAX_CONNECTIONS`] and lock everyone else out; with it, that takes
+/// `MAX_CONNECTIONS / MAX_CONNECTIONS_PER_SOURCE` = 16 addresses. Clients
+/// behind one NAT share it: 256 is far more than a browser (6 per origin)
+/// or a gateway (1) opens.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+
+/// The most a connection's HTTP layer buffers of what the client sent (a
+/// request head must fit in it: beyond it hyper answers 431). hyper's
+/// default (about 400 KiB) would let each of [`MAX_CONNECTIONS`]
+/// connections hold that much: with this, a connection holds at most
+/// twice this in hyper's read buffer, besides what TLS buffers (a record,
+/// about 17 KiB, and its plaintext, 16 KiB, at most).
+pub const MAX_BUFFER: usize = 16 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub tls_handshake_timeout: Duration,
@@ -42,6 +60,10 @@ pub struct ServeOptions {
     /// Counts connections closed at accept because `max_connections` were
     /// open.
     pub connections_refused: Counter,
+    pub max_connections_per_source: usize,
+    /// Counts connections closed at accept because their source already had
+    /// `max_connections_per_source` open.
+    pub connections_refused_per_source: Counter,
 }
 
 impl Default for ServeOptions {
@@ -51,6 +73,8 @@ impl Default for ServeOptions {
             tls_handshake_failures: Counter::default(),
             max_connections: MAX_CONNECTIONS,
             connections_refused: Counter::default(),
+            max_connections_per_source: MAX_CONNECTIONS_PER_SOURCE,
+            connections_refused_per_source: Counter::default(),
         }
     }
 }
@@ -79,7 +103,7 @@ pub async fn serve_with(
     // for the last of them.
     let (stop, stopped) = watch::channel(());
     let mut shutdown = pin!(shutdown);
-    let open = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let open = Tally::new(options.max_connections, options.max_connections_per_source);
     loop {
         let (tcp, remote) = tokio::select! {
             () = &mut shutdown => break,
@@ -95,11 +119,18 @@ pub async fn serve_with(
                 }
             },
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            options.connections_refused.inc();
-            tracing::debug!(%remote, "too many connections; closing a new one");
-            drop(tcp);
-            continue;
+        let source = Source::of(remote.ip());
+        let permit = match open.take(source, 1) {
+            Ok(permit) => permit,
+            Err(over) => {
+                match over {
+                    Over::Total => options.connections_refused.inc(),
+                    Over::PerSource => options.connections_refused_per_source.inc(),
+                };
+                tracing::debug!(%remote, %source, reason = over.label(), "too many connections; closing a new one");
+                drop(tcp);
+                continue;
+            }
         };
         let task = connection(tcp, remote, acceptor.clone(), app.clone(), stopped.clone(), options.clone());
         tokio::spawn(async move {
@@ -167,6 +198,7 @@ where
     // A timer makes hyper enforce its header read timeout (30 s), so a
     // client that trickles a request head cannot hold a connection forever.
     builder.timer(TokioTimer::new());
+    builder.max_buf_size(MAX_BUFFER);
     let mut conn = pin!(builder.serve_connection(io, service).with_upgrades());
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -380,10 +412,11 @@ mod tests {
 
     #[tokio::test]
     async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
-        let refused = Counter::default();
+        let (refused, per_source) = (Counter::default(), Counter::default());
         let options = ServeOptions {
             max_connections: 2,
             connections_refused: refused.clone(),
+            connections_refused_per_source: per_source.clone(),
             ..ServeOptions::default()
         };
         let server = start_with(None, options).await;
@@ -395,6 +428,7 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the third connection was not closed: {read:?}");
         assert_eq!(refused.get(), 1);
+        assert_eq!(per_source.get(), 0);
         // A place freed is a place for the next client.
         drop(held);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -406,6 +440,75 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no place freed: {response:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        server.stop.send(()).unwrap();
+        server.done.await.unwrap().unwrap();
+    }
+
+    /// A connection to `addr` from the loopback address `from` (any of
+    /// 127.0.0.0/8 is this host's).
+    async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_source_at_its_cap_is_refused_while_another_is_served() {
+        let (refused, per_source) = (Counter::default(), Counter::default());
+        let options = ServeOptions {
+            max_connections: 10,
+            connections_refused: refused.clone(),
+            max_connections_per_source: 2,
+            connections_refused_per_source: per_source.clone(),
+            ..ServeOptions::default()
+        };
+        let server = start_with(None, options).await;
+        let held =
+            [connect_from("127.0.0.1", server.addr).await, connect_from("127.0.0.1", server.addr).await];
+        let mut third = connect_from("127.0.0.1", server.addr).await;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the third connection was not closed: {read:?}");
+        assert_eq!((per_source.get(), refused.get()), (1, 0));
+
+        // Another address of the same host is another source: served, twice.
+        for _ in 0..2 {
+            let other = connect_from("127.0.0.2", server.addr).await;
+            let local = other.local_addr().unwrap();
+            let response = get_text(other, "/whoami").await;
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            assert!(response.ends_with(&local.to_string()), "{response}");
+        }
+        assert_eq!((per_source.get(), refused.get()), (1, 0));
+
+        // A place freed is a place for the same source again.
+        drop(held);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = get_text(connect_from("127.0.0.1", server.addr).await, "/whoami").await;
+            if response.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no place freed: {response:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.stop.send(()).unwrap();
+        server.done.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_head_beyond_the_buffer_is_refused_with_431() {
+        let server = start(None, TLS_HANDSHAKE_TIMEOUT).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let big = "a".repeat(MAX_BUFFER + 1);
+        let request = format!("GET /whoami HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n");
+        // The server may stop reading before the whole head is written.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        // A head that fits is served.
+        let response = get_text(TcpStream::connect(server.addr).await.unwrap(), "/whoami").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         server.stop.send(()).unwrap();
         server.done.await.unwrap().unwrap();
     }

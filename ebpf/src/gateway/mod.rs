@@ -329,9 +329,13 @@ impl GatewayForwarder {
             if same && !peer_left {
                 continue;
             }
-            // Replies keep flowing through a change of the allowed ports: only
-            // the TUN program re-checks those, on a flow's next packet.
-            let same_path = !peer_left && old.is_some_and(|o| o.real == spec.real && o.snat == spec.snat);
+            // Replies keep flowing through a change that only widens what the
+            // entry allows: nothing a flow was admitted for is taken away.
+            // A narrowing (a port or protocol taken off) cuts the replies of
+            // every flow of the entry too, until the TUN program re-admits a
+            // flow that is still allowed on its next packet: a target must
+            // not keep answering over a port its session no longer has.
+            let same_path = !peer_left && old.is_some_and(|o| spec.admits_all_of(o));
             let path = match self.generations.get(&key) {
                 Some(generation) if same_path => generation.path,
                 _ => self.next_generation(),

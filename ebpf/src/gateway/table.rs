@@ -65,6 +65,45 @@ pub struct TargetSpec {
     pub ports: Vec<(u16, u16)>,
 }
 
+impl TargetSpec {
+    /// Whether every packet `old` allowed, this allows too (same addresses,
+    /// and a protocol and ports that only widen). Only then may flows of
+    /// `old` keep their replies until their next packet toward the target
+    /// is checked again; a narrowing must cut them at once.
+    pub fn admits_all_of(&self, old: &TargetSpec) -> bool {
+        if self.real != old.real || self.snat != old.snat {
+            return false;
+        }
+        if self.protocol != Protocol::Any && self.protocol != old.protocol {
+            return false;
+        }
+        if self.ports.is_empty() {
+            return true;
+        }
+        if old.ports.is_empty() {
+            return false;
+        }
+        let mut ranges = self.ports.clone();
+        ranges.sort_unstable();
+        old.ports.iter().all(|&(low, high)| covered(&ranges, low, high))
+    }
+}
+
+/// Whether the sorted `ranges` together hold every port of `low..=high`.
+fn covered(ranges: &[(u16, u16)], low: u16, high: u16) -> bool {
+    let mut next = u32::from(low);
+    for &(a, b) in ranges {
+        if u32::from(a) > next {
+            break;
+        }
+        next = next.max(u32::from(b) + 1);
+        if next > u32::from(high) {
+            return true;
+        }
+    }
+    low > high
+}
+
 /// Everything the gateway programs forward. [`GatewayForwarder::apply`]
 /// makes the kernel's maps equal to it.
 ///
@@ -203,6 +242,27 @@ mod tests {
         table.peers.insert([100, 96, 0, 2].into(), 1);
         table.targets.insert((1, [100, 96, 0, 10].into()), spec);
         table
+    }
+
+    #[test]
+    fn only_a_widening_keeps_what_an_entry_admitted() {
+        let old = spec(vec![(22, 22), (500, 510)], Protocol::Tcp);
+        // Wider or equal: every old port is still allowed.
+        assert!(old.admits_all_of(&old));
+        assert!(spec(vec![(500, 505), (20, 30), (506, 600)], Protocol::Tcp).admits_all_of(&old));
+        assert!(spec(vec![], Protocol::Any).admits_all_of(&old));
+        assert!(spec(vec![(1, 65535)], Protocol::Any).admits_all_of(&old));
+        // A port taken off, a hole in a range, the protocol changed.
+        assert!(!spec(vec![(500, 510)], Protocol::Tcp).admits_all_of(&old));
+        assert!(!spec(vec![(22, 22), (500, 504), (506, 510)], Protocol::Tcp).admits_all_of(&old));
+        assert!(!spec(vec![(22, 22), (500, 510)], Protocol::Udp).admits_all_of(&old));
+        // Every port to some ports; any protocol to one.
+        assert!(!old.admits_all_of(&spec(vec![], Protocol::Tcp)));
+        assert!(!old.admits_all_of(&spec(vec![(22, 22), (500, 510)], Protocol::Any)));
+        // Another device or SNAT address is never the same path.
+        let mut moved = old.clone();
+        moved.real = [10, 0, 0, 6].into();
+        assert!(!moved.admits_all_of(&old));
     }
 
     #[test]
