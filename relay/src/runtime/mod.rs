@@ -188,9 +188,17 @@ impl Relay {
     /// ones end at once, and known ones take the new expiry. Returns the
     /// answers to the new ones.
     pub fn apply(&self, desired: &[AllocationSpec]) -> Vec<(u64, Admission)> {
-        let wanted: HashSet<u64> = desired.iter().map(|a| a.id).collect();
-        let gone: Vec<u64> =
-            self.state().allocations.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        let wanted: HashMap<u64, &AllocationSpec> = desired.iter().map(|a| (a.id, a)).collect();
+        // Gone, or known under this id with other peers or token (a state
+        // file restored at start from before an allocation file was edited):
+        // such an allocation starts again as it is wanted now.
+        let gone: Vec<u64> = self
+            .state()
+            .allocations
+            .iter()
+            .filter(|(id, handle)| wanted.get(id).is_none_or(|spec| !same_peers(&handle.spec, spec)))
+            .map(|(id, _)| *id)
+            .collect();
         for id in gone {
             self.end(id, "ended");
         }
@@ -430,6 +438,15 @@ impl Relay {
     }
 }
 
+/// Whether two specs of one id describe the same allocation (the expiry
+/// may move; the port of a restored allocation is its own).
+fn same_peers(a: &AllocationSpec, b: &AllocationSpec) -> bool {
+    a.session_id == b.session_id
+        && a.gateway_key == b.gateway_key
+        && a.client_key == b.client_key
+        && a.websocket_token == b.websocket_token
+}
+
 /// A non-blocking UDP socket with room for bursts.
 fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -586,8 +603,15 @@ mod tests {
         assert_eq!((saved[0].port, saved[0].gateway, saved[0].client), (47150, Some(gateway), Some(client)));
         assert_eq!(saved[0].spec().unwrap().0, spec);
         // The cloud's snapshot names it without a port: it stays where it is.
-        assert!(relay.apply(&[AllocationSpec { port: None, ..spec }]).is_empty());
+        assert!(relay.apply(&[AllocationSpec { port: None, ..spec.clone() }]).is_empty());
         assert_eq!(relay.port_of(1), Some(47150));
+        // The same id with another peer (an allocation file edited while
+        // the relay was down) starts again as wanted, without the bindings.
+        let other_client =
+            AllocationSpec { client_key: PrivateKey::generate().public_key(), port: None, ..spec };
+        assert_eq!(relay.apply(std::slice::from_ref(&other_client)).len(), 1, "answered as new");
+        assert_eq!(relay.saved()[0].spec().unwrap().0.client_key, other_client.client_key);
+        assert_eq!(relay.saved()[0].client, None);
         relay.clear();
         assert_eq!(table.entries(), 0);
     }
