@@ -503,3 +503,60 @@ fn the_control_channel_survives_the_site_link_going_down_and_up() {
     });
     assert!(known, "the gateway never learnt of session {id} after its link went down and up: {last}");
 }
+
+/// How soon traffic through the relay resumes once a killed relay runs
+/// again (README, the relay's Restarts): it restores its allocations, on the same ports,
+/// and its bindings from its state file, so the peers' next datagrams
+/// forward. Beyond WireGuard's 5 s handshake retry, for a peer whose data
+/// went unanswered while the relay was down.
+const RELAY_RECOVERY: Duration = Duration::from_secs(20);
+
+/// The soak found that a SIGKILL and restart of the relay broke every
+/// session through it for good: the restarted relay had lost its bindings,
+/// the technician's stock WireGuard kept sending to the same relay port, and
+/// the idle gateway sent nothing that would have bound it again.
+fn a_session_through_the_relay_survives_a_relay_kill_and_restart(xdp: &'static str) {
+    let mut site = site(Options { relay_xdp: xdp, ..Options::default() });
+    site.switch_on();
+    let (_, tunnel) = site.running(&["echo"], 600);
+    let endpoint = format!("Endpoint = {RELAY_IP}:");
+    assert!(
+        tunnel.wg_quick.contains(&endpoint),
+        "the session does not go through the relay:\n{}",
+        tunnel.wg_quick
+    );
+    for round in 1..=2 {
+        // The case the soak found is an idle gateway: one with data in
+        // flight (the echo connection's last segments) re-initiates a
+        // handshake 15 s after it went unanswered, which binds it again even
+        // at a relay that forgot it. So the echo connection closes first.
+        std::thread::sleep(Duration::from_secs(3));
+        site.lab.kill_relay();
+        let saved = std::fs::read_to_string(site.lab.lab.dir().join("relay-state.json")).unwrap_or_default();
+        assert!(
+            echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, Duration::from_secs(2))
+                .is_err(),
+            "round {round}: the echo was answered while the relay was down (not through the relay?)"
+        );
+        site.lab.restart_relay();
+        let resumed = eventually(RELAY_RECOVERY, || {
+            echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, Duration::from_secs(2))
+        });
+        assert!(
+            resumed.is_ok(),
+            "round {round}: no echo through the restarted relay within {RELAY_RECOVERY:?}: {resumed:?}\n\
+             the relay's state file when it was killed: {saved}\n{}",
+            tunnel.go.show("dump")
+        );
+    }
+}
+
+#[test]
+fn a_session_through_the_relay_survives_a_relay_kill_and_restart_xdp_off() {
+    a_session_through_the_relay_survives_a_relay_kill_and_restart("off");
+}
+
+#[test]
+fn a_session_through_the_relay_survives_a_relay_kill_and_restart_xdp_native() {
+    a_session_through_the_relay_survives_a_relay_kill_and_restart("native");
+}

@@ -14,6 +14,7 @@
 //! tls_cert = "/etc/ferry/relay.crt"
 //! tls_key = "/etc/ferry/relay.key"
 //! metrics = "127.0.0.1:9478"
+//! state_file = "/var/lib/ferry-relay/state.json"  # restarts keep sessions
 //!
 //! [cloud]                         # or: allocations = "/etc/ferry/allocations.toml"
 //! url = "wss://cloud.example.net/api/v1/control/relay"
@@ -204,6 +205,9 @@ pub struct Config {
     pub idle_timeout_secs: Option<u64>,
     /// Static allocations (standalone use and tests), instead of a cloud.
     pub allocations: Option<PathBuf>,
+    /// The live allocations and bindings, restored at start (see
+    /// `state_file.rs`); without it a restart breaks every session.
+    pub state_file: Option<PathBuf>,
     pub cloud: Option<CloudConfig>,
 }
 

@@ -5,7 +5,9 @@
 //!
 //! Allocations outlive a lost connection: the relay keeps forwarding until
 //! the next snapshot says otherwise or they expire, so a cloud outage does
-//! not cut running sessions.
+//! not cut running sessions. With a state file they outlive a restart of
+//! the relay too (see `state_file`): the first snapshot then finds them
+//! running on their ports and only ends the ones that ended meanwhile.
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -7,6 +7,8 @@
 //! - [`xdp`]: mirrors bindings into the XDP forwarder's map.
 //! - [`ws`]: the WebSocket relay. [`stun`]: the STUN Binding server.
 //! - [`metrics`]: Prometheus families shared by all of them.
+//! - [`state_file`]: the live allocations and bindings on disk, restored at
+//!   start so that a restart does not break sessions.
 
 pub mod allocations_file;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod http;
 pub mod listeners;
 pub mod metrics;
 pub mod runtime;
+pub mod state_file;
 pub mod stun;
 pub mod udp;
 pub mod ws;

@@ -19,7 +19,7 @@ use ferry_relay::{
     listeners::Listeners,
     metrics::Metrics,
     runtime::{Admission, BindingTable, Options, Relay},
-    ws,
+    state_file, ws,
 };
 use tracing::{error, info, warn};
 
@@ -115,6 +115,12 @@ struct RunArgs {
     /// handshake [default: 200].
     #[arg(long, value_name = "SECONDS")]
     idle_timeout_secs: Option<u64>,
+    /// Where the relay keeps its live allocations and bindings, to restore
+    /// them at the next start (after a crash or an upgrade) so that the
+    /// sessions through it carry on, on the same ports. Without it a restart
+    /// breaks them.
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
     /// Static allocations (TOML), re-read on SIGHUP, instead of a cloud.
     #[arg(long, value_name = "FILE")]
     allocations: Option<PathBuf>,
@@ -180,6 +186,7 @@ impl RunArgs {
         c.tls_key = self.tls_key.or(c.tls_key.take());
         c.idle_timeout_secs = self.idle_timeout_secs.or(c.idle_timeout_secs);
         c.allocations = self.allocations.or(c.allocations.take());
+        c.state_file = self.state_file.or(c.state_file.take());
         c.stun = self.stun.or(c.stun);
         c.stun_public = self.stun_public.or(c.stun_public);
         c.websocket = self.websocket.or(c.websocket);
@@ -248,6 +255,16 @@ async fn run(config: Config) -> Result<()> {
     };
     let stun_bound = ferry_relay::listeners::start(listeners, &relay, &metrics, stopped).await?;
 
+    // Before the cloud's snapshot or the allocation file: those keep the
+    // restored allocations that are still wanted, on their ports.
+    let saver = match &config.state_file {
+        Some(path) => {
+            let restored = state_file::restore(&relay, path);
+            info!(restored, file = %path.display(), "saved allocations restored");
+            Some(state_file::Saver::start(relay.clone(), path.clone()))
+        }
+        None => None,
+    };
     if let Some(path) = &config.allocations {
         load_allocations(&relay, path)?;
     }
@@ -286,6 +303,11 @@ async fn run(config: Config) -> Result<()> {
         }
     }
     let _ = stop_listeners.send(true);
+    // Saved first: the allocations outlive a clean stop as they outlive a
+    // crash, for the next start.
+    if let Some(saver) = saver {
+        saver.stop();
+    }
     relay.clear();
     if let Some(forwarder) = forwarder {
         forwarder.stop();

@@ -27,11 +27,23 @@ impl Soak {
                 self.event("fault: the cloud restarted".into());
             }
             "kill relay" => {
-                self.event("fault: SIGKILL the relay".into());
+                let carrying = self.carrying();
+                if !carrying.is_empty() {
+                    // Idle peers, as the soak found them: a gateway with
+                    // data just sent would re-initiate a handshake on its
+                    // own and hide a relay that forgot its bindings.
+                    std::thread::sleep(Duration::from_secs(3));
+                }
+                self.event(format!(
+                    "fault: SIGKILL the relay ({} sessions carrying traffic)",
+                    carrying.len()
+                ));
                 self.world.kill_relay();
                 std::thread::sleep(Duration::from_millis(self.rng.between(100, 3000)));
                 self.world.restart_relay();
+                let running_again = std::time::Instant::now();
                 self.event("fault: the relay restarted".into());
+                self.check_relay_recovery(&carrying, running_again)?;
             }
             "kill gateway" => {
                 self.event("fault: SIGKILL the gateway".into());

@@ -4,9 +4,11 @@
 //! `ferry-tests --test soak` runs a short one. See docs/soak.md.
 
 mod faults;
+mod recovery;
 mod report;
 mod rng;
 mod soak;
+mod udp;
 mod usage;
 mod workload;
 

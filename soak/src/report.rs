@@ -15,6 +15,11 @@ pub struct Stats {
     pub uses_ok: u64,
     pub uses_failed: u64,
     pub forbidden_attempts: u64,
+    /// Sessions whose traffic came back after a relay restart.
+    pub relay_recoveries: u64,
+    pub udp_echoed: u64,
+    /// Technicians' wireguard-go killed and started again.
+    pub client_kills: u64,
     pub checks: u64,
 }
 
@@ -34,12 +39,15 @@ impl Stats {
         row("uses (whitelisted traffic) ok", self.uses_ok.to_string());
         row("uses that failed (no invariant)", self.uses_failed.to_string());
         row("attempts at non-whitelisted ports", self.forbidden_attempts.to_string());
+        row("sessions recovered after a relay restart", self.relay_recoveries.to_string());
+        row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("bytes moved", self.bytes.to_string());
-        let total: u64 = self.faults.values().sum();
+        let total: u64 = self.faults.values().sum::<u64>() + self.client_kills;
         row("faults injected", total.to_string());
         for kind in KINDS {
             row(&format!("  {kind}"), self.faults.get(kind).copied().unwrap_or(0).to_string());
         }
+        row("  kill technician's client", self.client_kills.to_string());
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
         let _ = writeln!(t, "{:<16} {:>19} {:>19}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");

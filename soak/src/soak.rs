@@ -9,17 +9,24 @@ use std::{
 };
 
 use ferry_world::{
-    OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options, RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World,
-    http_get_path, metric_value, poll,
+    ECHO_PORT, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options, RELAY_METRICS, TARGET_A_IP, TARGET_B_IP,
+    User, World, http_get_path, metric_value, poll,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     report::Stats,
     rng::Rng,
+    udp::{self, UDP_ECHO_PORT, UDP_OTHER_PORT},
     usage::{self, Usage},
     workload::Tech,
 };
+
+/// Where the choices added after the first version of the workload come
+/// from (UDP sizes, a user disabled, a client killed): a second stream of
+/// the same seed, so that the first keeps its schedule (seed 2's among
+/// them) and the additions replay with the seed too.
+const EXTRA_STREAM: u64 = 0x5eed_0fe8_a7a7;
 
 /// The daemons whose memory and descriptors are watched.
 pub const DAEMONS: [&str; 3] = ["ferry-cloud", "ferry-relay", "ferry-gateway"];
@@ -30,7 +37,11 @@ pub type Outcome<T = ()> = Result<T, String>;
 pub struct Soak {
     pub world: World,
     pub rng: Rng,
+    /// The second stream (see [`EXTRA_STREAM`]).
+    pub extra: Rng,
     seed: u64,
+    /// UDP echo and the counter on a port no session whitelists.
+    pub udp: udp::Services,
     pub gateway_id: u64,
     pub techs: Vec<Tech>,
     pub stats: Stats,
@@ -75,7 +86,16 @@ impl Soak {
         let mut world = World::new(Options::default());
         world.start_cloud_and_login();
         world.start_relay();
-        let gateway = world.create_gateway("soak-press");
+        let targets = json!([
+            {"name": "plc-web", "address": TARGET_A_IP, "protocol": "tcp",
+             "ports": [{"first": HTTP_PORT, "last": HTTP_PORT}]},
+            {"name": "echo", "address": TARGET_B_IP, "protocol": "tcp",
+             "ports": [{"first": ECHO_PORT, "last": ECHO_PORT}]},
+            {"name": "udp-echo", "address": TARGET_B_IP, "protocol": "udp",
+             "ports": [{"first": UDP_ECHO_PORT, "last": UDP_ECHO_PORT}]},
+        ]);
+        let gateway = world.create_gateway_with("soak-press", "customer plant 1", targets);
+        let udp = udp::Services::start(&world.target_b).expect("the UDP services on target-b");
         world.enroll(&gateway.enrolment_token);
         world.start_gateway();
         world.remote("on");
@@ -97,7 +117,9 @@ impl Soak {
         let mut soak = Soak {
             world,
             rng: Rng::new(seed),
+            extra: Rng::new(seed ^ EXTRA_STREAM),
             seed,
+            udp,
             gateway_id: gateway.id,
             techs,
             stats: Stats::default(),
@@ -169,6 +191,13 @@ impl Soak {
             if seen != 0 {
                 return Err(format!("{ip}:{port}, which no session whitelists, accepted {seen} connections"));
             }
+        }
+        self.stats.checks += 1;
+        let arrived = self.udp.forbidden_arrivals();
+        if arrived != 0 {
+            return Err(format!(
+                "udp {TARGET_B_IP}:{UDP_OTHER_PORT}, which no session whitelists, received {arrived} datagrams"
+            ));
         }
         for (name, process) in [
             ("ferry-cloud", &mut self.world.cloud),

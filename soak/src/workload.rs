@@ -14,7 +14,11 @@ use ferry_world::{
 };
 use serde_json::{Value, json};
 
-use crate::soak::{Outcome, Soak};
+use crate::{
+    recovery::RELAY_RECOVERY,
+    soak::{Outcome, Soak},
+    udp::{self, UDP_ECHO_PORT, UDP_OTHER_PORT},
+};
 
 /// The bound docs/gateway.md promises for the switch and what the tests
 /// check: no traffic of an ended session later than 1 s after its end.
@@ -24,7 +28,7 @@ const STOP_BOUND: Duration = Duration::from_secs(1);
 /// control channel's mapping, with room to reconnect.
 const GATEWAY_LEARNS: Duration = Duration::from_secs(60);
 /// A short session's maximum duration, for expiry.
-const SHORT_SESSION_S: u64 = 60;
+pub const SHORT_SESSION_S: u64 = 60;
 
 pub struct Tech {
     pub user: User,
@@ -47,6 +51,9 @@ pub struct Tunnel {
     /// Dropping it takes the tunnel down.
     go: WireguardGo,
     pub proxies: BTreeMap<String, String>,
+    /// The exported file and the key, to start the client again.
+    wg_quick: String,
+    private_key: String,
 }
 
 impl Tech {
@@ -65,6 +72,9 @@ enum End {
     /// `ferry-gateway remote off` (and on again).
     Switch,
     Expiry,
+    /// The admin disables the technician's user (`PATCH /api/v1/users/ID`),
+    /// which ends the sessions they started; enabled again afterwards.
+    Disabled,
 }
 
 impl Soak {
@@ -89,7 +99,9 @@ impl Soak {
         }
         let short = live.short;
         match self.rng.below(10) {
+            0..=4 if self.extra.chance(15) => self.restart_client(t),
             0..=4 => self.use_session(t),
+            5 if self.extra.chance(50) => self.end_session(t, End::Disabled),
             5 => self.end_session(t, End::Admin),
             6 => self.end_session(t, End::Technician),
             7 => self.end_session(t, End::Customer),
@@ -121,7 +133,7 @@ impl Soak {
         let id = self.world.create_named_session(
             &name,
             self.gateway_id,
-            &["plc-web", "echo"],
+            &["plc-web", "echo", "udp-echo"],
             &[user_id],
             max,
             approval,
@@ -212,7 +224,7 @@ impl Soak {
         }
         let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &text, &keys.private);
         let proxies = parse_targets(&text);
-        self.live_mut(t).tunnel = Some(Tunnel { go, proxies });
+        self.live_mut(t).tunnel = Some(Tunnel { go, proxies, wg_quick: text, private_key: keys.private });
         self.event(format!("session {id}: wireguard-go up from the wg-quick file"));
         self.use_session(t)
     }
@@ -224,6 +236,7 @@ impl Soak {
         let id = live.id;
         let tunnel = live.tunnel.as_ref().expect("a tunnel");
         let (web, echo) = (tunnel.proxies["plc-web"].clone(), tunnel.proxies["echo"].clone());
+        let udp_echo = tunnel.proxies["udp-echo"].clone();
         let ns = self.techs[t].ns.clone();
         let size = self.rng.between(1, 256) as usize * 1024;
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -233,6 +246,26 @@ impl Soak {
                 .is_ok_and(|page| page == PLC_PAGE);
         let echo_result = tcp_exchange(&ns, &echo, ECHO_PORT, &payload, Some(size), timeout);
         let echo_ok = echo_result.as_ref().is_ok_and(|answer| *answer == payload);
+        let datagrams: Vec<Vec<u8>> = (0..self.extra.between(4, 32))
+            .map(|i| {
+                let len = self.extra.between(1, 1200) as usize;
+                (0..len).map(|j| ((i as usize + j) % 251) as u8).collect()
+            })
+            .collect();
+        let udp_echoed = udp::exchange(&ns, &udp_echo, UDP_ECHO_PORT, &datagrams, Duration::from_secs(1))?;
+        let udp_ok = udp_echoed == datagrams.len();
+        self.stats.udp_echoed += udp_echoed as u64;
+        self.stats.bytes += 2 * datagrams.iter().filter(|_| udp_ok).map(|d| d.len() as u64).sum::<u64>();
+        // UDP at the port no session whitelists, through both proxy
+        // addresses of target-b: no answer, and the counter stays at 0
+        // (checked after every step).
+        for ip in [&udp_echo, &echo] {
+            self.stats.checks += 1;
+            self.stats.forbidden_attempts += 1;
+            if udp::attempt(&ns, ip, UDP_OTHER_PORT, 3, Duration::from_millis(500))? {
+                return Err(format!("session {id}: udp {ip}:{UDP_OTHER_PORT}, not whitelisted, answered"));
+            }
+        }
         if web_ok {
             self.stats.bytes += PLC_PAGE.len() as u64;
         }
@@ -251,7 +284,7 @@ impl Soak {
                 ));
             }
         }
-        if web_ok && echo_ok {
+        if web_ok && echo_ok && udp_ok {
             self.stats.uses_ok += 1;
         } else {
             self.stats.uses_failed += 1;
@@ -267,8 +300,9 @@ impl Soak {
             ));
         }
         self.event(format!(
-            "session {id}: used: plc-web {}, echo {} KiB {}, forbidden ports silent",
+            "session {id}: used: plc-web {}, udp echo {udp_echoed}/{}, echo {} KiB {}, forbidden ports silent",
             if web_ok { "ok" } else { "FAILED" },
+            datagrams.len(),
             size / 1024,
             match &echo_result {
                 Ok(_) if echo_ok => "ok".to_string(),
@@ -314,6 +348,24 @@ impl Soak {
                     self.transitions.push((id, "session.expire"));
                 } else {
                     return Err(format!("the technician ending session {id}: {status} {body}"));
+                }
+                at
+            }
+            End::Disabled => {
+                let user_id = self.techs[t].user.id;
+                let (status, body) =
+                    self.world.admin("PATCH", &format!("/api/v1/users/{user_id}"), json!({"disabled": true}));
+                let at = Instant::now();
+                if status != 200 {
+                    return Err(format!("disabling user {user_id}: {status} {body}"));
+                }
+                // Disabling ends the sessions the user started, at once.
+                let session = self.world.session(id);
+                self.stats.checks += 1;
+                match session["state"].as_str() {
+                    Some("ended") => self.transitions.push((id, "session.end")),
+                    Some("expired") => self.transitions.push((id, "session.expire")),
+                    _ => return Err(format!("user {user_id} disabled, yet session {id} is live: {session}")),
                 }
                 at
             }
@@ -375,7 +427,7 @@ impl Soak {
         // An end at the cloud reaches the gateway over its control channel,
         // for which the docs promise no bound; the bound then counts from
         // when the gateway dropped the session, and the lag is logged.
-        let ended_at = if matches!(how, End::Admin | End::Technician) {
+        let ended_at = if matches!(how, End::Admin | End::Technician | End::Disabled) {
             let world = &self.world;
             let gone = ferry_world::poll(GATEWAY_LEARNS, || {
                 !world.gateway_sessions().as_array().is_some_and(|all| all.iter().any(|s| s["id"] == id))
@@ -410,6 +462,20 @@ impl Soak {
             ));
         }
         self.event(format!("session {id}: ended ({}), traffic stopped ({checked})", how_name(how)));
+        if matches!(how, End::Disabled) {
+            let user_id = self.techs[t].user.id;
+            let (status, body) =
+                self.world.admin("PATCH", &format!("/api/v1/users/{user_id}"), json!({"disabled": false}));
+            if status != 200 {
+                return Err(format!("enabling user {user_id} again: {status} {body}"));
+            }
+            // Their tokens died with the disabling: log in again.
+            let ns = self.techs[t].ns.clone();
+            let user = &self.techs[t].user;
+            let token = self.world.login(&ns, &user.name, &user.password).1;
+            self.techs[t].user.token = token;
+            self.event(format!("user {user_id} enabled again"));
+        }
         if matches!(how, End::Switch) {
             self.world.remote("on");
             self.switch_on = true;
@@ -417,6 +483,42 @@ impl Soak {
             self.settle("the switch flip")?;
         }
         Ok(())
+    }
+
+    /// A fault on the technician's side: their wireguard-go SIGKILLed (its
+    /// interface goes with it) and started again from the same file and
+    /// key, on a new UDP port. It must carry traffic again within
+    /// [`RELAY_RECOVERY`]: its first handshake rebinds it at the relay.
+    fn restart_client(&mut self, t: usize) -> Outcome {
+        let id = self.live(t).id;
+        let ns = self.techs[t].ns.clone();
+        let tunnel = self.live_mut(t).tunnel.take().expect("a tunnel");
+        let pid = nix::unistd::Pid::from_raw(tunnel.go.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.to_string())?;
+        let (wg_quick, private_key, echo) =
+            (tunnel.wg_quick.clone(), tunnel.private_key.clone(), tunnel.proxies["echo"].clone());
+        drop(tunnel);
+        self.stats.client_kills += 1;
+        self.event(format!("fault: session {id}: the technician's wireguard-go SIGKILLed"));
+        std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
+        let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &wg_quick, &private_key);
+        let started = Instant::now();
+        let proxies = parse_targets(&wg_quick);
+        self.live_mut(t).tunnel = Some(Tunnel { go, proxies, wg_quick, private_key });
+        let back = ferry_world::eventually(RELAY_RECOVERY, || {
+            ferry_world::echo_round_trip(&ns, &echo, ECHO_PORT, Duration::from_secs(2))
+        });
+        self.stats.checks += 1;
+        if let Err(e) = back {
+            return Err(format!(
+                "session {id}: the technician's client started again, no echo within {RELAY_RECOVERY:?} ({e})"
+            ));
+        }
+        self.event(format!(
+            "session {id}: wireguard-go started again, traffic back after {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        self.use_session(t)
     }
 
     /// Ends technician `t`'s session if it is live (the end of the run).
@@ -449,6 +551,7 @@ fn how_name(how: End) -> &'static str {
         End::Customer => "by the customer (end)",
         End::Switch => "by the customer (switch off)",
         End::Expiry => "expired",
+        End::Disabled => "by disabling the user",
     }
 }
 

@@ -273,6 +273,9 @@ impl World {
         let websocket_url = format!("{scheme}://{RELAY_WS}/");
         let id_text = id.to_string();
         let (cert_file, key_file) = (self.lab.dir().join("relay.crt"), self.lab.dir().join("relay.key"));
+        // A restarted relay carries on with the sessions it had (see
+        // relay/src/state_file.rs).
+        let state_file = self.lab.dir().join("relay-state.json");
         let mut args = vec![
             "run",
             "--xdp",
@@ -289,6 +292,8 @@ impl World {
             &websocket_url,
             "--metrics",
             RELAY_METRICS,
+            "--state-file",
+            state_file.to_str().unwrap(),
             "--cloud-url",
             &cloud_url,
             "--cloud-relay-id",

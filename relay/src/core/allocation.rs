@@ -153,6 +153,29 @@ impl Allocation {
         }
     }
 
+    /// Binds `side` at `addr` without a handshake: a binding the relay
+    /// committed before it restarted (see `state_file`), read back from its
+    /// own record. Peers cannot be asked to prove it again: a stock WireGuard
+    /// peer keeps its session and an idle one sends no handshake.
+    pub fn restore(&mut self, side: Side, addr: PeerAddr) {
+        self.bind(side, addr);
+    }
+
+    /// Makes `addr` the candidate of `side` (restored, as [`restore`]): the
+    /// other side's initiations are delivered there until it is bound.
+    ///
+    /// [`restore`]: Allocation::restore
+    pub fn restore_candidate(&mut self, side: Side, addr: PeerAddr) {
+        let state = &mut self.sides[side.index()];
+        if state.bound.is_none() {
+            state.candidate = Some(addr);
+        }
+    }
+
+    pub fn candidate(&self, side: Side) -> Option<PeerAddr> {
+        self.sides[side.index()].candidate
+    }
+
     /// Decides where `datagram`, received from `from`, goes.
     pub fn handle(&mut self, from: PeerAddr, datagram: &[u8], now: Instant) -> Decision {
         let classified = match self.validator.classify(datagram) {

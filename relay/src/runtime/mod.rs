@@ -17,12 +17,16 @@ use std::{
 use ferry_ebpf::common::relay::{BindingKey, Traffic};
 use ferry_tunnel::PublicKey;
 use parking_lot::{Mutex, MutexGuard};
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tokio::{
+    net::UdpSocket,
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::PortRange,
-    core::{Allocation, Instant, Timeouts, Validator},
+    core::{Allocation, Instant, PeerAddr, Side, Timeouts, Validator},
     metrics::{Metrics, ReasonLabels},
     ws::{self, WsEvent},
 };
@@ -41,6 +45,15 @@ pub struct AllocationSpec {
     /// A fixed port (allocation files); the cloud's allocations take any
     /// free port of the range.
     pub port: Option<u16>,
+}
+
+/// Where an allocation's peers are, by side (gateway, client): bound, or
+/// only candidates (never bound, or idle). UDP only; this is what survives a
+/// restart (see [`crate::state_file`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sides {
+    pub bound: [Option<SocketAddr>; 2],
+    pub candidate: [Option<SocketAddr>; 2],
 }
 
 /// The answer to one new allocation.
@@ -111,6 +124,9 @@ struct Handle {
     task: JoinHandle<()>,
     ws_tx: mpsc::Sender<WsEvent>,
     installed: Arc<Mutex<Vec<BindingKey>>>,
+    /// The UDP addresses bound on each side, published by the task for the
+    /// state file.
+    bound: Arc<Mutex<Sides>>,
 }
 
 #[derive(Default)]
@@ -135,6 +151,8 @@ struct Inner {
     metrics: Metrics,
     totals: Arc<Totals>,
     state: Mutex<State>,
+    /// Woken when an allocation starts or ends or its bindings change.
+    changes: Arc<Notify>,
 }
 
 impl Relay {
@@ -147,6 +165,7 @@ impl Relay {
                 metrics,
                 totals: Arc::default(),
                 state: Mutex::new(state),
+                changes: Arc::default(),
             }),
         }
     }
@@ -169,9 +188,17 @@ impl Relay {
     /// ones end at once, and known ones take the new expiry. Returns the
     /// answers to the new ones.
     pub fn apply(&self, desired: &[AllocationSpec]) -> Vec<(u64, Admission)> {
-        let wanted: HashSet<u64> = desired.iter().map(|a| a.id).collect();
-        let gone: Vec<u64> =
-            self.state().allocations.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        let wanted: HashMap<u64, &AllocationSpec> = desired.iter().map(|a| (a.id, a)).collect();
+        // Gone, or known under this id with other peers or token (a state
+        // file restored at start from before an allocation file was edited):
+        // such an allocation starts again as it is wanted now.
+        let gone: Vec<u64> = self
+            .state()
+            .allocations
+            .iter()
+            .filter(|(id, handle)| wanted.get(id).is_none_or(|spec| !same_peers(&handle.spec, spec)))
+            .map(|(id, _)| *id)
+            .collect();
         for id in gone {
             self.end(id, "ended");
         }
@@ -196,6 +223,33 @@ impl Relay {
 
     /// Starts one allocation. Needs a tokio runtime.
     pub fn add(&self, spec: AllocationSpec) -> Admission {
+        self.start(spec, Sides::default())
+    }
+
+    /// Starts an allocation saved before a restart, on its port and with its
+    /// peers bound where they were (see [`crate::state_file`]).
+    pub fn restore(&self, spec: AllocationSpec, sides: Sides) -> Admission {
+        self.start(spec, sides)
+    }
+
+    /// Woken whenever what [`Relay::saved`] returns may have changed.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.inner.changes.clone()
+    }
+
+    /// The live allocations as the state file keeps them.
+    pub fn saved(&self) -> Vec<crate::state_file::Saved> {
+        let state = self.state();
+        let mut saved: Vec<_> = state
+            .allocations
+            .values()
+            .map(|h| crate::state_file::Saved::new(&h.spec, h.port, *h.bound.lock()))
+            .collect();
+        saved.sort_by_key(|s| s.id);
+        saved
+    }
+
+    fn start(&self, spec: AllocationSpec, restored: Sides) -> Admission {
         let refuse = |reason: &'static str, detail: String| {
             warn!(allocation = spec.id, session = spec.session_id, reason, "{detail}");
             self.inner.metrics.allocations_refused.get_or_create(&ReasonLabels { reason }).inc();
@@ -234,17 +288,29 @@ impl Relay {
         let (ws_tx, ws_rx) = mpsc::channel(self.inner.options.websocket_queue.max(1));
         let installed = Arc::new(Mutex::new(Vec::new()));
         let validator = Validator::new(&spec.gateway_key, &spec.client_key);
+        let mut alloc = Allocation::new(validator, self.inner.options.timeouts, Instant::now());
+        for side in Side::BOTH {
+            if let Some(addr) = restored.bound[side.index()] {
+                alloc.restore(side, PeerAddr::Udp(addr));
+            }
+            if let Some(addr) = restored.candidate[side.index()] {
+                alloc.restore_candidate(side, PeerAddr::Udp(addr));
+            }
+        }
+        let bound = Arc::new(Mutex::new(restored));
         let task = task::Task {
             id: spec.id,
             port,
             slot,
-            alloc: Allocation::new(validator, self.inner.options.timeouts, Instant::now()),
+            alloc,
             sock4: sock4.map(Arc::new),
             sock6: sock6.map(Arc::new),
             ws_rx,
             ws_peers: HashMap::new(),
             table: self.inner.table.clone(),
             installed: installed.clone(),
+            published: bound.clone(),
+            changes: self.inner.changes.clone(),
             metrics: self.inner.metrics.clone(),
             totals: self.inner.totals.clone(),
             bound: 0,
@@ -256,8 +322,10 @@ impl Relay {
         info!(allocation = spec.id, session = spec.session_id, port, "allocation ready");
         state.ports.insert(port);
         state.tokens.insert(spec.websocket_token.clone(), spec.id);
-        state.allocations.insert(spec.id, Handle { spec, port, slot, task, ws_tx, installed });
+        state.allocations.insert(spec.id, Handle { spec, port, slot, task, ws_tx, installed, bound });
         self.inner.metrics.allocations.set(state.allocations.len() as i64);
+        drop(state);
+        self.inner.changes.notify_one();
         Admission::Ready { port }
     }
 
@@ -277,6 +345,7 @@ impl Relay {
             }
         }
         handle.task.abort();
+        self.inner.changes.notify_one();
         info!(allocation = id, session = handle.spec.session_id, why, "allocation ended");
         true
     }
@@ -367,6 +436,15 @@ impl Relay {
         };
         Ok((v4, v6))
     }
+}
+
+/// Whether two specs of one id describe the same allocation (the expiry
+/// may move; the port of a restored allocation is its own).
+fn same_peers(a: &AllocationSpec, b: &AllocationSpec) -> bool {
+    a.session_id == b.session_id
+        && a.gateway_key == b.gateway_key
+        && a.client_key == b.client_key
+        && a.websocket_token == b.websocket_token
 }
 
 /// A non-blocking UDP socket with room for bursts.
@@ -496,6 +574,65 @@ mod tests {
             websocket_token: format!("token-{id}-0123456789"),
             port: None,
         }
+    }
+
+    /// What a restart restores: the port, and both bindings in the map at
+    /// once, before any peer sends; and what the state file gets back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_allocation_forwards_on_its_port_at_once() {
+        let table = Arc::new(MemoryTable::default());
+        let relay = Relay::new(options(10), Some(table.clone()), Metrics::new());
+        let gateway: SocketAddr = "198.51.100.2:51820".parse().unwrap();
+        let client: SocketAddr = "192.0.2.2:40123".parse().unwrap();
+        let spec = AllocationSpec { port: Some(47150), ..spec(1) };
+        let changes = relay.changes();
+        assert_eq!(
+            relay.restore(
+                spec.clone(),
+                Sides { bound: [Some(gateway), Some(client)], candidate: [None, None] }
+            ),
+            Admission::Ready { port: 47150 }
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while table.entries() != 2 || relay.saved()[0].client.is_none() {
+            assert!(std::time::Instant::now() < deadline, "the restored bindings never reached the map");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), changes.notified()).await.unwrap();
+        let saved = relay.saved();
+        assert_eq!((saved[0].port, saved[0].gateway, saved[0].client), (47150, Some(gateway), Some(client)));
+        assert_eq!(saved[0].spec().unwrap().0, spec);
+        // The cloud's snapshot names it without a port: it stays where it is.
+        assert!(relay.apply(&[AllocationSpec { port: None, ..spec.clone() }]).is_empty());
+        assert_eq!(relay.port_of(1), Some(47150));
+        // The same id with another peer (an allocation file edited while
+        // the relay was down) starts again as wanted, without the bindings.
+        let other_client =
+            AllocationSpec { client_key: PrivateKey::generate().public_key(), port: None, ..spec };
+        assert_eq!(relay.apply(std::slice::from_ref(&other_client)).len(), 1, "answered as new");
+        assert_eq!(relay.saved()[0].spec().unwrap().0.client_key, other_client.client_key);
+        assert_eq!(relay.saved()[0].client, None);
+        relay.clear();
+        assert_eq!(table.entries(), 0);
+    }
+
+    /// An allocation saved while idle (its bindings back to candidates)
+    /// delivers the next initiation to the restored candidate, so the
+    /// handshake that binds both sides again can complete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_candidate_receives_the_next_initiation() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let gw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        gw.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let spec = AllocationSpec { port: Some(47160), ..spec(1) };
+        let sides = Sides { bound: [None, None], candidate: [Some(gw.local_addr().unwrap()), None] };
+        assert_eq!(relay.restore(spec.clone(), sides), Admission::Ready { port: 47160 });
+        client.send_to(&handshake(1, 2, 0, &spec.gateway_key), "127.0.0.1:47160").unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::task::block_in_place(|| gw.recv(&mut buf)).unwrap();
+        assert_eq!(n, 148, "the initiation reached the restored candidate");
+        relay.clear();
     }
 
     #[tokio::test]

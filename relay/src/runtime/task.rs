@@ -7,7 +7,11 @@ use std::{cell::RefCell, collections::HashMap, io, net::SocketAddr, sync::Arc, t
 
 use ferry_ebpf::common::relay::{BindingKey, Traffic};
 use parking_lot::Mutex;
-use tokio::{io::Interest, net::UdpSocket, sync::mpsc};
+use tokio::{
+    io::Interest,
+    net::UdpSocket,
+    sync::{Notify, mpsc},
+};
 use tracing::{debug, warn};
 
 use super::{
@@ -46,6 +50,10 @@ pub(super) struct Task {
     /// Shared with the registry, which removes the entries itself when the
     /// allocation ends, before this task is even cancelled.
     pub installed: Arc<Mutex<Vec<BindingKey>>>,
+    /// The bound UDP addresses, for the state file; `changes` tells its
+    /// writer.
+    pub published: Arc<Mutex<super::Sides>>,
+    pub changes: Arc<Notify>,
     pub metrics: Metrics,
     pub totals: Arc<Totals>,
     pub bound: i64,
@@ -61,6 +69,8 @@ enum Readable {
 
 impl Task {
     pub async fn run(mut self) {
+        // Restored bindings forward at once, through XDP too.
+        self.sync_bindings();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -248,6 +258,16 @@ impl Task {
         self.metrics.bindings.inc_by(bound - self.bound);
         self.totals.bindings(bound - self.bound);
         self.bound = bound;
+        let udp = |addr| match addr {
+            Some(PeerAddr::Udp(addr)) => Some(addr),
+            _ => None,
+        };
+        let [gateway, client] = crate::core::Side::BOTH;
+        *self.published.lock() = super::Sides {
+            bound: [udp(self.alloc.bound(gateway)), udp(self.alloc.bound(client))],
+            candidate: [udp(self.alloc.candidate(gateway)), udp(self.alloc.candidate(client))],
+        };
+        self.changes.notify_one();
         if let Some(routes) = self.alloc.routes() {
             tracing::info!(allocation = self.id, gateway = %routes[0].0, client = %routes[0].1, "peers bound");
         }

@@ -1,0 +1,74 @@
+//! The relay-restart invariant: a session that carried traffic through the
+//! relay before it was killed carries it again within [`RELAY_RECOVERY`]
+//! of the relay running again (the bound the README promises for a relay
+//! with a state file; the soak found sessions that never recovered).
+
+use std::time::{Duration, Instant};
+
+use ferry_world::{ECHO_PORT, echo_round_trip, eventually};
+
+use crate::{
+    soak::{Outcome, Soak},
+    workload::SHORT_SESSION_S,
+};
+
+/// From the relay running again (online at the cloud) to an answered echo.
+pub const RELAY_RECOVERY: Duration = Duration::from_secs(20);
+
+/// A session whose traffic must come back: (technician, session, echo
+/// proxy address).
+pub struct Carrying {
+    tech: usize,
+    session: u64,
+    echo: String,
+}
+
+impl Soak {
+    /// The live sessions whose tunnels answer an echo now, leaving out short
+    /// ones that could expire before the check ends.
+    pub fn carrying(&mut self) -> Vec<Carrying> {
+        let mut carrying = Vec::new();
+        for (tech, t) in self.techs.iter().enumerate() {
+            let Some(live) = &t.live else { continue };
+            let Some(tunnel) = &live.tunnel else { continue };
+            let margin = RELAY_RECOVERY + Duration::from_secs(20);
+            if live.short && live.started.elapsed() + margin > Duration::from_secs(SHORT_SESSION_S) {
+                continue;
+            }
+            let echo = tunnel.proxies["echo"].clone();
+            if eventually(Duration::from_secs(5), || {
+                echo_round_trip(&t.ns, &echo, ECHO_PORT, Duration::from_secs(2))
+            })
+            .is_ok()
+            {
+                carrying.push(Carrying { tech, session: live.id, echo });
+            }
+        }
+        carrying
+    }
+
+    /// Every session of `carrying` answers an echo within the bound after
+    /// `running_again`.
+    pub fn check_relay_recovery(&mut self, carrying: &[Carrying], running_again: Instant) -> Outcome {
+        for c in carrying {
+            let ns = self.techs[c.tech].ns.clone();
+            let left = RELAY_RECOVERY.saturating_sub(running_again.elapsed());
+            let answered =
+                eventually(left, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
+            self.stats.checks += 1;
+            if let Err(e) = answered {
+                return Err(format!(
+                    "session {}: no echo through the relay {RELAY_RECOVERY:?} after it ran again ({e})",
+                    c.session
+                ));
+            }
+            self.stats.relay_recoveries += 1;
+            self.event(format!(
+                "session {}: traffic through the relay again {:.1}s after it ran again",
+                c.session,
+                running_again.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
