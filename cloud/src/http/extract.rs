@@ -230,20 +230,22 @@ async fn read_body(
     let read = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
-            if beyond == 0 && refused.is_none() && kept.len() + chunk.len() <= super::BODY_LIMIT {
-                match charge.grow(chunk.len()) {
-                    Ok(()) => {
-                        // Exactly what is charged: no doubling of the capacity.
-                        kept.reserve_exact(chunk.len());
-                        kept.extend_from_slice(&chunk);
-                        continue;
-                    }
-                    Err(refusal) => {
-                        refused = Some(refusal);
-                        kept = Vec::new();
-                        charge.clear();
+            if beyond == 0 && refused.is_none() {
+                if kept.len() + chunk.len() <= super::BODY_LIMIT {
+                    match charge.grow(chunk.len()) {
+                        Ok(()) => {
+                            // Exactly what is charged: no doubling of the capacity.
+                            kept.reserve_exact(chunk.len());
+                            kept.extend_from_slice(&chunk);
+                            continue;
+                        }
+                        Err(refusal) => refused = Some(refusal),
                     }
                 }
+                // Too large or refused: nothing more is kept, so what was
+                // kept is given back while the rest is drained.
+                kept = Vec::new();
+                charge.clear();
             }
             beyond += chunk.len();
             if beyond > DRAIN_LIMIT {
@@ -252,15 +254,17 @@ async fn read_body(
         }
         Ok::<_, ApiError>(())
     };
-    let timed_out = match tokio::time::timeout(timeout, read).await {
-        Ok(result) => {
-            result?;
-            false
-        }
-        Err(_) => true,
+    let (timed_out, failed) = match tokio::time::timeout(timeout, read).await {
+        Ok(result) => (false, result.err()),
+        Err(_) => (true, None),
     };
+    // A refusal was counted when it was made: it is the answer even if
+    // the rest of the body then failed to arrive.
     if let Some(refusal) = refused {
         return Err(refusal);
+    }
+    if let Some(failure) = failed {
+        return Err(failure);
     }
     if timed_out {
         return Err(ApiError::new(

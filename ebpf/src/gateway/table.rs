@@ -77,7 +77,8 @@ impl TargetSpec {
         if self.protocol != Protocol::Any && self.protocol != old.protocol {
             return false;
         }
-        if self.ports.is_empty() {
+        // ICMP echo has no ports: whatever ports allow, it is allowed.
+        if old.protocol == Protocol::Icmp || self.ports.is_empty() {
             return true;
         }
         if old.ports.is_empty() {
@@ -259,6 +260,8 @@ mod tests {
         // Every port to some ports; any protocol to one.
         assert!(!old.admits_all_of(&spec(vec![], Protocol::Tcp)));
         assert!(!old.admits_all_of(&spec(vec![(22, 22), (500, 510)], Protocol::Any)));
+        // ICMP echo stays allowed under Any with ports (they are not its).
+        assert!(spec(vec![(22, 22)], Protocol::Any).admits_all_of(&spec(vec![], Protocol::Icmp)));
         // Another device or SNAT address is never the same path.
         let mut moved = old.clone();
         moved.real = [10, 0, 0, 6].into();
