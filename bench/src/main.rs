@@ -58,6 +58,8 @@ fn main() -> Result<()> {
             // whole gateway: for work on the programs.
             "gateway-prog" => gateway::prog_run_rows()?,
             "relay" => relay::run()?,
+            // The BPF_PROG_RUN rows alone, without traffic between namespaces.
+            "relay-prog" => relay::prog_run_rows()?,
             "tunnel" => tunnel::run(
                 &cli.criterion_dir,
                 &tunnel::Peers {
