@@ -189,7 +189,7 @@ impl Setup {
     /// to fail a broken watcher, not to measure it.
     fn until_delivered_by(&self, router: u8, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut id = 100;
+        let mut id: u8 = 100;
         loop {
             id = id.wrapping_add(1);
             if self.send(id) == Some(router) {
