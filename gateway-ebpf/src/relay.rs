@@ -116,6 +116,7 @@ pub fn relay_forward(ctx: XdpContext) -> u32 {
 }
 
 /// The next hop `bpf_fib_lookup` found.
+#[derive(Clone, Copy)]
 struct NextHop {
     ifindex: u32,
     smac: [u8; 6],
@@ -177,14 +178,13 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let udp = unsafe { &mut *transport.udp };
 
     let src = ip.src_addr;
-    let key = BindingKey {
-        addr: [src[0], src[1], src[2], src[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        port: udp.src,
-        relay_port: udp.dst,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-    };
-    let binding = match lookup(&key) {
+    let mut slot = mem::MaybeUninit::uninit();
+    let key: &mut BindingKey = zeroed(&mut slot);
+    key.addr[..4].copy_from_slice(&src);
+    key.port = udp.src;
+    key.relay_port = udp.dst;
+    key.family = FAMILY_V4;
+    let binding = match lookup(key) {
         Ok(binding) => binding,
         Err(outcome) => return outcome,
     };
@@ -196,19 +196,20 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let added = settled(sum(&peer));
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
-        let key = NextHopKey {
-            addr: binding.addr,
-            ifindex: ctx.ingress_ifindex() as u32,
-            family: FAMILY_V4,
-            tos: ip.tos,
-            _pad: [0; 2],
-        };
+        let mut slot = mem::MaybeUninit::uninit();
+        let key: &mut NextHopKey = zeroed(&mut slot);
+        key.addr = binding.addr;
+        key.ifindex = ctx.ingress_ifindex() as u32;
+        key.family = FAMILY_V4;
+        key.tos = ip.tos;
         let request = Request { sport: udp.dst, dport: binding.port, flowinfo: 0, ip_len: total_len as u32 };
-        let mut hop = NextHop { ifindex: 0, smac: [0; 6], dmac: [0; 6] };
-        if !next_hop(XdpContext::new(ctx.ctx), config, &key, &request, &mut hop) {
+        // Written by next_hop when it returns true; never zeroed (a memset).
+        let mut hop = mem::MaybeUninit::<NextHop>::uninit();
+        if !next_hop(XdpContext::new(ctx.ctx), config, key, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
         }
-        Some(hop)
+        // SAFETY: next_hop returned true, so it wrote every field.
+        Some(unsafe { hop.assume_init() })
     } else {
         None
     };
@@ -262,9 +263,13 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         return Outcome::PassMalformed;
     }
 
-    let key =
-        BindingKey { addr: ip.src_addr, port: udp.src, relay_port: udp.dst, family: FAMILY_V6, _pad: [0; 3] };
-    let binding = match lookup(&key) {
+    let mut slot = mem::MaybeUninit::uninit();
+    let key: &mut BindingKey = zeroed(&mut slot);
+    key.addr = ip.src_addr;
+    key.port = udp.src;
+    key.relay_port = udp.dst;
+    key.family = FAMILY_V6;
+    let binding = match lookup(key) {
         Ok(binding) => binding,
         Err(outcome) => return outcome,
     };
@@ -277,14 +282,13 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
         let vcf = ip.vcf;
-        let key = NextHopKey {
-            addr: binding.addr,
-            ifindex: ctx.ingress_ifindex() as u32,
-            family: FAMILY_V6,
-            // The traffic class straddles the first two bytes.
-            tos: (vcf[0] << 4) | (vcf[1] >> 4),
-            _pad: [0; 2],
-        };
+        let mut slot = mem::MaybeUninit::uninit();
+        let key: &mut NextHopKey = zeroed(&mut slot);
+        key.addr = binding.addr;
+        key.ifindex = ctx.ingress_ifindex() as u32;
+        key.family = FAMILY_V6;
+        // The traffic class straddles the first two bytes.
+        key.tos = (vcf[0] << 4) | (vcf[1] >> 4);
         let request = Request {
             sport: udp.dst,
             dport: binding.port,
@@ -293,11 +297,13 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
             flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
             ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
         };
-        let mut hop = NextHop { ifindex: 0, smac: [0; 6], dmac: [0; 6] };
-        if !next_hop(XdpContext::new(ctx.ctx), config, &key, &request, &mut hop) {
+        // Written by next_hop when it returns true; never zeroed (a memset).
+        let mut hop = mem::MaybeUninit::<NextHop>::uninit();
+        if !next_hop(XdpContext::new(ctx.ctx), config, key, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
         }
-        Some(hop)
+        // SAFETY: next_hop returned true, so it wrote every field.
+        Some(unsafe { hop.assume_init() })
     } else {
         None
     };
@@ -305,8 +311,9 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     udp.check = udp_checksum(replace_ports(udp, removed, added, binding.port));
     udp.src = udp.dst;
     udp.dst = binding.port;
-    ip.src_addr = ip.dst_addr;
-    ip.dst_addr = binding.addr;
+    // The relay's address (the datagram's destination) is the source now.
+    copy_bytes(&mut ip.src_addr, &config.addr6);
+    copy_bytes(&mut ip.dst_addr, &binding.addr);
     ip.hop_limit = TTL;
 
     finish(ctx, next_hop, binding, transport.payload_len)
@@ -411,6 +418,38 @@ fn fib_params(
     fib.ifindex = ctx.ingress_ifindex() as u32;
 }
 
+/// A map key on the stack, aligned to 8 bytes for [`zeroed`].
+#[repr(C, align(8))]
+struct Aligned<T>(T);
+
+/// Zeroes `slot` with 8-byte word stores and returns it. Zero-initialised
+/// byte arrays otherwise become memset calls, a byte loop in BPF: tens of ns
+/// for a key, on every packet. In place: returning the value would copy it,
+/// and LLVM makes a memset of that copy again.
+#[inline(always)]
+fn zeroed<T: Copy>(slot: &mut mem::MaybeUninit<Aligned<T>>) -> &mut T {
+    let words = slot.as_mut_ptr().cast::<u64>();
+    for i in 0..mem::size_of::<Aligned<T>>() / 8 {
+        // SAFETY: within the slot, which is 8-aligned and a multiple of 8
+        // bytes long.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: only plain-old-data structs of integers and byte arrays are
+    // made this way, for which all zeroes is a valid value.
+    unsafe { &mut slot.assume_init_mut().0 }
+}
+
+/// Copies an address into the packet byte by byte. Plain assignment to an
+/// unaligned destination becomes a memmove call, a loop, in BPF; volatile
+/// stores stay inline.
+#[inline(always)]
+fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
+    for i in 0..N {
+        // SAFETY: i < N, within dst.
+        unsafe { core::ptr::write_volatile(dst.as_mut_ptr().add(i), src[i]) };
+    }
+}
+
 /// What a FIB lookup for a datagram needs besides its [`NextHopKey`].
 struct Request {
     /// The allocation port and the peer's port, network order.
@@ -422,7 +461,7 @@ struct Request {
     ip_len: u32,
 }
 
-/// Writes the next hop for `key` to `hop`, from the cache if it holds a
+/// Writes the next hop for `key` to `*hop`, from the cache if it holds a
 /// current entry for a datagram of `request.ip_len` bytes, else from the FIB,
 /// whose answer then replaces the entry. False: the FIB has no usable answer.
 ///
@@ -435,7 +474,7 @@ fn next_hop(
     config: &RelayConfig,
     key: &NextHopKey,
     request: &Request,
-    hop: &mut NextHop,
+    hop: *mut NextHop,
 ) -> bool {
     let lifetime_ms = config.next_hop_lifetime_ms;
     // Read before the lookup: an answer the FIB gave before a change must
@@ -458,9 +497,8 @@ fn next_hop(
             && ip_len <= entry.max_len as usize
             && entry.addr == key.addr
         {
-            hop.ifindex = entry.ifindex;
-            hop.smac = entry.smac;
-            hop.dmac = entry.dmac;
+            // SAFETY: the caller's NextHop, written whole.
+            unsafe { hop.write(NextHop { ifindex: entry.ifindex, smac: entry.smac, dmac: entry.dmac }) };
             return true;
         }
     }
@@ -505,7 +543,8 @@ fn next_hop(
         // FIB again.
         let _ = RELAY_NEXT_HOPS.insert(key, &scratch.entry, 0);
     }
-    *hop = found;
+    // SAFETY: the caller's NextHop, written whole.
+    unsafe { hop.write(found) };
     true
 }
 
