@@ -198,14 +198,14 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let next_hop = if config.flags & FLAG_FIB != 0 {
         let mut slot = mem::MaybeUninit::uninit();
         let key: &mut NextHopKey = zeroed(&mut slot);
-        key.addr = binding.addr;
+        copy_bytes(&mut key.addr, &binding.addr);
         key.ifindex = ctx.ingress_ifindex() as u32;
         key.family = FAMILY_V4;
         key.tos = ip.tos;
         let request = Request { sport: udp.dst, dport: binding.port, flowinfo: 0, ip_len: total_len as u32 };
         // Written by next_hop when it returns true; never zeroed (a memset).
         let mut hop = mem::MaybeUninit::<NextHop>::uninit();
-        if !next_hop(XdpContext::new(ctx.ctx), config, key, &request, hop.as_mut_ptr()) {
+        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
         }
         // SAFETY: next_hop returned true, so it wrote every field.
@@ -265,7 +265,7 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
 
     let mut slot = mem::MaybeUninit::uninit();
     let key: &mut BindingKey = zeroed(&mut slot);
-    key.addr = ip.src_addr;
+    copy_bytes(&mut key.addr, &ip.src_addr);
     key.port = udp.src;
     key.relay_port = udp.dst;
     key.family = FAMILY_V6;
@@ -284,7 +284,7 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         let vcf = ip.vcf;
         let mut slot = mem::MaybeUninit::uninit();
         let key: &mut NextHopKey = zeroed(&mut slot);
-        key.addr = binding.addr;
+        copy_bytes(&mut key.addr, &binding.addr);
         key.ifindex = ctx.ingress_ifindex() as u32;
         key.family = FAMILY_V6;
         // The traffic class straddles the first two bytes.
@@ -299,7 +299,7 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         };
         // Written by next_hop when it returns true; never zeroed (a memset).
         let mut hop = mem::MaybeUninit::<NextHop>::uninit();
-        if !next_hop(XdpContext::new(ctx.ctx), config, key, &request, hop.as_mut_ptr()) {
+        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
         }
         // SAFETY: next_hop returned true, so it wrote every field.
@@ -439,9 +439,8 @@ fn zeroed<T: Copy>(slot: &mut mem::MaybeUninit<Aligned<T>>) -> &mut T {
     unsafe { &mut slot.assume_init_mut().0 }
 }
 
-/// Copies an address into the packet byte by byte. Plain assignment to an
-/// unaligned destination becomes a memmove call, a loop, in BPF; volatile
-/// stores stay inline.
+/// Copies an address byte by byte. Plain assignment of a byte array often
+/// becomes a memmove call, a loop, in BPF; volatile stores stay inline.
 #[inline(always)]
 fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
     for i in 0..N {
@@ -462,15 +461,11 @@ struct Request {
 }
 
 /// Writes the next hop for `key` to `*hop`, from the cache if it holds a
-/// current entry for a datagram of `request.ip_len` bytes, else from the FIB,
-/// whose answer then replaces the entry. False: the FIB has no usable answer.
-///
-/// A function of its own (a BPF-to-BPF call, with a stack frame of its own),
-/// and the lookup's parameters in a per-CPU scratch slot: inlined into both
-/// families' paths, the program's stack grew past 512 bytes.
-#[inline(never)]
+/// current entry for a datagram of `request.ip_len` bytes, else from the FIB
+/// ([`fib_fill`]). False: the FIB has no usable answer.
+#[inline(always)]
 fn next_hop(
-    ctx: XdpContext,
+    ctx: &XdpContext,
     config: &RelayConfig,
     key: &NextHopKey,
     request: &Request,
@@ -485,7 +480,6 @@ fn next_hop(
     let generation = *generation;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let ip_len = request.ip_len as usize;
     if lifetime_ms != 0
         && let Some(entry) = RELAY_NEXT_HOPS.get_ptr(key)
     {
@@ -494,7 +488,7 @@ fn next_hop(
         let entry = unsafe { &*entry };
         if entry.generation == generation
             && now < entry.expires_ns
-            && ip_len <= entry.max_len as usize
+            && request.ip_len <= entry.max_len as u32
             && entry.addr == key.addr
         {
             // SAFETY: the caller's NextHop, written whole.
@@ -502,6 +496,35 @@ fn next_hop(
             return true;
         }
     }
+    let stamp = Stamp { generation, expires_ns: now + lifetime_ms as u64 * 1_000_000, request };
+    fib_fill(XdpContext::new(ctx.ctx), config, key, &stamp, hop)
+}
+
+/// A miss: the datagram's [`Request`], the generation read before the
+/// lookup and the expiry of its answer. (One argument: BPF calls take five.)
+struct Stamp<'a> {
+    request: &'a Request,
+    generation: u32,
+    expires_ns: u64,
+}
+
+/// The miss path of [`next_hop`]: asks the FIB, caches its answer with
+/// `stamp` (unless the cache is off) and writes it to `*hop`.
+///
+/// A function of its own (a BPF-to-BPF call, with a stack frame of its own),
+/// and the lookup's parameters in a per-CPU scratch slot: inlined into both
+/// families' paths, the program's stack grew past 512 bytes.
+#[inline(never)]
+fn fib_fill(
+    ctx: XdpContext,
+    config: &RelayConfig,
+    key: &NextHopKey,
+    stamp: &Stamp,
+    hop: *mut NextHop,
+) -> bool {
+    let lifetime_ms = config.next_hop_lifetime_ms;
+    let request = stamp.request;
+    let ip_len = request.ip_len as usize;
     if let Some(lookups) = RELAY_FIB_LOOKUPS.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, written only by this CPU while we run.
         unsafe { *lookups += 1 };
@@ -532,11 +555,11 @@ fn next_hop(
             dmac: found.dmac,
             smac: found.smac,
             ifindex: found.ifindex,
-            generation,
+            generation: stamp.generation,
             // The FIB checked this length against the route's MTU.
             max_len: ip_len.min(u16::MAX as usize) as u16,
             _pad: [0; 2],
-            expires_ns: now + lifetime_ms as u64 * 1_000_000,
+            expires_ns: stamp.expires_ns,
             addr: key.addr,
         };
         // A full map evicts; a failure only means the next datagram asks the
