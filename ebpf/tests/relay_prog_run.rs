@@ -922,11 +922,16 @@ fn forward_via(f: &RelayForwarder, frame: &[u8], uplink: u32, peer: SocketAddr, 
     assert_eq!(f.fib_lookups().unwrap() - before, lookups, "FIB lookups for one frame to {peer}");
 }
 
+/// A lifetime no test outlives, so that a hit never depends on how fast the
+/// test runs.
+const HOUR_MS: u32 = 3_600_000;
+
 #[test]
 fn next_hops_are_cached_until_the_generation_moves() {
     let router = router();
     let (netns, uplink_name) = (router.netns.clone(), router.uplink.clone());
     in_router(&router, move |f, uplink, _| {
+        f.configure(RelayConfig { next_hop_lifetime_ms: HOUR_MS, ..config(true) }).unwrap();
         for (frame, peer) in bind_to_peer(f, 200) {
             let generation = f.next_hop_generation().unwrap();
             // The first frame asks the FIB and fills the cache, the second
@@ -987,6 +992,7 @@ fn without_a_lifetime_every_datagram_asks_the_fib() {
 fn a_datagram_longer_than_the_cached_ones_asks_the_fib_for_the_mtu() {
     let router = router();
     in_router(&router, |f, uplink, _| {
+        f.configure(RelayConfig { next_hop_lifetime_ms: HOUR_MS, ..config(true) }).unwrap();
         // Payloads for an IP length of 1500 (the uplink's MTU) and 1501.
         for (header, family) in [(28usize, 0usize), (48, 1)] {
             let small = &bind_to_peer(f, 64)[family];
