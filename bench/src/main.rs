@@ -55,6 +55,8 @@ fn main() -> Result<()> {
             // whole gateway: for work on the programs.
             "gateway-prog" => gateway::prog_run_rows()?,
             "relay" => relay::run()?,
+            // The BPF_PROG_RUN rows alone, without traffic between namespaces.
+            "relay-prog" => relay::prog_run_rows()?,
             "tunnel" => tunnel::run(&tunnel::Peers {
                 native_ferry_wg: cli.native_ferry_wg.as_deref(),
                 boringtun: cli.boringtun.as_deref(),

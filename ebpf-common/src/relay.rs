@@ -19,12 +19,30 @@ pub const BINDINGS_MAP: &str = "RELAY_BINDINGS";
 pub const COUNTERS_MAP: &str = "RELAY_COUNTERS";
 /// A per-CPU array of [`Traffic`] indexed by an allocation's slot.
 pub const TRAFFIC_MAP: &str = "RELAY_TRAFFIC";
+/// An LRU hash map from [`NextHopKey`] to [`NextHop`]: the next hops
+/// `bpf_fib_lookup` found, per destination.
+pub const NEXT_HOPS_MAP: &str = "RELAY_NEXT_HOPS";
+/// An array with one `u32`: the current next-hop generation. A cached
+/// [`NextHop`] of another generation is not used, so bumping it invalidates
+/// the whole cache with one write.
+pub const NEXT_HOP_GENERATION_MAP: &str = "RELAY_NEXT_HOP_GEN";
+/// A per-CPU array with one `u64`: the `bpf_fib_lookup` calls the program made
+/// (cache misses, and every forwarded datagram while the cache is off).
+pub const FIB_LOOKUPS_MAP: &str = "RELAY_FIB_LOOKUPS";
 
 /// Bindings the map holds unless the operator sets another size at load time
 /// (two per allocation).
 pub const DEFAULT_MAX_BINDINGS: u32 = 131_072;
 /// Allocation slots (per-allocation counters) unless set at load time.
 pub const DEFAULT_MAX_SLOTS: u32 = 65_536;
+/// Cached next hops unless set at load time. Destinations beyond it are
+/// evicted least recently used first and looked up again when they return.
+pub const DEFAULT_MAX_NEXT_HOPS: u32 = 65_536;
+/// How long a cached next hop is used at most, in milliseconds, unless the
+/// operator sets another lifetime ([`RelayConfig::next_hop_lifetime_ms`]).
+/// It bounds how long a route or neighbour change can go unnoticed if the
+/// relay's netlink watcher misses it (or is not running).
+pub const DEFAULT_NEXT_HOP_LIFETIME_MS: u32 = 1_000;
 
 /// [`RelayConfig::flags`]: find the next hop with `bpf_fib_lookup` and send
 /// with XDP_TX or XDP_REDIRECT as the FIB says. Without it the program swaps
@@ -61,6 +79,10 @@ pub struct RelayConfig {
     pub port_max: [u8; 2],
     /// [`FLAG_FIB`], ...
     pub flags: u32,
+    /// With [`FLAG_FIB`]: how long a next hop found by `bpf_fib_lookup` is
+    /// reused from [`NEXT_HOPS_MAP`], in milliseconds. 0: no cache, every
+    /// forwarded datagram asks the FIB.
+    pub next_hop_lifetime_ms: u32,
 }
 
 impl RelayConfig {
@@ -99,6 +121,48 @@ pub struct Binding {
     pub slot: u32,
 }
 
+/// The inputs of a cached FIB answer that decide it: the destination, the
+/// interface the datagram arrived on (policy routing, and the forwarding
+/// switch the kernel checks there) and the IPv4 TOS / IPv6 traffic class
+/// (TOS routes and rules). The relay's own address, the other input, is
+/// fixed per family. IPv4 destinations sit in the first four bytes of
+/// `addr`, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NextHopKey {
+    pub addr: [u8; 16],
+    /// The ingress interface's index.
+    pub ifindex: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub tos: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A next hop `bpf_fib_lookup` found, as cached in [`NEXT_HOPS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// The Ethernet destination (the next hop's MAC) and source (the egress
+    /// interface's MAC).
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The egress interface's index.
+    pub ifindex: u32,
+    /// The [`NEXT_HOP_GENERATION_MAP`] value read before the lookup.
+    pub generation: u32,
+    /// The largest IP length (header included) the FIB accepted for this
+    /// route's MTU; a longer datagram asks the FIB again.
+    pub max_len: u16,
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_coarse_ns` after which the entry is not used.
+    pub expires_ns: u64,
+    /// The destination the entry was made for, checked against the key on
+    /// every hit: an LRU element can be reused for another key while a
+    /// lookup on another CPU still holds it.
+    pub addr: [u8; 16],
+}
+
 /// Per-allocation traffic forwarded by the program: datagrams and their UDP
 /// payload bytes (the WireGuard messages, as userspace counts them).
 #[repr(C)]
@@ -110,12 +174,14 @@ pub struct Traffic {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all four): repr(C), only integers and byte arrays laid out without
+    // SAFETY (all six): repr(C), only integers and byte arrays laid out without
     // implicit padding, and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::RelayConfig {}
     unsafe impl aya::Pod for super::BindingKey {}
     unsafe impl aya::Pod for super::Binding {}
     unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::NextHopKey {}
+    unsafe impl aya::Pod for super::NextHop {}
 }
 
 /// What the forwarder did with one packet. The discriminant indexes

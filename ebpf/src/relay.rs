@@ -18,7 +18,8 @@ use aya::{
     sys::SyscallError,
 };
 use ferry_ebpf_common::relay::{
-    self as shared, Binding, BindingKey, FAMILY_V4, FAMILY_V6, FLAG_FIB, RelayConfig, Traffic,
+    self as shared, Binding, BindingKey, DEFAULT_MAX_NEXT_HOPS, DEFAULT_NEXT_HOP_LIFETIME_MS, FAMILY_V4,
+    FAMILY_V6, FLAG_FIB, RelayConfig, Traffic,
 };
 
 pub use crate::counters::RelayCounters;
@@ -48,11 +49,13 @@ impl RelayForwarder {
     /// Loads the forwarder into the kernel (through the verifier) with room for
     /// `max_bindings` bindings and `max_slots` allocation slots. Until
     /// [`configure`](Self::configure) gives it an address and a port range it
-    /// passes everything.
+    /// passes everything. The next-hop cache gets one entry per binding, up to
+    /// [`DEFAULT_MAX_NEXT_HOPS`] (a destination has at least one binding).
     pub fn load(max_bindings: u32, max_slots: u32) -> Result<Self, Error> {
         let mut ebpf = load_object_sized(&[
             (shared::BINDINGS_MAP, max_bindings.max(1)),
             (shared::TRAFFIC_MAP, max_slots.max(1)),
+            (shared::NEXT_HOPS_MAP, max_bindings.clamp(1, DEFAULT_MAX_NEXT_HOPS)),
         ])?;
         load_xdp(&mut ebpf, shared::PROGRAM)?;
         Ok(RelayForwarder {
@@ -206,6 +209,37 @@ impl RelayForwarder {
         traffic.set(slot, zeroes, 0).map_err(|source| Error::Map { name, source })
     }
 
+    /// Makes every cached next hop unusable with one map write: the program
+    /// asks the FIB again for the next datagram to each destination. Returns
+    /// the new generation.
+    pub fn invalidate_next_hops(&mut self) -> Result<u32, Error> {
+        let name = shared::NEXT_HOP_GENERATION_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        let mut array: Array<_, u32> = Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let next = array.get(&0, 0).map_err(|source| Error::Map { name, source })?.wrapping_add(1);
+        array.set(0, next, 0).map_err(|source| Error::Map { name, source })?;
+        Ok(next)
+    }
+
+    /// The current next-hop generation (see [`invalidate_next_hops`](Self::invalidate_next_hops)).
+    pub fn next_hop_generation(&self) -> Result<u32, Error> {
+        let name = shared::NEXT_HOP_GENERATION_MAP;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let array: Array<_, u32> = Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+        array.get(&0, 0).map_err(|source| Error::Map { name, source })
+    }
+
+    /// The `bpf_fib_lookup` calls the program made (next-hop cache misses),
+    /// summed over CPUs.
+    pub fn fib_lookups(&self) -> Result<u64, Error> {
+        let name = shared::FIB_LOOKUPS_MAP;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let per_cpu = array.get(&0, 0).map_err(|source| Error::Map { name, source })?;
+        Ok(per_cpu.iter().sum())
+    }
+
     /// The per-outcome packet counters, summed over CPUs.
     pub fn counters(&self) -> Result<RelayCounters, Error> {
         RelayCounters::read(&self.ebpf, shared::COUNTERS_MAP)
@@ -245,7 +279,9 @@ fn errno(err: &MapError) -> Option<i32> {
 
 /// The forwarder's configuration: the relay's public addresses (None: that
 /// family is not forwarded), the allocation port range, and whether to route
-/// with the kernel's FIB (see [`FLAG_FIB`]).
+/// with the kernel's FIB (see [`FLAG_FIB`]), caching next hops for
+/// [`DEFAULT_NEXT_HOP_LIFETIME_MS`] (set `next_hop_lifetime_ms` for another
+/// lifetime, 0 for none).
 pub fn config(
     addr4: Option<Ipv4Addr>,
     addr6: Option<Ipv6Addr>,
@@ -258,6 +294,7 @@ pub fn config(
         port_min: ports.start().to_be_bytes(),
         port_max: ports.end().to_be_bytes(),
         flags: if fib { FLAG_FIB } else { 0 },
+        next_hop_lifetime_ms: DEFAULT_NEXT_HOP_LIFETIME_MS,
     }
 }
 

@@ -879,6 +879,139 @@ fn fib_without_a_neighbour_or_a_route_passes_unchanged() {
     });
 }
 
+// --- The next-hop cache -----------------------------------------------------
+
+/// The peer's MAC after it changed (a new router, a replaced NIC).
+const NEW_PEER_MAC: [u8; 6] = [0x02, 0x50, 0, 0, 0, 0x77];
+
+/// Points the peer's neighbour entries (both families) at `address`, as a
+/// changed neighbour would: the kernel's answer changes, the cache does not
+/// know yet.
+fn set_peer_mac(netns: &ferry_lab::Netns, uplink: &str, address: [u8; 6]) {
+    for peer in [Ipv4Addr::from(PEER4).to_string(), Ipv6Addr::from(PEER6).to_string()] {
+        netns
+            .ip(&["neigh", "replace", &peer, "lladdr", &mac(address), "dev", uplink, "nud", "permanent"])
+            .unwrap();
+    }
+}
+
+/// Binds the client to the peer in both families and returns, per family,
+/// the frame from the client and the peer's address.
+fn bind_to_peer(f: &mut RelayForwarder, payload: usize) -> [(Vec<u8>, SocketAddr); 2] {
+    [(IpAddr::from(CLIENT4), IpAddr::from(PEER4)), (CLIENT6.into(), PEER6.into())].map(|(client, peer)| {
+        let peer = sock(peer, GATEWAY_PORT);
+        f.insert(
+            &relay::key(sock(client, CLIENT_PORT), ALLOCATION),
+            &relay::binding(peer, ACTION_FORWARD, SLOT),
+        )
+        .unwrap();
+        let frame = match client {
+            IpAddr::V4(_) => to_relay4(&wireguard(4, payload)),
+            IpAddr::V6(_) => to_relay6(&wireguard(4, payload)),
+        };
+        (frame, peer)
+    })
+}
+
+/// Forwards `frame` from the uplink and checks the bytes (next hop `dmac`,
+/// checksums from scratch) and how many FIB lookups it took.
+fn forward_via(f: &RelayForwarder, frame: &[u8], uplink: u32, peer: SocketAddr, dmac: [u8; 6], lookups: u64) {
+    let before = f.fib_lookups().unwrap();
+    let run = check_on(f, frame, uplink, Outcome::ForwardTx);
+    assert_forwarded(&run, &expected(frame, UPLINK_MAC, dmac, peer));
+    assert_eq!(f.fib_lookups().unwrap() - before, lookups, "FIB lookups for one frame to {peer}");
+}
+
+/// A lifetime no test outlives, so that a hit never depends on how fast the
+/// test runs.
+const HOUR_MS: u32 = 3_600_000;
+
+#[test]
+fn next_hops_are_cached_until_the_generation_moves() {
+    let router = router();
+    let (netns, uplink_name) = (router.netns.clone(), router.uplink.clone());
+    in_router(&router, move |f, uplink, _| {
+        f.configure(RelayConfig { next_hop_lifetime_ms: HOUR_MS, ..config(true) }).unwrap();
+        for (frame, peer) in bind_to_peer(f, 200) {
+            let generation = f.next_hop_generation().unwrap();
+            // The first frame asks the FIB and fills the cache, the second
+            // one is answered from it.
+            forward_via(f, &frame, uplink, peer, PEER_MAC, 1);
+            forward_via(f, &frame, uplink, peer, PEER_MAC, 0);
+            // The kernel's neighbour changes; without an invalidation the
+            // cache still answers (what the netlink watcher and the lifetime
+            // are there for).
+            set_peer_mac(&netns, &uplink_name, NEW_PEER_MAC);
+            forward_via(f, &frame, uplink, peer, PEER_MAC, 0);
+            // One write: the next frame asks the FIB again and gets the new
+            // MAC, and the one after it is cached again.
+            assert_eq!(f.invalidate_next_hops().unwrap(), generation.wrapping_add(1));
+            forward_via(f, &frame, uplink, peer, NEW_PEER_MAC, 1);
+            forward_via(f, &frame, uplink, peer, NEW_PEER_MAC, 0);
+            set_peer_mac(&netns, &uplink_name, PEER_MAC);
+            f.invalidate_next_hops().unwrap();
+        }
+    });
+}
+
+#[test]
+fn cached_next_hops_expire_after_their_lifetime() {
+    const LIFETIME_MS: u32 = 20;
+    let router = router();
+    let (netns, uplink_name) = (router.netns.clone(), router.uplink.clone());
+    in_router(&router, move |f, uplink, _| {
+        f.configure(RelayConfig { next_hop_lifetime_ms: LIFETIME_MS, ..config(true) }).unwrap();
+        let pairs = bind_to_peer(f, 200);
+        for (frame, peer) in &pairs {
+            forward_via(f, frame, uplink, *peer, PEER_MAC, 1);
+        }
+        set_peer_mac(&netns, &uplink_name, NEW_PEER_MAC);
+        // Longer than the lifetime plus a tick of the coarse clock: whatever
+        // the scheduler does, the entries have expired by then.
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(LIFETIME_MS) + 100));
+        for (frame, peer) in &pairs {
+            forward_via(f, frame, uplink, *peer, NEW_PEER_MAC, 1);
+        }
+    });
+}
+
+#[test]
+fn without_a_lifetime_every_datagram_asks_the_fib() {
+    let router = router();
+    in_router(&router, |f, uplink, _| {
+        f.configure(RelayConfig { next_hop_lifetime_ms: 0, ..config(true) }).unwrap();
+        for (frame, peer) in bind_to_peer(f, 64) {
+            for _ in 0..3 {
+                forward_via(f, &frame, uplink, peer, PEER_MAC, 1);
+            }
+        }
+    });
+}
+
+#[test]
+fn a_datagram_longer_than_the_cached_ones_asks_the_fib_for_the_mtu() {
+    let router = router();
+    in_router(&router, |f, uplink, _| {
+        f.configure(RelayConfig { next_hop_lifetime_ms: HOUR_MS, ..config(true) }).unwrap();
+        // Payloads for an IP length of 1500 (the uplink's MTU) and 1501.
+        for (header, family) in [(28usize, 0usize), (48, 1)] {
+            let small = &bind_to_peer(f, 64)[family];
+            forward_via(f, &small.0, uplink, small.1, PEER_MAC, 1);
+            // Too big for the route: the cache must not wave it through.
+            let too_big = &bind_to_peer(f, 1500 - header + 1)[family];
+            let before = f.fib_lookups().unwrap();
+            check_on(f, &too_big.0, uplink, Outcome::PassNoRoute);
+            assert_eq!(f.fib_lookups().unwrap() - before, 1);
+            // The longest that fits is looked up once, then cached, and the
+            // short one still is.
+            let longest = &bind_to_peer(f, 1500 - header)[family];
+            forward_via(f, &longest.0, uplink, longest.1, PEER_MAC, 1);
+            forward_via(f, &longest.0, uplink, longest.1, PEER_MAC, 0);
+            forward_via(f, &small.0, uplink, small.1, PEER_MAC, 0);
+        }
+    });
+}
+
 // --- Properties -------------------------------------------------------------
 
 /// Runs `test` with a forwarder shared by the proptest cases of a thread:

@@ -9,22 +9,30 @@
 //!
 //! Everything the program cannot forward on its own it passes, unchanged, to
 //! the allocation's socket, where userspace applies the same rules slowly.
+//!
+//! With the FIB on, the next hop of a destination comes from a cache
+//! (`RELAY_NEXT_HOPS`) that `bpf_fib_lookup` fills on a miss: the lookup is
+//! most of a forwarded packet's cost. An entry is used only while it carries
+//! the current generation (userspace bumps it on every route, neighbour and
+//! link change it hears of over netlink) and has not expired
+//! (`RelayConfig::next_hop_lifetime_ms`, a bound that holds even when no
+//! notification arrives). See docs/relay-xdp.md.
 
 use core::mem;
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use ferry_ebpf_common::{
     guard::TRANSPORT_MIN_LEN,
     relay::{
-        ACTION_FORWARD, Binding, BindingKey, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_SLOTS, FAMILY_V4, FAMILY_V6,
-        FLAG_FIB, Outcome, RelayConfig, Traffic,
+        ACTION_FORWARD, Binding, BindingKey, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_NEXT_HOPS, DEFAULT_MAX_SLOTS,
+        FAMILY_V4, FAMILY_V6, FLAG_FIB, NextHop as CachedHop, NextHopKey, Outcome, RelayConfig, Traffic,
     },
 };
 use network_types::{
@@ -54,6 +62,29 @@ static RELAY_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome:
 
 #[map(name = "RELAY_TRAFFIC")]
 static RELAY_TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(DEFAULT_MAX_SLOTS, 0);
+
+// LRU: destinations come and go with sessions; the least recently used are
+// evicted and simply looked up again when they come back.
+#[map(name = "RELAY_NEXT_HOPS")]
+static RELAY_NEXT_HOPS: LruHashMap<NextHopKey, CachedHop> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_NEXT_HOPS, 0);
+
+#[map(name = "RELAY_NEXT_HOP_GEN")]
+static RELAY_NEXT_HOP_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "RELAY_FIB_LOOKUPS")]
+static RELAY_FIB_LOOKUPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The miss path's lookup parameters and new cache entry: on the stack they
+/// would not fit beside the rest of the program's 512 bytes.
+#[repr(C)]
+struct FibScratch {
+    fib: FibLookup,
+    entry: CachedHop,
+}
+
+#[map(name = "RELAY_FIB_SCRATCH")]
+static RELAY_FIB_SCRATCH: PerCpuArray<FibScratch> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = EthHdr::LEN;
 /// Only option-less IPv4 and IPv6 without extension headers are forwarded, so
@@ -85,6 +116,7 @@ pub fn relay_forward(ctx: XdpContext) -> u32 {
 }
 
 /// The next hop `bpf_fib_lookup` found.
+#[derive(Clone, Copy)]
 struct NextHop {
     ifindex: u32,
     smac: [u8; 6],
@@ -146,37 +178,42 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let udp = unsafe { &mut *transport.udp };
 
     let src = ip.src_addr;
-    let key = BindingKey {
-        addr: [src[0], src[1], src[2], src[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        port: udp.src,
-        relay_port: udp.dst,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-    };
-    let binding = match lookup(&key) {
+    let mut slot = mem::MaybeUninit::uninit();
+    let key: &mut BindingKey = zeroed(&mut slot);
+    key.addr[..4].copy_from_slice(&src);
+    key.port = udp.src;
+    key.relay_port = udp.dst;
+    key.family = FAMILY_V4;
+    let binding = match lookup(key) {
         Ok(binding) => binding,
         Err(outcome) => return outcome,
     };
     let peer = [binding.addr[0], binding.addr[1], binding.addr[2], binding.addr[3]];
+    // The relay's address replaces the sender's, the peer's replaces the
+    // relay's: for the checksums only the sender's address leaves and the
+    // peer's arrives (RFC 1624 incremental updates, eqn. 3).
+    let removed = settled(sum_not(&src));
+    let added = settled(sum(&peer));
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
-        let mut fib = fib_params(ctx, AF_INET, udp.dst, binding.port, total_len);
-        fib.__bindgen_anon_2.tos = ip.tos;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.dst_addr);
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(peer);
-        match fib_lookup(ctx, &mut fib) {
-            Some(next_hop) => Some(next_hop),
-            None => return Outcome::PassNoRoute,
+        let mut slot = mem::MaybeUninit::uninit();
+        let key: &mut NextHopKey = zeroed(&mut slot);
+        copy_bytes(&mut key.addr, &binding.addr);
+        key.ifindex = ctx.ingress_ifindex() as u32;
+        key.family = FAMILY_V4;
+        key.tos = ip.tos;
+        let request = Request { sport: udp.dst, dport: binding.port, flowinfo: 0, ip_len: total_len as u32 };
+        // Written by next_hop when it returns true; never zeroed (a memset).
+        let mut hop = mem::MaybeUninit::<NextHop>::uninit();
+        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
+            return Outcome::PassNoRoute;
         }
+        // SAFETY: next_hop returned true, so it wrote every field.
+        Some(unsafe { hop.assume_init() })
     } else {
         None
     };
 
-    // The relay's address replaces the sender's, the peer's replaces the
-    // relay's: for the checksums only the sender's address leaves and the
-    // peer's arrives (RFC 1624 incremental updates, eqn. 3).
-    let removed = sum_not(&src);
-    let added = sum(&peer);
     let old_ttl = u16::from_be_bytes([ip.ttl, ip.proto]);
     let new_ttl = u16::from_be_bytes([TTL, ip.proto]);
     ip.check = replace(ip.check, removed + !old_ttl as u32, added + new_ttl as u32).to_be_bytes();
@@ -190,7 +227,7 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     udp.src = udp.dst;
     udp.dst = binding.port;
 
-    finish(ctx, next_hop, &binding, transport.payload_len)
+    finish(ctx, next_hop, binding, transport.payload_len)
 }
 
 #[inline(always)]
@@ -226,41 +263,60 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         return Outcome::PassMalformed;
     }
 
-    let src = ip.src_addr;
-    let key = BindingKey { addr: src, port: udp.src, relay_port: udp.dst, family: FAMILY_V6, _pad: [0; 3] };
-    let binding = match lookup(&key) {
+    let mut slot = mem::MaybeUninit::uninit();
+    let key: &mut BindingKey = zeroed(&mut slot);
+    copy_bytes(&mut key.addr, &ip.src_addr);
+    key.port = udp.src;
+    key.relay_port = udp.dst;
+    key.family = FAMILY_V6;
+    let binding = match lookup(key) {
         Ok(binding) => binding,
         Err(outcome) => return outcome,
     };
+    // See forward_v4: only the sender's address leaves the pseudo-header sum
+    // and only the peer's arrives. IPv6 has no header checksum. Summed before
+    // the next-hop step, so that the addresses need not stay in registers
+    // (or spill) across it.
+    let removed = settled(sum_not(&ip.src_addr));
+    let added = settled(sum(&binding.addr));
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
-        let mut fib = fib_params(ctx, AF_INET6, udp.dst, binding.port, Ipv6Hdr::LEN + payload_len);
         let vcf = ip.vcf;
-        // Traffic class and flow label, as the kernel's own forwarding path
-        // hands them to the route lookup.
-        fib.__bindgen_anon_2.flowinfo = u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]);
-        fib.__bindgen_anon_3.ipv6_src = words32(&ip.dst_addr);
-        fib.__bindgen_anon_4.ipv6_dst = words32(&binding.addr);
-        match fib_lookup(ctx, &mut fib) {
-            Some(next_hop) => Some(next_hop),
-            None => return Outcome::PassNoRoute,
+        let mut slot = mem::MaybeUninit::uninit();
+        let key: &mut NextHopKey = zeroed(&mut slot);
+        copy_bytes(&mut key.addr, &binding.addr);
+        key.ifindex = ctx.ingress_ifindex() as u32;
+        key.family = FAMILY_V6;
+        // The traffic class straddles the first two bytes.
+        key.tos = (vcf[0] << 4) | (vcf[1] >> 4);
+        let request = Request {
+            sport: udp.dst,
+            dport: binding.port,
+            // Traffic class and flow label, as the kernel's own forwarding
+            // path hands them to the route lookup.
+            flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
+            ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
+        };
+        // Written by next_hop when it returns true; never zeroed (a memset).
+        let mut hop = mem::MaybeUninit::<NextHop>::uninit();
+        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
+            return Outcome::PassNoRoute;
         }
+        // SAFETY: next_hop returned true, so it wrote every field.
+        Some(unsafe { hop.assume_init() })
     } else {
         None
     };
 
-    // See forward_v4: only the sender's address leaves the pseudo-header sum
-    // and only the peer's arrives. IPv6 has no header checksum.
-    let removed = sum_not(&src);
-    let added = sum(&binding.addr);
     udp.check = udp_checksum(replace_ports(udp, removed, added, binding.port));
     udp.src = udp.dst;
     udp.dst = binding.port;
-    ip.src_addr = ip.dst_addr;
-    ip.dst_addr = binding.addr;
+    // The relay's address (the datagram's destination) is the source now.
+    copy_bytes(&mut ip.src_addr, &config.addr6);
+    copy_bytes(&mut ip.dst_addr, &binding.addr);
     ip.hop_limit = TTL;
 
-    finish(ctx, next_hop, &binding, transport.payload_len)
+    finish(ctx, next_hop, binding, transport.payload_len)
 }
 
 /// Checks the UDP header at `offset` and the WireGuard message behind it, and
@@ -316,14 +372,15 @@ fn transport(
 
 /// The binding for `key`, if the program may forward with it.
 #[inline(always)]
-fn lookup(key: &BindingKey) -> Result<Binding, Outcome> {
+fn lookup(key: &BindingKey) -> Result<&'static Binding, Outcome> {
     let Some(binding) = RELAY_BINDINGS.get_ptr(key) else {
         return Err(Outcome::DropUnbound);
     };
-    // SAFETY: the map is not preallocated, so the element stays valid for this
-    // run even if userspace replaces it meanwhile. One copy, so every field
-    // comes from the same version.
-    let binding = unsafe { *binding };
+    // SAFETY: the map is not preallocated: userspace's replacement is a new
+    // element, and this one stays valid and unchanged for this run, so every
+    // field comes from the same version. Not copied: a copy's address bytes
+    // spill one by one, past the 512-byte stack.
+    let binding = unsafe { &*binding };
     // Anything but an explicit forward (a WebSocket peer, the other IP family,
     // an action this program does not know) is userspace's.
     if binding.action != ACTION_FORWARD || binding.family != key.family {
@@ -334,12 +391,23 @@ fn lookup(key: &BindingKey) -> Result<Binding, Outcome> {
 
 /// Route lookup parameters for a datagram from the allocation port to the
 /// peer's port with an IP length of `ip_len`, received on the ingress
-/// interface. The caller fills in the addresses.
+/// interface, written over `fib`. The caller fills in the addresses.
 #[inline(always)]
-fn fib_params(ctx: &XdpContext, family: u8, sport: [u8; 2], dport: [u8; 2], ip_len: usize) -> FibLookup {
-    // SAFETY: bpf_fib_lookup is plain old data; all zeroes is its documented
-    // starting point.
-    let mut fib: FibLookup = unsafe { mem::zeroed() };
+fn fib_params(
+    fib: &mut FibLookup,
+    ctx: &XdpContext,
+    family: u8,
+    sport: [u8; 2],
+    dport: [u8; 2],
+    ip_len: usize,
+) {
+    // All zeroes is the documented starting point. Word by word, volatile:
+    // LLVM would otherwise make a memset call of it, which BPF has not.
+    let words = (fib as *mut FibLookup).cast::<u32>();
+    for i in 0..mem::size_of::<FibLookup>() / 4 {
+        // SAFETY: within the struct, which is plain old data of u32 alignment.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
     fib.family = family;
     fib.l4_protocol = IPPROTO_UDP;
     fib.sport = u16::from_ne_bytes(sport);
@@ -348,7 +416,159 @@ fn fib_params(ctx: &XdpContext, family: u8, sport: [u8; 2], dport: [u8; 2], ip_l
     // payload length near 64 KiB would wrap: such a datagram is no XDP frame.
     fib.__bindgen_anon_1.tot_len = ip_len.min(u16::MAX as usize) as u16;
     fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib
+}
+
+/// A map key on the stack, aligned to 8 bytes for [`zeroed`].
+#[repr(C, align(8))]
+struct Aligned<T>(T);
+
+/// Zeroes `slot` with 8-byte word stores and returns it. Zero-initialised
+/// byte arrays otherwise become memset calls, a byte loop in BPF: tens of ns
+/// for a key, on every packet. In place: returning the value would copy it,
+/// and LLVM makes a memset of that copy again.
+#[inline(always)]
+fn zeroed<T: Copy>(slot: &mut mem::MaybeUninit<Aligned<T>>) -> &mut T {
+    let words = slot.as_mut_ptr().cast::<u64>();
+    for i in 0..mem::size_of::<Aligned<T>>() / 8 {
+        // SAFETY: within the slot, which is 8-aligned and a multiple of 8
+        // bytes long.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: only plain-old-data structs of integers and byte arrays are
+    // made this way, for which all zeroes is a valid value.
+    unsafe { &mut slot.assume_init_mut().0 }
+}
+
+/// Copies an address byte by byte. Plain assignment of a byte array often
+/// becomes a memmove call, a loop, in BPF; volatile stores stay inline.
+#[inline(always)]
+fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
+    for i in 0..N {
+        // SAFETY: i < N, within dst.
+        unsafe { core::ptr::write_volatile(dst.as_mut_ptr().add(i), src[i]) };
+    }
+}
+
+/// What a FIB lookup for a datagram needs besides its [`NextHopKey`].
+struct Request {
+    /// The allocation port and the peer's port, network order.
+    sport: [u8; 2],
+    dport: [u8; 2],
+    /// IPv6 only: traffic class and flow label as bpf_fib_lookup takes them.
+    flowinfo: u32,
+    /// The IP length, header included.
+    ip_len: u32,
+}
+
+/// Writes the next hop for `key` to `*hop`, from the cache if it holds a
+/// current entry for a datagram of `request.ip_len` bytes, else from the FIB
+/// ([`fib_fill`]). False: the FIB has no usable answer.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    config: &RelayConfig,
+    key: &NextHopKey,
+    request: &Request,
+    hop: *mut NextHop,
+) -> bool {
+    let lifetime_ms = config.next_hop_lifetime_ms;
+    // Read before the lookup: an answer the FIB gave before a change must
+    // carry the generation from before userspace's bump, never the one after.
+    let Some(generation) = RELAY_NEXT_HOP_GEN.get(0) else {
+        return false;
+    };
+    let generation = *generation;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if lifetime_ms != 0
+        && let Some(entry) = RELAY_NEXT_HOPS.get_ptr(key)
+    {
+        // SAFETY: an LRU element stays mapped during this run (RCU). It can be
+        // reused for another key meanwhile, hence the destination check.
+        let entry = unsafe { &*entry };
+        if entry.generation == generation
+            && now < entry.expires_ns
+            && request.ip_len <= entry.max_len as u32
+            && entry.addr == key.addr
+        {
+            // SAFETY: the caller's NextHop, written whole.
+            unsafe { hop.write(NextHop { ifindex: entry.ifindex, smac: entry.smac, dmac: entry.dmac }) };
+            return true;
+        }
+    }
+    let stamp = Stamp { generation, expires_ns: now + lifetime_ms as u64 * 1_000_000, request };
+    fib_fill(XdpContext::new(ctx.ctx), config, key, &stamp, hop)
+}
+
+/// A miss: the datagram's [`Request`], the generation read before the
+/// lookup and the expiry of its answer. (One argument: BPF calls take five.)
+struct Stamp<'a> {
+    request: &'a Request,
+    generation: u32,
+    expires_ns: u64,
+}
+
+/// The miss path of [`next_hop`]: asks the FIB, caches its answer with
+/// `stamp` (unless the cache is off) and writes it to `*hop`.
+///
+/// A function of its own (a BPF-to-BPF call, with a stack frame of its own),
+/// and the lookup's parameters in a per-CPU scratch slot: inlined into both
+/// families' paths, the program's stack grew past 512 bytes.
+#[inline(never)]
+fn fib_fill(
+    ctx: XdpContext,
+    config: &RelayConfig,
+    key: &NextHopKey,
+    stamp: &Stamp,
+    hop: *mut NextHop,
+) -> bool {
+    let lifetime_ms = config.next_hop_lifetime_ms;
+    let request = stamp.request;
+    let ip_len = request.ip_len as usize;
+    if let Some(lookups) = RELAY_FIB_LOOKUPS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, written only by this CPU while we run.
+        unsafe { *lookups += 1 };
+    }
+    let Some(scratch) = RELAY_FIB_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot, used only by this CPU while we run.
+    let scratch = unsafe { &mut *scratch };
+    let fib = &mut scratch.fib;
+    if key.family == FAMILY_V4 {
+        fib_params(fib, &ctx, AF_INET, request.sport, request.dport, ip_len);
+        fib.__bindgen_anon_2.tos = key.tos;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(config.addr4);
+        fib.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]);
+    } else {
+        fib_params(fib, &ctx, AF_INET6, request.sport, request.dport, ip_len);
+        fib.__bindgen_anon_2.flowinfo = request.flowinfo;
+        fib.__bindgen_anon_3.ipv6_src = words32(&config.addr6);
+        fib.__bindgen_anon_4.ipv6_dst = words32(&key.addr);
+    }
+    let Some(found) = fib_lookup(&ctx, fib) else {
+        return false;
+    };
+    if lifetime_ms != 0 {
+        scratch.entry = CachedHop {
+            dmac: found.dmac,
+            smac: found.smac,
+            ifindex: found.ifindex,
+            generation: stamp.generation,
+            // The FIB checked this length against the route's MTU.
+            max_len: ip_len.min(u16::MAX as usize) as u16,
+            _pad: [0; 2],
+            expires_ns: stamp.expires_ns,
+            addr: key.addr,
+        };
+        // A full map evicts; a failure only means the next datagram asks the
+        // FIB again.
+        let _ = RELAY_NEXT_HOPS.insert(key, &scratch.entry, 0);
+    }
+    // SAFETY: the caller's NextHop, written whole.
+    unsafe { hop.write(found) };
+    true
 }
 
 /// Asks the kernel's FIB for the next hop. Anything short of a complete answer
@@ -356,7 +576,7 @@ fn fib_params(ctx: &XdpContext, family: u8, sport: [u8; 2], dport: [u8; 2], ip_l
 /// is None: userspace sends that datagram and the kernel resolves the rest.
 #[inline(always)]
 fn fib_lookup(ctx: &XdpContext, fib: &mut FibLookup) -> Option<NextHop> {
-    // SAFETY: fib points at a complete bpf_fib_lookup on our stack.
+    // SAFETY: fib points at a complete bpf_fib_lookup.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, mem::size_of::<FibLookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
@@ -412,6 +632,15 @@ fn replace_ports(udp: &UdpHdr, removed: u32, added: u32, peer_port: [u8; 2]) -> 
     let old_port = !u16::from_be_bytes(udp.src) as u32;
     let new_port = u16::from_be_bytes(peer_port) as u32;
     replace(udp.check, removed + old_port, added + new_port)
+}
+
+/// `sum`, computed here and now. Left to itself LLVM loads the summed bytes
+/// before the next-hop call, adds them after it and spills every byte across
+/// it: more than the 512-byte stack holds.
+#[inline(always)]
+fn settled(sum: u32) -> u32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&sum) }
 }
 
 /// An IPv6 address as the four network-order words bpf_fib_lookup takes.

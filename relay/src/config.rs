@@ -184,6 +184,11 @@ pub struct Config {
     /// Without FIB lookups the forwarder swaps MAC addresses and sends back
     /// out of the ingress interface: right when one router reaches all peers.
     pub fib: Option<bool>,
+    /// How long the forwarder reuses a next hop the FIB found, in
+    /// milliseconds (0: ask the FIB for every datagram). Route and neighbour
+    /// changes reach the cache at once over netlink; this bounds how long
+    /// one could go unnoticed otherwise. Default 1000.
+    pub next_hop_lifetime_ms: Option<u32>,
     pub public_ipv4: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
     pub ports: Option<PortRange>,

@@ -5,6 +5,7 @@
 //!   bindings, roaming), fed datagrams and time.
 //! - [`udp`]: the userspace datagram path, batched with recvmmsg/sendmmsg.
 //! - [`xdp`]: mirrors bindings into the XDP forwarder's map.
+//! - [`next_hops`]: keeps the forwarder's next-hop cache true (netlink).
 //! - [`ws`]: the WebSocket relay. [`stun`]: the STUN Binding server.
 //! - [`metrics`]: Prometheus families shared by all of them.
 //! - [`state_file`]: the live allocations and bindings on disk, restored at
@@ -17,6 +18,7 @@ pub mod core;
 pub mod http;
 pub mod listeners;
 pub mod metrics;
+pub mod next_hops;
 pub mod runtime;
 pub mod state_file;
 pub mod stun;

@@ -76,6 +76,11 @@ struct RunArgs {
     /// send back out of the ingress interface (one router reaches all peers).
     #[arg(long)]
     no_fib: bool,
+    /// How long XDP reuses a next hop the FIB found, in ms (0: look up every
+    /// datagram). Route and neighbour changes reach it at once over netlink;
+    /// this bounds how long one could go unnoticed otherwise [default: 1000].
+    #[arg(long, value_name = "MS")]
+    next_hop_lifetime_ms: Option<u32>,
     /// The relay's public IPv4 address: allocation sockets bind to it and
     /// XDP forwards only datagrams sent to it.
     #[arg(long, value_name = "IP")]
@@ -177,6 +182,7 @@ impl RunArgs {
         if self.no_fib {
             c.fib = Some(false);
         }
+        c.next_hop_lifetime_ms = self.next_hop_lifetime_ms.or(c.next_hop_lifetime_ms);
         c.public_ipv4 = self.public_ipv4.or(c.public_ipv4);
         c.public_ipv6 = self.public_ipv6.or(c.public_ipv6);
         c.ports = self.ports.or(c.ports);

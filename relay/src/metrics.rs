@@ -59,6 +59,8 @@ pub struct Metrics {
     pub control_connected: Gauge,
     /// What the XDP program did with each packet it saw, by outcome.
     pub xdp_outcomes: Family<OutcomeLabels, Counter>,
+    /// `bpf_fib_lookup` calls of the XDP program: next-hop cache misses.
+    pub xdp_fib_lookups: Counter,
 }
 
 impl Default for Metrics {
@@ -124,9 +126,17 @@ impl Metrics {
             "Packets the XDP forwarder saw, by outcome (forward_tx, pass_handshake, drop_unbound...)",
             xdp_outcomes.clone(),
         );
+        let xdp_fib_lookups = Counter::default();
+        registry.register(
+            "xdp_fib_lookups",
+            "FIB lookups of the XDP forwarder: next-hop cache misses (first datagram to a destination, after a \
+             route or neighbour change, after the lifetime)",
+            xdp_fib_lookups.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             xdp_outcomes,
+            xdp_fib_lookups,
             forwarded_packets,
             forwarded_bytes,
             drops,

@@ -1,7 +1,8 @@
 //! The XDP forwarder from the daemon's side: load, configure and attach the
-//! program, give the allocations its binding map, and fold its per-CPU drop
-//! counters into /metrics under the same reasons the userspace path uses.
-//! Stopping (or dropping) it detaches the program; nothing is ever pinned.
+//! program, give the allocations its binding map, keep its next-hop cache
+//! true ([`crate::next_hops`]), and fold its per-CPU drop counters into
+//! /metrics under the same reasons the userspace path uses. Stopping (or
+//! dropping) it detaches the program; nothing is ever pinned.
 
 use std::{sync::Arc, time::Duration};
 
@@ -63,6 +64,9 @@ impl BindingTable for Table {
 pub struct Forwarder {
     table: Arc<Table>,
     poller: tokio::task::JoinHandle<()>,
+    /// The netlink watcher that invalidates cached next hops; None without
+    /// FIB (or if netlink could not be opened: the lifetime still holds).
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Forwarder {
@@ -73,6 +77,9 @@ impl Forwarder {
     /// Detaches from every interface.
     pub fn stop(self) {
         self.poller.abort();
+        if let Some(watcher) = self.watcher {
+            watcher.abort();
+        }
         let mut forwarder = self.table.lock();
         if let Err(e) = forwarder.detach_all() {
             warn!(error = %e, "detaching the XDP forwarder failed");
@@ -87,14 +94,12 @@ pub fn start(config: &Config, mode: XdpMode, max_bindings: u32, metrics: &Metric
         .context("loading the XDP forwarder (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
     let ports = config.ports.unwrap_or_default();
     let fib = config.fib.unwrap_or(true);
-    forwarder
-        .configure(ferry_ebpf::relay::config(
-            config.public_ipv4,
-            config.public_ipv6,
-            ports.first..=ports.last,
-            fib,
-        ))
-        .context("configuring the XDP forwarder")?;
+    let mut program_config =
+        ferry_ebpf::relay::config(config.public_ipv4, config.public_ipv6, ports.first..=ports.last, fib);
+    if let Some(lifetime) = config.next_hop_lifetime_ms {
+        program_config.next_hop_lifetime_ms = lifetime;
+    }
+    forwarder.configure(program_config).context("configuring the XDP forwarder")?;
     let attach_mode = match mode {
         XdpMode::Generic => AttachMode::Generic,
         _ => AttachMode::Native,
@@ -109,8 +114,34 @@ pub fn start(config: &Config, mode: XdpMode, max_bindings: u32, metrics: &Metric
         info!(iface, mode = took, fib, "XDP forwarder attached");
     }
     let table = Arc::new(Table { forwarder: Mutex::new(forwarder) });
+    let watcher = if fib && program_config.next_hop_lifetime_ms != 0 {
+        watch_next_hops(table.clone(), program_config.next_hop_lifetime_ms)
+    } else {
+        None
+    };
     let poller = tokio::spawn(poll_counters(table.clone(), metrics.clone()));
-    Ok(Forwarder { table, poller })
+    Ok(Forwarder { table, poller, watcher })
+}
+
+/// Starts the netlink watcher that invalidates the forwarder's cached next
+/// hops; without it they still expire after `lifetime_ms`.
+fn watch_next_hops(table: Arc<Table>, lifetime_ms: u32) -> Option<tokio::task::JoinHandle<()>> {
+    let invalidate = move || {
+        if let Err(e) = table.lock().invalidate_next_hops() {
+            warn!(error = %e, "invalidating the XDP next hops failed; they expire by their lifetime");
+        }
+    };
+    match crate::next_hops::watch(invalidate) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            warn!(
+                error = %e,
+                lifetime_ms,
+                "no netlink notifications: route and neighbour changes reach XDP only when cached next hops expire"
+            );
+            None
+        }
+    }
 }
 
 /// The kernel answers FIB lookups only for interfaces that forward
@@ -141,6 +172,7 @@ fn drop_reason(outcome: Outcome) -> Option<&'static str> {
 
 async fn poll_counters(table: Arc<Table>, metrics: Metrics) {
     let mut seen = RelayCounters::default();
+    let mut seen_lookups = 0;
     let mut every = tokio::time::interval(Duration::from_millis(500));
     loop {
         every.tick().await;
@@ -161,5 +193,12 @@ async fn poll_counters(table: Arc<Table>, metrics: Metrics) {
             }
         }
         seen = now;
+        match table.lock().fib_lookups() {
+            Ok(lookups) => {
+                metrics.xdp_fib_lookups.inc_by(lookups.saturating_sub(seen_lookups));
+                seen_lookups = lookups;
+            }
+            Err(e) => warn!(error = %e, "reading the XDP FIB lookups failed"),
+        }
     }
 }

@@ -18,7 +18,8 @@ pub const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "relay",
-        "relay XDP forwarder ns/forwarded packet with BPF_PROG_RUN (1 and 1,000,000 bindings, FIB and MAC swap), \
+        "relay XDP forwarder ns/forwarded packet with BPF_PROG_RUN (1 and 1,000,000 bindings, FIB with the next-hop \
+         cache hitting and without it, MAC swap), \
          against an empty XDP program; ferry-relay forwarding 1420- and 64-byte traffic between namespaces \
          (packets/s, Gbit/s, CPU s/Gbit) with --xdp native against --xdp off",
     ),
