@@ -40,7 +40,7 @@ struct Cli {
     boringtun: Option<PathBuf>,
 
     /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client (and
-    /// tunnel-crypto and tunnel-handshake, parts of the tunnel benchmark).
+    /// parts of some: gateway-prog, relay-prog, tunnel-crypto, tunnel-handshake).
     #[arg(required = true)]
     names: Vec<String>,
 }
