@@ -141,6 +141,10 @@ pub enum BackendError {
     Unavailable(String),
 }
 
+/// What a group commit adds after its batches, from which of them held
+/// (see [`Backend::commit_group`]).
+pub type Finish = dyn Fn(&[bool]) -> Batch + Send + Sync;
+
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
 
@@ -160,6 +164,24 @@ pub trait Backend: Send + Sync + 'static {
     /// Applies `batch` atomically if every expectation holds. When this
     /// returns Ok the change is durable: a crash afterwards loses nothing.
     fn commit(&self, batch: Batch) -> Result<(), BackendError>;
+
+    /// Commits, in one atomic and durable commit, each of `batches` whose
+    /// expectations hold when its turn comes (in order: a batch sees the
+    /// changes of the ones before it), and then the batch `finish` makes of
+    /// which of them held. Each batch gets its own outcome: one whose
+    /// expectations fail is left out and reported as a conflict, and the
+    /// others still commit. The whole group fails, with nothing changed, if
+    /// `finish`'s batch does not hold, or on a storage error. `finish` may
+    /// be called more than once (a transaction run again) and must give the
+    /// same batch for the same outcomes.
+    ///
+    /// One commit for many batches: one flush, or one transaction, instead
+    /// of one each.
+    fn commit_group(
+        &self,
+        batches: Vec<Batch>,
+        finish: std::sync::Arc<Finish>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError>;
 
     /// A fresh identifier, never returned before (also across restarts).
     fn generate_id(&self) -> Result<u64, BackendError>;
