@@ -46,6 +46,10 @@ pub struct Store {
     /// Held by an append to the audit chain from reading its head to its
     /// commit, for backends whose appends take turns.
     append_gate: Option<Arc<std::sync::Mutex<()>>>,
+    /// Session changes under way in this process, which may claim a
+    /// tunnel subnet: while others are, a start picks among the free
+    /// subnets at random instead of racing them for the lowest.
+    session_changes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -72,7 +76,7 @@ impl Store {
     /// Uses any backend; a new one gets the current schema version.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
         let append_gate = backend.appends_take_turns().then(|| Arc::new(std::sync::Mutex::new(())));
-        let store = Store { backend, append_gate };
+        let store = Store { backend, append_gate, session_changes: Arc::default() };
         match store.backend.get(Collection::Meta, SCHEMA_KEY)? {
             None => {
                 let created =
@@ -154,9 +158,25 @@ impl Store {
         (dir, store)
     }
 
+    /// Counts a session change under way until the guard goes; returns
+    /// with it whether others were under way when it began.
+    pub(crate) fn session_change(&self) -> (SessionChange, bool) {
+        let others = self.session_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
+        (SessionChange(self.session_changes.clone()), others)
+    }
+
     /// The backend, for the typed collections built on it.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+}
+
+/// A session change under way (see [`Store::session_change`]).
+pub(crate) struct SessionChange(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SessionChange {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
