@@ -389,6 +389,81 @@ fn a_group_commits_the_batches_that_hold_and_reports_the_others() {
 }
 
 #[test]
+fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
+    use ferry_cloud::audit::{self, Event, Submission};
+    both(|subject| {
+        let [one, two] = two_handles(subject);
+        let (store, other) = (Store::with_backend(one).unwrap(), Store::with_backend(two).unwrap());
+        let event = |action: &str| Event {
+            actor: "tester".into(),
+            action: action.into(),
+            allowed: true,
+            source: None,
+            session: None,
+            gateway: None,
+            detail: None,
+        };
+        let claim = |key: &str| {
+            Batch::default().expect(Collection::Users, key, None).put(Collection::Users, key, "claimed")
+        };
+        audit::append(&store, 1, event("first")).unwrap();
+        store.backend().commit(Batch::default().put(Collection::Users, "taken", "x")).unwrap();
+        let outcomes = audit::commit_together(
+            &store,
+            vec![
+                Submission { time_ms: 2, events: vec![event("a1"), event("a2")], batch: claim("a") },
+                Submission { time_ms: 3, events: vec![event("refused")], batch: claim("taken") },
+                Submission { time_ms: 4, events: vec![event("c")], batch: claim("c") },
+                // Wants what the first of the group just claimed.
+                Submission { time_ms: 5, events: vec![event("again")], batch: claim("a") },
+            ],
+        );
+        let seqs: Vec<Result<Vec<u64>, String>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(entries) => Ok(entries.iter().map(|e| e.seq).collect()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect();
+        assert_eq!(seqs[0], Ok(vec![2, 3]));
+        assert!(
+            matches!(
+                &outcomes[1],
+                Err(audit::AuditError::Store(BackendError::Conflict { collection: Collection::Users }))
+            ),
+            "{seqs:?}"
+        );
+        assert_eq!(seqs[2], Ok(vec![4]), "linked right after the entries that landed");
+        assert!(outcomes[3].is_err(), "{seqs:?}");
+        assert_eq!(value(&*store.backend(), Collection::Users, b"c").as_deref(), Some(&b"claimed"[..]));
+        let actions: Vec<String> =
+            audit::entries(&store, 0, 100).unwrap().into_iter().map(|e| e.event.action).collect();
+        assert_eq!(actions, ["first", "a1", "a2", "c"]);
+        assert_eq!(audit::verify(&store).unwrap().unwrap().entries, 4);
+        // Groups of two processes (replicas) at once still make one chain.
+        std::thread::scope(|scope| {
+            for (t, store) in [&store, &other].into_iter().enumerate() {
+                scope.spawn(move || {
+                    for i in 0..15 {
+                        let submissions = (0..3)
+                            .map(|j| Submission {
+                                time_ms: 10,
+                                events: vec![event("load")],
+                                batch: claim(&format!("{t}-{i}-{j}")),
+                            })
+                            .collect();
+                        for outcome in audit::commit_together(store, submissions) {
+                            outcome.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(audit::verify(&other).unwrap().unwrap().entries, 4 + 2 * 15 * 3);
+    });
+}
+
+#[test]
 fn scans_are_ordered_paged_and_prefixed() {
     both(|subject| {
         let backend = subject.open();

@@ -127,7 +127,7 @@ impl Batch {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BackendError {
     /// A precondition did not hold; nothing was changed.
     #[error("conflict on {collection:?}: the stored value changed")]
@@ -185,13 +185,4 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A fresh identifier, never returned before (also across restarts).
     fn generate_id(&self) -> Result<u64, BackendError>;
-
-    /// Whether appends to the audit chain should take turns within this
-    /// process. Every append expects the chain's head it read; where a
-    /// commit is a round trip to a server, concurrent appends would almost
-    /// all find the head moved and start over, many times, instead of
-    /// queueing. (Appends of other processes still conflict and retry.)
-    fn appends_take_turns(&self) -> bool {
-        false
-    }
 }

@@ -79,10 +79,6 @@ impl FailingBackend {
 }
 
 impl Backend for FailingBackend {
-    fn appends_take_turns(&self) -> bool {
-        self.inner.appends_take_turns()
-    }
-
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         self.inner.get(collection, key)
     }

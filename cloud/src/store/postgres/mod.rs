@@ -547,10 +547,6 @@ fn name_of(collection: &Collection) -> &'static (dyn ToSql + Sync) {
 }
 
 impl Backend for PostgresBackend {
-    fn appends_take_turns(&self) -> bool {
-        true
-    }
-
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         let key = key.to_vec();
         self.call(move |client| async move {
