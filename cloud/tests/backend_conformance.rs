@@ -435,7 +435,7 @@ fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
         );
         assert_eq!(seqs[2], Ok(vec![4]), "linked right after the entries that landed");
         assert!(outcomes[3].is_err(), "{seqs:?}");
-        assert_eq!(value(&*store.backend(), Collection::Users, b"c").as_deref(), Some(&b"claimed"[..]));
+        assert_eq!(value(store.backend(), Collection::Users, b"c").as_deref(), Some(&b"claimed"[..]));
         let actions: Vec<String> =
             audit::entries(&store, 0, 100).unwrap().into_iter().map(|e| e.event.action).collect();
         assert_eq!(actions, ["first", "a1", "a2", "c"]);
