@@ -303,7 +303,7 @@ impl Appender {
     /// commit the group waiting by then (which holds `me`).
     fn wait_for_turn(&self, me: &std::sync::Arc<Waiting>) -> Turn {
         let deadline = std::time::Instant::now() + TURN_WAIT;
-        let mut turns = lock(&self.turns);
+        let mut turns = lock_ignoring_poison(&self.turns);
         turns.queue.push_back(me.clone());
         loop {
             if let Some(outcome) = take_outcome(me) {
@@ -359,7 +359,7 @@ pub fn commit_together(store: &Store, submissions: Vec<Submission>) -> Vec<Outco
         .map(|submission| std::sync::Arc::new(Waiting { submission, outcome: std::sync::Mutex::new(None) }))
         .collect();
     blocking(|| {
-        let mut turns = lock(&appender.turns);
+        let mut turns = lock_ignoring_poison(&appender.turns);
         while turns.busy {
             turns = appender.changed.wait(turns).unwrap_or_else(|e| e.into_inner());
         }
@@ -378,7 +378,7 @@ struct Pass<'a>(&'a Appender);
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        lock(&self.0.turns).busy = false;
+        lock_ignoring_poison(&self.0.turns).busy = false;
         self.0.changed.notify_all();
     }
 }
@@ -388,12 +388,12 @@ enum Turn {
     Mine(Vec<std::sync::Arc<Waiting>>),
 }
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn take_outcome(waiting: &Waiting) -> Option<Outcome> {
-    lock(&waiting.outcome).take()
+    lock_ignoring_poison(&waiting.outcome).take()
 }
 
 /// Runs `wait` where blocking is allowed: a worker of the server's
@@ -445,29 +445,49 @@ fn link(
 }
 
 /// Commits `group` as one, and gives each submission its outcome.
+///
+/// The group locks the head record and links its entries to the head it
+/// names then, so groups of several processes (replicas) wait for each
+/// other there instead of conflicting. The head read beforehand is only
+/// for a chain without a head record (new, or written before it existed),
+/// and each entry still expects its seq to be free: a group that finds its
+/// seq taken anyway (a chain without a head record, appended to by another
+/// process meanwhile) is linked again and committed again, whole.
 fn commit_group(store: &Store, group: &[std::sync::Arc<Waiting>]) {
     let batches: Vec<Batch> = group.iter().map(|w| w.submission.batch.clone()).collect();
+    let lock = Some((Collection::Meta, HEAD_KEY.to_vec()));
     let outcomes: Vec<Outcome> = 'attempts: {
         for _ in 0..64 {
             let (first, prev_hash) = match next_link(store) {
                 Ok(head) => head,
                 Err(e) => break 'attempts group.iter().map(|_| Err(copy(&e))).collect(),
             };
+            // The entries of the last call, which is the one committed.
+            let linked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let finish = {
-                let (group, prev_hash) = (group.to_vec(), prev_hash.clone());
-                std::sync::Arc::new(move |held: &[bool]| link(first, prev_hash.clone(), &group, held).0)
+                let (group, linked) = (group.to_vec(), linked.clone());
+                std::sync::Arc::new(move |held: &[bool], head: Option<&[u8]>| {
+                    let (first, prev_hash) = head
+                        .and_then(|bytes| serde_json::from_slice::<Link>(bytes).ok())
+                        .map_or_else(|| (first, prev_hash.clone()), |head| (head.seq + 1, head.hash));
+                    let (batch, entries) = link(first, prev_hash, &group, held);
+                    *lock_ignoring_poison(&linked) = entries;
+                    batch
+                })
             };
-            match store.backend().commit_group(batches.clone(), finish) {
+            match store.backend().commit_group(batches.clone(), lock.clone(), finish) {
                 Ok(results) => {
-                    let held: Vec<bool> = results.iter().map(Result::is_ok).collect();
-                    let (_, entries) = link(first, prev_hash, group, &held);
+                    let entries = std::mem::take(&mut *lock_ignoring_poison(&linked));
+                    let mut entries = entries.into_iter();
                     break 'attempts results
                         .into_iter()
-                        .zip(entries)
-                        .map(|(result, entries)| result.map(|()| entries).map_err(AuditError::Store))
+                        .map(|result| {
+                            let mine = entries.next().unwrap_or_default();
+                            result.map(|()| mine).map_err(AuditError::Store)
+                        })
                         .collect();
                 }
-                // The head moved: another process appended. Link again.
+                // A seq was taken: another process appended. Link again.
                 Err(BackendError::Conflict { .. }) => continue,
                 Err(e) => break 'attempts group.iter().map(|_| Err(AuditError::Store(e.clone()))).collect(),
             }
@@ -475,7 +495,7 @@ fn commit_group(store: &Store, group: &[std::sync::Arc<Waiting>]) {
         group.iter().map(|_| Err(AuditError::Contended)).collect()
     };
     for (waiting, outcome) in group.iter().zip(outcomes) {
-        *lock(&waiting.outcome) = Some(outcome);
+        *lock_ignoring_poison(&waiting.outcome) = Some(outcome);
     }
 }
 

@@ -350,19 +350,18 @@ fn a_group_commits_the_batches_that_hold_and_reports_the_others() {
         let batches =
             vec![claim("u1", "first"), claim("taken", "second"), claim("u1", "third"), claim("u4", "fourth")];
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Counts the batches that held in the locked key.
         let finish: Arc<ferry_cloud::store::backend::Finish> = {
             let seen = seen.clone();
-            Arc::new(move |held: &[bool]| {
-                seen.lock().unwrap().push(held.to_vec());
-                let count = held.iter().filter(|h| **h).count();
-                Batch::default().expect(Collection::Meta, "log", None).put(
-                    Collection::Meta,
-                    "log",
-                    count.to_string(),
-                )
+            Arc::new(move |held: &[bool], locked: Option<&[u8]>| {
+                seen.lock().unwrap().push((held.to_vec(), locked.map(<[u8]>::to_vec)));
+                let before: usize = locked.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+                let count = before + held.iter().filter(|h| **h).count();
+                Batch::default().put(Collection::Meta, "log", count.to_string())
             })
         };
-        let outcomes = backend.commit_group(batches.clone(), finish.clone()).unwrap();
+        let lock = || Some((Collection::Meta, b"log".to_vec()));
+        let outcomes = backend.commit_group(batches.clone(), lock(), finish.clone()).unwrap();
         let kinds: Vec<Option<Collection>> = outcomes
             .iter()
             .map(|o| match o {
@@ -372,15 +371,26 @@ fn a_group_commits_the_batches_that_hold_and_reports_the_others() {
             })
             .collect();
         assert_eq!(kinds, [None, Some(Collection::Users), Some(Collection::Users), None]);
-        assert!(seen.lock().unwrap().iter().all(|h| h == &[true, false, false, true]), "{seen:?}");
+        assert!(
+            seen.lock().unwrap().iter().all(|h| h == &(vec![true, false, false, true], None)),
+            "{seen:?}"
+        );
         assert_eq!(value(&*backend, Collection::Users, b"u1").as_deref(), Some(&b"first"[..]));
         assert_eq!(value(&*backend, Collection::Users, b"taken").as_deref(), Some(&b"x"[..]));
         assert_eq!(value(&*backend, Collection::Users, b"u4").as_deref(), Some(&b"fourth"[..]));
         assert_eq!(value(&*backend, Collection::Meta, b"log").as_deref(), Some(&b"2"[..]));
+        // The locked key's value reaches `finish`.
+        backend.commit_group(vec![claim("u6", "sixth")], lock(), finish).unwrap();
+        assert_eq!(seen.lock().unwrap().last().unwrap(), &(vec![true], Some(b"2".to_vec())));
+        assert_eq!(value(&*backend, Collection::Meta, b"log").as_deref(), Some(&b"3"[..]));
         // When what `finish` adds does not hold, nothing of the group lands.
-        let err = backend.commit_group(vec![claim("u5", "fifth")], finish).unwrap_err();
+        let refused: Arc<ferry_cloud::store::backend::Finish> = Arc::new(|_: &[bool], _: Option<&[u8]>| {
+            Batch::default().expect(Collection::Meta, "log", None).put(Collection::Meta, "log", "0")
+        });
+        let err = backend.commit_group(vec![claim("u5", "fifth")], None, refused).unwrap_err();
         assert!(matches!(err, BackendError::Conflict { collection: Collection::Meta }), "{err}");
         assert_eq!(value(&*backend, Collection::Users, b"u5"), None);
+        assert_eq!(value(&*backend, Collection::Meta, b"log").as_deref(), Some(&b"3"[..]));
         // Groups are durable as commits are.
         drop(backend);
         let backend = subject.open();

@@ -141,9 +141,12 @@ pub enum BackendError {
     Unavailable(String),
 }
 
-/// What a group commit adds after its batches, from which of them held
-/// (see [`Backend::commit_group`]).
-pub type Finish = dyn Fn(&[bool]) -> Batch + Send + Sync;
+/// What a group commit adds after its batches, from which of them held and
+/// the value of the group's locked key (see [`Backend::commit_group`]).
+pub type Finish = dyn Fn(&[bool], Option<&[u8]>) -> Batch + Send + Sync;
+
+/// A key a group commit locks before it calls its [`Finish`].
+pub type Lock = (Collection, Vec<u8>);
 
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
@@ -168,7 +171,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Commits, in one atomic and durable commit, each of `batches` whose
     /// expectations hold when its turn comes (in order: a batch sees the
     /// changes of the ones before it), and then the batch `finish` makes of
-    /// which of them held. Each batch gets its own outcome: one whose
+    /// which of them held and of the value `lock` has then (None without a
+    /// lock, or when the key is absent). The key `lock` names is locked
+    /// after the batches, so its value cannot change before the commit: a
+    /// batch that `finish` bases on it, and that changes it, never
+    /// conflicts with another group doing the same, it waits for it. Each
+    /// batch gets its own outcome: one whose
     /// expectations fail is left out and reported as a conflict, and the
     /// others still commit. The whole group fails, with nothing changed, if
     /// `finish`'s batch does not hold, or on a storage error. `finish` may
@@ -180,6 +188,7 @@ pub trait Backend: Send + Sync + 'static {
     fn commit_group(
         &self,
         batches: Vec<Batch>,
+        lock: Option<Lock>,
         finish: std::sync::Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError>;
 

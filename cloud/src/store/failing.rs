@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Op};
+use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Lock, Op};
 
 type Matcher = Box<dyn Fn(&Batch) -> bool + Send + Sync>;
 
@@ -105,13 +105,18 @@ impl Backend for FailingBackend {
     fn commit_group(
         &self,
         batches: Vec<Batch>,
+        lock: Option<Lock>,
         finish: Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
         // Matched against everything the group would commit if every batch
         // held: a group fails as a whole, as one commit would.
         let all = batches.iter().cloned().fold(Batch::default(), Batch::append);
-        self.check(&all.append(finish(&vec![true; batches.len()])))?;
-        self.inner.commit_group(batches, finish)
+        let locked = match &lock {
+            Some((collection, key)) => self.inner.get(*collection, key)?,
+            None => None,
+        };
+        self.check(&all.append(finish(&vec![true; batches.len()], locked.as_deref())))?;
+        self.inner.commit_group(batches, lock, finish)
     }
 
     fn generate_id(&self) -> Result<u64, BackendError> {

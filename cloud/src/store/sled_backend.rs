@@ -7,7 +7,7 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Op};
+use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Lock, Op};
 
 type Trees = [sled::transaction::TransactionalTree];
 
@@ -137,9 +137,10 @@ impl Backend for SledBackend {
     fn commit_group(
         &self,
         batches: Vec<Batch>,
+        lock: Option<Lock>,
         finish: std::sync::Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
-        // One transaction: a crash keeps all of it or none, and one flush.
+        // One transaction (which isolates what it reads, the lock's key too): a crash keeps all of it or none, and one flush.
         // A batch whose expectations fail applies nothing (they are checked
         // before its first change) and the others go on.
         let result = self.trees.as_slice().transaction(|trees| {
@@ -148,7 +149,11 @@ impl Backend for SledBackend {
                 failed.push(apply(trees, batch)?);
             }
             let held: Vec<bool> = failed.iter().map(Option::is_none).collect();
-            match apply(trees, &finish(&held))? {
+            let locked = match &lock {
+                Some((collection, key)) => trees[collection.index()].get(key)?,
+                None => None,
+            };
+            match apply(trees, &finish(&held, locked.as_deref()))? {
                 None => Ok(failed),
                 Some(collection) => Err(ConflictableTransactionError::Abort(collection)),
             }

@@ -49,7 +49,7 @@ pub use bridge::Bridge;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::{IsolationLevel, NoTls, error::SqlState, types::ToSql};
 
-use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Op};
+use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Lock, Op};
 
 pub use migrations::LATEST as SQL_SCHEMA_VERSION;
 
@@ -338,6 +338,7 @@ const CLAIM: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $
 const LOCK_IF: &str = "SELECT 1 FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3 FOR UPDATE";
 const UPDATE_IF: &str = "UPDATE ferry_kv SET value = $4 WHERE collection = $1 AND key = $2 AND value = $3";
 const DELETE_IF: &str = "DELETE FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3";
+const LOCK: &str = "SELECT value FROM ferry_kv WHERE collection = $1 AND key = $2 FOR UPDATE";
 const SAVEPOINT: &str = "SAVEPOINT ferry_batch";
 const RELEASE: &str = "RELEASE SAVEPOINT ferry_batch";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT ferry_batch";
@@ -475,6 +476,7 @@ async fn try_commit(
 async fn try_group(
     client: &mut Object,
     batches: &[Batch],
+    lock: Option<&Lock>,
     finish: &Arc<Finish>,
 ) -> Result<Result<Vec<Result<(), BackendError>>, BackendError>, tokio_postgres::Error> {
     let tx = begin(client).await?;
@@ -502,7 +504,27 @@ async fn try_group(
         }
     }
     let held: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
-    let last = finish(&held);
+    let locked: Option<Vec<u8>> = match lock {
+        Some((collection, key)) => {
+            // Sent with what ends the last savepoint; under READ COMMITTED
+            // it reads the newest committed value once the lock is ours.
+            let statements = futures_util::future::try_join_all(
+                pending.iter().copied().chain([LOCK]).map(|sql| tx.prepare_cached(sql)),
+            )
+            .await?;
+            let Some((select, ending)) = statements.split_last() else {
+                return Ok(Err(BackendError::Io("the lock statement went missing".into())));
+            };
+            let ended = futures_util::future::try_join_all(ending.iter().map(|s| tx.execute(s, &[])));
+            let (_, row) =
+                futures_util::future::try_join(ended, tx.query_opt(select, &[name_of(collection), key]))
+                    .await?;
+            pending = &[];
+            row.map(|r| r.get(0))
+        }
+        None => None,
+    };
+    let last = finish(&held, locked.as_deref());
     let steps = match plan(&last) {
         Ok(steps) => steps,
         Err(collection) => return Ok(Err(BackendError::Conflict { collection })),
@@ -620,12 +642,13 @@ impl Backend for PostgresBackend {
     fn commit_group(
         &self,
         batches: Vec<Batch>,
+        lock: Option<Lock>,
         finish: Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
         self.call(move |mut client| async move {
             let mut tries = 0;
             loop {
-                match try_group(&mut client, &batches, &finish).await {
+                match try_group(&mut client, &batches, lock.as_ref(), &finish).await {
                     Ok(outcome) => return outcome,
                     Err(e) => again(e, &mut tries).await?,
                 }
