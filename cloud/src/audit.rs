@@ -246,6 +246,11 @@ pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most audited commits one group takes.
 const MAX_GROUP: usize = 256;
 
+/// How many groups of one process may be committed at once. Two: while one
+/// waits for the chain's head and its commit, the next one already checks
+/// and applies its changes (the head's lock still orders their entries).
+const LEADERS: usize = 2;
+
 /// One audited commit: a change and the events its entries record.
 pub struct Submission {
     pub time_ms: u64,
@@ -264,16 +269,17 @@ struct Waiting {
 
 #[derive(Default)]
 struct Turns {
-    /// Whether a group is being committed.
-    busy: bool,
+    /// How many groups are being committed.
+    committing: usize,
     queue: std::collections::VecDeque<std::sync::Arc<Waiting>>,
 }
 
 /// The audited commits of one process, taking turns and committed in
-/// groups. Each entry links to the chain's head, so two appends at once
-/// would conflict and start over; taking turns avoids that within a
-/// process, and grouping makes a turn cost one commit for everybody who
-/// waited for it. The one whose turn it is takes every waiting submission,
+/// groups. Each entry links to the chain's head, so appends at once would
+/// conflict and start over; taking turns avoids that within a process
+/// (at most [`LEADERS`] groups at once, ordered by the head's lock), and
+/// grouping makes a turn cost one commit for everybody who waited for it.
+/// The one whose turn it is takes every waiting submission,
 /// reads the head once, and commits them with
 /// [`Backend::commit_group`](crate::store::Backend::commit_group): a
 /// submission whose expectations fail is left out (it alone gets the
@@ -309,8 +315,9 @@ impl Appender {
             if let Some(outcome) = take_outcome(me) {
                 return Turn::Done(outcome);
             }
-            if !turns.busy {
-                turns.busy = true;
+            let queued = turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
+            if queued && turns.committing < LEADERS {
+                turns.committing += 1;
                 let take = turns.queue.len().min(MAX_GROUP);
                 let mut group: Vec<_> = turns.queue.drain(..take).collect();
                 // Past the largest group, `me` may still be queued: it goes
@@ -360,10 +367,10 @@ pub fn commit_together(store: &Store, submissions: Vec<Submission>) -> Vec<Outco
         .collect();
     blocking(|| {
         let mut turns = lock_ignoring_poison(&appender.turns);
-        while turns.busy {
+        while turns.committing >= LEADERS {
             turns = appender.changed.wait(turns).unwrap_or_else(|e| e.into_inner());
         }
-        turns.busy = true;
+        turns.committing += 1;
     });
     let _pass = Pass(appender);
     commit_group(store, &group);
@@ -378,7 +385,7 @@ struct Pass<'a>(&'a Appender);
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        lock_ignoring_poison(&self.0.turns).busy = false;
+        lock_ignoring_poison(&self.0.turns).committing -= 1;
         self.0.changed.notify_all();
     }
 }
