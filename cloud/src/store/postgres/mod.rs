@@ -37,8 +37,15 @@
 //! server acknowledged it with `synchronous_commit` on (checked at connect):
 //! it is durable on the server and its synchronous standbys.
 //!
+//! A [group commit](Backend::commit_group) is one such transaction holding
+//! many batches, each behind a savepoint: a batch whose expectation fails is
+//! rolled back to its savepoint (its locks go with it) and the others stay.
+//! Then the group's lock key is read `FOR UPDATE` and its last batch made
+//! and applied; one `COMMIT`, so one flush, makes all of it durable.
+//!
 //! The statements of one call are pipelined on one connection, so a commit
-//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`.
+//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`
+//! (and one more per batch of a group).
 
 mod bridge;
 mod migrations;
