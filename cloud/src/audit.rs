@@ -277,7 +277,7 @@ struct Turns {
 /// The audited commits of one process, taking turns and committed in
 /// groups. Each entry links to the chain's head, so appends at once would
 /// conflict and start over; taking turns avoids that within a process
-/// (at most [`LEADERS`] groups at once, ordered by the head's lock), and
+/// (at most two groups at once, ordered by the head's lock), and
 /// grouping makes a turn cost one commit for everybody who waited for it.
 /// The one whose turn it is takes every waiting submission,
 /// reads the head once, and commits them with
