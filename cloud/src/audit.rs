@@ -279,13 +279,14 @@ struct Turns {
 /// conflict and start over; taking turns avoids that within a process
 /// (at most two groups at once, ordered by the head's lock), and
 /// grouping makes a turn cost one commit for everybody who waited for it.
-/// The one whose turn it is takes every waiting submission,
-/// reads the head once, and commits them with
+/// The one whose turn it is takes every waiting submission and commits
+/// them with
 /// [`Backend::commit_group`](crate::store::Backend::commit_group): a
 /// submission whose expectations fail is left out (it alone gets the
-/// conflict) and the entries of the others are linked in order. Appends of
-/// other processes (replicas) still conflict on the head: then the group is
-/// linked again to the new head and committed again, whole.
+/// conflict) and the entries of the others are linked in order, to the head
+/// the head record names once the group holds its lock (see
+/// [`commit_group`]), so groups of other processes (replicas) wait there
+/// instead of conflicting.
 #[derive(Default)]
 pub struct Appender {
     turns: std::sync::Mutex<Turns>,
