@@ -285,7 +285,7 @@ struct Turns {
 /// submission whose expectations fail is left out (it alone gets the
 /// conflict) and the entries of the others are linked in order, to the head
 /// the head record names once the group holds its lock (see
-/// [`commit_group`]), so groups of other processes (replicas) wait there
+/// `commit_group`), so groups of other processes (replicas) wait there
 /// instead of conflicting.
 #[derive(Default)]
 pub struct Appender {
