@@ -221,48 +221,302 @@ pub fn commit_with(store: &Store, time_ms: u64, event: Event, batch: Batch) -> R
 /// [`commit_with`] for any number of events: their entries follow each
 /// other in the chain, in the order given, and land in the same commit as
 /// `batch`. With no events, `batch` is committed alone.
+///
+/// Audited commits of one process take turns (see [`Appender`]): the one
+/// whose turn it is commits every commit waiting by then as one group, in
+/// one transaction and one flush, each with its own outcome.
 pub fn commit_entries(
     store: &Store,
     time_ms: u64,
     events: &[Event],
     batch: Batch,
 ) -> Result<Vec<Entry>, AuditError> {
-    let backend = store.backend();
     if events.is_empty() {
-        backend.commit(batch)?;
+        store.backend().commit(batch)?;
         return Ok(Vec::new());
     }
-    let _turn = store.append_turn();
-    for _ in 0..64 {
-        let (first, mut prev_hash) = next_link(store)?;
-        let mut full = batch.clone();
-        let mut entries = Vec::with_capacity(events.len());
-        for (seq, event) in (first..).zip(events) {
-            let entry = chain_entry(seq, time_ms, event.clone(), prev_hash);
-            prev_hash = entry.hash.clone();
-            full.expect.push(crate::store::backend::Expect {
-                collection: Collection::Audit,
-                key: key(seq).to_vec(),
-                value: None,
-            });
-            full = full.put(Collection::Audit, key(seq), crate::store::to_json(&entry));
-            entries.push(entry);
-        }
-        // The newest of them; `events` is not empty.
-        let head = Link { seq: first + entries.len() as u64 - 1, hash: prev_hash };
-        let full = full.put(Collection::Meta, HEAD_KEY, head.encode());
-        match backend.commit(full) {
-            Ok(()) => return Ok(entries),
-            Err(BackendError::Conflict { collection }) => {
-                if collection == Collection::Audit || next_link(store)?.0 != first {
-                    continue;
-                }
-                return Err(AuditError::Store(BackendError::Conflict { collection }));
+    store.appender().submit(store, Submission { time_ms, events: events.to_vec(), batch })
+}
+
+/// How long an audited commit waits for its turn before it gives up with
+/// nothing changed ([`BackendError::Unavailable`], a 503): a stalled
+/// database must not pile up requests without end.
+pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The most audited commits one group takes.
+const MAX_GROUP: usize = 256;
+
+/// How many groups of one process may be committed at once. Two: while one
+/// waits for the chain's head and its commit, the next one already checks
+/// and applies its changes (the head's lock still orders their entries).
+const LEADERS: usize = 2;
+
+/// One audited commit: a change and the events its entries record.
+pub struct Submission {
+    pub time_ms: u64,
+    pub events: Vec<Event>,
+    pub batch: Batch,
+}
+
+/// What became of one submission: its entries, or why it was not stored.
+pub type Outcome = Result<Vec<Entry>, AuditError>;
+
+/// A submission waiting for its group, and then its outcome.
+struct Waiting {
+    submission: Submission,
+    outcome: std::sync::Mutex<Option<Outcome>>,
+}
+
+#[derive(Default)]
+struct Turns {
+    /// How many groups are being committed.
+    committing: usize,
+    queue: std::collections::VecDeque<std::sync::Arc<Waiting>>,
+}
+
+/// The audited commits of one process, taking turns and committed in
+/// groups. Each entry links to the chain's head, so appends at once would
+/// conflict and start over; taking turns avoids that within a process
+/// (at most two groups at once, ordered by the head's lock), and
+/// grouping makes a turn cost one commit for everybody who waited for it.
+/// The one whose turn it is takes every waiting submission and commits
+/// them with
+/// [`Backend::commit_group`](crate::store::Backend::commit_group): a
+/// submission whose expectations fail is left out (it alone gets the
+/// conflict) and the entries of the others are linked in order, to the head
+/// the head record names once the group holds its lock (see
+/// `commit_group`), so groups of other processes (replicas) wait there
+/// instead of conflicting.
+#[derive(Default)]
+pub struct Appender {
+    turns: std::sync::Mutex<Turns>,
+    changed: std::sync::Condvar,
+}
+
+impl Appender {
+    fn submit(&self, store: &Store, submission: Submission) -> Outcome {
+        let me = std::sync::Arc::new(Waiting { submission, outcome: std::sync::Mutex::new(None) });
+        let group = match blocking(|| self.wait_for_turn(&me)) {
+            Turn::Done(outcome) => return outcome,
+            Turn::Mine(group) => group,
+        };
+        let _pass = Pass(self);
+        commit_group(store, &group);
+        take_outcome(&me)
+            .unwrap_or_else(|| Err(BackendError::Io("an audited commit got no outcome".into()).into()))
+    }
+
+    /// Queues `me` and waits until its outcome is in, or it is its turn to
+    /// commit the group waiting by then (which holds `me`).
+    fn wait_for_turn(&self, me: &std::sync::Arc<Waiting>) -> Turn {
+        let deadline = std::time::Instant::now() + TURN_WAIT;
+        let mut turns = lock_ignoring_poison(&self.turns);
+        turns.queue.push_back(me.clone());
+        loop {
+            if let Some(outcome) = take_outcome(me) {
+                return Turn::Done(outcome);
             }
-            Err(e) => return Err(e.into()),
+            let queued = turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
+            if queued && turns.committing < LEADERS {
+                turns.committing += 1;
+                let take = turns.queue.len().min(MAX_GROUP);
+                let mut group: Vec<_> = turns.queue.drain(..take).collect();
+                // Past the largest group, `me` may still be queued: it goes
+                // first in the group instead of someone behind it.
+                if !group.iter().any(|w| std::sync::Arc::ptr_eq(w, me))
+                    && let Some(at) = turns.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me))
+                    && let Some(mine) = turns.queue.remove(at)
+                {
+                    if let Some(last) = group.pop() {
+                        turns.queue.push_front(last);
+                    }
+                    group.insert(0, mine);
+                }
+                return Turn::Mine(group);
+            }
+            let now = std::time::Instant::now();
+            let queued = turns.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me));
+            match queued {
+                // Not taken by a group yet and out of time: leave, nothing
+                // changed.
+                Some(at) if now >= deadline => {
+                    turns.queue.remove(at);
+                    return Turn::Done(Err(AuditError::Store(BackendError::Unavailable(
+                        "the audit log's turn did not come in time".into(),
+                    ))));
+                }
+                Some(_) => {
+                    turns =
+                        self.changed.wait_timeout(turns, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                // In a group being committed: its outcome comes when that
+                // commit ends, which is bounded by the storage's own timeouts.
+                None => turns = self.changed.wait(turns).unwrap_or_else(|e| e.into_inner()),
+            }
         }
     }
-    Err(AuditError::Contended)
+}
+
+/// Commits `submissions` as one group, in this order, when it is this
+/// process's turn: what [`commit_entries`] does with the submissions that
+/// wait together. Each gets its own outcome.
+pub fn commit_together(store: &Store, submissions: Vec<Submission>) -> Vec<Outcome> {
+    let appender = store.appender();
+    let group: Vec<_> = submissions
+        .into_iter()
+        .map(|submission| std::sync::Arc::new(Waiting { submission, outcome: std::sync::Mutex::new(None) }))
+        .collect();
+    blocking(|| {
+        let mut turns = lock_ignoring_poison(&appender.turns);
+        while turns.committing >= LEADERS {
+            turns = appender.changed.wait(turns).unwrap_or_else(|e| e.into_inner());
+        }
+        turns.committing += 1;
+    });
+    let _pass = Pass(appender);
+    commit_group(store, &group);
+    group
+        .iter()
+        .map(|w| take_outcome(w).unwrap_or_else(|| Err(BackendError::Io("no outcome".into()).into())))
+        .collect()
+}
+
+/// Passes the turn on when dropped, whatever happened in it.
+struct Pass<'a>(&'a Appender);
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        lock_ignoring_poison(&self.0.turns).committing -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+enum Turn {
+    Done(Outcome),
+    Mine(Vec<std::sync::Arc<Waiting>>),
+}
+
+fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn take_outcome(waiting: &Waiting) -> Option<Outcome> {
+    lock_ignoring_poison(&waiting.outcome).take()
+}
+
+/// Runs `wait` where blocking is allowed: a worker of the server's
+/// multi-threaded runtime says so, and its other tasks move to another
+/// thread meanwhile.
+fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
+/// The entries of the submissions that held (per submission, none for the
+/// others), linked in order from the head `(first, prev_hash)`, and the
+/// batch that appends them and moves the head record.
+fn link(
+    first: u64,
+    mut prev_hash: String,
+    group: &[std::sync::Arc<Waiting>],
+    held: &[bool],
+) -> (Batch, Vec<Vec<Entry>>) {
+    let mut batch = Batch::default();
+    let mut seq = first;
+    let mut all = Vec::with_capacity(group.len());
+    for (waiting, held) in group.iter().zip(held) {
+        let mut entries = Vec::new();
+        if *held {
+            let Submission { time_ms, events, .. } = &waiting.submission;
+            for event in events {
+                let entry = chain_entry(seq, *time_ms, event.clone(), prev_hash);
+                prev_hash = entry.hash.clone();
+                batch = batch.expect(Collection::Audit, key(seq), None).put(
+                    Collection::Audit,
+                    key(seq),
+                    crate::store::to_json(&entry),
+                );
+                entries.push(entry);
+                seq += 1;
+            }
+        }
+        all.push(entries);
+    }
+    if seq > first {
+        batch = batch.put(Collection::Meta, HEAD_KEY, Link { seq: seq - 1, hash: prev_hash }.encode());
+    }
+    (batch, all)
+}
+
+/// Commits `group` as one, and gives each submission its outcome.
+///
+/// The group locks the head record and links its entries to the head it
+/// names then, so groups of several processes (replicas) wait for each
+/// other there instead of conflicting. The head read beforehand is only
+/// for a chain without a head record (new, or written before it existed),
+/// and each entry still expects its seq to be free: a group that finds its
+/// seq taken anyway (a chain without a head record, appended to by another
+/// process meanwhile) is linked again and committed again, whole.
+fn commit_group(store: &Store, group: &[std::sync::Arc<Waiting>]) {
+    let batches: Vec<Batch> = group.iter().map(|w| w.submission.batch.clone()).collect();
+    let lock = Some((Collection::Meta, HEAD_KEY.to_vec()));
+    let outcomes: Vec<Outcome> = 'attempts: {
+        for _ in 0..64 {
+            let (first, prev_hash) = match next_link(store) {
+                Ok(head) => head,
+                Err(e) => break 'attempts group.iter().map(|_| Err(copy(&e))).collect(),
+            };
+            // The entries of the last call, which is the one committed.
+            let linked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let finish = {
+                let (group, linked) = (group.to_vec(), linked.clone());
+                std::sync::Arc::new(move |held: &[bool], head: Option<&[u8]>| {
+                    let (first, prev_hash) = head
+                        .and_then(|bytes| serde_json::from_slice::<Link>(bytes).ok())
+                        .map_or_else(|| (first, prev_hash.clone()), |head| (head.seq + 1, head.hash));
+                    let (batch, entries) = link(first, prev_hash, &group, held);
+                    *lock_ignoring_poison(&linked) = entries;
+                    batch
+                })
+            };
+            match store.backend().commit_group(batches.clone(), lock.clone(), finish) {
+                Ok(results) => {
+                    let entries = std::mem::take(&mut *lock_ignoring_poison(&linked));
+                    let mut entries = entries.into_iter();
+                    break 'attempts results
+                        .into_iter()
+                        .map(|result| {
+                            let mine = entries.next().unwrap_or_default();
+                            result.map(|()| mine).map_err(AuditError::Store)
+                        })
+                        .collect();
+                }
+                // A seq was taken: another process appended. Link again.
+                Err(BackendError::Conflict { .. }) => continue,
+                Err(e) => break 'attempts group.iter().map(|_| Err(AuditError::Store(e.clone()))).collect(),
+            }
+        }
+        group.iter().map(|_| Err(AuditError::Contended)).collect()
+    };
+    for (waiting, outcome) in group.iter().zip(outcomes) {
+        *lock_ignoring_poison(&waiting.outcome) = Some(outcome);
+    }
+}
+
+/// Another copy of an error every submission of a group shares.
+fn copy(e: &AuditError) -> AuditError {
+    match e {
+        AuditError::Store(e) => AuditError::Store(e.clone()),
+        AuditError::Contended => AuditError::Contended,
+        AuditError::Unreadable { seq, reason } => {
+            AuditError::Unreadable { seq: *seq, reason: reason.clone() }
+        }
+        AuditError::Broken(b) => AuditError::Broken(b.clone()),
+    }
 }
 
 /// Commits `batch`, with `event`'s audit entry in the same commit if there

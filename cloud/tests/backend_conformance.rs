@@ -199,6 +199,280 @@ fn concurrent_writers_conflict_instead_of_losing_updates() {
     });
 }
 
+/// Two handles on one store: for PostgreSQL, as two replicas would be.
+fn two_handles(subject: &Subject) -> [Arc<dyn Backend>; 2] {
+    match subject {
+        Subject::Sled(_) => {
+            let one = subject.open();
+            [one.clone(), one]
+        }
+        Subject::Postgres(_) => [subject.open(), subject.open()],
+    }
+}
+
+fn number(bytes: Option<Vec<u8>>) -> i64 {
+    bytes.map_or(0, |b| i64::from_be_bytes(b.try_into().unwrap()))
+}
+
+#[test]
+fn transfers_between_keys_keep_the_total_and_lose_no_update() {
+    both(|subject| {
+        let backends = two_handles(subject);
+        const ACCOUNTS: u8 = 4;
+        const THREADS: usize = 12;
+        const TRANSFERS: usize = 20;
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let backend = backends[t % 2].clone();
+                scope.spawn(move || {
+                    for i in 0..TRANSFERS {
+                        // From one account to the next, and a count of the
+                        // transfers: three keys checked and written together.
+                        let from = [b'a', ((t + i) % usize::from(ACCOUNTS)) as u8];
+                        let to = [b'a', ((t + i + 1) % usize::from(ACCOUNTS)) as u8];
+                        loop {
+                            let read = |k: &[u8]| backend.get(Collection::Meta, k).unwrap();
+                            let (a, b, n) = (read(&from), read(&to), read(b"transfers"));
+                            let batch = Batch::default()
+                                .expect(Collection::Meta, from, a.clone())
+                                .expect(Collection::Meta, to, b.clone())
+                                .expect(Collection::Meta, "transfers", n.clone())
+                                .put(Collection::Meta, from, (number(a) - 1).to_be_bytes())
+                                .put(Collection::Meta, to, (number(b) + 1).to_be_bytes())
+                                .put(Collection::Meta, "transfers", (number(n) + 1).to_be_bytes());
+                            match backend.commit(batch) {
+                                Ok(()) => break,
+                                Err(BackendError::Conflict { .. }) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let read = |k: &[u8]| backends[1].get(Collection::Meta, k).unwrap();
+        let total: i64 = (0..ACCOUNTS).map(|a| number(read(&[b'a', a]))).sum();
+        assert_eq!(total, 0, "money was made or lost");
+        assert_eq!(number(read(b"transfers")), (THREADS * TRANSFERS) as i64, "no update was lost");
+    });
+}
+
+#[test]
+fn many_claimers_of_one_absent_key_have_one_winner_each_round() {
+    both(|subject| {
+        let backends = two_handles(subject);
+        for round in 0..10u8 {
+            let key = [b'k', round];
+            let barrier = std::sync::Barrier::new(16);
+            let winners: Vec<bool> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..16u8)
+                    .map(|t| {
+                        let backend = backends[usize::from(t) % 2].clone();
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            barrier.wait();
+                            let batch = Batch::default()
+                                .expect(Collection::Subnets, key, None)
+                                .put(Collection::Subnets, key, [t])
+                                .put(Collection::Sessions, [round, t], "holds it");
+                            match backend.commit(batch) {
+                                Ok(()) => true,
+                                Err(BackendError::Conflict { collection: Collection::Subnets }) => false,
+                                Err(e) => panic!("{e}"),
+                            }
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(winners.iter().filter(|w| **w).count(), 1, "round {round}: {winners:?}");
+            let owner = value(&*backends[0], Collection::Subnets, &key).unwrap()[0];
+            assert!(winners[usize::from(owner)]);
+            let holders = backends[0].scan(Collection::Sessions, &[round], None, 100).unwrap();
+            assert_eq!(holders, vec![(vec![round, owner], b"holds it".to_vec())]);
+        }
+    });
+}
+
+#[test]
+fn an_expected_absence_holds_until_the_commit_even_when_not_written() {
+    both(|subject| {
+        let backends = two_handles(subject);
+        // Write skew: each of two commits needs the key the other writes to
+        // be absent. Run one after the other, the second always fails; run
+        // at once, at most one may succeed.
+        for round in 0..40u8 {
+            let (a, b) = ([b'a', round], [b'b', round]);
+            let barrier = std::sync::Barrier::new(2);
+            let won: Vec<bool> = std::thread::scope(|scope| {
+                let handles: Vec<_> = [(a, b), (b, a)]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(t, (absent, write))| {
+                        let backend = backends[t].clone();
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            barrier.wait();
+                            let batch = Batch::default().expect(Collection::Tokens, absent, None).put(
+                                Collection::Tokens,
+                                write,
+                                "on",
+                            );
+                            match backend.commit(batch) {
+                                Ok(()) => true,
+                                Err(BackendError::Conflict { .. }) => false,
+                                Err(e) => panic!("{e}"),
+                            }
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(won.iter().any(|w| *w), "round {round}: nobody won although one must");
+            assert!(!won.iter().all(|w| *w), "round {round}: both commits saw the other's key absent");
+            // The placeholder that guarded the absence is gone.
+            let stored = backends[0].scan(Collection::Tokens, &[], None, 1000).unwrap();
+            assert_eq!(stored.len(), usize::from(round) + 1, "{stored:?}");
+        }
+    });
+}
+
+#[test]
+fn a_group_commits_the_batches_that_hold_and_reports_the_others() {
+    both(|subject| {
+        let backend = subject.open();
+        backend.commit(Batch::default().put(Collection::Users, "taken", "x")).unwrap();
+        let claim = |key: &str, value: &str| {
+            Batch::default().expect(Collection::Users, key, None).put(Collection::Users, key, value)
+        };
+        // The second fails its own expectation; the third claims what the
+        // first just wrote, so it fails too; the fourth holds.
+        let batches =
+            vec![claim("u1", "first"), claim("taken", "second"), claim("u1", "third"), claim("u4", "fourth")];
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Counts the batches that held in the locked key.
+        let finish: Arc<ferry_cloud::store::backend::Finish> = {
+            let seen = seen.clone();
+            Arc::new(move |held: &[bool], locked: Option<&[u8]>| {
+                seen.lock().unwrap().push((held.to_vec(), locked.map(<[u8]>::to_vec)));
+                let before: usize = locked.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+                let count = before + held.iter().filter(|h| **h).count();
+                Batch::default().put(Collection::Meta, "log", count.to_string())
+            })
+        };
+        let lock = || Some((Collection::Meta, b"log".to_vec()));
+        let outcomes = backend.commit_group(batches.clone(), lock(), finish.clone()).unwrap();
+        let kinds: Vec<Option<Collection>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(()) => None,
+                Err(BackendError::Conflict { collection }) => Some(*collection),
+                Err(e) => panic!("{e}"),
+            })
+            .collect();
+        assert_eq!(kinds, [None, Some(Collection::Users), Some(Collection::Users), None]);
+        assert!(
+            seen.lock().unwrap().iter().all(|h| h == &(vec![true, false, false, true], None)),
+            "{seen:?}"
+        );
+        assert_eq!(value(&*backend, Collection::Users, b"u1").as_deref(), Some(&b"first"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"taken").as_deref(), Some(&b"x"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"u4").as_deref(), Some(&b"fourth"[..]));
+        assert_eq!(value(&*backend, Collection::Meta, b"log").as_deref(), Some(&b"2"[..]));
+        // The locked key's value reaches `finish`.
+        backend.commit_group(vec![claim("u6", "sixth")], lock(), finish).unwrap();
+        assert_eq!(seen.lock().unwrap().last().unwrap(), &(vec![true], Some(b"2".to_vec())));
+        assert_eq!(value(&*backend, Collection::Meta, b"log").as_deref(), Some(&b"3"[..]));
+        // When what `finish` adds does not hold, nothing of the group lands.
+        let refused: Arc<ferry_cloud::store::backend::Finish> = Arc::new(|_: &[bool], _: Option<&[u8]>| {
+            Batch::default().expect(Collection::Meta, "log", None).put(Collection::Meta, "log", "0")
+        });
+        let err = backend.commit_group(vec![claim("u5", "fifth")], None, refused).unwrap_err();
+        assert!(matches!(err, BackendError::Conflict { collection: Collection::Meta }), "{err}");
+        assert_eq!(value(&*backend, Collection::Users, b"u5"), None);
+        assert_eq!(value(&*backend, Collection::Meta, b"log").as_deref(), Some(&b"3"[..]));
+        // Groups are durable as commits are.
+        drop(backend);
+        let backend = subject.open();
+        assert_eq!(value(&*backend, Collection::Users, b"u4").as_deref(), Some(&b"fourth"[..]));
+    });
+}
+
+#[test]
+fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
+    use ferry_cloud::audit::{self, Event, Submission};
+    both(|subject| {
+        let [one, two] = two_handles(subject);
+        let (store, other) = (Store::with_backend(one).unwrap(), Store::with_backend(two).unwrap());
+        let event = |action: &str| Event {
+            actor: "tester".into(),
+            action: action.into(),
+            allowed: true,
+            source: None,
+            session: None,
+            gateway: None,
+            detail: None,
+        };
+        let claim = |key: &str| {
+            Batch::default().expect(Collection::Users, key, None).put(Collection::Users, key, "claimed")
+        };
+        audit::append(&store, 1, event("first")).unwrap();
+        store.backend().commit(Batch::default().put(Collection::Users, "taken", "x")).unwrap();
+        let outcomes = audit::commit_together(
+            &store,
+            vec![
+                Submission { time_ms: 2, events: vec![event("a1"), event("a2")], batch: claim("a") },
+                Submission { time_ms: 3, events: vec![event("refused")], batch: claim("taken") },
+                Submission { time_ms: 4, events: vec![event("c")], batch: claim("c") },
+                // Wants what the first of the group just claimed.
+                Submission { time_ms: 5, events: vec![event("again")], batch: claim("a") },
+            ],
+        );
+        let seqs: Vec<Result<Vec<u64>, String>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(entries) => Ok(entries.iter().map(|e| e.seq).collect()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect();
+        assert_eq!(seqs[0], Ok(vec![2, 3]));
+        assert!(
+            matches!(
+                &outcomes[1],
+                Err(audit::AuditError::Store(BackendError::Conflict { collection: Collection::Users }))
+            ),
+            "{seqs:?}"
+        );
+        assert_eq!(seqs[2], Ok(vec![4]), "linked right after the entries that landed");
+        assert!(outcomes[3].is_err(), "{seqs:?}");
+        assert_eq!(value(store.backend(), Collection::Users, b"c").as_deref(), Some(&b"claimed"[..]));
+        let actions: Vec<String> =
+            audit::entries(&store, 0, 100).unwrap().into_iter().map(|e| e.event.action).collect();
+        assert_eq!(actions, ["first", "a1", "a2", "c"]);
+        assert_eq!(audit::verify(&store).unwrap().unwrap().entries, 4);
+        // Groups of two processes (replicas) at once still make one chain.
+        std::thread::scope(|scope| {
+            for (t, store) in [&store, &other].into_iter().enumerate() {
+                scope.spawn(move || {
+                    for i in 0..15 {
+                        let submissions = (0..3)
+                            .map(|j| Submission {
+                                time_ms: 10,
+                                events: vec![event("load")],
+                                batch: claim(&format!("{t}-{i}-{j}")),
+                            })
+                            .collect();
+                        for outcome in audit::commit_together(store, submissions) {
+                            outcome.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(audit::verify(&other).unwrap().unwrap().entries, 4 + 2 * 15 * 3);
+    });
+}
+
 #[test]
 fn scans_are_ordered_paged_and_prefixed() {
     both(|subject| {

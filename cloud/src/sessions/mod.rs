@@ -302,8 +302,13 @@ pub fn modify_audited<R>(
     mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
     event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(Session, R)>, SessionError> {
-    for _ in 0..64 {
-        let Some(planned) = prepare(store, id, &mut change)? else { return Ok(None) };
+    for attempt in 0..64 {
+        let (_underway, others) = store.session_change();
+        // A start that lost its subnet to another, or that runs beside
+        // other changes here, picks a free subnet at random: racing all of
+        // them for the lowest would make all but one start over.
+        let pick = if attempt > 0 || others { Pick::Random } else { Pick::Lowest };
+        let Some(planned) = prepare_picking(store, id, pick, &mut change)? else { return Ok(None) };
         if !planned.changed() {
             return Ok(Some((planned.after, planned.result)));
         }
@@ -349,6 +354,24 @@ pub fn prepare<R>(
     id: u64,
     change: impl FnOnce(&mut Session) -> Result<R, SessionError>,
 ) -> Result<Option<Planned<R>>, SessionError> {
+    prepare_picking(store, id, Pick::Lowest, change)
+}
+
+/// Which free subnet a starting session takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pick {
+    /// The lowest: predictable addresses while starts come one at a time.
+    Lowest,
+    /// Any, at random: concurrent starts rarely want the same one.
+    Random,
+}
+
+fn prepare_picking<R>(
+    store: &Store,
+    id: u64,
+    pick: Pick,
+    change: impl FnOnce(&mut Session) -> Result<R, SessionError>,
+) -> Result<Option<Planned<R>>, SessionError> {
     let Some(before_bytes) = store.backend().get(Collection::Sessions, &key(id))? else {
         return Ok(None);
     };
@@ -362,7 +385,7 @@ pub fn prepare<R>(
     let live = live_key(after.gateway_id, id);
     match (before.state.is_live(), after.state.is_live()) {
         (false, true) => {
-            let index = free_subnet(store)?;
+            let index = free_subnet(store, pick)?;
             after.subnet_index = Some(index);
             batch = batch
                 .put(Collection::LiveSessions, live, Vec::new())
@@ -381,21 +404,27 @@ pub fn prepare<R>(
     Ok(Some(Planned { before, after, result, batch }))
 }
 
-/// The lowest subnet index nobody holds.
-fn free_subnet(store: &Store) -> Result<u32, SessionError> {
-    let used = store.backend().scan(Collection::Subnets, &[], None, usize::MAX)?;
-    let mut expected = 0u32;
-    for (k, _) in used {
-        let index = u32::from_be_bytes(k.as_slice().try_into().unwrap_or([0xff; 4]));
-        if index != expected {
-            break;
-        }
-        expected += 1;
-    }
-    if expected >= addressing::SUBNETS {
+/// A subnet index nobody holds, the lowest or one at random.
+fn free_subnet(store: &Store, pick: Pick) -> Result<u32, SessionError> {
+    let used: std::collections::BTreeSet<u32> = store
+        .backend()
+        .scan(Collection::Subnets, &[], None, usize::MAX)?
+        .iter()
+        .filter_map(|(k, _)| Some(u32::from_be_bytes(k.as_slice().try_into().ok()?)))
+        .filter(|index| *index < addressing::SUBNETS)
+        .collect();
+    let free = addressing::SUBNETS - used.len() as u32;
+    if free == 0 {
         return Err(SessionError::PoolExhausted);
     }
-    Ok(expected)
+    let nth = match pick {
+        Pick::Lowest => 0,
+        Pick::Random => rand_core::RngCore::next_u32(&mut rand_core::OsRng) % free,
+    };
+    (0..addressing::SUBNETS)
+        .filter(|index| !used.contains(index))
+        .nth(nth as usize)
+        .ok_or(SessionError::PoolExhausted)
 }
 
 #[cfg(test)]
@@ -455,6 +484,33 @@ mod tests {
         let mut subnets: Vec<u32> =
             ids.iter().map(|&id| get(&store, id).unwrap().unwrap().subnet_index.unwrap()).collect();
         subnets.sort();
-        assert_eq!(subnets, (0..8).collect::<Vec<_>>());
+        subnets.dedup();
+        assert_eq!(subnets.len(), 8, "two sessions hold one subnet: {subnets:?}");
+        // One at a time again, the lowest free one is taken.
+        let next = new(&store, 1);
+        modify(&store, next.id, |s| Ok(s.start("x", 0, ON)?)).unwrap();
+        let lowest = (0..).find(|i| !subnets.contains(i)).unwrap();
+        assert_eq!(get(&store, next.id).unwrap().unwrap().subnet_index, Some(lowest));
+    }
+
+    #[test]
+    fn random_picks_are_free_and_a_full_pool_is_refused() {
+        let (_dir, store) = store();
+        let mut batch = Batch::default();
+        for index in (0..addressing::SUBNETS).filter(|i| i % 7 != 3) {
+            batch = batch.put(Collection::Subnets, index.to_be_bytes(), 1u64.to_be_bytes());
+        }
+        store.backend().commit(batch).unwrap();
+        for _ in 0..50 {
+            assert_eq!(free_subnet(&store, Pick::Random).unwrap() % 7, 3);
+        }
+        assert_eq!(free_subnet(&store, Pick::Lowest).unwrap(), 3);
+        let mut fill = Batch::default();
+        for index in (0..addressing::SUBNETS).filter(|i| i % 7 == 3) {
+            fill = fill.put(Collection::Subnets, index.to_be_bytes(), 1u64.to_be_bytes());
+        }
+        store.backend().commit(fill).unwrap();
+        assert!(matches!(free_subnet(&store, Pick::Random), Err(SessionError::PoolExhausted)));
+        assert!(matches!(free_subnet(&store, Pick::Lowest), Err(SessionError::PoolExhausted)));
     }
 }

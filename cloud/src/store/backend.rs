@@ -127,7 +127,7 @@ impl Batch {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BackendError {
     /// A precondition did not hold; nothing was changed.
     #[error("conflict on {collection:?}: the stored value changed")]
@@ -140,6 +140,13 @@ pub enum BackendError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
+
+/// What a group commit adds after its batches, from which of them held and
+/// the value of the group's locked key (see [`Backend::commit_group`]).
+pub type Finish = dyn Fn(&[bool], Option<&[u8]>) -> Batch + Send + Sync;
+
+/// A key a group commit locks before it calls its [`Finish`].
+pub type Lock = (Collection, Vec<u8>);
 
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
@@ -161,15 +168,30 @@ pub trait Backend: Send + Sync + 'static {
     /// returns Ok the change is durable: a crash afterwards loses nothing.
     fn commit(&self, batch: Batch) -> Result<(), BackendError>;
 
+    /// Commits, in one atomic and durable commit, each of `batches` whose
+    /// expectations hold when its turn comes (in order: a batch sees the
+    /// changes of the ones before it), and then the batch `finish` makes of
+    /// which of them held and of the value `lock` has then (None without a
+    /// lock, or when the key is absent). The key `lock` names is locked
+    /// after the batches, so its value cannot change before the commit: a
+    /// batch that `finish` bases on it, and that changes it, never
+    /// conflicts with another group doing the same, it waits for it. Each
+    /// batch gets its own outcome: one whose
+    /// expectations fail is left out and reported as a conflict, and the
+    /// others still commit. The whole group fails, with nothing changed, if
+    /// `finish`'s batch does not hold, or on a storage error. `finish` may
+    /// be called more than once (a transaction run again) and must give the
+    /// same batch for the same outcomes.
+    ///
+    /// One commit for many batches: one flush, or one transaction, instead
+    /// of one each.
+    fn commit_group(
+        &self,
+        batches: Vec<Batch>,
+        lock: Option<Lock>,
+        finish: std::sync::Arc<Finish>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError>;
+
     /// A fresh identifier, never returned before (also across restarts).
     fn generate_id(&self) -> Result<u64, BackendError>;
-
-    /// Whether appends to the audit chain should take turns within this
-    /// process. Every append expects the chain's head it read; where a
-    /// commit is a round trip to a server, concurrent appends would almost
-    /// all find the head moved and start over, many times, instead of
-    /// queueing. (Appends of other processes still conflict and retry.)
-    fn appends_take_turns(&self) -> bool {
-        false
-    }
 }

@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-use super::backend::{Backend, BackendError, Batch, Collection, Entry, Op};
+use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Lock, Op};
 
 type Matcher = Box<dyn Fn(&Batch) -> bool + Send + Sync>;
 
@@ -54,6 +54,24 @@ impl FailingBackend {
         self.armed.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
+    /// Refuses `batch` if the process crashed or the armed failure matches it.
+    fn check(&self, batch: &Batch) -> Result<(), BackendError> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return self.refuse();
+        }
+        let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((matches, failure)) = armed.take() {
+            if matches(batch) {
+                if failure == Failure::Crash {
+                    self.crashed.store(true, Ordering::SeqCst);
+                }
+                return self.refuse();
+            }
+            *armed = Some((matches, failure));
+        }
+        Ok(())
+    }
+
     fn refuse(&self) -> Result<(), BackendError> {
         self.failed.fetch_add(1, Ordering::SeqCst);
         Err(BackendError::Io("injected failure".into()))
@@ -61,10 +79,6 @@ impl FailingBackend {
 }
 
 impl Backend for FailingBackend {
-    fn appends_take_turns(&self) -> bool {
-        self.inner.appends_take_turns()
-    }
-
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         self.inner.get(collection, key)
     }
@@ -84,22 +98,25 @@ impl Backend for FailingBackend {
     }
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
-        if self.crashed.load(Ordering::SeqCst) {
-            return self.refuse();
-        }
-        {
-            let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((matches, failure)) = armed.take() {
-                if matches(&batch) {
-                    if failure == Failure::Crash {
-                        self.crashed.store(true, Ordering::SeqCst);
-                    }
-                    return self.refuse();
-                }
-                *armed = Some((matches, failure));
-            }
-        }
+        self.check(&batch)?;
         self.inner.commit(batch)
+    }
+
+    fn commit_group(
+        &self,
+        batches: Vec<Batch>,
+        lock: Option<Lock>,
+        finish: Arc<Finish>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+        // Matched against everything the group would commit if every batch
+        // held: a group fails as a whole, as one commit would.
+        let all = batches.iter().cloned().fold(Batch::default(), Batch::append);
+        let locked = match &lock {
+            Some((collection, key)) => self.inner.get(*collection, key)?,
+            None => None,
+        };
+        self.check(&all.append(finish(&vec![true; batches.len()], locked.as_deref())))?;
+        self.inner.commit_group(batches, lock, finish)
     }
 
     fn generate_id(&self) -> Result<u64, BackendError> {

@@ -43,9 +43,12 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
-    /// Held by an append to the audit chain from reading its head to its
-    /// commit, for backends whose appends take turns.
-    append_gate: Option<Arc<std::sync::Mutex<()>>>,
+    /// Audited commits of this process, taking turns in groups.
+    appender: Arc<crate::audit::Appender>,
+    /// Session changes under way in this process, which may claim a
+    /// tunnel subnet: while others are, a start picks among the free
+    /// subnets at random instead of racing them for the lowest.
+    session_changes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -54,25 +57,14 @@ impl Store {
         Store::with_backend(Arc::new(SledBackend::open(&dir.join("db"))?))
     }
 
-    /// This process's turn to append to the audit chain, for backends
-    /// whose appends take turns (see [`Backend::appends_take_turns`]); None
-    /// for the others. A worker of the server's runtime waits for it
-    /// inside `block_in_place`, so its other tasks move meanwhile.
-    pub fn append_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
-        let gate = self.append_gate.as_ref()?;
-        let wait = || gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Some(match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        })
+    /// Where this process's audited commits take turns.
+    pub(crate) fn appender(&self) -> &crate::audit::Appender {
+        &self.appender
     }
 
     /// Uses any backend; a new one gets the current schema version.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
-        let append_gate = backend.appends_take_turns().then(|| Arc::new(std::sync::Mutex::new(())));
-        let store = Store { backend, append_gate };
+        let store = Store { backend, appender: Arc::default(), session_changes: Arc::default() };
         match store.backend.get(Collection::Meta, SCHEMA_KEY)? {
             None => {
                 let created =
@@ -154,9 +146,25 @@ impl Store {
         (dir, store)
     }
 
+    /// Counts a session change under way until the guard goes; returns
+    /// with it whether others were under way when it began.
+    pub(crate) fn session_change(&self) -> (SessionChange, bool) {
+        let others = self.session_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
+        (SessionChange(self.session_changes.clone()), others)
+    }
+
     /// The backend, for the typed collections built on it.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+}
+
+/// A session change under way (see [`Store::session_change`]).
+pub(crate) struct SessionChange(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SessionChange {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -7,7 +7,35 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::backend::{Backend, BackendError, Batch, Collection, Entry, Op};
+use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Lock, Op};
+
+type Trees = [sled::transaction::TransactionalTree];
+
+/// Applies `batch` inside a transaction if its expectations hold; else the
+/// collection whose expectation failed (nothing of it applied).
+fn apply(
+    trees: &Trees,
+    batch: &Batch,
+) -> Result<Option<Collection>, ConflictableTransactionError<Collection>> {
+    let index = Collection::index;
+    for expect in &batch.expect {
+        let current = trees[index(expect.collection)].get(&expect.key)?;
+        if current.as_deref() != expect.value.as_deref() {
+            return Ok(Some(expect.collection));
+        }
+    }
+    for op in &batch.ops {
+        match op {
+            Op::Put { collection, key, value } => {
+                trees[index(*collection)].insert(key.as_slice(), value.as_slice())?;
+            }
+            Op::Delete { collection, key } => {
+                trees[index(*collection)].remove(key.as_slice())?;
+            }
+        }
+    }
+    Ok(None)
+}
 
 pub struct SledBackend {
     db: sled::Db,
@@ -95,28 +123,49 @@ impl Backend for SledBackend {
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
         // A transaction over every tree keeps the code simple; sled only
         // locks what the closure touches.
-        let result = self.trees.as_slice().transaction(|trees| {
-            let index = Collection::index;
-            for expect in &batch.expect {
-                let current = trees[index(expect.collection)].get(&expect.key)?;
-                if current.as_deref() != expect.value.as_deref() {
-                    return Err(ConflictableTransactionError::Abort(expect.collection));
-                }
-            }
-            for op in &batch.ops {
-                match op {
-                    Op::Put { collection, key, value } => {
-                        trees[index(*collection)].insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Op::Delete { collection, key } => {
-                        trees[index(*collection)].remove(key.as_slice())?;
-                    }
-                }
-            }
-            Ok(())
+        let result = self.trees.as_slice().transaction(|trees| match apply(trees, &batch)? {
+            None => Ok(()),
+            Some(collection) => Err(ConflictableTransactionError::Abort(collection)),
         });
         match result {
             Ok(()) => self.flush(),
+            Err(TransactionError::Abort(collection)) => Err(BackendError::Conflict { collection }),
+            Err(TransactionError::Storage(e)) => Err(io(e)),
+        }
+    }
+
+    fn commit_group(
+        &self,
+        batches: Vec<Batch>,
+        lock: Option<Lock>,
+        finish: std::sync::Arc<Finish>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+        // One transaction (which isolates what it reads, the lock's key too): a crash keeps all of it or none, and one flush.
+        // A batch whose expectations fail applies nothing (they are checked
+        // before its first change) and the others go on.
+        let result = self.trees.as_slice().transaction(|trees| {
+            let mut failed = Vec::with_capacity(batches.len());
+            for batch in &batches {
+                failed.push(apply(trees, batch)?);
+            }
+            let held: Vec<bool> = failed.iter().map(Option::is_none).collect();
+            let locked = match &lock {
+                Some((collection, key)) => trees[collection.index()].get(key)?,
+                None => None,
+            };
+            match apply(trees, &finish(&held, locked.as_deref()))? {
+                None => Ok(failed),
+                Some(collection) => Err(ConflictableTransactionError::Abort(collection)),
+            }
+        });
+        match result {
+            Ok(failed) => {
+                self.flush()?;
+                Ok(failed
+                    .into_iter()
+                    .map(|f| f.map_or(Ok(()), |collection| Err(BackendError::Conflict { collection })))
+                    .collect())
+            }
             Err(TransactionError::Abort(collection)) => Err(BackendError::Conflict { collection }),
             Err(TransactionError::Storage(e)) => Err(io(e)),
         }

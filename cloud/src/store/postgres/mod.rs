@@ -4,28 +4,59 @@
 //! sled, and ids from the sequence `ferry_ids`, unique across every replica
 //! and restart.
 //!
-//! A commit is one SERIALIZABLE transaction: it reads each expectation and
-//! applies the changes inside it, so a precondition that held when read
-//! still holds when the transaction commits. When PostgreSQL aborts it for
-//! a serialization failure or a deadlock, the whole transaction is run again
-//! (its expectations are checked afresh, so a changed value then comes back
-//! as [`BackendError::Conflict`]). A commit returns once the server
-//! acknowledged it with `synchronous_commit` on (checked at connect): it is
-//! durable on the server and its synchronous standbys.
+//! A commit is one READ COMMITTED transaction that locks what it checks, so
+//! a precondition that held when checked still holds when the transaction
+//! commits:
+//!
+//! - a key expected to hold a value is locked with the statement that checks
+//!   it (`UPDATE`/`DELETE ... WHERE value = $expected`, or `SELECT ... FOR
+//!   UPDATE` when the batch does not write it). Under READ COMMITTED such a
+//!   statement waits for a concurrent writer of the row and then checks the
+//!   newest committed version, so a value that changed meanwhile is a
+//!   [`BackendError::Conflict`], never a lost update;
+//! - a key expected to be absent is claimed with `INSERT ... ON CONFLICT DO
+//!   NOTHING`: no row inserted (the key exists, or a concurrent claimer
+//!   committed it first) is a conflict. The inserted row holds the key's
+//!   slot in the primary key until the transaction ends: every other writer
+//!   of the key waits for it. When the batch does not put the key, the row is
+//!   a placeholder (an empty value) deleted again before the commit; it is
+//!   never visible to anybody else, and its slot stays held (its inserting
+//!   transaction is in progress) until the commit, so the absence holds at
+//!   the commit too;
+//! - other changes are plain upserts and deletes, which lock their rows.
+//!
+//! Only a key's last change in a batch is applied (the earlier ones are
+//! invisible to everybody else anyway), and every key is locked in one
+//! order, (collection, key), so two commits never wait for each other in a
+//! cycle. A deadlock the server still finds (a [group](Backend::commit_group)
+//! locks batch after batch), or a serialization failure of an engine that
+//! runs READ COMMITTED as SERIALIZABLE, runs the whole transaction again
+//! (its expectations are checked afresh). Unlike SERIALIZABLE, nothing
+//! conflicts because it merely read near another transaction's keys: only
+//! the keys a commit checks or writes are locked. A commit returns once the
+//! server acknowledged it with `synchronous_commit` on (checked at connect):
+//! it is durable on the server and its synchronous standbys.
+//!
+//! A [group commit](Backend::commit_group) is one such transaction holding
+//! many batches, each behind a savepoint: a batch whose expectation fails is
+//! rolled back to its savepoint (its locks go with it) and the others stay.
+//! Then the group's lock key is read `FOR UPDATE` and its last batch made
+//! and applied; one `COMMIT`, so one flush, makes all of it durable.
 //!
 //! The statements of one call are pipelined on one connection, so a commit
-//! of many changes costs few round trips.
+//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`
+//! (and one more per batch of a group).
 
 mod bridge;
 mod migrations;
 
-use std::{fmt, path::Path, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 pub use bridge::Bridge;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::{IsolationLevel, NoTls, error::SqlState, types::ToSql};
 
-use super::backend::{Backend, BackendError, Batch, Collection, Entry, Op};
+use super::backend::{Backend, BackendError, Batch, Collection, Entry, Finish, Lock, Op};
 
 pub use migrations::LATEST as SQL_SCHEMA_VERSION;
 
@@ -33,8 +64,8 @@ pub use migrations::LATEST as SQL_SCHEMA_VERSION;
 const POOL_WAIT: Duration = Duration::from_secs(5);
 /// The longest any one call may take before it fails as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Attempts of a transaction that PostgreSQL keeps aborting for
-/// serialization failures.
+/// Attempts of a transaction that PostgreSQL keeps aborting for deadlocks
+/// (or, on engines that run it as SERIALIZABLE, serialization failures).
 const MAX_ATTEMPTS: u32 = 100;
 
 /// Where and how to connect.
@@ -114,7 +145,8 @@ pub struct PostgresBackend {
 
 /// Why a database call failed, before it becomes a [`BackendError`].
 pub(crate) enum Failure {
-    /// Aborted by the server to keep transactions serializable: run again.
+    /// Aborted by the server for a deadlock or a serialization failure: run
+    /// again.
     Retry(String),
     /// The server cannot be reached or is shutting down.
     Unavailable(String),
@@ -306,6 +338,18 @@ const UPSERT: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, 
                       ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value";
 const DELETE: &str = "DELETE FROM ferry_kv WHERE collection = $1 AND key = $2";
 const LAST: &str = "SELECT key, value FROM ferry_kv WHERE collection = $1 ORDER BY key DESC LIMIT 1";
+/// A key expected absent, claimed: one row inserted, or none if it exists.
+const CLAIM: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (collection, key) DO NOTHING";
+/// A key expected to hold $3, locked: one row, or none if it does not.
+const LOCK_IF: &str = "SELECT 1 FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3 FOR UPDATE";
+const UPDATE_IF: &str = "UPDATE ferry_kv SET value = $4 WHERE collection = $1 AND key = $2 AND value = $3";
+const DELETE_IF: &str = "DELETE FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3";
+const LOCK: &str = "SELECT value FROM ferry_kv WHERE collection = $1 AND key = $2 FOR UPDATE";
+const SAVEPOINT: &str = "SAVEPOINT ferry_batch";
+const RELEASE: &str = "RELEASE SAVEPOINT ferry_batch";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT ferry_batch";
+const EMPTY: &[u8] = &[];
 
 /// The smallest key above every key that starts with `prefix`, if any.
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -319,43 +363,203 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// One statement of a commit, and what its row count must be.
+struct Step<'a> {
+    sql: &'static str,
+    params: Vec<&'a (dyn ToSql + Sync)>,
+    /// The collection whose expectation fails unless exactly one row is
+    /// touched; None: any count will do.
+    must_touch_one: Option<Collection>,
+}
+
+/// A batch's statements, in lock order; Err: two of its expectations
+/// contradict each other, so it can never hold.
+fn plan(batch: &Batch) -> Result<Vec<Step<'_>>, Collection> {
+    // Per key: what it is expected to hold, and its last change.
+    type Wanted<'a> = (Option<&'a Option<Vec<u8>>>, Option<Option<&'a Vec<u8>>>);
+    // Vec<u8> orders bytewise, as the table's primary key does.
+    let mut keys: BTreeMap<(Collection, &Vec<u8>), Wanted<'_>> = BTreeMap::new();
+    for e in &batch.expect {
+        let slot = &mut keys.entry((e.collection, &e.key)).or_default().0;
+        match slot {
+            Some(before) if **before != e.value => return Err(e.collection),
+            _ => *slot = Some(&e.value),
+        }
+    }
+    for op in &batch.ops {
+        let (collection, key, value) = match op {
+            Op::Put { collection, key, value } => (*collection, key, Some(value)),
+            Op::Delete { collection, key } => (*collection, key, None),
+        };
+        keys.entry((collection, key)).or_default().1 = Some(value);
+    }
+    let mut steps = Vec::with_capacity(keys.len() + 1);
+    for ((collection, key), (expected, change)) in keys {
+        let name = name_of(&collection);
+        let step =
+            |sql, params, check: bool| Step { sql, params, must_touch_one: check.then_some(collection) };
+        match (expected, change) {
+            (None, Some(Some(value))) => steps.push(step(UPSERT, vec![name, key, value], false)),
+            (None, Some(None)) => steps.push(step(DELETE, vec![name, key], false)),
+            (Some(Some(old)), Some(Some(value))) => {
+                steps.push(step(UPDATE_IF, vec![name, key, old, value], true))
+            }
+            (Some(Some(old)), Some(None)) => steps.push(step(DELETE_IF, vec![name, key, old], true)),
+            (Some(Some(old)), None) => steps.push(step(LOCK_IF, vec![name, key, old], true)),
+            (Some(None), Some(Some(value))) => steps.push(step(CLAIM, vec![name, key, value], true)),
+            // Absent now and after: a placeholder holds the key's slot until
+            // the commit (see the module's docs).
+            (Some(None), _) => {
+                steps.push(step(CLAIM, vec![name, key, &EMPTY], true));
+                steps.push(step(DELETE, vec![name, key], false));
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(steps)
+}
+
+/// Sends `prefix` (statements whose counts do not matter) and `steps` in one
+/// pipeline; Ok(Err(collection)) when an expectation failed.
+async fn run_steps(
+    tx: &deadpool_postgres::Transaction<'_>,
+    prefix: &[&'static str],
+    steps: &[Step<'_>],
+) -> Result<Result<(), Collection>, tokio_postgres::Error> {
+    let statements = futures_util::future::try_join_all(
+        prefix.iter().copied().chain(steps.iter().map(|s| s.sql)).map(|sql| tx.prepare_cached(sql)),
+    )
+    .await?;
+    let (before, own) = statements.split_at(prefix.len());
+    // Pipelined, and executed by the server in this order.
+    let counts = futures_util::future::try_join_all(
+        before
+            .iter()
+            .map(|statement| (statement, Vec::new()))
+            .chain(own.iter().zip(steps).map(|(statement, step)| (statement, step.params.clone())))
+            .map(|(statement, params): (_, Vec<&(dyn ToSql + Sync)>)| async move {
+                tx.execute(statement, &params).await
+            }),
+    )
+    .await?;
+    for (step, count) in steps.iter().zip(&counts[prefix.len()..]) {
+        if let Some(collection) = step.must_touch_one
+            && *count != 1
+        {
+            return Ok(Err(collection));
+        }
+    }
+    Ok(Ok(()))
+}
+
+async fn begin(client: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await
+}
+
 /// One attempt at a commit: Ok(Err(Conflict)) when an expectation failed.
 async fn try_commit(
     client: &mut Object,
     batch: &Batch,
 ) -> Result<Result<(), BackendError>, tokio_postgres::Error> {
-    let tx = client.build_transaction().isolation_level(IsolationLevel::Serializable).start().await?;
-    if !batch.expect.is_empty() {
-        let select = tx.prepare_cached(SELECT_ONE).await?;
-        let reads = futures_util::future::try_join_all(batch.expect.iter().map(|e| {
-            let (tx, select) = (&tx, &select);
-            async move { tx.query_opt(select, &[name_of(&e.collection), &e.key]).await }
-        }))
-        .await?;
-        for (expect, row) in batch.expect.iter().zip(reads) {
-            let current: Option<Vec<u8>> = row.map(|r| r.get(0));
-            if current != expect.value {
-                tx.rollback().await?;
-                return Ok(Err(BackendError::Conflict { collection: expect.collection }));
-            }
-        }
+    let steps = match plan(batch) {
+        Ok(steps) => steps,
+        Err(collection) => return Ok(Err(BackendError::Conflict { collection })),
+    };
+    if steps.is_empty() {
+        return Ok(Ok(()));
     }
-    if !batch.ops.is_empty() {
-        let upsert = tx.prepare_cached(UPSERT).await?;
-        let delete = tx.prepare_cached(DELETE).await?;
-        // Pipelined, and executed by the server in this order.
-        futures_util::future::try_join_all(batch.ops.iter().map(|op| {
-            let (statement, params): (_, Vec<&(dyn ToSql + Sync)>) = match op {
-                Op::Put { collection, key, value } => (&upsert, vec![name_of(collection), key, value]),
-                Op::Delete { collection, key } => (&delete, vec![name_of(collection), key]),
-            };
-            let tx = &tx;
-            async move { tx.execute(statement, &params).await }
-        }))
-        .await?;
+    let tx = begin(client).await?;
+    if let Err(collection) = run_steps(&tx, &[], &steps).await? {
+        tx.rollback().await?;
+        return Ok(Err(BackendError::Conflict { collection }));
     }
     tx.commit().await?;
     Ok(Ok(()))
+}
+
+/// One attempt at a group commit (see [`Backend::commit_group`]): each
+/// batch behind a savepoint it is rolled back to if its expectations fail,
+/// then what `finish` adds, in one transaction.
+async fn try_group(
+    client: &mut Object,
+    batches: &[Batch],
+    lock: Option<&Lock>,
+    finish: &Arc<Finish>,
+) -> Result<Result<Vec<Result<(), BackendError>>, BackendError>, tokio_postgres::Error> {
+    let tx = begin(client).await?;
+    let mut outcomes = Vec::with_capacity(batches.len());
+    // What ends the previous batch's savepoint, sent with the next statements.
+    let mut pending: &[&'static str] = &[];
+    for batch in batches {
+        let steps = match plan(batch) {
+            Ok(steps) => steps,
+            Err(collection) => {
+                outcomes.push(Err(BackendError::Conflict { collection }));
+                continue;
+            }
+        };
+        let prefix: Vec<&'static str> = pending.iter().copied().chain([SAVEPOINT]).collect();
+        match run_steps(&tx, &prefix, &steps).await? {
+            Ok(()) => {
+                outcomes.push(Ok(()));
+                pending = &[RELEASE];
+            }
+            Err(collection) => {
+                outcomes.push(Err(BackendError::Conflict { collection }));
+                pending = &[ROLLBACK_TO, RELEASE];
+            }
+        }
+    }
+    let held: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    let locked: Option<Vec<u8>> = match lock {
+        Some((collection, key)) => {
+            // Sent with what ends the last savepoint; under READ COMMITTED
+            // it reads the newest committed value once the lock is ours.
+            let statements = futures_util::future::try_join_all(
+                pending.iter().copied().chain([LOCK]).map(|sql| tx.prepare_cached(sql)),
+            )
+            .await?;
+            let Some((select, ending)) = statements.split_last() else {
+                return Ok(Err(BackendError::Io("the lock statement went missing".into())));
+            };
+            let ended = futures_util::future::try_join_all(ending.iter().map(|s| tx.execute(s, &[])));
+            let (_, row) =
+                futures_util::future::try_join(ended, tx.query_opt(select, &[name_of(collection), key]))
+                    .await?;
+            pending = &[];
+            row.map(|r| r.get(0))
+        }
+        None => None,
+    };
+    let last = finish(&held, locked.as_deref());
+    let steps = match plan(&last) {
+        Ok(steps) => steps,
+        Err(collection) => return Ok(Err(BackendError::Conflict { collection })),
+    };
+    if let Err(collection) = run_steps(&tx, pending, &steps).await? {
+        tx.rollback().await?;
+        return Ok(Err(BackendError::Conflict { collection }));
+    }
+    tx.commit().await?;
+    Ok(Ok(outcomes))
+}
+
+/// Whether to run a transaction again after `e`: Ok after a pause when the
+/// server aborted it for a deadlock or a serialization failure and tries
+/// are left; else the error to return.
+async fn again(e: tokio_postgres::Error, tries: &mut u32) -> Result<(), BackendError> {
+    match failure(e) {
+        Failure::Retry(message) if *tries < MAX_ATTEMPTS => {
+            *tries += 1;
+            tracing::debug!(tries = *tries, %message, "retrying a transaction the server aborted");
+            // Spread out the contenders a little.
+            let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 4);
+            let pause = (u64::from((*tries).min(10)) + jitter).min(20);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            Ok(())
+        }
+        other => Err(other.into()),
+    }
 }
 
 fn name_of(collection: &Collection) -> &'static (dyn ToSql + Sync) {
@@ -372,10 +576,6 @@ fn name_of(collection: &Collection) -> &'static (dyn ToSql + Sync) {
 }
 
 impl Backend for PostgresBackend {
-    fn appends_take_turns(&self) -> bool {
-        true
-    }
-
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         let key = key.to_vec();
         self.call(move |client| async move {
@@ -436,21 +636,28 @@ impl Backend for PostgresBackend {
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
         self.call(move |mut client| async move {
-            let mut attempt = 0;
+            let mut tries = 0;
             loop {
                 match try_commit(&mut client, &batch).await {
                     Ok(outcome) => return outcome,
-                    Err(e) => match failure(e) {
-                        Failure::Retry(message) if attempt < MAX_ATTEMPTS => {
-                            attempt += 1;
-                            tracing::trace!(attempt, %message, "retrying a serialization failure");
-                            // Spread out the contenders a little.
-                            let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 4);
-                            let pause = (u64::from(attempt.min(10)) + jitter).min(20);
-                            tokio::time::sleep(Duration::from_millis(pause)).await;
-                        }
-                        other => return Err(other.into()),
-                    },
+                    Err(e) => again(e, &mut tries).await?,
+                }
+            }
+        })
+    }
+
+    fn commit_group(
+        &self,
+        batches: Vec<Batch>,
+        lock: Option<Lock>,
+        finish: Arc<Finish>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+        self.call(move |mut client| async move {
+            let mut tries = 0;
+            loop {
+                match try_group(&mut client, &batches, lock.as_ref(), &finish).await {
+                    Ok(outcome) => return outcome,
+                    Err(e) => again(e, &mut tries).await?,
                 }
             }
         })
