@@ -16,6 +16,10 @@
 //! # Connections open at once from one client address (an IPv4 address, an
 //! # IPv6 /64), of 4096 in all; more are closed at once (1 to 4096).
 //! max_connections_per_source = 256
+//! # Bytes of request bodies held at once from one client address, of
+//! # 16 MiB in all (65536 to 16777216). Raise it with the connection cap
+//! # behind a proxy that connects for many clients.
+//! max_body_bytes_per_source = 1048576
 //! # Where the documents live. Absent: sled, embedded in data_dir. A
 //! # PostgreSQL URL lets several ferry-cloud replicas share one database:
 //! storage = "postgresql://ferry@db.example/ferry"
@@ -56,6 +60,8 @@ pub struct Config {
     pub audit_retention_days: Option<u32>,
     /// Connections open at once from one address (default 256).
     pub max_connections_per_source: Option<usize>,
+    /// Bytes of request bodies held at once from one address (default 1 MiB).
+    pub max_body_bytes_per_source: Option<usize>,
     /// The database; sled in `data_dir` when absent.
     pub storage: Option<StorageConfig>,
 }
@@ -145,6 +151,22 @@ pub fn check_connections_per_source(n: usize) -> Result<usize, String> {
     }
 }
 
+/// Checks a budget of body bytes per address: at least one body of the
+/// largest size, at most the budget of all clients.
+pub fn check_body_bytes_per_source(n: usize) -> Result<usize, String> {
+    let (least, most) = (crate::http::BODY_LIMIT, crate::http::extract::BODY_BUDGET);
+    if (least..=most).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("the body bytes per client address must be {least} to {most}, not {n}"))
+    }
+}
+
+/// `--max-body-bytes-per-source`: checked as in the config.
+pub fn parse_body_bytes_per_source(text: &str) -> Result<usize, String> {
+    check_body_bytes_per_source(text.parse().map_err(|_| format!("`{text}` is not a whole number"))?)
+}
+
 /// `--max-connections-per-source`: checked as in the config.
 pub fn parse_connections_per_source(text: &str) -> Result<usize, String> {
     check_connections_per_source(text.parse().map_err(|_| format!("`{text}` is not a whole number"))?)
@@ -161,6 +183,10 @@ pub fn load(explicit: Option<&Path>) -> Result<Config> {
     if let Some(n) = config.max_connections_per_source {
         check_connections_per_source(n)
             .map_err(|e| anyhow!("max_connections_per_source in the configuration: {e}"))?;
+    }
+    if let Some(n) = config.max_body_bytes_per_source {
+        check_body_bytes_per_source(n)
+            .map_err(|e| anyhow!("max_body_bytes_per_source in the configuration: {e}"))?;
     }
     Ok(config)
 }
@@ -220,6 +246,12 @@ mod tests {
         assert_eq!(config.max_connections_per_source, Some(1000));
         assert_eq!(ferry_daemon::config::parse::<Config>("").unwrap().max_connections_per_source, None);
         assert_eq!(parse_connections_per_source("1"), Ok(1));
+        let config: Config = ferry_daemon::config::parse("max_body_bytes_per_source = 4194304\n").unwrap();
+        assert_eq!(config.max_body_bytes_per_source, Some(4 << 20));
+        assert_eq!(parse_body_bytes_per_source("65536"), Ok(65536));
+        assert!(parse_body_bytes_per_source("65535").is_err());
+        assert!(parse_body_bytes_per_source("16777217").is_err());
+        assert!(parse_body_bytes_per_source("lots").is_err());
         assert_eq!(parse_connections_per_source("4096"), Ok(4096));
         for bad in ["0", "4097", "-1", "many"] {
             let err = parse_connections_per_source(bad).unwrap_err();

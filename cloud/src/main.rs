@@ -146,6 +146,13 @@ struct ServeArgs {
     /// `max_connections_per_source` from the config, else 256; 1 to 4096).
     #[arg(long, value_name = "N", value_parser = config::parse_connections_per_source)]
     max_connections_per_source: Option<usize>,
+
+    /// Bytes of request bodies held at once from one client address, of
+    /// 16 MiB in all; beyond it a request with a body gets 503 (default:
+    /// `max_body_bytes_per_source` from the config, else 1048576; 65536 to
+    /// 16777216). Raise it with --max-connections-per-source behind a proxy.
+    #[arg(long, value_name = "BYTES", value_parser = config::parse_body_bytes_per_source)]
+    max_body_bytes_per_source: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -369,6 +376,10 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
         .max_connections_per_source
         .or(config.max_connections_per_source)
         .unwrap_or(server::MAX_CONNECTIONS_PER_SOURCE);
+    let max_body_bytes_per_source = args
+        .max_body_bytes_per_source
+        .or(config.max_body_bytes_per_source)
+        .unwrap_or(http::extract::BODY_BUDGET_PER_SOURCE);
     let data_dir =
         args.data_dir.or(config.data_dir).unwrap_or_else(|| ferry_daemon::paths::default_data_dir("cloud"));
     let storage = args.storage.or(config.storage);
@@ -444,7 +455,15 @@ fn serve(args: ServeArgs, config: config::Config) -> Result<()> {
             // waits for every response in flight.
             streams.hub.close_streams();
         };
-        server::serve_with(listener, http::router(state), tls.map(|(config, _)| config), shutdown, options)
+        let budget =
+            http::extract::BodyBudget::new(http::extract::BODY_BUDGET, max_body_bytes_per_source, &state.metrics);
+        server::serve_with(
+            listener,
+            http::router_with(state, budget),
+            tls.map(|(config, _)| config),
+            shutdown,
+            options,
+        )
             .await
             .context("serving HTTP")?;
         ticker.abort();
