@@ -635,6 +635,27 @@ mod tests {
         relay.clear();
     }
 
+    /// A client's initiation to a fresh allocation (no gateway yet) makes
+    /// it the client's candidate, and the state file gets it: after a
+    /// restart the gateway's first initiation goes there instead of being
+    /// dropped for want of a peer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_candidate_reaches_the_saved_state() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let spec = AllocationSpec { port: Some(47170), ..spec(1) };
+        assert_eq!(relay.add(spec.clone()), Admission::Ready { port: 47170 });
+        client.send_to(&handshake(1, 2, 0, &spec.gateway_key), "127.0.0.1:47170").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while relay.saved()[0].client_candidate.is_none() {
+            assert!(std::time::Instant::now() < deadline, "the client's candidate was never saved");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(relay.saved()[0].client_candidate, Some(client.local_addr().unwrap()));
+        assert_eq!((relay.saved()[0].gateway, relay.saved()[0].client), (None, None));
+        relay.clear();
+    }
+
     #[tokio::test]
     async fn a_full_relay_refuses_visibly_and_ending_frees_room() {
         let metrics = Metrics::new();
