@@ -26,7 +26,10 @@ use std::{
     io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -109,13 +112,31 @@ impl Saved {
     }
 }
 
-/// The saved allocations; none when the file does not exist yet.
+/// The saved allocations; none when the file does not exist yet. A file
+/// that group or others may write is refused: anyone who could write it
+/// could make the relay forward to addresses of their choosing at its next
+/// start.
 pub fn load(path: &Path) -> Result<Vec<Saved>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            file.metadata().with_context(|| format!("reading {}", path.display()))?.permissions().mode();
+        if mode & 0o022 != 0 {
+            anyhow::bail!(
+                "{} is writable by group or others (mode {:o}); not trusted",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
     let file: File = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     if file.version != VERSION {
         anyhow::bail!("{}: version {} is not {VERSION}", path.display(), file.version);
@@ -127,8 +148,16 @@ pub fn load(path: &Path) -> Result<Vec<Saved>> {
 pub fn write(path: &Path, allocations: Vec<Saved>) -> Result<()> {
     let text = serde_json::to_vec(&File { version: VERSION, allocations }).context("encoding the state")?;
     let tmp = temporary(path);
+    // A leftover (a kill between create and rename, or someone else's file)
+    // would keep its own permissions: the mode below applies only to a file
+    // this call creates, so it creates one.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the leftover {}", tmp.display())),
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
@@ -195,13 +224,23 @@ pub struct Saver {
     relay: Relay,
     path: PathBuf,
     /// One write at a time: a write outlives an abort of the task.
-    writing: Arc<Mutex<()>>,
+    writing: Arc<Writing>,
+}
+
+/// Held while the file is written. `stopped`, set under the lock by
+/// [`Saver::stop`] before its last write, turns away a write the task had
+/// started before it was aborted: run after the stop, it would save the
+/// allocations as the shutdown is ending them, and lose them.
+#[derive(Default)]
+struct Writing {
+    lock: Mutex<()>,
+    stopped: AtomicBool,
 }
 
 impl Saver {
     pub fn start(relay: Relay, path: PathBuf) -> Saver {
         let changes: Arc<tokio::sync::Notify> = relay.changes();
-        let writing = Arc::new(Mutex::new(()));
+        let writing = Arc::new(Writing::default());
         let task = {
             let (relay, path, writing) = (relay.clone(), path.clone(), writing.clone());
             tokio::spawn(async move {
@@ -221,12 +260,21 @@ impl Saver {
     /// for the next start (the ones that end meanwhile, the cloud ends).
     pub fn stop(self) {
         self.task.abort();
-        save(&self.writing, &self.path, &self.relay);
+        let _one = self.writing.lock.lock();
+        self.writing.stopped.store(true, Ordering::SeqCst);
+        write_logged(&self.path, &self.relay);
     }
 }
 
-fn save(writing: &Mutex<()>, path: &Path, relay: &Relay) {
-    let _one = writing.lock();
+fn save(writing: &Writing, path: &Path, relay: &Relay) {
+    let _one = writing.lock.lock();
+    if writing.stopped.load(Ordering::SeqCst) {
+        return;
+    }
+    write_logged(path, relay);
+}
+
+fn write_logged(path: &Path, relay: &Relay) {
     if let Err(e) = write(path, relay.saved()) {
         warn!(error = %format!("{e:#}"), "the relay's state was not saved");
     }
@@ -267,5 +315,80 @@ mod tests {
         assert!(!temporary(&path).exists());
         std::fs::write(&path, "{\"version\": 9, \"allocations\": []}").unwrap();
         assert!(load(&path).is_err(), "an unknown version is refused, not misread");
+    }
+
+    fn spec(id: u64) -> AllocationSpec {
+        AllocationSpec {
+            id,
+            session_id: id,
+            gateway_key: PublicKey::from_base64(KEY_A).unwrap(),
+            client_key: PublicKey::from_base64(KEY_B).unwrap(),
+            expires_ms: crate::runtime::now_ms() + 600_000,
+            websocket_token: format!("token-{id}-0123456789"),
+            port: None,
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A temporary file left with wide permissions (by a kill mid-write, or
+    /// by someone else) does not lend them to the state file.
+    #[test]
+    fn a_leftover_temporary_file_does_not_widen_the_state_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(temporary(&path), "leftover").unwrap();
+        std::fs::set_permissions(temporary(&path), std::fs::Permissions::from_mode(0o666)).unwrap();
+        write(&path, vec![Saved::new(&spec(1), 40001, Sides::default())]).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(load(&path).unwrap().len(), 1);
+    }
+
+    /// A state file others may write is not trusted: it would tell the
+    /// relay where to forward.
+    #[test]
+    fn a_state_file_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write(&path, vec![Saved::new(&spec(1), 40001, Sides::default())]).unwrap();
+        for wide in [0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wide)).unwrap();
+            let refused = load(&path).unwrap_err();
+            assert!(format!("{refused:#}").contains("writable by group or others"), "{refused:#}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load(&path).unwrap().len(), 1, "readable by others is only a warning matter, not refused");
+    }
+
+    /// A save the writer task started before [`Saver::stop`] aborted it,
+    /// and that runs only after the stop (and after the shutdown ended the
+    /// allocations), leaves the stop's file alone.
+    #[tokio::test]
+    async fn a_save_after_the_stop_does_not_overwrite_the_last_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let options = crate::runtime::Options {
+            ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+            ipv6: None,
+            ports: crate::config::PortRange { first: 47200, last: 47209 },
+            max_allocations: 4,
+            timeouts: Default::default(),
+            websocket_queue: 4,
+        };
+        let relay = Relay::new(options, None, crate::metrics::Metrics::new());
+        assert!(matches!(relay.add(spec(1)), crate::runtime::Admission::Ready { .. }));
+        let saver = Saver::start(relay.clone(), path.clone());
+        let writing = saver.writing.clone();
+        saver.stop();
+        relay.clear();
+        assert_eq!(load(&path).unwrap().len(), 1, "the stop saved the allocation");
+        // The late write of the aborted task.
+        save(&writing, &path, &relay);
+        assert_eq!(load(&path).unwrap().len(), 1, "the late write lost the allocation");
     }
 }
