@@ -208,7 +208,12 @@ impl Relay {
                 let mut state = self.state();
                 match state.allocations.get_mut(&spec.id) {
                     Some(handle) => {
-                        handle.spec.expires_ms = spec.expires_ms;
+                        if handle.spec.expires_ms != spec.expires_ms {
+                            handle.spec.expires_ms = spec.expires_ms;
+                            // The state file keeps the expiry: a restart
+                            // must not end a prolonged allocation early.
+                            self.inner.changes.notify_one();
+                        }
                         true
                     }
                     None => false,
