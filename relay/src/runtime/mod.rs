@@ -720,6 +720,24 @@ mod tests {
         relay.clear();
     }
 
+    /// A snapshot that moves an allocation's expiry wakes the state file's
+    /// writer: a restart must not bring the allocation back with its old
+    /// expiry (and end it early).
+    #[tokio::test]
+    async fn a_new_expiry_wakes_the_state_file_writer() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let changes = relay.changes();
+        let first = spec(1);
+        assert!(matches!(relay.add(first.clone()), Admission::Ready { .. }));
+        let wait = std::time::Duration::from_secs(5);
+        tokio::time::timeout(wait, changes.notified()).await.expect("the start was announced");
+        let later = AllocationSpec { expires_ms: first.expires_ms + 60_000, ..first };
+        assert!(relay.apply(std::slice::from_ref(&later)).is_empty());
+        tokio::time::timeout(wait, changes.notified()).await.expect("the new expiry was never announced");
+        assert_eq!(relay.saved()[0].expires_ms, later.expires_ms);
+        relay.clear();
+    }
+
     #[tokio::test]
     async fn a_full_relay_refuses_visibly_and_ending_frees_room() {
         let metrics = Metrics::new();
