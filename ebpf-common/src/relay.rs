@@ -121,12 +121,15 @@ pub struct Binding {
     pub slot: u32,
 }
 
-/// The inputs of a cached FIB answer that decide it: the destination, the
-/// interface the datagram arrived on (policy routing, and the forwarding
-/// switch the kernel checks there) and the IPv4 TOS / IPv6 traffic class
-/// (TOS routes and rules). The relay's own address, the other input, is
-/// fixed per family. IPv4 destinations sit in the first four bytes of
-/// `addr`, the rest zero.
+/// What a cached FIB answer is kept under: the destination, the interface
+/// the datagram arrived on (policy routing, and the forwarding switch the
+/// kernel checks there) and the IPv4 TOS / IPv6 traffic class without the
+/// ECN bits (TOS routes and rules). The relay's own address is fixed per
+/// family. Not every input of `bpf_fib_lookup` is here: the ports and L4
+/// protocol (and the IPv6 flow label) are not, so the cache ignores
+/// port-based policy routing (`ip rule ... sport/dport/ipproto`) and L4
+/// multipath hashing; such setups should set `next_hop_lifetime_ms = 0`.
+/// IPv4 destinations sit in the first four bytes of `addr`, the rest zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NextHopKey {

@@ -279,6 +279,18 @@ fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
     frame
 }
 
+/// Sets the IPv4 TOS or IPv6 traffic class and reseals.
+fn with_tos(mut frame: Vec<u8>, tos: u8) -> Vec<u8> {
+    if frame[ETH_LEN] >> 4 == 4 {
+        frame[ETH_LEN + 1] = tos;
+    } else {
+        frame[ETH_LEN] = 0x60 | tos >> 4;
+        frame[ETH_LEN + 1] = (tos << 4) | (frame[ETH_LEN + 1] & 0x0f);
+    }
+    seal(&mut frame, false);
+    frame
+}
+
 // --- Forwarding without FIB ------------------------------------------------
 
 #[test]
@@ -950,6 +962,26 @@ fn next_hops_are_cached_until_the_generation_moves() {
             forward_via(f, &frame, uplink, peer, NEW_PEER_MAC, 0);
             set_peer_mac(&netns, &uplink_name, PEER_MAC);
             f.invalidate_next_hops().unwrap();
+        }
+    });
+}
+
+/// Routing ignores ECN: a peer's congestion marks reuse the cached next
+/// hop of its DSCP; another DSCP (which TOS rules may route elsewhere) asks
+/// the FIB.
+#[test]
+fn ecn_marks_share_a_cached_next_hop_and_another_dscp_does_not() {
+    let router = router();
+    in_router(&router, |f, uplink, _| {
+        f.configure(RelayConfig { next_hop_lifetime_ms: HOUR_MS, ..config(true) }).unwrap();
+        for (frame, peer) in bind_to_peer(f, 200) {
+            const EF: u8 = 0xb8;
+            forward_via(f, &with_tos(frame.clone(), EF), uplink, peer, PEER_MAC, 1);
+            for ecn in 1..=3 {
+                forward_via(f, &with_tos(frame.clone(), EF | ecn), uplink, peer, PEER_MAC, 0);
+            }
+            forward_via(f, &with_tos(frame.clone(), 0x20), uplink, peer, PEER_MAC, 1);
+            forward_via(f, &with_tos(frame, 0x20 | 2), uplink, peer, PEER_MAC, 0);
         }
     });
 }

@@ -201,7 +201,10 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         copy_bytes(&mut key.addr, &binding.addr);
         key.ifindex = ctx.ingress_ifindex() as u32;
         key.family = FAMILY_V4;
-        key.tos = ip.tos;
+        // Without the ECN bits, which routing ignores (the kernel masks
+        // them): a peer marking congestion would otherwise split its flow
+        // over several cache entries, each with its own FIB lookup.
+        key.tos = ip.tos & TOS_ROUTED;
         let request = Request { sport: udp.dst, dport: binding.port, flowinfo: 0, ip_len: total_len as u32 };
         // Written by next_hop when it returns true; never zeroed (a memset).
         let mut hop = mem::MaybeUninit::<NextHop>::uninit();
@@ -288,7 +291,8 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         key.ifindex = ctx.ingress_ifindex() as u32;
         key.family = FAMILY_V6;
         // The traffic class straddles the first two bytes.
-        key.tos = (vcf[0] << 4) | (vcf[1] >> 4);
+        // ECN masked as for IPv4.
+        key.tos = ((vcf[0] << 4) | (vcf[1] >> 4)) & TOS_ROUTED;
         let request = Request {
             sport: udp.dst,
             dport: binding.port,
@@ -448,6 +452,9 @@ fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
         unsafe { core::ptr::write_volatile(dst.as_mut_ptr().add(i), src[i]) };
     }
 }
+
+/// The TOS / traffic class bits routing can depend on: the DSCP, not ECN.
+const TOS_ROUTED: u8 = 0xfc;
 
 /// What a FIB lookup for a datagram needs besides its [`NextHopKey`].
 struct Request {

@@ -265,9 +265,13 @@ async fn run(config: Config) -> Result<()> {
     // restored allocations that are still wanted, on their ports.
     let saver = match &config.state_file {
         Some(path) => {
-            let restored = state_file::restore(&relay, path);
+            let owner = state_file::Owner {
+                relay_id: config.cloud.as_ref().map(|c| c.relay_id),
+                cloud: config.cloud.as_ref().map(|c| c.url.list()).unwrap_or_default(),
+            };
+            let restored = state_file::restore(&relay, path, &owner);
             info!(restored, file = %path.display(), "saved allocations restored");
-            Some(state_file::Saver::start(relay.clone(), path.clone()))
+            Some(state_file::Saver::start(relay.clone(), path.clone(), owner))
         }
         None => None,
     };

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub xdp_outcomes: Family<OutcomeLabels, Counter>,
     /// `bpf_fib_lookup` calls of the XDP program: next-hop cache misses.
     pub xdp_fib_lookups: Counter,
+    /// 1 while the netlink watcher that invalidates the XDP next-hop cache
+    /// is subscribed; 0 otherwise (its notifications ended, or it never
+    /// started, or the cache is off).
+    pub xdp_next_hop_watcher_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -133,10 +137,18 @@ impl Metrics {
              route or neighbour change, after the lifetime)",
             xdp_fib_lookups.clone(),
         );
+        let xdp_next_hop_watcher_up = Gauge::default();
+        registry.register(
+            "xdp_next_hop_watcher_up",
+            "1 while the netlink watcher keeps the XDP next-hop cache true; at 0 cached next hops follow route \
+             and neighbour changes only by their lifetime",
+            xdp_next_hop_watcher_up.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             xdp_outcomes,
             xdp_fib_lookups,
+            xdp_next_hop_watcher_up,
             forwarded_packets,
             forwarded_bytes,
             drops,

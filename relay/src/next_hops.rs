@@ -8,17 +8,23 @@
 //! changes (a replaced box, a VRRP failover), a link goes down or changes its
 //! MTU. Two mechanisms keep the cache from sending to a wrong MAC:
 //!
-//! - **Invalidation.** [`watch`] listens to the kernel's route, rule,
-//!   nexthop, link and neighbour notifications (rtnetlink multicast groups)
-//!   and on each one that can change an answer bumps the forwarder's
-//!   next-hop generation: one array write, after which no cached entry is
-//!   used (each carries the generation it was made under, read before its
-//!   lookup, so an answer from before a change never carries the generation
-//!   from after it). The next datagram to each destination asks the FIB
-//!   again. Neighbour notifications count only when the MAC changes or the
-//!   entry stops being usable (deleted, failed, incomplete): the periodic
-//!   reachable/stale churn of a stable neighbour does not empty the cache.
-//!   A netlink buffer overrun (notifications lost) invalidates too.
+//! - **Invalidation.** [`watch`] listens to the kernel's route, rule, link
+//!   and neighbour notifications (rtnetlink multicast groups), and reads the
+//!   nexthop-object group (`ip nexthop`) raw, as the rtnetlink crate cannot
+//!   parse it: any message there counts. On each notification that can
+//!   change an answer it bumps the forwarder's next-hop generation: one
+//!   array write, after which no cached entry is used (each carries the
+//!   generation it was made under, read before its lookup, so an answer from
+//!   before a change never carries the generation from after it). The next
+//!   datagram to each destination asks the FIB again. Neighbour
+//!   notifications count only when the MAC changes or the entry stops being
+//!   usable (deleted, failed, incomplete): the periodic reachable/stale
+//!   churn of a stable neighbour does not empty the cache. A netlink buffer
+//!   overrun (notifications lost) invalidates too. Should the notifications
+//!   end, the watcher warns, resubscribes with a backoff (invalidating once
+//!   subscribed again) and reports it in
+//!   `ferry_relay_xdp_next_hop_watcher_up`; meanwhile the lifetime alone
+//!   bounds the cache.
 //! - **Lifetime.** Every entry expires `next_hop_lifetime_ms` (default
 //!   [`DEFAULT_NEXT_HOP_LIFETIME_MS`]) after its lookup, by the kernel's
 //!   coarse monotonic clock, whatever happens to notifications (the daemon
@@ -29,7 +35,7 @@
 //! under a millisecond; it is one map write), and in any case no later than
 //! the lifetime plus one tick of the coarse clock after the change.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use futures_util::StreamExt as _;
 use rtnetlink::{
@@ -39,44 +45,147 @@ use rtnetlink::{
         AddressFamily, RouteNetlinkMessage,
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     },
+    sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols::NETLINK_ROUTE},
 };
 use tokio::task::JoinHandle;
 
 pub use ferry_ebpf::common::relay::DEFAULT_NEXT_HOP_LIFETIME_MS;
 
+/// The rtnetlink group of nexthop objects (`RTNLGRP_NEXTHOP`). The
+/// rtnetlink crate cannot parse its messages (each would be logged as an
+/// error and dropped), so a socket of its own reads them raw: any message
+/// there invalidates.
+const RTNLGRP_NEXTHOP: u32 = 32;
+/// After the notifications end, resubscribing waits this long, doubling up
+/// to [`RESUBSCRIBE_MAX`].
+const RESUBSCRIBE_MIN: Duration = Duration::from_secs(1);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(30);
+
 /// Subscribes to the notifications that can change a next hop and calls
 /// `invalidate` for each that does, until the task is aborted. `invalidate`
-/// is called once right after subscribing, for changes between the program's
-/// attachment and the subscription. Runs in the caller's network namespace.
-pub fn watch(mut invalidate: impl FnMut() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
-    let groups = [
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Route,
-        MulticastGroup::Ipv4Rule,
-        MulticastGroup::Ipv6Rule,
-        MulticastGroup::Nexthop,
-        MulticastGroup::Link,
-        MulticastGroup::Neigh,
-    ];
-    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
+/// is called right after each subscription, for changes between the
+/// program's attachment (or the last subscription) and it. Should the
+/// notifications end, the watcher warns, resubscribes with a backoff, and
+/// meanwhile the lifetime alone bounds the cache; `up` says whether it is
+/// subscribed. The first subscription is made in the caller's network
+/// namespace, later ones in that of the runtime's thread that runs the task
+/// (the same in the relay, which stays in one namespace).
+pub fn watch(
+    mut invalidate: impl FnMut() + Send + 'static,
+    up: impl Fn(bool) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let first = Subscription::open()?;
     Ok(tokio::spawn(async move {
-        let driver = tokio::spawn(connection);
-        invalidate();
-        let mut neighbours = Neighbours::default();
-        while let Some((message, _)) = messages.next().await {
-            let changes = match message.payload {
-                NetlinkPayload::InnerMessage(inner) => neighbours.changes(&inner),
-                // Notifications were lost: anything may have changed.
-                NetlinkPayload::Overrun(_) => true,
-                _ => false,
+        let mut subscription = first;
+        let mut backoff = RESUBSCRIBE_MIN;
+        loop {
+            up(true);
+            invalidate();
+            let since = tokio::time::Instant::now();
+            let end = subscription.follow(&mut invalidate).await;
+            up(false);
+            tracing::warn!(
+                why = %end,
+                "the netlink notifications ended: next hops are only refreshed by their lifetime until the relay \
+                 subscribes again"
+            );
+            if since.elapsed() > RESUBSCRIBE_MAX {
+                backoff = RESUBSCRIBE_MIN;
+            }
+            subscription = loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
+                match Subscription::open() {
+                    Ok(subscription) => break subscription,
+                    Err(e) => tracing::warn!(error = %e, "subscribing to netlink notifications again failed"),
+                }
             };
+            tracing::info!("subscribed to netlink notifications again");
+        }
+    }))
+}
+
+/// The rtnetlink multicast connection and the raw nexthop socket.
+struct Subscription {
+    driver: JoinHandle<()>,
+    messages: futures_util::stream::BoxStream<
+        'static,
+        (rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>, rtnetlink::sys::SocketAddr),
+    >,
+    /// None on a kernel without nexthop objects (before 5.3).
+    nexthops: Option<TokioSocket>,
+}
+
+impl Subscription {
+    fn open() -> std::io::Result<Subscription> {
+        let groups = [
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+            MulticastGroup::Ipv4Rule,
+            MulticastGroup::Ipv6Rule,
+            MulticastGroup::Link,
+            MulticastGroup::Neigh,
+        ];
+        let (connection, _handle, messages) = rtnetlink::new_multicast_connection(&groups)?;
+        let nexthops = match nexthop_socket() {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "no nexthop-object notifications (kernel before 5.3?): such changes reach XDP through the \
+                     route notifications they cause, or the lifetime"
+                );
+                None
+            }
+        };
+        Ok(Subscription { driver: tokio::spawn(connection), messages: messages.boxed(), nexthops })
+    }
+
+    /// Invalidates on every change until the notifications end; returns why.
+    async fn follow(&mut self, invalidate: &mut impl FnMut()) -> String {
+        let mut neighbours = Neighbours::default();
+        let mut raw = Vec::with_capacity(8192);
+        let end = loop {
+            let changes = tokio::select! {
+                message = self.messages.next() => match message {
+                    Some((message, _)) => match message.payload {
+                        NetlinkPayload::InnerMessage(inner) => neighbours.changes(&inner),
+                        // Notifications were lost: anything may have changed.
+                        NetlinkPayload::Overrun(_) => true,
+                        _ => false,
+                    },
+                    None => break "the route notifications' stream ended".to_string(),
+                },
+                received = recv(self.nexthops.as_ref(), &mut raw) => match received {
+                    // Any nexthop object's change, whatever it says.
+                    Ok(()) => true,
+                    // Lost notifications: anything may have changed.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => true,
+                    Err(e) => break format!("reading nexthop notifications: {e}"),
+                },
+            };
+            raw.clear();
             if changes {
                 invalidate();
             }
-        }
-        tracing::warn!("the netlink notifications ended: next hops are only refreshed by their lifetime");
-        driver.abort();
-    }))
+        };
+        self.driver.abort();
+        end
+    }
+}
+
+fn nexthop_socket() -> std::io::Result<TokioSocket> {
+    let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
+    socket.socket_mut().bind_auto()?;
+    socket.socket_ref().add_membership(RTNLGRP_NEXTHOP)?;
+    Ok(socket)
+}
+
+async fn recv(socket: Option<&TokioSocket>, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    match socket {
+        Some(socket) => socket.recv(buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The neighbours' MACs as last notified, to tell a changed neighbour from

@@ -115,7 +115,11 @@ pub fn start(config: &Config, mode: XdpMode, max_bindings: u32, metrics: &Metric
     }
     let table = Arc::new(Table { forwarder: Mutex::new(forwarder) });
     let watcher = if fib && program_config.next_hop_lifetime_ms != 0 {
-        watch_next_hops(table.clone(), program_config.next_hop_lifetime_ms)
+        watch_next_hops(
+            table.clone(),
+            program_config.next_hop_lifetime_ms,
+            metrics.xdp_next_hop_watcher_up.clone(),
+        )
     } else {
         None
     };
@@ -125,13 +129,20 @@ pub fn start(config: &Config, mode: XdpMode, max_bindings: u32, metrics: &Metric
 
 /// Starts the netlink watcher that invalidates the forwarder's cached next
 /// hops; without it they still expire after `lifetime_ms`.
-fn watch_next_hops(table: Arc<Table>, lifetime_ms: u32) -> Option<tokio::task::JoinHandle<()>> {
+fn watch_next_hops(
+    table: Arc<Table>,
+    lifetime_ms: u32,
+    up: prometheus_client::metrics::gauge::Gauge,
+) -> Option<tokio::task::JoinHandle<()>> {
     let invalidate = move || {
         if let Err(e) = table.lock().invalidate_next_hops() {
             warn!(error = %e, "invalidating the XDP next hops failed; they expire by their lifetime");
         }
     };
-    match crate::next_hops::watch(invalidate) {
+    let report = move |subscribed: bool| {
+        up.set(i64::from(subscribed));
+    };
+    match crate::next_hops::watch(invalidate, report) {
         Ok(watcher) => Some(watcher),
         Err(e) => {
             warn!(

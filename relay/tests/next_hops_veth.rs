@@ -72,6 +72,12 @@ fn setup() -> Setup {
     let net = lab.netns("client").unwrap();
     let router1 = lab.netns("router1").unwrap();
     let router2 = lab.netns("router2").unwrap();
+    // IPv4 only: IPv6 link-local addresses finishing DAD a second or two
+    // after the links come up add routes, whose notifications would
+    // invalidate the cache whatever the test changed.
+    for scope in ["all", "default"] {
+        relay_ns.sysctl(&format!("net.ipv6.conf.{scope}.disable_ipv6=1")).unwrap();
+    }
 
     let uplink = lab.wire(&relay_ns, &[&format!("{RELAY}/24")], &net, &["192.0.2.7/24"]).unwrap();
     // Full checksums from the client: a partial one would be rewritten as if
@@ -150,9 +156,12 @@ impl Setup {
             .run_in(move || {
                 // The netlink socket is opened here, in the relay's namespace.
                 let _entered = handle.enter();
-                next_hops::watch(move || {
-                    forwarder.lock().unwrap().invalidate_next_hops().unwrap();
-                })
+                next_hops::watch(
+                    move || {
+                        forwarder.lock().unwrap().invalidate_next_hops().unwrap();
+                    },
+                    |_| {},
+                )
             })
             .unwrap()
             .expect("subscribing to netlink notifications")
@@ -162,12 +171,19 @@ impl Setup {
     /// router that delivered it (1 or 2), or None if neither did within
     /// `wait` (a bound for a slow machine; it returns as soon as one did).
     fn send_within(&self, id: u8, wait: Duration) -> Option<u8> {
-        let mut message = wireguard(4, 64);
-        *message.last_mut().unwrap() = id;
-        self.client.send_to(&message, (RELAY, ALLOCATION)).unwrap();
         // The runtime's thread is this one: let the watcher read what the
         // kernel sent meanwhile.
         self.runtime.block_on(tokio::task::yield_now());
+        self.send_unwatched(id, wait)
+    }
+
+    /// [`send_within`](Self::send_within) without letting the watcher run
+    /// first: whatever the kernel notified since it last ran is not yet
+    /// read.
+    fn send_unwatched(&self, id: u8, wait: Duration) -> Option<u8> {
+        let mut message = wireguard(4, 64);
+        *message.last_mut().unwrap() = id;
+        self.client.send_to(&message, (RELAY, ALLOCATION)).unwrap();
         let deadline = Instant::now() + wait;
         let mut buf = [0u8; 2048];
         loop {
@@ -210,6 +226,23 @@ impl Setup {
         }
     }
 
+    fn generation(&self) -> u32 {
+        self.forwarder.lock().unwrap().next_hop_generation().unwrap()
+    }
+
+    /// Starts the watcher and waits for its first invalidation (made once
+    /// subscribed), so that any later one answers a change.
+    fn watch_subscribed(&self) -> tokio::task::JoinHandle<()> {
+        let before = self.generation();
+        let watcher = self.watch();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.generation() == before {
+            assert!(Instant::now() < deadline, "the watcher never invalidated after subscribing");
+            self.runtime.block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
+        }
+        watcher
+    }
+
     fn redirects(&self) -> u64 {
         self.forwarder.lock().unwrap().counters().unwrap().get(Outcome::ForwardRedirect)
     }
@@ -218,7 +251,7 @@ impl Setup {
 #[test]
 fn a_route_change_moves_cached_traffic_to_the_new_next_hop() {
     let s = setup();
-    let _watcher = s.watch();
+    let _watcher = s.watch_subscribed();
     assert_eq!(s.send(1), Some(1), "through router 1 first");
     assert_eq!(s.send(2), Some(1), "and from the cache");
     let lookups = s.forwarder.lock().unwrap().fib_lookups().unwrap();
@@ -238,8 +271,10 @@ fn a_route_change_moves_cached_traffic_to_the_new_next_hop() {
 #[test]
 fn a_neighbour_change_moves_cached_traffic_to_the_new_mac() {
     let s = setup();
+    let _watcher = s.watch_subscribed();
     assert_eq!(s.send(1), Some(1));
     assert_eq!(s.forwarder.lock().unwrap().fib_lookups().unwrap(), 1);
+    let subscribed = s.generation();
 
     // Router 1's interface takes another MAC, and the relay learns it.
     s.router1.ip(&["link", "set", "dev", &s.router1_if, "address", ROUTER1_NEW_MAC]).unwrap();
@@ -256,21 +291,44 @@ fn a_neighbour_change_moves_cached_traffic_to_the_new_mac() {
             "permanent",
         ])
         .unwrap();
-    // Without the watcher the cache (an hour's lifetime) still sends to the
-    // old MAC, which router 1's stack ignores: the case the watcher is for.
-    // (A second is plenty for a datagram that arrives at all; a late one
-    // could only make this pass wrongly, never fail.)
+    // Before the watcher reads the notification (it runs only when this
+    // thread lets it), the cache (an hour's lifetime) still sends to the old
+    // MAC, which router 1's stack ignores: the case the watcher is for. (A
+    // second is plenty for a datagram that arrives at all; a late one could
+    // only make this pass wrongly, never fail.)
     assert_eq!(
-        s.send_within(2, Duration::from_secs(1)),
+        s.send_unwatched(2, Duration::from_secs(1)),
         None,
         "a stale next hop was not used: the test would prove nothing"
     );
     assert_eq!(s.forwarder.lock().unwrap().fib_lookups().unwrap(), 1, "the stale one came from the cache");
 
-    let _watcher = s.watch();
     s.until_delivered_by(1, "after router 1's MAC changed");
+    assert_ne!(s.generation(), subscribed, "the neighbour change invalidated the cache");
     for id in 3..6 {
         assert_eq!(s.send(id), Some(1));
     }
     assert!(s.redirects() >= 5, "the forwarder, not the stack, delivered them");
+}
+
+/// A route through a nexthop object goes when the object is deleted, with
+/// no route notification: only the nexthop group tells. The peer's /32
+/// goes through nexthop 7 (router 1), the /24 under it through router 2.
+#[test]
+fn deleting_a_nexthop_object_moves_cached_traffic() {
+    let s = setup();
+    s.relay_ns.ip(&["route", "replace", "198.51.100.0/24", "via", ROUTER2, "dev", &s.to_router2]).unwrap();
+    s.relay_ns.ip(&["nexthop", "add", "id", "7", "via", ROUTER1, "dev", &s.to_router1]).unwrap();
+    s.relay_ns.ip(&["route", "add", "198.51.100.8/32", "nhid", "7"]).unwrap();
+    let _watcher = s.watch_subscribed();
+    assert_eq!(s.send(1), Some(1), "through nexthop 7 first");
+    assert_eq!(s.send(2), Some(1), "and from the cache");
+    let cached = s.generation();
+
+    s.relay_ns.ip(&["nexthop", "del", "id", "7"]).unwrap();
+    s.until_delivered_by(2, "after nexthop 7 was deleted");
+    assert_ne!(s.generation(), cached, "the deletion invalidated the cache");
+    for id in 3..6 {
+        assert_eq!(s.send(id), Some(2));
+    }
 }

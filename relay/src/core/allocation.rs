@@ -139,6 +139,9 @@ pub struct Allocation {
     last_activity: Instant,
     /// Set whenever a binding changes; the runtime takes it to resync XDP.
     changed: bool,
+    /// Set whenever a candidate changes: what the state file keeps moved,
+    /// but XDP (bindings only) has nothing to resync.
+    candidates_changed: bool,
 }
 
 impl Allocation {
@@ -150,6 +153,7 @@ impl Allocation {
             pending: VecDeque::new(),
             last_activity: now,
             changed: false,
+            candidates_changed: false,
         }
     }
 
@@ -203,8 +207,9 @@ impl Allocation {
     fn initiation(&mut self, from: PeerAddr, initiator: Side, sender: u32, now: Instant) -> Decision {
         self.expire_pending(now);
         let state = &mut self.sides[initiator.index()];
-        if state.bound != Some(from) {
+        if state.bound != Some(from) && state.candidate != Some(from) {
             state.candidate = Some(from);
+            self.candidates_changed = true;
         }
         let other = self.sides[initiator.other().index()];
         let Some(delivered_to) = other.bound.or(other.candidate) else {
@@ -303,6 +308,7 @@ impl Allocation {
             }
             if state.candidate == Some(addr) {
                 state.candidate = None;
+                self.candidates_changed = true;
             }
         }
         self.pending.retain(|p| p.from != addr && p.delivered_to != addr);
@@ -311,5 +317,12 @@ impl Allocation {
     /// Whether bindings changed since the last call.
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)
+    }
+
+    /// Whether a candidate changed (and no binding did, necessarily) since
+    /// the last call: the state file keeps candidates, so that after a
+    /// restart the other side's first initiation still has somewhere to go.
+    pub fn take_candidates_changed(&mut self) -> bool {
+        std::mem::take(&mut self.candidates_changed)
     }
 }

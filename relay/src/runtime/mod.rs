@@ -32,6 +32,12 @@ use crate::{
 };
 pub use table::BindingTable;
 
+/// How long an allocation restored from the state file forwards before the
+/// cloud (or the allocation file) confirms it by naming it in a snapshot;
+/// unconfirmed by then (the cloud down, or no longer wanting this relay), it
+/// ends. Documented in the README's "Restarts".
+pub const RESTORE_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What the cloud (or the allocation file) asks the relay to carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocationSpec {
@@ -127,6 +133,9 @@ struct Handle {
     /// The UDP addresses bound on each side, published by the task for the
     /// state file.
     bound: Arc<Mutex<Sides>>,
+    /// Restored from the state file and not named by a snapshot since: it
+    /// ends at this instant (see [`RESTORE_GRACE`]).
+    unconfirmed_until: Option<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -208,7 +217,13 @@ impl Relay {
                 let mut state = self.state();
                 match state.allocations.get_mut(&spec.id) {
                     Some(handle) => {
-                        handle.spec.expires_ms = spec.expires_ms;
+                        handle.unconfirmed_until = None;
+                        if handle.spec.expires_ms != spec.expires_ms {
+                            handle.spec.expires_ms = spec.expires_ms;
+                            // The state file keeps the expiry: a restart
+                            // must not end a prolonged allocation early.
+                            self.inner.changes.notify_one();
+                        }
                         true
                     }
                     None => false,
@@ -223,13 +238,24 @@ impl Relay {
 
     /// Starts one allocation. Needs a tokio runtime.
     pub fn add(&self, spec: AllocationSpec) -> Admission {
-        self.start(spec, Sides::default())
+        self.start(spec, Sides::default(), None)
     }
 
     /// Starts an allocation saved before a restart, on its port and with its
-    /// peers bound where they were (see [`crate::state_file`]).
+    /// peers bound where they were (see [`crate::state_file`]). Unless a
+    /// snapshot names it within [`RESTORE_GRACE`], [`Relay::sweep`] ends it.
     pub fn restore(&self, spec: AllocationSpec, sides: Sides) -> Admission {
-        self.start(spec, sides)
+        self.restore_until(spec, sides, std::time::Instant::now() + RESTORE_GRACE)
+    }
+
+    /// [`Relay::restore`], with the end of the grace given.
+    pub(crate) fn restore_until(
+        &self,
+        spec: AllocationSpec,
+        sides: Sides,
+        unconfirmed_until: std::time::Instant,
+    ) -> Admission {
+        self.start(spec, sides, Some(unconfirmed_until))
     }
 
     /// Woken whenever what [`Relay::saved`] returns may have changed.
@@ -249,7 +275,12 @@ impl Relay {
         saved
     }
 
-    fn start(&self, spec: AllocationSpec, restored: Sides) -> Admission {
+    fn start(
+        &self,
+        spec: AllocationSpec,
+        restored: Sides,
+        unconfirmed_until: Option<std::time::Instant>,
+    ) -> Admission {
         let refuse = |reason: &'static str, detail: String| {
             warn!(allocation = spec.id, session = spec.session_id, reason, "{detail}");
             self.inner.metrics.allocations_refused.get_or_create(&ReasonLabels { reason }).inc();
@@ -322,7 +353,9 @@ impl Relay {
         info!(allocation = spec.id, session = spec.session_id, port, "allocation ready");
         state.ports.insert(port);
         state.tokens.insert(spec.websocket_token.clone(), spec.id);
-        state.allocations.insert(spec.id, Handle { spec, port, slot, task, ws_tx, installed, bound });
+        state
+            .allocations
+            .insert(spec.id, Handle { spec, port, slot, task, ws_tx, installed, bound, unconfirmed_until });
         self.inner.metrics.allocations.set(state.allocations.len() as i64);
         drop(state);
         self.inner.changes.notify_one();
@@ -350,18 +383,26 @@ impl Relay {
         true
     }
 
-    /// Ends the allocations whose expiry has passed; refreshes the map gauge.
+    /// Ends the allocations whose expiry has passed, and the restored ones
+    /// no snapshot confirmed in time; refreshes the map gauge.
     pub fn sweep(&self) {
-        let now = now_ms();
-        let expired: Vec<u64> = self
+        let (now, instant) = (now_ms(), std::time::Instant::now());
+        let ended: Vec<(u64, &'static str)> = self
             .state()
             .allocations
             .values()
-            .filter(|h| h.spec.expires_ms <= now || h.task.is_finished())
-            .map(|h| h.spec.id)
+            .filter_map(|h| {
+                if h.spec.expires_ms <= now || h.task.is_finished() {
+                    Some((h.spec.id, "expired"))
+                } else if h.unconfirmed_until.is_some_and(|until| until <= instant) {
+                    Some((h.spec.id, "restored and never confirmed"))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in expired {
-            self.end(id, "expired");
+        for (id, why) in ended {
+            self.end(id, why);
         }
         if let Some(table) = &self.inner.table {
             self.inner.metrics.map_entries.set(i64::from(table.entries()));
@@ -632,6 +673,68 @@ mod tests {
         let mut buf = [0u8; 256];
         let n = tokio::task::block_in_place(|| gw.recv(&mut buf)).unwrap();
         assert_eq!(n, 148, "the initiation reached the restored candidate");
+        relay.clear();
+    }
+
+    /// A client's initiation to a fresh allocation (no gateway yet) makes
+    /// it the client's candidate, and the state file gets it: after a
+    /// restart the gateway's first initiation goes there instead of being
+    /// dropped for want of a peer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_candidate_reaches_the_saved_state() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let spec = AllocationSpec { port: Some(47170), ..spec(1) };
+        assert_eq!(relay.add(spec.clone()), Admission::Ready { port: 47170 });
+        client.send_to(&handshake(1, 2, 0, &spec.gateway_key), "127.0.0.1:47170").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while relay.saved()[0].client_candidate.is_none() {
+            assert!(std::time::Instant::now() < deadline, "the client's candidate was never saved");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(relay.saved()[0].client_candidate, Some(client.local_addr().unwrap()));
+        assert_eq!((relay.saved()[0].gateway, relay.saved()[0].client), (None, None));
+        relay.clear();
+    }
+
+    /// A restored allocation that no snapshot names by the end of its grace
+    /// ends; one a snapshot named stays until its expiry.
+    #[tokio::test]
+    async fn a_restored_allocation_ends_unless_a_snapshot_confirms_it_in_time() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let past = std::time::Instant::now();
+        let confirmed = spec(1);
+        assert!(matches!(
+            relay.restore_until(confirmed.clone(), Sides::default(), past),
+            Admission::Ready { .. }
+        ));
+        assert!(relay.apply(std::slice::from_ref(&confirmed)).is_empty(), "known, not answered again");
+        // Restored after that snapshot, and named by none since.
+        assert!(matches!(relay.restore_until(spec(2), Sides::default(), past), Admission::Ready { .. }));
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        assert!(matches!(relay.restore_until(spec(3), Sides::default(), later), Admission::Ready { .. }));
+        relay.sweep();
+        assert!(relay.port_of(1).is_some(), "confirmed: it stays until its expiry");
+        assert_eq!(relay.port_of(2), None, "never confirmed in its grace: ended");
+        assert!(relay.port_of(3).is_some(), "within its grace it forwards");
+        relay.clear();
+    }
+
+    /// A snapshot that moves an allocation's expiry wakes the state file's
+    /// writer: a restart must not bring the allocation back with its old
+    /// expiry (and end it early).
+    #[tokio::test]
+    async fn a_new_expiry_wakes_the_state_file_writer() {
+        let relay = Relay::new(options(10), None, Metrics::new());
+        let changes = relay.changes();
+        let first = spec(1);
+        assert!(matches!(relay.add(first.clone()), Admission::Ready { .. }));
+        let wait = std::time::Duration::from_secs(5);
+        tokio::time::timeout(wait, changes.notified()).await.expect("the start was announced");
+        let later = AllocationSpec { expires_ms: first.expires_ms + 60_000, ..first };
+        assert!(relay.apply(std::slice::from_ref(&later)).is_empty());
+        tokio::time::timeout(wait, changes.notified()).await.expect("the new expiry was never announced");
+        assert_eq!(relay.saved()[0].expires_ms, later.expires_ms);
         relay.clear();
     }
 

@@ -245,19 +245,8 @@ impl Task {
         self.sync_bindings();
     }
 
-    /// Brings the XDP map and the bindings gauge in line with the state
-    /// machine after a change.
-    fn sync_bindings(&mut self) {
-        if !self.alloc.take_changed() {
-            return;
-        }
-        let bound = [crate::core::Side::Gateway, crate::core::Side::Client]
-            .iter()
-            .filter(|s| self.alloc.bound(**s).is_some())
-            .count() as i64;
-        self.metrics.bindings.inc_by(bound - self.bound);
-        self.totals.bindings(bound - self.bound);
-        self.bound = bound;
+    /// The UDP addresses of both sides, for the state file's writer.
+    fn publish_sides(&mut self) {
         let udp = |addr| match addr {
             Some(PeerAddr::Udp(addr)) => Some(addr),
             _ => None,
@@ -268,6 +257,26 @@ impl Task {
             candidate: [udp(self.alloc.candidate(gateway)), udp(self.alloc.candidate(client))],
         };
         self.changes.notify_one();
+    }
+
+    /// Brings the XDP map, the bindings gauge and what the state file keeps
+    /// in line with the state machine after a change.
+    fn sync_bindings(&mut self) {
+        let bindings = self.alloc.take_changed();
+        // Bindings moving moves candidates too; either is saved.
+        if bindings | self.alloc.take_candidates_changed() {
+            self.publish_sides();
+        }
+        if !bindings {
+            return;
+        }
+        let bound = [crate::core::Side::Gateway, crate::core::Side::Client]
+            .iter()
+            .filter(|s| self.alloc.bound(**s).is_some())
+            .count() as i64;
+        self.metrics.bindings.inc_by(bound - self.bound);
+        self.totals.bindings(bound - self.bound);
+        self.bound = bound;
         if let Some(routes) = self.alloc.routes() {
             tracing::info!(allocation = self.id, gateway = %routes[0].0, client = %routes[0].1, "peers bound");
         }
