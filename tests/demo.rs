@@ -117,7 +117,7 @@ impl Running {
         let output = self.child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(130), "{stderr}");
-        assert!(stderr.contains("removing everything the demo made"), "{stderr}");
+        assert!(stderr.contains("ferry-demo: stopping; removing everything it made"), "{stderr}");
         assert_eq!(leftovers(pid), Vec::<String>::new(), "Ctrl-C left these behind");
     }
 }
