@@ -15,19 +15,21 @@ use serde_json::Value;
 pub const GATEWAY_EMPTY_AT_END: [&str; 5] =
     ["GW_PEERS", "GW_TARGETS", "GW_CT_FWD", "GW_CT_REV", "GUARD_INDICES"];
 
-/// Entries of each map named in `names` that process `pid` holds open; a
-/// name the process holds no map of is missing from the answer.
+/// Entries of each map named in `names` that process `pid` holds open,
+/// summed over the maps of that name: the gateway loads its object twice
+/// (the forwarder, the uplink guard), so each name is there twice, one
+/// copy in use and one empty. A name the process holds no map of is
+/// missing from the answer.
 pub fn entries(pid: u32, names: &[&str]) -> Result<BTreeMap<String, usize>, String> {
     let mut counts = BTreeMap::new();
     for id in map_ids(pid)? {
         let show = bpftool(&["map", "show", "id", &id.to_string()])?;
         let Some(name) = show["name"].as_str() else { continue };
-        if !names.contains(&name) || counts.contains_key(name) {
+        if !names.contains(&name) {
             continue;
         }
         let dump = bpftool(&["map", "dump", "id", &id.to_string()])?;
-        let n = dump.as_array().map_or(0, Vec::len);
-        counts.insert(name.to_string(), n);
+        *counts.entry(name.to_string()).or_default() += dump.as_array().map_or(0, Vec::len);
     }
     Ok(counts)
 }
