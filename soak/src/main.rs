@@ -6,6 +6,7 @@
 mod faults;
 mod maps;
 mod outage;
+mod ping;
 mod recovery;
 mod report;
 mod rng;

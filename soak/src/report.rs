@@ -18,6 +18,8 @@ pub struct Stats {
     /// Sessions whose traffic came back after a relay restart.
     pub relay_recoveries: u64,
     pub udp_echoed: u64,
+    /// Pings answered through the `plc-ping` entry.
+    pub pings: u64,
     /// Technicians' wireguard-go killed and started again.
     pub client_kills: u64,
     /// Echoes answered through live sessions while the cloud was unreachable.
@@ -47,6 +49,7 @@ impl Stats {
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
+        row("pings answered (ICMP echo)", self.pings.to_string());
         row("bytes moved", self.bytes.to_string());
         let total: u64 = self.faults.values().sum::<u64>() + self.client_kills;
         row("faults injected", total.to_string());

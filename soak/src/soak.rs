@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::{
     maps,
     outage::OUTAGE_STREAM,
+    ping,
     report::Stats,
     rng::Rng,
     udp::{self, UDP_ECHO_PORT, UDP_OTHER_PORT},
@@ -46,6 +47,8 @@ pub struct Soak {
     seed: u64,
     /// UDP echo and the counter on a port no session whitelists.
     pub udp: udp::Services,
+    /// ICMP echo requests arriving at target-b, which no entry allows it.
+    pub icmp: ping::Watch,
     pub gateway_id: u64,
     pub techs: Vec<Tech>,
     pub stats: Stats,
@@ -97,9 +100,11 @@ impl Soak {
              "ports": [{"first": ECHO_PORT, "last": ECHO_PORT}]},
             {"name": "udp-echo", "address": TARGET_B_IP, "protocol": "udp",
              "ports": [{"first": UDP_ECHO_PORT, "last": UDP_ECHO_PORT}]},
+            {"name": "plc-ping", "address": TARGET_A_IP, "protocol": "icmp"},
         ]);
         let gateway = world.create_gateway_with("soak-press", "customer plant 1", targets);
         let udp = udp::Services::start(&world.target_b).expect("the UDP services on target-b");
+        let icmp = ping::Watch::start(&world.target_b).expect("the ICMP counter on target-b");
         world.enroll(&gateway.enrolment_token);
         world.start_gateway();
         world.remote("on");
@@ -125,6 +130,7 @@ impl Soak {
             outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
             seed,
             udp,
+            icmp,
             gateway_id: gateway.id,
             techs,
             stats: Stats::default(),
@@ -203,6 +209,13 @@ impl Soak {
         if arrived != 0 {
             return Err(format!(
                 "udp {TARGET_B_IP}:{UDP_OTHER_PORT}, which no session whitelists, received {arrived} datagrams"
+            ));
+        }
+        self.stats.checks += 1;
+        let pinged = self.icmp.arrivals()?;
+        if pinged != 0 {
+            return Err(format!(
+                "{TARGET_B_IP}, which no session allows ICMP, received {pinged} echo requests"
             ));
         }
         for (name, process) in [
