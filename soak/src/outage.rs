@@ -33,13 +33,15 @@ const ECHO_BOUND: Duration = Duration::from_secs(10);
 const TABLE: &str = "soak_outage";
 
 impl Soak {
-    /// At a fault step: an outage, if the third stream says so.
-    pub fn maybe_outage(&mut self) -> Outcome {
+    /// At a fault step: an outage, if the third stream says so; how long
+    /// it lasted.
+    pub fn maybe_outage(&mut self) -> Outcome<Duration> {
         if !self.outage_rng.chance(OUTAGE_PERCENT) {
-            return Ok(());
+            return Ok(Duration::ZERO);
         }
         let hold = Duration::from_secs(self.outage_rng.between(20, 60));
-        self.cloud_outage(hold)
+        self.cloud_outage(hold)?;
+        Ok(hold)
     }
 
     fn cloud_outage(&mut self, hold: Duration) -> Outcome {

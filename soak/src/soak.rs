@@ -180,10 +180,13 @@ impl Soak {
     }
 
     fn drive(&mut self, duration: Duration) -> Outcome {
-        let deadline = Instant::now() + duration;
+        let mut deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             if self.rng.chance(25) {
-                self.maybe_outage()?;
+                // The workload waits through an outage of the cloud: its
+                // time does not count, so that a short run still drives
+                // sessions.
+                deadline += self.maybe_outage()?;
                 self.fault()?;
             } else {
                 let tech = self.rng.below(self.techs.len() as u64) as usize;
