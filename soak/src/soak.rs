@@ -264,6 +264,7 @@ impl Soak {
         let relay_id = self.world.relay_id.expect("the relay is registered");
         let switch_on = self.switch_on;
         let world = &self.world;
+        let mut seen = String::new();
         let back = poll(bound, || {
             let gateway = world.try_api_from(
                 &world.office_ns,
@@ -274,12 +275,19 @@ impl Soak {
             );
             let gateway_ok = matches!(&gateway, Ok((200, g))
                 if g["last_seen"]["online"] == true && g["last_seen"]["switch_on"] == switch_on);
-            gateway_ok && world.relay_health(relay_id)["online"] == true
+            let relay = world.relay_health(relay_id);
+            seen = format!(
+                "the gateway's last_seen: {}; the relay's health: {relay}",
+                gateway
+                    .as_ref()
+                    .map_or_else(|e| e.to_string(), |(status, g)| format!("{status} {}", g["last_seen"]))
+            );
+            gateway_ok && relay["online"] == true
         });
         self.stats.checks += 1;
         if !back {
             return Err(format!(
-                "{bound:?} after {after}, the cloud does not show the gateway online (switch {switch_on}) and the relay online"
+                "{bound:?} after {after}, the cloud does not show the gateway online (switch {switch_on}) and the relay online ({seen})"
             ));
         }
         Ok(())
