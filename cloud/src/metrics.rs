@@ -24,6 +24,9 @@ pub struct Metrics {
     pub logins: Family<OutcomeLabels, Counter>,
     pub audit_failures: Counter,
     pub sessions_live: Gauge,
+    /// Tunnel subnets held by sessions (the Subnets collection): zero when
+    /// no session is live, else a subnet leaked.
+    pub subnets_held: Gauge,
     pub control_connections: Family<ChannelLabels, Gauge>,
     pub control_messages: Family<ChannelLabels, Counter>,
     pub control_refused: Family<ChannelLabels, Counter>,
@@ -84,6 +87,8 @@ impl Metrics {
         );
         let sessions_live = Gauge::default();
         registry.register("sessions_live", "Sessions waiting for approval or active", sessions_live.clone());
+        let subnets_held = Gauge::default();
+        registry.register("subnets_held", "Tunnel subnets held by live sessions", subnets_held.clone());
         let control_connections = Family::<ChannelLabels, Gauge>::default();
         registry.register("control_connections", "Connected control channels", control_connections.clone());
         let control_messages = Family::<ChannelLabels, Counter>::default();
@@ -133,6 +138,7 @@ impl Metrics {
             logins,
             audit_failures,
             sessions_live,
+            subnets_held,
             control_connections,
             control_messages,
             control_refused,

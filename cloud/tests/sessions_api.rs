@@ -418,6 +418,29 @@ fn disabling_a_user_ends_their_sessions_at_once() {
     assert_eq!(api.get("/api/v1/me", &w.tech).status, 401);
 }
 
+/// `ferry_cloud_sessions_live` and `ferry_cloud_subnets_held` show what the
+/// store holds at the scrape: a started session holds a tunnel subnet, an
+/// ended one gives it back (the soak's leak check reads them).
+#[test]
+fn the_live_sessions_and_held_subnets_gauges_follow_a_session() {
+    let w = world();
+    let api = &w.api;
+    let _gw = w.gateway(true);
+    let gauges = || {
+        let metrics = api.call("GET", "/metrics", None, None).text;
+        let value = |name: &str| {
+            metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<i64>().ok())
+        };
+        (value("ferry_cloud_sessions_live"), value("ferry_cloud_subnets_held"))
+    };
+    assert_eq!(gauges(), (Some(0), Some(0)));
+    let id = w.session(false);
+    assert_eq!(api.post(&format!("/api/v1/sessions/{id}/start"), &w.tech, json!({})).status, 200);
+    assert_eq!(gauges(), (Some(1), Some(1)));
+    assert_eq!(api.post(&format!("/api/v1/sessions/{id}/end"), &w.admin, json!({})).status, 200);
+    assert_eq!(gauges(), (Some(0), Some(0)));
+}
+
 /// The brief's rights table, walked role by action over HTTP: every cell
 /// either succeeds or is refused with 403 (and the refusal is audited).
 #[test]

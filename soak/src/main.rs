@@ -4,6 +4,9 @@
 //! `ferry-tests --test soak` runs a short one. See docs/soak.md.
 
 mod faults;
+mod maps;
+mod outage;
+mod ping;
 mod recovery;
 mod report;
 mod rng;

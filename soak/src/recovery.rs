@@ -18,20 +18,25 @@ pub const RELAY_RECOVERY: Duration = Duration::from_secs(20);
 /// A session whose traffic must come back: (technician, session, echo
 /// proxy address).
 pub struct Carrying {
-    tech: usize,
-    session: u64,
-    echo: String,
+    pub tech: usize,
+    pub session: u64,
+    pub echo: String,
 }
 
 impl Soak {
     /// The live sessions whose tunnels answer an echo now, leaving out short
     /// ones that could expire before the check ends.
     pub fn carrying(&mut self) -> Vec<Carrying> {
+        self.carrying_for(RELAY_RECOVERY + Duration::from_secs(20))
+    }
+
+    /// The live sessions whose tunnels answer an echo now, leaving out
+    /// short ones that could expire within `margin`.
+    pub fn carrying_for(&mut self, margin: Duration) -> Vec<Carrying> {
         let mut carrying = Vec::new();
         for (tech, t) in self.techs.iter().enumerate() {
             let Some(live) = &t.live else { continue };
             let Some(tunnel) = &live.tunnel else { continue };
-            let margin = RELAY_RECOVERY + Duration::from_secs(20);
             if live.short && live.started.elapsed() + margin > Duration::from_secs(SHORT_SESSION_S) {
                 continue;
             }

@@ -18,8 +18,14 @@ pub struct Stats {
     /// Sessions whose traffic came back after a relay restart.
     pub relay_recoveries: u64,
     pub udp_echoed: u64,
+    /// Pings answered through the `plc-ping` entry.
+    pub pings: u64,
     /// Technicians' wireguard-go killed and started again.
     pub client_kills: u64,
+    /// Echoes answered through live sessions while the cloud was unreachable.
+    pub outage_echoes: u64,
+    /// Sessions that carried traffic through a whole outage of the cloud.
+    pub outage_sessions: u64,
     pub checks: u64,
 }
 
@@ -40,7 +46,10 @@ impl Stats {
         row("uses that failed (no invariant)", self.uses_failed.to_string());
         row("attempts at non-whitelisted ports", self.forbidden_attempts.to_string());
         row("sessions recovered after a relay restart", self.relay_recoveries.to_string());
+        row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
+        row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
+        row("pings answered (ICMP echo)", self.pings.to_string());
         row("bytes moved", self.bytes.to_string());
         let total: u64 = self.faults.values().sum::<u64>() + self.client_kills;
         row("faults injected", total.to_string());
@@ -48,6 +57,10 @@ impl Stats {
             row(&format!("  {kind}"), self.faults.get(kind).copied().unwrap_or(0).to_string());
         }
         row("  kill technician's client", self.client_kills.to_string());
+        row(
+            "  cloud unreachable (20 to 60 s)",
+            self.faults.get("cloud unreachable").copied().unwrap_or(0).to_string(),
+        );
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
         let _ = writeln!(t, "{:<16} {:>19} {:>19}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");

@@ -9,12 +9,15 @@ use std::{
 };
 
 use ferry_world::{
-    ECHO_PORT, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options, RELAY_METRICS, TARGET_A_IP, TARGET_B_IP,
-    User, World, http_get_path, metric_value, poll,
+    CLOUD_IP, CLOUD_PORT, ECHO_PORT, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options, RELAY_METRICS,
+    TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
 };
 use serde_json::{Value, json};
 
 use crate::{
+    maps,
+    outage::OUTAGE_STREAM,
+    ping,
     report::Stats,
     rng::Rng,
     udp::{self, UDP_ECHO_PORT, UDP_OTHER_PORT},
@@ -39,9 +42,13 @@ pub struct Soak {
     pub rng: Rng,
     /// The second stream (see [`EXTRA_STREAM`]).
     pub extra: Rng,
+    /// The third: the cloud's outages (see [`OUTAGE_STREAM`]).
+    pub outage_rng: Rng,
     seed: u64,
     /// UDP echo and the counter on a port no session whitelists.
     pub udp: udp::Services,
+    /// ICMP echo requests arriving at target-b, which no entry allows it.
+    pub icmp: ping::Watch,
     pub gateway_id: u64,
     pub techs: Vec<Tech>,
     pub stats: Stats,
@@ -93,9 +100,11 @@ impl Soak {
              "ports": [{"first": ECHO_PORT, "last": ECHO_PORT}]},
             {"name": "udp-echo", "address": TARGET_B_IP, "protocol": "udp",
              "ports": [{"first": UDP_ECHO_PORT, "last": UDP_ECHO_PORT}]},
+            {"name": "plc-ping", "address": TARGET_A_IP, "protocol": "icmp"},
         ]);
         let gateway = world.create_gateway_with("soak-press", "customer plant 1", targets);
         let udp = udp::Services::start(&world.target_b).expect("the UDP services on target-b");
+        let icmp = ping::Watch::start(&world.target_b).expect("the ICMP counter on target-b");
         world.enroll(&gateway.enrolment_token);
         world.start_gateway();
         world.remote("on");
@@ -118,8 +127,10 @@ impl Soak {
             world,
             rng: Rng::new(seed),
             extra: Rng::new(seed ^ EXTRA_STREAM),
+            outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
             seed,
             udp,
+            icmp,
             gateway_id: gateway.id,
             techs,
             stats: Stats::default(),
@@ -169,9 +180,13 @@ impl Soak {
     }
 
     fn drive(&mut self, duration: Duration) -> Outcome {
-        let deadline = Instant::now() + duration;
+        let mut deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             if self.rng.chance(25) {
+                // The workload waits through an outage of the cloud: its
+                // time does not count, so that a short run still drives
+                // sessions.
+                deadline += self.maybe_outage()?;
                 self.fault()?;
             } else {
                 let tech = self.rng.below(self.techs.len() as u64) as usize;
@@ -197,6 +212,13 @@ impl Soak {
         if arrived != 0 {
             return Err(format!(
                 "udp {TARGET_B_IP}:{UDP_OTHER_PORT}, which no session whitelists, received {arrived} datagrams"
+            ));
+        }
+        self.stats.checks += 1;
+        let pinged = self.icmp.arrivals()?;
+        if pinged != 0 {
+            return Err(format!(
+                "{TARGET_B_IP}, which no session allows ICMP, received {pinged} echo requests"
             ));
         }
         for (name, process) in [
@@ -233,11 +255,17 @@ impl Soak {
     /// the workload left it, and the relay online: what every fault must
     /// come back to.
     pub fn settle(&mut self, after: &str) -> Outcome {
+        self.settle_within(after, Duration::from_secs(60))
+    }
+
+    /// [`settle`](Self::settle) within `bound`.
+    pub fn settle_within(&mut self, after: &str, bound: Duration) -> Outcome {
         let gateway_id = self.gateway_id;
         let relay_id = self.world.relay_id.expect("the relay is registered");
         let switch_on = self.switch_on;
         let world = &self.world;
-        let back = poll(Duration::from_secs(60), || {
+        let mut seen = String::new();
+        let back = poll(bound, || {
             let gateway = world.try_api_from(
                 &world.office_ns,
                 "GET",
@@ -247,12 +275,19 @@ impl Soak {
             );
             let gateway_ok = matches!(&gateway, Ok((200, g))
                 if g["last_seen"]["online"] == true && g["last_seen"]["switch_on"] == switch_on);
-            gateway_ok && world.relay_health(relay_id)["online"] == true
+            let relay = world.relay_health(relay_id);
+            seen = format!(
+                "the gateway's last_seen: {}; the relay's health: {relay}",
+                gateway
+                    .as_ref()
+                    .map_or_else(|e| e.to_string(), |(status, g)| format!("{status} {}", g["last_seen"]))
+            );
+            gateway_ok && relay["online"] == true
         });
         self.stats.checks += 1;
         if !back {
             return Err(format!(
-                "60 s after {after}, the cloud does not show the gateway online (switch {switch_on}) and the relay online"
+                "{bound:?} after {after}, the cloud does not show the gateway online (switch {switch_on}) and the relay online ({seen})"
             ));
         }
         Ok(())
@@ -272,8 +307,13 @@ impl Soak {
         Ok(())
     }
 
+    /// Nothing of an ended session is left anywhere: the gateway's peers,
+    /// guard indices, sessions and eBPF maps (whitelist, peers, flows), the
+    /// relay's allocations and bindings, and the cloud's live sessions and
+    /// tunnel subnets. A breach names what is left.
     fn check_no_leaks(&mut self) -> Outcome {
         let world = &self.world;
+        let gateway_pid = world.gateway.as_ref().map(|p| p.pid());
         let mut last = String::new();
         let clean = poll(Duration::from_secs(30), || {
             let gateway = world.gateway_metrics();
@@ -285,21 +325,46 @@ impl Soak {
                 Duration::from_secs(5),
             )
             .unwrap_or_default();
+            let cloud =
+                http_get_path(&world.office_ns, CLOUD_IP, CLOUD_PORT, "/metrics", Duration::from_secs(5))
+                    .unwrap_or_default();
             let sessions = world.gateway_sessions();
-            let values = [
-                ("gateway peers_connected", metric_value(&gateway, "ferry_gateway_peers_connected")),
-                ("gateway guard_indices", metric_value(&gateway, "ferry_gateway_guard_indices")),
-                ("relay allocations", metric_value(&relay, "ferry_relay_allocations")),
-                ("relay bindings", metric_value(&relay, "ferry_relay_bindings")),
-                ("gateway sessions --json", sessions_count(&sessions) as f64),
+            let mut values = vec![
+                (
+                    "gateway peers_connected".to_string(),
+                    metric_value(&gateway, "ferry_gateway_peers_connected"),
+                ),
+                ("gateway guard_indices".to_string(), metric_value(&gateway, "ferry_gateway_guard_indices")),
+                ("relay allocations".to_string(), metric_value(&relay, "ferry_relay_allocations")),
+                ("relay bindings".to_string(), metric_value(&relay, "ferry_relay_bindings")),
+                ("gateway sessions --json".to_string(), sessions_count(&sessions) as f64),
+                ("cloud sessions_live".to_string(), metric_value(&cloud, "ferry_cloud_sessions_live")),
+                ("cloud subnets_held".to_string(), metric_value(&cloud, "ferry_cloud_subnets_held")),
             ];
+            // A metric the cloud does not export reads 0: its absence must
+            // not pass for a clean store.
+            if !cloud.contains("ferry_cloud_subnets_held") {
+                values.push(("cloud /metrics without subnets_held".to_string(), 1.0));
+            }
+            match gateway_pid.map(|pid| maps::entries(pid, &maps::GATEWAY_EMPTY_AT_END)) {
+                Some(Ok(counts)) => {
+                    for name in maps::GATEWAY_EMPTY_AT_END {
+                        match counts.get(name) {
+                            Some(&n) => values.push((format!("gateway map {name}"), n as f64)),
+                            None => values.push((format!("gateway map {name} not found"), 1.0)),
+                        }
+                    }
+                }
+                Some(Err(e)) => values.push((format!("gateway maps unreadable ({e})"), 1.0)),
+                None => values.push(("no gateway process".to_string(), 1.0)),
+            }
             last = values.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
             if sessions_count(&sessions) > 0 {
                 last += &format!(" ({sessions})");
             }
             values.iter().all(|(_, v)| *v == 0.0)
         });
-        self.stats.checks += 5;
+        self.stats.checks += 14;
         self.event(format!("after every session ended: {last}"));
         if !clean {
             return Err(format!("30 s after every session ended, something is left: {last}"));

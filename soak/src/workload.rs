@@ -15,6 +15,7 @@ use ferry_world::{
 use serde_json::{Value, json};
 
 use crate::{
+    ping,
     recovery::RELAY_RECOVERY,
     soak::{Outcome, Soak},
     udp::{self, UDP_ECHO_PORT, UDP_OTHER_PORT},
@@ -133,7 +134,7 @@ impl Soak {
         let id = self.world.create_named_session(
             &name,
             self.gateway_id,
-            &["plc-web", "echo", "udp-echo"],
+            &["plc-web", "echo", "udp-echo", "plc-ping"],
             &[user_id],
             max,
             approval,
@@ -237,6 +238,7 @@ impl Soak {
         let tunnel = live.tunnel.as_ref().expect("a tunnel");
         let (web, echo) = (tunnel.proxies["plc-web"].clone(), tunnel.proxies["echo"].clone());
         let udp_echo = tunnel.proxies["udp-echo"].clone();
+        let plc_ping = tunnel.proxies["plc-ping"].clone();
         let ns = self.techs[t].ns.clone();
         let size = self.rng.between(1, 256) as usize * 1024;
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -254,6 +256,18 @@ impl Soak {
             .collect();
         let udp_echoed = udp::exchange(&ns, &udp_echo, UDP_ECHO_PORT, &datagrams, Duration::from_secs(1))?;
         let udp_ok = udp_echoed == datagrams.len();
+        let ping_ok = ping::answered(&ns, &plc_ping, Duration::from_secs(5));
+        self.stats.pings += u64::from(ping_ok);
+        // ICMP through the proxy addresses of entries that allow only TCP
+        // (target-a's web, target-b's echo): no answer, and target-b's
+        // counter stays at 0 (checked after every step).
+        for ip in [&web, &echo] {
+            self.stats.checks += 1;
+            self.stats.forbidden_attempts += 1;
+            if ping::answered(&ns, ip, Duration::from_secs(1)) {
+                return Err(format!("session {id}: ping {ip}, whose entry allows only TCP, answered"));
+            }
+        }
         self.stats.udp_echoed += udp_echoed as u64;
         self.stats.bytes += 2 * datagrams.iter().filter(|_| udp_ok).map(|d| d.len() as u64).sum::<u64>();
         // UDP at the port no session whitelists, through both proxy
@@ -284,7 +298,7 @@ impl Soak {
                 ));
             }
         }
-        if web_ok && echo_ok && udp_ok {
+        if web_ok && echo_ok && udp_ok && ping_ok {
             self.stats.uses_ok += 1;
         } else {
             self.stats.uses_failed += 1;
@@ -300,8 +314,9 @@ impl Soak {
             ));
         }
         self.event(format!(
-            "session {id}: used: plc-web {}, udp echo {udp_echoed}/{}, echo {} KiB {}, forbidden ports silent",
+            "session {id}: used: plc-web {}, ping {}, udp echo {udp_echoed}/{}, echo {} KiB {}, forbidden ports silent",
             if web_ok { "ok" } else { "FAILED" },
+            if ping_ok { "ok" } else { "FAILED" },
             datagrams.len(),
             size / 1024,
             match &echo_result {

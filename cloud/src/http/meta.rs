@@ -61,6 +61,14 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
+    // What the store holds, read at the scrape: a restarted cloud shows it
+    // before any session changes, and a leak shows at all.
+    if let Ok(n) = crate::sessions::live_count(&state.store) {
+        state.metrics.sessions_live.set(n as i64);
+    }
+    if let Ok(n) = crate::sessions::subnets_held(&state.store) {
+        state.metrics.subnets_held.set(n as i64);
+    }
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),

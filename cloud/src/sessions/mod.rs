@@ -275,6 +275,11 @@ pub fn live_count(store: &Store) -> Result<usize, BackendError> {
     Ok(store.backend().scan(Collection::LiveSessions, &[], None, usize::MAX)?.len())
 }
 
+/// Tunnel subnets held (by live sessions, unless one leaked).
+pub fn subnets_held(store: &Store) -> Result<usize, BackendError> {
+    Ok(store.backend().scan(Collection::Subnets, &[], None, usize::MAX)?.len())
+}
+
 fn live_ids(store: &Store, prefix: &[u8]) -> Result<Vec<u64>, BackendError> {
     let entries = store.backend().scan(Collection::LiveSessions, prefix, None, usize::MAX)?;
     Ok(entries.iter().filter_map(|(k, _)| k.get(8..16)?.try_into().ok().map(u64::from_be_bytes)).collect())
