@@ -37,6 +37,9 @@ struct Cli {
     /// The same seed replays the same schedule.
     #[arg(long)]
     seed: Option<u64>,
+    /// Leave out the fault that makes the cloud unreachable (20 to 60 s).
+    #[arg(long)]
+    no_cloud_outage: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
     let seed = cli.seed.unwrap_or_else(rng::fresh_seed);
     let duration = Duration::from_secs(cli.seconds.unwrap_or(cli.minutes * 60));
     println!("ferry-soak: seed {seed}, workload for {}s (replay with --seed {seed})", duration.as_secs());
-    match soak::run(seed, duration) {
+    match soak::run(seed, duration, !cli.no_cloud_outage) {
         Ok(table) => {
             println!("{table}");
             println!("ferry-soak: passed, seed {seed}");

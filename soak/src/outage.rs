@@ -36,7 +36,7 @@ impl Soak {
     /// At a fault step: an outage, if the third stream says so; how long
     /// it lasted.
     pub fn maybe_outage(&mut self) -> Outcome<Duration> {
-        if !self.outage_rng.chance(OUTAGE_PERCENT) {
+        if !self.cloud_outages || !self.outage_rng.chance(OUTAGE_PERCENT) {
             return Ok(Duration::ZERO);
         }
         let hold = Duration::from_secs(self.outage_rng.between(20, 60));

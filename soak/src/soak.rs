@@ -44,6 +44,8 @@ pub struct Soak {
     pub extra: Rng,
     /// The third: the cloud's outages (see [`OUTAGE_STREAM`]).
     pub outage_rng: Rng,
+    /// Whether that fault is injected.
+    pub cloud_outages: bool,
     seed: u64,
     /// UDP echo and the counter on a port no session whitelists.
     pub udp: udp::Services,
@@ -64,12 +66,15 @@ pub struct Soak {
 
 /// Builds the world, runs the workload for `duration`, checks the end
 /// state; the table, or what went wrong with the event log.
-pub fn run(seed: u64, duration: Duration) -> Result<String, String> {
+/// `cloud_outages`: whether the cloud-outage fault is drawn at all (its
+/// own stream, so leaving it out changes no other choice).
+pub fn run(seed: u64, duration: Duration, cloud_outages: bool) -> Result<String, String> {
     // The world's helpers are test tooling and panic on what they cannot
     // do; that is a failure of the run like a breach (the event log is
     // above, printed as it happened).
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut soak = Soak::new(seed);
+        soak.cloud_outages = cloud_outages;
         match soak.drive(duration).and_then(|()| soak.finish()) {
             Ok(()) => Ok(soak.stats.table(&soak.usage)),
             Err(breach) => Err(soak.failure(&breach)),
@@ -128,6 +133,7 @@ impl Soak {
             rng: Rng::new(seed),
             extra: Rng::new(seed ^ EXTRA_STREAM),
             outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
+            cloud_outages: true,
             seed,
             udp,
             icmp,
