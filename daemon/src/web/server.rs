@@ -470,15 +470,7 @@ mod tests {
         assert_eq!(per_source.get(), 0);
         // A place freed is a place for the next client.
         drop(held);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let response = get_text(TcpStream::connect(server.addr).await.unwrap(), "/whoami").await;
-            if response.starts_with("HTTP/1.1 200") {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no place freed: {response:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        served_again(server.addr).await;
         server.stop.send(()).unwrap();
         server.done.await.unwrap().unwrap();
     }
@@ -522,15 +514,7 @@ mod tests {
 
         // A place freed is a place for the same source again.
         drop(held);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let response = get_text(connect_from("127.0.0.1", server.addr).await, "/whoami").await;
-            if response.starts_with("HTTP/1.1 200") {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no place freed: {response:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        served_again(server.addr).await;
         server.stop.send(()).unwrap();
         server.done.await.unwrap().unwrap();
     }
