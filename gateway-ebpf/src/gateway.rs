@@ -28,7 +28,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
         xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_skb_change_head,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -113,6 +115,22 @@ const AF_INET: u8 = 2;
 const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 /// Size argument of bpf_l3/l4_csum_replace for a 2-byte field.
 const CSUM_16: u64 = 2;
+
+/// The kernel's tick count. The verifier replaces the helper call with a
+/// load of `jiffies` (x86-64 JIT), so it costs next to nothing: it decides
+/// whether a flow's stamp needs the clock at all ([`FlowReverse::last_tick`]).
+#[inline(always)]
+fn tick() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_jiffies64() }
+}
+
+/// CLOCK_MONOTONIC to a tick, for flows' stamps: a real helper call.
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 fn count(outcome: Outcome) {
     if let Some(counter) = GW_COUNTERS.get_ptr_mut(outcome as u32) {
@@ -264,15 +282,14 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     let protocol = ip[9];
     let l4 = l2 + header_len;
     let ip_payload = total_len - header_len;
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let tick = tick();
 
     // The short path: a packet of an established flow whose whitelist entry
     // has not changed since. Anything it does not take ends in the full path.
     if ip[8] > 1 {
         if let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) {
             let flow = flow_key(&ip, &ports);
-            if let Some(translation) = established(&flow, None, &config.timeouts, now) {
+            if let Some(translation) = established(&flow, None, &config.timeouts, tick) {
                 return forward(ctx, config, l2, &ip, &ports, translation);
             }
         }
@@ -336,9 +353,9 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
 
     let flow = flow_key(&ip, &ports);
     let timeouts = &config.timeouts;
-    let translation = match established(&flow, Some((session, rule)), timeouts, now) {
+    let translation = match established(&flow, Some((session, rule)), timeouts, tick) {
         Some(translation) => translation,
-        None => match new_flow(&flow, session, rule, timeouts, now) {
+        None => match new_flow(&flow, session, rule, timeouts, tick) {
             Some(nat_port) => {
                 Translation { nat_port, real: rule.real, snat: rule.snat, counter: rule.counter }
             }
@@ -448,7 +465,8 @@ fn forward(
     Outcome::ForwardedToTarget
 }
 
-/// How an established, live flow is translated; refreshes its timestamps.
+/// How an established, live flow is translated; refreshes its timestamps
+/// (once per tick: see [`FlowReverse::last_tick`]).
 ///
 /// `admitted`: None on the short path, which trusts the flow's copy of its
 /// whitelist entry's generations if the entry's slot still holds them.
@@ -460,7 +478,7 @@ fn established(
     flow: &FlowKey,
     admitted: Option<(u64, &TargetRule)>,
     timeouts: &FlowTimeouts,
-    now: u64,
+    tick: u64,
 ) -> Option<Translation> {
     let forward = GW_CT_FWD.get_ptr_mut(flow)?;
     // SAFETY: an element of an LRU map stays valid during this run (RCU); a
@@ -491,7 +509,14 @@ fn established(
     let reverse = unsafe { &mut *reverse };
     // The reverse entry owns the NAT port; if it was evicted or taken over by
     // another flow, this flow needs a new port.
-    if !owns(reverse, flow, session) || timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
+    if !owns(reverse, flow, session) {
+        return None;
+    }
+    // Stamped in this tick, both halves: alive, and a new stamp would be
+    // the same one.
+    let refresh = reverse.last_tick != tick || forward.last_tick != tick;
+    let now = if refresh { clock() } else { 0 };
+    if refresh && timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
         return None;
     }
     if let Some((_, rule)) = admitted {
@@ -500,8 +525,12 @@ fn established(
         forward.counter = rule.counter;
         forward.generation = rule.generation;
     }
-    reverse.last_seen_ns = now;
-    forward.last_seen_ns = now;
+    if refresh {
+        reverse.last_seen_ns = now;
+        reverse.last_tick = tick;
+        forward.last_seen_ns = now;
+        forward.last_tick = tick;
+    }
     Some(Translation {
         nat_port: forward.nat_port,
         real: forward.real,
@@ -528,8 +557,9 @@ fn new_flow(
     session: u64,
     rule: &TargetRule,
     timeouts: &FlowTimeouts,
-    now: u64,
+    tick: u64,
 ) -> Option<[u8; 2]> {
+    let now = clock();
     let reverse = FlowReverse {
         peer: flow.peer,
         proxy: flow.proxy,
@@ -538,6 +568,7 @@ fn new_flow(
         counter: rule.counter,
         session,
         last_seen_ns: now,
+        last_tick: tick,
         generation: rule.generation,
     };
     let start = flow_hash(flow) % NAT_PORTS;
@@ -578,6 +609,7 @@ fn new_flow(
         counter: rule.counter,
         session,
         last_seen_ns: now,
+        last_tick: tick,
         generation: rule.generation,
     };
     if GW_CT_FWD.insert(flow, &forward, BPF_ANY as u64).is_err() {
@@ -770,9 +802,8 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
     // echo reply may answer the host's own ping, whose id can be anything.
     let unknown = if protocol == PROTO_ICMP { None } else { Some(Outcome::NoConntrack) };
     let key = reply_key(protocol, ip.src_addr, ip.dst_addr, target_port, nat_port);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let (reverse, counter) = match live_flow(&key, timeouts, now) {
+    let tick = tick();
+    let (reverse, counter, refresh) = match live_flow(&key, timeouts, tick) {
         Ok(flow) => flow,
         Err(Dead::Unknown) => return unknown,
         Err(Dead::Ended) => return Some(Outcome::SessionEnded),
@@ -820,7 +851,10 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
         }
     }
     readdress_to_technician(ip, reverse, counter, total_len);
-    reverse.last_seen_ns = now;
+    if let Some(now) = refresh {
+        reverse.last_seen_ns = now;
+        reverse.last_tick = tick;
+    }
     Some(Outcome::ForwardedFromTarget)
 }
 
@@ -847,24 +881,33 @@ enum Dead {
     Ended,
 }
 
-/// The reverse entry of the live flow `key` names, and its target's counter
-/// slot. Replies and ICMP errors share it, so that whatever cuts one cuts the
+/// The reverse entry of the live flow `key` names, its target's counter
+/// slot, and the time to stamp it with if its stamp is from an earlier tick
+/// than `tick` (None: stamped in this tick, alive without a clock read).
+/// Replies and ICMP errors share it, so that whatever cuts one cuts the
 /// other.
 #[inline(always)]
-fn live_flow(key: &ReplyKey, timeouts: &FlowTimeouts, now: u64) -> Result<(*mut FlowReverse, u32), Dead> {
+fn live_flow(
+    key: &ReplyKey,
+    timeouts: &FlowTimeouts,
+    tick: u64,
+) -> Result<(*mut FlowReverse, u32, Option<u64>), Dead> {
     let Some(reverse) = GW_CT_REV.get_ptr_mut(key) else {
         return Err(Dead::Unknown);
     };
     // SAFETY: an LRU element stays valid during this run (RCU).
     let flow = unsafe { &*reverse };
-    if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
-        return Err(Dead::Unknown);
+    let refresh = if flow.last_tick == tick { None } else { Some(clock()) };
+    if let Some(now) = refresh {
+        if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
+            return Err(Dead::Unknown);
+        }
     }
     // Ending a session, a peer leaving it, or the entry's removal or change
     // of address change the path generation of the entry's slot at once
     // (userspace, before any sweep of the conntrack maps): that cuts replies.
     match GW_RULE_GEN.get(flow.counter) {
-        Some(current) if current.routes(&flow.generation) => Ok((reverse, flow.counter)),
+        Some(current) if current.routes(&flow.generation) => Ok((reverse, flow.counter, refresh)),
         _ => Err(Dead::Ended),
     }
 }
@@ -918,10 +961,8 @@ fn icmp_error(
         return None;
     }
     let key = reply_key(protocol, real, snat, target_port, nat_port);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Errors about dead flows are not translated, whatever killed the flow.
-    let (reverse, counter) = live_flow(&key, timeouts, now).ok()?;
+    let (reverse, counter, _) = live_flow(&key, timeouts, tick()).ok()?;
     // SAFETY: an LRU element stays valid during this run (RCU). Read only:
     // an error does not keep a flow alive.
     let reverse = unsafe { &*reverse };

@@ -108,6 +108,8 @@ pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), 
         counter: flow.counter,
         session: flow.session,
         last_seen_ns: flow.last_seen_ns,
+        // Never a tick: the programs judge the stamp by the clock.
+        last_tick: 0,
         generation,
     };
     let forward = FlowForward {
@@ -118,6 +120,8 @@ pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), 
         counter: flow.counter,
         session: flow.session,
         last_seen_ns: flow.last_seen_ns,
+        // Never a tick: the programs judge the stamp by the clock.
+        last_tick: 0,
         generation,
     };
     insert_entry(ebpf, shared::CT_REVERSE_MAP, &flow.reply_key(), &reverse, capacity)?;
