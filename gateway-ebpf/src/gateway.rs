@@ -657,13 +657,22 @@ fn rewrite_to_target(
     // after them.
     let protocol = ip[9];
     let pseudo = BPF_F_PSEUDO_HDR as u64;
-    let mangled = if protocol == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    if protocol != PROTO_ICMP {
+    let udp = protocol == PROTO_UDP;
+    let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let old_port = u16::from_ne_bytes(ports.peer_port);
+    let new_port = u16::from_ne_bytes(translation.nat_port);
+    let port_done = if protocol == PROTO_ICMP {
+        false
+    } else {
+        let before = linear::<[u8; 2]>(ctx, ports.csum_offset)?;
+        // SAFETY: linear() checked the bytes lie in the linear data.
+        let before = u16::from_ne_bytes(unsafe { *before });
         ctx.l4_csum_replace(ports.csum_offset, 0, addresses as u64, pseudo | mangled).ok()?;
+        port_by_state(ctx, ports.csum_offset, before, addresses, udp, old_port, new_port)?
+    };
+    if !port_done {
+        ctx.l4_csum_replace(ports.csum_offset, old_port as u64, new_port as u64, mangled | CSUM_16).ok()?;
     }
-    let old_port = u16::from_ne_bytes(ports.peer_port) as u64;
-    let new_port = u16::from_ne_bytes(translation.nat_port) as u64;
-    ctx.l4_csum_replace(ports.csum_offset, old_port, new_port, mangled | CSUM_16).ok()?;
 
     // TCP/UDP: the source port at the start of the header; ICMP: the echo id
     // 4 bytes in. Both were read through linear(), so they are in the
@@ -689,6 +698,71 @@ fn rewrite_to_target(
     // SAFETY: as above.
     unsafe { *port = translation.nat_port };
     Some(())
+}
+
+/// The port's share of the L4 checksum, without a second helper call where
+/// the first one told the skb's checksum state: true when it is done (or
+/// has nothing to do), false when the helper must do it.
+///
+/// The port is covered as data: a CHECKSUM_PARTIAL skb's field (the
+/// pseudo-header sum) must not change with it, any other's must. Which of
+/// the two the skb is only the kernel knows, but the address update just
+/// made shows it: the helper added the difference to a partial sum and
+/// subtracted it from a full checksum (inet_proto_csum_replace_by_diff).
+/// Both results are computed here as the kernel computes them; when the
+/// field holds exactly one of them, the state is known. Otherwise (a
+/// difference of zero, a UDP packet without checksum) the helper decides,
+/// as before.
+#[inline(always)]
+fn port_by_state(
+    ctx: &TcContext,
+    csum_offset: usize,
+    before: u16,
+    addresses: u32,
+    udp: bool,
+    old_port: u16,
+    new_port: u16,
+) -> Option<bool> {
+    // A UDP packet without checksum keeps it: the helper leaves a zero
+    // alone, and would leave it alone for the port too.
+    if udp && before == 0 {
+        return Some(true);
+    }
+    let mangle = |check: u16| if udp && check == 0 { 0xffff } else { check };
+    let full = mangle(csum_fold(csum_add(addresses, !(before as u32))));
+    let partial = mangle(!csum_fold(csum_add(addresses, before as u32)));
+    let field = linear_now::<[u8; 2]>(ctx, csum_offset)?;
+    // SAFETY: linear_now() checked the bytes lie in the linear data.
+    let field = unsafe { &mut *field };
+    let after = u16::from_ne_bytes(*field);
+    if full == partial {
+        return Some(false);
+    }
+    if after == partial {
+        return Some(true);
+    }
+    if after != full {
+        return Some(false);
+    }
+    // inet_proto_csum_replace2 for a full checksum, and the helper's
+    // mangling of a UDP zero.
+    let port = csum_add(csum_add(!(after as u32), !(old_port as u32)), new_port as u32);
+    *field = mangle(csum_fold(port)).to_ne_bytes();
+    Some(true)
+}
+
+/// The kernel's csum_add: a 32-bit one's complement sum.
+#[inline(always)]
+fn csum_add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(carry as u32)
+}
+
+/// The kernel's csum_fold: 32 bits folded to 16, complemented.
+#[inline(always)]
+fn csum_fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    !(((sum & 0xffff) + (sum >> 16)) as u16)
 }
 
 /// The sum of the 16-bit words of `bytes` in memory order.
