@@ -334,7 +334,10 @@ pub struct FlowReverse {
     /// The coarse clock moves with the tick, so while the tick is the same
     /// a new stamp would be the same and the flow cannot have expired: the
     /// programs read the clock (a helper call, the largest single cost of an
-    /// established flow's packet) at most once per tick and flow.
+    /// established flow's packet) at most once per tick and flow. A stamp
+    /// taken right at a tick boundary can be one tick old (the kernel
+    /// increments jiffies before it advances the coarse clock), and it then
+    /// stands for the whole tick: a flow may expire up to one tick early.
     pub last_tick: u64,
     /// As [`FlowForward::generation`].
     pub generation: RuleGeneration,

@@ -117,8 +117,12 @@ const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 const CSUM_16: u64 = 2;
 
 /// The kernel's tick count. The verifier replaces the helper call with a
-/// load of `jiffies` (x86-64 JIT), so it costs next to nothing: it decides
-/// whether a flow's stamp needs the clock at all ([`FlowReverse::last_tick`]).
+/// load of `jiffies` (any 64-bit JIT), so it costs next to nothing: it
+/// decides whether a flow's stamp needs the clock at all
+/// ([`FlowReverse::last_tick`]). The kernel increments jiffies before it
+/// advances the coarse clock, so a stamp taken at a tick boundary can be
+/// one tick old and stand for the whole tick: a flow may expire up to one
+/// tick early.
 #[inline(always)]
 fn tick() -> u64 {
     // SAFETY: a helper without arguments.
