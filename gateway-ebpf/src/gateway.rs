@@ -136,6 +136,28 @@ fn clock() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// A TUN packet's time: its tick, and the clock once some flow needed it.
+/// Read at most once per packet, however many of the short path, the full
+/// path and a new flow look at it.
+struct Now {
+    tick: u64,
+    ns: Option<u64>,
+}
+
+impl Now {
+    #[inline(always)]
+    fn ns(&mut self) -> u64 {
+        match self.ns {
+            Some(ns) => ns,
+            None => {
+                let ns = clock();
+                self.ns = Some(ns);
+                ns
+            }
+        }
+    }
+}
+
 fn count(outcome: Outcome) {
     if let Some(counter) = GW_COUNTERS.get_ptr_mut(outcome as u32) {
         // SAFETY: a per-CPU slot, written only by this CPU while we run.
@@ -286,14 +308,14 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     let protocol = ip[9];
     let l4 = l2 + header_len;
     let ip_payload = total_len - header_len;
-    let tick = tick();
+    let mut now = Now { tick: tick(), ns: None };
 
     // The short path: a packet of an established flow whose whitelist entry
     // has not changed since. Anything it does not take ends in the full path.
     if ip[8] > 1 {
         if let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) {
             let flow = flow_key(&ip, &ports);
-            if let Some(translation) = established(&flow, None, &config.timeouts, tick) {
+            if let Some(translation) = established(&flow, None, &config.timeouts, &mut now) {
                 return forward(ctx, config, l2, &ip, &ports, translation);
             }
         }
@@ -357,9 +379,9 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
 
     let flow = flow_key(&ip, &ports);
     let timeouts = &config.timeouts;
-    let translation = match established(&flow, Some((session, rule)), timeouts, tick) {
+    let translation = match established(&flow, Some((session, rule)), timeouts, &mut now) {
         Some(translation) => translation,
-        None => match new_flow(&flow, session, rule, timeouts, tick) {
+        None => match new_flow(&flow, session, rule, timeouts, &mut now) {
             Some(nat_port) => {
                 Translation { nat_port, real: rule.real, snat: rule.snat, counter: rule.counter }
             }
@@ -482,7 +504,7 @@ fn established(
     flow: &FlowKey,
     admitted: Option<(u64, &TargetRule)>,
     timeouts: &FlowTimeouts,
-    tick: u64,
+    now: &mut Now,
 ) -> Option<Translation> {
     let forward = GW_CT_FWD.get_ptr_mut(flow)?;
     // SAFETY: an element of an LRU map stays valid during this run (RCU); a
@@ -518,8 +540,9 @@ fn established(
     }
     // Stamped in this tick, both halves: alive, and a new stamp would be
     // the same one.
+    let tick = now.tick;
     let refresh = reverse.last_tick != tick || forward.last_tick != tick;
-    let now = if refresh { clock() } else { 0 };
+    let now = if refresh { now.ns() } else { 0 };
     if refresh && timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
         return None;
     }
@@ -561,9 +584,11 @@ fn new_flow(
     session: u64,
     rule: &TargetRule,
     timeouts: &FlowTimeouts,
-    tick: u64,
+    now: &mut Now,
 ) -> Option<[u8; 2]> {
-    let now = clock();
+    let tick = now.tick;
+    // Read already if the flow was found expired: the same reading.
+    let now = now.ns();
     let reverse = FlowReverse {
         peer: flow.peer,
         proxy: flow.proxy,
