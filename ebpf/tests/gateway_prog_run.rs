@@ -860,22 +860,35 @@ fn an_address_change_the_checksum_does_not_see_is_translated_right() {
 }
 
 /// A UDP checksum the translation turns into zero is sent as all ones (zero
-/// means "no checksum"), both when the checksum helper updates the port and
-/// when the program does.
+/// means "no checksum"), both when the program updates the port itself (the
+/// address update told it the checksum is a full one) and when the checksum
+/// helper does (addresses that balance: the update could not tell).
 #[test]
 fn a_udp_checksum_that_becomes_zero_is_sent_as_all_ones() {
-    let f = forwarder();
-    let first = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, &[0; 8]);
-    tunnel(&f, &first, Outcome::ForwardedToTarget);
-    let fl = flow(&f, PROTO_UDP, sa(PEER_A2, 50000), PROXY_SNMP, 161);
-    // The translated checksum of the same datagram with a zero word is the
-    // word that makes the translated sum all ones, i.e. the checksum zero.
-    let check = &translated(&first, SNAT, SNMP, Port::Source(fl.nat_port))[ETH + 26..ETH + 28];
-    let mut payload = [0u8; 8];
-    payload[..2].copy_from_slice(check);
-    let datagram = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, &payload);
-    let expected = translated(&datagram, SNAT, SNMP, Port::Source(fl.nat_port));
-    assert_eq!(&expected[ETH + 26..ETH + 28], [0xff, 0xff]);
-    let out = tunnel(&f, &datagram, Outcome::ForwardedToTarget);
-    assert_same(&out, &expected);
+    let mut f = forwarder();
+    let hmi = [192, 176, 0, 10];
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_HMI.into()), spec(hmi, Protocol::Any, &[]));
+    f.apply(&t).unwrap();
+    let in_place = (PEER_A2, PROXY_SNMP, SNMP);
+    let by_helper = (PEER_A1, PROXY_HMI, hmi);
+    assert_ne!(folded(&[PEER_A2, PROXY_SNMP]), folded(&[SNAT, SNMP]));
+    assert_eq!(folded(&[PEER_A1, PROXY_HMI]), folded(&[SNAT, hmi]));
+
+    for (peer, proxy, real) in [in_place, by_helper] {
+        let first = udp(peer, 50000, proxy, 161, 64, &[0; 8]);
+        tunnel(&f, &first, Outcome::ForwardedToTarget);
+        let fl = flow(&f, PROTO_UDP, sa(peer, 50000), proxy, 161);
+        // The translated checksum of the same datagram with a zero word is
+        // the word that makes the translated sum all ones, i.e. the checksum
+        // zero.
+        let check = &translated(&first, SNAT, real, Port::Source(fl.nat_port))[ETH + 26..ETH + 28];
+        let mut payload = [0u8; 8];
+        payload[..2].copy_from_slice(check);
+        let datagram = udp(peer, 50000, proxy, 161, 64, &payload);
+        let expected = translated(&datagram, SNAT, real, Port::Source(fl.nat_port));
+        assert_eq!(&expected[ETH + 26..ETH + 28], [0xff, 0xff]);
+        let out = tunnel(&f, &datagram, Outcome::ForwardedToTarget);
+        assert_same(&out, &expected);
+    }
 }
