@@ -892,3 +892,56 @@ fn a_udp_checksum_that_becomes_zero_is_sent_as_all_ones() {
         assert_same(&out, &expected);
     }
 }
+
+/// Replies alone keep a flow alive: a UDP flow that only the target has
+/// talked on for longer than the timeout (a stream of readings, say) is
+/// still there, sweep or not, and the technician's next datagram goes out
+/// from the NAT port its replies arrive at, not from a new one.
+#[test]
+fn a_flow_kept_alive_by_replies_alone_keeps_its_nat_port_through_the_sweep() {
+    let mut f = forwarder();
+    let key = FlowKey {
+        protocol: PROTO_UDP,
+        _pad: [0; 3],
+        peer: PEER_A1,
+        proxy: PROXY_SNMP,
+        peer_port: 50000u16.to_be_bytes(),
+        dport: 161u16.to_be_bytes(),
+    };
+    let ports = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
+    let candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&key) + i) % ports) as u16;
+    // The flow took its second candidate (the first was held when it
+    // started, and is free again now), and was last stamped long ago.
+    let ages = ages();
+    let idle = Flow {
+        protocol: PROTO_UDP,
+        session: SESSION_A,
+        peer: sa(PEER_A1, 50000),
+        proxy: PROXY_SNMP.into(),
+        target_port: 161,
+        real: SNMP.into(),
+        snat: SNAT.into(),
+        nat_port: candidate(1),
+        counter: f.slot(SESSION_A, PROXY_SNMP.into()).unwrap(),
+        last_seen_ns: ages.long_ago,
+    };
+    f.insert_flow(&idle).unwrap();
+    // A reply while timeouts keep the flow alive: it stamps the flow's
+    // reverse half only. Then timeouts under which the forward half's own
+    // stamp is dead and the reply's is not.
+    let reply = udp(SNMP, 161, SNAT, idle.nat_port, 64, b"reading");
+    f.set_timeouts(FlowTimeouts { tcp_ns: u64::MAX / 2, other_ns: u64::MAX / 2 }).unwrap();
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    f.set_timeouts(ages.timeouts).unwrap();
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    let listed = flow(&f, PROTO_UDP, sa(PEER_A1, 50000), PROXY_SNMP, 161);
+    assert!(listed.last_seen_ns > ages.long_ago, "the reply's stamp is the flow's: {listed:?}");
+
+    assert_eq!(f.expire_flows().unwrap(), 0, "the sweep kept the flow: {:#?}", f.flows().unwrap());
+    let datagram = udp(PEER_A1, 50000, PROXY_SNMP, 161, 64, b"set");
+    let out = tunnel(&f, &datagram, Outcome::ForwardedToTarget);
+    assert_same(&out, &translated(&datagram, SNAT, SNMP, Port::Source(idle.nat_port)));
+    let fl = flow(&f, PROTO_UDP, sa(PEER_A1, 50000), PROXY_SNMP, 161);
+    assert_eq!(fl.nat_port, idle.nat_port);
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+}
