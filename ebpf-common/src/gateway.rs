@@ -296,6 +296,8 @@ pub struct FlowForward {
     /// packet toward the target; the reverse entry's stamp, which replies
     /// refresh too, decides whether the flow lives.
     pub last_seen_ns: u64,
+    /// The kernel's jiffies when `last_seen_ns` was taken ([`FlowReverse::last_tick`]).
+    pub last_tick: u64,
     /// The whitelist entry's generations when the flow was admitted.
     pub generation: RuleGeneration,
 }
@@ -327,6 +329,16 @@ pub struct FlowReverse {
     pub session: u64,
     /// When the flow last saw a packet; decides whether it is still alive.
     pub last_seen_ns: u64,
+    /// The kernel's jiffies (bpf_jiffies64, which the verifier turns into a
+    /// load) when `last_seen_ns` was taken; 0 for a stamp from userspace.
+    /// The coarse clock moves with the tick, so while the tick is the same
+    /// a new stamp would be the same and the flow cannot have expired: the
+    /// programs read the clock (a helper call, the largest single cost of an
+    /// established flow's packet) at most once per tick and flow. A stamp
+    /// taken right at a tick boundary can be one tick old (the kernel
+    /// increments jiffies before it advances the coarse clock), and it then
+    /// stands for the whole tick: a flow may expire up to one tick early.
+    pub last_tick: u64,
     /// As [`FlowForward::generation`].
     pub generation: RuleGeneration,
 }

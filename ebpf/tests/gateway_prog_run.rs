@@ -783,3 +783,165 @@ fn established_flows_follow_whitelist_changes_at_once() {
     assert_same(&sent, &translated(&data2, SNAT, PLC, Port::Source(fl2.nat_port)));
     lan(&f, &tcp(PLC, 22, SNAT, fl2.nat_port, 64, b"reply"), Outcome::ForwardedFromTarget);
 }
+
+/// The programs read the clock only when a flow's stamp is from an earlier
+/// tick of the kernel's jiffies (a tick is at most 10 ms: HZ >= 100). A flow
+/// they stamped is still judged by its age in a later tick, and its stamp
+/// moves on with its packets.
+#[test]
+fn flows_the_programs_stamped_age_and_are_stamped_again_in_later_ticks() {
+    let mut f = forwarder();
+    let syn = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    let first = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let data = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"later");
+    tunnel(&f, &data, Outcome::ForwardedToTarget);
+    let second = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    assert!(second.last_seen_ns > first.last_seen_ns, "{first:?} then {second:?}");
+    assert_eq!(second.nat_port, first.nat_port);
+
+    // Idle past a millisecond's timeout: its reply is refused, although the
+    // programs stamped it themselves ...
+    let reply = tcp(PLC, 22, SNAT, second.nat_port, 64, b"reply");
+    f.set_timeouts(FlowTimeouts { tcp_ns: 1_000_000, other_ns: 1_000_000 }).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    lan(&f, &reply, Outcome::NoConntrack);
+    // ... and its next packet starts it again, stamped anew.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    tunnel(&f, &data, Outcome::ForwardedToTarget);
+    let third = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    assert!(third.last_seen_ns > second.last_seen_ns, "{second:?} then {third:?}");
+    f.set_timeouts(FlowTimeouts::DEFAULT).unwrap();
+    let third_reply = tcp(PLC, 22, SNAT, third.nat_port, 64, b"reply");
+    let out = lan(&f, &third_reply, Outcome::ForwardedFromTarget);
+    assert_same(&out, &translated_reply(&third_reply, PROXY_PLC, PEER_A1, Port::Destination(40000)));
+}
+
+/// The sum of the 16-bit words of addresses, folded (one's complement).
+fn folded(addresses: &[[u8; 4]]) -> u32 {
+    let mut sum: u32 = addresses
+        .iter()
+        .map(|a| u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum % 0xffff
+}
+
+/// The TUN program tells a full L4 checksum from a partial one by what its
+/// address update did to the field. When the addresses leaving and arriving
+/// sum to the same (the update changes nothing), it cannot: the port is then
+/// the helper's again. Checksums from scratch either way.
+#[test]
+fn an_address_change_the_checksum_does_not_see_is_translated_right() {
+    let mut f = forwarder();
+    // Real addresses whose words make up for the peer and proxy addresses
+    // that leave, against the SNAT address that arrives.
+    let (plc, hmi) = ([192, 176, 0, 7], [192, 176, 0, 10]);
+    assert_eq!(folded(&[PEER_A1, PROXY_PLC]), folded(&[SNAT, plc]));
+    assert_eq!(folded(&[PEER_A1, PROXY_HMI]), folded(&[SNAT, hmi]));
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(plc, Protocol::Tcp, &[(22, 22)]));
+    t.targets.insert((SESSION_A, PROXY_HMI.into()), spec(hmi, Protocol::Any, &[]));
+    f.apply(&t).unwrap();
+
+    for payload in [&b""[..], b"established"] {
+        let segment = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, payload);
+        let out = tunnel(&f, &segment, Outcome::ForwardedToTarget);
+        let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+        assert_same(&out, &translated(&segment, SNAT, plc, Port::Source(fl.nat_port)));
+        let datagram = udp(PEER_A1, 50000, PROXY_HMI, 161, 64, payload);
+        let out = tunnel(&f, &datagram, Outcome::ForwardedToTarget);
+        let fl = flow(&f, PROTO_UDP, sa(PEER_A1, 50000), PROXY_HMI, 161);
+        assert_same(&out, &translated(&datagram, SNAT, hmi, Port::Source(fl.nat_port)));
+    }
+}
+
+/// A UDP checksum the translation turns into zero is sent as all ones (zero
+/// means "no checksum"), both when the program updates the port itself (the
+/// address update told it the checksum is a full one) and when the checksum
+/// helper does (addresses that balance: the update could not tell).
+#[test]
+fn a_udp_checksum_that_becomes_zero_is_sent_as_all_ones() {
+    let mut f = forwarder();
+    let hmi = [192, 176, 0, 10];
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_HMI.into()), spec(hmi, Protocol::Any, &[]));
+    f.apply(&t).unwrap();
+    let in_place = (PEER_A2, PROXY_SNMP, SNMP);
+    let by_helper = (PEER_A1, PROXY_HMI, hmi);
+    assert_ne!(folded(&[PEER_A2, PROXY_SNMP]), folded(&[SNAT, SNMP]));
+    assert_eq!(folded(&[PEER_A1, PROXY_HMI]), folded(&[SNAT, hmi]));
+
+    for (peer, proxy, real) in [in_place, by_helper] {
+        let first = udp(peer, 50000, proxy, 161, 64, &[0; 8]);
+        tunnel(&f, &first, Outcome::ForwardedToTarget);
+        let fl = flow(&f, PROTO_UDP, sa(peer, 50000), proxy, 161);
+        // The translated checksum of the same datagram with a zero word is
+        // the word that makes the translated sum all ones, i.e. the checksum
+        // zero.
+        let check = &translated(&first, SNAT, real, Port::Source(fl.nat_port))[ETH + 26..ETH + 28];
+        let mut payload = [0u8; 8];
+        payload[..2].copy_from_slice(check);
+        let datagram = udp(peer, 50000, proxy, 161, 64, &payload);
+        let expected = translated(&datagram, SNAT, real, Port::Source(fl.nat_port));
+        assert_eq!(&expected[ETH + 26..ETH + 28], [0xff, 0xff]);
+        let out = tunnel(&f, &datagram, Outcome::ForwardedToTarget);
+        assert_same(&out, &expected);
+    }
+}
+
+/// Replies alone keep a flow alive: a UDP flow that only the target has
+/// talked on for longer than the timeout (a stream of readings, say) is
+/// still there, sweep or not, and the technician's next datagram goes out
+/// from the NAT port its replies arrive at, not from a new one.
+#[test]
+fn a_flow_kept_alive_by_replies_alone_keeps_its_nat_port_through_the_sweep() {
+    let mut f = forwarder();
+    let key = FlowKey {
+        protocol: PROTO_UDP,
+        _pad: [0; 3],
+        peer: PEER_A1,
+        proxy: PROXY_SNMP,
+        peer_port: 50000u16.to_be_bytes(),
+        dport: 161u16.to_be_bytes(),
+    };
+    let ports = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
+    let candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&key) + i) % ports) as u16;
+    // The flow took its second candidate (the first was held when it
+    // started, and is free again now), and was last stamped long ago.
+    let ages = ages();
+    let idle = Flow {
+        protocol: PROTO_UDP,
+        session: SESSION_A,
+        peer: sa(PEER_A1, 50000),
+        proxy: PROXY_SNMP.into(),
+        target_port: 161,
+        real: SNMP.into(),
+        snat: SNAT.into(),
+        nat_port: candidate(1),
+        counter: f.slot(SESSION_A, PROXY_SNMP.into()).unwrap(),
+        last_seen_ns: ages.long_ago,
+    };
+    f.insert_flow(&idle).unwrap();
+    // A reply while timeouts keep the flow alive: it stamps the flow's
+    // reverse half only. Then timeouts under which the forward half's own
+    // stamp is dead and the reply's is not.
+    let reply = udp(SNMP, 161, SNAT, idle.nat_port, 64, b"reading");
+    f.set_timeouts(FlowTimeouts { tcp_ns: u64::MAX / 2, other_ns: u64::MAX / 2 }).unwrap();
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    f.set_timeouts(ages.timeouts).unwrap();
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+    let listed = flow(&f, PROTO_UDP, sa(PEER_A1, 50000), PROXY_SNMP, 161);
+    assert!(listed.last_seen_ns > ages.long_ago, "the reply's stamp is the flow's: {listed:?}");
+
+    assert_eq!(f.expire_flows().unwrap(), 0, "the sweep kept the flow: {:#?}", f.flows().unwrap());
+    let datagram = udp(PEER_A1, 50000, PROXY_SNMP, 161, 64, b"set");
+    let out = tunnel(&f, &datagram, Outcome::ForwardedToTarget);
+    assert_same(&out, &translated(&datagram, SNAT, SNMP, Port::Source(idle.nat_port)));
+    let fl = flow(&f, PROTO_UDP, sa(PEER_A1, 50000), PROXY_SNMP, 161);
+    assert_eq!(fl.nat_port, idle.nat_port);
+    lan(&f, &reply, Outcome::ForwardedFromTarget);
+}

@@ -2,8 +2,10 @@
 //! any sequence of forwarding tables leaves the maps equal to the last one
 //! applied (invalid or oversized ones change nothing), counter slots stay
 //! unique, no packet, however mangled, is forwarded unless the table
-//! whitelists it, and no ICMP error is translated unless it quotes a live
-//! flow exactly. Needs root.
+//! whitelists it, no ICMP error is translated unless it quotes a live
+//! flow exactly, and every TCP segment and UDP datagram the TUN program
+//! forwards is the one an independent translation makes, whether or not
+//! its address change shows in the checksum. Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -21,13 +23,13 @@ use etherparse::{
     icmpv4::{DestUnreachableHeader, ParameterProblemHeader, TimeExceededCode},
 };
 use ferry_ebpf::{
-    common::gateway::Outcome,
+    common::gateway::{Outcome, PROTO_TCP, PROTO_UDP},
     gateway::{Capacity, ForwardingTable, GatewayForwarder, Protocol, TargetSpec},
     test_run::{self, TcAction, Verdict},
 };
 use gateway_support::{
-    ETH, PEER_A2, PROXY_SNMP, Port, SNAT, SNMP, TUNNEL_NET, forwarder, icmp_error, table, tcp, translated,
-    udp,
+    ETH, HMI, PEER_A1, PEER_A2, PROXY_HMI, PROXY_SNMP, Port, SESSION_A, SNAT, SNMP, TUNNEL_NET,
+    assert_checksums_valid, forwarder, icmp_error, spec, table, tcp, translated, udp,
 };
 use proptest::prelude::*;
 
@@ -51,7 +53,25 @@ thread_local! {
         let sent = translated(&get, SNAT, SNMP, Port::Source(nat_port));
         (f, get, sent)
     };
+    /// [`forwarder`] with two entries that admit anything for PEER_A1:
+    /// PROXY_HMI to BALANCED, an address change the L4 checksum does not
+    /// see, and PROXY_SEEN to HMI, one it does.
+    static CHECKSUMS: GatewayForwarder = {
+        let words = |a: [u8; 4]| u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]]));
+        assert_eq!((words(PEER_A1) + words(PROXY_HMI)) % 0xffff, (words(SNAT) + words(BALANCED)) % 0xffff);
+        let mut f = forwarder();
+        let mut t = table();
+        t.targets.insert((SESSION_A, PROXY_HMI.into()), spec(BALANCED, Protocol::Any, &[]));
+        t.targets.insert((SESSION_A, PROXY_SEEN.into()), spec(HMI, Protocol::Any, &[]));
+        f.apply(&t).unwrap();
+        f
+    };
 }
+
+/// The words of [PEER_A1, PROXY_HMI] and [SNAT, BALANCED] have the same one's
+/// complement sum.
+const BALANCED: [u8; 4] = [192, 176, 0, 10];
+const PROXY_SEEN: [u8; 4] = [100, 96, 1, 14];
 
 /// Whether `frame` is an ICMP error to the gateway that quotes `sent`'s
 /// flow exactly: the only ones the LAN program may translate. `sent` is the
@@ -280,6 +300,47 @@ proptest! {
             }
             let run = test_run::run(f.lan_program().unwrap(), &bytes).unwrap();
             prop_assert!(matches!(run.verdict, Verdict::Pass | Verdict::Drop));
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn tcp_and_udp_are_translated_as_an_independent_translation_does(
+        is_tcp in any::<bool>(),
+        balanced in any::<bool>(),
+        sport in any::<u16>(),
+        dport in any::<u16>(),
+        ttl in 2u8..=255,
+        payload in prop::collection::vec(any::<u8>(), 0..64),
+        no_udp_checksum in prop::bool::weighted(0.1),
+    ) {
+        let (proxy, real) = if balanced { (PROXY_HMI, BALANCED) } else { (PROXY_SEEN, HMI) };
+        let mut frame = if is_tcp {
+            tcp(PEER_A1, sport, proxy, dport, ttl, &payload)
+        } else {
+            udp(PEER_A1, sport, proxy, dport, ttl, &payload)
+        };
+        if !is_tcp && no_udp_checksum {
+            frame[ETH + 26..ETH + 28].copy_from_slice(&[0, 0]);
+        }
+        CHECKSUMS.with(|f| {
+            let run = test_run::run_tc(f.tunnel_program().unwrap(), &frame).unwrap();
+            prop_assert_eq!(run.action, TcAction::Ok);
+            let protocol = if is_tcp { PROTO_TCP } else { PROTO_UDP };
+            let flow = f
+                .flows()
+                .unwrap()
+                .into_iter()
+                .find(|fl| {
+                    fl.protocol == protocol
+                        && fl.peer.port() == sport
+                        && fl.proxy == Ipv4Addr::from(proxy)
+                        && fl.target_port == dport
+                })
+                .expect("the flow the packet started or took");
+            let expected = translated(&frame, SNAT, real, Port::Source(flow.nat_port));
+            prop_assert_eq!(&run.packet, &expected);
+            assert_checksums_valid(&run.packet);
             Ok(())
         })?;
     }

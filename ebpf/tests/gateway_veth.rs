@@ -35,6 +35,10 @@ use gateway_support::{PEER_A1, PROXY_PLC, PROXY_SENSOR, PROXY_SNMP, SESSION_A, T
 
 const SNAT: [u8; 4] = [10, 20, 0, 1];
 const TARGET: [u8; 4] = [10, 20, 0, 5];
+/// A proxy address for TARGET whose change, with the peer's to SNAT, the
+/// L4 checksum does not see: the words of [PEER_A1, PROXY_BALANCED] and of
+/// [SNAT, TARGET] have the same one's complement sum.
+const PROXY_BALANCED: [u8; 4] = [100, 96, 74, 107];
 
 /// Fields drop in order: the programs detach before the lab goes.
 struct Setup {
@@ -95,6 +99,7 @@ fn setup_with(vnet: bool, timeouts: FlowTimeouts) -> Setup {
             table.targets.insert((SESSION_A, PROXY_PLC.into()), spec(TARGET, Protocol::Tcp, &[(22, 22)]));
             table.targets.insert((SESSION_A, PROXY_SNMP.into()), spec(TARGET, Protocol::Udp, &[(161, 161)]));
             table.targets.insert((SESSION_A, PROXY_SENSOR.into()), spec(TARGET, Protocol::Icmp, &[]));
+            table.targets.insert((SESSION_A, PROXY_BALANCED.into()), spec(TARGET, Protocol::Any, &[]));
             f.apply(&table).unwrap();
             f
         })
@@ -462,4 +467,78 @@ fn gro_super_segments_with_partial_checksums_are_translated_correctly() {
     let datagrams = captured_from_gateway(&capture, 1);
     assert_eq!(datagrams.len(), 1);
     gateway_support::assert_checksums_valid(&datagrams[0]);
+}
+
+/// The sum of the 16-bit words of addresses, folded (one's complement).
+fn folded(addresses: &[[u8; 4]]) -> u32 {
+    let mut sum: u32 = addresses
+        .iter()
+        .map(|a| u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum % 0xffff
+}
+
+/// The TUN program tells a partial L4 checksum from a full one by what its
+/// address update did to the field; when the address change sums to nothing
+/// it cannot, and leaves the port to the checksum helper, which knows the
+/// skb's state. Partial (NEEDS_CSUM) and full checksums, TCP and UDP, to a
+/// proxy address that balances: every one reaches the target valid.
+#[test]
+fn partial_and_full_checksums_are_translated_right_when_the_address_change_sums_to_nothing() {
+    assert_eq!(folded(&[PEER_A1, PROXY_BALANCED]), folded(&[SNAT, TARGET]));
+    let mut s = setup_with(true, FlowTimeouts::DEFAULT);
+    let iface = s.target_if.clone();
+    let capture = s.target.run_in(move || capture(&iface)).unwrap();
+
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 11) as u8).collect();
+    let tcp = |payload: &[u8]| {
+        let mut out = Vec::new();
+        PacketBuilder::ipv4(PEER_A1, PROXY_BALANCED, 64)
+            .tcp(40000, 22, 7_000_000, 64240)
+            .ack(1)
+            .psh()
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    };
+    let mut udp = Vec::new();
+    PacketBuilder::ipv4(PEER_A1, PROXY_BALANCED, 64).udp(50000, 161).write(&mut udp, b"balanced").unwrap();
+
+    let mut partial_tcp = tcp(&payload);
+    partial_checksum(&mut partial_tcp, 16);
+    let mut partial_udp = udp.clone();
+    partial_checksum(&mut partial_udp, 6);
+    // No virtio-net request (all zeroes): a full checksum.
+    let full = [0u8; 10];
+    // (what is written, how many segments reach the target)
+    let writes = [
+        ([&vnet_header(1000, 20, 16)[..], &partial_tcp].concat(), 3),
+        ([&vnet_header(0, 8, 6)[..], &partial_udp].concat(), 1),
+        ([&full[..], &udp].concat(), 1),
+        ([&full[..], &tcp(&payload[..500])].concat(), 1),
+    ];
+
+    for (write, expected) in &writes {
+        s.tun.write_all(write).expect("writing into the TUN");
+        let frames = captured_from_gateway(&capture, *expected);
+        assert_eq!(frames.len(), *expected, "at the target: {:?}", s.forwarder.counters().unwrap());
+        for frame in &frames {
+            gateway_support::assert_checksums_valid(frame);
+            let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+            let Some(NetSlice::Ipv4(ip)) = &sliced.net else { panic!("not IPv4") };
+            assert_eq!((ip.header().source(), ip.header().destination()), (SNAT, TARGET));
+            let source_port = match &sliced.transport {
+                Some(TransportSlice::Tcp(tcp)) => tcp.source_port(),
+                Some(TransportSlice::Udp(udp)) => {
+                    assert_ne!(udp.checksum(), 0, "the UDP checksum is kept");
+                    udp.source_port()
+                }
+                other => panic!("not TCP or UDP: {other:?}"),
+            };
+            assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&source_port), "NAT port {source_port}");
+        }
+    }
 }

@@ -28,7 +28,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
         xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_skb_change_head,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -113,6 +115,48 @@ const AF_INET: u8 = 2;
 const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 /// Size argument of bpf_l3/l4_csum_replace for a 2-byte field.
 const CSUM_16: u64 = 2;
+
+/// The kernel's tick count. The verifier replaces the helper call with a
+/// load of `jiffies` (any 64-bit JIT), so it costs next to nothing: it
+/// decides whether a flow's stamp needs the clock at all
+/// ([`FlowReverse::last_tick`]). The kernel increments jiffies before it
+/// advances the coarse clock, so a stamp taken at a tick boundary can be
+/// one tick old and stand for the whole tick: a flow may expire up to one
+/// tick early.
+#[inline(always)]
+fn tick() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_jiffies64() }
+}
+
+/// CLOCK_MONOTONIC to a tick, for flows' stamps: a real helper call.
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// A TUN packet's time: its tick, and the clock once some flow needed it.
+/// Read at most once per packet, however many of the short path, the full
+/// path and a new flow look at it.
+struct Now {
+    tick: u64,
+    ns: Option<u64>,
+}
+
+impl Now {
+    #[inline(always)]
+    fn ns(&mut self) -> u64 {
+        match self.ns {
+            Some(ns) => ns,
+            None => {
+                let ns = clock();
+                self.ns = Some(ns);
+                ns
+            }
+        }
+    }
+}
 
 fn count(outcome: Outcome) {
     if let Some(counter) = GW_COUNTERS.get_ptr_mut(outcome as u32) {
@@ -264,15 +308,14 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     let protocol = ip[9];
     let l4 = l2 + header_len;
     let ip_payload = total_len - header_len;
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let mut now = Now { tick: tick(), ns: None };
 
     // The short path: a packet of an established flow whose whitelist entry
     // has not changed since. Anything it does not take ends in the full path.
     if ip[8] > 1 {
         if let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) {
             let flow = flow_key(&ip, &ports);
-            if let Some(translation) = established(&flow, None, &config.timeouts, now) {
+            if let Some(translation) = established(&flow, None, &config.timeouts, &mut now) {
                 return forward(ctx, config, l2, &ip, &ports, translation);
             }
         }
@@ -336,9 +379,9 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
 
     let flow = flow_key(&ip, &ports);
     let timeouts = &config.timeouts;
-    let translation = match established(&flow, Some((session, rule)), timeouts, now) {
+    let translation = match established(&flow, Some((session, rule)), timeouts, &mut now) {
         Some(translation) => translation,
-        None => match new_flow(&flow, session, rule, timeouts, now) {
+        None => match new_flow(&flow, session, rule, timeouts, &mut now) {
             Some(nat_port) => {
                 Translation { nat_port, real: rule.real, snat: rule.snat, counter: rule.counter }
             }
@@ -448,7 +491,8 @@ fn forward(
     Outcome::ForwardedToTarget
 }
 
-/// How an established, live flow is translated; refreshes its timestamps.
+/// How an established, live flow is translated; refreshes its timestamps
+/// (once per tick: see [`FlowReverse::last_tick`]).
 ///
 /// `admitted`: None on the short path, which trusts the flow's copy of its
 /// whitelist entry's generations if the entry's slot still holds them.
@@ -460,7 +504,7 @@ fn established(
     flow: &FlowKey,
     admitted: Option<(u64, &TargetRule)>,
     timeouts: &FlowTimeouts,
-    now: u64,
+    now: &mut Now,
 ) -> Option<Translation> {
     let forward = GW_CT_FWD.get_ptr_mut(flow)?;
     // SAFETY: an element of an LRU map stays valid during this run (RCU); a
@@ -491,7 +535,15 @@ fn established(
     let reverse = unsafe { &mut *reverse };
     // The reverse entry owns the NAT port; if it was evicted or taken over by
     // another flow, this flow needs a new port.
-    if !owns(reverse, flow, session) || timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
+    if !owns(reverse, flow, session) {
+        return None;
+    }
+    // Stamped in this tick, both halves: alive, and a new stamp would be
+    // the same one.
+    let tick = now.tick;
+    let refresh = reverse.last_tick != tick || forward.last_tick != tick;
+    let now = if refresh { now.ns() } else { 0 };
+    if refresh && timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
         return None;
     }
     if let Some((_, rule)) = admitted {
@@ -500,8 +552,12 @@ fn established(
         forward.counter = rule.counter;
         forward.generation = rule.generation;
     }
-    reverse.last_seen_ns = now;
-    forward.last_seen_ns = now;
+    if refresh {
+        reverse.last_seen_ns = now;
+        reverse.last_tick = tick;
+        forward.last_seen_ns = now;
+        forward.last_tick = tick;
+    }
     Some(Translation {
         nat_port: forward.nat_port,
         real: forward.real,
@@ -528,8 +584,11 @@ fn new_flow(
     session: u64,
     rule: &TargetRule,
     timeouts: &FlowTimeouts,
-    now: u64,
+    now: &mut Now,
 ) -> Option<[u8; 2]> {
+    let tick = now.tick;
+    // Read already if the flow was found expired: the same reading.
+    let now = now.ns();
     let reverse = FlowReverse {
         peer: flow.peer,
         proxy: flow.proxy,
@@ -538,6 +597,7 @@ fn new_flow(
         counter: rule.counter,
         session,
         last_seen_ns: now,
+        last_tick: tick,
         generation: rule.generation,
     };
     let start = flow_hash(flow) % NAT_PORTS;
@@ -578,6 +638,7 @@ fn new_flow(
         counter: rule.counter,
         session,
         last_seen_ns: now,
+        last_tick: tick,
         generation: rule.generation,
     };
     if GW_CT_FWD.insert(flow, &forward, BPF_ANY as u64).is_err() {
@@ -625,13 +686,22 @@ fn rewrite_to_target(
     // after them.
     let protocol = ip[9];
     let pseudo = BPF_F_PSEUDO_HDR as u64;
-    let mangled = if protocol == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    if protocol != PROTO_ICMP {
+    let udp = protocol == PROTO_UDP;
+    let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let old_port = u16::from_ne_bytes(ports.peer_port);
+    let new_port = u16::from_ne_bytes(translation.nat_port);
+    let port_done = if protocol == PROTO_ICMP {
+        false
+    } else {
+        let before = linear::<[u8; 2]>(ctx, ports.csum_offset)?;
+        // SAFETY: linear() checked the bytes lie in the linear data.
+        let before = u16::from_ne_bytes(unsafe { *before });
         ctx.l4_csum_replace(ports.csum_offset, 0, addresses as u64, pseudo | mangled).ok()?;
+        port_by_state(ctx, ports.csum_offset, before, addresses, udp, old_port, new_port)?
+    };
+    if !port_done {
+        ctx.l4_csum_replace(ports.csum_offset, old_port as u64, new_port as u64, mangled | CSUM_16).ok()?;
     }
-    let old_port = u16::from_ne_bytes(ports.peer_port) as u64;
-    let new_port = u16::from_ne_bytes(translation.nat_port) as u64;
-    ctx.l4_csum_replace(ports.csum_offset, old_port, new_port, mangled | CSUM_16).ok()?;
 
     // TCP/UDP: the source port at the start of the header; ICMP: the echo id
     // 4 bytes in. Both were read through linear(), so they are in the
@@ -657,6 +727,71 @@ fn rewrite_to_target(
     // SAFETY: as above.
     unsafe { *port = translation.nat_port };
     Some(())
+}
+
+/// The port's share of the L4 checksum, without a second helper call where
+/// the first one told the skb's checksum state: true when it is done (or
+/// has nothing to do), false when the helper must do it.
+///
+/// The port is covered as data: a CHECKSUM_PARTIAL skb's field (the
+/// pseudo-header sum) must not change with it, any other's must. Which of
+/// the two the skb is only the kernel knows, but the address update just
+/// made shows it: the helper added the difference to a partial sum and
+/// subtracted it from a full checksum (inet_proto_csum_replace_by_diff).
+/// Both results are computed here as the kernel computes them; when the
+/// field holds exactly one of them, the state is known. Otherwise (a
+/// difference of zero, a UDP packet without checksum) the helper decides,
+/// as before.
+#[inline(always)]
+fn port_by_state(
+    ctx: &TcContext,
+    csum_offset: usize,
+    before: u16,
+    addresses: u32,
+    udp: bool,
+    old_port: u16,
+    new_port: u16,
+) -> Option<bool> {
+    // A UDP packet without checksum keeps it: the helper leaves a zero
+    // alone, and would leave it alone for the port too.
+    if udp && before == 0 {
+        return Some(true);
+    }
+    let mangle = |check: u16| if udp && check == 0 { 0xffff } else { check };
+    let full = mangle(csum_fold(csum_add(addresses, !(before as u32))));
+    let partial = mangle(!csum_fold(csum_add(addresses, before as u32)));
+    let field = linear_now::<[u8; 2]>(ctx, csum_offset)?;
+    // SAFETY: linear_now() checked the bytes lie in the linear data.
+    let field = unsafe { &mut *field };
+    let after = u16::from_ne_bytes(*field);
+    if full == partial {
+        return Some(false);
+    }
+    if after == partial {
+        return Some(true);
+    }
+    if after != full {
+        return Some(false);
+    }
+    // inet_proto_csum_replace2 for a full checksum, and the helper's
+    // mangling of a UDP zero.
+    let port = csum_add(csum_add(!(after as u32), !(old_port as u32)), new_port as u32);
+    *field = mangle(csum_fold(port)).to_ne_bytes();
+    Some(true)
+}
+
+/// The kernel's csum_add: a 32-bit one's complement sum.
+#[inline(always)]
+fn csum_add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(carry as u32)
+}
+
+/// The kernel's csum_fold: 32 bits folded to 16, complemented.
+#[inline(always)]
+fn csum_fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    !(((sum & 0xffff) + (sum >> 16)) as u16)
 }
 
 /// The sum of the 16-bit words of `bytes` in memory order.
@@ -770,9 +905,8 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
     // echo reply may answer the host's own ping, whose id can be anything.
     let unknown = if protocol == PROTO_ICMP { None } else { Some(Outcome::NoConntrack) };
     let key = reply_key(protocol, ip.src_addr, ip.dst_addr, target_port, nat_port);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let (reverse, counter) = match live_flow(&key, timeouts, now) {
+    let tick = tick();
+    let (reverse, counter, refresh) = match live_flow(&key, timeouts, tick) {
         Ok(flow) => flow,
         Err(Dead::Unknown) => return unknown,
         Err(Dead::Ended) => return Some(Outcome::SessionEnded),
@@ -820,7 +954,10 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
         }
     }
     readdress_to_technician(ip, reverse, counter, total_len);
-    reverse.last_seen_ns = now;
+    if let Some(now) = refresh {
+        reverse.last_seen_ns = now;
+        reverse.last_tick = tick;
+    }
     Some(Outcome::ForwardedFromTarget)
 }
 
@@ -847,24 +984,33 @@ enum Dead {
     Ended,
 }
 
-/// The reverse entry of the live flow `key` names, and its target's counter
-/// slot. Replies and ICMP errors share it, so that whatever cuts one cuts the
+/// The reverse entry of the live flow `key` names, its target's counter
+/// slot, and the time to stamp it with if its stamp is from an earlier tick
+/// than `tick` (None: stamped in this tick, alive without a clock read).
+/// Replies and ICMP errors share it, so that whatever cuts one cuts the
 /// other.
 #[inline(always)]
-fn live_flow(key: &ReplyKey, timeouts: &FlowTimeouts, now: u64) -> Result<(*mut FlowReverse, u32), Dead> {
+fn live_flow(
+    key: &ReplyKey,
+    timeouts: &FlowTimeouts,
+    tick: u64,
+) -> Result<(*mut FlowReverse, u32, Option<u64>), Dead> {
     let Some(reverse) = GW_CT_REV.get_ptr_mut(key) else {
         return Err(Dead::Unknown);
     };
     // SAFETY: an LRU element stays valid during this run (RCU).
     let flow = unsafe { &*reverse };
-    if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
-        return Err(Dead::Unknown);
+    let refresh = if flow.last_tick == tick { None } else { Some(clock()) };
+    if let Some(now) = refresh {
+        if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
+            return Err(Dead::Unknown);
+        }
     }
     // Ending a session, a peer leaving it, or the entry's removal or change
     // of address change the path generation of the entry's slot at once
     // (userspace, before any sweep of the conntrack maps): that cuts replies.
     match GW_RULE_GEN.get(flow.counter) {
-        Some(current) if current.routes(&flow.generation) => Ok((reverse, flow.counter)),
+        Some(current) if current.routes(&flow.generation) => Ok((reverse, flow.counter, refresh)),
         _ => Err(Dead::Ended),
     }
 }
@@ -918,10 +1064,8 @@ fn icmp_error(
         return None;
     }
     let key = reply_key(protocol, real, snat, target_port, nat_port);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Errors about dead flows are not translated, whatever killed the flow.
-    let (reverse, counter) = live_flow(&key, timeouts, now).ok()?;
+    let (reverse, counter, _) = live_flow(&key, timeouts, tick()).ok()?;
     // SAFETY: an LRU element stays valid during this run (RCU). Read only:
     // an error does not keep a flow alive.
     let reverse = unsafe { &*reverse };

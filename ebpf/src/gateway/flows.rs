@@ -3,7 +3,7 @@
 //! reads and sweeps them.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
 };
 
@@ -34,8 +34,52 @@ pub struct Flow {
     pub last_seen_ns: u64,
 }
 
+/// The reverse entry a forward entry names, if it still belongs to that
+/// flow (the programs give its NAT port to another flow once it expired).
+fn reverse_of<'a>(
+    key: &FlowKey,
+    value: &FlowForward,
+    reverse: &'a HashMap<ReplyKey, FlowReverse>,
+) -> Option<&'a FlowReverse> {
+    let reply = ReplyKey {
+        protocol: key.protocol,
+        _pad: [0; 3],
+        real: value.real,
+        snat: value.snat,
+        target_port: key.dport,
+        nat_port: value.nat_port,
+    };
+    reverse.get(&reply).filter(|r| {
+        r.peer == key.peer
+            && r.peer_port == key.peer_port
+            && r.proxy == key.proxy
+            && r.session == value.session
+    })
+}
+
+/// Every entry of the reverse map.
+fn reverse_entries(ebpf: &Ebpf) -> Result<HashMap<ReplyKey, FlowReverse>, Error> {
+    let name = shared::CT_REVERSE_MAP;
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    let map: aya::maps::HashMap<_, ReplyKey, FlowReverse> =
+        aya::maps::HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+    let mut entries = HashMap::new();
+    for entry in map.iter() {
+        match entry {
+            Ok((key, value)) => {
+                entries.insert(key, value);
+            }
+            // Deleted by the LRU between the key walk and the lookup.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(Error::Map { name, source }),
+        }
+    }
+    Ok(entries)
+}
+
 impl Flow {
-    fn from_forward(key: &FlowKey, value: &FlowForward) -> Flow {
+    /// `reverse`: the flow's reverse entry, whose stamp replies refresh too.
+    fn from_forward(key: &FlowKey, value: &FlowForward, reverse: Option<&FlowReverse>) -> Flow {
         Flow {
             protocol: key.protocol,
             session: value.session,
@@ -46,7 +90,7 @@ impl Flow {
             snat: value.snat.into(),
             nat_port: u16::from_be_bytes(value.nat_port),
             counter: value.counter,
-            last_seen_ns: value.last_seen_ns,
+            last_seen_ns: value.last_seen_ns.max(reverse.map_or(0, |r| r.last_seen_ns)),
         }
     }
 
@@ -79,6 +123,7 @@ impl Flow {
 }
 
 pub(super) fn list(ebpf: &Ebpf) -> Result<Vec<Flow>, Error> {
+    let reverse = reverse_entries(ebpf)?;
     let name = shared::CT_FORWARD_MAP;
     let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
     let map: aya::maps::HashMap<_, FlowKey, FlowForward> =
@@ -86,7 +131,9 @@ pub(super) fn list(ebpf: &Ebpf) -> Result<Vec<Flow>, Error> {
     let mut flows = Vec::new();
     for entry in map.iter() {
         match entry {
-            Ok((key, value)) => flows.push(Flow::from_forward(&key, &value)),
+            Ok((key, value)) => {
+                flows.push(Flow::from_forward(&key, &value, reverse_of(&key, &value, &reverse)))
+            }
             // Deleted by the LRU between the key walk and the lookup.
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(Error::Map { name, source }),
@@ -108,6 +155,8 @@ pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), 
         counter: flow.counter,
         session: flow.session,
         last_seen_ns: flow.last_seen_ns,
+        // Never a tick: the programs judge the stamp by the clock.
+        last_tick: 0,
         generation,
     };
     let forward = FlowForward {
@@ -118,6 +167,8 @@ pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), 
         counter: flow.counter,
         session: flow.session,
         last_seen_ns: flow.last_seen_ns,
+        // Never a tick: the programs judge the stamp by the clock.
+        last_tick: 0,
         generation,
     };
     insert_entry(ebpf, shared::CT_REVERSE_MAP, &flow.reply_key(), &reverse, capacity)?;
@@ -137,12 +188,20 @@ pub(super) fn remove_sessions(ebpf: &mut Ebpf, sessions: &BTreeSet<u64>) -> Resu
 
 /// Deletes entries idle past their protocol's timeout; returns how many.
 /// The same judgement as the programs', so that the sweep never deletes a
-/// flow they would still forward.
+/// flow they would still forward: they judge a flow by its reverse entry's
+/// stamp, which replies refresh too, and so does the sweep a forward entry
+/// whose reverse entry is still its own. Only packets toward the target
+/// refresh the forward entry's stamp: a flow only the target talks on
+/// would otherwise lose its forward half, and its next packet from the
+/// technician would start a new flow, perhaps on another NAT port than the
+/// one its replies arrive at.
 pub(super) fn expire(ebpf: &mut Ebpf, timeouts: &FlowTimeouts) -> Result<usize, Error> {
     let now = monotonic_ns();
     let dead = |protocol: u8, last_seen: u64| timeouts.expired(protocol, last_seen, now);
+    let reverse = reverse_entries(ebpf)?;
     let forward = remove_where_kv::<FlowKey, FlowForward>(ebpf, shared::CT_FORWARD_MAP, |k, v| {
-        dead(k.protocol, v.last_seen_ns)
+        let replied = reverse_of(k, v, &reverse).map_or(0, |r| r.last_seen_ns);
+        dead(k.protocol, v.last_seen_ns.max(replied))
     })?;
     let reverse = remove_where_kv::<ReplyKey, FlowReverse>(ebpf, shared::CT_REVERSE_MAP, |k, v| {
         dead(k.protocol, v.last_seen_ns)
