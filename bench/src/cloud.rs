@@ -201,6 +201,18 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The capped comparison alone (`ferry-bench cloud-capped`): for work on
+/// the storages, without the uncapped load, raw sled and idle connections.
+pub fn run_capped(work_dir: &Path) -> Result<Vec<Row>> {
+    let window = Duration::from_secs(env_number("FERRY_BENCH_SECONDS", DEFAULT_SECONDS)?.max(1));
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let scratch = tempfile::Builder::new().prefix("cloud-").tempdir_in(work_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("cloud bench: load average before: {}", load_average.trim());
+    capped_comparison(scratch.path(), work_dir, window, &runtime)
+}
+
 /// The capped comparison (see the module's docs): rows of PostgreSQL with
 /// one replica against sled, and of two replicas against one.
 fn capped_comparison(
@@ -643,7 +655,9 @@ impl Window {
 
 /// Runs `work` on `threads` threads through the warm-up and the window;
 /// each loops while the window is running and returns what it recorded.
-/// Also returns the CPU that each of `pids` used during the window, in cores.
+/// Also returns the CPU that each of `pids` used during the window, in cores,
+/// then the PostgreSQL server's processes', and last the whole machine's
+/// busy cores.
 fn in_window<T: Send>(
     threads: usize,
     window: Duration,
@@ -662,14 +676,52 @@ fn in_window<T: Send>(
             })
             .collect();
         std::thread::sleep(window.from.saturating_duration_since(Instant::now()));
-        let before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+        let before: Vec<f64> = pids
+            .iter()
+            .map(|&pid| cpu_seconds(pid))
+            .chain([postgres_seconds(), machine_busy_seconds()])
+            .collect();
         std::thread::sleep(window.until.saturating_duration_since(Instant::now()));
-        let after: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+        let after: Vec<f64> = pids
+            .iter()
+            .map(|&pid| cpu_seconds(pid))
+            .chain([postgres_seconds(), machine_busy_seconds()])
+            .collect();
         window.stop.store(true, Ordering::Relaxed);
         let seconds = (window.until - window.from).as_secs_f64();
         let cores = before.iter().zip(&after).map(|(b, a)| (a - b) / seconds).collect();
         (handles.into_iter().map(|h| h.join().expect("a measuring thread panicked")).collect(), cores)
     })
+}
+
+/// The CPU time so far of every process named `postgres` (the server and
+/// its backends: the replicas' pooled connections live through a window).
+fn postgres_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return f64::NAN };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_seconds)
+        .filter(|s| s.is_finite())
+        .sum()
+}
+
+/// The machine's busy CPU time so far, all cores (NaN if unreadable): what
+/// the database and everything else besides the measured processes used is
+/// the rest of it.
+fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return f64::NAN };
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return f64::NAN };
+    let ticks: Vec<f64> = cpu.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal guest...: busy is user
+    // to softirq but idle and iowait (steal is another guest's; guest time
+    // is counted in user already).
+    let busy: f64 =
+        ticks.iter().take(7).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    busy / per_second
 }
 
 /// User and system CPU time of a process so far (NaN if unreadable).
@@ -796,10 +848,14 @@ fn session_load(clouds: &[&Cloud], token: &str, gateway_id: u64, window: Duratio
         }
     }
     ensure!(all.document_bytes > 0, "no session was created: {}", all.first_failure.unwrap_or_default());
-    let (bench, clouds) = cores.split_last().context("no CPU figures")?;
+    let (machine, processes) = cores.split_last().context("no CPU figures")?;
+    let (database, processes) = processes.split_last().context("no CPU figures")?;
+    let (bench, clouds) = processes.split_last().context("no CPU figures")?;
+    let rest = machine - bench - database - clouds.iter().sum::<f64>();
     let clouds: Vec<String> = clouds.iter().map(|c| format!("{c:.2}")).collect();
     eprintln!(
-        "cloud bench: CPU in the window: ferry-cloud {} cores, the {CLIENTS} clients {bench:.2}, of {}",
+        "cloud bench: CPU in the window: ferry-cloud {} cores, the {CLIENTS} clients {bench:.2}, PostgreSQL \
+         {database:.2}, everything else {rest:.2}; the machine busy {machine:.2} of {}",
         clouds.join(" + "),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );

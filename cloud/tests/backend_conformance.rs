@@ -474,6 +474,28 @@ fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
 }
 
 #[test]
+fn reads_of_many_keys_answer_each_in_order_and_stay_in_their_collection() {
+    both(|subject| {
+        let backend = subject.open();
+        backend
+            .commit(
+                Batch::default().put(Collection::Sessions, "a", "1").put(Collection::Sessions, "c", "3").put(
+                    Collection::Users,
+                    "b",
+                    "other collection",
+                ),
+            )
+            .unwrap();
+        let keys: Vec<Vec<u8>> = ["c", "b", "a", "a", "zz"].iter().map(|k| k.as_bytes().to_vec()).collect();
+        assert_eq!(
+            backend.get_many(Collection::Sessions, &keys).unwrap(),
+            vec![Some(b"3".to_vec()), None, Some(b"1".to_vec()), Some(b"1".to_vec()), None]
+        );
+        assert!(backend.get_many(Collection::Sessions, &[]).unwrap().is_empty());
+    });
+}
+
+#[test]
 fn scans_are_ordered_paged_and_prefixed() {
     both(|subject| {
         let backend = subject.open();

@@ -334,6 +334,7 @@ async fn check_durability(client: &Object) -> Result<(), BackendError> {
 }
 
 const SELECT_ONE: &str = "SELECT value FROM ferry_kv WHERE collection = $1 AND key = $2";
+const SELECT_MANY: &str = "SELECT key, value FROM ferry_kv WHERE collection = $1 AND key = ANY($2)";
 const UPSERT: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $2, $3) \
                       ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value";
 const DELETE: &str = "DELETE FROM ferry_kv WHERE collection = $1 AND key = $2";
@@ -582,6 +583,24 @@ impl Backend for PostgresBackend {
             let select = client.prepare_cached(SELECT_ONE).await.map_err(io)?;
             let row = client.query_opt(&select, &[&collection.name(), &key]).await.map_err(io)?;
             Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn get_many(
+        &self,
+        collection: Collection,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        self.call(move |client| async move {
+            let select = client.prepare_cached(SELECT_MANY).await.map_err(io)?;
+            let rows = client.query(&select, &[&collection.name(), &keys]).await.map_err(io)?;
+            let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+                rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
         })
     }
 
