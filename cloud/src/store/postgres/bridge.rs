@@ -5,8 +5,8 @@
 //! each of their callers (HTTP handlers, control channels, the command line)
 //! call it directly, as they do sled, and making it async would touch all of
 //! them. Instead the PostgreSQL backend owns a small tokio runtime of its own
-//! that drives the connections of its pool; a call runs its future with that
-//! runtime's drivers and waits for the answer. A caller on the server's multi-threaded
+//! that drives the connections of its pool; a call hands its future to that
+//! runtime and waits for the answer. A caller on the server's multi-threaded
 //! runtime waits inside `block_in_place`, so the worker's other tasks move to
 //! another thread meanwhile (as sled's fsync does), instead of queueing
 //! behind a database round trip.
@@ -34,16 +34,7 @@ impl Bridge {
         self.runtime.as_ref().map(tokio::runtime::Runtime::handle)
     }
 
-    /// Runs `work` to completion with the database runtime's drivers and
-    /// waits for its result.
-    ///
-    /// The calling thread polls `work` itself where it may block (a plain
-    /// thread, or a worker of a multi-threaded runtime inside
-    /// `block_in_place`): a query then costs one hand-over each way, to the
-    /// connection's task on the database runtime and back, instead of two
-    /// more to a task of that runtime that would run it. On a
-    /// current-thread runtime, which must not run another runtime's
-    /// `block_on`, the work is spawned there and waited for.
+    /// Runs `work` on the database runtime and waits for its result.
     pub fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, BackendError>> + Send + 'static,
@@ -51,20 +42,20 @@ impl Bridge {
         let Some(runtime) = &self.runtime else {
             return Err(BackendError::Unavailable("the database connection is closed".into()));
         };
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = sender.send(work.await);
+        });
+        let wait = || {
+            receiver
+                .recv()
+                .unwrap_or_else(|_| Err(BackendError::Io("a database call failed unexpectedly".into())))
+        };
         match tokio::runtime::Handle::try_current() {
-            Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| runtime.handle().block_on(work))
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
             }
-            Ok(_) => {
-                let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-                runtime.spawn(async move {
-                    let _ = sender.send(work.await);
-                });
-                receiver
-                    .recv()
-                    .unwrap_or_else(|_| Err(BackendError::Io("a database call failed unexpectedly".into())))
-            }
-            Err(_) => runtime.handle().block_on(work),
+            _ => wait(),
         }
     }
 }
