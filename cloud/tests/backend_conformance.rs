@@ -398,6 +398,56 @@ fn a_group_commits_the_batches_that_hold_and_reports_the_others() {
     });
 }
 
+/// A batch that fails after some of its changes were applied must leave no
+/// trace that the batches after it could see, and a batch sees what the
+/// ones before it in the group wrote.
+#[test]
+fn a_failing_batch_leaves_nothing_the_next_batches_of_its_group_see() {
+    both(|subject| {
+        let backend = subject.open();
+        let conflicted = |o: &Result<(), BackendError>| matches!(o, Err(BackendError::Conflict { .. }));
+        let none: Arc<ferry_cloud::store::backend::Finish> =
+            Arc::new(|_: &[bool], _: Option<&[u8]>| Batch::default());
+        let batches = vec![
+            // Puts "a" (first in key order), then fails on "b", absent.
+            Batch::default().put(Collection::Users, "a", "from the failed batch").expect(
+                Collection::Users,
+                "b",
+                Some(b"5".to_vec()),
+            ),
+            // Holds only if the failed batch's "a" is gone.
+            Batch::default().expect(Collection::Users, "a", None).put(Collection::Users, "a", "claimed"),
+            // Sees the batch before it.
+            Batch::default().expect(Collection::Users, "a", Some(b"claimed".to_vec())).put(
+                Collection::Users,
+                "a",
+                "updated",
+            ),
+            // Does not hold: "a" is there now.
+            Batch::default().expect(Collection::Users, "a", None).put(Collection::Users, "c", "never"),
+        ];
+        let outcomes = backend.commit_group(batches, None, none.clone()).unwrap();
+        assert!(conflicted(&outcomes[0]) && conflicted(&outcomes[3]), "{outcomes:?}");
+        assert!(outcomes[1].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert_eq!(value(&*backend, Collection::Users, b"a").as_deref(), Some(&b"updated"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"b"), None);
+        assert_eq!(value(&*backend, Collection::Users, b"c"), None);
+        // Every batch holding: all of them land.
+        let batches = (0..5)
+            .map(|i| {
+                Batch::default().expect(Collection::Users, format!("k{i}"), None).put(
+                    Collection::Users,
+                    format!("k{i}"),
+                    "v",
+                )
+            })
+            .collect();
+        let outcomes = backend.commit_group(batches, None, none).unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(backend.scan(Collection::Users, b"k", None, 10).unwrap().len(), 5);
+    });
+}
+
 #[test]
 fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
     use ferry_cloud::audit::{self, Event, Submission};
