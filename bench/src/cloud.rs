@@ -15,7 +15,10 @@
 //! `FERRY_BENCH_SECONDS` (default 10) sets each measured window, after a 2 s
 //! warm-up; `FERRY_BENCH_GATEWAYS` (default 10,000) the idle connections;
 //! `FERRY_BENCH_ROUNDS` (default 3) the rounds of the capped comparison,
-//! whose rows are each the round with the median ratio.
+//! whose rows are each the round with the median ratio (with an even count,
+//! the upper of the two middle ones): the one replica of
+//! `pg2_vs_pg1_session_rate` is the one of that row's round, which can be
+//! another round than `pg1_vs_sled_session_rate`'s.
 
 use std::{
     io::{BufRead, BufReader},
@@ -80,7 +83,7 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     let reader = runtime.spawn(async move { while let Ok(Some(_)) = channel.recv::<ToGateway>().await {} });
 
     eprintln!("cloud bench: {CLIENTS} clients create, start and end sessions for {}s", window.as_secs());
-    let load = session_load(&[&cloud], &token, gateway_id, window)?;
+    let load = session_load(&[&cloud], &token, gateway_id, window, None)?;
     reader.abort();
     // The gateway's connection closes with the task; it should not count
     // among the idle ones.
@@ -243,12 +246,24 @@ fn capped_comparison(
     // measure the drift. Each ratio is taken within a round; the row is the
     // round with the median ratio.
     let (mut sleds, mut pg1s, mut pg2s) = (Vec::new(), Vec::new(), Vec::new());
+    let database_pid = server.pid()?;
     for round in 0..rounds {
         eprintln!("cloud bench: capped round {} of {rounds}", round + 1);
-        sleds.push(capped_load(&format!("sled-{round}"), scratch, None, 1, window, runtime)?);
-        for (label, replicas, loads) in [("pg1", 1, &mut pg1s), ("pg2", 2, &mut pg2s)] {
+        // Each round starts with another of the three, so that a drift
+        // within a round (the database's own background work after a run)
+        // does not always fall on the same one.
+        for phase in (0..3).map(|i| (i + round) % 3) {
+            if phase == 0 {
+                sleds.push(capped_load(&format!("sled-{round}"), scratch, None, 1, window, runtime, None)?);
+                continue;
+            }
+            let (label, replicas, loads) =
+                if phase == 1 { ("pg1", 1, &mut pg1s) } else { ("pg2", 2, &mut pg2s) };
             let database = format!("{label}_{round}");
             server.create_database(&database)?;
+            // What the runs before left to write goes to disk now, not in
+            // this run's window.
+            server.sql(&database, "CHECKPOINT")?;
             let url = server.url(&database);
             loads.push(capped_load(
                 &format!("{label}-{round}"),
@@ -257,6 +272,7 @@ fn capped_comparison(
                 replicas,
                 window,
                 runtime,
+                Some(database_pid),
             )?);
         }
         eprintln!(
@@ -363,6 +379,7 @@ fn capped_load(
     replicas: usize,
     window: Duration,
     runtime: &tokio::runtime::Runtime,
+    database_pid: Option<u32>,
 ) -> Result<Load> {
     let mut clouds = Vec::new();
     for replica in 0..replicas {
@@ -382,7 +399,7 @@ fn capped_load(
          start and end sessions for {}s",
         window.as_secs()
     );
-    let load = session_load(&clouds.iter().collect::<Vec<_>>(), &token, gateway_id, window);
+    let load = session_load(&clouds.iter().collect::<Vec<_>>(), &token, gateway_id, window, database_pid);
     reader.abort();
     let load = load?;
     if load.failures > 0 {
@@ -694,12 +711,13 @@ impl Window {
 /// Runs `work` on `threads` threads through the warm-up and the window;
 /// each loops while the window is running and returns what it recorded.
 /// Also returns the CPU that each of `pids` used during the window, in cores,
-/// then the PostgreSQL server's processes', and last the whole machine's
-/// busy cores.
+/// then the database server's (`database_pid`'s and its children's; 0
+/// without one), and last the whole machine's busy cores.
 fn in_window<T: Send>(
     threads: usize,
     window: Duration,
     pids: &[u32],
+    database_pid: Option<u32>,
     work: impl Fn(usize, &Window) -> T + Sync,
 ) -> (Vec<T>, Vec<f64>) {
     let from = Instant::now() + WARM_UP;
@@ -717,13 +735,13 @@ fn in_window<T: Send>(
         let before: Vec<f64> = pids
             .iter()
             .map(|&pid| cpu_seconds(pid))
-            .chain([postgres_seconds(), machine_busy_seconds()])
+            .chain([database_seconds(database_pid), machine_busy_seconds()])
             .collect();
         std::thread::sleep(window.until.saturating_duration_since(Instant::now()));
         let after: Vec<f64> = pids
             .iter()
             .map(|&pid| cpu_seconds(pid))
-            .chain([postgres_seconds(), machine_busy_seconds()])
+            .chain([database_seconds(database_pid), machine_busy_seconds()])
             .collect();
         window.stop.store(true, Ordering::Relaxed);
         let seconds = (window.until - window.from).as_secs_f64();
@@ -732,17 +750,36 @@ fn in_window<T: Send>(
     })
 }
 
-/// The CPU time so far of every process named `postgres` (the server and
-/// its backends: the replicas' pooled connections live through a window).
-fn postgres_seconds() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return f64::NAN };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
-        })
+/// The CPU time so far of a PostgreSQL server: its postmaster's own and
+/// that of its children it has reaped (a backend or worker that ended
+/// meanwhile), and that of its children still running. 0 without a server.
+fn database_seconds(postmaster: Option<u32>) -> f64 {
+    let Some(postmaster) = postmaster else { return 0.0 };
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(postmaster))
         .map(cpu_seconds)
         .filter(|s| s.is_finite())
-        .sum()
+        .sum();
+    // utime, stime, cutime, cstime: fields 14 to 17 of the whole line.
+    let own: f64 = stat_fields(postmaster).map_or(f64::NAN, |f| {
+        f.get(11..15).map_or(f64::NAN, |t| t.iter().filter_map(|t| t.parse::<f64>().ok()).sum())
+    });
+    own / clock_ticks() + children
+}
+
+/// The fields of /proc/PID/stat after the command name (the state first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    Some(stat.rsplit(')').next()?.split_whitespace().map(str::to_string).collect())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// The machine's busy CPU time so far, all cores (NaN if unreadable): what
@@ -757,22 +794,16 @@ fn machine_busy_seconds() -> f64 {
     // is counted in user already).
     let busy: f64 =
         ticks.iter().take(7).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    busy / per_second
+    busy / clock_ticks()
 }
 
 /// User and system CPU time of a process so far (NaN if unreadable).
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
-    // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: f64 =
-        fields.get(11..13).map_or(f64::NAN, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / per_second
+    // utime and stime: fields 14 and 15 of the whole line.
+    let ticks = stat_fields(pid).map_or(f64::NAN, |f| {
+        f.get(11..13).map_or(f64::NAN, |t| t.iter().filter_map(|t| t.parse::<f64>().ok()).sum())
+    });
+    ticks / clock_ticks()
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -820,10 +851,16 @@ impl ClientRecord {
 }
 
 /// The load of [`CLIENTS`] clients, client `i` on `clouds[i % len]`.
-fn session_load(clouds: &[&Cloud], token: &str, gateway_id: u64, window: Duration) -> Result<Load> {
+fn session_load(
+    clouds: &[&Cloud],
+    token: &str,
+    gateway_id: u64,
+    window: Duration,
+    database_pid: Option<u32>,
+) -> Result<Load> {
     let mut pids: Vec<u32> = clouds.iter().map(|c| c.pid()).collect();
     pids.push(std::process::id());
-    let (records, cores) = in_window(CLIENTS, window, &pids, |client, w| {
+    let (records, cores) = in_window(CLIENTS, window, &pids, database_pid, |client, w| {
         let cloud = clouds[client % clouds.len()];
         let agent = ureq_agent(true);
         let mut record = ClientRecord::default();
@@ -912,22 +949,23 @@ fn session_load(clouds: &[&Cloud], token: &str, gateway_id: u64, window: Duratio
 fn sled_baseline(dir: &Path, threads: usize, value_bytes: usize, window: Duration) -> Result<Stat> {
     let db = sled::open(dir).with_context(|| format!("opening sled in {}", dir.display()))?;
     let value = vec![0x5a_u8; value_bytes];
-    let (results, _) = in_window(threads, window, &[], |thread, w| -> Result<Vec<Duration>, sled::Error> {
-        let mut samples = Vec::new();
-        let mut n = 0u64;
-        while w.running() {
-            n += 1;
-            let key = (((thread as u64) << 40) | n).to_be_bytes();
-            let began = Instant::now();
-            db.insert(key, value.as_slice())?;
-            db.flush()?;
-            let ended = Instant::now();
-            if w.counts(began, ended) {
-                samples.push(ended - began);
+    let (results, _) =
+        in_window(threads, window, &[], None, |thread, w| -> Result<Vec<Duration>, sled::Error> {
+            let mut samples = Vec::new();
+            let mut n = 0u64;
+            while w.running() {
+                n += 1;
+                let key = (((thread as u64) << 40) | n).to_be_bytes();
+                let began = Instant::now();
+                db.insert(key, value.as_slice())?;
+                db.flush()?;
+                let ended = Instant::now();
+                if w.counts(began, ended) {
+                    samples.push(ended - began);
+                }
             }
-        }
-        Ok(samples)
-    });
+            Ok(samples)
+        });
     let mut samples = Vec::new();
     for r in results {
         samples.extend(r?);

@@ -448,6 +448,50 @@ fn a_failing_batch_leaves_nothing_the_next_batches_of_its_group_see() {
     });
 }
 
+/// A batch whose expectations contradict each other is never sent; the
+/// others around it keep their own outcomes, and the lock's value reaches
+/// `finish`. When what `finish` adds fails, nothing of a group of several
+/// batches lands.
+#[test]
+fn a_contradictory_batch_among_others_and_a_failing_finish() {
+    both(|subject| {
+        let backend = subject.open();
+        backend.commit(Batch::default().put(Collection::Meta, "head", "7")).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let finish: Arc<ferry_cloud::store::backend::Finish> = {
+            let seen = seen.clone();
+            Arc::new(move |held: &[bool], locked: Option<&[u8]>| {
+                seen.lock().unwrap().push((held.to_vec(), locked.map(<[u8]>::to_vec)));
+                Batch::default().put(Collection::Meta, "head", "8")
+            })
+        };
+        let put = |key: &str| {
+            Batch::default().expect(Collection::Users, key, None).put(Collection::Users, key, "v")
+        };
+        let contradictory = Batch::default()
+            .expect(Collection::Users, "x", None)
+            .expect(Collection::Users, "x", Some(b"1".to_vec()))
+            .put(Collection::Users, "x", "never");
+        let lock = Some((Collection::Meta, b"head".to_vec()));
+        let outcomes =
+            backend.commit_group(vec![put("p"), contradictory, put("q")], lock.clone(), finish).unwrap();
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Err(BackendError::Conflict { .. })), "{outcomes:?}");
+        assert_eq!(seen.lock().unwrap().last().unwrap(), &(vec![true, false, true], Some(b"7".to_vec())));
+        assert_eq!(value(&*backend, Collection::Users, b"q").as_deref(), Some(&b"v"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"x"), None);
+        assert_eq!(value(&*backend, Collection::Meta, b"head").as_deref(), Some(&b"8"[..]));
+        let refused: Arc<ferry_cloud::store::backend::Finish> = Arc::new(|_: &[bool], _: Option<&[u8]>| {
+            Batch::default().expect(Collection::Meta, "head", None).put(Collection::Meta, "head", "0")
+        });
+        let err = backend.commit_group(vec![put("r"), put("s")], lock, refused).unwrap_err();
+        assert!(matches!(err, BackendError::Conflict { collection: Collection::Meta }), "{err}");
+        assert_eq!(value(&*backend, Collection::Users, b"r"), None);
+        assert_eq!(value(&*backend, Collection::Users, b"s"), None);
+        assert_eq!(value(&*backend, Collection::Meta, b"head").as_deref(), Some(&b"8"[..]));
+    });
+}
+
 #[test]
 fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
     use ferry_cloud::audit::{self, Event, Submission};

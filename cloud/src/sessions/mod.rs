@@ -412,7 +412,7 @@ fn prepare_picking<R>(
     Ok(Some(Planned { before, after, result, batch }))
 }
 
-/// Random subnet indices looked up one by one before a random pick falls
+/// Random subnet indices looked up (together) before a random pick falls
 /// back to reading every held subnet.
 const RANDOM_PROBES: usize = 4;
 
@@ -426,11 +426,13 @@ const RANDOM_PROBES: usize = 4;
 /// and the start picks again.
 fn free_subnet(store: &Store, pick: Pick) -> Result<u32, SessionError> {
     if pick == Pick::Random {
-        for _ in 0..RANDOM_PROBES {
-            let index = rand_core::RngCore::next_u32(&mut rand_core::OsRng) % addressing::SUBNETS;
-            if store.backend().get(Collection::Subnets, &index.to_be_bytes())?.is_none() {
-                return Ok(index);
-            }
+        let probes: Vec<u32> = (0..RANDOM_PROBES)
+            .map(|_| rand_core::RngCore::next_u32(&mut rand_core::OsRng) % addressing::SUBNETS)
+            .collect();
+        let keys: Vec<Vec<u8>> = probes.iter().map(|index| index.to_be_bytes().to_vec()).collect();
+        let held = store.backend().get_many(Collection::Subnets, &keys)?;
+        if let Some((index, _)) = probes.iter().zip(&held).find(|(_, holder)| holder.is_none()) {
+            return Ok(*index);
         }
     }
     let used: std::collections::BTreeSet<u32> = store

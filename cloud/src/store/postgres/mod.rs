@@ -50,9 +50,11 @@
 //! so one flush, makes all of it durable.
 //!
 //! The statements of one call are pipelined on one connection, so a commit
-//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`
-//! (and, for a group, one for its last batch, plus one per batch when it
-//! runs batch by batch).
+//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`,
+//! and for a group one more for its last batch. A group that falls back
+//! pays for the pipeline it undoes, a `ROLLBACK` and a `BEGIN`, then one
+//! round trip per batch and one for the lock; a run again after a deadlock
+//! goes batch by batch at once.
 
 mod bridge;
 mod migrations;
@@ -537,20 +539,24 @@ async fn try_commit(
     Ok(Ok(()))
 }
 
-/// One attempt at a group commit (see [`Backend::commit_group`]): each
-/// batch behind a savepoint it is rolled back to if its expectations fail,
-/// then what `finish` adds, in one transaction.
+/// One attempt at a group commit (see [`Backend::commit_group`]): every
+/// batch and the lock in one pipeline when `optimistic` (see the module's
+/// docs), else, or when one of them fails, each batch behind a savepoint it
+/// is rolled back to if its expectations fail; then what `finish` adds, in
+/// one transaction.
 async fn try_group(
     client: &mut Object,
     batches: &[Batch],
     lock: Option<&Lock>,
     finish: &Arc<Finish>,
+    optimistic: &mut bool,
 ) -> Result<Result<Vec<Result<(), BackendError>>, BackendError>, tokio_postgres::Error> {
     // Usually every batch holds: then all of them and the lock take one
     // round trip together. When one does not, the transaction is undone and
     // the group runs again batch by batch behind savepoints, so that no
-    // batch sees another's half-applied changes.
-    if batches.len() > 1 {
+    // batch sees another's half-applied changes; a run again after a
+    // deadlock then goes batch by batch at once.
+    if *optimistic && batches.len() > 1 {
         let plans: Vec<Result<Vec<Step<'_>>, Collection>> = batches.iter().map(plan).collect();
         let tx = begin(client).await?;
         let (outcomes, locked) = run_optimistic(&tx, &plans, lock).await?;
@@ -560,7 +566,10 @@ async fn try_group(
             let last = finish(&held, locked.as_deref());
             let steps = match plan(&last) {
                 Ok(steps) => steps,
-                Err(collection) => return Ok(Err(BackendError::Conflict { collection })),
+                Err(collection) => {
+                    tx.rollback().await?;
+                    return Ok(Err(BackendError::Conflict { collection }));
+                }
             };
             if let Err(collection) = run_steps(&tx, &[], &steps).await? {
                 tx.rollback().await?;
@@ -573,6 +582,7 @@ async fn try_group(
                 .collect()));
         }
         tx.rollback().await?;
+        *optimistic = false;
     }
     try_group_in_turn(client, batches, lock, finish).await
 }
@@ -770,9 +780,9 @@ impl Backend for PostgresBackend {
         finish: Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
         self.call(move |mut client| async move {
-            let mut tries = 0;
+            let (mut tries, mut optimistic) = (0, true);
             loop {
-                match try_group(&mut client, &batches, lock.as_ref(), &finish).await {
+                match try_group(&mut client, &batches, lock.as_ref(), &finish, &mut optimistic).await {
                     Ok(outcome) => return outcome,
                     Err(e) => again(e, &mut tries).await?,
                 }
