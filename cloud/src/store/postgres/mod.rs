@@ -343,7 +343,6 @@ async fn check_durability(client: &Object) -> Result<(), BackendError> {
 }
 
 const SELECT_ONE: &str = "SELECT value FROM ferry_kv WHERE collection = $1 AND key = $2";
-const SELECT_MANY: &str = "SELECT key, value FROM ferry_kv WHERE collection = $1 AND key = ANY($2)";
 const UPSERT: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $2, $3) \
                       ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value";
 const DELETE: &str = "DELETE FROM ferry_kv WHERE collection = $1 AND key = $2";
@@ -704,11 +703,19 @@ impl Backend for PostgresBackend {
         }
         let keys = keys.to_vec();
         self.call(move |client| async move {
-            let select = client.prepare_cached(SELECT_MANY).await.map_err(io)?;
-            let rows = client.query(&select, &[&collection.name(), &keys]).await.map_err(io)?;
-            let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
-                rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
-            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+            // One point read per key, pipelined: one round trip, and each
+            // read is the primary key's index lookup. (`key = ANY($2)` left
+            // the generic plan free to walk a whole collection.)
+            let select = client.prepare_cached(SELECT_ONE).await.map_err(io)?;
+            let name = collection.name();
+            let params: Vec<[&(dyn ToSql + Sync); 2]> =
+                keys.iter().map(|key| [&name as _, key as _]).collect();
+            let rows = futures_util::future::try_join_all(
+                params.iter().map(|params| client.query_opt(&select, params)),
+            )
+            .await
+            .map_err(io)?;
+            Ok(rows.into_iter().map(|row| row.map(|r| r.get(0))).collect())
         })
     }
 
