@@ -13,7 +13,12 @@
 //! not capped: it is the database the replicas share, not a cloud process.
 //!
 //! `FERRY_BENCH_SECONDS` (default 10) sets each measured window, after a 2 s
-//! warm-up; `FERRY_BENCH_GATEWAYS` (default 10,000) the idle connections.
+//! warm-up; `FERRY_BENCH_GATEWAYS` (default 10,000) the idle connections;
+//! `FERRY_BENCH_ROUNDS` (default 3) the rounds of the capped comparison,
+//! whose rows are each the round with the median ratio (with an even count,
+//! the upper of the two middle ones): the one replica of
+//! `pg2_vs_pg1_session_rate` is the one of that row's round, which can be
+//! another round than `pg1_vs_sled_session_rate`'s.
 
 use std::{
     io::{BufRead, BufReader},
@@ -44,6 +49,8 @@ use crate::{
 const CLIENTS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(2);
 const DEFAULT_SECONDS: u64 = 10;
+/// Rounds of the capped comparison (`FERRY_BENCH_ROUNDS`).
+const DEFAULT_ROUNDS: u64 = 3;
 const DEFAULT_GATEWAYS: usize = 10_000;
 const SCOPES: [&str; 4] = ["sessions:read", "sessions:write", "gateways:read", "gateways:write"];
 /// Each cloud process's CPU in the capped comparison, in cores.
@@ -76,7 +83,7 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     let reader = runtime.spawn(async move { while let Ok(Some(_)) = channel.recv::<ToGateway>().await {} });
 
     eprintln!("cloud bench: {CLIENTS} clients create, start and end sessions for {}s", window.as_secs());
-    let load = session_load(&[&cloud], &token, gateway_id, window)?;
+    let load = session_load(&[&cloud], &token, gateway_id, window, None)?;
     reader.abort();
     // The gateway's connection closes with the task; it should not count
     // among the idle ones.
@@ -201,6 +208,18 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The capped comparison alone (`ferry-bench cloud-capped`): for work on
+/// the storages, without the uncapped load, raw sled and idle connections.
+pub fn run_capped(work_dir: &Path) -> Result<Vec<Row>> {
+    let window = Duration::from_secs(env_number("FERRY_BENCH_SECONDS", DEFAULT_SECONDS)?.max(1));
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let scratch = tempfile::Builder::new().prefix("cloud-").tempdir_in(work_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("cloud bench: load average before: {}", load_average.trim());
+    capped_comparison(scratch.path(), work_dir, window, &runtime)
+}
+
 /// The capped comparison (see the module's docs): rows of PostgreSQL with
 /// one replica against sled, and of two replicas against one.
 fn capped_comparison(
@@ -213,7 +232,6 @@ fn capped_comparison(
         ferry_lab::postgres::available(),
         "PostgreSQL is not installed, which the cloud bench compares with sled: run `cargo xtask setup`"
     );
-    let sled = capped_load("sled", scratch, None, 1, window, runtime)?;
     // Beside the results, on disk: the scratch folder is private to root,
     // and the server runs as an unprivileged account that removes its own
     // folder at the end, so its parent is open to all and sticky, as /tmp.
@@ -222,12 +240,60 @@ fn capped_comparison(
     std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
         .with_context(|| format!("opening {} to PostgreSQL's account", parent.display()))?;
     let server = ferry_lab::postgres::Postgres::start_in(&parent, ferry_lab::postgres::Durability::Full)?;
-    let mut pg = Vec::new();
-    for (label, replicas) in [("pg1", 1), ("pg2", 2)] {
-        server.create_database(label)?;
-        pg.push(capped_load(label, scratch, Some(&server.url(label)), replicas, window, runtime)?);
+    let rounds = env_number("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS)?.max(1) as usize;
+    // Rounds of the three, one after another: on a shared machine the load
+    // of other work drifts, and a ratio of two phases minutes apart would
+    // measure the drift. Each ratio is taken within a round; the row is the
+    // round with the median ratio.
+    let (mut sleds, mut pg1s, mut pg2s) = (Vec::new(), Vec::new(), Vec::new());
+    let database_pid = server.pid()?;
+    for round in 0..rounds {
+        eprintln!("cloud bench: capped round {} of {rounds}", round + 1);
+        // Each round starts with another of the three, so that a drift
+        // within a round (the database's own background work after a run)
+        // does not always fall on the same one.
+        for phase in (0..3).map(|i| (i + round) % 3) {
+            if phase == 0 {
+                sleds.push(capped_load(&format!("sled-{round}"), scratch, None, 1, window, runtime, None)?);
+                continue;
+            }
+            let (label, replicas, loads) =
+                if phase == 1 { ("pg1", 1, &mut pg1s) } else { ("pg2", 2, &mut pg2s) };
+            let database = format!("{label}_{round}");
+            server.create_database(&database)?;
+            // What the runs before left to write goes to disk now, not in
+            // this run's window.
+            server.sql(&database, "CHECKPOINT")?;
+            let url = server.url(&database);
+            loads.push(capped_load(
+                &format!("{label}-{round}"),
+                scratch,
+                Some(&url),
+                replicas,
+                window,
+                runtime,
+                Some(database_pid),
+            )?);
+        }
+        eprintln!(
+            "cloud bench: round {}: sessions/s sled {:.0}, pg1 {:.0}, pg2 {:.0}: pg1/sled {:.2}, pg2/pg1 {:.2}",
+            round + 1,
+            sleds[round].end.per_s,
+            pg1s[round].end.per_s,
+            pg2s[round].end.per_s,
+            pg1s[round].end.per_s / sleds[round].end.per_s,
+            pg2s[round].end.per_s / pg1s[round].end.per_s,
+        );
     }
-    let [pg1, pg2] = <[Load; 2]>::try_from(pg).map_err(|_| anyhow::anyhow!("two PostgreSQL runs"))?;
+    let median_round = |ratio: &dyn Fn(usize) -> f64| {
+        let mut order: Vec<usize> = (0..rounds).collect();
+        order.sort_by(|&a, &b| ratio(a).total_cmp(&ratio(b)));
+        order[rounds / 2]
+    };
+    let pg1_round = median_round(&|r| pg1s[r].end.per_s / sleds[r].end.per_s);
+    let pg2_round = median_round(&|r| pg2s[r].end.per_s / pg1s[r].end.per_s);
+    let (sled, pg1) = (&sleds[pg1_round], &pg1s[pg1_round]);
+    let (pg1_of_pg2, pg2) = (&pg1s[pg2_round], &pg2s[pg2_round]);
     let cap = format!("each cloud process capped at {CAP_CORES} core");
     let sled_name = format!("sled, 1 replica ({cap})");
     let pg1_name = format!("PostgreSQL, 1 replica ({cap})");
@@ -247,12 +313,12 @@ fn capped_comparison(
         "pg2_vs_pg1_session_rate",
         "sessions/s",
         pg2.end.per_s,
-        pg1.end.per_s,
+        pg1_of_pg2.end.per_s,
         &format!("{pg1_name}; goal: ratio >= 1.6"),
         Better::Higher,
     ));
-    rows.extend(versus("pg1", &pg1, &sled, &sled_name));
-    rows.extend(versus("pg2", &pg2, &pg1, &pg1_name));
+    rows.extend(versus("pg1", pg1, sled, &sled_name));
+    rows.extend(versus("pg2", pg2, pg1_of_pg2, &pg1_name));
     Ok(rows)
 }
 
@@ -313,6 +379,7 @@ fn capped_load(
     replicas: usize,
     window: Duration,
     runtime: &tokio::runtime::Runtime,
+    database_pid: Option<u32>,
 ) -> Result<Load> {
     let mut clouds = Vec::new();
     for replica in 0..replicas {
@@ -332,7 +399,7 @@ fn capped_load(
          start and end sessions for {}s",
         window.as_secs()
     );
-    let load = session_load(&clouds.iter().collect::<Vec<_>>(), &token, gateway_id, window);
+    let load = session_load(&clouds.iter().collect::<Vec<_>>(), &token, gateway_id, window, database_pid);
     reader.abort();
     let load = load?;
     if load.failures > 0 {
@@ -643,11 +710,14 @@ impl Window {
 
 /// Runs `work` on `threads` threads through the warm-up and the window;
 /// each loops while the window is running and returns what it recorded.
-/// Also returns the CPU that each of `pids` used during the window, in cores.
+/// Also returns the CPU that each of `pids` used during the window, in cores,
+/// then the database server's (`database_pid`'s and its children's; 0
+/// without one), and last the whole machine's busy cores.
 fn in_window<T: Send>(
     threads: usize,
     window: Duration,
     pids: &[u32],
+    database_pid: Option<u32>,
     work: impl Fn(usize, &Window) -> T + Sync,
 ) -> (Vec<T>, Vec<f64>) {
     let from = Instant::now() + WARM_UP;
@@ -662,9 +732,17 @@ fn in_window<T: Send>(
             })
             .collect();
         std::thread::sleep(window.from.saturating_duration_since(Instant::now()));
-        let before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+        let before: Vec<f64> = pids
+            .iter()
+            .map(|&pid| cpu_seconds(pid))
+            .chain([database_seconds(database_pid), machine_busy_seconds()])
+            .collect();
         std::thread::sleep(window.until.saturating_duration_since(Instant::now()));
-        let after: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+        let after: Vec<f64> = pids
+            .iter()
+            .map(|&pid| cpu_seconds(pid))
+            .chain([database_seconds(database_pid), machine_busy_seconds()])
+            .collect();
         window.stop.store(true, Ordering::Relaxed);
         let seconds = (window.until - window.from).as_secs_f64();
         let cores = before.iter().zip(&after).map(|(b, a)| (a - b) / seconds).collect();
@@ -672,17 +750,60 @@ fn in_window<T: Send>(
     })
 }
 
+/// The CPU time so far of a PostgreSQL server: its postmaster's own and
+/// that of its children it has reaped (a backend or worker that ended
+/// meanwhile), and that of its children still running. 0 without a server.
+fn database_seconds(postmaster: Option<u32>) -> f64 {
+    let Some(postmaster) = postmaster else { return 0.0 };
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(postmaster))
+        .map(cpu_seconds)
+        .filter(|s| s.is_finite())
+        .sum();
+    // utime, stime, cutime, cstime: fields 14 to 17 of the whole line.
+    let own: f64 = stat_fields(postmaster).map_or(f64::NAN, |f| {
+        f.get(11..15).map_or(f64::NAN, |t| t.iter().filter_map(|t| t.parse::<f64>().ok()).sum())
+    });
+    own / clock_ticks() + children
+}
+
+/// The fields of /proc/PID/stat after the command name (the state first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    Some(stat.rsplit(')').next()?.split_whitespace().map(str::to_string).collect())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// The machine's busy CPU time so far, all cores (NaN if unreadable): what
+/// the database and everything else besides the measured processes used is
+/// the rest of it.
+fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return f64::NAN };
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return f64::NAN };
+    let ticks: Vec<f64> = cpu.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal guest...: busy is user
+    // to softirq but idle and iowait (steal is another guest's; guest time
+    // is counted in user already).
+    let busy: f64 =
+        ticks.iter().take(7).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    busy / clock_ticks()
+}
+
 /// User and system CPU time of a process so far (NaN if unreadable).
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
-    // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: f64 =
-        fields.get(11..13).map_or(f64::NAN, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / per_second
+    // utime and stime: fields 14 and 15 of the whole line.
+    let ticks = stat_fields(pid).map_or(f64::NAN, |f| {
+        f.get(11..13).map_or(f64::NAN, |t| t.iter().filter_map(|t| t.parse::<f64>().ok()).sum())
+    });
+    ticks / clock_ticks()
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -730,10 +851,16 @@ impl ClientRecord {
 }
 
 /// The load of [`CLIENTS`] clients, client `i` on `clouds[i % len]`.
-fn session_load(clouds: &[&Cloud], token: &str, gateway_id: u64, window: Duration) -> Result<Load> {
+fn session_load(
+    clouds: &[&Cloud],
+    token: &str,
+    gateway_id: u64,
+    window: Duration,
+    database_pid: Option<u32>,
+) -> Result<Load> {
     let mut pids: Vec<u32> = clouds.iter().map(|c| c.pid()).collect();
     pids.push(std::process::id());
-    let (records, cores) = in_window(CLIENTS, window, &pids, |client, w| {
+    let (records, cores) = in_window(CLIENTS, window, &pids, database_pid, |client, w| {
         let cloud = clouds[client % clouds.len()];
         let agent = ureq_agent(true);
         let mut record = ClientRecord::default();
@@ -796,10 +923,14 @@ fn session_load(clouds: &[&Cloud], token: &str, gateway_id: u64, window: Duratio
         }
     }
     ensure!(all.document_bytes > 0, "no session was created: {}", all.first_failure.unwrap_or_default());
-    let (bench, clouds) = cores.split_last().context("no CPU figures")?;
+    let (machine, processes) = cores.split_last().context("no CPU figures")?;
+    let (database, processes) = processes.split_last().context("no CPU figures")?;
+    let (bench, clouds) = processes.split_last().context("no CPU figures")?;
+    let rest = machine - bench - database - clouds.iter().sum::<f64>();
     let clouds: Vec<String> = clouds.iter().map(|c| format!("{c:.2}")).collect();
     eprintln!(
-        "cloud bench: CPU in the window: ferry-cloud {} cores, the {CLIENTS} clients {bench:.2}, of {}",
+        "cloud bench: CPU in the window: ferry-cloud {} cores, the {CLIENTS} clients {bench:.2}, PostgreSQL \
+         {database:.2}, everything else {rest:.2}; the machine busy {machine:.2} of {}",
         clouds.join(" + "),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -818,22 +949,23 @@ fn session_load(clouds: &[&Cloud], token: &str, gateway_id: u64, window: Duratio
 fn sled_baseline(dir: &Path, threads: usize, value_bytes: usize, window: Duration) -> Result<Stat> {
     let db = sled::open(dir).with_context(|| format!("opening sled in {}", dir.display()))?;
     let value = vec![0x5a_u8; value_bytes];
-    let (results, _) = in_window(threads, window, &[], |thread, w| -> Result<Vec<Duration>, sled::Error> {
-        let mut samples = Vec::new();
-        let mut n = 0u64;
-        while w.running() {
-            n += 1;
-            let key = (((thread as u64) << 40) | n).to_be_bytes();
-            let began = Instant::now();
-            db.insert(key, value.as_slice())?;
-            db.flush()?;
-            let ended = Instant::now();
-            if w.counts(began, ended) {
-                samples.push(ended - began);
+    let (results, _) =
+        in_window(threads, window, &[], None, |thread, w| -> Result<Vec<Duration>, sled::Error> {
+            let mut samples = Vec::new();
+            let mut n = 0u64;
+            while w.running() {
+                n += 1;
+                let key = (((thread as u64) << 40) | n).to_be_bytes();
+                let began = Instant::now();
+                db.insert(key, value.as_slice())?;
+                db.flush()?;
+                let ended = Instant::now();
+                if w.counts(began, ended) {
+                    samples.push(ended - began);
+                }
             }
-        }
-        Ok(samples)
-    });
+            Ok(samples)
+        });
     let mut samples = Vec::new();
     for r in results {
         samples.extend(r?);

@@ -40,7 +40,8 @@ struct Cli {
     boringtun: Option<PathBuf>,
 
     /// Benchmarks to run: guard, gateway, relay, tunnel, cloud, client (and
-    /// parts of some: gateway-prog, relay-prog, tunnel-crypto, tunnel-handshake).
+    /// parts of some: gateway-prog, relay-prog, cloud-capped, tunnel-crypto,
+    /// tunnel-handshake).
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -62,6 +63,8 @@ fn main() -> Result<()> {
                 boringtun: cli.boringtun.as_deref(),
             })?,
             "cloud" => cloud::run(&cli.out_dir)?,
+            // The capped comparison of the storages and replica counts alone.
+            "cloud-capped" => cloud::run_capped(&cli.out_dir)?,
             // The tunnel benchmark's crypto rows alone (no namespaces).
             "tunnel-crypto" => tunnel_crypto::rows()?,
             // Its handshake row alone.

@@ -228,7 +228,8 @@ impl AppState {
         for relay in relays {
             self.hub.touch_relay(relay);
         }
-        self.metrics.sessions_live.set(sessions::live_count(&self.store).map_or(0, |n| n as i64));
+        // `ferry_cloud_sessions_live` is read from the store at the scrape:
+        // counting here would scan the live index on every change.
         self.hub.notify(Change::Session(after.id));
     }
 

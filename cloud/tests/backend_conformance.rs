@@ -398,6 +398,100 @@ fn a_group_commits_the_batches_that_hold_and_reports_the_others() {
     });
 }
 
+/// A batch that fails after some of its changes were applied must leave no
+/// trace that the batches after it could see, and a batch sees what the
+/// ones before it in the group wrote.
+#[test]
+fn a_failing_batch_leaves_nothing_the_next_batches_of_its_group_see() {
+    both(|subject| {
+        let backend = subject.open();
+        let conflicted = |o: &Result<(), BackendError>| matches!(o, Err(BackendError::Conflict { .. }));
+        let none: Arc<ferry_cloud::store::backend::Finish> =
+            Arc::new(|_: &[bool], _: Option<&[u8]>| Batch::default());
+        let batches = vec![
+            // Puts "a" (first in key order), then fails on "b", absent.
+            Batch::default().put(Collection::Users, "a", "from the failed batch").expect(
+                Collection::Users,
+                "b",
+                Some(b"5".to_vec()),
+            ),
+            // Holds only if the failed batch's "a" is gone.
+            Batch::default().expect(Collection::Users, "a", None).put(Collection::Users, "a", "claimed"),
+            // Sees the batch before it.
+            Batch::default().expect(Collection::Users, "a", Some(b"claimed".to_vec())).put(
+                Collection::Users,
+                "a",
+                "updated",
+            ),
+            // Does not hold: "a" is there now.
+            Batch::default().expect(Collection::Users, "a", None).put(Collection::Users, "c", "never"),
+        ];
+        let outcomes = backend.commit_group(batches, None, none.clone()).unwrap();
+        assert!(conflicted(&outcomes[0]) && conflicted(&outcomes[3]), "{outcomes:?}");
+        assert!(outcomes[1].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert_eq!(value(&*backend, Collection::Users, b"a").as_deref(), Some(&b"updated"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"b"), None);
+        assert_eq!(value(&*backend, Collection::Users, b"c"), None);
+        // Every batch holding: all of them land.
+        let batches = (0..5)
+            .map(|i| {
+                Batch::default().expect(Collection::Users, format!("k{i}"), None).put(
+                    Collection::Users,
+                    format!("k{i}"),
+                    "v",
+                )
+            })
+            .collect();
+        let outcomes = backend.commit_group(batches, None, none).unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(backend.scan(Collection::Users, b"k", None, 10).unwrap().len(), 5);
+    });
+}
+
+/// A batch whose expectations contradict each other is never sent; the
+/// others around it keep their own outcomes, and the lock's value reaches
+/// `finish`. When what `finish` adds fails, nothing of a group of several
+/// batches lands.
+#[test]
+fn a_contradictory_batch_among_others_and_a_failing_finish() {
+    both(|subject| {
+        let backend = subject.open();
+        backend.commit(Batch::default().put(Collection::Meta, "head", "7")).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let finish: Arc<ferry_cloud::store::backend::Finish> = {
+            let seen = seen.clone();
+            Arc::new(move |held: &[bool], locked: Option<&[u8]>| {
+                seen.lock().unwrap().push((held.to_vec(), locked.map(<[u8]>::to_vec)));
+                Batch::default().put(Collection::Meta, "head", "8")
+            })
+        };
+        let put = |key: &str| {
+            Batch::default().expect(Collection::Users, key, None).put(Collection::Users, key, "v")
+        };
+        let contradictory = Batch::default()
+            .expect(Collection::Users, "x", None)
+            .expect(Collection::Users, "x", Some(b"1".to_vec()))
+            .put(Collection::Users, "x", "never");
+        let lock = Some((Collection::Meta, b"head".to_vec()));
+        let outcomes =
+            backend.commit_group(vec![put("p"), contradictory, put("q")], lock.clone(), finish).unwrap();
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Err(BackendError::Conflict { .. })), "{outcomes:?}");
+        assert_eq!(seen.lock().unwrap().last().unwrap(), &(vec![true, false, true], Some(b"7".to_vec())));
+        assert_eq!(value(&*backend, Collection::Users, b"q").as_deref(), Some(&b"v"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"x"), None);
+        assert_eq!(value(&*backend, Collection::Meta, b"head").as_deref(), Some(&b"8"[..]));
+        let refused: Arc<ferry_cloud::store::backend::Finish> = Arc::new(|_: &[bool], _: Option<&[u8]>| {
+            Batch::default().expect(Collection::Meta, "head", None).put(Collection::Meta, "head", "0")
+        });
+        let err = backend.commit_group(vec![put("r"), put("s")], lock, refused).unwrap_err();
+        assert!(matches!(err, BackendError::Conflict { collection: Collection::Meta }), "{err}");
+        assert_eq!(value(&*backend, Collection::Users, b"r"), None);
+        assert_eq!(value(&*backend, Collection::Users, b"s"), None);
+        assert_eq!(value(&*backend, Collection::Meta, b"head").as_deref(), Some(&b"8"[..]));
+    });
+}
+
 #[test]
 fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
     use ferry_cloud::audit::{self, Event, Submission};
@@ -470,6 +564,28 @@ fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
             }
         });
         assert_eq!(audit::verify(&other).unwrap().unwrap().entries, 4 + 2 * 15 * 3);
+    });
+}
+
+#[test]
+fn reads_of_many_keys_answer_each_in_order_and_stay_in_their_collection() {
+    both(|subject| {
+        let backend = subject.open();
+        backend
+            .commit(
+                Batch::default().put(Collection::Sessions, "a", "1").put(Collection::Sessions, "c", "3").put(
+                    Collection::Users,
+                    "b",
+                    "other collection",
+                ),
+            )
+            .unwrap();
+        let keys: Vec<Vec<u8>> = ["c", "b", "a", "a", "zz"].iter().map(|k| k.as_bytes().to_vec()).collect();
+        assert_eq!(
+            backend.get_many(Collection::Sessions, &keys).unwrap(),
+            vec![Some(b"3".to_vec()), None, Some(b"1".to_vec()), Some(b"1".to_vec()), None]
+        );
+        assert!(backend.get_many(Collection::Sessions, &[]).unwrap().is_empty());
     });
 }
 

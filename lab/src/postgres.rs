@@ -110,6 +110,17 @@ impl Postgres {
         Ok(server)
     }
 
+    /// The server's main process (its postmaster), from the data folder's
+    /// `postmaster.pid`.
+    pub fn pid(&self) -> Result<u32> {
+        let file = self.data.join("postmaster.pid");
+        let text = std::fs::read_to_string(&file).map_err(|e| setup(&file, "reading", e))?;
+        text.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .ok_or_else(|| Error::Setup(format!("{} names no process", file.display())))
+    }
+
     /// The folder holding the socket: the `host` of a connection.
     pub fn socket_dir(&self) -> &Path {
         &self.folder

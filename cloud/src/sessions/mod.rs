@@ -259,15 +259,18 @@ pub fn page(store: &Store, after: Option<u64>, limit: usize) -> Result<Vec<Sessi
 
 /// The live (waiting or active) sessions of one gateway.
 pub fn live_for_gateway(store: &Store, gateway_id: u64) -> Result<Vec<Session>, BackendError> {
-    live_ids(store, &gateway_id.to_be_bytes())?
-        .into_iter()
-        .filter_map(|id| get(store, id).transpose())
-        .collect()
+    get_each(store, live_ids(store, &gateway_id.to_be_bytes())?)
+}
+
+/// The sessions of `ids` that still exist, read together.
+fn get_each(store: &Store, ids: Vec<u64>) -> Result<Vec<Session>, BackendError> {
+    let keys: Vec<Vec<u8>> = ids.into_iter().map(|id| key(id).to_vec()).collect();
+    store.backend().get_many(Collection::Sessions, &keys)?.into_iter().flatten().map(|v| decode(&v)).collect()
 }
 
 /// Every live session.
 pub fn all_live(store: &Store) -> Result<Vec<Session>, BackendError> {
-    live_ids(store, &[])?.into_iter().filter_map(|id| get(store, id).transpose()).collect()
+    get_each(store, live_ids(store, &[])?)
 }
 
 /// How many sessions are live, from the index alone.
@@ -409,8 +412,29 @@ fn prepare_picking<R>(
     Ok(Some(Planned { before, after, result, batch }))
 }
 
+/// Random subnet indices looked up (together) before a random pick falls
+/// back to reading every held subnet.
+const RANDOM_PROBES: usize = 4;
+
 /// A subnet index nobody holds, the lowest or one at random.
+///
+/// A random pick first looks up a few random indices: with the pool far
+/// from full, one of them is free, and reading every held subnet for each
+/// start (what the lowest needs) would cost each start a scan of a
+/// collection that churns with every session. The commit still expects the
+/// index absent, so a pick that another start takes meanwhile is a conflict
+/// and the start picks again.
 fn free_subnet(store: &Store, pick: Pick) -> Result<u32, SessionError> {
+    if pick == Pick::Random {
+        let probes: Vec<u32> = (0..RANDOM_PROBES)
+            .map(|_| rand_core::RngCore::next_u32(&mut rand_core::OsRng) % addressing::SUBNETS)
+            .collect();
+        let keys: Vec<Vec<u8>> = probes.iter().map(|index| index.to_be_bytes().to_vec()).collect();
+        let held = store.backend().get_many(Collection::Subnets, &keys)?;
+        if let Some((index, _)) = probes.iter().zip(&held).find(|(_, holder)| holder.is_none()) {
+            return Ok(*index);
+        }
+    }
     let used: std::collections::BTreeSet<u32> = store
         .backend()
         .scan(Collection::Subnets, &[], None, usize::MAX)?

@@ -151,6 +151,18 @@ pub type Lock = (Collection, Vec<u8>);
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, collection: Collection, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
 
+    /// The values of `keys`, in their order (None for an absent key). A
+    /// database answers them in one round trip rather than one each. No
+    /// snapshot is promised: a commit between two of the reads may show in
+    /// one and not the other, as with separate calls of `get`.
+    fn get_many(
+        &self,
+        collection: Collection,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().map(|key| self.get(collection, key)).collect()
+    }
+
     /// Up to `limit` entries whose keys start with `prefix`, in key order,
     /// after `after` if given.
     fn scan(

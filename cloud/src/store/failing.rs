@@ -83,6 +83,14 @@ impl Backend for FailingBackend {
         self.inner.get(collection, key)
     }
 
+    fn get_many(
+        &self,
+        collection: Collection,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        self.inner.get_many(collection, keys)
+    }
+
     fn scan(
         &self,
         collection: Collection,

@@ -38,14 +38,23 @@
 //! it is durable on the server and its synchronous standbys.
 //!
 //! A [group commit](Backend::commit_group) is one such transaction holding
-//! many batches, each behind a savepoint: a batch whose expectation fails is
-//! rolled back to its savepoint (its locks go with it) and the others stay.
-//! Then the group's lock key is read `FOR UPDATE` and its last batch made
-//! and applied; one `COMMIT`, so one flush, makes all of it durable.
+//! many batches. It first sends every batch and the `SELECT ... FOR UPDATE`
+//! of the group's lock key in one pipeline, which is enough when every
+//! batch holds (the usual case). When one does not, its statements before
+//! the failed check may have applied, and the batches after it saw them:
+//! the transaction is rolled back and the group runs again with each batch
+//! behind a savepoint, where a batch whose expectation fails is rolled back
+//! to its savepoint (its locks go with it) and the others stay, and the
+//! lock key is read after them. Either way the group's last batch is then
+//! made from the outcomes and the locked value and applied; one `COMMIT`,
+//! so one flush, makes all of it durable.
 //!
 //! The statements of one call are pipelined on one connection, so a commit
-//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`
-//! (and one more per batch of a group).
+//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`,
+//! and for a group one more for its last batch. A group that falls back
+//! pays for the pipeline it undoes, a `ROLLBACK` and a `BEGIN`, then one
+//! round trip per batch and one for the lock; a run again after a deadlock
+//! goes batch by batch at once.
 
 mod bridge;
 mod migrations;
@@ -452,6 +461,58 @@ async fn run_steps(
     Ok(Ok(()))
 }
 
+/// Every batch's statements, then the lock's `SELECT ... FOR UPDATE` if
+/// any, in one pipeline and without savepoints: per batch whether its
+/// expectations held (a batch whose plan contradicts itself is not sent),
+/// and the locked value. Meaningful only when every batch held: a batch
+/// after one that failed ran against that one's partial changes.
+async fn run_optimistic(
+    tx: &deadpool_postgres::Transaction<'_>,
+    plans: &[Result<Vec<Step<'_>>, Collection>],
+    lock: Option<&Lock>,
+) -> Result<(Vec<Result<(), Collection>>, Option<Vec<u8>>), tokio_postgres::Error> {
+    let steps: Vec<&Step<'_>> = plans.iter().filter_map(|p| p.as_ref().ok()).flatten().collect();
+    let statements =
+        futures_util::future::try_join_all(steps.iter().map(|s| tx.prepare_cached(s.sql))).await?;
+    let lock_statement = match lock {
+        Some(_) => Some(tx.prepare_cached(LOCK).await?),
+        None => None,
+    };
+    // Pipelined, and executed by the server in this order.
+    let counts = futures_util::future::try_join_all(
+        statements.iter().zip(&steps).map(|(statement, step)| tx.execute(statement, &step.params)),
+    );
+    let locked = async {
+        match (lock, &lock_statement) {
+            (Some((collection, key)), Some(select)) => {
+                tx.query_opt(select, &[name_of(collection), key]).await.map(|row| row.map(|r| r.get(0)))
+            }
+            _ => Ok(None),
+        }
+    };
+    let (counts, locked) = futures_util::future::try_join(counts, locked).await?;
+    let mut counts = counts.into_iter();
+    let outcomes = plans
+        .iter()
+        .map(|plan| match plan {
+            Err(collection) => Err(*collection),
+            Ok(steps) => {
+                let mut held = Ok(());
+                for (step, count) in steps.iter().zip(counts.by_ref()) {
+                    if let Some(collection) = step.must_touch_one
+                        && count != 1
+                        && held.is_ok()
+                    {
+                        held = Err(collection);
+                    }
+                }
+                held
+            }
+        })
+        .collect();
+    Ok((outcomes, locked))
+}
+
 async fn begin(client: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
     client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await
 }
@@ -477,10 +538,57 @@ async fn try_commit(
     Ok(Ok(()))
 }
 
-/// One attempt at a group commit (see [`Backend::commit_group`]): each
-/// batch behind a savepoint it is rolled back to if its expectations fail,
-/// then what `finish` adds, in one transaction.
+/// One attempt at a group commit (see [`Backend::commit_group`]): every
+/// batch and the lock in one pipeline when `optimistic` (see the module's
+/// docs), else, or when one of them fails, each batch behind a savepoint it
+/// is rolled back to if its expectations fail; then what `finish` adds, in
+/// one transaction.
 async fn try_group(
+    client: &mut Object,
+    batches: &[Batch],
+    lock: Option<&Lock>,
+    finish: &Arc<Finish>,
+    optimistic: &mut bool,
+) -> Result<Result<Vec<Result<(), BackendError>>, BackendError>, tokio_postgres::Error> {
+    // Usually every batch holds: then all of them and the lock take one
+    // round trip together. When one does not, the transaction is undone and
+    // the group runs again batch by batch behind savepoints, so that no
+    // batch sees another's half-applied changes; a run again after a
+    // deadlock then goes batch by batch at once.
+    if *optimistic && batches.len() > 1 {
+        let plans: Vec<Result<Vec<Step<'_>>, Collection>> = batches.iter().map(plan).collect();
+        let tx = begin(client).await?;
+        let (outcomes, locked) = run_optimistic(&tx, &plans, lock).await?;
+        let sent = plans.iter().zip(&outcomes).filter(|(plan, _)| plan.is_ok());
+        if sent.clone().all(|(_, outcome)| outcome.is_ok()) {
+            let held: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+            let last = finish(&held, locked.as_deref());
+            let steps = match plan(&last) {
+                Ok(steps) => steps,
+                Err(collection) => {
+                    tx.rollback().await?;
+                    return Ok(Err(BackendError::Conflict { collection }));
+                }
+            };
+            if let Err(collection) = run_steps(&tx, &[], &steps).await? {
+                tx.rollback().await?;
+                return Ok(Err(BackendError::Conflict { collection }));
+            }
+            tx.commit().await?;
+            return Ok(Ok(outcomes
+                .into_iter()
+                .map(|o| o.map_err(|collection| BackendError::Conflict { collection }))
+                .collect()));
+        }
+        tx.rollback().await?;
+        *optimistic = false;
+    }
+    try_group_in_turn(client, batches, lock, finish).await
+}
+
+/// [`try_group`] one batch at a time, each behind a savepoint it is rolled
+/// back to if its expectations fail.
+async fn try_group_in_turn(
     client: &mut Object,
     batches: &[Batch],
     lock: Option<&Lock>,
@@ -585,6 +693,32 @@ impl Backend for PostgresBackend {
         })
     }
 
+    fn get_many(
+        &self,
+        collection: Collection,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        self.call(move |client| async move {
+            // One point read per key, pipelined: one round trip, and each
+            // read is the primary key's index lookup. (`key = ANY($2)` left
+            // the generic plan free to walk a whole collection.)
+            let select = client.prepare_cached(SELECT_ONE).await.map_err(io)?;
+            let name = collection.name();
+            let params: Vec<[&(dyn ToSql + Sync); 2]> =
+                keys.iter().map(|key| [&name as _, key as _]).collect();
+            let rows = futures_util::future::try_join_all(
+                params.iter().map(|params| client.query_opt(&select, params)),
+            )
+            .await
+            .map_err(io)?;
+            Ok(rows.into_iter().map(|row| row.map(|r| r.get(0))).collect())
+        })
+    }
+
     fn scan(
         &self,
         collection: Collection,
@@ -653,9 +787,9 @@ impl Backend for PostgresBackend {
         finish: Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
         self.call(move |mut client| async move {
-            let mut tries = 0;
+            let (mut tries, mut optimistic) = (0, true);
             loop {
-                match try_group(&mut client, &batches, lock.as_ref(), &finish).await {
+                match try_group(&mut client, &batches, lock.as_ref(), &finish, &mut optimistic).await {
                     Ok(outcome) => return outcome,
                     Err(e) => again(e, &mut tries).await?,
                 }
