@@ -49,7 +49,7 @@ impl Way {
 /// client (service, socket, home) once the technician logged in.
 pub struct Client {
     bin: PathBuf,
-    ferry: Option<FerryClient>,
+    ferry: Option<Box<FerryClient>>,
 }
 
 impl Client {
@@ -62,12 +62,12 @@ impl Client {
         let mut ferry =
             FerryClient::new(self.bin.clone(), &world.tech_ns, &world.lab.dir().join("ferry-client"));
         ferry.start_service().map_err(anyhow::Error::msg)?;
-        self.ferry = Some(ferry);
+        self.ferry = Some(Box::new(ferry));
         Ok(())
     }
 
     fn ferry(&self) -> Result<&FerryClient> {
-        self.ferry.as_ref().ok_or_else(|| anyhow!("the ferry service is not started"))
+        self.ferry.as_deref().ok_or_else(|| anyhow!("the ferry service is not started"))
     }
 
     /// `ferry ARGS` as the technician, in their namespace.

@@ -8,8 +8,8 @@ use std::{
 
 use ferry_lab::Netns;
 use ferry_world::{
-    ECHO_PORT, EchoLoop, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, PLC_PAGE, User, http_get,
-    parse_targets, tcp_exchange,
+    ECHO_PORT, EchoLoop, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, PLC_PAGE, User,
+    client_proxies, http_get, parse_targets, tcp_exchange,
     wg::{Keys, WireguardGo},
 };
 use serde_json::{Value, json};
@@ -34,8 +34,33 @@ pub const SHORT_SESSION_S: u64 = 60;
 pub struct Tech {
     pub user: User,
     pub ns: Netns,
+    /// The `ferry` client on this technician's laptop: its service runs
+    /// the whole time (but for its kills), logged in as the user.
+    pub client: FerryClient,
     pub live: Option<Live>,
 }
+
+/// Which client a session's tunnel uses, chosen per session from the
+/// seed's client stream (see [`crate::soak::CLIENT_STREAM`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Ferry's own client: `ferry connect`, its service owns the tunnel.
+    Ferry,
+    /// The cloud's wg-quick export with a stock wireguard-go.
+    Stock,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ferry => "the ferry client",
+            Kind::Stock => "wireguard-go (wg-quick file)",
+        }
+    }
+}
+
+/// The share of sessions that use the `ferry` client, in percent.
+const FERRY_SHARE: u64 = 60;
 
 /// A session of a technician's that has not ended (as far as the workload
 /// knows).
@@ -44,22 +69,34 @@ pub struct Live {
     pub short: bool,
     pub approval: bool,
     pub approved: bool,
+    pub kind: Kind,
     pub tunnel: Option<Tunnel>,
     pub started: Instant,
 }
 
 pub struct Tunnel {
-    /// Dropping it takes the tunnel down.
-    go: WireguardGo,
     pub proxies: BTreeMap<String, String>,
-    /// The exported file and the key, to start the client again.
-    wg_quick: String,
-    private_key: String,
+    pub client: TunnelClient,
+}
+
+/// What carries a tunnel.
+pub enum TunnelClient {
+    /// A stock wireguard-go from the exported file.
+    Stock {
+        /// Dropping it takes the tunnel down.
+        go: WireguardGo,
+        /// The exported file and the key, to start the client again.
+        wg_quick: String,
+        private_key: String,
+    },
+    /// The `ferry` client's tunnel, configuration `config_id`: the service
+    /// takes it down when the session ends at the cloud or expires.
+    Ferry { config_id: u64 },
 }
 
 impl Tech {
-    pub fn new(user: User, ns: Netns) -> Tech {
-        Tech { user, ns, live: None }
+    pub fn new(user: User, ns: Netns, client: FerryClient) -> Tech {
+        Tech { user, ns, client, live: None }
     }
 }
 
@@ -128,6 +165,7 @@ impl Soak {
     fn prepare_and_start(&mut self, t: usize) -> Outcome {
         let short = self.rng.chance(30);
         let approval = self.rng.chance(30);
+        let kind = if self.kinds.chance(FERRY_SHARE) { Kind::Ferry } else { Kind::Stock };
         let max = if short { SHORT_SESSION_S } else { 3600 };
         let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
@@ -141,6 +179,7 @@ impl Soak {
         );
         self.transitions.push((id, "session.create"));
         self.stats.sessions += 1;
+        *self.stats.sessions_by_kind.entry(kind.name()).or_default() += 1;
         let (status, session) =
             self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/start"), Value::Null)?;
         let who = self.techs[t].user.name.clone();
@@ -159,11 +198,19 @@ impl Soak {
         }
         self.transitions.push((id, "session.start"));
         self.event(format!(
-            "{who}: session {id} prepared (max {max}s, approval {approval}) and started: {}",
+            "{who}: session {id} prepared (max {max}s, approval {approval}, {}) and started: {}",
+            kind.name(),
             session["state"]
         ));
-        self.techs[t].live =
-            Some(Live { id, short, approval, approved: !approval, tunnel: None, started: Instant::now() });
+        self.techs[t].live = Some(Live {
+            id,
+            short,
+            approval,
+            approved: !approval,
+            kind,
+            tunnel: None,
+            started: Instant::now(),
+        });
         Ok(())
     }
 
@@ -205,6 +252,9 @@ impl Soak {
     }
 
     fn bring_up_tunnel(&mut self, t: usize) -> Outcome {
+        if self.live(t).kind == Kind::Ferry {
+            return self.connect_client(t);
+        }
         let id = self.live(t).id;
         let ns = self.techs[t].ns.clone();
         let keys = Keys::generate(&ns);
@@ -225,8 +275,34 @@ impl Soak {
         }
         let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &text, &keys.private);
         let proxies = parse_targets(&text);
-        self.live_mut(t).tunnel = Some(Tunnel { go, proxies, wg_quick: text, private_key: keys.private });
+        self.live_mut(t).tunnel = Some(Tunnel {
+            proxies,
+            client: TunnelClient::Stock { go, wg_quick: text, private_key: keys.private },
+        });
         self.event(format!("session {id}: wireguard-go up from the wg-quick file"));
+        self.use_session(t)
+    }
+
+    /// `ferry connect` for technician `t`'s session: the service makes the
+    /// key pair and the TUN device, the cloud the configuration. A connect
+    /// that fails is not an invariant (the gateway may still come back from
+    /// a fault): the session ends by the admin, as without a wg-quick file.
+    fn connect_client(&mut self, t: usize) -> Outcome {
+        let id = self.live(t).id;
+        let tunnel = match self.techs[t].client.connect(id, 20) {
+            Ok(tunnel) => tunnel,
+            Err(e) => {
+                self.event(format!("session {id}: ferry connect failed: {e}"));
+                return self.end_session(t, End::Admin);
+            }
+        };
+        let config_id = tunnel["config_id"].as_u64().unwrap_or_default();
+        let proxies = client_proxies(&tunnel);
+        if proxies.len() < 4 {
+            return Err(format!("session {id}: `ferry connect --json` lacks targets: {tunnel}"));
+        }
+        self.event(format!("session {id}: ferry connect: {}", client_line(&tunnel)));
+        self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id } });
         self.use_session(t)
     }
 
@@ -302,16 +378,14 @@ impl Soak {
             self.stats.uses_ok += 1;
         } else {
             self.stats.uses_failed += 1;
-            let show = tunnel_state(self.live(t).tunnel.as_ref().expect("a tunnel"));
+            let show = self.tunnel_state(t);
             let at_gateway = self
                 .world
                 .gateway_sessions()
                 .as_array()
                 .and_then(|all| all.iter().find(|s| s["id"] == id).map(|s| s["peers"].to_string()))
                 .unwrap_or_else(|| "unknown to the gateway".into());
-            self.event(format!(
-                "session {id}: the technician's wireguard-go: {show}; the gateway's peers: {at_gateway}"
-            ));
+            self.event(format!("session {id}: the technician's {show}; the gateway's peers: {at_gateway}"));
         }
         self.event(format!(
             "session {id}: used: plc-web {}, ping {}, udp echo {udp_echoed}/{}, echo {} KiB {}, forbidden ports silent",
@@ -333,6 +407,11 @@ impl Soak {
     fn end_session(&mut self, t: usize, how: End) -> Outcome {
         let live = self.live(t);
         let id = live.id;
+        let live_kind = live.kind;
+        let config_id = match live.tunnel.as_ref().map(|tunnel| &tunnel.client) {
+            Some(TunnelClient::Ferry { config_id }) => Some(*config_id),
+            _ => None,
+        };
         let echo_proxy = live.tunnel.as_ref().map(|tunnel| tunnel.proxies["echo"].clone());
         let ns = self.techs[t].ns.clone();
         let echo_loop =
@@ -414,6 +493,7 @@ impl Soak {
                     short: false,
                     approval: false,
                     approved: true,
+                    kind: live_kind,
                     tunnel: None,
                     started: Instant::now(),
                 });
@@ -477,6 +557,19 @@ impl Soak {
             ));
         }
         self.event(format!("session {id}: ended ({}), traffic stopped ({checked})", how_name(how)));
+        if let Some(config_id) = config_id {
+            // The client takes its tunnel down by itself (its watch on the
+            // configuration, or its own expiry timer); the end of the run
+            // checks that every one went down. Here only what it says now.
+            let said = match self.techs[t].client.status() {
+                Ok(all) => all
+                    .iter()
+                    .find(|tunnel| tunnel["config_id"].as_u64() == Some(config_id))
+                    .map_or_else(|| "not listed".to_string(), client_line),
+                Err(e) => e,
+            };
+            self.event(format!("session {id}: ferry status: {said}"));
+        }
         if matches!(how, End::Disabled) {
             let user_id = self.techs[t].user.id;
             let (status, body) =
@@ -489,7 +582,13 @@ impl Soak {
             let user = &self.techs[t].user;
             let token = self.world.login(&ns, &user.name, &user.password).1;
             self.techs[t].user.token = token;
-            self.event(format!("user {user_id} enabled again"));
+            // The client's login went too (its refresh token revoked).
+            let url = self.world.technician_cloud_url();
+            let tech = &self.techs[t];
+            tech.client
+                .login(&url, self.world.cloud_pin.as_deref(), &tech.user.name, &tech.user.password)
+                .map_err(|e| format!("ferry login after user {user_id} was enabled again: {e}"))?;
+            self.event(format!("user {user_id} enabled again, logged in again (API and ferry login)"));
         }
         if matches!(how, End::Switch) {
             self.world.remote("on");
@@ -500,38 +599,76 @@ impl Soak {
         Ok(())
     }
 
-    /// A fault on the technician's side: their wireguard-go SIGKILLed (its
-    /// interface goes with it) and started again from the same file and
-    /// key, on a new UDP port. It must carry traffic again within
-    /// [`RELAY_RECOVERY`]: its first handshake rebinds it at the relay.
+    /// A fault on the technician's side: their client SIGKILLed and started
+    /// again. A stock wireguard-go (its interface goes with it) is started
+    /// again from the same file and key, on a new UDP port; its first
+    /// handshake rebinds it at the relay. The `ferry` client's service (its
+    /// TUN devices go with it) is started again and the technician runs
+    /// `ferry connect` again (the service keeps no tunnel across a restart;
+    /// the cloud revokes the old configuration). Either way the session must
+    /// carry traffic again within [`RELAY_RECOVERY`] of the client running
+    /// again.
     fn restart_client(&mut self, t: usize) -> Outcome {
         let id = self.live(t).id;
         let ns = self.techs[t].ns.clone();
         let tunnel = self.live_mut(t).tunnel.take().expect("a tunnel");
-        let pid = nix::unistd::Pid::from_raw(tunnel.go.pid() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.to_string())?;
-        let (wg_quick, private_key, echo) =
-            (tunnel.wg_quick.clone(), tunnel.private_key.clone(), tunnel.proxies["echo"].clone());
-        drop(tunnel);
-        self.stats.client_kills += 1;
-        self.event(format!("fault: session {id}: the technician's wireguard-go SIGKILLed"));
-        std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
-        let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &wg_quick, &private_key);
-        let started = Instant::now();
-        let proxies = parse_targets(&wg_quick);
-        self.live_mut(t).tunnel = Some(Tunnel { go, proxies, wg_quick, private_key });
-        let back = ferry_world::eventually(RELAY_RECOVERY, || {
+        let kind = self.live(t).kind;
+        *self.stats.client_kills.entry(kind.name()).or_default() += 1;
+        let started = match tunnel.client {
+            TunnelClient::Stock { go, wg_quick, private_key } => {
+                let pid = nix::unistd::Pid::from_raw(go.pid() as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.to_string())?;
+                drop(go);
+                self.event(format!("fault: session {id}: the technician's wireguard-go SIGKILLed"));
+                std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
+                let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &wg_quick, &private_key);
+                let started = Instant::now();
+                let proxies = parse_targets(&wg_quick);
+                self.live_mut(t).tunnel =
+                    Some(Tunnel { proxies, client: TunnelClient::Stock { go, wg_quick, private_key } });
+                self.event(format!("session {id}: wireguard-go started again"));
+                started
+            }
+            TunnelClient::Ferry { config_id } => {
+                let pid = self.techs[t].client.kill_service();
+                self.event(format!(
+                    "fault: session {id}: the technician's ferry service (pid {}) SIGKILLed, with tunnel \
+                     (configuration {config_id})",
+                    pid.unwrap_or_default()
+                ));
+                std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
+                self.techs[t].client.start_service().map_err(|e| format!("ferry service again: {e}"))?;
+                let started = Instant::now();
+                let tunnel = self.techs[t].client.connect(id, 20).map_err(|e| {
+                    format!("session {id}: the ferry service started again, `ferry connect` failed: {e}")
+                })?;
+                let config_id = tunnel["config_id"].as_u64().unwrap_or_default();
+                let proxies = client_proxies(&tunnel);
+                self.event(format!(
+                    "session {id}: ferry service started again, ferry connect: {}",
+                    client_line(&tunnel)
+                ));
+                self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id } });
+                started
+            }
+        };
+        let echo = self.live(t).tunnel.as_ref().expect("a tunnel").proxies["echo"].clone();
+        let left = RELAY_RECOVERY.saturating_sub(started.elapsed());
+        let back = ferry_world::eventually(left, || {
             ferry_world::echo_round_trip(&ns, &echo, ECHO_PORT, Duration::from_secs(2))
         });
         self.stats.checks += 1;
         if let Err(e) = back {
             return Err(format!(
-                "session {id}: the technician's client started again, no echo within {RELAY_RECOVERY:?} ({e})"
+                "session {id}: the technician's client ({}) started again, no echo within {RELAY_RECOVERY:?} ({e}); {}",
+                kind.name(),
+                self.tunnel_state(t)
             ));
         }
         self.event(format!(
-            "session {id}: wireguard-go started again, traffic back after {:.1}s",
-            started.elapsed().as_secs_f64()
+            "session {id}: traffic back after {:.1}s ({})",
+            started.elapsed().as_secs_f64(),
+            kind.name()
         ));
         self.use_session(t)
     }
@@ -539,6 +676,36 @@ impl Soak {
     /// Ends technician `t`'s session if it is live (the end of the run).
     pub fn end_if_live(&mut self, t: usize) -> Outcome {
         if self.techs[t].live.is_some() { self.end_session(t, End::Admin) } else { Ok(()) }
+    }
+
+    /// The client's view of technician `t`'s tunnel, for the log: the
+    /// endpoint and last handshake of wireguard-go's peer, or what `ferry
+    /// status` says.
+    fn tunnel_state(&self, t: usize) -> String {
+        match self.techs[t].live.as_ref().and_then(|live| live.tunnel.as_ref()).map(|tunnel| &tunnel.client) {
+            Some(TunnelClient::Stock { go, .. }) => {
+                let endpoints = go.show("endpoints");
+                let handshakes = go.show("latest-handshakes");
+                let last = ferry_world::wg::latest_handshake(&handshakes);
+                let ago =
+                    if last == 0 { "never".to_string() } else { format!("{}s ago", unix_ms() / 1000 - last) };
+                format!(
+                    "wireguard-go: endpoint {}, last handshake {ago}",
+                    endpoints.split_whitespace().nth(1).unwrap_or("none")
+                )
+            }
+            Some(TunnelClient::Ferry { config_id }) => {
+                let said = match self.techs[t].client.status() {
+                    Ok(all) => all
+                        .iter()
+                        .find(|tunnel| tunnel["config_id"].as_u64() == Some(*config_id))
+                        .map_or_else(|| format!("configuration {config_id} not listed"), client_line),
+                    Err(e) => e,
+                };
+                format!("ferry client: {said}")
+            }
+            None => "client: no tunnel".to_string(),
+        }
     }
 
     fn live(&self, t: usize) -> &Live {
@@ -550,13 +717,22 @@ impl Soak {
     }
 }
 
-/// The endpoint and last handshake of the tunnel's peer, for the log.
-fn tunnel_state(tunnel: &Tunnel) -> String {
-    let endpoints = tunnel.go.show("endpoints");
-    let handshakes = tunnel.go.show("latest-handshakes");
-    let last = ferry_world::wg::latest_handshake(&handshakes);
-    let ago = if last == 0 { "never".to_string() } else { format!("{}s ago", unix_ms() / 1000 - last) };
-    format!("endpoint {}, last handshake {ago}", endpoints.split_whitespace().nth(1).unwrap_or("none"))
+/// What `ferry status --json` says of a tunnel, for the log.
+fn client_line(tunnel: &serde_json::Value) -> String {
+    let path = tunnel["path"].as_str().unwrap_or("none yet");
+    let endpoint = tunnel["peer_endpoint"].as_str().unwrap_or("none");
+    let handshake = match tunnel["last_handshake_ms"].as_u64() {
+        Some(ms) => format!("{:.1}s ago", unix_ms().saturating_sub(ms) as f64 / 1000.0),
+        None => "none yet".to_string(),
+    };
+    let state = match tunnel["ended"]["reason"].as_str() {
+        Some(reason) => format!("down: {reason}"),
+        None => "up".to_string(),
+    };
+    format!(
+        "configuration {}, {state}, path {path}, endpoint {endpoint}, last handshake {handshake}",
+        tunnel["config_id"]
+    )
 }
 
 fn how_name(how: End) -> &'static str {
