@@ -71,6 +71,7 @@ pub struct Live {
     pub approved: bool,
     pub kind: Kind,
     pub tunnel: Option<Tunnel>,
+    /// When its duration began: its start, or its approval.
     pub started: Instant,
 }
 
@@ -122,15 +123,18 @@ impl Soak {
         let Some(live) = &self.techs[t].live else {
             return self.prepare_and_start(t);
         };
+        // Before the expiry: a session waiting for its approval has no
+        // duration running yet (the cloud's expiry is then the approval's
+        // 15 minutes).
+        if live.approval && !live.approved {
+            return self.approve(t);
+        }
         // A short session near its end: wait for the expiry rather than
         // race it.
         if live.short
             && live.started.elapsed() + Duration::from_secs(8) > Duration::from_secs(SHORT_SESSION_S)
         {
             return self.end_session(t, End::Expiry);
-        }
-        if live.approval && !live.approved {
-            return self.approve(t);
         }
         if live.tunnel.is_none() {
             return self.bring_up_tunnel(t);
@@ -233,6 +237,8 @@ impl Soak {
         }
         self.transitions.push((id, "session.approve"));
         self.live_mut(t).approved = true;
+        // The session's duration starts at its approval.
+        self.live_mut(t).started = Instant::now();
         // The approval reaches the cloud through the gateway's event queue,
         // which survives kills: the session becomes active there.
         let world = &self.world;
