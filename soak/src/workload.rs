@@ -488,10 +488,14 @@ impl Soak {
                 self.world.remote("off");
                 let at = Instant::now();
                 self.switch_on = false;
-                // The switch ends every session of the gateway.
+                // The switch ends every session of the gateway, but for
+                // one whose time ran out first (another technician's short
+                // session, which no step of theirs waited for): the cloud's
+                // final state says which transition it made.
                 for other in 0..self.techs.len() {
                     if let Some(live) = self.techs[other].live.take() {
-                        self.transitions.push((live.id, "session.end"));
+                        let action = self.final_transition(live.id)?;
+                        self.transitions.push((live.id, action));
                     }
                 }
                 self.techs[t].live = Some(Live {
@@ -677,6 +681,24 @@ impl Soak {
             kind.name()
         ));
         self.use_session(t)
+    }
+
+    /// The audit action that ended session `id`, once the cloud shows it
+    /// over: `session.expire` when it expired, else `session.end`.
+    fn final_transition(&mut self, id: u64) -> Outcome<&'static str> {
+        let world = &self.world;
+        let mut state = Value::Null;
+        let over = ferry_world::poll(GATEWAY_LEARNS, || {
+            state = world.session(id)["state"].clone();
+            state == "ended" || state == "expired"
+        });
+        self.stats.checks += 1;
+        if !over {
+            return Err(format!(
+                "session {id}: still {state} at the cloud {GATEWAY_LEARNS:?} after the switch off"
+            ));
+        }
+        Ok(if state == "expired" { "session.expire" } else { "session.end" })
     }
 
     /// Ends technician `t`'s session if it is live (the end of the run).
