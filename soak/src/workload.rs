@@ -28,6 +28,9 @@ const STOP_BOUND: Duration = Duration::from_secs(1);
 /// gateway's keepalive (10 s) and silence limit (35 s) after a NAT lost the
 /// control channel's mapping, with room to reconnect.
 const GATEWAY_LEARNS: Duration = Duration::from_secs(60);
+/// How late past the switch off a session's end time may be for its expiry
+/// to count as its end (the cloud's expiry timer fires at its own pace).
+const EXPIRY_SLACK_MS: u64 = 1000;
 /// A short session's maximum duration, for expiry.
 pub const SHORT_SESSION_S: u64 = 60;
 
@@ -485,6 +488,9 @@ impl Soak {
                 at
             }
             End::Switch => {
+                // Before the flip: a session the cloud shows expired must
+                // have had its end time by then, not later.
+                let off_ms = unix_ms();
                 self.world.remote("off");
                 let at = Instant::now();
                 self.switch_on = false;
@@ -494,7 +500,7 @@ impl Soak {
                 // final state says which transition it made.
                 for other in 0..self.techs.len() {
                     if let Some(live) = self.techs[other].live.take() {
-                        let action = self.final_transition(live.id)?;
+                        let action = self.final_transition(live.id, off_ms)?;
                         self.transitions.push((live.id, action));
                     }
                 }
@@ -684,21 +690,36 @@ impl Soak {
     }
 
     /// The audit action that ended session `id`, once the cloud shows it
-    /// over: `session.expire` when it expired, else `session.end`.
-    fn final_transition(&mut self, id: u64) -> Outcome<&'static str> {
+    /// over after the switch went off at `off_ms`: `session.end`, or
+    /// `session.expire` for a session whose end time had come by then. One
+    /// that expired later outlived the switch: a breach.
+    fn final_transition(&mut self, id: u64, off_ms: u64) -> Outcome<&'static str> {
         let world = &self.world;
-        let mut state = Value::Null;
+        let mut session = Value::Null;
         let over = ferry_world::poll(GATEWAY_LEARNS, || {
-            state = world.session(id)["state"].clone();
-            state == "ended" || state == "expired"
+            session = world.session(id);
+            session["state"] == "ended" || session["state"] == "expired"
         });
         self.stats.checks += 1;
         if !over {
             return Err(format!(
-                "session {id}: still {state} at the cloud {GATEWAY_LEARNS:?} after the switch off"
+                "session {id}: still {} at the cloud {GATEWAY_LEARNS:?} after the switch off",
+                session["state"]
             ));
         }
-        Ok(if state == "expired" { "session.expire" } else { "session.end" })
+        if session["state"] == "ended" {
+            return Ok("session.end");
+        }
+        // The cloud's expiry runs on a timer: a second of slack for one
+        // that was due just as the switch went off.
+        match session["expires_ms"].as_u64() {
+            Some(expires_ms) if expires_ms <= off_ms + EXPIRY_SLACK_MS => Ok("session.expire"),
+            Some(expires_ms) => Err(format!(
+                "the switch off did not end session {id}: it expired later, {:.1}s after the switch went off",
+                expires_ms.saturating_sub(off_ms) as f64 / 1000.0
+            )),
+            None => Err(format!("session {id}: expired at the cloud without an expires_ms: {session}")),
+        }
     }
 
     /// Ends technician `t`'s session if it is live (the end of the run).
