@@ -81,6 +81,8 @@ fn a_short_soak_with_a_fixed_seed_passes_every_invariant() {
     // wireguard-go (the client stream; docs/soak.md).
     assert!(row(&table, "  with the ferry client") >= 1, "{table}");
     assert!(row(&table, "  with wireguard-go") >= 1, "{table}");
+    // And the client's tunnels carry traffic, not only come up.
+    assert!(row(&table, "  ok through the ferry client") >= 1, "{table}");
 }
 
 /// A new schedule on every run, so that CI explores beyond seed 2. Without

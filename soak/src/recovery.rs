@@ -40,7 +40,7 @@ impl Soak {
             if live.short && live.started.elapsed() + margin > Duration::from_secs(SHORT_SESSION_S) {
                 continue;
             }
-            let echo = tunnel.proxies["echo"].clone();
+            let Some(echo) = tunnel.proxies.get("echo").cloned() else { continue };
             if eventually(Duration::from_secs(5), || {
                 echo_round_trip(&t.ns, &echo, ECHO_PORT, Duration::from_secs(2))
             })

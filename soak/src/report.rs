@@ -20,6 +20,13 @@ pub struct Stats {
     /// Bytes the workload moved through sessions (both directions).
     pub bytes: u64,
     pub uses_ok: u64,
+    /// Uses ok by the client their tunnel used ([`Kind::name`]).
+    pub uses_ok_by_kind: BTreeMap<&'static str, u64>,
+    /// `ferry connect` that failed (each a breach but for a session that
+    /// expired meanwhile).
+    pub connects_failed: u64,
+    /// `ferry connect --wait 20` that returned without a first handshake.
+    pub connects_without_handshake: u64,
     pub uses_failed: u64,
     pub forbidden_attempts: u64,
     /// Sessions whose traffic came back after a relay restart.
@@ -54,7 +61,13 @@ impl Stats {
             row(&format!("  ended {how}"), n.to_string());
         }
         row("uses (whitelisted traffic) ok", self.uses_ok.to_string());
+        for kind in [Kind::Ferry, Kind::Stock] {
+            let n = self.uses_ok_by_kind.get(kind.name()).copied().unwrap_or(0);
+            row(&format!("  ok through {}", kind.name()), n.to_string());
+        }
         row("uses that failed (no invariant)", self.uses_failed.to_string());
+        row("ferry connects that failed", self.connects_failed.to_string());
+        row("ferry connects without a handshake in 20 s", self.connects_without_handshake.to_string());
         row("attempts at non-whitelisted ports", self.forbidden_attempts.to_string());
         row("sessions recovered after a relay restart", self.relay_recoveries.to_string());
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());

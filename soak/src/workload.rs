@@ -31,6 +31,8 @@ const GATEWAY_LEARNS: Duration = Duration::from_secs(60);
 /// How late past the switch off a session's end time may be for its expiry
 /// to count as its end (the cloud's expiry timer fires at its own pace).
 const EXPIRY_SLACK_MS: u64 = 1000;
+/// The gateway's entries every session whitelists.
+const TARGETS: [&str; 4] = ["plc-web", "echo", "udp-echo", "plc-ping"];
 /// A short session's maximum duration, for expiry.
 pub const SHORT_SESSION_S: u64 = 60;
 
@@ -176,14 +178,7 @@ impl Soak {
         let max = if short { SHORT_SESSION_S } else { 3600 };
         let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
-        let id = self.world.create_named_session(
-            &name,
-            self.gateway_id,
-            &["plc-web", "echo", "udp-echo", "plc-ping"],
-            &[user_id],
-            max,
-            approval,
-        );
+        let id = self.world.create_named_session(&name, self.gateway_id, &TARGETS, &[user_id], max, approval);
         self.transitions.push((id, "session.create"));
         self.stats.sessions += 1;
         *self.stats.sessions_by_kind.entry(kind.name()).or_default() += 1;
@@ -293,37 +288,55 @@ impl Soak {
     }
 
     /// `ferry connect` for technician `t`'s session: the service makes the
-    /// key pair and the TUN device, the cloud the configuration. A connect
-    /// that fails is not an invariant (the gateway may still come back from
-    /// a fault): the session ends by the admin, as without a wg-quick file.
+    /// key pair and the TUN device, the cloud the configuration. Faults run
+    /// between steps and the system settled after the last one, so a
+    /// connect that fails is a breach, but for a session whose time ran out
+    /// meanwhile (a short one near its end): that one ends as expired.
     fn connect_client(&mut self, t: usize) -> Outcome {
         let id = self.live(t).id;
         let tunnel = match self.techs[t].client.connect(id, 20) {
             Ok(tunnel) => tunnel,
             Err(e) => {
+                self.stats.connects_failed += 1;
                 self.event(format!("session {id}: ferry connect failed: {e}"));
-                return self.end_session(t, End::Admin);
+                return self.expired_or(t, format!("session {id}: `ferry connect` failed: {e}"));
             }
         };
-        let config_id = tunnel["config_id"].as_u64().unwrap_or_default();
-        let proxies = client_proxies(&tunnel);
-        if proxies.len() < 4 {
-            return Err(format!("session {id}: `ferry connect --json` lacks targets: {tunnel}"));
+        if tunnel["last_handshake_ms"].is_null() {
+            // `--wait` gives up without an error: the soak carries on, and
+            // the use that follows says whether the tunnel works.
+            self.stats.connects_without_handshake += 1;
         }
+        let (config_id, proxies) = ferry_tunnel(id, &tunnel)?;
         self.event(format!("session {id}: ferry connect: {}", client_line(&tunnel)));
         self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id } });
         self.use_session(t)
+    }
+
+    /// After a step on technician `t`'s session failed with `breach`: a
+    /// session whose time ran out at the cloud ends as expired (its traffic
+    /// checked to stop); otherwise the breach, with the cloud's state.
+    fn expired_or(&mut self, t: usize, breach: String) -> Outcome {
+        let id = self.live(t).id;
+        let session = self.world.session(id);
+        let ran_out = session["expires_ms"].as_u64().is_some_and(|at| at <= unix_ms());
+        if session["state"] == "expired" && ran_out {
+            self.event(format!("session {id}: its time ran out meanwhile"));
+            return self.end_session(t, End::Expiry);
+        }
+        Err(format!("{breach} (the session at the cloud: {} {})", session["state"], session["end_reason"]))
     }
 
     /// Traffic to both whitelisted targets, and attempts at the ports of
     /// the same targets that no session whitelists (which must not answer).
     fn use_session(&mut self, t: usize) -> Outcome {
         let live = self.live(t);
-        let id = live.id;
-        let tunnel = live.tunnel.as_ref().expect("a tunnel");
-        let (web, echo) = (tunnel.proxies["plc-web"].clone(), tunnel.proxies["echo"].clone());
-        let udp_echo = tunnel.proxies["udp-echo"].clone();
-        let plc_ping = tunnel.proxies["plc-ping"].clone();
+        let (id, live_kind) = (live.id, live.kind);
+        let tunnel = live.tunnel.as_ref().ok_or_else(|| format!("session {id}: used without a tunnel"))?;
+        let web = proxy(id, &tunnel.proxies, "plc-web")?;
+        let echo = proxy(id, &tunnel.proxies, "echo")?;
+        let udp_echo = proxy(id, &tunnel.proxies, "udp-echo")?;
+        let plc_ping = proxy(id, &tunnel.proxies, "plc-ping")?;
         let ns = self.techs[t].ns.clone();
         let size = self.rng.between(1, 256) as usize * 1024;
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -385,6 +398,7 @@ impl Soak {
         }
         if web_ok && echo_ok && udp_ok && ping_ok {
             self.stats.uses_ok += 1;
+            *self.stats.uses_ok_by_kind.entry(live_kind.name()).or_default() += 1;
         } else {
             self.stats.uses_failed += 1;
             let show = self.tunnel_state(t);
@@ -421,7 +435,7 @@ impl Soak {
             Some(TunnelClient::Ferry { config_id }) => Some(*config_id),
             _ => None,
         };
-        let echo_proxy = live.tunnel.as_ref().map(|tunnel| tunnel.proxies["echo"].clone());
+        let echo_proxy = live.tunnel.as_ref().and_then(|tunnel| tunnel.proxies.get("echo").cloned());
         let ns = self.techs[t].ns.clone();
         let echo_loop =
             echo_proxy.and_then(|proxy| EchoLoop::start(&ns, &proxy, ECHO_PORT, Duration::from_secs(5)).ok());
@@ -627,7 +641,11 @@ impl Soak {
     fn restart_client(&mut self, t: usize) -> Outcome {
         let id = self.live(t).id;
         let ns = self.techs[t].ns.clone();
-        let tunnel = self.live_mut(t).tunnel.take().expect("a tunnel");
+        let tunnel = self
+            .live_mut(t)
+            .tunnel
+            .take()
+            .ok_or_else(|| format!("session {id}: a client restart without a tunnel"))?;
         let kind = self.live(t).kind;
         *self.stats.client_kills.entry(kind.name()).or_default() += 1;
         let started = match tunnel.client {
@@ -655,11 +673,22 @@ impl Soak {
                 std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
                 self.techs[t].client.start_service().map_err(|e| format!("ferry service again: {e}"))?;
                 let started = Instant::now();
-                let tunnel = self.techs[t].client.connect(id, 20).map_err(|e| {
-                    format!("session {id}: the ferry service started again, `ferry connect` failed: {e}")
-                })?;
-                let config_id = tunnel["config_id"].as_u64().unwrap_or_default();
-                let proxies = client_proxies(&tunnel);
+                let tunnel = match self.techs[t].client.connect(id, 20) {
+                    Ok(tunnel) => tunnel,
+                    Err(e) => {
+                        self.stats.connects_failed += 1;
+                        return self.expired_or(
+                            t,
+                            format!(
+                                "session {id}: the ferry service started again, `ferry connect` failed: {e}"
+                            ),
+                        );
+                    }
+                };
+                if tunnel["last_handshake_ms"].is_null() {
+                    self.stats.connects_without_handshake += 1;
+                }
+                let (config_id, proxies) = ferry_tunnel(id, &tunnel)?;
                 self.event(format!(
                     "session {id}: ferry service started again, ferry connect: {}",
                     client_line(&tunnel)
@@ -668,18 +697,21 @@ impl Soak {
                 started
             }
         };
-        let echo = self.live(t).tunnel.as_ref().expect("a tunnel").proxies["echo"].clone();
+        let tunnel = self.live(t).tunnel.as_ref().ok_or_else(|| format!("session {id}: no tunnel again"))?;
+        let echo = proxy(id, &tunnel.proxies, "echo")?;
         let left = RELAY_RECOVERY.saturating_sub(started.elapsed());
         let back = ferry_world::eventually(left, || {
             ferry_world::echo_round_trip(&ns, &echo, ECHO_PORT, Duration::from_secs(2))
         });
         self.stats.checks += 1;
         if let Err(e) = back {
-            return Err(format!(
+            // A short session may have run out of time during the restart.
+            let breach = format!(
                 "session {id}: the technician's client ({}) started again, no echo within {RELAY_RECOVERY:?} ({e}); {}",
                 kind.name(),
                 self.tunnel_state(t)
-            ));
+            );
+            return self.expired_or(t, breach);
         }
         self.event(format!(
             "session {id}: traffic back after {:.1}s ({})",
@@ -764,6 +796,25 @@ impl Soak {
     fn live_mut(&mut self, t: usize) -> &mut Live {
         self.techs[t].live.as_mut().expect("a live session")
     }
+}
+
+/// The configuration and the proxy addresses of a tunnel as `ferry connect
+/// --json` shows it; a missing field is a failure that names it.
+fn ferry_tunnel(id: u64, tunnel: &Value) -> Outcome<(u64, BTreeMap<String, String>)> {
+    let config_id = tunnel
+        .get("config_id")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("session {id}: `ferry connect --json` has no config_id: {tunnel}"))?;
+    let proxies = client_proxies(tunnel);
+    for name in TARGETS {
+        proxy(id, &proxies, name).map_err(|e| format!("{e}: {tunnel}"))?;
+    }
+    Ok((config_id, proxies))
+}
+
+/// The proxy address of target `name` of session `id`'s tunnel.
+fn proxy(id: u64, proxies: &BTreeMap<String, String>, name: &str) -> Outcome<String> {
+    proxies.get(name).cloned().ok_or_else(|| format!("session {id}: the tunnel has no target {name:?}"))
 }
 
 /// What `ferry status --json` says of a tunnel, for the log.
