@@ -15,6 +15,7 @@ use ferry_world::{
 use serde_json::{Value, json};
 
 use crate::{
+    clients::CLIENT_LEARNS,
     ping,
     recovery::RELAY_RECOVERY,
     soak::{Outcome, Soak},
@@ -439,6 +440,9 @@ impl Soak {
         let ns = self.techs[t].ns.clone();
         let echo_loop =
             echo_proxy.and_then(|proxy| EchoLoop::start(&ns, &proxy, ECHO_PORT, Duration::from_secs(5)).ok());
+        // Sessions of the other technician's with the `ferry` client that
+        // the switch ended: (technician, session, configuration).
+        let mut others_ferry = Vec::new();
         let ended_at = match how {
             End::Admin => {
                 let (status, body) =
@@ -514,6 +518,11 @@ impl Soak {
                 // final state says which transition it made.
                 for other in 0..self.techs.len() {
                     if let Some(live) = self.techs[other].live.take() {
+                        if let (true, Some(TunnelClient::Ferry { config_id })) =
+                            (other != t, live.tunnel.as_ref().map(|tunnel| &tunnel.client))
+                        {
+                            others_ferry.push((other, live.id, *config_id));
+                        }
                         let action = self.final_transition(live.id, off_ms)?;
                         self.transitions.push((live.id, action));
                     }
@@ -588,17 +597,11 @@ impl Soak {
         }
         self.event(format!("session {id}: ended ({}), traffic stopped ({checked})", how_name(how)));
         if let Some(config_id) = config_id {
-            // The client takes its tunnel down by itself (its watch on the
-            // configuration, or its own expiry timer); the end of the run
-            // checks that every one went down. Here only what it says now.
-            let said = match self.techs[t].client.status() {
-                Ok(all) => all
-                    .iter()
-                    .find(|tunnel| tunnel["config_id"].as_u64() == Some(config_id))
-                    .map_or_else(|| "not listed".to_string(), client_line),
-                Err(e) => e,
-            };
-            self.event(format!("session {id}: ferry status: {said}"));
+            self.check_client_tunnel_down(t, id, config_id)?;
+        }
+        // The switch ended the other technician's session too.
+        for (other, other_id, other_config) in others_ferry {
+            self.check_client_tunnel_down(other, other_id, other_config)?;
         }
         if matches!(how, End::Disabled) {
             let user_id = self.techs[t].user.id;
@@ -626,6 +629,37 @@ impl Soak {
             self.event("the customer's switch on again".into());
             self.settle("the switch flip")?;
         }
+        Ok(())
+    }
+
+    /// The `ferry` client of technician `t` takes the tunnel of ended
+    /// session `id` down by itself (its watch on the configuration, or its
+    /// own expiry timer) within [`CLIENT_LEARNS`]: a tunnel left up would
+    /// keep routing the proxy addresses that the next session's tunnel
+    /// takes.
+    fn check_client_tunnel_down(&mut self, t: usize, id: u64, config_id: u64) -> Outcome {
+        let client = &self.techs[t].client;
+        let mut last = Ok(None);
+        let down = ferry_world::poll(CLIENT_LEARNS, || {
+            last = client.tunnel_up(id);
+            matches!(last, Ok(None))
+        });
+        self.stats.checks += 1;
+        if !down {
+            let said = match last {
+                Ok(up) => up.as_ref().map_or_else(|| "not listed".to_string(), client_line),
+                Err(e) => e,
+            };
+            return Err(format!(
+                "session {id} ended, {}'s ferry client still has its tunnel up {CLIENT_LEARNS:?} later: {said}",
+                self.techs[t].user.name
+            ));
+        }
+        let said = match client.tunnel(config_id) {
+            Ok(tunnel) => tunnel.as_ref().map_or_else(|| "not listed".to_string(), client_line),
+            Err(e) => e,
+        };
+        self.event(format!("session {id}: the ferry client's tunnel is down: {said}"));
         Ok(())
     }
 
@@ -776,10 +810,9 @@ impl Soak {
                 )
             }
             Some(TunnelClient::Ferry { config_id }) => {
-                let said = match self.techs[t].client.status() {
-                    Ok(all) => all
-                        .iter()
-                        .find(|tunnel| tunnel["config_id"].as_u64() == Some(*config_id))
+                let said = match self.techs[t].client.tunnel(*config_id) {
+                    Ok(tunnel) => tunnel
+                        .as_ref()
                         .map_or_else(|| format!("configuration {config_id} not listed"), client_line),
                     Err(e) => e,
                 };

@@ -140,6 +140,22 @@ impl FerryClient {
             .find(|t| t["session_id"].as_u64() == Some(session) && t["ended"].is_null()))
     }
 
+    /// Why the tunnel to `session` went down (its `ended.reason`), if one
+    /// did.
+    pub fn tunnel_ended(&self, session: u64) -> Result<Option<String>, String> {
+        Ok(self.status()?.into_iter().find_map(|t| {
+            if t["session_id"].as_u64() != Some(session) || t["ended"].is_null() {
+                return None;
+            }
+            Some(t["ended"]["reason"].as_str().unwrap_or("?").to_string())
+        }))
+    }
+
+    /// The tunnel of configuration `config_id`, up or down, if listed.
+    pub fn tunnel(&self, config_id: u64) -> Result<Option<Value>, String> {
+        Ok(self.status()?.into_iter().find(|t| t["config_id"].as_u64() == Some(config_id)))
+    }
+
     /// The command a person types to run `ferry ARGS` as the technician here.
     pub fn command_line(&self, args: &str) -> String {
         format!(
