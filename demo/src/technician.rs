@@ -137,12 +137,13 @@ impl Technician {
                 );
                 client.start_service(world)?;
                 let url = world.technician_cloud_url();
-                let pin = world.cloud_pin.clone().unwrap_or_default();
-                step.command(format!("ferry login --cloud {url} --pin {} --user tech", short(&pin)));
-                let said = client.ok(
-                    &["login", "--cloud", &url, "--pin", &pin, "--user", &self.user.name, "--password-stdin"],
-                    &format!("{}\n", self.user.password),
-                )?;
+                let pin = world.cloud_pin.as_deref();
+                let pin_arg = pin.map(|pin| format!(" --pin {}", short(pin))).unwrap_or_default();
+                step.command(format!("ferry login --cloud {url}{pin_arg} --user {}", self.user.name));
+                let said = client
+                    .ferry()?
+                    .login(&url, pin, &self.user.name, &self.user.password)
+                    .map_err(anyhow::Error::msg)?;
                 step.say(said.trim_end());
                 step.command("ferry sessions");
                 step.say(client.ok(&["sessions"], "")?.trim_end());
@@ -200,12 +201,12 @@ impl Technician {
                 step.command(format!("ferry connect {session}"));
                 let said = client.ok(&["connect", &session.to_string()], "")?;
                 step.say(said.trim_end());
-                let status = client.status()?;
-                let mine = status
-                    .iter()
-                    .find(|t| t["session_id"].as_u64() == Some(session) && t["ended"].is_null())
+                let mine = client
+                    .ferry()?
+                    .tunnel_up(session)
+                    .map_err(anyhow::Error::msg)?
                     .ok_or_else(|| anyhow!("`ferry status` shows no tunnel up to session {session}"))?;
-                let proxies = client_proxies(mine);
+                let proxies = client_proxies(&mine);
                 Tunnel { proxies, stock: None }
             }
             Way::Stock => {
@@ -284,11 +285,7 @@ impl Technician {
         let Way::Client(client) = &self.way else { return Ok(None) };
         let mut reason = None;
         ferry_world::poll(Duration::from_secs(10), || {
-            reason = client.status().ok().and_then(|all| {
-                all.iter()
-                    .find(|t| t["session_id"].as_u64() == Some(session) && !t["ended"].is_null())
-                    .map(|t| t["ended"]["reason"].as_str().unwrap_or("?").to_string())
-            });
+            reason = client.ferry().ok().and_then(|ferry| ferry.tunnel_ended(session).ok().flatten());
             reason.is_some()
         });
         reason.map(Some).ok_or_else(|| anyhow!("`ferry status` still shows the tunnel up"))
