@@ -29,8 +29,9 @@ pub struct Stats {
     pub connects_without_handshake: u64,
     pub uses_failed: u64,
     pub forbidden_attempts: u64,
-    /// Sessions whose traffic came back after a relay restart.
-    pub relay_recoveries: u64,
+    /// Sessions whose traffic came back after a relay restart, by client
+    /// ([`Kind::name`]; only wireguard-go's go through the relay here).
+    pub relay_recoveries: BTreeMap<&'static str, u64>,
     pub udp_echoed: u64,
     /// Pings answered through the `plc-ping` entry.
     pub pings: u64,
@@ -69,7 +70,16 @@ impl Stats {
         row("ferry connects that failed", self.connects_failed.to_string());
         row("ferry connects without a handshake in 20 s", self.connects_without_handshake.to_string());
         row("attempts at non-whitelisted ports", self.forbidden_attempts.to_string());
-        row("sessions recovered after a relay restart", self.relay_recoveries.to_string());
+        row(
+            "sessions recovered after a relay restart",
+            self.relay_recoveries.values().sum::<u64>().to_string(),
+        );
+        for (kind, label) in [
+            (Kind::Stock, "  wireguard-go, through the relay"),
+            (Kind::Ferry, "  the ferry client, direct path"),
+        ] {
+            row(label, self.relay_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
+        }
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
