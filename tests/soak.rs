@@ -30,8 +30,8 @@ fn row(stdout: &str, name: &str) -> u64 {
 }
 
 /// Runs `ferry-soak` with `seed` for `seconds` and checks its table and
-/// what it left behind.
-fn soak(seed: u64, seconds: u64, extra: &[&str]) {
+/// what it left behind; the table.
+fn soak(seed: u64, seconds: u64, extra: &[&str]) -> String {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let more = extra.join(" ");
     eprintln!(
@@ -60,7 +60,6 @@ fn soak(seed: u64, seconds: u64, extra: &[&str]) {
     assert!(stdout.contains(&format!("seed {seed}")), "the seed is printed:\n{stdout}");
     assert!(stdout.contains("ferry-soak: passed"), "seed {seed}: {stdout}");
     assert!(row(&stdout, "sessions run") >= 2, "seed {seed}: {stdout}");
-    assert!(row(&stdout, "faults injected") >= 2, "seed {seed}: {stdout}");
     assert!(row(&stdout, "uses (whitelisted traffic) ok") >= 1, "seed {seed}: {stdout}");
     assert!(row(&stdout, "invariant checks made") >= 10, "seed {seed}: {stdout}");
     let left: Vec<String> = std::fs::read_dir("/run/netns")
@@ -71,11 +70,19 @@ fn soak(seed: u64, seconds: u64, extra: &[&str]) {
         .filter(|name| name.starts_with(&format!("fy-{pid}-")))
         .collect();
     assert_eq!(left, Vec::<String>::new(), "seed {seed}: the soak left namespaces behind");
+    stdout.into_owned()
 }
 
 #[test]
 fn a_short_soak_with_a_fixed_seed_passes_every_invariant() {
-    soak(SEED, 90, &[]);
+    let table = soak(SEED, 90, &[]);
+    assert!(row(&table, "faults injected") >= 2, "{table}");
+    // Seed 2's first sessions draw the ferry client, the ferry client and
+    // wireguard-go (the client stream; docs/soak.md).
+    assert!(row(&table, "  with the ferry client") >= 1, "{table}");
+    assert!(row(&table, "  with wireguard-go") >= 1, "{table}");
+    // And the client's tunnels carry traffic, not only come up.
+    assert!(row(&table, "  ok through the ferry client") >= 1, "{table}");
 }
 
 /// A new schedule on every run, so that CI explores beyond seed 2. Without
@@ -88,5 +95,7 @@ fn a_short_soak_with_a_random_seed_passes_every_invariant() {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS; a 32-bit seed is easy to copy.
     let seed = std::collections::hash_map::RandomState::new().build_hasher().finish() >> 32;
+    // One step in four is a fault: a 60 s schedule can draw a single one
+    // (seed 3246706090 did), so only seed 2's run above counts them.
     soak(seed, 60, &["--no-cloud-outage"]);
 }

@@ -351,7 +351,7 @@ impl Demo {
             let ended = world.wait_session_state(session, "ended", Duration::from_secs(15));
             ensure!(ended["end_reason"]["by"] == "customer", "ended, but not by the customer: {ended}");
             s.check(format!("the cloud shows session {session} ended by the customer"));
-            if let Some(reason) = technician.tunnel_ended(world, session)? {
+            if let Some(reason) = technician.tunnel_ended(session)? {
                 s.check(format!("`ferry status`: down: {reason}"));
             }
             technician.disconnect();
@@ -415,12 +415,12 @@ impl Demo {
             // verified both ways.
             let mut path = String::new();
             let direct = poll(Duration::from_secs(10), || {
-                path = technician.path_in_use(world).unwrap_or_default();
+                path = technician.path_in_use().unwrap_or_default();
                 path.starts_with("direct")
             });
             ensure!(direct, "no direct path through two cone NATs within 10 s: {path}");
         }
-        let path = technician.path_in_use(world)?;
+        let path = technician.path_in_use()?;
         s.check(format!("path: {path}"));
         if self.path == Path::Direct && !path.starts_with("direct") {
             s.say(

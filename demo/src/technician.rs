@@ -9,18 +9,10 @@
 //! go through the tunnel. On a real laptop `sudo ferry install` is the one
 //! step with root.
 
-use std::{
-    collections::BTreeMap,
-    io::Write as _,
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Output, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::Output, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
-use ferry_lab::Process;
-use ferry_world::{TechTunnel, User, World, problem_type};
+use ferry_world::{FerryClient, TechTunnel, User, World, client_proxies, problem_type, said};
 use serde_json::Value;
 
 use crate::{Path, plant, walk::Step};
@@ -53,83 +45,50 @@ impl Way {
     }
 }
 
-/// The `ferry` client on the technician's laptop.
+/// The `ferry` client on the technician's laptop: the binary, and the
+/// client (service, socket, home) once the technician logged in.
 pub struct Client {
     bin: PathBuf,
-    service: Option<Process>,
-    /// Its socket, configuration folder and home, in the world's folder.
-    socket: PathBuf,
-    home: PathBuf,
+    ferry: Option<Box<FerryClient>>,
 }
 
 impl Client {
     fn new(bin: PathBuf) -> Client {
-        Client { bin, service: None, socket: PathBuf::new(), home: PathBuf::new() }
+        Client { bin, ferry: None }
     }
 
     /// Starts `ferry service` in the technician's namespace.
     fn start_service(&mut self, world: &World) -> Result<()> {
-        self.socket = world.lab.dir().join("ferry-client").join("client.sock");
-        self.home = world.lab.dir().join("tech-home");
-        std::fs::create_dir_all(&self.home)?;
-        let mut cmd = world.tech_ns.command(&self.bin);
-        cmd.arg("service").arg("--socket").arg(&self.socket).args(["--group-id", "0"]);
-        cmd.env("FERRY_LOG", "info");
-        let mut service = world.tech_ns.spawn(cmd)?;
-        service.wait_for_output("ferry service ready", Duration::from_secs(20))?;
-        self.service = Some(service);
+        let mut ferry =
+            FerryClient::new(self.bin.clone(), &world.tech_ns, &world.lab.dir().join("ferry-client"));
+        ferry.start_service().map_err(anyhow::Error::msg)?;
+        self.ferry = Some(Box::new(ferry));
         Ok(())
     }
 
+    fn ferry(&self) -> Result<&FerryClient> {
+        self.ferry.as_deref().ok_or_else(|| anyhow!("the ferry service is not started"))
+    }
+
     /// `ferry ARGS` as the technician, in their namespace.
-    fn run(&self, world: &World, args: &[&str], stdin: &str) -> Result<Output> {
-        let mut cmd = world.tech_ns.command(&self.bin);
-        cmd.args(args)
-            .env("FERRY_SOCKET", &self.socket)
-            .env("HOME", &self.home)
-            .env("XDG_CONFIG_HOME", self.home.join(".config"))
-            .env_remove("FERRY_API_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("starting ferry")?;
-        if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin.as_bytes())?;
-        }
-        Ok(child.wait_with_output()?)
+    fn run(&self, args: &[&str], stdin: &str) -> Result<Output> {
+        self.ferry()?.run(args, stdin).map_err(anyhow::Error::msg)
     }
 
     /// The same, failing with what it said unless it succeeded; returns stdout.
-    fn ok(&self, world: &World, args: &[&str], stdin: &str) -> Result<String> {
-        let out = self.run(world, args, stdin)?;
-        if !out.status.success() {
-            bail!("`ferry {}` failed ({}): {}", args.join(" "), out.status, said(&out));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    fn ok(&self, args: &[&str], stdin: &str) -> Result<String> {
+        self.ferry()?.ok(args, stdin).map_err(anyhow::Error::msg)
     }
 
     /// `ferry status --json`.
-    fn status(&self, world: &World) -> Result<Vec<Value>> {
-        let text = self.ok(world, &["status", "--json"], "")?;
-        let status: Value = serde_json::from_str(&text).context("`ferry status --json` is not JSON")?;
-        Ok(status.as_array().cloned().unwrap_or_default())
+    fn status(&self) -> Result<Vec<Value>> {
+        self.ferry()?.status().map_err(anyhow::Error::msg)
     }
 
     /// The command a person types to run `ferry` as the technician here.
-    fn command_line(&self, world: &World, args: &str) -> String {
-        format!(
-            "sudo ip netns exec {} env FERRY_SOCKET={} {} {args}",
-            world.tech_ns.name(),
-            self.socket.display(),
-            self.bin.display()
-        )
+    fn command_line(&self, args: &str) -> String {
+        self.ferry.as_ref().map_or_else(|| format!("ferry {args}"), |ferry| ferry.command_line(args))
     }
-}
-
-/// What a command printed, stdout and stderr, trimmed.
-fn said(out: &Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    text.trim_end().to_string()
 }
 
 /// The technician at their laptop.
@@ -178,16 +137,16 @@ impl Technician {
                 );
                 client.start_service(world)?;
                 let url = world.technician_cloud_url();
-                let pin = world.cloud_pin.clone().unwrap_or_default();
-                step.command(format!("ferry login --cloud {url} --pin {} --user tech", short(&pin)));
-                let said = client.ok(
-                    world,
-                    &["login", "--cloud", &url, "--pin", &pin, "--user", &self.user.name, "--password-stdin"],
-                    &format!("{}\n", self.user.password),
-                )?;
+                let pin = world.cloud_pin.as_deref();
+                let pin_arg = pin.map(|pin| format!(" --pin {}", short(pin))).unwrap_or_default();
+                step.command(format!("ferry login --cloud {url}{pin_arg} --user {}", self.user.name));
+                let said = client
+                    .ferry()?
+                    .login(&url, pin, &self.user.name, &self.user.password)
+                    .map_err(anyhow::Error::msg)?;
                 step.say(said.trim_end());
                 step.command("ferry sessions");
-                step.say(client.ok(world, &["sessions"], "")?.trim_end());
+                step.say(client.ok(&["sessions"], "")?.trim_end());
             }
             Way::Stock => {
                 step.command(format!(
@@ -205,7 +164,7 @@ impl Technician {
         match &self.way {
             Way::Client(client) => {
                 step.command(format!("ferry start {session}"));
-                let out = client.run(world, &["start", &session.to_string()], "")?;
+                let out = client.run(&["start", &session.to_string()], "")?;
                 let text = said(&out);
                 step.say(&text);
                 if out.status.success() {
@@ -240,21 +199,14 @@ impl Technician {
         let tunnel = match &self.way {
             Way::Client(client) => {
                 step.command(format!("ferry connect {session}"));
-                let said = client.ok(world, &["connect", &session.to_string()], "")?;
+                let said = client.ok(&["connect", &session.to_string()], "")?;
                 step.say(said.trim_end());
-                let status = client.status(world)?;
-                let mine = status
-                    .iter()
-                    .find(|t| t["session_id"].as_u64() == Some(session) && t["ended"].is_null())
+                let mine = client
+                    .ferry()?
+                    .tunnel_up(session)
+                    .map_err(anyhow::Error::msg)?
                     .ok_or_else(|| anyhow!("`ferry status` shows no tunnel up to session {session}"))?;
-                let proxies = mine["targets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| {
-                        Some((t["name"].as_str()?.to_string(), t["proxy_address"].as_str()?.to_string()))
-                    })
-                    .collect();
+                let proxies = client_proxies(&mine);
                 Tunnel { proxies, stock: None }
             }
             Way::Stock => {
@@ -287,11 +239,11 @@ impl Technician {
     }
 
     /// The path the datagrams take now, as a person would say it.
-    pub fn path_in_use(&self, world: &World) -> Result<String> {
+    pub fn path_in_use(&self) -> Result<String> {
         let tunnel = self.tunnel()?;
         match (&self.way, &tunnel.stock) {
             (Way::Client(client), _) => {
-                let status = client.status(world)?;
+                let status = client.status()?;
                 let mine = status
                     .iter()
                     .find(|t| t["ended"].is_null())
@@ -329,15 +281,11 @@ impl Technician {
 
     /// After the customer switched off: what the client says about the
     /// tunnel (it goes down with the reason), if it is the client.
-    pub fn tunnel_ended(&self, world: &World, session: u64) -> Result<Option<String>> {
+    pub fn tunnel_ended(&self, session: u64) -> Result<Option<String>> {
         let Way::Client(client) = &self.way else { return Ok(None) };
         let mut reason = None;
         ferry_world::poll(Duration::from_secs(10), || {
-            reason = client.status(world).ok().and_then(|all| {
-                all.iter()
-                    .find(|t| t["session_id"].as_u64() == Some(session) && !t["ended"].is_null())
-                    .map(|t| t["ended"]["reason"].as_str().unwrap_or("?").to_string())
-            });
+            reason = client.ferry().ok().and_then(|ferry| ferry.tunnel_ended(session).ok().flatten());
             reason.is_some()
         });
         reason.map(Some).ok_or_else(|| anyhow!("`ferry status` still shows the tunnel up"))
@@ -346,7 +294,7 @@ impl Technician {
     /// The command a person runs to see the tunnel.
     pub fn status_command(&self, world: &World) -> String {
         match (&self.way, self.tunnel.as_ref().and_then(|t| t.stock.as_ref())) {
-            (Way::Client(client), _) => client.command_line(world, "status"),
+            (Way::Client(client), _) => client.command_line("status"),
             (Way::Stock, Some(stock)) => {
                 format!("sudo ip netns exec {} wg show {}", world.tech_ns.name(), stock.go.ifname)
             }

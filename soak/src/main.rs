@@ -3,6 +3,7 @@
 //! after every step. `cargo xtask soak` builds it and runs it; the test
 //! `ferry-tests --test soak` runs a short one. See docs/soak.md.
 
+mod clients;
 mod faults;
 mod maps;
 mod outage;

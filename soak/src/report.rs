@@ -2,26 +2,41 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::{faults::KINDS, soak::DAEMONS, usage::Usage};
+use crate::{
+    faults::KINDS,
+    soak::{CLIENT_SERVICES, DAEMONS},
+    usage::Usage,
+    workload::Kind,
+};
 
 #[derive(Default)]
 pub struct Stats {
     pub sessions: u64,
+    /// Sessions by the client their tunnel used ([`Kind::name`]).
+    pub sessions_by_kind: BTreeMap<&'static str, u64>,
     pub starts_refused: u64,
     pub ends: BTreeMap<&'static str, u64>,
     pub faults: BTreeMap<&'static str, u64>,
     /// Bytes the workload moved through sessions (both directions).
     pub bytes: u64,
     pub uses_ok: u64,
+    /// Uses ok by the client their tunnel used ([`Kind::name`]).
+    pub uses_ok_by_kind: BTreeMap<&'static str, u64>,
+    /// `ferry connect` that failed (each a breach but for a session that
+    /// expired meanwhile).
+    pub connects_failed: u64,
+    /// `ferry connect --wait 20` that returned without a first handshake.
+    pub connects_without_handshake: u64,
     pub uses_failed: u64,
     pub forbidden_attempts: u64,
-    /// Sessions whose traffic came back after a relay restart.
-    pub relay_recoveries: u64,
+    /// Sessions whose traffic came back after a relay restart, by client
+    /// ([`Kind::name`]; only wireguard-go's go through the relay here).
+    pub relay_recoveries: BTreeMap<&'static str, u64>,
     pub udp_echoed: u64,
     /// Pings answered through the `plc-ping` entry.
     pub pings: u64,
-    /// Technicians' wireguard-go killed and started again.
-    pub client_kills: u64,
+    /// Technicians' clients killed and started again, by kind.
+    pub client_kills: BTreeMap<&'static str, u64>,
     /// Echoes answered through live sessions while the cloud was unreachable.
     pub outage_echoes: u64,
     /// Sessions that carried traffic through a whole outage of the cloud.
@@ -38,37 +53,61 @@ impl Stats {
             let _ = writeln!(t, "{name:<44} {value:>12}");
         };
         row("sessions run", self.sessions.to_string());
+        for kind in [Kind::Ferry, Kind::Stock] {
+            let n = self.sessions_by_kind.get(kind.name()).copied().unwrap_or(0);
+            row(&format!("  with {}", kind.name()), n.to_string());
+        }
         row("  starts refused", self.starts_refused.to_string());
         for (how, n) in &self.ends {
             row(&format!("  ended {how}"), n.to_string());
         }
         row("uses (whitelisted traffic) ok", self.uses_ok.to_string());
+        for kind in [Kind::Ferry, Kind::Stock] {
+            let n = self.uses_ok_by_kind.get(kind.name()).copied().unwrap_or(0);
+            row(&format!("  ok through {}", kind.name()), n.to_string());
+        }
         row("uses that failed (no invariant)", self.uses_failed.to_string());
+        row("ferry connects that failed", self.connects_failed.to_string());
+        row("ferry connects without a handshake in 20 s", self.connects_without_handshake.to_string());
         row("attempts at non-whitelisted ports", self.forbidden_attempts.to_string());
-        row("sessions recovered after a relay restart", self.relay_recoveries.to_string());
+        row(
+            "sessions recovered after a relay restart",
+            self.relay_recoveries.values().sum::<u64>().to_string(),
+        );
+        for (kind, label) in [
+            (Kind::Stock, "  wireguard-go, through the relay"),
+            (Kind::Ferry, "  the ferry client, direct path"),
+        ] {
+            row(label, self.relay_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
+        }
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
         row("bytes moved", self.bytes.to_string());
-        let total: u64 = self.faults.values().sum::<u64>() + self.client_kills;
+        let kills: u64 = self.client_kills.values().sum();
+        let total: u64 = self.faults.values().sum::<u64>() + kills;
         row("faults injected", total.to_string());
         for kind in KINDS {
             row(&format!("  {kind}"), self.faults.get(kind).copied().unwrap_or(0).to_string());
         }
-        row("  kill technician's client", self.client_kills.to_string());
+        row("  kill technician's client", kills.to_string());
+        for kind in [Kind::Ferry, Kind::Stock] {
+            let n = self.client_kills.get(kind.name()).copied().unwrap_or(0);
+            row(&format!("    {}", kind.name()), n.to_string());
+        }
         row(
             "  cloud unreachable (20 to 60 s)",
             self.faults.get("cloud unreachable").copied().unwrap_or(0).to_string(),
         );
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
-        let _ = writeln!(t, "{:<16} {:>19} {:>19}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");
-        for name in DAEMONS {
+        let _ = writeln!(t, "{:<24} {:>17} {:>17}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");
+        for name in DAEMONS.iter().chain(&CLIENT_SERVICES) {
             if let Some((first, _, last, _)) = usage.get(name) {
                 let _ = writeln!(
                     t,
-                    "{name:<16} {:>19} {:>19}",
+                    "{name:<24} {:>17} {:>17}",
                     format!("{}/{}", first.rss_kib, first.fds),
                     format!("{}/{}", last.rss_kib, last.fds)
                 );

@@ -9,8 +9,8 @@ use std::{
 };
 
 use ferry_world::{
-    CLOUD_IP, CLOUD_PORT, ECHO_PORT, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options, RELAY_METRICS,
-    TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
+    CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options,
+    RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
 };
 use serde_json::{Value, json};
 
@@ -31,6 +31,16 @@ use crate::{
 /// them) and the additions replay with the seed too.
 const EXTRA_STREAM: u64 = 0x5eed_0fe8_a7a7;
 
+/// Where each session's client kind comes from (the `ferry` client or a
+/// stock wireguard-go): a stream of its own, so that the other streams,
+/// and so every seed's schedule of steps and faults, stay as they were.
+pub const CLIENT_STREAM: u64 = 0xc11e_47c1_1e47;
+
+/// The technicians, and the names of their `ferry` services as the table
+/// and the watch on memory and descriptors call them.
+const TECHNICIANS: [&str; 2] = ["tech-ada", "tech-bo"];
+pub const CLIENT_SERVICES: [&str; 2] = ["ferry service (tech-ada)", "ferry service (tech-bo)"];
+
 /// The daemons whose memory and descriptors are watched.
 pub const DAEMONS: [&str; 3] = ["ferry-cloud", "ferry-relay", "ferry-gateway"];
 
@@ -44,6 +54,8 @@ pub struct Soak {
     pub extra: Rng,
     /// The third: the cloud's outages (see [`OUTAGE_STREAM`]).
     pub outage_rng: Rng,
+    /// The fourth: each session's client kind (see [`CLIENT_STREAM`]).
+    pub kinds: Rng,
     /// Whether that fault is injected.
     pub cloud_outages: bool,
     seed: u64,
@@ -123,16 +135,26 @@ impl Soak {
         tech2_ns.exec("ethtool", &["-K", &veth.b, "tx", "off"]).unwrap();
 
         let mut techs = Vec::new();
-        for (name, ns) in [("tech-ada", world.tech_ns.clone()), ("tech-bo", tech2_ns)] {
+        let ferry = ferry_world::bin_path("ferry");
+        for (name, ns) in TECHNICIANS.into_iter().zip([world.tech_ns.clone(), tech2_ns]) {
             let user = world.create_technician(name);
             let user = User { token: world.login(&ns, name, &user.password).1, ..user };
-            techs.push(Tech::new(user, ns));
+            // Each laptop has the client installed and logged in, whichever
+            // client a session then uses.
+            let mut client =
+                FerryClient::new(ferry.clone(), &ns, &world.lab.dir().join(format!("ferry-{name}")));
+            client.start_service().expect("ferry service");
+            client
+                .login(&world.technician_cloud_url(), world.cloud_pin.as_deref(), name, &user.password)
+                .expect("ferry login");
+            techs.push(Tech::new(user, ns, client));
         }
         let mut soak = Soak {
             world,
             rng: Rng::new(seed),
             extra: Rng::new(seed ^ EXTRA_STREAM),
             outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
+            kinds: Rng::new(seed ^ CLIENT_STREAM),
             cloud_outages: true,
             seed,
             udp,
@@ -147,7 +169,11 @@ impl Soak {
             usage: BTreeMap::new(),
         };
         soak.sample_usage();
-        soak.event(format!("world up: cloud, relay, gateway {} (switch on), 2 technicians", gateway.id));
+        soak.event(format!(
+            "world up: cloud, relay, gateway {} (switch on), 2 technicians, each with the ferry client's service \
+             and wireguard-go",
+            gateway.id
+        ));
         soak
     }
 
@@ -179,6 +205,17 @@ impl Soak {
                 for line in &lines[lines.len().saturating_sub(60)..] {
                     let _ = writeln!(text, "{line}");
                 }
+            }
+        }
+        for (name, tech) in CLIENT_SERVICES.iter().zip(&self.techs) {
+            let all = tech.client.service_log();
+            let saved =
+                std::env::temp_dir().join(format!("ferry-soak-{}-ferry-{}.log", self.seed, tech.user.name));
+            let _ = std::fs::write(&saved, &all);
+            let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let _ = writeln!(text, "--- {name} (last 30 lines above debug; all in {}) ---", saved.display());
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                let _ = writeln!(text, "{line}");
             }
         }
         let _ = write!(text, "ferry-soak: BREACH: {breach}");
@@ -237,17 +274,31 @@ impl Soak {
                 return Err(format!("{name} exited by itself: {status}"));
             }
         }
+        for (name, tech) in CLIENT_SERVICES.into_iter().zip(&mut self.techs) {
+            self.stats.checks += 1;
+            if let Some(status) = tech.client.service().and_then(|p| p.try_status()) {
+                return Err(format!("{name} exited by itself: {status}"));
+            }
+        }
         self.sample_usage();
         Ok(())
     }
 
     pub fn sample_usage(&mut self) {
-        for (name, process) in [
+        let mut pids: Vec<(&'static str, u32)> = [
             ("ferry-cloud", &self.world.cloud),
             ("ferry-relay", &self.world.relay),
             ("ferry-gateway", &self.world.gateway),
-        ] {
-            let Some(pid) = process.as_ref().map(|p| p.pid()) else { continue };
+        ]
+        .into_iter()
+        .filter_map(|(name, process)| Some((name, process.as_ref()?.pid())))
+        .collect();
+        for (name, tech) in CLIENT_SERVICES.into_iter().zip(&mut self.techs) {
+            if let Some(service) = tech.client.service() {
+                pids.push((name, service.pid()));
+            }
+        }
+        for (name, pid) in pids {
             let Some(now) = usage::of(pid) else { continue };
             let entry = self.usage.entry(name).or_insert((now, now, now, pid));
             if entry.3 != pid {
@@ -308,6 +359,7 @@ impl Soak {
         }
         self.check_always()?;
         self.check_no_leaks()?;
+        self.check_clients_clean()?;
         self.check_audit()?;
         self.check_usage()?;
         Ok(())
@@ -433,7 +485,7 @@ impl Soak {
 
     fn check_usage(&mut self) -> Outcome {
         self.sample_usage();
-        for name in DAEMONS {
+        for name in DAEMONS.into_iter().chain(CLIENT_SERVICES) {
             let Some((first, _, last, _)) = self.usage.get(name).copied() else { continue };
             self.stats.checks += 1;
             if !usage::within_bound(first, last) {

@@ -8,13 +8,14 @@ use std::{
 
 use ferry_lab::Netns;
 use ferry_world::{
-    ECHO_PORT, EchoLoop, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, PLC_PAGE, User, http_get,
-    parse_targets, tcp_exchange,
+    ECHO_PORT, EchoLoop, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, PLC_PAGE, User,
+    client_proxies, http_get, parse_targets, tcp_exchange,
     wg::{Keys, WireguardGo},
 };
 use serde_json::{Value, json};
 
 use crate::{
+    clients::CLIENT_LEARNS,
     ping,
     recovery::RELAY_RECOVERY,
     soak::{Outcome, Soak},
@@ -28,14 +29,44 @@ const STOP_BOUND: Duration = Duration::from_secs(1);
 /// gateway's keepalive (10 s) and silence limit (35 s) after a NAT lost the
 /// control channel's mapping, with room to reconnect.
 const GATEWAY_LEARNS: Duration = Duration::from_secs(60);
+/// How late past the switch off a session's end time may be for its expiry
+/// to count as its end (the cloud's expiry timer fires at its own pace).
+const EXPIRY_SLACK_MS: u64 = 1000;
+/// The gateway's entries every session whitelists.
+const TARGETS: [&str; 4] = ["plc-web", "echo", "udp-echo", "plc-ping"];
 /// A short session's maximum duration, for expiry.
 pub const SHORT_SESSION_S: u64 = 60;
 
 pub struct Tech {
     pub user: User,
     pub ns: Netns,
+    /// The `ferry` client on this technician's laptop: its service runs
+    /// the whole time (but for its kills), logged in as the user.
+    pub client: FerryClient,
     pub live: Option<Live>,
 }
+
+/// Which client a session's tunnel uses, chosen per session from the
+/// seed's client stream (see [`crate::soak::CLIENT_STREAM`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Ferry's own client: `ferry connect`, its service owns the tunnel.
+    Ferry,
+    /// The cloud's wg-quick export with a stock wireguard-go.
+    Stock,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ferry => "the ferry client",
+            Kind::Stock => "wireguard-go (wg-quick file)",
+        }
+    }
+}
+
+/// The share of sessions that use the `ferry` client, in percent.
+const FERRY_SHARE: u64 = 60;
 
 /// A session of a technician's that has not ended (as far as the workload
 /// knows).
@@ -44,22 +75,35 @@ pub struct Live {
     pub short: bool,
     pub approval: bool,
     pub approved: bool,
+    pub kind: Kind,
     pub tunnel: Option<Tunnel>,
+    /// When its duration began: its start, or its approval.
     pub started: Instant,
 }
 
 pub struct Tunnel {
-    /// Dropping it takes the tunnel down.
-    go: WireguardGo,
     pub proxies: BTreeMap<String, String>,
-    /// The exported file and the key, to start the client again.
-    wg_quick: String,
-    private_key: String,
+    pub client: TunnelClient,
+}
+
+/// What carries a tunnel.
+pub enum TunnelClient {
+    /// A stock wireguard-go from the exported file.
+    Stock {
+        /// Dropping it takes the tunnel down.
+        go: WireguardGo,
+        /// The exported file and the key, to start the client again.
+        wg_quick: String,
+        private_key: String,
+    },
+    /// The `ferry` client's tunnel, configuration `config_id`: the service
+    /// takes it down when the session ends at the cloud or expires.
+    Ferry { config_id: u64 },
 }
 
 impl Tech {
-    pub fn new(user: User, ns: Netns) -> Tech {
-        Tech { user, ns, live: None }
+    pub fn new(user: User, ns: Netns, client: FerryClient) -> Tech {
+        Tech { user, ns, client, live: None }
     }
 }
 
@@ -85,15 +129,18 @@ impl Soak {
         let Some(live) = &self.techs[t].live else {
             return self.prepare_and_start(t);
         };
+        // Before the expiry: a session waiting for its approval has no
+        // duration running yet (the cloud's expiry is then the approval's
+        // 15 minutes).
+        if live.approval && !live.approved {
+            return self.approve(t);
+        }
         // A short session near its end: wait for the expiry rather than
         // race it.
         if live.short
             && live.started.elapsed() + Duration::from_secs(8) > Duration::from_secs(SHORT_SESSION_S)
         {
             return self.end_session(t, End::Expiry);
-        }
-        if live.approval && !live.approved {
-            return self.approve(t);
         }
         if live.tunnel.is_none() {
             return self.bring_up_tunnel(t);
@@ -128,19 +175,14 @@ impl Soak {
     fn prepare_and_start(&mut self, t: usize) -> Outcome {
         let short = self.rng.chance(30);
         let approval = self.rng.chance(30);
+        let kind = if self.kinds.chance(FERRY_SHARE) { Kind::Ferry } else { Kind::Stock };
         let max = if short { SHORT_SESSION_S } else { 3600 };
         let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
-        let id = self.world.create_named_session(
-            &name,
-            self.gateway_id,
-            &["plc-web", "echo", "udp-echo", "plc-ping"],
-            &[user_id],
-            max,
-            approval,
-        );
+        let id = self.world.create_named_session(&name, self.gateway_id, &TARGETS, &[user_id], max, approval);
         self.transitions.push((id, "session.create"));
         self.stats.sessions += 1;
+        *self.stats.sessions_by_kind.entry(kind.name()).or_default() += 1;
         let (status, session) =
             self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/start"), Value::Null)?;
         let who = self.techs[t].user.name.clone();
@@ -159,11 +201,19 @@ impl Soak {
         }
         self.transitions.push((id, "session.start"));
         self.event(format!(
-            "{who}: session {id} prepared (max {max}s, approval {approval}) and started: {}",
+            "{who}: session {id} prepared (max {max}s, approval {approval}, {}) and started: {}",
+            kind.name(),
             session["state"]
         ));
-        self.techs[t].live =
-            Some(Live { id, short, approval, approved: !approval, tunnel: None, started: Instant::now() });
+        self.techs[t].live = Some(Live {
+            id,
+            short,
+            approval,
+            approved: !approval,
+            kind,
+            tunnel: None,
+            started: Instant::now(),
+        });
         Ok(())
     }
 
@@ -186,6 +236,8 @@ impl Soak {
         }
         self.transitions.push((id, "session.approve"));
         self.live_mut(t).approved = true;
+        // The session's duration starts at its approval.
+        self.live_mut(t).started = Instant::now();
         // The approval reaches the cloud through the gateway's event queue,
         // which survives kills: the session becomes active there.
         let world = &self.world;
@@ -205,6 +257,9 @@ impl Soak {
     }
 
     fn bring_up_tunnel(&mut self, t: usize) -> Outcome {
+        if self.live(t).kind == Kind::Ferry {
+            return self.connect_client(t);
+        }
         let id = self.live(t).id;
         let ns = self.techs[t].ns.clone();
         let keys = Keys::generate(&ns);
@@ -225,20 +280,64 @@ impl Soak {
         }
         let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &text, &keys.private);
         let proxies = parse_targets(&text);
-        self.live_mut(t).tunnel = Some(Tunnel { go, proxies, wg_quick: text, private_key: keys.private });
+        self.live_mut(t).tunnel = Some(Tunnel {
+            proxies,
+            client: TunnelClient::Stock { go, wg_quick: text, private_key: keys.private },
+        });
         self.event(format!("session {id}: wireguard-go up from the wg-quick file"));
         self.use_session(t)
+    }
+
+    /// `ferry connect` for technician `t`'s session: the service makes the
+    /// key pair and the TUN device, the cloud the configuration. Faults run
+    /// between steps and the system settled after the last one, so a
+    /// connect that fails is a breach, but for a session whose time ran out
+    /// meanwhile (a short one near its end): that one ends as expired.
+    fn connect_client(&mut self, t: usize) -> Outcome {
+        let id = self.live(t).id;
+        let tunnel = match self.techs[t].client.connect(id, 20) {
+            Ok(tunnel) => tunnel,
+            Err(e) => {
+                self.stats.connects_failed += 1;
+                self.event(format!("session {id}: ferry connect failed: {e}"));
+                return self.expired_or(t, format!("session {id}: `ferry connect` failed: {e}"));
+            }
+        };
+        if tunnel["last_handshake_ms"].is_null() {
+            // `--wait` gives up without an error: the soak carries on, and
+            // the use that follows says whether the tunnel works.
+            self.stats.connects_without_handshake += 1;
+        }
+        let (config_id, proxies) = ferry_tunnel(id, &tunnel)?;
+        self.event(format!("session {id}: ferry connect: {}", client_line(&tunnel)));
+        self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id } });
+        self.use_session(t)
+    }
+
+    /// After a step on technician `t`'s session failed with `breach`: a
+    /// session whose time ran out at the cloud ends as expired (its traffic
+    /// checked to stop); otherwise the breach, with the cloud's state.
+    fn expired_or(&mut self, t: usize, breach: String) -> Outcome {
+        let id = self.live(t).id;
+        let session = self.world.session(id);
+        let ran_out = session["expires_ms"].as_u64().is_some_and(|at| at <= unix_ms());
+        if session["state"] == "expired" && ran_out {
+            self.event(format!("session {id}: its time ran out meanwhile"));
+            return self.end_session(t, End::Expiry);
+        }
+        Err(format!("{breach} (the session at the cloud: {} {})", session["state"], session["end_reason"]))
     }
 
     /// Traffic to both whitelisted targets, and attempts at the ports of
     /// the same targets that no session whitelists (which must not answer).
     fn use_session(&mut self, t: usize) -> Outcome {
         let live = self.live(t);
-        let id = live.id;
-        let tunnel = live.tunnel.as_ref().expect("a tunnel");
-        let (web, echo) = (tunnel.proxies["plc-web"].clone(), tunnel.proxies["echo"].clone());
-        let udp_echo = tunnel.proxies["udp-echo"].clone();
-        let plc_ping = tunnel.proxies["plc-ping"].clone();
+        let (id, live_kind) = (live.id, live.kind);
+        let tunnel = live.tunnel.as_ref().ok_or_else(|| format!("session {id}: used without a tunnel"))?;
+        let web = proxy(id, &tunnel.proxies, "plc-web")?;
+        let echo = proxy(id, &tunnel.proxies, "echo")?;
+        let udp_echo = proxy(id, &tunnel.proxies, "udp-echo")?;
+        let plc_ping = proxy(id, &tunnel.proxies, "plc-ping")?;
         let ns = self.techs[t].ns.clone();
         let size = self.rng.between(1, 256) as usize * 1024;
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -300,18 +399,17 @@ impl Soak {
         }
         if web_ok && echo_ok && udp_ok && ping_ok {
             self.stats.uses_ok += 1;
+            *self.stats.uses_ok_by_kind.entry(live_kind.name()).or_default() += 1;
         } else {
             self.stats.uses_failed += 1;
-            let show = tunnel_state(self.live(t).tunnel.as_ref().expect("a tunnel"));
+            let show = self.tunnel_state(t);
             let at_gateway = self
                 .world
                 .gateway_sessions()
                 .as_array()
                 .and_then(|all| all.iter().find(|s| s["id"] == id).map(|s| s["peers"].to_string()))
                 .unwrap_or_else(|| "unknown to the gateway".into());
-            self.event(format!(
-                "session {id}: the technician's wireguard-go: {show}; the gateway's peers: {at_gateway}"
-            ));
+            self.event(format!("session {id}: the technician's {show}; the gateway's peers: {at_gateway}"));
         }
         self.event(format!(
             "session {id}: used: plc-web {}, ping {}, udp echo {udp_echoed}/{}, echo {} KiB {}, forbidden ports silent",
@@ -333,10 +431,18 @@ impl Soak {
     fn end_session(&mut self, t: usize, how: End) -> Outcome {
         let live = self.live(t);
         let id = live.id;
-        let echo_proxy = live.tunnel.as_ref().map(|tunnel| tunnel.proxies["echo"].clone());
+        let live_kind = live.kind;
+        let config_id = match live.tunnel.as_ref().map(|tunnel| &tunnel.client) {
+            Some(TunnelClient::Ferry { config_id }) => Some(*config_id),
+            _ => None,
+        };
+        let echo_proxy = live.tunnel.as_ref().and_then(|tunnel| tunnel.proxies.get("echo").cloned());
         let ns = self.techs[t].ns.clone();
         let echo_loop =
             echo_proxy.and_then(|proxy| EchoLoop::start(&ns, &proxy, ECHO_PORT, Duration::from_secs(5)).ok());
+        // Sessions of the other technician's with the `ferry` client that
+        // the switch ended: (technician, session, configuration).
+        let mut others_ferry = Vec::new();
         let ended_at = match how {
             End::Admin => {
                 let (status, body) =
@@ -400,13 +506,25 @@ impl Soak {
                 at
             }
             End::Switch => {
+                // Before the flip: a session the cloud shows expired must
+                // have had its end time by then, not later.
+                let off_ms = unix_ms();
                 self.world.remote("off");
                 let at = Instant::now();
                 self.switch_on = false;
-                // The switch ends every session of the gateway.
+                // The switch ends every session of the gateway, but for
+                // one whose time ran out first (another technician's short
+                // session, which no step of theirs waited for): the cloud's
+                // final state says which transition it made.
                 for other in 0..self.techs.len() {
                     if let Some(live) = self.techs[other].live.take() {
-                        self.transitions.push((live.id, "session.end"));
+                        if let (true, Some(TunnelClient::Ferry { config_id })) =
+                            (other != t, live.tunnel.as_ref().map(|tunnel| &tunnel.client))
+                        {
+                            others_ferry.push((other, live.id, *config_id));
+                        }
+                        let action = self.final_transition(live.id, off_ms)?;
+                        self.transitions.push((live.id, action));
                     }
                 }
                 self.techs[t].live = Some(Live {
@@ -414,6 +532,7 @@ impl Soak {
                     short: false,
                     approval: false,
                     approved: true,
+                    kind: live_kind,
                     tunnel: None,
                     started: Instant::now(),
                 });
@@ -477,6 +596,13 @@ impl Soak {
             ));
         }
         self.event(format!("session {id}: ended ({}), traffic stopped ({checked})", how_name(how)));
+        if let Some(config_id) = config_id {
+            self.check_client_tunnel_down(t, id, config_id)?;
+        }
+        // The switch ended the other technician's session too.
+        for (other, other_id, other_config) in others_ferry {
+            self.check_client_tunnel_down(other, other_id, other_config)?;
+        }
         if matches!(how, End::Disabled) {
             let user_id = self.techs[t].user.id;
             let (status, body) =
@@ -489,7 +615,13 @@ impl Soak {
             let user = &self.techs[t].user;
             let token = self.world.login(&ns, &user.name, &user.password).1;
             self.techs[t].user.token = token;
-            self.event(format!("user {user_id} enabled again"));
+            // The client's login went too (its refresh token revoked).
+            let url = self.world.technician_cloud_url();
+            let tech = &self.techs[t];
+            tech.client
+                .login(&url, self.world.cloud_pin.as_deref(), &tech.user.name, &tech.user.password)
+                .map_err(|e| format!("ferry login after user {user_id} was enabled again: {e}"))?;
+            self.event(format!("user {user_id} enabled again, logged in again (API and ferry login)"));
         }
         if matches!(how, End::Switch) {
             self.world.remote("on");
@@ -500,45 +632,194 @@ impl Soak {
         Ok(())
     }
 
-    /// A fault on the technician's side: their wireguard-go SIGKILLed (its
-    /// interface goes with it) and started again from the same file and
-    /// key, on a new UDP port. It must carry traffic again within
-    /// [`RELAY_RECOVERY`]: its first handshake rebinds it at the relay.
+    /// The `ferry` client of technician `t` takes the tunnel of ended
+    /// session `id` down by itself (its watch on the configuration, or its
+    /// own expiry timer) within [`CLIENT_LEARNS`]: a tunnel left up would
+    /// keep routing the proxy addresses that the next session's tunnel
+    /// takes.
+    fn check_client_tunnel_down(&mut self, t: usize, id: u64, config_id: u64) -> Outcome {
+        let client = &self.techs[t].client;
+        let mut last = Ok(None);
+        let down = ferry_world::poll(CLIENT_LEARNS, || {
+            last = client.tunnel_up(id);
+            matches!(last, Ok(None))
+        });
+        self.stats.checks += 1;
+        if !down {
+            let said = match last {
+                Ok(up) => up.as_ref().map_or_else(|| "not listed".to_string(), client_line),
+                Err(e) => e,
+            };
+            return Err(format!(
+                "session {id} ended, {}'s ferry client still has its tunnel up {CLIENT_LEARNS:?} later: {said}",
+                self.techs[t].user.name
+            ));
+        }
+        let said = match client.tunnel(config_id) {
+            Ok(tunnel) => tunnel.as_ref().map_or_else(|| "not listed".to_string(), client_line),
+            Err(e) => e,
+        };
+        self.event(format!("session {id}: the ferry client's tunnel is down: {said}"));
+        Ok(())
+    }
+
+    /// A fault on the technician's side: their client SIGKILLed and started
+    /// again. A stock wireguard-go (its interface goes with it) is started
+    /// again from the same file and key, on a new UDP port; its first
+    /// handshake rebinds it at the relay. The `ferry` client's service (its
+    /// TUN devices go with it) is started again and the technician runs
+    /// `ferry connect` again (the service keeps no tunnel across a restart;
+    /// the cloud revokes the old configuration). Either way the session must
+    /// carry traffic again within [`RELAY_RECOVERY`] of the client running
+    /// again.
     fn restart_client(&mut self, t: usize) -> Outcome {
         let id = self.live(t).id;
         let ns = self.techs[t].ns.clone();
-        let tunnel = self.live_mut(t).tunnel.take().expect("a tunnel");
-        let pid = nix::unistd::Pid::from_raw(tunnel.go.pid() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.to_string())?;
-        let (wg_quick, private_key, echo) =
-            (tunnel.wg_quick.clone(), tunnel.private_key.clone(), tunnel.proxies["echo"].clone());
-        drop(tunnel);
-        self.stats.client_kills += 1;
-        self.event(format!("fault: session {id}: the technician's wireguard-go SIGKILLed"));
-        std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
-        let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &wg_quick, &private_key);
-        let started = Instant::now();
-        let proxies = parse_targets(&wg_quick);
-        self.live_mut(t).tunnel = Some(Tunnel { go, proxies, wg_quick, private_key });
-        let back = ferry_world::eventually(RELAY_RECOVERY, || {
+        let tunnel = self
+            .live_mut(t)
+            .tunnel
+            .take()
+            .ok_or_else(|| format!("session {id}: a client restart without a tunnel"))?;
+        let kind = self.live(t).kind;
+        *self.stats.client_kills.entry(kind.name()).or_default() += 1;
+        let started = match tunnel.client {
+            TunnelClient::Stock { go, wg_quick, private_key } => {
+                let pid = nix::unistd::Pid::from_raw(go.pid() as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.to_string())?;
+                drop(go);
+                self.event(format!("fault: session {id}: the technician's wireguard-go SIGKILLed"));
+                std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
+                let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &wg_quick, &private_key);
+                let started = Instant::now();
+                let proxies = parse_targets(&wg_quick);
+                self.live_mut(t).tunnel =
+                    Some(Tunnel { proxies, client: TunnelClient::Stock { go, wg_quick, private_key } });
+                self.event(format!("session {id}: wireguard-go started again"));
+                started
+            }
+            TunnelClient::Ferry { config_id } => {
+                let pid = self.techs[t].client.kill_service();
+                self.event(format!(
+                    "fault: session {id}: the technician's ferry service (pid {}) SIGKILLed, with tunnel \
+                     (configuration {config_id})",
+                    pid.unwrap_or_default()
+                ));
+                std::thread::sleep(Duration::from_millis(self.extra.between(100, 3000)));
+                self.techs[t].client.start_service().map_err(|e| format!("ferry service again: {e}"))?;
+                let started = Instant::now();
+                let tunnel = match self.techs[t].client.connect(id, 20) {
+                    Ok(tunnel) => tunnel,
+                    Err(e) => {
+                        self.stats.connects_failed += 1;
+                        return self.expired_or(
+                            t,
+                            format!(
+                                "session {id}: the ferry service started again, `ferry connect` failed: {e}"
+                            ),
+                        );
+                    }
+                };
+                if tunnel["last_handshake_ms"].is_null() {
+                    self.stats.connects_without_handshake += 1;
+                }
+                let (config_id, proxies) = ferry_tunnel(id, &tunnel)?;
+                self.event(format!(
+                    "session {id}: ferry service started again, ferry connect: {}",
+                    client_line(&tunnel)
+                ));
+                self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id } });
+                started
+            }
+        };
+        let tunnel = self.live(t).tunnel.as_ref().ok_or_else(|| format!("session {id}: no tunnel again"))?;
+        let echo = proxy(id, &tunnel.proxies, "echo")?;
+        let left = RELAY_RECOVERY.saturating_sub(started.elapsed());
+        let back = ferry_world::eventually(left, || {
             ferry_world::echo_round_trip(&ns, &echo, ECHO_PORT, Duration::from_secs(2))
         });
         self.stats.checks += 1;
         if let Err(e) = back {
-            return Err(format!(
-                "session {id}: the technician's client started again, no echo within {RELAY_RECOVERY:?} ({e})"
-            ));
+            // A short session may have run out of time during the restart.
+            let breach = format!(
+                "session {id}: the technician's client ({}) started again, no echo within {RELAY_RECOVERY:?} ({e}); {}",
+                kind.name(),
+                self.tunnel_state(t)
+            );
+            return self.expired_or(t, breach);
         }
         self.event(format!(
-            "session {id}: wireguard-go started again, traffic back after {:.1}s",
-            started.elapsed().as_secs_f64()
+            "session {id}: traffic back after {:.1}s ({})",
+            started.elapsed().as_secs_f64(),
+            kind.name()
         ));
         self.use_session(t)
+    }
+
+    /// The audit action that ended session `id`, once the cloud shows it
+    /// over after the switch went off at `off_ms`: `session.end`, or
+    /// `session.expire` for a session whose end time had come by then. One
+    /// that expired later outlived the switch: a breach.
+    fn final_transition(&mut self, id: u64, off_ms: u64) -> Outcome<&'static str> {
+        let world = &self.world;
+        let mut session = Value::Null;
+        let over = ferry_world::poll(GATEWAY_LEARNS, || {
+            session = world.session(id);
+            session["state"] == "ended" || session["state"] == "expired"
+        });
+        self.stats.checks += 1;
+        if !over {
+            return Err(format!(
+                "session {id}: still {} at the cloud {GATEWAY_LEARNS:?} after the switch off",
+                session["state"]
+            ));
+        }
+        if session["state"] == "ended" {
+            return Ok("session.end");
+        }
+        // The cloud's expiry runs on a timer: a second of slack for one
+        // that was due just as the switch went off.
+        match session["expires_ms"].as_u64() {
+            Some(expires_ms) if expires_ms <= off_ms + EXPIRY_SLACK_MS => Ok("session.expire"),
+            Some(expires_ms) => Err(format!(
+                "the switch off did not end session {id}: it expired later, {:.1}s after the switch went off",
+                expires_ms.saturating_sub(off_ms) as f64 / 1000.0
+            )),
+            None => Err(format!("session {id}: expired at the cloud without an expires_ms: {session}")),
+        }
     }
 
     /// Ends technician `t`'s session if it is live (the end of the run).
     pub fn end_if_live(&mut self, t: usize) -> Outcome {
         if self.techs[t].live.is_some() { self.end_session(t, End::Admin) } else { Ok(()) }
+    }
+
+    /// The client's view of technician `t`'s tunnel, for the log: the
+    /// endpoint and last handshake of wireguard-go's peer, or what `ferry
+    /// status` says.
+    fn tunnel_state(&self, t: usize) -> String {
+        match self.techs[t].live.as_ref().and_then(|live| live.tunnel.as_ref()).map(|tunnel| &tunnel.client) {
+            Some(TunnelClient::Stock { go, .. }) => {
+                let endpoints = go.show("endpoints");
+                let handshakes = go.show("latest-handshakes");
+                let last = ferry_world::wg::latest_handshake(&handshakes);
+                let ago =
+                    if last == 0 { "never".to_string() } else { format!("{}s ago", unix_ms() / 1000 - last) };
+                format!(
+                    "wireguard-go: endpoint {}, last handshake {ago}",
+                    endpoints.split_whitespace().nth(1).unwrap_or("none")
+                )
+            }
+            Some(TunnelClient::Ferry { config_id }) => {
+                let said = match self.techs[t].client.tunnel(*config_id) {
+                    Ok(tunnel) => tunnel
+                        .as_ref()
+                        .map_or_else(|| format!("configuration {config_id} not listed"), client_line),
+                    Err(e) => e,
+                };
+                format!("ferry client: {said}")
+            }
+            None => "client: no tunnel".to_string(),
+        }
     }
 
     fn live(&self, t: usize) -> &Live {
@@ -550,13 +831,41 @@ impl Soak {
     }
 }
 
-/// The endpoint and last handshake of the tunnel's peer, for the log.
-fn tunnel_state(tunnel: &Tunnel) -> String {
-    let endpoints = tunnel.go.show("endpoints");
-    let handshakes = tunnel.go.show("latest-handshakes");
-    let last = ferry_world::wg::latest_handshake(&handshakes);
-    let ago = if last == 0 { "never".to_string() } else { format!("{}s ago", unix_ms() / 1000 - last) };
-    format!("endpoint {}, last handshake {ago}", endpoints.split_whitespace().nth(1).unwrap_or("none"))
+/// The configuration and the proxy addresses of a tunnel as `ferry connect
+/// --json` shows it; a missing field is a failure that names it.
+fn ferry_tunnel(id: u64, tunnel: &Value) -> Outcome<(u64, BTreeMap<String, String>)> {
+    let config_id = tunnel
+        .get("config_id")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("session {id}: `ferry connect --json` has no config_id: {tunnel}"))?;
+    let proxies = client_proxies(tunnel);
+    for name in TARGETS {
+        proxy(id, &proxies, name).map_err(|e| format!("{e}: {tunnel}"))?;
+    }
+    Ok((config_id, proxies))
+}
+
+/// The proxy address of target `name` of session `id`'s tunnel.
+fn proxy(id: u64, proxies: &BTreeMap<String, String>, name: &str) -> Outcome<String> {
+    proxies.get(name).cloned().ok_or_else(|| format!("session {id}: the tunnel has no target {name:?}"))
+}
+
+/// What `ferry status --json` says of a tunnel, for the log.
+fn client_line(tunnel: &serde_json::Value) -> String {
+    let path = tunnel["path"].as_str().unwrap_or("none yet");
+    let endpoint = tunnel["peer_endpoint"].as_str().unwrap_or("none");
+    let handshake = match tunnel["last_handshake_ms"].as_u64() {
+        Some(ms) => format!("{:.1}s ago", unix_ms().saturating_sub(ms) as f64 / 1000.0),
+        None => "none yet".to_string(),
+    };
+    let state = match tunnel["ended"]["reason"].as_str() {
+        Some(reason) => format!("down: {reason}"),
+        None => "up".to_string(),
+    };
+    format!(
+        "configuration {}, {state}, path {path}, endpoint {endpoint}, last handshake {handshake}",
+        tunnel["config_id"]
+    )
 }
 
 fn how_name(how: End) -> &'static str {

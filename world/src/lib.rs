@@ -85,6 +85,7 @@
 
 pub mod addresses;
 pub mod api;
+mod client;
 mod cloud;
 mod gateway;
 pub mod services;
@@ -93,6 +94,7 @@ mod topology;
 pub mod wg;
 
 pub use addresses::*;
+pub use client::{FerryClient, client_proxies, said};
 pub use cloud::{GatewayRecord, User, problem_type};
 pub use gateway::{PANEL_PORT, metric_value, panel_addr, switch_word};
 pub use services::{

@@ -11,8 +11,9 @@ use crate::{
     setup,
 };
 
-/// What the soak runs: itself, the cloud, the relay and the gateway.
-const PACKAGES: [&str; 4] = ["ferry-soak", "ferry-cloud", "ferry-relay", "ferry-gateway"];
+/// What the soak runs: itself, the cloud, the relay, the gateway and the
+/// technicians' `ferry` client.
+const PACKAGES: [&str; 5] = ["ferry-soak", "ferry-cloud", "ferry-relay", "ferry-gateway", "ferry-client"];
 
 pub fn run(minutes: u64, seconds: Option<u64>, seed: Option<u64>) -> Result<()> {
     if !setup::is_root() {
