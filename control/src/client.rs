@@ -134,6 +134,8 @@ pub struct Channel<S = MaybeTlsStream<TcpStream>> {
     peer_close: Option<CloseFrame>,
     /// When the last frame of any kind (pongs too) arrived.
     last_heard: tokio::time::Instant,
+    /// When the oldest ping still waiting for its pong left.
+    unanswered_ping: Option<tokio::time::Instant>,
 }
 
 impl<S> fmt::Debug for Channel<S> {
@@ -144,7 +146,7 @@ impl<S> fmt::Debug for Channel<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub fn new(ws: WebSocketStream<S>) -> Channel<S> {
-        Channel { ws, peer_close: None, last_heard: tokio::time::Instant::now() }
+        Channel { ws, peer_close: None, last_heard: tokio::time::Instant::now(), unanswered_ping: None }
     }
 
     /// Sends one message. A frame the peer would refuse for its size is
@@ -194,7 +196,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                     self.peer_close = close;
                     return Ok(None);
                 }
-                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+                // Pongs come in order: one answers every ping before it.
+                WsMessage::Pong(_) => self.unanswered_ping = None,
+                WsMessage::Ping(_) | WsMessage::Frame(_) => {}
             }
         }
     }
@@ -205,8 +209,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// mapping, and its pong (or its absence, see
     /// [`last_heard`](Self::last_heard)) tells whether the path works.
     pub async fn ping(&mut self) -> Result<(), ClientError> {
+        let sent = tokio::time::Instant::now();
         self.ws.send(WsMessage::Ping(Default::default())).await?;
+        self.unanswered_ping.get_or_insert(sent);
         Ok(())
+    }
+
+    /// Whether what this side sends is stuck while the peer's frames get
+    /// through: the peer's last frame arrived more than `grace` after a
+    /// ping of ours that is still unanswered (the peer answers a ping as it
+    /// reads it). That is a TCP connection after an outage in which this
+    /// side sent: its unacknowledged segments are retransmitted with an
+    /// exponential backoff, tens of seconds apart after a minute, and all
+    /// it sends meanwhile waits behind them, while the peer, which sent
+    /// nothing during the outage, gets through at once. A new connection
+    /// does not wait.
+    pub fn outbound_stalled(&self, grace: Duration) -> bool {
+        self.unanswered_ping.is_some_and(|sent| self.last_heard > sent + grace)
     }
 
     /// When the last frame of any kind arrived (a pong answers a
@@ -377,6 +396,41 @@ mod tests {
         let cut = close_reason(&long);
         assert!(cut.len() <= 123);
         assert!(cut.chars().all(|c| c == 'ä'));
+    }
+
+    /// A ping stuck on its way (the peer does not read it) while the peer's
+    /// frames arrive is a stalled outbound direction; once the peer reads
+    /// it and its pong comes back, it no longer is.
+    #[tokio::test]
+    async fn a_peer_heard_long_after_an_unanswered_ping_means_the_outbound_side_is_stalled() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let mut channel = Channel::new(WebSocketStream::from_raw_socket(near, Role::Client, None).await);
+        let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+        let snapshot = |revision| {
+            let m = crate::relay::ToRelay::DesiredAllocations(crate::relay::DesiredAllocations {
+                revision,
+                allocations: Vec::new(),
+            });
+            WsMessage::text(crate::codec::encode(&m))
+        };
+        let (short, long) = (Duration::from_millis(10), Duration::from_secs(3600));
+        assert!(!channel.outbound_stalled(Duration::ZERO), "no ping, no stall");
+
+        channel.ping().await.unwrap();
+        tokio::time::sleep(short * 5).await;
+        // The peer sends without reading: the ping stays unanswered.
+        peer.send(snapshot(1)).await.unwrap();
+        channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+        assert!(channel.outbound_stalled(short), "heard long after an unanswered ping");
+        assert!(!channel.outbound_stalled(long), "heard within the grace");
+
+        // The peer reads the ping and answers it: the pong clears it.
+        assert!(matches!(peer.next().await, Some(Ok(WsMessage::Ping(_)))));
+        peer.flush().await.unwrap();
+        peer.send(snapshot(2)).await.unwrap();
+        channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+        assert!(!channel.outbound_stalled(Duration::ZERO), "the pong answered the ping");
     }
 
     #[tokio::test]

@@ -1,7 +1,10 @@
 //! The control channel to the cloud: the relay connects out with its relay
 //! token, receives the full set of allocations on connect and on every
 //! change, answers each new one (ready with its port, or refused with a
-//! reason), and reports its health every [`HEALTH_EVERY`].
+//! reason), and reports its health every [`HEALTH_EVERY`], with a ping.
+//! A channel silent for [`SILENCE_LIMIT`], or whose pings go unanswered
+//! while the cloud's messages arrive (its own segments stuck in TCP's
+//! backoff after an outage), is replaced by a new connection.
 //!
 //! Allocations outlive a lost connection: the relay keeps forwarding until
 //! the next snapshot says otherwise or they expire, so a cloud outage does
@@ -32,6 +35,17 @@ use crate::{
 };
 
 pub const HEALTH_EVERY: Duration = Duration::from_secs(10);
+/// Without any frame from the cloud for this long (pongs included), the
+/// channel is taken for dead and the relay reconnects.
+const SILENCE_LIMIT: Duration = Duration::from_secs(35);
+/// A frame from the cloud that arrives this long after a ping still
+/// unanswered shows that the relay's side of the connection is stuck
+/// behind segments lost in an outage (see `Channel::outbound_stalled`):
+/// the relay reconnects rather than answer allocations that would arrive
+/// only after the cloud gave up waiting for them.
+const STALL_GRACE: Duration = Duration::from_secs(5);
+/// How long a ping may wait for room in the send buffer.
+const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how the relay reaches the cloud, and what it tells it.
 #[derive(Clone, Debug)]
@@ -99,12 +113,18 @@ async fn session(
     metrics.control_connected.set(1);
     backoff.reset();
     *connected = true;
-    apply(&mut channel, link, relay, desired).await?;
+    // The first snapshot of a connection answers for every allocation, the
+    // ones running already included: the answer to one started on a
+    // connection that was then lost may never have reached the cloud.
+    apply(&mut channel, link, relay, desired, true).await?;
     let mut health = tokio::time::interval(HEALTH_EVERY);
     loop {
         tokio::select! {
             message = channel.recv::<ToRelay>() => match message {
-                Ok(Some(ToRelay::DesiredAllocations(desired))) => apply(&mut channel, link, relay, desired).await?,
+                Ok(Some(_)) if channel.outbound_stalled(STALL_GRACE) => {
+                    anyhow::bail!("the cloud gets nothing of what the relay sends (a ping unanswered for more than {}s while the cloud's messages arrive)", STALL_GRACE.as_secs())
+                }
+                Ok(Some(ToRelay::DesiredAllocations(desired))) => apply(&mut channel, link, relay, desired, false).await?,
                 Ok(Some(ToRelay::Error(error))) => anyhow::bail!("the cloud says {}: {}", error.code, error.message),
                 Ok(Some(other)) => warn!(?other, "unexpected message from the cloud; ignored"),
                 Ok(None) => return Ok(()),
@@ -112,6 +132,13 @@ async fn session(
                 Err(e) => return Err(e.into()),
             },
             _ = health.tick() => {
+                let silent = channel.last_heard().elapsed();
+                if silent > SILENCE_LIMIT {
+                    anyhow::bail!("nothing from the cloud for {}s, not even a pong", silent.as_secs());
+                }
+                tokio::time::timeout(PING_SEND_TIMEOUT, channel.ping())
+                    .await
+                    .context("the ping to the cloud did not leave")??;
                 let s = relay.snapshot();
                 let report = Health {
                     bindings: s.bindings,
@@ -131,6 +158,7 @@ async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
     link: &CloudLink,
     relay: &Relay,
     desired: DesiredAllocations,
+    answer_all: bool,
 ) -> Result<()> {
     let specs: Vec<AllocationSpec> = desired
         .allocations
@@ -145,7 +173,16 @@ async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
             port: None,
         })
         .collect();
-    for (id, admission) in relay.apply(&specs) {
+    let mut answers = relay.apply(&specs);
+    if answer_all {
+        let running = specs
+            .iter()
+            .filter(|spec| answers.iter().all(|(id, _)| *id != spec.id))
+            .filter_map(|spec| Some((spec.id, Admission::Ready { port: relay.port_of(spec.id)? })))
+            .collect::<Vec<_>>();
+        answers.extend(running);
+    }
+    for (id, admission) in answers {
         let message = match admission {
             Admission::Ready { port } => {
                 let endpoint = SocketAddr::new(link.public_udp.ip(), port);

@@ -67,6 +67,12 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const SILENCE_LIMIT: Duration = Duration::from_secs(35);
 /// How long a ping may wait for room in the send buffer.
 const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// A message from the cloud that arrives this long after a ping still
+/// unanswered shows that the gateway's side of the connection is stuck
+/// behind segments lost in an outage (see `Channel::outbound_stalled`):
+/// its events (an approval, an end) would reach the cloud only at TCP's
+/// next backed-off retransmission, so the gateway reconnects.
+const STALL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the channel forever, reconnecting with exponential backoff and full
 /// jitter. With several cloud addresses, a failure moves to the next one at
@@ -137,6 +143,9 @@ async fn session(
         sent_up_to = send_pending(&mut channel, &inputs.store, sent_up_to).await?;
         tokio::select! {
             message = channel.recv::<ToGateway>() => match message.context("reading from the cloud")? {
+                Some(_) if channel.outbound_stalled(STALL_GRACE) => {
+                    bail!("the cloud gets nothing of what the gateway sends (a ping unanswered for more than {}s while the cloud's messages arrive)", STALL_GRACE.as_secs())
+                }
                 None => return Ok(()),
                 Some(ToGateway::DesiredState(state)) => {
                     if to_daemon.send(FromCloud::Desired(state)).await.is_err() {
