@@ -2,9 +2,12 @@
 //! token, receives the full set of allocations on connect and on every
 //! change, answers each new one (ready with its port, or refused with a
 //! reason), and reports its health every [`HEALTH_EVERY`], with a ping.
-//! A channel silent for [`SILENCE_LIMIT`], or whose pings go unanswered
-//! while the cloud's messages arrive (its own segments stuck in TCP's
-//! backoff after an outage), is replaced by a new connection.
+//! A channel silent for [`client::SILENCE_LIMIT`], or whose pings go
+//! unanswered while the cloud's messages arrive and the kernel holds the
+//! relay's bytes unacknowledged (its own segments stuck in TCP's backoff
+//! after an outage), is replaced by a new connection: to the same cloud
+//! address after a stall, rather than answer allocations that would arrive
+//! only after the cloud gave up waiting for them.
 //!
 //! Allocations outlive a lost connection: the relay keeps forwarding until
 //! the next snapshot says otherwise or they expire, so a cloud outage does
@@ -35,17 +38,6 @@ use crate::{
 };
 
 pub const HEALTH_EVERY: Duration = Duration::from_secs(10);
-/// Without any frame from the cloud for this long (pongs included), the
-/// channel is taken for dead and the relay reconnects.
-const SILENCE_LIMIT: Duration = Duration::from_secs(35);
-/// A frame from the cloud that arrives this long after a ping still
-/// unanswered shows that the relay's side of the connection is stuck
-/// behind segments lost in an outage (see `Channel::outbound_stalled`):
-/// the relay reconnects rather than answer allocations that would arrive
-/// only after the cloud gave up waiting for them.
-const STALL_GRACE: Duration = Duration::from_secs(5);
-/// How long a ping may wait for room in the send buffer.
-const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how the relay reaches the cloud, and what it tells it.
 #[derive(Clone, Debug)]
@@ -72,16 +64,28 @@ pub struct CloudLink {
 pub async fn run(link: CloudLink, relay: Relay, metrics: Metrics) {
     let mut backoff = Backoff::default();
     let mut rotation = Rotation::new(link.urls.len());
+    // After a stall, the backoff is reset only once a connection proved
+    // that it carries what the relay sends, so stalls in a row back off.
+    let mut on_probation = false;
     loop {
         let url = link.urls.get(rotation.current()).cloned().unwrap_or_default();
         let mut connected = false;
         let started = std::time::Instant::now();
-        match session(&link, &url, &relay, &metrics, &mut backoff, &mut connected).await {
+        let mut stalled = false;
+        match session(&link, &url, &relay, &metrics, &mut backoff, &mut connected, &mut on_probation).await {
             Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
-            Err(e) => warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed"),
+            Err(e) => {
+                stalled = matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Stalled { .. }));
+                warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed")
+            }
         }
         metrics.control_connected.set(0);
-        let wait = rotation.ended(connected.then(|| started.elapsed()), &mut backoff, &mut rand_core::OsRng);
+        let wait = if stalled {
+            on_probation = true;
+            rotation.retry_same(&mut backoff, &mut rand_core::OsRng)
+        } else {
+            rotation.ended(connected.then(|| started.elapsed()), &mut backoff, &mut rand_core::OsRng)
+        };
         info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }
@@ -94,6 +98,7 @@ async fn session(
     metrics: &Metrics,
     backoff: &mut Backoff,
     connected: &mut bool,
+    on_probation: &mut bool,
 ) -> Result<()> {
     let ws = client::connect(url, link.pin).await.with_context(|| format!("connecting to {url}"))?;
     let mut channel = Channel::new(ws);
@@ -111,7 +116,9 @@ async fn session(
     let (welcome, desired) = client::relay_handshake(&mut channel, hello).await.context("relay handshake")?;
     info!(peer_id = %welcome.peer_id, allocations = desired.allocations.len(), "connected to the cloud");
     metrics.control_connected.set(1);
-    backoff.reset();
+    if !*on_probation {
+        backoff.reset();
+    }
     *connected = true;
     // The first snapshot of a connection answers for every allocation, the
     // ones running already included: the answer to one started on a
@@ -119,26 +126,26 @@ async fn session(
     apply(&mut channel, link, relay, desired, true).await?;
     let mut health = tokio::time::interval(HEALTH_EVERY);
     loop {
+        if *on_probation && channel.answered_within(client::STALL_GRACE) {
+            backoff.reset();
+            *on_probation = false;
+        }
         tokio::select! {
             message = channel.recv::<ToRelay>() => match message {
-                Ok(Some(_)) if channel.outbound_stalled(STALL_GRACE) => {
-                    anyhow::bail!("the cloud gets nothing of what the relay sends (a ping unanswered for more than {}s while the cloud's messages arrive)", STALL_GRACE.as_secs())
-                }
-                Ok(Some(ToRelay::DesiredAllocations(desired))) => apply(&mut channel, link, relay, desired, false).await?,
                 Ok(Some(ToRelay::Error(error))) => anyhow::bail!("the cloud says {}: {}", error.code, error.message),
-                Ok(Some(other)) => warn!(?other, "unexpected message from the cloud; ignored"),
+                Ok(Some(message)) => {
+                    channel.check_outbound()?;
+                    match message {
+                        ToRelay::DesiredAllocations(desired) => apply(&mut channel, link, relay, desired, false).await?,
+                        other => warn!(?other, "unexpected message from the cloud; ignored"),
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(ClientError::Decode(e)) => warn!(error = %e, "malformed message from the cloud; dropped"),
                 Err(e) => return Err(e.into()),
             },
             _ = health.tick() => {
-                let silent = channel.last_heard().elapsed();
-                if silent > SILENCE_LIMIT {
-                    anyhow::bail!("nothing from the cloud for {}s, not even a pong", silent.as_secs());
-                }
-                tokio::time::timeout(PING_SEND_TIMEOUT, channel.ping())
-                    .await
-                    .context("the ping to the cloud did not leave")??;
+                channel.keepalive().await.context("keeping the channel to the cloud alive")?;
                 let s = relay.snapshot();
                 let report = Health {
                     bindings: s.bindings,
@@ -147,7 +154,9 @@ async fn session(
                     forwarded_bytes: s.forwarded_bytes,
                     drops: s.drops,
                 };
-                channel.send(&FromRelay::Health(report)).await?;
+                tokio::time::timeout(client::PING_SEND_TIMEOUT, channel.send(&FromRelay::Health(report)))
+                    .await
+                    .context("the health report to the cloud did not leave")??;
             }
         }
     }
