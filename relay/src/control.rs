@@ -210,3 +210,107 @@ async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
     channel.send(&FromRelay::Applied(Applied { revision: desired.revision })).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use ferry_control::{
+        ids::{AllocationId, SessionId, WgKey},
+        relay::Allocation,
+    };
+    use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
+
+    use super::*;
+    use crate::{config::PortRange, core::Timeouts, runtime::Options};
+
+    fn link() -> CloudLink {
+        CloudLink {
+            urls: Vec::new(),
+            pin: None,
+            relay_id: 1,
+            token: Token::new("relay-token"),
+            public_udp: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            websocket_url: String::new(),
+            websocket_pin: None,
+            stun: None,
+        }
+    }
+
+    fn allocation(id: u64) -> Allocation {
+        Allocation {
+            id: AllocationId(id),
+            session_id: SessionId(id),
+            gateway_key: WgKey([1; 32]),
+            client_key: WgKey([2; 32]),
+            expires_ms: u64::MAX / 2,
+            websocket_token: Token::new(format!("token-{id}-0123456789")),
+        }
+    }
+
+    /// A control channel to an in-memory cloud: the relay's end, and the
+    /// cloud's, which reads what the relay sends.
+    async fn connection() -> (Channel<tokio::io::DuplexStream>, Channel<tokio::io::DuplexStream>) {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let relay_end = Channel::new(WebSocketStream::from_raw_socket(near, Role::Client, None).await);
+        let cloud_end = Channel::new(WebSocketStream::from_raw_socket(far, Role::Server, None).await);
+        (relay_end, cloud_end)
+    }
+
+    /// What the relay sent in answer to one snapshot, up to its `applied`.
+    async fn answers(cloud: &mut Channel<tokio::io::DuplexStream>) -> Vec<FromRelay> {
+        let mut got = Vec::new();
+        loop {
+            let message = cloud.recv::<FromRelay>().await.unwrap().unwrap();
+            let last = matches!(message, FromRelay::Applied(_));
+            got.push(message);
+            if last {
+                return got;
+            }
+        }
+    }
+
+    fn ready(answers: &[FromRelay]) -> Vec<(u64, u16)> {
+        answers
+            .iter()
+            .filter_map(|m| match m {
+                FromRelay::AllocationReady(r) => Some((r.id.0, r.gateway_endpoint.port())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The answer to an allocation started on a connection that was then
+    /// lost may never have reached the cloud: the first snapshot of the next
+    /// connection answers for it again, although it is running already;
+    /// later snapshots answer only for new ones.
+    #[tokio::test]
+    async fn the_first_snapshot_of_a_new_connection_answers_for_running_allocations() {
+        let options = Options {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+            ports: PortRange { first: 47300, last: 47309 },
+            max_allocations: 10,
+            timeouts: Timeouts::default(),
+            websocket_queue: 4,
+        };
+        let relay = Relay::new(options, None, Metrics::new());
+        let link = link();
+        let snapshot = |revision, allocations| DesiredAllocations { revision, allocations };
+
+        let (mut relay_end, mut cloud) = connection().await;
+        apply(&mut relay_end, &link, &relay, snapshot(1, vec![allocation(7)]), true).await.unwrap();
+        let first = ready(&answers(&mut cloud).await);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0, 7);
+        drop((relay_end, cloud));
+
+        let (mut relay_end, mut cloud) = connection().await;
+        apply(&mut relay_end, &link, &relay, snapshot(2, vec![allocation(7)]), true).await.unwrap();
+        assert_eq!(ready(&answers(&mut cloud).await), first, "answered again, on the same port");
+
+        apply(&mut relay_end, &link, &relay, snapshot(3, vec![allocation(7)]), false).await.unwrap();
+        assert_eq!(ready(&answers(&mut cloud).await), [], "a later snapshot answers only new ones");
+        relay.clear();
+    }
+}
