@@ -547,6 +547,52 @@ mod tests {
         assert!(!channel.ping_overdue(Duration::ZERO));
     }
 
+    /// A connection whose segments are lost (an outage) while the peer's
+    /// get through is stalled: the kernel retransmits with a backoff. In a
+    /// network namespace of this test's own thread, an nftables rule drops
+    /// what arrives for the peer's port, then goes, and the peer sends.
+    #[test]
+    fn a_connection_whose_segments_are_lost_is_stalled() {
+        let run = || {
+            use tokio_tungstenite::tungstenite::protocol::Role;
+            // SAFETY: moves only this thread into a new network namespace,
+            // which ends with it.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: needs root");
+            let sh = |script: &str| {
+                let status = std::process::Command::new("sh").args(["-c", script]).status().unwrap();
+                assert!(status.success(), "{script}");
+            };
+            sh("ip link set lo up");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+                let (far, _) = listener.accept().await.unwrap();
+                let mut channel = Channel::new(
+                    WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(near), Role::Client, None).await,
+                );
+                let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+                let grace = Duration::from_secs(1);
+
+                sh(&format!(
+                    "nft 'add table inet outage; add chain inet outage input {{ type filter hook input priority 0; }}; add rule inet outage input tcp dport {port} drop'"
+                ));
+                channel.ping().await.unwrap();
+                // Retransmissions 0.2, 0.6 and 1.4 s after the ping, the
+                // next one at 3 s: the check comes between them.
+                tokio::time::sleep(2 * grace).await;
+                sh("nft delete table inet outage");
+                peer.send(snapshot(1)).await.unwrap();
+                channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+                let info = crate::send_state::tcp_info(channel.get_ref().get_ref().get_ref()).unwrap();
+                assert!(info.tcpi_backoff > 0 && info.tcpi_unacked > 0, "backoff {}, unacked {}", info.tcpi_backoff, info.tcpi_unacked);
+                assert!(channel.outbound_stalled(grace), "the ping was lost, the peer's message was not");
+            });
+        };
+        std::thread::spawn(run).join().unwrap();
+    }
+
     #[tokio::test]
     async fn connect_refuses_unpinned_wss_and_pinned_ws() {
         assert!(matches!(connect("wss://127.0.0.1:1/x", None).await, Err(ClientError::PinRequired)));
