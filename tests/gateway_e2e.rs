@@ -560,3 +560,75 @@ fn a_session_through_the_relay_survives_a_relay_kill_and_restart_xdp_off() {
 fn a_session_through_the_relay_survives_a_relay_kill_and_restart_xdp_native() {
     a_session_through_the_relay_survives_a_relay_kill_and_restart("native");
 }
+
+/// Drops every packet in and out of the cloud's namespace (loopback
+/// excepted), silently, as the soak's outage does, until the guard drops.
+struct CloudUnreachable<'a>(&'a ferry_lab::Netns);
+
+const OUTAGE_TABLE: &str = "test_outage";
+
+impl<'a> CloudUnreachable<'a> {
+    fn begin(cloud_ns: &'a ferry_lab::Netns) -> CloudUnreachable<'a> {
+        let rules = format!(
+            "add table inet {OUTAGE_TABLE}; \
+             add chain inet {OUTAGE_TABLE} in {{ type filter hook input priority -10; }}; \
+             add rule inet {OUTAGE_TABLE} in iifname != \"lo\" drop; \
+             add chain inet {OUTAGE_TABLE} out {{ type filter hook output priority -10; }}; \
+             add rule inet {OUTAGE_TABLE} out oifname != \"lo\" drop"
+        );
+        cloud_ns.exec("nft", &[&rules]).unwrap();
+        CloudUnreachable(cloud_ns)
+    }
+}
+
+impl Drop for CloudUnreachable<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.exec("nft", &[&format!("delete table inet {OUTAGE_TABLE}")]);
+    }
+}
+
+/// The soak found wg-quick files without the relay (seed 2): a
+/// configuration issued shortly after the cloud had been unreachable got
+/// no relay allocation, although the relay had started it at once. The
+/// relay's control channel had kept its TCP connection through the outage
+/// (22 s, under any silence limit), but the health report it had sent
+/// into it was being retransmitted with TCP's exponential backoff, and
+/// everything it sent after it, the allocation's answer included, waited
+/// behind it until the next retransmission, seconds after the cloud had
+/// given up waiting (3 s); the cloud's own message, with nothing
+/// outstanding, had arrived at once. Now a message from the cloud that
+/// arrives while a ping of the relay's has long gone unanswered makes the
+/// relay take its channel for stuck and reconnect, and the first snapshot
+/// of a connection answers for every allocation, running ones included.
+///
+/// The outage starts 5 s after a health report reached the cloud (not at
+/// once: the cloud's delayed acknowledgement of it would be lost too, and
+/// the acknowledgement arriving afterwards would undo the backoff), so the
+/// relay's next report, 5 s in, is the first segment lost; 22 s like the
+/// soak's, it ends 17 s after that report, which TCP (200 ms doubling)
+/// retransmits 12.6 and 25.4 s after it: the configuration is asked for
+/// with about 8 s of the relay's backoff to go.
+#[test]
+fn a_configuration_issued_just_after_the_cloud_was_unreachable_goes_through_the_relay() {
+    let mut site = site(Options::default());
+    site.switch_on();
+    let (id, session) = site.start(&["echo"], 600, false);
+    assert_eq!(session["state"], "active", "{session}");
+    let relay_id = site.lab.relay_id.expect("the relay is registered");
+    let seen = |lab: &GatewayLab| lab.relay_health(relay_id)["seen_ms"].as_u64();
+    let before = seen(&site.lab);
+    wait_until(Duration::from_secs(30), "a health report of the relay", || seen(&site.lab) != before);
+    std::thread::sleep(Duration::from_secs(5));
+    {
+        let _outage = CloudUnreachable::begin(&site.lab.cloud_ns);
+        std::thread::sleep(Duration::from_secs(22));
+    }
+    let keys = ferry_tests::wg::Keys::generate(&site.lab.tech_ns);
+    let (status, body) = site.lab.request_wg_quick(&mut site.tech, id, &keys.public);
+    assert_eq!(status, 200, "wg-quick for session {id}: {body}");
+    let wg_quick = body.as_str().unwrap_or_default();
+    assert!(
+        wg_quick.contains(&format!("Endpoint = {RELAY_IP}:")),
+        "the configuration issued after the outage has no relay endpoint:\n{wg_quick}"
+    );
+}

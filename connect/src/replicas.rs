@@ -54,6 +54,15 @@ impl Rotation {
             backoff.next_delay(rng)
         }
     }
+
+    /// The channel to the current address ended although that address
+    /// serves (the daemon's own side of the connection was stuck): stays on
+    /// it and returns how long to wait, always by the backoff, so that
+    /// stalls in a row slow down.
+    pub fn retry_same(&mut self, backoff: &mut Backoff, rng: &mut impl rand_core::RngCore) -> Duration {
+        self.failed_in_a_row = 0;
+        backoff.next_delay(rng)
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +100,19 @@ mod tests {
         }
         // Every second end completed a round without a replica that served.
         assert_eq!(backoff.attempt(), 3);
+    }
+
+    #[test]
+    fn a_retry_of_the_same_address_stays_on_it_and_backs_off() {
+        let (mut backoff, mut rng) = (Backoff::new(), rand_core::OsRng);
+        let mut three = Rotation::new(3);
+        three.ended(None, &mut backoff, &mut rng);
+        for attempt in 1..=3 {
+            three.retry_same(&mut backoff, &mut rng);
+            assert_eq!((three.current(), backoff.attempt()), (1, attempt));
+        }
+        // It served: a failure afterwards tries the others at once.
+        assert_eq!(three.ended(None, &mut backoff, &mut rng), NEXT_REPLICA_AFTER);
     }
 
     #[test]

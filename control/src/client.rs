@@ -23,6 +23,7 @@ use crate::common::{ErrorCode, Welcome};
 use crate::gateway::{DesiredState, FromGateway, ToGateway, sign_gateway_hello};
 use crate::ids::{GatewayId, WgKey};
 use crate::relay::{DesiredAllocations, FromRelay, RelayHello, ToRelay};
+use crate::send_state::SendState;
 use crate::{MAX_MESSAGE_BYTES, SigningKey};
 
 /// A connected control channel as [`connect`] returns it; TCP, TLS and the
@@ -30,6 +31,18 @@ use crate::{MAX_MESSAGE_BYTES, SigningKey};
 pub use ferry_connect::ws::{CONNECT_TIMEOUT, WsStream};
 /// From the connection to the first desired state.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Without any frame from the cloud for this long (pongs included), a
+/// daemon takes the channel for dead and reconnects (see
+/// [`Channel::keepalive`]).
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(35);
+/// How long a ping (or the relay's health report) may wait for room in the
+/// send buffer.
+pub const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// A message from the cloud that arrives this long after a ping still
+/// unanswered, while the kernel holds what this side sent unacknowledged,
+/// shows that this side of the connection is stuck behind segments lost in
+/// an outage (see [`Channel::outbound_stalled`]).
+pub const STALL_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -61,6 +74,12 @@ pub enum ClientError {
     Closed,
     #[error("expected a `{expected}` frame, got `{got}`")]
     Unexpected { expected: &'static str, got: &'static str },
+    #[error("nothing from the cloud for {secs}s, not even a pong")]
+    Silent { secs: u64 },
+    #[error(
+        "the cloud gets nothing of what this side sends (a ping unanswered for more than {grace_secs}s while the cloud's messages arrive, and the kernel holds our bytes unacknowledged)"
+    )]
+    Stalled { grace_secs: u64 },
 }
 
 impl From<tungstenite::Error> for ClientError {
@@ -134,6 +153,11 @@ pub struct Channel<S = MaybeTlsStream<TcpStream>> {
     peer_close: Option<CloseFrame>,
     /// When the last frame of any kind (pongs too) arrived.
     last_heard: tokio::time::Instant,
+    /// When the oldest ping still waiting for its pong left.
+    unanswered_ping: Option<tokio::time::Instant>,
+    /// From the oldest unanswered ping to the pong that answered it, for
+    /// the last one answered.
+    last_round_trip: Option<Duration>,
 }
 
 impl<S> fmt::Debug for Channel<S> {
@@ -144,7 +168,13 @@ impl<S> fmt::Debug for Channel<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub fn new(ws: WebSocketStream<S>) -> Channel<S> {
-        Channel { ws, peer_close: None, last_heard: tokio::time::Instant::now() }
+        Channel {
+            ws,
+            peer_close: None,
+            last_heard: tokio::time::Instant::now(),
+            unanswered_ping: None,
+            last_round_trip: None,
+        }
     }
 
     /// Sends one message. A frame the peer would refuse for its size is
@@ -194,7 +224,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                     self.peer_close = close;
                     return Ok(None);
                 }
-                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+                // Pongs come in order: one answers every ping before it.
+                WsMessage::Pong(_) => {
+                    if let Some(sent) = self.unanswered_ping.take() {
+                        self.last_round_trip = Some(self.last_heard.saturating_duration_since(sent));
+                    }
+                }
+                WsMessage::Ping(_) | WsMessage::Frame(_) => {}
             }
         }
     }
@@ -205,8 +241,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// mapping, and its pong (or its absence, see
     /// [`last_heard`](Self::last_heard)) tells whether the path works.
     pub async fn ping(&mut self) -> Result<(), ClientError> {
+        let sent = tokio::time::Instant::now();
         self.ws.send(WsMessage::Ping(Default::default())).await?;
+        self.unanswered_ping.get_or_insert(sent);
         Ok(())
+    }
+
+    /// Whether the peer's last frame arrived more than `grace` after a ping
+    /// of ours that is still unanswered (the peer answers a ping as it reads
+    /// it). On its own this does not tell a stuck connection from a peer
+    /// slow to read (or from this side slow to read: the time is when a
+    /// frame was read); [`outbound_stalled`](Self::outbound_stalled) asks the
+    /// kernel too.
+    pub fn ping_overdue(&self, grace: Duration) -> bool {
+        self.unanswered_ping.is_some_and(|sent| self.last_heard.saturating_duration_since(sent) > grace)
+    }
+
+    /// Whether the last ping was answered within `grace` of leaving: the
+    /// connection carries what this side sends.
+    pub fn answered_within(&self, grace: Duration) -> bool {
+        self.last_round_trip.is_some_and(|rtt| rtt <= grace)
+    }
+
+    /// Sends a ping unless the peer has been silent for more than
+    /// [`SILENCE_LIMIT`]; a ping that finds no room in the send buffer for
+    /// [`PING_SEND_TIMEOUT`] fails too.
+    pub async fn keepalive(&mut self) -> Result<(), ClientError> {
+        let silent = self.last_heard.elapsed();
+        if silent > SILENCE_LIMIT {
+            return Err(ClientError::Silent { secs: silent.as_secs() });
+        }
+        tokio::time::timeout(PING_SEND_TIMEOUT, self.ping())
+            .await
+            .map_err(|_| ClientError::Timeout("sending a ping"))?
     }
 
     /// When the last frame of any kind arrived (a pong answers a
@@ -239,6 +306,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
 
     pub fn into_inner(self) -> WebSocketStream<S> {
         self.ws
+    }
+}
+
+impl<S: SendState + AsyncRead + AsyncWrite + Unpin> Channel<S> {
+    /// Whether what this side sends is stuck while the peer's frames get
+    /// through: a ping of ours is [overdue](Self::ping_overdue) and the
+    /// kernel agrees, holding our bytes unacknowledged or retransmitting them
+    /// with a backoff. That is a TCP connection after an outage in which this
+    /// side sent: its unacknowledged segments are retransmitted with an
+    /// exponential backoff, tens of seconds apart after a minute, and all it
+    /// sends meanwhile waits behind them, while the peer, which sent nothing
+    /// during the outage, gets through at once. A new connection does not
+    /// wait. A peer that is merely slow to read (a backlog, a slow snapshot)
+    /// still has its kernel acknowledge our segments, so it is not stalled;
+    /// nor is a transport the kernel cannot tell about.
+    pub fn outbound_stalled(&self, grace: Duration) -> bool {
+        self.ping_overdue(grace) && self.ws.get_ref().unacknowledged() == Some(true)
+    }
+
+    /// [`ClientError::Stalled`] when the channel is
+    /// [stalled](Self::outbound_stalled) for [`STALL_GRACE`].
+    pub fn check_outbound(&self) -> Result<(), ClientError> {
+        if self.outbound_stalled(STALL_GRACE) {
+            return Err(ClientError::Stalled { grace_secs: STALL_GRACE.as_secs() });
+        }
+        Ok(())
     }
 }
 
@@ -377,6 +470,127 @@ mod tests {
         let cut = close_reason(&long);
         assert!(cut.len() <= 123);
         assert!(cut.chars().all(|c| c == 'ä'));
+    }
+
+    fn snapshot(revision: u64) -> WsMessage {
+        let m = crate::relay::ToRelay::DesiredAllocations(crate::relay::DesiredAllocations {
+            revision,
+            allocations: Vec::new(),
+        });
+        WsMessage::text(crate::codec::encode(&m))
+    }
+
+    /// A ping stuck on its way (the peer does not read it) while the peer's
+    /// frames arrive is overdue; once the peer reads it and its pong comes
+    /// back, it no longer is. An in-memory pipe has no kernel to confirm a
+    /// stall, so it is never called stalled.
+    #[tokio::test]
+    async fn a_peer_heard_long_after_an_unanswered_ping_makes_the_ping_overdue() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let mut channel = Channel::new(WebSocketStream::from_raw_socket(near, Role::Client, None).await);
+        let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+        let (short, long) = (Duration::from_millis(10), Duration::from_secs(3600));
+        assert!(!channel.ping_overdue(Duration::ZERO), "no ping, nothing overdue");
+
+        channel.ping().await.unwrap();
+        tokio::time::sleep(short * 5).await;
+        // The peer sends without reading: the ping stays unanswered.
+        peer.send(snapshot(1)).await.unwrap();
+        channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+        assert!(channel.ping_overdue(short), "heard long after an unanswered ping");
+        assert!(!channel.ping_overdue(long), "heard within the grace");
+        assert!(!channel.ping_overdue(Duration::MAX), "a huge grace does not overflow");
+        assert!(!channel.outbound_stalled(short), "no kernel confirms it");
+        assert!(!channel.answered_within(long), "nothing answered yet");
+
+        // The peer reads the ping and answers it: the pong clears it.
+        assert!(matches!(peer.next().await, Some(Ok(WsMessage::Ping(_)))));
+        peer.flush().await.unwrap();
+        peer.send(snapshot(2)).await.unwrap();
+        channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+        assert!(!channel.ping_overdue(Duration::ZERO), "the pong answered the ping");
+        assert!(channel.answered_within(long), "the pong came back");
+    }
+
+    /// A cloud slow to read (a backlog, a slow snapshot build) is not a
+    /// stuck connection: its kernel acknowledges our ping at once, even
+    /// though the cloud reads it only long after it sent us messages.
+    #[tokio::test]
+    async fn a_peer_slow_to_read_whose_kernel_acknowledges_is_not_stalled() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        let mut channel = Channel::new(
+            WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(near), Role::Client, None).await,
+        );
+        let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+        let grace = Duration::from_secs(1);
+
+        channel.ping().await.unwrap();
+        // Longer than the grace, and than the time new data may be in flight.
+        tokio::time::sleep(grace + Duration::from_millis(200)).await;
+        peer.send(snapshot(1)).await.unwrap();
+        channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+        assert!(channel.ping_overdue(grace), "the peer has not read the ping");
+        let info = crate::send_state::tcp_info(channel.get_ref().get_ref().get_ref()).unwrap();
+        assert_eq!((info.tcpi_unacked, info.tcpi_backoff), (0, 0), "the peer's kernel acknowledged the ping");
+        assert!(!channel.outbound_stalled(grace), "a slow reader is not a stall");
+        assert!(channel.check_outbound().is_ok());
+
+        // It reads the ping eventually, and answers.
+        assert!(matches!(peer.next().await, Some(Ok(WsMessage::Ping(_)))));
+        peer.flush().await.unwrap();
+        peer.send(snapshot(2)).await.unwrap();
+        channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+        assert!(!channel.ping_overdue(Duration::ZERO));
+    }
+
+    /// A connection whose segments are lost (an outage) while the peer's
+    /// get through is stalled: the kernel retransmits with a backoff. In a
+    /// network namespace of this test's own thread, an nftables rule drops
+    /// what arrives for the peer's port, then goes, and the peer sends.
+    #[test]
+    fn a_connection_whose_segments_are_lost_is_stalled() {
+        let run = || {
+            use tokio_tungstenite::tungstenite::protocol::Role;
+            // SAFETY: moves only this thread into a new network namespace,
+            // which ends with it.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: needs root");
+            let sh = |script: &str| {
+                let status = std::process::Command::new("sh").args(["-c", script]).status().unwrap();
+                assert!(status.success(), "{script}");
+            };
+            sh("ip link set lo up");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+                let (far, _) = listener.accept().await.unwrap();
+                let mut channel = Channel::new(
+                    WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(near), Role::Client, None).await,
+                );
+                let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+                let grace = Duration::from_secs(1);
+
+                sh(&format!(
+                    "nft 'add table inet outage; add chain inet outage input {{ type filter hook input priority 0; }}; add rule inet outage input tcp dport {port} drop'"
+                ));
+                channel.ping().await.unwrap();
+                // Retransmissions 0.2, 0.6 and 1.4 s after the ping, the
+                // next one at 3 s: the check comes between them.
+                tokio::time::sleep(2 * grace).await;
+                sh("nft delete table inet outage");
+                peer.send(snapshot(1)).await.unwrap();
+                channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
+                let info = crate::send_state::tcp_info(channel.get_ref().get_ref().get_ref()).unwrap();
+                assert!(info.tcpi_backoff > 0 && info.tcpi_unacked > 0, "backoff {}, unacked {}", info.tcpi_backoff, info.tcpi_unacked);
+                assert!(channel.outbound_stalled(grace), "the ping was lost, the peer's message was not");
+            });
+        };
+        std::thread::spawn(run).join().unwrap();
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@ pub mod codec;
 mod common;
 pub mod gateway;
 pub mod ids;
+#[cfg(feature = "client")]
+pub mod send_state;
 // The fingerprint text functions are always there: message validation needs
 // them; the TLS verifier itself needs the `pin` feature.
 pub use ferry_connect::pin;

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use ferry_connect::replicas::Rotation;
 use ferry_control::{
     Applied, Backoff, GatewayId, SigningKey, WgKey,
-    client::{self, Channel},
+    client::{self, Channel, ClientError},
     gateway::{DesiredState, FromGateway, ToGateway},
 };
 use tokio::sync::{Notify, mpsc, watch};
@@ -61,12 +61,13 @@ pub struct Inputs {
 /// channel: it keeps the site NAT's mapping alive and remakes it after the
 /// NAT lost it (a conntrack flush, a router reboot), so that the cloud's
 /// messages reach the gateway again.
+/// A channel silent for `client::SILENCE_LIMIT` is given up; one whose
+/// ping is overdue while the kernel holds the gateway's bytes
+/// unacknowledged (`Channel::check_outbound`) is stuck behind segments lost
+/// in an outage: its events (an approval, an end) would reach the cloud
+/// only at TCP's next backed-off retransmission, so the gateway reconnects
+/// to the same cloud address.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Without any frame from the cloud for this long (pongs included), the
-/// channel is taken for dead and the gateway reconnects.
-const SILENCE_LIMIT: Duration = Duration::from_secs(35);
-/// How long a ping may wait for room in the send buffer.
-const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the channel forever, reconnecting with exponential backoff and full
 /// jitter. With several cloud addresses, a failure moves to the next one at
@@ -74,18 +75,32 @@ const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run(link: CloudLink, mut inputs: Inputs, to_daemon: mpsc::Sender<FromCloud>) {
     let mut backoff = Backoff::default();
     let mut rotation = Rotation::new(link.urls.len());
+    // After a stall, the backoff is reset only once a connection proved
+    // that it carries what the gateway sends, so stalls in a row back off.
+    let mut on_probation = false;
     loop {
         let url = link.urls.get(rotation.current()).cloned().unwrap_or_default();
         let mut connected = false;
         let started = std::time::Instant::now();
-        match session(&link, &url, &mut inputs, &to_daemon, &mut backoff, &mut connected).await {
+        let mut stalled = false;
+        match session(&link, &url, &mut inputs, &to_daemon, &mut backoff, &mut connected, &mut on_probation)
+            .await
+        {
             Ok(()) => info!(cloud = %url, "the cloud closed the control channel"),
-            Err(e) => warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed"),
+            Err(e) => {
+                stalled = is_stall(&e);
+                warn!(cloud = %url, error = %format!("{e:#}"), "control channel to the cloud failed")
+            }
         }
         if to_daemon.send(FromCloud::Connected(false)).await.is_err() {
             return;
         }
-        let wait = rotation.ended(connected.then(|| started.elapsed()), &mut backoff, &mut rand_core::OsRng);
+        let wait = if stalled {
+            on_probation = true;
+            rotation.retry_same(&mut backoff, &mut rand_core::OsRng)
+        } else {
+            rotation.ended(connected.then(|| started.elapsed()), &mut backoff, &mut rand_core::OsRng)
+        };
         info!(retry_in_ms = wait.as_millis() as u64, next = %link.urls.get(rotation.current()).map_or("", |u| u.as_str()), "reconnecting to the cloud");
         tokio::time::sleep(wait).await;
     }
@@ -98,6 +113,7 @@ async fn session(
     to_daemon: &mpsc::Sender<FromCloud>,
     backoff: &mut Backoff,
     connected: &mut bool,
+    on_probation: &mut bool,
 ) -> Result<()> {
     let ws = client::connect(url, link.pin).await.with_context(|| format!("connecting to {url}"))?;
     let mut channel = Channel::new(ws);
@@ -119,7 +135,7 @@ async fn session(
     // A connection counts as working once the cloud takes events: one the
     // cloud closes at the first event (it could not store it) must not
     // start every retry from the shortest delay again.
-    if inputs.store.pending_len() == 0 {
+    if inputs.store.pending_len() == 0 && !*on_probation {
         backoff.reset();
     }
     if to_daemon.send(FromCloud::Connected(true)).await.is_err()
@@ -134,32 +150,44 @@ async fn session(
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if *on_probation && channel.answered_within(client::STALL_GRACE) {
+            backoff.reset();
+            *on_probation = false;
+        }
         sent_up_to = send_pending(&mut channel, &inputs.store, sent_up_to).await?;
         tokio::select! {
             message = channel.recv::<ToGateway>() => match message.context("reading from the cloud")? {
                 None => return Ok(()),
-                Some(ToGateway::DesiredState(state)) => {
-                    if to_daemon.send(FromCloud::Desired(state)).await.is_err() {
-                        return Ok(());
-                    }
-                }
+                Some(ToGateway::Error(e)) => bail!("the cloud reported an error ({}): {}", e.code, e.message),
                 Some(ToGateway::EventAck(ack)) => {
                     let dropped = inputs.store.ack(ack.seq).context("dropping acknowledged events")?;
                     tracing::debug!(seq = ack.seq, dropped, "events acknowledged");
-                    backoff.reset();
+                    // An acknowledgement of events not acknowledged before
+                    // proves that what the gateway sends arrives (its ping
+                    // may just wait behind a window of events): no stall,
+                    // and a connection that works.
+                    if dropped == 0 {
+                        channel.check_outbound()?;
+                    } else {
+                        backoff.reset();
+                        *on_probation = false;
+                    }
                 }
-                Some(ToGateway::Error(e)) => bail!("the cloud reported an error ({}): {}", e.code, e.message),
-                Some(other) => warn!(kind = ferry_control::Message::type_name(&other), "unexpected message from the cloud"),
+                Some(message) => {
+                    channel.check_outbound()?;
+                    match message {
+                        ToGateway::DesiredState(state) => {
+                            if to_daemon.send(FromCloud::Desired(state)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        other => warn!(kind = ferry_control::Message::type_name(&other), "unexpected message from the cloud"),
+                    }
+                }
             },
             _ = inputs.events.notified() => {}
             _ = keepalive.tick() => {
-                let silent = channel.last_heard().elapsed();
-                if silent > SILENCE_LIMIT {
-                    bail!("nothing from the cloud for {}s, not even a pong", silent.as_secs());
-                }
-                tokio::time::timeout(PING_SEND_TIMEOUT, channel.ping())
-                    .await
-                    .context("the ping to the cloud did not leave")??;
+                channel.keepalive().await.context("keeping the channel to the cloud alive")?;
             }
             changed = applied_rx.changed() => {
                 if changed.is_err() {
@@ -172,6 +200,12 @@ async fn session(
             }
         }
     }
+}
+
+/// Whether the session ended because the gateway's side of the connection
+/// was stuck (see `Channel::check_outbound`).
+fn is_stall(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Stalled { .. }))
 }
 
 /// Sends queued events newer than `sent_up_to` (within the window) and

@@ -411,9 +411,17 @@ fn a_connection_closed_at_its_first_event_keeps_the_backoff_growing() {
 
     let closed = runtime
         .block_on(async {
-            let mut connected = false;
+            let (mut connected, mut on_probation) = (false, false);
             let url = &site.link.urls[0];
-            let session = session(&site.link, url, &mut inputs, &to_daemon, &mut backoff, &mut connected);
+            let session = session(
+                &site.link,
+                url,
+                &mut inputs,
+                &to_daemon,
+                &mut backoff,
+                &mut connected,
+                &mut on_probation,
+            );
             tokio::time::timeout(HANG, session).await
         })
         .expect("the cloud closes the channel at the event it cannot store");
@@ -430,10 +438,10 @@ fn a_connection_closed_at_its_first_event_keeps_the_backoff_growing() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        let mut connected = false;
+        let (mut connected, mut on_probation) = (false, false);
         let url = &site.link.urls[0];
         tokio::select! {
-            ended = session(&site.link, url, &mut inputs, &to_daemon, &mut backoff, &mut connected) => {
+            ended = session(&site.link, url, &mut inputs, &to_daemon, &mut backoff, &mut connected, &mut on_probation) => {
                 panic!("the channel ended: {ended:?}")
             }
             () = delivered => {}
