@@ -579,15 +579,23 @@ mod tests {
                     "nft 'add table inet outage; add chain inet outage input {{ type filter hook input priority 0; }}; add rule inet outage input tcp dport {port} drop'"
                 ));
                 channel.ping().await.unwrap();
-                // Retransmissions 0.2, 0.6 and 1.4 s after the ping, the
-                // next one at 3 s: the check comes between them.
-                tokio::time::sleep(2 * grace).await;
-                sh("nft delete table inet outage");
+                // The rule drops only what goes to the peer: wait until the
+                // kernel has retransmitted the ping three times (0.2, 0.6
+                // and 1.4 s after it, so past the grace), with the rule
+                // still in place, so nothing can acknowledge it meanwhile.
+                let info = || crate::send_state::tcp_info(channel.get_ref().get_ref().get_ref()).unwrap();
+                for _ in 0..600 {
+                    if info().tcpi_backoff >= 3 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 peer.send(snapshot(1)).await.unwrap();
                 channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
-                let info = crate::send_state::tcp_info(channel.get_ref().get_ref().get_ref()).unwrap();
-                assert!(info.tcpi_backoff > 0 && info.tcpi_unacked > 0, "backoff {}, unacked {}", info.tcpi_backoff, info.tcpi_unacked);
+                let seen = crate::send_state::tcp_info(channel.get_ref().get_ref().get_ref()).unwrap();
+                assert!(seen.tcpi_backoff >= 3 && seen.tcpi_unacked > 0, "backoff {}, unacked {}", seen.tcpi_backoff, seen.tcpi_unacked);
                 assert!(channel.outbound_stalled(grace), "the ping was lost, the peer's message was not");
+                sh("nft delete table inet outage");
             });
         };
         std::thread::spawn(run).join().unwrap();

@@ -15,20 +15,26 @@ const IN_FLIGHT_AT_MOST_MS: u32 = 1_000;
 
 /// A transport that can tell whether what it sent is stuck.
 pub trait SendState {
-    /// `Some(true)` when the kernel is retransmitting with a backoff, or holds
-    /// bytes the peer has not acknowledged well after the newest of them
-    /// left; `Some(false)` when everything sent was acknowledged (or is just
-    /// in flight); `None` when the transport cannot tell.
+    /// `Some(true)` when the kernel holds bytes the peer has not
+    /// acknowledged and is retransmitting them with a backoff, or sent
+    /// nothing for a while (`tcpi_last_data_sent`, which counts
+    /// retransmissions too); `Some(false)` when everything sent was
+    /// acknowledged (or is just in flight); `None` when the transport cannot
+    /// tell.
     fn unacknowledged(&self) -> Option<bool>;
 }
 
 impl SendState for TcpStream {
     fn unacknowledged(&self) -> Option<bool> {
         let info = tcp_info(self)?;
+        // Unacknowledged bytes in every case: a backoff alone is also what
+        // zero-window probes to a live peer with a full buffer raise, and
+        // what can linger after a retransmission was acknowledged.
         Some(
-            info.tcpi_backoff > 0
-                || info.tcpi_retransmits > 0
-                || (info.tcpi_unacked > 0 && info.tcpi_last_data_sent >= IN_FLIGHT_AT_MOST_MS),
+            info.tcpi_unacked > 0
+                && (info.tcpi_backoff > 0
+                    || info.tcpi_retransmits > 0
+                    || info.tcpi_last_data_sent >= IN_FLIGHT_AT_MOST_MS),
         )
     }
 }
@@ -64,5 +70,8 @@ pub fn tcp_info(stream: &TcpStream) -> Option<libc::tcp_info> {
             &mut len,
         )
     };
-    (rc == 0).then_some(info)
+    // The fields read here are in the structure's first part, which every
+    // Linux fills; a shorter answer is not the kernel's TCP.
+    let enough = std::mem::offset_of!(libc::tcp_info, tcpi_last_data_recv) as libc::socklen_t;
+    (rc == 0 && len >= enough).then_some(info)
 }
