@@ -513,19 +513,26 @@ mod tests {
         assert!(channel.answered_within(long), "the pong came back");
     }
 
+    /// A channel over loopback TCP, the peer's end of it, and the peer's
+    /// port.
+    async fn tcp_pair() -> (Channel, WebSocketStream<TcpStream>, u16) {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        let channel = Channel::new(
+            WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(near), Role::Client, None).await,
+        );
+        (channel, WebSocketStream::from_raw_socket(far, Role::Server, None).await, port)
+    }
+
     /// A cloud slow to read (a backlog, a slow snapshot build) is not a
     /// stuck connection: its kernel acknowledges our ping at once, even
     /// though the cloud reads it only long after it sent us messages.
     #[tokio::test]
     async fn a_peer_slow_to_read_whose_kernel_acknowledges_is_not_stalled() {
-        use tokio_tungstenite::tungstenite::protocol::Role;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (far, _) = listener.accept().await.unwrap();
-        let mut channel = Channel::new(
-            WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(near), Role::Client, None).await,
-        );
-        let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+        let (mut channel, mut peer, _) = tcp_pair().await;
         let grace = Duration::from_secs(1);
 
         channel.ping().await.unwrap();
@@ -554,7 +561,6 @@ mod tests {
     #[test]
     fn a_connection_whose_segments_are_lost_is_stalled() {
         let run = || {
-            use tokio_tungstenite::tungstenite::protocol::Role;
             // SAFETY: moves only this thread into a new network namespace,
             // which ends with it.
             assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: needs root");
@@ -565,14 +571,7 @@ mod tests {
             sh("ip link set lo up");
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let port = listener.local_addr().unwrap().port();
-                let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-                let (far, _) = listener.accept().await.unwrap();
-                let mut channel = Channel::new(
-                    WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(near), Role::Client, None).await,
-                );
-                let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+                let (mut channel, mut peer, port) = tcp_pair().await;
                 let grace = Duration::from_secs(1);
 
                 sh(&format!(

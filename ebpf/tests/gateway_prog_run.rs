@@ -518,6 +518,12 @@ fn ending_a_session_cuts_its_replies_at_once() {
     lan(&f, &reply, Outcome::NoConntrack);
 }
 
+/// The NAT port a flow tries `i`-th, as the programs pick them.
+fn nat_candidate(key: &FlowKey, i: u32) -> u16 {
+    let ports = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
+    (NAT_PORT_MIN as u32 + (flow_hash(key) + i) % ports) as u16
+}
+
 #[test]
 fn two_peers_with_the_same_port_get_different_nat_ports() {
     let mut f = forwarder();
@@ -531,8 +537,7 @@ fn two_peers_with_the_same_port_get_different_nat_ports() {
         peer_port: 40000u16.to_be_bytes(),
         dport: 22u16.to_be_bytes(),
     };
-    let ports = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
-    let candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&second) + i) % ports) as u16;
+    let candidate = |i: u32| nat_candidate(&second, i);
     let now = monotonic_ns();
     let first = Flow {
         protocol: PROTO_TCP,
@@ -568,7 +573,7 @@ fn two_peers_with_the_same_port_get_different_nat_ports() {
     f.set_timeouts(ages.timeouts).unwrap();
     let first = Flow { last_seen_ns: monotonic_ns(), ..first };
     let third = FlowKey { peer_port: 40001u16.to_be_bytes(), ..second };
-    let third_candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&third) + i) % ports) as u16;
+    let third_candidate = |i: u32| nat_candidate(&third, i);
     for i in 0..NAT_PORT_TRIES {
         let blocker =
             Flow { peer: sa([100, 96, 1, 100 + i as u8], 1), nat_port: third_candidate(i), ..first };
@@ -818,18 +823,6 @@ fn flows_the_programs_stamped_age_and_are_stamped_again_in_later_ticks() {
     assert_same(&out, &translated_reply(&third_reply, PROXY_PLC, PEER_A1, Port::Destination(40000)));
 }
 
-/// The sum of the 16-bit words of addresses, folded (one's complement).
-fn folded(addresses: &[[u8; 4]]) -> u32 {
-    let mut sum: u32 = addresses
-        .iter()
-        .map(|a| u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum % 0xffff
-}
-
 /// The TUN program tells a full L4 checksum from a partial one by what its
 /// address update did to the field. When the addresses leaving and arriving
 /// sum to the same (the update changes nothing), it cannot: the port is then
@@ -908,8 +901,7 @@ fn a_flow_kept_alive_by_replies_alone_keeps_its_nat_port_through_the_sweep() {
         peer_port: 50000u16.to_be_bytes(),
         dport: 161u16.to_be_bytes(),
     };
-    let ports = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
-    let candidate = |i: u32| (NAT_PORT_MIN as u32 + (flow_hash(&key) + i) % ports) as u16;
+    let candidate = |i: u32| nat_candidate(&key, i);
     // The flow took its second candidate (the first was held when it
     // started, and is free again now), and was last stamped long ago.
     let ages = ages();

@@ -469,18 +469,6 @@ fn gro_super_segments_with_partial_checksums_are_translated_correctly() {
     gateway_support::assert_checksums_valid(&datagrams[0]);
 }
 
-/// The sum of the 16-bit words of addresses, folded (one's complement).
-fn folded(addresses: &[[u8; 4]]) -> u32 {
-    let mut sum: u32 = addresses
-        .iter()
-        .map(|a| u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum % 0xffff
-}
-
 /// The TUN program tells a partial L4 checksum from a full one by what its
 /// address update did to the field; when the address change sums to nothing
 /// it cannot, and leaves the port to the checksum helper, which knows the
@@ -488,7 +476,7 @@ fn folded(addresses: &[[u8; 4]]) -> u32 {
 /// proxy address that balances: every one reaches the target valid.
 #[test]
 fn partial_and_full_checksums_are_translated_right_when_the_address_change_sums_to_nothing() {
-    assert_eq!(folded(&[PEER_A1, PROXY_BALANCED]), folded(&[SNAT, TARGET]));
+    assert_eq!(gateway_support::folded(&[PEER_A1, PROXY_BALANCED]), gateway_support::folded(&[SNAT, TARGET]));
     let mut s = setup_with(true, FlowTimeouts::DEFAULT);
     let iface = s.target_if.clone();
     let capture = s.target.run_in(move || capture(&iface)).unwrap();

@@ -275,3 +275,15 @@ pub fn reseal_ip(frame: &mut [u8]) {
     let bytes = ip.to_bytes();
     frame[ETH..ETH + bytes.len()].copy_from_slice(&bytes);
 }
+
+/// The sum of the 16-bit words of addresses, folded (one's complement).
+pub fn folded(addresses: &[[u8; 4]]) -> u32 {
+    let mut sum: u32 = addresses
+        .iter()
+        .map(|a| u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum % 0xffff
+}
