@@ -59,7 +59,7 @@ fn soak(seed: u64, seconds: u64, extra: &[&str]) -> String {
     );
     assert!(stdout.contains(&format!("seed {seed}")), "the seed is printed:\n{stdout}");
     assert!(stdout.contains("ferry-soak: passed"), "seed {seed}: {stdout}");
-    assert!(row(&stdout, "sessions run") >= 2, "seed {seed}: {stdout}");
+    assert!(row(&stdout, "sessions run") >= 1, "seed {seed}: {stdout}");
     assert!(row(&stdout, "uses (whitelisted traffic) ok") >= 1, "seed {seed}: {stdout}");
     assert!(row(&stdout, "invariant checks made") >= 10, "seed {seed}: {stdout}");
     let left: Vec<String> = std::fs::read_dir("/run/netns")
@@ -76,6 +76,7 @@ fn soak(seed: u64, seconds: u64, extra: &[&str]) -> String {
 #[test]
 fn a_short_soak_with_a_fixed_seed_passes_every_invariant() {
     let table = soak(SEED, 90, &[]);
+    assert!(row(&table, "sessions run") >= 2, "{table}");
     assert!(row(&table, "faults injected") >= 2, "{table}");
     // Seed 2's first sessions draw the ferry client, the ferry client and
     // wireguard-go (the client stream; docs/soak.md).
@@ -96,6 +97,8 @@ fn a_short_soak_with_a_random_seed_passes_every_invariant() {
     // RandomState is seeded from the OS; a 32-bit seed is easy to copy.
     let seed = std::collections::hash_map::RandomState::new().build_hasher().finish() >> 32;
     // One step in four is a fault: a 60 s schedule can draw a single one
-    // (seed 3246706090 did), so only seed 2's run above counts them.
+    // (seed 3246706090 did), and a session of a full minute whose expiry is
+    // waited for can be the only one (seed 2374652189 passed every
+    // invariant so), so only seed 2's run above counts them.
     soak(seed, 60, &["--no-cloud-outage"]);
 }
