@@ -156,8 +156,14 @@ impl ControlGateway {
                 let _ = ready_tx.send(());
                 let mut seq = 0;
                 let mut waiting: Vec<(u64, mpsc::Sender<()>)> = Vec::new();
+                // As the real gateway: the cloud closes a channel silent
+                // for a minute.
+                let mut keepalive = tokio::time::interval(Duration::from_secs(10));
                 loop {
                     tokio::select! {
+                        _ = keepalive.tick() => {
+                            let _ = channel.ping().await;
+                        }
                         message = channel.recv::<ToGateway>() => match message {
                             Ok(Some(ToGateway::DesiredState(state))) => {
                                 let applied = FromGateway::Applied(Applied { revision: state.revision });

@@ -91,8 +91,14 @@ impl StandInGateway {
                 .await
                 .unwrap();
                 let _ = state_tx.send(first);
+                // As the real gateway: the cloud closes a channel silent
+                // for a minute.
+                let mut keepalive = tokio::time::interval(Duration::from_secs(10));
                 while !stop2.load(Ordering::Relaxed) {
                     tokio::select! {
+                        _ = keepalive.tick() => {
+                            let _ = channel.ping().await;
+                        }
                         message = channel.recv::<ToGateway>() => match message {
                             Ok(Some(ToGateway::DesiredState(state))) => {
                                 let applied = FromGateway::Applied(Applied { revision: state.revision });

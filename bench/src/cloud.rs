@@ -77,10 +77,10 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
 
     let setup = ureq_agent(false);
     let (gateway_id, key) = create_and_enrol(&setup, &cloud, &token, "press 4")?;
-    let mut channel = runtime.block_on(connect(cloud.addr, gateway_id, &key, true))?;
+    let channel = runtime.block_on(connect(cloud.addr, gateway_id, &key, true))?;
     // Every start and end pushes the gateway its desired state: read them
     // so they never back up, and answer nothing.
-    let reader = runtime.spawn(async move { while let Ok(Some(_)) = channel.recv::<ToGateway>().await {} });
+    let reader = runtime.spawn(held(channel));
 
     eprintln!("cloud bench: {CLIENTS} clients create, start and end sessions for {}s", window.as_secs());
     let load = session_load(&[&cloud], &token, gateway_id, window, None)?;
@@ -96,7 +96,9 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
 
     let idle = idle_gateways(&cloud, &token, &runtime, gateways)?;
     cloud.stop()?;
-    drop(idle.channels);
+    for gateway in &idle.held {
+        gateway.abort();
+    }
     let capped = capped_comparison(scratch.path(), work_dir, window, &runtime)?;
     eprintln!(
         "cloud bench: {}",
@@ -392,8 +394,8 @@ fn capped_load(
     let first = clouds.first().context("no replica")?;
     let token = first.api_token()?;
     let (gateway_id, key) = create_and_enrol(&ureq_agent(false), first, &token, "press 4")?;
-    let mut channel = runtime.block_on(connect(first.addr, gateway_id, &key, true))?;
-    let reader = runtime.spawn(async move { while let Ok(Some(_)) = channel.recv::<ToGateway>().await {} });
+    let channel = runtime.block_on(connect(first.addr, gateway_id, &key, true))?;
+    let reader = runtime.spawn(held(channel));
     eprintln!(
         "cloud bench: {label}: {replicas} replica(s) capped at {CAP_CORES} core each; {CLIENTS} clients create, \
          start and end sessions for {}s",
@@ -974,7 +976,8 @@ fn sled_baseline(dir: &Path, threads: usize, value_bytes: usize, window: Duratio
 }
 
 struct Idle {
-    channels: Vec<Channel>,
+    /// Each connected gateway's task ([`held`]).
+    held: Vec<tokio::task::JoinHandle<()>>,
     connected: usize,
     failed: usize,
     first_failure: Option<String>,
@@ -1032,14 +1035,15 @@ fn idle_gateways(
     let started = Instant::now();
     let addr = cloud.addr;
     let limit = Arc::new(tokio::sync::Semaphore::new(CLIENTS));
-    let results: Vec<Result<Channel, String>> = runtime.block_on(async {
+    let results: Vec<Result<tokio::task::JoinHandle<()>, String>> = runtime.block_on(async {
         let tasks: Vec<_> = made
             .into_iter()
             .map(|(id, key)| {
                 let limit = limit.clone();
                 tokio::spawn(async move {
                     let _permit = limit.acquire_owned().await.expect("never closed");
-                    connect(addr, id, &key, false).await.map_err(|e| format!("{e:#}"))
+                    let channel = connect(addr, id, &key, false).await.map_err(|e| format!("{e:#}"))?;
+                    Ok(tokio::spawn(held(channel)))
                 })
             })
             .collect();
@@ -1049,12 +1053,12 @@ fn idle_gateways(
         }
         results
     });
-    let mut channels = Vec::with_capacity(results.len());
+    let mut held = Vec::with_capacity(results.len());
     let mut first_failure = None;
     let mut failed = 0;
     for result in results {
         match result {
-            Ok(channel) => channels.push(channel),
+            Ok(gateway) => held.push(gateway),
             Err(why) => {
                 failed += 1;
                 first_failure.get_or_insert(why);
@@ -1063,7 +1067,7 @@ fn idle_gateways(
     }
     eprintln!(
         "cloud bench: {} connected, {failed} failed in {:.1}s",
-        channels.len(),
+        held.len(),
         started.elapsed().as_secs_f64()
     );
     if let Some(why) = &first_failure {
@@ -1074,8 +1078,8 @@ fn idle_gateways(
     let bench_rss_after_kib = rss_kib(std::process::id())?;
     let gauge = gateway_gauge(cloud)?;
     Ok(Idle {
-        connected: channels.len(),
-        channels,
+        connected: held.len(),
+        held,
         failed,
         first_failure,
         gauge,
@@ -1084,6 +1088,24 @@ fn idle_gateways(
         bench_rss_before_kib,
         bench_rss_after_kib,
     })
+}
+
+/// A gateway's channel held as the real gateway holds it: what the cloud
+/// sends is read (desired states, never answered) so that nothing backs
+/// up, and a ping goes every 10 s, since the cloud closes a channel silent
+/// for a minute. Ends when the channel does.
+async fn held(mut channel: Channel) {
+    let mut keepalive = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            message = channel.recv::<ToGateway>() => if !matches!(message, Ok(Some(_))) {
+                return;
+            },
+            _ = keepalive.tick() => if channel.ping().await.is_err() {
+                return;
+            },
+        }
+    }
 }
 
 /// `ferry_cloud_control_connections{channel="gateway"}` from /metrics.

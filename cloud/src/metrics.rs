@@ -30,6 +30,7 @@ pub struct Metrics {
     pub control_connections: Family<ChannelLabels, Gauge>,
     pub control_messages: Family<ChannelLabels, Counter>,
     pub control_refused: Family<ChannelLabels, Counter>,
+    pub control_silent: Family<ChannelLabels, Counter>,
     /// Shared with the server's accept loop (`ServeOptions`).
     pub tls_handshake_failures: Counter,
     /// Connections closed at accept because too many were open, in all
@@ -99,6 +100,12 @@ impl Metrics {
             "Control connections refused or messages dropped as malformed",
             control_refused.clone(),
         );
+        let control_silent = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "control_silent",
+            "Control channels closed because nothing (not even a ping) arrived for a minute",
+            control_silent.clone(),
+        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -142,6 +149,7 @@ impl Metrics {
             control_connections,
             control_messages,
             control_refused,
+            control_silent,
         }
     }
 

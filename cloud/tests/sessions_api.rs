@@ -613,3 +613,63 @@ fn malformed_frames_are_refused_or_dropped_and_counted() {
     let metrics = api.call("GET", "/metrics", None, None).text;
     assert!(metrics.contains(r#"ferry_cloud_control_refused_total{channel="gateway"} 5"#), "{metrics}");
 }
+
+/// A gateway or a relay whose machine vanishes (power cut, cable pulled)
+/// closes nothing: TCP alone would keep its channel, and the cloud would
+/// show it online for good. The cloud closes a channel silent for a minute
+/// (`PEER_SILENCE_LIMIT`); one that pings, as the daemons do every 10 s,
+/// stays however long it is idle.
+#[test]
+fn a_gateway_and_a_relay_gone_silent_are_shown_offline_and_peers_that_ping_stay() {
+    use std::time::{Duration, Instant};
+    let w = world();
+    let api = &w.api;
+    let (pinging_id, pinging_key) = TestGateway::create_and_enrol(api, &w.admin, "press-5", 8);
+    let relay = api.post("/api/v1/relays", &w.admin, json!({"name": "relay-silent"}));
+    let silent_relay_id = relay.body["relay"]["id"].as_u64().unwrap();
+    let _silent_relay =
+        w.run(TestRelay::start_silent(api.addr, silent_relay_id, relay.body["token"].as_str().unwrap())).unwrap();
+    let relay = api.post("/api/v1/relays", &w.admin, json!({"name": "relay-pinging"}));
+    let pinging_relay_id = relay.body["relay"]["id"].as_u64().unwrap();
+    let _pinging_relay =
+        w.run(TestRelay::start(api.addr, pinging_relay_id, relay.body["token"].as_str().unwrap())).unwrap();
+    // Held open, never read from, never written to.
+    let _silent = w.gateway(true);
+    let mut pinging = w.run(TestGateway::connect(api.addr, pinging_id, &pinging_key, true)).unwrap();
+
+    let online = |path: String, field: &str| api.get(&path, &w.admin).body[field]["online"] == json!(true);
+    let silent_gateway = format!("/api/v1/gateways/{}", w.gateway_id);
+    let pinging_gateway = format!("/api/v1/gateways/{pinging_id}");
+    let relay_online = |id: u64| {
+        let relays = api.get("/api/v1/relays", &w.admin).body;
+        relays.as_array().unwrap().iter().any(|r| r["id"] == json!(id) && r["health"]["online"] == json!(true))
+    };
+    assert!(online(silent_gateway.clone(), "last_seen") && online(pinging_gateway.clone(), "last_seen"));
+    assert!(relay_online(silent_relay_id) && relay_online(pinging_relay_id));
+
+    let start = Instant::now();
+    let mut last_ping = Instant::now();
+    while online(silent_gateway.clone(), "last_seen") || relay_online(silent_relay_id) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the silent peers are still online after 120 s (gateway {}, relay {})",
+            online(silent_gateway.clone(), "last_seen"),
+            relay_online(silent_relay_id)
+        );
+        if last_ping.elapsed() >= Duration::from_secs(10) {
+            w.run(pinging.ping());
+            last_ping = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A minute of silence at the least: nothing closed them early.
+    assert!(start.elapsed() >= Duration::from_secs(50), "closed after {:?}", start.elapsed());
+    assert!(online(pinging_gateway, "last_seen"), "a gateway that pings stays online");
+    assert!(relay_online(pinging_relay_id), "a relay that pings stays online");
+    assert!(w.actions().iter().any(|l| l == &format!("gateway:{} gateway.disconnect true", w.gateway_id)));
+    let metrics = api.call("GET", "/metrics", None, None).text;
+    for channel in ["gateway", "relay"] {
+        let line = format!("ferry_cloud_control_silent_total{{channel=\"{channel}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+}

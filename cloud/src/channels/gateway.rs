@@ -25,7 +25,7 @@ pub async fn run(state: AppState, socket: WebSocket, source: String, unproven: U
         },
         name: "gateway_hello",
     };
-    let Some((conn, challenge, hello)) = greeting.run(&state, Conn { socket, channel: "gateway" }).await
+    let Some((conn, challenge, hello)) = greeting.run(&state, Conn::new(socket, "gateway")).await
     else {
         return;
     };
@@ -110,7 +110,17 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
     if conn.send(&ToGateway::Welcome(Welcome { peer_id: registration.conn })).await {
         registration.dirty.mark_changed();
         loop {
+            let silent_at = conn.silent_at();
             tokio::select! {
+                () = tokio::time::sleep_until(silent_at) => {
+                    // Pings are read (and answered) inside `recv`, which
+                    // returns only with a message: look again.
+                    if conn.silent_at() > tokio::time::Instant::now() {
+                        continue;
+                    }
+                    conn.count_silent(&state);
+                    break;
+                }
                 changed = registration.dirty.changed() => {
                     if changed.is_err() {
                         let e = error(ErrorCode::Replaced, "another connection of this gateway took over");

@@ -34,6 +34,15 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the cloud waits for the peer's answer to its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A channel from which nothing arrived for this long (gateways and relays
+/// ping every 10 s) is closed, and its peer shown offline. Without it a
+/// gateway whose site lost power stays online at the cloud for as long as
+/// the cloud sends it nothing (TCP alone never notices a silent peer), and
+/// technicians could start sessions towards it. Longer than the peers' own
+/// limit (`ferry_control::client::SILENCE_LIMIT`), so that the side that
+/// can reconnect notices first.
+pub const PEER_SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(gateway_channel)).routes(routes!(relay_channel))
 }
@@ -91,6 +100,8 @@ fn limits(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
 struct Conn {
     socket: WebSocket,
     channel: &'static str,
+    /// When the peer's last frame (a ping included) arrived.
+    last_read: tokio::time::Instant,
 }
 
 enum Incoming<T> {
@@ -131,13 +142,36 @@ impl<To: ControlMessage, From: ControlMessage, H> Greeting<To, From, H> {
 }
 
 impl Conn {
+    fn new(socket: WebSocket, channel: &'static str) -> Conn {
+        Conn { socket, channel, last_read: tokio::time::Instant::now() }
+    }
+
+    /// When the channel has been silent for [`PEER_SILENCE_LIMIT`].
+    fn silent_at(&self) -> tokio::time::Instant {
+        self.last_read + PEER_SILENCE_LIMIT
+    }
+
+    /// Counts and logs a channel closed for its silence.
+    fn count_silent(&self, state: &AppState) {
+        state.metrics.control_silent.get_or_create(&ChannelLabels { channel: self.channel }).inc();
+        tracing::warn!(
+            channel = self.channel,
+            silent_s = PEER_SILENCE_LIMIT.as_secs(),
+            "nothing arrived on the control channel, not even a ping; closing it"
+        );
+    }
+
     async fn send<T: ControlMessage>(&mut self, message: &T) -> bool {
         self.socket.send(Message::Text(codec::encode(message).into())).await.is_ok()
     }
 
     async fn recv<T: ControlMessage>(&mut self) -> Incoming<T> {
         loop {
-            return match self.socket.recv().await {
+            let frame = self.socket.recv().await;
+            if matches!(frame, Some(Ok(_))) {
+                self.last_read = tokio::time::Instant::now();
+            }
+            return match frame {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::Closed,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Binary(_))) => {

@@ -27,7 +27,7 @@ pub async fn run(state: AppState, socket: WebSocket, source: String, unproven: U
         name: "relay_hello",
     };
     // Relays prove themselves with their token; the challenge is unused.
-    let Some((conn, _, hello)) = greeting.run(&state, Conn { socket, channel: "relay" }).await else {
+    let Some((conn, _, hello)) = greeting.run(&state, Conn::new(socket, "relay")).await else {
         return;
     };
     let id = hello.relay_id.0;
@@ -104,7 +104,17 @@ async fn serve(state: &AppState, mut conn: Conn, hello: &RelayHello) {
     if conn.send(&ToRelay::Welcome(Welcome { peer_id: registration.conn })).await {
         registration.dirty.mark_changed();
         loop {
+            let silent_at = conn.silent_at();
             tokio::select! {
+                () = tokio::time::sleep_until(silent_at) => {
+                    // Pings are read (and answered) inside `recv`, which
+                    // returns only with a message: look again.
+                    if conn.silent_at() > tokio::time::Instant::now() {
+                        continue;
+                    }
+                    conn.count_silent(state);
+                    break;
+                }
                 changed = registration.dirty.changed() => {
                     if changed.is_err() {
                         let e = error(ErrorCode::Replaced, "another connection of this relay took over");

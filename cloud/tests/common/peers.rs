@@ -153,14 +153,24 @@ impl TestGateway {
     pub async fn next(&mut self) -> Option<ToGateway> {
         self.recv().await
     }
+
+    /// A WebSocket ping, as the real gateway sends every 10 s (the pong is
+    /// read, and skipped, by a later read).
+    pub async fn ping(&mut self) {
+        self.channel.ping().await.unwrap();
+    }
 }
 
 /// A relay that answers every allocation with endpoints in 203.0.113.0/24
-/// and records every snapshot it receives.
+/// and records every snapshot it receives. It pings every
+/// [`RELAY_PING_EVERY`], as the real relay does with its health reports;
+/// [`TestRelay::start_silent`] makes one that never does.
 pub struct TestRelay {
     pub snapshots: Arc<Mutex<Vec<DesiredAllocations>>>,
     pub task: tokio::task::JoinHandle<()>,
 }
+
+pub const RELAY_PING_EVERY: Duration = Duration::from_secs(10);
 
 pub const RELAY_UDP: &str = "203.0.113.7:3478";
 /// The test relay's public STUN address.
@@ -171,6 +181,21 @@ pub const RELAY_PIN: &str =
 
 impl TestRelay {
     pub async fn start(api_addr: SocketAddr, id: u64, token: &str) -> Result<TestRelay, ClientError> {
+        TestRelay::start_with(api_addr, id, token, Some(RELAY_PING_EVERY)).await
+    }
+
+    /// A relay that sends nothing after its answers: one whose machine
+    /// vanished without closing its connection.
+    pub async fn start_silent(api_addr: SocketAddr, id: u64, token: &str) -> Result<TestRelay, ClientError> {
+        TestRelay::start_with(api_addr, id, token, None).await
+    }
+
+    async fn start_with(
+        api_addr: SocketAddr,
+        id: u64,
+        token: &str,
+        ping_every: Option<Duration>,
+    ) -> Result<TestRelay, ClientError> {
         let ws = client::connect(&format!("ws://{api_addr}/api/v1/control/relay"), None).await?;
         let mut channel = Channel::new(ws);
         let udp = RELAY_UDP.parse().unwrap();
@@ -189,6 +214,8 @@ impl TestRelay {
         let recorded = snapshots.clone();
         let task = tokio::spawn(async move {
             let mut snapshot = Some(first);
+            let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
+            ping.tick().await;
             loop {
                 if let Some(allocations) = snapshot.take() {
                     for a in &allocations.allocations {
@@ -204,10 +231,17 @@ impl TestRelay {
                     }
                     recorded.lock().unwrap().push(allocations);
                 }
-                match channel.recv::<ToRelay>().await {
-                    Ok(Some(ToRelay::DesiredAllocations(next))) => snapshot = Some(next),
-                    Ok(Some(_)) => {}
-                    _ => return,
+                tokio::select! {
+                    message = channel.recv::<ToRelay>() => match message {
+                        Ok(Some(ToRelay::DesiredAllocations(next))) => snapshot = Some(next),
+                        Ok(Some(_)) => {}
+                        _ => return,
+                    },
+                    _ = ping.tick(), if ping_every.is_some() => {
+                        if channel.ping().await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         });
