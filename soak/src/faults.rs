@@ -20,11 +20,18 @@ impl Soak {
         let wan = self.world.site_router().wan_if.clone();
         match kind {
             "kill cloud" => {
-                self.event("fault: SIGKILL the cloud".into());
+                // The data plane needs no cloud: live sessions carry on
+                // while it is down and after it restarted.
+                let carrying = self.carrying();
+                self.event(format!("fault: SIGKILL the cloud ({} sessions carrying traffic)", carrying.len()));
                 self.world.kill_cloud();
-                std::thread::sleep(Duration::from_millis(self.rng.between(100, 3000)));
+                let down = Duration::from_millis(self.rng.between(100, 3000));
+                let killed = std::time::Instant::now();
+                self.check_untouched(&carrying, "while the cloud is down")?;
+                std::thread::sleep(down.saturating_sub(killed.elapsed()));
                 self.world.start_cloud();
                 self.event("fault: the cloud restarted".into());
+                self.check_untouched(&carrying, "after the cloud restarted")?;
             }
             "kill relay" => {
                 let carrying = self.carrying();

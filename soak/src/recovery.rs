@@ -5,6 +5,10 @@
 //! sessions with wireguard-go go through the relay; those with the `ferry`
 //! client find the direct path in this world, so for them the check says
 //! only that the relay's restart did not disturb them.
+//!
+//! And the live-path invariant for a fault that touches no session's path:
+//! a session carrying traffic keeps carrying it, at once
+//! ([`UNTOUCHED_BOUND`]), while the fault lasts and after it.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,9 @@ use crate::{
 
 /// From the relay running again (online at the cloud) to an answered echo.
 pub const RELAY_RECOVERY: Duration = Duration::from_secs(20);
+/// How long an echo through a session whose path a fault does not touch
+/// may take (a datagram lost is retried within it; no handshake is needed).
+pub const UNTOUCHED_BOUND: Duration = Duration::from_secs(10);
 
 /// A session whose traffic must come back: (technician, session, echo
 /// proxy address).
@@ -80,6 +87,34 @@ impl Soak {
                 "session {}: traffic {path} again {:.1}s after the relay ran again",
                 c.session,
                 running_again.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every session of `carrying` answers an echo within
+    /// [`UNTOUCHED_BOUND`] now, `when` (what the fault has done so far,
+    /// for the event log and a breach).
+    pub fn check_untouched(&mut self, carrying: &[Carrying], when: &str) -> Outcome {
+        for c in carrying {
+            let ns = self.techs[c.tech].ns.clone();
+            let started = Instant::now();
+            let answered =
+                eventually(UNTOUCHED_BOUND, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
+            self.stats.checks += 1;
+            if let Err(e) = answered {
+                return Err(format!(
+                    "session {} ({}): no echo {when}, within {UNTOUCHED_BOUND:?}, although the fault touches \
+                     nothing on its path ({e})",
+                    c.session,
+                    c.kind.name()
+                ));
+            }
+            self.stats.untouched_echoes += 1;
+            self.event(format!(
+                "session {}: traffic carried {when} ({:.1}s)",
+                c.session,
+                started.elapsed().as_secs_f64()
             ));
         }
         Ok(())
