@@ -99,8 +99,9 @@ impl Soak {
         for c in carrying {
             let ns = self.techs[c.tech].ns.clone();
             let started = Instant::now();
-            let answered =
-                eventually(UNTOUCHED_BOUND, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
+            let answered = eventually(UNTOUCHED_BOUND, || {
+                echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2))
+            });
             self.stats.checks += 1;
             if let Err(e) = answered {
                 return Err(format!(
