@@ -23,7 +23,10 @@ impl Soak {
                 // The data plane needs no cloud: live sessions carry on
                 // while it is down and after it restarted.
                 let carrying = self.carrying();
-                self.event(format!("fault: SIGKILL the cloud ({} sessions carrying traffic)", carrying.len()));
+                self.event(format!(
+                    "fault: SIGKILL the cloud ({} sessions carrying traffic)",
+                    carrying.len()
+                ));
                 self.world.kill_cloud();
                 let down = Duration::from_millis(self.rng.between(100, 3000));
                 let killed = std::time::Instant::now();

@@ -21,7 +21,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 
 /// Ferry under churn and faults: a cloud, a relay, a gateway behind a NAT
-/// with its machine network, and two technicians, in network namespaces;
+/// with its machine network, and two to six technicians, in network namespaces;
 /// sessions prepared, started, approved, used and ended while daemons are
 /// killed, links drop and NAT mappings change. Fails at the first breach of
 /// an invariant, with the seed and the event log. Needs root.
@@ -41,6 +41,13 @@ struct Cli {
     /// Leave out the fault that makes the cloud unreachable (20 to 60 s).
     #[arg(long)]
     no_cloud_outage: bool,
+    /// How many technicians (2 to 6): two on public addresses of their
+    /// own, then alternately one behind a symmetric NAT (the `ferry`
+    /// client takes the relay) and one behind a cone NAT. Which technician
+    /// acts at a step is a seeded choice among them, so the same seed with
+    /// another count is another schedule.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(soak::MIN_TECHNICIANS as u64..=soak::MAX_TECHNICIANS as u64))]
+    technicians: u64,
 }
 
 fn main() -> ExitCode {
@@ -58,7 +65,7 @@ fn main() -> ExitCode {
     let seed = cli.seed.unwrap_or_else(rng::fresh_seed);
     let duration = Duration::from_secs(cli.seconds.unwrap_or(cli.minutes * 60));
     println!("ferry-soak: seed {seed}, workload for {}s (replay with --seed {seed})", duration.as_secs());
-    match soak::run(seed, duration, !cli.no_cloud_outage) {
+    match soak::run(seed, duration, !cli.no_cloud_outage, cli.technicians as usize) {
         Ok(table) => {
             println!("{table}");
             println!("ferry-soak: passed, seed {seed}");

@@ -3,8 +3,9 @@
 //! of the relay running again (the bound the README promises for a relay
 //! with a state file; the soak found sessions that never recovered). The
 //! sessions with wireguard-go go through the relay; those with the `ferry`
-//! client find the direct path in this world, so for them the check says
-//! only that the relay's restart did not disturb them.
+//! client take the direct path where they can (else the relay), so for
+//! those on it the check says only that the relay's restart did not
+//! disturb them.
 //!
 //! And the live-path invariant for a fault that touches no session's path:
 //! a session carrying traffic keeps carrying it, at once
@@ -81,7 +82,7 @@ impl Soak {
             *self.stats.relay_recoveries.entry(c.kind.name()).or_default() += 1;
             let path = match c.kind {
                 Kind::Stock => "through the relay",
-                Kind::Ferry => "on the ferry client's path (direct here, not through the relay)",
+                Kind::Ferry => "on the ferry client's path",
             };
             self.event(format!(
                 "session {}: traffic {path} again {:.1}s after the relay ran again",
@@ -99,8 +100,9 @@ impl Soak {
         for c in carrying {
             let ns = self.techs[c.tech].ns.clone();
             let started = Instant::now();
-            let answered =
-                eventually(UNTOUCHED_BOUND, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
+            let answered = eventually(UNTOUCHED_BOUND, || {
+                echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2))
+            });
             self.stats.checks += 1;
             if let Err(e) = answered {
                 return Err(format!(

@@ -79,7 +79,7 @@ impl Stats {
         );
         for (kind, label) in [
             (Kind::Stock, "  wireguard-go, through the relay"),
-            (Kind::Ferry, "  the ferry client, direct path"),
+            (Kind::Ferry, "  the ferry client, its path"),
         ] {
             row(label, self.relay_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
         }

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry_lab::{Nat, Netns, Router};
 use ferry_world::{
     CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options,
     RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
@@ -37,9 +38,20 @@ const EXTRA_STREAM: u64 = 0x5eed_0fe8_a7a7;
 pub const CLIENT_STREAM: u64 = 0xc11e_47c1_1e47;
 
 /// The technicians, and the names of their `ferry` services as the table
-/// and the watch on memory and descriptors call them.
-const TECHNICIANS: [&str; 2] = ["tech-ada", "tech-bo"];
-pub const CLIENT_SERVICES: [&str; 2] = ["ferry service (tech-ada)", "ferry service (tech-bo)"];
+/// and the watch on memory and descriptors call them; a run has the first
+/// [`MIN_TECHNICIANS`] to [`MAX_TECHNICIANS`] of them.
+const TECHNICIANS: [&str; MAX_TECHNICIANS] =
+    ["tech-ada", "tech-bo", "tech-cy", "tech-di", "tech-ed", "tech-flo"];
+pub const CLIENT_SERVICES: [&str; MAX_TECHNICIANS] = [
+    "ferry service (tech-ada)",
+    "ferry service (tech-bo)",
+    "ferry service (tech-cy)",
+    "ferry service (tech-di)",
+    "ferry service (tech-ed)",
+    "ferry service (tech-flo)",
+];
+pub const MIN_TECHNICIANS: usize = 2;
+pub const MAX_TECHNICIANS: usize = 6;
 
 /// The daemons whose memory and descriptors are watched.
 pub const DAEMONS: [&str; 3] = ["ferry-cloud", "ferry-relay", "ferry-gateway"];
@@ -74,18 +86,73 @@ pub struct Soak {
     /// Per daemon: the first sample, and the first and last of the running
     /// process (a restart starts a new one).
     pub usage: BTreeMap<&'static str, (Usage, Usage, Usage, u32)>,
+    /// The technicians' laptops, by technician (their home routers live
+    /// as long as the run).
+    laptops: Vec<Laptop>,
+}
+
+/// Where a technician's laptop sits on the simulated internet.
+struct Laptop {
+    ns: Netns,
+    place: &'static str,
+    _router: Option<Router>,
+}
+
+/// The laptops: the world's technician and a second one on public
+/// addresses of their own, then, alternately, one behind a home router
+/// with a symmetric NAT (hole punching towards the site fails: the
+/// `ferry` client takes the relay) and one behind a cone NAT.
+fn laptops(world: &World, count: usize) -> Vec<Laptop> {
+    let mut laptops = vec![Laptop { ns: world.tech_ns.clone(), place: "public", _router: None }];
+    // A second technician on their own public address.
+    let tech2_ns = world.lab.netns("tech2").unwrap();
+    let veth = world.lab.wire(&world.inet, &["198.18.0.1/30"], &tech2_ns, &["198.18.0.2/30"]).unwrap();
+    tech2_ns.ip(&["route", "add", "default", "via", "198.18.0.1"]).unwrap();
+    world.inet.exec("ethtool", &["-K", &veth.a, "tx", "off"]).unwrap();
+    tech2_ns.exec("ethtool", &["-K", &veth.b, "tx", "off"]).unwrap();
+    laptops.push(Laptop { ns: tech2_ns, place: "public", _router: None });
+    for k in 2..count {
+        let (nat, place) = if k % 2 == 0 {
+            (Nat::Symmetric, "behind a symmetric NAT")
+        } else {
+            (Nat::Cone, "behind a cone NAT")
+        };
+        // 198.18.0.4k/30 on the simulated internet (benchmarking range),
+        // 10.77.k.0/24 at home.
+        let base = 4 * k;
+        let router = world
+            .lab
+            .nat_router(
+                &format!("home{k}"),
+                nat,
+                &world.inet,
+                &format!("198.18.0.{}/30", base + 1),
+                &format!("198.18.0.{}/30", base + 2),
+                &format!("10.77.{k}.1/24"),
+            )
+            .unwrap();
+        router.ns.exec("ethtool", &["-K", &router.wan_if, "tx", "off"]).unwrap();
+        let ns = world.lab.netns(&format!("tech{}", k + 1)).unwrap();
+        let laptop_if = router.attach(&ns, &format!("10.77.{k}.2/24")).unwrap();
+        ns.exec("ethtool", &["-K", &laptop_if, "tx", "off"]).unwrap();
+        laptops.push(Laptop { ns, place, _router: Some(router) });
+    }
+    laptops
 }
 
 /// Builds the world, runs the workload for `duration`, checks the end
 /// state; the table, or what went wrong with the event log.
 /// `cloud_outages`: whether the cloud-outage fault is drawn at all (its
 /// own stream, so leaving it out changes no other choice).
-pub fn run(seed: u64, duration: Duration, cloud_outages: bool) -> Result<String, String> {
+/// `technicians`: how many ([`MIN_TECHNICIANS`] to [`MAX_TECHNICIANS`]);
+/// which one acts at a step comes from the first stream, so another count
+/// is another schedule.
+pub fn run(seed: u64, duration: Duration, cloud_outages: bool, technicians: usize) -> Result<String, String> {
     // The world's helpers are test tooling and panic on what they cannot
     // do; that is a failure of the run like a breach (the event log is
     // above, printed as it happened).
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut soak = Soak::new(seed);
+        let mut soak = Soak::new(seed, technicians);
         soak.cloud_outages = cloud_outages;
         match soak.drive(duration).and_then(|()| soak.finish()) {
             Ok(()) => Ok(soak.stats.table(&soak.usage)),
@@ -106,7 +173,7 @@ pub fn run(seed: u64, duration: Duration, cloud_outages: bool) -> Result<String,
 }
 
 impl Soak {
-    fn new(seed: u64) -> Soak {
+    fn new(seed: u64, technicians: usize) -> Soak {
         let mut world = World::new(Options::default());
         world.start_cloud_and_login();
         world.start_relay();
@@ -127,16 +194,10 @@ impl Soak {
         world.remote("on");
         world.wait_gateway_at_cloud(gateway.id, true);
 
-        // A second technician on their own public address.
-        let tech2_ns = world.lab.netns("tech2").unwrap();
-        let veth = world.lab.wire(&world.inet, &["198.18.0.1/30"], &tech2_ns, &["198.18.0.2/30"]).unwrap();
-        tech2_ns.ip(&["route", "add", "default", "via", "198.18.0.1"]).unwrap();
-        world.inet.exec("ethtool", &["-K", &veth.a, "tx", "off"]).unwrap();
-        tech2_ns.exec("ethtool", &["-K", &veth.b, "tx", "off"]).unwrap();
-
+        let laptops = laptops(&world, technicians);
         let mut techs = Vec::new();
         let ferry = ferry_world::bin_path("ferry");
-        for (name, ns) in TECHNICIANS.into_iter().zip([world.tech_ns.clone(), tech2_ns]) {
+        for (name, ns) in TECHNICIANS.into_iter().zip(laptops.iter().map(|l| l.ns.clone())) {
             let user = world.create_technician(name);
             let user = User { token: world.login(&ns, name, &user.password).1, ..user };
             // Each laptop has the client installed and logged in, whichever
@@ -167,13 +228,18 @@ impl Soak {
             started: Instant::now(),
             log: Vec::new(),
             usage: BTreeMap::new(),
+            laptops: Vec::new(),
         };
         soak.sample_usage();
+        let places: Vec<String> =
+            TECHNICIANS.iter().zip(&laptops).map(|(name, l)| format!("{name} {}", l.place)).collect();
         soak.event(format!(
-            "world up: cloud, relay, gateway {} (switch on), 2 technicians, each with the ferry client's service \
-             and wireguard-go",
-            gateway.id
+            "world up: cloud, relay, gateway {} (switch on), {technicians} technicians ({}), each with the ferry \
+             client's service and wireguard-go",
+            gateway.id,
+            places.join(", ")
         ));
+        soak.laptops = laptops;
         soak
     }
 

@@ -69,6 +69,9 @@ enum Command {
         /// The seed of the schedule; random (and printed) if not given.
         #[arg(long)]
         seed: Option<u64>,
+        /// How many technicians (2 to 6; see `ferry-soak --help`).
+        #[arg(long, default_value_t = 4)]
+        technicians: u64,
     },
     /// Remove network namespaces, sockets and lab folders left by killed
     /// test and demo runs.
@@ -92,7 +95,9 @@ fn main() -> Result<()> {
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Bench { names } => bench::run(&names),
         Command::Demo { path, once } => demo::run(path.as_deref(), once),
-        Command::Soak { minutes, seconds, seed } => soak::run(minutes, seconds, seed),
+        Command::Soak { minutes, seconds, seed, technicians } => {
+            soak::run(minutes, seconds, seed, technicians)
+        }
         Command::Sweep => {
             for object in ferry_lab::sweep_stale() {
                 println!("removed {object}");
