@@ -1,0 +1,792 @@
+//! Issue 18's first invariant, from a capture: no packet reaches a machine
+//! that a session live at that moment does not whitelist, and nothing
+//! reaches the machine network while the customer's switch is off or after
+//! a session ended. Every frame the machine network delivers
+//! ([`crate::capture`]) is checked against the sessions' history the
+//! workload records ([`History`]): when each session could first carry
+//! traffic, when it ended, the entries it whitelists, and when the switch
+//! was off. Every frame falls in a named class or is a breach; nothing is
+//! let through by a blanket rule.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use ferry_lab::Netns;
+use serde_json::Value;
+
+use crate::{
+    capture::Capture,
+    soak::{Outcome, Soak},
+};
+
+/// How long after an end, and after the switch went off, the gateway's
+/// packets may still reach a machine: the bound docs/gateway.md promises
+/// for the switch and the customer's end, and the soak's echo loops check
+/// for every end (for an end at the cloud, counted from the gateway
+/// dropping the session, as the workload records it).
+pub const SLACK: Duration = Duration::from_secs(1);
+
+/// The bridge of the world's machine network (its switch namespace).
+const BRIDGE: &str = "br0";
+
+/// The capture on the world's machine network, for a gateway with
+/// `targets`.
+pub fn start(world: &ferry_world::World, targets: &Value) -> Result<MachineNet, String> {
+    let ip = |s: &str| s.parse::<Ipv4Addr>().map_err(|e| format!("{s}: {e}"));
+    let network = Network {
+        gateway: ip(ferry_world::GW_LAN_IP)?,
+        machines: vec![
+            ("target-a", ip(ferry_world::TARGET_A_IP)?),
+            ("target-b", ip(ferry_world::TARGET_B_IP)?),
+            // The world's probe host: nothing of the soak's uses it, so
+            // its traffic is checked like any machine's.
+            ("probe", ip(ferry_world::PROBE_IP)?),
+        ],
+    };
+    MachineNet::start(&world.lan_ns, BRIDGE, network, targets, SLACK)
+}
+
+impl Soak {
+    /// The packets captured since the last step, against the history so
+    /// far.
+    pub fn check_machine_net(&mut self) -> Outcome {
+        self.stats.checks += 1;
+        let checked = self.machine_net.check();
+        self.stats.machine_packets = self.machine_net.counts();
+        checked
+    }
+
+    /// At the end, every session ended: every packet of the run again,
+    /// against the whole history (an end the workload recorded after the
+    /// step that saw its packets counts now).
+    pub fn check_machine_net_all(&mut self) -> Outcome {
+        // The last frames reach the reader.
+        std::thread::sleep(Duration::from_millis(500));
+        self.stats.checks += 1;
+        let checked = self.machine_net.check_all();
+        self.stats.machine_packets = self.machine_net.counts();
+        let (n, counts) = self.machine_net.counts();
+        let classes: Vec<String> = counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
+        self.event(format!(
+            "the machine network's capture, checked again against the whole history: {n} packets ({})",
+            classes.join(", ")
+        ));
+        checked
+    }
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+
+/// One frame as it left a switch port toward a host, at the kernel's time.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub at: Instant,
+    pub frame: Frame,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Arp {
+        request: bool,
+        sender: Ipv4Addr,
+        target: Ipv4Addr,
+    },
+    Ipv4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        l4: L4,
+    },
+    Ipv6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        next: u8,
+        icmp_type: Option<u8>,
+    },
+    /// Another Ethernet type, or a frame that did not parse (`what` says).
+    Other {
+        ether_type: u16,
+        what: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        rst: bool,
+        syn: bool,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// An ICMP echo request or reply, with its identifier.
+    Echo {
+        request: bool,
+        id: u16,
+    },
+    /// Destination unreachable, time exceeded, parameter problem, with the
+    /// packet it quotes.
+    IcmpError {
+        icmp_type: u8,
+        quoted: Option<Quoted>,
+    },
+    Icmp {
+        icmp_type: u8,
+    },
+    /// A fragment after the first (no ports to check).
+    Fragment,
+    Other {
+        protocol: u8,
+    },
+}
+
+/// The packet an ICMP error quotes (ports: an echo's identifier for both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A whitelist entry: address, protocol, ports (none for ICMP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub protocol: u8,
+    pub ports: Option<(u16, u16)>,
+}
+
+impl Entry {
+    /// Whether the entry admits a packet to `dst` with this protocol and
+    /// destination port (ICMP: an echo request only, as the gateway does).
+    fn admits(&self, dst: Ipv4Addr, l4: &L4) -> bool {
+        if self.addr != dst {
+            return false;
+        }
+        let in_ports = |port: u16| self.ports.is_some_and(|(first, last)| (first..=last).contains(&port));
+        match *l4 {
+            L4::Tcp { dport, .. } => self.protocol == TCP && in_ports(dport),
+            L4::Udp { dport, .. } => self.protocol == UDP && in_ports(dport),
+            L4::Echo { request: true, .. } => self.protocol == ICMP,
+            _ => false,
+        }
+    }
+}
+
+/// A session's life as the workload saw it: from the moment it could first
+/// carry traffic (just before its start, or its approval when it needs
+/// one) to its end (the switch's or the customer's command returning, its
+/// end time, or the gateway dropping it after an end at the cloud).
+#[derive(Clone, Debug)]
+pub struct Life {
+    pub id: u64,
+    pub from: Instant,
+    pub until: Option<Instant>,
+    pub entries: Vec<Entry>,
+}
+
+/// The sessions' history and the switch's, as the workload records it.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// The gateway's targets by name.
+    targets: BTreeMap<String, Entry>,
+    pub sessions: Vec<Life>,
+    /// The switch's off intervals: (off, on again).
+    pub switch_off: Vec<(Instant, Option<Instant>)>,
+}
+
+impl History {
+    /// A history for a gateway with these targets (as the cloud's API takes
+    /// them: name, address, protocol, port ranges).
+    pub fn new(targets: &Value) -> Result<History, String> {
+        let mut by_name = BTreeMap::new();
+        for target in targets.as_array().ok_or("targets: not a list")? {
+            let field =
+                |name: &str| target[name].as_str().ok_or_else(|| format!("target without {name}: {target}"));
+            let name = field("name")?.to_string();
+            let addr = field("address")?.parse().map_err(|e| format!("target {name}: {e}"))?;
+            let protocol = match field("protocol")? {
+                "tcp" => TCP,
+                "udp" => UDP,
+                "icmp" => ICMP,
+                other => return Err(format!("target {name}: protocol {other}")),
+            };
+            let ports = target["ports"].as_array().and_then(|ports| {
+                let first = ports.iter().filter_map(|p| p["first"].as_u64()).min()?;
+                let last = ports.iter().filter_map(|p| p["last"].as_u64()).max()?;
+                // One range per entry in this world; more would need a list.
+                (ports.len() == 1).then_some((first as u16, last as u16))
+            });
+            if protocol != ICMP && ports.is_none() {
+                return Err(format!("target {name}: one port range expected: {target}"));
+            }
+            by_name.insert(name.clone(), Entry { name, addr, protocol, ports });
+        }
+        Ok(History { targets: by_name, ..History::default() })
+    }
+
+    /// Session `id`, whitelisting the targets `names`, may carry traffic from
+    /// `at`. A second call for the same session changes nothing.
+    pub fn live(&mut self, id: u64, names: &[&str], at: Instant) {
+        if self.sessions.iter().any(|s| s.id == id) {
+            return;
+        }
+        let entries = names.iter().filter_map(|n| self.targets.get(*n).cloned()).collect();
+        self.sessions.push(Life { id, from: at, until: None, entries });
+    }
+
+    /// Session `id` ended at `at` (the first end recorded counts). A
+    /// session that never became live (a start refused, an approval never
+    /// given) has nothing to end.
+    pub fn ended(&mut self, id: u64, at: Instant) {
+        if let Some(life) = self.sessions.iter_mut().find(|s| s.id == id)
+            && life.until.is_none()
+        {
+            life.until = Some(at);
+        }
+    }
+
+    pub fn switch_off(&mut self, at: Instant) {
+        self.switch_off.push((at, None));
+    }
+
+    pub fn switch_on(&mut self, at: Instant) {
+        if let Some((_, on)) = self.switch_off.last_mut()
+            && on.is_none()
+        {
+            *on = Some(at);
+        }
+    }
+
+    /// The sessions live at `at`, the slack after an end included.
+    fn live_at(&self, at: Instant, slack: Duration) -> impl Iterator<Item = &Life> {
+        self.sessions.iter().filter(move |s| s.from <= at && s.until.is_none_or(|until| at <= until + slack))
+    }
+
+    /// The switch's off interval that covers `at`, past the slack.
+    fn switched_off_at(&self, at: Instant, slack: Duration) -> Option<(Instant, Option<Instant>)> {
+        self.switch_off.iter().copied().find(|(off, on)| *off + slack < at && on.is_none_or(|on| at < on))
+    }
+}
+
+/// The hosts of the machine network.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub gateway: Ipv4Addr,
+    /// The machines, by name (the world's probe among them).
+    pub machines: Vec<(&'static str, Ipv4Addr)>,
+}
+
+impl Network {
+    fn machine(&self, ip: Ipv4Addr) -> Option<&'static str> {
+        self.machines.iter().find(|(_, m)| *m == ip).map(|(name, _)| *name)
+    }
+
+    fn host(&self, ip: Ipv4Addr) -> bool {
+        ip == self.gateway || self.machine(ip).is_some()
+    }
+}
+
+/// The classes a packet may fall in, as the table names them.
+pub const TO_MACHINE: &str = "to machines: whitelisted, session live";
+pub const ANSWER: &str = "from machines: answers to those";
+pub const ARP: &str = "ARP between its hosts";
+pub const IPV6_LINK: &str = "IPv6 link-local (ND, MLD)";
+pub const CLASSES: [&str; 4] = [TO_MACHINE, ANSWER, ARP, IPV6_LINK];
+
+/// A flow the gateway opened to a machine, as the machine's answers carry
+/// it: (protocol, machine, machine's port, gateway's port); an echo's
+/// identifier stands for both ports.
+type Flow = (u8, Ipv4Addr, u16, u16);
+
+/// The check, one packet after the other in the order captured.
+pub struct Checker {
+    network: Network,
+    /// How long after an end (and after the switch went off) traffic may
+    /// still be seen: the bound the docs promise for the switch and the
+    /// customer's end, and for an expiry by the gateway's clock.
+    slack: Duration,
+    /// Where the soak's event log counts time from, for the messages.
+    pub origin: Instant,
+    flows: HashSet<Flow>,
+    pub counts: BTreeMap<&'static str, u64>,
+    pub checked: u64,
+}
+
+impl Checker {
+    pub fn new(network: Network, slack: Duration, origin: Instant) -> Checker {
+        Checker { network, slack, origin, flows: HashSet::new(), counts: BTreeMap::new(), checked: 0 }
+    }
+
+    /// Checks `packet` against `history`: its class, or the breach, which
+    /// names the packet and the sessions live then.
+    pub fn check(&mut self, packet: &Packet, history: &History) -> Result<&'static str, String> {
+        let class = self.classify(packet, history).map_err(|why| self.breach(packet, history, &why))?;
+        self.checked += 1;
+        *self.counts.entry(class).or_default() += 1;
+        Ok(class)
+    }
+
+    fn classify(&mut self, packet: &Packet, history: &History) -> Result<&'static str, String> {
+        let net = &self.network;
+        match &packet.frame {
+            Frame::Arp { sender, target, .. } => {
+                // A probe for an address in use comes from 0.0.0.0.
+                if (net.host(*sender) || sender.is_unspecified()) && net.host(*target) {
+                    Ok(ARP)
+                } else {
+                    Err("ARP for or from an address that is no host of the machine network".into())
+                }
+            }
+            Frame::Ipv6 { src, dst, next: 58, icmp_type: Some(t) } => {
+                // Router and neighbour solicitations and advertisements,
+                // redirects, MLD: what a link does by itself.
+                let link_local = |a: &Ipv6Addr| a.is_unicast_link_local() || a.is_unspecified();
+                let link_scope = |a: &Ipv6Addr| a.is_unicast_link_local() || a.segments()[0] == 0xff02;
+                if matches!(t, 130..=137 | 143) && link_local(src) && link_scope(dst) {
+                    Ok(IPV6_LINK)
+                } else {
+                    Err(format!("ICMPv6 type {t} that is no link-local housekeeping"))
+                }
+            }
+            Frame::Ipv6 { .. } => Err("IPv6 beyond link-local housekeeping".into()),
+            Frame::Other { what, .. } => Err(format!("a frame of no known kind: {what}")),
+            Frame::Ipv4 { src, dst, l4 } => {
+                if *src == net.gateway && net.machine(*dst).is_some() {
+                    self.to_machine(packet.at, *dst, l4, history)
+                } else if net.machine(*src).is_some() && *dst == net.gateway {
+                    self.from_machine(*src, l4)
+                } else {
+                    Err("IPv4 neither from the gateway to a machine nor back".into())
+                }
+            }
+        }
+    }
+
+    fn to_machine(
+        &mut self,
+        at: Instant,
+        dst: Ipv4Addr,
+        l4: &L4,
+        history: &History,
+    ) -> Result<&'static str, String> {
+        if let Some((off, _)) = history.switched_off_at(at, self.slack) {
+            return Err(format!("the switch was off (since {}; {:?} of slack)", self.time(off), self.slack));
+        }
+        let mut live = history.live_at(at, self.slack).peekable();
+        if live.peek().is_none() {
+            return Err(format!("no session was live ({:?} of slack after an end)", self.slack));
+        }
+        let whitelisted = live.any(|s| s.entries.iter().any(|e| e.admits(dst, l4)));
+        if !whitelisted {
+            return Err("no live session whitelists it".into());
+        }
+        let flow = match *l4 {
+            L4::Tcp { sport, dport, .. } => (TCP, dst, dport, sport),
+            L4::Udp { sport, dport } => (UDP, dst, dport, sport),
+            L4::Echo { id, .. } => (ICMP, dst, id, id),
+            _ => return Err("no live session whitelists it".into()),
+        };
+        self.flows.insert(flow);
+        Ok(TO_MACHINE)
+    }
+
+    /// A machine's packet to the gateway: an answer to a flow the gateway
+    /// opened for a live session (at any time later: a machine may
+    /// retransmit into a flow the gateway dropped at the end), or an ICMP
+    /// error about one of that flow's packets.
+    fn from_machine(&self, src: Ipv4Addr, l4: &L4) -> Result<&'static str, String> {
+        let flow = match *l4 {
+            L4::Tcp { sport, dport, .. } => Some((TCP, src, sport, dport)),
+            L4::Udp { sport, dport } => Some((UDP, src, sport, dport)),
+            L4::Echo { request: false, id } => Some((ICMP, src, id, id)),
+            L4::IcmpError { quoted: Some(q), .. } if q.src == self.network.gateway && q.dst == src => {
+                Some((q.protocol, q.dst, q.dport, q.sport))
+            }
+            _ => None,
+        };
+        match flow {
+            Some(flow) if self.flows.contains(&flow) => Ok(ANSWER),
+            _ => Err("a machine's packet to the gateway that answers no flow a session opened".into()),
+        }
+    }
+
+    fn time(&self, at: Instant) -> String {
+        match at.checked_duration_since(self.origin) {
+            Some(d) => format!("{:.3}s", d.as_secs_f64()),
+            None => format!("-{:.3}s", (self.origin - at).as_secs_f64()),
+        }
+    }
+
+    /// The breach: the packet (time, source, destination, protocol, port),
+    /// why, the sessions live then and the last ended before.
+    fn breach(&self, packet: &Packet, history: &History, why: &str) -> String {
+        let mut text =
+            format!("the machine network saw {} at {}: {why}", describe(&packet.frame), self.time(packet.at));
+        let life = |s: &Life| {
+            let until =
+                s.until.map_or_else(|| "not ended".to_string(), |u| format!("ended {}", self.time(u)));
+            let names: Vec<&str> = s.entries.iter().map(|e| e.name.as_str()).collect();
+            format!("session {} (live from {}, {until}; {})", s.id, self.time(s.from), names.join(" "))
+        };
+        let live: Vec<String> = history.live_at(packet.at, self.slack).map(life).collect();
+        let _ = write!(
+            text,
+            "; sessions live then: {}",
+            if live.is_empty() { "none".to_string() } else { live.join(", ") }
+        );
+        if let Some(last) =
+            history.sessions.iter().filter(|s| s.until.is_some_and(|u| u + self.slack < packet.at)).last()
+        {
+            let _ = write!(text, "; the last ended before: {}", life(last));
+        }
+        if let Some((off, on)) = history
+            .switch_off
+            .iter()
+            .find(|(off, on)| *off <= packet.at && on.is_none_or(|on| packet.at < on))
+        {
+            let on =
+                on.map_or_else(|| "not on again".to_string(), |on| format!("on again {}", self.time(on)));
+            let _ = write!(text, "; the switch off since {} ({on})", self.time(*off));
+        }
+        text
+    }
+}
+
+/// A frame for a person: source, destination, protocol, port.
+pub fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::Arp { request, sender, target } => {
+            format!("ARP {} {sender} > {target}", if *request { "request" } else { "reply" })
+        }
+        Frame::Ipv6 { src, dst, next, icmp_type } => match icmp_type {
+            Some(t) => format!("{src} > {dst} icmpv6 type {t}"),
+            None => format!("{src} > {dst} protocol {next}"),
+        },
+        Frame::Other { ether_type, what } => format!("a frame of Ethernet type {ether_type:#06x} ({what})"),
+        Frame::Ipv4 { src, dst, l4 } => match l4 {
+            L4::Tcp { sport, dport, rst, syn } => {
+                let flags = match (syn, rst) {
+                    (true, _) => " SYN",
+                    (_, true) => " RST",
+                    _ => "",
+                };
+                format!("{src}:{sport} > {dst}:{dport} tcp port {dport}{flags}")
+            }
+            L4::Udp { sport, dport } => format!("{src}:{sport} > {dst}:{dport} udp port {dport}"),
+            L4::Echo { request, id } => {
+                format!("{src} > {dst} icmp echo {} id {id}", if *request { "request" } else { "reply" })
+            }
+            L4::IcmpError { icmp_type, quoted } => match quoted {
+                Some(q) => format!(
+                    "{src} > {dst} icmp error type {icmp_type} about {}:{} > {}:{} protocol {}",
+                    q.src, q.sport, q.dst, q.dport, q.protocol
+                ),
+                None => format!("{src} > {dst} icmp error type {icmp_type}"),
+            },
+            L4::Icmp { icmp_type } => format!("{src} > {dst} icmp type {icmp_type}"),
+            L4::Fragment => format!("{src} > {dst} a fragment"),
+            L4::Other { protocol } => format!("{src} > {dst} protocol {protocol}"),
+        },
+    }
+}
+
+/// The capture, the history the workload records, and the check after
+/// every step (on the packets captured since) and at the end (every
+/// packet again, against the whole history: an end the workload learns
+/// late, a short session's expiry, counts then).
+pub struct MachineNet {
+    capture: Capture,
+    pub history: History,
+    network: Network,
+    slack: Duration,
+    checker: Checker,
+    packets: Vec<Packet>,
+}
+
+impl MachineNet {
+    /// Starts the capture on the switch in `lan_ns` (its bridge `bridge`),
+    /// for a gateway with `targets`.
+    pub fn start(
+        lan_ns: &Netns,
+        bridge: &str,
+        network: Network,
+        targets: &Value,
+        slack: Duration,
+    ) -> Result<MachineNet, String> {
+        let history = History::new(targets)?;
+        let capture = Capture::start(lan_ns, bridge)?;
+        let origin = Instant::now();
+        Ok(MachineNet {
+            capture,
+            history,
+            checker: Checker::new(network.clone(), slack, origin),
+            network,
+            slack,
+            packets: Vec::new(),
+        })
+    }
+
+    /// Where the event log counts time from.
+    pub fn set_origin(&mut self, origin: Instant) {
+        self.checker.origin = origin;
+    }
+
+    /// Checks the packets captured since the last check.
+    pub fn check(&mut self) -> Result<(), String> {
+        self.healthy()?;
+        let new = self.capture.take();
+        for packet in &new {
+            self.checker.check(packet, &self.history)?;
+        }
+        self.packets.extend(new);
+        Ok(())
+    }
+
+    /// Every packet of the run again, against the whole history.
+    pub fn check_all(&mut self) -> Result<(), String> {
+        self.check()?;
+        let mut again = Checker::new(self.network.clone(), self.slack, self.checker.origin);
+        for packet in &self.packets {
+            again.check(packet, &self.history)?;
+        }
+        self.checker = again;
+        Ok(())
+    }
+
+    fn healthy(&mut self) -> Result<(), String> {
+        match self.capture.health()? {
+            0 => Ok(()),
+            lost => Err(format!(
+                "the machine network's capture lost {lost} frames (its buffer overflowed): it cannot vouch for them"
+            )),
+        }
+    }
+
+    /// Packets checked, and how many in each class.
+    pub fn counts(&self) -> (u64, BTreeMap<&'static str, u64>) {
+        (self.checker.checked, self.checker.counts.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+    const A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
+    const B: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+    const SLACK: Duration = Duration::from_secs(1);
+
+    fn network() -> Network {
+        Network { gateway: GW, machines: vec![("target-a", A), ("target-b", B)] }
+    }
+
+    /// The soak's gateway's targets.
+    fn history() -> History {
+        History::new(&json!([
+            {"name": "plc-web", "address": "192.168.50.10", "protocol": "tcp", "ports": [{"first": 8080, "last": 8080}]},
+            {"name": "echo", "address": "192.168.50.11", "protocol": "tcp", "ports": [{"first": 7000, "last": 7000}]},
+            {"name": "udp-echo", "address": "192.168.50.11", "protocol": "udp", "ports": [{"first": 7000, "last": 7000}]},
+            {"name": "plc-ping", "address": "192.168.50.10", "protocol": "icmp"},
+        ]))
+        .unwrap()
+    }
+
+    fn tcp(at: Instant, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Packet {
+        Packet { at, frame: Frame::Ipv4 { src, dst, l4: L4::Tcp { sport, dport, rst: false, syn: false } } }
+    }
+
+    fn s(secs: f64) -> Duration {
+        Duration::from_secs_f64(secs)
+    }
+
+    /// Session 7 with every target, live from t0+1 s to t0+10 s; the switch
+    /// off from t0+20 s to t0+30 s.
+    fn scene() -> (Instant, History, Checker) {
+        let t0 = Instant::now();
+        let mut h = history();
+        h.live(7, &["plc-web", "echo", "udp-echo", "plc-ping"], t0 + s(1.0));
+        h.ended(7, t0 + s(10.0));
+        h.switch_off(t0 + s(20.0));
+        h.switch_on(t0 + s(30.0));
+        (t0, h, Checker::new(network(), SLACK, t0))
+    }
+
+    #[test]
+    fn whitelisted_traffic_and_its_answers_pass() {
+        let (t0, h, mut c) = scene();
+        assert_eq!(c.check(&tcp(t0 + s(2.0), GW, 40001, A, 8080), &h), Ok(TO_MACHINE));
+        assert_eq!(c.check(&tcp(t0 + s(2.1), A, 8080, GW, 40001), &h), Ok(ANSWER));
+        // Within the slack after the end, and a machine's late retransmission.
+        assert_eq!(c.check(&tcp(t0 + s(10.9), GW, 40001, A, 8080), &h), Ok(TO_MACHINE));
+        assert_eq!(c.check(&tcp(t0 + s(40.0), A, 8080, GW, 40001), &h), Ok(ANSWER));
+        let udp = |at, src, sport, dst, dport| Packet {
+            at,
+            frame: Frame::Ipv4 { src, dst, l4: L4::Udp { sport, dport } },
+        };
+        assert_eq!(c.check(&udp(t0 + s(3.0), GW, 40002, B, 7000), &h), Ok(TO_MACHINE));
+        assert_eq!(c.check(&udp(t0 + s(3.0), B, 7000, GW, 40002), &h), Ok(ANSWER));
+        let echo = |at, src, dst, request| Packet {
+            at,
+            frame: Frame::Ipv4 { src, dst, l4: L4::Echo { request, id: 9 } },
+        };
+        assert_eq!(c.check(&echo(t0 + s(4.0), GW, A, true), &h), Ok(TO_MACHINE));
+        assert_eq!(c.check(&echo(t0 + s(4.0), A, GW, false), &h), Ok(ANSWER));
+        let arp = Packet { at: t0 + s(25.0), frame: Frame::Arp { request: true, sender: A, target: GW } };
+        assert_eq!(c.check(&arp, &h), Ok(ARP));
+        let nd = Packet {
+            at: t0,
+            frame: Frame::Ipv6 {
+                src: "fe80::1".parse().unwrap(),
+                dst: "ff02::1:ff00:1".parse().unwrap(),
+                next: 58,
+                icmp_type: Some(135),
+            },
+        };
+        assert_eq!(c.check(&nd, &h), Ok(IPV6_LINK));
+        assert_eq!(c.checked, 10);
+    }
+
+    #[test]
+    fn a_port_no_session_whitelists_is_a_breach() {
+        let (t0, h, mut c) = scene();
+        let breach = c.check(&tcp(t0 + s(2.0), GW, 40001, A, 8081), &h).unwrap_err();
+        assert!(breach.contains("192.168.50.1:40001 > 192.168.50.10:8081 tcp port 8081"), "{breach}");
+        assert!(breach.contains("no live session whitelists it"), "{breach}");
+        assert!(breach.contains("at 2.000s"), "{breach}");
+        assert!(
+            breach.contains("sessions live then: session 7 (live from 1.000s, ended 10.000s"),
+            "{breach}"
+        );
+        // UDP at the TCP entry's port, ICMP to the machine without an ICMP entry.
+        let udp = Packet {
+            at: t0 + s(2.0),
+            frame: Frame::Ipv4 { src: GW, dst: A, l4: L4::Udp { sport: 1, dport: 8080 } },
+        };
+        assert!(c.check(&udp, &h).is_err());
+        let ping_b = Packet {
+            at: t0 + s(2.0),
+            frame: Frame::Ipv4 { src: GW, dst: B, l4: L4::Echo { request: true, id: 1 } },
+        };
+        assert!(c.check(&ping_b, &h).is_err());
+        assert_eq!(c.checked, 0);
+    }
+
+    #[test]
+    fn a_packet_after_the_end_beyond_the_slack_is_a_breach() {
+        let (t0, h, mut c) = scene();
+        let breach = c.check(&tcp(t0 + s(11.2), GW, 40001, A, 8080), &h).unwrap_err();
+        assert!(breach.contains("no session was live"), "{breach}");
+        assert!(breach.contains("sessions live then: none; the last ended before: session 7"), "{breach}");
+        // And before the session could carry traffic.
+        assert!(c.check(&tcp(t0 + s(0.5), GW, 40001, A, 8080), &h).is_err());
+    }
+
+    #[test]
+    fn a_packet_while_the_switch_is_off_is_a_breach() {
+        let (t0, mut h, mut c) = scene();
+        // A session still live by the history (its end not known yet): the
+        // switch decides.
+        h.live(8, &["plc-web"], t0 + s(15.0));
+        assert_eq!(c.check(&tcp(t0 + s(20.5), GW, 40003, A, 8080), &h), Ok(TO_MACHINE));
+        let breach = c.check(&tcp(t0 + s(21.5), GW, 40003, A, 8080), &h).unwrap_err();
+        assert!(breach.contains("the switch was off (since 20.000s"), "{breach}");
+        assert!(breach.contains("the switch off since 20.000s (on again 30.000s)"), "{breach}");
+        // On again: the live session carries traffic.
+        assert_eq!(c.check(&tcp(t0 + s(30.5), GW, 40003, A, 8080), &h), Ok(TO_MACHINE));
+    }
+
+    #[test]
+    fn what_is_neither_whitelisted_nor_an_answer_is_a_breach() {
+        let (t0, h, mut c) = scene();
+        // An answer to a flow nobody opened.
+        assert!(c.check(&tcp(t0 + s(2.0), A, 8080, GW, 40009), &h).is_err());
+        // Machine to machine, and an unknown host.
+        assert!(c.check(&tcp(t0 + s(2.0), A, 5000, B, 7000), &h).is_err());
+        assert!(c.check(&tcp(t0 + s(2.0), Ipv4Addr::new(10, 0, 0, 1), 5000, A, 8080), &h).is_err());
+        let arp = Packet {
+            at: t0,
+            frame: Frame::Arp { request: true, sender: Ipv4Addr::new(10, 0, 0, 1), target: A },
+        };
+        assert!(c.check(&arp, &h).is_err());
+        let v6 = Packet {
+            at: t0,
+            frame: Frame::Ipv6 {
+                src: "fe80::1".parse().unwrap(),
+                dst: "fe80::2".parse().unwrap(),
+                next: 6,
+                icmp_type: None,
+            },
+        };
+        assert!(c.check(&v6, &h).is_err());
+        let other = Packet { at: t0, frame: Frame::Other { ether_type: 0x88cc, what: "LLDP".into() } };
+        assert!(c.check(&other, &h).is_err());
+        assert_eq!(c.checked, 0);
+    }
+
+    #[test]
+    fn a_machines_icmp_error_about_an_allowed_flow_is_an_answer() {
+        let (t0, h, mut c) = scene();
+        let udp = Packet {
+            at: t0 + s(2.0),
+            frame: Frame::Ipv4 { src: GW, dst: B, l4: L4::Udp { sport: 40005, dport: 7000 } },
+        };
+        c.check(&udp, &h).unwrap();
+        let quoted = |sport| Quoted { protocol: UDP, src: GW, dst: B, sport, dport: 7000 };
+        let error = |q| Packet {
+            at: t0 + s(2.0),
+            frame: Frame::Ipv4 { src: B, dst: GW, l4: L4::IcmpError { icmp_type: 3, quoted: Some(q) } },
+        };
+        assert_eq!(c.check(&error(quoted(40005)), &h), Ok(ANSWER));
+        assert!(c.check(&error(quoted(40006)), &h).is_err());
+    }
+
+    #[test]
+    fn frames_parse_into_what_the_check_reads() {
+        use ferry_lab::packet::{arp_request, icmp4_echo, tcp4, udp4};
+        assert_eq!(
+            crate::capture::parse(&tcp4([192, 168, 50, 1], 40001, [192, 168, 50, 10], 8081, b"x")),
+            Frame::Ipv4 {
+                src: GW,
+                dst: A,
+                l4: L4::Tcp { sport: 40001, dport: 8081, rst: false, syn: false }
+            }
+        );
+        assert_eq!(
+            crate::capture::parse(&udp4([192, 168, 50, 1], 40001, [192, 168, 50, 11], 7001, b"x")),
+            Frame::Ipv4 { src: GW, dst: B, l4: L4::Udp { sport: 40001, dport: 7001 } }
+        );
+        assert_eq!(
+            crate::capture::parse(&icmp4_echo([192, 168, 50, 1], [192, 168, 50, 11])),
+            Frame::Ipv4 { src: GW, dst: B, l4: L4::Echo { request: true, id: 1 } }
+        );
+        assert_eq!(
+            crate::capture::parse(&arp_request([192, 168, 50, 10], [192, 168, 50, 1])),
+            Frame::Arp { request: true, sender: A, target: GW }
+        );
+        // Cut to the capture's snap length, a long segment still parses.
+        let long = tcp4([192, 168, 50, 1], 40001, [192, 168, 50, 10], 8080, &[0u8; 1400]);
+        assert_eq!(
+            crate::capture::parse(&long[..crate::capture::SNAP_LEN as usize]),
+            Frame::Ipv4 {
+                src: GW,
+                dst: A,
+                l4: L4::Tcp { sport: 40001, dport: 8080, rst: false, syn: false }
+            }
+        );
+    }
+}
