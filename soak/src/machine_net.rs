@@ -302,8 +302,9 @@ impl Network {
 pub const TO_MACHINE: &str = "to machines: whitelisted, session live";
 pub const ANSWER: &str = "from machines: answers to those";
 pub const ARP: &str = "ARP between its hosts";
+pub const IGMP: &str = "IGMP reports (224.0.0.0/24)";
 pub const IPV6_LINK: &str = "IPv6 link-local (ND, MLD)";
-pub const CLASSES: [&str; 4] = [TO_MACHINE, ANSWER, ARP, IPV6_LINK];
+pub const CLASSES: [&str; 5] = [TO_MACHINE, ANSWER, ARP, IGMP, IPV6_LINK];
 
 /// A flow the gateway opened to a machine, as the machine's answers carry
 /// it: (protocol, machine, machine's port, gateway's port); an echo's
@@ -362,11 +363,20 @@ impl Checker {
             }
             Frame::Ipv6 { .. } => Err("IPv6 beyond link-local housekeeping".into()),
             Frame::Other { what, .. } => Err(format!("a frame of no known kind: {what}")),
+            Frame::Ipv4 { src, dst, l4: L4::Other { protocol: 2 } } => {
+                // A host's multicast memberships, announced when its
+                // addresses change: to the link-local group range only.
+                if (net.host(*src) || src.is_unspecified()) && dst.octets()[..3] == [224, 0, 0] {
+                    Ok(IGMP)
+                } else {
+                    Err("IGMP beyond a host's link-local reports".into())
+                }
+            }
             Frame::Ipv4 { src, dst, l4 } => {
                 if *src == net.gateway && net.machine(*dst).is_some() {
-                    self.to_machine(packet.at, *dst, l4, history)
+                    self.sent_to_machine(packet.at, *dst, l4, history)
                 } else if net.machine(*src).is_some() && *dst == net.gateway {
-                    self.from_machine(*src, l4)
+                    self.answer_from_machine(*src, l4)
                 } else {
                     Err("IPv4 neither from the gateway to a machine nor back".into())
                 }
@@ -374,7 +384,7 @@ impl Checker {
         }
     }
 
-    fn to_machine(
+    fn sent_to_machine(
         &mut self,
         at: Instant,
         dst: Ipv4Addr,
@@ -406,7 +416,7 @@ impl Checker {
     /// opened for a live session (at any time later: a machine may
     /// retransmit into a flow the gateway dropped at the end), or an ICMP
     /// error about one of that flow's packets.
-    fn from_machine(&self, src: Ipv4Addr, l4: &L4) -> Result<&'static str, String> {
+    fn answer_from_machine(&self, src: Ipv4Addr, l4: &L4) -> Result<&'static str, String> {
         let flow = match *l4 {
             L4::Tcp { sport, dport, .. } => Some((TCP, src, sport, dport)),
             L4::Udp { sport, dport } => Some((UDP, src, sport, dport)),
@@ -447,7 +457,7 @@ impl Checker {
             if live.is_empty() { "none".to_string() } else { live.join(", ") }
         );
         if let Some(last) =
-            history.sessions.iter().filter(|s| s.until.is_some_and(|u| u + self.slack < packet.at)).last()
+            history.sessions.iter().rfind(|s| s.until.is_some_and(|u| u + self.slack < packet.at))
         {
             let _ = write!(text, "; the last ended before: {}", life(last));
         }
@@ -658,7 +668,16 @@ mod tests {
             },
         };
         assert_eq!(c.check(&nd, &h), Ok(IPV6_LINK));
-        assert_eq!(c.checked, 10);
+        let igmp = Packet {
+            at: t0,
+            frame: Frame::Ipv4 {
+                src: Ipv4Addr::UNSPECIFIED,
+                dst: Ipv4Addr::new(224, 0, 0, 22),
+                l4: L4::Other { protocol: 2 },
+            },
+        };
+        assert_eq!(c.check(&igmp, &h), Ok(IGMP));
+        assert_eq!(c.checked, 11);
     }
 
     #[test]
@@ -788,5 +807,93 @@ mod tests {
                 l4: L4::Tcp { sport: 40001, dport: 8080, rst: false, syn: false }
             }
         );
+    }
+
+    /// A small machine network of its own (a switch, a gateway's host and a
+    /// machine, as the world plugs them): the capture sees what really
+    /// crossed it, and the check flags a port no session whitelists, a
+    /// packet after an end beyond the slack and one while the switch is off.
+    /// Needs root, as the soak does.
+    #[test]
+    fn the_capture_flags_real_packets_outside_the_history() {
+        use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+        let lab = ferry_lab::Lab::new().unwrap();
+        let lan = lab.netns("lan").unwrap();
+        lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+        lan.ip(&["link", "set", "br0", "up"]).unwrap();
+        let plug = |ns: &ferry_lab::Netns, cidr: &str| {
+            let veth = lan.veth_to(ns).unwrap();
+            lan.ip(&["link", "set", &veth.a, "master", "br0"]).unwrap();
+            ns.add_addr(&veth.b, cidr).unwrap();
+        };
+        let gw = lab.netns("gw").unwrap();
+        let target = lab.netns("target-a").unwrap();
+        plug(&gw, "192.168.50.1/24");
+        plug(&target, "192.168.50.10/24");
+        let listener = target.run_in(|| TcpListener::bind("192.168.50.10:8080")).unwrap().unwrap();
+        std::thread::spawn(move || for _ in listener.incoming() {});
+        let targets = json!([{"name": "plc-web", "address": "192.168.50.10", "protocol": "tcp",
+                              "ports": [{"first": 8080, "last": 8080}]}]);
+        let start = || {
+            let network = Network { gateway: GW, machines: vec![("target-a", A)] };
+            MachineNet::start(&lan, "br0", network, &targets, SLACK).unwrap()
+        };
+        let connect = |port: u16| {
+            let to = SocketAddr::from((A, port));
+            let _ = gw.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(1))).unwrap();
+        };
+        // The first breach among what the capture takes within a few seconds.
+        let breach = |net: &mut MachineNet| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Err(breach) = net.check() {
+                    return breach;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("no breach; counts {:?}", net.counts());
+        };
+
+        // Whitelisted while the session is live: the SYN, the machine's
+        // answers, the ARP before them.
+        let mut net = start();
+        net.history.live(1, &["plc-web"], Instant::now());
+        connect(8080);
+        std::thread::sleep(Duration::from_millis(300));
+        net.check().unwrap();
+        let (checked, counts) = net.counts();
+        assert!(
+            counts.get(TO_MACHINE).is_some_and(|n| *n > 0) && counts.get(ANSWER).is_some_and(|n| *n > 0),
+            "{counts:?}"
+        );
+        assert!(checked > 0);
+        // After the end, past the slack.
+        net.history.ended(1, Instant::now());
+        std::thread::sleep(SLACK + Duration::from_millis(300));
+        connect(8080);
+        let found = breach(&mut net);
+        assert!(found.contains("192.168.50.10:8080 tcp port 8080 SYN"), "{found}");
+        assert!(found.contains("no session was live"), "{found}");
+
+        // A port no session whitelists.
+        let mut net = start();
+        net.history.live(2, &["plc-web"], Instant::now());
+        let udp = gw.run_in(|| UdpSocket::bind("192.168.50.1:0")).unwrap().unwrap();
+        udp.send_to(b"probe", (A, 8081)).unwrap();
+        let found = breach(&mut net);
+        assert!(
+            found.contains("udp port 8081") && found.contains("no live session whitelists it"),
+            "{found}"
+        );
+
+        // The switch off (for longer than the slack), a session still live.
+        let mut net = start();
+        let now = Instant::now();
+        net.history.live(3, &["plc-web"], now - Duration::from_secs(5));
+        net.history.switch_off(now - Duration::from_secs(2));
+        connect(8080);
+        let found = breach(&mut net);
+        assert!(found.contains("tcp port 8080") && found.contains("the switch was off"), "{found}");
     }
 }
