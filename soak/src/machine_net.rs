@@ -9,7 +9,7 @@
 //! let through by a blanket rule.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
@@ -204,6 +204,10 @@ pub struct History {
     pub sessions: Vec<Life>,
     /// The switch's off intervals: (off, on again).
     pub switch_off: Vec<(Instant, Option<Instant>)>,
+    /// When the gateway's daemon was down (killed, until its restart
+    /// returned, ready): its programs went with it, and its host's kernel
+    /// answers what reaches it as any host's does.
+    pub gateway_down: Vec<(Instant, Option<Instant>)>,
 }
 
 impl History {
@@ -269,6 +273,24 @@ impl History {
         }
     }
 
+    /// Just before the gateway's daemon is killed.
+    pub fn gateway_killed(&mut self, at: Instant) {
+        self.gateway_down.push((at, None));
+    }
+
+    /// When its restart returned (the daemon ready again).
+    pub fn gateway_ready(&mut self, at: Instant) {
+        if let Some((_, up)) = self.gateway_down.last_mut()
+            && up.is_none()
+        {
+            *up = Some(at);
+        }
+    }
+
+    fn gateway_down_at(&self, at: Instant) -> bool {
+        self.gateway_down.iter().any(|(down, up)| *down <= at && up.is_none_or(|up| at <= up))
+    }
+
     /// The sessions live at `at`, the slack after an end included.
     fn live_at(&self, at: Instant, slack: Duration) -> impl Iterator<Item = &Life> {
         self.sessions.iter().filter(move |s| s.from <= at && s.until.is_none_or(|until| at <= until + slack))
@@ -304,7 +326,12 @@ pub const ANSWER: &str = "from machines: answers to those";
 pub const ARP: &str = "ARP between its hosts";
 pub const IGMP: &str = "IGMP reports (224.0.0.0/24)";
 pub const IPV6_LINK: &str = "IPv6 link-local (ND, MLD)";
-pub const CLASSES: [&str; 5] = [TO_MACHINE, ANSWER, ARP, IGMP, IPV6_LINK];
+pub const KERNEL_ANSWER: &str = "gateway down: its kernel's RST, ICMP error";
+pub const CLASSES: [&str; 6] = [TO_MACHINE, ANSWER, ARP, IGMP, IPV6_LINK, KERNEL_ANSWER];
+
+/// How recent a machine's packet must be for the gateway's kernel's answer
+/// to be taken for one to it (it answers at once).
+const KERNEL_ANSWERS_WITHIN: Duration = Duration::from_secs(1);
 
 /// A flow the gateway opened to a machine, as the machine's answers carry
 /// it: (protocol, machine, machine's port, gateway's port); an echo's
@@ -320,14 +347,16 @@ pub struct Checker {
     slack: Duration,
     /// Where the soak's event log counts time from, for the messages.
     pub origin: Instant,
-    flows: HashSet<Flow>,
+    /// The flows the gateway opened for live sessions, with when the
+    /// machine last sent a packet of each.
+    flows: HashMap<Flow, Option<Instant>>,
     pub counts: BTreeMap<&'static str, u64>,
     pub checked: u64,
 }
 
 impl Checker {
     pub fn new(network: Network, slack: Duration, origin: Instant) -> Checker {
-        Checker { network, slack, origin, flows: HashSet::new(), counts: BTreeMap::new(), checked: 0 }
+        Checker { network, slack, origin, flows: HashMap::new(), counts: BTreeMap::new(), checked: 0 }
     }
 
     /// Checks `packet` against `history`: its class, or the breach, which
@@ -376,7 +405,7 @@ impl Checker {
                 if *src == net.gateway && net.machine(*dst).is_some() {
                     self.sent_to_machine(packet.at, *dst, l4, history)
                 } else if net.machine(*src).is_some() && *dst == net.gateway {
-                    self.answer_from_machine(*src, l4)
+                    self.answer_from_machine(packet.at, *src, l4)
                 } else {
                     Err("IPv4 neither from the gateway to a machine nor back".into())
                 }
@@ -391,6 +420,9 @@ impl Checker {
         l4: &L4,
         history: &History,
     ) -> Result<&'static str, String> {
+        if history.gateway_down_at(at) && self.kernel_answer(at, dst, l4) {
+            return Ok(KERNEL_ANSWER);
+        }
         if let Some((off, _)) = history.switched_off_at(at, self.slack) {
             return Err(format!("the switch was off (since {}; {:?} of slack)", self.time(off), self.slack));
         }
@@ -408,15 +440,36 @@ impl Checker {
             L4::Echo { id, .. } => (ICMP, dst, id, id),
             _ => return Err("no live session whitelists it".into()),
         };
-        self.flows.insert(flow);
+        self.flows.entry(flow).or_insert(None);
         Ok(TO_MACHINE)
+    }
+
+    /// While the gateway's daemon is down, its kernel answers a machine's
+    /// packet to a NAT port as any host's would: a TCP RST, or an ICMP error
+    /// quoting it (no program drops the packet then; a running gateway's
+    /// LAN program does). Only for a flow a session opened, whose machine
+    /// sent a packet within [`KERNEL_ANSWERS_WITHIN`]: a machine
+    /// retransmitting into a flow that ended.
+    fn kernel_answer(&self, at: Instant, dst: Ipv4Addr, l4: &L4) -> bool {
+        let flow = match *l4 {
+            L4::Tcp { sport, dport, rst: true, syn: false } => (TCP, dst, dport, sport),
+            L4::IcmpError { quoted: Some(q), .. } if q.src == dst && q.dst == self.network.gateway => {
+                (q.protocol, q.src, q.sport, q.dport)
+            }
+            _ => return false,
+        };
+        self.flows
+            .get(&flow)
+            .copied()
+            .flatten()
+            .is_some_and(|last| last <= at && at.duration_since(last) <= KERNEL_ANSWERS_WITHIN)
     }
 
     /// A machine's packet to the gateway: an answer to a flow the gateway
     /// opened for a live session (at any time later: a machine may
     /// retransmit into a flow the gateway dropped at the end), or an ICMP
     /// error about one of that flow's packets.
-    fn answer_from_machine(&self, src: Ipv4Addr, l4: &L4) -> Result<&'static str, String> {
+    fn answer_from_machine(&mut self, at: Instant, src: Ipv4Addr, l4: &L4) -> Result<&'static str, String> {
         let flow = match *l4 {
             L4::Tcp { sport, dport, .. } => Some((TCP, src, sport, dport)),
             L4::Udp { sport, dport } => Some((UDP, src, sport, dport)),
@@ -426,8 +479,11 @@ impl Checker {
             }
             _ => None,
         };
-        match flow {
-            Some(flow) if self.flows.contains(&flow) => Ok(ANSWER),
+        match flow.and_then(|flow| self.flows.get_mut(&flow)) {
+            Some(last) => {
+                *last = Some(at);
+                Ok(ANSWER)
+            }
             _ => Err("a machine's packet to the gateway that answers no flow a session opened".into()),
         }
     }
@@ -755,6 +811,32 @@ mod tests {
         let other = Packet { at: t0, frame: Frame::Other { ether_type: 0x88cc, what: "LLDP".into() } };
         assert!(c.check(&other, &h).is_err());
         assert_eq!(c.checked, 0);
+    }
+
+    /// Seed 2 (90 s): a SIGKILLed gateway's kernel answered target-b's
+    /// retransmission into a flow of a session ended 26 s before with a RST.
+    #[test]
+    fn the_gateway_kernels_answer_while_the_daemon_is_down_is_classified_narrowly() {
+        let (t0, mut h, mut c) = scene();
+        h.gateway_killed(t0 + s(40.0));
+        h.gateway_ready(t0 + s(43.0));
+        let rst = |at, sport| Packet {
+            at,
+            frame: Frame::Ipv4 { src: GW, dst: B, l4: L4::Tcp { sport, dport: 7000, rst: true, syn: false } },
+        };
+        assert_eq!(c.check(&tcp(t0 + s(2.0), GW, 40001, B, 7000), &h), Ok(TO_MACHINE));
+        assert_eq!(c.check(&tcp(t0 + s(2.0), GW, 40002, B, 7000), &h), Ok(TO_MACHINE));
+        assert_eq!(c.check(&tcp(t0 + s(3.0), B, 7000, GW, 40002), &h), Ok(ANSWER));
+        // The machine retransmits while the gateway is down; its kernel resets.
+        assert_eq!(c.check(&tcp(t0 + s(41.0), B, 7000, GW, 40001), &h), Ok(ANSWER));
+        assert_eq!(c.check(&rst(t0 + s(41.001), 40001), &h), Ok(KERNEL_ANSWER));
+        // Not without a machine's packet just before, not a segment other
+        // than a RST, not once the gateway runs again.
+        let breach = c.check(&rst(t0 + s(41.5), 40002), &h).unwrap_err();
+        assert!(breach.contains("RST") && breach.contains("no session was live"), "{breach}");
+        assert!(c.check(&tcp(t0 + s(41.1), GW, 40001, B, 7000), &h).is_err());
+        assert_eq!(c.check(&tcp(t0 + s(43.5), B, 7000, GW, 40001), &h), Ok(ANSWER));
+        assert!(c.check(&rst(t0 + s(43.6), 40001), &h).is_err());
     }
 
     #[test]
