@@ -45,6 +45,9 @@ const RECEIVE_BUFFER: usize = 32 << 20;
 /// for a step of the wall clock rather than a queue (see [`kernel_instant`]).
 const MAX_QUEUE_AGE: Duration = Duration::from_secs(10);
 
+/// The reader thread's name (at most 15 bytes: the kernel's `comm`).
+const THREAD: &str = "soak-capture";
+
 pub struct Capture {
     fd: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
@@ -69,7 +72,7 @@ impl Capture {
         let thread = {
             let (fd, stop, packets, failed) = (fd.clone(), stop.clone(), packets.clone(), failed.clone());
             std::thread::Builder::new()
-                .name("machine-net-capture".into())
+                .name(THREAD.into())
                 .spawn(move || {
                     if let Err(e) = read(&fd, &stop, &packets) {
                         *failed.lock().unwrap() = Some(e);
@@ -110,6 +113,24 @@ impl Capture {
         self.lost += u64::from(stats.tp_drops);
         Ok(self.lost)
     }
+}
+
+/// The CPU time the reader thread used so far (user and system), from
+/// /proc: what the capture costs the soak.
+pub fn cpu_time() -> Option<Duration> {
+    // SAFETY: sysconf(3) has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        if std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == THREAD) {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // After the command's closing parenthesis: state is field 3,
+            // utime and stime fields 14 and 15.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let used: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            return Some(Duration::from_secs_f64(used as f64 / ticks.max(1) as f64));
+        }
+    }
+    None
 }
 
 impl Drop for Capture {

@@ -71,8 +71,10 @@ impl Soak {
         self.stats.machine_packets = self.machine_net.counts();
         let (n, counts) = self.machine_net.counts();
         let classes: Vec<String> = counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
+        let cpu = crate::capture::cpu_time().map_or("unknown".into(), |t| format!("{:.2}s", t.as_secs_f64()));
         self.event(format!(
-            "the machine network's capture, checked again against the whole history: {n} packets ({})",
+            "the machine network's capture, checked again against the whole history: {n} packets ({}); \
+             the capture's thread used {cpu} of CPU",
             classes.join(", ")
         ));
         checked
