@@ -347,3 +347,49 @@ fn quoted(payload: &[u8]) -> Option<Quoted> {
         dport,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+    const A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
+    const B: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+
+    #[test]
+    fn frames_parse_into_what_the_check_reads() {
+        use ferry_lab::packet::{arp_request, icmp4_echo, tcp4, udp4};
+        assert_eq!(
+            parse(&tcp4([192, 168, 50, 1], 40001, [192, 168, 50, 10], 8081, b"x")),
+            Frame::Ipv4 {
+                src: GW,
+                dst: A,
+                l4: L4::Tcp { sport: 40001, dport: 8081, rst: false, syn: false }
+            }
+        );
+        assert_eq!(
+            parse(&udp4([192, 168, 50, 1], 40001, [192, 168, 50, 11], 7001, b"x")),
+            Frame::Ipv4 { src: GW, dst: B, l4: L4::Udp { sport: 40001, dport: 7001 } }
+        );
+        assert_eq!(
+            parse(&icmp4_echo([192, 168, 50, 1], [192, 168, 50, 11])),
+            Frame::Ipv4 { src: GW, dst: B, l4: L4::Echo { request: true, id: 1 } }
+        );
+        assert_eq!(
+            parse(&arp_request([192, 168, 50, 10], [192, 168, 50, 1])),
+            Frame::Arp { request: true, sender: A, target: GW }
+        );
+        // Cut to the capture's snap length, a long segment still parses.
+        let long = tcp4([192, 168, 50, 1], 40001, [192, 168, 50, 10], 8080, &[0u8; 1400]);
+        assert_eq!(
+            parse(&long[..SNAP_LEN as usize]),
+            Frame::Ipv4 {
+                src: GW,
+                dst: A,
+                l4: L4::Tcp { sport: 40001, dport: 8080, rst: false, syn: false }
+            }
+        );
+    }
+}
