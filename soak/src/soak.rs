@@ -367,10 +367,10 @@ impl Soak {
         }
         self.check_always()?;
         self.check_no_leaks()?;
-        self.check_machine_net_all()?;
         self.check_clients_clean()?;
         self.check_audit()?;
         self.check_usage()?;
+        self.check_machine_net_all()?;
         Ok(())
     }
 
