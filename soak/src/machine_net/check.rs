@@ -237,6 +237,47 @@ impl Checker {
                 on.map_or_else(|| "not on again".to_string(), |on| format!("on again {}", self.time(on)));
             let _ = write!(text, "; the switch off since {} ({on})", self.time(*off));
         }
+        if let Some((down, up)) = history
+            .gateway_down
+            .iter()
+            .find(|(down, up)| *down <= packet.at && up.is_none_or(|up| packet.at <= up))
+        {
+            let up = up
+                .map_or_else(|| "not ready again".to_string(), |up| format!("ready again {}", self.time(up)));
+            let _ = write!(text, "; the gateway's daemon down since {} ({up})", self.time(*down));
+        }
+        // Whether the packet belongs to a flow a session opened, and when
+        // the machine last sent one of it: what tells a late packet of an
+        // ended session from one of no session at all.
+        if let Frame::Ipv4 { src, dst, l4 } = &packet.frame {
+            let from_gateway = *src == self.network.gateway;
+            let machine = if from_gateway { *dst } else { *src };
+            let flow = match *l4 {
+                L4::Tcp { sport, dport, .. } if from_gateway => Some((TCP, machine, dport, sport)),
+                L4::Udp { sport, dport } if from_gateway => Some((UDP, machine, dport, sport)),
+                L4::Tcp { sport, dport, .. } => Some((TCP, machine, sport, dport)),
+                L4::Udp { sport, dport } => Some((UDP, machine, sport, dport)),
+                L4::Echo { id, .. } => Some((ICMP, machine, id, id)),
+                _ => None,
+            };
+            match flow.map(|flow| self.flows.get(&flow)) {
+                Some(Some(Some(last))) => {
+                    let _ = write!(
+                        text,
+                        "; its flow was opened for a session, the machine's last packet of it at {}",
+                        self.time(*last)
+                    );
+                }
+                Some(Some(None)) => {
+                    let _ =
+                        write!(text, "; its flow was opened for a session, the machine never answered it");
+                }
+                Some(None) => {
+                    let _ = write!(text, "; no session opened its flow");
+                }
+                None => {}
+            }
+        }
         text
     }
 }
@@ -342,6 +383,7 @@ mod tests {
             breach.contains("sessions live then: session 7 (live from 1.000s, ended 10.000s"),
             "{breach}"
         );
+        assert!(breach.contains("no session opened its flow"), "{breach}");
         // UDP at the TCP entry's port, ICMP to the machine without an ICMP entry.
         let udp = Packet {
             at: t0 + s(2.0),
@@ -429,6 +471,8 @@ mod tests {
         // than a RST, not once the gateway runs again.
         let breach = c.check(&rst(t0 + s(41.5), 40002), &h).unwrap_err();
         assert!(breach.contains("RST") && breach.contains("no session was live"), "{breach}");
+        assert!(breach.contains("the gateway's daemon down since 40.000s (ready again 43.000s)"), "{breach}");
+        assert!(breach.contains("the machine's last packet of it at 3.000s"), "{breach}");
         assert!(c.check(&tcp(t0 + s(41.1), GW, 40001, B, 7000), &h).is_err());
         assert_eq!(c.check(&tcp(t0 + s(43.5), B, 7000, GW, 40001), &h), Ok(ANSWER));
         assert!(c.check(&rst(t0 + s(43.6), 40001), &h).is_err());
