@@ -63,11 +63,22 @@ pub struct Checker {
     flows: HashMap<Flow, Option<Instant>>,
     pub counts: BTreeMap<&'static str, u64>,
     pub checked: u64,
+    /// The packets of the rare classes (the gateway's kernel answering),
+    /// described for the event log, until taken.
+    pub notable: Vec<String>,
 }
 
 impl Checker {
     pub fn new(network: Network, slack: Duration, origin: Instant) -> Checker {
-        Checker { network, slack, origin, flows: HashMap::new(), counts: BTreeMap::new(), checked: 0 }
+        Checker {
+            network,
+            slack,
+            origin,
+            flows: HashMap::new(),
+            counts: BTreeMap::new(),
+            checked: 0,
+            notable: Vec::new(),
+        }
     }
 
     /// Checks `packet` against `history`: its class, or the breach, which
@@ -132,6 +143,13 @@ impl Checker {
         history: &History,
     ) -> Result<&'static str, String> {
         if history.gateway_down_at(at) && self.kernel_answer(at, dst, l4) {
+            let mut note = format!(
+                "{} at {}: the gateway's daemon down, its kernel answering",
+                describe(&Frame::Ipv4 { src: self.network.gateway, dst, l4: l4.clone() }),
+                self.time(at)
+            );
+            self.flow_note(&mut note, &Frame::Ipv4 { src: self.network.gateway, dst, l4: l4.clone() });
+            self.notable.push(note);
             return Ok(KERNEL_ANSWER);
         }
         if let Some((off, _)) = history.switched_off_at(at, self.slack) {
@@ -246,10 +264,15 @@ impl Checker {
                 .map_or_else(|| "not ready again".to_string(), |up| format!("ready again {}", self.time(up)));
             let _ = write!(text, "; the gateway's daemon down since {} ({up})", self.time(*down));
         }
-        // Whether the packet belongs to a flow a session opened, and when
-        // the machine last sent one of it: what tells a late packet of an
-        // ended session from one of no session at all.
-        if let Frame::Ipv4 { src, dst, l4 } = &packet.frame {
+        self.flow_note(&mut text, &packet.frame);
+        text
+    }
+
+    /// Whether `frame` belongs to a flow a session opened, and when the
+    /// machine last sent one of it: what tells a late packet of an ended
+    /// session from one of no session at all.
+    fn flow_note(&self, text: &mut String, frame: &Frame) {
+        if let Frame::Ipv4 { src, dst, l4 } = frame {
             let from_gateway = *src == self.network.gateway;
             let machine = if from_gateway { *dst } else { *src };
             let flow = match *l4 {
@@ -258,6 +281,11 @@ impl Checker {
                 L4::Tcp { sport, dport, .. } => Some((TCP, machine, sport, dport)),
                 L4::Udp { sport, dport } => Some((UDP, machine, sport, dport)),
                 L4::Echo { id, .. } => Some((ICMP, machine, id, id)),
+                // An error about the machine's packet, or about the gateway's.
+                L4::IcmpError { quoted: Some(q), .. } if q.src == machine => {
+                    Some((q.protocol, machine, q.sport, q.dport))
+                }
+                L4::IcmpError { quoted: Some(q), .. } => Some((q.protocol, q.dst, q.dport, q.sport)),
                 _ => None,
             };
             match flow.map(|flow| self.flows.get(&flow)) {
@@ -278,7 +306,6 @@ impl Checker {
                 None => {}
             }
         }
-        text
     }
 }
 
@@ -467,6 +494,8 @@ mod tests {
         // The machine retransmits while the gateway is down; its kernel resets.
         assert_eq!(c.check(&tcp(t0 + s(41.0), B, 7000, GW, 40001), &h), Ok(ANSWER));
         assert_eq!(c.check(&rst(t0 + s(41.001), 40001), &h), Ok(KERNEL_ANSWER));
+        assert_eq!(c.notable.len(), 1);
+        assert!(c.notable[0].contains("the machine's last packet of it at 41.000s"), "{:?}", c.notable);
         // Not without a machine's packet just before, not a segment other
         // than a RST, not once the gateway runs again.
         let breach = c.check(&rst(t0 + s(41.5), 40002), &h).unwrap_err();

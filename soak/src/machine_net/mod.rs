@@ -65,6 +65,9 @@ impl Soak {
         self.stats.checks += 1;
         let checked = self.machine_net.check();
         self.stats.machine_packets = self.machine_net.counts();
+        for note in self.machine_net.take_notable() {
+            self.event(format!("the machine network: {note}"));
+        }
         checked
     }
 
@@ -77,6 +80,9 @@ impl Soak {
         self.stats.checks += 1;
         let checked = self.machine_net.check_all();
         self.stats.machine_packets = self.machine_net.counts();
+        for note in self.machine_net.take_notable() {
+            self.event(format!("the machine network: {note}"));
+        }
         let (n, counts) = self.machine_net.counts();
         let classes: Vec<String> = counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
         let cpu = crate::capture::cpu_time().map_or("unknown".into(), |t| format!("{:.2}s", t.as_secs_f64()));
@@ -141,6 +147,12 @@ impl MachineNet {
         Ok(())
     }
 
+    /// The packets of the rare classes checked since the last call,
+    /// described.
+    pub fn take_notable(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.checker.notable)
+    }
+
     /// Every packet of the run again, against the whole history.
     pub fn check_all(&mut self) -> Result<(), String> {
         self.check()?;
@@ -148,6 +160,8 @@ impl MachineNet {
         for packet in &self.packets {
             again.check(packet, &self.history)?;
         }
+        // Logged once, as the step checks found them.
+        again.notable = std::mem::take(&mut self.checker.notable);
         self.checker = again;
         Ok(())
     }
