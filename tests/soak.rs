@@ -62,6 +62,10 @@ fn soak(seed: u64, seconds: u64, extra: &[&str]) -> String {
     assert!(row(&stdout, "sessions run") >= 1, "seed {seed}: {stdout}");
     assert!(row(&stdout, "uses (whitelisted traffic) ok") >= 1, "seed {seed}: {stdout}");
     assert!(row(&stdout, "invariant checks made") >= 10, "seed {seed}: {stdout}");
+    // The machine network's capture saw the uses' traffic: its check cannot
+    // pass by seeing nothing.
+    assert!(row(&stdout, "  to machines: whitelisted, session live") >= 1, "seed {seed}: {stdout}");
+    assert!(row(&stdout, "  from machines: answers to those") >= 1, "seed {seed}: {stdout}");
     let left: Vec<String> = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()

@@ -57,9 +57,11 @@ impl Soak {
             }
             "kill gateway" => {
                 self.event("fault: SIGKILL the gateway".into());
+                self.machine_net.history.gateway_killed(std::time::Instant::now());
                 self.world.kill_gateway();
                 std::thread::sleep(Duration::from_millis(self.rng.between(100, 3000)));
                 self.world.start_gateway();
+                self.machine_net.history.gateway_ready(std::time::Instant::now());
                 self.event("fault: the gateway restarted".into());
             }
             "link down/up" => {

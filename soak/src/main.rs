@@ -3,8 +3,10 @@
 //! after every step. `cargo xtask soak` builds it and runs it; the test
 //! `ferry-tests --test soak` runs a short one. See docs/soak.md.
 
+mod capture;
 mod clients;
 mod faults;
+mod machine_net;
 mod maps;
 mod outage;
 mod ping;

@@ -45,6 +45,9 @@ pub struct Stats {
     /// touches no session's path (the cloud killed).
     pub untouched_echoes: u64,
     pub checks: u64,
+    /// Machine-network packets checked against the sessions' history, and
+    /// how many in each class.
+    pub machine_packets: (u64, BTreeMap<&'static str, u64>),
 }
 
 impl Stats {
@@ -104,6 +107,10 @@ impl Stats {
             "  cloud unreachable (20 to 60 s)",
             self.faults.get("cloud unreachable").copied().unwrap_or(0).to_string(),
         );
+        row("machine-network packets checked", self.machine_packets.0.to_string());
+        for class in crate::machine_net::CLASSES {
+            row(&format!("  {class}"), self.machine_packets.1.get(class).copied().unwrap_or(0).to_string());
+        }
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
         let _ = writeln!(t, "{:<24} {:>17} {:>17}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");

@@ -16,6 +16,7 @@ use ferry_world::{
 use serde_json::{Value, json};
 
 use crate::{
+    machine_net::{self, MachineNet},
     maps,
     outage::OUTAGE_STREAM,
     ping,
@@ -81,7 +82,10 @@ pub struct Soak {
     pub switch_on: bool,
     /// Every session transition the workload made: (session id, audit action).
     pub transitions: Vec<(u64, &'static str)>,
-    started: Instant,
+    /// The capture on the machine network and the sessions' history it is
+    /// checked against.
+    pub machine_net: MachineNet,
+    pub started: Instant,
     log: Vec<String>,
     /// Per daemon: the first sample, and the first and last of the running
     /// process (a restart starts a new one).
@@ -186,6 +190,7 @@ impl Soak {
              "ports": [{"first": UDP_ECHO_PORT, "last": UDP_ECHO_PORT}]},
             {"name": "plc-ping", "address": TARGET_A_IP, "protocol": "icmp"},
         ]);
+        let machine_net = machine_net::start(&world, &targets).expect("the machine network's capture");
         let gateway = world.create_gateway_with("soak-press", "customer plant 1", targets);
         let udp = udp::Services::start(&world.target_b).expect("the UDP services on target-b");
         let icmp = ping::Watch::start(&world.target_b).expect("the ICMP counter on target-b");
@@ -225,11 +230,13 @@ impl Soak {
             stats: Stats::default(),
             switch_on: true,
             transitions: Vec::new(),
+            machine_net,
             started: Instant::now(),
             log: Vec::new(),
             usage: BTreeMap::new(),
             laptops: Vec::new(),
         };
+        soak.machine_net.set_origin(soak.started);
         soak.sample_usage();
         let places: Vec<String> =
             TECHNICIANS.iter().zip(&laptops).map(|(name, l)| format!("{name} {}", l.place)).collect();
@@ -346,6 +353,7 @@ impl Soak {
                 return Err(format!("{name} exited by itself: {status}"));
             }
         }
+        self.check_machine_net()?;
         self.sample_usage();
         Ok(())
     }
@@ -428,6 +436,7 @@ impl Soak {
         self.check_clients_clean()?;
         self.check_audit()?;
         self.check_usage()?;
+        self.check_machine_net_all()?;
         Ok(())
     }
 

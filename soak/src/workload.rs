@@ -179,6 +179,7 @@ impl Soak {
         let max = if short { SHORT_SESSION_S } else { 3600 };
         let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
+        let asked = Instant::now();
         let id = self.world.create_named_session(&name, self.gateway_id, &TARGETS, &[user_id], max, approval);
         self.transitions.push((id, "session.create"));
         self.stats.sessions += 1;
@@ -200,6 +201,9 @@ impl Soak {
             return Ok(());
         }
         self.transitions.push((id, "session.start"));
+        if !approval {
+            self.machine_net.history.live(id, &TARGETS, asked);
+        }
         self.event(format!(
             "{who}: session {id} prepared (max {max}s, approval {approval}, {}) and started: {}",
             kind.name(),
@@ -221,6 +225,8 @@ impl Soak {
         let id = self.live(t).id;
         let id_text = id.to_string();
         let mut last = String::new();
+        // From the first try on, the gateway may let its traffic through.
+        self.machine_net.history.live(id, &TARGETS, Instant::now());
         let world = &self.world;
         let done = ferry_world::poll(Duration::from_secs(20), || {
             let out = world.gateway_cmd(&["approve", &id_text]);
@@ -511,6 +517,7 @@ impl Soak {
                 let off_ms = unix_ms();
                 self.world.remote("off");
                 let at = Instant::now();
+                self.machine_net.history.switch_off(at);
                 self.switch_on = false;
                 // The switch ends every session of the gateway, but for
                 // one whose time ran out first (another technician's short
@@ -518,6 +525,7 @@ impl Soak {
                 // final state says which transition it made.
                 for other in 0..self.techs.len() {
                     if let Some(live) = self.techs[other].live.take() {
+                        self.machine_net.history.ended(live.id, at);
                         if let (true, Some(TunnelClient::Ferry { config_id })) =
                             (other != t, live.tunnel.as_ref().map(|tunnel| &tunnel.client))
                         {
@@ -582,6 +590,7 @@ impl Soak {
         } else {
             ended_at
         };
+        self.machine_net.history.ended(id, ended_at);
         std::thread::sleep(STOP_BOUND + Duration::from_millis(1500));
         self.stats.checks += 1;
         let late = echo_loop.as_ref().map_or(0, |e| e.answers_after(ended_at + STOP_BOUND));
@@ -624,6 +633,7 @@ impl Soak {
             self.event(format!("user {user_id} enabled again, logged in again (API and ferry login)"));
         }
         if matches!(how, End::Switch) {
+            self.machine_net.history.switch_on(Instant::now());
             self.world.remote("on");
             self.switch_on = true;
             self.event("the customer's switch on again".into());
