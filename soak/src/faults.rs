@@ -86,6 +86,9 @@ impl Soak {
             _ => {
                 let (loss, delay, hold) =
                     (self.rng.between(1, 10), self.rng.between(10, 200), self.rng.between(2, 8));
+                // Loss and delay slow a session's path but must not stop it:
+                // an echo through each still gets through (TCP retransmits).
+                let carrying = self.carrying();
                 let netem = router_ns.output(
                     "tc",
                     &[
@@ -121,7 +124,9 @@ impl Soak {
                          delay line; no netem in this kernel)"
                     ));
                 }
-                std::thread::sleep(Duration::from_secs(hold));
+                let impaired = std::time::Instant::now();
+                self.check_untouched(&carrying, &format!("through {loss}% loss and {delay}ms delay"))?;
+                std::thread::sleep(Duration::from_secs(hold).saturating_sub(impaired.elapsed()));
                 if with_netem {
                     router_ns
                         .exec("tc", &["qdisc", "del", "dev", &wan, "root"])
