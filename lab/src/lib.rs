@@ -26,6 +26,7 @@
 //! # Ok::<(), ferry_lab::Error>(())
 //! ```
 
+pub mod delay;
 mod error;
 pub mod forward;
 mod names;
@@ -34,6 +35,7 @@ mod netns;
 pub mod packet;
 pub mod postgres;
 mod process;
+pub mod rng;
 mod signals;
 
 pub use error::Error;

@@ -232,3 +232,45 @@ fn hosts_behind_one_router_reach_each_other() {
         assert!(reached, "{nat:?}: the laptop cannot reach the NAS on its own LAN");
     }
 }
+
+/// The delay line (no `sch_netem` in the CI kernel): what the router
+/// forwards through one interface is held for the delay both ways, or
+/// dropped at the loss rate; stopped, the link is as before.
+#[test]
+fn a_delay_line_holds_and_drops_what_a_router_forwards() {
+    use ferry_lab::delay::{DelayLine, Impairment};
+    let lab = Lab::new().unwrap();
+    let (a, router, b) = (lab.netns("a").unwrap(), lab.netns("r").unwrap(), lab.netns("b").unwrap());
+    router.enable_forwarding().unwrap();
+    let to_a = lab.wire(&router, &["10.91.0.1/30"], &a, &["10.91.0.2/30"]).unwrap();
+    lab.wire(&router, &["10.92.0.1/30"], &b, &["10.92.0.2/30"]).unwrap();
+    a.ip(&["route", "add", "default", "via", "10.91.0.1"]).unwrap();
+    b.ip(&["route", "add", "default", "via", "10.92.0.1"]).unwrap();
+    let ping =
+        |count: &str| a.output("ping", &["-n", "-c", count, "-i", "0.2", "-W", "3", "10.92.0.2"]).unwrap();
+    // The shortest round trip, in ms.
+    let fastest = |out: &std::process::Output| -> f64 {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let stats = text.lines().find(|l| l.contains("min/avg/max")).unwrap_or_else(|| panic!("{text}"));
+        stats.split('=').nth(1).unwrap().trim().split('/').next().unwrap().parse().unwrap()
+    };
+
+    let delay = Duration::from_millis(150);
+    let line = DelayLine::start(&router, &to_a.a, Impairment { loss_percent: 0, delay }, 1).unwrap();
+    let held = ping("4");
+    assert!(held.status.success(), "{held:?}");
+    // The request is held on its way in, the reply on its way out.
+    assert!(fastest(&held) >= 300.0, "{:?}", String::from_utf8_lossy(&held.stdout));
+    let stats = line.stop().unwrap();
+    assert_eq!((stats.passed, stats.dropped), (8, 0), "{stats:?}");
+
+    let line = DelayLine::start(&router, &to_a.a, Impairment { loss_percent: 100, delay }, 1).unwrap();
+    assert!(!ping("2").status.success(), "nothing passes a line that loses everything");
+    let stats = line.stop().unwrap();
+    assert_eq!((stats.passed, stats.dropped), (0, 2), "{stats:?}");
+
+    // Stopped: the rules are gone, and the link carries everything again.
+    assert!(ping("2").status.success());
+    let rules = router.exec("iptables", &["-S", "FORWARD"]).unwrap();
+    assert!(!rules.contains("NFQUEUE"), "{rules}");
+}

@@ -1,8 +1,10 @@
 //! The faults, seeded: daemons killed with SIGKILL and restarted, the
 //! site's uplink down and up, the site NAT's conntrack table flushed, and
-//! loss and delay with netem on the site's uplink.
+//! loss and delay on the site's uplink (netem, or the lab's delay line).
 
 use std::time::Duration;
+
+use ferry_lab::delay::{DelayLine, Impairment};
 
 use crate::soak::{Outcome, Soak};
 
@@ -86,6 +88,9 @@ impl Soak {
             _ => {
                 let (loss, delay, hold) =
                     (self.rng.between(1, 10), self.rng.between(10, 200), self.rng.between(2, 8));
+                // Loss and delay slow a session's path but must not stop it:
+                // an echo through each still gets through (TCP retransmits).
+                let carrying = self.carrying();
                 let netem = router_ns.output(
                     "tc",
                     &[
@@ -102,27 +107,38 @@ impl Soak {
                     ],
                 );
                 let with_netem = netem.is_ok_and(|out| out.status.success());
+                let mut line = None;
                 if with_netem {
                     self.event(format!(
                         "fault: netem on the site's WAN link: {loss}% loss, {delay}ms delay, {hold}s"
                     ));
                 } else {
-                    // A kernel without sch_netem: the loss alone, from
-                    // nftables' random numbers, both ways through the router.
-                    let rules = format!(
-                        "add table ip soak_loss; add chain ip soak_loss lossy {{ type filter hook forward priority -10; }}; \
-                         add rule ip soak_loss lossy numgen random mod 100 < {loss} drop"
+                    // A kernel without sch_netem: the lab's delay line
+                    // (NFQUEUE), both ways through the router's WAN link.
+                    let impairment =
+                        Impairment { loss_percent: loss as u32, delay: Duration::from_millis(delay) };
+                    line = Some(
+                        DelayLine::start(&router_ns, &wan, impairment, self.seed)
+                            .map_err(|e| e.to_string())?,
                     );
-                    router_ns.exec("nft", &[&rules]).map_err(|e| e.to_string())?;
-                    self.event(format!("fault: {loss}% loss through the site router for {hold}s (nftables; no netem in this kernel)"));
+                    self.event(format!(
+                        "fault: {loss}% loss, {delay}ms delay on the site's WAN link for {hold}s (the lab's NFQUEUE \
+                         delay line; no netem in this kernel)"
+                    ));
                 }
-                std::thread::sleep(Duration::from_secs(hold));
+                let impaired = std::time::Instant::now();
+                self.check_untouched(&carrying, &format!("through {loss}% loss and {delay}ms delay"))?;
+                std::thread::sleep(Duration::from_secs(hold).saturating_sub(impaired.elapsed()));
                 if with_netem {
                     router_ns
                         .exec("tc", &["qdisc", "del", "dev", &wan, "root"])
                         .map_err(|e| e.to_string())?;
-                } else {
-                    router_ns.exec("nft", &["delete table ip soak_loss"]).map_err(|e| e.to_string())?;
+                } else if let Some(line) = line {
+                    let stats = line.stop().map_err(|e| e.to_string())?;
+                    self.event(format!(
+                        "fault: the delay line passed {} packets and dropped {}",
+                        stats.passed, stats.dropped
+                    ));
                 }
                 self.event("fault: the loss removed".into());
             }

@@ -7,9 +7,10 @@
 //! those on it the check says only that the relay's restart did not
 //! disturb them.
 //!
-//! And the live-path invariant for a fault that touches no session's path:
-//! a session carrying traffic keeps carrying it, at once
-//! ([`UNTOUCHED_BOUND`]), while the fault lasts and after it.
+//! And the live-path invariant for a fault that touches no session's path
+//! (the cloud killed), or only slows it (loss and delay): a session
+//! carrying traffic keeps carrying it, at once ([`UNTOUCHED_BOUND`]),
+//! while the fault lasts and after it.
 
 use std::time::{Duration, Instant};
 
@@ -106,8 +107,7 @@ impl Soak {
             self.stats.checks += 1;
             if let Err(e) = answered {
                 return Err(format!(
-                    "session {} ({}): no echo {when}, within {UNTOUCHED_BOUND:?}, although the fault touches \
-                     nothing on its path ({e})",
+                    "session {} ({}): no echo {when}, within {UNTOUCHED_BOUND:?} ({e})",
                     c.session,
                     c.kind.name()
                 ));

@@ -42,7 +42,8 @@ pub struct Stats {
     /// Sessions that carried traffic through a whole outage of the cloud.
     pub outage_sessions: u64,
     /// Echoes answered through live sessions during and after a fault that
-    /// touches no session's path (the cloud killed).
+    /// touches no session's path (the cloud killed) or only slows it (loss
+    /// and delay).
     pub untouched_echoes: u64,
     pub checks: u64,
     /// Machine-network packets checked against the sessions' history, and
@@ -88,7 +89,7 @@ impl Stats {
         }
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
-        row("echoes through a cloud kill (live paths)", self.untouched_echoes.to_string());
+        row("echoes through a cloud kill or loss (live paths)", self.untouched_echoes.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
         row("bytes moved", self.bytes.to_string());

@@ -71,7 +71,7 @@ pub struct Soak {
     pub kinds: Rng,
     /// Whether that fault is injected.
     pub cloud_outages: bool,
-    seed: u64,
+    pub seed: u64,
     /// UDP echo and the counter on a port no session whitelists.
     pub udp: udp::Services,
     /// ICMP echo requests arriving at target-b, which no entry allows it.
