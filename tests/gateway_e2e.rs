@@ -643,17 +643,26 @@ const CLOCK_STEP_S: i64 = 2 * 3600;
 /// keep it open past its end, also with the cloud gone and the gateway
 /// restarted while its clock is wrong. Only the gateway's CLOCK_REALTIME
 /// moves (libfaketime), as under a real step; its monotonic clocks and
-/// every other process's clock stay right.
+/// every other process's clock stay right. The technician is Ferry's own
+/// client on the direct path, and the relay is killed before the end: the
+/// relay ends its allocations by its own clock, which would stand in for
+/// the gateway's on a relayed path.
 #[test]
 fn a_session_ends_at_its_true_end_when_the_gateways_clock_steps() {
     let mut site = site(Options { gateway_faketime: true, ..Options::default() });
     site.switch_on();
     // Long enough for a gateway restart and a new handshake before its end.
-    let (id, tunnel) = site.running(&["plc-web"], 120);
+    let (id, session) = site.start(&["plc-web"], 120, false);
+    assert_eq!(session["state"], "active", "{session}");
     let expires_ms = site.lab.session(id)["expires_ms"].as_u64().unwrap();
-    let web = tunnel.proxy("plc-web").to_string();
-    let tech = site.lab.tech_ns.clone();
-    let get = || http_get(&tech, &web, HTTP_PORT, Duration::from_secs(2));
+    let tech = EngineTechnician::connect(&site.lab, &mut site.tech, id);
+    let proxy = tech.proxy("plc-web");
+    let tech_ns = site.lab.tech_ns.clone();
+    let get = || http_get(&tech_ns, &proxy, HTTP_PORT, Duration::from_secs(2));
+    eventually(SETTLE, get).expect("plc-web through the technician's tunnel");
+    let direct =
+        || tech.traversal.status(&tech.gateway).is_some_and(|p| p.path == ferry_traversal::PathKind::Direct);
+    wait_until(SETTLE, "the technician's path to go direct", direct);
 
     // Forward: by the gateway's own clock the session ended two hours ago.
     site.lab.step_gateway_clock(CLOCK_STEP_S);
@@ -671,10 +680,13 @@ fn a_session_ends_at_its_true_end_when_the_gateways_clock_steps() {
     }
 
     // Back: by the gateway's own clock the session has two hours left. The
-    // cloud goes away, so that its own end of the session cannot stand in
-    // for the gateway's, and the gateway restarts with its clock still wrong.
+    // cloud and the relay go away, so that neither's end of the session can
+    // stand in for the gateway's, and the gateway restarts with its clock
+    // still wrong (it keeps the cloud's time across a restart of the same
+    // boot).
     site.lab.step_gateway_clock(-CLOCK_STEP_S);
     site.lab.kill_cloud();
+    site.lab.kill_relay();
     site.lab.kill_gateway();
     site.lab.start_gateway();
     eventually(SETTLE, get).expect("no traffic after the gateway's restart with its clock stepped back");

@@ -121,7 +121,11 @@ impl World {
     /// finds its clock as the machine would, still stepped).
     fn faketime(&self, cmd: &mut std::process::Command) {
         let library = faketime_library();
-        assert!(library.exists(), "{} is missing: install libfaketime (cargo xtask setup)", library.display());
+        assert!(
+            library.exists(),
+            "{} is missing: install libfaketime (cargo xtask setup)",
+            library.display()
+        );
         if !self.gateway_clock_file.exists() {
             std::fs::write(&self.gateway_clock_file, "+0\n").unwrap();
         }
