@@ -4,6 +4,7 @@
 //! `ferry-tests --test soak` runs a short one. See docs/soak.md.
 
 mod clients;
+mod clock;
 mod faults;
 mod maps;
 mod outage;

@@ -41,6 +41,9 @@ pub struct Stats {
     pub outage_echoes: u64,
     /// Sessions that carried traffic through a whole outage of the cloud.
     pub outage_sessions: u64,
+    /// Sessions that carried traffic on after a step of the gateway's clock
+    /// (once per step: the step and its setting right count apart).
+    pub clock_step_sessions: u64,
     pub checks: u64,
 }
 
@@ -82,6 +85,7 @@ impl Stats {
         }
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
+        row("sessions carrying on after a gateway clock step", self.clock_step_sessions.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
         row("bytes moved", self.bytes.to_string());
@@ -99,6 +103,10 @@ impl Stats {
         row(
             "  cloud unreachable (20 to 60 s)",
             self.faults.get("cloud unreachable").copied().unwrap_or(0).to_string(),
+        );
+        row(
+            &format!("  {} (1 min to 2 h)", crate::clock::KIND),
+            self.faults.get(crate::clock::KIND).copied().unwrap_or(0).to_string(),
         );
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");

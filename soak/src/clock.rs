@@ -1,0 +1,114 @@
+//! The gateway's clock stepped (issue 18): its wall clock (CLOCK_REALTIME
+//! alone, through libfaketime) jumps forward or back by 1 minute to 2
+//! hours, as a bad RTC, an NTP step or `date -s` would, stays wrong for a
+//! while during which the workload and the other faults go on (a gateway
+//! restart included: it comes back with its clock still wrong), then is set
+//! right again, which is a step too.
+//!
+//! Sessions end by the cloud's clock: a step must neither cut a live
+//! session (checked here: every session that carried traffic before a step
+//! answers an echo after it) nor keep one open past its end (the
+//! workload's expiry and end checks, which measure against the cloud's
+//! `expires_ms`, go on through the step).
+
+use std::time::{Duration, Instant};
+
+use ferry_world::{ECHO_PORT, echo_round_trip, eventually};
+
+use crate::soak::{Outcome, Soak};
+
+/// Which fault steps bring a step of the gateway's clock, which way, how
+/// far and for how long: a stream of its own (the fifth), so that the
+/// other streams, and so seed 2's schedule, stay as they were.
+pub const CLOCK_STREAM: u64 = 0xc10c_57e9_0005;
+/// Chance of a step at a fault step, in percent.
+const CLOCK_PERCENT: u64 = 25;
+/// How far, in seconds, either way: 1 minute to 2 hours.
+const STEP_S: (u64, u64) = (60, 7_200);
+/// How long the clock stays wrong, in seconds of the run.
+const HOLD_S: (u64, u64) = (10, 90);
+/// The name in the table's fault rows.
+pub const KIND: &str = "gateway clock step";
+/// How long an echo through a live session may take after a step (past
+/// the gateway's 250 ms tick, a datagram lost retried).
+const ECHO_BOUND: Duration = Duration::from_secs(10);
+/// Sessions that could expire within this are left out of the check.
+const MARGIN: Duration = Duration::from_secs(20);
+
+/// The step in effect: the gateway's clock is `offset_s` off until `until`.
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    offset_s: i64,
+    until: Instant,
+}
+
+impl Soak {
+    /// At a fault step: the gateway's clock stepped, if the stream says so
+    /// (a step while another holds replaces it: stepped again from the
+    /// wrong time). The stream is read the same way at every fault step,
+    /// whatever is held, so that its schedule depends on the seed alone.
+    pub fn maybe_clock_step(&mut self) -> Outcome {
+        let step = self.clock_rng.chance(CLOCK_PERCENT);
+        let back = self.clock_rng.chance(50);
+        let amount = self.clock_rng.between(STEP_S.0, STEP_S.1) as i64;
+        let hold = Duration::from_secs(self.clock_rng.between(HOLD_S.0, HOLD_S.1));
+        if !step || !self.clock_steps {
+            return Ok(());
+        }
+        *self.stats.faults.entry(KIND).or_default() += 1;
+        let offset_s = if back { -amount } else { amount };
+        self.step_clock(offset_s, &format!("for {}s", hold.as_secs()))?;
+        self.clock_held = Some(Held { offset_s, until: Instant::now() + hold });
+        Ok(())
+    }
+
+    /// After every step of the run: the clock set right once its time is up.
+    pub fn clock_tick(&mut self) -> Outcome {
+        match self.clock_held {
+            Some(held) if Instant::now() >= held.until => self.set_clock_right(),
+            _ => Ok(()),
+        }
+    }
+
+    /// The clock right again (at the end of the run too, before the final
+    /// checks), which steps it the other way.
+    pub fn set_clock_right(&mut self) -> Outcome {
+        let Some(held) = self.clock_held.take() else { return Ok(()) };
+        self.step_clock(0, &format!("after {}s off by {:+}s", held.until.elapsed().as_secs(), held.offset_s))
+    }
+
+    /// Steps the gateway's wall clock to `offset_s` from the real time and
+    /// checks that every session carrying traffic before goes on.
+    fn step_clock(&mut self, offset_s: i64, how: &str) -> Outcome {
+        let carrying = self.carrying_for(MARGIN);
+        self.world.step_gateway_clock(offset_s);
+        let stepped = Instant::now();
+        self.event(format!(
+            "fault: the gateway's wall clock set to {offset_s:+}s from the true time ({how}); {} sessions carrying traffic",
+            carrying.len()
+        ));
+        // The gateway looks at its clocks every 250 ms: a session it
+        // wrongly took for ended would be shut by then.
+        std::thread::sleep(Duration::from_secs(1));
+        for c in &carrying {
+            let ns = self.techs[c.tech].ns.clone();
+            let answered =
+                eventually(ECHO_BOUND, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
+            self.stats.checks += 1;
+            if let Err(e) = answered {
+                return Err(format!(
+                    "session {}: no echo within {ECHO_BOUND:?} after the gateway's clock was set to {offset_s:+}s \
+                     from the true time ({e}): a step of the gateway's clock cut a session before its end",
+                    c.session
+                ));
+            }
+            self.stats.clock_step_sessions += 1;
+        }
+        self.event(format!(
+            "after the clock step: {} sessions still carrying traffic {:.1}s later",
+            carrying.len(),
+            stepped.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+}
