@@ -18,7 +18,7 @@ use ferry_world::{ECHO_PORT, echo_round_trip, eventually};
 use crate::soak::{Outcome, Soak};
 
 /// Which fault steps bring a step of the gateway's clock, which way, how
-/// far and for how long: a stream of its own (the fifth), so that the
+/// far and for how long: a stream of its own (the clock's), so that the
 /// other streams, and so seed 2's schedule, stay as they were.
 pub const CLOCK_STREAM: u64 = 0xc10c_57e9_0005;
 /// Chance of a step at a fault step, in percent.

@@ -59,7 +59,7 @@ pub struct Soak {
     pub kinds: Rng,
     /// Whether that fault is injected.
     pub cloud_outages: bool,
-    /// The fifth: steps of the gateway's clock (see [`CLOCK_STREAM`]).
+    /// The clock's stream: steps of the gateway's clock (see [`CLOCK_STREAM`]).
     pub clock_rng: Rng,
     /// Whether that fault is injected (the gateway runs under libfaketime).
     pub clock_steps: bool,
