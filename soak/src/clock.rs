@@ -35,10 +35,12 @@ const ECHO_BOUND: Duration = Duration::from_secs(10);
 /// Sessions that could expire within this are left out of the check.
 const MARGIN: Duration = Duration::from_secs(20);
 
-/// The step in effect: the gateway's clock is `offset_s` off until `until`.
+/// The step in effect: the gateway's clock is `offset_s` off, since
+/// `since`, until `until`.
 #[derive(Clone, Copy, Debug)]
 pub struct Held {
     offset_s: i64,
+    since: Instant,
     until: Instant,
 }
 
@@ -58,7 +60,8 @@ impl Soak {
         *self.stats.faults.entry(KIND).or_default() += 1;
         let offset_s = if back { -amount } else { amount };
         self.step_clock(offset_s, &format!("for {}s", hold.as_secs()))?;
-        self.clock_held = Some(Held { offset_s, until: Instant::now() + hold });
+        let since = Instant::now();
+        self.clock_held = Some(Held { offset_s, since, until: since + hold });
         Ok(())
     }
 
@@ -74,7 +77,7 @@ impl Soak {
     /// checks), which steps it the other way.
     pub fn set_clock_right(&mut self) -> Outcome {
         let Some(held) = self.clock_held.take() else { return Ok(()) };
-        self.step_clock(0, &format!("after {}s off by {:+}s", held.until.elapsed().as_secs(), held.offset_s))
+        self.step_clock(0, &format!("after {}s off by {:+}s", held.since.elapsed().as_secs(), held.offset_s))
     }
 
     /// Steps the gateway's wall clock to `offset_s` from the real time and

@@ -85,7 +85,7 @@ impl Stats {
         }
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
-        row("sessions carrying on after a gateway clock step", self.clock_step_sessions.to_string());
+        row("sessions carrying on after a clock step", self.clock_step_sessions.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
         row("bytes moved", self.bytes.to_string());
