@@ -83,6 +83,7 @@ impl Soak {
     /// Steps the gateway's wall clock to `offset_s` from the real time and
     /// checks that every session carrying traffic before goes on.
     fn step_clock(&mut self, offset_s: i64, how: &str) -> Outcome {
+        self.check_gateway_faked()?;
         let carrying = self.carrying_for(MARGIN);
         self.world.step_gateway_clock(offset_s);
         let stepped = Instant::now();
@@ -112,6 +113,22 @@ impl Soak {
             carrying.len(),
             stepped.elapsed().as_secs_f64()
         ));
+        Ok(())
+    }
+
+    /// The running gateway has libfaketime loaded: otherwise a step would
+    /// change nothing and every check after it would pass by itself.
+    fn check_gateway_faked(&mut self) -> Outcome {
+        let Some(pid) = self.world.gateway.as_ref().map(|p| p.pid()) else {
+            return Err("no gateway process to step the clock of".into());
+        };
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| e.to_string())?;
+        self.stats.checks += 1;
+        if !maps.contains("libfaketime") {
+            return Err(format!(
+                "the gateway (pid {pid}) runs without libfaketime: its clock cannot be stepped"
+            ));
+        }
         Ok(())
     }
 }
