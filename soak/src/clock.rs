@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use ferry_world::{ECHO_PORT, echo_round_trip, eventually};
 
-use crate::soak::{Outcome, Soak};
+use crate::{
+    rng::Rng,
+    soak::{Outcome, Soak},
+};
 
 /// Which fault steps bring a step of the gateway's clock, which way, how
 /// far and for how long: a stream of its own (the clock's), so that the
@@ -44,21 +47,27 @@ pub struct Held {
     until: Instant,
 }
 
+/// One fault step's draws from the clock's stream, always four: whether
+/// it brings a step, and the step's offset (seconds) and hold.
+fn draw(rng: &mut Rng) -> Option<(i64, Duration)> {
+    let step = rng.chance(CLOCK_PERCENT);
+    let back = rng.chance(50);
+    let amount = rng.between(STEP_S.0, STEP_S.1) as i64;
+    let hold = Duration::from_secs(rng.between(HOLD_S.0, HOLD_S.1));
+    step.then_some((if back { -amount } else { amount }, hold))
+}
+
 impl Soak {
     /// At a fault step: the gateway's clock stepped, if the stream says so
     /// (a step while another holds replaces it: stepped again from the
     /// wrong time). The stream is read the same way at every fault step,
     /// whatever is held, so that its schedule depends on the seed alone.
     pub fn maybe_clock_step(&mut self) -> Outcome {
-        let step = self.clock_rng.chance(CLOCK_PERCENT);
-        let back = self.clock_rng.chance(50);
-        let amount = self.clock_rng.between(STEP_S.0, STEP_S.1) as i64;
-        let hold = Duration::from_secs(self.clock_rng.between(HOLD_S.0, HOLD_S.1));
-        if !step || !self.clock_steps {
+        let Some((offset_s, hold)) = draw(&mut self.clock_rng) else { return Ok(()) };
+        if !self.clock_steps {
             return Ok(());
         }
         *self.stats.faults.entry(KIND).or_default() += 1;
-        let offset_s = if back { -amount } else { amount };
         self.step_clock(offset_s, &format!("for {}s", hold.as_secs()))?;
         let since = Instant::now();
         self.clock_held = Some(Held { offset_s, since, until: since + hold });
@@ -130,5 +139,32 @@ impl Soak {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constant was picked for this: seed 2's run in CI keeps its first
+    /// two fault steps as they were (the cloud's outage at the second),
+    /// and its third brings a step.
+    #[test]
+    fn seed_2_meets_its_first_clock_step_at_its_third_fault_step() {
+        let mut rng = Rng::new(2 ^ CLOCK_STREAM);
+        assert_eq!(draw(&mut rng), None);
+        assert_eq!(draw(&mut rng), None);
+        assert_eq!(draw(&mut rng), Some((6190, Duration::from_secs(77))));
+    }
+
+    #[test]
+    fn steps_stay_within_their_bounds_either_way() {
+        let mut rng = Rng::new(7 ^ CLOCK_STREAM);
+        let steps: Vec<(i64, Duration)> = (0..400).filter_map(|_| draw(&mut rng)).collect();
+        assert!(steps.iter().any(|(s, _)| *s < 0) && steps.iter().any(|(s, _)| *s > 0));
+        for (offset, hold) in steps {
+            assert!((60..=7_200).contains(&offset.unsigned_abs()), "{offset}");
+            assert!((10..=90).contains(&hold.as_secs()), "{hold:?}");
+        }
     }
 }
