@@ -632,3 +632,83 @@ fn a_configuration_issued_just_after_the_cloud_was_unreachable_goes_through_the_
         "the configuration issued after the outage has no relay endpoint:\n{wg_quick}"
     );
 }
+
+/// How far the gateway's wall clock is stepped, each way: far beyond any
+/// session in this test, as a bad RTC or a mistyped `date -s` would.
+const CLOCK_STEP_S: i64 = 2 * 3600;
+
+/// Issue 18's "the gateway's clock stepped": a session ends at its end by
+/// the cloud's clock, whatever the gateway's wall clock does meanwhile. A
+/// step forward must not cut it (traffic goes on); a step back must not
+/// keep it open past its end, also with the cloud gone and the gateway
+/// restarted while its clock is wrong. Only the gateway's CLOCK_REALTIME
+/// moves (libfaketime), as under a real step; its monotonic clocks and
+/// every other process's clock stay right. The technician is Ferry's own
+/// client on the direct path, and the relay is killed before the end: the
+/// relay ends its allocations by its own clock, which would stand in for
+/// the gateway's on a relayed path.
+#[test]
+fn a_session_ends_at_its_true_end_when_the_gateways_clock_steps() {
+    let mut site = site(Options { gateway_faketime: true, ..Options::default() });
+    site.switch_on();
+    // Long enough for a gateway restart and a new handshake before its end.
+    let (id, session) = site.start(&["plc-web"], 120, false);
+    assert_eq!(session["state"], "active", "{session}");
+    let expires_ms = site.lab.session(id)["expires_ms"].as_u64().unwrap();
+    let tech = EngineTechnician::connect(&site.lab, &mut site.tech, id);
+    let proxy = tech.proxy("plc-web");
+    let tech_ns = site.lab.tech_ns.clone();
+    let get = || http_get(&tech_ns, &proxy, HTTP_PORT, Duration::from_secs(2));
+    eventually(SETTLE, get).expect("plc-web through the technician's tunnel");
+    let direct =
+        || tech.traversal.status(&tech.gateway).is_some_and(|p| p.path == ferry_traversal::PathKind::Direct);
+    wait_until(SETTLE, "the technician's path to go direct", direct);
+
+    // Forward: by the gateway's own clock the session ended two hours ago.
+    site.lab.step_gateway_clock(CLOCK_STEP_S);
+    for _ in 0..3 {
+        // Past the daemon's 250 ms tick each time.
+        std::thread::sleep(Duration::from_secs(1));
+        eventually(T, get).unwrap_or_else(|e| {
+            panic!(
+                "traffic stopped after the gateway's clock stepped forward, {} s before the session's end: \
+                 {e}\n{}",
+                expires_ms.saturating_sub(unix_ms()) / 1000,
+                site.lab.gateway_log()
+            )
+        });
+    }
+
+    // Back: by the gateway's own clock the session has two hours left. The
+    // cloud and the relay go away, so that neither's end of the session can
+    // stand in for the gateway's, and the gateway restarts with its clock
+    // still wrong (it keeps the cloud's time across a restart of the same
+    // boot).
+    site.lab.step_gateway_clock(-CLOCK_STEP_S);
+    site.lab.kill_cloud();
+    site.lab.kill_relay();
+    site.lab.kill_gateway();
+    site.lab.start_gateway();
+    eventually(SETTLE, get).expect("no traffic after the gateway's restart with its clock stepped back");
+    assert!(
+        unix_ms() + 5_000 < expires_ms,
+        "the session's end came too close to tell a late end from an early one; \
+         the restart took until {} s before it",
+        expires_ms.saturating_sub(unix_ms()) / 1000
+    );
+    let until = |ms: u64| Duration::from_millis(ms.saturating_sub(unix_ms()));
+    std::thread::sleep(until(expires_ms));
+    // A bounded wait of 5 s past the end for the gateway's timer to act
+    // (behaviour, not speed), as with the cloud down and no step.
+    let stopped = poll(Duration::from_secs(5), || get().is_err());
+    assert!(
+        stopped,
+        "traffic still flows 5 s after the session's end, the gateway's clock stepped back {CLOCK_STEP_S} s\n{}",
+        site.lab.gateway_log()
+    );
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(get().is_err(), "traffic came back after the session's end");
+    }
+    site.lab.step_gateway_clock(0);
+}

@@ -89,6 +89,9 @@ fn a_short_soak_with_a_fixed_seed_passes_every_invariant() {
     assert!(row(&table, "  with wireguard-go") >= 1, "{table}");
     // And the client's tunnels carry traffic, not only come up.
     assert!(row(&table, "  ok through the ferry client") >= 1, "{table}");
+    // Its third fault step steps the gateway's clock (the clock's stream;
+    // libfaketime, which `cargo xtask setup` installs).
+    assert!(row(&table, "  gateway clock step (1 min to 2 h)") >= 1, "{table}");
 }
 
 /// A new schedule on every run, so that CI explores beyond seed 2. Without

@@ -19,7 +19,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use crate::backoff::{BACKOFF_BASE, BACKOFF_CAP, Backoff, backoff_delay};
 use crate::codec::{DecodeError, Message, decode_valid, encode};
-use crate::common::{ErrorCode, Welcome};
+use crate::common::{ErrorCode, ServerHello, Welcome};
 use crate::gateway::{DesiredState, FromGateway, ToGateway, sign_gateway_hello};
 use crate::ids::{GatewayId, WgKey};
 use crate::relay::{DesiredAllocations, FromRelay, RelayHello, ToRelay};
@@ -356,11 +356,50 @@ pub async fn gateway_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     wg_public_key: WgKey,
     applied_revision: Option<u64>,
 ) -> Result<(Welcome, DesiredState), ClientError> {
+    let done = gateway_handshake_timed(
+        channel,
+        signing_key,
+        gateway_id,
+        software_version,
+        switch_on,
+        wg_public_key,
+        applied_revision,
+    )
+    .await?;
+    Ok((done.welcome, done.desired))
+}
+
+/// A gateway's hello as [`gateway_handshake`] runs it, with the cloud's own
+/// hello and when it arrived.
+#[derive(Debug)]
+pub struct GatewayHandshake {
+    /// The cloud's first frame; its `server_time_ms` is the cloud's clock.
+    pub server_hello: ServerHello,
+    /// When the cloud's hello was read, on the monotonic clock: the moment
+    /// its `server_time_ms` stands for here (late by its one-way delay).
+    pub hello_read: std::time::Instant,
+    pub welcome: Welcome,
+    pub desired: DesiredState,
+}
+
+/// [`gateway_handshake`], returning the cloud's hello and the moment it was
+/// read too: a gateway keeps the cloud's time from it (session end times are
+/// the cloud's).
+pub async fn gateway_handshake_timed<S: AsyncRead + AsyncWrite + Unpin>(
+    channel: &mut Channel<S>,
+    signing_key: &SigningKey,
+    gateway_id: GatewayId,
+    software_version: &str,
+    switch_on: bool,
+    wg_public_key: WgKey,
+    applied_revision: Option<u64>,
+) -> Result<GatewayHandshake, ClientError> {
     let handshake = async {
         let server_hello = match next_from_cloud(channel).await? {
             ToGateway::ServerHello(hello) => hello,
             other => return unexpected(channel, "server_hello", other).await,
         };
+        let hello_read = std::time::Instant::now();
         let hello = sign_gateway_hello(
             signing_key,
             &server_hello.challenge,
@@ -375,11 +414,11 @@ pub async fn gateway_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             ToGateway::Welcome(welcome) => welcome,
             other => return unexpected(channel, "welcome", other).await,
         };
-        let state = match next_from_cloud(channel).await? {
+        let desired = match next_from_cloud(channel).await? {
             ToGateway::DesiredState(state) => state,
             other => return unexpected(channel, "desired_state", other).await,
         };
-        Ok((welcome, state))
+        Ok(GatewayHandshake { server_hello, hello_read, welcome, desired })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await

@@ -16,7 +16,9 @@ use crate::validate::{self, InvalidMessage, MAX_TEXT_CHARS, Path, Validate};
 pub struct ServerHello {
     /// Fresh for this connection; gateways sign it (relays ignore it).
     pub challenge: Challenge,
-    /// Lets a peer without a trustworthy clock notice that it is off.
+    /// Lets a peer without a trustworthy clock notice that it is off. A
+    /// gateway measures session end times by it (pinned to its monotonic
+    /// clock when this frame is read), never by its own wall clock.
     pub server_time_ms: u64,
 }
 

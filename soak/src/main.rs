@@ -5,6 +5,7 @@
 
 mod capture;
 mod clients;
+mod clock;
 mod faults;
 mod machine_net;
 mod maps;

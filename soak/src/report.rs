@@ -45,6 +45,9 @@ pub struct Stats {
     /// touches no session's path (the cloud killed) or only slows it (loss
     /// and delay).
     pub untouched_echoes: u64,
+    /// Sessions that carried traffic on after a step of the gateway's clock
+    /// (once per step: the step and its setting right count apart).
+    pub clock_step_sessions: u64,
     pub checks: u64,
     /// Machine-network packets checked against the sessions' history, and
     /// how many in each class.
@@ -90,6 +93,7 @@ impl Stats {
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
         row("echoes through a cloud kill or loss (live paths)", self.untouched_echoes.to_string());
+        row("sessions carrying on after a clock step", self.clock_step_sessions.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
         row("bytes moved", self.bytes.to_string());
@@ -112,6 +116,10 @@ impl Stats {
         for class in crate::machine_net::CLASSES {
             row(&format!("  {class}"), self.machine_packets.1.get(class).copied().unwrap_or(0).to_string());
         }
+        row(
+            &format!("  {} (1 min to 2 h)", crate::clock::KIND),
+            self.faults.get(crate::clock::KIND).copied().unwrap_or(0).to_string(),
+        );
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
         let _ = writeln!(t, "{:<24} {:>17} {:>17}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");

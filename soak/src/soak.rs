@@ -16,6 +16,7 @@ use ferry_world::{
 use serde_json::{Value, json};
 
 use crate::{
+    clock::{self, CLOCK_STREAM},
     machine_net::{self, MachineNet},
     maps,
     outage::OUTAGE_STREAM,
@@ -71,6 +72,12 @@ pub struct Soak {
     pub kinds: Rng,
     /// Whether that fault is injected.
     pub cloud_outages: bool,
+    /// The clock's stream: steps of the gateway's clock (see [`CLOCK_STREAM`]).
+    pub clock_rng: Rng,
+    /// Whether that fault is injected (the gateway runs under libfaketime).
+    pub clock_steps: bool,
+    /// The step of the gateway's clock in effect.
+    pub clock_held: Option<clock::Held>,
     pub seed: u64,
     /// UDP echo and the counter on a port no session whitelists.
     pub udp: udp::Services,
@@ -178,7 +185,16 @@ pub fn run(seed: u64, duration: Duration, cloud_outages: bool, technicians: usiz
 
 impl Soak {
     fn new(seed: u64, technicians: usize) -> Soak {
-        let mut world = World::new(Options::default());
+        // Under libfaketime where it is installed, for the steps of its
+        // clock; a machine without it runs the soak without that fault.
+        let faketime = ferry_world::faketime_library().exists();
+        if !faketime {
+            println!(
+                "ferry-soak: no libfaketime ({}): the gateway clock step is left out (cargo xtask setup installs it)",
+                ferry_world::faketime_library().display()
+            );
+        }
+        let mut world = World::new(Options { gateway_faketime: faketime, ..Options::default() });
         world.start_cloud_and_login();
         world.start_relay();
         let targets = json!([
@@ -222,6 +238,9 @@ impl Soak {
             outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
             kinds: Rng::new(seed ^ CLIENT_STREAM),
             cloud_outages: true,
+            clock_rng: Rng::new(seed ^ CLOCK_STREAM),
+            clock_steps: faketime,
+            clock_held: None,
             seed,
             udp,
             icmp,
@@ -301,16 +320,19 @@ impl Soak {
             if self.rng.chance(25) {
                 // The workload waits through an outage of the cloud: its
                 // time does not count, so that a short run still drives
-                // sessions.
+                // sessions. A step of the gateway's clock comes first, so
+                // that it may hold through the outage.
+                self.maybe_clock_step()?;
                 deadline += self.maybe_outage()?;
                 self.fault()?;
             } else {
                 let tech = self.rng.below(self.techs.len() as u64) as usize;
                 self.step(tech)?;
             }
+            self.clock_tick()?;
             self.check_always()?;
         }
-        Ok(())
+        self.set_clock_right()
     }
 
     /// What holds after every step: no lab service that no session

@@ -13,6 +13,12 @@ use serde_json::Value;
 
 use crate::{World, addresses::*, bin_path, services::http_get_path};
 
+/// Debian's libfaketime (package `libfaketime`), the multi-threaded build
+/// (the gateway runs many threads), in the machine's multiarch folder.
+pub fn faketime_library() -> std::path::PathBuf {
+    format!("/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1", std::env::consts::ARCH).into()
+}
+
 /// The gateway's local panel's port unless configured otherwise.
 pub const PANEL_PORT: u16 = 8443;
 
@@ -102,9 +108,48 @@ impl World {
         assert!(self.gateway.is_none(), "the gateway runs already");
         let mut cmd = self.gw_ns.command(bin_path("ferry-gateway"));
         cmd.arg("--config").arg(&self.gateway_config).args(["--log", "debug", "run"]);
+        if self.options.gateway_faketime {
+            self.faketime(&mut cmd);
+        }
         let mut gateway = self.gw_ns.spawn(cmd).unwrap();
         gateway.wait_for_output("ferry-gateway ready", Duration::from_secs(30)).unwrap();
         self.gateway = Some(gateway);
+    }
+
+    /// Runs `cmd` under libfaketime, its wall clock offset by what the
+    /// world's timestamp file says (kept as it is: a restarted gateway
+    /// finds its clock as the machine would, still stepped).
+    fn faketime(&self, cmd: &mut std::process::Command) {
+        let library = faketime_library();
+        assert!(
+            library.exists(),
+            "{} is missing: install libfaketime (cargo xtask setup)",
+            library.display()
+        );
+        if !self.gateway_clock_file.exists() {
+            std::fs::write(&self.gateway_clock_file, "+0\n").unwrap();
+        }
+        // Offsets ("+0", "-3600") rather than absolute times: libfaketime
+        // applies them to the real clock, which goes on running. Re-read at
+        // every call (no cache), so a step takes effect at once; the
+        // monotonic clocks stay real, as under a real step of the clock.
+        cmd.env("LD_PRELOAD", &library)
+            .env("FAKETIME_TIMESTAMP_FILE", &self.gateway_clock_file)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
+
+    /// Steps the gateway's wall clock to `offset_s` seconds from the real
+    /// time (0: right again), at once, as `date -s` would; only with
+    /// [`Options::gateway_faketime`](crate::Options::gateway_faketime). Its
+    /// monotonic clocks and every other process's clock do not move.
+    pub fn step_gateway_clock(&self, offset_s: i64) {
+        assert!(self.options.gateway_faketime, "the gateway does not run under libfaketime");
+        let text = format!("{offset_s:+}\n");
+        let temporary = self.gateway_clock_file.with_extension("tmp");
+        std::fs::write(&temporary, text).unwrap();
+        // Renamed over, so that libfaketime never reads a half-written file.
+        std::fs::rename(&temporary, &self.gateway_clock_file).unwrap();
     }
 
     /// The gateway's Prometheus text from `/metrics`.

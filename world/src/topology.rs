@@ -56,6 +56,12 @@ pub struct Options {
     /// URL, which lets further replicas join
     /// ([`World::start_cloud_replica`]). None: sled in the world's folder.
     pub cloud_storage: Option<String>,
+    /// The gateway runs under libfaketime with a timestamp file in the
+    /// world's folder, so that [`World::step_gateway_clock`] can step its
+    /// wall clock (CLOCK_REALTIME) alone, as an NTP step or `date -s`
+    /// would, while its monotonic clocks and every other process's clock
+    /// stay as they are. Needs Debian's `libfaketime` (`cargo xtask setup`).
+    pub gateway_faketime: bool,
 }
 
 impl Default for Options {
@@ -69,6 +75,7 @@ impl Default for Options {
             site: Site::BehindNat(Nat::Cone),
             lab_services: true,
             cloud_storage: None,
+            gateway_faketime: false,
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct World {
     pub gateway_config: PathBuf,
     pub gateway_data: PathBuf,
     pub gateway_socket: PathBuf,
+    /// libfaketime's timestamp file for the gateway, with
+    /// [`Options::gateway_faketime`]: its wall clock's offset.
+    pub gateway_clock_file: PathBuf,
     pub cloud_data: PathBuf,
     pub cloud: Option<Process>,
     /// Further `ferry-cloud serve` replicas on the same storage, with the
@@ -336,6 +346,7 @@ impl World {
             gateway_config: dir.join("gateway.toml"),
             gateway_data: dir.join("gw-data"),
             gateway_socket: dir.join("gw.sock"),
+            gateway_clock_file: dir.join("gw-faketime"),
             cloud_data: dir.join("cloud-data"),
             cloud: None,
             cloud_replicas: Vec::new(),

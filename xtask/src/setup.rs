@@ -18,6 +18,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "captures for checksum checks"),
     ("ethtool", "turning off checksum offload on veth"),
     ("conntrack", "conntrack -F, the soak's fault that makes a NAT router lose every mapping"),
+    (
+        "libfaketime",
+        "LD_PRELOAD'ed into the gateway to step its wall clock alone (the clock-step test and the soak's fault)",
+    ),
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
     ("util-linux", "setpriv, to run binaries without privileges"),

@@ -33,6 +33,21 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// CLOCK_BOOTTIME in milliseconds: monotonic and counting suspend, so no
+/// step of the wall clock (a bad RTC, NTP, `date -s`) moves it. For what
+/// must last a span of time rather than end at a time of day.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration;
+    // CLOCK_BOOTTIME exists on every kernel the gateway runs on (2.6.39+).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        // Not on Linux; 0 makes every span look just begun.
+        return 0;
+    }
+    (ts.tv_sec as u64).saturating_mul(1000).saturating_add(ts.tv_nsec as u64 / 1_000_000)
+}
+
 /// Opens the Store for a command while the daemon is stopped.
 pub fn open_store(paths: &Paths) -> Result<Store> {
     match Store::open(&paths.data_dir) {
@@ -198,8 +213,11 @@ pub fn session_table(sessions: &[SessionReport], now_ms: u64) -> String {
     let rows: Vec<[String; 6]> = sessions
         .iter()
         .map(|s| {
-            let expires = if s.expires_ms > now_ms {
-                format!("in {}", human_duration(Duration::from_millis(s.expires_ms - now_ms)))
+            // The daemon's count by the cloud's clock; this machine's wall
+            // clock only for a daemon that did not give one.
+            let left = s.left_ms.unwrap_or_else(|| s.expires_ms.saturating_sub(now_ms));
+            let expires = if left > 0 {
+                format!("in {}", human_duration(Duration::from_millis(left)))
             } else {
                 "past".into()
             };
@@ -287,6 +305,7 @@ mod tests {
             max_duration_s: Some(3600),
             state: "waiting_for_approval".into(),
             expires_ms: 3_600_000 + 5_000,
+            left_ms: None,
             approval_required: true,
             peers: vec![PeerReport {
                 user: "tech".into(),

@@ -45,6 +45,13 @@ pub struct CloudLink {
 pub enum FromCloud {
     Desired(DesiredState),
     Connected(bool),
+    /// The cloud's clock (its hello's `server_time_ms`) at the gateway's
+    /// monotonic `boot_ms`: sent before each connection's first desired
+    /// state, whose end times are on that clock.
+    Time {
+        cloud_ms: u64,
+        boot_ms: u64,
+    },
 }
 
 /// The live inputs the channel reads when it (re)connects.
@@ -119,7 +126,7 @@ async fn session(
     let mut channel = Channel::new(ws);
     let switch_on = *inputs.switch_on.borrow();
     let applied = *inputs.applied.borrow();
-    let (welcome, desired) = client::gateway_handshake(
+    let handshake = client::gateway_handshake_timed(
         &mut channel,
         &link.identity,
         GatewayId(link.gateway_id),
@@ -130,6 +137,13 @@ async fn session(
     )
     .await
     .context("gateway handshake")?;
+    let (welcome, desired) = (handshake.welcome, handshake.desired);
+    // The monotonic clock when the hello was read: the instant the cloud's
+    // time stands for.
+    let hello_boot_ms = super::cloud_clock::boot_ms()
+        .saturating_sub(u64::try_from(handshake.hello_read.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let cloud_time =
+        FromCloud::Time { cloud_ms: handshake.server_hello.server_time_ms, boot_ms: hello_boot_ms };
     info!(connection = welcome.peer_id, revision = desired.revision, "connected to the cloud");
     *connected = true;
     // A connection counts as working once the cloud takes events: one the
@@ -139,6 +153,7 @@ async fn session(
         backoff.reset();
     }
     if to_daemon.send(FromCloud::Connected(true)).await.is_err()
+        || to_daemon.send(cloud_time).await.is_err()
         || to_daemon.send(FromCloud::Desired(desired)).await.is_err()
     {
         return Ok(());

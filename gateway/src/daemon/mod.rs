@@ -8,6 +8,7 @@
 //! traffic stops before keys go, then the WireGuard engine.
 
 mod cloud;
+mod cloud_clock;
 mod engine;
 mod forwarding;
 pub mod host;
@@ -40,6 +41,7 @@ use tracing::{error, info, warn};
 
 use self::{
     cloud::{CloudLink, FromCloud},
+    cloud_clock::CloudClock,
     engine::{Change, Engine, Wanted},
     forwarding::Reported,
     policy::{Decision, Inputs, Plan, Status},
@@ -182,6 +184,17 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         None => None,
     };
 
+    let boot_id = cloud_clock::boot_id();
+    let saved = cloud_clock::load(&settings.data_dir).unwrap_or_else(|e| {
+        warn!(error = %format!("{e:#}"), "the cloud's time kept on disk is unreadable");
+        None
+    });
+    let clock = CloudClock::restored(saved, &boot_id, cloud_clock::boot_ms());
+    if !clock.is_known() {
+        // After a reboot, or on a first start: the sessions kept on disk
+        // wait for the cloud's time rather than trust the wall clock.
+        info!("the cloud's time is not known yet: kept sessions forward nothing until the cloud is reached");
+    }
     let mut daemon = Daemon {
         metrics,
         store,
@@ -199,6 +212,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         cloud_connected: false,
         first_of_connection: true,
         candidates_sent: None,
+        clock,
+        boot_id,
     };
     daemon.reconcile().await;
     info!(
@@ -318,9 +333,14 @@ fn traversal_options(settings: &Settings, snat: Ipv4Addr) -> Result<ferry_traver
     })
 }
 
-fn now_ms() -> u64 {
+/// The gateway's wall clock: for audit times while the cloud's time is
+/// unknown, and to tell how far off it is; never for a session's end.
+fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Beyond this, the gateway's wall clock is said to be off from the cloud's.
+const CLOCK_OFF_WARN_MS: u64 = 5_000;
 
 struct Daemon {
     metrics: metrics::Metrics,
@@ -345,11 +365,25 @@ struct Daemon {
     first_of_connection: bool,
     /// The candidates last reported to the cloud in this run.
     candidates_sent: Option<Vec<std::net::SocketAddr>>,
+    /// The cloud's time, which end times are measured against.
+    clock: CloudClock,
+    /// This boot's id, stored with the cloud's time.
+    boot_id: String,
 }
 
 impl Daemon {
+    /// The cloud's time now, if known.
+    fn cloud_now(&self) -> Option<u64> {
+        self.clock.now(cloud_clock::boot_ms())
+    }
+
+    /// The time an audit event carries: the cloud's, else the wall clock's.
+    fn event_ms(&self) -> u64 {
+        self.cloud_now().unwrap_or_else(wall_ms)
+    }
+
     fn record(&self, event: GatewayEvent) {
-        match self.store.enqueue(event, now_ms()) {
+        match self.store.enqueue(event, self.event_ms()) {
             Ok(_) => self.events.notify_one(),
             // The queue is the audit's only copy: losing it must be loud.
             Err(e) => error!(error = %e, "could not queue an audit event"),
@@ -372,7 +406,7 @@ impl Daemon {
             desired: self.desired.as_ref(),
             switch_on: self.store.switch_on(),
             decisions: &decisions,
-            now_ms: now_ms(),
+            now_ms: self.cloud_now(),
         });
         // Sessions that stop forwarding: their last bytes go to the audit
         // before their counters disappear with the map entries.
@@ -466,7 +500,7 @@ impl Daemon {
     }
 
     async fn tick(&mut self) {
-        if self.plan.next_deadline_ms.is_some_and(|d| d <= now_ms()) {
+        if self.plan.next_deadline_ms.is_some_and(|d| self.cloud_now().is_some_and(|now| d <= now)) {
             self.reconcile().await;
         }
         let changes = self.engine.poll();
@@ -506,6 +540,7 @@ impl Daemon {
             Status::Ended,
             Status::Expired,
             Status::SwitchedOff,
+            Status::ClockUnknown,
         ] {
             let n = self.plan.sessions.iter().filter(|s| s.status == status).count();
             m.sessions.get_or_create(&metrics::StatusLabels { status: status.label() }).set(n as i64);
@@ -567,6 +602,7 @@ impl Daemon {
                 self.cloud_connected = up;
                 self.first_of_connection = true;
             }
+            FromCloud::Time { cloud_ms, boot_ms } => self.set_cloud_time(cloud_ms, boot_ms),
             FromCloud::Desired(state) => {
                 let first = std::mem::replace(&mut self.first_of_connection, false);
                 if !accepts_desired(self.desired.as_ref().map(|d| d.revision), state.revision, first) {
@@ -605,10 +641,26 @@ impl Daemon {
         }
     }
 
+    /// A connection's hello told the cloud's time: end times are measured
+    /// against it from now on, also after a restart during this boot.
+    fn set_cloud_time(&mut self, cloud_ms: u64, boot_ms: u64) {
+        let pin = self.clock.pin(&self.boot_id, boot_ms, cloud_ms).clone();
+        if let Err(e) = cloud_clock::save(&self.data_dir, &pin) {
+            error!(error = %format!("{e:#}"), "saving the cloud's time failed");
+        }
+        let (wall, cloud) = (wall_ms(), self.cloud_now().unwrap_or(cloud_ms));
+        if wall.abs_diff(cloud) > CLOCK_OFF_WARN_MS {
+            warn!(
+                ahead_ms = i128::from(wall) - i128::from(cloud),
+                "this gateway's clock is off from the cloud's; sessions end by the cloud's"
+            );
+        }
+    }
+
     async fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::Status => Response::Switch { on: self.store.switch_on(), changed: false },
-            Request::Remote { on } => match self.store.set_switch(on, now_ms()) {
+            Request::Remote { on } => match self.store.set_switch(on, self.event_ms()) {
                 Ok(changed) => {
                     if changed {
                         info!(
@@ -627,9 +679,9 @@ impl Daemon {
             Request::Approve { session } => self.decide(SessionId(session), Decision::Approved).await,
             Request::Deny { session } => self.decide(SessionId(session), Decision::Denied).await,
             Request::End { session } => self.end(SessionId(session)).await,
-            Request::Sessions => {
-                Response::Sessions { sessions: report::sessions(&self.plan, &self.engine, &self.forwarder) }
-            }
+            Request::Sessions => Response::Sessions {
+                sessions: report::sessions(&self.plan, &self.engine, &self.forwarder, self.cloud_now()),
+            },
         }
     }
 
@@ -647,7 +699,7 @@ impl Daemon {
             };
         }
         let name = planned.state.name.clone();
-        if let Err(e) = self.store.decide(session, decision, now_ms()) {
+        if let Err(e) = self.store.decide(session, decision, self.event_ms()) {
             return Response::Error { message: format!("could not store the decision: {e}") };
         }
         self.events.notify_one();
@@ -669,7 +721,7 @@ impl Daemon {
             };
         }
         let name = planned.state.name.clone();
-        if let Err(e) = self.store.end_session(session, now_ms()) {
+        if let Err(e) = self.store.end_session(session, self.event_ms()) {
             return Response::Error { message: format!("could not store the end: {e}") };
         }
         self.events.notify_one();

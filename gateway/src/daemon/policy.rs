@@ -1,6 +1,7 @@
 //! What the gateway lets through right now: the cloud's desired state, cut
 //! down to what the customer allows (the switch, approvals) and to what has
-//! not expired by the gateway's own clock.
+//! not expired by the cloud's clock as the gateway keeps it (see
+//! `cloud_clock`: never the gateway's wall clock, which may be stepped).
 //!
 //! Pure: fed the inputs and the time, it returns a [`Plan`]. The async shell
 //! applies plans to the WireGuard engine, the eBPF maps and the relay
@@ -25,10 +26,15 @@ pub enum Status {
     Denied,
     /// The customer ended it here.
     Ended,
-    /// Its end time has passed by the gateway's clock.
+    /// Its end time has passed, by the cloud's clock as the gateway keeps
+    /// it.
     Expired,
     /// The customer's switch is off.
     SwitchedOff,
+    /// The gateway does not know the cloud's time (restarted after a reboot,
+    /// the cloud not reached since), so it cannot tell whether the session
+    /// has ended: it forwards nothing until the cloud is heard again.
+    ClockUnknown,
 }
 
 impl Status {
@@ -40,6 +46,7 @@ impl Status {
             Status::Ended => "ended",
             Status::Expired => "expired",
             Status::SwitchedOff => "switched_off",
+            Status::ClockUnknown => "clock_unknown",
         }
     }
 }
@@ -49,7 +56,9 @@ pub struct Inputs<'a> {
     pub desired: Option<&'a DesiredState>,
     pub switch_on: bool,
     pub decisions: &'a BTreeMap<SessionId, Decision>,
-    pub now_ms: u64,
+    /// The cloud's time now, in ms since the Unix epoch (end times are the
+    /// cloud's); `None` when the gateway does not know it.
+    pub now_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,8 +73,9 @@ pub struct PlannedSession {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub sessions: Vec<PlannedSession>,
-    /// The earliest time at which this plan stops being right by the clock
-    /// alone (a session or a peer expires): the shell plans again then.
+    /// The earliest time (the cloud's) at which this plan stops being right
+    /// by the clock alone (a session or a peer expires): the shell plans
+    /// again then.
     pub next_deadline_ms: Option<u64>,
 }
 
@@ -86,7 +96,12 @@ impl Plan {
 
 pub fn plan(inputs: &Inputs<'_>) -> Plan {
     let Some(desired) = inputs.desired else { return Plan::default() };
-    let now = inputs.now_ms;
+    let Some(now) = inputs.now_ms else {
+        return Plan {
+            sessions: desired.sessions.iter().map(unknown_time).collect(),
+            next_deadline_ms: None,
+        };
+    };
     let mut next_deadline_ms: Option<u64> = None;
     let mut deadline = |at: u64| {
         if at > now {
@@ -132,6 +147,11 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         })
         .collect();
     Plan { sessions, next_deadline_ms }
+}
+
+/// A session while the cloud's time is unknown: shut, whatever else holds.
+fn unknown_time(session: &SessionState) -> PlannedSession {
+    PlannedSession { state: session.clone(), status: Status::ClockUnknown, live_peers: Vec::new() }
 }
 
 #[cfg(test)]
@@ -181,7 +201,7 @@ mod tests {
     fn run(sessions: Vec<SessionState>, switch_on: bool, decisions: &[(u64, Decision)], now_ms: u64) -> Plan {
         let desired = DesiredState { revision: 1, sessions, stun_servers: vec![] };
         let decisions = decisions.iter().map(|&(id, d)| (SessionId(id), d)).collect();
-        plan(&Inputs { desired: Some(&desired), switch_on, decisions: &decisions, now_ms })
+        plan(&Inputs { desired: Some(&desired), switch_on, decisions: &decisions, now_ms: Some(now_ms) })
     }
 
     #[test]
@@ -211,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_enforced_by_the_local_clock() {
+    fn expiry_is_enforced_by_the_time_given() {
         let s = vec![session(1, 10_000, false, vec![peer(1, 5_000), peer(2, 20_000)])];
         let p = run(s.clone(), true, &[], 0);
         assert_eq!(p.live_peers().count(), 2);
@@ -226,9 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_time_shuts_every_session() {
+        let desired = DesiredState {
+            revision: 1,
+            sessions: vec![session(1, u64::MAX, false, vec![peer(1, u64::MAX)])],
+            stun_servers: vec![],
+        };
+        let decisions = BTreeMap::new();
+        let p =
+            plan(&Inputs { desired: Some(&desired), switch_on: true, decisions: &decisions, now_ms: None });
+        assert_eq!(p.sessions[0].status, Status::ClockUnknown);
+        assert_eq!(p.live_peers().count(), 0);
+        assert_eq!(p.next_deadline_ms, None);
+    }
+
+    #[test]
     fn no_desired_state_means_nothing() {
         let decisions = BTreeMap::new();
-        let p = plan(&Inputs { desired: None, switch_on: true, decisions: &decisions, now_ms: 0 });
+        let p = plan(&Inputs { desired: None, switch_on: true, decisions: &decisions, now_ms: Some(0) });
         assert_eq!(p, Plan::default());
     }
 

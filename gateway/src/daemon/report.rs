@@ -9,7 +9,13 @@ use ferry_tunnel::PublicKey;
 use super::{engine::Engine, policy::Plan};
 use crate::local::protocol::{PeerReport, SessionReport, TargetReport};
 
-pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> Vec<SessionReport> {
+/// `cloud_now`: the cloud's time, if known, for each session's time left.
+pub fn sessions(
+    plan: &Plan,
+    engine: &Engine,
+    forwarder: &GatewayForwarder,
+    cloud_now: Option<u64>,
+) -> Vec<SessionReport> {
     let status: BTreeMap<PublicKey, _> = engine.status().into_iter().map(|s| (s.public_key, s)).collect();
     let now = Instant::now();
     plan.sessions
@@ -87,6 +93,7 @@ pub fn sessions(plan: &Plan, engine: &Engine, forwarder: &GatewayForwarder) -> V
                 max_duration_s: s.state.max_duration_s,
                 state: s.status.label().to_string(),
                 expires_ms: s.state.expires_ms,
+                left_ms: cloud_now.map(|now| s.state.expires_ms.saturating_sub(now)),
                 approval_required: s.state.approval_required,
                 peers,
                 targets,

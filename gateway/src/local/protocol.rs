@@ -60,9 +60,15 @@ pub struct SessionReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration_s: Option<u64>,
     /// `active`, `waiting_for_approval`, `denied`, `ended` (by the customer
-    /// here), `expired` or `switched_off`.
+    /// here), `expired`, `switched_off` or `clock_unknown` (the cloud not
+    /// reached since a reboot: nothing forwards).
     pub state: String,
     pub expires_ms: u64,
+    /// How long until `expires_ms` by the cloud's clock as the daemon keeps
+    /// it (the gateway's own wall clock may be off); left out while the
+    /// daemon does not know the cloud's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_ms: Option<u64>,
     pub approval_required: bool,
     pub peers: Vec<PeerReport>,
     pub targets: Vec<TargetReport>,

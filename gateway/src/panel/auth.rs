@@ -197,7 +197,17 @@ impl Auth {
 
     /// Checks `given` against the stored password under the lockout rules.
     /// Attempts during a wait or a lock are refused without checking.
+    #[cfg(test)]
     pub async fn login(&self, given: String, now_ms: u64) -> Result<Login, AuthError> {
+        self.login_at(given, now_ms, now_ms).await
+    }
+
+    /// [`login`](Self::login) with two clocks: `now_ms`, the wall clock, for
+    /// the lockout (its counters are kept on disk across restarts), and
+    /// `session_ms`, a monotonic clock, for the session it opens, so that a
+    /// step of the wall clock neither stretches nor cuts a browser's session
+    /// (pass the same clock to [`session`](Self::session)).
+    pub async fn login_at(&self, given: String, now_ms: u64, session_ms: u64) -> Result<Login, AuthError> {
         let _one_at_a_time = self.attempts.lock().await;
         let mut failures = read_failures(&self.data_dir, &self.lockout, now_ms);
         match self.lockout.check(&failures, now_ms) {
@@ -239,13 +249,18 @@ impl Auth {
             });
         };
         let mut sessions = self.sessions.lock();
-        sessions.retain(|_, s| !expired(s, now_ms));
-        sessions.insert(key, Session { csrf: csrf.clone(), created_ms: now_ms, last_seen_ms: now_ms, stamp });
+        sessions.retain(|_, s| !expired(s, session_ms));
+        sessions.insert(
+            key,
+            Session { csrf: csrf.clone(), created_ms: session_ms, last_seen_ms: session_ms, stamp },
+        );
         Ok(Login::Success { cookie, csrf })
     }
 
     /// The live session of a cookie value. `used`: a request a person made
     /// (not the live updates), which keeps the session from idling out.
+    /// `now_ms` is on the sessions' monotonic clock (see
+    /// [`login_at`](Self::login_at)).
     pub fn session(&self, cookie: &str, now_ms: u64, used: bool) -> Option<Found> {
         let key = key_of(cookie)?;
         let current = password_hash(&self.data_dir).ok().flatten();

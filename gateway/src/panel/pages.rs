@@ -108,6 +108,15 @@ fn left(expires_ms: u64, now_ms: u64) -> String {
     cmd::human_duration(Duration::from_millis(expires_ms - now_ms))
 }
 
+/// A session's time left: the daemon's count by the cloud's clock, else by
+/// this machine's wall clock.
+fn session_left(s: &SessionReport, now_ms: u64) -> String {
+    match s.left_ms {
+        Some(ms) => left(ms, 0),
+        None => left(s.expires_ms, now_ms),
+    }
+}
+
 /// A WireGuard session key older than this means the peer is gone.
 const CONNECTED_WITHIN_S: u64 = 180;
 
@@ -139,6 +148,7 @@ fn session_view(s: &SessionReport, now_ms: u64) -> SessionView {
         "ended" => "ended by you",
         "expired" => "expired",
         "switched_off" => "stopped: remote maintenance is off",
+        "clock_unknown" => "stopped until the cloud is reached: the gateway cannot tell the time",
         "waiting_for_approval" => "waiting for your approval",
         "active" => "active",
         other => other,
@@ -151,7 +161,7 @@ fn session_view(s: &SessionReport, now_ms: u64) -> SessionView {
             .max_duration_s
             .map_or_else(|| "(not known)".into(), |d| cmd::human_duration(Duration::from_secs(d))),
         expires_ms: s.expires_ms,
-        left: left(s.expires_ms, now_ms),
+        left: session_left(s, now_ms),
         state: state.to_string(),
         targets: s
             .targets
@@ -270,7 +280,7 @@ fn set_cookie(value: &str, clear: bool) -> HeaderValue {
 
 /// The session of a page request (a person's: it counts as use).
 fn session(panel: &Panel, headers: &HeaderMap) -> Option<Found> {
-    panel.auth.session(&cookie_of(headers)?, cmd::now_ms(), true)
+    panel.auth.session(&cookie_of(headers)?, cmd::monotonic_ms(), true)
 }
 
 fn refused(panel: &Panel, remote: SocketAddr, reason: String) -> Response {
@@ -346,7 +356,7 @@ pub async fn login(
         return refused(&panel, remote, reason);
     }
     let now = cmd::now_ms();
-    let outcome = match panel.auth.login(form.password, now).await {
+    let outcome = match panel.auth.login_at(form.password, now, cmd::monotonic_ms()).await {
         Ok(outcome) => outcome,
         Err(e) => {
             tracing::error!(error = %e, "the panel's login failed");
@@ -602,7 +612,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Listening does not count as use of the session.
 pub async fn events(State(panel): State<Arc<Panel>>, headers: HeaderMap) -> Response {
     let Some(cookie) = cookie_of(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
-    if panel.auth.session(&cookie, cmd::now_ms(), false).is_none() {
+    if panel.auth.session(&cookie, cmd::monotonic_ms(), false).is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let changes = panel.latest.subscribe();
@@ -638,16 +648,16 @@ impl Feed {
                         break self.changes.borrow_and_update().clone();
                     }
                     () = tokio::time::sleep(KEEP_ALIVE) => {
-                        if self.panel.auth.session(&self.cookie, cmd::now_ms(), false).is_none() {
+                        if self.panel.auth.session(&self.cookie, cmd::monotonic_ms(), false).is_none() {
                             break None;
                         }
                     }
                 }
             }
         };
-        let found = self.panel.auth.session(&self.cookie, cmd::now_ms(), false);
+        let found = self.panel.auth.session(&self.cookie, cmd::monotonic_ms(), false);
         let (Some(found), Some(snapshot)) = (found, snapshot) else {
-            if self.panel.auth.session(&self.cookie, cmd::now_ms(), false).is_none() {
+            if self.panel.auth.session(&self.cookie, cmd::monotonic_ms(), false).is_none() {
                 self.ended = true;
                 return Some((Ok(Event::default().event("ended").data("session ended")), self));
             }

@@ -48,6 +48,7 @@ fn sessions() -> Vec<SessionReport> {
             max_duration_s: Some(3600),
             state: "waiting_for_approval".into(),
             expires_ms: u64::MAX / 2,
+            left_ms: None,
             approval_required: true,
             peers: vec![],
             targets: vec![target.clone()],
@@ -59,6 +60,7 @@ fn sessions() -> Vec<SessionReport> {
             max_duration_s: Some(7200),
             state: "active".into(),
             expires_ms: u64::MAX / 2,
+            left_ms: None,
             approval_required: false,
             peers: vec![PeerReport {
                 user: "tech2".into(),

@@ -19,7 +19,7 @@ use ferry_cloud::{
 use ferry_control::{SessionId, gateway::GatewayEvent};
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::{CloudLink, Inputs, run, session};
+use super::{CloudLink, FromCloud, Inputs, run, session};
 use crate::state::{Decision, Store};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -51,10 +51,19 @@ struct Cloud {
 
 impl Cloud {
     fn start(dir: &Path, listener: &std::net::TcpListener) -> Cloud {
+        Cloud::start_with_clock(dir, listener, Arc::new(ferry_cloud::clock::SystemClock))
+    }
+
+    fn start_with_clock(
+        dir: &Path,
+        listener: &std::net::TcpListener,
+        clock: ferry_cloud::clock::SharedClock,
+    ) -> Cloud {
         let sled = Arc::new(SledBackend::open(&dir.join("db")).unwrap());
         let failing = Arc::new(FailingBackend::new(sled));
         let backend: Arc<dyn Backend> = failing.clone();
-        let state = AppState::new(ferry_cloud::store::Store::with_backend(backend).unwrap()).unwrap();
+        let store = ferry_cloud::store::Store::with_backend(backend).unwrap();
+        let state = AppState::with_clock(store, clock).unwrap();
         let runtime = runtime();
         let (listener, app) = (listener.try_clone().unwrap(), ferry_cloud::http::router(state.clone()));
         runtime.spawn(async move {
@@ -450,4 +459,40 @@ fn a_connection_closed_at_its_first_event_keeps_the_backoff_growing() {
     });
     assert_eq!(backoff.attempt(), 0);
     assert_eq!(site.audit(), [SWITCHED_ON]);
+}
+
+/// The channel hands the daemon the cloud's time from each connection's
+/// hello, with the gateway's monotonic clock at that moment, before the
+/// first desired state (whose end times are on that clock): here the
+/// cloud's clock is days from this machine's, and the cloud's it is.
+#[test]
+fn the_channel_hands_over_the_clouds_time_before_the_first_desired_state() {
+    let mut site = Site::new();
+    site.crash_cloud();
+    const CLOUD_MS: u64 = 1_000_000_000_000;
+    let clock = ferry_cloud::clock::ManualClock::new(CLOUD_MS);
+    site.cloud = Some(Cloud::start_with_clock(site.cloud_dir.path(), &site.listener, Arc::new(clock)));
+    let store = Store::open(site.gateway_dir.path()).unwrap();
+    let runtime = runtime();
+    let (_switch_tx, switch_on) = watch::channel(true);
+    let (_applied_tx, applied) = watch::channel(None);
+    let inputs = Inputs { store, switch_on, applied, events: Arc::new(Notify::new()) };
+    let (to_daemon, mut from_cloud) = mpsc::channel(16);
+    let before = crate::cmd::monotonic_ms();
+    runtime.spawn(run(site.link.clone(), inputs, to_daemon));
+    let mut seen = Vec::new();
+    runtime.block_on(async {
+        while seen.len() < 3 {
+            let message = tokio::time::timeout(HANG, from_cloud.recv()).await.unwrap().unwrap();
+            seen.push(message);
+        }
+    });
+    let after = crate::cmd::monotonic_ms();
+    match &seen[..] {
+        [FromCloud::Connected(true), FromCloud::Time { cloud_ms, boot_ms }, FromCloud::Desired(_)] => {
+            assert_eq!(*cloud_ms, CLOUD_MS, "the cloud's clock, not this machine's");
+            assert!((before..=after).contains(boot_ms), "{before} <= {boot_ms} <= {after}");
+        }
+        other => panic!("not connected, the cloud's time, then the desired state: {other:?}"),
+    }
 }

@@ -1,0 +1,157 @@
+//! The cloud's time, as the gateway keeps it. Session and peer end times
+//! are instants on the cloud's clock, so the gateway measures them against
+//! the cloud's clock too, never against its own wall clock: a bad RTC at
+//! boot, an NTP step or an operator's `date -s` moves that one by hours,
+//! and a step back would keep an ended session open.
+//!
+//! Every connection to the cloud starts with the cloud's time (the
+//! `ServerHello`'s `server_time_ms`, read at once). The gateway pins it to
+//! its monotonic clock, CLOCK_BOOTTIME (no step moves it, and it counts a
+//! suspend), and counts from there: the cloud's time now is the pinned
+//! time plus the monotonic time since. The error is the hello's one-way
+//! delay (the estimate lags, so an end comes that much late: milliseconds),
+//! plus the drift of the gateway's oscillator since the connection began,
+//! which is the wall clock's own drift between NTP corrections (the kernel
+//! slews both clocks alike).
+//!
+//! The pin is kept on disk with the kernel's boot id, so that a restarted
+//! daemon (same boot: CLOCK_BOOTTIME went on) still knows the cloud's time
+//! without the cloud. After a reboot it is worthless (CLOCK_BOOTTIME began
+//! again), and until the cloud is heard again the gateway does not know
+//! the time: it forwards nothing for the sessions it kept (see
+//! `policy::Status::ClockUnknown`), rather than trust a wall clock that may
+//! be hours behind.
+//!
+//! The arithmetic is pure ([`CloudClock`]); reading the clocks and the file
+//! is the shell's (the functions below it).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+const FILE: &str = "cloud-clock.json";
+
+/// The cloud's time at one instant of the gateway's monotonic clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The kernel's boot id when it was taken: the monotonic clock's era.
+    pub boot_id: String,
+    /// CLOCK_BOOTTIME, in milliseconds.
+    pub boot_ms: u64,
+    /// The cloud's clock then, in milliseconds since the Unix epoch.
+    pub cloud_ms: u64,
+}
+
+/// The cloud's time, once a connection told it (or a pin of this boot was
+/// restored).
+#[derive(Clone, Debug, Default)]
+pub struct CloudClock {
+    pin: Option<Pin>,
+}
+
+impl CloudClock {
+    /// A clock restored from `saved`, if it was pinned during this boot
+    /// (`boot_id`) and not in the monotonic clock's future.
+    pub fn restored(saved: Option<Pin>, boot_id: &str, boot_ms: u64) -> CloudClock {
+        let pin = saved.filter(|p| p.boot_id == boot_id && p.boot_ms <= boot_ms);
+        CloudClock { pin }
+    }
+
+    /// Pins the cloud's time `cloud_ms` to the monotonic `boot_ms` (a new
+    /// connection's hello): it replaces the previous pin, so a cloud whose
+    /// own clock was corrected is followed.
+    pub fn pin(&mut self, boot_id: &str, boot_ms: u64, cloud_ms: u64) -> &Pin {
+        self.pin.insert(Pin { boot_id: boot_id.to_string(), boot_ms, cloud_ms })
+    }
+
+    /// The cloud's time at the monotonic `boot_ms`; `None` until it is known.
+    pub fn now(&self, boot_ms: u64) -> Option<u64> {
+        let pin = self.pin.as_ref()?;
+        Some(pin.cloud_ms.saturating_add(boot_ms.saturating_sub(pin.boot_ms)))
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.pin.is_some()
+    }
+}
+
+/// CLOCK_BOOTTIME in milliseconds (see [`crate::cmd::monotonic_ms`]).
+pub fn boot_ms() -> u64 {
+    crate::cmd::monotonic_ms()
+}
+
+/// The kernel's id of this boot (`/proc/sys/kernel/random/boot_id`); empty
+/// if it cannot be read, which never matches a saved pin.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+pub fn load(data_dir: &Path) -> Result<Option<Pin>> {
+    let path = path(data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let pin = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Some(pin))
+}
+
+pub fn save(data_dir: &Path, pin: &Pin) -> Result<()> {
+    let path = path(data_dir);
+    let text = serde_json::to_vec(pin).context("encoding the cloud's time")?;
+    crate::state::file::replace(&path, &text, 0o600).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_the_monotonic_time_since_the_pin() {
+        let mut clock = CloudClock::default();
+        assert_eq!(clock.now(5_000), None);
+        clock.pin("boot-a", 5_000, 1_000_000);
+        assert_eq!(clock.now(5_000), Some(1_000_000));
+        assert_eq!(clock.now(65_000), Some(1_060_000));
+        // A new connection's hello replaces the pin, also backwards.
+        clock.pin("boot-a", 70_000, 900_000);
+        assert_eq!(clock.now(71_000), Some(901_000));
+    }
+
+    #[test]
+    fn a_pin_of_another_boot_or_from_the_future_is_not_restored() {
+        let pin = Pin { boot_id: "boot-a".into(), boot_ms: 5_000, cloud_ms: 1_000_000 };
+        assert_eq!(CloudClock::restored(Some(pin.clone()), "boot-a", 8_000).now(8_000), Some(1_003_000));
+        assert!(!CloudClock::restored(Some(pin.clone()), "boot-b", 8_000).is_known());
+        assert!(!CloudClock::restored(Some(pin), "boot-a", 4_000).is_known());
+        assert!(!CloudClock::restored(None, "boot-a", 4_000).is_known());
+    }
+
+    #[test]
+    fn the_pin_round_trips_through_its_private_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let pin = Pin { boot_id: "b".into(), boot_ms: 1, cloud_ms: 2 };
+        save(dir.path(), &pin).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(pin));
+        let mode = std::fs::metadata(path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_monotonic_clock_moves_forward() {
+        let a = boot_ms();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(boot_ms() >= a + 20);
+        assert!(!boot_id().is_empty());
+    }
+}
