@@ -627,8 +627,9 @@ fn a_gateway_and_a_relay_gone_silent_are_shown_offline_and_peers_that_ping_stay(
     let (pinging_id, pinging_key) = TestGateway::create_and_enrol(api, &w.admin, "press-5", 8);
     let relay = api.post("/api/v1/relays", &w.admin, json!({"name": "relay-silent"}));
     let silent_relay_id = relay.body["relay"]["id"].as_u64().unwrap();
-    let _silent_relay =
-        w.run(TestRelay::start_silent(api.addr, silent_relay_id, relay.body["token"].as_str().unwrap())).unwrap();
+    let _silent_relay = w
+        .run(TestRelay::start_silent(api.addr, silent_relay_id, relay.body["token"].as_str().unwrap()))
+        .unwrap();
     let relay = api.post("/api/v1/relays", &w.admin, json!({"name": "relay-pinging"}));
     let pinging_relay_id = relay.body["relay"]["id"].as_u64().unwrap();
     let _pinging_relay =
@@ -642,7 +643,11 @@ fn a_gateway_and_a_relay_gone_silent_are_shown_offline_and_peers_that_ping_stay(
     let pinging_gateway = format!("/api/v1/gateways/{pinging_id}");
     let relay_online = |id: u64| {
         let relays = api.get("/api/v1/relays", &w.admin).body;
-        relays.as_array().unwrap().iter().any(|r| r["id"] == json!(id) && r["health"]["online"] == json!(true))
+        relays
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == json!(id) && r["health"]["online"] == json!(true))
     };
     assert!(online(silent_gateway.clone(), "last_seen") && online(pinging_gateway.clone(), "last_seen"));
     assert!(relay_online(silent_relay_id) && relay_online(pinging_relay_id));

@@ -11,6 +11,17 @@
 
 /// Name of the forwarder's XDP program in the object.
 pub const PROGRAM: &str = "relay_forward";
+/// The forwarder stopped after each step of a forwarded datagram's path, in
+/// order, for the benchmark's breakdown: (program, what it does up to there).
+/// Each shares the real program's maps and returns XDP_TX without touching
+/// the frame. The real program is the last step.
+pub const BENCH_STEP_PROGRAMS: &[(&str, &str)] = &[
+    ("bench_relay_parse", "parse"),
+    ("bench_relay_binding", "binding"),
+    ("bench_relay_generation", "generation"),
+    ("bench_relay_clock", "clock"),
+    ("bench_relay_cache", "cache"),
+];
 /// An array with one [`RelayConfig`].
 pub const CONFIG_MAP: &str = "RELAY_CONFIG";
 /// A hash map from [`BindingKey`] to [`Binding`].

@@ -250,6 +250,23 @@ impl RelayForwarder {
         xdp(&self.ebpf, shared::PROGRAM)
     }
 
+    /// Loads the benchmark's step variants ([`shared::BENCH_STEP_PROGRAMS`]),
+    /// which share this forwarder's maps. Benchmarks only.
+    #[doc(hidden)]
+    pub fn load_bench_steps(&mut self) -> Result<(), Error> {
+        for &(name, _) in shared::BENCH_STEP_PROGRAMS {
+            load_xdp(&mut self.ebpf, name)?;
+        }
+        Ok(())
+    }
+
+    /// A step variant, once [`load_bench_steps`](Self::load_bench_steps)
+    /// loaded it.
+    #[doc(hidden)]
+    pub fn bench_step(&self, name: &'static str) -> Result<&Xdp, Error> {
+        xdp(&self.ebpf, name)
+    }
+
     fn program_mut(&mut self) -> Result<&mut Xdp, Error> {
         xdp_mut(&mut self.ebpf, shared::PROGRAM)
     }

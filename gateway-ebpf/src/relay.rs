@@ -100,7 +100,33 @@ const WG_TRANSPORT: u8 = 4;
 
 #[xdp]
 pub fn relay_forward(ctx: XdpContext) -> u32 {
-    let outcome = forward(&ctx);
+    verdict(forward::<{ Step::All as u8 }>(&ctx))
+}
+
+/// How far a run of [`forward`] goes: the real program goes all the way, the
+/// benchmark's variants (`crate::bench`) stop after a step and report
+/// [`Outcome::ForwardTx`] without touching the frame, so that the cost of
+/// each step can be measured as the difference between two variants.
+#[repr(u8)]
+pub enum Step {
+    /// The configuration, the Ethernet, IP and UDP headers and the WireGuard
+    /// message type.
+    Parse = 1,
+    /// And the binding lookup (with the checksum sums of the addresses).
+    Binding,
+    /// And the next-hop generation read.
+    Generation,
+    /// And the coarse clock.
+    Clock,
+    /// And the next-hop cache lookup and its checks.
+    Cache,
+    /// And the rewrite: the real program.
+    All,
+}
+
+/// Counts `outcome` and turns it into the XDP verdict.
+#[inline(always)]
+pub fn verdict(outcome: Outcome) -> u32 {
     if let Some(counter) = RELAY_COUNTERS.get_ptr_mut(outcome as u32) {
         // SAFETY: a per-CPU slot, written only by this CPU while we run.
         unsafe { *counter += 1 };
@@ -131,22 +157,22 @@ struct Transport {
 }
 
 #[inline(always)]
-fn forward(ctx: &XdpContext) -> Outcome {
+pub fn forward<const UPTO: u8>(ctx: &XdpContext) -> Outcome {
     let Some(config) = RELAY_CONFIG.get(0) else {
         return Outcome::PassOtherPort;
     };
     // VLAN tags are not walked: a relay's uplink delivers untagged frames, and
     // anything tagged reaches the stack as it is.
     match be16_at(ctx, ETH_HLEN - 2) {
-        Some(ETH_P_IP) => forward_v4(ctx, config),
-        Some(ETH_P_IPV6) => forward_v6(ctx, config),
+        Some(ETH_P_IP) => forward_v4::<UPTO>(ctx, config),
+        Some(ETH_P_IPV6) => forward_v6::<UPTO>(ctx, config),
         Some(_) => Outcome::PassNotIp,
         None => Outcome::PassMalformed,
     }
 }
 
 #[inline(always)]
-fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
+fn forward_v4<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Outcome::PassMalformed;
     };
@@ -174,6 +200,9 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         Ok(transport) => transport,
         Err(outcome) => return outcome,
     };
+    if UPTO == Step::Parse as u8 {
+        return Outcome::ForwardTx;
+    }
     // SAFETY: transport() checked the header lies inside the packet.
     let udp = unsafe { &mut *transport.udp };
 
@@ -194,6 +223,9 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     // peer's arrives (RFC 1624 incremental updates, eqn. 3).
     let removed = settled(sum_not(&src));
     let added = settled(sum(&peer));
+    if UPTO == Step::Binding as u8 {
+        return Outcome::ForwardTx;
+    }
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
         let mut slot = mem::MaybeUninit::uninit();
@@ -208,8 +240,11 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         let request = Request { sport: udp.dst, dport: binding.port, flowinfo: 0, ip_len: total_len as u32 };
         // Written by next_hop when it returns true; never zeroed (a memset).
         let mut hop = mem::MaybeUninit::<NextHop>::uninit();
-        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
+        if !next_hop::<UPTO>(ctx, config, key, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
+        }
+        if UPTO != Step::All as u8 {
+            return Outcome::ForwardTx;
         }
         // SAFETY: next_hop returned true, so it wrote every field.
         Some(unsafe { hop.assume_init() })
@@ -234,7 +269,7 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
 }
 
 #[inline(always)]
-fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
+fn forward_v6<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let Some(ip) = ptr_at_mut::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return Outcome::PassMalformed;
     };
@@ -258,6 +293,9 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         Ok(transport) => transport,
         Err(outcome) => return outcome,
     };
+    if UPTO == Step::Parse as u8 {
+        return Outcome::ForwardTx;
+    }
     // SAFETY: transport() checked the header lies inside the packet.
     let udp = unsafe { &mut *transport.udp };
     // IPv6 requires a UDP checksum; the stack drops datagrams without one, and
@@ -282,6 +320,9 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     // (or spill) across it.
     let removed = settled(sum_not(&ip.src_addr));
     let added = settled(sum(&binding.addr));
+    if UPTO == Step::Binding as u8 {
+        return Outcome::ForwardTx;
+    }
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
         let vcf = ip.vcf;
@@ -303,8 +344,11 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         };
         // Written by next_hop when it returns true; never zeroed (a memset).
         let mut hop = mem::MaybeUninit::<NextHop>::uninit();
-        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
+        if !next_hop::<UPTO>(ctx, config, key, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
+        }
+        if UPTO != Step::All as u8 {
+            return Outcome::ForwardTx;
         }
         // SAFETY: next_hop returned true, so it wrote every field.
         Some(unsafe { hop.assume_init() })
@@ -471,7 +515,7 @@ struct Request {
 /// current entry for a datagram of `request.ip_len` bytes, else from the FIB
 /// ([`fib_fill`]). False: the FIB has no usable answer.
 #[inline(always)]
-fn next_hop(
+fn next_hop<const UPTO: u8>(
     ctx: &XdpContext,
     config: &RelayConfig,
     key: &NextHopKey,
@@ -484,9 +528,15 @@ fn next_hop(
     let Some(generation) = RELAY_NEXT_HOP_GEN.get(0) else {
         return false;
     };
-    let generation = *generation;
+    let generation = settled(*generation);
+    if UPTO == Step::Generation as u8 {
+        return true;
+    }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if UPTO == Step::Clock as u8 {
+        return true;
+    }
     if lifetime_ms != 0
         && let Some(entry) = RELAY_NEXT_HOPS.get_ptr(key)
     {
@@ -498,6 +548,9 @@ fn next_hop(
             && request.ip_len <= entry.max_len as u32
             && entry.addr == key.addr
         {
+            if UPTO == Step::Cache as u8 {
+                return true;
+            }
             // SAFETY: the caller's NextHop, written whole.
             unsafe { hop.write(NextHop { ifindex: entry.ifindex, smac: entry.smac, dmac: entry.dmac }) };
             return true;

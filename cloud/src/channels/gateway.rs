@@ -25,8 +25,7 @@ pub async fn run(state: AppState, socket: WebSocket, source: String, unproven: U
         },
         name: "gateway_hello",
     };
-    let Some((conn, challenge, hello)) = greeting.run(&state, Conn::new(socket, "gateway")).await
-    else {
+    let Some((conn, challenge, hello)) = greeting.run(&state, Conn::new(socket, "gateway")).await else {
         return;
     };
     let id = hello.gateway_id.0;
