@@ -44,7 +44,6 @@ pub const TC_RESTORE_PROGRAM: &str = "bench_tc_restore";
 const SIZED_MAPS: &[&str] = &[
     common::relay::BINDINGS_MAP,
     common::relay::TRAFFIC_MAP,
-    common::relay::NEXT_HOPS_MAP,
     common::gateway::PEERS_MAP,
     common::gateway::TARGETS_MAP,
     common::gateway::CT_FORWARD_MAP,

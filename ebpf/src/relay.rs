@@ -18,8 +18,8 @@ use aya::{
     sys::SyscallError,
 };
 use ferry_ebpf_common::relay::{
-    self as shared, Binding, BindingKey, DEFAULT_MAX_NEXT_HOPS, DEFAULT_NEXT_HOP_LIFETIME_MS, FAMILY_V4,
-    FAMILY_V6, FLAG_FIB, RelayConfig, Traffic,
+    self as shared, Binding, BindingKey, CachedHop, DEFAULT_NEXT_HOP_LIFETIME_MS, FAMILY_V4, FAMILY_V6,
+    FLAG_FIB, RelayConfig, Traffic,
 };
 
 pub use crate::counters::RelayCounters;
@@ -49,13 +49,11 @@ impl RelayForwarder {
     /// Loads the forwarder into the kernel (through the verifier) with room for
     /// `max_bindings` bindings and `max_slots` allocation slots. Until
     /// [`configure`](Self::configure) gives it an address and a port range it
-    /// passes everything. The next-hop cache gets one entry per binding, up to
-    /// [`DEFAULT_MAX_NEXT_HOPS`] (a destination has at least one binding).
+    /// passes everything. Each binding carries its own next-hop cache.
     pub fn load(max_bindings: u32, max_slots: u32) -> Result<Self, Error> {
         let mut ebpf = load_object_sized(&[
             (shared::BINDINGS_MAP, max_bindings.max(1)),
             (shared::TRAFFIC_MAP, max_slots.max(1)),
-            (shared::NEXT_HOPS_MAP, max_bindings.clamp(1, DEFAULT_MAX_NEXT_HOPS)),
         ])?;
         load_xdp(&mut ebpf, shared::PROGRAM)?;
         Ok(RelayForwarder {
@@ -312,7 +310,20 @@ pub fn config(
         port_max: ports.end().to_be_bytes(),
         flags: if fib { FLAG_FIB } else { 0 },
         next_hop_lifetime_ms: DEFAULT_NEXT_HOP_LIFETIME_MS,
+        tick_ns: tick_ns(),
     }
+}
+
+/// The kernel's tick (1/HZ) in ns: the resolution of the coarse clocks,
+/// which advance once per tick. 0 if the kernel does not say (the program
+/// then assumes the longest tick).
+fn tick_ns() -> u32 {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres writes a timespec to a valid pointer.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 || res.tv_sec != 0 {
+        return 0;
+    }
+    u32::try_from(res.tv_nsec).unwrap_or(0)
 }
 
 /// The key for datagrams from `from` to allocation port `relay_port`.
@@ -330,10 +341,10 @@ pub fn key(from: SocketAddr, relay_port: u16) -> BindingKey {
 
 /// A binding that sends to `to` (IPv4-mapped IPv6 is IPv4), with `action`
 /// ([`shared::ACTION_FORWARD`] or [`shared::ACTION_USERSPACE`]) and the
-/// allocation's traffic `slot`.
+/// allocation's traffic `slot`, and an empty next-hop cache.
 pub fn binding(to: SocketAddr, action: u8, slot: u32) -> Binding {
     let (addr, family) = addr_bytes(to.ip());
-    Binding { addr, port: to.port().to_be_bytes(), family, action, slot }
+    Binding { addr, port: to.port().to_be_bytes(), family, action, slot, next_hop: CachedHop::default() }
 }
 
 /// The sender and allocation port a key stands for; None for a family the
@@ -402,6 +413,8 @@ mod tests {
         assert_eq!(c.addr4, [203, 0, 113, 1]);
         assert_eq!(c.addr6, [0; 16]);
         assert_eq!(c.flags, FLAG_FIB);
+        // HZ is 100 to 1000 on the kernels Ferry runs on.
+        assert!((1_000_000..=10_000_000).contains(&c.tick_ns), "tick of {} ns", c.tick_ns);
     }
 
     #[test]
