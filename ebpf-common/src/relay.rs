@@ -195,8 +195,41 @@ pub struct NextHop {
 /// The destination address folded into 32 bits (exact for IPv4).
 #[inline(always)]
 pub fn fingerprint(addr: &[u8; 16]) -> u32 {
-    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-    word(0) ^ word(4) ^ word(8) ^ word(12)
+    let half = |i: usize| {
+        u64::from_ne_bytes([
+            addr[i],
+            addr[i + 1],
+            addr[i + 2],
+            addr[i + 3],
+            addr[i + 4],
+            addr[i + 5],
+            addr[i + 6],
+            addr[i + 7],
+        ])
+    };
+    fingerprint_halves(half(0), half(8))
+}
+
+/// [`fingerprint`] of the address whose two halves, read as native-order
+/// words, are `first` and `second`: the program reads them with two 8-byte
+/// loads from the binding (which is 8-aligned, the address first).
+#[inline(always)]
+pub fn fingerprint_halves(first: u64, second: u64) -> u32 {
+    let folded = first ^ second;
+    folded as u32 ^ (folded >> 32) as u32
+}
+
+/// A MAC address as the low 48 bits of a cache word (first byte lowest).
+#[inline(always)]
+pub fn mac_word(mac: &[u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
+
+/// The MAC address in the low 48 bits of `word` ([`mac_word`]).
+#[inline(always)]
+pub fn word_mac(word: u64) -> [u8; 6] {
+    let b = word.to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
 impl CachedHop {
@@ -204,11 +237,10 @@ impl CachedHop {
     #[inline(always)]
     pub fn encode(hop: &NextHop, tag: u16) -> [u64; 6] {
         let t = tag as u64;
-        let six = |b: [u8; 6]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], 0, 0]);
         let fp = hop.fingerprint;
         [
-            six(hop.dmac) | t << 48,
-            six(hop.smac) | t << 48,
+            mac_word(&hop.dmac) | t << 48,
+            mac_word(&hop.smac) | t << 48,
             hop.ifindex as u64 | (hop.max_len as u64) << 32 | t << 48,
             hop.in_ifindex as u64 | (hop.tos as u64) << 32 | t << 48,
             hop.generation as u64 | ((fp & 0xffff) as u64) << 32 | t << 48,
@@ -230,13 +262,9 @@ impl CachedHop {
         {
             return None;
         }
-        let six = |x: u64| {
-            let b = x.to_le_bytes();
-            [b[0], b[1], b[2], b[3], b[4], b[5]]
-        };
         Some(NextHop {
-            dmac: six(w[0]),
-            smac: six(w[1]),
+            dmac: word_mac(w[0]),
+            smac: word_mac(w[1]),
             ifindex: w[2] as u32,
             max_len: (w[2] >> 32) as u16,
             in_ifindex: w[3] as u32,
@@ -398,5 +426,7 @@ mod tests {
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&[203, 0, 113, 7]);
         assert_eq!(fingerprint(&addr), u32::from_ne_bytes([203, 0, 113, 7]));
+        let v6 = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_ne!(fingerprint(&v6), fingerprint(&[0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8]));
     }
 }

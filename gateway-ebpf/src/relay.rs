@@ -34,7 +34,7 @@ use ferry_ebpf_common::{
     relay::{
         ACTION_FORWARD, Binding, BindingKey, CachedHop, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_SLOTS, FAMILY_V4,
         FAMILY_V6, FLAG_FIB, MAX_TICK_NS, NextHop as CachedNextHop, Outcome, RelayConfig, Traffic,
-        fingerprint,
+        fingerprint, fingerprint_halves, mac_word,
     },
 };
 use network_types::{
@@ -136,12 +136,14 @@ pub fn verdict(outcome: Outcome) -> u32 {
     }
 }
 
-/// The next hop `bpf_fib_lookup` found.
+/// The next hop `bpf_fib_lookup` found. The MACs as cache words
+/// ([`mac_word`]; the upper 16 bits do not matter): from the cache they go to
+/// the frame with shifts, not through byte arrays on the stack.
 #[derive(Clone, Copy)]
 struct Hop {
     ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    smac: u64,
+    dmac: u64,
 }
 
 /// A transport message to an allocation port: its UDP header and the length
@@ -548,20 +550,25 @@ fn next_hop<const UPTO: u8>(
     if UPTO == Step::Clock as u8 {
         return true;
     }
+    let words = read_words(cache);
+    // Two 8-byte loads: the binding is 8-aligned and starts with the address.
+    let addr = (binding as *const Binding).cast::<u64>();
+    // SAFETY: within the binding.
+    let (first, second) = unsafe { (core::ptr::read_volatile(addr), core::ptr::read_volatile(addr.add(1))) };
     if lifetime_ms != 0
-        && let Some(entry) = CachedHop::decode(&read_words(cache))
+        && let Some(entry) = CachedHop::decode(&words)
         && entry.generation == generation
         && (entry.expires.wrapping_sub(now) as i32) > 0
         && request.ip_len <= entry.max_len as u32
         && entry.in_ifindex == request.in_ifindex
         && entry.tos == request.tos
-        && entry.fingerprint == fingerprint(&binding.addr)
+        && entry.fingerprint == fingerprint_halves(first, second)
     {
         if UPTO == Step::Cache as u8 {
             return true;
         }
         // SAFETY: the caller's Hop, written whole.
-        unsafe { hop.write(Hop { ifindex: entry.ifindex, smac: entry.smac, dmac: entry.dmac }) };
+        unsafe { hop.write(Hop { ifindex: entry.ifindex, smac: words[1], dmac: words[0] }) };
         return true;
     }
     let stamp = Stamp { request, binding, cache, generation, now };
@@ -625,8 +632,8 @@ fn fib_fill(ctx: XdpContext, config: &RelayConfig, stamp: &Stamp, hop: *mut Hop)
         // SAFETY: a helper without arguments.
         let tag = unsafe { bpf_get_prandom_u32() } as u16;
         let entry = CachedNextHop {
-            dmac: found.dmac,
-            smac: found.smac,
+            dmac: fib.dmac,
+            smac: fib.smac,
             ifindex: found.ifindex,
             // The FIB checked this length against the route's MTU.
             max_len: ip_len.min(u16::MAX as usize) as u16,
@@ -674,7 +681,7 @@ fn fib_lookup(ctx: &XdpContext, fib: &mut FibLookup) -> Option<Hop> {
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
-    Some(Hop { ifindex: fib.ifindex, smac: fib.smac, dmac: fib.dmac })
+    Some(Hop { ifindex: fib.ifindex, smac: mac_word(&fib.smac), dmac: mac_word(&fib.dmac) })
 }
 
 /// Sets the Ethernet addresses, counts the allocation's traffic and picks
@@ -689,8 +696,8 @@ fn finish(ctx: &XdpContext, next_hop: Option<Hop>, binding: &Binding, payload_le
     let eth = unsafe { &mut *eth };
     let outcome = match next_hop {
         Some(hop) => {
-            eth.dst_addr = hop.dmac;
-            eth.src_addr = hop.smac;
+            write_mac(&mut eth.dst_addr, hop.dmac);
+            write_mac(&mut eth.src_addr, hop.smac);
             if hop.ifindex == ctx.ingress_ifindex() as u32 {
                 Outcome::ForwardTx
             } else {
@@ -715,6 +722,14 @@ fn finish(ctx: &XdpContext, next_hop: Option<Hop>, binding: &Binding, payload_le
         }
     }
     outcome
+}
+
+/// Writes the MAC in the low 48 bits of `word` ([`mac_word`]).
+#[inline(always)]
+fn write_mac(mac: &mut [u8; 6], word: u64) {
+    for (i, byte) in mac.iter_mut().enumerate() {
+        *byte = (word >> (8 * i)) as u8;
+    }
 }
 
 /// The UDP checksum after the address change (`removed`/`added` from the
