@@ -18,8 +18,8 @@ use aya::{
     sys::SyscallError,
 };
 use ferry_ebpf_common::relay::{
-    self as shared, Binding, BindingKey, CachedHop, DEFAULT_NEXT_HOP_LIFETIME_MS, FAMILY_V4, FAMILY_V6,
-    FLAG_FIB, RelayConfig, Traffic,
+    self as shared, Binding, BindingKey, BindingKey4, CachedHop, DEFAULT_NEXT_HOP_LIFETIME_MS, FAMILY_V4,
+    FAMILY_V6, FLAG_FIB, RelayConfig, Traffic,
 };
 
 pub use crate::counters::RelayCounters;
@@ -53,6 +53,7 @@ impl RelayForwarder {
     pub fn load(max_bindings: u32, max_slots: u32) -> Result<Self, Error> {
         let mut ebpf = load_object_sized(&[
             (shared::BINDINGS_MAP, max_bindings.max(1)),
+            (shared::BINDINGS6_MAP, max_bindings.max(1)),
             (shared::TRAFFIC_MAP, max_slots.max(1)),
         ])?;
         load_xdp(&mut ebpf, shared::PROGRAM)?;
@@ -120,51 +121,41 @@ impl RelayForwarder {
     /// Adds or replaces the binding for `key`. A new key in a full map is
     /// [`Error::MapFull`]; replacing an existing one always works.
     pub fn insert(&mut self, key: &BindingKey, binding: &Binding) -> Result<(), Error> {
-        let name = shared::BINDINGS_MAP;
         let capacity = self.capacity;
-        let mut map = self.bindings_mut()?;
-        // One syscall for the common case (a new key); replacing takes two.
-        match map.insert(key, binding, BPF_NOEXIST) {
-            Ok(()) => {
-                self.len += 1;
-                Ok(())
-            }
-            Err(err) if errno(&err) == Some(libc::EEXIST) => {
-                map.insert(key, binding, BPF_EXIST).map_err(|source| Error::Map { name, source })
-            }
-            Err(err) if errno(&err) == Some(libc::E2BIG) => Err(Error::MapFull { name, capacity }),
-            Err(source) => Err(Error::Map { name, source }),
+        let new = if key.family == FAMILY_V4 {
+            insert_in(&mut self.ebpf, shared::BINDINGS_MAP, capacity, &BindingKey4::of(key), binding)?
+        } else {
+            insert_in(&mut self.ebpf, shared::BINDINGS6_MAP, capacity, key, binding)?
+        };
+        if new {
+            self.len += 1;
         }
+        Ok(())
     }
 
     /// Removes the binding for `key`; false if there was none.
     pub fn remove(&mut self, key: &BindingKey) -> Result<bool, Error> {
-        let name = shared::BINDINGS_MAP;
-        match self.bindings_mut()?.remove(key) {
-            Ok(()) => {
-                self.len -= 1;
-                Ok(true)
-            }
-            Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(false),
-            Err(source) => Err(Error::Map { name, source }),
+        let removed = if key.family == FAMILY_V4 {
+            remove_in(&mut self.ebpf, shared::BINDINGS_MAP, &BindingKey4::of(key))?
+        } else {
+            remove_in(&mut self.ebpf, shared::BINDINGS6_MAP, key)?
+        };
+        if removed {
+            self.len -= 1;
         }
+        Ok(removed)
     }
 
     /// The binding for `key`, if any.
     pub fn get(&self, key: &BindingKey) -> Result<Option<Binding>, Error> {
-        let name = shared::BINDINGS_MAP;
-        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
-        let map: HashMap<_, BindingKey, Binding> =
-            HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
-        match map.get(key, 0) {
-            Ok(binding) => Ok(Some(binding)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(None),
-            Err(source) => Err(Error::Map { name, source }),
+        if key.family == FAMILY_V4 {
+            get_in(&self.ebpf, shared::BINDINGS_MAP, &BindingKey4::of(key))
+        } else {
+            get_in(&self.ebpf, shared::BINDINGS6_MAP, key)
         }
     }
 
-    /// Bindings in the map.
+    /// Bindings in the maps, both families.
     pub fn len(&self) -> u32 {
         self.len
     }
@@ -173,7 +164,7 @@ impl RelayForwarder {
         self.len == 0
     }
 
-    /// Bindings the map can hold.
+    /// Bindings each family's map can hold.
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -268,11 +259,53 @@ impl RelayForwarder {
     fn program_mut(&mut self) -> Result<&mut Xdp, Error> {
         xdp_mut(&mut self.ebpf, shared::PROGRAM)
     }
+}
 
-    fn bindings_mut(&mut self) -> Result<HashMap<&mut MapData, BindingKey, Binding>, Error> {
-        let name = shared::BINDINGS_MAP;
-        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        HashMap::try_from(map).map_err(|source| Error::Map { name, source })
+/// Adds or replaces `key`'s binding in the bindings map `name`; true if the
+/// key was new.
+fn insert_in<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    capacity: u32,
+    key: &K,
+    binding: &Binding,
+) -> Result<bool, Error> {
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    let mut map: HashMap<&mut MapData, K, Binding> =
+        HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+    // One syscall for the common case (a new key); replacing takes two.
+    match map.insert(key, binding, BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(err) if errno(&err) == Some(libc::EEXIST) => {
+            map.insert(key, binding, BPF_EXIST).map_err(|source| Error::Map { name, source })?;
+            Ok(false)
+        }
+        Err(err) if errno(&err) == Some(libc::E2BIG) => Err(Error::MapFull { name, capacity }),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// Removes `key` from the bindings map `name`; false if it was not there.
+fn remove_in<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, key: &K) -> Result<bool, Error> {
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    let mut map: HashMap<&mut MapData, K, Binding> =
+        HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(false),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// `key`'s binding in the bindings map `name`, if any.
+fn get_in<K: aya::Pod>(ebpf: &Ebpf, name: &'static str, key: &K) -> Result<Option<Binding>, Error> {
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    let map: HashMap<_, K, Binding> = HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+    match map.get(key, 0) {
+        Ok(binding) => Ok(Some(binding)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(None),
+        Err(source) => Err(Error::Map { name, source }),
     }
 }
 

@@ -32,8 +32,8 @@ use aya_ebpf::{
 use ferry_ebpf_common::{
     guard::TRANSPORT_MIN_LEN,
     relay::{
-        ACTION_FORWARD, Binding, BindingKey, CachedHop, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_SLOTS, FAMILY_V4,
-        FAMILY_V6, FLAG_FIB, MAX_TICK_NS, NextHop as CachedNextHop, Outcome, RelayConfig, Traffic,
+        ACTION_FORWARD, Binding, BindingKey, BindingKey4, CachedHop, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_SLOTS,
+        FAMILY_V4, FAMILY_V6, FLAG_FIB, MAX_TICK_NS, NextHop as CachedNextHop, Outcome, RelayConfig, Traffic,
         fingerprint, fingerprint_halves, mac_word,
     },
 };
@@ -56,7 +56,13 @@ static RELAY_CONFIG: Array<RelayConfig> = Array::with_max_entries(1, 0);
 // another allocation's peer and send a datagram there. Without preallocation
 // elements are freed after an RCU grace period, and lookups cost the same.
 #[map(name = "RELAY_BINDINGS")]
-static RELAY_BINDINGS: HashMap<BindingKey, Binding> =
+static RELAY_BINDINGS: HashMap<BindingKey4, Binding> =
+    HashMap::with_max_entries(DEFAULT_MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// IPv6 senders' bindings: a 24-byte key would cost IPv4 lookups twice the
+/// hashing and comparing they need.
+#[map(name = "RELAY_BINDINGS6")]
+static RELAY_BINDINGS6: HashMap<BindingKey, Binding> =
     HashMap::with_max_entries(DEFAULT_MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
 #[map(name = "RELAY_COUNTERS")]
@@ -204,13 +210,8 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome
     let udp = unsafe { &mut *transport.udp };
 
     let src = ip.src_addr;
-    let mut slot = mem::MaybeUninit::uninit();
-    let key: &mut BindingKey = zeroed(&mut slot);
-    key.addr[..4].copy_from_slice(&src);
-    key.port = udp.src;
-    key.relay_port = udp.dst;
-    key.family = FAMILY_V4;
-    let (binding, cache) = match lookup(key) {
+    let key = BindingKey4 { addr: src, port: udp.src, relay_port: udp.dst };
+    let (binding, cache) = match lookup(&RELAY_BINDINGS, &key, FAMILY_V4) {
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
@@ -309,7 +310,7 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome
     key.port = udp.src;
     key.relay_port = udp.dst;
     key.family = FAMILY_V6;
-    let (binding, cache) = match lookup(key) {
+    let (binding, cache) = match lookup(&RELAY_BINDINGS6, key, FAMILY_V6) {
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
@@ -418,8 +419,12 @@ fn transport(
 /// next-hop cache's words (`Binding::next_hop`), which the program alone
 /// writes, each with one 8-byte store.
 #[inline(always)]
-fn lookup(key: &BindingKey) -> Result<(&'static Binding, *mut u64), Outcome> {
-    let Some(binding) = RELAY_BINDINGS.get_ptr_mut(key) else {
+fn lookup<K>(
+    map: &'static HashMap<K, Binding>,
+    key: &K,
+    family: u8,
+) -> Result<(&'static Binding, *mut u64), Outcome> {
+    let Some(binding) = map.get_ptr_mut(key) else {
         return Err(Outcome::DropUnbound);
     };
     // SAFETY: within the element the lookup returned.
@@ -431,7 +436,7 @@ fn lookup(key: &BindingKey) -> Result<(&'static Binding, *mut u64), Outcome> {
     let binding = unsafe { &*binding };
     // Anything but an explicit forward (a WebSocket peer, the other IP family,
     // an action this program does not know) is userspace's.
-    if binding.action != ACTION_FORWARD || binding.family != key.family {
+    if binding.action != ACTION_FORWARD || binding.family != family {
         return Err(Outcome::PassUserspace);
     }
     Ok((binding, cache))
