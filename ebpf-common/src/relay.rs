@@ -259,7 +259,42 @@ pub fn word_mac(word: u64) -> [u8; 6] {
     [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
+/// What a datagram needs of a binding's cached next hop to use it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// The current generation.
+    pub generation: u32,
+    /// The datagram's ingress interface and TOS / traffic class without ECN.
+    pub in_ifindex: u32,
+    pub tos: u8,
+    /// [`fingerprint`] of the binding's peer.
+    pub fingerprint: u32,
+    /// The low 32 bits of `bpf_jiffies64` now.
+    pub now: u32,
+    /// The datagram's IP length.
+    pub ip_len: u32,
+}
+
 impl CachedHop {
+    /// Whether `w` is one whole write that serves `wanted`: what
+    /// [`decode`](Self::decode) and a comparison of each field say, with a
+    /// few word operations and one branch for most of it (the hit path runs
+    /// this for every forwarded datagram).
+    #[inline(always)]
+    pub fn serves(w: &[u64; 6], wanted: &Wanted) -> bool {
+        const LOW48: u64 = (1 << 48) - 1;
+        let fp = wanted.fingerprint;
+        // Any bit set: two writes' tags, or a field that differs.
+        let differs = ((w[0] ^ w[1]) | (w[0] ^ w[2]) | (w[0] ^ w[3]) | (w[0] ^ w[4]) | (w[0] ^ w[5])) >> 48
+            | ((w[3] ^ (wanted.in_ifindex as u64 | (wanted.tos as u64) << 32)) & LOW48)
+            | ((w[4] ^ (wanted.generation as u64 | ((fp & 0xffff) as u64) << 32)) & LOW48)
+            | ((w[5] >> 32 ^ (fp >> 16) as u64) & 0xffff);
+        differs == 0
+            && w[0] >> 48 != 0
+            && ((w[5] as u32).wrapping_sub(wanted.now) as i32) > 0
+            && wanted.ip_len <= ((w[2] >> 32) & 0xffff) as u32
+    }
+
     /// The words for `hop`, written with `tag` (not 0).
     #[inline(always)]
     pub fn encode(hop: &NextHop, tag: u16) -> [u64; 6] {
@@ -446,6 +481,54 @@ mod tests {
             let mut torn = first;
             torn[i] = second[i];
             assert_eq!(CachedHop::decode(&torn), None, "word {i} from another write");
+        }
+    }
+
+    /// `serves` says what decoding and comparing each field says.
+    #[test]
+    fn serves_agrees_with_decoding() {
+        let reference = |w: &[u64; 6], wanted: &Wanted| match CachedHop::decode(w) {
+            Some(hop) => {
+                hop.generation == wanted.generation
+                    && hop.in_ifindex == wanted.in_ifindex
+                    && hop.tos == wanted.tos
+                    && hop.fingerprint == wanted.fingerprint
+                    && (hop.expires.wrapping_sub(wanted.now) as i32) > 0
+                    && wanted.ip_len <= hop.max_len as u32
+            }
+            None => false,
+        };
+        let words = CachedHop::encode(&hop(), 0x1234);
+        let fits = Wanted {
+            generation: hop().generation,
+            in_ifindex: hop().in_ifindex,
+            tos: hop().tos,
+            fingerprint: hop().fingerprint,
+            now: hop().expires.wrapping_sub(5),
+            ip_len: 1500,
+        };
+        let cases = [
+            fits,
+            Wanted { generation: fits.generation + 1, ..fits },
+            Wanted { in_ifindex: fits.in_ifindex ^ 1, ..fits },
+            Wanted { tos: 0x20, ..fits },
+            Wanted { fingerprint: fits.fingerprint ^ 1, ..fits },
+            Wanted { fingerprint: fits.fingerprint ^ 0x1_0000, ..fits },
+            Wanted { now: hop().expires, ..fits },
+            Wanted { now: hop().expires.wrapping_add(1000), ..fits },
+            Wanted { ip_len: 1501, ..fits },
+            Wanted { ip_len: 64, ..fits },
+        ];
+        for wanted in &cases {
+            assert_eq!(CachedHop::serves(&words, wanted), reference(&words, wanted), "{wanted:?}");
+        }
+        assert!(CachedHop::serves(&words, &fits));
+        assert!(!CachedHop::serves(&CachedHop::default().words, &Wanted::default()));
+        let other = CachedHop::encode(&hop(), 0x1235);
+        for i in 0..6 {
+            let mut torn = words;
+            torn[i] = other[i];
+            assert!(!CachedHop::serves(&torn, &fits), "word {i} from another write");
         }
     }
 

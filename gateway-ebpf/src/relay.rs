@@ -34,7 +34,7 @@ use ferry_ebpf_common::{
     relay::{
         ACTION_FORWARD, Binding, BindingKey, BindingKey4, CachedHop, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_SLOTS,
         FAMILY_V4, FAMILY_V6, FLAG_FIB, MAX_TICK_NS, NextHop as CachedNextHop, Outcome, RelayConfig, Traffic,
-        fingerprint, fingerprint_halves, mac_word,
+        Wanted, fingerprint, fingerprint_halves, mac_word,
     },
 };
 use network_types::{
@@ -560,20 +560,20 @@ fn next_hop<const UPTO: u8>(
     let addr = (binding as *const Binding).cast::<u64>();
     // SAFETY: within the binding.
     let (first, second) = unsafe { (core::ptr::read_volatile(addr), core::ptr::read_volatile(addr.add(1))) };
-    if lifetime_ms != 0
-        && let Some(entry) = CachedHop::decode(&words)
-        && entry.generation == generation
-        && (entry.expires.wrapping_sub(now) as i32) > 0
-        && request.ip_len <= entry.max_len as u32
-        && entry.in_ifindex == request.in_ifindex
-        && entry.tos == request.tos
-        && entry.fingerprint == fingerprint_halves(first, second)
-    {
+    let wanted = Wanted {
+        generation,
+        in_ifindex: request.in_ifindex,
+        tos: request.tos,
+        fingerprint: fingerprint_halves(first, second),
+        now,
+        ip_len: request.ip_len,
+    };
+    if lifetime_ms != 0 && CachedHop::serves(&words, &wanted) {
         if UPTO == Step::Cache as u8 {
             return true;
         }
         // SAFETY: the caller's Hop, written whole.
-        unsafe { hop.write(Hop { ifindex: entry.ifindex, smac: words[1], dmac: words[0] }) };
+        unsafe { hop.write(Hop { ifindex: words[2] as u32, smac: words[1], dmac: words[0] }) };
         return true;
     }
     let stamp = Stamp { request, binding, cache, generation, now };
