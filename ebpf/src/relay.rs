@@ -47,7 +47,8 @@ pub struct RelayForwarder {
 
 impl RelayForwarder {
     /// Loads the forwarder into the kernel (through the verifier) with room for
-    /// `max_bindings` bindings and `max_slots` allocation slots. Until
+    /// `max_bindings` bindings of each family (IPv4 and IPv6 senders have a
+    /// map each) and `max_slots` allocation slots. Until
     /// [`configure`](Self::configure) gives it an address and a port range it
     /// passes everything. Each binding carries its own next-hop cache.
     pub fn load(max_bindings: u32, max_slots: u32) -> Result<Self, Error> {
