@@ -13,9 +13,10 @@
 //! against its userspace path: see [`crate::relay_traffic`].
 
 use anyhow::{Context, Result, ensure};
+use aya::programs::Xdp;
 use ferry_ebpf::{
     PASS_PROGRAM,
-    common::relay::{ACTION_FORWARD, BindingKey, FAMILY_V4, Outcome, RelayConfig},
+    common::relay::{ACTION_FORWARD, BENCH_STEP_PROGRAMS, BindingKey, FAMILY_V4, Outcome, RelayConfig},
     if_index, load_object, load_xdp,
     relay::{self, RelayForwarder},
     test_run::{self, Verdict},
@@ -81,6 +82,7 @@ fn measure(uplink: &str) -> Result<Vec<Row>> {
     let ifindex = if_index(uplink)?;
     let mut forwarder =
         RelayForwarder::load(MAX_BINDINGS, 1024).context("loading the relay forwarder (run as root)")?;
+    forwarder.load_bench_steps()?;
     let mut object = load_object()?;
     let empty = load_xdp(&mut object, PASS_PROGRAM)?;
 
@@ -102,7 +104,7 @@ fn measure(uplink: &str) -> Result<Vec<Row>> {
 
     let mut rows = Vec::new();
     let mut row = |forwarder: &RelayForwarder, metric: &str, frame: &[u8], fib: Fib| -> Result<(f64, f64)> {
-        let ns = forwarded_ns(forwarder, frame, ifindex, fib)?;
+        let ns = forwarded_ns(forwarder, forwarder.program()?, frame, ifindex, fib)?;
         let empty_ns = median_ns(|| test_run::time_on(empty, frame, REPEAT, ifindex))?;
         rows.push(Row::new(
             "relay",
@@ -130,12 +132,31 @@ fn measure(uplink: &str) -> Result<Vec<Row>> {
     forwarder.configure(config(true))?;
     let (goal_ns, goal_empty_ns) = row(&forwarder, "fib_1m_bindings_ns", &frame4, Fib::Cached)?;
     row(&forwarder, "fib_1m_bindings_v6_ns", &frame6, Fib::Cached)?;
+    // The cached path step by step: each variant stops after one more step
+    // (BENCH_STEP_PROGRAMS); the difference between two rows is that step's
+    // cost, the last step's is fib_1m_bindings_ns minus the cache row.
+    let mut steps = Vec::new();
+    for &(name, step) in BENCH_STEP_PROGRAMS {
+        let program = forwarder.bench_step(name)?;
+        let ns = forwarded_ns(&forwarder, program, &frame4, ifindex, Fib::Cached)?;
+        let empty_ns = median_ns(|| test_run::time_on(empty, &frame4, REPEAT, ifindex))?;
+        steps.push(Row::new(
+            "relay",
+            &format!("step_{step}_1m_bindings_ns"),
+            "ns/packet",
+            ns,
+            empty_ns,
+            "empty XDP_PASS program",
+            Better::Lower,
+        ));
+    }
     forwarder.configure(uncached(true))?;
     row(&forwarder, "fib_uncached_1m_bindings_ns", &frame4, Fib::Uncached)?;
     row(&forwarder, "fib_uncached_1m_bindings_v6_ns", &frame6, Fib::Uncached)?;
     forwarder.configure(config(false))?;
     row(&forwarder, "mac_swap_1m_bindings_ns", &frame4, Fib::Off)?;
 
+    rows.extend(steps);
     rows.push(Row::new(
         "relay",
         "fib_1m_bindings_over_empty_ns",
@@ -159,11 +180,17 @@ enum Fib {
     Off,
 }
 
-/// The median ns per run of the forwarder on `frame`, after checking that the
+/// The median ns per run of the forwarder's `program` (the real one or a
+/// step variant) on `frame`, after checking that the
 /// frame is forwarded (XDP_TX), that every timed run forwarded it, and that
 /// the timed runs asked the FIB as `fib` says.
-fn forwarded_ns(forwarder: &RelayForwarder, frame: &[u8], ifindex: u32, fib: Fib) -> Result<f64> {
-    let program = forwarder.program()?;
+fn forwarded_ns(
+    forwarder: &RelayForwarder,
+    program: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    fib: Fib,
+) -> Result<f64> {
     let run = test_run::run_on(program, frame, ifindex)?;
     ensure!(run.verdict == Verdict::Tx, "the measured frame was not forwarded: {:?}", run.verdict);
     ensure!(run.packet[14..] == frame[14..], "the measured frame is not a fixed point of the forwarder");

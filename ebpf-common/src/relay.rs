@@ -11,17 +11,30 @@
 
 /// Name of the forwarder's XDP program in the object.
 pub const PROGRAM: &str = "relay_forward";
+/// The forwarder stopped after each step of a forwarded datagram's path, in
+/// order, for the benchmark's breakdown: (program, what it does up to there).
+/// Each shares the real program's maps and returns XDP_TX without touching
+/// the frame. The real program is the last step.
+pub const BENCH_STEP_PROGRAMS: &[(&str, &str)] = &[
+    ("bench_relay_parse", "parse"),
+    ("bench_relay_binding", "binding"),
+    ("bench_relay_generation", "generation"),
+    ("bench_relay_clock", "clock"),
+    ("bench_relay_cache", "cache"),
+];
 /// An array with one [`RelayConfig`].
 pub const CONFIG_MAP: &str = "RELAY_CONFIG";
-/// A hash map from [`BindingKey`] to [`Binding`].
+/// A hash map from [`BindingKey4`] to [`Binding`]: the bindings of IPv4
+/// senders. An 8-byte key: the lookup hashes and compares a third of what an
+/// IPv6 key costs, on the path every forwarded IPv4 datagram takes.
 pub const BINDINGS_MAP: &str = "RELAY_BINDINGS";
+/// A hash map from [`BindingKey`] to [`Binding`]: the bindings of IPv6
+/// senders (and of any key that is not IPv4).
+pub const BINDINGS6_MAP: &str = "RELAY_BINDINGS6";
 /// A per-CPU array of `u64` indexed by [`Outcome`].
 pub const COUNTERS_MAP: &str = "RELAY_COUNTERS";
 /// A per-CPU array of [`Traffic`] indexed by an allocation's slot.
 pub const TRAFFIC_MAP: &str = "RELAY_TRAFFIC";
-/// An LRU hash map from [`NextHopKey`] to [`NextHop`]: the next hops
-/// `bpf_fib_lookup` found, per destination.
-pub const NEXT_HOPS_MAP: &str = "RELAY_NEXT_HOPS";
 /// An array with one `u32`: the current next-hop generation. A cached
 /// [`NextHop`] of another generation is not used, so bumping it invalidates
 /// the whole cache with one write.
@@ -30,14 +43,11 @@ pub const NEXT_HOP_GENERATION_MAP: &str = "RELAY_NEXT_HOP_GEN";
 /// (cache misses, and every forwarded datagram while the cache is off).
 pub const FIB_LOOKUPS_MAP: &str = "RELAY_FIB_LOOKUPS";
 
-/// Bindings the map holds unless the operator sets another size at load time
-/// (two per allocation).
+/// Bindings each of the two maps (IPv4, IPv6) holds unless the operator sets
+/// another size at load time (two per allocation).
 pub const DEFAULT_MAX_BINDINGS: u32 = 131_072;
 /// Allocation slots (per-allocation counters) unless set at load time.
 pub const DEFAULT_MAX_SLOTS: u32 = 65_536;
-/// Cached next hops unless set at load time. Destinations beyond it are
-/// evicted least recently used first and looked up again when they return.
-pub const DEFAULT_MAX_NEXT_HOPS: u32 = 65_536;
 /// How long a cached next hop is used at most, in milliseconds, unless the
 /// operator sets another lifetime ([`RelayConfig::next_hop_lifetime_ms`]).
 /// It bounds how long a route or neighbour change can go unnoticed if the
@@ -80,10 +90,19 @@ pub struct RelayConfig {
     /// [`FLAG_FIB`], ...
     pub flags: u32,
     /// With [`FLAG_FIB`]: how long a next hop found by `bpf_fib_lookup` is
-    /// reused from [`NEXT_HOPS_MAP`], in milliseconds. 0: no cache, every
-    /// forwarded datagram asks the FIB.
+    /// reused from a binding's cache ([`Binding::next_hop`]), in
+    /// milliseconds. 0: no cache, every forwarded datagram asks the FIB.
     pub next_hop_lifetime_ms: u32,
+    /// The length of the kernel's tick (1/HZ) in ns, which the program needs
+    /// to count the lifetime in ticks (`bpf_jiffies64`). Userspace reads it
+    /// with `clock_getres(CLOCK_MONOTONIC_COARSE)`. 0: unknown, the program
+    /// assumes [`MAX_TICK_NS`], which makes lifetimes shorter, never longer.
+    pub tick_ns: u32,
 }
+
+/// The longest kernel tick there is (HZ=100), assumed when
+/// [`RelayConfig::tick_ns`] is 0.
+pub const MAX_TICK_NS: u32 = 10_000_000;
 
 impl RelayConfig {
     pub const fn port_range(&self) -> (u16, u16) {
@@ -107,7 +126,30 @@ pub struct BindingKey {
     pub _pad: [u8; 3],
 }
 
-/// Where datagrams from a bound peer go: the other peer of the allocation.
+/// [`BindingKey`] for an IPv4 sender, as [`BINDINGS_MAP`] keeps it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BindingKey4 {
+    pub addr: [u8; 4],
+    /// The sender's UDP port, network byte order.
+    pub port: [u8; 2],
+    /// The allocation port, network order.
+    pub relay_port: [u8; 2],
+}
+
+impl BindingKey4 {
+    /// The IPv4 part of `key` (which must be [`FAMILY_V4`]).
+    pub const fn of(key: &BindingKey) -> BindingKey4 {
+        BindingKey4 {
+            addr: [key.addr[0], key.addr[1], key.addr[2], key.addr[3]],
+            port: key.port,
+            relay_port: key.relay_port,
+        }
+    }
+}
+
+/// Where datagrams from a bound peer go: the other peer of the allocation,
+/// and the next hop toward it once the program has looked it up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Binding {
@@ -119,31 +161,39 @@ pub struct Binding {
     pub action: u8,
     /// The allocation's slot in [`TRAFFIC_MAP`].
     pub slot: u32,
+    /// The program's cache of the next hop toward `addr` ([`CachedHop`]).
+    /// Userspace writes it empty (zero); replacing a binding empties it.
+    pub next_hop: CachedHop,
 }
 
-/// What a cached FIB answer is kept under: the destination, the interface
-/// the datagram arrived on (policy routing, and the forwarding switch the
-/// kernel checks there) and the IPv4 TOS / IPv6 traffic class without the
-/// ECN bits (TOS routes and rules). The relay's own address is fixed per
-/// family. Not every input of `bpf_fib_lookup` is here: the ports and L4
-/// protocol (and the IPv6 flow label) are not, so the cache ignores
-/// port-based policy routing (`ip rule ... sport/dport/ipproto`) and L4
-/// multipath hashing; such setups should set `next_hop_lifetime_ms = 0`.
-/// IPv4 destinations sit in the first four bytes of `addr`, the rest zero.
+/// A binding's cached next hop: what `bpf_fib_lookup` answered for a
+/// datagram to the binding's peer, and what the answer depends on. Kept in the
+/// binding itself, so that a forwarded datagram needs no map lookup besides
+/// its binding's.
+///
+/// Several CPUs can miss and write the same binding's cache at once, and a
+/// CPU can read it while another writes. So the cache is six words, each
+/// written and read with one 8-byte access (single-copy atomic): six bytes of
+/// data and, in the last two, a tag that differs from write to write. A read
+/// whose six tags are not all the same saw parts of two writes and is a miss,
+/// on any CPU architecture and without barriers. A tag of 0 is an empty
+/// cache. Only the program reads and writes the words; the layout is
+/// [`CachedHop::encode`]'s and [`CachedHop::decode`]'s.
+///
+/// Word by word: the next hop's MAC (`dmac`); the egress interface's MAC
+/// (`smac`); the egress interface and the longest IP length the FIB accepted
+/// for the route's MTU; the ingress interface and the TOS / traffic class
+/// without ECN the answer was for (policy and TOS routing); the generation
+/// read before the lookup and two bytes of the destination's fingerprint; the
+/// tick (`bpf_jiffies64`, low 32 bits) from which it is not used, and the
+/// fingerprint's other two bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct NextHopKey {
-    pub addr: [u8; 16],
-    /// The ingress interface's index.
-    pub ifindex: u32,
-    /// [`FAMILY_V4`] or [`FAMILY_V6`].
-    pub family: u8,
-    pub tos: u8,
-    pub _pad: [u8; 2],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedHop {
+    pub words: [u64; 6],
 }
 
-/// A next hop `bpf_fib_lookup` found, as cached in [`NEXT_HOPS_MAP`].
-#[repr(C)]
+/// A next hop as [`CachedHop`] holds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
     /// The Ethernet destination (the next hop's MAC) and source (the egress
@@ -152,18 +202,140 @@ pub struct NextHop {
     pub smac: [u8; 6],
     /// The egress interface's index.
     pub ifindex: u32,
-    /// The [`NEXT_HOP_GENERATION_MAP`] value read before the lookup.
-    pub generation: u32,
     /// The largest IP length (header included) the FIB accepted for this
     /// route's MTU; a longer datagram asks the FIB again.
     pub max_len: u16,
-    pub _pad: [u8; 2],
-    /// `bpf_ktime_get_coarse_ns` after which the entry is not used.
-    pub expires_ns: u64,
-    /// The destination the entry was made for, checked against the key on
-    /// every hit: an LRU element can be reused for another key while a
-    /// lookup on another CPU still holds it.
-    pub addr: [u8; 16],
+    /// The interface the datagram that asked arrived on, and its TOS /
+    /// traffic class without the ECN bits: routing can depend on both.
+    pub in_ifindex: u32,
+    pub tos: u8,
+    /// The [`NEXT_HOP_GENERATION_MAP`] value read before the lookup.
+    pub generation: u32,
+    /// The low 32 bits of `bpf_jiffies64` from which the entry is not used.
+    pub expires: u32,
+    /// [`fingerprint`] of the destination the answer was for: a binding's
+    /// element can be reused for another binding while a program still
+    /// holds it, and its write then lands in the other binding's cache.
+    pub fingerprint: u32,
+}
+
+/// The destination address folded into 32 bits (exact for IPv4).
+#[inline(always)]
+pub fn fingerprint(addr: &[u8; 16]) -> u32 {
+    let half = |i: usize| {
+        u64::from_ne_bytes([
+            addr[i],
+            addr[i + 1],
+            addr[i + 2],
+            addr[i + 3],
+            addr[i + 4],
+            addr[i + 5],
+            addr[i + 6],
+            addr[i + 7],
+        ])
+    };
+    fingerprint_halves(half(0), half(8))
+}
+
+/// [`fingerprint`] of the address whose two halves, read as native-order
+/// words, are `first` and `second`: the program reads them with two 8-byte
+/// loads from the binding (which is 8-aligned, the address first).
+#[inline(always)]
+pub fn fingerprint_halves(first: u64, second: u64) -> u32 {
+    let folded = first ^ second;
+    folded as u32 ^ (folded >> 32) as u32
+}
+
+/// A MAC address as the low 48 bits of a cache word (first byte lowest).
+#[inline(always)]
+pub fn mac_word(mac: &[u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
+
+/// The MAC address in the low 48 bits of `word` ([`mac_word`]).
+#[inline(always)]
+pub fn word_mac(word: u64) -> [u8; 6] {
+    let b = word.to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// What a datagram needs of a binding's cached next hop to use it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// The current generation.
+    pub generation: u32,
+    /// The datagram's ingress interface and TOS / traffic class without ECN.
+    pub in_ifindex: u32,
+    pub tos: u8,
+    /// [`fingerprint`] of the binding's peer.
+    pub fingerprint: u32,
+    /// The low 32 bits of `bpf_jiffies64` now.
+    pub now: u32,
+    /// The datagram's IP length.
+    pub ip_len: u32,
+}
+
+impl CachedHop {
+    /// Whether `w` is one whole write that serves `wanted`: what
+    /// [`decode`](Self::decode) and a comparison of each field say, with a
+    /// few word operations and one branch for most of it (the hit path runs
+    /// this for every forwarded datagram).
+    #[inline(always)]
+    pub fn serves(w: &[u64; 6], wanted: &Wanted) -> bool {
+        const LOW48: u64 = (1 << 48) - 1;
+        let fp = wanted.fingerprint;
+        // Any bit set: two writes' tags, or a field that differs.
+        let differs = ((w[0] ^ w[1]) | (w[0] ^ w[2]) | (w[0] ^ w[3]) | (w[0] ^ w[4]) | (w[0] ^ w[5])) >> 48
+            | ((w[3] ^ (wanted.in_ifindex as u64 | (wanted.tos as u64) << 32)) & LOW48)
+            | ((w[4] ^ (wanted.generation as u64 | ((fp & 0xffff) as u64) << 32)) & LOW48)
+            | ((w[5] >> 32 ^ (fp >> 16) as u64) & 0xffff);
+        differs == 0
+            && w[0] >> 48 != 0
+            && ((w[5] as u32).wrapping_sub(wanted.now) as i32) > 0
+            && wanted.ip_len <= ((w[2] >> 32) & 0xffff) as u32
+    }
+
+    /// The words for `hop`, written with `tag` (not 0).
+    #[inline(always)]
+    pub fn encode(hop: &NextHop, tag: u16) -> [u64; 6] {
+        let t = tag as u64;
+        let fp = hop.fingerprint;
+        [
+            mac_word(&hop.dmac) | t << 48,
+            mac_word(&hop.smac) | t << 48,
+            hop.ifindex as u64 | (hop.max_len as u64) << 32 | t << 48,
+            hop.in_ifindex as u64 | (hop.tos as u64) << 32 | t << 48,
+            hop.generation as u64 | ((fp & 0xffff) as u64) << 32 | t << 48,
+            hop.expires as u64 | ((fp >> 16) as u64) << 32 | t << 48,
+        ]
+    }
+
+    /// The next hop in `words`, or None for an empty cache or a read that
+    /// mixed two writes.
+    #[inline(always)]
+    pub fn decode(w: &[u64; 6]) -> Option<NextHop> {
+        let tag = w[0] >> 48;
+        if tag == 0
+            || (w[1] >> 48) != tag
+            || (w[2] >> 48) != tag
+            || (w[3] >> 48) != tag
+            || (w[4] >> 48) != tag
+            || (w[5] >> 48) != tag
+        {
+            return None;
+        }
+        Some(NextHop {
+            dmac: word_mac(w[0]),
+            smac: word_mac(w[1]),
+            ifindex: w[2] as u32,
+            max_len: (w[2] >> 32) as u16,
+            in_ifindex: w[3] as u32,
+            tos: (w[3] >> 32) as u8,
+            generation: w[4] as u32,
+            expires: w[5] as u32,
+            fingerprint: ((w[4] >> 32) & 0xffff) as u32 | (((w[5] >> 32) & 0xffff) as u32) << 16,
+        })
+    }
 }
 
 /// Per-allocation traffic forwarded by the program: datagrams and their UDP
@@ -177,14 +349,13 @@ pub struct Traffic {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all six): repr(C), only integers and byte arrays laid out without
-    // implicit padding, and every bit pattern is a valid value.
+    // SAFETY (all five): repr(C), only integers and byte arrays laid out
+    // without implicit padding, and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::RelayConfig {}
     unsafe impl aya::Pod for super::BindingKey {}
+    unsafe impl aya::Pod for super::BindingKey4 {}
     unsafe impl aya::Pod for super::Binding {}
     unsafe impl aya::Pod for super::Traffic {}
-    unsafe impl aya::Pod for super::NextHopKey {}
-    unsafe impl aya::Pod for super::NextHop {}
 }
 
 /// What the forwarder did with one packet. The discriminant indexes
@@ -274,5 +445,99 @@ impl Outcome {
             Outcome::ForwardTx => "forward_tx",
             Outcome::ForwardRedirect => "forward_redirect",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop() -> NextHop {
+        NextHop {
+            dmac: [2, 0x50, 0, 0, 0, 7],
+            smac: [2, 0x52, 0, 0, 0, 1],
+            ifindex: 0x0102_0304,
+            max_len: 1500,
+            in_ifindex: 0x0a0b_0c0d,
+            tos: 0xb8,
+            generation: 0xdead_beef,
+            expires: 0x8000_0001,
+            fingerprint: fingerprint(&[0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]),
+        }
+    }
+
+    #[test]
+    fn a_cached_hop_decodes_to_what_was_encoded() {
+        assert_eq!(CachedHop::decode(&CachedHop::encode(&hop(), 0xffff)), Some(hop()));
+        assert_eq!(CachedHop::decode(&CachedHop::encode(&NextHop::default(), 1)), Some(NextHop::default()));
+    }
+
+    #[test]
+    fn an_empty_cache_and_a_mix_of_two_writes_are_misses() {
+        assert_eq!(CachedHop::decode(&CachedHop::default().words), None);
+        let first = CachedHop::encode(&hop(), 7);
+        let second = CachedHop::encode(&NextHop { dmac: [9; 6], ..hop() }, 8);
+        for i in 0..6 {
+            let mut torn = first;
+            torn[i] = second[i];
+            assert_eq!(CachedHop::decode(&torn), None, "word {i} from another write");
+        }
+    }
+
+    /// `serves` says what decoding and comparing each field says.
+    #[test]
+    fn serves_agrees_with_decoding() {
+        let reference = |w: &[u64; 6], wanted: &Wanted| match CachedHop::decode(w) {
+            Some(hop) => {
+                hop.generation == wanted.generation
+                    && hop.in_ifindex == wanted.in_ifindex
+                    && hop.tos == wanted.tos
+                    && hop.fingerprint == wanted.fingerprint
+                    && (hop.expires.wrapping_sub(wanted.now) as i32) > 0
+                    && wanted.ip_len <= hop.max_len as u32
+            }
+            None => false,
+        };
+        let words = CachedHop::encode(&hop(), 0x1234);
+        let fits = Wanted {
+            generation: hop().generation,
+            in_ifindex: hop().in_ifindex,
+            tos: hop().tos,
+            fingerprint: hop().fingerprint,
+            now: hop().expires.wrapping_sub(5),
+            ip_len: 1500,
+        };
+        let cases = [
+            fits,
+            Wanted { generation: fits.generation + 1, ..fits },
+            Wanted { in_ifindex: fits.in_ifindex ^ 1, ..fits },
+            Wanted { tos: 0x20, ..fits },
+            Wanted { fingerprint: fits.fingerprint ^ 1, ..fits },
+            Wanted { fingerprint: fits.fingerprint ^ 0x1_0000, ..fits },
+            Wanted { now: hop().expires, ..fits },
+            Wanted { now: hop().expires.wrapping_add(1000), ..fits },
+            Wanted { ip_len: 1501, ..fits },
+            Wanted { ip_len: 64, ..fits },
+        ];
+        for wanted in &cases {
+            assert_eq!(CachedHop::serves(&words, wanted), reference(&words, wanted), "{wanted:?}");
+        }
+        assert!(CachedHop::serves(&words, &fits));
+        assert!(!CachedHop::serves(&CachedHop::default().words, &Wanted::default()));
+        let other = CachedHop::encode(&hop(), 0x1235);
+        for i in 0..6 {
+            let mut torn = words;
+            torn[i] = other[i];
+            assert!(!CachedHop::serves(&torn, &fits), "word {i} from another write");
+        }
+    }
+
+    #[test]
+    fn ipv4_fingerprints_are_the_address() {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[203, 0, 113, 7]);
+        assert_eq!(fingerprint(&addr), u32::from_ne_bytes([203, 0, 113, 7]));
+        let v6 = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_ne!(fingerprint(&v6), fingerprint(&[0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8]));
     }
 }

@@ -43,8 +43,8 @@ pub const TC_RESTORE_PROGRAM: &str = "bench_tc_restore";
 /// too; they get one entry unless the caller sizes them.
 const SIZED_MAPS: &[&str] = &[
     common::relay::BINDINGS_MAP,
+    common::relay::BINDINGS6_MAP,
     common::relay::TRAFFIC_MAP,
-    common::relay::NEXT_HOPS_MAP,
     common::gateway::PEERS_MAP,
     common::gateway::TARGETS_MAP,
     common::gateway::CT_FORWARD_MAP,

@@ -18,7 +18,7 @@ use aya::{
     sys::SyscallError,
 };
 use ferry_ebpf_common::relay::{
-    self as shared, Binding, BindingKey, DEFAULT_MAX_NEXT_HOPS, DEFAULT_NEXT_HOP_LIFETIME_MS, FAMILY_V4,
+    self as shared, Binding, BindingKey, BindingKey4, CachedHop, DEFAULT_NEXT_HOP_LIFETIME_MS, FAMILY_V4,
     FAMILY_V6, FLAG_FIB, RelayConfig, Traffic,
 };
 
@@ -47,15 +47,15 @@ pub struct RelayForwarder {
 
 impl RelayForwarder {
     /// Loads the forwarder into the kernel (through the verifier) with room for
-    /// `max_bindings` bindings and `max_slots` allocation slots. Until
+    /// `max_bindings` bindings of each family (IPv4 and IPv6 senders have a
+    /// map each) and `max_slots` allocation slots. Until
     /// [`configure`](Self::configure) gives it an address and a port range it
-    /// passes everything. The next-hop cache gets one entry per binding, up to
-    /// [`DEFAULT_MAX_NEXT_HOPS`] (a destination has at least one binding).
+    /// passes everything. Each binding carries its own next-hop cache.
     pub fn load(max_bindings: u32, max_slots: u32) -> Result<Self, Error> {
         let mut ebpf = load_object_sized(&[
             (shared::BINDINGS_MAP, max_bindings.max(1)),
+            (shared::BINDINGS6_MAP, max_bindings.max(1)),
             (shared::TRAFFIC_MAP, max_slots.max(1)),
-            (shared::NEXT_HOPS_MAP, max_bindings.clamp(1, DEFAULT_MAX_NEXT_HOPS)),
         ])?;
         load_xdp(&mut ebpf, shared::PROGRAM)?;
         Ok(RelayForwarder {
@@ -122,51 +122,41 @@ impl RelayForwarder {
     /// Adds or replaces the binding for `key`. A new key in a full map is
     /// [`Error::MapFull`]; replacing an existing one always works.
     pub fn insert(&mut self, key: &BindingKey, binding: &Binding) -> Result<(), Error> {
-        let name = shared::BINDINGS_MAP;
         let capacity = self.capacity;
-        let mut map = self.bindings_mut()?;
-        // One syscall for the common case (a new key); replacing takes two.
-        match map.insert(key, binding, BPF_NOEXIST) {
-            Ok(()) => {
-                self.len += 1;
-                Ok(())
-            }
-            Err(err) if errno(&err) == Some(libc::EEXIST) => {
-                map.insert(key, binding, BPF_EXIST).map_err(|source| Error::Map { name, source })
-            }
-            Err(err) if errno(&err) == Some(libc::E2BIG) => Err(Error::MapFull { name, capacity }),
-            Err(source) => Err(Error::Map { name, source }),
+        let new = if key.family == FAMILY_V4 {
+            insert_in(&mut self.ebpf, shared::BINDINGS_MAP, capacity, &BindingKey4::of(key), binding)?
+        } else {
+            insert_in(&mut self.ebpf, shared::BINDINGS6_MAP, capacity, key, binding)?
+        };
+        if new {
+            self.len += 1;
         }
+        Ok(())
     }
 
     /// Removes the binding for `key`; false if there was none.
     pub fn remove(&mut self, key: &BindingKey) -> Result<bool, Error> {
-        let name = shared::BINDINGS_MAP;
-        match self.bindings_mut()?.remove(key) {
-            Ok(()) => {
-                self.len -= 1;
-                Ok(true)
-            }
-            Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(false),
-            Err(source) => Err(Error::Map { name, source }),
+        let removed = if key.family == FAMILY_V4 {
+            remove_in(&mut self.ebpf, shared::BINDINGS_MAP, &BindingKey4::of(key))?
+        } else {
+            remove_in(&mut self.ebpf, shared::BINDINGS6_MAP, key)?
+        };
+        if removed {
+            self.len -= 1;
         }
+        Ok(removed)
     }
 
     /// The binding for `key`, if any.
     pub fn get(&self, key: &BindingKey) -> Result<Option<Binding>, Error> {
-        let name = shared::BINDINGS_MAP;
-        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
-        let map: HashMap<_, BindingKey, Binding> =
-            HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
-        match map.get(key, 0) {
-            Ok(binding) => Ok(Some(binding)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(None),
-            Err(source) => Err(Error::Map { name, source }),
+        if key.family == FAMILY_V4 {
+            get_in(&self.ebpf, shared::BINDINGS_MAP, &BindingKey4::of(key))
+        } else {
+            get_in(&self.ebpf, shared::BINDINGS6_MAP, key)
         }
     }
 
-    /// Bindings in the map.
+    /// Bindings in the maps, both families.
     pub fn len(&self) -> u32 {
         self.len
     }
@@ -175,7 +165,7 @@ impl RelayForwarder {
         self.len == 0
     }
 
-    /// Bindings the map can hold.
+    /// Bindings each family's map can hold.
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -250,14 +240,73 @@ impl RelayForwarder {
         xdp(&self.ebpf, shared::PROGRAM)
     }
 
+    /// Loads the benchmark's step variants ([`shared::BENCH_STEP_PROGRAMS`]),
+    /// which share this forwarder's maps. Benchmarks only.
+    #[doc(hidden)]
+    pub fn load_bench_steps(&mut self) -> Result<(), Error> {
+        for &(name, _) in shared::BENCH_STEP_PROGRAMS {
+            load_xdp(&mut self.ebpf, name)?;
+        }
+        Ok(())
+    }
+
+    /// A step variant, once [`load_bench_steps`](Self::load_bench_steps)
+    /// loaded it.
+    #[doc(hidden)]
+    pub fn bench_step(&self, name: &'static str) -> Result<&Xdp, Error> {
+        xdp(&self.ebpf, name)
+    }
+
     fn program_mut(&mut self) -> Result<&mut Xdp, Error> {
         xdp_mut(&mut self.ebpf, shared::PROGRAM)
     }
+}
 
-    fn bindings_mut(&mut self) -> Result<HashMap<&mut MapData, BindingKey, Binding>, Error> {
-        let name = shared::BINDINGS_MAP;
-        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        HashMap::try_from(map).map_err(|source| Error::Map { name, source })
+/// Adds or replaces `key`'s binding in the bindings map `name`; true if the
+/// key was new.
+fn insert_in<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    capacity: u32,
+    key: &K,
+    binding: &Binding,
+) -> Result<bool, Error> {
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    let mut map: HashMap<&mut MapData, K, Binding> =
+        HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+    // One syscall for the common case (a new key); replacing takes two.
+    match map.insert(key, binding, BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(err) if errno(&err) == Some(libc::EEXIST) => {
+            map.insert(key, binding, BPF_EXIST).map_err(|source| Error::Map { name, source })?;
+            Ok(false)
+        }
+        Err(err) if errno(&err) == Some(libc::E2BIG) => Err(Error::MapFull { name, capacity }),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// Removes `key` from the bindings map `name`; false if it was not there.
+fn remove_in<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, key: &K) -> Result<bool, Error> {
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+    let mut map: HashMap<&mut MapData, K, Binding> =
+        HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(false),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// `key`'s binding in the bindings map `name`, if any.
+fn get_in<K: aya::Pod>(ebpf: &Ebpf, name: &'static str, key: &K) -> Result<Option<Binding>, Error> {
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    let map: HashMap<_, K, Binding> = HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+    match map.get(key, 0) {
+        Ok(binding) => Ok(Some(binding)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(None),
+        Err(source) => Err(Error::Map { name, source }),
     }
 }
 
@@ -295,7 +344,20 @@ pub fn config(
         port_max: ports.end().to_be_bytes(),
         flags: if fib { FLAG_FIB } else { 0 },
         next_hop_lifetime_ms: DEFAULT_NEXT_HOP_LIFETIME_MS,
+        tick_ns: tick_ns(),
     }
+}
+
+/// The kernel's tick (1/HZ) in ns: the resolution of the coarse clocks,
+/// which advance once per tick. 0 if the kernel does not say (the program
+/// then assumes the longest tick).
+fn tick_ns() -> u32 {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres writes a timespec to a valid pointer.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 || res.tv_sec != 0 {
+        return 0;
+    }
+    u32::try_from(res.tv_nsec).unwrap_or(0)
 }
 
 /// The key for datagrams from `from` to allocation port `relay_port`.
@@ -313,10 +375,10 @@ pub fn key(from: SocketAddr, relay_port: u16) -> BindingKey {
 
 /// A binding that sends to `to` (IPv4-mapped IPv6 is IPv4), with `action`
 /// ([`shared::ACTION_FORWARD`] or [`shared::ACTION_USERSPACE`]) and the
-/// allocation's traffic `slot`.
+/// allocation's traffic `slot`, and an empty next-hop cache.
 pub fn binding(to: SocketAddr, action: u8, slot: u32) -> Binding {
     let (addr, family) = addr_bytes(to.ip());
-    Binding { addr, port: to.port().to_be_bytes(), family, action, slot }
+    Binding { addr, port: to.port().to_be_bytes(), family, action, slot, next_hop: CachedHop::default() }
 }
 
 /// The sender and allocation port a key stands for; None for a family the
@@ -385,6 +447,8 @@ mod tests {
         assert_eq!(c.addr4, [203, 0, 113, 1]);
         assert_eq!(c.addr6, [0; 16]);
         assert_eq!(c.flags, FLAG_FIB);
+        // HZ is 100 to 1000 on the kernels Ferry runs on.
+        assert!((1_000_000..=10_000_000).contains(&c.tick_ns), "tick of {} ns", c.tick_ns);
     }
 
     #[test]

@@ -738,6 +738,7 @@ fn keys_are_what_the_program_looks_up() {
             family: FAMILY_V6,
             action: ACTION_FORWARD,
             slot: 0,
+            next_hop: Default::default(),
         },
     )
     .unwrap();

@@ -22,7 +22,37 @@ use aya_ebpf::{
 use crate::{
     gateway::{lan_verdict, tunnel_verdict},
     packet::{ptr_at, ptr_at_mut},
+    relay::{Step, forward, verdict},
 };
+
+// The relay forwarder stopped after each step (see `relay::Step`): a
+// forwarded frame comes back unchanged from each, so the repeats need no
+// restoring. The real program is the last step.
+
+#[xdp]
+pub fn bench_relay_parse(ctx: XdpContext) -> u32 {
+    verdict(forward::<{ Step::Parse as u8 }>(&ctx))
+}
+
+#[xdp]
+pub fn bench_relay_binding(ctx: XdpContext) -> u32 {
+    verdict(forward::<{ Step::Binding as u8 }>(&ctx))
+}
+
+#[xdp]
+pub fn bench_relay_generation(ctx: XdpContext) -> u32 {
+    verdict(forward::<{ Step::Generation as u8 }>(&ctx))
+}
+
+#[xdp]
+pub fn bench_relay_clock(ctx: XdpContext) -> u32 {
+    verdict(forward::<{ Step::Clock as u8 }>(&ctx))
+}
+
+#[xdp]
+pub fn bench_relay_cache(ctx: XdpContext) -> u32 {
+    verdict(forward::<{ Step::Cache as u8 }>(&ctx))
+}
 
 /// Ethernet, an option-less IPv4 header and a TCP header, and then some.
 const SAVED: usize = 64;

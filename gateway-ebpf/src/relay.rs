@@ -10,9 +10,10 @@
 //! Everything the program cannot forward on its own it passes, unchanged, to
 //! the allocation's socket, where userspace applies the same rules slowly.
 //!
-//! With the FIB on, the next hop of a destination comes from a cache
-//! (`RELAY_NEXT_HOPS`) that `bpf_fib_lookup` fills on a miss: the lookup is
-//! most of a forwarded packet's cost. An entry is used only while it carries
+//! With the FIB on, the next hop of a binding's peer comes from a cache in the
+//! binding itself (`Binding::next_hop`) that `bpf_fib_lookup` fills on a
+//! miss: the lookup is most of a forwarded packet's cost, and a cache of its
+//! own would cost a second map lookup. An entry is used only while it carries
 //! the current generation (userspace bumps it on every route, neighbour and
 //! link change it hears of over netlink) and has not expired
 //! (`RelayConfig::next_hop_lifetime_ms`, a bound that holds even when no
@@ -23,16 +24,17 @@ use core::mem;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_jiffies64, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use ferry_ebpf_common::{
     guard::TRANSPORT_MIN_LEN,
     relay::{
-        ACTION_FORWARD, Binding, BindingKey, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_NEXT_HOPS, DEFAULT_MAX_SLOTS,
-        FAMILY_V4, FAMILY_V6, FLAG_FIB, NextHop as CachedHop, NextHopKey, Outcome, RelayConfig, Traffic,
+        ACTION_FORWARD, Binding, BindingKey, BindingKey4, CachedHop, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_SLOTS,
+        FAMILY_V4, FAMILY_V6, FLAG_FIB, MAX_TICK_NS, NextHop as CachedNextHop, Outcome, RelayConfig, Traffic,
+        Wanted, fingerprint, fingerprint_halves, mac_word,
     },
 };
 use network_types::{
@@ -54,7 +56,13 @@ static RELAY_CONFIG: Array<RelayConfig> = Array::with_max_entries(1, 0);
 // another allocation's peer and send a datagram there. Without preallocation
 // elements are freed after an RCU grace period, and lookups cost the same.
 #[map(name = "RELAY_BINDINGS")]
-static RELAY_BINDINGS: HashMap<BindingKey, Binding> =
+static RELAY_BINDINGS: HashMap<BindingKey4, Binding> =
+    HashMap::with_max_entries(DEFAULT_MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// IPv6 senders' bindings: a 24-byte key would cost IPv4 lookups twice the
+/// hashing and comparing they need.
+#[map(name = "RELAY_BINDINGS6")]
+static RELAY_BINDINGS6: HashMap<BindingKey, Binding> =
     HashMap::with_max_entries(DEFAULT_MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
 #[map(name = "RELAY_COUNTERS")]
@@ -63,24 +71,17 @@ static RELAY_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome:
 #[map(name = "RELAY_TRAFFIC")]
 static RELAY_TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(DEFAULT_MAX_SLOTS, 0);
 
-// LRU: destinations come and go with sessions; the least recently used are
-// evicted and simply looked up again when they come back.
-#[map(name = "RELAY_NEXT_HOPS")]
-static RELAY_NEXT_HOPS: LruHashMap<NextHopKey, CachedHop> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_NEXT_HOPS, 0);
-
 #[map(name = "RELAY_NEXT_HOP_GEN")]
 static RELAY_NEXT_HOP_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "RELAY_FIB_LOOKUPS")]
 static RELAY_FIB_LOOKUPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The miss path's lookup parameters and new cache entry: on the stack they
-/// would not fit beside the rest of the program's 512 bytes.
+/// The miss path's lookup parameters: on the stack they would not fit beside
+/// the rest of the program's 512 bytes.
 #[repr(C)]
 struct FibScratch {
     fib: FibLookup,
-    entry: CachedHop,
 }
 
 #[map(name = "RELAY_FIB_SCRATCH")]
@@ -100,7 +101,33 @@ const WG_TRANSPORT: u8 = 4;
 
 #[xdp]
 pub fn relay_forward(ctx: XdpContext) -> u32 {
-    let outcome = forward(&ctx);
+    verdict(forward::<{ Step::All as u8 }>(&ctx))
+}
+
+/// How far a run of [`forward`] goes: the real program goes all the way, the
+/// benchmark's variants (`crate::bench`) stop after a step and report
+/// [`Outcome::ForwardTx`] without touching the frame, so that the cost of
+/// each step can be measured as the difference between two variants.
+#[repr(u8)]
+pub enum Step {
+    /// The configuration, the Ethernet, IP and UDP headers and the WireGuard
+    /// message type.
+    Parse = 1,
+    /// And the binding lookup (with the checksum sums of the addresses).
+    Binding,
+    /// And the next-hop generation read.
+    Generation,
+    /// And the clock (`bpf_jiffies64`).
+    Clock,
+    /// And the binding's next-hop cache: its read and checks.
+    Cache,
+    /// And the rewrite: the real program.
+    All,
+}
+
+/// Counts `outcome` and turns it into the XDP verdict.
+#[inline(always)]
+pub fn verdict(outcome: Outcome) -> u32 {
     if let Some(counter) = RELAY_COUNTERS.get_ptr_mut(outcome as u32) {
         // SAFETY: a per-CPU slot, written only by this CPU while we run.
         unsafe { *counter += 1 };
@@ -115,12 +142,14 @@ pub fn relay_forward(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The next hop `bpf_fib_lookup` found.
+/// The next hop `bpf_fib_lookup` found. The MACs as cache words
+/// ([`mac_word`]; the upper 16 bits do not matter): from the cache they go to
+/// the frame with shifts, not through byte arrays on the stack.
 #[derive(Clone, Copy)]
-struct NextHop {
+struct Hop {
     ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    smac: u64,
+    dmac: u64,
 }
 
 /// A transport message to an allocation port: its UDP header and the length
@@ -131,22 +160,22 @@ struct Transport {
 }
 
 #[inline(always)]
-fn forward(ctx: &XdpContext) -> Outcome {
+pub fn forward<const UPTO: u8>(ctx: &XdpContext) -> Outcome {
     let Some(config) = RELAY_CONFIG.get(0) else {
         return Outcome::PassOtherPort;
     };
     // VLAN tags are not walked: a relay's uplink delivers untagged frames, and
     // anything tagged reaches the stack as it is.
     match be16_at(ctx, ETH_HLEN - 2) {
-        Some(ETH_P_IP) => forward_v4(ctx, config),
-        Some(ETH_P_IPV6) => forward_v6(ctx, config),
+        Some(ETH_P_IP) => forward_v4::<UPTO>(ctx, config),
+        Some(ETH_P_IPV6) => forward_v6::<UPTO>(ctx, config),
         Some(_) => Outcome::PassNotIp,
         None => Outcome::PassMalformed,
     }
 }
 
 #[inline(always)]
-fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
+fn forward_v4<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Outcome::PassMalformed;
     };
@@ -174,18 +203,16 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         Ok(transport) => transport,
         Err(outcome) => return outcome,
     };
+    if UPTO == Step::Parse as u8 {
+        return Outcome::ForwardTx;
+    }
     // SAFETY: transport() checked the header lies inside the packet.
     let udp = unsafe { &mut *transport.udp };
 
     let src = ip.src_addr;
-    let mut slot = mem::MaybeUninit::uninit();
-    let key: &mut BindingKey = zeroed(&mut slot);
-    key.addr[..4].copy_from_slice(&src);
-    key.port = udp.src;
-    key.relay_port = udp.dst;
-    key.family = FAMILY_V4;
-    let binding = match lookup(key) {
-        Ok(binding) => binding,
+    let key = BindingKey4 { addr: src, port: udp.src, relay_port: udp.dst };
+    let (binding, cache) = match lookup(&RELAY_BINDINGS, &key, FAMILY_V4) {
+        Ok(found) => found,
         Err(outcome) => return outcome,
     };
     let peer = [binding.addr[0], binding.addr[1], binding.addr[2], binding.addr[3]];
@@ -194,22 +221,30 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     // peer's arrives (RFC 1624 incremental updates, eqn. 3).
     let removed = settled(sum_not(&src));
     let added = settled(sum(&peer));
+    if UPTO == Step::Binding as u8 {
+        return Outcome::ForwardTx;
+    }
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
-        let mut slot = mem::MaybeUninit::uninit();
-        let key: &mut NextHopKey = zeroed(&mut slot);
-        copy_bytes(&mut key.addr, &binding.addr);
-        key.ifindex = ctx.ingress_ifindex() as u32;
-        key.family = FAMILY_V4;
-        // Without the ECN bits, which routing ignores (the kernel masks
-        // them): a peer marking congestion would otherwise split its flow
-        // over several cache entries, each with its own FIB lookup.
-        key.tos = ip.tos & TOS_ROUTED;
-        let request = Request { sport: udp.dst, dport: binding.port, flowinfo: 0, ip_len: total_len as u32 };
+        let request = Request {
+            family: FAMILY_V4,
+            // Without the ECN bits, which routing ignores (the kernel masks
+            // them): a peer marking congestion would otherwise miss the cache
+            // with every change of its marks.
+            tos: ip.tos & TOS_ROUTED,
+            in_ifindex: ctx.ingress_ifindex() as u32,
+            sport: udp.dst,
+            dport: binding.port,
+            flowinfo: 0,
+            ip_len: total_len as u32,
+        };
         // Written by next_hop when it returns true; never zeroed (a memset).
-        let mut hop = mem::MaybeUninit::<NextHop>::uninit();
-        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
+        let mut hop = mem::MaybeUninit::<Hop>::uninit();
+        if !next_hop::<UPTO>(ctx, config, binding, cache, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
+        }
+        if UPTO != Step::All as u8 {
+            return Outcome::ForwardTx;
         }
         // SAFETY: next_hop returned true, so it wrote every field.
         Some(unsafe { hop.assume_init() })
@@ -234,7 +269,7 @@ fn forward_v4(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
 }
 
 #[inline(always)]
-fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
+fn forward_v6<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     let Some(ip) = ptr_at_mut::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return Outcome::PassMalformed;
     };
@@ -258,6 +293,9 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
         Ok(transport) => transport,
         Err(outcome) => return outcome,
     };
+    if UPTO == Step::Parse as u8 {
+        return Outcome::ForwardTx;
+    }
     // SAFETY: transport() checked the header lies inside the packet.
     let udp = unsafe { &mut *transport.udp };
     // IPv6 requires a UDP checksum; the stack drops datagrams without one, and
@@ -272,8 +310,8 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     key.port = udp.src;
     key.relay_port = udp.dst;
     key.family = FAMILY_V6;
-    let binding = match lookup(key) {
-        Ok(binding) => binding,
+    let (binding, cache) = match lookup(&RELAY_BINDINGS6, key, FAMILY_V6) {
+        Ok(found) => found,
         Err(outcome) => return outcome,
     };
     // See forward_v4: only the sender's address leaves the pseudo-header sum
@@ -282,18 +320,18 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
     // (or spill) across it.
     let removed = settled(sum_not(&ip.src_addr));
     let added = settled(sum(&binding.addr));
+    if UPTO == Step::Binding as u8 {
+        return Outcome::ForwardTx;
+    }
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
         let vcf = ip.vcf;
-        let mut slot = mem::MaybeUninit::uninit();
-        let key: &mut NextHopKey = zeroed(&mut slot);
-        copy_bytes(&mut key.addr, &binding.addr);
-        key.ifindex = ctx.ingress_ifindex() as u32;
-        key.family = FAMILY_V6;
-        // The traffic class straddles the first two bytes.
-        // ECN masked as for IPv4.
-        key.tos = ((vcf[0] << 4) | (vcf[1] >> 4)) & TOS_ROUTED;
         let request = Request {
+            family: FAMILY_V6,
+            // The traffic class straddles the first two bytes.
+            // ECN masked as for IPv4.
+            tos: ((vcf[0] << 4) | (vcf[1] >> 4)) & TOS_ROUTED,
+            in_ifindex: ctx.ingress_ifindex() as u32,
             sport: udp.dst,
             dport: binding.port,
             // Traffic class and flow label, as the kernel's own forwarding
@@ -302,9 +340,12 @@ fn forward_v6(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
             ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
         };
         // Written by next_hop when it returns true; never zeroed (a memset).
-        let mut hop = mem::MaybeUninit::<NextHop>::uninit();
-        if !next_hop(ctx, config, key, &request, hop.as_mut_ptr()) {
+        let mut hop = mem::MaybeUninit::<Hop>::uninit();
+        if !next_hop::<UPTO>(ctx, config, binding, cache, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
+        }
+        if UPTO != Step::All as u8 {
+            return Outcome::ForwardTx;
         }
         // SAFETY: next_hop returned true, so it wrote every field.
         Some(unsafe { hop.assume_init() })
@@ -374,12 +415,20 @@ fn transport(
     }
 }
 
-/// The binding for `key`, if the program may forward with it.
+/// The binding for `key`, if the program may forward with it, and its
+/// next-hop cache's words (`Binding::next_hop`), which the program alone
+/// writes, each with one 8-byte store.
 #[inline(always)]
-fn lookup(key: &BindingKey) -> Result<&'static Binding, Outcome> {
-    let Some(binding) = RELAY_BINDINGS.get_ptr(key) else {
+fn lookup<K>(
+    map: &'static HashMap<K, Binding>,
+    key: &K,
+    family: u8,
+) -> Result<(&'static Binding, *mut u64), Outcome> {
+    let Some(binding) = map.get_ptr_mut(key) else {
         return Err(Outcome::DropUnbound);
     };
+    // SAFETY: within the element the lookup returned.
+    let cache = unsafe { core::ptr::addr_of_mut!((*binding).next_hop.words) }.cast::<u64>();
     // SAFETY: the map is not preallocated: userspace's replacement is a new
     // element, and this one stays valid and unchanged for this run, so every
     // field comes from the same version. Not copied: a copy's address bytes
@@ -387,10 +436,10 @@ fn lookup(key: &BindingKey) -> Result<&'static Binding, Outcome> {
     let binding = unsafe { &*binding };
     // Anything but an explicit forward (a WebSocket peer, the other IP family,
     // an action this program does not know) is userspace's.
-    if binding.action != ACTION_FORWARD || binding.family != key.family {
+    if binding.action != ACTION_FORWARD || binding.family != family {
         return Err(Outcome::PassUserspace);
     }
-    Ok(binding)
+    Ok((binding, cache))
 }
 
 /// Route lookup parameters for a datagram from the allocation port to the
@@ -456,8 +505,16 @@ fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
 /// The TOS / traffic class bits routing can depend on: the DSCP, not ECN.
 const TOS_ROUTED: u8 = 0xfc;
 
-/// What a FIB lookup for a datagram needs besides its [`NextHopKey`].
+/// What the next hop of a datagram depends on besides its binding's peer,
+/// and what a FIB lookup for it needs.
 struct Request {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    family: u8,
+    /// The IPv4 TOS / IPv6 traffic class without ECN, and the ingress
+    /// interface: TOS and policy routing can depend on both, so a cached
+    /// answer is used only for datagrams with the same.
+    tos: u8,
+    in_ifindex: u32,
     /// The allocation port and the peer's port, network order.
     sport: [u8; 2],
     dport: [u8; 2],
@@ -467,16 +524,18 @@ struct Request {
     ip_len: u32,
 }
 
-/// Writes the next hop for `key` to `*hop`, from the cache if it holds a
-/// current entry for a datagram of `request.ip_len` bytes, else from the FIB
-/// ([`fib_fill`]). False: the FIB has no usable answer.
+/// Writes the next hop toward `binding`'s peer to `*hop`, from the binding's
+/// cache (`cache`, its six words) if it holds a current answer for this
+/// datagram's `request`, else from the FIB ([`fib_fill`]). False: the FIB has
+/// no usable answer.
 #[inline(always)]
-fn next_hop(
+fn next_hop<const UPTO: u8>(
     ctx: &XdpContext,
     config: &RelayConfig,
-    key: &NextHopKey,
+    binding: &'static Binding,
+    cache: *mut u64,
     request: &Request,
-    hop: *mut NextHop,
+    hop: *mut Hop,
 ) -> bool {
     let lifetime_ms = config.next_hop_lifetime_ms;
     // Read before the lookup: an answer the FIB gave before a change must
@@ -484,53 +543,65 @@ fn next_hop(
     let Some(generation) = RELAY_NEXT_HOP_GEN.get(0) else {
         return false;
     };
-    let generation = *generation;
+    let generation = settled(*generation);
+    if UPTO == Step::Generation as u8 {
+        return true;
+    }
+    // The tick counter: the verifier turns this helper into one load of
+    // `jiffies` (a coarse clock is a helper call, about 13 ns). 32 bits are
+    // enough for lifetimes below 2^31 ticks, compared with wrapping.
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if lifetime_ms != 0
-        && let Some(entry) = RELAY_NEXT_HOPS.get_ptr(key)
-    {
-        // SAFETY: an LRU element stays mapped during this run (RCU). It can be
-        // reused for another key meanwhile, hence the destination check.
-        let entry = unsafe { &*entry };
-        if entry.generation == generation
-            && now < entry.expires_ns
-            && request.ip_len <= entry.max_len as u32
-            && entry.addr == key.addr
-        {
-            // SAFETY: the caller's NextHop, written whole.
-            unsafe { hop.write(NextHop { ifindex: entry.ifindex, smac: entry.smac, dmac: entry.dmac }) };
+    let now = unsafe { bpf_jiffies64() } as u32;
+    if UPTO == Step::Clock as u8 {
+        return true;
+    }
+    let words = read_words(cache);
+    // Two 8-byte loads: the binding is 8-aligned and starts with the address.
+    let addr = (binding as *const Binding).cast::<u64>();
+    // SAFETY: within the binding.
+    let (first, second) = unsafe { (core::ptr::read_volatile(addr), core::ptr::read_volatile(addr.add(1))) };
+    let wanted = Wanted {
+        generation,
+        in_ifindex: request.in_ifindex,
+        tos: request.tos,
+        fingerprint: fingerprint_halves(first, second),
+        now,
+        ip_len: request.ip_len,
+    };
+    if lifetime_ms != 0 && CachedHop::serves(&words, &wanted) {
+        if UPTO == Step::Cache as u8 {
             return true;
         }
+        // SAFETY: the caller's Hop, written whole.
+        unsafe { hop.write(Hop { ifindex: words[2] as u32, smac: words[1], dmac: words[0] }) };
+        return true;
     }
-    let stamp = Stamp { generation, expires_ns: now + lifetime_ms as u64 * 1_000_000, request };
-    fib_fill(XdpContext::new(ctx.ctx), config, key, &stamp, hop)
+    let stamp = Stamp { request, binding, cache, generation, now };
+    fib_fill(XdpContext::new(ctx.ctx), config, &stamp, hop)
 }
 
-/// A miss: the datagram's [`Request`], the generation read before the
-/// lookup and the expiry of its answer. (One argument: BPF calls take five.)
+/// A miss: the datagram's [`Request`], its binding and the binding's cache,
+/// the generation read before the lookup and the tick it was read in. (One
+/// argument: BPF calls take five.)
 struct Stamp<'a> {
     request: &'a Request,
+    binding: &'static Binding,
+    cache: *mut u64,
     generation: u32,
-    expires_ns: u64,
+    now: u32,
 }
 
-/// The miss path of [`next_hop`]: asks the FIB, caches its answer with
-/// `stamp` (unless the cache is off) and writes it to `*hop`.
+/// The miss path of [`next_hop`]: asks the FIB, caches its answer in the
+/// binding with `stamp` (unless the cache is off) and writes it to `*hop`.
 ///
 /// A function of its own (a BPF-to-BPF call, with a stack frame of its own),
 /// and the lookup's parameters in a per-CPU scratch slot: inlined into both
 /// families' paths, the program's stack grew past 512 bytes.
 #[inline(never)]
-fn fib_fill(
-    ctx: XdpContext,
-    config: &RelayConfig,
-    key: &NextHopKey,
-    stamp: &Stamp,
-    hop: *mut NextHop,
-) -> bool {
+fn fib_fill(ctx: XdpContext, config: &RelayConfig, stamp: &Stamp, hop: *mut Hop) -> bool {
     let lifetime_ms = config.next_hop_lifetime_ms;
     let request = stamp.request;
+    let addr = &stamp.binding.addr;
     let ip_len = request.ip_len as usize;
     if let Some(lookups) = RELAY_FIB_LOOKUPS.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, written only by this CPU while we run.
@@ -542,59 +613,86 @@ fn fib_fill(
     // SAFETY: a per-CPU slot, used only by this CPU while we run.
     let scratch = unsafe { &mut *scratch };
     let fib = &mut scratch.fib;
-    if key.family == FAMILY_V4 {
+    if request.family == FAMILY_V4 {
         fib_params(fib, &ctx, AF_INET, request.sport, request.dport, ip_len);
-        fib.__bindgen_anon_2.tos = key.tos;
+        fib.__bindgen_anon_2.tos = request.tos;
         fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(config.addr4);
-        fib.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
     } else {
         fib_params(fib, &ctx, AF_INET6, request.sport, request.dport, ip_len);
         fib.__bindgen_anon_2.flowinfo = request.flowinfo;
         fib.__bindgen_anon_3.ipv6_src = words32(&config.addr6);
-        fib.__bindgen_anon_4.ipv6_dst = words32(&key.addr);
+        fib.__bindgen_anon_4.ipv6_dst = words32(addr);
     }
     let Some(found) = fib_lookup(&ctx, fib) else {
         return false;
     };
     if lifetime_ms != 0 {
-        scratch.entry = CachedHop {
-            dmac: found.dmac,
-            smac: found.smac,
+        let tick_ns = if config.tick_ns == 0 { MAX_TICK_NS } else { config.tick_ns };
+        // Rounded up: the entry lives at most one tick longer than asked,
+        // as the coarse clock's did.
+        let ticks = (lifetime_ms as u64 * 1_000_000).div_ceil(tick_ns as u64).min(i32::MAX as u64) as u32;
+        // Any tag but 0 (an empty cache) tells this write from another
+        // CPU's at the same time.
+        // SAFETY: a helper without arguments.
+        let tag = unsafe { bpf_get_prandom_u32() } as u16;
+        let entry = CachedNextHop {
+            dmac: fib.dmac,
+            smac: fib.smac,
             ifindex: found.ifindex,
-            generation: stamp.generation,
             // The FIB checked this length against the route's MTU.
             max_len: ip_len.min(u16::MAX as usize) as u16,
-            _pad: [0; 2],
-            expires_ns: stamp.expires_ns,
-            addr: key.addr,
+            in_ifindex: request.in_ifindex,
+            tos: request.tos,
+            generation: stamp.generation,
+            expires: stamp.now.wrapping_add(ticks),
+            fingerprint: fingerprint(addr),
         };
-        // A full map evicts; a failure only means the next datagram asks the
-        // FIB again.
-        let _ = RELAY_NEXT_HOPS.insert(key, &scratch.entry, 0);
+        write_words(stamp.cache, &CachedHop::encode(&entry, if tag == 0 { 1 } else { tag }));
     }
-    // SAFETY: the caller's NextHop, written whole.
+    // SAFETY: the caller's Hop, written whole.
     unsafe { hop.write(found) };
     true
+}
+
+/// The six words of a binding's next-hop cache, each with one 8-byte load
+/// (volatile: LLVM must neither split nor merge them).
+#[inline(always)]
+fn read_words(cache: *const u64) -> [u64; 6] {
+    let mut words = [0u64; 6];
+    for (i, word) in words.iter_mut().enumerate() {
+        // SAFETY: the binding element holds six aligned words at `cache`.
+        *word = unsafe { core::ptr::read_volatile(cache.add(i)) };
+    }
+    words
+}
+
+/// Writes a binding's next-hop cache, each word with one 8-byte store.
+#[inline(always)]
+fn write_words(cache: *mut u64, words: &[u64; 6]) {
+    for (i, word) in words.iter().enumerate() {
+        // SAFETY: as in read_words.
+        unsafe { core::ptr::write_volatile(cache.add(i), *word) };
+    }
 }
 
 /// Asks the kernel's FIB for the next hop. Anything short of a complete answer
 /// (no route, no neighbour entry yet, the MTU too small, forwarding disabled)
 /// is None: userspace sends that datagram and the kernel resolves the rest.
 #[inline(always)]
-fn fib_lookup(ctx: &XdpContext, fib: &mut FibLookup) -> Option<NextHop> {
+fn fib_lookup(ctx: &XdpContext, fib: &mut FibLookup) -> Option<Hop> {
     // SAFETY: fib points at a complete bpf_fib_lookup.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, mem::size_of::<FibLookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
-    Some(NextHop { ifindex: fib.ifindex, smac: fib.smac, dmac: fib.dmac })
+    Some(Hop { ifindex: fib.ifindex, smac: mac_word(&fib.smac), dmac: mac_word(&fib.dmac) })
 }
 
 /// Sets the Ethernet addresses, counts the allocation's traffic and picks
 /// the way out.
 #[inline(always)]
-fn finish(ctx: &XdpContext, next_hop: Option<NextHop>, binding: &Binding, payload_len: usize) -> Outcome {
+fn finish(ctx: &XdpContext, next_hop: Option<Hop>, binding: &Binding, payload_len: usize) -> Outcome {
     let Some(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else {
         // The IP header was read behind it; the verifier wants its own check.
         return Outcome::PassMalformed;
@@ -603,8 +701,8 @@ fn finish(ctx: &XdpContext, next_hop: Option<NextHop>, binding: &Binding, payloa
     let eth = unsafe { &mut *eth };
     let outcome = match next_hop {
         Some(hop) => {
-            eth.dst_addr = hop.dmac;
-            eth.src_addr = hop.smac;
+            write_mac(&mut eth.dst_addr, hop.dmac);
+            write_mac(&mut eth.src_addr, hop.smac);
             if hop.ifindex == ctx.ingress_ifindex() as u32 {
                 Outcome::ForwardTx
             } else {
@@ -629,6 +727,14 @@ fn finish(ctx: &XdpContext, next_hop: Option<NextHop>, binding: &Binding, payloa
         }
     }
     outcome
+}
+
+/// Writes the MAC in the low 48 bits of `word` ([`mac_word`]).
+#[inline(always)]
+fn write_mac(mac: &mut [u8; 6], word: u64) {
+    for (i, byte) in mac.iter_mut().enumerate() {
+        *byte = (word >> (8 * i)) as u8;
+    }
 }
 
 /// The UDP checksum after the address change (`removed`/`added` from the

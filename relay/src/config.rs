@@ -192,7 +192,8 @@ pub struct Config {
     pub public_ipv4: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
     pub ports: Option<PortRange>,
-    /// Bindings the XDP map holds (two per allocation).
+    /// Bindings each of the XDP maps (IPv4 senders, IPv6 senders) holds (two
+    /// per allocation).
     pub max_bindings: Option<u32>,
     pub stun: Option<Listen>,
     /// Where peers reach the STUN listener, told to the cloud, which passes

@@ -1,9 +1,9 @@
 //! Keeping the XDP forwarder's next-hop cache true.
 //!
 //! `bpf_fib_lookup` is most of what a forwarded datagram costs, so the
-//! program caches its answer per destination (the peer's address, the
-//! ingress interface and the TOS): the next hop's MAC, the egress
-//! interface's MAC and index. The kernel's routes and neighbours change
+//! program caches its answer in each binding (for the binding's peer, the
+//! ingress interface and the TOS it was asked for): the next hop's MAC, the
+//! egress interface's MAC and index. The kernel's routes and neighbours change
 //! underneath: a route moves to another gateway or interface, a router's MAC
 //! changes (a replaced box, a VRRP failover), a link goes down or changes its
 //! MTU. Two mechanisms keep the cache from sending to a wrong MAC:
@@ -16,7 +16,7 @@
 //!   array write, after which no cached entry is used (each carries the
 //!   generation it was made under, read before its lookup, so an answer from
 //!   before a change never carries the generation from after it). The next
-//!   datagram to each destination asks the FIB again. Neighbour
+//!   datagram of each binding asks the FIB again. Neighbour
 //!   notifications count only when the MAC changes or the entry stops being
 //!   usable (deleted, failed, incomplete): the periodic reachable/stale
 //!   churn of a stable neighbour does not empty the cache. A netlink buffer
@@ -27,13 +27,13 @@
 //!   bounds the cache.
 //! - **Lifetime.** Every entry expires `next_hop_lifetime_ms` (default
 //!   [`DEFAULT_NEXT_HOP_LIFETIME_MS`]) after its lookup, by the kernel's
-//!   coarse monotonic clock, whatever happens to notifications (the daemon
+//!   tick counter (jiffies), whatever happens to notifications (the daemon
 //!   stuck, the watcher failed to start, a change that sends none).
 //!
 //! The bound this gives (docs/relay-xdp.md): after a change, datagrams
 //! follow it as soon as the relay has read the notification (normally well
 //! under a millisecond; it is one map write), and in any case no later than
-//! the lifetime plus one tick of the coarse clock after the change.
+//! the lifetime plus one kernel tick after the change.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
