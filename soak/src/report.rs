@@ -92,7 +92,7 @@ impl Stats {
         }
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
-        row("echoes through a cloud kill or loss (live paths)", self.untouched_echoes.to_string());
+        row("live-path echoes (cloud kill, loss)", self.untouched_echoes.to_string());
         row("sessions carrying on after a clock step", self.clock_step_sessions.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
@@ -112,14 +112,14 @@ impl Stats {
             "  cloud unreachable (20 to 60 s)",
             self.faults.get("cloud unreachable").copied().unwrap_or(0).to_string(),
         );
-        row("machine-network packets checked", self.machine_packets.0.to_string());
-        for class in crate::machine_net::CLASSES {
-            row(&format!("  {class}"), self.machine_packets.1.get(class).copied().unwrap_or(0).to_string());
-        }
         row(
             &format!("  {} (1 min to 2 h)", crate::clock::KIND),
             self.faults.get(crate::clock::KIND).copied().unwrap_or(0).to_string(),
         );
+        row("machine-network packets checked", self.machine_packets.0.to_string());
+        for class in crate::machine_net::CLASSES {
+            row(&format!("  {class}"), self.machine_packets.1.get(class).copied().unwrap_or(0).to_string());
+        }
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
         let _ = writeln!(t, "{:<24} {:>17} {:>17}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");
