@@ -90,6 +90,7 @@ impl Demo {
             site: Site::BehindNat(Nat::Cone),
             lab_services: false,
             cloud_storage: None,
+            gateway_faketime: false,
         }
     }
 
