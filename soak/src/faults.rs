@@ -19,13 +19,8 @@ impl Soak {
         let router_ns = self.world.site_router().ns.clone();
         let wan = self.world.site_router().wan_if.clone();
         match kind {
-            "kill cloud" => {
-                self.event("fault: SIGKILL the cloud".into());
-                self.world.kill_cloud();
-                std::thread::sleep(Duration::from_millis(self.rng.between(100, 3000)));
-                self.world.start_cloud();
-                self.event("fault: the cloud restarted".into());
-            }
+            // On PostgreSQL one of two replicas, or the database (cloud.rs).
+            "kill cloud" => self.kill_cloud()?,
             "kill relay" => {
                 let carrying = self.carrying();
                 if !carrying.is_empty() {
@@ -117,6 +112,9 @@ impl Soak {
         }
         self.settle(kind)?;
         self.event(format!("after {kind}: gateway and relay online at the cloud again"));
+        if kind == "kill cloud" {
+            self.check_acked(kind)?;
+        }
         Ok(())
     }
 }

@@ -3,7 +3,9 @@
 //! after every step. `cargo xtask soak` builds it and runs it; the test
 //! `ferry-tests --test soak` runs a short one. See docs/soak.md.
 
+mod acked;
 mod clients;
+mod cloud;
 mod faults;
 mod maps;
 mod outage;
@@ -41,6 +43,14 @@ struct Cli {
     /// Leave out the fault that makes the cloud unreachable (20 to 60 s).
     #[arg(long)]
     no_cloud_outage: bool,
+    /// Where the cloud keeps its data: sled (one `ferry-cloud`), or
+    /// PostgreSQL: the soak starts its own server (Debian's PostgreSQL 15,
+    /// `cargo xtask setup` installs it) in a temporary folder, removed at
+    /// the end, and runs two `ferry-cloud` replicas on it, whose addresses
+    /// the gateway, the relay and the technicians' clients all get; "kill
+    /// cloud" then kills one replica (or restarts the database).
+    #[arg(long, value_enum, default_value_t = cloud::Storage::Sled)]
+    storage: cloud::Storage,
 }
 
 fn main() -> ExitCode {
@@ -57,8 +67,12 @@ fn main() -> ExitCode {
     }
     let seed = cli.seed.unwrap_or_else(rng::fresh_seed);
     let duration = Duration::from_secs(cli.seconds.unwrap_or(cli.minutes * 60));
-    println!("ferry-soak: seed {seed}, workload for {}s (replay with --seed {seed})", duration.as_secs());
-    match soak::run(seed, duration, !cli.no_cloud_outage) {
+    let replay = match cli.storage {
+        cloud::Storage::Sled => format!("--seed {seed}"),
+        cloud::Storage::Postgres => format!("--seed {seed} --storage postgres"),
+    };
+    println!("ferry-soak: seed {seed}, workload for {}s (replay with {replay})", duration.as_secs());
+    match soak::run(seed, duration, !cli.no_cloud_outage, cli.storage) {
         Ok(table) => {
             println!("{table}");
             println!("ferry-soak: passed, seed {seed}");
@@ -66,7 +80,7 @@ fn main() -> ExitCode {
         }
         Err(failure) => {
             eprintln!("{failure}");
-            eprintln!("ferry-soak: FAILED, seed {seed} (replay with --seed {seed})");
+            eprintln!("ferry-soak: FAILED, seed {seed} (replay with {replay})");
             ExitCode::FAILURE
         }
     }

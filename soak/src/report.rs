@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::{
     faults::KINDS,
-    soak::{CLIENT_SERVICES, DAEMONS},
+    soak::{CLIENT_SERVICES, DAEMONS, POSTMASTER},
     usage::Usage,
     workload::Kind,
 };
@@ -42,6 +42,19 @@ pub struct Stats {
     /// Sessions that carried traffic through a whole outage of the cloud.
     pub outage_sessions: u64,
     pub checks: u64,
+    /// Which storage the cloud ran on ([`crate::cloud::Storage::describe`]).
+    pub storage: String,
+    /// On PostgreSQL, the "kill cloud" steps by what they took: a replica
+    /// (by name) or the database ("database restarted").
+    pub cloud_kills: BTreeMap<&'static str, u64>,
+    /// Requests answered 503 while the database was stopped.
+    pub database_503s: u64,
+    /// Reads that found an acknowledged write (every write, through every
+    /// replica, after every kill of the cloud and at the end).
+    pub acked_checks: u64,
+    /// The acknowledged writes at the end (per session its furthest, per
+    /// user the last).
+    pub acked_writes: u64,
 }
 
 impl Stats {
@@ -49,6 +62,7 @@ impl Stats {
         let mut t = String::new();
         let _ = writeln!(t, "\n{:<44} {:>12}", "ferry-soak", "");
         let _ = writeln!(t, "{:-<57}", "");
+        let _ = writeln!(t, "storage: {}", self.storage);
         let mut row = |name: &str, value: String| {
             let _ = writeln!(t, "{name:<44} {value:>12}");
         };
@@ -90,6 +104,11 @@ impl Stats {
         row("faults injected", total.to_string());
         for kind in KINDS {
             row(&format!("  {kind}"), self.faults.get(kind).copied().unwrap_or(0).to_string());
+            if kind == "kill cloud" {
+                for (what, n) in &self.cloud_kills {
+                    row(&format!("    {what}"), n.to_string());
+                }
+            }
         }
         row("  kill technician's client", kills.to_string());
         for kind in [Kind::Ferry, Kind::Stock] {
@@ -100,10 +119,15 @@ impl Stats {
             "  cloud unreachable (20 to 60 s)",
             self.faults.get("cloud unreachable").copied().unwrap_or(0).to_string(),
         );
+        if self.database_503s > 0 {
+            row("  503s while the database was stopped", self.database_503s.to_string());
+        }
+        row("acknowledged writes (at the end)", self.acked_writes.to_string());
+        row("acknowledged writes checked", self.acked_checks.to_string());
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
         let _ = writeln!(t, "{:<24} {:>17} {:>17}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");
-        for name in DAEMONS.iter().chain(&CLIENT_SERVICES) {
+        for name in DAEMONS.iter().chain(&CLIENT_SERVICES).chain(&[POSTMASTER]) {
             if let Some((first, _, last, _)) = usage.get(name) {
                 let _ = writeln!(
                     t,

@@ -9,12 +9,15 @@ use std::{
 };
 
 use ferry_world::{
-    CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options,
-    RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
+    ADMIN_PASSWORD, CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT,
+    OTHER_HTTP_PORT, Options, RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path,
+    metric_value, poll,
 };
 use serde_json::{Value, json};
 
 use crate::{
+    acked::{self, Acked, Want},
+    cloud::{self, REPLICA_B, REPLICA_STREAM, Storage},
     maps,
     outage::OUTAGE_STREAM,
     ping,
@@ -41,8 +44,13 @@ pub const CLIENT_STREAM: u64 = 0xc11e_47c1_1e47;
 const TECHNICIANS: [&str; 2] = ["tech-ada", "tech-bo"];
 pub const CLIENT_SERVICES: [&str; 2] = ["ferry service (tech-ada)", "ferry service (tech-bo)"];
 
-/// The daemons whose memory and descriptors are watched.
-pub const DAEMONS: [&str; 3] = ["ferry-cloud", "ferry-relay", "ferry-gateway"];
+/// The daemons whose memory and descriptors are watched (on PostgreSQL
+/// the cloud's two replicas by port, see [`cloud::replica_name`]).
+pub const DAEMONS: [&str; 5] =
+    ["ferry-cloud", "ferry-cloud :7600", "ferry-cloud :7601", "ferry-relay", "ferry-gateway"];
+/// PostgreSQL's main process: shown in the table, not bounded (not a
+/// daemon of ours).
+pub const POSTMASTER: &str = "postgres (postmaster)";
 
 /// A breach of an invariant, or the harness failing to drive the world.
 pub type Outcome<T = ()> = Result<T, String>;
@@ -56,6 +64,14 @@ pub struct Soak {
     pub outage_rng: Rng,
     /// The fourth: each session's client kind (see [`CLIENT_STREAM`]).
     pub kinds: Rng,
+    /// The fifth: which replica a kill of the cloud takes, and whether the
+    /// database restarts instead (see [`REPLICA_STREAM`]).
+    pub replica_rng: Rng,
+    /// The soak's own PostgreSQL server, on that storage (dropped after the
+    /// world: stopped and its folder removed).
+    pub database: Option<ferry_lab::postgres::Postgres>,
+    /// Every write the workload got a success answer for.
+    pub acked: Acked,
     /// Whether that fault is injected.
     pub cloud_outages: bool,
     seed: u64,
@@ -80,17 +96,22 @@ pub struct Soak {
 /// state; the table, or what went wrong with the event log.
 /// `cloud_outages`: whether the cloud-outage fault is drawn at all (its
 /// own stream, so leaving it out changes no other choice).
-pub fn run(seed: u64, duration: Duration, cloud_outages: bool) -> Result<String, String> {
+pub fn run(seed: u64, duration: Duration, cloud_outages: bool, storage: Storage) -> Result<String, String> {
     // The world's helpers are test tooling and panic on what they cannot
     // do; that is a failure of the run like a breach (the event log is
     // above, printed as it happened).
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut soak = Soak::new(seed);
+        let mut soak = Soak::new(seed, storage)?;
         soak.cloud_outages = cloud_outages;
-        match soak.drive(duration).and_then(|()| soak.finish()) {
+        let outcome = match soak.drive(duration).and_then(|()| soak.finish()) {
             Ok(()) => Ok(soak.stats.table(&soak.usage)),
             Err(breach) => Err(soak.failure(&breach)),
-        }
+        };
+        // The daemons go before their database.
+        let database = soak.database.take();
+        drop(soak);
+        drop(database);
+        outcome
     }));
     match outcome {
         Ok(result) => result,
@@ -106,9 +127,21 @@ pub fn run(seed: u64, duration: Duration, cloud_outages: bool) -> Result<String,
 }
 
 impl Soak {
-    fn new(seed: u64) -> Soak {
-        let mut world = World::new(Options::default());
+    fn new(seed: u64, storage: Storage) -> Result<Soak, String> {
+        let (database, cloud_storage) = match storage {
+            Storage::Sled => (None, None),
+            Storage::Postgres => {
+                let (server, url) = cloud::start_database()?;
+                (Some(server), Some(url))
+            }
+        };
+        let mut world = World::new(Options { cloud_storage, ..Options::default() });
         world.start_cloud_and_login();
+        if database.is_some() {
+            // Before the relay and the gateway, which are given every
+            // replica's address.
+            world.start_cloud_replica(REPLICA_B);
+        }
         world.start_relay();
         let targets = json!([
             {"name": "plc-web", "address": TARGET_A_IP, "protocol": "tcp",
@@ -144,8 +177,10 @@ impl Soak {
             let mut client =
                 FerryClient::new(ferry.clone(), &ns, &world.lab.dir().join(format!("ferry-{name}")));
             client.start_service().expect("ferry service");
+            let urls =
+                if database.is_some() { world.cloud_urls() } else { vec![world.technician_cloud_url()] };
             client
-                .login(&world.technician_cloud_url(), world.cloud_pin.as_deref(), name, &user.password)
+                .login_replicas(&urls, world.cloud_pin.as_deref(), name, &user.password)
                 .expect("ferry login");
             techs.push(Tech::new(user, ns, client));
         }
@@ -155,13 +190,16 @@ impl Soak {
             extra: Rng::new(seed ^ EXTRA_STREAM),
             outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
             kinds: Rng::new(seed ^ CLIENT_STREAM),
+            replica_rng: Rng::new(seed ^ REPLICA_STREAM),
+            database,
+            acked: Acked::default(),
             cloud_outages: true,
             seed,
             udp,
             icmp,
             gateway_id: gateway.id,
             techs,
-            stats: Stats::default(),
+            stats: Stats { storage: storage.describe(), ..Stats::default() },
             switch_on: true,
             transitions: Vec::new(),
             started: Instant::now(),
@@ -170,11 +208,28 @@ impl Soak {
         };
         soak.sample_usage();
         soak.event(format!(
-            "world up: cloud, relay, gateway {} (switch on), 2 technicians, each with the ferry client's service \
+            "world up: {}, relay, gateway {} (switch on), 2 technicians, each with the ferry client's service \
              and wireguard-go",
+            storage.describe(),
             gateway.id
         ));
-        soak
+        Ok(soak)
+    }
+
+    /// Records a session transition the workload made (for the audit
+    /// check) and the write it acknowledged (for the acknowledged-writes
+    /// check): one the cloud answered, or, `via_gateway`, one the gateway
+    /// did (`ferry-gateway end`), which reaches the cloud afterwards.
+    pub fn transition(&mut self, id: u64, action: &'static str, via_gateway: bool) {
+        self.transitions.push((id, action));
+        let want = match action {
+            "session.create" => Want::Exists,
+            "session.start" => Want::AtLeast(acked::rank("waiting_for_approval").unwrap_or(1)),
+            "session.approve" => Want::AtLeast(acked::rank("active").unwrap_or(2)),
+            "session.expire" => Want::Over { state: "expired", via_gateway },
+            _ => Want::Over { state: "ended", via_gateway },
+        };
+        self.acked.session(id, want);
     }
 
     /// One line of the event log, printed as it happens.
@@ -190,11 +245,15 @@ impl Soak {
             let _ = writeln!(text, "  {line}");
         }
         // The daemons' own lines, without the store's chatter.
+        let replicas = self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p));
         for (name, process) in [
             ("ferry-gateway", &self.world.gateway),
             ("ferry-relay", &self.world.relay),
             ("ferry-cloud", &self.world.cloud),
-        ] {
+        ]
+        .into_iter()
+        .chain(replicas)
+        {
             if let Some(process) = process {
                 let all = process.stderr();
                 let saved = std::env::temp_dir().join(format!("ferry-soak-{}-{name}.log", self.seed));
@@ -214,6 +273,16 @@ impl Soak {
             let _ = std::fs::write(&saved, &all);
             let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
             let _ = writeln!(text, "--- {name} (last 30 lines above debug; all in {}) ---", saved.display());
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                let _ = writeln!(text, "{line}");
+            }
+        }
+        if let Some(database) = &self.database {
+            let all = database.log();
+            let saved = std::env::temp_dir().join(format!("ferry-soak-{}-postgres.log", self.seed));
+            let _ = std::fs::write(&saved, &all);
+            let lines: Vec<&str> = all.lines().collect();
+            let _ = writeln!(text, "--- PostgreSQL (last 30 lines; all in {}) ---", saved.display());
             for line in &lines[lines.len().saturating_sub(30)..] {
                 let _ = writeln!(text, "{line}");
             }
@@ -264,11 +333,15 @@ impl Soak {
                 "{TARGET_B_IP}, which no session allows ICMP, received {pinged} echo requests"
             ));
         }
+        let replicas = self.world.cloud_replicas.iter_mut().map(|(port, p)| (cloud::replica_name(*port), p));
         for (name, process) in [
             ("ferry-cloud", &mut self.world.cloud),
             ("ferry-relay", &mut self.world.relay),
             ("ferry-gateway", &mut self.world.gateway),
-        ] {
+        ]
+        .into_iter()
+        .chain(replicas)
+        {
             self.stats.checks += 1;
             if let Some(status) = process.as_mut().and_then(|p| p.try_status()) {
                 return Err(format!("{name} exited by itself: {status}"));
@@ -285,14 +358,20 @@ impl Soak {
     }
 
     pub fn sample_usage(&mut self) {
+        let first = if self.database.is_some() { cloud::replica_name(CLOUD_PORT) } else { "ferry-cloud" };
+        let replicas = self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p));
         let mut pids: Vec<(&'static str, u32)> = [
-            ("ferry-cloud", &self.world.cloud),
+            (first, &self.world.cloud),
             ("ferry-relay", &self.world.relay),
             ("ferry-gateway", &self.world.gateway),
         ]
         .into_iter()
+        .chain(replicas)
         .filter_map(|(name, process)| Some((name, process.as_ref()?.pid())))
         .collect();
+        if let Some(pid) = self.database.as_ref().and_then(|d| d.pid().ok()) {
+            pids.push((POSTMASTER, pid));
+        }
         for (name, tech) in CLIENT_SERVICES.into_iter().zip(&mut self.techs) {
             if let Some(service) = tech.client.service() {
                 pids.push((name, service.pid()));
@@ -332,7 +411,7 @@ impl Soak {
             );
             let gateway_ok = matches!(&gateway, Ok((200, g))
                 if g["last_seen"]["online"] == true && g["last_seen"]["switch_on"] == switch_on);
-            let relay = world.relay_health(relay_id);
+            let relay = relay_health(world, relay_id);
             seen = format!(
                 "the gateway's last_seen: {}; the relay's health: {relay}",
                 gateway
@@ -361,6 +440,8 @@ impl Soak {
         self.check_no_leaks()?;
         self.check_clients_clean()?;
         self.check_audit()?;
+        self.check_acked("the end")?;
+        self.stats.acked_writes = self.acked.len() as u64;
         self.check_usage()?;
         Ok(())
     }
@@ -496,6 +577,34 @@ impl Soak {
             }
         }
         Ok(())
+    }
+}
+
+/// The relay's health as the cloud shows it (through either replica), or
+/// what the answer was; never a panic (the database may be restarting).
+fn relay_health(world: &World, id: u64) -> Value {
+    let token = world.admin_token.lock().unwrap().clone();
+    let mut answer =
+        world.try_api_from(&world.office_ns, "GET", "/api/v1/relays", token.as_deref(), Value::Null);
+    if matches!(answer, Ok((401, _))) {
+        // The admin's token expired: log in again, if the cloud lets us now.
+        let login = json!({"name": "admin", "password": ADMIN_PASSWORD});
+        if let Ok((200, session)) =
+            world.try_api_from(&world.office_ns, "POST", "/api/v1/auth/login", None, login)
+            && let Some(token) = session["access_token"].as_str()
+        {
+            *world.admin_token.lock().unwrap() = Some(token.to_string());
+            answer = world.try_api_from(&world.office_ns, "GET", "/api/v1/relays", Some(token), Value::Null);
+        }
+    }
+    match answer {
+        Ok((200, relays)) => relays
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["id"] == id))
+            .map(|r| r["health"].clone())
+            .unwrap_or_default(),
+        Ok((status, body)) => json!({"answer": format!("{status} {body}")}),
+        Err(e) => json!({"answer": e}),
     }
 }
 

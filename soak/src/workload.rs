@@ -180,7 +180,7 @@ impl Soak {
         let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
         let id = self.world.create_named_session(&name, self.gateway_id, &TARGETS, &[user_id], max, approval);
-        self.transitions.push((id, "session.create"));
+        self.transition(id, "session.create", false);
         self.stats.sessions += 1;
         *self.stats.sessions_by_kind.entry(kind.name()).or_default() += 1;
         let (status, session) =
@@ -193,13 +193,16 @@ impl Soak {
             self.stats.starts_refused += 1;
             let (status, body) = self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
             if status == 200 {
-                self.transitions.push((id, "session.end"));
+                self.transition(id, "session.end", false);
             } else {
                 return Err(format!("ending prepared session {id}: {status} {body}"));
             }
             return Ok(());
         }
-        self.transitions.push((id, "session.start"));
+        self.transition(id, "session.start", false);
+        if let Some(rank) = session["state"].as_str().and_then(crate::acked::rank) {
+            self.acked.session(id, crate::acked::Want::AtLeast(rank));
+        }
         self.event(format!(
             "{who}: session {id} prepared (max {max}s, approval {approval}, {}) and started: {}",
             kind.name(),
@@ -234,7 +237,7 @@ impl Soak {
             self.event(format!("session {id}: approve failed: {}", last.trim()));
             return self.end_session(t, End::Admin);
         }
-        self.transitions.push((id, "session.approve"));
+        self.transition(id, "session.approve", false);
         self.live_mut(t).approved = true;
         // The session's duration starts at its approval.
         self.live_mut(t).started = Instant::now();
@@ -449,10 +452,10 @@ impl Soak {
                     self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
                 let at = Instant::now();
                 if status == 200 {
-                    self.transitions.push((id, "session.end"));
+                    self.transition(id, "session.end", false);
                 } else if self.world.session(id)["state"] == "expired" {
                     // Its time ran out first.
-                    self.transitions.push((id, "session.expire"));
+                    self.transition(id, "session.expire", false);
                 } else {
                     return Err(format!("the admin ending session {id}: {status} {body}"));
                 }
@@ -463,10 +466,10 @@ impl Soak {
                     self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/end"), Value::Null)?;
                 let at = Instant::now();
                 if status == 200 {
-                    self.transitions.push((id, "session.end"));
+                    self.transition(id, "session.end", false);
                 } else if self.world.session(id)["state"] == "expired" {
                     // Its time ran out first.
-                    self.transitions.push((id, "session.expire"));
+                    self.transition(id, "session.expire", false);
                 } else {
                     return Err(format!("the technician ending session {id}: {status} {body}"));
                 }
@@ -480,12 +483,13 @@ impl Soak {
                 if status != 200 {
                     return Err(format!("disabling user {user_id}: {status} {body}"));
                 }
+                self.acked.user(user_id, true);
                 // Disabling ends the sessions the user started, at once.
                 let session = self.world.session(id);
                 self.stats.checks += 1;
                 match session["state"].as_str() {
-                    Some("ended") => self.transitions.push((id, "session.end")),
-                    Some("expired") => self.transitions.push((id, "session.expire")),
+                    Some("ended") => self.transition(id, "session.end", false),
+                    Some("expired") => self.transition(id, "session.expire", false),
                     _ => return Err(format!("user {user_id} disabled, yet session {id} is live: {session}")),
                 }
                 at
@@ -502,7 +506,7 @@ impl Soak {
                     ));
                     return self.end_session(t, End::Admin);
                 }
-                self.transitions.push((id, "session.end"));
+                self.transition(id, "session.end", true);
                 at
             }
             End::Switch => {
@@ -524,7 +528,7 @@ impl Soak {
                             others_ferry.push((other, live.id, *config_id));
                         }
                         let action = self.final_transition(live.id, off_ms)?;
-                        self.transitions.push((live.id, action));
+                        self.transition(live.id, action, false);
                     }
                 }
                 self.techs[t].live = Some(Live {
@@ -554,7 +558,7 @@ impl Soak {
                         self.world.session(id)
                     ));
                 }
-                self.transitions.push((id, "session.expire"));
+                self.transition(id, "session.expire", false);
                 Instant::now() - Duration::from_millis(unix_ms().saturating_sub(expires_ms))
             }
         };
@@ -610,6 +614,7 @@ impl Soak {
             if status != 200 {
                 return Err(format!("enabling user {user_id} again: {status} {body}"));
             }
+            self.acked.user(user_id, false);
             // Their tokens died with the disabling: log in again.
             let ns = self.techs[t].ns.clone();
             let user = &self.techs[t].user;

@@ -69,6 +69,11 @@ enum Command {
         /// The seed of the schedule; random (and printed) if not given.
         #[arg(long)]
         seed: Option<u64>,
+        /// Where the cloud keeps its data: `sled` (one `ferry-cloud`), or
+        /// `postgres`: the soak starts its own PostgreSQL (removed at the
+        /// end) and runs two `ferry-cloud` replicas on it.
+        #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
+        storage: String,
     },
     /// Remove network namespaces, sockets and lab folders left by killed
     /// test and demo runs.
@@ -92,7 +97,7 @@ fn main() -> Result<()> {
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Bench { names } => bench::run(&names),
         Command::Demo { path, once } => demo::run(path.as_deref(), once),
-        Command::Soak { minutes, seconds, seed } => soak::run(minutes, seconds, seed),
+        Command::Soak { minutes, seconds, seed, storage } => soak::run(minutes, seconds, seed, &storage),
         Command::Sweep => {
             for object in ferry_lab::sweep_stale() {
                 println!("removed {object}");

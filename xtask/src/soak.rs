@@ -15,7 +15,7 @@ use crate::{
 /// technicians' `ferry` client.
 const PACKAGES: [&str; 5] = ["ferry-soak", "ferry-cloud", "ferry-relay", "ferry-gateway", "ferry-client"];
 
-pub fn run(minutes: u64, seconds: Option<u64>, seed: Option<u64>) -> Result<()> {
+pub fn run(minutes: u64, seconds: Option<u64>, seed: Option<u64>, storage: &str) -> Result<()> {
     if !setup::is_root() {
         eprintln!(
             "the soak builds network namespaces and loads XDP programs, so it needs root: run `sudo -E env PATH=$PATH cargo xtask soak`"
@@ -41,6 +41,7 @@ pub fn run(minutes: u64, seconds: Option<u64>, seed: Option<u64>) -> Result<()> 
     if let Some(seed) = seed {
         soak.args(["--seed", &seed.to_string()]);
     }
+    soak.args(["--storage", storage]);
     // Replaced by the soak, Ctrl-C and the exit status are its own.
     let error = soak.exec();
     Err(error).context("starting target/debug/ferry-soak")

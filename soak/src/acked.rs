@@ -1,0 +1,194 @@
+//! The acknowledged-writes invariant: every write the workload got a
+//! success answer for (a session created, started, approved, ended; a user
+//! disabled or enabled; the switch position the cloud showed) is recorded,
+//! and after every kill of the cloud (once it is back) and at the end each
+//! is still visible through the API, through every replica: the session
+//! exists and is at least as far as the acknowledged transition, the user's
+//! disabled flag is the last one acknowledged.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use ferry_world::poll;
+use serde_json::Value;
+
+use crate::soak::{Outcome, Soak};
+
+/// How long a read may take to show a write the cloud acknowledged: the
+/// write is in the store when the answer came, so this only covers a read
+/// that is refused meanwhile (503 while a replica reconnects to its
+/// database).
+const CLOUD_ACKED: Duration = Duration::from_secs(10);
+/// How long an end the gateway acknowledged (`ferry-gateway end`) may take
+/// to reach the cloud: through its event queue, which survives kills, over
+/// a control channel that may be reconnecting.
+const GATEWAY_ACKED: Duration = Duration::from_secs(60);
+
+/// What a session must show, at least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Created: it exists.
+    Exists,
+    /// Started or approved: its state ranks at least this ([`rank`]).
+    AtLeast(u8),
+    /// Over, in exactly this state (`ended`, `expired`); `via_gateway`:
+    /// acknowledged by the gateway, which tells the cloud afterwards.
+    Over { state: &'static str, via_gateway: bool },
+}
+
+/// The writes acknowledged so far: per session the furthest, per user the
+/// last disabled flag.
+#[derive(Default)]
+pub struct Acked {
+    sessions: BTreeMap<u64, Want>,
+    users: BTreeMap<u64, bool>,
+}
+
+impl Acked {
+    /// Session `id`'s write `want` was acknowledged; an end stays the end.
+    pub fn session(&mut self, id: u64, want: Want) {
+        let entry = self.sessions.entry(id).or_insert(want);
+        let keep = match (*entry, want) {
+            (Want::Over { via_gateway: false, .. }, _) => true,
+            (Want::Over { .. }, Want::Over { .. }) => false,
+            (Want::Over { .. }, _) => true,
+            (Want::AtLeast(had), Want::AtLeast(now)) => had >= now,
+            (Want::AtLeast(_), Want::Exists) => true,
+            _ => false,
+        };
+        if !keep {
+            *entry = want;
+        }
+    }
+
+    /// User `id`'s disabled flag was set to `disabled`.
+    pub fn user(&mut self, id: u64, disabled: bool) {
+        self.users.insert(id, disabled);
+    }
+
+    /// The writes recorded (one per session and per user: the latest).
+    pub fn len(&self) -> usize {
+        self.sessions.len() + self.users.len()
+    }
+}
+
+/// The order of a session's states: a later one is further.
+pub fn rank(state: &str) -> Option<u8> {
+    match state {
+        "prepared" => Some(0),
+        "waiting_for_approval" => Some(1),
+        "active" => Some(2),
+        "ended" | "expired" => Some(3),
+        _ => None,
+    }
+}
+
+impl Soak {
+    /// Every acknowledged write is visible through every replica (the one
+    /// cloud on sled). A breach names what is missing and what was seen.
+    pub fn check_acked(&mut self, after: &str) -> Outcome {
+        let addrs: Vec<SocketAddr> = if self.database.is_some() {
+            self.world.cloud_replica_addrs()
+        } else {
+            vec![self.world.cloud_addr()]
+        };
+        // An admin call first, so that an expired token is renewed.
+        let (status, _) =
+            self.world.admin("GET", &format!("/api/v1/gateways/{}", self.gateway_id), Value::Null);
+        if status != 200 {
+            return Err(format!("after {after}: the admin's GET of the gateway: {status}"));
+        }
+        let mut reads: Vec<(String, Box<dyn Fn(u16, &Value) -> bool>, Duration, String)> = Vec::new();
+        for (&id, &want) in &self.acked.sessions {
+            let (bound, what) = match want {
+                Want::Over { via_gateway: true, state } => {
+                    (GATEWAY_ACKED, format!("{state} (at the gateway)"))
+                }
+                Want::Over { state, .. } => (CLOUD_ACKED, state.to_string()),
+                Want::AtLeast(r) => (CLOUD_ACKED, format!("at least rank {r}")),
+                Want::Exists => (CLOUD_ACKED, "exists".to_string()),
+            };
+            let holds = move |status: u16, session: &Value| {
+                status == 200
+                    && match want {
+                        Want::Exists => true,
+                        Want::AtLeast(r) => session["state"].as_str().and_then(rank).is_some_and(|s| s >= r),
+                        Want::Over { state, .. } => session["state"] == state,
+                    }
+            };
+            reads.push((
+                format!("/api/v1/sessions/{id}"),
+                Box::new(holds),
+                bound,
+                format!("session {id}: {what}"),
+            ));
+        }
+        for (&id, &disabled) in &self.acked.users {
+            let holds = move |status: u16, user: &Value| status == 200 && user["disabled"] == disabled;
+            reads.push((
+                format!("/api/v1/users/{id}"),
+                Box::new(holds),
+                CLOUD_ACKED,
+                format!("user {id}: disabled {disabled}"),
+            ));
+        }
+        let switch_on = self.switch_on;
+        let holds = move |status: u16, gateway: &Value| {
+            status == 200 && gateway["last_seen"]["switch_on"] == switch_on
+        };
+        reads.push((
+            format!("/api/v1/gateways/{}", self.gateway_id),
+            Box::new(holds),
+            CLOUD_ACKED,
+            format!("gateway {}: switch_on {switch_on}", self.gateway_id),
+        ));
+        let token = self.world.admin_token.lock().unwrap().clone();
+        let mut waited = 0;
+        for addr in &addrs {
+            let api = self.world.api().at(*addr);
+            for (path, holds, bound, what) in &reads {
+                let mut seen = String::new();
+                let mut tries = 0;
+                let ok = poll(*bound, || {
+                    tries += 1;
+                    let (api, path, token) = (api.clone(), path.clone(), token.clone());
+                    match self
+                        .world
+                        .office_ns
+                        .run_in(move || api.call("GET", &path, token.as_deref(), Value::Null))
+                    {
+                        Ok(Ok((status, body))) => {
+                            seen = format!("{status} {body}");
+                            holds(status, &body)
+                        }
+                        Ok(Err(e)) => {
+                            seen = e.to_string();
+                            false
+                        }
+                        Err(e) => {
+                            seen = e.to_string();
+                            false
+                        }
+                    }
+                });
+                self.stats.acked_checks += 1;
+                self.stats.checks += 1;
+                if tries > 1 {
+                    waited += 1;
+                }
+                if !ok {
+                    return Err(format!(
+                        "after {after}: an acknowledged write is not visible through {addr} within {bound:?}: \
+                         {what}; the cloud shows {seen}"
+                    ));
+                }
+            }
+        }
+        self.event(format!(
+            "after {after}: all {} acknowledged writes visible through {} ({} reads needed more than one try)",
+            reads.len(),
+            addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
+            waited
+        ));
+        Ok(())
+    }
+}
