@@ -64,10 +64,37 @@ impl Acked {
     pub fn user(&mut self, id: u64, disabled: bool) {
         self.users.insert(id, disabled);
     }
+}
 
-    /// The writes recorded (one per session and per user: the latest).
-    pub fn len(&self) -> usize {
-        self.sessions.len() + self.users.len()
+/// One read that must find a write: the API path, what the answer must
+/// hold, how long it may take, and what it checks (for the log).
+struct Read {
+    path: String,
+    holds: Holds,
+    bound: Duration,
+    what: String,
+}
+
+/// What an answer must show.
+#[derive(Clone, Copy)]
+enum Holds {
+    Session(Want),
+    UserDisabled(bool),
+    SwitchOn(bool),
+}
+
+impl Holds {
+    fn by(self, status: u16, answer: &Value) -> bool {
+        status == 200
+            && match self {
+                Holds::Session(Want::Exists) => true,
+                Holds::Session(Want::AtLeast(r)) => {
+                    answer["state"].as_str().and_then(rank).is_some_and(|s| s >= r)
+                }
+                Holds::Session(Want::Over { state, .. }) => answer["state"] == state,
+                Holds::UserDisabled(disabled) => answer["disabled"] == disabled,
+                Holds::SwitchOn(on) => answer["last_seen"]["switch_on"] == on,
+            }
     }
 }
 
@@ -97,7 +124,7 @@ impl Soak {
         if status != 200 {
             return Err(format!("after {after}: the admin's GET of the gateway: {status}"));
         }
-        let mut reads: Vec<(String, Box<dyn Fn(u16, &Value) -> bool>, Duration, String)> = Vec::new();
+        let mut reads: Vec<Read> = Vec::new();
         for (&id, &want) in &self.acked.sessions {
             let (bound, what) = match want {
                 Want::Over { via_gateway: true, state } => {
@@ -107,45 +134,34 @@ impl Soak {
                 Want::AtLeast(r) => (CLOUD_ACKED, format!("at least rank {r}")),
                 Want::Exists => (CLOUD_ACKED, "exists".to_string()),
             };
-            let holds = move |status: u16, session: &Value| {
-                status == 200
-                    && match want {
-                        Want::Exists => true,
-                        Want::AtLeast(r) => session["state"].as_str().and_then(rank).is_some_and(|s| s >= r),
-                        Want::Over { state, .. } => session["state"] == state,
-                    }
-            };
-            reads.push((
-                format!("/api/v1/sessions/{id}"),
-                Box::new(holds),
+            reads.push(Read {
+                path: format!("/api/v1/sessions/{id}"),
+                holds: Holds::Session(want),
                 bound,
-                format!("session {id}: {what}"),
-            ));
+                what: format!("session {id}: {what}"),
+            });
         }
         for (&id, &disabled) in &self.acked.users {
-            let holds = move |status: u16, user: &Value| status == 200 && user["disabled"] == disabled;
-            reads.push((
-                format!("/api/v1/users/{id}"),
-                Box::new(holds),
-                CLOUD_ACKED,
-                format!("user {id}: disabled {disabled}"),
-            ));
+            reads.push(Read {
+                path: format!("/api/v1/users/{id}"),
+                holds: Holds::UserDisabled(disabled),
+                bound: CLOUD_ACKED,
+                what: format!("user {id}: disabled {disabled}"),
+            });
         }
         let switch_on = self.switch_on;
-        let holds = move |status: u16, gateway: &Value| {
-            status == 200 && gateway["last_seen"]["switch_on"] == switch_on
-        };
-        reads.push((
-            format!("/api/v1/gateways/{}", self.gateway_id),
-            Box::new(holds),
-            CLOUD_ACKED,
-            format!("gateway {}: switch_on {switch_on}", self.gateway_id),
-        ));
+        reads.push(Read {
+            path: format!("/api/v1/gateways/{}", self.gateway_id),
+            holds: Holds::SwitchOn(switch_on),
+            bound: CLOUD_ACKED,
+            what: format!("gateway {}: switch_on {switch_on}", self.gateway_id),
+        });
+        self.stats.acked_writes = reads.len() as u64;
         let token = self.world.admin_token.lock().unwrap().clone();
         let mut waited = 0;
         for addr in &addrs {
             let api = self.world.api().at(*addr);
-            for (path, holds, bound, what) in &reads {
+            for Read { path, holds, bound, what } in &reads {
                 let mut seen = String::new();
                 let mut tries = 0;
                 let ok = poll(*bound, || {
@@ -158,7 +174,7 @@ impl Soak {
                     {
                         Ok(Ok((status, body))) => {
                             seen = format!("{status} {body}");
-                            holds(status, &body)
+                            holds.by(status, &body)
                         }
                         Ok(Err(e)) => {
                             seen = e.to_string();
@@ -190,5 +206,38 @@ impl Soak {
             waited
         ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_keeps_its_furthest_acknowledged_write_and_an_end_stays() {
+        let mut acked = Acked::default();
+        acked.session(1, Want::Exists);
+        acked.session(1, Want::AtLeast(2));
+        acked.session(1, Want::AtLeast(1));
+        assert_eq!(acked.sessions[&1], Want::AtLeast(2));
+        acked.session(1, Want::Over { state: "ended", via_gateway: true });
+        acked.session(1, Want::AtLeast(2));
+        assert_eq!(acked.sessions[&1], Want::Over { state: "ended", via_gateway: true });
+        // What the cloud itself answered wins over what the gateway said.
+        acked.session(1, Want::Over { state: "expired", via_gateway: false });
+        acked.session(1, Want::Over { state: "ended", via_gateway: true });
+        assert_eq!(acked.sessions[&1], Want::Over { state: "expired", via_gateway: false });
+        acked.user(7, true);
+        acked.user(7, false);
+        assert!(!acked.users[&7]);
+    }
+
+    #[test]
+    fn states_rank_in_the_order_a_session_moves() {
+        let order = ["prepared", "waiting_for_approval", "active", "ended"];
+        let ranks: Vec<u8> = order.iter().filter_map(|s| rank(s)).collect();
+        assert_eq!(ranks, vec![0, 1, 2, 3]);
+        assert_eq!(rank("expired"), rank("ended"));
+        assert_eq!(rank("unknown"), None);
     }
 }

@@ -52,8 +52,8 @@ pub struct Stats {
     /// Reads that found an acknowledged write (every write, through every
     /// replica, after every kill of the cloud and at the end).
     pub acked_checks: u64,
-    /// The acknowledged writes at the end (per session its furthest, per
-    /// user the last).
+    /// The acknowledged writes at the last check (per session its furthest,
+    /// per user the last disabled flag, and the switch position).
     pub acked_writes: u64,
 }
 

@@ -441,7 +441,6 @@ impl Soak {
         self.check_clients_clean()?;
         self.check_audit()?;
         self.check_acked("the end")?;
-        self.stats.acked_writes = self.acked.len() as u64;
         self.check_usage()?;
         Ok(())
     }
