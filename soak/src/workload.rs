@@ -9,7 +9,7 @@ use std::{
 use ferry_lab::Netns;
 use ferry_world::{
     ECHO_PORT, EchoLoop, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, PLC_PAGE, User,
-    client_proxies, http_get, parse_targets, tcp_exchange,
+    client_proxies, http_get, parse_targets, said, tcp_exchange,
     wg::{Keys, WireguardGo},
 };
 use serde_json::{Value, json};
@@ -513,7 +513,7 @@ impl Soak {
                 // Before the flip: a session the cloud shows expired must
                 // have had its end time by then, not later.
                 let off_ms = unix_ms();
-                self.world.remote("off");
+                self.remote("off")?;
                 let at = Instant::now();
                 self.switch_on = false;
                 // The switch ends every session of the gateway, but for
@@ -629,7 +629,7 @@ impl Soak {
             self.event(format!("user {user_id} enabled again, logged in again (API and ferry login)"));
         }
         if matches!(how, End::Switch) {
-            self.world.remote("on");
+            self.remote("on")?;
             self.switch_on = true;
             self.event("the customer's switch on again".into());
             self.settle("the switch flip")?;
@@ -791,6 +791,16 @@ impl Soak {
             )),
             None => Err(format!("session {id}: expired at the cloud without an expires_ms: {session}")),
         }
+    }
+
+    /// `ferry-gateway remote on|off`; a failure is a breach with what it
+    /// said (the gateway's log is saved with the failure).
+    fn remote(&mut self, what: &str) -> Outcome {
+        let out = self.world.gateway_cmd(&["remote", what]);
+        if !out.status.success() {
+            return Err(format!("`ferry-gateway remote {what}` failed ({}): {}", out.status, said(&out)));
+        }
+        Ok(())
     }
 
     /// Ends technician `t`'s session if it is live (the end of the run).
