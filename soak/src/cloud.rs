@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_lab::postgres::{Durability, Postgres};
-use ferry_world::{CLOUD_PORT, poll};
+use ferry_world::{CLOUD_PORT, http_get_path, metric_value, poll};
 use serde_json::Value;
 
 use crate::soak::{Outcome, Soak};
@@ -23,6 +23,9 @@ pub const REPLICA_B: u16 = 7601;
 /// Of the "kill cloud" steps on PostgreSQL, the share that restarts the
 /// database instead, in percent.
 const DATABASE_RESTART_PERCENT: u64 = 25;
+/// After a replica's kill: the gateway and the relay on a running replica
+/// (each moves when its channel breaks, or finds the restarted one).
+const CHANNELS_BACK: Duration = Duration::from_secs(60);
 /// After the database is back: every replica answers from it again within
 /// this bound (it reconnects by itself).
 const DATABASE_BACK: Duration = Duration::from_secs(30);
@@ -117,6 +120,55 @@ impl Soak {
             self.world.start_cloud_replica(port);
         }
         self.event(format!("fault: the replica :{port} restarted"));
+        self.check_channels_on_replicas()
+    }
+
+    /// The gateway and the relay each hold one control channel to a
+    /// running replica (`ferry_cloud_control_connections{channel}` summed
+    /// over both), within [`CHANNELS_BACK`]: the cloud's view of them
+    /// online (the settle after the fault) is the database's, which a
+    /// channel to the killed replica could outlive for a while.
+    fn check_channels_on_replicas(&mut self) -> Outcome {
+        let began = Instant::now();
+        let addrs = self.world.cloud_replica_addrs();
+        let world = &self.world;
+        let mut seen = String::new();
+        let on_replicas = poll(CHANNELS_BACK, || {
+            let mut per = Vec::new();
+            let mut sums = [0.0, 0.0];
+            for addr in &addrs {
+                let metrics = http_get_path(
+                    &world.office_ns,
+                    &addr.ip().to_string(),
+                    addr.port(),
+                    "/metrics",
+                    Duration::from_secs(5),
+                )
+                .unwrap_or_default();
+                let counts = ["gateway", "relay"].map(|channel| {
+                    metric_value(
+                        &metrics,
+                        &format!("ferry_cloud_control_connections{{channel=\"{channel}\"}}"),
+                    )
+                });
+                sums[0] += counts[0];
+                sums[1] += counts[1];
+                per.push(format!(":{} gateway {} relay {}", addr.port(), counts[0], counts[1]));
+            }
+            seen = per.join(", ");
+            sums == [1.0, 1.0]
+        });
+        self.stats.checks += 1;
+        if !on_replicas {
+            return Err(format!(
+                "{CHANNELS_BACK:?} after a replica was killed, the gateway and the relay do not hold one channel \
+                 each to the running replicas: {seen}"
+            ));
+        }
+        self.event(format!(
+            "the gateway's and the relay's channels on the replicas after {:.1}s: {seen}",
+            began.elapsed().as_secs_f64()
+        ));
         Ok(())
     }
 
