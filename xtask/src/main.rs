@@ -74,6 +74,10 @@ enum Command {
         /// end) and runs two `ferry-cloud` replicas on it.
         #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
         storage: String,
+        /// Leave out the fault that makes the cloud unreachable (as the
+        /// random-seed run in CI does).
+        #[arg(long)]
+        no_cloud_outage: bool,
     },
     /// Remove network namespaces, sockets and lab folders left by killed
     /// test and demo runs.
@@ -97,7 +101,9 @@ fn main() -> Result<()> {
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Bench { names } => bench::run(&names),
         Command::Demo { path, once } => demo::run(path.as_deref(), once),
-        Command::Soak { minutes, seconds, seed, storage } => soak::run(minutes, seconds, seed, &storage),
+        Command::Soak { minutes, seconds, seed, storage, no_cloud_outage } => {
+            soak::run(minutes, seconds, seed, &storage, no_cloud_outage)
+        }
         Command::Sweep => {
             for object in ferry_lab::sweep_stale() {
                 println!("removed {object}");
