@@ -256,7 +256,11 @@ impl Soak {
         {
             if let Some(process) = process {
                 let all = process.stderr();
-                let saved = std::env::temp_dir().join(format!("ferry-soak-{}-{name}.log", self.seed));
+                let saved = std::env::temp_dir().join(format!(
+                    "ferry-soak-{}-{}.log",
+                    self.seed,
+                    name.replace(" :", "-")
+                ));
                 let _ = std::fs::write(&saved, format!("{}{all}", process.stdout()));
                 let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
                 let _ =
