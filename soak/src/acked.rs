@@ -41,6 +41,9 @@ pub enum Want {
 pub struct Acked {
     sessions: BTreeMap<u64, Want>,
     users: BTreeMap<u64, bool>,
+    /// API tokens created around kills of the cloud: just before the
+    /// kill, through the replica killed; meanwhile, through the other.
+    tokens: Vec<String>,
 }
 
 impl Acked {
@@ -64,6 +67,16 @@ impl Acked {
     pub fn user(&mut self, id: u64, disabled: bool) {
         self.users.insert(id, disabled);
     }
+
+    /// The API token `name` was created.
+    pub fn token(&mut self, name: String) {
+        self.tokens.push(name);
+    }
+
+    /// A name for the next token.
+    pub fn next_token_name(&self) -> String {
+        format!("soak-acked-{}", self.tokens.len() + 1)
+    }
 }
 
 /// One read that must find a write: the API path, what the answer must
@@ -76,17 +89,18 @@ struct Read {
 }
 
 /// What an answer must show.
-#[derive(Clone, Copy)]
 enum Holds {
     Session(Want),
     UserDisabled(bool),
     SwitchOn(bool),
+    /// The token list names every one of them.
+    Tokens(Vec<String>),
 }
 
 impl Holds {
-    fn by(self, status: u16, answer: &Value) -> bool {
+    fn by(&self, status: u16, answer: &Value) -> bool {
         status == 200
-            && match self {
+            && match *self {
                 Holds::Session(Want::Exists) => true,
                 Holds::Session(Want::AtLeast(r)) => {
                     answer["state"].as_str().and_then(rank).is_some_and(|s| s >= r)
@@ -94,6 +108,11 @@ impl Holds {
                 Holds::Session(Want::Over { state, .. }) => answer["state"] == state,
                 Holds::UserDisabled(disabled) => answer["disabled"] == disabled,
                 Holds::SwitchOn(on) => answer["last_seen"]["switch_on"] == on,
+                Holds::Tokens(ref names) => {
+                    let listed: Vec<&str> =
+                        answer.as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
+                    names.iter().all(|n| listed.contains(&n.as_str()))
+                }
             }
     }
 }
@@ -156,7 +175,16 @@ impl Soak {
             bound: CLOUD_ACKED,
             what: format!("gateway {}: switch_on {switch_on}", self.gateway_id),
         });
-        self.stats.acked_writes = reads.len() as u64;
+        let writes = reads.len() + self.acked.tokens.len();
+        if !self.acked.tokens.is_empty() {
+            reads.push(Read {
+                path: "/api/v1/tokens".to_string(),
+                holds: Holds::Tokens(self.acked.tokens.clone()),
+                bound: CLOUD_ACKED,
+                what: format!("API tokens {}", self.acked.tokens.join(", ")),
+            });
+        }
+        self.stats.acked_writes = writes as u64;
         let token = self.world.admin_token.lock().unwrap().clone();
         let mut waited = 0;
         for addr in &addrs {
@@ -200,8 +228,7 @@ impl Soak {
             }
         }
         self.event(format!(
-            "after {after}: all {} acknowledged writes visible through {} ({} reads needed more than one try)",
-            reads.len(),
+            "after {after}: all {writes} acknowledged writes visible through {} ({} reads needed more than one try)",
             addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
             waited
         ));
@@ -230,6 +257,19 @@ mod tests {
         acked.user(7, true);
         acked.user(7, false);
         assert!(!acked.users[&7]);
+    }
+
+    #[test]
+    fn the_token_list_must_name_every_acknowledged_token() {
+        let holds = Holds::Tokens(vec!["a".into(), "b".into()]);
+        let listed = serde_json::json!([{"name": "b"}, {"name": "x"}, {"name": "a"}]);
+        assert!(holds.by(200, &listed));
+        assert!(!holds.by(200, &serde_json::json!([{"name": "a"}])), "b is missing");
+        assert!(!holds.by(503, &listed), "not an answer");
+        let session = Holds::Session(Want::AtLeast(2));
+        assert!(session.by(200, &serde_json::json!({"state": "expired"})));
+        assert!(!session.by(200, &serde_json::json!({"state": "waiting_for_approval"})));
+        assert!(!Holds::Session(Want::Exists).by(404, &Value::Null));
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! replicas (which one from a fifth stream of the seed), or, at some of
 //! those steps, the database itself stopped and started again.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use ferry_lab::postgres::{Durability, Postgres};
 use ferry_world::{CLOUD_PORT, http_get_path, metric_value, poll};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::soak::{Outcome, Soak};
 
@@ -73,6 +76,7 @@ impl Soak {
     pub fn kill_cloud(&mut self) -> Outcome {
         let down = Duration::from_millis(self.rng.between(100, 3000));
         if self.database.is_none() {
+            self.acked_write(self.world.cloud_addr(), "just before the kill")?;
             self.event("fault: SIGKILL the cloud".into());
             self.world.kill_cloud();
             std::thread::sleep(down);
@@ -87,6 +91,8 @@ impl Soak {
         let port = if self.replica_rng.chance(50) { CLOUD_PORT } else { REPLICA_B };
         let other = if port == CLOUD_PORT { REPLICA_B } else { CLOUD_PORT };
         *self.stats.cloud_kills.entry(replica_name(port)).or_default() += 1;
+        let ip = self.world.cloud_addr().ip();
+        self.acked_write(SocketAddr::new(ip, port), "just before the kill")?;
         // The soak's own calls go to the other replica from now on (and
         // any that finds its replica down moves on by itself).
         self.world.use_cloud_replica(other);
@@ -96,24 +102,10 @@ impl Soak {
         } else {
             self.world.kill_cloud_replica(port);
         }
-        // Meanwhile the other replica answers: the cloud is still there.
-        let answered = self.world.try_api_from(
-            &self.world.office_ns,
-            "GET",
-            &format!("/api/v1/gateways/{}", self.gateway_id),
-            self.world.admin_token.lock().unwrap().as_deref(),
-            Value::Null,
-        );
-        self.stats.checks += 1;
-        match answered {
-            Ok((200 | 401, _)) => {}
-            answer => {
-                return Err(format!(
-                    "replica :{port} down, the cloud does not answer at :{other}: {answer:?}"
-                ));
-            }
-        }
-        std::thread::sleep(down);
+        // Meanwhile the other replica takes writes: the cloud is still there.
+        let killed = Instant::now();
+        self.acked_write(SocketAddr::new(ip, other), &format!("with :{port} down"))?;
+        std::thread::sleep(down.saturating_sub(killed.elapsed()));
         if port == CLOUD_PORT {
             self.world.start_cloud();
         } else {
@@ -172,12 +164,45 @@ impl Soak {
         Ok(())
     }
 
+    /// An API token created through the replica at `addr` (an admin's
+    /// write that must then survive the kill): a breach if it is refused.
+    fn acked_write(&mut self, addr: SocketAddr, when: &str) -> Outcome {
+        let name = self.acked.next_token_name();
+        let body = json!({"name": name, "scopes": ["sessions:read"]});
+        let mut answer = Err(String::new());
+        for _ in 0..2 {
+            let token = self.world.admin_token.lock().unwrap().clone();
+            let (api, body) = (self.world.api().at(addr), body.clone());
+            answer = self
+                .world
+                .office_ns
+                .run_in(move || api.call("POST", "/api/v1/tokens", token.as_deref(), body))
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if !matches!(answer, Ok((401, _))) {
+                break;
+            }
+            // The admin's token expired: renewed by a call that logs in again.
+            self.world.admin("GET", "/api/v1/tokens", Value::Null);
+        }
+        self.stats.checks += 1;
+        match answer {
+            Ok((201, _)) => {
+                self.event(format!("API token {name} created through {addr} ({when})"));
+                self.acked.token(name);
+                Ok(())
+            }
+            other => Err(format!("{when}, creating an API token through {addr}: {other:?}")),
+        }
+    }
+
     /// PostgreSQL stopped (`immediate`: as a crash, with recovery at the
     /// next start; else a fast shutdown) for `down`, then started again.
     /// Meanwhile the replicas run on and answer 503 ("storage
     /// unavailable"); afterwards they serve again by themselves.
     fn restart_database(&mut self, down: Duration, immediate: bool) -> Outcome {
         *self.stats.cloud_kills.entry("database restarted").or_default() += 1;
+        self.acked_write(self.world.cloud_addr(), "just before the database stopped")?;
         let how = if immediate { "immediate (as a crash)" } else { "fast" };
         let database = self.database.as_ref().expect("on PostgreSQL");
         database.stop(immediate).map_err(|e| format!("stopping PostgreSQL: {e}"))?;
