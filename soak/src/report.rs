@@ -107,6 +107,9 @@ impl Stats {
             if kind == "kill cloud" {
                 for (what, n) in &self.cloud_kills {
                     row(&format!("    {what}"), n.to_string());
+                    if *what == "database restarted" {
+                        row("      503s meanwhile (both replicas)", self.database_503s.to_string());
+                    }
                 }
             }
         }
@@ -119,9 +122,6 @@ impl Stats {
             "  cloud unreachable (20 to 60 s)",
             self.faults.get("cloud unreachable").copied().unwrap_or(0).to_string(),
         );
-        if self.database_503s > 0 {
-            row("  503s while the database was stopped", self.database_503s.to_string());
-        }
         row("acknowledged writes (at the end)", self.acked_writes.to_string());
         row("acknowledged writes checked", self.acked_checks.to_string());
         row("invariant checks made", self.checks.to_string());
