@@ -3,9 +3,11 @@
 //! after every step. `cargo xtask soak` builds it and runs it; the test
 //! `ferry-tests --test soak` runs a short one. See docs/soak.md.
 
+mod acked;
 mod capture;
 mod clients;
 mod clock;
+mod cloud;
 mod faults;
 mod machine_net;
 mod maps;
@@ -51,6 +53,14 @@ struct Cli {
     /// another count is another schedule.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(soak::MIN_TECHNICIANS as u64..=soak::MAX_TECHNICIANS as u64))]
     technicians: u64,
+    /// Where the cloud keeps its data: sled (one `ferry-cloud`), or
+    /// PostgreSQL: the soak starts its own server (Debian's PostgreSQL 15,
+    /// `cargo xtask setup` installs it) in a temporary folder, removed at
+    /// the end, and runs two `ferry-cloud` replicas on it, whose addresses
+    /// the gateway, the relay and the technicians' clients all get; "kill
+    /// cloud" then kills one replica (or restarts the database).
+    #[arg(long, value_enum, default_value_t = cloud::Storage::Sled)]
+    storage: cloud::Storage,
 }
 
 fn main() -> ExitCode {
@@ -67,8 +77,12 @@ fn main() -> ExitCode {
     }
     let seed = cli.seed.unwrap_or_else(rng::fresh_seed);
     let duration = Duration::from_secs(cli.seconds.unwrap_or(cli.minutes * 60));
-    println!("ferry-soak: seed {seed}, workload for {}s (replay with --seed {seed})", duration.as_secs());
-    match soak::run(seed, duration, !cli.no_cloud_outage, cli.technicians as usize) {
+    let replay = match cli.storage {
+        cloud::Storage::Sled => format!("--seed {seed}"),
+        cloud::Storage::Postgres => format!("--seed {seed} --storage postgres"),
+    };
+    println!("ferry-soak: seed {seed}, workload for {}s (replay with {replay})", duration.as_secs());
+    match soak::run(seed, duration, !cli.no_cloud_outage, cli.technicians as usize, cli.storage) {
         Ok(table) => {
             println!("{table}");
             println!("ferry-soak: passed, seed {seed}");
@@ -76,7 +90,7 @@ fn main() -> ExitCode {
         }
         Err(failure) => {
             eprintln!("{failure}");
-            eprintln!("ferry-soak: FAILED, seed {seed} (replay with --seed {seed})");
+            eprintln!("ferry-soak: FAILED, seed {seed} (replay with {replay})");
             ExitCode::FAILURE
         }
     }

@@ -8,9 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_world::{
-    CLOUD_IP, CLOUD_PORT, ECHO_PORT, RELAY_METRICS, echo_round_trip, eventually, http_get_path, poll,
-};
+use ferry_world::{ECHO_PORT, RELAY_METRICS, echo_round_trip, eventually, http_get_path, poll};
 
 use crate::soak::{Outcome, Soak};
 
@@ -64,13 +62,17 @@ impl Soak {
             hold.as_secs(),
             carrying.len()
         ));
-        // The fault does what it says: the API does not answer.
-        self.stats.checks += 1;
-        if http_get_path(&self.world.office_ns, CLOUD_IP, CLOUD_PORT, "/healthz", Duration::from_secs(2))
-            .is_ok()
-        {
-            let _ = cloud_ns.exec("nft", &[&format!("delete table inet {TABLE}")]);
-            return Err("the cloud answered from the office with its traffic dropped".into());
+        // The fault does what it says: the API does not answer (at any
+        // replica).
+        for addr in self.world.cloud_replica_addrs() {
+            self.stats.checks += 1;
+            let ip = addr.ip().to_string();
+            if http_get_path(&self.world.office_ns, &ip, addr.port(), "/healthz", Duration::from_secs(2))
+                .is_ok()
+            {
+                let _ = cloud_ns.exec("nft", &[&format!("delete table inet {TABLE}")]);
+                return Err(format!("the cloud answered from the office at {addr} with its traffic dropped"));
+            }
         }
         let echoes_before = self.stats.outage_echoes;
         let mut breach = None;

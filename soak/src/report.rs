@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::{
     faults::KINDS,
-    soak::{CLIENT_SERVICES, DAEMONS},
+    soak::{CLIENT_SERVICES, DAEMONS, POSTMASTER},
     usage::Usage,
     workload::Kind,
 };
@@ -52,6 +52,19 @@ pub struct Stats {
     /// Machine-network packets checked against the sessions' history, and
     /// how many in each class.
     pub machine_packets: (u64, BTreeMap<&'static str, u64>),
+    /// Which storage the cloud ran on ([`crate::cloud::Storage::describe`]).
+    pub storage: String,
+    /// On PostgreSQL, the "kill cloud" steps by what they took: a replica
+    /// (by name) or the database ("database restarted").
+    pub cloud_kills: BTreeMap<&'static str, u64>,
+    /// Requests answered 503 while the database was stopped.
+    pub database_503s: u64,
+    /// Reads that found an acknowledged write (every write, through every
+    /// replica, after every kill of the cloud and at the end).
+    pub acked_checks: u64,
+    /// The acknowledged writes at the last check (per session its furthest,
+    /// per user the last disabled flag, and the switch position).
+    pub acked_writes: u64,
 }
 
 impl Stats {
@@ -59,6 +72,7 @@ impl Stats {
         let mut t = String::new();
         let _ = writeln!(t, "\n{:<44} {:>12}", "ferry-soak", "");
         let _ = writeln!(t, "{:-<57}", "");
+        let _ = writeln!(t, "storage: {}", self.storage);
         let mut row = |name: &str, value: String| {
             let _ = writeln!(t, "{name:<44} {value:>12}");
         };
@@ -102,6 +116,14 @@ impl Stats {
         row("faults injected", total.to_string());
         for kind in KINDS {
             row(&format!("  {kind}"), self.faults.get(kind).copied().unwrap_or(0).to_string());
+            if kind == "kill cloud" {
+                for (what, n) in &self.cloud_kills {
+                    row(&format!("    {what}"), n.to_string());
+                    if *what == "database restarted" {
+                        row("      503s meanwhile (both replicas)", self.database_503s.to_string());
+                    }
+                }
+            }
         }
         row("  kill technician's client", kills.to_string());
         for kind in [Kind::Ferry, Kind::Stock] {
@@ -120,10 +142,12 @@ impl Stats {
         for class in crate::machine_net::CLASSES {
             row(&format!("  {class}"), self.machine_packets.1.get(class).copied().unwrap_or(0).to_string());
         }
+        row("acknowledged writes (at the end)", self.acked_writes.to_string());
+        row("acknowledged writes checked", self.acked_checks.to_string());
         row("invariant checks made", self.checks.to_string());
         let _ = writeln!(t, "{:-<57}", "");
         let _ = writeln!(t, "{:<24} {:>17} {:>17}", "daemon", "start RSS KiB/fds", "end RSS KiB/fds");
-        for name in DAEMONS.iter().chain(&CLIENT_SERVICES) {
+        for name in DAEMONS.iter().chain(&CLIENT_SERVICES).chain(&[POSTMASTER]) {
             if let Some((first, _, last, _)) = usage.get(name) {
                 let _ = writeln!(
                     t,

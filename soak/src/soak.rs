@@ -10,13 +10,16 @@ use std::{
 
 use ferry_lab::{Nat, Netns, Router};
 use ferry_world::{
-    CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options,
-    RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
+    ADMIN_PASSWORD, CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT,
+    OTHER_HTTP_PORT, Options, RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path,
+    metric_value, poll,
 };
 use serde_json::{Value, json};
 
 use crate::{
+    acked::{self, Acked, Want},
     clock::{self, CLOCK_STREAM},
+    cloud::{self, REPLICA_B, REPLICA_STREAM, Storage},
     machine_net::{self, MachineNet},
     maps,
     outage::OUTAGE_STREAM,
@@ -55,8 +58,13 @@ pub const CLIENT_SERVICES: [&str; MAX_TECHNICIANS] = [
 pub const MIN_TECHNICIANS: usize = 2;
 pub const MAX_TECHNICIANS: usize = 6;
 
-/// The daemons whose memory and descriptors are watched.
-pub const DAEMONS: [&str; 3] = ["ferry-cloud", "ferry-relay", "ferry-gateway"];
+/// The daemons whose memory and descriptors are watched (on PostgreSQL
+/// the cloud's two replicas by port, see [`cloud::replica_name`]).
+pub const DAEMONS: [&str; 5] =
+    ["ferry-cloud", "ferry-cloud :7600", "ferry-cloud :7601", "ferry-relay", "ferry-gateway"];
+/// PostgreSQL's main process: shown in the table, not bounded (not a
+/// daemon of ours).
+pub const POSTMASTER: &str = "postgres (postmaster)";
 
 /// A breach of an invariant, or the harness failing to drive the world.
 pub type Outcome<T = ()> = Result<T, String>;
@@ -70,6 +78,14 @@ pub struct Soak {
     pub outage_rng: Rng,
     /// The fourth: each session's client kind (see [`CLIENT_STREAM`]).
     pub kinds: Rng,
+    /// The fifth: which replica a kill of the cloud takes, and whether the
+    /// database restarts instead (see [`REPLICA_STREAM`]).
+    pub replica_rng: Rng,
+    /// The soak's own PostgreSQL server, on that storage (dropped after the
+    /// world: stopped and its folder removed).
+    pub database: Option<ferry_lab::postgres::Postgres>,
+    /// Every write the workload got a success answer for.
+    pub acked: Acked,
     /// Whether that fault is injected.
     pub cloud_outages: bool,
     /// The clock's stream: steps of the gateway's clock (see [`CLOCK_STREAM`]).
@@ -158,17 +174,28 @@ fn laptops(world: &World, count: usize) -> Vec<Laptop> {
 /// `technicians`: how many ([`MIN_TECHNICIANS`] to [`MAX_TECHNICIANS`]);
 /// which one acts at a step comes from the first stream, so another count
 /// is another schedule.
-pub fn run(seed: u64, duration: Duration, cloud_outages: bool, technicians: usize) -> Result<String, String> {
+pub fn run(
+    seed: u64,
+    duration: Duration,
+    cloud_outages: bool,
+    technicians: usize,
+    storage: Storage,
+) -> Result<String, String> {
     // The world's helpers are test tooling and panic on what they cannot
     // do; that is a failure of the run like a breach (the event log is
     // above, printed as it happened).
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut soak = Soak::new(seed, technicians);
+        let mut soak = Soak::new(seed, technicians, storage)?;
         soak.cloud_outages = cloud_outages;
-        match soak.drive(duration).and_then(|()| soak.finish()) {
+        let outcome = match soak.drive(duration).and_then(|()| soak.finish()) {
             Ok(()) => Ok(soak.stats.table(&soak.usage)),
             Err(breach) => Err(soak.failure(&breach)),
-        }
+        };
+        // The daemons go before their database.
+        let database = soak.database.take();
+        drop(soak);
+        drop(database);
+        outcome
     }));
     match outcome {
         Ok(result) => result,
@@ -184,7 +211,14 @@ pub fn run(seed: u64, duration: Duration, cloud_outages: bool, technicians: usiz
 }
 
 impl Soak {
-    fn new(seed: u64, technicians: usize) -> Soak {
+    fn new(seed: u64, technicians: usize, storage: Storage) -> Result<Soak, String> {
+        let (database, cloud_storage) = match storage {
+            Storage::Sled => (None, None),
+            Storage::Postgres => {
+                let (server, url) = cloud::start_database()?;
+                (Some(server), Some(url))
+            }
+        };
         // Under libfaketime where it is installed, for the steps of its
         // clock; a machine without it runs the soak without that fault.
         let faketime = ferry_world::faketime_library().exists();
@@ -194,8 +228,14 @@ impl Soak {
                 ferry_world::faketime_library().display()
             );
         }
-        let mut world = World::new(Options { gateway_faketime: faketime, ..Options::default() });
+        let mut world =
+            World::new(Options { cloud_storage, gateway_faketime: faketime, ..Options::default() });
         world.start_cloud_and_login();
+        if database.is_some() {
+            // Before the relay and the gateway, which are given every
+            // replica's address.
+            world.start_cloud_replica(REPLICA_B);
+        }
         world.start_relay();
         let targets = json!([
             {"name": "plc-web", "address": TARGET_A_IP, "protocol": "tcp",
@@ -226,8 +266,10 @@ impl Soak {
             let mut client =
                 FerryClient::new(ferry.clone(), &ns, &world.lab.dir().join(format!("ferry-{name}")));
             client.start_service().expect("ferry service");
+            let urls =
+                if database.is_some() { world.cloud_urls() } else { vec![world.technician_cloud_url()] };
             client
-                .login(&world.technician_cloud_url(), world.cloud_pin.as_deref(), name, &user.password)
+                .login_replicas(&urls, world.cloud_pin.as_deref(), name, &user.password)
                 .expect("ferry login");
             techs.push(Tech::new(user, ns, client));
         }
@@ -237,6 +279,9 @@ impl Soak {
             extra: Rng::new(seed ^ EXTRA_STREAM),
             outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
             kinds: Rng::new(seed ^ CLIENT_STREAM),
+            replica_rng: Rng::new(seed ^ REPLICA_STREAM),
+            database,
+            acked: Acked::default(),
             cloud_outages: true,
             clock_rng: Rng::new(seed ^ CLOCK_STREAM),
             clock_steps: faketime,
@@ -246,7 +291,7 @@ impl Soak {
             icmp,
             gateway_id: gateway.id,
             techs,
-            stats: Stats::default(),
+            stats: Stats { storage: storage.describe(), ..Stats::default() },
             switch_on: true,
             transitions: Vec::new(),
             machine_net,
@@ -260,13 +305,30 @@ impl Soak {
         let places: Vec<String> =
             TECHNICIANS.iter().zip(&laptops).map(|(name, l)| format!("{name} {}", l.place)).collect();
         soak.event(format!(
-            "world up: cloud, relay, gateway {} (switch on), {technicians} technicians ({}), each with the ferry \
+            "world up: {}, relay, gateway {} (switch on), {technicians} technicians ({}), each with the ferry \
              client's service and wireguard-go",
+            storage.describe(),
             gateway.id,
             places.join(", ")
         ));
         soak.laptops = laptops;
-        soak
+        Ok(soak)
+    }
+
+    /// Records a session transition the workload made (for the audit
+    /// check) and the write it acknowledged (for the acknowledged-writes
+    /// check): one the cloud answered, or, `via_gateway`, one the gateway
+    /// did (`ferry-gateway end`), which reaches the cloud afterwards.
+    pub fn transition(&mut self, id: u64, action: &'static str, via_gateway: bool) {
+        self.transitions.push((id, action));
+        let want = match action {
+            "session.create" => Want::Exists,
+            "session.start" => Want::AtLeast(acked::rank("waiting_for_approval").unwrap_or(1)),
+            "session.approve" => Want::AtLeast(acked::rank("active").unwrap_or(2)),
+            "session.expire" => Want::Over { state: "expired", via_gateway },
+            _ => Want::Over { state: "ended", via_gateway },
+        };
+        self.acked.session(id, want);
     }
 
     /// One line of the event log, printed as it happens.
@@ -282,14 +344,22 @@ impl Soak {
             let _ = writeln!(text, "  {line}");
         }
         // The daemons' own lines, without the store's chatter.
+        let replicas = self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p));
         for (name, process) in [
             ("ferry-gateway", &self.world.gateway),
             ("ferry-relay", &self.world.relay),
             ("ferry-cloud", &self.world.cloud),
-        ] {
+        ]
+        .into_iter()
+        .chain(replicas)
+        {
             if let Some(process) = process {
                 let all = process.stderr();
-                let saved = std::env::temp_dir().join(format!("ferry-soak-{}-{name}.log", self.seed));
+                let saved = std::env::temp_dir().join(format!(
+                    "ferry-soak-{}-{}.log",
+                    self.seed,
+                    name.replace(" :", "-")
+                ));
                 let _ = std::fs::write(&saved, format!("{}{all}", process.stdout()));
                 let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
                 let _ =
@@ -306,6 +376,16 @@ impl Soak {
             let _ = std::fs::write(&saved, &all);
             let lines: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
             let _ = writeln!(text, "--- {name} (last 30 lines above debug; all in {}) ---", saved.display());
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                let _ = writeln!(text, "{line}");
+            }
+        }
+        if let Some(database) = &self.database {
+            let all = database.log();
+            let saved = std::env::temp_dir().join(format!("ferry-soak-{}-postgres.log", self.seed));
+            let _ = std::fs::write(&saved, &all);
+            let lines: Vec<&str> = all.lines().collect();
+            let _ = writeln!(text, "--- PostgreSQL (last 30 lines; all in {}) ---", saved.display());
             for line in &lines[lines.len().saturating_sub(30)..] {
                 let _ = writeln!(text, "{line}");
             }
@@ -359,11 +439,15 @@ impl Soak {
                 "{TARGET_B_IP}, which no session allows ICMP, received {pinged} echo requests"
             ));
         }
+        let replicas = self.world.cloud_replicas.iter_mut().map(|(port, p)| (cloud::replica_name(*port), p));
         for (name, process) in [
             ("ferry-cloud", &mut self.world.cloud),
             ("ferry-relay", &mut self.world.relay),
             ("ferry-gateway", &mut self.world.gateway),
-        ] {
+        ]
+        .into_iter()
+        .chain(replicas)
+        {
             self.stats.checks += 1;
             if let Some(status) = process.as_mut().and_then(|p| p.try_status()) {
                 return Err(format!("{name} exited by itself: {status}"));
@@ -381,14 +465,20 @@ impl Soak {
     }
 
     pub fn sample_usage(&mut self) {
+        let first = if self.database.is_some() { cloud::replica_name(CLOUD_PORT) } else { "ferry-cloud" };
+        let replicas = self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p));
         let mut pids: Vec<(&'static str, u32)> = [
-            ("ferry-cloud", &self.world.cloud),
+            (first, &self.world.cloud),
             ("ferry-relay", &self.world.relay),
             ("ferry-gateway", &self.world.gateway),
         ]
         .into_iter()
+        .chain(replicas)
         .filter_map(|(name, process)| Some((name, process.as_ref()?.pid())))
         .collect();
+        if let Some(pid) = self.database.as_ref().and_then(|d| d.pid().ok()) {
+            pids.push((POSTMASTER, pid));
+        }
         for (name, tech) in CLIENT_SERVICES.into_iter().zip(&mut self.techs) {
             if let Some(service) = tech.client.service() {
                 pids.push((name, service.pid()));
@@ -428,7 +518,7 @@ impl Soak {
             );
             let gateway_ok = matches!(&gateway, Ok((200, g))
                 if g["last_seen"]["online"] == true && g["last_seen"]["switch_on"] == switch_on);
-            let relay = world.relay_health(relay_id);
+            let relay = relay_health(world, relay_id);
             seen = format!(
                 "the gateway's last_seen: {}; the relay's health: {relay}",
                 gateway
@@ -457,6 +547,7 @@ impl Soak {
         self.check_no_leaks()?;
         self.check_clients_clean()?;
         self.check_audit()?;
+        self.check_acked("the end")?;
         self.check_usage()?;
         self.check_machine_net_all()?;
         Ok(())
@@ -593,6 +684,34 @@ impl Soak {
             }
         }
         Ok(())
+    }
+}
+
+/// The relay's health as the cloud shows it (through either replica), or
+/// what the answer was; never a panic (the database may be restarting).
+fn relay_health(world: &World, id: u64) -> Value {
+    let token = world.admin_token.lock().unwrap().clone();
+    let mut answer =
+        world.try_api_from(&world.office_ns, "GET", "/api/v1/relays", token.as_deref(), Value::Null);
+    if matches!(answer, Ok((401, _))) {
+        // The admin's token expired: log in again, if the cloud lets us now.
+        let login = json!({"name": "admin", "password": ADMIN_PASSWORD});
+        if let Ok((200, session)) =
+            world.try_api_from(&world.office_ns, "POST", "/api/v1/auth/login", None, login)
+            && let Some(token) = session["access_token"].as_str()
+        {
+            *world.admin_token.lock().unwrap() = Some(token.to_string());
+            answer = world.try_api_from(&world.office_ns, "GET", "/api/v1/relays", Some(token), Value::Null);
+        }
+    }
+    match answer {
+        Ok((200, relays)) => relays
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["id"] == id))
+            .map(|r| r["health"].clone())
+            .unwrap_or_default(),
+        Ok((status, body)) => json!({"answer": format!("{status} {body}")}),
+        Err(e) => json!({"answer": e}),
     }
 }
 

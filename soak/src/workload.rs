@@ -9,7 +9,7 @@ use std::{
 use ferry_lab::Netns;
 use ferry_world::{
     ECHO_PORT, EchoLoop, FerryClient, HTTP_PORT, OTHER_ECHO_PORT, OTHER_HTTP_PORT, PLC_PAGE, User,
-    client_proxies, http_get, parse_targets, tcp_exchange,
+    client_proxies, http_get, parse_targets, said, tcp_exchange,
     wg::{Keys, WireguardGo},
 };
 use serde_json::{Value, json};
@@ -181,7 +181,7 @@ impl Soak {
         let user_id = self.techs[t].user.id;
         let asked = Instant::now();
         let id = self.world.create_named_session(&name, self.gateway_id, &TARGETS, &[user_id], max, approval);
-        self.transitions.push((id, "session.create"));
+        self.transition(id, "session.create", false);
         self.stats.sessions += 1;
         *self.stats.sessions_by_kind.entry(kind.name()).or_default() += 1;
         let (status, session) =
@@ -194,15 +194,18 @@ impl Soak {
             self.stats.starts_refused += 1;
             let (status, body) = self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
             if status == 200 {
-                self.transitions.push((id, "session.end"));
+                self.transition(id, "session.end", false);
             } else {
                 return Err(format!("ending prepared session {id}: {status} {body}"));
             }
             return Ok(());
         }
-        self.transitions.push((id, "session.start"));
+        self.transition(id, "session.start", false);
         if !approval {
             self.machine_net.history.live(id, &TARGETS, asked);
+        }
+        if let Some(rank) = session["state"].as_str().and_then(crate::acked::rank) {
+            self.acked.session(id, crate::acked::Want::AtLeast(rank));
         }
         self.event(format!(
             "{who}: session {id} prepared (max {max}s, approval {approval}, {}) and started: {}",
@@ -240,7 +243,7 @@ impl Soak {
             self.event(format!("session {id}: approve failed: {}", last.trim()));
             return self.end_session(t, End::Admin);
         }
-        self.transitions.push((id, "session.approve"));
+        self.transition(id, "session.approve", false);
         self.live_mut(t).approved = true;
         // The session's duration starts at its approval.
         self.live_mut(t).started = Instant::now();
@@ -455,10 +458,10 @@ impl Soak {
                     self.world.admin("POST", &format!("/api/v1/sessions/{id}/end"), Value::Null);
                 let at = Instant::now();
                 if status == 200 {
-                    self.transitions.push((id, "session.end"));
+                    self.transition(id, "session.end", false);
                 } else if self.world.session(id)["state"] == "expired" {
                     // Its time ran out first.
-                    self.transitions.push((id, "session.expire"));
+                    self.transition(id, "session.expire", false);
                 } else {
                     return Err(format!("the admin ending session {id}: {status} {body}"));
                 }
@@ -469,10 +472,10 @@ impl Soak {
                     self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/end"), Value::Null)?;
                 let at = Instant::now();
                 if status == 200 {
-                    self.transitions.push((id, "session.end"));
+                    self.transition(id, "session.end", false);
                 } else if self.world.session(id)["state"] == "expired" {
                     // Its time ran out first.
-                    self.transitions.push((id, "session.expire"));
+                    self.transition(id, "session.expire", false);
                 } else {
                     return Err(format!("the technician ending session {id}: {status} {body}"));
                 }
@@ -486,12 +489,13 @@ impl Soak {
                 if status != 200 {
                     return Err(format!("disabling user {user_id}: {status} {body}"));
                 }
+                self.acked.user(user_id, true);
                 // Disabling ends the sessions the user started, at once.
                 let session = self.world.session(id);
                 self.stats.checks += 1;
                 match session["state"].as_str() {
-                    Some("ended") => self.transitions.push((id, "session.end")),
-                    Some("expired") => self.transitions.push((id, "session.expire")),
+                    Some("ended") => self.transition(id, "session.end", false),
+                    Some("expired") => self.transition(id, "session.expire", false),
                     _ => return Err(format!("user {user_id} disabled, yet session {id} is live: {session}")),
                 }
                 at
@@ -508,14 +512,14 @@ impl Soak {
                     ));
                     return self.end_session(t, End::Admin);
                 }
-                self.transitions.push((id, "session.end"));
+                self.transition(id, "session.end", true);
                 at
             }
             End::Switch => {
                 // Before the flip: a session the cloud shows expired must
                 // have had its end time by then, not later.
                 let off_ms = unix_ms();
-                self.world.remote("off");
+                self.remote("off")?;
                 let at = Instant::now();
                 self.machine_net.history.switch_off(at);
                 self.switch_on = false;
@@ -532,7 +536,7 @@ impl Soak {
                             others_ferry.push((other, live.id, *config_id));
                         }
                         let action = self.final_transition(live.id, off_ms)?;
-                        self.transitions.push((live.id, action));
+                        self.transition(live.id, action, false);
                     }
                 }
                 self.techs[t].live = Some(Live {
@@ -562,7 +566,7 @@ impl Soak {
                         self.world.session(id)
                     ));
                 }
-                self.transitions.push((id, "session.expire"));
+                self.transition(id, "session.expire", false);
                 Instant::now() - Duration::from_millis(unix_ms().saturating_sub(expires_ms))
             }
         };
@@ -619,6 +623,7 @@ impl Soak {
             if status != 200 {
                 return Err(format!("enabling user {user_id} again: {status} {body}"));
             }
+            self.acked.user(user_id, false);
             // Their tokens died with the disabling: log in again.
             let ns = self.techs[t].ns.clone();
             let user = &self.techs[t].user;
@@ -634,7 +639,7 @@ impl Soak {
         }
         if matches!(how, End::Switch) {
             self.machine_net.history.switch_on(Instant::now());
-            self.world.remote("on");
+            self.remote("on")?;
             self.switch_on = true;
             self.event("the customer's switch on again".into());
             self.settle("the switch flip")?;
@@ -796,6 +801,16 @@ impl Soak {
             )),
             None => Err(format!("session {id}: expired at the cloud without an expires_ms: {session}")),
         }
+    }
+
+    /// `ferry-gateway remote on|off`; a failure is a breach with what it
+    /// said (the gateway's log is saved with the failure).
+    fn remote(&mut self, what: &str) -> Outcome {
+        let out = self.world.gateway_cmd(&["remote", what]);
+        if !out.status.success() {
+            return Err(format!("`ferry-gateway remote {what}` failed ({}): {}", out.status, said(&out)));
+        }
+        Ok(())
     }
 
     /// Ends technician `t`'s session if it is live (the end of the run).

@@ -108,7 +108,22 @@ impl FerryClient {
         name: &str,
         password: &str,
     ) -> Result<String, String> {
-        let mut args = vec!["login", "--cloud", cloud_url];
+        self.login_replicas(&[cloud_url.to_string()], pin, name, password)
+    }
+
+    /// The same at a cloud of several replicas: a `--cloud` for each (the
+    /// client moves to another when one fails).
+    pub fn login_replicas(
+        &self,
+        cloud_urls: &[String],
+        pin: Option<&str>,
+        name: &str,
+        password: &str,
+    ) -> Result<String, String> {
+        let mut args = vec!["login"];
+        for url in cloud_urls {
+            args.extend(["--cloud", url.as_str()]);
+        }
         if let Some(pin) = pin {
             args.extend(["--pin", pin]);
         }

@@ -136,12 +136,14 @@ impl World {
     /// Starts another `ferry-cloud serve` (plain HTTP) on the world's
     /// PostgreSQL storage, on [`CLOUD_IP`]`:port`, and waits until it
     /// listens. Gateways enrolled and relays started afterwards are given
-    /// every replica's address.
+    /// every replica's address. A replica killed with
+    /// [`World::kill_cloud_replica`] starts again on the same port.
     pub fn start_cloud_replica(&mut self, port: u16) {
         let storage = self.options.cloud_storage.clone().expect("replicas share a PostgreSQL storage");
         assert!(!self.options.cloud_tls, "each replica would make a certificate of its own");
         assert!(
-            port != CLOUD_PORT && self.cloud_replicas.iter().all(|(p, _)| *p != port),
+            port != CLOUD_PORT
+                && self.cloud_replicas.iter().all(|(p, running)| *p != port || running.is_none()),
             "port {port} is taken"
         );
         let listen = format!("{CLOUD_IP}:{port}");
@@ -151,7 +153,19 @@ impl World {
         cmd.arg("--data-dir").arg(data);
         let mut replica = self.cloud_ns.spawn(cmd).unwrap();
         replica.wait_for_output("ferry-cloud listening", Duration::from_secs(30)).unwrap();
-        self.cloud_replicas.push((port, Some(replica)));
+        match self.cloud_replicas.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, slot)) => *slot = Some(replica),
+            None => self.cloud_replicas.push((port, Some(replica))),
+        }
+    }
+
+    /// The API's address at every replica: the first's, then the others'.
+    pub fn cloud_replica_addrs(&self) -> Vec<SocketAddr> {
+        let ip = CLOUD_IP.parse().unwrap();
+        std::iter::once(CLOUD_PORT)
+            .chain(self.cloud_replicas.iter().map(|(port, _)| *port))
+            .map(|port| SocketAddr::new(ip, port))
+            .collect()
     }
 
     /// API calls go to the replica on `port` from now on (the first
@@ -191,10 +205,26 @@ impl World {
         if ns.name() == self.tech_ns.name() {
             api = api.at(self.technician_cloud_addr());
         }
+        // With replicas, a call that finds its replica down (the connection
+        // refused: nothing was sent) goes to the others in turn, as the
+        // gateway, the relay and the client move on.
+        let mut addrs = vec![api.addr];
+        if !self.cloud_replicas.is_empty() {
+            addrs.extend(self.cloud_replica_addrs().into_iter().filter(|a| *a != api.addr));
+        }
         let (method2, path2, token) = (method.to_string(), path.to_string(), token.map(str::to_string));
-        ns.run_in(move || api.call(&method2, &path2, token.as_deref(), body))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{method} {path}: {e}"))
+        ns.run_in(move || {
+            let mut last = None;
+            for addr in addrs {
+                match api.at(addr).call(&method2, &path2, token.as_deref(), body.clone()) {
+                    Err(e) if refused(&e) => last = Some(e),
+                    other => return other,
+                }
+            }
+            Err(last.expect("at least one address"))
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{method} {path}: {e}"))
     }
 
     /// One API call from `ns`; a transport failure panics.
@@ -520,6 +550,15 @@ impl World {
             "the cloud does not show the gateway online with switch {switch_on}: {last}\n{}",
             self.gateway_log()
         );
+    }
+}
+
+/// Whether a call failed before anything was sent: its replica is down.
+fn refused(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        ureq::Error::ConnectionFailed => true,
+        _ => false,
     }
 }
 

@@ -72,6 +72,15 @@ enum Command {
         /// How many technicians (2 to 6; see `ferry-soak --help`).
         #[arg(long, default_value_t = 4)]
         technicians: u64,
+        /// Where the cloud keeps its data: `sled` (one `ferry-cloud`), or
+        /// `postgres`: the soak starts its own PostgreSQL (removed at the
+        /// end) and runs two `ferry-cloud` replicas on it.
+        #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
+        storage: String,
+        /// Leave out the fault that makes the cloud unreachable (as the
+        /// random-seed run in CI does).
+        #[arg(long)]
+        no_cloud_outage: bool,
     },
     /// Remove network namespaces, sockets and lab folders left by killed
     /// test and demo runs.
@@ -95,8 +104,8 @@ fn main() -> Result<()> {
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Bench { names } => bench::run(&names),
         Command::Demo { path, once } => demo::run(path.as_deref(), once),
-        Command::Soak { minutes, seconds, seed, technicians } => {
-            soak::run(minutes, seconds, seed, technicians)
+        Command::Soak { minutes, seconds, seed, technicians, storage, no_cloud_outage } => {
+            soak::run(minutes, seconds, seed, technicians, &storage, no_cloud_outage)
         }
         Command::Sweep => {
             for object in ferry_lab::sweep_stale() {

@@ -15,7 +15,14 @@ use crate::{
 /// technicians' `ferry` client.
 const PACKAGES: [&str; 5] = ["ferry-soak", "ferry-cloud", "ferry-relay", "ferry-gateway", "ferry-client"];
 
-pub fn run(minutes: u64, seconds: Option<u64>, seed: Option<u64>, technicians: u64) -> Result<()> {
+pub fn run(
+    minutes: u64,
+    seconds: Option<u64>,
+    seed: Option<u64>,
+    technicians: u64,
+    storage: &str,
+    no_cloud_outage: bool,
+) -> Result<()> {
     if !setup::is_root() {
         eprintln!(
             "the soak builds network namespaces and loads XDP programs, so it needs root: run `sudo -E env PATH=$PATH cargo xtask soak`"
@@ -42,6 +49,10 @@ pub fn run(minutes: u64, seconds: Option<u64>, seed: Option<u64>, technicians: u
         soak.args(["--seed", &seed.to_string()]);
     }
     soak.args(["--technicians", &technicians.to_string()]);
+    soak.args(["--storage", storage]);
+    if no_cloud_outage {
+        soak.arg("--no-cloud-outage");
+    }
     // Replaced by the soak, Ctrl-C and the exit status are its own.
     let error = soak.exec();
     Err(error).context("starting target/debug/ferry-soak")
