@@ -113,6 +113,76 @@ fn only_the_session_id_field_lists_a_session() {
     assert!(!lists_session(&serde_json::json!({"id": 7}), 7), "not an array of sessions");
 }
 
+/// A machine that sends to the gateway's LAN address as its router (a
+/// compromised PLC, a misconfigured route) must not reach the plant's IT
+/// network through it, whatever state the daemon is in: while it runs, its
+/// LAN program drops what the kernel would route elsewhere; a stopped
+/// daemon turns the LAN's forwarding off, and after a SIGKILL `close-lan`
+/// (the systemd unit's ExecStopPost) does. Before that, a stopped gateway
+/// routed the machine network onto the uplink's network.
+#[test]
+fn the_machine_network_is_never_routed_onto_the_uplink_s_network() {
+    let mut site = site(Options::default());
+    let lab = &mut site.lab;
+    let router_ns = lab.site_router().ns.clone();
+    let router_lan = lab.site_router().lan_addr.clone();
+    // The plant's IT network: what arrives at its router from the machine
+    // network, counted before any filter of the router's own.
+    router_ns
+        .exec(
+            "nft",
+            &["add table ip it_watch; \
+               add chain ip it_watch in { type filter hook prerouting priority -300; }; \
+               add rule ip it_watch in ip saddr 192.168.50.0/24 counter"],
+        )
+        .unwrap();
+    let arrived = |ns: &ferry_lab::Netns| -> u64 {
+        let rules = ns.exec("nft", &["list", "table", "ip", "it_watch"]).unwrap();
+        rules.split("packets ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap()
+    };
+    lab.probe_ns.ip(&["route", "add", &format!("{router_lan}/32"), "via", GW_LAN_IP]).unwrap();
+    let send = |lab: &GatewayLab| {
+        let to = format!("{router_lan}:9");
+        lab.probe_ns
+            .run_in(move || {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                for _ in 0..3 {
+                    socket.send_to(b"from the machine network", to.as_str()).unwrap();
+                }
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let forwarding = |lab: &GatewayLab| -> String {
+        let key = format!("net.ipv4.conf.{}.forwarding", lab.gw_lan_if);
+        lab.gw_ns.exec("sysctl", &["-n", &key]).unwrap().trim().to_string()
+    };
+
+    assert_eq!(forwarding(lab), "1", "the daemon runs: the tunnel's replies need it");
+    send(lab);
+    assert_eq!(arrived(&router_ns), 0, "routed while the daemon runs");
+
+    lab.stop_gateway();
+    assert_eq!(forwarding(lab), "0", "a stopped daemon closes the LAN");
+    send(lab);
+    assert_eq!(arrived(&router_ns), 0, "routed by a stopped gateway");
+
+    lab.start_gateway();
+    assert_eq!(forwarding(lab), "1");
+    lab.kill_gateway();
+    // What the systemd unit runs after the kill.
+    lab.gateway_ok(&["close-lan"]);
+    assert_eq!(forwarding(lab), "0");
+    send(lab);
+    assert_eq!(arrived(&router_ns), 0, "routed by a killed gateway after close-lan");
+
+    // The check can fail: with the forwarding on and no daemon, the
+    // machine network's datagrams do reach the plant's network.
+    lab.gw_ns.exec("sysctl", &["-w", &format!("net.ipv4.conf.{}.forwarding=1", lab.gw_lan_if)]).unwrap();
+    send(lab);
+    assert!(arrived(&router_ns) > 0, "the probe's datagrams should have been routed");
+}
+
 #[test]
 fn the_switch_is_off_by_default() {
     let mut site = site(Options::default());

@@ -11,20 +11,24 @@ use ferry_tests::bin_path;
 /// takes the threshold in tenths. 4.0 and below is what it calls "OK".
 const MAX_EXPOSURE_TENTHS: u32 = 40;
 
-/// The unit with its ExecStart pointed at the binary this build made, so that
-/// `verify` can check the executable exists.
+/// The unit with its ExecStart (and ExecStopPost, which runs the same
+/// binary) pointed at the binary this build made, so that `verify` can
+/// check the executable exists.
 fn with_built_binary(unit: &str, binary: &str, dir: &Path) -> std::path::PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let text = std::fs::read_to_string(repo.join(unit)).unwrap();
     let mut rewritten = String::new();
     let mut exec_starts = 0;
     for line in text.lines() {
-        match line.strip_prefix("ExecStart=") {
-            Some(command) => {
-                exec_starts += 1;
+        let exec = ["ExecStart=", "ExecStopPost="]
+            .into_iter()
+            .find_map(|key| line.strip_prefix(key).map(|command| (key, command)));
+        match exec {
+            Some((key, command)) => {
+                exec_starts += usize::from(key == "ExecStart=");
                 let (program, args) = command.split_once(' ').unwrap_or((command, ""));
-                assert!(program.ends_with(&format!("/{binary}")), "{unit}: ExecStart runs {program}");
-                rewritten.push_str(&format!("ExecStart={} {args}\n", bin_path(binary).display()));
+                assert!(program.ends_with(&format!("/{binary}")), "{unit}: {key} runs {program}");
+                rewritten.push_str(&format!("{key}{} {args}\n", bin_path(binary).display()));
             }
             None => {
                 rewritten.push_str(line);

@@ -12,7 +12,7 @@ mod state;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferry_daemon::CommonArgs;
 
@@ -102,6 +102,16 @@ enum Command {
     /// configuration template (/etc/ferry/gateway.toml, if missing); offers
     /// to set the local panel's password.
     Install(cmd::install::InstallArgs),
+    /// Stop the machine network from being routed through this host: the
+    /// LAN interface's IPv4 forwarding off (`run` turns it on for the
+    /// tunnel's replies and filters the LAN itself). The daemon does this
+    /// when it stops; the systemd unit runs it after every stop, a crash or
+    /// a kill included, when the daemon could not.
+    CloseLan {
+        /// The LAN interface (default: lan.interface in the configuration).
+        #[arg(long, value_name = "IF")]
+        lan: Option<String>,
+    },
     /// The local web panel for the plant operators (on the LAN address,
     /// port 8443 by default; never on the uplink): its password and status.
     Panel {
@@ -132,6 +142,12 @@ fn main() -> Result<()> {
                 anyhow::bail!("preflight failed");
             }
             Ok(())
+        }
+        Command::CloseLan { lan } => {
+            let lan = lan
+                .or_else(|| config.lan.interface.clone())
+                .context("no LAN interface: set lan.interface in the configuration or pass --lan")?;
+            daemon::host::close_lan(&lan)
         }
         Command::Remote { action } => cmd::remote(&paths, action),
         Command::Approve { session } => cmd::decide(&paths, session, cmd::Decide::Approve),

@@ -20,6 +20,15 @@ pub fn prepare_lan(lan: &str) -> Result<()> {
     Ok(())
 }
 
+/// Undoes [`prepare_lan`]'s forwarding: without the daemon's LAN program,
+/// which drops what the kernel would route elsewhere, a machine that sends
+/// to the gateway's LAN address as its router would be forwarded out of
+/// the uplink. The daemon calls this when it stops; `ferry-gateway
+/// close-lan` (the systemd unit's `ExecStopPost`) after a crash or a kill.
+pub fn close_lan(lan: &str) -> Result<()> {
+    set(&format!("net/ipv4/conf/{lan}/forwarding"), "0")
+}
+
 fn set(key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{key}");
     let current = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;

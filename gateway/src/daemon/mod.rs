@@ -254,6 +254,11 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     }
     ferry_daemon::notify::stopping();
     info!("stopping");
+    // Before the programs go: the machine network is never routed by a
+    // gateway that does not filter it.
+    if let Err(error) = host::close_lan(&settings.lan_interface) {
+        warn!(error = %format!("{error:#}"), "turning the LAN's forwarding off failed");
+    }
     daemon.report_bytes(|_| true);
     cloud_task.abort();
     if let Some(task) = metrics_task {
