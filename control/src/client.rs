@@ -431,22 +431,46 @@ pub async fn relay_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     channel: &mut Channel<S>,
     hello: RelayHello,
 ) -> Result<(Welcome, DesiredAllocations), ClientError> {
+    let done = relay_handshake_timed(channel, hello).await?;
+    Ok((done.welcome, done.desired))
+}
+
+/// A relay's hello as [`relay_handshake`] runs it, with the cloud's own
+/// hello and when it arrived.
+#[derive(Debug)]
+pub struct RelayHandshake {
+    /// The cloud's first frame; its `server_time_ms` is the cloud's clock.
+    pub server_hello: ServerHello,
+    /// When the cloud's hello was read, on the monotonic clock.
+    pub hello_read: std::time::Instant,
+    pub welcome: Welcome,
+    pub desired: DesiredAllocations,
+}
+
+/// [`relay_handshake`], returning the cloud's hello and the moment it was
+/// read too: a relay keeps the cloud's time from it (allocations end at
+/// instants of the cloud's clock).
+pub async fn relay_handshake_timed<S: AsyncRead + AsyncWrite + Unpin>(
+    channel: &mut Channel<S>,
+    hello: RelayHello,
+) -> Result<RelayHandshake, ClientError> {
     let handshake = async {
-        match next_from_cloud(channel).await? {
+        let server_hello = match next_from_cloud(channel).await? {
             // Relays authenticate by token; the challenge is for gateways.
-            ToRelay::ServerHello(_) => {}
+            ToRelay::ServerHello(server_hello) => server_hello,
             other => return unexpected(channel, "server_hello", other).await,
-        }
+        };
+        let hello_read = std::time::Instant::now();
         channel.send(&FromRelay::RelayHello(hello)).await?;
         let welcome = match next_from_cloud(channel).await? {
             ToRelay::Welcome(welcome) => welcome,
             other => return unexpected(channel, "welcome", other).await,
         };
-        let allocations = match next_from_cloud(channel).await? {
+        let desired = match next_from_cloud(channel).await? {
             ToRelay::DesiredAllocations(allocations) => allocations,
             other => return unexpected(channel, "desired_allocations", other).await,
         };
-        Ok((welcome, allocations))
+        Ok(RelayHandshake { server_hello, hello_read, welcome, desired })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await

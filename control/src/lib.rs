@@ -11,6 +11,7 @@
 pub use ferry_connect::backoff;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod cloud_clock;
 pub mod codec;
 mod common;
 pub mod gateway;

@@ -113,7 +113,10 @@ async fn session(
         capacity,
         stun: link.stun,
     };
-    let (welcome, desired) = client::relay_handshake(&mut channel, hello).await.context("relay handshake")?;
+    let client::RelayHandshake { server_hello, hello_read, welcome, desired } =
+        client::relay_handshake_timed(&mut channel, hello).await.context("relay handshake")?;
+    // Before the first snapshot is applied: its end times are the cloud's.
+    relay.pin_cloud_time(server_hello.server_time_ms, hello_read);
     info!(peer_id = %welcome.peer_id, allocations = desired.allocations.len(), "connected to the cloud");
     metrics.control_connected.set(1);
     if !*on_probation {

@@ -369,7 +369,7 @@ mod tests {
             session_id: id,
             gateway_key: PublicKey::from_base64(KEY_A).unwrap(),
             client_key: PublicKey::from_base64(KEY_B).unwrap(),
-            expires_ms: crate::runtime::now_ms() + 600_000,
+            expires_ms: crate::runtime::wall_ms() + 600_000,
             websocket_token: format!("token-{id}-0123456789"),
             port: None,
         }

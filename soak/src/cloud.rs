@@ -93,7 +93,7 @@ impl Soak {
         }
         if self.replica_rng.chance(DATABASE_RESTART_PERCENT) {
             let immediate = self.replica_rng.chance(50);
-            return self.restart_database(down, immediate);
+            return self.restart_database(down, immediate, carrying);
         }
         let port = if self.replica_rng.chance(50) { CLOUD_PORT } else { REPLICA_B };
         let other = if port == CLOUD_PORT { REPLICA_B } else { CLOUD_PORT };
@@ -208,7 +208,7 @@ impl Soak {
     /// next start; else a fast shutdown) for `down`, then started again.
     /// Meanwhile the replicas run on and answer 503 ("storage
     /// unavailable"); afterwards they serve again by themselves.
-    fn restart_database(&mut self, down: Duration, immediate: bool) -> Outcome {
+    fn restart_database(&mut self, down: Duration, immediate: bool, carrying: &[Carrying]) -> Outcome {
         *self.stats.cloud_kills.entry("database restarted").or_default() += 1;
         self.acked_write(self.world.cloud_addr(), "just before the database stopped")?;
         let how = if immediate { "immediate (as a crash)" } else { "fast" };
@@ -216,6 +216,10 @@ impl Soak {
         database.stop(immediate).map_err(|e| format!("stopping PostgreSQL: {e}"))?;
         let stopped = Instant::now();
         self.event(format!("fault: PostgreSQL stopped ({how} shutdown) for {:.1}s", down.as_secs_f64()));
+        if let Err(breach) = self.check_untouched(carrying, "while the database is stopped") {
+            let _ = self.database.as_ref().map(|d| d.resume());
+            return Err(breach);
+        }
         // A request that needs the database gets 503 from either replica,
         // not another error, and not a hang.
         let path = format!("/api/v1/gateways/{}", self.gateway_id);

@@ -51,7 +51,7 @@ struct Cli {
     /// client takes the relay) and one behind a cone NAT. Which technician
     /// acts at a step is a seeded choice among them, so the same seed with
     /// another count is another schedule.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(soak::MIN_TECHNICIANS as u64..=soak::MAX_TECHNICIANS as u64))]
+    #[arg(long, default_value_t = DEFAULT_TECHNICIANS, value_parser = clap::value_parser!(u64).range(soak::MIN_TECHNICIANS as u64..=soak::MAX_TECHNICIANS as u64))]
     technicians: u64,
     /// Where the cloud keeps its data: sled (one `ferry-cloud`), or
     /// PostgreSQL: the soak starts its own server (Debian's PostgreSQL 15,
@@ -77,10 +77,17 @@ fn main() -> ExitCode {
     }
     let seed = cli.seed.unwrap_or_else(rng::fresh_seed);
     let duration = Duration::from_secs(cli.seconds.unwrap_or(cli.minutes * 60));
-    let replay = match cli.storage {
-        cloud::Storage::Sled => format!("--seed {seed}"),
-        cloud::Storage::Postgres => format!("--seed {seed} --storage postgres"),
-    };
+    // Every option that changes the schedule or the world.
+    let mut replay = format!("--seed {seed}");
+    if cli.storage == cloud::Storage::Postgres {
+        replay.push_str(" --storage postgres");
+    }
+    if cli.technicians != DEFAULT_TECHNICIANS {
+        replay.push_str(&format!(" --technicians {}", cli.technicians));
+    }
+    if cli.no_cloud_outage {
+        replay.push_str(" --no-cloud-outage");
+    }
     println!("ferry-soak: seed {seed}, workload for {}s (replay with {replay})", duration.as_secs());
     match soak::run(seed, duration, !cli.no_cloud_outage, cli.technicians as usize, cli.storage) {
         Ok(table) => {
@@ -95,6 +102,8 @@ fn main() -> ExitCode {
         }
     }
 }
+
+const DEFAULT_TECHNICIANS: u64 = 4;
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()

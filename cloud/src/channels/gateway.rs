@@ -110,16 +110,11 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
         registration.dirty.mark_changed();
         loop {
             let silent_at = conn.silent_at();
+            // In this order: after a handler that took long (a database
+            // stall), frames that arrived meanwhile are read before the
+            // silence is judged.
             tokio::select! {
-                () = tokio::time::sleep_until(silent_at) => {
-                    // Pings are read (and answered) inside `recv`, which
-                    // returns only with a message: look again.
-                    if conn.silent_at() > tokio::time::Instant::now() {
-                        continue;
-                    }
-                    conn.count_silent(&state);
-                    break;
-                }
+                biased;
                 changed = registration.dirty.changed() => {
                     if changed.is_err() {
                         let e = error(ErrorCode::Replaced, "another connection of this gateway took over");
@@ -177,6 +172,15 @@ async fn serve(state: AppState, mut conn: Conn, hello: GatewayHello, source: Str
                         }
                     }
                 },
+                () = tokio::time::sleep_until(silent_at) => {
+                    // Pings are read (and answered) inside `recv`, which
+                    // returns only with a message: look again.
+                    if conn.silent_at() > tokio::time::Instant::now() {
+                        continue;
+                    }
+                    conn.count_silent(&state);
+                    break;
+                }
             }
         }
     }

@@ -161,8 +161,13 @@ impl Conn {
         );
     }
 
+    /// False when the frame did not go, or could not leave within
+    /// [`PEER_SILENCE_LIMIT`]: a peer gone without closing fills the
+    /// socket's buffer, and a send waiting on it would hold the loop (and
+    /// its silence check) until TCP gives up, a quarter of an hour later.
     async fn send<T: ControlMessage>(&mut self, message: &T) -> bool {
-        self.socket.send(Message::Text(codec::encode(message).into())).await.is_ok()
+        let frame = Message::Text(codec::encode(message).into());
+        matches!(tokio::time::timeout(PEER_SILENCE_LIMIT, self.socket.send(frame)).await, Ok(Ok(())))
     }
 
     async fn recv<T: ControlMessage>(&mut self) -> Incoming<T> {

@@ -162,6 +162,12 @@ struct Inner {
     state: Mutex<State>,
     /// Woken when an allocation starts or ends or its bindings change.
     changes: Arc<Notify>,
+    /// The cloud's time, pinned at each control connection's hello to
+    /// [`Inner::epoch`]'s monotonic clock: allocations end at instants of
+    /// the cloud's clock, not of this host's wall clock (a relay whose clock
+    /// is an hour ahead would refuse every allocation as expired).
+    clock: Mutex<ferry_control::cloud_clock::CloudClock>,
+    epoch: std::time::Instant,
 }
 
 impl Relay {
@@ -175,6 +181,8 @@ impl Relay {
                 totals: Arc::default(),
                 state: Mutex::new(state),
                 changes: Arc::default(),
+                clock: Mutex::default(),
+                epoch: std::time::Instant::now(),
             }),
         }
     }
@@ -189,6 +197,33 @@ impl Relay {
     /// state stays whole: [`Relay::add`] records an allocation in all its maps
     /// at once, after the last call that could fail, and [`Relay::end`]
     /// removes it from all of them before it calls anything.
+    /// The cloud's time was `cloud_ms` when its hello was read at `read`.
+    pub fn pin_cloud_time(&self, cloud_ms: u64, read: std::time::Instant) {
+        let at = self.monotonic_ms(read);
+        let previous = self.now_ms();
+        self.inner.clock.lock().pin("", at, cloud_ms);
+        let skew = cloud_ms.abs_diff(wall_ms());
+        if skew > 5_000 {
+            warn!(
+                skew_ms = skew,
+                "this host's wall clock is off the cloud's; allocations follow the cloud's"
+            );
+        }
+        tracing::debug!(previous, cloud_ms, "the cloud's time pinned");
+    }
+
+    /// The cloud's time now: pinned at the last hello, else (before the
+    /// cloud was first heard, a restart restoring its allocations) this
+    /// host's wall clock.
+    pub fn now_ms(&self) -> u64 {
+        let at = self.monotonic_ms(std::time::Instant::now());
+        self.inner.clock.lock().now(at).unwrap_or_else(wall_ms)
+    }
+
+    fn monotonic_ms(&self, at: std::time::Instant) -> u64 {
+        at.saturating_duration_since(self.inner.epoch).as_millis() as u64
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock()
     }
@@ -289,7 +324,7 @@ impl Relay {
         if spec.gateway_key == spec.client_key {
             return refuse("invalid", "the two peers have the same public key".into());
         }
-        if spec.expires_ms <= now_ms() {
+        if spec.expires_ms <= self.now_ms() {
             return refuse("expired", "the allocation has already expired".into());
         }
         let mut state = self.state();
@@ -386,7 +421,7 @@ impl Relay {
     /// Ends the allocations whose expiry has passed, and the restored ones
     /// no snapshot confirmed in time; refreshes the map gauge.
     pub fn sweep(&self) {
-        let (now, instant) = (now_ms(), std::time::Instant::now());
+        let (now, instant) = (self.now_ms(), std::time::Instant::now());
         let ended: Vec<(u64, &'static str)> = self
             .state()
             .allocations
@@ -504,7 +539,9 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-pub fn now_ms() -> u64 {
+/// This host's wall clock, in ms since the epoch: what the relay goes by
+/// until the cloud's time is known ([`Relay::now_ms`]).
+pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -611,7 +648,7 @@ mod tests {
             session_id: id,
             gateway_key: PrivateKey::generate().public_key(),
             client_key: PrivateKey::generate().public_key(),
-            expires_ms: now_ms() + 60_000,
+            expires_ms: wall_ms() + 60_000,
             websocket_token: format!("token-{id}-0123456789"),
             port: None,
         }
@@ -761,6 +798,31 @@ mod tests {
         assert!(matches!(relay.add(old), Admission::Refused { reason } if reason.starts_with("expired")));
     }
 
+    /// Allocations end by the cloud's clock, pinned at the hello, not by
+    /// this host's wall clock: a relay two hours ahead admits what the
+    /// cloud issued, one two hours behind ends what the cloud's time ended.
+    #[tokio::test]
+    async fn allocations_end_by_the_cloud_s_clock_not_the_wall_clock() {
+        const HOURS_2: u64 = 2 * 3600 * 1000;
+        let relay = Relay::new(options(10), None, Metrics::new());
+        // The wall clock two hours ahead of the cloud's.
+        relay.pin_cloud_time(wall_ms() - HOURS_2, std::time::Instant::now());
+        let cloud_now = relay.now_ms();
+        assert!(cloud_now.abs_diff(wall_ms() - HOURS_2) < 60_000, "{cloud_now}");
+        // Ends a minute from the cloud's now: in the wall clock's past.
+        let live = AllocationSpec { expires_ms: cloud_now + 60_000, ..spec(1) };
+        assert!(matches!(relay.add(live), Admission::Ready { .. }), "refused as expired by the wall clock");
+        relay.sweep();
+        assert_eq!(relay.snapshot().allocations, 1, "ended by the wall clock");
+
+        // The wall clock two hours behind the cloud's (a new hello).
+        relay.pin_cloud_time(wall_ms() + HOURS_2, std::time::Instant::now());
+        relay.sweep();
+        assert_eq!(relay.snapshot().allocations, 0, "its end passed on the cloud's clock");
+        let late = AllocationSpec { expires_ms: wall_ms() + 60_000, ..spec(2) };
+        assert!(matches!(relay.add(late), Admission::Refused { reason } if reason.starts_with("expired")));
+    }
+
     #[tokio::test]
     async fn apply_starts_new_ends_missing_and_sweep_ends_expired() {
         let relay = Relay::new(options(10), None, Metrics::new());
@@ -771,7 +833,7 @@ mod tests {
         relay.apply(std::slice::from_ref(&b));
         assert_eq!(relay.port_of(1), None);
         let mut shorter = b.clone();
-        shorter.expires_ms = now_ms();
+        shorter.expires_ms = wall_ms();
         relay.apply(&[shorter]);
         relay.sweep();
         assert_eq!(relay.snapshot().allocations, 0);
