@@ -174,9 +174,11 @@ pub struct Binding {
 /// Several CPUs can miss and write the same binding's cache at once, and a
 /// CPU can read it while another writes. So the cache is six words, each
 /// written and read with one 8-byte access (single-copy atomic): six bytes of
-/// data and, in the last two, a tag that differs from write to write. A read
-/// whose six tags are not all the same saw parts of two writes and is a miss,
-/// on any CPU architecture and without barriers. A tag of 0 is an empty
+/// data and, in the last two, a random 16-bit tag, the same in every word of
+/// one write. A read whose six tags are not all the same saw parts of two
+/// writes and is a miss, on any CPU architecture and without barriers (two
+/// writes racing on one binding draw the same tag once in 65,536; a mix of
+/// them is then used until the entry's lifetime or the next invalidation). A tag of 0 is an empty
 /// cache. Only the program reads and writes the words; the layout is
 /// [`CachedHop::encode`]'s and [`CachedHop::decode`]'s.
 ///
@@ -192,6 +194,11 @@ pub struct Binding {
 pub struct CachedHop {
     pub words: [u64; 6],
 }
+
+// The program reads the cache with 8-byte loads at these offsets.
+const _: () = assert!(core::mem::size_of::<Binding>() == 72 && core::mem::align_of::<Binding>() == 8);
+const _: () = assert!(core::mem::offset_of!(Binding, next_hop) == 24);
+const _: () = assert!(core::mem::size_of::<BindingKey4>() == 8);
 
 /// A next hop as [`CachedHop`] holds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
