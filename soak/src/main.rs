@@ -14,6 +14,7 @@ mod maps;
 mod outage;
 mod ping;
 mod recovery;
+mod relays;
 mod report;
 mod rng;
 mod soak;
