@@ -26,7 +26,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 
-/// Ferry under churn and faults: a cloud, a relay, a gateway behind a NAT
+/// Ferry under churn and faults: a cloud, two relays, a gateway behind a NAT
 /// with its machine network, and two to six technicians, in network namespaces;
 /// sessions prepared, started, approved, used and ended while daemons are
 /// killed, links drop and NAT mappings change. Fails at the first breach of
