@@ -169,8 +169,14 @@ fn a_second_relay_registers_and_its_kill_leaves_the_first_alone() {
         let health = lab.relay_health(id);
         assert_eq!(health["online"], true, "relay {index}: {health}");
         assert_eq!(health["udp"], udp, "relay {index}: {health}");
-        let metrics = lab.relay_metrics_at(index).unwrap();
-        assert_eq!(metric_value(&metrics, "ferry_relay_control_connected"), 1.0, "relay {index}: {metrics}");
+        // Its gauge goes to 1 once the cloud's welcome arrives, just after
+        // the cloud shows it online.
+        let mut metrics = String::new();
+        let connected = poll(T, || {
+            metrics = lab.relay_metrics_at(index).unwrap_or_default();
+            metric_value(&metrics, "ferry_relay_control_connected") == 1.0
+        });
+        assert!(connected, "relay {index}: {metrics}");
     }
     let stream = lab.tech_ns.run_in(|| TcpStream::connect_timeout(&RELAY2_WS.parse().unwrap(), T)).unwrap();
     assert!(stream.is_ok(), "{stream:?}");
