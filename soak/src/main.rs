@@ -58,7 +58,7 @@ struct Cli {
     /// PostgreSQL: the soak starts its own server (Debian's PostgreSQL 15,
     /// `cargo xtask setup` installs it) in a temporary folder, removed at
     /// the end, and runs two `ferry-cloud` replicas on it, whose addresses
-    /// the gateway, the relay and the technicians' clients all get; "kill
+    /// the gateway, the relays and the technicians' clients all get; "kill
     /// cloud" then kills one replica (or restarts the database).
     #[arg(long, value_enum, default_value_t = cloud::Storage::Sled)]
     storage: cloud::Storage,
