@@ -153,6 +153,47 @@ fn the_relay_registers_with_the_cloud() {
     assert!(stream.is_ok(), "{stream:?}");
 }
 
+/// The world's second relay (the soak's): its own address, port range,
+/// registration and metrics, and a kill of it leaves the first relay alone.
+#[test]
+fn a_second_relay_registers_and_its_kill_leaves_the_first_alone() {
+    let mut lab = GatewayLab::new(Options { second_relay: true, ..Options::default() });
+    lab.start_cloud_and_login();
+    let first = lab.start_relay();
+    let second = lab.start_relay_at(1);
+    assert_ne!(first, second);
+    assert_eq!(lab.relay_count(), 2);
+    for (index, id, udp) in
+        [(0, first, format!("{RELAY_IP}:40000")), (1, second, format!("{RELAY2_IP}:40100"))]
+    {
+        let health = lab.relay_health(id);
+        assert_eq!(health["online"], true, "relay {index}: {health}");
+        assert_eq!(health["udp"], udp, "relay {index}: {health}");
+        // Its gauge goes to 1 once the cloud's welcome arrives, just after
+        // the cloud shows it online.
+        let mut metrics = String::new();
+        let connected = poll(T, || {
+            metrics = lab.relay_metrics_at(index).unwrap_or_default();
+            metric_value(&metrics, "ferry_relay_control_connected") == 1.0
+        });
+        assert!(connected, "relay {index}: {metrics}");
+    }
+    let stream = lab.tech_ns.run_in(|| TcpStream::connect_timeout(&RELAY2_WS.parse().unwrap(), T)).unwrap();
+    assert!(stream.is_ok(), "{stream:?}");
+
+    lab.kill_relay_at(1);
+    assert!(lab.relay_process_at(1).is_none());
+    assert!(
+        poll(Duration::from_secs(30), || lab.relay_health(second)["online"] == false),
+        "the killed relay is still online at the cloud: {}",
+        lab.relay_health(second)
+    );
+    assert!(lab.relay.as_mut().unwrap().try_status().is_none(), "the first relay exited");
+    assert_eq!(lab.relay_health(first)["online"], true, "{}", lab.relay_health(first));
+    lab.restart_relay_at(1);
+    assert_eq!(lab.relay_health(second)["online"], true, "{}", lab.relay_health(second));
+}
+
 #[test]
 fn the_admin_flow_and_a_session_on_an_offline_gateway() {
     let mut lab = GatewayLab::new(Options::default());

@@ -91,6 +91,7 @@ impl Demo {
             lab_services: false,
             cloud_storage: None,
             gateway_faketime: false,
+            second_relay: false,
         }
     }
 

@@ -29,7 +29,7 @@ pub const REPLICA_B: u16 = 7601;
 /// Of the "kill cloud" steps on PostgreSQL, the share that restarts the
 /// database instead, in percent.
 const DATABASE_RESTART_PERCENT: u64 = 25;
-/// After a replica's kill: the gateway and the relay on a running replica
+/// After a replica's kill: the gateway and the relays on a running replica
 /// (each moves when its channel breaks, or finds the restarted one).
 const CHANNELS_BACK: Duration = Duration::from_secs(60);
 /// After the database is back: every replica answers from it again within
@@ -123,7 +123,7 @@ impl Soak {
         self.check_channels_on_replicas()
     }
 
-    /// The gateway and the relay each hold one control channel to a
+    /// The gateway and each relay hold one control channel to a
     /// running replica (`ferry_cloud_control_connections{channel}` summed
     /// over both), within [`CHANNELS_BACK`]: the cloud's view of them
     /// online (the settle after the fault) is the database's, which a
@@ -132,6 +132,8 @@ impl Soak {
         let began = Instant::now();
         let addrs = self.world.cloud_replica_addrs();
         let world = &self.world;
+        // One relay channel per relay (the soak runs two, crate::relays).
+        let want = [1.0, world.relay_count() as f64];
         let mut seen = String::new();
         let on_replicas = poll(CHANNELS_BACK, || {
             let mut per = Vec::new();
@@ -156,17 +158,17 @@ impl Soak {
                 per.push(format!(":{} gateway {} relay {}", addr.port(), counts[0], counts[1]));
             }
             seen = per.join(", ");
-            sums == [1.0, 1.0]
+            sums == want
         });
         self.stats.checks += 1;
         if !on_replicas {
             return Err(format!(
-                "{CHANNELS_BACK:?} after a replica was killed, the gateway and the relay do not hold one channel \
+                "{CHANNELS_BACK:?} after a replica was killed, the gateway and the relays do not hold one channel \
                  each to the running replicas: {seen}"
             ));
         }
         self.event(format!(
-            "the gateway's and the relay's channels on the replicas after {:.1}s: {seen}",
+            "the gateway's and the relays' channels on the replicas after {:.1}s: {seen}",
             began.elapsed().as_secs_f64()
         ));
         Ok(())

@@ -14,6 +14,7 @@ mod maps;
 mod outage;
 mod ping;
 mod recovery;
+mod relays;
 mod report;
 mod rng;
 mod soak;
@@ -25,7 +26,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 
-/// Ferry under churn and faults: a cloud, a relay, a gateway behind a NAT
+/// Ferry under churn and faults: a cloud, two relays, a gateway behind a NAT
 /// with its machine network, and two to six technicians, in network namespaces;
 /// sessions prepared, started, approved, used and ended while daemons are
 /// killed, links drop and NAT mappings change. Fails at the first breach of
@@ -57,7 +58,7 @@ struct Cli {
     /// PostgreSQL: the soak starts its own server (Debian's PostgreSQL 15,
     /// `cargo xtask setup` installs it) in a temporary folder, removed at
     /// the end, and runs two `ferry-cloud` replicas on it, whose addresses
-    /// the gateway, the relay and the technicians' clients all get; "kill
+    /// the gateway, the relays and the technicians' clients all get; "kill
     /// cloud" then kills one replica (or restarts the database).
     #[arg(long, value_enum, default_value_t = cloud::Storage::Sled)]
     storage: cloud::Storage,

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_world::{ECHO_PORT, RELAY_METRICS, echo_round_trip, eventually, http_get_path, poll};
+use ferry_world::{ECHO_PORT, echo_round_trip, eventually, http_get_path, poll};
 
 use crate::soak::{Outcome, Soak};
 
@@ -111,11 +111,10 @@ impl Soak {
         self.check_reconnected(reachable)
     }
 
-    /// The gateway's and the relay's control channels are up again (their
-    /// own gauges) and the cloud shows both online, within the bound.
+    /// The gateway's and both relays' control channels are up again (their
+    /// own gauges) and the cloud shows all three online, within the bound.
     fn check_reconnected(&mut self, reachable: Instant) -> Outcome {
         let world = &self.world;
-        let relay_port = RELAY_METRICS.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(9478);
         let mut state = String::new();
         let back = poll(RECONNECT_BOUND, || {
             let gateway = http_get_path(
@@ -126,13 +125,10 @@ impl Soak {
                 Duration::from_secs(5),
             )
             .unwrap_or_default();
-            let relay =
-                http_get_path(&world.relay_ns, "127.0.0.1", relay_port, "/metrics", Duration::from_secs(5))
-                    .unwrap_or_default();
             let g = ferry_world::metric_value(&gateway, "ferry_gateway_cloud_connected");
-            let r = ferry_world::metric_value(&relay, "ferry_relay_control_connected");
-            state = format!("gateway cloud_connected {g}, relay control_connected {r}");
-            g == 1.0 && r == 1.0
+            let (relays_ok, relays) = self.relays_connected();
+            state = format!("gateway cloud_connected {g}, {relays}");
+            g == 1.0 && relays_ok
         });
         self.stats.checks += 1;
         if !back {
@@ -144,7 +140,7 @@ impl Soak {
         let left = RECONNECT_BOUND.saturating_sub(connected);
         self.settle_within("the cloud's outage", left.max(Duration::from_secs(5)))?;
         self.event(format!(
-            "after the outage: gateway and relay connected {:.1}s, online at the cloud {:.1}s after it was reachable",
+            "after the outage: gateway and relays connected {:.1}s, online at the cloud {:.1}s after it was reachable",
             connected.as_secs_f64(),
             reachable.elapsed().as_secs_f64()
         ));

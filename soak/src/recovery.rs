@@ -1,6 +1,6 @@
-//! The relay-restart invariant: a session that carried traffic through the
+//! The relay-restart invariant: a session that carried traffic through a
 //! relay before it was killed carries it again within [`RELAY_RECOVERY`]
-//! of the relay running again (the bound the README promises for a relay
+//! of that relay running again (the bound the README promises for a relay
 //! with a state file; the soak found sessions that never recovered). The
 //! sessions with wireguard-go go through the relay; those with the `ferry`
 //! client take the direct path where they can (else the relay), so for
@@ -34,6 +34,8 @@ pub struct Carrying {
     pub session: u64,
     pub echo: String,
     pub kind: Kind,
+    /// The relay of its tunnel's configuration (by index), if it has one.
+    pub relay: Option<usize>,
 }
 
 impl Soak {
@@ -59,7 +61,13 @@ impl Soak {
             })
             .is_ok()
             {
-                carrying.push(Carrying { tech, session: live.id, echo, kind: live.kind });
+                carrying.push(Carrying {
+                    tech,
+                    session: live.id,
+                    echo,
+                    kind: live.kind,
+                    relay: tunnel.relay,
+                });
             }
         }
         carrying
@@ -76,17 +84,19 @@ impl Soak {
             self.stats.checks += 1;
             if let Err(e) = answered {
                 return Err(format!(
-                    "session {}: no echo through the relay {RELAY_RECOVERY:?} after it ran again ({e})",
-                    c.session
+                    "session {}: no echo through {} {RELAY_RECOVERY:?} after it ran again ({e})",
+                    c.session,
+                    Self::relay_label(c.relay)
                 ));
             }
             *self.stats.relay_recoveries.entry(c.kind.name()).or_default() += 1;
+            let relay = Self::relay_label(c.relay);
             let path = match c.kind {
-                Kind::Stock => "through the relay",
-                Kind::Ferry => "on the ferry client's path",
+                Kind::Stock => format!("through {relay}"),
+                Kind::Ferry => format!("on the ferry client's path (its configuration with {relay})"),
             };
             self.event(format!(
-                "session {}: traffic {path} again {:.1}s after the relay ran again",
+                "session {}: traffic {path} again {:.1}s after it ran again",
                 c.session,
                 running_again.elapsed().as_secs_f64()
             ));

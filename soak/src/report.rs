@@ -32,6 +32,14 @@ pub struct Stats {
     /// Sessions whose traffic came back after a relay restart, by client
     /// ([`Kind::name`]; only wireguard-go's go through the relay here).
     pub relay_recoveries: BTreeMap<&'static str, u64>,
+    /// Tunnels' configurations by relay (index; `None`: without a relay
+    /// allocation).
+    pub configs_by_relay: BTreeMap<Option<usize>, u64>,
+    /// "kill relay" faults by relay (index).
+    pub relay_kills: BTreeMap<usize, u64>,
+    /// Sessions on the other relay that answered an echo while one was
+    /// down.
+    pub relay_untouched: u64,
     pub udp_echoed: u64,
     /// Pings answered through the `plc-ping` entry.
     pub pings: u64,
@@ -85,6 +93,12 @@ impl Stats {
         for (how, n) in &self.ends {
             row(&format!("  ended {how}"), n.to_string());
         }
+        row("tunnels' configurations", self.configs_by_relay.values().sum::<u64>().to_string());
+        for relay in [Some(0), Some(1), None] {
+            let label =
+                relay.map_or_else(|| "without a relay".to_string(), |i| format!("with relay {}", i + 1));
+            row(&format!("  {label}"), self.configs_by_relay.get(&relay).copied().unwrap_or(0).to_string());
+        }
         row("uses (whitelisted traffic) ok", self.uses_ok.to_string());
         for kind in [Kind::Ferry, Kind::Stock] {
             let n = self.uses_ok_by_kind.get(kind.name()).copied().unwrap_or(0);
@@ -104,6 +118,7 @@ impl Stats {
         ] {
             row(label, self.relay_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
         }
+        row("sessions on the other relay, untouched", self.relay_untouched.to_string());
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
         row("live-path echoes (cloud kill, loss)", self.untouched_echoes.to_string());
@@ -122,6 +137,12 @@ impl Stats {
                     if *what == "database restarted" {
                         row("      503s meanwhile (both replicas)", self.database_503s.to_string());
                     }
+                }
+            }
+            if kind == "kill relay" {
+                for relay in 0..2 {
+                    let n = self.relay_kills.get(&relay).copied().unwrap_or(0);
+                    row(&format!("    relay {}", relay + 1), n.to_string());
                 }
             }
         }

@@ -11,8 +11,7 @@ use std::{
 use ferry_lab::{Nat, Netns, Router};
 use ferry_world::{
     ADMIN_PASSWORD, CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT,
-    OTHER_HTTP_PORT, Options, RELAY_METRICS, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path,
-    metric_value, poll,
+    OTHER_HTTP_PORT, Options, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
 };
 use serde_json::{Value, json};
 
@@ -24,6 +23,7 @@ use crate::{
     maps,
     outage::OUTAGE_STREAM,
     ping,
+    relays::{RELAY_DAEMONS, RELAY_STREAM},
     report::Stats,
     rng::Rng,
     udp::{self, UDP_ECHO_PORT, UDP_OTHER_PORT},
@@ -60,8 +60,14 @@ pub const MAX_TECHNICIANS: usize = 6;
 
 /// The daemons whose memory and descriptors are watched (on PostgreSQL
 /// the cloud's two replicas by port, see [`cloud::replica_name`]).
-pub const DAEMONS: [&str; 5] =
-    ["ferry-cloud", "ferry-cloud :7600", "ferry-cloud :7601", "ferry-relay", "ferry-gateway"];
+pub const DAEMONS: [&str; 6] = [
+    "ferry-cloud",
+    "ferry-cloud :7600",
+    "ferry-cloud :7601",
+    RELAY_DAEMONS[0],
+    RELAY_DAEMONS[1],
+    "ferry-gateway",
+];
 /// PostgreSQL's main process: shown in the table, not bounded (not a
 /// daemon of ours).
 pub const POSTMASTER: &str = "postgres (postmaster)";
@@ -78,6 +84,8 @@ pub struct Soak {
     pub outage_rng: Rng,
     /// The fourth: each session's client kind (see [`CLIENT_STREAM`]).
     pub kinds: Rng,
+    /// Which relay a "kill relay" kills (see [`RELAY_STREAM`]).
+    pub relay_pick: Rng,
     /// The fifth: which replica a kill of the cloud takes, and whether the
     /// database restarts instead (see [`REPLICA_STREAM`]).
     pub replica_rng: Rng,
@@ -228,8 +236,12 @@ impl Soak {
                 ferry_world::faketime_library().display()
             );
         }
-        let mut world =
-            World::new(Options { cloud_storage, gateway_faketime: faketime, ..Options::default() });
+        let mut world = World::new(Options {
+            cloud_storage,
+            gateway_faketime: faketime,
+            second_relay: true,
+            ..Options::default()
+        });
         world.start_cloud_and_login();
         if database.is_some() {
             // Before the relay and the gateway, which are given every
@@ -237,6 +249,7 @@ impl Soak {
             world.start_cloud_replica(REPLICA_B);
         }
         world.start_relay();
+        world.start_relay_at(1);
         let targets = json!([
             {"name": "plc-web", "address": TARGET_A_IP, "protocol": "tcp",
              "ports": [{"first": HTTP_PORT, "last": HTTP_PORT}]},
@@ -279,6 +292,7 @@ impl Soak {
             extra: Rng::new(seed ^ EXTRA_STREAM),
             outage_rng: Rng::new(seed ^ OUTAGE_STREAM),
             kinds: Rng::new(seed ^ CLIENT_STREAM),
+            relay_pick: Rng::new(seed ^ RELAY_STREAM),
             replica_rng: Rng::new(seed ^ REPLICA_STREAM),
             database,
             acked: Acked::default(),
@@ -305,7 +319,7 @@ impl Soak {
         let places: Vec<String> =
             TECHNICIANS.iter().zip(&laptops).map(|(name, l)| format!("{name} {}", l.place)).collect();
         soak.event(format!(
-            "world up: {}, relay, gateway {} (switch on), {technicians} technicians ({}), each with the ferry \
+            "world up: {}, 2 relays, gateway {} (switch on), {technicians} technicians ({}), each with the ferry \
              client's service and wireguard-go",
             storage.describe(),
             gateway.id,
@@ -344,14 +358,15 @@ impl Soak {
             let _ = writeln!(text, "  {line}");
         }
         // The daemons' own lines, without the store's chatter.
-        let replicas = self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p));
-        for (name, process) in [
-            ("ferry-gateway", &self.world.gateway),
-            ("ferry-relay", &self.world.relay),
-            ("ferry-cloud", &self.world.cloud),
-        ]
-        .into_iter()
-        .chain(replicas)
+        let replicas =
+            self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p.as_ref()));
+        let relays =
+            (0..self.world.relay_count()).map(|i| (RELAY_DAEMONS[i], self.world.relay_process_at(i)));
+        for (name, process) in [("ferry-gateway", self.world.gateway.as_ref())]
+            .into_iter()
+            .chain(relays)
+            .chain([("ferry-cloud", self.world.cloud.as_ref())])
+            .chain(replicas)
         {
             if let Some(process) = process {
                 let all = process.stderr();
@@ -439,14 +454,21 @@ impl Soak {
                 "{TARGET_B_IP}, which no session allows ICMP, received {pinged} echo requests"
             ));
         }
+        let mut exited = None;
+        for (name, process) in self.relay_processes() {
+            if let Some(status) = process.as_mut().and_then(|p| p.try_status()) {
+                exited = Some(format!("{name} exited by itself: {status}"));
+            }
+        }
+        self.stats.checks += self.world.relay_count() as u64;
+        if let Some(exited) = exited {
+            return Err(exited);
+        }
         let replicas = self.world.cloud_replicas.iter_mut().map(|(port, p)| (cloud::replica_name(*port), p));
-        for (name, process) in [
-            ("ferry-cloud", &mut self.world.cloud),
-            ("ferry-relay", &mut self.world.relay),
-            ("ferry-gateway", &mut self.world.gateway),
-        ]
-        .into_iter()
-        .chain(replicas)
+        for (name, process) in
+            [("ferry-cloud", &mut self.world.cloud), ("ferry-gateway", &mut self.world.gateway)]
+                .into_iter()
+                .chain(replicas)
         {
             self.stats.checks += 1;
             if let Some(status) = process.as_mut().and_then(|p| p.try_status()) {
@@ -467,15 +489,17 @@ impl Soak {
     pub fn sample_usage(&mut self) {
         let first = if self.database.is_some() { cloud::replica_name(CLOUD_PORT) } else { "ferry-cloud" };
         let replicas = self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p));
-        let mut pids: Vec<(&'static str, u32)> = [
-            (first, &self.world.cloud),
-            ("ferry-relay", &self.world.relay),
-            ("ferry-gateway", &self.world.gateway),
-        ]
-        .into_iter()
-        .chain(replicas)
-        .filter_map(|(name, process)| Some((name, process.as_ref()?.pid())))
-        .collect();
+        let mut pids: Vec<(&'static str, u32)> =
+            [(first, &self.world.cloud), ("ferry-gateway", &self.world.gateway)]
+                .into_iter()
+                .chain(replicas)
+                .filter_map(|(name, process)| Some((name, process.as_ref()?.pid())))
+                .collect();
+        for (name, process) in self.relay_processes() {
+            if let Some(process) = process {
+                pids.push((name, process.pid()));
+            }
+        }
         if let Some(pid) = self.database.as_ref().and_then(|d| d.pid().ok()) {
             pids.push((POSTMASTER, pid));
         }
@@ -495,7 +519,7 @@ impl Soak {
     }
 
     /// Waits until the cloud shows the gateway online with the switch where
-    /// the workload left it, and the relay online: what every fault must
+    /// the workload left it, and both relays online: what every fault must
     /// come back to.
     pub fn settle(&mut self, after: &str) -> Outcome {
         self.settle_within(after, Duration::from_secs(60))
@@ -504,7 +528,6 @@ impl Soak {
     /// [`settle`](Self::settle) within `bound`.
     pub fn settle_within(&mut self, after: &str, bound: Duration) -> Outcome {
         let gateway_id = self.gateway_id;
-        let relay_id = self.world.relay_id.expect("the relay is registered");
         let switch_on = self.switch_on;
         let world = &self.world;
         let mut seen = String::new();
@@ -518,19 +541,19 @@ impl Soak {
             );
             let gateway_ok = matches!(&gateway, Ok((200, g))
                 if g["last_seen"]["online"] == true && g["last_seen"]["switch_on"] == switch_on);
-            let relay = relay_health(world, relay_id);
+            let (relays_ok, relays) = self.relays_online();
             seen = format!(
-                "the gateway's last_seen: {}; the relay's health: {relay}",
+                "the gateway's last_seen: {}; {relays}",
                 gateway
                     .as_ref()
                     .map_or_else(|e| e.to_string(), |(status, g)| format!("{status} {}", g["last_seen"]))
             );
-            gateway_ok && relay["online"] == true
+            gateway_ok && relays_ok
         });
         self.stats.checks += 1;
         if !back {
             return Err(format!(
-                "{bound:?} after {after}, the cloud does not show the gateway online (switch {switch_on}) and the relay online ({seen})"
+                "{bound:?} after {after}, the cloud does not show the gateway online (switch {switch_on}) and both relays online ({seen})"
             ));
         }
         Ok(())
@@ -563,14 +586,6 @@ impl Soak {
         let mut last = String::new();
         let clean = poll(Duration::from_secs(30), || {
             let gateway = world.gateway_metrics();
-            let relay = http_get_path(
-                &world.relay_ns,
-                "127.0.0.1",
-                RELAY_METRICS.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(9478),
-                "/metrics",
-                Duration::from_secs(5),
-            )
-            .unwrap_or_default();
             let cloud =
                 http_get_path(&world.office_ns, CLOUD_IP, CLOUD_PORT, "/metrics", Duration::from_secs(5))
                     .unwrap_or_default();
@@ -581,12 +596,11 @@ impl Soak {
                     metric_value(&gateway, "ferry_gateway_peers_connected"),
                 ),
                 ("gateway guard_indices".to_string(), metric_value(&gateway, "ferry_gateway_guard_indices")),
-                ("relay allocations".to_string(), metric_value(&relay, "ferry_relay_allocations")),
-                ("relay bindings".to_string(), metric_value(&relay, "ferry_relay_bindings")),
                 ("gateway sessions --json".to_string(), sessions_count(&sessions) as f64),
                 ("cloud sessions_live".to_string(), metric_value(&cloud, "ferry_cloud_sessions_live")),
                 ("cloud subnets_held".to_string(), metric_value(&cloud, "ferry_cloud_subnets_held")),
             ];
+            values.extend(self.relay_leak_values());
             // A metric the cloud does not export reads 0: its absence must
             // not pass for a clean store.
             if !cloud.contains("ferry_cloud_subnets_held") {
@@ -610,7 +624,7 @@ impl Soak {
             }
             values.iter().all(|(_, v)| *v == 0.0)
         });
-        self.stats.checks += 14;
+        self.stats.checks += 12 + 2 * self.world.relay_count() as u64;
         self.event(format!("after every session ended: {last}"));
         if !clean {
             return Err(format!("30 s after every session ended, something is left: {last}"));
@@ -689,7 +703,7 @@ impl Soak {
 
 /// The relay's health as the cloud shows it (through either replica), or
 /// what the answer was; never a panic (the database may be restarting).
-fn relay_health(world: &World, id: u64) -> Value {
+pub fn relay_health(world: &World, id: u64) -> Value {
     let token = world.admin_token.lock().unwrap().clone();
     let mut answer =
         world.try_api_from(&world.office_ns, "GET", "/api/v1/relays", token.as_deref(), Value::Null);

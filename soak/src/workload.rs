@@ -84,6 +84,9 @@ pub struct Live {
 pub struct Tunnel {
     pub proxies: BTreeMap<String, String>,
     pub client: TunnelClient,
+    /// The relay of its configuration (by index; see crate::relays), if
+    /// the cloud gave it one.
+    pub relay: Option<usize>,
 }
 
 /// What carries a tunnel.
@@ -289,11 +292,17 @@ impl Soak {
         }
         let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &text, &keys.private);
         let proxies = parse_targets(&text);
+        let relay = self.relay_of_wg_quick(&text);
+        self.count_relay(relay);
         self.live_mut(t).tunnel = Some(Tunnel {
             proxies,
             client: TunnelClient::Stock { go, wg_quick: text, private_key: keys.private },
+            relay,
         });
-        self.event(format!("session {id}: wireguard-go up from the wg-quick file"));
+        self.event(format!(
+            "session {id}: wireguard-go up from the wg-quick file (endpoint on {})",
+            Self::relay_label(relay)
+        ));
         self.use_session(t)
     }
 
@@ -318,8 +327,14 @@ impl Soak {
             self.stats.connects_without_handshake += 1;
         }
         let (config_id, proxies) = ferry_tunnel(id, &tunnel)?;
-        self.event(format!("session {id}: ferry connect: {}", client_line(&tunnel)));
-        self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id } });
+        let relay = self.relay_of_config(id, config_id);
+        self.count_relay(relay);
+        self.event(format!(
+            "session {id}: ferry connect: {} (configured with {})",
+            client_line(&tunnel),
+            Self::relay_label(relay)
+        ));
+        self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id }, relay });
         self.use_session(t)
     }
 
@@ -707,8 +722,13 @@ impl Soak {
                 let go = WireguardGo::from_wg_quick(&self.world.lab, &ns, &wg_quick, &private_key);
                 let started = Instant::now();
                 let proxies = parse_targets(&wg_quick);
-                self.live_mut(t).tunnel =
-                    Some(Tunnel { proxies, client: TunnelClient::Stock { go, wg_quick, private_key } });
+                // The same file: the same relay.
+                let relay = tunnel.relay;
+                self.live_mut(t).tunnel = Some(Tunnel {
+                    proxies,
+                    client: TunnelClient::Stock { go, wg_quick, private_key },
+                    relay,
+                });
                 self.event(format!("session {id}: wireguard-go started again"));
                 started
             }
@@ -738,11 +758,16 @@ impl Soak {
                     self.stats.connects_without_handshake += 1;
                 }
                 let (config_id, proxies) = ferry_tunnel(id, &tunnel)?;
+                // A new configuration: the cloud picks a relay again.
+                let relay = self.relay_of_config(id, config_id);
+                self.count_relay(relay);
                 self.event(format!(
-                    "session {id}: ferry service started again, ferry connect: {}",
-                    client_line(&tunnel)
+                    "session {id}: ferry service started again, ferry connect: {} (configured with {})",
+                    client_line(&tunnel),
+                    Self::relay_label(relay)
                 ));
-                self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id } });
+                self.live_mut(t).tunnel =
+                    Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id }, relay });
                 started
             }
         };

@@ -8,6 +8,47 @@ pub const RELAY_WS: &str = "203.0.113.1:443";
 pub const RELAY_STUN: &str = "203.0.113.1:3478";
 /// `/metrics` of the relay on the relay namespace's own loopback.
 pub const RELAY_METRICS: &str = "127.0.0.1:9478";
+/// The second relay ([`crate::Options::second_relay`]): the next /29 of
+/// the same documentation range, a port range of its own (so that an
+/// endpoint names its relay by its port too), `/metrics` on its own
+/// namespace's loopback.
+pub const RELAY2_IP: &str = "203.0.113.17";
+pub const RELAY2_PORTS: &str = "40100-40199";
+pub const RELAY2_WS: &str = "203.0.113.17:443";
+pub const RELAY2_STUN: &str = "203.0.113.17:3478";
+pub const RELAY2_METRICS: &str = "127.0.0.1:9478";
+
+/// Where one relay of the world listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayAddrs {
+    /// Its public address (`--public-ipv4`).
+    pub ip: &'static str,
+    /// Its UDP allocations' port range (`--ports`).
+    pub ports: &'static str,
+    pub websocket: &'static str,
+    pub stun: &'static str,
+    /// `/metrics` on its namespace's own loopback.
+    pub metrics: &'static str,
+}
+
+/// The world's relays by index: 0 is the one every world has, 1 the
+/// second of [`crate::Options::second_relay`].
+pub const RELAYS: [RelayAddrs; 2] = [
+    RelayAddrs {
+        ip: RELAY_IP,
+        ports: RELAY_PORTS,
+        websocket: RELAY_WS,
+        stun: RELAY_STUN,
+        metrics: RELAY_METRICS,
+    },
+    RelayAddrs {
+        ip: RELAY2_IP,
+        ports: RELAY2_PORTS,
+        websocket: RELAY2_WS,
+        stun: RELAY2_STUN,
+        metrics: RELAY2_METRICS,
+    },
+];
 /// The technician's public address: their own with
 /// [`crate::Technician::Public`], their home router's WAN address behind a NAT.
 pub const TECH_IP: &str = "192.0.2.2";

@@ -8,9 +8,7 @@ use ferry_lab::Netns;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::{
-    Technician, World, addresses::*, api::Api, bin_path, services::poll, services::wait_until, unix_ms,
-};
+use crate::{Technician, World, addresses::*, api::Api, bin_path, services::poll, unix_ms};
 
 /// A gateway the admin created, with its one-time enrolment token.
 #[derive(Clone, Debug)]
@@ -287,10 +285,22 @@ impl World {
     /// Registers a relay at the cloud, starts `ferry-relay run` with its
     /// token and waits until the cloud shows it online. Returns its id.
     pub fn start_relay(&mut self) -> u64 {
-        let (status, created) = self.admin("POST", "/api/v1/relays", json!({"name": "relay-lab"}));
+        self.start_relay_at(0)
+    }
+
+    /// The same for relay `index` ([`crate::RELAYS`]; 1 with
+    /// [`crate::Options::second_relay`]): a registration, token, state file
+    /// and certificate of its own.
+    pub fn start_relay_at(&mut self, index: usize) -> u64 {
+        let addrs = RELAYS[index];
+        // The first relay's names as they were before there was a second.
+        let suffix = if index == 0 { String::new() } else { format!("-{}", index + 1) };
+        let (status, created) =
+            self.admin("POST", "/api/v1/relays", json!({"name": format!("relay-lab{suffix}")}));
         assert_eq!(status, 201, "{created}");
         let id = created["relay"]["id"].as_u64().unwrap();
-        let token_file = self.lab.dir().join("relay.token");
+        let dir = self.lab.dir().to_path_buf();
+        let token_file = dir.join(format!("relay{suffix}.token"));
         std::fs::write(&token_file, created["token"].as_str().unwrap()).unwrap();
         let cloud_scheme = if self.options.cloud_tls { "wss" } else { "ws" };
         let cloud_url = format!("{cloud_scheme}://{CLOUD_IP}:{CLOUD_PORT}/api/v1/control/relay");
@@ -300,28 +310,30 @@ impl World {
             .map(|(port, _)| format!("ws://{CLOUD_IP}:{port}/api/v1/control/relay"))
             .collect();
         let scheme = if self.options.relay_tls { "wss" } else { "ws" };
-        let websocket_url = format!("{scheme}://{RELAY_WS}/");
+        let websocket_url = format!("{scheme}://{}/", addrs.websocket);
         let id_text = id.to_string();
-        let (cert_file, key_file) = (self.lab.dir().join("relay.crt"), self.lab.dir().join("relay.key"));
+        let (cert_file, key_file) =
+            (dir.join(format!("relay{suffix}.crt")), dir.join(format!("relay{suffix}.key")));
         // A restarted relay carries on with the sessions it had (see
         // relay/src/state_file.rs).
-        let state_file = self.lab.dir().join("relay-state.json");
+        let state_file = dir.join(format!("relay{suffix}-state.json"));
+        let interface = self.relay_if_at(index).to_string();
         let mut args = vec![
             "run",
             "--xdp",
             self.options.relay_xdp,
             "--public-ipv4",
-            RELAY_IP,
+            addrs.ip,
             "--ports",
-            RELAY_PORTS,
+            addrs.ports,
             "--stun",
-            RELAY_STUN,
+            addrs.stun,
             "--websocket",
-            RELAY_WS,
+            addrs.websocket,
             "--websocket-url",
             &websocket_url,
             "--metrics",
-            RELAY_METRICS,
+            addrs.metrics,
             "--state-file",
             state_file.to_str().unwrap(),
             "--cloud-url",
@@ -340,47 +352,31 @@ impl World {
             args.extend(["--cloud-pin", cloud_pin]);
         }
         if self.options.relay_xdp != "off" {
-            args.extend(["--interface", &self.relay_if]);
+            args.extend(["--interface", &interface]);
         }
+        let mut relay_pin = None;
         if self.options.relay_tls {
-            let certified = rcgen::generate_simple_self_signed(vec![RELAY_IP.to_string()]).unwrap();
+            let certified = rcgen::generate_simple_self_signed(vec![addrs.ip.to_string()]).unwrap();
             std::fs::write(&cert_file, certified.cert.pem()).unwrap();
             std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
-            self.relay_pin = Some(pin::format_fingerprint(&pin::fingerprint(certified.cert.der())));
+            relay_pin = Some(pin::format_fingerprint(&pin::fingerprint(certified.cert.der())));
             args.extend(["--tls-cert", cert_file.to_str().unwrap(), "--tls-key", key_file.to_str().unwrap()]);
         }
-        self.relay_args = args.iter().map(|a| a.to_string()).collect();
-        self.relay_id = Some(id);
-        self.run_relay();
+        let args = args.iter().map(|a| a.to_string()).collect();
+        self.set_relay_identity(index, id, args, relay_pin);
+        self.run_relay_at(index);
         id
-    }
-
-    /// Starts `ferry-relay run` with the arguments of [`World::start_relay`]
-    /// (the same registration and token) and waits until the cloud shows it
-    /// online.
-    fn run_relay(&mut self) {
-        assert!(self.relay.is_none(), "the relay runs already");
-        let args: Vec<&str> = self.relay_args.iter().map(String::as_str).collect();
-        let mut relay = self.relay_ns.spawn_program(bin_path("ferry-relay"), &args).unwrap();
-        relay.wait_for_output("ferry-relay ready", Duration::from_secs(20)).unwrap();
-        self.relay = Some(relay);
-        let id = self.relay_id.expect("the relay is registered");
-        wait_until(Duration::from_secs(30), "the relay to be online at the cloud", || {
-            self.relay_health(id)["online"] == true
-        });
     }
 
     /// SIGKILL of the relay, as a crash or power cut ends it.
     pub fn kill_relay(&mut self) {
-        let mut relay = self.relay.take().expect("the relay is not running");
-        relay.signal(Signal::SIGKILL).unwrap();
-        relay.wait_timeout(Duration::from_secs(10)).unwrap();
+        self.kill_relay_at(0);
     }
 
     /// Starts the relay again after [`World::kill_relay`], with the same
     /// registration, and waits until the cloud shows it online.
     pub fn restart_relay(&mut self) {
-        self.run_relay();
+        self.restart_relay_at(0);
     }
 
     /// The relay's health as the cloud shows it.

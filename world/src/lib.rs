@@ -29,6 +29,16 @@
 //!                                               192.168.50.10        192.168.50.11     192.168.50.20
 //! ```
 //!
+//! With [`Options::second_relay`], a second relay hangs off the internet
+//! router the same way, in a namespace of its own (`relay-2`,
+//! [`RELAYS`]`[1]`): 203.0.113.17/29 (the router 203.0.113.22), UDP
+//! 40100-40199, STUN :3478, WS :443, /metrics 127.0.0.1:9478 on its own
+//! loopback, with a registration, token and state file of its own. The
+//! cloud picks one of the two for each allocation; relay 0 is the one of
+//! the picture and of the `relay*` fields, both are reached by index
+//! ([`World::start_relay_at`], [`World::kill_relay_at`],
+//! [`World::restart_relay_at`], [`World::relay_metrics_at`]).
+//!
 //! The technician, by [`Options::technician`]:
 //! - [`Technician::Public`]: `tech` holds 192.0.2.2 itself, and its own home
 //!   LAN (192.168.50.77/24) is a veth to `home` (192.168.50.10, a device at
@@ -88,6 +98,7 @@ pub mod api;
 mod client;
 mod cloud;
 mod gateway;
+mod relays;
 pub mod services;
 mod technician;
 mod topology;
@@ -97,6 +108,7 @@ pub use addresses::*;
 pub use client::{FerryClient, client_proxies, said};
 pub use cloud::{GatewayRecord, User, problem_type};
 pub use gateway::{PANEL_PORT, faketime_library, metric_value, panel_addr, switch_word};
+pub use relays::{RelayNode, relay_name};
 pub use services::{
     EchoLoop, Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until,
 };

@@ -5,7 +5,13 @@ use std::{path::PathBuf, sync::Mutex};
 use ferry_ebpf::pass::PassProgram;
 use ferry_lab::{Lab, Nat, Netns, Process, Router};
 
-use crate::{addresses::*, api::Api, services::Server, strip_len};
+use crate::{
+    addresses::*,
+    api::Api,
+    relays::{RelayNode, relay_name},
+    services::Server,
+    strip_len,
+};
 
 /// Where the technician sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +68,11 @@ pub struct Options {
     /// would, while its monotonic clocks and every other process's clock
     /// stay as they are. Needs Debian's `libfaketime` (`cargo xtask setup`).
     pub gateway_faketime: bool,
+    /// A second relay in a namespace of its own on the internet
+    /// ([`crate::RELAYS`]`[1]`), registered and started by
+    /// [`World::start_relay_at`]`(1)`; the cloud picks one of the two for
+    /// each allocation.
+    pub second_relay: bool,
 }
 
 impl Default for Options {
@@ -76,6 +87,7 @@ impl Default for Options {
             lab_services: true,
             cloud_storage: None,
             gateway_faketime: false,
+            second_relay: false,
         }
     }
 }
@@ -138,6 +150,8 @@ pub struct World {
     pub(crate) api: Option<Api>,
     /// The port of the replica that API calls go to.
     pub(crate) api_port: u16,
+    /// The relays after the first ([`Options::second_relay`]): index 1 on.
+    pub extra_relays: Vec<RelayNode>,
     pub(crate) servers: Vec<Server>,
     pub(crate) _xdp: Vec<PassProgram>,
 }
@@ -165,13 +179,22 @@ impl World {
         let (cloud_ns, _) = host("cloud", "203.0.113.14/29", "203.0.113.10/29");
         let (relay_ns, relay_veth) = host("relay", "203.0.113.6/29", "203.0.113.1/29");
         let (office_ns, _) = host("office", "192.0.2.129/25", "192.0.2.130/25");
-        if options.relay_xdp != "off" {
-            // XDP_TX toward the router only delivers with XDP there; the
-            // relay's FIB lookups need forwarding on its interface.
-            let router_if = relay_veth.a.clone();
-            xdp.push(inet.run_in(move || PassProgram::attach(&router_if)).unwrap().unwrap());
-            relay_ns.sysctl(&format!("net.ipv4.conf.{}.forwarding=1", relay_veth.b)).unwrap();
+        let mut relays = vec![(relay_ns, relay_veth)];
+        if options.second_relay {
+            relays.push(host("relay-2", "203.0.113.22/29", &format!("{RELAY2_IP}/29")));
         }
+        if options.relay_xdp != "off" {
+            for (relay_ns, relay_veth) in &relays {
+                // XDP_TX toward the router only delivers with XDP there; the
+                // relay's FIB lookups need forwarding on its interface.
+                let router_if = relay_veth.a.clone();
+                xdp.push(inet.run_in(move || PassProgram::attach(&router_if)).unwrap().unwrap());
+                relay_ns.sysctl(&format!("net.ipv4.conf.{}.forwarding=1", relay_veth.b)).unwrap();
+            }
+        }
+        let mut relays = relays.into_iter();
+        let (relay_ns, relay_veth) = relays.next().expect("the first relay");
+        let extra_relays: Vec<RelayNode> = relays.map(|(ns, veth)| RelayNode::new(ns, veth.b)).collect();
         // The cloud also answers on TCP 443, for sites that let nothing else out.
         cloud_ns
             .exec(
@@ -359,6 +382,7 @@ impl World {
             cloud_pin: None,
             api: None,
             api_port: CLOUD_PORT,
+            extra_relays,
             servers,
             _xdp: xdp,
             lab,
@@ -370,10 +394,11 @@ impl World {
     /// Every namespace of the world with its role, for people looking
     /// around (`ip netns exec <name> ...`).
     pub fn namespaces(&self) -> Vec<(&'static str, &Netns)> {
-        let mut all = vec![
-            ("internet", &self.inet),
-            ("cloud", &self.cloud_ns),
-            ("relay", &self.relay_ns),
+        let mut all = vec![("internet", &self.inet), ("cloud", &self.cloud_ns), ("relay", &self.relay_ns)];
+        for relay in &self.extra_relays {
+            all.push(("second relay", &relay.ns));
+        }
+        all.extend([
             ("office", &self.office_ns),
             ("technician", &self.tech_ns),
             ("home device", &self.home_ns),
@@ -382,7 +407,7 @@ impl World {
             ("target-a", &self.target_a),
             ("target-b", &self.target_b),
             ("probe", &self.probe_ns),
-        ];
+        ]);
         if let Some(router) = &self.router {
             all.push(("site router", &router.ns));
         }
@@ -433,6 +458,16 @@ impl World {
                 );
             }
         }
+        for (index, relay) in self.extra_relays.iter().enumerate() {
+            if let Some(process) = &relay.process {
+                let name = relay_name(index + 1);
+                out += &format!(
+                    "--- {name} stdout ---\n{}\n--- {name} stderr (tail) ---\n{}\n",
+                    tail(process.stdout()),
+                    tail(process.stderr())
+                );
+            }
+        }
         for (port, process) in &self.cloud_replicas {
             if let Some(process) = process {
                 out += &format!(
@@ -452,8 +487,12 @@ impl Drop for World {
             eprintln!("{}", self.log_tails(60));
         }
         let replicas = self.cloud_replicas.iter_mut().map(|(_, process)| process);
-        for process in
-            [&mut self.gateway, &mut self.relay, &mut self.cloud].into_iter().chain(replicas).flatten()
+        let relays = self.extra_relays.iter_mut().map(|relay| &mut relay.process);
+        for process in [&mut self.gateway, &mut self.relay, &mut self.cloud]
+            .into_iter()
+            .chain(relays)
+            .chain(replicas)
+            .flatten()
         {
             process.kill();
         }
