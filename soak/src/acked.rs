@@ -185,7 +185,6 @@ impl Soak {
             });
         }
         self.stats.acked_writes = writes as u64;
-        let token = self.world.admin_token.lock().unwrap().clone();
         let mut waited = 0;
         for addr in &addrs {
             let api = self.world.api().at(*addr);
@@ -194,12 +193,21 @@ impl Soak {
                 let mut tries = 0;
                 let ok = poll(*bound, || {
                     tries += 1;
-                    let (api, path, token) = (api.clone(), path.clone(), token.clone());
+                    // The admin's access token lasts minutes, a long run
+                    // hours: a refused one is renewed, and the read tried
+                    // again.
+                    let token = self.world.admin_token.lock().unwrap().clone();
+                    let (api, path) = (api.clone(), path.clone());
                     match self
                         .world
                         .office_ns
                         .run_in(move || api.call("GET", &path, token.as_deref(), Value::Null))
                     {
+                        Ok(Ok((401, body))) => {
+                            seen = format!("401 {body}");
+                            self.world.renew_admin_token();
+                            false
+                        }
                         Ok(Ok((status, body))) => {
                             seen = format!("{status} {body}");
                             holds.by(status, &body)

@@ -214,6 +214,9 @@ impl Soak {
         *self.stats.cloud_kills.entry("database restarted").or_default() += 1;
         self.acked_write(self.world.cloud_addr(), "just before the database stopped")?;
         let how = if immediate { "immediate (as a crash)" } else { "fast" };
+        // A fresh admin token: an expired one is refused before the database
+        // is asked, with a 401 where the check below wants the 503.
+        self.world.renew_admin_token();
         let database = self.database.as_ref().expect("on PostgreSQL");
         database.stop(immediate).map_err(|e| format!("stopping PostgreSQL: {e}"))?;
         let stopped = Instant::now();

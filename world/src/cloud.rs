@@ -237,6 +237,14 @@ impl World {
         self.try_api_from(ns, method, path, token, body).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Logs the admin in again (an access token lasts minutes) and keeps
+    /// the new token for every later call.
+    pub fn renew_admin_token(&self) -> String {
+        let token = self.login(&self.office_ns, "admin", ADMIN_PASSWORD).1;
+        *self.admin_token.lock().unwrap() = Some(token.clone());
+        token
+    }
+
     /// An admin call from the office; logs in again once if the token was
     /// refused (for example after a cloud restart).
     pub fn admin(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
@@ -245,8 +253,7 @@ impl World {
         if status != 401 {
             return (status, answer);
         }
-        let token = self.login(&self.office_ns, "admin", ADMIN_PASSWORD).1;
-        *self.admin_token.lock().unwrap() = Some(token.clone());
+        let token = self.renew_admin_token();
         self.api_from(&self.office_ns, method, path, Some(&token), body)
     }
 
