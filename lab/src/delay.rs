@@ -14,7 +14,7 @@ use std::{
     fs::File,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -56,6 +56,8 @@ pub struct DelayLine {
     ns: Netns,
     rules: Vec<Vec<String>>,
     stop: Arc<AtomicBool>,
+    /// The packets held now.
+    holding: Arc<AtomicU64>,
     thread: Option<JoinHandle<std::io::Result<LineStats>>>,
 }
 
@@ -71,6 +73,8 @@ impl DelayLine {
         let path = ns.path();
         let name = ns.name().to_string();
         let stopping = stop.clone();
+        let holding = Arc::new(AtomicU64::new(0));
+        let held_now = holding.clone();
         let thread = std::thread::Builder::new()
             .name(format!("delay-{interface}"))
             .spawn(move || -> std::io::Result<LineStats> {
@@ -81,7 +85,7 @@ impl DelayLine {
                 match queue {
                     Ok(queue) => {
                         let _ = bound_tx.send(Ok(()));
-                        serve(queue, impairment, seed, &stopping)
+                        serve(queue, impairment, seed, &stopping, &held_now)
                     }
                     Err(error) => {
                         let _ = bound_tx.send(Err(format!("binding NFQUEUE {QUEUE} in {name}: {error}")));
@@ -90,7 +94,7 @@ impl DelayLine {
                 }
             })
             .map_err(|e| Error::Setup(format!("starting the delay line's thread: {e}")))?;
-        let mut line = DelayLine { ns: ns.clone(), rules: Vec::new(), stop, thread: Some(thread) };
+        let mut line = DelayLine { ns: ns.clone(), rules: Vec::new(), stop, holding, thread: Some(thread) };
         match bound_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return Err(Error::Setup(why)),
@@ -119,8 +123,13 @@ impl DelayLine {
         Ok(line)
     }
 
-    /// Takes the rules out, lets every packet still held go at its time,
-    /// and says what the line did.
+    /// How many packets the line holds now.
+    pub fn holding(&self) -> u64 {
+        self.holding.load(Ordering::Relaxed)
+    }
+
+    /// Takes the rules out, lets every packet still held go at once (the
+    /// impairment is over), and says what the line did.
     pub fn stop(mut self) -> Result<LineStats> {
         self.remove_rules()?;
         self.stop.store(true, Ordering::Relaxed);
@@ -171,13 +180,15 @@ fn serve(
     impairment: Impairment,
     seed: u64,
     stop: &AtomicBool,
+    holding: &AtomicU64,
 ) -> std::io::Result<LineStats> {
     let mut stats = LineStats::default();
     let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
     let mut random = Rng::new(seed);
     loop {
         let now = Instant::now();
-        while held.front().is_some_and(|(due, _)| *due <= now) {
+        let stopping = stop.load(Ordering::Relaxed);
+        while held.front().is_some_and(|(due, _)| stopping || *due <= now) {
             if let Some((_, mut message)) = held.pop_front() {
                 message.set_verdict(nfq::Verdict::Accept);
                 queue.verdict(message)?;
@@ -193,13 +204,15 @@ fn serve(
                 } else {
                     held.push_back((Instant::now() + impairment.delay, message));
                 }
+                holding.store(held.len() as u64, Ordering::Relaxed);
                 continue;
             }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => continue,
             Err(error) => return Err(error),
         }
-        if stop.load(Ordering::Relaxed) && held.is_empty() {
+        holding.store(held.len() as u64, Ordering::Relaxed);
+        if stopping && held.is_empty() {
             let _ = queue.unbind(QUEUE);
             return Ok(stats);
         }
