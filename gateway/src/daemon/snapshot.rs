@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ferry_control::gateway::DesiredState;
 
 const FILE: &str = "desired.json";
@@ -15,20 +15,11 @@ pub fn path(data_dir: &Path) -> PathBuf {
 }
 
 pub fn load(data_dir: &Path) -> Result<Option<DesiredState>> {
-    let path = path(data_dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let state = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(Some(state))
+    crate::state::file::load_json(&path(data_dir))
 }
 
 pub fn save(data_dir: &Path, state: &DesiredState) -> Result<()> {
-    let path = path(data_dir);
-    let text = serde_json::to_vec(state).context("encoding the desired state")?;
-    crate::state::file::replace(&path, &text, 0o600).with_context(|| format!("writing {}", path.display()))
+    crate::state::file::save_json(&path(data_dir), state)
 }
 
 #[cfg(test)]

@@ -22,6 +22,24 @@ pub fn replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
+/// A private JSON file (mode 0600) replaced whole with `value`.
+pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let text = serde_json::to_vec(value).with_context(|| format!("encoding {}", path.display()))?;
+    replace(path, &text, 0o600).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The JSON file at `path`, or None if there is none.
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    use anyhow::Context as _;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_str(&text).map(Some).with_context(|| format!("parsing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
