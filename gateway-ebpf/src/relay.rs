@@ -43,10 +43,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::{
-    csum::{replace, sum, sum_not, udp_checksum},
-    packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_UDP, be16_at, ptr_at, ptr_at_mut},
-};
+use crate::packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_UDP};
 
 #[map(name = "RELAY_CONFIG")]
 static RELAY_CONFIG: Array<RelayConfig> = Array::with_max_entries(1, 0);
@@ -152,11 +149,102 @@ struct Hop {
     dmac: u64,
 }
 
-/// A transport message to an allocation port: its UDP header and the length
-/// of the WireGuard message it carries.
+// The headers are read and written as whole words at fixed offsets, as C
+// programs read them through `struct iphdr`: a byte array's fields become a
+// load, shift and or per byte in BPF, several times the instructions. The
+// offsets below are aligned in the verifier's model of a packet, whose start
+// it takes to be 2 bytes past a 4-byte boundary (NET_IP_ALIGN), so that the
+// IP header is 4-aligned: a u16 at an even offset, a u32 at 2 mod 4, a u64 at
+// 6 mod 8. The verifier accepts them even when it checks alignment strictly;
+// on machines without that need (x86-64, arm64) the JIT emits plain loads
+// whatever the real alignment. Words are little-endian loads of network-order
+// bytes; the Internet checksum does not care in which order the bytes of its
+// 16-bit words are summed, as long as it is the same order throughout
+// (RFC 1071, 2.(B)), so the checksums are updated on the raw words.
+
+/// Byte 12 of the frame: the EtherType, as a raw (little-endian) u16.
+const ETHERTYPE_AT: usize = 12;
+const RAW_ETH_P_IP: u16 = ETH_P_IP.swap_bytes();
+const RAW_ETH_P_IPV6: u16 = ETH_P_IPV6.swap_bytes();
+
+/// Reads the `T` (an integer) at `offset` from `data` with one load.
+///
+/// # Safety
+/// The caller checked that the `size_of::<T>()` bytes at `data + offset` lie
+/// inside the packet; the offset is aligned for `T` in the verifier's model
+/// (see above).
+#[inline(always)]
+unsafe fn load<T: Copy>(data: usize, offset: usize) -> T {
+    // SAFETY: the caller's. Volatile: one access of exactly this width.
+    unsafe { core::ptr::read_volatile((data + offset) as *const T) }
+}
+
+/// Writes `value` at `offset` from `data` with one store.
+///
+/// # Safety
+/// As for [`load`].
+#[inline(always)]
+unsafe fn store<T: Copy>(data: usize, offset: usize, value: T) {
+    // SAFETY: the caller's.
+    unsafe { core::ptr::write_volatile((data + offset) as *mut T, value) }
+}
+
+/// The big-endian u16 whose bytes were loaded little-endian into `raw`.
+#[inline(always)]
+fn be(raw: u16) -> u16 {
+    raw.swap_bytes()
+}
+
+/// A transport message to an allocation port: its UDP header as two raw words
+/// and the length of the WireGuard message it carries.
 struct Transport {
-    udp: *mut UdpHdr,
+    /// Source and destination port (the allocation port), raw.
+    ports: u32,
+    /// Length and checksum, raw.
+    len_check: u32,
     payload_len: usize,
+}
+
+impl Transport {
+    fn sender_port(&self) -> u16 {
+        self.ports as u16
+    }
+
+    fn relay_port(&self) -> u16 {
+        (self.ports >> 16) as u16
+    }
+
+    fn check(&self) -> u16 {
+        (self.len_check >> 16) as u16
+    }
+}
+
+/// A binding the program forwards with, and its next-hop cache's words
+/// (`Binding::next_hop`), which the program alone writes, each with one
+/// 8-byte store.
+struct Bound {
+    binding: &'static Binding,
+    cache: *mut u64,
+    /// The binding's words 2: the peer's port (raw), family, action, slot.
+    meta: u64,
+}
+
+impl Bound {
+    fn peer_port(&self) -> u16 {
+        self.meta as u16
+    }
+
+    fn slot(&self) -> u32 {
+        (self.meta >> 32) as u32
+    }
+
+    /// The binding's first two words: the peer's address.
+    fn addr_words(&self) -> (u64, u64) {
+        let words = (self.binding as *const Binding).cast::<u64>();
+        // SAFETY: within the binding, which is 8-aligned and starts with
+        // the address. Volatile: two loads, not sixteen.
+        unsafe { (core::ptr::read_volatile(words), core::ptr::read_volatile(words.add(1))) }
+    }
 }
 
 #[inline(always)]
@@ -164,63 +252,69 @@ pub fn forward<const UPTO: u8>(ctx: &XdpContext) -> Outcome {
     let Some(config) = RELAY_CONFIG.get(0) else {
         return Outcome::PassOtherPort;
     };
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN > end {
+        return Outcome::PassMalformed;
+    }
     // VLAN tags are not walked: a relay's uplink delivers untagged frames, and
     // anything tagged reaches the stack as it is.
-    match be16_at(ctx, ETH_HLEN - 2) {
-        Some(ETH_P_IP) => forward_v4::<UPTO>(ctx, config),
-        Some(ETH_P_IPV6) => forward_v6::<UPTO>(ctx, config),
-        Some(_) => Outcome::PassNotIp,
-        None => Outcome::PassMalformed,
+    // SAFETY: checked just above.
+    match unsafe { load::<u16>(data, ETHERTYPE_AT) } {
+        RAW_ETH_P_IP => forward_v4::<UPTO>(ctx, data, end, config),
+        RAW_ETH_P_IPV6 => forward_v6::<UPTO>(ctx, data, end, config),
+        _ => Outcome::PassNotIp,
     }
 }
 
 #[inline(always)]
-fn forward_v4<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
-    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return Outcome::PassMalformed;
-    };
-    // SAFETY: ptr_at checked the header lies inside the packet.
-    let ip = unsafe { &mut *ip };
-    let header_len = (ip.vihl & 0x0f) as usize * 4;
-    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len {
+fn forward_v4<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config: &RelayConfig) -> Outcome {
+    if data + UDP4_OFFSET > end {
         return Outcome::PassMalformed;
     }
-    if ip.proto != IPPROTO_UDP {
+    // SAFETY (the three): inside the IPv4 header, checked just above.
+    // Version and IHL, TOS, total length, ID, flags and fragment offset.
+    let head = unsafe { load::<u64>(data, ETH_HLEN) };
+    // TTL, protocol, header checksum, source address.
+    let middle = unsafe { load::<u64>(data, ETH_HLEN + 8) };
+    let dst = unsafe { load::<u32>(data, ETH_HLEN + 16) };
+    let vihl = head as u8;
+    let header_len = (vihl & 0x0f) as usize * 4;
+    let total_len = be((head >> 16) as u16) as usize;
+    if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len {
+        return Outcome::PassMalformed;
+    }
+    if (middle >> 8) as u8 != IPPROTO_UDP {
         return Outcome::PassNotUdp;
     }
-    // More-fragments flag or a non-zero offset.
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+    // More-fragments flag or a non-zero offset (0x3fff of the big-endian
+    // field, whose high byte comes first).
+    if (head >> 48) & 0xff3f != 0 {
         return Outcome::PassFragment;
     }
     if header_len != Ipv4Hdr::LEN {
         return Outcome::PassIpOptions;
     }
-    if config.addr4 == [0; 4] || ip.dst_addr != config.addr4 {
+    let relay = u32::from_ne_bytes(config.addr4);
+    if relay == 0 || dst != relay {
         return Outcome::PassOtherPort;
     }
-    let transport = match transport(ctx, UDP4_OFFSET, total_len - Ipv4Hdr::LEN, config) {
+    let transport = match transport::<UDP4_OFFSET>(data, end, total_len - Ipv4Hdr::LEN, config) {
         Ok(transport) => transport,
         Err(outcome) => return outcome,
     };
     if UPTO == Step::Parse as u8 {
         return Outcome::ForwardTx;
     }
-    // SAFETY: transport() checked the header lies inside the packet.
-    let udp = unsafe { &mut *transport.udp };
 
-    let src = ip.src_addr;
-    let key = BindingKey4 { addr: src, port: udp.src, relay_port: udp.dst };
-    let (binding, cache) = match lookup(&RELAY_BINDINGS, &key, FAMILY_V4) {
+    let src = (middle >> 32) as u32;
+    // BindingKey4: the address, the sender's port, the allocation port.
+    let key = src as u64 | (transport.ports as u64) << 32;
+    // SAFETY: a BindingKey4 is 8 bytes of byte arrays, any bits are one.
+    let key = unsafe { &*(&key as *const u64).cast::<BindingKey4>() };
+    let bound = match lookup(&RELAY_BINDINGS, key, FAMILY_V4) {
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
-    let peer = [binding.addr[0], binding.addr[1], binding.addr[2], binding.addr[3]];
-    // The relay's address replaces the sender's, the peer's replaces the
-    // relay's: for the checksums only the sender's address leaves and the
-    // peer's arrives (RFC 1624 incremental updates, eqn. 3).
-    let removed = settled(sum_not(&src));
-    let added = settled(sum(&peer));
     if UPTO == Step::Binding as u8 {
         return Outcome::ForwardTx;
     }
@@ -231,16 +325,16 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome
             // Without the ECN bits, which routing ignores (the kernel masks
             // them): a peer marking congestion would otherwise miss the cache
             // with every change of its marks.
-            tos: ip.tos & TOS_ROUTED,
+            tos: (head >> 8) as u8 & TOS_ROUTED,
             in_ifindex: ctx.ingress_ifindex() as u32,
-            sport: udp.dst,
-            dport: binding.port,
+            sport: transport.relay_port().to_ne_bytes(),
+            dport: bound.peer_port().to_ne_bytes(),
             flowinfo: 0,
             ip_len: total_len as u32,
         };
         // Written by next_hop when it returns true; never zeroed (a memset).
         let mut hop = mem::MaybeUninit::<Hop>::uninit();
-        if !next_hop::<UPTO>(ctx, config, binding, cache, &request, hop.as_mut_ptr()) {
+        if !next_hop::<UPTO>(ctx, config, &bound, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
         }
         if UPTO != Step::All as u8 {
@@ -252,88 +346,97 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome
         None
     };
 
-    let old_ttl = u16::from_be_bytes([ip.ttl, ip.proto]);
-    let new_ttl = u16::from_be_bytes([TTL, ip.proto]);
-    ip.check = replace(ip.check, removed + !old_ttl as u32, added + new_ttl as u32).to_be_bytes();
-    ip.src_addr = ip.dst_addr;
-    ip.dst_addr = peer;
-    ip.ttl = TTL;
-    // Zero means the sender computed no checksum; it stays that way.
-    if udp.check != [0, 0] {
-        udp.check = udp_checksum(replace_ports(udp, removed, added, binding.port));
+    let peer = bound.addr_words().0 as u32;
+    // The relay's address replaces the sender's, the peer's replaces the
+    // relay's: for the checksums only the sender's address leaves and the
+    // peer's arrives (RFC 1624 incremental updates, eqn. 3), and the TTL.
+    let addresses = (!src) as u64 + peer as u64;
+    let old_ttl = middle as u16;
+    let new_ttl = u16::from_ne_bytes([TTL, IPPROTO_UDP]);
+    let ip_check = updated((middle >> 16) as u16, addresses + (!old_ttl) as u64 + new_ttl as u64);
+    // SAFETY (both): inside the IPv4 header.
+    unsafe {
+        store::<u64>(data, ETH_HLEN + 8, new_ttl as u64 | (ip_check as u64) << 16 | (dst as u64) << 32);
+        // The destination address and the ports.
+        store::<u64>(
+            data,
+            ETH_HLEN + 16,
+            peer as u64 | (transport.relay_port() as u64) << 32 | (bound.peer_port() as u64) << 48,
+        );
     }
-    udp.src = udp.dst;
-    udp.dst = binding.port;
+    let check = transport.check();
+    // Zero means the sender computed no checksum; it stays that way.
+    if check != 0 {
+        let udp_check = udp_checksum(updated(check, ports_change(addresses, &transport, &bound)));
+        // SAFETY: inside the UDP header, which transport() checked.
+        unsafe { store::<u16>(data, UDP4_OFFSET + 6, udp_check) };
+    }
 
-    finish(ctx, next_hop, binding, transport.payload_len)
+    finish(ctx, data, RAW_ETH_P_IP, next_hop, &bound, transport.payload_len)
 }
 
 #[inline(always)]
-fn forward_v6<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome {
-    let Some(ip) = ptr_at_mut::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+fn forward_v6<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config: &RelayConfig) -> Outcome {
+    if data + UDP6_OFFSET > end {
         return Outcome::PassMalformed;
-    };
-    // SAFETY: ptr_at checked the header lies inside the packet.
-    let ip = unsafe { &mut *ip };
-    if ip.vcf[0] >> 4 != 6 {
+    }
+    // SAFETY: inside the IPv6 header, checked just above. Version, traffic
+    // class, flow label, payload length, next header, hop limit.
+    let head = unsafe { load::<u64>(data, ETH_HLEN) };
+    if (head as u8) >> 4 != 6 {
         return Outcome::PassMalformed;
     }
     // WireGuard senders put no extension headers in front of UDP; whatever
     // does is the stack's to handle.
-    match ip.next_hdr {
+    match (head >> 48) as u8 {
         IPPROTO_UDP => {}
         IPPROTO_FRAGMENT => return Outcome::PassFragment,
         _ => return Outcome::PassNotUdp,
     }
-    if config.addr6 == [0; 16] || ip.dst_addr != config.addr6 {
+    let relay = relay_addr6(config);
+    // SAFETY (both): inside the IPv6 header.
+    let dst = unsafe { (load::<u64>(data, ETH_HLEN + 24), load::<u64>(data, ETH_HLEN + 32)) };
+    if relay.0 | relay.1 == 0 || dst != relay {
         return Outcome::PassOtherPort;
     }
-    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    let transport = match transport(ctx, UDP6_OFFSET, payload_len, config) {
+    let payload_len = be((head >> 32) as u16) as usize;
+    let transport = match transport::<UDP6_OFFSET>(data, end, payload_len, config) {
         Ok(transport) => transport,
         Err(outcome) => return outcome,
     };
     if UPTO == Step::Parse as u8 {
         return Outcome::ForwardTx;
     }
-    // SAFETY: transport() checked the header lies inside the packet.
-    let udp = unsafe { &mut *transport.udp };
     // IPv6 requires a UDP checksum; the stack drops datagrams without one, and
     // an incremental update of zero would invent a wrong one.
-    if udp.check == [0, 0] {
+    if transport.check() == 0 {
         return Outcome::PassMalformed;
     }
 
-    let mut slot = mem::MaybeUninit::uninit();
-    let key: &mut BindingKey = zeroed(&mut slot);
-    copy_bytes(&mut key.addr, &ip.src_addr);
-    key.port = udp.src;
-    key.relay_port = udp.dst;
-    key.family = FAMILY_V6;
-    let (binding, cache) = match lookup(&RELAY_BINDINGS6, key, FAMILY_V6) {
+    // SAFETY (both): inside the IPv6 header.
+    let src = unsafe { (load::<u64>(data, ETH_HLEN + 8), load::<u64>(data, ETH_HLEN + 16)) };
+    let key = Aligned([src.0, src.1, transport.ports as u64 | (FAMILY_V6 as u64) << 32]);
+    // SAFETY: a BindingKey is 24 bytes of byte arrays, any bits are one; the
+    // three words are its address, its ports, its family and zero padding.
+    let key = unsafe { &*(&key as *const Aligned<[u64; 3]>).cast::<BindingKey>() };
+    let bound = match lookup(&RELAY_BINDINGS6, key, FAMILY_V6) {
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
-    // See forward_v4: only the sender's address leaves the pseudo-header sum
-    // and only the peer's arrives. IPv6 has no header checksum. Summed before
-    // the next-hop step, so that the addresses need not stay in registers
-    // (or spill) across it.
-    let removed = settled(sum_not(&ip.src_addr));
-    let added = settled(sum(&binding.addr));
     if UPTO == Step::Binding as u8 {
         return Outcome::ForwardTx;
     }
 
     let next_hop = if config.flags & FLAG_FIB != 0 {
-        let vcf = ip.vcf;
+        let vcf = (head as u32).to_ne_bytes();
         let request = Request {
             family: FAMILY_V6,
             // The traffic class straddles the first two bytes.
             // ECN masked as for IPv4.
             tos: ((vcf[0] << 4) | (vcf[1] >> 4)) & TOS_ROUTED,
             in_ifindex: ctx.ingress_ifindex() as u32,
-            sport: udp.dst,
-            dport: binding.port,
+            sport: transport.relay_port().to_ne_bytes(),
+            dport: bound.peer_port().to_ne_bytes(),
             // Traffic class and flow label, as the kernel's own forwarding
             // path hands them to the route lookup.
             flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
@@ -341,7 +444,7 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome
         };
         // Written by next_hop when it returns true; never zeroed (a memset).
         let mut hop = mem::MaybeUninit::<Hop>::uninit();
-        if !next_hop::<UPTO>(ctx, config, binding, cache, &request, hop.as_mut_ptr()) {
+        if !next_hop::<UPTO>(ctx, config, &bound, &request, hop.as_mut_ptr()) {
             return Outcome::PassNoRoute;
         }
         if UPTO != Step::All as u8 {
@@ -353,43 +456,61 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, config: &RelayConfig) -> Outcome
         None
     };
 
-    udp.check = udp_checksum(replace_ports(udp, removed, added, binding.port));
-    udp.src = udp.dst;
-    udp.dst = binding.port;
-    // The relay's address (the datagram's destination) is the source now.
-    copy_bytes(&mut ip.src_addr, &config.addr6);
-    copy_bytes(&mut ip.dst_addr, &binding.addr);
-    ip.hop_limit = TTL;
+    // See forward_v4: only the sender's address leaves the pseudo-header sum
+    // and only the peer's arrives. IPv6 has no header checksum.
+    let peer = bound.addr_words();
+    let addresses = complement_sum(src.0) + complement_sum(src.1) + plain_sum(peer.0) + plain_sum(peer.1);
+    let udp_check = udp_checksum(updated(transport.check(), ports_change(addresses, &transport, &bound)));
+    // SAFETY (all): inside the IPv6 and UDP headers.
+    unsafe {
+        // The relay's address (the datagram's destination) is the source now.
+        store::<u64>(data, ETH_HLEN + 8, relay.0);
+        store::<u64>(data, ETH_HLEN + 16, relay.1);
+        store::<u64>(data, ETH_HLEN + 24, peer.0);
+        store::<u64>(data, ETH_HLEN + 32, peer.1);
+        store::<u8>(data, ETH_HLEN + 7, TTL);
+        store::<u32>(data, UDP6_OFFSET, transport.relay_port() as u32 | (bound.peer_port() as u32) << 16);
+        store::<u16>(data, UDP6_OFFSET + 6, udp_check);
+    }
 
-    finish(ctx, next_hop, binding, transport.payload_len)
+    finish(ctx, data, RAW_ETH_P_IPV6, next_hop, &bound, transport.payload_len)
 }
 
-/// Checks the UDP header at `offset` and the WireGuard message behind it, and
-/// returns the header if the message is a transport message to an allocation
-/// port. `ip_payload_len` is what the IP header says follows it.
+/// The relay's IPv6 address as two raw words. It sits 4 bytes into the
+/// configuration, so it is read as four u32.
 #[inline(always)]
-fn transport(
-    ctx: &XdpContext,
-    offset: usize,
+fn relay_addr6(config: &RelayConfig) -> (u64, u64) {
+    let words = core::ptr::addr_of!(config.addr6).cast::<u32>();
+    // SAFETY: within the configuration, 4-aligned (it follows a [u8; 4] at
+    // the start of a struct with u32 fields).
+    let w = |i| unsafe { core::ptr::read_volatile(words.add(i)) } as u64;
+    (w(0) | w(1) << 32, w(2) | w(3) << 32)
+}
+
+/// Checks the UDP header at `OFFSET` and the WireGuard message behind it,
+/// and returns the header if the message is a transport message to an
+/// allocation port. `ip_payload_len` is what the IP header says follows it.
+#[inline(always)]
+fn transport<const OFFSET: usize>(
+    data: usize,
+    end: usize,
     ip_payload_len: usize,
     config: &RelayConfig,
 ) -> Result<Transport, Outcome> {
     // A UDP header that is not inside the IP datagram is read from padding.
-    if ip_payload_len < UdpHdr::LEN {
+    if ip_payload_len < UdpHdr::LEN || data + OFFSET + UdpHdr::LEN > end {
         return Err(Outcome::PassMalformed);
     }
-    let Some(udp) = ptr_at_mut::<UdpHdr>(ctx, offset) else {
-        return Err(Outcome::PassMalformed);
-    };
-    // SAFETY: ptr_at checked the header lies inside the packet.
-    let header = unsafe { &*udp };
+    // SAFETY (both): inside the UDP header, checked just above.
+    let ports = unsafe { load::<u32>(data, OFFSET) };
+    let len_check = unsafe { load::<u32>(data, OFFSET + 4) };
     let (port_min, port_max) = config.port_range();
-    let port = u16::from_be_bytes(header.dst);
+    let port = be((ports >> 16) as u16);
     if port < port_min || port > port_max {
         return Err(Outcome::PassOtherPort);
     }
-    let udp_len = u16::from_be_bytes(header.len) as usize;
-    if udp_len < UdpHdr::LEN || udp_len > ip_payload_len || ctx.data() + offset + udp_len > ctx.data_end() {
+    let udp_len = be(len_check as u16) as usize;
+    if udp_len < UdpHdr::LEN || udp_len > ip_payload_len || data + OFFSET + udp_len > end {
         return Err(Outcome::DropTruncated);
     }
     let payload_len = udp_len - UdpHdr::LEN;
@@ -398,32 +519,26 @@ fn transport(
     if payload_len < 4 {
         return Err(Outcome::DropBadType);
     }
-    let Some(head) = ptr_at::<[u8; 4]>(ctx, offset + UdpHdr::LEN) else {
+    if data + OFFSET + UdpHdr::LEN + 4 > end {
         return Err(Outcome::DropTruncated);
-    };
-    // SAFETY: ptr_at checked the four bytes are inside the packet.
-    let head = unsafe { *head };
+    }
+    // SAFETY: checked just above.
+    let head = unsafe { load::<u32>(data, OFFSET + UdpHdr::LEN) };
     // A little-endian u32 whose upper three bytes are reserved zero.
-    if head[1] | head[2] | head[3] != 0 {
+    if head >> 8 != 0 {
         return Err(Outcome::DropBadType);
     }
-    match head[0] {
+    match head as u8 {
         // Handshakes move bindings and need their MACs checked: userspace's.
         1..=3 => Err(Outcome::PassHandshake),
-        WG_TRANSPORT if payload_len >= TRANSPORT_MIN_LEN => Ok(Transport { udp, payload_len }),
+        WG_TRANSPORT if payload_len >= TRANSPORT_MIN_LEN => Ok(Transport { ports, len_check, payload_len }),
         _ => Err(Outcome::DropBadType),
     }
 }
 
-/// The binding for `key`, if the program may forward with it, and its
-/// next-hop cache's words (`Binding::next_hop`), which the program alone
-/// writes, each with one 8-byte store.
+/// The binding for `key`, if the program may forward with it.
 #[inline(always)]
-fn lookup<K>(
-    map: &'static HashMap<K, Binding>,
-    key: &K,
-    family: u8,
-) -> Result<(&'static Binding, *mut u64), Outcome> {
+fn lookup<K>(map: &'static HashMap<K, Binding>, key: &K, family: u8) -> Result<Bound, Outcome> {
     let Some(binding) = map.get_ptr_mut(key) else {
         return Err(Outcome::DropUnbound);
     };
@@ -434,12 +549,14 @@ fn lookup<K>(
     // field comes from the same version. Not copied: a copy's address bytes
     // spill one by one, past the 512-byte stack.
     let binding = unsafe { &*binding };
+    // SAFETY: within the binding, 8-aligned: the port, family, action, slot.
+    let meta = unsafe { core::ptr::read_volatile((binding as *const Binding).cast::<u64>().add(2)) };
     // Anything but an explicit forward (a WebSocket peer, the other IP family,
     // an action this program does not know) is userspace's.
-    if binding.action != ACTION_FORWARD || binding.family != family {
+    if (meta >> 16) as u16 != u16::from_ne_bytes([family, ACTION_FORWARD]) {
         return Err(Outcome::PassUserspace);
     }
-    Ok((binding, cache))
+    Ok(Bound { binding, cache, meta })
 }
 
 /// Route lookup parameters for a datagram from the allocation port to the
@@ -471,36 +588,10 @@ fn fib_params(
     fib.ifindex = ctx.ingress_ifindex() as u32;
 }
 
-/// A map key on the stack, aligned to 8 bytes for [`zeroed`].
+/// A map key on the stack, aligned to 8 bytes: its words are written with
+/// 8-byte stores.
 #[repr(C, align(8))]
 struct Aligned<T>(T);
-
-/// Zeroes `slot` with 8-byte word stores and returns it. Zero-initialised
-/// byte arrays otherwise become memset calls, a byte loop in BPF: tens of ns
-/// for a key, on every packet. In place: returning the value would copy it,
-/// and LLVM makes a memset of that copy again.
-#[inline(always)]
-fn zeroed<T: Copy>(slot: &mut mem::MaybeUninit<Aligned<T>>) -> &mut T {
-    let words = slot.as_mut_ptr().cast::<u64>();
-    for i in 0..mem::size_of::<Aligned<T>>() / 8 {
-        // SAFETY: within the slot, which is 8-aligned and a multiple of 8
-        // bytes long.
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
-    // SAFETY: only plain-old-data structs of integers and byte arrays are
-    // made this way, for which all zeroes is a valid value.
-    unsafe { &mut slot.assume_init_mut().0 }
-}
-
-/// Copies an address byte by byte. Plain assignment of a byte array often
-/// becomes a memmove call, a loop, in BPF; volatile stores stay inline.
-#[inline(always)]
-fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
-    for i in 0..N {
-        // SAFETY: i < N, within dst.
-        unsafe { core::ptr::write_volatile(dst.as_mut_ptr().add(i), src[i]) };
-    }
-}
 
 /// The TOS / traffic class bits routing can depend on: the DSCP, not ECN.
 const TOS_ROUTED: u8 = 0xfc;
@@ -524,19 +615,19 @@ struct Request {
     ip_len: u32,
 }
 
-/// Writes the next hop toward `binding`'s peer to `*hop`, from the binding's
-/// cache (`cache`, its six words) if it holds a current answer for this
+/// Writes the next hop toward `bound`'s peer to `*hop`, from the binding's
+/// cache (its six words) if it holds a current answer for this
 /// datagram's `request`, else from the FIB ([`fib_fill`]). False: the FIB has
 /// no usable answer.
 #[inline(always)]
 fn next_hop<const UPTO: u8>(
     ctx: &XdpContext,
     config: &RelayConfig,
-    binding: &'static Binding,
-    cache: *mut u64,
+    bound: &Bound,
     request: &Request,
     hop: *mut Hop,
 ) -> bool {
+    let (binding, cache) = (bound.binding, bound.cache);
     let lifetime_ms = config.next_hop_lifetime_ms;
     // Read before the lookup: an answer the FIB gave before a change must
     // carry the generation from before userspace's bump, never the one after.
@@ -556,10 +647,7 @@ fn next_hop<const UPTO: u8>(
         return true;
     }
     let words = read_words(cache);
-    // Two 8-byte loads: the binding is 8-aligned and starts with the address.
-    let addr = (binding as *const Binding).cast::<u64>();
-    // SAFETY: within the binding.
-    let (first, second) = unsafe { (core::ptr::read_volatile(addr), core::ptr::read_volatile(addr.add(1))) };
+    let (first, second) = bound.addr_words();
     let wanted = Wanted {
         generation,
         in_ifindex: request.in_ifindex,
@@ -690,36 +778,44 @@ fn fib_lookup(ctx: &XdpContext, fib: &mut FibLookup) -> Option<Hop> {
 }
 
 /// Sets the Ethernet addresses, counts the allocation's traffic and picks
-/// the way out.
+/// the way out. `ethertype` is the frame's, raw.
 #[inline(always)]
-fn finish(ctx: &XdpContext, next_hop: Option<Hop>, binding: &Binding, payload_len: usize) -> Outcome {
-    let Some(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else {
-        // The IP header was read behind it; the verifier wants its own check.
-        return Outcome::PassMalformed;
-    };
-    // SAFETY: ptr_at checked the header lies inside the packet.
-    let eth = unsafe { &mut *eth };
-    let outcome = match next_hop {
+fn finish(
+    ctx: &XdpContext,
+    data: usize,
+    ethertype: u16,
+    next_hop: Option<Hop>,
+    bound: &Bound,
+    payload_len: usize,
+) -> Outcome {
+    let (dmac, smac, outcome) = match next_hop {
         Some(hop) => {
-            write_mac(&mut eth.dst_addr, hop.dmac);
-            write_mac(&mut eth.src_addr, hop.smac);
-            if hop.ifindex == ctx.ingress_ifindex() as u32 {
+            let outcome = if hop.ifindex == ctx.ingress_ifindex() as u32 {
                 Outcome::ForwardTx
             } else {
                 // SAFETY: a helper call with plain integer arguments.
                 unsafe { bpf_redirect(hop.ifindex, 0) };
                 Outcome::ForwardRedirect
-            }
+            };
+            (hop.dmac, hop.smac, outcome)
         }
+        // Both peers sit behind the router the frame came from.
         None => {
-            // Both peers sit behind the router the frame came from.
-            let router = eth.src_addr;
-            eth.src_addr = eth.dst_addr;
-            eth.dst_addr = router;
-            Outcome::ForwardTx
+            // SAFETY (all): the Ethernet header, behind the IP header that
+            // was read.
+            let dmac = unsafe { load::<u16>(data, 0) as u64 | (load::<u32>(data, 2) as u64) << 16 };
+            let smac = unsafe { load::<u32>(data, 6) as u64 | (load::<u16>(data, 10) as u64) << 32 };
+            (smac, dmac, Outcome::ForwardTx)
         }
     };
-    if let Some(traffic) = RELAY_TRAFFIC.get_ptr_mut(binding.slot) {
+    // SAFETY (all): the Ethernet header. The source MAC goes with the
+    // EtherType in one word.
+    unsafe {
+        store::<u16>(data, 0, dmac as u16);
+        store::<u32>(data, 2, (dmac >> 16) as u32);
+        store::<u64>(data, 6, (smac & LOW48) | (ethertype as u64) << 48);
+    }
+    if let Some(traffic) = RELAY_TRAFFIC.get_ptr_mut(bound.slot()) {
         // SAFETY: a per-CPU slot, written only by this CPU while we run.
         unsafe {
             (*traffic).packets += 1;
@@ -729,31 +825,55 @@ fn finish(ctx: &XdpContext, next_hop: Option<Hop>, binding: &Binding, payload_le
     outcome
 }
 
-/// Writes the MAC in the low 48 bits of `word` ([`mac_word`]).
+/// The low 48 bits of a word: a MAC ([`mac_word`]).
+const LOW48: u64 = (1 << 48) - 1;
+
+/// The checksum `check` after a change whose one's complement sum of 16-bit
+/// words is `delta` (the removed words complemented, the added ones plain;
+/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')). `delta` may be summed from
+/// 32-bit words: a 32-bit word counts as the sum of its 16-bit halves once
+/// folded.
 #[inline(always)]
-fn write_mac(mac: &mut [u8; 6], word: u64) {
-    for (i, byte) in mac.iter_mut().enumerate() {
-        *byte = (word >> (8 * i)) as u8;
-    }
+fn updated(check: u16, delta: u64) -> u16 {
+    !fold((!check) as u64 + delta)
 }
 
-/// The UDP checksum after the address change (`removed`/`added` from the
-/// caller) and the port change: the allocation port moves from destination to
-/// source, so only the sender's port leaves and the peer's arrives.
+/// Folds a sum into 16 bits with end-around carry. Enough folds for any sum
+/// below 2^63.
 #[inline(always)]
-fn replace_ports(udp: &UdpHdr, removed: u32, added: u32, peer_port: [u8; 2]) -> u16 {
-    let old_port = !u16::from_be_bytes(udp.src) as u32;
-    let new_port = u16::from_be_bytes(peer_port) as u32;
-    replace(udp.check, removed + old_port, added + new_port)
+fn fold(sum: u64) -> u16 {
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
 }
 
-/// `sum`, computed here and now. Left to itself LLVM loads the summed bytes
-/// before the next-hop call, adds them after it and spills every byte across
-/// it: more than the 512-byte stack holds.
+/// The one's complement sum of the complements of the two 32-bit halves of
+/// `word` (unfolded).
 #[inline(always)]
-fn settled(sum: u32) -> u32 {
-    // SAFETY: a read of a local.
-    unsafe { core::ptr::read_volatile(&sum) }
+fn complement_sum(word: u64) -> u64 {
+    plain_sum(!word)
+}
+
+/// The sum of the two 32-bit halves of `word` (unfolded).
+#[inline(always)]
+fn plain_sum(word: u64) -> u64 {
+    (word & 0xffff_ffff) + (word >> 32)
+}
+
+/// The UDP checksum's change: the addresses' (`addresses`, from the caller)
+/// and the ports': the allocation port moves from destination to source, so
+/// only the sender's port leaves and the peer's arrives.
+#[inline(always)]
+fn ports_change(addresses: u64, transport: &Transport, bound: &Bound) -> u64 {
+    addresses + (!transport.sender_port()) as u64 + bound.peer_port() as u64
+}
+
+/// A checksum of zero means "none" in UDP; a computed zero is sent as all ones
+/// (RFC 768), which is the same value in one's complement.
+#[inline(always)]
+fn udp_checksum(check: u16) -> u16 {
+    if check == 0 { 0xffff } else { check }
 }
 
 /// An IPv6 address as the four network-order words bpf_fib_lookup takes.
@@ -765,4 +885,12 @@ fn words32(addr: &[u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
         u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
     ]
+}
+
+/// `value`, computed here and now: LLVM would otherwise recompute it after
+/// the calls that follow, keeping its inputs alive (spilled) across them.
+#[inline(always)]
+fn settled(value: u32) -> u32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&value) }
 }
