@@ -17,9 +17,9 @@ pub const PROGRAM: &str = "relay_forward";
 /// the frame. The real program is the last step.
 pub const BENCH_STEP_PROGRAMS: &[(&str, &str)] = &[
     ("bench_relay_parse", "parse"),
-    ("bench_relay_binding", "binding"),
     ("bench_relay_generation", "generation"),
     ("bench_relay_clock", "clock"),
+    ("bench_relay_binding", "binding"),
     ("bench_relay_cache", "cache"),
 ];
 /// An array with one [`RelayConfig`].
@@ -283,23 +283,39 @@ pub struct Wanted {
 }
 
 impl CachedHop {
-    /// Whether `w` is one whole write that serves `wanted`: what
-    /// [`decode`](Self::decode) and a comparison of each field say, with a
-    /// few word operations and one branch for most of it (the hit path runs
-    /// this for every forwarded datagram).
+    /// The first three words (the next hop's MAC, the egress interface's MAC
+    /// and the egress interface, as [`encode`](Self::encode) lays them out)
+    /// if the six words that `word` reads (by index) are one whole write that
+    /// serves `wanted`: what [`decode`](Self::decode) and a comparison of
+    /// each field say. The hit path runs this for every forwarded datagram,
+    /// so each word is checked as it is read and then dropped (BPF has few
+    /// registers: six words and what they are compared with, all live at
+    /// once, spill to the stack).
     #[inline(always)]
-    pub fn serves(w: &[u64; 6], wanted: &Wanted) -> bool {
-        const LOW48: u64 = (1 << 48) - 1;
-        let fp = wanted.fingerprint;
-        // Any bit set: two writes' tags, or a field that differs.
-        let differs = ((w[0] ^ w[1]) | (w[0] ^ w[2]) | (w[0] ^ w[3]) | (w[0] ^ w[4]) | (w[0] ^ w[5])) >> 48
-            | ((w[3] ^ (wanted.in_ifindex as u64 | (wanted.tos as u64) << 32)) & LOW48)
-            | ((w[4] ^ (wanted.generation as u64 | ((fp & 0xffff) as u64) << 32)) & LOW48)
-            | ((w[5] >> 32 ^ (fp >> 16) as u64) & 0xffff);
-        differs == 0
-            && w[0] >> 48 != 0
-            && ((w[5] as u32).wrapping_sub(wanted.now) as i32) > 0
-            && wanted.ip_len <= ((w[2] >> 32) & 0xffff) as u32
+    pub fn serve(word: impl Fn(usize) -> u64, wanted: &Wanted) -> Option<[u64; 3]> {
+        const TAG: u64 = !((1 << 48) - 1);
+        let fp = wanted.fingerprint as u64;
+        let first = word(0);
+        let tag = first & TAG;
+        if tag == 0
+            || word(3) != wanted.in_ifindex as u64 | (wanted.tos as u64) << 32 | tag
+            || word(4) != wanted.generation as u64 | (fp & 0xffff) << 32 | tag
+        {
+            return None;
+        }
+        let last = word(5);
+        if last >> 32 != (fp >> 16 | tag >> 32) || ((last as u32).wrapping_sub(wanted.now) as i32) <= 0 {
+            return None;
+        }
+        let third = word(2);
+        if third & TAG != tag || wanted.ip_len > ((third >> 32) & 0xffff) as u32 {
+            return None;
+        }
+        let second = word(1);
+        if second & TAG != tag {
+            return None;
+        }
+        Some([first, second, third])
     }
 
     /// The words for `hop`, written with `tag` (not 0).
@@ -491,7 +507,11 @@ mod tests {
         }
     }
 
-    /// `serves` says what decoding and comparing each field says.
+    fn serves(words: &[u64; 6], wanted: &Wanted) -> bool {
+        CachedHop::serve(|i| words[i], wanted).is_some()
+    }
+
+    /// `serve` says what decoding and comparing each field says.
     #[test]
     fn serves_agrees_with_decoding() {
         let reference = |w: &[u64; 6], wanted: &Wanted| match CachedHop::decode(w) {
@@ -527,15 +547,16 @@ mod tests {
             Wanted { ip_len: 64, ..fits },
         ];
         for wanted in &cases {
-            assert_eq!(CachedHop::serves(&words, wanted), reference(&words, wanted), "{wanted:?}");
+            assert_eq!(serves(&words, wanted), reference(&words, wanted), "{wanted:?}");
         }
-        assert!(CachedHop::serves(&words, &fits));
-        assert!(!CachedHop::serves(&CachedHop::default().words, &Wanted::default()));
+        assert!(serves(&words, &fits));
+        assert_eq!(CachedHop::serve(|i| words[i], &fits), Some([words[0], words[1], words[2]]));
+        assert!(!serves(&CachedHop::default().words, &Wanted::default()));
         let other = CachedHop::encode(&hop(), 0x1235);
         for i in 0..6 {
             let mut torn = words;
             torn[i] = other[i];
-            assert!(!CachedHop::serves(&torn, &fits), "word {i} from another write");
+            assert!(!serves(&torn, &fits), "word {i} from another write");
         }
     }
 

@@ -110,12 +110,12 @@ pub enum Step {
     /// The configuration, the Ethernet, IP and UDP headers and the WireGuard
     /// message type.
     Parse = 1,
-    /// And the binding lookup (with the checksum sums of the addresses).
-    Binding,
     /// And the next-hop generation read.
     Generation,
     /// And the clock (`bpf_jiffies64`).
     Clock,
+    /// And the binding lookup.
+    Binding,
     /// And the binding's next-hop cache: its read and checks.
     Cache,
     /// And the rewrite: the real program.
@@ -305,6 +305,10 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
     if UPTO == Step::Parse as u8 {
         return Outcome::ForwardTx;
     }
+    let moment = match moment::<UPTO>(config) {
+        Ok(moment) => moment,
+        Err(outcome) => return outcome,
+    };
 
     let src = (middle >> 32) as u32;
     // BindingKey4: the address, the sender's port, the allocation port.
@@ -319,7 +323,7 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
         return Outcome::ForwardTx;
     }
 
-    let next_hop = if config.flags & FLAG_FIB != 0 {
+    let next_hop = if let Some(moment) = moment {
         let request = Request {
             family: FAMILY_V4,
             // Without the ECN bits, which routing ignores (the kernel masks
@@ -332,16 +336,13 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
             flowinfo: 0,
             ip_len: total_len as u32,
         };
-        // Written by next_hop when it returns true; never zeroed (a memset).
-        let mut hop = mem::MaybeUninit::<Hop>::uninit();
-        if !next_hop::<UPTO>(ctx, config, &bound, &request, hop.as_mut_ptr()) {
+        let Some(hop) = next_hop::<UPTO>(ctx, config, &bound, request, moment) else {
             return Outcome::PassNoRoute;
-        }
+        };
         if UPTO != Step::All as u8 {
             return Outcome::ForwardTx;
         }
-        // SAFETY: next_hop returned true, so it wrote every field.
-        Some(unsafe { hop.assume_init() })
+        Some(hop)
     } else {
         None
     };
@@ -412,6 +413,10 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
     if transport.check() == 0 {
         return Outcome::PassMalformed;
     }
+    let moment = match moment::<UPTO>(config) {
+        Ok(moment) => moment,
+        Err(outcome) => return outcome,
+    };
 
     // SAFETY (both): inside the IPv6 header.
     let src = unsafe { (load::<u64>(data, ETH_HLEN + 8), load::<u64>(data, ETH_HLEN + 16)) };
@@ -427,7 +432,7 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
         return Outcome::ForwardTx;
     }
 
-    let next_hop = if config.flags & FLAG_FIB != 0 {
+    let next_hop = if let Some(moment) = moment {
         let vcf = (head as u32).to_ne_bytes();
         let request = Request {
             family: FAMILY_V6,
@@ -442,16 +447,13 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
             flowinfo: u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]),
             ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
         };
-        // Written by next_hop when it returns true; never zeroed (a memset).
-        let mut hop = mem::MaybeUninit::<Hop>::uninit();
-        if !next_hop::<UPTO>(ctx, config, &bound, &request, hop.as_mut_ptr()) {
+        let Some(hop) = next_hop::<UPTO>(ctx, config, &bound, request, moment) else {
             return Outcome::PassNoRoute;
-        }
+        };
         if UPTO != Step::All as u8 {
             return Outcome::ForwardTx;
         }
-        // SAFETY: next_hop returned true, so it wrote every field.
-        Some(unsafe { hop.assume_init() })
+        Some(hop)
     } else {
         None
     };
@@ -615,28 +617,35 @@ struct Request {
     ip_len: u32,
 }
 
-/// Writes the next hop toward `bound`'s peer to `*hop`, from the binding's
-/// cache (its six words) if it holds a current answer for this
-/// datagram's `request`, else from the FIB ([`fib_fill`]). False: the FIB has
-/// no usable answer.
+/// What a cached next hop is checked against, and a new one stamped with:
+/// the next-hop generation and the tick (the low 32 bits of `jiffies`).
+#[derive(Clone, Copy)]
+struct Moment {
+    generation: u32,
+    now: u32,
+}
+
+/// The [`Moment`] of a transport message, with the FIB on (else None). Read
+/// before the binding lookup, not after it: the two map lookups (which
+/// LLVM cannot know the verifier inlines) would otherwise each spill every
+/// value the cache check needs. Both are read before any FIB lookup, as
+/// they must be: an answer the FIB gave before a change carries the
+/// generation from before userspace's bump, never the one after, and an
+/// entry's lifetime counts from the tick in which its datagram was read.
+/// An Err is the outcome of a benchmark variant that stops here.
 #[inline(always)]
-fn next_hop<const UPTO: u8>(
-    ctx: &XdpContext,
-    config: &RelayConfig,
-    bound: &Bound,
-    request: &Request,
-    hop: *mut Hop,
-) -> bool {
-    let (binding, cache) = (bound.binding, bound.cache);
-    let lifetime_ms = config.next_hop_lifetime_ms;
-    // Read before the lookup: an answer the FIB gave before a change must
-    // carry the generation from before userspace's bump, never the one after.
+fn moment<const UPTO: u8>(config: &RelayConfig) -> Result<Option<Moment>, Outcome> {
+    if config.flags & FLAG_FIB == 0 {
+        return Ok(None);
+    }
     let Some(generation) = RELAY_NEXT_HOP_GEN.get(0) else {
-        return false;
+        return Err(Outcome::PassNoRoute);
     };
-    let generation = settled(*generation);
+    // Volatile: one load, here; a later use does not read the map again.
+    // SAFETY: a reference to the map's element.
+    let generation = unsafe { core::ptr::read_volatile(generation) };
     if UPTO == Step::Generation as u8 {
-        return true;
+        return Err(Outcome::ForwardTx);
     }
     // The tick counter: the verifier turns this helper into one load of
     // `jiffies` (a coarse clock is a helper call, about 13 ns). 32 bits are
@@ -644,35 +653,53 @@ fn next_hop<const UPTO: u8>(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_jiffies64() } as u32;
     if UPTO == Step::Clock as u8 {
-        return true;
+        return Err(Outcome::ForwardTx);
     }
-    let words = read_words(cache);
-    let (first, second) = bound.addr_words();
-    let wanted = Wanted {
-        generation,
-        in_ifindex: request.in_ifindex,
-        tos: request.tos,
-        fingerprint: fingerprint_halves(first, second),
-        now,
-        ip_len: request.ip_len,
-    };
-    if lifetime_ms != 0 && CachedHop::serves(&words, &wanted) {
-        if UPTO == Step::Cache as u8 {
-            return true;
+    Ok(Some(Moment { generation, now }))
+}
+
+/// The next hop toward `bound`'s peer, from the binding's cache (its six
+/// words) if it holds a current answer for this datagram's `request`, else
+/// from the FIB ([`fib_fill`]). None: the FIB has no usable answer.
+#[inline(always)]
+fn next_hop<const UPTO: u8>(
+    ctx: &XdpContext,
+    config: &RelayConfig,
+    bound: &Bound,
+    request: Request,
+    moment: Moment,
+) -> Option<Hop> {
+    let (binding, cache) = (bound.binding, bound.cache);
+    let Moment { generation, now } = moment;
+    if config.next_hop_lifetime_ms != 0 {
+        let (first, second) = bound.addr_words();
+        let wanted = Wanted {
+            generation,
+            in_ifindex: request.in_ifindex,
+            tos: request.tos,
+            fingerprint: fingerprint_halves(first, second),
+            now,
+            ip_len: request.ip_len,
+        };
+        // SAFETY: the binding element holds six aligned words at `cache`.
+        // Volatile: each word with one 8-byte load, neither split nor merged.
+        let word = |i: usize| unsafe { core::ptr::read_volatile(cache.add(i)) };
+        if let Some([dmac, smac, ifindex]) = CachedHop::serve(word, &wanted) {
+            return Some(Hop { ifindex: ifindex as u32, smac, dmac });
         }
-        // SAFETY: the caller's Hop, written whole.
-        unsafe { hop.write(Hop { ifindex: words[2] as u32, smac: words[1], dmac: words[0] }) };
-        return true;
     }
+    // The parameters go to the stack only here, on a miss.
     let stamp = Stamp { request, binding, cache, generation, now };
-    fib_fill(XdpContext::new(ctx.ctx), config, &stamp, hop)
+    let mut hop = mem::MaybeUninit::<Hop>::uninit();
+    // SAFETY: fib_fill wrote the whole Hop when it returns true.
+    fib_fill(XdpContext::new(ctx.ctx), config, &stamp, hop.as_mut_ptr()).then(|| unsafe { hop.assume_init() })
 }
 
 /// A miss: the datagram's [`Request`], its binding and the binding's cache,
 /// the generation read before the lookup and the tick it was read in. (One
 /// argument: BPF calls take five.)
-struct Stamp<'a> {
-    request: &'a Request,
+struct Stamp {
+    request: Request,
     binding: &'static Binding,
     cache: *mut u64,
     generation: u32,
@@ -688,7 +715,7 @@ struct Stamp<'a> {
 #[inline(never)]
 fn fib_fill(ctx: XdpContext, config: &RelayConfig, stamp: &Stamp, hop: *mut Hop) -> bool {
     let lifetime_ms = config.next_hop_lifetime_ms;
-    let request = stamp.request;
+    let request = &stamp.request;
     let addr = &stamp.binding.addr;
     let ip_len = request.ip_len as usize;
     if let Some(lookups) = RELAY_FIB_LOOKUPS.get_ptr_mut(0) {
@@ -743,23 +770,11 @@ fn fib_fill(ctx: XdpContext, config: &RelayConfig, stamp: &Stamp, hop: *mut Hop)
     true
 }
 
-/// The six words of a binding's next-hop cache, each with one 8-byte load
-/// (volatile: LLVM must neither split nor merge them).
-#[inline(always)]
-fn read_words(cache: *const u64) -> [u64; 6] {
-    let mut words = [0u64; 6];
-    for (i, word) in words.iter_mut().enumerate() {
-        // SAFETY: the binding element holds six aligned words at `cache`.
-        *word = unsafe { core::ptr::read_volatile(cache.add(i)) };
-    }
-    words
-}
-
 /// Writes a binding's next-hop cache, each word with one 8-byte store.
 #[inline(always)]
 fn write_words(cache: *mut u64, words: &[u64; 6]) {
     for (i, word) in words.iter().enumerate() {
-        // SAFETY: as in read_words.
+        // SAFETY: the binding element holds six aligned words at `cache`.
         unsafe { core::ptr::write_volatile(cache.add(i), *word) };
     }
 }
@@ -885,12 +900,4 @@ fn words32(addr: &[u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
         u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
     ]
-}
-
-/// `value`, computed here and now: LLVM would otherwise recompute it after
-/// the calls that follow, keeping its inputs alive (spilled) across them.
-#[inline(always)]
-fn settled(value: u32) -> u32 {
-    // SAFETY: a read of a local.
-    unsafe { core::ptr::read_volatile(&value) }
 }
