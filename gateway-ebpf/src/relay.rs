@@ -324,13 +324,16 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
     }
 
     let next_hop = if let Some(moment) = moment {
+        // Read once: three dependent loads (the verifier's rewrite of the
+        // field), needed by the cache check and by finish.
+        let in_ifindex = ctx.ingress_ifindex() as u32;
         let request = Request {
             family: FAMILY_V4,
             // Without the ECN bits, which routing ignores (the kernel masks
             // them): a peer marking congestion would otherwise miss the cache
             // with every change of its marks.
             tos: (head >> 8) as u8 & TOS_ROUTED,
-            in_ifindex: ctx.ingress_ifindex() as u32,
+            in_ifindex,
             sport: transport.relay_port().to_ne_bytes(),
             dport: bound.peer_port().to_ne_bytes(),
             flowinfo: 0,
@@ -342,7 +345,7 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
         if UPTO != Step::All as u8 {
             return Outcome::ForwardTx;
         }
-        Some(hop)
+        Some((hop, in_ifindex))
     } else {
         None
     };
@@ -373,7 +376,7 @@ fn forward_v4<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
         unsafe { store::<u16>(data, UDP4_OFFSET + 6, udp_check) };
     }
 
-    finish(ctx, data, RAW_ETH_P_IP, next_hop, &bound, transport.payload_len)
+    finish(data, RAW_ETH_P_IP, next_hop, &bound, transport.payload_len)
 }
 
 #[inline(always)]
@@ -433,13 +436,14 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
     }
 
     let next_hop = if let Some(moment) = moment {
+        let in_ifindex = ctx.ingress_ifindex() as u32;
         let vcf = (head as u32).to_ne_bytes();
         let request = Request {
             family: FAMILY_V6,
             // The traffic class straddles the first two bytes.
             // ECN masked as for IPv4.
             tos: ((vcf[0] << 4) | (vcf[1] >> 4)) & TOS_ROUTED,
-            in_ifindex: ctx.ingress_ifindex() as u32,
+            in_ifindex,
             sport: transport.relay_port().to_ne_bytes(),
             dport: bound.peer_port().to_ne_bytes(),
             // Traffic class and flow label, as the kernel's own forwarding
@@ -453,7 +457,7 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
         if UPTO != Step::All as u8 {
             return Outcome::ForwardTx;
         }
-        Some(hop)
+        Some((hop, in_ifindex))
     } else {
         None
     };
@@ -475,7 +479,7 @@ fn forward_v6<const UPTO: u8>(ctx: &XdpContext, data: usize, end: usize, config:
         store::<u16>(data, UDP6_OFFSET + 6, udp_check);
     }
 
-    finish(ctx, data, RAW_ETH_P_IPV6, next_hop, &bound, transport.payload_len)
+    finish(data, RAW_ETH_P_IPV6, next_hop, &bound, transport.payload_len)
 }
 
 /// The relay's IPv6 address as two raw words. It sits 4 bytes into the
@@ -626,13 +630,14 @@ struct Moment {
 }
 
 /// The [`Moment`] of a transport message, with the FIB on (else None). Read
-/// before the binding lookup, not after it: the two map lookups (which
-/// LLVM cannot know the verifier inlines) would otherwise each spill every
-/// value the cache check needs. Both are read before any FIB lookup, as
-/// they must be: an answer the FIB gave before a change carries the
-/// generation from before userspace's bump, never the one after, and an
-/// entry's lifetime counts from the tick in which its datagram was read.
-/// An Err is the outcome of a benchmark variant that stops here.
+/// before the binding lookup, not after it: LLVM takes the generation's map
+/// lookup and the tick's helper for calls (the verifier inlines both) and,
+/// after the binding lookup, would spill every value the cache check needs
+/// around each of them. Both are still read before any FIB lookup, as they
+/// must be: an answer the FIB gave before a change carries the generation
+/// from before userspace's bump, never the one after, and an entry's
+/// lifetime counts from the tick in which its datagram was read. An Err is
+/// the outcome of a benchmark variant that stops here.
 #[inline(always)]
 fn moment<const UPTO: u8>(config: &RelayConfig) -> Result<Option<Moment>, Outcome> {
     if config.flags & FLAG_FIB == 0 {
@@ -793,19 +798,19 @@ fn fib_lookup(ctx: &XdpContext, fib: &mut FibLookup) -> Option<Hop> {
 }
 
 /// Sets the Ethernet addresses, counts the allocation's traffic and picks
-/// the way out. `ethertype` is the frame's, raw.
+/// the way out: `next_hop` is the FIB's answer and the ingress interface
+/// (None: the FIB is off). `ethertype` is the frame's, raw.
 #[inline(always)]
 fn finish(
-    ctx: &XdpContext,
     data: usize,
     ethertype: u16,
-    next_hop: Option<Hop>,
+    next_hop: Option<(Hop, u32)>,
     bound: &Bound,
     payload_len: usize,
 ) -> Outcome {
     let (dmac, smac, outcome) = match next_hop {
-        Some(hop) => {
-            let outcome = if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        Some((hop, in_ifindex)) => {
+            let outcome = if hop.ifindex == in_ifindex {
                 Outcome::ForwardTx
             } else {
                 // SAFETY: a helper call with plain integer arguments.
