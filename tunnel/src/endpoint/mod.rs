@@ -602,9 +602,15 @@ async fn tun_to_udp(shared: Arc<Shared>) {
 /// How many receive buffers one `recvmmsg` fills; with GRO each holds up to
 /// 64 KiB of coalesced datagrams.
 const RX_BUFFERS: usize = 8;
+/// The capacity of every decrypted packet's buffer. tun-rs coalesces a
+/// flow's segments into the first one's buffer only if that buffer can hold
+/// the whole super-packet (it never reallocates), and any packet may become
+/// the head of a flow: with buffers sized for one packet, no segment was ever
+/// coalesced and every packet cost the receiving TCP stack one write. The
+/// pool keeps at most one batch of them (a few hundred, reused).
+const GRO_CAPACITY: usize = 2 * TUN_OFFSET + 65_535;
 
 async fn udp_to_tun(shared: Arc<Shared>) {
-    let mtu = usize::from(shared.mtu);
     let mut buffers = vec![vec![0u8; 65_536]; RX_BUFFERS];
     let mut metas = vec![RecvMeta::default(); RX_BUFFERS];
     // Decrypted packets for the TUN device, each at TUN_OFFSET so tun-rs can
@@ -677,7 +683,7 @@ async fn udp_to_tun(shared: Arc<Shared>) {
                     Step::Done(incoming) => incoming,
                 };
                 if let Incoming::Packet { range, .. } = incoming {
-                    let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(TUN_OFFSET + mtu + 64));
+                    let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(GRO_CAPACITY));
                     packet.clear();
                     packet.resize(TUN_OFFSET, 0);
                     packet.extend_from_slice(&datagram[range]);
