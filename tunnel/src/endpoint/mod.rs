@@ -25,6 +25,8 @@
 //! them.
 
 mod batch;
+#[cfg(test)]
+mod offload_tests;
 mod side;
 mod transport;
 
@@ -32,7 +34,10 @@ use std::{
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     ops::{Deref, DerefMut},
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -142,6 +147,9 @@ pub struct EndpointStats {
     pub virtual_unroutable: u64,
     /// Datagrams on the UDP socket claiming to come from a virtual address.
     pub virtual_spoofed: u64,
+    /// TUN reads dropped as malformed: a virtio-net header or super-segment
+    /// that could not be split into packets.
+    pub tun_malformed: u64,
 }
 
 struct Shared {
@@ -153,6 +161,7 @@ struct Shared {
     udp: UdpSocket,
     udp_state: UdpSocketState,
     mtu: u16,
+    tun_malformed: AtomicU64,
 }
 
 /// A running WireGuard endpoint. Dropping it stops the tasks and removes the
@@ -199,6 +208,7 @@ impl Endpoint {
             udp,
             udp_state,
             mtu: config.mtu,
+            tun_malformed: AtomicU64::new(0),
         });
         let tasks = vec![
             tokio::spawn(tun_to_udp(Arc::clone(&shared))),
@@ -313,6 +323,7 @@ impl Endpoint {
             side_dropped: side.dropped(),
             virtual_unroutable: transports.unroutable(),
             virtual_spoofed: transports.spoofed(),
+            tun_malformed: self.shared.tun_malformed.load(Ordering::Relaxed),
         }
     }
 
@@ -509,6 +520,14 @@ const TX_BATCH: usize = 256;
 /// read is only attempted with at least this many free slots.
 const SPLIT_SLOTS: usize = 64;
 
+/// Whether a TUN read's error is tun-rs refusing what it read rather than
+/// the read failing: those errors carry no OS error code (and are not the
+/// would-block of an empty queue).
+fn is_malformed(err: &io::Error) -> bool {
+    err.raw_os_error().is_none()
+        && !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
 async fn tun_to_udp(shared: Arc<Shared>) {
     let mtu = usize::from(shared.mtu);
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
@@ -524,6 +543,14 @@ async fn tun_to_udp(shared: Arc<Shared>) {
             match shared.tun.recv_multiple(&mut original, &mut packets, &mut sizes, TUN_OFFSET).await {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                // tun-rs refuses what it cannot split (a bad virtio-net header,
+                // a super-segment that does not parse) with an error that no
+                // syscall returned: one read is lost, not the device.
+                Err(err) if is_malformed(&err) => {
+                    shared.tun_malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %err, "malformed TUN read dropped");
+                    continue;
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "reading the TUN device failed; stopping");
                     return;
@@ -539,6 +566,9 @@ async fn tun_to_udp(shared: Arc<Shared>) {
                 TUN_OFFSET,
             ) {
                 Ok(n) => count += n,
+                Err(err) if is_malformed(&err) => {
+                    shared.tun_malformed.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(_) => break,
             }
         }
