@@ -632,13 +632,29 @@ async fn tun_to_udp(shared: Arc<Shared>) {
 /// How many receive buffers one `recvmmsg` fills; with GRO each holds up to
 /// 64 KiB of coalesced datagrams.
 const RX_BUFFERS: usize = 8;
-/// The capacity of every decrypted packet's buffer. tun-rs coalesces a
+/// The capacity of a decrypted TCP packet's buffer. tun-rs coalesces a
 /// flow's segments into the first one's buffer only if that buffer can hold
 /// the whole super-packet (it never reallocates), and any packet may become
 /// the head of a flow: with buffers sized for one packet, no segment was ever
 /// coalesced and every packet cost the receiving TCP stack one write. The
 /// pool keeps at most one batch of them (a few hundred, reused).
 const GRO_CAPACITY: usize = 2 * TUN_OFFSET + 65_535;
+/// The capacity of every other decrypted packet's buffer: about one MTU, so
+/// tun-rs coalesces small UDP datagrams a dozen or so at a time. A 64 KiB
+/// UDP super-packet of small datagrams is split again by the kernel for a
+/// socket without UDP_GRO, hundreds of them at once, more than its receive
+/// buffer holds: 64-byte UDP through the tunnel lost most of its packets.
+const SMALL_CAPACITY: usize = 2 * TUN_OFFSET + 1500;
+
+/// Whether a decrypted packet is TCP (IPv4, or IPv6 without extension
+/// headers, which is all tun-rs coalesces).
+fn is_tcp(packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(9) == Some(&6),
+        Some(6) => packet.get(6) == Some(&6),
+        _ => false,
+    }
+}
 
 async fn udp_to_tun(shared: Arc<Shared>) {
     let mut buffers = vec![vec![0u8; 65_536]; RX_BUFFERS];
@@ -646,7 +662,9 @@ async fn udp_to_tun(shared: Arc<Shared>) {
     // Decrypted packets for the TUN device, each at TUN_OFFSET so tun-rs can
     // put the virtio-net header in front; GRO may grow the first of a flow.
     let mut to_tun: Vec<Vec<u8>> = Vec::new();
-    let mut pool: Vec<Vec<u8>> = Vec::new();
+    // Spare buffers for decrypted packets: TCP's and the others'.
+    let mut tcp_pool: Vec<Vec<u8>> = Vec::new();
+    let mut small_pool: Vec<Vec<u8>> = Vec::new();
     let mut gro = GROTable::new();
     let mut transmits = Vec::new();
     let mut side = Vec::new();
@@ -713,10 +731,16 @@ async fn udp_to_tun(shared: Arc<Shared>) {
                     Step::Done(incoming) => incoming,
                 };
                 if let Incoming::Packet { range, .. } = incoming {
-                    let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(GRO_CAPACITY));
+                    let packet_bytes = &datagram[range];
+                    let (pool, capacity) = if is_tcp(packet_bytes) {
+                        (&mut tcp_pool, GRO_CAPACITY)
+                    } else {
+                        (&mut small_pool, SMALL_CAPACITY)
+                    };
+                    let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(capacity));
                     packet.clear();
                     packet.resize(TUN_OFFSET, 0);
-                    packet.extend_from_slice(&datagram[range]);
+                    packet.extend_from_slice(packet_bytes);
                     to_tun.push(packet);
                 }
             }
@@ -725,7 +749,10 @@ async fn udp_to_tun(shared: Arc<Shared>) {
             if let Err(err) = shared.tun.send_multiple(&mut gro, &mut to_tun, TUN_OFFSET).await {
                 tracing::debug!(error = %err, "writing to the TUN device failed");
             }
-            pool.append(&mut to_tun);
+            for packet in to_tun.drain(..) {
+                let pool = if packet.capacity() >= GRO_CAPACITY { &mut tcp_pool } else { &mut small_pool };
+                pool.push(packet);
+            }
         }
         shared.side.hand_over(&mut side);
         send_all(&shared, &mut transmits).await;

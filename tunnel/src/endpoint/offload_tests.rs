@@ -293,3 +293,29 @@ proptest! {
         let _ = coalesce(&packets);
     }
 }
+
+/// Only TCP gets the 64 KiB buffers: UDP and anything else get one MTU's
+/// worth, so GRO never hands a socket hundreds of small datagrams at once.
+#[test]
+fn tcp_alone_is_given_room_to_coalesce() {
+    let tcp = Stream {
+        v6: false,
+        mss: 1000,
+        seq: 1,
+        ip_id: 1,
+        timestamps: false,
+        last_flags: 0,
+        payload: vec![1; 10],
+    };
+    let (_, v4) = tcp.super_segment();
+    let (_, v6) = Stream { v6: true, ..tcp }.super_segment();
+    assert!(super::is_tcp(&v4) && super::is_tcp(&v6));
+    let mut udp4 = v4.clone();
+    udp4[9] = 17;
+    let mut udp6 = v6.clone();
+    udp6[6] = 17;
+    for other in [&udp4[..], &udp6[..], &[], &[0x45], &[0x60, 0, 0, 0, 0, 0], &[0x15; 40]] {
+        assert!(!super::is_tcp(other), "{other:?}");
+    }
+    assert!(super::SMALL_CAPACITY < 2 * super::TUN_OFFSET + 2 * 1500);
+}
