@@ -83,17 +83,14 @@ fn a_tcp_stream_arrives_whole_and_its_segments_are_coalesced_for_the_tun_device(
         received
     });
     let (bytes_before, packets_before) = rx_counters(&ns_b, &b_if);
-    let sender = ns_a
-        .run_in(|| {
-            // The first SYN waits for the handshake; connect retries it.
-            let mut stream =
-                TcpStream::connect_timeout(&"10.78.0.2:5201".parse().unwrap(), Duration::from_secs(20))
-                    .unwrap();
-            let data: Vec<u8> = (0..STREAM_BYTES).map(pattern).collect();
-            stream.write_all(&data).unwrap();
-        })
-        .unwrap();
-    drop(sender);
+    ns_a.run_in(|| {
+        // The first SYN waits for the handshake; connect retries it.
+        let mut stream =
+            TcpStream::connect_timeout(&"10.78.0.2:5201".parse().unwrap(), Duration::from_secs(20)).unwrap();
+        let data: Vec<u8> = (0..STREAM_BYTES).map(pattern).collect();
+        stream.write_all(&data).unwrap();
+    })
+    .unwrap();
     let received = receiver.join().unwrap();
     assert_eq!(received.len(), STREAM_BYTES);
     if let Some(at) = received.iter().enumerate().position(|(i, b)| *b != pattern(i)) {

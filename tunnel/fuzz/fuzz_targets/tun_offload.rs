@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let mut sizes = vec![0usize; out.len()];
     let mut packets: Vec<Vec<u8>> = Vec::new();
     if let Ok(count) = tun_rs::gso_split(&mut read, header, &mut out, &mut sizes, TUN_OFFSET, v6) {
-        packets.extend(out.iter().zip(&sizes).take(count).map(|(b, &n)| b[TUN_OFFSET..TUN_OFFSET + n].to_vec()));
+        packets
+            .extend(out.iter().zip(&sizes).take(count).map(|(b, &n)| b[TUN_OFFSET..TUN_OFFSET + n].to_vec()));
     }
     // The rest of the input as more packets: two length bytes, then the packet.
     let mut extra = extra;

@@ -317,5 +317,5 @@ fn tcp_alone_is_given_room_to_coalesce() {
     for other in [&udp4[..], &udp6[..], &[], &[0x45], &[0x60, 0, 0, 0, 0, 0], &[0x15; 40]] {
         assert!(!super::is_tcp(other), "{other:?}");
     }
-    assert!(super::SMALL_CAPACITY < 2 * super::TUN_OFFSET + 2 * 1500);
+    const { assert!(super::SMALL_CAPACITY < 2 * super::TUN_OFFSET + 2 * 1500) };
 }
