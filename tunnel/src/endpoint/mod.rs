@@ -425,8 +425,25 @@ impl Drop for Endpoint {
     }
 }
 
+/// Set to `0` to run the TUN device without virtio-net headers and offloads
+/// (one packet per read and write), as where the kernel refuses them.
+pub const OFFLOAD_ENV: &str = "FERRY_TUN_OFFLOAD";
+
+/// The TUN device with TSO/GRO offloads where the kernel allows them, and
+/// without where it refuses them (or [`OFFLOAD_ENV`] says so): the shell
+/// works either way, one packet per syscall without.
 fn build_tun(config: &EndpointConfig) -> io::Result<AsyncDevice> {
-    let mut builder = DeviceBuilder::new().name(&config.name).mtu(config.mtu).offload(true);
+    if std::env::var_os(OFFLOAD_ENV).is_some_and(|v| v == "0") {
+        return build_tun_with(config, false);
+    }
+    build_tun_with(config, true).or_else(|err| {
+        tracing::warn!(name = config.name, error = %err, "creating the TUN device with offloads failed; trying without (one packet per read and write)");
+        build_tun_with(config, false)
+    })
+}
+
+fn build_tun_with(config: &EndpointConfig, offload: bool) -> io::Result<AsyncDevice> {
+    let mut builder = DeviceBuilder::new().name(&config.name).mtu(config.mtu).offload(offload);
     let mut v4_set = false;
     for address in &config.addresses {
         match address.addr {
