@@ -19,6 +19,8 @@ const MAX_THREADS: usize = 4;
 /// the hand-off to another core costs more than their AEAD.
 pub const MIN_PARALLEL_JOBS: usize = 8;
 
+static SHARED: OnceLock<CryptoPool> = OnceLock::new();
+
 /// A pool of crypto threads; the caller of [`CryptoPool::run`] is one of
 /// them.
 pub struct CryptoPool {
@@ -53,14 +55,28 @@ impl CryptoPool {
     /// share it, so a process never starts more crypto threads than cores. If
     /// the threads cannot be started, the crypto runs on the callers.
     pub fn shared() -> &'static CryptoPool {
-        static POOL: OnceLock<CryptoPool> = OnceLock::new();
-        POOL.get_or_init(|| {
+        SHARED.get_or_init(|| {
             let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get).min(MAX_THREADS);
-            let threads = NonZeroUsize::new(cores).unwrap_or(NonZeroUsize::MIN);
-            CryptoPool::new(threads).unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "crypto runs on the packet threads only");
-                CryptoPool { workers: None, threads: 1 }
-            })
+            CryptoPool::or_callers_only(NonZeroUsize::new(cores).unwrap_or(NonZeroUsize::MIN))
+        })
+    }
+
+    /// Sets the threads of [`CryptoPool::shared`] before its first use (one:
+    /// every batch on its packet thread). Returns false, changing nothing,
+    /// once the pool exists.
+    pub fn set_shared_threads(threads: NonZeroUsize) -> bool {
+        let mut set = false;
+        SHARED.get_or_init(|| {
+            set = true;
+            CryptoPool::or_callers_only(threads)
+        });
+        set
+    }
+
+    fn or_callers_only(threads: NonZeroUsize) -> CryptoPool {
+        CryptoPool::new(threads).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "crypto runs on the packet threads only");
+            CryptoPool { workers: None, threads: 1 }
         })
     }
 

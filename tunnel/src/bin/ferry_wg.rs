@@ -1,6 +1,6 @@
 //! `ferry-wg`: Ferry's WireGuard engine on its own, from a wg-quick file.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{num::NonZeroUsize, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -9,7 +9,9 @@ use ferry_tunnel::{
     PrivateKey,
     config::WgQuickConfig,
     endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
-    keys, uapi,
+    keys,
+    parallel::CryptoPool,
+    uapi,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -53,6 +55,12 @@ enum Command {
         /// apart as well.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
+        /// Threads that share one batch's encryption or decryption, the
+        /// packet thread included (default: the cores, at most four). On a
+        /// machine whose cores are busy with other work, one avoids handing
+        /// batches across cores.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        crypto_threads: Option<u16>,
     },
     /// Print a new private key (or write it to --out with mode 0600).
     Genkey {
@@ -84,7 +92,12 @@ fn main() -> Result<()> {
             println!("{}", PrivateKey::from_base64(&text)?.public_key());
             Ok(())
         }
-        Command::Up { config, name, key_file, threads } => up(config, name, key_file, threads),
+        Command::Up { config, name, key_file, threads, crypto_threads } => {
+            if let Some(n) = crypto_threads.and_then(|n| NonZeroUsize::new(usize::from(n))) {
+                CryptoPool::set_shared_threads(n);
+            }
+            up(config, name, key_file, threads)
+        }
     }
 }
 

@@ -25,6 +25,8 @@
 //! them.
 
 mod batch;
+#[cfg(test)]
+mod offload_tests;
 mod side;
 mod transport;
 
@@ -32,7 +34,10 @@ use std::{
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     ops::{Deref, DerefMut},
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -142,6 +147,9 @@ pub struct EndpointStats {
     pub virtual_unroutable: u64,
     /// Datagrams on the UDP socket claiming to come from a virtual address.
     pub virtual_spoofed: u64,
+    /// TUN reads dropped as malformed: a virtio-net header or super-segment
+    /// that could not be split into packets.
+    pub tun_malformed: u64,
 }
 
 struct Shared {
@@ -153,6 +161,7 @@ struct Shared {
     udp: UdpSocket,
     udp_state: UdpSocketState,
     mtu: u16,
+    tun_malformed: AtomicU64,
 }
 
 /// A running WireGuard endpoint. Dropping it stops the tasks and removes the
@@ -199,6 +208,7 @@ impl Endpoint {
             udp,
             udp_state,
             mtu: config.mtu,
+            tun_malformed: AtomicU64::new(0),
         });
         let tasks = vec![
             tokio::spawn(tun_to_udp(Arc::clone(&shared))),
@@ -313,6 +323,7 @@ impl Endpoint {
             side_dropped: side.dropped(),
             virtual_unroutable: transports.unroutable(),
             virtual_spoofed: transports.spoofed(),
+            tun_malformed: self.shared.tun_malformed.load(Ordering::Relaxed),
         }
     }
 
@@ -414,8 +425,25 @@ impl Drop for Endpoint {
     }
 }
 
+/// Set to `0` to run the TUN device without virtio-net headers and offloads
+/// (one packet per read and write), as where the kernel refuses them.
+pub const OFFLOAD_ENV: &str = "FERRY_TUN_OFFLOAD";
+
+/// The TUN device with TSO/GRO offloads where the kernel allows them, and
+/// without where it refuses them (or [`OFFLOAD_ENV`] says so): the shell
+/// works either way, one packet per syscall without.
 fn build_tun(config: &EndpointConfig) -> io::Result<AsyncDevice> {
-    let mut builder = DeviceBuilder::new().name(&config.name).mtu(config.mtu).offload(true);
+    if std::env::var_os(OFFLOAD_ENV).is_some_and(|v| v == "0") {
+        return build_tun_with(config, false);
+    }
+    build_tun_with(config, true).or_else(|err| {
+        tracing::warn!(name = config.name, error = %err, "creating the TUN device with offloads failed; trying without (one packet per read and write)");
+        build_tun_with(config, false)
+    })
+}
+
+fn build_tun_with(config: &EndpointConfig, offload: bool) -> io::Result<AsyncDevice> {
+    let mut builder = DeviceBuilder::new().name(&config.name).mtu(config.mtu).offload(offload);
     let mut v4_set = false;
     for address in &config.addresses {
         match address.addr {
@@ -509,6 +537,14 @@ const TX_BATCH: usize = 256;
 /// read is only attempted with at least this many free slots.
 const SPLIT_SLOTS: usize = 64;
 
+/// Whether a TUN read's error is tun-rs refusing what it read rather than
+/// the read failing: those errors carry no OS error code (and are not the
+/// would-block of an empty queue).
+fn is_malformed(err: &io::Error) -> bool {
+    err.raw_os_error().is_none()
+        && !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
 async fn tun_to_udp(shared: Arc<Shared>) {
     let mtu = usize::from(shared.mtu);
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
@@ -524,6 +560,14 @@ async fn tun_to_udp(shared: Arc<Shared>) {
             match shared.tun.recv_multiple(&mut original, &mut packets, &mut sizes, TUN_OFFSET).await {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                // tun-rs refuses what it cannot split (a bad virtio-net header,
+                // a super-segment that does not parse) with an error that no
+                // syscall returned: one read is lost, not the device.
+                Err(err) if is_malformed(&err) => {
+                    shared.tun_malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %err, "malformed TUN read dropped");
+                    continue;
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "reading the TUN device failed; stopping");
                     return;
@@ -539,6 +583,9 @@ async fn tun_to_udp(shared: Arc<Shared>) {
                 TUN_OFFSET,
             ) {
                 Ok(n) => count += n,
+                Err(err) if is_malformed(&err) => {
+                    shared.tun_malformed.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(_) => break,
             }
         }
@@ -602,15 +649,39 @@ async fn tun_to_udp(shared: Arc<Shared>) {
 /// How many receive buffers one `recvmmsg` fills; with GRO each holds up to
 /// 64 KiB of coalesced datagrams.
 const RX_BUFFERS: usize = 8;
+/// The capacity of a decrypted TCP packet's buffer. tun-rs coalesces a
+/// flow's segments into the first one's buffer only if that buffer can hold
+/// the whole super-packet (it never reallocates), and any packet may become
+/// the head of a flow: with buffers sized for one packet, no segment was ever
+/// coalesced and every packet cost the receiving TCP stack one write. The
+/// pool keeps at most one batch of them (a few hundred, reused).
+const GRO_CAPACITY: usize = 2 * TUN_OFFSET + 65_535;
+/// The capacity of every other decrypted packet's buffer: about one MTU, so
+/// tun-rs coalesces small UDP datagrams a dozen or so at a time. A 64 KiB
+/// UDP super-packet of small datagrams is split again by the kernel for a
+/// socket without UDP_GRO, hundreds of them at once, more than its receive
+/// buffer holds: 64-byte UDP through the tunnel lost most of its packets.
+const SMALL_CAPACITY: usize = 2 * TUN_OFFSET + 1500;
+
+/// Whether a decrypted packet is TCP (IPv4, or IPv6 without extension
+/// headers, which is all tun-rs coalesces).
+fn is_tcp(packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(9) == Some(&6),
+        Some(6) => packet.get(6) == Some(&6),
+        _ => false,
+    }
+}
 
 async fn udp_to_tun(shared: Arc<Shared>) {
-    let mtu = usize::from(shared.mtu);
     let mut buffers = vec![vec![0u8; 65_536]; RX_BUFFERS];
     let mut metas = vec![RecvMeta::default(); RX_BUFFERS];
     // Decrypted packets for the TUN device, each at TUN_OFFSET so tun-rs can
     // put the virtio-net header in front; GRO may grow the first of a flow.
     let mut to_tun: Vec<Vec<u8>> = Vec::new();
-    let mut pool: Vec<Vec<u8>> = Vec::new();
+    // Spare buffers for decrypted packets: TCP's and the others'.
+    let mut tcp_pool: Vec<Vec<u8>> = Vec::new();
+    let mut small_pool: Vec<Vec<u8>> = Vec::new();
     let mut gro = GROTable::new();
     let mut transmits = Vec::new();
     let mut side = Vec::new();
@@ -677,10 +748,16 @@ async fn udp_to_tun(shared: Arc<Shared>) {
                     Step::Done(incoming) => incoming,
                 };
                 if let Incoming::Packet { range, .. } = incoming {
-                    let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(TUN_OFFSET + mtu + 64));
+                    let packet_bytes = &datagram[range];
+                    let (pool, capacity) = if is_tcp(packet_bytes) {
+                        (&mut tcp_pool, GRO_CAPACITY)
+                    } else {
+                        (&mut small_pool, SMALL_CAPACITY)
+                    };
+                    let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(capacity));
                     packet.clear();
                     packet.resize(TUN_OFFSET, 0);
-                    packet.extend_from_slice(&datagram[range]);
+                    packet.extend_from_slice(packet_bytes);
                     to_tun.push(packet);
                 }
             }
@@ -689,7 +766,10 @@ async fn udp_to_tun(shared: Arc<Shared>) {
             if let Err(err) = shared.tun.send_multiple(&mut gro, &mut to_tun, TUN_OFFSET).await {
                 tracing::debug!(error = %err, "writing to the TUN device failed");
             }
-            pool.append(&mut to_tun);
+            for packet in to_tun.drain(..) {
+                let pool = if packet.capacity() >= GRO_CAPACITY { &mut tcp_pool } else { &mut small_pool };
+                pool.push(packet);
+            }
         }
         shared.side.hand_over(&mut side);
         send_all(&shared, &mut transmits).await;
