@@ -112,51 +112,6 @@ pub fn open_in_place(
     Ok(cipher.len())
 }
 
-/// ChaCha20-Poly1305 for transport data, as [`seal_in_place`] with no
-/// associated data but in ring's assembly (picked for the CPU at run time):
-/// the same construction, several times faster per core on 1420-byte
-/// packets, which is most of the data path's work. The handshake and cookie
-/// AEADs stay on the `chacha20poly1305` crate above; the property test below
-/// holds the two to the same bytes.
-#[allow(
-    clippy::expect_used,
-    reason = "ChaCha20-Poly1305 takes any 32-byte key and fails only beyond 256 GiB; packets are below 64 KiB"
-)]
-pub fn seal_transport(key: &[u8; 32], counter: u64, buffer: &mut [u8]) {
-    let (plain, tag_out) = buffer.split_at_mut(buffer.len() - TAG_LEN);
-    let tag = transport_key(key)
-        .seal_in_place_separate_tag(transport_nonce(counter), ring::aead::Aad::empty(), plain)
-        .expect("messages are far below the AEAD's length limit");
-    tag_out.copy_from_slice(tag.as_ref());
-}
-
-/// The inverse of [`seal_transport`]: checks the tag in the last 16 bytes and
-/// decrypts the rest in place. Returns the plaintext length.
-pub fn open_transport(key: &[u8; 32], counter: u64, buffer: &mut [u8]) -> Result<usize, AeadError> {
-    let Some(cipher_len) = buffer.len().checked_sub(TAG_LEN) else {
-        return Err(AeadError);
-    };
-    let (cipher, tag) = buffer.split_at_mut(cipher_len);
-    let tag = ring::aead::Tag::try_from(&*tag).map_err(|_| AeadError)?;
-    transport_key(key)
-        .open_in_place_separate_tag(transport_nonce(counter), ring::aead::Aad::empty(), tag, cipher, 0..)
-        .map_err(|_| AeadError)?;
-    Ok(cipher_len)
-}
-
-#[allow(clippy::expect_used, reason = "ChaCha20-Poly1305 takes every 32-byte key")]
-fn transport_key(key: &[u8; 32]) -> ring::aead::LessSafeKey {
-    ring::aead::LessSafeKey::new(
-        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key).expect("a 32-byte key"),
-    )
-}
-
-fn transport_nonce(counter: u64) -> ring::aead::Nonce {
-    let mut nonce = [0u8; 12];
-    nonce[4..].copy_from_slice(&counter.to_le_bytes());
-    ring::aead::Nonce::assume_unique_for_key(nonce)
-}
-
 /// Seals a short fixed-size plaintext into `N + 16` bytes.
 pub fn seal<const N: usize, const M: usize>(
     key: &[u8; 32],
@@ -291,45 +246,6 @@ mod tamper_tests {
                     );
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod transport_aead_tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    proptest! {
-        /// ring's transport AEAD and the chacha20poly1305 crate are one
-        /// construction: each opens what the other sealed, byte for byte,
-        /// and ring refuses any flipped byte.
-        #[test]
-        fn ring_and_the_chacha20poly1305_crate_agree(
-            key in any::<[u8; 32]>(),
-            counter in any::<u64>(),
-            plain in proptest::collection::vec(any::<u8>(), 0..1600),
-            flip in any::<prop::sample::Index>(),
-        ) {
-            let mut by_ring = plain.clone();
-            by_ring.extend_from_slice(&[0; TAG_LEN]);
-            let mut by_crate = by_ring.clone();
-            seal_transport(&key, counter, &mut by_ring);
-            seal_in_place(&key, counter, &[], &mut by_crate);
-            prop_assert_eq!(&by_ring, &by_crate);
-
-            let mut opened = by_crate.clone();
-            prop_assert_eq!(open_transport(&key, counter, &mut opened), Ok(plain.len()));
-            prop_assert_eq!(&opened[..plain.len()], &plain[..]);
-            let mut opened = by_ring.clone();
-            prop_assert_eq!(open_in_place(&key, counter, &[], &mut opened), Ok(plain.len()));
-
-            let mut tampered = by_ring.clone();
-            tampered[flip.index(by_ring.len())] ^= 0x01;
-            prop_assert_eq!(open_transport(&key, counter, &mut tampered), Err(AeadError));
-            prop_assert_eq!(open_transport(&key, counter ^ 1, &mut by_ring.clone()), Err(AeadError));
-            prop_assert_eq!(open_transport(&key, counter, &mut [0u8; TAG_LEN - 1]), Err(AeadError));
         }
     }
 }

@@ -205,7 +205,7 @@ impl SealJob {
     /// [`Session::prepare_seal`], or the same bytes moved) and writes its tag.
     /// `out` must hold the whole message, as that buffer did.
     pub fn seal(&self, out: &mut [u8]) {
-        crypto::seal_transport(&self.key.0, self.counter, &mut out[TRANSPORT_HEADER_LEN..self.len]);
+        crypto::seal_in_place(&self.key.0, self.counter, &[], &mut out[TRANSPORT_HEADER_LEN..self.len]);
     }
 }
 
@@ -224,7 +224,7 @@ impl OpenJob {
     pub fn open(&self, datagram: &mut [u8]) -> Result<Range<usize>, SessionError> {
         let body = datagram.get_mut(TRANSPORT_HEADER_LEN..).ok_or(SessionError::Decrypt)?;
         let len =
-            crypto::open_transport(&self.key.0, self.counter, body).map_err(|_| SessionError::Decrypt)?;
+            crypto::open_in_place(&self.key.0, self.counter, &[], body).map_err(|_| SessionError::Decrypt)?;
         Ok(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len)
     }
 }
