@@ -132,8 +132,9 @@ impl Soak {
         let began = Instant::now();
         let addrs = self.world.cloud_replica_addrs();
         let world = &self.world;
-        // One relay channel per relay (the soak runs two, crate::relays).
-        let want = [1.0, world.relay_count() as f64];
+        // One gateway channel per gateway, one relay channel per relay
+        // (the soak runs two, crate::relays).
+        let want = [self.gateways.len() as f64, world.relay_count() as f64];
         let mut seen = String::new();
         let on_replicas = poll(CHANNELS_BACK, || {
             let mut per = Vec::new();
@@ -227,7 +228,7 @@ impl Soak {
         }
         // A request that needs the database gets 503 from either replica,
         // not another error, and not a hang.
-        let path = format!("/api/v1/gateways/{}", self.gateway_id);
+        let path = format!("/api/v1/gateways/{}", self.gateways[0].id);
         let token = self.world.admin_token.lock().unwrap().clone();
         for addr in self.world.cloud_replica_addrs() {
             let api = self.world.api().at(addr);

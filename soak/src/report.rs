@@ -11,7 +11,28 @@ use crate::{
 
 #[derive(Default)]
 pub struct Stats {
+    /// How many gateways the run has.
+    pub gateways: usize,
     pub sessions: u64,
+    /// Sessions by gateway (index).
+    pub sessions_by_gateway: BTreeMap<usize, u64>,
+    /// Tunnels by gateway and the path their traffic took ("direct",
+    /// "relayed"), once per tunnel at its first use that worked.
+    pub paths: BTreeMap<(usize, &'static str), u64>,
+    /// Tunnels from a technician behind a symmetric NAT to the gateway
+    /// behind one, found relayed (each also an invariant check).
+    pub symmetric_both_relayed: u64,
+    /// "kill gateway" faults by gateway.
+    pub gateway_kills: BTreeMap<usize, u64>,
+    /// Steps of a gateway's clock by gateway.
+    pub clock_steps: BTreeMap<usize, u64>,
+    /// Faults on a site's link or NAT (link down/up, conntrack flush, loss
+    /// and delay) by gateway.
+    pub site_faults: BTreeMap<usize, u64>,
+    /// The customer's switch turned off, by gateway.
+    pub switch_offs: BTreeMap<usize, u64>,
+    /// Machine-network packets checked, by gateway.
+    pub machine_packets_by_gateway: BTreeMap<usize, u64>,
     /// Sessions by the client their tunnel used ([`Kind::name`]).
     pub sessions_by_kind: BTreeMap<&'static str, u64>,
     pub starts_refused: u64,
@@ -90,6 +111,23 @@ impl Stats {
             row(&format!("  with {}", kind.name()), n.to_string());
         }
         row("  starts refused", self.starts_refused.to_string());
+        for g in 0..self.gateways {
+            let of = |map: &BTreeMap<usize, u64>| map.get(&g).copied().unwrap_or(0).to_string();
+            row(
+                &format!("  on gateway {} ({})", g + 1, crate::gateways::site_label(g)),
+                of(&self.sessions_by_gateway),
+            );
+            for path in ["direct", "relayed"] {
+                let n = self.paths.get(&(g, path)).copied().unwrap_or(0);
+                row(&format!("    tunnels used, {path}"), n.to_string());
+            }
+            row("    switched off", of(&self.switch_offs));
+            row("    gateway killed", of(&self.gateway_kills));
+            row("    clock stepped", of(&self.clock_steps));
+            row("    link, NAT or loss faults", of(&self.site_faults));
+            row("    machine-network packets checked", of(&self.machine_packets_by_gateway));
+        }
+        row("symmetric NAT to symmetric NAT, relayed", self.symmetric_both_relayed.to_string());
         for (how, n) in &self.ends {
             row(&format!("  ended {how}"), n.to_string());
         }
