@@ -111,6 +111,10 @@ impl Stats {
             row(&format!("  with {}", kind.name()), n.to_string());
         }
         row("  starts refused", self.starts_refused.to_string());
+        for (how, n) in &self.ends {
+            row(&format!("  ended {how}"), n.to_string());
+        }
+        row("gateways", self.gateways.to_string());
         for g in 0..self.gateways {
             let of = |map: &BTreeMap<usize, u64>| map.get(&g).copied().unwrap_or(0).to_string();
             row(
@@ -127,10 +131,7 @@ impl Stats {
             row("    link, NAT or loss faults", of(&self.site_faults));
             row("    machine-network packets checked", of(&self.machine_packets_by_gateway));
         }
-        row("symmetric NAT to symmetric NAT, relayed", self.symmetric_both_relayed.to_string());
-        for (how, n) in &self.ends {
-            row(&format!("  ended {how}"), n.to_string());
-        }
+        row("  symmetric NAT to symmetric NAT, relayed", self.symmetric_both_relayed.to_string());
         row("tunnels' configurations", self.configs_by_relay.values().sum::<u64>().to_string());
         for relay in [Some(0), Some(1), None] {
             let label =
