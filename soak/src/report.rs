@@ -118,7 +118,7 @@ impl Stats {
         for g in 0..self.gateways {
             let of = |map: &BTreeMap<usize, u64>| map.get(&g).copied().unwrap_or(0).to_string();
             row(
-                &format!("  on gateway {} ({})", g + 1, crate::gateways::site_label(g)),
+                &format!("  gateway {} ({}): sessions", g + 1, crate::gateways::site_label(g)),
                 of(&self.sessions_by_gateway),
             );
             for path in ["direct", "relayed"] {
