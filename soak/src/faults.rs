@@ -42,6 +42,16 @@ impl Soak {
         };
         let g = site.unwrap_or(0);
         let label = Self::gateway_label(g);
+        // The sessions on the other gateways carrying traffic: a fault that
+        // cuts one site's path leaves theirs alone (the live-path
+        // invariant), checked while it lasts.
+        let elsewhere = match (kind, site) {
+            ("kill gateway" | "link down/up" | "conntrack flush", Some(g)) if self.gateways.len() > 1 => {
+                self.carrying().into_iter().filter(|c| c.gateway != g).collect()
+            }
+            _ => Vec::new(),
+        };
+        let off_its_path = format!("while {label}'s site had a {kind}");
         match kind {
             // On PostgreSQL one of two replicas, or the database (cloud.rs).
             // The data plane needs no cloud: live sessions carry on while
@@ -53,12 +63,14 @@ impl Soak {
             }
             // One of the two (see crate::relays).
             "kill relay" => self.kill_one_relay()?,
-            "kill gateway" => self.kill_gateway(g)?,
+            "kill gateway" => self.kill_gateway(g, &elsewhere, &off_its_path)?,
             "link down/up" => {
                 let down = self.rng.between(1, 5);
                 self.event(format!("fault: the WAN link of {label}'s site down for {down}s"));
                 link_ns.ip(&["link", "set", &wan, "down"]).map_err(|e| e.to_string())?;
-                std::thread::sleep(Duration::from_secs(down));
+                let cut = std::time::Instant::now();
+                self.check_untouched(&elsewhere, &off_its_path)?;
+                std::thread::sleep(Duration::from_secs(down).saturating_sub(cut.elapsed()));
                 link_ns.ip(&["link", "set", &wan, "up"]).map_err(|e| e.to_string())?;
                 // Setting the link down took the NAT router's routes with it.
                 if let Some(via) = default_via {
@@ -72,6 +84,7 @@ impl Soak {
                     return Err(format!("conntrack -F: {}", String::from_utf8_lossy(&out.stderr)));
                 }
                 self.event(format!("fault: the NAT's conntrack table flushed at {label}'s site"));
+                self.check_untouched(&elsewhere, &off_its_path)?;
             }
             _ => {
                 let (loss, delay, hold) =

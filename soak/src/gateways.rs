@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::{
     machine_net::{self, MachineNet},
     ping,
+    recovery::Carrying,
     soak::{Outcome, Soak},
     udp::{self, UDP_ECHO_PORT},
 };
@@ -35,7 +36,17 @@ pub const MAX_GATEWAYS: usize = SITE_KINDS.len();
 /// them, by index (the first as before there were others).
 pub const GATEWAY_DAEMONS: [&str; MAX_GATEWAYS] = ["ferry-gateway", "ferry-gateway-2", "ferry-gateway-3"];
 
-/// How a site is described in the log and the table.
+/// How the table names a site's NAT.
+pub fn site_short(index: usize) -> &'static str {
+    match SITE_KINDS[index] {
+        Site::BehindNat(Nat::Cone) => "cone NAT",
+        Site::BehindNat(Nat::Symmetric) => "symmetric NAT",
+        Site::BehindNat(Nat::TcpOnly443) => "TCP 443 only",
+        Site::Public => "public",
+    }
+}
+
+/// How a site is described in the log.
 pub fn site_label(index: usize) -> &'static str {
     match SITE_KINDS[index] {
         Site::BehindNat(Nat::Cone) => "behind a cone NAT",
@@ -120,13 +131,17 @@ impl Soak {
     }
 
     /// SIGKILL of gateway `g` and its restart after 0.1 to 3 s, the capture
-    /// told when its daemon was down.
-    pub fn kill_gateway(&mut self, g: usize) -> Outcome {
+    /// told when its daemon was down. Meanwhile the sessions of `elsewhere`
+    /// (on other gateways) must answer an echo.
+    pub fn kill_gateway(&mut self, g: usize, elsewhere: &[Carrying], when: &str) -> Outcome {
         self.event(format!("fault: SIGKILL {}", Self::gateway_label(g)));
         *self.stats.gateway_kills.entry(g).or_default() += 1;
         self.gateways[g].machine_net.history.gateway_killed(Instant::now());
         self.world.kill_gateway_at(g);
-        std::thread::sleep(std::time::Duration::from_millis(self.rng.between(100, 3000)));
+        let killed = Instant::now();
+        let down = std::time::Duration::from_millis(self.rng.between(100, 3000));
+        self.check_untouched(elsewhere, when)?;
+        std::thread::sleep(down.saturating_sub(killed.elapsed()));
         self.world.start_gateway_at(g);
         self.gateways[g].machine_net.history.gateway_ready(Instant::now());
         self.event(format!("fault: gateway {} restarted", g + 1));

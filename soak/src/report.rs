@@ -71,8 +71,8 @@ pub struct Stats {
     /// Sessions that carried traffic through a whole outage of the cloud.
     pub outage_sessions: u64,
     /// Echoes answered through live sessions during and after a fault that
-    /// touches no session's path (the cloud killed) or only slows it (loss
-    /// and delay).
+    /// touches no session's path (the cloud killed, a fault on another
+    /// gateway's site) or only slows it (loss and delay).
     pub untouched_echoes: u64,
     /// Sessions that carried traffic on after a step of the gateway's clock
     /// (once per step: the step and its setting right count apart).
@@ -118,7 +118,7 @@ impl Stats {
         for g in 0..self.gateways {
             let of = |map: &BTreeMap<usize, u64>| map.get(&g).copied().unwrap_or(0).to_string();
             row(
-                &format!("  gateway {} ({}): sessions", g + 1, crate::gateways::site_label(g)),
+                &format!("  gateway {} ({}): sessions", g + 1, crate::gateways::site_short(g)),
                 of(&self.sessions_by_gateway),
             );
             for path in ["direct", "relayed"] {
@@ -160,7 +160,7 @@ impl Stats {
         row("sessions on the other relay, untouched", self.relay_untouched.to_string());
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
-        row("live-path echoes (cloud kill, loss)", self.untouched_echoes.to_string());
+        row("live-path echoes (faults off their path, loss)", self.untouched_echoes.to_string());
         row("sessions carrying on after a clock step", self.clock_step_sessions.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
