@@ -51,7 +51,11 @@ impl Soak {
             }
             _ => Vec::new(),
         };
-        let off_its_path = format!("while {label}'s site had a {kind}");
+        let off_its_path = match kind {
+            "kill gateway" => format!("while {label} was down"),
+            "link down/up" => format!("while the link of {label}'s site was down"),
+            _ => format!("after the conntrack flush at {label}'s site"),
+        };
         match kind {
             // On PostgreSQL one of two replicas, or the database (cloud.rs).
             // The data plane needs no cloud: live sessions carry on while

@@ -160,7 +160,7 @@ impl Stats {
         row("sessions on the other relay, untouched", self.relay_untouched.to_string());
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
-        row("live-path echoes (faults off their path, loss)", self.untouched_echoes.to_string());
+        row("live-path echoes (faults off their path)", self.untouched_echoes.to_string());
         row("sessions carrying on after a clock step", self.clock_step_sessions.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());
