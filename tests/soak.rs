@@ -13,9 +13,10 @@ use std::process::{Command, Stdio};
 
 use ferry_tests::bin_path;
 
-/// The seed of this short run: its schedule kills the gateway around an
-/// approval and takes the site's link down, which found the dead control
-/// channel behind a NAT (see docs/soak.md).
+/// The seed of this short run: its schedule kills a gateway around an
+/// approval and takes a site's link down (with two gateways, the
+/// symmetric NAT's), which found the dead control channel behind a NAT
+/// (see docs/soak.md).
 const SEED: u64 = 2;
 
 /// One soak at a time: each is a whole world of daemons.
