@@ -123,7 +123,7 @@ impl Soak {
         self.check_channels_on_replicas()
     }
 
-    /// The gateway and each relay hold one control channel to a
+    /// Each gateway and each relay hold one control channel to a
     /// running replica (`ferry_cloud_control_connections{channel}` summed
     /// over both), within [`CHANNELS_BACK`]: the cloud's view of them
     /// online (the settle after the fault) is the database's, which a
@@ -164,12 +164,12 @@ impl Soak {
         self.stats.checks += 1;
         if !on_replicas {
             return Err(format!(
-                "{CHANNELS_BACK:?} after a replica was killed, the gateway and the relays do not hold one channel \
+                "{CHANNELS_BACK:?} after a replica was killed, the gateways and the relays do not hold one channel \
                  each to the running replicas: {seen}"
             ));
         }
         self.event(format!(
-            "the gateway's and the relays' channels on the replicas after {:.1}s: {seen}",
+            "the gateways' and the relays' channels on the replicas after {:.1}s: {seen}",
             began.elapsed().as_secs_f64()
         ));
         Ok(())
