@@ -92,6 +92,7 @@ impl Demo {
             cloud_storage: None,
             gateway_faketime: false,
             second_relay: false,
+            extra_sites: Vec::new(),
         }
     }
 

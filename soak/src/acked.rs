@@ -139,7 +139,7 @@ impl Soak {
         };
         // An admin call first, so that an expired token is renewed.
         let (status, _) =
-            self.world.admin("GET", &format!("/api/v1/gateways/{}", self.gateway_id), Value::Null);
+            self.world.admin("GET", &format!("/api/v1/gateways/{}", self.gateways[0].id), Value::Null);
         if status != 200 {
             return Err(format!("after {after}: the admin's GET of the gateway: {status}"));
         }
@@ -168,13 +168,15 @@ impl Soak {
                 what: format!("user {id}: disabled {disabled}"),
             });
         }
-        let switch_on = self.switch_on;
-        reads.push(Read {
-            path: format!("/api/v1/gateways/{}", self.gateway_id),
-            holds: Holds::SwitchOn(switch_on),
-            bound: CLOUD_ACKED,
-            what: format!("gateway {}: switch_on {switch_on}", self.gateway_id),
-        });
+        for gateway in &self.gateways {
+            let (id, switch_on) = (gateway.id, gateway.switch_on);
+            reads.push(Read {
+                path: format!("/api/v1/gateways/{id}"),
+                holds: Holds::SwitchOn(switch_on),
+                bound: CLOUD_ACKED,
+                what: format!("gateway {id}: switch_on {switch_on}"),
+            });
+        }
         let writes = reads.len() + self.acked.tokens.len();
         if !self.acked.tokens.is_empty() {
             reads.push(Read {

@@ -115,22 +115,24 @@ impl Capture {
     }
 }
 
-/// The CPU time the reader thread used so far (user and system), from
-/// /proc: what the capture costs the soak.
+/// The CPU time the reader threads used so far (user and system; one per
+/// machine network), from /proc: what the captures cost the soak.
 pub fn cpu_time() -> Option<Duration> {
     // SAFETY: sysconf(3) has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let mut used: Option<u64> = None;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         if std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == THREAD) {
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
             // After the command's closing parenthesis: state is field 3,
             // utime and stime fields 14 and 15.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let used: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-            return Some(Duration::from_secs_f64(used as f64 / ticks.max(1) as f64));
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            *used.get_or_insert(0) += field(11) + field(12);
         }
     }
-    None
+    used.map(|used| Duration::from_secs_f64(used as f64 / ticks.max(1) as f64))
 }
 
 impl Drop for Capture {

@@ -38,10 +38,11 @@ const ECHO_BOUND: Duration = Duration::from_secs(10);
 /// Sessions that could expire within this are left out of the check.
 const MARGIN: Duration = Duration::from_secs(20);
 
-/// The step in effect: the gateway's clock is `offset_s` off, since
+/// The step in effect: gateway `gateway`'s clock is `offset_s` off, since
 /// `since`, until `until`.
 #[derive(Clone, Copy, Debug)]
 pub struct Held {
+    gateway: usize,
     offset_s: i64,
     since: Instant,
     until: Instant,
@@ -58,19 +59,27 @@ fn draw(rng: &mut Rng) -> Option<(i64, Duration)> {
 }
 
 impl Soak {
-    /// At a fault step: the gateway's clock stepped, if the stream says so
-    /// (a step while another holds replaces it: stepped again from the
-    /// wrong time). The stream is read the same way at every fault step,
-    /// whatever is held, so that its schedule depends on the seed alone.
+    /// At a fault step: a gateway's clock stepped (which one from the
+    /// gateways' stream), if the clock's stream says so (a step of the same
+    /// gateway while another holds replaces it: stepped again from the
+    /// wrong time; another gateway's held step is set right first, so that
+    /// one clock at a time is wrong). The clock's stream is read the same
+    /// way at every fault step, whatever is held, so that its schedule
+    /// depends on the seed alone.
     pub fn maybe_clock_step(&mut self) -> Outcome {
         let Some((offset_s, hold)) = draw(&mut self.clock_rng) else { return Ok(()) };
         if !self.clock_steps {
             return Ok(());
         }
+        let gateway = self.pick_gateway();
+        if self.clock_held.is_some_and(|held| held.gateway != gateway) {
+            self.set_clock_right()?;
+        }
         *self.stats.faults.entry(KIND).or_default() += 1;
-        self.step_clock(offset_s, &format!("for {}s", hold.as_secs()))?;
+        *self.stats.clock_steps.entry(gateway).or_default() += 1;
+        self.step_clock(gateway, offset_s, &format!("for {}s", hold.as_secs()))?;
         let since = Instant::now();
-        self.clock_held = Some(Held { offset_s, since, until: since + hold });
+        self.clock_held = Some(Held { gateway, offset_s, since, until: since + hold });
         Ok(())
     }
 
@@ -86,19 +95,27 @@ impl Soak {
     /// checks), which steps it the other way.
     pub fn set_clock_right(&mut self) -> Outcome {
         let Some(held) = self.clock_held.take() else { return Ok(()) };
-        self.step_clock(0, &format!("after {}s off by {:+}s", held.since.elapsed().as_secs(), held.offset_s))
+        self.step_clock(
+            held.gateway,
+            0,
+            &format!("after {}s off by {:+}s", held.since.elapsed().as_secs(), held.offset_s),
+        )
     }
 
-    /// Steps the gateway's wall clock to `offset_s` from the real time and
-    /// checks that every session carrying traffic before goes on.
-    fn step_clock(&mut self, offset_s: i64, how: &str) -> Outcome {
-        self.check_gateway_faked()?;
+    /// Steps gateway `gateway`'s wall clock to `offset_s` from the real
+    /// time and checks that every session carrying traffic before (on any
+    /// gateway) goes on.
+    fn step_clock(&mut self, gateway: usize, offset_s: i64, how: &str) -> Outcome {
+        self.check_gateway_faked(gateway)?;
         let carrying = self.carrying_for(MARGIN);
-        self.world.step_gateway_clock(offset_s);
+        self.world.step_gateway_clock_at(gateway, offset_s);
         let stepped = Instant::now();
         self.event(format!(
-            "fault: the gateway's wall clock set to {offset_s:+}s from the true time ({how}); {} sessions carrying traffic",
-            carrying.len()
+            "fault: gateway {}'s wall clock set to {offset_s:+}s from the true time ({how}); {} sessions carrying \
+             traffic ({} on it)",
+            gateway + 1,
+            carrying.len(),
+            carrying.iter().filter(|c| c.gateway == gateway).count()
         ));
         // The gateway looks at its clocks every 250 ms: a session it
         // wrongly took for ended would be shut by then.
@@ -110,9 +127,11 @@ impl Soak {
             self.stats.checks += 1;
             if let Err(e) = answered {
                 return Err(format!(
-                    "session {}: no echo within {ECHO_BOUND:?} after the gateway's clock was set to {offset_s:+}s \
-                     from the true time ({e}): a step of the gateway's clock cut a session before its end",
-                    c.session
+                    "session {} (gateway {}): no echo within {ECHO_BOUND:?} after gateway {}'s clock was set to \
+                     {offset_s:+}s from the true time ({e}): a step of a gateway's clock cut a session before its end",
+                    c.session,
+                    c.gateway + 1,
+                    gateway + 1
                 ));
             }
             self.stats.clock_step_sessions += 1;
@@ -127,9 +146,9 @@ impl Soak {
 
     /// The running gateway has libfaketime loaded: otherwise a step would
     /// change nothing and every check after it would pass by itself.
-    fn check_gateway_faked(&mut self) -> Outcome {
-        let Some(pid) = self.world.gateway.as_ref().map(|p| p.pid()) else {
-            return Err("no gateway process to step the clock of".into());
+    fn check_gateway_faked(&mut self, gateway: usize) -> Outcome {
+        let Some(pid) = self.world.gateway_process_at(gateway).map(|p| p.pid()) else {
+            return Err(format!("no process of gateway {} to step the clock of", gateway + 1));
         };
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| e.to_string())?;
         self.stats.checks += 1;

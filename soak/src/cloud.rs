@@ -123,7 +123,7 @@ impl Soak {
         self.check_channels_on_replicas()
     }
 
-    /// The gateway and each relay hold one control channel to a
+    /// Each gateway and each relay hold one control channel to a
     /// running replica (`ferry_cloud_control_connections{channel}` summed
     /// over both), within [`CHANNELS_BACK`]: the cloud's view of them
     /// online (the settle after the fault) is the database's, which a
@@ -132,8 +132,9 @@ impl Soak {
         let began = Instant::now();
         let addrs = self.world.cloud_replica_addrs();
         let world = &self.world;
-        // One relay channel per relay (the soak runs two, crate::relays).
-        let want = [1.0, world.relay_count() as f64];
+        // One gateway channel per gateway, one relay channel per relay
+        // (the soak runs two, crate::relays).
+        let want = [self.gateways.len() as f64, world.relay_count() as f64];
         let mut seen = String::new();
         let on_replicas = poll(CHANNELS_BACK, || {
             let mut per = Vec::new();
@@ -163,12 +164,12 @@ impl Soak {
         self.stats.checks += 1;
         if !on_replicas {
             return Err(format!(
-                "{CHANNELS_BACK:?} after a replica was killed, the gateway and the relays do not hold one channel \
+                "{CHANNELS_BACK:?} after a replica was killed, the gateways and the relays do not hold one channel \
                  each to the running replicas: {seen}"
             ));
         }
         self.event(format!(
-            "the gateway's and the relays' channels on the replicas after {:.1}s: {seen}",
+            "the gateways' and the relays' channels on the replicas after {:.1}s: {seen}",
             began.elapsed().as_secs_f64()
         ));
         Ok(())
@@ -227,7 +228,7 @@ impl Soak {
         }
         // A request that needs the database gets 503 from either replica,
         // not another error, and not a hang.
-        let path = format!("/api/v1/gateways/{}", self.gateway_id);
+        let path = format!("/api/v1/gateways/{}", self.gateways[0].id);
         let token = self.world.admin_token.lock().unwrap().clone();
         for addr in self.world.cloud_replica_addrs() {
             let api = self.world.api().at(addr);

@@ -1,6 +1,8 @@
-//! The faults, seeded: daemons killed with SIGKILL and restarted, the
-//! site's uplink down and up, the site NAT's conntrack table flushed, and
-//! loss and delay on the site's uplink (netem, or the lab's delay line).
+//! The faults, seeded: daemons killed with SIGKILL and restarted, a site's
+//! uplink down and up, a site NAT's conntrack table flushed, and loss and
+//! delay on a site's uplink (netem, or the lab's delay line). Which site
+//! (and gateway) comes from the gateways' stream (crate::gateways); on a
+//! public site the link is the internet router's end of the site's.
 
 use std::time::Duration;
 
@@ -18,8 +20,42 @@ impl Soak {
     pub fn fault(&mut self) -> Outcome {
         let kind = KINDS[self.rng.below(KINDS.len() as u64) as usize];
         *self.stats.faults.entry(kind).or_default() += 1;
-        let router_ns = self.world.site_router().ns.clone();
-        let wan = self.world.site_router().wan_if.clone();
+        // The site a fault on a site takes (the gateways' stream; with one
+        // gateway, always the first).
+        let site = match kind {
+            "kill cloud" | "kill relay" => None,
+            "conntrack flush" => Some(self.pick_gateway_behind_nat()),
+            _ => Some(self.pick_gateway()),
+        };
+        if let Some(g) = site
+            && kind != "kill gateway"
+        {
+            *self.stats.site_faults.entry(g).or_default() += 1;
+        }
+        let (link_ns, wan, default_via) = match site {
+            Some(g) => {
+                let site = self.world.site(g);
+                let (ns, wan, via) = site.wan_link();
+                (ns.clone(), wan.to_string(), via)
+            }
+            None => (self.world.inet.clone(), String::new(), None),
+        };
+        let g = site.unwrap_or(0);
+        let label = Self::gateway_label(g);
+        // The sessions on the other gateways carrying traffic: a fault that
+        // cuts one site's path leaves theirs alone (the live-path
+        // invariant), checked while it lasts.
+        let elsewhere = match (kind, site) {
+            ("kill gateway" | "link down/up" | "conntrack flush", Some(g)) if self.gateways.len() > 1 => {
+                self.carrying().into_iter().filter(|c| c.gateway != g).collect()
+            }
+            _ => Vec::new(),
+        };
+        let off_its_path = match kind {
+            "kill gateway" => format!("while {label} was down"),
+            "link down/up" => format!("while the link of {label}'s site was down"),
+            _ => format!("after the conntrack flush at {label}'s site"),
+        };
         match kind {
             // On PostgreSQL one of two replicas, or the database (cloud.rs).
             // The data plane needs no cloud: live sessions carry on while
@@ -31,33 +67,28 @@ impl Soak {
             }
             // One of the two (see crate::relays).
             "kill relay" => self.kill_one_relay()?,
-            "kill gateway" => {
-                self.event("fault: SIGKILL the gateway".into());
-                self.machine_net.history.gateway_killed(std::time::Instant::now());
-                self.world.kill_gateway();
-                std::thread::sleep(Duration::from_millis(self.rng.between(100, 3000)));
-                self.world.start_gateway();
-                self.machine_net.history.gateway_ready(std::time::Instant::now());
-                self.event("fault: the gateway restarted".into());
-            }
+            "kill gateway" => self.kill_gateway(g, &elsewhere, &off_its_path)?,
             "link down/up" => {
                 let down = self.rng.between(1, 5);
-                self.event(format!("fault: the site router's WAN link down for {down}s"));
-                router_ns.ip(&["link", "set", &wan, "down"]).map_err(|e| e.to_string())?;
-                std::thread::sleep(Duration::from_secs(down));
-                router_ns.ip(&["link", "set", &wan, "up"]).map_err(|e| e.to_string())?;
-                // Setting the link down took its routes with it.
-                router_ns
-                    .ip(&["route", "replace", "default", "via", "198.51.100.1"])
-                    .map_err(|e| e.to_string())?;
+                self.event(format!("fault: the WAN link of {label}'s site down for {down}s"));
+                link_ns.ip(&["link", "set", &wan, "down"]).map_err(|e| e.to_string())?;
+                let cut = std::time::Instant::now();
+                self.check_untouched(&elsewhere, &off_its_path)?;
+                std::thread::sleep(Duration::from_secs(down).saturating_sub(cut.elapsed()));
+                link_ns.ip(&["link", "set", &wan, "up"]).map_err(|e| e.to_string())?;
+                // Setting the link down took the NAT router's routes with it.
+                if let Some(via) = default_via {
+                    link_ns.ip(&["route", "replace", "default", "via", via]).map_err(|e| e.to_string())?;
+                }
                 self.event("fault: the link is up again".into());
             }
             "conntrack flush" => {
-                let out = router_ns.output("conntrack", &["-F"]).map_err(|e| e.to_string())?;
+                let out = link_ns.output("conntrack", &["-F"]).map_err(|e| e.to_string())?;
                 if !out.status.success() {
                     return Err(format!("conntrack -F: {}", String::from_utf8_lossy(&out.stderr)));
                 }
-                self.event("fault: the site NAT's conntrack table flushed".into());
+                self.event(format!("fault: the NAT's conntrack table flushed at {label}'s site"));
+                self.check_untouched(&elsewhere, &off_its_path)?;
             }
             _ => {
                 let (loss, delay, hold) =
@@ -65,7 +96,7 @@ impl Soak {
                 // Loss and delay slow a session's path but must not stop it:
                 // an echo through each still gets through (TCP retransmits).
                 let carrying = self.carrying();
-                let netem = router_ns.output(
+                let netem = link_ns.output(
                     "tc",
                     &[
                         "qdisc",
@@ -84,7 +115,7 @@ impl Soak {
                 let mut line = None;
                 if with_netem {
                     self.event(format!(
-                        "fault: netem on the site's WAN link: {loss}% loss, {delay}ms delay, {hold}s"
+                        "fault: netem on the WAN link of {label}'s site: {loss}% loss, {delay}ms delay, {hold}s"
                     ));
                 } else {
                     // A kernel without sch_netem: the lab's delay line
@@ -92,21 +123,18 @@ impl Soak {
                     let impairment =
                         Impairment { loss_percent: loss as u32, delay: Duration::from_millis(delay) };
                     line = Some(
-                        DelayLine::start(&router_ns, &wan, impairment, self.seed)
-                            .map_err(|e| e.to_string())?,
+                        DelayLine::start(&link_ns, &wan, impairment, self.seed).map_err(|e| e.to_string())?,
                     );
                     self.event(format!(
-                        "fault: {loss}% loss, {delay}ms delay on the site's WAN link for {hold}s (the lab's NFQUEUE \
-                         delay line; no netem in this kernel)"
+                        "fault: {loss}% loss, {delay}ms delay on the WAN link of {label}'s site for {hold}s (the lab's \
+                         NFQUEUE delay line; no netem in this kernel)"
                     ));
                 }
                 let impaired = std::time::Instant::now();
                 self.check_untouched(&carrying, &format!("through {loss}% loss and {delay}ms delay"))?;
                 std::thread::sleep(Duration::from_secs(hold).saturating_sub(impaired.elapsed()));
                 if with_netem {
-                    router_ns
-                        .exec("tc", &["qdisc", "del", "dev", &wan, "root"])
-                        .map_err(|e| e.to_string())?;
+                    link_ns.exec("tc", &["qdisc", "del", "dev", &wan, "root"]).map_err(|e| e.to_string())?;
                 } else if let Some(line) = line {
                     let stats = line.stop().map_err(|e| e.to_string())?;
                     self.event(format!(
@@ -118,7 +146,7 @@ impl Soak {
             }
         }
         self.settle(kind)?;
-        self.event(format!("after {kind}: gateway and both relays online at the cloud again"));
+        self.event(format!("after {kind}: every gateway and both relays online at the cloud again"));
         if kind == "kill cloud" {
             self.check_acked(kind)?;
         }

@@ -9,6 +9,7 @@ mod clients;
 mod clock;
 mod cloud;
 mod faults;
+mod gateways;
 mod machine_net;
 mod maps;
 mod outage;
@@ -26,8 +27,9 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 
-/// Ferry under churn and faults: a cloud, two relays, a gateway behind a NAT
-/// with its machine network, and two to six technicians, in network namespaces;
+/// Ferry under churn and faults: a cloud, two relays, one to three gateways
+/// behind different NATs, each with its machine network, and two to six
+/// technicians, in network namespaces;
 /// sessions prepared, started, approved, used and ended while daemons are
 /// killed, links drop and NAT mappings change. Fails at the first breach of
 /// an invariant, with the seed and the event log. Needs root.
@@ -54,6 +56,16 @@ struct Cli {
     /// another count is another schedule.
     #[arg(long, default_value_t = DEFAULT_TECHNICIANS, value_parser = clap::value_parser!(u64).range(soak::MIN_TECHNICIANS as u64..=soak::MAX_TECHNICIANS as u64))]
     technicians: u64,
+    /// How many gateways (1 to 3), each at a customer site of its own with
+    /// its own machine network: the first behind a cone NAT, the second
+    /// behind a symmetric NAT (a technician behind a symmetric NAT reaches
+    /// it only through a relay), the third on a public address. Each
+    /// session goes to one of them, and a fault on a site (its gateway
+    /// killed, its clock stepped, its link cut or impaired, its NAT's
+    /// conntrack flushed) takes one, both drawn from a stream of their own:
+    /// the other choices of a seed stay as they were with one gateway.
+    #[arg(long, default_value_t = DEFAULT_GATEWAYS, value_parser = clap::value_parser!(u64).range(gateways::MIN_GATEWAYS as u64..=gateways::MAX_GATEWAYS as u64))]
+    gateways: u64,
     /// Where the cloud keeps its data: sled (one `ferry-cloud`), or
     /// PostgreSQL: the soak starts its own server (Debian's PostgreSQL 15,
     /// `cargo xtask setup` installs it) in a temporary folder, removed at
@@ -86,11 +98,21 @@ fn main() -> ExitCode {
     if cli.technicians != DEFAULT_TECHNICIANS {
         replay.push_str(&format!(" --technicians {}", cli.technicians));
     }
+    if cli.gateways != DEFAULT_GATEWAYS {
+        replay.push_str(&format!(" --gateways {}", cli.gateways));
+    }
     if cli.no_cloud_outage {
         replay.push_str(" --no-cloud-outage");
     }
     println!("ferry-soak: seed {seed}, workload for {}s (replay with {replay})", duration.as_secs());
-    match soak::run(seed, duration, !cli.no_cloud_outage, cli.technicians as usize, cli.storage) {
+    match soak::run(
+        seed,
+        duration,
+        !cli.no_cloud_outage,
+        cli.technicians as usize,
+        cli.gateways as usize,
+        cli.storage,
+    ) {
         Ok(table) => {
             println!("{table}");
             println!("ferry-soak: passed, seed {seed}");
@@ -105,6 +127,7 @@ fn main() -> ExitCode {
 }
 
 const DEFAULT_TECHNICIANS: u64 = 4;
+const DEFAULT_GATEWAYS: u64 = 3;
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()

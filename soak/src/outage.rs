@@ -111,24 +111,16 @@ impl Soak {
         self.check_reconnected(reachable)
     }
 
-    /// The gateway's and both relays' control channels are up again (their
-    /// own gauges) and the cloud shows all three online, within the bound.
+    /// Every gateway's and both relays' control channels are up again
+    /// (their own gauges) and the cloud shows them all online, within the
+    /// bound.
     fn check_reconnected(&mut self, reachable: Instant) -> Outcome {
-        let world = &self.world;
         let mut state = String::new();
         let back = poll(RECONNECT_BOUND, || {
-            let gateway = http_get_path(
-                &world.gw_ns,
-                "127.0.0.1",
-                ferry_world::GATEWAY_METRICS_PORT,
-                "/metrics",
-                Duration::from_secs(5),
-            )
-            .unwrap_or_default();
-            let g = ferry_world::metric_value(&gateway, "ferry_gateway_cloud_connected");
+            let (gateways_ok, gateways) = self.gateways_connected();
             let (relays_ok, relays) = self.relays_connected();
-            state = format!("gateway cloud_connected {g}, {relays}");
-            g == 1.0 && relays_ok
+            state = format!("{gateways}, {relays}");
+            gateways_ok && relays_ok
         });
         self.stats.checks += 1;
         if !back {

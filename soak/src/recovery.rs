@@ -34,6 +34,8 @@ pub struct Carrying {
     pub session: u64,
     pub echo: String,
     pub kind: Kind,
+    /// Its gateway (by index).
+    pub gateway: usize,
     /// The relay of its tunnel's configuration (by index), if it has one.
     pub relay: Option<usize>,
 }
@@ -66,6 +68,7 @@ impl Soak {
                     session: live.id,
                     echo,
                     kind: live.kind,
+                    gateway: live.gateway,
                     relay: tunnel.relay,
                 });
             }

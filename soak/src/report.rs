@@ -11,7 +11,28 @@ use crate::{
 
 #[derive(Default)]
 pub struct Stats {
+    /// How many gateways the run has.
+    pub gateways: usize,
     pub sessions: u64,
+    /// Sessions by gateway (index).
+    pub sessions_by_gateway: BTreeMap<usize, u64>,
+    /// Tunnels by gateway and the path their traffic took ("direct",
+    /// "relayed"), once per tunnel at its first use that worked.
+    pub paths: BTreeMap<(usize, &'static str), u64>,
+    /// Tunnels from a technician behind a symmetric NAT to the gateway
+    /// behind one, found relayed (each also an invariant check).
+    pub symmetric_both_relayed: u64,
+    /// "kill gateway" faults by gateway.
+    pub gateway_kills: BTreeMap<usize, u64>,
+    /// Steps of a gateway's clock by gateway.
+    pub clock_steps: BTreeMap<usize, u64>,
+    /// Faults on a site's link or NAT (link down/up, conntrack flush, loss
+    /// and delay) by gateway.
+    pub site_faults: BTreeMap<usize, u64>,
+    /// The customer's switch turned off, by gateway.
+    pub switch_offs: BTreeMap<usize, u64>,
+    /// Machine-network packets checked, by gateway.
+    pub machine_packets_by_gateway: BTreeMap<usize, u64>,
     /// Sessions by the client their tunnel used ([`Kind::name`]).
     pub sessions_by_kind: BTreeMap<&'static str, u64>,
     pub starts_refused: u64,
@@ -50,8 +71,8 @@ pub struct Stats {
     /// Sessions that carried traffic through a whole outage of the cloud.
     pub outage_sessions: u64,
     /// Echoes answered through live sessions during and after a fault that
-    /// touches no session's path (the cloud killed) or only slows it (loss
-    /// and delay).
+    /// touches no session's path (the cloud killed, a fault on another
+    /// gateway's site) or only slows it (loss and delay).
     pub untouched_echoes: u64,
     /// Sessions that carried traffic on after a step of the gateway's clock
     /// (once per step: the step and its setting right count apart).
@@ -93,6 +114,24 @@ impl Stats {
         for (how, n) in &self.ends {
             row(&format!("  ended {how}"), n.to_string());
         }
+        row("gateways", self.gateways.to_string());
+        for g in 0..self.gateways {
+            let of = |map: &BTreeMap<usize, u64>| map.get(&g).copied().unwrap_or(0).to_string();
+            row(
+                &format!("  gateway {} ({}): sessions", g + 1, crate::gateways::site_short(g)),
+                of(&self.sessions_by_gateway),
+            );
+            for path in ["direct", "relayed"] {
+                let n = self.paths.get(&(g, path)).copied().unwrap_or(0);
+                row(&format!("    tunnels used, {path}"), n.to_string());
+            }
+            row("    switched off", of(&self.switch_offs));
+            row("    gateway killed", of(&self.gateway_kills));
+            row("    clock stepped", of(&self.clock_steps));
+            row("    link, NAT or loss faults", of(&self.site_faults));
+            row("    machine-network packets checked", of(&self.machine_packets_by_gateway));
+        }
+        row("  symmetric NAT to symmetric NAT, relayed", self.symmetric_both_relayed.to_string());
         row("tunnels' configurations", self.configs_by_relay.values().sum::<u64>().to_string());
         for relay in [Some(0), Some(1), None] {
             let label =
@@ -121,7 +160,7 @@ impl Stats {
         row("sessions on the other relay, untouched", self.relay_untouched.to_string());
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());
-        row("live-path echoes (cloud kill, loss)", self.untouched_echoes.to_string());
+        row("live-path echoes (faults off their path)", self.untouched_echoes.to_string());
         row("sessions carrying on after a clock step", self.clock_step_sessions.to_string());
         row("UDP datagrams echoed", self.udp_echoed.to_string());
         row("pings answered (ICMP echo)", self.pings.to_string());

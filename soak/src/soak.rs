@@ -10,8 +10,8 @@ use std::{
 
 use ferry_lab::{Nat, Netns, Router};
 use ferry_world::{
-    ADMIN_PASSWORD, CLOUD_IP, CLOUD_PORT, ECHO_PORT, FerryClient, HTTP_PORT, OTHER_ECHO_PORT,
-    OTHER_HTTP_PORT, Options, TARGET_A_IP, TARGET_B_IP, User, World, http_get_path, metric_value, poll,
+    ADMIN_PASSWORD, CLOUD_IP, CLOUD_PORT, FerryClient, OTHER_ECHO_PORT, OTHER_HTTP_PORT, Options, User,
+    World, http_get_path, metric_value, poll,
 };
 use serde_json::{Value, json};
 
@@ -19,14 +19,13 @@ use crate::{
     acked::{self, Acked, Want},
     clock::{self, CLOCK_STREAM},
     cloud::{self, REPLICA_B, REPLICA_STREAM, Storage},
-    machine_net::{self, MachineNet},
+    gateways::{GATEWAY_DAEMONS, GATEWAY_STREAM, Gateway},
     maps,
     outage::OUTAGE_STREAM,
-    ping,
     relays::{RELAY_DAEMONS, RELAY_STREAM},
     report::Stats,
     rng::Rng,
-    udp::{self, UDP_ECHO_PORT, UDP_OTHER_PORT},
+    udp::UDP_OTHER_PORT,
     usage::{self, Usage},
     workload::Tech,
 };
@@ -60,13 +59,15 @@ pub const MAX_TECHNICIANS: usize = 6;
 
 /// The daemons whose memory and descriptors are watched (on PostgreSQL
 /// the cloud's two replicas by port, see [`cloud::replica_name`]).
-pub const DAEMONS: [&str; 6] = [
+pub const DAEMONS: [&str; 8] = [
     "ferry-cloud",
     "ferry-cloud :7600",
     "ferry-cloud :7601",
     RELAY_DAEMONS[0],
     RELAY_DAEMONS[1],
-    "ferry-gateway",
+    GATEWAY_DAEMONS[0],
+    GATEWAY_DAEMONS[1],
+    GATEWAY_DAEMONS[2],
 ];
 /// PostgreSQL's main process: shown in the table, not bounded (not a
 /// daemon of ours).
@@ -103,19 +104,16 @@ pub struct Soak {
     /// The step of the gateway's clock in effect.
     pub clock_held: Option<clock::Held>,
     pub seed: u64,
-    /// UDP echo and the counter on a port no session whitelists.
-    pub udp: udp::Services,
-    /// ICMP echo requests arriving at target-b, which no entry allows it.
-    pub icmp: ping::Watch,
-    pub gateway_id: u64,
+    /// The gateways, one per site (see crate::gateways), with their
+    /// switches, captures and services.
+    pub gateways: Vec<Gateway>,
+    /// Which gateway a session goes to and a site's fault picks (see
+    /// [`GATEWAY_STREAM`]).
+    pub gateway_pick: Rng,
     pub techs: Vec<Tech>,
     pub stats: Stats,
-    pub switch_on: bool,
     /// Every session transition the workload made: (session id, audit action).
     pub transitions: Vec<(u64, &'static str)>,
-    /// The capture on the machine network and the sessions' history it is
-    /// checked against.
-    pub machine_net: MachineNet,
     pub started: Instant,
     log: Vec<String>,
     /// Per daemon: the first sample, and the first and last of the running
@@ -125,6 +123,9 @@ pub struct Soak {
     /// as long as the run).
     laptops: Vec<Laptop>,
 }
+
+/// How a laptop behind a symmetric NAT is described.
+pub const SYMMETRIC_PLACE: &str = "behind a symmetric NAT";
 
 /// Where a technician's laptop sits on the simulated internet.
 struct Laptop {
@@ -147,11 +148,8 @@ fn laptops(world: &World, count: usize) -> Vec<Laptop> {
     tech2_ns.exec("ethtool", &["-K", &veth.b, "tx", "off"]).unwrap();
     laptops.push(Laptop { ns: tech2_ns, place: "public", _router: None });
     for k in 2..count {
-        let (nat, place) = if k % 2 == 0 {
-            (Nat::Symmetric, "behind a symmetric NAT")
-        } else {
-            (Nat::Cone, "behind a cone NAT")
-        };
+        let (nat, place) =
+            if k % 2 == 0 { (Nat::Symmetric, SYMMETRIC_PLACE) } else { (Nat::Cone, "behind a cone NAT") };
         // 198.18.0.4k/30 on the simulated internet (benchmarking range),
         // 10.77.k.0/24 at home.
         let base = 4 * k;
@@ -187,13 +185,14 @@ pub fn run(
     duration: Duration,
     cloud_outages: bool,
     technicians: usize,
+    gateways: usize,
     storage: Storage,
 ) -> Result<String, String> {
     // The world's helpers are test tooling and panic on what they cannot
     // do; that is a failure of the run like a breach (the event log is
     // above, printed as it happened).
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut soak = Soak::new(seed, technicians, storage)?;
+        let mut soak = Soak::new(seed, technicians, gateways, storage)?;
         soak.cloud_outages = cloud_outages;
         let outcome = match soak.drive(duration).and_then(|()| soak.finish()) {
             Ok(()) => Ok(soak.stats.table(&soak.usage)),
@@ -219,7 +218,7 @@ pub fn run(
 }
 
 impl Soak {
-    fn new(seed: u64, technicians: usize, storage: Storage) -> Result<Soak, String> {
+    fn new(seed: u64, technicians: usize, gateways: usize, storage: Storage) -> Result<Soak, String> {
         let (database, cloud_storage) = match storage {
             Storage::Sled => (None, None),
             Storage::Postgres => {
@@ -240,6 +239,7 @@ impl Soak {
             cloud_storage,
             gateway_faketime: faketime,
             second_relay: true,
+            extra_sites: crate::gateways::SITE_KINDS[1..gateways].to_vec(),
             ..Options::default()
         });
         world.start_cloud_and_login();
@@ -250,28 +250,14 @@ impl Soak {
         }
         world.start_relay();
         world.start_relay_at(1);
-        let targets = json!([
-            {"name": "plc-web", "address": TARGET_A_IP, "protocol": "tcp",
-             "ports": [{"first": HTTP_PORT, "last": HTTP_PORT}]},
-            {"name": "echo", "address": TARGET_B_IP, "protocol": "tcp",
-             "ports": [{"first": ECHO_PORT, "last": ECHO_PORT}]},
-            {"name": "udp-echo", "address": TARGET_B_IP, "protocol": "udp",
-             "ports": [{"first": UDP_ECHO_PORT, "last": UDP_ECHO_PORT}]},
-            {"name": "plc-ping", "address": TARGET_A_IP, "protocol": "icmp"},
-        ]);
-        let machine_net = machine_net::start(&world, &targets).expect("the machine network's capture");
-        let gateway = world.create_gateway_with("soak-press", "customer plant 1", targets);
-        let udp = udp::Services::start(&world.target_b).expect("the UDP services on target-b");
-        let icmp = ping::Watch::start(&world.target_b).expect("the ICMP counter on target-b");
-        world.enroll(&gateway.enrolment_token);
-        world.start_gateway();
-        world.remote("on");
-        world.wait_gateway_at_cloud(gateway.id, true);
+        let gateways: Vec<Gateway> = (0..gateways).map(|g| Gateway::start(&mut world, g)).collect();
 
         let laptops = laptops(&world, technicians);
         let mut techs = Vec::new();
         let ferry = ferry_world::bin_path("ferry");
-        for (name, ns) in TECHNICIANS.into_iter().zip(laptops.iter().map(|l| l.ns.clone())) {
+        for (name, (ns, place)) in
+            TECHNICIANS.into_iter().zip(laptops.iter().map(|l| (l.ns.clone(), l.place)))
+        {
             let user = world.create_technician(name);
             let user = User { token: world.login(&ns, name, &user.password).1, ..user };
             // Each laptop has the client installed and logged in, whichever
@@ -284,8 +270,9 @@ impl Soak {
             client
                 .login_replicas(&urls, world.cloud_pin.as_deref(), name, &user.password)
                 .expect("ferry login");
-            techs.push(Tech::new(user, ns, client));
+            techs.push(Tech::new(user, ns, place, client));
         }
+        let gateway_count = gateways.len();
         let mut soak = Soak {
             world,
             rng: Rng::new(seed),
@@ -301,28 +288,30 @@ impl Soak {
             clock_steps: faketime,
             clock_held: None,
             seed,
-            udp,
-            icmp,
-            gateway_id: gateway.id,
+            gateways,
+            gateway_pick: Rng::new(seed ^ GATEWAY_STREAM),
             techs,
-            stats: Stats { storage: storage.describe(), ..Stats::default() },
-            switch_on: true,
+            stats: Stats { storage: storage.describe(), gateways: gateway_count, ..Stats::default() },
             transitions: Vec::new(),
-            machine_net,
             started: Instant::now(),
             log: Vec::new(),
             usage: BTreeMap::new(),
             laptops: Vec::new(),
         };
-        soak.machine_net.set_origin(soak.started);
+        for gateway in &mut soak.gateways {
+            gateway.machine_net.set_origin(soak.started);
+        }
         soak.sample_usage();
         let places: Vec<String> =
             TECHNICIANS.iter().zip(&laptops).map(|(name, l)| format!("{name} {}", l.place)).collect();
+        let gateways: Vec<String> =
+            soak.gateways.iter().map(|g| format!("{} id {}", Self::gateway_label(g.index), g.id)).collect();
         soak.event(format!(
-            "world up: {}, 2 relays, gateway {} (switch on), {technicians} technicians ({}), each with the ferry \
-             client's service and wireguard-go",
+            "world up: {}, 2 relays, {} gateways ({}; switches on), {technicians} technicians ({}), each with the \
+             ferry client's service and wireguard-go",
             storage.describe(),
-            gateway.id,
+            gateways.len(),
+            gateways.join(", "),
             places.join(", ")
         ));
         soak.laptops = laptops;
@@ -362,11 +351,10 @@ impl Soak {
             self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p.as_ref()));
         let relays =
             (0..self.world.relay_count()).map(|i| (RELAY_DAEMONS[i], self.world.relay_process_at(i)));
-        for (name, process) in [("ferry-gateway", self.world.gateway.as_ref())]
-            .into_iter()
-            .chain(relays)
-            .chain([("ferry-cloud", self.world.cloud.as_ref())])
-            .chain(replicas)
+        let gateways =
+            (0..self.gateways.len()).map(|g| (GATEWAY_DAEMONS[g], self.world.gateway_process_at(g)));
+        for (name, process) in
+            gateways.chain(relays).chain([("ferry-cloud", self.world.cloud.as_ref())]).chain(replicas)
         {
             if let Some(process) = process {
                 let all = process.stderr();
@@ -433,26 +421,36 @@ impl Soak {
     /// What holds after every step: no lab service that no session
     /// whitelists has seen a connection, and every daemon runs.
     pub fn check_always(&mut self) -> Outcome {
-        for (ip, port) in [(TARGET_A_IP, OTHER_HTTP_PORT), (TARGET_B_IP, OTHER_ECHO_PORT)] {
-            self.stats.checks += 1;
-            let seen = self.world.service_connections(ip, port).unwrap_or(0);
-            if seen != 0 {
-                return Err(format!("{ip}:{port}, which no session whitelists, accepted {seen} connections"));
+        for g in 0..self.gateways.len() {
+            let addrs = self.world.site(g).addrs;
+            for (ip, port) in [(addrs.target_a_ip, OTHER_HTTP_PORT), (addrs.target_b_ip, OTHER_ECHO_PORT)] {
+                self.stats.checks += 1;
+                let seen = self.world.service_connections(ip, port).unwrap_or(0);
+                if seen != 0 {
+                    return Err(format!(
+                        "{ip}:{port} (gateway {}), which no session whitelists, accepted {seen} connections",
+                        g + 1
+                    ));
+                }
             }
-        }
-        self.stats.checks += 1;
-        let arrived = self.udp.forbidden_arrivals();
-        if arrived != 0 {
-            return Err(format!(
-                "udp {TARGET_B_IP}:{UDP_OTHER_PORT}, which no session whitelists, received {arrived} datagrams"
-            ));
-        }
-        self.stats.checks += 1;
-        let pinged = self.icmp.arrivals()?;
-        if pinged != 0 {
-            return Err(format!(
-                "{TARGET_B_IP}, which no session allows ICMP, received {pinged} echo requests"
-            ));
+            self.stats.checks += 1;
+            let arrived = self.gateways[g].udp.forbidden_arrivals();
+            if arrived != 0 {
+                return Err(format!(
+                    "udp {}:{UDP_OTHER_PORT} (gateway {}), which no session whitelists, received {arrived} datagrams",
+                    addrs.target_b_ip,
+                    g + 1
+                ));
+            }
+            self.stats.checks += 1;
+            let pinged = self.gateways[g].icmp.arrivals()?;
+            if pinged != 0 {
+                return Err(format!(
+                    "{} (gateway {}), which no session allows ICMP, received {pinged} echo requests",
+                    addrs.target_b_ip,
+                    g + 1
+                ));
+            }
         }
         let mut exited = None;
         for (name, process) in self.relay_processes() {
@@ -465,10 +463,15 @@ impl Soak {
             return Err(exited);
         }
         let replicas = self.world.cloud_replicas.iter_mut().map(|(port, p)| (cloud::replica_name(*port), p));
+        let gateways = self.gateways.len();
+        let (first_gateway, extra_gateways) = (&mut self.world.gateway, &mut self.world.extra_sites);
+        let gateways = std::iter::once(first_gateway)
+            .chain(extra_gateways.iter_mut().map(|node| &mut node.gateway))
+            .take(gateways)
+            .enumerate()
+            .map(|(g, process)| (GATEWAY_DAEMONS[g], process));
         for (name, process) in
-            [("ferry-cloud", &mut self.world.cloud), ("ferry-gateway", &mut self.world.gateway)]
-                .into_iter()
-                .chain(replicas)
+            [("ferry-cloud", &mut self.world.cloud)].into_iter().chain(gateways).chain(replicas)
         {
             self.stats.checks += 1;
             if let Some(status) = process.as_mut().and_then(|p| p.try_status()) {
@@ -489,12 +492,15 @@ impl Soak {
     pub fn sample_usage(&mut self) {
         let first = if self.database.is_some() { cloud::replica_name(CLOUD_PORT) } else { "ferry-cloud" };
         let replicas = self.world.cloud_replicas.iter().map(|(port, p)| (cloud::replica_name(*port), p));
-        let mut pids: Vec<(&'static str, u32)> =
-            [(first, &self.world.cloud), ("ferry-gateway", &self.world.gateway)]
-                .into_iter()
-                .chain(replicas)
-                .filter_map(|(name, process)| Some((name, process.as_ref()?.pid())))
-                .collect();
+        let gateways = (0..self.gateways.len())
+            .map(|g| (GATEWAY_DAEMONS[g], self.world.gateway_process_at(g)))
+            .collect::<Vec<_>>();
+        let mut pids: Vec<(&'static str, u32)> = [(first, self.world.cloud.as_ref())]
+            .into_iter()
+            .chain(gateways)
+            .chain(replicas.map(|(name, process)| (name, process.as_ref())))
+            .filter_map(|(name, process)| Some((name, process?.pid())))
+            .collect();
         for (name, process) in self.relay_processes() {
             if let Some(process) = process {
                 pids.push((name, process.pid()));
@@ -527,33 +533,40 @@ impl Soak {
 
     /// [`settle`](Self::settle) within `bound`.
     pub fn settle_within(&mut self, after: &str, bound: Duration) -> Outcome {
-        let gateway_id = self.gateway_id;
-        let switch_on = self.switch_on;
+        let wanted: Vec<(u64, bool)> = self.gateways.iter().map(|g| (g.id, g.switch_on)).collect();
         let world = &self.world;
         let mut seen = String::new();
         let back = poll(bound, || {
-            let gateway = world.try_api_from(
-                &world.office_ns,
-                "GET",
-                &format!("/api/v1/gateways/{gateway_id}"),
-                world.admin_token.lock().unwrap().as_deref(),
-                Value::Null,
-            );
-            let gateway_ok = matches!(&gateway, Ok((200, g))
-                if g["last_seen"]["online"] == true && g["last_seen"]["switch_on"] == switch_on);
+            let mut all = true;
+            let mut views = Vec::new();
+            for (g, (gateway_id, switch_on)) in wanted.iter().enumerate() {
+                let gateway = world.try_api_from(
+                    &world.office_ns,
+                    "GET",
+                    &format!("/api/v1/gateways/{gateway_id}"),
+                    world.admin_token.lock().unwrap().as_deref(),
+                    Value::Null,
+                );
+                all &= matches!(&gateway, Ok((200, view))
+                    if view["last_seen"]["online"] == true && view["last_seen"]["switch_on"] == *switch_on);
+                views.push(format!(
+                    "gateway {}'s last_seen (switch {switch_on} wanted): {}",
+                    g + 1,
+                    gateway.as_ref().map_or_else(
+                        |e| e.to_string(),
+                        |(status, view)| format!("{status} {}", view["last_seen"])
+                    )
+                ));
+            }
             let (relays_ok, relays) = self.relays_online();
-            seen = format!(
-                "the gateway's last_seen: {}; {relays}",
-                gateway
-                    .as_ref()
-                    .map_or_else(|e| e.to_string(), |(status, g)| format!("{status} {}", g["last_seen"]))
-            );
-            gateway_ok && relays_ok
+            seen = format!("{}; {relays}", views.join("; "));
+            all && relays_ok
         });
         self.stats.checks += 1;
         if !back {
             return Err(format!(
-                "{bound:?} after {after}, the cloud does not show the gateway online (switch {switch_on}) and both relays online ({seen})"
+                "{bound:?} after {after}, the cloud does not show every gateway online with its switch where the \
+                 workload left it and both relays online ({seen})"
             ));
         }
         Ok(())
@@ -582,49 +595,60 @@ impl Soak {
     /// tunnel subnets. A breach names what is left.
     fn check_no_leaks(&mut self) -> Outcome {
         let world = &self.world;
-        let gateway_pid = world.gateway.as_ref().map(|p| p.pid());
+        let gateways = self.gateways.len();
+        let gateway_pids: Vec<Option<u32>> =
+            (0..gateways).map(|g| world.gateway_process_at(g).map(|p| p.pid())).collect();
         let mut last = String::new();
         let clean = poll(Duration::from_secs(30), || {
-            let gateway = world.gateway_metrics();
             let cloud =
                 http_get_path(&world.office_ns, CLOUD_IP, CLOUD_PORT, "/metrics", Duration::from_secs(5))
                     .unwrap_or_default();
-            let sessions = world.gateway_sessions();
             let mut values = vec![
-                (
-                    "gateway peers_connected".to_string(),
-                    metric_value(&gateway, "ferry_gateway_peers_connected"),
-                ),
-                ("gateway guard_indices".to_string(), metric_value(&gateway, "ferry_gateway_guard_indices")),
-                ("gateway sessions --json".to_string(), sessions_count(&sessions) as f64),
                 ("cloud sessions_live".to_string(), metric_value(&cloud, "ferry_cloud_sessions_live")),
                 ("cloud subnets_held".to_string(), metric_value(&cloud, "ferry_cloud_subnets_held")),
             ];
+            let mut listed = String::new();
+            for (g, gateway_pid) in gateway_pids.iter().enumerate() {
+                let name = format!("gateway {}", g + 1);
+                let gateway = world.try_gateway_metrics_at(g).unwrap_or_default();
+                let sessions = world.gateway_sessions_at(g);
+                values.extend([
+                    (
+                        format!("{name} peers_connected"),
+                        metric_value(&gateway, "ferry_gateway_peers_connected"),
+                    ),
+                    (format!("{name} guard_indices"), metric_value(&gateway, "ferry_gateway_guard_indices")),
+                    (format!("{name} sessions --json"), sessions_count(&sessions) as f64),
+                ]);
+                if !gateway.contains("ferry_gateway_guard_indices") {
+                    values.push((format!("{name} /metrics without guard_indices"), 1.0));
+                }
+                if sessions_count(&sessions) > 0 {
+                    listed += &format!(" ({name}: {sessions})");
+                }
+                match gateway_pid.map(|pid| maps::entries(pid, &maps::GATEWAY_EMPTY_AT_END)) {
+                    Some(Ok(counts)) => {
+                        for map in maps::GATEWAY_EMPTY_AT_END {
+                            match counts.get(map) {
+                                Some(&n) => values.push((format!("{name} map {map}"), n as f64)),
+                                None => values.push((format!("{name} map {map} not found"), 1.0)),
+                            }
+                        }
+                    }
+                    Some(Err(e)) => values.push((format!("{name} maps unreadable ({e})"), 1.0)),
+                    None => values.push((format!("no {name} process"), 1.0)),
+                }
+            }
             values.extend(self.relay_leak_values());
             // A metric the cloud does not export reads 0: its absence must
             // not pass for a clean store.
             if !cloud.contains("ferry_cloud_subnets_held") {
                 values.push(("cloud /metrics without subnets_held".to_string(), 1.0));
             }
-            match gateway_pid.map(|pid| maps::entries(pid, &maps::GATEWAY_EMPTY_AT_END)) {
-                Some(Ok(counts)) => {
-                    for name in maps::GATEWAY_EMPTY_AT_END {
-                        match counts.get(name) {
-                            Some(&n) => values.push((format!("gateway map {name}"), n as f64)),
-                            None => values.push((format!("gateway map {name} not found"), 1.0)),
-                        }
-                    }
-                }
-                Some(Err(e)) => values.push((format!("gateway maps unreadable ({e})"), 1.0)),
-                None => values.push(("no gateway process".to_string(), 1.0)),
-            }
-            last = values.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
-            if sessions_count(&sessions) > 0 {
-                last += &format!(" ({sessions})");
-            }
+            last = values.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ") + &listed;
             values.iter().all(|(_, v)| *v == 0.0)
         });
-        self.stats.checks += 12 + 2 * self.world.relay_count() as u64;
+        self.stats.checks += 2 + 8 * gateways as u64 + 2 * self.world.relay_count() as u64;
         self.event(format!("after every session ended: {last}"));
         if !clean {
             return Err(format!("30 s after every session ended, something is left: {last}"));

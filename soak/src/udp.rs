@@ -13,7 +13,6 @@ use std::{
 };
 
 use ferry_lab::Netns;
-use ferry_world::TARGET_B_IP;
 
 /// The whitelisted UDP port of target-b (the `udp-echo` target).
 pub const UDP_ECHO_PORT: u16 = 7000;
@@ -28,12 +27,12 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn start(target_b: &Netns) -> Result<Services, String> {
+    pub fn start(target_b: &Netns, target_b_ip: &'static str) -> Result<Services, String> {
         let bind = |port| {
             target_b
-                .run_in(move || UdpSocket::bind((TARGET_B_IP, port)))
+                .run_in(move || UdpSocket::bind((target_b_ip, port)))
                 .map_err(|e| e.to_string())?
-                .map_err(|e| format!("binding udp {TARGET_B_IP}:{port}: {e}"))
+                .map_err(|e| format!("binding udp {target_b_ip}:{port}: {e}"))
         };
         let (echo, other) = (bind(UDP_ECHO_PORT)?, bind(UDP_OTHER_PORT)?);
         let stop = Arc::new(AtomicBool::new(false));

@@ -40,6 +40,8 @@ pub const SHORT_SESSION_S: u64 = 60;
 pub struct Tech {
     pub user: User,
     pub ns: Netns,
+    /// Where the laptop sits ("public", "behind a symmetric NAT" ...).
+    pub place: &'static str,
     /// The `ferry` client on this technician's laptop: its service runs
     /// the whole time (but for its kills), logged in as the user.
     pub client: FerryClient,
@@ -72,6 +74,8 @@ const FERRY_SHARE: u64 = 60;
 /// knows).
 pub struct Live {
     pub id: u64,
+    /// Its gateway (by index; see crate::gateways).
+    pub gateway: usize,
     pub short: bool,
     pub approval: bool,
     pub approved: bool,
@@ -87,6 +91,9 @@ pub struct Tunnel {
     /// The relay of its configuration (by index; see crate::relays), if
     /// the cloud gave it one.
     pub relay: Option<usize>,
+    /// The path its traffic took at its first use that worked: "direct" or
+    /// "relayed" (see [`Soak::record_path`]).
+    pub path: Option<&'static str>,
 }
 
 /// What carries a tunnel.
@@ -105,8 +112,8 @@ pub enum TunnelClient {
 }
 
 impl Tech {
-    pub fn new(user: User, ns: Netns, client: FerryClient) -> Tech {
-        Tech { user, ns, client, live: None }
+    pub fn new(user: User, ns: Netns, place: &'static str, client: FerryClient) -> Tech {
+        Tech { user, ns, place, client, live: None }
     }
 }
 
@@ -179,13 +186,16 @@ impl Soak {
         let short = self.rng.chance(30);
         let approval = self.rng.chance(30);
         let kind = if self.kinds.chance(FERRY_SHARE) { Kind::Ferry } else { Kind::Stock };
+        let g = self.pick_gateway();
         let max = if short { SHORT_SESSION_S } else { 3600 };
         let name = format!("soak {} {}", self.techs[t].user.name, self.stats.sessions + 1);
         let user_id = self.techs[t].user.id;
         let asked = Instant::now();
-        let id = self.world.create_named_session(&name, self.gateway_id, &TARGETS, &[user_id], max, approval);
+        let gateway_id = self.gateways[g].id;
+        let id = self.world.create_named_session(&name, gateway_id, &TARGETS, &[user_id], max, approval);
         self.transition(id, "session.create", false);
         self.stats.sessions += 1;
+        *self.stats.sessions_by_gateway.entry(g).or_default() += 1;
         *self.stats.sessions_by_kind.entry(kind.name()).or_default() += 1;
         let (status, session) =
             self.tech_call(t, "POST", &format!("/api/v1/sessions/{id}/start"), Value::Null)?;
@@ -205,18 +215,20 @@ impl Soak {
         }
         self.transition(id, "session.start", false);
         if !approval {
-            self.machine_net.history.live(id, &TARGETS, asked);
+            self.gateways[g].machine_net.history.live(id, &TARGETS, asked);
         }
         if let Some(rank) = session["state"].as_str().and_then(crate::acked::rank) {
             self.acked.session(id, crate::acked::Want::AtLeast(rank));
         }
         self.event(format!(
-            "{who}: session {id} prepared (max {max}s, approval {approval}, {}) and started: {}",
+            "{who}: session {id} on {} prepared (max {max}s, approval {approval}, {}) and started: {}",
+            Self::gateway_label(g),
             kind.name(),
             session["state"]
         ));
         self.techs[t].live = Some(Live {
             id,
+            gateway: g,
             short,
             approval,
             approved: !approval,
@@ -228,14 +240,14 @@ impl Soak {
     }
 
     fn approve(&mut self, t: usize) -> Outcome {
-        let id = self.live(t).id;
+        let (id, g) = (self.live(t).id, self.live(t).gateway);
         let id_text = id.to_string();
         let mut last = String::new();
         // From the first try on, the gateway may let its traffic through.
-        self.machine_net.history.live(id, &TARGETS, Instant::now());
+        self.gateways[g].machine_net.history.live(id, &TARGETS, Instant::now());
         let world = &self.world;
         let done = ferry_world::poll(Duration::from_secs(20), || {
-            let out = world.gateway_cmd(&["approve", &id_text]);
+            let out = world.gateway_cmd_at(g, &["approve", &id_text]);
             last =
                 format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             out.status.success()
@@ -298,6 +310,7 @@ impl Soak {
             proxies,
             client: TunnelClient::Stock { go, wg_quick: text, private_key: keys.private },
             relay,
+            path: None,
         });
         self.event(format!(
             "session {id}: wireguard-go up from the wg-quick file (endpoint on {})",
@@ -334,7 +347,8 @@ impl Soak {
             client_line(&tunnel),
             Self::relay_label(relay)
         ));
-        self.live_mut(t).tunnel = Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id }, relay });
+        self.live_mut(t).tunnel =
+            Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id }, relay, path: None });
         self.use_session(t)
     }
 
@@ -356,7 +370,7 @@ impl Soak {
     /// the same targets that no session whitelists (which must not answer).
     fn use_session(&mut self, t: usize) -> Outcome {
         let live = self.live(t);
-        let (id, live_kind) = (live.id, live.kind);
+        let (id, live_kind, g) = (live.id, live.kind, live.gateway);
         let tunnel = live.tunnel.as_ref().ok_or_else(|| format!("session {id}: used without a tunnel"))?;
         let web = proxy(id, &tunnel.proxies, "plc-web")?;
         let echo = proxy(id, &tunnel.proxies, "echo")?;
@@ -424,12 +438,13 @@ impl Soak {
         if web_ok && echo_ok && udp_ok && ping_ok {
             self.stats.uses_ok += 1;
             *self.stats.uses_ok_by_kind.entry(live_kind.name()).or_default() += 1;
+            self.record_path(t)?;
         } else {
             self.stats.uses_failed += 1;
             let show = self.tunnel_state(t);
             let at_gateway = self
                 .world
-                .gateway_sessions()
+                .gateway_sessions_at(g)
                 .as_array()
                 .and_then(|all| all.iter().find(|s| s["id"] == id).map(|s| s["peers"].to_string()))
                 .unwrap_or_else(|| "unknown to the gateway".into());
@@ -454,7 +469,7 @@ impl Soak {
     /// and checks that an echo loop through it stops within the bound.
     fn end_session(&mut self, t: usize, how: End) -> Outcome {
         let live = self.live(t);
-        let id = live.id;
+        let (id, g) = (live.id, live.gateway);
         let live_kind = live.kind;
         let config_id = match live.tunnel.as_ref().map(|tunnel| &tunnel.client) {
             Some(TunnelClient::Ferry { config_id }) => Some(*config_id),
@@ -516,7 +531,7 @@ impl Soak {
                 at
             }
             End::Customer => {
-                let out = self.world.gateway_cmd(&["end", &id.to_string()]);
+                let out = self.world.gateway_cmd_at(g, &["end", &id.to_string()]);
                 let at = Instant::now();
                 if !out.status.success() {
                     // Not known at the gateway (lost across a kill): the
@@ -534,17 +549,24 @@ impl Soak {
                 // Before the flip: a session the cloud shows expired must
                 // have had its end time by then, not later.
                 let off_ms = unix_ms();
-                self.remote("off")?;
+                // Sessions on the other gateways, which the switch must
+                // leave alone: those carrying traffic now answer after it.
+                let elsewhere: Vec<_> = self.carrying().into_iter().filter(|c| c.gateway != g).collect();
+                self.remote(g, "off")?;
                 let at = Instant::now();
-                self.machine_net.history.switch_off(at);
-                self.switch_on = false;
+                *self.stats.switch_offs.entry(g).or_default() += 1;
+                self.gateways[g].machine_net.history.switch_off(at);
+                self.gateways[g].switch_on = false;
                 // The switch ends every session of the gateway, but for
                 // one whose time ran out first (another technician's short
                 // session, which no step of theirs waited for): the cloud's
                 // final state says which transition it made.
                 for other in 0..self.techs.len() {
+                    if self.techs[other].live.as_ref().is_some_and(|live| live.gateway != g) {
+                        continue;
+                    }
                     if let Some(live) = self.techs[other].live.take() {
-                        self.machine_net.history.ended(live.id, at);
+                        self.gateways[g].machine_net.history.ended(live.id, at);
                         if let (true, Some(TunnelClient::Ferry { config_id })) =
                             (other != t, live.tunnel.as_ref().map(|tunnel| &tunnel.client))
                         {
@@ -554,8 +576,10 @@ impl Soak {
                         self.transition(live.id, action, false);
                     }
                 }
+                self.check_untouched(&elsewhere, &format!("after gateway {}'s switch went off", g + 1))?;
                 self.techs[t].live = Some(Live {
                     id,
+                    gateway: g,
                     short: false,
                     approval: false,
                     approved: true,
@@ -591,7 +615,7 @@ impl Soak {
         let ended_at = if matches!(how, End::Admin | End::Technician | End::Disabled) {
             let world = &self.world;
             let gone = ferry_world::poll(GATEWAY_LEARNS, || {
-                !world.gateway_sessions().as_array().is_some_and(|all| all.iter().any(|s| s["id"] == id))
+                !world.gateway_sessions_at(g).as_array().is_some_and(|all| all.iter().any(|s| s["id"] == id))
             });
             self.stats.checks += 1;
             if !gone {
@@ -609,7 +633,7 @@ impl Soak {
         } else {
             ended_at
         };
-        self.machine_net.history.ended(id, ended_at);
+        self.gateways[g].machine_net.history.ended(id, ended_at);
         std::thread::sleep(STOP_BOUND + Duration::from_millis(1500));
         self.stats.checks += 1;
         let late = echo_loop.as_ref().map_or(0, |e| e.answers_after(ended_at + STOP_BOUND));
@@ -653,10 +677,10 @@ impl Soak {
             self.event(format!("user {user_id} enabled again, logged in again (API and ferry login)"));
         }
         if matches!(how, End::Switch) {
-            self.machine_net.history.switch_on(Instant::now());
-            self.remote("on")?;
-            self.switch_on = true;
-            self.event("the customer's switch on again".into());
+            self.gateways[g].machine_net.history.switch_on(Instant::now());
+            self.remote(g, "on")?;
+            self.gateways[g].switch_on = true;
+            self.event(format!("the customer's switch at {} on again", Self::gateway_label(g)));
             self.settle("the switch flip")?;
         }
         Ok(())
@@ -728,6 +752,7 @@ impl Soak {
                     proxies,
                     client: TunnelClient::Stock { go, wg_quick, private_key },
                     relay,
+                    path: None,
                 });
                 self.event(format!("session {id}: wireguard-go started again"));
                 started
@@ -767,7 +792,7 @@ impl Soak {
                     Self::relay_label(relay)
                 ));
                 self.live_mut(t).tunnel =
-                    Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id }, relay });
+                    Some(Tunnel { proxies, client: TunnelClient::Ferry { config_id }, relay, path: None });
                 started
             }
         };
@@ -830,10 +855,63 @@ impl Soak {
 
     /// `ferry-gateway remote on|off`; a failure is a breach with what it
     /// said (the gateway's log is saved with the failure).
-    fn remote(&mut self, what: &str) -> Outcome {
-        let out = self.world.gateway_cmd(&["remote", what]);
+    fn remote(&mut self, g: usize, what: &str) -> Outcome {
+        let out = self.world.gateway_cmd_at(g, &["remote", what]);
         if !out.status.success() {
-            return Err(format!("`ferry-gateway remote {what}` failed ({}): {}", out.status, said(&out)));
+            return Err(format!(
+                "`ferry-gateway remote {what}` at gateway {} failed ({}): {}",
+                g + 1,
+                out.status,
+                said(&out)
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a use of technician `t`'s session that worked: the path its
+    /// tunnel took, once per tunnel, counted by gateway. For wireguard-go
+    /// the wg-quick file's endpoint (a relay's address, or the gateway's
+    /// public mapping); for the `ferry` client the path its status shows.
+    /// A technician behind a symmetric NAT reaches a gateway behind one
+    /// only through a relay: a direct path there is a breach (the status
+    /// would be lying about where the traffic went).
+    pub fn record_path(&mut self, t: usize) -> Outcome {
+        let live = self.live(t);
+        let (id, g) = (live.id, live.gateway);
+        let Some(tunnel) = live.tunnel.as_ref() else { return Ok(()) };
+        if tunnel.path.is_some() {
+            return Ok(());
+        }
+        let path = match &tunnel.client {
+            TunnelClient::Stock { .. } => Some(if tunnel.relay.is_some() { "relayed" } else { "direct" }),
+            TunnelClient::Ferry { config_id } => match self.techs[t].client.tunnel(*config_id) {
+                Ok(Some(status)) => match status["path"].as_str() {
+                    Some(p) if p.starts_with("direct") => Some("direct"),
+                    Some(p) if p.starts_with("relay") => Some("relayed"),
+                    _ => None,
+                },
+                _ => None,
+            },
+        };
+        let Some(path) = path else { return Ok(()) };
+        if let Some(tunnel) = self.live_mut(t).tunnel.as_mut() {
+            tunnel.path = Some(path);
+        }
+        *self.stats.paths.entry((g, path)).or_default() += 1;
+        let symmetric_site =
+            crate::gateways::SITE_KINDS[g] == ferry_world::Site::BehindNat(ferry_lab::Nat::Symmetric);
+        if symmetric_site && self.techs[t].place == crate::soak::SYMMETRIC_PLACE {
+            self.stats.checks += 1;
+            self.stats.symmetric_both_relayed += u64::from(path == "relayed");
+            if path != "relayed" {
+                return Err(format!(
+                    "session {id}: {} (behind a symmetric NAT) reached gateway {} (behind a symmetric NAT) by a \
+                     {path} path, which no NAT pair of that kind allows; {}",
+                    self.techs[t].user.name,
+                    g + 1,
+                    self.tunnel_state(t)
+                ));
+            }
         }
         Ok(())
     }

@@ -62,6 +62,77 @@ pub const GW_LAN_IP: &str = "192.168.50.1";
 pub const TARGET_A_IP: &str = "192.168.50.10";
 pub const TARGET_B_IP: &str = "192.168.50.11";
 pub const PROBE_IP: &str = "192.168.50.20";
+
+/// Where one customer site of the world sits: its link to the internet
+/// router, its site LAN behind its NAT router, and its machine network.
+/// Site 0 is the one every world has (the constants above); the others
+/// ([`crate::Options::extra_sites`]) take the next /29s of the cloud's and
+/// relays' documentation range on the internet, 10.20.k.0/24 inside, and
+/// 192.168.(50+k).0/24 for their machines, so that no address of one site
+/// is another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteAddrs {
+    /// The internet router's end of the site's link, with its length.
+    pub inet_cidr: &'static str,
+    /// The site's public address: its NAT router's WAN address, or the
+    /// gateway's uplink on a public site.
+    pub wan_ip: &'static str,
+    /// The length of the link's prefix.
+    pub wan_len: u8,
+    /// The NAT router's LAN address, with its length.
+    pub router_lan_cidr: &'static str,
+    /// The gateway's uplink behind the NAT router.
+    pub gw_uplink_ip: &'static str,
+    pub gw_lan_ip: &'static str,
+    pub target_a_ip: &'static str,
+    pub target_b_ip: &'static str,
+    pub probe_ip: &'static str,
+}
+
+impl SiteAddrs {
+    /// The internet router's address on the site's link.
+    pub fn inet_ip(&self) -> &'static str {
+        crate::strip_len(self.inet_cidr)
+    }
+}
+
+/// The world's customer sites by index: 0 is the one every world has, 1
+/// and 2 those of [`crate::Options::extra_sites`].
+pub const SITES: [SiteAddrs; 3] = [
+    SiteAddrs {
+        inet_cidr: "198.51.100.1/24",
+        wan_ip: SITE_WAN_IP,
+        wan_len: 24,
+        router_lan_cidr: "10.20.0.1/24",
+        gw_uplink_ip: GW_UPLINK_IP,
+        gw_lan_ip: GW_LAN_IP,
+        target_a_ip: TARGET_A_IP,
+        target_b_ip: TARGET_B_IP,
+        probe_ip: PROBE_IP,
+    },
+    SiteAddrs {
+        inet_cidr: "203.0.113.30/29",
+        wan_ip: "203.0.113.25",
+        wan_len: 29,
+        router_lan_cidr: "10.20.1.1/24",
+        gw_uplink_ip: "10.20.1.2",
+        gw_lan_ip: "192.168.51.1",
+        target_a_ip: "192.168.51.10",
+        target_b_ip: "192.168.51.11",
+        probe_ip: "192.168.51.20",
+    },
+    SiteAddrs {
+        inet_cidr: "203.0.113.38/29",
+        wan_ip: "203.0.113.33",
+        wan_len: 29,
+        router_lan_cidr: "10.20.2.1/24",
+        gw_uplink_ip: "10.20.2.2",
+        gw_lan_ip: "192.168.52.1",
+        target_a_ip: "192.168.52.10",
+        target_b_ip: "192.168.52.11",
+        probe_ip: "192.168.52.20",
+    },
+];
 /// The technician's own LAN: the same /24 as the machine network.
 pub const TECH_LAN_IP: &str = "192.168.50.77";
 /// The technician's home router on that LAN (behind a NAT only).

@@ -548,10 +548,13 @@ impl World {
             last = self.gateway_view(gateway_id);
             last["last_seen"]["online"] == true && last["last_seen"]["switch_on"] == switch_on
         });
+        // Which site's gateway this is, the cloud's id does not say: every
+        // gateway's log (one, unless the world has further sites).
+        let logs: Vec<String> = (0..self.gateway_count()).map(|i| self.gateway_log_at(i)).collect();
         assert!(
             reached,
             "the cloud does not show the gateway online with switch {switch_on}: {last}\n{}",
-            self.gateway_log()
+            logs.join("\n")
         );
     }
 }

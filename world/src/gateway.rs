@@ -52,34 +52,52 @@ impl World {
             .to_string()
     }
 
-    /// Writes the gateway's configuration file.
-    pub fn write_gateway_config(&self) {
+    /// Writes site `index`'s gateway's configuration file.
+    pub(crate) fn write_gateway_config_at(&self, index: usize) {
+        let site = self.site(index);
         let text = format!(
             "data_dir = {:?}\ncontrol_socket = {:?}\n\n[uplink]\ninterface = {:?}\nwireguard_port = {GATEWAY_WG_PORT}\n\n\
              [lan]\ninterface = {:?}\n\n[tunnel]\ninterface = {:?}\ntransport = \"auto\"\n\n[metrics]\nlisten = \"127.0.0.1:{GATEWAY_METRICS_PORT}\"\n",
-            self.gateway_data.to_str().unwrap(),
-            self.gateway_socket.to_str().unwrap(),
-            self.gw_uplink_if,
-            self.gw_lan_if,
-            self.gw_tun_if,
+            site.gateway_data.to_str().unwrap(),
+            site.gateway_socket.to_str().unwrap(),
+            site.gw_uplink_if,
+            site.gw_lan_if,
+            site.gw_tun_if,
         );
-        std::fs::write(&self.gateway_config, text).unwrap();
+        std::fs::write(site.gateway_config, text).unwrap();
+    }
+
+    /// Writes the gateway's configuration file.
+    pub fn write_gateway_config(&self) {
+        self.write_gateway_config_at(0);
     }
 
     /// Runs `ferry-gateway --config <file> <args>` in the gateway namespace
     /// to completion.
     pub fn gateway_cmd(&self, args: &[&str]) -> Output {
-        let mut cmd = self.gw_ns.command(bin_path("ferry-gateway"));
-        cmd.arg("--config").arg(&self.gateway_config).args(args);
+        self.gateway_cmd_at(0, args)
+    }
+
+    /// The same for site `index`'s gateway.
+    pub fn gateway_cmd_at(&self, index: usize, args: &[&str]) -> Output {
+        let site = self.site(index);
+        let mut cmd = site.gw_ns.command(bin_path("ferry-gateway"));
+        cmd.arg("--config").arg(site.gateway_config).args(args);
         cmd.output().unwrap()
     }
 
     /// The same; a failure panics with its output. Returns stdout.
     pub fn gateway_ok(&self, args: &[&str]) -> String {
-        let out = self.gateway_cmd(args);
+        self.gateway_ok_at(0, args)
+    }
+
+    /// The same for site `index`'s gateway.
+    pub fn gateway_ok_at(&self, index: usize, args: &[&str]) -> String {
+        let out = self.gateway_cmd_at(index, args);
         assert!(
             out.status.success(),
-            "ferry-gateway {args:?} failed ({}):\n{}\n{}",
+            "{} {args:?} failed ({}):\n{}\n{}",
+            gateway_name(index),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -91,6 +109,11 @@ impl World {
     /// with the cloud's fingerprint over HTTPS), with a `--cloud` for each
     /// replica of the cloud.
     pub fn enroll(&self, token: &str) -> String {
+        self.enroll_at(0, token)
+    }
+
+    /// The same for site `index`'s gateway.
+    pub fn enroll_at(&self, index: usize, token: &str) -> String {
         let urls = self.cloud_urls();
         let mut args = vec!["enroll"];
         for url in &urls {
@@ -100,43 +123,28 @@ impl World {
         if let Some(pin) = &self.cloud_pin {
             args.extend(["--pin", pin]);
         }
-        self.gateway_ok(&args)
+        self.gateway_ok_at(index, &args)
     }
 
     /// Starts `ferry-gateway run` and waits for "ferry-gateway ready".
     pub fn start_gateway(&mut self) {
-        assert!(self.gateway.is_none(), "the gateway runs already");
-        let mut cmd = self.gw_ns.command(bin_path("ferry-gateway"));
-        cmd.arg("--config").arg(&self.gateway_config).args(["--log", "debug", "run"]);
-        if self.options.gateway_faketime {
-            self.faketime(&mut cmd);
-        }
-        let mut gateway = self.gw_ns.spawn(cmd).unwrap();
-        gateway.wait_for_output("ferry-gateway ready", Duration::from_secs(30)).unwrap();
-        self.gateway = Some(gateway);
+        self.start_gateway_at(0);
     }
 
-    /// Runs `cmd` under libfaketime, its wall clock offset by what the
-    /// world's timestamp file says (kept as it is: a restarted gateway
-    /// finds its clock as the machine would, still stepped).
-    fn faketime(&self, cmd: &mut std::process::Command) {
-        let library = faketime_library();
-        assert!(
-            library.exists(),
-            "{} is missing: install libfaketime (cargo xtask setup)",
-            library.display()
-        );
-        if !self.gateway_clock_file.exists() {
-            std::fs::write(&self.gateway_clock_file, "+0\n").unwrap();
+    /// The same for site `index`'s gateway (each under libfaketime with a
+    /// timestamp file of its own, with
+    /// [`Options::gateway_faketime`](crate::Options::gateway_faketime)).
+    pub fn start_gateway_at(&mut self, index: usize) {
+        assert!(self.gateway_process_at(index).is_none(), "{} runs already", gateway_name(index));
+        let site = self.site(index);
+        let mut cmd = site.gw_ns.command(bin_path("ferry-gateway"));
+        cmd.arg("--config").arg(site.gateway_config).args(["--log", "debug", "run"]);
+        if self.options.gateway_faketime {
+            faketime(&mut cmd, site.gateway_clock_file);
         }
-        // Offsets ("+0", "-3600") rather than absolute times: libfaketime
-        // applies them to the real clock, which goes on running. Re-read at
-        // every call (no cache), so a step takes effect at once; the
-        // monotonic clocks stay real, as under a real step of the clock.
-        cmd.env("LD_PRELOAD", &library)
-            .env("FAKETIME_TIMESTAMP_FILE", &self.gateway_clock_file)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let mut gateway = site.gw_ns.spawn(cmd).unwrap();
+        gateway.wait_for_output("ferry-gateway ready", Duration::from_secs(30)).unwrap();
+        *self.gateway_process_mut_at(index) = Some(gateway);
     }
 
     /// Steps the gateway's wall clock to `offset_s` seconds from the real
@@ -144,18 +152,39 @@ impl World {
     /// [`Options::gateway_faketime`](crate::Options::gateway_faketime). Its
     /// monotonic clocks and every other process's clock do not move.
     pub fn step_gateway_clock(&self, offset_s: i64) {
+        self.step_gateway_clock_at(0, offset_s);
+    }
+
+    /// The same for site `index`'s gateway alone.
+    pub fn step_gateway_clock_at(&self, index: usize, offset_s: i64) {
         assert!(self.options.gateway_faketime, "the gateway does not run under libfaketime");
+        let clock_file = self.site(index).gateway_clock_file;
         let text = format!("{offset_s:+}\n");
-        let temporary = self.gateway_clock_file.with_extension("tmp");
+        let temporary = clock_file.with_extension("tmp");
         std::fs::write(&temporary, text).unwrap();
         // Renamed over, so that libfaketime never reads a half-written file.
-        std::fs::rename(&temporary, &self.gateway_clock_file).unwrap();
+        std::fs::rename(&temporary, clock_file).unwrap();
     }
 
     /// The gateway's Prometheus text from `/metrics`.
     pub fn gateway_metrics(&self) -> String {
-        http_get_path(&self.gw_ns, "127.0.0.1", GATEWAY_METRICS_PORT, "/metrics", Duration::from_secs(5))
-            .expect("the gateway's /metrics")
+        self.gateway_metrics_at(0)
+    }
+
+    /// Site `index`'s gateway's Prometheus text, from its own namespace.
+    pub fn gateway_metrics_at(&self, index: usize) -> String {
+        self.try_gateway_metrics_at(index).expect("the gateway's /metrics")
+    }
+
+    /// The same, or why not.
+    pub fn try_gateway_metrics_at(&self, index: usize) -> Result<String, String> {
+        http_get_path(
+            self.site(index).gw_ns,
+            "127.0.0.1",
+            GATEWAY_METRICS_PORT,
+            "/metrics",
+            Duration::from_secs(5),
+        )
     }
 
     /// One sample of the gateway's metrics, by its name with labels exactly
@@ -176,19 +205,34 @@ impl World {
 
     /// SIGKILL, as a crash or power cut ends it.
     pub fn kill_gateway(&mut self) {
-        let mut gateway = self.gateway.take().expect("the gateway is not running");
+        self.kill_gateway_at(0);
+    }
+
+    /// The same for site `index`'s gateway.
+    pub fn kill_gateway_at(&mut self, index: usize) {
+        let mut gateway = self.gateway_process_mut_at(index).take().expect("the gateway is not running");
         gateway.signal(Signal::SIGKILL).unwrap();
         gateway.wait_timeout(Duration::from_secs(10)).unwrap();
     }
 
     /// What the running gateway logged so far.
     pub fn gateway_log(&self) -> String {
-        self.gateway.as_ref().map(|g| format!("{}{}", g.stdout(), g.stderr())).unwrap_or_default()
+        self.gateway_log_at(0)
+    }
+
+    /// What site `index`'s running gateway logged so far.
+    pub fn gateway_log_at(&self, index: usize) -> String {
+        self.gateway_process_at(index).map(|g| format!("{}{}", g.stdout(), g.stderr())).unwrap_or_default()
     }
 
     /// `remote on|off|status`; returns stdout.
     pub fn remote(&self, what: &str) -> String {
-        self.gateway_ok(&["remote", what])
+        self.remote_at(0, what)
+    }
+
+    /// The same at site `index`'s gateway.
+    pub fn remote_at(&self, index: usize, what: &str) -> String {
+        self.gateway_ok_at(index, &["remote", what])
     }
 
     /// The switch position `remote status` reports: the one word `on` or
@@ -200,9 +244,40 @@ impl World {
 
     /// `sessions --json`.
     pub fn gateway_sessions(&self) -> Value {
-        let out = self.gateway_ok(&["sessions", "--json"]);
+        self.gateway_sessions_at(0)
+    }
+
+    /// `sessions --json` at site `index`'s gateway.
+    pub fn gateway_sessions_at(&self, index: usize) -> Value {
+        let out = self.gateway_ok_at(index, &["sessions", "--json"]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("`sessions --json` is not JSON ({e}): {out:?}"))
     }
+}
+
+/// Runs `cmd` under libfaketime, its wall clock offset by what the
+/// timestamp file `clock_file` says (kept as it is: a restarted gateway
+/// finds its clock as the machine would, still stepped).
+fn faketime(cmd: &mut std::process::Command, clock_file: &std::path::Path) {
+    let library = faketime_library();
+    assert!(library.exists(), "{} is missing: install libfaketime (cargo xtask setup)", library.display());
+    if !clock_file.exists() {
+        std::fs::write(clock_file, "+0\n").unwrap();
+    }
+    // Offsets ("+0", "-3600") rather than absolute times: libfaketime
+    // applies them to the real clock, which goes on running. Re-read at
+    // every call (no cache), so a step takes effect at once; the
+    // monotonic clocks stay real, as under a real step of the clock.
+    cmd.env("LD_PRELOAD", &library)
+        .env("FAKETIME_TIMESTAMP_FILE", clock_file)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+}
+
+/// How logs and reports name site `index`'s gateway: `ferry-gateway` for
+/// the first (as before there were others), `ferry-gateway-2` for the
+/// second.
+pub fn gateway_name(index: usize) -> String {
+    if index == 0 { "ferry-gateway".to_string() } else { format!("ferry-gateway-{}", index + 1) }
 }
 
 /// The value of `sample` in Prometheus text, 0 if absent.

@@ -107,13 +107,13 @@ pub mod wg;
 pub use addresses::*;
 pub use client::{FerryClient, client_proxies, said};
 pub use cloud::{GatewayRecord, User, problem_type};
-pub use gateway::{PANEL_PORT, faketime_library, metric_value, panel_addr, switch_word};
+pub use gateway::{PANEL_PORT, faketime_library, gateway_name, metric_value, panel_addr, switch_word};
 pub use relays::{RelayNode, relay_name};
 pub use services::{
     EchoLoop, Server, echo_round_trip, eventually, http_get, http_get_path, poll, tcp_exchange, wait_until,
 };
 pub use technician::{TechTunnel, parse_targets};
-pub use topology::{Options, Site, Technician, World};
+pub use topology::{Options, Site, SiteNode, SiteView, Technician, World};
 
 use std::{
     path::PathBuf,

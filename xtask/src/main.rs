@@ -72,6 +72,10 @@ enum Command {
         /// How many technicians (2 to 6; see `ferry-soak --help`).
         #[arg(long, default_value_t = 4)]
         technicians: u64,
+        /// How many gateways (1 to 3: behind a cone NAT, behind a symmetric
+        /// NAT, on a public address; see `ferry-soak --help`).
+        #[arg(long, default_value_t = 3)]
+        gateways: u64,
         /// Where the cloud keeps its data: `sled` (one `ferry-cloud`), or
         /// `postgres`: the soak starts its own PostgreSQL (removed at the
         /// end) and runs two `ferry-cloud` replicas on it.
@@ -104,8 +108,8 @@ fn main() -> Result<()> {
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Bench { names } => bench::run(&names),
         Command::Demo { path, once } => demo::run(path.as_deref(), once),
-        Command::Soak { minutes, seconds, seed, technicians, storage, no_cloud_outage } => {
-            soak::run(minutes, seconds, seed, technicians, &storage, no_cloud_outage)
+        Command::Soak { minutes, seconds, seed, technicians, gateways, storage, no_cloud_outage } => {
+            soak::run(minutes, seconds, seed, technicians, gateways, &storage, no_cloud_outage)
         }
         Command::Sweep => {
             for object in ferry_lab::sweep_stale() {

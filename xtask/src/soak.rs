@@ -20,6 +20,7 @@ pub fn run(
     seconds: Option<u64>,
     seed: Option<u64>,
     technicians: u64,
+    gateways: u64,
     storage: &str,
     no_cloud_outage: bool,
 ) -> Result<()> {
@@ -49,6 +50,7 @@ pub fn run(
         soak.args(["--seed", &seed.to_string()]);
     }
     soak.args(["--technicians", &technicians.to_string()]);
+    soak.args(["--gateways", &gateways.to_string()]);
     soak.args(["--storage", storage]);
     if no_cloud_outage {
         soak.arg("--no-cloud-outage");

@@ -41,34 +41,52 @@ pub const SLACK: Duration = Duration::from_secs(1);
 /// The bridge of the world's machine network (its switch namespace).
 const BRIDGE: &str = "br0";
 
-/// The capture on the world's machine network, for a gateway with
+/// The capture on site `index`'s machine network, for a gateway with
 /// `targets`.
-pub fn start(world: &ferry_world::World, targets: &Value) -> Result<MachineNet, String> {
+pub fn start(world: &ferry_world::World, index: usize, targets: &Value) -> Result<MachineNet, String> {
+    let site = world.site(index);
     let ip = |s: &str| s.parse::<Ipv4Addr>().map_err(|e| format!("{s}: {e}"));
     let network = Network {
-        gateway: ip(ferry_world::GW_LAN_IP)?,
+        gateway: ip(site.addrs.gw_lan_ip)?,
         machines: vec![
-            ("target-a", ip(ferry_world::TARGET_A_IP)?),
-            ("target-b", ip(ferry_world::TARGET_B_IP)?),
+            ("target-a", ip(site.addrs.target_a_ip)?),
+            ("target-b", ip(site.addrs.target_b_ip)?),
             // The world's probe host: nothing of the soak's uses it, so
             // its traffic is checked like any machine's.
-            ("probe", ip(ferry_world::PROBE_IP)?),
+            ("probe", ip(site.addrs.probe_ip)?),
         ],
     };
-    MachineNet::start(&world.lan_ns, BRIDGE, network, targets, SLACK)
+    MachineNet::start(site.lan_ns, BRIDGE, network, targets, SLACK)
 }
 
 impl Soak {
     /// The packets captured since the last step, against the history so
     /// far.
     pub fn check_machine_net(&mut self) -> Outcome {
-        self.stats.checks += 1;
-        let checked = self.machine_net.check();
-        self.stats.machine_packets = self.machine_net.counts();
-        for note in self.machine_net.take_notable() {
-            self.event(format!("the machine network: {note}"));
+        for g in 0..self.gateways.len() {
+            self.stats.checks += 1;
+            let checked = self.gateways[g].machine_net.check();
+            for note in self.gateways[g].machine_net.take_notable() {
+                self.event(format!("gateway {}'s machine network: {note}", g + 1));
+            }
+            self.count_machine_packets();
+            checked.map_err(|breach| format!("gateway {}'s machine network: {breach}", g + 1))?;
         }
-        checked
+        Ok(())
+    }
+
+    /// The packets checked on every machine network, by class.
+    fn count_machine_packets(&mut self) {
+        let mut total = (0, BTreeMap::new());
+        for (g, gateway) in self.gateways.iter().enumerate() {
+            let (n, counts) = gateway.machine_net.counts();
+            total.0 += n;
+            for (class, k) in counts {
+                *total.1.entry(class).or_default() += k;
+            }
+            self.stats.machine_packets_by_gateway.insert(g, n);
+        }
+        self.stats.machine_packets = total;
     }
 
     /// At the end, every session ended: every packet of the run again,
@@ -77,21 +95,25 @@ impl Soak {
     pub fn check_machine_net_all(&mut self) -> Outcome {
         // The last frames reach the reader.
         std::thread::sleep(Duration::from_millis(500));
-        self.stats.checks += 1;
-        let checked = self.machine_net.check_all();
-        self.stats.machine_packets = self.machine_net.counts();
-        for note in self.machine_net.take_notable() {
-            self.event(format!("the machine network: {note}"));
+        for g in 0..self.gateways.len() {
+            self.stats.checks += 1;
+            let checked = self.gateways[g].machine_net.check_all();
+            self.count_machine_packets();
+            for note in self.gateways[g].machine_net.take_notable() {
+                self.event(format!("gateway {}'s machine network: {note}", g + 1));
+            }
+            let (n, counts) = self.gateways[g].machine_net.counts();
+            let classes: Vec<String> = counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
+            self.event(format!(
+                "gateway {}'s machine network's capture, checked again against the whole history: {n} packets ({})",
+                g + 1,
+                classes.join(", ")
+            ));
+            checked.map_err(|breach| format!("gateway {}'s machine network: {breach}", g + 1))?;
         }
-        let (n, counts) = self.machine_net.counts();
-        let classes: Vec<String> = counts.iter().map(|(class, n)| format!("{class} {n}")).collect();
         let cpu = crate::capture::cpu_time().map_or("unknown".into(), |t| format!("{:.2}s", t.as_secs_f64()));
-        self.event(format!(
-            "the machine network's capture, checked again against the whole history: {n} packets ({}); \
-             the capture's thread used {cpu} of CPU",
-            classes.join(", ")
-        ));
-        checked
+        self.event(format!("the captures' threads used {cpu} of CPU"));
+        Ok(())
     }
 }
 
