@@ -32,8 +32,15 @@ pub const PEERS_MAP: &str = "GW_PEERS";
 pub const TARGETS_MAP: &str = "GW_TARGETS";
 /// An LRU hash map from [`FlowKey`] to [`FlowForward`]: technician -> target.
 pub const CT_FORWARD_MAP: &str = "GW_CT_FWD";
-/// An LRU hash map from [`ReplyKey`] to [`FlowReverse`]: target -> technician.
-pub const CT_REVERSE_MAP: &str = "GW_CT_REV";
+/// An array of [`FlowReverse`] indexed by [`nat_slot`]: target -> technician.
+/// An array, not a hash: the verifier inlines its lookups, so a reply (and
+/// the TUN program's check that a flow still owns its NAT port) costs a few
+/// instructions instead of a hash lookup.
+pub const NAT_SLOTS_MAP: &str = "GW_NAT_SLOTS";
+/// A hash map from a [`NAT_SLOTS_MAP`] index (`u32`) to `u8`: whoever
+/// inserts an index with BPF_NOEXIST (a program claiming a NAT port,
+/// userspace sweeping) is the slot's only writer until it deletes it.
+pub const NAT_CLAIMS_MAP: &str = "GW_NAT_CLAIMS";
 /// A per-CPU array of [`TargetTraffic`] indexed by [`TargetRule::counter`].
 pub const TRAFFIC_MAP: &str = "GW_TRAFFIC";
 /// An array of [`RuleGeneration`] indexed by [`TargetRule::counter`]: what
@@ -52,7 +59,8 @@ pub const L2_LEN_GLOBAL: &str = "GW_L2_LEN";
 pub const DEFAULT_MAX_PEERS: u32 = 4096;
 /// Whitelist entries (and per-target counter slots) unless sized at load.
 pub const DEFAULT_MAX_TARGETS: u32 = 16_384;
-/// Conntrack entries per direction unless sized at load.
+/// Forward conntrack entries unless sized at load. (The reverse entries
+/// have one slot per protocol, bucket and NAT port: [`NAT_SLOTS`].)
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 
 /// Port ranges one whitelist entry can hold.
@@ -72,6 +80,21 @@ pub const NAT_PORT_MIN: u16 = 61_000;
 pub const NAT_PORT_MAX: u16 = 65_535;
 /// Successive ports tried after the flow's hashed one before giving up.
 pub const NAT_PORT_TRIES: u32 = 8;
+/// NAT ports per protocol and bucket.
+pub const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
+/// Buckets of the remote side (target address and port, SNAT address) per
+/// protocol: a NAT port holds one flow per protocol and bucket. All flows
+/// to one target port share a bucket, and so at most [`NAT_PORTS`] flows,
+/// as they did when the reverse map was a hash keyed by the whole reply
+/// (the port is the only part of the reply the gateway chooses).
+pub const NAT_BUCKETS: u32 = 4;
+/// Protocols with NAT ports: TCP, UDP, ICMP echo.
+pub const NAT_PROTOCOLS: u32 = 3;
+/// Entries of [`NAT_SLOTS_MAP`]: the most flows the gateway tracks at once.
+pub const NAT_SLOTS: u32 = NAT_PROTOCOLS * NAT_BUCKETS * NAT_PORTS;
+/// Concurrent claims of NAT slots ([`NAT_CLAIMS_MAP`]); a claim that finds
+/// the map full tries the next port.
+pub const NAT_CLAIMS: u32 = 256;
 
 /// Idle time after which a TCP flow is forgotten, unless userspace sets
 /// another ([`FlowTimeouts`]).
@@ -302,30 +325,58 @@ pub struct FlowForward {
     pub generation: RuleGeneration,
 }
 
-/// A reply from the target's side: `(protocol, real address, target port,
-/// SNAT address, NAT port)`. ICMP replies have target port 0 and the NAT
-/// port in the echo id.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ReplyKey {
-    pub protocol: u8,
-    pub _pad: [u8; 3],
-    pub real: [u8; 4],
-    pub snat: [u8; 4],
-    pub target_port: [u8; 2],
-    pub nat_port: [u8; 2],
+/// The slot of [`NAT_SLOTS_MAP`] that holds the flow of `protocol` whose
+/// replies come from `real`:`target_port` to `snat`:`nat_port`; None for a
+/// port outside the NAT range or a protocol without NAT ports. The slot
+/// holds the whole reply's addresses and ports: a reply must match them
+/// ([`FlowReverse::is_reply`]), so the index is exact. Both sides use it.
+#[inline(always)]
+pub fn nat_slot(protocol: u8, real: [u8; 4], snat: [u8; 4], target_port: [u8; 2], nat_port: [u8; 2]) -> Option<u32> {
+    let proto = match protocol {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        PROTO_ICMP => 2,
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(nat_port);
+    if port < NAT_PORT_MIN {
+        return None;
+    }
+    // A multiplicative hash of the remote side; its top bits pick the
+    // bucket. Cheap: it runs on every reply.
+    let h = (u32::from_be_bytes(real) ^ u32::from_be_bytes(snat).rotate_left(16))
+        .wrapping_add(u16::from_be_bytes(target_port) as u32)
+        .wrapping_mul(0x9e37_79b1);
+    let bucket = h >> (32 - NAT_BUCKETS.trailing_zeros());
+    Some((proto * NAT_BUCKETS + bucket) * NAT_PORTS + (port - NAT_PORT_MIN) as u32)
 }
 
-/// How a reply is translated back toward the technician. It also owns the
-/// NAT port: the forward path inserts it first, with BPF_NOEXIST.
+/// A NAT slot: the flow that owns a NAT port of a protocol and bucket, and
+/// how its replies are translated back toward the technician. All zeroes:
+/// free.
+///
+/// `seq` makes the slot a sequence lock. Its only writer at a time is
+/// whoever holds its claim ([`NAT_CLAIMS_MAP`]); the writer makes `seq`
+/// odd, writes, and makes it even again, each with a volatile store.
+/// Readers read `seq`, the fields and `seq` again, all volatile, and trust
+/// the fields only if both reads are the same even value, so that they
+/// never mix two flows' fields (a reply from one flow's target sent to
+/// another flow's technician). Stamps are the exception: anyone refreshes
+/// them in place, and a stamp of the wrong flow is only a recent time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowReverse {
     pub peer: [u8; 4],
     pub proxy: [u8; 4],
     pub peer_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// The reply's source port (ICMP: 0).
+    pub target_port: [u8; 2],
+    /// The reply's source and destination addresses.
+    pub real: [u8; 4],
+    pub snat: [u8; 4],
     pub counter: u32,
+    pub seq: u32,
+    pub _pad: [u8; 4],
     pub session: u64,
     /// When the flow last saw a packet; decides whether it is still alive.
     pub last_seen_ns: u64,
@@ -339,8 +390,23 @@ pub struct FlowReverse {
     /// increments jiffies before it advances the coarse clock), and it then
     /// stands for the whole tick: a flow may expire up to one tick early.
     pub last_tick: u64,
-    /// As [`FlowForward::generation`].
+    /// As [`FlowForward::generation`]; `path` 0: the slot is free.
     pub generation: RuleGeneration,
+}
+
+impl FlowReverse {
+    /// Whether the slot holds a flow (free slots are all zeroes; every
+    /// flow has a generation).
+    #[inline(always)]
+    pub const fn in_use(&self) -> bool {
+        self.generation.path != 0
+    }
+
+    /// Whether a reply from `real`:`target_port` to `snat` is this flow's.
+    #[inline(always)]
+    pub fn is_reply(&self, real: [u8; 4], snat: [u8; 4], target_port: [u8; 2]) -> bool {
+        self.real == real && self.snat == snat && self.target_port == target_port
+    }
 }
 
 /// Per-target traffic the programs translated: packets and IP bytes.
@@ -366,7 +432,6 @@ mod pod {
     unsafe impl aya::Pod for super::TargetRule {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowForward {}
-    unsafe impl aya::Pod for super::ReplyKey {}
     unsafe impl aya::Pod for super::FlowReverse {}
     unsafe impl aya::Pod for super::TargetTraffic {}
     unsafe impl aya::Pod for super::RuleGeneration {}

@@ -19,7 +19,10 @@
 //! its session's peers, change (`RuleGeneration`). Conntrack otherwise only
 //! remembers NAT ports.
 
-use core::mem;
+use core::{
+    mem,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -37,9 +40,9 @@ use aya_ebpf::{
 };
 use ferry_ebpf_common::gateway::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FlowForward, FlowKey,
-    FlowReverse, FlowTimeouts, GatewayConfig, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_ANY,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, ReplyKey, RuleGeneration, TargetKey, TargetRule,
-    TargetTraffic, flow_hash,
+    FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS, NAT_SLOTS,
+    Outcome, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, RuleGeneration, TargetKey, TargetRule,
+    TargetTraffic, flow_hash, nat_slot,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -70,14 +73,25 @@ static GW_TARGETS: HashMap<TargetKey, TargetRule> =
     HashMap::with_max_entries(DEFAULT_MAX_TARGETS, BPF_F_NO_PREALLOC);
 
 // LRU: when flows outnumber the map, the least recently used are forgotten
-// instead of new ones being refused. Every entry is re-validated against the
-// reverse map and the whitelist before use, so an evicted half only costs a
-// new NAT port.
+// instead of new ones being refused. Every entry is re-validated against its
+// NAT slot and the whitelist before use, so an evicted forward half only
+// costs a new NAT port.
 #[map(name = "GW_CT_FWD")]
 static GW_CT_FWD: LruHashMap<FlowKey, FlowForward> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-#[map(name = "GW_CT_REV")]
-static GW_CT_REV: LruHashMap<ReplyKey, FlowReverse> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+// An array indexed by protocol, bucket and NAT port (`nat_slot`): the
+// verifier inlines its lookups. Slots are written under a claim in
+// GW_NAT_CLAIMS and read under their sequence lock (`FlowReverse::seq`).
+#[map(name = "GW_NAT_SLOTS")]
+static GW_NAT_SLOTS: Array<FlowReverse> = Array::with_max_entries(NAT_SLOTS, 0);
+
+// Where a new flow's forward entry is put together: the TUN program's stack
+// has no room for it.
+#[map(name = "GW_FWD_SCRATCH")]
+static GW_FWD_SCRATCH: PerCpuArray<FlowForward> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "GW_NAT_CLAIMS")]
+static GW_NAT_CLAIMS: HashMap<u32, u8> = HashMap::with_max_entries(NAT_CLAIMS, 0);
 
 #[map(name = "GW_TRAFFIC")]
 static GW_TRAFFIC: PerCpuArray<TargetTraffic> = PerCpuArray::with_max_entries(DEFAULT_MAX_TARGETS, 0);
@@ -112,7 +126,6 @@ const INNER_L4: usize = ICMP_HLEN + IPV4_HLEN;
 /// Where a quoted TCP header's checksum sits, and where it ends.
 const TCP_CHECK: usize = 16;
 const AF_INET: u8 = 2;
-const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 /// Size argument of bpf_l3/l4_csum_replace for a 2-byte field.
 const CSUM_16: u64 = 2;
 
@@ -382,10 +395,13 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     let translation = match established(&flow, Some((session, rule)), timeouts, &mut now) {
         Some(translation) => translation,
         None => match new_flow(&flow, session, rule, timeouts, &mut now) {
-            Some(nat_port) => {
-                Translation { nat_port, real: rule.real, snat: rule.snat, counter: rule.counter }
-            }
-            None => return Outcome::NatPortsExhausted,
+            0 => return Outcome::NatPortsExhausted,
+            nat_port => Translation {
+                nat_port: nat_port.to_ne_bytes(),
+                real: rule.real,
+                snat: rule.snat,
+                counter: rule.counter,
+            },
         },
     };
     forward(ctx, config, l2, &ip, &ports, translation)
@@ -443,25 +459,6 @@ fn flow_key(ip: &[u8; IPV4_HLEN], ports: &Ports) -> FlowKey {
     unsafe { mem::transmute::<[u32; 4], FlowKey>(words) }
 }
 
-/// As [`flow_key`].
-#[inline(always)]
-fn reply_key(
-    protocol: u8,
-    real: [u8; 4],
-    snat: [u8; 4],
-    target_port: [u8; 2],
-    nat_port: [u8; 2],
-) -> ReplyKey {
-    let words = [
-        u32::from_ne_bytes([protocol, 0, 0, 0]),
-        u32::from_ne_bytes(real),
-        u32::from_ne_bytes(snat),
-        u32::from_ne_bytes([target_port[0], target_port[1], nat_port[0], nat_port[1]]),
-    ];
-    // SAFETY: as in flow_key, for ReplyKey.
-    unsafe { mem::transmute::<[u32; 4], ReplyKey>(words) }
-}
-
 /// Rewrites an admitted packet and sends it on its way.
 #[inline(always)]
 fn forward(
@@ -489,6 +486,102 @@ fn forward(
     }
     count_traffic(translation.counter, true, bytes);
     Outcome::ForwardedToTarget
+}
+
+/// A consistent copy of a NAT slot (see [`FlowReverse::seq`]), or None
+/// while a writer is at it or if one wrote it meanwhile. Volatile reads:
+/// the compiler keeps them in this order, and the CPU does too on x86-64,
+/// whose loads are not reordered with other loads (nor stores with other
+/// stores, on the writer's side).
+#[inline(always)]
+fn read_slot(slot: *const FlowReverse) -> Option<FlowReverse> {
+    // SAFETY: `slot` is an array element, valid for the program's run.
+    unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let copy = read_volatile(slot);
+        if read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        Some(copy)
+    }
+}
+
+/// Whether NAT slot `slot` belongs to `flow` of `session`, translated to
+/// `real` from `snat`, judged under its sequence lock as [`read_slot`] does
+/// but in place (the TUN program's stack has no room for a copy): its
+/// stamp and tick, and whether it has `admitted`'s counter and generations.
+#[inline(always)]
+fn owned_slot(
+    slot: *const FlowReverse,
+    flow: &FlowKey,
+    session: u64,
+    real: [u8; 4],
+    snat: [u8; 4],
+    admitted: Option<&TargetRule>,
+) -> Option<(u64, u64, bool)> {
+    // SAFETY: `slot` is an array element, valid for the program's run.
+    unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let owned = read_volatile(&(*slot).generation.path) != 0
+            && read_volatile(&(*slot).peer) == flow.peer
+            && read_volatile(&(*slot).peer_port) == flow.peer_port
+            && read_volatile(&(*slot).proxy) == flow.proxy
+            && read_volatile(&(*slot).session) == session
+            && read_volatile(&(*slot).real) == real
+            && read_volatile(&(*slot).snat) == snat
+            && read_volatile(&(*slot).target_port) == flow.dport;
+        let last_seen = read_volatile(&(*slot).last_seen_ns);
+        let last_tick = read_volatile(&(*slot).last_tick);
+        let current = match admitted {
+            Some(rule) => {
+                read_volatile(&(*slot).counter) == rule.counter
+                    && read_volatile(&(*slot).generation) == rule.generation
+            }
+            None => true,
+        };
+        if !owned || read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        Some((last_seen, last_tick, current))
+    }
+}
+
+/// Writes NAT slot `index` as its only writer: `accept` judges the slot as
+/// it is, and only then `write` writes it, between the sequence lock's two
+/// stores (odd while it writes), so that readers see either the old or the
+/// new flow, never a mix. False: someone else holds the claim right now
+/// (another CPU, or the userspace sweep), or `accept` declined.
+#[inline(always)]
+fn with_claim(
+    index: u32,
+    accept: impl FnOnce(&FlowReverse) -> bool,
+    write: impl FnOnce(*mut FlowReverse),
+) -> bool {
+    if GW_NAT_CLAIMS.insert(&index, &0, BPF_NOEXIST as u64).is_err() {
+        return false;
+    }
+    let written = match GW_NAT_SLOTS.get_ptr_mut(index) {
+        // SAFETY: an array element; only its stamps may change under us.
+        Some(slot) if accept(unsafe { &*slot }) => {
+            // SAFETY: as above; the claim makes us its only writer.
+            unsafe {
+                let odd = read_volatile(&(*slot).seq) | 1;
+                write_volatile(&mut (*slot).seq, odd);
+                write(slot);
+                write_volatile(&mut (*slot).seq, odd.wrapping_add(1));
+            }
+            true
+        }
+        _ => false,
+    };
+    let _ = GW_NAT_CLAIMS.remove(&index);
+    written
 }
 
 /// How an established, live flow is translated; refreshes its timestamps
@@ -529,32 +622,48 @@ fn established(
             session
         }
     };
-    let reply = reply_key(flow.protocol, forward.real, forward.snat, flow.dport, forward.nat_port);
-    let reverse = GW_CT_REV.get_ptr_mut(&reply)?;
-    // SAFETY: as above.
-    let reverse = unsafe { &mut *reverse };
-    // The reverse entry owns the NAT port; if it was evicted or taken over by
-    // another flow, this flow needs a new port.
-    if !owns(reverse, flow, session) {
-        return None;
-    }
+    let index = nat_slot(flow.protocol, forward.real, forward.snat, flow.dport, forward.nat_port)?;
+    let slot = GW_NAT_SLOTS.get_ptr_mut(index)?;
+    // The slot owns the NAT port; if it was freed or taken over by another
+    // flow, this flow needs a new port.
+    let rule = admitted.map(|(_, rule)| rule);
+    let (last_seen, last_tick, current) =
+        owned_slot(slot, flow, session, forward.real, forward.snat, rule)?;
     // Stamped in this tick, both halves: alive, and a new stamp would be
     // the same one.
     let tick = now.tick;
-    let refresh = reverse.last_tick != tick || forward.last_tick != tick;
+    let refresh = last_tick != tick || forward.last_tick != tick;
     let now = if refresh { now.ns() } else { 0 };
-    if refresh && timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
+    if refresh && timeouts.expired(flow.protocol, last_seen, now) {
         return None;
     }
-    if let Some((_, rule)) = admitted {
-        reverse.counter = rule.counter;
-        reverse.generation = rule.generation;
+    if let Some(rule) = rule {
+        if !current {
+            let (real, snat) = (forward.real, forward.snat);
+            let taken = with_claim(
+                index,
+                |current| owns(current, flow, session, real, snat),
+                // SAFETY: an array element, under the claim.
+                |slot| unsafe {
+                    write_volatile(&mut (*slot).counter, rule.counter);
+                    write_volatile(&mut (*slot).generation, rule.generation);
+                },
+            );
+            if !taken {
+                return None;
+            }
+        }
         forward.counter = rule.counter;
         forward.generation = rule.generation;
     }
     if refresh {
-        reverse.last_seen_ns = now;
-        reverse.last_tick = tick;
+        // In place, without the claim: a stamp written into a slot another
+        // flow took meanwhile is only a recent time for that flow.
+        // SAFETY: an array element, valid for the program's run.
+        unsafe {
+            (*slot).last_seen_ns = now;
+            (*slot).last_tick = tick;
+        }
         forward.last_seen_ns = now;
         forward.last_tick = tick;
     }
@@ -566,94 +675,106 @@ fn established(
     })
 }
 
-/// Whether the reverse entry belongs to `flow`.
+/// Whether a NAT slot belongs to `flow` of `session`, translated to `real`
+/// from `snat`.
 #[inline(always)]
-fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64) -> bool {
-    reverse.peer == flow.peer
+fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64, real: [u8; 4], snat: [u8; 4]) -> bool {
+    reverse.in_use()
+        && reverse.peer == flow.peer
         && reverse.peer_port == flow.peer_port
         && reverse.proxy == flow.proxy
         && reverse.session == session
+        && reverse.is_reply(real, snat, flow.dport)
 }
 
-/// Claims a NAT port for a new flow: the flow's hashed port or one of the next
-/// few, whichever the reverse map does not hold yet (BPF_NOEXIST makes the
-/// claim atomic against other CPUs), or whose flow has expired.
-#[inline(always)]
-fn new_flow(
-    flow: &FlowKey,
-    session: u64,
-    rule: &TargetRule,
-    timeouts: &FlowTimeouts,
-    now: &mut Now,
-) -> Option<[u8; 2]> {
+/// Claims a NAT port for a new flow: the flow's hashed port or one of the
+/// next few, whichever slot is free, still this flow's (its forward half
+/// was evicted) or holds an expired flow. A function of its own (a BPF
+/// subprogram): its stack would not fit in the TUN program's. Returns the
+/// NAT port as it sits in the packet (`u16::from_ne_bytes`), 0 for none (no
+/// NAT port is 0): an Option's undefined payload in its None, returned
+/// from a subprogram, is a read of an uninitialised register to the
+/// verifier.
+#[inline(never)]
+fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, timeouts: &FlowTimeouts, now: &mut Now) -> u16 {
     let tick = now.tick;
     // Read already if the flow was found expired: the same reading.
     let now = now.ns();
-    let reverse = FlowReverse {
-        peer: flow.peer,
-        proxy: flow.proxy,
-        peer_port: flow.peer_port,
-        _pad: [0; 2],
-        counter: rule.counter,
-        session,
-        last_seen_ns: now,
-        last_tick: tick,
-        generation: rule.generation,
-    };
     let start = flow_hash(flow) % NAT_PORTS;
-    let mut claimed = None;
+    // Plain variables, not an Option: LLVM left the port of a None
+    // uninitialised, and read it on the way out, which the verifier refuses.
+    let mut claimed = false;
+    let mut nat_port = [0u8; 2];
+    let mut index = 0u32;
     for i in 0..NAT_PORT_TRIES {
-        let port = (NAT_PORT_MIN as u32 + (start + i) % NAT_PORTS) as u16;
-        let reply = ReplyKey {
-            protocol: flow.protocol,
-            _pad: [0; 3],
-            real: rule.real,
-            snat: rule.snat,
-            target_port: flow.dport,
-            nat_port: port.to_be_bytes(),
-        };
-        if GW_CT_REV.insert(&reply, &reverse, BPF_NOEXIST as u64).is_ok() {
-            claimed = Some(reply.nat_port);
-            break;
-        }
-        let Some(existing) = GW_CT_REV.get_ptr(&reply) else {
+        let port = ((NAT_PORT_MIN as u32 + (start + i) % NAT_PORTS) as u16).to_be_bytes();
+        let Some(candidate) = nat_slot(flow.protocol, rule.real, rule.snat, flow.dport, port) else {
             continue;
         };
-        // SAFETY: as in established().
-        let existing = unsafe { &*existing };
-        // Our own flow whose forward half was evicted, or a dead flow: take it.
-        if owns(existing, flow, session) || timeouts.expired(flow.protocol, existing.last_seen_ns, now) {
-            if GW_CT_REV.insert(&reply, &reverse, BPF_ANY as u64).is_ok() {
-                claimed = Some(reply.nat_port);
-                break;
-            }
+        let taken = with_claim(
+            candidate,
+            |current| {
+                !current.in_use()
+                    || owns(current, flow, session, rule.real, rule.snat)
+                    || timeouts.expired(flow.protocol, current.last_seen_ns, now)
+            },
+            // Every field but `seq`, one volatile store each, so that none
+            // moves out from between the sequence lock's two stores. (No
+            // FlowReverse on the stack: it would not fit.)
+            // SAFETY: an array element, under the claim.
+            |slot| unsafe {
+                write_volatile(&mut (*slot).peer, flow.peer);
+                write_volatile(&mut (*slot).proxy, flow.proxy);
+                write_volatile(&mut (*slot).peer_port, flow.peer_port);
+                write_volatile(&mut (*slot).target_port, flow.dport);
+                write_volatile(&mut (*slot).real, rule.real);
+                write_volatile(&mut (*slot).snat, rule.snat);
+                write_volatile(&mut (*slot).counter, rule.counter);
+                write_volatile(&mut (*slot).session, session);
+                write_volatile(&mut (*slot).last_seen_ns, now);
+                write_volatile(&mut (*slot).last_tick, tick);
+                write_volatile(&mut (*slot).generation, rule.generation);
+            },
+        );
+        if taken {
+            (claimed, nat_port, index) = (true, port, candidate);
+            break;
         }
     }
-    let nat_port = claimed?;
-    let forward = FlowForward {
-        nat_port,
-        _pad: [0; 2],
-        real: rule.real,
-        snat: rule.snat,
-        counter: rule.counter,
-        session,
-        last_seen_ns: now,
-        last_tick: tick,
-        generation: rule.generation,
-    };
-    if GW_CT_FWD.insert(flow, &forward, BPF_ANY as u64).is_err() {
-        // Without the forward half the port would stay claimed for nothing.
-        let _ = GW_CT_REV.remove(&ReplyKey {
-            protocol: flow.protocol,
-            _pad: [0; 3],
-            real: rule.real,
-            snat: rule.snat,
-            target_port: flow.dport,
-            nat_port,
-        });
-        return None;
+    if !claimed {
+        return 0;
     }
-    Some(nat_port)
+    let inserted = match GW_FWD_SCRATCH.get_ptr_mut(0) {
+        Some(forward) => {
+            // SAFETY: a per-CPU slot, used only by this CPU while we run.
+            let forward = unsafe { &mut *forward };
+            *forward = FlowForward {
+                nat_port,
+                _pad: [0; 2],
+                real: rule.real,
+                snat: rule.snat,
+                counter: rule.counter,
+                session,
+                last_seen_ns: now,
+                last_tick: tick,
+                generation: rule.generation,
+            };
+            GW_CT_FWD.insert(flow, forward, BPF_ANY as u64).is_ok()
+        }
+        None => false,
+    };
+    if !inserted {
+        // Without the forward half the port would stay claimed for nothing.
+        with_claim(
+            index,
+            |current| owns(current, flow, session, rule.real, rule.snat),
+            // Free: its generation 0 is what tells (FlowReverse::in_use).
+            // SAFETY: an array element, under the claim.
+            |slot| unsafe { write_volatile(&mut (*slot).generation, RuleGeneration::default()) },
+        );
+        return 0;
+    }
+    u16::from_ne_bytes(nat_port)
 }
 
 /// Rewrites proxy -> real destination, peer -> SNAT source, the source port
@@ -904,15 +1025,15 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
     // the gateway listens there, the ports are reserved for the NAT); an ICMP
     // echo reply may answer the host's own ping, whose id can be anything.
     let unknown = if protocol == PROTO_ICMP { None } else { Some(Outcome::NoConntrack) };
-    let key = reply_key(protocol, ip.src_addr, ip.dst_addr, target_port, nat_port);
     let tick = tick();
-    let (reverse, counter, refresh) = match live_flow(&key, timeouts, tick) {
-        Ok(flow) => flow,
-        Err(Dead::Unknown) => return unknown,
-        Err(Dead::Ended) => return Some(Outcome::SessionEnded),
-    };
-    // SAFETY: an LRU element stays valid during this run (RCU).
-    let reverse = unsafe { &mut *reverse };
+    let (slot, reverse, refresh) =
+        match live_flow(protocol, ip.src_addr, ip.dst_addr, target_port, nat_port, timeouts, tick) {
+            Ok(flow) => flow,
+            Err(Dead::Unknown) => return unknown,
+            Err(Dead::Ended) => return Some(Outcome::SessionEnded),
+        };
+    let counter = reverse.counter;
+    let reverse = &reverse;
     // The TTL is left alone: the packet passes to the kernel, whose
     // forwarding into the TUN decrements it (and drops an expired one), so
     // one hop costs one.
@@ -955,8 +1076,12 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
     }
     readdress_to_technician(ip, reverse, counter, total_len);
     if let Some(now) = refresh {
-        reverse.last_seen_ns = now;
-        reverse.last_tick = tick;
+        // In place, without the claim: see established().
+        // SAFETY: an array element, valid for the program's run.
+        unsafe {
+            (*slot).last_seen_ns = now;
+            (*slot).last_tick = tick;
+        }
     }
     Some(Outcome::ForwardedFromTarget)
 }
@@ -984,25 +1109,34 @@ enum Dead {
     Ended,
 }
 
-/// The reverse entry of the live flow `key` names, its target's counter
-/// slot, and the time to stamp it with if its stamp is from an earlier tick
-/// than `tick` (None: stamped in this tick, alive without a clock read).
-/// Replies and ICMP errors share it, so that whatever cuts one cuts the
-/// other.
+/// The NAT slot of the live flow a reply from `real`:`target_port` to
+/// `snat`:`nat_port` belongs to, a consistent copy of it, and the time to
+/// stamp it with if its stamp is from an earlier tick than `tick` (None:
+/// stamped in this tick, alive without a clock read). Replies and ICMP
+/// errors share it, so that whatever cuts one cuts the other.
 #[inline(always)]
 fn live_flow(
-    key: &ReplyKey,
+    protocol: u8,
+    real: [u8; 4],
+    snat: [u8; 4],
+    target_port: [u8; 2],
+    nat_port: [u8; 2],
     timeouts: &FlowTimeouts,
     tick: u64,
-) -> Result<(*mut FlowReverse, u32, Option<u64>), Dead> {
-    let Some(reverse) = GW_CT_REV.get_ptr_mut(key) else {
+) -> Result<(*mut FlowReverse, FlowReverse, Option<u64>), Dead> {
+    let index = nat_slot(protocol, real, snat, target_port, nat_port).ok_or(Dead::Unknown)?;
+    let slot = GW_NAT_SLOTS.get_ptr_mut(index).ok_or(Dead::Unknown)?;
+    // A slot being written counts as unknown: the reply is dropped as one
+    // that raced its flow's start or end would be.
+    let flow = read_slot(slot).ok_or(Dead::Unknown)?;
+    // The slot is exact only with the whole reply: a packet from another
+    // address or port to a valid NAT port is no reply of its flow.
+    if !flow.in_use() || !flow.is_reply(real, snat, target_port) {
         return Err(Dead::Unknown);
-    };
-    // SAFETY: an LRU element stays valid during this run (RCU).
-    let flow = unsafe { &*reverse };
+    }
     let refresh = if flow.last_tick == tick { None } else { Some(clock()) };
     if let Some(now) = refresh {
-        if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
+        if timeouts.expired(protocol, flow.last_seen_ns, now) {
             return Err(Dead::Unknown);
         }
     }
@@ -1010,7 +1144,7 @@ fn live_flow(
     // of address change the path generation of the entry's slot at once
     // (userspace, before any sweep of the conntrack maps): that cuts replies.
     match GW_RULE_GEN.get(flow.counter) {
-        Some(current) if current.routes(&flow.generation) => Ok((reverse, flow.counter, refresh)),
+        Some(current) if current.routes(&flow.generation) => Ok((slot, flow, refresh)),
         _ => Err(Dead::Ended),
     }
 }
@@ -1063,12 +1197,11 @@ fn icmp_error(
     if u16::from_be_bytes(nat_port) < NAT_PORT_MIN {
         return None;
     }
-    let key = reply_key(protocol, real, snat, target_port, nat_port);
     // Errors about dead flows are not translated, whatever killed the flow.
-    let (reverse, counter, _) = live_flow(&key, timeouts, tick()).ok()?;
-    // SAFETY: an LRU element stays valid during this run (RCU). Read only:
-    // an error does not keep a flow alive.
-    let reverse = unsafe { &*reverse };
+    // Read only: an error does not keep a flow alive.
+    let (_, reverse, _) = live_flow(protocol, real, snat, target_port, nat_port, timeouts, tick()).ok()?;
+    let counter = reverse.counter;
+    let reverse = &reverse;
 
     // A quoted TCP checksum lies past the 8 bytes above, and only in quotes
     // long enough (the ICMP message's length, not the frame's, which may

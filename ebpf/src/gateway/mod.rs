@@ -205,7 +205,8 @@ impl GatewayForwarder {
                 (shared::TRAFFIC_MAP, capacity.targets),
                 (shared::GENERATIONS_MAP, capacity.targets),
                 (shared::CT_FORWARD_MAP, capacity.flows),
-                (shared::CT_REVERSE_MAP, capacity.flows),
+                (shared::NAT_SLOTS_MAP, shared::NAT_SLOTS),
+                (shared::NAT_CLAIMS_MAP, shared::NAT_CLAIMS),
             ],
             &[(shared::L2_LEN_GLOBAL, l2_len)],
         )?;
