@@ -560,22 +560,17 @@ impl Outcome {
 /// sides use it: the program to allocate, userspace tests to predict.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
-    let words = [
-        u32::from_be_bytes(key.peer),
-        u32::from_be_bytes(key.proxy),
-        (u16::from_be_bytes(key.peer_port) as u32) << 16 | u16::from_be_bytes(key.dport) as u32,
-        key.protocol as u32,
-    ];
     // A murmur3-style mix: cheap, and every input bit moves the result.
-    let mut h: u32 = 0x9747_b28c;
-    let mut i = 0;
-    while i < 4 {
-        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
-        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
-        h ^= k;
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-        i += 1;
+    // Word by word, without an array: the TUN program's stack is full.
+    #[inline(always)]
+    fn mix(h: u32, word: u32) -> u32 {
+        let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+        (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
     }
+    let mut h = mix(0x9747_b28c, u32::from_be_bytes(key.peer));
+    h = mix(h, u32::from_be_bytes(key.proxy));
+    h = mix(h, (u16::from_be_bytes(key.peer_port) as u32) << 16 | u16::from_be_bytes(key.dport) as u32);
+    h = mix(h, key.protocol as u32);
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
