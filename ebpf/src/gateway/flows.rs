@@ -145,7 +145,8 @@ fn with_claim(
 /// Frees the slots `doomed` picks, each judged again under its claim;
 /// returns how many.
 fn free_slots(ebpf: &mut Ebpf, doomed: impl Fn(u32, &FlowReverse) -> bool) -> Result<usize, Error> {
-    let candidates: Vec<u32> = slots(ebpf)?.into_iter().filter(|(i, s)| doomed(*i, s)).map(|(i, _)| i).collect();
+    let candidates: Vec<u32> =
+        slots(ebpf)?.into_iter().filter(|(i, s)| doomed(*i, s)).map(|(i, _)| i).collect();
     let mut freed = 0;
     for index in candidates {
         let wrote = with_claim(ebpf, index, |current| {
@@ -210,7 +211,9 @@ pub(super) fn list(ebpf: &Ebpf) -> Result<Vec<Flow>, Error> {
     let mut flows = Vec::new();
     for entry in map.iter() {
         match entry {
-            Ok((key, value)) => flows.push(Flow::from_forward(&key, &value, reverse_of(&key, &value, &slots))),
+            Ok((key, value)) => {
+                flows.push(Flow::from_forward(&key, &value, reverse_of(&key, &value, &slots)))
+            }
             // Deleted by the LRU between the key walk and the lookup.
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(Error::Map { name, source }),
