@@ -331,7 +331,13 @@ pub struct FlowForward {
 /// holds the whole reply's addresses and ports: a reply must match them
 /// ([`FlowReverse::is_reply`]), so the index is exact. Both sides use it.
 #[inline(always)]
-pub fn nat_slot(protocol: u8, real: [u8; 4], snat: [u8; 4], target_port: [u8; 2], nat_port: [u8; 2]) -> Option<u32> {
+pub fn nat_slot(
+    protocol: u8,
+    real: [u8; 4],
+    snat: [u8; 4],
+    target_port: [u8; 2],
+    nat_port: [u8; 2],
+) -> Option<u32> {
     let proto = match protocol {
         PROTO_TCP => 0,
         PROTO_UDP => 1,

@@ -627,8 +627,7 @@ fn established(
     // The slot owns the NAT port; if it was freed or taken over by another
     // flow, this flow needs a new port.
     let rule = admitted.map(|(_, rule)| rule);
-    let (last_seen, last_tick, current) =
-        owned_slot(slot, flow, session, forward.real, forward.snat, rule)?;
+    let (last_seen, last_tick, current) = owned_slot(slot, flow, session, forward.real, forward.snat, rule)?;
     // Stamped in this tick, both halves: alive, and a new stamp would be
     // the same one.
     let tick = now.tick;
