@@ -81,8 +81,9 @@ pub struct Capacity {
     pub peers: u32,
     /// Whitelist entries, and per-target counter slots.
     pub targets: u32,
-    /// Conntrack entries per direction (LRU: the least recently used go
-    /// first when full).
+    /// Forward conntrack entries (LRU: the least recently used go first
+    /// when full). The reply halves have their fixed NAT slots
+    /// ([`shared::NAT_SLOTS`]: one per protocol, remote bucket and NAT port).
     pub flows: u32,
 }
 
