@@ -37,6 +37,13 @@ pub const CT_FORWARD_MAP: &str = "GW_CT_FWD";
 /// the TUN program's check that a flow still owns its NAT port) costs a few
 /// instructions instead of a hash lookup.
 pub const NAT_SLOTS_MAP: &str = "GW_NAT_SLOTS";
+/// An array of `u32` [`NAT_SLOTS_MAP`] indices, [`FWD_HINTS`] of them, at
+/// [`flow_hash`] of a flow's key: where the TUN program looks for an
+/// established flow's slot before it asks the forward map. Only a hint: the
+/// slot must hold the packet's whole flow ([`FlowReverse::is_flow`]).
+pub const FWD_HINTS_MAP: &str = "GW_FWD_HINT";
+/// Entries of [`FWD_HINTS_MAP`] (a power of two).
+pub const FWD_HINTS: u32 = 65_536;
 /// A hash map from a [`NAT_SLOTS_MAP`] index (`u32`) to `u8`: whoever
 /// inserts an index with BPF_NOEXIST (a program claiming a NAT port,
 /// userspace sweeping) is the slot's only writer until it deletes it.
@@ -382,7 +389,10 @@ pub struct FlowReverse {
     pub snat: [u8; 4],
     pub counter: u32,
     pub seq: u32,
-    pub _pad: [u8; 4],
+    /// The flow's protocol and NAT port (what the slot's index also says).
+    pub protocol: u8,
+    pub _pad: u8,
+    pub nat_port: [u8; 2],
     pub session: u64,
     /// When the flow last saw a packet; decides whether it is still alive.
     pub last_seen_ns: u64,
@@ -406,6 +416,19 @@ impl FlowReverse {
     #[inline(always)]
     pub const fn in_use(&self) -> bool {
         self.generation.path != 0
+    }
+
+    /// Whether the slot holds the flow a technician's packet with `key`
+    /// belongs to (the flow's session and translation are the slot's,
+    /// judged by its generations).
+    #[inline(always)]
+    pub fn is_flow(&self, key: &FlowKey) -> bool {
+        self.in_use()
+            && self.protocol == key.protocol
+            && self.peer == key.peer
+            && self.peer_port == key.peer_port
+            && self.proxy == key.proxy
+            && self.target_port == key.dport
     }
 
     /// Whether a reply from `real`:`target_port` to `snat` is this flow's.

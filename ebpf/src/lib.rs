@@ -50,6 +50,7 @@ const SIZED_MAPS: &[&str] = &[
     common::gateway::CT_FORWARD_MAP,
     common::gateway::NAT_SLOTS_MAP,
     common::gateway::NAT_CLAIMS_MAP,
+    common::gateway::FWD_HINTS_MAP,
     common::gateway::TRAFFIC_MAP,
     common::gateway::GENERATIONS_MAP,
     common::guard::INDICES_MAP,

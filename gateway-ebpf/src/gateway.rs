@@ -40,7 +40,7 @@ use aya_ebpf::{
 };
 use ferry_ebpf_common::gateway::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FlowForward, FlowKey,
-    FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS, NAT_SLOTS,
+    FWD_HINTS, FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS, NAT_SLOTS,
     Outcome, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, RuleGeneration, TargetKey, TargetRule,
     TargetTraffic, flow_hash, nat_slot,
 };
@@ -89,6 +89,14 @@ static GW_NAT_SLOTS: Array<FlowReverse> = Array::with_max_entries(NAT_SLOTS, 0);
 // has no room for it.
 #[map(name = "GW_FWD_SCRATCH")]
 static GW_FWD_SCRATCH: PerCpuArray<FlowForward> = PerCpuArray::with_max_entries(1, 0);
+
+// Where an established flow's NAT slot is, by its key's hash: the TUN
+// program's short path finds the slot with two inlined array lookups
+// instead of a hash lookup of the forward map. A plain u32 per entry, so
+// one store writes it whole; a wrong or stale hint only fails the check of
+// the slot it names.
+#[map(name = "GW_FWD_HINT")]
+static GW_FWD_HINT: Array<u32> = Array::with_max_entries(FWD_HINTS, 0);
 
 #[map(name = "GW_NAT_CLAIMS")]
 static GW_NAT_CLAIMS: HashMap<u32, u8> = HashMap::with_max_entries(NAT_CLAIMS, 0);
@@ -328,7 +336,12 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     if ip[8] > 1 {
         if let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) {
             let flow = flow_key(&ip, &ports);
-            if let Some(translation) = established(&flow, None, &config.timeouts, &mut now) {
+            let hint = flow_hash(&flow) & (FWD_HINTS - 1);
+            let known = match hinted(&flow, hint, &config.timeouts, &mut now) {
+                Some(translation) => Some(translation),
+                None => established(&flow, hint, None, &config.timeouts, &mut now),
+            };
+            if let Some(translation) = known {
                 return forward(ctx, config, l2, &ip, &ports, translation);
             }
         }
@@ -391,8 +404,9 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     }
 
     let flow = flow_key(&ip, &ports);
+    let hint = flow_hash(&flow) & (FWD_HINTS - 1);
     let timeouts = &config.timeouts;
-    let translation = match established(&flow, Some((session, rule)), timeouts, &mut now) {
+    let translation = match established(&flow, hint, Some((session, rule)), timeouts, &mut now) {
         Some(translation) => translation,
         None => match new_flow(&flow, session, rule, timeouts, &mut now) {
             0 => return Outcome::NatPortsExhausted,
@@ -488,29 +502,57 @@ fn forward(
     Outcome::ForwardedToTarget
 }
 
-/// A consistent copy of a NAT slot (see [`FlowReverse::seq`]), or None
-/// while a writer is at it or if one wrote it meanwhile. Volatile reads:
-/// the compiler keeps them in this order, and the CPU does too on x86-64,
-/// whose loads are not reordered with other loads (nor stores with other
-/// stores, on the writer's side).
+/// What a reply's translation needs of its flow's NAT slot.
+#[derive(Clone, Copy)]
+struct Back {
+    peer: [u8; 4],
+    proxy: [u8; 4],
+    peer_port: [u8; 2],
+    counter: u32,
+    path: u64,
+    last_seen_ns: u64,
+    last_tick: u64,
+}
+
+/// [`Back`] of the flow in NAT slot `slot` if it is the one a reply from
+/// `real`:`target_port` to `snat` belongs to, read under the slot's
+/// sequence lock (see [`FlowReverse::seq`]): None if not, or while a
+/// writer is at it, or if one wrote it meanwhile. Volatile reads: the
+/// compiler keeps them in this order, and the CPU does too on x86-64, whose
+/// loads are not reordered with other loads (nor stores with other stores,
+/// on the writer's side). Field by field, not a copy of the slot: only
+/// what the reply needs.
 #[inline(always)]
-fn read_slot(slot: *const FlowReverse) -> Option<FlowReverse> {
+fn reply_slot(slot: *const FlowReverse, real: [u8; 4], snat: [u8; 4], target_port: [u8; 2]) -> Option<Back> {
     // SAFETY: `slot` is an array element, valid for the program's run.
     unsafe {
         let seq = read_volatile(&(*slot).seq);
         if seq & 1 != 0 {
             return None;
         }
-        let copy = read_volatile(slot);
-        if read_volatile(&(*slot).seq) != seq {
+        let path = read_volatile(&(*slot).generation.path);
+        let ours = path != 0
+            && read_volatile(&(*slot).real) == real
+            && read_volatile(&(*slot).snat) == snat
+            && read_volatile(&(*slot).target_port) == target_port;
+        let back = Back {
+            peer: read_volatile(&(*slot).peer),
+            proxy: read_volatile(&(*slot).proxy),
+            peer_port: read_volatile(&(*slot).peer_port),
+            counter: read_volatile(&(*slot).counter),
+            path,
+            last_seen_ns: read_volatile(&(*slot).last_seen_ns),
+            last_tick: read_volatile(&(*slot).last_tick),
+        };
+        if !ours || read_volatile(&(*slot).seq) != seq {
             return None;
         }
-        Some(copy)
+        Some(back)
     }
 }
 
 /// Whether NAT slot `slot` belongs to `flow` of `session`, translated to
-/// `real` from `snat`, judged under its sequence lock as [`read_slot`] does
+/// `real` from `snat`, judged under its sequence lock as [`reply_slot`] does
 /// but in place (the TUN program's stack has no room for a copy): its
 /// stamp and tick, and whether it has `admitted`'s counter and generations.
 #[inline(always)]
@@ -584,6 +626,72 @@ fn with_claim(
     written
 }
 
+/// Points hint `hint` (a flow key's hash) at NAT slot `index`.
+#[inline(always)]
+fn set_hint(hint: u32, index: u32) {
+    if let Some(entry) = GW_FWD_HINT.get_ptr_mut(hint) {
+        // SAFETY: an array element; one aligned 4-byte store, which no
+        // reader sees half done.
+        unsafe { write_volatile(entry, index) };
+    }
+}
+
+/// The short path's first try: how an established, live flow whose hint
+/// names its NAT slot is translated, without the forward map. The slot
+/// holds the flow's whole key and its translation, under its sequence
+/// lock; the whitelist entry's generations in the slot admit it as the
+/// forward entry's would. Refreshes the slot's stamp (once per tick). None:
+/// no such slot, or anything to judge again; the forward map decides.
+#[inline(always)]
+fn hinted(flow: &FlowKey, hint: u32, timeouts: &FlowTimeouts, now: &mut Now) -> Option<Translation> {
+    let index = *GW_FWD_HINT.get(hint)?;
+    let slot = GW_NAT_SLOTS.get_ptr_mut(index)?;
+    // SAFETY: `slot` is an array element, valid for the program's run.
+    let (translation, generation, last_seen, last_tick) = unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let ours = read_volatile(&(*slot).generation.path) != 0
+            && read_volatile(&(*slot).protocol) == flow.protocol
+            && read_volatile(&(*slot).peer) == flow.peer
+            && read_volatile(&(*slot).peer_port) == flow.peer_port
+            && read_volatile(&(*slot).proxy) == flow.proxy
+            && read_volatile(&(*slot).target_port) == flow.dport;
+        let translation = Translation {
+            nat_port: read_volatile(&(*slot).nat_port),
+            real: read_volatile(&(*slot).real),
+            snat: read_volatile(&(*slot).snat),
+            counter: read_volatile(&(*slot).counter),
+        };
+        let generation = read_volatile(&(*slot).generation.rule);
+        let last_seen = read_volatile(&(*slot).last_seen_ns);
+        let last_tick = read_volatile(&(*slot).last_tick);
+        if !ours || read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        (translation, generation, last_seen, last_tick)
+    };
+    let current = GW_RULE_GEN.get(translation.counter)?;
+    if current.rule == 0 || current.rule != generation {
+        return None;
+    }
+    let tick = now.tick;
+    if last_tick != tick {
+        let ns = now.ns();
+        if timeouts.expired(flow.protocol, last_seen, ns) {
+            return None;
+        }
+        // In place, without the claim: see established().
+        // SAFETY: an array element, valid for the program's run.
+        unsafe {
+            (*slot).last_seen_ns = ns;
+            (*slot).last_tick = tick;
+        }
+    }
+    Some(translation)
+}
+
 /// How an established, live flow is translated; refreshes its timestamps
 /// (once per tick: see [`FlowReverse::last_tick`]).
 ///
@@ -595,6 +703,7 @@ fn with_claim(
 #[inline(always)]
 fn established(
     flow: &FlowKey,
+    hint: u32,
     admitted: Option<(u64, &TargetRule)>,
     timeouts: &FlowTimeouts,
     now: &mut Now,
@@ -666,6 +775,7 @@ fn established(
         forward.last_seen_ns = now;
         forward.last_tick = tick;
     }
+    set_hint(hint, index);
     Some(Translation {
         nat_port: forward.nat_port,
         real: forward.real,
@@ -695,11 +805,18 @@ fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64, real: [u8; 4], snat
 /// from a subprogram, is a read of an uninitialised register to the
 /// verifier.
 #[inline(never)]
-fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, timeouts: &FlowTimeouts, now: &mut Now) -> u16 {
+fn new_flow(
+    flow: &FlowKey,
+    session: u64,
+    rule: &TargetRule,
+    timeouts: &FlowTimeouts,
+    now: &mut Now,
+) -> u16 {
     let tick = now.tick;
     // Read already if the flow was found expired: the same reading.
     let now = now.ns();
-    let start = flow_hash(flow) % NAT_PORTS;
+    let hash = flow_hash(flow);
+    let start = hash % NAT_PORTS;
     // Plain variables, not an Option: LLVM left the port of a None
     // uninitialised, and read it on the way out, which the verifier refuses.
     let mut claimed = false;
@@ -722,6 +839,8 @@ fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, timeouts: &FlowTime
             // FlowReverse on the stack: it would not fit.)
             // SAFETY: an array element, under the claim.
             |slot| unsafe {
+                write_volatile(&mut (*slot).protocol, flow.protocol);
+                write_volatile(&mut (*slot).nat_port, port);
                 write_volatile(&mut (*slot).peer, flow.peer);
                 write_volatile(&mut (*slot).proxy, flow.proxy);
                 write_volatile(&mut (*slot).peer_port, flow.peer_port);
@@ -743,6 +862,7 @@ fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, timeouts: &FlowTime
     if !claimed {
         return 0;
     }
+    set_hint(hash & (FWD_HINTS - 1), index);
     let inserted = match GW_FWD_SCRATCH.get_ptr_mut(0) {
         Some(forward) => {
             // SAFETY: a per-CPU slot, used only by this CPU while we run.
@@ -1090,7 +1210,7 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
 /// address the peer. The TTL is left to the kernel's forwarding. Counted as
 /// the target's traffic: it is delivered on that proxy's behalf.
 #[inline(always)]
-fn readdress_to_technician(ip: &mut Ipv4Hdr, reverse: &FlowReverse, counter: u32, total_len: usize) {
+fn readdress_to_technician(ip: &mut Ipv4Hdr, reverse: &Back, counter: u32, total_len: usize) {
     let removed = sum_not(&ip.src_addr) + sum_not(&ip.dst_addr);
     let added = sum(&reverse.proxy) + sum(&reverse.peer);
     ip.check = replace(ip.check, removed, added).to_be_bytes();
@@ -1122,17 +1242,14 @@ fn live_flow(
     nat_port: [u8; 2],
     timeouts: &FlowTimeouts,
     tick: u64,
-) -> Result<(*mut FlowReverse, FlowReverse, Option<u64>), Dead> {
+) -> Result<(*mut FlowReverse, Back, Option<u64>), Dead> {
     let index = nat_slot(protocol, real, snat, target_port, nat_port).ok_or(Dead::Unknown)?;
     let slot = GW_NAT_SLOTS.get_ptr_mut(index).ok_or(Dead::Unknown)?;
     // A slot being written counts as unknown: the reply is dropped as one
     // that raced its flow's start or end would be.
-    let flow = read_slot(slot).ok_or(Dead::Unknown)?;
     // The slot is exact only with the whole reply: a packet from another
     // address or port to a valid NAT port is no reply of its flow.
-    if !flow.in_use() || !flow.is_reply(real, snat, target_port) {
-        return Err(Dead::Unknown);
-    }
+    let flow = reply_slot(slot, real, snat, target_port).ok_or(Dead::Unknown)?;
     let refresh = if flow.last_tick == tick { None } else { Some(clock()) };
     if let Some(now) = refresh {
         if timeouts.expired(protocol, flow.last_seen_ns, now) {
@@ -1143,7 +1260,7 @@ fn live_flow(
     // of address change the path generation of the entry's slot at once
     // (userspace, before any sweep of the conntrack maps): that cuts replies.
     match GW_RULE_GEN.get(flow.counter) {
-        Some(current) if current.routes(&flow.generation) => Ok((slot, flow, refresh)),
+        Some(current) if current.path != 0 && current.path == flow.path => Ok((slot, flow, refresh)),
         _ => Err(Dead::Ended),
     }
 }

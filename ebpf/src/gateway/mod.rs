@@ -208,6 +208,7 @@ impl GatewayForwarder {
                 (shared::CT_FORWARD_MAP, capacity.flows),
                 (shared::NAT_SLOTS_MAP, shared::NAT_SLOTS),
                 (shared::NAT_CLAIMS_MAP, shared::NAT_CLAIMS),
+                (shared::FWD_HINTS_MAP, shared::FWD_HINTS),
             ],
             &[(shared::L2_LEN_GLOBAL, l2_len)],
         )?;
