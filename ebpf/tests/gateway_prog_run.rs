@@ -22,8 +22,8 @@ use etherparse::{
 
 use ferry_ebpf::{
     common::gateway::{
-        FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP, flow_hash,
-        nat_slot,
+        FWD_HINTS, FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP,
+        flow_hash, nat_slot,
     },
     gateway::{Capacity, Flow, FlowTimeouts, ForwardingTable, GatewayForwarder, Protocol, monotonic_ns},
     test_run::{self, TcAction, Verdict},
@@ -1053,5 +1053,43 @@ fn the_sweep_frees_nat_slots_and_their_ports_serve_new_flows() {
     // new flow's.
     let out = tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
     assert_ne!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), old.nat_port);
+    assert_eq!(f.flows().unwrap().len(), 2);
+}
+
+#[test]
+fn flows_whose_keys_share_a_hint_keep_their_own_translation() {
+    let f = forwarder();
+    let key = |peer: [u8; 4], peer_port: u16, proxy: [u8; 4], dport: u16| FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer,
+        proxy,
+        peer_port: peer_port.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+    };
+    let hint = |k: &FlowKey| flow_hash(k) & (FWD_HINTS - 1);
+    let first = key(PEER_A1, 40000, PROXY_PLC, 22);
+    // A flow to another target (the HMI allows every port) whose key hashes
+    // to the same hint.
+    let (port, dport) = (1..=65535u16)
+        .flat_map(|p| (80..=90u16).map(move |d| (p, d)))
+        .find(|&(p, d)| hint(&key(PEER_A2, p, PROXY_HMI, d)) == hint(&first))
+        .unwrap();
+    let to_plc = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    let to_hmi = tcp(PEER_A2, port, PROXY_HMI, dport, 64, b"");
+    let nat_port = |out: &[u8]| u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]);
+    let out = tunnel(&f, &to_plc, Outcome::ForwardedToTarget);
+    let plc_port = nat_port(&out);
+    let out = tunnel(&f, &to_hmi, Outcome::ForwardedToTarget);
+    let hmi_port = nat_port(&out);
+    // Each packet finds the other flow's slot through the hint first: the
+    // slot is not its flow, so the forward map decides, and every packet
+    // keeps its own target and NAT port.
+    for _ in 0..3 {
+        let out = tunnel(&f, &to_plc, Outcome::ForwardedToTarget);
+        assert_eq!((out[ETH + 16..ETH + 20].to_vec(), nat_port(&out)), (PLC.to_vec(), plc_port));
+        let out = tunnel(&f, &to_hmi, Outcome::ForwardedToTarget);
+        assert_eq!((out[ETH + 16..ETH + 20].to_vec(), nat_port(&out)), (HMI.to_vec(), hmi_port));
+    }
     assert_eq!(f.flows().unwrap().len(), 2);
 }

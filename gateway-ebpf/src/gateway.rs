@@ -39,10 +39,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ferry_ebpf_common::gateway::{
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FlowForward, FlowKey,
-    FWD_HINTS, FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS, NAT_SLOTS,
-    Outcome, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, RuleGeneration, TargetKey, TargetRule,
-    TargetTraffic, flow_hash, nat_slot,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FWD_HINTS, FlowForward,
+    FlowKey, FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS,
+    NAT_SLOTS, Outcome, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, RuleGeneration, TargetKey,
+    TargetRule, TargetTraffic, flow_hash, nat_slot,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -805,13 +805,7 @@ fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64, real: [u8; 4], snat
 /// from a subprogram, is a read of an uninitialised register to the
 /// verifier.
 #[inline(never)]
-fn new_flow(
-    flow: &FlowKey,
-    session: u64,
-    rule: &TargetRule,
-    timeouts: &FlowTimeouts,
-    now: &mut Now,
-) -> u16 {
+fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, timeouts: &FlowTimeouts, now: &mut Now) -> u16 {
     let tick = now.tick;
     // Read already if the flow was found expired: the same reading.
     let now = now.ns();
