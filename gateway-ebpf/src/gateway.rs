@@ -162,20 +162,19 @@ fn clock() -> u64 {
 /// path and a new flow look at it.
 struct Now {
     tick: u64,
-    ns: Option<u64>,
+    /// 0 until read (no reading of a clock that counts from boot is 0 once
+    /// programs run): 8 bytes of the TUN program's full stack, not an
+    /// Option's 16.
+    ns: u64,
 }
 
 impl Now {
     #[inline(always)]
     fn ns(&mut self) -> u64 {
-        match self.ns {
-            Some(ns) => ns,
-            None => {
-                let ns = clock();
-                self.ns = Some(ns);
-                ns
-            }
+        if self.ns == 0 {
+            self.ns = clock();
         }
+        self.ns
     }
 }
 
@@ -255,7 +254,8 @@ struct Ports {
     /// The destination port; 0 for ICMP.
     dport: [u8; 2],
     /// Where the L4 checksum sits, as an offset into the packet.
-    csum_offset: usize,
+    /// A u32, not a usize: 8 bytes less of the TUN program's full stack.
+    csum_offset: u32,
 }
 
 /// How a flow's packets are translated: from its forward entry, or from the
@@ -329,7 +329,7 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     let protocol = ip[9];
     let l4 = l2 + header_len;
     let ip_payload = total_len - header_len;
-    let mut now = Now { tick: tick(), ns: None };
+    let mut now = Now { tick: tick(), ns: 0 };
 
     // The short path: a packet of an established flow whose whitelist entry
     // has not changed since. Anything it does not take ends in the full path.
@@ -405,10 +405,11 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
 
     let flow = flow_key(&ip, &ports);
     let hint = flow_hash(&flow) & (FWD_HINTS - 1);
-    let timeouts = &config.timeouts;
-    let translation = match established(&flow, hint, Some((session, rule)), timeouts, &mut now) {
+    let translation = match established(&flow, hint, Some((session, rule)), &config.timeouts, &mut now) {
         Some(translation) => translation,
-        None => match new_flow(&flow, session, rule, timeouts, &mut now) {
+        // The clock, read already if the flow was found expired: the same
+        // reading.
+        _ => match new_flow(&flow, session, rule, now.tick, now.ns()) {
             0 => return Outcome::NatPortsExhausted,
             nat_port => Translation {
                 nat_port: nat_port.to_ne_bytes(),
@@ -437,7 +438,7 @@ fn ports_of(ctx: &TcContext, protocol: u8, l4: usize, ip_payload: usize) -> Opti
             Some(Ports {
                 peer_port: [head[0], head[1]],
                 dport: [head[2], head[3]],
-                csum_offset: l4 + csum_at,
+                csum_offset: (l4 + csum_at) as u32,
             })
         }
         PROTO_ICMP => {
@@ -450,7 +451,7 @@ fn ports_of(ctx: &TcContext, protocol: u8, l4: usize, ip_payload: usize) -> Opti
             if head[0] != ICMP_ECHO_REQUEST || head[1] != 0 {
                 return None;
             }
-            Some(Ports { peer_port: [head[4], head[5]], dport: [0, 0], csum_offset: l4 + 2 })
+            Some(Ports { peer_port: [head[4], head[5]], dport: [0, 0], csum_offset: (l4 + 2) as u32 })
         }
         _ => None,
     }
@@ -805,10 +806,11 @@ fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64, real: [u8; 4], snat
 /// from a subprogram, is a read of an uninitialised register to the
 /// verifier.
 #[inline(never)]
-fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, timeouts: &FlowTimeouts, now: &mut Now) -> u16 {
-    let tick = now.tick;
-    // Read already if the flow was found expired: the same reading.
-    let now = now.ns();
+fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u16 {
+    let Some(config) = GW_CONFIG.get(0) else {
+        return 0;
+    };
+    let timeouts = &config.timeouts;
     let hash = flow_hash(flow);
     let start = hash % NAT_PORTS;
     // Plain variables, not an Option: LLVM left the port of a None
@@ -919,7 +921,6 @@ fn rewrite_to_target(
     // Helpers first: they may move the data, and the pointers below are taken
     // after them.
     let protocol = ip[9];
-    let pseudo = BPF_F_PSEUDO_HDR as u64;
     let udp = protocol == PROTO_UDP;
     let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     let old_port = u16::from_ne_bytes(ports.peer_port);
@@ -927,14 +928,34 @@ fn rewrite_to_target(
     let port_done = if protocol == PROTO_ICMP {
         false
     } else {
-        let before = linear::<[u8; 2]>(ctx, ports.csum_offset)?;
+        let field = linear::<[u8; 2]>(ctx, ports.csum_offset as usize)?;
         // SAFETY: linear() checked the bytes lie in the linear data.
-        let before = u16::from_ne_bytes(unsafe { *before });
-        ctx.l4_csum_replace(ports.csum_offset, 0, addresses as u64, pseudo | mangled).ok()?;
-        port_by_state(ctx, ports.csum_offset, before, addresses, udp, old_port, new_port)?
+        let before = unsafe { *field };
+        if is_full_checksum(ip, before) {
+            let before = u16::from_ne_bytes(before);
+            // A UDP packet without checksum keeps it, as the helper would.
+            if !(udp && before == 0) {
+                let mangle = |check: u16| if udp && check == 0 { 0xffff } else { check };
+                // The helper's two steps, as it computes them (see
+                // port_by_state): bit for bit what it would write.
+                let after = mangle(csum_fold(csum_add(addresses, !(before as u32))));
+                let port = csum_add(csum_add(!(after as u32), !(old_port as u32)), new_port as u32);
+                // SAFETY: no helper since linear(): the field is still there.
+                unsafe { *field = mangle(csum_fold(port)).to_ne_bytes() };
+            }
+            true
+        } else {
+            let before = u16::from_ne_bytes(before) as u32 | (udp as u32) << 16;
+            let port_pair = old_port as u32 | (new_port as u32) << 16;
+            if !checksum_by_helper(ctx, ports.csum_offset, before, addresses, port_pair) {
+                return None;
+            }
+            true
+        }
     };
     if !port_done {
-        ctx.l4_csum_replace(ports.csum_offset, old_port as u64, new_port as u64, mangled | CSUM_16).ok()?;
+        ctx.l4_csum_replace(ports.csum_offset as usize, old_port as u64, new_port as u64, mangled | CSUM_16)
+            .ok()?;
     }
 
     // TCP/UDP: the source port at the start of the header; ICMP: the echo id
@@ -961,6 +982,63 @@ fn rewrite_to_target(
     // SAFETY: as above.
     unsafe { *port = translation.nat_port };
     Some(())
+}
+
+/// The L4 checksum of a TCP or UDP packet that may be partial: the address
+/// change with the helper (BPF_F_PSEUDO_HDR), the port's share in place
+/// where the helper's result tells the skb's state ([`port_by_state`]) and
+/// with the helper again where it does not. False: a helper failed.
+///
+/// A function of its own (a BPF subprogram), arguments packed into five
+/// registers: inlined, its locals leave the TUN program's stack no room for
+/// the new-flow subprogram's frame. `before`: the field as read (native
+/// order) and, in bit 16, whether the packet is UDP; `ports`: the old port
+/// and, in the high half, the new one (both native order).
+#[inline(never)]
+fn checksum_by_helper(ctx: &TcContext, csum_offset: u32, before: u32, addresses: u32, ports: u32) -> bool {
+    let csum_offset = csum_offset as usize;
+    let udp = before >> 16 != 0;
+    let before = before as u16;
+    let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
+    let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    if ctx.l4_csum_replace(csum_offset, 0, addresses as u64, BPF_F_PSEUDO_HDR as u64 | mangled).is_err() {
+        return false;
+    }
+    match port_by_state(ctx, csum_offset, before, addresses, udp, old_port, new_port) {
+        Some(true) => true,
+        Some(false) => {
+            ctx.l4_csum_replace(csum_offset, old_port as u64, new_port as u64, mangled | CSUM_16).is_ok()
+        }
+        None => false,
+    }
+}
+
+/// Whether a TCP or UDP packet's checksum field `field` holds a full
+/// checksum, without asking the kernel (a helper call, the largest single
+/// cost of an established flow's packet on a machine with retpolines).
+///
+/// A CHECKSUM_PARTIAL skb (what a NEEDS_CSUM write into the TUN makes) holds
+/// the sum of its pseudo-header in the field, with the L4 length its IPv4
+/// header says: the checksum completion adds the data to it, and the
+/// kernel's GSO segmentation relies on that length. A field that holds
+/// anything else is a full checksum, or a partial one that was wrong before
+/// the gateway touched it (its completion would be wrong in any case). A
+/// field equal to the pseudo-header sum is a partial one, or a full one by
+/// a chance of 1 in 65,536: not known, and the helper, which knows the skb,
+/// decides as before.
+#[inline(always)]
+fn is_full_checksum(ip: &[u8; IPV4_HLEN], field: [u8; 2]) -> bool {
+    let header_len = (ip[0] & 0x0f) as u32 * 4;
+    let l4_len = (u16::from_be_bytes([ip[2], ip[3]]) as u32).wrapping_sub(header_len) & 0xffff;
+    let sum = u16::from_be_bytes([ip[12], ip[13]]) as u32
+        + u16::from_be_bytes([ip[14], ip[15]]) as u32
+        + u16::from_be_bytes([ip[16], ip[17]]) as u32
+        + u16::from_be_bytes([ip[18], ip[19]]) as u32
+        + ip[9] as u32
+        + l4_len;
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let pseudo = ((sum & 0xffff) + (sum >> 16)) as u16;
+    u16::from_be_bytes(field) != pseudo
 }
 
 /// The port's share of the L4 checksum, without a second helper call where
