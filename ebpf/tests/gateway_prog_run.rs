@@ -1093,3 +1093,45 @@ fn flows_whose_keys_share_a_hint_keep_their_own_translation() {
     }
     assert_eq!(f.flows().unwrap().len(), 2);
 }
+
+/// The pseudo-header sum of a frame's IPv4 packet, folded, not complemented:
+/// what the checksum field of a CHECKSUM_PARTIAL packet holds.
+fn pseudo_header_sum(frame: &[u8]) -> u16 {
+    let ip = &frame[ETH..];
+    let l4_len = u16::from_be_bytes([ip[2], ip[3]]) as u32 - 20;
+    let mut sum = ip[9] as u32 + l4_len;
+    for pair in ip[12..20].chunks(2) {
+        sum += u16::from_be_bytes([pair[0], pair[1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[test]
+fn a_full_checksum_that_equals_the_pseudo_header_sum_is_translated_right() {
+    let f = forwarder();
+    // The programs update a full checksum in place, and leave a field that
+    // equals the pseudo-header sum (a partial checksum, or a full one by
+    // chance) to the kernel's helper. Two payload bytes chosen so that the
+    // full checksum is that sum: the packet must come out as any other.
+    for (protocol, csum_at) in [(PROTO_TCP, 16), (PROTO_UDP, 6)] {
+        let build = |w: u16| match protocol {
+            PROTO_TCP => tcp(PEER_A1, 40002, PROXY_PLC, 22, 64, &w.to_be_bytes()),
+            _ => udp(PEER_A1, 50002, PROXY_HMI, 161, 64, &w.to_be_bytes()),
+        };
+        let at = ETH + 20 + csum_at;
+        let segment = (0..=u16::MAX)
+            .map(build)
+            .find(|p| u16::from_be_bytes([p[at], p[at + 1]]) == pseudo_header_sum(p))
+            .unwrap();
+        assert_checksums_valid(&segment);
+        let out = tunnel(&f, &segment, Outcome::ForwardedToTarget);
+        let (proxy, real, port, peer_port) =
+            if protocol == PROTO_TCP { (PROXY_PLC, PLC, 22, 40002) } else { (PROXY_HMI, HMI, 161, 50002) };
+        let fl = flow(&f, protocol, sa(PEER_A1, peer_port), proxy, port);
+        assert_same(&out, &translated(&segment, SNAT, real, Port::Source(fl.nat_port)));
+        assert_checksums_valid(&out);
+    }
+}
