@@ -22,8 +22,8 @@ use etherparse::{
 
 use ferry_ebpf::{
     common::gateway::{
-        FWD_HINTS, FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP,
-        flow_hash, nat_slot,
+        FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP, flow_hash,
+        flow_hint, nat_slot,
     },
     gateway::{Capacity, Flow, FlowTimeouts, ForwardingTable, GatewayForwarder, Protocol, monotonic_ns},
     test_run::{self, TcAction, Verdict},
@@ -1067,7 +1067,7 @@ fn flows_whose_keys_share_a_hint_keep_their_own_translation() {
         peer_port: peer_port.to_be_bytes(),
         dport: dport.to_be_bytes(),
     };
-    let hint = |k: &FlowKey| flow_hash(k) & (FWD_HINTS - 1);
+    let hint = flow_hint;
     let first = key(PEER_A1, 40000, PROXY_PLC, 22);
     // A flow to another target (the HMI allows every port) whose key hashes
     // to the same hint.

@@ -42,7 +42,7 @@ use ferry_ebpf_common::gateway::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FWD_HINTS, FlowForward,
     FlowKey, FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS,
     NAT_SLOTS, Outcome, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, RuleGeneration, TargetKey,
-    TargetRule, TargetTraffic, flow_hash, nat_slot,
+    TargetRule, TargetTraffic, flow_hash, flow_hint, nat_slot,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -336,7 +336,7 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     if ip[8] > 1 {
         if let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) {
             let flow = flow_key(&ip, &ports);
-            let hint = flow_hash(&flow) & (FWD_HINTS - 1);
+            let hint = flow_hint(&flow);
             let known = match hinted(&flow, hint, &config.timeouts, &mut now) {
                 Some(translation) => Some(translation),
                 None => established(&flow, hint, None, &config.timeouts, &mut now),
@@ -404,7 +404,7 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     }
 
     let flow = flow_key(&ip, &ports);
-    let hint = flow_hash(&flow) & (FWD_HINTS - 1);
+    let hint = flow_hint(&flow);
     let translation = match established(&flow, hint, Some((session, rule)), &config.timeouts, &mut now) {
         Some(translation) => translation,
         // The clock, read already if the flow was found expired: the same
@@ -811,8 +811,7 @@ fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64
         return 0;
     };
     let timeouts = &config.timeouts;
-    let hash = flow_hash(flow);
-    let start = hash % NAT_PORTS;
+    let start = flow_hash(flow) % NAT_PORTS;
     // Plain variables, not an Option: LLVM left the port of a None
     // uninitialised, and read it on the way out, which the verifier refuses.
     let mut claimed = false;
@@ -858,7 +857,7 @@ fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64
     if !claimed {
         return 0;
     }
-    set_hint(hash & (FWD_HINTS - 1), index);
+    set_hint(flow_hint(flow), index);
     let inserted = match GW_FWD_SCRATCH.get_ptr_mut(0) {
         Some(forward) => {
             // SAFETY: a per-CPU slot, used only by this CPU while we run.
