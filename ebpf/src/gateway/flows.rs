@@ -134,10 +134,10 @@ fn with_claim(
         Ok(true)
     })();
     let mut claims = hash_map::<u32, u8>(ebpf, claims_name)?;
-    if let Err(source) = claims.remove(&index) {
-        if errno(&source) != Some(libc::ENOENT) {
-            return Err(Error::Map { name: claims_name, source });
-        }
+    if let Err(source) = claims.remove(&index)
+        && errno(&source) != Some(libc::ENOENT)
+    {
+        return Err(Error::Map { name: claims_name, source });
     }
     result
 }
