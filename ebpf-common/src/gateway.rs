@@ -325,7 +325,7 @@ pub struct FlowForward {
     pub counter: u32,
     pub session: u64,
     /// bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC, to a tick) of the last
-    /// packet toward the target; the reverse entry's stamp, which replies
+    /// packet toward the target; the NAT slot's stamp, which replies
     /// refresh too, decides whether the flow lives.
     pub last_seen_ns: u64,
     /// The kernel's jiffies when `last_seen_ns` was taken ([`FlowReverse::last_tick`]).

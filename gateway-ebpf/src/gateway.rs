@@ -217,9 +217,10 @@ fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
 // (no forwarding or accept_local sysctls needed on the TUN) and fills in the
 // Ethernet header from the neighbour table, resolving it if needed.
 //
-// An established flow takes a short path: its forward entry, the array slot
-// of its whitelist entry's generations and its reverse entry, nothing else
-// ([`RuleGeneration`]). Everything else (new flows, refusals, flows whose
+// An established flow takes a short path: its NAT slot, found through the
+// hint at its key's hash (or, if the hint names another slot, through its
+// forward entry), and the array slot of its whitelist entry's generations,
+// nothing else ([`RuleGeneration`]). Everything else (new flows, refusals, flows whose
 // entry changed) takes the full path, which checks the peer and the
 // whitelist as before and gives every refusal its outcome.
 

@@ -158,7 +158,7 @@ fn free_slots(ebpf: &mut Ebpf, doomed: impl Fn(u32, &FlowReverse) -> bool) -> Re
 }
 
 impl Flow {
-    /// `reverse`: the flow's reverse entry, whose stamp replies refresh too.
+    /// `reverse`: the flow's NAT slot, whose stamp replies refresh too.
     fn from_forward(key: &FlowKey, value: &FlowForward, reverse: Option<&FlowReverse>) -> Flow {
         Flow {
             protocol: key.protocol,
