@@ -325,8 +325,10 @@ pub struct FlowForward {
     pub counter: u32,
     pub session: u64,
     /// bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC, to a tick) of the last
-    /// packet toward the target; the NAT slot's stamp, which replies
-    /// refresh too, decides whether the flow lives.
+    /// packet toward the target that looked this entry up (most find their
+    /// NAT slot through its hint and refresh only the slot's stamp); the
+    /// NAT slot's stamp, which every packet either way refreshes, decides
+    /// whether the flow lives.
     pub last_seen_ns: u64,
     /// The kernel's jiffies when `last_seen_ns` was taken ([`FlowReverse::last_tick`]).
     pub last_tick: u64,
