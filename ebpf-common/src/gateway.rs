@@ -32,8 +32,22 @@ pub const PEERS_MAP: &str = "GW_PEERS";
 pub const TARGETS_MAP: &str = "GW_TARGETS";
 /// An LRU hash map from [`FlowKey`] to [`FlowForward`]: technician -> target.
 pub const CT_FORWARD_MAP: &str = "GW_CT_FWD";
-/// An LRU hash map from [`ReplyKey`] to [`FlowReverse`]: target -> technician.
-pub const CT_REVERSE_MAP: &str = "GW_CT_REV";
+/// An array of [`FlowReverse`] indexed by [`nat_slot`]: target -> technician.
+/// An array, not a hash: the verifier inlines its lookups, so a reply (and
+/// the TUN program's check that a flow still owns its NAT port) costs a few
+/// instructions instead of a hash lookup.
+pub const NAT_SLOTS_MAP: &str = "GW_NAT_SLOTS";
+/// An array of `u32` [`NAT_SLOTS_MAP`] indices, [`FWD_HINTS`] of them, at
+/// [`flow_hash`] of a flow's key: where the TUN program looks for an
+/// established flow's slot before it asks the forward map. Only a hint: the
+/// slot must hold the packet's whole flow ([`FlowReverse::is_flow`]).
+pub const FWD_HINTS_MAP: &str = "GW_FWD_HINT";
+/// Entries of [`FWD_HINTS_MAP`] (a power of two).
+pub const FWD_HINTS: u32 = 65_536;
+/// A hash map from a [`NAT_SLOTS_MAP`] index (`u32`) to `u8`: whoever
+/// inserts an index with BPF_NOEXIST (a program claiming a NAT port,
+/// userspace sweeping) is the slot's only writer until it deletes it.
+pub const NAT_CLAIMS_MAP: &str = "GW_NAT_CLAIMS";
 /// A per-CPU array of [`TargetTraffic`] indexed by [`TargetRule::counter`].
 pub const TRAFFIC_MAP: &str = "GW_TRAFFIC";
 /// An array of [`RuleGeneration`] indexed by [`TargetRule::counter`]: what
@@ -52,7 +66,8 @@ pub const L2_LEN_GLOBAL: &str = "GW_L2_LEN";
 pub const DEFAULT_MAX_PEERS: u32 = 4096;
 /// Whitelist entries (and per-target counter slots) unless sized at load.
 pub const DEFAULT_MAX_TARGETS: u32 = 16_384;
-/// Conntrack entries per direction unless sized at load.
+/// Forward conntrack entries unless sized at load. (The reverse entries
+/// have one slot per protocol, bucket and NAT port: [`NAT_SLOTS`].)
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 
 /// Port ranges one whitelist entry can hold.
@@ -72,6 +87,21 @@ pub const NAT_PORT_MIN: u16 = 61_000;
 pub const NAT_PORT_MAX: u16 = 65_535;
 /// Successive ports tried after the flow's hashed one before giving up.
 pub const NAT_PORT_TRIES: u32 = 8;
+/// NAT ports per protocol and bucket.
+pub const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
+/// Buckets of the remote side (target address and port, SNAT address) per
+/// protocol: a NAT port holds one flow per protocol and bucket. All flows
+/// to one target port share a bucket, and so at most [`NAT_PORTS`] flows,
+/// as they did when the reverse map was a hash keyed by the whole reply
+/// (the port is the only part of the reply the gateway chooses).
+pub const NAT_BUCKETS: u32 = 4;
+/// Protocols with NAT ports: TCP, UDP, ICMP echo.
+pub const NAT_PROTOCOLS: u32 = 3;
+/// Entries of [`NAT_SLOTS_MAP`]: the most flows the gateway tracks at once.
+pub const NAT_SLOTS: u32 = NAT_PROTOCOLS * NAT_BUCKETS * NAT_PORTS;
+/// Concurrent claims of NAT slots ([`NAT_CLAIMS_MAP`]); a claim that finds
+/// the map full tries the next port.
+pub const NAT_CLAIMS: u32 = 256;
 
 /// Idle time after which a TCP flow is forgotten, unless userspace sets
 /// another ([`FlowTimeouts`]).
@@ -271,7 +301,9 @@ impl TargetRule {
 
 /// A flow from the technician's side: `(protocol, peer, peer port or ICMP
 /// id, proxy, destination port)`. ICMP flows have destination port 0.
-#[repr(C)]
+/// Aligned to 4 bytes: the programs then read its fields a word at a time,
+/// not byte by byte (fewer registers, less stack).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub protocol: u8,
@@ -293,8 +325,10 @@ pub struct FlowForward {
     pub counter: u32,
     pub session: u64,
     /// bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC, to a tick) of the last
-    /// packet toward the target; the reverse entry's stamp, which replies
-    /// refresh too, decides whether the flow lives.
+    /// packet toward the target that looked this entry up (most find their
+    /// NAT slot through its hint and refresh only the slot's stamp); the
+    /// NAT slot's stamp, which every packet either way refreshes, decides
+    /// whether the flow lives.
     pub last_seen_ns: u64,
     /// The kernel's jiffies when `last_seen_ns` was taken ([`FlowReverse::last_tick`]).
     pub last_tick: u64,
@@ -302,30 +336,67 @@ pub struct FlowForward {
     pub generation: RuleGeneration,
 }
 
-/// A reply from the target's side: `(protocol, real address, target port,
-/// SNAT address, NAT port)`. ICMP replies have target port 0 and the NAT
-/// port in the echo id.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ReplyKey {
-    pub protocol: u8,
-    pub _pad: [u8; 3],
-    pub real: [u8; 4],
-    pub snat: [u8; 4],
-    pub target_port: [u8; 2],
-    pub nat_port: [u8; 2],
+/// The slot of [`NAT_SLOTS_MAP`] that holds the flow of `protocol` whose
+/// replies come from `real`:`target_port` to `snat`:`nat_port`; None for a
+/// port outside the NAT range or a protocol without NAT ports. The slot
+/// holds the whole reply's addresses and ports: a reply must match them
+/// ([`FlowReverse::is_reply`]), so the index is exact. Both sides use it.
+#[inline(always)]
+pub fn nat_slot(
+    protocol: u8,
+    real: [u8; 4],
+    snat: [u8; 4],
+    target_port: [u8; 2],
+    nat_port: [u8; 2],
+) -> Option<u32> {
+    let proto = match protocol {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        PROTO_ICMP => 2,
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(nat_port);
+    if port < NAT_PORT_MIN {
+        return None;
+    }
+    // A multiplicative hash of the remote side; its top bits pick the
+    // bucket. Cheap: it runs on every reply.
+    let h = (u32::from_be_bytes(real) ^ u32::from_be_bytes(snat).rotate_left(16))
+        .wrapping_add(u16::from_be_bytes(target_port) as u32)
+        .wrapping_mul(0x9e37_79b1);
+    let bucket = h >> (32 - NAT_BUCKETS.trailing_zeros());
+    Some((proto * NAT_BUCKETS + bucket) * NAT_PORTS + (port - NAT_PORT_MIN) as u32)
 }
 
-/// How a reply is translated back toward the technician. It also owns the
-/// NAT port: the forward path inserts it first, with BPF_NOEXIST.
+/// A NAT slot: the flow that owns a NAT port of a protocol and bucket, and
+/// how its replies are translated back toward the technician. All zeroes:
+/// free.
+///
+/// `seq` makes the slot a sequence lock. Its only writer at a time is
+/// whoever holds its claim ([`NAT_CLAIMS_MAP`]); the writer makes `seq`
+/// odd, writes, and makes it even again, each with a volatile store.
+/// Readers read `seq`, the fields and `seq` again, all volatile, and trust
+/// the fields only if both reads are the same even value, so that they
+/// never mix two flows' fields (a reply from one flow's target sent to
+/// another flow's technician). Stamps are the exception: anyone refreshes
+/// them in place, and a stamp of the wrong flow is only a recent time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowReverse {
     pub peer: [u8; 4],
     pub proxy: [u8; 4],
     pub peer_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// The reply's source port (ICMP: 0).
+    pub target_port: [u8; 2],
+    /// The reply's source and destination addresses.
+    pub real: [u8; 4],
+    pub snat: [u8; 4],
     pub counter: u32,
+    pub seq: u32,
+    /// The flow's protocol and NAT port (what the slot's index also says).
+    pub protocol: u8,
+    pub _pad: u8,
+    pub nat_port: [u8; 2],
     pub session: u64,
     /// When the flow last saw a packet; decides whether it is still alive.
     pub last_seen_ns: u64,
@@ -339,8 +410,36 @@ pub struct FlowReverse {
     /// increments jiffies before it advances the coarse clock), and it then
     /// stands for the whole tick: a flow may expire up to one tick early.
     pub last_tick: u64,
-    /// As [`FlowForward::generation`].
+    /// As [`FlowForward::generation`]; `path` 0: the slot is free.
     pub generation: RuleGeneration,
+}
+
+impl FlowReverse {
+    /// Whether the slot holds a flow (free slots are all zeroes; every
+    /// flow has a generation).
+    #[inline(always)]
+    pub const fn in_use(&self) -> bool {
+        self.generation.path != 0
+    }
+
+    /// Whether the slot holds the flow a technician's packet with `key`
+    /// belongs to (the flow's session and translation are the slot's,
+    /// judged by its generations).
+    #[inline(always)]
+    pub fn is_flow(&self, key: &FlowKey) -> bool {
+        self.in_use()
+            && self.protocol == key.protocol
+            && self.peer == key.peer
+            && self.peer_port == key.peer_port
+            && self.proxy == key.proxy
+            && self.target_port == key.dport
+    }
+
+    /// Whether a reply from `real`:`target_port` to `snat` is this flow's.
+    #[inline(always)]
+    pub fn is_reply(&self, real: [u8; 4], snat: [u8; 4], target_port: [u8; 2]) -> bool {
+        self.real == real && self.snat == snat && self.target_port == target_port
+    }
 }
 
 /// Per-target traffic the programs translated: packets and IP bytes.
@@ -366,7 +465,6 @@ mod pod {
     unsafe impl aya::Pod for super::TargetRule {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowForward {}
-    unsafe impl aya::Pod for super::ReplyKey {}
     unsafe impl aya::Pod for super::FlowReverse {}
     unsafe impl aya::Pod for super::TargetTraffic {}
     unsafe impl aya::Pod for super::RuleGeneration {}
@@ -495,27 +593,39 @@ impl Outcome {
 /// sides use it: the program to allocate, userspace tests to predict.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
-    let words = [
-        u32::from_be_bytes(key.peer),
-        u32::from_be_bytes(key.proxy),
-        (u16::from_be_bytes(key.peer_port) as u32) << 16 | u16::from_be_bytes(key.dport) as u32,
-        key.protocol as u32,
-    ];
     // A murmur3-style mix: cheap, and every input bit moves the result.
-    let mut h: u32 = 0x9747_b28c;
-    let mut i = 0;
-    while i < 4 {
-        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
-        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
-        h ^= k;
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-        i += 1;
+    // Word by word, without an array: the TUN program's stack is full.
+    #[inline(always)]
+    fn mix(h: u32, word: u32) -> u32 {
+        let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+        (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
     }
+    let mut h = mix(0x9747_b28c, u32::from_be_bytes(key.peer));
+    h = mix(h, u32::from_be_bytes(key.proxy));
+    h = mix(h, (u16::from_be_bytes(key.peer_port) as u32) << 16 | u16::from_be_bytes(key.dport) as u32);
+    h = mix(h, key.protocol as u32);
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
+}
+
+/// A flow key's entry in [`FWD_HINTS_MAP`]. Not [`flow_hash`]: the hint
+/// is looked up on every packet of an established flow, so it takes a
+/// cheaper mix (one multiplication) of the key's four words; a poor spread
+/// only costs hint misses, which the forward map answers.
+#[inline(always)]
+pub fn flow_hint(key: &FlowKey) -> u32 {
+    let words = [
+        u32::from_ne_bytes([key.protocol, 0, 0, 0]),
+        u32::from_ne_bytes(key.peer),
+        u32::from_ne_bytes(key.proxy),
+        u32::from_ne_bytes([key.peer_port[0], key.peer_port[1], key.dport[0], key.dport[1]]),
+    ];
+    let mixed = words[0] ^ words[1].rotate_left(5) ^ words[2].rotate_left(11) ^ words[3].rotate_left(19);
+    // The top bits of a multiplicative hash are its best mixed.
+    mixed.wrapping_mul(0x9e37_79b1) >> (32 - FWD_HINTS.trailing_zeros())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use etherparse::{
 use ferry_ebpf::{
     common::gateway::{
         FlowKey, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_TCP, PROTO_UDP, flow_hash,
+        flow_hint, nat_slot,
     },
     gateway::{Capacity, Flow, FlowTimeouts, ForwardingTable, GatewayForwarder, Protocol, monotonic_ns},
     test_run::{self, TcAction, Verdict},
@@ -936,4 +937,201 @@ fn a_flow_kept_alive_by_replies_alone_keeps_its_nat_port_through_the_sweep() {
     let fl = flow(&f, PROTO_UDP, sa(PEER_A1, 50000), PROXY_SNMP, 161);
     assert_eq!(fl.nat_port, idle.nat_port);
     lan(&f, &reply, Outcome::ForwardedFromTarget);
+}
+
+/// The NAT slot of a TCP reply from `real`:`port` to the SNAT address's
+/// `nat_port`.
+fn tcp_slot(real: [u8; 4], port: u16, nat_port: u16) -> u32 {
+    nat_slot(PROTO_TCP, real, SNAT, port.to_be_bytes(), nat_port.to_be_bytes()).unwrap()
+}
+
+#[test]
+fn a_reply_from_another_remote_that_lands_on_a_used_nat_slot_is_dropped() {
+    let f = forwarder();
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    let slot = tcp_slot(PLC, 22, fl.nat_port);
+    // Another address, and another port of the target, whose replies to the
+    // same NAT port index the very same slot: the slot holds the whole
+    // reply, and they are not it.
+    let stranger =
+        (100..=255u8).map(|d| [10, 20, 0, d]).find(|&r| tcp_slot(r, 22, fl.nat_port) == slot).unwrap();
+    let other_port = (23..=2000u16).find(|&p| tcp_slot(PLC, p, fl.nat_port) == slot).unwrap();
+    lan(&f, &tcp(stranger, 22, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+    lan(&f, &tcp(PLC, other_port, SNAT, fl.nat_port, 64, b""), Outcome::NoConntrack);
+    // The flow's own replies still cross.
+    let out = lan(&f, &tcp(PLC, 22, SNAT, fl.nat_port, 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(out[ETH + 16..ETH + 20], PEER_A1);
+}
+
+#[test]
+fn a_nat_port_holds_one_flow_per_remote_bucket() {
+    let mut f = forwarder();
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    let first = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    let taken = first.nat_port;
+    let bucket_of = |real: [u8; 4], port: u16| tcp_slot(real, port, taken);
+    // The HMI allows every port: one whose replies share the first flow's
+    // bucket, and one whose replies do not.
+    let same = (1..=2000u16).find(|&p| bucket_of(HMI, p) == bucket_of(PLC, 22)).unwrap();
+    let other = (1..=2000u16).find(|&p| bucket_of(HMI, p) != bucket_of(PLC, 22)).unwrap();
+    // A technician port that makes the NAT port the first flow holds the
+    // second flow's first candidate.
+    let key = |peer_port: u16, dport: u16| FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_A2,
+        proxy: PROXY_HMI,
+        peer_port: peer_port.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+    };
+    let colliding = |dport: u16| (1..=65535u16).find(|&p| nat_candidate(&key(p, dport), 0) == taken).unwrap();
+
+    // Same bucket: the port is taken, the flow takes the next candidate.
+    let p = colliding(same);
+    let out = tunnel(&f, &tcp(PEER_A2, p, PROXY_HMI, same, 64, b""), Outcome::ForwardedToTarget);
+    let got = u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]);
+    assert_eq!(got, nat_candidate(&key(p, same), 1));
+    // Another bucket: the same NAT port serves both flows.
+    let q = colliding(other);
+    let out = tunnel(&f, &tcp(PEER_A2, q, PROXY_HMI, other, 64, b""), Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), taken);
+
+    // Every reply finds its own technician and port.
+    let out = lan(&f, &tcp(PLC, 22, SNAT, taken, 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(
+        (out[ETH + 16..ETH + 20].to_vec(), [out[ETH + 22], out[ETH + 23]]),
+        (PEER_A1.to_vec(), 40000u16.to_be_bytes())
+    );
+    let out = lan(&f, &tcp(HMI, other, SNAT, taken, 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(
+        (out[ETH + 16..ETH + 20].to_vec(), [out[ETH + 22], out[ETH + 23]]),
+        (PEER_A2.to_vec(), q.to_be_bytes())
+    );
+    let out = lan(&f, &tcp(HMI, same, SNAT, got, 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(
+        (out[ETH + 16..ETH + 20].to_vec(), [out[ETH + 22], out[ETH + 23]]),
+        (PEER_A2.to_vec(), p.to_be_bytes())
+    );
+    // Not across: the HMI's reply to the first flow's port is no flow's.
+    lan(&f, &tcp(HMI, same, SNAT, taken, 64, b""), Outcome::NoConntrack);
+    assert_eq!(f.flows().unwrap().len(), 3);
+    let _ = f.expire_flows().unwrap();
+    assert_eq!(f.flows().unwrap().len(), 3, "the sweep keeps live flows");
+}
+
+#[test]
+fn the_sweep_frees_nat_slots_and_their_ports_serve_new_flows() {
+    let mut f = forwarder();
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    let old = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    // Idle past short timeouts: the sweep removes both halves, and frees
+    // the slot, not only judges it dead.
+    let ages = ages();
+    f.insert_flow(&Flow { last_seen_ns: ages.long_ago, ..old }).unwrap();
+    f.set_timeouts(ages.timeouts).unwrap();
+    assert_eq!(f.expire_flows().unwrap(), 2);
+    assert!(f.flows().unwrap().is_empty());
+    // Under the default timeouts again, the old flow's stamp would be alive:
+    // a new flow whose first candidate is that port gets it only because
+    // the slot is free.
+    f.set_timeouts(FlowTimeouts::default()).unwrap();
+    let key = |peer_port: u16| FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_A2,
+        proxy: PROXY_PLC,
+        peer_port: peer_port.to_be_bytes(),
+        dport: 22u16.to_be_bytes(),
+    };
+    let p = (1..=65535u16).find(|&p| nat_candidate(&key(p), 0) == old.nat_port).unwrap();
+    let out = tunnel(&f, &tcp(PEER_A2, p, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), old.nat_port);
+    let out = lan(&f, &tcp(PLC, 22, SNAT, old.nat_port, 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(out[ETH + 16..ETH + 20], PEER_A2);
+    // The old flow's next packet takes another port; its old one stays the
+    // new flow's.
+    let out = tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    assert_ne!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), old.nat_port);
+    assert_eq!(f.flows().unwrap().len(), 2);
+}
+
+#[test]
+fn flows_whose_keys_share_a_hint_keep_their_own_translation() {
+    let f = forwarder();
+    let key = |peer: [u8; 4], peer_port: u16, proxy: [u8; 4], dport: u16| FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer,
+        proxy,
+        peer_port: peer_port.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+    };
+    let hint = flow_hint;
+    let first = key(PEER_A1, 40000, PROXY_PLC, 22);
+    // A flow to another target (the HMI allows every port) whose key hashes
+    // to the same hint.
+    let (port, dport) = (1..=65535u16)
+        .flat_map(|p| (80..=90u16).map(move |d| (p, d)))
+        .find(|&(p, d)| hint(&key(PEER_A2, p, PROXY_HMI, d)) == hint(&first))
+        .unwrap();
+    let to_plc = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    let to_hmi = tcp(PEER_A2, port, PROXY_HMI, dport, 64, b"");
+    let nat_port = |out: &[u8]| u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]);
+    let out = tunnel(&f, &to_plc, Outcome::ForwardedToTarget);
+    let plc_port = nat_port(&out);
+    let out = tunnel(&f, &to_hmi, Outcome::ForwardedToTarget);
+    let hmi_port = nat_port(&out);
+    // Each packet finds the other flow's slot through the hint first: the
+    // slot is not its flow, so the forward map decides, and every packet
+    // keeps its own target and NAT port.
+    for _ in 0..3 {
+        let out = tunnel(&f, &to_plc, Outcome::ForwardedToTarget);
+        assert_eq!((out[ETH + 16..ETH + 20].to_vec(), nat_port(&out)), (PLC.to_vec(), plc_port));
+        let out = tunnel(&f, &to_hmi, Outcome::ForwardedToTarget);
+        assert_eq!((out[ETH + 16..ETH + 20].to_vec(), nat_port(&out)), (HMI.to_vec(), hmi_port));
+    }
+    assert_eq!(f.flows().unwrap().len(), 2);
+}
+
+/// The pseudo-header sum of a frame's IPv4 packet, folded, not complemented:
+/// what the checksum field of a CHECKSUM_PARTIAL packet holds.
+fn pseudo_header_sum(frame: &[u8]) -> u16 {
+    let ip = &frame[ETH..];
+    let l4_len = u16::from_be_bytes([ip[2], ip[3]]) as u32 - 20;
+    let mut sum = ip[9] as u32 + l4_len;
+    for pair in ip[12..20].chunks(2) {
+        sum += u16::from_be_bytes([pair[0], pair[1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[test]
+fn a_full_checksum_that_equals_the_pseudo_header_sum_is_translated_right() {
+    let f = forwarder();
+    // The programs update a full checksum in place, and leave a field that
+    // equals the pseudo-header sum (a partial checksum, or a full one by
+    // chance) to the kernel's helper. Two payload bytes chosen so that the
+    // full checksum is that sum: the packet must come out as any other.
+    for (protocol, csum_at) in [(PROTO_TCP, 16), (PROTO_UDP, 6)] {
+        let build = |w: u16| match protocol {
+            PROTO_TCP => tcp(PEER_A1, 40002, PROXY_PLC, 22, 64, &w.to_be_bytes()),
+            _ => udp(PEER_A1, 50002, PROXY_HMI, 161, 64, &w.to_be_bytes()),
+        };
+        let at = ETH + 20 + csum_at;
+        let segment = (0..=u16::MAX)
+            .map(build)
+            .find(|p| u16::from_be_bytes([p[at], p[at + 1]]) == pseudo_header_sum(p))
+            .unwrap();
+        assert_checksums_valid(&segment);
+        let out = tunnel(&f, &segment, Outcome::ForwardedToTarget);
+        let (proxy, real, port, peer_port) =
+            if protocol == PROTO_TCP { (PROXY_PLC, PLC, 22, 40002) } else { (PROXY_HMI, HMI, 161, 50002) };
+        let fl = flow(&f, protocol, sa(PEER_A1, peer_port), proxy, port);
+        assert_same(&out, &translated(&segment, SNAT, real, Port::Source(fl.nat_port)));
+        assert_checksums_valid(&out);
+    }
 }

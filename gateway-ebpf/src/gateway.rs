@@ -19,7 +19,10 @@
 //! its session's peers, change (`RuleGeneration`). Conntrack otherwise only
 //! remembers NAT ports.
 
-use core::mem;
+use core::{
+    mem,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -36,10 +39,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ferry_ebpf_common::gateway::{
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FlowForward, FlowKey,
-    FlowReverse, FlowTimeouts, GatewayConfig, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, Outcome, PROTO_ANY,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, ReplyKey, RuleGeneration, TargetKey, TargetRule,
-    TargetTraffic, flow_hash,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FWD_HINTS, FlowForward,
+    FlowKey, FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS,
+    NAT_SLOTS, Outcome, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, RuleGeneration, TargetKey,
+    TargetRule, TargetTraffic, flow_hash, flow_hint, nat_slot,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -70,14 +73,33 @@ static GW_TARGETS: HashMap<TargetKey, TargetRule> =
     HashMap::with_max_entries(DEFAULT_MAX_TARGETS, BPF_F_NO_PREALLOC);
 
 // LRU: when flows outnumber the map, the least recently used are forgotten
-// instead of new ones being refused. Every entry is re-validated against the
-// reverse map and the whitelist before use, so an evicted half only costs a
-// new NAT port.
+// instead of new ones being refused. Every entry is re-validated against its
+// NAT slot and the whitelist before use, so an evicted forward half only
+// costs a new NAT port.
 #[map(name = "GW_CT_FWD")]
 static GW_CT_FWD: LruHashMap<FlowKey, FlowForward> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-#[map(name = "GW_CT_REV")]
-static GW_CT_REV: LruHashMap<ReplyKey, FlowReverse> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+// An array indexed by protocol, bucket and NAT port (`nat_slot`): the
+// verifier inlines its lookups. Slots are written under a claim in
+// GW_NAT_CLAIMS and read under their sequence lock (`FlowReverse::seq`).
+#[map(name = "GW_NAT_SLOTS")]
+static GW_NAT_SLOTS: Array<FlowReverse> = Array::with_max_entries(NAT_SLOTS, 0);
+
+// Where a new flow's forward entry is put together: the TUN program's stack
+// has no room for it.
+#[map(name = "GW_FWD_SCRATCH")]
+static GW_FWD_SCRATCH: PerCpuArray<FlowForward> = PerCpuArray::with_max_entries(1, 0);
+
+// Where an established flow's NAT slot is, by its key's hash: the TUN
+// program's short path finds the slot with two inlined array lookups
+// instead of a hash lookup of the forward map. A plain u32 per entry, so
+// one store writes it whole; a wrong or stale hint only fails the check of
+// the slot it names.
+#[map(name = "GW_FWD_HINT")]
+static GW_FWD_HINT: Array<u32> = Array::with_max_entries(FWD_HINTS, 0);
+
+#[map(name = "GW_NAT_CLAIMS")]
+static GW_NAT_CLAIMS: HashMap<u32, u8> = HashMap::with_max_entries(NAT_CLAIMS, 0);
 
 #[map(name = "GW_TRAFFIC")]
 static GW_TRAFFIC: PerCpuArray<TargetTraffic> = PerCpuArray::with_max_entries(DEFAULT_MAX_TARGETS, 0);
@@ -112,7 +134,6 @@ const INNER_L4: usize = ICMP_HLEN + IPV4_HLEN;
 /// Where a quoted TCP header's checksum sits, and where it ends.
 const TCP_CHECK: usize = 16;
 const AF_INET: u8 = 2;
-const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 /// Size argument of bpf_l3/l4_csum_replace for a 2-byte field.
 const CSUM_16: u64 = 2;
 
@@ -141,20 +162,19 @@ fn clock() -> u64 {
 /// path and a new flow look at it.
 struct Now {
     tick: u64,
-    ns: Option<u64>,
+    /// 0 until read (no reading of a clock that counts from boot is 0 once
+    /// programs run): 8 bytes of the TUN program's full stack, not an
+    /// Option's 16.
+    ns: u64,
 }
 
 impl Now {
     #[inline(always)]
     fn ns(&mut self) -> u64 {
-        match self.ns {
-            Some(ns) => ns,
-            None => {
-                let ns = clock();
-                self.ns = Some(ns);
-                ns
-            }
+        if self.ns == 0 {
+            self.ns = clock();
         }
+        self.ns
     }
 }
 
@@ -197,9 +217,10 @@ fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
 // (no forwarding or accept_local sysctls needed on the TUN) and fills in the
 // Ethernet header from the neighbour table, resolving it if needed.
 //
-// An established flow takes a short path: its forward entry, the array slot
-// of its whitelist entry's generations and its reverse entry, nothing else
-// ([`RuleGeneration`]). Everything else (new flows, refusals, flows whose
+// An established flow takes a short path: its NAT slot, found through the
+// hint at its key's hash (or, if the hint names another slot, through its
+// forward entry), and the array slot of its whitelist entry's generations,
+// nothing else ([`RuleGeneration`]). Everything else (new flows, refusals, flows whose
 // entry changed) takes the full path, which checks the peer and the
 // whitelist as before and gives every refusal its outcome.
 
@@ -234,7 +255,8 @@ struct Ports {
     /// The destination port; 0 for ICMP.
     dport: [u8; 2],
     /// Where the L4 checksum sits, as an offset into the packet.
-    csum_offset: usize,
+    /// A u32, not a usize: 8 bytes less of the TUN program's full stack.
+    csum_offset: u32,
 }
 
 /// How a flow's packets are translated: from its forward entry, or from the
@@ -308,14 +330,19 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     let protocol = ip[9];
     let l4 = l2 + header_len;
     let ip_payload = total_len - header_len;
-    let mut now = Now { tick: tick(), ns: None };
+    let mut now = Now { tick: tick(), ns: 0 };
 
     // The short path: a packet of an established flow whose whitelist entry
     // has not changed since. Anything it does not take ends in the full path.
     if ip[8] > 1 {
         if let Some(ports) = ports_of(ctx, protocol, l4, ip_payload) {
             let flow = flow_key(&ip, &ports);
-            if let Some(translation) = established(&flow, None, &config.timeouts, &mut now) {
+            let hint = flow_hint(&flow);
+            let known = match hinted(&flow, hint, &config.timeouts, &mut now) {
+                Some(translation) => Some(translation),
+                None => established(&flow, hint, None, &config.timeouts, &mut now),
+            };
+            if let Some(translation) = known {
                 return forward(ctx, config, l2, &ip, &ports, translation);
             }
         }
@@ -378,14 +405,19 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
     }
 
     let flow = flow_key(&ip, &ports);
-    let timeouts = &config.timeouts;
-    let translation = match established(&flow, Some((session, rule)), timeouts, &mut now) {
+    let hint = flow_hint(&flow);
+    let translation = match established(&flow, hint, Some((session, rule)), &config.timeouts, &mut now) {
         Some(translation) => translation,
-        None => match new_flow(&flow, session, rule, timeouts, &mut now) {
-            Some(nat_port) => {
-                Translation { nat_port, real: rule.real, snat: rule.snat, counter: rule.counter }
-            }
-            None => return Outcome::NatPortsExhausted,
+        // The clock, read already if the flow was found expired: the same
+        // reading.
+        _ => match new_flow(&flow, session, rule, now.tick, now.ns()) {
+            0 => return Outcome::NatPortsExhausted,
+            nat_port => Translation {
+                nat_port: nat_port.to_ne_bytes(),
+                real: rule.real,
+                snat: rule.snat,
+                counter: rule.counter,
+            },
         },
     };
     forward(ctx, config, l2, &ip, &ports, translation)
@@ -407,7 +439,7 @@ fn ports_of(ctx: &TcContext, protocol: u8, l4: usize, ip_payload: usize) -> Opti
             Some(Ports {
                 peer_port: [head[0], head[1]],
                 dport: [head[2], head[3]],
-                csum_offset: l4 + csum_at,
+                csum_offset: (l4 + csum_at) as u32,
             })
         }
         PROTO_ICMP => {
@@ -420,7 +452,7 @@ fn ports_of(ctx: &TcContext, protocol: u8, l4: usize, ip_payload: usize) -> Opti
             if head[0] != ICMP_ECHO_REQUEST || head[1] != 0 {
                 return None;
             }
-            Some(Ports { peer_port: [head[4], head[5]], dport: [0, 0], csum_offset: l4 + 2 })
+            Some(Ports { peer_port: [head[4], head[5]], dport: [0, 0], csum_offset: (l4 + 2) as u32 })
         }
         _ => None,
     }
@@ -441,25 +473,6 @@ fn flow_key(ip: &[u8; IPV4_HLEN], ports: &Ports) -> FlowKey {
     // SAFETY: FlowKey is repr(C), 16 bytes of byte arrays in this order,
     // without padding; every bit pattern is a valid value.
     unsafe { mem::transmute::<[u32; 4], FlowKey>(words) }
-}
-
-/// As [`flow_key`].
-#[inline(always)]
-fn reply_key(
-    protocol: u8,
-    real: [u8; 4],
-    snat: [u8; 4],
-    target_port: [u8; 2],
-    nat_port: [u8; 2],
-) -> ReplyKey {
-    let words = [
-        u32::from_ne_bytes([protocol, 0, 0, 0]),
-        u32::from_ne_bytes(real),
-        u32::from_ne_bytes(snat),
-        u32::from_ne_bytes([target_port[0], target_port[1], nat_port[0], nat_port[1]]),
-    ];
-    // SAFETY: as in flow_key, for ReplyKey.
-    unsafe { mem::transmute::<[u32; 4], ReplyKey>(words) }
 }
 
 /// Rewrites an admitted packet and sends it on its way.
@@ -491,6 +504,196 @@ fn forward(
     Outcome::ForwardedToTarget
 }
 
+/// What a reply's translation needs of its flow's NAT slot.
+#[derive(Clone, Copy)]
+struct Back {
+    peer: [u8; 4],
+    proxy: [u8; 4],
+    peer_port: [u8; 2],
+    counter: u32,
+    path: u64,
+    last_seen_ns: u64,
+    last_tick: u64,
+}
+
+/// [`Back`] of the flow in NAT slot `slot` if it is the one a reply from
+/// `real`:`target_port` to `snat` belongs to, read under the slot's
+/// sequence lock (see [`FlowReverse::seq`]): None if not, or while a
+/// writer is at it, or if one wrote it meanwhile. Volatile reads: the
+/// compiler keeps them in this order, and the CPU does too on x86-64, whose
+/// loads are not reordered with other loads (nor stores with other stores,
+/// on the writer's side). Field by field, not a copy of the slot: only
+/// what the reply needs.
+#[inline(always)]
+fn reply_slot(slot: *const FlowReverse, real: [u8; 4], snat: [u8; 4], target_port: [u8; 2]) -> Option<Back> {
+    // SAFETY: `slot` is an array element, valid for the program's run.
+    unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let path = read_volatile(&(*slot).generation.path);
+        let ours = path != 0
+            && read_volatile(&(*slot).real) == real
+            && read_volatile(&(*slot).snat) == snat
+            && read_volatile(&(*slot).target_port) == target_port;
+        let back = Back {
+            peer: read_volatile(&(*slot).peer),
+            proxy: read_volatile(&(*slot).proxy),
+            peer_port: read_volatile(&(*slot).peer_port),
+            counter: read_volatile(&(*slot).counter),
+            path,
+            last_seen_ns: read_volatile(&(*slot).last_seen_ns),
+            last_tick: read_volatile(&(*slot).last_tick),
+        };
+        if !ours || read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        Some(back)
+    }
+}
+
+/// Whether NAT slot `slot` belongs to `flow` of `session`, translated to
+/// `real` from `snat`, judged under its sequence lock as [`reply_slot`] does
+/// but in place (the TUN program's stack has no room for a copy): its
+/// stamp and tick, and whether it has `admitted`'s counter and generations.
+#[inline(always)]
+fn owned_slot(
+    slot: *const FlowReverse,
+    flow: &FlowKey,
+    session: u64,
+    real: [u8; 4],
+    snat: [u8; 4],
+    admitted: Option<&TargetRule>,
+) -> Option<(u64, u64, bool)> {
+    // SAFETY: `slot` is an array element, valid for the program's run.
+    unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let owned = read_volatile(&(*slot).generation.path) != 0
+            && read_volatile(&(*slot).peer) == flow.peer
+            && read_volatile(&(*slot).peer_port) == flow.peer_port
+            && read_volatile(&(*slot).proxy) == flow.proxy
+            && read_volatile(&(*slot).session) == session
+            && read_volatile(&(*slot).real) == real
+            && read_volatile(&(*slot).snat) == snat
+            && read_volatile(&(*slot).target_port) == flow.dport;
+        let last_seen = read_volatile(&(*slot).last_seen_ns);
+        let last_tick = read_volatile(&(*slot).last_tick);
+        let current = match admitted {
+            Some(rule) => {
+                read_volatile(&(*slot).counter) == rule.counter
+                    && read_volatile(&(*slot).generation) == rule.generation
+            }
+            None => true,
+        };
+        if !owned || read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        Some((last_seen, last_tick, current))
+    }
+}
+
+/// Writes NAT slot `index` as its only writer: `accept` judges the slot as
+/// it is, and only then `write` writes it, between the sequence lock's two
+/// stores (odd while it writes), so that readers see either the old or the
+/// new flow, never a mix. False: someone else holds the claim right now
+/// (another CPU, or the userspace sweep), or `accept` declined.
+#[inline(always)]
+fn with_claim(
+    index: u32,
+    accept: impl FnOnce(&FlowReverse) -> bool,
+    write: impl FnOnce(*mut FlowReverse),
+) -> bool {
+    if GW_NAT_CLAIMS.insert(&index, &0, BPF_NOEXIST as u64).is_err() {
+        return false;
+    }
+    let written = match GW_NAT_SLOTS.get_ptr_mut(index) {
+        // SAFETY: an array element; only its stamps may change under us.
+        Some(slot) if accept(unsafe { &*slot }) => {
+            // SAFETY: as above; the claim makes us its only writer.
+            unsafe {
+                let odd = read_volatile(&(*slot).seq) | 1;
+                write_volatile(&mut (*slot).seq, odd);
+                write(slot);
+                write_volatile(&mut (*slot).seq, odd.wrapping_add(1));
+            }
+            true
+        }
+        _ => false,
+    };
+    let _ = GW_NAT_CLAIMS.remove(&index);
+    written
+}
+
+/// Points hint `hint` (a flow key's hash) at NAT slot `index`.
+#[inline(always)]
+fn set_hint(hint: u32, index: u32) {
+    if let Some(entry) = GW_FWD_HINT.get_ptr_mut(hint) {
+        // SAFETY: an array element; one aligned 4-byte store, which no
+        // reader sees half done.
+        unsafe { write_volatile(entry, index) };
+    }
+}
+
+/// The short path's first try: how an established, live flow whose hint
+/// names its NAT slot is translated, without the forward map. The slot
+/// holds the flow's whole key and its translation, under its sequence
+/// lock; the whitelist entry's generations in the slot admit it as the
+/// forward entry's would. Refreshes the slot's stamp (once per tick). None:
+/// no such slot, or anything to judge again; the forward map decides.
+#[inline(always)]
+fn hinted(flow: &FlowKey, hint: u32, timeouts: &FlowTimeouts, now: &mut Now) -> Option<Translation> {
+    let index = *GW_FWD_HINT.get(hint)?;
+    let slot = GW_NAT_SLOTS.get_ptr_mut(index)?;
+    // SAFETY: `slot` is an array element, valid for the program's run.
+    let (translation, generation, last_seen, last_tick) = unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let ours = read_volatile(&(*slot).generation.path) != 0
+            && read_volatile(&(*slot).protocol) == flow.protocol
+            && read_volatile(&(*slot).peer) == flow.peer
+            && read_volatile(&(*slot).peer_port) == flow.peer_port
+            && read_volatile(&(*slot).proxy) == flow.proxy
+            && read_volatile(&(*slot).target_port) == flow.dport;
+        let translation = Translation {
+            nat_port: read_volatile(&(*slot).nat_port),
+            real: read_volatile(&(*slot).real),
+            snat: read_volatile(&(*slot).snat),
+            counter: read_volatile(&(*slot).counter),
+        };
+        let generation = read_volatile(&(*slot).generation.rule);
+        let last_seen = read_volatile(&(*slot).last_seen_ns);
+        let last_tick = read_volatile(&(*slot).last_tick);
+        if !ours || read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        (translation, generation, last_seen, last_tick)
+    };
+    let current = GW_RULE_GEN.get(translation.counter)?;
+    if current.rule == 0 || current.rule != generation {
+        return None;
+    }
+    let tick = now.tick;
+    if last_tick != tick {
+        let ns = now.ns();
+        if timeouts.expired(flow.protocol, last_seen, ns) {
+            return None;
+        }
+        // In place, without the claim: see established().
+        // SAFETY: an array element, valid for the program's run.
+        unsafe {
+            (*slot).last_seen_ns = ns;
+            (*slot).last_tick = tick;
+        }
+    }
+    Some(translation)
+}
+
 /// How an established, live flow is translated; refreshes its timestamps
 /// (once per tick: see [`FlowReverse::last_tick`]).
 ///
@@ -502,6 +705,7 @@ fn forward(
 #[inline(always)]
 fn established(
     flow: &FlowKey,
+    hint: u32,
     admitted: Option<(u64, &TargetRule)>,
     timeouts: &FlowTimeouts,
     now: &mut Now,
@@ -529,35 +733,51 @@ fn established(
             session
         }
     };
-    let reply = reply_key(flow.protocol, forward.real, forward.snat, flow.dport, forward.nat_port);
-    let reverse = GW_CT_REV.get_ptr_mut(&reply)?;
-    // SAFETY: as above.
-    let reverse = unsafe { &mut *reverse };
-    // The reverse entry owns the NAT port; if it was evicted or taken over by
-    // another flow, this flow needs a new port.
-    if !owns(reverse, flow, session) {
-        return None;
-    }
+    let index = nat_slot(flow.protocol, forward.real, forward.snat, flow.dport, forward.nat_port)?;
+    let slot = GW_NAT_SLOTS.get_ptr_mut(index)?;
+    // The slot owns the NAT port; if it was freed or taken over by another
+    // flow, this flow needs a new port.
+    let rule = admitted.map(|(_, rule)| rule);
+    let (last_seen, last_tick, current) = owned_slot(slot, flow, session, forward.real, forward.snat, rule)?;
     // Stamped in this tick, both halves: alive, and a new stamp would be
     // the same one.
     let tick = now.tick;
-    let refresh = reverse.last_tick != tick || forward.last_tick != tick;
+    let refresh = last_tick != tick || forward.last_tick != tick;
     let now = if refresh { now.ns() } else { 0 };
-    if refresh && timeouts.expired(flow.protocol, reverse.last_seen_ns, now) {
+    if refresh && timeouts.expired(flow.protocol, last_seen, now) {
         return None;
     }
-    if let Some((_, rule)) = admitted {
-        reverse.counter = rule.counter;
-        reverse.generation = rule.generation;
+    if let Some(rule) = rule {
+        if !current {
+            let (real, snat) = (forward.real, forward.snat);
+            let taken = with_claim(
+                index,
+                |current| owns(current, flow, session, real, snat),
+                // SAFETY: an array element, under the claim.
+                |slot| unsafe {
+                    write_volatile(&mut (*slot).counter, rule.counter);
+                    write_volatile(&mut (*slot).generation, rule.generation);
+                },
+            );
+            if !taken {
+                return None;
+            }
+        }
         forward.counter = rule.counter;
         forward.generation = rule.generation;
     }
     if refresh {
-        reverse.last_seen_ns = now;
-        reverse.last_tick = tick;
+        // In place, without the claim: a stamp written into a slot another
+        // flow took meanwhile is only a recent time for that flow.
+        // SAFETY: an array element, valid for the program's run.
+        unsafe {
+            (*slot).last_seen_ns = now;
+            (*slot).last_tick = tick;
+        }
         forward.last_seen_ns = now;
         forward.last_tick = tick;
     }
+    set_hint(hint, index);
     Some(Translation {
         nat_port: forward.nat_port,
         real: forward.real,
@@ -566,94 +786,110 @@ fn established(
     })
 }
 
-/// Whether the reverse entry belongs to `flow`.
+/// Whether a NAT slot belongs to `flow` of `session`, translated to `real`
+/// from `snat`.
 #[inline(always)]
-fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64) -> bool {
-    reverse.peer == flow.peer
+fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64, real: [u8; 4], snat: [u8; 4]) -> bool {
+    reverse.in_use()
+        && reverse.peer == flow.peer
         && reverse.peer_port == flow.peer_port
         && reverse.proxy == flow.proxy
         && reverse.session == session
+        && reverse.is_reply(real, snat, flow.dport)
 }
 
-/// Claims a NAT port for a new flow: the flow's hashed port or one of the next
-/// few, whichever the reverse map does not hold yet (BPF_NOEXIST makes the
-/// claim atomic against other CPUs), or whose flow has expired.
-#[inline(always)]
-fn new_flow(
-    flow: &FlowKey,
-    session: u64,
-    rule: &TargetRule,
-    timeouts: &FlowTimeouts,
-    now: &mut Now,
-) -> Option<[u8; 2]> {
-    let tick = now.tick;
-    // Read already if the flow was found expired: the same reading.
-    let now = now.ns();
-    let reverse = FlowReverse {
-        peer: flow.peer,
-        proxy: flow.proxy,
-        peer_port: flow.peer_port,
-        _pad: [0; 2],
-        counter: rule.counter,
-        session,
-        last_seen_ns: now,
-        last_tick: tick,
-        generation: rule.generation,
+/// Claims a NAT port for a new flow: the flow's hashed port or one of the
+/// next few, whichever slot is free, still this flow's (its forward half
+/// was evicted) or holds an expired flow. A function of its own (a BPF
+/// subprogram): its stack would not fit in the TUN program's. Returns the
+/// NAT port as it sits in the packet (`u16::from_ne_bytes`), 0 for none (no
+/// NAT port is 0): an Option's undefined payload in its None, returned
+/// from a subprogram, is a read of an uninitialised register to the
+/// verifier.
+#[inline(never)]
+fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u16 {
+    let Some(config) = GW_CONFIG.get(0) else {
+        return 0;
     };
+    let timeouts = &config.timeouts;
     let start = flow_hash(flow) % NAT_PORTS;
-    let mut claimed = None;
+    // Plain variables, not an Option: LLVM left the port of a None
+    // uninitialised, and read it on the way out, which the verifier refuses.
+    let mut claimed = false;
+    let mut nat_port = [0u8; 2];
+    let mut index = 0u32;
     for i in 0..NAT_PORT_TRIES {
-        let port = (NAT_PORT_MIN as u32 + (start + i) % NAT_PORTS) as u16;
-        let reply = ReplyKey {
-            protocol: flow.protocol,
-            _pad: [0; 3],
-            real: rule.real,
-            snat: rule.snat,
-            target_port: flow.dport,
-            nat_port: port.to_be_bytes(),
-        };
-        if GW_CT_REV.insert(&reply, &reverse, BPF_NOEXIST as u64).is_ok() {
-            claimed = Some(reply.nat_port);
-            break;
-        }
-        let Some(existing) = GW_CT_REV.get_ptr(&reply) else {
+        let port = ((NAT_PORT_MIN as u32 + (start + i) % NAT_PORTS) as u16).to_be_bytes();
+        let Some(candidate) = nat_slot(flow.protocol, rule.real, rule.snat, flow.dport, port) else {
             continue;
         };
-        // SAFETY: as in established().
-        let existing = unsafe { &*existing };
-        // Our own flow whose forward half was evicted, or a dead flow: take it.
-        if owns(existing, flow, session) || timeouts.expired(flow.protocol, existing.last_seen_ns, now) {
-            if GW_CT_REV.insert(&reply, &reverse, BPF_ANY as u64).is_ok() {
-                claimed = Some(reply.nat_port);
-                break;
-            }
+        let taken = with_claim(
+            candidate,
+            |current| {
+                !current.in_use()
+                    || owns(current, flow, session, rule.real, rule.snat)
+                    || timeouts.expired(flow.protocol, current.last_seen_ns, now)
+            },
+            // Every field but `seq`, one volatile store each, so that none
+            // moves out from between the sequence lock's two stores. (No
+            // FlowReverse on the stack: it would not fit.)
+            // SAFETY: an array element, under the claim.
+            |slot| unsafe {
+                write_volatile(&mut (*slot).protocol, flow.protocol);
+                write_volatile(&mut (*slot).nat_port, port);
+                write_volatile(&mut (*slot).peer, flow.peer);
+                write_volatile(&mut (*slot).proxy, flow.proxy);
+                write_volatile(&mut (*slot).peer_port, flow.peer_port);
+                write_volatile(&mut (*slot).target_port, flow.dport);
+                write_volatile(&mut (*slot).real, rule.real);
+                write_volatile(&mut (*slot).snat, rule.snat);
+                write_volatile(&mut (*slot).counter, rule.counter);
+                write_volatile(&mut (*slot).session, session);
+                write_volatile(&mut (*slot).last_seen_ns, now);
+                write_volatile(&mut (*slot).last_tick, tick);
+                write_volatile(&mut (*slot).generation, rule.generation);
+            },
+        );
+        if taken {
+            (claimed, nat_port, index) = (true, port, candidate);
+            break;
         }
     }
-    let nat_port = claimed?;
-    let forward = FlowForward {
-        nat_port,
-        _pad: [0; 2],
-        real: rule.real,
-        snat: rule.snat,
-        counter: rule.counter,
-        session,
-        last_seen_ns: now,
-        last_tick: tick,
-        generation: rule.generation,
-    };
-    if GW_CT_FWD.insert(flow, &forward, BPF_ANY as u64).is_err() {
-        // Without the forward half the port would stay claimed for nothing.
-        let _ = GW_CT_REV.remove(&ReplyKey {
-            protocol: flow.protocol,
-            _pad: [0; 3],
-            real: rule.real,
-            snat: rule.snat,
-            target_port: flow.dport,
-            nat_port,
-        });
-        return None;
+    if !claimed {
+        return 0;
     }
-    Some(nat_port)
+    set_hint(flow_hint(flow), index);
+    let inserted = match GW_FWD_SCRATCH.get_ptr_mut(0) {
+        Some(forward) => {
+            // SAFETY: a per-CPU slot, used only by this CPU while we run.
+            let forward = unsafe { &mut *forward };
+            *forward = FlowForward {
+                nat_port,
+                _pad: [0; 2],
+                real: rule.real,
+                snat: rule.snat,
+                counter: rule.counter,
+                session,
+                last_seen_ns: now,
+                last_tick: tick,
+                generation: rule.generation,
+            };
+            GW_CT_FWD.insert(flow, forward, BPF_ANY as u64).is_ok()
+        }
+        None => false,
+    };
+    if !inserted {
+        // Without the forward half the port would stay claimed for nothing.
+        with_claim(
+            index,
+            |current| owns(current, flow, session, rule.real, rule.snat),
+            // Free: its generation 0 is what tells (FlowReverse::in_use).
+            // SAFETY: an array element, under the claim.
+            |slot| unsafe { write_volatile(&mut (*slot).generation, RuleGeneration::default()) },
+        );
+        return 0;
+    }
+    u16::from_ne_bytes(nat_port)
 }
 
 /// Rewrites proxy -> real destination, peer -> SNAT source, the source port
@@ -685,7 +921,6 @@ fn rewrite_to_target(
     // Helpers first: they may move the data, and the pointers below are taken
     // after them.
     let protocol = ip[9];
-    let pseudo = BPF_F_PSEUDO_HDR as u64;
     let udp = protocol == PROTO_UDP;
     let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     let old_port = u16::from_ne_bytes(ports.peer_port);
@@ -693,14 +928,34 @@ fn rewrite_to_target(
     let port_done = if protocol == PROTO_ICMP {
         false
     } else {
-        let before = linear::<[u8; 2]>(ctx, ports.csum_offset)?;
+        let field = linear::<[u8; 2]>(ctx, ports.csum_offset as usize)?;
         // SAFETY: linear() checked the bytes lie in the linear data.
-        let before = u16::from_ne_bytes(unsafe { *before });
-        ctx.l4_csum_replace(ports.csum_offset, 0, addresses as u64, pseudo | mangled).ok()?;
-        port_by_state(ctx, ports.csum_offset, before, addresses, udp, old_port, new_port)?
+        let before = unsafe { *field };
+        if is_full_checksum(ip, before) {
+            let before = u16::from_ne_bytes(before);
+            // A UDP packet without checksum keeps it, as the helper would.
+            if !(udp && before == 0) {
+                let mangle = |check: u16| if udp && check == 0 { 0xffff } else { check };
+                // The helper's two steps, as it computes them (see
+                // port_by_state): bit for bit what it would write.
+                let after = mangle(csum_fold(csum_add(addresses, !(before as u32))));
+                let port = csum_add(csum_add(!(after as u32), !(old_port as u32)), new_port as u32);
+                // SAFETY: no helper since linear(): the field is still there.
+                unsafe { *field = mangle(csum_fold(port)).to_ne_bytes() };
+            }
+            true
+        } else {
+            let before = u16::from_ne_bytes(before) as u32 | (udp as u32) << 16;
+            let port_pair = old_port as u32 | (new_port as u32) << 16;
+            if !checksum_by_helper(ctx, ports.csum_offset, before, addresses, port_pair) {
+                return None;
+            }
+            true
+        }
     };
     if !port_done {
-        ctx.l4_csum_replace(ports.csum_offset, old_port as u64, new_port as u64, mangled | CSUM_16).ok()?;
+        ctx.l4_csum_replace(ports.csum_offset as usize, old_port as u64, new_port as u64, mangled | CSUM_16)
+            .ok()?;
     }
 
     // TCP/UDP: the source port at the start of the header; ICMP: the echo id
@@ -727,6 +982,63 @@ fn rewrite_to_target(
     // SAFETY: as above.
     unsafe { *port = translation.nat_port };
     Some(())
+}
+
+/// The L4 checksum of a TCP or UDP packet that may be partial: the address
+/// change with the helper (BPF_F_PSEUDO_HDR), the port's share in place
+/// where the helper's result tells the skb's state ([`port_by_state`]) and
+/// with the helper again where it does not. False: a helper failed.
+///
+/// A function of its own (a BPF subprogram), arguments packed into five
+/// registers: inlined, its locals leave the TUN program's stack no room for
+/// the new-flow subprogram's frame. `before`: the field as read (native
+/// order) and, in bit 16, whether the packet is UDP; `ports`: the old port
+/// and, in the high half, the new one (both native order).
+#[inline(never)]
+fn checksum_by_helper(ctx: &TcContext, csum_offset: u32, before: u32, addresses: u32, ports: u32) -> bool {
+    let csum_offset = csum_offset as usize;
+    let udp = before >> 16 != 0;
+    let before = before as u16;
+    let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
+    let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    if ctx.l4_csum_replace(csum_offset, 0, addresses as u64, BPF_F_PSEUDO_HDR as u64 | mangled).is_err() {
+        return false;
+    }
+    match port_by_state(ctx, csum_offset, before, addresses, udp, old_port, new_port) {
+        Some(true) => true,
+        Some(false) => {
+            ctx.l4_csum_replace(csum_offset, old_port as u64, new_port as u64, mangled | CSUM_16).is_ok()
+        }
+        None => false,
+    }
+}
+
+/// Whether a TCP or UDP packet's checksum field `field` holds a full
+/// checksum, without asking the kernel (a helper call, the largest single
+/// cost of an established flow's packet on a machine with retpolines).
+///
+/// A CHECKSUM_PARTIAL skb (what a NEEDS_CSUM write into the TUN makes) holds
+/// the sum of its pseudo-header in the field, with the L4 length its IPv4
+/// header says: the checksum completion adds the data to it, and the
+/// kernel's GSO segmentation relies on that length. A field that holds
+/// anything else is a full checksum, or a partial one that was wrong before
+/// the gateway touched it (its completion would be wrong in any case). A
+/// field equal to the pseudo-header sum is a partial one, or a full one by
+/// a chance of 1 in 65,536: not known, and the helper, which knows the skb,
+/// decides as before.
+#[inline(always)]
+fn is_full_checksum(ip: &[u8; IPV4_HLEN], field: [u8; 2]) -> bool {
+    let header_len = (ip[0] & 0x0f) as u32 * 4;
+    let l4_len = (u16::from_be_bytes([ip[2], ip[3]]) as u32).wrapping_sub(header_len) & 0xffff;
+    let sum = u16::from_be_bytes([ip[12], ip[13]]) as u32
+        + u16::from_be_bytes([ip[14], ip[15]]) as u32
+        + u16::from_be_bytes([ip[16], ip[17]]) as u32
+        + u16::from_be_bytes([ip[18], ip[19]]) as u32
+        + ip[9] as u32
+        + l4_len;
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let pseudo = ((sum & 0xffff) + (sum >> 16)) as u16;
+    u16::from_be_bytes(field) != pseudo
 }
 
 /// The port's share of the L4 checksum, without a second helper call where
@@ -904,15 +1216,15 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
     // the gateway listens there, the ports are reserved for the NAT); an ICMP
     // echo reply may answer the host's own ping, whose id can be anything.
     let unknown = if protocol == PROTO_ICMP { None } else { Some(Outcome::NoConntrack) };
-    let key = reply_key(protocol, ip.src_addr, ip.dst_addr, target_port, nat_port);
     let tick = tick();
-    let (reverse, counter, refresh) = match live_flow(&key, timeouts, tick) {
-        Ok(flow) => flow,
-        Err(Dead::Unknown) => return unknown,
-        Err(Dead::Ended) => return Some(Outcome::SessionEnded),
-    };
-    // SAFETY: an LRU element stays valid during this run (RCU).
-    let reverse = unsafe { &mut *reverse };
+    let (slot, reverse, refresh) =
+        match live_flow(protocol, ip.src_addr, ip.dst_addr, target_port, nat_port, timeouts, tick) {
+            Ok(flow) => flow,
+            Err(Dead::Unknown) => return unknown,
+            Err(Dead::Ended) => return Some(Outcome::SessionEnded),
+        };
+    let counter = reverse.counter;
+    let reverse = &reverse;
     // The TTL is left alone: the packet passes to the kernel, whose
     // forwarding into the TUN decrements it (and drops an expired one), so
     // one hop costs one.
@@ -955,8 +1267,12 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
     }
     readdress_to_technician(ip, reverse, counter, total_len);
     if let Some(now) = refresh {
-        reverse.last_seen_ns = now;
-        reverse.last_tick = tick;
+        // In place, without the claim: see established().
+        // SAFETY: an array element, valid for the program's run.
+        unsafe {
+            (*slot).last_seen_ns = now;
+            (*slot).last_tick = tick;
+        }
     }
     Some(Outcome::ForwardedFromTarget)
 }
@@ -966,7 +1282,7 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
 /// address the peer. The TTL is left to the kernel's forwarding. Counted as
 /// the target's traffic: it is delivered on that proxy's behalf.
 #[inline(always)]
-fn readdress_to_technician(ip: &mut Ipv4Hdr, reverse: &FlowReverse, counter: u32, total_len: usize) {
+fn readdress_to_technician(ip: &mut Ipv4Hdr, reverse: &Back, counter: u32, total_len: usize) {
     let removed = sum_not(&ip.src_addr) + sum_not(&ip.dst_addr);
     let added = sum(&reverse.proxy) + sum(&reverse.peer);
     ip.check = replace(ip.check, removed, added).to_be_bytes();
@@ -984,25 +1300,31 @@ enum Dead {
     Ended,
 }
 
-/// The reverse entry of the live flow `key` names, its target's counter
-/// slot, and the time to stamp it with if its stamp is from an earlier tick
-/// than `tick` (None: stamped in this tick, alive without a clock read).
-/// Replies and ICMP errors share it, so that whatever cuts one cuts the
-/// other.
+/// The NAT slot of the live flow a reply from `real`:`target_port` to
+/// `snat`:`nat_port` belongs to, a consistent copy of it, and the time to
+/// stamp it with if its stamp is from an earlier tick than `tick` (None:
+/// stamped in this tick, alive without a clock read). Replies and ICMP
+/// errors share it, so that whatever cuts one cuts the other.
 #[inline(always)]
 fn live_flow(
-    key: &ReplyKey,
+    protocol: u8,
+    real: [u8; 4],
+    snat: [u8; 4],
+    target_port: [u8; 2],
+    nat_port: [u8; 2],
     timeouts: &FlowTimeouts,
     tick: u64,
-) -> Result<(*mut FlowReverse, u32, Option<u64>), Dead> {
-    let Some(reverse) = GW_CT_REV.get_ptr_mut(key) else {
-        return Err(Dead::Unknown);
-    };
-    // SAFETY: an LRU element stays valid during this run (RCU).
-    let flow = unsafe { &*reverse };
+) -> Result<(*mut FlowReverse, Back, Option<u64>), Dead> {
+    let index = nat_slot(protocol, real, snat, target_port, nat_port).ok_or(Dead::Unknown)?;
+    let slot = GW_NAT_SLOTS.get_ptr_mut(index).ok_or(Dead::Unknown)?;
+    // A slot being written counts as unknown: the reply is dropped as one
+    // that raced its flow's start or end would be.
+    // The slot is exact only with the whole reply: a packet from another
+    // address or port to a valid NAT port is no reply of its flow.
+    let flow = reply_slot(slot, real, snat, target_port).ok_or(Dead::Unknown)?;
     let refresh = if flow.last_tick == tick { None } else { Some(clock()) };
     if let Some(now) = refresh {
-        if timeouts.expired(key.protocol, flow.last_seen_ns, now) {
+        if timeouts.expired(protocol, flow.last_seen_ns, now) {
             return Err(Dead::Unknown);
         }
     }
@@ -1010,7 +1332,7 @@ fn live_flow(
     // of address change the path generation of the entry's slot at once
     // (userspace, before any sweep of the conntrack maps): that cuts replies.
     match GW_RULE_GEN.get(flow.counter) {
-        Some(current) if current.routes(&flow.generation) => Ok((reverse, flow.counter, refresh)),
+        Some(current) if current.path != 0 && current.path == flow.path => Ok((slot, flow, refresh)),
         _ => Err(Dead::Ended),
     }
 }
@@ -1063,12 +1385,11 @@ fn icmp_error(
     if u16::from_be_bytes(nat_port) < NAT_PORT_MIN {
         return None;
     }
-    let key = reply_key(protocol, real, snat, target_port, nat_port);
     // Errors about dead flows are not translated, whatever killed the flow.
-    let (reverse, counter, _) = live_flow(&key, timeouts, tick()).ok()?;
-    // SAFETY: an LRU element stays valid during this run (RCU). Read only:
-    // an error does not keep a flow alive.
-    let reverse = unsafe { &*reverse };
+    // Read only: an error does not keep a flow alive.
+    let (_, reverse, _) = live_flow(protocol, real, snat, target_port, nat_port, timeouts, tick()).ok()?;
+    let counter = reverse.counter;
+    let reverse = &reverse;
 
     // A quoted TCP checksum lies past the 8 bytes above, and only in quotes
     // long enough (the ICMP message's length, not the frame's, which may

@@ -81,8 +81,9 @@ pub struct Capacity {
     pub peers: u32,
     /// Whitelist entries, and per-target counter slots.
     pub targets: u32,
-    /// Conntrack entries per direction (LRU: the least recently used go
-    /// first when full).
+    /// Forward conntrack entries (LRU: the least recently used go first
+    /// when full). The reply halves have their fixed NAT slots
+    /// ([`shared::NAT_SLOTS`]: one per protocol, remote bucket and NAT port).
     pub flows: u32,
 }
 
@@ -205,7 +206,9 @@ impl GatewayForwarder {
                 (shared::TRAFFIC_MAP, capacity.targets),
                 (shared::GENERATIONS_MAP, capacity.targets),
                 (shared::CT_FORWARD_MAP, capacity.flows),
-                (shared::CT_REVERSE_MAP, capacity.flows),
+                (shared::NAT_SLOTS_MAP, shared::NAT_SLOTS),
+                (shared::NAT_CLAIMS_MAP, shared::NAT_CLAIMS),
+                (shared::FWD_HINTS_MAP, shared::FWD_HINTS),
             ],
             &[(shared::L2_LEN_GLOBAL, l2_len)],
         )?;
