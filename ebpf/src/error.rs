@@ -2,6 +2,12 @@ use aya::{EbpfError, maps::MapError, programs::ProgramError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "the gateway's eBPF programs read the NAT slots under a sequence lock that relies on the CPU \
+         keeping loads and stores in order, as x86-64 does; this host is {0}, where a reply could be \
+         translated with two connections' fields, so the gateway refuses to run here (docs/gateway.md)"
+    )]
+    UnsupportedArch(&'static str),
     #[error("parsing the embedded eBPF object failed: {0}")]
     Object(#[source] EbpfError),
     #[error("the eBPF object has no program `{0}`; it was built from a different gateway-ebpf")]

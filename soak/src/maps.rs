@@ -9,11 +9,19 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 /// The gateway's maps that must hold nothing once every session ended: the
-/// whitelist (peers and target entries) and both halves of the flow table
-/// (flows of ended sessions are deleted with them), and the uplink guard's
-/// session indices.
-pub const GATEWAY_EMPTY_AT_END: [&str; 5] =
-    ["GW_PEERS", "GW_TARGETS", "GW_CT_FWD", "GW_CT_REV", "GUARD_INDICES"];
+/// whitelist (peers and target entries), both halves of the flow table
+/// (flows of ended sessions are deleted with them), the NAT slots' writer
+/// claims, and the uplink guard's session indices.
+pub const GATEWAY_EMPTY_AT_END: [&str; 6] =
+    ["GW_PEERS", "GW_TARGETS", "GW_CT_FWD", NAT_SLOTS, "GW_NAT_CLAIMS", "GUARD_INDICES"];
+
+/// The reply half of the flow table: an array, so every slot is always
+/// there, and an entry counts only while a flow holds it.
+const NAT_SLOTS: &str = "GW_NAT_SLOTS";
+
+/// Where a `FlowReverse` (ebpf-common) holds `generation.path`, which is
+/// zero exactly when its slot is free (`FlowReverse::in_use`).
+const SLOT_PATH: std::ops::Range<usize> = 64..72;
 
 /// Entries of each map named in `names` that process `pid` holds open,
 /// summed over the maps of that name: the gateway loads its object twice
@@ -29,9 +37,36 @@ pub fn entries(pid: u32, names: &[&str]) -> Result<BTreeMap<String, usize>, Stri
             continue;
         }
         let dump = bpftool(&["map", "dump", "id", &id.to_string()])?;
-        *counts.entry(name.to_string()).or_default() += dump.as_array().map_or(0, Vec::len);
+        let held = match dump.as_array() {
+            None => 0,
+            Some(entries) if name == NAT_SLOTS => slots_in_use(entries)?,
+            Some(entries) => entries.len(),
+        };
+        *counts.entry(name.to_string()).or_default() += held;
     }
     Ok(counts)
+}
+
+/// How many NAT slots of a dump hold a flow: those whose path generation
+/// is not zero. bpftool shows a map without type information as arrays of
+/// hex bytes.
+fn slots_in_use(entries: &[Value]) -> Result<usize, String> {
+    let mut used = 0;
+    for entry in entries {
+        let bytes = entry["value"]
+            .as_array()
+            .ok_or_else(|| format!("{NAT_SLOTS}: an entry without a byte array as its value: {entry}"))?;
+        let path = bytes.get(SLOT_PATH).ok_or_else(|| format!("{NAT_SLOTS}: a value of {} bytes", bytes.len()))?;
+        let mut free = true;
+        for byte in path {
+            let text = byte.as_str().ok_or_else(|| format!("{NAT_SLOTS}: a value byte that is not text: {byte}"))?;
+            let value = u8::from_str_radix(text.trim_start_matches("0x"), 16)
+                .map_err(|e| format!("{NAT_SLOTS}: value byte {text:?}: {e}"))?;
+            free &= value == 0;
+        }
+        used += usize::from(!free);
+    }
+    Ok(used)
 }
 
 /// The ids of the eBPF maps open in `pid`, from its descriptors' fdinfo.
@@ -67,4 +102,33 @@ fn bpftool(args: &[&str]) -> Result<Value, String> {
         return Err(format!("bpftool {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("bpftool {}: not JSON: {e}", args.join(" ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn slot(path_byte: &str) -> Value {
+        let mut value = vec!["0x00"; 72];
+        value[SLOT_PATH.start + 3] = path_byte;
+        json!({ "key": ["0x00", "0x00", "0x00", "0x00"], "value": value })
+    }
+
+    #[test]
+    fn a_slot_counts_only_while_its_path_generation_is_set() {
+        let mut busy = slot("0x00");
+        // Every other field set: a slot is free by its path generation alone.
+        busy["value"] = json!(vec!["0xff"; 64].into_iter().chain(vec!["0x00"; 8]).collect::<Vec<_>>());
+        assert_eq!(slots_in_use(&[slot("0x00"), busy]).unwrap(), 0);
+        assert_eq!(slots_in_use(&[slot("0x01"), slot("0x00"), slot("0x80")]).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_dump_it_cannot_read_is_an_error_not_a_clean_map() {
+        assert!(slots_in_use(&[json!({ "key": 0, "value": { "formatted": {} } })]).is_err());
+        assert!(slots_in_use(&[json!({ "key": [], "value": vec!["0x00"; 8] })]).is_err());
+        assert!(slots_in_use(&[json!({ "key": [], "value": vec!["zz"; 72] })]).is_err());
+    }
 }

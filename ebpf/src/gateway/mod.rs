@@ -142,6 +142,9 @@ impl GatewayForwarder {
 
     /// [`attach`](Self::attach) with map sizes of the caller's choosing.
     pub fn attach_with(config: &ForwarderConfig, capacity: Capacity) -> Result<Self, Error> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(Error::UnsupportedArch(std::env::consts::ARCH));
+        }
         let lan_ifindex = if_index(&config.lan_if)?;
         if_index(&config.tunnel_if)?;
         let mut forwarder = Self::load(config.tunnel_net, lan_ifindex, 0, 0, capacity)?;
