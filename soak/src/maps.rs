@@ -56,10 +56,12 @@ fn slots_in_use(entries: &[Value]) -> Result<usize, String> {
         let bytes = entry["value"]
             .as_array()
             .ok_or_else(|| format!("{NAT_SLOTS}: an entry without a byte array as its value: {entry}"))?;
-        let path = bytes.get(SLOT_PATH).ok_or_else(|| format!("{NAT_SLOTS}: a value of {} bytes", bytes.len()))?;
+        let path =
+            bytes.get(SLOT_PATH).ok_or_else(|| format!("{NAT_SLOTS}: a value of {} bytes", bytes.len()))?;
         let mut free = true;
         for byte in path {
-            let text = byte.as_str().ok_or_else(|| format!("{NAT_SLOTS}: a value byte that is not text: {byte}"))?;
+            let text =
+                byte.as_str().ok_or_else(|| format!("{NAT_SLOTS}: a value byte that is not text: {byte}"))?;
             let value = u8::from_str_radix(text.trim_start_matches("0x"), 16)
                 .map_err(|e| format!("{NAT_SLOTS}: value byte {text:?}: {e}"))?;
             free &= value == 0;
