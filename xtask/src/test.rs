@@ -104,9 +104,10 @@ const CLOUD_SUITES_OVER_POSTGRES: [&str; 6] =
 
 /// The cargo-fuzz targets, each run for FUZZ_SECONDS: (the crate whose
 /// `fuzz/` project holds it, the target, the label in the summary).
-const FUZZ_TARGETS: [(&str, &str, &str); 5] = [
+const FUZZ_TARGETS: [(&str, &str, &str); 6] = [
     ("tunnel", "parse", "fuzz tunnel parse"),
     ("tunnel", "responder", "fuzz tunnel responder"),
+    ("tunnel", "tun_offload", "fuzz tunnel tun_offload"),
     ("relay", "stun", "fuzz relay stun"),
     ("relay", "ws_frames", "fuzz relay ws_frames"),
     ("relay", "handshake", "fuzz relay handshake"),
