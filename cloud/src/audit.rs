@@ -265,6 +265,22 @@ pub type Outcome = Result<Vec<Entry>, AuditError>;
 struct Waiting {
     submission: Submission,
     outcome: std::sync::Mutex<Option<Outcome>>,
+    /// Wakes this submission's thread alone (always with the appender's
+    /// `turns` held): when its outcome is in, or when it is first in the
+    /// queue and a turn is free. One condition for all would wake every
+    /// waiting thread at every turn, to find all but one or two with
+    /// nothing to do.
+    wake: std::sync::Condvar,
+}
+
+impl Waiting {
+    fn new(submission: Submission) -> std::sync::Arc<Waiting> {
+        std::sync::Arc::new(Waiting {
+            submission,
+            outcome: std::sync::Mutex::new(None),
+            wake: std::sync::Condvar::new(),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -272,6 +288,19 @@ struct Turns {
     /// How many groups are being committed.
     committing: usize,
     queue: std::collections::VecDeque<std::sync::Arc<Waiting>>,
+    /// Callers of [`commit_together`] waiting for a free turn.
+    together: usize,
+}
+
+impl Turns {
+    /// Wakes the first of the queue if a turn is free for it.
+    fn wake_next(&self) {
+        if self.committing < LEADERS
+            && let Some(first) = self.queue.front()
+        {
+            first.wake.notify_one();
+        }
+    }
 }
 
 /// The audited commits of one process, taking turns and committed in
@@ -290,18 +319,20 @@ struct Turns {
 #[derive(Default)]
 pub struct Appender {
     turns: std::sync::Mutex<Turns>,
-    changed: std::sync::Condvar,
+    /// For callers of [`commit_together`], which are not in the queue.
+    free: std::sync::Condvar,
 }
 
 impl Appender {
     fn submit(&self, store: &Store, submission: Submission) -> Outcome {
-        let me = std::sync::Arc::new(Waiting { submission, outcome: std::sync::Mutex::new(None) });
+        let me = Waiting::new(submission);
         let group = match blocking(|| self.wait_for_turn(&me)) {
             Turn::Done(outcome) => return outcome,
             Turn::Mine(group) => group,
         };
-        let _pass = Pass(self);
+        let pass = Pass { appender: self, group: &group };
         commit_group(store, &group);
+        drop(pass);
         take_outcome(&me)
             .unwrap_or_else(|| Err(BackendError::Io("an audited commit got no outcome".into()).into()))
     }
@@ -332,6 +363,8 @@ impl Appender {
                     }
                     group.insert(0, mine);
                 }
+                // What the group left behind may take the other turn.
+                turns.wake_next();
                 return Turn::Mine(group);
             }
             let now = std::time::Instant::now();
@@ -341,17 +374,18 @@ impl Appender {
                 // changed.
                 Some(at) if now >= deadline => {
                     turns.queue.remove(at);
+                    // It may have been woken as the first, for a free turn.
+                    turns.wake_next();
                     return Turn::Done(Err(AuditError::Store(BackendError::Unavailable(
                         "the audit log's turn did not come in time".into(),
                     ))));
                 }
                 Some(_) => {
-                    turns =
-                        self.changed.wait_timeout(turns, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                    turns = me.wake.wait_timeout(turns, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 // In a group being committed: its outcome comes when that
                 // commit ends, which is bounded by the storage's own timeouts.
-                None => turns = self.changed.wait(turns).unwrap_or_else(|e| e.into_inner()),
+                None => turns = me.wake.wait(turns).unwrap_or_else(|e| e.into_inner()),
             }
         }
     }
@@ -362,32 +396,43 @@ impl Appender {
 /// wait together. Each gets its own outcome.
 pub fn commit_together(store: &Store, submissions: Vec<Submission>) -> Vec<Outcome> {
     let appender = store.appender();
-    let group: Vec<_> = submissions
-        .into_iter()
-        .map(|submission| std::sync::Arc::new(Waiting { submission, outcome: std::sync::Mutex::new(None) }))
-        .collect();
+    let group: Vec<_> = submissions.into_iter().map(Waiting::new).collect();
     blocking(|| {
         let mut turns = lock_ignoring_poison(&appender.turns);
+        turns.together += 1;
         while turns.committing >= LEADERS {
-            turns = appender.changed.wait(turns).unwrap_or_else(|e| e.into_inner());
+            turns = appender.free.wait(turns).unwrap_or_else(|e| e.into_inner());
         }
+        turns.together -= 1;
         turns.committing += 1;
     });
-    let _pass = Pass(appender);
+    let pass = Pass { appender, group: &group };
     commit_group(store, &group);
+    drop(pass);
     group
         .iter()
         .map(|w| take_outcome(w).unwrap_or_else(|| Err(BackendError::Io("no outcome".into()).into())))
         .collect()
 }
 
-/// Passes the turn on when dropped, whatever happened in it.
-struct Pass<'a>(&'a Appender);
+/// Passes the turn on when dropped, whatever happened in it: wakes the
+/// group's submissions (their outcomes are in) and the next to take a turn.
+struct Pass<'a> {
+    appender: &'a Appender,
+    group: &'a [std::sync::Arc<Waiting>],
+}
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        lock_ignoring_poison(&self.0.turns).committing -= 1;
-        self.0.changed.notify_all();
+        let mut turns = lock_ignoring_poison(&self.appender.turns);
+        turns.committing -= 1;
+        for waiting in self.group {
+            waiting.wake.notify_one();
+        }
+        if turns.together > 0 {
+            self.appender.free.notify_all();
+        }
+        turns.wake_next();
     }
 }
 
