@@ -271,6 +271,9 @@ struct Waiting {
     /// waiting thread at every turn, to find all but one or two with
     /// nothing to do.
     wake: std::sync::Condvar,
+    /// The same for a submission awaited by a task ([`commit_audited_async`]),
+    /// which keeps a wake-up that comes before it waits.
+    signal: tokio::sync::Notify,
 }
 
 impl Waiting {
@@ -279,7 +282,13 @@ impl Waiting {
             submission,
             outcome: std::sync::Mutex::new(None),
             wake: std::sync::Condvar::new(),
+            signal: tokio::sync::Notify::new(),
         })
+    }
+
+    fn wake(&self) {
+        self.wake.notify_one();
+        self.signal.notify_one();
     }
 }
 
@@ -298,9 +307,49 @@ impl Turns {
         if self.committing < LEADERS
             && let Some(first) = self.queue.front()
         {
-            first.wake.notify_one();
+            first.wake();
         }
     }
+
+    /// Takes the turn for `me` if it is queued and a turn is free: the
+    /// group is everybody waiting then, `me` among them.
+    fn take_turn(&mut self, me: &std::sync::Arc<Waiting>) -> Option<Vec<std::sync::Arc<Waiting>>> {
+        let queued = self.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
+        if !queued || self.committing >= LEADERS {
+            return None;
+        }
+        self.committing += 1;
+        let take = self.queue.len().min(MAX_GROUP);
+        let mut group: Vec<_> = self.queue.drain(..take).collect();
+        // Past the largest group, `me` may still be queued: it goes
+        // first in the group instead of someone behind it.
+        if !group.iter().any(|w| std::sync::Arc::ptr_eq(w, me))
+            && let Some(at) = self.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me))
+            && let Some(mine) = self.queue.remove(at)
+        {
+            if let Some(last) = group.pop() {
+                self.queue.push_front(last);
+            }
+            group.insert(0, mine);
+        }
+        // What the group left behind may take the other turn.
+        self.wake_next();
+        Some(group)
+    }
+
+    /// Leaves the queue if `me` is still in it once out of time (nothing
+    /// of it changed): true if it left.
+    fn give_up(&mut self, me: &std::sync::Arc<Waiting>) -> bool {
+        let Some(at) = self.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me)) else { return false };
+        self.queue.remove(at);
+        // It may have been woken as the first, for a free turn.
+        self.wake_next();
+        true
+    }
+}
+
+fn too_late() -> Outcome {
+    Err(AuditError::Store(BackendError::Unavailable("the audit log's turn did not come in time".into())))
 }
 
 /// The audited commits of one process, taking turns and committed in
@@ -347,47 +396,67 @@ impl Appender {
             if let Some(outcome) = take_outcome(me) {
                 return Turn::Done(outcome);
             }
-            let queued = turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
-            if queued && turns.committing < LEADERS {
-                turns.committing += 1;
-                let take = turns.queue.len().min(MAX_GROUP);
-                let mut group: Vec<_> = turns.queue.drain(..take).collect();
-                // Past the largest group, `me` may still be queued: it goes
-                // first in the group instead of someone behind it.
-                if !group.iter().any(|w| std::sync::Arc::ptr_eq(w, me))
-                    && let Some(at) = turns.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me))
-                    && let Some(mine) = turns.queue.remove(at)
-                {
-                    if let Some(last) = group.pop() {
-                        turns.queue.push_front(last);
-                    }
-                    group.insert(0, mine);
-                }
-                // What the group left behind may take the other turn.
-                turns.wake_next();
+            if let Some(group) = turns.take_turn(me) {
                 return Turn::Mine(group);
             }
             let now = std::time::Instant::now();
-            let queued = turns.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me));
-            match queued {
-                // Not taken by a group yet and out of time: leave, nothing
-                // changed.
-                Some(at) if now >= deadline => {
-                    turns.queue.remove(at);
-                    // It may have been woken as the first, for a free turn.
-                    turns.wake_next();
-                    return Turn::Done(Err(AuditError::Store(BackendError::Unavailable(
-                        "the audit log's turn did not come in time".into(),
-                    ))));
-                }
-                Some(_) => {
-                    turns = me.wake.wait_timeout(turns, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                }
+            if now >= deadline && turns.give_up(me) {
+                return Turn::Done(too_late());
+            }
+            let queued = turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
+            turns = if queued {
+                me.wake
+                    .wait_timeout(turns, deadline.saturating_duration_since(now))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            } else {
                 // In a group being committed: its outcome comes when that
                 // commit ends, which is bounded by the storage's own timeouts.
-                None => turns = me.wake.wait(turns).unwrap_or_else(|e| e.into_inner()),
-            }
+                me.wake.wait(turns).unwrap_or_else(|e| e.into_inner())
+            };
         }
+    }
+
+    /// [`Self::submit`] for a task: it waits for its turn or its outcome
+    /// without holding a thread, and only the one whose turn it is leaves
+    /// the runtime's workers (for the commit and its flush).
+    async fn submit_async(&self, store: &Store, submission: Submission) -> Outcome {
+        let me = Waiting::new(submission);
+        let deadline = tokio::time::Instant::now() + TURN_WAIT;
+        lock_ignoring_poison(&self.turns).queue.push_back(me.clone());
+        // A task can be dropped while it waits (its client went away): it
+        // leaves the queue then, rather than hold a turn it was woken for.
+        let queued = Queued { appender: self, me: &me };
+        let group = loop {
+            let queued = {
+                let mut turns = lock_ignoring_poison(&self.turns);
+                if let Some(outcome) = take_outcome(&me) {
+                    return outcome;
+                }
+                if let Some(group) = turns.take_turn(&me) {
+                    break group;
+                }
+                if tokio::time::Instant::now() >= deadline && turns.give_up(&me) {
+                    return too_late();
+                }
+                turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, &me))
+            };
+            // A wake-up between the check above and here is kept by the
+            // signal, so none is lost.
+            if queued {
+                let _ = tokio::time::timeout_at(deadline, me.signal.notified()).await;
+            } else {
+                me.signal.notified().await;
+            }
+        };
+        std::mem::forget(queued);
+        blocking(|| {
+            let pass = Pass { appender: self, group: &group };
+            commit_group(store, &group);
+            drop(pass);
+        });
+        take_outcome(&me)
+            .unwrap_or_else(|| Err(BackendError::Io("an audited commit got no outcome".into()).into()))
     }
 }
 
@@ -415,6 +484,19 @@ pub fn commit_together(store: &Store, submissions: Vec<Submission>) -> Vec<Outco
         .collect()
 }
 
+/// A task's submission in the queue, which leaves it if the task is
+/// dropped before it gets its turn or its outcome.
+struct Queued<'a> {
+    appender: &'a Appender,
+    me: &'a std::sync::Arc<Waiting>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        lock_ignoring_poison(&self.appender.turns).give_up(self.me);
+    }
+}
+
 /// Passes the turn on when dropped, whatever happened in it: wakes the
 /// group's submissions (their outcomes are in) and the next to take a turn.
 struct Pass<'a> {
@@ -427,7 +509,7 @@ impl Drop for Pass<'_> {
         let mut turns = lock_ignoring_poison(&self.appender.turns);
         turns.committing -= 1;
         for waiting in self.group {
-            waiting.wake.notify_one();
+            waiting.wake();
         }
         if turns.together > 0 {
             self.appender.free.notify_all();
@@ -580,6 +662,25 @@ pub fn commit_audited(
             other => BackendError::Io(other.to_string()),
         }),
         None => store.backend().commit(batch),
+    }
+}
+
+/// [`commit_audited`] for a task: it waits for its turn without holding
+/// one of the runtime's threads (see [`Appender`]). Durable when it returns
+/// Ok, as the other.
+pub async fn commit_audited_async(
+    store: &Store,
+    time_ms: u64,
+    event: Option<Event>,
+    batch: Batch,
+) -> Result<(), BackendError> {
+    let Some(event) = event else { return blocking(|| store.backend().commit(batch)) };
+    let submission = Submission { time_ms, events: vec![event], batch };
+    match store.appender().submit_async(store, submission).await {
+        Ok(_) => Ok(()),
+        Err(AuditError::Store(e)) => Err(e),
+        Err(AuditError::Contended) => Err(BackendError::Unavailable(AuditError::Contended.to_string())),
+        Err(other) => Err(BackendError::Io(other.to_string())),
     }
 }
 
