@@ -1095,6 +1095,77 @@ mod tests {
         assert_eq!(verify(&store).unwrap(), Ok(Intact { entries: 200, anchor_seq: None }));
     }
 
+    /// Tasks (which wait without a thread) and threads append at once, on
+    /// a runtime with fewer workers than tasks, and some tasks are dropped
+    /// while they wait: every answered change is stored with its entry,
+    /// every change stored has its entry and no entry is without its
+    /// change, the chain holds, and no dropped task keeps the others from
+    /// their turn for good (they all finish).
+    #[test]
+    fn tasks_and_threads_append_together_even_with_dropped_tasks() {
+        let (_dir, store, _) = store();
+        let tagged = |tag: String| Event { detail: Some(tag), ..event(1) };
+        let write =
+            |tag: &str| Batch::default().put(Collection::Users, tag.as_bytes().to_vec(), b"v".to_vec());
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut tags = Vec::new();
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let store = &store;
+                scope.spawn(move || {
+                    for i in 0..30 {
+                        let tag = format!("thread {t} {i}");
+                        commit_audited(store, i, Some(tagged(tag.clone())), write(&tag)).unwrap();
+                        assert!(store.backend().get(Collection::Users, tag.as_bytes()).unwrap().is_some());
+                    }
+                });
+            }
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..16)
+                    .map(|t| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            for i in 0..20 {
+                                let tag = format!("task {t} {i}");
+                                let commit =
+                                    commit_audited_async(&store, i, Some(tagged(tag.clone())), write(&tag));
+                                if i % 5 == 4 {
+                                    // Polled once, then dropped: queued, or
+                                    // even woken for a turn, at that moment.
+                                    let _ = tokio::time::timeout(std::time::Duration::ZERO, commit).await;
+                                    continue;
+                                }
+                                commit.await.unwrap();
+                                assert!(
+                                    store.backend().get(Collection::Users, tag.as_bytes()).unwrap().is_some()
+                                );
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            });
+        });
+        for t in 0..2 {
+            tags.extend((0..30).map(|i| format!("thread {t} {i}")));
+        }
+        for t in 0..16 {
+            tags.extend((0..20).map(|i| format!("task {t} {i}")));
+        }
+        let intact = verified(&store);
+        let logged: std::collections::BTreeSet<String> =
+            entries(&store, 0, 10_000).unwrap().into_iter().filter_map(|e| e.event.detail).collect();
+        assert_eq!(logged.len() as u64, intact.entries, "an entry was logged twice");
+        for tag in &tags {
+            let stored = store.backend().get(Collection::Users, tag.as_bytes()).unwrap().is_some();
+            assert_eq!(stored, logged.contains(tag), "{tag}: stored {stored}, its entry not the same");
+        }
+        assert!(intact.entries >= 2 * 30 + 16 * 16, "{intact:?}");
+    }
+
     fn verified(store: &Store) -> Intact {
         verify(store).unwrap().unwrap_or_else(|b| panic!("broken: {b:?}"))
     }
