@@ -246,11 +246,6 @@ pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most audited commits one group takes.
 const MAX_GROUP: usize = 256;
 
-/// How many groups of one process may be committed at once. Two: while one
-/// waits for the chain's head and its commit, the next one already checks
-/// and applies its changes (the head's lock still orders their entries).
-const LEADERS: usize = 2;
-
 /// One audited commit: a change and the events its entries record.
 pub struct Submission {
     pub time_ms: u64,
@@ -292,10 +287,11 @@ impl Waiting {
     }
 }
 
-#[derive(Default)]
 struct Turns {
     /// How many groups are being committed.
     committing: usize,
+    /// How many groups may be (see [`Backend::concurrent_groups`](crate::store::Backend::concurrent_groups)).
+    leaders: usize,
     queue: std::collections::VecDeque<std::sync::Arc<Waiting>>,
     /// Callers of [`commit_together`] waiting for a free turn.
     together: usize,
@@ -304,7 +300,7 @@ struct Turns {
 impl Turns {
     /// Wakes the first of the queue if a turn is free for it.
     fn wake_next(&self) {
-        if self.committing < LEADERS
+        if self.committing < self.leaders
             && let Some(first) = self.queue.front()
         {
             first.wake();
@@ -315,7 +311,7 @@ impl Turns {
     /// group is everybody waiting then, `me` among them.
     fn take_turn(&mut self, me: &std::sync::Arc<Waiting>) -> Option<Vec<std::sync::Arc<Waiting>>> {
         let queued = self.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
-        if !queued || self.committing >= LEADERS {
+        if !queued || self.committing >= self.leaders {
             return None;
         }
         self.committing += 1;
@@ -365,7 +361,6 @@ fn too_late() -> Outcome {
 /// the head record names once the group holds its lock (see
 /// `commit_group`), so groups of other processes (replicas) wait there
 /// instead of conflicting.
-#[derive(Default)]
 pub struct Appender {
     turns: std::sync::Mutex<Turns>,
     /// For callers of [`commit_together`], which are not in the queue.
@@ -373,6 +368,13 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// Takes turns for a backend that commits up to `leaders` groups at
+    /// once (at least one).
+    pub fn new(leaders: usize) -> Appender {
+        let turns = Turns { committing: 0, leaders: leaders.max(1), queue: Default::default(), together: 0 };
+        Appender { turns: std::sync::Mutex::new(turns), free: std::sync::Condvar::new() }
+    }
+
     fn submit(&self, store: &Store, submission: Submission) -> Outcome {
         let me = Waiting::new(submission);
         let group = match blocking(|| self.wait_for_turn(&me)) {
@@ -469,7 +471,7 @@ pub fn commit_together(store: &Store, submissions: Vec<Submission>) -> Vec<Outco
     blocking(|| {
         let mut turns = lock_ignoring_poison(&appender.turns);
         turns.together += 1;
-        while turns.committing >= LEADERS {
+        while turns.committing >= turns.leaders {
             turns = appender.free.wait(turns).unwrap_or_else(|e| e.into_inner());
         }
         turns.together -= 1;
