@@ -203,6 +203,54 @@ impl AppState {
         Ok(changed)
     }
 
+    /// [`Self::change_session_audited`] for a task, which waits for the
+    /// commit without holding a thread.
+    pub async fn change_session_audited_async<R>(
+        &self,
+        id: u64,
+        actor: &Actor,
+        action: &str,
+        mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+        detail: impl Fn(&Session, &R) -> Option<String>,
+    ) -> Result<Option<(Session, R)>, SessionError> {
+        let mut before = None;
+        let changed = sessions::modify_audited_async(
+            &self.store,
+            id,
+            self.now_ms(),
+            |s| {
+                before = Some(s.clone());
+                change(s)
+            },
+            |session, result| Some(actor.session_event(action, true, session, detail(session, result))),
+        )
+        .await?;
+        if let (Some((session, _)), Some(before)) = (&changed, &before) {
+            self.push(before, session);
+        }
+        Ok(changed)
+    }
+
+    /// [`Self::end_session`] for a task.
+    pub async fn end_session_async(
+        &self,
+        id: u64,
+        reason: EndReason,
+        actor: &Actor,
+    ) -> Result<Option<Session>, SessionError> {
+        let now = self.now_ms();
+        let ended = self
+            .change_session_audited_async(
+                id,
+                actor,
+                "session.end",
+                |s| Ok(s.end(reason.clone(), now)?),
+                |_, _| Some(describe(&reason)),
+            )
+            .await?;
+        Ok(ended.map(|(s, ())| s))
+    }
+
     /// Tells the gateway and the relays of a session that was changed
     /// (from `before` to `after`) by a commit made elsewhere.
     pub fn session_changed(&self, before: &Session, after: &Session) {

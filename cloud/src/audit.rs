@@ -246,11 +246,6 @@ pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most audited commits one group takes.
 const MAX_GROUP: usize = 256;
 
-/// How many groups of one process may be committed at once. Two: while one
-/// waits for the chain's head and its commit, the next one already checks
-/// and applies its changes (the head's lock still orders their entries).
-const LEADERS: usize = 2;
-
 /// One audited commit: a change and the events its entries record.
 pub struct Submission {
     pub time_ms: u64,
@@ -265,13 +260,92 @@ pub type Outcome = Result<Vec<Entry>, AuditError>;
 struct Waiting {
     submission: Submission,
     outcome: std::sync::Mutex<Option<Outcome>>,
+    /// Wakes this submission's thread alone (always with the appender's
+    /// `turns` held): when its outcome is in, or when it is first in the
+    /// queue and a turn is free. One condition for all would wake every
+    /// waiting thread at every turn, to find all but one or two with
+    /// nothing to do.
+    wake: std::sync::Condvar,
+    /// The same for a submission awaited by a task ([`commit_audited_async`]),
+    /// which keeps a wake-up that comes before it waits.
+    signal: tokio::sync::Notify,
 }
 
-#[derive(Default)]
+impl Waiting {
+    fn new(submission: Submission) -> std::sync::Arc<Waiting> {
+        std::sync::Arc::new(Waiting {
+            submission,
+            outcome: std::sync::Mutex::new(None),
+            wake: std::sync::Condvar::new(),
+            signal: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn wake(&self) {
+        self.wake.notify_one();
+        self.signal.notify_one();
+    }
+}
+
 struct Turns {
     /// How many groups are being committed.
     committing: usize,
+    /// How many groups may be (see [`Backend::concurrent_groups`](crate::store::Backend::concurrent_groups)).
+    leaders: usize,
     queue: std::collections::VecDeque<std::sync::Arc<Waiting>>,
+    /// Callers of [`commit_together`] waiting for a free turn.
+    together: usize,
+}
+
+impl Turns {
+    /// Wakes the first of the queue if a turn is free for it.
+    fn wake_next(&self) {
+        if self.committing < self.leaders
+            && let Some(first) = self.queue.front()
+        {
+            first.wake();
+        }
+    }
+
+    /// Takes the turn for `me` if it is queued and a turn is free: the
+    /// group is everybody waiting then, `me` among them.
+    fn take_turn(&mut self, me: &std::sync::Arc<Waiting>) -> Option<Vec<std::sync::Arc<Waiting>>> {
+        let queued = self.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
+        if !queued || self.committing >= self.leaders {
+            return None;
+        }
+        self.committing += 1;
+        let take = self.queue.len().min(MAX_GROUP);
+        let mut group: Vec<_> = self.queue.drain(..take).collect();
+        // Past the largest group, `me` may still be queued: it goes
+        // first in the group instead of someone behind it.
+        if !group.iter().any(|w| std::sync::Arc::ptr_eq(w, me))
+            && let Some(at) = self.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me))
+            && let Some(mine) = self.queue.remove(at)
+        {
+            if let Some(last) = group.pop() {
+                self.queue.push_front(last);
+            }
+            group.insert(0, mine);
+        }
+        // What the group left behind may take the other turn.
+        self.wake_next();
+        Some(group)
+    }
+
+    /// Leaves the queue if `me` is still in it once out of time (nothing
+    /// of it changed): true if it left.
+    fn give_up(&mut self, me: &std::sync::Arc<Waiting>) -> bool {
+        let Some(at) = self.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me)) else { return false };
+        self.queue.remove(at);
+        // It may have been woken as the first, for a free turn.
+        self.wake_next();
+        true
+    }
+}
+
+fn too_late() -> Outcome {
+    Err(AuditError::Store(BackendError::Unavailable("the audit log's turn did not come in time".into())))
 }
 
 /// The audited commits of one process, taking turns and committed in
@@ -287,21 +361,29 @@ struct Turns {
 /// the head record names once the group holds its lock (see
 /// `commit_group`), so groups of other processes (replicas) wait there
 /// instead of conflicting.
-#[derive(Default)]
 pub struct Appender {
     turns: std::sync::Mutex<Turns>,
-    changed: std::sync::Condvar,
+    /// For callers of [`commit_together`], which are not in the queue.
+    free: std::sync::Condvar,
 }
 
 impl Appender {
+    /// Takes turns for a backend that commits up to `leaders` groups at
+    /// once (at least one).
+    pub fn new(leaders: usize) -> Appender {
+        let turns = Turns { committing: 0, leaders: leaders.max(1), queue: Default::default(), together: 0 };
+        Appender { turns: std::sync::Mutex::new(turns), free: std::sync::Condvar::new() }
+    }
+
     fn submit(&self, store: &Store, submission: Submission) -> Outcome {
-        let me = std::sync::Arc::new(Waiting { submission, outcome: std::sync::Mutex::new(None) });
+        let me = Waiting::new(submission);
         let group = match blocking(|| self.wait_for_turn(&me)) {
             Turn::Done(outcome) => return outcome,
             Turn::Mine(group) => group,
         };
-        let _pass = Pass(self);
+        let pass = Pass { appender: self, group: &group };
         commit_group(store, &group);
+        drop(pass);
         take_outcome(&me)
             .unwrap_or_else(|| Err(BackendError::Io("an audited commit got no outcome".into()).into()))
     }
@@ -316,44 +398,67 @@ impl Appender {
             if let Some(outcome) = take_outcome(me) {
                 return Turn::Done(outcome);
             }
-            let queued = turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
-            if queued && turns.committing < LEADERS {
-                turns.committing += 1;
-                let take = turns.queue.len().min(MAX_GROUP);
-                let mut group: Vec<_> = turns.queue.drain(..take).collect();
-                // Past the largest group, `me` may still be queued: it goes
-                // first in the group instead of someone behind it.
-                if !group.iter().any(|w| std::sync::Arc::ptr_eq(w, me))
-                    && let Some(at) = turns.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me))
-                    && let Some(mine) = turns.queue.remove(at)
-                {
-                    if let Some(last) = group.pop() {
-                        turns.queue.push_front(last);
-                    }
-                    group.insert(0, mine);
-                }
+            if let Some(group) = turns.take_turn(me) {
                 return Turn::Mine(group);
             }
             let now = std::time::Instant::now();
-            let queued = turns.queue.iter().position(|w| std::sync::Arc::ptr_eq(w, me));
-            match queued {
-                // Not taken by a group yet and out of time: leave, nothing
-                // changed.
-                Some(at) if now >= deadline => {
-                    turns.queue.remove(at);
-                    return Turn::Done(Err(AuditError::Store(BackendError::Unavailable(
-                        "the audit log's turn did not come in time".into(),
-                    ))));
-                }
-                Some(_) => {
-                    turns =
-                        self.changed.wait_timeout(turns, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-                }
+            if now >= deadline && turns.give_up(me) {
+                return Turn::Done(too_late());
+            }
+            let queued = turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, me));
+            turns = if queued {
+                me.wake
+                    .wait_timeout(turns, deadline.saturating_duration_since(now))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            } else {
                 // In a group being committed: its outcome comes when that
                 // commit ends, which is bounded by the storage's own timeouts.
-                None => turns = self.changed.wait(turns).unwrap_or_else(|e| e.into_inner()),
-            }
+                me.wake.wait(turns).unwrap_or_else(|e| e.into_inner())
+            };
         }
+    }
+
+    /// [`Self::submit`] for a task: it waits for its turn or its outcome
+    /// without holding a thread, and only the one whose turn it is leaves
+    /// the runtime's workers (for the commit and its flush).
+    async fn submit_async(&self, store: &Store, submission: Submission) -> Outcome {
+        let me = Waiting::new(submission);
+        let deadline = tokio::time::Instant::now() + TURN_WAIT;
+        lock_ignoring_poison(&self.turns).queue.push_back(me.clone());
+        // A task can be dropped while it waits (its client went away): it
+        // leaves the queue then, rather than hold a turn it was woken for.
+        let queued = Queued { appender: self, me: &me };
+        let group = loop {
+            let queued = {
+                let mut turns = lock_ignoring_poison(&self.turns);
+                if let Some(outcome) = take_outcome(&me) {
+                    return outcome;
+                }
+                if let Some(group) = turns.take_turn(&me) {
+                    break group;
+                }
+                if tokio::time::Instant::now() >= deadline && turns.give_up(&me) {
+                    return too_late();
+                }
+                turns.queue.iter().any(|w| std::sync::Arc::ptr_eq(w, &me))
+            };
+            // A wake-up between the check above and here is kept by the
+            // signal, so none is lost.
+            if queued {
+                let _ = tokio::time::timeout_at(deadline, me.signal.notified()).await;
+            } else {
+                me.signal.notified().await;
+            }
+        };
+        std::mem::forget(queued);
+        blocking(|| {
+            let pass = Pass { appender: self, group: &group };
+            commit_group(store, &group);
+            drop(pass);
+        });
+        take_outcome(&me)
+            .unwrap_or_else(|| Err(BackendError::Io("an audited commit got no outcome".into()).into()))
     }
 }
 
@@ -362,32 +467,56 @@ impl Appender {
 /// wait together. Each gets its own outcome.
 pub fn commit_together(store: &Store, submissions: Vec<Submission>) -> Vec<Outcome> {
     let appender = store.appender();
-    let group: Vec<_> = submissions
-        .into_iter()
-        .map(|submission| std::sync::Arc::new(Waiting { submission, outcome: std::sync::Mutex::new(None) }))
-        .collect();
+    let group: Vec<_> = submissions.into_iter().map(Waiting::new).collect();
     blocking(|| {
         let mut turns = lock_ignoring_poison(&appender.turns);
-        while turns.committing >= LEADERS {
-            turns = appender.changed.wait(turns).unwrap_or_else(|e| e.into_inner());
+        turns.together += 1;
+        while turns.committing >= turns.leaders {
+            turns = appender.free.wait(turns).unwrap_or_else(|e| e.into_inner());
         }
+        turns.together -= 1;
         turns.committing += 1;
     });
-    let _pass = Pass(appender);
+    let pass = Pass { appender, group: &group };
     commit_group(store, &group);
+    drop(pass);
     group
         .iter()
         .map(|w| take_outcome(w).unwrap_or_else(|| Err(BackendError::Io("no outcome".into()).into())))
         .collect()
 }
 
-/// Passes the turn on when dropped, whatever happened in it.
-struct Pass<'a>(&'a Appender);
+/// A task's submission in the queue, which leaves it if the task is
+/// dropped before it gets its turn or its outcome.
+struct Queued<'a> {
+    appender: &'a Appender,
+    me: &'a std::sync::Arc<Waiting>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        lock_ignoring_poison(&self.appender.turns).give_up(self.me);
+    }
+}
+
+/// Passes the turn on when dropped, whatever happened in it: wakes the
+/// group's submissions (their outcomes are in) and the next to take a turn.
+struct Pass<'a> {
+    appender: &'a Appender,
+    group: &'a [std::sync::Arc<Waiting>],
+}
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        lock_ignoring_poison(&self.0.turns).committing -= 1;
-        self.0.changed.notify_all();
+        let mut turns = lock_ignoring_poison(&self.appender.turns);
+        turns.committing -= 1;
+        for waiting in self.group {
+            waiting.wake();
+        }
+        if turns.together > 0 {
+            self.appender.free.notify_all();
+        }
+        turns.wake_next();
     }
 }
 
@@ -535,6 +664,25 @@ pub fn commit_audited(
             other => BackendError::Io(other.to_string()),
         }),
         None => store.backend().commit(batch),
+    }
+}
+
+/// [`commit_audited`] for a task: it waits for its turn without holding
+/// one of the runtime's threads (see [`Appender`]). Durable when it returns
+/// Ok, as the other.
+pub async fn commit_audited_async(
+    store: &Store,
+    time_ms: u64,
+    event: Option<Event>,
+    batch: Batch,
+) -> Result<(), BackendError> {
+    let Some(event) = event else { return blocking(|| store.backend().commit(batch)) };
+    let submission = Submission { time_ms, events: vec![event], batch };
+    match store.appender().submit_async(store, submission).await {
+        Ok(_) => Ok(()),
+        Err(AuditError::Store(e)) => Err(e),
+        Err(AuditError::Contended) => Err(BackendError::Unavailable(AuditError::Contended.to_string())),
+        Err(other) => Err(BackendError::Io(other.to_string())),
     }
 }
 
@@ -947,6 +1095,77 @@ mod tests {
             }
         });
         assert_eq!(verify(&store).unwrap(), Ok(Intact { entries: 200, anchor_seq: None }));
+    }
+
+    /// Tasks (which wait without a thread) and threads append at once, on
+    /// a runtime with fewer workers than tasks, and some tasks are dropped
+    /// while they wait: every answered change is stored with its entry,
+    /// every change stored has its entry and no entry is without its
+    /// change, the chain holds, and no dropped task keeps the others from
+    /// their turn for good (they all finish).
+    #[test]
+    fn tasks_and_threads_append_together_even_with_dropped_tasks() {
+        let (_dir, store, _) = store();
+        let tagged = |tag: String| Event { detail: Some(tag), ..event(1) };
+        let write =
+            |tag: &str| Batch::default().put(Collection::Users, tag.as_bytes().to_vec(), b"v".to_vec());
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut tags = Vec::new();
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let store = &store;
+                scope.spawn(move || {
+                    for i in 0..30 {
+                        let tag = format!("thread {t} {i}");
+                        commit_audited(store, i, Some(tagged(tag.clone())), write(&tag)).unwrap();
+                        assert!(store.backend().get(Collection::Users, tag.as_bytes()).unwrap().is_some());
+                    }
+                });
+            }
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..16)
+                    .map(|t| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            for i in 0..20 {
+                                let tag = format!("task {t} {i}");
+                                let commit =
+                                    commit_audited_async(&store, i, Some(tagged(tag.clone())), write(&tag));
+                                if i % 5 == 4 {
+                                    // Polled once, then dropped: queued, or
+                                    // even woken for a turn, at that moment.
+                                    let _ = tokio::time::timeout(std::time::Duration::ZERO, commit).await;
+                                    continue;
+                                }
+                                commit.await.unwrap();
+                                assert!(
+                                    store.backend().get(Collection::Users, tag.as_bytes()).unwrap().is_some()
+                                );
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            });
+        });
+        for t in 0..2 {
+            tags.extend((0..30).map(|i| format!("thread {t} {i}")));
+        }
+        for t in 0..16 {
+            tags.extend((0..20).map(|i| format!("task {t} {i}")));
+        }
+        let intact = verified(&store);
+        let logged: std::collections::BTreeSet<String> =
+            entries(&store, 0, 10_000).unwrap().into_iter().filter_map(|e| e.event.detail).collect();
+        assert_eq!(logged.len() as u64, intact.entries, "an entry was logged twice");
+        for tag in &tags {
+            let stored = store.backend().get(Collection::Users, tag.as_bytes()).unwrap().is_some();
+            assert_eq!(stored, logged.contains(tag), "{tag}: stored {stored}, its entry not the same");
+        }
+        assert!(intact.entries >= 2 * 30 + 16 * 16, "{intact:?}");
     }
 
     fn verified(store: &Store) -> Intact {

@@ -203,7 +203,7 @@ async fn create(
     released.sort_unstable();
     released.dedup();
     let who = actor(&caller);
-    let session = sessions::create_audited(
+    let session = sessions::create_audited_async(
         &state.store,
         Session::new(
             0,
@@ -218,7 +218,8 @@ async fn create(
         ),
         state.now_ms(),
         |s| Some(who.session_event("session.create", true, s, Some(s.name.clone()))),
-    )?;
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -346,13 +347,15 @@ async fn start(
     )?;
     let view = state.hub.gateway_view(session.gateway_id);
     let now = state.now_ms();
-    let started = state.change_session_audited(
-        id,
-        &actor(&caller),
-        "session.start",
-        |s| Ok(s.start(&caller.user.name, now, view)?),
-        |_, new_state| Some(new_state.label().into()),
-    );
+    let started = state
+        .change_session_audited_async(
+            id,
+            &actor(&caller),
+            "session.start",
+            |s| Ok(s.start(&caller.user.name, now, view)?),
+            |_, new_state| Some(new_state.label().into()),
+        )
+        .await;
     match started {
         Ok(Some((session, _))) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
@@ -382,7 +385,7 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
         Some(session.gateway_id),
     )?;
     let reason = EndReason::User { name: caller.user.name.clone() };
-    match state.end_session(id, reason, &actor(&caller)) {
+    match state.end_session_async(id, reason, &actor(&caller)).await {
         Ok(Some(session)) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(e @ SessionError::Refused(_)) => {

@@ -242,6 +242,20 @@ pub fn create_audited(
     Ok(session)
 }
 
+/// [`create_audited`] for a task, which waits for the commit without
+/// holding a thread.
+pub async fn create_audited_async(
+    store: &Store,
+    mut session: Session,
+    time_ms: u64,
+    event: impl Fn(&Session) -> Option<crate::audit::Event>,
+) -> Result<Session, BackendError> {
+    session.id = store.backend().generate_id()?;
+    let batch = Batch::default().put(Collection::Sessions, key(session.id), crate::store::to_json(&session));
+    crate::audit::commit_audited_async(store, time_ms, event(&session), batch).await?;
+    Ok(session)
+}
+
 pub fn get(store: &Store, id: u64) -> Result<Option<Session>, BackendError> {
     store.backend().get(Collection::Sessions, &key(id))?.map(|v| decode(&v)).transpose()
 }
@@ -327,6 +341,32 @@ pub fn modify_audited<R>(
             planned.batch,
         );
         match committed {
+            Ok(()) => return Ok(Some((planned.after, planned.result))),
+            Err(BackendError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(BackendError::Unavailable(format!("session {id} is changed too often; gave up")).into())
+}
+
+/// [`modify_audited`] for a task, which waits for the commit without
+/// holding a thread.
+pub async fn modify_audited_async<R>(
+    store: &Store,
+    id: u64,
+    time_ms: u64,
+    mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+    event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
+) -> Result<Option<(Session, R)>, SessionError> {
+    for attempt in 0..64 {
+        let (_underway, others) = store.session_change();
+        let pick = if attempt > 0 || others { Pick::Random } else { Pick::Lowest };
+        let Some(planned) = prepare_picking(store, id, pick, &mut change)? else { return Ok(None) };
+        if !planned.changed() {
+            return Ok(Some((planned.after, planned.result)));
+        }
+        let event = event(&planned.after, &planned.result);
+        match crate::audit::commit_audited_async(store, time_ms, event, planned.batch).await {
             Ok(()) => return Ok(Some((planned.after, planned.result))),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),

@@ -204,6 +204,15 @@ pub trait Backend: Send + Sync + 'static {
         finish: std::sync::Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError>;
 
+    /// How many groups ([`Backend::commit_group`]) of one process are best
+    /// committed at once. Two by default: while one waits for the chain's
+    /// head and its commit (a database round trip), the next one already
+    /// checks and applies its changes (the head's lock still orders their
+    /// entries).
+    fn concurrent_groups(&self) -> usize {
+        2
+    }
+
     /// A fresh identifier, never returned before (also across restarts).
     fn generate_id(&self) -> Result<u64, BackendError>;
 }

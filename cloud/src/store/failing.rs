@@ -127,6 +127,10 @@ impl Backend for FailingBackend {
         self.inner.commit_group(batches, lock, finish)
     }
 
+    fn concurrent_groups(&self) -> usize {
+        self.inner.concurrent_groups()
+    }
+
     fn generate_id(&self) -> Result<u64, BackendError> {
         self.inner.generate_id()
     }

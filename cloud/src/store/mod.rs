@@ -64,7 +64,8 @@ impl Store {
 
     /// Uses any backend; a new one gets the current schema version.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
-        let store = Store { backend, appender: Arc::default(), session_changes: Arc::default() };
+        let appender = Arc::new(crate::audit::Appender::new(backend.concurrent_groups()));
+        let store = Store { backend, appender, session_changes: Arc::default() };
         match store.backend.get(Collection::Meta, SCHEMA_KEY)? {
             None => {
                 let created =

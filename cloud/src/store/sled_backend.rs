@@ -171,6 +171,15 @@ impl Backend for SledBackend {
         }
     }
 
+    /// One: sled runs one transaction at a time anyway (its transactions
+    /// hold a global lock), so a second group only splits the waiting
+    /// commits in two, and makes two flushes of what one group, waiting for
+    /// the turn meanwhile, would flush once. Under the bench's 64 writers,
+    /// about 12% less CPU per audited write (docs/cloud-performance.md).
+    fn concurrent_groups(&self) -> usize {
+        1
+    }
+
     fn generate_id(&self) -> Result<u64, BackendError> {
         // sled's generate_id is monotonic across restarts (it persists a
         // high-water mark ahead of use).
