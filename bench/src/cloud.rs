@@ -210,6 +210,69 @@ pub fn run(work_dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The write rows alone (`ferry-bench cloud-writes`): the uncapped session
+/// load and raw sled with 64 threads then 1, for work on the write path,
+/// without the idle connections and the capped comparison.
+pub fn run_writes(work_dir: &Path) -> Result<Vec<Row>> {
+    let window = Duration::from_secs(env_number("FERRY_BENCH_SECONDS", DEFAULT_SECONDS)?.max(1));
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let scratch = tempfile::Builder::new().prefix("cloud-").tempdir_in(work_dir)?;
+    let cloud = Cloud::start(&scratch.path().join("data"), &scratch.path().join("ferry-cloud.log"), None)?;
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("cloud bench: load average before: {}", load_average.trim());
+    let token = cloud.api_token()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (gateway_id, key) = create_and_enrol(&ureq_agent(false), &cloud, &token, "press 4")?;
+    let channel = runtime.block_on(connect(cloud.addr, gateway_id, &key, true))?;
+    let reader = runtime.spawn(held(channel));
+    let load = session_load(&[&cloud], &token, gateway_id, window, None)?;
+    reader.abort();
+    cloud.stop()?;
+    let sled_dir = scratch.path().join("sled");
+    let sled_many = sled_baseline(&sled_dir.join("64"), CLIENTS, load.document_bytes, window)?;
+    let sled_one = sled_baseline(&sled_dir.join("1"), 1, load.document_bytes, window)?;
+    if load.failures > 0 {
+        eprintln!(
+            "cloud bench: {} requests failed during the load; first: {}",
+            load.failures,
+            load.first_failure.as_deref().unwrap_or("?")
+        );
+    }
+    let audited = load.create.per_s + load.start.per_s + load.end.per_s;
+    let mut rows = vec![
+        Row::new(
+            "cloud",
+            "audited_writes_per_s",
+            "writes/s",
+            audited,
+            sled_many.per_s,
+            "raw sled insert+flush, 64 threads",
+            Better::Higher,
+        ),
+        Row::new(
+            "cloud",
+            "audited_writes_vs_1_thread",
+            "writes/s",
+            audited,
+            sled_one.per_s,
+            "raw sled insert+flush, 1 thread",
+            Better::Higher,
+        ),
+    ];
+    for (name, op) in [("create", &load.create), ("start", &load.start), ("end", &load.end)] {
+        rows.push(Row::new(
+            "cloud",
+            &format!("session_{name}_p99_ms"),
+            "ms",
+            op.p99_ms,
+            sled_many.p99_ms,
+            "raw sled insert+flush p99, 64 threads",
+            Better::Lower,
+        ));
+    }
+    Ok(rows)
+}
+
 /// The capped comparison alone (`ferry-bench cloud-capped`): for work on
 /// the storages, without the uncapped load, raw sled and idle connections.
 pub fn run_capped(work_dir: &Path) -> Result<Vec<Row>> {

@@ -65,6 +65,8 @@ fn main() -> Result<()> {
             "cloud" => cloud::run(&cli.out_dir)?,
             // The capped comparison of the storages and replica counts alone.
             "cloud-capped" => cloud::run_capped(&cli.out_dir)?,
+            // The uncapped write rows alone, against raw sled in the same run.
+            "cloud-writes" => cloud::run_writes(&cli.out_dir)?,
             // The tunnel benchmark's crypto rows alone (no namespaces).
             "tunnel-crypto" => tunnel_crypto::rows()?,
             // Its handshake row alone.
