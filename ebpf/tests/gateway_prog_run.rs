@@ -1135,3 +1135,48 @@ fn a_full_checksum_that_equals_the_pseudo_header_sum_is_translated_right() {
         assert_checksums_valid(&out);
     }
 }
+
+/// The gateway's GW_NAT_CLAIMS map, opened by id through the TUN program
+/// that uses it (this test's own forwarder: tests load one each).
+fn nat_claims(f: &GatewayForwarder) -> aya::maps::HashMap<aya::maps::MapData, u32, u8> {
+    let ids = f.tunnel_program().unwrap().info().unwrap().map_ids().unwrap().unwrap();
+    let data = ids
+        .into_iter()
+        .map(|id| aya::maps::MapData::from_id(id).unwrap())
+        .find(|m| m.info().unwrap().name_as_str() == Some("GW_NAT_CLAIMS"))
+        .expect("the TUN program uses GW_NAT_CLAIMS");
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap()
+}
+
+/// A flow re-admitted after a whitelist change while another writer (a
+/// new flow probing through its NAT port on another CPU, or the sweep
+/// judging the slot) holds its slot's claim for a moment: the flow must
+/// keep its NAT port (the target would see a connection from a new port,
+/// and a TCP connection breaks), or at worst lose this one packet. The
+/// claim is held here from userspace, as a concurrent writer would hold it.
+#[test]
+fn a_flow_readmitted_while_its_slot_is_claimed_keeps_its_nat_port() {
+    let mut f = forwarder();
+    let data = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"established");
+    tunnel(&f, &data, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    let slot = tcp_slot(PLC, 22, fl.nat_port);
+
+    // A widening: new generations, the same path; the flow's next packet
+    // takes the full path and is re-admitted under its slot's claim.
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(22, 22), (502, 503)]));
+    f.apply(&t).unwrap();
+
+    let mut claims = nat_claims(&f);
+    claims.insert(slot, 0, 1 /* BPF_NOEXIST */).unwrap();
+    let run = test_run::run_tc(f.tunnel_program().unwrap(), &data).unwrap();
+    claims.remove(&slot).unwrap();
+    if run.action == TcAction::Ok {
+        let sent = u16::from_be_bytes([run.packet[ETH + 20], run.packet[ETH + 21]]);
+        assert_eq!(sent, fl.nat_port, "the established flow was moved to another NAT port");
+    }
+    // Whatever happened to that packet, the flow still has one NAT port.
+    let sent = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([sent[ETH + 20], sent[ETH + 21]]), fl.nat_port);
+}
