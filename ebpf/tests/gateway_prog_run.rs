@@ -1180,3 +1180,42 @@ fn a_flow_readmitted_while_its_slot_is_claimed_keeps_its_nat_port() {
     let sent = tunnel(&f, &data, Outcome::ForwardedToTarget);
     assert_eq!(u16::from_be_bytes([sent[ETH + 20], sent[ETH + 21]]), fl.nat_port);
 }
+
+/// One session's technician opens a few thousand TCP connections (SYNs,
+/// each from another source port, the ports picked with the public
+/// flow_hash so that every NAT port of one bucket is some flow's first
+/// candidate) to one port of its own, whitelisted device. Every flow to a
+/// remote of that bucket shares those NAT ports: another session's
+/// technician's first connection to its own device is refused for as long
+/// as the flood's flows live (the TCP idle timeout, 2 hours by default).
+/// Before the NAT slots, a device port's flows had NAT ports of their own.
+#[test]
+fn one_session_cannot_take_the_nat_ports_of_another_sessions_devices() {
+    let f = forwarder();
+    let bucket = |real: [u8; 4], port: u16| {
+        tcp_slot(real, port, NAT_PORT_MIN) / (NAT_PORT_MAX - NAT_PORT_MIN + 1) as u32
+    };
+    let victim_bucket = bucket(PLC, 22);
+    let dport = (1..=65535u16).find(|&p| bucket(B_TARGET, p) == victim_bucket).unwrap();
+    let key = |peer_port: u16| FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_B,
+        proxy: PROXY_B,
+        peer_port: peer_port.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+    };
+    let mut first_candidates = std::collections::BTreeMap::new();
+    for p in 1..=65535u16 {
+        first_candidates.entry(nat_candidate(&key(p), 0)).or_insert(p);
+    }
+    let mut admitted = 0;
+    for &p in first_candidates.values() {
+        let run =
+            test_run::run_tc(f.tunnel_program().unwrap(), &tcp(PEER_B, p, PROXY_B, dport, 64, b"")).unwrap();
+        admitted += usize::from(run.action == TcAction::Ok);
+    }
+    assert!(admitted > 4000, "{admitted} flood flows admitted");
+    // Session A's technician, to another device, a moment later.
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+}
