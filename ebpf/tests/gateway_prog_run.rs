@@ -810,7 +810,7 @@ fn flows_the_programs_stamped_age_and_are_stamped_again_in_later_ticks() {
     // Idle past a millisecond's timeout: its reply is refused, although the
     // programs stamped it themselves ...
     let reply = tcp(PLC, 22, SNAT, second.nat_port, 64, b"reply");
-    f.set_timeouts(FlowTimeouts { tcp_ns: 1_000_000, other_ns: 1_000_000 }).unwrap();
+    f.set_timeouts(FlowTimeouts { tcp_ns: 1_000_000, other_ns: 1_000_000, ..FlowTimeouts::DEFAULT }).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
     lan(&f, &reply, Outcome::NoConntrack);
     // ... and its next packet starts it again, stamped anew.
@@ -923,7 +923,12 @@ fn a_flow_kept_alive_by_replies_alone_keeps_its_nat_port_through_the_sweep() {
     // reverse half only. Then timeouts under which the forward half's own
     // stamp is dead and the reply's is not.
     let reply = udp(SNMP, 161, SNAT, idle.nat_port, 64, b"reading");
-    f.set_timeouts(FlowTimeouts { tcp_ns: u64::MAX / 2, other_ns: u64::MAX / 2 }).unwrap();
+    f.set_timeouts(FlowTimeouts {
+        tcp_ns: u64::MAX / 2,
+        other_ns: u64::MAX / 2,
+        unanswered_ns: u64::MAX / 2,
+    })
+    .unwrap();
     lan(&f, &reply, Outcome::ForwardedFromTarget);
     f.set_timeouts(ages.timeouts).unwrap();
     lan(&f, &reply, Outcome::ForwardedFromTarget);
