@@ -1328,3 +1328,52 @@ fn nat_ports_of_flows_cut_by_a_removed_entry_serve_new_flows() {
     let out = tunnel(&f, &syn, Outcome::ForwardedToTarget);
     assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), nat_candidate(&newcomer, 0));
 }
+
+/// The same, for a flow whose NAT port is not its first candidate, and
+/// whose first candidate is free again by then: re-admitted while its own
+/// slot's claim is busy, it must not take the free port before its own.
+#[test]
+fn a_flow_readmitted_while_its_slot_is_claimed_does_not_move_to_an_earlier_free_port() {
+    let mut f = forwarder();
+    let key = FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_A1,
+        proxy: PROXY_PLC,
+        peer_port: 40000u16.to_be_bytes(),
+        dport: 22u16.to_be_bytes(),
+    };
+    let ages = ages();
+    f.set_timeouts(ages.timeouts).unwrap();
+    let blocker = Flow {
+        protocol: PROTO_TCP,
+        session: SESSION_A,
+        peer: sa(PEER_A2, 1),
+        proxy: PROXY_PLC.into(),
+        target_port: 22,
+        real: PLC.into(),
+        snat: SNAT.into(),
+        nat_port: nat_candidate(&key, 0),
+        counter: f.slot(SESSION_A, PROXY_PLC.into()).unwrap(),
+        last_seen_ns: monotonic_ns(),
+    };
+    f.insert_flow(&blocker).unwrap();
+    let data = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"established");
+    let out = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    let own = nat_candidate(&key, 1);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), own);
+    // The first candidate's flow has expired: its port is free for a new
+    // flow, not for this one.
+    f.insert_flow(&Flow { last_seen_ns: ages.long_ago, ..blocker }).unwrap();
+
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(22, 22), (502, 503)]));
+    f.apply(&t).unwrap();
+    let slot = tcp_slot(PLC, 22, own);
+    let mut claims = nat_claims(&f);
+    claims.insert(slot, 0, 1 /* BPF_NOEXIST */).unwrap();
+    tunnel(&f, &data, Outcome::NatSlotBusy);
+    claims.remove(&slot).unwrap();
+    let out = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), own);
+}
