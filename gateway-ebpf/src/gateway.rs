@@ -948,9 +948,7 @@ fn claim_own(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u6
 }
 
 /// A slot for a new flow: the first candidate that is free or holds an
-/// expired flow; only when every candidate is live, the first whose flow
-/// was cut by a whitelist change or never saw a reply and has been idle
-/// past [`FlowTimeouts::unanswered_ns`].
+/// expired flow.
 #[inline(never)]
 fn claim_free(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u32 {
     let Some(config) = GW_CONFIG.get(0) else {
@@ -960,32 +958,61 @@ fn claim_free(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u
     let Some((first, start)) = candidates(flow, rule) else {
         return CLAIM_NONE;
     };
-    for round in 0..2u32 {
-        for i in 0..NAT_PORT_TRIES {
-            let offset = (start + i) % NAT_PORTS;
-            let port = ((NAT_PORT_MIN as u32 + offset) as u16).to_be_bytes();
-            let taken = with_claim(
-                first + offset,
-                |current| {
-                    !current.in_use()
-                        || timeouts.expired(flow.protocol, current.last_seen_ns, now)
-                        || (round == 1
-                            && (cut(current)
-                                || (current.replied == 0
-                                    && timeouts.unanswered_expired(current.last_seen_ns, now))))
-                },
-                // SAFETY: an array element, under the claim.
-                |slot| unsafe {
-                    write_flow(slot, flow, session, rule, port, tick, now);
-                    write_volatile(&mut (*slot).replied, 0);
-                },
-            );
-            if taken == Claim::Written {
-                return first + offset + CLAIM_FIRST;
-            }
+    for i in 0..NAT_PORT_TRIES {
+        let offset = (start + i) % NAT_PORTS;
+        let port = ((NAT_PORT_MIN as u32 + offset) as u16).to_be_bytes();
+        let taken = with_claim(
+            first + offset,
+            |current| !current.in_use() || timeouts.expired(flow.protocol, current.last_seen_ns, now),
+            // SAFETY: an array element, under the claim.
+            |slot| unsafe {
+                write_flow(slot, flow, session, rule, port, tick, now);
+                write_volatile(&mut (*slot).replied, 0);
+            },
+        );
+        if taken == Claim::Written {
+            return first + offset + CLAIM_FIRST;
         }
     }
     CLAIM_NONE
+}
+
+/// Frees, for a new flow whose every candidate is live, the first candidate
+/// whose flow was cut by a whitelist change, or never saw a reply and has
+/// been idle past [`FlowTimeouts::unanswered_ns`]; [`claim_free`] then
+/// takes it (unless another CPU's new flow took it first). Whether it
+/// freed one (1) or not (0). Frees rather than takes: a frame of its own
+/// with fewer arguments and live values, which fits beside the TUN
+/// program's where a second round of [`claim_free`]'s did not.
+#[inline(never)]
+fn free_stale(flow: &FlowKey, rule: &TargetRule, now: u64) -> u32 {
+    let Some(config) = GW_CONFIG.get(0) else {
+        return 0;
+    };
+    let unanswered = config.timeouts.unanswered_ns;
+    let Some((first, start)) = candidates(flow, rule) else {
+        return 0;
+    };
+    for i in 0..NAT_PORT_TRIES {
+        let offset = (start + i) % NAT_PORTS;
+        let freed = with_claim(
+            first + offset,
+            |current| {
+                current.in_use()
+                    && (cut(current)
+                        || (current.replied == 0
+                            && now > current.last_seen_ns
+                            && now - current.last_seen_ns > unanswered))
+            },
+            // Free: its generation 0 is what tells (FlowReverse::in_use).
+            // SAFETY: an array element, under the claim.
+            |slot| unsafe { write_volatile(&mut (*slot).generation, RuleGeneration::default()) },
+        );
+        if freed == Claim::Written {
+            return 1;
+        }
+    }
+    0
 }
 
 /// The NAT port of NAT slot `index`, as it sits in a packet.
@@ -997,17 +1024,21 @@ fn nat_port_of(index: u32) -> [u8; 2] {
 /// Claims a NAT port for a flow the short path did not find: the port it
 /// holds already if one of its candidate slots (its hashed port and the
 /// next few) still holds it ([`claim_own`]), otherwise a free one
-/// ([`claim_free`]), and writes its forward half ([`forward_half`]). Each
+/// ([`claim_free`]), otherwise one of a cut or unanswered flow
+/// ([`free_stale`]), and writes its forward half ([`forward_half`]). Each
 /// a subprogram called from here, none from another: the TUN program's
 /// stack and any two nested frames would not fit. Returns [`CLAIM_NONE`]
 /// (every port it could take is in use), [`CLAIM_BUSY`] or the claimed
 /// slot plus [`CLAIM_FIRST`].
 #[inline(always)]
 fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u32 {
-    let claim = match claim_own(flow, session, rule, tick, now) {
-        CLAIM_NONE => claim_free(flow, session, rule, tick, now),
-        claim => claim,
-    };
+    let mut claim = claim_own(flow, session, rule, tick, now);
+    if claim == CLAIM_NONE {
+        claim = claim_free(flow, session, rule, tick, now);
+    }
+    if claim == CLAIM_NONE && free_stale(flow, rule, now) != 0 {
+        claim = claim_free(flow, session, rule, tick, now);
+    }
     if claim < CLAIM_FIRST {
         return claim;
     }
