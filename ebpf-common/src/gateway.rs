@@ -99,8 +99,9 @@ pub const NAT_BUCKETS: u32 = 4;
 pub const NAT_PROTOCOLS: u32 = 3;
 /// Entries of [`NAT_SLOTS_MAP`]: the most flows the gateway tracks at once.
 pub const NAT_SLOTS: u32 = NAT_PROTOCOLS * NAT_BUCKETS * NAT_PORTS;
-/// Concurrent claims of NAT slots ([`NAT_CLAIMS_MAP`]); a claim that finds
-/// the map full tries the next port.
+/// Concurrent claims of NAT slots ([`NAT_CLAIMS_MAP`]); a new flow's claim
+/// that finds the map full tries the next port, a claim of a flow's own
+/// slot drops the packet (`Outcome::NatSlotBusy`).
 pub const NAT_CLAIMS: u32 = 256;
 
 /// Idle time after which a TCP flow is forgotten, unless userspace sets
