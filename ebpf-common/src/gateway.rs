@@ -99,8 +99,9 @@ pub const NAT_BUCKETS: u32 = 4;
 pub const NAT_PROTOCOLS: u32 = 3;
 /// Entries of [`NAT_SLOTS_MAP`]: the most flows the gateway tracks at once.
 pub const NAT_SLOTS: u32 = NAT_PROTOCOLS * NAT_BUCKETS * NAT_PORTS;
-/// Concurrent claims of NAT slots ([`NAT_CLAIMS_MAP`]); a claim that finds
-/// the map full tries the next port.
+/// Concurrent claims of NAT slots ([`NAT_CLAIMS_MAP`]); a new flow's claim
+/// that finds the map full tries the next port, a claim of a flow's own
+/// slot drops the packet (`Outcome::NatSlotBusy`).
 pub const NAT_CLAIMS: u32 = 256;
 
 /// Idle time after which a TCP flow is forgotten, unless userspace sets
@@ -109,6 +110,10 @@ pub const DEFAULT_TCP_TIMEOUT_NS: u64 = 2 * 3600 * 1_000_000_000;
 /// Idle time after which a UDP or ICMP flow is forgotten, unless userspace
 /// sets another.
 pub const DEFAULT_OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+/// Idle time after which a flow that never saw a reply gives its NAT port
+/// to a new flow that finds every port it could take in use, unless
+/// userspace sets another ([`FlowTimeouts::unanswered_ns`]).
+pub const DEFAULT_UNANSWERED_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
 
 /// [`GatewayConfig::flags`]: return TC_ACT_OK instead of redirecting to the
 /// LAN interface after a rewrite (tests that look at the rewritten packet
@@ -127,11 +132,19 @@ pub struct FlowTimeouts {
     pub tcp_ns: u64,
     /// UDP and ICMP echo.
     pub other_ns: u64,
+    /// Any protocol, for a flow whose target never answered
+    /// ([`FlowReverse::replied`]) and only when a new flow finds every NAT
+    /// port it could take in use: SYNs to devices that never answer (or a
+    /// flood of them) do not hold a bucket's ports for the TCP timeout.
+    pub unanswered_ns: u64,
 }
 
 impl FlowTimeouts {
-    pub const DEFAULT: FlowTimeouts =
-        FlowTimeouts { tcp_ns: DEFAULT_TCP_TIMEOUT_NS, other_ns: DEFAULT_OTHER_TIMEOUT_NS };
+    pub const DEFAULT: FlowTimeouts = FlowTimeouts {
+        tcp_ns: DEFAULT_TCP_TIMEOUT_NS,
+        other_ns: DEFAULT_OTHER_TIMEOUT_NS,
+        unanswered_ns: DEFAULT_UNANSWERED_TIMEOUT_NS,
+    };
 
     /// The idle timeout of a flow of `protocol`.
     #[inline(always)]
@@ -148,6 +161,13 @@ impl FlowTimeouts {
     #[inline(always)]
     pub const fn expired(&self, protocol: u8, last_seen: u64, now: u64) -> bool {
         now > last_seen && now - last_seen > self.of(protocol)
+    }
+
+    /// Whether a flow that never saw a reply, last seen at `last_seen`, may
+    /// give its NAT port to a new flow at `now` (see [`Self::unanswered_ns`]).
+    #[inline(always)]
+    pub const fn unanswered_expired(&self, last_seen: u64, now: u64) -> bool {
+        now > last_seen && now - last_seen > self.unanswered_ns
     }
 }
 
@@ -395,7 +415,11 @@ pub struct FlowReverse {
     pub seq: u32,
     /// The flow's protocol and NAT port (what the slot's index also says).
     pub protocol: u8,
-    pub _pad: u8,
+    /// 1 once the LAN program translated a reply of the flow; 0 from its
+    /// start. Stored outside the sequence lock, as stamps are: a 1 written
+    /// into a slot another flow took meanwhile only keeps that flow from
+    /// being taken over early ([`FlowTimeouts::unanswered_ns`]).
+    pub replied: u8,
     pub nat_port: [u8; 2],
     pub session: u64,
     /// When the flow last saw a packet; decides whether it is still alive.
@@ -522,10 +546,15 @@ pub enum Outcome {
     /// problem) about a packet of a live flow, translated back toward the
     /// technician with the proxy address as its source.
     ForwardedIcmpError,
+    /// TUN: the packet's flow holds a NAT slot that another writer (a new
+    /// flow probing its port on another CPU, the userspace sweep) held at
+    /// that moment; dropped rather than moving the flow to another NAT
+    /// port, which would break a TCP connection. Its next packet goes on.
+    NatSlotBusy,
 }
 
 impl Outcome {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Outcome::ForwardedToTarget,
@@ -548,6 +577,7 @@ impl Outcome {
         Outcome::LanToHost,
         Outcome::LanNotIpv4,
         Outcome::ForwardedIcmpError,
+        Outcome::NatSlotBusy,
     ];
 
     /// Whether the program drops packets with this outcome.
@@ -585,6 +615,7 @@ impl Outcome {
             Outcome::LanToHost => "lan_to_host",
             Outcome::LanNotIpv4 => "lan_not_ipv4",
             Outcome::ForwardedIcmpError => "forwarded_icmp_error",
+            Outcome::NatSlotBusy => "nat_slot_busy",
         }
     }
 }
@@ -659,7 +690,7 @@ mod tests {
 
     #[test]
     fn flows_expire_by_age_past_their_protocols_timeout() {
-        let t = FlowTimeouts { tcp_ns: 1_000, other_ns: 10 };
+        let t = FlowTimeouts { tcp_ns: 1_000, other_ns: 10, unanswered_ns: 100 };
         // Exactly the timeout old is still alive; a nanosecond more is not.
         assert!(!t.expired(PROTO_TCP, 5_000, 6_000));
         assert!(t.expired(PROTO_TCP, 5_000, 6_001));
@@ -677,10 +708,14 @@ mod tests {
         assert!(!d.expired(PROTO_TCP, thirty_s + 1, thirty_s));
         assert!(!d.expired(PROTO_TCP, u64::MAX, 0));
         assert!(d.expired(PROTO_TCP, 0, u64::MAX));
-        assert!(!FlowTimeouts { tcp_ns: u64::MAX, other_ns: u64::MAX }.expired(PROTO_TCP, 0, u64::MAX));
+        let never = FlowTimeouts { tcp_ns: u64::MAX, other_ns: u64::MAX, unanswered_ns: u64::MAX };
+        assert!(!never.expired(PROTO_TCP, 0, u64::MAX));
+        assert!(!never.unanswered_expired(0, u64::MAX));
+        assert!(!t.unanswered_expired(5_000, 5_100) && t.unanswered_expired(5_000, 5_101));
+        assert!(!t.unanswered_expired(5_101, 5_000));
         assert_eq!(GatewayConfig::default().timeouts, FlowTimeouts::DEFAULT);
         // Explicit padding only: the timeouts sit 8-aligned after `_pad2`.
-        assert_eq!(core::mem::size_of::<GatewayConfig>(), 40);
+        assert_eq!(core::mem::size_of::<GatewayConfig>(), 48);
         assert_eq!(core::mem::offset_of!(GatewayConfig, timeouts), 24);
     }
 

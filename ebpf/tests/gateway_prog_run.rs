@@ -810,7 +810,7 @@ fn flows_the_programs_stamped_age_and_are_stamped_again_in_later_ticks() {
     // Idle past a millisecond's timeout: its reply is refused, although the
     // programs stamped it themselves ...
     let reply = tcp(PLC, 22, SNAT, second.nat_port, 64, b"reply");
-    f.set_timeouts(FlowTimeouts { tcp_ns: 1_000_000, other_ns: 1_000_000 }).unwrap();
+    f.set_timeouts(FlowTimeouts { tcp_ns: 1_000_000, other_ns: 1_000_000, ..FlowTimeouts::DEFAULT }).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
     lan(&f, &reply, Outcome::NoConntrack);
     // ... and its next packet starts it again, stamped anew.
@@ -923,7 +923,12 @@ fn a_flow_kept_alive_by_replies_alone_keeps_its_nat_port_through_the_sweep() {
     // reverse half only. Then timeouts under which the forward half's own
     // stamp is dead and the reply's is not.
     let reply = udp(SNMP, 161, SNAT, idle.nat_port, 64, b"reading");
-    f.set_timeouts(FlowTimeouts { tcp_ns: u64::MAX / 2, other_ns: u64::MAX / 2 }).unwrap();
+    f.set_timeouts(FlowTimeouts {
+        tcp_ns: u64::MAX / 2,
+        other_ns: u64::MAX / 2,
+        unanswered_ns: u64::MAX / 2,
+    })
+    .unwrap();
     lan(&f, &reply, Outcome::ForwardedFromTarget);
     f.set_timeouts(ages.timeouts).unwrap();
     lan(&f, &reply, Outcome::ForwardedFromTarget);
@@ -1134,4 +1139,241 @@ fn a_full_checksum_that_equals_the_pseudo_header_sum_is_translated_right() {
         assert_same(&out, &translated(&segment, SNAT, real, Port::Source(fl.nat_port)));
         assert_checksums_valid(&out);
     }
+}
+
+/// The gateway's GW_NAT_CLAIMS map, opened by id through the TUN program
+/// that uses it (this test's own forwarder: tests load one each).
+fn nat_claims(f: &GatewayForwarder) -> aya::maps::HashMap<aya::maps::MapData, u32, u8> {
+    let ids = f.tunnel_program().unwrap().info().unwrap().map_ids().unwrap().unwrap();
+    let data = ids
+        .into_iter()
+        .map(|id| aya::maps::MapData::from_id(id).unwrap())
+        .find(|m| m.info().unwrap().name_as_str() == Some("GW_NAT_CLAIMS"))
+        .expect("the TUN program uses GW_NAT_CLAIMS");
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap()
+}
+
+/// A flow re-admitted after a whitelist change while another writer (a
+/// new flow probing through its NAT port on another CPU, or the sweep
+/// judging the slot) holds its slot's claim for a moment: the flow must
+/// keep its NAT port (the target would see a connection from a new port,
+/// and a TCP connection breaks), or at worst lose this one packet. The
+/// claim is held here from userspace, as a concurrent writer would hold it.
+#[test]
+fn a_flow_readmitted_while_its_slot_is_claimed_keeps_its_nat_port() {
+    let mut f = forwarder();
+    let data = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"established");
+    tunnel(&f, &data, Outcome::ForwardedToTarget);
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    let slot = tcp_slot(PLC, 22, fl.nat_port);
+
+    // A widening: new generations, the same path; the flow's next packet
+    // takes the full path and is re-admitted under its slot's claim.
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(22, 22), (502, 503)]));
+    f.apply(&t).unwrap();
+
+    let mut claims = nat_claims(&f);
+    claims.insert(slot, 0, 1 /* BPF_NOEXIST */).unwrap();
+    let before = f.counters().unwrap();
+    let run = test_run::run_tc(f.tunnel_program().unwrap(), &data).unwrap();
+    let delta = f.counters().unwrap().since(&before);
+    claims.remove(&slot).unwrap();
+    if run.action == TcAction::Ok {
+        let sent = u16::from_be_bytes([run.packet[ETH + 20], run.packet[ETH + 21]]);
+        assert_eq!(sent, fl.nat_port, "the established flow was moved to another NAT port");
+    } else {
+        let counted: Vec<_> = delta.iter().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(counted, vec![(Outcome::NatSlotBusy, 1)]);
+    }
+    // Whatever happened to that packet, the flow still has one NAT port.
+    let sent = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([sent[ETH + 20], sent[ETH + 21]]), fl.nat_port);
+}
+
+/// One session's technician opens a few thousand TCP connections (SYNs,
+/// each from another source port, the ports picked with the public
+/// flow_hash so that every NAT port of one bucket is some flow's first
+/// candidate) to one port of its own, whitelisted device. Every flow to a
+/// remote of that bucket shares those NAT ports: another session's
+/// technician's first connection to its own device finds them all taken.
+/// Flows that never saw a reply give their ports up once idle past the
+/// unanswered timeout (10 s by default, a millisecond here), not the TCP
+/// idle timeout (2 hours). (A flood the device answers is not covered:
+/// see docs/gateway.md.)
+#[test]
+fn one_session_cannot_take_the_nat_ports_of_another_sessions_devices() {
+    let mut f = forwarder();
+    let bucket = |real: [u8; 4], port: u16| {
+        tcp_slot(real, port, NAT_PORT_MIN) / (NAT_PORT_MAX - NAT_PORT_MIN + 1) as u32
+    };
+    let victim_bucket = bucket(PLC, 22);
+    let dport = (1..=65535u16).find(|&p| bucket(B_TARGET, p) == victim_bucket).unwrap();
+    let key = |peer_port: u16| FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_B,
+        proxy: PROXY_B,
+        peer_port: peer_port.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+    };
+    let mut first_candidates = std::collections::BTreeMap::new();
+    for p in 1..=65535u16 {
+        first_candidates.entry(nat_candidate(&key(p), 0)).or_insert(p);
+    }
+    let mut admitted = 0;
+    for &p in first_candidates.values() {
+        let run =
+            test_run::run_tc(f.tunnel_program().unwrap(), &tcp(PEER_B, p, PROXY_B, dport, 64, b"")).unwrap();
+        admitted += usize::from(run.action == TcAction::Ok);
+    }
+    assert!(admitted > 4000, "{admitted} flood flows admitted");
+    // Session A's technician, to another device: within the unanswered
+    // timeout, the flood's flows still hold the ports.
+    let victim = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    tunnel(&f, &victim, Outcome::NatPortsExhausted);
+    f.set_timeouts(FlowTimeouts { unanswered_ns: 1_000_000, ..FlowTimeouts::DEFAULT }).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    tunnel(&f, &victim, Outcome::ForwardedToTarget);
+    // The flood flow that gave its port up lost it; the victim keeps it.
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22);
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"data"), Outcome::ForwardedToTarget);
+    assert_eq!(flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 22).nat_port, fl.nat_port);
+}
+
+/// A flow that answered keeps its port past the unanswered timeout: only
+/// flows whose target never replied are taken over early.
+#[test]
+fn an_answered_flow_is_not_taken_over_before_its_idle_timeout() {
+    let mut f = forwarder();
+    let key = |peer: [u8; 4], peer_port: u16| FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer,
+        proxy: PROXY_PLC,
+        peer_port: peer_port.to_be_bytes(),
+        dport: 22u16.to_be_bytes(),
+    };
+    let newcomer = key(PEER_A2, 40001);
+    let counter = f.slot(SESSION_A, PROXY_PLC.into()).unwrap();
+    let now = monotonic_ns();
+    // Every candidate of the newcomer held by a live flow that never saw a
+    // reply, but one, which did.
+    for i in 0..NAT_PORT_TRIES {
+        let blocker = Flow {
+            protocol: PROTO_TCP,
+            session: SESSION_A,
+            peer: sa([100, 96, 1, 100 + i as u8], 1),
+            proxy: PROXY_PLC.into(),
+            target_port: 22,
+            real: PLC.into(),
+            snat: SNAT.into(),
+            nat_port: nat_candidate(&newcomer, i),
+            counter,
+            last_seen_ns: now,
+        };
+        f.insert_flow(&blocker).unwrap();
+    }
+    let answered = nat_candidate(&newcomer, 0);
+    lan(&f, &tcp(PLC, 22, SNAT, answered, 64, b""), Outcome::ForwardedFromTarget);
+    f.set_timeouts(FlowTimeouts { unanswered_ns: 1_000_000, ..FlowTimeouts::DEFAULT }).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = tunnel(&f, &tcp(PEER_A2, 40001, PROXY_PLC, 22, 64, b""), Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), nat_candidate(&newcomer, 1));
+    // The answered flow's replies still find their technician.
+    let out = lan(&f, &tcp(PLC, 22, SNAT, answered, 64, b""), Outcome::ForwardedFromTarget);
+    assert_eq!(out[ETH + 16..ETH + 20], [100, 96, 1, 100]);
+}
+
+/// Flows cut by their whitelist entry's removal give their NAT ports to new
+/// flows that find every other candidate taken, without waiting for their
+/// idle timeout.
+#[test]
+fn nat_ports_of_flows_cut_by_a_removed_entry_serve_new_flows() {
+    let mut f = forwarder();
+    // Session B also reaches the PLC, through an entry that goes away.
+    const PROXY_B_PLC: [u8; 4] = [100, 96, 2, 11];
+    let mut t = table();
+    t.targets.insert((SESSION_B, PROXY_B_PLC.into()), spec(PLC, Protocol::Tcp, &[(22, 22)]));
+    f.apply(&t).unwrap();
+    let newcomer = FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_A1,
+        proxy: PROXY_PLC,
+        peer_port: 40000u16.to_be_bytes(),
+        dport: 22u16.to_be_bytes(),
+    };
+    let counter = f.slot(SESSION_B, PROXY_B_PLC.into()).unwrap();
+    for i in 0..NAT_PORT_TRIES {
+        let blocker = Flow {
+            protocol: PROTO_TCP,
+            session: SESSION_B,
+            peer: sa(PEER_B, 1000 + i as u16),
+            proxy: PROXY_B_PLC.into(),
+            target_port: 22,
+            real: PLC.into(),
+            snat: SNAT.into(),
+            nat_port: nat_candidate(&newcomer, i),
+            counter,
+            last_seen_ns: monotonic_ns(),
+        };
+        f.insert_flow(&blocker).unwrap();
+        // Answered: only the cut can free them.
+        lan(&f, &tcp(PLC, 22, SNAT, blocker.nat_port, 64, b""), Outcome::ForwardedFromTarget);
+    }
+    let syn = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"");
+    tunnel(&f, &syn, Outcome::NatPortsExhausted);
+    f.apply(&table()).unwrap();
+    let out = tunnel(&f, &syn, Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), nat_candidate(&newcomer, 0));
+}
+
+/// The same, for a flow whose NAT port is not its first candidate, and
+/// whose first candidate is free again by then: re-admitted while its own
+/// slot's claim is busy, it must not take the free port before its own.
+#[test]
+fn a_flow_readmitted_while_its_slot_is_claimed_does_not_move_to_an_earlier_free_port() {
+    let mut f = forwarder();
+    let key = FlowKey {
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+        peer: PEER_A1,
+        proxy: PROXY_PLC,
+        peer_port: 40000u16.to_be_bytes(),
+        dport: 22u16.to_be_bytes(),
+    };
+    let ages = ages();
+    f.set_timeouts(ages.timeouts).unwrap();
+    let blocker = Flow {
+        protocol: PROTO_TCP,
+        session: SESSION_A,
+        peer: sa(PEER_A2, 1),
+        proxy: PROXY_PLC.into(),
+        target_port: 22,
+        real: PLC.into(),
+        snat: SNAT.into(),
+        nat_port: nat_candidate(&key, 0),
+        counter: f.slot(SESSION_A, PROXY_PLC.into()).unwrap(),
+        last_seen_ns: monotonic_ns(),
+    };
+    f.insert_flow(&blocker).unwrap();
+    let data = tcp(PEER_A1, 40000, PROXY_PLC, 22, 64, b"established");
+    let out = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    let own = nat_candidate(&key, 1);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), own);
+    // The first candidate's flow has expired: its port is free for a new
+    // flow, not for this one.
+    f.insert_flow(&Flow { last_seen_ns: ages.long_ago, ..blocker }).unwrap();
+
+    let mut t = table();
+    t.targets.insert((SESSION_A, PROXY_PLC.into()), spec(PLC, Protocol::Tcp, &[(22, 22), (502, 503)]));
+    f.apply(&t).unwrap();
+    let slot = tcp_slot(PLC, 22, own);
+    let mut claims = nat_claims(&f);
+    claims.insert(slot, 0, 1 /* BPF_NOEXIST */).unwrap();
+    tunnel(&f, &data, Outcome::NatSlotBusy);
+    claims.remove(&slot).unwrap();
+    let out = tunnel(&f, &data, Outcome::ForwardedToTarget);
+    assert_eq!(u16::from_be_bytes([out[ETH + 20], out[ETH + 21]]), own);
 }

@@ -411,9 +411,10 @@ fn tunnel_in(ctx: &TcContext, config: &GatewayConfig) -> Outcome {
         // The clock, read already if the flow was found expired: the same
         // reading.
         _ => match new_flow(&flow, session, rule, now.tick, now.ns()) {
-            0 => return Outcome::NatPortsExhausted,
-            nat_port => Translation {
-                nat_port: nat_port.to_ne_bytes(),
+            CLAIM_NONE => return Outcome::NatPortsExhausted,
+            CLAIM_BUSY => return Outcome::NatSlotBusy,
+            claim => Translation {
+                nat_port: nat_port_of(claim - CLAIM_FIRST),
                 real: rule.real,
                 snat: rule.snat,
                 counter: rule.counter,
@@ -596,19 +597,30 @@ fn owned_slot(
     }
 }
 
+/// What [`with_claim`] did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Written,
+    /// Someone else holds the claim right now (another CPU, or the
+    /// userspace sweep), or the claims map is full: the slot could not be
+    /// judged.
+    Busy,
+    /// `accept` declined the slot as it is.
+    Declined,
+}
+
 /// Writes NAT slot `index` as its only writer: `accept` judges the slot as
 /// it is, and only then `write` writes it, between the sequence lock's two
 /// stores (odd while it writes), so that readers see either the old or the
-/// new flow, never a mix. False: someone else holds the claim right now
-/// (another CPU, or the userspace sweep), or `accept` declined.
+/// new flow, never a mix.
 #[inline(always)]
 fn with_claim(
     index: u32,
     accept: impl FnOnce(&FlowReverse) -> bool,
     write: impl FnOnce(*mut FlowReverse),
-) -> bool {
+) -> Claim {
     if GW_NAT_CLAIMS.insert(&index, &0, BPF_NOEXIST as u64).is_err() {
-        return false;
+        return Claim::Busy;
     }
     let written = match GW_NAT_SLOTS.get_ptr_mut(index) {
         // SAFETY: an array element; only its stamps may change under us.
@@ -620,9 +632,9 @@ fn with_claim(
                 write(slot);
                 write_volatile(&mut (*slot).seq, odd.wrapping_add(1));
             }
-            true
+            Claim::Written
         }
-        _ => false,
+        _ => Claim::Declined,
     };
     let _ = GW_NAT_CLAIMS.remove(&index);
     written
@@ -759,7 +771,9 @@ fn established(
                     write_volatile(&mut (*slot).generation, rule.generation);
                 },
             );
-            if !taken {
+            // Busy: new_flow() finds the flow in its slot and drops this
+            // one packet rather than give the flow another port.
+            if taken != Claim::Written {
                 return None;
             }
         }
@@ -798,66 +812,249 @@ fn owns(reverse: &FlowReverse, flow: &FlowKey, session: u64, real: [u8; 4], snat
         && reverse.is_reply(real, snat, flow.dport)
 }
 
-/// Claims a NAT port for a new flow: the flow's hashed port or one of the
-/// next few, whichever slot is free, still this flow's (its forward half
-/// was evicted) or holds an expired flow. A function of its own (a BPF
-/// subprogram): its stack would not fit in the TUN program's. Returns the
-/// NAT port as it sits in the packet (`u16::from_ne_bytes`), 0 for none (no
-/// NAT port is 0): an Option's undefined payload in its None, returned
-/// from a subprogram, is a read of an uninitialised register to the
-/// verifier.
+/// Whether NAT slot `slot` holds `flow` of `session`, translated to `real`
+/// from `snat`, read without the claim under its sequence lock: None while
+/// a writer is at it (or wrote it meanwhile), when it cannot be told.
+#[inline(always)]
+fn holds(
+    slot: *const FlowReverse,
+    flow: &FlowKey,
+    session: u64,
+    real: [u8; 4],
+    snat: [u8; 4],
+) -> Option<bool> {
+    // SAFETY: `slot` is an array element, valid for the program's run.
+    unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let held = read_volatile(&(*slot).generation.path) != 0
+            && read_volatile(&(*slot).protocol) == flow.protocol
+            && read_volatile(&(*slot).peer) == flow.peer
+            && read_volatile(&(*slot).peer_port) == flow.peer_port
+            && read_volatile(&(*slot).proxy) == flow.proxy
+            && read_volatile(&(*slot).target_port) == flow.dport
+            && read_volatile(&(*slot).session) == session
+            && read_volatile(&(*slot).real) == real
+            && read_volatile(&(*slot).snat) == snat;
+        if read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        Some(held)
+    }
+}
+
+/// Whether the flow in a NAT slot was cut by its whitelist entry's removal,
+/// narrowing or change of address (or its session's end): its replies are
+/// refused already ([`live_flow`]), and its next packet is judged anew.
+#[inline(always)]
+fn cut(reverse: &FlowReverse) -> bool {
+    match GW_RULE_GEN.get(reverse.counter) {
+        Some(current) => current.path != reverse.generation.path,
+        None => true,
+    }
+}
+
+/// Writes `flow` into NAT slot `slot`: every field but `seq` and `replied`,
+/// one volatile store each, so that none moves out from between the
+/// sequence lock's two stores. (No FlowReverse on the stack: it would not
+/// fit.)
+///
+/// # Safety
+/// `slot` is an array element, and the caller holds its claim.
+#[inline(always)]
+unsafe fn write_flow(
+    slot: *mut FlowReverse,
+    flow: &FlowKey,
+    session: u64,
+    rule: &TargetRule,
+    port: [u8; 2],
+    tick: u64,
+    now: u64,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        write_volatile(&mut (*slot).protocol, flow.protocol);
+        write_volatile(&mut (*slot).nat_port, port);
+        write_volatile(&mut (*slot).peer, flow.peer);
+        write_volatile(&mut (*slot).proxy, flow.proxy);
+        write_volatile(&mut (*slot).peer_port, flow.peer_port);
+        write_volatile(&mut (*slot).target_port, flow.dport);
+        write_volatile(&mut (*slot).real, rule.real);
+        write_volatile(&mut (*slot).snat, rule.snat);
+        write_volatile(&mut (*slot).counter, rule.counter);
+        write_volatile(&mut (*slot).session, session);
+        write_volatile(&mut (*slot).last_seen_ns, now);
+        write_volatile(&mut (*slot).last_tick, tick);
+        write_volatile(&mut (*slot).generation, rule.generation);
+    }
+}
+
+/// What [`claim_own`], [`claim_free`] and [`new_flow`] return: no slot
+/// claimed; the flow's own slot is busy (the packet is dropped, the flow
+/// keeps its port); or, from [`CLAIM_FIRST`] on, the slot claimed plus it.
+/// Plain integers, not an Option: an Option's undefined payload in its
+/// None, returned from a subprogram, is a read of an uninitialised
+/// register to the verifier.
+const CLAIM_NONE: u32 = 0;
+const CLAIM_BUSY: u32 = 1;
+const CLAIM_FIRST: u32 = 2;
+
+/// The flow's candidate slots: the first slot of its bucket (a candidate's
+/// slot is it plus the port's offset) and the offset of its hashed port.
+#[inline(always)]
+fn candidates(flow: &FlowKey, rule: &TargetRule) -> Option<(u32, u32)> {
+    let first = nat_slot(flow.protocol, rule.real, rule.snat, flow.dport, NAT_PORT_MIN.to_be_bytes())?;
+    Some((first, flow_hash(flow) % NAT_PORTS))
+}
+
+/// The flow's own slot, if one of its candidates still holds it (its
+/// forward half was evicted, its entry changed, or its slot was busy a
+/// moment ago), written anew under its claim. A live flow must never move
+/// to another port, whatever the candidates before its own hold now. A
+/// slot being written may be the flow's: [`CLAIM_BUSY`], and the packet is
+/// dropped (it waits for nothing).
 #[inline(never)]
-fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u16 {
+fn claim_own(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u32 {
+    let Some((first, start)) = candidates(flow, rule) else {
+        return CLAIM_NONE;
+    };
+    for i in 0..NAT_PORT_TRIES {
+        let offset = (start + i) % NAT_PORTS;
+        let Some(slot) = GW_NAT_SLOTS.get_ptr(first + offset) else {
+            continue;
+        };
+        match holds(slot, flow, session, rule.real, rule.snat) {
+            Some(false) => continue,
+            None => return CLAIM_BUSY,
+            Some(true) => {}
+        }
+        let port = ((NAT_PORT_MIN as u32 + offset) as u16).to_be_bytes();
+        return match with_claim(
+            first + offset,
+            |current| owns(current, flow, session, rule.real, rule.snat),
+            // SAFETY: an array element, under the claim. `replied` stays:
+            // the same flow.
+            |slot| unsafe { write_flow(slot, flow, session, rule, port, tick, now) },
+        ) {
+            Claim::Written => first + offset + CLAIM_FIRST,
+            Claim::Busy => CLAIM_BUSY,
+            // Freed or taken over since it was read: a new flow after all.
+            Claim::Declined => CLAIM_NONE,
+        };
+    }
+    CLAIM_NONE
+}
+
+/// A slot for a new flow: the first candidate that is free or holds an
+/// expired flow.
+#[inline(never)]
+fn claim_free(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u32 {
+    let Some(config) = GW_CONFIG.get(0) else {
+        return CLAIM_NONE;
+    };
+    let timeouts = &config.timeouts;
+    let Some((first, start)) = candidates(flow, rule) else {
+        return CLAIM_NONE;
+    };
+    for i in 0..NAT_PORT_TRIES {
+        let offset = (start + i) % NAT_PORTS;
+        let port = ((NAT_PORT_MIN as u32 + offset) as u16).to_be_bytes();
+        let taken = with_claim(
+            first + offset,
+            |current| !current.in_use() || timeouts.expired(flow.protocol, current.last_seen_ns, now),
+            // SAFETY: an array element, under the claim.
+            |slot| unsafe {
+                write_flow(slot, flow, session, rule, port, tick, now);
+                write_volatile(&mut (*slot).replied, 0);
+            },
+        );
+        if taken == Claim::Written {
+            return first + offset + CLAIM_FIRST;
+        }
+    }
+    CLAIM_NONE
+}
+
+/// Frees, for a new flow whose every candidate is live, the first candidate
+/// whose flow was cut by a whitelist change, or never saw a reply and has
+/// been idle past [`FlowTimeouts::unanswered_ns`]; [`claim_free`] then
+/// takes it (unless another CPU's new flow took it first). Whether it
+/// freed one (1) or not (0). Frees rather than takes: a frame of its own
+/// with fewer arguments and live values, which fits beside the TUN
+/// program's where a second round of [`claim_free`]'s did not.
+#[inline(never)]
+fn free_stale(flow: &FlowKey, rule: &TargetRule, now: u64) -> u32 {
     let Some(config) = GW_CONFIG.get(0) else {
         return 0;
     };
-    let timeouts = &config.timeouts;
-    let start = flow_hash(flow) % NAT_PORTS;
-    // Plain variables, not an Option: LLVM left the port of a None
-    // uninitialised, and read it on the way out, which the verifier refuses.
-    let mut claimed = false;
-    let mut nat_port = [0u8; 2];
-    let mut index = 0u32;
+    let unanswered = config.timeouts.unanswered_ns;
+    let Some((first, start)) = candidates(flow, rule) else {
+        return 0;
+    };
     for i in 0..NAT_PORT_TRIES {
-        let port = ((NAT_PORT_MIN as u32 + (start + i) % NAT_PORTS) as u16).to_be_bytes();
-        let Some(candidate) = nat_slot(flow.protocol, rule.real, rule.snat, flow.dport, port) else {
-            continue;
-        };
-        let taken = with_claim(
-            candidate,
+        let offset = (start + i) % NAT_PORTS;
+        let freed = with_claim(
+            first + offset,
             |current| {
-                !current.in_use()
-                    || owns(current, flow, session, rule.real, rule.snat)
-                    || timeouts.expired(flow.protocol, current.last_seen_ns, now)
+                current.in_use()
+                    && (cut(current)
+                        || (current.replied == 0
+                            && now > current.last_seen_ns
+                            && now - current.last_seen_ns > unanswered))
             },
-            // Every field but `seq`, one volatile store each, so that none
-            // moves out from between the sequence lock's two stores. (No
-            // FlowReverse on the stack: it would not fit.)
+            // Free: its generation 0 is what tells (FlowReverse::in_use).
             // SAFETY: an array element, under the claim.
-            |slot| unsafe {
-                write_volatile(&mut (*slot).protocol, flow.protocol);
-                write_volatile(&mut (*slot).nat_port, port);
-                write_volatile(&mut (*slot).peer, flow.peer);
-                write_volatile(&mut (*slot).proxy, flow.proxy);
-                write_volatile(&mut (*slot).peer_port, flow.peer_port);
-                write_volatile(&mut (*slot).target_port, flow.dport);
-                write_volatile(&mut (*slot).real, rule.real);
-                write_volatile(&mut (*slot).snat, rule.snat);
-                write_volatile(&mut (*slot).counter, rule.counter);
-                write_volatile(&mut (*slot).session, session);
-                write_volatile(&mut (*slot).last_seen_ns, now);
-                write_volatile(&mut (*slot).last_tick, tick);
-                write_volatile(&mut (*slot).generation, rule.generation);
-            },
+            |slot| unsafe { write_volatile(&mut (*slot).generation, RuleGeneration::default()) },
         );
-        if taken {
-            (claimed, nat_port, index) = (true, port, candidate);
-            break;
+        if freed == Claim::Written {
+            return 1;
         }
     }
-    if !claimed {
-        return 0;
+    0
+}
+
+/// The NAT port of NAT slot `index`, as it sits in a packet.
+#[inline(always)]
+fn nat_port_of(index: u32) -> [u8; 2] {
+    ((NAT_PORT_MIN as u32 + index % NAT_PORTS) as u16).to_be_bytes()
+}
+
+/// Claims a NAT port for a flow the short path did not find: the port it
+/// holds already if one of its candidate slots (its hashed port and the
+/// next few) still holds it ([`claim_own`]), otherwise a free one
+/// ([`claim_free`]), otherwise one of a cut or unanswered flow
+/// ([`free_stale`]), and writes its forward half ([`forward_half`]). Each
+/// a subprogram called from here, none from another: the TUN program's
+/// stack and any two nested frames would not fit. Returns [`CLAIM_NONE`]
+/// (every port it could take is in use), [`CLAIM_BUSY`] or the claimed
+/// slot plus [`CLAIM_FIRST`].
+#[inline(always)]
+fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64) -> u32 {
+    let mut claim = claim_own(flow, session, rule, tick, now);
+    if claim == CLAIM_NONE {
+        claim = claim_free(flow, session, rule, tick, now);
     }
+    if claim == CLAIM_NONE && free_stale(flow, rule, now) != 0 {
+        claim = claim_free(flow, session, rule, tick, now);
+    }
+    if claim < CLAIM_FIRST {
+        return claim;
+    }
+    forward_half(flow, session, rule, claim - CLAIM_FIRST)
+}
+
+/// Writes the forward half of `flow`, which just claimed NAT slot `index`,
+/// stamped as the slot is; frees the slot again if it cannot.
+#[inline(never)]
+fn forward_half(flow: &FlowKey, session: u64, rule: &TargetRule, index: u32) -> u32 {
+    let nat_port = nat_port_of(index);
+    let Some(slot) = GW_NAT_SLOTS.get_ptr(index) else {
+        return CLAIM_NONE;
+    };
+    // SAFETY: an array element; only stamps, which anyone may refresh.
+    let (now, tick) = unsafe { (read_volatile(&(*slot).last_seen_ns), read_volatile(&(*slot).last_tick)) };
     set_hint(flow_hint(flow), index);
     let inserted = match GW_FWD_SCRATCH.get_ptr_mut(0) {
         Some(forward) => {
@@ -887,9 +1084,9 @@ fn new_flow(flow: &FlowKey, session: u64, rule: &TargetRule, tick: u64, now: u64
             // SAFETY: an array element, under the claim.
             |slot| unsafe { write_volatile(&mut (*slot).generation, RuleGeneration::default()) },
         );
-        return 0;
+        return CLAIM_NONE;
     }
-    u16::from_ne_bytes(nat_port)
+    index + CLAIM_FIRST
 }
 
 /// Rewrites proxy -> real destination, peer -> SNAT source, the source port
@@ -1266,6 +1463,13 @@ fn reply(ctx: &XdpContext, ip: &mut Ipv4Hdr, total_len: usize, timeouts: &FlowTi
         }
     }
     readdress_to_technician(ip, reverse, counter, total_len);
+    // SAFETY: an array element, valid for the program's run. One byte,
+    // outside the sequence lock (see FlowReverse::replied); stored once.
+    unsafe {
+        if read_volatile(&(*slot).replied) == 0 {
+            write_volatile(&mut (*slot).replied, 1);
+        }
+    }
     if let Some(now) = refresh {
         // In place, without the claim: see established().
         // SAFETY: an array element, valid for the program's run.

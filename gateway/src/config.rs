@@ -134,6 +134,7 @@ impl Forwarding {
         Ok(FlowTimeouts {
             tcp_ns: ns("tcp_idle_timeout_secs", self.tcp_idle_timeout_secs, default.tcp_ns)?,
             other_ns: ns("udp_idle_timeout_secs", self.udp_idle_timeout_secs, default.other_ns)?,
+            ..default
         })
     }
 }
@@ -289,7 +290,7 @@ mod tests {
         assert_eq!(config.metrics.listen, None);
         assert_eq!(
             config.forwarding.timeouts().unwrap(),
-            FlowTimeouts { tcp_ns: 432_000_000_000_000, other_ns: 30_000_000_000 }
+            FlowTimeouts { tcp_ns: 432_000_000_000_000, other_ns: 30_000_000_000, ..FlowTimeouts::DEFAULT }
         );
 
         assert!(toml::from_str::<Config>("[tunnel]\ntransport = \"tcp\"").is_err());

@@ -95,10 +95,13 @@ fn slot_protocol_and_port(index: u32) -> (u8, u16) {
 /// and returns what to write, or None to leave it. Returns whether it
 /// wrote.
 ///
-/// The kernel copies a value from userspace as a whole, not under the
-/// slot's sequence lock: a program may read a slot half freed. Userspace
-/// only frees slots (and tests insert flows), so such a read mixes one
-/// flow's fields with zeroes, never with another flow's.
+/// The kernel copies a value from userspace as a whole (a memcpy, in no
+/// particular order), so the write is three: the slot as it is with an odd
+/// `seq`, the new contents with the same odd `seq`, and the new contents
+/// with the next even one. A program that read the old even `seq` sees it
+/// changed; one that reads the new even `seq` reads fields the last copy
+/// rewrote with the values they had already. (Stamps written by a program
+/// in between may go back to the copy's; a stamp is only a recent time.)
 fn with_claim(
     ebpf: &mut Ebpf,
     index: u32,
@@ -125,12 +128,14 @@ fn with_claim(
         let mut map: Array<_, FlowReverse> =
             Array::try_from(map).map_err(|source| Error::Map { name, source })?;
         let current = map.get(&index, 0).map_err(|source| Error::Map { name, source })?;
-        let Some(mut value) = write(&current) else {
+        let Some(value) = write(&current) else {
             return Ok(false);
         };
-        // Even, and past every value readers saw: the write is one step.
-        value.seq = (current.seq | 1).wrapping_add(1);
-        map.set(index, value, 0).map_err(|source| Error::Map { name, source })?;
+        let odd = current.seq | 1;
+        for (contents, seq) in [(current, odd), (value, odd), (value, odd.wrapping_add(1))] {
+            let written = FlowReverse { seq, ..contents };
+            map.set(index, written, 0).map_err(|source| Error::Map { name, source })?;
+        }
         Ok(true)
     })();
     let mut claims = hash_map::<u32, u8>(ebpf, claims_name)?;
@@ -239,7 +244,7 @@ pub(super) fn insert(ebpf: &mut Ebpf, flow: &Flow, capacity: u32) -> Result<(), 
         counter: flow.counter,
         seq: 0,
         protocol: flow.protocol,
-        _pad: 0,
+        replied: 0,
         nat_port: flow.nat_port.to_be_bytes(),
         session: flow.session,
         last_seen_ns: flow.last_seen_ns,

@@ -90,7 +90,7 @@ pub fn ages() -> Ages {
     let age = now.min(3_600_000_000_000);
     assert!(age >= 2_000_000, "CLOCK_MONOTONIC at {now} ns: the machine cannot have booted that recently");
     let half = age / 2;
-    Ages { long_ago: now - age, timeouts: FlowTimeouts { tcp_ns: half, other_ns: half } }
+    Ages { long_ago: now - age, timeouts: FlowTimeouts { tcp_ns: half, other_ns: half, unanswered_ns: half } }
 }
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
