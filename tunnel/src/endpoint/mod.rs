@@ -766,6 +766,12 @@ fn is_tcp(packet: &[u8]) -> bool {
     }
 }
 
+/// The buffer a decrypted packet gets: room to coalesce for TCP when the
+/// device takes super-packets, one MTU otherwise.
+fn packet_capacity(offload: bool, packet: &[u8]) -> usize {
+    if offload && is_tcp(packet) { GRO_CAPACITY } else { SMALL_CAPACITY }
+}
+
 async fn udp_to_tun(shared: Arc<Shared>) {
     let mut buffers = vec![vec![0u8; 65_536]; RX_BUFFERS];
     let mut metas = vec![RecvMeta::default(); RX_BUFFERS];
@@ -842,11 +848,8 @@ async fn udp_to_tun(shared: Arc<Shared>) {
                 };
                 if let Incoming::Packet { range, .. } = incoming {
                     let packet_bytes = &datagram[range];
-                    let (pool, capacity) = if shared.offload && is_tcp(packet_bytes) {
-                        (&mut tcp_pool, GRO_CAPACITY)
-                    } else {
-                        (&mut small_pool, SMALL_CAPACITY)
-                    };
+                    let capacity = packet_capacity(shared.offload, packet_bytes);
+                    let pool = if capacity == GRO_CAPACITY { &mut tcp_pool } else { &mut small_pool };
                     let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(capacity));
                     packet.clear();
                     packet.resize(TUN_OFFSET, 0);

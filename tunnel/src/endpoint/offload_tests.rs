@@ -340,12 +340,36 @@ fn tcp_alone_is_given_room_to_coalesce() {
     let (_, v4) = tcp.super_segment();
     let (_, v6) = Stream { v6: true, ..tcp }.super_segment();
     assert!(super::is_tcp(&v4) && super::is_tcp(&v6));
+    for tcp in [&v4, &v6] {
+        assert_eq!(super::packet_capacity(true, tcp), GRO_CAPACITY);
+        // Without offloads nothing is coalesced: TCP needs no more room.
+        assert_eq!(super::packet_capacity(false, tcp), super::SMALL_CAPACITY);
+    }
     let mut udp4 = v4.clone();
     udp4[9] = 17;
     let mut udp6 = v6.clone();
     udp6[6] = 17;
     for other in [&udp4[..], &udp6[..], &[], &[0x45], &[0x60, 0, 0, 0, 0, 0], &[0x15; 40]] {
         assert!(!super::is_tcp(other), "{other:?}");
+        assert_eq!(super::packet_capacity(true, other), super::SMALL_CAPACITY);
     }
     const { assert!(super::SMALL_CAPACITY < 2 * super::TUN_OFFSET + 2 * 1500) };
+}
+
+/// Only a refusal the offloads may have caused falls back to a device
+/// without them: a name in use or a missing capability fails as it is.
+#[test]
+fn only_an_offload_refusal_falls_back() {
+    use std::io::Error;
+    const EPERM: i32 = 1;
+    const EBUSY: i32 = 16;
+    const EINVAL: i32 = 22;
+    const EOPNOTSUPP: i32 = 95;
+    for code in [EINVAL, EOPNOTSUPP] {
+        assert!(super::offload_refused(&Error::from_raw_os_error(code)), "{code}");
+    }
+    for code in [EPERM, EBUSY] {
+        assert!(!super::offload_refused(&Error::from_raw_os_error(code)), "{code}");
+    }
+    assert!(!super::offload_refused(&Error::other("not from the kernel")));
 }
