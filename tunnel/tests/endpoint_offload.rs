@@ -26,7 +26,7 @@ fn a_tcp_stream_arrives_whole_and_its_segments_are_coalesced_for_the_tun_device(
 }
 
 /// A small MSS (536, common on PLCs) makes a 64 KiB super-segment of about
-/// 125 segments, more than a TUN read may have slots for: the device's GSO
+/// 120 segments, more than a TUN read may have slots for: the device's GSO
 /// segment cap keeps every super-segment within them, so none is refused
 /// and dropped (each drop a retransmission the stream would hide).
 ///

@@ -477,7 +477,7 @@ fn offload_refused(err: &io::Error) -> bool {
 /// Caps the segments of one super-segment the kernel hands the device at
 /// [`SPLIT_SLOTS`] (`ip link set dev NAME gso_max_segs 64`), so every TUN
 /// read fits the slots it is given. Without the cap a 64 KiB super-segment
-/// at a small MSS (536 is common on PLCs: 123 segments) was refused by
+/// at a small MSS (536 is common on PLCs: about 120 segments) was refused by
 /// tun-rs and lost whole. TCP sockets take the cap from the route's device
 /// when they connect; the kernel segments anything larger in software. On
 /// failure the endpoint still runs, and such reads count as
