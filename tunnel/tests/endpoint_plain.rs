@@ -18,7 +18,8 @@ use ferry_tunnel::endpoint::{DEFAULT_MTU, OFFLOAD_ENV};
 fn without_offloads_a_tcp_stream_arrives_whole_one_packet_per_write() {
     // SAFETY: this process's only test, set before any thread reads it.
     unsafe { std::env::set_var(OFFLOAD_ENV, "0") };
-    let (bytes, packets) = stream::stream_through_the_tunnel();
+    let stream::Outcome { bytes, packets, sender, .. } = stream::stream_with_mss(None);
+    assert_eq!((sender.tun_no_room, sender.tun_malformed), (0, 0), "TUN reads refused: {sender:?}");
     assert!(
         bytes <= packets * u64::from(DEFAULT_MTU),
         "{packets} writes for {bytes} bytes: something was coalesced without offloads"

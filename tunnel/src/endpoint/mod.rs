@@ -150,6 +150,10 @@ pub struct EndpointStats {
     /// TUN reads dropped as malformed: a virtio-net header or super-segment
     /// that could not be split into packets.
     pub tun_malformed: u64,
+    /// TUN reads dropped whole because their super-segment had more
+    /// segments than the read had free slots. The device's GSO segment cap
+    /// keeps this at zero; it counts only where setting the cap failed.
+    pub tun_no_room: u64,
 }
 
 struct Shared {
@@ -161,7 +165,10 @@ struct Shared {
     udp: UdpSocket,
     udp_state: UdpSocketState,
     mtu: u16,
+    /// Whether the TUN device runs with virtio-net headers and offloads.
+    offload: bool,
     tun_malformed: AtomicU64,
+    tun_no_room: AtomicU64,
 }
 
 /// A running WireGuard endpoint. Dropping it stops the tasks and removes the
@@ -184,8 +191,11 @@ impl Endpoint {
         for peer in &config.peers {
             device.add_peer(peer.clone()).map_err(|_| EndpointError::BadPeerKey(peer.public_key))?;
         }
-        let tun =
+        let (tun, offload) =
             build_tun(&config).map_err(|source| EndpointError::Tun { name: config.name.clone(), source })?;
+        if offload {
+            cap_gso_segments(&config.name).await;
+        }
         let udp = bind_udp(config.listen_port)
             .map_err(|source| EndpointError::Bind { port: config.listen_port, source })?;
         let local_port = udp.local_addr().map(|a| a.port()).unwrap_or(config.listen_port);
@@ -208,7 +218,9 @@ impl Endpoint {
             udp,
             udp_state,
             mtu: config.mtu,
+            offload,
             tun_malformed: AtomicU64::new(0),
+            tun_no_room: AtomicU64::new(0),
         });
         let tasks = vec![
             tokio::spawn(tun_to_udp(Arc::clone(&shared))),
@@ -324,6 +336,7 @@ impl Endpoint {
             virtual_unroutable: transports.unroutable(),
             virtual_spoofed: transports.spoofed(),
             tun_malformed: self.shared.tun_malformed.load(Ordering::Relaxed),
+            tun_no_room: self.shared.tun_no_room.load(Ordering::Relaxed),
         }
     }
 
@@ -431,15 +444,59 @@ pub const OFFLOAD_ENV: &str = "FERRY_TUN_OFFLOAD";
 
 /// The TUN device with TSO/GRO offloads where the kernel allows them, and
 /// without where it refuses them (or [`OFFLOAD_ENV`] says so): the shell
-/// works either way, one packet per syscall without.
-fn build_tun(config: &EndpointConfig) -> io::Result<AsyncDevice> {
+/// works either way, one packet per syscall without. Returns whether the
+/// offloads are on.
+fn build_tun(config: &EndpointConfig) -> io::Result<(AsyncDevice, bool)> {
     if std::env::var_os(OFFLOAD_ENV).is_some_and(|v| v == "0") {
-        return build_tun_with(config, false);
+        return build_tun_with(config, false).map(|tun| (tun, false));
     }
-    build_tun_with(config, true).or_else(|err| {
-        tracing::warn!(name = config.name, error = %err, "creating the TUN device with offloads failed; trying without (one packet per read and write)");
-        build_tun_with(config, false)
-    })
+    match build_tun_with(config, true) {
+        Ok(tun) => Ok((tun, true)),
+        // A name in use (EBUSY) or a missing capability (EPERM) fails the
+        // same without offloads: retrying would only hide the cause.
+        Err(err) if !offload_refused(&err) => Err(err),
+        Err(with) => {
+            tracing::warn!(name = config.name, error = %with, "creating the TUN device with offloads failed; trying without (one packet per read and write)");
+            build_tun_with(config, false).map(|tun| (tun, false)).map_err(|without| {
+                io::Error::new(without.kind(), format!("with offloads: {with}; without: {without}"))
+            })
+        }
+    }
+}
+
+/// Whether creating the device with offloads may have failed on the offloads
+/// themselves: a kernel without IFF_VNET_HDR or a TUN_F_* flag refuses the
+/// ioctl with one of these. tun-rs's errors do not say which step failed, so
+/// an EINVAL from elsewhere also retries, and then fails with both errors.
+fn offload_refused(err: &io::Error) -> bool {
+    const REFUSALS: [i32; 4] =
+        [22 /* EINVAL */, 25 /* ENOTTY */, 38 /* ENOSYS */, 95 /* EOPNOTSUPP */];
+    err.raw_os_error().is_some_and(|code| REFUSALS.contains(&code))
+}
+
+/// Caps the segments of one super-segment the kernel hands the device at
+/// [`SPLIT_SLOTS`] (`ip link set dev NAME gso_max_segs 64`), so every TUN
+/// read fits the slots it is given. Without the cap a 64 KiB super-segment
+/// at a small MSS (536 is common on PLCs: about 120 segments) was refused by
+/// tun-rs and lost whole. TCP sockets take the cap from the route's device
+/// when they connect; the kernel segments anything larger in software. On
+/// failure the endpoint still runs, and such reads count as
+/// [`EndpointStats::tun_no_room`].
+async fn cap_gso_segments(name: &str) {
+    if let Err(err) = set_gso_max_segs(name, TUN_GSO_MAX_SEGS).await {
+        tracing::warn!(name, error = %err, "capping the TUN device's GSO segments failed; super-segments of more than {SPLIT_SLOTS} segments will be dropped");
+    }
+}
+
+async fn set_gso_max_segs(name: &str, segments: u32) -> io::Result<()> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let connection = tokio::spawn(connection);
+    let message = rtnetlink::LinkUnspec::new_with_name(name)
+        .append_extra_attribute(rtnetlink::packet_route::link::LinkAttribute::GsoMaxSegs(segments))
+        .build();
+    let result = handle.link().set(message).execute().await.map_err(io::Error::other);
+    connection.abort();
+    result
 }
 
 fn build_tun_with(config: &EndpointConfig, offload: bool) -> io::Result<AsyncDevice> {
@@ -533,16 +590,52 @@ const TUN_OFFSET: usize = 16;
 
 /// Packets gathered from the TUN device before one encryption pass.
 const TX_BATCH: usize = 256;
-/// A TUN read may split a 64 KiB super-segment into this many packets, so a
-/// read is only attempted with at least this many free slots.
+/// The most packets one TUN read may split into: the device's GSO segment
+/// cap (see [`cap_gso_segments`]), and the free slots a read is attempted
+/// with at least.
 const SPLIT_SLOTS: usize = 64;
+/// The `gso_max_segs` of a TUN device with offloads: [`SPLIT_SLOTS`].
+pub const TUN_GSO_MAX_SEGS: u32 = SPLIT_SLOTS as u32;
 
-/// Whether a TUN read's error is tun-rs refusing what it read rather than
-/// the read failing: those errors carry no OS error code (and are not the
-/// would-block of an empty queue).
-fn is_malformed(err: &io::Error) -> bool {
-    err.raw_os_error().is_none()
-        && !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+/// What a failed TUN read was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadError {
+    /// tun-rs refused what it read: it could not be split into packets.
+    Malformed,
+    /// tun-rs refused a super-segment with more segments than free slots.
+    NoRoom,
+    /// The read itself failed (or there was nothing to read).
+    Os,
+}
+
+/// tun-rs's refusal for too few slots, whose type is private to it: only its
+/// message tells it apart (the offload tests pin it).
+const NO_ROOM_MESSAGE: &str = "too many GSO segments";
+
+/// tun-rs's refusals carry no OS error code (and are not the would-block of
+/// an empty queue); the read failing carries one.
+fn read_error(err: &io::Error) -> ReadError {
+    if err.raw_os_error().is_some()
+        || matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+    {
+        ReadError::Os
+    } else if err.get_ref().is_some_and(|inner| inner.to_string() == NO_ROOM_MESSAGE) {
+        ReadError::NoRoom
+    } else {
+        ReadError::Malformed
+    }
+}
+
+/// Counts a refused TUN read; false if the read itself failed.
+fn count_refused(shared: &Shared, err: &io::Error) -> bool {
+    let counter = match read_error(err) {
+        ReadError::Malformed => &shared.tun_malformed,
+        ReadError::NoRoom => &shared.tun_no_room,
+        ReadError::Os => return false,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(error = %err, "TUN read refused and dropped");
+    true
 }
 
 async fn tun_to_udp(shared: Arc<Shared>) {
@@ -561,13 +654,10 @@ async fn tun_to_udp(shared: Arc<Shared>) {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 // tun-rs refuses what it cannot split (a bad virtio-net header,
-                // a super-segment that does not parse) with an error that no
-                // syscall returned: one read is lost, not the device.
-                Err(err) if is_malformed(&err) => {
-                    shared.tun_malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %err, "malformed TUN read dropped");
-                    continue;
-                }
+                // a super-segment that does not parse or does not fit) with an
+                // error that no syscall returned: one read is lost, not the
+                // device.
+                Err(err) if count_refused(&shared, &err) => continue,
                 Err(err) => {
                     tracing::error!(error = %err, "reading the TUN device failed; stopping");
                     return;
@@ -583,9 +673,7 @@ async fn tun_to_udp(shared: Arc<Shared>) {
                 TUN_OFFSET,
             ) {
                 Ok(n) => count += n,
-                Err(err) if is_malformed(&err) => {
-                    shared.tun_malformed.fetch_add(1, Ordering::Relaxed);
-                }
+                Err(err) if count_refused(&shared, &err) => {}
                 Err(_) => break,
             }
         }
@@ -653,8 +741,13 @@ const RX_BUFFERS: usize = 8;
 /// flow's segments into the first one's buffer only if that buffer can hold
 /// the whole super-packet (it never reallocates), and any packet may become
 /// the head of a flow: with buffers sized for one packet, no segment was ever
-/// coalesced and every packet cost the receiving TCP stack one write. The
-/// pool keeps at most one batch of them (a few hundred, reused).
+/// coalesced and every packet cost the receiving TCP stack one write.
+///
+/// The cost is memory: one `recvmmsg` fills [`RX_BUFFERS`] buffers of up to
+/// 64 GRO'd datagrams each, so one batch may hold up to 512 TCP packets,
+/// 512 buffers of this capacity (about 33 MiB, resident as far as each was
+/// written). The pool keeps what the largest batch took and never shrinks.
+/// Without offloads there is no GRO, and TCP gets [`SMALL_CAPACITY`].
 const GRO_CAPACITY: usize = 2 * TUN_OFFSET + 65_535;
 /// The capacity of every other decrypted packet's buffer: about one MTU, so
 /// tun-rs coalesces small UDP datagrams a dozen or so at a time. A 64 KiB
@@ -671,6 +764,12 @@ fn is_tcp(packet: &[u8]) -> bool {
         Some(6) => packet.get(6) == Some(&6),
         _ => false,
     }
+}
+
+/// The buffer a decrypted packet gets: room to coalesce for TCP when the
+/// device takes super-packets, one MTU otherwise.
+fn packet_capacity(offload: bool, packet: &[u8]) -> usize {
+    if offload && is_tcp(packet) { GRO_CAPACITY } else { SMALL_CAPACITY }
 }
 
 async fn udp_to_tun(shared: Arc<Shared>) {
@@ -749,11 +848,8 @@ async fn udp_to_tun(shared: Arc<Shared>) {
                 };
                 if let Incoming::Packet { range, .. } = incoming {
                     let packet_bytes = &datagram[range];
-                    let (pool, capacity) = if is_tcp(packet_bytes) {
-                        (&mut tcp_pool, GRO_CAPACITY)
-                    } else {
-                        (&mut small_pool, SMALL_CAPACITY)
-                    };
+                    let capacity = packet_capacity(shared.offload, packet_bytes);
+                    let pool = if capacity == GRO_CAPACITY { &mut tcp_pool } else { &mut small_pool };
                     let mut packet = pool.pop().unwrap_or_else(|| Vec::with_capacity(capacity));
                     packet.clear();
                     packet.resize(TUN_OFFSET, 0);

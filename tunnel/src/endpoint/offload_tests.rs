@@ -10,7 +10,7 @@ use tun_rs::{
     GROTable, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
 };
 
-use super::{GRO_CAPACITY, TUN_OFFSET};
+use super::{GRO_CAPACITY, ReadError, SPLIT_SLOTS, TUN_OFFSET, TX_BATCH, read_error};
 
 /// virtio-net's "checksum is partial: complete it at csum_start/offset".
 const NEEDS_CSUM: u8 = 1;
@@ -138,9 +138,10 @@ fn stream() -> impl Strategy<Value = Stream> {
         prop_oneof![Just(0u8), Just(PSH), Just(PSH | FIN)],
     )
         .prop_flat_map(|(v6, mss, seq, ip_id, timestamps, last_flags)| {
-            // What one TSO read carries: at most 64 KiB, and no more segments
-            // than the endpoint leaves room for.
-            let max = (usize::from(mss) * 46).min(65_535 - 120);
+            // What one TSO read carries: at most 64 KiB, at MSS 536 about
+            // 122 segments (the device's segment cap is the kernel's to
+            // keep; here the split has a whole batch of slots).
+            let max = 65_535 - 120;
             proptest::collection::vec(any::<u8>(), 1..max).prop_map(move |payload| Stream {
                 v6,
                 mss,
@@ -153,9 +154,19 @@ fn stream() -> impl Strategy<Value = Stream> {
         })
 }
 
-/// Splits a super-segment into packets at the endpoint's offset.
+/// Splits a super-segment into packets at the endpoint's offset, with a
+/// whole batch's slots.
 fn split(header: VirtioNetHdr, packet: &mut [u8], v6: bool) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut out = vec![vec![0u8; TUN_OFFSET + 1500]; 64];
+    split_into(header, packet, v6, TX_BATCH)
+}
+
+fn split_into(
+    header: VirtioNetHdr,
+    packet: &mut [u8],
+    v6: bool,
+    slots: usize,
+) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut out = vec![vec![0u8; TUN_OFFSET + 1500]; slots];
     let mut sizes = vec![0usize; out.len()];
     let count = tun_rs::gso_split(packet, header, &mut out, &mut sizes, TUN_OFFSET, v6)?;
     Ok(out.iter().zip(&sizes).take(count).map(|(b, &n)| b[TUN_OFFSET..TUN_OFFSET + n].to_vec()).collect())
@@ -277,8 +288,27 @@ proptest! {
             *first = (*first & 0x0f) | if v6 { 0x60 } else { 0x40 };
         }
         let header = VirtioNetHdr { flags, gso_type, hdr_len, gso_size, csum_start, csum_offset };
-        let _ = split(header, &mut bytes, v6);
+        if let Err(err) = split(header, &mut bytes, v6) {
+            // Refused by tun-rs, never mistaken for the read failing.
+            prop_assert_ne!(read_error(&err), ReadError::Os, "{}", err);
+        }
         let _ = coalesce(&packets);
+    }
+
+    /// A super-segment of more segments than a read's slots is refused as
+    /// no room, not as malformed, and one that fits is split: the endpoint
+    /// counts the two apart by tun-rs's message, which this pins.
+    #[test]
+    fn too_many_segments_for_the_slots_is_no_room(stream in stream()) {
+        let (header, mut packet) = stream.super_segment();
+        let segments = stream.payload.len().div_ceil(usize::from(stream.mss));
+        match split_into(header, &mut packet, stream.v6, SPLIT_SLOTS) {
+            Ok(packets) => prop_assert!(segments <= SPLIT_SLOTS && packets.len() == segments),
+            Err(err) => {
+                prop_assert!(segments > SPLIT_SLOTS, "{segments} segments refused: {err}");
+                prop_assert_eq!(read_error(&err), ReadError::NoRoom);
+            }
+        }
     }
 
     /// Valid segments with one byte changed anywhere are coalesced or
@@ -310,12 +340,36 @@ fn tcp_alone_is_given_room_to_coalesce() {
     let (_, v4) = tcp.super_segment();
     let (_, v6) = Stream { v6: true, ..tcp }.super_segment();
     assert!(super::is_tcp(&v4) && super::is_tcp(&v6));
+    for tcp in [&v4, &v6] {
+        assert_eq!(super::packet_capacity(true, tcp), GRO_CAPACITY);
+        // Without offloads nothing is coalesced: TCP needs no more room.
+        assert_eq!(super::packet_capacity(false, tcp), super::SMALL_CAPACITY);
+    }
     let mut udp4 = v4.clone();
     udp4[9] = 17;
     let mut udp6 = v6.clone();
     udp6[6] = 17;
     for other in [&udp4[..], &udp6[..], &[], &[0x45], &[0x60, 0, 0, 0, 0, 0], &[0x15; 40]] {
         assert!(!super::is_tcp(other), "{other:?}");
+        assert_eq!(super::packet_capacity(true, other), super::SMALL_CAPACITY);
     }
     const { assert!(super::SMALL_CAPACITY < 2 * super::TUN_OFFSET + 2 * 1500) };
+}
+
+/// Only a refusal the offloads may have caused falls back to a device
+/// without them: a name in use or a missing capability fails as it is.
+#[test]
+fn only_an_offload_refusal_falls_back() {
+    use std::io::Error;
+    const EPERM: i32 = 1;
+    const EBUSY: i32 = 16;
+    const EINVAL: i32 = 22;
+    const EOPNOTSUPP: i32 = 95;
+    for code in [EINVAL, EOPNOTSUPP] {
+        assert!(super::offload_refused(&Error::from_raw_os_error(code)), "{code}");
+    }
+    for code in [EPERM, EBUSY] {
+        assert!(!super::offload_refused(&Error::from_raw_os_error(code)), "{code}");
+    }
+    assert!(!super::offload_refused(&Error::other("not from the kernel")));
 }

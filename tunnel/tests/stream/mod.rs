@@ -11,7 +11,7 @@ use std::{
 use ferry_lab::{Lab, Netns};
 use ferry_tunnel::{
     PrivateKey,
-    endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig},
+    endpoint::{DEFAULT_MTU, Endpoint, EndpointConfig, EndpointStats},
     proto::PeerConfig,
 };
 use tokio::runtime::Runtime;
@@ -42,10 +42,38 @@ fn pattern(offset: usize) -> u8 {
     (offset.wrapping_mul(2_654_435_761) >> 13) as u8
 }
 
+/// The application's writes: large enough that the sender's TCP stack
+/// builds full 64 KiB super-segments.
+const WRITE_BYTES: usize = 64 << 10;
+
+/// What a stream through the tunnel did.
+pub struct Outcome {
+    /// Bytes and packets the receiving endpoint wrote to its TUN device.
+    pub bytes: u64,
+    pub packets: u64,
+    /// The sending endpoint's counters, which read the super-segments.
+    pub sender: EndpointStats,
+    /// The sending TUN device's `gso_max_segs`.
+    #[allow(dead_code, reason = "only the offload tests read it; the module is compiled into each")]
+    pub sender_gso_max_segs: u32,
+}
+
+/// A link's `gso_max_segs`, as `ip -d link show` reports it.
+fn gso_max_segs(ns: &Netns, ifname: &str) -> u32 {
+    let link = ns.exec("ip", &["-d", "link", "show", "dev", ifname]).unwrap();
+    let mut words = link.split_whitespace();
+    words
+        .find(|w| *w == "gso_max_segs")
+        .and_then(|_| words.next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no gso_max_segs for {ifname}:\n{link}"))
+}
+
 /// Sends a TCP stream of [`STREAM_BYTES`] from A to B through the tunnel,
-/// checks that it arrives whole, and returns the bytes and packets the
-/// receiving endpoint wrote to its TUN device meanwhile.
-pub fn stream_through_the_tunnel() -> (u64, u64) {
+/// checks that it arrives whole, and returns what the endpoints did. With
+/// `mss`, B advertises it (a route's `advmss`) so A's TCP stack cuts its
+/// super-segments at that MSS.
+pub fn stream_with_mss(mss: Option<u16>) -> Outcome {
     let lab = Lab::new().unwrap();
     let (ns_a, ns_b) = (lab.netns("off-a").unwrap(), lab.netns("off-b").unwrap());
     lab.wire(&ns_a, &["192.0.2.1/24"], &ns_b, &["192.0.2.2/24"]).unwrap();
@@ -65,8 +93,20 @@ pub fn stream_through_the_tunnel() -> (u64, u64) {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let b_if = lab.ifname("offb");
-    let _a = start_in(&rt, &ns_a, config(lab.ifname("offa"), ka, "10.78.0.1/24", peer_of_a));
+    let a_if = lab.ifname("offa");
+    let a = start_in(&rt, &ns_a, config(a_if.clone(), ka, "10.78.0.1/24", peer_of_a));
     let _b = start_in(&rt, &ns_b, config(b_if.clone(), kb, "10.78.0.2/24", peer_of_b));
+    if let Some(mss) = mss {
+        let mss = mss.to_string();
+        ns_b.exec("ip", &["route", "add", "10.78.0.1/32", "dev", &b_if, "advmss", &mss, "initrwnd", "1000"])
+            .unwrap();
+        // A super-segment is at most half the congestion window, and TSO
+        // sizes it to about a millisecond at the pacing rate: on a loaded
+        // machine both stay small. These floors make super-segments as
+        // large as 64 KiB (and the device) allow from the first window on.
+        ns_a.exec("ip", &["route", "add", "10.78.0.2/32", "dev", &a_if, "initcwnd", "1000"]).unwrap();
+        ns_a.exec("sysctl", &["-w", "net.ipv4.tcp_min_tso_segs=128"]).unwrap();
+    }
 
     let listener = ns_b.run_in(|| TcpListener::bind("10.78.0.2:5201").unwrap()).unwrap();
     let receiver = std::thread::spawn(move || {
@@ -82,7 +122,9 @@ pub fn stream_through_the_tunnel() -> (u64, u64) {
         let mut stream =
             TcpStream::connect_timeout(&"10.78.0.2:5201".parse().unwrap(), Duration::from_secs(20)).unwrap();
         let data: Vec<u8> = (0..STREAM_BYTES).map(pattern).collect();
-        stream.write_all(&data).unwrap();
+        for chunk in data.chunks(WRITE_BYTES) {
+            stream.write_all(chunk).unwrap();
+        }
     })
     .unwrap();
     let received = receiver.join().unwrap();
@@ -94,5 +136,5 @@ pub fn stream_through_the_tunnel() -> (u64, u64) {
     let (bytes_after, packets_after) = rx_counters(&ns_b, &b_if);
     let (bytes, packets) = (bytes_after - bytes_before, packets_after - packets_before);
     assert!(bytes >= STREAM_BYTES as u64, "{bytes} bytes through B's TUN device");
-    (bytes, packets)
+    Outcome { bytes, packets, sender: a.stats(), sender_gso_max_segs: gso_max_segs(&ns_a, &a_if) }
 }
