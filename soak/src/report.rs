@@ -152,7 +152,10 @@ impl Stats {
             row(&format!("    gateway {n}: killed"), of(&self.gateway_kills));
             row(&format!("    gateway {n}: clock stepped"), of(&self.clock_steps));
             row(&format!("    gateway {n}: link, NAT or loss faults"), of(&self.site_faults));
-            row(&format!("    gateway {n}: machine-network packets checked"), of(&self.machine_packets_by_gateway));
+            row(
+                &format!("    gateway {n}: machine-network packets checked"),
+                of(&self.machine_packets_by_gateway),
+            );
         }
         // 0 checked: no technician behind a symmetric NAT used a tunnel to
         // the gateway behind one (seed 2's run has no such technician), so
@@ -160,8 +163,14 @@ impl Stats {
         row("  symmetric NAT to symmetric NAT, checked", self.symmetric_both_checked.to_string());
         row("    found relayed", self.symmetric_both_relayed.to_string());
         // With one gateway there is no other site: all 0.
-        row("  site faults (or switch-offs), sessions elsewhere", self.cross_site.faults_with_sessions.to_string());
-        row("  site faults (or switch-offs), none elsewhere", self.cross_site.faults_nothing_elsewhere.to_string());
+        row(
+            "  site faults (or switch-offs), sessions elsewhere",
+            self.cross_site.faults_with_sessions.to_string(),
+        );
+        row(
+            "  site faults (or switch-offs), none elsewhere",
+            self.cross_site.faults_nothing_elsewhere.to_string(),
+        );
         row("  live-path echoes on other gateways during a site fault", self.cross_site.echoes.to_string());
         row("tunnels' configurations", self.configs_by_relay.values().sum::<u64>().to_string());
         for relay in [Some(0), Some(1), None] {
