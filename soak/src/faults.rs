@@ -87,11 +87,12 @@ impl Soak {
                 self.check_other_sites(&elsewhere, &off_its_path)?;
                 std::thread::sleep(Duration::from_secs(down).saturating_sub(cut.elapsed()));
                 link_ns.ip(&["link", "set", &wan, "up"]).map_err(|e| e.to_string())?;
+                let was_down = cut.elapsed();
                 // Setting the link down took the NAT router's routes with it.
                 if let Some(via) = default_via {
                     link_ns.ip(&["route", "replace", "default", "via", via]).map_err(|e| e.to_string())?;
                 }
-                self.event(format!("fault: the link is up again after {:.1}s", cut.elapsed().as_secs_f64()));
+                self.event(format!("fault: the link is up again after {:.1}s", was_down.as_secs_f64()));
             }
             "conntrack flush" => {
                 let out = link_ns.output("conntrack", &["-F"]).map_err(|e| e.to_string())?;

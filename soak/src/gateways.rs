@@ -147,12 +147,13 @@ impl Soak {
         let down = std::time::Duration::from_millis(self.rng.between(100, 3000));
         self.check_other_sites(elsewhere, when)?;
         std::thread::sleep(down.saturating_sub(killed.elapsed()));
+        let was_down = killed.elapsed();
         self.world.start_gateway_at(g);
         self.gateways[g].machine_net.history.gateway_ready(Instant::now());
         self.event(format!(
-            "fault: gateway {} restarted after {:.1}s down ({} ms drawn)",
+            "fault: gateway {} restarted, started {:.1}s after the kill ({} ms drawn)",
             g + 1,
-            killed.elapsed().as_secs_f64(),
+            was_down.as_secs_f64(),
             down.as_millis()
         ));
         Ok(())
