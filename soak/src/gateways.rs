@@ -20,8 +20,11 @@ use crate::{
 };
 
 /// Which gateway each session goes to and which one a fault on a site
-/// picks: a stream of its own, so that the others, and so every seed's
-/// schedule of steps and faults, stay as they were with one gateway.
+/// picks: a stream of its own, so that the others draw as they did with
+/// one gateway. The schedule still differs from one gateway's after a
+/// switch-off or a fault that touches one gateway's sessions only (who
+/// has a session then decides the later draws): a replay takes the same
+/// `--gateways`.
 pub const GATEWAY_STREAM: u64 = 0x9a7e_3a95_0003;
 
 /// The sites in the order `--gateways` takes them: the first behind a
