@@ -68,10 +68,13 @@ impl Soak {
     /// depends on the seed alone.
     pub fn maybe_clock_step(&mut self) -> Outcome {
         let Some((offset_s, hold)) = draw(&mut self.clock_rng) else { return Ok(()) };
+        // The gateway is drawn even without libfaketime, so that the
+        // gateways' stream, and so which gateway later sessions and faults
+        // take, is the same on machines with and without it.
+        let gateway = self.pick_gateway();
         if !self.clock_steps {
             return Ok(());
         }
-        let gateway = self.pick_gateway();
         if self.clock_held.is_some_and(|held| held.gateway != gateway) {
             self.set_clock_right()?;
         }

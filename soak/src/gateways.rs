@@ -20,8 +20,11 @@ use crate::{
 };
 
 /// Which gateway each session goes to and which one a fault on a site
-/// picks: a stream of its own, so that the others, and so every seed's
-/// schedule of steps and faults, stay as they were with one gateway.
+/// picks: a stream of its own, so that the others draw as they did with
+/// one gateway. The schedule still differs from one gateway's after a
+/// switch-off or a fault that touches one gateway's sessions only (who
+/// has a session then decides the later draws): a replay takes the same
+/// `--gateways`.
 pub const GATEWAY_STREAM: u64 = 0x9a7e_3a95_0003;
 
 /// The sites in the order `--gateways` takes them: the first behind a
@@ -118,11 +121,14 @@ impl Soak {
     }
 
     /// A gateway behind a NAT router (for the conntrack flush), from the
-    /// gateways' stream; the first if none other is.
-    pub fn pick_gateway_behind_nat(&mut self) -> usize {
+    /// gateways' stream; none (and no draw) if no site has a NAT router.
+    pub fn pick_gateway_behind_nat(&mut self) -> Option<usize> {
         let behind: Vec<usize> =
             (0..self.gateways.len()).filter(|&g| self.world.site(g).router.is_some()).collect();
-        behind[self.gateway_pick.below(behind.len() as u64) as usize]
+        if behind.is_empty() {
+            return None;
+        }
+        Some(behind[self.gateway_pick.below(behind.len() as u64) as usize])
     }
 
     /// "gateway 2 (behind a symmetric NAT)", for the log.
@@ -132,7 +138,9 @@ impl Soak {
 
     /// SIGKILL of gateway `g` and its restart after 0.1 to 3 s, the capture
     /// told when its daemon was down. Meanwhile the sessions of `elsewhere`
-    /// (on other gateways) must answer an echo.
+    /// (on other gateways) must answer an echo: the gateway stays down for
+    /// the drawn time or until those checks end, whichever is later (each
+    /// echo may take up to [`crate::recovery::UNTOUCHED_BOUND`]).
     pub fn kill_gateway(&mut self, g: usize, elsewhere: &[Carrying], when: &str) -> Outcome {
         self.event(format!("fault: SIGKILL {}", Self::gateway_label(g)));
         *self.stats.gateway_kills.entry(g).or_default() += 1;
@@ -140,11 +148,37 @@ impl Soak {
         self.world.kill_gateway_at(g);
         let killed = Instant::now();
         let down = std::time::Duration::from_millis(self.rng.between(100, 3000));
-        self.check_untouched(elsewhere, when)?;
+        self.check_other_sites(elsewhere, when)?;
         std::thread::sleep(down.saturating_sub(killed.elapsed()));
+        let was_down = killed.elapsed();
         self.world.start_gateway_at(g);
         self.gateways[g].machine_net.history.gateway_ready(Instant::now());
-        self.event(format!("fault: gateway {} restarted", g + 1));
+        self.event(format!(
+            "fault: gateway {} restarted, started {:.1}s after the kill ({} ms drawn)",
+            g + 1,
+            was_down.as_secs_f64(),
+            down.as_millis()
+        ));
+        Ok(())
+    }
+
+    /// The live-path check across sites: while a fault (or the switch)
+    /// cuts one site's sessions, every session of `elsewhere` (on the
+    /// other gateways, carrying traffic just before) answers an echo. Its
+    /// own counters, so that the table shows whether it ran: a fault with
+    /// nothing carrying elsewhere checks nothing and counts as such.
+    pub fn check_other_sites(&mut self, elsewhere: &[Carrying], when: &str) -> Outcome {
+        if self.gateways.len() < 2 {
+            return Ok(());
+        }
+        if elsewhere.is_empty() {
+            self.stats.cross_site.faults_nothing_elsewhere += 1;
+            self.event(format!("no session on another gateway carrying traffic to check {when}"));
+            return Ok(());
+        }
+        self.stats.cross_site.faults_with_sessions += 1;
+        self.check_untouched(elsewhere, when)?;
+        self.stats.cross_site.echoes += elsewhere.len() as u64;
         Ok(())
     }
 

@@ -62,8 +62,11 @@ struct Cli {
     /// it only through a relay), the third on a public address. Each
     /// session goes to one of them, and a fault on a site (its gateway
     /// killed, its clock stepped, its link cut or impaired, its NAT's
-    /// conntrack flushed) takes one, both drawn from a stream of their own:
-    /// the other choices of a seed stay as they were with one gateway.
+    /// conntrack flushed) takes one, both drawn from a stream of their own.
+    /// A switch-off or a fault then touches that gateway's sessions only,
+    /// so the later steps differ from the same seed's with another count: a
+    /// replay with the same `--gateways` is the same schedule (apart from
+    /// drift when the timing differs).
     #[arg(long, default_value_t = DEFAULT_GATEWAYS, value_parser = clap::value_parser!(u64).range(gateways::MIN_GATEWAYS as u64..=gateways::MAX_GATEWAYS as u64))]
     gateways: u64,
     /// Where the cloud keeps its data: sled (one `ferry-cloud`), or

@@ -648,7 +648,9 @@ impl Soak {
             last = values.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ") + &listed;
             values.iter().all(|(_, v)| *v == 0.0)
         });
-        self.stats.checks += 2 + 8 * gateways as u64 + 2 * self.world.relay_count() as u64;
+        // Per gateway: its three metrics and its maps.
+        let per_gateway = 3 + maps::GATEWAY_EMPTY_AT_END.len() as u64;
+        self.stats.checks += 2 + per_gateway * gateways as u64 + 2 * self.world.relay_count() as u64;
         self.event(format!("after every session ended: {last}"));
         if !clean {
             return Err(format!("30 s after every session ended, something is left: {last}"));

@@ -576,7 +576,7 @@ impl Soak {
                         self.transition(live.id, action, false);
                     }
                 }
-                self.check_untouched(&elsewhere, &format!("after gateway {}'s switch went off", g + 1))?;
+                self.check_other_sites(&elsewhere, &format!("after gateway {}'s switch went off", g + 1))?;
                 self.techs[t].live = Some(Live {
                     id,
                     gateway: g,
@@ -902,6 +902,7 @@ impl Soak {
             crate::gateways::SITE_KINDS[g] == ferry_world::Site::BehindNat(ferry_lab::Nat::Symmetric);
         if symmetric_site && self.techs[t].place == crate::soak::SYMMETRIC_PLACE {
             self.stats.checks += 1;
+            self.stats.symmetric_both_checked += 1;
             self.stats.symmetric_both_relayed += u64::from(path == "relayed");
             if path != "relayed" {
                 return Err(format!(
