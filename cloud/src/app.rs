@@ -231,7 +231,33 @@ impl AppState {
         Ok(changed)
     }
 
-    /// [`Self::end_session`] for a task.
+    /// [`Self::change_session_audited_async`] in a task of its own, which
+    /// runs to its end even if the caller is dropped: once a request's
+    /// change is taken into another request's group it is committed with
+    /// it, and the gateway and the relays must then hear of it
+    /// ([`Self::push`]). An HTTP handler is dropped when its client hangs
+    /// up; awaited inline, the change would stand in the store and the
+    /// audit log while the gateway kept the session's keys.
+    pub async fn change_session_detached<R: Send + 'static>(
+        &self,
+        id: u64,
+        actor: Actor,
+        action: &'static str,
+        change: impl FnMut(&mut Session) -> Result<R, SessionError> + Send + 'static,
+        detail: impl Fn(&Session, &R) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Option<(Session, R)>, SessionError> {
+        let app = self.clone();
+        let task = tokio::spawn(async move {
+            app.change_session_audited_async(id, &actor, action, change, detail).await
+        });
+        task.await.map_err(|e| {
+            SessionError::from(BackendError::Unavailable(format!("the session change failed: {e}")))
+        })?
+    }
+
+    /// [`Self::end_session`] for a task; detached as
+    /// [`Self::change_session_detached`] is, so that an end, once
+    /// committed, always reaches the gateway and the relays.
     pub async fn end_session_async(
         &self,
         id: u64,
@@ -239,13 +265,14 @@ impl AppState {
         actor: &Actor,
     ) -> Result<Option<Session>, SessionError> {
         let now = self.now_ms();
+        let detail = describe(&reason);
         let ended = self
-            .change_session_audited_async(
+            .change_session_detached(
                 id,
-                actor,
+                actor.clone(),
                 "session.end",
-                |s| Ok(s.end(reason.clone(), now)?),
-                |_, _| Some(describe(&reason)),
+                move |s| Ok(s.end(reason.clone(), now)?),
+                move |_, _| Some(detail.clone()),
             )
             .await?;
         Ok(ended.map(|(s, ())| s))

@@ -396,3 +396,75 @@ fn the_customer_ends_one_session_and_panel_logins_are_audited() {
     let started = w.api.post(&format!("/api/v1/sessions/{a}/start"), &w.admin, json!({}));
     assert_eq!(started.status, 200, "{started:?}");
 }
+
+/// An end whose request is taken into another request's group commit and
+/// then dropped (its HTTP client hung up, so hyper dropped the handler's
+/// future) is committed with that group: the gateway and the relays must
+/// still hear of it, or they would keep an ended session's keys.
+#[test]
+fn an_end_committed_by_another_request_s_group_reaches_the_gateway_after_its_caller_is_gone() {
+    use std::{
+        future::Future,
+        pin::pin,
+        task::{Context, Poll, Waker},
+    };
+
+    use ferry_cloud::{app::Actor, hub::Change};
+
+    let w = world();
+    let _gateway = w.gateway();
+    let (first, dropped, third) = (w.session(false), w.session(false), w.session(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut changes = w.api.state.hub.subscribe();
+    let end = |id: u64| {
+        let state = w.api.state.clone();
+        async move {
+            state
+                .end_session_async(id, EndReason::User { name: "root".into() }, &Actor::system())
+                .await
+                .unwrap()
+        }
+    };
+
+    // The first end holds the only turn (one group at a time on sled).
+    w.failing.hold_commit(move |b| appends_audit(b, "session.end", Some(first), ""));
+    let holder = runtime.spawn(end(first));
+    while !w.failing.holding() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The second end queues behind it and is never polled again: its
+    // caller is gone.
+    let _entered = runtime.enter();
+    {
+        let mut gone = pin!(end(dropped));
+        let poll = gone.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(poll, Poll::Pending), "the end must wait for the held turn");
+        // The third takes the next turn and commits the queued second with it.
+        let other = runtime.spawn(end(third));
+        w.failing.release();
+        runtime.block_on(holder).unwrap();
+        runtime.block_on(other).unwrap();
+        wait_for(|| w.stored(dropped).state == State::Ended, "the dropped end committed");
+    }
+    let mut heard = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !heard.contains(&dropped) && std::time::Instant::now() < deadline {
+        match changes.try_recv() {
+            Ok(Change::Session(id)) => heard.push(id),
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert!(
+        heard.contains(&dropped),
+        "session {dropped} ended in the store but its gateway was never told (heard: {heard:?})"
+    );
+}
+
+fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

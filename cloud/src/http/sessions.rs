@@ -347,12 +347,13 @@ async fn start(
     )?;
     let view = state.hub.gateway_view(session.gateway_id);
     let now = state.now_ms();
+    let name = caller.user.name.clone();
     let started = state
-        .change_session_audited_async(
+        .change_session_detached(
             id,
-            &actor(&caller),
+            actor(&caller),
             "session.start",
-            |s| Ok(s.start(&caller.user.name, now, view)?),
+            move |s| Ok(s.start(&name, now, view)?),
             |_, new_state| Some(new_state.label().into()),
         )
         .await;

@@ -3,7 +3,7 @@
 //! between two commits leaves behind.
 
 use std::sync::{
-    Arc, Mutex, PoisonError,
+    Arc, Condvar, Mutex, PoisonError,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
@@ -26,6 +26,16 @@ pub struct FailingBackend {
     armed: Mutex<Option<(Matcher, Failure)>>,
     crashed: AtomicBool,
     failed: AtomicUsize,
+    /// A commit to stop at until [`release`](FailingBackend::release), and
+    /// whether one is stopped there now.
+    held: Mutex<Option<Matcher>>,
+    gate: (Mutex<Gate>, Condvar),
+}
+
+#[derive(Default)]
+struct Gate {
+    closed: bool,
+    waiting: bool,
 }
 
 impl FailingBackend {
@@ -35,7 +45,49 @@ impl FailingBackend {
             armed: Mutex::new(None),
             crashed: AtomicBool::new(false),
             failed: AtomicUsize::new(0),
+            held: Mutex::new(None),
+            gate: (Mutex::new(Gate::default()), Condvar::new()),
         }
+    }
+
+    /// Stops the first group commit from now on for which `matches` holds
+    /// (before anything of it is stored) until [`release`](Self::release):
+    /// a commit that takes long, for tests of what waits behind it.
+    pub fn hold_commit(&self, matches: impl Fn(&Batch) -> bool + Send + Sync + 'static) {
+        self.gate.0.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(matches));
+    }
+
+    /// Whether a held commit is stopped at the gate now.
+    pub fn holding(&self) -> bool {
+        self.gate.0.lock().unwrap_or_else(PoisonError::into_inner).waiting
+    }
+
+    /// Lets a held commit go on (and any later one through).
+    pub fn release(&self) {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.gate.0.lock().unwrap_or_else(PoisonError::into_inner).closed = false;
+        self.gate.1.notify_all();
+    }
+
+    fn stop_if_held(&self, batch: &Batch) {
+        let matched = {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let matched = held.as_ref().is_some_and(|m| m(batch));
+            if matched {
+                held.take();
+            }
+            matched
+        };
+        if !matched {
+            return;
+        }
+        let mut gate = self.gate.0.lock().unwrap_or_else(PoisonError::into_inner);
+        gate.waiting = true;
+        while gate.closed {
+            gate = self.gate.1.wait(gate).unwrap_or_else(PoisonError::into_inner);
+        }
+        gate.waiting = false;
     }
 
     /// Fails the first commit from now on for which `matches` holds, in the
@@ -123,7 +175,9 @@ impl Backend for FailingBackend {
             Some((collection, key)) => self.inner.get(*collection, key)?,
             None => None,
         };
-        self.check(&all.append(finish(&vec![true; batches.len()], locked.as_deref())))?;
+        let all = all.append(finish(&vec![true; batches.len()], locked.as_deref()));
+        self.stop_if_held(&all);
+        self.check(&all)?;
         self.inner.commit_group(batches, lock, finish)
     }
 
