@@ -452,11 +452,11 @@ impl Appender {
             }
         };
         std::mem::forget(queued);
-        blocking(|| {
-            let pass = Pass { appender: self, group: &group };
-            commit_group(store, &group);
-            drop(pass);
-        });
+        // The pass first: if the blocking section itself failed, the turn is
+        // still given back.
+        let pass = Pass { appender: self, group: &group };
+        blocking(|| commit_group(store, &group));
+        drop(pass);
         take_outcome(&me)
             .unwrap_or_else(|| Err(BackendError::Io("an audited commit got no outcome".into()).into()))
     }
@@ -508,6 +508,18 @@ struct Pass<'a> {
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The group's commit panicked: its members would otherwise wait
+            // for an outcome for ever. Whatever it stored, none is answered Ok.
+            for waiting in self.group {
+                let mut outcome = lock_ignoring_poison(&waiting.outcome);
+                if outcome.is_none() {
+                    *outcome = Some(Err(AuditError::Store(BackendError::Io(
+                        "the audited commit failed unexpectedly".into(),
+                    ))));
+                }
+            }
+        }
         let mut turns = lock_ignoring_poison(&self.appender.turns);
         turns.committing -= 1;
         for waiting in self.group {
