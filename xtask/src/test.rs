@@ -24,7 +24,21 @@ struct Suite {
     ignored: u32,
     /// The binary died without a result line (crash, abort, signal).
     crashed: bool,
+    /// Each failed test's name and the end of what it printed, repeated at
+    /// the end of the summary: CI often shows only the last part of the log.
+    failures: Vec<Failure>,
 }
+
+#[derive(Debug, Default)]
+struct Failure {
+    test: String,
+    /// The last FAILURE_TAIL lines.
+    lines: Vec<String>,
+    open: bool,
+}
+
+/// How many of a failed test's last lines the summary repeats.
+const FAILURE_TAIL: usize = 30;
 
 pub fn run(cargo_test_args: &[String]) -> Result<()> {
     if !setup::is_root() {
@@ -253,6 +267,9 @@ fn test_workspace(
     for line in BufReader::new(reader).lines() {
         let line = line.context("reading cargo test output")?;
         writeln!(out, "{line}")?;
+        if let Some(suite) = current.as_mut() {
+            suite.read_failure_line(&line);
+        }
         let trimmed = line.trim_start();
         if let Some(rest) = trimmed.strip_prefix("Running ") {
             finish(&mut current, &mut suites);
@@ -291,7 +308,34 @@ fn suite_name(running: &str) -> String {
 
 impl Suite {
     fn new(package: &str, name: String) -> Suite {
-        Suite { package: package.to_string(), name, passed: 0, failed: 0, ignored: 0, crashed: false }
+        Suite {
+            package: package.to_string(),
+            name,
+            passed: 0,
+            failed: 0,
+            ignored: 0,
+            crashed: false,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Follows libtest's report of failures: a "---- <test> stdout ----"
+    /// line opens a test's output, which runs until the next such line or
+    /// the bare "failures:" line that lists the names.
+    fn read_failure_line(&mut self, line: &str) {
+        if let Some(test) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+            self.failures.push(Failure { test: test.to_string(), lines: Vec::new(), open: true });
+            return;
+        }
+        let Some(failure) = self.failures.last_mut().filter(|f| f.open) else { return };
+        if line == "failures:" {
+            failure.open = false;
+            return;
+        }
+        failure.lines.push(line.to_string());
+        if failure.lines.len() > FAILURE_TAIL {
+            failure.lines.remove(0);
+        }
     }
 
     /// Parses "ok. 3 passed; 0 failed; 1 ignored; 0 measured; ...".
@@ -343,6 +387,14 @@ fn summarize(checks: &[(&str, bool)], suites: &[Suite], started: Instant) -> boo
     // failed check counts as a failure there too.
     let failed_checks = checks.iter().filter(|(_, ok)| !ok).count() as u32;
     let all_failed = failed + crashed as u32 + failed_checks;
+    for suite in suites {
+        for failure in &suite.failures {
+            println!("\nFAILED {} {}: {}", suite.package, suite.name, failure.test);
+            for line in failure.lines.iter().skip_while(|l| l.trim().is_empty()) {
+                println!("    {line}");
+            }
+        }
+    }
     println!("total: {passed} passed, {all_failed} failed, {ignored} skipped");
     failed == 0 && crashed == 0 && checks_ok && ignored == 0 && passed > 0
 }
@@ -362,6 +414,28 @@ mod tests {
             "FAILED. 12 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.48s",
         );
         assert_eq!((suite.passed, suite.failed, suite.ignored), (12, 2, 0));
+    }
+
+    #[test]
+    fn a_failed_test_s_output_is_kept_for_the_summary() {
+        let mut suite = Suite::new("p", "s".into());
+        let output = "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\nfailures:\n\n\
+                      ---- b stdout ----\n\nthread 'b' panicked at tests/b.rs:3:5:\nboom\n\n\
+                      failures:\n    b\n\ntest result: FAILED. 1 passed; 1 failed";
+        for line in output.lines() {
+            suite.read_failure_line(line);
+        }
+        assert_eq!(suite.failures.len(), 1);
+        assert_eq!(suite.failures[0].test, "b");
+        assert_eq!(suite.failures[0].lines, ["", "thread 'b' panicked at tests/b.rs:3:5:", "boom", ""]);
+
+        let mut long = Suite::new("p", "s".into());
+        long.read_failure_line("---- c stdout ----");
+        for n in 0..100 {
+            long.read_failure_line(&format!("line {n}"));
+        }
+        assert_eq!(long.failures[0].lines.len(), FAILURE_TAIL);
+        assert_eq!(long.failures[0].lines.last().unwrap(), "line 99");
     }
 
     #[test]
