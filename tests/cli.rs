@@ -119,7 +119,9 @@ fn guard_takes_interface_and_port_from_the_config_file() {
     .unwrap();
     let mut guard =
         b.spawn_program(bin_path("ferry-gateway"), &["--config", config.to_str().unwrap(), "guard"]).unwrap();
-    guard.wait_for_output("uplink guard attached", Duration::from_secs(20)).unwrap();
+    // The end of the stdout line: the same words come first in the log on
+    // stderr, and a wait for them could read stdout before the line is there.
+    guard.wait_for_output("SIGINT detaches", Duration::from_secs(20)).unwrap();
     let line = guard.stdout();
     assert!(line.contains(&link.b) && line.contains("generic") && line.contains("41641"), "{line}");
 }
