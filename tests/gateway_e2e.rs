@@ -543,6 +543,13 @@ fn a_ferry_technician_goes_direct_to_the_gateway_behind_its_nat() {
     };
     assert!(allowed("allow_probe") > 0.0 && allowed("allow_stun") > 0.0, "{}", site.lab.gateway_metrics());
     assert!(site.lab.gateway_metric("ferry_gateway_stun_answers_total") > 0.0);
+    // The tunnel's own drops are exported from the start, and a healthy
+    // session through a TUN device with offloads has none of them.
+    let metrics = site.lab.gateway_metrics();
+    for reason in ["tun_malformed", "tun_no_room", "virtual_spoofed"] {
+        let sample = format!("ferry_gateway_tunnel_dropped_total{{reason=\"{reason}\"}} 0");
+        assert!(metrics.lines().any(|l| l == sample), "{sample} missing:\n{metrics}");
+    }
 }
 
 /// The site's WAN link goes down and up while the control channel is idle

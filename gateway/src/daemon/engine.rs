@@ -122,15 +122,16 @@ impl Engine {
         self.endpoint.local_port()
     }
 
-    /// The WireGuard device's handshake counters: messages with a valid
-    /// mac1, cookie replies sent, initiations refused by the rate limit.
-    pub fn handshake_stats(&self) -> (u64, u64, u64) {
-        self.endpoint.with_device(|device| {
-            let stats = &device.stats;
-            let limited =
-                stats.drops.get(&ferry_tunnel::proto::device::Drop::RateLimited).copied().unwrap_or(0);
-            (stats.handshakes_received, stats.cookie_replies_sent, limited)
-        })
+    /// The WireGuard device's counters: handshakes, cookie replies, drops
+    /// by reason.
+    pub fn device_stats(&self) -> ferry_tunnel::proto::device::DeviceStats {
+        self.endpoint.with_device(|device| device.stats.clone())
+    }
+
+    /// The endpoint's own drops (TUN reads, the side channel, virtual
+    /// transports).
+    pub fn endpoint_stats(&self) -> ferry_tunnel::endpoint::EndpointStats {
+        self.endpoint.stats()
     }
 
     /// Candidates, probe tags, STUN servers and path counters.

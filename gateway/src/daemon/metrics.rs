@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use ferry_tunnel::{endpoint::EndpointStats, proto::device::Drop};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -73,6 +74,11 @@ pub struct Metrics {
     pub wg_handshakes: Counter,
     pub wg_cookie_replies: Counter,
     pub wg_rate_limited: Counter,
+    /// Datagrams the WireGuard device dropped, by reason.
+    pub wg_drops: Family<ReasonLabels, Counter>,
+    /// Packets the tunnel endpoint dropped before or after the device (TUN
+    /// reads it could not split, the side channel full, virtual transports).
+    pub tunnel_drops: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -108,6 +114,8 @@ impl Metrics {
             wg_handshakes: Counter::default(),
             wg_cookie_replies: Counter::default(),
             wg_rate_limited: Counter::default(),
+            wg_drops: Family::default(),
+            tunnel_drops: Family::default(),
         };
         registry.register(
             "switch_on",
@@ -236,6 +244,17 @@ impl Metrics {
             registry.register(name, help, counter.clone());
         }
         registry.register(
+            "wireguard_dropped",
+            "Datagrams the WireGuard device dropped, by reason (handshake and session errors one label each)",
+            m.wg_drops.clone(),
+        );
+        registry.register(
+            "tunnel_dropped",
+            "Packets the tunnel endpoint dropped: tun_malformed and tun_no_room (TUN reads that could not be \
+             split into packets), side_channel_full, virtual_unroutable, virtual_spoofed",
+            m.tunnel_drops.clone(),
+        );
+        registry.register(
             "candidates",
             "Direct-path candidates of this gateway (host and server-reflexive)",
             m.candidates.clone(),
@@ -248,6 +267,32 @@ impl Metrics {
         let now = counter.get();
         if total > now {
             counter.inc_by(total - now);
+        }
+    }
+
+    /// The device's drops by label. Several reasons share a label (every
+    /// handshake error is `handshake`), so they are summed first.
+    pub fn count_wireguard_drops(&self, drops: &std::collections::HashMap<Drop, u64>) {
+        let mut by_label: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
+        for (reason, n) in drops {
+            *by_label.entry(reason.label()).or_default() += n;
+        }
+        for (reason, total) in by_label {
+            Metrics::count_to(&self.wg_drops.get_or_create(&ReasonLabels { reason }), total);
+        }
+    }
+
+    /// The endpoint's drops; every reason is exported, zero or not, so that
+    /// an alert can be written before the first drop.
+    pub fn count_endpoint_drops(&self, stats: &EndpointStats) {
+        for (reason, total) in [
+            ("tun_malformed", stats.tun_malformed),
+            ("tun_no_room", stats.tun_no_room),
+            ("side_channel_full", stats.side_dropped),
+            ("virtual_unroutable", stats.virtual_unroutable),
+            ("virtual_spoofed", stats.virtual_spoofed),
+        ] {
+            Metrics::count_to(&self.tunnel_drops.get_or_create(&ReasonLabels { reason }), total);
         }
     }
 
@@ -277,5 +322,31 @@ mod tests {
         assert!(text.contains("ferry_gateway_wireguard_handshakes_total 0"), "{text}");
         assert!(text.contains("ferry_gateway_packets_total{outcome=\"not_whitelisted\"} 9"), "{text}");
         assert!(text.contains("ferry_gateway_switch_on 1"), "{text}");
+    }
+
+    #[test]
+    fn drops_are_exported_by_reason_with_shared_labels_summed() {
+        use ferry_tunnel::proto::{handshake::HandshakeError, session::SessionError};
+        let m = Metrics::new();
+        let drops = [
+            (Drop::Handshake(HandshakeError::Decrypt), 2),
+            (Drop::Handshake(HandshakeError::UnknownPeer), 3),
+            (Drop::Session(SessionError::Expired), 1),
+            (Drop::Malformed, 7),
+        ]
+        .into_iter()
+        .collect();
+        m.count_wireguard_drops(&drops);
+        m.count_endpoint_drops(&EndpointStats { tun_malformed: 4, ..EndpointStats::default() });
+        let text = m.encode();
+        for line in [
+            "ferry_gateway_wireguard_dropped_total{reason=\"handshake\"} 5",
+            "ferry_gateway_wireguard_dropped_total{reason=\"session\"} 1",
+            "ferry_gateway_wireguard_dropped_total{reason=\"malformed\"} 7",
+            "ferry_gateway_tunnel_dropped_total{reason=\"tun_malformed\"} 4",
+            "ferry_gateway_tunnel_dropped_total{reason=\"tun_no_room\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }

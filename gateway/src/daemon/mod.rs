@@ -573,10 +573,13 @@ impl Daemon {
             m.guard_stun_servers.set(uplink.stun_servers() as i64);
             metrics::Metrics::count_to(&m.guard_rule_map_errors, uplink.rule_map_errors());
         }
-        let (handshakes, cookie_replies, rate_limited) = self.engine.handshake_stats();
-        metrics::Metrics::count_to(&m.wg_handshakes, handshakes);
-        metrics::Metrics::count_to(&m.wg_cookie_replies, cookie_replies);
-        metrics::Metrics::count_to(&m.wg_rate_limited, rate_limited);
+        let device = self.engine.device_stats();
+        metrics::Metrics::count_to(&m.wg_handshakes, device.handshakes_received);
+        metrics::Metrics::count_to(&m.wg_cookie_replies, device.cookie_replies_sent);
+        let rate_limited = device.drops.get(&ferry_tunnel::proto::device::Drop::RateLimited);
+        metrics::Metrics::count_to(&m.wg_rate_limited, rate_limited.copied().unwrap_or(0));
+        m.count_wireguard_drops(&device.drops);
+        m.count_endpoint_drops(&self.engine.endpoint_stats());
         let traversal = self.engine.traversal().stats();
         for kind in ferry_traversal::PathKind::ALL {
             let n = traversal.paths.get(kind);

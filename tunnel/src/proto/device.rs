@@ -187,6 +187,30 @@ pub enum Drop {
     InternalInconsistency,
 }
 
+impl Drop {
+    /// A short name for metrics labels. Handshake and session errors are
+    /// one label each: their kinds are in the logs, and a label per kind
+    /// would multiply series for what is rare.
+    pub fn label(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::UnknownIndex => "unknown_index",
+            Drop::BadMac1 => "bad_mac1",
+            Drop::CookieRequired => "cookie_required",
+            Drop::RateLimited => "rate_limited",
+            Drop::Handshake(_) => "handshake",
+            Drop::ReplayedInitiation => "replayed_initiation",
+            Drop::InitiationFlood => "initiation_flood",
+            Drop::UnexpectedResponse => "unexpected_response",
+            Drop::BadCookieReply => "bad_cookie_reply",
+            Drop::Session(_) => "session",
+            Drop::BadInnerPacket => "bad_inner_packet",
+            Drop::SourceNotAllowed => "source_not_allowed",
+            Drop::InternalInconsistency => "internal_inconsistency",
+        }
+    }
+}
+
 /// Counters of what the device did, by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceStats {
