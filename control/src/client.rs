@@ -38,6 +38,9 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(35);
 /// How long a ping (or the relay's health report) may wait for room in the
 /// send buffer.
 pub const PING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any other message may wait for room in the send buffer before
+/// the channel is given up (see [`Channel::send`]).
+pub const MESSAGE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A message from the cloud that arrives this long after a ping still
 /// unanswered, while the kernel holds what this side sent unacknowledged,
 /// shows that this side of the connection is stuck behind segments lost in
@@ -184,7 +187,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         if frame.len() > MAX_MESSAGE_BYTES {
             return Err(ClientError::TooLarge { len: frame.len(), max: MAX_MESSAGE_BYTES });
         }
-        self.ws.send(WsMessage::text(frame)).await?;
+        // A send waits for room in the socket's buffer. On a path that died
+        // without a reset it would wait for TCP's retransmissions to give up
+        // (minutes), and the daemon's loop with it: its keepalive, which
+        // would have noticed, never runs. A channel that cannot take a
+        // message for this long is given up and made again.
+        tokio::time::timeout(MESSAGE_SEND_TIMEOUT, self.ws.send(WsMessage::text(frame)))
+            .await
+            .map_err(|_| ClientError::Timeout("sending a message"))??;
         Ok(())
     }
 
@@ -574,6 +584,38 @@ mod tests {
         channel.recv::<crate::relay::ToRelay>().await.unwrap().unwrap();
         assert!(!channel.ping_overdue(Duration::ZERO), "the pong answered the ping");
         assert!(channel.answered_within(long), "the pong came back");
+    }
+
+    /// A peer that stops reading: once the pipe is full, a send gives up
+    /// after MESSAGE_SEND_TIMEOUT with an error, instead of holding the
+    /// daemon's loop until the connection dies.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_to_a_peer_that_never_reads_times_out() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (near, far) = tokio::io::duplex(4 * 1024);
+        let mut channel = Channel::new(WebSocketStream::from_raw_socket(near, Role::Client, None).await);
+        let _peer = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+        let started = tokio::time::Instant::now();
+        let mut sent = 0;
+        let sending = async {
+            loop {
+                match channel.send(&snapshot_message(sent)).await {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+                assert!(sent < 10_000, "the pipe never filled");
+            }
+        };
+        // Without the send's own timeout this one fires instead.
+        let error =
+            tokio::time::timeout(MESSAGE_SEND_TIMEOUT * 6, sending).await.expect("the send never gave up");
+        assert!(sent > 0, "the first messages fit in the pipe");
+        assert!(matches!(error, ClientError::Timeout("sending a message")), "{error}");
+        assert!(started.elapsed() >= MESSAGE_SEND_TIMEOUT, "gave up after {:?}", started.elapsed());
+    }
+
+    fn snapshot_message(revision: u64) -> crate::relay::FromRelay {
+        crate::relay::FromRelay::Applied(crate::common::Applied { revision })
     }
 
     /// A channel over loopback TCP, the peer's end of it, and the peer's
