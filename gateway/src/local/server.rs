@@ -432,7 +432,7 @@ mod tests {
         let looped = std::thread::spawn(move || {
             handle.block_on(async move {
                 let (_request, _pending) = inbox.recv().await.unwrap();
-                // The second request is queued behind the one in hand.
+                // The other request is queued behind the one in hand.
                 while inbox.0.is_empty() {
                     tokio::task::yield_now().await;
                 }
