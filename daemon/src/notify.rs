@@ -46,7 +46,9 @@ fn interval_from(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<
         return None;
     }
     let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
-    Some(Duration::from_micros(usec / 2))
+    // At least a microsecond: half of `WATCHDOG_USEC=1` is zero, and a zero
+    // period makes `tokio::time::interval` panic in the daemon's startup.
+    Some(Duration::from_micros((usec / 2).max(1)))
 }
 
 fn notify(message: &str) {
@@ -113,6 +115,14 @@ mod tests {
         assert_eq!(interval_from(None, Some("7"), 7), None);
         assert_eq!(interval_from(Some("0"), None, 7), None);
         assert_eq!(interval_from(Some("soon"), None, 7), None);
+    }
+
+    #[test]
+    fn the_shortest_watchdog_still_gives_a_period_an_interval_accepts() {
+        // The daemons build `tokio::time::interval` from it, which panics on zero.
+        assert_eq!(interval_from(Some("1"), None, 7), Some(Duration::from_micros(1)));
+        assert_eq!(interval_from(Some("2"), None, 7), Some(Duration::from_micros(1)));
+        assert_eq!(interval_from(Some("3"), None, 7), Some(Duration::from_micros(1)));
     }
 
     #[test]

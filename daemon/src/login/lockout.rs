@@ -63,7 +63,9 @@ impl Lockout {
         if let Some(until_ms) = failures.locked_until_ms.filter(|&until| now_ms < until) {
             return Err(Refused::Locked { until_ms });
         }
-        let ready_at = failures.last_failed_ms.unwrap_or(0) + self.delay_ms(failures.count);
+        // Saturating: the record comes from a file or a database, where a
+        // corrupt one may hold any number.
+        let ready_at = failures.last_failed_ms.unwrap_or(0).saturating_add(self.delay_ms(failures.count));
         if failures.count >= self.slow_after && now_ms < ready_at {
             return Err(Refused::Throttled { retry_after_ms: ready_at - now_ms });
         }
@@ -73,12 +75,13 @@ impl Lockout {
     /// Counts a failed attempt (one that [`Lockout::check`] let through);
     /// returns the end of the lock when this one locked the account.
     pub fn failed(&self, failures: &mut Failures, now_ms: u64) -> Option<u64> {
-        failures.count += 1;
+        // Saturating, as in `check`: a stored count may be anything.
+        failures.count = failures.count.saturating_add(1);
         failures.last_failed_ms = Some(now_ms);
         if failures.count < self.lock_after {
             return None;
         }
-        let until_ms = now_ms + self.lock_ms;
+        let until_ms = now_ms.saturating_add(self.lock_ms);
         // The lock is the penalty; afterwards counting starts over.
         *failures = Failures { count: 0, last_failed_ms: None, locked_until_ms: Some(until_ms) };
         Some(until_ms)
@@ -127,6 +130,22 @@ mod tests {
         let delays: Vec<u64> = (0..12).map(|f| policy.delay_ms(f)).collect();
         assert_eq!(delays, [0, 0, 0, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]);
         assert_eq!(policy.delay_ms(u32::MAX), 60000);
+    }
+
+    #[test]
+    fn a_record_with_extreme_numbers_is_judged_without_overflow() {
+        let policy = Lockout::default();
+        let corrupt: Failures = serde_json::from_str(
+            r#"{"count":4294967295,"last_failed_ms":18446744073709551615,"locked_until_ms":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            policy.check(&corrupt, 5_000),
+            Err(Refused::Throttled { retry_after_ms: u64::MAX - 5_000 })
+        );
+        let mut f = corrupt;
+        assert_eq!(policy.failed(&mut f, u64::MAX - 1), Some(u64::MAX), "at the count's end it locks");
+        assert_eq!(policy.check(&f, 5_000), Err(Refused::Locked { until_ms: u64::MAX }));
     }
 
     #[test]

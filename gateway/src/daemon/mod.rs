@@ -165,7 +165,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
 
     let listener = crate::local::server::bind(&settings.socket)
         .with_context(|| format!("binding the control socket {}", settings.socket.display()))?;
-    let (request_tx, mut request_rx) = mpsc::channel(16);
+    let (request_tx, mut requests) = crate::local::server::channel();
     let panel_task =
         start_panel(&settings, snat, &enrollment.name, request_tx.clone(), &store, &events).await?;
     let local_task = tokio::spawn(crate::local::server::serve(listener, request_tx));
@@ -237,9 +237,9 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some((request, reply)) = request_rx.recv() => {
+            Some((request, pending)) = requests.recv() => {
                 let response = daemon.handle(request).await;
-                let _: Result<(), Response> = reply.send(response);
+                pending.answer(response);
             }
             Some(message) = cloud_rx.recv() => daemon.on_cloud(message).await,
             Ok(()) = candidates.changed() => {
@@ -252,6 +252,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
             _ = pet.tick(), if watchdog.is_some() => ferry_daemon::notify::watchdog(),
         }
     }
+    // Requests from now on, and those queued, are told the daemon stops.
+    drop(requests);
     ferry_daemon::notify::stopping();
     info!("stopping");
     // Before the programs go: the machine network is never routed by a

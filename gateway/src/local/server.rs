@@ -29,6 +29,71 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the daemon's handler receives: a request and where to send the answer.
 pub type Call = (Request, oneshot::Sender<Response>);
 
+/// How many requests may wait for the daemon.
+const QUEUE: usize = 16;
+
+/// The request channel: the sender for the socket's connections and the
+/// local panel, the [`Inbox`] for the daemon's loop.
+pub fn channel() -> (mpsc::Sender<Call>, Inbox) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (tx, Inbox(rx))
+}
+
+/// The daemon's end of the request channel. Every request it took or still
+/// queues gets an answer, also when the daemon's loop goes without giving
+/// one: a plain dropped request would tell the client nothing of why (see
+/// [`gone`]).
+pub struct Inbox(mpsc::Receiver<Call>);
+
+impl Inbox {
+    /// The next request, with the [`Pending`] answer it is owed. Cancel-safe
+    /// like [`mpsc::Receiver::recv`] (no request is taken unless returned).
+    pub async fn recv(&mut self) -> Option<(Request, Pending)> {
+        let (request, answer) = self.0.recv().await?;
+        Some((request, Pending(Some(answer))))
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.0.close();
+        while let Ok((_, answer)) = self.0.try_recv() {
+            drop(Pending(Some(answer)));
+        }
+    }
+}
+
+/// An answer the daemon owes. Dropped unanswered, it answers with [`gone`].
+pub struct Pending(Option<oneshot::Sender<Response>>);
+
+impl Pending {
+    pub fn answer(mut self, response: Response) {
+        if let Some(answer) = self.0.take() {
+            // The client may have hung up; nothing to tell then.
+            let _: Result<(), Response> = answer.send(response);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(answer) = self.0.take() {
+            let _: Result<(), Response> = answer.send(gone());
+        }
+    }
+}
+
+/// Why a request the daemon held went unanswered. A panic in the daemon's
+/// loop drops the loop while it unwinds (its log has the panic's message and
+/// place); otherwise the loop ended at a shutdown.
+fn gone() -> Response {
+    if std::thread::panicking() {
+        Response::error("the daemon failed while it held the request (it panicked: see its log)")
+    } else {
+        Response::error("the daemon is shutting down")
+    }
+}
+
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 static MALFORMED: AtomicU64 = AtomicU64::new(0);
 
@@ -347,6 +412,54 @@ mod tests {
         let status = tokio::task::spawn_blocking(move || client::call(&p, &Request::Status)).await.unwrap();
         assert_eq!(status.unwrap(), Response::Switch { on: false, changed: false });
         server.abort();
+    }
+
+    /// A stand-in for the daemon's loop that panics while it holds one
+    /// request, with another queued behind it, as a panic in `Daemon::handle`
+    /// would; it runs in `block_on` on a thread of its own, as the daemon's
+    /// loop does on the main thread, and the clients on the runtime's workers.
+    #[test]
+    fn requests_held_by_a_loop_that_panics_are_answered_with_the_failure() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (requests, mut inbox) = channel();
+        let first = runtime.spawn({
+            let requests = requests.clone();
+            async move { ask(Request::Remote { on: false }, &requests).await }
+        });
+        let second = runtime.spawn(async move { ask(Request::Status, &requests).await });
+        let handle = runtime.handle().clone();
+        let looped = std::thread::spawn(move || {
+            handle.block_on(async move {
+                let (_request, _pending) = inbox.recv().await.unwrap();
+                // The other request is queued behind the one in hand.
+                while inbox.0.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                panic!("a bug in the daemon's loop");
+            })
+        });
+        assert!(looped.join().is_err(), "the stand-in loop panicked");
+        for asked in [first, second] {
+            match runtime.block_on(asked).unwrap() {
+                Response::Error { message } => assert!(message.contains("panicked"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_left_at_a_shutdown_are_told_so() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (requests, inbox) = channel();
+        let asked = runtime.spawn(async move { ask(Request::Status, &requests).await });
+        runtime.block_on(async {
+            while inbox.0.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(inbox);
+        assert_eq!(runtime.block_on(asked).unwrap(), Response::error("the daemon is shutting down"));
     }
 
     #[test]
