@@ -5,21 +5,37 @@ use std::{
     io::Write as _,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::Path,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
-/// Writes `contents` to a temporary file beside `path` with `mode`, syncs it
-/// and renames it over `path`.
+/// Writes `contents` to a temporary file beside `path` with `mode`, syncs it,
+/// renames it over `path` and syncs the folder, so that the rename itself
+/// survives a power cut. Each call has a temporary of its own: two writers
+/// of one file (two failed logins at once) each replace it whole, the last
+/// one winning, instead of one removing the other's temporary.
 pub fn replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
+    temporary.push(format!(".{}.{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let temporary = std::path::PathBuf::from(temporary);
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary)?;
+    let written = write_new(&temporary, contents, mode).and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written?;
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(folder)?.sync_all()
+}
+
+fn write_new(temporary: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(temporary)?;
     // Exactly `mode`, whatever the umask took away at creation.
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    file.sync_all()
 }
 
 /// A private JSON file (mode 0600) replaced whole with `value`.
@@ -53,5 +69,43 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
+    }
+
+    /// Writers of one file at once (the panel's lockout record on failed
+    /// logins arriving together) all succeed, and the file is one of them
+    /// whole. With one shared temporary name, one writer removed or renamed
+    /// the other's temporary and failed with "No such file or directory".
+    #[test]
+    fn concurrent_writers_each_replace_the_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lockout.json");
+        let writers: Vec<_> = (0..8u8)
+            .map(|n| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        replace(&path, &[b'a' + n; 4096], 0o600).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let contents = std::fs::read(&path).unwrap();
+        assert_eq!(contents.len(), 4096);
+        assert!(contents.iter().all(|&b| b == contents[0]), "a torn file");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder where the file should be: the rename fails.
+        let path = dir.path().join("taken");
+        std::fs::create_dir_all(path.join("inside")).unwrap();
+        assert!(replace(&path, b"x", 0o600).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["taken"], "only the folder is left");
     }
 }
