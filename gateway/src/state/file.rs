@@ -38,6 +38,25 @@ fn write_new(temporary: &Path, contents: &[u8], mode: u32) -> std::io::Result<()
     file.sync_all()
 }
 
+/// Removes the temporaries of writers that died before their rename (a
+/// crash, a power cut) from `dir`. One younger than a minute may be a live
+/// writer's, so it stays for the next sweep.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().ends_with(".tmp")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > STALE_AFTER));
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A private JSON file (mode 0600) replaced whole with `value`.
 pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -96,6 +115,22 @@ mod tests {
         assert_eq!(contents.len(), 4096);
         assert!(contents.iter().all(|&b| b == contents[0]), "a torn file");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn only_old_temporaries_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("switch.json.77.0.tmp");
+        let young = dir.path().join("switch.json.78.0.tmp");
+        let kept = dir.path().join("switch.json");
+        for path in [&old, &young, &kept] {
+            std::fs::write(path, b"x").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+        std::fs::File::options().write(true).open(&kept).unwrap().set_modified(long_ago).unwrap();
+        remove_stale_temporaries(dir.path());
+        assert!(!old.exists() && young.exists() && kept.exists());
     }
 
     #[test]

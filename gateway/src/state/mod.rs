@@ -192,6 +192,9 @@ impl Store {
                     e if locked(&e) => StoreError::Locked { path: path.clone() },
                     other => StoreError::Db(other),
                 })?;
+        // The daemon, or a command while it is stopped: temporaries a dead
+        // writer left go (young ones stay, see the function).
+        file::remove_stale_temporaries(data_dir);
         let meta = db.open_tree(META)?;
         let events = db.open_tree(EVENTS)?;
         let decisions = db.open_tree(DECISIONS)?;
