@@ -222,7 +222,11 @@ fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
 // forward entry), and the array slot of its whitelist entry's generations,
 // nothing else ([`RuleGeneration`]). Everything else (new flows, refusals, flows whose
 // entry changed) takes the full path, which checks the peer and the
-// whitelist as before and gives every refusal its outcome.
+// whitelist as before and gives every refusal its outcome. Before both, the
+// commonest case of the short path (a TCP or UDP packet with a full
+// checksum whose hint names its slot) takes [`fast_path`], a straight line
+// on whole words; whatever it does not take starts over in the full
+// program as if it had not run.
 
 #[classifier]
 pub fn gateway_tunnel_in(ctx: TcContext) -> i32 {
@@ -304,7 +308,8 @@ const IPV4_NO_OPTIONS: u8 = 0x45;
 /// NAT slot and whose whitelist entry has not changed since it started.
 /// What it admits, the full path ([`tunnel_in`]) would admit by
 /// [`hinted`] and translate the same, bit for bit; anything else (None)
-/// goes there, which judges it from the start.
+/// goes there, which judges it from the start: a None leaves the packet
+/// and the maps as they were.
 ///
 /// Headers are read and written as whole words at fixed offsets, the
 /// relay's way: the byte arrays of the full path cost a load, a shift and
@@ -355,6 +360,17 @@ fn fast_path(ctx: &TcContext, config: &GatewayConfig) -> Option<Outcome> {
     // SAFETY: checked just above.
     let before = unsafe { load::<u16>(csum_field) };
 
+    // A checksum field equal to the pseudo-header's sum may be a
+    // partial one (see is_full_checksum), which the full path hands to the
+    // helper; checked first, so that such a packet leaves nothing changed
+    // here. The sum is byte-order independent, so it is compared on the
+    // raw words.
+    let l4_len = (total_len - IPV4_HLEN as u32).swap_bytes() >> 16;
+    let pseudo = fold(sum_word(src) + sum_word(dst) + ((protocol as u32) << 8) + l4_len);
+    if before == pseudo {
+        return None;
+    }
+
     let hint = flow_hint_words([protocol as u32, src, dst, ports]);
     let index = *GW_FWD_HINT.get(hint)?;
     let slot = GW_NAT_SLOTS.get_ptr_mut(index)?;
@@ -402,15 +418,6 @@ fn fast_path(ctx: &TcContext, config: &GatewayConfig) -> Option<Outcome> {
         }
     }
 
-    // The L4 checksum: a field equal to the pseudo-header's sum may be a
-    // partial one (see is_full_checksum), which the full path hands to the
-    // helper. The sum is byte-order independent, so it is compared on the
-    // raw words.
-    let l4_len = (total_len - IPV4_HLEN as u32).swap_bytes() >> 16;
-    let pseudo = fold(sum_word(src) + sum_word(dst) + ((protocol as u32) << 8) + l4_len);
-    if before == pseudo {
-        return None;
-    }
     // The address change as the full path computes it (rewrite_to_target).
     let addresses = sum_word(!src) + sum_word(!dst) + sum_word(snat) + sum_word(real);
     let csum = if udp && before == 0 {
