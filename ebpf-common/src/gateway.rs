@@ -648,12 +648,20 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
 /// only costs hint misses, which the forward map answers.
 #[inline(always)]
 pub fn flow_hint(key: &FlowKey) -> u32 {
-    let words = [
+    flow_hint_words([
         u32::from_ne_bytes([key.protocol, 0, 0, 0]),
         u32::from_ne_bytes(key.peer),
         u32::from_ne_bytes(key.proxy),
         u32::from_ne_bytes([key.peer_port[0], key.peer_port[1], key.dport[0], key.dport[1]]),
-    ];
+    ])
+}
+
+/// [`flow_hint`] of a key given as its four words, each as the key's bytes
+/// in memory order (the protocol alone in the first): what the TUN
+/// program's fast path has in its registers after loading the headers as
+/// words.
+#[inline(always)]
+pub fn flow_hint_words(words: [u32; 4]) -> u32 {
     let mixed = words[0] ^ words[1].rotate_left(5) ^ words[2].rotate_left(11) ^ words[3].rotate_left(19);
     // The top bits of a multiplicative hash are its best mixed.
     mixed.wrapping_mul(0x9e37_79b1) >> (32 - FWD_HINTS.trailing_zeros())

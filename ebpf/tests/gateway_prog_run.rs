@@ -432,6 +432,43 @@ fn everything_not_whitelisted_is_dropped_and_counted() {
     assert!(f.flows().unwrap().is_empty(), "a refused packet created a flow");
 }
 
+/// The established flow's fast path takes only what the full path would
+/// forward: packets of live flows that must be refused are refused with the
+/// full path's outcome, and the flows go on.
+#[test]
+fn packets_of_established_flows_are_refused_as_any_other() {
+    let f = forwarder();
+    let request = tcp(PEER_A1, 40000, PROXY_PLC, 502, 64, b"modbus");
+    tunnel(&f, &request, Outcome::ForwardedToTarget);
+    let get = udp(PEER_A2, 50000, PROXY_SNMP, 161, 64, &[7; 32]);
+    tunnel(&f, &get, Outcome::ForwardedToTarget);
+    let flows = f.flows().unwrap().len();
+
+    tunnel(&f, &tcp(PEER_A1, 40000, PROXY_PLC, 502, 1, b"modbus"), Outcome::TtlExceeded);
+    tunnel(&f, &udp(PEER_A2, 50000, PROXY_SNMP, 161, 1, b""), Outcome::TtlExceeded);
+    for frags in [[0x20, 0x00], [0x00, 0x10]] {
+        let mut frag = get.clone();
+        frag[ETH + 6..ETH + 8].copy_from_slice(&frags);
+        reseal_ip(&mut frag);
+        tunnel(&f, &frag, Outcome::Fragment);
+    }
+    // An IPv4 length too short for the TCP header it claims.
+    let mut short = request.clone();
+    short.truncate(ETH + 20 + 8);
+    short[ETH + 2..ETH + 4].copy_from_slice(&28u16.to_be_bytes());
+    reseal_ip(&mut short);
+    tunnel(&f, &short, Outcome::Malformed);
+    // Not IPv4 any more, with the same addresses and ports.
+    let mut v5 = request.clone();
+    v5[ETH] = 0x55;
+    tunnel(&f, &v5, Outcome::NotIpv4);
+
+    let fl = flow(&f, PROTO_TCP, sa(PEER_A1, 40000), PROXY_PLC, 502);
+    let out = tunnel(&f, &request, Outcome::ForwardedToTarget);
+    assert_same(&out, &translated(&request, SNAT, PLC, Port::Source(fl.nat_port)));
+    assert_eq!(f.flows().unwrap().len(), flows);
+}
+
 #[test]
 fn replies_need_a_known_live_flow() {
     let mut f = forwarder();

@@ -341,6 +341,13 @@ proptest! {
             let expected = translated(&frame, SNAT, real, Port::Source(flow.nat_port));
             prop_assert_eq!(&run.packet, &expected);
             assert_checksums_valid(&run.packet);
+            // The flow's next packets take the established flow's fast
+            // path (its hint names its slot now): translated the same.
+            for _ in 0..2 {
+                let run = test_run::run_tc(f.tunnel_program().unwrap(), &frame).unwrap();
+                prop_assert_eq!(run.action, TcAction::Ok);
+                prop_assert_eq!(&run.packet, &expected);
+            }
             Ok(())
         })?;
     }

@@ -42,12 +42,12 @@ use ferry_ebpf_common::gateway::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_PEERS, DEFAULT_MAX_TARGETS, FLAG_NO_REDIRECT, FWD_HINTS, FlowForward,
     FlowKey, FlowReverse, FlowTimeouts, GatewayConfig, NAT_CLAIMS, NAT_PORT_MIN, NAT_PORT_TRIES, NAT_PORTS,
     NAT_SLOTS, Outcome, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PeerEntry, RuleGeneration, TargetKey,
-    TargetRule, TargetTraffic, flow_hash, flow_hint, nat_slot,
+    TargetRule, TargetTraffic, flow_hash, flow_hint, flow_hint_words, nat_slot,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    csum::{replace, sum, sum_not, udp_checksum},
+    csum::{fold, replace, sum, sum_not, udp_checksum},
     packet::{ETH_P_IP, be16_at, ptr_at_mut},
 };
 
@@ -222,7 +222,11 @@ fn count_traffic(slot: u32, to_target: bool, bytes: u64) {
 // forward entry), and the array slot of its whitelist entry's generations,
 // nothing else ([`RuleGeneration`]). Everything else (new flows, refusals, flows whose
 // entry changed) takes the full path, which checks the peer and the
-// whitelist as before and gives every refusal its outcome.
+// whitelist as before and gives every refusal its outcome. Before both, the
+// commonest case of the short path (a TCP or UDP packet with a full
+// checksum whose hint names its slot) takes [`fast_path`], a straight line
+// on whole words; whatever it does not take starts over in the full
+// program as if it had not run.
 
 #[classifier]
 pub fn gateway_tunnel_in(ctx: TcContext) -> i32 {
@@ -233,7 +237,13 @@ pub fn gateway_tunnel_in(ctx: TcContext) -> i32 {
 #[inline(always)]
 pub(crate) fn tunnel_verdict(ctx: &TcContext) -> i32 {
     let (outcome, lan_ifindex, no_redirect) = match GW_CONFIG.get(0) {
-        Some(config) => (tunnel_in(ctx, config), config.lan_ifindex, config.flags & FLAG_NO_REDIRECT != 0),
+        Some(config) => {
+            let outcome = match fast_path(ctx, config) {
+                Some(outcome) => outcome,
+                None => tunnel_in(ctx, config),
+            };
+            (outcome, config.lan_ifindex, config.flags & FLAG_NO_REDIRECT != 0)
+        }
         None => (Outcome::Malformed, 0, false),
     };
     count(outcome);
@@ -246,6 +256,209 @@ pub(crate) fn tunnel_verdict(ctx: &TcContext) -> i32 {
     // SAFETY: no parameters (NULL, 0): the helper looks the next hop up in
     // the FIB and the neighbour table of `lan_ifindex`.
     unsafe { bpf_redirect_neigh(lan_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Reads the integer `T` at packet address `at` with one load.
+///
+/// # Safety
+/// The caller checked that the `size_of::<T>()` bytes at `at` lie in the
+/// linear data, and called no helper that may move it since.
+#[inline(always)]
+unsafe fn load<T: Copy>(at: usize) -> T {
+    // SAFETY: the caller's. Volatile: one access of exactly this width.
+    unsafe { read_volatile(at as *const T) }
+}
+
+/// Writes `value` at packet address `at` with one store.
+///
+/// # Safety
+/// As for [`load`].
+#[inline(always)]
+unsafe fn store<T: Copy>(at: usize, value: T) {
+    // SAFETY: the caller's.
+    unsafe { write_volatile(at as *mut T, value) }
+}
+
+/// Reads the integer `T` at byte `offset` of NAT slot `slot` with one
+/// volatile load (see [`reply_slot`] on the order of the loads).
+///
+/// # Safety
+/// `slot` is an array element, and `offset` the offset of a field of
+/// `FlowReverse` (or of two adjacent ones) aligned for `T`.
+#[inline(always)]
+unsafe fn slot_load<T: Copy>(slot: *const FlowReverse, offset: usize) -> T {
+    // SAFETY: the caller's.
+    unsafe { read_volatile((slot as usize + offset) as *const T) }
+}
+
+/// Where a TCP packet's checksum sits, and a UDP packet's, from their
+/// headers' start.
+const TCP_CSUM_AT: usize = 16;
+const UDP_CSUM_AT: usize = 6;
+/// Fragment offset and more-fragments flag in the IPv4 header's second word
+/// loaded little-endian (bytes 6 and 7 in its upper half).
+const RAW_FRAGMENT_BITS: u32 = 0xff3f_0000;
+/// Version 4, a 20-byte header: the IPv4 header's first byte without
+/// options.
+const IPV4_NO_OPTIONS: u8 = 0x45;
+
+/// The established flow's fast path: a TCP or UDP packet without IP
+/// options or fragmentation, its headers in the linear data, a full L4
+/// checksum (or a UDP packet without one), and a flow whose hint names its
+/// NAT slot and whose whitelist entry has not changed since it started.
+/// What it admits, the full path ([`tunnel_in`]) would admit by
+/// [`hinted`] and translate the same, bit for bit; anything else (None)
+/// goes there, which judges it from the start: a None leaves the packet
+/// and the maps as they were.
+///
+/// Headers are read and written as whole words at fixed offsets, the
+/// relay's way: the byte arrays of the full path cost a load, a shift and
+/// an or per byte, and their spills. Words are little-endian loads of
+/// network-order bytes; Internet checksums do not depend on the order of
+/// the bytes of their 16-bit words as long as it is the same throughout
+/// (RFC 1071, 2.(B)), so they are updated on the raw words. (x86-64 only,
+/// see the docs: no alignment constraints on packet loads.)
+#[inline(always)]
+fn fast_path(ctx: &TcContext, config: &GatewayConfig) -> Option<Outcome> {
+    let l2 = if GW_L2_LEN.load() == ETH_HLEN as u32 { ETH_HLEN } else { 0 };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let ip = start + l2;
+    if ip + IPV4_HLEN + UDP_HLEN > end {
+        return None;
+    }
+    // SAFETY: the 28 bytes at `ip` lie in the linear data.
+    let (w0, w1, w2, src, dst, ports) = unsafe {
+        (
+            load::<u32>(ip),
+            load::<u32>(ip + 4),
+            load::<u32>(ip + 8),
+            load::<u32>(ip + 12),
+            load::<u32>(ip + 16),
+            load::<u32>(ip + IPV4_HLEN),
+        )
+    };
+    let ttl = w2 as u8;
+    let protocol = (w2 >> 8) as u8;
+    let udp = protocol == PROTO_UDP;
+    let (l4_min, csum_at) = match protocol {
+        PROTO_TCP => (TCP_HLEN, TCP_CSUM_AT),
+        PROTO_UDP => (UDP_HLEN, UDP_CSUM_AT),
+        _ => return None,
+    };
+    let total_len = ((w0 >> 16) as u16).swap_bytes() as u32;
+    if w0 as u8 != IPV4_NO_OPTIONS
+        || w1 & RAW_FRAGMENT_BITS != 0
+        || ttl <= 1
+        || total_len < (IPV4_HLEN + l4_min) as u32
+    {
+        return None;
+    }
+    let csum_field = ip + IPV4_HLEN + csum_at;
+    if csum_field + 2 > end {
+        return None;
+    }
+    // SAFETY: checked just above.
+    let before = unsafe { load::<u16>(csum_field) };
+
+    // A checksum field equal to the pseudo-header's sum may be a
+    // partial one (see is_full_checksum), which the full path hands to the
+    // helper; checked first, so that such a packet leaves nothing changed
+    // here. The sum is byte-order independent, so it is compared on the
+    // raw words.
+    let l4_len = (total_len - IPV4_HLEN as u32).swap_bytes() >> 16;
+    let pseudo = fold(sum_word(src) + sum_word(dst) + ((protocol as u32) << 8) + l4_len);
+    if before == pseudo {
+        return None;
+    }
+
+    let hint = flow_hint_words([protocol as u32, src, dst, ports]);
+    let index = *GW_FWD_HINT.get(hint)?;
+    let slot = GW_NAT_SLOTS.get_ptr_mut(index)?;
+    // Under the slot's sequence lock, as hinted() reads it: peer, proxy and
+    // the two ports are the slot's first three words, in the key's order.
+    // SAFETY: `slot` is an array element, valid for the program's run; the
+    // offsets are FlowReverse's fields'.
+    let (nat_port, real, snat, counter, generation, last_seen, last_tick) = unsafe {
+        let seq = read_volatile(&(*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let ours = read_volatile(&(*slot).generation.path) != 0
+            && read_volatile(&(*slot).protocol) == protocol
+            && slot_load::<u32>(slot, mem::offset_of!(FlowReverse, peer)) == src
+            && slot_load::<u32>(slot, mem::offset_of!(FlowReverse, proxy)) == dst
+            && slot_load::<u32>(slot, mem::offset_of!(FlowReverse, peer_port)) == ports;
+        let nat_port = slot_load::<u16>(slot, mem::offset_of!(FlowReverse, nat_port));
+        let real = slot_load::<u32>(slot, mem::offset_of!(FlowReverse, real));
+        let snat = slot_load::<u32>(slot, mem::offset_of!(FlowReverse, snat));
+        let counter = read_volatile(&(*slot).counter);
+        let generation = read_volatile(&(*slot).generation.rule);
+        let last_seen = read_volatile(&(*slot).last_seen_ns);
+        let last_tick = read_volatile(&(*slot).last_tick);
+        if !ours || read_volatile(&(*slot).seq) != seq {
+            return None;
+        }
+        (nat_port, real, snat, counter, generation, last_seen, last_tick)
+    };
+    let current = GW_RULE_GEN.get(counter)?;
+    if current.rule == 0 || current.rule != generation {
+        return None;
+    }
+    let tick = tick();
+    if last_tick != tick {
+        let ns = clock();
+        if config.timeouts.expired(protocol, last_seen, ns) {
+            return None;
+        }
+        // In place, without the claim: see established().
+        // SAFETY: an array element, valid for the program's run.
+        unsafe {
+            (*slot).last_seen_ns = ns;
+            (*slot).last_tick = tick;
+        }
+    }
+
+    // The address change as the full path computes it (rewrite_to_target).
+    let addresses = sum_word(!src) + sum_word(!dst) + sum_word(snat) + sum_word(real);
+    let csum = if udp && before == 0 {
+        // A UDP packet without checksum keeps it, as the helper would.
+        0
+    } else {
+        let mangle = |check: u16| if udp && check == 0 { 0xffff } else { check };
+        let after = mangle(csum_fold(csum_add(addresses, !(before as u32))));
+        let port = csum_add(csum_add(!(after as u32), !(ports as u16 as u32)), nat_port as u32);
+        mangle(csum_fold(port))
+    };
+    // The IPv4 checksum with the TTL, as rewrite_to_target() does it (RFC
+    // 1624), on the raw words.
+    let ttl_proto = w2 & 0xffff;
+    let ip_sum = (!(w2 >> 16) & 0xffff) + addresses + (!ttl_proto & 0xffff) + (ttl_proto - 1);
+    let ip_check = !fold(ip_sum) as u32;
+    // SAFETY: every field written lies in the bytes checked above, and no
+    // helper ran since.
+    unsafe {
+        store::<u32>(ip + 8, (ttl_proto - 1) | ip_check << 16);
+        store::<u32>(ip + 12, snat);
+        store::<u32>(ip + 16, real);
+        store::<u16>(ip + IPV4_HLEN, nat_port);
+        store::<u16>(csum_field, csum);
+    }
+    // The IP packet's length (a GRO super-segment counts whole).
+    let bytes = (ctx.len() as usize - l2) as u64;
+    // See forward().
+    let redirect = config.flags & FLAG_NO_REDIRECT == 0;
+    // SAFETY: the skb pointer is the program's context.
+    if redirect && l2 == 0 && unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_HLEN as u32, 0) } != 0 {
+        return Some(Outcome::RewriteFailed);
+    }
+    count_traffic(counter, true, bytes);
+    Some(Outcome::ForwardedToTarget)
+}
+
+/// The sum of the two 16-bit halves of `word`.
+#[inline(always)]
+fn sum_word(word: u32) -> u32 {
+    (word & 0xffff) + (word >> 16)
 }
 
 /// The L4 fields of a technician's packet that the whitelist and NAT use.
