@@ -27,6 +27,10 @@ struct Suite {
     /// Each failed test's name and the end of what it printed, repeated at
     /// the end of the summary: CI often shows only the last part of the log.
     failures: Vec<Failure>,
+    /// Inside libtest's "failures:" section of output blocks.
+    in_failures: bool,
+    /// The suite's last FAILURE_TAIL lines, for a binary that crashed.
+    tail: std::collections::VecDeque<String>,
 }
 
 #[derive(Debug, Default)]
@@ -316,22 +320,52 @@ impl Suite {
             ignored: 0,
             crashed: false,
             failures: Vec::new(),
+            in_failures: false,
+            tail: std::collections::VecDeque::new(),
         }
     }
 
-    /// Follows libtest's report of failures: a "---- <test> stdout ----"
-    /// line opens a test's output, which runs until the next such line or
-    /// the bare "failures:" line that lists the names.
+    /// Follows libtest's report of failures: after a bare "failures:" line,
+    /// a "---- <test> stdout ----" line opens a test's output, which runs
+    /// until the next such line or the second "failures:" line (the list of
+    /// names). The "successes:" section of `--show-output` has the same
+    /// headers and is not a failure. Every line also goes to the suite's
+    /// tail, shown if the binary dies without a result line.
     fn read_failure_line(&mut self, line: &str) {
-        if let Some(test) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+        self.tail.push_back(line.to_string());
+        if self.tail.len() > FAILURE_TAIL {
+            self.tail.pop_front();
+        }
+        let open = self.failures.last_mut().filter(|f| f.open);
+        match line {
+            "failures:" => {
+                if let Some(failure) = open {
+                    failure.open = false;
+                    self.in_failures = false;
+                } else {
+                    self.in_failures = !self.in_failures;
+                }
+                return;
+            }
+            "successes:" | "failures (time limit exceeded):" => {
+                if let Some(failure) = open {
+                    failure.open = false;
+                }
+                self.in_failures = false;
+                return;
+            }
+            _ => {}
+        }
+        if self.in_failures
+            && let Some(test) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            if let Some(failure) = open {
+                failure.open = false;
+            }
             self.failures.push(Failure { test: test.to_string(), lines: Vec::new(), open: true });
             return;
         }
         let Some(failure) = self.failures.last_mut().filter(|f| f.open) else { return };
-        if line == "failures:" {
-            failure.open = false;
-            return;
-        }
         failure.lines.push(line.to_string());
         if failure.lines.len() > FAILURE_TAIL {
             failure.lines.remove(0);
@@ -388,6 +422,12 @@ fn summarize(checks: &[(&str, bool)], suites: &[Suite], started: Instant) -> boo
     let failed_checks = checks.iter().filter(|(_, ok)| !ok).count() as u32;
     let all_failed = failed + crashed as u32 + failed_checks;
     for suite in suites {
+        if suite.crashed && suite.package != "workspace" {
+            println!("\nCRASHED {} {}; its last lines:", suite.package, suite.name);
+            for line in &suite.tail {
+                println!("    {line}");
+            }
+        }
         for failure in &suite.failures {
             println!("\nFAILED {} {}: {}", suite.package, suite.name, failure.test);
             for line in failure.lines.iter().skip_while(|l| l.trim().is_empty()) {
@@ -429,7 +469,17 @@ mod tests {
         assert_eq!(suite.failures[0].test, "b");
         assert_eq!(suite.failures[0].lines, ["", "thread 'b' panicked at tests/b.rs:3:5:", "boom", ""]);
 
+        let mut shown = Suite::new("p", "s".into());
+        let output = "successes:\n\n---- a stdout ----\nhello\n\nsuccesses:\n    a\n\n\
+                      test result: ok. 1 passed; 0 failed";
+        for line in output.lines() {
+            shown.read_failure_line(line);
+        }
+        assert!(shown.failures.is_empty(), "--show-output's successes are not failures");
+        assert_eq!(shown.tail.back().map(String::as_str), Some("test result: ok. 1 passed; 0 failed"));
+
         let mut long = Suite::new("p", "s".into());
+        long.read_failure_line("failures:");
         long.read_failure_line("---- c stdout ----");
         for n in 0..100 {
             long.read_failure_line(&format!("line {n}"));
