@@ -18,16 +18,25 @@ pub fn replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let temporary = std::path::PathBuf::from(temporary);
+    // The name is this process's alone, but one left by a crash before a
+    // reboot may carry the same pid and count.
+    let _ = std::fs::remove_file(&temporary);
     let written = write_new(&temporary, contents, mode).and_then(|()| std::fs::rename(&temporary, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
     written?;
+    // The new contents are in place from here: a failure to make the rename
+    // durable is logged, not returned, so that no caller takes the write
+    // for undone.
     let folder = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    std::fs::File::open(folder)?.sync_all()
+    if let Err(error) = std::fs::File::open(folder).and_then(|f| f.sync_all()) {
+        tracing::warn!(path = %path.display(), %error, "the folder could not be synced after a replace");
+    }
+    Ok(())
 }
 
 fn write_new(temporary: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {

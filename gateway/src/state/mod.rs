@@ -195,6 +195,7 @@ impl Store {
         // The daemon, or a command while it is stopped: temporaries a dead
         // writer left go (young ones stay, see the function).
         file::remove_stale_temporaries(data_dir);
+        file::remove_stale_temporaries(&crate::panel::auth::panel_dir(data_dir));
         let meta = db.open_tree(META)?;
         let events = db.open_tree(EVENTS)?;
         let decisions = db.open_tree(DECISIONS)?;
