@@ -1061,8 +1061,7 @@ async fn session_client(
     record
 }
 
-/// A keep-alive HTTP/1.1 connection to the cloud, opened again after a
-/// failure (as a pooling client would).
+/// A keep-alive HTTP/1.1 connection to the cloud, opened again once closed.
 struct Connection {
     addr: SocketAddr,
     bearer: hyper::header::HeaderValue,
@@ -1087,11 +1086,19 @@ impl Connection {
     async fn exchange(&mut self, path: &str, json: Option<String>) -> Result<(u16, bytes::Bytes)> {
         use http_body_util::BodyExt as _;
         use hyper::header;
-        let sender = match &mut self.sender {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => self.sender.insert(Self::open(self.addr).await?),
+        // A connection that the cloud closed (or that failed) is opened
+        // again before the request is sent, as a pooling client would.
+        let open = match &mut self.sender {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
         };
-        sender.ready().await.context("the connection closed")?;
+        if !open {
+            self.sender = None;
+            let mut sender = Self::open(self.addr).await?;
+            sender.ready().await.context("the new connection closed")?;
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().context("no connection")?;
         let mut request = hyper::Request::post(path)
             .header(header::HOST, self.addr.to_string())
             .header(header::AUTHORIZATION, self.bearer.clone());
@@ -1312,4 +1319,72 @@ fn rss_kib(pid: u32) -> Result<f64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load against the real cloud (`target/<profile>/ferry-cloud`):
+    /// every step of every client is answered as it should be, and the audit
+    /// chain that the clients appended to verifies.
+    #[test]
+    fn the_session_load_takes_sessions_through_and_the_chain_verifies() {
+        let scratch = tempfile::tempdir().unwrap();
+        let data = scratch.path().join("data");
+        let cloud = Cloud::start(&data, &scratch.path().join("ferry-cloud.log"), None).unwrap();
+        let token = cloud.api_token().unwrap();
+        let (gateway_id, key) = create_and_enrol(&ureq_agent(false), &cloud, &token, "test").unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let channel = runtime.block_on(connect(cloud.addr, gateway_id, &key, true)).unwrap();
+        let reader = runtime.spawn(held(channel));
+        let load = session_load(&[&cloud], &token, gateway_id, Duration::from_secs(1), None).unwrap();
+        reader.abort();
+        assert_eq!(load.failures, 0, "first failure: {:?}", load.first_failure);
+        for (step, stat) in [("create", load.create), ("start", load.start), ("end", load.end)] {
+            assert!(stat.per_s > 0.0, "no {step} in the window");
+        }
+        cloud.stop().unwrap();
+        let verified = audit_verify(&["--data-dir".as_ref(), data.as_os_str()]).unwrap();
+        assert!(verified.contains("intact"), "{verified}");
+    }
+
+    /// A server that answers every request on a connection of its own
+    /// (`Connection: close`): each request still gets its answer, on a new
+    /// connection, none is lost to a closed one.
+    #[tokio::test]
+    async fn a_closed_connection_is_opened_again_before_the_next_request() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let accepted = accepted.clone();
+            async move {
+                loop {
+                    let (mut tcp, _) = listener.accept().await.unwrap();
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if tcp.read(&mut byte).await.unwrap() == 0 {
+                            break;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                    tcp.write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        let bearer = hyper::header::HeaderValue::from_static("Bearer test");
+        let mut connection = Connection { addr, bearer, sender: None };
+        for _ in 0..3 {
+            let (status, body) = connection.post("/api/v1/sessions/1/end", None).await.unwrap();
+            assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        server.abort();
+    }
 }
