@@ -10,14 +10,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry_daemon::CommonArgs;
 
-/// mimalloc rather than glibc's allocator: under the write load glibc's
-/// malloc and free (with its consolidation of freed chunks) were about 30%
-/// of the cloud's CPU, spread over hyper, sled's transactions and
-/// JSON; with mimalloc an audited write took about a fifth less CPU
-/// (docs/cloud-performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Ferry's control plane.
 ///
 /// The one place where remote maintenance is prepared, released, started,
