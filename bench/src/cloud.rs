@@ -680,7 +680,6 @@ fn ureq_agent(keep_alive: bool) -> ureq::Agent {
 struct Reply {
     status: u16,
     body: Value,
-    bytes: usize,
 }
 
 impl std::fmt::Debug for Reply {
@@ -722,7 +721,7 @@ fn call(
     let mut response = result.with_context(|| format!("{method} {path}"))?;
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().with_context(|| format!("{method} {path}: body"))?;
-    Ok(Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), bytes: text.len() })
+    Ok(Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null) })
 }
 
 /// Adds a gateway with the target the sessions name, and enrols it with a
@@ -763,6 +762,12 @@ struct Window {
 }
 
 impl Window {
+    /// A window of `length` after the warm-up, from now.
+    fn after_warm_up(length: Duration) -> Window {
+        let from = Instant::now() + WARM_UP;
+        Window { from, until: from + length, stop: AtomicBool::new(false) }
+    }
+
     fn running(&self) -> bool {
         !self.stop.load(Ordering::Relaxed)
     }
@@ -771,13 +776,31 @@ impl Window {
     fn counts(&self, began: Instant, ended: Instant) -> bool {
         began >= self.from && ended <= self.until
     }
+
+    /// Sleeps through the warm-up and the window, then signals the stop.
+    /// Returns the CPU that each of `pids` used during the window, in
+    /// cores, then the database server's (`database_pid`'s and its
+    /// children's; 0 without one), and last the whole machine's busy cores.
+    fn measure(&self, pids: &[u32], database_pid: Option<u32>) -> Vec<f64> {
+        let sample = || -> Vec<f64> {
+            pids.iter()
+                .map(|&pid| cpu_seconds(pid))
+                .chain([database_seconds(database_pid), machine_busy_seconds()])
+                .collect()
+        };
+        std::thread::sleep(self.from.saturating_duration_since(Instant::now()));
+        let before = sample();
+        std::thread::sleep(self.until.saturating_duration_since(Instant::now()));
+        let after = sample();
+        self.stop.store(true, Ordering::Relaxed);
+        let seconds = (self.until - self.from).as_secs_f64();
+        before.iter().zip(&after).map(|(b, a)| (a - b) / seconds).collect()
+    }
 }
 
 /// Runs `work` on `threads` threads through the warm-up and the window;
 /// each loops while the window is running and returns what it recorded.
-/// Also returns the CPU that each of `pids` used during the window, in cores,
-/// then the database server's (`database_pid`'s and its children's; 0
-/// without one), and last the whole machine's busy cores.
+/// Also returns what [`Window::measure`] does.
 fn in_window<T: Send>(
     threads: usize,
     window: Duration,
@@ -785,8 +808,7 @@ fn in_window<T: Send>(
     database_pid: Option<u32>,
     work: impl Fn(usize, &Window) -> T + Sync,
 ) -> (Vec<T>, Vec<f64>) {
-    let from = Instant::now() + WARM_UP;
-    let window = Window { from, until: from + window, stop: AtomicBool::new(false) };
+    let window = Window::after_warm_up(window);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
@@ -796,21 +818,7 @@ fn in_window<T: Send>(
                 })
             })
             .collect();
-        std::thread::sleep(window.from.saturating_duration_since(Instant::now()));
-        let before: Vec<f64> = pids
-            .iter()
-            .map(|&pid| cpu_seconds(pid))
-            .chain([database_seconds(database_pid), machine_busy_seconds()])
-            .collect();
-        std::thread::sleep(window.until.saturating_duration_since(Instant::now()));
-        let after: Vec<f64> = pids
-            .iter()
-            .map(|&pid| cpu_seconds(pid))
-            .chain([database_seconds(database_pid), machine_busy_seconds()])
-            .collect();
-        window.stop.store(true, Ordering::Relaxed);
-        let seconds = (window.until - window.from).as_secs_f64();
-        let cores = before.iter().zip(&after).map(|(b, a)| (a - b) / seconds).collect();
+        let cores = window.measure(pids, database_pid);
         (handles.into_iter().map(|h| h.join().expect("a measuring thread panicked")).collect(), cores)
     })
 }
@@ -916,6 +924,14 @@ impl ClientRecord {
 }
 
 /// The load of [`CLIENTS`] clients, client `i` on `clouds[i % len]`.
+///
+/// Each client is a keep-alive HTTP/1.1 connection of its own, looping
+/// create, start, end, one request at a time; the clients are tasks on one
+/// thread of the bench (a current-thread tokio runtime with hyper's client).
+/// On a machine of 2 cores the clients share it with the cloud they load,
+/// and 64 threads of a blocking client cost as much CPU as the cloud
+/// itself (see docs/cloud-performance.md): the raw sled baseline has no
+/// such load beside it.
 fn session_load(
     clouds: &[&Cloud],
     token: &str,
@@ -925,57 +941,36 @@ fn session_load(
 ) -> Result<Load> {
     let mut pids: Vec<u32> = clouds.iter().map(|c| c.pid()).collect();
     pids.push(std::process::id());
-    let (records, cores) = in_window(CLIENTS, window, &pids, database_pid, |client, w| {
-        let cloud = clouds[client % clouds.len()];
-        let agent = ureq_agent(true);
-        let mut record = ClientRecord::default();
-        let mut n = 0u64;
-        while w.running() {
-            n += 1;
-            let body = json!({"name": format!("bench {client} {n}"), "gateway_id": gateway_id,
-                "targets": ["plc"], "max_duration_s": 600});
-            let began = Instant::now();
-            let id = match call(&agent, cloud, "POST", "/api/v1/sessions", Some(token), Some(&body)) {
-                Ok(reply) if reply.status == 201 => {
-                    let ended = Instant::now();
-                    if w.counts(began, ended) {
-                        record.create.push(ended - began);
-                    }
-                    record.document_bytes = reply.bytes;
-                    match reply.body["id"].as_u64() {
-                        Some(id) => id,
-                        None => {
-                            record.failed(format!("create: no id in {reply:?}"));
-                            continue;
-                        }
-                    }
+    let length = window;
+    let window = Arc::new(Window::after_warm_up(length));
+    let bearer = hyper::header::HeaderValue::try_from(format!("Bearer {token}"))
+        .context("the API token is not a header value")?;
+    let addrs: Vec<SocketAddr> = clouds.iter().map(|c| c.addr).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (records, cores) = std::thread::scope(|scope| {
+        let clients = scope.spawn(|| {
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..CLIENTS)
+                    .map(|client| {
+                        let (addr, bearer) = (addrs[client % addrs.len()], bearer.clone());
+                        tokio::spawn(session_client(client, addr, bearer, gateway_id, window.clone()))
+                    })
+                    .collect();
+                let mut records = Vec::new();
+                for task in tasks {
+                    records.push(task.await.unwrap_or_else(|e| {
+                        let mut record = ClientRecord::default();
+                        record.failed(format!("client task: {e}"));
+                        record
+                    }));
                 }
-                other => {
-                    record.failed(format!("create: {other:?}"));
-                    continue;
-                }
-            };
-            for (step, samples) in [("start", &mut record.start), ("end", &mut record.end)] {
-                let began = Instant::now();
-                let path = format!("/api/v1/sessions/{id}/{step}");
-                match call(&agent, cloud, "POST", &path, Some(token), None) {
-                    Ok(reply) if reply.status == 200 => {
-                        let ended = Instant::now();
-                        if w.counts(began, ended) {
-                            samples.push(ended - began);
-                        }
-                    }
-                    other => {
-                        let what = format!("{step}: {other:?}");
-                        record.failures += 1;
-                        record.first_failure.get_or_insert(what);
-                        break;
-                    }
-                }
-            }
-        }
-        record
+                records
+            })
+        });
+        let cores = window.measure(&pids, database_pid);
+        (clients.join(), cores)
     });
+    let records = records.map_err(|_| anyhow::anyhow!("the clients' thread panicked"))?;
     let mut all = ClientRecord::default();
     for r in records {
         all.create.extend(r.create);
@@ -1000,13 +995,149 @@ fn session_load(
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     Ok(Load {
-        create: stat(all.create, window),
-        start: stat(all.start, window),
-        end: stat(all.end, window),
+        create: stat(all.create, length),
+        start: stat(all.start, length),
+        end: stat(all.end, length),
         document_bytes: all.document_bytes,
         failures: all.failures,
         first_failure: all.first_failure,
     })
+}
+
+/// One client of [`session_load`]: create, start, end while the window runs.
+async fn session_client(
+    client: usize,
+    addr: SocketAddr,
+    bearer: hyper::header::HeaderValue,
+    gateway_id: u64,
+    w: Arc<Window>,
+) -> ClientRecord {
+    let mut connection = Connection { addr, bearer, sender: None };
+    let mut record = ClientRecord::default();
+    let mut n = 0u64;
+    while w.running() {
+        n += 1;
+        let body = json!({"name": format!("bench {client} {n}"), "gateway_id": gateway_id,
+            "targets": ["plc"], "max_duration_s": 600});
+        let began = Instant::now();
+        let id = match connection.post("/api/v1/sessions", Some(body.to_string())).await {
+            Ok((201, body)) => {
+                let ended = Instant::now();
+                if w.counts(began, ended) {
+                    record.create.push(ended - began);
+                }
+                record.document_bytes = body.len();
+                match serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["id"].as_u64()) {
+                    Some(id) => id,
+                    None => {
+                        record.failed(format!("create: no id in {}", String::from_utf8_lossy(&body)));
+                        continue;
+                    }
+                }
+            }
+            other => {
+                record.failed(format!("create: {}", Connection::describe(&other)));
+                continue;
+            }
+        };
+        for (step, samples) in [("start", &mut record.start), ("end", &mut record.end)] {
+            let began = Instant::now();
+            match connection.post(&format!("/api/v1/sessions/{id}/{step}"), None).await {
+                Ok((200, _)) => {
+                    let ended = Instant::now();
+                    if w.counts(began, ended) {
+                        samples.push(ended - began);
+                    }
+                }
+                other => {
+                    let what = format!("{step}: {}", Connection::describe(&other));
+                    record.failures += 1;
+                    record.first_failure.get_or_insert(what);
+                    break;
+                }
+            }
+        }
+    }
+    record
+}
+
+/// A keep-alive HTTP/1.1 connection to the cloud, opened again once closed.
+struct Connection {
+    addr: SocketAddr,
+    bearer: hyper::header::HeaderValue,
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+}
+
+impl Connection {
+    /// As ureq's agent for the one-off calls: a request gets 60 s.
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// POSTs `json` (or an empty body) to `path` with the token; returns the
+    /// status and the whole answer.
+    async fn post(&mut self, path: &str, json: Option<String>) -> Result<(u16, bytes::Bytes)> {
+        let result = tokio::time::timeout(Self::TIMEOUT, self.exchange(path, json)).await;
+        let result = result.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", Self::TIMEOUT)));
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn exchange(&mut self, path: &str, json: Option<String>) -> Result<(u16, bytes::Bytes)> {
+        use http_body_util::BodyExt as _;
+        use hyper::header;
+        // A connection that the cloud closed (or that failed) is opened
+        // again before the request is sent, as a pooling client would.
+        let open = match &mut self.sender {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !open {
+            self.sender = None;
+            let mut sender = Self::open(self.addr).await?;
+            sender.ready().await.context("the new connection closed")?;
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().context("no connection")?;
+        let mut request = hyper::Request::post(path)
+            .header(header::HOST, self.addr.to_string())
+            .header(header::AUTHORIZATION, self.bearer.clone());
+        let body = match json {
+            Some(json) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                bytes::Bytes::from(json)
+            }
+            None => bytes::Bytes::new(),
+        };
+        let response = sender.send_request(request.body(http_body_util::Full::new(body))?).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    async fn open(
+        addr: SocketAddr,
+    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> {
+        let tcp =
+            tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        // A request is written whole at once; nothing is gained by waiting.
+        tcp.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            // Its end (the cloud stopped, or an error) shows in the next
+            // request, which opens another.
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    fn describe(outcome: &Result<(u16, bytes::Bytes)>) -> String {
+        match outcome {
+            Ok((status, body)) => format!("{status} {}", String::from_utf8_lossy(body)),
+            Err(e) => format!("{e:#}"),
+        }
+    }
 }
 
 /// The storage limit: sled's insert then flush (what every commit of the
@@ -1188,4 +1319,72 @@ fn rss_kib(pid: u32) -> Result<f64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load against the real cloud (`target/<profile>/ferry-cloud`):
+    /// every step of every client is answered as it should be, and the audit
+    /// chain that the clients appended to verifies.
+    #[test]
+    fn the_session_load_takes_sessions_through_and_the_chain_verifies() {
+        let scratch = tempfile::tempdir().unwrap();
+        let data = scratch.path().join("data");
+        let cloud = Cloud::start(&data, &scratch.path().join("ferry-cloud.log"), None).unwrap();
+        let token = cloud.api_token().unwrap();
+        let (gateway_id, key) = create_and_enrol(&ureq_agent(false), &cloud, &token, "test").unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let channel = runtime.block_on(connect(cloud.addr, gateway_id, &key, true)).unwrap();
+        let reader = runtime.spawn(held(channel));
+        let load = session_load(&[&cloud], &token, gateway_id, Duration::from_secs(1), None).unwrap();
+        reader.abort();
+        assert_eq!(load.failures, 0, "first failure: {:?}", load.first_failure);
+        for (step, stat) in [("create", load.create), ("start", load.start), ("end", load.end)] {
+            assert!(stat.per_s > 0.0, "no {step} in the window");
+        }
+        cloud.stop().unwrap();
+        let verified = audit_verify(&["--data-dir".as_ref(), data.as_os_str()]).unwrap();
+        assert!(verified.contains("intact"), "{verified}");
+    }
+
+    /// A server that answers every request on a connection of its own
+    /// (`Connection: close`): each request still gets its answer, on a new
+    /// connection, none is lost to a closed one.
+    #[tokio::test]
+    async fn a_closed_connection_is_opened_again_before_the_next_request() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let accepted = accepted.clone();
+            async move {
+                loop {
+                    let (mut tcp, _) = listener.accept().await.unwrap();
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if tcp.read(&mut byte).await.unwrap() == 0 {
+                            break;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                    tcp.write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        let bearer = hyper::header::HeaderValue::from_static("Bearer test");
+        let mut connection = Connection { addr, bearer, sender: None };
+        for _ in 0..3 {
+            let (status, body) = connection.post("/api/v1/sessions/1/end", None).await.unwrap();
+            assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        server.abort();
+    }
 }
