@@ -39,6 +39,8 @@ pub fn watchdog_interval() -> Option<Duration> {
     interval_from(usec.as_deref(), pid.as_deref(), std::process::id())
 }
 
+const MIN_WATCHDOG_PERIOD: Duration = Duration::from_millis(10);
+
 fn interval_from(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
     if let Some(pid) = pid
         && pid.trim().parse::<u32>().ok() != Some(own_pid)
@@ -46,9 +48,10 @@ fn interval_from(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<
         return None;
     }
     let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
-    // At least a microsecond: half of `WATCHDOG_USEC=1` is zero, and a zero
-    // period makes `tokio::time::interval` panic in the daemon's startup.
-    Some(Duration::from_micros((usec / 2).max(1)))
+    // At least 10 ms: half of `WATCHDOG_USEC=1` is zero, and a zero period
+    // makes `tokio::time::interval` panic in the daemon's startup; a few
+    // microseconds would spin the daemon's loop on the notifications.
+    Some(Duration::from_micros(usec / 2).max(MIN_WATCHDOG_PERIOD))
 }
 
 fn notify(message: &str) {
@@ -120,9 +123,10 @@ mod tests {
     #[test]
     fn the_shortest_watchdog_still_gives_a_period_an_interval_accepts() {
         // The daemons build `tokio::time::interval` from it, which panics on zero.
-        assert_eq!(interval_from(Some("1"), None, 7), Some(Duration::from_micros(1)));
-        assert_eq!(interval_from(Some("2"), None, 7), Some(Duration::from_micros(1)));
-        assert_eq!(interval_from(Some("3"), None, 7), Some(Duration::from_micros(1)));
+        for usec in ["1", "2", "3", "20000"] {
+            assert_eq!(interval_from(Some(usec), None, 7), Some(MIN_WATCHDOG_PERIOD), "{usec}");
+        }
+        assert_eq!(interval_from(Some("60000000"), None, 7), Some(Duration::from_secs(30)));
     }
 
     #[test]

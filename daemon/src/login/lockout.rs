@@ -60,12 +60,16 @@ impl Lockout {
 
     /// Whether an attempt may be checked at all now.
     pub fn check(&self, failures: &Failures, now_ms: u64) -> Result<(), Refused> {
-        if let Some(until_ms) = failures.locked_until_ms.filter(|&until| now_ms < until) {
+        // A time this policy could not have written (a lock ending more than
+        // its span from now, a failure after now) comes from a corrupt
+        // record or a clock stepped back; judged as it stands it would lock
+        // or throttle for ever, so it is ignored.
+        let possible_lock = |&until: &u64| now_ms < until && until <= now_ms.saturating_add(self.lock_ms);
+        if let Some(until_ms) = failures.locked_until_ms.filter(possible_lock) {
             return Err(Refused::Locked { until_ms });
         }
-        // Saturating: the record comes from a file or a database, where a
-        // corrupt one may hold any number.
-        let ready_at = failures.last_failed_ms.unwrap_or(0).saturating_add(self.delay_ms(failures.count));
+        let last_failed_ms = failures.last_failed_ms.filter(|&at| at <= now_ms).unwrap_or(0);
+        let ready_at = last_failed_ms.saturating_add(self.delay_ms(failures.count));
         if failures.count >= self.slow_after && now_ms < ready_at {
             return Err(Refused::Throttled { retry_after_ms: ready_at - now_ms });
         }
@@ -139,13 +143,20 @@ mod tests {
             r#"{"count":4294967295,"last_failed_ms":18446744073709551615,"locked_until_ms":null}"#,
         )
         .unwrap();
-        assert_eq!(
-            policy.check(&corrupt, 5_000),
-            Err(Refused::Throttled { retry_after_ms: u64::MAX - 5_000 })
-        );
+        // A failure "in the future" counts as long ago: throttled only by
+        // the longest delay from the epoch, not for ever.
+        let later = policy.max_delay_ms + 1;
+        assert_eq!(policy.check(&corrupt, later), Ok(()));
         let mut f = corrupt;
         assert_eq!(policy.failed(&mut f, u64::MAX - 1), Some(u64::MAX), "at the count's end it locks");
-        assert_eq!(policy.check(&f, 5_000), Err(Refused::Locked { until_ms: u64::MAX }));
+        // A lock ending further than the policy's span from now is ignored.
+        assert_eq!(policy.check(&f, 5_000), Ok(()));
+        // One the policy wrote holds.
+        let mut g = Failures::default();
+        for _ in 0..policy.lock_after {
+            policy.failed(&mut g, 5_000);
+        }
+        assert_eq!(policy.check(&g, 5_001), Err(Refused::Locked { until_ms: 5_000 + policy.lock_ms }));
     }
 
     #[test]

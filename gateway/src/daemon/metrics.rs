@@ -273,7 +273,10 @@ impl Metrics {
     /// The device's drops by label. Several reasons share a label (every
     /// handshake error is `handshake`), so they are summed first.
     pub fn count_wireguard_drops(&self, drops: &std::collections::HashMap<Drop, u64>) {
-        let mut by_label: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
+        // Every label from the start, so that the first drops show as an
+        // increase from zero.
+        let mut by_label: std::collections::BTreeMap<&'static str, u64> =
+            Drop::LABELS.iter().map(|&label| (label, 0)).collect();
         for (reason, n) in drops {
             *by_label.entry(reason.label()).or_default() += n;
         }
@@ -345,6 +348,7 @@ mod tests {
             "ferry_gateway_wireguard_dropped_total{reason=\"malformed\"} 7",
             "ferry_gateway_tunnel_dropped_total{reason=\"tun_malformed\"} 4",
             "ferry_gateway_tunnel_dropped_total{reason=\"tun_no_room\"} 0",
+            "ferry_gateway_wireguard_dropped_total{reason=\"bad_mac1\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

@@ -218,6 +218,9 @@ pub async fn ask(request: Request, requests: &mpsc::Sender<Call>) -> Response {
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, answered).await {
         Ok(Ok(response)) => response,
+        // The inbox answers what it holds when it goes; a request sent
+        // while it was closing may still be dropped unanswered.
+        Ok(Err(_)) if requests.is_closed() => Response::error("the daemon is shutting down"),
         Ok(Err(_)) => Response::error("the daemon dropped the request"),
         Err(_) => Response::error("the daemon did not answer within 30 s"),
     }

@@ -188,6 +188,25 @@ pub enum Drop {
 }
 
 impl Drop {
+    /// Every [`Drop::label`], so that metrics can show each at zero before
+    /// the first drop.
+    pub const LABELS: [&'static str; 14] = [
+        "malformed",
+        "unknown_index",
+        "bad_mac1",
+        "cookie_required",
+        "rate_limited",
+        "handshake",
+        "replayed_initiation",
+        "initiation_flood",
+        "unexpected_response",
+        "bad_cookie_reply",
+        "session",
+        "bad_inner_packet",
+        "source_not_allowed",
+        "internal_inconsistency",
+    ];
+
     /// A short name for metrics labels. Handshake and session errors are
     /// one label each: their kinds are in the logs, and a label per kind
     /// would multiply series for what is rare.

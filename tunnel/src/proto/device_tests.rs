@@ -1396,3 +1396,31 @@ fn an_initiation_flood_engages_cookies_and_the_live_session_keeps_working() {
         delivered.0
     );
 }
+
+/// Each drop's label is in `Drop::LABELS`, once: the gateway shows every
+/// label at zero from the start, so one missing there would appear only
+/// with its first drop.
+#[test]
+fn every_drop_label_is_listed_once() {
+    use crate::proto::{handshake::HandshakeError, session::SessionError};
+    let all = [
+        Drop::Malformed,
+        Drop::UnknownIndex,
+        Drop::BadMac1,
+        Drop::CookieRequired,
+        Drop::RateLimited,
+        Drop::Handshake(HandshakeError::Decrypt),
+        Drop::ReplayedInitiation,
+        Drop::InitiationFlood,
+        Drop::UnexpectedResponse,
+        Drop::BadCookieReply,
+        Drop::Session(SessionError::Expired),
+        Drop::BadInnerPacket,
+        Drop::SourceNotAllowed,
+        Drop::InternalInconsistency,
+    ];
+    let listed: HashSet<&str> = Drop::LABELS.into_iter().collect();
+    assert_eq!(listed.len(), Drop::LABELS.len(), "a label listed twice");
+    let labels: HashSet<&str> = all.iter().map(|d| d.label()).collect();
+    assert_eq!(labels, listed);
+}
