@@ -48,6 +48,10 @@ pub enum Refused {
     Locked { until_ms: u64 },
 }
 
+/// How far ahead of this machine's clock a stored time may be and still
+/// count (see [`Lockout::check`]).
+pub const CLOCK_ALLOWANCE_MS: u64 = 15 * 60 * 1000;
+
 impl Lockout {
     /// How long after the last failure the next attempt may come.
     pub fn delay_ms(&self, failures: u32) -> u64 {
@@ -62,13 +66,16 @@ impl Lockout {
     pub fn check(&self, failures: &Failures, now_ms: u64) -> Result<(), Refused> {
         // A time this policy could not have written (a lock ending more than
         // its span from now, a failure after now) comes from a corrupt
-        // record or a clock stepped back; judged as it stands it would lock
-        // or throttle for ever, so it is ignored.
-        let possible_lock = |&until: &u64| now_ms < until && until <= now_ms.saturating_add(self.lock_ms);
+        // record or a clock stepped back; judged as it stands it could lock
+        // or throttle for ever, so it is ignored. Up to CLOCK_ALLOWANCE_MS
+        // ahead is honoured: the cloud's replicas judge each other's
+        // records, and their clocks differ a little.
+        let horizon = now_ms.saturating_add(CLOCK_ALLOWANCE_MS);
+        let possible_lock = |&until: &u64| now_ms < until && until <= horizon.saturating_add(self.lock_ms);
         if let Some(until_ms) = failures.locked_until_ms.filter(possible_lock) {
             return Err(Refused::Locked { until_ms });
         }
-        let last_failed_ms = failures.last_failed_ms.filter(|&at| at <= now_ms).unwrap_or(0);
+        let last_failed_ms = failures.last_failed_ms.filter(|&at| at <= horizon).unwrap_or(0);
         let ready_at = last_failed_ms.saturating_add(self.delay_ms(failures.count));
         if failures.count >= self.slow_after && now_ms < ready_at {
             return Err(Refused::Throttled { retry_after_ms: ready_at - now_ms });
@@ -151,12 +158,22 @@ mod tests {
         assert_eq!(policy.failed(&mut f, u64::MAX - 1), Some(u64::MAX), "at the count's end it locks");
         // A lock ending further than the policy's span from now is ignored.
         assert_eq!(policy.check(&f, 5_000), Ok(()));
-        // One the policy wrote holds.
+        // One the policy wrote holds, also on a machine whose clock is a
+        // minute behind (another replica).
         let mut g = Failures::default();
+        let at = 10 * 60_000;
         for _ in 0..policy.lock_after {
-            policy.failed(&mut g, 5_000);
+            policy.failed(&mut g, at);
         }
-        assert_eq!(policy.check(&g, 5_001), Err(Refused::Locked { until_ms: 5_000 + policy.lock_ms }));
+        let locked = Err(Refused::Locked { until_ms: at + policy.lock_ms });
+        assert_eq!(policy.check(&g, at + 1), locked);
+        assert_eq!(policy.check(&g, at - 60_000), locked);
+        // And so does a throttle written a minute ahead.
+        let mut h = Failures::default();
+        for _ in 0..policy.slow_after {
+            policy.failed(&mut h, at);
+        }
+        assert!(matches!(policy.check(&h, at - 60_000), Err(Refused::Throttled { .. })));
     }
 
     #[test]
