@@ -507,6 +507,11 @@ fn partial_and_full_checksums_are_translated_right_when_the_address_change_sums_
         ([&vnet_header(0, 8, 6)[..], &partial_udp].concat(), 1),
         ([&full[..], &udp].concat(), 1),
         ([&full[..], &tcp(&payload[..500])].concat(), 1),
+        // Partial again, now that both connections are established: these
+        // meet the established connections' fast path, which must leave a
+        // partial checksum to the full path.
+        ([&vnet_header(1000, 20, 16)[..], &partial_tcp].concat(), 3),
+        ([&vnet_header(0, 8, 6)[..], &partial_udp].concat(), 1),
     ];
 
     for (write, expected) in &writes {
