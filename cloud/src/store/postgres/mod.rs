@@ -352,6 +352,10 @@ const CLAIM: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $
                      ON CONFLICT (collection, key) DO NOTHING";
 /// A key expected absent, claimed: a unique violation if it exists.
 const INSERT_NEW: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $2, $3)";
+/// Keys $2 expected absent, claimed with their values $3 (in order): a
+/// unique violation if one exists.
+const INSERT_MANY: &str = "INSERT INTO ferry_kv (collection, key, value) \
+                           SELECT $1, k, v FROM unnest($2::BYTEA[], $3::BYTEA[]) AS t (k, v)";
 /// A key expected to hold $3, locked: one row, or none if it does not.
 const LOCK_IF: &str = "SELECT 1 FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3 FOR UPDATE";
 const UPDATE_IF: &str = "UPDATE ferry_kv SET value = $4 WHERE collection = $1 AND key = $2 AND value = $3";
@@ -412,6 +416,8 @@ struct Step<'a> {
     /// touching no row (the transaction is then aborted, and a `COMMIT`
     /// sent behind it rolls back), if there is one.
     raising: Option<&'static str>,
+    /// The key and value of a claim that writes its key.
+    claim: Option<(&'a Vec<u8>, &'a Vec<u8>)>,
 }
 
 /// A batch's statements, in lock order; Err: two of its expectations
@@ -443,6 +449,7 @@ fn plan(batch: &Batch) -> Result<Vec<Step<'_>>, Collection> {
             params,
             must_touch_one: check.then_some(collection),
             raising: None,
+            claim: None,
         };
         match (expected, change) {
             (None, Some(Some(value))) => steps.push(step(UPSERT, vec![name, key, value], false)),
@@ -453,7 +460,11 @@ fn plan(batch: &Batch) -> Result<Vec<Step<'_>>, Collection> {
             (Some(Some(old)), Some(None)) => steps.push(step(DELETE_IF, vec![name, key, old], true)),
             (Some(Some(old)), None) => steps.push(step(LOCK_IF, vec![name, key, old], true)),
             (Some(None), Some(Some(value))) => {
-                steps.push(Step { raising: Some(INSERT_NEW), ..step(CLAIM, vec![name, key, value], true) })
+                steps.push(Step {
+                    raising: Some(INSERT_NEW),
+                    claim: Some((key, value)),
+                    ..step(CLAIM, vec![name, key, value], true)
+                })
             }
             // Absent now and after: a placeholder holds the key's slot until
             // the commit (see the module's docs).
@@ -614,26 +625,14 @@ async fn finish_and_commit(
     client: &deadpool_postgres::ClientWrapper,
     steps: &[Step<'_>],
 ) -> Result<Result<(), Collection>, tokio_postgres::Error> {
-    let raising = steps.iter().all(|s| s.must_touch_one.is_none() || s.raising.is_some());
-    let sql = |s: &Step<'_>| if raising { s.raising.unwrap_or(s.sql) } else { s.sql };
+    if steps.iter().all(|s| s.must_touch_one.is_none() || s.raising.is_some()) {
+        return raise_and_commit(client, steps).await;
+    }
     let statements =
-        futures_util::future::try_join_all(steps.iter().map(|s| client.prepare_cached(sql(s)))).await?;
+        futures_util::future::try_join_all(steps.iter().map(|s| client.prepare_cached(s.sql))).await?;
     let executed = futures_util::future::join_all(
         statements.iter().zip(steps).map(|(statement, step)| client.execute(statement, &step.params)),
     );
-    if raising {
-        let (counts, committed) = futures_util::future::join(executed, client.batch_execute("COMMIT")).await;
-        for (step, count) in steps.iter().zip(counts) {
-            match (count, step.must_touch_one) {
-                (Err(e), Some(collection)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    return Ok(Err(collection));
-                }
-                (Err(e), _) => return Err(e),
-                (Ok(_), _) => {}
-            }
-        }
-        return committed.map(Ok);
-    }
     let mut held = Ok(());
     for (step, count) in steps.iter().zip(executed.await) {
         let count = match count {
@@ -700,7 +699,7 @@ async fn try_group(
     // the group runs again batch by batch behind savepoints, so that no
     // batch sees another's half-applied changes; so does a run again after
     // a deadlock.
-    if !(*optimistic && batches.len() > 1) {
+    if !*optimistic || batches.is_empty() {
         return in_turn(slot, client, batches, lock, finish).await;
     }
     let plans: Vec<Result<Vec<Step<'_>>, Collection>> = batches.iter().map(plan).collect();
@@ -741,6 +740,64 @@ async fn try_group(
             .map(|o| o.map_err(|collection| BackendError::Conflict { collection }))
             .collect())),
     }
+}
+
+/// [`finish_and_commit`] when every check fails as an error: the steps in
+/// their raising form, claims in a row of one collection (an audit group's
+/// entries) as one statement, and `COMMIT`, in one pipeline.
+async fn raise_and_commit(
+    client: &deadpool_postgres::ClientWrapper,
+    steps: &[Step<'_>],
+) -> Result<Result<(), Collection>, tokio_postgres::Error> {
+    enum Unit<'s, 'a> {
+        One(&'s Step<'a>),
+        Claims(Collection, Vec<&'a Vec<u8>>, Vec<&'a Vec<u8>>),
+    }
+    let mut units: Vec<Unit<'_, '_>> = Vec::with_capacity(steps.len());
+    for step in steps {
+        if let (Some((key, value)), Some(collection)) = (step.claim, step.must_touch_one) {
+            if let Some(Unit::Claims(of, keys, values)) = units.last_mut()
+                && *of == collection
+            {
+                keys.push(key);
+                values.push(value);
+                continue;
+            }
+            units.push(Unit::Claims(collection, vec![key], vec![value]));
+        } else {
+            units.push(Unit::One(step));
+        }
+    }
+    let sent: Vec<(&'static str, Vec<&(dyn ToSql + Sync)>, Option<Collection>)> = units
+        .iter()
+        .map(|unit| match unit {
+            Unit::One(step) => (step.raising.unwrap_or(step.sql), step.params.clone(), step.must_touch_one),
+            Unit::Claims(collection, keys, values) if keys.len() == 1 => {
+                (INSERT_NEW, vec![name_of(collection), keys[0] as _, values[0] as _], Some(*collection))
+            }
+            Unit::Claims(collection, keys, values) => {
+                (INSERT_MANY, vec![name_of(collection), keys as _, values as _], Some(*collection))
+            }
+        })
+        .collect();
+    let statements =
+        futures_util::future::try_join_all(sent.iter().map(|(sql, _, _)| client.prepare_cached(sql))).await?;
+    // Pipelined: after a failed statement the server refuses the rest, and
+    // its answer to the `COMMIT` is a rollback.
+    let executed = futures_util::future::join_all(
+        statements.iter().zip(&sent).map(|(statement, (_, params, _))| client.execute(statement, params)),
+    );
+    let (counts, committed) = futures_util::future::join(executed, client.batch_execute("COMMIT")).await;
+    for ((_, _, checked), count) in sent.iter().zip(counts) {
+        match (count, checked) {
+            (Err(e), Some(collection)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Ok(Err(*collection));
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), _) => {}
+        }
+    }
+    committed.map(Ok)
 }
 
 /// [`try_group_in_turn`] with `client`, which goes back to `slot` after.
