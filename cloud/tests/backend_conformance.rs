@@ -614,11 +614,24 @@ fn reads_of_many_keys_answer_each_in_order_and_stay_in_their_collection() {
         backend.commit(batch).unwrap();
         let wanted: Vec<u32> = (0..75u32).map(|i| (i * 37) % 101).chain([3, 3, 0]).collect();
         let keys: Vec<Vec<u8>> = wanted.iter().map(|i| format!("k{i}").into_bytes()).collect();
-        let expected: Vec<Option<Vec<u8>>> = wanted
-            .iter()
-            .map(|i| (i % 3 == 0 && *i < 100).then(|| format!("v{i}").into_bytes()))
-            .collect();
+        let expected: Vec<Option<Vec<u8>>> =
+            wanted.iter().map(|i| (i % 3 == 0 && *i < 100).then(|| format!("v{i}").into_bytes())).collect();
         assert_eq!(backend.get_many(Collection::Sessions, &keys).unwrap(), expected);
+        // Keys of several collections at once.
+        let each: Vec<(Collection, Vec<u8>)> = [
+            (Collection::Users, "b"),
+            (Collection::Sessions, "b"),
+            (Collection::Sessions, "a"),
+            (Collection::Users, "a"),
+        ]
+        .into_iter()
+        .chain((0..40u32).map(|i| (Collection::Sessions, if i % 2 == 0 { "k3" } else { "k4" })))
+        .map(|(collection, key)| (collection, key.as_bytes().to_vec()))
+        .collect();
+        let mut expected = vec![Some(b"other collection".to_vec()), None, Some(b"1".to_vec()), None];
+        expected.extend((0..40u32).map(|i| (i % 2 == 0).then(|| b"v3".to_vec())));
+        assert_eq!(backend.get_each(&each).unwrap(), expected);
+        assert!(backend.get_each(&[]).unwrap().is_empty());
     });
 }
 

@@ -393,6 +393,29 @@ fn select_many(n: usize) -> &'static str {
     &made[n.trailing_zeros() as usize]
 }
 
+/// [`select_many`] for keys of their own collections: `n` pairs of
+/// (collection, key) from $1.
+fn select_each(n: usize) -> &'static str {
+    static MADE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let made = MADE.get_or_init(|| {
+        (0..=MANY_AT_ONCE.trailing_zeros())
+            .map(|power| {
+                (0..1usize << power)
+                    .map(|i| {
+                        format!(
+                            "SELECT collection, key, value FROM ferry_kv WHERE collection = ${} AND key = ${}",
+                            2 * i + 1,
+                            2 * i + 2
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ")
+            })
+            .collect()
+    });
+    &made[n.trailing_zeros() as usize]
+}
+
 /// The smallest key above every key that starts with `prefix`, if any.
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -459,13 +482,11 @@ fn plan(batch: &Batch) -> Result<Vec<Step<'_>>, Collection> {
             }
             (Some(Some(old)), Some(None)) => steps.push(step(DELETE_IF, vec![name, key, old], true)),
             (Some(Some(old)), None) => steps.push(step(LOCK_IF, vec![name, key, old], true)),
-            (Some(None), Some(Some(value))) => {
-                steps.push(Step {
-                    raising: Some(INSERT_NEW),
-                    claim: Some((key, value)),
-                    ..step(CLAIM, vec![name, key, value], true)
-                })
-            }
+            (Some(None), Some(Some(value))) => steps.push(Step {
+                raising: Some(INSERT_NEW),
+                claim: Some((key, value)),
+                ..step(CLAIM, vec![name, key, value], true)
+            }),
             // Absent now and after: a placeholder holds the key's slot until
             // the commit (see the module's docs).
             (Some(None), _) => {
@@ -961,6 +982,46 @@ impl Backend for PostgresBackend {
             let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
                 rows.into_iter().flatten().map(|row| (row.get(0), row.get(1))).collect();
             Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+        })
+    }
+
+    fn get_each(&self, keys: &[(Collection, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        self.call(move |client| async move {
+            let chunks: Vec<&[(Collection, Vec<u8>)]> = keys.chunks(MANY_AT_ONCE).collect();
+            let statements = futures_util::future::try_join_all(
+                chunks
+                    .iter()
+                    .map(|chunk| client.prepare_cached(select_each(chunk.len().next_power_of_two()))),
+            )
+            .await
+            .map_err(io)?;
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> = chunks
+                .iter()
+                .map(|chunk| {
+                    let padding = chunk.len().next_power_of_two() - chunk.len();
+                    let last = chunk.last().into_iter().cycle().take(padding);
+                    chunk
+                        .iter()
+                        .chain(last)
+                        .flat_map(|(collection, key)| [name_of(collection), key as &(dyn ToSql + Sync)])
+                        .collect()
+                })
+                .collect();
+            let rows = futures_util::future::try_join_all(
+                statements.iter().zip(&params).map(|(statement, params)| client.query(statement, params)),
+            )
+            .await
+            .map_err(io)?;
+            let found: std::collections::HashMap<(String, Vec<u8>), Vec<u8>> =
+                rows.into_iter().flatten().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect();
+            Ok(keys
+                .iter()
+                .map(|(collection, key)| found.get(&(collection.name().to_string(), key.clone())).cloned())
+                .collect())
         })
     }
 
