@@ -38,23 +38,31 @@
 //! it is durable on the server and its synchronous standbys.
 //!
 //! A [group commit](Backend::commit_group) is one such transaction holding
-//! many batches. It first sends every batch and the `SELECT ... FOR UPDATE`
-//! of the group's lock key in one pipeline, which is enough when every
-//! batch holds (the usual case). When one does not, its statements before
-//! the failed check may have applied, and the batches after it saw them:
-//! the transaction is rolled back and the group runs again with each batch
-//! behind a savepoint, where a batch whose expectation fails is rolled back
-//! to its savepoint (its locks go with it) and the others stay, and the
-//! lock key is read after them. Either way the group's last batch is then
-//! made from the outcomes and the locked value and applied; one `COMMIT`,
-//! so one flush, makes all of it durable.
+//! many batches. It first sends `BEGIN`, every batch and the `SELECT ...
+//! FOR UPDATE` of the group's lock key in one pipeline, which is enough
+//! when every batch holds (the usual case). When one does not, its
+//! statements before the failed check may have applied, and the batches
+//! after it saw them: the transaction is rolled back and the group runs
+//! again with each batch behind a savepoint, where a batch whose
+//! expectation fails is rolled back to its savepoint (its locks go with it)
+//! and the others stay, and the lock key is read after them. Either way the
+//! group's last batch is then made from the outcomes and the locked value
+//! and applied; one `COMMIT`, so one flush, makes all of it durable. When
+//! every check of the last batch can fail as an error (a claim of a key it
+//! writes: a plain `INSERT`, whose duplicate key aborts the transaction),
+//! the `COMMIT` goes in the same pipeline as the batch (the server answers
+//! it with a rollback after an error), and the claims of one collection in
+//! a row (an audit group's entries) are one statement: the lock key is
+//! then held for one round trip and the flush.
 //!
 //! The statements of one call are pipelined on one connection, so a commit
-//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`,
-//! and for a group one more for its last batch. A group that falls back
-//! pays for the pipeline it undoes, a `ROLLBACK` and a `BEGIN`, then one
-//! round trip per batch and one for the lock; a run again after a deadlock
-//! goes batch by batch at once.
+//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`;
+//! a group two (`BEGIN`, its batches and the lock; its last batch and
+//! `COMMIT`). A group that falls back pays for the pipeline it undoes, a
+//! `ROLLBACK` and a `BEGIN`, then one round trip per batch and one for the
+//! lock; a run again after a deadlock goes batch by batch at once. Reads of
+//! many keys are point reads joined by `UNION ALL`, up to 32 to a
+//! statement.
 
 mod bridge;
 mod migrations;
