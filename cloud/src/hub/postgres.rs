@@ -266,9 +266,10 @@ fn encode(signal: &Signal) -> String {
 async fn insert(pool: &Pool, replica: i64, bodies: &[String]) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     let publish = client.prepare_cached(PUBLISH).await.map_err(|e| e.to_string())?;
-    // The NOTIFY goes in the same round trip, after the insert committed.
-    // Only a hint; an engine without NOTIFY refuses it and the others poll.
-    let notify = format!("NOTIFY {CHANNEL}");
+    // The NOTIFY goes in the same round trip, after the insert committed,
+    // and names the sender, whose own follower need not look. Only a hint;
+    // an engine without NOTIFY refuses it and the others poll.
+    let notify = format!("NOTIFY {CHANNEL}, '{replica}'");
     let (inserted, _) = futures_util::future::join(
         client.execute(&publish, &[&replica, &bodies]),
         client.batch_execute(&notify),
@@ -341,7 +342,7 @@ async fn follower(
         let deaf = listener.as_ref().is_none_or(|l| !l.alive.load(Ordering::SeqCst));
         if deaf && last_try.is_none_or(|at| at.elapsed() >= LISTEN_RETRY) {
             last_try = Some(Instant::now());
-            listener = listen(&config, hint_tx.clone()).await;
+            listener = listen(&config, replica, hint_tx.clone()).await;
         }
         match read(&pool, &mut cursor).await {
             Ok(signals) => {
@@ -391,7 +392,14 @@ async fn read(pool: &Pool, cursor: &mut Cursor) -> Result<Vec<(i64, String)>, St
 /// Opens a connection that LISTENs for the publishers' NOTIFY and turns
 /// each notification into a hint; the flag says whether it still runs.
 /// None if that is not possible now (or ever, on an engine without it).
-async fn listen(config: &tokio_postgres::Config, hints: mpsc::UnboundedSender<()>) -> Option<Listener> {
+/// Notifications of `replica`'s own signals are no hint: it has nothing
+/// to read there.
+async fn listen(
+    config: &tokio_postgres::Config,
+    replica: i64,
+    hints: mpsc::UnboundedSender<()>,
+) -> Option<Listener> {
+    let own = replica.to_string();
     let Ok(Ok((client, mut connection))) = tokio::time::timeout(LISTEN_RETRY, config.connect(NoTls)).await
     else {
         return None;
@@ -401,6 +409,7 @@ async fn listen(config: &tokio_postgres::Config, hints: mpsc::UnboundedSender<()
     tokio::spawn(async move {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(note))) if note.payload() == own => {}
                 Some(Ok(AsyncMessage::Notification(_))) => {
                     if hints.send(()).is_err() {
                         break;

@@ -615,9 +615,10 @@ impl Open {
         Open { client: Some(client), open: true }
     }
 
-    fn client(&self) -> &deadpool_postgres::ClientWrapper {
-        // Only `into_client` and `drop`, which consume self, take it.
-        self.client.as_deref().expect("an open transaction keeps its connection")
+    /// The connection (only `into_client` and `drop`, which consume self,
+    /// take it).
+    fn client(&self) -> Result<&deadpool_postgres::ClientWrapper, BackendError> {
+        self.client.as_deref().ok_or_else(closed)
     }
 
     /// The connection, once the transaction is over.
@@ -628,7 +629,7 @@ impl Open {
 
     /// Rolls back; the connection if that worked (else it is closed).
     async fn rollback(self) -> Option<Object> {
-        match self.client().batch_execute("ROLLBACK").await {
+        match self.client.as_deref()?.batch_execute("ROLLBACK").await {
             Ok(()) => self.into_client(),
             Err(_) => None,
         }
@@ -720,7 +721,7 @@ async fn try_group(
     optimistic: &mut bool,
 ) -> Result<Result<Vec<Result<(), BackendError>>, BackendError>, tokio_postgres::Error> {
     let Some(client) = slot.take() else {
-        return Ok(Err(BackendError::Unavailable("the database connection was closed".into())));
+        return Ok(Err(closed()));
     };
     // Usually every batch holds: then `BEGIN`, all of them and the lock
     // take one round trip together, and what `finish` adds and the
@@ -733,7 +734,11 @@ async fn try_group(
     }
     let plans: Vec<Result<Vec<Step<'_>>, Collection>> = batches.iter().map(plan).collect();
     let open = Open::new(client);
-    let (outcomes, locked) = match run_optimistic(open.client(), &plans, lock).await {
+    let connection = match open.client() {
+        Ok(connection) => connection,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (outcomes, locked) = match run_optimistic(connection, &plans, lock).await {
         Ok(ran) => ran,
         Err(e) => {
             *slot = open.rollback().await;
@@ -746,7 +751,7 @@ async fn try_group(
         *optimistic = false;
         return match open.rollback().await {
             Some(client) => in_turn(slot, client, batches, lock, finish).await,
-            None => Ok(Err(BackendError::Unavailable("the database connection was closed".into()))),
+            None => Ok(Err(closed())),
         };
     }
     let held: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
@@ -758,7 +763,7 @@ async fn try_group(
             return Ok(Err(BackendError::Conflict { collection }));
         }
     };
-    let finished = finish_and_commit(open.client(), &steps).await;
+    let finished = finish_and_commit(connection, &steps).await;
     // The transaction is over, whatever the outcome, unless the connection
     // broke (then it is closed, which ends it too).
     *slot = open.into_client();
@@ -827,6 +832,10 @@ async fn raise_and_commit(
         }
     }
     committed.map(Ok)
+}
+
+fn closed() -> BackendError {
+    BackendError::Unavailable("the database connection was closed".into())
 }
 
 /// [`try_group_in_turn`] with `client`, which goes back to `slot` after.
