@@ -363,6 +363,10 @@ fn too_late() -> Outcome {
 /// instead of conflicting.
 pub struct Appender {
     turns: std::sync::Mutex<Turns>,
+    /// Whether the chain's head record is known to exist (it is never
+    /// removed): a group then links to it alone and reads no last entry
+    /// beforehand, a database round trip less.
+    head_recorded: std::sync::atomic::AtomicBool,
     /// For callers of [`commit_together`], which are not in the queue.
     free: std::sync::Condvar,
 }
@@ -372,7 +376,11 @@ impl Appender {
     /// once (at least one).
     pub fn new(leaders: usize) -> Appender {
         let turns = Turns { committing: 0, leaders: leaders.max(1), queue: Default::default(), together: 0 };
-        Appender { turns: std::sync::Mutex::new(turns), free: std::sync::Condvar::new() }
+        Appender {
+            turns: std::sync::Mutex::new(turns),
+            head_recorded: std::sync::atomic::AtomicBool::new(false),
+            free: std::sync::Condvar::new(),
+        }
     }
 
     fn submit(&self, store: &Store, submission: Submission) -> Outcome {
@@ -605,20 +613,37 @@ fn link(
 fn commit_group(store: &Store, group: &[std::sync::Arc<Waiting>]) {
     let batches: Vec<Batch> = group.iter().map(|w| w.submission.batch.clone()).collect();
     let lock = Some((Collection::Meta, HEAD_KEY.to_vec()));
+    let recorded = &store.appender().head_recorded;
     let outcomes: Vec<Outcome> = 'attempts: {
         for _ in 0..64 {
-            let (first, prev_hash) = match next_link(store) {
-                Ok(head) => head,
-                Err(e) => break 'attempts group.iter().map(|_| Err(copy(&e))).collect(),
+            // Without the head record, the last entry: read only while the
+            // record is not known to exist (a group that finds it missing
+            // anyway fails on `unknown` and comes back here to read it).
+            let fallback = if recorded.load(std::sync::atomic::Ordering::Relaxed) {
+                None
+            } else {
+                match next_link(store) {
+                    Ok(head) => Some(head),
+                    Err(e) => break 'attempts group.iter().map(|_| Err(copy(&e))).collect(),
+                }
             };
+            let read_last = fallback.is_some();
             // The entries of the last call, which is the one committed.
             let linked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let finish = {
                 let (group, linked) = (group.to_vec(), linked.clone());
                 std::sync::Arc::new(move |held: &[bool], head: Option<&[u8]>| {
-                    let (first, prev_hash) = head
-                        .and_then(|bytes| serde_json::from_slice::<Link>(bytes).ok())
-                        .map_or_else(|| (first, prev_hash.clone()), |head| (head.seq + 1, head.hash));
+                    let head = head.and_then(|bytes| serde_json::from_slice::<Link>(bytes).ok());
+                    let (first, prev_hash) = match (head, &fallback) {
+                        (Some(head), _) => (head.seq + 1, head.hash),
+                        (None, Some((first, prev_hash))) => (*first, prev_hash.clone()),
+                        // Not there after all: a batch that cannot hold
+                        // (the record is absent), so the group fails
+                        // whole, and the next attempt reads the last entry.
+                        (None, None) => {
+                            return Batch::default().expect(Collection::Meta, HEAD_KEY, Some(Vec::new()));
+                        }
+                    };
                     let (batch, entries) = link(first, prev_hash, &group, held);
                     *lock_ignoring_poison(&linked) = entries;
                     batch
@@ -627,6 +652,10 @@ fn commit_group(store: &Store, group: &[std::sync::Arc<Waiting>]) {
             match store.backend().commit_group(batches.clone(), lock.clone(), finish) {
                 Ok(results) => {
                     let entries = std::mem::take(&mut *lock_ignoring_poison(&linked));
+                    // Linked to the record, or wrote one.
+                    if !read_last || entries.iter().any(|e| !e.is_empty()) {
+                        recorded.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let mut entries = entries.into_iter();
                     break 'attempts results
                         .into_iter()
@@ -636,8 +665,12 @@ fn commit_group(store: &Store, group: &[std::sync::Arc<Waiting>]) {
                         })
                         .collect();
                 }
-                // A seq was taken: another process appended. Link again.
-                Err(BackendError::Conflict { .. }) => continue,
+                // A seq was taken: another process appended. Link again,
+                // from the last entry if the head record was missing.
+                Err(BackendError::Conflict { .. }) => {
+                    recorded.store(false, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 Err(e) => break 'attempts group.iter().map(|_| Err(AuditError::Store(e.clone()))).collect(),
             }
         }

@@ -117,6 +117,16 @@ pub fn get(store: &Store, id: u64) -> Result<Option<User>, UserError> {
     store.backend().get(Collection::Users, &key(id))?.map(|v| decode(&v)).transpose()
 }
 
+/// Where a user is stored, and the user from what is stored there (for a
+/// caller that reads it together with something else).
+pub fn stored_at(id: u64) -> (Collection, Vec<u8>) {
+    (Collection::Users, key(id).to_vec())
+}
+
+pub fn from_stored(bytes: &[u8]) -> Result<User, UserError> {
+    decode(bytes)
+}
+
 pub fn by_name(store: &Store, name: &str) -> Result<Option<User>, UserError> {
     let Some(id) = store.backend().get(Collection::UserNames, name.as_bytes())? else { return Ok(None) };
     let id =

@@ -484,11 +484,30 @@ fn a_contradictory_batch_among_others_and_a_failing_finish() {
         let refused: Arc<ferry_cloud::store::backend::Finish> = Arc::new(|_: &[bool], _: Option<&[u8]>| {
             Batch::default().expect(Collection::Meta, "head", None).put(Collection::Meta, "head", "0")
         });
-        let err = backend.commit_group(vec![put("r"), put("s")], lock, refused).unwrap_err();
+        let err = backend.commit_group(vec![put("r"), put("s")], lock.clone(), refused).unwrap_err();
         assert!(matches!(err, BackendError::Conflict { collection: Collection::Meta }), "{err}");
         assert_eq!(value(&*backend, Collection::Users, b"r"), None);
         assert_eq!(value(&*backend, Collection::Users, b"s"), None);
         assert_eq!(value(&*backend, Collection::Meta, b"head").as_deref(), Some(&b"8"[..]));
+        // A last batch that expects a value: refused when the value is
+        // another, committed with the group's batches when it holds.
+        let expecting = |old: &'static str| -> Arc<ferry_cloud::store::backend::Finish> {
+            Arc::new(move |_: &[bool], _: Option<&[u8]>| {
+                Batch::default()
+                    .expect(Collection::Meta, "head", Some(old.as_bytes().to_vec()))
+                    .put(Collection::Meta, "head", "9")
+                    .put(Collection::Users, "finished", old)
+            })
+        };
+        let err = backend.commit_group(vec![put("t"), put("u")], lock.clone(), expecting("7")).unwrap_err();
+        assert!(matches!(err, BackendError::Conflict { collection: Collection::Meta }), "{err}");
+        assert_eq!(value(&*backend, Collection::Users, b"t"), None);
+        assert_eq!(value(&*backend, Collection::Users, b"finished"), None);
+        let outcomes = backend.commit_group(vec![put("t"), put("u")], lock, expecting("8")).unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(value(&*backend, Collection::Users, b"u").as_deref(), Some(&b"v"[..]));
+        assert_eq!(value(&*backend, Collection::Users, b"finished").as_deref(), Some(&b"8"[..]));
+        assert_eq!(value(&*backend, Collection::Meta, b"head").as_deref(), Some(&b"9"[..]));
     });
 }
 
@@ -586,6 +605,33 @@ fn reads_of_many_keys_answer_each_in_order_and_stay_in_their_collection() {
             vec![Some(b"3".to_vec()), None, Some(b"1".to_vec()), Some(b"1".to_vec()), None]
         );
         assert!(backend.get_many(Collection::Sessions, &[]).unwrap().is_empty());
+        // More keys than one statement reads (PostgreSQL), in no order,
+        // with repeats and absent ones.
+        let mut batch = Batch::default();
+        for i in (0..100u32).step_by(3) {
+            batch = batch.put(Collection::Sessions, format!("k{i}"), format!("v{i}"));
+        }
+        backend.commit(batch).unwrap();
+        let wanted: Vec<u32> = (0..75u32).map(|i| (i * 37) % 101).chain([3, 3, 0]).collect();
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|i| format!("k{i}").into_bytes()).collect();
+        let expected: Vec<Option<Vec<u8>>> =
+            wanted.iter().map(|i| (i % 3 == 0 && *i < 100).then(|| format!("v{i}").into_bytes())).collect();
+        assert_eq!(backend.get_many(Collection::Sessions, &keys).unwrap(), expected);
+        // Keys of several collections at once.
+        let each: Vec<(Collection, Vec<u8>)> = [
+            (Collection::Users, "b"),
+            (Collection::Sessions, "b"),
+            (Collection::Sessions, "a"),
+            (Collection::Users, "a"),
+        ]
+        .into_iter()
+        .chain((0..40u32).map(|i| (Collection::Sessions, if i % 2 == 0 { "k3" } else { "k4" })))
+        .map(|(collection, key)| (collection, key.as_bytes().to_vec()))
+        .collect();
+        let mut expected = vec![Some(b"other collection".to_vec()), None, Some(b"1".to_vec()), None];
+        expected.extend((0..40u32).map(|i| (i % 2 == 0).then(|| b"v3".to_vec())));
+        assert_eq!(backend.get_each(&each).unwrap(), expected);
+        assert!(backend.get_each(&[]).unwrap().is_empty());
     });
 }
 

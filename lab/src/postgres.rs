@@ -26,6 +26,10 @@ pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 /// The superuser `initdb` makes; local connections need no password.
 pub const USER: &str = "ferry";
 
+/// An environment variable of extra `postgresql.conf` settings, separated
+/// by `;`, for every server started here (for measurements).
+pub const EXTRA_SETTINGS: &str = "FERRY_PG_EXTRA_SETTINGS";
+
 /// How the server keeps its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -95,12 +99,20 @@ impl Postgres {
         ]);
         run(&mut initdb)?;
         let fsync = if durability == Durability::Full { "on" } else { "off" };
-        let settings = format!(
+        let mut settings = format!(
             "listen_addresses = ''\nunix_socket_directories = '{}'\nfsync = {fsync}\n\
              synchronous_commit = on\nshared_buffers = 32MB\nmax_connections = 300\n\
              log_min_messages = warning\n",
             server.folder.display()
         );
+        // More lines for a measurement (e.g. `shared_preload_libraries =
+        // 'pg_stat_statements'`), one per `;`.
+        if let Ok(extra) = std::env::var(EXTRA_SETTINGS) {
+            for line in extra.split(';').map(str::trim).filter(|l| !l.is_empty()) {
+                settings.push_str(line);
+                settings.push('\n');
+            }
+        }
         std::fs::OpenOptions::new()
             .append(true)
             .open(server.data.join("postgresql.conf"))

@@ -60,10 +60,36 @@ pub fn is_api_token(bearer: &str) -> bool {
 
 pub fn authenticate(store: &Store, bearer: &str, now_ms: u64) -> Result<ApiToken, ApiTokenError> {
     let parsed = Opaque::parse(PREFIX, bearer).ok_or(ApiTokenError::Invalid)?;
-    let stored = store
+    let stored = store.backend().get(Collection::Tokens, &record_key(KIND, parsed.owner, parsed.id))?;
+    check(&parsed, stored, now_ms)
+}
+
+/// [`authenticate`], and what is stored for the user the token names, read
+/// in the same round trip (the caller checks the user next). The user's
+/// record is None when absent, or when the token's user is another than
+/// the one its string names (then it was not read).
+pub fn authenticate_with_user(
+    store: &Store,
+    bearer: &str,
+    now_ms: u64,
+) -> Result<(ApiToken, Option<Vec<u8>>), ApiTokenError> {
+    let parsed = Opaque::parse(PREFIX, bearer).ok_or(ApiTokenError::Invalid)?;
+    let mut read = store
         .backend()
-        .get(Collection::Tokens, &record_key(KIND, parsed.owner, parsed.id))?
-        .ok_or(ApiTokenError::Invalid)?;
+        .get_each(&[
+            (Collection::Tokens, record_key(KIND, parsed.owner, parsed.id)),
+            crate::users::stored_at(parsed.owner),
+        ])?
+        .into_iter();
+    let (stored, user) = (read.next().flatten(), read.next().flatten());
+    let token = check(&parsed, stored, now_ms)?;
+    let user = if token.user_id == parsed.owner { user } else { None };
+    Ok((token, user))
+}
+
+/// The token `stored` for `parsed`, if it matches and has not expired.
+fn check(parsed: &Opaque, stored: Option<Vec<u8>>, now_ms: u64) -> Result<ApiToken, ApiTokenError> {
+    let stored = stored.ok_or(ApiTokenError::Invalid)?;
     let record: Record = serde_json::from_slice(&stored).map_err(|_| ApiTokenError::Invalid)?;
     if !parsed.matches(&record.secret_hash) {
         return Err(ApiTokenError::Invalid);
@@ -129,5 +155,23 @@ mod tests {
         assert!(matches!(authenticate(&store, &bearer, 1), Err(ApiTokenError::Invalid)));
         assert_eq!(revoke_user(&store, 1).unwrap(), 1);
         assert!(matches!(authenticate(&store, &forever, 1), Err(ApiTokenError::Invalid)));
+    }
+
+    #[test]
+    fn a_token_is_read_with_its_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (_, forever) = create(&store, 1, "ops", vec![], None, 0, None).unwrap();
+        // With its user, read together: none stored here yet.
+        assert_eq!(authenticate_with_user(&store, &forever, 1).unwrap().1, None);
+        let user =
+            crate::users::create(&store, "owner", ferry_api::Role::Administrator, "a long password 1", 0)
+                .unwrap();
+        let (_, theirs) = create(&store, user.id, "own", vec![], None, 0, None).unwrap();
+        let (token, stored) = authenticate_with_user(&store, &theirs, 1).unwrap();
+        assert_eq!(token.user_id, user.id);
+        assert_eq!(crate::users::from_stored(&stored.unwrap()).unwrap().name, "owner");
+        assert!(matches!(authenticate_with_user(&store, &theirs, u64::MAX - 1).map(|_| ()), Ok(())));
+        assert!(matches!(authenticate_with_user(&store, "fya.nonsense", 1), Err(ApiTokenError::Invalid)));
     }
 }

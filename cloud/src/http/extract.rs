@@ -441,10 +441,15 @@ fn identify(
     credential: &Credential,
     now: u64,
 ) -> Result<Result<Identity, Refusal>, ApiError> {
+    // An API token names its user: both are read in one round trip.
+    let mut read_user: Option<Vec<u8>> = None;
     let (user_id, scopes, epoch, via) = match credential {
         Credential::Bearer(bearer) if api_tokens::is_api_token(bearer) => {
-            match api_tokens::authenticate(&state.store, bearer, now) {
-                Ok(token) => (token.user_id, Some(token.scopes), None, Via::ApiToken),
+            match api_tokens::authenticate_with_user(&state.store, bearer, now) {
+                Ok((token, user)) => {
+                    read_user = user;
+                    (token.user_id, Some(token.scopes), None, Via::ApiToken)
+                }
                 Err(api_tokens::ApiTokenError::Store(e)) => return Err(e.into()),
                 Err(e) => return Ok(Err(Refusal::audited(e.to_string()))),
             }
@@ -462,7 +467,11 @@ fn identify(
             Err(refused) => return Ok(Err(Refusal::audited(refused.to_string()))),
         },
     };
-    Ok(match users::get(&state.store, user_id)? {
+    let user = match read_user {
+        Some(bytes) => Some(users::from_stored(&bytes)?),
+        None => users::get(&state.store, user_id)?,
+    };
+    Ok(match user {
         Some(user) if user.disabled => Err(Refusal::audited(format!("user {} is disabled", user.name))),
         Some(user) if epoch.is_some_and(|e| e != user.token_epoch) => Err(Refusal::audited(match via {
             Via::Console(_) => {

@@ -57,8 +57,29 @@ pub struct PgCluster {
     stop: watch::Sender<bool>,
 }
 
-const LIVE_REPLICA: &str =
-    "replica IN (SELECT id FROM ferry_replicas WHERE seen > now() - INTERVAL '10 seconds')";
+/// The condition of a live replica's row (prepared once per connection,
+/// as every statement here: a statement sent as text is parsed and planned
+/// again each time, and costs a round trip more).
+macro_rules! live_replica {
+    () => {
+        "replica IN (SELECT id FROM ferry_replicas WHERE seen > now() - INTERVAL '10 seconds')"
+    };
+}
+const CLAIM: &str = "INSERT INTO ferry_presence (kind, id, replica, conn, live) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (kind, id) DO UPDATE SET replica = excluded.replica, conn = excluded.conn, \
+                     live = excluded.live";
+const REPORT: &str =
+    "UPDATE ferry_presence SET live = $5 WHERE kind = $1 AND id = $2 AND replica = $3 AND conn = $4";
+const RELEASE: &str = "DELETE FROM ferry_presence WHERE kind = $1 AND id = $2 AND replica = $3 AND conn = $4";
+const PRESENT: &str =
+    concat!("SELECT live FROM ferry_presence WHERE kind = $1 AND id = $2 AND ", live_replica!());
+const PRESENT_ALL: &str =
+    concat!("SELECT id, live FROM ferry_presence WHERE kind = $1 AND ", live_replica!(), " ORDER BY id");
+/// Signals in the order given: the sequence numbers follow it.
+const PUBLISH: &str = "INSERT INTO ferry_signals (origin, body) \
+                       SELECT $1, body FROM unnest($2::TEXT[]) WITH ORDINALITY AS t (body, n) ORDER BY n";
+const READ_GAPS: &str = "SELECT seq, origin, body FROM ferry_signals WHERE seq = ANY($1) ORDER BY seq";
+const READ_NEW: &str = "SELECT seq, origin, body FROM ferry_signals WHERE seq > $1 ORDER BY seq LIMIT 1000";
 
 impl PgCluster {
     /// Registers this replica and starts its heartbeat, publisher and
@@ -116,62 +137,40 @@ impl Cluster for PgCluster {
     fn claim(&self, kind: PeerKind, id: u64, conn: u64, live: &str) -> Result<(), BackendError> {
         let (replica, id, conn, live) = (self.replica as i64, id as i64, conn as i64, live.to_string());
         self.backend.call(move |client| async move {
-            client
-                .execute(
-                    "INSERT INTO ferry_presence (kind, id, replica, conn, live) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (kind, id) DO UPDATE SET replica = excluded.replica, conn = excluded.conn, \
-                     live = excluded.live",
-                    &[&kind.name(), &id, &replica, &conn, &live],
-                )
-                .await
-                .map_err(io)
-                .map(drop)
+            let claim = client.prepare_cached(CLAIM).await.map_err(io)?;
+            client.execute(&claim, &[&kind.name(), &id, &replica, &conn, &live]).await.map_err(io).map(drop)
         })
     }
 
     fn report(&self, kind: PeerKind, id: u64, conn: u64, live: &str) -> Result<(), BackendError> {
         let (replica, id, conn, live) = (self.replica as i64, id as i64, conn as i64, live.to_string());
         self.backend.call(move |client| async move {
-            client
-                .execute(
-                    "UPDATE ferry_presence SET live = $5 WHERE kind = $1 AND id = $2 AND replica = $3 AND conn = $4",
-                    &[&kind.name(), &id, &replica, &conn, &live],
-                )
-                .await
-                .map_err(io)
-                .map(drop)
+            let report = client.prepare_cached(REPORT).await.map_err(io)?;
+            client.execute(&report, &[&kind.name(), &id, &replica, &conn, &live]).await.map_err(io).map(drop)
         })
     }
 
     fn release(&self, kind: PeerKind, id: u64, conn: u64) -> Result<(), BackendError> {
         let (replica, id, conn) = (self.replica as i64, id as i64, conn as i64);
         self.backend.call(move |client| async move {
-            client
-                .execute(
-                    "DELETE FROM ferry_presence WHERE kind = $1 AND id = $2 AND replica = $3 AND conn = $4",
-                    &[&kind.name(), &id, &replica, &conn],
-                )
-                .await
-                .map_err(io)
-                .map(drop)
+            let release = client.prepare_cached(RELEASE).await.map_err(io)?;
+            client.execute(&release, &[&kind.name(), &id, &replica, &conn]).await.map_err(io).map(drop)
         })
     }
 
     fn present(&self, kind: PeerKind, id: u64) -> Result<Option<String>, BackendError> {
         let id = id as i64;
         self.backend.call(move |client| async move {
-            let sql =
-                format!("SELECT live FROM ferry_presence WHERE kind = $1 AND id = $2 AND {LIVE_REPLICA}");
-            let row = client.query_opt(&sql, &[&kind.name(), &id]).await.map_err(io)?;
+            let present = client.prepare_cached(PRESENT).await.map_err(io)?;
+            let row = client.query_opt(&present, &[&kind.name(), &id]).await.map_err(io)?;
             Ok(row.map(|r| r.get(0)))
         })
     }
 
     fn present_all(&self, kind: PeerKind) -> Result<Vec<(u64, String)>, BackendError> {
         self.backend.call(move |client| async move {
-            let sql =
-                format!("SELECT id, live FROM ferry_presence WHERE kind = $1 AND {LIVE_REPLICA} ORDER BY id");
-            let rows = client.query(&sql, &[&kind.name()]).await.map_err(io)?;
+            let present = client.prepare_cached(PRESENT_ALL).await.map_err(io)?;
+            let rows = client.query(&present, &[&kind.name()]).await.map_err(io)?;
             Ok(rows.into_iter().map(|r| (r.get::<_, i64>(0) as u64, r.get(1))).collect())
         })
     }
@@ -266,19 +265,17 @@ fn encode(signal: &Signal) -> String {
 
 async fn insert(pool: &Pool, replica: i64, bodies: &[String]) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    let mut sql = String::from("INSERT INTO ferry_signals (origin, body) VALUES ");
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&replica];
-    for (i, body) in bodies.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("($1, ${})", i + 2));
-        params.push(body);
-    }
-    client.execute(&sql, &params).await.map_err(|e| e.to_string())?;
-    // Only a hint; an engine without NOTIFY refuses it and the others poll.
-    let _ = client.batch_execute(&format!("NOTIFY {CHANNEL}")).await;
-    Ok(())
+    let publish = client.prepare_cached(PUBLISH).await.map_err(|e| e.to_string())?;
+    // The NOTIFY goes in the same round trip, after the insert committed,
+    // and names the sender, whose own follower need not look. Only a hint;
+    // an engine without NOTIFY refuses it and the others poll.
+    let notify = format!("NOTIFY {CHANNEL}, '{replica}'");
+    let (inserted, _) = futures_util::future::join(
+        client.execute(&publish, &[&replica, &bodies]),
+        client.batch_execute(&notify),
+    )
+    .await;
+    inserted.map(drop).map_err(|e| e.to_string())
 }
 
 /// What the follower has read.
@@ -345,7 +342,7 @@ async fn follower(
         let deaf = listener.as_ref().is_none_or(|l| !l.alive.load(Ordering::SeqCst));
         if deaf && last_try.is_none_or(|at| at.elapsed() >= LISTEN_RETRY) {
             last_try = Some(Instant::now());
-            listener = listen(&config, hint_tx.clone()).await;
+            listener = listen(&config, replica, hint_tx.clone()).await;
         }
         match read(&pool, &mut cursor).await {
             Ok(signals) => {
@@ -375,20 +372,13 @@ async fn read(pool: &Pool, cursor: &mut Cursor) -> Result<Vec<(i64, String)>, St
     let mut out = Vec::new();
     if !cursor.missing.is_empty() {
         let gaps: Vec<i64> = cursor.missing.keys().copied().collect();
-        let rows = client
-            .query("SELECT seq, origin, body FROM ferry_signals WHERE seq = ANY($1) ORDER BY seq", &[&gaps])
-            .await
-            .map_err(|e| e.to_string())?;
+        let read_gaps = client.prepare_cached(READ_GAPS).await.map_err(|e| e.to_string())?;
+        let rows = client.query(&read_gaps, &[&gaps]).await.map_err(|e| e.to_string())?;
         out.extend(cursor.take(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect(), now));
     }
+    let read_new = client.prepare_cached(READ_NEW).await.map_err(|e| e.to_string())?;
     loop {
-        let rows = client
-            .query(
-                "SELECT seq, origin, body FROM ferry_signals WHERE seq > $1 ORDER BY seq LIMIT 1000",
-                &[&cursor.high],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = client.query(&read_new, &[&cursor.high]).await.map_err(|e| e.to_string())?;
         let full = rows.len() == 1000;
         out.extend(cursor.take(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect(), now));
         if !full {
@@ -402,7 +392,14 @@ async fn read(pool: &Pool, cursor: &mut Cursor) -> Result<Vec<(i64, String)>, St
 /// Opens a connection that LISTENs for the publishers' NOTIFY and turns
 /// each notification into a hint; the flag says whether it still runs.
 /// None if that is not possible now (or ever, on an engine without it).
-async fn listen(config: &tokio_postgres::Config, hints: mpsc::UnboundedSender<()>) -> Option<Listener> {
+/// Notifications of `replica`'s own signals are no hint: it has nothing
+/// to read there.
+async fn listen(
+    config: &tokio_postgres::Config,
+    replica: i64,
+    hints: mpsc::UnboundedSender<()>,
+) -> Option<Listener> {
+    let own = replica.to_string();
     let Ok(Ok((client, mut connection))) = tokio::time::timeout(LISTEN_RETRY, config.connect(NoTls)).await
     else {
         return None;
@@ -412,6 +409,7 @@ async fn listen(config: &tokio_postgres::Config, hints: mpsc::UnboundedSender<()
     tokio::spawn(async move {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(note))) if note.payload() == own => {}
                 Some(Ok(AsyncMessage::Notification(_))) => {
                     if hints.send(()).is_err() {
                         break;

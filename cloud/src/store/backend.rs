@@ -163,6 +163,13 @@ pub trait Backend: Send + Sync + 'static {
         keys.iter().map(|key| self.get(collection, key)).collect()
     }
 
+    /// The values of `keys`, each of its own collection, in their order
+    /// (None for an absent key); one round trip on a database, as
+    /// [`Backend::get_many`], and no snapshot promised either.
+    fn get_each(&self, keys: &[(Collection, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().map(|(collection, key)| self.get(*collection, key)).collect()
+    }
+
     /// Up to `limit` entries whose keys start with `prefix`, in key order,
     /// after `after` if given.
     fn scan(

@@ -143,6 +143,10 @@ impl Backend for FailingBackend {
         self.inner.get_many(collection, keys)
     }
 
+    fn get_each(&self, keys: &[(Collection, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        self.inner.get_each(keys)
+    }
+
     fn scan(
         &self,
         collection: Collection,

@@ -38,23 +38,31 @@
 //! it is durable on the server and its synchronous standbys.
 //!
 //! A [group commit](Backend::commit_group) is one such transaction holding
-//! many batches. It first sends every batch and the `SELECT ... FOR UPDATE`
-//! of the group's lock key in one pipeline, which is enough when every
-//! batch holds (the usual case). When one does not, its statements before
-//! the failed check may have applied, and the batches after it saw them:
-//! the transaction is rolled back and the group runs again with each batch
-//! behind a savepoint, where a batch whose expectation fails is rolled back
-//! to its savepoint (its locks go with it) and the others stay, and the
-//! lock key is read after them. Either way the group's last batch is then
-//! made from the outcomes and the locked value and applied; one `COMMIT`,
-//! so one flush, makes all of it durable.
+//! many batches. It first sends `BEGIN`, every batch and the `SELECT ...
+//! FOR UPDATE` of the group's lock key in one pipeline, which is enough
+//! when every batch holds (the usual case). When one does not, its
+//! statements before the failed check may have applied, and the batches
+//! after it saw them: the transaction is rolled back and the group runs
+//! again with each batch behind a savepoint, where a batch whose
+//! expectation fails is rolled back to its savepoint (its locks go with it)
+//! and the others stay, and the lock key is read after them. Either way the
+//! group's last batch is then made from the outcomes and the locked value
+//! and applied; one `COMMIT`, so one flush, makes all of it durable. When
+//! every check of the last batch can fail as an error (a claim of a key it
+//! writes: a plain `INSERT`, whose duplicate key aborts the transaction),
+//! the `COMMIT` goes in the same pipeline as the batch (the server answers
+//! it with a rollback after an error), and the claims of one collection in
+//! a row (an audit group's entries) are one statement: the lock key is
+//! then held for one round trip and the flush.
 //!
 //! The statements of one call are pipelined on one connection, so a commit
-//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`,
-//! and for a group one more for its last batch. A group that falls back
-//! pays for the pipeline it undoes, a `ROLLBACK` and a `BEGIN`, then one
-//! round trip per batch and one for the lock; a run again after a deadlock
-//! goes batch by batch at once.
+//! of many changes costs few round trips: `BEGIN`, the statements, `COMMIT`;
+//! a group two (`BEGIN`, its batches and the lock; its last batch and
+//! `COMMIT`). A group that falls back pays for the pipeline it undoes, a
+//! `ROLLBACK` and a `BEGIN`, then one round trip per batch and one for the
+//! lock; a run again after a deadlock goes batch by batch at once. Reads of
+//! many keys are point reads joined by `UNION ALL`, up to 32 to a
+//! statement.
 
 mod bridge;
 mod migrations;
@@ -350,15 +358,71 @@ const LAST: &str = "SELECT key, value FROM ferry_kv WHERE collection = $1 ORDER 
 /// A key expected absent, claimed: one row inserted, or none if it exists.
 const CLAIM: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $2, $3) \
                      ON CONFLICT (collection, key) DO NOTHING";
+/// A key expected absent, claimed: a unique violation if it exists.
+const INSERT_NEW: &str = "INSERT INTO ferry_kv (collection, key, value) VALUES ($1, $2, $3)";
+/// Keys $2 expected absent, claimed with their values $3 (in order): a
+/// unique violation if one exists.
+const INSERT_MANY: &str = "INSERT INTO ferry_kv (collection, key, value) \
+                           SELECT $1, k, v FROM unnest($2::BYTEA[], $3::BYTEA[]) AS t (k, v)";
 /// A key expected to hold $3, locked: one row, or none if it does not.
 const LOCK_IF: &str = "SELECT 1 FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3 FOR UPDATE";
 const UPDATE_IF: &str = "UPDATE ferry_kv SET value = $4 WHERE collection = $1 AND key = $2 AND value = $3";
 const DELETE_IF: &str = "DELETE FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3";
 const LOCK: &str = "SELECT value FROM ferry_kv WHERE collection = $1 AND key = $2 FOR UPDATE";
+const BEGIN: &str = "START TRANSACTION ISOLATION LEVEL READ COMMITTED";
 const SAVEPOINT: &str = "SAVEPOINT ferry_batch";
 const RELEASE: &str = "RELEASE SAVEPOINT ferry_batch";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT ferry_batch";
 const EMPTY: &[u8] = &[];
+
+/// Keys read by one statement of [`Backend::get_many`] at most.
+const MANY_AT_ONCE: usize = 32;
+
+/// The statement reading `n` keys ($2 to $n+1) of collection $1: one point
+/// read by the primary key per key, joined with `UNION ALL`, so that every
+/// plan of it (a prepared statement's generic one too) looks each key up in
+/// the index. (`key = ANY($2)` left the generic plan free to walk a whole
+/// collection: 0.39 ms a call against 0.006 for a point read.) Made once per
+/// size: sizes are powers of two, padded with a repeated key.
+fn select_many(n: usize) -> &'static str {
+    static MADE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let made = MADE.get_or_init(|| {
+        (0..=MANY_AT_ONCE.trailing_zeros())
+            .map(|power| {
+                (0..1usize << power)
+                    .map(|i| {
+                        format!("SELECT key, value FROM ferry_kv WHERE collection = $1 AND key = ${}", i + 2)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ")
+            })
+            .collect()
+    });
+    &made[n.trailing_zeros() as usize]
+}
+
+/// [`select_many`] for keys of their own collections: `n` pairs of
+/// (collection, key) from $1.
+fn select_each(n: usize) -> &'static str {
+    static MADE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let made = MADE.get_or_init(|| {
+        (0..=MANY_AT_ONCE.trailing_zeros())
+            .map(|power| {
+                (0..1usize << power)
+                    .map(|i| {
+                        format!(
+                            "SELECT collection, key, value FROM ferry_kv WHERE collection = ${} AND key = ${}",
+                            2 * i + 1,
+                            2 * i + 2
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ")
+            })
+            .collect()
+    });
+    &made[n.trailing_zeros() as usize]
+}
 
 /// The smallest key above every key that starts with `prefix`, if any.
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -379,6 +443,12 @@ struct Step<'a> {
     /// The collection whose expectation fails unless exactly one row is
     /// touched; None: any count will do.
     must_touch_one: Option<Collection>,
+    /// The same step as a statement that fails with an error instead of
+    /// touching no row (the transaction is then aborted, and a `COMMIT`
+    /// sent behind it rolls back), if there is one.
+    raising: Option<&'static str>,
+    /// The key and value of a claim that writes its key.
+    claim: Option<(&'a Vec<u8>, &'a Vec<u8>)>,
 }
 
 /// A batch's statements, in lock order; Err: two of its expectations
@@ -405,8 +475,13 @@ fn plan(batch: &Batch) -> Result<Vec<Step<'_>>, Collection> {
     let mut steps = Vec::with_capacity(keys.len() + 1);
     for ((collection, key), (expected, change)) in keys {
         let name = name_of(&collection);
-        let step =
-            |sql, params, check: bool| Step { sql, params, must_touch_one: check.then_some(collection) };
+        let step = |sql, params, check: bool| Step {
+            sql,
+            params,
+            must_touch_one: check.then_some(collection),
+            raising: None,
+            claim: None,
+        };
         match (expected, change) {
             (None, Some(Some(value))) => steps.push(step(UPSERT, vec![name, key, value], false)),
             (None, Some(None)) => steps.push(step(DELETE, vec![name, key], false)),
@@ -415,7 +490,11 @@ fn plan(batch: &Batch) -> Result<Vec<Step<'_>>, Collection> {
             }
             (Some(Some(old)), Some(None)) => steps.push(step(DELETE_IF, vec![name, key, old], true)),
             (Some(Some(old)), None) => steps.push(step(LOCK_IF, vec![name, key, old], true)),
-            (Some(None), Some(Some(value))) => steps.push(step(CLAIM, vec![name, key, value], true)),
+            (Some(None), Some(Some(value))) => steps.push(Step {
+                raising: Some(INSERT_NEW),
+                claim: Some((key, value)),
+                ..step(CLAIM, vec![name, key, value], true)
+            }),
             // Absent now and after: a placeholder holds the key's slot until
             // the commit (see the module's docs).
             (Some(None), _) => {
@@ -461,36 +540,43 @@ async fn run_steps(
     Ok(Ok(()))
 }
 
-/// Every batch's statements, then the lock's `SELECT ... FOR UPDATE` if
-/// any, in one pipeline and without savepoints: per batch whether its
-/// expectations held (a batch whose plan contradicts itself is not sent),
-/// and the locked value. Meaningful only when every batch held: a batch
-/// after one that failed ran against that one's partial changes.
+/// `BEGIN`, every batch's statements, then the lock's `SELECT ... FOR
+/// UPDATE` if any, in one pipeline and without savepoints: per batch
+/// whether its expectations held (a batch whose plan contradicts itself is
+/// not sent), and the locked value. Meaningful only when every batch held:
+/// a batch after one that failed ran against that one's partial changes.
 async fn run_optimistic(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &deadpool_postgres::ClientWrapper,
     plans: &[Result<Vec<Step<'_>>, Collection>],
     lock: Option<&Lock>,
 ) -> Result<(Vec<Result<(), Collection>>, Option<Vec<u8>>), tokio_postgres::Error> {
     let steps: Vec<&Step<'_>> = plans.iter().filter_map(|p| p.as_ref().ok()).flatten().collect();
     let statements =
-        futures_util::future::try_join_all(steps.iter().map(|s| tx.prepare_cached(s.sql))).await?;
+        futures_util::future::try_join_all(steps.iter().map(|s| client.prepare_cached(s.sql))).await?;
     let lock_statement = match lock {
-        Some(_) => Some(tx.prepare_cached(LOCK).await?),
+        Some(_) => Some(client.prepare_cached(LOCK).await?),
         None => None,
     };
-    // Pipelined, and executed by the server in this order.
-    let counts = futures_util::future::try_join_all(
-        statements.iter().zip(&steps).map(|(statement, step)| tx.execute(statement, &step.params)),
+    // Pipelined, and executed by the server in this order (each future
+    // sends its request when first polled, and a join polls in order).
+    let begun = client.batch_execute(BEGIN);
+    let counts = futures_util::future::join_all(
+        statements.iter().zip(&steps).map(|(statement, step)| client.execute(statement, &step.params)),
     );
     let locked = async {
         match (lock, &lock_statement) {
             (Some((collection, key)), Some(select)) => {
-                tx.query_opt(select, &[name_of(collection), key]).await.map(|row| row.map(|r| r.get(0)))
+                client.query_opt(select, &[name_of(collection), key]).await.map(|row| row.map(|r| r.get(0)))
             }
             _ => Ok(None),
         }
     };
-    let (counts, locked) = futures_util::future::try_join(counts, locked).await?;
+    let (begun, counts, locked) = futures_util::future::join3(begun, counts, locked).await;
+    // After a failed statement the server refuses the rest of the
+    // transaction: the first error is the one that matters.
+    begun?;
+    let counts = counts.into_iter().collect::<Result<Vec<u64>, _>>()?;
+    let locked = locked?;
     let mut counts = counts.into_iter();
     let outcomes = plans
         .iter()
@@ -511,6 +597,90 @@ async fn run_optimistic(
         })
         .collect();
     Ok((outcomes, locked))
+}
+
+/// A transaction begun by a pipelined `BEGIN` (the client's transaction
+/// type waits for its `BEGIN` alone, a round trip of its own). Dropped
+/// while open, when its call is cancelled (timed out) midway, it closes the
+/// connection rather than return it to the pool inside the transaction:
+/// the server then rolls the transaction back.
+struct Open {
+    /// Some until `into_client` or `drop` takes it.
+    client: Option<Object>,
+    open: bool,
+}
+
+impl Open {
+    fn new(client: Object) -> Open {
+        Open { client: Some(client), open: true }
+    }
+
+    /// The connection (only `into_client` and `drop`, which consume self,
+    /// take it).
+    fn client(&self) -> Result<&deadpool_postgres::ClientWrapper, BackendError> {
+        self.client.as_deref().ok_or_else(closed)
+    }
+
+    /// The connection, once the transaction is over.
+    fn into_client(mut self) -> Option<Object> {
+        self.open = false;
+        self.client.take()
+    }
+
+    /// Rolls back; the connection if that worked (else it is closed).
+    async fn rollback(self) -> Option<Object> {
+        match self.client.as_deref()?.batch_execute("ROLLBACK").await {
+            Ok(()) => self.into_client(),
+            Err(_) => None,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(client) = self.client.take()
+        {
+            drop(Object::take(client));
+        }
+    }
+}
+
+/// The group's last `steps` and its `COMMIT`, in one round trip when
+/// every step that needs a row count checked has a form that fails with an
+/// error instead (then a failed step aborts the transaction and the
+/// `COMMIT` behind it rolls back); else the steps, then `COMMIT` or
+/// `ROLLBACK` by their counts. The transaction is over either way.
+async fn finish_and_commit(
+    client: &deadpool_postgres::ClientWrapper,
+    steps: &[Step<'_>],
+) -> Result<Result<(), Collection>, tokio_postgres::Error> {
+    if steps.iter().all(|s| s.must_touch_one.is_none() || s.raising.is_some()) {
+        return raise_and_commit(client, steps).await;
+    }
+    let statements =
+        futures_util::future::try_join_all(steps.iter().map(|s| client.prepare_cached(s.sql))).await?;
+    let executed = futures_util::future::join_all(
+        statements.iter().zip(steps).map(|(statement, step)| client.execute(statement, &step.params)),
+    );
+    let mut held = Ok(());
+    for (step, count) in steps.iter().zip(executed.await) {
+        let count = match count {
+            Ok(count) => count,
+            Err(e) => {
+                client.batch_execute("ROLLBACK").await?;
+                return Err(e);
+            }
+        };
+        if let Some(collection) = step.must_touch_one
+            && count != 1
+            && held.is_ok()
+        {
+            held = Err(collection);
+        }
+    }
+    client.batch_execute(if held.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
+    Ok(held)
 }
 
 async fn begin(client: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
@@ -542,48 +712,143 @@ async fn try_commit(
 /// batch and the lock in one pipeline when `optimistic` (see the module's
 /// docs), else, or when one of them fails, each batch behind a savepoint it
 /// is rolled back to if its expectations fail; then what `finish` adds, in
-/// one transaction.
+/// one transaction. `slot` holds the connection (None once it was closed).
 async fn try_group(
-    client: &mut Object,
+    slot: &mut Option<Object>,
     batches: &[Batch],
     lock: Option<&Lock>,
     finish: &Arc<Finish>,
     optimistic: &mut bool,
 ) -> Result<Result<Vec<Result<(), BackendError>>, BackendError>, tokio_postgres::Error> {
-    // Usually every batch holds: then all of them and the lock take one
-    // round trip together. When one does not, the transaction is undone and
+    let Some(client) = slot.take() else {
+        return Ok(Err(closed()));
+    };
+    // Usually every batch holds: then `BEGIN`, all of them and the lock
+    // take one round trip together, and what `finish` adds and the
+    // `COMMIT` one more. When one does not, the transaction is undone and
     // the group runs again batch by batch behind savepoints, so that no
-    // batch sees another's half-applied changes; a run again after a
-    // deadlock then goes batch by batch at once.
-    if *optimistic && batches.len() > 1 {
-        let plans: Vec<Result<Vec<Step<'_>>, Collection>> = batches.iter().map(plan).collect();
-        let tx = begin(client).await?;
-        let (outcomes, locked) = run_optimistic(&tx, &plans, lock).await?;
-        let sent = plans.iter().zip(&outcomes).filter(|(plan, _)| plan.is_ok());
-        if sent.clone().all(|(_, outcome)| outcome.is_ok()) {
-            let held: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
-            let last = finish(&held, locked.as_deref());
-            let steps = match plan(&last) {
-                Ok(steps) => steps,
-                Err(collection) => {
-                    tx.rollback().await?;
-                    return Ok(Err(BackendError::Conflict { collection }));
-                }
-            };
-            if let Err(collection) = run_steps(&tx, &[], &steps).await? {
-                tx.rollback().await?;
-                return Ok(Err(BackendError::Conflict { collection }));
-            }
-            tx.commit().await?;
-            return Ok(Ok(outcomes
-                .into_iter()
-                .map(|o| o.map_err(|collection| BackendError::Conflict { collection }))
-                .collect()));
-        }
-        tx.rollback().await?;
-        *optimistic = false;
+    // batch sees another's half-applied changes; so does a run again after
+    // a deadlock.
+    if !*optimistic || batches.is_empty() {
+        return in_turn(slot, client, batches, lock, finish).await;
     }
-    try_group_in_turn(client, batches, lock, finish).await
+    let plans: Vec<Result<Vec<Step<'_>>, Collection>> = batches.iter().map(plan).collect();
+    let open = Open::new(client);
+    let connection = match open.client() {
+        Ok(connection) => connection,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (outcomes, locked) = match run_optimistic(connection, &plans, lock).await {
+        Ok(ran) => ran,
+        Err(e) => {
+            *slot = open.rollback().await;
+            *optimistic = false;
+            return Err(e);
+        }
+    };
+    let sent = plans.iter().zip(&outcomes).filter(|(plan, _)| plan.is_ok());
+    if !sent.clone().all(|(_, outcome)| outcome.is_ok()) {
+        *optimistic = false;
+        return match open.rollback().await {
+            Some(client) => in_turn(slot, client, batches, lock, finish).await,
+            None => Ok(Err(closed())),
+        };
+    }
+    let held: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    let last = finish(&held, locked.as_deref());
+    let steps = match plan(&last) {
+        Ok(steps) => steps,
+        Err(collection) => {
+            *slot = open.rollback().await;
+            return Ok(Err(BackendError::Conflict { collection }));
+        }
+    };
+    let finished = finish_and_commit(connection, &steps).await;
+    // The transaction is over, whatever the outcome, unless the connection
+    // broke (then it is closed, which ends it too).
+    *slot = open.into_client();
+    match finished? {
+        Err(collection) => Ok(Err(BackendError::Conflict { collection })),
+        Ok(()) => Ok(Ok(outcomes
+            .into_iter()
+            .map(|o| o.map_err(|collection| BackendError::Conflict { collection }))
+            .collect())),
+    }
+}
+
+/// [`finish_and_commit`] when every check fails as an error: the steps in
+/// their raising form, claims in a row of one collection (an audit group's
+/// entries) as one statement, and `COMMIT`, in one pipeline.
+async fn raise_and_commit(
+    client: &deadpool_postgres::ClientWrapper,
+    steps: &[Step<'_>],
+) -> Result<Result<(), Collection>, tokio_postgres::Error> {
+    enum Unit<'s, 'a> {
+        One(&'s Step<'a>),
+        Claims(Collection, Vec<&'a Vec<u8>>, Vec<&'a Vec<u8>>),
+    }
+    let mut units: Vec<Unit<'_, '_>> = Vec::with_capacity(steps.len());
+    for step in steps {
+        if let (Some((key, value)), Some(collection)) = (step.claim, step.must_touch_one) {
+            if let Some(Unit::Claims(of, keys, values)) = units.last_mut()
+                && *of == collection
+            {
+                keys.push(key);
+                values.push(value);
+                continue;
+            }
+            units.push(Unit::Claims(collection, vec![key], vec![value]));
+        } else {
+            units.push(Unit::One(step));
+        }
+    }
+    let sent: Vec<(&'static str, Vec<&(dyn ToSql + Sync)>, Option<Collection>)> = units
+        .iter()
+        .map(|unit| match unit {
+            Unit::One(step) => (step.raising.unwrap_or(step.sql), step.params.clone(), step.must_touch_one),
+            Unit::Claims(collection, keys, values) if keys.len() == 1 => {
+                (INSERT_NEW, vec![name_of(collection), keys[0] as _, values[0] as _], Some(*collection))
+            }
+            Unit::Claims(collection, keys, values) => {
+                (INSERT_MANY, vec![name_of(collection), keys as _, values as _], Some(*collection))
+            }
+        })
+        .collect();
+    let statements =
+        futures_util::future::try_join_all(sent.iter().map(|(sql, _, _)| client.prepare_cached(sql))).await?;
+    // Pipelined: after a failed statement the server refuses the rest, and
+    // its answer to the `COMMIT` is a rollback.
+    let executed = futures_util::future::join_all(
+        statements.iter().zip(&sent).map(|(statement, (_, params, _))| client.execute(statement, params)),
+    );
+    let (counts, committed) = futures_util::future::join(executed, client.batch_execute("COMMIT")).await;
+    for ((_, _, checked), count) in sent.iter().zip(counts) {
+        match (count, checked) {
+            (Err(e), Some(collection)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Ok(Err(*collection));
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), _) => {}
+        }
+    }
+    committed.map(Ok)
+}
+
+fn closed() -> BackendError {
+    BackendError::Unavailable("the database connection was closed".into())
+}
+
+/// [`try_group_in_turn`] with `client`, which goes back to `slot` after.
+async fn in_turn(
+    slot: &mut Option<Object>,
+    mut client: Object,
+    batches: &[Batch],
+    lock: Option<&Lock>,
+    finish: &Arc<Finish>,
+) -> Result<Result<Vec<Result<(), BackendError>>, BackendError>, tokio_postgres::Error> {
+    let outcome = try_group_in_turn(&mut client, batches, lock, finish).await;
+    *slot = Some(client);
+    outcome
 }
 
 /// [`try_group`] one batch at a time, each behind a savepoint it is rolled
@@ -703,19 +968,77 @@ impl Backend for PostgresBackend {
         }
         let keys = keys.to_vec();
         self.call(move |client| async move {
-            // One point read per key, pipelined: one round trip, and each
-            // read is the primary key's index lookup. (`key = ANY($2)` left
-            // the generic plan free to walk a whole collection.)
-            let select = client.prepare_cached(SELECT_ONE).await.map_err(io)?;
-            let name = collection.name();
-            let params: Vec<[&(dyn ToSql + Sync); 2]> =
-                keys.iter().map(|key| [&name as _, key as _]).collect();
-            let rows = futures_util::future::try_join_all(
-                params.iter().map(|params| client.query_opt(&select, params)),
+            // A few keys to a statement, each its own point read by the
+            // primary key (see `select_many`): the server sets up one
+            // statement and one snapshot for them rather than one each, and
+            // the chunks go in one pipeline, so one round trip.
+            let chunks: Vec<&[Vec<u8>]> = keys.chunks(MANY_AT_ONCE).collect();
+            let statements = futures_util::future::try_join_all(
+                chunks
+                    .iter()
+                    .map(|chunk| client.prepare_cached(select_many(chunk.len().next_power_of_two()))),
             )
             .await
             .map_err(io)?;
-            Ok(rows.into_iter().map(|row| row.map(|r| r.get(0))).collect())
+            let name = collection.name();
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> = chunks
+                .iter()
+                .map(|chunk| {
+                    let padding = chunk.len().next_power_of_two() - chunk.len();
+                    let last = chunk.last().into_iter().cycle().take(padding);
+                    std::iter::once(&name as &(dyn ToSql + Sync))
+                        .chain(chunk.iter().chain(last).map(|key| key as &(dyn ToSql + Sync)))
+                        .collect()
+                })
+                .collect();
+            let rows = futures_util::future::try_join_all(
+                statements.iter().zip(&params).map(|(statement, params)| client.query(statement, params)),
+            )
+            .await
+            .map_err(io)?;
+            let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+                rows.into_iter().flatten().map(|row| (row.get(0), row.get(1))).collect();
+            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+        })
+    }
+
+    fn get_each(&self, keys: &[(Collection, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        self.call(move |client| async move {
+            let chunks: Vec<&[(Collection, Vec<u8>)]> = keys.chunks(MANY_AT_ONCE).collect();
+            let statements = futures_util::future::try_join_all(
+                chunks
+                    .iter()
+                    .map(|chunk| client.prepare_cached(select_each(chunk.len().next_power_of_two()))),
+            )
+            .await
+            .map_err(io)?;
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> = chunks
+                .iter()
+                .map(|chunk| {
+                    let padding = chunk.len().next_power_of_two() - chunk.len();
+                    let last = chunk.last().into_iter().cycle().take(padding);
+                    chunk
+                        .iter()
+                        .chain(last)
+                        .flat_map(|(collection, key)| [name_of(collection), key as &(dyn ToSql + Sync)])
+                        .collect()
+                })
+                .collect();
+            let rows = futures_util::future::try_join_all(
+                statements.iter().zip(&params).map(|(statement, params)| client.query(statement, params)),
+            )
+            .await
+            .map_err(io)?;
+            let found: std::collections::HashMap<(String, Vec<u8>), Vec<u8>> =
+                rows.into_iter().flatten().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect();
+            Ok(keys
+                .iter()
+                .map(|(collection, key)| found.get(&(collection.name().to_string(), key.clone())).cloned())
+                .collect())
         })
     }
 
@@ -786,10 +1109,10 @@ impl Backend for PostgresBackend {
         lock: Option<Lock>,
         finish: Arc<Finish>,
     ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
-        self.call(move |mut client| async move {
-            let (mut tries, mut optimistic) = (0, true);
+        self.call(move |client| async move {
+            let (mut tries, mut optimistic, mut slot) = (0, true, Some(client));
             loop {
-                match try_group(&mut client, &batches, lock.as_ref(), &finish, &mut optimistic).await {
+                match try_group(&mut slot, &batches, lock.as_ref(), &finish, &mut optimistic).await {
                     Ok(outcome) => return outcome,
                     Err(e) => again(e, &mut tries).await?,
                 }
