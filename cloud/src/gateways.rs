@@ -277,6 +277,28 @@ pub fn enrol(
     event: impl Fn(&Gateway) -> crate::audit::Event,
 ) -> Result<Gateway, EnrolError> {
     let parsed = Opaque::parse(ENROL_PREFIX, token).ok_or(EnrolError::Invalid)?;
+    // A conflict may be the gateway's record changing meanwhile (its last
+    // channel closing writes it), not the token being spent: try again, and
+    // the token's read says which it was.
+    for _ in 0..ENROL_ATTEMPTS {
+        if let Some(gateway) = enrol_once(store, &parsed, identity_key, now_ms, &event)? {
+            return Ok(gateway);
+        }
+    }
+    Err(EnrolError::Invalid)
+}
+
+/// How often an enrolment is tried when its commit meets a concurrent change.
+const ENROL_ATTEMPTS: usize = 5;
+
+/// One try; `None` when the commit met a concurrent change.
+fn enrol_once(
+    store: &Store,
+    parsed: &Opaque,
+    identity_key: &str,
+    now_ms: u64,
+    event: &impl Fn(&Gateway) -> crate::audit::Event,
+) -> Result<Option<Gateway>, EnrolError> {
     let token_key = record_key(ENROL_KIND, parsed.owner, parsed.id);
     let stored = store.backend().get(Collection::Tokens, &token_key)?.ok_or(EnrolError::Invalid)?;
     let record: EnrolRecord = serde_json::from_slice(&stored).map_err(|_| EnrolError::Invalid)?;
@@ -287,8 +309,11 @@ pub fn enrol(
         store.backend().commit(Batch::default().delete(Collection::Tokens, token_key))?;
         return Err(EnrolError::Expired);
     }
-    let mut gateway = get(store, parsed.owner)?.ok_or(EnrolError::Invalid)?;
-    let before = crate::store::to_json(&gateway);
+    // The expectation is on the stored bytes themselves: a record written
+    // by another version (another field order) is still the same record.
+    let before = store.backend().get(Collection::Gateways, &key(parsed.owner))?.ok_or(EnrolError::Invalid)?;
+    let mut gateway: Gateway = serde_json::from_slice(&before)
+        .map_err(|e| BackendError::Io(format!("gateway {} is unreadable: {e}", parsed.owner)))?;
     // The identity key lives in the gateway's data folder, with its event
     // queue: a new key is a new folder (a reinstalled or replaced machine)
     // whose events count from 1 again, and the old numbers would make the
@@ -303,8 +328,8 @@ pub fn enrol(
         .delete(Collection::Tokens, token_key)
         .put(Collection::Gateways, key(gateway.id), crate::store::to_json(&gateway));
     match crate::audit::commit_audited(store, now_ms, Some(event(&gateway)), batch) {
-        Ok(()) => Ok(gateway),
-        Err(BackendError::Conflict { .. }) => Err(EnrolError::Invalid),
+        Ok(()) => Ok(Some(gateway)),
+        Err(BackendError::Conflict { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
