@@ -935,6 +935,39 @@ async fn again(e: tokio_postgres::Error, tries: &mut u32) -> Result<(), BackendE
     }
 }
 
+/// Point reads of `keys` a chunk of MANY_AT_ONCE to a statement (`sql(n)`
+/// reads n keys), each chunk padded to a power of two with its last key so
+/// that few statements are prepared, all chunks in one pipeline: one round
+/// trip. `params` gives a padded chunk's parameters. Every row of every
+/// chunk is returned.
+async fn read_in_chunks<'a, K>(
+    client: &Object,
+    keys: &'a [K],
+    sql: fn(usize) -> &'static str,
+    params: impl Fn(Vec<&'a K>) -> Vec<&'a (dyn ToSql + Sync)>,
+) -> Result<Vec<tokio_postgres::Row>, BackendError> {
+    let chunks: Vec<&[K]> = keys.chunks(MANY_AT_ONCE).collect();
+    let statements = futures_util::future::try_join_all(
+        chunks.iter().map(|chunk| client.prepare_cached(sql(chunk.len().next_power_of_two()))),
+    )
+    .await
+    .map_err(io)?;
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = chunks
+        .iter()
+        .map(|chunk| {
+            let padding = chunk.len().next_power_of_two() - chunk.len();
+            let last = chunk.last().into_iter().cycle().take(padding);
+            params(chunk.iter().chain(last).collect())
+        })
+        .collect();
+    let rows = futures_util::future::try_join_all(
+        statements.iter().zip(&params).map(|(statement, params)| client.query(statement, params)),
+    )
+    .await
+    .map_err(io)?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
 fn name_of(collection: &Collection) -> &'static (dyn ToSql + Sync) {
     const NAMES: [&str; Collection::ALL.len()] = {
         let mut names = [""; Collection::ALL.len()];
@@ -972,32 +1005,13 @@ impl Backend for PostgresBackend {
             // primary key (see `select_many`): the server sets up one
             // statement and one snapshot for them rather than one each, and
             // the chunks go in one pipeline, so one round trip.
-            let chunks: Vec<&[Vec<u8>]> = keys.chunks(MANY_AT_ONCE).collect();
-            let statements = futures_util::future::try_join_all(
-                chunks
-                    .iter()
-                    .map(|chunk| client.prepare_cached(select_many(chunk.len().next_power_of_two()))),
-            )
-            .await
-            .map_err(io)?;
-            let name = collection.name();
-            let params: Vec<Vec<&(dyn ToSql + Sync)>> = chunks
-                .iter()
-                .map(|chunk| {
-                    let padding = chunk.len().next_power_of_two() - chunk.len();
-                    let last = chunk.last().into_iter().cycle().take(padding);
-                    std::iter::once(&name as &(dyn ToSql + Sync))
-                        .chain(chunk.iter().chain(last).map(|key| key as &(dyn ToSql + Sync)))
-                        .collect()
-                })
-                .collect();
-            let rows = futures_util::future::try_join_all(
-                statements.iter().zip(&params).map(|(statement, params)| client.query(statement, params)),
-            )
-            .await
-            .map_err(io)?;
+            let name = name_of(&collection);
+            let rows = read_in_chunks(&client, &keys, select_many, |chunk| {
+                std::iter::once(name).chain(chunk.into_iter().map(|key| key as &(dyn ToSql + Sync))).collect()
+            })
+            .await?;
             let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
-                rows.into_iter().flatten().map(|row| (row.get(0), row.get(1))).collect();
+                rows.into_iter().map(|row| (row.get(0), row.get(1))).collect();
             Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
         })
     }
@@ -1008,33 +1022,15 @@ impl Backend for PostgresBackend {
         }
         let keys = keys.to_vec();
         self.call(move |client| async move {
-            let chunks: Vec<&[(Collection, Vec<u8>)]> = keys.chunks(MANY_AT_ONCE).collect();
-            let statements = futures_util::future::try_join_all(
-                chunks
-                    .iter()
-                    .map(|chunk| client.prepare_cached(select_each(chunk.len().next_power_of_two()))),
-            )
-            .await
-            .map_err(io)?;
-            let params: Vec<Vec<&(dyn ToSql + Sync)>> = chunks
-                .iter()
-                .map(|chunk| {
-                    let padding = chunk.len().next_power_of_two() - chunk.len();
-                    let last = chunk.last().into_iter().cycle().take(padding);
-                    chunk
-                        .iter()
-                        .chain(last)
-                        .flat_map(|(collection, key)| [name_of(collection), key as &(dyn ToSql + Sync)])
-                        .collect()
-                })
-                .collect();
-            let rows = futures_util::future::try_join_all(
-                statements.iter().zip(&params).map(|(statement, params)| client.query(statement, params)),
-            )
-            .await
-            .map_err(io)?;
+            let rows = read_in_chunks(&client, &keys, select_each, |chunk| {
+                chunk
+                    .into_iter()
+                    .flat_map(|(collection, key)| [name_of(collection), key as &(dyn ToSql + Sync)])
+                    .collect()
+            })
+            .await?;
             let found: std::collections::HashMap<(String, Vec<u8>), Vec<u8>> =
-                rows.into_iter().flatten().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect();
+                rows.into_iter().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect();
             Ok(keys
                 .iter()
                 .map(|(collection, key)| found.get(&(collection.name().to_string(), key.clone())).cloned())
