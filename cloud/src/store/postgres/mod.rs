@@ -387,16 +387,7 @@ const MANY_AT_ONCE: usize = 32;
 fn select_many(n: usize) -> &'static str {
     static MADE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let made = MADE.get_or_init(|| {
-        (0..=MANY_AT_ONCE.trailing_zeros())
-            .map(|power| {
-                (0..1usize << power)
-                    .map(|i| {
-                        format!("SELECT key, value FROM ferry_kv WHERE collection = $1 AND key = ${}", i + 2)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" UNION ALL ")
-            })
-            .collect()
+        unions(|i| format!("SELECT key, value FROM ferry_kv WHERE collection = $1 AND key = ${}", i + 2))
     });
     &made[n.trailing_zeros() as usize]
 }
@@ -406,22 +397,24 @@ fn select_many(n: usize) -> &'static str {
 fn select_each(n: usize) -> &'static str {
     static MADE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let made = MADE.get_or_init(|| {
-        (0..=MANY_AT_ONCE.trailing_zeros())
-            .map(|power| {
-                (0..1usize << power)
-                    .map(|i| {
-                        format!(
-                            "SELECT collection, key, value FROM ferry_kv WHERE collection = ${} AND key = ${}",
-                            2 * i + 1,
-                            2 * i + 2
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" UNION ALL ")
-            })
-            .collect()
+        unions(|i| {
+            format!(
+                "SELECT collection, key, value FROM ferry_kv WHERE collection = ${} AND key = ${}",
+                2 * i + 1,
+                2 * i + 2
+            )
+        })
     });
     &made[n.trailing_zeros() as usize]
+}
+
+/// For each size 1, 2, 4 ... MANY_AT_ONCE, `read(i)` for every i below it
+/// joined with `UNION ALL`: the statements of one kind of chunked read,
+/// by the size's power of two.
+fn unions(read: impl Fn(usize) -> String) -> Vec<String> {
+    (0..=MANY_AT_ONCE.trailing_zeros())
+        .map(|power| (0..1usize << power).map(&read).collect::<Vec<_>>().join(" UNION ALL "))
+        .collect()
 }
 
 /// The smallest key above every key that starts with `prefix`, if any.
