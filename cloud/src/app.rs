@@ -204,10 +204,12 @@ impl AppState {
     }
 
     /// [`Self::change_session_audited`] for a task, which waits for the
-    /// commit without holding a thread.
+    /// commit without holding a thread; `known` as in
+    /// [`sessions::modify_audited_async`].
     pub async fn change_session_audited_async<R>(
         &self,
         id: u64,
+        known: Option<Vec<u8>>,
         actor: &Actor,
         action: &str,
         mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
@@ -218,6 +220,7 @@ impl AppState {
             &self.store,
             id,
             self.now_ms(),
+            known,
             |s| {
                 before = Some(s.clone());
                 change(s)
@@ -241,6 +244,7 @@ impl AppState {
     pub async fn change_session_detached<R: Send + 'static>(
         &self,
         id: u64,
+        known: Option<Vec<u8>>,
         actor: Actor,
         action: &'static str,
         change: impl FnMut(&mut Session) -> Result<R, SessionError> + Send + 'static,
@@ -248,7 +252,7 @@ impl AppState {
     ) -> Result<Option<(Session, R)>, SessionError> {
         let app = self.clone();
         let task = tokio::spawn(async move {
-            app.change_session_audited_async(id, &actor, action, change, detail).await
+            app.change_session_audited_async(id, known, &actor, action, change, detail).await
         });
         task.await.map_err(|e| {
             SessionError::from(BackendError::Unavailable(format!("the session change failed: {e}")))
@@ -261,6 +265,7 @@ impl AppState {
     pub async fn end_session_async(
         &self,
         id: u64,
+        known: Option<Vec<u8>>,
         reason: EndReason,
         actor: &Actor,
     ) -> Result<Option<Session>, SessionError> {
@@ -269,6 +274,7 @@ impl AppState {
         let ended = self
             .change_session_detached(
                 id,
+                known,
                 actor.clone(),
                 "session.end",
                 move |s| Ok(s.end(reason.clone(), now)?),

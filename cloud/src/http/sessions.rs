@@ -60,6 +60,12 @@ fn load(state: &AppState, id: u64) -> ApiResult<Session> {
     sessions::get(&state.store, id)?.ok_or_else(|| ApiError::not_found(format!("no session {id}")))
 }
 
+/// [`load`] with the stored document, which the change that follows starts
+/// from rather than reading the session a second time.
+fn load_stored(state: &AppState, id: u64) -> ApiResult<(Session, Vec<u8>)> {
+    sessions::get_stored(&state.store, id)?.ok_or_else(|| ApiError::not_found(format!("no session {id}")))
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
@@ -335,7 +341,7 @@ async fn start(
     caller: Caller,
     Path(id): Path<u64>,
 ) -> ApiResult<Json<Session>> {
-    let session = load(&state, id)?;
+    let (session, stored) = load_stored(&state, id)?;
     let action = Action::StartSession(ownership(&caller, &session));
     caller.authorize(
         &state,
@@ -351,6 +357,7 @@ async fn start(
     let started = state
         .change_session_detached(
             id,
+            Some(stored),
             actor(&caller),
             "session.start",
             move |s| Ok(s.start(&name, now, view)?),
@@ -375,7 +382,7 @@ async fn start(
     responses((status = 200, body = Session), (status = 403, body = super::Problem),
         (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>) -> ApiResult<Json<Session>> {
-    let session = load(&state, id)?;
+    let (session, stored) = load_stored(&state, id)?;
     let action = Action::EndSession(ownership(&caller, &session));
     caller.authorize(
         &state,
@@ -386,7 +393,7 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
         Some(session.gateway_id),
     )?;
     let reason = EndReason::User { name: caller.user.name.clone() };
-    match state.end_session_async(id, reason, &actor(&caller)).await {
+    match state.end_session_async(id, Some(stored), reason, &actor(&caller)).await {
         Ok(Some(session)) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(e @ SessionError::Refused(_)) => {

@@ -260,6 +260,12 @@ pub fn get(store: &Store, id: u64) -> Result<Option<Session>, BackendError> {
     store.backend().get(Collection::Sessions, &key(id))?.map(|v| decode(&v)).transpose()
 }
 
+/// [`get`], with the stored document, which a change can start from
+/// ([`modify_audited_async`]'s `known`) instead of reading it again.
+pub fn get_stored(store: &Store, id: u64) -> Result<Option<(Session, Vec<u8>)>, BackendError> {
+    store.backend().get(Collection::Sessions, &key(id))?.map(|v| Ok((decode(&v)?, v))).transpose()
+}
+
 /// Sessions in id order after `after`, up to `limit`.
 pub fn page(store: &Store, after: Option<u64>, limit: usize) -> Result<Vec<Session>, BackendError> {
     let after = after.map(key);
@@ -330,7 +336,7 @@ pub fn modify_audited<R>(
         // other changes here, picks a free subnet at random: racing all of
         // them for the lowest would make all but one start over.
         let pick = if attempt > 0 || others { Pick::Random } else { Pick::Lowest };
-        let Some(planned) = prepare_picking(store, id, pick, &mut change)? else { return Ok(None) };
+        let Some(planned) = prepare_picking(store, id, pick, None, &mut change)? else { return Ok(None) };
         if !planned.changed() {
             return Ok(Some((planned.after, planned.result)));
         }
@@ -350,18 +356,25 @@ pub fn modify_audited<R>(
 }
 
 /// [`modify_audited`] for a task, which waits for the commit without
-/// holding a thread.
+/// holding a thread. `known`: the session's stored document as the caller
+/// read it just before ([`get_stored`]); the first attempt starts from it
+/// instead of reading it again. The commit expects it unchanged, so a
+/// document that changed meanwhile is a conflict and the next attempt
+/// reads the newest.
 pub async fn modify_audited_async<R>(
     store: &Store,
     id: u64,
     time_ms: u64,
+    mut known: Option<Vec<u8>>,
     mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
     event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(Session, R)>, SessionError> {
     for attempt in 0..64 {
         let (_underway, others) = store.session_change();
         let pick = if attempt > 0 || others { Pick::Random } else { Pick::Lowest };
-        let Some(planned) = prepare_picking(store, id, pick, &mut change)? else { return Ok(None) };
+        let Some(planned) = prepare_picking(store, id, pick, known.take(), &mut change)? else {
+            return Ok(None);
+        };
         if !planned.changed() {
             return Ok(Some((planned.after, planned.result)));
         }
@@ -402,7 +415,7 @@ pub fn prepare<R>(
     id: u64,
     change: impl FnOnce(&mut Session) -> Result<R, SessionError>,
 ) -> Result<Option<Planned<R>>, SessionError> {
-    prepare_picking(store, id, Pick::Lowest, change)
+    prepare_picking(store, id, Pick::Lowest, None, change)
 }
 
 /// Which free subnet a starting session takes.
@@ -414,14 +427,21 @@ enum Pick {
     Random,
 }
 
+/// [`prepare`] with the pick of a subnet, from the stored document `known`
+/// if given (else it is read).
 fn prepare_picking<R>(
     store: &Store,
     id: u64,
     pick: Pick,
+    known: Option<Vec<u8>>,
     change: impl FnOnce(&mut Session) -> Result<R, SessionError>,
 ) -> Result<Option<Planned<R>>, SessionError> {
-    let Some(before_bytes) = store.backend().get(Collection::Sessions, &key(id))? else {
-        return Ok(None);
+    let before_bytes = match known {
+        Some(bytes) => bytes,
+        None => match store.backend().get(Collection::Sessions, &key(id))? {
+            Some(bytes) => bytes,
+            None => return Ok(None),
+        },
     };
     let before = decode(&before_bytes)?;
     let mut after = before.clone();

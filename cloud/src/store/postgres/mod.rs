@@ -236,7 +236,10 @@ impl PostgresBackend {
     /// Connects, checks the server's durability setting and brings the
     /// schema up to date.
     pub fn connect(options: &PgOptions) -> Result<PostgresBackend, BackendError> {
-        let bridge = Bridge::new(2)?;
+        // One thread: a call's future and the connection it writes to then run
+        // on the same thread, so handing a request to the connection wakes no
+        // other thread (with two, most calls woke the other one).
+        let bridge = Bridge::new(1)?;
         let manager = Manager::from_config(
             options.config.clone(),
             NoTls,
