@@ -158,6 +158,9 @@ pub struct PostgresBackend {
     bridge: Bridge,
     target: String,
     config: tokio_postgres::Config,
+    /// Ids taken from the sequence and not handed out yet (see
+    /// [`Backend::generate_id`]).
+    ids: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
 
 /// Why a database call failed, before it becomes a [`BackendError`].
@@ -257,8 +260,13 @@ impl PostgresBackend {
                 .build()
                 .map_err(|e| BackendError::Io(format!("the connection pool: {e}")))?
         };
-        let backend =
-            PostgresBackend { pool, bridge, target: options.describe(), config: options.config.clone() };
+        let backend = PostgresBackend {
+            pool,
+            bridge,
+            target: options.describe(),
+            config: options.config.clone(),
+            ids: Default::default(),
+        };
         let pool = backend.pool.clone();
         let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
         backend.bridge.run(async move {
@@ -372,6 +380,10 @@ const LOCK_IF: &str = "SELECT 1 FROM ferry_kv WHERE collection = $1 AND key = $2
 const UPDATE_IF: &str = "UPDATE ferry_kv SET value = $4 WHERE collection = $1 AND key = $2 AND value = $3";
 const DELETE_IF: &str = "DELETE FROM ferry_kv WHERE collection = $1 AND key = $2 AND value = $3";
 const LOCK: &str = "SELECT value FROM ferry_kv WHERE collection = $1 AND key = $2 FOR UPDATE";
+/// Ids taken from the sequence by one call of [`Backend::generate_id`].
+const IDS_AT_ONCE: i64 = 32;
+/// IDS_AT_ONCE values of the sequence, in one statement.
+const NEXT_IDS: &str = "SELECT nextval('ferry_ids') FROM generate_series(1, $1::INT8)";
 const BEGIN: &str = "START TRANSACTION ISOLATION LEVEL READ COMMITTED";
 const SAVEPOINT: &str = "SAVEPOINT ferry_batch";
 const RELEASE: &str = "RELEASE SAVEPOINT ferry_batch";
@@ -964,6 +976,12 @@ async fn read_in_chunks<'a, K>(
     Ok(rows.into_iter().flatten().collect())
 }
 
+fn lock_ids(
+    ids: &std::sync::Mutex<std::collections::VecDeque<u64>>,
+) -> std::sync::MutexGuard<'_, std::collections::VecDeque<u64>> {
+    ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn name_of(collection: &Collection) -> &'static (dyn ToSql + Sync) {
     const NAMES: [&str; Collection::ALL.len()] = {
         let mut names = [""; Collection::ALL.len()];
@@ -1112,12 +1130,31 @@ impl Backend for PostgresBackend {
         })
     }
 
+    /// Ids come from the sequence a few at a time: most calls take one
+    /// taken earlier and need no round trip (a session's creation took one
+    /// of its own). Every id still comes from the sequence once, so ids
+    /// stay unique across replicas and restarts; the ones a process took
+    /// and did not hand out are skipped, as sled skips ids after a restart.
     fn generate_id(&self) -> Result<u64, BackendError> {
-        self.call(|client| async move {
-            let next = client.prepare_cached("SELECT nextval('ferry_ids')").await.map_err(io)?;
-            let id: i64 = client.query_one(&next, &[]).await.map_err(io)?.get(0);
-            u64::try_from(id).map_err(|_| BackendError::Io(format!("the id sequence gave {id}")))
-        })
+        if let Some(id) = lock_ids(&self.ids).pop_front() {
+            return Ok(id);
+        }
+        let taken = self.call(|client| async move {
+            let next = client.prepare_cached(NEXT_IDS).await.map_err(io)?;
+            let rows = client.query(&next, &[&IDS_AT_ONCE]).await.map_err(io)?;
+            rows.iter()
+                .map(|row| {
+                    let id: i64 = row.get(0);
+                    u64::try_from(id).map_err(|_| BackendError::Io(format!("the id sequence gave {id}")))
+                })
+                .collect::<Result<Vec<u64>, _>>()
+        })?;
+        let mut ids = lock_ids(&self.ids);
+        ids.extend(taken);
+        // Another caller's ids may have arrived meanwhile: hand out the
+        // lowest first.
+        ids.make_contiguous().sort_unstable();
+        ids.pop_front().ok_or_else(|| BackendError::Io("the id sequence gave no id".into()))
     }
 }
 
