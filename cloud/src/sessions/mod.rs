@@ -583,6 +583,35 @@ mod tests {
     }
 
     #[test]
+    fn a_change_from_a_stale_known_document_starts_over_on_the_newest() {
+        let (_dir, store) = store();
+        let session = new(&store, 7);
+        let (_, stale) = get_stored(&store, session.id).unwrap().unwrap();
+        // Somebody starts it after the caller read it.
+        modify(&store, session.id, |s| Ok(s.start("x", 1, ON)?)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut seen = Vec::new();
+        let started = runtime.block_on(modify_audited_async(
+            &store,
+            session.id,
+            2,
+            Some(stale),
+            |s| {
+                seen.push(s.state.is_live());
+                Ok(s.start("y", 2, ON)?)
+            },
+            |_, _| None,
+        ));
+        // The first attempt started the stale (not live) session, its
+        // commit conflicted, and the second saw it running: no second
+        // start overwrote the first and took another subnet.
+        assert_eq!(seen, [false, true], "the change should run on the stale and then the newest document");
+        assert!(matches!(started, Err(SessionError::Refused(Refusal::AlreadyRunning(_)))), "{started:?}");
+        assert_eq!(subnets_held(&store).unwrap(), 1);
+        assert_eq!(get(&store, session.id).unwrap().unwrap().subnet_index, Some(0));
+    }
+
+    #[test]
     fn random_picks_are_free_and_a_full_pool_is_refused() {
         let (_dir, store) = store();
         let mut batch = Batch::default();
