@@ -830,21 +830,46 @@ async fn raise_and_commit(
     let statements =
         futures_util::future::try_join_all(sent.iter().map(|(sql, _, _)| client.prepare_cached(sql))).await?;
     // Pipelined: after a failed statement the server refuses the rest, and
-    // its answer to the `COMMIT` is a rollback.
-    let executed = futures_util::future::join_all(
-        statements.iter().zip(&sent).map(|(statement, (_, params, _))| client.execute(statement, params)),
-    );
-    let (counts, committed) = futures_util::future::join(executed, client.batch_execute("COMMIT")).await;
-    for ((_, _, checked), count) in sent.iter().zip(counts) {
-        match (count, checked) {
-            (Err(e), Some(collection)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+    // its answer to the `COMMIT` is a rollback. But a statement is sent
+    // only when its future is first polled, and not at all if it fails
+    // before (its parameters do not encode): the server would then commit
+    // the others without it. So each is polled once, in order, before the
+    // end is chosen, and one that failed already makes it a `ROLLBACK`.
+    let mut executed: Vec<_> = statements
+        .iter()
+        .zip(&sent)
+        .map(|(statement, (_, params, _))| {
+            futures_util::future::maybe_done(Box::pin(client.execute(statement, params)))
+        })
+        .collect();
+    std::future::poll_fn(|cx| {
+        for statement in &mut executed {
+            let _ = std::pin::Pin::new(statement).poll(cx);
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let all_sent = executed
+        .iter_mut()
+        .all(|statement| !matches!(std::pin::Pin::new(statement).output_mut(), Some(Err(_))));
+    let end = if all_sent { "COMMIT" } else { "ROLLBACK" };
+    let (_, ended) = futures_util::future::join(
+        futures_util::future::join_all(executed.iter_mut()),
+        client.batch_execute(end),
+    )
+    .await;
+    // Every one is done now; one that failed to be sent is among the
+    // errors, so a `ROLLBACK` is never taken for a commit.
+    for ((_, _, checked), mut statement) in sent.iter().zip(executed) {
+        match (std::pin::Pin::new(&mut statement).take_output(), checked) {
+            (Some(Err(e)), Some(collection)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 return Ok(Err(*collection));
             }
-            (Err(e), _) => return Err(e),
-            (Ok(_), _) => {}
+            (Some(Err(e)), _) => return Err(e),
+            (Some(Ok(_)) | None, _) => {}
         }
     }
-    committed.map(Ok)
+    ended.map(Ok)
 }
 
 fn closed() -> BackendError {
@@ -1214,6 +1239,27 @@ mod tests {
                 Some(&b"later"[..])
             );
         }
+    }
+
+    /// A statement of the last batch whose parameter does not encode (a
+    /// number for a BYTEA) is never sent: the transaction must not commit
+    /// without it. The statement before it, sent in the same pipeline, is
+    /// rolled back with the rest.
+    #[test]
+    fn a_statement_that_is_never_sent_keeps_its_transaction_from_committing() {
+        let (_server, backend) = database();
+        let (failed, after) = finish_after_a_put(&backend, "first", move |other, wrong| {
+            let name = name_of(&Collection::Users);
+            let sent: Vec<&(dyn ToSql + Sync)> = vec![name, other, other];
+            let unsent: Vec<&(dyn ToSql + Sync)> = vec![name, other, wrong];
+            let step =
+                |params| Step { sql: UPSERT, params, must_touch_one: None, raising: None, claim: None };
+            vec![step(sent), step(unsent)]
+        });
+        assert!(failed);
+        assert_eq!(after.unwrap(), None, "not committed, and the connection still works");
+        assert_eq!(backend.get(Collection::Users, b"other").unwrap(), None, "nothing of it committed");
+        backend.commit(Batch::default().put(Collection::Users, "other", "later")).unwrap();
     }
 
     #[test]
