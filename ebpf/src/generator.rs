@@ -13,6 +13,32 @@ use aya::{
 
 use crate::{Error, TX_PROGRAM, load_object, load_xdp, test_run::xdp_md, xdp_mut};
 
+/// Whether the running kernel has live frames (Linux 5.18 and newer).
+/// Ferry itself runs on older kernels; what needs the generator skips.
+pub fn supported() -> bool {
+    kernel_at_least(5, 18)
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: utsname is plain old data and uname only writes into it.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a utsname.
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return false;
+    }
+    let release: String = name.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
+    release_at_least(&release, major, minor)
+}
+
+/// Compares a kernel release ("6.18.44-fc-v1272") with `major.minor`.
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 /// Frames the kernel sends per flush of its live-frames loop (at most 256).
 const BATCH: u32 = 64;
 
@@ -45,5 +71,20 @@ impl FrameGenerator {
             })
             .map_err(|e| Error::TestRun(format!("live frames on interface {ifindex}: {e}")))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn kernel_releases_compare_by_major_then_minor() {
+        assert!(release_at_least("6.18.44-fc-v1272", 5, 18));
+        assert!(release_at_least("5.18.0", 5, 18));
+        assert!(!release_at_least("5.17.15-generic", 5, 18));
+        assert!(!release_at_least("4.19.0", 5, 18));
+        assert!(release_at_least("5.19", 5, 18));
+        assert!(!release_at_least("garbage", 5, 18));
     }
 }

@@ -105,10 +105,12 @@ impl CryptoPool {
     /// The items are taken a few at a time by whichever thread is free, not
     /// cut into one fixed run per thread: a worker that wakes late (tens of
     /// microseconds on a virtual machine, a third of a batch's seal) then
-    /// costs only the items it did not take, and the caller, which starts at
-    /// once, takes them. At the end the caller waits for the others' last
-    /// items spinning, as they are a few microseconds' work, rather than
-    /// sleeping and paying a wake-up on every batch.
+    /// leaves the items it did not take to the caller, which starts at once.
+    /// At the end the caller spins on the others' last items, a few
+    /// microseconds' work, rather than going straight to sleep on rayon's
+    /// scope. The scope's join still waits for each spawned worker to have
+    /// run and returned, and may sleep if one has not yet (the worker's few
+    /// instructions after its last item, or a worker that has not woken).
     pub fn run<T: Send>(&self, items: &mut [T], job: impl Fn(&mut T) + Sync) {
         let Some(workers) = self.workers.as_ref().filter(|_| items.len() >= MIN_PARALLEL_JOBS) else {
             items.iter_mut().for_each(job);
@@ -182,6 +184,9 @@ mod tests {
         // The caller's items wait until the worker has done one: a batch the
         // caller could finish alone must still be shared.
         let worked = (Mutex::new(false), std::sync::Condvar::new());
+        // One limit for the whole batch, so a worker that never runs fails
+        // the test in 30 s, not 30 s per item.
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut items: Vec<Option<String>> = vec![None; 64];
         pool.run(&mut items, |name| {
             let me = thread::current().name().map(str::to_owned);
@@ -191,8 +196,7 @@ mod tests {
                 *flag = true;
                 changed.notify_all();
             } else {
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-                while !*flag && std::time::Instant::now() < deadline {
+                while !*flag && Instant::now() < deadline {
                     flag = changed
                         .wait_timeout(flag, std::time::Duration::from_millis(100))
                         .unwrap_or_else(PoisonError::into_inner)
