@@ -637,12 +637,11 @@ fn commit_group(store: &Store, group: &[std::sync::Arc<Waiting>]) {
                     let (first, prev_hash) = match (head, &fallback) {
                         (Some(head), _) => (head.seq + 1, head.hash),
                         (None, Some((first, prev_hash))) => (*first, prev_hash.clone()),
-                        // Not there after all: a batch that cannot hold
-                        // (the record is absent), so the group fails
-                        // whole, and the next attempt reads the last entry.
-                        (None, None) => {
-                            return Batch::default().expect(Collection::Meta, HEAD_KEY, Some(Vec::new()));
-                        }
+                        // Not there (or unreadable) after all: a batch
+                        // that cannot hold, whatever the record's bytes,
+                        // so the group fails whole, and the next attempt
+                        // reads the last entry.
+                        (None, None) => return Batch::impossible(Collection::Meta, HEAD_KEY),
                     };
                     let (batch, entries) = link(first, prev_hash, &group, held);
                     *lock_ignoring_poison(&linked) = entries;

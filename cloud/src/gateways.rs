@@ -133,6 +133,10 @@ pub enum EnrolError {
     Invalid,
     #[error("the enrolment token expired; ask an Administrator for a new one")]
     Expired,
+    /// Every try met a concurrent change of the gateway's record: the token
+    /// was not spent and may be fine, so this is worth trying again.
+    #[error("the gateway's record is changed too often; gave up, try again shortly")]
+    Contended,
     #[error(transparent)]
     Store(#[from] BackendError),
 }
@@ -285,7 +289,7 @@ pub fn enrol(
             return Ok(gateway);
         }
     }
-    Err(EnrolError::Invalid)
+    Err(EnrolError::Contended)
 }
 
 /// How often an enrolment is tried when its commit meets a concurrent change.

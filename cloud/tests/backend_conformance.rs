@@ -511,6 +511,70 @@ fn a_contradictory_batch_among_others_and_a_failing_finish() {
     });
 }
 
+/// `Batch::impossible` fails whatever its key holds (absent, empty, or
+/// anything else), alone or as what a group's `finish` adds, and then
+/// nothing of the group lands.
+#[test]
+fn an_impossible_batch_never_holds_and_aborts_its_group() {
+    both(|subject| {
+        let backend = subject.open();
+        let impossible = || Batch::impossible(Collection::Meta, "k");
+        fn conflict<T>(r: Result<T, BackendError>) -> bool {
+            matches!(r, Err(BackendError::Conflict { .. }))
+        }
+        for stored in [None, Some(&b""[..]), Some(&b"x"[..])] {
+            if let Some(bytes) = stored {
+                backend.commit(Batch::default().put(Collection::Meta, "k", bytes)).unwrap();
+            }
+            assert!(conflict(backend.commit(impossible())), "alone, over {stored:?}");
+            assert!(
+                conflict(backend.commit(impossible().put(Collection::Users, "alone", "v"))),
+                "with a change, over {stored:?}"
+            );
+            let finish: Arc<ferry_cloud::store::backend::Finish> =
+                Arc::new(move |_: &[bool], _: Option<&[u8]>| Batch::impossible(Collection::Meta, "k"));
+            let batches = vec![Batch::default().put(Collection::Users, "grouped", "v")];
+            for lock in [None, Some((Collection::Meta, b"k".to_vec()))] {
+                let outcome = backend.commit_group(batches.clone(), lock, finish.clone());
+                assert!(conflict(outcome), "a group, over {stored:?}");
+            }
+            assert_eq!(value(&*backend, Collection::Users, b"alone"), None);
+            assert_eq!(value(&*backend, Collection::Users, b"grouped"), None);
+            assert_eq!(value(&*backend, Collection::Meta, b"k").as_deref(), stored);
+        }
+    });
+}
+
+/// The audit head record holding exactly empty bytes (unreadable) makes a
+/// group give up on it and link from the last entry: the commit lands with
+/// its entry and the head is written again. (Its "cannot hold" batch used
+/// to expect empty bytes there, which held: the group committed without
+/// its entries.)
+#[test]
+fn an_audited_commit_over_an_empty_head_record_still_links_its_entry() {
+    use ferry_cloud::audit::{self, Event};
+    both(|subject| {
+        let store = Store::with_backend(subject.open()).unwrap();
+        let event = |action: &str| Event {
+            actor: "tester".into(),
+            action: action.into(),
+            allowed: true,
+            source: None,
+            session: None,
+            gateway: None,
+            detail: None,
+        };
+        assert_eq!(audit::append(&store, 1, event("first")).unwrap().seq, 1);
+        // The head record's key (private to the audit module).
+        store.backend().commit(Batch::default().put(Collection::Meta, "audit_head", "")).unwrap();
+        let batch = Batch::default().put(Collection::Users, "changed", "v");
+        let entry = audit::commit_with(&store, 2, event("second"), batch).unwrap();
+        assert_eq!(entry.seq, 2);
+        assert_eq!(value(store.backend(), Collection::Users, b"changed").as_deref(), Some(&b"v"[..]));
+        assert_eq!(audit::verify(&store).unwrap().unwrap().entries, 2);
+    });
+}
+
 #[test]
 fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
     use ferry_cloud::audit::{self, Event, Submission};

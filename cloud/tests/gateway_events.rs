@@ -505,3 +505,49 @@ fn an_enrolment_whose_gateway_record_changes_meanwhile_succeeds() {
     });
     assert_eq!(enrolled.status, 200, "{enrolled:?}");
 }
+
+/// An enrolment whose gateway record changes under every one of its tries
+/// gives up with a 503 to try again, not a 401 that calls the token bad:
+/// the token is not spent, and it works once the record holds still.
+#[test]
+fn an_enrolment_whose_gateway_record_keeps_changing_is_a_503_and_the_token_still_works() {
+    use ferry_cloud::store::Collection;
+    let w = world();
+    let path = format!("/api/v1/gateways/{}/enrolment-token", w.gateway_id);
+    let token = w.api.post(&path, &w.admin, json!({}));
+    assert_eq!(token.status, 201, "{token:?}");
+    let body = json!({"token": token.body["token"], "identity_key": hex::encode(new_key(11).verifying_key().to_bytes())});
+
+    // Each try's commit first writes the gateway's record (by another path,
+    // as its last channel closing would), so every try meets a change. The
+    // matcher holds nothing (it answers false), so it stays for every try;
+    // a weak handle, since the backend keeps the matcher.
+    let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (failing, counted) = (Arc::downgrade(&w.failing), changes.clone());
+    let key = w.gateway_id.to_be_bytes();
+    w.failing.hold_commit(move |b| {
+        if let Some(failing) = failing.upgrade()
+            && appends_audit(b, "gateway.enrol", None, "")
+        {
+            let record = failing.get(Collection::Gateways, &key).unwrap().unwrap();
+            let mut gateway: serde_json::Value = serde_json::from_slice(&record).unwrap();
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 100;
+            gateway["last_event_seq"] = json!(n);
+            let change = ferry_cloud::store::Batch::default().put(
+                Collection::Gateways,
+                key,
+                serde_json::to_vec(&gateway).unwrap(),
+            );
+            failing.commit(change).unwrap();
+        }
+        false
+    });
+    let refused = w.api.call("POST", "/api/v1/enrol", None, Some(body.clone()));
+    w.failing.release();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.retry_after.is_some(), "{refused:?}");
+    assert!(changes.load(std::sync::atomic::Ordering::SeqCst) >= 2, "tried again before giving up");
+
+    let enrolled = w.api.call("POST", "/api/v1/enrol", None, Some(body));
+    assert_eq!(enrolled.status, 200, "the token was not spent: {enrolled:?}");
+}

@@ -7,6 +7,7 @@ pub(crate) mod attach;
 pub mod counters;
 mod error;
 pub mod gateway;
+pub mod generator;
 pub mod guard;
 pub mod pass;
 pub mod preflight;
@@ -28,6 +29,11 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Name of the program that passes everything: the baseline of XDP benchmarks,
 /// and what tests attach to a veth peer so XDP_TX frames are delivered.
 pub const PASS_PROGRAM: &str = "xdp_pass";
+
+/// The program that sends every frame back out (XDP_TX): with BPF_PROG_RUN's
+/// live frames, the benchmarks' in-kernel traffic generator
+/// ([`generator::FrameGenerator`]).
+pub const TX_PROGRAM: &str = "xdp_tx";
 
 /// The TC classifier that passes everything (TC_ACT_OK): the baseline of TC
 /// benchmarks, since BPF_PROG_RUN runs a TC program on an skb it builds.

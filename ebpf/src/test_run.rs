@@ -90,7 +90,7 @@ pub fn time_on(program: &Xdp, packet: &[u8], repeat: u32, ingress_ifindex: u32) 
 /// A `struct xdp_md` for BPF_PROG_RUN's ctx_in: the kernel wants `data` at 0
 /// (no metadata), `data_end` at the packet's length, and takes the ingress
 /// interface (with receive queue 0) from it.
-fn xdp_md(packet: &[u8], ingress_ifindex: u32) -> [u8; 24] {
+pub(crate) fn xdp_md(packet: &[u8], ingress_ifindex: u32) -> [u8; 24] {
     // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let fields = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0];
     let mut ctx = [0u8; 24];

@@ -13,6 +13,15 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Sends every frame back out of the interface it arrived on. Run by
+/// BPF_PROG_RUN in live-frames mode on a crafted frame, it is a traffic
+/// generator inside the kernel: the frames reach a veth's peer as XDP frames,
+/// as a NIC's driver hands them to XDP, at rates no socket sender reaches.
+#[xdp]
+pub fn xdp_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
 /// BPF_PROG_RUN of a TC program builds an skb and runs the program on it,
 /// which an XDP program does not: TC programs are measured against this one.
 #[classifier]

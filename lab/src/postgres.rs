@@ -27,7 +27,8 @@ pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 pub const USER: &str = "ferry";
 
 /// An environment variable of extra `postgresql.conf` settings, separated
-/// by `;`, for every server started here (for measurements).
+/// by `;`, for every server started here (for measurements). A server is
+/// refused one that would change its durability (see `DURABILITY_SETTINGS`).
 pub const EXTRA_SETTINGS: &str = "FERRY_PG_EXTRA_SETTINGS";
 
 /// How the server keeps its data.
@@ -70,6 +71,10 @@ impl Postgres {
                 "PostgreSQL 15 is not installed ({BIN_DIR}/initdb is missing); run `cargo xtask setup`"
             )));
         }
+        // More lines for a measurement (e.g. `shared_preload_libraries =
+        // 'pg_stat_statements'`), one per `;`, checked before anything is made.
+        let extra = std::env::var(EXTRA_SETTINGS).unwrap_or_default();
+        let extra = extra_settings(&extra)?;
         let account = unprivileged_account()?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // The socket's folder is the connection's host, which must be absolute.
@@ -105,13 +110,9 @@ impl Postgres {
              log_min_messages = warning\n",
             server.folder.display()
         );
-        // More lines for a measurement (e.g. `shared_preload_libraries =
-        // 'pg_stat_statements'`), one per `;`.
-        if let Ok(extra) = std::env::var(EXTRA_SETTINGS) {
-            for line in extra.split(';').map(str::trim).filter(|l| !l.is_empty()) {
-                settings.push_str(line);
-                settings.push('\n');
-            }
+        for line in extra {
+            settings.push_str(line);
+            settings.push('\n');
         }
         std::fs::OpenOptions::new()
             .append(true)
@@ -242,6 +243,39 @@ fn as_account(cmd: &mut Command, account: Option<(u32, u32)>) {
     }
 }
 
+/// Settings that decide whether a commit the server acknowledged survives
+/// a crash, which `Durability` alone sets: a test or a benchmark that says
+/// it runs durably must not be quietly made to run otherwise. (`include`
+/// and its kin could bring any of them in from a file.)
+const DURABILITY_SETTINGS: [&str; 7] = [
+    "fsync",
+    "synchronous_commit",
+    "full_page_writes",
+    "wal_sync_method",
+    "include",
+    "include_if_exists",
+    "include_dir",
+];
+
+/// The `postgresql.conf` lines of `extra` ([`EXTRA_SETTINGS`]): separated
+/// by `;` (or line breaks), blank ones left out. Refuses a line that sets
+/// one of [`DURABILITY_SETTINGS`].
+fn extra_settings(extra: &str) -> Result<Vec<&str>> {
+    let lines: Vec<&str> = extra.split([';', '\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect();
+    for line in &lines {
+        // `name = value` or `name value`; names are case-insensitive.
+        let name = line.split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or_default();
+        if DURABILITY_SETTINGS.iter().any(|d| d.eq_ignore_ascii_case(name)) {
+            return Err(Error::Setup(format!(
+                "{EXTRA_SETTINGS} may not set `{name}` (in `{line}`): the durability settings of a test's \
+                 or a benchmark's PostgreSQL come from its Durability ({})",
+                DURABILITY_SETTINGS.join(", ")
+            )));
+        }
+    }
+    Ok(lines)
+}
+
 /// `nobody` when running as root; None (ourselves) otherwise.
 fn unprivileged_account() -> Result<Option<(u32, u32)>> {
     if !nix::unistd::geteuid().is_root() {
@@ -274,6 +308,31 @@ fn run(cmd: &mut Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_settings_are_lines_that_never_touch_durability() {
+        assert_eq!(
+            extra_settings(" shared_preload_libraries = 'pg_stat_statements';; work_mem = 8MB ;").unwrap(),
+            ["shared_preload_libraries = 'pg_stat_statements'", "work_mem = 8MB"]
+        );
+        assert!(extra_settings("").unwrap().is_empty());
+        // A comment is harmless, and a name must match whole.
+        assert_eq!(
+            extra_settings("# fsync = off;synchronous_standby_names = ''").unwrap(),
+            ["# fsync = off", "synchronous_standby_names = ''"]
+        );
+        for refused in [
+            "fsync = off",
+            "work_mem = 8MB;synchronous_commit=off",
+            "FULL_PAGE_WRITES off",
+            "wal_sync_method = fdatasync",
+            "include_dir 'conf.d'",
+            "work_mem = 8MB\n Fsync\t= off",
+        ] {
+            let error = extra_settings(refused).unwrap_err().to_string();
+            assert!(error.contains(EXTRA_SETTINGS), "{refused}: {error}");
+        }
+    }
 
     #[test]
     fn a_server_runs_restarts_and_leaves_nothing_behind() {

@@ -311,6 +311,9 @@ async fn enrol(
             control_path: "/api/v1/control/gateway".into(),
         })),
         Err(EnrolError::Store(e)) => Err(e.into()),
+        // Not the token's fault: a 503 to try again, like other contention
+        // that outlasts its retries.
+        Err(e @ EnrolError::Contended) => Err(crate::store::BackendError::Unavailable(e.to_string()).into()),
         Err(e) => {
             state.audit(Event {
                 actor: "anonymous".into(),

@@ -125,6 +125,15 @@ impl Batch {
         self.expect.push(Expect { collection, key: key.into(), value });
         self
     }
+
+    /// A batch that never holds, whatever is stored: it expects `key` both
+    /// absent and present (empty). Committed, alone or as what a group's
+    /// [`Finish`] adds, it fails as a conflict on `collection` and changes
+    /// nothing: the way to abort a group commit from its `finish`.
+    pub fn impossible(collection: Collection, key: impl Into<Vec<u8>>) -> Batch {
+        let key = key.into();
+        Batch::default().expect(collection, key.clone(), None).expect(collection, key, Some(Vec::new()))
+    }
 }
 
 #[derive(Clone, Debug, thiserror::Error)]

@@ -516,7 +516,10 @@ fn plan(batch: &Batch) -> Result<Vec<Step<'_>>, Collection> {
 }
 
 /// Sends `prefix` (statements whose counts do not matter) and `steps` in one
-/// pipeline; Ok(Err(collection)) when an expectation failed.
+/// pipeline; Ok(Err(collection)) when an expectation failed. After an
+/// error (a prepare the server refused too) the caller returns, and `tx`,
+/// dropped unfinished, sends its `ROLLBACK`: the connection goes back to
+/// the pool out of the transaction.
 async fn run_steps(
     tx: &deadpool_postgres::Transaction<'_>,
     prefix: &[&'static str],
@@ -658,14 +661,37 @@ impl Drop for Open {
 /// every step that needs a row count checked has a form that fails with an
 /// error instead (then a failed step aborts the transaction and the
 /// `COMMIT` behind it rolls back); else the steps, then `COMMIT` or
-/// `ROLLBACK` by their counts. The transaction is over either way.
+/// `ROLLBACK` by their counts. The transaction is over either way, errors
+/// included: the connection goes back to the pool after, and must not take
+/// an open (or aborted) transaction with it to its next user.
 async fn finish_and_commit(
     client: &deadpool_postgres::ClientWrapper,
     steps: &[Step<'_>],
 ) -> Result<Result<(), Collection>, tokio_postgres::Error> {
-    if steps.iter().all(|s| s.must_touch_one.is_none() || s.raising.is_some()) {
-        return raise_and_commit(client, steps).await;
+    let finished = if steps.iter().all(|s| s.must_touch_one.is_none() || s.raising.is_some()) {
+        raise_and_commit(client, steps).await
+    } else {
+        check_and_commit(client, steps).await
+    };
+    if finished.is_err() {
+        // Whatever failed (a statement the server would not prepare, one
+        // whose parameters did not encode, a statement or the `COMMIT`
+        // itself), end the transaction if it is still open. The server
+        // takes a `ROLLBACK` in any state, outside a transaction too (a
+        // warning), so this fails only when the connection is gone: closed
+        // then, which ends the transaction, and the pool drops it. The
+        // error to return is the first one.
+        let _ = client.batch_execute("ROLLBACK").await;
     }
+    finished
+}
+
+/// [`finish_and_commit`] when some step's row count must be checked: the
+/// steps, then `COMMIT` or `ROLLBACK` by their counts.
+async fn check_and_commit(
+    client: &deadpool_postgres::ClientWrapper,
+    steps: &[Step<'_>],
+) -> Result<Result<(), Collection>, tokio_postgres::Error> {
     let statements =
         futures_util::future::try_join_all(steps.iter().map(|s| client.prepare_cached(s.sql))).await?;
     let executed = futures_util::future::join_all(
@@ -673,13 +699,7 @@ async fn finish_and_commit(
     );
     let mut held = Ok(());
     for (step, count) in steps.iter().zip(executed.await) {
-        let count = match count {
-            Ok(count) => count,
-            Err(e) => {
-                client.batch_execute("ROLLBACK").await?;
-                return Err(e);
-            }
-        };
+        let count = count?;
         if let Some(collection) = step.must_touch_one
             && count != 1
             && held.is_ok()
@@ -825,21 +845,46 @@ async fn raise_and_commit(
     let statements =
         futures_util::future::try_join_all(sent.iter().map(|(sql, _, _)| client.prepare_cached(sql))).await?;
     // Pipelined: after a failed statement the server refuses the rest, and
-    // its answer to the `COMMIT` is a rollback.
-    let executed = futures_util::future::join_all(
-        statements.iter().zip(&sent).map(|(statement, (_, params, _))| client.execute(statement, params)),
-    );
-    let (counts, committed) = futures_util::future::join(executed, client.batch_execute("COMMIT")).await;
-    for ((_, _, checked), count) in sent.iter().zip(counts) {
-        match (count, checked) {
-            (Err(e), Some(collection)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+    // its answer to the `COMMIT` is a rollback. But a statement is sent
+    // only when its future is first polled, and not at all if it fails
+    // before (its parameters do not encode): the server would then commit
+    // the others without it. So each is polled once, in order, before the
+    // end is chosen, and one that failed already makes it a `ROLLBACK`.
+    let mut executed: Vec<_> = statements
+        .iter()
+        .zip(&sent)
+        .map(|(statement, (_, params, _))| {
+            futures_util::future::maybe_done(Box::pin(client.execute(statement, params)))
+        })
+        .collect();
+    std::future::poll_fn(|cx| {
+        for statement in &mut executed {
+            let _ = std::pin::Pin::new(statement).poll(cx);
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let all_sent = executed
+        .iter_mut()
+        .all(|statement| !matches!(std::pin::Pin::new(statement).output_mut(), Some(Err(_))));
+    let end = if all_sent { "COMMIT" } else { "ROLLBACK" };
+    let (_, ended) = futures_util::future::join(
+        futures_util::future::join_all(executed.iter_mut()),
+        client.batch_execute(end),
+    )
+    .await;
+    // Every one is done now; one that failed to be sent is among the
+    // errors, so a `ROLLBACK` is never taken for a commit.
+    for ((_, _, checked), mut statement) in sent.iter().zip(executed) {
+        match (std::pin::Pin::new(&mut statement).take_output(), checked) {
+            (Some(Err(e)), Some(collection)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 return Ok(Err(*collection));
             }
-            (Err(e), _) => return Err(e),
-            (Ok(_), _) => {}
+            (Some(Err(e)), _) => return Err(e),
+            (Some(Ok(_)) | None, _) => {}
         }
     }
-    committed.map(Ok)
+    ended.map(Ok)
 }
 
 fn closed() -> BackendError {
@@ -1161,6 +1206,101 @@ impl Backend for PostgresBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend on a database of its own, on a server of the test's own.
+    fn database() -> (ferry_lab::postgres::Postgres, PostgresBackend) {
+        let server = ferry_lab::postgres::Postgres::start(ferry_lab::postgres::Durability::Relaxed).unwrap();
+        server.create_database("unit").unwrap();
+        let backend =
+            PostgresBackend::connect(&PgOptions::parse(&server.url("unit"), None).unwrap()).unwrap();
+        (server, backend)
+    }
+
+    /// The server process of the connection a call gets: calls one after
+    /// the other get the same pooled connection.
+    fn connection_of(backend: &PostgresBackend) -> i32 {
+        backend
+            .call(|client| async move {
+                Ok(client.query_one("SELECT pg_backend_pid()", &[]).await.map_err(io)?.get(0))
+            })
+            .unwrap()
+    }
+
+    /// `BEGIN` and a put of `key` (the group's batches before its last),
+    /// then `steps` (its last batch) through `finish_and_commit`: whether
+    /// that failed, and whether the connection is usable and out of any
+    /// transaction after (the put's key was not committed, and a statement
+    /// is not refused as inside an aborted transaction).
+    fn finish_after_a_put(
+        backend: &PostgresBackend,
+        key: &'static str,
+        steps: impl for<'a> FnOnce(&'a Vec<u8>, &'a i32) -> Vec<Step<'a>> + Send + 'static,
+    ) -> (bool, Result<Option<Vec<u8>>, BackendError>) {
+        backend
+            .call(move |client| async move {
+                client.batch_execute(BEGIN).await.map_err(io)?;
+                let (name, key, value) = (Collection::Users.name(), key.as_bytes().to_vec(), b"v".to_vec());
+                client.execute(UPSERT, &[&name, &key, &value]).await.map_err(io)?;
+                let (other, wrong) = (b"other".to_vec(), 7i32);
+                let failed = finish_and_commit(&client, &steps(&other, &wrong)).await.is_err();
+                let after = client.query_opt(SELECT_ONE, &[&name, &key]).await.map(|r| r.map(|r| r.get(0)));
+                Ok((failed, after.map_err(io)))
+            })
+            .unwrap()
+    }
+
+    /// A last batch whose statement the server will not prepare (it names
+    /// no table there is, as a prepare that fails for any reason would)
+    /// leaves no transaction behind on the connection: it goes back to the
+    /// pool, and its next user, a commit, works.
+    #[test]
+    fn a_failed_prepare_in_the_last_batch_ends_the_transaction() {
+        let (_server, backend) = database();
+        const REFUSED: &str = "INSERT INTO ferry_no_such_table VALUES ($1)";
+        let connection = connection_of(&backend);
+        // Checked by its row count, then as a statement that raises.
+        for (key, raising) in [("counted", None), ("raised", Some(REFUSED))] {
+            let (failed, after) = finish_after_a_put(&backend, key, move |other, _| {
+                let params: Vec<&(dyn ToSql + Sync)> = vec![other];
+                vec![Step {
+                    sql: REFUSED,
+                    params,
+                    must_touch_one: Some(Collection::Users),
+                    raising,
+                    claim: None,
+                }]
+            });
+            assert!(failed, "{key}");
+            assert_eq!(after.unwrap(), None, "{key}: rolled back, and the connection still works");
+            assert_eq!(connection_of(&backend), connection, "the same connection, back from the pool");
+            backend.commit(Batch::default().put(Collection::Users, key, "later")).unwrap();
+            assert_eq!(
+                backend.get(Collection::Users, key.as_bytes()).unwrap().as_deref(),
+                Some(&b"later"[..])
+            );
+        }
+    }
+
+    /// A statement of the last batch whose parameter does not encode (a
+    /// number for a BYTEA) is never sent: the transaction must not commit
+    /// without it. The statement before it, sent in the same pipeline, is
+    /// rolled back with the rest.
+    #[test]
+    fn a_statement_that_is_never_sent_keeps_its_transaction_from_committing() {
+        let (_server, backend) = database();
+        let (failed, after) = finish_after_a_put(&backend, "first", move |other, wrong| {
+            let name = name_of(&Collection::Users);
+            let sent: Vec<&(dyn ToSql + Sync)> = vec![name, other, other];
+            let unsent: Vec<&(dyn ToSql + Sync)> = vec![name, other, wrong];
+            let step =
+                |params| Step { sql: UPSERT, params, must_touch_one: None, raising: None, claim: None };
+            vec![step(sent), step(unsent)]
+        });
+        assert!(failed);
+        assert_eq!(after.unwrap(), None, "not committed, and the connection still works");
+        assert_eq!(backend.get(Collection::Users, b"other").unwrap(), None, "nothing of it committed");
+        backend.commit(Batch::default().put(Collection::Users, "other", "later")).unwrap();
+    }
 
     #[test]
     fn prefix_ends_are_the_next_key_past_the_prefix() {
