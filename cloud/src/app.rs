@@ -268,6 +268,7 @@ impl AppState {
         known: Option<Vec<u8>>,
         reason: EndReason,
         actor: &Actor,
+        only_for: Option<u64>,
     ) -> Result<Option<Session>, SessionError> {
         let now = self.now_ms();
         let detail = describe(&reason);
@@ -277,7 +278,10 @@ impl AppState {
                 known,
                 actor.clone(),
                 "session.end",
-                move |s| Ok(s.end(reason.clone(), now)?),
+                move |s| {
+                    s.still_released(only_for)?;
+                    Ok(s.end(reason.clone(), now)?)
+                },
                 move |_, _| Some(detail.clone()),
             )
             .await?;

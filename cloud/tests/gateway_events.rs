@@ -420,7 +420,7 @@ fn an_end_committed_by_another_request_s_group_reaches_the_gateway_after_its_cal
         let state = w.api.state.clone();
         async move {
             state
-                .end_session_async(id, None, EndReason::User { name: "root".into() }, &Actor::system())
+                .end_session_async(id, None, EndReason::User { name: "root".into() }, &Actor::system(), None)
                 .await
                 .unwrap()
         }

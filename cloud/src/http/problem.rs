@@ -196,6 +196,7 @@ impl From<crate::sessions::SessionError> for ApiError {
                 e.to_string(),
             ),
             SessionError::Store(e) => e.into(),
+            SessionError::NoLongerReleased(_) => ApiError::forbidden(e.to_string()),
         }
     }
 }

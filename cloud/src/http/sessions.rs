@@ -52,6 +52,14 @@ fn ownership(caller: &Caller, session: &Session) -> Ownership {
     if session.released_to_user(caller.user.id) { Ownership::Own } else { Ownership::Others }
 }
 
+/// The caller's user when their right to `others` (an action on sessions
+/// not released to them) is missing: the change must then find the session
+/// still released to them on whatever document it commits
+/// ([`Session::still_released`]).
+fn only_if_released(caller: &Caller, others: Action) -> Option<u64> {
+    (!caller.may(others, Scope::SessionsWrite)).then_some(caller.user.id)
+}
+
 fn actor(caller: &Caller) -> Actor {
     Actor { name: caller.user.name.clone(), source: caller.source.clone() }
 }
@@ -354,20 +362,24 @@ async fn start(
     let view = state.hub.gateway_view(session.gateway_id);
     let now = state.now_ms();
     let name = caller.user.name.clone();
+    let only_for = only_if_released(&caller, Action::StartSession(Ownership::Others));
     let started = state
         .change_session_detached(
             id,
             Some(stored),
             actor(&caller),
             "session.start",
-            move |s| Ok(s.start(&name, now, view)?),
+            move |s| {
+                s.still_released(only_for)?;
+                Ok(s.start(&name, now, view)?)
+            },
             |_, new_state| Some(new_state.label().into()),
         )
         .await;
     match started {
         Ok(Some((session, _))) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
-        Err(e @ SessionError::Refused(_)) => {
+        Err(e @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_))) => {
             state.audit_session(&actor(&caller), "session.start", false, &session, Some(e.to_string()));
             Err(e.into())
         }
@@ -393,10 +405,11 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
         Some(session.gateway_id),
     )?;
     let reason = EndReason::User { name: caller.user.name.clone() };
-    match state.end_session_async(id, Some(stored), reason, &actor(&caller)).await {
+    let only_for = only_if_released(&caller, Action::EndSession(Ownership::Others));
+    match state.end_session_async(id, Some(stored), reason, &actor(&caller), only_for).await {
         Ok(Some(session)) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
-        Err(e @ SessionError::Refused(_)) => {
+        Err(e @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_))) => {
             state.audit_session(&actor(&caller), "session.end", false, &session, Some(e.to_string()));
             Err(e.into())
         }

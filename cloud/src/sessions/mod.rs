@@ -201,6 +201,18 @@ impl Session {
     pub fn released_to_user(&self, user_id: u64) -> bool {
         self.released_to.contains(&user_id)
     }
+
+    /// The check a change repeats on every document it runs on: when
+    /// `only_for` names a user (a caller whose right covers only sessions
+    /// released to them), the session must still be released to that user.
+    /// A change whose commit meets a concurrent one runs again on the newest
+    /// document, and the rights checked on the first must hold there too.
+    pub fn still_released(&self, only_for: Option<u64>) -> Result<(), SessionError> {
+        match only_for {
+            Some(user) if !self.released_to_user(user) => Err(SessionError::NoLongerReleased(self.id)),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +223,11 @@ pub enum SessionError {
     PoolExhausted,
     #[error(transparent)]
     Store(#[from] BackendError),
+    /// The session was withdrawn from a caller who may act only on sessions
+    /// released to them, after their right was checked: found when the
+    /// change runs on the newest document.
+    #[error("session {0} is no longer released to you")]
+    NoLongerReleased(u64),
 }
 
 fn key(id: u64) -> [u8; 8] {
@@ -609,6 +626,86 @@ mod tests {
         assert!(matches!(started, Err(SessionError::Refused(Refusal::AlreadyRunning(_)))), "{started:?}");
         assert_eq!(subnets_held(&store).unwrap(), 1);
         assert_eq!(get(&store, session.id).unwrap().unwrap().subnet_index, Some(0));
+    }
+
+    /// A caller whose right covers only sessions released to them read the
+    /// session while it was; an administrator withdrew it before the
+    /// caller's commit. The change starts over on the newest document and
+    /// must refuse there, for a start and for an end.
+    #[test]
+    fn a_change_that_starts_over_checks_the_release_again() {
+        let (_dir, store) = store();
+        let technician = 5;
+        let session = new(&store, 7);
+        modify(&store, session.id, |s| {
+            s.released_to = vec![technician];
+            Ok(())
+        })
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let withdraw = |store: &Store| {
+            modify(store, session.id, |s| {
+                s.released_to.clear();
+                Ok(())
+            })
+            .unwrap()
+        };
+
+        // A start: the first attempt passes on the stale document, its
+        // commit conflicts, the second refuses.
+        let (_, stale) = get_stored(&store, session.id).unwrap().unwrap();
+        withdraw(&store);
+        let mut checked = Vec::new();
+        let started = runtime.block_on(modify_audited_async(
+            &store,
+            session.id,
+            2,
+            Some(stale),
+            |s| {
+                checked.push(s.still_released(Some(technician)).is_ok());
+                s.still_released(Some(technician))?;
+                Ok(s.start("tech", 2, ON)?)
+            },
+            |_, _| None,
+        ));
+        assert_eq!(
+            checked,
+            [true, false],
+            "the release should be checked on the stale and the newest document"
+        );
+        assert!(
+            matches!(started, Err(SessionError::NoLongerReleased(id)) if id == session.id),
+            "{started:?}"
+        );
+        assert!(!get(&store, session.id).unwrap().unwrap().state.is_live());
+
+        // An end, through the cloud's own call that the handler uses.
+        modify(&store, session.id, |s| {
+            s.released_to = vec![technician];
+            Ok(s.start("tech", 3, ON)?)
+        })
+        .unwrap();
+        let (_, stale) = get_stored(&store, session.id).unwrap().unwrap();
+        withdraw(&store);
+        let state = crate::http::AppState::new(store.clone()).unwrap();
+        let actor = crate::app::Actor { name: "tech".into(), source: None };
+        let reason = || EndReason::User { name: "tech".into() };
+        let ended = runtime.block_on(state.end_session_async(
+            session.id,
+            Some(stale.clone()),
+            reason(),
+            &actor,
+            Some(technician),
+        ));
+        assert!(matches!(ended, Err(SessionError::NoLongerReleased(_))), "{ended:?}");
+        assert!(
+            get(&store, session.id).unwrap().unwrap().state.is_live(),
+            "ended by a caller without the right"
+        );
+        // A caller whose right covers every session ends it.
+        let ended =
+            runtime.block_on(state.end_session_async(session.id, Some(stale), reason(), &actor, None));
+        assert!(matches!(ended, Ok(Some(ref s)) if !s.state.is_live()), "{ended:?}");
     }
 
     #[test]

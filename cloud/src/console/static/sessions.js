@@ -148,7 +148,9 @@
             prepareForm(names, gateways, users, () => refresh(false));
           }
           const sessions = await api('GET', '/api/v1/sessions');
-          sessions.sort((a, b) => b.id - a.id);
+          // Newest first by creation time: replicas hand out ids in blocks,
+          // so an id says which replica made a session, not when.
+          sessions.sort((a, b) => b.created_ms - a.created_ms || b.id - a.id);
           body.replaceChildren(...sessions.map((s) => row(s, names, problem, () => refresh(false))));
           $('#sessions-empty').hidden = sessions.length > 0;
         } catch (error) {

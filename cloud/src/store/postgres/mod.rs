@@ -330,6 +330,8 @@ impl PostgresBackend {
     /// `floor` (after copying documents whose ids came from elsewhere).
     pub fn raise_ids_above(&self, floor: u64) -> Result<(), BackendError> {
         let floor = i64::try_from(floor).map_err(|_| BackendError::Io(format!("id {floor} is too large")))?;
+        // Ids taken from the sequence before would be below the floor.
+        lock_ids(&self.ids).clear();
         self.call(move |client| async move {
             let current: i64 = client.query_one("SELECT nextval('ferry_ids')", &[]).await.map_err(io)?.get(0);
             if current <= floor {
