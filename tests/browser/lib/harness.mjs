@@ -111,16 +111,11 @@ export function request(url, { method = 'GET', headers = {}, body, pin } = {}) {
   const secure = target.protocol === 'https:';
   const lib = secure ? https : http;
   return new Promise((resolve, reject) => {
-    const req = lib.request(target, { method, headers, rejectUnauthorized: false }, (res) => {
-      if (secure && pin) {
-        const cert = res.socket.getPeerCertificate(false);
-        const fingerprint = crypto.createHash('sha256').update(cert.raw).digest('hex').toUpperCase();
-        if (fingerprint !== normalizePin(pin)) {
-          reject(new CheckFailed(`${url}: certificate ${fingerprint} is not the pinned ${pin}`));
-          res.destroy();
-          return;
-        }
-      }
+    // A connection of its own (no keep-alive agent), its certificate checked
+    // as soon as the handshake is done, before the request is sent: in the
+    // response's callback the server may already have closed the socket,
+    // and a closed socket has no certificate to show.
+    const req = lib.request(target, { method, headers, rejectUnauthorized: false, agent: false }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => {
@@ -134,6 +129,20 @@ export function request(url, { method = 'GET', headers = {}, body, pin } = {}) {
         resolve({ status: res.statusCode, headers: res.headers, body: text, json });
       });
     });
+    if (secure && pin) {
+      req.on('socket', (socket) => {
+        socket.once('secureConnect', () => {
+          const cert = socket.getPeerCertificate(false);
+          const fingerprint = cert && cert.raw
+            ? crypto.createHash('sha256').update(cert.raw).digest('hex').toUpperCase()
+            : '(none)';
+          if (fingerprint !== normalizePin(pin)) {
+            reject(new CheckFailed(`${url}: certificate ${fingerprint} is not the pinned ${pin}`));
+            req.destroy();
+          }
+        });
+      });
+    }
     req.on('error', reject);
     if (body !== undefined) req.write(typeof body === 'string' ? body : JSON.stringify(body));
     req.end();
