@@ -22,6 +22,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "libfaketime",
         "LD_PRELOAD'ed into the gateway to step its wall clock alone (the clock-step test and the soak's fault)",
     ),
+    (
+        "bpftool",
+        "bpftool, with which the soak reads the gateway's eBPF maps through the daemon's descriptors (its leak checks)",
+    ),
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
     ("util-linux", "setpriv, to run binaries without privileges"),
