@@ -16,7 +16,7 @@ use crate::{
     configs::{self, ConfigEnd},
     hub::{Change, Hub},
     metrics::Metrics,
-    sessions::{self, EndReason, Session, SessionError},
+    sessions::{self, ActingUser, EndReason, Session, SessionError},
     store::{BackendError, Store},
     users::User,
 };
@@ -51,15 +51,19 @@ impl Deref for AppState {
 pub struct Actor {
     pub name: String,
     pub source: Option<String>,
+    /// The person's user record as their credential was checked, when a
+    /// person acts: their session changes expect it unchanged
+    /// ([`ActingUser`]).
+    pub user: Option<ActingUser>,
 }
 
 impl Actor {
     pub fn system() -> Actor {
-        Actor { name: "system".into(), source: None }
+        Actor { name: "system".into(), source: None, user: None }
     }
 
     pub fn gateway(id: u64, source: Option<String>) -> Actor {
-        Actor { name: format!("gateway:{id}"), source }
+        Actor { name: format!("gateway:{id}"), source, user: None }
     }
 
     /// An audit event by this actor about `session`.
@@ -149,7 +153,7 @@ impl AppState {
         id: u64,
         change: impl FnMut(&mut Session) -> Result<R, SessionError>,
     ) -> Result<Option<(Session, R)>, SessionError> {
-        self.change_session_with(id, change, |_, _| None)
+        self.change_session_with(id, None, change, |_, _| None)
     }
 
     /// [`Self::change_session`], recording `action` by `actor` in the audit
@@ -162,7 +166,7 @@ impl AppState {
         change: impl FnMut(&mut Session) -> Result<R, SessionError>,
         detail: impl Fn(&Session, &R) -> Option<String>,
     ) -> Result<Option<(Session, R)>, SessionError> {
-        self.change_session_with(id, change, |session, result| {
+        self.change_session_with(id, actor.user.clone(), change, |session, result| {
             Some(actor.session_event(action, true, session, detail(session, result)))
         })
     }
@@ -170,10 +174,11 @@ impl AppState {
     fn change_session_with<R>(
         &self,
         id: u64,
+        acting: Option<ActingUser>,
         change: impl FnMut(&mut Session) -> Result<R, SessionError>,
         event: impl Fn(&Session, &R) -> Option<Event>,
     ) -> Result<Option<(Session, R)>, SessionError> {
-        self.change_session_then(id, change, event, |_, _| {})
+        self.change_session_then(id, acting, change, event, |_, _| {})
     }
 
     /// [`Self::change_session_with`], running `committed` on the new
@@ -181,6 +186,7 @@ impl AppState {
     fn change_session_then<R>(
         &self,
         id: u64,
+        acting: Option<ActingUser>,
         mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
         event: impl Fn(&Session, &R) -> Option<Event>,
         committed: impl FnOnce(&Session, &R),
@@ -190,6 +196,7 @@ impl AppState {
             &self.store,
             id,
             self.now_ms(),
+            acting,
             |s| {
                 before = Some(s.clone());
                 change(s)
@@ -221,6 +228,7 @@ impl AppState {
             id,
             self.now_ms(),
             known,
+            actor.user.clone(),
             |s| {
                 before = Some(s.clone());
                 change(s)
@@ -330,6 +338,7 @@ impl AppState {
         let now = self.now_ms();
         let revoked = self.change_session_then(
             session_id,
+            actor.user.clone(),
             |s| {
                 let before = s.configs.len();
                 s.configs.retain(|c| c.id != config_id);

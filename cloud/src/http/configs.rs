@@ -56,7 +56,9 @@ pub struct Holder {
 impl Holder {
     /// The configuration's user, for the audit log.
     fn actor(&self) -> Actor {
-        Actor { name: self.record.user.clone(), source: self.source.clone() }
+        // A configuration's own token, not a person's credential: nothing
+        // of the user's record was read for it.
+        Actor { name: self.record.user.clone(), source: self.source.clone(), user: None }
     }
 }
 

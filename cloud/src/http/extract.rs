@@ -381,6 +381,9 @@ enum Credential {
 /// takes effect at once.
 pub struct Caller {
     pub user: User,
+    /// `user` as stored when the credential was checked (see
+    /// [`Caller::actor`]).
+    user_record: Vec<u8>,
     /// None for a login's access token or a console session (all the
     /// role's rights).
     pub scopes: Option<Vec<Scope>>,
@@ -433,7 +436,7 @@ fn credential(parts: &Parts) -> Result<Credential, Refusal> {
 }
 
 /// Who a credential belongs to: the user, the token's scopes, and how.
-type Identity = (User, Option<Vec<Scope>>, Via);
+type Identity = (User, Vec<u8>, Option<Vec<Scope>>, Via);
 
 /// Who a credential belongs to now, with what it allows.
 fn identify(
@@ -467,19 +470,26 @@ fn identify(
             Err(refused) => return Ok(Err(Refusal::audited(refused.to_string()))),
         },
     };
+    let read_user = match read_user {
+        Some(bytes) => Some(bytes),
+        None => {
+            let (collection, key) = users::stored_at(user_id);
+            state.store.backend().get(collection, &key)?
+        }
+    };
     let user = match read_user {
-        Some(bytes) => Some(users::from_stored(&bytes)?),
-        None => users::get(&state.store, user_id)?,
+        Some(bytes) => Some((users::from_stored(&bytes)?, bytes)),
+        None => None,
     };
     Ok(match user {
-        Some(user) if user.disabled => Err(Refusal::audited(format!("user {} is disabled", user.name))),
-        Some(user) if epoch.is_some_and(|e| e != user.token_epoch) => Err(Refusal::audited(match via {
+        Some((user, _)) if user.disabled => Err(Refusal::audited(format!("user {} is disabled", user.name))),
+        Some((user, _)) if epoch.is_some_and(|e| e != user.token_epoch) => Err(Refusal::audited(match via {
             Via::Console(_) => {
                 "the console session was ended (password changed or user disabled); log in again"
             }
             _ => "the access token was revoked; log in again",
         })),
-        Some(user) => Ok((user, scopes, via)),
+        Some((user, stored)) => Ok((user, stored, scopes, via)),
         None => Err(Refusal::audited("the credential's user no longer exists")),
     })
 }
@@ -525,8 +535,8 @@ impl Caller {
         };
         let credential = credential(parts).map_err(refuse)?;
         let now = state.now_ms();
-        let (user, scopes, via) = identify(state, &credential, now)?.map_err(refuse)?;
-        let caller = Caller { user, scopes, source, via, credential };
+        let (user, user_record, scopes, via) = identify(state, &credential, now)?.map_err(refuse)?;
+        let caller = Caller { user, user_record, scopes, source, via, credential };
         if let Via::Console(found) = &caller.via {
             let safe = matches!(parts.method, Method::GET | Method::HEAD);
             if !safe && let Err(reason) = csrf_check(parts, found) {
@@ -551,7 +561,7 @@ impl Caller {
     pub fn still_valid(&self, state: &AppState) -> bool {
         matches!(
             identify(state, &self.credential, state.now_ms()),
-            Ok(Ok((user, _, _))) if user.id == self.user.id && user.role == self.user.role
+            Ok(Ok((user, _, _, _))) if user.id == self.user.id && user.role == self.user.role
         )
     }
 
@@ -594,6 +604,18 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 impl Caller {
+    /// The caller as the one who acts, for the audit log and for the
+    /// session changes made for them, which expect their user record
+    /// unchanged since their credential was checked
+    /// ([`crate::sessions::ActingUser`]).
+    pub fn actor(&self) -> crate::app::Actor {
+        crate::app::Actor {
+            name: self.user.name.clone(),
+            source: self.source.clone(),
+            user: Some(crate::sessions::ActingUser { id: self.user.id, stored: self.user_record.clone() }),
+        }
+    }
+
     /// Whether the caller's role and token allow `action` (no audit).
     pub fn may(&self, action: Action, scope: Scope) -> bool {
         rights::allowed(self.user.role, action) && self.scopes.as_ref().is_none_or(|s| s.contains(&scope))

@@ -61,7 +61,7 @@ fn only_if_released(caller: &Caller, others: Action) -> Option<u64> {
 }
 
 fn actor(caller: &Caller) -> Actor {
-    Actor { name: caller.user.name.clone(), source: caller.source.clone() }
+    caller.actor()
 }
 
 fn load(state: &AppState, id: u64) -> ApiResult<Session> {
@@ -379,7 +379,10 @@ async fn start(
     match started {
         Ok(Some((session, _))) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
-        Err(e @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_))) => {
+        Err(
+            e
+            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::UserDisabled(_)),
+        ) => {
             state.audit_session(&actor(&caller), "session.start", false, &session, Some(e.to_string()));
             Err(e.into())
         }
@@ -409,7 +412,10 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
     match state.end_session_async(id, Some(stored), reason, &actor(&caller), only_for).await {
         Ok(Some(session)) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
-        Err(e @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_))) => {
+        Err(
+            e
+            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::UserDisabled(_)),
+        ) => {
             state.audit_session(&actor(&caller), "session.end", false, &session, Some(e.to_string()));
             Err(e.into())
         }

@@ -226,12 +226,7 @@ async fn update(
         refresh::revoke_user(&state.store, id)?;
         api_tokens::revoke_user(&state.store, id)?;
         console::end_user(&state.store, id)?;
-        state
-            .user_disabled(
-                &user,
-                &crate::app::Actor { name: caller.user.name.clone(), source: caller.source.clone() },
-            )
-            .map_err(ApiError::from)?;
+        state.user_disabled(&user, &caller.actor()).map_err(ApiError::from)?;
     }
     Ok(Json(UserView::from(&user)))
 }

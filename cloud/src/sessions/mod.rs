@@ -228,6 +228,46 @@ pub enum SessionError {
     /// change runs on the newest document.
     #[error("session {0} is no longer released to you")]
     NoLongerReleased(u64),
+    /// The user the change was made for was disabled (or removed) after
+    /// their credential was checked: found when the change runs again.
+    #[error("user {0} is disabled")]
+    UserDisabled(String),
+}
+
+/// The person a change is made for, as their credential was checked. The
+/// commit expects their user record unchanged since then, so a change for
+/// a user disabled meanwhile conflicts, and its next attempt reads the
+/// record again and refuses. Without it, a start whose rights check passed
+/// just before an administrator disabled the technician could commit after
+/// the disabling had ended the technician's sessions, and the session ran
+/// for a disabled user.
+#[derive(Clone, Debug)]
+pub struct ActingUser {
+    pub id: u64,
+    /// The user's record as read when the credential was checked.
+    pub stored: Vec<u8>,
+}
+
+impl ActingUser {
+    /// `batch` with this attempt's expectation of the record: the first
+    /// attempt expects it as read at the check; the next ones (`again`)
+    /// read it again, and refuse if the user is disabled or gone.
+    fn expect_in(&mut self, store: &Store, again: bool, batch: Batch) -> Result<Batch, SessionError> {
+        let (collection, key) = crate::users::stored_at(self.id);
+        if again {
+            let stored = store.backend().get(collection, &key)?;
+            let user = stored.as_deref().map(crate::users::from_stored).transpose().map_err(|e| match e {
+                crate::users::UserError::Store(e) => SessionError::Store(e),
+                other => SessionError::Store(BackendError::Io(other.to_string())),
+            })?;
+            match (user, stored) {
+                (Some(user), Some(stored)) if !user.disabled => self.stored = stored,
+                (Some(user), _) => return Err(SessionError::UserDisabled(user.name)),
+                _ => return Err(SessionError::UserDisabled(format!("#{} (removed)", self.id))),
+            }
+        }
+        Ok(batch.expect(collection, key, Some(self.stored.clone())))
+    }
 }
 
 fn key(id: u64) -> [u8; 8] {
@@ -334,7 +374,7 @@ pub fn modify<R>(
     id: u64,
     change: impl FnMut(&mut Session) -> Result<R, SessionError>,
 ) -> Result<Option<(Session, R)>, SessionError> {
-    modify_audited(store, id, 0, change, |_, _| None)
+    modify_audited(store, id, 0, None, change, |_, _| None)
 }
 
 /// [`modify`], with the audit entry that `event` makes of the change
@@ -344,6 +384,7 @@ pub fn modify_audited<R>(
     store: &Store,
     id: u64,
     time_ms: u64,
+    mut acting: Option<ActingUser>,
     mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
     event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(Session, R)>, SessionError> {
@@ -357,12 +398,12 @@ pub fn modify_audited<R>(
         if !planned.changed() {
             return Ok(Some((planned.after, planned.result)));
         }
-        let committed = crate::audit::commit_audited(
-            store,
-            time_ms,
-            event(&planned.after, &planned.result),
-            planned.batch,
-        );
+        let batch = match acting.as_mut() {
+            Some(acting) => acting.expect_in(store, attempt > 0, planned.batch)?,
+            None => planned.batch,
+        };
+        let committed =
+            crate::audit::commit_audited(store, time_ms, event(&planned.after, &planned.result), batch);
         match committed {
             Ok(()) => return Ok(Some((planned.after, planned.result))),
             Err(BackendError::Conflict { .. }) => continue,
@@ -383,6 +424,7 @@ pub async fn modify_audited_async<R>(
     id: u64,
     time_ms: u64,
     mut known: Option<Vec<u8>>,
+    mut acting: Option<ActingUser>,
     mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
     event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(Session, R)>, SessionError> {
@@ -395,8 +437,12 @@ pub async fn modify_audited_async<R>(
         if !planned.changed() {
             return Ok(Some((planned.after, planned.result)));
         }
+        let batch = match acting.as_mut() {
+            Some(acting) => acting.expect_in(store, attempt > 0, planned.batch)?,
+            None => planned.batch,
+        };
         let event = event(&planned.after, &planned.result);
-        match crate::audit::commit_audited_async(store, time_ms, event, planned.batch).await {
+        match crate::audit::commit_audited_async(store, time_ms, event, batch).await {
             Ok(()) => return Ok(Some((planned.after, planned.result))),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -613,6 +659,7 @@ mod tests {
             session.id,
             2,
             Some(stale),
+            None,
             |s| {
                 seen.push(s.state.is_live());
                 Ok(s.start("y", 2, ON)?)
@@ -661,6 +708,7 @@ mod tests {
             session.id,
             2,
             Some(stale),
+            None,
             |s| {
                 checked.push(s.still_released(Some(technician)).is_ok());
                 s.still_released(Some(technician))?;
@@ -688,7 +736,7 @@ mod tests {
         let (_, stale) = get_stored(&store, session.id).unwrap().unwrap();
         withdraw(&store);
         let state = crate::http::AppState::new(store.clone()).unwrap();
-        let actor = crate::app::Actor { name: "tech".into(), source: None };
+        let actor = crate::app::Actor { name: "tech".into(), source: None, user: None };
         let reason = || EndReason::User { name: "tech".into() };
         let ended = runtime.block_on(state.end_session_async(
             session.id,
@@ -706,6 +754,85 @@ mod tests {
         let ended =
             runtime.block_on(state.end_session_async(session.id, Some(stale), reason(), &actor, None));
         assert!(matches!(ended, Ok(Some(ref s)) if !s.state.is_live()), "{ended:?}");
+    }
+
+    /// A technician's credential was checked (their user record read),
+    /// then their record changed before their start committed. A change
+    /// of no consequence (a failed login counted) makes the start run
+    /// again and go through; their disabling makes it refuse when it runs
+    /// again, and nothing of it is stored: the disabling's end of their
+    /// sessions may already have passed, and would not see this one.
+    #[test]
+    fn a_change_for_a_user_disabled_meanwhile_is_refused_when_it_runs_again() {
+        let (_dir, store) = store();
+        let tech =
+            crate::users::create(&store, "tech", ferry_api::Role::RemoteConnectUser, "a long password 1", 0)
+                .unwrap();
+        let checked = || {
+            let (collection, key) = crate::users::stored_at(tech.id);
+            ActingUser { id: tech.id, stored: store.backend().get(collection, &key).unwrap().unwrap() }
+        };
+        let change_user = |change: fn(&mut crate::users::User)| {
+            crate::users::modify::<_, crate::users::UserError>(&store, tech.id, |u| {
+                change(u);
+                Ok(())
+            })
+            .unwrap()
+        };
+
+        let first = new(&store, 7);
+        let acting = checked();
+        change_user(|u| u.failed_logins += 1);
+        let mut attempts = 0;
+        let started = modify_audited(
+            &store,
+            first.id,
+            1,
+            Some(acting),
+            |s| {
+                attempts += 1;
+                Ok(s.start("tech", 1, ON)?)
+            },
+            |_, _| None,
+        );
+        assert!(started.is_ok(), "{started:?}");
+        assert_eq!(attempts, 2, "the first commit should conflict on the record, the second go through");
+        assert!(get(&store, first.id).unwrap().unwrap().state.is_live());
+
+        let second = new(&store, 7);
+        let acting = checked();
+        change_user(|u| {
+            u.disabled = true;
+            u.token_epoch += 1;
+        });
+        let started = modify_audited(
+            &store,
+            second.id,
+            2,
+            Some(acting.clone()),
+            |s| Ok(s.start("tech", 2, ON)?),
+            |_, _| None,
+        );
+        assert!(
+            matches!(started, Err(SessionError::UserDisabled(ref name)) if name == "tech"),
+            "{started:?}"
+        );
+        // The same through the cloud's own call for a task, which the
+        // start's handler uses, with the actor a handler makes.
+        let state = crate::http::AppState::new(store.clone()).unwrap();
+        let actor = crate::app::Actor { name: "tech".into(), source: None, user: Some(acting) };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let started = runtime.block_on(state.change_session_detached(
+            second.id,
+            None,
+            actor,
+            "session.start",
+            |s| Ok(s.start("tech", 3, ON)?),
+            |_, _| None,
+        ));
+        assert!(matches!(started, Err(SessionError::UserDisabled(_))), "{started:?}");
+        assert!(!get(&store, second.id).unwrap().unwrap().state.is_live(), "started for a disabled user");
+        assert_eq!(subnets_held(&store).unwrap(), 1, "only the first session holds a subnet");
     }
 
     #[test]
