@@ -437,7 +437,7 @@ impl Topology {
                 keys[0], keys[1]
             ),
         )?;
-        let a_to_relay_mac = (mac(&a, &to_a.b)?, mac(&relay_ns, &to_a.a)?);
+        let a_to_relay_mac = (a.mac(&to_a.b)?, relay_ns.mac(&to_a.a)?);
         Ok(Topology {
             a_to_relay_mac,
             _lab: lab,
@@ -793,19 +793,6 @@ fn frames_loop(
         counters.sent.fetch_add(u64::from(FRAMES_PER_RUN), Ordering::Relaxed);
     }
     Ok(())
-}
-
-/// The Ethernet address of `iface` in `ns`.
-fn mac(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
-    let brief = ns.ip(&["-br", "link", "show", "dev", iface])?;
-    let text = brief.split_whitespace().nth(2).with_context(|| format!("no address in `{brief}`"))?;
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next().unwrap_or(""), 16)
-            .with_context(|| format!("`{text}` is not an Ethernet address"))?;
-    }
-    Ok(mac)
 }
 
 /// Counts what arrives on `sock` with recvmmsg until `stop`.

@@ -545,6 +545,19 @@ fn an_impossible_batch_never_holds_and_aborts_its_group() {
     });
 }
 
+/// An allowed action by "tester", for the audit tests.
+fn event(action: &str) -> ferry_cloud::audit::Event {
+    ferry_cloud::audit::Event {
+        actor: "tester".into(),
+        action: action.into(),
+        allowed: true,
+        source: None,
+        session: None,
+        gateway: None,
+        detail: None,
+    }
+}
+
 /// The audit head record holding exactly empty bytes (unreadable) makes a
 /// group give up on it and link from the last entry: the commit lands with
 /// its entry and the head is written again. (Its "cannot hold" batch used
@@ -552,18 +565,9 @@ fn an_impossible_batch_never_holds_and_aborts_its_group() {
 /// its entries.)
 #[test]
 fn an_audited_commit_over_an_empty_head_record_still_links_its_entry() {
-    use ferry_cloud::audit::{self, Event};
+    use ferry_cloud::audit;
     both(|subject| {
         let store = Store::with_backend(subject.open()).unwrap();
-        let event = |action: &str| Event {
-            actor: "tester".into(),
-            action: action.into(),
-            allowed: true,
-            source: None,
-            session: None,
-            gateway: None,
-            detail: None,
-        };
         assert_eq!(audit::append(&store, 1, event("first")).unwrap().seq, 1);
         // The head record's key (private to the audit module).
         store.backend().commit(Batch::default().put(Collection::Meta, "audit_head", "")).unwrap();
@@ -577,19 +581,10 @@ fn an_audited_commit_over_an_empty_head_record_still_links_its_entry() {
 
 #[test]
 fn audited_commits_grouped_together_keep_their_own_outcomes_and_one_chain() {
-    use ferry_cloud::audit::{self, Event, Submission};
+    use ferry_cloud::audit::{self, Submission};
     both(|subject| {
         let [one, two] = two_handles(subject);
         let (store, other) = (Store::with_backend(one).unwrap(), Store::with_backend(two).unwrap());
-        let event = |action: &str| Event {
-            actor: "tester".into(),
-            action: action.into(),
-            allowed: true,
-            source: None,
-            session: None,
-            gateway: None,
-            detail: None,
-        };
         let claim = |key: &str| {
             Batch::default().expect(Collection::Users, key, None).put(Collection::Users, key, "claimed")
         };

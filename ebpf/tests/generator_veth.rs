@@ -15,14 +15,7 @@ use std::{
 };
 
 use ferry_ebpf::{generator::FrameGenerator, pass::PassProgram};
-use ferry_lab::{Lab, Netns, packet};
-
-fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
-    let brief = ns.ip(&["-br", "link", "show", "dev", iface]).unwrap();
-    let text = brief.split_whitespace().nth(2).unwrap().to_string();
-    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-    bytes.try_into().unwrap()
-}
+use ferry_lab::{Lab, packet};
 
 #[test]
 fn generated_frames_reach_the_peer_s_socket_once_each() {
@@ -55,8 +48,8 @@ fn generated_frames_reach_the_peer_s_socket_once_each() {
     assert_eq!(set, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 
     let mut frame = packet::udp4([192, 0, 2, 1], 9001, [192, 0, 2, 2], 9000, b"ferry generator");
-    frame[..6].copy_from_slice(&mac(&receiver, &link.b));
-    frame[6..12].copy_from_slice(&mac(&sender, &link.a));
+    frame[..6].copy_from_slice(&receiver.mac(&link.b).unwrap());
+    frame[6..12].copy_from_slice(&sender.mac(&link.a).unwrap());
     const COUNT: u32 = 100;
     let iface = link.a.clone();
     sender

@@ -151,6 +151,16 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&*self.name).args(args))
     }
 
+    /// The Ethernet address of `ifname` (for frames built by hand).
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
+        let brief = self.ip(&["-br", "link", "show", "dev", ifname])?;
+        let text = brief.split_whitespace().nth(2).unwrap_or_default();
+        let bytes: Option<Vec<u8>> = text.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect();
+        bytes
+            .and_then(|b| <[u8; 6]>::try_from(b).ok())
+            .ok_or_else(|| crate::Error::Setup(format!("no Ethernet address for {ifname} in `{brief}`")))
+    }
+
     /// Adds an address (CIDR) to `ifname`. IPv6 addresses skip duplicate
     /// address detection so they are usable at once.
     pub fn add_addr(&self, ifname: &str, cidr: &str) -> Result<()> {

@@ -384,33 +384,16 @@ pub fn modify_audited<R>(
     store: &Store,
     id: u64,
     time_ms: u64,
-    mut acting: Option<ActingUser>,
-    mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+    acting: Option<ActingUser>,
+    change: impl FnMut(&mut Session) -> Result<R, SessionError>,
     event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
 ) -> Result<Option<(Session, R)>, SessionError> {
-    for attempt in 0..64 {
-        let (_underway, others) = store.session_change();
-        // A start that lost its subnet to another, or that runs beside
-        // other changes here, picks a free subnet at random: racing all of
-        // them for the lowest would make all but one start over.
-        let pick = if attempt > 0 || others { Pick::Random } else { Pick::Lowest };
-        let Some(planned) = prepare_picking(store, id, pick, None, &mut change)? else { return Ok(None) };
-        if !planned.changed() {
-            return Ok(Some((planned.after, planned.result)));
-        }
-        let batch = match acting.as_mut() {
-            Some(acting) => acting.expect_in(store, attempt > 0, planned.batch)?,
-            None => planned.batch,
-        };
-        let committed =
-            crate::audit::commit_audited(store, time_ms, event(&planned.after, &planned.result), batch);
-        match committed {
-            Ok(()) => return Ok(Some((planned.after, planned.result))),
-            Err(BackendError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(BackendError::Unavailable(format!("session {id} is changed too often; gave up")).into())
+    let work = modify_with(store, id, None, acting, change, event, |event, batch| {
+        std::future::ready(crate::audit::commit_audited(store, time_ms, event, batch))
+    });
+    // Every future it awaits is ready: one poll runs it to its end.
+    futures_util::FutureExt::now_or_never(work)
+        .unwrap_or_else(|| Err(BackendError::Io("a session change did not finish".into()).into()))
 }
 
 /// [`modify_audited`] for a task, which waits for the commit without
@@ -423,13 +406,33 @@ pub async fn modify_audited_async<R>(
     store: &Store,
     id: u64,
     time_ms: u64,
+    known: Option<Vec<u8>>,
+    acting: Option<ActingUser>,
+    change: impl FnMut(&mut Session) -> Result<R, SessionError>,
+    event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
+) -> Result<Option<(Session, R)>, SessionError> {
+    modify_with(store, id, known, acting, change, event, |event, batch| {
+        crate::audit::commit_audited_async(store, time_ms, event, batch)
+    })
+    .await
+}
+
+/// The attempts of [`modify_audited`] and [`modify_audited_async`], which
+/// differ only in how they `commit`.
+async fn modify_with<R, F: std::future::Future<Output = Result<(), BackendError>>>(
+    store: &Store,
+    id: u64,
     mut known: Option<Vec<u8>>,
     mut acting: Option<ActingUser>,
     mut change: impl FnMut(&mut Session) -> Result<R, SessionError>,
     event: impl Fn(&Session, &R) -> Option<crate::audit::Event>,
+    commit: impl Fn(Option<crate::audit::Event>, Batch) -> F,
 ) -> Result<Option<(Session, R)>, SessionError> {
     for attempt in 0..64 {
         let (_underway, others) = store.session_change();
+        // A start that lost its subnet to another, or that runs beside
+        // other changes here, picks a free subnet at random: racing all of
+        // them for the lowest would make all but one start over.
         let pick = if attempt > 0 || others { Pick::Random } else { Pick::Lowest };
         let Some(planned) = prepare_picking(store, id, pick, known.take(), &mut change)? else {
             return Ok(None);
@@ -441,8 +444,7 @@ pub async fn modify_audited_async<R>(
             Some(acting) => acting.expect_in(store, attempt > 0, planned.batch)?,
             None => planned.batch,
         };
-        let event = event(&planned.after, &planned.result);
-        match crate::audit::commit_audited_async(store, time_ms, event, batch).await {
+        match commit(event(&planned.after, &planned.result), batch).await {
             Ok(()) => return Ok(Some((planned.after, planned.result))),
             Err(BackendError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
