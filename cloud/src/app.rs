@@ -66,6 +66,15 @@ impl Actor {
         Actor { name: format!("gateway:{id}"), source, user: None }
     }
 
+    /// The actor of a change that takes something away (an end, a
+    /// revocation): it expects nothing of their user record, so it goes
+    /// through whatever happened to them meanwhile. (An administrator
+    /// disabled while disabling another must still end that user's
+    /// sessions.)
+    pub fn taking_away(&self) -> Actor {
+        Actor { user: None, ..self.clone() }
+    }
+
     /// An audit event by this actor about `session`.
     pub fn session_event(
         &self,
@@ -284,7 +293,7 @@ impl AppState {
             .change_session_detached(
                 id,
                 known,
-                actor.clone(),
+                actor.taking_away(),
                 "session.end",
                 move |s| {
                     s.still_released(only_for)?;
@@ -338,7 +347,7 @@ impl AppState {
         let now = self.now_ms();
         let revoked = self.change_session_then(
             session_id,
-            actor.user.clone(),
+            None,
             |s| {
                 let before = s.configs.len();
                 s.configs.retain(|c| c.id != config_id);
@@ -381,7 +390,7 @@ impl AppState {
         let now = self.now_ms();
         let ended = self.change_session_audited(
             id,
-            actor,
+            &actor.taking_away(),
             "session.end",
             |s| Ok(s.end(reason.clone(), now)?),
             |_, _| Some(describe(&reason)),
@@ -426,24 +435,35 @@ impl AppState {
     /// A user was just disabled by `by`: sessions they started end, and
     /// configurations issued to them in other sessions are revoked.
     pub fn user_disabled(&self, user: &User, by: &Actor) -> Result<(), SessionError> {
+        let by = by.taking_away();
+        // Every session is tried even if one fails: the first error is
+        // returned after.
+        let mut first_error = None;
         for session in sessions::all_live(&self.store)? {
-            if session.started_by.as_deref() == Some(user.name.as_str()) {
+            let done = if session.started_by.as_deref() == Some(user.name.as_str()) {
                 let reason = EndReason::UserDisabled { name: user.name.clone() };
-                self.end_session(session.id, reason, by)?;
+                self.end_session(session.id, reason, &by).map(drop)
             } else if session.configs.iter().any(|c| c.user_id == user.id) {
                 self.change_session_audited(
                     session.id,
-                    by,
+                    &by,
                     "session.config_revoke",
                     |s| {
                         s.configs.retain(|c| c.user_id != user.id);
                         Ok(())
                     },
                     |_, _| Some(format!("configuration of disabled user {} revoked", user.name)),
-                )?;
+                )
+                .map(drop)
+            } else {
+                Ok(())
+            };
+            if let Err(error) = done {
+                tracing::error!(%error, session = session.id, user = %user.name, "ending a disabled user's session failed");
+                first_error.get_or_insert(error);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -381,9 +381,8 @@ enum Credential {
 /// takes effect at once.
 pub struct Caller {
     pub user: User,
-    /// `user` as stored when the credential was checked (see
-    /// [`Caller::actor`]).
-    user_record: Vec<u8>,
+    /// `user` as their credential was checked (see [`Caller::actor`]).
+    checked: crate::sessions::ActingUser,
     /// None for a login's access token or a console session (all the
     /// role's rights).
     pub scopes: Option<Vec<Scope>>,
@@ -436,7 +435,7 @@ fn credential(parts: &Parts) -> Result<Credential, Refusal> {
 }
 
 /// Who a credential belongs to: the user, the token's scopes, and how.
-type Identity = (User, Vec<u8>, Option<Vec<Scope>>, Via);
+type Identity = (User, crate::sessions::ActingUser, Option<Vec<Scope>>, Via);
 
 /// Who a credential belongs to now, with what it allows.
 fn identify(
@@ -489,7 +488,10 @@ fn identify(
             }
             _ => "the access token was revoked; log in again",
         })),
-        Some((user, stored)) => Ok((user, stored, scopes, via)),
+        Some((user, stored)) => {
+            let checked = crate::sessions::ActingUser { id: user.id, stored, role: user.role, epoch };
+            Ok((user, checked, scopes, via))
+        }
         None => Err(Refusal::audited("the credential's user no longer exists")),
     })
 }
@@ -535,8 +537,8 @@ impl Caller {
         };
         let credential = credential(parts).map_err(refuse)?;
         let now = state.now_ms();
-        let (user, user_record, scopes, via) = identify(state, &credential, now)?.map_err(refuse)?;
-        let caller = Caller { user, user_record, scopes, source, via, credential };
+        let (user, checked, scopes, via) = identify(state, &credential, now)?.map_err(refuse)?;
+        let caller = Caller { user, checked, scopes, source, via, credential };
         if let Via::Console(found) = &caller.via {
             let safe = matches!(parts.method, Method::GET | Method::HEAD);
             if !safe && let Err(reason) = csrf_check(parts, found) {
@@ -612,7 +614,7 @@ impl Caller {
         crate::app::Actor {
             name: self.user.name.clone(),
             source: self.source.clone(),
-            user: Some(crate::sessions::ActingUser { id: self.user.id, stored: self.user_record.clone() }),
+            user: Some(self.checked.clone()),
         }
     }
 

@@ -197,8 +197,8 @@ impl From<crate::sessions::SessionError> for ApiError {
             ),
             SessionError::Store(e) => e.into(),
             SessionError::NoLongerReleased(_) => ApiError::forbidden(e.to_string()),
-            // As a request with the disabled user's credential is refused.
-            SessionError::UserDisabled(_) => ApiError::unauthorized(e.to_string()),
+            // As a request with the credential would be refused now.
+            SessionError::ActorChanged(_) => ApiError::unauthorized(e.to_string()),
         }
     }
 }

@@ -381,7 +381,7 @@ async fn start(
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(
             e
-            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::UserDisabled(_)),
+            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::ActorChanged(_)),
         ) => {
             state.audit_session(&actor(&caller), "session.start", false, &session, Some(e.to_string()));
             Err(e.into())
@@ -414,7 +414,7 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(
             e
-            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::UserDisabled(_)),
+            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::ActorChanged(_)),
         ) => {
             state.audit_session(&actor(&caller), "session.end", false, &session, Some(e.to_string()));
             Err(e.into())
@@ -519,6 +519,11 @@ async fn issue(state: &AppState, caller: &Caller, id: u64, request: &ConfigReque
         Ok(None) => return Err(ApiError::not_found(format!("no session {id}"))),
         Err(e) => {
             state.hub.forget_allocation(config_id);
+            if let SessionError::ActorChanged(why) = &e
+                && let Ok(Some(session)) = sessions::get(&state.store, id)
+            {
+                state.audit_session(&actor(caller), "session.config", false, &session, Some(why.clone()));
+            }
             return Err(e.into());
         }
     };

@@ -228,10 +228,11 @@ pub enum SessionError {
     /// change runs on the newest document.
     #[error("session {0} is no longer released to you")]
     NoLongerReleased(u64),
-    /// The user the change was made for was disabled (or removed) after
-    /// their credential was checked: found when the change runs again.
-    #[error("user {0} is disabled")]
-    UserDisabled(String),
+    /// The user the change was made for was disabled or removed, or their
+    /// role or credential changed, after their credential was checked:
+    /// found when the change runs again. Says which.
+    #[error("{0} since the request was checked; authenticate again")]
+    ActorChanged(String),
 }
 
 /// The person a change is made for, as their credential was checked. The
@@ -241,17 +242,27 @@ pub enum SessionError {
 /// just before an administrator disabled the technician could commit after
 /// the disabling had ended the technician's sessions, and the session ran
 /// for a disabled user.
+///
+/// Only changes that give something (a start, a configuration, a session's
+/// settings) carry it: an end or a revocation must go through whoever
+/// asked, and whatever happened to them meanwhile.
 #[derive(Clone, Debug)]
 pub struct ActingUser {
     pub id: u64,
     /// The user's record as read when the credential was checked.
     pub stored: Vec<u8>,
+    /// Their role then, which their rights were checked for.
+    pub role: ferry_api::Role,
+    /// The token epoch their credential was issued in (None for an API
+    /// token, which a password change does not revoke).
+    pub epoch: Option<u32>,
 }
 
 impl ActingUser {
     /// `batch` with this attempt's expectation of the record: the first
     /// attempt expects it as read at the check; the next ones (`again`)
-    /// read it again, and refuse if the user is disabled or gone.
+    /// read it again, and refuse if the user is disabled or gone, their
+    /// role changed, or their credential was revoked (its epoch passed).
     fn expect_in(&mut self, store: &Store, again: bool, batch: Batch) -> Result<Batch, SessionError> {
         let (collection, key) = crate::users::stored_at(self.id);
         if again {
@@ -260,10 +271,23 @@ impl ActingUser {
                 crate::users::UserError::Store(e) => SessionError::Store(e),
                 other => SessionError::Store(BackendError::Io(other.to_string())),
             })?;
-            match (user, stored) {
-                (Some(user), Some(stored)) if !user.disabled => self.stored = stored,
-                (Some(user), _) => return Err(SessionError::UserDisabled(user.name)),
-                _ => return Err(SessionError::UserDisabled(format!("#{} (removed)", self.id))),
+            let changed = match (&user, &stored) {
+                (Some(user), _) if user.disabled => Some(format!("user {} was disabled", user.name)),
+                (Some(user), _) if user.role != self.role => {
+                    Some(format!("the role of user {} changed", user.name))
+                }
+                (Some(user), _) if self.epoch.is_some_and(|e| e != user.token_epoch) => {
+                    Some(format!("the credential of user {} was revoked", user.name))
+                }
+                (Some(_), Some(_)) => None,
+                _ => Some(format!("user {} was removed", self.id)),
+            };
+            match (changed, stored) {
+                (None, Some(stored)) => self.stored = stored,
+                (Some(why), _) => return Err(SessionError::ActorChanged(why)),
+                (None, None) => {
+                    return Err(SessionError::ActorChanged(format!("user {} was removed", self.id)));
+                }
             }
         }
         Ok(batch.expect(collection, key, Some(self.stored.clone())))
@@ -391,9 +415,12 @@ pub fn modify_audited<R>(
     let work = modify_with(store, id, None, acting, change, event, |event, batch| {
         std::future::ready(crate::audit::commit_audited(store, time_ms, event, batch))
     });
-    // Every future it awaits is ready: one poll runs it to its end.
-    futures_util::FutureExt::now_or_never(work)
-        .unwrap_or_else(|| Err(BackendError::Io("a session change did not finish".into()).into()))
+    // Every future it awaits is ready: one poll runs it to its end. (Were
+    // one ever not, the change might have committed: tests would catch it.)
+    futures_util::FutureExt::now_or_never(work).unwrap_or_else(|| {
+        debug_assert!(false, "modify_with awaited a future that was not ready");
+        Err(BackendError::Io("a session change did not finish".into()).into())
+    })
 }
 
 /// [`modify_audited`] for a task, which waits for the commit without
@@ -772,7 +799,9 @@ mod tests {
                 .unwrap();
         let checked = || {
             let (collection, key) = crate::users::stored_at(tech.id);
-            ActingUser { id: tech.id, stored: store.backend().get(collection, &key).unwrap().unwrap() }
+            let stored = store.backend().get(collection, &key).unwrap().unwrap();
+            let user = crate::users::from_stored(&stored).unwrap();
+            ActingUser { id: tech.id, stored, role: user.role, epoch: Some(user.token_epoch) }
         };
         let change_user = |change: fn(&mut crate::users::User)| {
             crate::users::modify::<_, crate::users::UserError>(&store, tech.id, |u| {
@@ -816,7 +845,7 @@ mod tests {
             |_, _| None,
         );
         assert!(
-            matches!(started, Err(SessionError::UserDisabled(ref name)) if name == "tech"),
+            matches!(started, Err(SessionError::ActorChanged(ref why)) if why == "user tech was disabled"),
             "{started:?}"
         );
         // The same through the cloud's own call for a task, which the
@@ -832,9 +861,74 @@ mod tests {
             |s| Ok(s.start("tech", 3, ON)?),
             |_, _| None,
         ));
-        assert!(matches!(started, Err(SessionError::UserDisabled(_))), "{started:?}");
+        assert!(matches!(started, Err(SessionError::ActorChanged(_))), "{started:?}");
         assert!(!get(&store, second.id).unwrap().unwrap().state.is_live(), "started for a disabled user");
         assert_eq!(subnets_held(&store).unwrap(), 1, "only the first session holds a subnet");
+
+        // Enabled again with a new password: the credential checked before
+        // (its epoch passed) no longer holds, an API token (no epoch) does.
+        let acting = checked();
+        change_user(|u| {
+            u.disabled = false;
+            u.token_epoch += 1;
+        });
+        let start = |acting: ActingUser| {
+            modify_audited(&store, second.id, 4, Some(acting), |s| Ok(s.start("tech", 4, ON)?), |_, _| None)
+        };
+        let started = start(acting.clone());
+        assert!(
+            matches!(started, Err(SessionError::ActorChanged(ref why)) if why == "the credential of user tech was revoked"),
+            "{started:?}"
+        );
+        let started = start(ActingUser { epoch: None, ..acting });
+        assert!(started.is_ok(), "{started:?}");
+    }
+
+    /// An administrator disables a technician while another administrator
+    /// disables the first: the technician's sessions must still end (an
+    /// end expects nothing of its actor's record), and an end the
+    /// technician asks for goes through too.
+    #[test]
+    fn ends_go_through_whatever_happened_to_their_actor_meanwhile() {
+        let (_dir, store) = store();
+        let admin =
+            crate::users::create(&store, "admin", ferry_api::Role::Administrator, "a long password 1", 0)
+                .unwrap();
+        let tech =
+            crate::users::create(&store, "tech", ferry_api::Role::RemoteConnectUser, "a long password 1", 0)
+                .unwrap();
+        let acting = |id: u64| {
+            let (collection, key) = crate::users::stored_at(id);
+            let stored = store.backend().get(collection, &key).unwrap().unwrap();
+            let user = crate::users::from_stored(&stored).unwrap();
+            ActingUser { id, stored, role: user.role, epoch: Some(user.token_epoch) }
+        };
+        let disable = |id: u64| {
+            crate::users::modify::<_, crate::users::UserError>(&store, id, |u| {
+                u.disabled = true;
+                u.token_epoch += 1;
+                Ok(())
+            })
+            .unwrap()
+            .unwrap()
+            .0
+        };
+        let (one, two) = (new(&store, 7), new(&store, 7));
+        for session in [&one, &two] {
+            modify(&store, session.id, |s| Ok(s.start("tech", 1, ON)?)).unwrap();
+        }
+        let state = crate::http::AppState::new(store.clone()).unwrap();
+        let by_admin = crate::app::Actor { name: "admin".into(), source: None, user: Some(acting(admin.id)) };
+        let by_tech = crate::app::Actor { name: "tech".into(), source: None, user: Some(acting(tech.id)) };
+        disable(admin.id);
+        let tech = disable(tech.id);
+        // The technician's own end, asked before they were disabled.
+        let ended = state.end_session(one.id, EndReason::User { name: "tech".into() }, &by_tech);
+        assert!(matches!(ended, Ok(Some(ref s)) if !s.state.is_live()), "{ended:?}");
+        // The disabling's own ends, by the administrator disabled meanwhile.
+        state.user_disabled(&tech, &by_admin).unwrap();
+        assert!(!get(&store, two.id).unwrap().unwrap().state.is_live(), "a disabled user's session runs on");
+        assert_eq!(subnets_held(&store).unwrap(), 0);
     }
 
     #[test]
