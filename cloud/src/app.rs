@@ -433,18 +433,34 @@ impl AppState {
     }
 
     /// A user was just disabled by `by`: sessions they started end, and
-    /// configurations issued to them in other sessions are revoked.
+    /// configurations issued to them in other sessions are revoked. Each
+    /// session is checked again on its newest document (it may have ended,
+    /// or been started again by another, since the list was read), and
+    /// every one is tried even if one fails: the first error is returned
+    /// after. Running it again finishes what a failure left.
     pub fn user_disabled(&self, user: &User, by: &Actor) -> Result<(), SessionError> {
         let by = by.taking_away();
-        // Every session is tried even if one fails: the first error is
-        // returned after.
+        let now = self.now_ms();
+        let reason = EndReason::UserDisabled { name: user.name.clone() };
+        let started_by_them = |s: &Session| s.started_by.as_deref() == Some(user.name.as_str());
         let mut first_error = None;
         for session in sessions::all_live(&self.store)? {
-            let done = if session.started_by.as_deref() == Some(user.name.as_str()) {
-                let reason = EndReason::UserDisabled { name: user.name.clone() };
-                self.end_session(session.id, reason, &by).map(drop)
+            let (what, done) = if started_by_them(&session) {
+                let ended = self.change_session_audited(
+                    session.id,
+                    &by,
+                    "session.end",
+                    |s| {
+                        if s.state.is_live() && started_by_them(s) {
+                            s.end(reason.clone(), now)?;
+                        }
+                        Ok(())
+                    },
+                    |_, _| Some(describe(&reason)),
+                );
+                ("ending", ended.map(drop))
             } else if session.configs.iter().any(|c| c.user_id == user.id) {
-                self.change_session_audited(
+                let revoked = self.change_session_audited(
                     session.id,
                     &by,
                     "session.config_revoke",
@@ -453,13 +469,13 @@ impl AppState {
                         Ok(())
                     },
                     |_, _| Some(format!("configuration of disabled user {} revoked", user.name)),
-                )
-                .map(drop)
+                );
+                ("revoking the configurations of", revoked.map(drop))
             } else {
-                Ok(())
+                continue;
             };
             if let Err(error) = done {
-                tracing::error!(%error, session = session.id, user = %user.name, "ending a disabled user's session failed");
+                tracing::error!(%error, session = session.id, user = %user.name, "{what} a disabled user's session failed");
                 first_error.get_or_insert(error);
             }
         }

@@ -199,6 +199,9 @@ impl From<crate::sessions::SessionError> for ApiError {
             SessionError::NoLongerReleased(_) => ApiError::forbidden(e.to_string()),
             // As a request with the credential would be refused now.
             SessionError::ActorChanged(_) => ApiError::unauthorized(e.to_string()),
+            // The credential still holds; the rights are checked again on
+            // the next request.
+            SessionError::ActorRoleChanged(_) => ApiError::forbidden(e.to_string()),
         }
     }
 }

@@ -380,8 +380,10 @@ async fn start(
         Ok(Some((session, _))) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(
-            e
-            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::ActorChanged(_)),
+            e @ (SessionError::Refused(_)
+            | SessionError::NoLongerReleased(_)
+            | SessionError::ActorChanged(_)
+            | SessionError::ActorRoleChanged(_)),
         ) => {
             state.audit_session(&actor(&caller), "session.start", false, &session, Some(e.to_string()));
             Err(e.into())
@@ -413,8 +415,10 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
         Ok(Some(session)) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
         Err(
-            e
-            @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_) | SessionError::ActorChanged(_)),
+            e @ (SessionError::Refused(_)
+            | SessionError::NoLongerReleased(_)
+            | SessionError::ActorChanged(_)
+            | SessionError::ActorRoleChanged(_)),
         ) => {
             state.audit_session(&actor(&caller), "session.end", false, &session, Some(e.to_string()));
             Err(e.into())
@@ -519,10 +523,10 @@ async fn issue(state: &AppState, caller: &Caller, id: u64, request: &ConfigReque
         Ok(None) => return Err(ApiError::not_found(format!("no session {id}"))),
         Err(e) => {
             state.hub.forget_allocation(config_id);
-            if let SessionError::ActorChanged(why) = &e
+            if matches!(e, SessionError::ActorChanged(_) | SessionError::ActorRoleChanged(_))
                 && let Ok(Some(session)) = sessions::get(&state.store, id)
             {
-                state.audit_session(&actor(caller), "session.config", false, &session, Some(why.clone()));
+                state.audit_session(&actor(caller), "session.config", false, &session, Some(e.to_string()));
             }
             return Err(e.into());
         }

@@ -222,7 +222,9 @@ async fn update(
     if !recorded.get() {
         state.audit(caller.event("user.update", true, None, None, Some(detail(&user))));
     }
-    if disabled_now {
+    // Also when the user was disabled already: a disabling whose ends
+    // failed part-way is finished by asking again.
+    if disabled_now || (change.disabled == Some(true) && user.disabled) {
         refresh::revoke_user(&state.store, id)?;
         api_tokens::revoke_user(&state.store, id)?;
         console::end_user(&state.store, id)?;

@@ -233,6 +233,10 @@ pub enum SessionError {
     /// found when the change runs again. Says which.
     #[error("{0} since the request was checked; authenticate again")]
     ActorChanged(String),
+    /// The role of the user the change was made for changed after their
+    /// rights were checked: found when the change runs again.
+    #[error("the role of user {0} changed since the request was checked; try again")]
+    ActorRoleChanged(String),
 }
 
 /// The person a change is made for, as their credential was checked. The
@@ -274,10 +278,10 @@ impl ActingUser {
             let changed = match (&user, &stored) {
                 (Some(user), _) if user.disabled => Some(format!("user {} was disabled", user.name)),
                 (Some(user), _) if user.role != self.role => {
-                    Some(format!("the role of user {} changed", user.name))
+                    return Err(SessionError::ActorRoleChanged(user.name.clone()));
                 }
                 (Some(user), _) if self.epoch.is_some_and(|e| e != user.token_epoch) => {
-                    Some(format!("the credential of user {} was revoked", user.name))
+                    Some(format!("the logins of user {} were revoked (password changed)", user.name))
                 }
                 (Some(_), Some(_)) => None,
                 _ => Some(format!("user {} was removed", self.id)),
@@ -865,22 +869,29 @@ mod tests {
         assert!(!get(&store, second.id).unwrap().unwrap().state.is_live(), "started for a disabled user");
         assert_eq!(subnets_held(&store).unwrap(), 1, "only the first session holds a subnet");
 
-        // Enabled again with a new password: the credential checked before
-        // (its epoch passed) no longer holds, an API token (no epoch) does.
+        // Enabled again; then, after their credential was checked, their
+        // password changes (its epoch passes): the credential no longer
+        // holds, an API token (no epoch) still does.
+        change_user(|u| u.disabled = false);
         let acting = checked();
-        change_user(|u| {
-            u.disabled = false;
-            u.token_epoch += 1;
-        });
+        change_user(|u| u.token_epoch += 1);
         let start = |acting: ActingUser| {
             modify_audited(&store, second.id, 4, Some(acting), |s| Ok(s.start("tech", 4, ON)?), |_, _| None)
         };
         let started = start(acting.clone());
         assert!(
-            matches!(started, Err(SessionError::ActorChanged(ref why)) if why == "the credential of user tech was revoked"),
+            matches!(started, Err(SessionError::ActorChanged(ref why)) if why == "the logins of user tech were revoked (password changed)"),
             "{started:?}"
         );
-        let started = start(ActingUser { epoch: None, ..acting });
+        // Their role changed after their rights were checked: refused too.
+        let acting = checked();
+        change_user(|u| u.role = ferry_api::Role::RemoteConnectAdministrator);
+        let started = start(acting.clone());
+        assert!(
+            matches!(started, Err(SessionError::ActorRoleChanged(ref name)) if name == "tech"),
+            "{started:?}"
+        );
+        let started = start(ActingUser { epoch: None, ..checked() });
         assert!(started.is_ok(), "{started:?}");
     }
 
@@ -925,7 +936,10 @@ mod tests {
         // The technician's own end, asked before they were disabled.
         let ended = state.end_session(one.id, EndReason::User { name: "tech".into() }, &by_tech);
         assert!(matches!(ended, Ok(Some(ref s)) if !s.state.is_live()), "{ended:?}");
-        // The disabling's own ends, by the administrator disabled meanwhile.
+        // The disabling's own ends, by the administrator disabled meanwhile;
+        // asked again (as after a disabling that failed part-way), there is
+        // nothing left to do, and no error.
+        state.user_disabled(&tech, &by_admin).unwrap();
         state.user_disabled(&tech, &by_admin).unwrap();
         assert!(!get(&store, two.id).unwrap().unwrap().state.is_live(), "a disabled user's session runs on");
         assert_eq!(subnets_held(&store).unwrap(), 0);
