@@ -414,12 +414,8 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<u64>)
     match state.end_session_async(id, Some(stored), reason, &actor(&caller), only_for).await {
         Ok(Some(session)) => Ok(Json(session)),
         Ok(None) => Err(ApiError::not_found(format!("no session {id}"))),
-        Err(
-            e @ (SessionError::Refused(_)
-            | SessionError::NoLongerReleased(_)
-            | SessionError::ActorChanged(_)
-            | SessionError::ActorRoleChanged(_)),
-        ) => {
+        // An end expects nothing of its actor's record (Actor::taking_away).
+        Err(e @ (SessionError::Refused(_) | SessionError::NoLongerReleased(_))) => {
             state.audit_session(&actor(&caller), "session.end", false, &session, Some(e.to_string()));
             Err(e.into())
         }

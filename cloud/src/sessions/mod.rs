@@ -229,8 +229,9 @@ pub enum SessionError {
     #[error("session {0} is no longer released to you")]
     NoLongerReleased(u64),
     /// The user the change was made for was disabled or removed, or their
-    /// role or credential changed, after their credential was checked:
-    /// found when the change runs again. Says which.
+    /// password changed (which revokes their logins), after their
+    /// credential was checked: found when the change runs again. Says
+    /// which.
     #[error("{0} since the request was checked; authenticate again")]
     ActorChanged(String),
     /// The role of the user the change was made for changed after their
