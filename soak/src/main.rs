@@ -46,9 +46,17 @@ struct Cli {
     /// The same seed replays the same schedule.
     #[arg(long)]
     seed: Option<u64>,
-    /// Leave out the fault that makes the cloud unreachable (20 to 60 s).
-    #[arg(long)]
+    /// Leave out the fault that makes the cloud unreachable (20 to 60 s);
+    /// the same as `--cloud-outage-percent 0`.
+    #[arg(long, conflicts_with = "cloud_outage_percent")]
     no_cloud_outage: bool,
+    /// The chance, in percent, that a fault step brings the cloud's outage
+    /// first. Drawn from a stream of its own, so another chance changes
+    /// which steps bring one and nothing else of the schedule (until the
+    /// timing differs). Raise it to soak the reconnections after outages:
+    /// at 100 every fault step brings one.
+    #[arg(long, default_value_t = soak::DEFAULT_OUTAGE_PERCENT, value_parser = clap::value_parser!(u64).range(0..=100))]
+    cloud_outage_percent: u64,
     /// How many technicians (2 to 6): two on public addresses of their
     /// own, then alternately one behind a symmetric NAT (the `ferry`
     /// client takes the relay) and one behind a cone NAT. Which technician
@@ -104,14 +112,17 @@ fn main() -> ExitCode {
     if cli.gateways != DEFAULT_GATEWAYS {
         replay.push_str(&format!(" --gateways {}", cli.gateways));
     }
-    if cli.no_cloud_outage {
+    let outage_percent = if cli.no_cloud_outage { 0 } else { cli.cloud_outage_percent };
+    if outage_percent == 0 {
         replay.push_str(" --no-cloud-outage");
+    } else if outage_percent != soak::DEFAULT_OUTAGE_PERCENT {
+        replay.push_str(&format!(" --cloud-outage-percent {outage_percent}"));
     }
     println!("ferry-soak: seed {seed}, workload for {}s (replay with {replay})", duration.as_secs());
     match soak::run(
         seed,
         duration,
-        !cli.no_cloud_outage,
+        outage_percent,
         cli.technicians as usize,
         cli.gateways as usize,
         cli.storage,

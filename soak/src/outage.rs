@@ -17,8 +17,9 @@ use crate::soak::{Outcome, Soak};
 /// their schedules. The constant was picked among a few so that seed 2's
 /// 90 s run in CI meets an outage at its second fault step.
 pub const OUTAGE_STREAM: u64 = 0x5eed_c10d_0027;
-/// Chance of an outage at a fault step, in percent.
-const OUTAGE_PERCENT: u64 = 20;
+/// Chance of an outage at a fault step, in percent, unless the command
+/// line says otherwise.
+pub const DEFAULT_OUTAGE_PERCENT: u64 = 20;
 /// From the cloud reachable again to the gateway and the relay connected
 /// (their own metrics) and online at the cloud: past the gateway's 10 s
 /// ping and 35 s silence limit (a channel whose segments were dropped may
@@ -34,7 +35,7 @@ impl Soak {
     /// At a fault step: an outage, if the third stream says so; how long
     /// it lasted.
     pub fn maybe_outage(&mut self) -> Outcome<Duration> {
-        if !self.cloud_outages || !self.outage_rng.chance(OUTAGE_PERCENT) {
+        if self.outage_percent == 0 || !self.outage_rng.chance(self.outage_percent) {
             return Ok(Duration::ZERO);
         }
         let hold = Duration::from_secs(self.outage_rng.between(20, 60));

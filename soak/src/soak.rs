@@ -15,6 +15,7 @@ use ferry_world::{
 };
 use serde_json::{Value, json};
 
+pub use crate::outage::DEFAULT_OUTAGE_PERCENT;
 use crate::{
     acked::{self, Acked, Want},
     clock::{self, CLOCK_STREAM},
@@ -95,8 +96,8 @@ pub struct Soak {
     pub database: Option<ferry_lab::postgres::Postgres>,
     /// Every write the workload got a success answer for.
     pub acked: Acked,
-    /// Whether that fault is injected.
-    pub cloud_outages: bool,
+    /// The chance of that fault at a fault step, in percent (0: never).
+    pub outage_percent: u64,
     /// The clock's stream: steps of the gateway's clock (see [`CLOCK_STREAM`]).
     pub clock_rng: Rng,
     /// Whether that fault is injected (the gateway runs under libfaketime).
@@ -175,15 +176,16 @@ fn laptops(world: &World, count: usize) -> Vec<Laptop> {
 
 /// Builds the world, runs the workload for `duration`, checks the end
 /// state; the table, or what went wrong with the event log.
-/// `cloud_outages`: whether the cloud-outage fault is drawn at all (its
-/// own stream, so leaving it out changes no other choice).
+/// `outage_percent`: the chance of the cloud-outage fault at a fault step
+/// (0: never; drawn from its own stream, so leaving it out or changing
+/// the chance changes no other choice).
 /// `technicians`: how many ([`MIN_TECHNICIANS`] to [`MAX_TECHNICIANS`]);
 /// which one acts at a step comes from the first stream, so another count
 /// is another schedule.
 pub fn run(
     seed: u64,
     duration: Duration,
-    cloud_outages: bool,
+    outage_percent: u64,
     technicians: usize,
     gateways: usize,
     storage: Storage,
@@ -193,7 +195,7 @@ pub fn run(
     // above, printed as it happened).
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut soak = Soak::new(seed, technicians, gateways, storage)?;
-        soak.cloud_outages = cloud_outages;
+        soak.outage_percent = outage_percent;
         let outcome = match soak.drive(duration).and_then(|()| soak.finish()) {
             Ok(()) => Ok(soak.stats.table(&soak.usage)),
             Err(breach) => Err(soak.failure(&breach)),
@@ -283,7 +285,7 @@ impl Soak {
             replica_rng: Rng::new(seed ^ REPLICA_STREAM),
             database,
             acked: Acked::default(),
-            cloud_outages: true,
+            outage_percent: DEFAULT_OUTAGE_PERCENT,
             clock_rng: Rng::new(seed ^ CLOCK_STREAM),
             clock_steps: faketime,
             clock_held: None,

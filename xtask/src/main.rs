@@ -81,10 +81,14 @@ enum Command {
         /// end) and runs two `ferry-cloud` replicas on it.
         #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
         storage: String,
-        /// Leave out the fault that makes the cloud unreachable (as the
-        /// random-seed run in CI does).
-        #[arg(long)]
+        /// Leave out the fault that makes the cloud unreachable.
+        #[arg(long, conflicts_with = "cloud_outage_percent")]
         no_cloud_outage: bool,
+        /// The chance, in percent, that a fault step brings the cloud's
+        /// outage (default 20; 100: every fault step; see `ferry-soak
+        /// --help`).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100))]
+        cloud_outage_percent: Option<u64>,
     },
     /// Remove network namespaces, sockets and lab folders left by killed
     /// test and demo runs.
@@ -108,8 +112,18 @@ fn main() -> Result<()> {
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Bench { names } => bench::run(&names),
         Command::Demo { path, once } => demo::run(path.as_deref(), once),
-        Command::Soak { minutes, seconds, seed, technicians, gateways, storage, no_cloud_outage } => {
-            soak::run(minutes, seconds, seed, technicians, gateways, &storage, no_cloud_outage)
+        Command::Soak {
+            minutes,
+            seconds,
+            seed,
+            technicians,
+            gateways,
+            storage,
+            no_cloud_outage,
+            cloud_outage_percent,
+        } => {
+            let outage_percent = if no_cloud_outage { Some(0) } else { cloud_outage_percent };
+            soak::run(minutes, seconds, seed, technicians, gateways, &storage, outage_percent)
         }
         Command::Sweep => {
             for object in ferry_lab::sweep_stale() {

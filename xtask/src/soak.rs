@@ -22,7 +22,7 @@ pub fn run(
     technicians: u64,
     gateways: u64,
     storage: &str,
-    no_cloud_outage: bool,
+    outage_percent: Option<u64>,
 ) -> Result<()> {
     if !setup::is_root() {
         eprintln!(
@@ -52,8 +52,8 @@ pub fn run(
     soak.args(["--technicians", &technicians.to_string()]);
     soak.args(["--gateways", &gateways.to_string()]);
     soak.args(["--storage", storage]);
-    if no_cloud_outage {
-        soak.arg("--no-cloud-outage");
+    if let Some(percent) = outage_percent {
+        soak.args(["--cloud-outage-percent", &percent.to_string()]);
     }
     // Replaced by the soak, Ctrl-C and the exit status are its own.
     let error = soak.exec();
