@@ -638,6 +638,70 @@ fn a_session_through_the_relay_survives_a_relay_kill_and_restart_xdp_native() {
     a_session_through_the_relay_survives_a_relay_kill_and_restart("native");
 }
 
+/// How soon a relayed session carries traffic again after its site's NAT
+/// forgot every mapping: the gateway's keepalives (25 s) went unanswered
+/// for [`ferry_traversal::RELAY_QUIET_AFTER`] (35 s), then a handshake
+/// through the relay, answered at once, moves the relay's binding.
+const NAT_RECOVERY: Duration = Duration::from_secs(60);
+
+/// The soak found (a 30-minute run, seed 398032777, on PostgreSQL) that a
+/// flush of the conntrack table of a site behind a symmetric NAT broke its
+/// gateway's relayed sessions for minutes: the NAT gave the gateway's
+/// WireGuard socket a new external port, the relay kept sending the
+/// technician's datagrams to the old one (dropped by the NAT), and dropped
+/// the gateway's keepalives from the new one, since a relay moves a binding
+/// only with a handshake completed through it. The technician's stock
+/// wireguard-go retried its handshakes into the old binding; the gateway,
+/// holding valid session keys, started none until they expired (up to 3
+/// minutes after the last handshake). Now a gateway that hears nothing
+/// from a relayed peer for 35 s starts a handshake through the relay.
+#[test]
+fn a_relayed_session_comes_back_after_the_sites_nat_forgets_its_mappings() {
+    let mut site =
+        site(Options { site: ferry_world::Site::BehindNat(ferry_lab::Nat::Symmetric), ..Options::default() });
+    site.switch_on();
+    let (_, tunnel) = site.running(&["echo"], 600);
+    let endpoint = format!("Endpoint = {RELAY_IP}:");
+    assert!(
+        tunnel.wg_quick.contains(&endpoint),
+        "the session does not go through the relay:\n{}",
+        tunnel.wg_quick
+    );
+    // As in the relay-kill test: the case is an idle gateway (one with data
+    // in flight would start a handshake 15 s after it went unanswered).
+    std::thread::sleep(Duration::from_secs(3));
+    let flushed = site.lab.site_router().ns.output("conntrack", &["-F"]).unwrap();
+    assert!(flushed.status.success(), "conntrack -F: {}", String::from_utf8_lossy(&flushed.stderr));
+    let cut = Instant::now();
+    // The first echo right after the flush: its data reaches the relay and
+    // goes on to the old mapping.
+    assert!(
+        echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, Duration::from_secs(2)).is_err(),
+        "the echo was answered right after the NAT's flush: the flush left the gateway's mapping as it was"
+    );
+    let resumed = eventually(NAT_RECOVERY, || {
+        echo_round_trip(&site.lab.tech_ns, tunnel.proxy("echo"), ECHO_PORT, Duration::from_secs(2))
+    });
+    assert!(
+        resumed.is_ok(),
+        "no echo within {NAT_RECOVERY:?} of the site's NAT forgetting its mappings: {resumed:?}\n{}\n{}",
+        tunnel.go.show("dump"),
+        site.lab
+            .gateway_metrics()
+            .lines()
+            .filter(|l| l.contains("relay_quiet"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!("traffic back {:?} after the flush", cut.elapsed());
+    let rekeys = metric_value(&site.lab.gateway_metrics(), "ferry_gateway_relay_quiet_rekeys_total");
+    assert!(
+        rekeys >= 1.0,
+        "traffic came back {:?} after the flush without a handshake for the quiet peer",
+        cut.elapsed()
+    );
+}
+
 /// Drops every packet in and out of the cloud's namespace (loopback
 /// excepted), silently, as the soak's outage does, until the guard drops.
 struct CloudUnreachable<'a>(&'a ferry_lab::Netns);

@@ -38,6 +38,24 @@ use crate::{
 /// REJECT_AFTER_TIME: no session key is valid longer).
 const CONNECTED_WITHIN: Duration = Duration::from_secs(180);
 
+/// A peer on the relay from which nothing authenticated arrived for this
+/// long has probably lost its way through it. Both ends of a Ferry tunnel
+/// send a persistent keepalive every 25 s, so a live relayed pair hears
+/// from each other at least that often. What goes quiet is one side whose
+/// NAT gave it a new mapping (a NAT rebooted, its conntrack table flushed,
+/// a symmetric NAT's new port): the relay still sends that side's traffic
+/// to the old mapping, and drops what it sends from the new one, since a
+/// binding moves only with a handshake completed through the relay. The
+/// quiet side's own keepalives cannot fix that, and WireGuard would start a
+/// handshake only when its session keys expire (up to 3 minutes). So the
+/// traversal starts one through the relay at once, which binds this side
+/// where it is now ([`RELAY_QUIET_RETRY_MAX`] bounds the retries).
+pub const RELAY_QUIET_AFTER: Duration = Duration::from_secs(35);
+
+/// While the peer stays quiet, the handshakes through the relay are tried
+/// again after twice the previous wait, up to this.
+pub const RELAY_QUIET_RETRY_MAX: Duration = Duration::from_secs(300);
+
 struct Peer {
     plan: PeerPlan,
     active: Active,
@@ -47,6 +65,9 @@ struct Peer {
     transport_why: Option<&'static str>,
     /// The last authenticated receive the endpoint reported, to notice new ones.
     last_rx: Option<Instant>,
+    /// While the peer is quiet on the relay: when the next handshake through
+    /// it may start, and the wait before it ([`RELAY_QUIET_AFTER`]).
+    quiet_retry: Option<(Instant, Duration)>,
 }
 
 pub(crate) struct Core {
@@ -128,7 +149,14 @@ impl Core {
                 candidates = plan.candidates.len(),
                 "traversal of the peer starts"
             );
-            let state = Peer { plan, active, transport_since: now, transport_why: None, last_rx: None };
+            let state = Peer {
+                plan,
+                active,
+                transport_since: now,
+                transport_why: None,
+                last_rx: None,
+                quiet_retry: None,
+            };
             self.peers.insert(peer, state);
             self.publish_tags();
         }
@@ -253,6 +281,27 @@ impl Core {
                 // What WireGuard sent before the connection was up is lost;
                 // a handshake now, rather than at its next retry.
                 self.endpoint.rekey(&status.public_key);
+            }
+            if selected == Some(Selected::Relay)
+                && peer.active.addr().is_some()
+                && let Some(last_rx) = status.last_rx
+            {
+                let quiet = now.saturating_duration_since(last_rx.max(peer.transport_since));
+                if quiet < RELAY_QUIET_AFTER {
+                    peer.quiet_retry = None;
+                } else if peer.quiet_retry.is_none_or(|(at, _)| now >= at) {
+                    let wait = peer
+                        .quiet_retry
+                        .map_or(RELAY_QUIET_AFTER, |(_, wait)| (wait * 2).min(RELAY_QUIET_RETRY_MAX));
+                    peer.quiet_retry = Some((now + wait, wait));
+                    self.stats.relay_quiet_rekeys += 1;
+                    info!(
+                        peer = %status.public_key,
+                        quiet_s = quiet.as_secs(),
+                        "nothing from the peer through the relay: a handshake through it, so that it binds this side where it is now"
+                    );
+                    self.endpoint.rekey(&status.public_key);
+                }
             }
             let can_switch = peer.plan.mode == TransportMode::Auto
                 && peer.plan.relay.as_ref().is_some_and(|r| r.websocket.is_some());

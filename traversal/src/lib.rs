@@ -19,7 +19,10 @@
 //! - runs each peer's relay transport: the UDP relay, or the relay's
 //!   WebSocket attached to the endpoint as a virtual port (no loopback hop),
 //!   and in [`TransportMode::Auto`] moves a peer that gets no handshake over
-//!   one to the other.
+//!   one to the other;
+//! - starts a handshake through the relay for a peer on it that went quiet
+//!   ([`RELAY_QUIET_AFTER`]): this side's NAT mapping may have changed, and
+//!   only a handshake completed through the relay moves its binding.
 //!
 //! # Use
 //!
@@ -88,6 +91,7 @@ use crate::{
     task::Driver,
 };
 pub use crate::{
+    core::{RELAY_QUIET_AFTER, RELAY_QUIET_RETRY_MAX},
     plan::{PeerPlan, PlanError, RelayPlan, TransportMode, WebSocketRelay},
     status::{PathCounts, PathKind, PeerPath, TraversalStats, why},
     stun::{STUN_ATTEMPTS, STUN_INTERVAL, STUN_STALE_AFTER},

@@ -107,6 +107,9 @@ pub struct TraversalStats {
     pub candidates_refused: u64,
     /// `Auto` moves between the UDP and the WebSocket relay.
     pub transport_switches: u64,
+    /// Handshakes started through the relay for a peer that went quiet on
+    /// it ([`crate::RELAY_QUIET_AFTER`]).
+    pub relay_quiet_rekeys: u64,
     /// WebSocket relay datagrams dropped (no connection, queue full), over
     /// the connections in use now.
     pub websocket_dropped: u64,

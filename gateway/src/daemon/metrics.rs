@@ -67,6 +67,7 @@ pub struct Metrics {
     pub stun_drops: Family<ReasonLabels, Counter>,
     pub side_other: Counter,
     pub transport_switches: Counter,
+    pub relay_quiet_rekeys: Counter,
     pub candidates: Gauge,
     /// WireGuard handshake messages with a valid mac1, cookie replies sent
     /// while under load, and initiations refused by the per-source rate
@@ -110,6 +111,7 @@ impl Metrics {
             stun_drops: Family::default(),
             side_other: Counter::default(),
             transport_switches: Counter::default(),
+            relay_quiet_rekeys: Counter::default(),
             candidates: Gauge::default(),
             wg_handshakes: Counter::default(),
             wg_cookie_replies: Counter::default(),
@@ -221,6 +223,11 @@ impl Metrics {
                 "transport_switches",
                 "Moves between the UDP and the WebSocket relay in auto transport",
                 &m.transport_switches,
+            ),
+            (
+                "relay_quiet_rekeys",
+                "Handshakes started through the relay for a peer that went quiet on it (35 s): this side's NAT mapping may have changed",
+                &m.relay_quiet_rekeys,
             ),
         ];
         let wireguard_counters = [
