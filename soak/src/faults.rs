@@ -8,13 +8,23 @@ use std::time::Duration;
 
 use ferry_lab::delay::{DelayLine, Impairment};
 
-use crate::soak::{Outcome, Soak};
+use crate::{
+    recovery::NAT_RECOVERY,
+    soak::{Outcome, Soak},
+};
 
 /// The kinds, as the table names them.
 pub const KINDS: [&str; 6] =
     ["kill cloud", "kill relay", "kill gateway", "link down/up", "conntrack flush", "loss (+delay)"];
 
 impl Soak {
+    /// The sessions of gateway `g` carrying traffic now, leaving out short
+    /// ones that could expire before a recovery is checked.
+    fn carrying_at(&mut self, g: usize) -> Vec<crate::recovery::Carrying> {
+        let margin = NAT_RECOVERY + Duration::from_secs(20);
+        self.carrying_for(margin).into_iter().filter(|c| c.gateway == g).collect()
+    }
+
     /// One fault of a seeded kind; then waits until the system is back
     /// (gateway and both relays online at the cloud).
     pub fn fault(&mut self) -> Outcome {
@@ -81,7 +91,11 @@ impl Soak {
             "kill gateway" => self.kill_gateway(g, &elsewhere, &off_its_path)?,
             "link down/up" => {
                 let down = self.rng.between(1, 5);
-                self.event(format!("fault: the WAN link of {label}'s site down for {down}s"));
+                let here = self.carrying_at(g);
+                self.event(format!(
+                    "fault: the WAN link of {label}'s site down for {down}s; {} of its sessions carrying traffic",
+                    here.len()
+                ));
                 link_ns.ip(&["link", "set", &wan, "down"]).map_err(|e| e.to_string())?;
                 let cut = std::time::Instant::now();
                 self.check_other_sites(&elsewhere, &off_its_path)?;
@@ -92,15 +106,24 @@ impl Soak {
                 if let Some(via) = default_via {
                     link_ns.ip(&["route", "replace", "default", "via", via]).map_err(|e| e.to_string())?;
                 }
+                let up = std::time::Instant::now();
                 self.event(format!("fault: the link is up again after {:.1}s", was_down.as_secs_f64()));
+                self.check_site_recovery(&here, up, &format!("the link of {label}'s site came up again"))?;
             }
             "conntrack flush" => {
+                // Its own sessions must come back (every mapping changed).
+                let here = self.carrying_at(g);
                 let out = link_ns.output("conntrack", &["-F"]).map_err(|e| e.to_string())?;
+                let flushed = std::time::Instant::now();
                 if !out.status.success() {
                     return Err(format!("conntrack -F: {}", String::from_utf8_lossy(&out.stderr)));
                 }
-                self.event(format!("fault: the NAT's conntrack table flushed at {label}'s site"));
+                self.event(format!(
+                    "fault: the NAT's conntrack table flushed at {label}'s site; {} of its sessions carrying traffic",
+                    here.len()
+                ));
                 self.check_other_sites(&elsewhere, &off_its_path)?;
+                self.check_site_recovery(&here, flushed, &format!("the conntrack flush at {label}'s site"))?;
             }
             _ => {
                 let (loss, delay, hold) =

@@ -23,6 +23,11 @@ use crate::{
 
 /// From the relay running again (online at the cloud) to an answered echo.
 pub const RELAY_RECOVERY: Duration = Duration::from_secs(20);
+/// From a site's conntrack flush (or its link up again) to an answered echo: the gateway's
+/// keepalive (25 s) unanswered for `ferry_traversal::RELAY_QUIET_AFTER`
+/// (35 s) after the last datagram it had, then a handshake through the
+/// relay; a direct path comes back with its next probes.
+pub const NAT_RECOVERY: Duration = Duration::from_secs(60);
 /// How long an echo through a session whose path a fault does not touch
 /// may take (a datagram lost is retried within it; no handshake is needed).
 pub const UNTOUCHED_BOUND: Duration = Duration::from_secs(10);
@@ -102,6 +107,34 @@ impl Soak {
                 "session {}: traffic {path} again {:.1}s after it ran again",
                 c.session,
                 running_again.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every session of `carrying` answers an echo within [`NAT_RECOVERY`]
+    /// of `since` (`after`: the flush of its site's NAT, or its site's link
+    /// up again).
+    pub fn check_site_recovery(&mut self, carrying: &[Carrying], since: Instant, after: &str) -> Outcome {
+        for c in carrying {
+            let ns = self.techs[c.tech].ns.clone();
+            let left = NAT_RECOVERY.saturating_sub(since.elapsed());
+            let answered =
+                eventually(left, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
+            self.stats.checks += 1;
+            if let Err(e) = answered {
+                return Err(format!(
+                    "session {} ({}): no echo {NAT_RECOVERY:?} after {after} ({e})",
+                    c.session,
+                    c.kind.name()
+                ));
+            }
+            *self.stats.site_recoveries.entry(c.kind.name()).or_default() += 1;
+            self.event(format!(
+                "session {} ({}): traffic again {:.1}s after {after}",
+                c.session,
+                c.kind.name(),
+                since.elapsed().as_secs_f64()
             ));
         }
         Ok(())

@@ -58,6 +58,9 @@ pub struct Stats {
     /// Sessions whose traffic came back after a relay restart, by client
     /// ([`Kind::name`]; only wireguard-go's go through the relay here).
     pub relay_recoveries: BTreeMap<&'static str, u64>,
+    /// Sessions back after their site's NAT forgot its mappings (a
+    /// conntrack flush, the site's link down and up), by client kind.
+    pub site_recoveries: BTreeMap<&'static str, u64>,
     /// Tunnels' configurations by relay (index; `None`: without a relay
     /// allocation).
     pub configs_by_relay: BTreeMap<Option<usize>, u64>,
@@ -196,6 +199,13 @@ impl Stats {
             (Kind::Ferry, "  the ferry client, its path"),
         ] {
             row(label, self.relay_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
+        }
+        row(
+            "sessions recovered after a flush or link down/up",
+            self.site_recoveries.values().sum::<u64>().to_string(),
+        );
+        for (kind, label) in [(Kind::Stock, "  wireguard-go"), (Kind::Ferry, "  the ferry client")] {
+            row(label, self.site_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
         }
         row("sessions on the other relay, untouched", self.relay_untouched.to_string());
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
