@@ -581,6 +581,16 @@ fn the_control_channel_survives_the_site_link_going_down_and_up() {
     assert!(known, "the gateway never learnt of session {id} after its link went down and up: {last}");
 }
 
+/// The tunnel's wg-quick file points at the relay.
+fn assert_through_relay(tunnel: &TechTunnel) {
+    let endpoint = format!("Endpoint = {RELAY_IP}:");
+    assert!(
+        tunnel.wg_quick.contains(&endpoint),
+        "the session does not go through the relay:\n{}",
+        tunnel.wg_quick
+    );
+}
+
 /// How soon traffic through the relay resumes once a killed relay runs
 /// again (README, the relay's Restarts): it restores its allocations, on the same ports,
 /// and its bindings from its state file, so the peers' next datagrams
@@ -596,12 +606,7 @@ fn a_session_through_the_relay_survives_a_relay_kill_and_restart(xdp: &'static s
     let mut site = site(Options { relay_xdp: xdp, ..Options::default() });
     site.switch_on();
     let (_, tunnel) = site.running(&["echo"], 600);
-    let endpoint = format!("Endpoint = {RELAY_IP}:");
-    assert!(
-        tunnel.wg_quick.contains(&endpoint),
-        "the session does not go through the relay:\n{}",
-        tunnel.wg_quick
-    );
+    assert_through_relay(&tunnel);
     for round in 1..=2 {
         // The case the soak found is an idle gateway: one with data in
         // flight (the echo connection's last segments) re-initiates a
@@ -661,12 +666,7 @@ fn a_relayed_session_comes_back_after_the_sites_nat_forgets_its_mappings() {
         site(Options { site: ferry_world::Site::BehindNat(ferry_lab::Nat::Symmetric), ..Options::default() });
     site.switch_on();
     let (_, tunnel) = site.running(&["echo"], 600);
-    let endpoint = format!("Endpoint = {RELAY_IP}:");
-    assert!(
-        tunnel.wg_quick.contains(&endpoint),
-        "the session does not go through the relay:\n{}",
-        tunnel.wg_quick
-    );
+    assert_through_relay(&tunnel);
     // As in the relay-kill test: the case is an idle gateway (one with data
     // in flight would start a handshake 15 s after it went unanswered).
     std::thread::sleep(Duration::from_secs(3));

@@ -81,16 +81,19 @@ impl Soak {
         carrying
     }
 
+    /// An echo through `c` within `bound` of `since` (a counted check).
+    fn echo_within(&mut self, c: &Carrying, bound: Duration, since: Instant) -> Result<(), String> {
+        let ns = self.techs[c.tech].ns.clone();
+        let left = bound.saturating_sub(since.elapsed());
+        self.stats.checks += 1;
+        eventually(left, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2))).map(drop)
+    }
+
     /// Every session of `carrying` answers an echo within the bound after
     /// `running_again`.
     pub fn check_relay_recovery(&mut self, carrying: &[Carrying], running_again: Instant) -> Outcome {
         for c in carrying {
-            let ns = self.techs[c.tech].ns.clone();
-            let left = RELAY_RECOVERY.saturating_sub(running_again.elapsed());
-            let answered =
-                eventually(left, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
-            self.stats.checks += 1;
-            if let Err(e) = answered {
+            if let Err(e) = self.echo_within(c, RELAY_RECOVERY, running_again) {
                 return Err(format!(
                     "session {}: no echo through {} {RELAY_RECOVERY:?} after it ran again ({e})",
                     c.session,
@@ -117,12 +120,7 @@ impl Soak {
     /// up again).
     pub fn check_site_recovery(&mut self, carrying: &[Carrying], since: Instant, after: &str) -> Outcome {
         for c in carrying {
-            let ns = self.techs[c.tech].ns.clone();
-            let left = NAT_RECOVERY.saturating_sub(since.elapsed());
-            let answered =
-                eventually(left, || echo_round_trip(&ns, &c.echo, ECHO_PORT, Duration::from_secs(2)));
-            self.stats.checks += 1;
-            if let Err(e) = answered {
+            if let Err(e) = self.echo_within(c, NAT_RECOVERY, since) {
                 return Err(format!(
                     "session {} ({}): no echo {NAT_RECOVERY:?} after {after} ({e})",
                     c.session,
