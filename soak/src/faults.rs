@@ -20,7 +20,7 @@ pub const KINDS: [&str; 6] =
 impl Soak {
     /// The sessions of gateway `g` carrying traffic now, leaving out short
     /// ones that could expire before a recovery is checked.
-    fn carrying_at(&mut self, g: usize) -> Vec<crate::recovery::Carrying> {
+    pub fn carrying_at(&mut self, g: usize) -> Vec<crate::recovery::Carrying> {
         let margin = NAT_RECOVERY + Duration::from_secs(20);
         self.carrying_for(margin).into_iter().filter(|c| c.gateway == g).collect()
     }

@@ -142,7 +142,14 @@ impl Soak {
     /// the drawn time or until those checks end, whichever is later (each
     /// echo may take up to [`crate::recovery::UNTOUCHED_BOUND`]).
     pub fn kill_gateway(&mut self, g: usize, elsewhere: &[Carrying], when: &str) -> Outcome {
-        self.event(format!("fault: SIGKILL {}", Self::gateway_label(g)));
+        // Its own sessions must come back once it runs again (it restores
+        // them from its data folder; their keys are new handshakes).
+        let here = self.carrying_at(g);
+        self.event(format!(
+            "fault: SIGKILL {}; {} of its sessions carrying traffic",
+            Self::gateway_label(g),
+            here.len()
+        ));
         *self.stats.gateway_kills.entry(g).or_default() += 1;
         self.gateways[g].machine_net.history.gateway_killed(Instant::now());
         self.world.kill_gateway_at(g);
@@ -159,7 +166,8 @@ impl Soak {
             was_down.as_secs_f64(),
             down.as_millis()
         ));
-        Ok(())
+        let running = Instant::now();
+        self.check_site_recovery(&here, running, &format!("gateway {} ran again", g + 1))
     }
 
     /// The live-path check across sites: while a fault (or the switch)

@@ -7,6 +7,13 @@
 //! those on it the check says only that the relay's restart did not
 //! disturb them.
 //!
+//! The site invariant: a session that carried traffic before its site's
+//! NAT forgot its mappings (a conntrack flush, or the site's link down,
+//! which makes a masquerading router forget those of the link) or before
+//! its gateway was killed carries it again within [`NAT_RECOVERY`] of the
+//! flush, the link up or the gateway running again (the soak found relayed
+//! sessions that stayed cut until their keys expired).
+//!
 //! And the live-path invariant for a fault that touches no session's path
 //! (the cloud killed), or only slows it (loss and delay): a session
 //! carrying traffic keeps carrying it, at once ([`UNTOUCHED_BOUND`]),
@@ -116,8 +123,8 @@ impl Soak {
     }
 
     /// Every session of `carrying` answers an echo within [`NAT_RECOVERY`]
-    /// of `since` (`after`: the flush of its site's NAT, or its site's link
-    /// up again).
+    /// of `since` (`after`: the flush of its site's NAT, its site's link up
+    /// again, its gateway running again).
     pub fn check_site_recovery(&mut self, carrying: &[Carrying], since: Instant, after: &str) -> Outcome {
         for c in carrying {
             if let Err(e) = self.echo_within(c, NAT_RECOVERY, since) {

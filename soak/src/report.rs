@@ -59,7 +59,8 @@ pub struct Stats {
     /// ([`Kind::name`]; only wireguard-go's go through the relay here).
     pub relay_recoveries: BTreeMap<&'static str, u64>,
     /// Sessions back after their site's NAT forgot its mappings (a
-    /// conntrack flush, the site's link down and up), by client kind.
+    /// conntrack flush, the site's link down and up) or their gateway was
+    /// killed, by client kind.
     pub site_recoveries: BTreeMap<&'static str, u64>,
     /// Tunnels' configurations by relay (index; `None`: without a relay
     /// allocation).
@@ -201,7 +202,7 @@ impl Stats {
             row(label, self.relay_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
         }
         row(
-            "sessions recovered after a flush or link down/up",
+            "sessions back after a site fault (flush, link, kill)",
             self.site_recoveries.values().sum::<u64>().to_string(),
         );
         for (kind, label) in [(Kind::Stock, "  wireguard-go"), (Kind::Ferry, "  the ferry client")] {
