@@ -30,31 +30,13 @@ use crate::{
     host::{self, HostFilter, InterfaceAddress},
     plan::{PeerPlan, PlanError, TransportMode, remote_candidates},
     status::{PathCounts, PathKind, PeerPath, TraversalStats, why},
-    stun::{Stun, StunDrop},
+    stun::{Mapped, Stun, StunDrop},
     transport::{Active, RelayTransport, WsAttached},
 };
 
 /// A handshake older than this means the peer has gone (WireGuard's
 /// REJECT_AFTER_TIME: no session key is valid longer).
 const CONNECTED_WITHIN: Duration = Duration::from_secs(180);
-
-/// A peer on the relay from which nothing authenticated arrived for this
-/// long has probably lost its way through it. Both ends of a Ferry tunnel
-/// send a persistent keepalive every 25 s, so a live relayed pair hears
-/// from each other at least that often. What goes quiet is one side whose
-/// NAT gave it a new mapping (a NAT rebooted, its conntrack table flushed,
-/// a symmetric NAT's new port): the relay still sends that side's traffic
-/// to the old mapping, and drops what it sends from the new one, since a
-/// binding moves only with a handshake completed through the relay. The
-/// quiet side's own keepalives cannot fix that, and WireGuard would start a
-/// handshake only when its session keys expire (up to 3 minutes). So the
-/// traversal starts one through the relay at once, which binds this side
-/// where it is now ([`RELAY_QUIET_RETRY_MAX`] bounds the retries).
-pub const RELAY_QUIET_AFTER: Duration = Duration::from_secs(35);
-
-/// While the peer stays quiet, the handshakes through the relay are tried
-/// again after twice the previous wait, up to this.
-pub const RELAY_QUIET_RETRY_MAX: Duration = Duration::from_secs(300);
 
 struct Peer {
     plan: PeerPlan,
@@ -65,9 +47,6 @@ struct Peer {
     transport_why: Option<&'static str>,
     /// The last authenticated receive the endpoint reported, to notice new ones.
     last_rx: Option<Instant>,
-    /// While the peer is quiet on the relay: when the next handshake through
-    /// it may start, and the wait before it ([`RELAY_QUIET_AFTER`]).
-    quiet_retry: Option<(Instant, Duration)>,
 }
 
 pub(crate) struct Core {
@@ -149,14 +128,7 @@ impl Core {
                 candidates = plan.candidates.len(),
                 "traversal of the peer starts"
             );
-            let state = Peer {
-                plan,
-                active,
-                transport_since: now,
-                transport_why: None,
-                last_rx: None,
-                quiet_retry: None,
-            };
+            let state = Peer { plan, active, transport_since: now, transport_why: None, last_rx: None };
             self.peers.insert(peer, state);
             self.publish_tags();
         }
@@ -216,6 +188,7 @@ impl Core {
             info!(?old, new = ?admitted, "host addresses changed");
             self.paths.network_changed(now);
             self.stun.restart(now);
+            self.rebind_at_relays("the host addresses changed");
         }
         self.publish_candidates();
     }
@@ -230,11 +203,19 @@ impl Core {
             self.apply_events();
         } else if is_stun(&payload) {
             match self.stun.handle_answer(from, &payload, now) {
-                Ok(changed) => {
+                Ok(mapped) => {
                     self.stats.stun_answers += 1;
-                    if changed {
-                        info!(reflexive = ?self.stun.reflexive(), "server-reflexive address learned");
-                        self.publish_candidates();
+                    match mapped {
+                        Mapped::Same => {}
+                        Mapped::Learned => {
+                            info!(reflexive = ?self.stun.reflexive(), "server-reflexive address learned");
+                            self.publish_candidates();
+                        }
+                        Mapped::Moved => {
+                            info!(reflexive = ?self.stun.reflexive(), "server-reflexive address moved: the NAT mapped the socket anew");
+                            self.publish_candidates();
+                            self.rebind_at_relays("the server-reflexive address moved");
+                        }
                     }
                 }
                 Err(StunDrop::Unmatched) => self.stats.stun_unmatched += 1,
@@ -282,27 +263,6 @@ impl Core {
                 // a handshake now, rather than at its next retry.
                 self.endpoint.rekey(&status.public_key);
             }
-            if selected == Some(Selected::Relay)
-                && peer.active.addr().is_some()
-                && let Some(last_rx) = status.last_rx
-            {
-                let quiet = now.saturating_duration_since(last_rx.max(peer.transport_since));
-                if quiet < RELAY_QUIET_AFTER {
-                    peer.quiet_retry = None;
-                } else if peer.quiet_retry.is_none_or(|(at, _)| now >= at) {
-                    let wait = peer
-                        .quiet_retry
-                        .map_or(RELAY_QUIET_AFTER, |(_, wait)| (wait * 2).min(RELAY_QUIET_RETRY_MAX));
-                    peer.quiet_retry = Some((now + wait, wait));
-                    self.stats.relay_quiet_rekeys += 1;
-                    info!(
-                        peer = %status.public_key,
-                        quiet_s = quiet.as_secs(),
-                        "nothing from the peer through the relay: a handshake through it, so that it binds this side where it is now"
-                    );
-                    self.endpoint.rekey(&status.public_key);
-                }
-            }
             let can_switch = peer.plan.mode == TransportMode::Auto
                 && peer.plan.relay.as_ref().is_some_and(|r| r.websocket.is_some());
             let handshake = status.last_handshake;
@@ -320,6 +280,28 @@ impl Core {
             self.switch_transport(key, now);
         }
         self.apply_events();
+    }
+
+    /// This end now reaches the internet from another address or port (its
+    /// NAT mapped the socket anew, or its own addresses changed), so each
+    /// relay that carries one of its peers still sends that peer's traffic
+    /// to the old one, and drops ours from the new one: a relay moves a
+    /// binding only with a handshake completed through it. Neither our
+    /// keepalives nor the peer's retried handshakes (which go to the old
+    /// address) mend that, and WireGuard would start one from this side
+    /// only when the session's keys run out (up to 3 minutes; an idle
+    /// gateway otherwise never). So a handshake through the relay now, for
+    /// every peer on one.
+    fn rebind_at_relays(&mut self, why: &'static str) {
+        for (key, peer) in &self.peers {
+            let on_relay = self.paths.status(key).is_some_and(|s| s.selected == Selected::Relay);
+            let Some(addr) = peer.active.addr().filter(|_| on_relay) else { continue };
+            let public = PublicKey(key.0);
+            self.endpoint.set_peer_endpoint(&public, addr);
+            self.endpoint.rekey(&public);
+            self.stats.relay_rebinds += 1;
+            info!(peer = %public, relay = %addr, why, "a handshake through the relay, so that it binds this end where it is now");
+        }
     }
 
     /// `Auto`: UDP relay to WebSocket relay, or back.

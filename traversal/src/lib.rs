@@ -20,9 +20,10 @@
 //!   WebSocket attached to the endpoint as a virtual port (no loopback hop),
 //!   and in [`TransportMode::Auto`] moves a peer that gets no handshake over
 //!   one to the other;
-//! - starts a handshake through the relay for a peer on it that went quiet
-//!   ([`RELAY_QUIET_AFTER`]): this side's NAT mapping may have changed, and
-//!   only a handshake completed through the relay moves its binding.
+//! - when this end's address changes (STUN sees its NAT map the socket
+//!   anew, or its interfaces' addresses change), starts a handshake through
+//!   the relay for every peer on one: a relay moves a binding only with a
+//!   handshake completed through it.
 //!
 //! # Use
 //!
@@ -91,7 +92,6 @@ use crate::{
     task::Driver,
 };
 pub use crate::{
-    core::{RELAY_QUIET_AFTER, RELAY_QUIET_RETRY_MAX},
     plan::{PeerPlan, PlanError, RelayPlan, TransportMode, WebSocketRelay},
     status::{PathCounts, PathKind, PeerPath, TraversalStats, why},
     stun::{STUN_ATTEMPTS, STUN_INTERVAL, STUN_STALE_AFTER},

@@ -107,9 +107,10 @@ pub struct TraversalStats {
     pub candidates_refused: u64,
     /// `Auto` moves between the UDP and the WebSocket relay.
     pub transport_switches: u64,
-    /// Handshakes started through the relay for a peer that went quiet on
-    /// it ([`crate::RELAY_QUIET_AFTER`]).
-    pub relay_quiet_rekeys: u64,
+    /// Handshakes started through the relay because this end's address
+    /// changed (its NAT mapped it anew, as STUN showed, or its host
+    /// addresses changed), so that the relay binds it again.
+    pub relay_rebinds: u64,
     /// WebSocket relay datagrams dropped (no connection, queue full), over
     /// the connections in use now.
     pub websocket_dropped: u64,

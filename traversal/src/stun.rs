@@ -29,6 +29,19 @@ pub(crate) enum StunDrop {
     Failed,
 }
 
+/// What an answer says of the server-reflexive address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mapped {
+    /// As the server said before.
+    Same,
+    /// The first address from this server (at start, after a network
+    /// change, after it went stale).
+    Learned,
+    /// Another address than the server said before: this end's NAT
+    /// mapped the socket anew (its mappings forgotten, a new port).
+    Moved,
+}
+
 #[derive(Debug)]
 struct Server {
     addr: SocketAddr,
@@ -142,14 +155,14 @@ impl Stun {
         self.queue.drain(..)
     }
 
-    /// A STUN-framed datagram arrived from `from`. `Ok(true)`: the
-    /// server-reflexive candidates changed.
+    /// A STUN-framed datagram arrived from `from`: what it says of this
+    /// end's server-reflexive address.
     pub(crate) fn handle_answer(
         &mut self,
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
-    ) -> Result<bool, StunDrop> {
+    ) -> Result<Mapped, StunDrop> {
         let from = canonical(from);
         let Some(server) = self.servers.iter_mut().find(|s| s.addr == from) else {
             return Err(StunDrop::Unmatched);
@@ -168,11 +181,15 @@ impl Stun {
                 return Err(StunDrop::Failed);
             }
         };
-        let changed = server.mapped.map(|(addr, _)| addr) != Some(mapped);
+        let answer = match server.mapped {
+            None => Mapped::Learned,
+            Some((before, _)) if before == mapped => Mapped::Same,
+            Some(_) => Mapped::Moved,
+        };
         server.mapped = Some((mapped, now));
         server.pending = None;
         server.next_query = now + STUN_INTERVAL;
-        Ok(changed)
+        Ok(answer)
     }
 
     /// The server-reflexive addresses known now, each once, in server order.
@@ -262,7 +279,7 @@ mod tests {
         assert!(stun.reflexive().is_empty());
         // Ours, from the server (in its IPv4-mapped form too).
         let from: SocketAddr = "[::ffff:203.0.113.1]:3478".parse().unwrap();
-        assert_eq!(stun.handle_answer(from, &answer(&txid, mapped), t0), Ok(true));
+        assert_eq!(stun.handle_answer(from, &answer(&txid, mapped), t0), Ok(Mapped::Learned));
         assert_eq!(stun.reflexive(), vec![mapped]);
         // A replay of the same answer matches nothing any more.
         assert_eq!(stun.handle_answer(server, &answer(&txid, mapped), t0), Err(StunDrop::Unmatched));
@@ -274,9 +291,19 @@ mod tests {
         assert_ne!(txid_of(&again[0].1), txid);
         // The same mapping again is no change.
         let t1 = t0 + STUN_INTERVAL;
-        assert_eq!(stun.handle_answer(server, &answer(&txid_of(&again[0].1), mapped), t1), Ok(false));
+        assert_eq!(stun.handle_answer(server, &answer(&txid_of(&again[0].1), mapped), t1), Ok(Mapped::Same));
+        // Another one is a move: the NAT mapped the socket anew.
+        let t2 = t1 + STUN_INTERVAL;
+        stun.handle_timeout(t2, &mut rng);
+        let third: Vec<_> = stun.drain_transmits().collect();
+        let remapped: SocketAddr = "198.51.100.2:40007".parse().unwrap();
+        assert_eq!(
+            stun.handle_answer(server, &answer(&txid_of(&third[0].1), remapped), t2),
+            Ok(Mapped::Moved)
+        );
+        assert_eq!(stun.reflexive(), vec![remapped]);
         // The server leaves: its candidate goes.
-        assert!(stun.set_servers(vec![], t1));
+        assert!(stun.set_servers(vec![], t2));
         assert!(stun.reflexive().is_empty());
     }
 
@@ -313,7 +340,7 @@ mod tests {
         stun.set_servers(vec![server], t0);
         stun.handle_timeout(t0, &mut rng);
         let txid = txid_of(&stun.drain_transmits().next().unwrap().1);
-        assert_eq!(stun.handle_answer(server, &answer(&txid, mapped), t0), Ok(true));
+        assert_eq!(stun.handle_answer(server, &answer(&txid, mapped), t0), Ok(Mapped::Learned));
         // No answer to any refresh: withdrawn after STUN_STALE_AFTER.
         let mut at = t0;
         while at < t0 + STUN_STALE_AFTER {

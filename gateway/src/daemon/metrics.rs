@@ -67,7 +67,7 @@ pub struct Metrics {
     pub stun_drops: Family<ReasonLabels, Counter>,
     pub side_other: Counter,
     pub transport_switches: Counter,
-    pub relay_quiet_rekeys: Counter,
+    pub relay_rebinds: Counter,
     pub candidates: Gauge,
     /// WireGuard handshake messages with a valid mac1, cookie replies sent
     /// while under load, and initiations refused by the per-source rate
@@ -111,7 +111,7 @@ impl Metrics {
             stun_drops: Family::default(),
             side_other: Counter::default(),
             transport_switches: Counter::default(),
-            relay_quiet_rekeys: Counter::default(),
+            relay_rebinds: Counter::default(),
             candidates: Gauge::default(),
             wg_handshakes: Counter::default(),
             wg_cookie_replies: Counter::default(),
@@ -225,9 +225,9 @@ impl Metrics {
                 &m.transport_switches,
             ),
             (
-                "relay_quiet_rekeys",
-                "Handshakes started through the relay for a peer that went quiet on it (35 s): this side's NAT mapping may have changed",
-                &m.relay_quiet_rekeys,
+                "relay_rebinds",
+                "Handshakes started through the relay because the gateway's address changed (its NAT mapped it anew, as STUN showed): a relay moves a binding only with a handshake",
+                &m.relay_rebinds,
             ),
         ];
         let wireguard_counters = [

@@ -601,7 +601,7 @@ impl Daemon {
         }
         metrics::Metrics::count_to(&m.side_other, traversal.side_other);
         metrics::Metrics::count_to(&m.transport_switches, traversal.transport_switches);
-        metrics::Metrics::count_to(&m.relay_quiet_rekeys, traversal.relay_quiet_rekeys);
+        metrics::Metrics::count_to(&m.relay_rebinds, traversal.relay_rebinds);
         m.candidates.set(traversal.local_candidates as i64);
         metrics::Metrics::count_to(&m.local_refused, crate::local::server::refused_connections());
         metrics::Metrics::count_to(&m.local_malformed, crate::local::server::malformed_requests());
