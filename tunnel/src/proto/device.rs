@@ -262,6 +262,10 @@ pub struct Device {
     load_window: (Option<Instant>, u32),
     under_load_until: Option<Instant>,
     next_peer: u32,
+    /// The latest timestamp of any initiation of ours: a wall clock
+    /// stepped back does not take the next ones below it (see
+    /// [`Device::initiation_stamp`]).
+    latest_stamp: Tai64N,
     pub stats: DeviceStats,
 }
 
@@ -283,6 +287,7 @@ impl Device {
             load_window: (None, 0),
             under_load_until: None,
             next_peer: 0,
+            latest_stamp: Tai64N::default(),
             stats: DeviceStats::default(),
         }
     }
@@ -933,12 +938,13 @@ impl Device {
             self.indices.remove(&old);
         }
         let local_index = new_index(&self.indices, &mut *self.rng);
+        let stamp = Self::initiation_stamp(&mut self.latest_stamp, peer, now.wall);
         let Ok((state, mut message)) = handshake::initiate(
             &self.identity,
             &peer.public_key,
             &peer.static_static,
             local_index,
-            now.wall,
+            stamp,
             &mut *self.rng,
         ) else {
             return;
@@ -1035,6 +1041,28 @@ impl Device {
         if let Some(interval) = peer.persistent_keepalive {
             peer.timers.persistent_keepalive = Some(now + interval);
         }
+    }
+
+    /// The timestamp of an initiation to `peer`: the wall clock's, but
+    /// never below one this device used before, and always after the last
+    /// one to this peer. A responder refuses an initiation whose timestamp
+    /// is not later than the latest it accepted from us, so a wall clock
+    /// stepped back (or set right after a step forward) would otherwise
+    /// leave this end unable to start a handshake with a peer until the
+    /// clock passed that time again, up to hours; and only a handshake
+    /// that this end starts can move its binding at a relay after its NAT
+    /// mapped it anew. Within one process only: a restart starts from the
+    /// wall clock again.
+    fn initiation_stamp(latest: &mut Tai64N, peer: &mut Peer, wall: Tai64N) -> Tai64N {
+        let mut stamp = wall.max(*latest);
+        if let Some(last) = peer.last_stamp
+            && stamp <= last
+        {
+            stamp = last.after();
+        }
+        peer.last_stamp = Some(stamp);
+        *latest = (*latest).max(stamp);
+        stamp
     }
 
     fn on_handshake_complete(peer: &mut Peer, now: Instant) {

@@ -593,6 +593,36 @@ fn a_replayed_initiation_is_refused() {
     );
 }
 
+/// The gateway's clock steps (issue 18's fault): an hour back, then its
+/// initiations must still be later than those the peer accepted, or the
+/// peer refuses them as replays and only the peer can start a handshake.
+#[test]
+fn a_wall_clock_stepped_back_does_not_turn_our_initiations_into_replays() {
+    let mut net = Net::new(None, None);
+    let id = PeerId(0);
+    net.a_sends(b"x").unwrap();
+    net.pump();
+    assert!(net.a.peers[&id].current.is_some(), "the first handshake completes");
+    let back = |net: &Net| Now {
+        instant: net.now().instant,
+        wall: Tai64N::from_unix(Duration::from_secs(1_800_000_000 - 3600)),
+    };
+    for round in 0..3 {
+        net.advance(Duration::from_secs(10));
+        let mut out = Vec::new();
+        net.a.rekey(id, back(&net), &mut out);
+        assert_eq!(out.len(), 1, "round {round}: one initiation");
+        let mut initiation = out.remove(0).payload;
+        assert_eq!(
+            net.b.handle_datagram(net.now(), net.a_addr, &mut initiation, &mut net.to_a),
+            Incoming::Handled,
+            "round {round}: the initiation made with the clock an hour back is taken"
+        );
+        assert_eq!(net.drops(&net.b, Drop::ReplayedInitiation), 0);
+        net.pump();
+    }
+}
+
 #[test]
 fn initiations_faster_than_the_flood_interval_are_refused() {
     let mut net = Net::new(None, None);

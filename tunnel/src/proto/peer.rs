@@ -26,6 +26,9 @@ pub struct Peer {
     /// When the initiation awaiting a response (`handshake`) was sent: the
     /// start of the handshake round trip.
     pub(crate) initiation_sent: Option<Instant>,
+    /// The timestamp of our last initiation to this peer: the next one must
+    /// be later, or the peer takes it for a replay.
+    pub(crate) last_stamp: Option<Tai64N>,
     /// Sessions: `next` is ours as responder until the initiator's first data
     /// packet confirms it.
     pub(crate) current: Option<Session>,
@@ -96,6 +99,7 @@ impl Peer {
             latest_timestamp: None,
             last_initiation_consumed: None,
             initiation_sent: None,
+            last_stamp: None,
             current: None,
             previous: None,
             next: None,

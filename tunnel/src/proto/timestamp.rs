@@ -22,6 +22,20 @@ impl Tai64N {
         Tai64N(out)
     }
 
+    /// The smallest timestamp after this one (one whitened step, about
+    /// 16 ms, later).
+    pub fn after(self) -> Tai64N {
+        let mut secs = [0u8; 8];
+        secs.copy_from_slice(&self.0[..8]);
+        let mut nanos = [0u8; 4];
+        nanos.copy_from_slice(&self.0[8..]);
+        let since_epoch = Duration::new(
+            u64::from_be_bytes(secs).saturating_sub(TAI64_EPOCH),
+            u32::from_be_bytes(nanos).min(999_999_999),
+        );
+        Tai64N::from_unix(since_epoch.saturating_add(Duration::from_nanos(u64::from(WHITENER_MASK) + 1)))
+    }
+
     /// Now, by the system's wall clock. Only the IO shell calls this.
     pub fn now() -> Tai64N {
         Tai64N::from_unix(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
@@ -41,5 +55,16 @@ mod tests {
         // Within one 2^24 ns step the stamp does not change.
         assert_eq!(a, Tai64N::from_unix(Duration::new(1_700_000_000, 16_000_000)));
         assert_eq!(&a.0[..8], &(0x4000_0000_0000_000au64 + 1_700_000_000).to_be_bytes());
+    }
+
+    #[test]
+    fn after_is_the_next_whitened_step_across_a_second_too() {
+        let a = Tai64N::from_unix(Duration::new(1_700_000_000, 0));
+        assert!(a.after() > a);
+        assert_eq!(a.after(), Tai64N::from_unix(Duration::new(1_700_000_000, 1 << 24)));
+        // The last step of a second: the next is in the next second.
+        let last = Tai64N::from_unix(Duration::new(1_700_000_000, 999_999_999));
+        assert!(last.after() > last);
+        assert_eq!(&last.after().0[..8], &(0x4000_0000_0000_000au64 + 1_700_000_001).to_be_bytes());
     }
 }
