@@ -113,6 +113,7 @@ impl Soak {
         let carrying = self.carrying_for(MARGIN);
         self.world.step_gateway_clock_at(gateway, offset_s);
         let stepped = Instant::now();
+        self.gateways[gateway].clock_stepped_at = Some(stepped);
         self.event(format!(
             "fault: gateway {}'s wall clock set to {offset_s:+}s from the true time ({how}); {} sessions carrying \
              traffic ({} on it)",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_lab::delay::{DelayLine, Impairment};
 
 use crate::{
-    recovery::NAT_RECOVERY,
+    recovery::SITE_RECOVERY,
     soak::{Outcome, Soak},
 };
 
@@ -18,11 +18,11 @@ pub const KINDS: [&str; 6] =
     ["kill cloud", "kill relay", "kill gateway", "link down/up", "conntrack flush", "loss (+delay)"];
 
 impl Soak {
-    /// The sessions of gateway `g` carrying traffic now, leaving out short
-    /// ones that could expire before a recovery is checked.
+    /// The sessions of gateway `g` carrying traffic now, leaving out those
+    /// that could expire before a recovery is checked (every short one: it
+    /// lasts 60 s).
     pub fn carrying_at(&mut self, g: usize) -> Vec<crate::recovery::Carrying> {
-        let margin = NAT_RECOVERY + Duration::from_secs(20);
-        self.carrying_for(margin).into_iter().filter(|c| c.gateway == g).collect()
+        self.carrying_where(SITE_RECOVERY + Duration::from_secs(20), |at| at == g)
     }
 
     /// One fault of a seeded kind; then waits until the system is back
@@ -108,7 +108,12 @@ impl Soak {
                 }
                 let up = std::time::Instant::now();
                 self.event(format!("fault: the link is up again after {:.1}s", was_down.as_secs_f64()));
-                self.check_site_recovery(&here, up, &format!("the link of {label}'s site came up again"))?;
+                self.check_site_recovery(
+                    &here,
+                    up,
+                    &format!("the link of {label}'s site came up again"),
+                    true,
+                )?;
             }
             "conntrack flush" => {
                 // Its own sessions must come back (every mapping changed).
@@ -123,7 +128,12 @@ impl Soak {
                     here.len()
                 ));
                 self.check_other_sites(&elsewhere, &off_its_path)?;
-                self.check_site_recovery(&here, flushed, &format!("the conntrack flush at {label}'s site"))?;
+                self.check_site_recovery(
+                    &here,
+                    flushed,
+                    &format!("the conntrack flush at {label}'s site"),
+                    true,
+                )?;
             }
             _ => {
                 let (loss, delay, hold) =

@@ -90,6 +90,10 @@ pub struct Gateway {
     pub udp: udp::Services,
     /// ICMP echo requests arriving at its target-b, which no entry allows.
     pub icmp: ping::Watch,
+    /// When it last started again after a kill.
+    pub restarted_at: Option<Instant>,
+    /// When its wall clock was last stepped (or set right).
+    pub clock_stepped_at: Option<Instant>,
 }
 
 impl Gateway {
@@ -109,7 +113,16 @@ impl Gateway {
         world.start_gateway_at(index);
         world.remote_at(index, "on");
         world.wait_gateway_at_cloud(record.id, true);
-        Gateway { index, id: record.id, switch_on: true, machine_net, udp, icmp }
+        Gateway {
+            index,
+            id: record.id,
+            switch_on: true,
+            machine_net,
+            udp,
+            icmp,
+            restarted_at: None,
+            clock_stepped_at: None,
+        }
     }
 }
 
@@ -160,6 +173,7 @@ impl Soak {
         let was_down = killed.elapsed();
         self.world.start_gateway_at(g);
         self.gateways[g].machine_net.history.gateway_ready(Instant::now());
+        self.gateways[g].restarted_at = Some(Instant::now());
         self.event(format!(
             "fault: gateway {} restarted, started {:.1}s after the kill ({} ms drawn)",
             g + 1,
@@ -167,7 +181,7 @@ impl Soak {
             down.as_millis()
         ));
         let running = Instant::now();
-        self.check_site_recovery(&here, running, &format!("gateway {} ran again", g + 1))
+        self.check_site_recovery(&here, running, &format!("gateway {} ran again", g + 1), false)
     }
 
     /// The live-path check across sites: while a fault (or the switch)

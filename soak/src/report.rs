@@ -62,6 +62,9 @@ pub struct Stats {
     /// conntrack flush, the site's link down and up) or their gateway was
     /// killed, by client kind.
     pub site_recoveries: BTreeMap<&'static str, u64>,
+    /// Sessions whose recovery after a flush or link fault was not checked:
+    /// their gateway restarted during them and its clock was stepped.
+    pub site_recoveries_not_checked: u64,
     /// Tunnels' configurations by relay (index; `None`: without a relay
     /// allocation).
     pub configs_by_relay: BTreeMap<Option<usize>, u64>,
@@ -208,6 +211,7 @@ impl Stats {
         for (kind, label) in [(Kind::Stock, "  wireguard-go"), (Kind::Ferry, "  the ferry client")] {
             row(label, self.site_recoveries.get(kind.name()).copied().unwrap_or(0).to_string());
         }
+        row("  not checked (gateway restarted, clock stepped)", self.site_recoveries_not_checked.to_string());
         row("sessions on the other relay, untouched", self.relay_untouched.to_string());
         row("sessions carrying through a cloud outage", self.outage_sessions.to_string());
         row("  echoes while the cloud was unreachable", self.outage_echoes.to_string());

@@ -104,6 +104,10 @@ pub struct Soak {
     pub clock_steps: bool,
     /// The step of the gateway's clock in effect.
     pub clock_held: Option<clock::Held>,
+    /// Time spent waiting for sessions to come back after site faults: it
+    /// does not count toward the run's duration, so that a seed's later
+    /// steps come as they did before those checks existed.
+    pub site_recovery_time: Duration,
     pub seed: u64,
     /// The gateways, one per site (see crate::gateways), with their
     /// switches, captures and services.
@@ -289,6 +293,7 @@ impl Soak {
             clock_rng: Rng::new(seed ^ CLOCK_STREAM),
             clock_steps: faketime,
             clock_held: None,
+            site_recovery_time: Duration::ZERO,
             seed,
             gateways,
             gateway_pick: Rng::new(seed ^ GATEWAY_STREAM),
@@ -409,7 +414,9 @@ impl Soak {
                 // that it may hold through the outage.
                 self.maybe_clock_step()?;
                 deadline += self.maybe_outage()?;
+                let waited = self.site_recovery_time;
                 self.fault()?;
+                deadline += self.site_recovery_time.saturating_sub(waited);
             } else {
                 let tech = self.rng.below(self.techs.len() as u64) as usize;
                 self.step(tech)?;
