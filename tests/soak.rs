@@ -140,11 +140,9 @@ fn a_short_soak_with_a_fixed_seed_passes_every_invariant() {
 /// the cloud on PostgreSQL: two replicas on the soak's own server (Debian's
 /// PostgreSQL 15, found where `tests/cloud_replicas.rs` finds it; `cargo
 /// xtask setup` installs it), a kill of the cloud taking one of them or
-/// restarting the database. Without the cloud's outage: after one, the
-/// cloud once did not show its gateway online again although the gateway
-/// had reconnected (docs/soak.md, "What it found"); until that is
-/// understood, a random schedule would fail CI by chance. Seed 2's
-/// schedule above has an outage and passes.
+/// restarting the database, and every fault, the cloud's outage included
+/// (left out until December 2026 after a one-off failure after an outage
+/// on code since changed; docs/soak.md, "What it found").
 #[test]
 fn a_short_soak_with_a_random_seed_passes_every_invariant() {
     assert!(
@@ -159,7 +157,7 @@ fn a_short_soak_with_a_random_seed_passes_every_invariant() {
     // (seed 3246706090 did), and a session of a full minute whose expiry is
     // waited for can be the only one (seed 2374652189 passed every
     // invariant so), so only seed 2's run above counts them.
-    let table = soak(seed, 60, &["--no-cloud-outage", "--storage", "postgres"]);
+    let table = soak(seed, 60, &["--storage", "postgres"]);
     assert!(table.contains("storage: the cloud on PostgreSQL, two replicas"), "{table}");
     // The default three gateways and four technicians (the third behind a
     // symmetric NAT): whether a random schedule has that technician use a
