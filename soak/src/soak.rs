@@ -106,7 +106,9 @@ pub struct Soak {
     pub clock_held: Option<clock::Held>,
     /// Time spent waiting for sessions to come back after site faults: it
     /// does not count toward the run's duration, so that a seed's later
-    /// steps come as they did before those checks existed.
+    /// steps stay closer to those it had before the checks existed (not
+    /// the same: a step whose choice depends on time, such as a short
+    /// session near its end, may now come out otherwise).
     pub site_recovery_time: Duration,
     pub seed: u64,
     /// The gateways, one per site (see crate::gateways), with their

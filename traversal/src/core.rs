@@ -38,6 +38,11 @@ use crate::{
 /// REJECT_AFTER_TIME: no session key is valid longer).
 const CONNECTED_WITHIN: Duration = Duration::from_secs(180);
 
+/// A peer's handshakes for a rebind at its relay are this far apart at
+/// least (WireGuard's REKEY_TIMEOUT: a second initiation sooner would
+/// replace the first while it is in flight).
+const REBIND_SPACING: Duration = Duration::from_secs(5);
+
 struct Peer {
     plan: PeerPlan,
     active: Active,
@@ -47,6 +52,8 @@ struct Peer {
     transport_why: Option<&'static str>,
     /// The last authenticated receive the endpoint reported, to notice new ones.
     last_rx: Option<Instant>,
+    /// When [`Core::rebind_at_relays`] last started a handshake for it.
+    rebound_at: Option<Instant>,
 }
 
 pub(crate) struct Core {
@@ -128,7 +135,14 @@ impl Core {
                 candidates = plan.candidates.len(),
                 "traversal of the peer starts"
             );
-            let state = Peer { plan, active, transport_since: now, transport_why: None, last_rx: None };
+            let state = Peer {
+                plan,
+                active,
+                transport_since: now,
+                transport_why: None,
+                last_rx: None,
+                rebound_at: None,
+            };
             self.peers.insert(peer, state);
             self.publish_tags();
         }
@@ -171,6 +185,7 @@ impl Core {
             self.publish_candidates();
         }
         self.regather = true;
+        self.rebind_at_relays("the network changed", now);
     }
 
     pub(crate) fn take_regather(&mut self) -> bool {
@@ -188,7 +203,7 @@ impl Core {
             info!(?old, new = ?admitted, "host addresses changed");
             self.paths.network_changed(now);
             self.stun.restart(now);
-            self.rebind_at_relays("the host addresses changed");
+            self.rebind_at_relays("the host addresses changed", now);
         }
         self.publish_candidates();
     }
@@ -214,7 +229,7 @@ impl Core {
                         Mapped::Moved => {
                             info!(reflexive = ?self.stun.reflexive(), "server-reflexive address moved: the NAT mapped the socket anew");
                             self.publish_candidates();
-                            self.rebind_at_relays("the server-reflexive address moved");
+                            self.rebind_at_relays("the server-reflexive address moved", now);
                         }
                     }
                 }
@@ -284,18 +299,31 @@ impl Core {
 
     /// This end now reaches the internet from another address or port (its
     /// NAT mapped the socket anew, or its own addresses changed), so each
-    /// relay that carries one of its peers still sends that peer's traffic
-    /// to the old one, and drops ours from the new one: a relay moves a
-    /// binding only with a handshake completed through it. Neither our
-    /// keepalives nor the peer's retried handshakes (which go to the old
-    /// address) mend that, and WireGuard would start one from this side
-    /// only when the session's keys run out (up to 3 minutes; an idle
-    /// gateway otherwise never). So a handshake through the relay now, for
-    /// every peer on one.
-    fn rebind_at_relays(&mut self, why: &'static str) {
-        for (key, peer) in &self.peers {
+    /// UDP relay that carries one of its peers still sends that peer's
+    /// traffic to the old one, and drops ours from the new one: a relay
+    /// moves a binding only with a handshake completed through it. Neither
+    /// our keepalives nor the peer's retried handshakes (which go to the old
+    /// address) mend that, and WireGuard would start one from this side only
+    /// when the session's keys run out (up to 3 minutes). So a handshake
+    /// through the relay now, for every peer on a UDP relay (a WebSocket
+    /// relay's connection is ours: a new one is made and rekeys by itself).
+    /// STUN is a proxy for the relay's own mapping: behind a symmetric NAT
+    /// the two are different flows, which a NAT that forgets its mappings
+    /// forgets together, but a NAT that remapped the relay's flow alone
+    /// would go unseen here. One change can come from several servers at
+    /// once: a peer rebound within REKEY_TIMEOUT is left alone, so that a
+    /// second initiation does not replace the first in flight.
+    fn rebind_at_relays(&mut self, why: &'static str, now: Instant) {
+        for (key, peer) in &mut self.peers {
             let on_relay = self.paths.status(key).is_some_and(|s| s.selected == Selected::Relay);
-            let Some(addr) = peer.active.addr().filter(|_| on_relay) else { continue };
+            let Active::Udp(addr) = &peer.active else { continue };
+            let addr = *addr;
+            if !on_relay
+                || peer.rebound_at.is_some_and(|at| now.saturating_duration_since(at) < REBIND_SPACING)
+            {
+                continue;
+            }
+            peer.rebound_at = Some(now);
             let public = PublicKey(key.0);
             self.endpoint.set_peer_endpoint(&public, addr);
             self.endpoint.rekey(&public);

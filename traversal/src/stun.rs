@@ -34,11 +34,12 @@ pub(crate) enum StunDrop {
 pub(crate) enum Mapped {
     /// As the server said before.
     Same,
-    /// The first address from this server (at start, after a network
-    /// change, after it went stale).
+    /// An address from this server again after none (at start, after a
+    /// network change, after it went stale), the same as it said last.
     Learned,
-    /// Another address than the server said before: this end's NAT
-    /// mapped the socket anew (its mappings forgotten, a new port).
+    /// Another address than the server said last, even after a gap:
+    /// this end's NAT mapped the socket anew (its mappings forgotten, a new
+    /// port or a new public address).
     Moved,
 }
 
@@ -46,6 +47,10 @@ pub(crate) enum Mapped {
 struct Server {
     addr: SocketAddr,
     mapped: Option<(SocketAddr, Instant)>,
+    /// The last address it said, kept when `mapped` is withdrawn (stale, or
+    /// after a network change), so that an answer after a gap still shows
+    /// whether the address moved.
+    last_said: Option<SocketAddr>,
     /// The request in flight: its id, when it was first sent, how many
     /// transmissions so far and when the next is due.
     pending: Option<Pending>,
@@ -85,7 +90,7 @@ impl Stun {
             }
             let server = match old.iter().position(|s| s.addr == addr) {
                 Some(at) => old.swap_remove(at),
-                None => Server { addr, mapped: None, pending: None, next_query: now },
+                None => Server { addr, mapped: None, last_said: None, pending: None, next_query: now },
             };
             self.servers.push(server);
         }
@@ -181,12 +186,13 @@ impl Stun {
                 return Err(StunDrop::Failed);
             }
         };
-        let answer = match server.mapped {
-            None => Mapped::Learned,
-            Some((before, _)) if before == mapped => Mapped::Same,
-            Some(_) => Mapped::Moved,
+        let answer = match (server.mapped, server.last_said) {
+            (Some((before, _)), _) if before == mapped => Mapped::Same,
+            (_, Some(before)) if before != mapped => Mapped::Moved,
+            _ => Mapped::Learned,
         };
         server.mapped = Some((mapped, now));
+        server.last_said = Some(mapped);
         server.pending = None;
         server.next_query = now + STUN_INTERVAL;
         Ok(answer)
@@ -305,6 +311,29 @@ mod tests {
         // The server leaves: its candidate goes.
         assert!(stun.set_servers(vec![], t2));
         assert!(stun.reflexive().is_empty());
+    }
+
+    #[test]
+    fn an_address_that_moved_while_withdrawn_is_a_move() {
+        let (t0, mut rng) = (Instant::now(), Counter(0));
+        let server: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+        let mut stun = Stun::default();
+        stun.set_servers(vec![server], t0);
+        stun.handle_timeout(t0, &mut rng);
+        let txid = txid_of(&stun.drain_transmits().next().unwrap().1);
+        let mapped: SocketAddr = "198.51.100.2:51820".parse().unwrap();
+        assert_eq!(stun.handle_answer(server, &answer(&txid, mapped), t0), Ok(Mapped::Learned));
+        // A network change forgets it; the same address again is learned,
+        // another is a move.
+        for (answer_with, expected) in
+            [(mapped, Mapped::Learned), ("192.0.2.77:40001".parse().unwrap(), Mapped::Moved)]
+        {
+            stun.restart(t0);
+            assert!(stun.reflexive().is_empty());
+            stun.handle_timeout(t0, &mut rng);
+            let txid = txid_of(&stun.drain_transmits().next().unwrap().1);
+            assert_eq!(stun.handle_answer(server, &answer(&txid, answer_with), t0), Ok(expected));
+        }
     }
 
     #[test]

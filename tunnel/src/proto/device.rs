@@ -262,10 +262,6 @@ pub struct Device {
     load_window: (Option<Instant>, u32),
     under_load_until: Option<Instant>,
     next_peer: u32,
-    /// The latest timestamp of any initiation of ours: a wall clock
-    /// stepped back does not take the next ones below it (see
-    /// [`Device::initiation_stamp`]).
-    latest_stamp: Tai64N,
     pub stats: DeviceStats,
 }
 
@@ -287,7 +283,6 @@ impl Device {
             load_window: (None, 0),
             under_load_until: None,
             next_peer: 0,
-            latest_stamp: Tai64N::default(),
             stats: DeviceStats::default(),
         }
     }
@@ -938,7 +933,7 @@ impl Device {
             self.indices.remove(&old);
         }
         let local_index = new_index(&self.indices, &mut *self.rng);
-        let stamp = Self::initiation_stamp(&mut self.latest_stamp, peer, now.wall);
+        let stamp = Self::initiation_stamp(peer, now.wall);
         let Ok((state, mut message)) = handshake::initiate(
             &self.identity,
             &peer.public_key,
@@ -1044,24 +1039,22 @@ impl Device {
     }
 
     /// The timestamp of an initiation to `peer`: the wall clock's, but
-    /// never below one this device used before, and always after the last
-    /// one to this peer. A responder refuses an initiation whose timestamp
-    /// is not later than the latest it accepted from us, so a wall clock
-    /// stepped back (or set right after a step forward) would otherwise
-    /// leave this end unable to start a handshake with a peer until the
-    /// clock passed that time again, up to hours; and only a handshake
-    /// that this end starts can move its binding at a relay after its NAT
-    /// mapped it anew. Within one process only: a restart starts from the
-    /// wall clock again.
-    fn initiation_stamp(latest: &mut Tai64N, peer: &mut Peer, wall: Tai64N) -> Tai64N {
-        let mut stamp = wall.max(*latest);
-        if let Some(last) = peer.last_stamp
-            && stamp <= last
-        {
-            stamp = last.after();
-        }
+    /// always after the last one to this peer. A responder refuses an
+    /// initiation whose timestamp is not later than the latest it accepted
+    /// from us, so a wall clock stepped back (or set right after a step
+    /// forward) would otherwise leave this end unable to start a handshake
+    /// with a peer until the clock passed that time again, up to hours; and
+    /// only a handshake that this end starts can move its binding at a
+    /// relay after its NAT mapped it anew. Per peer, not the device's
+    /// latest: a peer added after a step forward was set right gets the
+    /// true time, not one a later process could not follow. Within one
+    /// process only: a restart starts from the wall clock again.
+    fn initiation_stamp(peer: &mut Peer, wall: Tai64N) -> Tai64N {
+        let stamp = match peer.last_stamp {
+            Some(last) if wall <= last => last.after(),
+            _ => wall,
+        };
         peer.last_stamp = Some(stamp);
-        *latest = (*latest).max(stamp);
         stamp
     }
 
