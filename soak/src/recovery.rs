@@ -168,40 +168,32 @@ impl Soak {
         rebind: bool,
     ) -> Outcome {
         let started = Instant::now();
-        let outcome = self.check_site_recovery_of(carrying, since, after, rebind);
-        self.site_recovery_time += started.elapsed();
-        outcome
-    }
-
-    fn check_site_recovery_of(
-        &mut self,
-        carrying: &[Carrying],
-        since: Instant,
-        after: &str,
-        rebind: bool,
-    ) -> Outcome {
-        for c in carrying {
-            if let Some(why) = self.rebind_may_be_refused(c).filter(|_| rebind) {
-                self.stats.site_recoveries_not_checked += 1;
-                self.event(format!("session {}: not checked after {after}: {why}", c.session));
-                continue;
-            }
-            if let Err(e) = self.echo_within(c, SITE_RECOVERY, since) {
-                return Err(format!(
-                    "session {} ({}): no echo {SITE_RECOVERY:?} after {after} ({e})",
+        let outcome = 'check: {
+            for c in carrying {
+                if let Some(why) = self.rebind_may_be_refused(c).filter(|_| rebind) {
+                    self.stats.site_recoveries_not_checked += 1;
+                    self.event(format!("session {}: not checked after {after}: {why}", c.session));
+                    continue;
+                }
+                if let Err(e) = self.echo_within(c, SITE_RECOVERY, since) {
+                    break 'check Err(format!(
+                        "session {} ({}): no echo {SITE_RECOVERY:?} after {after} ({e})",
+                        c.session,
+                        c.kind.name()
+                    ));
+                }
+                *self.stats.site_recoveries.entry(c.kind.name()).or_default() += 1;
+                self.event(format!(
+                    "session {} ({}): traffic again {:.1}s after {after}",
                     c.session,
-                    c.kind.name()
+                    c.kind.name(),
+                    since.elapsed().as_secs_f64()
                 ));
             }
-            *self.stats.site_recoveries.entry(c.kind.name()).or_default() += 1;
-            self.event(format!(
-                "session {} ({}): traffic again {:.1}s after {after}",
-                c.session,
-                c.kind.name(),
-                since.elapsed().as_secs_f64()
-            ));
-        }
-        Ok(())
+            Ok(())
+        };
+        self.site_recovery_time += started.elapsed();
+        outcome
     }
 
     /// Every session of `carrying` answers an echo within
