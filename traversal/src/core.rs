@@ -364,7 +364,7 @@ impl Core {
     /// the relay binds this side again).
     fn apply_events(&mut self) {
         while let Some(Event::Selected { peer, selected, why }) = self.paths.poll_event() {
-            let Some(state) = self.peers.get(&peer) else { continue };
+            let Some(state) = self.peers.get_mut(&peer) else { continue };
             let key = PublicKey(peer.0);
             let kind = path_kind(selected, &state.active);
             match selected {
@@ -376,6 +376,8 @@ impl Core {
                     if let Some(addr) = state.active.addr() {
                         self.endpoint.set_peer_endpoint(&key, addr);
                         self.endpoint.rekey(&key);
+                        // A rebind right after would replace this one in flight.
+                        state.rebound_at = Some(Instant::now());
                     }
                     info!(peer = %key, path = kind.label(), endpoint = ?state.active.addr(), why, "path selected");
                 }

@@ -34,8 +34,8 @@ pub(crate) enum StunDrop {
 pub(crate) enum Mapped {
     /// As the server said before.
     Same,
-    /// An address from this server again after none (at start, after a
-    /// network change, after it went stale), the same as it said last.
+    /// An address from this server after none (its first, or after a
+    /// network change or a stale answer, the same as it said last).
     Learned,
     /// Another address than the server said last, even after a gap:
     /// this end's NAT mapped the socket anew (its mappings forgotten, a new
