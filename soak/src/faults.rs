@@ -8,23 +8,13 @@ use std::time::Duration;
 
 use ferry_lab::delay::{DelayLine, Impairment};
 
-use crate::{
-    recovery::SITE_RECOVERY,
-    soak::{Outcome, Soak},
-};
+use crate::soak::{Outcome, Soak};
 
 /// The kinds, as the table names them.
 pub const KINDS: [&str; 6] =
     ["kill cloud", "kill relay", "kill gateway", "link down/up", "conntrack flush", "loss (+delay)"];
 
 impl Soak {
-    /// The sessions of gateway `g` carrying traffic now, leaving out those
-    /// that could expire before a recovery is checked (every short one: it
-    /// lasts 60 s).
-    pub fn carrying_at(&mut self, g: usize) -> Vec<crate::recovery::Carrying> {
-        self.carrying_where(SITE_RECOVERY + Duration::from_secs(20), |at| at == g)
-    }
-
     /// One fault of a seeded kind; then waits until the system is back
     /// (gateway and both relays online at the cloud).
     pub fn fault(&mut self) -> Outcome {

@@ -66,6 +66,13 @@ impl Soak {
         self.carrying_where(margin, |_| true)
     }
 
+    /// The sessions of gateway `g` carrying traffic now, leaving out those
+    /// that could expire before a recovery is checked (every short one: it
+    /// lasts 60 s).
+    pub fn carrying_at(&mut self, g: usize) -> Vec<Carrying> {
+        self.carrying_where(SITE_RECOVERY + Duration::from_secs(20), |at| at == g)
+    }
+
     /// [`carrying_for`](Self::carrying_for), of the sessions whose gateway
     /// (by index) `at` takes.
     pub fn carrying_where(&mut self, margin: Duration, at: impl Fn(usize) -> bool) -> Vec<Carrying> {

@@ -323,10 +323,8 @@ impl Core {
             {
                 continue;
             }
-            peer.rebound_at = Some(now);
             let public = PublicKey(key.0);
-            self.endpoint.set_peer_endpoint(&public, addr);
-            self.endpoint.rekey(&public);
+            handshake_through_relay(&self.endpoint, peer, &public, addr, now);
             self.stats.relay_rebinds += 1;
             info!(peer = %public, relay = %addr, why, "a handshake through the relay, so that it binds this end where it is now");
         }
@@ -374,10 +372,7 @@ impl Core {
                 }
                 Selected::Relay => {
                     if let Some(addr) = state.active.addr() {
-                        self.endpoint.set_peer_endpoint(&key, addr);
-                        self.endpoint.rekey(&key);
-                        // A rebind right after would replace this one in flight.
-                        state.rebound_at = Some(Instant::now());
+                        handshake_through_relay(&self.endpoint, state, &key, addr, Instant::now());
                     }
                     info!(peer = %key, path = kind.label(), endpoint = ?state.active.addr(), why, "path selected");
                 }
@@ -511,6 +506,21 @@ fn open(runtime: &Handle, endpoint: &Endpoint, plan: &PeerPlan) -> Result<Active
         }
         TransportMode::Auto | TransportMode::Udp => Ok(Active::Udp(relay.udp)),
     }
+}
+
+/// Points the peer at its relay and starts a handshake through it, which
+/// binds this end there; a rebind within [`REBIND_SPACING`] after it would
+/// replace it in flight, so it counts as one.
+fn handshake_through_relay(
+    endpoint: &Endpoint,
+    peer: &mut Peer,
+    key: &PublicKey,
+    relay: SocketAddr,
+    now: Instant,
+) {
+    endpoint.set_peer_endpoint(key, relay);
+    endpoint.rekey(key);
+    peer.rebound_at = Some(now);
 }
 
 fn path_kind(selected: Selected, active: &Active) -> PathKind {
